@@ -1,0 +1,23 @@
+"""aiovirt: a pure-Python asyncio client for libvirt that speaks its RPC protocol itself."""
+
+from .connection import SLOW_PROCEDURES, Connection, connect
+from .domain import Domain, DomainInfo, DomainState, MetadataType
+from .errors import (AiovirtError, ArgumentUnsupported, AuthenticationError, ConnectionClosed,
+                     InvalidArgument, InvalidURI, LibvirtError, NoSuchDomain, NoSuchNetwork,
+                     NoSuchNodeDevice, NoSuchSecret, NoSuchStoragePool, NoSuchStorageVolume,
+                     NoSupport, ObjectExists, OperationFailed, OperationInvalid,
+                     OperationTimeout, ProtocolError, XMLError)
+from .events import DomainEvent, DomainEventID, DomainEventType, DomainLifecycleEvent
+from .transport import ConnectionFailed
+from .uri import ConnectionURI, parse_uri
+
+__all__ = [
+    "AiovirtError", "ArgumentUnsupported", "AuthenticationError", "Connection",
+    "ConnectionClosed", "ConnectionFailed", "ConnectionURI", "Domain", "DomainEvent",
+    "DomainEventID", "DomainEventType", "DomainInfo", "DomainLifecycleEvent", "DomainState",
+    "InvalidArgument", "InvalidURI", "LibvirtError", "MetadataType", "NoSuchDomain",
+    "NoSuchNetwork", "NoSuchNodeDevice", "NoSuchSecret", "NoSuchStoragePool",
+    "NoSuchStorageVolume", "NoSupport", "ObjectExists", "OperationFailed", "OperationInvalid",
+    "OperationTimeout", "ProtocolError", "SLOW_PROCEDURES", "XMLError", "connect", "parse_uri",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,268 @@
+"""``Connection``: calls, lanes, events and lifetime over one or more sockets to a daemon.
+
+Quick calls share the main socket; procedures that can keep libvirtd busy for long (starting,
+stopping, saving, migrating guests...) go to extra sockets, the *lanes*, opened on demand, so a
+slow call never sits in front of a quick one (libvirtd serves at most ``max_client_requests``
+calls per socket at a time and stops reading that socket meanwhile).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from .channel import Channel
+from .errors import ConnectionClosed
+from .events import EventSubscription, event_family
+from .protocol import lxc, qemu, remote
+from .transport import open_stream
+from .uri import ConnectionURI, parse_uri
+from .wire import EventMessage
+from .xdr import ProcedureInfo
+from . import objects
+
+__all__ = ["Connection", "connect", "SLOW_PROCEDURES"]
+
+# Procedures that may hold a libvirtd worker for long (they talk to QEMU's monitor, wait for a
+# guest, or move data).  They run on the lanes.
+_SLOW_PREFIXES = (
+    "domain_create", "domain_destroy", "domain_shutdown", "domain_reboot", "domain_reset",
+    "domain_suspend", "domain_resume", "domain_save", "domain_restore", "domain_managed_save",
+    "domain_core_dump", "domain_snapshot_create", "domain_revert_to_snapshot",
+    "domain_checkpoint_create", "domain_migrate", "domain_block_", "domain_attach_device",
+    "domain_detach_device", "domain_update_device", "domain_pm_", "domain_fs",
+    "domain_set_memory", "domain_set_vcpus", "domain_send_key", "domain_get_guest_info",
+    "domain_interface_addresses", "domain_get_hostname", "domain_set_time", "domain_get_time",
+    "domain_start_dirty_rate", "domain_get_job", "domain_abort_job", "domain_memory_",
+    "storage_vol_create", "storage_vol_wipe", "storage_vol_resize", "storage_pool_build",
+    "storage_pool_create", "storage_pool_refresh", "storage_pool_delete", "network_create",
+    "network_destroy", "node_device_create", "node_device_destroy",
+)
+SLOW_PROCEDURES: frozenset[str] = frozenset(
+    p.name for p in remote.PROCEDURES.values() if p.name.startswith(_SLOW_PREFIXES))
+
+
+class _Tasks:
+    """Owns a connection's background tasks: in a task group (``async with``) or on the
+    running asyncio loop (``await connect()``), cancelled and awaited by ``aclose``."""
+
+    def __init__(self, group: anyio.abc.TaskGroup | None) -> None:
+        self._group = group
+        self._tasks: set[asyncio.Task] = set()
+
+    def start(self, fn: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
+        if self._group is not None:
+            self._group.start_soon(fn, name=name)
+            return
+        task = asyncio.get_running_loop().create_task(fn(), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        if self._group is not None:
+            self._group.cancel_scope.cancel()
+            return
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class Connection(objects.ConnectionObjects):
+    """An open connection to a libvirt daemon.
+
+    ``rpc`` reaches every REMOTE procedure as a typed coroutine (``qemu_rpc`` and ``lxc_rpc``
+    the QEMU and LXC ones); the methods inherited from ``ConnectionObjects`` are the object API.
+    """
+
+    def __init__(self, uri: ConnectionURI, *, max_in_flight: int, lanes: int,
+                 keepalive: tuple[float, int] | None, readonly: bool,
+                 slow_procedures: frozenset[str]) -> None:
+        self.uri = uri
+        self.max_in_flight = max_in_flight
+        self.lanes = lanes
+        self.keepalive = keepalive
+        self.readonly = readonly
+        self.slow_procedures = frozenset(
+            number for number, p in remote.PROCEDURES.items() if p.name in slow_procedures)
+        self.rpc = remote.RemoteCalls(self.call)
+        self.qemu_rpc = qemu.QemuCalls(self.call)
+        self.lxc_rpc = lxc.LxcCalls(self.call)
+        self._main: Channel | None = None
+        self._lanes: list[Channel] = []
+        self._lane_lock = anyio.Lock()
+        self._tasks: _Tasks | None = None
+        self._subscriptions: dict[tuple[str, int], EventSubscription] = {}
+        self._closed = False
+
+    # -- lifetime -------------------------------------------------------------------------------
+    async def _open(self, tasks: _Tasks) -> None:
+        self._tasks = tasks
+        self._main = await self._open_channel("main")
+
+    async def _open_channel(self, name: str) -> Channel:
+        stream = await open_stream(self.uri)
+        channel = Channel(stream, max_in_flight=self.max_in_flight, on_event=self._dispatch,
+                          name=name)
+        assert self._tasks is not None
+        self._tasks.start(channel.read_loop, f"aiovirt {name} reader")
+        self._tasks.start(channel.write_loop, f"aiovirt {name} writer")
+        try:
+            await channel.open(self.uri.remote_name, 1 if self.readonly else 0)
+        except BaseException:
+            channel.fail(ConnectionClosed(f"{name} socket: handshake failed"))
+            await stream.aclose()
+            raise
+        if self.keepalive is not None and channel.keepalive_supported:
+            interval, count = self.keepalive
+            self._tasks.start(lambda: channel.keepalive_loop(interval, count),
+                              f"aiovirt {name} keepalive")
+        return channel
+
+    async def close(self) -> None:
+        """Close every socket (telling the daemon first) and stop the background tasks."""
+        if self._closed:
+            return
+        self._closed = True
+        channels = [c for c in [self._main, *self._lanes] if c is not None]
+        with anyio.move_on_after(2, shield=True):
+            for channel in channels:
+                if channel.closed is None:
+                    try:
+                        await channel.call(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_CLOSE])
+                    except Exception:
+                        pass
+        for channel in channels:
+            channel.fail(ConnectionClosed("the connection was closed"))
+            with anyio.CancelScope(shield=True):
+                await channel.stream.aclose()
+        for subscription in list(self._subscriptions.values()):
+            subscription.close()
+        if self._tasks is not None:
+            await self._tasks.aclose()
+
+    async def __aenter__(self) -> Connection:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def is_alive(self) -> bool:
+        """True while the main socket is open."""
+        return not self._closed and self._main is not None and self._main.closed is None
+
+    # -- calls ----------------------------------------------------------------------------------
+    async def call(self, procedure: ProcedureInfo, args: Any = None, *,
+                   lane: bool | None = None) -> Any:
+        """Call one procedure with its argument struct; returns its result struct (or None).
+
+        ``lane`` forces the call onto a lane (True) or the main socket (False); by default
+        the procedures in ``slow_procedures`` use the lanes.
+        """
+        main = self._main
+        if main is None or self._closed:
+            raise ConnectionClosed("the connection is closed")
+        if lane is None:
+            lane = self.lanes > 0 and procedure.program == remote.PROGRAM and \
+                procedure.number in self.slow_procedures
+        if lane:
+            return await (await self._pick_lane()).call(procedure, args)
+        return await main.call(procedure, args)
+
+    async def _pick_lane(self) -> Channel:
+        """The least busy lane, opening another while all are full and the limit allows."""
+        lanes = [c for c in self._lanes if c.closed is None]
+        best = min(lanes, key=lambda c: c.in_flight, default=None)
+        if best is not None and (best.in_flight < best.max_in_flight or
+                                 len(self._lanes) >= self.lanes):
+            return best
+        async with self._lane_lock:
+            self._lanes = [c for c in self._lanes if c.closed is None]
+            if len(self._lanes) < self.lanes:
+                self._lanes.append(await self._open_channel(f"lane{len(self._lanes) + 1}"))
+            return min(self._lanes, key=lambda c: c.in_flight)
+
+    # -- events ---------------------------------------------------------------------------------
+    def _dispatch(self, message: EventMessage) -> None:
+        callback_id = getattr(message.body, "callbackID", None)
+        if callback_id is None:
+            return
+        subscription = self._subscriptions.get((event_family(message.procedure.name),
+                                                callback_id))
+        if subscription is not None:
+            subscription.deliver(message.procedure, message.body)
+
+    def _add_subscription(self, family: str, callback_id: int,
+                          subscription: EventSubscription) -> None:
+        self._subscriptions[(family, callback_id)] = subscription
+
+    def _remove_subscription(self, family: str, callback_id: int) -> None:
+        self._subscriptions.pop((family, callback_id), None)
+
+    # -- diagnostics ----------------------------------------------------------------------------
+    @property
+    def channels(self) -> list[Channel]:
+        """The open sockets: the main one first, then the lanes."""
+        return [c for c in [self._main, *self._lanes] if c is not None]
+
+
+class connect:  # noqa: N801 - reads as a function: ``await connect(uri)`` / ``async with``
+    """Open a connection to ``uri``: ``conn = await connect(uri)`` or ``async with connect(uri)``.
+
+    ``max_in_flight``: calls in progress per socket (libvirtd's ``max_client_requests``,
+    5 by default); more wait in FIFO order.  ``lanes``: extra sockets for slow procedures.
+    ``keepalive``: (interval seconds, missed intervals) before the server is declared dead,
+    or None.  ``readonly`` opens a read-only connection.
+    """
+
+    def __init__(self, uri: str, *, max_in_flight: int = 5, lanes: int = 4,
+                 keepalive: tuple[float, int] | None = (5.0, 5), readonly: bool = False,
+                 slow_procedures: frozenset[str] = SLOW_PROCEDURES) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        if lanes < 0:
+            raise ValueError("lanes must be 0 or more")
+        self._connection = Connection(parse_uri(uri), max_in_flight=max_in_flight,
+                                      lanes=lanes, keepalive=keepalive, readonly=readonly,
+                                      slow_procedures=slow_procedures)
+        self._group: anyio.abc.TaskGroup | None = None
+
+    def __await__(self) -> Generator[Any, None, Connection]:
+        return self._open_detached().__await__()
+
+    async def _open_detached(self) -> Connection:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError("`conn = await connect(...)` needs asyncio; under other event "
+                               "loops use `async with connect(...) as conn`") from None
+        tasks = _Tasks(None)
+        try:
+            await self._connection._open(tasks)
+        except BaseException:
+            await tasks.aclose()
+            raise
+        return self._connection
+
+    async def __aenter__(self) -> Connection:
+        self._group = anyio.create_task_group()
+        await self._group.__aenter__()
+        try:
+            await self._connection._open(_Tasks(self._group))
+        except BaseException as exc:  # noqa: B036
+            # cancel the reader/writer tasks, leave the group cleanly, report the real error
+            self._group.cancel_scope.cancel()
+            await self._group.__aexit__(None, None, None)
+            raise exc
+        return self._connection
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        await self._connection.close()
+        assert self._group is not None
+        return await self._group.__aexit__(*exc_info)

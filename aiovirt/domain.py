@@ -1,0 +1,219 @@
+"""Domains: the ``Domain`` handle and the connection's domain methods."""
+
+from __future__ import annotations
+
+import uuid as _uuid
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any
+
+from .events import (DomainEvent, DomainEventID, DomainLifecycleEvent, DomainEventType,
+                     EventSubscription)
+from .protocol.remote import NonnullDomain
+from .typedparams import to_dict
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+__all__ = ["Domain", "DomainInfo", "DomainMethods", "DomainState", "MetadataType"]
+
+
+class DomainState(IntEnum):
+    """``VIR_DOMAIN_*`` states."""
+
+    NOSTATE = 0
+    RUNNING = 1
+    BLOCKED = 2
+    PAUSED = 3
+    SHUTDOWN = 4
+    SHUTOFF = 5
+    CRASHED = 6
+    PMSUSPENDED = 7
+
+
+class MetadataType(IntEnum):
+    """Which metadata a domain call reads or writes (``VIR_DOMAIN_METADATA_*``)."""
+
+    DESCRIPTION = 0
+    TITLE = 1
+    ELEMENT = 2
+
+
+@dataclass(frozen=True, slots=True)
+class DomainInfo:
+    """``virDomainGetInfo``: state, memory in KiB, vCPU count, CPU time in nanoseconds."""
+
+    state: DomainState | int
+    max_memory: int
+    memory: int
+    vcpus: int
+    cpu_time: int
+
+
+def _state(value: int) -> DomainState | int:
+    try:
+        return DomainState(value)
+    except ValueError:
+        return value
+
+
+class Domain:
+    """A handle on one domain.  ``name``, ``uuid`` (str) and ``id`` (-1 when inactive) are
+    plain attributes, refreshed by calls that return the domain again (``start``)."""
+
+    __slots__ = ("_conn", "_ref", "name", "uuid", "id")
+
+    def __init__(self, conn: Connection, ref: NonnullDomain) -> None:
+        self._conn = conn
+        self._ref = ref
+        self.name: str = ref.name
+        self.uuid: str = str(_uuid.UUID(bytes=ref.uuid))
+        self.id: int = ref.id
+
+    def __repr__(self) -> str:
+        return f"<Domain {self.name!r} uuid={self.uuid} id={self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Domain) and other._ref.uuid == self._ref.uuid
+
+    def __hash__(self) -> int:
+        return hash(self._ref.uuid)
+
+    def _update(self, ref: NonnullDomain) -> None:
+        self._ref = ref
+        self.id = ref.id
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self, flags: int = 0) -> None:
+        """Boot a defined domain (one ``DOMAIN_CREATE_WITH_FLAGS`` call); updates ``id``."""
+        ret = await self._conn.rpc.domain_create_with_flags(self._ref, flags)
+        self._update(ret.dom)
+
+    async def shutdown(self, flags: int = 0) -> None:
+        """Ask the guest to shut down (ACPI or agent); returns before it has stopped."""
+        await self._conn.rpc.domain_shutdown_flags(self._ref, flags)
+
+    async def destroy(self, flags: int = 0) -> None:
+        """Stop the domain at once (power off)."""
+        await self._conn.rpc.domain_destroy_flags(self._ref, flags)
+        self.id = -1
+
+    async def reboot(self, flags: int = 0) -> None:
+        await self._conn.rpc.domain_reboot(self._ref, flags)
+
+    async def suspend(self) -> None:
+        await self._conn.rpc.domain_suspend(self._ref)
+
+    async def resume(self) -> None:
+        await self._conn.rpc.domain_resume(self._ref)
+
+    async def undefine(self, flags: int = 0) -> None:
+        """Remove the persistent definition (a running domain becomes transient)."""
+        await self._conn.rpc.domain_undefine_flags(self._ref, flags)
+
+    # -- inspection ---------------------------------------------------------------------------
+    async def xml(self, flags: int = 0) -> str:
+        """The domain's XML description (``VIR_DOMAIN_XML_*`` flags)."""
+        return (await self._conn.rpc.domain_get_xml_desc(self._ref, flags)).xml
+
+    async def state(self) -> tuple[DomainState | int, int]:
+        """(state, reason)."""
+        ret = await self._conn.rpc.domain_get_state(self._ref, 0)
+        return _state(ret.state), ret.reason
+
+    async def info(self) -> DomainInfo:
+        ret = await self._conn.rpc.domain_get_info(self._ref)
+        return DomainInfo(_state(ret.state), ret.maxMem, ret.memory, ret.nrVirtCpu, ret.cpuTime)
+
+    async def is_active(self) -> bool:
+        return bool((await self._conn.rpc.domain_is_active(self._ref)).active)
+
+    # -- metadata and devices -------------------------------------------------------------------
+    async def set_metadata(self, metadata: str | None, *, type: MetadataType | int =
+                           MetadataType.ELEMENT, key: str | None = None, uri: str | None = None,
+                           flags: int = 0) -> None:
+        """Set (or with None, remove) metadata: an XML element under namespace ``uri`` with
+        prefix ``key``, or the title or description."""
+        await self._conn.rpc.domain_set_metadata(self._ref, int(type), metadata, key, uri, flags)
+
+    async def metadata(self, *, type: MetadataType | int = MetadataType.ELEMENT,
+                       uri: str | None = None, flags: int = 0) -> str:
+        """Read the metadata element for namespace ``uri`` (or the title or description)."""
+        return (await self._conn.rpc.domain_get_metadata(self._ref, int(type), uri,
+                                                          flags)).metadata
+
+    async def attach_device(self, xml: str, flags: int = 0) -> None:
+        """Attach a device (``VIR_DOMAIN_AFFECT_*`` flags; 0 means the live domain)."""
+        await self._conn.rpc.domain_attach_device_flags(self._ref, xml, flags)
+
+    async def detach_device(self, xml: str, flags: int = 0) -> None:
+        await self._conn.rpc.domain_detach_device_flags(self._ref, xml, flags)
+
+
+class DomainMethods:
+    """The connection's domain methods (mixed into ``Connection``)."""
+
+    async def define_xml(self: Connection, xml: str, flags: int = 0) -> Domain:
+        """Define (or redefine) a persistent domain from its XML."""
+        return Domain(self, (await self.rpc.domain_define_xml_flags(xml, flags)).dom)
+
+    async def create_xml(self: Connection, xml: str, flags: int = 0) -> Domain:
+        """Create and start a transient domain."""
+        return Domain(self, (await self.rpc.domain_create_xml(xml, flags)).dom)
+
+    async def lookup_domain(self: Connection, *, name: str | None = None,
+                            uuid: str | _uuid.UUID | None = None,
+                            id: int | None = None) -> Domain:
+        """Find a domain by exactly one of ``name``, ``uuid`` or ``id``."""
+        if sum(x is not None for x in (name, uuid, id)) != 1:
+            raise TypeError("lookup_domain takes exactly one of name=, uuid= or id=")
+        if name is not None:
+            ret = await self.rpc.domain_lookup_by_name(name)
+        elif uuid is not None:
+            ret = await self.rpc.domain_lookup_by_uuid(_uuid.UUID(str(uuid)).bytes)
+        else:
+            ret = await self.rpc.domain_lookup_by_id(id)
+        return Domain(self, ret.dom)
+
+    async def list_domains(self: Connection, flags: int = 0) -> list[Domain]:
+        """All domains (``VIR_CONNECT_LIST_DOMAINS_*`` flags filter them)."""
+        ret = await self.rpc.connect_list_all_domains(1, flags)
+        return [Domain(self, ref) for ref in ret.domains]
+
+    async def all_domain_stats(self: Connection, stats: int = 0,
+                               flags: int = 0) -> list[tuple[Domain, dict[str, Any]]]:
+        """Statistics of every domain (``VIR_DOMAIN_STATS_*`` groups; 0 means all)."""
+        ret = await self.rpc.connect_get_all_domain_stats([], stats, flags)
+        return [(Domain(self, record.dom), to_dict(record.params)) for record in ret.retStats]
+
+    def domain_events(self: Connection, event_id: DomainEventID | int = DomainEventID.LIFECYCLE,
+                      domain: Domain | None = None) -> EventSubscription[Any]:
+        """Subscribe to domain events of one kind (lifecycle by default), for all domains
+        or one.  Lifecycle events arrive as ``DomainLifecycleEvent``, others as
+        ``DomainEvent``."""
+        event_id = int(event_id)
+
+        async def register() -> int:
+            ret = await self.rpc.connect_domain_event_callback_register_any(
+                event_id, domain._ref if domain is not None else None)
+            return ret.callbackID
+
+        async def deregister(callback_id: int) -> None:
+            await self.rpc.connect_domain_event_callback_deregister_any(callback_id)
+
+        def convert(body: Any) -> Any:
+            inner = getattr(body, "msg", body)
+            dom = Domain(self, inner.dom)
+            if event_id == DomainEventID.LIFECYCLE:
+                try:
+                    kind: DomainEventType | int = DomainEventType(inner.event)
+                except ValueError:
+                    kind = inner.event
+                return DomainLifecycleEvent(dom, kind, inner.detail)
+            try:
+                eid: DomainEventID | int = DomainEventID(event_id)
+            except ValueError:
+                eid = event_id
+            return DomainEvent(dom, eid, inner)
+
+        return EventSubscription(self, "domain", register, deregister, convert)

@@ -1,0 +1,133 @@
+"""The exceptions aiovirt raises, in one hierarchy.
+
+``AiovirtError`` is the root.  ``LibvirtError`` is an error the daemon reported (its
+``remote_error``), with subclasses for the codes callers most often handle.  ``ConnectionClosed``
+and ``ProtocolError`` are failures of the connection itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AiovirtError", "AuthenticationError", "ConnectionClosed", "InvalidURI", "LibvirtError",
+    "NoSuchDomain", "NoSuchNetwork", "NoSuchNodeDevice", "NoSuchSecret", "NoSuchStoragePool",
+    "NoSuchStorageVolume", "OperationInvalid", "OperationFailed", "ProtocolError",
+    "ArgumentUnsupported", "InvalidArgument", "NoSupport", "OperationTimeout", "XMLError",
+    "ObjectExists", "error_from_remote",
+]
+
+
+class AiovirtError(Exception):
+    """Base class of every aiovirt exception."""
+
+
+class ProtocolError(AiovirtError):
+    """The peer broke the RPC protocol: a malformed, oversized or unexpected message."""
+
+
+class ConnectionClosed(AiovirtError):
+    """The connection is gone (closed by us, by the server, or lost); pending calls fail with it."""
+
+
+class InvalidURI(AiovirtError, ValueError):
+    """A connection URI libvirt would not accept; the message names the offending part."""
+
+
+class AuthenticationError(AiovirtError):
+    """The server asked for an authentication method we cannot perform, or it failed."""
+
+
+class LibvirtError(AiovirtError):
+    """An error reported by libvirtd, carrying its ``virErrorNumber`` and ``virErrorDomain``."""
+
+    code: int
+    domain: int
+    message: str
+
+    def __init__(self, message: str, code: int = 0, domain: int = 0, level: int = 2,
+                 str1: str | None = None, str2: str | None = None, str3: str | None = None,
+                 int1: int = 0, int2: int = 0) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.domain = domain
+        self.level = level
+        self.str1, self.str2, self.str3 = str1, str2, str3
+        self.int1, self.int2 = int1, int2
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code}, domain={self.domain}, {self.message!r})"
+
+
+# Subclasses keyed by virErrorNumber (libvirt's include/libvirt/virterror.h).
+class InvalidArgument(LibvirtError):
+    """VIR_ERR_INVALID_ARG (8): an argument the API rejects."""
+
+
+class NoSupport(LibvirtError):
+    """VIR_ERR_NO_SUPPORT (3): the driver does not support this call."""
+
+
+class XMLError(LibvirtError):
+    """VIR_ERR_XML_ERROR (27) / VIR_ERR_XML_DETAIL (35): the XML document was rejected."""
+
+
+class OperationFailed(LibvirtError):
+    """VIR_ERR_OPERATION_FAILED (9)."""
+
+
+class OperationInvalid(LibvirtError):
+    """VIR_ERR_OPERATION_INVALID (55): not allowed in the object's current state."""
+
+
+class OperationTimeout(LibvirtError):
+    """VIR_ERR_OPERATION_TIMEOUT (68)."""
+
+
+class ArgumentUnsupported(LibvirtError):
+    """VIR_ERR_ARGUMENT_UNSUPPORTED (74): a flag or argument this driver does not know."""
+
+
+class ObjectExists(LibvirtError):
+    """VIR_ERR_DOM_EXIST (28), NETWORK_EXIST (37), STORAGE_VOL_EXIST (90)."""
+
+
+class NoSuchDomain(LibvirtError):
+    """VIR_ERR_NO_DOMAIN (42)."""
+
+
+class NoSuchNetwork(LibvirtError):
+    """VIR_ERR_NO_NETWORK (43)."""
+
+
+class NoSuchStoragePool(LibvirtError):
+    """VIR_ERR_NO_STORAGE_POOL (49)."""
+
+
+class NoSuchStorageVolume(LibvirtError):
+    """VIR_ERR_NO_STORAGE_VOL (50)."""
+
+
+class NoSuchNodeDevice(LibvirtError):
+    """VIR_ERR_NO_NODE_DEVICE (53)."""
+
+
+class NoSuchSecret(LibvirtError):
+    """VIR_ERR_NO_SECRET (66)."""
+
+
+_BY_CODE: dict[int, type[LibvirtError]] = {
+    3: NoSupport, 8: InvalidArgument, 9: OperationFailed, 27: XMLError, 28: ObjectExists,
+    35: XMLError, 37: ObjectExists, 42: NoSuchDomain, 43: NoSuchNetwork, 49: NoSuchStoragePool,
+    50: NoSuchStorageVolume, 53: NoSuchNodeDevice, 55: OperationInvalid, 66: NoSuchSecret,
+    68: OperationTimeout, 74: ArgumentUnsupported, 90: ObjectExists,
+}
+
+
+def error_from_remote(err: Any) -> LibvirtError:
+    """Build the right ``LibvirtError`` subclass from a decoded ``remote_error``."""
+    cls = _BY_CODE.get(err.code, LibvirtError)
+    message = err.message if err.message is not None else f"libvirt error code {err.code}"
+    return cls(message, err.code, err.domain, err.level, err.str1, err.str2, err.str3,
+               err.int1, err.int2)

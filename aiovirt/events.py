@@ -1,0 +1,173 @@
+"""Event subscriptions: server-pushed events delivered as an async iterator.
+
+``conn.domain_events()`` registers a callback with the daemon and yields typed events; leaving
+``async for`` (or the ``async with`` block around it) deregisters the callback.  Each
+subscription buffers its events, so a slow consumer never stalls the connection's reader.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import anyio
+
+if TYPE_CHECKING:
+    from .connection import Connection
+    from .domain import Domain
+
+__all__ = [
+    "DomainEvent", "DomainEventID", "DomainEventType", "DomainLifecycleEvent",
+    "EventSubscription", "event_family",
+]
+
+T = TypeVar("T")
+
+
+class DomainEventID(IntEnum):
+    """Which domain events to subscribe to (``VIR_DOMAIN_EVENT_ID_*``)."""
+
+    LIFECYCLE = 0
+    REBOOT = 1
+    RTC_CHANGE = 2
+    WATCHDOG = 3
+    IO_ERROR = 4
+    GRAPHICS = 5
+    IO_ERROR_REASON = 6
+    CONTROL_ERROR = 7
+    BLOCK_JOB = 8
+    DISK_CHANGE = 9
+    TRAY_CHANGE = 10
+    PMWAKEUP = 11
+    PMSUSPEND = 12
+    BALLOON_CHANGE = 13
+    PMSUSPEND_DISK = 14
+    DEVICE_REMOVED = 15
+    BLOCK_JOB_2 = 16
+    TUNABLE = 17
+    AGENT_LIFECYCLE = 18
+    DEVICE_ADDED = 19
+    MIGRATION_ITERATION = 20
+    JOB_COMPLETED = 21
+    DEVICE_REMOVAL_FAILED = 22
+    METADATA_CHANGE = 23
+    BLOCK_THRESHOLD = 24
+    MEMORY_FAILURE = 25
+    MEMORY_DEVICE_SIZE_CHANGE = 26
+
+
+class DomainEventType(IntEnum):
+    """What happened to a domain (``VIR_DOMAIN_EVENT_*``)."""
+
+    DEFINED = 0
+    UNDEFINED = 1
+    STARTED = 2
+    SUSPENDED = 3
+    RESUMED = 4
+    STOPPED = 5
+    SHUTDOWN = 6
+    PMSUSPENDED = 7
+    CRASHED = 8
+
+
+@dataclass(frozen=True, slots=True)
+class DomainLifecycleEvent:
+    """A domain was defined, started, stopped...; ``detail`` is the event's detail code."""
+
+    domain: Domain
+    event: DomainEventType | int
+    detail: int
+
+
+@dataclass(frozen=True, slots=True)
+class DomainEvent:
+    """Any other domain event: ``body`` is the decoded message of its kind."""
+
+    domain: Domain
+    id: DomainEventID | int
+    body: Any
+
+
+_FAMILIES = (("domain_monitor_event", "qemu_monitor"), ("domain_event", "domain"),
+             ("network_event", "network"), ("storage_pool_event", "storage_pool"),
+             ("node_device_event", "node_device"), ("secret_event", "secret"))
+
+
+def event_family(procedure_name: str) -> str:
+    """Which callback-ID space an event procedure belongs to (domain, network, ...)."""
+    for prefix, family in _FAMILIES:
+        if procedure_name.startswith(prefix):
+            return family
+    return procedure_name
+
+
+class EventSubscription(Generic[T]):
+    """A registered event callback; iterate it for events.
+
+    Usable as ``async for e in sub`` (registers on the first step, deregisters when the loop
+    ends) or ``async with sub: async for e in sub`` (deterministic deregistration).
+    """
+
+    def __init__(self, conn: Connection, family: str,
+                 register: Callable[[], Awaitable[int]],
+                 deregister: Callable[[int], Awaitable[None]],
+                 convert: Callable[[Any], T]) -> None:
+        self._conn = conn
+        self._family = family
+        self._register = register
+        self._deregister = deregister
+        self._convert = convert
+        self._send, self._receive = anyio.create_memory_object_stream[Any](math.inf)
+        self.callback_id: int | None = None
+        self.dropped = False
+
+    async def __aenter__(self) -> EventSubscription[T]:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Register the callback with the daemon (idempotent)."""
+        if self.callback_id is None:
+            self.callback_id = await self._register()
+            self._conn._add_subscription(self._family, self.callback_id, self)
+
+    async def stop(self) -> None:
+        """Deregister the callback; iteration ends once buffered events are consumed."""
+        callback_id, self.callback_id = self.callback_id, None
+        if callback_id is None:
+            return
+        self._conn._remove_subscription(self._family, callback_id)
+        self._send.close()
+        if self._conn.is_alive:
+            with anyio.CancelScope(shield=True):
+                await self._deregister(callback_id)
+
+    def deliver(self, procedure: Any, body: Any) -> None:
+        try:
+            self._send.send_nowait(body)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass
+
+    def close(self) -> None:
+        """The connection is gone: end iteration."""
+        self._send.close()
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[T]:
+        owned = self.callback_id is None
+        if owned:
+            await self.start()
+        try:
+            async for body in self._receive:
+                yield self._convert(body)
+        finally:
+            if owned:
+                await self.stop()

@@ -1,0 +1,270 @@
+"""The sans-IO core of libvirt's RPC protocol: bytes in, messages out, calls in, bytes out.
+
+Nothing here awaits or touches a socket.  A packet is a big-endian u32 length (counting
+itself), a 24-byte header and an XDR payload.  ``ClientProtocol`` frames outgoing calls,
+allocates serials, checks sizes before reading a body, routes replies by serial and server
+messages (events, keepalive) by type, answers keepalive PINGs with PONGs and turns
+``remote_error`` payloads into exceptions.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import LibvirtError, ProtocolError, error_from_remote
+from .protocol import keepalive, lxc, qemu, remote, virnet
+from .xdr import ProcedureInfo, XdrError, decode
+
+__all__ = [
+    "CALL", "ClientProtocol", "ERROR", "EventMessage", "FrameDecoder", "KeepaliveMessage",
+    "MAX_MESSAGE", "MESSAGE", "Message", "OK", "PROGRAMS", "REPLY", "Reply", "STREAM",
+    "StreamMessage", "encode_message",
+]
+
+# Message types and statuses (virnetprotocol.x)
+CALL, REPLY, MESSAGE, STREAM = 0, 1, 2, 3
+CALL_WITH_FDS, REPLY_WITH_FDS, STREAM_HOLE = 4, 5, 6
+OK, ERROR, CONTINUE = 0, 1, 2
+
+MAX_MESSAGE = virnet.VIR_NET_MESSAGE_MAX           # whole packet, length word included
+_PREFIX = struct.Struct(">IIIiiIi")                 # length + header
+PREFIX_SIZE = _PREFIX.size                          # 28
+_LENGTH = struct.Struct(">I")
+
+# program number -> {procedure number -> ProcedureInfo}
+PROGRAMS: dict[int, dict[int, ProcedureInfo]] = {
+    remote.PROGRAM: remote.PROCEDURES,
+    qemu.PROGRAM: qemu.PROCEDURES,
+    lxc.PROGRAM: lxc.PROCEDURES,
+    keepalive.PROGRAM: keepalive.PROCEDURES,
+}
+_VERSIONS = {remote.PROGRAM: remote.VERSION, qemu.PROGRAM: qemu.VERSION,
+             lxc.PROGRAM: lxc.VERSION, keepalive.PROGRAM: keepalive.VERSION}
+
+
+@dataclass(slots=True)
+class Message:
+    """One framed packet: header fields and the undecoded payload."""
+
+    program: int
+    version: int
+    procedure: int
+    type: int
+    serial: int
+    status: int
+    payload: bytes
+
+
+def encode_message(program: int, procedure: int, type_: int, serial: int, status: int,
+                   payload: bytes = b"", version: int = 1) -> bytes:
+    """Frame one packet (used for calls, keepalive and by test peers)."""
+    length = PREFIX_SIZE + len(payload)
+    if length > MAX_MESSAGE:
+        raise ProtocolError(f"message of {length} bytes exceeds the limit of {MAX_MESSAGE}")
+    return _PREFIX.pack(length, program, version, procedure, type_, serial, status) + payload
+
+
+class FrameDecoder:
+    """Splits a byte stream into ``Message`` objects, checking each length before its body."""
+
+    __slots__ = ("_buffer", "max_message")
+
+    def __init__(self, max_message: int = MAX_MESSAGE) -> None:
+        self._buffer = bytearray()
+        self.max_message = max_message
+
+    def feed(self, data: bytes) -> list[Message]:
+        buffer = self._buffer
+        buffer += data
+        messages: list[Message] = []
+        start, available = 0, len(buffer)
+        while available - start >= 4:
+            length, = _LENGTH.unpack_from(buffer, start)
+            if length < PREFIX_SIZE:
+                raise ProtocolError(f"packet length {length} is shorter than the "
+                                    f"{PREFIX_SIZE}-byte header")
+            if length > self.max_message:
+                raise ProtocolError(f"packet length {length} exceeds the limit of "
+                                    f"{self.max_message} bytes")
+            if available - start < length:
+                break
+            _, program, version, procedure, type_, serial, status = \
+                _PREFIX.unpack_from(buffer, start)
+            messages.append(Message(program, version, procedure, type_, serial, status,
+                                    bytes(buffer[start + PREFIX_SIZE:start + length])))
+            start += length
+        if start:
+            del buffer[:start]
+        return messages
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet forming a whole packet."""
+        return len(self._buffer)
+
+
+# -- what ClientProtocol.receive_data reports ------------------------------------------------
+
+@dataclass(slots=True)
+class Reply:
+    """The answer to one call: ``value`` (decoded result or None) or ``error``."""
+
+    serial: int
+    value: Any = None
+    error: LibvirtError | None = None
+
+
+@dataclass(slots=True)
+class EventMessage:
+    """A message the server sent unasked (type MESSAGE): an event, decoded."""
+
+    program: int
+    procedure: ProcedureInfo
+    body: Any
+
+
+@dataclass(slots=True)
+class KeepaliveMessage:
+    """A keepalive PING or PONG arrived (a PING is answered by ``ClientProtocol`` itself)."""
+
+    ping: bool
+
+
+@dataclass(slots=True)
+class StreamMessage:
+    """Stream data or status for the stream opened by call ``serial``."""
+
+    serial: int
+    status: int
+    type: int
+    payload: bytes
+    error: LibvirtError | None = None
+
+
+class ClientProtocol:
+    """The client side of one libvirt RPC connection, without I/O.
+
+    ``call`` returns the bytes to send and the serial; ``receive_data`` takes bytes read from
+    the socket and returns what they mean.  Outgoing bytes the protocol produces on its own
+    (PONG answers) are collected by ``data_to_send``.
+    """
+
+    def __init__(self, max_message: int = MAX_MESSAGE) -> None:
+        self._frames = FrameDecoder(max_message)
+        self._serial = 0
+        self._pending: dict[int, ProcedureInfo | None] = {}  # None: abandoned by its caller
+        self._outgoing: list[bytes] = []
+        self.streams: set[int] = set()  # serials whose STREAM messages are expected
+
+    # -- outgoing -----------------------------------------------------------------------------
+    def call(self, procedure: ProcedureInfo, args: Any = None) -> tuple[int, bytes]:
+        """Frame a call; returns its serial and the packet.  The reply is then expected."""
+        self._serial = serial = (self._serial + 1) & 0xFFFFFFFF or 1
+        buf = bytearray(PREFIX_SIZE)
+        if procedure.encode_args is not None:
+            if args is None:
+                raise TypeError(f"{procedure.name} needs arguments of type "
+                                f"{procedure.args.__name__}")
+            try:
+                procedure.encode_args(buf, args)
+            except XdrError as exc:
+                raise XdrError(f"{procedure.name}: {exc}") from None
+            except (struct.error, AttributeError, TypeError, UnicodeError) as exc:
+                raise XdrError(f"{procedure.name}: cannot encode {args!r}: {exc}") from None
+        length = len(buf)
+        if length > MAX_MESSAGE:
+            raise XdrError(f"{procedure.name}: message of {length} bytes exceeds the limit "
+                           f"of {MAX_MESSAGE}")
+        _PREFIX.pack_into(buf, 0, length, procedure.program, _VERSIONS[procedure.program],
+                          procedure.number, CALL, serial, OK)
+        self._pending[serial] = procedure
+        return serial, bytes(buf)
+
+    def abandon(self, serial: int) -> None:
+        """The caller no longer waits for ``serial``: its reply will be read and discarded."""
+        if serial in self._pending:
+            self._pending[serial] = None
+
+    @property
+    def pending(self) -> int:
+        """Calls sent whose reply has not arrived yet (abandoned ones included)."""
+        return len(self._pending)
+
+    def ping(self) -> bytes:
+        """A keepalive PING packet, for probing a quiet server."""
+        return encode_message(keepalive.PROGRAM, keepalive.KEEPALIVE_PROC_PING, MESSAGE, 0, OK)
+
+    def data_to_send(self) -> bytes:
+        """Bytes the protocol wants sent on its own account (PONGs), and forgets them."""
+        if not self._outgoing:
+            return b""
+        data = b"".join(self._outgoing)
+        self._outgoing.clear()
+        return data
+
+    # -- incoming -----------------------------------------------------------------------------
+    def receive_data(self, data: bytes) -> list[Reply | EventMessage | KeepaliveMessage |
+                                                 StreamMessage]:
+        """Parse bytes from the server.  Raises ``ProtocolError`` on anything malformed."""
+        results: list[Any] = []
+        for message in self._frames.feed(data):
+            result = self._route(message)
+            if result is not None:
+                results.append(result)
+        return results
+
+    def _route(self, msg: Message) -> Any:
+        type_ = msg.type
+        if type_ == REPLY or type_ == REPLY_WITH_FDS:
+            try:
+                procedure = self._pending.pop(msg.serial)
+            except KeyError:
+                raise ProtocolError(f"reply to serial {msg.serial}, which has no call "
+                                    f"waiting (program {msg.program:#x}, procedure "
+                                    f"{msg.procedure})") from None
+            if procedure is None:
+                return None  # its caller gave up; the late reply is dropped
+            if msg.procedure != procedure.number or msg.program != procedure.program:
+                raise ProtocolError(f"reply to serial {msg.serial} names procedure "
+                                    f"{msg.procedure}, but {procedure.name} was called")
+            if msg.status == OK:
+                if type_ == REPLY_WITH_FDS:
+                    raise ProtocolError(f"{procedure.name}: replies carrying file "
+                                        "descriptors are not supported")
+                if procedure.decode_ret is None:
+                    if msg.payload:
+                        raise ProtocolError(f"{procedure.name}: unexpected reply payload")
+                    return Reply(msg.serial)
+                return Reply(msg.serial, decode(procedure.decode_ret, msg.payload,
+                                                procedure.name + " reply"))
+            if msg.status == ERROR:
+                return Reply(msg.serial, error=self._error(msg))
+            raise ProtocolError(f"reply to serial {msg.serial} has bad status {msg.status}")
+        if type_ == MESSAGE:
+            if msg.program == keepalive.PROGRAM:
+                if msg.procedure == keepalive.KEEPALIVE_PROC_PING:
+                    self._outgoing.append(encode_message(
+                        keepalive.PROGRAM, keepalive.KEEPALIVE_PROC_PONG, MESSAGE, 0, OK))
+                    return KeepaliveMessage(ping=True)
+                if msg.procedure == keepalive.KEEPALIVE_PROC_PONG:
+                    return KeepaliveMessage(ping=False)
+                raise ProtocolError(f"unknown keepalive procedure {msg.procedure}")
+            table = PROGRAMS.get(msg.program)
+            procedure = table.get(msg.procedure) if table else None
+            if procedure is None or not procedure.event:
+                raise ProtocolError(f"unexpected message: program {msg.program:#x} "
+                                    f"procedure {msg.procedure} is not an event")
+            return EventMessage(msg.program, procedure,
+                                decode(procedure.decode_ret, msg.payload, procedure.name))
+        if type_ == STREAM or type_ == STREAM_HOLE:
+            if msg.serial not in self.streams:
+                return None  # a stream nobody reads any more (its call was abandoned)
+            error = self._error(msg) if msg.status == ERROR else None
+            return StreamMessage(msg.serial, msg.status, type_, msg.payload, error)
+        raise ProtocolError(f"unexpected message type {type_} from the server")
+
+    @staticmethod
+    def _error(msg: Message) -> LibvirtError:
+        return error_from_remote(decode(virnet._dec_MessageError, msg.payload, "remote_error"))

@@ -1,0 +1,67 @@
+"""What the generated protocol modules share: XDR errors, padding and the procedure record."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .errors import ProtocolError
+
+__all__ = ["ProcedureInfo", "XdrError", "decode", "encode"]
+
+
+class XdrError(ProtocolError):
+    """A value does not fit its XDR type: a length over its declared limit, a bad tag, truncation."""
+
+
+_U32 = struct.Struct(">I")
+_PAD = (b"", b"\0\0\0", b"\0\0", b"\0")  # indexed by length & 3
+_TRUE = b"\0\0\0\1"
+_FALSE = b"\0\0\0\0"
+
+Encoder = Callable[[bytearray, Any], None]
+Decoder = Callable[[bytes, int], "tuple[Any, int]"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProcedureInfo:
+    """One remote procedure: its number, name, argument/result types and their codecs."""
+
+    number: int
+    name: str
+    args: type | None
+    ret: type | None
+    encode_args: Encoder | None
+    decode_args: Decoder | None
+    encode_ret: Encoder | None
+    decode_ret: Decoder | None
+    high_priority: bool = False
+    stream: str | None = None   # "read" or "write" when the procedure opens a stream
+    event: bool = False         # a message the server sends unasked (ret is its payload)
+    program: int = 0
+
+
+def encode(encoder: Encoder, value: Any, what: str) -> bytes:
+    """Encode one value, turning a wrong Python value into an ``XdrError`` naming ``what``."""
+    buf = bytearray()
+    try:
+        encoder(buf, value)
+    except XdrError:
+        raise
+    except (struct.error, AttributeError, TypeError, UnicodeError) as exc:
+        raise XdrError(f"{what}: cannot encode {value!r}: {exc}") from None
+    return bytes(buf)
+
+
+def decode(decoder: Decoder, data: bytes, what: str) -> Any:
+    """Decode a whole payload; trailing or missing bytes are an ``XdrError`` naming ``what``."""
+    try:
+        value, end = decoder(data, 0)
+    except XdrError as exc:
+        raise XdrError(f"{what}: {exc}") from None
+    except (struct.error, UnicodeError, IndexError) as exc:
+        raise XdrError(f"{what}: truncated or malformed payload: {exc}") from None
+    if end != len(data):
+        raise XdrError(f"{what}: {len(data) - end} bytes left over after the payload")
+    return value
