@@ -1,22 +1,23 @@
-"""One socket to libvirtd: its reader and writer tasks, in-flight cap, keepalive and handshake.
+"""One socket to libvirtd: in-flight cap, reply routing, keepalive and the handshake.
 
 A ``Connection`` owns one or more channels (its lanes).  Each channel runs the sans-IO
-``ClientProtocol`` over an anyio byte stream.  Callers wait on their own reply; the reader task
-routes replies by serial and hands events to the connection.
+``ClientProtocol`` over a thin transport.  Callers wait on their own reply; the transport feeds
+incoming bytes to the channel, which routes replies by serial and events to the connection.
 """
 
 from __future__ import annotations
 
-import math
+import asyncio
 import time
-from typing import Any, Callable
+from collections.abc import Callable, Generator
+from typing import Any
 
 import anyio
-import anyio.abc
 
 from .errors import AuthenticationError, ConnectionClosed, ProtocolError
 from .protocol import remote
-from .wire import ClientProtocol, EventMessage, KeepaliveMessage, Reply, StreamMessage
+from .transport import Transport
+from .wire import ClientProtocol, EventMessage, KeepaliveMessage, Reply
 from .xdr import ProcedureInfo
 
 __all__ = ["Channel"]
@@ -27,33 +28,66 @@ _FEATURE_KEEPALIVE = 10
 _P = remote.PROCEDURES
 
 
-class _Waiter:
-    __slots__ = ("event", "value", "error")
+class _EventWaiter:
+    """A reply slot for backends other than asyncio (there a plain Future serves)."""
+
+    __slots__ = ("_event", "_value", "_error")
 
     def __init__(self) -> None:
-        self.event = anyio.Event()
-        self.value: Any = None
-        self.error: BaseException | None = None
+        self._event = anyio.Event()
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def set_result(self, value: Any) -> None:
+        self._value = value
+        self._event.set()
+
+    def set_exception(self, error: BaseException) -> None:
+        self._error = error
+        self._event.set()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._wait().__await__()
+
+    async def _wait(self) -> Any:
+        await self._event.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def _waiter_factory() -> Callable[[], Any]:
+    try:
+        return asyncio.get_running_loop().create_future
+    except RuntimeError:
+        return _EventWaiter
 
 
 class Channel:
-    """A socket, its protocol state and the tasks that serve it."""
+    """A socket, its protocol state, and the callers waiting on it.
 
-    def __init__(self, stream: anyio.abc.ByteStream, *, max_in_flight: int,
+    It is the transport's sink: ``feed`` routes what arrives, ``lost`` fails every caller.
+    """
+
+    def __init__(self, transport: Transport, *, max_in_flight: int,
                  on_event: Callable[[EventMessage], None], name: str = "main") -> None:
         self.name = name
-        self.stream = stream
+        self.transport = transport
         self.protocol = ClientProtocol()
         self.max_in_flight = max_in_flight
         self._slots = anyio.Semaphore(max_in_flight, fast_acquire=True)
-        self._waiters: dict[int, _Waiter] = {}
+        self._waiters: dict[int, Any] = {}
+        self._new_waiter = _waiter_factory()
         self._on_event = on_event
-        self._outbox_send, self._outbox = anyio.create_memory_object_stream[bytes](math.inf)
         self.closed: BaseException | None = None
         self.last_received = time.monotonic()
         self.pings_received = 0
         self.pongs_received = 0
         self.keepalive_supported = False
+        transport.attach(self)
 
     # -- calls ----------------------------------------------------------------------------------
     @property
@@ -66,91 +100,69 @@ class Channel:
         if self.closed is not None:
             raise ConnectionClosed(str(self.closed)) from self.closed
         slots = self._slots
-        try:
-            slots.acquire_nowait()
-        except anyio.WouldBlock:
-            await slots.acquire()
-            if self.closed is not None:
-                slots.release()
-                raise ConnectionClosed(str(self.closed)) from self.closed
+        await slots.acquire()
+        if self.closed is not None:
+            slots.release()
+            raise ConnectionClosed(str(self.closed)) from self.closed
         try:
             serial, packet = self.protocol.call(procedure, args)
         except BaseException:
             slots.release()
             raise
-        waiter = _Waiter()
+        waiter = self._new_waiter()
         self._waiters[serial] = waiter
-        self._outbox_send.send_nowait(packet)
         try:
-            await waiter.event.wait()
+            self.transport.write(packet)
+            return await waiter
         except BaseException:
-            # Cancelled: the reply (when it comes) is read and dropped; its slot is freed then.
+            # Cancelled (or the write failed): a late reply is read and dropped, and frees
+            # the slot then, so the server never holds more than max_in_flight of ours.
             if self._waiters.pop(serial, None) is not None:
                 self.protocol.abandon(serial)
             raise
-        if waiter.error is not None:
-            raise waiter.error
-        return waiter.value
 
-    # -- tasks ----------------------------------------------------------------------------------
-    async def read_loop(self) -> None:
-        """Read until the socket closes; route every message; fail all waiters at the end."""
-        stream, protocol = self.stream, self.protocol
-        waiters, slots = self._waiters, self._slots
-        error: BaseException
+    # -- the transport's sink -----------------------------------------------------------------
+    def feed(self, data: bytes) -> None:
+        """Route everything ``data`` completes: replies to callers, events, keepalive."""
+        self.last_received = time.monotonic()
         try:
-            while True:
-                data = await stream.receive(1 << 18)
-                self.last_received = time.monotonic()
-                for item in protocol.receive_data(data):
-                    if type(item) is Reply:
-                        slots.release()
-                        waiter = waiters.pop(item.serial, None)
-                        if waiter is not None:
-                            if item.error is not None:
-                                waiter.error = item.error
-                            else:
-                                waiter.value = item.value
-                            waiter.event.set()
-                    elif type(item) is EventMessage:
-                        self._on_event(item)
-                    elif type(item) is KeepaliveMessage:
-                        if item.ping:
-                            self.pings_received += 1
-                            self._outbox_send.send_nowait(protocol.data_to_send())
-                        else:
-                            self.pongs_received += 1
-                    elif type(item) is StreamMessage:
-                        pass  # streams are not served yet; ClientProtocol drops unknown ones
-        except _BROKEN as exc:
-            error = ConnectionClosed(f"{self.name} socket: the server closed the connection"
-                                     if isinstance(exc, anyio.EndOfStream) else
-                                     f"{self.name} socket: connection lost: {exc!r}")
+            items = self.protocol.receive_data(data)
         except ProtocolError as exc:
-            error = exc
-        except BaseException as exc:  # cancelled: we are closing
-            error = ConnectionClosed(f"{self.name} socket: connection closed")
-            self.fail(error)
-            raise exc
-        self.fail(error)
-        with anyio.CancelScope(shield=True):
-            await self.stream.aclose()
+            self.fail(exc)
+            return
+        waiters, slots = self._waiters, self._slots
+        for item in items:
+            kind = type(item)
+            if kind is Reply:
+                slots.release()
+                waiter = waiters.pop(item.serial, None)
+                if waiter is not None and not waiter.done():
+                    if item.error is not None:
+                        waiter.set_exception(item.error)
+                    else:
+                        waiter.set_result(item.value)
+            elif kind is EventMessage:
+                self._on_event(item)
+            elif kind is KeepaliveMessage:
+                if item.ping:
+                    self.pings_received += 1
+                    self._write(self.protocol.data_to_send())
+                else:
+                    self.pongs_received += 1
+            # StreamMessage: streams are not served yet; ClientProtocol drops unknown ones
 
-    async def write_loop(self) -> None:
-        """Send queued packets, coalescing whatever queued up meanwhile into one write."""
-        outbox = self._outbox
+    def lost(self, exc: BaseException | None) -> None:
+        self.fail(ConnectionClosed(
+            f"{self.name} socket: the server closed the connection" if exc is None else
+            f"{self.name} socket: connection lost: {exc}"))
+
+    def _write(self, data: bytes) -> None:
         try:
-            async for packet in outbox:
-                chunks = [packet]
-                while True:
-                    try:
-                        chunks.append(outbox.receive_nowait())
-                    except anyio.WouldBlock:
-                        break
-                await self.stream.send(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            self.transport.write(data)
         except _BROKEN as exc:
-            self.fail(ConnectionClosed(f"{self.name} socket: send failed: {exc!r}"))
+            self.lost(exc)
 
+    # -- keepalive and failure ----------------------------------------------------------------
     async def keepalive_loop(self, interval: float, count: int) -> None:
         """Ping a quiet server; declare it dead after ``count`` intervals without a word."""
         while self.closed is None:
@@ -159,24 +171,23 @@ class Channel:
             if idle >= interval * (count + 1):
                 self.fail(ConnectionClosed(
                     f"{self.name} socket: the server did not answer keepalive for {idle:.1f} s"))
-                await self.stream.aclose()
                 return
             if idle >= interval:
-                self._outbox_send.send_nowait(self.protocol.ping())
+                self._write(self.protocol.ping())
 
     def fail(self, error: BaseException) -> None:
-        """Mark the channel dead and wake every caller (now and later) with ``error``."""
+        """Mark the channel dead, close its socket and wake every caller with ``error``."""
         if self.closed is not None:
             return
         self.closed = error
         waiters, self._waiters = self._waiters, {}
         for waiter in waiters.values():
-            waiter.error = error
-            waiter.event.set()
+            if not waiter.done():
+                waiter.set_exception(error)
         # wake callers queued for a slot; they see ``closed`` and raise
         for _ in range(self._slots.statistics().tasks_waiting):
             self._slots.release()
-        self._outbox_send.close()
+        self.transport.close()
 
     # -- handshake --------------------------------------------------------------------------
     async def open(self, name: str, flags: int = 0) -> None:

@@ -19,7 +19,7 @@ from .channel import Channel
 from .errors import ConnectionClosed
 from .events import EventSubscription, event_family
 from .protocol import lxc, qemu, remote
-from .transport import open_stream
+from .transport import open_transport
 from .uri import ConnectionURI, parse_uri
 from .wire import EventMessage
 from .xdr import ProcedureInfo
@@ -82,10 +82,13 @@ class Connection(objects.ConnectionObjects):
 
     def __init__(self, uri: ConnectionURI, *, max_in_flight: int, lanes: int,
                  keepalive: tuple[float, int] | None, readonly: bool,
-                 slow_procedures: frozenset[str]) -> None:
+                 slow_procedures: frozenset[str], native: bool = True) -> None:
         self.uri = uri
+        self.native = native
         self.max_in_flight = max_in_flight
-        self.lanes = lanes
+        # The test driver with a node file gives every socket its own private state: a lane
+        # would not see the main socket's objects, so such connections use one socket.
+        self.lanes = 0 if uri.driver == "test" and uri.path not in ("/default", "") else lanes
         self.keepalive = keepalive
         self.readonly = readonly
         self.slow_procedures = frozenset(
@@ -106,17 +109,14 @@ class Connection(objects.ConnectionObjects):
         self._main = await self._open_channel("main")
 
     async def _open_channel(self, name: str) -> Channel:
-        stream = await open_stream(self.uri)
-        channel = Channel(stream, max_in_flight=self.max_in_flight, on_event=self._dispatch,
-                          name=name)
         assert self._tasks is not None
-        self._tasks.start(channel.read_loop, f"aiovirt {name} reader")
-        self._tasks.start(channel.write_loop, f"aiovirt {name} writer")
+        transport = await open_transport(self.uri, self._tasks.start, native=self.native)
+        channel = Channel(transport, max_in_flight=self.max_in_flight, on_event=self._dispatch,
+                          name=name)
         try:
             await channel.open(self.uri.remote_name, 1 if self.readonly else 0)
         except BaseException:
             channel.fail(ConnectionClosed(f"{name} socket: handshake failed"))
-            await stream.aclose()
             raise
         if self.keepalive is not None and channel.keepalive_supported:
             interval, count = self.keepalive
@@ -139,8 +139,6 @@ class Connection(objects.ConnectionObjects):
                         pass
         for channel in channels:
             channel.fail(ConnectionClosed("the connection was closed"))
-            with anyio.CancelScope(shield=True):
-                await channel.stream.aclose()
         for subscription in list(self._subscriptions.values()):
             subscription.close()
         if self._tasks is not None:
@@ -162,26 +160,34 @@ class Connection(objects.ConnectionObjects):
                    lane: bool | None = None) -> Any:
         """Call one procedure with its argument struct; returns its result struct (or None).
 
-        ``lane`` forces the call onto a lane (True) or the main socket (False); by default
-        the procedures in ``slow_procedures`` use the lanes.
+        Slow procedures (``slow_procedures``) run on the lanes; quick ones on the main socket,
+        overflowing to a lane with a free slot while the main socket is full.  ``lane=True``
+        or ``False`` forces a lane or the main socket.
         """
         main = self._main
         if main is None or self._closed:
             raise ConnectionClosed("the connection is closed")
         if lane is None:
-            lane = self.lanes > 0 and procedure.program == remote.PROGRAM and \
-                procedure.number in self.slow_procedures
-        if lane:
-            return await (await self._pick_lane()).call(procedure, args)
+            if self.lanes and procedure.number in self.slow_procedures and \
+                    procedure.program == remote.PROGRAM:
+                return await (await self._pick_lane(slow=True)).call(procedure, args)
+            if main.in_flight < main.max_in_flight or not self.lanes:
+                return await main.call(procedure, args)
+            return await (await self._pick_lane(slow=False)).call(procedure, args)
+        if lane and self.lanes:
+            return await (await self._pick_lane(slow=True)).call(procedure, args)
         return await main.call(procedure, args)
 
-    async def _pick_lane(self) -> Channel:
-        """The least busy lane, opening another while all are full and the limit allows."""
+    async def _pick_lane(self, slow: bool) -> Channel:
+        """A lane with a free slot (the least busy), opening one while the limit allows.
+
+        For a quick call that finds every lane full, the main socket (its FIFO queue)."""
         lanes = [c for c in self._lanes if c.closed is None]
         best = min(lanes, key=lambda c: c.in_flight, default=None)
-        if best is not None and (best.in_flight < best.max_in_flight or
-                                 len(self._lanes) >= self.lanes):
+        if best is not None and best.in_flight < best.max_in_flight:
             return best
+        if len(lanes) >= self.lanes:
+            return best if slow or best is None else self._main  # type: ignore[return-value]
         async with self._lane_lock:
             self._lanes = [c for c in self._lanes if c.closed is None]
             if len(self._lanes) < self.lanes:
@@ -218,19 +224,22 @@ class connect:  # noqa: N801 - reads as a function: ``await connect(uri)`` / ``a
     ``max_in_flight``: calls in progress per socket (libvirtd's ``max_client_requests``,
     5 by default); more wait in FIFO order.  ``lanes``: extra sockets for slow procedures.
     ``keepalive``: (interval seconds, missed intervals) before the server is declared dead,
-    or None.  ``readonly`` opens a read-only connection.
+    or None.  ``readonly`` opens a read-only connection.  ``native_transport=False`` uses
+    anyio's generic streams even on asyncio (other backends always do).
     """
 
     def __init__(self, uri: str, *, max_in_flight: int = 5, lanes: int = 4,
                  keepalive: tuple[float, int] | None = (5.0, 5), readonly: bool = False,
-                 slow_procedures: frozenset[str] = SLOW_PROCEDURES) -> None:
+                 slow_procedures: frozenset[str] = SLOW_PROCEDURES,
+                 native_transport: bool = True) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         if lanes < 0:
             raise ValueError("lanes must be 0 or more")
         self._connection = Connection(parse_uri(uri), max_in_flight=max_in_flight,
                                       lanes=lanes, keepalive=keepalive, readonly=readonly,
-                                      slow_procedures=slow_procedures)
+                                      slow_procedures=slow_procedures,
+                                      native=native_transport)
         self._group: anyio.abc.TaskGroup | None = None
 
     def __await__(self) -> Generator[Any, None, Connection]:
@@ -262,7 +271,10 @@ class connect:  # noqa: N801 - reads as a function: ``await connect(uri)`` / ``a
             raise exc
         return self._connection
 
-    async def __aexit__(self, *exc_info: Any) -> bool | None:
+    async def __aexit__(self, *exc_info: Any) -> None:
+        # The background tasks never fail on their own (they report through the calls), so
+        # the block's own exception, if any, propagates as it is, not in an ExceptionGroup.
         await self._connection.close()
         assert self._group is not None
-        return await self._group.__aexit__(*exc_info)
+        self._group.cancel_scope.cancel()
+        await self._group.__aexit__(None, None, None)

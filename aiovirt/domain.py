@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from .events import (DomainEvent, DomainEventID, DomainLifecycleEvent, DomainEventType,
                      EventSubscription)
+from .errors import NoSuchDomain
 from .protocol.remote import NonnullDomain
 from .typedparams import to_dict
 
@@ -167,12 +168,17 @@ class DomainMethods:
         """Find a domain by exactly one of ``name``, ``uuid`` or ``id``."""
         if sum(x is not None for x in (name, uuid, id)) != 1:
             raise TypeError("lookup_domain takes exactly one of name=, uuid= or id=")
-        if name is not None:
-            ret = await self.rpc.domain_lookup_by_name(name)
-        elif uuid is not None:
-            ret = await self.rpc.domain_lookup_by_uuid(_uuid.UUID(str(uuid)).bytes)
-        else:
-            ret = await self.rpc.domain_lookup_by_id(id)
+        try:
+            if name is not None:
+                ret = await self.rpc.domain_lookup_by_name(name)
+            elif uuid is not None:
+                ret = await self.rpc.domain_lookup_by_uuid(_uuid.UUID(str(uuid)).bytes)
+            else:
+                ret = await self.rpc.domain_lookup_by_id(id)
+        except NoSuchDomain as exc:
+            what = f"name {name!r}" if name is not None else \
+                f"uuid {uuid}" if uuid is not None else f"id {id}"
+            raise exc.with_context(f"no domain with {what}") from None
         return Domain(self, ret.dom)
 
     async def list_domains(self: Connection, flags: int = 0) -> list[Domain]:

@@ -56,6 +56,13 @@ class LibvirtError(AiovirtError):
         self.str1, self.str2, self.str3 = str1, str2, str3
         self.int1, self.int2 = int1, int2
 
+    def with_context(self, context: str) -> LibvirtError:
+        """The same error with ``context`` (what was asked for) added to its message."""
+        if context in self.message:
+            return self
+        return type(self)(f"{self.message}: {context}", self.code, self.domain, self.level,
+                          self.str1, self.str2, self.str3, self.int1, self.int2)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(code={self.code}, domain={self.domain}, {self.message!r})"
 

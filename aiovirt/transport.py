@@ -1,6 +1,17 @@
-"""Open the byte stream a connection URI points at (UNIX or TCP sockets, through anyio)."""
+"""Thin transports: move bytes between a socket and a channel, nothing more.
+
+A transport pushes what it reads into its *sink* (``feed``, ``lost``) and writes without
+waiting.  Under asyncio it is an ``asyncio.Protocol`` (no reader task, no per-read
+registration); under any other anyio backend it wraps an anyio byte stream with a reader and
+a writer task.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
@@ -8,27 +19,180 @@ import anyio.abc
 from .errors import AiovirtError
 from .uri import ConnectionURI
 
-__all__ = ["ConnectionFailed", "open_stream"]
+__all__ = ["ConnectionFailed", "Sink", "Transport", "open_transport"]
+
+Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]], str], None]
+_BROKEN = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 
 
 class ConnectionFailed(AiovirtError, OSError):
     """The daemon could not be reached; the message names the socket or address tried."""
 
 
-async def open_stream(uri: ConnectionURI) -> anyio.abc.ByteStream:
-    """Connect to the daemon for ``uri``; raises ``ConnectionFailed`` naming where."""
-    if uri.transport == "unix":
-        path = uri.socket
+class Sink(Protocol):
+    """What a transport delivers to: bytes as they arrive, then the end of the stream."""
+
+    def feed(self, data: bytes) -> None: ...
+
+    def lost(self, exc: BaseException | None) -> None: ...
+
+
+class Transport(Protocol):
+    def attach(self, sink: Sink) -> None: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _AsyncioTransport(asyncio.Protocol):
+    """asyncio's own callbacks: ``data_received`` feeds the sink directly."""
+
+    def __init__(self) -> None:
+        self._transport: asyncio.Transport | None = None
+        self._sink: Sink | None = None
+        self._early: list[bytes] = []
+        self._lost: tuple[BaseException | None] | None = None
+        self._pending: list[bytes] | None = None
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self._sink is None:
+            self._early.append(data)
+        else:
+            self._sink.feed(data)
+
+    def eof_received(self) -> bool:
+        return False  # close our side too; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._sink is None:
+            self._lost = (exc,)
+        else:
+            self._sink.lost(exc)
+
+    # Transport
+    def attach(self, sink: Sink) -> None:
+        self._sink = sink
+        for data in self._early:
+            sink.feed(data)
+        self._early.clear()
+        if self._lost is not None:
+            sink.lost(self._lost[0])
+
+    def write(self, data: bytes) -> None:
+        # Writes made during one pass of the event loop leave in one send() at its end:
+        # many concurrent callers cost one system call, not one each.
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            raise anyio.BrokenResourceError("the socket is closed")
+        if self._pending is None:
+            self._pending = [data]
+            asyncio.get_running_loop().call_soon(self._flush)
+        else:
+            self._pending.append(data)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def close(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+
+class _AnyioTransport:
+    """Any anyio backend: a reader task feeds the sink, a writer task coalesces writes."""
+
+    def __init__(self, stream: anyio.abc.ByteStream, spawn: Spawn) -> None:
+        self._stream = stream
+        self._spawn = spawn
+        self._send, self._receive = anyio.create_memory_object_stream[bytes](math.inf)
+        self._closing = False
+
+    def attach(self, sink: Sink) -> None:
+        async def read() -> None:
+            try:
+                while True:
+                    sink.feed(await self._stream.receive(1 << 18))
+            except anyio.EndOfStream:
+                sink.lost(None)
+            except _BROKEN as exc:
+                sink.lost(exc)
+
+        async def write() -> None:
+            try:
+                async for data in self._receive:
+                    chunks = [data]
+                    while True:
+                        try:
+                            chunks.append(self._receive.receive_nowait())
+                        except (anyio.WouldBlock, anyio.EndOfStream):
+                            break
+                    await self._stream.send(b"".join(chunks))
+            except _BROKEN as exc:
+                sink.lost(exc)
+
+        self._spawn(read, "aiovirt reader")
+        self._spawn(write, "aiovirt writer")
+
+    def write(self, data: bytes) -> None:
         try:
-            return await anyio.connect_unix(path)
-        except OSError as exc:
-            raise ConnectionFailed(f"cannot connect to UNIX socket {path}: "
-                                   f"{exc.strerror or exc}") from exc
-    if uri.transport == "tcp":
-        host, port = uri.address
-        try:
-            return await anyio.connect_tcp(host, port)
-        except OSError as exc:
-            raise ConnectionFailed(f"cannot connect to {host}:{port}: {exc}") from exc
-    raise ConnectionFailed(f"{uri.uri!r}: the {uri.transport} transport is not supported yet "
-                           "(supported: unix, tcp)")
+            self._send.send_nowait(data)
+        except anyio.ClosedResourceError:
+            raise anyio.BrokenResourceError("the socket is closed") from None
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._send.close()
+
+        async def close() -> None:
+            with anyio.CancelScope(shield=True):
+                await self._stream.aclose()
+
+        self._spawn(close, "aiovirt close")
+
+
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+async def open_transport(uri: ConnectionURI, spawn: Spawn, *,
+                         native: bool = True) -> Transport:
+    """Connect to the daemon for ``uri``; ``ConnectionFailed`` names where it tried.
+
+    ``native`` uses asyncio's protocol callbacks when running on asyncio; False forces the
+    generic anyio stream path (what other backends use).
+    """
+    if uri.transport not in ("unix", "tcp"):
+        raise ConnectionFailed(f"{uri.uri!r}: the {uri.transport} transport is not supported "
+                               "yet (supported: unix, tcp)")
+    where = uri.socket if uri.transport == "unix" else "%s:%d" % uri.address
+    try:
+        if native and _on_asyncio():
+            loop = asyncio.get_running_loop()
+            if uri.transport == "unix":
+                _, protocol = await loop.create_unix_connection(_AsyncioTransport, uri.socket)
+            else:
+                host, port = uri.address
+                _, protocol = await loop.create_connection(_AsyncioTransport, host, port)
+            return protocol
+        if uri.transport == "unix":
+            stream = await anyio.connect_unix(uri.socket)
+        else:
+            stream = await anyio.connect_tcp(*uri.address)
+        return _AnyioTransport(stream, spawn)
+    except OSError as exc:
+        kind = "UNIX socket " if uri.transport == "unix" else ""
+        raise ConnectionFailed(f"cannot connect to {kind}{where}: "
+                               f"{exc.strerror or exc}") from exc

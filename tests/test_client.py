@@ -1,0 +1,296 @@
+"""The client against a real libvirtd (started by the suite): transports, calls, concurrency,
+cancellation, failures, keepalive and events."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+
+import anyio
+import pytest
+
+import aiovirt
+try:
+    from aiovirt.daemon import PrivateDaemon
+except ImportError: pass
+from aiovirt.protocol import remote
+
+from .fakepeer import serve_one
+
+
+def domain_xml(name: str, memory_mib: int = 64) -> str:
+    return (f"<domain type='test'><name>{name}</name><memory unit='MiB'>{memory_mib}</memory>"
+            "<os><type>hvm</type></os></domain>")
+
+
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(params=["unix", "tcp"])
+def test_uri(request, daemon):
+    return daemon.uri("test", "/default", transport=request.param)
+
+
+async def test_basic_calls_over_unix_and_tcp(test_uri):
+    async with aiovirt.connect(test_uri) as conn:
+        assert await conn.get_lib_version() == 9000000
+        assert isinstance(await conn.hostname(), str)
+        assert "<capabilities>" in await conn.capabilities()
+        [test] = [d for d in await conn.list_domains() if d.name == "test"]
+        assert test.id > 0 and len(test.uuid) == 36
+        ret = await conn.rpc.domain_lookup_by_name(name="test")
+        assert isinstance(ret, remote.DomainLookupByNameRet) and ret.dom.name == "test"
+        state, _ = await test.state()
+        assert state == aiovirt.DomainState.RUNNING
+
+
+async def test_awaitable_connect_and_close(daemon):
+    conn = await aiovirt.connect(daemon.uri())
+    assert conn.is_alive
+    assert await conn.get_lib_version() == 9000000
+    await conn.close()
+    assert not conn.is_alive
+    with pytest.raises(aiovirt.ConnectionClosed):
+        await conn.get_lib_version()
+
+
+async def test_domain_lifecycle_on_the_test_driver(daemon):
+    name = unique()
+    async with aiovirt.connect(daemon.uri()) as conn:
+        dom = await conn.define_xml(domain_xml(name))
+        assert dom.name == name and dom.id == -1
+        assert (await conn.lookup_domain(uuid=dom.uuid)) == dom
+        await dom.start()
+        assert dom.id > 0
+        assert (await conn.lookup_domain(id=dom.id)).name == name
+        assert (await dom.state())[0] == aiovirt.DomainState.RUNNING
+        await dom.suspend()
+        assert (await dom.info()).state == aiovirt.DomainState.PAUSED
+        await dom.resume()
+        await dom.set_metadata("<app><owner>me</owner></app>", key="app",
+                               uri="http://example.org/app")
+        assert "<owner>me</owner>" in await dom.metadata(uri="http://example.org/app")
+        assert "http://example.org/app" in await dom.xml()
+        await dom.destroy()
+        assert (await dom.state())[0] == aiovirt.DomainState.SHUTOFF
+        await dom.undefine()
+        with pytest.raises(aiovirt.NoSuchDomain) as err:
+            await conn.lookup_domain(name=name)
+        assert err.value.code == 42 and name in err.value.message
+
+
+async def test_private_state_per_connection(daemon, node_xml):
+    uri = daemon.uri("test", node_xml)
+    name = unique()
+    async with aiovirt.connect(uri) as a, aiovirt.connect(uri) as b:
+        names_b = {d.name for d in await b.list_domains()}
+        await a.define_xml(domain_xml(name))
+        assert name in {d.name for d in await a.list_domains()}
+        assert {d.name for d in await b.list_domains()} == names_b
+
+
+async def test_500_concurrent_calls_reach_the_right_caller(daemon):
+    async with aiovirt.connect(daemon.uri()) as conn:
+        names = [unique("c") for _ in range(25)]
+        doms = [await conn.define_xml(domain_xml(n)) for n in names]
+        results: list[tuple[str, str]] = []
+
+        async def lookup(i: int) -> None:
+            wanted = names[i % len(names)]
+            dom = await conn.lookup_domain(name=wanted)
+            results.append((wanted, dom.name))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(500):
+                tg.start_soon(lookup, i)
+        assert len(results) == 500
+        assert all(wanted == got for wanted, got in results)
+        # the cap held: never more than max_in_flight on the socket
+        assert conn.channels[0].in_flight == 0
+        for dom in doms:
+            await dom.undefine()
+
+
+async def test_in_flight_is_capped(daemon):
+    async with aiovirt.connect(daemon.uri(), max_in_flight=3) as conn:
+        peak = 0
+        channel = conn.channels[0]
+
+        async def one() -> None:
+            nonlocal peak
+            peak = max(peak, channel.in_flight)
+            await conn.get_lib_version()
+            peak = max(peak, channel.in_flight)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(100):
+                tg.start_soon(one)
+        assert peak == 3
+
+
+async def test_cancelled_call_leaves_connection_usable(daemon):
+    async with aiovirt.connect(daemon.uri()) as conn:
+        channel = conn.channels[0]
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(conn.get_lib_version)
+            while channel.in_flight == 0:  # wait until the call is on the wire
+                await anyio.lowlevel.checkpoint()
+            tg.cancel_scope.cancel()
+        # the late reply is read and dropped; the next caller gets its own answer
+        assert await conn.hostname() == await conn.hostname()
+        assert channel.in_flight == 0
+        assert channel.protocol.pending == 0
+
+
+async def test_daemon_killed_mid_call_fails_every_pending_call(tmp_path):
+    with PrivateDaemon(tmp_path / "d") as daemon:
+        async with aiovirt.connect(daemon.uri(), keepalive=None) as conn:
+            os.kill(daemon.pid, signal.SIGSTOP)  # calls now wait on a daemon that won't answer
+            errors: list[BaseException] = []
+
+            async def call() -> None:
+                try:
+                    await conn.get_lib_version()
+                except aiovirt.ConnectionClosed as exc:
+                    errors.append(exc)
+
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as tg:
+                    for _ in range(20):
+                        tg.start_soon(call)
+                    while conn.channels[0].in_flight < 5:
+                        await anyio.lowlevel.checkpoint()
+                    started = time.monotonic()
+                    daemon.kill()
+            assert len(errors) == 20
+            assert time.monotonic() - started < 5
+            assert not conn.is_alive
+            with pytest.raises(aiovirt.ConnectionClosed):
+                await conn.get_lib_version()
+
+
+async def test_keepalive_pings_from_the_server_are_answered(tmp_path):
+    with PrivateDaemon(tmp_path / "d", keepalive_interval=1, keepalive_count=1) as daemon:
+        async with aiovirt.connect(daemon.uri(), keepalive=None) as conn:
+            channel = conn.channels[0]
+            with anyio.fail_after(15):
+                while channel.pings_received < 3:  # > count: unanswered we'd be dropped
+                    await anyio.sleep(0.1)
+            assert conn.is_alive
+            assert await conn.get_lib_version() == 9000000
+
+
+async def test_dead_server_is_detected_by_keepalive(tmp_path):
+    with PrivateDaemon(tmp_path / "d") as daemon:
+        async with aiovirt.connect(daemon.uri(), keepalive=(0.3, 2)) as conn:
+            assert await conn.get_lib_version() == 9000000
+            os.kill(daemon.pid, signal.SIGSTOP)
+            try:
+                with anyio.fail_after(10):
+                    with pytest.raises(aiovirt.ConnectionClosed, match="keepalive"):
+                        await conn.get_lib_version()
+            finally:
+                os.kill(daemon.pid, signal.SIGCONT)
+
+
+@pytest.mark.parametrize("bad_reply, message", [
+    ((64 << 20).to_bytes(4, "big") + bytes(24), "exceeds the limit"),
+    (b"GARBAGE!" * 8, "packet length"),
+])
+async def test_fake_peer_sending_bad_frames(tmp_path, bad_reply, message):
+    path = str(tmp_path / "fake.sock")
+
+    async def misbehave(stream, msg) -> bool:
+        await stream.send(bad_reply)
+        return True
+
+    async with await anyio.create_unix_listener(path) as listener:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(serve_one, listener, misbehave)
+            with anyio.fail_after(5):
+                async with aiovirt.connect(f"test+unix:///default?socket={path}") as conn:
+                    with pytest.raises(aiovirt.ProtocolError, match=message):
+                        await conn.get_lib_version()
+                    assert not conn.is_alive
+                    with pytest.raises(aiovirt.ConnectionClosed):
+                        await conn.get_lib_version()
+            tg.cancel_scope.cancel()
+
+
+async def test_connect_errors_name_the_target(tmp_path):
+    with pytest.raises(aiovirt.ConnectionFailed, match=str(tmp_path / "none.sock")):
+        await aiovirt.connect(f"test+unix:///default?socket={tmp_path / 'none.sock'}")
+    with pytest.raises(aiovirt.InvalidURI, match="transport 'foo'"):
+        aiovirt.connect("test+foo:///default")
+
+
+async def test_lifecycle_events(daemon):
+    name = unique("ev")
+    async with aiovirt.connect(daemon.uri()) as conn:
+        async with conn.domain_events() as events:
+            dom = await conn.define_xml(domain_xml(name))
+            await dom.start()
+            await dom.destroy()
+            await dom.undefine()
+            seen = []
+            with anyio.fail_after(10):
+                async for event in events:
+                    if event.domain.name == name:
+                        seen.append(event.event)
+                    if event.event == aiovirt.DomainEventType.UNDEFINED:
+                        break
+        assert seen == [aiovirt.DomainEventType.DEFINED, aiovirt.DomainEventType.STARTED,
+                        aiovirt.DomainEventType.STOPPED, aiovirt.DomainEventType.UNDEFINED]
+        # leaving the block deregistered the callback
+        assert conn._subscriptions == {}
+
+
+async def test_leaving_async_for_deregisters(daemon):
+    name = unique("ev")
+    async with aiovirt.connect(daemon.uri()) as conn:
+        async def define_later() -> None:
+            while not conn._subscriptions:
+                await anyio.lowlevel.checkpoint()
+            await conn.define_xml(domain_xml(name))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(define_later)
+            with anyio.fail_after(10):
+                events = conn.domain_events()
+                iterator = aiter(events)
+                async for event in iterator:
+                    assert isinstance(event, aiovirt.DomainLifecycleEvent)
+                    if event.domain.name == name:
+                        break
+                await iterator.aclose()
+        assert conn._subscriptions == {}
+        await (await conn.lookup_domain(name=name)).undefine()
+
+
+async def test_all_domain_stats(daemon):
+    async with aiovirt.connect(daemon.uri()) as conn:
+        stats = await conn.all_domain_stats()
+        by_name = {dom.name: values for dom, values in stats}
+        assert by_name["test"]["state.state"] == 1
+
+
+async def test_lanes_open_on_demand_for_slow_calls(daemon):
+    name = unique()
+    async with aiovirt.connect(daemon.uri(), lanes=2) as conn:
+        assert len(conn.channels) == 1
+        dom = await conn.define_xml(domain_xml(name))
+        await dom.start()                      # domain_create_with_flags is slow: a lane
+        assert len(conn.channels) == 2
+        await dom.destroy()
+        await dom.undefine()
+    async with aiovirt.connect(daemon.uri(), lanes=0) as conn:
+        dom = await conn.define_xml(domain_xml(name))
+        await dom.start()
+        assert len(conn.channels) == 1
+        await dom.destroy()
+        await dom.undefine()

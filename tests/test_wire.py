@@ -1,0 +1,137 @@
+"""The sans-IO protocol core, without sockets: framing, routing, keepalive, errors, limits."""
+
+import pytest
+
+from aiovirt import LibvirtError, NoSuchDomain, ProtocolError
+from aiovirt.protocol import keepalive, remote, virnet
+from aiovirt.wire import (CALL, ERROR, MESSAGE, OK, REPLY, ClientProtocol, EventMessage,
+                          FrameDecoder, KeepaliveMessage, Reply, encode_message)
+from aiovirt.xdr import encode
+
+P = remote.PROCEDURES
+LOOKUP = P[remote.REMOTE_PROC_DOMAIN_LOOKUP_BY_NAME]
+LIBVER = P[remote.REMOTE_PROC_CONNECT_GET_LIB_VERSION]
+DOM = remote.NonnullDomain("vm1", bytes(range(16)), 7)
+
+
+def reply(serial, procedure, value=None, status=OK, error=None):
+    if status == ERROR:
+        payload = encode(virnet._enc_MessageError, error, "err")
+    elif procedure.encode_ret is not None:
+        payload = encode(procedure.encode_ret, value, procedure.name)
+    else:
+        payload = b""
+    return encode_message(remote.PROGRAM, procedure.number, REPLY, serial, status, payload)
+
+
+def test_call_is_framed_with_header_and_serial():
+    proto = ClientProtocol()
+    serial, data = proto.call(LOOKUP, remote.DomainLookupByNameArgs("vm1"))
+    [msg] = FrameDecoder().feed(data)
+    assert (msg.program, msg.procedure, msg.type, msg.serial, msg.status) == \
+        (remote.PROGRAM, 23, CALL, serial, OK)
+    assert int.from_bytes(data[:4], "big") == len(data)
+    serial2, _ = proto.call(LIBVER)
+    assert serial2 == serial + 1
+    assert proto.pending == 2
+
+
+def test_replies_are_routed_by_serial_whatever_the_order():
+    proto = ClientProtocol()
+    s1, _ = proto.call(LOOKUP, remote.DomainLookupByNameArgs("vm1"))
+    s2, _ = proto.call(LIBVER)
+    data = reply(s2, LIBVER, remote.ConnectGetLibVersionRet(9000000)) + \
+        reply(s1, LOOKUP, remote.DomainLookupByNameRet(DOM))
+    results = proto.receive_data(data)
+    assert results == [Reply(s2, remote.ConnectGetLibVersionRet(9000000)),
+                       Reply(s1, remote.DomainLookupByNameRet(DOM))]
+    assert proto.pending == 0
+
+
+def test_frames_split_at_every_byte_boundary():
+    proto = ClientProtocol()
+    s1, _ = proto.call(LIBVER)
+    data = encode_message(keepalive.PROGRAM, 1, MESSAGE, 0, OK) + \
+        reply(s1, LIBVER, remote.ConnectGetLibVersionRet(1))
+    for cut in range(len(data) + 1):
+        proto2 = ClientProtocol()
+        proto2.call(LIBVER)
+        got = proto2.receive_data(data[:cut]) + proto2.receive_data(data[cut:])
+        assert [type(x) for x in got] == [KeepaliveMessage, Reply]
+
+
+def test_ping_is_answered_with_pong():
+    proto = ClientProtocol()
+    [item] = proto.receive_data(encode_message(keepalive.PROGRAM, 1, MESSAGE, 0, OK))
+    assert item == KeepaliveMessage(ping=True)
+    [pong] = FrameDecoder().feed(proto.data_to_send())
+    assert (pong.program, pong.procedure, pong.type) == (keepalive.PROGRAM, 2, MESSAGE)
+    assert proto.data_to_send() == b""
+
+
+def test_events_are_routed_by_type_not_serial():
+    proto = ClientProtocol()
+    body = remote.DomainEventCallbackLifecycleMsg(3, remote.DomainEventLifecycleMsg(DOM, 2, 0))
+    proc = P[remote.REMOTE_PROC_DOMAIN_EVENT_CALLBACK_LIFECYCLE]
+    # libvirtd sends events with serial 1, which may collide with a call's serial
+    proto.call(LIBVER)
+    data = encode_message(remote.PROGRAM, proc.number, MESSAGE, 1, OK,
+                          encode(proc.encode_ret, body, "ev"))
+    [event] = proto.receive_data(data)
+    assert event == EventMessage(remote.PROGRAM, proc, body)
+    assert proto.pending == 1
+
+
+def test_remote_error_becomes_exception_subclass():
+    proto = ClientProtocol()
+    s1, _ = proto.call(LOOKUP, remote.DomainLookupByNameArgs("nope"))
+    err = virnet.MessageError(42, 12, "Domain not found: no domain with matching name 'nope'",
+                              2, None, "nope", None, None, 0, 0, None)
+    [item] = proto.receive_data(reply(s1, LOOKUP, status=ERROR, error=err))
+    assert isinstance(item.error, NoSuchDomain) and isinstance(item.error, LibvirtError)
+    assert (item.error.code, item.error.domain) == (42, 12)
+    assert "nope" in item.error.message
+
+
+def test_abandoned_call_reply_is_dropped():
+    proto = ClientProtocol()
+    s1, _ = proto.call(LIBVER)
+    proto.abandon(s1)
+    assert proto.receive_data(reply(s1, LIBVER, remote.ConnectGetLibVersionRet(1))) == []
+    assert proto.pending == 0
+
+
+def test_reply_to_unknown_serial_is_a_protocol_error():
+    with pytest.raises(ProtocolError, match="serial 99"):
+        ClientProtocol().receive_data(reply(99, LIBVER, remote.ConnectGetLibVersionRet(1)))
+
+
+def test_oversize_length_rejected_before_the_body_arrives():
+    proto = ClientProtocol()
+    header_only = (64 * 1024 * 1024).to_bytes(4, "big") + b"\0" * 24
+    with pytest.raises(ProtocolError, match="exceeds the limit of 33554432"):
+        proto.receive_data(header_only)
+
+
+def test_short_length_rejected():
+    with pytest.raises(ProtocolError, match="shorter than the 28-byte header"):
+        FrameDecoder().feed((8).to_bytes(4, "big") + b"\0" * 4)
+
+
+def test_garbage_payload_is_a_protocol_error():
+    proto = ClientProtocol()
+    s1, _ = proto.call(LOOKUP, remote.DomainLookupByNameArgs("x"))
+    bad = encode_message(remote.PROGRAM, 23, REPLY, s1, OK, b"\xff\xff\xff\xff")
+    with pytest.raises(ProtocolError, match="domain_lookup_by_name reply"):
+        proto.receive_data(bad)
+
+
+def test_message_over_the_limit_is_refused_on_send():
+    proto = ClientProtocol()
+    huge = "x" * (remote.REMOTE_STRING_MAX)
+    args = remote.DomainDefineXmlFlagsArgs(huge, 0)
+    s, data = proto.call(P[remote.REMOTE_PROC_DOMAIN_DEFINE_XML_FLAGS], args)  # 4 MiB is fine
+    assert len(data) > remote.REMOTE_STRING_MAX
+    with pytest.raises(ProtocolError, match="exceed the limit"):
+        proto.call(P[remote.REMOTE_PROC_DOMAIN_DEFINE_XML_FLAGS],
+                   remote.DomainDefineXmlFlagsArgs(huge + "y", 0))
