@@ -67,6 +67,7 @@ class _Emitter:
     imports: dict[str, set[str]]     # module -> names imported from sibling modules
     owner: dict[str, str]            # XDR name -> module that defines it
     structs: dict[str, str] = field(default_factory=dict)  # format -> helper name
+    tables: list[str] = field(default_factory=list)        # module-level dispatch tables
     counter: int = 0
 
     # -- helpers ---------------------------------------------------------------------------
@@ -361,11 +362,25 @@ class _Emitter:
                             "        ")
         else:
             out.append(f"        raise XdrError(f'{name}: no arm for {disc}={{t}}')")
-        # decoder
+        # decoder: arms of one fixed-size scalar are found by one dict lookup, not a chain
+        table = {label: self.fixed(decl.type) for labels, decl in union.arms for label in labels
+                 if decl.type is not None and self.fixed(decl.type) is not None
+                 and not self.fixed(decl.type)[0][0].isdigit()}
         out += ["", "", f"def _dec_{name}(d: bytes, o: int) -> tuple[{name}, int]:"]
         self.decode(union.discriminant.type, "t", f"{name}.{disc}", out, "    ")
         keyword_ = "if"
+        if len(table) > 2:
+            helpers = ", ".join(f"{label}: {self.struct_helper('>' + fmt)}"
+                                for label, (fmt, _) in table.items())
+            self.tables.append(f"_ARMS_{name} = {{{helpers}}}")
+            out.append(f"    s = _ARMS_{name}.get(t)")
+            out.append("    if s is not None:")
+            out.append("        v, = s.unpack_from(d, o)")
+            out.append("        o += s.size")
+            keyword_ = "elif"
         for labels, decl in union.arms:
+            if len(table) > 2 and all(label in table for label in labels):
+                continue
             test = f"t == {labels[0]}" if len(labels) == 1 else f"t in {tuple(labels)!r}"
             out.append(f"    {keyword_} {test}:")
             if decl.type is None:
@@ -484,7 +499,7 @@ def _module(spec: Specification, module: str, source: str, prefix: str | None,
     header.append("")
     header.append(f"__all__ = {sorted(set(exported))!r}")
     helpers = ["", ""] + [f"{name} = _struct.Struct({fmt!r})"
-                          for fmt, name in emitter.structs.items()]
+                          for fmt, name in emitter.structs.items()] + emitter.tables
     text = "\n".join(header + helpers + body) + "\n"
     return re.sub(r"\n{3,}", "\n\n\n", text)
 

@@ -28,6 +28,10 @@ async def test_kvm_guest_define_start_virsh_destroy_undefine(daemon):
             assert dom.id > 0
             assert daemon.virsh("domstate", name).strip() == "running"
             assert (await dom.state())[0] == aiovirt.DomainState.RUNNING
+            # the QEMU program's procedures are reachable too
+            reply = await conn.qemu_rpc.domain_monitor_command(
+                dom._ref, '{"execute": "query-status"}', 0)
+            assert '"running": true' in reply.result
             await dom.destroy()
             assert daemon.virsh("domstate", name).strip() == "shut off"
         finally:

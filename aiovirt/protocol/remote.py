@@ -50,6 +50,7 @@ _S33 = _struct.Struct('>QQ')
 _S34 = _struct.Struct('>iII')
 _S35 = _struct.Struct('>qi')
 _S36 = _struct.Struct('>III')
+_ARMS_TypedParamValue = {1: _S3, 2: _S5, 3: _S6, 4: _S7, 5: _S8, 6: _S3}
 
 REMOTE_STRING_MAX = 0x400000
 REMOTE_CONNECT_IDENTITY_PARAMS_MAX = 20
@@ -762,24 +763,10 @@ def _enc_TypedParamValue(b: bytearray, v: TypedParamValue) -> None:
 def _dec_TypedParamValue(d: bytes, o: int) -> tuple[TypedParamValue, int]:
     t, = _S3.unpack_from(d, o)
     o += 4
-    if t == 1:
-        v, = _S3.unpack_from(d, o)
-        o += 4
-    elif t == 2:
-        v, = _S5.unpack_from(d, o)
-        o += 4
-    elif t == 3:
-        v, = _S6.unpack_from(d, o)
-        o += 8
-    elif t == 4:
-        v, = _S7.unpack_from(d, o)
-        o += 8
-    elif t == 5:
-        v, = _S8.unpack_from(d, o)
-        o += 8
-    elif t == 6:
-        v, = _S3.unpack_from(d, o)
-        o += 4
+    s = _ARMS_TypedParamValue.get(t)
+    if s is not None:
+        v, = s.unpack_from(d, o)
+        o += s.size
     elif t == 7:
         t132, = _U32.unpack_from(d, o)
         o += 4
