@@ -73,7 +73,8 @@ class Channel:
     """
 
     def __init__(self, transport: Transport, *, max_in_flight: int,
-                 on_event: Callable[[EventMessage], None], name: str = "main") -> None:
+                 on_event: Callable[[EventMessage], None], name: str = "main",
+                 on_closed: Callable[[BaseException], None] | None = None) -> None:
         self.name = name
         self.transport = transport
         self.protocol = ClientProtocol()
@@ -82,6 +83,7 @@ class Channel:
         self._waiters: dict[int, Any] = {}
         self._new_waiter = _waiter_factory()
         self._on_event = on_event
+        self._on_closed = on_closed
         self.closed: BaseException | None = None
         self.last_received = time.monotonic()
         self.pings_received = 0
@@ -126,7 +128,7 @@ class Channel:
         """Route everything ``data`` completes: replies to callers, events, keepalive."""
         self.last_received = time.monotonic()
         try:
-            items = self.protocol.receive_data(data)
+            items: list[Any] = self.protocol.receive_data(data)
         except ProtocolError as exc:
             self.fail(exc)
             return
@@ -188,6 +190,8 @@ class Channel:
         for _ in range(self._slots.statistics().tasks_waiting):
             self._slots.release()
         self.transport.close()
+        if self._on_closed is not None:
+            self._on_closed(error)
 
     # -- handshake --------------------------------------------------------------------------
     async def open(self, name: str, flags: int = 0) -> None:

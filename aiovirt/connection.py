@@ -16,7 +16,7 @@ import anyio
 import anyio.abc
 
 from .channel import Channel
-from .errors import ConnectionClosed
+from .errors import AiovirtError, ConnectionClosed
 from .events import EventSubscription, event_family
 from .protocol import lxc, qemu, remote
 from .transport import open_transport
@@ -112,7 +112,8 @@ class Connection(objects.ConnectionObjects):
         assert self._tasks is not None
         transport = await open_transport(self.uri, self._tasks.start, native=self.native)
         channel = Channel(transport, max_in_flight=self.max_in_flight, on_event=self._dispatch,
-                          name=name)
+                          name=name,
+                          on_closed=self._main_lost if name == "main" else None)
         try:
             await channel.open(self.uri.remote_name, 1 if self.readonly else 0)
         except BaseException:
@@ -123,6 +124,13 @@ class Connection(objects.ConnectionObjects):
             self._tasks.start(lambda: channel.keepalive_loop(interval, count),
                               f"aiovirt {name} keepalive")
         return channel
+
+    def _main_lost(self, error: BaseException) -> None:
+        """Without its main socket a connection is dead: fail the lanes' calls too."""
+        for channel in self._lanes:
+            channel.fail(error)
+        for subscription in list(self._subscriptions.values()):
+            subscription.close()
 
     async def close(self) -> None:
         """Close every socket (telling the daemon first) and stop the background tasks."""
@@ -167,32 +175,63 @@ class Connection(objects.ConnectionObjects):
         main = self._main
         if main is None or self._closed:
             raise ConnectionClosed("the connection is closed")
-        if lane is None:
-            if self.lanes and procedure.number in self.slow_procedures and \
-                    procedure.program == remote.PROGRAM:
-                return await (await self._pick_lane(slow=True)).call(procedure, args)
-            if main.in_flight < main.max_in_flight or not self.lanes:
-                return await main.call(procedure, args)
-            return await (await self._pick_lane(slow=False)).call(procedure, args)
-        if lane and self.lanes:
-            return await (await self._pick_lane(slow=True)).call(procedure, args)
-        return await main.call(procedure, args)
+        if main.closed is not None:
+            raise ConnectionClosed(str(main.closed)) from main.closed
+        if not self.lanes or lane is False:
+            return await main.call(procedure, args)
+        if lane or (procedure.number in self.slow_procedures and
+                    procedure.program == remote.PROGRAM):
+            return await (await self._slow_lane()).call(procedure, args)
+        if main.in_flight < main.max_in_flight:
+            return await main.call(procedure, args)
+        return await self._quick_overflow().call(procedure, args)
 
-    async def _pick_lane(self, slow: bool) -> Channel:
-        """A lane with a free slot (the least busy), opening one while the limit allows.
+    def _open_lanes(self) -> list[Channel]:
+        self._lanes = [c for c in self._lanes if c.closed is None]
+        return self._lanes
 
-        For a quick call that finds every lane full, the main socket (its FIFO queue)."""
-        lanes = [c for c in self._lanes if c.closed is None]
+    async def _slow_lane(self) -> Channel:
+        """The least busy lane, opening another while all are busy and the limit allows.
+
+        If a lane cannot be opened, the call goes to the main socket rather than failing."""
+        lanes = self._open_lanes()
         best = min(lanes, key=lambda c: c.in_flight, default=None)
-        if best is not None and best.in_flight < best.max_in_flight:
+        if best is not None and (best.in_flight < best.max_in_flight or
+                                 len(lanes) >= self.lanes):
             return best
-        if len(lanes) >= self.lanes:
-            return best if slow or best is None else self._main  # type: ignore[return-value]
         async with self._lane_lock:
-            self._lanes = [c for c in self._lanes if c.closed is None]
-            if len(self._lanes) < self.lanes:
-                self._lanes.append(await self._open_channel(f"lane{len(self._lanes) + 1}"))
+            if len(self._open_lanes()) < self.lanes:
+                try:
+                    self._lanes.append(
+                        await self._open_channel(f"lane{len(self._lanes) + 1}"))
+                except AiovirtError:
+                    if not self._lanes:
+                        assert self._main is not None
+                        return self._main
             return min(self._lanes, key=lambda c: c.in_flight)
+
+    def _quick_overflow(self) -> Channel:
+        """For a quick call while the main socket is full: a lane with a free slot, else the
+        main socket's queue.  A quick call never waits for a lane to open; one is opened in
+        the background for the next."""
+        lanes = self._open_lanes()
+        free = [c for c in lanes if c.in_flight < c.max_in_flight]
+        if free:
+            return min(free, key=lambda c: c.in_flight)
+        if len(lanes) < self.lanes and not self._lane_lock.locked():
+            assert self._tasks is not None
+            self._tasks.start(self._open_spare_lane, "aiovirt open lane")
+        assert self._main is not None
+        return self._main
+
+    async def _open_spare_lane(self) -> None:
+        async with self._lane_lock:
+            if len(self._open_lanes()) < self.lanes and self.is_alive:
+                try:
+                    self._lanes.append(
+                        await self._open_channel(f"lane{len(self._lanes) + 1}"))
+                except AiovirtError:
+                    pass  # quick calls keep using the main socket
 
     # -- events ---------------------------------------------------------------------------------
     def _dispatch(self, message: EventMessage) -> None:

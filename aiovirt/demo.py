@@ -66,7 +66,7 @@ async def tour(daemon: PrivateDaemon, count: int) -> None:
                 for dom in doms:
                     state, _ = await dom.state()
                     info = await dom.info()
-                    print(f"  {dom.name}  id={dom.id}  {state.name.lower()}  "
+                    print(f"  {dom.name}  id={dom.id}  {aiovirt.DomainState(state).name.lower()}  "
                           f"{info.memory // 1024} MiB")
                 await asyncio.gather(*(dom.destroy() for dom in doms))
                 await asyncio.gather(*(dom.undefine() for dom in doms))

@@ -170,16 +170,16 @@ class DomainMethods:
             raise TypeError("lookup_domain takes exactly one of name=, uuid= or id=")
         try:
             if name is not None:
-                ret = await self.rpc.domain_lookup_by_name(name)
+                ref = (await self.rpc.domain_lookup_by_name(name)).dom
             elif uuid is not None:
-                ret = await self.rpc.domain_lookup_by_uuid(_uuid.UUID(str(uuid)).bytes)
+                ref = (await self.rpc.domain_lookup_by_uuid(_uuid.UUID(str(uuid)).bytes)).dom
             else:
-                ret = await self.rpc.domain_lookup_by_id(id)
+                ref = (await self.rpc.domain_lookup_by_id(int(id or 0))).dom
         except NoSuchDomain as exc:
             what = f"name {name!r}" if name is not None else \
                 f"uuid {uuid}" if uuid is not None else f"id {id}"
             raise exc.with_context(f"no domain with {what}") from None
-        return Domain(self, ret.dom)
+        return Domain(self, ref)
 
     async def list_domains(self: Connection, flags: int = 0) -> list[Domain]:
         """All domains (``VIR_CONNECT_LIST_DOMAINS_*`` flags filter them)."""

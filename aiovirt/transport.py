@@ -177,7 +177,7 @@ async def open_transport(uri: ConnectionURI, spawn: Spawn, *,
     if uri.transport not in ("unix", "tcp"):
         raise ConnectionFailed(f"{uri.uri!r}: the {uri.transport} transport is not supported "
                                "yet (supported: unix, tcp)")
-    where = uri.socket if uri.transport == "unix" else "%s:%d" % uri.address
+    where = uri.socket if uri.transport == "unix" else "{}:{}".format(*uri.address)
     try:
         if native and _on_asyncio():
             loop = asyncio.get_running_loop()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .xdr_parser import (Array, Declaration, Named, Optional, Primitive, Specification,
-                         TypeSpec, header_constants, parse)
+                         TypeSpec, header_constants)
 
 # (module, source file under the libvirt tree, struct-name prefix, procedure-enum, program const)
 PROGRAMS = [

@@ -12,9 +12,7 @@ import anyio
 import pytest
 
 import aiovirt
-try:
-    from aiovirt.daemon import PrivateDaemon
-except ImportError: pass
+from aiovirt.daemon import PrivateDaemon
 from aiovirt.protocol import remote
 
 from .fakepeer import serve_one

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import anyio
@@ -31,7 +32,7 @@ async def test_kvm_guest_define_start_virsh_destroy_undefine(daemon):
             # the QEMU program's procedures are reachable too
             reply = await conn.qemu_rpc.domain_monitor_command(
                 dom._ref, '{"execute": "query-status"}', 0)
-            assert '"running": true' in reply.result
+            assert json.loads(reply.result)["return"]["running"] is True
             await dom.destroy()
             assert daemon.virsh("domstate", name).strip() == "shut off"
         finally:
