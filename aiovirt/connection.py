@@ -187,28 +187,40 @@ class Connection(objects.ConnectionObjects):
         return await self._quick_overflow().call(procedure, args)
 
     def _open_lanes(self) -> list[Channel]:
-        self._lanes = [c for c in self._lanes if c.closed is None]
+        self._lanes[:] = [c for c in self._lanes if c.closed is None]
         return self._lanes
 
     async def _slow_lane(self) -> Channel:
-        """The least busy lane, opening another while all are busy and the limit allows.
+        """An idle lane, else a new one while the limit allows, else the least busy lane.
 
-        If a lane cannot be opened, the call goes to the main socket rather than failing."""
-        lanes = self._open_lanes()
-        best = min(lanes, key=lambda c: c.in_flight, default=None)
-        if best is not None and (best.in_flight < best.max_in_flight or
-                                 len(lanes) >= self.lanes):
-            return best
+        Spreading slow calls keeps each lane's slots free for more; if no lane can be opened
+        the call goes to the main socket rather than failing."""
+        def idle() -> Channel | None:
+            lanes = self._open_lanes()
+            best = min(lanes, key=lambda c: c.in_flight, default=None)
+            if best is not None and (best.in_flight == 0 or len(lanes) >= self.lanes):
+                return best
+            return None
+
+        lane = idle()
+        if lane is not None:
+            return lane
         async with self._lane_lock:
-            if len(self._open_lanes()) < self.lanes:
-                try:
-                    self._lanes.append(
-                        await self._open_channel(f"lane{len(self._lanes) + 1}"))
-                except AiovirtError:
-                    if not self._lanes:
-                        assert self._main is not None
-                        return self._main
-            return min(self._lanes, key=lambda c: c.in_flight)
+            lane = idle()
+            if lane is not None:
+                return lane
+            try:
+                lane = await self._open_channel(f"lane{len(self._lanes) + 1}")
+            except AiovirtError:
+                lane = None
+            if lane is not None:
+                self._lanes.append(lane)
+                return lane
+            lanes = self._open_lanes()
+            if not lanes:
+                assert self._main is not None
+                return self._main
+            return min(lanes, key=lambda c: c.in_flight)
 
     def _quick_overflow(self) -> Channel:
         """For a quick call while the main socket is full: a lane with a free slot, else the
@@ -228,10 +240,10 @@ class Connection(objects.ConnectionObjects):
         async with self._lane_lock:
             if len(self._open_lanes()) < self.lanes and self.is_alive:
                 try:
-                    self._lanes.append(
-                        await self._open_channel(f"lane{len(self._lanes) + 1}"))
+                    channel = await self._open_channel(f"lane{len(self._lanes) + 1}")
                 except AiovirtError:
-                    pass  # quick calls keep using the main socket
+                    return  # quick calls keep using the main socket
+                self._lanes.append(channel)
 
     # -- events ---------------------------------------------------------------------------------
     def _dispatch(self, message: EventMessage) -> None:
