@@ -8,6 +8,10 @@ from .errors import (AiovirtError, ArgumentUnsupported, AuthenticationError, Con
                      NoSupport, ObjectExists, OperationFailed, OperationInvalid,
                      OperationTimeout, ProtocolError, XMLError)
 from .events import DomainEvent, DomainEventID, DomainEventType, DomainLifecycleEvent
+from .network import Network
+from .nodedev import NodeDevice
+from .secret import Secret
+from .storage import StoragePool, StoragePoolInfo, StorageVolume, StorageVolumeInfo
 from .transport import ConnectionFailed
 from .uri import ConnectionURI, parse_uri
 
@@ -15,9 +19,11 @@ __all__ = [
     "AiovirtError", "ArgumentUnsupported", "AuthenticationError", "Connection",
     "ConnectionClosed", "ConnectionFailed", "ConnectionURI", "Domain", "DomainEvent",
     "DomainEventID", "DomainEventType", "DomainInfo", "DomainLifecycleEvent", "DomainState",
-    "InvalidArgument", "InvalidURI", "LibvirtError", "MetadataType", "NoSuchDomain",
+    "InvalidArgument", "InvalidURI", "LibvirtError", "MetadataType", "Network", "NodeDevice",
+    "NoSuchDomain",
     "NoSuchNetwork", "NoSuchNodeDevice", "NoSuchSecret", "NoSuchStoragePool",
     "NoSuchStorageVolume", "NoSupport", "ObjectExists", "OperationFailed", "OperationInvalid",
-    "OperationTimeout", "ProtocolError", "SLOW_PROCEDURES", "XMLError", "connect", "parse_uri",
+    "OperationTimeout", "ProtocolError", "SLOW_PROCEDURES", "Secret", "StoragePool",
+    "StoragePoolInfo", "StorageVolume", "StorageVolumeInfo", "XMLError", "connect", "parse_uri",
 ]
 __version__ = "0.1.0"

@@ -23,7 +23,7 @@ from .transport import open_transport
 from .uri import ConnectionURI, parse_uri
 from .wire import EventMessage
 from .xdr import ProcedureInfo
-from . import objects
+from .objects import ConnectionObjects
 
 __all__ = ["Connection", "connect", "SLOW_PROCEDURES"]
 
@@ -73,7 +73,7 @@ class _Tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-class Connection(objects.ConnectionObjects):
+class Connection(ConnectionObjects):
     """An open connection to a libvirt daemon.
 
     ``rpc`` reaches every REMOTE procedure as a typed coroutine (``qemu_rpc`` and ``lxc_rpc``

@@ -5,16 +5,14 @@ from __future__ import annotations
 import uuid as _uuid
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .events import (DomainEvent, DomainEventID, DomainLifecycleEvent, DomainEventType,
-                     EventSubscription)
 from .errors import NoSuchDomain
+from .events import (DomainEvent, DomainEventID, DomainEventType, DomainLifecycleEvent,
+                     EventSubscription)
+from .handle import ConnectionBase, Handle, uuid_bytes, uuid_text
 from .protocol.remote import NonnullDomain
 from .typedparams import to_dict
-
-if TYPE_CHECKING:
-    from .connection import Connection
 
 __all__ = ["Domain", "DomainInfo", "DomainMethods", "DomainState", "MetadataType"]
 
@@ -58,27 +56,22 @@ def _state(value: int) -> DomainState | int:
         return value
 
 
-class Domain:
+class Domain(Handle):
     """A handle on one domain.  ``name``, ``uuid`` (str) and ``id`` (-1 when inactive) are
     plain attributes, refreshed by calls that return the domain again (``start``)."""
 
-    __slots__ = ("_conn", "_ref", "name", "uuid", "id")
+    __slots__ = ("name", "uuid", "id")
+    _ref: NonnullDomain
+    _repr_fields = ("name", "uuid", "id")
 
-    def __init__(self, conn: Connection, ref: NonnullDomain) -> None:
-        self._conn = conn
-        self._ref = ref
+    def __init__(self, conn: ConnectionBase, ref: NonnullDomain) -> None:
+        super().__init__(conn, ref)
         self.name: str = ref.name
-        self.uuid: str = str(_uuid.UUID(bytes=ref.uuid))
+        self.uuid: str = uuid_text(ref.uuid)
         self.id: int = ref.id
 
-    def __repr__(self) -> str:
-        return f"<Domain {self.name!r} uuid={self.uuid} id={self.id}>"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Domain) and other._ref.uuid == self._ref.uuid
-
-    def __hash__(self) -> int:
-        return hash(self._ref.uuid)
+    def _key(self) -> bytes:
+        return self._ref.uuid
 
     def _update(self, ref: NonnullDomain) -> None:
         self._ref = ref
@@ -151,18 +144,18 @@ class Domain:
         await self._conn.rpc.domain_detach_device_flags(self._ref, xml, flags)
 
 
-class DomainMethods:
+class DomainMethods(ConnectionBase):
     """The connection's domain methods (mixed into ``Connection``)."""
 
-    async def define_xml(self: Connection, xml: str, flags: int = 0) -> Domain:
+    async def define_xml(self, xml: str, flags: int = 0) -> Domain:
         """Define (or redefine) a persistent domain from its XML."""
         return Domain(self, (await self.rpc.domain_define_xml_flags(xml, flags)).dom)
 
-    async def create_xml(self: Connection, xml: str, flags: int = 0) -> Domain:
+    async def create_xml(self, xml: str, flags: int = 0) -> Domain:
         """Create and start a transient domain."""
         return Domain(self, (await self.rpc.domain_create_xml(xml, flags)).dom)
 
-    async def lookup_domain(self: Connection, *, name: str | None = None,
+    async def lookup_domain(self, *, name: str | None = None,
                             uuid: str | _uuid.UUID | None = None,
                             id: int | None = None) -> Domain:
         """Find a domain by exactly one of ``name``, ``uuid`` or ``id``."""
@@ -172,7 +165,7 @@ class DomainMethods:
             if name is not None:
                 ref = (await self.rpc.domain_lookup_by_name(name)).dom
             elif uuid is not None:
-                ref = (await self.rpc.domain_lookup_by_uuid(_uuid.UUID(str(uuid)).bytes)).dom
+                ref = (await self.rpc.domain_lookup_by_uuid(uuid_bytes(uuid))).dom
             else:
                 ref = (await self.rpc.domain_lookup_by_id(int(id or 0))).dom
         except NoSuchDomain as exc:
@@ -181,18 +174,18 @@ class DomainMethods:
             raise exc.with_context(f"no domain with {what}") from None
         return Domain(self, ref)
 
-    async def list_domains(self: Connection, flags: int = 0) -> list[Domain]:
+    async def list_domains(self, flags: int = 0) -> list[Domain]:
         """All domains (``VIR_CONNECT_LIST_DOMAINS_*`` flags filter them)."""
         ret = await self.rpc.connect_list_all_domains(1, flags)
         return [Domain(self, ref) for ref in ret.domains]
 
-    async def all_domain_stats(self: Connection, stats: int = 0,
+    async def all_domain_stats(self, stats: int = 0,
                                flags: int = 0) -> list[tuple[Domain, dict[str, Any]]]:
         """Statistics of every domain (``VIR_DOMAIN_STATS_*`` groups; 0 means all)."""
         ret = await self.rpc.connect_get_all_domain_stats([], stats, flags)
         return [(Domain(self, record.dom), to_dict(record.params)) for record in ret.retStats]
 
-    def domain_events(self: Connection, event_id: DomainEventID | int = DomainEventID.LIFECYCLE,
+    def domain_events(self, event_id: DomainEventID | int = DomainEventID.LIFECYCLE,
                       domain: Domain | None = None) -> EventSubscription[Any]:
         """Subscribe to domain events of one kind (lifecycle by default), for all domains
         or one.  Lifecycle events arrive as ``DomainLifecycleEvent``, others as

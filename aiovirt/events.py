@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import anyio
 
 if TYPE_CHECKING:
-    from .connection import Connection
     from .domain import Domain
+    from .handle import ConnectionBase
 
 __all__ = [
     "DomainEvent", "DomainEventID", "DomainEventType", "DomainLifecycleEvent",
@@ -111,7 +111,7 @@ class EventSubscription(Generic[T]):
     ends) or ``async with sub: async for e in sub`` (deterministic deregistration).
     """
 
-    def __init__(self, conn: Connection, family: str,
+    def __init__(self, conn: ConnectionBase, family: str,
                  register: Callable[[], Awaitable[int]],
                  deregister: Callable[[int], Awaitable[None]],
                  convert: Callable[[Any], T]) -> None:

@@ -2,35 +2,35 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from .domain import DomainMethods
+from .handle import ConnectionBase
+from .network import NetworkMethods
+from .nodedev import NodeDeviceMethods
+from .secret import SecretMethods
+from .storage import StorageMethods
 
-if TYPE_CHECKING:
-    from .connection import Connection
-
-__all__ = ["ConnectionObjects"]
+__all__ = ["ConnectionObjects", "HostMethods"]
 
 
-class HostMethods:
+class HostMethods(ConnectionBase):
     """Facts about the daemon and its host."""
 
-    async def get_lib_version(self: Connection) -> int:
+    async def get_lib_version(self) -> int:
         """libvirt's version on the daemon as major * 1,000,000 + minor * 1,000 + micro."""
         return (await self.rpc.connect_get_lib_version()).lib_ver
 
-    async def get_version(self: Connection) -> int:
+    async def get_version(self) -> int:
         """The hypervisor's version, encoded like ``get_lib_version``."""
         return (await self.rpc.connect_get_version()).hv_ver
 
-    async def hostname(self: Connection) -> str:
+    async def hostname(self) -> str:
         return (await self.rpc.connect_get_hostname()).hostname
 
-    async def capabilities(self: Connection) -> str:
+    async def capabilities(self) -> str:
         """The host capabilities XML."""
         return (await self.rpc.connect_get_capabilities()).capabilities
 
-    async def domain_capabilities(self: Connection, *, emulator: str | None = None,
+    async def domain_capabilities(self, *, emulator: str | None = None,
                                   arch: str | None = None, machine: str | None = None,
                                   virttype: str | None = None, flags: int = 0) -> str:
         """The domain capabilities XML for an emulator/arch/machine/virt type."""
@@ -38,5 +38,6 @@ class HostMethods:
             emulator, arch, machine, virttype, flags)).capabilities
 
 
-class ConnectionObjects(HostMethods, DomainMethods):
+class ConnectionObjects(HostMethods, DomainMethods, NetworkMethods, StorageMethods,
+                        NodeDeviceMethods, SecretMethods):
     """Everything ``Connection`` offers above raw ``rpc`` calls."""

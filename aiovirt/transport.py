@@ -187,8 +187,9 @@ async def open_transport(uri: ConnectionURI, spawn: Spawn, *,
                 host, port = uri.address
                 _, protocol = await loop.create_connection(_AsyncioTransport, host, port)
             return protocol
+        stream: anyio.abc.ByteStream
         if uri.transport == "unix":
-            stream = await anyio.connect_unix(uri.socket)
+            stream = await anyio.connect_unix(str(uri.socket))
         else:
             stream = await anyio.connect_tcp(*uri.address)
         return _AnyioTransport(stream, spawn)

@@ -166,7 +166,7 @@ class ClientProtocol:
         if procedure.encode_args is not None:
             if args is None:
                 raise TypeError(f"{procedure.name} needs arguments of type "
-                                f"{procedure.args.__name__}")
+                                f"{getattr(procedure.args, '__name__', '?')}")
             try:
                 procedure.encode_args(buf, args)
             except XdrError as exc:
@@ -253,7 +253,7 @@ class ClientProtocol:
                 raise ProtocolError(f"unknown keepalive procedure {msg.procedure}")
             table = PROGRAMS.get(msg.program)
             procedure = table.get(msg.procedure) if table else None
-            if procedure is None or not procedure.event:
+            if procedure is None or not procedure.event or procedure.decode_ret is None:
                 raise ProtocolError(f"unexpected message: program {msg.program:#x} "
                                     f"procedure {msg.procedure} is not an event")
             return EventMessage(msg.program, procedure,

@@ -4,11 +4,9 @@
 
 from __future__ import annotations
 
-import struct as _struct
-from dataclasses import dataclass
 from enum import IntEnum
 
-from ..xdr import _FALSE, _PAD, _TRUE, _U32, ProcedureInfo, XdrError
+from ..xdr import ProcedureInfo
 
 __all__ = ['KeepaliveProcedure', 'PROCEDURES', 'PROGRAM', 'VERSION']
 

@@ -5,10 +5,12 @@
 from __future__ import annotations
 
 import struct as _struct
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
-from ..xdr import _FALSE, _PAD, _TRUE, _U32, ProcedureInfo, XdrError
+from ..xdr import ProcedureInfo
 from .remote import (
     NonnullDomain,
     _dec_NonnullDomain,
@@ -66,7 +68,7 @@ class LxcCalls:
 
     __slots__ = ("_call",)
 
-    def __init__(self, call) -> None:
+    def __init__(self, call: Callable[[ProcedureInfo, Any], Awaitable[Any]]) -> None:
         self._call = call
 
     async def domain_open_namespace(self, dom: NonnullDomain, flags: int = 0) -> None:

@@ -5,8 +5,10 @@
 from __future__ import annotations
 
 import struct as _struct
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 from ..xdr import _FALSE, _PAD, _TRUE, _U32, ProcedureInfo, XdrError
 from .remote import (
@@ -455,7 +457,7 @@ class QemuCalls:
 
     __slots__ = ("_call",)
 
-    def __init__(self, call) -> None:
+    def __init__(self, call: Callable[[ProcedureInfo, Any], Awaitable[Any]]) -> None:
         self._call = call
 
     async def domain_monitor_command(self, dom: NonnullDomain, cmd: str, flags: int = 0) -> QemuDomainMonitorCommandRet:

@@ -5,8 +5,10 @@
 from __future__ import annotations
 
 import struct as _struct
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 from ..xdr import _FALSE, _PAD, _TRUE, _U32, ProcedureInfo, XdrError
 
@@ -736,21 +738,22 @@ class TypedParamValue:
 
 def _enc_TypedParamValue(b: bytearray, v: TypedParamValue) -> None:
     t = v.type
+    x: Any = v.value
     b += _S3.pack(t)
     if t == 1:
-        b += _S3.pack(v.value)
+        b += _S3.pack(x)
     elif t == 2:
-        b += _S5.pack(v.value)
+        b += _S5.pack(x)
     elif t == 3:
-        b += _S6.pack(v.value)
+        b += _S6.pack(x)
     elif t == 4:
-        b += _S7.pack(v.value)
+        b += _S7.pack(x)
     elif t == 5:
-        b += _S8.pack(v.value)
+        b += _S8.pack(x)
     elif t == 6:
-        b += _S3.pack(v.value)
+        b += _S3.pack(x)
     elif t == 7:
-        t130 = v.value.encode('utf-8', 'surrogateescape')
+        t130 = x.encode('utf-8', 'surrogateescape')
         t131 = len(t130)
         if t131 > 4194304: raise XdrError(f'TypedParamValue.s: {t131} bytes exceed the limit of 4194304')
         b += _U32.pack(t131)
@@ -1441,7 +1444,7 @@ def _dec_NodeGetCpuStatsRet(d: bytes, o: int) -> tuple[NodeGetCpuStatsRet, int]:
     t255, = _U32.unpack_from(d, o)
     o += 4
     if t255 > 16: raise XdrError(f'NodeGetCpuStatsRet.params: {t255} items exceed the limit of 16')
-    t254 = []
+    t254: list[Any] = []
     t257 = t254.append
     for _ in range(t255):
         t256, o = _dec_NodeGetCpuStats(d, o)
@@ -1492,7 +1495,7 @@ def _dec_NodeGetMemoryStatsRet(d: bytes, o: int) -> tuple[NodeGetMemoryStatsRet,
     t266, = _U32.unpack_from(d, o)
     o += 4
     if t266 > 16: raise XdrError(f'NodeGetMemoryStatsRet.params: {t266} items exceed the limit of 16')
-    t265 = []
+    t265: list[Any] = []
     t268 = t265.append
     for _ in range(t266):
         t267, o = _dec_NodeGetMemoryStats(d, o)
@@ -1648,7 +1651,7 @@ def _dec_DomainGetSchedulerParametersRet(d: bytes, o: int) -> tuple[DomainGetSch
     t290, = _U32.unpack_from(d, o)
     o += 4
     if t290 > 16: raise XdrError(f'DomainGetSchedulerParametersRet.params: {t290} items exceed the limit of 16')
-    t289 = []
+    t289: list[Any] = []
     t292 = t289.append
     for _ in range(t290):
         t291, o = _dec_TypedParam(d, o)
@@ -1697,7 +1700,7 @@ def _dec_DomainGetSchedulerParametersFlagsRet(d: bytes, o: int) -> tuple[DomainG
     t300, = _U32.unpack_from(d, o)
     o += 4
     if t300 > 16: raise XdrError(f'DomainGetSchedulerParametersFlagsRet.params: {t300} items exceed the limit of 16')
-    t299 = []
+    t299: list[Any] = []
     t302 = t299.append
     for _ in range(t300):
         t301, o = _dec_TypedParam(d, o)
@@ -1728,7 +1731,7 @@ def _dec_DomainSetSchedulerParametersArgs(d: bytes, o: int) -> tuple[DomainSetSc
     t308, = _U32.unpack_from(d, o)
     o += 4
     if t308 > 16: raise XdrError(f'DomainSetSchedulerParametersArgs.params: {t308} items exceed the limit of 16')
-    t307 = []
+    t307: list[Any] = []
     t310 = t307.append
     for _ in range(t308):
         t309, o = _dec_TypedParam(d, o)
@@ -1761,7 +1764,7 @@ def _dec_DomainSetSchedulerParametersFlagsArgs(d: bytes, o: int) -> tuple[Domain
     t316, = _U32.unpack_from(d, o)
     o += 4
     if t316 > 16: raise XdrError(f'DomainSetSchedulerParametersFlagsArgs.params: {t316} items exceed the limit of 16')
-    t315 = []
+    t315: list[Any] = []
     t318 = t315.append
     for _ in range(t316):
         t317, o = _dec_TypedParam(d, o)
@@ -1796,7 +1799,7 @@ def _dec_DomainSetBlkioParametersArgs(d: bytes, o: int) -> tuple[DomainSetBlkioP
     t325, = _U32.unpack_from(d, o)
     o += 4
     if t325 > 16: raise XdrError(f'DomainSetBlkioParametersArgs.params: {t325} items exceed the limit of 16')
-    t324 = []
+    t324: list[Any] = []
     t327 = t324.append
     for _ in range(t325):
         t326, o = _dec_TypedParam(d, o)
@@ -1849,7 +1852,7 @@ def _dec_DomainGetBlkioParametersRet(d: bytes, o: int) -> tuple[DomainGetBlkioPa
     t336, = _U32.unpack_from(d, o)
     o += 4
     if t336 > 16: raise XdrError(f'DomainGetBlkioParametersRet.params: {t336} items exceed the limit of 16')
-    t335 = []
+    t335: list[Any] = []
     t338 = t335.append
     for _ in range(t336):
         t337, o = _dec_TypedParam(d, o)
@@ -1884,7 +1887,7 @@ def _dec_DomainSetMemoryParametersArgs(d: bytes, o: int) -> tuple[DomainSetMemor
     t345, = _U32.unpack_from(d, o)
     o += 4
     if t345 > 16: raise XdrError(f'DomainSetMemoryParametersArgs.params: {t345} items exceed the limit of 16')
-    t344 = []
+    t344: list[Any] = []
     t347 = t344.append
     for _ in range(t345):
         t346, o = _dec_TypedParam(d, o)
@@ -1937,7 +1940,7 @@ def _dec_DomainGetMemoryParametersRet(d: bytes, o: int) -> tuple[DomainGetMemory
     t356, = _U32.unpack_from(d, o)
     o += 4
     if t356 > 16: raise XdrError(f'DomainGetMemoryParametersRet.params: {t356} items exceed the limit of 16')
-    t355 = []
+    t355: list[Any] = []
     t358 = t355.append
     for _ in range(t356):
         t357, o = _dec_TypedParam(d, o)
@@ -2007,7 +2010,7 @@ def _dec_DomainSetNumaParametersArgs(d: bytes, o: int) -> tuple[DomainSetNumaPar
     t373, = _U32.unpack_from(d, o)
     o += 4
     if t373 > 16: raise XdrError(f'DomainSetNumaParametersArgs.params: {t373} items exceed the limit of 16')
-    t372 = []
+    t372: list[Any] = []
     t375 = t372.append
     for _ in range(t373):
         t374, o = _dec_TypedParam(d, o)
@@ -2060,7 +2063,7 @@ def _dec_DomainGetNumaParametersRet(d: bytes, o: int) -> tuple[DomainGetNumaPara
     t384, = _U32.unpack_from(d, o)
     o += 4
     if t384 > 16: raise XdrError(f'DomainGetNumaParametersRet.params: {t384} items exceed the limit of 16')
-    t383 = []
+    t383: list[Any] = []
     t386 = t383.append
     for _ in range(t384):
         t385, o = _dec_TypedParam(d, o)
@@ -2095,7 +2098,7 @@ def _dec_DomainSetPerfEventsArgs(d: bytes, o: int) -> tuple[DomainSetPerfEventsA
     t393, = _U32.unpack_from(d, o)
     o += 4
     if t393 > 64: raise XdrError(f'DomainSetPerfEventsArgs.params: {t393} items exceed the limit of 64')
-    t392 = []
+    t392: list[Any] = []
     t395 = t392.append
     for _ in range(t393):
         t394, o = _dec_TypedParam(d, o)
@@ -2145,7 +2148,7 @@ def _dec_DomainGetPerfEventsRet(d: bytes, o: int) -> tuple[DomainGetPerfEventsRe
     t403, = _U32.unpack_from(d, o)
     o += 4
     if t403 > 64: raise XdrError(f'DomainGetPerfEventsRet.params: {t403} items exceed the limit of 64')
-    t402 = []
+    t402: list[Any] = []
     t405 = t402.append
     for _ in range(t403):
         t404, o = _dec_TypedParam(d, o)
@@ -2261,7 +2264,7 @@ def _dec_DomainBlockStatsFlagsRet(d: bytes, o: int) -> tuple[DomainBlockStatsFla
     t429, = _U32.unpack_from(d, o)
     o += 4
     if t429 > 16: raise XdrError(f'DomainBlockStatsFlagsRet.params: {t429} items exceed the limit of 16')
-    t428 = []
+    t428: list[Any] = []
     t431 = t428.append
     for _ in range(t429):
         t430, o = _dec_TypedParam(d, o)
@@ -2364,7 +2367,7 @@ def _dec_DomainSetInterfaceParametersArgs(d: bytes, o: int) -> tuple[DomainSetIn
     t457, = _U32.unpack_from(d, o)
     o += 4
     if t457 > 16: raise XdrError(f'DomainSetInterfaceParametersArgs.params: {t457} items exceed the limit of 16')
-    t456 = []
+    t456: list[Any] = []
     t459 = t456.append
     for _ in range(t457):
         t458, o = _dec_TypedParam(d, o)
@@ -2431,7 +2434,7 @@ def _dec_DomainGetInterfaceParametersRet(d: bytes, o: int) -> tuple[DomainGetInt
     t473, = _U32.unpack_from(d, o)
     o += 4
     if t473 > 16: raise XdrError(f'DomainGetInterfaceParametersRet.params: {t473} items exceed the limit of 16')
-    t472 = []
+    t472: list[Any] = []
     t475 = t472.append
     for _ in range(t473):
         t474, o = _dec_TypedParam(d, o)
@@ -2500,7 +2503,7 @@ def _dec_DomainMemoryStatsRet(d: bytes, o: int) -> tuple[DomainMemoryStatsRet, i
     t486, = _U32.unpack_from(d, o)
     o += 4
     if t486 > 1024: raise XdrError(f'DomainMemoryStatsRet.stats: {t486} items exceed the limit of 1024')
-    t485 = []
+    t485: list[Any] = []
     t488 = t485.append
     for _ in range(t486):
         t487, o = _dec_DomainMemoryStat(d, o)
@@ -3411,7 +3414,7 @@ def _dec_DomainSaveParamsArgs(d: bytes, o: int) -> tuple[DomainSaveParamsArgs, i
     t617, = _U32.unpack_from(d, o)
     o += 4
     if t617 > 64: raise XdrError(f'DomainSaveParamsArgs.params: {t617} items exceed the limit of 64')
-    t616 = []
+    t616: list[Any] = []
     t619 = t616.append
     for _ in range(t617):
         t618, o = _dec_TypedParam(d, o)
@@ -3527,7 +3530,7 @@ def _dec_DomainRestoreParamsArgs(d: bytes, o: int) -> tuple[DomainRestoreParamsA
     t643, = _U32.unpack_from(d, o)
     o += 4
     if t643 > 64: raise XdrError(f'DomainRestoreParamsArgs.params: {t643} items exceed the limit of 64')
-    t642 = []
+    t642: list[Any] = []
     t645 = t642.append
     for _ in range(t643):
         t644, o = _dec_TypedParam(d, o)
@@ -4353,7 +4356,7 @@ def _dec_ConnectListDefinedDomainsRet(d: bytes, o: int) -> tuple[ConnectListDefi
     t824, = _U32.unpack_from(d, o)
     o += 4
     if t824 > 16384: raise XdrError(f'ConnectListDefinedDomainsRet.names: {t824} items exceed the limit of 16384')
-    t823 = []
+    t823: list[Any] = []
     t826 = t823.append
     for _ in range(t824):
         t827, = _U32.unpack_from(d, o)
@@ -5013,7 +5016,7 @@ def _dec_DomainGetVcpusRet(d: bytes, o: int) -> tuple[DomainGetVcpusRet, int]:
     t925, = _U32.unpack_from(d, o)
     o += 4
     if t925 > 16384: raise XdrError(f'DomainGetVcpusRet.info: {t925} items exceed the limit of 16384')
-    t924 = []
+    t924: list[Any] = []
     t927 = t924.append
     for _ in range(t925):
         t926, o = _dec_VcpuInfo(d, o)
@@ -5134,7 +5137,7 @@ def _dec_DomainGetIothreadInfoRet(d: bytes, o: int) -> tuple[DomainGetIothreadIn
     t945, = _U32.unpack_from(d, o)
     o += 4
     if t945 > 16384: raise XdrError(f'DomainGetIothreadInfoRet.info: {t945} items exceed the limit of 16384')
-    t944 = []
+    t944: list[Any] = []
     t947 = t944.append
     for _ in range(t945):
         t946, o = _dec_DomainIothreadInfo(d, o)
@@ -5253,7 +5256,7 @@ def _dec_DomainSetIothreadParamsArgs(d: bytes, o: int) -> tuple[DomainSetIothrea
     t969, = _U32.unpack_from(d, o)
     o += 4
     if t969 > 64: raise XdrError(f'DomainSetIothreadParamsArgs.params: {t969} items exceed the limit of 64')
-    t968 = []
+    t968: list[Any] = []
     t971 = t968.append
     for _ in range(t969):
         t970, o = _dec_TypedParam(d, o)
@@ -5345,7 +5348,7 @@ def _dec_DomainGetSecurityLabelListRet(d: bytes, o: int) -> tuple[DomainGetSecur
     t984, = _U32.unpack_from(d, o)
     o += 4
     if t984 > 64: raise XdrError(f'DomainGetSecurityLabelListRet.labels: {t984} items exceed the limit of 64')
-    t983 = []
+    t983: list[Any] = []
     t986 = t983.append
     for _ in range(t984):
         t985, o = _dec_DomainGetSecurityLabelRet(d, o)
@@ -6091,7 +6094,7 @@ def _dec_DomainBlockCopyArgs(d: bytes, o: int) -> tuple[DomainBlockCopyArgs, int
     t1144, = _U32.unpack_from(d, o)
     o += 4
     if t1144 > 16: raise XdrError(f'DomainBlockCopyArgs.params: {t1144} items exceed the limit of 16')
-    t1143 = []
+    t1143: list[Any] = []
     t1146 = t1143.append
     for _ in range(t1144):
         t1145, o = _dec_TypedParam(d, o)
@@ -6227,7 +6230,7 @@ def _dec_DomainSetBlockIoTuneArgs(d: bytes, o: int) -> tuple[DomainSetBlockIoTun
     t1180, = _U32.unpack_from(d, o)
     o += 4
     if t1180 > 32: raise XdrError(f'DomainSetBlockIoTuneArgs.params: {t1180} items exceed the limit of 32')
-    t1179 = []
+    t1179: list[Any] = []
     t1182 = t1179.append
     for _ in range(t1180):
         t1181, o = _dec_TypedParam(d, o)
@@ -6306,7 +6309,7 @@ def _dec_DomainGetBlockIoTuneRet(d: bytes, o: int) -> tuple[DomainGetBlockIoTune
     t1198, = _U32.unpack_from(d, o)
     o += 4
     if t1198 > 32: raise XdrError(f'DomainGetBlockIoTuneRet.params: {t1198} items exceed the limit of 32')
-    t1197 = []
+    t1197: list[Any] = []
     t1200 = t1197.append
     for _ in range(t1198):
         t1199, o = _dec_TypedParam(d, o)
@@ -6361,7 +6364,7 @@ def _dec_DomainGetCpuStatsRet(d: bytes, o: int) -> tuple[DomainGetCpuStatsRet, i
     t1211, = _U32.unpack_from(d, o)
     o += 4
     if t1211 > 2048: raise XdrError(f'DomainGetCpuStatsRet.params: {t1211} items exceed the limit of 2048')
-    t1210 = []
+    t1210: list[Any] = []
     t1213 = t1210.append
     for _ in range(t1211):
         t1212, o = _dec_TypedParam(d, o)
@@ -6477,7 +6480,7 @@ def _dec_ConnectListNetworksRet(d: bytes, o: int) -> tuple[ConnectListNetworksRe
     t1230, = _U32.unpack_from(d, o)
     o += 4
     if t1230 > 16384: raise XdrError(f'ConnectListNetworksRet.names: {t1230} items exceed the limit of 16384')
-    t1229 = []
+    t1229: list[Any] = []
     t1232 = t1229.append
     for _ in range(t1230):
         t1233, = _U32.unpack_from(d, o)
@@ -6550,7 +6553,7 @@ def _dec_ConnectListDefinedNetworksRet(d: bytes, o: int) -> tuple[ConnectListDef
     t1243, = _U32.unpack_from(d, o)
     o += 4
     if t1243 > 16384: raise XdrError(f'ConnectListDefinedNetworksRet.names: {t1243} items exceed the limit of 16384')
-    t1242 = []
+    t1242: list[Any] = []
     t1245 = t1242.append
     for _ in range(t1243):
         t1246, = _U32.unpack_from(d, o)
@@ -7111,7 +7114,7 @@ def _dec_ConnectListNwfiltersRet(d: bytes, o: int) -> tuple[ConnectListNwfilters
     t1320, = _U32.unpack_from(d, o)
     o += 4
     if t1320 > 16384: raise XdrError(f'ConnectListNwfiltersRet.names: {t1320} items exceed the limit of 16384')
-    t1319 = []
+    t1319: list[Any] = []
     t1322 = t1319.append
     for _ in range(t1320):
         t1323, = _U32.unpack_from(d, o)
@@ -7414,7 +7417,7 @@ def _dec_ConnectListInterfacesRet(d: bytes, o: int) -> tuple[ConnectListInterfac
     t1362, = _U32.unpack_from(d, o)
     o += 4
     if t1362 > 16384: raise XdrError(f'ConnectListInterfacesRet.names: {t1362} items exceed the limit of 16384')
-    t1361 = []
+    t1361: list[Any] = []
     t1364 = t1361.append
     for _ in range(t1362):
         t1365, = _U32.unpack_from(d, o)
@@ -7487,7 +7490,7 @@ def _dec_ConnectListDefinedInterfacesRet(d: bytes, o: int) -> tuple[ConnectListD
     t1375, = _U32.unpack_from(d, o)
     o += 4
     if t1375 > 16384: raise XdrError(f'ConnectListDefinedInterfacesRet.names: {t1375} items exceed the limit of 16384')
-    t1374 = []
+    t1374: list[Any] = []
     t1377 = t1374.append
     for _ in range(t1375):
         t1378, = _U32.unpack_from(d, o)
@@ -8043,7 +8046,7 @@ def _dec_ConnectListStoragePoolsRet(d: bytes, o: int) -> tuple[ConnectListStorag
     t1459, = _U32.unpack_from(d, o)
     o += 4
     if t1459 > 16384: raise XdrError(f'ConnectListStoragePoolsRet.names: {t1459} items exceed the limit of 16384')
-    t1458 = []
+    t1458: list[Any] = []
     t1461 = t1458.append
     for _ in range(t1459):
         t1462, = _U32.unpack_from(d, o)
@@ -8116,7 +8119,7 @@ def _dec_ConnectListDefinedStoragePoolsRet(d: bytes, o: int) -> tuple[ConnectLis
     t1472, = _U32.unpack_from(d, o)
     o += 4
     if t1472 > 16384: raise XdrError(f'ConnectListDefinedStoragePoolsRet.names: {t1472} items exceed the limit of 16384')
-    t1471 = []
+    t1471: list[Any] = []
     t1474 = t1471.append
     for _ in range(t1472):
         t1475, = _U32.unpack_from(d, o)
@@ -8786,7 +8789,7 @@ def _dec_StoragePoolListVolumesRet(d: bytes, o: int) -> tuple[StoragePoolListVol
     t1561, = _U32.unpack_from(d, o)
     o += 4
     if t1561 > 16384: raise XdrError(f'StoragePoolListVolumesRet.names: {t1561} items exceed the limit of 16384')
-    t1560 = []
+    t1560: list[Any] = []
     t1563 = t1560.append
     for _ in range(t1561):
         t1564, = _U32.unpack_from(d, o)
@@ -9410,7 +9413,7 @@ def _dec_NodeListDevicesRet(d: bytes, o: int) -> tuple[NodeListDevicesRet, int]:
     t1658, = _U32.unpack_from(d, o)
     o += 4
     if t1658 > 65536: raise XdrError(f'NodeListDevicesRet.names: {t1658} items exceed the limit of 65536')
-    t1657 = []
+    t1657: list[Any] = []
     t1660 = t1657.append
     for _ in range(t1658):
         t1661, = _U32.unpack_from(d, o)
@@ -9752,7 +9755,7 @@ def _dec_NodeDeviceListCapsRet(d: bytes, o: int) -> tuple[NodeDeviceListCapsRet,
     t1722, = _U32.unpack_from(d, o)
     o += 4
     if t1722 > 65536: raise XdrError(f'NodeDeviceListCapsRet.names: {t1722} items exceed the limit of 65536')
-    t1721 = []
+    t1721: list[Any] = []
     t1724 = t1721.append
     for _ in range(t1722):
         t1725, = _U32.unpack_from(d, o)
@@ -10528,7 +10531,7 @@ def _dec_ConnectListSecretsRet(d: bytes, o: int) -> tuple[ConnectListSecretsRet,
     t1857, = _U32.unpack_from(d, o)
     o += 4
     if t1857 > 16384: raise XdrError(f'ConnectListSecretsRet.uuids: {t1857} items exceed the limit of 16384')
-    t1856 = []
+    t1856: list[Any] = []
     t1859 = t1856.append
     for _ in range(t1857):
         t1860, = _U32.unpack_from(d, o)
@@ -11231,7 +11234,7 @@ def _dec_ConnectBaselineCpuArgs(d: bytes, o: int) -> tuple[ConnectBaselineCpuArg
     t1944, = _U32.unpack_from(d, o)
     o += 4
     if t1944 > 256: raise XdrError(f'ConnectBaselineCpuArgs.xmlCPUs: {t1944} items exceed the limit of 256')
-    t1943 = []
+    t1943: list[Any] = []
     t1946 = t1943.append
     for _ in range(t1944):
         t1947, = _U32.unpack_from(d, o)
@@ -11362,7 +11365,7 @@ def _dec_DomainGetJobStatsRet(d: bytes, o: int) -> tuple[DomainGetJobStatsRet, i
     t1975, = _U32.unpack_from(d, o)
     o += 4
     if t1975 > 64: raise XdrError(f'DomainGetJobStatsRet.params: {t1975} items exceed the limit of 64')
-    t1974 = []
+    t1974: list[Any] = []
     t1977 = t1974.append
     for _ in range(t1975):
         t1976, o = _dec_TypedParam(d, o)
@@ -12079,7 +12082,7 @@ def _dec_DomainEventGraphicsMsg(d: bytes, o: int) -> tuple[DomainEventGraphicsMs
     t2085, = _U32.unpack_from(d, o)
     o += 4
     if t2085 > 20: raise XdrError(f'DomainEventGraphicsMsg.subject: {t2085} items exceed the limit of 20')
-    t2084 = []
+    t2084: list[Any] = []
     t2087 = t2084.append
     for _ in range(t2085):
         t2086, o = _dec_DomainEventGraphicsIdentity(d, o)
@@ -12823,7 +12826,7 @@ def _dec_DomainSnapshotListNamesRet(d: bytes, o: int) -> tuple[DomainSnapshotLis
     t2198, = _U32.unpack_from(d, o)
     o += 4
     if t2198 > 16384: raise XdrError(f'DomainSnapshotListNamesRet.names: {t2198} items exceed the limit of 16384')
-    t2197 = []
+    t2197: list[Any] = []
     t2200 = t2197.append
     for _ in range(t2198):
         t2201, = _U32.unpack_from(d, o)
@@ -12880,7 +12883,7 @@ def _dec_DomainListAllSnapshotsRet(d: bytes, o: int) -> tuple[DomainListAllSnaps
     t2210, = _U32.unpack_from(d, o)
     o += 4
     if t2210 > 16384: raise XdrError(f'DomainListAllSnapshotsRet.snapshots: {t2210} items exceed the limit of 16384')
-    t2209 = []
+    t2209: list[Any] = []
     t2212 = t2209.append
     for _ in range(t2210):
         t2211, o = _dec_NonnullDomainSnapshot(d, o)
@@ -12973,7 +12976,7 @@ def _dec_DomainSnapshotListChildrenNamesRet(d: bytes, o: int) -> tuple[DomainSna
     t2226, = _U32.unpack_from(d, o)
     o += 4
     if t2226 > 16384: raise XdrError(f'DomainSnapshotListChildrenNamesRet.names: {t2226} items exceed the limit of 16384')
-    t2225 = []
+    t2225: list[Any] = []
     t2228 = t2225.append
     for _ in range(t2226):
         t2229, = _U32.unpack_from(d, o)
@@ -13030,7 +13033,7 @@ def _dec_DomainSnapshotListAllChildrenRet(d: bytes, o: int) -> tuple[DomainSnaps
     t2238, = _U32.unpack_from(d, o)
     o += 4
     if t2238 > 16384: raise XdrError(f'DomainSnapshotListAllChildrenRet.snapshots: {t2238} items exceed the limit of 16384')
-    t2237 = []
+    t2237: list[Any] = []
     t2240 = t2237.append
     for _ in range(t2238):
         t2239, o = _dec_NonnullDomainSnapshot(d, o)
@@ -14391,7 +14394,7 @@ def _dec_DomainGetDiskErrorsRet(d: bytes, o: int) -> tuple[DomainGetDiskErrorsRe
     t2495, = _U32.unpack_from(d, o)
     o += 4
     if t2495 > 256: raise XdrError(f'DomainGetDiskErrorsRet.errors: {t2495} items exceed the limit of 256')
-    t2494 = []
+    t2494: list[Any] = []
     t2497 = t2494.append
     for _ in range(t2495):
         t2496, o = _dec_DomainDiskError(d, o)
@@ -14441,7 +14444,7 @@ def _dec_ConnectListAllDomainsRet(d: bytes, o: int) -> tuple[ConnectListAllDomai
     t2505, = _U32.unpack_from(d, o)
     o += 4
     if t2505 > 16384: raise XdrError(f'ConnectListAllDomainsRet.domains: {t2505} items exceed the limit of 16384')
-    t2504 = []
+    t2504: list[Any] = []
     t2507 = t2504.append
     for _ in range(t2505):
         t2506, o = _dec_NonnullDomain(d, o)
@@ -14491,7 +14494,7 @@ def _dec_ConnectListAllStoragePoolsRet(d: bytes, o: int) -> tuple[ConnectListAll
     t2515, = _U32.unpack_from(d, o)
     o += 4
     if t2515 > 16384: raise XdrError(f'ConnectListAllStoragePoolsRet.pools: {t2515} items exceed the limit of 16384')
-    t2514 = []
+    t2514: list[Any] = []
     t2517 = t2514.append
     for _ in range(t2515):
         t2516, o = _dec_NonnullStoragePool(d, o)
@@ -14544,7 +14547,7 @@ def _dec_StoragePoolListAllVolumesRet(d: bytes, o: int) -> tuple[StoragePoolList
     t2526, = _U32.unpack_from(d, o)
     o += 4
     if t2526 > 16384: raise XdrError(f'StoragePoolListAllVolumesRet.vols: {t2526} items exceed the limit of 16384')
-    t2525 = []
+    t2525: list[Any] = []
     t2528 = t2525.append
     for _ in range(t2526):
         t2527, o = _dec_NonnullStorageVol(d, o)
@@ -14594,7 +14597,7 @@ def _dec_ConnectListAllNetworksRet(d: bytes, o: int) -> tuple[ConnectListAllNetw
     t2536, = _U32.unpack_from(d, o)
     o += 4
     if t2536 > 16384: raise XdrError(f'ConnectListAllNetworksRet.nets: {t2536} items exceed the limit of 16384')
-    t2535 = []
+    t2535: list[Any] = []
     t2538 = t2535.append
     for _ in range(t2536):
         t2537, o = _dec_NonnullNetwork(d, o)
@@ -14644,7 +14647,7 @@ def _dec_ConnectListAllInterfacesRet(d: bytes, o: int) -> tuple[ConnectListAllIn
     t2546, = _U32.unpack_from(d, o)
     o += 4
     if t2546 > 16384: raise XdrError(f'ConnectListAllInterfacesRet.ifaces: {t2546} items exceed the limit of 16384')
-    t2545 = []
+    t2545: list[Any] = []
     t2548 = t2545.append
     for _ in range(t2546):
         t2547, o = _dec_NonnullInterface(d, o)
@@ -14694,7 +14697,7 @@ def _dec_ConnectListAllNodeDevicesRet(d: bytes, o: int) -> tuple[ConnectListAllN
     t2556, = _U32.unpack_from(d, o)
     o += 4
     if t2556 > 65536: raise XdrError(f'ConnectListAllNodeDevicesRet.devices: {t2556} items exceed the limit of 65536')
-    t2555 = []
+    t2555: list[Any] = []
     t2558 = t2555.append
     for _ in range(t2556):
         t2557, o = _dec_NonnullNodeDevice(d, o)
@@ -14744,7 +14747,7 @@ def _dec_ConnectListAllNwfiltersRet(d: bytes, o: int) -> tuple[ConnectListAllNwf
     t2566, = _U32.unpack_from(d, o)
     o += 4
     if t2566 > 16384: raise XdrError(f'ConnectListAllNwfiltersRet.filters: {t2566} items exceed the limit of 16384')
-    t2565 = []
+    t2565: list[Any] = []
     t2568 = t2565.append
     for _ in range(t2566):
         t2567, o = _dec_NonnullNwfilter(d, o)
@@ -14794,7 +14797,7 @@ def _dec_ConnectListAllSecretsRet(d: bytes, o: int) -> tuple[ConnectListAllSecre
     t2576, = _U32.unpack_from(d, o)
     o += 4
     if t2576 > 16384: raise XdrError(f'ConnectListAllSecretsRet.secrets: {t2576} items exceed the limit of 16384')
-    t2575 = []
+    t2575: list[Any] = []
     t2578 = t2575.append
     for _ in range(t2576):
         t2577, o = _dec_NonnullSecret(d, o)
@@ -14826,7 +14829,7 @@ def _dec_NodeSetMemoryParametersArgs(d: bytes, o: int) -> tuple[NodeSetMemoryPar
     t2584, = _U32.unpack_from(d, o)
     o += 4
     if t2584 > 64: raise XdrError(f'NodeSetMemoryParametersArgs.params: {t2584} items exceed the limit of 64')
-    t2583 = []
+    t2583: list[Any] = []
     t2586 = t2583.append
     for _ in range(t2584):
         t2585, o = _dec_TypedParam(d, o)
@@ -14876,7 +14879,7 @@ def _dec_NodeGetMemoryParametersRet(d: bytes, o: int) -> tuple[NodeGetMemoryPara
     t2594, = _U32.unpack_from(d, o)
     o += 4
     if t2594 > 64: raise XdrError(f'NodeGetMemoryParametersRet.params: {t2594} items exceed the limit of 64')
-    t2593 = []
+    t2593: list[Any] = []
     t2596 = t2593.append
     for _ in range(t2594):
         t2595, o = _dec_TypedParam(d, o)
@@ -15069,7 +15072,7 @@ def _dec_DomainMigrateBegin3ParamsArgs(d: bytes, o: int) -> tuple[DomainMigrateB
     t2631, = _U32.unpack_from(d, o)
     o += 4
     if t2631 > 64: raise XdrError(f'DomainMigrateBegin3ParamsArgs.params: {t2631} items exceed the limit of 64')
-    t2630 = []
+    t2630: list[Any] = []
     t2633 = t2630.append
     for _ in range(t2631):
         t2632, o = _dec_TypedParam(d, o)
@@ -15149,7 +15152,7 @@ def _dec_DomainMigratePrepare3ParamsArgs(d: bytes, o: int) -> tuple[DomainMigrat
     t2651, = _U32.unpack_from(d, o)
     o += 4
     if t2651 > 64: raise XdrError(f'DomainMigratePrepare3ParamsArgs.params: {t2651} items exceed the limit of 64')
-    t2650 = []
+    t2650: list[Any] = []
     t2653 = t2650.append
     for _ in range(t2651):
         t2652, o = _dec_TypedParam(d, o)
@@ -15248,7 +15251,7 @@ def _dec_DomainMigratePrepareTunnel3ParamsArgs(d: bytes, o: int) -> tuple[Domain
     t2676, = _U32.unpack_from(d, o)
     o += 4
     if t2676 > 64: raise XdrError(f'DomainMigratePrepareTunnel3ParamsArgs.params: {t2676} items exceed the limit of 64')
-    t2675 = []
+    t2675: list[Any] = []
     t2678 = t2675.append
     for _ in range(t2676):
         t2677, o = _dec_TypedParam(d, o)
@@ -15350,7 +15353,7 @@ def _dec_DomainMigratePerform3ParamsArgs(d: bytes, o: int) -> tuple[DomainMigrat
     t2702, = _U32.unpack_from(d, o)
     o += 4
     if t2702 > 64: raise XdrError(f'DomainMigratePerform3ParamsArgs.params: {t2702} items exceed the limit of 64')
-    t2701 = []
+    t2701: list[Any] = []
     t2704 = t2701.append
     for _ in range(t2702):
         t2703, o = _dec_TypedParam(d, o)
@@ -15424,7 +15427,7 @@ def _dec_DomainMigrateFinish3ParamsArgs(d: bytes, o: int) -> tuple[DomainMigrate
     t2720, = _U32.unpack_from(d, o)
     o += 4
     if t2720 > 64: raise XdrError(f'DomainMigrateFinish3ParamsArgs.params: {t2720} items exceed the limit of 64')
-    t2719 = []
+    t2719: list[Any] = []
     t2722 = t2719.append
     for _ in range(t2720):
         t2721, o = _dec_TypedParam(d, o)
@@ -15504,7 +15507,7 @@ def _dec_DomainMigrateConfirm3ParamsArgs(d: bytes, o: int) -> tuple[DomainMigrat
     t2741, = _U32.unpack_from(d, o)
     o += 4
     if t2741 > 64: raise XdrError(f'DomainMigrateConfirm3ParamsArgs.params: {t2741} items exceed the limit of 64')
-    t2740 = []
+    t2740: list[Any] = []
     t2743 = t2740.append
     for _ in range(t2741):
         t2742, o = _dec_TypedParam(d, o)
@@ -15702,7 +15705,7 @@ def _dec_DomainEventCallbackTunableMsg(d: bytes, o: int) -> tuple[DomainEventCal
     t2788, = _U32.unpack_from(d, o)
     o += 4
     if t2788 > 2048: raise XdrError(f'DomainEventCallbackTunableMsg.params: {t2788} items exceed the limit of 2048')
-    t2787 = []
+    t2787: list[Any] = []
     t2790 = t2787.append
     for _ in range(t2788):
         t2789, o = _dec_TypedParam(d, o)
@@ -15820,7 +15823,7 @@ def _dec_ConnectGetCpuModelNamesRet(d: bytes, o: int) -> tuple[ConnectGetCpuMode
     t2812, = _U32.unpack_from(d, o)
     o += 4
     if t2812 > 8192: raise XdrError(f'ConnectGetCpuModelNamesRet.models: {t2812} items exceed the limit of 8192')
-    t2811 = []
+    t2811: list[Any] = []
     t2814 = t2811.append
     for _ in range(t2812):
         t2815, = _U32.unpack_from(d, o)
@@ -16179,7 +16182,7 @@ def _dec_DomainFsfreezeArgs(d: bytes, o: int) -> tuple[DomainFsfreezeArgs, int]:
     t2859, = _U32.unpack_from(d, o)
     o += 4
     if t2859 > 256: raise XdrError(f'DomainFsfreezeArgs.mountpoints: {t2859} items exceed the limit of 256')
-    t2858 = []
+    t2858: list[Any] = []
     t2861 = t2858.append
     for _ in range(t2859):
         t2862, = _U32.unpack_from(d, o)
@@ -16242,7 +16245,7 @@ def _dec_DomainFsthawArgs(d: bytes, o: int) -> tuple[DomainFsthawArgs, int]:
     t2873, = _U32.unpack_from(d, o)
     o += 4
     if t2873 > 256: raise XdrError(f'DomainFsthawArgs.mountpoints: {t2873} items exceed the limit of 256')
-    t2872 = []
+    t2872: list[Any] = []
     t2875 = t2872.append
     for _ in range(t2873):
         t2876, = _U32.unpack_from(d, o)
@@ -16610,7 +16613,7 @@ def _dec_NetworkGetDhcpLeasesRet(d: bytes, o: int) -> tuple[NetworkGetDhcpLeases
     t2958, = _U32.unpack_from(d, o)
     o += 4
     if t2958 > 65536: raise XdrError(f'NetworkGetDhcpLeasesRet.leases: {t2958} items exceed the limit of 65536')
-    t2957 = []
+    t2957: list[Any] = []
     t2960 = t2957.append
     for _ in range(t2958):
         t2959, o = _dec_NetworkDhcpLease(d, o)
@@ -16643,7 +16646,7 @@ def _dec_DomainStatsRecord(d: bytes, o: int) -> tuple[DomainStatsRecord, int]:
     t2967, = _U32.unpack_from(d, o)
     o += 4
     if t2967 > 262144: raise XdrError(f'DomainStatsRecord.params: {t2967} items exceed the limit of 262144')
-    t2966 = []
+    t2966: list[Any] = []
     t2969 = t2966.append
     for _ in range(t2967):
         t2968, o = _dec_TypedParam(d, o)
@@ -16674,7 +16677,7 @@ def _dec_ConnectGetAllDomainStatsArgs(d: bytes, o: int) -> tuple[ConnectGetAllDo
     t2974, = _U32.unpack_from(d, o)
     o += 4
     if t2974 > 16384: raise XdrError(f'ConnectGetAllDomainStatsArgs.doms: {t2974} items exceed the limit of 16384')
-    t2973 = []
+    t2973: list[Any] = []
     t2976 = t2973.append
     for _ in range(t2974):
         t2975, o = _dec_NonnullDomain(d, o)
@@ -16729,7 +16732,7 @@ def _dec_ConnectGetAllDomainStatsRet(d: bytes, o: int) -> tuple[ConnectGetAllDom
     t2987, = _U32.unpack_from(d, o)
     o += 4
     if t2987 > 16384: raise XdrError(f'ConnectGetAllDomainStatsRet.retStats: {t2987} items exceed the limit of 16384')
-    t2986 = []
+    t2986: list[Any] = []
     t2989 = t2986.append
     for _ in range(t2987):
         t2988, o = _dec_DomainStatsRecord(d, o)
@@ -16804,7 +16807,7 @@ def _dec_DomainFsinfo(d: bytes, o: int) -> tuple[DomainFsinfo, int]:
     t3011, = _U32.unpack_from(d, o)
     o += 4
     if t3011 > 256: raise XdrError(f'DomainFsinfo.dev_aliases: {t3011} items exceed the limit of 256')
-    t3010 = []
+    t3010: list[Any] = []
     t3013 = t3010.append
     for _ in range(t3011):
         t3014, = _U32.unpack_from(d, o)
@@ -16860,7 +16863,7 @@ def _dec_DomainGetFsinfoRet(d: bytes, o: int) -> tuple[DomainGetFsinfoRet, int]:
     t3022, = _U32.unpack_from(d, o)
     o += 4
     if t3022 > 256: raise XdrError(f'DomainGetFsinfoRet.info: {t3022} items exceed the limit of 256')
-    t3021 = []
+    t3021: list[Any] = []
     t3024 = t3021.append
     for _ in range(t3022):
         t3023, o = _dec_DomainFsinfo(d, o)
@@ -16965,7 +16968,7 @@ def _dec_DomainInterface(d: bytes, o: int) -> tuple[DomainInterface, int]:
     t3049, = _U32.unpack_from(d, o)
     o += 4
     if t3049 > 2048: raise XdrError(f'DomainInterface.addrs: {t3049} items exceed the limit of 2048')
-    t3048 = []
+    t3048: list[Any] = []
     t3051 = t3048.append
     for _ in range(t3049):
         t3050, o = _dec_DomainIpAddr(d, o)
@@ -17014,7 +17017,7 @@ def _dec_DomainInterfaceAddressesRet(d: bytes, o: int) -> tuple[DomainInterfaceA
     t3059, = _U32.unpack_from(d, o)
     o += 4
     if t3059 > 2048: raise XdrError(f'DomainInterfaceAddressesRet.ifaces: {t3059} items exceed the limit of 2048')
-    t3058 = []
+    t3058: list[Any] = []
     t3061 = t3058.append
     for _ in range(t3059):
         t3060, o = _dec_DomainInterface(d, o)
@@ -17208,7 +17211,7 @@ def _dec_DomainEventCallbackJobCompletedMsg(d: bytes, o: int) -> tuple[DomainEve
     t3097, = _U32.unpack_from(d, o)
     o += 4
     if t3097 > 64: raise XdrError(f'DomainEventCallbackJobCompletedMsg.params: {t3097} items exceed the limit of 64')
-    t3096 = []
+    t3096: list[Any] = []
     t3099 = t3096.append
     for _ in range(t3097):
         t3098, o = _dec_TypedParam(d, o)
@@ -17310,7 +17313,7 @@ def _dec_DomainGetGuestVcpusRet(d: bytes, o: int) -> tuple[DomainGetGuestVcpusRe
     t3115, = _U32.unpack_from(d, o)
     o += 4
     if t3115 > 64: raise XdrError(f'DomainGetGuestVcpusRet.params: {t3115} items exceed the limit of 64')
-    t3114 = []
+    t3114: list[Any] = []
     t3117 = t3114.append
     for _ in range(t3115):
         t3116, o = _dec_TypedParam(d, o)
@@ -17915,7 +17918,7 @@ def _dec_ConnectBaselineHypervisorCpuArgs(d: bytes, o: int) -> tuple[ConnectBase
     t3242, = _U32.unpack_from(d, o)
     o += 4
     if t3242 > 256: raise XdrError(f'ConnectBaselineHypervisorCpuArgs.xmlCPUs: {t3242} items exceed the limit of 256')
-    t3241 = []
+    t3241: list[Any] = []
     t3244 = t3241.append
     for _ in range(t3242):
         t3245, = _U32.unpack_from(d, o)
@@ -17998,7 +18001,7 @@ def _dec_NodeGetSevInfoRet(d: bytes, o: int) -> tuple[NodeGetSevInfoRet, int]:
     t3259, = _U32.unpack_from(d, o)
     o += 4
     if t3259 > 64: raise XdrError(f'NodeGetSevInfoRet.params: {t3259} items exceed the limit of 64')
-    t3258 = []
+    t3258: list[Any] = []
     t3261 = t3258.append
     for _ in range(t3259):
         t3260, o = _dec_TypedParam(d, o)
@@ -18048,7 +18051,7 @@ def _dec_DomainGetLaunchSecurityInfoRet(d: bytes, o: int) -> tuple[DomainGetLaun
     t3269, = _U32.unpack_from(d, o)
     o += 4
     if t3269 > 64: raise XdrError(f'DomainGetLaunchSecurityInfoRet.params: {t3269} items exceed the limit of 64')
-    t3268 = []
+    t3268: list[Any] = []
     t3271 = t3268.append
     for _ in range(t3269):
         t3270, o = _dec_TypedParam(d, o)
@@ -18081,7 +18084,7 @@ def _dec_DomainSetLaunchSecurityStateArgs(d: bytes, o: int) -> tuple[DomainSetLa
     t3277, = _U32.unpack_from(d, o)
     o += 4
     if t3277 > 64: raise XdrError(f'DomainSetLaunchSecurityStateArgs.params: {t3277} items exceed the limit of 64')
-    t3276 = []
+    t3276: list[Any] = []
     t3279 = t3276.append
     for _ in range(t3277):
         t3278, o = _dec_TypedParam(d, o)
@@ -18284,7 +18287,7 @@ def _dec_ConnectListAllNwfilterBindingsRet(d: bytes, o: int) -> tuple[ConnectLis
     t3308, = _U32.unpack_from(d, o)
     o += 4
     if t3308 > 16384: raise XdrError(f'ConnectListAllNwfilterBindingsRet.bindings: {t3308} items exceed the limit of 16384')
-    t3307 = []
+    t3307: list[Any] = []
     t3310 = t3307.append
     for _ in range(t3308):
         t3309, o = _dec_NonnullNwfilterBinding(d, o)
@@ -18381,7 +18384,7 @@ def _dec_NetworkListAllPortsRet(d: bytes, o: int) -> tuple[NetworkListAllPortsRe
     t3325, = _U32.unpack_from(d, o)
     o += 4
     if t3325 > 16384: raise XdrError(f'NetworkListAllPortsRet.ports: {t3325} items exceed the limit of 16384')
-    t3324 = []
+    t3324: list[Any] = []
     t3327 = t3324.append
     for _ in range(t3325):
         t3326, o = _dec_NonnullNetworkPort(d, o)
@@ -18503,7 +18506,7 @@ def _dec_NetworkPortSetParametersArgs(d: bytes, o: int) -> tuple[NetworkPortSetP
     t3345, = _U32.unpack_from(d, o)
     o += 4
     if t3345 > 16: raise XdrError(f'NetworkPortSetParametersArgs.params: {t3345} items exceed the limit of 16')
-    t3344 = []
+    t3344: list[Any] = []
     t3347 = t3344.append
     for _ in range(t3345):
         t3346, o = _dec_TypedParam(d, o)
@@ -18556,7 +18559,7 @@ def _dec_NetworkPortGetParametersRet(d: bytes, o: int) -> tuple[NetworkPortGetPa
     t3356, = _U32.unpack_from(d, o)
     o += 4
     if t3356 > 16: raise XdrError(f'NetworkPortGetParametersRet.params: {t3356} items exceed the limit of 16')
-    t3355 = []
+    t3355: list[Any] = []
     t3358 = t3355.append
     for _ in range(t3356):
         t3357, o = _dec_TypedParam(d, o)
@@ -18773,7 +18776,7 @@ def _dec_DomainListAllCheckpointsRet(d: bytes, o: int) -> tuple[DomainListAllChe
     t3391, = _U32.unpack_from(d, o)
     o += 4
     if t3391 > 16384: raise XdrError(f'DomainListAllCheckpointsRet.checkpoints: {t3391} items exceed the limit of 16384')
-    t3390 = []
+    t3390: list[Any] = []
     t3393 = t3390.append
     for _ in range(t3391):
         t3392, o = _dec_NonnullDomainCheckpoint(d, o)
@@ -18826,7 +18829,7 @@ def _dec_DomainCheckpointListAllChildrenRet(d: bytes, o: int) -> tuple[DomainChe
     t3402, = _U32.unpack_from(d, o)
     o += 4
     if t3402 > 16384: raise XdrError(f'DomainCheckpointListAllChildrenRet.checkpoints: {t3402} items exceed the limit of 16384')
-    t3401 = []
+    t3401: list[Any] = []
     t3404 = t3401.append
     for _ in range(t3402):
         t3403, o = _dec_NonnullDomainCheckpoint(d, o)
@@ -18983,7 +18986,7 @@ def _dec_DomainGetGuestInfoRet(d: bytes, o: int) -> tuple[DomainGetGuestInfoRet,
     t3426, = _U32.unpack_from(d, o)
     o += 4
     if t3426 > 2048: raise XdrError(f'DomainGetGuestInfoRet.params: {t3426} items exceed the limit of 2048')
-    t3425 = []
+    t3425: list[Any] = []
     t3428 = t3425.append
     for _ in range(t3426):
         t3427, o = _dec_TypedParam(d, o)
@@ -19013,7 +19016,7 @@ def _dec_ConnectSetIdentityArgs(d: bytes, o: int) -> tuple[ConnectSetIdentityArg
     t3433, = _U32.unpack_from(d, o)
     o += 4
     if t3433 > 20: raise XdrError(f'ConnectSetIdentityArgs.params: {t3433} items exceed the limit of 20')
-    t3432 = []
+    t3432: list[Any] = []
     t3435 = t3432.append
     for _ in range(t3433):
         t3434, o = _dec_TypedParam(d, o)
@@ -19227,7 +19230,7 @@ def _dec_DomainAuthorizedSshKeysGetRet(d: bytes, o: int) -> tuple[DomainAuthoriz
     t3475, = _U32.unpack_from(d, o)
     o += 4
     if t3475 > 2048: raise XdrError(f'DomainAuthorizedSshKeysGetRet.keys: {t3475} items exceed the limit of 2048')
-    t3474 = []
+    t3474: list[Any] = []
     t3477 = t3474.append
     for _ in range(t3475):
         t3478, = _U32.unpack_from(d, o)
@@ -19285,7 +19288,7 @@ def _dec_DomainAuthorizedSshKeysSetArgs(d: bytes, o: int) -> tuple[DomainAuthori
     t3492, = _U32.unpack_from(d, o)
     o += 4
     if t3492 > 2048: raise XdrError(f'DomainAuthorizedSshKeysSetArgs.keys: {t3492} items exceed the limit of 2048')
-    t3491 = []
+    t3491: list[Any] = []
     t3494 = t3491.append
     for _ in range(t3492):
         t3495, = _U32.unpack_from(d, o)
@@ -19346,7 +19349,7 @@ def _dec_DomainGetMessagesRet(d: bytes, o: int) -> tuple[DomainGetMessagesRet, i
     t3506, = _U32.unpack_from(d, o)
     o += 4
     if t3506 > 2048: raise XdrError(f'DomainGetMessagesRet.msgs: {t3506} items exceed the limit of 2048')
-    t3505 = []
+    t3505: list[Any] = []
     t3508 = t3505.append
     for _ in range(t3506):
         t3509, = _U32.unpack_from(d, o)
@@ -20801,7 +20804,7 @@ class RemoteCalls:
 
     __slots__ = ("_call",)
 
-    def __init__(self, call) -> None:
+    def __init__(self, call: Callable[[ProcedureInfo, Any], Awaitable[Any]]) -> None:
         self._call = call
 
     async def connect_open(self, name: str | None, flags: int = 0) -> None:

@@ -1,0 +1,90 @@
+"""Virtual networks: the ``Network`` handle and the connection's network methods."""
+
+from __future__ import annotations
+
+import uuid as _uuid
+
+from .errors import NoSuchNetwork
+from .handle import ConnectionBase, Handle, uuid_bytes, uuid_text
+from .protocol.remote import NonnullNetwork
+
+__all__ = ["Network", "NetworkMethods"]
+
+
+class Network(Handle):
+    """A handle on one virtual network; ``name`` and ``uuid`` are plain attributes."""
+
+    __slots__ = ("name", "uuid")
+    _ref: NonnullNetwork
+    _repr_fields = ("name", "uuid")
+
+    def __init__(self, conn: ConnectionBase, ref: NonnullNetwork) -> None:
+        super().__init__(conn, ref)
+        self.name = ref.name
+        self.uuid = uuid_text(ref.uuid)
+
+    def _key(self) -> bytes:
+        return self._ref.uuid
+
+    async def start(self) -> None:
+        """Start (activate) a defined network."""
+        await self._conn.rpc.network_create(self._ref)
+
+    async def stop(self) -> None:
+        """Stop the network (libvirt's ``destroy``); its definition stays."""
+        await self._conn.rpc.network_destroy(self._ref)
+
+    destroy = stop
+
+    async def undefine(self) -> None:
+        """Delete the persistent definition."""
+        await self._conn.rpc.network_undefine(self._ref)
+
+    delete = undefine
+
+    async def xml(self, flags: int = 0) -> str:
+        return (await self._conn.rpc.network_get_xml_desc(self._ref, flags)).xml
+
+    async def is_active(self) -> bool:
+        return bool((await self._conn.rpc.network_is_active(self._ref)).active)
+
+    async def bridge_name(self) -> str:
+        return (await self._conn.rpc.network_get_bridge_name(self._ref)).name
+
+    async def autostart(self) -> bool:
+        return bool((await self._conn.rpc.network_get_autostart(self._ref)).autostart)
+
+    async def set_autostart(self, enabled: bool) -> None:
+        await self._conn.rpc.network_set_autostart(self._ref, int(enabled))
+
+
+class NetworkMethods(ConnectionBase):
+    """The connection's network methods (mixed into ``Connection``)."""
+
+    async def define_network(self, xml: str, flags: int = 0) -> Network:
+        """Define a persistent network from its XML (it starts inactive)."""
+        return Network(self, (await self.rpc.network_define_xml_flags(xml, flags)).net)
+
+    async def create_network(self, xml: str, flags: int = 0) -> Network:
+        """Create and start a transient network."""
+        return Network(self, (await self.rpc.network_create_xml_flags(xml, flags)).net)
+
+    async def lookup_network(self, *, name: str | None = None,
+                             uuid: str | _uuid.UUID | None = None) -> Network:
+        """Find a network by exactly one of ``name`` or ``uuid``."""
+        if (name is None) == (uuid is None):
+            raise TypeError("lookup_network takes exactly one of name= or uuid=")
+        try:
+            if name is not None:
+                ref = (await self.rpc.network_lookup_by_name(name)).net
+            else:
+                ref = (await self.rpc.network_lookup_by_uuid(uuid_bytes(uuid))).net  # type: ignore[arg-type]
+        except NoSuchNetwork as exc:
+            what = f"name {name!r}" if name is not None else f"uuid {uuid}"
+            raise exc.with_context(f"no network with {what}") from None
+        return Network(self, ref)
+
+    async def list_networks(self, flags: int = 0) -> list[Network]:
+        """All networks (``VIR_CONNECT_LIST_NETWORKS_*`` flags filter them)."""
+        ret = await self.rpc.connect_list_all_networks(1, flags)
+        return [Network(self, ref) for ref in ret.nets]

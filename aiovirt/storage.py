@@ -1,0 +1,184 @@
+"""Storage: ``StoragePool`` and ``StorageVolume`` handles and the connection's pool methods."""
+
+from __future__ import annotations
+
+import uuid as _uuid
+from dataclasses import dataclass
+
+from .errors import NoSuchStoragePool, NoSuchStorageVolume
+from .handle import ConnectionBase, Handle, uuid_bytes, uuid_text
+from .protocol.remote import NonnullStoragePool, NonnullStorageVol
+
+__all__ = ["StorageMethods", "StoragePool", "StoragePoolInfo", "StorageVolume",
+           "StorageVolumeInfo"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoragePoolInfo:
+    """Pool state (``VIR_STORAGE_POOL_*``) and sizes in bytes."""
+
+    state: int
+    capacity: int
+    allocation: int
+    available: int
+
+
+@dataclass(frozen=True, slots=True)
+class StorageVolumeInfo:
+    """Volume type (``VIR_STORAGE_VOL_*``) and sizes in bytes."""
+
+    type: int
+    capacity: int
+    allocation: int
+
+
+class StoragePool(Handle):
+    """A handle on one storage pool; ``name`` and ``uuid`` are plain attributes."""
+
+    __slots__ = ("name", "uuid")
+    _ref: NonnullStoragePool
+    _repr_fields = ("name", "uuid")
+
+    def __init__(self, conn: ConnectionBase, ref: NonnullStoragePool) -> None:
+        super().__init__(conn, ref)
+        self.name = ref.name
+        self.uuid = uuid_text(ref.uuid)
+
+    def _key(self) -> bytes:
+        return self._ref.uuid
+
+    async def start(self, flags: int = 0) -> None:
+        """Start (activate) a defined pool."""
+        await self._conn.rpc.storage_pool_create(self._ref, flags)
+
+    async def stop(self) -> None:
+        """Stop the pool (libvirt's ``destroy``); its definition and data stay."""
+        await self._conn.rpc.storage_pool_destroy(self._ref)
+
+    destroy = stop
+
+    async def build(self, flags: int = 0) -> None:
+        """Create the pool's underlying storage (a directory, a filesystem...)."""
+        await self._conn.rpc.storage_pool_build(self._ref, flags)
+
+    async def delete(self, flags: int = 0) -> None:
+        """Delete the pool's underlying storage (the opposite of ``build``)."""
+        await self._conn.rpc.storage_pool_delete(self._ref, flags)
+
+    async def undefine(self) -> None:
+        """Delete the persistent definition."""
+        await self._conn.rpc.storage_pool_undefine(self._ref)
+
+    async def refresh(self, flags: int = 0) -> None:
+        await self._conn.rpc.storage_pool_refresh(self._ref, flags)
+
+    async def xml(self, flags: int = 0) -> str:
+        return (await self._conn.rpc.storage_pool_get_xml_desc(self._ref, flags)).xml
+
+    async def info(self) -> StoragePoolInfo:
+        ret = await self._conn.rpc.storage_pool_get_info(self._ref)
+        return StoragePoolInfo(ret.state, ret.capacity, ret.allocation, ret.available)
+
+    async def is_active(self) -> bool:
+        return bool((await self._conn.rpc.storage_pool_is_active(self._ref)).active)
+
+    async def create_volume(self, xml: str, flags: int = 0) -> StorageVolume:
+        """Create a volume in this pool from its XML."""
+        return StorageVolume(self._conn,
+                             (await self._conn.rpc.storage_vol_create_xml(self._ref, xml,
+                                                                          flags)).vol)
+
+    async def lookup_volume(self, name: str) -> StorageVolume:
+        try:
+            ret = await self._conn.rpc.storage_vol_lookup_by_name(self._ref, name)
+        except NoSuchStorageVolume as exc:
+            raise exc.with_context(f"no volume {name!r} in pool {self.name!r}") from None
+        return StorageVolume(self._conn, ret.vol)
+
+    async def list_volumes(self) -> list[StorageVolume]:
+        ret = await self._conn.rpc.storage_pool_list_all_volumes(self._ref, 1, 0)
+        return [StorageVolume(self._conn, ref) for ref in ret.vols]
+
+
+class StorageVolume(Handle):
+    """A handle on one volume: ``name``, ``key`` and ``pool`` (the pool's name)."""
+
+    __slots__ = ("name", "key", "pool")
+    _ref: NonnullStorageVol
+    _repr_fields = ("pool", "name")
+
+    def __init__(self, conn: ConnectionBase, ref: NonnullStorageVol) -> None:
+        super().__init__(conn, ref)
+        self.name = ref.name
+        self.key = ref.key
+        self.pool = ref.pool
+
+    def _key(self) -> str:
+        return self._ref.key
+
+    async def xml(self, flags: int = 0) -> str:
+        return (await self._conn.rpc.storage_vol_get_xml_desc(self._ref, flags)).xml
+
+    async def path(self) -> str:
+        return (await self._conn.rpc.storage_vol_get_path(self._ref)).name
+
+    async def info(self) -> StorageVolumeInfo:
+        ret = await self._conn.rpc.storage_vol_get_info(self._ref)
+        return StorageVolumeInfo(ret.type, ret.capacity, ret.allocation)
+
+    async def delete(self, flags: int = 0) -> None:
+        await self._conn.rpc.storage_vol_delete(self._ref, flags)
+
+    async def wipe(self, flags: int = 0) -> None:
+        await self._conn.rpc.storage_vol_wipe(self._ref, flags)
+
+    async def resize(self, capacity: int, flags: int = 0) -> None:
+        await self._conn.rpc.storage_vol_resize(self._ref, capacity, flags)
+
+
+class StorageMethods(ConnectionBase):
+    """The connection's storage methods (mixed into ``Connection``)."""
+
+    async def define_storage_pool(self, xml: str, flags: int = 0) -> StoragePool:
+        """Define a persistent pool from its XML (it starts inactive)."""
+        return StoragePool(self, (await self.rpc.storage_pool_define_xml(xml, flags)).pool)
+
+    async def create_storage_pool(self, xml: str, flags: int = 0) -> StoragePool:
+        """Create and start a transient pool."""
+        return StoragePool(self, (await self.rpc.storage_pool_create_xml(xml, flags)).pool)
+
+    async def lookup_storage_pool(self, *, name: str | None = None,
+                                  uuid: str | _uuid.UUID | None = None) -> StoragePool:
+        """Find a pool by exactly one of ``name`` or ``uuid``."""
+        if (name is None) == (uuid is None):
+            raise TypeError("lookup_storage_pool takes exactly one of name= or uuid=")
+        try:
+            if name is not None:
+                ref = (await self.rpc.storage_pool_lookup_by_name(name)).pool
+            else:
+                ref = (await self.rpc.storage_pool_lookup_by_uuid(
+                    uuid_bytes(uuid))).pool  # type: ignore[arg-type]
+        except NoSuchStoragePool as exc:
+            what = f"name {name!r}" if name is not None else f"uuid {uuid}"
+            raise exc.with_context(f"no storage pool with {what}") from None
+        return StoragePool(self, ref)
+
+    async def list_storage_pools(self, flags: int = 0) -> list[StoragePool]:
+        """All pools (``VIR_CONNECT_LIST_STORAGE_POOLS_*`` flags filter them)."""
+        ret = await self.rpc.connect_list_all_storage_pools(1, flags)
+        return [StoragePool(self, ref) for ref in ret.pools]
+
+    async def lookup_volume(self, *, path: str | None = None,
+                            key: str | None = None) -> StorageVolume:
+        """Find a volume in any pool by exactly one of ``path`` or ``key``."""
+        if (path is None) == (key is None):
+            raise TypeError("lookup_volume takes exactly one of path= or key=")
+        try:
+            if path is not None:
+                ref = (await self.rpc.storage_vol_lookup_by_path(path)).vol
+            else:
+                ref = (await self.rpc.storage_vol_lookup_by_key(key)).vol  # type: ignore[arg-type]
+        except NoSuchStorageVolume as exc:
+            what = f"path {path!r}" if path is not None else f"key {key!r}"
+            raise exc.with_context(f"no volume with {what}") from None
+        return StorageVolume(self, ref)
