@@ -10,8 +10,9 @@ from .errors import (AiovirtError, ArgumentUnsupported, AuthenticationError, Con
 from .events import DomainEvent, DomainEventID, DomainEventType, DomainLifecycleEvent
 from .network import Network
 from .nodedev import NodeDevice
-from .secret import Secret
-from .storage import StoragePool, StoragePoolInfo, StorageVolume, StorageVolumeInfo
+from .secret import Secret, SecretUsageType
+from .storage import (StoragePool, StoragePoolInfo, StoragePoolState, StorageVolume,
+                      StorageVolumeInfo, StorageVolumeType)
 from .transport import ConnectionFailed
 from .uri import ConnectionURI, parse_uri
 
@@ -23,7 +24,8 @@ __all__ = [
     "NoSuchDomain",
     "NoSuchNetwork", "NoSuchNodeDevice", "NoSuchSecret", "NoSuchStoragePool",
     "NoSuchStorageVolume", "NoSupport", "ObjectExists", "OperationFailed", "OperationInvalid",
-    "OperationTimeout", "ProtocolError", "SLOW_PROCEDURES", "Secret", "StoragePool",
-    "StoragePoolInfo", "StorageVolume", "StorageVolumeInfo", "XMLError", "connect", "parse_uri",
+    "OperationTimeout", "ProtocolError", "SLOW_PROCEDURES", "Secret", "SecretUsageType",
+    "StoragePool", "StoragePoolInfo", "StoragePoolState", "StorageVolume", "StorageVolumeInfo",
+    "StorageVolumeType", "XMLError", "connect", "parse_uri",
 ]
 __version__ = "0.1.0"

@@ -1,43 +1,130 @@
 """A private libvirtd: its own sockets, TCP on loopback, and (as root) its own QEMU state.
 
-Tests, benchmarks and the demo start one with ``PrivateDaemon``.  As root, libvirtd runs in a
-private mount namespace with tmpfs over libvirt's state directories and a private
-``/etc/libvirt``, so it neither sees nor disturbs a system daemon or another private one.
+Tests, benchmarks and the demo start one with ``PrivateDaemon``::
+
+    with PrivateDaemon() as daemon:
+        daemon.virsh("list", "--all")                  # QEMU driver, qemu+unix:///system
+        uri = daemon.uri("test")                        # test+unix:///default?socket=...
+
+libvirtd runs as our child (``--listen``, not ``--daemon``), so ``pid`` is libvirtd itself and
+``kill()`` really kills it.  As root it runs in a private mount namespace:
+
+* tmpfs over ``/run/libvirt``, ``/var/lib/libvirt`` and ``/var/cache/libvirt``;
+* ``WORKDIR/var-log-libvirt`` over ``/var/log/libvirt``, so guest logs
+  (``guest_log_dir``) outlive the daemon;
+* ``WORKDIR/etc-libvirt`` over ``/etc/libvirt``: the host's top-level ``*.conf`` files (not its
+  domain, network or hook definitions) and a ``qemu.conf`` that runs QEMU as root with file
+  logging and no security driver;
+* a per-daemon directory in every cgroup hierarchy over that hierarchy's mount point, so
+  libvirt's ``/machine/qemu-ID-NAME`` groups of two daemons never meet (without it, guests of
+  the same id and name in two daemons share one cgroup);
+* a shared QEMU capabilities cache (``qemu_caps_cache``), since probing the QEMU binaries
+  takes 3-4 s each on a daemon's first QEMU call; libvirt checks each entry against the
+  binaries' and its own ctimes, so sharing it is safe.
+
+So any number of private daemons run side by side without seeing each other or a system
+daemon.  Not as root, the namespace is skipped: the test driver works, the QEMU driver is
+libvirt's session mode.  Standard library only.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
+import secrets
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import time
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Self
 
-__all__ = ["DaemonError", "PrivateDaemon"]
+__all__ = ["DEFAULT_CAPS_CACHE", "DaemonError", "PrivateDaemon"]
 
-# Directories whose contents belong to one daemon; tmpfs over each inside the namespace.
-STATE_DIRS = ("/run/libvirt", "/var/lib/libvirt", "/var/cache/libvirt", "/var/log/libvirt")
+# Directories whose contents belong to one daemon: tmpfs over each inside the namespace
+# (/var/log/libvirt gets a directory of the workdir instead, see above).
+STATE_DIRS = ("/run/libvirt", "/var/lib/libvirt", "/var/cache/libvirt")
+LOG_DIR = "/var/log/libvirt"
+CAPS_DIR = "/var/cache/libvirt/qemu/capabilities"
+DEFAULT_CAPS_CACHE = "/var/cache/aiovirt/qemu-capabilities"
 QEMU_SETTINGS = {  # QEMU as root, logs to files (no virtlogd), no SELinux/AppArmor labelling
     "user": '"root"', "group": '"root"', "stdio_handler": '"file"', "security_driver": '"none"',
 }
+SOCKET_NAMES = ("libvirt-sock", "libvirt-sock-ro", "libvirt-admin-sock")
+_UNIX_PATH_MAX = 107  # sun_path holds 108 bytes including the terminating NUL
+
+_running: weakref.WeakSet[PrivateDaemon] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    """Do not leave daemons (and their guests) behind when the interpreter exits."""
+    for daemon in list(_running):
+        with contextlib.suppress(Exception):  # best effort at exit
+            daemon.stop()
 
 
 class DaemonError(RuntimeError):
-    """The private libvirtd did not start; the message ends with the tail of its log."""
+    """The private libvirtd failed (to start, or a virsh call); the message says why."""
 
 
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _quote(value: str | int) -> str:
-    return str(value) if isinstance(value, int) else '"' + value.replace('"', '\\"') + '"'
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, int):
+        return str(value)
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _find_libvirtd(name: str) -> str:
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/local/sbin")
+    if found is None:
+        raise DaemonError(f"cannot find {name}: is libvirt-daemon installed? "
+                          "(scripts/setup installs it)")
+    return found
+
+
+def _cgroup_bases() -> list[tuple[str, str]]:
+    """(mount point, our own cgroup directory under it) for every cgroup hierarchy mounted."""
+    own: dict[str, str] = {}  # "memory" / "cpu,cpuacct" / "name=systemd" / "" (v2) -> path
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, own_path = line.split(":", 2)
+        own[controllers] = own_path
+    bases = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        sep = fields.index("-")
+        root, mount_point = fields[3], fields[4].replace("\\040", " ")
+        fstype, superopts = fields[sep + 1], set(fields[sep + 3].split(","))
+        path: str | None
+        if fstype == "cgroup2":
+            path = own.get("")
+        elif fstype == "cgroup":
+            path = next((p for c, p in own.items() if c and set(c.split(",")) <= superopts),
+                        None)
+        else:
+            continue
+        if path is None:
+            continue
+        if root != "/":  # a mount of part of the hierarchy: our group must lie inside it
+            if path != root and not path.startswith(root + "/"):
+                continue
+            path = path[len(root):] or "/"
+        bases.append((mount_point, os.path.normpath(mount_point + "/" + path)))
+    return bases
 
 
 class PrivateDaemon:
@@ -47,18 +134,24 @@ class PrivateDaemon:
                  tcp_port: int | None = None, max_client_requests: int = 5,
                  keepalive_interval: int = 5, keepalive_count: int = 5,
                  extra_config: Mapping[str, str | int] | None = None,
-                 libvirtd: str = "libvirtd") -> None:
+                 libvirtd: str = "libvirtd",
+                 qemu_caps_cache: str | os.PathLike[str] | None = DEFAULT_CAPS_CACHE) -> None:
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="aiovirt-libvirtd-")).resolve()
-        self.tcp_port = tcp_port or _free_port()
+        self.tcp_port: int = tcp_port or _free_port()
         self.socket_path = str(self.workdir / "libvirt-sock")
         self.log_path = str(self.workdir / "libvirtd.log")
+        self.guest_log_dir = str(self.workdir / "var-log-libvirt" / "qemu")
         self.pid: int | None = None
+        self.namespaced = os.geteuid() == 0
         self._libvirtd = libvirtd
+        self._caps_cache = None if qemu_caps_cache is None else Path(qemu_caps_cache)
         self._process: subprocess.Popen[bytes] | None = None
-        self._namespace: str | None = None
+        self._ns_fd: int | None = None       # pins the mount namespace while we scan it
+        self._ns_id: str | None = None
+        self._cgroups: list[str] = []        # host-side cgroup directories we made
         self._guests_at_kill: list[int] = []
-        self._config = {
+        self._config: dict[str, str | int] = {
             "unix_sock_dir": str(self.workdir), "listen_tcp": 1, "listen_tls": 0,
             "tcp_port": str(self.tcp_port), "listen_addr": "127.0.0.1",
             "auth_unix_rw": "none", "auth_unix_ro": "none", "auth_tcp": "none",
@@ -68,64 +161,144 @@ class PrivateDaemon:
             **(extra_config or {}),
         }
 
+    def __repr__(self) -> str:
+        state = f"pid={self.pid}" if self.running else "stopped"
+        return f"<PrivateDaemon {self.socket_path} tcp={self.tcp_port} {state}>"
+
+    @property
+    def running(self) -> bool:
+        """Whether the libvirtd process is alive."""
+        return self._process is not None and self._process.poll() is None
+
     # -- lifetime -------------------------------------------------------------------------------
-    def start(self, timeout: float = 30.0) -> PrivateDaemon:
-        """Start libvirtd and return once its UNIX socket accepts connections."""
+    def start(self, timeout: float = 30.0) -> Self:
+        """Start libvirtd; return once its read-write UNIX socket accepts connections.
+
+        (Its drivers may still be initialising then: a first call simply waits for them.)
+        """
         if self._process is not None:
-            return self
+            if self.running:
+                return self
+            self.stop()  # killed or died: clear up before starting again
+        longest = str(self.workdir / max(SOCKET_NAMES, key=len))
+        if len(os.fsencode(longest)) > _UNIX_PATH_MAX:
+            raise DaemonError(f"workdir {self.workdir} is too long for UNIX socket paths "
+                              f"({longest} exceeds {_UNIX_PATH_MAX} bytes)")
         self.workdir.mkdir(parents=True, exist_ok=True)
+        for name in SOCKET_NAMES:  # stale sockets of an earlier run would fool _accepts()
+            Path(self.workdir, name).unlink(missing_ok=True)
         config = self.workdir / "libvirtd.conf"
         config.write_text("".join(f"{k} = {_quote(v)}\n" for k, v in self._config.items()))
-        command = [self._libvirtd, "--listen", "-f", str(config),
+        command = [_find_libvirtd(self._libvirtd), "--listen", "-f", str(config),
                    "-p", str(self.workdir / "libvirtd.pid")]
-        if os.geteuid() == 0:
+        if self.namespaced:
             command = self._namespaced(command)
-        stderr = open(self.workdir / "libvirtd.stderr", "wb")
-        try:
-            self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
-                                             stdout=stderr, stderr=stderr,
-                                             start_new_session=True)
-        except FileNotFoundError as exc:
-            raise DaemonError(f"cannot run {command[0]}: {exc}; is libvirt-daemon "
-                              "installed (scripts/setup installs it)?") from None
-        finally:
-            stderr.close()
+        with open(self.workdir / "libvirtd.stderr", "wb") as stderr:
+            try:
+                self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
+                                                 stdout=stderr, stderr=stderr,
+                                                 start_new_session=True)
+            except OSError as exc:
+                self._remove_cgroups()
+                raise DaemonError(f"cannot run {command[0]}: {exc}") from exc
         self.pid = self._process.pid
+        _running.add(self)
         deadline = time.monotonic() + timeout
         while not self._accepts():
             if self._process.poll() is not None:
-                raise DaemonError(f"libvirtd exited with status {self._process.returncode}"
-                                  f"\n{self.log_tail()}")
+                status, log = self._process.returncode, self.log_tail()
+                self.stop()
+                raise DaemonError(f"libvirtd exited with status {status} before its socket "
+                                  f"accepted connections\n{log}")
             if time.monotonic() > deadline:
+                log = self.log_tail()
                 self.stop()
                 raise DaemonError(f"libvirtd did not open {self.socket_path} within "
-                                  f"{timeout} s\n{self.log_tail()}")
-            time.sleep(0.02)
-        try:
-            self._namespace = os.readlink(f"/proc/{self.pid}/ns/mnt")
-        except OSError:
-            self._namespace = None
+                                  f"{timeout} s\n{log}")
+            time.sleep(0.01)
+        if self.namespaced:
+            self._pin_namespace()
         return self
 
     def _namespaced(self, command: list[str]) -> list[str]:
-        """Run ``command`` in a private mount namespace with private libvirt state."""
+        """Wrap ``command`` to run in a private mount namespace with private libvirt state.
+
+        ``unshare`` and ``sh`` both exec, so the process we hold is libvirtd itself.
+        """
         etc = self.workdir / "etc-libvirt"
-        if not etc.exists():
-            if Path("/etc/libvirt").is_dir():
-                shutil.copytree("/etc/libvirt", etc, symlinks=True)
-            else:
-                etc.mkdir()
+        etc.mkdir(exist_ok=True)
+        host_etc = Path("/etc/libvirt")
+        if host_etc.is_dir():  # top-level settings only: no host domains, networks or hooks
+            for item in host_etc.iterdir():
+                if item.is_file() and not (etc / item.name).exists():
+                    shutil.copy2(item, etc / item.name)
         qemu_conf = etc / "qemu.conf"
         lines = [line for line in (qemu_conf.read_text().splitlines()
                                    if qemu_conf.exists() else [])
                  if line.split("=")[0].strip() not in QEMU_SETTINGS]
         lines += [f"{key} = {value}" for key, value in QEMU_SETTINGS.items()]
         qemu_conf.write_text("\n".join(lines) + "\n")
-        mounts = "; ".join(f"mkdir -p {d} && mount -t tmpfs tmpfs {d}" for d in STATE_DIRS)
-        script = (f"set -e; {mounts}; mkdir -p /etc/libvirt && mount --bind '{etc}' "
-                  f"/etc/libvirt; exec \"$@\"")
-        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
-                "libvirtd", *command]
+        logs = self.workdir / "var-log-libvirt"
+        (logs / "qemu").mkdir(parents=True, exist_ok=True)
+
+        q = shlex.quote
+        steps = ["set -e"]
+        steps += [f"mkdir -p {d}; mount -t tmpfs -o mode=0755 tmpfs {d}" for d in STATE_DIRS]
+        steps.append(f"mkdir -p {LOG_DIR}; mount --bind {q(str(logs))} {LOG_DIR}")
+        steps.append(f"mkdir -p /etc/libvirt; mount --bind {q(str(etc))} /etc/libvirt")
+        if self._caps_cache is not None:
+            try:
+                self._caps_cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError:
+                pass
+            else:
+                steps.append(f"mkdir -p {CAPS_DIR}; "
+                             f"mount --bind {q(str(self._caps_cache))} {CAPS_DIR}")
+        for mount_point, group in self._make_cgroups():
+            steps.append(f"mount --bind {q(group)} {q(mount_point)}")
+        steps.append('exec "$@"')
+        return ["unshare", "--mount", "--propagation", "private",
+                "sh", "-c", "\n".join(steps), "libvirtd", *command]
+
+    def _make_cgroups(self) -> list[tuple[str, str]]:
+        """A fresh directory under our own cgroup in each hierarchy (best effort)."""
+        name = f"aiovirt-{os.getpid()}-{secrets.token_hex(3)}"
+        made = []
+        try:
+            bases = _cgroup_bases()
+        except (OSError, ValueError):
+            return []
+        for mount_point, base in bases:
+            group = os.path.join(base, name)
+            try:
+                os.mkdir(group)
+            except OSError:
+                continue
+            try:
+                for knob in ("cpuset.cpus", "cpuset.mems"):  # v1 cpuset starts out empty
+                    if os.path.exists(os.path.join(group, knob)):
+                        value = Path(base, knob).read_text()
+                        Path(group, knob).write_text(value)
+            except OSError:
+                os.rmdir(group)
+                continue
+            self._cgroups.append(group)
+            made.append((mount_point, group))
+        return made
+
+    def _pin_namespace(self) -> None:
+        """Hold libvirtd's mount namespace open, so that its id cannot be reused by another
+        namespace before ``stop()`` has ended every process left in it."""
+        assert self.pid is not None
+        try:
+            fd = os.open(f"/proc/{self.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        ns_id = os.readlink(f"/proc/self/fd/{fd}")
+        if ns_id == os.readlink("/proc/self/ns/mnt"):  # not a namespace of its own
+            os.close(fd)
+            return
+        self._ns_fd, self._ns_id = fd, ns_id
 
     def _accepts(self) -> bool:
         with socket.socket(socket.AF_UNIX) as sock:
@@ -136,12 +309,19 @@ class PrivateDaemon:
         return True
 
     def stop(self) -> None:
-        """Stop libvirtd (SIGTERM, then SIGKILL) and any guest it left running."""
+        """Stop libvirtd (SIGTERM, then SIGKILL after 10 s) and end every guest it left.
+
+        Idempotent; also cleans up after ``kill()``.  Removes the workdir if we made it.
+        """
+        guests = self._guest_pids() + self._guests_at_kill
         process, self._process = self._process, None
+        _running.discard(self)
         if process is not None:
-            guests = self._guest_pids() + self._guests_at_kill
             if process.poll() is None:
-                os.kill(process.pid, signal.SIGCONT)  # a test may have stopped it
+                try:
+                    os.kill(process.pid, signal.SIGCONT)  # a test may have stopped it
+                except OSError:
+                    pass
                 process.terminate()
                 try:
                     process.wait(10)
@@ -149,19 +329,25 @@ class PrivateDaemon:
                     process.kill()
                     process.wait()
             self._kill_leftovers(guests)
+        self._guests_at_kill = []
+        self._remove_cgroups()
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def kill(self) -> None:
-        """SIGKILL libvirtd now (tests use it to lose the daemon mid-call)."""
-        if self._process is not None and self._process.poll() is None:
+        """SIGKILL libvirtd now (tests use it to lose the daemon mid-call).
+
+        Its guests keep running, as they would after a crash, until ``stop()``.
+        """
+        if self.running:
+            assert self._process is not None
             self._guests_at_kill = self._guest_pids()
             self._process.kill()
             self._process.wait()
 
     def _guest_pids(self) -> list[int]:
         """PIDs of the QEMU processes this daemon started (from its private pid files)."""
-        if self.pid is None:
+        if self._ns_id is None or not self.running:
             return []
         pids = []
         for pidfile in Path(f"/proc/{self.pid}/root/run/libvirt/qemu").glob("*.pid"):
@@ -174,25 +360,71 @@ class PrivateDaemon:
         return pids
 
     def _kill_leftovers(self, guests: list[int]) -> None:
-        """QEMU processes outlive libvirtd: end the ones it started, and anything else left
-        in its mount namespace."""
-        for pid in guests:
+        """QEMU processes outlive libvirtd: end the ones it started (its pid files, our cgroups:
+        each QEMU has a mount namespace of its own) and anything else left in its (pinned, so
+        not reused) mount namespace, then release the namespace."""
+        if self._ns_id is None:
+            return
+        victims = set(guests)
+        for top in self._cgroups:
+            for dirpath, _, files in os.walk(top):
+                if "cgroup.procs" in files:
+                    try:
+                        victims.update(map(int, Path(dirpath, "cgroup.procs").read_text().split()))
+                    except (OSError, ValueError):
+                        continue
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if os.readlink(entry / "ns" / "mnt") == self._ns_id:
+                        victims.add(int(entry.name))
+                except OSError:
+                    continue
+        victims.discard(os.getpid())
+        for pid in victims:
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-        if self._namespace is None:
-            return
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                if os.readlink(entry / "ns" / "mnt") == self._namespace:
-                    os.kill(int(entry.name), signal.SIGKILL)
-            except OSError:
-                continue
+        deadline = time.monotonic() + 5
+        while victims and time.monotonic() < deadline:
+            victims = {pid for pid in victims if self._alive(pid)}
+            if victims:
+                time.sleep(0.01)
+        if self._ns_fd is not None:
+            os.close(self._ns_fd)
+        self._ns_fd = self._ns_id = None
 
-    def __enter__(self) -> PrivateDaemon:
+    @staticmethod
+    def _alive(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    def _remove_cgroups(self) -> None:
+        """Remove our cgroup directories, deepest first (libvirt's own ones included)."""
+        deadline = time.monotonic() + 2
+        while self._cgroups:
+            left = []
+            for top in self._cgroups:
+                for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -len(w[0])):
+                    try:
+                        os.rmdir(dirpath)
+                    except FileNotFoundError:
+                        pass
+                    except OSError:
+                        left.append(top)
+                        break
+            self._cgroups = left
+            if left:
+                if time.monotonic() > deadline:  # still busy: leave them, they are harmless
+                    self._cgroups = []
+                    return
+                time.sleep(0.02)
+
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -200,20 +432,33 @@ class PrivateDaemon:
 
     # -- use ------------------------------------------------------------------------------------
     def uri(self, driver: str = "test", path: str = "/default", transport: str = "unix") -> str:
-        """A URI reaching ``driver`` on this daemon over ``transport`` (unix or tcp)."""
-        path = str(path)
+        """A URI reaching ``driver`` on this daemon over ``transport`` ("unix" or "tcp").
+
+        ``uri()`` is the shared test-driver host, ``uri("qemu", "/system")`` the QEMU driver,
+        ``uri(path="/abs/node.xml")`` a test-driver host with private per-connection state.
+        """
+        path = os.fspath(path)
         if transport == "unix":
             return f"{driver}+unix://{path}?socket={self.socket_path}"
         if transport == "tcp":
             return f"{driver}+tcp://127.0.0.1:{self.tcp_port}{path}"
         raise ValueError(f"transport {transport!r}: use 'unix' or 'tcp'")
 
-    def virsh(self, *args: str, uri: str | None = None, check: bool = True) -> str:
-        """Run ``virsh -c URI args...`` (default: this daemon's QEMU driver); its stdout."""
-        result = subprocess.run(["virsh", "-c", uri or self.uri("qemu", "/system"), *args],
-                                capture_output=True, text=True, timeout=60)
+    def virsh(self, *args: str, uri: str | None = None, check: bool = True,
+              timeout: float = 60.0) -> str:
+        """Run ``virsh -c URI args...`` (default: this daemon's QEMU driver); its stdout.
+
+        With ``check`` (the default) a failure raises DaemonError carrying virsh's stderr.
+        """
+        command = ["virsh", "-c", uri or self.uri("qemu", "/system"), *args]
+        try:
+            result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout,
+                                    stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise DaemonError(f"{shlex.join(command)} took over {timeout} s") from None
         if check and result.returncode != 0:
-            raise DaemonError(f"virsh {' '.join(args)} failed: {result.stderr.strip()}")
+            raise DaemonError(f"{shlex.join(command)} failed ({result.returncode}): "
+                              f"{result.stderr.strip()}")
         return result.stdout
 
     def log_tail(self, lines: int = 20) -> str:

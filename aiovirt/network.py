@@ -37,12 +37,14 @@ class Network(Handle):
     destroy = stop
 
     async def undefine(self) -> None:
-        """Delete the persistent definition."""
+        """Delete the persistent definition (a running network becomes transient; the test
+        driver refuses instead)."""
         await self._conn.rpc.network_undefine(self._ref)
 
     delete = undefine
 
     async def xml(self, flags: int = 0) -> str:
+        """The network's XML (``VIR_NETWORK_XML_INACTIVE`` = 1 gives the persistent one)."""
         return (await self._conn.rpc.network_get_xml_desc(self._ref, flags)).xml
 
     async def is_active(self) -> bool:
@@ -52,6 +54,7 @@ class Network(Handle):
         return (await self._conn.rpc.network_get_bridge_name(self._ref)).name
 
     async def autostart(self) -> bool:
+        """Whether the daemon starts this network when it starts."""
         return bool((await self._conn.rpc.network_get_autostart(self._ref)).autostart)
 
     async def set_autostart(self, enabled: bool) -> None:
@@ -62,12 +65,18 @@ class NetworkMethods(ConnectionBase):
     """The connection's network methods (mixed into ``Connection``)."""
 
     async def define_network(self, xml: str, flags: int = 0) -> Network:
-        """Define a persistent network from its XML (it starts inactive)."""
-        return Network(self, (await self.rpc.network_define_xml_flags(xml, flags)).net)
+        """Define a persistent network from its XML (it starts inactive).  Without flags this
+        uses ``NETWORK_DEFINE_XML``, which daemons older than libvirt 7.7 also know."""
+        if flags:
+            return Network(self, (await self.rpc.network_define_xml_flags(xml, flags)).net)
+        return Network(self, (await self.rpc.network_define_xml(xml)).net)
 
     async def create_network(self, xml: str, flags: int = 0) -> Network:
-        """Create and start a transient network."""
-        return Network(self, (await self.rpc.network_create_xml_flags(xml, flags)).net)
+        """Create and start a transient network (the flags call only when flags are given,
+        for daemons older than libvirt 7.8)."""
+        if flags:
+            return Network(self, (await self.rpc.network_create_xml_flags(xml, flags)).net)
+        return Network(self, (await self.rpc.network_create_xml(xml)).net)
 
     async def lookup_network(self, *, name: str | None = None,
                              uuid: str | _uuid.UUID | None = None) -> Network:

@@ -24,6 +24,7 @@ class NodeDevice(Handle):
         return self._ref.name
 
     async def xml(self, flags: int = 0) -> str:
+        """The device's XML (name, parent, driver and capabilities)."""
         return (await self._conn.rpc.node_device_get_xml_desc(self.name, flags)).xml
 
     async def parent(self) -> str | None:
@@ -46,6 +47,7 @@ class NodeDevice(Handle):
     destroy = stop
 
     async def undefine(self, flags: int = 0) -> None:
+        """Delete a persistent device's definition (mediated devices)."""
         await self._conn.rpc.node_device_undefine(self.name, flags)
 
     async def is_active(self) -> bool:
@@ -61,6 +63,7 @@ class NodeDeviceMethods(ConnectionBase):
         return [NodeDevice(self, ref) for ref in ret.devices]
 
     async def lookup_node_device(self, name: str) -> NodeDevice:
+        """The device called ``name`` (such as ``pci_0000_00_02_0``)."""
         try:
             return NodeDevice(self, (await self.rpc.node_device_lookup_by_name(name)).dev)
         except NoSuchNodeDevice as exc:

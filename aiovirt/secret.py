@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 import uuid as _uuid
+from enum import IntEnum
 
 from .errors import NoSuchSecret
 from .handle import ConnectionBase, Handle, uuid_bytes, uuid_text
 from .protocol.remote import NonnullSecret
 
-__all__ = ["Secret", "SecretMethods"]
+__all__ = ["Secret", "SecretMethods", "SecretUsageType"]
+
+
+class SecretUsageType(IntEnum):
+    """What a secret is for (``VIR_SECRET_USAGE_TYPE_*``); the usage XML element's type."""
+
+    NONE = 0
+    VOLUME = 1
+    CEPH = 2
+    ISCSI = 3
+    TLS = 4
+    VTPM = 5
+
+
+def _usage_type(value: int) -> SecretUsageType | int:
+    try:
+        return SecretUsageType(value)
+    except ValueError:
+        return value
 
 
 class Secret(Handle):
@@ -21,9 +40,9 @@ class Secret(Handle):
 
     def __init__(self, conn: ConnectionBase, ref: NonnullSecret) -> None:
         super().__init__(conn, ref)
-        self.uuid = uuid_text(ref.uuid)
-        self.usage_type = ref.usageType
-        self.usage_id = ref.usageID
+        self.uuid: str = uuid_text(ref.uuid)
+        self.usage_type: SecretUsageType | int = _usage_type(ref.usageType)
+        self.usage_id: str = ref.usageID
 
     def _key(self) -> bytes:
         return self._ref.uuid
@@ -32,6 +51,7 @@ class Secret(Handle):
         return (await self._conn.rpc.secret_get_xml_desc(self._ref, flags)).xml
 
     async def set_value(self, value: bytes, flags: int = 0) -> None:
+        """Store the secret's value (arbitrary bytes: a passphrase, a key)."""
         await self._conn.rpc.secret_set_value(self._ref, bytes(value), flags)
 
     async def value(self, flags: int = 0) -> bytes:
@@ -39,6 +59,7 @@ class Secret(Handle):
         return (await self._conn.rpc.secret_get_value(self._ref, flags)).value
 
     async def undefine(self) -> None:
+        """Delete the secret and its value."""
         await self._conn.rpc.secret_undefine(self._ref)
 
     delete = undefine
@@ -48,24 +69,29 @@ class SecretMethods(ConnectionBase):
     """The connection's secret methods (mixed into ``Connection``)."""
 
     async def define_secret(self, xml: str, flags: int = 0) -> Secret:
+        """Define (or, with a known ``<uuid>``, redefine) a secret from its XML; it has no
+        value until ``set_value``."""
         return Secret(self, (await self.rpc.secret_define_xml(xml, flags)).secret)
 
     async def lookup_secret(self, *, uuid: str | _uuid.UUID | None = None,
-                            usage: tuple[int, str] | None = None) -> Secret:
+                            usage: tuple[SecretUsageType | int, str] | None = None) -> Secret:
         """Find a secret by ``uuid`` or by ``usage=(usage_type, usage_id)``."""
         if (uuid is None) == (usage is None):
             raise TypeError("lookup_secret takes exactly one of uuid= or usage=")
         try:
             if uuid is not None:
+                what = f"uuid {uuid}"
                 ref = (await self.rpc.secret_lookup_by_uuid(uuid_bytes(uuid))).secret
             else:
                 usage_type, usage_id = usage  # type: ignore[misc]
-                ref = (await self.rpc.secret_lookup_by_usage(usage_type, usage_id)).secret
+                what = f"usage type {int(usage_type)} id {usage_id!r}"
+                ref = (await self.rpc.secret_lookup_by_usage(int(usage_type),
+                                                             usage_id)).secret
         except NoSuchSecret as exc:
-            what = f"uuid {uuid}" if uuid is not None else f"usage {usage!r}"
             raise exc.with_context(f"no secret with {what}") from None
         return Secret(self, ref)
 
     async def list_secrets(self, flags: int = 0) -> list[Secret]:
+        """All secrets (``VIR_CONNECT_LIST_SECRETS_*`` flags filter them)."""
         ret = await self.rpc.connect_list_all_secrets(1, flags)
         return [Secret(self, ref) for ref in ret.secrets]

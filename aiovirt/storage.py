@@ -4,20 +4,43 @@ from __future__ import annotations
 
 import uuid as _uuid
 from dataclasses import dataclass
+from enum import IntEnum
+from typing import TypeVar
 
 from .errors import NoSuchStoragePool, NoSuchStorageVolume
 from .handle import ConnectionBase, Handle, uuid_bytes, uuid_text
 from .protocol.remote import NonnullStoragePool, NonnullStorageVol
 
-__all__ = ["StorageMethods", "StoragePool", "StoragePoolInfo", "StorageVolume",
-           "StorageVolumeInfo"]
+__all__ = ["StorageMethods", "StoragePool", "StoragePoolInfo", "StoragePoolState",
+           "StorageVolume", "StorageVolumeInfo", "StorageVolumeType"]
+
+
+class StoragePoolState(IntEnum):
+    """``VIR_STORAGE_POOL_*`` states."""
+
+    INACTIVE = 0
+    BUILDING = 1
+    RUNNING = 2
+    DEGRADED = 3
+    INACCESSIBLE = 4
+
+
+class StorageVolumeType(IntEnum):
+    """``VIR_STORAGE_VOL_*`` types."""
+
+    FILE = 0
+    BLOCK = 1
+    DIR = 2
+    NETWORK = 3
+    NETDIR = 4
+    PLOOP = 5
 
 
 @dataclass(frozen=True, slots=True)
 class StoragePoolInfo:
-    """Pool state (``VIR_STORAGE_POOL_*``) and sizes in bytes."""
+    """``virStoragePoolGetInfo``: the pool's state and its sizes in bytes."""
 
-    state: int
+    state: StoragePoolState | int
     capacity: int
     allocation: int
     available: int
@@ -25,11 +48,22 @@ class StoragePoolInfo:
 
 @dataclass(frozen=True, slots=True)
 class StorageVolumeInfo:
-    """Volume type (``VIR_STORAGE_VOL_*``) and sizes in bytes."""
+    """``virStorageVolGetInfo``: the volume's type and its sizes in bytes."""
 
-    type: int
+    type: StorageVolumeType | int
     capacity: int
     allocation: int
+
+
+_E = TypeVar("_E", bound=IntEnum)
+
+
+def _enum(cls: type[_E], value: int) -> _E | int:
+    """``cls(value)``, or the plain int for a value newer than this table."""
+    try:
+        return cls(value)
+    except ValueError:
+        return value
 
 
 class StoragePool(Handle):
@@ -66,21 +100,31 @@ class StoragePool(Handle):
         await self._conn.rpc.storage_pool_delete(self._ref, flags)
 
     async def undefine(self) -> None:
-        """Delete the persistent definition."""
+        """Delete the persistent definition (the pool must be stopped)."""
         await self._conn.rpc.storage_pool_undefine(self._ref)
 
     async def refresh(self, flags: int = 0) -> None:
+        """Rescan the pool's storage for volumes created or removed behind libvirt's back."""
         await self._conn.rpc.storage_pool_refresh(self._ref, flags)
 
     async def xml(self, flags: int = 0) -> str:
+        """The pool's XML (``VIR_STORAGE_XML_INACTIVE`` = 1 gives the persistent one)."""
         return (await self._conn.rpc.storage_pool_get_xml_desc(self._ref, flags)).xml
 
     async def info(self) -> StoragePoolInfo:
         ret = await self._conn.rpc.storage_pool_get_info(self._ref)
-        return StoragePoolInfo(ret.state, ret.capacity, ret.allocation, ret.available)
+        return StoragePoolInfo(_enum(StoragePoolState, ret.state), ret.capacity,
+                               ret.allocation, ret.available)
 
     async def is_active(self) -> bool:
         return bool((await self._conn.rpc.storage_pool_is_active(self._ref)).active)
+
+    async def autostart(self) -> bool:
+        """Whether the daemon starts this pool when it starts."""
+        return bool((await self._conn.rpc.storage_pool_get_autostart(self._ref)).autostart)
+
+    async def set_autostart(self, enabled: bool) -> None:
+        await self._conn.rpc.storage_pool_set_autostart(self._ref, int(enabled))
 
     async def create_volume(self, xml: str, flags: int = 0) -> StorageVolume:
         """Create a volume in this pool from its XML."""
@@ -89,6 +133,7 @@ class StoragePool(Handle):
                                                                           flags)).vol)
 
     async def lookup_volume(self, name: str) -> StorageVolume:
+        """The volume called ``name`` in this pool."""
         try:
             ret = await self._conn.rpc.storage_vol_lookup_by_name(self._ref, name)
         except NoSuchStorageVolume as exc:
@@ -96,6 +141,7 @@ class StoragePool(Handle):
         return StorageVolume(self._conn, ret.vol)
 
     async def list_volumes(self) -> list[StorageVolume]:
+        """Every volume in this (running) pool."""
         ret = await self._conn.rpc.storage_pool_list_all_volumes(self._ref, 1, 0)
         return [StorageVolume(self._conn, ref) for ref in ret.vols]
 
@@ -120,19 +166,23 @@ class StorageVolume(Handle):
         return (await self._conn.rpc.storage_vol_get_xml_desc(self._ref, flags)).xml
 
     async def path(self) -> str:
+        """Where the volume lives on the host (a file or device path, or a URL)."""
         return (await self._conn.rpc.storage_vol_get_path(self._ref)).name
 
     async def info(self) -> StorageVolumeInfo:
         ret = await self._conn.rpc.storage_vol_get_info(self._ref)
-        return StorageVolumeInfo(ret.type, ret.capacity, ret.allocation)
+        return StorageVolumeInfo(_enum(StorageVolumeType, ret.type), ret.capacity, ret.allocation)
 
     async def delete(self, flags: int = 0) -> None:
+        """Remove the volume and its data."""
         await self._conn.rpc.storage_vol_delete(self._ref, flags)
 
     async def wipe(self, flags: int = 0) -> None:
+        """Overwrite the volume's data with zeros (the test driver cannot)."""
         await self._conn.rpc.storage_vol_wipe(self._ref, flags)
 
     async def resize(self, capacity: int, flags: int = 0) -> None:
+        """Change the capacity to ``capacity`` bytes (the test driver cannot)."""
         await self._conn.rpc.storage_vol_resize(self._ref, capacity, flags)
 
 
