@@ -114,7 +114,7 @@ class Channel:
         waiter = self._new_waiter()
         self._waiters[serial] = waiter
         try:
-            self.transport.write(packet)
+            self.transport.write(packet, alone=self.protocol.pending == 1)
             return await waiter
         except BaseException:
             # Cancelled (or the write failed): a late reply is read and dropped, and frees

@@ -99,6 +99,7 @@ class Connection(ConnectionObjects):
         self._main: Channel | None = None
         self._lanes: list[Channel] = []
         self._lane_lock = anyio.Lock()
+        self._spare_opening = False  # a background task is opening a lane for quick calls
         self._tasks: _Tasks | None = None
         self._subscriptions: dict[tuple[str, int], EventSubscription] = {}
         self._closed = False
@@ -230,20 +231,24 @@ class Connection(ConnectionObjects):
         free = [c for c in lanes if c.in_flight < c.max_in_flight]
         if free:
             return min(free, key=lambda c: c.in_flight)
-        if len(lanes) < self.lanes and not self._lane_lock.locked():
+        if len(lanes) < self.lanes and not self._spare_opening:
             assert self._tasks is not None
+            self._spare_opening = True  # set now: a burst of overflowing calls spawns one task
             self._tasks.start(self._open_spare_lane, "aiovirt open lane")
         assert self._main is not None
         return self._main
 
     async def _open_spare_lane(self) -> None:
-        async with self._lane_lock:
-            if len(self._open_lanes()) < self.lanes and self.is_alive:
-                try:
-                    channel = await self._open_channel(f"lane{len(self._lanes) + 1}")
-                except AiovirtError:
-                    return  # quick calls keep using the main socket
-                self._lanes.append(channel)
+        try:
+            async with self._lane_lock:
+                if len(self._open_lanes()) < self.lanes and self.is_alive:
+                    try:
+                        channel = await self._open_channel(f"lane{len(self._lanes) + 1}")
+                    except AiovirtError:
+                        return  # quick calls keep using the main socket
+                    self._lanes.append(channel)
+        finally:
+            self._spare_opening = False
 
     # -- events ---------------------------------------------------------------------------------
     def _dispatch(self, message: EventMessage) -> None:

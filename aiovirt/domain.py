@@ -10,9 +10,9 @@ from typing import Any
 from .errors import NoSuchDomain
 from .events import (DomainEvent, DomainEventID, DomainEventType, DomainLifecycleEvent,
                      EventSubscription)
-from .handle import ConnectionBase, Handle, uuid_bytes, uuid_text
-from .protocol.remote import NonnullDomain
-from .typedparams import to_dict
+from .handle import ConnectionBase, UUIDHandle, enum_or_int, uuid_bytes
+from .protocol.remote import ConnectGetAllDomainStatsArgs, NonnullDomain
+from .typedparams import DOMAIN_STATS
 
 __all__ = ["Domain", "DomainInfo", "DomainMethods", "DomainState", "MetadataType"]
 
@@ -49,29 +49,19 @@ class DomainInfo:
     cpu_time: int
 
 
-def _state(value: int) -> DomainState | int:
-    try:
-        return DomainState(value)
-    except ValueError:
-        return value
-
-
-class Domain(Handle):
+class Domain(UUIDHandle):
     """A handle on one domain.  ``name``, ``uuid`` (str) and ``id`` (-1 when inactive) are
     plain attributes, refreshed by calls that return the domain again (``start``)."""
 
-    __slots__ = ("name", "uuid", "id")
+    __slots__ = ("name", "id")
     _ref: NonnullDomain
     _repr_fields = ("name", "uuid", "id")
 
     def __init__(self, conn: ConnectionBase, ref: NonnullDomain) -> None:
-        super().__init__(conn, ref)
+        self._conn = conn  # Handle.__init__ inlined: all_domain_stats makes thousands
+        self._ref = ref
         self.name: str = ref.name
-        self.uuid: str = uuid_text(ref.uuid)
         self.id: int = ref.id
-
-    def _key(self) -> bytes:
-        return self._ref.uuid
 
     def _update(self, ref: NonnullDomain) -> None:
         self._ref = ref
@@ -113,11 +103,11 @@ class Domain(Handle):
     async def state(self) -> tuple[DomainState | int, int]:
         """(state, reason)."""
         ret = await self._conn.rpc.domain_get_state(self._ref, 0)
-        return _state(ret.state), ret.reason
+        return enum_or_int(DomainState, ret.state), ret.reason
 
     async def info(self) -> DomainInfo:
         ret = await self._conn.rpc.domain_get_info(self._ref)
-        return DomainInfo(_state(ret.state), ret.maxMem, ret.memory, ret.nrVirtCpu, ret.cpuTime)
+        return DomainInfo(enum_or_int(DomainState, ret.state), ret.maxMem, ret.memory, ret.nrVirtCpu, ret.cpuTime)
 
     async def is_active(self) -> bool:
         return bool((await self._conn.rpc.domain_is_active(self._ref)).active)
@@ -182,8 +172,9 @@ class DomainMethods(ConnectionBase):
     async def all_domain_stats(self, stats: int = 0,
                                flags: int = 0) -> list[tuple[Domain, dict[str, Any]]]:
         """Statistics of every domain (``VIR_DOMAIN_STATS_*`` groups; 0 means all)."""
-        ret = await self.rpc.connect_get_all_domain_stats([], stats, flags)
-        return [(Domain(self, record.dom), to_dict(record.params)) for record in ret.retStats]
+        records = await self.call(DOMAIN_STATS,
+                                  ConnectGetAllDomainStatsArgs([], stats, flags))
+        return [(Domain(self, ref), values) for ref, values in records]
 
     def domain_events(self, event_id: DomainEventID | int = DomainEventID.LIFECYCLE,
                       domain: Domain | None = None) -> EventSubscription[Any]:
@@ -204,15 +195,8 @@ class DomainMethods(ConnectionBase):
             inner = getattr(body, "msg", body)
             dom = Domain(self, inner.dom)
             if event_id == DomainEventID.LIFECYCLE:
-                try:
-                    kind: DomainEventType | int = DomainEventType(inner.event)
-                except ValueError:
-                    kind = inner.event
-                return DomainLifecycleEvent(dom, kind, inner.detail)
-            try:
-                eid: DomainEventID | int = DomainEventID(event_id)
-            except ValueError:
-                eid = event_id
-            return DomainEvent(dom, eid, inner)
+                return DomainLifecycleEvent(dom, enum_or_int(DomainEventType, inner.event),
+                                            inner.detail)
+            return DomainEvent(dom, enum_or_int(DomainEventID, event_id), inner)
 
         return EventSubscription(self, "domain", register, deregister, convert)

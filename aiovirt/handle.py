@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import uuid as _uuid
-from typing import Any
+from enum import IntEnum
+from typing import Any, TypeVar
 
 from .protocol.remote import RemoteCalls
+from .xdr import ProcedureInfo
 
-__all__ = ["ConnectionBase", "Handle", "uuid_bytes", "uuid_text"]
+__all__ = ["ConnectionBase", "Handle", "UUIDHandle", "enum_or_int", "uuid_bytes", "uuid_text"]
 
 
 class ConnectionBase:
     """The part of ``Connection`` that object handles and mixins use."""
 
     rpc: RemoteCalls
+
+    async def call(self, procedure: ProcedureInfo, args: Any = None, *,
+                   lane: bool | None = None) -> Any:
+        raise NotImplementedError
 
     @property
     def is_alive(self) -> bool:
@@ -53,9 +59,40 @@ class Handle:
     _repr_fields: tuple[str, ...] = ()
 
 
+class UUIDHandle(Handle):
+    """A handle on an object that a UUID names (domains, networks, pools, secrets).
+
+    ``uuid`` is computed from the wire reference when read, so making a handle costs nothing
+    for it (``all_domain_stats`` makes thousands)."""
+
+    __slots__ = ()
+
+    @property
+    def uuid(self) -> str:
+        """The object's UUID as text."""
+        return uuid_text(self._ref.uuid)
+
+    def _key(self) -> bytes:
+        return self._ref.uuid  # type: ignore[no-any-return]
+
+
 def uuid_text(raw: bytes) -> str:
-    """16 raw bytes as libvirt prints a UUID."""
-    return str(_uuid.UUID(bytes=raw))
+    """16 raw bytes as libvirt prints a UUID (``str(uuid.UUID(bytes=raw))``, 4x faster)."""
+    if len(raw) != 16:
+        raise ValueError(f"a UUID has 16 bytes, not {len(raw)}")
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_E = TypeVar("_E", bound=IntEnum)
+
+
+def enum_or_int(cls: type[_E], value: int) -> _E | int:
+    """``cls(value)``, or the plain int for a value newer than this table."""
+    try:
+        return cls(value)
+    except ValueError:
+        return value
 
 
 def uuid_bytes(value: str | _uuid.UUID) -> bytes:

@@ -5,26 +5,22 @@ from __future__ import annotations
 import uuid as _uuid
 
 from .errors import NoSuchNetwork
-from .handle import ConnectionBase, Handle, uuid_bytes, uuid_text
+from .handle import ConnectionBase, UUIDHandle, uuid_bytes
 from .protocol.remote import NonnullNetwork
 
 __all__ = ["Network", "NetworkMethods"]
 
 
-class Network(Handle):
+class Network(UUIDHandle):
     """A handle on one virtual network; ``name`` and ``uuid`` are plain attributes."""
 
-    __slots__ = ("name", "uuid")
+    __slots__ = ("name",)
     _ref: NonnullNetwork
     _repr_fields = ("name", "uuid")
 
     def __init__(self, conn: ConnectionBase, ref: NonnullNetwork) -> None:
         super().__init__(conn, ref)
         self.name = ref.name
-        self.uuid = uuid_text(ref.uuid)
-
-    def _key(self) -> bytes:
-        return self._ref.uuid
 
     async def start(self) -> None:
         """Start (activate) a defined network."""

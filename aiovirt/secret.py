@@ -6,7 +6,7 @@ import uuid as _uuid
 from enum import IntEnum
 
 from .errors import NoSuchSecret
-from .handle import ConnectionBase, Handle, uuid_bytes, uuid_text
+from .handle import ConnectionBase, UUIDHandle, enum_or_int, uuid_bytes
 from .protocol.remote import NonnullSecret
 
 __all__ = ["Secret", "SecretMethods", "SecretUsageType"]
@@ -23,29 +23,18 @@ class SecretUsageType(IntEnum):
     VTPM = 5
 
 
-def _usage_type(value: int) -> SecretUsageType | int:
-    try:
-        return SecretUsageType(value)
-    except ValueError:
-        return value
-
-
-class Secret(Handle):
+class Secret(UUIDHandle):
     """A handle on one secret: ``uuid``, ``usage_type`` (``VIR_SECRET_USAGE_TYPE_*``) and
     ``usage_id`` (what it is for, e.g. a volume path or a Ceph user)."""
 
-    __slots__ = ("uuid", "usage_type", "usage_id")
+    __slots__ = ("usage_type", "usage_id")
     _ref: NonnullSecret
     _repr_fields = ("uuid", "usage_type", "usage_id")
 
     def __init__(self, conn: ConnectionBase, ref: NonnullSecret) -> None:
         super().__init__(conn, ref)
-        self.uuid: str = uuid_text(ref.uuid)
-        self.usage_type: SecretUsageType | int = _usage_type(ref.usageType)
+        self.usage_type: SecretUsageType | int = enum_or_int(SecretUsageType, ref.usageType)
         self.usage_id: str = ref.usageID
-
-    def _key(self) -> bytes:
-        return self._ref.uuid
 
     async def xml(self, flags: int = 0) -> str:
         return (await self._conn.rpc.secret_get_xml_desc(self._ref, flags)).xml

@@ -5,10 +5,9 @@ from __future__ import annotations
 import uuid as _uuid
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import TypeVar
 
 from .errors import NoSuchStoragePool, NoSuchStorageVolume
-from .handle import ConnectionBase, Handle, uuid_bytes, uuid_text
+from .handle import ConnectionBase, Handle, UUIDHandle, enum_or_int, uuid_bytes
 from .protocol.remote import NonnullStoragePool, NonnullStorageVol
 
 __all__ = ["StorageMethods", "StoragePool", "StoragePoolInfo", "StoragePoolState",
@@ -55,31 +54,16 @@ class StorageVolumeInfo:
     allocation: int
 
 
-_E = TypeVar("_E", bound=IntEnum)
-
-
-def _enum(cls: type[_E], value: int) -> _E | int:
-    """``cls(value)``, or the plain int for a value newer than this table."""
-    try:
-        return cls(value)
-    except ValueError:
-        return value
-
-
-class StoragePool(Handle):
+class StoragePool(UUIDHandle):
     """A handle on one storage pool; ``name`` and ``uuid`` are plain attributes."""
 
-    __slots__ = ("name", "uuid")
+    __slots__ = ("name",)
     _ref: NonnullStoragePool
     _repr_fields = ("name", "uuid")
 
     def __init__(self, conn: ConnectionBase, ref: NonnullStoragePool) -> None:
         super().__init__(conn, ref)
         self.name = ref.name
-        self.uuid = uuid_text(ref.uuid)
-
-    def _key(self) -> bytes:
-        return self._ref.uuid
 
     async def start(self, flags: int = 0) -> None:
         """Start (activate) a defined pool."""
@@ -113,7 +97,7 @@ class StoragePool(Handle):
 
     async def info(self) -> StoragePoolInfo:
         ret = await self._conn.rpc.storage_pool_get_info(self._ref)
-        return StoragePoolInfo(_enum(StoragePoolState, ret.state), ret.capacity,
+        return StoragePoolInfo(enum_or_int(StoragePoolState, ret.state), ret.capacity,
                                ret.allocation, ret.available)
 
     async def is_active(self) -> bool:
@@ -171,7 +155,7 @@ class StorageVolume(Handle):
 
     async def info(self) -> StorageVolumeInfo:
         ret = await self._conn.rpc.storage_vol_get_info(self._ref)
-        return StorageVolumeInfo(_enum(StorageVolumeType, ret.type), ret.capacity, ret.allocation)
+        return StorageVolumeInfo(enum_or_int(StorageVolumeType, ret.type), ret.capacity, ret.allocation)
 
     async def delete(self, flags: int = 0) -> None:
         """Remove the volume and its data."""

@@ -40,7 +40,10 @@ class Sink(Protocol):
 class Transport(Protocol):
     def attach(self, sink: Sink) -> None: ...
 
-    def write(self, data: bytes) -> None: ...
+    def write(self, data: bytes, *, alone: bool = False) -> None:
+        """Send ``data`` without waiting.  ``alone``: nothing else is in flight, so there is
+        no burst to coalesce with and the bytes should leave at once."""
+
 
     def close(self) -> None: ...
 
@@ -83,13 +86,16 @@ class _AsyncioTransport(asyncio.Protocol):
         if self._lost is not None:
             sink.lost(self._lost[0])
 
-    def write(self, data: bytes) -> None:
-        # Writes made during one pass of the event loop leave in one send() at its end:
-        # many concurrent callers cost one system call, not one each.
+    def write(self, data: bytes, *, alone: bool = False) -> None:
+        # Under load, writes made during one pass of the event loop leave in one send() at
+        # its end: many concurrent callers cost one system call, not one each.  A lone call
+        # leaves at once, saving a pass of the loop (latency at low concurrency).
         transport = self._transport
         if transport is None or transport.is_closing():
             raise anyio.BrokenResourceError("the socket is closed")
-        if self._pending is None:
+        if alone and self._pending is None:
+            transport.write(data)
+        elif self._pending is None:
             self._pending = [data]
             asyncio.get_running_loop().call_soon(self._flush)
         else:
@@ -140,7 +146,7 @@ class _AnyioTransport:
         self._spawn(read, "aiovirt reader")
         self._spawn(write, "aiovirt writer")
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, *, alone: bool = False) -> None:
         try:
             self._send.send_nowait(data)
         except anyio.ClosedResourceError:

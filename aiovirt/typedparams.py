@@ -1,12 +1,22 @@
-"""libvirt typed parameters (``remote_typed_param``) to and from plain Python dicts."""
+"""libvirt typed parameters (``remote_typed_param``) to and from plain Python dicts.
+
+Besides converting the generated ``TypedParam`` lists, this module decodes the one reply
+where typed parameters come by the ten thousand, ``CONNECT_GET_ALL_DOMAIN_STATS``, straight
+from the wire into dicts: no intermediate ``TypedParam`` objects, same limits and checks.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import struct
 from typing import Any
 
-from .protocol.remote import TypedParam, TypedParamValue
+from .protocol import remote
+from .protocol.remote import NonnullDomain, TypedParam, TypedParamValue
+from .xdr import ProcedureInfo, XdrError
 
-__all__ = ["INT", "UINT", "LLONG", "ULLONG", "DOUBLE", "BOOLEAN", "STRING", "to_dict", "from_dict"]
+__all__ = ["INT", "UINT", "LLONG", "ULLONG", "DOUBLE", "BOOLEAN", "STRING", "DOMAIN_STATS",
+           "decode_domain_stats", "from_dict", "to_dict"]
 
 INT, UINT, LLONG, ULLONG, DOUBLE, BOOLEAN, STRING = 1, 2, 3, 4, 5, 6, 7
 
@@ -39,3 +49,94 @@ def from_dict(values: dict[str, Any], types: dict[str, int] | None = None) -> li
         params.append(TypedParam(field, TypedParamValue(kind, int(value) if kind == BOOLEAN
                                                         else value)))
     return params
+
+
+# -- CONNECT_GET_ALL_DOMAIN_STATS, decoded straight into dicts ---------------------------------
+
+_U32 = struct.Struct(">I")
+_DOMAIN_TAIL = struct.Struct(">16si")   # remote_nonnull_domain after its name: uuid, id
+_SCALARS = {INT: struct.Struct(">i"), UINT: struct.Struct(">I"), LLONG: struct.Struct(">q"),
+            ULLONG: struct.Struct(">Q"), DOUBLE: struct.Struct(">d"),
+            BOOLEAN: struct.Struct(">i")}
+_STRING_MAX = remote.REMOTE_STRING_MAX
+_RECORDS_MAX = remote.REMOTE_DOMAIN_LIST_MAX
+_PARAMS_MAX = remote.REMOTE_CONNECT_GET_ALL_DOMAIN_STATS_MAX
+
+DomainStats = list[tuple[NonnullDomain, dict[str, Any]]]
+
+
+def decode_domain_stats(d: bytes, o: int) -> tuple[DomainStats, int]:
+    """``remote_connect_get_all_domain_stats_ret`` as [(domain reference, {field: value})].
+
+    The same wire format and limits as the generated decoder (a property test holds them
+    equal), at about half its cost with the dicts built: records go straight into dicts, and
+    field names, which repeat in every record, are decoded once.
+    """
+    unpack = _U32.unpack_from
+    domain_tail = _DOMAIN_TAIL.unpack_from
+    scalars = _SCALARS.get
+    end = len(d)
+    fields: dict[bytes, str] = {}
+
+    def string(o: int, what: str) -> tuple[bytes, int]:
+        length, = unpack(d, o)
+        o += 4
+        if length > _STRING_MAX:
+            raise XdrError(f"{what}: {length} bytes exceed the limit of {_STRING_MAX}")
+        if o + length > end:
+            raise XdrError(f"{what}: truncated")
+        return d[o:o + length], o + ((length + 3) & ~3)
+
+    count, = unpack(d, o)
+    o += 4
+    if count > _RECORDS_MAX:
+        raise XdrError(f"ConnectGetAllDomainStatsRet.retStats: {count} items exceed the limit "
+                       f"of {_RECORDS_MAX}")
+    records: DomainStats = []
+    add = records.append
+    for _ in range(count):
+        raw, o = string(o, "NonnullDomain.name")
+        uuid, id_ = domain_tail(d, o)
+        o += 20
+        nparams, = unpack(d, o)
+        o += 4
+        if nparams > _PARAMS_MAX:
+            raise XdrError(f"DomainStatsRecord.params: {nparams} items exceed the limit of "
+                           f"{_PARAMS_MAX}")
+        values: dict[str, Any] = {}
+        for _ in range(nparams):
+            # the field name, string() inlined: this loop is the hot path
+            length, = unpack(d, o)
+            o += 4
+            if length > _STRING_MAX:
+                raise XdrError(f"TypedParam.field: {length} bytes exceed the limit of "
+                               f"{_STRING_MAX}")
+            if o + length > end:
+                raise XdrError("TypedParam.field: truncated")
+            key = d[o:o + length]
+            field = fields.get(key)
+            if field is None:
+                field = fields[key] = key.decode("utf-8", "surrogateescape")
+            o += (length + 3) & ~3
+            kind, = unpack(d, o)
+            o += 4
+            scalar = scalars(kind)
+            if scalar is not None:
+                value, = scalar.unpack_from(d, o)
+                o += scalar.size
+                if kind == BOOLEAN:
+                    value = bool(value)
+            elif kind == STRING:
+                text, o = string(o, "TypedParamValue.s")
+                value = text.decode("utf-8", "surrogateescape")
+            else:
+                raise XdrError(f"TypedParamValue: no arm for type={kind}")
+            values[field] = value
+        add((NonnullDomain(raw.decode("utf-8", "surrogateescape"), uuid, id_), values))
+    return records, o
+
+
+#: ``CONNECT_GET_ALL_DOMAIN_STATS`` with ``decode_domain_stats`` as its reply decoder.
+DOMAIN_STATS: ProcedureInfo = dataclasses.replace(
+    remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_GET_ALL_DOMAIN_STATS],
+    ret=None, decode_ret=decode_domain_stats)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -55,14 +56,26 @@ def encode(encoder: Encoder, value: Any, what: str) -> bytes:
     return bytes(buf)
 
 
+# Payloads from this size up pause the cyclic garbage collector while they decode: a large
+# reply makes tens of thousands of acyclic objects, and the collections they would trigger
+# (full ones included, over the whole heap) cost more than the decoding itself.
+GC_PAUSE_BYTES = 64 * 1024
+
+
 def decode(decoder: Decoder, data: bytes, what: str) -> Any:
     """Decode a whole payload; trailing or missing bytes are an ``XdrError`` naming ``what``."""
+    pause = len(data) >= GC_PAUSE_BYTES and gc.isenabled()
+    if pause:
+        gc.disable()
     try:
         value, end = decoder(data, 0)
     except XdrError as exc:
         raise XdrError(f"{what}: {exc}") from None
     except (struct.error, UnicodeError, IndexError) as exc:
         raise XdrError(f"{what}: truncated or malformed payload: {exc}") from None
+    finally:
+        if pause:
+            gc.enable()
     if end != len(data):
         raise XdrError(f"{what}: {len(data) - end} bytes left over after the payload")
     return value
