@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+from . import metadata as metadata_codec
 from .errors import NoSuchDomain
 from .events import (DomainEvent, DomainEventID, DomainEventType, DomainLifecycleEvent,
                      EventSubscription)
@@ -125,6 +126,17 @@ class Domain(UUIDHandle):
         """Read the metadata element for namespace ``uri`` (or the title or description)."""
         return (await self._conn.rpc.domain_get_metadata(self._ref, int(type), uri,
                                                           flags)).metadata
+
+    async def write_metadata(self, value: Any, *, namespace: str, prefix: str = "app",
+                             name: str = "data", flags: int = 0) -> None:
+        """Store typed Python data (dict, list, str, int, float, bool, None, bytes) in the
+        domain's ``<metadata>`` under ``namespace`` (see ``aiovirt.metadata``)."""
+        xml = metadata_codec.dumps(value, namespace=namespace, prefix=prefix, name=name)
+        await self.set_metadata(xml, key=prefix, uri=namespace, flags=flags)
+
+    async def read_metadata(self, *, namespace: str, flags: int = 0) -> Any:
+        """The data ``write_metadata`` stored under ``namespace``, as Python values."""
+        return metadata_codec.loads(await self.metadata(uri=namespace, flags=flags))
 
     async def attach_device(self, xml: str, flags: int = 0) -> None:
         """Attach a device (``VIR_DOMAIN_AFFECT_*`` flags; 0 means the live domain)."""

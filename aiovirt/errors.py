@@ -14,7 +14,7 @@ __all__ = [
     "NoSuchDomain", "NoSuchNetwork", "NoSuchNodeDevice", "NoSuchSecret", "NoSuchStoragePool",
     "NoSuchStorageVolume", "OperationInvalid", "OperationFailed", "ProtocolError",
     "ArgumentUnsupported", "InvalidArgument", "NoSupport", "OperationTimeout", "XMLError",
-    "ObjectExists", "error_from_remote",
+    "ObjectExists", "XMLInputError", "error_from_remote",
 ]
 
 
@@ -32,6 +32,19 @@ class ConnectionClosed(AiovirtError):
 
 class InvalidURI(AiovirtError, ValueError):
     """A connection URI libvirt would not accept; the message names the offending part."""
+
+
+class XMLInputError(AiovirtError, ValueError):
+    """XML given to aiovirt (a domain, a profile, capabilities, metadata) is malformed or
+    unsafe; ``source``, ``line`` and the message say where and what."""
+
+    def __init__(self, message: str, *, source: str = "<string>",
+                 line: int | None = None) -> None:
+        where = source if line is None else f"{source}:{line}"
+        super().__init__(f"{where}: {message}")
+        self.source = source
+        self.line = line
+        self.reason = message
 
 
 class AuthenticationError(AiovirtError):

@@ -1,0 +1,197 @@
+"""Typed application data in a domain's ``<metadata>``: Python values to readable XML and back.
+
+    xml = dumps({"owner": "ops", "replicas": 3, "tags": ["a", "b"]},
+                namespace="https://example.org/app", prefix="app")
+    # <app:data xmlns:app="https://example.org/app" type="dict">
+    #   <app:owner>ops</app:owner> <app:replicas type="int">3</app:replicas> ...
+    loads(xml) == {"owner": "ops", "replicas": 3, "tags": ["a", "b"]}
+
+Values: ``dict`` (string keys), ``list``, ``str``, ``int``, ``float``, ``bool``, ``None`` and
+``bytes``, nested freely; round trips are exact (types included).  A string is plain text
+unless XML cannot hold it (control characters), then base64; a dict key becomes the element
+name when it is a valid one, else an ``item`` element with a ``key`` attribute.
+
+``read``/``write`` do the same on a domain XML tree; ``Domain.read_metadata`` and
+``Domain.write_metadata`` on a live domain through libvirt's metadata calls.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+from typing import Any
+
+from lxml import etree
+
+from .xmlsafe import parse, to_string
+
+__all__ = ["dumps", "from_element", "loads", "read", "same", "to_element", "write"]
+
+_XML_TEXT = re.compile("^[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*$")
+_NCNAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_MAX_DEPTH = 100
+
+
+def _name_ok(key: str) -> bool:
+    return bool(_NCNAME.match(key)) and not key.lower().startswith("xml") and key != "item"
+
+
+def to_element(value: Any, *, namespace: str, prefix: str = "app",
+               name: str = "data") -> etree._Element:
+    """``value`` as an element ``{namespace}name``; ``TypeError`` names what cannot be
+    stored and where."""
+    if not _name_ok(name) and name != "item":
+        raise ValueError(f"{name!r} is not usable as an element name")
+    root = etree.Element(f"{{{namespace}}}{name}", nsmap={prefix: namespace})
+    _encode(root, value, namespace, "value", 0)
+    return root
+
+
+def _encode(element: etree._Element, value: Any, ns: str, where: str, depth: int) -> None:
+    if depth > _MAX_DEPTH:
+        raise ValueError(f"{where}: nested deeper than {_MAX_DEPTH} levels")
+    if value is None:
+        element.set("type", "null")
+    elif isinstance(value, bool):
+        element.set("type", "bool")
+        element.text = "true" if value else "false"
+    elif isinstance(value, int):
+        element.set("type", "int")
+        element.text = str(value)
+    elif isinstance(value, float):
+        element.set("type", "float")
+        element.text = repr(value)
+    elif isinstance(value, str):
+        if _XML_TEXT.match(value):
+            element.text = value
+        else:
+            element.set("type", "str")
+            element.set("encoding", "base64")
+            element.text = base64.b64encode(value.encode("utf-8", "surrogatepass")).decode()
+    elif isinstance(value, bytes | bytearray):
+        element.set("type", "bytes")
+        element.text = base64.b64encode(value).decode()
+    elif isinstance(value, list):
+        element.set("type", "list")
+        for index, item in enumerate(value):
+            _encode(etree.SubElement(element, f"{{{ns}}}item"), item, ns, f"{where}[{index}]",
+                    depth + 1)
+    elif isinstance(value, dict):
+        element.set("type", "dict")
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{where}: dict keys must be str, not {type(key).__name__} "
+                                f"({key!r})")
+            if _name_ok(key):
+                child = etree.SubElement(element, f"{{{ns}}}{key}")
+            else:
+                child = etree.SubElement(element, f"{{{ns}}}item")
+                if _XML_TEXT.match(key):
+                    child.set("key", key)
+                else:
+                    child.set("key64", base64.b64encode(
+                        key.encode("utf-8", "surrogatepass")).decode())
+            _encode(child, item, ns, f"{where}[{key!r}]", depth + 1)
+    else:
+        raise TypeError(f"{where}: cannot store {type(value).__name__} ({value!r:.60}) in "
+                        "metadata (dict, list, str, int, float, bool, None and bytes can be)")
+
+
+def from_element(element: etree._Element) -> Any:
+    """The value an element made by ``to_element`` holds (``ValueError`` if malformed)."""
+    return _decode(element, etree.QName(element).localname)
+
+
+def _decode(element: etree._Element, where: str) -> Any:
+    kind = element.get("type", "str")
+    children = [c for c in element if isinstance(c.tag, str)]
+    text = element.text or ""
+    try:
+        if kind == "str":
+            if element.get("encoding") == "base64":
+                return base64.b64decode(text, validate=True).decode("utf-8", "surrogatepass")
+            if children:
+                raise ValueError("a string holds no elements")
+            return text
+        if kind == "null":
+            return None
+        if kind == "bool":
+            if text.strip() not in ("true", "false"):
+                raise ValueError(f"{text!r} is not true or false")
+            return text.strip() == "true"
+        if kind == "int":
+            return int(text.strip())
+        if kind == "float":
+            return float(text.strip())
+        if kind == "bytes":
+            return base64.b64decode(text.strip(), validate=True)
+        if kind == "list":
+            return [_decode(child, f"{where}[{i}]") for i, child in enumerate(children)]
+        if kind == "dict":
+            result: dict[str, Any] = {}
+            for child in children:
+                key = _key(child)
+                result[key] = _decode(child, f"{where}.{key}")
+            return result
+    except (ValueError, UnicodeError) as exc:
+        raise ValueError(f"metadata {where} (line {element.sourceline}): bad {kind}: "
+                         f"{exc}") from None
+    raise ValueError(f"metadata {where} (line {element.sourceline}): unknown type {kind!r}")
+
+
+def _key(child: etree._Element) -> str:
+    if child.get("key") is not None:
+        return child.get("key", "")
+    if child.get("key64") is not None:
+        return base64.b64decode(child.get("key64", ""), validate=True).decode(
+            "utf-8", "surrogatepass")
+    return etree.QName(child).localname
+
+
+def dumps(value: Any, *, namespace: str, prefix: str = "app", name: str = "data") -> str:
+    """``value`` as an XML string for ``<metadata>`` (or ``virDomainSetMetadata``)."""
+    return to_string(to_element(value, namespace=namespace, prefix=prefix, name=name),
+                     pretty=False)
+
+
+def loads(text: str | bytes) -> Any:
+    """The value in an XML string made by ``dumps`` (as libvirt hands it back, too)."""
+    return from_element(parse(text, source="metadata"))
+
+
+def read(domain: etree._Element, namespace: str, default: Any = None) -> Any:
+    """The value stored under ``namespace`` in a domain XML tree's ``<metadata>``."""
+    metadata = domain.find("metadata")
+    if metadata is not None:
+        for child in metadata:
+            if isinstance(child.tag, str) and etree.QName(child).namespace == namespace:
+                return from_element(child)
+    return default
+
+
+def write(domain: etree._Element, value: Any, *, namespace: str, prefix: str = "app",
+          name: str = "data") -> None:
+    """Store ``value`` under ``namespace`` in a domain XML tree (replacing what was there)."""
+    element = to_element(value, namespace=namespace, prefix=prefix, name=name)
+    metadata = domain.find("metadata")
+    if metadata is None:
+        metadata = etree.SubElement(domain, "metadata")
+    for child in list(metadata):
+        if isinstance(child.tag, str) and etree.QName(child).namespace == namespace:
+            metadata.remove(child)
+    metadata.append(element)
+
+
+def same(a: Any, b: Any) -> bool:
+    """Exact equality for metadata values: types must match, NaN equals NaN."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return (math.isnan(a) and math.isnan(b)) or (a == b and
+                                                      math.copysign(1, a) == math.copysign(1, b))
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+    return bool(a == b)
