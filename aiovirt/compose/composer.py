@@ -495,18 +495,57 @@ def _validate(schema: etree.RelaxNG, result: Composition) -> None:
     reparsed = parse(text, source="composed domain")
     if schema.validate(reparsed):
         return
-    by_line = {el.sourceline: el for el in reparsed.iter(etree.Element)}
-    tree = reparsed.getroottree()
+    raw = [(error.path or "?", error.message) for error in schema.error_log]
+    culprits = _culprits(schema, reparsed) or raw
     violations = []
-    for error in schema.error_log:
-        element = by_line.get(error.line)
-        path = tree.getpath(element) if element is not None else "?"
+    for path, message in culprits:
         responsible = sorted({c.profile for c in result.changes
                               if _related(c.path, path)}) or [INPUT]
-        violations.append((", ".join(responsible), path, error.message))
+        violations.append((", ".join(responsible), path, message))
     lines = [f"{who}: {path}: {message}" for who, path, message in violations]
     raise InvalidResult("the composed domain does not validate against libvirt's schema:\n  "
                         + "\n  ".join(lines), violations)
+
+
+_SKELETON = ("name", "memory", "os")
+
+
+def _culprits(schema: etree.RelaxNG, root: etree._Element) -> list[tuple[str, str]]:
+    """Which elements make ``root`` invalid, found by validating each top-level element and
+    each device alone in an otherwise minimal domain (libxml2's own messages for libvirt's
+    interleaved content rarely say more than "Extra element devices")."""
+    tree = root.getroottree()
+
+    def alone(element: etree._Element, devices: bool) -> bool:
+        probe = etree.Element("domain", dict(root.attrib))
+        for tag, default in (("name", "probe"), ("memory", "1"), ("os", None)):
+            if element.tag != tag or devices:
+                if tag == "os":
+                    etree.SubElement(etree.SubElement(probe, "os"), "type").text = "hvm"
+                else:
+                    etree.SubElement(probe, tag).text = default
+        if devices:
+            etree.SubElement(probe, "devices").append(_copy(element))
+        else:
+            probe.append(_copy(element))
+        return bool(schema.validate(probe))
+
+    found = []
+    for child in root:
+        if child.tag == "devices":
+            for device in child:
+                if not alone(device, True):
+                    found.append((tree.getpath(device),
+                                  f"libvirt's schema does not accept this {_start(device)}"))
+        elif not alone(child, False):
+            found.append((tree.getpath(child),
+                          f"libvirt's schema does not accept this {_start(child)}"))
+    return found
+
+
+def _start(element: etree._Element) -> str:
+    attrs = "".join(f" {k}='{v}'" for k, v in element.attrib.items())
+    return f"<{etree.QName(element).localname}{attrs}>"
 
 
 def _related(change_path: str, path: str) -> bool:

@@ -136,21 +136,23 @@ class Library:
         resolved; ``UnknownProfile`` says what exists instead."""
         if isinstance(ref, str):
             ref = ProfileRef.parse(ref)
+        return self._resolve(self._find(ref), ())
+
+    def _find(self, ref: ProfileRef) -> Profile:
+        """The profile ``ref`` names, ``extends`` not resolved."""
         entries = self._by_name.get(ref.name)
         if not entries:
             raise UnknownProfile(f"unknown profile {ref.name!r}"
                                  + _suggest(ref.name, self._by_name))
         if ref.version is None:
             top = max(e.rank for e in entries)
-            entry = max((e for e in entries if e.rank == top),
-                        key=lambda e: version_key(e.profile.version))
-        else:
-            found = [e for e in entries if e.profile.version == ref.version]
-            if not found:
-                raise UnknownProfile(f"profile {ref.name!r} has no version {ref.version!r} "
-                                     f"(available: {', '.join(self.versions(ref.name))})")
-            entry = found[0]
-        return self._resolve(entry.profile, ())
+            return max((e for e in entries if e.rank == top),
+                       key=lambda e: version_key(e.profile.version)).profile
+        for entry in entries:
+            if entry.profile.version == ref.version:
+                return entry.profile
+        raise UnknownProfile(f"profile {ref.name!r} has no version {ref.version!r} "
+                             f"(available: {', '.join(self.versions(ref.name))})")
 
     def _resolve(self, profile: Profile, chain: tuple[str, ...]) -> Profile:
         """Merge a profile with the one it extends (recursively)."""
@@ -164,8 +166,8 @@ class Library:
                                      f"{' -> '.join(chain)}", source=profile.source,
                                      line=profile.line)
         try:
-            parent = self.get(profile.extends) if profile.extends.name != profile.name else \
-                None
+            parent = self._find(profile.extends) if profile.extends.name != profile.name \
+                else None
         except UnknownProfile as exc:
             raise UnknownProfile(f"profile {profile.id} ({profile.source}:{profile.line}) "
                                  f"extends {profile.extends}: {exc}") from None

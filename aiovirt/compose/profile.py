@@ -31,7 +31,7 @@ from typing import Literal
 from lxml import etree
 
 from ..xmlsafe import parse, parse_file
-from .errors import ProfileSyntaxError
+from .errors import ProfileSyntaxError, XMLInputError
 
 __all__ = ["Action", "Choose", "Param", "Profile", "ProfileRef", "Step", "When",
            "check_placeholders", "parse_profiles", "load_profiles", "version_key"]
@@ -407,13 +407,19 @@ def _digest(node: etree._Element) -> str:
 
 def parse_profiles(text: str | bytes, *, source: str = "<string>") -> list[Profile]:
     """Parse a document holding one ``<profile>`` or a ``<profiles>`` list of them."""
-    root = parse(text, source=source)
+    try:
+        root = parse(text, source=source)
+    except XMLInputError as exc:
+        raise ProfileSyntaxError(exc.reason, source=exc.source, line=exc.line) from None
     return _read(root, source)
 
 
 def load_profiles(path: str) -> list[Profile]:
     """Parse a profile file (``ProfileSyntaxError`` names the file and line)."""
-    root = parse_file(path).getroot()
+    try:
+        root = parse_file(path).getroot()
+    except XMLInputError as exc:
+        raise ProfileSyntaxError(exc.reason, source=exc.source, line=exc.line) from None
     return _read(root, str(path))
 
 

@@ -1,0 +1,391 @@
+"""Composition speed: 1000 different partial domains, 6 profiles each, on one core.
+
+    .venv/bin/python benchmarks/compose.py [--rounds N] [--output FILE] [--cpu CPU] [--profile]
+
+Measures ``aiovirt.compose.compose`` alone (pure Python and lxml, no libvirt daemon): how many
+domains per second one core composes, with ``validate=False`` and with ``validate=True``
+(libvirt's RelaxNG schema), against the target of >= 2000 domains/s without validation.
+
+The 1000 partial domain XMLs are generated from a seeded ``random.Random``, so every run
+composes the same set: each has its own name, memory, vCPUs, 0-4 disks, 0-3 NICs, perhaps a
+VNC display, perhaps application metadata, and a q35, pc or unspecified machine.  Each gets
+``kvm-base`` and 5 more shipped profiles picked from compatible ones (some with parameters).
+Before timing, every (domain, profiles) pair is composed once with ``validate=True``: any
+error or invalid result stops the benchmark.
+
+One timed unit is ``compose(text, profiles, ...).xml``: parsing the input string, applying
+the profiles, recording them in the metadata, (validating,) and serialising the result.  One
+``Library`` (the shipped profiles only) serves every composition, as in a real application.
+The two measures alternate round by round (rotating which goes first); best and median are
+reported, the target is checked on the best.  A one-round cost split (coarse timers) shows
+where the time goes; ``--profile`` adds cProfile's top functions for one round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import io
+import os
+import platform
+import pstats
+import random
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lxml import etree
+
+import aiovirt
+from aiovirt.compose import Composition, Library, compose
+from aiovirt.compose.schema import repeat_table, validator
+from aiovirt.xmlsafe import parse, to_string
+
+HERE = Path(__file__).resolve().parent
+DOMAINS = 1000
+PROFILES_PER_DOMAIN = 6
+TARGET = 2000.0  # domains/s without validation
+SEED = 20261122
+APP_NS = "https://example.org/xmlns/inventory/1"
+
+# The profiles every domain may draw from (besides kvm-base, which all get), and pairs that
+# do not go together: the first two declare a <conflicts>; nfv-realtime turns the balloon
+# off that balloon-stats configures; windows-hyperv's localtime clock clashes at equal
+# priority (20) with the UTC clock virtio-linux sets.
+POOL = ("virtio-linux", "guest-agent", "virtio-rng", "balloon-stats", "crash-diagnostics",
+        "usb3", "headless-serial", "spice-desktop", "nfv-realtime", "windows-hyperv")
+Q35_POOL = ("q35-hotplug", "uefi-secure-boot")  # they want q35: not for machine='pc'
+EXCLUSIVE = ({"headless-serial", "spice-desktop"}, {"nfv-realtime", "balloon-stats"},
+             {"windows-hyperv", "virtio-linux"})
+
+LINES: list[str] = []
+
+
+def say(line: str = "") -> None:
+    """Print a line and keep it for ``--output``."""
+    print(line, flush=True)
+    LINES.append(line)
+
+
+# -- the workload -------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    """One domain to compose: its partial XML, the profiles named and their parameters."""
+
+    name: str
+    xml: str
+    profiles: tuple[str, ...]
+    params: dict[str, str]
+
+
+def domain_xml(rng: random.Random, name: str) -> tuple[str, str | None, int]:
+    """A random partial domain: (its XML, its machine type or None, its vCPU count)."""
+    machine = rng.choice(("q35", "q35", "pc", None))
+    vcpus = rng.choice((1, 1, 2, 2, 4, 8, 16))
+    memory = rng.choice((512, 1024, 2048, 4096, 8192, 16384))
+    kind = rng.choice(("", " type='kvm'"))  # kvm-base sets it where the input does not
+    parts = [f"<domain{kind}>", f"<name>{name}</name>",
+             f"<memory unit='MiB'>{memory}</memory>", f"<vcpu>{vcpus}</vcpu>"]
+    if machine is not None:
+        parts.append(f"<os><type machine='{machine}'>hvm</type></os>")
+    if rng.random() < 0.3:
+        parts.append(f"<metadata><inv:host xmlns:inv='{APP_NS}'><inv:owner>team-"
+                     f"{rng.randrange(40)}</inv:owner><inv:tier>{rng.choice(('web', 'db'))}"
+                     "</inv:tier></inv:host></metadata>")
+    devices = [f"<disk type='file' device='disk'><source file='/var/lib/images/{name}-{n}"
+               f".qcow2'/><target dev='vd{'abcd'[n]}'/></disk>" for n in range(rng.randint(0, 4))]
+    devices += ["<interface type='network'><source network='default'/></interface>"] * \
+        rng.randint(0, 3)
+    if rng.random() < 0.4:
+        devices.append("<graphics type='vnc'/>")
+    if devices:
+        parts.append("<devices>" + "".join(devices) + "</devices>")
+    return "".join(parts) + "</domain>", machine, vcpus
+
+
+def pick_profiles(rng: random.Random, machine: str | None) -> tuple[str, ...]:
+    """kvm-base and 5 more from the pool, skipping any that would clash with one taken."""
+    pool = list(POOL) + (list(Q35_POOL) if machine != "pc" else [])
+    rng.shuffle(pool)
+    chosen: list[str] = []
+    for name in pool:
+        if any(name in pair and (pair - {name}) <= set(chosen) for pair in EXCLUSIVE):
+            continue
+        chosen.append(name)
+        if len(chosen) == PROFILES_PER_DOMAIN - 1:
+            break
+    return ("kvm-base", *chosen)
+
+
+def profile_params(rng: random.Random, profiles: tuple[str, ...], vcpus: int) -> dict[str, str]:
+    """Parameters for the profiles that take (or need) them, scoped to their profile."""
+    params: dict[str, str] = {}
+    if "q35-hotplug" in profiles:
+        params["q35-hotplug.count"] = str(rng.randint(1, 16))
+    if "balloon-stats" in profiles:
+        params["balloon-stats.period"] = str(rng.choice((5, 10, 30)))
+    if "nfv-realtime" in profiles:
+        params["nfv-realtime.vcpu_cpus"] = f"2-{1 + vcpus}"
+        params["nfv-realtime.emulator_cpus"] = "0-1"
+        params["nfv-realtime.realtime"] = rng.choice(("yes", "no"))
+    return params
+
+
+def make_cases(count: int, seed: int) -> list[Case]:
+    """``count`` different domains with their profiles, the same for the same seed."""
+    rng = random.Random(seed)
+    cases = []
+    for i in range(count):
+        name = f"bench-{i:04d}-{rng.getrandbits(24):06x}"
+        xml, machine, vcpus = domain_xml(rng, name)
+        profiles = pick_profiles(rng, machine)
+        cases.append(Case(name, xml, profiles, profile_params(rng, profiles, vcpus)))
+    if len({c.xml for c in cases}) != count:
+        raise SystemExit("the generated domains are not all different")
+    return cases
+
+
+def run(case: Case, library: Library, validate: bool) -> Composition:
+    """Compose one case (as every measure does)."""
+    return compose(case.xml, case.profiles, params=case.params, library=library,
+                   validate=validate)
+
+
+def verify(cases: list[Case], library: Library) -> list[Composition]:
+    """Compose every case once with validation; stop loudly on the first failure."""
+    results = []
+    for case in cases:
+        try:
+            result = run(case, library, validate=True)
+        except Exception as exc:
+            raise SystemExit(f"FAILED: {case.name} with {', '.join(case.profiles)} "
+                             f"{case.params}: {type(exc).__name__}: {exc}\n{case.xml}") from None
+        if not result.validated:
+            raise SystemExit(f"FAILED: {case.name}: composed but not validated")
+        results.append(result)
+    return results
+
+
+# -- measuring ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One round: wall and this process's CPU seconds."""
+
+    wall: float
+    cpu: float
+
+
+def timed(work: Callable[[], object]) -> Sample:
+    """Run ``work`` once after a full collection, timing wall and CPU."""
+    gc.collect()
+    c0, t0 = time.process_time(), time.perf_counter()
+    work()
+    return Sample(time.perf_counter() - t0, time.process_time() - c0)
+
+
+def compose_all(cases: list[Case], library: Library, validate: bool) -> None:
+    """The timed unit, for every case: compose and serialise."""
+    for case in cases:
+        run(case, library, validate).xml
+
+
+def interleave(rounds: int, cases: list[Case], library: Library) -> dict[str, list[Sample]]:
+    """Both measures, alternating, rotating which goes first."""
+    samples: dict[str, list[Sample]] = {"without validation": [], "with validation": []}
+    order = [("without validation", False), ("with validation", True)]
+    for r in range(rounds):
+        for label, validate in order[r % 2:] + order[:r % 2]:
+            samples[label].append(timed(lambda: compose_all(cases, library, validate)))
+    return samples
+
+
+def rate(count: int, sample: Sample) -> float:
+    return count / sample.wall
+
+
+def report_rounds(samples: dict[str, list[Sample]], count: int) -> dict[str, float]:
+    """Print best and median per measure; returns the best rate of each."""
+    say(f"{'measure':<20} {'best/s':>8} {'median/s':>9} {'us/domain':>10} {'(median)':>9}  "
+        "CPU/wall (median)")
+    bests = {}
+    for label, runs in samples.items():
+        best = min(runs, key=lambda s: s.wall)
+        med_wall = statistics.median(s.wall for s in runs)
+        share = statistics.median(s.cpu / s.wall for s in runs)
+        say(f"{label:<20} {rate(count, best):8.0f} {count / med_wall:9.0f} "
+            f"{best.wall / count * 1e6:10.0f} {med_wall / count * 1e6:9.0f}  {share:.0%}")
+        bests[label] = rate(count, best)
+    say("(rounds: " + "; ".join(f"{label} " + " ".join(f"{rate(count, s):.0f}" for s in runs)
+                                for label, runs in samples.items()) + " domains/s)")
+    return bests
+
+
+# -- where the time goes ----------------------------------------------------------------------------
+
+def seconds(work: Callable[[], object]) -> float:
+    return timed(work).wall
+
+
+def cost_split(cases: list[Case], library: Library) -> None:
+    """One round cut into parts with coarse timers; 'applying' is what remains of compose()
+    once its input parsing (timed alone, same function) is taken away."""
+    n = len(cases)
+    t_parse = seconds(lambda: [parse(c.xml, source="<domain>") for c in cases])
+    results: list[Composition] = []
+    t_compose = seconds(lambda: results.extend(run(c, library, False) for c in cases))
+    texts: list[str] = []
+    t_serialise = seconds(lambda: texts.extend(r.xml for r in results))
+    reparsed: list[etree._Element] = []
+    t_reparse = seconds(lambda: reparsed.extend(parse(t, source="composed domain")
+                                                for t in texts))
+    schema = validator()
+    assert schema is not None
+    t_relaxng = seconds(lambda: [schema.validate(tree) for tree in reparsed])
+    t_validated = seconds(lambda: [run(c, library, True) for c in cases])
+    rows = [
+        ("parse the input XML (xmlsafe.parse)", t_parse),
+        ("select profiles, apply, record (compose - parse)", t_compose - t_parse),
+        ("serialise the output (.xml: to_string)", t_serialise),
+        ("= compose + .xml without validation", t_compose + t_serialise),
+        ("validation: serialise again (to_string)", t_serialise),
+        ("validation: re-parse the text (xmlsafe.parse)", t_reparse),
+        ("validation: RelaxNG validate (lxml)", t_relaxng),
+        ("(validation, measured: compose(validate=True) - compose(validate=False))",
+         t_validated - t_compose),
+    ]
+    total = t_compose + t_serialise
+    say(f"## cost split, one round of {n} domains (coarse timers, single passes: noisy)")
+    for label, t in rows:
+        share = f"{t / total:5.0%}" if not label.startswith(("=", "(")) else "     "
+        say(f"{label:<74} {t / n * 1e6:7.0f} us/domain {share}")
+    say("(shares are of compose + .xml without validation; validation's own three parts add "
+        "to that)")
+
+
+def profile_round(cases: list[Case], library: Library, top: int = 15) -> None:
+    """cProfile one round without validation; the top functions by own time."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    compose_all(cases, library, validate=False)
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).strip_dirs().sort_stats("tottime").print_stats(top)
+    say(f"## cProfile, one round without validation, top {top} by own time (tottime)")
+    for line in out.getvalue().splitlines():
+        if line.strip() and not line.lstrip().startswith(("Ordered by", "List reduced")):
+            say(line.rstrip())
+
+
+# -- the run ------------------------------------------------------------------------------------------
+
+def pin(cpu: int | None) -> int:
+    """Pin this process to one CPU (default: the last one allowed); returns it."""
+    allowed = sorted(os.sched_getaffinity(0))
+    chosen = allowed[-1] if cpu is None else cpu
+    os.sched_setaffinity(0, {chosen})
+    return chosen
+
+
+def describe(cpu: int) -> str:
+    """The commit, the machine, the libraries: what the figures belong to."""
+    try:
+        commit = subprocess.run(["git", "-C", str(HERE.parent), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(HERE.parent), "status", "--porcelain", "--",
+                                "aiovirt"], capture_output=True, text=True,
+                               check=True).stdout.strip()
+        tree = f"aiovirt {aiovirt.__version__} at {commit}" + (" + uncommitted changes" if dirty
+                                                               else "")
+    except (OSError, subprocess.CalledProcessError):
+        tree = f"aiovirt {aiovirt.__version__}"
+    model = "?"
+    with open("/proc/cpuinfo") as cpuinfo:
+        model = next((line.split(":", 1)[1].strip() for line in cpuinfo
+                      if line.startswith("model name")), model)
+    libxml2 = ".".join(map(str, etree.LIBXML_VERSION))
+    return (f"# {tree}; {time.strftime('%Y-%m-%d %H:%M %Z')}\n# {os.cpu_count()} cores "
+            f"({model}), pinned to CPU {cpu}; Linux {platform.release()}, Python "
+            f"{platform.python_version()}, lxml {etree.__version__}, libxml2 {libxml2}")
+
+
+def setup() -> Library:
+    """Load the library and warm the schema caches, saying what each one-time cost was."""
+    t0 = time.perf_counter()
+    library = Library.default(system=False, user=False)
+    t1 = time.perf_counter()
+    repeat_table()
+    t2 = time.perf_counter()
+    if validator() is None:
+        raise SystemExit("libvirt's schema (/usr/share/libvirt/schemas/domain.rng) is not "
+                         "installed: cannot measure validation")
+    t3 = time.perf_counter()
+    say(f"one-time costs, not in the rounds: Library.default(system=False, user=False) "
+        f"{(t1 - t0) * 1e3:.0f} ms ({len(library)} shipped profiles), repeat table "
+        f"{(t2 - t1) * 1e3:.0f} ms, RelaxNG schema {(t3 - t2) * 1e3:.0f} ms")
+    say("one Library is reused by every composition (as an application would); building it "
+        "per domain would add its load time to each")
+    return library
+
+
+def describe_cases(cases: list[Case], results: list[Composition]) -> None:
+    """What the generated workload looks like, so the figures can be judged."""
+    uses: dict[str, int] = {}
+    for case in cases:
+        for name in case.profiles:
+            uses[name] = uses.get(name, 0) + 1
+    applied = statistics.mean(len(r.applied) for r in results)
+    changes = statistics.mean(len(r.report) for r in results)
+    size_in = statistics.mean(len(c.xml) for c in cases)
+    size_out = statistics.mean(len(r.xml) for r in results)
+    say(f"{len(cases)} different domains (seed {SEED}), {PROFILES_PER_DOMAIN} profiles named "
+        f"each, {applied:.2f} applied on average (with required ones), {changes:.1f} report "
+        f"entries; input {size_in:.0f} chars, output {size_out:.0f} chars on average")
+    say("profiles named: " + ", ".join(f"{n} {k}" for n, k in sorted(uses.items(),
+                                                                      key=lambda i: -i[1])))
+    say(f"verified: all {len(cases)} compose without error and validate against libvirt's "
+        "schema")
+
+
+def main(options: argparse.Namespace) -> None:
+    cpu = pin(options.cpu)
+    say(describe(cpu))
+    library = setup()
+    cases = make_cases(DOMAINS, SEED)
+    describe_cases(cases, verify(cases, library))
+    say()
+    say(f"## compose(xml, 6 profiles).xml for {len(cases)} domains, {options.rounds} "
+        "interleaved rounds per measure, one core")
+    bests = report_rounds(interleave(options.rounds, cases, library), len(cases))
+    say()
+    cost_split(cases, library)
+    if options.profile:
+        say()
+        profile_round(cases, library)
+    say()
+    plain, checked = bests["without validation"], bests["with validation"]
+    say(f"compose: {plain:.0f} domains/s without validation (target >= {TARGET:.0f}/s: "
+        f"{'met' if plain >= TARGET else 'MISSED'}), {checked:.0f} domains/s with validation "
+        "(best rounds)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per measure (default 5)")
+    parser.add_argument("--output", help="also write the report to this file")
+    parser.add_argument("--cpu", type=int, help="the CPU to pin to (default: the last allowed)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also cProfile one round (top 15 functions by own time)")
+    opts = parser.parse_args()
+    if opts.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    try:
+        main(opts)
+    finally:
+        if opts.output:
+            Path(opts.output).write_text("\n".join(LINES) + "\n")
