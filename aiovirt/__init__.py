@@ -3,10 +3,11 @@
 from .connection import SLOW_PROCEDURES, Connection, connect
 from .domain import Domain, DomainInfo, DomainState, MetadataType
 from .errors import (AiovirtError, ArgumentUnsupported, AuthenticationError, ConnectionClosed,
-                     InvalidArgument, InvalidURI, LibvirtError, NoSuchDomain, NoSuchNetwork,
+                     InvalidArgument, InvalidURI, LibvirtError, NoSuchDomain, NoSuchMetadata,
+                     NoSuchNetwork,
                      NoSuchNodeDevice, NoSuchSecret, NoSuchStoragePool, NoSuchStorageVolume,
                      NoSupport, ObjectExists, OperationFailed, OperationInvalid,
-                     OperationTimeout, ProtocolError, XMLError)
+                     OperationTimeout, ProtocolError, XMLError, XMLInputError)
 from .events import DomainEvent, DomainEventID, DomainEventType, DomainLifecycleEvent
 from .network import Network
 from .nodedev import NodeDevice
@@ -21,11 +22,11 @@ __all__ = [
     "ConnectionClosed", "ConnectionFailed", "ConnectionURI", "Domain", "DomainEvent",
     "DomainEventID", "DomainEventType", "DomainInfo", "DomainLifecycleEvent", "DomainState",
     "InvalidArgument", "InvalidURI", "LibvirtError", "MetadataType", "Network", "NodeDevice",
-    "NoSuchDomain",
+    "NoSuchDomain", "NoSuchMetadata",
     "NoSuchNetwork", "NoSuchNodeDevice", "NoSuchSecret", "NoSuchStoragePool",
     "NoSuchStorageVolume", "NoSupport", "ObjectExists", "OperationFailed", "OperationInvalid",
     "OperationTimeout", "ProtocolError", "SLOW_PROCEDURES", "Secret", "SecretUsageType",
     "StoragePool", "StoragePoolInfo", "StoragePoolState", "StorageVolume", "StorageVolumeInfo",
-    "StorageVolumeType", "XMLError", "connect", "parse_uri",
+    "StorageVolumeType", "XMLError", "XMLInputError", "connect", "parse_uri",
 ]
 __version__ = "0.1.0"

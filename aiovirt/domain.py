@@ -8,7 +8,7 @@ from enum import IntEnum
 from typing import Any
 
 from . import metadata as metadata_codec
-from .errors import NoSuchDomain
+from .errors import NoSuchDomain, NoSuchMetadata
 from .events import (DomainEvent, DomainEventID, DomainEventType, DomainLifecycleEvent,
                      EventSubscription)
 from .handle import ConnectionBase, UUIDHandle, enum_or_int, uuid_bytes
@@ -131,12 +131,20 @@ class Domain(UUIDHandle):
                              name: str = "data", flags: int = 0) -> None:
         """Store typed Python data (dict, list, str, int, float, bool, None, bytes) in the
         domain's ``<metadata>`` under ``namespace`` (see ``aiovirt.metadata``)."""
-        xml = metadata_codec.dumps(value, namespace=namespace, prefix=prefix, name=name)
+        # a bare element: libvirt puts it in ``namespace`` under ``prefix`` itself (and fails
+        # if the element declares that prefix already)
+        xml = metadata_codec.dumps(value, namespace=None, name=name)
         await self.set_metadata(xml, key=prefix, uri=namespace, flags=flags)
 
-    async def read_metadata(self, *, namespace: str, flags: int = 0) -> Any:
-        """The data ``write_metadata`` stored under ``namespace``, as Python values."""
-        return metadata_codec.loads(await self.metadata(uri=namespace, flags=flags))
+    async def read_metadata(self, *, namespace: str, default: Any = None,
+                            flags: int = 0) -> Any:
+        """The data ``write_metadata`` stored under ``namespace``, as Python values
+        (``default`` when the domain has none there)."""
+        try:
+            xml = await self.metadata(uri=namespace, flags=flags)
+        except NoSuchMetadata:
+            return default
+        return metadata_codec.loads(xml)
 
     async def attach_device(self, xml: str, flags: int = 0) -> None:
         """Attach a device (``VIR_DOMAIN_AFFECT_*`` flags; 0 means the live domain)."""

@@ -11,7 +11,7 @@ from typing import Any
 
 __all__ = [
     "AiovirtError", "AuthenticationError", "ConnectionClosed", "InvalidURI", "LibvirtError",
-    "NoSuchDomain", "NoSuchNetwork", "NoSuchNodeDevice", "NoSuchSecret", "NoSuchStoragePool",
+    "NoSuchDomain", "NoSuchMetadata", "NoSuchNetwork", "NoSuchNodeDevice", "NoSuchSecret", "NoSuchStoragePool",
     "NoSuchStorageVolume", "OperationInvalid", "OperationFailed", "ProtocolError",
     "ArgumentUnsupported", "InvalidArgument", "NoSupport", "OperationTimeout", "XMLError",
     "ObjectExists", "XMLInputError", "error_from_remote",
@@ -137,11 +137,15 @@ class NoSuchSecret(LibvirtError):
     """VIR_ERR_NO_SECRET (66)."""
 
 
+class NoSuchMetadata(LibvirtError):
+    """VIR_ERR_NO_DOMAIN_METADATA (80): the domain has no metadata for that namespace."""
+
+
 _BY_CODE: dict[int, type[LibvirtError]] = {
     3: NoSupport, 8: InvalidArgument, 9: OperationFailed, 27: XMLError, 28: ObjectExists,
     35: XMLError, 37: ObjectExists, 42: NoSuchDomain, 43: NoSuchNetwork, 49: NoSuchStoragePool,
     50: NoSuchStorageVolume, 53: NoSuchNodeDevice, 55: OperationInvalid, 66: NoSuchSecret,
-    68: OperationTimeout, 74: ArgumentUnsupported, 90: ObjectExists,
+    68: OperationTimeout, 74: ArgumentUnsupported, 80: NoSuchMetadata, 90: ObjectExists,
 }
 
 

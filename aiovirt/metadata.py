@@ -3,11 +3,12 @@
     xml = dumps({"owner": "ops", "replicas": 3, "tags": ["a", "b"]},
                 namespace="https://example.org/app", prefix="app")
     # <app:data xmlns:app="https://example.org/app" type="dict">
-    #   <app:owner>ops</app:owner> <app:replicas type="int">3</app:replicas> ...
+    #   <owner>ops</owner> <replicas type="int">3</replicas> ...
     loads(xml) == {"owner": "ops", "replicas": 3, "tags": ["a", "b"]}
 
 Values: ``dict`` (string keys), ``list``, ``str``, ``int``, ``float``, ``bool``, ``None`` and
-``bytes``, nested freely; round trips are exact (types included).  A string is plain text
+``bytes``, nested freely; round trips are exact (types included; a ``bytearray`` comes back
+as ``bytes``).  The outer element is in the application's namespace, its content unqualified.  A string is plain text
 unless XML cannot hold it (control characters), then base64; a dict key becomes the element
 name when it is a valid one, else an ``item`` element with a ``key`` attribute.
 
@@ -28,27 +29,38 @@ from .xmlsafe import parse, to_string
 
 __all__ = ["dumps", "from_element", "loads", "read", "same", "to_element", "write"]
 
-_XML_TEXT = re.compile("^[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*$")
-_NCNAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_XML_TEXT = re.compile("[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*")
+_NCNAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _MAX_DEPTH = 100
+_HEX_BITS = 12000  # ints longer than this (about 3600 digits) go in hexadecimal: Python
+                   # refuses to print or parse more than 4300 decimal digits by default
 
 
 def _name_ok(key: str) -> bool:
-    return bool(_NCNAME.match(key)) and not key.lower().startswith("xml") and key != "item"
+    return bool(_NCNAME.fullmatch(key)) and not key.lower().startswith("xml") and \
+        key != "item"
 
 
-def to_element(value: Any, *, namespace: str, prefix: str = "app",
+def _text_ok(text: str) -> bool:
+    return bool(_XML_TEXT.fullmatch(text))
+
+
+def to_element(value: Any, *, namespace: str | None, prefix: str = "app",
                name: str = "data") -> etree._Element:
-    """``value`` as an element ``{namespace}name``; ``TypeError`` names what cannot be
-    stored and where."""
-    if not _name_ok(name) and name != "item":
+    """``value`` as an element ``{namespace}name`` (its content unqualified); ``TypeError``
+    names what cannot be stored and where.  ``namespace=None`` gives a bare element, which
+    is what ``virDomainSetMetadata`` wants (libvirt adds the namespace itself)."""
+    if not _name_ok(name):
         raise ValueError(f"{name!r} is not usable as an element name")
-    root = etree.Element(f"{{{namespace}}}{name}", nsmap={prefix: namespace})
-    _encode(root, value, namespace, "value", 0)
+    if namespace is None:
+        root = etree.Element(name)
+    else:
+        root = etree.Element(f"{{{namespace}}}{name}", nsmap={prefix: namespace})
+    _encode(root, value, "value", 0)
     return root
 
 
-def _encode(element: etree._Element, value: Any, ns: str, where: str, depth: int) -> None:
+def _encode(element: etree._Element, value: Any, where: str, depth: int) -> None:
     if depth > _MAX_DEPTH:
         raise ValueError(f"{where}: nested deeper than {_MAX_DEPTH} levels")
     if value is None:
@@ -58,12 +70,16 @@ def _encode(element: etree._Element, value: Any, ns: str, where: str, depth: int
         element.text = "true" if value else "false"
     elif isinstance(value, int):
         element.set("type", "int")
-        element.text = str(value)
+        if value.bit_length() > _HEX_BITS:
+            element.set("encoding", "hex")
+            element.text = format(value, "x")
+        else:
+            element.text = str(value)
     elif isinstance(value, float):
         element.set("type", "float")
         element.text = repr(value)
     elif isinstance(value, str):
-        if _XML_TEXT.match(value):
+        if _text_ok(value):
             element.text = value
         else:
             element.set("type", "str")
@@ -75,8 +91,7 @@ def _encode(element: etree._Element, value: Any, ns: str, where: str, depth: int
     elif isinstance(value, list):
         element.set("type", "list")
         for index, item in enumerate(value):
-            _encode(etree.SubElement(element, f"{{{ns}}}item"), item, ns, f"{where}[{index}]",
-                    depth + 1)
+            _encode(etree.SubElement(element, "item"), item, f"{where}[{index}]", depth + 1)
     elif isinstance(value, dict):
         element.set("type", "dict")
         for key, item in value.items():
@@ -84,15 +99,15 @@ def _encode(element: etree._Element, value: Any, ns: str, where: str, depth: int
                 raise TypeError(f"{where}: dict keys must be str, not {type(key).__name__} "
                                 f"({key!r})")
             if _name_ok(key):
-                child = etree.SubElement(element, f"{{{ns}}}{key}")
+                child = etree.SubElement(element, key)
             else:
-                child = etree.SubElement(element, f"{{{ns}}}item")
-                if _XML_TEXT.match(key):
+                child = etree.SubElement(element, "item")
+                if _text_ok(key):
                     child.set("key", key)
                 else:
                     child.set("key64", base64.b64encode(
                         key.encode("utf-8", "surrogatepass")).decode())
-            _encode(child, item, ns, f"{where}[{key!r}]", depth + 1)
+            _encode(child, item, f"{where}[{key!r}]", depth + 1)
     else:
         raise TypeError(f"{where}: cannot store {type(value).__name__} ({value!r:.60}) in "
                         "metadata (dict, list, str, int, float, bool, None and bytes can be)")
@@ -106,51 +121,60 @@ def from_element(element: etree._Element) -> Any:
 def _decode(element: etree._Element, where: str) -> Any:
     kind = element.get("type", "str")
     children = [c for c in element if isinstance(c.tag, str)]
-    text = element.text or ""
+    if kind == "list":
+        return [_decode(child, f"{where}[{i}]") for i, child in enumerate(children)]
+    if kind == "dict":
+        result: dict[str, Any] = {}
+        for child in children:
+            key = _key(child, where)
+            result[key] = _decode(child, f"{where}.{key}")
+        return result
     try:
-        if kind == "str":
-            if element.get("encoding") == "base64":
-                return base64.b64decode(text, validate=True).decode("utf-8", "surrogatepass")
-            if children:
-                raise ValueError("a string holds no elements")
-            return text
-        if kind == "null":
-            return None
-        if kind == "bool":
-            if text.strip() not in ("true", "false"):
-                raise ValueError(f"{text!r} is not true or false")
-            return text.strip() == "true"
-        if kind == "int":
-            return int(text.strip())
-        if kind == "float":
-            return float(text.strip())
-        if kind == "bytes":
-            return base64.b64decode(text.strip(), validate=True)
-        if kind == "list":
-            return [_decode(child, f"{where}[{i}]") for i, child in enumerate(children)]
-        if kind == "dict":
-            result: dict[str, Any] = {}
-            for child in children:
-                key = _key(child)
-                result[key] = _decode(child, f"{where}.{key}")
-            return result
+        return _scalar(kind, element, bool(children))
     except (ValueError, UnicodeError) as exc:
         raise ValueError(f"metadata {where} (line {element.sourceline}): bad {kind}: "
                          f"{exc}") from None
-    raise ValueError(f"metadata {where} (line {element.sourceline}): unknown type {kind!r}")
 
 
-def _key(child: etree._Element) -> str:
+def _scalar(kind: str, element: etree._Element, has_children: bool) -> Any:
+    text = element.text or ""
+    if kind == "str":
+        if element.get("encoding") == "base64":
+            return base64.b64decode(text, validate=True).decode("utf-8", "surrogatepass")
+        if has_children:
+            raise ValueError("a string holds no elements")
+        return text
+    if kind == "null":
+        return None
+    if kind == "bool":
+        if text.strip() not in ("true", "false"):
+            raise ValueError(f"{text!r} is not true or false")
+        return text.strip() == "true"
+    if kind == "int":
+        return int(text.strip(), 16 if element.get("encoding") == "hex" else 10)
+    if kind == "float":
+        return float(text.strip())
+    if kind == "bytes":
+        return base64.b64decode(text.strip(), validate=True)
+    raise ValueError(f"unknown type {kind!r}")
+
+
+def _key(child: etree._Element, where: str) -> str:
     if child.get("key") is not None:
         return child.get("key", "")
     if child.get("key64") is not None:
-        return base64.b64decode(child.get("key64", ""), validate=True).decode(
-            "utf-8", "surrogatepass")
+        try:
+            return base64.b64decode(child.get("key64", ""), validate=True).decode(
+                "utf-8", "surrogatepass")
+        except (ValueError, UnicodeError) as exc:
+            raise ValueError(f"metadata {where} (line {child.sourceline}): bad key64 "
+                             f"{child.get('key64')!r}: {exc}") from None
     return etree.QName(child).localname
 
 
-def dumps(value: Any, *, namespace: str, prefix: str = "app", name: str = "data") -> str:
-    """``value`` as an XML string for ``<metadata>`` (or ``virDomainSetMetadata``)."""
+def dumps(value: Any, *, namespace: str | None, prefix: str = "app", name: str = "data") -> str:
+    """``value`` as an XML string for ``<metadata>`` (``namespace=None``: a bare element,
+    for ``virDomainSetMetadata``)."""
     return to_string(to_element(value, namespace=namespace, prefix=prefix, name=name),
                      pretty=False)
 

@@ -193,32 +193,38 @@ class Applier:
             node = node.getparent()
         return [self.input]
 
+    @staticmethod
+    def _contest(owner: Writer, writer: Writer, wants: str, has: str) -> bool:
+        """Whether ``writer`` (who wants: ``wants``) prevails over ``owner`` (who ``has``
+        otherwise).  The higher priority wins; a hard loser or a tie is a ``ProfileConflict``
+        naming both, the path and both values."""
+        if owner.who == writer.who:
+            return True  # a profile may refine its own earlier action
+        if owner.priority > writer.priority:
+            if writer.hard:
+                raise ProfileConflict(
+                    f"{writer.label} requires {wants} (hard), but {owner.label} of higher "
+                    f"priority ({owner.priority} > {writer.priority}) {has}")
+            return False
+        if owner.hard:
+            raise ProfileConflict(f"{writer.label} wants {wants}, but {owner.label} {has} as "
+                                  "a hard constraint")
+        if owner.priority == writer.priority:
+            raise ProfileConflict(
+                f"{owner.label} and {writer.label} clash at equal priority {writer.priority}: "
+                f"one {has}, the other wants {wants}; give one of them a higher priority")
+        return True
+
     def _may_change(self, element: etree._Element, key: str, writer: Writer,
                     old: str | None, new: str | None) -> bool:
         """Whether ``writer`` may replace the value at (element, key); raises on conflicts,
         returns False (after noting it) when a value of higher priority stays."""
+        where = self.path(element, key)
         for owner in self._owners(element, key):
-            if owner.who == writer.who:
-                continue  # a profile may refine its own earlier action
-            where = self.path(element, key)
-            if owner.priority > writer.priority:
-                if writer.hard:
-                    raise ProfileConflict(
-                        f"{writer.label} requires {where} to be {new!r} (hard), but "
-                        f"{owner.label} of higher priority ({owner.priority} > "
-                        f"{writer.priority}) has it {old!r}")
+            if not self._contest(owner, writer, f"{where} = {new!r}", f"has {where} = {old!r}"):
                 self._note(element, key, "kept", old, new, writer,
                            f"{owner.who} has priority {owner.priority}")
                 return False
-            if owner.hard:
-                raise ProfileConflict(
-                    f"{writer.label} cannot change {where} from {old!r} to {new!r}: "
-                    f"{owner.label} set it as a hard constraint")
-            if owner.priority == writer.priority:
-                raise ProfileConflict(
-                    f"{owner.label} and {writer.label} clash at equal priority "
-                    f"{writer.priority}: {where} is {old!r} by one and {new!r} by the other; "
-                    "give one of them a higher priority")
         return True
 
     def _own(self, element: etree._Element, key: str, writer: Writer) -> None:
@@ -261,18 +267,11 @@ class Applier:
                 shell: bool = False) -> etree._Element:
         """Append a copy of ``snippet`` (``shell``: without its children)."""
         for removed_parent, removed, remover in self.removed:
-            if removed_parent is parent and _contains(snippet, removed) and \
-                    remover.who != writer.who:
+            # removers ran earlier, so never with a higher priority: only hard or tie matter
+            if removed_parent is parent and _contains(snippet, removed):
                 where = f"{self.path(parent)}/{etree.QName(snippet).localname}"
-                if remover.hard:
-                    raise ProfileConflict(
-                        f"{writer.label} adds {_short(snippet)} at {where}, which "
-                        f"{remover.label} removes as a hard constraint")
-                if remover.priority == writer.priority:
-                    raise ProfileConflict(
-                        f"{remover.label} removes and {writer.label} adds {_short(snippet)} "
-                        f"at {where} at equal priority {writer.priority}; give one of them "
-                        "a higher priority")
+                self._contest(remover, writer, f"{_short(snippet)} added at {where}",
+                              "removed it")
         if shell:
             element = etree.SubElement(parent, snippet.tag, dict(snippet.attrib))
             element.text = _text(snippet)
@@ -379,25 +378,10 @@ class Applier:
         for node in element.iter(etree.Element):
             for key in ["", *("@" + a for a in node.attrib)]:
                 for owner in self._owners(node, key):
-                    if owner.who == writer.who:
-                        continue
-                    if owner.priority > writer.priority:
-                        if writer.hard:
-                            raise ProfileConflict(
-                                f"{writer.label} must remove {where} (hard), but "
-                                f"{owner.label} of higher priority ({owner.priority}) "
-                                "wants it")
+                    if not self._contest(owner, writer, f"{where} removed", f"has {where}"):
                         self._note(element, "", "kept", _short(element), None, writer,
                                    f"{owner.who} has priority {owner.priority}")
                         return
-                    if owner.hard:
-                        raise ProfileConflict(f"{writer.label} cannot remove {where}: "
-                                              f"{owner.label} requires it (hard)")
-                    if owner.priority == writer.priority:
-                        raise ProfileConflict(
-                            f"{owner.label} wants {where} and {writer.label} removes it, at "
-                            f"equal priority {writer.priority}; give one of them a higher "
-                            "priority")
         self._note(element, "", "removed", _short(element), None, writer)
         parent.remove(element)
         self.removed.append((parent, snippet, writer))
