@@ -16,7 +16,6 @@ import base64
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
