@@ -85,8 +85,11 @@ def parse_file(path: str | os.PathLike[str]) -> etree._ElementTree:
     return root.getroottree()
 
 
-def to_string(root: etree._Element, *, pretty: bool = True) -> str:
-    """Serialise an element as text (UTF-8, no XML declaration), indented by default."""
-    if pretty:
+def to_string(root: etree._Element, *, pretty: bool = True, strip: bool = True) -> str:
+    """Serialise an element as text (UTF-8, no XML declaration), indented by default.
+
+    ``strip=False`` skips removing old indentation first, for trees known to have none
+    (built from ``parse`` output)."""
+    if pretty and strip:
         root = strip_indentation(root)
     return etree.tostring(root, encoding="unicode", pretty_print=pretty)

@@ -26,8 +26,7 @@ and two writers of equal priority that disagree clash.  Both are ``ProfileConfli
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,8 +118,8 @@ class Applier:
         self.owners: dict[tuple[etree._Element, str], list[Writer]] = {}
         self.created: dict[etree._Element, Writer] = {}
         self.removed: list[tuple[etree._Element, etree._Element, Writer]] = []
-        self._notes: list[tuple[etree._Element, str, str, str | None, str | None, Writer,
-                                str, str]] = []
+        self._notes: list[tuple[etree._Element, str, str, str | None,
+                                str | etree._Element | None, Writer, str, str | None]] = []
         self._places: dict[etree._Element, Place | None] = {root: table.root}
 
     # -- entry point -----------------------------------------------------------------------
@@ -157,14 +156,18 @@ class Applier:
             pass
         parent = element.getparent()
         parent_place = self.place(parent) if parent is not None else None
-        found = self.table.child(parent_place, element.tag) if parent_place else None
+        found = self.table.child(parent_place, element.tag) \
+            if parent_place is not None else None
         place = found[1] if found else None
         self._places[element] = place
         return place
 
     def may_repeat(self, parent: etree._Element, tag: str) -> bool:
         place = self.place(parent)
-        return place is not None and self.table.may_repeat(place, tag)
+        if place is None:
+            return False
+        found = self.table.child(place, tag)
+        return found is not None and found[0]
 
     def _repeats_within(self, parent: etree._Element, snippet: etree._Element) -> bool:
         """Whether ``snippet`` (placed under ``parent``) holds an element that may repeat."""
@@ -194,22 +197,26 @@ class Applier:
         return [self.input]
 
     @staticmethod
-    def _contest(owner: Writer, writer: Writer, wants: str, has: str) -> bool:
-        """Whether ``writer`` (who wants: ``wants``) prevails over ``owner`` (who ``has``
-        otherwise).  The higher priority wins; a hard loser or a tie is a ``ProfileConflict``
-        naming both, the path and both values."""
+    def _contest(owner: Writer, writer: Writer,
+                 describe: Callable[[], tuple[str, str]]) -> bool:
+        """Whether ``writer`` prevails over ``owner``: the higher priority wins; a hard loser
+        or a tie is a ``ProfileConflict`` naming both, the path and both values.
+        ``describe()`` gives (what the writer wants, what the owner has), only for errors."""
         if owner.who == writer.who:
             return True  # a profile may refine its own earlier action
         if owner.priority > writer.priority:
             if writer.hard:
+                wants, has = describe()
                 raise ProfileConflict(
                     f"{writer.label} requires {wants} (hard), but {owner.label} of higher "
                     f"priority ({owner.priority} > {writer.priority}) {has}")
             return False
         if owner.hard:
+            wants, has = describe()
             raise ProfileConflict(f"{writer.label} wants {wants}, but {owner.label} {has} as "
                                   "a hard constraint")
         if owner.priority == writer.priority:
+            wants, has = describe()
             raise ProfileConflict(
                 f"{owner.label} and {writer.label} clash at equal priority {writer.priority}: "
                 f"one {has}, the other wants {wants}; give one of them a higher priority")
@@ -219,9 +226,12 @@ class Applier:
                     old: str | None, new: str | None) -> bool:
         """Whether ``writer`` may replace the value at (element, key); raises on conflicts,
         returns False (after noting it) when a value of higher priority stays."""
-        where = self.path(element, key)
+        def describe() -> tuple[str, str]:
+            where = self.path(element, key)
+            return f"{where} = {new!r}", f"has {where} = {old!r}"
+
         for owner in self._owners(element, key):
-            if not self._contest(owner, writer, f"{where} = {new!r}", f"has {where} = {old!r}"):
+            if not self._contest(owner, writer, describe):
                 self._note(element, key, "kept", old, new, writer,
                            f"{owner.who} has priority {owner.priority}")
                 return False
@@ -269,24 +279,24 @@ class Applier:
         for removed_parent, removed, remover in self.removed:
             # removers ran earlier, so never with a higher priority: only hard or tie matter
             if removed_parent is parent and _contains(snippet, removed):
-                where = f"{self.path(parent)}/{etree.QName(snippet).localname}"
-                self._contest(remover, writer, f"{_short(snippet)} added at {where}",
-                              "removed it")
+                self._contest(remover, writer, lambda: (
+                    f"{_short(snippet)} added at {self.path(parent)}/"
+                    f"{etree.QName(snippet).localname}", "removed it"))
         if shell:
             element = etree.SubElement(parent, snippet.tag, dict(snippet.attrib))
             element.text = _text(snippet)
         else:
-            element = copy.deepcopy(snippet)
+            element = snippet.__copy__()  # lxml copies the whole subtree
             parent.append(element)
         self.created[element] = writer
-        self._note(element, "", "added", None, _short(element), writer)
+        self._note(element, "", "added", None, snippet, writer)
         return element
 
     # -- add -------------------------------------------------------------------------------------
     def _add(self, parent: etree._Element, snippet: etree._Element, multiple: str,
              writer: Writer, count: int, again: bool) -> None:
         tag = snippet.tag
-        same = [c for c in parent if c.tag == tag]
+        same = list(parent.iterchildren(tag))
         if self.may_repeat(parent, tag):
             if multiple == "yes":
                 have = sum(1 for c in same if _contains(c, snippet)) if again else 0
@@ -302,11 +312,9 @@ class Applier:
                 else:
                     self._append(parent, snippet, writer)
                 return
-            if any(_contains(c, snippet) for c in same):
-                for c in same:  # already there: the writer now shares its values
-                    if _contains(c, snippet):
-                        self._claim(snippet, c, writer)
-                        break
+            present = next((c for c in same if _contains(c, snippet)), None)
+            if present is not None:  # already there: the writer now shares its values
+                self._claim(snippet, present, writer)
                 return
             for candidate in same:
                 if self._fits(snippet, candidate):
@@ -354,14 +362,14 @@ class Applier:
         for child in snippet:
             if self.may_repeat(target, child.tag):
                 continue  # another one can always be added
-            existing = next((c for c in target if c.tag == child.tag), None)
+            existing = next(target.iterchildren(child.tag), None)
             if existing is not None and not self._fits(child, existing):
                 return False
         return True
 
     # -- remove ----------------------------------------------------------------------------------
     def _remove(self, parent: etree._Element, snippet: etree._Element, writer: Writer) -> None:
-        same = [c for c in parent if c.tag == snippet.tag]
+        same = list(parent.iterchildren(snippet.tag))
         if self.may_repeat(parent, snippet.tag) or len(snippet) == 0:
             for element in same:
                 if _contains(element, snippet):
@@ -374,21 +382,28 @@ class Applier:
 
     def _delete(self, parent: etree._Element, element: etree._Element,
                 snippet: etree._Element, writer: Writer) -> None:
-        where = self.path(element)
+        def describe() -> tuple[str, str]:
+            where = self.path(element)
+            return f"{where} removed", f"has {where}"
+
         for node in element.iter(etree.Element):
             for key in ["", *("@" + a for a in node.attrib)]:
                 for owner in self._owners(node, key):
-                    if not self._contest(owner, writer, f"{where} removed", f"has {where}"):
-                        self._note(element, "", "kept", _short(element), None, writer,
+                    if not self._contest(owner, writer, describe):
+                        self._note(element, "", "kept", element, None, writer,
                                    f"{owner.who} has priority {owner.priority}")
                         return
-        self._note(element, "", "removed", _short(element), None, writer)
+        self._note(element, "", "removed", element, None, writer)
+        leaving = set(element.iter(etree.Element))
+        for index, (node, key, *rest, path) in enumerate(self._notes):
+            if path is None and node in leaving:  # earlier notes on it: fix their paths now
+                self._notes[index] = (node, key, *rest, self.path(node, key))  # type: ignore
         parent.remove(element)
         self.removed.append((parent, snippet, writer))
 
     # -- default ---------------------------------------------------------------------------------
     def _default(self, parent: etree._Element, snippet: etree._Element, writer: Writer) -> None:
-        same = [c for c in parent if c.tag == snippet.tag]
+        same = list(parent.iterchildren(snippet.tag))
         if self.may_repeat(parent, snippet.tag):
             targets = [c for c in same if _agrees(c, snippet)]
         elif same:
@@ -401,47 +416,36 @@ class Applier:
                 self._default(target, child, writer)
 
     # -- the report ------------------------------------------------------------------------------
-    def _note(self, element: etree._Element, key: str, what: str, old: str | None,
-              new: str | None, writer: Writer, note: str = "") -> None:
-        self._notes.append((element, key, what, old, new, writer, note,
-                            self.path(element, key)))
+    # Notes are cheap to take (no strings are made); the report is built when asked for.
+    # An element as ``old``/``new`` stands for its start tag, taken now; paths are taken now
+    # only for what leaves the tree.
+    def _note(self, element: etree._Element, key: str, what: str,
+              old: str | etree._Element | None, new: str | etree._Element | None,
+              writer: Writer, note: str = "") -> None:
+        if isinstance(old, etree._Element):
+            old = _short(old)
+        path = self.path(element, key) if what == "removed" else None
+        self._notes.append((element, key, what, old, new, writer, note, path))
 
     @property
     def changes(self) -> list[Change]:
         """The report so far; paths as the elements stand now (removed ones: as they stood)."""
         report = []
         for element, key, what, old, new, writer, note, path in self._notes:
-            if what != "removed" and element.getroottree().getroot() is self.root:
+            if path is None:
                 path = self.path(element, key)
+            if isinstance(new, etree._Element):
+                new = _short(new)
             report.append(Change(path, what, old, new, writer.who, writer.action, note))
         return report
 
     # -- paths -----------------------------------------------------------------------------------
     def path(self, element: etree._Element, key: str = "") -> str:
         """An XPath naming ``element`` (and attribute or text ``key``) in the tree."""
-        parts = []
-        node: etree._Element | None = element
-        while node is not None:
-            parent = node.getparent()
-            name = _prefixed(node)
-            if parent is not None:
-                same = [c for c in parent if c.tag == node.tag]
-                if len(same) > 1:
-                    name += f"[{same.index(node) + 1}]"
-            parts.append(name)
-            node = parent
-        path = "/" + "/".join(reversed(parts))
+        path = element.getroottree().getpath(element)
         if key == "#text":
             return path + "/text()"
         return path + ("/" + key if key else "")
-
-
-def _prefixed(element: etree._Element) -> str:
-    qname = etree.QName(element)
-    if qname.namespace is None:
-        return qname.localname
-    prefix = element.prefix or "ns"
-    return f"{prefix}:{qname.localname}"
 
 
 def _contains(target: etree._Element, snippet: etree._Element) -> bool:

@@ -14,6 +14,7 @@ versions (``upgrade=True`` takes the newest and lists what moved in ``upgrades``
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -22,7 +23,7 @@ from typing import Any
 
 from lxml import etree
 
-from ..xmlsafe import parse, to_string
+from ..xmlsafe import parse, strip_indentation, to_string
 from .apply import INPUT, Applier, Change, Writer, _contains
 from .errors import ComposeError, InvalidResult, ParameterError, ProfileConflict, UnknownProfile
 from .library import Library
@@ -78,16 +79,24 @@ class Composition:
     """The result: the composed domain and the account of how it came about."""
 
     tree: etree._Element
-    report: list[Change] = field(default_factory=list)
     applied: list[AppliedProfile] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     upgrades: list[Upgrade] = field(default_factory=list)
     validated: bool = False
+    _applier: Applier | None = field(default=None, repr=False)
+    _report: list[Change] | None = field(default=None, repr=False)
+
+    @property
+    def report(self) -> list[Change]:
+        """Every change and every value kept, in order (built on first use)."""
+        if self._report is None:
+            self._report = self._applier.changes if self._applier is not None else []
+        return self._report
 
     @property
     def xml(self) -> str:
         """The composed domain XML, indented."""
-        return to_string(self.tree)
+        return to_string(self.tree, strip=False)  # parsed input + parsed snippets: no blanks
 
     @property
     def changes(self) -> list[Change]:
@@ -229,8 +238,8 @@ class _Composer:
             take(ref, "requested", {})
         for ref, params in _domain_requests(self.root):
             take(ref, "domain metadata", params)
-        for profile in self.library:
-            if profile.auto and profile.name not in chosen and self.matches(profile):
+        for profile in self.library.auto_profiles():
+            if profile.name not in chosen and self.matches(profile):
                 take(ProfileRef(profile.name, profile.version), "matched", {})
         for profile, _, reason, _ in chosen.values():
             for ref in profile.conflicts:
@@ -253,7 +262,7 @@ class _Composer:
 
     def _holds_test(self, profile: Profile, test: When) -> bool:
         defaults = {p.name: p.default for p in profile.params if p.default is not None}
-        return self.holds(profile, test, defaults)
+        return self.holds(profile, test, self.variables(_typed(profile, defaults)))
 
     def _present(self, snippet: etree._Element) -> bool:
         if snippet.tag == "domain":
@@ -308,27 +317,30 @@ class _Composer:
         return {**params, "domain": self.root, "caps": self.caps, "domcaps": self.domcaps}
 
     # applying ----------------------------------------------------------------------------------
-    def steps(self, profile: Profile, steps: Sequence[Step], params: dict[str, str]
-              ) -> list[Action]:
+    def steps(self, profile: Profile, steps: Sequence[Step], params: dict[str, str],
+              variables: dict[str, Any] | None = None) -> list[Action]:
         """The actions whose conditions hold, in document order."""
         actions: list[Action] = []
         for step in steps:
             if isinstance(step, Action):
                 actions.append(step)
-            elif isinstance(step, When):
-                if self.holds(profile, step, params):
-                    actions += self.steps(profile, step.steps, params)
+                continue
+            if variables is None:
+                variables = self.variables(_typed(profile, params))
+            if isinstance(step, When):
+                if self.holds(profile, step, variables):
+                    actions += self.steps(profile, step.steps, params, variables)
             elif isinstance(step, Choose):
                 for branch in step.branches:
-                    if branch.test is None or self.holds(profile, branch, params):
-                        actions += self.steps(profile, branch.steps, params)
+                    if branch.test is None or self.holds(profile, branch, variables):
+                        actions += self.steps(profile, branch.steps, params, variables)
                         break
         return actions
 
-    def holds(self, profile: Profile, when: When, params: dict[str, str]) -> bool:
+    def holds(self, profile: Profile, when: When, variables: dict[str, Any]) -> bool:
         assert when.xpath is not None
         try:
-            result = when.xpath(self.root, **self.variables(_typed(profile, params)))
+            result = when.xpath(self.root, **variables)
         except etree.XPathError as exc:
             raise ComposeError(f"profile {profile.id} ({profile.source}:{when.line}): "
                                f"<when test={when.test!r}>: {exc}") from None
@@ -352,11 +364,21 @@ def _typed(profile: Profile, params: dict[str, str]) -> dict[str, Any]:
 
 def _substitute(action: Action, params: dict[str, str], profile: Profile
                 ) -> tuple[tuple[etree._Element, ...], int]:
+    """The action's snippet and count with ``${...}`` filled in (shared, never modified:
+    the applier copies what it inserts)."""
+    if not action.templated:
+        return action.snippet, int(action.count)
+    return _substituted(action, tuple(sorted(params.items())), profile.id)
+
+
+@functools.lru_cache(maxsize=4096)
+def _substituted(action: Action, items: tuple[tuple[str, str], ...], profile_id: str
+                 ) -> tuple[tuple[etree._Element, ...], int]:
+    params = dict(items)
+
     def fill(text: str) -> str:
         return PLACEHOLDER.sub(lambda m: params[m.group(1)], text)
 
-    if not action.templated:
-        return action.snippet, int(action.count)
     snippet = []
     for root in action.snippet:
         root = _copy(root)
@@ -370,10 +392,10 @@ def _substitute(action: Action, params: dict[str, str], profile: Profile
     try:
         count = int(fill(action.count))
     except ValueError:
-        raise ParameterError(f"profile {profile.id} line {action.line}: count="
+        raise ParameterError(f"profile {profile_id} line {action.line}: count="
                              f"{fill(action.count)!r} is not an integer") from None
     if count < 0:
-        raise ParameterError(f"profile {profile.id} line {action.line}: count={count} is "
+        raise ParameterError(f"profile {profile_id} line {action.line}: count={count} is "
                              "negative")
     return tuple(snippet), count
 
@@ -412,7 +434,7 @@ def compose(domain: str | bytes | etree._Element, profiles: Sequence[str | Profi
     schema (None: when the schema is installed).  Raises ``ComposeError`` subclasses.
     """
     if isinstance(domain, etree._Element):
-        root = _copy(domain)
+        root = strip_indentation(_copy(domain))
     else:
         root = parse(domain, source=source)
     if root.tag != "domain":
@@ -443,7 +465,7 @@ def compose(domain: str | bytes | etree._Element, profiles: Sequence[str | Profi
             writer = Writer(profile.id, priority, action.describe(), action.hard,
                             profile.source, action.line)
             applier.apply(action.kind, action.multiple, snippet, writer, count, again)
-    result.report = applier.changes
+    result._applier = applier
     result.upgrades = _upgrades(composer.recorded, result.applied)
     if record and result.applied:
         _record(root, result.applied)

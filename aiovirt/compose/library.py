@@ -52,6 +52,8 @@ class Library:
         self.sources = list(sources)
         self._by_name: dict[str, list[_Entry]] = {}
         self._resolved: dict[tuple[str, str], Profile] = {}
+        self._auto: list[Profile] | None = None
+        self._got: dict[object, Profile] = {}  # get()'s answers until the library changes
         for profile in profiles:
             self._insert(profile, 0)
 
@@ -111,6 +113,8 @@ class Library:
         entries[:] = [e for e in entries if e.profile.version != profile.version]
         entries.append(_Entry(profile, rank))
         self._resolved.clear()
+        self._got.clear()
+        self._auto = None
 
     # -- lookup ------------------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -131,12 +135,23 @@ class Library:
     def __len__(self) -> int:
         return len(self._by_name)
 
+    def auto_profiles(self) -> list[Profile]:
+        """The current profiles marked ``auto='yes'`` (selected by their ``<match>``)."""
+        if self._auto is None:
+            self._auto = [p for p in self if p.auto]
+        return self._auto
+
     def get(self, ref: str | ProfileRef) -> Profile:
         """The profile ``ref`` names (``NAME`` or ``NAME@VERSION``), with ``extends``
         resolved; ``UnknownProfile`` says what exists instead."""
+        key = ref if isinstance(ref, str) else (ref.name, ref.version)
+        cached = self._got.get(key)
+        if cached is not None:
+            return cached
         if isinstance(ref, str):
             ref = ProfileRef.parse(ref)
-        return self._resolve(self._find(ref), ())
+        profile = self._got[key] = self._resolve(self._find(ref), ())
+        return profile
 
     def _find(self, ref: ProfileRef) -> Profile:
         """The profile ``ref`` names, ``extends`` not resolved."""

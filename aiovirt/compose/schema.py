@@ -20,7 +20,6 @@ import functools
 import json
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -169,11 +168,9 @@ def build_table(schema_dir: Path = SCHEMA_DIR) -> dict[str, Any]:
             "names": names, "elements": table}
 
 
-@dataclass(frozen=True, slots=True)
-class Place:
-    """Where an element stands in the schema: the definitions it may be an instance of."""
-
-    defs: frozenset[int]
+Place = int
+"""Where an element stands in the schema: a small number naming the set of element
+definitions it may be an instance of (interned, so that lookups hash an int)."""
 
 
 class RepeatTable:
@@ -181,8 +178,17 @@ class RepeatTable:
 
     def __init__(self, data: dict[str, Any]) -> None:
         self._elements: list[dict[str, list[Any]]] = data["elements"]
-        self.root = Place(frozenset(data["root"]))
+        self._defs: list[frozenset[int]] = []
+        self._ids: dict[frozenset[int], Place] = {}
+        self.root: Place = self._intern(frozenset(data["root"]))
         self._cache: dict[tuple[Place, str], tuple[bool, Place] | None] = {}
+
+    def _intern(self, defs: frozenset[int]) -> Place:
+        place = self._ids.get(defs)
+        if place is None:
+            place = self._ids[defs] = len(self._defs)
+            self._defs.append(defs)
+        return place
 
     def child(self, parent: Place, name: str) -> tuple[bool, Place] | None:
         """(may repeat, the child's place) for element ``name`` under ``parent``; None when
@@ -193,7 +199,7 @@ class RepeatTable:
         except KeyError:
             pass
         repeats, defs, known = False, set[int](), False
-        for def_id in parent.defs:
+        for def_id in self._defs[parent]:
             content = self._elements[def_id]
             entry = content.get(name)
             if entry is None and not name.startswith("{http://relaxng.org"):
@@ -202,7 +208,7 @@ class RepeatTable:
                 known = True
                 repeats = repeats or entry[0]
                 defs.update(entry[1])
-        result = (repeats, Place(frozenset(defs))) if known else None
+        result = (repeats, self._intern(frozenset(defs))) if known else None
         self._cache[key] = result
         return result
 
