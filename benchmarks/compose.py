@@ -315,6 +315,18 @@ def describe(cpu: int) -> str:
             f"{platform.python_version()}, lxml {etree.__version__}, libxml2 {libxml2}")
 
 
+def machine_speed() -> float:
+    """Milliseconds this core takes for ``sum(range(10**6))`` (best of 7): a yardstick for
+    readers to scale the figures by (on a current desktop core with Python 3.11 it is about
+    8-10 ms)."""
+    best = float("inf")
+    for _ in range(7):
+        start = time.perf_counter()
+        sum(range(10**6))
+        best = min(best, time.perf_counter() - start)
+    return best * 1e3
+
+
 def setup() -> Library:
     """Load the library and warm the schema caches, saying what each one-time cost was."""
     t0 = time.perf_counter()
@@ -362,8 +374,12 @@ def main(options: argparse.Namespace) -> None:
     say()
     say(f"## compose(xml, 6 profiles).xml for {len(cases)} domains, {options.rounds} "
         "interleaved rounds per measure, one core")
+    speed_before = machine_speed()
     samples = interleave(options.rounds, cases, library)
+    speed_after = machine_speed()
     bests = report_rounds(samples, len(cases))
+    say(f"machine yardstick: sum(range(10**6)) took {speed_before:.1f} ms before the rounds "
+        f"and {speed_after:.1f} ms after (a current desktop core: about 8-10 ms)")
     say()
     cost_split(cases, library, samples)
     if options.profile:

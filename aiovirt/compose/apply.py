@@ -43,7 +43,7 @@ INPUT = "input"
 _IDENTITY = ("type", "name")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Writer:
     """Who writes: ``who`` is "name@version" (or "input"), with the action's priority and
     constraint, and where in the profile the action is."""
@@ -408,7 +408,12 @@ class Applier:
             targets = [c for c in same if _agrees(c, snippet)]
         elif same:
             targets = same[:1]
-        else:  # a missing element that may not repeat is a value to fill; its content too
+        elif not self._repeats_within(parent, snippet):
+            # a missing element that may not repeat is a value to fill, and so is all of its
+            # content when none of it may repeat: one copy
+            self._append(parent, snippet, writer)
+            return
+        else:  # create it, then fill it from the snippet but without repeating elements
             targets = [self._append(parent, snippet, writer, shell=True)]
         for target in targets:
             self._merge_attrs(snippet, target, writer, override=False)

@@ -22,6 +22,7 @@ live in ``apply.py``; this module only reads and checks the document.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Iterator
@@ -59,13 +60,18 @@ class ProfileRef:
 
     @classmethod
     def parse(cls, text: str, priority: int | None = None) -> ProfileRef:
-        name, _, version = text.strip().partition("@")
-        if not _NAME.match(name) or (version and not _VERSION.match(version)):
-            raise ValueError(f"{text!r} is not a profile reference (NAME or NAME@VERSION)")
-        return cls(name, version or None, priority)
+        return _parse_ref(cls, text, priority)
 
     def __str__(self) -> str:
         return self.name if self.version is None else f"{self.name}@{self.version}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_ref(cls: type[ProfileRef], text: str, priority: int | None) -> ProfileRef:
+    name, _, version = text.strip().partition("@")
+    if not _NAME.match(name) or (version and not _VERSION.match(version)):
+        raise ValueError(f"{text!r} is not a profile reference (NAME or NAME@VERSION)")
+    return cls(name, version or None, priority)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,11 +168,10 @@ class Profile:
     source: str = "<string>"
     line: int = 0
     digest: str = ""
+    id: str = field(init=False)  # "name@version"
 
-    @property
-    def id(self) -> str:
-        """``name@version``."""
-        return f"{self.name}@{self.version}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "id", f"{self.name}@{self.version}")
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
