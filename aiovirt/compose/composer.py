@@ -400,6 +400,12 @@ def _substituted(action: Action, items: tuple[tuple[str, str], ...], profile_id:
     return tuple(snippet), count
 
 
+@functools.lru_cache(maxsize=4096)
+def _writer(action: Action, profile_id: str, source: str, priority: int) -> Writer:
+    """The (immutable) writer for one action at one priority, made once."""
+    return Writer(profile_id, priority, action.describe(), action.hard, source, action.line)
+
+
 def _copy(element: etree._Element) -> etree._Element:
     import copy
 
@@ -462,8 +468,7 @@ def compose(domain: str | bytes | etree._Element, profiles: Sequence[str | Profi
         again = profile.name in composer.recorded
         for action in composer.steps(profile, profile.steps, values):
             snippet, count = _substitute(action, values, profile)
-            writer = Writer(profile.id, priority, action.describe(), action.hard,
-                            profile.source, action.line)
+            writer = _writer(action, profile.id, profile.source, priority)
             applier.apply(action.kind, action.multiple, snippet, writer, count, again)
     result._applier = applier
     result.upgrades = _upgrades(composer.recorded, result.applied)
@@ -513,10 +518,11 @@ def _upgrades(recorded: dict[str, tuple[str, str, dict[str, str]]],
 
 
 def _validate(schema: etree.RelaxNG, result: Composition) -> None:
-    text = to_string(result.tree)
-    reparsed = parse(text, source="composed domain")
-    if schema.validate(reparsed):
+    if schema.validate(result.tree):
         return
+    # find out what is wrong on a copy with line numbers
+    reparsed = parse(to_string(result.tree), source="composed domain")
+    schema.validate(reparsed)
     raw = [(error.path or "?", error.message) for error in schema.error_log]
     culprits = _culprits(schema, reparsed) or raw
     violations = []
