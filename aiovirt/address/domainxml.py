@@ -1,0 +1,290 @@
+"""Domain XML to ``Device`` lists and back: read what addressing needs, write addresses and
+added controllers into the same document (everything else is left as it was)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lxml import etree
+
+from .model import (Address, AddressError, CcidAddress, Device, DriveAddress, Machine,
+                    PciAddress, UsbAddress, VirtioSerialAddress)
+
+__all__ = ["machine_of", "read_devices", "write_devices"]
+
+OURS = ("pci", "drive", "usb", "virtio-serial", "ccid")
+# device elements in the order libvirt formats them; added devices go after their kind
+_ORDER = ("emulator", "disk", "controller", "lease", "filesystem", "interface", "smartcard",
+          "serial", "parallel", "console", "channel", "input", "tpm", "graphics", "sound",
+          "audio", "video", "hostdev", "redirdev", "redirfilter", "hub", "watchdog",
+          "memballoon", "rng", "nvram", "panic", "shmem", "memory", "iommu", "vsock", "crypto")
+
+
+def machine_of(root: etree._Element) -> Machine:
+    os_type = root.find("os/type")
+    slots = _int(_attr(root.find("maxMemory"), "slots"), "<maxMemory slots>") or 0
+    if os_type is None:
+        return Machine(memory_slots=slots)
+    return Machine(os_type.get("arch", "x86_64"), os_type.get("machine", "pc"), slots)
+
+
+def _int(value: str | None, what: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value, 0)
+    except ValueError:
+        raise AddressError(f"{what}: {value!r} is not a number") from None
+
+
+def _address(element: etree._Element, who: str) -> tuple[Address | None, str | None]:
+    """(our address, None) or (None, the foreign address type)."""
+    kind = element.get("type")
+    where = f"{who} <address type='{kind}'>"
+    if kind == "pci":
+        multi = element.get("multifunction")
+        return PciAddress(_int(element.get("bus", "0"), where) or 0,
+                          _int(element.get("slot", "0"), where) or 0,
+                          _int(element.get("function", "0"), where) or 0,
+                          _int(element.get("domain", "0"), where) or 0,
+                          None if multi is None else multi == "on"), None
+    if kind == "drive":
+        return DriveAddress(_int(element.get("controller", "0"), where) or 0,
+                            _int(element.get("bus", "0"), where) or 0,
+                            _int(element.get("target", "0"), where) or 0,
+                            _int(element.get("unit", "0"), where) or 0), None
+    if kind == "usb":
+        port = element.get("port")
+        path: tuple[int, ...] = ()
+        if port:
+            try:
+                path = tuple(int(p) for p in port.split("."))
+            except ValueError:
+                raise AddressError(f"{where}: port {port!r} is not a port path") from None
+        if not path:
+            return None, None  # a bus without a port: libvirt picks the port
+        return UsbAddress(_int(element.get("bus", "0"), where) or 0, path), None
+    if kind == "virtio-serial":
+        return VirtioSerialAddress(_int(element.get("controller", "0"), where) or 0,
+                                   _int(element.get("port", "0"), where) or 0,
+                                   _int(element.get("bus", "0"), where) or 0), None
+    if kind == "ccid":
+        return CcidAddress(_int(element.get("controller", "0"), where) or 0,
+                           _int(element.get("slot", "0"), where) or 0), None
+    return None, kind
+
+
+def _attr(element: etree._Element | None, name: str) -> str | None:
+    return None if element is None else element.get(name)
+
+
+def read_devices(root: etree._Element) -> list[Device]:
+    """The devices of a domain XML tree, with what addressing needs to know."""
+    devices: list[Device] = []
+    container = root.find("devices")
+    if container is None:
+        return devices
+    counts: dict[str, int] = {}
+    for element in container:
+        if not isinstance(element.tag, str):
+            continue
+        kind = element.tag
+        counts[kind] = counts.get(kind, 0) + 1
+        dev = Device(kind, name=f"<{kind}> #{counts[kind]}", origin=element)
+        options: dict[str, Any] = {}
+        target = element.find("target")
+        if kind == "disk":
+            dev.bus = _attr(target, "bus")
+            dev.target = _attr(target, "dev")
+            dev.model = element.get("model")
+            options["device"] = element.get("device", "disk")
+        elif kind == "controller":
+            dev.type = element.get("type")
+            dev.index = _int(element.get("index"), dev.name)
+            dev.model = element.get("model")
+            if element.get("ports") is not None:
+                options["ports"] = _int(element.get("ports"), dev.name)
+            model_name = _attr(element.find("model"), "name")
+            if model_name:
+                options["model_name"] = model_name
+            if target is not None:
+                for key in ("chassis", "port", "busNr", "chassisNr"):
+                    if target.get(key) is not None:
+                        options[key] = _int(target.get(key), dev.name)
+                if target.get("hotplug") is not None:
+                    options["hotplug"] = target.get("hotplug")
+                node = target.findtext("node")
+                if node is not None:
+                    options["numa_node"] = _int(node, dev.name)
+            if element.find("master") is not None:
+                options["master"] = True
+        elif kind == "interface":
+            dev.type = element.get("type")
+            dev.model = _attr(element.find("model"), "type")
+        elif kind == "hostdev":
+            if element.get("mode", "subsystem") == "subsystem":
+                dev.type = element.get("type")
+            dev.model = element.get("model")
+        elif kind in ("video",):
+            model = element.find("model")
+            dev.model = _attr(model, "type")
+            if _attr(model, "primary") == "yes":
+                options["primary"] = True
+        elif kind in ("sound", "memballoon", "rng", "watchdog", "iommu", "vsock", "memory",
+                      "shmem"):
+            dev.model = element.get("model")
+        elif kind == "input":
+            dev.type = element.get("type")
+            dev.bus = element.get("bus")
+            dev.model = element.get("model")
+        elif kind in ("serial", "channel", "console", "parallel"):
+            dev.target = _attr(target, "type")
+        elif kind == "redirdev":
+            dev.bus = element.get("bus")
+        elif kind == "hub":
+            dev.type = element.get("type")
+        elif kind == "filesystem":
+            dev.model = element.get("model")
+            options["driver"] = _attr(element.find("driver"), "type")
+        address = element.find("address")
+        if address is not None:
+            dev.address, foreign = _address(address, dev.name)
+            if foreign is not None:
+                options["foreign_address"] = foreign
+                if foreign == "dimm" and address.get("slot") is not None:
+                    options["dimm_slot"] = _int(address.get("slot"), dev.name)
+        dev.options = options
+        devices.append(dev)
+    _primary_video_first(devices)
+    return devices
+
+
+def _primary_video_first(devices: list[Device]) -> None:
+    """libvirt keeps the primary='yes' video first among videos."""
+    videos = [i for i, d in enumerate(devices) if d.kind == "video"]
+    primary = next((i for i in videos if devices[i].options.get("primary")), None)
+    if primary is not None and videos and primary != videos[0]:
+        dev = devices.pop(primary)
+        devices.insert(videos[0], dev)
+
+
+def _hex(value: int, width: int) -> str:
+    return f"0x{value:0{width}x}"
+
+
+def _write_address(element: etree._Element, address: Address | None) -> None:
+    for old in element.findall("address"):
+        if old.get("type") in OURS:
+            element.remove(old)
+    if address is None:
+        return
+    if isinstance(address, PciAddress):
+        attrs = {"type": "pci", "domain": _hex(address.domain, 4), "bus": _hex(address.bus, 2),
+                 "slot": _hex(address.slot, 2), "function": f"0x{address.function:x}"}
+        if address.multifunction is not None:
+            attrs["multifunction"] = "on" if address.multifunction else "off"
+    elif isinstance(address, DriveAddress):
+        attrs = {"type": "drive", "controller": str(address.controller),
+                 "bus": str(address.bus), "target": str(address.target),
+                 "unit": str(address.unit)}
+    elif isinstance(address, UsbAddress):
+        attrs = {"type": "usb", "bus": str(address.bus),
+                 "port": ".".join(map(str, address.port))}
+    elif isinstance(address, VirtioSerialAddress):
+        attrs = {"type": "virtio-serial", "controller": str(address.controller),
+                 "bus": str(address.bus), "port": str(address.port)}
+    else:
+        attrs = {"type": "ccid", "controller": str(address.controller),
+                 "slot": str(address.slot)}
+    etree.SubElement(element, "address", attrs)
+
+
+def _new_element(dev: Device) -> etree._Element:
+    if dev.kind == "controller":
+        element = etree.Element("controller", type=dev.type or "", index=str(dev.index))
+        if dev.model is not None:
+            element.set("model", dev.model)
+    elif dev.kind == "memballoon":
+        element = etree.Element("memballoon", model=dev.model or "virtio")
+    elif dev.kind == "video":
+        element = etree.Element("video")
+        etree.SubElement(element, "model", type=dev.model or "vga")
+    elif dev.kind == "hub":
+        element = etree.Element("hub", type=dev.type or "usb")
+    else:
+        element = etree.Element(dev.kind)
+    return element
+
+
+def _write_controller(element: etree._Element, dev: Device) -> None:
+    if dev.model is not None and element.get("model") is None:
+        element.set("model", dev.model)
+    if element.get("index") is None and dev.index is not None:
+        element.set("index", str(dev.index))
+    options = dev.options
+    if options.get("model_name") and element.find("model") is None:
+        etree.SubElement(element, "model", name=options["model_name"])
+    keys = [k for k in ("chassisNr", "chassis", "port", "busNr") if options.get(k) is not None]
+    if keys or options.get("numa_node") is not None:
+        target = element.find("target")
+        if target is None:
+            target = etree.SubElement(element, "target")
+        for key in keys:
+            if target.get(key) is None:
+                value = options[key]
+                target.set(key, _hex(value, 0) if key == "port" else str(value))
+        if options.get("numa_node") is not None and target.find("node") is None:
+            etree.SubElement(target, "node").text = str(options["numa_node"])
+
+
+def write_devices(root: etree._Element, devices: list[Device]) -> None:
+    """Write addresses (and controller settings) back; add the devices the policy added."""
+    container = root.find("devices")
+    if container is None:
+        container = etree.SubElement(root, "devices")
+    _order_videos(container, devices)
+    for dev in devices:
+        element = dev.origin
+        if element is None:
+            element = dev.origin = _new_element(dev)
+            _insert(container, element)
+        if dev.kind == "controller":
+            _write_controller(element, dev)
+        if dev.options.get("write_foreign") and element.find("address") is None:
+            attrs = {"type": dev.options["foreign_address"]}
+            if dev.options.get("dimm_slot") is not None:
+                attrs["slot"] = str(dev.options["dimm_slot"])
+            etree.SubElement(element, "address", attrs)
+        elif dev.address is not None or element.find("address") is not None:
+            if dev.options.get("foreign_address") is None:
+                _write_address(element, dev.address)
+
+
+def _order_videos(container: etree._Element, devices: list[Device]) -> None:
+    """Put the primary video first, as libvirt does."""
+    wanted = [d.origin for d in devices if d.kind == "video" and d.origin is not None]
+    present = container.findall("video")
+    if wanted == present or sorted(map(id, wanted)) != sorted(map(id, present)):
+        return
+    marker = etree.Element("marker")
+    present[0].addprevious(marker)
+    for video in present:
+        container.remove(video)
+    for video in reversed(wanted):
+        marker.addnext(video)
+    container.remove(marker)
+
+
+def _insert(container: etree._Element, element: etree._Element) -> None:
+    """Put a new device after the last of its kind (or where libvirt's order puts it)."""
+    same = container.findall(element.tag)
+    if same:
+        same[-1].addnext(element)
+        return
+    rank = _ORDER.index(element.tag) if element.tag in _ORDER else len(_ORDER)
+    for existing in container:
+        if isinstance(existing.tag, str) and existing.tag in _ORDER and \
+                _ORDER.index(existing.tag) > rank:
+            existing.addprevious(element)
+            return
+    container.append(element)

@@ -1,0 +1,1071 @@
+"""The ``libvirt`` placement policy: what libvirt 9.0 does with QEMU 7.2, done offline.
+
+It follows libvirt's own steps when a domain is defined (qemu_domain.c, domain_postparse.c,
+domain_conf.c, qemu_domain_address.c, domain_addr.c in libvirt 9.0.0), for x86_64 ``pc``
+(i440fx) and ``q35`` machines and aarch64 ``virt``:
+
+1. controller indexes for controllers that have none;
+2. the machine's default devices: the PCI root (pci-root or pcie-root), the USB controller
+   (piix3-uhci on pc, qemu-xhci on q35), q35's SATA controller, the virtio memory balloon
+   (x86);
+3. per-device defaults that decide addressing: disk buses from target names and their drive
+   addresses, controller models (USB, SCSI), NIC and video models, SCSI host device units;
+4. implicit controllers (SCSI/IDE/SATA/FDC for disks, virtio-serial for channels, CCID for
+   smartcards) and the video device a display implies;
+5. virtio-serial ports, then PCI addresses (a sizing pass that adds the pcie-root-ports or
+   pci-bridges the devices need, then the real pass: chipset-fixed slots, then devices in
+   libvirt's order), then USB ports (hubs added when ports run out).
+
+Tunables beyond libvirt (``Tunables`` and the per-device fields) change the PCI steps:
+a hotplug reserve, PCI or PCIe placement, devices that need not be hot-pluggable placed as
+integrated endpoints, NUMA placement behind expander buses, and multifunction packing.
+Addresses already given are kept: they are reserved first, so existing devices never move.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Iterator
+
+from .model import (AddressError, CcidAddress, Device, DriveAddress, Machine, PciAddress,
+                    Tunables, UsbAddress, VirtioSerialAddress)
+from .pci import Bus, Connect, PciSpace, controller_connect
+
+__all__ = ["LibvirtPlacement", "disk_index"]
+
+_PCI_DEV = Connect.PCI_DEVICE | Connect.AUTOASSIGN
+_PCIE_DEV = Connect.PCIE_DEVICE | Connect.AUTOASSIGN
+_USB2 = ("ich9-ehci1", "ich9-uhci1", "ich9-uhci2", "ich9-uhci3")
+_USB_PORTS = {None: 2, "piix3-uhci": 2, "piix4-uhci": 2, "vt82c686b-uhci": 2, "ehci": 6,
+              "ich9-ehci1": 6, "ich9-uhci1": 0, "ich9-uhci2": 0, "ich9-uhci3": 0,
+              "pci-ohci": 3, "nec-xhci": 4, "qemu-xhci": 4, "qusb1": 8, "qusb2": 8}
+_HUB_PORTS = 8
+_VIRTIO_SERIAL_PORTS = 31
+_MODEL_NAMES = {"pci-bridge": "pci-bridge", "dmi-to-pci-bridge": "i82801b11-bridge",
+                "pcie-to-pci-bridge": "pcie-pci-bridge", "pcie-root-port": "pcie-root-port",
+                "pcie-switch-upstream-port": "x3130-upstream",
+                "pcie-switch-downstream-port": "xio3130-downstream",
+                "pci-expander-bus": "pxb", "pcie-expander-bus": "pxb-pcie"}
+_VIRTIO_MODELS = ("virtio", "virtio-non-transitional", None)
+
+
+def disk_index(name: str) -> int:
+    """A disk target name's index (``hda`` 0, ``sdb`` 1, ``vdaa`` 26), or -1."""
+    for prefix in ("fd", "hd", "vd", "sd", "xvd", "ubd"):
+        if name.startswith(prefix):
+            rest = name[len(prefix):]
+            break
+    else:
+        return -1
+    letters = rest.rstrip(string.digits)
+    digits = rest[len(letters):]
+    if not letters or not all(c in string.ascii_lowercase for c in letters):
+        return -1
+    if len(digits) > 1 and digits[0] == "0":
+        return -1
+    index = 0
+    for position, letter in enumerate(letters):
+        index = (index + (1 if position else 0)) * 26 + ord(letter) - ord("a")
+    return index
+
+
+class LibvirtPlacement:
+    """One run of the policy over one domain's devices (mutated in place; new devices are
+    appended with ``added=True``)."""
+
+    def __init__(self, machine: Machine, devices: list[Device], tunables: Tunables) -> None:
+        self.machine = machine
+        self.devices = devices
+        self.tunables = tunables
+        self.groups: dict[str, PciAddress] = {}
+
+    # -- helpers ----------------------------------------------------------------------------
+    def of(self, kind: str) -> list[Device]:
+        return [d for d in self.devices if d.kind == kind]
+
+    def controllers(self, type_: str | None = None) -> list[Device]:
+        return [d for d in self.devices
+                if d.kind == "controller" and (type_ is None or d.type == type_)]
+
+    def controller(self, type_: str, index: int) -> Device | None:
+        return next((c for c in self.controllers(type_) if c.index == index), None)
+
+    def add(self, device: Device) -> Device:
+        """Append a device the policy adds (after every device of its kind)."""
+        device.added = True
+        last = max((i for i, d in enumerate(self.devices) if d.kind == device.kind),
+                   default=len(self.devices) - 1)
+        self.devices.insert(last + 1, device)
+        return device
+
+    def add_controller(self, type_: str, index: int | None = None,
+                       model: str | None = None) -> Device:
+        if index is None:
+            index = self.unused_index(type_)
+        return self.add(Device("controller", type=type_, index=index, model=model))
+
+    def maybe_add_controller(self, type_: str, index: int, model: str | None = None
+                             ) -> Device | None:
+        if self.controller(type_, index) is not None:
+            return None
+        return self.add_controller(type_, index, model)
+
+    def unused_index(self, type_: str) -> int:
+        used = {c.index for c in self.controllers(type_)}
+        index = 0
+        while index in used:
+            index += 1
+        return index
+
+    @property
+    def has_pcie_root(self) -> bool:
+        return any(c.model == "pcie-root" for c in self.controllers("pci"))
+
+    @property
+    def has_pci_root(self) -> bool:
+        return any(c.model == "pci-root" for c in self.controllers("pci"))
+
+    # -- the whole run ----------------------------------------------------------------------
+    def run(self) -> list[Device]:
+        self.sort_controllers()
+        self.sort_disks()
+        self.assign_controller_indexes()
+        self.add_default_devices()
+        self.device_defaults()
+        self.add_implicit_devices()
+        self.assign_virtio_serial()
+        self.assign_spapr_vio()
+        self.assign_virtio_mmio()
+        self.assign_pci()
+        self.assign_usb()
+        self.assign_memory_slots()
+        self.mirror_serial_console()
+        return self.devices
+
+    # -- 1. controller order and indexes ------------------------------------------------------
+    def sort_controllers(self) -> None:
+        """Order controllers as libvirt's parser inserts them: by type, each new one after
+        the last of its type with a lower index (a USB master before its companions)."""
+        slots = [i for i, d in enumerate(self.devices) if d.kind == "controller"]
+        ordered: list[Device] = []
+        for cont in (self.devices[i] for i in slots):
+            at = -1
+            for position in range(len(ordered) - 1, -1, -1):
+                current = ordered[position]
+                if current.type != cont.type:
+                    continue
+                if cont.index is None:
+                    at = position + 1
+                    break
+                if current.index is not None and current.index > cont.index:
+                    at = position
+                elif not cont.options.get("master") and current.options.get("master") and \
+                        current.index == cont.index:
+                    at = position
+                elif at == -1:
+                    at = position + 1
+            ordered.insert(len(ordered) if at == -1 else at, cont)
+        for slot, cont in zip(slots, ordered):
+            self.devices[slot] = cont
+
+    def sort_disks(self) -> None:
+        """Order disks as libvirt's parser inserts them: on the same bus, by target index."""
+        slots = [i for i, d in enumerate(self.devices) if d.kind == "disk"]
+        ordered: list[Device] = []
+        for disk in (self.devices[i] for i in slots):
+            at = -1
+            for position in range(len(ordered) - 1, -1, -1):
+                current = ordered[position]
+                if current.bus != disk.bus:
+                    continue
+                if current.target and disk.target and \
+                        disk_index(current.target) > disk_index(disk.target):
+                    at = position
+                elif at == -1:
+                    at = position + 1
+            ordered.insert(len(ordered) if at == -1 else at, disk)
+        for slot, disk in zip(slots, ordered):
+            self.devices[slot] = disk
+
+    # -- 1b. controller indexes ----------------------------------------------------------------
+    def assign_controller_indexes(self) -> None:
+        controllers = self.controllers()
+        for position, cont in enumerate(controllers):
+            if cont.index is not None:
+                continue
+            previous = None
+            if position > 0 and cont.type == "usb" and cont.model in _USB2:
+                earlier = [c for c in controllers[:position] if c.type == "usb"]
+                previous = earlier[-1] if earlier else None
+                if previous is not None and previous.model not in _USB2:
+                    previous = None
+                if previous is not None and any(
+                        c.type == "usb" and c.index == previous.index and c.model == cont.model
+                        for c in controllers):
+                    previous = None
+            cont.index = previous.index if previous is not None else \
+                self.unused_index(cont.type or "")
+
+    # -- 2. the machine's default devices ----------------------------------------------------
+    def add_default_devices(self) -> None:
+        m = self.machine
+        usb_model: str | None = None
+        add_usb = add_sata = add_balloon = True
+        root = None
+        if m.is_x86:
+            if m.machine == "isapc":
+                add_usb = False
+            elif m.is_q35:
+                root, add_sata, usb_model = "pcie-root", True, "qemu-xhci"
+            elif m.is_i440fx:
+                root = "pci-root"
+            if not m.is_q35:
+                add_sata = False
+        elif m.is_arm_virt:
+            add_usb = add_sata = add_balloon = False
+            root = "pcie-root"
+        else:
+            raise AddressError(f"the libvirt policy knows x86_64 pc/q35 and aarch64 virt "
+                               f"machines, not {m.arch} {m.machine!r}")
+        if add_usb and self.controller("usb", 0) is None:
+            self.add_usb_controller(0, usb_model)
+        if add_sata:
+            self.maybe_add_controller("sata", 0)
+        if root is not None:
+            existing = self.controller("pci", 0)
+            if existing is None:
+                self.add_controller("pci", 0, root)
+            elif existing.model is None:
+                existing.model = root
+            elif existing.model != root:
+                raise AddressError(f"the PCI controller with index 0 must be {root} on "
+                                   f"{m.machine}, not {existing.model}")
+        if add_balloon and not self.of("memballoon"):
+            self.add(Device("memballoon", model="virtio"))
+
+    def add_usb_controller(self, index: int, model: str | None) -> None:
+        self.add_controller("usb", index, model)
+        if model == "ich9-ehci1":
+            for companion in ("ich9-uhci1", "ich9-uhci2", "ich9-uhci3"):
+                self.add_controller("usb", index, companion)
+
+    # -- 3. per-device defaults ---------------------------------------------------------------
+    def device_defaults(self) -> None:
+        m = self.machine
+        for disk in self.of("disk"):
+            self.disk_defaults(disk)
+        for net in self.of("interface"):
+            if net.type not in ("hostdev",) and net.model is None:
+                net.model = "virtio" if m.is_arm_virt else "rtl8139"
+        for host in self.of("hostdev"):
+            if host.type == "scsi" and _unaddressed(host):
+                controller = 0
+                while (unit := self.next_scsi_unit(controller)) is None:
+                    controller += 1
+                host.address = DriveAddress(controller, 0, 0, unit)
+        for video in self.of("video"):
+            if video.model is None:
+                video.model = "virtio" if m.is_arm_virt else "cirrus"
+        for vsock in self.of("vsock"):
+            if vsock.model is None:
+                vsock.model = "virtio"
+        for cont in self.controllers():
+            self.controller_defaults(cont)
+
+    def disk_defaults(self, disk: Device) -> None:
+        if disk.bus is None:
+            target = disk.target or ""
+            if disk.options.get("device") == "floppy":
+                disk.bus = "fdc"
+            elif target.startswith("hd"):
+                disk.bus = "ide"
+            elif target.startswith("sd"):
+                disk.bus = "scsi"
+            elif target.startswith("vd"):
+                disk.bus = "virtio"
+            elif target.startswith("xvd"):
+                disk.bus = "xen"
+            elif target.startswith("ubd"):
+                disk.bus = "uml"
+            else:
+                disk.bus = "ide"
+        if not _unaddressed(disk) or not disk.target:
+            return
+        if disk.bus not in ("scsi", "ide", "sata", "fdc"):
+            return
+        index = disk_index(disk.target)
+        if index < 0:
+            raise AddressError(f"{disk.label()}: unknown disk name {disk.target!r} and no "
+                               "address given")
+        if disk.bus == "scsi":
+            address = DriveAddress(index // 7, 0, 0, index % 7)
+            if any(h.kind == "hostdev" and h.type == "scsi" and h.address == address
+                   for h in self.devices):
+                raise AddressError(f"{disk.label()}: target {disk.target!r} conflicts with "
+                                   f"a SCSI host device at {address}")
+        elif disk.bus == "ide":
+            address = DriveAddress(index // 4, (index % 4) // 2, 0, index % 2)
+        elif disk.bus == "sata":
+            address = DriveAddress(index // 6, 0, 0, index % 6)
+        else:
+            address = DriveAddress(index // 2, 0, 0, index % 2)
+        disk.address = address
+
+    def next_scsi_unit(self, controller: int) -> int | None:
+        used = {d.address for d in self.devices if isinstance(d.address, DriveAddress) and
+                ((d.kind == "disk" and d.bus == "scsi") or
+                 (d.kind == "hostdev" and d.type == "scsi"))}
+        for unit in range(7):
+            if DriveAddress(controller, 0, 0, unit) not in used:
+                return unit
+        return None
+
+    def controller_defaults(self, cont: Device) -> None:
+        if cont.type == "usb" and cont.model is None:
+            if self.machine.is_x86:
+                cont.model = "piix3-uhci"
+            elif self.machine.arch == "aarch64":
+                cont.model = "qemu-xhci"
+        elif cont.type == "scsi" and cont.model is None:
+            cont.model = "lsilogic"
+
+    # -- 4. implicit devices ---------------------------------------------------------------------
+    def add_implicit_devices(self) -> None:
+        for cont_type, bus in (("scsi", "scsi"), ("fdc", "fdc"), ("ide", "ide"),
+                               ("sata", "sata")):
+            highest = max((d.address.controller for d in self.of("disk")
+                           if d.bus == bus and isinstance(d.address, DriveAddress)), default=-1)
+            for index in range(highest + 1):
+                added = self.maybe_add_controller(cont_type, index)
+                if added is not None:
+                    self.controller_defaults(added)
+        for chr_kind in ("channel", "console"):
+            for chr_dev in self.of(chr_kind):
+                if chr_dev.target == "virtio":
+                    index = chr_dev.address.controller \
+                        if isinstance(chr_dev.address, VirtioSerialAddress) else 0
+                    self.maybe_add_controller("virtio-serial", index)
+        for card in self.of("smartcard"):
+            if isinstance(card.address, CcidAddress):
+                index = card.address.controller
+            else:
+                index = 0
+                used = [c.address.slot for c in self.of("smartcard")
+                        if isinstance(c.address, CcidAddress) and c.address.controller == 0]
+                card.address = CcidAddress(0, max(used, default=-1) + 1)
+            self.maybe_add_controller("ccid", index)
+        scsi_hosts = [h for h in self.of("hostdev")
+                      if h.type == "scsi" and isinstance(h.address, DriveAddress)]
+        if scsi_hosts:
+            highest, model = -1, None
+            for host in scsi_hosts:
+                assert isinstance(host.address, DriveAddress)
+                if host.address.controller > highest:
+                    highest = host.address.controller
+                    cont = self.controller("scsi", highest)
+                    if cont is not None and cont.model is not None:
+                        model = cont.model
+            for index in range(highest + 1):
+                added = self.maybe_add_controller("scsi", index, model)
+                if added is not None:
+                    self.controller_defaults(added)
+        if self.of("graphics") and not self.of("video"):
+            self.add(Device("video", model="virtio" if self.machine.is_arm_virt
+                            else "cirrus"))
+
+    # -- 5a. virtio-serial ---------------------------------------------------------------------
+    def assign_virtio_serial(self) -> None:
+        ports: dict[int, set[int]] = {}
+        sizes: dict[int, int] = {}
+        for cont in self.controllers("virtio-serial"):
+            assert cont.index is not None
+            ports[cont.index] = set()
+            sizes[cont.index] = int(cont.options.get("ports", _VIRTIO_SERIAL_PORTS))
+        chrs = [d for d in self.devices if d.kind in ("channel", "console")
+                and d.target == "virtio"]
+        for dev in chrs:
+            if isinstance(dev.address, VirtioSerialAddress) and dev.address.port:
+                self._take_port(ports, sizes, dev.address, dev)
+
+        def next_port(allow_zero: bool, controller: int | None) -> VirtioSerialAddress:
+            start = 0 if allow_zero else 1
+            if controller is not None:
+                free = [p for p in range(1, sizes[controller]) if p not in ports[controller]]
+                if controller not in ports or not free:
+                    raise AddressError(f"no free port on virtio-serial controller "
+                                       f"{controller}")
+                return VirtioSerialAddress(controller, free[0])
+            for index in sorted(ports):
+                free = [p for p in range(start, sizes[index]) if p not in ports[index]]
+                if free:
+                    return VirtioSerialAddress(index, free[0])
+            index = 0
+            while self.controller("virtio-serial", index) is not None:
+                index += 1
+            self.add_controller("virtio-serial", index)
+            ports[index], sizes[index] = set(), _VIRTIO_SERIAL_PORTS
+            return VirtioSerialAddress(index, start)
+
+        for kind in ("console", "channel"):
+            for dev in chrs:
+                if dev.kind != kind or (isinstance(dev.address, VirtioSerialAddress) and
+                                        dev.address.port):
+                    continue
+                controller = dev.address.controller \
+                    if isinstance(dev.address, VirtioSerialAddress) else None
+                address = next_port(kind == "console", controller)
+                self._take_port(ports, sizes, address, dev)
+                if kind == "channel":   # libvirt reserves a console's port but records none
+                    dev.address = address
+
+    @staticmethod
+    def _take_port(ports: dict[int, set[int]], sizes: dict[int, int],
+                   address: VirtioSerialAddress, dev: Device) -> None:
+        if address.controller not in ports:
+            raise AddressError(f"{dev.label()}: virtio-serial controller "
+                               f"{address.controller} is missing")
+        if address.port >= sizes[address.controller]:
+            raise AddressError(f"{dev.label()}: virtio-serial controller "
+                               f"{address.controller} has no port {address.port}")
+        if address.port in ports[address.controller]:
+            raise AddressError(f"{dev.label()}: virtio-serial port {address.port} on "
+                               f"controller {address.controller} is already in use")
+        ports[address.controller].add(address.port)
+
+    # -- 5b. other buses that keep devices off PCI ----------------------------------------------
+    def _foreign(self, dev: Device, kind: str) -> None:
+        """Give ``dev`` an address of another bus, which libvirt completes itself."""
+        dev.options["foreign_address"] = kind
+        dev.options["write_foreign"] = True
+
+    def assign_spapr_vio(self) -> None:
+        """IBM vSCSI controllers, spapr-vlan NICs and spapr-vio serial ports live on the
+        spapr-vio bus, on any machine."""
+        for dev in self.devices:
+            if not _unaddressed(dev):
+                continue
+            if (dev.kind == "controller" and dev.type == "scsi" and dev.model == "ibmvscsi") \
+                    or (dev.kind == "interface" and dev.model == "spapr-vlan") or \
+                    (dev.kind == "serial" and dev.target == "spapr-vio-serial"):
+                self._foreign(dev, "spapr-vio")
+
+    def assign_virtio_mmio(self) -> None:
+        """On ARM virt, virtio devices go on virtio-mmio once any device already does."""
+        if not self.machine.is_arm_virt:
+            return
+        if not any(d.options.get("foreign_address") == "virtio-mmio" for d in self.devices):
+            return
+        for dev in self.devices:
+            if not _unaddressed(dev):
+                continue
+            kind, model = dev.kind, dev.model
+            virtio = (kind == "disk" and dev.bus == "virtio") or \
+                (kind == "interface" and model in ("virtio", "virtio-transitional",
+                                                    "virtio-non-transitional")) or \
+                (kind == "video" and model == "virtio") or \
+                (kind == "input" and dev.bus == "virtio") or \
+                (kind == "controller" and dev.type in ("virtio-serial", "scsi")) or \
+                (kind == "hostdev" and dev.type == "scsi_host") or \
+                (kind == "memballoon" and model != "none") or kind == "rng" or \
+                (kind == "memory" and model in ("virtio-pmem", "virtio-mem"))
+            if virtio:
+                self._foreign(dev, "virtio-mmio")
+
+    def assign_memory_slots(self) -> None:
+        """DIMM slots for memory devices, when the domain has memory hotplug."""
+        if not self.machine.memory_slots:
+            return
+        used = {int(d.options.get("dimm_slot", -1)) for d in self.of("memory")}
+        slot = 0
+        for mem in self.of("memory"):
+            if mem.model not in ("dimm", "nvdimm") or not _unaddressed(mem):
+                continue
+            while slot in used:
+                slot += 1
+            if slot >= self.machine.memory_slots:
+                raise AddressError(f"{mem.label()}: no free memory slot")
+            used.add(slot)
+            self._foreign(mem, "dimm")
+            mem.options["dimm_slot"] = slot
+
+    def mirror_serial_console(self) -> None:
+        """The first console of an HVM guest, when it is the first serial port's alias,
+        shows that port's address."""
+        consoles, serials = self.of("console"), self.of("serial")
+        if consoles and serials and consoles[0].target in (None, "serial") and \
+                consoles[0].address is None:
+            consoles[0].address = serials[0].address
+
+    # -- 5c. PCI -------------------------------------------------------------------------------
+    def connect(self, dev: Device) -> Connect:
+        """What ``dev`` needs from a PCI slot (libvirt's connect flags), 0 for none."""
+        pcie = _PCIE_DEV if self.has_pcie_root else _PCI_DEV
+        flags = self._base_connect(dev, pcie, pcie)
+        choice = dev.placement or self.tunables.placement
+        if flags & (Connect.PCI_DEVICE | Connect.PCIE_DEVICE) and choice is not None:
+            if choice == "pci":
+                flags = (flags & ~Connect.PCIE_DEVICE) | Connect.PCI_DEVICE
+            elif self.has_pcie_root:
+                flags = (flags & ~Connect.PCI_DEVICE) | Connect.PCIE_DEVICE
+        if flags and dev.hotpluggable:
+            flags |= Connect.HOTPLUGGABLE
+        if flags & Connect.PCIE_DEVICE and dev.hotpluggable is False and self.has_pcie_root \
+                and dev.numa_node is None:
+            flags |= Connect.INTEGRATED   # straight onto pcie-root: no root port needed
+        return flags
+
+    def _base_connect(self, dev: Device, pcie: Connect, virtio: Connect) -> Connect:
+        kind, model = dev.kind, dev.model
+        if kind == "controller":
+            if dev.type == "pci":
+                return controller_connect(model or "")
+            if dev.type in ("sata", "ide"):
+                return _PCI_DEV
+            if dev.type == "usb":
+                if model in ("nec-xhci", "qemu-xhci"):
+                    return pcie
+                if model in ("none", "qusb1", "qusb2"):
+                    return Connect(0)
+                return _PCI_DEV
+            if dev.type == "scsi":
+                if model in (None, "ncr53c90"):
+                    return Connect(0)
+                if model in ("virtio-scsi", "virtio-non-transitional"):
+                    return virtio
+                return _PCI_DEV
+            if dev.type == "virtio-serial":
+                return _PCI_DEV if model == "virtio-transitional" else virtio
+            return Connect(0)
+        if kind == "filesystem":
+            if dev.options.get("driver") in ("loop", "nbd", "ploop"):
+                return Connect(0)
+            return _PCI_DEV if model == "virtio-transitional" else virtio
+        if kind == "interface":
+            if dev.type == "hostdev":
+                return pcie  # placed as the PCI host device it is
+            if model == "usb-net":
+                return Connect(0)
+            if model in ("virtio", "virtio-non-transitional"):
+                return virtio
+            if model == "virtio-transitional":
+                return _PCI_DEV
+            if model == "e1000e" or model is None:
+                return pcie
+            return _PCI_DEV
+        if kind == "sound":
+            return _PCI_DEV if model in ("es1370", "ac97", "ich6", "ich9") else Connect(0)
+        if kind == "disk":
+            if dev.bus != "virtio":
+                return Connect(0)
+            return _PCI_DEV if model == "virtio-transitional" else virtio
+        if kind in ("hostdev", "hostdev-interface"):
+            if dev.type == "scsi_host":
+                return _PCI_DEV if model == "virtio-transitional" else virtio
+            if dev.type in ("pci", "mdev"):
+                return pcie
+            return Connect(0)
+        if kind == "memballoon":
+            if model == "virtio-transitional":
+                return _PCI_DEV
+            return virtio if model in ("virtio", "virtio-non-transitional") else Connect(0)
+        if kind == "rng":
+            return _PCI_DEV if model == "virtio-transitional" else virtio
+        if kind == "watchdog":
+            return _PCI_DEV if model == "i6300esb" else Connect(0)
+        if kind == "video":
+            if model == "virtio":
+                return virtio
+            if model == "bochs":
+                return pcie
+            if model in ("vga", "cirrus", "vmvga", "xen", "vbox", "qxl", "parallels"):
+                return _PCI_DEV
+            return Connect(0)
+        if kind == "shmem":
+            return _PCI_DEV
+        if kind == "input":
+            if dev.bus != "virtio":
+                return Connect(0)
+            return _PCI_DEV if model == "virtio-transitional" else virtio
+        if kind == "serial":
+            return _PCI_DEV if dev.target == "pci-serial" else Connect(0)
+        if kind == "iommu":
+            return virtio | Connect.INTEGRATED if model == "virtio" else Connect(0)
+        if kind == "vsock":
+            if model == "virtio-transitional":
+                return _PCI_DEV
+            return virtio if model in ("virtio", "virtio-non-transitional") else Connect(0)
+        if kind == "memory":
+            return virtio if model in ("virtio-pmem", "virtio-mem") else Connect(0)
+        return Connect(0)
+
+    def wants_pci(self, dev: Device) -> bool:
+        return _unaddressed(dev)
+
+    def _space(self, nbuses: int, growing: bool) -> PciSpace:
+        buses: list[Bus | None] = [None] * nbuses
+        for cont in self.controllers("pci"):
+            assert cont.index is not None
+            if cont.index >= nbuses:
+                raise AddressError(f"{cont.label()}: index {cont.index} out of range")
+            if cont.model is None:
+                raise AddressError(f"{cont.label()}: a PCI controller needs a model")
+            buses[cont.index] = Bus.of(cont.model, cont.options.get("hotplug") != "off")
+        if nbuses and buses[0] is None:
+            buses[0] = Bus.of("pci-root")
+        default = "pcie-root-port" if self.has_pcie_root else "pci-bridge"
+        filled = [b if b is not None else Bus.of(default) for b in buses]
+        return PciSpace(filled, growing=growing)
+
+    def _collect(self, space: PciSpace) -> None:
+        """Reserve every PCI address already given (they are kept)."""
+        for dev in self.devices:
+            address = dev.address
+            if not isinstance(address, PciAddress):
+                continue
+            flags = self.connect(dev) or Connect.PCI_DEVICE
+            if dev.kind == "controller" and address.bus == 0 and address.slot == 1 and \
+                    address.domain == 0 and dev.index == 0 and (
+                    (dev.type == "ide" and address.function == 1) or
+                    (dev.type == "usb" and dev.model in (None, "piix3-uhci") and
+                     address.function == 2)):
+                continue  # the PIIX3's own functions, reserved with the chipset
+            space.reserve(address, flags, dev.label())
+
+    def _chipset(self, space: PciSpace) -> None:
+        """The slots the machine's chipset fixes (libvirt's ValidateDevicePCISlots*)."""
+        if self.machine.is_i440fx:
+            self._chipset_piix3(space)
+        elif self.machine.is_q35:
+            self._chipset_q35(space)
+
+    def _fixed(self, space: PciSpace, dev: Device, address: PciAddress, flags: Connect,
+               what: str) -> None:
+        if isinstance(dev.address, PciAddress):
+            if (dev.address.bus, dev.address.slot, dev.address.function) != \
+                    (address.bus, address.slot, address.function):
+                raise AddressError(f"{dev.label()}: {what} must have PCI address {address}")
+            return
+        dev.address = address
+        space.reserve(address, flags, dev.label())
+
+    def _chipset_piix3(self, space: PciSpace) -> None:
+        for cont in self.controllers():
+            if cont.type == "ide" and cont.index == 0:
+                self._fixed(space, cont, PciAddress(0, 1, 1), _PCI_DEV,
+                            "the primary IDE controller")
+            elif cont.type == "usb" and cont.index == 0 and cont.model in (None, "piix3-uhci"):
+                self._fixed(space, cont, PciAddress(0, 1, 2), _PCI_DEV,
+                            "the PIIX3 USB controller")
+        if space.buses:
+            space.reserve(PciAddress(0, 1, 0), _PCI_DEV, "the PIIX3 ISA bridge")
+            space.reserve(PciAddress(0, 1, 3), _PCI_DEV, "the PIIX3 ACPI bridge")
+        self._primary_video(space, PciAddress(0, 2, 0), _PCI_DEV)
+
+    def _primary_video(self, space: PciSpace, wanted: PciAddress, flags: Connect) -> None:
+        videos = self.of("video")
+        if not videos or videos[0].model in ("none", "ramfb") or \
+                not self.wants_pci(videos[0]):
+            return
+        primary = videos[0]
+        space.validate(wanted, flags, True, primary.label())
+        if space.slot_in_use(wanted):
+            primary.address = space.reserve_next(self.connect(primary), primary.label())
+        else:
+            space.reserve(wanted, flags, primary.label())
+            primary.address = wanted
+
+    def _chipset_q35(self, space: PciSpace) -> None:
+        flags = Connect.PCIE_DEVICE
+        for cont in self.controllers():
+            if cont.type == "sata" and cont.index == 0:
+                if isinstance(cont.address, PciAddress):
+                    if (cont.address.bus, cont.address.slot, cont.address.function) != \
+                            (0, 0x1F, 2):
+                        raise AddressError(f"{cont.label()}: the primary SATA controller "
+                                           "must have PCI address 0000:00:1f.2")
+                else:
+                    cont.address = PciAddress(0, 0x1F, 2)
+            elif cont.type == "usb" and cont.model == "ich9-uhci1" and cont.address is None:
+                for slot in (0x1D, 0x1A):
+                    candidate = PciAddress(0, slot, 0)
+                    if not space.slot_in_use(candidate):
+                        space.reserve(candidate, flags, cont.label())
+                        cont.address = PciAddress(0, slot, 0, multifunction=True)
+                        break
+            elif cont.type == "pci" and cont.model == "dmi-to-pci-bridge" and \
+                    cont.address is None:
+                candidate = PciAddress(0, 0x1E, 0)
+                if not space.slot_in_use(candidate):
+                    space.reserve(candidate, flags, cont.label())
+                    cont.address = candidate
+        if space.buses:
+            space.reserve(PciAddress(0, 0x1F, 0), flags, "the ICH9 LPC bridge")
+            space.reserve(PciAddress(0, 0x1F, 3), flags, "the ICH9 SMBus")
+        self._primary_video(space, PciAddress(0, 1, 0), flags)
+        audio = PciAddress(0, 0x1B, 0)
+        if not space.slot_in_use(audio):
+            for sound in self.of("sound"):
+                if sound.model == "ich9" and self.wants_pci(sound):
+                    space.reserve(audio, flags, sound.label())
+                    sound.address = audio
+                    break
+
+    def _next(self, space: PciSpace, dev: Device, dry: bool,
+              function: int | None = None) -> PciAddress | None:
+        """Reserve the next free place for ``dev``; record it unless this is the dry run."""
+        flags = self.connect(dev)
+        who = dev.label()
+        group = dev.function_group if self.tunables.multifunction == "pack" else None
+        if group is not None and group in self.groups:
+            slot = self.groups[group]
+            bus = space.buses[slot.bus]
+            free = [f for f in range(8) if not bus.functions[slot.slot] & (1 << f)]
+            if free:
+                address = PciAddress(slot.bus, slot.slot, free[0])
+                space.reserve(address, flags, who)
+                if not dry:
+                    dev.address = address
+                return address
+        buses = self._numa_buses(space, dev)
+        if buses is not None:
+            address = space.next_free(flags, who, function, buses)
+            space.reserve(address, flags, who, from_config=False)
+        else:
+            address = space.reserve_next(flags, who, function)
+        if group is not None and group not in self.groups:
+            self.groups[group] = address
+        if not dry:
+            dev.address = address
+        return address
+
+    def _numa_buses(self, space: PciSpace, dev: Device) -> list[int] | None:
+        """For a device placed on a NUMA node: the buses below that node's expander bus."""
+        if dev.numa_node is None:
+            return None
+        expanders = [c for c in self.controllers("pci")
+                     if c.model in ("pci-expander-bus", "pcie-expander-bus") and
+                     c.options.get("numa_node") == dev.numa_node]
+        if not expanders:
+            raise AddressError(f"{dev.label()}: no expander bus for NUMA node "
+                               f"{dev.numa_node}")
+        below: set[int] = set()
+        frontier = {c.index for c in expanders}
+        while frontier:
+            below |= frontier
+            frontier = {c.index for c in self.controllers("pci")
+                        if isinstance(c.address, PciAddress) and c.address.bus in frontier
+                        and c.index not in below}
+        return sorted(i for i in below if i is not None and i < len(space.buses))
+
+    def assign_devices(self, space: PciSpace, dry: bool) -> None:
+        """libvirt's qemuDomainAssignDevicePCISlots: every device wanting a PCI address, in
+        libvirt's order (which decides who gets which slot)."""
+        for cont in self.controllers("pci"):
+            if cont.model not in ("pci-root", "pcie-root") and self.wants_pci(cont):
+                self._next(space, cont, dry)
+        for fs in self.of("filesystem"):
+            if self.wants_pci(fs) and self.connect(fs):
+                self._next(space, fs, dry)
+        for net in self.of("interface"):
+            if net.type != "hostdev" and self.wants_pci(net) and self.connect(net):
+                self._next(space, net, dry)
+        for sound in self.of("sound"):
+            if self.wants_pci(sound) and sound.model not in ("sb16", "pcspk", "usb") and \
+                    self.connect(sound):
+                self._next(space, sound, dry)
+        for cont in self.controllers():
+            if cont.type in ("pci", "fdc", "ccid") or not self.wants_pci(cont):
+                continue
+            if cont.type == "usb" and cont.model == "none":
+                continue
+            if cont.type == "ide" and cont.index == 0:
+                continue
+            if cont.type == "scsi" and cont.model == "ncr53c90":
+                continue
+            if not self.connect(cont):
+                continue
+            if cont.type == "usb" and cont.model in _USB2:
+                self._usb2(space, cont, dry)
+            else:
+                self._next(space, cont, dry)
+        for disk in self.of("disk"):
+            if disk.bus == "virtio" and self.wants_pci(disk):
+                self._next(space, disk, dry)
+        for host in self.hostdevs():
+            if self.wants_pci(host) and (host.kind == "interface" or
+                                         host.type in ("pci", "scsi_host", "mdev")) and \
+                    self.connect(host):
+                self._next(space, host, dry)
+        for balloon in self.of("memballoon"):
+            if balloon.model != "none" and self.wants_pci(balloon) and self.connect(balloon):
+                self._next(space, balloon, dry)
+        for rng in self.of("rng"):
+            if self.wants_pci(rng):
+                self._next(space, rng, dry)
+        for watchdog in self.of("watchdog")[:1]:
+            if watchdog.model == "i6300esb" and self.wants_pci(watchdog):
+                self._next(space, watchdog, dry)
+        for video in self.of("video"):
+            if video.model not in ("none", "ramfb") and self.wants_pci(video) and \
+                    self.connect(video):
+                self._next(space, video, dry)
+        for kind in ("shmem", "input", "serial", "iommu", "vsock", "memory"):
+            for dev in self.of(kind):
+                if self.wants_pci(dev) and self.connect(dev):
+                    self._next(space, dev, dry)
+
+    def hostdevs(self) -> Iterator[Device]:
+        """libvirt's hostdev list: interfaces of type hostdev first, then <hostdev>s."""
+        for net in self.of("interface"):
+            if net.type == "hostdev":
+                yield net
+        yield from self.of("hostdev")
+
+    def _usb2(self, space: PciSpace, cont: Device, dry: bool) -> None:
+        function = {"ich9-ehci1": 7, "ich9-uhci1": 0, "ich9-uhci2": 1, "ich9-uhci3": 2}
+        multi = {"ich9-uhci1": True}
+        flags = self.connect(cont)
+        sibling = next((c for c in self.controllers("usb")
+                        if c.model in _USB2 and c.index == cont.index and
+                        isinstance(c.address, PciAddress)), None)
+        fn = function[cont.model or ""]
+        if sibling is not None:
+            assert isinstance(sibling.address, PciAddress)
+            address = PciAddress(sibling.address.bus, sibling.address.slot, fn,
+                                 multifunction=multi.get(cont.model or ""))
+            space.reserve(address, flags, cont.label())
+            cont.address = address
+        else:
+            found = space.reserve_next(flags, cont.label(), fn)
+            if not dry:
+                cont.address = found.with_multifunction(multi.get(cont.model or ""))
+
+    def assign_pci(self) -> None:
+        indexes = [c.index for c in self.controllers("pci") if c.index is not None]
+        highest = max(indexes, default=-1)
+        nbuses = highest + 1
+        if nbuses > 0:
+            self._ensure_numa_expanders()
+            space = self._space(nbuses, growing=True)
+            self._collect(space)
+            self._chipset(space)
+            if self.has_pci_root and not all(b.fully_reserved() for b in space.buses):
+                space.reserve_next(_PCI_DEV, "a spare slot for a future bridge")
+            self.assign_devices(space, dry=True)
+            if highest <= 0 and len(space.buses) > highest + 1 and self.has_pcie_root:
+                space.reserve_next(_PCIE_DEV, "a spare pcie-root-port for hotplug")
+            self._reserve_hotplug(space)
+            number = 1
+            while number < len(space.buses):
+                if self.controller("pci", number) is None:
+                    cont = self.add_controller("pci", number, space.buses[number].model)
+                    if cont.model not in ("pci-root", "pcie-root"):
+                        space.reserve_next(self.connect(cont), cont.label())
+                number += 1
+            nbuses = len(space.buses)
+        self.groups.clear()
+        space = self._space(nbuses, growing=False)
+        self._collect(space)
+        self._chipset(space)
+        self.assign_devices(space, dry=False)
+        self._set_multifunction()
+        self._pci_controller_defaults()
+
+    def _reserve_hotplug(self, space: PciSpace) -> None:
+        """The hotplug reserve: that many empty hot-pluggable slots (a pcie-root-port each on
+        PCIe machines), found or added in the sizing pass."""
+        wanted = self.tunables.hotplug_reserve
+        if not wanted:
+            return
+        if self.has_pcie_root:
+            for _ in range(wanted):
+                space.reserve_next(_PCIE_DEV | Connect.HOTPLUGGABLE, "the hotplug reserve")
+        else:
+            free = sum(b.free_slots() for b in space.buses
+                       if b.flags & Connect.HOTPLUGGABLE and b.flags & Connect.AUTOASSIGN)
+            for _ in range(max(0, wanted - free + 1)):
+                space.reserve_next(_PCI_DEV | Connect.HOTPLUGGABLE, "the hotplug reserve")
+
+    def _ensure_numa_expanders(self) -> None:
+        """An expander bus (with its NUMA node) for every node devices ask to be placed on."""
+        nodes = sorted({d.numa_node for d in self.devices if d.numa_node is not None})
+        for node in nodes:
+            if any(c.model in ("pci-expander-bus", "pcie-expander-bus") and
+                   c.options.get("numa_node") == node for c in self.controllers("pci")):
+                continue
+            model = "pcie-expander-bus" if self.has_pcie_root else "pci-expander-bus"
+            cont = self.add_controller("pci", None, model)
+            cont.options["numa_node"] = node
+            if model == "pcie-expander-bus":
+                # devices plug into root ports below a pxb-pcie: one per device on the node
+                for dev in [d for d in self.devices if d.numa_node == node]:
+                    port = self.add_controller("pci", None, "pcie-root-port")
+                    port.numa_node = node
+                    port.options["numa_parent"] = cont.index
+
+    def _set_multifunction(self) -> None:
+        """multifunction='on' for function 0 of every slot that has other functions used."""
+        pci = [d for d in self.devices if isinstance(d.address, PciAddress)]
+        busy = {(d.address.bus, d.address.slot) for d in pci  # type: ignore[union-attr]
+                if d.address.function != 0}  # type: ignore[union-attr]
+        for dev in pci:
+            address = dev.address
+            assert isinstance(address, PciAddress)
+            if address.function == 0 and (address.bus, address.slot) in busy and \
+                    address.multifunction is None:
+                dev.address = address.with_multifunction(True)
+
+    def _pci_controller_defaults(self) -> None:
+        bus_numbers = [int(c.options["busNr"]) for c in self.controllers("pci")
+                       if c.options.get("busNr") is not None]
+        for cont in self.controllers("pci"):
+            model = cont.model or ""
+            if "model_name" not in cont.options and model in _MODEL_NAMES:
+                cont.options["model_name"] = _MODEL_NAMES[model]
+            address = cont.address if isinstance(cont.address, PciAddress) else None
+            if model == "pci-bridge" and cont.options.get("chassisNr") is None:
+                cont.options["chassisNr"] = cont.index
+            elif model == "pcie-root-port" and address is not None:
+                cont.options.setdefault("chassis", cont.index)
+                cont.options.setdefault("port", (address.slot << 3) + address.function)
+            elif model == "pcie-switch-downstream-port" and address is not None:
+                cont.options.setdefault("chassis", cont.index)
+                cont.options.setdefault("port", address.slot)
+            elif model in ("pci-expander-bus", "pcie-expander-bus") and \
+                    cont.options.get("busNr") is None:
+                lowest = min(bus_numbers, default=256)
+                if lowest <= 2:
+                    raise AddressError(f"{cont.label()}: no free busNr below {lowest}; "
+                                       "set one")
+                cont.options["busNr"] = lowest - 2
+                bus_numbers.append(lowest - 2)
+
+    # -- 5d. USB -------------------------------------------------------------------------------
+    def usb_devices(self, hubs: bool = True) -> list[Device]:
+        """libvirt's USB device order: hubs, host devices, disks, CCID controllers, inputs,
+        serial ports, sound, redirection."""
+        order: list[Device] = []
+        if hubs:
+            order += [h for h in self.of("hub") if h.type in (None, "usb")]
+        order += [h for h in self.of("hostdev") if h.type == "usb"]
+        order += [d for d in self.of("disk") if d.bus == "usb"]
+        order += self.controllers("ccid")
+        order += [i for i in self.of("input") if i.bus == "usb"]
+        order += [s for s in self.of("serial") if s.target == "usb-serial"]
+        order += [s for s in self.of("sound") if s.model == "usb"]
+        order += [r for r in self.of("redirdev") if r.bus in (None, "usb")]
+        return order
+
+    def assign_usb(self) -> None:
+        devices = self.usb_devices(hubs=False)
+        controllers = [c for c in self.controllers("usb")]
+        has_usb = any(c.model != "none" for c in controllers)
+        ports = sum(_USB_PORTS.get(c.model, 0) if c.model not in ("nec-xhci", "qemu-xhci",
+                                                                 "qusb1", "qusb2")
+                    or "ports" not in c.options else int(c.options["ports"])
+                    for c in controllers if c.model != "none")
+        hubs = [h for h in self.of("hub") if h.type in (None, "usb")]
+        ports += _HUB_PORTS * len(hubs)
+        count = len(devices) + len(hubs)
+        if count and not has_usb:
+            raise AddressError("USB devices are present, but the domain has no USB "
+                               "controller (or model='none')")
+        if count > ports:
+            needed = -(-(count - ports + 1) // (_HUB_PORTS - 1))
+            for _ in range(needed):
+                hubs.append(self.add(Device("hub", type="usb")))
+        tree: dict[int, _Hub] = {}
+        for cont in controllers:
+            size = int(cont.options["ports"]) if cont.model in ("nec-xhci", "qemu-xhci") \
+                and "ports" in cont.options else _USB_PORTS.get(cont.model, 0)
+            if size == 0 or cont.model == "none":
+                continue
+            assert cont.index is not None
+            if cont.index in tree:
+                raise AddressError(f"{cont.label()}: two USB controllers with index "
+                                   f"{cont.index}")
+            tree[cont.index] = _Hub(size)
+        for hub in hubs:
+            if isinstance(hub.address, UsbAddress):
+                _place_hub(tree, hub)
+        for dev in devices:
+            if isinstance(dev.address, UsbAddress):
+                _reserve(tree, dev.address, dev)
+        for hub in hubs:
+            if _unaddressed(hub):
+                hub.address = _assign_usb(tree, hub)
+                _place_hub(tree, hub, reserved=True)
+        for dev in devices:
+            if _unaddressed(dev):
+                dev.address = _assign_usb(tree, dev)
+
+
+def _unaddressed(dev: Device) -> bool:
+    """No address at all: neither one we assign nor another kind (isa, ccw, unassigned...)."""
+    return dev.address is None and dev.options.get("foreign_address") is None
+
+
+class _Hub:
+    """A USB controller's or hub's ports: which are used, and hubs plugged into them."""
+
+    def __init__(self, size: int) -> None:
+        self.used = [False] * size
+        self.hubs: dict[int, _Hub] = {}
+
+
+def _find(tree: dict[int, _Hub], address: UsbAddress, dev: Device) -> tuple[_Hub, int]:
+    hub = tree.get(address.bus)
+    if hub is None:
+        raise AddressError(f"{dev.label()}: USB address {address}: there is no USB bus "
+                           f"{address.bus}")
+    for port in address.port[:-1]:
+        child = hub.hubs.get(port - 1)
+        if child is None:
+            raise AddressError(f"{dev.label()}: USB address {address}: no hub at port "
+                               f"{port}")
+        hub = child
+    last = address.port[-1] - 1
+    if last < 0 or last >= len(hub.used):
+        raise AddressError(f"{dev.label()}: USB address {address}: no such port")
+    return hub, last
+
+
+def _reserve(tree: dict[int, _Hub], address: UsbAddress, dev: Device) -> None:
+    hub, port = _find(tree, address, dev)
+    if hub.used[port]:
+        raise AddressError(f"{dev.label()}: USB address {address} is already in use")
+    hub.used[port] = True
+
+
+def _place_hub(tree: dict[int, _Hub], hub_dev: Device, reserved: bool = False) -> None:
+    address = hub_dev.address
+    assert isinstance(address, UsbAddress)
+    hub, port = _find(tree, address, hub_dev)
+    if port in hub.hubs:
+        raise AddressError(f"{hub_dev.label()}: two USB hubs at {address}")
+    if not reserved:
+        hub.used[port] = True
+    hub.hubs[port] = _Hub(_HUB_PORTS)
+
+
+def _free_port(hub: _Hub, depth: int = 0) -> tuple[int, ...] | None:
+    for port, used in enumerate(hub.used):
+        if not used:
+            return (port + 1,)
+    if depth >= 3:
+        return None
+    for port in sorted(hub.hubs):
+        below = _free_port(hub.hubs[port], depth + 1)
+        if below is not None:
+            return (port + 1, *below)
+    return None
+
+
+def _assign_usb(tree: dict[int, _Hub], dev: Device) -> UsbAddress:
+    for bus in sorted(tree):
+        path = _free_port(tree[bus])
+        if path is not None:
+            address = UsbAddress(bus, path)
+            _reserve(tree, address, dev)
+            return address
+    raise AddressError(f"{dev.label()}: no free USB port")
