@@ -3,6 +3,7 @@
     aiovirt compose [--profile NAME[@VER]]... [--param K=V]... [--caps FILE] [--domcaps FILE]
                     [--explain] [--json] FILE|-
     aiovirt profiles list | show NAME[@VER] | validate FILE...
+    aiovirt address [--reserve N] [--placement pci|pcie] [--numa DEV=NODE]... FILE|-
 
 Errors go to stderr as one line naming what and where; the exit status is 1 for them and 2
 for a command line that does not parse.
@@ -71,6 +72,7 @@ def _compose(options: argparse.Namespace) -> int:
                      library=_library(options),
                      validate=False if options.no_validate else None,
                      upgrade=options.upgrade, record=not options.no_record,
+                     address=_tunables(options) if options.address else False,
                      source=options.file if options.file != "-" else "<stdin>")
     if options.json:
         print(json.dumps({"xml": result.xml, **result.to_dict()}, indent=2))
@@ -156,6 +158,76 @@ def _profiles_validate(options: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# -- address ------------------------------------------------------------------------------------
+
+def _tunables(options: argparse.Namespace) -> Any:
+    from .address import Tunables
+
+    return Tunables(hotplug_reserve=options.reserve, placement=options.placement,
+                    multifunction="pack" if options.pack else "spread")
+
+
+def _device_tunables(options: argparse.Namespace) -> dict[str, dict[str, object]]:
+    wanted: dict[str, dict[str, object]] = {}
+    for flag, key, convert in (("numa", "numa_node", int), ("device_placement", "placement", str),
+                               ("hotpluggable", "hotpluggable", _yes_no),
+                               ("group", "function_group", str)):
+        for pair in getattr(options, flag) or ():
+            name, sep, value = pair.partition("=")
+            if not sep or not name:
+                raise AiovirtError(f"--{flag.replace('_', '-')} {pair!r}: expected "
+                                   "DEVICE=VALUE")
+            try:
+                wanted.setdefault(name, {})[key] = convert(value)
+            except ValueError:
+                raise AiovirtError(f"--{flag.replace('_', '-')} {pair!r}: bad value "
+                                   f"{value!r}") from None
+    return wanted
+
+
+def _yes_no(value: str) -> bool:
+    if value.lower() in ("yes", "true", "on", "1"):
+        return True
+    if value.lower() in ("no", "false", "off", "0"):
+        return False
+    raise ValueError(value)
+
+
+def _address(options: argparse.Namespace) -> int:
+    from .address import Machine, Tunables, address_domain, device_from_dict, place
+
+    text = _read(options.file)
+    if options.devices_json:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise AiovirtError(f"{options.file}: not JSON: {exc}") from None
+        machine = Machine(**data.get("machine", {}))
+        tunables = Tunables(**data["tunables"]) if "tunables" in data else _tunables(options)
+        devices = place(machine, [device_from_dict(d) for d in data.get("devices", [])],
+                        tunables, policy=options.policy)
+        print(json.dumps({"machine": {"arch": machine.arch, "machine": machine.machine},
+                          "devices": [d.to_dict() for d in devices]}, indent=2))
+        return 0
+    result = address_domain(text, _tunables(options), policy=options.policy,
+                            source=options.file if options.file != "-" else "<stdin>",
+                            device_tunables=_device_tunables(options))
+    if options.json:
+        print(json.dumps([d.to_dict() for d in result.devices], indent=2))
+    else:
+        sys.stdout.write(result.xml)
+    return 0
+
+
+def _add_address_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reserve", type=int, default=0, metavar="N",
+                        help="leave N empty hot-pluggable places (pcie-root-ports on q35)")
+    parser.add_argument("--placement", choices=("pci", "pcie"),
+                        help="put every device that can go either way on PCI or PCIe")
+    parser.add_argument("--pack", action="store_true",
+                        help="pack devices of one --group into the functions of one slot")
+
+
 # -- the parser ---------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,8 +260,33 @@ def build_parser() -> argparse.ArgumentParser:
                               "records older ones")
     compose.add_argument("--no-record", action="store_true",
                          help="do not record the applied profiles in the domain's metadata")
+    compose.add_argument("--address", action="store_true",
+                         help="then fill in controllers and addresses (see `aiovirt address`)")
+    _add_address_options(compose)
     _add_library_options(compose)
     compose.set_defaults(run=_compose)
+
+    address = commands.add_parser(
+        "address", help="fill in controllers and device addresses, offline",
+        description="Print the domain XML with every controller and device address filled "
+                    "in, as libvirt would assign them (given addresses are kept), or tuned. "
+                    "Devices are named by their ua- alias, else KIND#N (interface#2).")
+    address.add_argument("file", metavar="FILE|-", help="the domain XML ('-': stdin)")
+    _add_address_options(address)
+    address.add_argument("--numa", action="append", metavar="DEVICE=NODE",
+                         help="place a device on a guest NUMA node (behind an expander bus)")
+    address.add_argument("--device-placement", action="append", metavar="DEVICE=pci|pcie",
+                         help="put one device on PCI or PCIe")
+    address.add_argument("--hotpluggable", action="append", metavar="DEVICE=yes|no",
+                         help="yes: a hot-pluggable slot; no on q35: straight on pcie-root")
+    address.add_argument("--group", action="append", metavar="DEVICE=GROUP",
+                         help="with --pack, devices of a group share one slot")
+    address.add_argument("--policy", default="libvirt", help="the placement policy "
+                                                             "(default: libvirt)")
+    address.add_argument("--json", action="store_true", help="print the devices as JSON")
+    address.add_argument("--devices-json", action="store_true",
+                         help="the input is JSON: {machine, devices, tunables}, no XML")
+    address.set_defaults(run=_address)
 
     profiles = commands.add_parser("profiles", help="list, show and validate profiles")
     actions = profiles.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -27,8 +27,8 @@ from .model import (Address, AddressError, CcidAddress, Device, DriveAddress, Ma
 
 __all__ = ["Address", "AddressError", "AddressedDomain", "CcidAddress", "Device",
            "DriveAddress", "Machine", "PciAddress", "Tunables", "UsbAddress",
-           "VirtioSerialAddress", "address_domain", "address_from_dict", "device_from_dict",
-           "place"]
+           "VirtioSerialAddress", "address_domain", "address_from_dict", "address_tree",
+           "device_from_dict", "place"]
 
 POLICIES = ("libvirt",)
 
@@ -61,8 +61,37 @@ class AddressedDomain:
         return [d for d in self.devices if d.added]
 
 
+def address_tree(root: etree._Element, tunables: Tunables | None = None, *,
+                 policy: str = "libvirt",
+                 device_tunables: dict[str, dict[str, object]] | None = None) -> list[Device]:
+    """Fill in controllers and addresses in a domain XML tree, in place.
+
+    ``device_tunables`` maps device names (a ``ua-`` alias, else ``kind#n``) to tunables:
+    ``{"ua-net1": {"numa_node": 1, "placement": "pcie", "hotpluggable": False,
+    "function_group": "a"}}``."""
+    if root.tag != "domain":
+        raise AddressError(f"expected a <domain> document, found <{root.tag}>")
+    devices = read_devices(root)
+    if device_tunables:
+        by_name = {d.name: d for d in devices}
+        for name, values in device_tunables.items():
+            device = by_name.get(name)
+            if device is None:
+                raise AddressError(f"no device named {name!r} (devices: "
+                                   f"{', '.join(sorted(by_name)) or 'none'})")
+            for key, value in values.items():
+                if key not in ("numa_node", "placement", "hotpluggable", "function_group"):
+                    raise AddressError(f"{name}: unknown tunable {key!r}")
+                setattr(device, key, value)
+    devices = place(machine_of(root), devices, tunables, policy=policy)
+    write_devices(root, devices)
+    return devices
+
+
 def address_domain(domain: str | bytes | etree._Element, tunables: Tunables | None = None,
-                   *, policy: str = "libvirt", source: str = "<domain>") -> AddressedDomain:
+                   *, policy: str = "libvirt", source: str = "<domain>",
+                   device_tunables: dict[str, dict[str, object]] | None = None
+                   ) -> AddressedDomain:
     """Fill in controllers and addresses in a domain XML (a copy when given a tree)."""
     if isinstance(domain, etree._Element):
         import copy
@@ -72,6 +101,5 @@ def address_domain(domain: str | bytes | etree._Element, tunables: Tunables | No
         root = parse(domain, source=source)
     if root.tag != "domain":
         raise AddressError(f"{source}: expected a <domain> document, found <{root.tag}>")
-    devices = place(machine_of(root), read_devices(root), tunables, policy=policy)
-    write_devices(root, devices)
+    devices = address_tree(root, tunables, policy=policy, device_tunables=device_tunables)
     return AddressedDomain(root, devices)

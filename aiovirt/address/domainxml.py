@@ -23,9 +23,10 @@ _ORDER = ("emulator", "disk", "controller", "lease", "filesystem", "interface", 
 def machine_of(root: etree._Element) -> Machine:
     os_type = root.find("os/type")
     slots = _int(_attr(root.find("maxMemory"), "slots"), "<maxMemory slots>") or 0
+    cells = len(root.findall("cpu/numa/cell"))
     if os_type is None:
-        return Machine(memory_slots=slots)
-    return Machine(os_type.get("arch", "x86_64"), os_type.get("machine", "pc"), slots)
+        return Machine(memory_slots=slots, numa_nodes=cells)
+    return Machine(os_type.get("arch", "x86_64"), os_type.get("machine", "pc"), slots, cells)
 
 
 def _int(value: str | None, what: str) -> int | None:
@@ -90,7 +91,8 @@ def read_devices(root: etree._Element) -> list[Device]:
             continue
         kind = element.tag
         counts[kind] = counts.get(kind, 0) + 1
-        dev = Device(kind, name=f"<{kind}> #{counts[kind]}", origin=element)
+        alias = _attr(element.find("alias"), "name")
+        dev = Device(kind, name=alias or f"{kind}#{counts[kind]}", origin=element)
         options: dict[str, Any] = {}
         target = element.find("target")
         if kind == "disk":

@@ -730,26 +730,38 @@ class LibvirtPlacement:
         if buses is not None:
             address = space.next_free(flags, who, function, buses)
             space.reserve(address, flags, who, from_config=False)
-        else:
-            address = space.reserve_next(flags, who, function)
+        else:   # devices placed on no particular node stay off the nodes' buses
+            address = space.reserve_next(flags, who, function, self._numa_owned(space))
         if group is not None and group not in self.groups:
             self.groups[group] = address
         if not dry:
             dev.address = address
         return address
 
+    def _numa_owned(self, space: PciSpace) -> frozenset[int]:
+        """Every bus that belongs to some NUMA node's expander."""
+        owned: set[int] = set()
+        for node in {d.numa_node for d in self.devices if d.numa_node is not None}:
+            owned |= set(self._below(space, node))
+        return frozenset(owned)
+
     def _numa_buses(self, space: PciSpace, dev: Device) -> list[int] | None:
         """For a device placed on a NUMA node: the buses below that node's expander bus."""
         if dev.numa_node is None:
             return None
+        return self._below(space, dev.numa_node, dev)
+
+    def _below(self, space: PciSpace, node: int, dev: Device | None = None) -> list[int]:
         expanders = [c for c in self.controllers("pci")
                      if c.model in ("pci-expander-bus", "pcie-expander-bus") and
-                     c.options.get("numa_node") == dev.numa_node]
+                     c.options.get("numa_node") == node]
         if not expanders:
-            raise AddressError(f"{dev.label()}: no expander bus for NUMA node "
-                               f"{dev.numa_node}")
+            who = dev.label() if dev is not None else "a device"
+            raise AddressError(f"{who}: no expander bus for NUMA node {node}")
         below: set[int] = set()
-        frontier = {c.index for c in expanders}
+        # the expanders, the ports added for the node, and whatever hangs below them
+        frontier = {c.index for c in self.controllers("pci")
+                    if c in expanders or c.numa_node == node}
         while frontier:
             below |= frontier
             frontier = {c.index for c in self.controllers("pci")
@@ -840,21 +852,46 @@ class LibvirtPlacement:
             if not dry:
                 cont.address = found.with_multifunction(multi.get(cont.model or ""))
 
+    def _check_address_kinds(self) -> None:
+        """A device that plugs into PCI cannot carry another kind of our addresses."""
+        for dev in self.devices:
+            address = dev.address
+            if address is None or isinstance(address, PciAddress):
+                continue
+            if dev.kind in ("disk", "hostdev") and isinstance(address, DriveAddress) and \
+                    dev.bus != "virtio" and dev.type != "scsi_host":
+                continue
+            if self._base_connect(dev, _PCI_DEV, _PCI_DEV) and not (
+                    dev.kind == "controller" and dev.type == "usb"):
+                raise AddressError(f"{dev.label()}: a PCI device cannot have an address of "
+                                   f"type {type(address).__name__}: {address}")
+
     def assign_pci(self) -> None:
+        self._check_address_kinds()
+        for dev in self.devices:
+            if isinstance(dev.address, PciAddress) and dev.address.bus > 255:
+                raise AddressError(f"{dev.label()}: PCI address {dev.address}: bus numbers "
+                                   "go up to 255")
+        self._ensure_numa_expanders()
         indexes = [c.index for c in self.controllers("pci") if c.index is not None]
         highest = max(indexes, default=-1)
         nbuses = highest + 1
         if nbuses > 0:
-            self._ensure_numa_expanders()
             space = self._space(nbuses, growing=True)
             self._collect(space)
             self._chipset(space)
             if self.has_pci_root and not all(b.fully_reserved() for b in space.buses):
                 space.reserve_next(_PCI_DEV, "a spare slot for a future bridge")
             self.assign_devices(space, dry=True)
-            if highest <= 0 and len(space.buses) > highest + 1 and self.has_pcie_root:
-                space.reserve_next(_PCIE_DEV, "a spare pcie-root-port for hotplug")
-            self._reserve_hotplug(space)
+            # libvirt leaves one empty pcie-root-port when it added ports itself; a hotplug
+            # reserve asks for that many empty hot-pluggable places instead
+            spare = 1 if highest <= 0 and len(space.buses) > highest + 1 and \
+                self.has_pcie_root else 0
+            reserve = self.tunables.hotplug_reserve
+            flags = _PCIE_DEV if self.has_pcie_root else _PCI_DEV
+            for _ in range(max(spare, reserve)):
+                space.reserve_next(flags | Connect.HOTPLUGGABLE if reserve else flags,
+                                   "the hotplug reserve")
             number = 1
             while number < len(space.buses):
                 if self.controller("pci", number) is None:
@@ -871,25 +908,16 @@ class LibvirtPlacement:
         self._set_multifunction()
         self._pci_controller_defaults()
 
-    def _reserve_hotplug(self, space: PciSpace) -> None:
-        """The hotplug reserve: that many empty hot-pluggable slots (a pcie-root-port each on
-        PCIe machines), found or added in the sizing pass."""
-        wanted = self.tunables.hotplug_reserve
-        if not wanted:
-            return
-        if self.has_pcie_root:
-            for _ in range(wanted):
-                space.reserve_next(_PCIE_DEV | Connect.HOTPLUGGABLE, "the hotplug reserve")
-        else:
-            free = sum(b.free_slots() for b in space.buses
-                       if b.flags & Connect.HOTPLUGGABLE and b.flags & Connect.AUTOASSIGN)
-            for _ in range(max(0, wanted - free + 1)):
-                space.reserve_next(_PCI_DEV | Connect.HOTPLUGGABLE, "the hotplug reserve")
-
     def _ensure_numa_expanders(self) -> None:
         """An expander bus (with its NUMA node) for every node devices ask to be placed on."""
         nodes = sorted({d.numa_node for d in self.devices if d.numa_node is not None})
+        cells = self.machine.numa_nodes
         for node in nodes:
+            if cells is not None and not 0 <= node < cells:
+                who = next(d for d in self.devices if d.numa_node == node)
+                raise AddressError(f"{who.label()}: guest NUMA node {node} does not exist "
+                                   f"(the guest has {cells} node{'s' if cells != 1 else ''}: "
+                                   "add <cpu><numa><cell> elements)")
             if any(c.model in ("pci-expander-bus", "pcie-expander-bus") and
                    c.options.get("numa_node") == node for c in self.controllers("pci")):
                 continue
@@ -898,10 +926,10 @@ class LibvirtPlacement:
             cont.options["numa_node"] = node
             if model == "pcie-expander-bus":
                 # devices plug into root ports below a pxb-pcie: one per device on the node
-                for dev in [d for d in self.devices if d.numa_node == node]:
+                for dev in [d for d in self.devices if d.numa_node == node and
+                            d.kind != "controller"]:
                     port = self.add_controller("pci", None, "pcie-root-port")
                     port.numa_node = node
-                    port.options["numa_parent"] = cont.index
 
     def _set_multifunction(self) -> None:
         """multifunction='on' for function 0 of every slot that has other functions used."""

@@ -6,12 +6,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..errors import AiovirtError
+
 __all__ = ["Address", "AddressError", "CcidAddress", "Device", "DriveAddress", "Machine",
            "PciAddress", "Tunables", "UsbAddress", "VirtioSerialAddress", "address_from_dict",
            "device_from_dict"]
 
 
-class AddressError(ValueError):
+class AddressError(AiovirtError, ValueError):
     """An address request that cannot be met; the message names the device and why."""
 
 
@@ -115,6 +117,7 @@ class Machine:
     arch: str = "x86_64"
     machine: str = "pc"
     memory_slots: int = 0   # <maxMemory slots='N'>: DIMM slots for memory hotplug
+    numa_nodes: int | None = None  # guest NUMA cells, when known (for NUMA placement)
 
     @property
     def is_q35(self) -> bool:

@@ -235,10 +235,14 @@ class PciSpace:
         return None
 
     def next_free(self, flags: Connect, who: str = "device", function: int | None = None,
-                  buses: range | list[int] | None = None) -> PciAddress:
-        """The first slot (or, for aggregating devices, function) that takes ``flags``;
-        grows the topology in growing mode, else ``AddressError``."""
+                  buses: range | list[int] | None = None,
+                  exclude: set[int] | frozenset[int] = frozenset()) -> PciAddress:
+        """The first slot (or, for aggregating devices, function) that takes ``flags``, on
+        ``buses`` (default: all but ``exclude``); grows the topology in growing mode when no
+        bus list was given, else ``AddressError``."""
         for number in (buses if buses is not None else range(len(self.buses))):
+            if number in exclude:
+                continue
             found = self._free_on(number, flags, function)
             if found is not None:
                 return found
@@ -248,9 +252,9 @@ class PciSpace:
             return PciAddress(wanted.bus, self.buses[wanted.bus].min_slot, function or 0)
         raise AddressError(f"{who}: no free PCI slot for {_kind(flags)}")
 
-    def reserve_next(self, flags: Connect, who: str = "device",
-                     function: int | None = None) -> PciAddress:
-        address = self.next_free(flags, who, function)
+    def reserve_next(self, flags: Connect, who: str = "device", function: int | None = None,
+                     exclude: set[int] | frozenset[int] = frozenset()) -> PciAddress:
+        address = self.next_free(flags, who, function, exclude=exclude)
         self.reserve(address, flags, who, from_config=False)
         return address
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from lxml import etree
 
+from ..address import Device, Tunables, address_tree
 from ..xmlsafe import parse, strip_indentation, to_string
 from .apply import INPUT, Applier, Change, Writer, _contains
 from .errors import ComposeError, InvalidResult, ParameterError, ProfileConflict, UnknownProfile
@@ -83,6 +84,7 @@ class Composition:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     upgrades: list[Upgrade] = field(default_factory=list)
     validated: bool = False
+    addressed: list[Device] | None = None   # the devices, when addressing ran
     _applier: Applier | None = field(default=None, repr=False)
     _report: list[Change] | None = field(default=None, repr=False)
 
@@ -431,7 +433,7 @@ def compose(domain: str | bytes | etree._Element, profiles: Sequence[str | Profi
             domcaps: str | bytes | etree._Element | None = None,
             library: Library | None = None, validate: bool | None = None,
             upgrade: bool = False, input_priority: int = 99, record: bool = True,
-            source: str = "<domain>") -> Composition:
+            address: Tunables | bool = False, source: str = "<domain>") -> Composition:
     """Apply profiles to a (possibly partial) domain XML.
 
     ``profiles``: "NAME" or "NAME@VERSION" (or ``ProfileRef``); ``params``: "NAME=value"
@@ -474,6 +476,9 @@ def compose(domain: str | bytes | etree._Element, profiles: Sequence[str | Profi
     result.upgrades = _upgrades(composer.recorded, result.applied)
     if record and result.applied:
         _record(root, result.applied)
+    if address is not False:
+        result.addressed = address_tree(root, address if isinstance(address, Tunables)
+                                        else None)
     schema = validator()
     if validate or (validate is None and schema is not None):
         if schema is None:
