@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import string
 from collections.abc import Iterator
+from typing import Any
 
 from .model import (AddressError, CcidAddress, Device, DriveAddress, Machine, PciAddress,
                     Tunables, UsbAddress, VirtioSerialAddress)
-from .pci import Bus, Connect, PciSpace, controller_connect
+from .pci import Bus, Connect, Flags, PciSpace, controller_connect
 
 __all__ = ["LibvirtPlacement", "disk_index"]
 
@@ -78,24 +79,50 @@ class LibvirtPlacement:
         self.devices = devices
         self.tunables = tunables
         self.groups: dict[str, PciAddress] = {}
+        self._lists: dict[tuple[str, str | None], Any] = {}
+        self._root: str | None = None   # the PCI root's model, once the defaults are in
+        self._numa = False               # whether any device asks for a NUMA node
+        self._flags: dict[int, Flags] = {}  # connect flags by device, once the root is known
 
     # -- helpers ----------------------------------------------------------------------------
     def of(self, kind: str) -> list[Device]:
-        return [d for d in self.devices if d.kind == kind]
+        """The devices of one kind, in order (cached until a device is added)."""
+        key = (kind, "*")
+        found = self._lists.get(key)
+        if found is None:
+            found = self._lists[key] = [d for d in self.devices if d.kind == kind]
+        return found
 
     def controllers(self, type_: str | None = None) -> list[Device]:
-        return [d for d in self.devices
-                if d.kind == "controller" and (type_ is None or d.type == type_)]
+        key = ("controller", type_)
+        found = self._lists.get(key)
+        if found is None:
+            found = self._lists[key] = [d for d in self.of("controller")
+                                        if type_ is None or d.type == type_]
+        return found
 
     def controller(self, type_: str, index: int) -> Device | None:
-        return next((c for c in self.controllers(type_) if c.index == index), None)
+        key = ("controller#", type_)
+        found = self._lists.get(key)
+        if found is None:
+            found = self._lists[key] = {c.index: c for c in reversed(self.controllers(type_))}
+        return found.get(index)  # type: ignore[union-attr]
 
     def add(self, device: Device) -> Device:
         """Append a device the policy adds (after every device of its kind)."""
         device.added = True
-        last = max((i for i, d in enumerate(self.devices) if d.kind == device.kind),
-                   default=len(self.devices) - 1)
-        self.devices.insert(last + 1, device)
+        same = self.of(device.kind)
+        at = self.devices.index(same[-1]) + 1 if same else len(self.devices)
+        self.devices.insert(at, device)
+        # it is now the last of its kind: the cached lists it belongs to just grow
+        same.append(device)
+        if device.kind == "controller":
+            for key in (("controller", None), ("controller", device.type)):
+                if key in self._lists:
+                    self._lists[key].append(device)
+            indexes = self._lists.get(("controller#", device.type))
+            if indexes is not None:
+                indexes.setdefault(device.index, device)
         return device
 
     def add_controller(self, type_: str, index: int | None = None,
@@ -119,10 +146,14 @@ class LibvirtPlacement:
 
     @property
     def has_pcie_root(self) -> bool:
+        if self._root is not None:
+            return self._root == "pcie-root"
         return any(c.model == "pcie-root" for c in self.controllers("pci"))
 
     @property
     def has_pci_root(self) -> bool:
+        if self._root is not None:
+            return self._root == "pci-root"
         return any(c.model == "pci-root" for c in self.controllers("pci"))
 
     # -- the whole run ----------------------------------------------------------------------
@@ -167,6 +198,7 @@ class LibvirtPlacement:
             ordered.insert(len(ordered) if at == -1 else at, cont)
         for slot, cont in zip(slots, ordered):
             self.devices[slot] = cont
+        self._lists.clear()
 
     def sort_disks(self) -> None:
         """Order disks as libvirt's parser inserts them: on the same bus, by target index."""
@@ -186,6 +218,7 @@ class LibvirtPlacement:
             ordered.insert(len(ordered) if at == -1 else at, disk)
         for slot, disk in zip(slots, ordered):
             self.devices[slot] = disk
+        self._lists.clear()
 
     # -- 1b. controller indexes ----------------------------------------------------------------
     def assign_controller_indexes(self) -> None:
@@ -242,6 +275,8 @@ class LibvirtPlacement:
                                    f"{m.machine}, not {existing.model}")
         if add_balloon and not self.of("memballoon"):
             self.add(Device("memballoon", model="virtio"))
+        root_cont = self.controller("pci", 0)
+        self._root = (root_cont.model or "") if root_cont is not None else ""
 
     def add_usb_controller(self, index: int, model: str | None) -> None:
         self.add_controller("usb", index, model)
@@ -497,8 +532,14 @@ class LibvirtPlacement:
             consoles[0].address = serials[0].address
 
     # -- 5c. PCI -------------------------------------------------------------------------------
-    def connect(self, dev: Device) -> Connect:
+    def connect(self, dev: Device) -> Flags:
         """What ``dev`` needs from a PCI slot (libvirt's connect flags), 0 for none."""
+        flags = self._flags.get(id(dev))
+        if flags is None:
+            flags = self._flags[id(dev)] = self._connect(dev)
+        return flags
+
+    def _connect(self, dev: Device) -> Flags:
         pcie = _PCIE_DEV if self.has_pcie_root else _PCI_DEV
         flags = self._base_connect(dev, pcie, pcie)
         choice = dev.placement or self.tunables.placement
@@ -514,7 +555,7 @@ class LibvirtPlacement:
             flags |= Connect.INTEGRATED   # straight onto pcie-root: no root port needed
         return flags
 
-    def _base_connect(self, dev: Device, pcie: Connect, virtio: Connect) -> Connect:
+    def _base_connect(self, dev: Device, pcie: Flags, virtio: Flags) -> Flags:
         kind, model = dev.kind, dev.model
         if kind == "controller":
             if dev.type == "pci":
@@ -525,26 +566,26 @@ class LibvirtPlacement:
                 if model in ("nec-xhci", "qemu-xhci"):
                     return pcie
                 if model in ("none", "qusb1", "qusb2"):
-                    return Connect(0)
+                    return 0
                 return _PCI_DEV
             if dev.type == "scsi":
                 if model in (None, "ncr53c90"):
-                    return Connect(0)
+                    return 0
                 if model in ("virtio-scsi", "virtio-non-transitional"):
                     return virtio
                 return _PCI_DEV
             if dev.type == "virtio-serial":
                 return _PCI_DEV if model == "virtio-transitional" else virtio
-            return Connect(0)
+            return 0
         if kind == "filesystem":
             if dev.options.get("driver") in ("loop", "nbd", "ploop"):
-                return Connect(0)
+                return 0
             return _PCI_DEV if model == "virtio-transitional" else virtio
         if kind == "interface":
             if dev.type == "hostdev":
                 return pcie  # placed as the PCI host device it is
             if model == "usb-net":
-                return Connect(0)
+                return 0
             if model in ("virtio", "virtio-non-transitional"):
                 return virtio
             if model == "virtio-transitional":
@@ -553,25 +594,25 @@ class LibvirtPlacement:
                 return pcie
             return _PCI_DEV
         if kind == "sound":
-            return _PCI_DEV if model in ("es1370", "ac97", "ich6", "ich9") else Connect(0)
+            return _PCI_DEV if model in ("es1370", "ac97", "ich6", "ich9") else 0
         if kind == "disk":
             if dev.bus != "virtio":
-                return Connect(0)
+                return 0
             return _PCI_DEV if model == "virtio-transitional" else virtio
         if kind in ("hostdev", "hostdev-interface"):
             if dev.type == "scsi_host":
                 return _PCI_DEV if model == "virtio-transitional" else virtio
             if dev.type in ("pci", "mdev"):
                 return pcie
-            return Connect(0)
+            return 0
         if kind == "memballoon":
             if model == "virtio-transitional":
                 return _PCI_DEV
-            return virtio if model in ("virtio", "virtio-non-transitional") else Connect(0)
+            return virtio if model in ("virtio", "virtio-non-transitional") else 0
         if kind == "rng":
             return _PCI_DEV if model == "virtio-transitional" else virtio
         if kind == "watchdog":
-            return _PCI_DEV if model == "i6300esb" else Connect(0)
+            return _PCI_DEV if model == "i6300esb" else 0
         if kind == "video":
             if model == "virtio":
                 return virtio
@@ -579,24 +620,24 @@ class LibvirtPlacement:
                 return pcie
             if model in ("vga", "cirrus", "vmvga", "xen", "vbox", "qxl", "parallels"):
                 return _PCI_DEV
-            return Connect(0)
+            return 0
         if kind == "shmem":
             return _PCI_DEV
         if kind == "input":
             if dev.bus != "virtio":
-                return Connect(0)
+                return 0
             return _PCI_DEV if model == "virtio-transitional" else virtio
         if kind == "serial":
-            return _PCI_DEV if dev.target == "pci-serial" else Connect(0)
+            return _PCI_DEV if dev.target == "pci-serial" else 0
         if kind == "iommu":
-            return virtio | Connect.INTEGRATED if model == "virtio" else Connect(0)
+            return virtio | Connect.INTEGRATED if model == "virtio" else 0
         if kind == "vsock":
             if model == "virtio-transitional":
                 return _PCI_DEV
-            return virtio if model in ("virtio", "virtio-non-transitional") else Connect(0)
+            return virtio if model in ("virtio", "virtio-non-transitional") else 0
         if kind == "memory":
-            return virtio if model in ("virtio-pmem", "virtio-mem") else Connect(0)
-        return Connect(0)
+            return virtio if model in ("virtio-pmem", "virtio-mem") else 0
+        return 0
 
     def wants_pci(self, dev: Device) -> bool:
         return _unaddressed(dev)
@@ -629,7 +670,7 @@ class LibvirtPlacement:
                     (dev.type == "usb" and dev.model in (None, "piix3-uhci") and
                      address.function == 2)):
                 continue  # the PIIX3's own functions, reserved with the chipset
-            space.reserve(address, flags, dev.label())
+            space.reserve(address, flags, dev)
 
     def _chipset(self, space: PciSpace) -> None:
         """The slots the machine's chipset fixes (libvirt's ValidateDevicePCISlots*)."""
@@ -638,7 +679,7 @@ class LibvirtPlacement:
         elif self.machine.is_q35:
             self._chipset_q35(space)
 
-    def _fixed(self, space: PciSpace, dev: Device, address: PciAddress, flags: Connect,
+    def _fixed(self, space: PciSpace, dev: Device, address: PciAddress, flags: Flags,
                what: str) -> None:
         if isinstance(dev.address, PciAddress):
             if (dev.address.bus, dev.address.slot, dev.address.function) != \
@@ -646,7 +687,7 @@ class LibvirtPlacement:
                 raise AddressError(f"{dev.label()}: {what} must have PCI address {address}")
             return
         dev.address = address
-        space.reserve(address, flags, dev.label())
+        space.reserve(address, flags, dev)
 
     def _chipset_piix3(self, space: PciSpace) -> None:
         for cont in self.controllers():
@@ -661,17 +702,17 @@ class LibvirtPlacement:
             space.reserve(PciAddress(0, 1, 3), _PCI_DEV, "the PIIX3 ACPI bridge")
         self._primary_video(space, PciAddress(0, 2, 0), _PCI_DEV)
 
-    def _primary_video(self, space: PciSpace, wanted: PciAddress, flags: Connect) -> None:
+    def _primary_video(self, space: PciSpace, wanted: PciAddress, flags: Flags) -> None:
         videos = self.of("video")
         if not videos or videos[0].model in ("none", "ramfb") or \
                 not self.wants_pci(videos[0]):
             return
         primary = videos[0]
-        space.validate(wanted, flags, True, primary.label())
+        space.validate(wanted, flags, True, primary)
         if space.slot_in_use(wanted):
-            primary.address = space.reserve_next(self.connect(primary), primary.label())
+            primary.address = space.reserve_next(self.connect(primary), primary)
         else:
-            space.reserve(wanted, flags, primary.label())
+            space.reserve(wanted, flags, primary)
             primary.address = wanted
 
     def _chipset_q35(self, space: PciSpace) -> None:
@@ -689,14 +730,14 @@ class LibvirtPlacement:
                 for slot in (0x1D, 0x1A):
                     candidate = PciAddress(0, slot, 0)
                     if not space.slot_in_use(candidate):
-                        space.reserve(candidate, flags, cont.label())
+                        space.reserve(candidate, flags, cont)
                         cont.address = PciAddress(0, slot, 0, multifunction=True)
                         break
             elif cont.type == "pci" and cont.model == "dmi-to-pci-bridge" and \
                     cont.address is None:
                 candidate = PciAddress(0, 0x1E, 0)
                 if not space.slot_in_use(candidate):
-                    space.reserve(candidate, flags, cont.label())
+                    space.reserve(candidate, flags, cont)
                     cont.address = candidate
         if space.buses:
             space.reserve(PciAddress(0, 0x1F, 0), flags, "the ICH9 LPC bridge")
@@ -706,7 +747,7 @@ class LibvirtPlacement:
         if not space.slot_in_use(audio):
             for sound in self.of("sound"):
                 if sound.model == "ich9" and self.wants_pci(sound):
-                    space.reserve(audio, flags, sound.label())
+                    space.reserve(audio, flags, sound)
                     sound.address = audio
                     break
 
@@ -714,7 +755,7 @@ class LibvirtPlacement:
               function: int | None = None) -> PciAddress | None:
         """Reserve the next free place for ``dev``; record it unless this is the dry run."""
         flags = self.connect(dev)
-        who = dev.label()
+        who = dev   # its label is made only for an error message
         group = dev.function_group if self.tunables.multifunction == "pack" else None
         if group is not None and group in self.groups:
             slot = self.groups[group]
@@ -726,9 +767,10 @@ class LibvirtPlacement:
                 if not dry:
                     dev.address = address
                 return address
-        buses = self._numa_buses(space, dev)
-        if buses is not None:
-            address = space.next_free(flags, who, function, buses)
+        if not self._numa:
+            address = space.reserve_next(flags, who, function)
+        elif dev.numa_node is not None:
+            address = space.next_free(flags, who, function, self._numa_buses(space, dev))
             space.reserve(address, flags, who, from_config=False)
         else:   # devices placed on no particular node stay off the nodes' buses
             address = space.reserve_next(flags, who, function, self._numa_owned(space))
@@ -740,6 +782,8 @@ class LibvirtPlacement:
 
     def _numa_owned(self, space: PciSpace) -> frozenset[int]:
         """Every bus that belongs to some NUMA node's expander."""
+        if not self._numa:
+            return frozenset()
         owned: set[int] = set()
         for node in {d.numa_node for d in self.devices if d.numa_node is not None}:
             owned |= set(self._below(space, node))
@@ -845,10 +889,10 @@ class LibvirtPlacement:
             assert isinstance(sibling.address, PciAddress)
             address = PciAddress(sibling.address.bus, sibling.address.slot, fn,
                                  multifunction=multi.get(cont.model or ""))
-            space.reserve(address, flags, cont.label())
+            space.reserve(address, flags, cont)
             cont.address = address
         else:
-            found = space.reserve_next(flags, cont.label(), fn)
+            found = space.reserve_next(flags, cont, fn)
             if not dry:
                 cont.address = found.with_multifunction(multi.get(cont.model or ""))
 
@@ -897,7 +941,7 @@ class LibvirtPlacement:
                 if self.controller("pci", number) is None:
                     cont = self.add_controller("pci", number, space.buses[number].model)
                     if cont.model not in ("pci-root", "pcie-root"):
-                        space.reserve_next(self.connect(cont), cont.label())
+                        space.reserve_next(self.connect(cont), cont)
                 number += 1
             nbuses = len(space.buses)
         self.groups.clear()
@@ -911,6 +955,7 @@ class LibvirtPlacement:
     def _ensure_numa_expanders(self) -> None:
         """An expander bus (with its NUMA node) for every node devices ask to be placed on."""
         nodes = sorted({d.numa_node for d in self.devices if d.numa_node is not None})
+        self._numa = bool(nodes)
         cells = self.machine.numa_nodes
         for node in nodes:
             if cells is not None and not 0 <= node < cells:

@@ -193,6 +193,9 @@ class Device:
     added: bool = False   # inserted by the placement (an implicit controller, the balloon...)
     origin: Any = field(default=None, repr=False)   # e.g. the XML element it came from
 
+    def __str__(self) -> str:
+        return self.label()
+
     def label(self) -> str:
         """How messages name the device: its name, else kind, type and index."""
         if self.name:

@@ -9,15 +9,15 @@ right kind (a pcie-root-port, or a pci-bridge, with the bridges needed to reach 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import IntFlag
 
 from .model import AddressError, PciAddress
 
-__all__ = ["Bus", "Connect", "PciSpace", "bus_flags", "controller_connect"]
+__all__ = ["Bus", "Connect", "Flags", "PciSpace", "bus_flags", "controller_connect"]
 
 
-class Connect(IntFlag):
-    """What a device needs from a slot, and what a bus offers (libvirt's connect flags)."""
+class Connect:
+    """What a device needs from a slot, and what a bus offers (libvirt's connect flags):
+    plain int bits, since flag arithmetic is the placement's innermost loop."""
 
     AUTOASSIGN = 1 << 0
     HOTPLUGGABLE = 1 << 1
@@ -35,6 +35,8 @@ class Connect(IntFlag):
     PCIE_TO_PCI_BRIDGE = 1 << 13
 
 
+Flags = int
+
 TYPES = (Connect.PCI_DEVICE | Connect.PCIE_DEVICE | Connect.PCIE_ROOT_PORT |
          Connect.PCIE_SWITCH_UPSTREAM_PORT | Connect.PCIE_SWITCH_DOWNSTREAM_PORT |
          Connect.DMI_TO_PCI_BRIDGE | Connect.PCI_EXPANDER_BUS | Connect.PCIE_EXPANDER_BUS |
@@ -43,7 +45,7 @@ ENDPOINTS = Connect.PCI_DEVICE | Connect.PCIE_DEVICE
 SLOT_LAST = 31
 
 # model -> (what it accepts downstream, min slot, max slot); hotplug added when allowed
-_BUSES: dict[str, tuple[Connect, int, int]] = {
+_BUSES: dict[str, tuple[Flags, int, int]] = {
     "pci-root": (Connect.AUTOASSIGN | Connect.PCI_DEVICE | Connect.PCI_BRIDGE |
                  Connect.PCI_EXPANDER_BUS, 1, SLOT_LAST),
     "pci-bridge": (Connect.AUTOASSIGN | Connect.PCI_DEVICE | Connect.PCI_BRIDGE, 1, SLOT_LAST),
@@ -66,8 +68,8 @@ _NO_HOTPLUG = {"pcie-root", "dmi-to-pci-bridge", "pcie-switch-upstream-port",
                "pcie-expander-bus"}
 
 # what a PCI controller of each model needs from the bus it plugs into
-_CONTROLLER_CONNECT: dict[str, Connect] = {
-    "pci-root": Connect(0), "pcie-root": Connect(0),
+_CONTROLLER_CONNECT: dict[str, Flags] = {
+    "pci-root": 0, "pcie-root": 0,
     "pci-bridge": Connect.PCI_BRIDGE,
     "pci-expander-bus": Connect.PCI_EXPANDER_BUS,
     "pcie-expander-bus": Connect.PCIE_EXPANDER_BUS,
@@ -79,12 +81,12 @@ _CONTROLLER_CONNECT: dict[str, Connect] = {
 }
 
 
-def controller_connect(model: str) -> Connect:
+def controller_connect(model: str) -> Flags:
     """The connect flags of a PCI controller of ``model`` (as a device on its parent bus)."""
-    return _CONTROLLER_CONNECT.get(model, Connect(0))
+    return _CONTROLLER_CONNECT.get(model, 0)
 
 
-def bus_flags(model: str, hotplug: bool = True) -> tuple[Connect, int, int]:
+def bus_flags(model: str, hotplug: bool = True) -> tuple[Flags, int, int]:
     """(accepted connections, min slot, max slot) of a bus provided by ``model``."""
     try:
         flags, low, high = _BUSES[model]
@@ -100,11 +102,12 @@ class Bus:
     """One PCI bus: its model, what it accepts, and which functions of which slots are used."""
 
     model: str
-    flags: Connect
+    flags: Flags
     min_slot: int
     max_slot: int
     functions: list[int] = field(default_factory=lambda: [0] * (SLOT_LAST + 1))
     aggregate: list[bool] = field(default_factory=lambda: [False] * (SLOT_LAST + 1))
+    used: int = 0   # slots with at least one function in use (skips full buses fast)
 
     @classmethod
     def of(cls, model: str, hotplug: bool = True) -> Bus:
@@ -121,7 +124,7 @@ class Bus:
         return sum(1 for s in range(self.min_slot, self.max_slot + 1) if not self.functions[s])
 
 
-def compatible(address: PciAddress, bus: Connect, device: Connect, from_config: bool) -> bool:
+def compatible(address: PciAddress, bus: Flags, device: Flags, from_config: bool) -> bool:
     """Whether a device with connect flags ``device`` may sit at ``address`` on a bus that
     accepts ``bus`` (libvirt's virDomainPCIAddressFlagsCompatible, without messages)."""
     if device & Connect.INTEGRATED:
@@ -140,7 +143,20 @@ def compatible(address: PciAddress, bus: Connect, device: Connect, from_config: 
     return bool(device & bus & TYPES)
 
 
-def _kind(flags: Connect) -> str:
+def _fits(bus_number: int, bus: Flags, device: Flags) -> bool:
+    """``compatible`` for automatic placement, without building an address (hot path)."""
+    if device & Connect.INTEGRATED:
+        if bus_number != 0:
+            return False
+        bus |= Connect.AUTOASSIGN
+    elif device & Connect.AUTOASSIGN and not bus & Connect.AUTOASSIGN:
+        return False
+    if device & Connect.HOTPLUGGABLE and not bus & Connect.HOTPLUGGABLE:
+        return False
+    return bool(device & bus & TYPES)
+
+
+def _kind(flags: Flags) -> str:
     for flag, text in ((Connect.PCI_DEVICE, "a standard PCI device"),
                        (Connect.PCIE_DEVICE, "a PCI Express device"),
                        (Connect.PCIE_ROOT_PORT, "a pcie-root-port"),
@@ -167,10 +183,13 @@ class PciSpace:
         self.buses = buses
         self.growing = growing
         self.pcie_to_pci_bridge = pcie_to_pci_bridge
+        # where the search for a (flags, function) starts: buses only fill up, so one that
+        # had no room for it once never will again
+        self._cursor: dict[tuple[int, int | None], int] = {}
 
     # -- reserving ---------------------------------------------------------------------------
-    def validate(self, address: PciAddress, flags: Connect, from_config: bool,
-                 who: str) -> None:
+    def validate(self, address: PciAddress, flags: Flags, from_config: bool,
+                 who: object) -> None:
         if address.domain != 0:
             raise AddressError(f"{who}: PCI address {address}: only PCI domain 0 exists")
         if address.bus >= len(self.buses):
@@ -193,7 +212,7 @@ class PciSpace:
         if address.function > 7:
             raise AddressError(f"{who}: PCI address {address}: function must be 0-7")
 
-    def reserve(self, address: PciAddress, flags: Connect, who: str = "device",
+    def reserve(self, address: PciAddress, flags: Flags, who: object = "device",
                 from_config: bool = True) -> None:
         """Mark one function in use (``AddressError`` if it is taken or does not fit)."""
         if self.growing:
@@ -203,22 +222,29 @@ class PciSpace:
         bit = 1 << address.function
         if bus.functions[address.slot] & bit:
             raise AddressError(f"{who}: PCI address {address} is already in use")
-        if not bus.functions[address.slot] and flags & Connect.AGGREGATE_SLOT:
-            bus.aggregate[address.slot] = True
+        if not bus.functions[address.slot]:
+            if bus.min_slot <= address.slot <= bus.max_slot:
+                bus.used += 1
+            if flags & Connect.AGGREGATE_SLOT:
+                bus.aggregate[address.slot] = True
         bus.functions[address.slot] |= bit
 
     def slot_in_use(self, address: PciAddress) -> bool:
         return bool(self.buses[address.bus].functions[address.slot])
 
     def release(self, address: PciAddress) -> None:
-        self.buses[address.bus].functions[address.slot] &= ~(1 << address.function)
+        bus = self.buses[address.bus]
+        bus.functions[address.slot] &= ~(1 << address.function)
+        if not bus.functions[address.slot] and bus.min_slot <= address.slot <= bus.max_slot:
+            bus.used -= 1
 
     # -- searching ----------------------------------------------------------------------------
-    def _free_on(self, number: int, flags: Connect, function: int | None
+    def _free_on(self, number: int, flags: Flags, function: int | None
                  ) -> PciAddress | None:
         bus = self.buses[number]
-        probe = PciAddress(number, bus.min_slot, function or 0)
-        if not compatible(probe, bus.flags, flags, False):
+        if bus.used > bus.max_slot - bus.min_slot and not flags & Connect.AGGREGATE_SLOT:
+            return None  # every slot has something in it
+        if not _fits(number, bus.flags, flags):
             return None
         for slot in range(bus.min_slot, bus.max_slot + 1):
             used = bus.functions[slot]
@@ -234,32 +260,46 @@ class PciSpace:
                             return PciAddress(number, slot, free)
         return None
 
-    def next_free(self, flags: Connect, who: str = "device", function: int | None = None,
+    def next_free(self, flags: Flags, who: object = "device", function: int | None = None,
                   buses: range | list[int] | None = None,
                   exclude: set[int] | frozenset[int] = frozenset()) -> PciAddress:
         """The first slot (or, for aggregating devices, function) that takes ``flags``, on
         ``buses`` (default: all but ``exclude``); grows the topology in growing mode when no
         bus list was given, else ``AddressError``."""
-        for number in (buses if buses is not None else range(len(self.buses))):
+        start = self._cursor.get((flags, function), 0) if buses is None else 0
+        for number in (buses if buses is not None else range(start, len(self.buses))):
             if number in exclude:
                 continue
             found = self._free_on(number, flags, function)
             if found is not None:
+                if buses is None and not exclude:
+                    self._cursor[(flags, function)] = number
                 return found
         if self.growing and buses is None:
             wanted = PciAddress(len(self.buses), 0, function or 0)
             wanted = self.grow(wanted, flags)
+            if not exclude:
+                self._cursor[(flags, function)] = wanted.bus
             return PciAddress(wanted.bus, self.buses[wanted.bus].min_slot, function or 0)
         raise AddressError(f"{who}: no free PCI slot for {_kind(flags)}")
 
-    def reserve_next(self, flags: Connect, who: str = "device", function: int | None = None,
+    def reserve_next(self, flags: Flags, who: object = "device", function: int | None = None,
                      exclude: set[int] | frozenset[int] = frozenset()) -> PciAddress:
         address = self.next_free(flags, who, function, exclude=exclude)
-        self.reserve(address, flags, who, from_config=False)
+        self._take(address, flags)   # found free and compatible: no checks needed
         return address
 
+    def _take(self, address: PciAddress, flags: Flags) -> None:
+        bus = self.buses[address.bus]
+        if not bus.functions[address.slot]:
+            if bus.min_slot <= address.slot <= bus.max_slot:
+                bus.used += 1
+            if flags & Connect.AGGREGATE_SLOT:
+                bus.aggregate[address.slot] = True
+        bus.functions[address.slot] |= 1 << address.function
+
     # -- growing --------------------------------------------------------------------------------
-    def grow(self, address: PciAddress, flags: Connect) -> PciAddress:
+    def grow(self, address: PciAddress, flags: Flags) -> PciAddress:
         """Add buses so that ``address.bus`` exists and can take ``flags`` (libvirt's
         virDomainPCIAddressSetGrow); returns the address, moved when a bridge had to go
         first."""

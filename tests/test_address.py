@@ -1,0 +1,352 @@
+"""Offline addressing: libvirt's layout rules, tunables, stability and errors.  (Agreement
+with a real libvirtd is measured in test_address_live.py.)"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aiovirt.address import (AddressError, CcidAddress, Device, DriveAddress, Machine,
+                             PciAddress, Tunables, UsbAddress, VirtioSerialAddress,
+                             address_domain, device_from_dict, place)
+
+PC, Q35 = Machine("x86_64", "pc"), Machine("x86_64", "q35")
+
+
+def nic(model: str = "virtio", **kw) -> Device:
+    return Device("interface", type="network", model=model, **kw)
+
+
+def disk(target: str, bus: str | None = None, **kw) -> Device:
+    return Device("disk", bus=bus, target=target, **kw)
+
+
+def by_name(devices: list[Device]) -> dict[str, Device]:
+    return {d.name: d for d in devices if d.name}
+
+
+def controllers(devices: list[Device], type_: str) -> list[Device]:
+    return [d for d in devices if d.kind == "controller" and d.type == type_]
+
+
+def pci(bus: int, slot: int, function: int = 0) -> tuple[int, int, int]:
+    return (bus, slot, function)
+
+
+def at(device: Device) -> tuple[int, int, int]:
+    assert isinstance(device.address, PciAddress), device
+    return (device.address.bus, device.address.slot, device.address.function)
+
+
+# -- the libvirt layout -----------------------------------------------------------------------
+
+def test_i440fx_layout():
+    devices = place(PC, [nic(name="a"), nic("e1000", name="b"), disk("vda", "virtio",
+                                                                     name="d"),
+                         Device("video", model="qxl", name="v")])
+    named = by_name(devices)
+    assert at(named["v"]) == pci(0, 2)           # the primary video: slot 2
+    assert at(named["a"]) == pci(0, 3)           # then NICs, controllers, disks, balloon...
+    assert at(named["b"]) == pci(0, 4)
+    assert at(named["d"]) == pci(0, 5)
+    [usb] = controllers(devices, "usb")
+    assert (usb.model, at(usb)) == ("piix3-uhci", pci(0, 1, 2))
+    [root] = controllers(devices, "pci")
+    assert root.model == "pci-root" and root.added
+    balloon = next(d for d in devices if d.kind == "memballoon")
+    assert balloon.added and at(balloon) == pci(0, 6)
+
+
+def test_q35_layout_root_ports_aggregate_in_slots():
+    devices = place(Q35, [nic(name=f"n{i}") for i in range(3)])
+    ports = [c for c in controllers(devices, "pci") if c.model == "pcie-root-port"]
+    # 3 NICs + USB + balloon + the one spare libvirt leaves = 6 root ports, packed into
+    # the functions of slot 1 (no video, so slot 1 is free)
+    assert len(ports) == 6
+    assert [at(p) for p in ports] == [pci(0, 1, f) for f in range(6)]
+    assert ports[0].address.multifunction is True
+    assert [(p.options["chassis"], p.options["port"]) for p in ports] == \
+        [(p.index, 8 + f) for f, p in enumerate(ports)]
+    assert all(p.options["model_name"] == "pcie-root-port" for p in ports)
+    named = by_name(devices)
+    assert [at(named[f"n{i}"]) for i in range(3)] == [pci(1, 0), pci(2, 0), pci(3, 0)]
+    sata = controllers(devices, "sata")[0]
+    assert at(sata) == pci(0, 0x1F, 2)
+    used = {at(d)[0] for d in devices if isinstance(d.address, PciAddress)}
+    assert [p.index for p in ports if p.index not in used] == [6]   # the spare
+
+
+def test_q35_pci_only_devices_get_a_pcie_to_pci_bridge():
+    devices = place(Q35, [nic("rtl8139", name="old")])
+    models = [c.model for c in controllers(devices, "pci")]
+    assert "pcie-to-pci-bridge" in models
+    bridge = next(c for c in controllers(devices, "pci") if c.model == "pcie-to-pci-bridge")
+    assert at(by_name(devices)["old"])[0] == bridge.index
+
+
+def test_i440fx_grows_a_pci_bridge_when_slots_run_out():
+    devices = place(PC, [nic(name=f"n{i}") for i in range(40)])
+    bridges = [c for c in controllers(devices, "pci") if c.model == "pci-bridge"]
+    assert len(bridges) == 1 and bridges[0].options["chassisNr"] == bridges[0].index
+    addresses = [at(d) for d in devices if isinstance(d.address, PciAddress)]
+    assert len(addresses) == len(set(addresses))
+    assert sum(1 for a in addresses if a[0] == bridges[0].index) > 0
+
+
+def test_drive_addresses_from_target_names_and_implicit_controllers():
+    devices = place(PC, [disk("hda", name="a"), disk("hdd", name="b"), disk("sdb", name="c"),
+                         disk("sdi", name="d"),
+                         disk("fda", None, name="e", options={"device": "floppy"})])
+    named = by_name(devices)
+    assert named["a"].address == DriveAddress(0, 0, 0, 0)
+    assert named["b"].address == DriveAddress(0, 1, 0, 1)     # hdd: bus 1, unit 1
+    assert named["c"].address == DriveAddress(0, 0, 0, 1)     # sdb: scsi controller 0 unit 1
+    assert named["d"].address == DriveAddress(1, 0, 0, 1)     # sdi: index 8 -> controller 1
+    assert named["e"].bus == "fdc" and named["e"].address == DriveAddress(0, 0, 0, 0)
+    scsi = controllers(devices, "scsi")
+    assert [(c.index, c.model) for c in scsi] == [(0, "lsilogic"), (1, "lsilogic")]
+    assert [c.index for c in controllers(devices, "ide")] == [0]
+    assert at(controllers(devices, "ide")[0]) == pci(0, 1, 1)
+
+
+def test_usb_ports_then_hubs_when_they_run_out():
+    redirs = [Device("redirdev", bus="usb", name=f"r{i}") for i in range(5)]
+    devices = place(PC, redirs)        # piix3-uhci has 2 ports: one hub is added
+    hubs = [d for d in devices if d.kind == "hub"]
+    assert len(hubs) == 1 and hubs[0].added
+    assert hubs[0].address == UsbAddress(0, (1,))
+    named = by_name(devices)
+    assert [named[f"r{i}"].address for i in range(5)] == [
+        UsbAddress(0, (2,)), UsbAddress(0, (1, 1)), UsbAddress(0, (1, 2)),
+        UsbAddress(0, (1, 3)), UsbAddress(0, (1, 4))]
+
+
+def test_virtio_serial_ports_and_ccid_slots():
+    chans = [Device("channel", target="virtio", name=f"c{i}") for i in range(3)]
+    cards = [Device("smartcard", name=f"s{i}") for i in range(2)]
+    devices = place(Q35, chans + cards)
+    named = by_name(devices)
+    assert [named[f"c{i}"].address for i in range(3)] == \
+        [VirtioSerialAddress(0, p) for p in (1, 2, 3)]
+    assert [named[f"s{i}"].address for i in range(2)] == [CcidAddress(0, 0), CcidAddress(0, 1)]
+    [ccid] = controllers(devices, "ccid")
+    assert isinstance(ccid.address, UsbAddress)
+    assert len(controllers(devices, "virtio-serial")) == 1
+
+
+def test_given_addresses_are_kept():
+    given = PciAddress(0, 2, 0)
+    devices = place(PC, [nic(name="a"), nic(name="b", address=given)])
+    named = by_name(devices)
+    assert named["b"].address == given and at(named["a"]) == pci(0, 3)
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+def test_slot_taken_names_the_device():
+    with pytest.raises(AddressError, match=r"b: PCI address 0000:00:05.0 is already in use"):
+        place(PC, [nic(name="a", address=PciAddress(0, 5)), nic(name="b",
+                                                                 address=PciAddress(0, 5))])
+
+
+def test_slot_out_of_range_for_the_bus():
+    devices = place(Q35, [nic(name="a")])
+    port = next(c for c in controllers(devices, "pci") if c.model == "pcie-root-port")
+    with pytest.raises(AddressError, match=r"b: .*slot 3 is out of range .*pcie-root-port"):
+        place(Q35, [*devices, nic(name="b", address=PciAddress(port.index, 3))])
+
+
+def test_address_of_the_wrong_type():
+    with pytest.raises(AddressError, match=r"n: a PCI device cannot have an address of type "
+                                           "DriveAddress"):
+        place(PC, [nic(name="n", address=DriveAddress(0))])
+    port = Device("controller", type="pci", index=1, model="pcie-root-port", name="p1")
+    nested = Device("controller", type="pci", index=2, model="pcie-root-port", name="p2",
+                    address=PciAddress(1, 0))
+    with pytest.raises(AddressError, match=r"p2: PCI address 0000:01:00.0: the "
+                                           "pcie-root-port of bus 1 does not take a "
+                                           "pcie-root-port"):
+        place(Q35, [port, nested])
+
+
+def test_usb_bus_out_of_range_and_full_virtio_serial():
+    with pytest.raises(AddressError, match=r"t: USB address usb 3:1: there is no USB bus 3"):
+        place(PC, [Device("input", type="tablet", bus="usb", name="t",
+                          address=UsbAddress(3, (1,)))])
+    chans = [Device("channel", target="virtio", name=f"c{i}",
+                    address=VirtioSerialAddress(0, 0)) for i in range(3)]
+    small = Device("controller", type="virtio-serial", index=0, options={"ports": 2})
+    with pytest.raises(AddressError, match="no free port on virtio-serial controller 0"):
+        place(PC, [small, *chans])
+
+
+def test_numa_node_that_does_not_exist():
+    with pytest.raises(AddressError, match=r"n: guest NUMA node 2 does not exist"):
+        place(Machine("x86_64", "q35", numa_nodes=2), [nic(name="n", numa_node=2)])
+
+
+def test_unknown_machine_and_policy():
+    with pytest.raises(AddressError, match="knows x86_64 pc/q35 and aarch64 virt"):
+        place(Machine("ppc64", "pseries"), [])
+    with pytest.raises(AddressError, match="unknown addressing policy 'magic'"):
+        place(PC, [], policy="magic")
+
+
+# -- tunables -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("reserve", [1, 3, 6])
+def test_hotplug_reserve_on_q35_leaves_empty_root_ports(reserve):
+    devices = place(Q35, [nic(name="a"), disk("vda", "virtio")], Tunables(hotplug_reserve=reserve))
+    used = {d.address.bus for d in devices if isinstance(d.address, PciAddress)}
+    empty = [c for c in controllers(devices, "pci")
+             if c.model == "pcie-root-port" and c.index not in used]
+    assert len(empty) == reserve
+
+
+def test_hotplug_reserve_on_pc_keeps_free_hot_pluggable_slots():
+    devices = place(PC, [nic(name=f"n{i}") for i in range(28)], Tunables(hotplug_reserve=4))
+    taken = {(d.address.bus, d.address.slot) for d in devices
+             if isinstance(d.address, PciAddress)}
+    free = [(b.index, s) for b in controllers(devices, "pci") for s in range(1, 32)
+            if b.model in ("pci-root", "pci-bridge") and (b.index, s) not in taken]
+    assert len(free) >= 4
+    assert any(c.model == "pci-bridge" for c in controllers(devices, "pci"))
+
+
+def test_pci_placement_on_q35():
+    devices = place(Q35, [nic(name="n", placement="pci")])
+    bridge = next(c for c in controllers(devices, "pci") if c.model == "pcie-to-pci-bridge")
+    assert at(by_name(devices)["n"])[0] == bridge.index
+    devices = place(Q35, [nic(name="n")], Tunables(placement="pci"))
+    assert any(c.model == "pcie-to-pci-bridge" for c in controllers(devices, "pci"))
+
+
+def test_not_hotpluggable_goes_straight_onto_pcie_root():
+    devices = place(Q35, [nic(name="n", hotpluggable=False)])
+    assert at(by_name(devices)["n"])[0] == 0
+
+
+def test_numa_placement_behind_expander_buses():
+    machine = Machine("x86_64", "q35", numa_nodes=2)
+    devices = place(machine, [nic(name="n", numa_node=1), nic(name="m")])
+    pxb = next(c for c in controllers(devices, "pci") if c.model == "pcie-expander-bus")
+    assert pxb.options["numa_node"] == 1 and pxb.options["busNr"] == 254
+    port = next(c for c in controllers(devices, "pci")
+                if c.model == "pcie-root-port" and at(c)[0] == pxb.index)
+    assert at(by_name(devices)["n"])[0] == port.index
+    assert at(by_name(devices)["m"])[0] not in (pxb.index, port.index)
+    devices = place(Machine("x86_64", "pc", numa_nodes=2), [nic(name="n", numa_node=1)])
+    pxb = next(c for c in controllers(devices, "pci") if c.model == "pci-expander-bus")
+    assert at(by_name(devices)["n"])[0] == pxb.index
+
+
+def test_multifunction_packing():
+    group = [nic(name=f"g{i}", function_group="g") for i in range(3)]
+    devices = place(Q35, [*group, nic(name="x")], Tunables(multifunction="pack"))
+    named = by_name(devices)
+    slots = {at(named[f"g{i}"])[:2] for i in range(3)}
+    assert len(slots) == 1
+    assert sorted(at(named[f"g{i}"])[2] for i in range(3)) == [0, 1, 2]
+    assert named["g0"].address.multifunction is True
+    spread = place(Q35, [nic(name=f"g{i}", function_group="g") for i in range(3)])
+    assert len({at(d)[:2] for d in spread if d.name.startswith("g")}) == 3
+
+
+def test_bad_tunables():
+    with pytest.raises(AddressError, match="hotplug_reserve must be 0 or more"):
+        Tunables(hotplug_reserve=-1)
+    with pytest.raises(AddressError, match="placement 'isa'"):
+        Tunables(placement="isa")
+
+
+# -- JSON ---------------------------------------------------------------------------------------
+
+def test_devices_travel_as_json():
+    devices = place(Q35, [nic(name="n", numa_node=None), disk("sda", "sata", name="d"),
+                          Device("input", type="tablet", bus="usb", name="t")])
+    data = json.loads(json.dumps([d.to_dict() for d in devices]))
+    again = [device_from_dict(d) for d in data]
+    assert [(d.kind, d.name, d.address) for d in again] == \
+        [(d.kind, d.name, d.address) for d in devices]
+    with pytest.raises(AddressError, match="unknown fields colour"):
+        device_from_dict({"kind": "disk", "colour": "red"})
+    with pytest.raises(AddressError, match="unknown address type 'isa'"):
+        device_from_dict({"kind": "disk", "address": {"type": "isa"}})
+
+
+# -- stability (property) -------------------------------------------------------------------------
+
+KINDS = st.sampled_from([
+    lambda i: nic(name=f"n{i}"), lambda i: nic("e1000", name=f"e{i}"),
+    lambda i: nic("rtl8139", name=f"r{i}"), lambda i: disk(f"vd{chr(97 + i % 26)}{i // 26 or ''}",
+                                                           "virtio", name=f"v{i}"),
+    lambda i: Device("sound", model="ich9", name=f"s{i}"),
+    lambda i: Device("channel", target="virtio", name=f"c{i}"),
+    lambda i: Device("redirdev", bus="usb", name=f"u{i}"),
+    lambda i: Device("rng", model="virtio", name=f"g{i}"),
+    lambda i: Device("controller", type="scsi", model="virtio-scsi", name=f"k{i}"),
+])
+
+
+def build(makers: list, offset: int = 0) -> list[Device]:
+    return [make(offset + i) for i, make in enumerate(makers)]
+
+
+def addresses(devices: list[Device]) -> dict[str, object]:
+    """Where each device sits (for PCI: bus, slot, function; the multifunction bit of a
+    slot's function 0 may turn on when libvirt packs another root port into that slot)."""
+    return {d.name or f"{d.kind}/{d.type}/{d.index}/{d.model}":
+            (d.address.bus, d.address.slot, d.address.function)
+            if isinstance(d.address, PciAddress) else d.address
+            for d in devices if d.address is not None}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from([PC, Q35]), st.lists(KINDS, max_size=25), st.lists(KINDS, max_size=12),
+       st.integers(0, 4), st.integers(0, 4))
+def test_adding_devices_or_changing_tunables_never_moves_existing_ones(
+        machine, first, later, reserve, reserve_later):
+    before = place(Machine(machine.arch, machine.machine), build(first),
+                   Tunables(hotplug_reserve=reserve))
+    old = addresses(before)
+    old_indexes = {(c.type, c.index) for c in before if c.kind == "controller"}
+    highest_pci = max(c.index for c in before if c.kind == "controller" and c.type == "pci")
+    try:
+        after = place(Machine(machine.arch, machine.machine), [*before, *build(later, 100)],
+                      Tunables(hotplug_reserve=reserve_later))
+    except AddressError as exc:
+        # the one thing that can make room is moving a device, which is never done: when
+        # every USB port is taken, a hub has nowhere to go (libvirt fails the same way)
+        assert "no free USB port" in str(exc)
+        return
+    new = addresses(after)
+    for name, address in old.items():
+        assert new[name] == address, name
+    for cont in after:
+        if cont.kind == "controller" and cont.type == "pci" and \
+                (cont.type, cont.index) not in old_indexes:
+            assert cont.index > highest_pci
+    pci_addresses = [a for a in new.values() if isinstance(a, tuple)]
+    assert len(pci_addresses) == len(set(pci_addresses))
+
+
+# -- XML ----------------------------------------------------------------------------------------
+
+def test_domain_xml_in_and_out():
+    result = address_domain(
+        "<domain type='kvm'><name>x</name><memory>1</memory><os><type arch='x86_64' "
+        "machine='q35'>hvm</type></os><devices><interface type='user'><model type='virtio'/>"
+        "<alias name='ua-net'/></interface><graphics type='vnc'/></devices></domain>",
+        Tunables(hotplug_reserve=1), device_tunables={"ua-net": {"hotpluggable": False}})
+    from lxml import etree
+    root = etree.fromstring(result.xml.encode())
+    nic_address = root.find("devices/interface/address")
+    assert nic_address.get("bus") == "0x00"    # integrated: straight on pcie-root
+    assert root.find("devices/video/address").get("slot") == "0x01"    # implicit video
+    assert root.find("devices/video/model").get("type") == "cirrus"
+    assert {d.kind for d in result.added} >= {"video", "memballoon", "controller"}
+    with pytest.raises(AddressError, match="no device named 'ua-nope'"):
+        address_domain(result.xml, device_tunables={"ua-nope": {"numa_node": 0}})
