@@ -92,9 +92,7 @@ def strip_inserted_controllers(root: etree._Element) -> None:
         return
     for controller in devices.findall("controller"):
         kind, model = controller.get("type"), controller.get("model", "")
-        if kind == "pci" and model not in ("pci-expander-bus", "pcie-expander-bus"):
-            devices.remove(controller)
-        elif kind != "pci" and is_bare(controller):
+        if kind == "pci" and model not in ("pci-expander-bus", "pcie-expander-bus") or kind != "pci" and is_bare(controller):
             devices.remove(controller)
 
 

@@ -25,29 +25,31 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import gc
 import io
-import os
-import platform
 import pstats
 import random
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
-from lxml import etree
+from common import (
+    Sample,
+    describe,
+    machine_speed,
+    pin,
+    say,
+    timed,
+    write_report,
+    yardstick_line,
+)
 
-import aiovirt
 from aiovirt.compose import Composition, Library, compose
 from aiovirt.compose.schema import repeat_table, validator
 from aiovirt.errors import AiovirtError
 from aiovirt.xmlsafe import parse
 
-HERE = Path(__file__).resolve().parent
 DOMAINS = 1000
 PROFILES_PER_DOMAIN = 6
 TARGET = 2000.0  # domains/s without validation
@@ -64,15 +66,6 @@ POOL = ("virtio-linux", "guest-agent", "virtio-rng", "balloon-stats", "crash-dia
 Q35_POOL = ("q35-hotplug", "uefi-secure-boot")  # they want q35: not for machine='pc'
 EXCLUSIVE = ({"headless-serial", "spice-desktop"}, {"nfv-realtime", "balloon-stats"},
              {"windows-hyperv", "virtio-linux"})
-
-LINES: list[str] = []
-
-
-def say(line: str = "") -> None:
-    """Print a line and keep it for ``--output``."""
-    print(line, flush=True)
-    LINES.append(line)
-
 
 # -- the workload -------------------------------------------------------------------------------
 
@@ -177,22 +170,6 @@ def verify(cases: list[Case], library: Library) -> list[Composition]:
 
 # -- measuring ----------------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One round: wall and this process's CPU seconds."""
-
-    wall: float
-    cpu: float
-
-
-def timed(work: Callable[[], object]) -> Sample:
-    """Run ``work`` once after a full collection, timing wall and CPU."""
-    gc.collect()
-    c0, t0 = time.process_time(), time.perf_counter()
-    work()
-    return Sample(time.perf_counter() - t0, time.process_time() - c0)
-
-
 def compose_all(cases: list[Case], library: Library, validate: bool) -> None:
     """The timed unit, for every case: compose and serialise."""
     for case in cases:
@@ -280,48 +257,6 @@ def profile_round(cases: list[Case], library: Library, top: int = 15) -> None:
 
 # -- the run ------------------------------------------------------------------------------------------
 
-def pin(cpu: int | None) -> int:
-    """Pin this process to one CPU (default: the last one allowed); returns it."""
-    allowed = sorted(os.sched_getaffinity(0))
-    chosen = allowed[-1] if cpu is None else cpu
-    os.sched_setaffinity(0, {chosen})
-    return chosen
-
-
-def describe(cpu: int) -> str:
-    """The commit, the machine, the libraries: what the figures belong to."""
-    try:
-        commit = subprocess.run(["git", "-C", str(HERE.parent), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(HERE.parent), "status", "--porcelain", "--",
-                                "aiovirt"], capture_output=True, text=True,
-                               check=True).stdout.strip()
-        tree = f"aiovirt {aiovirt.__version__} at {commit}" + (" + uncommitted changes" if dirty
-                                                               else "")
-    except (OSError, subprocess.CalledProcessError):
-        tree = f"aiovirt {aiovirt.__version__}"
-    model = "?"
-    with open("/proc/cpuinfo") as cpuinfo:
-        model = next((line.split(":", 1)[1].strip() for line in cpuinfo
-                      if line.startswith("model name")), model)
-    libxml2 = ".".join(map(str, etree.LIBXML_VERSION))
-    return (f"# {tree}; {time.strftime('%Y-%m-%d %H:%M %Z')}\n# {os.cpu_count()} cores "
-            f"({model}), pinned to CPU {cpu}; Linux {platform.release()}, Python "
-            f"{platform.python_version()}, lxml {etree.__version__}, libxml2 {libxml2}")
-
-
-def machine_speed() -> float:
-    """Milliseconds this core takes for ``sum(range(10**6))`` (best of 7): a yardstick for
-    readers to scale the figures by (on a current desktop core with Python 3.11 it is about
-    8-10 ms)."""
-    best = float("inf")
-    for _ in range(7):
-        start = time.perf_counter()
-        sum(range(10**6))
-        best = min(best, time.perf_counter() - start)
-    return best * 1e3
-
-
 def setup() -> Library:
     """Load the library and warm the schema caches, saying what each one-time cost was."""
     t0 = time.perf_counter()
@@ -373,8 +308,7 @@ def main(options: argparse.Namespace) -> None:
     samples = interleave(options.rounds, cases, library)
     speed_after = machine_speed()
     bests = report_rounds(samples, len(cases))
-    say(f"machine yardstick: sum(range(10**6)) took {speed_before:.1f} ms before the rounds "
-        f"and {speed_after:.1f} ms after (a current desktop core: about 8-10 ms)")
+    say(yardstick_line(speed_before, speed_after))
     say()
     cost_split(cases, library, samples)
     if options.profile:
@@ -400,5 +334,4 @@ if __name__ == "__main__":
     try:
         main(opts)
     finally:
-        if opts.output:
-            Path(opts.output).write_text("\n".join(LINES) + "\n")
+        write_report(opts.output)

@@ -9,9 +9,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aiovirt.address import (AddressError, CcidAddress, Device, DriveAddress, Machine,
-                             PciAddress, Tunables, UsbAddress, VirtioSerialAddress,
-                             address_domain, device_from_dict, place)
+from aiovirt.address import (
+    AddressError,
+    CcidAddress,
+    Device,
+    DriveAddress,
+    Machine,
+    PciAddress,
+    Tunables,
+    UsbAddress,
+    VirtioSerialAddress,
+    address_domain,
+    device_from_dict,
+    place,
+)
 
 PC, Q35 = Machine("x86_64", "pc"), Machine("x86_64", "q35")
 
@@ -142,6 +153,20 @@ def test_given_addresses_are_kept():
     devices = place(PC, [nic(name="a"), nic(name="b", address=given)])
     named = by_name(devices)
     assert named["b"].address == given and at(named["a"]) == pci(0, 3)
+
+
+def test_the_input_is_left_as_it_was_on_success_and_on_failure():
+    given = [nic(name="a"), disk("sda", name="d"), nic(name="b", address=PciAddress(0, 5))]
+    before = [d.to_dict() for d in given]
+    devices = place(PC, given)
+    named = by_name(devices)
+    assert len(devices) > len(given) and all(named[n].address is not None for n in "abd")
+    assert [d.to_dict() for d in given] == before and given[0].address is None
+    given.append(nic(name="c", address=PciAddress(0, 5)))   # the slot b has: an error
+    before = [d.to_dict() for d in given]
+    with pytest.raises(AddressError, match="c: "):
+        place(PC, given)
+    assert [d.to_dict() for d in given] == before and len(given) == 4
 
 
 # -- errors -------------------------------------------------------------------------------------

@@ -21,9 +21,20 @@ from lxml import etree
 from ..xmlsafe import parse, strip_indentation, to_string
 from .domainxml import machine_of, read_devices, write_devices
 from .libvirt import LibvirtPlacement
-from .model import (Address, AddressError, CcidAddress, Device, DriveAddress, Machine,
-                    PciAddress, Tunables, UsbAddress, VirtioSerialAddress, address_from_dict,
-                    device_from_dict)
+from .model import (
+    Address,
+    AddressError,
+    CcidAddress,
+    Device,
+    DriveAddress,
+    Machine,
+    PciAddress,
+    Tunables,
+    UsbAddress,
+    VirtioSerialAddress,
+    address_from_dict,
+    device_from_dict,
+)
 
 __all__ = ["Address", "AddressError", "AddressedDomain", "CcidAddress", "Device",
            "DriveAddress", "Machine", "PciAddress", "Tunables", "UsbAddress",
@@ -37,11 +48,15 @@ def place(machine: Machine, devices: list[Device], tunables: Tunables | None = N
           policy: str = "libvirt") -> list[Device]:
     """Complete ``devices`` for ``machine``: add the controllers (and default devices) the
     policy needs and give every device that has none an address.  Given addresses are kept;
-    an impossible request raises ``AddressError`` naming the device and why."""
+    an impossible request raises ``AddressError`` naming the device and why.
+
+    Returns new ``Device`` objects, the given ones first (possibly reordered as libvirt
+    orders controllers and disks); ``devices`` and its objects are left as they were, also
+    when placement fails."""
     if policy not in POLICIES:
         raise AddressError(f"unknown addressing policy {policy!r} (known: "
                            f"{', '.join(POLICIES)})")
-    return LibvirtPlacement(machine, devices, tunables or Tunables()).run()
+    return LibvirtPlacement(machine, [d.copy() for d in devices], tunables or Tunables()).run()
 
 
 @dataclass

@@ -7,8 +7,17 @@ from typing import Any
 
 from lxml import etree
 
-from .model import (Address, AddressError, CcidAddress, Device, DriveAddress, Machine,
-                    PciAddress, UsbAddress, VirtioSerialAddress)
+from .model import (
+    Address,
+    AddressError,
+    CcidAddress,
+    Device,
+    DriveAddress,
+    Machine,
+    PciAddress,
+    UsbAddress,
+    VirtioSerialAddress,
+)
 
 __all__ = ["machine_of", "read_devices", "write_devices"]
 

@@ -28,8 +28,17 @@ import string
 from collections.abc import Iterator
 from typing import Any
 
-from .model import (AddressError, CcidAddress, Device, DriveAddress, Machine, PciAddress,
-                    Tunables, UsbAddress, VirtioSerialAddress)
+from .model import (
+    AddressError,
+    CcidAddress,
+    Device,
+    DriveAddress,
+    Machine,
+    PciAddress,
+    Tunables,
+    UsbAddress,
+    VirtioSerialAddress,
+)
 from .pci import Bus, Connect, Flags, PciSpace, controller_connect
 
 __all__ = ["LibvirtPlacement", "disk_index"]
@@ -188,9 +197,7 @@ class LibvirtPlacement:
                 if cont.index is None:
                     at = position + 1
                     break
-                if current.index is not None and current.index > cont.index:
-                    at = position
-                elif not cont.options.get("master") and current.options.get("master") and \
+                if current.index is not None and current.index > cont.index or not cont.options.get("master") and current.options.get("master") and \
                         current.index == cont.index:
                     at = position
                 elif at == -1:

@@ -196,6 +196,12 @@ class Device:
     def __str__(self) -> str:
         return self.label()
 
+    def copy(self) -> Device:
+        """A copy that shares nothing mutable with this one (``origin`` is shared)."""
+        return Device(self.kind, self.type, self.model, self.bus, self.index, self.target,
+                      self.address, dict(self.options), self.placement, self.hotpluggable,
+                      self.numa_node, self.function_group, self.name, self.added, self.origin)
+
     def label(self) -> str:
         """How messages name the device: its name, else kind, type and index."""
         if self.name:
