@@ -19,10 +19,10 @@ PCI-only devices on q35, USB hubs, virtio-serial ports) that libvirt's tests rar
 
 its ``<emulator>`` dropped (libvirt picks the one for the architecture), aarch64 guests made
 TCG (``type='qemu'``: this host has no aarch64 KVM), the name made unique and the UUID
-dropped. Each is defined on a private libvirtd (``PrivateDaemon``, QEMU driver, QEMU 7.2)
+dropped (and an SMBIOS UUID, which libvirt would copy). Each is defined on a private libvirtd (``PrivateDaemon``, QEMU driver, QEMU 7.2)
 and its inactive XML read back: that is the truth. Inputs that libvirt refuses (machine
 types QEMU 7.2 no longer has, missing host devices...) are left out, and counted. The truth
-is cached in ``.cache/address-agreement/`` by a digest of the input.
+is cached in ``.cache/address-agreement/<versions>/`` by a digest of the input.
 
 aiovirt then addresses the same prepared input offline (``aiovirt.address``), and the two
 are compared on every addressed device and every controller: a document agrees exactly when
@@ -108,7 +108,7 @@ def prepare(path: Path, mode: str) -> tuple[str, str] | None:
     arch, _ = machine_of(root)  # type: ignore[misc]
     if arch == "aarch64":
         root.set("type", "qemu")
-    for tag in ("uuid", "devices/emulator"):
+    for tag in ("uuid", "devices/emulator", "sysinfo/system/entry[@name='uuid']"):
         for element in root.findall(tag):
             element.getparent().remove(element)
     name = root.find("name")
@@ -117,7 +117,9 @@ def prepare(path: Path, mode: str) -> tuple[str, str] | None:
     strip_addresses(root)
     if mode == "controllers":
         strip_inserted_controllers(root)
-    digest = hashlib.sha256(etree.tostring(root)).hexdigest()[:16]
+    # unique per file and mode: inputs that are the same once prepared are defined at once
+    digest = hashlib.sha256(f"{path.stem} {mode} ".encode() + etree.tostring(root)
+                            ).hexdigest()[:16]
     name.text = f"aa-{digest}"
     return path.stem, etree.tostring(root, encoding="unicode")
 
@@ -215,23 +217,34 @@ class Case:
     refused: str | None = None    # why libvirt would not define it
 
 
-async def define_all(cases: list[Case], daemon: PrivateDaemon, parallel: int = 8) -> None:
-    """Fill ``truth`` or ``refused`` for every case, from the cache or the daemon."""
-    CACHE.mkdir(parents=True, exist_ok=True)
-    todo = []
-    for case in cases:
-        cached = CACHE / (hashlib.sha256(case.xml.encode()).hexdigest()[:24] + ".json")
-        if cached.exists():
-            data = json.loads(cached.read_text())
-            case.truth, case.refused = data["truth"], data["refused"]
-        else:
-            todo.append((case, cached))
-    if not todo:
-        return
-    print(f"defining {len(todo)} documents on the private libvirtd...", file=sys.stderr)
-    gate = asyncio.Semaphore(parallel)
+def _version(number: int) -> str:
+    return f"{number // 1000000}.{number // 1000 % 1000}.{number % 1000}"
+
+
+async def define_all(cases: list[Case], daemon: PrivateDaemon, parallel: int = 8, *,
+                     cached: bool = True) -> str:
+    """Fill ``truth`` or ``refused`` for every case, from the cache (kept per libvirt and
+    QEMU version; unless ``cached`` is false) or the daemon; returns the versions, e.g.
+    "libvirt 9.0.0 + QEMU 7.2.0"."""
     async with aiovirt.connect(daemon.uri("qemu", "/system")) as conn:
-        async def one(case: Case, cached: Path) -> None:
+        versions = (f"libvirt {_version(await conn.get_lib_version())} + QEMU "
+                    f"{_version(await conn.get_version())}")
+        cache = CACHE / versions.replace(" + ", "-").replace(" ", "-")
+        cache.mkdir(parents=True, exist_ok=True)
+        todo = []
+        for case in cases:
+            path = cache / (hashlib.sha256(case.xml.encode()).hexdigest()[:24] + ".json")
+            if cached and path.exists():
+                data = json.loads(path.read_text())
+                case.truth, case.refused = data["truth"], data["refused"]
+            else:
+                todo.append((case, path))
+        if not todo:
+            return versions
+        print(f"defining {len(todo)} documents on the private libvirtd...", file=sys.stderr)
+        gate = asyncio.Semaphore(parallel)
+
+        async def one(case: Case, path: Path) -> None:
             async with gate:
                 try:
                     dom = await conn.define_xml(case.xml)
@@ -242,9 +255,10 @@ async def define_all(cases: list[Case], daemon: PrivateDaemon, parallel: int = 8
                         case.truth = await dom.xml(2)  # VIR_DOMAIN_XML_INACTIVE
                     finally:
                         await dom.undefine(4 | 1 | 2 | 16 | 32)
-            cached.write_text(json.dumps({"truth": case.truth, "refused": case.refused}))
+            path.write_text(json.dumps({"truth": case.truth, "refused": case.refused}))
 
-        await asyncio.gather(*(one(case, cached) for case, cached in todo))
+        await asyncio.gather(*(one(case, path) for case, path in todo))
+    return versions
 
 
 # -- comparison ------------------------------------------------------------------------------
@@ -457,12 +471,12 @@ def main() -> int:
     cases = build_cases(tree, modes, options.generated, options.only)
     roundtrips = {}
     with PrivateDaemon() as daemon:
-        asyncio.run(define_all(cases, daemon))
+        versions = asyncio.run(define_all(cases, daemon))
         if not options.no_roundtrip:
             for mode in modes:
                 roundtrips[mode] = asyncio.run(
                     roundtrip([c for c in cases if c.mode == mode], daemon))
-    lines = [f"# address agreement, libvirt 9.0.0 + QEMU 7.2 vs aiovirt {aiovirt.__version__}, "
+    lines = [f"# address agreement, {versions} vs aiovirt {aiovirt.__version__}, "
              f"{time.strftime('%Y-%m-%d')}",
              f"# corpus: {tree}/tests/qemuxml2argvdata and {options.generated} generated "
              "domains"]

@@ -100,10 +100,14 @@ def read_devices(root: etree._Element) -> list[Device]:
             continue
         kind = element.tag
         counts[kind] = counts.get(kind, 0) + 1
-        alias = _attr(element.find("alias"), "name")
+        child: dict[str, etree._Element] = {}   # the first child of each name (faster than
+        for sub in element:                      # find(), which parses a path each time)
+            if sub.tag not in child:
+                child[sub.tag] = sub
+        alias = _attr(child.get("alias"), "name")
         dev = Device(kind, name=alias or f"{kind}#{counts[kind]}", origin=element)
         options: dict[str, Any] = {}
-        target = element.find("target")
+        target = child.get("target")
         if kind == "disk":
             dev.bus = _attr(target, "bus")
             dev.target = _attr(target, "dev")
@@ -115,7 +119,7 @@ def read_devices(root: etree._Element) -> list[Device]:
             dev.model = element.get("model")
             if element.get("ports") is not None:
                 options["ports"] = _int(element.get("ports"), dev.name)
-            model_name = _attr(element.find("model"), "name")
+            model_name = _attr(child.get("model"), "name")
             if model_name:
                 options["model_name"] = model_name
             if target is not None:
@@ -127,17 +131,17 @@ def read_devices(root: etree._Element) -> list[Device]:
                 node = target.findtext("node")
                 if node is not None:
                     options["numa_node"] = _int(node, dev.name)
-            if element.find("master") is not None:
+            if child.get("master") is not None:
                 options["master"] = True
         elif kind == "interface":
             dev.type = element.get("type")
-            dev.model = _attr(element.find("model"), "type")
+            dev.model = _attr(child.get("model"), "type")
         elif kind == "hostdev":
             if element.get("mode", "subsystem") == "subsystem":
                 dev.type = element.get("type")
             dev.model = element.get("model")
         elif kind in ("video",):
-            model = element.find("model")
+            model = child.get("model")
             dev.model = _attr(model, "type")
             if _attr(model, "primary") == "yes":
                 options["primary"] = True
@@ -156,8 +160,8 @@ def read_devices(root: etree._Element) -> list[Device]:
             dev.type = element.get("type")
         elif kind == "filesystem":
             dev.model = element.get("model")
-            options["driver"] = _attr(element.find("driver"), "type")
-        address = element.find("address")
+            options["driver"] = _attr(child.get("driver"), "type")
+        address = child.get("address")
         if address is not None:
             dev.address, foreign = _address(address, dev.name)
             if foreign is not None:
@@ -183,10 +187,11 @@ def _hex(value: int, width: int) -> str:
     return f"0x{value:0{width}x}"
 
 
-def _write_address(element: etree._Element, address: Address | None) -> None:
-    for old in element.findall("address"):
-        if old.get("type") in OURS:
-            element.remove(old)
+def _write_address(element: etree._Element, address: Address | None, fresh: bool) -> None:
+    if not fresh:
+        for old in element.findall("address"):
+            if old.get("type") in OURS:
+                element.remove(old)
     if address is None:
         return
     if isinstance(address, PciAddress):
@@ -254,21 +259,24 @@ def write_devices(root: etree._Element, devices: list[Device]) -> None:
     if container is None:
         container = etree.SubElement(root, "devices")
     _order_videos(container, devices)
+    inserter = _Inserter(container)
     for dev in devices:
         element = dev.origin
-        if element is None:
+        fresh = element is None
+        if fresh:
             element = dev.origin = _new_element(dev)
-            _insert(container, element)
+            inserter.insert(element)
         if dev.kind == "controller":
             _write_controller(element, dev)
-        if dev.options.get("write_foreign") and element.find("address") is None:
+        old = None if fresh else element.find("address")
+        if dev.options.get("write_foreign") and old is None:
             attrs = {"type": dev.options["foreign_address"]}
             if dev.options.get("dimm_slot") is not None:
                 attrs["slot"] = str(dev.options["dimm_slot"])
             etree.SubElement(element, "address", attrs)
-        elif dev.address is not None or element.find("address") is not None:
-            if dev.options.get("foreign_address") is None:
-                _write_address(element, dev.address)
+        elif (dev.address is not None or old is not None) and \
+                dev.options.get("foreign_address") is None:
+            _write_address(element, dev.address, fresh)
 
 
 def _order_videos(container: etree._Element, devices: list[Device]) -> None:
@@ -286,16 +294,31 @@ def _order_videos(container: etree._Element, devices: list[Device]) -> None:
     container.remove(marker)
 
 
-def _insert(container: etree._Element, element: etree._Element) -> None:
-    """Put a new device after the last of its kind (or where libvirt's order puts it)."""
-    same = container.findall(element.tag)
-    if same:
-        same[-1].addnext(element)
-        return
-    rank = _ORDER.index(element.tag) if element.tag in _ORDER else len(_ORDER)
-    for existing in container:
-        if isinstance(existing.tag, str) and existing.tag in _ORDER and \
-                _ORDER.index(existing.tag) > rank:
-            existing.addprevious(element)
-            return
-    container.append(element)
+class _Inserter:
+    """Puts new device elements after the last of their kind, else where libvirt's order of
+    kinds puts them (remembering the last of each kind: no search per insertion)."""
+
+    def __init__(self, container: etree._Element) -> None:
+        self.container = container
+        self.last: dict[str, etree._Element] = {}
+        for child in container:
+            if isinstance(child.tag, str):
+                self.last[child.tag] = child
+
+    def insert(self, element: etree._Element) -> None:
+        tag = element.tag
+        previous = self.last.get(tag)
+        if previous is not None:
+            previous.addnext(element)
+        else:
+            self._insert_by_order(element)
+        self.last[tag] = element
+
+    def _insert_by_order(self, element: etree._Element) -> None:
+        rank = _ORDER.index(element.tag) if element.tag in _ORDER else len(_ORDER)
+        for existing in self.container:
+            if isinstance(existing.tag, str) and existing.tag in _ORDER and \
+                    _ORDER.index(existing.tag) > rank:
+                existing.addprevious(element)
+                return
+        self.container.append(element)
