@@ -176,8 +176,8 @@ def verify(text: str, specs: list[dict[str, Any]], lv: Libvirt | None) -> str:
                                      if a != b))
     assert sum(d.kind == "emulator" for d in result.devices) == 1
     added = Counter(d.model or d.type or d.kind for d in result.added)
-    line = (f"verified: {len(specs)} devices in, {len(result.devices) - 1} out ({len(result.added)} "
-            f"added: {', '.join(f'{n} {what}' for what, n in sorted(added.items()))}); the core "
+    line = (f"verified: {len(specs)} devices in, {len(result.devices) - 1} out "
+            f"({len(result.added)} added: {', '.join(f'{n} {what}' for what, n in sorted(added.items()))}); the core "
             "API and the XML path give the same addresses")
     if lv is not None:
         theirs = xml_addresses(lv.define_read_undefine(text))

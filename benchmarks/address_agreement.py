@@ -19,8 +19,9 @@ PCI-only devices on q35, USB hubs, virtio-serial ports) that libvirt's tests rar
 
 its ``<emulator>`` dropped (libvirt picks the one for the architecture), aarch64 guests made
 TCG (``type='qemu'``: this host has no aarch64 KVM), the name made unique and the UUID
-dropped (and an SMBIOS UUID, which libvirt would copy). Each is defined on a private libvirtd (``PrivateDaemon``, QEMU driver, QEMU 7.2)
-and its inactive XML read back: that is the truth. Inputs that libvirt refuses (machine
+dropped (and an SMBIOS UUID, which libvirt would copy). Each is defined on a private
+libvirtd (``PrivateDaemon``, QEMU driver, QEMU 7.2) and its inactive XML read back: that is
+the truth. Inputs that libvirt refuses (machine
 types QEMU 7.2 no longer has, missing host devices...) are left out, and counted. The truth
 is cached in ``.cache/address-agreement/<versions>/`` by a digest of the input.
 
@@ -92,7 +93,8 @@ def strip_inserted_controllers(root: etree._Element) -> None:
         return
     for controller in devices.findall("controller"):
         kind, model = controller.get("type"), controller.get("model", "")
-        if kind == "pci" and model not in ("pci-expander-bus", "pcie-expander-bus") or kind != "pci" and is_bare(controller):
+        inserted_pci = kind == "pci" and model not in ("pci-expander-bus", "pcie-expander-bus")
+        if inserted_pci or kind != "pci" and is_bare(controller):
             devices.remove(controller)
 
 

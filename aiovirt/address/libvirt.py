@@ -197,8 +197,10 @@ class LibvirtPlacement:
                 if cont.index is None:
                     at = position + 1
                     break
-                if current.index is not None and current.index > cont.index or not cont.options.get("master") and current.options.get("master") and \
-                        current.index == cont.index:
+                later = current.index is not None and current.index > cont.index
+                before_its_companion = not cont.options.get("master") and \
+                    current.options.get("master") and current.index == cont.index
+                if later or before_its_companion:
                     at = position
                 elif at == -1:
                     at = position + 1
