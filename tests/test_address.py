@@ -313,6 +313,7 @@ KINDS = st.sampled_from([
     lambda i: Device("redirdev", bus="usb", name=f"u{i}"),
     lambda i: Device("rng", model="virtio", name=f"g{i}"),
     lambda i: Device("controller", type="scsi", model="virtio-scsi", name=f"k{i}"),
+    lambda i: nic(name=f"p{i}", function_group=f"group{i % 3}"),   # packed when asked
 ])
 
 
@@ -331,17 +332,20 @@ def addresses(devices: list[Device]) -> dict[str, object]:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from([PC, Q35]), st.lists(KINDS, max_size=25), st.lists(KINDS, max_size=12),
-       st.integers(0, 4), st.integers(0, 4))
+       st.integers(0, 4), st.integers(0, 4), st.sampled_from([None, "pci", "pcie"]),
+       st.sampled_from(["spread", "pack"]), st.sampled_from(["spread", "pack"]))
 def test_adding_devices_or_changing_tunables_never_moves_existing_ones(
-        machine, first, later, reserve, reserve_later):
+        machine, first, later, reserve, reserve_later, placement_later, multifunction,
+        multifunction_later):
     before = place(Machine(machine.arch, machine.machine), build(first),
-                   Tunables(hotplug_reserve=reserve))
+                   Tunables(hotplug_reserve=reserve, multifunction=multifunction))
     old = addresses(before)
     old_indexes = {(c.type, c.index) for c in before if c.kind == "controller"}
     highest_pci = max(c.index for c in before if c.kind == "controller" and c.type == "pci")
     try:
         after = place(Machine(machine.arch, machine.machine), [*before, *build(later, 100)],
-                      Tunables(hotplug_reserve=reserve_later))
+                      Tunables(hotplug_reserve=reserve_later, placement=placement_later,
+                               multifunction=multifunction_later))
     except AddressError as exc:
         # the one thing that can make room is moving a device, which is never done: when
         # every USB port is taken, a hub has nowhere to go (libvirt fails the same way)
