@@ -89,7 +89,10 @@ _TYPE_NAMES = {cls: name for name, cls in _ADDRESS_TYPES.items()}
 
 
 def address_to_dict(address: Address) -> dict[str, Any]:
-    data = {"type": _TYPE_NAMES[type(address)], **asdict(address)}
+    """JSON-ready: the type name and every field that is set (``multifunction`` only when
+    it says on or off)."""
+    data = {"type": _TYPE_NAMES[type(address)],
+            **{k: v for k, v in asdict(address).items() if v is not None}}
     if isinstance(address, UsbAddress):
         data["port"] = list(address.port)
     return data
