@@ -11,6 +11,7 @@ from .errors import (AiovirtError, ArgumentUnsupported, AuthenticationError, Con
 from .events import DomainEvent, DomainEventID, DomainEventType, DomainLifecycleEvent
 from .network import Network
 from .nodedev import NodeDevice
+from .objects import NodeInfo
 from .secret import Secret, SecretUsageType
 from .storage import (StoragePool, StoragePoolInfo, StoragePoolState, StorageVolume,
                       StorageVolumeInfo, StorageVolumeType)
@@ -24,7 +25,7 @@ __all__ = [
     "InvalidArgument", "InvalidURI", "LibvirtError", "MetadataType", "Network", "NodeDevice",
     "NoSuchDomain", "NoSuchMetadata",
     "NoSuchNetwork", "NoSuchNodeDevice", "NoSuchSecret", "NoSuchStoragePool",
-    "NoSuchStorageVolume", "NoSupport", "ObjectExists", "OperationFailed", "OperationInvalid",
+    "NoSuchStorageVolume", "NoSupport", "NodeInfo", "ObjectExists", "OperationFailed", "OperationInvalid",
     "OperationTimeout", "ProtocolError", "SLOW_PROCEDURES", "Secret", "SecretUsageType",
     "StoragePool", "StoragePoolInfo", "StoragePoolState", "StorageVolume", "StorageVolumeInfo",
     "StorageVolumeType", "XMLError", "XMLInputError", "connect", "parse_uri",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .domain import DomainMethods
 from .handle import ConnectionBase
 from .network import NetworkMethods
@@ -9,7 +11,21 @@ from .nodedev import NodeDeviceMethods
 from .secret import SecretMethods
 from .storage import StorageMethods
 
-__all__ = ["ConnectionObjects", "HostMethods"]
+__all__ = ["ConnectionObjects", "HostMethods", "NodeInfo"]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """``virNodeGetInfo``: the host's CPU model, memory (KiB), CPUs and their layout."""
+
+    model: str
+    memory: int
+    cpus: int
+    mhz: int
+    nodes: int
+    sockets: int
+    cores: int
+    threads: int
 
 
 class HostMethods(ConnectionBase):
@@ -25,6 +41,16 @@ class HostMethods(ConnectionBase):
 
     async def hostname(self) -> str:
         return (await self.rpc.connect_get_hostname()).hostname
+
+    async def node_info(self) -> NodeInfo:
+        ret = await self.rpc.node_get_info()
+        model = bytes(ret.model).split(b"\0", 1)[0].decode(errors="replace")
+        return NodeInfo(model, ret.memory, ret.cpus, ret.mhz, ret.nodes, ret.sockets,
+                        ret.cores, ret.threads)
+
+    async def free_memory(self) -> int:
+        """The host's free memory, in bytes."""
+        return (await self.rpc.node_get_free_memory()).freeMem
 
     async def capabilities(self) -> str:
         """The host capabilities XML."""

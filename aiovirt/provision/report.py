@@ -1,0 +1,176 @@
+"""What a provisioning run did: an outcome per guest, the hosts' fates, and what exists."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+__all__ = ["GuestResult", "HostSummary", "Outcome", "Progress", "Report", "Stage"]
+
+
+class Stage(StrEnum):
+    """Where a guest is now; the last four are final outcomes, with ``defined`` and
+    ``started`` (a guest that stops at definition is final too)."""
+
+    PENDING = "pending"        # waiting for a host's worker
+    DEFINING = "defining"
+    DEFINED = "defined"
+    STARTING = "starting"      # the start call is out, or its STARTED event awaited
+    STARTED = "started"
+    FAILED = "failed"
+    SKIPPED = "skipped"        # it existed already and on_existing="skip"
+    CANCELLED = "cancelled"    # never launched: the run was cancelled first
+
+
+Outcome = Stage   # the final stages: started, defined, failed, skipped, cancelled
+
+
+@dataclass
+class GuestResult:
+    """One guest: where it went, how far it got, and whether it exists now.
+
+    ``exists`` is True, False, or None when it cannot be known (its host was lost while a
+    call for it was out).  ``error`` says why a guest failed (``stage`` where: compose,
+    place, define, start, event...).  ``moved_from`` lists hosts it was taken off when they
+    were lost before it was launched there.
+    """
+
+    name: str
+    spec: int
+    host: str | None = None
+    stage: Stage = Stage.PENDING
+    final: bool = False
+    uuid: str | None = None
+    exists: bool | None = False
+    error: str | None = None
+    failed_at: str | None = None
+    rolled_back: bool = False
+    replaced: bool = False
+    moved_from: list[str] = field(default_factory=list)
+    seconds: float | None = None
+
+    @property
+    def outcome(self) -> Stage | None:
+        """The final stage, or None while the guest is still on its way."""
+        return self.stage if self.final else None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"name": self.name, "spec": self.spec, "host": self.host,
+                                "outcome": str(self.stage) if self.final else None,
+                                "stage": str(self.stage), "exists": self.exists,
+                                "uuid": self.uuid}
+        if self.error is not None:
+            data["error"] = self.error
+            data["failed_at"] = self.failed_at
+        if self.rolled_back:
+            data["rolled_back"] = True
+        if self.replaced:
+            data["replaced"] = True
+        if self.moved_from:
+            data["moved_from"] = list(self.moved_from)
+        if self.seconds is not None:
+            data["seconds"] = round(self.seconds, 4)
+        return data
+
+
+@dataclass
+class HostSummary:
+    """One host of the run: ``state`` is ``ok``, ``unreachable`` (never connected) or
+    ``lost`` (its connection died during the run); ``error`` says why."""
+
+    uri: str
+    state: str = "ok"
+    error: str | None = None
+    hostname: str | None = None
+    concurrency: int = 0
+    free_memory_kib: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {"uri": self.uri, "state": self.state, "hostname": self.hostname,
+                "concurrency": self.concurrency, "free_memory_kib": self.free_memory_kib}
+        if self.error is not None:
+            data["error"] = self.error
+        return data
+
+
+class Progress:
+    """Live counts: guests per stage, and how many are done (have their outcome)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self.counts: Counter[Stage] = Counter({Stage.PENDING: total})
+
+    def move(self, old: Stage, new: Stage, *, final: bool) -> None:
+        self.counts[old] -= 1
+        self.counts[new] += 1
+        self.done += final
+
+    def to_dict(self) -> dict[str, int]:
+        data = {str(stage): self.counts[stage] for stage in Stage if self.counts[stage]}
+        data["total"] = self.total
+        data["done"] = self.done
+        return data
+
+
+@dataclass
+class Report:
+    """The account of a run: every guest's result, every host's fate, and notes on what the
+    run had to do on its own (guests moved off a lost host...)."""
+
+    run_id: str
+    results: list[GuestResult]
+    hosts: list[HostSummary] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    cancelled: bool = False
+    seconds: float = 0.0
+
+    def counts(self) -> dict[str, int]:
+        """How many guests ended in each outcome (``pending`` etc. while running)."""
+        return dict(Counter(str(r.stage) for r in self.results))
+
+    @property
+    def ok(self) -> bool:
+        """Every guest reached what was asked (started, or defined with start=False), or was
+        skipped as existing; nothing failed or was cancelled."""
+        return all(r.final and r.stage not in (Stage.FAILED, Stage.CANCELLED)
+                   for r in self.results)
+
+    def failed(self) -> list[GuestResult]:
+        return [r for r in self.results if r.stage is Stage.FAILED]
+
+    def existing(self) -> list[GuestResult]:
+        """Guests that exist because of this run (or may: ``exists`` unknown)."""
+        return [r for r in self.results if r.exists is not False and r.stage is not
+                Stage.SKIPPED]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "ok": self.ok, "cancelled": self.cancelled,
+                "seconds": round(self.seconds, 3), "counts": self.counts(),
+                "hosts": [h.to_dict() for h in self.hosts], "notes": list(self.notes),
+                "guests": [r.to_dict() for r in self.results]}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        """A report read back (e.g. for ``teardown(report=...)``)."""
+        results = []
+        for g in data.get("guests", []):
+            stage = Stage(g.get("stage", "pending"))
+            results.append(GuestResult(
+                name=g["name"], spec=g.get("spec", 0), host=g.get("host"), stage=stage,
+                final=g.get("outcome") is not None, uuid=g.get("uuid"),
+                exists=g.get("exists", False), error=g.get("error"),
+                failed_at=g.get("failed_at"), rolled_back=g.get("rolled_back", False),
+                replaced=g.get("replaced", False), moved_from=list(g.get("moved_from", [])),
+                seconds=g.get("seconds")))
+        hosts = [HostSummary(h["uri"], h.get("state", "ok"), h.get("error"),
+                             h.get("hostname"), h.get("concurrency", 0),
+                             h.get("free_memory_kib")) for h in data.get("hosts", [])]
+        return cls(data.get("run_id", ""), results, hosts, list(data.get("notes", [])),
+                   bool(data.get("cancelled", False)), float(data.get("seconds", 0.0)))

@@ -1,0 +1,545 @@
+"""The provisioning run: compose each spec for each host, place the guests, then define and
+start them with bounded concurrency per host, completion taken from STARTED events.
+
+One ``Provisioning`` is one run.  Each host gets a queue and ``concurrency`` workers; every
+guest ends with an outcome in the ``Report``.  A host whose connection dies hands its
+not-yet-launched guests to the others; a cancelled run launches nothing more, lets the calls
+that are out finish, and reports what exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import uuid as _uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from xml.sax.saxutils import escape
+
+import anyio
+import anyio.abc
+from lxml import etree
+
+from .. import metadata as metadata_codec
+from ..address import Tunables
+from ..compose import Library, compose
+from ..compose.errors import ComposeError
+from ..connection import Connection, connect
+from ..domain import Domain
+from ..errors import AiovirtError, ConnectionClosed, LibvirtError, NoSuchDomain
+from ..events import DomainEventType
+from ..xmlsafe import parse, to_string
+from .placement import POLICIES, Capacity, choose
+from .report import GuestResult, HostSummary, Progress, Report, Stage
+from .spec import Guest, GuestSpec, ProvisionError, expand, memory_and_vcpus
+
+__all__ = ["NAMESPACE", "ON_EXISTING", "Provisioning", "provision", "undefine"]
+
+NAMESPACE = "https://aiovirt.org/xmlns/provision/1"
+ON_EXISTING = ("fail", "skip", "replace")
+# MANAGED_SAVE | SNAPSHOTS_METADATA | NVRAM | CHECKPOINTS_METADATA | TPM: a guest this
+# library made leaves nothing behind; drivers that refuse a flag get the shorter lists
+_UNDEFINE_FLAGS = (1 | 2 | 4 | 16 | 32, 1 | 2, 0)
+
+
+async def undefine(dom: Domain) -> None:
+    """Stop a domain if it runs and remove its definition with its saved state, snapshot
+    and checkpoint metadata, NVRAM and TPM state (as far as the driver allows)."""
+    with contextlib.suppress(LibvirtError):
+        if await dom.is_active():
+            await dom.destroy()
+    for flags in _UNDEFINE_FLAGS:
+        try:
+            await dom.undefine(flags)
+            return
+        except LibvirtError as exc:
+            if flags == 0 or "flag" not in str(exc).lower():
+                raise
+
+
+@dataclass
+class _Composed:
+    """A spec composed for one host: the XML with a placeholder name, or why it failed."""
+
+    text: str | None
+    memory_kib: int = 0
+    vcpus: int = 1
+    error: str | None = None
+
+    def for_name(self, name: str, placeholder: str) -> str:
+        assert self.text is not None
+        return self.text.replace(placeholder, escape(name, {'"': "&quot;", "'": "&apos;"}))
+
+
+class _Host:
+    """One host of the run: its connection, capacity, queue and STARTED waiters."""
+
+    def __init__(self, index: int, target: str | Connection) -> None:
+        self.index = index
+        self.target = target
+        self.uri = target if isinstance(target, str) else target.uri.uri
+        self.summary = HostSummary(self.uri)
+        self.conn: Connection | None = target if isinstance(target, Connection) else None
+        self.capacity: Capacity | None = None
+        self.names: set[str] = set()
+        self.caps: str | None = None
+        self.domcaps: dict[tuple[str | None, ...], str | None] = {}
+        self.composed: dict[int, _Composed] = {}
+        self.waiters: dict[str, anyio.Event] = {}
+        self.send, self.receive = anyio.create_memory_object_stream[Guest](math.inf)
+        self.lost = False
+        self.concurrency = 0
+        self.events_scope: anyio.CancelScope | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.conn is not None and not self.lost
+
+
+class Provisioning:
+    """One provisioning run over one or more hosts.
+
+    ``hosts``: URIs (opened and closed by the run) or open ``Connection``s.  ``placement``:
+    ``capacity`` (most free memory first), ``spread`` or ``pack``.  ``concurrency``: guests
+    in progress per host (default: the connection's calls in flight times its sockets, 25
+    with the defaults).  ``on_existing``: ``fail``, ``skip`` or ``replace`` a guest whose
+    name exists.  ``rollback``: undefine guests that fail to start.  ``start_timeout``:
+    seconds to wait for a guest's STARTED event once its start call returned.
+    ``on_change`` is called with a guest's result each time it moves on.
+    """
+
+    def __init__(self, hosts: str | Connection | Sequence[str | Connection],
+                 specs: GuestSpec | Sequence[GuestSpec], *, placement: str = "capacity",
+                 concurrency: int | None = None, on_existing: str = "fail",
+                 rollback: bool = True, start_timeout: float = 60.0,
+                 library: Library | None = None,
+                 on_change: Callable[[GuestResult], None] | None = None,
+                 run_id: str | None = None) -> None:
+        targets = [hosts] if isinstance(hosts, (str, Connection)) else list(hosts)
+        if not targets:
+            raise ProvisionError("no hosts given")
+        self.specs = [specs] if isinstance(specs, GuestSpec) else list(specs)
+        if not self.specs:
+            raise ProvisionError("no guest specs given")
+        if placement not in POLICIES:
+            raise ProvisionError(f"unknown placement {placement!r} (known: "
+                                 f"{', '.join(POLICIES)})")
+        if on_existing not in ON_EXISTING:
+            raise ProvisionError(f"on_existing={on_existing!r}: use one of "
+                                 f"{', '.join(ON_EXISTING)}")
+        if concurrency is not None and concurrency < 1:
+            raise ProvisionError("concurrency must be at least 1")
+        for index, spec in enumerate(self.specs):
+            if spec.count > 1 and parse(spec.template, source=f"spec {index} template"
+                                        ).find("uuid") is not None:
+                raise ProvisionError(f"spec {index}: the template has a <uuid> but makes "
+                                     f"{spec.count} guests: each needs its own (leave it out)")
+        self.guests = expand(self.specs)
+        self.placement = placement
+        self.concurrency = concurrency
+        self.on_existing = on_existing
+        self.rollback = rollback
+        self.start_timeout = start_timeout
+        self.library = library
+        self.on_change = on_change
+        self.run_id = run_id or _uuid.uuid4().hex[:12]
+        self._hosts = [_Host(i, t) for i, t in enumerate(targets)]
+        self._placeholder = f"aiovirt-name-{_uuid.uuid4().hex}"
+        self.results = [GuestResult(g.name, g.spec) for g in self.guests]
+        self._by_name = {g.name: i for i, g in enumerate(self.guests)}
+        self.progress = Progress(len(self.guests))
+        self.report = Report(self.run_id, self.results, [h.summary for h in self._hosts])
+        self._scope: anyio.CancelScope | None = None
+        self._cancel_asked = False
+        self._cancelled_from_outside = False
+        self._started_at = 0.0
+        self._arrivals: set[int] = set()
+        self._ready: anyio.Event | None = None
+
+    # -- control --------------------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Launch nothing more; calls already out finish; ``run()`` then returns the report."""
+        self._cancel_asked = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def run(self) -> Report:
+        """Carry out the run; returns the report (also when ``cancel()`` stopped it).  If the
+        task running it is cancelled, the report is still completed (``self.report``) before
+        the cancellation propagates."""
+        self._started_at = time.monotonic()
+        self._ready = anyio.Event()
+        try:
+            with anyio.CancelScope() as self._scope:
+                if self._cancel_asked:
+                    self._scope.cancel()
+                async with anyio.create_task_group() as tg:
+                    for host in self._hosts:
+                        tg.start_soon(self._run_host, host, name=f"aiovirt host {host.uri}")
+                    await self._ready.wait()
+                    if not any(h.usable for h in self._hosts):
+                        for result in self.results:
+                            self._fail(result, "place", "no host could be reached")
+                    self._plan()
+                    if self._all_done():
+                        self._close_queues()
+        except anyio.get_cancelled_exc_class():
+            self._cancelled_from_outside = True
+            raise
+        finally:
+            self._finish_report()
+        return self.report
+
+    # -- hosts ----------------------------------------------------------------------------------
+    async def _run_host(self, host: _Host) -> None:
+        """One host's life in the run: connect (unless given a connection), watch its events,
+        learn what placement needs, then run its workers until the run is done."""
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                try:
+                    if host.conn is None:
+                        host.conn = await stack.enter_async_context(connect(str(host.target)))
+                except (AiovirtError, OSError) as exc:
+                    self._unreachable(host, exc)
+                    return
+                async with anyio.create_task_group() as tg:
+                    try:
+                        await tg.start(self._watch_events, host)
+                        await self._learn(host)
+                    except (AiovirtError, OSError) as exc:
+                        self._unreachable(host, exc)
+                        tg.cancel_scope.cancel()
+                        return
+                    self._arrived(host)
+                    for n in range(host.concurrency):
+                        tg.start_soon(self._worker, host, name=f"aiovirt worker {host.uri} {n}")
+        finally:
+            self._arrived(host)
+
+    def _arrived(self, host: _Host) -> None:
+        """``host`` is ready or out of the running; placement starts once all are."""
+        self._arrivals.add(host.index)
+        if len(self._arrivals) == len(self._hosts):
+            assert self._ready is not None
+            self._ready.set()
+
+    def _unreachable(self, host: _Host, exc: BaseException) -> None:
+        host.conn = None
+        host.summary.state = "unreachable"
+        host.summary.error = f"{type(exc).__name__}: {exc}"
+        self.report.notes.append(f"host {host.uri} is unreachable: {exc}")
+
+    async def _learn(self, host: _Host) -> None:
+        """Read what placement and composition need: capacity, existing names,
+        capabilities; compose every spec for the host."""
+        conn = host.conn
+        assert conn is not None
+        info = await conn.node_info()
+        # the test driver's free memory is a fixed figure (in the wrong unit): take its
+        # host's total memory instead
+        free_kib = info.memory if conn.uri.driver == "test" else \
+            await conn.free_memory() // 1024
+        host.capacity = Capacity(free_kib, info.cpus)
+        host.summary.free_memory_kib = free_kib
+        host.summary.hostname = await conn.hostname()
+        host.names = {d.name for d in await conn.list_domains()}
+        host.caps = await conn.capabilities()
+        host.concurrency = self.concurrency or conn.max_in_flight * (1 + conn.lanes)
+        host.summary.concurrency = host.concurrency
+        for index, spec in enumerate(self.specs):
+            host.composed[index] = await self._compose(host, index, spec)
+
+    async def _watch_events(self, host: _Host, *,
+                            task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                            ) -> None:
+        """Route each STARTED event to the guest waiting for it (until the run is done)."""
+        conn = host.conn
+        assert conn is not None
+        with anyio.CancelScope() as host.events_scope:
+            async with conn.domain_events() as events:   # a failure here reaches tg.start
+                task_status.started()
+                try:
+                    async for event in events:
+                        if event.event == DomainEventType.STARTED:
+                            waiter = host.waiters.pop(event.domain.uuid, None)
+                            if waiter is not None:
+                                waiter.set()
+                except (AiovirtError, OSError) as exc:
+                    if not host.lost and not self._all_done():
+                        self._lose(host, exc)
+                    return
+            if not host.lost and not self._all_done():
+                self._lose(host, ConnectionClosed("its event stream ended"))
+
+    async def _compose(self, host: _Host, index: int, spec: GuestSpec) -> _Composed:
+        """Compose ``spec`` for ``host``: a first pass says which machine the result is for,
+        whose domain capabilities then feed the real pass."""
+        root = parse(spec.template, source="template")
+        name = root.find("name")
+        if name is None:
+            name = etree.SubElement(root, "name")
+        name.text = self._placeholder
+        if self.library is None:
+            self.library = Library.default()
+        library = self.library
+        try:
+            first = compose(root, spec.profiles, params=spec.params, caps=host.caps,
+                            library=library, validate=False, record=False)
+            domcaps = await self._domcaps(host, first.tree)
+            result = compose(root, spec.profiles, params=spec.params, caps=host.caps,
+                             domcaps=domcaps, library=library,
+                             address=spec.address if isinstance(spec.address, Tunables)
+                             else bool(spec.address))
+        except (ComposeError, AiovirtError) as exc:
+            return _Composed(None, error=f"{type(exc).__name__}: {exc}")
+        tree = result.tree
+        labels = dict(spec.labels)
+        metadata_codec.write(tree, {"run": self.run_id, "spec": index, "labels": labels},
+                             namespace=NAMESPACE, prefix="aiovirt-provision", name="guest")
+        memory, vcpus = memory_and_vcpus(tree)
+        return _Composed(to_string(tree), memory, vcpus)
+
+    async def _domcaps(self, host: _Host, tree: etree._Element) -> str | None:
+        os_type = tree.find("os/type")
+        key = (tree.get("type"), tree.findtext("devices/emulator"),
+               os_type.get("arch") if os_type is not None else None,
+               os_type.get("machine") if os_type is not None else None)
+        if key not in host.domcaps:
+            assert host.conn is not None
+            virttype, emulator, arch, machine = key
+            try:
+                host.domcaps[key] = await host.conn.domain_capabilities(
+                    emulator=emulator, arch=arch, machine=machine, virttype=virttype)
+            except LibvirtError:
+                host.domcaps[key] = None   # the driver has none (test), or not for this
+        return host.domcaps[key]
+
+    def _lose(self, host: _Host, error: BaseException) -> None:
+        """A host's connection died: fail what was out on it, re-place what was not."""
+        if host.lost:
+            return
+        host.lost = True
+        host.summary.state = "lost"
+        host.summary.error = f"{type(error).__name__}: {error}"
+        for waiter in host.waiters.values():
+            waiter.set()
+        host.waiters.clear()
+        moved: list[Guest] = []
+        while True:
+            try:
+                moved.append(host.receive.receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+        host.send.close()
+        if moved:
+            self._replace(moved, host)
+        else:
+            self.report.notes.append(f"host {host.uri} was lost: {error}")
+
+    def _replace(self, guests: list[Guest], lost: _Host) -> None:
+        """Place guests taken off a lost host on the others (or fail them)."""
+        targets: dict[str, int] = {}
+        for guest in guests:
+            result = self.results[self._by_name[guest.name]]
+            result.moved_from.append(lost.uri)
+            composed = lost.composed.get(guest.spec)
+            if lost.capacity is not None and composed is not None:
+                lost.capacity.give_back(composed.memory_kib, composed.vcpus)
+            host = self._place(guest, result)
+            if host is not None:
+                targets[host.uri] = targets.get(host.uri, 0) + 1
+        where = ", ".join(f"{n} to {uri}" for uri, n in targets.items()) or "none could be " \
+            "placed elsewhere"
+        self.report.notes.append(f"host {lost.uri} was lost: {lost.summary.error}; "
+                                 f"{len(guests)} guests not yet launched there moved: {where}")
+
+    # -- placement ------------------------------------------------------------------------------
+    def _plan(self) -> None:
+        for guest, result in zip(self.guests, self.results):
+            if not result.final:
+                self._place(guest, result)
+
+    def _place(self, guest: Guest, result: GuestResult) -> _Host | None:
+        """Choose a host for ``guest`` and queue it there; fail it when none fits."""
+        live = [h for h in self._hosts if h.usable]
+        if not live:
+            self._fail(result, "place", "no host is left to take it")
+            return None
+        existing = [h for h in live if guest.name in h.names]
+        if existing:
+            host = existing[0]
+            if self.on_existing == "skip":
+                result.host = host.uri
+                self._set(result, Stage.SKIPPED, final=True, exists=True)
+                return None
+            if self.on_existing == "fail":
+                result.host = host.uri
+                self._fail(result, "define", f"a domain named {guest.name!r} already exists "
+                           f"on {host.uri} (on_existing='fail')")
+                return None
+            chosen: _Host | None = host   # replace it where it is
+        else:
+            sizes = [h.composed.get(guest.spec) if h.usable else None for h in self._hosts]
+            size = next((s for s in sizes if s is not None and s.text is not None), None)
+            if size is None:
+                errors = {s.error for s in sizes if s is not None and s.error}
+                self._fail(result, "compose", "; ".join(sorted(errors)) or "not composed")
+                return None
+            index = choose([h.capacity if h.usable else None for h in self._hosts],
+                           size.memory_kib, size.vcpus, self.placement)
+            if index is None:
+                most = max((h for h in live if h.capacity is not None),
+                           key=lambda h: h.capacity.free_kib)  # type: ignore[union-attr]
+                self._fail(result, "place", f"no host has {size.memory_kib // 1024} MiB free "
+                           f"(most: {most.uri}, {most.capacity.free_kib // 1024} MiB)"
+                           )  # type: ignore[union-attr]
+                return None
+            chosen = self._hosts[index]
+        assert chosen is not None and chosen.capacity is not None
+        composed = chosen.composed[guest.spec]
+        if composed.text is not None:
+            chosen.capacity.take(composed.memory_kib, composed.vcpus)
+        result.host = chosen.uri
+        chosen.send.send_nowait(guest)
+        return chosen
+
+    # -- the guests -----------------------------------------------------------------------------
+    async def _worker(self, host: _Host) -> None:
+        async for guest in host.receive:
+            result = self.results[self._by_name[guest.name]]
+            if host.lost:
+                self._replace([guest], host)
+                continue
+            await self._provision(host, guest, result)
+
+    async def _provision(self, host: _Host, guest: Guest, result: GuestResult) -> None:
+        conn = host.conn
+        assert conn is not None
+        spec = self.specs[guest.spec]
+        composed = host.composed[guest.spec]
+        if composed.text is None:
+            self._fail(result, "compose", composed.error or "not composed")
+            return
+        began = time.monotonic()
+        try:
+            if guest.name in host.names:       # on_existing == "replace"
+                await self._remove_existing(host, guest.name, result)
+            self._set(result, Stage.DEFINING)
+            with anyio.CancelScope(shield=True):
+                dom = await conn.define_xml(composed.for_name(guest.name, self._placeholder))
+            result.uuid = dom.uuid
+            self._set(result, Stage.DEFINED, exists=True)
+            if not spec.start:
+                self._set(result, Stage.DEFINED, final=True)
+                return
+            await anyio.lowlevel.checkpoint()   # a cancelled run stops here: it stays defined
+            started = host.waiters[dom.uuid] = anyio.Event()
+            self._set(result, Stage.STARTING)
+            with anyio.CancelScope(shield=True):
+                await dom.start()
+            with anyio.move_on_after(self.start_timeout):
+                await started.wait()
+            if host.lost:
+                raise ConnectionClosed(f"host lost before {guest.name}'s STARTED event")
+            if not started.is_set():
+                host.waiters.pop(dom.uuid, None)
+                await self._start_failed(host, dom, result, "event", "its start call "
+                                         "returned, but no STARTED event came within "
+                                         f"{self.start_timeout:g} s")
+                return
+            self._set(result, Stage.STARTED, final=True)
+        except ConnectionClosed as exc:
+            if result.stage is Stage.DEFINING:
+                result.exists = None      # the define may or may not have happened
+            self._fail(result, result.stage.value, f"host {host.uri} lost: {exc}")
+            self._lose(host, exc)
+        except LibvirtError as exc:
+            if result.stage is Stage.STARTING:
+                await self._start_failed(host, dom, result, "start", str(exc))
+            else:
+                self._fail(result, result.stage.value if result.stage is not Stage.PENDING
+                           else "define", str(exc))
+        except anyio.get_cancelled_exc_class():
+            if result.stage is Stage.STARTING and result.exists:
+                self._set(result, Stage.STARTED, final=True)   # its start call returned
+            elif result.stage is Stage.DEFINED:
+                self._set(result, Stage.DEFINED, final=True)
+            raise
+        finally:
+            result.seconds = time.monotonic() - began
+
+    async def _remove_existing(self, host: _Host, name: str, result: GuestResult) -> None:
+        assert host.conn is not None
+        with anyio.CancelScope(shield=True):
+            try:
+                await undefine(await host.conn.lookup_domain(name=name))
+            except NoSuchDomain:
+                pass
+        host.names.discard(name)
+        result.replaced = True
+
+    async def _start_failed(self, host: _Host, dom: Domain, result: GuestResult, where: str,
+                            error: str) -> None:
+        if self.rollback:
+            try:
+                with anyio.CancelScope(shield=True):
+                    await undefine(dom)
+            except (LibvirtError, ConnectionClosed) as exc:
+                error += f"; rolling back failed too: {exc}"
+            else:
+                result.exists = False
+                result.rolled_back = True
+        self._fail(result, where, error)
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+    def _set(self, result: GuestResult, stage: Stage, *, final: bool = False,
+             exists: bool | None = None) -> None:
+        if result.final:
+            return
+        self.progress.move(result.stage, stage, final=final)
+        result.stage = stage
+        result.final = final
+        if exists is not None:
+            result.exists = exists
+        if self.on_change is not None:
+            self.on_change(result)
+        if final and self._all_done():
+            self._close_queues()
+
+    def _fail(self, result: GuestResult, where: str, error: str) -> None:
+        if result.final:
+            return
+        result.error = error
+        result.failed_at = where
+        self._set(result, Stage.FAILED, final=True)
+
+    def _all_done(self) -> bool:
+        return self.progress.done == self.progress.total
+
+    def _close_queues(self) -> None:
+        """Everything has its outcome: let the workers and the event watchers end."""
+        for host in self._hosts:
+            host.send.close()
+            for waiter in host.waiters.values():
+                waiter.set()
+            if host.events_scope is not None:
+                host.events_scope.cancel()
+
+    def _finish_report(self) -> None:
+        for result in self.results:
+            if not result.final:
+                if result.stage is Stage.PENDING:
+                    self._set(result, Stage.CANCELLED, final=True)
+                else:   # mid-way when the run ended: say where, and that it exists
+                    self._fail(result, result.stage.value, "the run was cancelled here")
+        self.report.cancelled = self._cancel_asked or self._cancelled_from_outside
+        self.report.seconds = time.monotonic() - self._started_at
+
+
+async def provision(hosts: str | Connection | Sequence[str | Connection],
+                    specs: GuestSpec | Sequence[GuestSpec], **options: Any) -> Report:
+    """Compose, place, define and start the guests ``specs`` describe on ``hosts``; returns
+    the report (see ``Provisioning`` for the options)."""
+    return await Provisioning(hosts, specs, **options).run()

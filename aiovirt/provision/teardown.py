@@ -1,0 +1,171 @@
+"""Teardown: stop and undefine the guests a run made, found by name pattern, by the run id
+and labels in their metadata, or from a run's report."""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from ..connection import Connection, connect
+from ..domain import Domain
+from ..errors import AiovirtError, LibvirtError, NoSuchDomain
+from .report import Report, Stage
+from .run import NAMESPACE, undefine
+from .spec import ProvisionError
+
+__all__ = ["Removal", "TeardownReport", "teardown"]
+
+
+@dataclass
+class Removal:
+    """One guest: ``outcome`` is ``removed``, ``not found`` (already gone) or ``failed``."""
+
+    name: str
+    host: str
+    outcome: str
+    uuid: str | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {"name": self.name, "host": self.host, "outcome": self.outcome,
+                "uuid": self.uuid}
+        if self.error is not None:
+            data["error"] = self.error
+        return data
+
+
+@dataclass
+class TeardownReport:
+    removals: list[Removal] = field(default_factory=list)
+    unreachable: dict[str, str] = field(default_factory=dict)   # host -> why
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(r.outcome for r in self.removals))
+
+    @property
+    def ok(self) -> bool:
+        return not self.unreachable and all(r.outcome != "failed" for r in self.removals)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "counts": self.counts(), "unreachable": dict(self.unreachable),
+                "guests": [r.to_dict() for r in self.removals]}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+
+def _labels_match(value: Any, run: str | None, labels: Mapping[str, str]) -> bool:
+    if not isinstance(value, dict):
+        return False
+    if run is not None and value.get("run") != run:
+        return False
+    have = value.get("labels") or {}
+    return isinstance(have, dict) and all(have.get(k) == v for k, v in labels.items())
+
+
+async def teardown(hosts: str | Connection | Sequence[str | Connection] | None = None, *,
+                   names: str | Sequence[str] | None = None, run: str | None = None,
+                   labels: Mapping[str, str] | None = None, report: Report | None = None,
+                   concurrency: int = 16,
+                   on_change: Callable[[Removal], None] | None = None) -> TeardownReport:
+    """Destroy and undefine guests on ``hosts`` that match every filter given: ``names``
+    (shell patterns, ``web-*``), ``run`` (a run id) and ``labels`` (as stored by
+    ``provision``), or the guests ``report`` says exist (found by UUID, or by name when the
+    metadata shows they come from that run).  ``hosts`` defaults to the report's hosts.
+    Asking for no filter at all is an error: this never removes every guest by accident."""
+    if names is None and run is None and not labels and report is None:
+        raise ProvisionError("teardown needs names, run, labels or a report to choose guests")
+    patterns = [names] if isinstance(names, str) else list(names or [])
+    wanted_labels = dict(labels or {})
+    by_host: dict[str, list[tuple[str, str | None]]] = {}
+    if report is not None:
+        for result in report.results:
+            if result.host and result.exists is not False and result.stage is not \
+                    Stage.SKIPPED:
+                by_host.setdefault(result.host, []).append((result.name, result.uuid))
+        run = run if run is not None else report.run_id
+    if hosts is None:
+        if report is None:
+            raise ProvisionError("teardown needs hosts (or a report naming them)")
+        targets: list[str | Connection] = list(by_host)
+    else:
+        targets = [hosts] if isinstance(hosts, (str, Connection)) else list(hosts)
+    out = TeardownReport()
+    gate = anyio.Semaphore(concurrency)
+
+    def record(removal: Removal) -> None:
+        out.removals.append(removal)
+        if on_change is not None:
+            on_change(removal)
+
+    async def remove(uri: str, dom: Domain) -> None:
+        async with gate:
+            try:
+                with anyio.CancelScope(shield=True):
+                    await undefine(dom)
+            except NoSuchDomain:
+                record(Removal(dom.name, uri, "not found", dom.uuid))
+            except (LibvirtError, AiovirtError) as exc:
+                record(Removal(dom.name, uri, "failed", dom.uuid, str(exc)))
+            else:
+                record(Removal(dom.name, uri, "removed", dom.uuid))
+
+    async def ours(dom: Domain) -> bool:
+        async with gate:
+            value = await dom.read_metadata(namespace=NAMESPACE)
+        return _labels_match(value, run, wanted_labels)
+
+    async def on_host(target: str | Connection) -> None:
+        async with contextlib.AsyncExitStack() as stack:   # a connection we open is ours
+            await choose_and_remove(target, stack)
+
+    async def choose_and_remove(target: str | Connection,
+                                stack: contextlib.AsyncExitStack) -> None:
+        uri = target if isinstance(target, str) else target.uri.uri
+        try:
+            conn = target if isinstance(target, Connection) else \
+                await stack.enter_async_context(connect(target))
+            candidates = await conn.list_domains()
+        except (AiovirtError, OSError) as exc:
+            out.unreachable[uri] = f"{type(exc).__name__}: {exc}"
+            return
+        if report is not None:
+            listed = by_host.get(uri, [])
+            uuids = {u for _, u in listed if u}
+            by_name = {n for n, u in listed if not u}
+            found = [d for d in candidates if d.uuid in uuids or d.name in by_name]
+            for name, uuid in listed:
+                if not any(d.uuid == uuid or (not uuid and d.name == name) for d in found):
+                    record(Removal(name, uri, "not found", uuid))
+            candidates = found
+        if patterns:
+            candidates = [d for d in candidates
+                          if any(fnmatch.fnmatchcase(d.name, p) for p in patterns)]
+        if run is not None or wanted_labels:
+            verdicts: dict[str, bool] = {}
+
+            async def check(dom: Domain) -> None:
+                try:
+                    verdicts[dom.uuid] = await ours(dom)
+                except NoSuchDomain:
+                    verdicts[dom.uuid] = False
+
+            async with anyio.create_task_group() as tg:
+                for dom in candidates:
+                    tg.start_soon(check, dom)
+            candidates = [d for d in candidates if verdicts.get(d.uuid)]
+        async with anyio.create_task_group() as tg:
+            for dom in candidates:
+                tg.start_soon(remove, uri, dom)
+
+    async with anyio.create_task_group() as tg:
+        for target in targets:
+            tg.start_soon(on_host, target)
+    return out
