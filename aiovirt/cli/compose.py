@@ -1,13 +1,4 @@
-"""The ``aiovirt`` command line.
-
-    aiovirt compose [--profile NAME[@VER]]... [--param K=V]... [--caps FILE] [--domcaps FILE]
-                    [--explain] [--json] FILE|-
-    aiovirt profiles list | show NAME[@VER] | validate FILE...
-    aiovirt address [--reserve N] [--placement pci|pcie] [--numa DEV=NODE]... FILE|-
-
-Errors go to stderr as one line naming what and where; the exit status is 1 for them and 2
-for a command line that does not parse.
-"""
+"""``aiovirt compose``, ``aiovirt address`` and ``aiovirt profiles``: the offline commands."""
 
 from __future__ import annotations
 
@@ -15,61 +6,24 @@ import argparse
 import json
 import sys
 import textwrap
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from .errors import AiovirtError
+from ..errors import AiovirtError
+from .common import add_library_options, library, params, read
 
-__all__ = ["main"]
-
-
-def _read(path: str) -> str:
-    if path == "-":
-        return sys.stdin.read()
-    try:
-        return Path(path).read_text()
-    except OSError as exc:
-        raise AiovirtError(f"{path}: cannot read: {exc.strerror or exc}") from None
-
-
-def _params(pairs: Sequence[str]) -> dict[str, str]:
-    params = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise AiovirtError(f"--param {pair!r}: expected NAME=VALUE or PROFILE.NAME=VALUE")
-        params[key] = value
-    return params
-
-
-def _library(options: argparse.Namespace) -> Any:
-    from .compose import Library
-
-    return Library.default(paths=options.profile_path or (),
-                           system=not options.no_system_profiles,
-                           user=not options.no_system_profiles)
-
-
-def _add_library_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile-path", action="append", metavar="PATH",
-                        help="also load profiles from this file or directory (repeatable; "
-                             "later ones override earlier ones by name)")
-    parser.add_argument("--no-system-profiles", action="store_true",
-                        help="only the shipped profiles and --profile-path: ignore "
-                             "/etc/aiovirt/profiles and ~/.config/aiovirt/profiles")
+__all__ = ["register"]
 
 
 # -- compose ------------------------------------------------------------------------------------
 
 def _compose(options: argparse.Namespace) -> int:
-    from .compose import compose
+    from ..compose import compose
 
-    result = compose(_read(options.file), options.profile or (),
-                     params=_params(options.param or ()),
-                     caps=_read(options.caps) if options.caps else None,
-                     domcaps=_read(options.domcaps) if options.domcaps else None,
-                     library=_library(options),
+    result = compose(read(options.file), options.profile or (),
+                     params=params(options.param or ()),
+                     caps=read(options.caps) if options.caps else None,
+                     domcaps=read(options.domcaps) if options.domcaps else None,
+                     library=library(options),
                      validate=False if options.no_validate else None,
                      upgrade=options.upgrade, record=not options.no_record,
                      address=_tunables(options) if options.address else False,
@@ -86,18 +40,18 @@ def _compose(options: argparse.Namespace) -> int:
 # -- profiles -------------------------------------------------------------------------------------
 
 def _profiles_list(options: argparse.Namespace) -> int:
-    library = _library(options)
+    profiles = library(options)
     rows = []
-    for profile in library:
-        versions = library.versions(profile.name)
+    for profile in profiles:
+        versions = profiles.versions(profile.name)
         older = [v for v in versions if v != profile.version]
         rows.append((profile.id + (f" (also {', '.join(older)})" if older else ""),
                      str(profile.priority), profile.description))
     if options.json:
         print(json.dumps([{"name": p.name, "version": p.version, "priority": p.priority,
-                           "versions": library.versions(p.name), "auto": p.auto,
+                           "versions": profiles.versions(p.name), "auto": p.auto,
                            "description": p.description, "source": p.source}
-                          for p in library], indent=2))
+                          for p in profiles], indent=2))
         return 0
     width = max((len(r[0]) for r in rows), default=10)
     for ident, priority, description in rows:
@@ -110,8 +64,8 @@ def _profiles_list(options: argparse.Namespace) -> int:
 
 
 def _profiles_show(options: argparse.Namespace) -> int:
-    library = _library(options)
-    profile = library.get(options.name)
+    profiles = library(options)
+    profile = profiles.get(options.name)
     print(f"{profile.id}  (priority {profile.priority}{', auto' if profile.auto else ''})")
     print(f"source: {profile.source}:{profile.line}")
     print(f"digest: {profile.digest}")
@@ -134,10 +88,10 @@ def _profiles_show(options: argparse.Namespace) -> int:
 
 
 def _profiles_validate(options: argparse.Namespace) -> int:
-    from .compose.errors import ComposeError
-    from .compose.library import Library
-    from .compose.lint import lint
-    from .compose.profile import load_profiles
+    from ..compose.errors import ComposeError
+    from ..compose.library import Library
+    from ..compose.lint import lint
+    from ..compose.profile import load_profiles
 
     failed = 0
     for path in options.files:
@@ -161,7 +115,7 @@ def _profiles_validate(options: argparse.Namespace) -> int:
 # -- address ------------------------------------------------------------------------------------
 
 def _tunables(options: argparse.Namespace) -> Any:
-    from .address import Tunables
+    from ..address import Tunables
 
     return Tunables(hotplug_reserve=options.reserve, placement=options.placement,
                     multifunction="pack" if options.pack else "spread")
@@ -194,9 +148,9 @@ def _yes_no(value: str) -> bool:
 
 
 def _address(options: argparse.Namespace) -> int:
-    from .address import Machine, Tunables, address_domain, device_from_dict, place
+    from ..address import Machine, Tunables, address_domain, device_from_dict, place
 
-    text = _read(options.file)
+    text = read(options.file)
     if options.devices_json:
         try:
             data = json.loads(text)
@@ -230,12 +184,8 @@ def _add_address_options(parser: argparse.ArgumentParser) -> None:
 
 # -- the parser ---------------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="aiovirt", description="Drive libvirt/KVM hosts: compose domain XML from "
-                                    "profiles, and more.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def register(commands: Any) -> None:
+    """Add the offline commands to the ``aiovirt`` parser's subcommands."""
     compose = commands.add_parser(
         "compose", help="apply profiles to a (partial) domain XML",
         description="Apply profiles to a domain XML and print the complete result. The "
@@ -263,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     compose.add_argument("--address", action="store_true",
                          help="then fill in controllers and addresses (see `aiovirt address`)")
     _add_address_options(compose)
-    _add_library_options(compose)
+    add_library_options(compose)
     compose.set_defaults(run=_compose)
 
     address = commands.add_parser(
@@ -293,30 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     listing = actions.add_parser("list", help="every profile: name@version, priority, "
                                               "summary")
     listing.add_argument("--json", action="store_true", help="as JSON")
-    _add_library_options(listing)
+    add_library_options(listing)
     listing.set_defaults(run=_profiles_list)
     show = actions.add_parser("show", help="one profile's parameters and actions")
     show.add_argument("name", metavar="NAME[@VER]")
-    _add_library_options(show)
+    add_library_options(show)
     show.set_defaults(run=_profiles_show)
     validate = actions.add_parser("validate", help="check profile files: syntax, and "
                                                    "snippets against libvirt's schema")
     validate.add_argument("files", nargs="+", metavar="FILE")
     validate.set_defaults(run=_profiles_validate)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    options = parser.parse_args(argv)
-    try:
-        return int(options.run(options))
-    except AiovirtError as exc:
-        print(f"aiovirt: error: {exc}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:
-        return 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,52 @@
+"""What the ``aiovirt`` commands share: reading inputs, profile parameters, the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import AiovirtError
+
+__all__ = ["add_library_options", "library", "params", "read"]
+
+
+def read(path: str) -> str:
+    """A file's text, or stdin's for ``-``; an unreadable file is an ``AiovirtError``."""
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise AiovirtError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def params(pairs: Sequence[str]) -> dict[str, str]:
+    """``NAME=VALUE`` (or ``PROFILE.NAME=VALUE``) pairs as a dict."""
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise AiovirtError(f"--param {pair!r}: expected NAME=VALUE or PROFILE.NAME=VALUE")
+        values[key] = value
+    return values
+
+
+def library(options: argparse.Namespace) -> Any:
+    """The profile library the command line asks for."""
+    from ..compose import Library
+
+    return Library.default(paths=options.profile_path or (),
+                           system=not options.no_system_profiles,
+                           user=not options.no_system_profiles)
+
+
+def add_library_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile-path", action="append", metavar="PATH",
+                        help="also load profiles from this file or directory (repeatable; "
+                             "later ones override earlier ones by name)")
+    parser.add_argument("--no-system-profiles", action="store_true",
+                        help="only the shipped profiles and --profile-path: ignore "
+                             "/etc/aiovirt/profiles and ~/.config/aiovirt/profiles")
