@@ -453,14 +453,13 @@ class Provisioning:
         except ConnectionClosed as exc:
             if result.stage is Stage.DEFINING:
                 result.exists = None      # the define may or may not have happened
-            self._fail(result, result.stage.value, f"host {host.uri} lost: {exc}")
+            self._fail(result, _step(result.stage), f"host {host.uri} lost: {exc}")
             self._lose(host, exc)
         except LibvirtError as exc:
             if result.stage is Stage.STARTING:
                 await self._start_failed(host, dom, result, "start", str(exc))
             else:
-                self._fail(result, result.stage.value if result.stage is not Stage.PENDING
-                           else "define", str(exc))
+                self._fail(result, _step(result.stage), str(exc))
         except anyio.get_cancelled_exc_class():
             if result.stage is Stage.STARTING and result.exists:
                 self._set(result, Stage.STARTED, final=True)   # its start call returned
@@ -533,9 +532,14 @@ class Provisioning:
                 if result.stage is Stage.PENDING:
                     self._set(result, Stage.CANCELLED, final=True)
                 else:   # mid-way when the run ended: say where, and that it exists
-                    self._fail(result, result.stage.value, "the run was cancelled here")
+                    self._fail(result, _step(result.stage), "the run was cancelled here")
         self.report.cancelled = self._cancel_asked or self._cancelled_from_outside
         self.report.seconds = time.monotonic() - self._started_at
+
+
+def _step(stage: Stage) -> str:
+    """The step a guest at ``stage`` was taking (for ``GuestResult.failed_at``)."""
+    return "start" if stage in (Stage.DEFINED, Stage.STARTING) else "define"
 
 
 async def provision(hosts: str | Connection | Sequence[str | Connection],
