@@ -17,7 +17,7 @@ import anyio.abc
 
 from .channel import Channel
 from .errors import AiovirtError, ConnectionClosed
-from .events import EventSubscription, event_family
+from .events import Registration, event_family
 from .protocol import lxc, qemu, remote
 from .transport import open_transport
 from .uri import ConnectionURI, parse_uri
@@ -101,7 +101,8 @@ class Connection(ConnectionObjects):
         self._lane_lock = anyio.Lock()
         self._spare_opening = False  # a background task is opening a lane for quick calls
         self._tasks: _Tasks | None = None
-        self._subscriptions: dict[tuple[str, int], EventSubscription] = {}
+        self._subscriptions: dict[tuple[str, int], Registration] = {}   # by callback id
+        self._registrations: dict[tuple[Any, ...], Registration] = {}   # by kind
         self._closed = False
 
     # -- lifetime -------------------------------------------------------------------------------
@@ -260,8 +261,14 @@ class Connection(ConnectionObjects):
         if subscription is not None:
             subscription.deliver(message.procedure, message.body)
 
+    def _registration(self, key: tuple[Any, ...]) -> Registration:
+        registration = self._registrations.get(key)
+        if registration is None:
+            registration = self._registrations[key] = Registration(key)
+        return registration
+
     def _add_subscription(self, family: str, callback_id: int,
-                          subscription: EventSubscription) -> None:
+                          subscription: Registration) -> None:
         self._subscriptions[(family, callback_id)] = subscription
 
     def _remove_subscription(self, family: str, callback_id: int) -> None:

@@ -219,4 +219,5 @@ class DomainMethods(ConnectionBase):
                                             inner.detail)
             return DomainEvent(dom, enum_or_int(DomainEventID, event_id), inner)
 
-        return EventSubscription(self, "domain", register, deregister, convert)
+        key = (event_id, domain.uuid if domain is not None else None)
+        return EventSubscription(self, "domain", key, register, deregister, convert)

@@ -3,6 +3,11 @@
 ``conn.domain_events()`` registers a callback with the daemon and yields typed events; leaving
 ``async for`` (or the ``async with`` block around it) deregisters the callback.  Each
 subscription buffers its events, so a slow consumer never stalls the connection's reader.
+
+libvirtd tracks one callback per connection for each event kind (and domain filter): a
+second registration fails with "event callback already tracked".  So subscriptions of the
+same kind on one connection share a ``Registration``: the first registers it with the daemon,
+every event is delivered to all of them, and the last one to leave deregisters it.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DomainEvent", "DomainEventID", "DomainEventType", "DomainLifecycleEvent",
-    "EventSubscription", "event_family",
+    "EventSubscription", "Registration", "event_family",
 ]
 
 T = TypeVar("T")
@@ -104,25 +109,53 @@ def event_family(procedure_name: str) -> str:
     return procedure_name
 
 
+class Registration:
+    """One callback registered with the daemon, shared by the local subscriptions of one
+    kind (``key``); ``lock`` orders registering and deregistering."""
+
+    def __init__(self, key: tuple[Any, ...]) -> None:
+        self.key = key
+        self.callback_id: int | None = None
+        self.subscribers: list[EventSubscription[Any]] = []
+        self.lock = anyio.Lock()
+
+    def deliver(self, procedure: Any, body: Any) -> None:
+        for subscriber in self.subscribers:
+            subscriber.deliver(procedure, body)
+
+    def close(self) -> None:
+        """The connection is gone: end every subscriber's iteration."""
+        for subscriber in self.subscribers:
+            subscriber.close()
+
+
 class EventSubscription(Generic[T]):
-    """A registered event callback; iterate it for events.
+    """A subscription to one kind of event; iterate it for events.
 
     Usable as ``async for e in sub`` (registers on the first step, deregisters when the loop
     ends) or ``async with sub: async for e in sub`` (deterministic deregistration).
+    ``key`` names the kind (family, event id, filter): subscriptions with the same key on one
+    connection share the daemon-side callback.
     """
 
-    def __init__(self, conn: ConnectionBase, family: str,
+    def __init__(self, conn: ConnectionBase, family: str, key: tuple[Any, ...],
                  register: Callable[[], Awaitable[int]],
                  deregister: Callable[[int], Awaitable[None]],
                  convert: Callable[[Any], T]) -> None:
         self._conn = conn
         self._family = family
+        self._key = (family, *key)
         self._register = register
         self._deregister = deregister
         self._convert = convert
         self._send, self._receive = anyio.create_memory_object_stream[Any](math.inf)
-        self.callback_id: int | None = None
+        self._registration: Registration | None = None
         self.dropped = False
+
+    @property
+    def callback_id(self) -> int | None:
+        """The daemon's id of the (shared) callback while subscribed, else None."""
+        return self._registration.callback_id if self._registration is not None else None
 
     async def __aenter__(self) -> EventSubscription[T]:
         await self.start()
@@ -132,21 +165,38 @@ class EventSubscription(Generic[T]):
         await self.stop()
 
     async def start(self) -> None:
-        """Register the callback with the daemon (idempotent)."""
-        if self.callback_id is None:
-            self.callback_id = await self._register()
-            self._conn._add_subscription(self._family, self.callback_id, self)
+        """Subscribe: register the callback with the daemon unless this connection already
+        has one of this kind (idempotent)."""
+        if self._registration is not None:
+            return
+        registration = self._conn._registration(self._key)
+        async with registration.lock:
+            if registration.callback_id is None:
+                registration.callback_id = await self._register()
+                self._conn._add_subscription(self._family, registration.callback_id,
+                                             registration)
+            registration.subscribers.append(self)
+        self._registration = registration
 
     async def stop(self) -> None:
-        """Deregister the callback; iteration ends once buffered events are consumed."""
-        callback_id, self.callback_id = self.callback_id, None
-        if callback_id is None:
+        """Unsubscribe (the last one out deregisters the callback); iteration ends once
+        buffered events are consumed."""
+        registration, self._registration = self._registration, None
+        if registration is None:
             return
-        self._conn._remove_subscription(self._family, callback_id)
         self._send.close()
-        if self._conn.is_alive:
-            with anyio.CancelScope(shield=True):
-                await self._deregister(callback_id)
+        registration.subscribers.remove(self)
+        if registration.subscribers:
+            return
+        with anyio.CancelScope(shield=True):
+            async with registration.lock:
+                callback_id = registration.callback_id
+                if registration.subscribers or callback_id is None:
+                    return   # someone subscribed again meanwhile
+                registration.callback_id = None
+                self._conn._remove_subscription(self._family, callback_id)
+                if self._conn.is_alive:
+                    await self._deregister(callback_id)
 
     def deliver(self, procedure: Any, body: Any) -> None:
         try:
@@ -162,7 +212,7 @@ class EventSubscription(Generic[T]):
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[T]:
-        owned = self.callback_id is None
+        owned = self._registration is None
         if owned:
             await self.start()
         try:

@@ -25,6 +25,9 @@ class ConnectionBase:
     def is_alive(self) -> bool:
         raise NotImplementedError
 
+    def _registration(self, key: tuple[Any, ...]) -> Any:
+        raise NotImplementedError
+
     def _add_subscription(self, family: str, callback_id: int, subscription: Any) -> None:
         raise NotImplementedError
 

@@ -270,6 +270,38 @@ async def test_leaving_async_for_deregisters(daemon):
         await (await conn.lookup_domain(name=name)).undefine()
 
 
+async def test_subscriptions_of_one_kind_share_the_daemon_callback(daemon):
+    """libvirtd tracks one lifecycle callback per connection: a second subscription must
+    share it, both see every event, and only the last one out deregisters."""
+    first_name, second_name = unique("ev"), unique("ev")
+
+    async def until(events, name: str) -> list[str]:
+        seen = []
+        with anyio.fail_after(10):
+            async for event in events:
+                seen.append(event.domain.name)
+                if event.domain.name == name:
+                    return seen
+        return seen
+
+    async with aiovirt.connect(daemon.uri()) as conn:
+        async with conn.domain_events() as one, conn.domain_events() as two:
+            assert one.callback_id == two.callback_id is not None
+            assert len(conn._subscriptions) == 1
+            await conn.define_xml(domain_xml(first_name))
+            assert first_name in await until(one, first_name)
+            assert first_name in await until(two, first_name)
+            await one.stop()                      # the other keeps receiving
+            assert two.callback_id is not None and len(conn._subscriptions) == 1
+            await conn.define_xml(domain_xml(second_name))
+            assert second_name in await until(two, second_name)
+        assert conn._subscriptions == {}
+        async with conn.domain_events() as again:  # registering anew works
+            await (await conn.lookup_domain(name=first_name)).undefine()
+            assert first_name in await until(again, first_name)
+        await (await conn.lookup_domain(name=second_name)).undefine()
+
+
 async def test_all_domain_stats(daemon):
     async with aiovirt.connect(daemon.uri()) as conn:
         stats = await conn.all_domain_stats()

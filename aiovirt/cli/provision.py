@@ -1,0 +1,265 @@
+"""``aiovirt provision``, ``aiovirt teardown`` and ``aiovirt events``: the commands that talk
+to hosts."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ..errors import AiovirtError
+from .common import add_library_options, library, params, read
+from .progress import ProgressLine, summary, teardown_summary
+
+__all__ = ["register"]
+
+EXIT_CANCELLED = 130
+
+
+def _labels(pairs: list[str] | None) -> dict[str, str]:
+    labels = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise AiovirtError(f"--label {pair!r}: expected KEY=VALUE")
+        labels[key] = value
+    return labels
+
+
+def _specs(options: argparse.Namespace) -> list[Any]:
+    from ..address import Tunables
+    from ..provision import GuestSpec, ProvisionError
+
+    if options.specs:
+        try:
+            data = json.loads(read(options.specs))
+        except json.JSONDecodeError as exc:
+            raise AiovirtError(f"{options.specs}: not JSON: {exc}") from None
+        items = data if isinstance(data, list) else [data]
+        specs = []
+        for n, item in enumerate(items):
+            try:
+                specs.append(GuestSpec.from_dict(item))
+            except ProvisionError as exc:
+                raise AiovirtError(f"{options.specs}: spec {n}: {exc}") from None
+        return specs
+    if not options.template:
+        raise AiovirtError("give a TEMPLATE file (or --specs FILE)")
+    address: Any = False if options.no_address else (
+        Tunables(hotplug_reserve=options.reserve) if options.reserve else True)
+    return [GuestSpec(read(options.template), options.profile or (),
+                      params(options.param or ()), options.count, options.name,
+                      address=address, start=not options.define_only,
+                      labels=_labels(options.label))]
+
+
+@contextlib.contextmanager
+def _graceful_interrupt(cancel: Any) -> Iterator[None]:
+    """The first Ctrl-C cancels the run gracefully; a second one interrupts at once."""
+    loop = asyncio.get_running_loop()
+    pressed = False
+
+    def on_sigint() -> None:
+        nonlocal pressed
+        if pressed:
+            loop.remove_signal_handler(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+            return
+        pressed = True
+        print("\naiovirt: cancelling: no new guests; waiting for the calls in flight "
+              "(Ctrl-C again to stop at once)", file=sys.stderr)
+        cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+    except (NotImplementedError, RuntimeError):   # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
+def _provision(options: argparse.Namespace) -> int:
+    from ..provision import Provisioning
+
+    specs = _specs(options)
+    job = Provisioning(options.uri, specs, placement=options.placement,
+                       concurrency=options.concurrency, on_existing=options.on_existing,
+                       rollback=not options.no_rollback, start_timeout=options.start_timeout,
+                       library=library(options))
+    line = ProgressLine(job.progress, force=options.progress)
+    job.on_change = line.update
+    if not options.json:
+        print(f"provisioning {len(job.guests)} guests on {len(options.uri)} host"
+              f"{'s' if len(options.uri) > 1 else ''} (run {job.run_id})", file=sys.stderr)
+
+    async def run() -> Any:
+        with _graceful_interrupt(job.cancel):
+            return await job.run()
+
+    try:
+        report = asyncio.run(run())
+    finally:
+        line.close()
+    if options.report:
+        Path(options.report).write_text(report.to_json() + "\n")
+    if options.json:
+        print(report.to_json())
+    else:
+        print(summary(report))
+    if report.cancelled:
+        return EXIT_CANCELLED
+    return 0 if report.ok else 1
+
+
+def _teardown(options: argparse.Namespace) -> int:
+    from ..provision import Report, teardown
+
+    report = None
+    if options.report:
+        try:
+            report = Report.from_dict(json.loads(read(options.report)))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise AiovirtError(f"{options.report}: not a provisioning report: {exc}") from None
+    result = asyncio.run(teardown(options.uri or None, names=options.name or None,
+                                  run=options.run_id, labels=_labels(options.label),
+                                  report=report, concurrency=options.concurrency))
+    print(result.to_json() if options.json else teardown_summary(result))
+    return 0 if result.ok else 1
+
+
+def _events(options: argparse.Namespace) -> int:
+    from ..connection import connect
+    from ..events import DomainEventType
+
+    seen = 0
+
+    async def watch(uri: str, stop: anyio.Event) -> None:
+        nonlocal seen
+        async with connect(uri) as conn, conn.domain_events() as events:
+            print(f"watching {uri}", file=sys.stderr, flush=True)
+            async for event in events:
+                kind = event.event.name.lower() if isinstance(event.event,
+                                                              DomainEventType) \
+                    else str(event.event)
+                if options.json:
+                    print(json.dumps({"time": time.time(), "host": uri,
+                                      "name": event.domain.name, "uuid": event.domain.uuid,
+                                      "event": kind, "detail": event.detail}), flush=True)
+                else:
+                    print(f"{time.strftime('%H:%M:%S')}  {event.domain.name:<24} {kind:<12} "
+                          f"detail {event.detail}  {uri}", flush=True)
+                seen += 1
+                if options.count and seen >= options.count:
+                    stop.set()
+
+    async def main() -> None:
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            for uri in options.uri:
+                tg.start_soon(watch, uri, stop)
+            with anyio.move_on_after(options.timeout or None):
+                await stop.wait()
+            tg.cancel_scope.cancel()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def register(commands: Any) -> None:
+    """Add ``provision``, ``teardown`` and ``events``."""
+    provision = commands.add_parser(
+        "provision", help="compose, define and start guests on one host or a fleet",
+        description="Compose guests from a domain XML template and profiles (then assign "
+                    "addresses), place them on the hosts, define and start them with bounded "
+                    "concurrency, and print what became of each. The first Ctrl-C stops "
+                    "launching and reports what exists; exit status 0 when every guest "
+                    "reached its goal, 1 when some failed, 130 when cancelled.")
+    provision.add_argument("template", nargs="?", metavar="TEMPLATE|-",
+                           help="a (partial) domain XML file ('-': stdin)")
+    provision.add_argument("--uri", "-c", action="append", required=True, metavar="URI",
+                           help="a host's libvirt URI (repeat for a fleet)")
+    provision.add_argument("--count", "-n", type=int, default=1, help="how many guests")
+    provision.add_argument("--name", metavar="PATTERN",
+                           help="guest names: {n} counts from 1, {i} from 0, {name} is the "
+                                "template's (default: {name}-{n})")
+    provision.add_argument("--profile", "-p", action="append", metavar="NAME[@VER]",
+                           help="compose with this profile (repeatable)")
+    provision.add_argument("--param", action="append", metavar="K=V",
+                           help="a profile parameter; PROFILE.K=V for one profile only")
+    provision.add_argument("--label", action="append", metavar="K=V",
+                           help="store a label in each guest's metadata (for teardown)")
+    provision.add_argument("--specs", metavar="FILE",
+                           help="guest specs as JSON (one object or a list) instead of a "
+                                "template and the options above")
+    provision.add_argument("--placement", choices=("capacity", "spread", "pack"),
+                           default="capacity",
+                           help="how guests go to hosts (default: most free memory first)")
+    provision.add_argument("--concurrency", type=int, metavar="N",
+                           help="guests in progress per host (default: sized to the "
+                                "connection, 25)")
+    provision.add_argument("--on-existing", choices=("fail", "skip", "replace"),
+                           default="fail", help="what to do when a guest's name exists")
+    provision.add_argument("--no-rollback", action="store_true",
+                           help="leave guests that fail to start defined")
+    provision.add_argument("--define-only", action="store_true", help="do not start them")
+    provision.add_argument("--no-address", action="store_true",
+                           help="leave addressing to libvirt")
+    provision.add_argument("--reserve", type=int, default=0, metavar="N",
+                           help="leave N free hotplug root ports per guest")
+    provision.add_argument("--start-timeout", type=float, default=60.0, metavar="SECONDS",
+                           help="how long to wait for a guest's STARTED event (default 60)")
+    provision.add_argument("--progress", action="store_true",
+                           help="draw the progress line even when stderr is not a terminal")
+    provision.add_argument("--json", action="store_true",
+                           help="print the report as JSON (stdout) instead of the tables")
+    provision.add_argument("--report", metavar="FILE",
+                           help="also save the JSON report (for `aiovirt teardown --report`)")
+    add_library_options(provision)
+    provision.set_defaults(run=_provision)
+
+    teardown = commands.add_parser(
+        "teardown", help="stop and undefine guests a run made",
+        description="Destroy and undefine the guests that match every filter given: name "
+                    "patterns, a run id, labels, or a saved report. Without any filter "
+                    "nothing is removed.")
+    teardown.add_argument("--uri", "-c", action="append", metavar="URI",
+                          help="a host (repeatable; default: the report's hosts)")
+    teardown.add_argument("--name", action="append", metavar="PATTERN",
+                          help="shell pattern for names (web-*), repeatable")
+    teardown.add_argument("--run", dest="run_id", metavar="ID",
+                          help="the run id provision printed")
+    teardown.add_argument("--label", action="append", metavar="K=V",
+                          help="only guests with this label (repeatable)")
+    teardown.add_argument("--report", metavar="FILE",
+                          help="a report saved by provision --report: what it made")
+    teardown.add_argument("--concurrency", type=int, default=16, metavar="N")
+    teardown.add_argument("--json", action="store_true", help="print the result as JSON")
+    teardown.set_defaults(run=_teardown)
+
+    events = commands.add_parser(
+        "events", help="stream domain lifecycle events from hosts",
+        description="Print every domain lifecycle event (defined, started, stopped, ...) "
+                    "from one or more hosts as it happens, until Ctrl-C.")
+    events.add_argument("--uri", "-c", action="append", required=True, metavar="URI",
+                        help="a host (repeatable)")
+    events.add_argument("--json", action="store_true", help="one JSON object per line")
+    events.add_argument("--count", type=int, default=0, metavar="N",
+                        help="stop after N events")
+    events.add_argument("--timeout", type=float, default=0, metavar="SECONDS",
+                        help="stop after this long")
+    events.set_defaults(run=_events)
