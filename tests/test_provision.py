@@ -278,6 +278,20 @@ async def test_capacity_placement_follows_free_memory(tmp_path, daemon):
         assert len(await names_on(a, "cap")) == 1 and len(await names_on(b, "cap")) == 5
 
 
+async def test_memory_overcommit(tmp_path, daemon):
+    host = node_file(tmp_path, "host", 3 << 20)            # 3 GiB
+    async with aiovirt.connect(daemon.uri("test", host)) as conn:
+        spec = GuestSpec(template("oc", 1024), count=4)
+        strict = await provision(conn, spec)
+        assert strict.counts() == {"started": 3, "failed": 1}
+        assert strict.results[3].failed_at == "place"
+        await teardown(conn, report=strict)
+        loose = await provision(conn, spec, overcommit=1.5)
+        assert loose.ok and len(await names_on(conn, "oc")) == 4
+    with pytest.raises(ProvisionError, match="overcommit 0"):
+        Provisioning("test:///default", spec, overcommit=0)
+
+
 async def test_unreachable_host_is_reported_and_skipped(daemon, tmp_path):
     uri = daemon.uri("test", "/default")
     nowhere = f"test+unix:///default?socket={tmp_path}/no-such-socket"

@@ -97,7 +97,7 @@ def _provision(options: argparse.Namespace) -> int:
     job = Provisioning(options.uri, specs, placement=options.placement,
                        concurrency=options.concurrency, on_existing=options.on_existing,
                        rollback=not options.no_rollback, start_timeout=options.start_timeout,
-                       library=library(options))
+                       overcommit=options.overcommit, library=library(options))
     line = ProgressLine(job.progress, force=options.progress)
     job.on_change = line.update
     if not options.json:
@@ -209,6 +209,9 @@ def register(commands: Any) -> None:
     provision.add_argument("--placement", choices=("capacity", "spread", "pack"),
                            default="capacity",
                            help="how guests go to hosts (default: most free memory first)")
+    provision.add_argument("--overcommit", type=float, default=1.0, metavar="RATIO",
+                           help="place guests on up to RATIO times a host's free memory "
+                                "(default 1: no overcommit)")
     provision.add_argument("--concurrency", type=int, metavar="N",
                            help="guests in progress per host (default: sized to the "
                                 "connection, 25)")

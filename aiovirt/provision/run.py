@@ -107,6 +107,7 @@ class Provisioning:
     with the defaults).  ``on_existing``: ``fail``, ``skip`` or ``replace`` a guest whose
     name exists.  ``rollback``: undefine guests that fail to start.  ``start_timeout``:
     seconds to wait for a guest's STARTED event once its start call returned.
+    ``overcommit``: place guests on up to this many times a host's free memory (1.0: none).
     ``on_change`` is called with a guest's result each time it moves on.
     """
 
@@ -114,7 +115,7 @@ class Provisioning:
                  specs: GuestSpec | Sequence[GuestSpec], *, placement: str = "capacity",
                  concurrency: int | None = None, on_existing: str = "fail",
                  rollback: bool = True, start_timeout: float = 60.0,
-                 library: Library | None = None,
+                 overcommit: float = 1.0, library: Library | None = None,
                  on_change: Callable[[GuestResult], None] | None = None,
                  run_id: str | None = None) -> None:
         targets = [hosts] if isinstance(hosts, (str, Connection)) else list(hosts)
@@ -131,6 +132,8 @@ class Provisioning:
                                  f"{', '.join(ON_EXISTING)}")
         if concurrency is not None and concurrency < 1:
             raise ProvisionError("concurrency must be at least 1")
+        if not overcommit > 0:
+            raise ProvisionError(f"overcommit {overcommit!r}: give a ratio above 0")
         for index, spec in enumerate(self.specs):
             if spec.count > 1 and parse(spec.template, source=f"spec {index} template"
                                         ).find("uuid") is not None:
@@ -142,6 +145,7 @@ class Provisioning:
         self.on_existing = on_existing
         self.rollback = rollback
         self.start_timeout = start_timeout
+        self.overcommit = overcommit
         self.library = library
         self.on_change = on_change
         self.run_id = run_id or _uuid.uuid4().hex[:12]
@@ -241,7 +245,7 @@ class Provisioning:
         # host's total memory instead
         free_kib = info.memory if conn.uri.driver == "test" else \
             await conn.free_memory() // 1024
-        host.capacity = Capacity(free_kib, info.cpus)
+        host.capacity = Capacity(int(free_kib * self.overcommit), info.cpus)
         host.summary.free_memory_kib = free_kib
         host.summary.hostname = await conn.hostname()
         host.names = {d.name for d in await conn.list_domains()}
