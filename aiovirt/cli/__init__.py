@@ -3,6 +3,7 @@
     aiovirt compose [--profile NAME[@VER]]... [--param K=V]... [--address] FILE|-
     aiovirt address [--reserve N] [--placement pci|pcie] [--numa DEV=NODE]... FILE|-
     aiovirt profiles list | show NAME[@VER] | validate FILE...
+    aiovirt serve [--host ADDR] [--port N] [--uri URI]... [--profiles-dir DIR]
 
 Each command lives in a module of this package that adds itself with ``register``.  Errors go
 to stderr as one line naming what and where; the exit status is 1 for them and 2 for a
@@ -16,11 +17,11 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import AiovirtError
-from . import compose
+from . import compose, serve
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = (compose,)
+COMMANDS = (compose, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,124 @@
+"""``aiovirt serve``: run the REST service (``aiovirt.service``) on uvicorn.
+
+It binds 127.0.0.1 by default.  Binding any other address needs a bearer token (``--token``
+or, better since a command line is visible to other users, ``AIOVIRT_TOKEN``); without TLS
+the token crosses the network in clear, so give ``--tls-cert``/``--tls-key`` or put a
+TLS-terminating proxy in front.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from typing import Any
+
+from ..errors import AiovirtError
+
+__all__ = ["check_bind", "is_loopback", "register"]
+
+TOKEN_ENV = "AIOVIRT_TOKEN"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (``localhost`` counts; other names do not)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse (``AiovirtError``) to serve on a non-loopback address without a token."""
+    if not is_loopback(host) and not token:
+        raise AiovirtError(f"--host {host}: not a loopback address, so the service needs a "
+                           f"bearer token: set {TOKEN_ENV} (or give --token)")
+
+
+def _serve(options: argparse.Namespace) -> int:
+    from ..service import create_app
+
+    token = options.token or os.environ.get(TOKEN_ENV) or None
+    check_bind(options.host, token)
+    if bool(options.tls_cert) != bool(options.tls_key):
+        raise AiovirtError("--tls-cert and --tls-key go together")
+    try:
+        app = create_app(hosts=options.uri or (), profiles_dir=options.profiles_dir,
+                         token=token, max_body=options.max_body,
+                         system_profiles=not options.no_system_profiles,
+                         allow_any_host=options.allow_any_host)
+    except ValueError as exc:
+        raise AiovirtError(str(exc)) from None
+    try:
+        import uvicorn
+    except ImportError:
+        raise AiovirtError("aiovirt serve needs uvicorn: pip install 'aiovirt[serve]'"
+                           ) from None
+    if not is_loopback(options.host) and not options.tls_cert:
+        print(f"aiovirt: warning: serving plain HTTP on {options.host}: the bearer token "
+              "crosses the network in clear (give --tls-cert/--tls-key or use a TLS proxy)",
+              file=sys.stderr)
+    config = uvicorn.Config(app, host=options.host, port=options.port, lifespan="on",
+                            http="h11", ws="none", proxy_headers=False, server_header=False,
+                            log_level=options.log_level, timeout_graceful_shutdown=5,
+                            ssl_certfile=options.tls_cert, ssl_keyfile=options.tls_key)
+    server = _server_class(uvicorn, app)(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+def _server_class(uvicorn: Any, app: Any) -> Any:
+    class Server(uvicorn.Server):  # type: ignore[misc,name-defined]
+        """uvicorn's server that ends the app's event streams as its shutdown begins (it
+        would otherwise wait for their clients to leave)."""
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            app.close_streams()
+            await super().shutdown(sockets)
+
+    return Server
+
+
+def _size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of bytes") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("give at least 1 byte")
+    return value
+
+
+def register(commands: Any) -> None:
+    """Add ``aiovirt serve`` to the parser's subcommands."""
+    serve = commands.add_parser(
+        "serve", help="run the REST service (profiles, compose, address, provisioning "
+                      "jobs, events)",
+        description="Serve the REST API (OpenAPI document at /openapi.json) with uvicorn. "
+                    "Binds 127.0.0.1 unless told otherwise; any other address needs a "
+                    f"bearer token ({TOKEN_ENV} or --token).")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind "
+                                                            "(default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    serve.add_argument("--token", help=f"require 'Authorization: Bearer TOKEN' (prefer "
+                                       f"the {TOKEN_ENV} environment variable)")
+    serve.add_argument("--uri", action="append", metavar="URI",
+                       help="a libvirt host for jobs and events (repeatable); requests may "
+                            "only name these unless --allow-any-host")
+    serve.add_argument("--allow-any-host", action="store_true",
+                       help="let requests name hosts other than the --uri ones")
+    serve.add_argument("--profiles-dir", metavar="DIR",
+                       help="where application profiles are stored (default "
+                            "~/.config/aiovirt/profiles)")
+    serve.add_argument("--no-system-profiles", action="store_true",
+                       help="ignore /etc/aiovirt/profiles")
+    serve.add_argument("--max-body", type=_size, default=1024 * 1024, metavar="BYTES",
+                       help="largest request body accepted (default 1 MiB; 413 beyond)")
+    serve.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate")
+    serve.add_argument("--tls-key", metavar="FILE", help="... and this private key")
+    serve.add_argument("--log-level", default="info",
+                       choices=("critical", "error", "warning", "info", "debug"))
+    serve.set_defaults(run=_serve)

@@ -1,0 +1,147 @@
+"""Provisioning jobs: each ``Provisioning`` run is a task in a task group the ASGI lifespan
+owns, so jobs outlive the request that started them and end cleanly with the server.
+
+A job is ``running`` until its run returns: then ``done`` (every guest has an outcome; the
+report's ``ok`` says whether all made it), ``cancelled`` (cancelled by a client or by
+shutdown) or ``failed`` (the run itself raised, which is a bug; ``error`` says what).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from ..provision import Provisioning
+
+__all__ = ["Job", "JobRegistry", "JobState", "NotRunning"]
+
+log = logging.getLogger("aiovirt.service")
+
+
+class JobState(StrEnum):
+    RUNNING = "running"
+    DONE = "done"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+class NotRunning(RuntimeError):
+    """Jobs cannot start: the lifespan has not started, or the server is shutting down."""
+
+
+@dataclass
+class Job:
+    """One provisioning run: its id (the run id stored in each guest's metadata), hosts,
+    state and timestamps; ``run`` holds the live progress and report."""
+
+    run: Provisioning
+    hosts: list[str]
+    created: float = field(default_factory=time.time)
+    state: JobState = JobState.RUNNING
+    finished: float | None = None
+    error: str | None = None
+    cancel_requested: bool = False
+    teardown: dict[str, Any] | None = None
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+    @property
+    def id(self) -> str:
+        return self.run.run_id
+
+    def summary(self) -> dict[str, Any]:
+        """What a job listing shows: id, state, times, hosts and progress counts."""
+        return {"id": self.id, "url": f"/jobs/{self.id}", "state": str(self.state),
+                "created": self.created, "finished": self.finished, "hosts": list(self.hosts),
+                "progress": self.run.progress.to_dict()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary plus the report (live while running) and any teardown result."""
+        data = self.summary()
+        data["cancel_requested"] = self.cancel_requested
+        if self.error is not None:
+            data["error"] = self.error
+        data["report"] = self.run.report.to_dict()
+        if self.teardown is not None:
+            data["teardown"] = self.teardown
+        return data
+
+
+class JobRegistry:
+    """The jobs of one service: started into the lifespan's task group, kept (the newest
+    ``keep`` finished ones) for clients to read their reports."""
+
+    def __init__(self, *, keep: int = 100, shutdown_timeout: float = 30.0) -> None:
+        self.keep = keep
+        self.shutdown_timeout = shutdown_timeout
+        self._jobs: dict[str, Job] = {}
+        self._group: anyio.abc.TaskGroup | None = None
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(list(self._jobs.values()))
+
+    def get(self, job_id: str) -> Job | None:
+        return self._jobs.get(job_id)
+
+    def running(self) -> list[Job]:
+        return [j for j in self._jobs.values() if j.state is JobState.RUNNING]
+
+    @contextlib.asynccontextmanager
+    async def open(self) -> AsyncIterator[JobRegistry]:
+        """The lifespan of the jobs: on exit, running jobs are cancelled (launch nothing
+        more, let the calls that are out finish) and awaited, at most ``shutdown_timeout``
+        seconds before they are cancelled hard; their reports are completed either way."""
+        async with anyio.create_task_group() as group:
+            self._group = group
+            try:
+                yield self
+            finally:
+                self._group = None
+                for job in self.running():
+                    job.run.cancel()
+                with anyio.move_on_after(self.shutdown_timeout, shield=True):
+                    for job in self.running():
+                        await job.done.wait()
+                group.cancel_scope.cancel()
+
+    def start(self, job: Job) -> None:
+        """Run ``job`` in the background (``NotRunning`` when the lifespan is not up)."""
+        if self._group is None:
+            raise NotRunning("jobs need the server's lifespan (startup not run, or shutting "
+                             "down)")
+        self._jobs[job.id] = job
+        self._group.start_soon(self._run, job, name=f"aiovirt job {job.id}")
+        self._prune()
+
+    def cancel(self, job: Job) -> None:
+        job.cancel_requested = True
+        job.run.cancel()
+
+    async def _run(self, job: Job) -> None:
+        try:
+            report = await job.run.run()
+        except anyio.get_cancelled_exc_class():
+            job.state = JobState.CANCELLED
+            raise
+        except Exception as exc:   # a bug in the run: keep the service, report the job
+            log.exception("job %s failed", job.id)
+            job.state = JobState.FAILED
+            job.error = f"{type(exc).__name__}: {exc}"
+        else:
+            job.state = JobState.CANCELLED if report.cancelled else JobState.DONE
+        finally:
+            job.finished = time.time()
+            job.done.set()
+            self._prune()
+
+    def _prune(self) -> None:
+        finished = [j for j in self._jobs.values() if j.state is not JobState.RUNNING]
+        for job in finished[:max(0, len(finished) - self.keep)]:
+            del self._jobs[job.id]
