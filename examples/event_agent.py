@@ -1,0 +1,66 @@
+"""An asyncio agent that reacts to events: it keeps guests labelled ``restart=always`` running.
+
+    python examples/event_agent.py URI [URI ...] [--restarts N]
+
+It watches lifecycle events on every host at once (one connection each, no threads). When a
+guest stops and its aiovirt provisioning metadata carries the label ``restart=always``, the
+agent starts it again. ``--restarts N`` ends the agent after N restarts (for tests and demos).
+"""
+
+import argparse
+import asyncio
+import time
+
+import anyio
+
+import aiovirt
+from aiovirt.provision import NAMESPACE
+
+
+class Agent:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.restarts = 0
+        self.done = anyio.Event()
+
+    async def watch(self, uri: str) -> None:
+        async with aiovirt.connect(uri) as conn, conn.domain_events() as events:
+            print(f"watching {uri.split('?')[0]}", flush=True)
+            async for event in events:
+                if event.event == aiovirt.DomainEventType.STOPPED:
+                    await self.on_stopped(event.domain)
+
+    async def on_stopped(self, dom: aiovirt.Domain) -> None:
+        try:
+            meta = await dom.read_metadata(namespace=NAMESPACE, default={})
+            if meta.get("labels", {}).get("restart") != "always":
+                return
+            await dom.start()
+        except aiovirt.NoSuchDomain:
+            return   # undefined meanwhile: nothing to keep running
+        except aiovirt.LibvirtError as exc:
+            print(f"{time.strftime('%H:%M:%S')}  could not restart {dom.name}: {exc}")
+            return
+        self.restarts += 1
+        print(f"{time.strftime('%H:%M:%S')}  {dom.name} stopped: restarted it", flush=True)
+        if self.limit and self.restarts >= self.limit:
+            self.done.set()
+
+    async def run(self, uris: list[str]) -> None:
+        async with anyio.create_task_group() as tg:
+            for uri in uris:
+                tg.start_soon(self.watch, uri)
+            await self.done.wait()
+            tg.cancel_scope.cancel()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("uris", nargs="+", metavar="URI")
+    parser.add_argument("--restarts", type=int, default=0,
+                        help="stop after this many restarts (default: run until Ctrl-C)")
+    options = parser.parse_args()
+    try:
+        asyncio.run(Agent(options.restarts).run(options.uris))
+    except KeyboardInterrupt:
+        pass
