@@ -4,6 +4,10 @@
     aiovirt address [--reserve N] [--placement pci|pcie] [--numa DEV=NODE]... FILE|-
     aiovirt profiles list | show NAME[@VER] | validate FILE...
     aiovirt serve [--host ADDR] [--port N] [--uri URI]... [--profiles-dir DIR]
+    aiovirt provision --uri URI... [--count N] [--profile P]... TEMPLATE|-
+    aiovirt teardown [--uri URI]... [--name PATTERN] [--run ID] [--label K=V] [--report F]
+    aiovirt events --uri URI...
+    aiovirt demo [--guests N]
 
 Each command lives in a module of this package that adds itself with ``register``.  Errors go
 to stderr as one line naming what and where; the exit status is 1 for them and 2 for a
@@ -17,11 +21,11 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import AiovirtError
-from . import compose, serve
+from . import compose, demo, provision, serve
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = (compose, serve)
+COMMANDS = (compose, provision, demo, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -394,11 +394,10 @@ class Provisioning:
             index = choose([h.capacity if h.usable else None for h in self._hosts],
                            size.memory_kib, size.vcpus, self.placement)
             if index is None:
-                most = max((h for h in live if h.capacity is not None),
-                           key=lambda h: h.capacity.free_kib)  # type: ignore[union-attr]
+                free, most = max((h.capacity.free_kib, h.uri) for h in live
+                                 if h.capacity is not None)
                 self._fail(result, "place", f"no host has {size.memory_kib // 1024} MiB free "
-                           f"(most: {most.uri}, {most.capacity.free_kib // 1024} MiB)"
-                           )  # type: ignore[union-attr]
+                           f"(most: {most}, {free // 1024} MiB)")
                 return None
             chosen = self._hosts[index]
         assert chosen is not None and chosen.capacity is not None
