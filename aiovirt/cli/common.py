@@ -23,13 +23,14 @@ def read(path: str) -> str:
         raise AiovirtError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
-def params(pairs: Sequence[str]) -> dict[str, str]:
-    """``NAME=VALUE`` (or ``PROFILE.NAME=VALUE``) pairs as a dict."""
+def params(pairs: Sequence[str], option: str = "--param",
+           expected: str = "NAME=VALUE or PROFILE.NAME=VALUE") -> dict[str, str]:
+    """``NAME=VALUE`` pairs (profile parameters, labels...) as a dict."""
     values = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise AiovirtError(f"--param {pair!r}: expected NAME=VALUE or PROFILE.NAME=VALUE")
+            raise AiovirtError(f"{option} {pair!r}: expected {expected}")
         values[key] = value
     return values
 

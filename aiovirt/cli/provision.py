@@ -26,13 +26,7 @@ EXIT_CANCELLED = 130
 
 
 def _labels(pairs: list[str] | None) -> dict[str, str]:
-    labels = {}
-    for pair in pairs or ():
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise AiovirtError(f"--label {pair!r}: expected KEY=VALUE")
-        labels[key] = value
-    return labels
+    return params(pairs or (), "--label", "KEY=VALUE")
 
 
 def _specs(options: argparse.Namespace) -> list[Any]:
