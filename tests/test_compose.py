@@ -6,13 +6,22 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 
 import pytest
 from lxml import etree
 
-from aiovirt.compose import (ComposeError, InvalidResult, Library, ParameterError,
-                             ProfileConflict, ProfileSyntaxError, UnknownProfile, XMLInputError,
-                             compose)
+from aiovirt.compose import (
+    ComposeError,
+    InvalidResult,
+    Library,
+    ParameterError,
+    ProfileConflict,
+    ProfileSyntaxError,
+    UnknownProfile,
+    XMLInputError,
+    compose,
+)
 from aiovirt.compose.composer import NS
 
 BASE = ("<domain type='kvm'><name>vm</name><memory unit='MiB'>256</memory>"
@@ -469,6 +478,19 @@ def test_later_sources_override_by_name(tmp_path):
     lib.add_path(tmp_path)
     assert lib.get("m").version == "0.5"       # the later source wins by name
     assert lib.get("m@1.0").version == "1.0"   # the older source's version stays selectable
+
+
+def test_a_changed_profile_file_is_read_again(tmp_path):
+    path = tmp_path / "m.xml"
+    path.write_text(versioned("1.0", "q35"))
+    first = Library()
+    first.add_path(path)
+    assert first.get("m").version == "1.0"
+    path.write_text(versioned("1.1", "q35"))     # same size: only the mtime tells
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    second = Library()
+    second.add_path(path)
+    assert second.get("m").version == "1.1" and first.get("m").version == "1.0"
 
 
 def test_shipped_library_loads_with_distinct_names():

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -419,13 +420,28 @@ def parse_profiles(text: str | bytes, *, source: str = "<string>") -> list[Profi
     return _read(root, source)
 
 
+_LOADED: dict[tuple[str, int, int, int], list[Profile]] = {}
+
+
 def load_profiles(path: str) -> list[Profile]:
-    """Parse a profile file (``ProfileSyntaxError`` names the file and line)."""
+    """Parse a profile file (``ProfileSyntaxError`` names the file and line).  A file read
+    before and unchanged since (same inode, size and mtime) is not parsed again: profiles are
+    immutable, and every ``Library.default()`` reads the same shipped files."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        stat = None
+    key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns) if stat else None
+    if key is not None and key in _LOADED:
+        return list(_LOADED[key])
     try:
         root = parse_file(path).getroot()
     except XMLInputError as exc:
         raise ProfileSyntaxError(exc.reason, source=exc.source, line=exc.line) from None
-    return _read(root, str(path))
+    profiles = _read(root, str(path))
+    if key is not None:
+        _LOADED[key] = profiles
+    return list(profiles)
 
 
 def _read(root: etree._Element, source: str) -> list[Profile]:
