@@ -215,8 +215,18 @@ class EventSubscription(Generic[T]):
         owned = self._registration is None
         if owned:
             await self.start()
+        receive, receive_nowait = self._receive.receive, self._receive.receive_nowait
         try:
-            async for body in self._receive:
+            while True:
+                try:   # events already buffered need no trip through the event loop
+                    body = receive_nowait()
+                except anyio.WouldBlock:
+                    try:
+                        body = await receive()
+                    except anyio.EndOfStream:
+                        return
+                except anyio.EndOfStream:
+                    return
                 yield self._convert(body)
         finally:
             if owned:
