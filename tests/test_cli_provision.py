@@ -77,6 +77,12 @@ def test_provision_errors_are_one_clear_line(daemon, tmp_path):
     assert done.returncode == 1
     assert done.stderr.startswith("aiovirt: error: ") and "bad.xml" not in done.stdout
     assert "line 1" in done.stderr
+    good = tmp_path / "good.xml"
+    good.write_text(TEMPLATE.format(name="x"))
+    unknown = run("provision", "--uri", "test+unix:///default?socket=/nonexistent", "-p",
+                  "no-such-profile", str(good))     # refused before any host is tried
+    assert unknown.returncode == 1
+    assert "spec 0: " in unknown.stderr and "no-such-profile" in unknown.stderr
     nothing = run("teardown", "--uri", daemon.uri())
     assert nothing.returncode == 1 and "needs names, run, labels or a report" in nothing.stderr
 

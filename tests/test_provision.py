@@ -14,7 +14,7 @@ import pytest
 import aiovirt
 from aiovirt.daemon import PrivateDaemon
 from aiovirt.provision import (NAMESPACE, Capacity, GuestSpec, Provisioning, ProvisionError,
-                               Stage, choose, provision, teardown)
+                               SpecError, Stage, choose, provision, teardown)
 
 TEMPLATE = ("<domain type='test'><name>{name}</name><memory unit='MiB'>{mib}</memory>"
             "<os><type>hvm</type></os></domain>")
@@ -86,6 +86,18 @@ def test_run_refuses_bad_requests_before_doing_anything():
         Provisioning("test:///default", GuestSpec(template()), placement="random")
     with pytest.raises(ProvisionError, match="on_existing='keep'"):
         Provisioning("test:///default", GuestSpec(template()), on_existing="keep")
+
+
+def test_check_refuses_a_bad_spec_before_any_host_is_touched():
+    job = Provisioning("test+unix:///default?socket=/nonexistent", [
+        GuestSpec(template("a")), GuestSpec(template("b"), ["no-such-profile"])])
+    with pytest.raises(SpecError, match="spec 1: .*no-such-profile") as caught:
+        job.check()
+    assert caught.value.index == 1
+    bad_param = Provisioning("test:///default", GuestSpec(template(), ["kvm-base"],
+                                                          params={"kvm-base.memory": "lots"}))
+    with pytest.raises(SpecError, match="spec 0: .*memory"):
+        bad_param.check()
 
 
 def test_placement_policies():

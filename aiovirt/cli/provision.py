@@ -92,6 +92,7 @@ def _provision(options: argparse.Namespace) -> int:
                        concurrency=options.concurrency, on_existing=options.on_existing,
                        rollback=not options.no_rollback, start_timeout=options.start_timeout,
                        overcommit=options.overcommit, library=library(options))
+    job.check()   # an unknown profile or a bad parameter: refused before any host is touched
     line = ProgressLine(job.progress, force=options.progress)
     job.on_change = line.update
     if not options.json:

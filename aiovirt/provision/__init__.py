@@ -14,9 +14,10 @@ cancelled) and says whether it exists; ``teardown`` removes what a run made.
 from .placement import POLICIES, Capacity, choose
 from .report import GuestResult, HostSummary, Outcome, Progress, Report, Stage
 from .run import NAMESPACE, ON_EXISTING, Provisioning, provision, undefine
-from .spec import GuestSpec, ProvisionError
+from .spec import GuestSpec, ProvisionError, SpecError
 from .teardown import Removal, TeardownReport, teardown
 
 __all__ = ["NAMESPACE", "ON_EXISTING", "POLICIES", "Capacity", "GuestResult", "GuestSpec",
            "HostSummary", "Outcome", "Progress", "Provisioning", "ProvisionError", "Removal",
-           "Report", "Stage", "TeardownReport", "choose", "provision", "teardown", "undefine"]
+           "Report", "SpecError", "Stage", "TeardownReport", "choose", "provision", "teardown",
+           "undefine"]

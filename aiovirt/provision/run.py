@@ -33,7 +33,7 @@ from ..events import DomainEventType
 from ..xmlsafe import parse, to_string
 from .placement import POLICIES, Capacity, choose
 from .report import GuestResult, HostSummary, Progress, Report, Stage
-from .spec import Guest, GuestSpec, ProvisionError, expand, memory_and_vcpus
+from .spec import Guest, GuestSpec, ProvisionError, SpecError, expand, memory_and_vcpus
 
 __all__ = ["NAMESPACE", "ON_EXISTING", "Provisioning", "provision", "undefine"]
 
@@ -163,6 +163,21 @@ class Provisioning:
         self._ready: anyio.Event | None = None
 
     # -- control --------------------------------------------------------------------------------
+    def check(self) -> None:
+        """Compose every spec once offline (no host capabilities), to refuse a request with an
+        unknown profile, a bad parameter or malformed XML before any host is touched;
+        raises ``SpecError`` naming the spec."""
+        if self.library is None:
+            self.library = Library.default()
+        for index, spec in enumerate(self.specs):
+            try:
+                compose(spec.template, spec.profiles, params=spec.params, library=self.library,
+                        validate=False, record=False, source=f"spec {index} template")
+            except (ComposeError, AiovirtError) as exc:
+                raise SpecError(index, str(exc)) from None
+            except ValueError as exc:   # a profile reference that is not one
+                raise SpecError(index, f"profiles: {exc}") from None
+
     def cancel(self) -> None:
         """Launch nothing more; calls already out finish; ``run()`` then returns the report."""
         self._cancel_asked = True

@@ -14,11 +14,20 @@ from ..address import Tunables
 from ..errors import AiovirtError
 from ..xmlsafe import parse
 
-__all__ = ["GuestSpec", "ProvisionError", "expand"]
+__all__ = ["GuestSpec", "ProvisionError", "SpecError", "expand"]
 
 
 class ProvisionError(AiovirtError, ValueError):
     """A provisioning request that cannot be carried out as given (nothing was done)."""
+
+
+class SpecError(ProvisionError):
+    """One spec of a request is wrong: ``index`` says which, ``reason`` why."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"spec {index}: {reason}")
+        self.index = index
+        self.reason = reason
 
 
 _FIELDS = ("n", "i", "name")

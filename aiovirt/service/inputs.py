@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..address import AddressError, Tunables
-from ..compose import Library, compose
-from ..compose.errors import ComposeError
+from ..compose import Library
 from ..errors import InvalidURI, XMLInputError
-from ..provision import GuestSpec, ProvisionError, Provisioning
+from ..provision import GuestSpec, ProvisionError, Provisioning, SpecError
 from ..uri import parse_uri
 from .http import HTTPError, Request
 
@@ -228,17 +227,15 @@ def job_input(data: dict[str, Any], policy: HostPolicy, library: Library, *,
                                          f"not {timeout!r}")
         options["start_timeout"] = float(timeout)
     for index, spec in enumerate(specs):
-        where = f"specs[{index}]"
         try:
             spec.names()
-            compose(spec.template, spec.profiles, params=spec.params, library=library,
-                    validate=False, record=False, source=f"{where}.template")
-        except (ComposeError, ProvisionError, XMLInputError) as exc:
-            raise _fail(where, str(exc)) from None
-        except ValueError as exc:   # a profile reference that is not one
-            raise _fail(f"{where}.profiles", str(exc)) from None
+        except (ProvisionError, XMLInputError) as exc:
+            raise _fail(f"specs[{index}]", str(exc)) from None
     try:
         run = Provisioning(hosts, specs, library=library, **options)
+        run.check()
+    except SpecError as exc:
+        raise _fail(f"specs[{exc.index}]", exc.reason) from None
     except (ProvisionError, XMLInputError) as exc:
         raise HTTPError(422, str(exc)) from None
     return JobInput(run, hosts)
