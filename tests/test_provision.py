@@ -317,6 +317,10 @@ async def test_unreachable_host_is_reported_and_skipped(daemon, tmp_path):
         assert any("unreachable" in note for note in report.notes)
         assert len(await names_on(conn, p)) == 4
         await teardown(uri, report=report)
+    alone = await provision(nowhere, GuestSpec(template(p), count=2))
+    assert alone.counts() == {"failed": 2} and not alone.ok
+    assert all(r.error == "no host could be reached" and r.exists is False
+               for r in alone.results)
 
 
 async def test_a_host_killed_mid_run_hands_its_guests_to_the_others(tmp_path_factory, daemon):

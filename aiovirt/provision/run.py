@@ -478,6 +478,10 @@ class Provisioning:
                 await self._start_failed(host, dom, result, "start", str(exc))
             else:
                 self._fail(result, _step(result.stage), str(exc))
+        except AiovirtError as exc:   # a protocol error: the reply was not understood
+            if result.stage in (Stage.DEFINING, Stage.STARTING):
+                result.exists = None if result.stage is Stage.DEFINING else True
+            self._fail(result, _step(result.stage), f"{type(exc).__name__}: {exc}")
         except anyio.get_cancelled_exc_class():
             if result.stage is Stage.STARTING and result.exists:
                 self._set(result, Stage.STARTED, final=True)   # its start call returned
