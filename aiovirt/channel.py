@@ -77,10 +77,9 @@ class Channel:
                  on_closed: Callable[[BaseException], None] | None = None) -> None:
         self.name = name
         self.transport = transport
-        self.protocol = ClientProtocol()
+        self.protocol = ClientProtocol(max_in_flight=max_in_flight)
         self.max_in_flight = max_in_flight
-        self._slots = anyio.Semaphore(max_in_flight, fast_acquire=True)
-        self._waiters: dict[int, Any] = {}
+        self._waiters: dict[int, Any] = {}   # serial -> the caller's reply slot
         self._new_waiter = _waiter_factory()
         self._on_event = on_event
         self._on_closed = on_closed
@@ -94,49 +93,55 @@ class Channel:
     # -- calls ----------------------------------------------------------------------------------
     @property
     def in_flight(self) -> int:
-        """Calls sent on this socket whose replies have not arrived."""
+        """Calls sent on this socket whose replies have not arrived (abandoned ones included:
+        the server is still working on them)."""
         return self.protocol.pending
 
+    @property
+    def load(self) -> int:
+        """Calls on the wire plus calls queued for a slot: what a new call would wait behind."""
+        protocol = self.protocol
+        return protocol.pending + protocol.queued
+
     async def call(self, procedure: ProcedureInfo, args: Any = None) -> Any:
-        """Send one call and wait for its reply; respects the in-flight cap (FIFO)."""
+        """Send one call and wait for its reply; beyond ``max_in_flight`` calls wait their
+        turn in FIFO order.  Cancelling it at any point leaves the channel fully usable."""
         if self.closed is not None:
             raise ConnectionClosed(str(self.closed)) from self.closed
-        slots = self._slots
-        await slots.acquire()
-        if self.closed is not None:
-            slots.release()
-            raise ConnectionClosed(str(self.closed)) from self.closed
-        try:
-            serial, packet = self.protocol.call(procedure, args)
-        except BaseException:
-            slots.release()
-            raise
+        protocol = self.protocol
+        serial, packet = protocol.call(procedure, args)
         waiter = self._new_waiter()
         self._waiters[serial] = waiter
+        if packet is not None:
+            try:
+                self.transport.write(packet, alone=protocol.pending == 1)
+            except _BROKEN as exc:
+                self.lost(exc)   # fails every caller, this one included
         try:
-            self.transport.write(packet, alone=self.protocol.pending == 1)
             return await waiter
         except BaseException:
-            # Cancelled (or the write failed): a late reply is read and dropped, and frees
-            # the slot then, so the server never holds more than max_in_flight of ours.
+            # Cancelled: a queued call is dropped unsent; one on the wire keeps its slot
+            # until the late reply is read, so the server never holds more than
+            # max_in_flight of ours.
             if self._waiters.pop(serial, None) is not None:
-                self.protocol.abandon(serial)
+                protocol.cancel(serial)
             raise
 
     # -- the transport's sink -----------------------------------------------------------------
     def feed(self, data: bytes) -> None:
-        """Route everything ``data`` completes: replies to callers, events, keepalive."""
+        """Route everything ``data`` completes: replies to callers, events, keepalive; then
+        send what the protocol has to say (PONGs, queued calls a reply made room for)."""
         self.last_received = time.monotonic()
+        protocol = self.protocol
         try:
-            items: list[Any] = self.protocol.receive_data(data)
+            items: list[Any] = protocol.receive_data(data)
         except ProtocolError as exc:
             self.fail(exc)
             return
-        waiters, slots = self._waiters, self._slots
+        waiters = self._waiters
         for item in items:
             kind = type(item)
             if kind is Reply:
-                slots.release()
                 waiter = waiters.pop(item.serial, None)
                 if waiter is not None and not waiter.done():
                     if item.error is not None:
@@ -148,10 +153,12 @@ class Channel:
             elif kind is KeepaliveMessage:
                 if item.ping:
                     self.pings_received += 1
-                    self._write(self.protocol.data_to_send())
                 else:
                     self.pongs_received += 1
             # StreamMessage: streams are not served yet; ClientProtocol drops unknown ones
+        outgoing = protocol.data_to_send()
+        if outgoing:
+            self._write(outgoing)
 
     def lost(self, exc: BaseException | None) -> None:
         self.fail(ConnectionClosed(
@@ -183,12 +190,9 @@ class Channel:
             return
         self.closed = error
         waiters, self._waiters = self._waiters, {}
-        for waiter in waiters.values():
+        for waiter in waiters.values():   # queued callers included: each has a serial
             if not waiter.done():
                 waiter.set_exception(error)
-        # wake callers queued for a slot; they see ``closed`` and raise
-        for _ in range(self._slots.statistics().tasks_waiting):
-            self._slots.release()
         self.transport.close()
         if self._on_closed is not None:
             self._on_closed(error)

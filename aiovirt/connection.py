@@ -9,6 +9,7 @@ calls per socket at a time and stops reading that socket meanwhile).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
@@ -140,13 +141,18 @@ class Connection(ConnectionObjects):
             return
         self._closed = True
         channels = [c for c in [self._main, *self._lanes] if c is not None]
+
+        async def say_goodbye(channel: Channel) -> None:
+            with contextlib.suppress(AiovirtError):
+                await channel.call(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_CLOSE])
+
+        # Tell the daemon on every socket at once, bounded; a socket whose slots are all taken
+        # by calls the server has not answered is just closed (a goodbye would queue).
         with anyio.move_on_after(2, shield=True):
-            for channel in channels:
-                if channel.closed is None:
-                    try:
-                        await channel.call(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_CLOSE])
-                    except Exception:
-                        pass
+            async with anyio.create_task_group() as group:
+                for channel in channels:
+                    if channel.closed is None and channel.load < channel.max_in_flight:
+                        group.start_soon(say_goodbye, channel)
         for channel in channels:
             channel.fail(ConnectionClosed("the connection was closed"))
         for subscription in list(self._subscriptions.values()):
@@ -184,7 +190,7 @@ class Connection(ConnectionObjects):
         if lane or (procedure.number in self.slow_procedures and
                     procedure.program == remote.PROGRAM):
             return await (await self._slow_lane()).call(procedure, args)
-        if main.in_flight < main.max_in_flight:
+        if main.load < main.max_in_flight:
             return await main.call(procedure, args)
         return await self._quick_overflow().call(procedure, args)
 
@@ -199,8 +205,8 @@ class Connection(ConnectionObjects):
         the call goes to the main socket rather than failing."""
         def idle() -> Channel | None:
             lanes = self._open_lanes()
-            best = min(lanes, key=lambda c: c.in_flight, default=None)
-            if best is not None and (best.in_flight == 0 or len(lanes) >= self.lanes):
+            best = min(lanes, key=lambda c: c.load, default=None)
+            if best is not None and (best.load == 0 or len(lanes) >= self.lanes):
                 return best
             return None
 
@@ -222,16 +228,16 @@ class Connection(ConnectionObjects):
             if not lanes:
                 assert self._main is not None
                 return self._main
-            return min(lanes, key=lambda c: c.in_flight)
+            return min(lanes, key=lambda c: c.load)
 
     def _quick_overflow(self) -> Channel:
         """For a quick call while the main socket is full: a lane with a free slot, else the
         main socket's queue.  A quick call never waits for a lane to open; one is opened in
         the background for the next."""
         lanes = self._open_lanes()
-        free = [c for c in lanes if c.in_flight < c.max_in_flight]
+        free = [c for c in lanes if c.load < c.max_in_flight]
         if free:
-            return min(free, key=lambda c: c.in_flight)
+            return min(free, key=lambda c: c.load)
         if len(lanes) < self.lanes and not self._spare_opening:
             assert self._tasks is not None
             self._spare_opening = True  # set now: a burst of overflowing calls spawns one task

@@ -146,22 +146,31 @@ class StreamMessage:
 class ClientProtocol:
     """The client side of one libvirt RPC connection, without I/O.
 
-    ``call`` returns the bytes to send and the serial; ``receive_data`` takes bytes read from
-    the socket and returns what they mean.  Outgoing bytes the protocol produces on its own
-    (PONG answers) are collected by ``data_to_send``.
+    ``call`` frames a call and returns its serial and the packet to send, or None for the
+    packet when ``max_in_flight`` calls are already out: the call then waits in a FIFO queue
+    and its packet joins ``data_to_send`` as soon as a reply (to any call, abandoned ones
+    included) frees a slot.  The protocol is the one owner of that state, so the in-flight
+    count can never drift from the calls really on the wire.  ``receive_data`` takes bytes read
+    from the socket and returns what they mean; PONG answers also go to ``data_to_send``.
     """
 
-    def __init__(self, max_message: int = MAX_MESSAGE) -> None:
+    def __init__(self, max_message: int = MAX_MESSAGE, max_in_flight: int = 5) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
         self._frames = FrameDecoder(max_message)
         self._serial = 0
-        self._pending: dict[int, ProcedureInfo | None] = {}  # None: abandoned by its caller
+        self.max_in_flight = max_in_flight
+        self._pending: dict[int, ProcedureInfo | None] = {}  # on the wire; None: abandoned
+        self._queued: dict[int, tuple[ProcedureInfo, bytes]] = {}  # FIFO, not sent yet
         self._outgoing: list[bytes] = []
         self.streams: set[int] = set()  # serials whose STREAM messages are expected
 
     # -- outgoing -----------------------------------------------------------------------------
-    def call(self, procedure: ProcedureInfo, args: Any = None) -> tuple[int, bytes]:
-        """Frame a call; returns its serial and the packet.  The reply is then expected."""
-        self._serial = serial = (self._serial + 1) & 0xFFFFFFFF or 1
+    def call(self, procedure: ProcedureInfo, args: Any = None) -> tuple[int, bytes | None]:
+        """Frame a call; returns its serial and the packet to send now, or None if it queued.
+
+        Raises ``XdrError`` (or ``TypeError``) for arguments that cannot be encoded; nothing
+        is then pending or queued."""
         buf = bytearray(PREFIX_SIZE)
         if procedure.encode_args is not None:
             if args is None:
@@ -172,37 +181,62 @@ class ClientProtocol:
             except XdrError as exc:
                 raise XdrError(f"{procedure.name}: {exc}") from None
             except (struct.error, AttributeError, TypeError, UnicodeError) as exc:
-                raise XdrError(f"{procedure.name}: cannot encode {args!r}: {exc}") from None
+                raise XdrError(f"{procedure.name}: cannot encode {args!r:.200}: "
+                               f"{exc}") from None
         length = len(buf)
         if length > MAX_MESSAGE:
             raise XdrError(f"{procedure.name}: message of {length} bytes exceeds the limit "
                            f"of {MAX_MESSAGE}")
+        self._serial = serial = (self._serial + 1) & 0xFFFFFFFF or 1
         _PREFIX.pack_into(buf, 0, length, procedure.program, _VERSIONS[procedure.program],
                           procedure.number, CALL, serial, OK)
-        self._pending[serial] = procedure
-        return serial, bytes(buf)
+        packet = bytes(buf)
+        if len(self._pending) < self.max_in_flight and not self._queued:
+            self._pending[serial] = procedure
+            return serial, packet
+        self._queued[serial] = (procedure, packet)
+        return serial, None
 
-    def abandon(self, serial: int) -> None:
-        """The caller no longer waits for ``serial``: its reply will be read and discarded."""
+    def cancel(self, serial: int) -> bool:
+        """The caller no longer waits for ``serial``.  A queued call is dropped unsent (returns
+        False); one on the wire keeps its slot until its reply is read and discarded (True)."""
+        if self._queued.pop(serial, None) is not None:
+            return False
         if serial in self._pending:
             self._pending[serial] = None
+            return True
+        return False
 
     @property
     def pending(self) -> int:
         """Calls sent whose reply has not arrived yet (abandoned ones included)."""
         return len(self._pending)
 
+    @property
+    def queued(self) -> int:
+        """Calls waiting for a free slot, not sent yet."""
+        return len(self._queued)
+
     def ping(self) -> bytes:
         """A keepalive PING packet, for probing a quiet server."""
         return encode_message(keepalive.PROGRAM, keepalive.KEEPALIVE_PROC_PING, MESSAGE, 0, OK)
 
     def data_to_send(self) -> bytes:
-        """Bytes the protocol wants sent on its own account (PONGs), and forgets them."""
+        """Bytes the protocol wants sent on its own account (PONGs, calls admitted from the
+        queue), and forgets them."""
         if not self._outgoing:
             return b""
         data = b"".join(self._outgoing)
         self._outgoing.clear()
         return data
+
+    def _admit(self) -> None:
+        pending, queued, outgoing = self._pending, self._queued, self._outgoing
+        while queued and len(pending) < self.max_in_flight:
+            serial = next(iter(queued))
+            procedure, packet = queued.pop(serial)
+            pending[serial] = procedure
+            outgoing.append(packet)
 
     # -- incoming -----------------------------------------------------------------------------
     def receive_data(self, data: bytes) -> list[Reply | EventMessage | KeepaliveMessage |
@@ -213,6 +247,8 @@ class ClientProtocol:
             result = self._route(message)
             if result is not None:
                 results.append(result)
+        if self._queued and len(self._pending) < self.max_in_flight:
+            self._admit()
         return results
 
     def _route(self, msg: Message) -> Any:
@@ -225,8 +261,16 @@ class ClientProtocol:
                                     f"waiting (program {msg.program:#x}, procedure "
                                     f"{msg.procedure})") from None
             if procedure is None:
-                return None  # its caller gave up; the late reply is dropped
-            if msg.procedure != procedure.number or msg.program != procedure.program:
+                return None  # its caller gave up; the late reply is dropped, its slot freed
+            if msg.program != procedure.program:
+                raise ProtocolError(f"reply to serial {msg.serial} comes from program "
+                                    f"{msg.program:#x}, but {procedure.name} belongs to "
+                                    f"program {procedure.program:#x}")
+            if msg.version != _VERSIONS[procedure.program]:
+                raise ProtocolError(f"reply to serial {msg.serial} ({procedure.name}) has "
+                                    f"protocol version {msg.version}, expected "
+                                    f"{_VERSIONS[procedure.program]}")
+            if msg.procedure != procedure.number:
                 raise ProtocolError(f"reply to serial {msg.serial} names procedure "
                                     f"{msg.procedure}, but {procedure.name} was called")
             if msg.status == OK:
@@ -256,6 +300,9 @@ class ClientProtocol:
             if procedure is None or not procedure.event or procedure.decode_ret is None:
                 raise ProtocolError(f"unexpected message: program {msg.program:#x} "
                                     f"procedure {msg.procedure} is not an event")
+            if msg.version != _VERSIONS[msg.program]:
+                raise ProtocolError(f"event {procedure.name} has protocol version "
+                                    f"{msg.version}, expected {_VERSIONS[msg.program]}")
             return EventMessage(msg.program, procedure,
                                 decode(procedure.decode_ret, msg.payload, procedure.name))
         if type_ == STREAM or type_ == STREAM_HOLE:

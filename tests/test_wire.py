@@ -3,10 +3,10 @@
 import pytest
 
 from aiovirt import LibvirtError, NoSuchDomain, ProtocolError
-from aiovirt.protocol import keepalive, remote, virnet
+from aiovirt.protocol import keepalive, qemu, remote, virnet
 from aiovirt.wire import (CALL, ERROR, MESSAGE, OK, REPLY, ClientProtocol, EventMessage,
                           FrameDecoder, KeepaliveMessage, Reply, encode_message)
-from aiovirt.xdr import encode
+from aiovirt.xdr import XdrError, encode
 
 P = remote.PROCEDURES
 LOOKUP = P[remote.REMOTE_PROC_DOMAIN_LOOKUP_BY_NAME]
@@ -96,9 +96,59 @@ def test_remote_error_becomes_exception_subclass():
 def test_abandoned_call_reply_is_dropped():
     proto = ClientProtocol()
     s1, _ = proto.call(LIBVER)
-    proto.abandon(s1)
+    assert proto.cancel(s1) is True          # on the wire: keeps its slot until the reply
+    assert proto.pending == 1
     assert proto.receive_data(reply(s1, LIBVER, remote.ConnectGetLibVersionRet(1))) == []
     assert proto.pending == 0
+
+
+def test_calls_beyond_the_cap_queue_in_order_and_leave_as_replies_free_slots():
+    proto = ClientProtocol(max_in_flight=2)
+    sent = [proto.call(LIBVER) for _ in range(5)]
+    assert [packet is not None for _, packet in sent] == [True, True, False, False, False]
+    assert (proto.pending, proto.queued) == (2, 3)
+    serials = [serial for serial, _ in sent]
+    # one reply frees one slot: exactly the oldest queued call is released
+    proto.receive_data(reply(serials[1], LIBVER, remote.ConnectGetLibVersionRet(1)))
+    [admitted] = FrameDecoder().feed(proto.data_to_send())
+    assert admitted.serial == serials[2]
+    # a late reply to an abandoned call frees its slot just the same (the slot leak of old)
+    proto.cancel(serials[0])
+    assert proto.receive_data(reply(serials[0], LIBVER,
+                                    remote.ConnectGetLibVersionRet(1))) == []
+    assert [m.serial for m in FrameDecoder().feed(proto.data_to_send())] == [serials[3]]
+    # a queued call that is cancelled never reaches the wire
+    assert proto.cancel(serials[4]) is False
+    assert (proto.pending, proto.queued) == (2, 0)
+    proto.receive_data(reply(serials[2], LIBVER, remote.ConnectGetLibVersionRet(1)))
+    assert proto.data_to_send() == b""
+    # a new call while there is room goes out at once
+    _, packet = proto.call(LIBVER)
+    assert packet is not None and proto.pending == 2
+
+
+def test_unencodable_arguments_take_no_serial_and_no_slot():
+    proto = ClientProtocol(max_in_flight=1)
+    with pytest.raises(XdrError, match="domain_lookup_by_name"):
+        proto.call(LOOKUP, remote.DomainLookupByNameArgs(12345))
+    assert (proto.pending, proto.queued) == (0, 0)
+    serial, packet = proto.call(LIBVER)
+    assert serial == 1 and packet is not None
+
+
+def test_reply_with_wrong_version_or_program_is_named_as_such():
+    proto = ClientProtocol()
+    s1, _ = proto.call(LIBVER)
+    payload = encode(LIBVER.encode_ret, remote.ConnectGetLibVersionRet(1), "x")
+    bad_version = encode_message(remote.PROGRAM, LIBVER.number, REPLY, s1, OK, payload,
+                                 version=7)
+    with pytest.raises(ProtocolError, match="protocol version 7, expected 1"):
+        proto.receive_data(bad_version)
+    proto = ClientProtocol()
+    s1, _ = proto.call(LIBVER)
+    wrong_program = encode_message(qemu.PROGRAM, LIBVER.number, REPLY, s1, OK, payload)
+    with pytest.raises(ProtocolError, match=f"from program {qemu.PROGRAM:#x}"):
+        proto.receive_data(wrong_program)
 
 
 def test_reply_to_unknown_serial_is_a_protocol_error():

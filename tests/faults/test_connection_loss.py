@@ -1,0 +1,70 @@
+"""A socket that dies under a live connection fails calls with ``ConnectionClosed``, exactly:
+never ``anyio.BrokenResourceError`` or ``OSError``, whatever the moment of the call."""
+
+from __future__ import annotations
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+import aiovirt
+
+
+async def test_call_while_asyncio_transport_is_closing(daemon):
+    """asyncio marks the transport closing one pass before ``connection_lost``; a call
+    written in that window used to raise ``anyio.BrokenResourceError``."""
+    async with aiovirt.connect(daemon.uri(), lanes=0) as conn:
+        main = conn.channels[0]
+        main.transport._transport.abort()          # closing now, connection_lost next pass
+        with anyio.fail_after(5), pytest.raises(aiovirt.ConnectionClosed, match="main socket"):
+            await conn.get_lib_version()
+        with pytest.raises(aiovirt.ConnectionClosed):
+            await conn.get_lib_version()
+        assert not conn.is_alive
+
+
+async def test_calls_in_flight_and_queued_all_fail_exactly(daemon):
+    async with aiovirt.connect(daemon.uri(), lanes=0, max_in_flight=2) as conn:
+        errors: list[BaseException] = []
+
+        async def one() -> None:
+            try:
+                await conn.get_lib_version()
+            except BaseException as exc:   # noqa: BLE001 - the type is what is checked
+                errors.append(exc)
+
+        async with anyio.create_task_group() as group:
+            for _ in range(10):
+                group.start_soon(one)
+            await anyio.lowlevel.checkpoint()
+            conn.channels[0].transport._transport.abort()
+        assert errors and all(type(e) is aiovirt.ConnectionClosed for e in errors), errors
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_generic_stream_closed_under_a_call(daemon, backend):
+    async def main() -> None:
+        async with aiovirt.connect(daemon.uri(), lanes=0, native_transport=False) as conn:
+            transport = conn.channels[0].transport
+            await transport._stream.aclose()       # the socket is gone under the reader
+            with anyio.fail_after(5), pytest.raises(aiovirt.ConnectionClosed):
+                for _ in range(3):
+                    await conn.get_lib_version()
+
+    anyio.run(main, backend=backend)
+
+
+async def test_lane_lost_fails_only_its_calls(daemon):
+    """A lane that dies fails its own calls exactly; the connection opens another."""
+    async with aiovirt.connect(daemon.uri(), lanes=1) as conn:
+        from aiovirt.protocol import remote
+        libver = remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_GET_LIB_VERSION]
+        await conn.call(libver, lane=True)
+        lane = conn.channels[1]
+        lane.transport._transport.abort()
+        with anyio.fail_after(5), pytest.raises(aiovirt.ConnectionClosed, match="lane1"):
+            await lane.call(libver)
+        with anyio.fail_after(5):
+            assert (await conn.call(libver, lane=True)).lib_ver == 9000000
+            assert await conn.get_lib_version() == 9000000
+        assert conn.is_alive and lane not in conn.channels
