@@ -111,3 +111,121 @@ def test_profiles_validate(tmp_path):
     assert any(line.startswith(f"{broken}:3: ") for line in lines)
     shipped = sorted(Path(__file__).resolve().parents[1].glob("profiles/*.xml"))
     assert run("profiles", "validate", *map(str, shipped)).returncode == 0
+
+
+# -- addressing: `aiovirt address` and `aiovirt compose --address` ---------------------------------
+
+ADDRESSED = """<domain type='kvm'><name>{name}</name><memory unit='MiB'>128</memory>
+<vcpu>2</vcpu><cpu><numa><cell id='0' cpus='0' memory='65536'/>
+<cell id='1' cpus='1' memory='65536'/></numa></cpu>
+<os><type arch='x86_64' machine='q35'>hvm</type></os><devices>
+<disk type='file' device='disk'><source file='/var/lib/libvirt/images/{name}.qcow2'/>
+<target dev='vda' bus='virtio'/></disk>
+<interface type='user'><model type='virtio'/><alias name='ua-net0'/></interface>
+<interface type='user'><model type='virtio'/><alias name='ua-net1'/></interface>
+<interface type='user'><model type='e1000'/><alias name='ua-net2'/></interface>
+<input type='tablet' bus='usb'/></devices></domain>"""
+
+
+def pci_bus(element) -> int:
+    return int(element.find("address").get("bus"), 16)
+
+
+def empty_root_ports(domain) -> list[int]:
+    """Indexes of the pcie-root-ports nothing is plugged into."""
+    used = {int(a.get("bus"), 16) for a in domain.iter("address") if a.get("type") == "pci"}
+    return [int(c.get("index")) for c in domain.findall("devices/controller")
+            if c.get("model") == "pcie-root-port" and int(c.get("index")) not in used]
+
+
+async def test_address_prints_what_libvirt_itself_assigns(tmp_path, daemon):
+    import aiovirt
+    from aiovirt.address import address_domain
+
+    from .test_address_live import agreement_tool
+
+    name = f"cli-addr-{__import__('uuid').uuid4().hex[:6]}"
+    text = ADDRESSED.format(name=name)
+    (tmp_path / "vm.xml").write_text(text)
+    done = run("address", str(tmp_path / "vm.xml"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == address_domain(text).xml     # the command is the library, exactly
+    out = etree.fromstring(done.stdout.encode())
+    for device in ("disk", "interface", "memballoon"):
+        for element in out.findall(f"devices/{device}"):
+            assert element.find("address").get("type") == "pci", etree.tostring(element)
+    assert out.find("devices/input/address").attrib == {"type": "usb", "bus": "0", "port": "1"}
+    # the truth: libvirt's own addresses for the same input, from the suite's daemon
+    async with aiovirt.connect(daemon.uri("qemu", "/system")) as conn:
+        dom = await conn.define_xml(text)
+        try:
+            theirs = await dom.xml(2)       # VIR_DOMAIN_XML_INACTIVE
+        finally:
+            await dom.undefine()
+    address_map = agreement_tool().address_map
+    ours = address_map(done.stdout)
+    assert len(ours) >= 12 and ours == address_map(theirs)
+
+
+def test_address_tuned_from_stdin():
+    from aiovirt.address import Tunables, address_domain
+
+    text = ADDRESSED.format(name="cli-tuned")
+    done = run("address", "--reserve", "4", "--numa", "ua-net1=1", "-", stdin=text)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == address_domain(text, Tunables(hotplug_reserve=4),
+                                         device_tunables={"ua-net1": {"numa_node": 1}}).xml
+    out = etree.fromstring(done.stdout.encode())
+    assert len(empty_root_ports(out)) == 4
+    # ua-net1 sits in a root port on an expander bus of guest NUMA node 1
+    controllers = {int(c.get("index")): c for c in out.findall("devices/controller")
+                   if c.get("type") == "pci"}
+
+    def upstream(alias: str) -> list[str]:
+        """The models of the controllers between a NIC and pcie-root."""
+        models, bus = [], pci_bus(out.xpath(f"devices/interface[alias/@name='{alias}']")[0])
+        while bus != 0:
+            models.append(controllers[bus].get("model"))
+            bus = pci_bus(controllers[bus])
+        return models
+
+    assert upstream("ua-net1") == ["pcie-root-port", "pcie-expander-bus"]
+    [expander] = [c for c in controllers.values() if c.get("model") == "pcie-expander-bus"]
+    assert expander.findtext("target/node") == "1"
+    assert upstream("ua-net0") == ["pcie-root-port"]          # the others: not behind it
+    assert upstream("ua-net2") == ["pcie-to-pci-bridge", "pcie-root-port"]   # e1000: PCI
+    untuned = run("address", "-", stdin=text)
+    assert untuned.returncode == 0 and empty_root_ports(
+        etree.fromstring(untuned.stdout.encode())) != empty_root_ports(out)
+
+
+def test_compose_with_address(tmp_path):
+    from aiovirt.address import Tunables, address_domain
+    from aiovirt.compose import Library, compose
+
+    from .test_address_live import agreement_tool
+
+    partial = ("<domain><name>cli-vm</name><os><type machine='q35'>hvm</type></os><devices>"
+               "<interface type='user'/><disk type='file' device='disk'><source "
+               "file='/images/cli-vm.qcow2'/><target dev='vda'/></disk></devices></domain>")
+    (tmp_path / "vm.xml").write_text(partial)
+    args = ("compose", "-p", "kvm-base", "-p", "virtio-linux", "--no-system-profiles")
+    done = run(*args, "--address", "--reserve", "4", str(tmp_path / "vm.xml"))
+    assert done.returncode == 0, done.stderr
+    expected = compose(partial, ["kvm-base", "virtio-linux"], address=Tunables(hotplug_reserve=4),
+                       library=Library.default(system=False, user=False),
+                       source=str(tmp_path / "vm.xml"))
+    assert done.stdout == expected.xml
+    out = etree.fromstring(done.stdout.encode())
+    assert out.findtext("name") == "cli-vm" and out.get("type") == "kvm"
+    for device in ("interface", "disk", "memballoon"):      # virtio-linux made them virtio
+        assert out.find(f"devices/{device}/address").get("type") == "pci", device
+    assert out.find("devices/interface/model").get("type") == "virtio"
+    assert len(empty_root_ports(out)) == 4
+    # without --address nothing is addressed; addressing that afterwards gives the same
+    plain = run(*args, str(tmp_path / "vm.xml"))
+    assert plain.returncode == 0, plain.stderr
+    assert etree.fromstring(plain.stdout.encode()).find(".//address") is None
+    address_map = agreement_tool().address_map
+    assert address_map(done.stdout) == address_map(
+        address_domain(plain.stdout, Tunables(hotplug_reserve=4)).xml)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import anyio
@@ -57,7 +58,11 @@ async def test_quick_call_completes_while_five_slow_ones_run(daemon):
                 for dom in doms:
                     tg.start_soon(start, dom)
                 # wait until all five starts are on the wire (on the lanes)
-                while sum(c.in_flight for c in conn.channels[1:]) < 5:
+                deadline = time.monotonic() + 30
+                while (on_lanes := sum(c.in_flight for c in conn.channels[1:])) < 5:
+                    if time.monotonic() > deadline or finished:
+                        pytest.fail(f"the 5 starts were never all on the lanes at once "
+                                    f"({on_lanes} now; finished already: {finished})")
                     await anyio.lowlevel.checkpoint()
                 assert await conn.get_lib_version() == 9000000
                 finished_when_quick_returned = list(finished)
