@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
@@ -99,6 +100,7 @@ class Connection(ConnectionObjects):
         self.lxc_rpc = lxc.LxcCalls(self.call)
         self._main: Channel | None = None
         self._lanes: list[Channel] = []
+        self._opening: set[Channel] = set()   # lanes still in their handshake
         self._lane_lock = anyio.Lock()
         self._spare_opening = False  # a background task is opening a lane for quick calls
         self._tasks: _Tasks | None = None
@@ -112,25 +114,49 @@ class Connection(ConnectionObjects):
         self._main = await self._open_channel("main")
 
     async def _open_channel(self, name: str) -> Channel:
+        """Connect a socket and shake hands.  A lane's handshake is bounded by the keepalive
+        window and fails at once if the main socket dies meanwhile (a stopped daemon would
+        otherwise hold every caller waiting for that lane)."""
         assert self._tasks is not None
         transport = await open_transport(self.uri, self._tasks.start, native=self.native)
         channel = Channel(transport, max_in_flight=self.max_in_flight, on_event=self._dispatch,
                           name=name,
                           on_closed=self._main_lost if name == "main" else None)
+        main = self._main
+        if main is not None and main.closed is not None:
+            channel.fail(main.closed)
+        self._opening.add(channel)
         try:
-            await channel.open(self.uri.remote_name, 1 if self.readonly else 0)
+            with anyio.fail_after(self._handshake_limit(name)):
+                await channel.open(self.uri.remote_name, 1 if self.readonly else 0)
+        except TimeoutError:
+            error = ConnectionClosed(f"{name} socket: no answer to the handshake within "
+                                     f"{self._handshake_limit(name):g} s")
+            channel.fail(error)
+            raise error from None
         except BaseException:
             channel.fail(ConnectionClosed(f"{name} socket: handshake failed"))
             raise
+        finally:
+            self._opening.discard(channel)
         if self.keepalive is not None and channel.keepalive_supported:
             interval, count = self.keepalive
             self._tasks.start(lambda: channel.keepalive_loop(interval, count),
                               f"aiovirt {name} keepalive")
         return channel
 
+    def _handshake_limit(self, name: str) -> float:
+        """How long a handshake may take: the main one as long as the caller lets it (they
+        can bound ``connect``), a lane's as long as keepalive would wait for a silent server."""
+        if name == "main" or self.keepalive is None:
+            return math.inf
+        interval, count = self.keepalive
+        return interval * (count + 1)
+
     def _main_lost(self, error: BaseException) -> None:
-        """Without its main socket a connection is dead: fail the lanes' calls too."""
-        for channel in self._lanes:
+        """Without its main socket a connection is dead: fail the lanes' calls too, and the
+        lanes still shaking hands."""
+        for channel in [*self._lanes, *self._opening]:
             channel.fail(error)
         for subscription in list(self._subscriptions.values()):
             subscription.close()

@@ -275,16 +275,32 @@ class PrivateDaemon:
             except OSError:
                 continue
             try:
-                for knob in ("cpuset.cpus", "cpuset.mems"):  # v1 cpuset starts out empty
-                    if os.path.exists(os.path.join(group, knob)):
-                        value = Path(base, knob).read_text()
-                        Path(group, knob).write_text(value)
+                if os.path.exists(os.path.join(group, "cpuset.cpus")):
+                    self._fill_cpuset(base, group)
             except OSError:
-                os.rmdir(group)
+                for leftover in (os.path.join(group, "machine"), group):
+                    with contextlib.suppress(OSError):
+                        os.rmdir(leftover)
                 continue
             self._cgroups.append(group)
             made.append((mount_point, group))
         return made
+
+    @staticmethod
+    def _fill_cpuset(base: str, group: str) -> None:
+        """A v1 cpuset group starts with no CPUs and no memory nodes, and a task cannot join
+        it then (ENOSPC).  Give ours its parent's, have its children inherit them, and make
+        libvirt's ``machine`` partition now: libvirt creating it while guests start
+        concurrently left a guest's group empty now and then."""
+        for knob in ("cpuset.cpus", "cpuset.mems"):
+            Path(group, knob).write_text(Path(base, knob).read_text())
+        Path(group, "cgroup.clone_children").write_text("1")
+        machine = os.path.join(group, "machine")
+        os.mkdir(machine)
+        for knob in ("cpuset.cpus", "cpuset.mems"):
+            if not Path(machine, knob).read_text().strip():
+                Path(machine, knob).write_text(Path(group, knob).read_text())
+        Path(machine, "cgroup.clone_children").write_text("1")
 
     def _pin_namespace(self) -> None:
         """Hold libvirtd's mount namespace open, so that its id cannot be reused by another

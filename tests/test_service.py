@@ -14,7 +14,6 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-import uvicorn
 from lxml import etree
 
 import aiovirt
@@ -23,6 +22,7 @@ from aiovirt.cli.serve import check_bind, is_loopback
 from aiovirt.provision import teardown
 from aiovirt.service import create_app
 from aiovirt.service.openapi import operations
+from aiovirt.service.server import Server, uvicorn_config
 
 XML = {"content-type": "application/xml"}
 TOKEN = "s3cret-token-0123456789abcdef"
@@ -46,11 +46,10 @@ TINY_GUEST = TEST_GUEST.replace("8</memory>", "1</memory>")
 
 
 @contextlib.asynccontextmanager
-async def serving(app: Any) -> AsyncIterator[httpx.AsyncClient]:
-    """Run ``app`` on uvicorn (port 0: the kernel picks a free one) and yield a client."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                           lifespan="on", http="h11", ws="none",
-                                           timeout_graceful_shutdown=5))
+async def serving(app: Any, **options: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """Run ``app`` on uvicorn as ``aiovirt serve`` does (port 0: the kernel picks a free
+    one; ``options`` for ``uvicorn_config``) and yield a client."""
+    server = Server(uvicorn_config(app, port=0, log_level="warning", **options))
     task = asyncio.ensure_future(server.serve())
     with anyio.fail_after(15):
         while not server.started:
@@ -128,8 +127,11 @@ async def test_list_and_show_profiles(profiles_dir):
         assert {p["name"]: p["default"] for p in detail["params"]} == \
             {"memory": "1024", "vcpus": "1"}
         assert detail["actions"] and all("line" in a for a in detail["actions"])
+        from aiovirt.compose import Library   # the shipped file's digest: the expected value
+        shipped = Library.default(system=False, user=False).get("kvm-base").digest
+        assert detail["digest"] == shipped
         by_version = await client.get("/profiles/kvm-base", params={"version": "1.0"})
-        assert by_version.json()["digest"] == detail["digest"]
+        assert by_version.json()["digest"] == shipped
         missing = await client.get("/profiles/kvm-bsae")
         assert missing.status_code == 404
         assert "unknown profile 'kvm-bsae'" in missing.json()["error"]

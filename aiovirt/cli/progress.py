@@ -105,6 +105,8 @@ def teardown_summary(report: TeardownReport) -> str:
     for removal in report.removals:
         if removal.outcome == "failed":
             lines.append(f"  {removal.name} on {removal.host}: {removal.error}")
+        elif removal.outcome == "skipped":
+            lines.append(f"  {removal.name} on {removal.host}: skipped: {removal.reason}")
     for uri, why in report.unreachable.items():
         lines.append(f"  {uri}: unreachable: {why}")
     return "\n".join(lines)

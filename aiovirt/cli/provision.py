@@ -91,7 +91,8 @@ def _provision(options: argparse.Namespace) -> int:
     job = Provisioning(options.uri, specs, placement=options.placement,
                        concurrency=options.concurrency, on_existing=options.on_existing,
                        rollback=not options.no_rollback, start_timeout=options.start_timeout,
-                       overcommit=options.overcommit, library=library(options))
+                       overcommit=options.overcommit, library=library(options),
+                       connect_timeout=options.connect_timeout)
     job.check()   # an unknown profile or a bad parameter: refused before any host is touched
     line = ProgressLine(job.progress, force=options.progress)
     job.on_change = line.update
@@ -107,8 +108,8 @@ def _provision(options: argparse.Namespace) -> int:
         report = asyncio.run(run())
     finally:
         line.close()
-    if options.report:
-        Path(options.report).write_text(report.to_json() + "\n")
+        if options.report:   # even when the run raised: its report is complete then too
+            Path(options.report).write_text(job.report.to_json() + "\n")
     if options.json:
         print(report.to_json())
     else:
@@ -129,7 +130,8 @@ def _teardown(options: argparse.Namespace) -> int:
             raise AiovirtError(f"{options.report}: not a provisioning report: {exc}") from None
     result = asyncio.run(teardown(options.uri or None, names=options.name or None,
                                   run=options.run_id, labels=_labels(options.label),
-                                  report=report, concurrency=options.concurrency))
+                                  report=report, include_foreign=options.include_foreign,
+                                  concurrency=options.concurrency))
     print(result.to_json() if options.json else teardown_summary(result))
     return 0 if result.ok else 1
 
@@ -221,6 +223,9 @@ def register(commands: Any) -> None:
                            help="leave N free hotplug root ports per guest")
     provision.add_argument("--start-timeout", type=float, default=60.0, metavar="SECONDS",
                            help="how long to wait for a guest's STARTED event (default 60)")
+    provision.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
+                           help="how long a host may take to connect before it counts as "
+                                "unreachable (default 30)")
     provision.add_argument("--progress", action="store_true",
                            help="draw the progress line even when stderr is not a terminal")
     provision.add_argument("--json", action="store_true",
@@ -234,7 +239,9 @@ def register(commands: Any) -> None:
         "teardown", help="stop and undefine guests a run made",
         description="Destroy and undefine the guests that match every filter given: name "
                     "patterns, a run id, labels, or a saved report. Without any filter "
-                    "nothing is removed.")
+                    "nothing is removed, and only guests aiovirt made (carrying its "
+                    "provisioning metadata) are: others a pattern matches are listed as "
+                    "skipped unless --include-foreign is given.")
     teardown.add_argument("--uri", "-c", action="append", metavar="URI",
                           help="a host (repeatable; default: the report's hosts)")
     teardown.add_argument("--name", action="append", metavar="PATTERN",
@@ -245,6 +252,9 @@ def register(commands: Any) -> None:
                           help="only guests with this label (repeatable)")
     teardown.add_argument("--report", metavar="FILE",
                           help="a report saved by provision --report: what it made")
+    teardown.add_argument("--include-foreign", action="store_true",
+                          help="also remove guests aiovirt did not make that a --name "
+                               "pattern matches (destroys them; with --name only)")
     teardown.add_argument("--concurrency", type=int, default=16, metavar="N")
     teardown.add_argument("--json", action="store_true", help="print the result as JSON")
     teardown.set_defaults(run=_teardown)

@@ -49,11 +49,13 @@ def _serve(options: argparse.Namespace) -> int:
         app = create_app(hosts=options.uri or (), profiles_dir=options.profiles_dir,
                          token=token, max_body=options.max_body,
                          system_profiles=not options.no_system_profiles,
-                         allow_any_host=options.allow_any_host)
+                         allow_any_host=options.allow_any_host, workers=options.workers,
+                         work_queue=options.work_queue, max_streams=options.max_streams,
+                         stream_queue=options.stream_queue, max_jobs=options.max_jobs)
     except ValueError as exc:
         raise AiovirtError(str(exc)) from None
     try:
-        import uvicorn
+        from ..service.server import Server, uvicorn_config
     except ImportError:
         raise AiovirtError("aiovirt serve needs uvicorn: pip install 'aiovirt[serve]'"
                            ) from None
@@ -61,35 +63,30 @@ def _serve(options: argparse.Namespace) -> int:
         print(f"aiovirt: warning: serving plain HTTP on {options.host}: the bearer token "
               "crosses the network in clear (give --tls-cert/--tls-key or use a TLS proxy)",
               file=sys.stderr)
-    config = uvicorn.Config(app, host=options.host, port=options.port, lifespan="on",
-                            http="h11", ws="none", proxy_headers=False, server_header=False,
-                            log_level=options.log_level, timeout_graceful_shutdown=5,
-                            ssl_certfile=options.tls_cert, ssl_keyfile=options.tls_key)
-    server = _server_class(uvicorn, app)(config)
+    config = uvicorn_config(app, host=options.host, port=options.port,
+                            client_timeout=options.client_timeout,
+                            max_connections=options.max_connections,
+                            log_level=options.log_level, ssl_certfile=options.tls_cert,
+                            ssl_keyfile=options.tls_key)
+    server = Server(config)
     server.run()
     return 0 if server.started else 1
 
 
-def _server_class(uvicorn: Any, app: Any) -> Any:
-    class Server(uvicorn.Server):  # type: ignore[misc,name-defined]
-        """uvicorn's server that ends the app's event streams as its shutdown begins (it
-        would otherwise wait for their clients to leave)."""
+def _number(kind: type[int] | type[float], low: float, what: str) -> Any:
+    """An argparse type: a number of ``kind`` of at least ``low`` (``what`` it counts)."""
+    def convert(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of {what}") from None
+        if value < low or value != value:
+            raise argparse.ArgumentTypeError(f"give at least {low:g} ({what})")
+        return value
+    return convert
 
-        async def shutdown(self, sockets: Any = None) -> None:
-            app.close_streams()
-            await super().shutdown(sockets)
 
-    return Server
-
-
-def _size(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of bytes") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("give at least 1 byte")
-    return value
+_size = _number(int, 1, "bytes")
 
 
 def register(commands: Any) -> None:
@@ -117,6 +114,26 @@ def register(commands: Any) -> None:
                        help="ignore /etc/aiovirt/profiles")
     serve.add_argument("--max-body", type=_size, default=1024 * 1024, metavar="BYTES",
                        help="largest request body accepted (default 1 MiB; 413 beyond)")
+    serve.add_argument("--client-timeout", type=_number(float, 0.1, "seconds"), default=10.0,
+                       metavar="SECONDS", help="close a connection that takes longer to "
+                       "send a request (head and body), idles longer between requests, or "
+                       "reads nothing of a response for longer (default 10)")
+    serve.add_argument("--max-connections", type=_number(int, 1, "connections"),
+                       default=1000, metavar="N", help="answer 503 beyond N open connections "
+                       "(default 1000)")
+    serve.add_argument("--workers", type=_number(int, 1, "threads"), metavar="N",
+                       help="threads that compose and address (default: one per core)")
+    serve.add_argument("--work-queue", type=_number(int, 0, "requests"), default=256,
+                       metavar="N", help="compose/address requests that may wait for a "
+                       "worker; more get 503 (default 256)")
+    serve.add_argument("--max-streams", type=_number(int, 1, "streams"), default=100,
+                       metavar="N", help="concurrent event streams (GET /events); more get "
+                       "503 (default 100)")
+    serve.add_argument("--stream-queue", type=_number(int, 1, "events"), default=1024,
+                       metavar="N", help="events that may wait for a slow event-stream "
+                       "client before its stream is cut (default 1024)")
+    serve.add_argument("--max-jobs", type=_number(int, 1, "jobs"), default=16, metavar="N",
+                       help="provisioning jobs running at once; more get 503 (default 16)")
     serve.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate")
     serve.add_argument("--tls-key", metavar="FILE", help="... and this private key")
     serve.add_argument("--log-level", default="info",

@@ -13,7 +13,7 @@ import contextlib
 import math
 import time
 import uuid as _uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from xml.sax.saxutils import escape
@@ -28,7 +28,8 @@ from ..compose import Library, compose
 from ..compose.errors import ComposeError
 from ..connection import Connection, connect
 from ..domain import Domain
-from ..errors import AiovirtError, ConnectionClosed, LibvirtError, NoSuchDomain
+from ..errors import (AiovirtError, ConnectionClosed, LibvirtError, NoSuchDomain,
+                      XMLInputError)
 from ..events import DomainEventType
 from ..xmlsafe import parse, to_string
 from .placement import POLICIES, Capacity, choose
@@ -92,6 +93,7 @@ class _Host:
         self.lost = False
         self.concurrency = 0
         self.events_scope: anyio.CancelScope | None = None
+        self.calls: set[anyio.CancelScope] = set()   # shielded calls out on this host
 
     @property
     def usable(self) -> bool:
@@ -108,6 +110,8 @@ class Provisioning:
     name exists.  ``rollback``: undefine guests that fail to start.  ``start_timeout``:
     seconds to wait for a guest's STARTED event once its start call returned.
     ``overcommit``: place guests on up to this many times a host's free memory (1.0: none).
+    ``connect_timeout``: seconds a host given by URI may take to connect and complete the
+    handshake before it counts as unreachable (keepalive watches it from then on).
     ``on_change`` is called with a guest's result each time it moves on.
     """
 
@@ -117,7 +121,7 @@ class Provisioning:
                  rollback: bool = True, start_timeout: float = 60.0,
                  overcommit: float = 1.0, library: Library | None = None,
                  on_change: Callable[[GuestResult], None] | None = None,
-                 run_id: str | None = None) -> None:
+                 run_id: str | None = None, connect_timeout: float = 30.0) -> None:
         targets = [hosts] if isinstance(hosts, (str, Connection)) else list(hosts)
         if not targets:
             raise ProvisionError("no hosts given")
@@ -134,6 +138,8 @@ class Provisioning:
             raise ProvisionError("concurrency must be at least 1")
         if not overcommit > 0:
             raise ProvisionError(f"overcommit {overcommit!r}: give a ratio above 0")
+        if not connect_timeout > 0:
+            raise ProvisionError(f"connect_timeout {connect_timeout!r}: give seconds above 0")
         for index, spec in enumerate(self.specs):
             if spec.count > 1 and parse(spec.template, source=f"spec {index} template"
                                         ).find("uuid") is not None:
@@ -146,6 +152,7 @@ class Provisioning:
         self.rollback = rollback
         self.start_timeout = start_timeout
         self.overcommit = overcommit
+        self.connect_timeout = connect_timeout
         self.library = library
         self.on_change = on_change
         self.run_id = run_id or _uuid.uuid4().hex[:12]
@@ -215,27 +222,41 @@ class Provisioning:
     async def _run_host(self, host: _Host) -> None:
         """One host's life in the run: connect (unless given a connection), watch its events,
         learn what placement needs, then run its workers until the run is done."""
+        # A daemon that accepts but never answers (stopped, hung) would hold the whole run
+        # at placement: connecting is bounded (the scope encloses the connection's own
+        # task group, so it is lifted, not left, once connected).
+        connecting = anyio.CancelScope(deadline=anyio.current_time() + self.connect_timeout)
         try:
-            async with contextlib.AsyncExitStack() as stack:
-                try:
-                    if host.conn is None:
-                        host.conn = await stack.enter_async_context(connect(str(host.target)))
-                except (AiovirtError, OSError) as exc:
-                    self._unreachable(host, exc)
-                    return
-                async with anyio.create_task_group() as tg:
+            with connecting:
+                async with contextlib.AsyncExitStack() as stack:
                     try:
-                        await tg.start(self._watch_events, host)
-                        await self._learn(host)
-                    except (AiovirtError, OSError) as exc:
+                        if host.conn is None:
+                            host.conn = await stack.enter_async_context(
+                                connect(str(host.target)))
+                    except AiovirtError as exc:
                         self._unreachable(host, exc)
-                        tg.cancel_scope.cancel()
                         return
-                    self._arrived(host)
-                    for n in range(host.concurrency):
-                        tg.start_soon(self._worker, host, name=f"aiovirt worker {host.uri} {n}")
+                    connecting.deadline = math.inf
+                    await self._serve_host(host)
+            if connecting.cancelled_caught:
+                self._unreachable(host, ConnectionClosed(
+                    f"no answer to the handshake within {self.connect_timeout:g} s"))
         finally:
             self._arrived(host)
+
+    async def _serve_host(self, host: _Host) -> None:
+        """Watch a connected host's events, learn it, then run its workers."""
+        async with anyio.create_task_group() as tg:
+            try:
+                await tg.start(self._watch_events, host)
+                await self._learn(host)
+            except AiovirtError as exc:
+                self._unreachable(host, exc)
+                tg.cancel_scope.cancel()
+                return
+            self._arrived(host)
+            for n in range(host.concurrency):
+                tg.start_soon(self._worker, host, name=f"aiovirt worker {host.uri} {n}")
 
     def _arrived(self, host: _Host) -> None:
         """``host`` is ready or out of the running; placement starts once all are."""
@@ -276,19 +297,24 @@ class Provisioning:
         """Route each STARTED event to the guest waiting for it (until the run is done)."""
         conn = host.conn
         assert conn is not None
+        subscribed = False
         with anyio.CancelScope() as host.events_scope:
-            async with conn.domain_events() as events:   # a failure here reaches tg.start
-                task_status.started()
-                try:
+            try:
+                async with conn.domain_events() as events:
+                    subscribed = True
+                    task_status.started()
                     async for event in events:
                         if event.event == DomainEventType.STARTED:
                             waiter = host.waiters.pop(event.domain.uuid, None)
                             if waiter is not None:
                                 waiter.set()
-                except (AiovirtError, OSError) as exc:
-                    if not host.lost and not self._all_done():
-                        self._lose(host, exc)
-                    return
+            except AiovirtError as exc:
+                if not subscribed:
+                    raise          # reaches tg.start: the host is unreachable
+                # the stream broke, or leaving it did (deregistering on a dying socket)
+                if not host.lost and not self._all_done():
+                    self._lose(host, exc)
+                return
             if not host.lost and not self._all_done():
                 self._lose(host, ConnectionClosed("its event stream ended"))
 
@@ -345,6 +371,8 @@ class Provisioning:
         for waiter in host.waiters.values():
             waiter.set()
         host.waiters.clear()
+        for scope in host.calls:     # calls still out there will never be answered
+            scope.cancel()
         moved: list[Guest] = []
         while True:
             try:
@@ -443,9 +471,10 @@ class Provisioning:
         began = time.monotonic()
         try:
             if guest.name in host.names:       # on_existing == "replace"
-                await self._remove_existing(host, guest.name, result)
+                if not await self._replace_existing(host, guest.name, result):
+                    return
             self._set(result, Stage.DEFINING)
-            with anyio.CancelScope(shield=True):
+            with self._call_on(host):
                 dom = await conn.define_xml(composed.for_name(guest.name, self._placeholder))
             result.uuid = dom.uuid
             self._set(result, Stage.DEFINED, exists=True)
@@ -455,7 +484,7 @@ class Provisioning:
             await anyio.lowlevel.checkpoint()   # a cancelled run stops here: it stays defined
             started = host.waiters[dom.uuid] = anyio.Event()
             self._set(result, Stage.STARTING)
-            with anyio.CancelScope(shield=True):
+            with self._call_on(host):
                 await dom.start()
             with anyio.move_on_after(self.start_timeout):
                 await started.wait()
@@ -491,23 +520,56 @@ class Provisioning:
         finally:
             result.seconds = time.monotonic() - began
 
-    async def _remove_existing(self, host: _Host, name: str, result: GuestResult) -> None:
-        assert host.conn is not None
+    @contextlib.contextmanager
+    def _call_on(self, host: _Host) -> Iterator[None]:
+        """Shield a call from the run's cancellation (it finishes, so that the report knows
+        what exists), but not from its host's loss: then it is abandoned at once and raises
+        ``ConnectionClosed``, whatever the connection is still waiting for."""
         with anyio.CancelScope(shield=True):
+            with anyio.CancelScope() as scope:
+                host.calls.add(scope)
+                if host.lost:
+                    scope.cancel()
+                try:
+                    yield
+                finally:
+                    host.calls.discard(scope)
+        if scope.cancelled_caught:
+            raise ConnectionClosed(f"host {host.uri} was lost: {host.summary.error}")
+
+    async def _replace_existing(self, host: _Host, name: str, result: GuestResult) -> bool:
+        """Undefine the guest already called ``name`` so that ours takes its place.  Only a
+        guest aiovirt made (it carries provisioning metadata) is replaced: for any other the
+        guest fails, saying so, and False is returned."""
+        assert host.conn is not None
+        with self._call_on(host):
             try:
-                await undefine(await host.conn.lookup_domain(name=name))
+                dom = await host.conn.lookup_domain(name=name)
+                try:
+                    ours = isinstance(await dom.read_metadata(namespace=NAMESPACE), dict)
+                except XMLInputError:
+                    ours = False
+                if not ours:
+                    result.host = host.uri
+                    self._fail(result, "define", f"a domain named {name!r} exists on "
+                               f"{host.uri} and aiovirt did not make it (no provisioning "
+                               "metadata): on_existing='replace' replaces only aiovirt's "
+                               "guests")
+                    return False
+                await undefine(dom)
             except NoSuchDomain:
                 pass
         host.names.discard(name)
         result.replaced = True
+        return True
 
     async def _start_failed(self, host: _Host, dom: Domain, result: GuestResult, where: str,
                             error: str) -> None:
         if self.rollback:
             try:
-                with anyio.CancelScope(shield=True):
+                with self._call_on(host):
                     await undefine(dom)
-            except (LibvirtError, ConnectionClosed) as exc:
+            except AiovirtError as exc:
                 error += f"; rolling back failed too: {exc}"
             else:
                 result.exists = False

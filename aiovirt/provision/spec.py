@@ -3,6 +3,7 @@ its expansion into named guests."""
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -14,7 +15,27 @@ from ..address import Tunables
 from ..errors import AiovirtError
 from ..xmlsafe import parse
 
-__all__ = ["GuestSpec", "ProvisionError", "SpecError", "expand"]
+__all__ = ["MAX_COUNT", "MAX_NAME_BYTES", "GuestSpec", "ProvisionError", "SpecError", "excerpt",
+           "expand"]
+
+# The QEMU driver keeps a guest's config in /etc/libvirt/qemu/NAME.xml (written as
+# NAME.xml.new first), so a name fits a 255-byte file name: 247 bytes defined here, 248 did not.
+MAX_NAME_BYTES = 247
+MAX_COUNT = 100_000     # guests per spec: a bound on what expanding the names allocates
+MAX_PATTERN = 1024      # characters in a name pattern (its expansion is checked, too)
+ECHO = 100              # characters of a caller's input that an error message repeats
+
+
+def excerpt(value: Any, limit: int = ECHO) -> str:
+    """``repr(value)``, cut to about ``limit`` characters: what an error may echo of input."""
+    try:
+        text = repr(value)
+    except ValueError:   # an int too long to print
+        return f"<a number of {value.bit_length()} bits>"
+    if len(text) <= limit:
+        return text
+    size = len(value) if isinstance(value, str) else len(text)
+    return f"{text[:limit]}... ({size} characters)"
 
 
 class ProvisionError(AiovirtError, ValueError):
@@ -22,15 +43,20 @@ class ProvisionError(AiovirtError, ValueError):
 
 
 class SpecError(ProvisionError):
-    """One spec of a request is wrong: ``index`` says which, ``reason`` why."""
+    """One spec of a request is wrong: ``index`` says which (None: a spec on its own, not
+    yet in a request), ``reason`` why."""
 
-    def __init__(self, index: int, reason: str) -> None:
-        super().__init__(f"spec {index}: {reason}")
+    def __init__(self, index: int | None, reason: str) -> None:
+        super().__init__(reason if index is None else f"spec {index}: {reason}")
         self.index = index
         self.reason = reason
 
 
-_FIELDS = ("n", "i", "name")
+# The fields a name pattern may use, with the presentation types each takes.
+_FIELDS = {"n": "bdoxX", "i": "bdoxX", "name": "s"}
+# Python's format spec: [[fill]align][sign][#][0][width][grouping][.precision][type]
+_FORMAT_SPEC = re.compile(r"(?:.?[<>=^])?[-+ ]?#?0?(?P<width>\d*)[_,]?"
+                          r"(?:\.(?P<precision>\d+))?(?P<type>.?)\Z", re.DOTALL)
 
 
 @dataclass
@@ -41,9 +67,12 @@ class GuestSpec:
     and ``params`` compose it (see ``aiovirt.compose``), then ``address`` (True, a
     ``Tunables`` or False) assigns controllers and addresses.  ``name`` is a pattern with
     ``{n}`` (``first``, ``first`` + 1, ...), ``{i}`` (0, 1, ...) and ``{name}`` (the
-    template's name), format specs allowed (``web-{n:03d}``); by default the template's name
-    for one guest, ``{name}-{n}`` for more.  ``labels`` are stored in each guest's metadata
-    (with the run's id), for ``teardown`` to find them by.  ``start=False`` only defines.
+    template's name), with fill, alignment, width and an integer type allowed
+    (``web-{n:03d}``, ``{n:x}``); by default the template's name for one guest,
+    ``{name}-{n}`` for more.  Names are at most ``MAX_NAME_BYTES`` bytes, ``count`` at most
+    ``MAX_COUNT``; a spec that breaks a rule raises ``SpecError``.  ``labels`` are stored in
+    each guest's metadata (with the run's id), for ``teardown`` to find them by.
+    ``start=False`` only defines.
     """
 
     template: str
@@ -63,15 +92,20 @@ class GuestSpec:
             self.profiles = (self.profiles,)
         self.profiles = tuple(self.profiles)
         if not isinstance(self.count, int) or isinstance(self.count, bool) or self.count < 1:
-            raise ProvisionError(f"count {self.count!r}: give a whole number of at least 1")
+            raise SpecError(None, f"count {excerpt(self.count)}: give a whole number of at "
+                                  "least 1")
+        if self.count > MAX_COUNT:
+            raise SpecError(None, f"count {excerpt(self.count)}: at most {MAX_COUNT} guests "
+                                  "per spec")
         if not isinstance(self.first, int) or isinstance(self.first, bool) or self.first < 0:
-            raise ProvisionError(f"first {self.first!r}: give a whole number of 0 or more")
+            raise ProvisionError(f"first {excerpt(self.first)}: give a whole number of 0 or "
+                                 "more")
         if self.name is not None:
             _check_pattern(self.name, self.count)
         for key, value in {**self.params, **self.labels}.items():
             if not isinstance(key, str) or not isinstance(value, str):
-                raise ProvisionError(f"params and labels map names to strings: {key!r}: "
-                                     f"{value!r}")
+                raise ProvisionError(f"params and labels map names to strings: "
+                                     f"{excerpt(key)}: {excerpt(value)}")
 
     def template_name(self) -> str | None:
         """The ``<name>`` the template gives, if any."""
@@ -87,16 +121,16 @@ class GuestSpec:
                                      "(e.g. name='web-{n}')")
             pattern = base if self.count == 1 else "{name}-{n}"
         elif "{name" in pattern and base is None:
-            raise ProvisionError(f"name pattern {pattern!r} uses {{name}}, but the template "
-                                 "has no <name>")
+            raise ProvisionError(f"name pattern {excerpt(pattern)} uses {{name}}, but the "
+                                 "template has no <name>")
         names = []
-        for i in range(self.count):
+        for i in range(self.count):   # each expansion is bounded: see _check_pattern
             try:
-                names.append(pattern.format(n=self.first + i, i=i, name=base or ""))
+                name = pattern.format(n=self.first + i, i=i, name=base or "")
             except (ValueError, KeyError, IndexError) as exc:
-                raise ProvisionError(f"name pattern {pattern!r}: {exc}") from None
-        for name in names:
+                raise SpecError(None, f"name pattern {excerpt(pattern)}: {exc}") from None
             _check_name(name)
+            names.append(name)
         return names
 
     # -- JSON ---------------------------------------------------------------------------------
@@ -129,8 +163,9 @@ class GuestSpec:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
+            shown = ", ".join(excerpt(key, 40) for key in unknown[:5])
             raise ProvisionError(f"guest spec: unknown field{'s' if len(unknown) > 1 else ''} "
-                                 f"{', '.join(map(repr, unknown))} (known: "
+                                 f"{shown}{', ...' if len(unknown) > 5 else ''} (known: "
                                  f"{', '.join(sorted(known))})")
         values = dict(data)
         address = values.get("address", True)
@@ -158,24 +193,57 @@ class GuestSpec:
             raise ProvisionError(f"guest spec: {exc}") from None
 
 
-def _check_pattern(pattern: str, count: int) -> None:
+def _check_pattern(pattern: Any, count: int) -> None:
+    """Only the documented fields, no conversions, attributes or nested fields, and widths
+    and precisions no larger than a name: so that expanding it allocates little."""
+    if not isinstance(pattern, str):
+        raise SpecError(None, f"name pattern: expected a string, not {type(pattern).__name__}")
+    where = f"name pattern {excerpt(pattern)}"
+    if len(pattern) > MAX_PATTERN:
+        raise SpecError(None, f"{where}: too long ({len(pattern)} characters; a name is at "
+                              f"most {MAX_NAME_BYTES} bytes)")
     try:
-        used = {name for _, name, _, _ in string.Formatter().parse(pattern) if name is not None}
-    except ValueError as exc:
-        raise ProvisionError(f"name pattern {pattern!r}: {exc}") from None
-    unknown = used - set(_FIELDS)
-    if unknown:
-        raise ProvisionError(f"name pattern {pattern!r}: unknown field "
-                             f"{{{sorted(unknown)[0]}}} (use {{n}}, {{i}} or {{name}})")
+        parts = list(string.Formatter().parse(pattern))
+    except ValueError as exc:   # unbalanced braces
+        raise SpecError(None, f"{where}: {exc} (write {{{{ and }}}} for literal braces)"
+                        ) from None
+    used = set()
+    for _, field_name, spec, conversion in parts:
+        if field_name is None:
+            continue
+        shown = "{" + (field_name if len(field_name) <= 30 else field_name[:30] + "...") + "}"
+        if field_name not in _FIELDS:
+            raise SpecError(None, f"{where}: unknown field {shown} (use {{n}}, {{i}} or "
+                                  "{name}, without attributes or indexes)")
+        if conversion is not None:
+            raise SpecError(None, f"{where}: {{{field_name}!{conversion}}}: conversions are "
+                                  "not supported")
+        found = _FORMAT_SPEC.match(spec or "")
+        if "{" in (spec or "") or found is None or \
+                found["type"] not in ("", *_FIELDS[field_name]):
+            raise SpecError(None, f"{where}: format spec {excerpt(spec, 30)} of {{{field_name}}}"
+                                  f" is not supported (use fill, align, width"
+                                  f"{', precision' if field_name == 'name' else ''} and a "
+                                  f"type of {', '.join(_FIELDS[field_name])})")
+        for part in ("width", "precision"):
+            if found[part] and int(found[part]) > MAX_NAME_BYTES:
+                raise SpecError(None, f"{where}: {part} {excerpt(int(found[part]), 20)} of "
+                                      f"{{{field_name}}} is over {MAX_NAME_BYTES}, the longest "
+                                      "name")
+        used.add(field_name)
     if count > 1 and not used & {"n", "i"}:
-        raise ProvisionError(f"name pattern {pattern!r} makes the same name for all {count} "
-                             "guests: put {n} or {i} in it")
+        raise SpecError(None, f"{where} makes the same name for all {count} guests: put {{n}} "
+                              "or {i} in it")
 
 
 def _check_name(name: str) -> None:
     if not name or "/" in name or name != name.strip() or "\n" in name:
-        raise ProvisionError(f"guest name {name!r}: libvirt needs a non-empty name without "
-                             "'/', newlines or surrounding spaces")
+        raise SpecError(None, f"guest name {excerpt(name)}: libvirt needs a non-empty name "
+                              "without '/', newlines or surrounding spaces")
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > MAX_NAME_BYTES:
+        raise SpecError(None, f"guest name {excerpt(name)} is {size} bytes: libvirt's QEMU "
+                              f"driver takes at most {MAX_NAME_BYTES}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,11 +259,15 @@ def expand(specs: Sequence[GuestSpec]) -> list[Guest]:
     guests: list[Guest] = []
     seen: dict[str, int] = {}
     for index, spec in enumerate(specs):
-        for name in spec.names():
+        try:
+            names = spec.names()
+        except SpecError as exc:
+            raise SpecError(index, exc.reason) from None
+        for name in names:
             if name in seen:
                 where = "the same spec" if seen[name] == index else \
                     f"specs {seen[name]} and {index}"
-                raise ProvisionError(f"guest name {name!r} comes twice (from {where})")
+                raise ProvisionError(f"guest name {excerpt(name)} comes twice (from {where})")
             seen[name] = index
             guests.append(Guest(name, index))
     return guests

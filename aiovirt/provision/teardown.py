@@ -1,5 +1,6 @@
 """Teardown: stop and undefine the guests a run made, found by name pattern, by the run id
-and labels in their metadata, or from a run's report."""
+and labels in their metadata, or from a run's report.  Only guests carrying aiovirt's
+provisioning metadata are touched unless the caller asks for others by name."""
 
 from __future__ import annotations
 
@@ -18,26 +19,32 @@ from ..domain import Domain
 from ..errors import AiovirtError, LibvirtError, NoSuchDomain
 from .report import Report, Stage
 from .run import NAMESPACE, undefine
-from .spec import ProvisionError
+from .spec import ProvisionError, excerpt
 
-__all__ = ["Removal", "TeardownReport", "teardown"]
+__all__ = ["FOREIGN", "Removal", "TeardownReport", "teardown"]
+
+FOREIGN = "not made by aiovirt (no provisioning metadata)"
 
 
 @dataclass
 class Removal:
-    """One guest: ``outcome`` is ``removed``, ``not found`` (already gone) or ``failed``."""
+    """One guest: ``outcome`` is ``removed``, ``not found`` (already gone), ``skipped`` (left
+    alone; ``reason`` says why) or ``failed`` (``error`` says why)."""
 
     name: str
     host: str
     outcome: str
     uuid: str | None = None
     error: str | None = None
+    reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = {"name": self.name, "host": self.host, "outcome": self.outcome,
                 "uuid": self.uuid}
         if self.error is not None:
             data["error"] = self.error
+        if self.reason is not None:
+            data["reason"] = self.reason
         return data
 
 
@@ -61,27 +68,38 @@ class TeardownReport:
         return json.dumps(self.to_dict(), indent=indent)
 
 
-def _labels_match(value: Any, run: str | None, labels: Mapping[str, str]) -> bool:
+def _mismatch(value: Any, run: str | None, labels: Mapping[str, str]) -> str | None:
+    """Why provisioning metadata ``value`` fails the run and label filters (None: it passes)."""
     if not isinstance(value, dict):
-        return False
+        return FOREIGN if value is None else "its provisioning metadata is not aiovirt's shape"
     if run is not None and value.get("run") != run:
-        return False
+        return f"not made by run {run} (its metadata names run {excerpt(value.get('run'))})"
     have = value.get("labels") or {}
-    return isinstance(have, dict) and all(have.get(k) == v for k, v in labels.items())
+    if not isinstance(have, dict) or any(have.get(k) != v for k, v in labels.items()):
+        return "its labels do not match"
+    return None
 
 
 async def teardown(hosts: str | Connection | Sequence[str | Connection] | None = None, *,
                    names: str | Sequence[str] | None = None, run: str | None = None,
                    labels: Mapping[str, str] | None = None, report: Report | None = None,
-                   concurrency: int = 16,
+                   include_foreign: bool = False, concurrency: int = 16,
                    on_change: Callable[[Removal], None] | None = None) -> TeardownReport:
     """Destroy and undefine guests on ``hosts`` that match every filter given: ``names``
     (shell patterns, ``web-*``), ``run`` (a run id) and ``labels`` (as stored by
-    ``provision``), or the guests ``report`` says exist (found by UUID, or by name when the
-    metadata shows they come from that run).  ``hosts`` defaults to the report's hosts.
-    Asking for no filter at all is an error: this never removes every guest by accident."""
+    ``provision``), or the guests ``report`` says exist (found by UUID or by name, and
+    removed only when their metadata names the report's run).  ``hosts`` defaults to the
+    report's hosts.  Asking for no filter at all is an error: this never removes every guest
+    by accident.
+
+    Only guests carrying aiovirt's provisioning metadata are removed: one a name pattern
+    matches without it is reported ``skipped`` (``FOREIGN``), unless ``include_foreign``
+    (name patterns only: run, labels and reports choose by that metadata)."""
     if names is None and run is None and not labels and report is None:
         raise ProvisionError("teardown needs names, run, labels or a report to choose guests")
+    if include_foreign and (run is not None or labels or report is not None):
+        raise ProvisionError("include_foreign widens name patterns only: run, labels and "
+                             "reports choose guests by aiovirt's metadata")
     patterns = [names] if isinstance(names, str) else list(names or [])
     wanted_labels = dict(labels or {})
     by_host: dict[str, list[tuple[str, str | None]]] = {}
@@ -117,10 +135,28 @@ async def teardown(hosts: str | Connection | Sequence[str | Connection] | None =
             else:
                 record(Removal(dom.name, uri, "removed", dom.uuid))
 
-    async def ours(dom: Domain) -> bool:
-        async with gate:
-            value = await dom.read_metadata(namespace=NAMESPACE)
-        return _labels_match(value, run, wanted_labels)
+    by_name_only = run is None and not wanted_labels
+
+    async def may_go(uri: str, dom: Domain) -> bool:
+        """Whether ``dom``'s metadata lets it go; says why not when the caller named it
+        (by pattern alone, or in a report) rather than choosing by run or labels."""
+        try:
+            async with gate:
+                value = await dom.read_metadata(namespace=NAMESPACE)
+            why = _mismatch(value, run, wanted_labels)
+        except NoSuchDomain:
+            if report is not None:
+                record(Removal(dom.name, uri, "not found", dom.uuid))
+            return False
+        except ValueError as exc:   # malformed XML or values in aiovirt's namespace
+            why = f"its provisioning metadata is malformed: {exc}"
+        except (LibvirtError, AiovirtError) as exc:   # never remove a guest blindly
+            record(Removal(dom.name, uri, "failed", dom.uuid,
+                           f"could not read its provisioning metadata: {exc}"))
+            return False
+        if why is not None and (report is not None or by_name_only):
+            record(Removal(dom.name, uri, "skipped", dom.uuid, reason=why))
+        return why is None
 
     async def on_host(target: str | Connection) -> None:
         async with contextlib.AsyncExitStack() as stack:   # a connection we open is ours
@@ -148,14 +184,11 @@ async def teardown(hosts: str | Connection | Sequence[str | Connection] | None =
         if patterns:
             candidates = [d for d in candidates
                           if any(fnmatch.fnmatchcase(d.name, p) for p in patterns)]
-        if run is not None or wanted_labels:
+        if not include_foreign:   # every candidate's metadata decides
             verdicts: dict[str, bool] = {}
 
             async def check(dom: Domain) -> None:
-                try:
-                    verdicts[dom.uuid] = await ours(dom)
-                except NoSuchDomain:
-                    verdicts[dom.uuid] = False
+                verdicts[dom.uuid] = await may_go(uri, dom)
 
             async with anyio.create_task_group() as tg:
                 for dom in candidates:

@@ -14,10 +14,12 @@ from typing import Any
 import anyio
 
 from ..compose.library import user_dir
+from .events import EventHub
 from .handlers import Handlers
 from .http import HTTPError, Request, Response, StreamResponse, error_response
 from .inputs import HostPolicy
 from .jobs import JobRegistry
+from .limits import Gate, WorkPool
 from .routing import Route, Router
 from .store import ProfileStore
 
@@ -47,18 +49,27 @@ class ServiceConfig:
     keepalive: float = 15.0
     shutdown_timeout: float = 30.0
     keep_jobs: int = 100
+    workers: int | None = None      # threads for composition and addressing (None: cores)
+    work_queue: int = 256           # requests that may wait for one; more get 503
+    max_streams: int = 100          # concurrent event streams; more get 503
+    stream_queue: int = 1024        # events waiting for a stream's client before it is cut
+    max_jobs: int = 16              # jobs running at once; more get 503
 
 
 class Service:
-    """The state the handlers share: configuration, profile store, jobs, open streams."""
+    """The state the handlers share: configuration, profile store, jobs, the work pool,
+    the event hub and the caps."""
 
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
         self.store = ProfileStore(config.profiles_dir, system=config.system_profiles)
         self.jobs = JobRegistry(keep=config.keep_jobs,
-                                shutdown_timeout=config.shutdown_timeout)
+                                shutdown_timeout=config.shutdown_timeout,
+                                max_running=config.max_jobs)
         self.policy = HostPolicy(config.hosts, config.allow_any_host)
-        self.streams = 0
+        self.pool = WorkPool(config.workers, config.work_queue)
+        self.hub = EventHub(queue=config.stream_queue)
+        self.streams = Gate(config.max_streams, "event streams", "--max-streams")
 
 
 def routes(h: Handlers) -> list[Route]:
@@ -124,7 +135,7 @@ class App:
             return
         started = False
         try:
-            async with self.service.jobs.open():
+            async with self.service.jobs.open(), self.service.hub.open():
                 await send({"type": "lifespan.startup.complete"})
                 started = True
                 while (await receive())["type"] != "lifespan.shutdown":
@@ -151,7 +162,11 @@ class App:
                                                      f"{request.method} {request.path} "
                                                      "(see the server's log)"))
         if isinstance(response, StreamResponse):
-            await self._stream(request, send, response)
+            try:
+                await self._stream(request, send, response)
+            finally:
+                if response.release is not None:
+                    response.release()
         else:
             await self._send(send, response)
 
@@ -216,7 +231,9 @@ def create_app(*, hosts: Sequence[str] = (), profiles_dir: str | os.PathLike[str
                token: str | None = None, max_body: int = DEFAULT_MAX_BODY,
                system_profiles: bool = True, allow_any_host: bool = False,
                max_guests: int = 10_000, keepalive: float = 15.0,
-               shutdown_timeout: float = 30.0) -> App:
+               shutdown_timeout: float = 30.0, workers: int | None = None,
+               work_queue: int = 256, max_streams: int = 100, stream_queue: int = 1024,
+               max_jobs: int = 16) -> App:
     """The REST service as an ASGI app.
 
     ``hosts``: connection URIs that jobs and event streams use by default (and, unless
@@ -224,7 +241,11 @@ def create_app(*, hosts: Sequence[str] = (), profiles_dir: str | os.PathLike[str
     application profiles are stored (default ``~/.config/aiovirt/profiles``), layered over
     the shipped ones and, with ``system_profiles``, ``/etc/aiovirt/profiles``.  ``token``:
     every request must then carry ``Authorization: Bearer TOKEN``.  ``max_body``: bytes a
-    request body may have (413 beyond).  Jobs need the ASGI lifespan (uvicorn runs it).
+    request body may have (413 beyond).  Jobs and event streams need the ASGI lifespan
+    (uvicorn runs it).  Limits, each answered with 503 and ``Retry-After`` when reached:
+    ``workers`` threads compose and address (default: one per core) with at most
+    ``work_queue`` requests waiting; ``max_streams`` event streams, each cut when
+    ``stream_queue`` events wait for its client; ``max_jobs`` jobs running at once.
     """
     if token is not None:
         check_token(token)
@@ -233,5 +254,7 @@ def create_app(*, hosts: Sequence[str] = (), profiles_dir: str | os.PathLike[str
     config = ServiceConfig(hosts=tuple(hosts), profiles_dir=Path(profiles_dir or user_dir()),
                            token=token, max_body=max_body, system_profiles=system_profiles,
                            allow_any_host=allow_any_host, max_guests=max_guests,
-                           keepalive=keepalive, shutdown_timeout=shutdown_timeout)
+                           keepalive=keepalive, shutdown_timeout=shutdown_timeout,
+                           workers=workers, work_queue=work_queue, max_streams=max_streams,
+                           stream_queue=stream_queue, max_jobs=max_jobs)
     return App(Service(config))

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .. import __version__
-from ..address import AddressError, Machine, address_domain, device_from_dict, place
-from ..compose import Profile, compose
+from ..address import (AddressError, Machine, Tunables, address_domain, device_from_dict,
+                       place)
+from ..compose import Library, Profile, compose
 from ..compose.errors import (
     ComposeError,
     InvalidResult,
@@ -33,8 +34,10 @@ from .http import (
     json_response,
     sse,
 )
-from .inputs import compose_input, job_input, query_tunables, teardown_input, tunables
-from .jobs import Job, JobState, NotRunning
+from .inputs import (ComposeInput, compose_input, job_input, query_tunables, teardown_input,
+                     tunables)
+from .jobs import Job, JobState, NotRunning, TooManyJobs
+from .limits import busy
 from .openapi import document
 from .store import StoreError
 
@@ -84,6 +87,30 @@ def profile_dict(profile: Profile, versions: list[str], origin: str, *,
     return data
 
 
+def _compose(given: ComposeInput, library: Library) -> Response:
+    """Compose (in a worker thread): the response with the XML and the explain report."""
+    try:
+        result = compose(given.domain, given.profiles, params=given.params, caps=given.caps,
+                         domcaps=given.domcaps, library=library, validate=given.validate,
+                         upgrade=given.upgrade, record=given.record, address=given.address,
+                         source=given.source)
+    except (ComposeError, AddressError, ValueError) as exc:
+        raise compose_error(exc) from None
+    body = {"xml": result.xml, "explain": result.explain(), **result.to_dict()}
+    if result.addressed is not None:
+        body["devices"] = [d.to_dict() for d in result.addressed]
+    return json_response(body)
+
+
+def _address_xml(text: str, tuned: Tunables, policy: str) -> Response:
+    """Address a domain XML (in a worker thread)."""
+    try:
+        result = address_domain(text, tuned, policy=policy, source="request body")
+    except (AddressError, XMLInputError) as exc:
+        raise compose_error(exc) from None
+    return json_response({"xml": result.xml, "devices": [d.to_dict() for d in result.devices]})
+
+
 class Handlers:
     """The handlers of one service (its profile store, jobs and host policy)."""
 
@@ -97,8 +124,15 @@ class Handlers:
                               "allow_any_host": service.policy.allow_any,
                               "profiles_dir": str(service.store.directory),
                               "jobs": {"running": len(service.jobs.running()),
-                                       "kept": len(list(service.jobs))},
-                              "event_streams": service.streams})
+                                       "kept": len(list(service.jobs)),
+                                       "limit": service.jobs.max_running},
+                              "event_streams": service.streams.count,
+                              "event_streams_limit": service.streams.limit,
+                              "event_feeds": service.hub.listening(),
+                              "work": {"workers": service.pool.workers,
+                                       "running": service.pool.running,
+                                       "waiting": service.pool.waiting,
+                                       "queue": service.pool.queue}})
 
     async def openapi(self, request: Request) -> Response:
         return json_response(document())
@@ -156,38 +190,31 @@ class Handlers:
         return json_response({"deleted": [p.id for p in removed]})
 
     # -- compose and address ----------------------------------------------------------------------
+    # The work itself runs in the service's worker threads (``WorkPool``): it is CPU-bound,
+    # and on the event loop it would delay every other request.
     async def compose(self, request: Request) -> Response:
         given = await compose_input(request)
-        try:
-            result = compose(given.domain, given.profiles, params=given.params,
-                             caps=given.caps, domcaps=given.domcaps,
-                             library=self.service.store.library, validate=given.validate,
-                             upgrade=given.upgrade, record=given.record,
-                             address=given.address, source=given.source)
-        except (ComposeError, AddressError, ValueError) as exc:
-            raise compose_error(exc) from None
-        body = {"xml": result.xml, "explain": result.explain(), **result.to_dict()}
-        if result.addressed is not None:
-            body["devices"] = [d.to_dict() for d in result.addressed]
-        return json_response(body)
+        return await self.service.pool.run(_compose, given, self.service.store.library)
 
     async def address(self, request: Request) -> Response:
         kind = request.require_type("application/xml", "text/xml", "application/json")
+        if kind != "application/json":
+            text = await request.text()
+            tuned = query_tunables(request)
+            policy = request.arg("policy", "libvirt") or "libvirt"
+            return await self.service.pool.run(_address_xml, text, tuned, policy)
+        return await self.service.pool.run(self._address_json, await request.json_object())
+
+    def _address_json(self, data: dict[str, Any]) -> Response:
+        """``{"domain": XML, "tunables", "device_tunables", "policy"}`` or, without XML,
+        ``{"machine", "devices", "tunables", "policy"}`` (``aiovirt address --devices-json``);
+        runs in a worker thread."""
         try:
-            if kind != "application/json":
-                text = await request.text()
-                result = address_domain(text, query_tunables(request),
-                                        policy=request.arg("policy", "libvirt") or "libvirt",
-                                        source="request body")
-                return json_response({"xml": result.xml,
-                                      "devices": [d.to_dict() for d in result.devices]})
-            return json_response(self._address_json(await request.json_object()))
+            return json_response(self._address_json_body(data))
         except (AddressError, XMLInputError) as exc:
             raise compose_error(exc) from None
 
-    def _address_json(self, data: dict[str, Any]) -> dict[str, Any]:
-        """``{"domain": XML, "tunables", "device_tunables", "policy"}`` or, without XML,
-        ``{"machine", "devices", "tunables", "policy"}`` (``aiovirt address --devices-json``)."""
+    def _address_json_body(self, data: dict[str, Any]) -> dict[str, Any]:
         policy = data.get("policy", "libvirt")
         if not isinstance(policy, str):
             raise HTTPError(422, "policy: expected a string")
@@ -235,6 +262,10 @@ class Handlers:
     async def jobs_create(self, request: Request) -> Response:
         data = await request.json_object()
         service = self.service
+        try:   # before the specs are checked (that composes every one)
+            service.jobs.check_room()
+        except TooManyJobs as exc:
+            raise busy(str(exc), retry_after=5) from None
         given = job_input(data, service.policy, service.store.library,
                           max_guests=service.config.max_guests)
         job = Job(given.run, given.hosts)
@@ -242,6 +273,8 @@ class Handlers:
             service.jobs.start(job)
         except NotRunning as exc:
             raise HTTPError(503, str(exc)) from None
+        except TooManyJobs as exc:
+            raise busy(str(exc), retry_after=5) from None
         return json_response({"id": job.id, "url": f"/jobs/{job.id}", "state": str(job.state),
                               "guests": job.run.progress.total}, 202,
                              [("location", f"/jobs/{job.id}")])
@@ -290,14 +323,16 @@ class Handlers:
         """Server-sent lifecycle events of the server's hosts (or ``?uri=``, repeatable)."""
         hosts = self.service.policy.choose(request.args("uri") or None, "uri")
         service = self.service
+        if not service.hub.running:
+            raise HTTPError(503, "event streams need the server's lifespan (startup not run, "
+                                 "or shutting down)")
+        release = service.streams.enter()   # 503 when --max-streams streams are open
 
         async def produce(write: Any) -> None:
-            service.streams += 1
-            try:
-                await stream_lifecycle_events(hosts, write, keepalive=service.config.keepalive)
-            finally:
-                service.streams -= 1
+            await stream_lifecycle_events(service.hub, hosts, write,
+                                          keepalive=service.config.keepalive)
 
         return StreamResponse(produce, headers=[("content-type", "text/event-stream"),
                                                 ("x-accel-buffering", "no")],
-                              farewell=sse("end", {"reason": "the server is shutting down"}))
+                              farewell=sse("end", {"reason": "the server is shutting down"}),
+                              release=release)

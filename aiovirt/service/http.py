@@ -47,12 +47,14 @@ class Response:
 class StreamResponse:
     """A response whose body ``produce(write)`` writes piece by piece until it returns; it
     is cancelled when the client disconnects, or when the server closes its streams (then
-    ``farewell`` is the last chunk)."""
+    ``farewell`` is the last chunk); ``release`` is called once the response is over,
+    however it ended (to give back what the handler reserved for it)."""
 
     produce: Callable[[Write], Awaitable[None]]
     status: int = 200
     headers: list[tuple[str, str]] = field(default_factory=list)
     farewell: bytes = b""
+    release: Callable[[], None] | None = None
 
 
 def json_response(data: Any, status: int = 200,

@@ -2,7 +2,9 @@
 ``compose``, ``address_domain``/``place``, ``Provisioning`` and ``teardown``.
 
 Every check raises ``HTTPError`` (422 unless said otherwise) naming the field and what was
-expected, so that a request is refused whole before anything is done.
+expected, so that a request is refused whole before anything is done.  Messages repeat about
+100 characters of any one input at most, and job and teardown errors are cut to
+``MAX_MESSAGE`` characters: a hostile body cannot make a large response.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from ..address import AddressError, Tunables
 from ..compose import Library
 from ..errors import InvalidURI, XMLInputError
 from ..provision import GuestSpec, ProvisionError, Provisioning, SpecError
+from ..provision.spec import excerpt
 from ..uri import parse_uri
 from .http import HTTPError, Request
 
@@ -22,15 +25,28 @@ __all__ = ["ComposeInput", "HostPolicy", "JobInput", "TeardownInput", "compose_i
            "job_input", "query_tunables", "teardown_input", "tunables"]
 
 
+MAX_MESSAGE = 500   # characters of an error message about a job or teardown body
+
+
 def _fail(where: str, message: str, status: int = 422) -> HTTPError:
     return HTTPError(status, f"{where}: {message}")
+
+
+def _clipped(exc: HTTPError) -> HTTPError:
+    """``exc`` with its message cut to ``MAX_MESSAGE`` characters."""
+    if len(exc.message) > MAX_MESSAGE:
+        exc.message = f"{exc.message[:MAX_MESSAGE]}... (cut)"
+        exc.args = (exc.message,)
+    return exc
 
 
 def _only(data: Mapping[str, Any], known: Sequence[str], where: str) -> None:
     unknown = sorted(set(data) - set(known))
     if unknown:
+        shown = ", ".join(excerpt(key, 40) for key in unknown[:5])
         raise _fail(where, f"unknown field{'s' if len(unknown) > 1 else ''} "
-                           f"{', '.join(map(repr, unknown))} (known: {', '.join(known)})")
+                           f"{shown}{', ...' if len(unknown) > 5 else ''} (known: "
+                           f"{', '.join(known)})")
 
 
 def _string(value: Any, where: str) -> str:
@@ -53,19 +69,20 @@ def _mapping(value: Any, where: str) -> dict[str, str]:
     for key, item in value.items():
         if isinstance(item, int) and not isinstance(item, bool):
             item = str(item)
-        out[key] = _string(item, f"{where}.{key}")
+        out[key] = _string(item, f"{where}.{excerpt(key, 40)}")
     return out
 
 
 def _bool(value: Any, where: str) -> bool:
     if not isinstance(value, bool):
-        raise _fail(where, f"expected true or false, not {value!r}")
+        raise _fail(where, f"expected true or false, not {excerpt(value)}")
     return value
 
 
 def _int(value: Any, where: str, low: int = 0) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise _fail(where, f"expected a whole number of at least {low}, not {value!r}")
+        raise _fail(where, f"expected a whole number of at least {low}, not "
+                           f"{excerpt(value)}")
     return value
 
 
@@ -196,6 +213,14 @@ def job_input(data: dict[str, Any], policy: HostPolicy, library: Library, *,
               max_guests: int) -> JobInput:
     """Check a job request whole: every spec parses and composes (offline, without host
     capabilities), the options are valid, the hosts allowed; nothing is started here."""
+    try:
+        return _job_input(data, policy, library, max_guests=max_guests)
+    except HTTPError as exc:
+        raise _clipped(exc) from None
+
+
+def _job_input(data: dict[str, Any], policy: HostPolicy, library: Library, *,
+               max_guests: int) -> JobInput:
     _only(data, JOB_FIELDS, "request body")
     raw = data.get("specs")
     if not isinstance(raw, list) or not raw:
@@ -224,7 +249,7 @@ def job_input(data: dict[str, Any], policy: HostPolicy, library: Library, *,
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or \
                 not 0 < timeout <= 3600:
             raise _fail("start_timeout", f"expected seconds, more than 0 and at most 3600, "
-                                         f"not {timeout!r}")
+                                         f"not {excerpt(timeout)}")
         options["start_timeout"] = float(timeout)
     for index, spec in enumerate(specs):
         try:
@@ -250,12 +275,24 @@ class TeardownInput:
 
 
 def teardown_input(data: dict[str, Any], policy: HostPolicy) -> TeardownInput:
-    """``{"hosts"?, "run"?, "names"?, "labels"?}``: at least one of the filters."""
-    _only(data, ("hosts", "run", "names", "labels"), "request body")
-    run = _string(data["run"], "run") if data.get("run") is not None else None
-    names = _strings(data["names"], "names") if data.get("names") is not None else None
-    labels = _mapping(data["labels"], "labels") if data.get("labels") is not None else None
-    if run is None and not names and not labels:
-        raise HTTPError(422, "request body: give run, names or labels to choose the guests "
-                             "(teardown never removes every guest)")
-    return TeardownInput(policy.choose(data.get("hosts"), "hosts"), run, names, labels)
+    """``{"hosts"?, "run"?, "names"?, "labels"?, "include_foreign"?}``: at least one of the
+    filters.  The service only removes guests aiovirt made: ``"include_foreign": true`` is
+    refused (403), since a remote client should not reach guests it did not provision."""
+    try:
+        _only(data, ("hosts", "run", "names", "labels", "include_foreign"), "request body")
+        if data.get("include_foreign") is not None and \
+                _bool(data["include_foreign"], "include_foreign"):
+            raise _fail("include_foreign", "this service removes only guests aiovirt made "
+                                           "(with its provisioning metadata); remove others "
+                                           "on the host (aiovirt teardown --include-foreign)",
+                        403)
+        run = _string(data["run"], "run") if data.get("run") is not None else None
+        names = _strings(data["names"], "names") if data.get("names") is not None else None
+        labels = _mapping(data["labels"], "labels") if data.get("labels") is not None \
+            else None
+        if run is None and not names and not labels:
+            raise HTTPError(422, "request body: give run, names or labels to choose the "
+                                 "guests (teardown never removes every guest)")
+        return TeardownInput(policy.choose(data.get("hosts"), "hosts"), run, names, labels)
+    except HTTPError as exc:
+        raise _clipped(exc) from None

@@ -21,7 +21,7 @@ import anyio.abc
 
 from ..provision import Provisioning
 
-__all__ = ["Job", "JobRegistry", "JobState", "NotRunning"]
+__all__ = ["Job", "JobRegistry", "JobState", "NotRunning", "TooManyJobs"]
 
 log = logging.getLogger("aiovirt.service")
 
@@ -35,6 +35,10 @@ class JobState(StrEnum):
 
 class NotRunning(RuntimeError):
     """Jobs cannot start: the lifespan has not started, or the server is shutting down."""
+
+
+class TooManyJobs(RuntimeError):
+    """Jobs cannot start: ``max_running`` already run."""
 
 
 @dataclass
@@ -75,12 +79,17 @@ class Job:
 
 
 class JobRegistry:
-    """The jobs of one service: started into the lifespan's task group, kept (the newest
-    ``keep`` finished ones) for clients to read their reports."""
+    """The jobs of one service: started into the lifespan's task group (at most
+    ``max_running`` at once), kept (the newest ``keep`` finished ones) for clients to read
+    their reports."""
 
-    def __init__(self, *, keep: int = 100, shutdown_timeout: float = 30.0) -> None:
+    def __init__(self, *, keep: int = 100, shutdown_timeout: float = 30.0,
+                 max_running: int = 16) -> None:
+        if max_running < 1:
+            raise ValueError("the limit of running jobs must be at least 1")
         self.keep = keep
         self.shutdown_timeout = shutdown_timeout
+        self.max_running = max_running
         self._jobs: dict[str, Job] = {}
         self._group: anyio.abc.TaskGroup | None = None
 
@@ -112,13 +121,21 @@ class JobRegistry:
                 group.cancel_scope.cancel()
 
     def start(self, job: Job) -> None:
-        """Run ``job`` in the background (``NotRunning`` when the lifespan is not up)."""
+        """Run ``job`` in the background (``NotRunning`` when the lifespan is not up,
+        ``TooManyJobs`` when ``max_running`` jobs run)."""
         if self._group is None:
             raise NotRunning("jobs need the server's lifespan (startup not run, or shutting "
                              "down)")
+        self.check_room()
         self._jobs[job.id] = job
         self._group.start_soon(self._run, job, name=f"aiovirt job {job.id}")
         self._prune()
+
+    def check_room(self) -> None:
+        """``TooManyJobs`` when ``max_running`` jobs run."""
+        if len(self.running()) >= self.max_running:
+            raise TooManyJobs(f"the server is at its limit of {self.max_running} running "
+                              "jobs (aiovirt serve --max-jobs); retry when one has finished")
 
     def cancel(self, job: Job) -> None:
         job.cancel_requested = True

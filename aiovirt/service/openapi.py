@@ -24,7 +24,8 @@ _REASONS = {400: "malformed input: JSON or XML that does not parse, entities, a 
             404: "no such profile, job or route", 405: "method not allowed here",
             409: "conflicts with the current state", 413: "request body over --max-body",
             415: "wrong Content-Type", 422: "invalid parameters, spec or profile",
-            503: "jobs cannot start now (lifespan not running, shutting down)"}
+            503: "at a limit (busy workers, --max-jobs, --max-streams; see Retry-After), "
+                 "or the lifespan is not running"}
 
 
 def _op(summary: str, responses: dict[str, Any], *, body: dict[str, Any] | None = None,
@@ -82,7 +83,12 @@ _SCHEMAS: dict[str, Any] = {
         "violations": {"type": "array", "items": {"type": "object"}}}},
     "Health": {"type": "object", "properties": {
         "aiovirt": _STR, "hosts": {"type": "array", "items": _STR}, "allow_any_host": _BOOL,
-        "profiles_dir": _STR, "jobs": {"type": "object"}, "event_streams": {"type": "integer"}}},
+        "profiles_dir": _STR, "jobs": {"type": "object"}, "event_streams": {"type": "integer"},
+        "event_streams_limit": {"type": "integer"},
+        "event_feeds": {"type": "object", "additionalProperties": {"type": "integer"},
+                        "description": "streams per host (one daemon connection each)"},
+        "work": {"type": "object", "description": "compose/address worker threads: workers, "
+                                                   "running, waiting, queue"}}},
     "Profile": {"type": "object", "required": ["id", "name", "version"], "properties": {
         "id": _STR, "name": _STR, "version": _STR, "priority": {"type": "integer"},
         "auto": _BOOL, "versions": {"type": "array", "items": _STR}, "description": _STR,
@@ -174,7 +180,9 @@ _SCHEMAS: dict[str, Any] = {
             "error": _STR, "failed_at": _STR}}}}},
     "TeardownRequest": {"type": "object", "additionalProperties": False, "properties": {
         "hosts": {"type": "array", "items": _STR}, "run": _STR,
-        "names": {"type": "array", "items": _STR}, "labels": _STRMAP}},
+        "names": {"type": "array", "items": _STR}, "labels": _STRMAP,
+        "include_foreign": {"const": False, "description": "true is refused (403): the "
+                            "service removes only guests carrying aiovirt's metadata"}}},
     "TeardownReport": {"type": "object", "properties": {
         "ok": _BOOL, "counts": {"type": "object"}, "unreachable": _STRMAP,
         "guests": {"type": "array", "items": {"type": "object"}}}},
@@ -218,15 +226,15 @@ _PATHS: dict[str, Any] = {
         {"200": _json(_ref("ComposeResult"), "the composed domain and the report")},
         body={"required": True, "content": {**_XML_BODY, "application/json": {
             "schema": _ref("ComposeRequest")}}},
-        parameters=_COMPOSE_QUERY + _TUNABLE_QUERY, errors=(400, 404, 409, 413, 415, 422),
-        operation_id="compose")},
+        parameters=_COMPOSE_QUERY + _TUNABLE_QUERY,
+        errors=(400, 404, 409, 413, 415, 422, 503), operation_id="compose")},
     "/address": {"post": _op(
         "Fill in controllers and device addresses, offline",
         {"200": _json(_ref("AddressResult"), "the addressed domain, or the placed devices")},
         body={"required": True, "content": {**_XML_BODY, "application/json": {
             "schema": _ref("AddressRequest")}}},
         parameters=_TUNABLE_QUERY + [_query("policy", _STR, "placement policy (libvirt)")],
-        errors=(400, 413, 415, 422), operation_id="address")},
+        errors=(400, 413, 415, 422, 503), operation_id="address")},
     "/jobs": {
         "get": _op("List jobs (running and recently finished)",
                    {"200": _json({"type": "object", "properties": {"jobs": {
@@ -268,7 +276,7 @@ _PATHS: dict[str, Any] = {
         parameters=[{"name": "uri", "in": "query", "required": False, "style": "form",
                      "explode": True, "schema": {"type": "array", "items": _STR},
                      "description": "hosts to watch (default: the server's --uri list)"}],
-        errors=(403, 422), operation_id="events")},
+        errors=(403, 422, 503), operation_id="events")},
 }
 
 _DOCUMENT: dict[str, Any] = {

@@ -1,0 +1,211 @@
+"""The malformed-server catalogue: a fake daemon that breaks the protocol in one way each,
+right after the handshake.  Every call fails with ``ProtocolError`` or ``ConnectionClosed``
+(never another type) within a bound, the connection closes its socket at once, and closing it
+leaves no task behind.  Frames a peer may legitimately send (PINGs, even a flood of them;
+data for a stream nobody reads) leave the connection working."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from collections.abc import Callable
+
+import anyio
+import anyio.abc
+import pytest
+
+import aiovirt
+from aiovirt.protocol import keepalive, qemu, remote
+from aiovirt.xdr import XdrError
+from aiovirt.wire import (CONTINUE, ERROR, MESSAGE, OK, REPLY, REPLY_WITH_FDS, STREAM,
+                          Message, encode_message)
+
+from ..fakepeer import fake_daemon, reply_to
+
+LIBVER = remote.REMOTE_PROC_CONNECT_GET_LIB_VERSION
+FAIL_BOUND = 1.0     # seconds from the call to its failure (generous: a loaded CI machine)
+
+
+def version_reply(msg: Message) -> bytes:
+    return reply_to(msg, remote.ConnectGetLibVersionRet(9000000))
+
+
+def frame(msg: Message, **fields: int | bytes) -> bytes:
+    """The right reply to ``msg`` with some header fields (or the payload) replaced."""
+    good = {"program": remote.PROGRAM, "procedure": msg.procedure, "type_": REPLY,
+            "serial": msg.serial, "status": OK, "payload": version_reply(msg)[28:],
+            "version": remote.VERSION}
+    good.update(fields)
+    return encode_message(**good)  # type: ignore[arg-type]
+
+
+def raw(length: int, rest: bytes = b"") -> bytes:
+    return struct.pack(">I", length) + rest
+
+
+# name -> (what the peer sends for the call, whether it then closes, error type, message)
+CATALOGUE: dict[str, tuple[Callable[[Message], bytes], bool, type[Exception], str]] = {
+    "truncated frame, then close": (lambda m: version_reply(m)[:2], True,
+                                    aiovirt.ConnectionClosed, "closed"),
+    "header only, then close": (lambda m: version_reply(m)[:30], True,
+                                aiovirt.ConnectionClosed, "closed"),
+    "length below the header": (lambda m: raw(12, bytes(24)), False,
+                                aiovirt.ProtocolError, "shorter than the 28-byte header"),
+    "length zero": (lambda m: raw(0), False, aiovirt.ProtocolError, "shorter"),
+    "length over 32 MiB": (lambda m: raw((32 << 20) + 1, bytes(24)), False,
+                           aiovirt.ProtocolError, "exceeds the limit"),
+    "length 4 GiB - 1": (lambda m: raw(0xFFFFFFFF), False, aiovirt.ProtocolError,
+                         "exceeds the limit"),
+    "reply to an unknown serial": (lambda m: frame(m, serial=m.serial + 1000), False,
+                                   aiovirt.ProtocolError, "no call waiting"),
+    "reply with the wrong procedure": (lambda m: frame(m, procedure=LIBVER + 1), False,
+                                       aiovirt.ProtocolError, "procedure"),
+    "reply from the wrong program": (lambda m: frame(m, program=qemu.PROGRAM), False,
+                                     aiovirt.ProtocolError, "program"),
+    "reply with the wrong version": (lambda m: frame(m, version=remote.VERSION + 1), False,
+                                     aiovirt.ProtocolError, "version"),
+    "reply with a bad status": (lambda m: frame(m, status=7), False, aiovirt.ProtocolError,
+                                "bad status 7"),
+    "reply payload truncated": (lambda m: frame(m, payload=b"\0\0\0"), False,
+                                aiovirt.ProtocolError, "connect_get_lib_version"),
+    "reply payload too long": (lambda m: frame(m, payload=bytes(12)), False,
+                               aiovirt.ProtocolError, "left over"),
+    "error reply with a garbage remote_error": (
+        lambda m: frame(m, status=ERROR, payload=b"\xff" * 9), False, aiovirt.ProtocolError,
+        "remote_error"),
+    "reply carrying file descriptors": (lambda m: frame(m, type_=REPLY_WITH_FDS), False,
+                                        aiovirt.ProtocolError, "file descriptors"),
+    "event with an unknown procedure": (
+        lambda m: encode_message(remote.PROGRAM, 99999, MESSAGE, 1, OK), False,
+        aiovirt.ProtocolError, "not an event"),
+    "event with a garbage body": (
+        lambda m: encode_message(remote.PROGRAM,
+                                 remote.REMOTE_PROC_DOMAIN_EVENT_CALLBACK_LIFECYCLE,
+                                 MESSAGE, 1, OK, b"\0\0\0\1"), False, aiovirt.ProtocolError,
+        "lifecycle"),
+    "message from an unknown program": (lambda m: encode_message(0x12345678, 1, MESSAGE, 1, OK),
+                                        False, aiovirt.ProtocolError, "0x12345678"),
+    "unknown message type": (lambda m: frame(m, type_=9), False, aiovirt.ProtocolError,
+                             "message type 9"),
+    "keepalive with an unknown procedure": (
+        lambda m: encode_message(keepalive.PROGRAM, 7, MESSAGE, 0, OK), False,
+        aiovirt.ProtocolError, "keepalive procedure 7"),
+    "server closes before replying": (lambda m: b"", True, aiovirt.ConnectionClosed, "closed"),
+}
+
+
+def active_tasks() -> set[asyncio.Task]:
+    return {t for t in asyncio.all_tasks() if not t.done()}
+
+
+async def no_task_left(before: set[asyncio.Task]) -> None:
+    """Every task the connection started has ended (bounded wait: they end on close)."""
+    with anyio.fail_after(2):
+        while active_tasks() - before:
+            await anyio.sleep(0.01)
+
+
+@pytest.mark.parametrize("case", list(CATALOGUE))
+async def test_misbehaving_server(tmp_path, case):
+    make, close_after, error, message = CATALOGUE[case]
+
+    async def misbehave(stream: anyio.abc.ByteStream, msg: Message) -> bool:
+        if msg.procedure == LIBVER:
+            data = make(msg)
+            if data:
+                await stream.send(data)
+            return not close_after
+        return True
+
+    before = active_tasks()
+    async with fake_daemon(tmp_path / "fake.sock", misbehave) as peer:
+        conn = await aiovirt.connect(peer.uri)
+        try:
+            began = time.monotonic()
+            with anyio.fail_after(5):
+                with pytest.raises(error, match=message) as caught:
+                    await conn.get_lib_version()
+            took = time.monotonic() - began
+            assert type(caught.value) in (error, aiovirt.ProtocolError, XdrError,
+                                          aiovirt.ConnectionClosed)
+            assert took < FAIL_BOUND, took
+            assert not conn.is_alive
+            with pytest.raises(aiovirt.ConnectionClosed):    # and so is every later call
+                await conn.get_lib_version()
+            with anyio.fail_after(2):                         # our side closed its socket
+                await peer.finished.wait()
+        finally:
+            began = time.monotonic()
+            await conn.close()
+            assert time.monotonic() - began < 0.5            # no goodbye to a dead socket
+    await no_task_left(before)
+
+
+async def test_a_call_the_server_never_answers_times_out_and_the_next_works(tmp_path):
+    ignored: list[int] = []
+
+    async def ignore_first(stream: anyio.abc.ByteStream, msg: Message) -> bool:
+        if msg.procedure == LIBVER:
+            if not ignored:
+                ignored.append(msg.serial)
+            else:
+                await stream.send(version_reply(msg))
+        return True
+
+    before = active_tasks()
+    async with fake_daemon(tmp_path / "fake.sock", ignore_first) as peer:
+        async with aiovirt.connect(peer.uri) as conn:
+            began = time.monotonic()
+            with anyio.move_on_after(0.3) as scope:
+                await conn.get_lib_version()
+            assert scope.cancelled_caught and time.monotonic() - began < 1.0
+            with anyio.fail_after(2):
+                assert await conn.get_lib_version() == 9000000
+            assert conn.is_alive and len(ignored) == 1
+    await no_task_left(before)
+
+
+async def test_a_flood_of_pings_is_answered_and_the_call_still_returns(tmp_path):
+    flood = 5000
+    pongs = 0
+
+    async def ping_flood(stream: anyio.abc.ByteStream, msg: Message) -> bool:
+        nonlocal pongs
+        if msg.program == keepalive.PROGRAM and msg.procedure == keepalive.KEEPALIVE_PROC_PONG:
+            pongs += 1
+        elif msg.procedure == LIBVER:
+            ping = encode_message(keepalive.PROGRAM, keepalive.KEEPALIVE_PROC_PING, MESSAGE,
+                                  0, OK)
+            await stream.send(ping * flood + version_reply(msg))
+        return True
+
+    async with fake_daemon(tmp_path / "fake.sock", ping_flood) as peer:
+        async with aiovirt.connect(peer.uri) as conn:
+            began = time.monotonic()
+            with anyio.fail_after(5):
+                assert await conn.get_lib_version() == 9000000
+            took = time.monotonic() - began
+            with anyio.fail_after(5):
+                while pongs < flood:
+                    await anyio.sleep(0.01)
+            assert pongs == flood and conn.channels[0].pings_received == flood
+            assert conn.is_alive and took < 2.0, took
+
+
+async def test_stream_data_for_no_stream_is_dropped(tmp_path):
+    """Data for a stream nobody reads (its call abandoned) is read and dropped: the call
+    behind it is answered and the connection stays up."""
+    async def stray_stream(stream: anyio.abc.ByteStream, msg: Message) -> bool:
+        if msg.procedure == LIBVER:
+            stray = encode_message(remote.PROGRAM, remote.REMOTE_PROC_DOMAIN_OPEN_CONSOLE,
+                                   STREAM, 4242, CONTINUE, b"console output")
+            await stream.send(stray + version_reply(msg))
+        return True
+
+    async with fake_daemon(tmp_path / "fake.sock", stray_stream) as peer:
+        async with aiovirt.connect(peer.uri) as conn:
+            with anyio.fail_after(2):
+                assert await conn.get_lib_version() == 9000000
+                assert await conn.get_lib_version() == 9000000
+            assert conn.is_alive
