@@ -1,33 +1,79 @@
-"""aiovirt: a pure-Python asyncio client for libvirt that speaks its RPC protocol itself."""
+"""aiovirt: a pure-Python asyncio client for libvirt that speaks its RPC protocol itself.
 
-from .connection import SLOW_PROCEDURES, Connection, connect
-from .domain import Domain, DomainInfo, DomainState, MetadataType
+The package is layered (see the README's Layout): ``protocol`` (generated codecs, the sans-IO
+wire), ``client`` (sockets, channels, the RPC connection), ``api`` (the object API and
+``Connection``), ``xml`` (safe parsing, typed metadata), then ``compose``, ``address``,
+``provision``, ``service``, ``cli`` and ``testing``.  The names below load on first use, so
+``import aiovirt.compose`` or ``aiovirt.address`` never loads the RPC client.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (AiovirtError, ArgumentUnsupported, AuthenticationError, ConnectionClosed,
-                     InvalidArgument, InvalidURI, LibvirtError, NoSuchDomain, NoSuchMetadata,
-                     NoSuchNetwork,
-                     NoSuchNodeDevice, NoSuchSecret, NoSuchStoragePool, NoSuchStorageVolume,
-                     NoSupport, ObjectExists, OperationFailed, OperationInvalid,
-                     OperationTimeout, ProtocolError, XMLError, XMLInputError)
-from .events import DomainEvent, DomainEventID, DomainEventType, DomainLifecycleEvent
-from .network import Network
-from .nodedev import NodeDevice
-from .objects import NodeInfo
-from .secret import Secret, SecretUsageType
-from .storage import (StoragePool, StoragePoolInfo, StoragePoolState, StorageVolume,
-                      StorageVolumeInfo, StorageVolumeType)
-from .transport import ConnectionFailed
-from .uri import ConnectionURI, parse_uri
+                     ConnectionFailed, EncodeError, InvalidArgument, InvalidURI, LibvirtError,
+                     NoSuchDomain, NoSuchMetadata, NoSuchNetwork, NoSuchNodeDevice,
+                     NoSuchSecret, NoSuchStoragePool, NoSuchStorageVolume, NoSupport,
+                     ObjectExists, OperationFailed, OperationInvalid, OperationTimeout,
+                     ProtocolError, TransportError, XMLError, XMLInputError)
+
+if TYPE_CHECKING:
+    from .api.connection import Connection, connect
+    from .api.domain import (Domain, DomainEvent, DomainEventID, DomainEventType, DomainInfo,
+                             DomainLifecycleEvent, DomainState, MetadataType)
+    from .api.host import NodeInfo
+    from .api.network import Network
+    from .api.nodedev import NodeDevice
+    from .api.secret import Secret, SecretUsageType
+    from .api.storage import (StoragePool, StoragePoolInfo, StoragePoolState, StorageVolume,
+                              StorageVolumeInfo, StorageVolumeType)
+    from .client.connection import SLOW_PROCEDURES
+    from .client.uri import ConnectionURI, parse_uri
+    from .xml import metadata
+
+# public name -> the module that defines it (loaded when the name is first used)
+_LAZY = {
+    "Connection": "api.connection", "connect": "api.connection",
+    "Domain": "api.domain", "DomainEvent": "api.domain", "DomainEventID": "api.domain",
+    "DomainEventType": "api.domain", "DomainInfo": "api.domain",
+    "DomainLifecycleEvent": "api.domain", "DomainState": "api.domain",
+    "MetadataType": "api.domain", "NodeInfo": "api.host", "Network": "api.network",
+    "NodeDevice": "api.nodedev", "Secret": "api.secret", "SecretUsageType": "api.secret",
+    "StoragePool": "api.storage", "StoragePoolInfo": "api.storage",
+    "StoragePoolState": "api.storage", "StorageVolume": "api.storage",
+    "StorageVolumeInfo": "api.storage", "StorageVolumeType": "api.storage",
+    "SLOW_PROCEDURES": "client.connection", "ConnectionURI": "client.uri",
+    "parse_uri": "client.uri", "metadata": "xml.metadata",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'aiovirt' has no attribute {name!r}")
+    loaded = importlib.import_module(f".{module}", __name__)
+    value = loaded if name == "metadata" else getattr(loaded, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "AiovirtError", "ArgumentUnsupported", "AuthenticationError", "Connection",
     "ConnectionClosed", "ConnectionFailed", "ConnectionURI", "Domain", "DomainEvent",
     "DomainEventID", "DomainEventType", "DomainInfo", "DomainLifecycleEvent", "DomainState",
-    "InvalidArgument", "InvalidURI", "LibvirtError", "MetadataType", "Network", "NodeDevice",
-    "NoSuchDomain", "NoSuchMetadata",
-    "NoSuchNetwork", "NoSuchNodeDevice", "NoSuchSecret", "NoSuchStoragePool",
-    "NoSuchStorageVolume", "NoSupport", "NodeInfo", "ObjectExists", "OperationFailed", "OperationInvalid",
-    "OperationTimeout", "ProtocolError", "SLOW_PROCEDURES", "Secret", "SecretUsageType",
-    "StoragePool", "StoragePoolInfo", "StoragePoolState", "StorageVolume", "StorageVolumeInfo",
-    "StorageVolumeType", "XMLError", "XMLInputError", "connect", "parse_uri",
+    "EncodeError", "InvalidArgument", "InvalidURI", "LibvirtError", "MetadataType", "Network",
+    "NoSuchDomain", "NoSuchMetadata", "NoSuchNetwork", "NoSuchNodeDevice", "NoSuchSecret",
+    "NoSuchStoragePool", "NoSuchStorageVolume", "NoSupport", "NodeDevice", "NodeInfo",
+    "ObjectExists", "OperationFailed", "OperationInvalid", "OperationTimeout",
+    "ProtocolError", "SLOW_PROCEDURES", "Secret", "SecretUsageType", "StoragePool",
+    "StoragePoolInfo", "StoragePoolState", "StorageVolume", "StorageVolumeInfo",
+    "StorageVolumeType", "TransportError", "XMLError", "XMLInputError", "connect",
+    "metadata", "parse_uri",
 ]
 __version__ = "0.1.0"

@@ -1,8 +1,20 @@
 """The exceptions aiovirt raises, in one hierarchy.
 
-``AiovirtError`` is the root.  ``LibvirtError`` is an error the daemon reported (its
-``remote_error``), with subclasses for the codes callers most often handle.  ``ConnectionClosed``
-and ``ProtocolError`` are failures of the connection itself.
+Arranged by what the caller can do about it:
+
+    AiovirtError
+    ├── TransportError          the connection failed: retry, reconnect, or give up on the host
+    │   ├── ConnectionFailed    could not be reached (the message names where we tried)
+    │   ├── ConnectionClosed    lost, or closed; every pending call fails with it
+    │   ├── ProtocolError       the peer broke the protocol (XdrError: a payload that does
+    │   │                       not decode)
+    │   └── AuthenticationError the daemon wants what we cannot do, or refused us
+    ├── LibvirtError            the daemon did the call and said no (NoSuchDomain, ...)
+    ├── EncodeError             the caller's own arguments cannot be encoded (a ValueError)
+    ├── InvalidURI              (a ValueError)
+    └── XMLInputError           malformed or unsafe XML given to us (a ValueError)
+
+Callers never need ``except OSError``: socket failures arrive as ``TransportError``.
 """
 
 from __future__ import annotations
@@ -10,7 +22,8 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "AiovirtError", "AuthenticationError", "ConnectionClosed", "InvalidURI", "LibvirtError",
+    "AiovirtError", "AuthenticationError", "ConnectionClosed", "ConnectionFailed",
+    "EncodeError", "InvalidURI", "LibvirtError", "TransportError",
     "NoSuchDomain", "NoSuchMetadata", "NoSuchNetwork", "NoSuchNodeDevice", "NoSuchSecret", "NoSuchStoragePool",
     "NoSuchStorageVolume", "OperationInvalid", "OperationFailed", "ProtocolError",
     "ArgumentUnsupported", "InvalidArgument", "NoSupport", "OperationTimeout", "XMLError",
@@ -22,12 +35,26 @@ class AiovirtError(Exception):
     """Base class of every aiovirt exception."""
 
 
-class ProtocolError(AiovirtError):
+class TransportError(AiovirtError):
+    """The connection to the daemon failed: it could not be made, it was lost, or the peer
+    broke the protocol.  The call may or may not have been carried out."""
+
+
+class ConnectionFailed(TransportError):
+    """The daemon could not be reached; the message names the socket or address tried."""
+
+
+class ProtocolError(TransportError):
     """The peer broke the RPC protocol: a malformed, oversized or unexpected message."""
 
 
-class ConnectionClosed(AiovirtError):
+class ConnectionClosed(TransportError):
     """The connection is gone (closed by us, by the server, or lost); pending calls fail with it."""
+
+
+class EncodeError(AiovirtError, ValueError):
+    """Arguments that cannot be encoded for the call (a wrong type, a string or list over
+    the protocol's limit): the caller's mistake, nothing was sent."""
 
 
 class InvalidURI(AiovirtError, ValueError):
@@ -47,7 +74,7 @@ class XMLInputError(AiovirtError, ValueError):
         self.reason = message
 
 
-class AuthenticationError(AiovirtError):
+class AuthenticationError(TransportError):
     """The server asked for an authentication method we cannot perform, or it failed."""
 
 

@@ -59,7 +59,7 @@ from aiovirt.address import (
     place,
 )
 from aiovirt.address.domainxml import read_devices
-from aiovirt.xmlsafe import parse
+from aiovirt.xml.safe import parse
 
 TARGET = 2000.0  # domains/s, core API, one core
 
@@ -139,7 +139,7 @@ class Libvirt:
     def __init__(self) -> None:
         import libvirt  # type: ignore[import-untyped]
 
-        from aiovirt.daemon import PrivateDaemon
+        from aiovirt.testing.daemon import PrivateDaemon
 
         libvirt.registerErrorHandler(lambda *_: None, None)
         self._workdir = tempfile.TemporaryDirectory(prefix="aiovirt-bench-")

@@ -46,7 +46,7 @@ from pathlib import Path
 from lxml import etree
 
 import aiovirt
-from aiovirt.daemon import PrivateDaemon
+from aiovirt.testing.daemon import PrivateDaemon
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -17,7 +17,7 @@ import anyio
 import anyio.lowlevel
 
 import aiovirt
-from aiovirt.daemon import PrivateDaemon
+from aiovirt.testing.daemon import PrivateDaemon
 from aiovirt.protocol import remote
 
 LIBVER = remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_GET_LIB_VERSION]

@@ -48,7 +48,7 @@ from common import (
 from aiovirt.compose import Composition, Library, compose
 from aiovirt.compose.schema import repeat_table, validator
 from aiovirt.errors import AiovirtError
-from aiovirt.xmlsafe import parse
+from aiovirt.xml.safe import parse
 
 DOMAINS = 1000
 PROFILES_PER_DOMAIN = 6

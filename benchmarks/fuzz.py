@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aiovirt.errors import ProtocolError  # noqa: E402
 from aiovirt.protocol import keepalive, lxc, qemu, remote, virnet  # noqa: E402
-from aiovirt.wire import (ERROR, MESSAGE, OK, REPLY, STREAM, ClientProtocol,  # noqa: E402
+from aiovirt.protocol.wire import (ERROR, MESSAGE, OK, REPLY, STREAM, ClientProtocol,  # noqa: E402
                           FrameDecoder, encode_message)
-from aiovirt.xdr import XdrError, decode  # noqa: E402
+from aiovirt.protocol.xdr import XdrError, decode  # noqa: E402
 
 Decoder = Callable[[bytes, int], Any]
 EDGES = (0xFFFFFFFF, 0x80000000, 0x7FFFFFFF, 0x00400001, 0x00040001, 3, 2, 1, 0)

@@ -16,7 +16,7 @@ Cases (see README.md):
 * ``fleet``: 4 private libvirtds x 250 guests, ``placement="spread"``, against a 16-thread
   pool per daemon (one connection per daemon; and one per thread).
 
-It starts its own libvirtds (``aiovirt.daemon.PrivateDaemon``) and stops them, with whatever
+It starts its own libvirtds (``aiovirt.testing.daemon.PrivateDaemon``) and stops them, with whatever
 guests they still hold, at the end.  Every round is checked (the report says all started,
 the hosts really run that many guests) and cleaned up untimed, so each starts from the same
 empty host.  Helpers (measuring, interleaving, the summary) come from ``run.py``.
@@ -65,9 +65,9 @@ from run import (
 )
 
 import aiovirt
-from aiovirt import metadata
+from aiovirt.xml import metadata
 from aiovirt.compose import compose
-from aiovirt.daemon import PrivateDaemon
+from aiovirt.testing.daemon import PrivateDaemon
 from aiovirt.errors import LibvirtError
 from aiovirt.provision import NAMESPACE, GuestSpec, Report, provision, teardown
 

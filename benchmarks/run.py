@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/run.py [--quick] [--only CASE ...] [--rounds N]
                                        [--socket PATH [--daemon-pid PID]] [--output FILE]
 
-By default it starts its own private libvirtd (``aiovirt.daemon.PrivateDaemon``, default
+By default it starts its own private libvirtd (``aiovirt.testing.daemon.PrivateDaemon``, default
 settings: max_client_requests 5) and stops it at the end; ``--socket`` uses a running one.
 Every case alternates the contenders round by round (rotating who goes first) and reports the
 best and the median of each, and their ratio; the best figures are the ones compared with the
@@ -698,7 +698,7 @@ async def main(options: argparse.Namespace) -> None:
             daemon: Any = ExternalDaemon(options.socket, options.daemon_pid)
             where = f"the libvirtd at {options.socket}"
         else:
-            from aiovirt.daemon import PrivateDaemon
+            from aiovirt.testing.daemon import PrivateDaemon
             daemon = PrivateDaemon(workdir)
             where = "a private libvirtd (default settings: max_client_requests 5)"
         with daemon:

@@ -3,7 +3,7 @@
 # domain, start a provisioning job, poll it until it is done, print its report, tear down.
 #
 # Start a server first (it binds 127.0.0.1:8080), e.g. on the test driver of a private
-# libvirtd (python -c 'from aiovirt.daemon import PrivateDaemon; ...', or tests' fixture):
+# libvirtd (python -c 'from aiovirt.testing.daemon import PrivateDaemon; ...', or tests' fixture):
 #
 #   aiovirt serve --uri 'test+unix:///default?socket=/path/to/libvirt-sock'
 #

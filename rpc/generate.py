@@ -498,7 +498,7 @@ def _module(spec: Specification, module: str, source: str, prefix: str | None,
                                ("enum", used("IntEnum")), ("typing", used("Any"))):
         if names:
             header.append(f"from {module_name} import {', '.join(names)}")
-    header += ["", f"from ..xdr import "
+    header += ["", f"from .xdr import "
                f"{', '.join(used('_FALSE', '_PAD', '_TRUE', '_U32', 'ProcedureInfo', 'XdrError'))}"]
     for other in sorted(imports):
         header.append(f"from .{other} import (")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from aiovirt.daemon import PrivateDaemon
+from aiovirt.testing.daemon import PrivateDaemon
 
 NODE_XML = Path(__file__).resolve().parent / "data" / "node.xml"
 

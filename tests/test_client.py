@@ -12,10 +12,10 @@ import anyio
 import pytest
 
 import aiovirt
-from aiovirt.daemon import PrivateDaemon
+from aiovirt.testing.daemon import PrivateDaemon
 from aiovirt.protocol import remote
 
-from .fakepeer import serve_one
+from aiovirt.testing.fakepeer import serve_one
 
 
 def domain_xml(name: str, memory_mib: int = 64) -> str:

@@ -580,7 +580,7 @@ def test_zero_profiles_change_nothing():
     xml = MINIMAL[1]
     result = compose(xml, [], library=SHIPPED, validate=False)
     assert result.report == [] and result.applied == []
-    from aiovirt.xmlsafe import parse
+    from aiovirt.xml.safe import parse
     assert etree.tostring(parse(result.xml), method="c14n") == \
         etree.tostring(parse(xml), method="c14n")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aiovirt.daemon import DaemonError, PrivateDaemon
+from aiovirt.testing.daemon import DaemonError, PrivateDaemon
 
 as_root = pytest.mark.skipif(os.geteuid() != 0,
                              reason="private QEMU state needs root (a mount namespace)")

@@ -55,7 +55,7 @@ async def test_connect_define_and_compose_examples(held, daemon):
 
 
 async def test_bulk_provision_example_over_two_hosts(held, tmp_path_factory):
-    from aiovirt.daemon import PrivateDaemon
+    from aiovirt.testing.daemon import PrivateDaemon
 
     uri, conn = held
     with PrivateDaemon(tmp_path_factory.mktemp("bulk")) as other:

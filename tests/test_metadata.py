@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from lxml import etree
 
 import aiovirt
-from aiovirt import xmlsafe
-from aiovirt.metadata import dumps, from_element, loads, read, same, to_element, write
+from aiovirt.xml import safe as xmlsafe
+from aiovirt.xml.metadata import dumps, from_element, loads, read, same, to_element, write
 
 NS = "https://example.org/aiovirt-test/app"
 NS2 = "https://example.org/aiovirt-test/other"

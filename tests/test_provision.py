@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 import aiovirt
-from aiovirt.daemon import PrivateDaemon
+from aiovirt.testing.daemon import PrivateDaemon
 from aiovirt.provision import (NAMESPACE, Capacity, GuestSpec, Provisioning, ProvisionError,
                                SpecError, Stage, choose, provision, teardown)
 

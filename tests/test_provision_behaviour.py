@@ -21,9 +21,9 @@ import anyio
 import pytest
 
 import aiovirt
-from aiovirt.connection import Connection
+from aiovirt import Connection
 from aiovirt.provision import GuestSpec, Provisioning, Stage
-from aiovirt.wire import EventMessage
+from aiovirt.protocol.wire import EventMessage
 
 
 def template(name: str) -> str:

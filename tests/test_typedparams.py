@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aiovirt.protocol import remote
-from aiovirt.typedparams import BOOLEAN, decode_domain_stats, from_dict, to_dict
-from aiovirt.xdr import XdrError, decode, encode
+from aiovirt.api.typedparams import BOOLEAN, decode_domain_stats, from_dict, to_dict
+from aiovirt.protocol.xdr import XdrError, decode, encode
 
 from .test_xdr import records
 

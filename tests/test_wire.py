@@ -2,11 +2,13 @@
 
 import pytest
 
+from aiovirt.errors import EncodeError
+
 from aiovirt import LibvirtError, NoSuchDomain, ProtocolError
 from aiovirt.protocol import keepalive, qemu, remote, virnet
-from aiovirt.wire import (CALL, ERROR, MESSAGE, OK, REPLY, ClientProtocol, EventMessage,
+from aiovirt.protocol.wire import (CALL, ERROR, MESSAGE, OK, REPLY, ClientProtocol, EventMessage,
                           FrameDecoder, KeepaliveMessage, Reply, encode_message)
-from aiovirt.xdr import XdrError, encode
+from aiovirt.protocol.xdr import XdrError, encode
 
 P = remote.PROCEDURES
 LOOKUP = P[remote.REMOTE_PROC_DOMAIN_LOOKUP_BY_NAME]
@@ -129,7 +131,7 @@ def test_calls_beyond_the_cap_queue_in_order_and_leave_as_replies_free_slots():
 
 def test_unencodable_arguments_take_no_serial_and_no_slot():
     proto = ClientProtocol(max_in_flight=1)
-    with pytest.raises(XdrError, match="domain_lookup_by_name"):
+    with pytest.raises(EncodeError, match="domain_lookup_by_name"):
         proto.call(LOOKUP, remote.DomainLookupByNameArgs(12345))
     assert (proto.pending, proto.queued) == (0, 0)
     serial, packet = proto.call(LIBVER)
@@ -182,6 +184,6 @@ def test_message_over_the_limit_is_refused_on_send():
     args = remote.DomainDefineXmlFlagsArgs(huge, 0)
     s, data = proto.call(P[remote.REMOTE_PROC_DOMAIN_DEFINE_XML_FLAGS], args)  # 4 MiB is fine
     assert len(data) > remote.REMOTE_STRING_MAX
-    with pytest.raises(ProtocolError, match="exceed the limit"):
+    with pytest.raises(EncodeError, match="exceed the limit"):
         proto.call(P[remote.REMOTE_PROC_DOMAIN_DEFINE_XML_FLAGS],
                    remote.DomainDefineXmlFlagsArgs(huge + "y", 0))

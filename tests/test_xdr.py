@@ -7,12 +7,14 @@ import os
 from pathlib import Path
 
 import pytest
+
+from aiovirt.errors import EncodeError
 import xdrlib3
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aiovirt.protocol import remote, virnet
-from aiovirt.xdr import XdrError, decode, encode
+from aiovirt.protocol.xdr import XdrError, decode, encode
 
 ROOT = Path(__file__).resolve().parent.parent
 LIBVIRT_TREE = Path(os.environ.get("AIOVIRT_LIBVIRT_SRC", ROOT / ".libvirt-src" / "libvirt-9.0.0"))
@@ -98,7 +100,7 @@ def test_optional_strings(values):
 def test_string_limit_enforced_on_encode_and_decode():
     too_long = remote.SecretSetValueArgs(remote.NonnullSecret(bytes(16), 0, "u"),
                                          b"x" * (remote.REMOTE_SECRET_VALUE_MAX + 1), 0)
-    with pytest.raises(XdrError, match=r"SecretSetValueArgs\.value: 65537 bytes exceed the limit"):
+    with pytest.raises(EncodeError, match=r"SecretSetValueArgs\.value: 65537 bytes exceed the limit"):
         encode(remote._enc_SecretSetValueArgs, too_long, "secret_set_value")
     # a peer claiming an over-limit length is stopped before any copy
     data = bytearray(encode(remote._enc_NonnullSecret, too_long.secret, "s"))
@@ -110,7 +112,7 @@ def test_string_limit_enforced_on_encode_and_decode():
 def test_array_limit_enforced():
     args = remote.DomainSendKeyArgs(remote.NonnullDomain("d", bytes(16), 1), 0, 0,
                                     list(range(remote.REMOTE_DOMAIN_SEND_KEY_MAX + 1)), 0)
-    with pytest.raises(XdrError, match="17 items exceed the limit of 16"):
+    with pytest.raises(EncodeError, match="17 items exceed the limit of 16"):
         encode(remote._enc_DomainSendKeyArgs, args, "send_key")
 
 
@@ -123,14 +125,14 @@ def test_truncated_and_trailing_payloads_are_errors():
 
 
 def test_wrong_python_values_name_the_type():
-    with pytest.raises(XdrError, match="needs exactly 16 bytes"):
+    with pytest.raises(EncodeError, match="needs exactly 16 bytes"):
         encode(remote._enc_NonnullDomain, remote.NonnullDomain("d", b"short", 1), "dom")
-    with pytest.raises(XdrError, match="cannot encode"):
+    with pytest.raises(EncodeError, match="cannot encode"):
         encode(remote._enc_NonnullDomain, remote.NonnullDomain("d", bytes(16), 2**40), "dom")
 
 
 def test_union_rejects_unknown_arm():
-    with pytest.raises(XdrError, match="no arm for type=99"):
+    with pytest.raises(EncodeError, match="no arm for type=99"):
         encode(remote._enc_TypedParamValue, remote.TypedParamValue(99, 1), "tp")
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from lxml import etree
 
-from ..xmlsafe import parse, strip_indentation, to_string
+from ..xml.safe import parse, strip_indentation, to_string
 from .domainxml import machine_of, read_devices, write_devices
 from .libvirt import LibvirtPlacement
 from .model import (

@@ -36,8 +36,8 @@ def _version(number: int) -> str:
 
 async def _tour(uri: str, tcp_uri: str | None, count: int, kvm: bool, keep: bool) -> int:
     from ..address import Tunables
-    from ..connection import connect
-    from ..domain import DomainState
+    from ..api.connection import connect
+    from ..api.domain import DomainState
     from ..provision import GuestSpec, Provisioning, teardown
 
     async with connect(uri) as conn:
@@ -106,7 +106,7 @@ async def _tour(uri: str, tcp_uri: str | None, count: int, kvm: bool, keep: bool
 
 
 def _demo(options: argparse.Namespace) -> int:
-    from ..daemon import PrivateDaemon
+    from ..testing.daemon import PrivateDaemon
 
     kvm = os.access("/dev/kvm", os.R_OK | os.W_OK) and not options.test_driver
     with ExitStack() as stack:

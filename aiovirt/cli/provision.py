@@ -137,8 +137,8 @@ def _teardown(options: argparse.Namespace) -> int:
 
 
 def _events(options: argparse.Namespace) -> int:
-    from ..connection import connect
-    from ..events import DomainEventType
+    from ..api.connection import connect
+    from ..api.domain import DomainEventType
 
     seen = 0
 

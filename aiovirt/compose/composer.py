@@ -24,7 +24,7 @@ from typing import Any
 from lxml import etree
 
 from ..address import Device, Tunables, address_tree
-from ..xmlsafe import parse, strip_indentation, to_string
+from ..xml.safe import parse, strip_indentation, to_string
 from .apply import INPUT, Applier, Change, Writer, _contains
 from .errors import ComposeError, InvalidResult, ParameterError, ProfileConflict, UnknownProfile
 from .library import Library

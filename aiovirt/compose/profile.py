@@ -32,7 +32,7 @@ from typing import Literal
 
 from lxml import etree
 
-from ..xmlsafe import parse, parse_file
+from ..xml.safe import parse, parse_file
 from .errors import ProfileSyntaxError, XMLInputError
 
 __all__ = ["Action", "Choose", "Param", "Profile", "ProfileRef", "Step", "When",

@@ -25,7 +25,7 @@ from typing import Any
 
 from lxml import etree
 
-from ..xmlsafe import parse_file
+from ..xml.safe import parse_file
 
 __all__ = ["RepeatTable", "SCHEMA_DIR", "TABLE_FILE", "build_table", "repeat_table",
            "validator"]

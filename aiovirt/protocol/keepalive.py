@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from ..xdr import ProcedureInfo
+from .xdr import ProcedureInfo
 
 __all__ = ['KeepaliveProcedure', 'PROCEDURES', 'PROGRAM', 'VERSION']
 

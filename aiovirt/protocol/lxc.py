@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from ..xdr import ProcedureInfo
+from .xdr import ProcedureInfo
 from .remote import (
     NonnullDomain,
     _dec_NonnullDomain,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from ..xdr import _FALSE, _PAD, _TRUE, _U32, ProcedureInfo, XdrError
+from .xdr import _FALSE, _PAD, _TRUE, _U32, ProcedureInfo, XdrError
 from .remote import (
     NonnullDomain,
     _dec_NonnullDomain,

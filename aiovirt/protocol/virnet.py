@@ -8,7 +8,7 @@ import struct as _struct
 from dataclasses import dataclass
 from enum import IntEnum
 
-from ..xdr import _FALSE, _PAD, _TRUE, _U32, XdrError
+from .xdr import _FALSE, _PAD, _TRUE, _U32, XdrError
 
 __all__ = ['MessageError', 'MessageHeader', 'MessageNonnullDomain', 'MessageNonnullNetwork', 'MessageStatus', 'MessageType', 'StreamHole']
 

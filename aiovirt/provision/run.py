@@ -1,10 +1,10 @@
 """The provisioning run: compose each spec for each host, place the guests, then define and
 start them with bounded concurrency per host, completion taken from STARTED events.
 
-One ``Provisioning`` is one run.  Each host gets a queue and ``concurrency`` workers; every
-guest ends with an outcome in the ``Report``.  A host whose connection dies hands its
-not-yet-launched guests to the others; a cancelled run launches nothing more, lets the calls
-that are out finish, and reports what exists.
+One ``Provisioning`` is one run, and only its I/O: it connects, learns each host, carries out
+the ``Plan``'s actions (``plan.py``) and feeds it what calls and events say.  The plan decides
+placement, per-host queues and concurrency, host loss and re-placement, cancellation and
+every guest's outcome in the ``Report``.
 """
 
 from __future__ import annotations
@@ -22,24 +22,24 @@ import anyio
 import anyio.abc
 from lxml import etree
 
-from .. import metadata as metadata_codec
+from ..xml import metadata as metadata_codec
 from ..address import Tunables
 from ..compose import Library, compose
 from ..compose.errors import ComposeError
-from ..connection import Connection, connect
-from ..domain import Domain
-from ..errors import (AiovirtError, ConnectionClosed, LibvirtError, NoSuchDomain,
-                      XMLInputError)
-from ..events import DomainEventType
-from ..xmlsafe import parse, to_string
+from ..api.connection import Connection, connect
+from ..api.domain import Domain
+from ..errors import (AiovirtError, ArgumentUnsupported, ConnectionClosed, InvalidArgument,
+                      LibvirtError, NoSuchDomain, NoSupport, XMLInputError)
+from ..api.domain import DomainEventType
+from ..xml.safe import parse, to_string
 from .placement import POLICIES, Capacity, choose
 from .report import GuestResult, HostSummary, Progress, Report, Stage
 from .spec import Guest, GuestSpec, ProvisionError, SpecError, expand, memory_and_vcpus
+from .plan import ON_EXISTING, Action, Launch, Plan, RollBack, Size, Start
 
 __all__ = ["NAMESPACE", "ON_EXISTING", "Provisioning", "provision", "undefine"]
 
 NAMESPACE = "https://aiovirt.org/xmlns/provision/1"
-ON_EXISTING = ("fail", "skip", "replace")
 # MANAGED_SAVE | SNAPSHOTS_METADATA | NVRAM | CHECKPOINTS_METADATA | TPM: a guest this
 # library made leaves nothing behind; drivers that refuse a flag get the shorter lists
 _UNDEFINE_FLAGS = (1 | 2 | 4 | 16 | 32, 1 | 2, 0)
@@ -55,8 +55,8 @@ async def undefine(dom: Domain) -> None:
         try:
             await dom.undefine(flags)
             return
-        except LibvirtError as exc:
-            if flags == 0 or "flag" not in str(exc).lower():
+        except (InvalidArgument, ArgumentUnsupported, NoSupport):
+            if flags == 0:   # libvirt refuses flags a driver does not know as invalid
                 raise
 
 
@@ -75,29 +75,24 @@ class _Composed:
 
 
 class _Host:
-    """One host of the run: its connection, capacity, queue and STARTED waiters."""
+    """One host's I/O side: its connection, capabilities, specs composed for it, STARTED
+    waiters and the calls out on it (the plan holds its capacity, queue and state)."""
 
     def __init__(self, index: int, target: str | Connection) -> None:
         self.index = index
         self.target = target
         self.uri = target if isinstance(target, str) else target.uri.uri
-        self.summary = HostSummary(self.uri)
         self.conn: Connection | None = target if isinstance(target, Connection) else None
-        self.capacity: Capacity | None = None
-        self.names: set[str] = set()
         self.caps: str | None = None
         self.domcaps: dict[tuple[str | None, ...], str | None] = {}
         self.composed: dict[int, _Composed] = {}
         self.waiters: dict[str, anyio.Event] = {}
-        self.send, self.receive = anyio.create_memory_object_stream[Guest](math.inf)
         self.lost = False
-        self.concurrency = 0
+        self.error: str | None = None
+        self.tasks: anyio.abc.TaskGroup | None = None   # where its guests' tasks run
+        self.over = anyio.Event()                       # lost, or the run is done
         self.events_scope: anyio.CancelScope | None = None
         self.calls: set[anyio.CancelScope] = set()   # shielded calls out on this host
-
-    @property
-    def usable(self) -> bool:
-        return self.conn is not None and not self.lost
 
 
 class Provisioning:
@@ -113,6 +108,9 @@ class Provisioning:
     ``connect_timeout``: seconds a host given by URI may take to connect and complete the
     handshake before it counts as unreachable (keepalive watches it from then on).
     ``on_change`` is called with a guest's result each time it moves on.
+
+    Every decision is the ``Plan``'s (``self.plan``); this class only connects, learns the
+    hosts, carries out the plan's actions and tells it what happened.
     """
 
     def __init__(self, hosts: str | Connection | Sequence[str | Connection],
@@ -128,16 +126,8 @@ class Provisioning:
         self.specs = [specs] if isinstance(specs, GuestSpec) else list(specs)
         if not self.specs:
             raise ProvisionError("no guest specs given")
-        if placement not in POLICIES:
-            raise ProvisionError(f"unknown placement {placement!r} (known: "
-                                 f"{', '.join(POLICIES)})")
-        if on_existing not in ON_EXISTING:
-            raise ProvisionError(f"on_existing={on_existing!r}: use one of "
-                                 f"{', '.join(ON_EXISTING)}")
         if concurrency is not None and concurrency < 1:
             raise ProvisionError("concurrency must be at least 1")
-        if not overcommit > 0:
-            raise ProvisionError(f"overcommit {overcommit!r}: give a ratio above 0")
         if not connect_timeout > 0:
             raise ProvisionError(f"connect_timeout {connect_timeout!r}: give seconds above 0")
         for index, spec in enumerate(self.specs):
@@ -157,17 +147,16 @@ class Provisioning:
         self.on_change = on_change
         self.run_id = run_id or _uuid.uuid4().hex[:12]
         self._hosts = [_Host(i, t) for i, t in enumerate(targets)]
+        self.plan = Plan(self.guests, [h.uri for h in self._hosts],
+                         start=[s.start for s in self.specs], placement=placement,
+                         on_existing=on_existing, rollback=rollback, overcommit=overcommit,
+                         run_id=self.run_id, on_change=self._changed)
+        self.results = self.plan.results
+        self.progress = self.plan.progress
+        self.report = self.plan.report
         self._placeholder = f"aiovirt-name-{_uuid.uuid4().hex}"
-        self.results = [GuestResult(g.name, g.spec) for g in self.guests]
-        self._by_name = {g.name: i for i, g in enumerate(self.guests)}
-        self.progress = Progress(len(self.guests))
-        self.report = Report(self.run_id, self.results, [h.summary for h in self._hosts])
         self._scope: anyio.CancelScope | None = None
-        self._cancel_asked = False
-        self._cancelled_from_outside = False
         self._started_at = 0.0
-        self._arrivals: set[int] = set()
-        self._ready: anyio.Event | None = None
 
     # -- control --------------------------------------------------------------------------------
     def check(self) -> None:
@@ -187,7 +176,7 @@ class Provisioning:
 
     def cancel(self) -> None:
         """Launch nothing more; calls already out finish; ``run()`` then returns the report."""
-        self._cancel_asked = True
+        self.plan.cancel()
         if self._scope is not None:
             self._scope.cancel()
 
@@ -196,84 +185,111 @@ class Provisioning:
         task running it is cancelled, the report is still completed (``self.report``) before
         the cancellation propagates."""
         self._started_at = time.monotonic()
-        self._ready = anyio.Event()
         try:
             with anyio.CancelScope() as self._scope:
-                if self._cancel_asked:
+                if self.plan.cancelled:
                     self._scope.cancel()
                 async with anyio.create_task_group() as tg:
                     for host in self._hosts:
                         tg.start_soon(self._run_host, host, name=f"aiovirt host {host.uri}")
-                    await self._ready.wait()
-                    if not any(h.usable for h in self._hosts):
-                        for result in self.results:
-                            self._fail(result, "place", "no host could be reached")
-                    self._plan()
-                    if self._all_done():
-                        self._close_queues()
         except anyio.get_cancelled_exc_class():
-            self._cancelled_from_outside = True
+            self.plan.cancel()
             raise
         finally:
-            self._finish_report()
+            self.plan.finish()
+            self.report.seconds = time.monotonic() - self._started_at
         return self.report
+
+    def _changed(self, result: GuestResult) -> None:
+        if self.on_change is not None:
+            self.on_change(result)
+
+    def _feed(self, actions: Sequence[Action]) -> None:
+        """Carry out the plan's launches (each guest's own task carries out its ``Start``
+        and ``RollBack``); once every guest has its outcome, let the hosts go."""
+        for action in actions:
+            if isinstance(action, Launch):
+                host = self._hosts[action.host]
+                assert host.tasks is not None
+                host.tasks.start_soon(self._launch, host, action,
+                                      name=f"aiovirt guest {self.guests[action.guest].name}")
+        if self.plan.done:
+            for host in self._hosts:
+                host.over.set()
+                for waiter in host.waiters.values():
+                    waiter.set()
+                if host.events_scope is not None:
+                    host.events_scope.cancel()
+
+    def _then(self, actions: Sequence[Action], kind: type[Start] | type[RollBack]) -> bool:
+        """Feed ``actions`` on, except the one of ``kind`` (for the calling guest's task):
+        whether there was one."""
+        self._feed([a for a in actions if not isinstance(a, kind)])
+        return any(isinstance(a, kind) for a in actions)
 
     # -- hosts ----------------------------------------------------------------------------------
     async def _run_host(self, host: _Host) -> None:
         """One host's life in the run: connect (unless given a connection), watch its events,
-        learn what placement needs, then run its workers until the run is done."""
+        learn what placement needs, then run its guests' tasks until the run is done."""
         # A daemon that accepts but never answers (stopped, hung) would hold the whole run
         # at placement: connecting is bounded (the scope encloses the connection's own
         # task group, so it is lifted, not left, once connected).
         connecting = anyio.CancelScope(deadline=anyio.current_time() + self.connect_timeout)
-        try:
-            with connecting:
-                async with contextlib.AsyncExitStack() as stack:
-                    try:
-                        if host.conn is None:
-                            host.conn = await stack.enter_async_context(
-                                connect(str(host.target)))
-                    except AiovirtError as exc:
-                        self._unreachable(host, exc)
-                        return
-                    connecting.deadline = math.inf
-                    await self._serve_host(host)
-            if connecting.cancelled_caught:
-                self._unreachable(host, ConnectionClosed(
-                    f"no answer to the handshake within {self.connect_timeout:g} s"))
-        finally:
-            self._arrived(host)
+        with connecting:
+            async with contextlib.AsyncExitStack() as stack:
+                try:
+                    if host.conn is None:
+                        host.conn = await stack.enter_async_context(connect(str(host.target)))
+                except AiovirtError as exc:
+                    self._unreachable(host, exc)
+                    return
+                connecting.deadline = math.inf
+                await self._serve_host(host)
+        if connecting.cancelled_caught:
+            self._unreachable(host, ConnectionClosed(
+                f"no answer to the handshake within {self.connect_timeout:g} s"))
 
     async def _serve_host(self, host: _Host) -> None:
-        """Watch a connected host's events, learn it, then run its workers."""
+        """Watch a connected host's events, learn it, then host its guests' tasks until it is
+        lost or the run is done."""
         async with anyio.create_task_group() as tg:
+            host.tasks = tg
             try:
                 await tg.start(self._watch_events, host)
-                await self._learn(host)
+                facts = await self._learn(host)
             except AiovirtError as exc:
                 self._unreachable(host, exc)
                 tg.cancel_scope.cancel()
                 return
-            self._arrived(host)
-            for n in range(host.concurrency):
-                tg.start_soon(self._worker, host, name=f"aiovirt worker {host.uri} {n}")
-
-    def _arrived(self, host: _Host) -> None:
-        """``host`` is ready or out of the running; placement starts once all are."""
-        self._arrivals.add(host.index)
-        if len(self._arrivals) == len(self._hosts):
-            assert self._ready is not None
-            self._ready.set()
+            self._feed(self.plan.host_ready(host.index, **facts))
+            await host.over.wait()
+            if host.events_scope is not None:
+                host.events_scope.cancel()
 
     def _unreachable(self, host: _Host, exc: BaseException) -> None:
         host.conn = None
-        host.summary.state = "unreachable"
-        host.summary.error = f"{type(exc).__name__}: {exc}"
-        self.report.notes.append(f"host {host.uri} is unreachable: {exc}")
+        self._feed(self.plan.host_unreachable(host.index, f"{type(exc).__name__}: {exc}"))
 
-    async def _learn(self, host: _Host) -> None:
+    def _lose(self, host: _Host, error: BaseException) -> None:
+        """A host's connection died: abandon what is out on it; the plan fails those guests
+        and moves the ones waiting there."""
+        if host.lost:
+            return
+        host.lost = True
+        host.error = f"{type(error).__name__}: {error}"
+        for waiter in host.waiters.values():
+            waiter.set()
+        host.waiters.clear()
+        for scope in host.calls:     # calls still out there will never be answered
+            scope.cancel()
+        if host.events_scope is not None:
+            host.events_scope.cancel()
+        host.over.set()
+        self._feed(self.plan.host_lost(host.index, host.error))
+
+    async def _learn(self, host: _Host) -> dict[str, Any]:
         """Read what placement and composition need: capacity, existing names,
-        capabilities; compose every spec for the host."""
+        capabilities; compose every spec for the host.  Returns the facts for the plan."""
         conn = host.conn
         assert conn is not None
         info = await conn.node_info()
@@ -281,15 +297,17 @@ class Provisioning:
         # host's total memory instead
         free_kib = info.memory if conn.uri.driver == "test" else \
             await conn.free_memory() // 1024
-        host.capacity = Capacity(int(free_kib * self.overcommit), info.cpus)
-        host.summary.free_memory_kib = free_kib
-        host.summary.hostname = await conn.hostname()
-        host.names = {d.name for d in await conn.list_domains()}
+        hostname = await conn.hostname()
+        names = {d.name for d in await conn.list_domains()}
         host.caps = await conn.capabilities()
-        host.concurrency = self.concurrency or conn.max_in_flight * (1 + conn.lanes)
-        host.summary.concurrency = host.concurrency
+        concurrency = self.concurrency or conn.max_in_flight * (1 + conn.lanes)
+        sizes: dict[int, Size | str] = {}
         for index, spec in enumerate(self.specs):
-            host.composed[index] = await self._compose(host, index, spec)
+            composed = host.composed[index] = await self._compose(host, index, spec)
+            sizes[index] = Size(composed.memory_kib, composed.vcpus) \
+                if composed.text is not None else composed.error or "not composed"
+        return {"free_kib": free_kib, "cpus": info.cpus, "names": names, "sizes": sizes,
+                "concurrency": concurrency, "hostname": hostname}
 
     async def _watch_events(self, host: _Host, *,
                             task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -312,10 +330,10 @@ class Provisioning:
                 if not subscribed:
                     raise          # reaches tg.start: the host is unreachable
                 # the stream broke, or leaving it did (deregistering on a dying socket)
-                if not host.lost and not self._all_done():
+                if not self.plan.done:
                     self._lose(host, exc)
                 return
-            if not host.lost and not self._all_done():
+            if not self.plan.done:
                 self._lose(host, ConnectionClosed("its event stream ended"))
 
     async def _compose(self, host: _Host, index: int, spec: GuestSpec) -> _Composed:
@@ -361,164 +379,66 @@ class Provisioning:
                 host.domcaps[key] = None   # the driver has none (test), or not for this
         return host.domcaps[key]
 
-    def _lose(self, host: _Host, error: BaseException) -> None:
-        """A host's connection died: fail what was out on it, re-place what was not."""
-        if host.lost:
-            return
-        host.lost = True
-        host.summary.state = "lost"
-        host.summary.error = f"{type(error).__name__}: {error}"
-        for waiter in host.waiters.values():
-            waiter.set()
-        host.waiters.clear()
-        for scope in host.calls:     # calls still out there will never be answered
-            scope.cancel()
-        moved: list[Guest] = []
-        while True:
-            try:
-                moved.append(host.receive.receive_nowait())
-            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                break
-        host.send.close()
-        if moved:
-            self._replace(moved, host)
-        else:
-            self.report.notes.append(f"host {host.uri} was lost: {error}")
-
-    def _replace(self, guests: list[Guest], lost: _Host) -> None:
-        """Place guests taken off a lost host on the others (or fail them)."""
-        targets: dict[str, int] = {}
-        for guest in guests:
-            result = self.results[self._by_name[guest.name]]
-            result.moved_from.append(lost.uri)
-            composed = lost.composed.get(guest.spec)
-            if lost.capacity is not None and composed is not None:
-                lost.capacity.give_back(composed.memory_kib, composed.vcpus)
-            host = self._place(guest, result)
-            if host is not None:
-                targets[host.uri] = targets.get(host.uri, 0) + 1
-        where = ", ".join(f"{n} to {uri}" for uri, n in targets.items()) or "none could be " \
-            "placed elsewhere"
-        self.report.notes.append(f"host {lost.uri} was lost: {lost.summary.error}; "
-                                 f"{len(guests)} guests not yet launched there moved: {where}")
-
-    # -- placement ------------------------------------------------------------------------------
-    def _plan(self) -> None:
-        for guest, result in zip(self.guests, self.results):
-            if not result.final:
-                self._place(guest, result)
-
-    def _place(self, guest: Guest, result: GuestResult) -> _Host | None:
-        """Choose a host for ``guest`` and queue it there; fail it when none fits."""
-        live = [h for h in self._hosts if h.usable]
-        if not live:
-            self._fail(result, "place", "no host is left to take it")
-            return None
-        existing = [h for h in live if guest.name in h.names]
-        if existing:
-            host = existing[0]
-            if self.on_existing == "skip":
-                result.host = host.uri
-                self._set(result, Stage.SKIPPED, final=True, exists=True)
-                return None
-            if self.on_existing == "fail":
-                result.host = host.uri
-                self._fail(result, "define", f"a domain named {guest.name!r} already exists "
-                           f"on {host.uri} (on_existing='fail')")
-                return None
-            chosen: _Host | None = host   # replace it where it is
-        else:
-            sizes = [h.composed.get(guest.spec) if h.usable else None for h in self._hosts]
-            size = next((s for s in sizes if s is not None and s.text is not None), None)
-            if size is None:
-                errors = {s.error for s in sizes if s is not None and s.error}
-                self._fail(result, "compose", "; ".join(sorted(errors)) or "not composed")
-                return None
-            index = choose([h.capacity if h.usable else None for h in self._hosts],
-                           size.memory_kib, size.vcpus, self.placement)
-            if index is None:
-                free, most = max((h.capacity.free_kib, h.uri) for h in live
-                                 if h.capacity is not None)
-                self._fail(result, "place", f"no host has {size.memory_kib // 1024} MiB free "
-                           f"(most: {most}, {free // 1024} MiB)")
-                return None
-            chosen = self._hosts[index]
-        assert chosen is not None and chosen.capacity is not None
-        composed = chosen.composed[guest.spec]
-        if composed.text is not None:
-            chosen.capacity.take(composed.memory_kib, composed.vcpus)
-        result.host = chosen.uri
-        chosen.send.send_nowait(guest)
-        return chosen
-
     # -- the guests -----------------------------------------------------------------------------
-    async def _worker(self, host: _Host) -> None:
-        async for guest in host.receive:
-            result = self.results[self._by_name[guest.name]]
-            if host.lost:
-                self._replace([guest], host)
-                continue
-            await self._provision(host, guest, result)
-
-    async def _provision(self, host: _Host, guest: Guest, result: GuestResult) -> None:
+    async def _launch(self, host: _Host, launch: Launch) -> None:
+        """Carry out one ``Launch``: replace the namesake if asked, define, and start when
+        the plan says so, telling the plan each step."""
         conn = host.conn
         assert conn is not None
-        spec = self.specs[guest.spec]
+        g = launch.guest
+        guest = self.guests[g]
         composed = host.composed[guest.spec]
-        if composed.text is None:
-            self._fail(result, "compose", composed.error or "not composed")
-            return
         began = time.monotonic()
+        dom: Domain | None = None
         try:
-            if guest.name in host.names:       # on_existing == "replace"
-                if not await self._replace_existing(host, guest.name, result):
-                    return
-            self._set(result, Stage.DEFINING)
+            await anyio.lowlevel.checkpoint()   # a cancelled run launches nothing more
+            if launch.replace and not await self._replace_existing(host, g):
+                return
+            self._feed(self.plan.defining(g))
             with self._call_on(host):
                 dom = await conn.define_xml(composed.for_name(guest.name, self._placeholder))
-            result.uuid = dom.uuid
-            self._set(result, Stage.DEFINED, exists=True)
-            if not spec.start:
-                self._set(result, Stage.DEFINED, final=True)
+            if not self._then(self.plan.defined(g, dom.uuid), Start):
                 return
             await anyio.lowlevel.checkpoint()   # a cancelled run stops here: it stays defined
             started = host.waiters[dom.uuid] = anyio.Event()
-            self._set(result, Stage.STARTING)
+            self._feed(self.plan.starting(g))
             with self._call_on(host):
                 await dom.start()
+            self._feed(self.plan.start_returned(g))
             with anyio.move_on_after(self.start_timeout):
                 await started.wait()
+            host.waiters.pop(dom.uuid, None)
             if host.lost:
-                raise ConnectionClosed(f"host lost before {guest.name}'s STARTED event")
-            if not started.is_set():
-                host.waiters.pop(dom.uuid, None)
-                await self._start_failed(host, dom, result, "event", "its start call "
-                                         "returned, but no STARTED event came within "
-                                         f"{self.start_timeout:g} s")
-                return
-            self._set(result, Stage.STARTED, final=True)
+                return                          # the plan failed it with its host
+            if started.is_set():
+                self._feed(self.plan.started(g))
+            else:
+                await self._roll_back(host, dom, g,
+                                      self.plan.timed_out(g, self.start_timeout))
         except ConnectionClosed as exc:
-            if result.stage is Stage.DEFINING:
-                result.exists = None      # the define may or may not have happened
-            self._fail(result, _step(result.stage), f"host {host.uri} lost: {exc}")
             self._lose(host, exc)
         except LibvirtError as exc:
-            if result.stage is Stage.STARTING:
-                await self._start_failed(host, dom, result, "start", str(exc))
-            else:
-                self._fail(result, _step(result.stage), str(exc))
+            await self._roll_back(host, dom, g, self.plan.failed(g, str(exc)))
         except AiovirtError as exc:   # a protocol error: the reply was not understood
-            if result.stage in (Stage.DEFINING, Stage.STARTING):
-                result.exists = None if result.stage is Stage.DEFINING else True
-            self._fail(result, _step(result.stage), f"{type(exc).__name__}: {exc}")
-        except anyio.get_cancelled_exc_class():
-            if result.stage is Stage.STARTING and result.exists:
-                self._set(result, Stage.STARTED, final=True)   # its start call returned
-            elif result.stage is Stage.DEFINED:
-                self._set(result, Stage.DEFINED, final=True)
-            raise
+            self._feed(self.plan.failed(g, f"{type(exc).__name__}: {exc}", certain=False))
         finally:
-            result.seconds = time.monotonic() - began
+            self.results[g].seconds = time.monotonic() - began
+
+    async def _roll_back(self, host: _Host, dom: Domain | None, g: int,
+                         actions: Sequence[Action]) -> None:
+        """Undefine ``dom`` if the plan's ``actions`` say so, and tell the plan how it went."""
+        if not self._then(actions, RollBack):
+            return
+        assert dom is not None
+        try:
+            with self._call_on(host):
+                await undefine(dom)
+        except ConnectionClosed as exc:
+            self._lose(host, exc)
+        except AiovirtError as exc:
+            self._feed(self.plan.rolled_back(g, str(exc)))
+        else:
+            self._feed(self.plan.rolled_back(g))
 
     @contextlib.contextmanager
     def _call_on(self, host: _Host) -> Iterator[None]:
@@ -535,95 +455,28 @@ class Provisioning:
                 finally:
                     host.calls.discard(scope)
         if scope.cancelled_caught:
-            raise ConnectionClosed(f"host {host.uri} was lost: {host.summary.error}")
+            raise ConnectionClosed(f"host {host.uri} was lost: {host.error}")
 
-    async def _replace_existing(self, host: _Host, name: str, result: GuestResult) -> bool:
-        """Undefine the guest already called ``name`` so that ours takes its place.  Only a
-        guest aiovirt made (it carries provisioning metadata) is replaced: for any other the
-        guest fails, saying so, and False is returned."""
+    async def _replace_existing(self, host: _Host, g: int) -> bool:
+        """Undefine the guest already called like guest ``g`` so that ours takes its place.
+        Only a guest aiovirt made (it carries provisioning metadata) is replaced: for any
+        other the plan fails the guest, and False is returned."""
         assert host.conn is not None
         with self._call_on(host):
             try:
-                dom = await host.conn.lookup_domain(name=name)
+                dom = await host.conn.lookup_domain(name=self.guests[g].name)
                 try:
                     ours = isinstance(await dom.read_metadata(namespace=NAMESPACE), dict)
                 except XMLInputError:
                     ours = False
                 if not ours:
-                    result.host = host.uri
-                    self._fail(result, "define", f"a domain named {name!r} exists on "
-                               f"{host.uri} and aiovirt did not make it (no provisioning "
-                               "metadata): on_existing='replace' replaces only aiovirt's "
-                               "guests")
+                    self._feed(self.plan.not_ours(g))
                     return False
                 await undefine(dom)
             except NoSuchDomain:
                 pass
-        host.names.discard(name)
-        result.replaced = True
+        self._feed(self.plan.replaced(g))
         return True
-
-    async def _start_failed(self, host: _Host, dom: Domain, result: GuestResult, where: str,
-                            error: str) -> None:
-        if self.rollback:
-            try:
-                with self._call_on(host):
-                    await undefine(dom)
-            except AiovirtError as exc:
-                error += f"; rolling back failed too: {exc}"
-            else:
-                result.exists = False
-                result.rolled_back = True
-        self._fail(result, where, error)
-
-    # -- bookkeeping ----------------------------------------------------------------------------
-    def _set(self, result: GuestResult, stage: Stage, *, final: bool = False,
-             exists: bool | None = None) -> None:
-        if result.final:
-            return
-        self.progress.move(result.stage, stage, final=final)
-        result.stage = stage
-        result.final = final
-        if exists is not None:
-            result.exists = exists
-        if self.on_change is not None:
-            self.on_change(result)
-        if final and self._all_done():
-            self._close_queues()
-
-    def _fail(self, result: GuestResult, where: str, error: str) -> None:
-        if result.final:
-            return
-        result.error = error
-        result.failed_at = where
-        self._set(result, Stage.FAILED, final=True)
-
-    def _all_done(self) -> bool:
-        return self.progress.done == self.progress.total
-
-    def _close_queues(self) -> None:
-        """Everything has its outcome: let the workers and the event watchers end."""
-        for host in self._hosts:
-            host.send.close()
-            for waiter in host.waiters.values():
-                waiter.set()
-            if host.events_scope is not None:
-                host.events_scope.cancel()
-
-    def _finish_report(self) -> None:
-        for result in self.results:
-            if not result.final:
-                if result.stage is Stage.PENDING:
-                    self._set(result, Stage.CANCELLED, final=True)
-                else:   # mid-way when the run ended: say where, and that it exists
-                    self._fail(result, _step(result.stage), "the run was cancelled here")
-        self.report.cancelled = self._cancel_asked or self._cancelled_from_outside
-        self.report.seconds = time.monotonic() - self._started_at
-
-
-def _step(stage: Stage) -> str:
-    """The step a guest at ``stage`` was taking (for ``GuestResult.failed_at``)."""
-    return "start" if stage in (Stage.DEFINED, Stage.STARTING) else "define"
 
 
 async def provision(hosts: str | Connection | Sequence[str | Connection],

@@ -13,7 +13,7 @@ from lxml import etree
 
 from ..address import Tunables
 from ..errors import AiovirtError
-from ..xmlsafe import parse
+from ..xml.safe import parse
 
 __all__ = ["MAX_COUNT", "MAX_NAME_BYTES", "GuestSpec", "ProvisionError", "SpecError", "excerpt",
            "expand"]

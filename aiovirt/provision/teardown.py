@@ -14,8 +14,8 @@ from typing import Any
 
 import anyio
 
-from ..connection import Connection, connect
-from ..domain import Domain
+from ..api.connection import Connection, connect
+from ..api.domain import Domain
 from ..errors import AiovirtError, LibvirtError, NoSuchDomain
 from .report import Report, Stage
 from .run import NAMESPACE, undefine
@@ -169,7 +169,7 @@ async def teardown(hosts: str | Connection | Sequence[str | Connection] | None =
             conn = target if isinstance(target, Connection) else \
                 await stack.enter_async_context(connect(target))
             candidates = await conn.list_domains()
-        except (AiovirtError, OSError) as exc:
+        except AiovirtError as exc:
             out.unreachable[uri] = f"{type(exc).__name__}: {exc}"
             return
         if report is not None:

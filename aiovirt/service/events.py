@@ -23,9 +23,9 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ..connection import connect
+from ..api.connection import connect
 from ..errors import AiovirtError
-from ..events import DomainEventType, DomainLifecycleEvent
+from ..api.domain import DomainEventType, DomainLifecycleEvent
 from .http import Write, sse
 
 __all__ = ["EventHub", "Feed", "Listener", "lifecycle_data", "stream_lifecycle_events"]
@@ -161,7 +161,7 @@ class EventHub:
                             if isinstance(event, DomainLifecycleEvent):
                                 feed.publish((feed.host, sse(
                                     "lifecycle", lifecycle_data(feed.host, event))))
-                except (AiovirtError, OSError) as exc:
+                except AiovirtError as exc:
                     error = f"{type(exc).__name__}: {exc}"
                 except Exception as exc:   # a bug: end this feed, keep the service
                     log.exception("the event feed of %s failed", feed.host)

@@ -18,7 +18,7 @@ from ..compose import Library
 from ..errors import InvalidURI, XMLInputError
 from ..provision import GuestSpec, ProvisionError, Provisioning, SpecError
 from ..provision.spec import excerpt
-from ..uri import parse_uri
+from ..client.uri import parse_uri
 from .http import HTTPError, Request
 
 __all__ = ["ComposeInput", "HostPolicy", "JobInput", "TeardownInput", "compose_input",

@@ -24,7 +24,7 @@ from ..compose.library import SYSTEM_DIR, shipped_dir
 from ..compose.lint import lint
 from ..compose.profile import load_profiles, parse_profiles
 from ..errors import XMLInputError
-from ..xmlsafe import parse
+from ..xml.safe import parse
 
 __all__ = ["ProfileStore", "StoreError", "write_atomically"]
 

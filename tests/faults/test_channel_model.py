@@ -15,11 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aiovirt import ConnectionClosed
-from aiovirt.channel import Channel
+from aiovirt.client.channel import Channel
 from aiovirt.protocol import keepalive, remote
-from aiovirt.transport import Sink
-from aiovirt.wire import CALL, MESSAGE, OK, REPLY, FrameDecoder, encode_message
-from aiovirt.xdr import encode
+from aiovirt.client.transport import Sink
+from aiovirt.protocol.wire import CALL, MESSAGE, OK, REPLY, FrameDecoder, encode_message
+from aiovirt.protocol.xdr import encode
 
 LIBVER = remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_GET_LIB_VERSION]
 MAX_IN_FLIGHT = 3

@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 
 from aiovirt.errors import ProtocolError
 from aiovirt.protocol import keepalive, lxc, qemu, remote, virnet
-from aiovirt.wire import (CALL, ERROR, MESSAGE, OK, PROGRAMS, REPLY, STREAM, ClientProtocol,
+from aiovirt.protocol.wire import (CALL, ERROR, MESSAGE, OK, PROGRAMS, REPLY, STREAM, ClientProtocol,
                           FrameDecoder, encode_message)
-from aiovirt.xdr import XdrError, decode
+from aiovirt.protocol.xdr import XdrError, decode
 
 Decoder = Callable[[bytes, int], Any]
 

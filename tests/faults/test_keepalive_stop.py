@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 import aiovirt
-from aiovirt.daemon import PrivateDaemon
+from aiovirt.testing.daemon import PrivateDaemon
 from aiovirt.provision import GuestSpec, Provisioning, Stage
 
 KEEPALIVE = (0.5, 2)          # dead after (2 + 1) * 0.5 = 1.5 s without a word

@@ -17,11 +17,11 @@ import pytest
 
 import aiovirt
 from aiovirt.protocol import keepalive, qemu, remote
-from aiovirt.xdr import XdrError
-from aiovirt.wire import (CONTINUE, ERROR, MESSAGE, OK, REPLY, REPLY_WITH_FDS, STREAM,
+from aiovirt.protocol.xdr import XdrError
+from aiovirt.protocol.wire import (CONTINUE, ERROR, MESSAGE, OK, REPLY, REPLY_WITH_FDS, STREAM,
                           Message, encode_message)
 
-from ..fakepeer import fake_daemon, reply_to
+from aiovirt.testing.fakepeer import fake_daemon, reply_to
 
 LIBVER = remote.REMOTE_PROC_CONNECT_GET_LIB_VERSION
 FAIL_BOUND = 1.0     # seconds from the call to its failure (generous: a loaded CI machine)

@@ -27,7 +27,7 @@ import anyio
 import pytest
 
 import aiovirt
-from aiovirt.daemon import PrivateDaemon
+from aiovirt.testing.daemon import PrivateDaemon
 from aiovirt.protocol import remote
 from aiovirt.provision import GuestSpec, Provisioning, Stage
 from tests.test_cli import AIOVIRT

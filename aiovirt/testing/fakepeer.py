@@ -9,9 +9,9 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
-from aiovirt.protocol import remote
-from aiovirt.wire import OK, REPLY, FrameDecoder, Message, encode_message
-from aiovirt.xdr import encode
+from ..protocol import remote
+from ..protocol.wire import OK, REPLY, FrameDecoder, Message, encode_message
+from ..protocol.xdr import encode
 
 P = remote.PROCEDURES
 Handler = Callable[[anyio.abc.ByteStream, Message], Awaitable[bool]]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uuid as _uuid
 
-from .errors import NoSuchNetwork
-from .handle import ConnectionBase, UUIDHandle, uuid_bytes
-from .protocol.remote import NonnullNetwork
+from ..errors import NoSuchNetwork
+from .handle import ApiBase, ApiConnection, UUIDHandle, uuid_bytes
+from ..protocol.remote import NonnullNetwork
 
 __all__ = ["Network", "NetworkMethods"]
 
@@ -18,7 +18,7 @@ class Network(UUIDHandle):
     _ref: NonnullNetwork
     _repr_fields = ("name", "uuid")
 
-    def __init__(self, conn: ConnectionBase, ref: NonnullNetwork) -> None:
+    def __init__(self, conn: ApiConnection, ref: NonnullNetwork) -> None:
         super().__init__(conn, ref)
         self.name = ref.name
 
@@ -57,7 +57,7 @@ class Network(UUIDHandle):
         await self._conn.rpc.network_set_autostart(self._ref, int(enabled))
 
 
-class NetworkMethods(ConnectionBase):
+class NetworkMethods(ApiBase):
     """The connection's network methods (mixed into ``Connection``)."""
 
     async def define_network(self, xml: str, flags: int = 0) -> Network:

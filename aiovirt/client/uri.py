@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, quote, urlencode
 
-from .errors import InvalidURI
+from ..errors import InvalidURI
 
 __all__ = ["ConnectionURI", "parse_uri", "SUPPORTED_TRANSPORTS"]
 

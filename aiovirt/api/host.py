@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .domain import DomainMethods
-from .handle import ConnectionBase
+from .handle import ApiBase
 from .network import NetworkMethods
 from .nodedev import NodeDeviceMethods
 from .secret import SecretMethods
@@ -28,7 +28,7 @@ class NodeInfo:
     threads: int
 
 
-class HostMethods(ConnectionBase):
+class HostMethods(ApiBase):
     """Facts about the daemon and its host."""
 
     async def get_lib_version(self) -> int:

@@ -6,9 +6,9 @@ import uuid as _uuid
 from dataclasses import dataclass
 from enum import IntEnum
 
-from .errors import NoSuchStoragePool, NoSuchStorageVolume
-from .handle import ConnectionBase, Handle, UUIDHandle, enum_or_int, uuid_bytes
-from .protocol.remote import NonnullStoragePool, NonnullStorageVol
+from ..errors import NoSuchStoragePool, NoSuchStorageVolume
+from .handle import ApiBase, ApiConnection, Handle, UUIDHandle, enum_or_int, uuid_bytes
+from ..protocol.remote import NonnullStoragePool, NonnullStorageVol
 
 __all__ = ["StorageMethods", "StoragePool", "StoragePoolInfo", "StoragePoolState",
            "StorageVolume", "StorageVolumeInfo", "StorageVolumeType"]
@@ -61,7 +61,7 @@ class StoragePool(UUIDHandle):
     _ref: NonnullStoragePool
     _repr_fields = ("name", "uuid")
 
-    def __init__(self, conn: ConnectionBase, ref: NonnullStoragePool) -> None:
+    def __init__(self, conn: ApiConnection, ref: NonnullStoragePool) -> None:
         super().__init__(conn, ref)
         self.name = ref.name
 
@@ -137,7 +137,7 @@ class StorageVolume(Handle):
     _ref: NonnullStorageVol
     _repr_fields = ("pool", "name")
 
-    def __init__(self, conn: ConnectionBase, ref: NonnullStorageVol) -> None:
+    def __init__(self, conn: ApiConnection, ref: NonnullStorageVol) -> None:
         super().__init__(conn, ref)
         self.name = ref.name
         self.key = ref.key
@@ -170,7 +170,7 @@ class StorageVolume(Handle):
         await self._conn.rpc.storage_vol_resize(self._ref, capacity, flags)
 
 
-class StorageMethods(ConnectionBase):
+class StorageMethods(ApiBase):
     """The connection's storage methods (mixed into ``Connection``)."""
 
     async def define_storage_pool(self, xml: str, flags: int = 0) -> StoragePool:

@@ -13,8 +13,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import LibvirtError, ProtocolError, error_from_remote
-from .protocol import keepalive, lxc, qemu, remote, virnet
+from ..errors import EncodeError, LibvirtError, ProtocolError, error_from_remote
+from . import keepalive, lxc, qemu, remote, virnet
 from .xdr import ProcedureInfo, XdrError, decode
 
 __all__ = [
@@ -62,7 +62,7 @@ def encode_message(program: int, procedure: int, type_: int, serial: int, status
     """Frame one packet (used for calls, keepalive and by test peers)."""
     length = PREFIX_SIZE + len(payload)
     if length > MAX_MESSAGE:
-        raise ProtocolError(f"message of {length} bytes exceeds the limit of {MAX_MESSAGE}")
+        raise EncodeError(f"message of {length} bytes exceeds the limit of {MAX_MESSAGE}")
     return _PREFIX.pack(length, program, version, procedure, type_, serial, status) + payload
 
 
@@ -169,8 +169,8 @@ class ClientProtocol:
     def call(self, procedure: ProcedureInfo, args: Any = None) -> tuple[int, bytes | None]:
         """Frame a call; returns its serial and the packet to send now, or None if it queued.
 
-        Raises ``XdrError`` (or ``TypeError``) for arguments that cannot be encoded; nothing
-        is then pending or queued."""
+        Raises ``EncodeError`` (or ``TypeError``) for arguments that cannot be encoded;
+        nothing is then pending or queued."""
         buf = bytearray(PREFIX_SIZE)
         if procedure.encode_args is not None:
             if args is None:
@@ -179,14 +179,14 @@ class ClientProtocol:
             try:
                 procedure.encode_args(buf, args)
             except XdrError as exc:
-                raise XdrError(f"{procedure.name}: {exc}") from None
+                raise EncodeError(f"{procedure.name}: {exc}") from None
             except (struct.error, AttributeError, TypeError, UnicodeError) as exc:
-                raise XdrError(f"{procedure.name}: cannot encode {args!r:.200}: "
-                               f"{exc}") from None
+                raise EncodeError(f"{procedure.name}: cannot encode {args!r:.200}: "
+                                  f"{exc}") from None
         length = len(buf)
         if length > MAX_MESSAGE:
-            raise XdrError(f"{procedure.name}: message of {length} bytes exceeds the limit "
-                           f"of {MAX_MESSAGE}")
+            raise EncodeError(f"{procedure.name}: message of {length} bytes exceeds the "
+                              f"limit of {MAX_MESSAGE}")
         self._serial = serial = (self._serial + 1) & 0xFFFFFFFF or 1
         _PREFIX.pack_into(buf, 0, length, procedure.program, _VERSIONS[procedure.program],
                           procedure.number, CALL, serial, OK)

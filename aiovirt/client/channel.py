@@ -7,18 +7,18 @@ incoming bytes to the channel, which routes replies by serial and events to the 
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Generator
 from typing import Any
 
 import anyio
 
-from .errors import AuthenticationError, ConnectionClosed, ProtocolError
-from .protocol import remote
+from ..errors import AuthenticationError, ConnectionClosed, ProtocolError
+from ..protocol import remote
+from ..protocol.wire import ClientProtocol, EventMessage, KeepaliveMessage, Reply
+from ..protocol.xdr import ProcedureInfo
+from .backend import asyncio_loop
 from .transport import Transport
-from .wire import ClientProtocol, EventMessage, KeepaliveMessage, Reply
-from .xdr import ProcedureInfo
 
 __all__ = ["Channel"]
 
@@ -60,10 +60,8 @@ class _EventWaiter:
 
 
 def _waiter_factory() -> Callable[[], Any]:
-    try:
-        return asyncio.get_running_loop().create_future
-    except RuntimeError:
-        return _EventWaiter
+    loop = asyncio_loop()
+    return loop.create_future if loop is not None else _EventWaiter
 
 
 class Channel:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid as _uuid
 from enum import IntEnum
 
-from .errors import NoSuchSecret
-from .handle import ConnectionBase, UUIDHandle, enum_or_int, uuid_bytes
-from .protocol.remote import NonnullSecret
+from ..errors import NoSuchSecret
+from .handle import ApiBase, ApiConnection, UUIDHandle, enum_or_int, uuid_bytes
+from ..protocol.remote import NonnullSecret
 
 __all__ = ["Secret", "SecretMethods", "SecretUsageType"]
 
@@ -31,7 +31,7 @@ class Secret(UUIDHandle):
     _ref: NonnullSecret
     _repr_fields = ("uuid", "usage_type", "usage_id")
 
-    def __init__(self, conn: ConnectionBase, ref: NonnullSecret) -> None:
+    def __init__(self, conn: ApiConnection, ref: NonnullSecret) -> None:
         super().__init__(conn, ref)
         self.usage_type: SecretUsageType | int = enum_or_int(SecretUsageType, ref.usageType)
         self.usage_id: str = ref.usageID
@@ -54,7 +54,7 @@ class Secret(UUIDHandle):
     delete = undefine
 
 
-class SecretMethods(ConnectionBase):
+class SecretMethods(ApiBase):
     """The connection's secret methods (mixed into ``Connection``)."""
 
     async def define_secret(self, xml: str, flags: int = 0) -> Secret:

@@ -25,7 +25,7 @@ from typing import Any
 
 from lxml import etree
 
-from .xmlsafe import parse, to_string
+from .safe import parse, to_string
 
 __all__ = ["dumps", "from_element", "loads", "read", "same", "to_element", "write"]
 

@@ -1,4 +1,5 @@
-"""Thin transports: move bytes between a socket and a channel, nothing more.
+"""Thin transports: move bytes between a socket and a channel, nothing more (``dialers``
+makes them).
 
 A transport pushes what it reads into its *sink* (``feed``, ``lost``) and writes without
 waiting.  Under asyncio it is an ``asyncio.Protocol`` (no reader task, no per-read
@@ -16,17 +17,11 @@ from typing import Any, Protocol
 import anyio
 import anyio.abc
 
-from .errors import AiovirtError
-from .uri import ConnectionURI
 
-__all__ = ["ConnectionFailed", "Sink", "Transport", "open_transport"]
+__all__ = ["AnyioTransport", "AsyncioTransport", "Sink", "Spawn", "Transport"]
 
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]], str], None]
 _BROKEN = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
-
-
-class ConnectionFailed(AiovirtError, OSError):
-    """The daemon could not be reached; the message names the socket or address tried."""
 
 
 class Sink(Protocol):
@@ -48,7 +43,7 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
-class _AsyncioTransport(asyncio.Protocol):
+class AsyncioTransport(asyncio.Protocol):
     """asyncio's own callbacks: ``data_received`` feeds the sink directly."""
 
     def __init__(self) -> None:
@@ -111,7 +106,7 @@ class _AsyncioTransport(asyncio.Protocol):
             self._transport.close()
 
 
-class _AnyioTransport:
+class AnyioTransport:
     """Any anyio backend: a reader task feeds the sink, a writer task coalesces writes."""
 
     def __init__(self, stream: anyio.abc.ByteStream, spawn: Spawn) -> None:
@@ -163,43 +158,3 @@ class _AnyioTransport:
                 await self._stream.aclose()
 
         self._spawn(close, "aiovirt close")
-
-
-def _on_asyncio() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
-async def open_transport(uri: ConnectionURI, spawn: Spawn, *,
-                         native: bool = True) -> Transport:
-    """Connect to the daemon for ``uri``; ``ConnectionFailed`` names where it tried.
-
-    ``native`` uses asyncio's protocol callbacks when running on asyncio; False forces the
-    generic anyio stream path (what other backends use).
-    """
-    if uri.transport not in ("unix", "tcp"):
-        raise ConnectionFailed(f"{uri.uri!r}: the {uri.transport} transport is not supported "
-                               "yet (supported: unix, tcp)")
-    where = uri.socket if uri.transport == "unix" else "{}:{}".format(*uri.address)
-    try:
-        if native and _on_asyncio():
-            loop = asyncio.get_running_loop()
-            if uri.transport == "unix":
-                _, protocol = await loop.create_unix_connection(_AsyncioTransport, uri.socket)
-            else:
-                host, port = uri.address
-                _, protocol = await loop.create_connection(_AsyncioTransport, host, port)
-            return protocol
-        stream: anyio.abc.ByteStream
-        if uri.transport == "unix":
-            stream = await anyio.connect_unix(str(uri.socket))
-        else:
-            stream = await anyio.connect_tcp(*uri.address)
-        return _AnyioTransport(stream, spawn)
-    except OSError as exc:
-        kind = "UNIX socket " if uri.transport == "unix" else ""
-        raise ConnectionFailed(f"cannot connect to {kind}{where}: "
-                               f"{exc.strerror or exc}") from exc

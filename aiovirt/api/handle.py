@@ -1,38 +1,52 @@
-"""What the object API is built on: the connection interface handles need, and ``Handle``."""
+"""What the object API is built on: the connection interface handles need (a ``Protocol``),
+the mixins' base, and ``Handle``."""
 
 from __future__ import annotations
 
 import uuid as _uuid
 from enum import IntEnum
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from .protocol.remote import RemoteCalls
-from .xdr import ProcedureInfo
+from ..client.events import Registration, SubscriptionHost
+from ..protocol.remote import RemoteCalls
+from ..protocol.xdr import ProcedureInfo
 
-__all__ = ["ConnectionBase", "Handle", "UUIDHandle", "enum_or_int", "uuid_bytes", "uuid_text"]
+__all__ = ["ApiBase", "ApiConnection", "Handle", "UUIDHandle", "enum_or_int", "uuid_bytes",
+           "uuid_text"]
 
 
-class ConnectionBase:
-    """The part of ``Connection`` that object handles and mixins use."""
+class ApiConnection(SubscriptionHost, Protocol):
+    """What handles and the object API need of a connection: typed calls (``rpc``), raw
+    calls and event subscriptions.  ``aiovirt.Connection`` is one."""
 
     rpc: RemoteCalls
 
     async def call(self, procedure: ProcedureInfo, args: Any = None, *,
-                   lane: bool | None = None) -> Any:
-        raise NotImplementedError
+                   lane: bool | None = None) -> Any: ...
 
-    @property
-    def is_alive(self) -> bool:
-        raise NotImplementedError
 
-    def _registration(self, key: tuple[Any, ...]) -> Any:
-        raise NotImplementedError
+class ApiBase:
+    """Base of the object API's connection mixins (``HostMethods``, ``DomainMethods``...):
+    it defines nothing, it only tells type checkers that ``self`` is an ``ApiConnection``
+    (the class they are mixed into with the RPC connection provides it)."""
 
-    def _add_subscription(self, family: str, callback_id: int, subscription: Any) -> None:
-        raise NotImplementedError
+    __slots__ = ()
 
-    def _remove_subscription(self, family: str, callback_id: int) -> None:
-        raise NotImplementedError
+    if TYPE_CHECKING:
+        rpc: RemoteCalls
+
+        async def call(self, procedure: ProcedureInfo, args: Any = None, *,
+                       lane: bool | None = None) -> Any: ...
+
+        @property
+        def is_alive(self) -> bool: ...
+
+        def _registration(self, key: tuple[Any, ...]) -> Registration: ...
+
+        def _add_subscription(self, family: str, callback_id: int,
+                              subscription: Registration) -> None: ...
+
+        def _remove_subscription(self, family: str, callback_id: int) -> None: ...
 
 
 class Handle:
@@ -42,7 +56,7 @@ class Handle:
 
     __slots__ = ("_conn", "_ref")
 
-    def __init__(self, conn: ConnectionBase, ref: Any) -> None:
+    def __init__(self, conn: ApiConnection, ref: Any) -> None:
         self._conn = conn
         self._ref = ref
 

@@ -14,86 +14,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from enum import IntEnum
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
 
-if TYPE_CHECKING:
-    from .domain import Domain
-    from .handle import ConnectionBase
-
-__all__ = [
-    "DomainEvent", "DomainEventID", "DomainEventType", "DomainLifecycleEvent",
-    "EventSubscription", "Registration", "event_family",
-]
+__all__ = ["EventSubscription", "Registration", "SubscriptionHost", "event_family"]
 
 T = TypeVar("T")
 
 
-class DomainEventID(IntEnum):
-    """Which domain events to subscribe to (``VIR_DOMAIN_EVENT_ID_*``)."""
+class SubscriptionHost(Protocol):
+    """What a subscription needs of its connection: the shared registrations, the routing
+    table from callback ids to them, and whether the connection still lives."""
 
-    LIFECYCLE = 0
-    REBOOT = 1
-    RTC_CHANGE = 2
-    WATCHDOG = 3
-    IO_ERROR = 4
-    GRAPHICS = 5
-    IO_ERROR_REASON = 6
-    CONTROL_ERROR = 7
-    BLOCK_JOB = 8
-    DISK_CHANGE = 9
-    TRAY_CHANGE = 10
-    PMWAKEUP = 11
-    PMSUSPEND = 12
-    BALLOON_CHANGE = 13
-    PMSUSPEND_DISK = 14
-    DEVICE_REMOVED = 15
-    BLOCK_JOB_2 = 16
-    TUNABLE = 17
-    AGENT_LIFECYCLE = 18
-    DEVICE_ADDED = 19
-    MIGRATION_ITERATION = 20
-    JOB_COMPLETED = 21
-    DEVICE_REMOVAL_FAILED = 22
-    METADATA_CHANGE = 23
-    BLOCK_THRESHOLD = 24
-    MEMORY_FAILURE = 25
-    MEMORY_DEVICE_SIZE_CHANGE = 26
+    @property
+    def is_alive(self) -> bool: ...
 
+    def _registration(self, key: tuple[Any, ...]) -> Registration: ...
 
-class DomainEventType(IntEnum):
-    """What happened to a domain (``VIR_DOMAIN_EVENT_*``)."""
+    def _add_subscription(self, family: str, callback_id: int,
+                          subscription: Registration) -> None: ...
 
-    DEFINED = 0
-    UNDEFINED = 1
-    STARTED = 2
-    SUSPENDED = 3
-    RESUMED = 4
-    STOPPED = 5
-    SHUTDOWN = 6
-    PMSUSPENDED = 7
-    CRASHED = 8
-
-
-@dataclass(frozen=True, slots=True)
-class DomainLifecycleEvent:
-    """A domain was defined, started, stopped...; ``detail`` is the event's detail code."""
-
-    domain: Domain
-    event: DomainEventType | int
-    detail: int
-
-
-@dataclass(frozen=True, slots=True)
-class DomainEvent:
-    """Any other domain event: ``body`` is the decoded message of its kind."""
-
-    domain: Domain
-    id: DomainEventID | int
-    body: Any
+    def _remove_subscription(self, family: str, callback_id: int) -> None: ...
 
 
 _FAMILIES = (("domain_monitor_event", "qemu_monitor"), ("domain_event", "domain"),
@@ -138,7 +80,7 @@ class EventSubscription(Generic[T]):
     connection share the daemon-side callback.
     """
 
-    def __init__(self, conn: ConnectionBase, family: str, key: tuple[Any, ...],
+    def __init__(self, conn: SubscriptionHost, family: str, key: tuple[Any, ...],
                  register: Callable[[], Awaitable[int]],
                  deregister: Callable[[int], Awaitable[None]],
                  convert: Callable[[Any], T]) -> None:

@@ -11,9 +11,9 @@ import dataclasses
 import struct
 from typing import Any
 
-from .protocol import remote
-from .protocol.remote import NonnullDomain, TypedParam, TypedParamValue
-from .xdr import ProcedureInfo, XdrError
+from ..protocol import remote
+from ..protocol.remote import NonnullDomain, TypedParam, TypedParamValue
+from ..protocol.xdr import ProcedureInfo, XdrError
 
 __all__ = ["INT", "UINT", "LLONG", "ULLONG", "DOUBLE", "BOOLEAN", "STRING", "DOMAIN_STATS",
            "decode_domain_stats", "from_dict", "to_dict"]

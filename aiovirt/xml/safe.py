@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lxml import etree
 
-from .errors import XMLInputError
+from ..errors import XMLInputError
 
 __all__ = ["XMLInputError", "parse", "parse_file", "strip_indentation", "to_string"]
 

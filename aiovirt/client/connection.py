@@ -1,4 +1,4 @@
-"""``Connection``: calls, lanes, events and lifetime over one or more sockets to a daemon.
+"""``RpcConnection``: calls, lanes, events and lifetime over one or more sockets to a daemon.
 
 Quick calls share the main socket; procedures that can keep libvirtd busy for long (starting,
 stopping, saving, migrating guests...) go to extra sockets, the *lanes*, opened on demand, so a
@@ -12,22 +12,22 @@ import asyncio
 import contextlib
 import math
 from collections.abc import Callable, Coroutine, Generator
-from typing import Any
+from typing import Any, Generic, Self, TypeVar
 
 import anyio
 import anyio.abc
 
+from ..errors import AiovirtError, ConnectionClosed
+from ..protocol import lxc, qemu, remote
+from ..protocol.wire import EventMessage
+from ..protocol.xdr import ProcedureInfo
+from .backend import asyncio_loop
 from .channel import Channel
-from .errors import AiovirtError, ConnectionClosed
+from .dialers import dial
 from .events import Registration, event_family
-from .protocol import lxc, qemu, remote
-from .transport import open_transport
 from .uri import ConnectionURI, parse_uri
-from .wire import EventMessage
-from .xdr import ProcedureInfo
-from .objects import ConnectionObjects
 
-__all__ = ["Connection", "connect", "SLOW_PROCEDURES"]
+__all__ = ["RpcConnection", "SLOW_PROCEDURES", "connect"]
 
 # Procedures that may hold a libvirtd worker for long (they talk to QEMU's monitor, wait for a
 # guest, or move data).  They run on the lanes.
@@ -60,7 +60,9 @@ class _Tasks:
         if self._group is not None:
             self._group.start_soon(fn, name=name)
             return
-        task = asyncio.get_running_loop().create_task(fn(), name=name)
+        loop = asyncio_loop()
+        assert loop is not None   # without a task group, connections live on asyncio only
+        task = loop.create_task(fn(), name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -75,11 +77,12 @@ class _Tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-class Connection(ConnectionObjects):
+class RpcConnection:
     """An open connection to a libvirt daemon.
 
     ``rpc`` reaches every REMOTE procedure as a typed coroutine (``qemu_rpc`` and ``lxc_rpc``
-    the QEMU and LXC ones); the methods inherited from ``ConnectionObjects`` are the object API.
+    the QEMU and LXC ones).  It knows nothing of the object API: ``aiovirt.Connection`` joins the
+two.
     """
 
     def __init__(self, uri: ConnectionURI, *, max_in_flight: int, lanes: int,
@@ -118,7 +121,7 @@ class Connection(ConnectionObjects):
         window and fails at once if the main socket dies meanwhile (a stopped daemon would
         otherwise hold every caller waiting for that lane)."""
         assert self._tasks is not None
-        transport = await open_transport(self.uri, self._tasks.start, native=self.native)
+        transport = await dial(self.uri, self._tasks.start, native=self.native)
         channel = Channel(transport, max_in_flight=self.max_in_flight, on_event=self._dispatch,
                           name=name,
                           on_closed=self._main_lost if name == "main" else None)
@@ -186,7 +189,7 @@ class Connection(ConnectionObjects):
         if self._tasks is not None:
             await self._tasks.aclose()
 
-    async def __aenter__(self) -> Connection:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -313,7 +316,10 @@ class Connection(ConnectionObjects):
         return [c for c in [self._main, *self._lanes] if c is not None]
 
 
-class connect:  # noqa: N801 - reads as a function: ``await connect(uri)`` / ``async with``
+C = TypeVar("C", bound=RpcConnection)
+
+
+class connect(Generic[C]):  # noqa: N801 - reads as a function: ``await connect(uri)`` / ``async with``
     """Open a connection to ``uri``: ``conn = await connect(uri)`` or ``async with connect(uri)``.
 
     ``max_in_flight``: calls in progress per socket (libvirtd's ``max_client_requests``,
@@ -321,7 +327,11 @@ class connect:  # noqa: N801 - reads as a function: ``await connect(uri)`` / ``a
     ``keepalive``: (interval seconds, missed intervals) before the server is declared dead,
     or None.  ``readonly`` opens a read-only connection.  ``native_transport=False`` uses
     anyio's generic streams even on asyncio (other backends always do).
+    ``connection_class`` is what gets opened: here the bare RPC connection;
+    ``aiovirt.connect`` opens an ``aiovirt.Connection`` (with the object API).
     """
+
+    connection_class: type[C] = RpcConnection  # type: ignore[assignment]
 
     def __init__(self, uri: str, *, max_in_flight: int = 5, lanes: int = 4,
                  keepalive: tuple[float, int] | None = (5.0, 5), readonly: bool = False,
@@ -331,21 +341,18 @@ class connect:  # noqa: N801 - reads as a function: ``await connect(uri)`` / ``a
             raise ValueError("max_in_flight must be at least 1")
         if lanes < 0:
             raise ValueError("lanes must be 0 or more")
-        self._connection = Connection(parse_uri(uri), max_in_flight=max_in_flight,
-                                      lanes=lanes, keepalive=keepalive, readonly=readonly,
-                                      slow_procedures=slow_procedures,
-                                      native=native_transport)
+        self._connection: C = self.connection_class(
+            parse_uri(uri), max_in_flight=max_in_flight, lanes=lanes, keepalive=keepalive,
+            readonly=readonly, slow_procedures=slow_procedures, native=native_transport)
         self._group: anyio.abc.TaskGroup | None = None
 
-    def __await__(self) -> Generator[Any, None, Connection]:
+    def __await__(self) -> Generator[Any, None, C]:
         return self._open_detached().__await__()
 
-    async def _open_detached(self) -> Connection:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
+    async def _open_detached(self) -> C:
+        if asyncio_loop() is None:
             raise RuntimeError("`conn = await connect(...)` needs asyncio; under other event "
-                               "loops use `async with connect(...) as conn`") from None
+                               "loops use `async with connect(...) as conn`")
         tasks = _Tasks(None)
         try:
             await self._connection._open(tasks)
@@ -354,7 +361,7 @@ class connect:  # noqa: N801 - reads as a function: ``await connect(uri)`` / ``a
             raise
         return self._connection
 
-    async def __aenter__(self) -> Connection:
+    async def __aenter__(self) -> C:
         self._group = anyio.create_task_group()
         await self._group.__aenter__()
         try:

@@ -7,15 +7,15 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from . import metadata as metadata_codec
-from .errors import NoSuchDomain, NoSuchMetadata
-from .events import (DomainEvent, DomainEventID, DomainEventType, DomainLifecycleEvent,
-                     EventSubscription)
-from .handle import ConnectionBase, UUIDHandle, enum_or_int, uuid_bytes
-from .protocol.remote import ConnectGetAllDomainStatsArgs, NonnullDomain
+from ..client.events import EventSubscription
+from ..errors import NoSuchDomain, NoSuchMetadata
+from ..protocol.remote import ConnectGetAllDomainStatsArgs, NonnullDomain
+from ..xml import metadata as metadata_codec
+from .handle import ApiBase, ApiConnection, UUIDHandle, enum_or_int, uuid_bytes
 from .typedparams import DOMAIN_STATS
 
-__all__ = ["Domain", "DomainInfo", "DomainMethods", "DomainState", "MetadataType"]
+__all__ = ["Domain", "DomainEvent", "DomainEventID", "DomainEventType", "DomainInfo",
+           "DomainLifecycleEvent", "DomainMethods", "DomainState", "MetadataType"]
 
 
 class DomainState(IntEnum):
@@ -50,6 +50,70 @@ class DomainInfo:
     cpu_time: int
 
 
+class DomainEventID(IntEnum):
+    """Which domain events to subscribe to (``VIR_DOMAIN_EVENT_ID_*``)."""
+
+    LIFECYCLE = 0
+    REBOOT = 1
+    RTC_CHANGE = 2
+    WATCHDOG = 3
+    IO_ERROR = 4
+    GRAPHICS = 5
+    IO_ERROR_REASON = 6
+    CONTROL_ERROR = 7
+    BLOCK_JOB = 8
+    DISK_CHANGE = 9
+    TRAY_CHANGE = 10
+    PMWAKEUP = 11
+    PMSUSPEND = 12
+    BALLOON_CHANGE = 13
+    PMSUSPEND_DISK = 14
+    DEVICE_REMOVED = 15
+    BLOCK_JOB_2 = 16
+    TUNABLE = 17
+    AGENT_LIFECYCLE = 18
+    DEVICE_ADDED = 19
+    MIGRATION_ITERATION = 20
+    JOB_COMPLETED = 21
+    DEVICE_REMOVAL_FAILED = 22
+    METADATA_CHANGE = 23
+    BLOCK_THRESHOLD = 24
+    MEMORY_FAILURE = 25
+    MEMORY_DEVICE_SIZE_CHANGE = 26
+
+
+class DomainEventType(IntEnum):
+    """What happened to a domain (``VIR_DOMAIN_EVENT_*``)."""
+
+    DEFINED = 0
+    UNDEFINED = 1
+    STARTED = 2
+    SUSPENDED = 3
+    RESUMED = 4
+    STOPPED = 5
+    SHUTDOWN = 6
+    PMSUSPENDED = 7
+    CRASHED = 8
+
+
+@dataclass(frozen=True, slots=True)
+class DomainLifecycleEvent:
+    """A domain was defined, started, stopped...; ``detail`` is the event's detail code."""
+
+    domain: Domain
+    event: DomainEventType | int
+    detail: int
+
+
+@dataclass(frozen=True, slots=True)
+class DomainEvent:
+    """Any other domain event: ``body`` is the decoded message of its kind."""
+
+    domain: Domain
+    id: DomainEventID | int
+    body: Any
+
+
 class Domain(UUIDHandle):
     """A handle on one domain.  ``name``, ``uuid`` (str) and ``id`` (-1 when inactive) are
     plain attributes, refreshed by calls that return the domain again (``start``)."""
@@ -58,7 +122,7 @@ class Domain(UUIDHandle):
     _ref: NonnullDomain
     _repr_fields = ("name", "uuid", "id")
 
-    def __init__(self, conn: ConnectionBase, ref: NonnullDomain) -> None:
+    def __init__(self, conn: ApiConnection, ref: NonnullDomain) -> None:
         self._conn = conn  # Handle.__init__ inlined: all_domain_stats makes thousands
         self._ref = ref
         self.name: str = ref.name
@@ -154,7 +218,7 @@ class Domain(UUIDHandle):
         await self._conn.rpc.domain_detach_device_flags(self._ref, xml, flags)
 
 
-class DomainMethods(ConnectionBase):
+class DomainMethods(ApiBase):
     """The connection's domain methods (mixed into ``Connection``)."""
 
     async def define_xml(self, xml: str, flags: int = 0) -> Domain:

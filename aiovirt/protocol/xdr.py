@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 from collections.abc import Callable
 
-from .errors import ProtocolError
+from ..errors import EncodeError, ProtocolError
 
 __all__ = ["ProcedureInfo", "XdrError", "decode", "encode"]
 
@@ -45,14 +45,15 @@ class ProcedureInfo:
 
 
 def encode(encoder: Encoder, value: Any, what: str) -> bytes:
-    """Encode one value, turning a wrong Python value into an ``XdrError`` naming ``what``."""
+    """Encode one value, turning a wrong Python value into an ``EncodeError`` naming
+    ``what``."""
     buf = bytearray()
     try:
         encoder(buf, value)
-    except XdrError:
-        raise
+    except XdrError as exc:
+        raise EncodeError(f"{what}: {exc}") from None
     except (struct.error, AttributeError, TypeError, UnicodeError) as exc:
-        raise XdrError(f"{what}: cannot encode {value!r}: {exc}") from None
+        raise EncodeError(f"{what}: cannot encode {value!r:.200}: {exc}") from None
     return bytes(buf)
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .errors import NoSuchNodeDevice
-from .handle import ConnectionBase, Handle
-from .protocol.remote import NonnullNodeDevice
+from ..errors import NoSuchNodeDevice
+from .handle import ApiBase, ApiConnection, Handle
+from ..protocol.remote import NonnullNodeDevice
 
 __all__ = ["NodeDevice", "NodeDeviceMethods"]
 
@@ -16,7 +16,7 @@ class NodeDevice(Handle):
     _ref: NonnullNodeDevice
     _repr_fields = ("name",)
 
-    def __init__(self, conn: ConnectionBase, ref: NonnullNodeDevice) -> None:
+    def __init__(self, conn: ApiConnection, ref: NonnullNodeDevice) -> None:
         super().__init__(conn, ref)
         self.name = ref.name
 
@@ -54,7 +54,7 @@ class NodeDevice(Handle):
         return bool((await self._conn.rpc.node_device_is_active(self.name)).active)
 
 
-class NodeDeviceMethods(ConnectionBase):
+class NodeDeviceMethods(ApiBase):
     """The connection's node-device methods (mixed into ``Connection``)."""
 
     async def list_node_devices(self, flags: int = 0) -> list[NodeDevice]:
