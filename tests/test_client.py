@@ -329,3 +329,29 @@ async def test_lanes_open_on_demand_for_slow_calls(daemon):
         assert len(conn.channels) == 1
         await dom.destroy()
         await dom.undefine()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_daemon_in_memory_through_the_dialer_seam(backend):
+    """``connect(dialer=memory_dialer(...))``: the whole client (handshake, calls, lanes,
+    close) against a scripted peer over socketpairs, no listening socket at all."""
+    from aiovirt.testing.fakepeer import memory_dialer, reply_to
+
+    seen: list[int] = []
+
+    async def answer(stream, msg) -> bool:
+        seen.append(msg.procedure)
+        if msg.procedure == remote.REMOTE_PROC_CONNECT_GET_LIB_VERSION:
+            await stream.send(reply_to(msg, remote.ConnectGetLibVersionRet(8_123_456)))
+            return True
+        return False
+
+    async def main() -> int:
+        async with aiovirt.connect("test:///default", dialer=memory_dialer(answer)) as conn:
+            libver = remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_GET_LIB_VERSION]
+            assert await conn.get_lib_version() == 8_123_456
+            assert (await conn.call(libver, lane=True)).lib_ver == 8_123_456
+            return len(conn.channels)
+
+    sockets = anyio.run(main, backend=backend)   # bounded by the suite's per-test timeout
+    assert sockets == 2 and seen == [remote.REMOTE_PROC_CONNECT_GET_LIB_VERSION] * 2

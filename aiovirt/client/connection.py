@@ -23,7 +23,7 @@ from ..protocol.wire import EventMessage
 from ..protocol.xdr import ProcedureInfo
 from .backend import asyncio_loop
 from .channel import Channel
-from .dialers import dial
+from .dialers import Dialer, dial
 from .events import Registration, event_family
 from .uri import ConnectionURI, parse_uri
 
@@ -87,9 +87,11 @@ two.
 
     def __init__(self, uri: ConnectionURI, *, max_in_flight: int, lanes: int,
                  keepalive: tuple[float, int] | None, readonly: bool,
-                 slow_procedures: frozenset[str], native: bool = True) -> None:
+                 slow_procedures: frozenset[str], native: bool = True,
+                 dialer: Dialer = dial) -> None:
         self.uri = uri
         self.native = native
+        self.dialer = dialer
         self.max_in_flight = max_in_flight
         # The test driver with a node file gives every socket its own private state: a lane
         # would not see the main socket's objects, so such connections use one socket.
@@ -121,7 +123,7 @@ two.
         window and fails at once if the main socket dies meanwhile (a stopped daemon would
         otherwise hold every caller waiting for that lane)."""
         assert self._tasks is not None
-        transport = await dial(self.uri, self._tasks.start, native=self.native)
+        transport = await self.dialer(self.uri, self._tasks.start, self.native)
         channel = Channel(transport, max_in_flight=self.max_in_flight, on_event=self._dispatch,
                           name=name,
                           on_closed=self._main_lost if name == "main" else None)
@@ -327,6 +329,8 @@ class connect(Generic[C]):  # noqa: N801 - reads as a function: ``await connect(
     ``keepalive``: (interval seconds, missed intervals) before the server is declared dead,
     or None.  ``readonly`` opens a read-only connection.  ``native_transport=False`` uses
     anyio's generic streams even on asyncio (other backends always do).
+    ``dialer`` replaces how sockets are made (default: by the URI's transport, see
+    ``aiovirt.client.dialers``; ``aiovirt.testing.fakepeer.memory_dialer`` for tests).
     ``connection_class`` is what gets opened: here the bare RPC connection;
     ``aiovirt.connect`` opens an ``aiovirt.Connection`` (with the object API).
     """
@@ -336,14 +340,15 @@ class connect(Generic[C]):  # noqa: N801 - reads as a function: ``await connect(
     def __init__(self, uri: str, *, max_in_flight: int = 5, lanes: int = 4,
                  keepalive: tuple[float, int] | None = (5.0, 5), readonly: bool = False,
                  slow_procedures: frozenset[str] = SLOW_PROCEDURES,
-                 native_transport: bool = True) -> None:
+                 native_transport: bool = True, dialer: Dialer | None = None) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         if lanes < 0:
             raise ValueError("lanes must be 0 or more")
         self._connection: C = self.connection_class(
             parse_uri(uri), max_in_flight=max_in_flight, lanes=lanes, keepalive=keepalive,
-            readonly=readonly, slow_procedures=slow_procedures, native=native_transport)
+            readonly=readonly, slow_procedures=slow_procedures, native=native_transport,
+            dialer=dialer or dial)
         self._group: anyio.abc.TaskGroup | None = None
 
     def __await__(self) -> Generator[Any, None, C]:

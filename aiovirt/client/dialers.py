@@ -3,8 +3,9 @@
 A dialer connects to the daemon a ``ConnectionURI`` names and returns a ``Transport``: under
 asyncio (unless ``native`` is False) one driven by protocol callbacks, otherwise one over an
 anyio byte stream.  Failures are ``ConnectionFailed`` naming where it tried.  New transports
-(TLS, SSH, a command) add a row to ``DIALERS``; ``register_dialer`` adds one from outside
-(``aiovirt.testing.fakepeer`` uses it for daemons in memory).
+(TLS, SSH, a command) add a row to ``DIALERS``; ``register_dialer`` adds one from outside,
+and ``connect(uri, dialer=...)`` replaces the table for one connection
+(``aiovirt.testing.fakepeer.memory_dialer`` serves a fake daemon in memory that way).
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def register_dialer(transport: str, dialer: Dialer | Callable[..., Awaitable[Tra
     DIALERS[transport] = dialer  # type: ignore[assignment]
 
 
-async def dial(uri: ConnectionURI, spawn: Spawn, *, native: bool = True) -> Transport:
+async def dial(uri: ConnectionURI, spawn: Spawn, native: bool = True) -> Transport:
     """Connect for ``uri`` with the dialer of its transport.  ``native`` uses asyncio's
     protocol callbacks when running on asyncio; False forces anyio's generic streams."""
     dialer = DIALERS.get(uri.transport)

@@ -1,14 +1,19 @@
-"""A scripted libvirtd stand-in on a UNIX socket, for misbehaviour a real daemon won't show."""
+"""A scripted libvirtd stand-in, for misbehaviour a real daemon won't show: on a UNIX socket
+(``fake_daemon``) or in memory behind a dialer (``memory_dialer``)."""
 
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import anyio
 import anyio.abc
 
+from ..client.dialers import Dialer, dial_socket
+from ..client.transport import Spawn, Transport
+from ..client.uri import ConnectionURI
 from ..protocol import remote
 from ..protocol.wire import OK, REPLY, FrameDecoder, Message, encode_message
 from ..protocol.xdr import encode
@@ -42,19 +47,44 @@ async def handshake(stream: anyio.abc.ByteStream, msg: Message) -> bool:
 async def serve_one(listener: anyio.abc.Listener, after_handshake: Handler) -> None:
     """Accept one client, do the handshake, then let ``after_handshake`` answer each call."""
     async with await listener.accept() as stream:
-        frames = FrameDecoder()
-        while True:
-            try:
-                data = await stream.receive()
-            except (anyio.EndOfStream, anyio.BrokenResourceError):
-                return
-            try:
-                for msg in frames.feed(data):
-                    if not await handshake(stream, msg):
-                        if not await after_handshake(stream, msg):
-                            return
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                return    # the client hung up while we answered
+        await serve_stream(stream, after_handshake)
+
+
+async def serve_stream(stream: anyio.abc.ByteStream, after_handshake: Handler) -> None:
+    """Be the daemon on ``stream``: the handshake, then ``after_handshake`` for each call
+    until it returns False or the client hangs up."""
+    frames = FrameDecoder()
+    while True:
+        try:
+            data = await stream.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return
+        try:
+            for msg in frames.feed(data):
+                if not await handshake(stream, msg):
+                    if not await after_handshake(stream, msg):
+                        return
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return    # the client hung up while we answered
+
+
+def memory_dialer(after_handshake: Handler) -> Dialer:
+    """A dialer for ``aiovirt.connect(uri, dialer=...)`` whose daemon is a fake peer in this
+    process: each socket the connection opens (main, lanes) is one end of a socketpair, the
+    peer serves the other end with ``after_handshake``.  No listening socket, no files."""
+    async def dial(uri: ConnectionURI, spawn: Spawn, native: bool) -> Transport:
+        ours, theirs = socket.socketpair()
+
+        async def serve() -> None:
+            theirs.setblocking(False)
+            stream = await anyio.abc.UNIXSocketStream.from_socket(theirs)
+            async with stream:
+                await serve_stream(stream, after_handshake)
+
+        spawn(serve, "aiovirt fake peer")
+        return await dial_socket(ours, spawn, native)
+
+    return dial
 
 
 class FakeDaemon:
