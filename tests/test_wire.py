@@ -8,7 +8,7 @@ from aiovirt import LibvirtError, NoSuchDomain, ProtocolError
 from aiovirt.protocol import keepalive, qemu, remote, virnet
 from aiovirt.protocol.wire import (CALL, ERROR, MESSAGE, OK, REPLY, ClientProtocol, EventMessage,
                           FrameDecoder, KeepaliveMessage, Reply, encode_message)
-from aiovirt.protocol.xdr import XdrError, encode
+from aiovirt.protocol.xdr import encode
 
 P = remote.PROCEDURES
 LOOKUP = P[remote.REMOTE_PROC_DOMAIN_LOOKUP_BY_NAME]

@@ -22,20 +22,18 @@ import anyio
 import anyio.abc
 from lxml import etree
 
-from ..xml import metadata as metadata_codec
 from ..address import Tunables
+from ..api.connection import Connection, connect
+from ..api.domain import Domain, DomainEventType
 from ..compose import Library, compose
 from ..compose.errors import ComposeError
-from ..api.connection import Connection, connect
-from ..api.domain import Domain
 from ..errors import (AiovirtError, ArgumentUnsupported, ConnectionClosed, InvalidArgument,
                       LibvirtError, NoSuchDomain, NoSupport, XMLInputError)
-from ..api.domain import DomainEventType
+from ..xml import metadata as metadata_codec
 from ..xml.safe import parse, to_string
-from .placement import POLICIES, Capacity, choose
-from .report import GuestResult, HostSummary, Progress, Report, Stage
-from .spec import Guest, GuestSpec, ProvisionError, SpecError, expand, memory_and_vcpus
 from .plan import ON_EXISTING, Action, Launch, Plan, RollBack, Size, Start
+from .report import GuestResult, Report
+from .spec import GuestSpec, ProvisionError, SpecError, expand, memory_and_vcpus
 
 __all__ = ["NAMESPACE", "ON_EXISTING", "Provisioning", "provision", "undefine"]
 
@@ -355,6 +353,8 @@ class Provisioning:
                              domcaps=domcaps, library=library,
                              address=spec.address if isinstance(spec.address, Tunables)
                              else bool(spec.address))
+        except ConnectionClosed:
+            raise                   # the host died while learnt: it is unreachable
         except (ComposeError, AiovirtError) as exc:
             return _Composed(None, error=f"{type(exc).__name__}: {exc}")
         tree = result.tree
