@@ -12,7 +12,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import (AiovirtError, ArgumentUnsupported, AuthenticationError, ConnectionClosed,
+from .errors import (AiovirtError, ArgumentUnsupported, AuthenticationError, CallTimeout,
+                     ConnectionClosed,
                      ConnectionFailed, EncodeError, InvalidArgument, InvalidURI, LibvirtError,
                      NoSuchDomain, NoSuchMetadata, NoSuchNetwork, NoSuchNodeDevice,
                      NoSuchSecret, NoSuchStoragePool, NoSuchStorageVolume, NoSupport,
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
                               StorageVolumeInfo, StorageVolumeType)
     from .client.connection import SLOW_PROCEDURES
     from .client.uri import ConnectionURI, parse_uri
+    from .client.reconnect import ConnectionState, Reconnect, StateChange
+    from .client.streams import Hole, Stream
+    from .client.events import Dropped, Resync
     from .xml import metadata
 
 # public name -> the module that defines it (loaded when the name is first used)
@@ -47,6 +51,24 @@ _LAZY = {
     "SLOW_PROCEDURES": "client.connection", "ConnectionURI": "client.uri",
     "parse_uri": "client.uri", "metadata": "xml.metadata",
 }
+# the event types of every family (aiovirt.api.events) and the subscription markers
+_LAZY.update(dict.fromkeys([
+    "ConnectionCloseReason", "ConnectionClosedEvent", "DomainAgentLifecycleEvent",
+    "DomainBalloonChangeEvent", "DomainBlockJobEvent", "DomainBlockThresholdEvent",
+    "DomainControlErrorEvent", "DomainDeviceAddedEvent", "DomainDeviceRemovalFailedEvent",
+    "DomainDeviceRemovedEvent", "DomainDiskChangeEvent", "DomainGraphicsEvent",
+    "DomainIOErrorEvent", "DomainJobCompletedEvent", "DomainMemoryDeviceSizeChangeEvent",
+    "DomainMemoryFailureEvent", "DomainMetadataChangeEvent", "DomainMigrationIterationEvent",
+    "DomainPMSuspendEvent", "DomainPMWakeupEvent", "DomainRTCChangeEvent", "DomainRebootEvent",
+    "DomainTrayChangeEvent", "DomainTunableEvent", "DomainWatchdogEvent", "GraphicsAddress",
+    "NetworkEventID", "NetworkEventType", "NetworkLifecycleEvent", "NodeDeviceEventID",
+    "NodeDeviceEventType", "NodeDeviceLifecycleEvent", "NodeDeviceUpdateEvent",
+    "QemuMonitorEvent", "SecretEventID", "SecretEventType", "SecretLifecycleEvent",
+    "SecretValueChangedEvent", "StoragePoolEventID", "StoragePoolEventType",
+    "StoragePoolLifecycleEvent", "StoragePoolRefreshEvent"], "api.events"))
+_LAZY.update(dict.fromkeys(["Dropped", "Resync"], "client.events"))
+_LAZY.update(dict.fromkeys(["ConnectionState", "Reconnect", "StateChange"], "client.reconnect"))
+_LAZY.update(dict.fromkeys(["Hole", "Stream"], "client.streams"))
 
 
 def __getattr__(name: str) -> Any:
@@ -64,7 +86,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "AiovirtError", "ArgumentUnsupported", "AuthenticationError", "Connection",
+    "AiovirtError", "ArgumentUnsupported", "AuthenticationError", "CallTimeout", "Connection",
     "ConnectionClosed", "ConnectionFailed", "ConnectionURI", "Domain", "DomainEvent",
     "DomainEventID", "DomainEventType", "DomainInfo", "DomainLifecycleEvent", "DomainState",
     "EncodeError", "InvalidArgument", "InvalidURI", "LibvirtError", "MetadataType", "Network",
@@ -74,6 +96,5 @@ __all__ = [
     "ProtocolError", "SLOW_PROCEDURES", "Secret", "SecretUsageType", "StoragePool",
     "StoragePoolInfo", "StoragePoolState", "StorageVolume", "StorageVolumeInfo",
     "StorageVolumeType", "TransportError", "XMLError", "XMLInputError", "connect",
-    "metadata", "parse_uri",
-]
+    "metadata", "parse_uri", *sorted(k for k, v in _LAZY.items() if "events" in v), "ConnectionState", "Reconnect", "StateChange", "Hole", "Stream",]
 __version__ = "0.1.0"

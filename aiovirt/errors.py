@@ -6,6 +6,7 @@ Arranged by what the caller can do about it:
     ├── TransportError          the connection failed: retry, reconnect, or give up on the host
     │   ├── ConnectionFailed    could not be reached (the message names where we tried)
     │   ├── ConnectionClosed    lost, or closed; every pending call fails with it
+    │   ├── CallTimeout         no reply in time: its effect on the daemon is unknown
     │   ├── ProtocolError       the peer broke the protocol (XdrError: a payload that does
     │   │                       not decode)
     │   └── AuthenticationError the daemon wants what we cannot do, or refused us
@@ -22,7 +23,8 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "AiovirtError", "AuthenticationError", "ConnectionClosed", "ConnectionFailed",
+    "AiovirtError", "AuthenticationError", "CallTimeout", "ConnectionClosed",
+    "ConnectionFailed",
     "EncodeError", "InvalidURI", "LibvirtError", "TransportError",
     "NoSuchDomain", "NoSuchMetadata", "NoSuchNetwork", "NoSuchNodeDevice", "NoSuchSecret", "NoSuchStoragePool",
     "NoSuchStorageVolume", "OperationInvalid", "OperationFailed", "ProtocolError",
@@ -50,6 +52,11 @@ class ProtocolError(TransportError):
 
 class ConnectionClosed(TransportError):
     """The connection is gone (closed by us, by the server, or lost); pending calls fail with it."""
+
+
+class CallTimeout(TransportError, TimeoutError):
+    """A call got no reply within its timeout.  Whether it took effect on the daemon is
+    unknown; the connection stays usable (a late reply is read and dropped)."""
 
 
 class EncodeError(AiovirtError, ValueError):

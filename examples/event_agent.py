@@ -4,7 +4,11 @@
 
 It watches lifecycle events on every host at once (one connection each, no threads). When a
 guest stops and its aiovirt provisioning metadata carries the label ``restart=always``, the
-agent starts it again. ``--restarts N`` ends the agent after N restarts (for tests and demos).
+agent starts it again. It outlives its daemons: each connection reconnects after a loss
+(libvirtd restarted, or silent past the keepalive window), and when its subscription says
+``Resync`` (events may have been missed meanwhile) the agent re-lists the host and starts
+every labelled guest that is not running. ``--restarts N`` ends the agent after N restarts
+(for tests and demos).
 """
 
 import argparse
@@ -14,6 +18,7 @@ import time
 import anyio
 
 import aiovirt
+from aiovirt import Dropped, Reconnect, Resync
 from aiovirt.provision import NAMESPACE
 
 
@@ -24,11 +29,27 @@ class Agent:
         self.done = anyio.Event()
 
     async def watch(self, uri: str) -> None:
-        async with aiovirt.connect(uri) as conn, conn.domain_events() as events:
-            print(f"watching {uri.split('?')[0]}", flush=True)
+        host = uri.split("?")[0]
+        async with aiovirt.connect(uri, reconnect=Reconnect(max_delay=5)) as conn, \
+                conn.domain_events() as events, anyio.create_task_group() as tg:
+            tg.start_soon(self.report_states, host, conn)
+            print(f"watching {host}", flush=True)
             async for event in events:
-                if event.event == aiovirt.DomainEventType.STOPPED:
+                if isinstance(event, Resync):
+                    print(f"{time.strftime('%H:%M:%S')}  {host}: back, re-listing", flush=True)
+                    for dom in await conn.list_domains():
+                        if (await dom.state())[0] != aiovirt.DomainState.RUNNING:
+                            await self.on_stopped(dom)
+                elif isinstance(event, Dropped):
+                    print(f"{time.strftime('%H:%M:%S')}  {host}: {event.count} events lost",
+                          flush=True)
+                elif event.event == aiovirt.DomainEventType.STOPPED:
                     await self.on_stopped(event.domain)
+
+    async def report_states(self, host: str, conn: aiovirt.Connection) -> None:
+        async for change in conn.state_changes():
+            print(f"{time.strftime('%H:%M:%S')}  {host}: {change.state.value}"
+                  f"{': ' + change.reason if change.reason else ''}", flush=True)
 
     async def on_stopped(self, dom: aiovirt.Domain) -> None:
         try:

@@ -13,6 +13,9 @@ async def main(uri: str) -> None:
     async with aiovirt.connect(uri) as conn:
         async with conn.domain_events() as events:   # leaving the block deregisters
             async for event in events:
+                if isinstance(event, aiovirt.Dropped):   # it fell behind: say how much
+                    print(f"({event.count} events lost)")
+                    continue
                 print(f"{event.domain.name}: {event.event.name.lower()} (detail {event.detail})")
 
 

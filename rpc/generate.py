@@ -495,7 +495,8 @@ def _module(spec: Specification, module: str, source: str, prefix: str | None,
     ] + (["import struct as _struct"] if used("_struct") else [])
     for module_name, names in (("collections.abc", used("Awaitable", "Callable")),
                                ("dataclasses", used("dataclass")),
-                               ("enum", used("IntEnum")), ("typing", used("Any"))):
+                               ("enum", used("IntEnum")), ("types", used("EllipsisType")),
+                               ("typing", used("Any"))):
         if names:
             header.append(f"from {module_name} import {', '.join(names)}")
     header += ["", f"from .xdr import "
@@ -548,11 +549,15 @@ def _procedures(spec: Specification, emitter: _Emitter, module: str, prefix: str
     return out + [
         "", "", f"class {cls}:",
         f'    """Every {module.upper()} procedure as a typed coroutine (``conn.'
-        f'{"rpc" if module == "remote" else module + "_rpc"}``)."""',
+        f'{"rpc" if module == "remote" else module + "_rpc"}``).',
+        "",
+        "    ``call_timeout`` is one call's limit in seconds (None: none; left out: the",
+        "    connection's default).  It is not named ``timeout``, which some procedures take",
+        '    as an argument of their own."""',
         "",
         '    __slots__ = ("_call",)',
         "",
-        "    def __init__(self, call: Callable[[ProcedureInfo, Any], Awaitable[Any]]) -> None:",
+        "    def __init__(self, call: Callable[..., Awaitable[Any]]) -> None:",
         "        self._call = call",
     ] + calls
 
@@ -578,9 +583,10 @@ def _call_method(spec: Specification, emitter: _Emitter, const: str, number: int
     result = emitter.ref(ret) if ret else "None"
     doc = f"{const} ({number})" + (", high priority" if high else "") + \
         (f", opens a {stream} stream" if stream else "")
+    params.append("*, call_timeout: float | None | EllipsisType = ...")
     return ["", f"    async def {snake}({', '.join(params)}) -> {result}:",
             f'        """{doc}."""',
-            f"        return await self._call(PROCEDURES[{number}], {build})"]
+            f"        return await self._call(PROCEDURES[{number}], {build}, call_timeout)"]
 
 
 def write(tree: Path, package_dir: Path) -> list[Path]:

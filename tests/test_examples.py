@@ -240,3 +240,53 @@ async def test_rest_client_example_against_aiovirt_serve(held, tmp_path):
     assert json.loads(sections["tear its guests down"]) == {"ok": True,
                                                             "counts": {"removed": 5}}
     assert not [d for d in await conn.list_domains() if d.name.startswith("rest-demo-")]
+
+
+async def test_event_agent_survives_a_daemon_restart(tmp_path):
+    """The agent on a libvirtd that is stopped and started again: it reports the loss and the
+    reconnection, re-lists, and still restarts a labelled guest defined after the restart."""
+    from aiovirt.testing.daemon import PrivateDaemon
+
+    own = PrivateDaemon(tmp_path / "d").start()
+    agent = subprocess.Popen([sys.executable, str(EXAMPLES / "event_agent.py"), own.uri(),
+                              "--restarts", "1"], stdout=subprocess.PIPE, text=True)
+    lines = Lines(agent)
+    seen: list[str] = []
+
+    async def wait_for(text: str) -> None:
+        """Until the agent has said ``text`` (in any order with what else it says)."""
+        if any(text in line for line in seen):
+            return
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = await lines.next(deadline - time.monotonic())
+            if line is None:
+                break
+            seen.append(line)
+            if text in line:
+                return
+        raise AssertionError(f"the agent never said {text!r}; it said {seen}")
+
+    try:
+        await wait_for("watching")
+        await anyio.to_thread.run_sync(own.stop)
+        await wait_for(": lost")
+        await anyio.to_thread.run_sync(own.start)
+        await wait_for(": reconnected")
+        await wait_for("back, re-listing")
+        name = f"agent-{uuid.uuid4().hex[:6]}"
+        async with aiovirt.connect(own.uri()) as conn:   # holds the test host's state
+            report = await provision(own.uri(), GuestSpec(
+                f"<domain type='test'><name>{name}</name><memory unit='MiB'>8</memory>"
+                "<os><type>hvm</type></os></domain>", labels={"restart": "always"}))
+            assert report.ok
+            dom = await conn.lookup_domain(name=name)
+            await dom.destroy()
+            await wait_for(f"{name} stopped: restarted it")
+            out, _ = await anyio.to_thread.run_sync(lambda: agent.communicate(timeout=30))
+            assert agent.returncode == 0
+            assert (await dom.state())[0] == aiovirt.DomainState.RUNNING
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+        own.stop()

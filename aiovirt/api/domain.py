@@ -7,11 +7,14 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from ..client.events import EventSubscription
+from ..client.events import DEFAULT_MAX_BUFFER, EventSubscription
 from ..errors import NoSuchDomain, NoSuchMetadata
 from ..protocol.remote import ConnectGetAllDomainStatsArgs, NonnullDomain
 from ..xml import metadata as metadata_codec
+from .events import convert_domain_event
 from .handle import ApiBase, ApiConnection, UUIDHandle, enum_or_int, uuid_bytes
+from . import streams as _streams
+from .streams import Stream
 from .typedparams import DOMAIN_STATS
 
 __all__ = ["Domain", "DomainEvent", "DomainEventID", "DomainEventType", "DomainInfo",
@@ -107,7 +110,7 @@ class DomainLifecycleEvent:
 
 @dataclass(frozen=True, slots=True)
 class DomainEvent:
-    """Any other domain event: ``body`` is the decoded message of its kind."""
+    """A domain event of an ID this version does not know: ``body`` is the decoded message."""
 
     domain: Domain
     id: DomainEventID | int
@@ -217,6 +220,19 @@ class Domain(UUIDHandle):
     async def detach_device(self, xml: str, flags: int = 0) -> None:
         await self._conn.rpc.domain_detach_device_flags(self._ref, xml, flags)
 
+    # -- streams --------------------------------------------------------------------------
+    async def screenshot(self, screen: int = 0, flags: int = 0) -> tuple[str, Stream]:
+        """The MIME type and a ``Stream`` of a screenshot of ``screen``."""
+        return await _streams.screenshot(self._conn, self._ref, screen, flags)
+
+    async def open_console(self, dev: str | None = None, flags: int = 0) -> Stream:
+        """A bidirectional ``Stream`` on console ``dev`` (None: the first one)."""
+        return await _streams.open_console(self._conn, self._ref, dev, flags)
+
+    async def open_channel(self, name: str | None, flags: int = 0) -> Stream:
+        """A bidirectional ``Stream`` on the guest channel ``name``."""
+        return await _streams.open_channel(self._conn, self._ref, name, flags)
+
 
 class DomainMethods(ApiBase):
     """The connection's domain methods (mixed into ``Connection``)."""
@@ -261,10 +277,10 @@ class DomainMethods(ApiBase):
         return [(Domain(self, ref), values) for ref, values in records]
 
     def domain_events(self, event_id: DomainEventID | int = DomainEventID.LIFECYCLE,
-                      domain: Domain | None = None) -> EventSubscription[Any]:
-        """Subscribe to domain events of one kind (lifecycle by default), for all domains
-        or one.  Lifecycle events arrive as ``DomainLifecycleEvent``, others as
-        ``DomainEvent``."""
+                      domain: Domain | None = None, *,
+                      max_buffer: int | None = DEFAULT_MAX_BUFFER) -> EventSubscription[Any]:
+        """Subscribe to domain events of one kind (lifecycle by default), for all domains or
+        one: each ID has its dataclass (``aiovirt.api.events.domain_event_types()``)."""
         event_id = int(event_id)
 
         async def register() -> int:
@@ -276,12 +292,9 @@ class DomainMethods(ApiBase):
             await self.rpc.connect_domain_event_callback_deregister_any(callback_id)
 
         def convert(body: Any) -> Any:
-            inner = getattr(body, "msg", body)
-            dom = Domain(self, inner.dom)
-            if event_id == DomainEventID.LIFECYCLE:
-                return DomainLifecycleEvent(dom, enum_or_int(DomainEventType, inner.event),
-                                            inner.detail)
-            return DomainEvent(dom, enum_or_int(DomainEventID, event_id), inner)
+            return convert_domain_event(event_id, Domain(self, getattr(body, "msg", body).dom),
+                                        body)
 
         key = (event_id, domain.uuid if domain is not None else None)
-        return EventSubscription(self, "domain", key, register, deregister, convert)
+        return EventSubscription(self, "domain", key, register, deregister, convert,
+                                 max_buffer=max_buffer)

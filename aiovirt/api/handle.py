@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid as _uuid
 from enum import IntEnum
+from types import EllipsisType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..client.events import Registration, SubscriptionHost
@@ -21,7 +22,8 @@ class ApiConnection(SubscriptionHost, Protocol):
 
     rpc: RemoteCalls
 
-    async def call(self, procedure: ProcedureInfo, args: Any = None, *,
+    async def call(self, procedure: ProcedureInfo, args: Any = None,
+                   timeout: float | None | EllipsisType = ..., *,
                    lane: bool | None = None) -> Any: ...
 
 
@@ -35,7 +37,8 @@ class ApiBase:
     if TYPE_CHECKING:
         rpc: RemoteCalls
 
-        async def call(self, procedure: ProcedureInfo, args: Any = None, *,
+        async def call(self, procedure: ProcedureInfo, args: Any = None,
+                       timeout: float | None | EllipsisType = ..., *,
                        lane: bool | None = None) -> Any: ...
 
         @property

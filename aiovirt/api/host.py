@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .domain import DomainMethods
+from .events import EventMethods
 from .handle import ApiBase
 from .network import NetworkMethods
 from .nodedev import NodeDeviceMethods
@@ -65,5 +66,5 @@ class HostMethods(ApiBase):
 
 
 class ConnectionObjects(HostMethods, DomainMethods, NetworkMethods, StorageMethods,
-                        NodeDeviceMethods, SecretMethods):
+                        NodeDeviceMethods, SecretMethods, EventMethods):
     """Everything ``Connection`` offers above raw ``rpc`` calls."""

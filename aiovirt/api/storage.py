@@ -8,6 +8,8 @@ from enum import IntEnum
 
 from ..errors import NoSuchStoragePool, NoSuchStorageVolume
 from .handle import ApiBase, ApiConnection, Handle, UUIDHandle, enum_or_int, uuid_bytes
+from . import streams as _streams
+from .streams import Stream
 from ..protocol.remote import NonnullStoragePool, NonnullStorageVol
 
 __all__ = ["StorageMethods", "StoragePool", "StoragePoolInfo", "StoragePoolState",
@@ -168,6 +170,21 @@ class StorageVolume(Handle):
     async def resize(self, capacity: int, flags: int = 0) -> None:
         """Change the capacity to ``capacity`` bytes (the test driver cannot)."""
         await self._conn.rpc.storage_vol_resize(self._ref, capacity, flags)
+
+    # -- streams --------------------------------------------------------------------------
+    async def download(self, offset: int = 0, length: int = 0, sparse: bool = False,
+                       flags: int = 0) -> Stream:
+        """A ``Stream`` of the volume's bytes (``length`` 0: to the end); with ``sparse``
+        it also yields ``Hole`` values."""
+        return await _streams.vol_download(self._conn, self._ref, offset, length, sparse,
+                                           flags)
+
+    async def upload(self, offset: int = 0, length: int = 0, sparse: bool = False,
+                     flags: int = 0) -> Stream:
+        """A ``Stream`` writing the volume; ``finish()`` (or leaving ``async with``) commits
+        it.  With ``sparse`` it accepts ``Hole`` values."""
+        return await _streams.vol_upload(self._conn, self._ref, offset, length, sparse,
+                                         flags)
 
 
 class StorageMethods(ApiBase):

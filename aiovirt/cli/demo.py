@@ -37,7 +37,7 @@ def _version(number: int) -> str:
 async def _tour(uri: str, tcp_uri: str | None, count: int, kvm: bool, keep: bool) -> int:
     from ..address import Tunables
     from ..api.connection import connect
-    from ..api.domain import DomainState
+    from ..api.domain import DomainLifecycleEvent, DomainState
     from ..provision import GuestSpec, Provisioning, teardown
 
     async with connect(uri) as conn:
@@ -66,7 +66,8 @@ async def _tour(uri: str, tcp_uri: str | None, count: int, kvm: bool, keep: bool
         async with conn.domain_events() as events, anyio.create_task_group() as tg:
             async def show() -> None:
                 async for event in events:
-                    if event.domain.name.startswith(prefix):
+                    if isinstance(event, DomainLifecycleEvent) and \
+                            event.domain.name.startswith(prefix):
                         kind_ = getattr(event.event, "name", str(event.event)).lower()
                         seen.append(kind_)
                         print(f"  {time.monotonic() - began:6.2f} s  event  "

@@ -139,6 +139,7 @@ def _teardown(options: argparse.Namespace) -> int:
 def _events(options: argparse.Namespace) -> int:
     from ..api.connection import connect
     from ..api.domain import DomainEventType
+    from ..client.events import Dropped
 
     seen = 0
 
@@ -147,6 +148,10 @@ def _events(options: argparse.Namespace) -> int:
         async with connect(uri) as conn, conn.domain_events() as events:
             print(f"watching {uri}", file=sys.stderr, flush=True)
             async for event in events:
+                if isinstance(event, Dropped):
+                    print(f"{time.strftime('%H:%M:%S')}  {event.count} events lost (this "
+                          f"command fell behind)  {uri}", file=sys.stderr, flush=True)
+                    continue
                 kind = event.event.name.lower() if isinstance(event.event,
                                                               DomainEventType) \
                     else str(event.event)

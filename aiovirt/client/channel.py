@@ -9,23 +9,35 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
+import anyio.lowlevel
 
 from ..errors import AuthenticationError, ConnectionClosed, ProtocolError
 from ..protocol import remote
-from ..protocol.wire import ClientProtocol, EventMessage, KeepaliveMessage, Reply
+from ..protocol.wire import (ERROR, ClientProtocol, EventMessage, KeepaliveMessage, Reply,
+                             StreamMessage)
 from ..protocol.xdr import ProcedureInfo
 from .backend import asyncio_loop
 from .transport import Transport
 
-__all__ = ["Channel"]
+__all__ = ["Channel", "StreamSink"]
 
 _BROKEN = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 _AUTH_NONE, _AUTH_SASL, _AUTH_POLKIT = 0, 1, 2
 _FEATURE_KEEPALIVE = 10
 _P = remote.PROCEDURES
+
+
+class StreamSink(Protocol):
+    """What a channel delivers one stream's messages to (``aiovirt.client.streams.Stream``)."""
+
+    serial: int
+
+    def deliver(self, message: StreamMessage) -> None: ...
+
+    def fail(self, error: BaseException) -> None: ...
 
 
 class _EventWaiter:
@@ -59,6 +71,13 @@ class _EventWaiter:
         return self._value
 
 
+def _succeeded(waiter: Any) -> bool:
+    """Whether a reply slot holds a value (not an error, not a cancellation)."""
+    if isinstance(waiter, _EventWaiter):
+        return waiter.done() and waiter._error is None
+    return bool(waiter.done() and not waiter.cancelled() and waiter.exception() is None)
+
+
 def _waiter_factory() -> Callable[[], Any]:
     loop = asyncio_loop()
     return loop.create_future if loop is not None else _EventWaiter
@@ -86,6 +105,8 @@ class Channel:
         self.pings_received = 0
         self.pongs_received = 0
         self.keepalive_supported = False
+        self._streams: dict[int, StreamSink] = {}   # serial -> the stream reading it
+        self.reading_paused = False
         transport.attach(self)
 
     # -- calls ----------------------------------------------------------------------------------
@@ -153,7 +174,10 @@ class Channel:
                     self.pings_received += 1
                 else:
                     self.pongs_received += 1
-            # StreamMessage: streams are not served yet; ClientProtocol drops unknown ones
+            elif kind is StreamMessage:
+                sink = self._streams.get(item.serial)
+                if sink is not None:
+                    sink.deliver(item)
         outgoing = protocol.data_to_send()
         if outgoing:
             self._write(outgoing)
@@ -175,11 +199,13 @@ class Channel:
         while self.closed is None:
             await anyio.sleep(interval)
             idle = time.monotonic() - self.last_received
-            if idle >= interval * (count + 1):
+            if idle >= interval * (count + 1) and not self.reading_paused:
                 self.fail(ConnectionClosed(
                     f"{self.name} socket: the server did not answer keepalive for {idle:.1f} s"))
                 return
             if idle >= interval:
+                # While a stream's reader is paused the server's words wait unread: keep
+                # pinging (the server counts them as signs of life) but judge nobody.
                 self._write(self.protocol.ping())
 
     def fail(self, error: BaseException) -> None:
@@ -191,9 +217,83 @@ class Channel:
         for waiter in waiters.values():   # queued callers included: each has a serial
             if not waiter.done():
                 waiter.set_exception(error)
+        streams, self._streams = self._streams, {}
+        for sink in streams.values():
+            sink.fail(error)
         self.transport.close()
         if self._on_closed is not None:
             self._on_closed(error)
+
+    # -- streams ------------------------------------------------------------------------------
+    async def open_stream(self, procedure: ProcedureInfo, args: Any, sink: StreamSink
+                          ) -> tuple[int, Any]:
+        """Call a stream-opening procedure; its serial is routed to ``sink`` before the
+        reply can arrive.  Returns the serial and the reply.  On failure or cancellation
+        nothing stays registered, and a stream the server did open is aborted."""
+        if self.closed is not None:
+            raise ConnectionClosed(str(self.closed)) from self.closed
+        protocol = self.protocol
+        serial, packet = protocol.call(procedure, args)
+        sink.serial = serial
+        protocol.streams.add(serial)
+        self._streams[serial] = sink
+        waiter = self._new_waiter()
+        self._waiters[serial] = waiter
+        if packet is not None:
+            try:
+                self.transport.write(packet, alone=protocol.pending == 1)
+            except _BROKEN as exc:
+                self.lost(exc)
+        try:
+            return serial, await waiter
+        except BaseException:
+            self.end_stream(serial)
+            if self._waiters.pop(serial, None) is not None:
+                protocol.cancel(serial)
+            elif _succeeded(waiter) and self.closed is None:
+                # The reply came but our caller is gone: abort the stream it opened
+                # (the server's confirmation is dropped: the serial is no longer expected).
+                self._write(protocol.stream_packet(procedure, serial, ERROR))
+            raise
+
+    def end_stream(self, serial: int) -> None:
+        """Forget stream ``serial``: its late messages are dropped."""
+        self.protocol.end_stream(serial)
+        self._streams.pop(serial, None)
+
+    def send_stream(self, packet: bytes) -> None:
+        """Write one stream packet now (it raises ``ConnectionClosed`` on a dead socket)."""
+        if self.closed is not None:
+            raise ConnectionClosed(str(self.closed)) from self.closed
+        try:
+            self.transport.write(packet, alone=True)
+        except _BROKEN as exc:
+            self.lost(exc)
+            raise ConnectionClosed(str(self.closed)) from exc
+
+    async def drain(self) -> None:
+        """Wait while the socket's send buffer is above its high-water mark (asyncio only;
+        elsewhere the transport's writer queue takes everything)."""
+        await self.transport.drain()
+
+    def pause_reading(self) -> bool:
+        """Stop reading the socket (a stream's buffer is full); False if the transport
+        cannot (then the buffer grows)."""
+        if self.closed is not None:
+            return False
+        if not self.reading_paused:
+            if not self.transport.pause_reading():
+                return False
+            self.reading_paused = True
+        return True
+
+    def resume_reading(self) -> None:
+        """Read the socket again; the keepalive clock restarts."""
+        if self.reading_paused:
+            self.reading_paused = False
+            self.last_received = time.monotonic()
+            if self.closed is None:
+                self.transport.resume_reading()
 
     # -- handshake --------------------------------------------------------------------------
     async def open(self, name: str, flags: int = 0) -> None:

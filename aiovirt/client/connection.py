@@ -11,20 +11,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import time
 from collections.abc import Callable, Coroutine, Generator
+from types import EllipsisType
 from typing import Any, Generic, Self, TypeVar
 
 import anyio
 import anyio.abc
 
-from ..errors import AiovirtError, ConnectionClosed
+from ..errors import AiovirtError, CallTimeout, ConnectionClosed
 from ..protocol import lxc, qemu, remote
 from ..protocol.wire import EventMessage
 from ..protocol.xdr import ProcedureInfo
 from .backend import asyncio_loop
 from .channel import Channel
 from .dialers import Dialer, dial
-from .events import Registration, event_family
+from .events import Registration, event_callback_id, event_family
+from .reconnect import ConnectionState, Reconnect, StateChange
 from .uri import ConnectionURI, parse_uri
 
 __all__ = ["RpcConnection", "SLOW_PROCEDURES", "connect"]
@@ -88,8 +91,11 @@ two.
     def __init__(self, uri: ConnectionURI, *, max_in_flight: int, lanes: int,
                  keepalive: tuple[float, int] | None, readonly: bool,
                  slow_procedures: frozenset[str], native: bool = True,
-                 dialer: Dialer = dial) -> None:
+                 dialer: Dialer = dial, call_timeout: float | None = None,
+                 reconnect: Reconnect | None = None) -> None:
         self.uri = uri
+        self.call_timeout = call_timeout
+        self.reconnect = reconnect
         self.native = native
         self.dialer = dialer
         self.max_in_flight = max_in_flight
@@ -112,11 +118,18 @@ two.
         self._subscriptions: dict[tuple[str, int], Registration] = {}   # by callback id
         self._registrations: dict[tuple[Any, ...], Registration] = {}   # by kind
         self._closed = False
+        self._state = ConnectionState.CONNECTED
+        self._watchers: list[anyio.abc.ObjectSendStream[StateChange]] = []
+        self._reconnecting = False
+        self._back: anyio.Event | None = None   # set when a reconnection ends, either way
+        self._lost_signal: anyio.Event | None = None   # set on a loss, for the supervisor
 
     # -- lifetime -------------------------------------------------------------------------------
     async def _open(self, tasks: _Tasks) -> None:
         self._tasks = tasks
         self._main = await self._open_channel("main")
+        if self.reconnect is not None:
+            tasks.start(self._supervise, "aiovirt reconnect")
 
     async def _open_channel(self, name: str) -> Channel:
         """Connect a socket and shake hands.  A lane's handshake is bounded by the keepalive
@@ -128,8 +141,8 @@ two.
                           name=name,
                           on_closed=self._main_lost if name == "main" else None)
         main = self._main
-        if main is not None and main.closed is not None:
-            channel.fail(main.closed)
+        if name != "main" and main is not None and main.closed is not None:
+            channel.fail(main.closed)    # a lane of a connection that died meanwhile
         self._opening.add(channel)
         try:
             with anyio.fail_after(self._handshake_limit(name)):
@@ -152,19 +165,112 @@ two.
 
     def _handshake_limit(self, name: str) -> float:
         """How long a handshake may take: the main one as long as the caller lets it (they
-        can bound ``connect``), a lane's as long as keepalive would wait for a silent server."""
-        if name == "main" or self.keepalive is None:
+        can bound ``connect``), a lane's, or a reconnection's, as long as keepalive would wait
+        for a silent server."""
+        if self.keepalive is None or (name == "main" and not self._reconnecting):
             return math.inf
         interval, count = self.keepalive
         return interval * (count + 1)
 
     def _main_lost(self, error: BaseException) -> None:
         """Without its main socket a connection is dead: fail the lanes' calls too, and the
-        lanes still shaking hands."""
+        lanes still shaking hands.  With a ``reconnect`` policy, start reconnecting and keep
+        the subscriptions; without one, end them."""
+        if self._reconnecting:
+            return          # a socket of the reconnection failed: the loop handles it
         for channel in [*self._lanes, *self._opening]:
             channel.fail(error)
+        if self._lost_signal is not None and not self._closed:
+            # called from the transport's callbacks: the supervisor task does the work
+            self._reconnecting = True
+            self._set_state(ConnectionState.LOST, str(error))
+            self._lost_signal.set()
+            return
+        if not self._closed:
+            self._set_state(ConnectionState.LOST, str(error))
         for subscription in list(self._subscriptions.values()):
             subscription.close()
+
+    async def _supervise(self) -> None:
+        """With a reconnect policy: wait for the main socket's loss, then reconnect; again and
+        again, for the connection's life."""
+        while not self._closed:
+            self._back = anyio.Event()
+            self._lost_signal = anyio.Event()
+            await self._lost_signal.wait()
+            await self._reconnect_loop()
+
+    async def _reconnect_loop(self) -> None:
+        """Open a new main socket (backing off between attempts), register every live
+        subscription again and tell its iterators to resynchronise; or give up."""
+        policy = self.reconnect
+        assert policy is not None
+        began, attempt, last = time.monotonic(), 0, ""
+        try:
+            while not self._closed:
+                attempt += 1
+                try:
+                    channel = await self._open_channel("main")
+                    self._main, self._lanes[:] = channel, []
+                    await self._resubscribe()
+                except AiovirtError as exc:
+                    last = f"{type(exc).__name__}: {exc}"
+                    if policy.gives_up(attempt, time.monotonic() - began):
+                        break
+                    await anyio.sleep(policy.delay(attempt))
+                    continue
+                self._reconnecting = False
+                self._set_state(ConnectionState.RECONNECTED, f"after {attempt} attempt"
+                                f"{'s' if attempt > 1 else ''}", attempt)
+                return
+            self._reconnecting = False
+            if not self._closed:
+                self._set_state(ConnectionState.CLOSED, f"gave up reconnecting after {attempt} "
+                                f"attempts: {last}", attempt)
+            for subscription in list(self._subscriptions.values()):
+                subscription.close()
+        finally:
+            self._reconnecting = False
+            if self._back is not None:
+                self._back.set()
+
+    async def _resubscribe(self) -> None:
+        """Callback ids belong to a connection: register each live kind again, route by the
+        new ids, and deliver a ``Resync`` to its subscribers (they missed events)."""
+        old, self._subscriptions = self._subscriptions, {}
+        for registration in list(old.values()):
+            if not registration.subscribers:
+                continue
+            family = registration.family or registration.key[0]
+            assert registration.register is not None
+            callback_id = await registration.register()
+            registration.callback_id = callback_id
+            self._subscriptions[(family, callback_id)] = registration
+            registration.resynced()
+
+    # -- state ------------------------------------------------------------------------------------
+    @property
+    def state(self) -> ConnectionState:
+        """CONNECTED, LOST (reconnecting, if a policy says so), RECONNECTED or CLOSED."""
+        return self._state
+
+    def state_changes(self, max_buffer: int = 64) -> anyio.abc.ObjectReceiveStream[StateChange]:
+        """A stream of the connection's state changes from now on (``async for``); at most
+        ``max_buffer`` unread changes are kept, newer ones are dropped."""
+        send, receive = anyio.create_memory_object_stream[StateChange](max_buffer)
+        self._watchers.append(send)
+        return receive
+
+    def _set_state(self, state: ConnectionState, reason: str = "", attempt: int = 0) -> None:
+        self._state = state
+        change = StateChange(state, reason, attempt)
+        for watcher in list(self._watchers):
+            try:
+                watcher.send_nowait(change)
+            except anyio.WouldBlock:
+                pass
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._watchers.remove(watcher)
 
     async def close(self) -> None:
         """Close every socket (telling the daemon first) and stop the background tasks."""
@@ -188,6 +294,11 @@ two.
             channel.fail(ConnectionClosed("the connection was closed"))
         for subscription in list(self._subscriptions.values()):
             subscription.close()
+        self._set_state(ConnectionState.CLOSED, "closed")
+        for watcher in self._watchers:
+            watcher.close()
+        if self._back is not None:
+            self._back.set()
         if self._tasks is not None:
             await self._tasks.aclose()
 
@@ -203,19 +314,42 @@ two.
         return not self._closed and self._main is not None and self._main.closed is None
 
     # -- calls ----------------------------------------------------------------------------------
-    async def call(self, procedure: ProcedureInfo, args: Any = None, *,
+    async def call(self, procedure: ProcedureInfo, args: Any = None,
+                   timeout: float | None | EllipsisType = ..., *,
                    lane: bool | None = None) -> Any:
         """Call one procedure with its argument struct; returns its result struct (or None).
 
         Slow procedures (``slow_procedures``) run on the lanes; quick ones on the main socket,
         overflowing to a lane with a free slot while the main socket is full.  ``lane=True``
-        or ``False`` forces a lane or the main socket.
+        or ``False`` forces a lane or the main socket.  ``timeout``: seconds before the call
+        fails with ``CallTimeout`` (None: no limit; left out: ``call_timeout``).  Whether a
+        timed-out call took effect on the daemon is unknown; the connection stays usable.
         """
+        if timeout is ...:
+            timeout = self.call_timeout
+        if timeout is None:
+            return await self._route(procedure, args, lane)
+        with anyio.move_on_after(timeout) as scope:
+            return await self._route(procedure, args, lane)
+        if scope.cancelled_caught:
+            raise CallTimeout(f"{procedure.name}: no reply within {timeout:g} s (whether it "
+                              "took effect on the daemon is unknown)")
+        raise AssertionError("unreachable")   # pragma: no cover
+
+    async def _route(self, procedure: ProcedureInfo, args: Any, lane: bool | None) -> Any:
+        """Send the call on the right socket and wait for its reply (while reconnecting,
+        first wait for the connection to come back, if the policy says so)."""
         main = self._main
         if main is None or self._closed:
             raise ConnectionClosed("the connection is closed")
         if main.closed is not None:
-            raise ConnectionClosed(str(main.closed)) from main.closed
+            if not (self._reconnecting and self.reconnect is not None and
+                    self.reconnect.wait_calls and self._back is not None):
+                raise ConnectionClosed(str(main.closed)) from main.closed
+            await self._back.wait()
+            main = self._main
+            if self._closed or main is None or main.closed is not None:
+                raise ConnectionClosed(str(main.closed if main else "the connection is closed"))
         if not self.lanes or lane is False:
             return await main.call(procedure, args)
         if lane or (procedure.number in self.slow_procedures and
@@ -290,7 +424,7 @@ two.
 
     # -- events ---------------------------------------------------------------------------------
     def _dispatch(self, message: EventMessage) -> None:
-        callback_id = getattr(message.body, "callbackID", None)
+        callback_id = event_callback_id(message.procedure.name, message.body)
         if callback_id is None:
             return
         subscription = self._subscriptions.get((event_family(message.procedure.name),
@@ -329,6 +463,12 @@ class connect(Generic[C]):  # noqa: N801 - reads as a function: ``await connect(
     ``keepalive``: (interval seconds, missed intervals) before the server is declared dead,
     or None.  ``readonly`` opens a read-only connection.  ``native_transport=False`` uses
     anyio's generic streams even on asyncio (other backends always do).
+    ``call_timeout``: the default limit, in seconds, on every call (None: none); each call
+    may give its own (``conn.call(..., timeout=)``, ``conn.rpc.X(..., call_timeout=)``).
+    ``reconnect``: a ``Reconnect`` policy to open the connection again after a loss (daemon
+    restarted, keepalive gave up), registering every live subscription again; watch it with
+    ``conn.state`` / ``conn.state_changes()``.  Calls out at the moment of the loss fail with
+    ``ConnectionClosed`` (their effect is unknown).
     ``dialer`` replaces how sockets are made (default: by the URI's transport, see
     ``aiovirt.client.dialers``; ``aiovirt.testing.fakepeer.memory_dialer`` for tests).
     ``connection_class`` is what gets opened: here the bare RPC connection;
@@ -340,7 +480,10 @@ class connect(Generic[C]):  # noqa: N801 - reads as a function: ``await connect(
     def __init__(self, uri: str, *, max_in_flight: int = 5, lanes: int = 4,
                  keepalive: tuple[float, int] | None = (5.0, 5), readonly: bool = False,
                  slow_procedures: frozenset[str] = SLOW_PROCEDURES,
-                 native_transport: bool = True, dialer: Dialer | None = None) -> None:
+                 native_transport: bool = True, dialer: Dialer | None = None,
+                 call_timeout: float | None = None, reconnect: Reconnect | None = None) -> None:
+        if call_timeout is not None and not call_timeout > 0:
+            raise ValueError("call_timeout must be more than 0 seconds (or None)")
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         if lanes < 0:
@@ -348,7 +491,7 @@ class connect(Generic[C]):  # noqa: N801 - reads as a function: ``await connect(
         self._connection: C = self.connection_class(
             parse_uri(uri), max_in_flight=max_in_flight, lanes=lanes, keepalive=keepalive,
             readonly=readonly, slow_procedures=slow_procedures, native=native_transport,
-            dialer=dialer or dial)
+            dialer=dialer or dial, call_timeout=call_timeout, reconnect=reconnect)
         self._group: anyio.abc.TaskGroup | None = None
 
     def __await__(self) -> Generator[Any, None, C]:

@@ -1,26 +1,62 @@
 """Event subscriptions: server-pushed events delivered as an async iterator.
 
-``conn.domain_events()`` registers a callback with the daemon and yields typed events; leaving
-``async for`` (or the ``async with`` block around it) deregisters the callback.  Each
-subscription buffers its events, so a slow consumer never stalls the connection's reader.
+``conn.domain_events()`` (and ``network_events``, ``storage_pool_events``... in the API)
+registers a callback with the daemon and yields typed events; leaving ``async for`` (or the
+``async with`` block around it) deregisters the callback.
 
-libvirtd tracks one callback per connection for each event kind (and domain filter): a
-second registration fails with "event callback already tracked".  So subscriptions of the
-same kind on one connection share a ``Registration``: the first registers it with the daemon,
-every event is delivered to all of them, and the last one to leave deregisters it.
+Buffering policy.  Events arrive from the socket reader, which must never wait (it also
+carries every call's reply and the keepalives), so each subscription buffers what its consumer
+has not read yet, at most ``max_buffer`` events (1000 by default).  When the buffer is full the
+OLDEST event is dropped; the iterator then yields ``Dropped(count)`` - how many were lost
+since the last thing it yielded - before the next event, so a consumer knows to re-list.
+Memory stays flat however long a consumer stalls.  ``max_buffer=None`` keeps everything
+(unbounded memory: only for consumers that are known to keep up).
+
+Backpressure (an ``overflow="block"`` policy) is deliberately not offered: the only way to
+push back on the daemon is to stop reading the socket, and that socket also carries the
+replies of every call on the connection and the keepalive PINGs.  A stalled event consumer
+would then stall all calls and, after the keepalive window, make libvirtd drop the whole
+connection - losing every subscription instead of some events.  Drop-oldest with an exact
+loss count is the recoverable choice; a consumer that must not lose events re-lists on
+``Dropped`` (as it must on ``Resync`` after a reconnect anyway).
+
+libvirtd tracks one callback per connection for each event kind (and filter): a second
+registration fails with "event callback already tracked".  So subscriptions of the same kind on
+one connection share a ``Registration``: the first registers it with the daemon, every event is
+delivered to all of them (each with its own buffer), and the last one to leave deregisters it.
 """
 
 from __future__ import annotations
 
-import math
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
 
-__all__ = ["EventSubscription", "Registration", "SubscriptionHost", "event_family"]
+__all__ = ["DEFAULT_MAX_BUFFER", "Dropped", "EventSubscription", "Registration", "Resync",
+           "SubscriptionHost", "event_callback_id", "event_family"]
 
 T = TypeVar("T")
+
+DEFAULT_MAX_BUFFER = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """``count`` events were dropped (the buffer was full) just before the next one yielded."""
+
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """The subscription was registered again after a reconnect: events may have been missed
+    while disconnected, so re-list the state you track."""
+
+
+_RESYNC = Resync()
 
 
 class SubscriptionHost(Protocol):
@@ -40,7 +76,20 @@ class SubscriptionHost(Protocol):
 
 _FAMILIES = (("domain_monitor_event", "qemu_monitor"), ("domain_event", "domain"),
              ("network_event", "network"), ("storage_pool_event", "storage_pool"),
-             ("node_device_event", "node_device"), ("secret_event", "secret"))
+             ("node_device_event", "node_device"), ("secret_event", "secret"),
+             ("connect_event_connection_closed", "connection_closed"))
+
+# The connection-closed event has no callback id (one close callback per connection):
+# its registration is routed under this id.
+CLOSE_CALLBACK_ID = 0
+
+
+def event_callback_id(procedure_name: str, body: Any) -> int | None:
+    """The callback id an event message is routed by (None: not routed)."""
+    callback_id = getattr(body, "callbackID", None)
+    if callback_id is None and procedure_name == "connect_event_connection_closed":
+        return CLOSE_CALLBACK_ID
+    return callback_id
 
 
 def event_family(procedure_name: str) -> str:
@@ -53,17 +102,28 @@ def event_family(procedure_name: str) -> str:
 
 class Registration:
     """One callback registered with the daemon, shared by the local subscriptions of one
-    kind (``key``); ``lock`` orders registering and deregistering."""
+    kind (``key``); ``lock`` orders registering and deregistering.  ``register`` and
+    ``deregister`` are the callables it was registered with, to register it again after a
+    reconnect (then call ``resynced()``)."""
 
     def __init__(self, key: tuple[Any, ...]) -> None:
         self.key = key
         self.callback_id: int | None = None
         self.subscribers: list[EventSubscription[Any]] = []
         self.lock = anyio.Lock()
+        self.family: str | None = None
+        self.register: Callable[[], Awaitable[int]] | None = None
+        self.deregister: Callable[[int], Awaitable[None]] | None = None
 
     def deliver(self, procedure: Any, body: Any) -> None:
         for subscriber in self.subscribers:
             subscriber.deliver(procedure, body)
+
+    def resynced(self) -> None:
+        """Registered again after a reconnect: every subscriber yields ``Resync`` next in
+        order."""
+        for subscriber in self.subscribers:
+            subscriber.deliver(None, _RESYNC)
 
     def close(self) -> None:
         """The connection is gone: end every subscriber's iteration."""
@@ -72,32 +132,49 @@ class Registration:
 
 
 class EventSubscription(Generic[T]):
-    """A subscription to one kind of event; iterate it for events.
+    """A subscription to one kind of event; iterate it for events (and ``Dropped`` /
+    ``Resync`` markers).
 
     Usable as ``async for e in sub`` (registers on the first step, deregisters when the loop
     ends) or ``async with sub: async for e in sub`` (deterministic deregistration).
     ``key`` names the kind (family, event id, filter): subscriptions with the same key on one
-    connection share the daemon-side callback.
+    connection share the daemon-side callback.  ``max_buffer``: see the module docstring.
+    ``on_close``, if given, makes a last item when the connection ends (not on ``stop``).
     """
 
     def __init__(self, conn: SubscriptionHost, family: str, key: tuple[Any, ...],
                  register: Callable[[], Awaitable[int]],
                  deregister: Callable[[int], Awaitable[None]],
-                 convert: Callable[[Any], T]) -> None:
+                 convert: Callable[[Any], T], *, max_buffer: int | None = DEFAULT_MAX_BUFFER,
+                 on_close: Callable[[], Any] | None = None) -> None:
+        if max_buffer is not None and max_buffer < 1:
+            raise ValueError(f"max_buffer must be at least 1 (or None), not {max_buffer}")
         self._conn = conn
         self._family = family
         self._key = (family, *key)
         self._register = register
         self._deregister = deregister
         self._convert = convert
-        self._send, self._receive = anyio.create_memory_object_stream[Any](math.inf)
+        self._on_close = on_close
+        self.max_buffer = max_buffer
+        self._limit: float = max_buffer if max_buffer is not None else float("inf")
+        self._buffer: deque[Any] = deque()
+        self._lost = 0              # dropped since the last item yielded
+        self._resync_lost = False   # a Resync marker itself was dropped
+        self._ended = False
+        self._wakeup: anyio.Event | None = None
         self._registration: Registration | None = None
-        self.dropped = False
+        self.dropped_total = 0      # events dropped over the subscription's life
 
     @property
     def callback_id(self) -> int | None:
         """The daemon's id of the (shared) callback while subscribed, else None."""
         return self._registration.callback_id if self._registration is not None else None
+
+    @property
+    def buffered(self) -> int:
+        """Items waiting to be read."""
+        return len(self._buffer)
 
     async def __aenter__(self) -> EventSubscription[T]:
         await self.start()
@@ -115,6 +192,9 @@ class EventSubscription(Generic[T]):
         async with registration.lock:
             if registration.callback_id is None:
                 registration.callback_id = await self._register()
+                registration.family = self._family
+                registration.register, registration.deregister = \
+                    self._register, self._deregister
                 self._conn._add_subscription(self._family, registration.callback_id,
                                              registration)
             registration.subscribers.append(self)
@@ -126,7 +206,7 @@ class EventSubscription(Generic[T]):
         registration, self._registration = self._registration, None
         if registration is None:
             return
-        self._send.close()
+        self._end()
         registration.subscribers.remove(self)
         if registration.subscribers:
             return
@@ -141,35 +221,75 @@ class EventSubscription(Generic[T]):
                     await self._deregister(callback_id)
 
     def deliver(self, procedure: Any, body: Any) -> None:
-        try:
-            self._send.send_nowait(body)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            pass
+        """Buffer one event (called by the socket reader: never waits); when the buffer is
+        full the oldest is dropped and counted."""
+        if self._ended:
+            return
+        buffer = self._buffer
+        if len(buffer) >= self._limit:
+            if buffer.popleft() is _RESYNC:
+                self._resync_lost = True
+            else:
+                self._lost += 1
+                self.dropped_total += 1
+        buffer.append(body)
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            wakeup.set()
 
     def close(self) -> None:
-        """The connection is gone: end iteration."""
-        self._send.close()
+        """The connection is gone: end iteration (after the buffered events, and the
+        ``on_close`` item if any)."""
+        if not self._ended and self._on_close is not None:
+            item = self._on_close()
+            if item is not None:
+                self.deliver(None, _Final(item))
+        self._end()
 
-    def __aiter__(self) -> AsyncIterator[T]:
+    def _end(self) -> None:
+        self._ended = True
+        wakeup, self._wakeup = self._wakeup, None
+        if wakeup is not None:
+            wakeup.set()
+
+    def __aiter__(self) -> AsyncIterator[T | Dropped | Resync]:
         return self._iterate()
 
-    async def _iterate(self) -> AsyncIterator[T]:
+    async def _iterate(self) -> AsyncIterator[T | Dropped | Resync]:
         owned = self._registration is None
         if owned:
             await self.start()
-        receive, receive_nowait = self._receive.receive, self._receive.receive_nowait
+        buffer, convert = self._buffer, self._convert
         try:
             while True:
-                try:   # events already buffered need no trip through the event loop
-                    body = receive_nowait()
-                except anyio.WouldBlock:
-                    try:
-                        body = await receive()
-                    except anyio.EndOfStream:
-                        return
-                except anyio.EndOfStream:
+                if self._resync_lost:
+                    self._resync_lost = False
+                    yield _RESYNC
+                if self._lost:
+                    lost, self._lost = self._lost, 0
+                    yield Dropped(lost)
+                    continue   # more may have been lost while the consumer had the marker
+                if buffer:
+                    body = buffer.popleft()
+                    if body is _RESYNC:
+                        yield _RESYNC
+                    elif type(body) is _Final:
+                        yield body.item
+                    else:
+                        yield convert(body)
+                elif self._ended:
                     return
-                yield self._convert(body)
+                else:
+                    self._wakeup = wakeup = anyio.Event()
+                    await wakeup.wait()
         finally:
             if owned:
                 await self.stop()
+
+
+@dataclass(frozen=True, slots=True)
+class _Final:
+    """An already-converted last item (``on_close``)."""
+
+    item: Any

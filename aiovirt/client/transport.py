@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 
 __all__ = ["AnyioTransport", "AsyncioTransport", "Sink", "Spawn", "Transport"]
@@ -42,6 +43,14 @@ class Transport(Protocol):
 
     def close(self) -> None: ...
 
+    def pause_reading(self) -> bool:
+        """Stop reading the socket (a consumer is behind); False if this transport cannot."""
+
+    def resume_reading(self) -> None: ...
+
+    async def drain(self) -> None:
+        """Wait while the socket's send buffer is above its high-water mark."""
+
 
 class AsyncioTransport(asyncio.Protocol):
     """asyncio's own callbacks: ``data_received`` feeds the sink directly."""
@@ -52,6 +61,7 @@ class AsyncioTransport(asyncio.Protocol):
         self._early: list[bytes] = []
         self._lost: tuple[BaseException | None] | None = None
         self._pending: list[bytes] | None = None
+        self._writable: asyncio.Event | None = None   # made when the buffer first fills
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -104,6 +114,37 @@ class AsyncioTransport(asyncio.Protocol):
     def close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
+        if self._writable is not None:
+            self._writable.set()
+
+    # flow control: asyncio tells its protocol when the send buffer crosses its marks
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = asyncio.Event()
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None:
+            self._writable.set()
+
+    async def drain(self) -> None:
+        await asyncio.sleep(0)   # let a coalesced write reach the socket first
+        transport = self._transport
+        while self._writable is not None and not self._writable.is_set() and \
+                transport is not None and not transport.is_closing():
+            await self._writable.wait()
+
+    def pause_reading(self) -> bool:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return False
+        transport.pause_reading()
+        return True
+
+    def resume_reading(self) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
 
 
 class AnyioTransport:
@@ -158,3 +199,14 @@ class AnyioTransport:
                 await self._stream.aclose()
 
         self._spawn(close, "aiovirt close")
+
+    # flow control: the writer task takes everything and the reader always reads, so a slow
+    # consumer's data is buffered (aiovirt.client.streams says so)
+    def pause_reading(self) -> bool:
+        return False
+
+    def resume_reading(self) -> None:
+        pass
+
+    async def drain(self) -> None:
+        await anyio.lowlevel.checkpoint()

@@ -8,6 +8,7 @@ import struct as _struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import IntEnum
+from types import EllipsisType
 from typing import Any
 
 from .xdr import ProcedureInfo
@@ -64,13 +65,17 @@ PROCEDURES[1] = ProcedureInfo(1, 'domain_open_namespace', LxcDomainOpenNamespace
 
 
 class LxcCalls:
-    """Every LXC procedure as a typed coroutine (``conn.lxc_rpc``)."""
+    """Every LXC procedure as a typed coroutine (``conn.lxc_rpc``).
+
+    ``call_timeout`` is one call's limit in seconds (None: none; left out: the
+    connection's default).  It is not named ``timeout``, which some procedures take
+    as an argument of their own."""
 
     __slots__ = ("_call",)
 
-    def __init__(self, call: Callable[[ProcedureInfo, Any], Awaitable[Any]]) -> None:
+    def __init__(self, call: Callable[..., Awaitable[Any]]) -> None:
         self._call = call
 
-    async def domain_open_namespace(self, dom: NonnullDomain, flags: int = 0) -> None:
+    async def domain_open_namespace(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """LXC_PROC_DOMAIN_OPEN_NAMESPACE (1)."""
-        return await self._call(PROCEDURES[1], LxcDomainOpenNamespaceArgs(dom, flags))
+        return await self._call(PROCEDURES[1], LxcDomainOpenNamespaceArgs(dom, flags), call_timeout)

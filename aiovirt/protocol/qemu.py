@@ -8,6 +8,7 @@ import struct as _struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import IntEnum
+from types import EllipsisType
 from typing import Any
 
 from .xdr import _FALSE, _PAD, _TRUE, _U32, ProcedureInfo, XdrError
@@ -453,33 +454,37 @@ PROCEDURES[7] = ProcedureInfo(7, 'domain_monitor_command_with_files', QemuDomain
 
 
 class QemuCalls:
-    """Every QEMU procedure as a typed coroutine (``conn.qemu_rpc``)."""
+    """Every QEMU procedure as a typed coroutine (``conn.qemu_rpc``).
+
+    ``call_timeout`` is one call's limit in seconds (None: none; left out: the
+    connection's default).  It is not named ``timeout``, which some procedures take
+    as an argument of their own."""
 
     __slots__ = ("_call",)
 
-    def __init__(self, call: Callable[[ProcedureInfo, Any], Awaitable[Any]]) -> None:
+    def __init__(self, call: Callable[..., Awaitable[Any]]) -> None:
         self._call = call
 
-    async def domain_monitor_command(self, dom: NonnullDomain, cmd: str, flags: int = 0) -> QemuDomainMonitorCommandRet:
+    async def domain_monitor_command(self, dom: NonnullDomain, cmd: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> QemuDomainMonitorCommandRet:
         """QEMU_PROC_DOMAIN_MONITOR_COMMAND (1)."""
-        return await self._call(PROCEDURES[1], QemuDomainMonitorCommandArgs(dom, cmd, flags))
+        return await self._call(PROCEDURES[1], QemuDomainMonitorCommandArgs(dom, cmd, flags), call_timeout)
 
-    async def domain_attach(self, pid_value: int, flags: int = 0) -> QemuDomainAttachRet:
+    async def domain_attach(self, pid_value: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> QemuDomainAttachRet:
         """QEMU_PROC_DOMAIN_ATTACH (2)."""
-        return await self._call(PROCEDURES[2], QemuDomainAttachArgs(pid_value, flags))
+        return await self._call(PROCEDURES[2], QemuDomainAttachArgs(pid_value, flags), call_timeout)
 
-    async def domain_agent_command(self, dom: NonnullDomain, cmd: str, timeout: int, flags: int = 0) -> QemuDomainAgentCommandRet:
+    async def domain_agent_command(self, dom: NonnullDomain, cmd: str, timeout: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> QemuDomainAgentCommandRet:
         """QEMU_PROC_DOMAIN_AGENT_COMMAND (3)."""
-        return await self._call(PROCEDURES[3], QemuDomainAgentCommandArgs(dom, cmd, timeout, flags))
+        return await self._call(PROCEDURES[3], QemuDomainAgentCommandArgs(dom, cmd, timeout, flags), call_timeout)
 
-    async def connect_domain_monitor_event_register(self, dom: NonnullDomain | None, event: str | None, flags: int = 0) -> QemuConnectDomainMonitorEventRegisterRet:
+    async def connect_domain_monitor_event_register(self, dom: NonnullDomain | None, event: str | None, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> QemuConnectDomainMonitorEventRegisterRet:
         """QEMU_PROC_CONNECT_DOMAIN_MONITOR_EVENT_REGISTER (4), high priority."""
-        return await self._call(PROCEDURES[4], QemuConnectDomainMonitorEventRegisterArgs(dom, event, flags))
+        return await self._call(PROCEDURES[4], QemuConnectDomainMonitorEventRegisterArgs(dom, event, flags), call_timeout)
 
-    async def connect_domain_monitor_event_deregister(self, callbackID: int) -> None:
+    async def connect_domain_monitor_event_deregister(self, callbackID: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """QEMU_PROC_CONNECT_DOMAIN_MONITOR_EVENT_DEREGISTER (5), high priority."""
-        return await self._call(PROCEDURES[5], QemuConnectDomainMonitorEventDeregisterArgs(callbackID))
+        return await self._call(PROCEDURES[5], QemuConnectDomainMonitorEventDeregisterArgs(callbackID), call_timeout)
 
-    async def domain_monitor_command_with_files(self, dom: NonnullDomain, cmd: str, flags: int = 0) -> QemuDomainMonitorCommandWithFilesRet:
+    async def domain_monitor_command_with_files(self, dom: NonnullDomain, cmd: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> QemuDomainMonitorCommandWithFilesRet:
         """QEMU_PROC_DOMAIN_MONITOR_COMMAND_WITH_FILES (7)."""
-        return await self._call(PROCEDURES[7], QemuDomainMonitorCommandWithFilesArgs(dom, cmd, flags))
+        return await self._call(PROCEDURES[7], QemuDomainMonitorCommandWithFilesArgs(dom, cmd, flags), call_timeout)

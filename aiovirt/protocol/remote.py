@@ -8,6 +8,7 @@ import struct as _struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import IntEnum
+from types import EllipsisType
 from typing import Any
 
 from .xdr import _FALSE, _PAD, _TRUE, _U32, ProcedureInfo, XdrError
@@ -20800,1577 +20801,1581 @@ PROCEDURES[443] = ProcedureInfo(443, 'domain_fd_associate', DomainFdAssociateArg
 
 
 class RemoteCalls:
-    """Every REMOTE procedure as a typed coroutine (``conn.rpc``)."""
+    """Every REMOTE procedure as a typed coroutine (``conn.rpc``).
+
+    ``call_timeout`` is one call's limit in seconds (None: none; left out: the
+    connection's default).  It is not named ``timeout``, which some procedures take
+    as an argument of their own."""
 
     __slots__ = ("_call",)
 
-    def __init__(self, call: Callable[[ProcedureInfo, Any], Awaitable[Any]]) -> None:
+    def __init__(self, call: Callable[..., Awaitable[Any]]) -> None:
         self._call = call
 
-    async def connect_open(self, name: str | None, flags: int = 0) -> None:
+    async def connect_open(self, name: str | None, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_CONNECT_OPEN (1), high priority."""
-        return await self._call(PROCEDURES[1], ConnectOpenArgs(name, flags))
+        return await self._call(PROCEDURES[1], ConnectOpenArgs(name, flags), call_timeout)
 
-    async def connect_close(self) -> None:
+    async def connect_close(self, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_CONNECT_CLOSE (2), high priority."""
-        return await self._call(PROCEDURES[2], None)
+        return await self._call(PROCEDURES[2], None, call_timeout)
 
-    async def connect_get_type(self) -> ConnectGetTypeRet:
+    async def connect_get_type(self, *, call_timeout: float | None | EllipsisType = ...) -> ConnectGetTypeRet:
         """REMOTE_PROC_CONNECT_GET_TYPE (3), high priority."""
-        return await self._call(PROCEDURES[3], None)
+        return await self._call(PROCEDURES[3], None, call_timeout)
 
-    async def connect_get_version(self) -> ConnectGetVersionRet:
+    async def connect_get_version(self, *, call_timeout: float | None | EllipsisType = ...) -> ConnectGetVersionRet:
         """REMOTE_PROC_CONNECT_GET_VERSION (4), high priority."""
-        return await self._call(PROCEDURES[4], None)
+        return await self._call(PROCEDURES[4], None, call_timeout)
 
-    async def connect_get_max_vcpus(self, type: str | None) -> ConnectGetMaxVcpusRet:
+    async def connect_get_max_vcpus(self, type: str | None, *, call_timeout: float | None | EllipsisType = ...) -> ConnectGetMaxVcpusRet:
         """REMOTE_PROC_CONNECT_GET_MAX_VCPUS (5), high priority."""
-        return await self._call(PROCEDURES[5], ConnectGetMaxVcpusArgs(type))
+        return await self._call(PROCEDURES[5], ConnectGetMaxVcpusArgs(type), call_timeout)
 
-    async def node_get_info(self) -> NodeGetInfoRet:
+    async def node_get_info(self, *, call_timeout: float | None | EllipsisType = ...) -> NodeGetInfoRet:
         """REMOTE_PROC_NODE_GET_INFO (6), high priority."""
-        return await self._call(PROCEDURES[6], None)
+        return await self._call(PROCEDURES[6], None, call_timeout)
 
-    async def connect_get_capabilities(self) -> ConnectGetCapabilitiesRet:
+    async def connect_get_capabilities(self, *, call_timeout: float | None | EllipsisType = ...) -> ConnectGetCapabilitiesRet:
         """REMOTE_PROC_CONNECT_GET_CAPABILITIES (7)."""
-        return await self._call(PROCEDURES[7], None)
+        return await self._call(PROCEDURES[7], None, call_timeout)
 
-    async def domain_attach_device(self, dom: NonnullDomain, xml: str) -> None:
+    async def domain_attach_device(self, dom: NonnullDomain, xml: str, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_ATTACH_DEVICE (8)."""
-        return await self._call(PROCEDURES[8], DomainAttachDeviceArgs(dom, xml))
+        return await self._call(PROCEDURES[8], DomainAttachDeviceArgs(dom, xml), call_timeout)
 
-    async def domain_create(self, dom: NonnullDomain) -> None:
+    async def domain_create(self, dom: NonnullDomain, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_CREATE (9)."""
-        return await self._call(PROCEDURES[9], DomainCreateArgs(dom))
+        return await self._call(PROCEDURES[9], DomainCreateArgs(dom), call_timeout)
 
-    async def domain_create_xml(self, xml_desc: str, flags: int = 0) -> DomainCreateXmlRet:
+    async def domain_create_xml(self, xml_desc: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainCreateXmlRet:
         """REMOTE_PROC_DOMAIN_CREATE_XML (10)."""
-        return await self._call(PROCEDURES[10], DomainCreateXmlArgs(xml_desc, flags))
+        return await self._call(PROCEDURES[10], DomainCreateXmlArgs(xml_desc, flags), call_timeout)
 
-    async def domain_define_xml(self, xml: str) -> DomainDefineXmlRet:
+    async def domain_define_xml(self, xml: str, *, call_timeout: float | None | EllipsisType = ...) -> DomainDefineXmlRet:
         """REMOTE_PROC_DOMAIN_DEFINE_XML (11), high priority."""
-        return await self._call(PROCEDURES[11], DomainDefineXmlArgs(xml))
+        return await self._call(PROCEDURES[11], DomainDefineXmlArgs(xml), call_timeout)
 
-    async def domain_destroy(self, dom: NonnullDomain) -> None:
+    async def domain_destroy(self, dom: NonnullDomain, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_DESTROY (12), high priority."""
-        return await self._call(PROCEDURES[12], DomainDestroyArgs(dom))
+        return await self._call(PROCEDURES[12], DomainDestroyArgs(dom), call_timeout)
 
-    async def domain_detach_device(self, dom: NonnullDomain, xml: str) -> None:
+    async def domain_detach_device(self, dom: NonnullDomain, xml: str, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_DETACH_DEVICE (13)."""
-        return await self._call(PROCEDURES[13], DomainDetachDeviceArgs(dom, xml))
+        return await self._call(PROCEDURES[13], DomainDetachDeviceArgs(dom, xml), call_timeout)
 
-    async def domain_get_xml_desc(self, dom: NonnullDomain, flags: int = 0) -> DomainGetXmlDescRet:
+    async def domain_get_xml_desc(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetXmlDescRet:
         """REMOTE_PROC_DOMAIN_GET_XML_DESC (14)."""
-        return await self._call(PROCEDURES[14], DomainGetXmlDescArgs(dom, flags))
+        return await self._call(PROCEDURES[14], DomainGetXmlDescArgs(dom, flags), call_timeout)
 
-    async def domain_get_autostart(self, dom: NonnullDomain) -> DomainGetAutostartRet:
+    async def domain_get_autostart(self, dom: NonnullDomain, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetAutostartRet:
         """REMOTE_PROC_DOMAIN_GET_AUTOSTART (15), high priority."""
-        return await self._call(PROCEDURES[15], DomainGetAutostartArgs(dom))
+        return await self._call(PROCEDURES[15], DomainGetAutostartArgs(dom), call_timeout)
 
-    async def domain_get_info(self, dom: NonnullDomain) -> DomainGetInfoRet:
+    async def domain_get_info(self, dom: NonnullDomain, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetInfoRet:
         """REMOTE_PROC_DOMAIN_GET_INFO (16)."""
-        return await self._call(PROCEDURES[16], DomainGetInfoArgs(dom))
+        return await self._call(PROCEDURES[16], DomainGetInfoArgs(dom), call_timeout)
 
-    async def domain_get_max_memory(self, dom: NonnullDomain) -> DomainGetMaxMemoryRet:
+    async def domain_get_max_memory(self, dom: NonnullDomain, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetMaxMemoryRet:
         """REMOTE_PROC_DOMAIN_GET_MAX_MEMORY (17), high priority."""
-        return await self._call(PROCEDURES[17], DomainGetMaxMemoryArgs(dom))
+        return await self._call(PROCEDURES[17], DomainGetMaxMemoryArgs(dom), call_timeout)
 
-    async def domain_get_max_vcpus(self, dom: NonnullDomain) -> DomainGetMaxVcpusRet:
+    async def domain_get_max_vcpus(self, dom: NonnullDomain, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetMaxVcpusRet:
         """REMOTE_PROC_DOMAIN_GET_MAX_VCPUS (18), high priority."""
-        return await self._call(PROCEDURES[18], DomainGetMaxVcpusArgs(dom))
+        return await self._call(PROCEDURES[18], DomainGetMaxVcpusArgs(dom), call_timeout)
 
-    async def domain_get_os_type(self, dom: NonnullDomain) -> DomainGetOsTypeRet:
+    async def domain_get_os_type(self, dom: NonnullDomain, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetOsTypeRet:
         """REMOTE_PROC_DOMAIN_GET_OS_TYPE (19), high priority."""
-        return await self._call(PROCEDURES[19], DomainGetOsTypeArgs(dom))
+        return await self._call(PROCEDURES[19], DomainGetOsTypeArgs(dom), call_timeout)
 
-    async def domain_get_vcpus(self, dom: NonnullDomain, maxinfo: int, maplen: int) -> DomainGetVcpusRet:
+    async def domain_get_vcpus(self, dom: NonnullDomain, maxinfo: int, maplen: int, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetVcpusRet:
         """REMOTE_PROC_DOMAIN_GET_VCPUS (20), high priority."""
-        return await self._call(PROCEDURES[20], DomainGetVcpusArgs(dom, maxinfo, maplen))
+        return await self._call(PROCEDURES[20], DomainGetVcpusArgs(dom, maxinfo, maplen), call_timeout)
 
-    async def connect_list_defined_domains(self, maxnames: int) -> ConnectListDefinedDomainsRet:
+    async def connect_list_defined_domains(self, maxnames: int, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListDefinedDomainsRet:
         """REMOTE_PROC_CONNECT_LIST_DEFINED_DOMAINS (21), high priority."""
-        return await self._call(PROCEDURES[21], ConnectListDefinedDomainsArgs(maxnames))
+        return await self._call(PROCEDURES[21], ConnectListDefinedDomainsArgs(maxnames), call_timeout)
 
-    async def domain_lookup_by_id(self, id: int) -> DomainLookupByIdRet:
+    async def domain_lookup_by_id(self, id: int, *, call_timeout: float | None | EllipsisType = ...) -> DomainLookupByIdRet:
         """REMOTE_PROC_DOMAIN_LOOKUP_BY_ID (22), high priority."""
-        return await self._call(PROCEDURES[22], DomainLookupByIdArgs(id))
+        return await self._call(PROCEDURES[22], DomainLookupByIdArgs(id), call_timeout)
 
-    async def domain_lookup_by_name(self, name: str) -> DomainLookupByNameRet:
+    async def domain_lookup_by_name(self, name: str, *, call_timeout: float | None | EllipsisType = ...) -> DomainLookupByNameRet:
         """REMOTE_PROC_DOMAIN_LOOKUP_BY_NAME (23), high priority."""
-        return await self._call(PROCEDURES[23], DomainLookupByNameArgs(name))
+        return await self._call(PROCEDURES[23], DomainLookupByNameArgs(name), call_timeout)
 
-    async def domain_lookup_by_uuid(self, uuid: bytes) -> DomainLookupByUuidRet:
+    async def domain_lookup_by_uuid(self, uuid: bytes, *, call_timeout: float | None | EllipsisType = ...) -> DomainLookupByUuidRet:
         """REMOTE_PROC_DOMAIN_LOOKUP_BY_UUID (24), high priority."""
-        return await self._call(PROCEDURES[24], DomainLookupByUuidArgs(uuid))
+        return await self._call(PROCEDURES[24], DomainLookupByUuidArgs(uuid), call_timeout)
 
-    async def connect_num_of_defined_domains(self) -> ConnectNumOfDefinedDomainsRet:
+    async def connect_num_of_defined_domains(self, *, call_timeout: float | None | EllipsisType = ...) -> ConnectNumOfDefinedDomainsRet:
         """REMOTE_PROC_CONNECT_NUM_OF_DEFINED_DOMAINS (25), high priority."""
-        return await self._call(PROCEDURES[25], None)
+        return await self._call(PROCEDURES[25], None, call_timeout)
 
-    async def domain_pin_vcpu(self, dom: NonnullDomain, vcpu: int, cpumap: bytes) -> None:
+    async def domain_pin_vcpu(self, dom: NonnullDomain, vcpu: int, cpumap: bytes, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_PIN_VCPU (26)."""
-        return await self._call(PROCEDURES[26], DomainPinVcpuArgs(dom, vcpu, cpumap))
+        return await self._call(PROCEDURES[26], DomainPinVcpuArgs(dom, vcpu, cpumap), call_timeout)
 
-    async def domain_reboot(self, dom: NonnullDomain, flags: int = 0) -> None:
+    async def domain_reboot(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_REBOOT (27)."""
-        return await self._call(PROCEDURES[27], DomainRebootArgs(dom, flags))
+        return await self._call(PROCEDURES[27], DomainRebootArgs(dom, flags), call_timeout)
 
-    async def domain_resume(self, dom: NonnullDomain) -> None:
+    async def domain_resume(self, dom: NonnullDomain, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_RESUME (28)."""
-        return await self._call(PROCEDURES[28], DomainResumeArgs(dom))
+        return await self._call(PROCEDURES[28], DomainResumeArgs(dom), call_timeout)
 
-    async def domain_set_autostart(self, dom: NonnullDomain, autostart: int) -> None:
+    async def domain_set_autostart(self, dom: NonnullDomain, autostart: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_AUTOSTART (29), high priority."""
-        return await self._call(PROCEDURES[29], DomainSetAutostartArgs(dom, autostart))
+        return await self._call(PROCEDURES[29], DomainSetAutostartArgs(dom, autostart), call_timeout)
 
-    async def domain_set_max_memory(self, dom: NonnullDomain, memory: int) -> None:
+    async def domain_set_max_memory(self, dom: NonnullDomain, memory: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_MAX_MEMORY (30), high priority."""
-        return await self._call(PROCEDURES[30], DomainSetMaxMemoryArgs(dom, memory))
+        return await self._call(PROCEDURES[30], DomainSetMaxMemoryArgs(dom, memory), call_timeout)
 
-    async def domain_set_memory(self, dom: NonnullDomain, memory: int) -> None:
+    async def domain_set_memory(self, dom: NonnullDomain, memory: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_MEMORY (31)."""
-        return await self._call(PROCEDURES[31], DomainSetMemoryArgs(dom, memory))
+        return await self._call(PROCEDURES[31], DomainSetMemoryArgs(dom, memory), call_timeout)
 
-    async def domain_set_vcpus(self, dom: NonnullDomain, nvcpus: int) -> None:
+    async def domain_set_vcpus(self, dom: NonnullDomain, nvcpus: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_VCPUS (32)."""
-        return await self._call(PROCEDURES[32], DomainSetVcpusArgs(dom, nvcpus))
+        return await self._call(PROCEDURES[32], DomainSetVcpusArgs(dom, nvcpus), call_timeout)
 
-    async def domain_shutdown(self, dom: NonnullDomain) -> None:
+    async def domain_shutdown(self, dom: NonnullDomain, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SHUTDOWN (33)."""
-        return await self._call(PROCEDURES[33], DomainShutdownArgs(dom))
+        return await self._call(PROCEDURES[33], DomainShutdownArgs(dom), call_timeout)
 
-    async def domain_suspend(self, dom: NonnullDomain) -> None:
+    async def domain_suspend(self, dom: NonnullDomain, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SUSPEND (34)."""
-        return await self._call(PROCEDURES[34], DomainSuspendArgs(dom))
+        return await self._call(PROCEDURES[34], DomainSuspendArgs(dom), call_timeout)
 
-    async def domain_undefine(self, dom: NonnullDomain) -> None:
+    async def domain_undefine(self, dom: NonnullDomain, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_UNDEFINE (35), high priority."""
-        return await self._call(PROCEDURES[35], DomainUndefineArgs(dom))
+        return await self._call(PROCEDURES[35], DomainUndefineArgs(dom), call_timeout)
 
-    async def connect_list_defined_networks(self, maxnames: int) -> ConnectListDefinedNetworksRet:
+    async def connect_list_defined_networks(self, maxnames: int, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListDefinedNetworksRet:
         """REMOTE_PROC_CONNECT_LIST_DEFINED_NETWORKS (36), high priority."""
-        return await self._call(PROCEDURES[36], ConnectListDefinedNetworksArgs(maxnames))
+        return await self._call(PROCEDURES[36], ConnectListDefinedNetworksArgs(maxnames), call_timeout)
 
-    async def connect_list_domains(self, maxids: int) -> ConnectListDomainsRet:
+    async def connect_list_domains(self, maxids: int, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListDomainsRet:
         """REMOTE_PROC_CONNECT_LIST_DOMAINS (37), high priority."""
-        return await self._call(PROCEDURES[37], ConnectListDomainsArgs(maxids))
+        return await self._call(PROCEDURES[37], ConnectListDomainsArgs(maxids), call_timeout)
 
-    async def connect_list_networks(self, maxnames: int) -> ConnectListNetworksRet:
+    async def connect_list_networks(self, maxnames: int, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListNetworksRet:
         """REMOTE_PROC_CONNECT_LIST_NETWORKS (38), high priority."""
-        return await self._call(PROCEDURES[38], ConnectListNetworksArgs(maxnames))
+        return await self._call(PROCEDURES[38], ConnectListNetworksArgs(maxnames), call_timeout)
 
-    async def network_create(self, net: NonnullNetwork) -> None:
+    async def network_create(self, net: NonnullNetwork, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_NETWORK_CREATE (39)."""
-        return await self._call(PROCEDURES[39], NetworkCreateArgs(net))
+        return await self._call(PROCEDURES[39], NetworkCreateArgs(net), call_timeout)
 
-    async def network_create_xml(self, xml: str) -> NetworkCreateXmlRet:
+    async def network_create_xml(self, xml: str, *, call_timeout: float | None | EllipsisType = ...) -> NetworkCreateXmlRet:
         """REMOTE_PROC_NETWORK_CREATE_XML (40)."""
-        return await self._call(PROCEDURES[40], NetworkCreateXmlArgs(xml))
+        return await self._call(PROCEDURES[40], NetworkCreateXmlArgs(xml), call_timeout)
 
-    async def network_define_xml(self, xml: str) -> NetworkDefineXmlRet:
+    async def network_define_xml(self, xml: str, *, call_timeout: float | None | EllipsisType = ...) -> NetworkDefineXmlRet:
         """REMOTE_PROC_NETWORK_DEFINE_XML (41), high priority."""
-        return await self._call(PROCEDURES[41], NetworkDefineXmlArgs(xml))
+        return await self._call(PROCEDURES[41], NetworkDefineXmlArgs(xml), call_timeout)
 
-    async def network_destroy(self, net: NonnullNetwork) -> None:
+    async def network_destroy(self, net: NonnullNetwork, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_NETWORK_DESTROY (42), high priority."""
-        return await self._call(PROCEDURES[42], NetworkDestroyArgs(net))
+        return await self._call(PROCEDURES[42], NetworkDestroyArgs(net), call_timeout)
 
-    async def network_get_xml_desc(self, net: NonnullNetwork, flags: int = 0) -> NetworkGetXmlDescRet:
+    async def network_get_xml_desc(self, net: NonnullNetwork, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NetworkGetXmlDescRet:
         """REMOTE_PROC_NETWORK_GET_XML_DESC (43), high priority."""
-        return await self._call(PROCEDURES[43], NetworkGetXmlDescArgs(net, flags))
+        return await self._call(PROCEDURES[43], NetworkGetXmlDescArgs(net, flags), call_timeout)
 
-    async def network_get_autostart(self, net: NonnullNetwork) -> NetworkGetAutostartRet:
+    async def network_get_autostart(self, net: NonnullNetwork, *, call_timeout: float | None | EllipsisType = ...) -> NetworkGetAutostartRet:
         """REMOTE_PROC_NETWORK_GET_AUTOSTART (44), high priority."""
-        return await self._call(PROCEDURES[44], NetworkGetAutostartArgs(net))
+        return await self._call(PROCEDURES[44], NetworkGetAutostartArgs(net), call_timeout)
 
-    async def network_get_bridge_name(self, net: NonnullNetwork) -> NetworkGetBridgeNameRet:
+    async def network_get_bridge_name(self, net: NonnullNetwork, *, call_timeout: float | None | EllipsisType = ...) -> NetworkGetBridgeNameRet:
         """REMOTE_PROC_NETWORK_GET_BRIDGE_NAME (45), high priority."""
-        return await self._call(PROCEDURES[45], NetworkGetBridgeNameArgs(net))
+        return await self._call(PROCEDURES[45], NetworkGetBridgeNameArgs(net), call_timeout)
 
-    async def network_lookup_by_name(self, name: str) -> NetworkLookupByNameRet:
+    async def network_lookup_by_name(self, name: str, *, call_timeout: float | None | EllipsisType = ...) -> NetworkLookupByNameRet:
         """REMOTE_PROC_NETWORK_LOOKUP_BY_NAME (46), high priority."""
-        return await self._call(PROCEDURES[46], NetworkLookupByNameArgs(name))
+        return await self._call(PROCEDURES[46], NetworkLookupByNameArgs(name), call_timeout)
 
-    async def network_lookup_by_uuid(self, uuid: bytes) -> NetworkLookupByUuidRet:
+    async def network_lookup_by_uuid(self, uuid: bytes, *, call_timeout: float | None | EllipsisType = ...) -> NetworkLookupByUuidRet:
         """REMOTE_PROC_NETWORK_LOOKUP_BY_UUID (47), high priority."""
-        return await self._call(PROCEDURES[47], NetworkLookupByUuidArgs(uuid))
+        return await self._call(PROCEDURES[47], NetworkLookupByUuidArgs(uuid), call_timeout)
 
-    async def network_set_autostart(self, net: NonnullNetwork, autostart: int) -> None:
+    async def network_set_autostart(self, net: NonnullNetwork, autostart: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_NETWORK_SET_AUTOSTART (48), high priority."""
-        return await self._call(PROCEDURES[48], NetworkSetAutostartArgs(net, autostart))
+        return await self._call(PROCEDURES[48], NetworkSetAutostartArgs(net, autostart), call_timeout)
 
-    async def network_undefine(self, net: NonnullNetwork) -> None:
+    async def network_undefine(self, net: NonnullNetwork, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_NETWORK_UNDEFINE (49), high priority."""
-        return await self._call(PROCEDURES[49], NetworkUndefineArgs(net))
+        return await self._call(PROCEDURES[49], NetworkUndefineArgs(net), call_timeout)
 
-    async def connect_num_of_defined_networks(self) -> ConnectNumOfDefinedNetworksRet:
+    async def connect_num_of_defined_networks(self, *, call_timeout: float | None | EllipsisType = ...) -> ConnectNumOfDefinedNetworksRet:
         """REMOTE_PROC_CONNECT_NUM_OF_DEFINED_NETWORKS (50), high priority."""
-        return await self._call(PROCEDURES[50], None)
+        return await self._call(PROCEDURES[50], None, call_timeout)
 
-    async def connect_num_of_domains(self) -> ConnectNumOfDomainsRet:
+    async def connect_num_of_domains(self, *, call_timeout: float | None | EllipsisType = ...) -> ConnectNumOfDomainsRet:
         """REMOTE_PROC_CONNECT_NUM_OF_DOMAINS (51), high priority."""
-        return await self._call(PROCEDURES[51], None)
+        return await self._call(PROCEDURES[51], None, call_timeout)
 
-    async def connect_num_of_networks(self) -> ConnectNumOfNetworksRet:
+    async def connect_num_of_networks(self, *, call_timeout: float | None | EllipsisType = ...) -> ConnectNumOfNetworksRet:
         """REMOTE_PROC_CONNECT_NUM_OF_NETWORKS (52), high priority."""
-        return await self._call(PROCEDURES[52], None)
+        return await self._call(PROCEDURES[52], None, call_timeout)
 
-    async def domain_core_dump(self, dom: NonnullDomain, to: str, flags: int = 0) -> None:
+    async def domain_core_dump(self, dom: NonnullDomain, to: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_CORE_DUMP (53)."""
-        return await self._call(PROCEDURES[53], DomainCoreDumpArgs(dom, to, flags))
+        return await self._call(PROCEDURES[53], DomainCoreDumpArgs(dom, to, flags), call_timeout)
 
-    async def domain_restore(self, from_: str) -> None:
+    async def domain_restore(self, from_: str, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_RESTORE (54)."""
-        return await self._call(PROCEDURES[54], DomainRestoreArgs(from_))
+        return await self._call(PROCEDURES[54], DomainRestoreArgs(from_), call_timeout)
 
-    async def domain_save(self, dom: NonnullDomain, to: str) -> None:
+    async def domain_save(self, dom: NonnullDomain, to: str, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SAVE (55)."""
-        return await self._call(PROCEDURES[55], DomainSaveArgs(dom, to))
+        return await self._call(PROCEDURES[55], DomainSaveArgs(dom, to), call_timeout)
 
-    async def domain_get_scheduler_type(self, dom: NonnullDomain) -> DomainGetSchedulerTypeRet:
+    async def domain_get_scheduler_type(self, dom: NonnullDomain, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetSchedulerTypeRet:
         """REMOTE_PROC_DOMAIN_GET_SCHEDULER_TYPE (56)."""
-        return await self._call(PROCEDURES[56], DomainGetSchedulerTypeArgs(dom))
+        return await self._call(PROCEDURES[56], DomainGetSchedulerTypeArgs(dom), call_timeout)
 
-    async def domain_get_scheduler_parameters(self, dom: NonnullDomain, nparams: int) -> DomainGetSchedulerParametersRet:
+    async def domain_get_scheduler_parameters(self, dom: NonnullDomain, nparams: int, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetSchedulerParametersRet:
         """REMOTE_PROC_DOMAIN_GET_SCHEDULER_PARAMETERS (57)."""
-        return await self._call(PROCEDURES[57], DomainGetSchedulerParametersArgs(dom, nparams))
+        return await self._call(PROCEDURES[57], DomainGetSchedulerParametersArgs(dom, nparams), call_timeout)
 
-    async def domain_set_scheduler_parameters(self, dom: NonnullDomain, params: list[TypedParam]) -> None:
+    async def domain_set_scheduler_parameters(self, dom: NonnullDomain, params: list[TypedParam], *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_SCHEDULER_PARAMETERS (58)."""
-        return await self._call(PROCEDURES[58], DomainSetSchedulerParametersArgs(dom, params))
+        return await self._call(PROCEDURES[58], DomainSetSchedulerParametersArgs(dom, params), call_timeout)
 
-    async def connect_get_hostname(self) -> ConnectGetHostnameRet:
+    async def connect_get_hostname(self, *, call_timeout: float | None | EllipsisType = ...) -> ConnectGetHostnameRet:
         """REMOTE_PROC_CONNECT_GET_HOSTNAME (59), high priority."""
-        return await self._call(PROCEDURES[59], None)
+        return await self._call(PROCEDURES[59], None, call_timeout)
 
-    async def connect_supports_feature(self, feature: int) -> ConnectSupportsFeatureRet:
+    async def connect_supports_feature(self, feature: int, *, call_timeout: float | None | EllipsisType = ...) -> ConnectSupportsFeatureRet:
         """REMOTE_PROC_CONNECT_SUPPORTS_FEATURE (60), high priority."""
-        return await self._call(PROCEDURES[60], ConnectSupportsFeatureArgs(feature))
+        return await self._call(PROCEDURES[60], ConnectSupportsFeatureArgs(feature), call_timeout)
 
-    async def domain_migrate_prepare(self, uri_in: str | None, flags: int, dname: str | None, resource: int) -> DomainMigratePrepareRet:
+    async def domain_migrate_prepare(self, uri_in: str | None, flags: int, dname: str | None, resource: int, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigratePrepareRet:
         """REMOTE_PROC_DOMAIN_MIGRATE_PREPARE (61)."""
-        return await self._call(PROCEDURES[61], DomainMigratePrepareArgs(uri_in, flags, dname, resource))
+        return await self._call(PROCEDURES[61], DomainMigratePrepareArgs(uri_in, flags, dname, resource), call_timeout)
 
-    async def domain_migrate_perform(self, dom: NonnullDomain, cookie: bytes, uri: str, flags: int, dname: str | None, resource: int) -> None:
+    async def domain_migrate_perform(self, dom: NonnullDomain, cookie: bytes, uri: str, flags: int, dname: str | None, resource: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_MIGRATE_PERFORM (62)."""
-        return await self._call(PROCEDURES[62], DomainMigratePerformArgs(dom, cookie, uri, flags, dname, resource))
+        return await self._call(PROCEDURES[62], DomainMigratePerformArgs(dom, cookie, uri, flags, dname, resource), call_timeout)
 
-    async def domain_migrate_finish(self, dname: str, cookie: bytes, uri: str, flags: int = 0) -> DomainMigrateFinishRet:
+    async def domain_migrate_finish(self, dname: str, cookie: bytes, uri: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigrateFinishRet:
         """REMOTE_PROC_DOMAIN_MIGRATE_FINISH (63)."""
-        return await self._call(PROCEDURES[63], DomainMigrateFinishArgs(dname, cookie, uri, flags))
+        return await self._call(PROCEDURES[63], DomainMigrateFinishArgs(dname, cookie, uri, flags), call_timeout)
 
-    async def domain_block_stats(self, dom: NonnullDomain, path: str) -> DomainBlockStatsRet:
+    async def domain_block_stats(self, dom: NonnullDomain, path: str, *, call_timeout: float | None | EllipsisType = ...) -> DomainBlockStatsRet:
         """REMOTE_PROC_DOMAIN_BLOCK_STATS (64)."""
-        return await self._call(PROCEDURES[64], DomainBlockStatsArgs(dom, path))
+        return await self._call(PROCEDURES[64], DomainBlockStatsArgs(dom, path), call_timeout)
 
-    async def domain_interface_stats(self, dom: NonnullDomain, device: str) -> DomainInterfaceStatsRet:
+    async def domain_interface_stats(self, dom: NonnullDomain, device: str, *, call_timeout: float | None | EllipsisType = ...) -> DomainInterfaceStatsRet:
         """REMOTE_PROC_DOMAIN_INTERFACE_STATS (65), high priority."""
-        return await self._call(PROCEDURES[65], DomainInterfaceStatsArgs(dom, device))
+        return await self._call(PROCEDURES[65], DomainInterfaceStatsArgs(dom, device), call_timeout)
 
-    async def auth_list(self) -> AuthListRet:
+    async def auth_list(self, *, call_timeout: float | None | EllipsisType = ...) -> AuthListRet:
         """REMOTE_PROC_AUTH_LIST (66), high priority."""
-        return await self._call(PROCEDURES[66], None)
+        return await self._call(PROCEDURES[66], None, call_timeout)
 
-    async def auth_sasl_init(self) -> AuthSaslInitRet:
+    async def auth_sasl_init(self, *, call_timeout: float | None | EllipsisType = ...) -> AuthSaslInitRet:
         """REMOTE_PROC_AUTH_SASL_INIT (67), high priority."""
-        return await self._call(PROCEDURES[67], None)
+        return await self._call(PROCEDURES[67], None, call_timeout)
 
-    async def auth_sasl_start(self, mech: str, nil: int, data: bytes) -> AuthSaslStartRet:
+    async def auth_sasl_start(self, mech: str, nil: int, data: bytes, *, call_timeout: float | None | EllipsisType = ...) -> AuthSaslStartRet:
         """REMOTE_PROC_AUTH_SASL_START (68), high priority."""
-        return await self._call(PROCEDURES[68], AuthSaslStartArgs(mech, nil, data))
+        return await self._call(PROCEDURES[68], AuthSaslStartArgs(mech, nil, data), call_timeout)
 
-    async def auth_sasl_step(self, nil: int, data: bytes) -> AuthSaslStepRet:
+    async def auth_sasl_step(self, nil: int, data: bytes, *, call_timeout: float | None | EllipsisType = ...) -> AuthSaslStepRet:
         """REMOTE_PROC_AUTH_SASL_STEP (69), high priority."""
-        return await self._call(PROCEDURES[69], AuthSaslStepArgs(nil, data))
+        return await self._call(PROCEDURES[69], AuthSaslStepArgs(nil, data), call_timeout)
 
-    async def auth_polkit(self) -> AuthPolkitRet:
+    async def auth_polkit(self, *, call_timeout: float | None | EllipsisType = ...) -> AuthPolkitRet:
         """REMOTE_PROC_AUTH_POLKIT (70), high priority."""
-        return await self._call(PROCEDURES[70], None)
+        return await self._call(PROCEDURES[70], None, call_timeout)
 
-    async def connect_num_of_storage_pools(self) -> ConnectNumOfStoragePoolsRet:
+    async def connect_num_of_storage_pools(self, *, call_timeout: float | None | EllipsisType = ...) -> ConnectNumOfStoragePoolsRet:
         """REMOTE_PROC_CONNECT_NUM_OF_STORAGE_POOLS (71), high priority."""
-        return await self._call(PROCEDURES[71], None)
+        return await self._call(PROCEDURES[71], None, call_timeout)
 
-    async def connect_list_storage_pools(self, maxnames: int) -> ConnectListStoragePoolsRet:
+    async def connect_list_storage_pools(self, maxnames: int, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListStoragePoolsRet:
         """REMOTE_PROC_CONNECT_LIST_STORAGE_POOLS (72), high priority."""
-        return await self._call(PROCEDURES[72], ConnectListStoragePoolsArgs(maxnames))
+        return await self._call(PROCEDURES[72], ConnectListStoragePoolsArgs(maxnames), call_timeout)
 
-    async def connect_num_of_defined_storage_pools(self) -> ConnectNumOfDefinedStoragePoolsRet:
+    async def connect_num_of_defined_storage_pools(self, *, call_timeout: float | None | EllipsisType = ...) -> ConnectNumOfDefinedStoragePoolsRet:
         """REMOTE_PROC_CONNECT_NUM_OF_DEFINED_STORAGE_POOLS (73), high priority."""
-        return await self._call(PROCEDURES[73], None)
+        return await self._call(PROCEDURES[73], None, call_timeout)
 
-    async def connect_list_defined_storage_pools(self, maxnames: int) -> ConnectListDefinedStoragePoolsRet:
+    async def connect_list_defined_storage_pools(self, maxnames: int, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListDefinedStoragePoolsRet:
         """REMOTE_PROC_CONNECT_LIST_DEFINED_STORAGE_POOLS (74), high priority."""
-        return await self._call(PROCEDURES[74], ConnectListDefinedStoragePoolsArgs(maxnames))
+        return await self._call(PROCEDURES[74], ConnectListDefinedStoragePoolsArgs(maxnames), call_timeout)
 
-    async def connect_find_storage_pool_sources(self, type: str, srcSpec: str | None, flags: int = 0) -> ConnectFindStoragePoolSourcesRet:
+    async def connect_find_storage_pool_sources(self, type: str, srcSpec: str | None, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectFindStoragePoolSourcesRet:
         """REMOTE_PROC_CONNECT_FIND_STORAGE_POOL_SOURCES (75)."""
-        return await self._call(PROCEDURES[75], ConnectFindStoragePoolSourcesArgs(type, srcSpec, flags))
+        return await self._call(PROCEDURES[75], ConnectFindStoragePoolSourcesArgs(type, srcSpec, flags), call_timeout)
 
-    async def storage_pool_create_xml(self, xml: str, flags: int = 0) -> StoragePoolCreateXmlRet:
+    async def storage_pool_create_xml(self, xml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> StoragePoolCreateXmlRet:
         """REMOTE_PROC_STORAGE_POOL_CREATE_XML (76)."""
-        return await self._call(PROCEDURES[76], StoragePoolCreateXmlArgs(xml, flags))
+        return await self._call(PROCEDURES[76], StoragePoolCreateXmlArgs(xml, flags), call_timeout)
 
-    async def storage_pool_define_xml(self, xml: str, flags: int = 0) -> StoragePoolDefineXmlRet:
+    async def storage_pool_define_xml(self, xml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> StoragePoolDefineXmlRet:
         """REMOTE_PROC_STORAGE_POOL_DEFINE_XML (77), high priority."""
-        return await self._call(PROCEDURES[77], StoragePoolDefineXmlArgs(xml, flags))
+        return await self._call(PROCEDURES[77], StoragePoolDefineXmlArgs(xml, flags), call_timeout)
 
-    async def storage_pool_create(self, pool: NonnullStoragePool, flags: int = 0) -> None:
+    async def storage_pool_create(self, pool: NonnullStoragePool, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_STORAGE_POOL_CREATE (78)."""
-        return await self._call(PROCEDURES[78], StoragePoolCreateArgs(pool, flags))
+        return await self._call(PROCEDURES[78], StoragePoolCreateArgs(pool, flags), call_timeout)
 
-    async def storage_pool_build(self, pool: NonnullStoragePool, flags: int = 0) -> None:
+    async def storage_pool_build(self, pool: NonnullStoragePool, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_STORAGE_POOL_BUILD (79)."""
-        return await self._call(PROCEDURES[79], StoragePoolBuildArgs(pool, flags))
+        return await self._call(PROCEDURES[79], StoragePoolBuildArgs(pool, flags), call_timeout)
 
-    async def storage_pool_destroy(self, pool: NonnullStoragePool) -> None:
+    async def storage_pool_destroy(self, pool: NonnullStoragePool, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_STORAGE_POOL_DESTROY (80), high priority."""
-        return await self._call(PROCEDURES[80], StoragePoolDestroyArgs(pool))
+        return await self._call(PROCEDURES[80], StoragePoolDestroyArgs(pool), call_timeout)
 
-    async def storage_pool_delete(self, pool: NonnullStoragePool, flags: int = 0) -> None:
+    async def storage_pool_delete(self, pool: NonnullStoragePool, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_STORAGE_POOL_DELETE (81)."""
-        return await self._call(PROCEDURES[81], StoragePoolDeleteArgs(pool, flags))
+        return await self._call(PROCEDURES[81], StoragePoolDeleteArgs(pool, flags), call_timeout)
 
-    async def storage_pool_undefine(self, pool: NonnullStoragePool) -> None:
+    async def storage_pool_undefine(self, pool: NonnullStoragePool, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_STORAGE_POOL_UNDEFINE (82), high priority."""
-        return await self._call(PROCEDURES[82], StoragePoolUndefineArgs(pool))
+        return await self._call(PROCEDURES[82], StoragePoolUndefineArgs(pool), call_timeout)
 
-    async def storage_pool_refresh(self, pool: NonnullStoragePool, flags: int = 0) -> None:
+    async def storage_pool_refresh(self, pool: NonnullStoragePool, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_STORAGE_POOL_REFRESH (83)."""
-        return await self._call(PROCEDURES[83], StoragePoolRefreshArgs(pool, flags))
+        return await self._call(PROCEDURES[83], StoragePoolRefreshArgs(pool, flags), call_timeout)
 
-    async def storage_pool_lookup_by_name(self, name: str) -> StoragePoolLookupByNameRet:
+    async def storage_pool_lookup_by_name(self, name: str, *, call_timeout: float | None | EllipsisType = ...) -> StoragePoolLookupByNameRet:
         """REMOTE_PROC_STORAGE_POOL_LOOKUP_BY_NAME (84), high priority."""
-        return await self._call(PROCEDURES[84], StoragePoolLookupByNameArgs(name))
+        return await self._call(PROCEDURES[84], StoragePoolLookupByNameArgs(name), call_timeout)
 
-    async def storage_pool_lookup_by_uuid(self, uuid: bytes) -> StoragePoolLookupByUuidRet:
+    async def storage_pool_lookup_by_uuid(self, uuid: bytes, *, call_timeout: float | None | EllipsisType = ...) -> StoragePoolLookupByUuidRet:
         """REMOTE_PROC_STORAGE_POOL_LOOKUP_BY_UUID (85), high priority."""
-        return await self._call(PROCEDURES[85], StoragePoolLookupByUuidArgs(uuid))
+        return await self._call(PROCEDURES[85], StoragePoolLookupByUuidArgs(uuid), call_timeout)
 
-    async def storage_pool_lookup_by_volume(self, vol: NonnullStorageVol) -> StoragePoolLookupByVolumeRet:
+    async def storage_pool_lookup_by_volume(self, vol: NonnullStorageVol, *, call_timeout: float | None | EllipsisType = ...) -> StoragePoolLookupByVolumeRet:
         """REMOTE_PROC_STORAGE_POOL_LOOKUP_BY_VOLUME (86), high priority."""
-        return await self._call(PROCEDURES[86], StoragePoolLookupByVolumeArgs(vol))
+        return await self._call(PROCEDURES[86], StoragePoolLookupByVolumeArgs(vol), call_timeout)
 
-    async def storage_pool_get_info(self, pool: NonnullStoragePool) -> StoragePoolGetInfoRet:
+    async def storage_pool_get_info(self, pool: NonnullStoragePool, *, call_timeout: float | None | EllipsisType = ...) -> StoragePoolGetInfoRet:
         """REMOTE_PROC_STORAGE_POOL_GET_INFO (87), high priority."""
-        return await self._call(PROCEDURES[87], StoragePoolGetInfoArgs(pool))
+        return await self._call(PROCEDURES[87], StoragePoolGetInfoArgs(pool), call_timeout)
 
-    async def storage_pool_get_xml_desc(self, pool: NonnullStoragePool, flags: int = 0) -> StoragePoolGetXmlDescRet:
+    async def storage_pool_get_xml_desc(self, pool: NonnullStoragePool, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> StoragePoolGetXmlDescRet:
         """REMOTE_PROC_STORAGE_POOL_GET_XML_DESC (88), high priority."""
-        return await self._call(PROCEDURES[88], StoragePoolGetXmlDescArgs(pool, flags))
+        return await self._call(PROCEDURES[88], StoragePoolGetXmlDescArgs(pool, flags), call_timeout)
 
-    async def storage_pool_get_autostart(self, pool: NonnullStoragePool) -> StoragePoolGetAutostartRet:
+    async def storage_pool_get_autostart(self, pool: NonnullStoragePool, *, call_timeout: float | None | EllipsisType = ...) -> StoragePoolGetAutostartRet:
         """REMOTE_PROC_STORAGE_POOL_GET_AUTOSTART (89), high priority."""
-        return await self._call(PROCEDURES[89], StoragePoolGetAutostartArgs(pool))
+        return await self._call(PROCEDURES[89], StoragePoolGetAutostartArgs(pool), call_timeout)
 
-    async def storage_pool_set_autostart(self, pool: NonnullStoragePool, autostart: int) -> None:
+    async def storage_pool_set_autostart(self, pool: NonnullStoragePool, autostart: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_STORAGE_POOL_SET_AUTOSTART (90), high priority."""
-        return await self._call(PROCEDURES[90], StoragePoolSetAutostartArgs(pool, autostart))
+        return await self._call(PROCEDURES[90], StoragePoolSetAutostartArgs(pool, autostart), call_timeout)
 
-    async def storage_pool_num_of_volumes(self, pool: NonnullStoragePool) -> StoragePoolNumOfVolumesRet:
+    async def storage_pool_num_of_volumes(self, pool: NonnullStoragePool, *, call_timeout: float | None | EllipsisType = ...) -> StoragePoolNumOfVolumesRet:
         """REMOTE_PROC_STORAGE_POOL_NUM_OF_VOLUMES (91), high priority."""
-        return await self._call(PROCEDURES[91], StoragePoolNumOfVolumesArgs(pool))
+        return await self._call(PROCEDURES[91], StoragePoolNumOfVolumesArgs(pool), call_timeout)
 
-    async def storage_pool_list_volumes(self, pool: NonnullStoragePool, maxnames: int) -> StoragePoolListVolumesRet:
+    async def storage_pool_list_volumes(self, pool: NonnullStoragePool, maxnames: int, *, call_timeout: float | None | EllipsisType = ...) -> StoragePoolListVolumesRet:
         """REMOTE_PROC_STORAGE_POOL_LIST_VOLUMES (92), high priority."""
-        return await self._call(PROCEDURES[92], StoragePoolListVolumesArgs(pool, maxnames))
+        return await self._call(PROCEDURES[92], StoragePoolListVolumesArgs(pool, maxnames), call_timeout)
 
-    async def storage_vol_create_xml(self, pool: NonnullStoragePool, xml: str, flags: int = 0) -> StorageVolCreateXmlRet:
+    async def storage_vol_create_xml(self, pool: NonnullStoragePool, xml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> StorageVolCreateXmlRet:
         """REMOTE_PROC_STORAGE_VOL_CREATE_XML (93)."""
-        return await self._call(PROCEDURES[93], StorageVolCreateXmlArgs(pool, xml, flags))
+        return await self._call(PROCEDURES[93], StorageVolCreateXmlArgs(pool, xml, flags), call_timeout)
 
-    async def storage_vol_delete(self, vol: NonnullStorageVol, flags: int = 0) -> None:
+    async def storage_vol_delete(self, vol: NonnullStorageVol, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_STORAGE_VOL_DELETE (94)."""
-        return await self._call(PROCEDURES[94], StorageVolDeleteArgs(vol, flags))
+        return await self._call(PROCEDURES[94], StorageVolDeleteArgs(vol, flags), call_timeout)
 
-    async def storage_vol_lookup_by_name(self, pool: NonnullStoragePool, name: str) -> StorageVolLookupByNameRet:
+    async def storage_vol_lookup_by_name(self, pool: NonnullStoragePool, name: str, *, call_timeout: float | None | EllipsisType = ...) -> StorageVolLookupByNameRet:
         """REMOTE_PROC_STORAGE_VOL_LOOKUP_BY_NAME (95), high priority."""
-        return await self._call(PROCEDURES[95], StorageVolLookupByNameArgs(pool, name))
+        return await self._call(PROCEDURES[95], StorageVolLookupByNameArgs(pool, name), call_timeout)
 
-    async def storage_vol_lookup_by_key(self, key: str) -> StorageVolLookupByKeyRet:
+    async def storage_vol_lookup_by_key(self, key: str, *, call_timeout: float | None | EllipsisType = ...) -> StorageVolLookupByKeyRet:
         """REMOTE_PROC_STORAGE_VOL_LOOKUP_BY_KEY (96), high priority."""
-        return await self._call(PROCEDURES[96], StorageVolLookupByKeyArgs(key))
+        return await self._call(PROCEDURES[96], StorageVolLookupByKeyArgs(key), call_timeout)
 
-    async def storage_vol_lookup_by_path(self, path: str) -> StorageVolLookupByPathRet:
+    async def storage_vol_lookup_by_path(self, path: str, *, call_timeout: float | None | EllipsisType = ...) -> StorageVolLookupByPathRet:
         """REMOTE_PROC_STORAGE_VOL_LOOKUP_BY_PATH (97), high priority."""
-        return await self._call(PROCEDURES[97], StorageVolLookupByPathArgs(path))
+        return await self._call(PROCEDURES[97], StorageVolLookupByPathArgs(path), call_timeout)
 
-    async def storage_vol_get_info(self, vol: NonnullStorageVol) -> StorageVolGetInfoRet:
+    async def storage_vol_get_info(self, vol: NonnullStorageVol, *, call_timeout: float | None | EllipsisType = ...) -> StorageVolGetInfoRet:
         """REMOTE_PROC_STORAGE_VOL_GET_INFO (98), high priority."""
-        return await self._call(PROCEDURES[98], StorageVolGetInfoArgs(vol))
+        return await self._call(PROCEDURES[98], StorageVolGetInfoArgs(vol), call_timeout)
 
-    async def storage_vol_get_xml_desc(self, vol: NonnullStorageVol, flags: int = 0) -> StorageVolGetXmlDescRet:
+    async def storage_vol_get_xml_desc(self, vol: NonnullStorageVol, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> StorageVolGetXmlDescRet:
         """REMOTE_PROC_STORAGE_VOL_GET_XML_DESC (99), high priority."""
-        return await self._call(PROCEDURES[99], StorageVolGetXmlDescArgs(vol, flags))
+        return await self._call(PROCEDURES[99], StorageVolGetXmlDescArgs(vol, flags), call_timeout)
 
-    async def storage_vol_get_path(self, vol: NonnullStorageVol) -> StorageVolGetPathRet:
+    async def storage_vol_get_path(self, vol: NonnullStorageVol, *, call_timeout: float | None | EllipsisType = ...) -> StorageVolGetPathRet:
         """REMOTE_PROC_STORAGE_VOL_GET_PATH (100), high priority."""
-        return await self._call(PROCEDURES[100], StorageVolGetPathArgs(vol))
+        return await self._call(PROCEDURES[100], StorageVolGetPathArgs(vol), call_timeout)
 
-    async def node_get_cells_free_memory(self, startCell: int, maxcells: int) -> NodeGetCellsFreeMemoryRet:
+    async def node_get_cells_free_memory(self, startCell: int, maxcells: int, *, call_timeout: float | None | EllipsisType = ...) -> NodeGetCellsFreeMemoryRet:
         """REMOTE_PROC_NODE_GET_CELLS_FREE_MEMORY (101), high priority."""
-        return await self._call(PROCEDURES[101], NodeGetCellsFreeMemoryArgs(startCell, maxcells))
+        return await self._call(PROCEDURES[101], NodeGetCellsFreeMemoryArgs(startCell, maxcells), call_timeout)
 
-    async def node_get_free_memory(self) -> NodeGetFreeMemoryRet:
+    async def node_get_free_memory(self, *, call_timeout: float | None | EllipsisType = ...) -> NodeGetFreeMemoryRet:
         """REMOTE_PROC_NODE_GET_FREE_MEMORY (102), high priority."""
-        return await self._call(PROCEDURES[102], None)
+        return await self._call(PROCEDURES[102], None, call_timeout)
 
-    async def domain_block_peek(self, dom: NonnullDomain, path: str, offset: int, size: int, flags: int = 0) -> DomainBlockPeekRet:
+    async def domain_block_peek(self, dom: NonnullDomain, path: str, offset: int, size: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainBlockPeekRet:
         """REMOTE_PROC_DOMAIN_BLOCK_PEEK (103)."""
-        return await self._call(PROCEDURES[103], DomainBlockPeekArgs(dom, path, offset, size, flags))
+        return await self._call(PROCEDURES[103], DomainBlockPeekArgs(dom, path, offset, size, flags), call_timeout)
 
-    async def domain_memory_peek(self, dom: NonnullDomain, offset: int, size: int, flags: int = 0) -> DomainMemoryPeekRet:
+    async def domain_memory_peek(self, dom: NonnullDomain, offset: int, size: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainMemoryPeekRet:
         """REMOTE_PROC_DOMAIN_MEMORY_PEEK (104)."""
-        return await self._call(PROCEDURES[104], DomainMemoryPeekArgs(dom, offset, size, flags))
+        return await self._call(PROCEDURES[104], DomainMemoryPeekArgs(dom, offset, size, flags), call_timeout)
 
-    async def connect_domain_event_register(self) -> ConnectDomainEventRegisterRet:
+    async def connect_domain_event_register(self, *, call_timeout: float | None | EllipsisType = ...) -> ConnectDomainEventRegisterRet:
         """REMOTE_PROC_CONNECT_DOMAIN_EVENT_REGISTER (105), high priority."""
-        return await self._call(PROCEDURES[105], None)
+        return await self._call(PROCEDURES[105], None, call_timeout)
 
-    async def connect_domain_event_deregister(self) -> ConnectDomainEventDeregisterRet:
+    async def connect_domain_event_deregister(self, *, call_timeout: float | None | EllipsisType = ...) -> ConnectDomainEventDeregisterRet:
         """REMOTE_PROC_CONNECT_DOMAIN_EVENT_DEREGISTER (106), high priority."""
-        return await self._call(PROCEDURES[106], None)
+        return await self._call(PROCEDURES[106], None, call_timeout)
 
-    async def domain_migrate_prepare2(self, uri_in: str | None, flags: int, dname: str | None, resource: int, dom_xml: str) -> DomainMigratePrepare2Ret:
+    async def domain_migrate_prepare2(self, uri_in: str | None, flags: int, dname: str | None, resource: int, dom_xml: str, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigratePrepare2Ret:
         """REMOTE_PROC_DOMAIN_MIGRATE_PREPARE2 (108)."""
-        return await self._call(PROCEDURES[108], DomainMigratePrepare2Args(uri_in, flags, dname, resource, dom_xml))
+        return await self._call(PROCEDURES[108], DomainMigratePrepare2Args(uri_in, flags, dname, resource, dom_xml), call_timeout)
 
-    async def domain_migrate_finish2(self, dname: str, cookie: bytes, uri: str, flags: int, retcode: int) -> DomainMigrateFinish2Ret:
+    async def domain_migrate_finish2(self, dname: str, cookie: bytes, uri: str, flags: int, retcode: int, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigrateFinish2Ret:
         """REMOTE_PROC_DOMAIN_MIGRATE_FINISH2 (109)."""
-        return await self._call(PROCEDURES[109], DomainMigrateFinish2Args(dname, cookie, uri, flags, retcode))
+        return await self._call(PROCEDURES[109], DomainMigrateFinish2Args(dname, cookie, uri, flags, retcode), call_timeout)
 
-    async def connect_get_uri(self) -> ConnectGetUriRet:
+    async def connect_get_uri(self, *, call_timeout: float | None | EllipsisType = ...) -> ConnectGetUriRet:
         """REMOTE_PROC_CONNECT_GET_URI (110), high priority."""
-        return await self._call(PROCEDURES[110], None)
+        return await self._call(PROCEDURES[110], None, call_timeout)
 
-    async def node_num_of_devices(self, cap: str | None, flags: int = 0) -> NodeNumOfDevicesRet:
+    async def node_num_of_devices(self, cap: str | None, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeNumOfDevicesRet:
         """REMOTE_PROC_NODE_NUM_OF_DEVICES (111), high priority."""
-        return await self._call(PROCEDURES[111], NodeNumOfDevicesArgs(cap, flags))
+        return await self._call(PROCEDURES[111], NodeNumOfDevicesArgs(cap, flags), call_timeout)
 
-    async def node_list_devices(self, cap: str | None, maxnames: int, flags: int = 0) -> NodeListDevicesRet:
+    async def node_list_devices(self, cap: str | None, maxnames: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeListDevicesRet:
         """REMOTE_PROC_NODE_LIST_DEVICES (112), high priority."""
-        return await self._call(PROCEDURES[112], NodeListDevicesArgs(cap, maxnames, flags))
+        return await self._call(PROCEDURES[112], NodeListDevicesArgs(cap, maxnames, flags), call_timeout)
 
-    async def node_device_lookup_by_name(self, name: str) -> NodeDeviceLookupByNameRet:
+    async def node_device_lookup_by_name(self, name: str, *, call_timeout: float | None | EllipsisType = ...) -> NodeDeviceLookupByNameRet:
         """REMOTE_PROC_NODE_DEVICE_LOOKUP_BY_NAME (113), high priority."""
-        return await self._call(PROCEDURES[113], NodeDeviceLookupByNameArgs(name))
+        return await self._call(PROCEDURES[113], NodeDeviceLookupByNameArgs(name), call_timeout)
 
-    async def node_device_get_xml_desc(self, name: str, flags: int = 0) -> NodeDeviceGetXmlDescRet:
+    async def node_device_get_xml_desc(self, name: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeDeviceGetXmlDescRet:
         """REMOTE_PROC_NODE_DEVICE_GET_XML_DESC (114)."""
-        return await self._call(PROCEDURES[114], NodeDeviceGetXmlDescArgs(name, flags))
+        return await self._call(PROCEDURES[114], NodeDeviceGetXmlDescArgs(name, flags), call_timeout)
 
-    async def node_device_get_parent(self, name: str) -> NodeDeviceGetParentRet:
+    async def node_device_get_parent(self, name: str, *, call_timeout: float | None | EllipsisType = ...) -> NodeDeviceGetParentRet:
         """REMOTE_PROC_NODE_DEVICE_GET_PARENT (115), high priority."""
-        return await self._call(PROCEDURES[115], NodeDeviceGetParentArgs(name))
+        return await self._call(PROCEDURES[115], NodeDeviceGetParentArgs(name), call_timeout)
 
-    async def node_device_num_of_caps(self, name: str) -> NodeDeviceNumOfCapsRet:
+    async def node_device_num_of_caps(self, name: str, *, call_timeout: float | None | EllipsisType = ...) -> NodeDeviceNumOfCapsRet:
         """REMOTE_PROC_NODE_DEVICE_NUM_OF_CAPS (116), high priority."""
-        return await self._call(PROCEDURES[116], NodeDeviceNumOfCapsArgs(name))
+        return await self._call(PROCEDURES[116], NodeDeviceNumOfCapsArgs(name), call_timeout)
 
-    async def node_device_list_caps(self, name: str, maxnames: int) -> NodeDeviceListCapsRet:
+    async def node_device_list_caps(self, name: str, maxnames: int, *, call_timeout: float | None | EllipsisType = ...) -> NodeDeviceListCapsRet:
         """REMOTE_PROC_NODE_DEVICE_LIST_CAPS (117), high priority."""
-        return await self._call(PROCEDURES[117], NodeDeviceListCapsArgs(name, maxnames))
+        return await self._call(PROCEDURES[117], NodeDeviceListCapsArgs(name, maxnames), call_timeout)
 
-    async def node_device_dettach(self, name: str) -> None:
+    async def node_device_dettach(self, name: str, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_NODE_DEVICE_DETTACH (118)."""
-        return await self._call(PROCEDURES[118], NodeDeviceDettachArgs(name))
+        return await self._call(PROCEDURES[118], NodeDeviceDettachArgs(name), call_timeout)
 
-    async def node_device_re_attach(self, name: str) -> None:
+    async def node_device_re_attach(self, name: str, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_NODE_DEVICE_RE_ATTACH (119)."""
-        return await self._call(PROCEDURES[119], NodeDeviceReAttachArgs(name))
+        return await self._call(PROCEDURES[119], NodeDeviceReAttachArgs(name), call_timeout)
 
-    async def node_device_reset(self, name: str) -> None:
+    async def node_device_reset(self, name: str, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_NODE_DEVICE_RESET (120)."""
-        return await self._call(PROCEDURES[120], NodeDeviceResetArgs(name))
+        return await self._call(PROCEDURES[120], NodeDeviceResetArgs(name), call_timeout)
 
-    async def domain_get_security_label(self, dom: NonnullDomain) -> DomainGetSecurityLabelRet:
+    async def domain_get_security_label(self, dom: NonnullDomain, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetSecurityLabelRet:
         """REMOTE_PROC_DOMAIN_GET_SECURITY_LABEL (121), high priority."""
-        return await self._call(PROCEDURES[121], DomainGetSecurityLabelArgs(dom))
+        return await self._call(PROCEDURES[121], DomainGetSecurityLabelArgs(dom), call_timeout)
 
-    async def node_get_security_model(self) -> NodeGetSecurityModelRet:
+    async def node_get_security_model(self, *, call_timeout: float | None | EllipsisType = ...) -> NodeGetSecurityModelRet:
         """REMOTE_PROC_NODE_GET_SECURITY_MODEL (122), high priority."""
-        return await self._call(PROCEDURES[122], None)
+        return await self._call(PROCEDURES[122], None, call_timeout)
 
-    async def node_device_create_xml(self, xml_desc: str, flags: int = 0) -> NodeDeviceCreateXmlRet:
+    async def node_device_create_xml(self, xml_desc: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeDeviceCreateXmlRet:
         """REMOTE_PROC_NODE_DEVICE_CREATE_XML (123)."""
-        return await self._call(PROCEDURES[123], NodeDeviceCreateXmlArgs(xml_desc, flags))
+        return await self._call(PROCEDURES[123], NodeDeviceCreateXmlArgs(xml_desc, flags), call_timeout)
 
-    async def node_device_destroy(self, name: str) -> None:
+    async def node_device_destroy(self, name: str, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_NODE_DEVICE_DESTROY (124), high priority."""
-        return await self._call(PROCEDURES[124], NodeDeviceDestroyArgs(name))
+        return await self._call(PROCEDURES[124], NodeDeviceDestroyArgs(name), call_timeout)
 
-    async def storage_vol_create_xml_from(self, pool: NonnullStoragePool, xml: str, clonevol: NonnullStorageVol, flags: int = 0) -> StorageVolCreateXmlFromRet:
+    async def storage_vol_create_xml_from(self, pool: NonnullStoragePool, xml: str, clonevol: NonnullStorageVol, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> StorageVolCreateXmlFromRet:
         """REMOTE_PROC_STORAGE_VOL_CREATE_XML_FROM (125)."""
-        return await self._call(PROCEDURES[125], StorageVolCreateXmlFromArgs(pool, xml, clonevol, flags))
+        return await self._call(PROCEDURES[125], StorageVolCreateXmlFromArgs(pool, xml, clonevol, flags), call_timeout)
 
-    async def connect_num_of_interfaces(self) -> ConnectNumOfInterfacesRet:
+    async def connect_num_of_interfaces(self, *, call_timeout: float | None | EllipsisType = ...) -> ConnectNumOfInterfacesRet:
         """REMOTE_PROC_CONNECT_NUM_OF_INTERFACES (126), high priority."""
-        return await self._call(PROCEDURES[126], None)
+        return await self._call(PROCEDURES[126], None, call_timeout)
 
-    async def connect_list_interfaces(self, maxnames: int) -> ConnectListInterfacesRet:
+    async def connect_list_interfaces(self, maxnames: int, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListInterfacesRet:
         """REMOTE_PROC_CONNECT_LIST_INTERFACES (127), high priority."""
-        return await self._call(PROCEDURES[127], ConnectListInterfacesArgs(maxnames))
+        return await self._call(PROCEDURES[127], ConnectListInterfacesArgs(maxnames), call_timeout)
 
-    async def interface_lookup_by_name(self, name: str) -> InterfaceLookupByNameRet:
+    async def interface_lookup_by_name(self, name: str, *, call_timeout: float | None | EllipsisType = ...) -> InterfaceLookupByNameRet:
         """REMOTE_PROC_INTERFACE_LOOKUP_BY_NAME (128), high priority."""
-        return await self._call(PROCEDURES[128], InterfaceLookupByNameArgs(name))
+        return await self._call(PROCEDURES[128], InterfaceLookupByNameArgs(name), call_timeout)
 
-    async def interface_lookup_by_mac_string(self, mac: str) -> InterfaceLookupByMacStringRet:
+    async def interface_lookup_by_mac_string(self, mac: str, *, call_timeout: float | None | EllipsisType = ...) -> InterfaceLookupByMacStringRet:
         """REMOTE_PROC_INTERFACE_LOOKUP_BY_MAC_STRING (129), high priority."""
-        return await self._call(PROCEDURES[129], InterfaceLookupByMacStringArgs(mac))
+        return await self._call(PROCEDURES[129], InterfaceLookupByMacStringArgs(mac), call_timeout)
 
-    async def interface_get_xml_desc(self, iface: NonnullInterface, flags: int = 0) -> InterfaceGetXmlDescRet:
+    async def interface_get_xml_desc(self, iface: NonnullInterface, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> InterfaceGetXmlDescRet:
         """REMOTE_PROC_INTERFACE_GET_XML_DESC (130)."""
-        return await self._call(PROCEDURES[130], InterfaceGetXmlDescArgs(iface, flags))
+        return await self._call(PROCEDURES[130], InterfaceGetXmlDescArgs(iface, flags), call_timeout)
 
-    async def interface_define_xml(self, xml: str, flags: int = 0) -> InterfaceDefineXmlRet:
+    async def interface_define_xml(self, xml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> InterfaceDefineXmlRet:
         """REMOTE_PROC_INTERFACE_DEFINE_XML (131), high priority."""
-        return await self._call(PROCEDURES[131], InterfaceDefineXmlArgs(xml, flags))
+        return await self._call(PROCEDURES[131], InterfaceDefineXmlArgs(xml, flags), call_timeout)
 
-    async def interface_undefine(self, iface: NonnullInterface) -> None:
+    async def interface_undefine(self, iface: NonnullInterface, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_INTERFACE_UNDEFINE (132), high priority."""
-        return await self._call(PROCEDURES[132], InterfaceUndefineArgs(iface))
+        return await self._call(PROCEDURES[132], InterfaceUndefineArgs(iface), call_timeout)
 
-    async def interface_create(self, iface: NonnullInterface, flags: int = 0) -> None:
+    async def interface_create(self, iface: NonnullInterface, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_INTERFACE_CREATE (133)."""
-        return await self._call(PROCEDURES[133], InterfaceCreateArgs(iface, flags))
+        return await self._call(PROCEDURES[133], InterfaceCreateArgs(iface, flags), call_timeout)
 
-    async def interface_destroy(self, iface: NonnullInterface, flags: int = 0) -> None:
+    async def interface_destroy(self, iface: NonnullInterface, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_INTERFACE_DESTROY (134), high priority."""
-        return await self._call(PROCEDURES[134], InterfaceDestroyArgs(iface, flags))
+        return await self._call(PROCEDURES[134], InterfaceDestroyArgs(iface, flags), call_timeout)
 
-    async def connect_domain_xml_from_native(self, nativeFormat: str, nativeConfig: str, flags: int = 0) -> ConnectDomainXmlFromNativeRet:
+    async def connect_domain_xml_from_native(self, nativeFormat: str, nativeConfig: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectDomainXmlFromNativeRet:
         """REMOTE_PROC_CONNECT_DOMAIN_XML_FROM_NATIVE (135)."""
-        return await self._call(PROCEDURES[135], ConnectDomainXmlFromNativeArgs(nativeFormat, nativeConfig, flags))
+        return await self._call(PROCEDURES[135], ConnectDomainXmlFromNativeArgs(nativeFormat, nativeConfig, flags), call_timeout)
 
-    async def connect_domain_xml_to_native(self, nativeFormat: str, domainXml: str, flags: int = 0) -> ConnectDomainXmlToNativeRet:
+    async def connect_domain_xml_to_native(self, nativeFormat: str, domainXml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectDomainXmlToNativeRet:
         """REMOTE_PROC_CONNECT_DOMAIN_XML_TO_NATIVE (136)."""
-        return await self._call(PROCEDURES[136], ConnectDomainXmlToNativeArgs(nativeFormat, domainXml, flags))
+        return await self._call(PROCEDURES[136], ConnectDomainXmlToNativeArgs(nativeFormat, domainXml, flags), call_timeout)
 
-    async def connect_num_of_defined_interfaces(self) -> ConnectNumOfDefinedInterfacesRet:
+    async def connect_num_of_defined_interfaces(self, *, call_timeout: float | None | EllipsisType = ...) -> ConnectNumOfDefinedInterfacesRet:
         """REMOTE_PROC_CONNECT_NUM_OF_DEFINED_INTERFACES (137), high priority."""
-        return await self._call(PROCEDURES[137], None)
+        return await self._call(PROCEDURES[137], None, call_timeout)
 
-    async def connect_list_defined_interfaces(self, maxnames: int) -> ConnectListDefinedInterfacesRet:
+    async def connect_list_defined_interfaces(self, maxnames: int, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListDefinedInterfacesRet:
         """REMOTE_PROC_CONNECT_LIST_DEFINED_INTERFACES (138), high priority."""
-        return await self._call(PROCEDURES[138], ConnectListDefinedInterfacesArgs(maxnames))
+        return await self._call(PROCEDURES[138], ConnectListDefinedInterfacesArgs(maxnames), call_timeout)
 
-    async def connect_num_of_secrets(self) -> ConnectNumOfSecretsRet:
+    async def connect_num_of_secrets(self, *, call_timeout: float | None | EllipsisType = ...) -> ConnectNumOfSecretsRet:
         """REMOTE_PROC_CONNECT_NUM_OF_SECRETS (139), high priority."""
-        return await self._call(PROCEDURES[139], None)
+        return await self._call(PROCEDURES[139], None, call_timeout)
 
-    async def connect_list_secrets(self, maxuuids: int) -> ConnectListSecretsRet:
+    async def connect_list_secrets(self, maxuuids: int, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListSecretsRet:
         """REMOTE_PROC_CONNECT_LIST_SECRETS (140), high priority."""
-        return await self._call(PROCEDURES[140], ConnectListSecretsArgs(maxuuids))
+        return await self._call(PROCEDURES[140], ConnectListSecretsArgs(maxuuids), call_timeout)
 
-    async def secret_lookup_by_uuid(self, uuid: bytes) -> SecretLookupByUuidRet:
+    async def secret_lookup_by_uuid(self, uuid: bytes, *, call_timeout: float | None | EllipsisType = ...) -> SecretLookupByUuidRet:
         """REMOTE_PROC_SECRET_LOOKUP_BY_UUID (141), high priority."""
-        return await self._call(PROCEDURES[141], SecretLookupByUuidArgs(uuid))
+        return await self._call(PROCEDURES[141], SecretLookupByUuidArgs(uuid), call_timeout)
 
-    async def secret_define_xml(self, xml: str, flags: int = 0) -> SecretDefineXmlRet:
+    async def secret_define_xml(self, xml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> SecretDefineXmlRet:
         """REMOTE_PROC_SECRET_DEFINE_XML (142), high priority."""
-        return await self._call(PROCEDURES[142], SecretDefineXmlArgs(xml, flags))
+        return await self._call(PROCEDURES[142], SecretDefineXmlArgs(xml, flags), call_timeout)
 
-    async def secret_get_xml_desc(self, secret: NonnullSecret, flags: int = 0) -> SecretGetXmlDescRet:
+    async def secret_get_xml_desc(self, secret: NonnullSecret, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> SecretGetXmlDescRet:
         """REMOTE_PROC_SECRET_GET_XML_DESC (143), high priority."""
-        return await self._call(PROCEDURES[143], SecretGetXmlDescArgs(secret, flags))
+        return await self._call(PROCEDURES[143], SecretGetXmlDescArgs(secret, flags), call_timeout)
 
-    async def secret_set_value(self, secret: NonnullSecret, value: bytes, flags: int = 0) -> None:
+    async def secret_set_value(self, secret: NonnullSecret, value: bytes, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_SECRET_SET_VALUE (144), high priority."""
-        return await self._call(PROCEDURES[144], SecretSetValueArgs(secret, value, flags))
+        return await self._call(PROCEDURES[144], SecretSetValueArgs(secret, value, flags), call_timeout)
 
-    async def secret_get_value(self, secret: NonnullSecret, flags: int = 0) -> SecretGetValueRet:
+    async def secret_get_value(self, secret: NonnullSecret, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> SecretGetValueRet:
         """REMOTE_PROC_SECRET_GET_VALUE (145), high priority."""
-        return await self._call(PROCEDURES[145], SecretGetValueArgs(secret, flags))
+        return await self._call(PROCEDURES[145], SecretGetValueArgs(secret, flags), call_timeout)
 
-    async def secret_undefine(self, secret: NonnullSecret) -> None:
+    async def secret_undefine(self, secret: NonnullSecret, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_SECRET_UNDEFINE (146), high priority."""
-        return await self._call(PROCEDURES[146], SecretUndefineArgs(secret))
+        return await self._call(PROCEDURES[146], SecretUndefineArgs(secret), call_timeout)
 
-    async def secret_lookup_by_usage(self, usageType: int, usageID: str) -> SecretLookupByUsageRet:
+    async def secret_lookup_by_usage(self, usageType: int, usageID: str, *, call_timeout: float | None | EllipsisType = ...) -> SecretLookupByUsageRet:
         """REMOTE_PROC_SECRET_LOOKUP_BY_USAGE (147), high priority."""
-        return await self._call(PROCEDURES[147], SecretLookupByUsageArgs(usageType, usageID))
+        return await self._call(PROCEDURES[147], SecretLookupByUsageArgs(usageType, usageID), call_timeout)
 
-    async def domain_migrate_prepare_tunnel(self, flags: int, dname: str | None, resource: int, dom_xml: str) -> None:
+    async def domain_migrate_prepare_tunnel(self, flags: int, dname: str | None, resource: int, dom_xml: str, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_MIGRATE_PREPARE_TUNNEL (148), opens a write stream."""
-        return await self._call(PROCEDURES[148], DomainMigratePrepareTunnelArgs(flags, dname, resource, dom_xml))
+        return await self._call(PROCEDURES[148], DomainMigratePrepareTunnelArgs(flags, dname, resource, dom_xml), call_timeout)
 
-    async def connect_is_secure(self) -> ConnectIsSecureRet:
+    async def connect_is_secure(self, *, call_timeout: float | None | EllipsisType = ...) -> ConnectIsSecureRet:
         """REMOTE_PROC_CONNECT_IS_SECURE (149), high priority."""
-        return await self._call(PROCEDURES[149], None)
+        return await self._call(PROCEDURES[149], None, call_timeout)
 
-    async def domain_is_active(self, dom: NonnullDomain) -> DomainIsActiveRet:
+    async def domain_is_active(self, dom: NonnullDomain, *, call_timeout: float | None | EllipsisType = ...) -> DomainIsActiveRet:
         """REMOTE_PROC_DOMAIN_IS_ACTIVE (150), high priority."""
-        return await self._call(PROCEDURES[150], DomainIsActiveArgs(dom))
+        return await self._call(PROCEDURES[150], DomainIsActiveArgs(dom), call_timeout)
 
-    async def domain_is_persistent(self, dom: NonnullDomain) -> DomainIsPersistentRet:
+    async def domain_is_persistent(self, dom: NonnullDomain, *, call_timeout: float | None | EllipsisType = ...) -> DomainIsPersistentRet:
         """REMOTE_PROC_DOMAIN_IS_PERSISTENT (151), high priority."""
-        return await self._call(PROCEDURES[151], DomainIsPersistentArgs(dom))
+        return await self._call(PROCEDURES[151], DomainIsPersistentArgs(dom), call_timeout)
 
-    async def network_is_active(self, net: NonnullNetwork) -> NetworkIsActiveRet:
+    async def network_is_active(self, net: NonnullNetwork, *, call_timeout: float | None | EllipsisType = ...) -> NetworkIsActiveRet:
         """REMOTE_PROC_NETWORK_IS_ACTIVE (152), high priority."""
-        return await self._call(PROCEDURES[152], NetworkIsActiveArgs(net))
+        return await self._call(PROCEDURES[152], NetworkIsActiveArgs(net), call_timeout)
 
-    async def network_is_persistent(self, net: NonnullNetwork) -> NetworkIsPersistentRet:
+    async def network_is_persistent(self, net: NonnullNetwork, *, call_timeout: float | None | EllipsisType = ...) -> NetworkIsPersistentRet:
         """REMOTE_PROC_NETWORK_IS_PERSISTENT (153), high priority."""
-        return await self._call(PROCEDURES[153], NetworkIsPersistentArgs(net))
+        return await self._call(PROCEDURES[153], NetworkIsPersistentArgs(net), call_timeout)
 
-    async def storage_pool_is_active(self, pool: NonnullStoragePool) -> StoragePoolIsActiveRet:
+    async def storage_pool_is_active(self, pool: NonnullStoragePool, *, call_timeout: float | None | EllipsisType = ...) -> StoragePoolIsActiveRet:
         """REMOTE_PROC_STORAGE_POOL_IS_ACTIVE (154), high priority."""
-        return await self._call(PROCEDURES[154], StoragePoolIsActiveArgs(pool))
+        return await self._call(PROCEDURES[154], StoragePoolIsActiveArgs(pool), call_timeout)
 
-    async def storage_pool_is_persistent(self, pool: NonnullStoragePool) -> StoragePoolIsPersistentRet:
+    async def storage_pool_is_persistent(self, pool: NonnullStoragePool, *, call_timeout: float | None | EllipsisType = ...) -> StoragePoolIsPersistentRet:
         """REMOTE_PROC_STORAGE_POOL_IS_PERSISTENT (155), high priority."""
-        return await self._call(PROCEDURES[155], StoragePoolIsPersistentArgs(pool))
+        return await self._call(PROCEDURES[155], StoragePoolIsPersistentArgs(pool), call_timeout)
 
-    async def interface_is_active(self, iface: NonnullInterface) -> InterfaceIsActiveRet:
+    async def interface_is_active(self, iface: NonnullInterface, *, call_timeout: float | None | EllipsisType = ...) -> InterfaceIsActiveRet:
         """REMOTE_PROC_INTERFACE_IS_ACTIVE (156), high priority."""
-        return await self._call(PROCEDURES[156], InterfaceIsActiveArgs(iface))
+        return await self._call(PROCEDURES[156], InterfaceIsActiveArgs(iface), call_timeout)
 
-    async def connect_get_lib_version(self) -> ConnectGetLibVersionRet:
+    async def connect_get_lib_version(self, *, call_timeout: float | None | EllipsisType = ...) -> ConnectGetLibVersionRet:
         """REMOTE_PROC_CONNECT_GET_LIB_VERSION (157), high priority."""
-        return await self._call(PROCEDURES[157], None)
+        return await self._call(PROCEDURES[157], None, call_timeout)
 
-    async def connect_compare_cpu(self, xml: str, flags: int = 0) -> ConnectCompareCpuRet:
+    async def connect_compare_cpu(self, xml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectCompareCpuRet:
         """REMOTE_PROC_CONNECT_COMPARE_CPU (158), high priority."""
-        return await self._call(PROCEDURES[158], ConnectCompareCpuArgs(xml, flags))
+        return await self._call(PROCEDURES[158], ConnectCompareCpuArgs(xml, flags), call_timeout)
 
-    async def domain_memory_stats(self, dom: NonnullDomain, maxStats: int, flags: int = 0) -> DomainMemoryStatsRet:
+    async def domain_memory_stats(self, dom: NonnullDomain, maxStats: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainMemoryStatsRet:
         """REMOTE_PROC_DOMAIN_MEMORY_STATS (159)."""
-        return await self._call(PROCEDURES[159], DomainMemoryStatsArgs(dom, maxStats, flags))
+        return await self._call(PROCEDURES[159], DomainMemoryStatsArgs(dom, maxStats, flags), call_timeout)
 
-    async def domain_attach_device_flags(self, dom: NonnullDomain, xml: str, flags: int = 0) -> None:
+    async def domain_attach_device_flags(self, dom: NonnullDomain, xml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_ATTACH_DEVICE_FLAGS (160)."""
-        return await self._call(PROCEDURES[160], DomainAttachDeviceFlagsArgs(dom, xml, flags))
+        return await self._call(PROCEDURES[160], DomainAttachDeviceFlagsArgs(dom, xml, flags), call_timeout)
 
-    async def domain_detach_device_flags(self, dom: NonnullDomain, xml: str, flags: int = 0) -> None:
+    async def domain_detach_device_flags(self, dom: NonnullDomain, xml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_DETACH_DEVICE_FLAGS (161)."""
-        return await self._call(PROCEDURES[161], DomainDetachDeviceFlagsArgs(dom, xml, flags))
+        return await self._call(PROCEDURES[161], DomainDetachDeviceFlagsArgs(dom, xml, flags), call_timeout)
 
-    async def connect_baseline_cpu(self, xmlCPUs: list[str], flags: int = 0) -> ConnectBaselineCpuRet:
+    async def connect_baseline_cpu(self, xmlCPUs: list[str], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectBaselineCpuRet:
         """REMOTE_PROC_CONNECT_BASELINE_CPU (162)."""
-        return await self._call(PROCEDURES[162], ConnectBaselineCpuArgs(xmlCPUs, flags))
+        return await self._call(PROCEDURES[162], ConnectBaselineCpuArgs(xmlCPUs, flags), call_timeout)
 
-    async def domain_get_job_info(self, dom: NonnullDomain) -> DomainGetJobInfoRet:
+    async def domain_get_job_info(self, dom: NonnullDomain, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetJobInfoRet:
         """REMOTE_PROC_DOMAIN_GET_JOB_INFO (163)."""
-        return await self._call(PROCEDURES[163], DomainGetJobInfoArgs(dom))
+        return await self._call(PROCEDURES[163], DomainGetJobInfoArgs(dom), call_timeout)
 
-    async def domain_abort_job(self, dom: NonnullDomain) -> None:
+    async def domain_abort_job(self, dom: NonnullDomain, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_ABORT_JOB (164)."""
-        return await self._call(PROCEDURES[164], DomainAbortJobArgs(dom))
+        return await self._call(PROCEDURES[164], DomainAbortJobArgs(dom), call_timeout)
 
-    async def storage_vol_wipe(self, vol: NonnullStorageVol, flags: int = 0) -> None:
+    async def storage_vol_wipe(self, vol: NonnullStorageVol, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_STORAGE_VOL_WIPE (165)."""
-        return await self._call(PROCEDURES[165], StorageVolWipeArgs(vol, flags))
+        return await self._call(PROCEDURES[165], StorageVolWipeArgs(vol, flags), call_timeout)
 
-    async def domain_migrate_set_max_downtime(self, dom: NonnullDomain, downtime: int, flags: int = 0) -> None:
+    async def domain_migrate_set_max_downtime(self, dom: NonnullDomain, downtime: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_MIGRATE_SET_MAX_DOWNTIME (166)."""
-        return await self._call(PROCEDURES[166], DomainMigrateSetMaxDowntimeArgs(dom, downtime, flags))
+        return await self._call(PROCEDURES[166], DomainMigrateSetMaxDowntimeArgs(dom, downtime, flags), call_timeout)
 
-    async def connect_domain_event_register_any(self, eventID: int) -> None:
+    async def connect_domain_event_register_any(self, eventID: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_CONNECT_DOMAIN_EVENT_REGISTER_ANY (167), high priority."""
-        return await self._call(PROCEDURES[167], ConnectDomainEventRegisterAnyArgs(eventID))
+        return await self._call(PROCEDURES[167], ConnectDomainEventRegisterAnyArgs(eventID), call_timeout)
 
-    async def connect_domain_event_deregister_any(self, eventID: int) -> None:
+    async def connect_domain_event_deregister_any(self, eventID: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_CONNECT_DOMAIN_EVENT_DEREGISTER_ANY (168), high priority."""
-        return await self._call(PROCEDURES[168], ConnectDomainEventDeregisterAnyArgs(eventID))
+        return await self._call(PROCEDURES[168], ConnectDomainEventDeregisterAnyArgs(eventID), call_timeout)
 
-    async def domain_update_device_flags(self, dom: NonnullDomain, xml: str, flags: int = 0) -> None:
+    async def domain_update_device_flags(self, dom: NonnullDomain, xml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_UPDATE_DEVICE_FLAGS (174)."""
-        return await self._call(PROCEDURES[174], DomainUpdateDeviceFlagsArgs(dom, xml, flags))
+        return await self._call(PROCEDURES[174], DomainUpdateDeviceFlagsArgs(dom, xml, flags), call_timeout)
 
-    async def nwfilter_lookup_by_name(self, name: str) -> NwfilterLookupByNameRet:
+    async def nwfilter_lookup_by_name(self, name: str, *, call_timeout: float | None | EllipsisType = ...) -> NwfilterLookupByNameRet:
         """REMOTE_PROC_NWFILTER_LOOKUP_BY_NAME (175), high priority."""
-        return await self._call(PROCEDURES[175], NwfilterLookupByNameArgs(name))
+        return await self._call(PROCEDURES[175], NwfilterLookupByNameArgs(name), call_timeout)
 
-    async def nwfilter_lookup_by_uuid(self, uuid: bytes) -> NwfilterLookupByUuidRet:
+    async def nwfilter_lookup_by_uuid(self, uuid: bytes, *, call_timeout: float | None | EllipsisType = ...) -> NwfilterLookupByUuidRet:
         """REMOTE_PROC_NWFILTER_LOOKUP_BY_UUID (176), high priority."""
-        return await self._call(PROCEDURES[176], NwfilterLookupByUuidArgs(uuid))
+        return await self._call(PROCEDURES[176], NwfilterLookupByUuidArgs(uuid), call_timeout)
 
-    async def nwfilter_get_xml_desc(self, nwfilter: NonnullNwfilter, flags: int = 0) -> NwfilterGetXmlDescRet:
+    async def nwfilter_get_xml_desc(self, nwfilter: NonnullNwfilter, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NwfilterGetXmlDescRet:
         """REMOTE_PROC_NWFILTER_GET_XML_DESC (177), high priority."""
-        return await self._call(PROCEDURES[177], NwfilterGetXmlDescArgs(nwfilter, flags))
+        return await self._call(PROCEDURES[177], NwfilterGetXmlDescArgs(nwfilter, flags), call_timeout)
 
-    async def connect_num_of_nwfilters(self) -> ConnectNumOfNwfiltersRet:
+    async def connect_num_of_nwfilters(self, *, call_timeout: float | None | EllipsisType = ...) -> ConnectNumOfNwfiltersRet:
         """REMOTE_PROC_CONNECT_NUM_OF_NWFILTERS (178), high priority."""
-        return await self._call(PROCEDURES[178], None)
+        return await self._call(PROCEDURES[178], None, call_timeout)
 
-    async def connect_list_nwfilters(self, maxnames: int) -> ConnectListNwfiltersRet:
+    async def connect_list_nwfilters(self, maxnames: int, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListNwfiltersRet:
         """REMOTE_PROC_CONNECT_LIST_NWFILTERS (179), high priority."""
-        return await self._call(PROCEDURES[179], ConnectListNwfiltersArgs(maxnames))
+        return await self._call(PROCEDURES[179], ConnectListNwfiltersArgs(maxnames), call_timeout)
 
-    async def nwfilter_define_xml(self, xml: str) -> NwfilterDefineXmlRet:
+    async def nwfilter_define_xml(self, xml: str, *, call_timeout: float | None | EllipsisType = ...) -> NwfilterDefineXmlRet:
         """REMOTE_PROC_NWFILTER_DEFINE_XML (180), high priority."""
-        return await self._call(PROCEDURES[180], NwfilterDefineXmlArgs(xml))
+        return await self._call(PROCEDURES[180], NwfilterDefineXmlArgs(xml), call_timeout)
 
-    async def nwfilter_undefine(self, nwfilter: NonnullNwfilter) -> None:
+    async def nwfilter_undefine(self, nwfilter: NonnullNwfilter, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_NWFILTER_UNDEFINE (181), high priority."""
-        return await self._call(PROCEDURES[181], NwfilterUndefineArgs(nwfilter))
+        return await self._call(PROCEDURES[181], NwfilterUndefineArgs(nwfilter), call_timeout)
 
-    async def domain_managed_save(self, dom: NonnullDomain, flags: int = 0) -> None:
+    async def domain_managed_save(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_MANAGED_SAVE (182)."""
-        return await self._call(PROCEDURES[182], DomainManagedSaveArgs(dom, flags))
+        return await self._call(PROCEDURES[182], DomainManagedSaveArgs(dom, flags), call_timeout)
 
-    async def domain_has_managed_save_image(self, dom: NonnullDomain, flags: int = 0) -> DomainHasManagedSaveImageRet:
+    async def domain_has_managed_save_image(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainHasManagedSaveImageRet:
         """REMOTE_PROC_DOMAIN_HAS_MANAGED_SAVE_IMAGE (183)."""
-        return await self._call(PROCEDURES[183], DomainHasManagedSaveImageArgs(dom, flags))
+        return await self._call(PROCEDURES[183], DomainHasManagedSaveImageArgs(dom, flags), call_timeout)
 
-    async def domain_managed_save_remove(self, dom: NonnullDomain, flags: int = 0) -> None:
+    async def domain_managed_save_remove(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_MANAGED_SAVE_REMOVE (184)."""
-        return await self._call(PROCEDURES[184], DomainManagedSaveRemoveArgs(dom, flags))
+        return await self._call(PROCEDURES[184], DomainManagedSaveRemoveArgs(dom, flags), call_timeout)
 
-    async def domain_snapshot_create_xml(self, dom: NonnullDomain, xml_desc: str, flags: int = 0) -> DomainSnapshotCreateXmlRet:
+    async def domain_snapshot_create_xml(self, dom: NonnullDomain, xml_desc: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotCreateXmlRet:
         """REMOTE_PROC_DOMAIN_SNAPSHOT_CREATE_XML (185)."""
-        return await self._call(PROCEDURES[185], DomainSnapshotCreateXmlArgs(dom, xml_desc, flags))
+        return await self._call(PROCEDURES[185], DomainSnapshotCreateXmlArgs(dom, xml_desc, flags), call_timeout)
 
-    async def domain_snapshot_get_xml_desc(self, snap: NonnullDomainSnapshot, flags: int = 0) -> DomainSnapshotGetXmlDescRet:
+    async def domain_snapshot_get_xml_desc(self, snap: NonnullDomainSnapshot, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotGetXmlDescRet:
         """REMOTE_PROC_DOMAIN_SNAPSHOT_GET_XML_DESC (186), high priority."""
-        return await self._call(PROCEDURES[186], DomainSnapshotGetXmlDescArgs(snap, flags))
+        return await self._call(PROCEDURES[186], DomainSnapshotGetXmlDescArgs(snap, flags), call_timeout)
 
-    async def domain_snapshot_num(self, dom: NonnullDomain, flags: int = 0) -> DomainSnapshotNumRet:
+    async def domain_snapshot_num(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotNumRet:
         """REMOTE_PROC_DOMAIN_SNAPSHOT_NUM (187), high priority."""
-        return await self._call(PROCEDURES[187], DomainSnapshotNumArgs(dom, flags))
+        return await self._call(PROCEDURES[187], DomainSnapshotNumArgs(dom, flags), call_timeout)
 
-    async def domain_snapshot_list_names(self, dom: NonnullDomain, maxnames: int, flags: int = 0) -> DomainSnapshotListNamesRet:
+    async def domain_snapshot_list_names(self, dom: NonnullDomain, maxnames: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotListNamesRet:
         """REMOTE_PROC_DOMAIN_SNAPSHOT_LIST_NAMES (188), high priority."""
-        return await self._call(PROCEDURES[188], DomainSnapshotListNamesArgs(dom, maxnames, flags))
+        return await self._call(PROCEDURES[188], DomainSnapshotListNamesArgs(dom, maxnames, flags), call_timeout)
 
-    async def domain_snapshot_lookup_by_name(self, dom: NonnullDomain, name: str, flags: int = 0) -> DomainSnapshotLookupByNameRet:
+    async def domain_snapshot_lookup_by_name(self, dom: NonnullDomain, name: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotLookupByNameRet:
         """REMOTE_PROC_DOMAIN_SNAPSHOT_LOOKUP_BY_NAME (189), high priority."""
-        return await self._call(PROCEDURES[189], DomainSnapshotLookupByNameArgs(dom, name, flags))
+        return await self._call(PROCEDURES[189], DomainSnapshotLookupByNameArgs(dom, name, flags), call_timeout)
 
-    async def domain_has_current_snapshot(self, dom: NonnullDomain, flags: int = 0) -> DomainHasCurrentSnapshotRet:
+    async def domain_has_current_snapshot(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainHasCurrentSnapshotRet:
         """REMOTE_PROC_DOMAIN_HAS_CURRENT_SNAPSHOT (190)."""
-        return await self._call(PROCEDURES[190], DomainHasCurrentSnapshotArgs(dom, flags))
+        return await self._call(PROCEDURES[190], DomainHasCurrentSnapshotArgs(dom, flags), call_timeout)
 
-    async def domain_snapshot_current(self, dom: NonnullDomain, flags: int = 0) -> DomainSnapshotCurrentRet:
+    async def domain_snapshot_current(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotCurrentRet:
         """REMOTE_PROC_DOMAIN_SNAPSHOT_CURRENT (191)."""
-        return await self._call(PROCEDURES[191], DomainSnapshotCurrentArgs(dom, flags))
+        return await self._call(PROCEDURES[191], DomainSnapshotCurrentArgs(dom, flags), call_timeout)
 
-    async def domain_revert_to_snapshot(self, snap: NonnullDomainSnapshot, flags: int = 0) -> None:
+    async def domain_revert_to_snapshot(self, snap: NonnullDomainSnapshot, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_REVERT_TO_SNAPSHOT (192)."""
-        return await self._call(PROCEDURES[192], DomainRevertToSnapshotArgs(snap, flags))
+        return await self._call(PROCEDURES[192], DomainRevertToSnapshotArgs(snap, flags), call_timeout)
 
-    async def domain_snapshot_delete(self, snap: NonnullDomainSnapshot, flags: int = 0) -> None:
+    async def domain_snapshot_delete(self, snap: NonnullDomainSnapshot, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SNAPSHOT_DELETE (193)."""
-        return await self._call(PROCEDURES[193], DomainSnapshotDeleteArgs(snap, flags))
+        return await self._call(PROCEDURES[193], DomainSnapshotDeleteArgs(snap, flags), call_timeout)
 
-    async def domain_get_block_info(self, dom: NonnullDomain, path: str, flags: int = 0) -> DomainGetBlockInfoRet:
+    async def domain_get_block_info(self, dom: NonnullDomain, path: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetBlockInfoRet:
         """REMOTE_PROC_DOMAIN_GET_BLOCK_INFO (194)."""
-        return await self._call(PROCEDURES[194], DomainGetBlockInfoArgs(dom, path, flags))
+        return await self._call(PROCEDURES[194], DomainGetBlockInfoArgs(dom, path, flags), call_timeout)
 
-    async def domain_create_with_flags(self, dom: NonnullDomain, flags: int = 0) -> DomainCreateWithFlagsRet:
+    async def domain_create_with_flags(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainCreateWithFlagsRet:
         """REMOTE_PROC_DOMAIN_CREATE_WITH_FLAGS (196)."""
-        return await self._call(PROCEDURES[196], DomainCreateWithFlagsArgs(dom, flags))
+        return await self._call(PROCEDURES[196], DomainCreateWithFlagsArgs(dom, flags), call_timeout)
 
-    async def domain_set_memory_parameters(self, dom: NonnullDomain, params: list[TypedParam], flags: int = 0) -> None:
+    async def domain_set_memory_parameters(self, dom: NonnullDomain, params: list[TypedParam], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_MEMORY_PARAMETERS (197)."""
-        return await self._call(PROCEDURES[197], DomainSetMemoryParametersArgs(dom, params, flags))
+        return await self._call(PROCEDURES[197], DomainSetMemoryParametersArgs(dom, params, flags), call_timeout)
 
-    async def domain_get_memory_parameters(self, dom: NonnullDomain, nparams: int, flags: int = 0) -> DomainGetMemoryParametersRet:
+    async def domain_get_memory_parameters(self, dom: NonnullDomain, nparams: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetMemoryParametersRet:
         """REMOTE_PROC_DOMAIN_GET_MEMORY_PARAMETERS (198)."""
-        return await self._call(PROCEDURES[198], DomainGetMemoryParametersArgs(dom, nparams, flags))
+        return await self._call(PROCEDURES[198], DomainGetMemoryParametersArgs(dom, nparams, flags), call_timeout)
 
-    async def domain_set_vcpus_flags(self, dom: NonnullDomain, nvcpus: int, flags: int = 0) -> None:
+    async def domain_set_vcpus_flags(self, dom: NonnullDomain, nvcpus: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_VCPUS_FLAGS (199)."""
-        return await self._call(PROCEDURES[199], DomainSetVcpusFlagsArgs(dom, nvcpus, flags))
+        return await self._call(PROCEDURES[199], DomainSetVcpusFlagsArgs(dom, nvcpus, flags), call_timeout)
 
-    async def domain_get_vcpus_flags(self, dom: NonnullDomain, flags: int = 0) -> DomainGetVcpusFlagsRet:
+    async def domain_get_vcpus_flags(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetVcpusFlagsRet:
         """REMOTE_PROC_DOMAIN_GET_VCPUS_FLAGS (200)."""
-        return await self._call(PROCEDURES[200], DomainGetVcpusFlagsArgs(dom, flags))
+        return await self._call(PROCEDURES[200], DomainGetVcpusFlagsArgs(dom, flags), call_timeout)
 
-    async def domain_open_console(self, dom: NonnullDomain, dev_name: str | None, flags: int = 0) -> None:
+    async def domain_open_console(self, dom: NonnullDomain, dev_name: str | None, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_OPEN_CONSOLE (201), opens a read stream."""
-        return await self._call(PROCEDURES[201], DomainOpenConsoleArgs(dom, dev_name, flags))
+        return await self._call(PROCEDURES[201], DomainOpenConsoleArgs(dom, dev_name, flags), call_timeout)
 
-    async def domain_is_updated(self, dom: NonnullDomain) -> DomainIsUpdatedRet:
+    async def domain_is_updated(self, dom: NonnullDomain, *, call_timeout: float | None | EllipsisType = ...) -> DomainIsUpdatedRet:
         """REMOTE_PROC_DOMAIN_IS_UPDATED (202), high priority."""
-        return await self._call(PROCEDURES[202], DomainIsUpdatedArgs(dom))
+        return await self._call(PROCEDURES[202], DomainIsUpdatedArgs(dom), call_timeout)
 
-    async def connect_get_sysinfo(self, flags: int = 0) -> ConnectGetSysinfoRet:
+    async def connect_get_sysinfo(self, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectGetSysinfoRet:
         """REMOTE_PROC_CONNECT_GET_SYSINFO (203), high priority."""
-        return await self._call(PROCEDURES[203], ConnectGetSysinfoArgs(flags))
+        return await self._call(PROCEDURES[203], ConnectGetSysinfoArgs(flags), call_timeout)
 
-    async def domain_set_memory_flags(self, dom: NonnullDomain, memory: int, flags: int = 0) -> None:
+    async def domain_set_memory_flags(self, dom: NonnullDomain, memory: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_MEMORY_FLAGS (204)."""
-        return await self._call(PROCEDURES[204], DomainSetMemoryFlagsArgs(dom, memory, flags))
+        return await self._call(PROCEDURES[204], DomainSetMemoryFlagsArgs(dom, memory, flags), call_timeout)
 
-    async def domain_set_blkio_parameters(self, dom: NonnullDomain, params: list[TypedParam], flags: int = 0) -> None:
+    async def domain_set_blkio_parameters(self, dom: NonnullDomain, params: list[TypedParam], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_BLKIO_PARAMETERS (205)."""
-        return await self._call(PROCEDURES[205], DomainSetBlkioParametersArgs(dom, params, flags))
+        return await self._call(PROCEDURES[205], DomainSetBlkioParametersArgs(dom, params, flags), call_timeout)
 
-    async def domain_get_blkio_parameters(self, dom: NonnullDomain, nparams: int, flags: int = 0) -> DomainGetBlkioParametersRet:
+    async def domain_get_blkio_parameters(self, dom: NonnullDomain, nparams: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetBlkioParametersRet:
         """REMOTE_PROC_DOMAIN_GET_BLKIO_PARAMETERS (206)."""
-        return await self._call(PROCEDURES[206], DomainGetBlkioParametersArgs(dom, nparams, flags))
+        return await self._call(PROCEDURES[206], DomainGetBlkioParametersArgs(dom, nparams, flags), call_timeout)
 
-    async def domain_migrate_set_max_speed(self, dom: NonnullDomain, bandwidth: int, flags: int = 0) -> None:
+    async def domain_migrate_set_max_speed(self, dom: NonnullDomain, bandwidth: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_MIGRATE_SET_MAX_SPEED (207)."""
-        return await self._call(PROCEDURES[207], DomainMigrateSetMaxSpeedArgs(dom, bandwidth, flags))
+        return await self._call(PROCEDURES[207], DomainMigrateSetMaxSpeedArgs(dom, bandwidth, flags), call_timeout)
 
-    async def storage_vol_upload(self, vol: NonnullStorageVol, offset: int, length: int, flags: int = 0) -> None:
+    async def storage_vol_upload(self, vol: NonnullStorageVol, offset: int, length: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_STORAGE_VOL_UPLOAD (208), opens a write stream."""
-        return await self._call(PROCEDURES[208], StorageVolUploadArgs(vol, offset, length, flags))
+        return await self._call(PROCEDURES[208], StorageVolUploadArgs(vol, offset, length, flags), call_timeout)
 
-    async def storage_vol_download(self, vol: NonnullStorageVol, offset: int, length: int, flags: int = 0) -> None:
+    async def storage_vol_download(self, vol: NonnullStorageVol, offset: int, length: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_STORAGE_VOL_DOWNLOAD (209), opens a read stream."""
-        return await self._call(PROCEDURES[209], StorageVolDownloadArgs(vol, offset, length, flags))
+        return await self._call(PROCEDURES[209], StorageVolDownloadArgs(vol, offset, length, flags), call_timeout)
 
-    async def domain_inject_nmi(self, dom: NonnullDomain, flags: int = 0) -> None:
+    async def domain_inject_nmi(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_INJECT_NMI (210)."""
-        return await self._call(PROCEDURES[210], DomainInjectNmiArgs(dom, flags))
+        return await self._call(PROCEDURES[210], DomainInjectNmiArgs(dom, flags), call_timeout)
 
-    async def domain_screenshot(self, dom: NonnullDomain, screen: int, flags: int = 0) -> DomainScreenshotRet:
+    async def domain_screenshot(self, dom: NonnullDomain, screen: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainScreenshotRet:
         """REMOTE_PROC_DOMAIN_SCREENSHOT (211), opens a read stream."""
-        return await self._call(PROCEDURES[211], DomainScreenshotArgs(dom, screen, flags))
+        return await self._call(PROCEDURES[211], DomainScreenshotArgs(dom, screen, flags), call_timeout)
 
-    async def domain_get_state(self, dom: NonnullDomain, flags: int = 0) -> DomainGetStateRet:
+    async def domain_get_state(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetStateRet:
         """REMOTE_PROC_DOMAIN_GET_STATE (212), high priority."""
-        return await self._call(PROCEDURES[212], DomainGetStateArgs(dom, flags))
+        return await self._call(PROCEDURES[212], DomainGetStateArgs(dom, flags), call_timeout)
 
-    async def domain_migrate_begin3(self, dom: NonnullDomain, xmlin: str | None, flags: int, dname: str | None, resource: int) -> DomainMigrateBegin3Ret:
+    async def domain_migrate_begin3(self, dom: NonnullDomain, xmlin: str | None, flags: int, dname: str | None, resource: int, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigrateBegin3Ret:
         """REMOTE_PROC_DOMAIN_MIGRATE_BEGIN3 (213)."""
-        return await self._call(PROCEDURES[213], DomainMigrateBegin3Args(dom, xmlin, flags, dname, resource))
+        return await self._call(PROCEDURES[213], DomainMigrateBegin3Args(dom, xmlin, flags, dname, resource), call_timeout)
 
-    async def domain_migrate_prepare3(self, cookie_in: bytes, uri_in: str | None, flags: int, dname: str | None, resource: int, dom_xml: str) -> DomainMigratePrepare3Ret:
+    async def domain_migrate_prepare3(self, cookie_in: bytes, uri_in: str | None, flags: int, dname: str | None, resource: int, dom_xml: str, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigratePrepare3Ret:
         """REMOTE_PROC_DOMAIN_MIGRATE_PREPARE3 (214)."""
-        return await self._call(PROCEDURES[214], DomainMigratePrepare3Args(cookie_in, uri_in, flags, dname, resource, dom_xml))
+        return await self._call(PROCEDURES[214], DomainMigratePrepare3Args(cookie_in, uri_in, flags, dname, resource, dom_xml), call_timeout)
 
-    async def domain_migrate_prepare_tunnel3(self, cookie_in: bytes, flags: int, dname: str | None, resource: int, dom_xml: str) -> DomainMigratePrepareTunnel3Ret:
+    async def domain_migrate_prepare_tunnel3(self, cookie_in: bytes, flags: int, dname: str | None, resource: int, dom_xml: str, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigratePrepareTunnel3Ret:
         """REMOTE_PROC_DOMAIN_MIGRATE_PREPARE_TUNNEL3 (215), opens a write stream."""
-        return await self._call(PROCEDURES[215], DomainMigratePrepareTunnel3Args(cookie_in, flags, dname, resource, dom_xml))
+        return await self._call(PROCEDURES[215], DomainMigratePrepareTunnel3Args(cookie_in, flags, dname, resource, dom_xml), call_timeout)
 
-    async def domain_migrate_perform3(self, dom: NonnullDomain, xmlin: str | None, cookie_in: bytes, dconnuri: str | None, uri: str | None, flags: int, dname: str | None, resource: int) -> DomainMigratePerform3Ret:
+    async def domain_migrate_perform3(self, dom: NonnullDomain, xmlin: str | None, cookie_in: bytes, dconnuri: str | None, uri: str | None, flags: int, dname: str | None, resource: int, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigratePerform3Ret:
         """REMOTE_PROC_DOMAIN_MIGRATE_PERFORM3 (216)."""
-        return await self._call(PROCEDURES[216], DomainMigratePerform3Args(dom, xmlin, cookie_in, dconnuri, uri, flags, dname, resource))
+        return await self._call(PROCEDURES[216], DomainMigratePerform3Args(dom, xmlin, cookie_in, dconnuri, uri, flags, dname, resource), call_timeout)
 
-    async def domain_migrate_finish3(self, dname: str, cookie_in: bytes, dconnuri: str | None, uri: str | None, flags: int, cancelled: int) -> DomainMigrateFinish3Ret:
+    async def domain_migrate_finish3(self, dname: str, cookie_in: bytes, dconnuri: str | None, uri: str | None, flags: int, cancelled: int, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigrateFinish3Ret:
         """REMOTE_PROC_DOMAIN_MIGRATE_FINISH3 (217)."""
-        return await self._call(PROCEDURES[217], DomainMigrateFinish3Args(dname, cookie_in, dconnuri, uri, flags, cancelled))
+        return await self._call(PROCEDURES[217], DomainMigrateFinish3Args(dname, cookie_in, dconnuri, uri, flags, cancelled), call_timeout)
 
-    async def domain_migrate_confirm3(self, dom: NonnullDomain, cookie_in: bytes, flags: int, cancelled: int) -> None:
+    async def domain_migrate_confirm3(self, dom: NonnullDomain, cookie_in: bytes, flags: int, cancelled: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_MIGRATE_CONFIRM3 (218)."""
-        return await self._call(PROCEDURES[218], DomainMigrateConfirm3Args(dom, cookie_in, flags, cancelled))
+        return await self._call(PROCEDURES[218], DomainMigrateConfirm3Args(dom, cookie_in, flags, cancelled), call_timeout)
 
-    async def domain_set_scheduler_parameters_flags(self, dom: NonnullDomain, params: list[TypedParam], flags: int = 0) -> None:
+    async def domain_set_scheduler_parameters_flags(self, dom: NonnullDomain, params: list[TypedParam], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_SCHEDULER_PARAMETERS_FLAGS (219)."""
-        return await self._call(PROCEDURES[219], DomainSetSchedulerParametersFlagsArgs(dom, params, flags))
+        return await self._call(PROCEDURES[219], DomainSetSchedulerParametersFlagsArgs(dom, params, flags), call_timeout)
 
-    async def interface_change_begin(self, flags: int = 0) -> None:
+    async def interface_change_begin(self, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_INTERFACE_CHANGE_BEGIN (220)."""
-        return await self._call(PROCEDURES[220], InterfaceChangeBeginArgs(flags))
+        return await self._call(PROCEDURES[220], InterfaceChangeBeginArgs(flags), call_timeout)
 
-    async def interface_change_commit(self, flags: int = 0) -> None:
+    async def interface_change_commit(self, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_INTERFACE_CHANGE_COMMIT (221)."""
-        return await self._call(PROCEDURES[221], InterfaceChangeCommitArgs(flags))
+        return await self._call(PROCEDURES[221], InterfaceChangeCommitArgs(flags), call_timeout)
 
-    async def interface_change_rollback(self, flags: int = 0) -> None:
+    async def interface_change_rollback(self, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_INTERFACE_CHANGE_ROLLBACK (222)."""
-        return await self._call(PROCEDURES[222], InterfaceChangeRollbackArgs(flags))
+        return await self._call(PROCEDURES[222], InterfaceChangeRollbackArgs(flags), call_timeout)
 
-    async def domain_get_scheduler_parameters_flags(self, dom: NonnullDomain, nparams: int, flags: int = 0) -> DomainGetSchedulerParametersFlagsRet:
+    async def domain_get_scheduler_parameters_flags(self, dom: NonnullDomain, nparams: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetSchedulerParametersFlagsRet:
         """REMOTE_PROC_DOMAIN_GET_SCHEDULER_PARAMETERS_FLAGS (223)."""
-        return await self._call(PROCEDURES[223], DomainGetSchedulerParametersFlagsArgs(dom, nparams, flags))
+        return await self._call(PROCEDURES[223], DomainGetSchedulerParametersFlagsArgs(dom, nparams, flags), call_timeout)
 
-    async def domain_pin_vcpu_flags(self, dom: NonnullDomain, vcpu: int, cpumap: bytes, flags: int = 0) -> None:
+    async def domain_pin_vcpu_flags(self, dom: NonnullDomain, vcpu: int, cpumap: bytes, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_PIN_VCPU_FLAGS (225)."""
-        return await self._call(PROCEDURES[225], DomainPinVcpuFlagsArgs(dom, vcpu, cpumap, flags))
+        return await self._call(PROCEDURES[225], DomainPinVcpuFlagsArgs(dom, vcpu, cpumap, flags), call_timeout)
 
-    async def domain_send_key(self, dom: NonnullDomain, codeset: int, holdtime: int, keycodes: list[int], flags: int = 0) -> None:
+    async def domain_send_key(self, dom: NonnullDomain, codeset: int, holdtime: int, keycodes: list[int], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SEND_KEY (226)."""
-        return await self._call(PROCEDURES[226], DomainSendKeyArgs(dom, codeset, holdtime, keycodes, flags))
+        return await self._call(PROCEDURES[226], DomainSendKeyArgs(dom, codeset, holdtime, keycodes, flags), call_timeout)
 
-    async def node_get_cpu_stats(self, cpuNum: int, nparams: int, flags: int = 0) -> NodeGetCpuStatsRet:
+    async def node_get_cpu_stats(self, cpuNum: int, nparams: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeGetCpuStatsRet:
         """REMOTE_PROC_NODE_GET_CPU_STATS (227), high priority."""
-        return await self._call(PROCEDURES[227], NodeGetCpuStatsArgs(cpuNum, nparams, flags))
+        return await self._call(PROCEDURES[227], NodeGetCpuStatsArgs(cpuNum, nparams, flags), call_timeout)
 
-    async def node_get_memory_stats(self, nparams: int, cellNum: int, flags: int = 0) -> NodeGetMemoryStatsRet:
+    async def node_get_memory_stats(self, nparams: int, cellNum: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeGetMemoryStatsRet:
         """REMOTE_PROC_NODE_GET_MEMORY_STATS (228), high priority."""
-        return await self._call(PROCEDURES[228], NodeGetMemoryStatsArgs(nparams, cellNum, flags))
+        return await self._call(PROCEDURES[228], NodeGetMemoryStatsArgs(nparams, cellNum, flags), call_timeout)
 
-    async def domain_get_control_info(self, dom: NonnullDomain, flags: int = 0) -> DomainGetControlInfoRet:
+    async def domain_get_control_info(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetControlInfoRet:
         """REMOTE_PROC_DOMAIN_GET_CONTROL_INFO (229), high priority."""
-        return await self._call(PROCEDURES[229], DomainGetControlInfoArgs(dom, flags))
+        return await self._call(PROCEDURES[229], DomainGetControlInfoArgs(dom, flags), call_timeout)
 
-    async def domain_get_vcpu_pin_info(self, dom: NonnullDomain, ncpumaps: int, maplen: int, flags: int = 0) -> DomainGetVcpuPinInfoRet:
+    async def domain_get_vcpu_pin_info(self, dom: NonnullDomain, ncpumaps: int, maplen: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetVcpuPinInfoRet:
         """REMOTE_PROC_DOMAIN_GET_VCPU_PIN_INFO (230)."""
-        return await self._call(PROCEDURES[230], DomainGetVcpuPinInfoArgs(dom, ncpumaps, maplen, flags))
+        return await self._call(PROCEDURES[230], DomainGetVcpuPinInfoArgs(dom, ncpumaps, maplen, flags), call_timeout)
 
-    async def domain_undefine_flags(self, dom: NonnullDomain, flags: int = 0) -> None:
+    async def domain_undefine_flags(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_UNDEFINE_FLAGS (231), high priority."""
-        return await self._call(PROCEDURES[231], DomainUndefineFlagsArgs(dom, flags))
+        return await self._call(PROCEDURES[231], DomainUndefineFlagsArgs(dom, flags), call_timeout)
 
-    async def domain_save_flags(self, dom: NonnullDomain, to: str, dxml: str | None, flags: int = 0) -> None:
+    async def domain_save_flags(self, dom: NonnullDomain, to: str, dxml: str | None, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SAVE_FLAGS (232)."""
-        return await self._call(PROCEDURES[232], DomainSaveFlagsArgs(dom, to, dxml, flags))
+        return await self._call(PROCEDURES[232], DomainSaveFlagsArgs(dom, to, dxml, flags), call_timeout)
 
-    async def domain_restore_flags(self, from_: str, dxml: str | None, flags: int = 0) -> None:
+    async def domain_restore_flags(self, from_: str, dxml: str | None, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_RESTORE_FLAGS (233)."""
-        return await self._call(PROCEDURES[233], DomainRestoreFlagsArgs(from_, dxml, flags))
+        return await self._call(PROCEDURES[233], DomainRestoreFlagsArgs(from_, dxml, flags), call_timeout)
 
-    async def domain_destroy_flags(self, dom: NonnullDomain, flags: int = 0) -> None:
+    async def domain_destroy_flags(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_DESTROY_FLAGS (234), high priority."""
-        return await self._call(PROCEDURES[234], DomainDestroyFlagsArgs(dom, flags))
+        return await self._call(PROCEDURES[234], DomainDestroyFlagsArgs(dom, flags), call_timeout)
 
-    async def domain_save_image_get_xml_desc(self, file: str, flags: int = 0) -> DomainSaveImageGetXmlDescRet:
+    async def domain_save_image_get_xml_desc(self, file: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSaveImageGetXmlDescRet:
         """REMOTE_PROC_DOMAIN_SAVE_IMAGE_GET_XML_DESC (235), high priority."""
-        return await self._call(PROCEDURES[235], DomainSaveImageGetXmlDescArgs(file, flags))
+        return await self._call(PROCEDURES[235], DomainSaveImageGetXmlDescArgs(file, flags), call_timeout)
 
-    async def domain_save_image_define_xml(self, file: str, dxml: str, flags: int = 0) -> None:
+    async def domain_save_image_define_xml(self, file: str, dxml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SAVE_IMAGE_DEFINE_XML (236), high priority."""
-        return await self._call(PROCEDURES[236], DomainSaveImageDefineXmlArgs(file, dxml, flags))
+        return await self._call(PROCEDURES[236], DomainSaveImageDefineXmlArgs(file, dxml, flags), call_timeout)
 
-    async def domain_block_job_abort(self, dom: NonnullDomain, path: str, flags: int = 0) -> None:
+    async def domain_block_job_abort(self, dom: NonnullDomain, path: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_BLOCK_JOB_ABORT (237)."""
-        return await self._call(PROCEDURES[237], DomainBlockJobAbortArgs(dom, path, flags))
+        return await self._call(PROCEDURES[237], DomainBlockJobAbortArgs(dom, path, flags), call_timeout)
 
-    async def domain_get_block_job_info(self, dom: NonnullDomain, path: str, flags: int = 0) -> DomainGetBlockJobInfoRet:
+    async def domain_get_block_job_info(self, dom: NonnullDomain, path: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetBlockJobInfoRet:
         """REMOTE_PROC_DOMAIN_GET_BLOCK_JOB_INFO (238)."""
-        return await self._call(PROCEDURES[238], DomainGetBlockJobInfoArgs(dom, path, flags))
+        return await self._call(PROCEDURES[238], DomainGetBlockJobInfoArgs(dom, path, flags), call_timeout)
 
-    async def domain_block_job_set_speed(self, dom: NonnullDomain, path: str, bandwidth: int, flags: int = 0) -> None:
+    async def domain_block_job_set_speed(self, dom: NonnullDomain, path: str, bandwidth: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_BLOCK_JOB_SET_SPEED (239)."""
-        return await self._call(PROCEDURES[239], DomainBlockJobSetSpeedArgs(dom, path, bandwidth, flags))
+        return await self._call(PROCEDURES[239], DomainBlockJobSetSpeedArgs(dom, path, bandwidth, flags), call_timeout)
 
-    async def domain_block_pull(self, dom: NonnullDomain, path: str, bandwidth: int, flags: int = 0) -> None:
+    async def domain_block_pull(self, dom: NonnullDomain, path: str, bandwidth: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_BLOCK_PULL (240)."""
-        return await self._call(PROCEDURES[240], DomainBlockPullArgs(dom, path, bandwidth, flags))
+        return await self._call(PROCEDURES[240], DomainBlockPullArgs(dom, path, bandwidth, flags), call_timeout)
 
-    async def domain_migrate_get_max_speed(self, dom: NonnullDomain, flags: int = 0) -> DomainMigrateGetMaxSpeedRet:
+    async def domain_migrate_get_max_speed(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigrateGetMaxSpeedRet:
         """REMOTE_PROC_DOMAIN_MIGRATE_GET_MAX_SPEED (242)."""
-        return await self._call(PROCEDURES[242], DomainMigrateGetMaxSpeedArgs(dom, flags))
+        return await self._call(PROCEDURES[242], DomainMigrateGetMaxSpeedArgs(dom, flags), call_timeout)
 
-    async def domain_block_stats_flags(self, dom: NonnullDomain, path: str, nparams: int, flags: int = 0) -> DomainBlockStatsFlagsRet:
+    async def domain_block_stats_flags(self, dom: NonnullDomain, path: str, nparams: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainBlockStatsFlagsRet:
         """REMOTE_PROC_DOMAIN_BLOCK_STATS_FLAGS (243)."""
-        return await self._call(PROCEDURES[243], DomainBlockStatsFlagsArgs(dom, path, nparams, flags))
+        return await self._call(PROCEDURES[243], DomainBlockStatsFlagsArgs(dom, path, nparams, flags), call_timeout)
 
-    async def domain_snapshot_get_parent(self, snap: NonnullDomainSnapshot, flags: int = 0) -> DomainSnapshotGetParentRet:
+    async def domain_snapshot_get_parent(self, snap: NonnullDomainSnapshot, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotGetParentRet:
         """REMOTE_PROC_DOMAIN_SNAPSHOT_GET_PARENT (244), high priority."""
-        return await self._call(PROCEDURES[244], DomainSnapshotGetParentArgs(snap, flags))
+        return await self._call(PROCEDURES[244], DomainSnapshotGetParentArgs(snap, flags), call_timeout)
 
-    async def domain_reset(self, dom: NonnullDomain, flags: int = 0) -> None:
+    async def domain_reset(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_RESET (245)."""
-        return await self._call(PROCEDURES[245], DomainResetArgs(dom, flags))
+        return await self._call(PROCEDURES[245], DomainResetArgs(dom, flags), call_timeout)
 
-    async def domain_snapshot_num_children(self, snap: NonnullDomainSnapshot, flags: int = 0) -> DomainSnapshotNumChildrenRet:
+    async def domain_snapshot_num_children(self, snap: NonnullDomainSnapshot, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotNumChildrenRet:
         """REMOTE_PROC_DOMAIN_SNAPSHOT_NUM_CHILDREN (246), high priority."""
-        return await self._call(PROCEDURES[246], DomainSnapshotNumChildrenArgs(snap, flags))
+        return await self._call(PROCEDURES[246], DomainSnapshotNumChildrenArgs(snap, flags), call_timeout)
 
-    async def domain_snapshot_list_children_names(self, snap: NonnullDomainSnapshot, maxnames: int, flags: int = 0) -> DomainSnapshotListChildrenNamesRet:
+    async def domain_snapshot_list_children_names(self, snap: NonnullDomainSnapshot, maxnames: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotListChildrenNamesRet:
         """REMOTE_PROC_DOMAIN_SNAPSHOT_LIST_CHILDREN_NAMES (247), high priority."""
-        return await self._call(PROCEDURES[247], DomainSnapshotListChildrenNamesArgs(snap, maxnames, flags))
+        return await self._call(PROCEDURES[247], DomainSnapshotListChildrenNamesArgs(snap, maxnames, flags), call_timeout)
 
-    async def domain_open_graphics(self, dom: NonnullDomain, idx: int, flags: int = 0) -> None:
+    async def domain_open_graphics(self, dom: NonnullDomain, idx: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_OPEN_GRAPHICS (249)."""
-        return await self._call(PROCEDURES[249], DomainOpenGraphicsArgs(dom, idx, flags))
+        return await self._call(PROCEDURES[249], DomainOpenGraphicsArgs(dom, idx, flags), call_timeout)
 
-    async def node_suspend_for_duration(self, target: int, duration: int, flags: int = 0) -> None:
+    async def node_suspend_for_duration(self, target: int, duration: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_NODE_SUSPEND_FOR_DURATION (250)."""
-        return await self._call(PROCEDURES[250], NodeSuspendForDurationArgs(target, duration, flags))
+        return await self._call(PROCEDURES[250], NodeSuspendForDurationArgs(target, duration, flags), call_timeout)
 
-    async def domain_block_resize(self, dom: NonnullDomain, disk: str, size: int, flags: int = 0) -> None:
+    async def domain_block_resize(self, dom: NonnullDomain, disk: str, size: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_BLOCK_RESIZE (251)."""
-        return await self._call(PROCEDURES[251], DomainBlockResizeArgs(dom, disk, size, flags))
+        return await self._call(PROCEDURES[251], DomainBlockResizeArgs(dom, disk, size, flags), call_timeout)
 
-    async def domain_set_block_io_tune(self, dom: NonnullDomain, disk: str, params: list[TypedParam], flags: int = 0) -> None:
+    async def domain_set_block_io_tune(self, dom: NonnullDomain, disk: str, params: list[TypedParam], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_BLOCK_IO_TUNE (252)."""
-        return await self._call(PROCEDURES[252], DomainSetBlockIoTuneArgs(dom, disk, params, flags))
+        return await self._call(PROCEDURES[252], DomainSetBlockIoTuneArgs(dom, disk, params, flags), call_timeout)
 
-    async def domain_get_block_io_tune(self, dom: NonnullDomain, disk: str | None, nparams: int, flags: int = 0) -> DomainGetBlockIoTuneRet:
+    async def domain_get_block_io_tune(self, dom: NonnullDomain, disk: str | None, nparams: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetBlockIoTuneRet:
         """REMOTE_PROC_DOMAIN_GET_BLOCK_IO_TUNE (253)."""
-        return await self._call(PROCEDURES[253], DomainGetBlockIoTuneArgs(dom, disk, nparams, flags))
+        return await self._call(PROCEDURES[253], DomainGetBlockIoTuneArgs(dom, disk, nparams, flags), call_timeout)
 
-    async def domain_set_numa_parameters(self, dom: NonnullDomain, params: list[TypedParam], flags: int = 0) -> None:
+    async def domain_set_numa_parameters(self, dom: NonnullDomain, params: list[TypedParam], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_NUMA_PARAMETERS (254)."""
-        return await self._call(PROCEDURES[254], DomainSetNumaParametersArgs(dom, params, flags))
+        return await self._call(PROCEDURES[254], DomainSetNumaParametersArgs(dom, params, flags), call_timeout)
 
-    async def domain_get_numa_parameters(self, dom: NonnullDomain, nparams: int, flags: int = 0) -> DomainGetNumaParametersRet:
+    async def domain_get_numa_parameters(self, dom: NonnullDomain, nparams: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetNumaParametersRet:
         """REMOTE_PROC_DOMAIN_GET_NUMA_PARAMETERS (255)."""
-        return await self._call(PROCEDURES[255], DomainGetNumaParametersArgs(dom, nparams, flags))
+        return await self._call(PROCEDURES[255], DomainGetNumaParametersArgs(dom, nparams, flags), call_timeout)
 
-    async def domain_set_interface_parameters(self, dom: NonnullDomain, device: str, params: list[TypedParam], flags: int = 0) -> None:
+    async def domain_set_interface_parameters(self, dom: NonnullDomain, device: str, params: list[TypedParam], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_INTERFACE_PARAMETERS (256)."""
-        return await self._call(PROCEDURES[256], DomainSetInterfaceParametersArgs(dom, device, params, flags))
+        return await self._call(PROCEDURES[256], DomainSetInterfaceParametersArgs(dom, device, params, flags), call_timeout)
 
-    async def domain_get_interface_parameters(self, dom: NonnullDomain, device: str, nparams: int, flags: int = 0) -> DomainGetInterfaceParametersRet:
+    async def domain_get_interface_parameters(self, dom: NonnullDomain, device: str, nparams: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetInterfaceParametersRet:
         """REMOTE_PROC_DOMAIN_GET_INTERFACE_PARAMETERS (257)."""
-        return await self._call(PROCEDURES[257], DomainGetInterfaceParametersArgs(dom, device, nparams, flags))
+        return await self._call(PROCEDURES[257], DomainGetInterfaceParametersArgs(dom, device, nparams, flags), call_timeout)
 
-    async def domain_shutdown_flags(self, dom: NonnullDomain, flags: int = 0) -> None:
+    async def domain_shutdown_flags(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SHUTDOWN_FLAGS (258)."""
-        return await self._call(PROCEDURES[258], DomainShutdownFlagsArgs(dom, flags))
+        return await self._call(PROCEDURES[258], DomainShutdownFlagsArgs(dom, flags), call_timeout)
 
-    async def storage_vol_wipe_pattern(self, vol: NonnullStorageVol, algorithm: int, flags: int = 0) -> None:
+    async def storage_vol_wipe_pattern(self, vol: NonnullStorageVol, algorithm: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_STORAGE_VOL_WIPE_PATTERN (259)."""
-        return await self._call(PROCEDURES[259], StorageVolWipePatternArgs(vol, algorithm, flags))
+        return await self._call(PROCEDURES[259], StorageVolWipePatternArgs(vol, algorithm, flags), call_timeout)
 
-    async def storage_vol_resize(self, vol: NonnullStorageVol, capacity: int, flags: int = 0) -> None:
+    async def storage_vol_resize(self, vol: NonnullStorageVol, capacity: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_STORAGE_VOL_RESIZE (260)."""
-        return await self._call(PROCEDURES[260], StorageVolResizeArgs(vol, capacity, flags))
+        return await self._call(PROCEDURES[260], StorageVolResizeArgs(vol, capacity, flags), call_timeout)
 
-    async def domain_pm_suspend_for_duration(self, dom: NonnullDomain, target: int, duration: int, flags: int = 0) -> None:
+    async def domain_pm_suspend_for_duration(self, dom: NonnullDomain, target: int, duration: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_PM_SUSPEND_FOR_DURATION (261)."""
-        return await self._call(PROCEDURES[261], DomainPmSuspendForDurationArgs(dom, target, duration, flags))
+        return await self._call(PROCEDURES[261], DomainPmSuspendForDurationArgs(dom, target, duration, flags), call_timeout)
 
-    async def domain_get_cpu_stats(self, dom: NonnullDomain, nparams: int, start_cpu: int, ncpus: int, flags: int = 0) -> DomainGetCpuStatsRet:
+    async def domain_get_cpu_stats(self, dom: NonnullDomain, nparams: int, start_cpu: int, ncpus: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetCpuStatsRet:
         """REMOTE_PROC_DOMAIN_GET_CPU_STATS (262)."""
-        return await self._call(PROCEDURES[262], DomainGetCpuStatsArgs(dom, nparams, start_cpu, ncpus, flags))
+        return await self._call(PROCEDURES[262], DomainGetCpuStatsArgs(dom, nparams, start_cpu, ncpus, flags), call_timeout)
 
-    async def domain_get_disk_errors(self, dom: NonnullDomain, maxerrors: int, flags: int = 0) -> DomainGetDiskErrorsRet:
+    async def domain_get_disk_errors(self, dom: NonnullDomain, maxerrors: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetDiskErrorsRet:
         """REMOTE_PROC_DOMAIN_GET_DISK_ERRORS (263)."""
-        return await self._call(PROCEDURES[263], DomainGetDiskErrorsArgs(dom, maxerrors, flags))
+        return await self._call(PROCEDURES[263], DomainGetDiskErrorsArgs(dom, maxerrors, flags), call_timeout)
 
-    async def domain_set_metadata(self, dom: NonnullDomain, type: int, metadata: str | None, key: str | None, uri: str | None, flags: int = 0) -> None:
+    async def domain_set_metadata(self, dom: NonnullDomain, type: int, metadata: str | None, key: str | None, uri: str | None, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_METADATA (264)."""
-        return await self._call(PROCEDURES[264], DomainSetMetadataArgs(dom, type, metadata, key, uri, flags))
+        return await self._call(PROCEDURES[264], DomainSetMetadataArgs(dom, type, metadata, key, uri, flags), call_timeout)
 
-    async def domain_get_metadata(self, dom: NonnullDomain, type: int, uri: str | None, flags: int = 0) -> DomainGetMetadataRet:
+    async def domain_get_metadata(self, dom: NonnullDomain, type: int, uri: str | None, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetMetadataRet:
         """REMOTE_PROC_DOMAIN_GET_METADATA (265)."""
-        return await self._call(PROCEDURES[265], DomainGetMetadataArgs(dom, type, uri, flags))
+        return await self._call(PROCEDURES[265], DomainGetMetadataArgs(dom, type, uri, flags), call_timeout)
 
-    async def domain_block_rebase(self, dom: NonnullDomain, path: str, base: str | None, bandwidth: int, flags: int = 0) -> None:
+    async def domain_block_rebase(self, dom: NonnullDomain, path: str, base: str | None, bandwidth: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_BLOCK_REBASE (266)."""
-        return await self._call(PROCEDURES[266], DomainBlockRebaseArgs(dom, path, base, bandwidth, flags))
+        return await self._call(PROCEDURES[266], DomainBlockRebaseArgs(dom, path, base, bandwidth, flags), call_timeout)
 
-    async def domain_pm_wakeup(self, dom: NonnullDomain, flags: int = 0) -> None:
+    async def domain_pm_wakeup(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_PM_WAKEUP (267)."""
-        return await self._call(PROCEDURES[267], DomainPmWakeupArgs(dom, flags))
+        return await self._call(PROCEDURES[267], DomainPmWakeupArgs(dom, flags), call_timeout)
 
-    async def domain_snapshot_is_current(self, snap: NonnullDomainSnapshot, flags: int = 0) -> DomainSnapshotIsCurrentRet:
+    async def domain_snapshot_is_current(self, snap: NonnullDomainSnapshot, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotIsCurrentRet:
         """REMOTE_PROC_DOMAIN_SNAPSHOT_IS_CURRENT (271)."""
-        return await self._call(PROCEDURES[271], DomainSnapshotIsCurrentArgs(snap, flags))
+        return await self._call(PROCEDURES[271], DomainSnapshotIsCurrentArgs(snap, flags), call_timeout)
 
-    async def domain_snapshot_has_metadata(self, snap: NonnullDomainSnapshot, flags: int = 0) -> DomainSnapshotHasMetadataRet:
+    async def domain_snapshot_has_metadata(self, snap: NonnullDomainSnapshot, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotHasMetadataRet:
         """REMOTE_PROC_DOMAIN_SNAPSHOT_HAS_METADATA (272)."""
-        return await self._call(PROCEDURES[272], DomainSnapshotHasMetadataArgs(snap, flags))
+        return await self._call(PROCEDURES[272], DomainSnapshotHasMetadataArgs(snap, flags), call_timeout)
 
-    async def connect_list_all_domains(self, need_results: int, flags: int = 0) -> ConnectListAllDomainsRet:
+    async def connect_list_all_domains(self, need_results: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListAllDomainsRet:
         """REMOTE_PROC_CONNECT_LIST_ALL_DOMAINS (273), high priority."""
-        return await self._call(PROCEDURES[273], ConnectListAllDomainsArgs(need_results, flags))
+        return await self._call(PROCEDURES[273], ConnectListAllDomainsArgs(need_results, flags), call_timeout)
 
-    async def domain_list_all_snapshots(self, dom: NonnullDomain, need_results: int, flags: int = 0) -> DomainListAllSnapshotsRet:
+    async def domain_list_all_snapshots(self, dom: NonnullDomain, need_results: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainListAllSnapshotsRet:
         """REMOTE_PROC_DOMAIN_LIST_ALL_SNAPSHOTS (274), high priority."""
-        return await self._call(PROCEDURES[274], DomainListAllSnapshotsArgs(dom, need_results, flags))
+        return await self._call(PROCEDURES[274], DomainListAllSnapshotsArgs(dom, need_results, flags), call_timeout)
 
-    async def domain_snapshot_list_all_children(self, snapshot: NonnullDomainSnapshot, need_results: int, flags: int = 0) -> DomainSnapshotListAllChildrenRet:
+    async def domain_snapshot_list_all_children(self, snapshot: NonnullDomainSnapshot, need_results: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotListAllChildrenRet:
         """REMOTE_PROC_DOMAIN_SNAPSHOT_LIST_ALL_CHILDREN (275), high priority."""
-        return await self._call(PROCEDURES[275], DomainSnapshotListAllChildrenArgs(snapshot, need_results, flags))
+        return await self._call(PROCEDURES[275], DomainSnapshotListAllChildrenArgs(snapshot, need_results, flags), call_timeout)
 
-    async def domain_get_hostname(self, dom: NonnullDomain, flags: int = 0) -> DomainGetHostnameRet:
+    async def domain_get_hostname(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetHostnameRet:
         """REMOTE_PROC_DOMAIN_GET_HOSTNAME (277)."""
-        return await self._call(PROCEDURES[277], DomainGetHostnameArgs(dom, flags))
+        return await self._call(PROCEDURES[277], DomainGetHostnameArgs(dom, flags), call_timeout)
 
-    async def domain_get_security_label_list(self, dom: NonnullDomain) -> DomainGetSecurityLabelListRet:
+    async def domain_get_security_label_list(self, dom: NonnullDomain, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetSecurityLabelListRet:
         """REMOTE_PROC_DOMAIN_GET_SECURITY_LABEL_LIST (278), high priority."""
-        return await self._call(PROCEDURES[278], DomainGetSecurityLabelListArgs(dom))
+        return await self._call(PROCEDURES[278], DomainGetSecurityLabelListArgs(dom), call_timeout)
 
-    async def domain_pin_emulator(self, dom: NonnullDomain, cpumap: bytes, flags: int = 0) -> None:
+    async def domain_pin_emulator(self, dom: NonnullDomain, cpumap: bytes, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_PIN_EMULATOR (279)."""
-        return await self._call(PROCEDURES[279], DomainPinEmulatorArgs(dom, cpumap, flags))
+        return await self._call(PROCEDURES[279], DomainPinEmulatorArgs(dom, cpumap, flags), call_timeout)
 
-    async def domain_get_emulator_pin_info(self, dom: NonnullDomain, maplen: int, flags: int = 0) -> DomainGetEmulatorPinInfoRet:
+    async def domain_get_emulator_pin_info(self, dom: NonnullDomain, maplen: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetEmulatorPinInfoRet:
         """REMOTE_PROC_DOMAIN_GET_EMULATOR_PIN_INFO (280)."""
-        return await self._call(PROCEDURES[280], DomainGetEmulatorPinInfoArgs(dom, maplen, flags))
+        return await self._call(PROCEDURES[280], DomainGetEmulatorPinInfoArgs(dom, maplen, flags), call_timeout)
 
-    async def connect_list_all_storage_pools(self, need_results: int, flags: int = 0) -> ConnectListAllStoragePoolsRet:
+    async def connect_list_all_storage_pools(self, need_results: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListAllStoragePoolsRet:
         """REMOTE_PROC_CONNECT_LIST_ALL_STORAGE_POOLS (281), high priority."""
-        return await self._call(PROCEDURES[281], ConnectListAllStoragePoolsArgs(need_results, flags))
+        return await self._call(PROCEDURES[281], ConnectListAllStoragePoolsArgs(need_results, flags), call_timeout)
 
-    async def storage_pool_list_all_volumes(self, pool: NonnullStoragePool, need_results: int, flags: int = 0) -> StoragePoolListAllVolumesRet:
+    async def storage_pool_list_all_volumes(self, pool: NonnullStoragePool, need_results: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> StoragePoolListAllVolumesRet:
         """REMOTE_PROC_STORAGE_POOL_LIST_ALL_VOLUMES (282), high priority."""
-        return await self._call(PROCEDURES[282], StoragePoolListAllVolumesArgs(pool, need_results, flags))
+        return await self._call(PROCEDURES[282], StoragePoolListAllVolumesArgs(pool, need_results, flags), call_timeout)
 
-    async def connect_list_all_networks(self, need_results: int, flags: int = 0) -> ConnectListAllNetworksRet:
+    async def connect_list_all_networks(self, need_results: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListAllNetworksRet:
         """REMOTE_PROC_CONNECT_LIST_ALL_NETWORKS (283), high priority."""
-        return await self._call(PROCEDURES[283], ConnectListAllNetworksArgs(need_results, flags))
+        return await self._call(PROCEDURES[283], ConnectListAllNetworksArgs(need_results, flags), call_timeout)
 
-    async def connect_list_all_interfaces(self, need_results: int, flags: int = 0) -> ConnectListAllInterfacesRet:
+    async def connect_list_all_interfaces(self, need_results: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListAllInterfacesRet:
         """REMOTE_PROC_CONNECT_LIST_ALL_INTERFACES (284), high priority."""
-        return await self._call(PROCEDURES[284], ConnectListAllInterfacesArgs(need_results, flags))
+        return await self._call(PROCEDURES[284], ConnectListAllInterfacesArgs(need_results, flags), call_timeout)
 
-    async def connect_list_all_node_devices(self, need_results: int, flags: int = 0) -> ConnectListAllNodeDevicesRet:
+    async def connect_list_all_node_devices(self, need_results: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListAllNodeDevicesRet:
         """REMOTE_PROC_CONNECT_LIST_ALL_NODE_DEVICES (285), high priority."""
-        return await self._call(PROCEDURES[285], ConnectListAllNodeDevicesArgs(need_results, flags))
+        return await self._call(PROCEDURES[285], ConnectListAllNodeDevicesArgs(need_results, flags), call_timeout)
 
-    async def connect_list_all_nwfilters(self, need_results: int, flags: int = 0) -> ConnectListAllNwfiltersRet:
+    async def connect_list_all_nwfilters(self, need_results: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListAllNwfiltersRet:
         """REMOTE_PROC_CONNECT_LIST_ALL_NWFILTERS (286), high priority."""
-        return await self._call(PROCEDURES[286], ConnectListAllNwfiltersArgs(need_results, flags))
+        return await self._call(PROCEDURES[286], ConnectListAllNwfiltersArgs(need_results, flags), call_timeout)
 
-    async def connect_list_all_secrets(self, need_results: int, flags: int = 0) -> ConnectListAllSecretsRet:
+    async def connect_list_all_secrets(self, need_results: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListAllSecretsRet:
         """REMOTE_PROC_CONNECT_LIST_ALL_SECRETS (287), high priority."""
-        return await self._call(PROCEDURES[287], ConnectListAllSecretsArgs(need_results, flags))
+        return await self._call(PROCEDURES[287], ConnectListAllSecretsArgs(need_results, flags), call_timeout)
 
-    async def node_set_memory_parameters(self, params: list[TypedParam], flags: int = 0) -> None:
+    async def node_set_memory_parameters(self, params: list[TypedParam], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_NODE_SET_MEMORY_PARAMETERS (288)."""
-        return await self._call(PROCEDURES[288], NodeSetMemoryParametersArgs(params, flags))
+        return await self._call(PROCEDURES[288], NodeSetMemoryParametersArgs(params, flags), call_timeout)
 
-    async def node_get_memory_parameters(self, nparams: int, flags: int = 0) -> NodeGetMemoryParametersRet:
+    async def node_get_memory_parameters(self, nparams: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeGetMemoryParametersRet:
         """REMOTE_PROC_NODE_GET_MEMORY_PARAMETERS (289)."""
-        return await self._call(PROCEDURES[289], NodeGetMemoryParametersArgs(nparams, flags))
+        return await self._call(PROCEDURES[289], NodeGetMemoryParametersArgs(nparams, flags), call_timeout)
 
-    async def domain_block_commit(self, dom: NonnullDomain, disk: str, base: str | None, top: str | None, bandwidth: int, flags: int = 0) -> None:
+    async def domain_block_commit(self, dom: NonnullDomain, disk: str, base: str | None, top: str | None, bandwidth: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_BLOCK_COMMIT (290)."""
-        return await self._call(PROCEDURES[290], DomainBlockCommitArgs(dom, disk, base, top, bandwidth, flags))
+        return await self._call(PROCEDURES[290], DomainBlockCommitArgs(dom, disk, base, top, bandwidth, flags), call_timeout)
 
-    async def network_update(self, net: NonnullNetwork, command: int, section: int, parentIndex: int, xml: str, flags: int = 0) -> None:
+    async def network_update(self, net: NonnullNetwork, command: int, section: int, parentIndex: int, xml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_NETWORK_UPDATE (291), high priority."""
-        return await self._call(PROCEDURES[291], NetworkUpdateArgs(net, command, section, parentIndex, xml, flags))
+        return await self._call(PROCEDURES[291], NetworkUpdateArgs(net, command, section, parentIndex, xml, flags), call_timeout)
 
-    async def node_get_cpu_map(self, need_map: int, need_online: int, flags: int = 0) -> NodeGetCpuMapRet:
+    async def node_get_cpu_map(self, need_map: int, need_online: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeGetCpuMapRet:
         """REMOTE_PROC_NODE_GET_CPU_MAP (293)."""
-        return await self._call(PROCEDURES[293], NodeGetCpuMapArgs(need_map, need_online, flags))
+        return await self._call(PROCEDURES[293], NodeGetCpuMapArgs(need_map, need_online, flags), call_timeout)
 
-    async def domain_fstrim(self, dom: NonnullDomain, mountPoint: str | None, minimum: int, flags: int = 0) -> None:
+    async def domain_fstrim(self, dom: NonnullDomain, mountPoint: str | None, minimum: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_FSTRIM (294)."""
-        return await self._call(PROCEDURES[294], DomainFstrimArgs(dom, mountPoint, minimum, flags))
+        return await self._call(PROCEDURES[294], DomainFstrimArgs(dom, mountPoint, minimum, flags), call_timeout)
 
-    async def domain_send_process_signal(self, dom: NonnullDomain, pid_value: int, signum: int, flags: int = 0) -> None:
+    async def domain_send_process_signal(self, dom: NonnullDomain, pid_value: int, signum: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SEND_PROCESS_SIGNAL (295)."""
-        return await self._call(PROCEDURES[295], DomainSendProcessSignalArgs(dom, pid_value, signum, flags))
+        return await self._call(PROCEDURES[295], DomainSendProcessSignalArgs(dom, pid_value, signum, flags), call_timeout)
 
-    async def domain_open_channel(self, dom: NonnullDomain, name: str | None, flags: int = 0) -> None:
+    async def domain_open_channel(self, dom: NonnullDomain, name: str | None, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_OPEN_CHANNEL (296), opens a read stream."""
-        return await self._call(PROCEDURES[296], DomainOpenChannelArgs(dom, name, flags))
+        return await self._call(PROCEDURES[296], DomainOpenChannelArgs(dom, name, flags), call_timeout)
 
-    async def node_device_lookup_scsi_host_by_wwn(self, wwnn: str, wwpn: str, flags: int = 0) -> NodeDeviceLookupScsiHostByWwnRet:
+    async def node_device_lookup_scsi_host_by_wwn(self, wwnn: str, wwpn: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeDeviceLookupScsiHostByWwnRet:
         """REMOTE_PROC_NODE_DEVICE_LOOKUP_SCSI_HOST_BY_WWN (297), high priority."""
-        return await self._call(PROCEDURES[297], NodeDeviceLookupScsiHostByWwnArgs(wwnn, wwpn, flags))
+        return await self._call(PROCEDURES[297], NodeDeviceLookupScsiHostByWwnArgs(wwnn, wwpn, flags), call_timeout)
 
-    async def domain_get_job_stats(self, dom: NonnullDomain, flags: int = 0) -> DomainGetJobStatsRet:
+    async def domain_get_job_stats(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetJobStatsRet:
         """REMOTE_PROC_DOMAIN_GET_JOB_STATS (298)."""
-        return await self._call(PROCEDURES[298], DomainGetJobStatsArgs(dom, flags))
+        return await self._call(PROCEDURES[298], DomainGetJobStatsArgs(dom, flags), call_timeout)
 
-    async def domain_migrate_get_compression_cache(self, dom: NonnullDomain, flags: int = 0) -> DomainMigrateGetCompressionCacheRet:
+    async def domain_migrate_get_compression_cache(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigrateGetCompressionCacheRet:
         """REMOTE_PROC_DOMAIN_MIGRATE_GET_COMPRESSION_CACHE (299)."""
-        return await self._call(PROCEDURES[299], DomainMigrateGetCompressionCacheArgs(dom, flags))
+        return await self._call(PROCEDURES[299], DomainMigrateGetCompressionCacheArgs(dom, flags), call_timeout)
 
-    async def domain_migrate_set_compression_cache(self, dom: NonnullDomain, cacheSize: int, flags: int = 0) -> None:
+    async def domain_migrate_set_compression_cache(self, dom: NonnullDomain, cacheSize: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_MIGRATE_SET_COMPRESSION_CACHE (300)."""
-        return await self._call(PROCEDURES[300], DomainMigrateSetCompressionCacheArgs(dom, cacheSize, flags))
+        return await self._call(PROCEDURES[300], DomainMigrateSetCompressionCacheArgs(dom, cacheSize, flags), call_timeout)
 
-    async def node_device_detach_flags(self, name: str, driverName: str | None, flags: int = 0) -> None:
+    async def node_device_detach_flags(self, name: str, driverName: str | None, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_NODE_DEVICE_DETACH_FLAGS (301)."""
-        return await self._call(PROCEDURES[301], NodeDeviceDetachFlagsArgs(name, driverName, flags))
+        return await self._call(PROCEDURES[301], NodeDeviceDetachFlagsArgs(name, driverName, flags), call_timeout)
 
-    async def domain_migrate_begin3_params(self, dom: NonnullDomain, params: list[TypedParam], flags: int = 0) -> DomainMigrateBegin3ParamsRet:
+    async def domain_migrate_begin3_params(self, dom: NonnullDomain, params: list[TypedParam], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigrateBegin3ParamsRet:
         """REMOTE_PROC_DOMAIN_MIGRATE_BEGIN3_PARAMS (302)."""
-        return await self._call(PROCEDURES[302], DomainMigrateBegin3ParamsArgs(dom, params, flags))
+        return await self._call(PROCEDURES[302], DomainMigrateBegin3ParamsArgs(dom, params, flags), call_timeout)
 
-    async def domain_migrate_prepare3_params(self, params: list[TypedParam], cookie_in: bytes, flags: int = 0) -> DomainMigratePrepare3ParamsRet:
+    async def domain_migrate_prepare3_params(self, params: list[TypedParam], cookie_in: bytes, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigratePrepare3ParamsRet:
         """REMOTE_PROC_DOMAIN_MIGRATE_PREPARE3_PARAMS (303)."""
-        return await self._call(PROCEDURES[303], DomainMigratePrepare3ParamsArgs(params, cookie_in, flags))
+        return await self._call(PROCEDURES[303], DomainMigratePrepare3ParamsArgs(params, cookie_in, flags), call_timeout)
 
-    async def domain_migrate_prepare_tunnel3_params(self, params: list[TypedParam], cookie_in: bytes, flags: int = 0) -> DomainMigratePrepareTunnel3ParamsRet:
+    async def domain_migrate_prepare_tunnel3_params(self, params: list[TypedParam], cookie_in: bytes, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigratePrepareTunnel3ParamsRet:
         """REMOTE_PROC_DOMAIN_MIGRATE_PREPARE_TUNNEL3_PARAMS (304)."""
-        return await self._call(PROCEDURES[304], DomainMigratePrepareTunnel3ParamsArgs(params, cookie_in, flags))
+        return await self._call(PROCEDURES[304], DomainMigratePrepareTunnel3ParamsArgs(params, cookie_in, flags), call_timeout)
 
-    async def domain_migrate_perform3_params(self, dom: NonnullDomain, dconnuri: str | None, params: list[TypedParam], cookie_in: bytes, flags: int = 0) -> DomainMigratePerform3ParamsRet:
+    async def domain_migrate_perform3_params(self, dom: NonnullDomain, dconnuri: str | None, params: list[TypedParam], cookie_in: bytes, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigratePerform3ParamsRet:
         """REMOTE_PROC_DOMAIN_MIGRATE_PERFORM3_PARAMS (305)."""
-        return await self._call(PROCEDURES[305], DomainMigratePerform3ParamsArgs(dom, dconnuri, params, cookie_in, flags))
+        return await self._call(PROCEDURES[305], DomainMigratePerform3ParamsArgs(dom, dconnuri, params, cookie_in, flags), call_timeout)
 
-    async def domain_migrate_finish3_params(self, params: list[TypedParam], cookie_in: bytes, flags: int, cancelled: int) -> DomainMigrateFinish3ParamsRet:
+    async def domain_migrate_finish3_params(self, params: list[TypedParam], cookie_in: bytes, flags: int, cancelled: int, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigrateFinish3ParamsRet:
         """REMOTE_PROC_DOMAIN_MIGRATE_FINISH3_PARAMS (306)."""
-        return await self._call(PROCEDURES[306], DomainMigrateFinish3ParamsArgs(params, cookie_in, flags, cancelled))
+        return await self._call(PROCEDURES[306], DomainMigrateFinish3ParamsArgs(params, cookie_in, flags, cancelled), call_timeout)
 
-    async def domain_migrate_confirm3_params(self, dom: NonnullDomain, params: list[TypedParam], cookie_in: bytes, flags: int, cancelled: int) -> None:
+    async def domain_migrate_confirm3_params(self, dom: NonnullDomain, params: list[TypedParam], cookie_in: bytes, flags: int, cancelled: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_MIGRATE_CONFIRM3_PARAMS (307)."""
-        return await self._call(PROCEDURES[307], DomainMigrateConfirm3ParamsArgs(dom, params, cookie_in, flags, cancelled))
+        return await self._call(PROCEDURES[307], DomainMigrateConfirm3ParamsArgs(dom, params, cookie_in, flags, cancelled), call_timeout)
 
-    async def domain_set_memory_stats_period(self, dom: NonnullDomain, period: int, flags: int = 0) -> None:
+    async def domain_set_memory_stats_period(self, dom: NonnullDomain, period: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_MEMORY_STATS_PERIOD (308)."""
-        return await self._call(PROCEDURES[308], DomainSetMemoryStatsPeriodArgs(dom, period, flags))
+        return await self._call(PROCEDURES[308], DomainSetMemoryStatsPeriodArgs(dom, period, flags), call_timeout)
 
-    async def domain_create_xml_with_files(self, xml_desc: str, flags: int = 0) -> DomainCreateXmlWithFilesRet:
+    async def domain_create_xml_with_files(self, xml_desc: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainCreateXmlWithFilesRet:
         """REMOTE_PROC_DOMAIN_CREATE_XML_WITH_FILES (309)."""
-        return await self._call(PROCEDURES[309], DomainCreateXmlWithFilesArgs(xml_desc, flags))
+        return await self._call(PROCEDURES[309], DomainCreateXmlWithFilesArgs(xml_desc, flags), call_timeout)
 
-    async def domain_create_with_files(self, dom: NonnullDomain, flags: int = 0) -> DomainCreateWithFilesRet:
+    async def domain_create_with_files(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainCreateWithFilesRet:
         """REMOTE_PROC_DOMAIN_CREATE_WITH_FILES (310)."""
-        return await self._call(PROCEDURES[310], DomainCreateWithFilesArgs(dom, flags))
+        return await self._call(PROCEDURES[310], DomainCreateWithFilesArgs(dom, flags), call_timeout)
 
-    async def connect_get_cpu_model_names(self, arch: str, need_results: int, flags: int = 0) -> ConnectGetCpuModelNamesRet:
+    async def connect_get_cpu_model_names(self, arch: str, need_results: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectGetCpuModelNamesRet:
         """REMOTE_PROC_CONNECT_GET_CPU_MODEL_NAMES (312)."""
-        return await self._call(PROCEDURES[312], ConnectGetCpuModelNamesArgs(arch, need_results, flags))
+        return await self._call(PROCEDURES[312], ConnectGetCpuModelNamesArgs(arch, need_results, flags), call_timeout)
 
-    async def connect_network_event_register_any(self, eventID: int, net: NonnullNetwork | None) -> ConnectNetworkEventRegisterAnyRet:
+    async def connect_network_event_register_any(self, eventID: int, net: NonnullNetwork | None, *, call_timeout: float | None | EllipsisType = ...) -> ConnectNetworkEventRegisterAnyRet:
         """REMOTE_PROC_CONNECT_NETWORK_EVENT_REGISTER_ANY (313), high priority."""
-        return await self._call(PROCEDURES[313], ConnectNetworkEventRegisterAnyArgs(eventID, net))
+        return await self._call(PROCEDURES[313], ConnectNetworkEventRegisterAnyArgs(eventID, net), call_timeout)
 
-    async def connect_network_event_deregister_any(self, callbackID: int) -> None:
+    async def connect_network_event_deregister_any(self, callbackID: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_CONNECT_NETWORK_EVENT_DEREGISTER_ANY (314), high priority."""
-        return await self._call(PROCEDURES[314], ConnectNetworkEventDeregisterAnyArgs(callbackID))
+        return await self._call(PROCEDURES[314], ConnectNetworkEventDeregisterAnyArgs(callbackID), call_timeout)
 
-    async def connect_domain_event_callback_register_any(self, eventID: int, dom: NonnullDomain | None) -> ConnectDomainEventCallbackRegisterAnyRet:
+    async def connect_domain_event_callback_register_any(self, eventID: int, dom: NonnullDomain | None, *, call_timeout: float | None | EllipsisType = ...) -> ConnectDomainEventCallbackRegisterAnyRet:
         """REMOTE_PROC_CONNECT_DOMAIN_EVENT_CALLBACK_REGISTER_ANY (316), high priority."""
-        return await self._call(PROCEDURES[316], ConnectDomainEventCallbackRegisterAnyArgs(eventID, dom))
+        return await self._call(PROCEDURES[316], ConnectDomainEventCallbackRegisterAnyArgs(eventID, dom), call_timeout)
 
-    async def connect_domain_event_callback_deregister_any(self, callbackID: int) -> None:
+    async def connect_domain_event_callback_deregister_any(self, callbackID: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_CONNECT_DOMAIN_EVENT_CALLBACK_DEREGISTER_ANY (317), high priority."""
-        return await self._call(PROCEDURES[317], ConnectDomainEventCallbackDeregisterAnyArgs(callbackID))
+        return await self._call(PROCEDURES[317], ConnectDomainEventCallbackDeregisterAnyArgs(callbackID), call_timeout)
 
-    async def domain_core_dump_with_format(self, dom: NonnullDomain, to: str, dumpformat: int, flags: int = 0) -> None:
+    async def domain_core_dump_with_format(self, dom: NonnullDomain, to: str, dumpformat: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_CORE_DUMP_WITH_FORMAT (334)."""
-        return await self._call(PROCEDURES[334], DomainCoreDumpWithFormatArgs(dom, to, dumpformat, flags))
+        return await self._call(PROCEDURES[334], DomainCoreDumpWithFormatArgs(dom, to, dumpformat, flags), call_timeout)
 
-    async def domain_fsfreeze(self, dom: NonnullDomain, mountpoints: list[str], flags: int = 0) -> DomainFsfreezeRet:
+    async def domain_fsfreeze(self, dom: NonnullDomain, mountpoints: list[str], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainFsfreezeRet:
         """REMOTE_PROC_DOMAIN_FSFREEZE (335)."""
-        return await self._call(PROCEDURES[335], DomainFsfreezeArgs(dom, mountpoints, flags))
+        return await self._call(PROCEDURES[335], DomainFsfreezeArgs(dom, mountpoints, flags), call_timeout)
 
-    async def domain_fsthaw(self, dom: NonnullDomain, mountpoints: list[str], flags: int = 0) -> DomainFsthawRet:
+    async def domain_fsthaw(self, dom: NonnullDomain, mountpoints: list[str], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainFsthawRet:
         """REMOTE_PROC_DOMAIN_FSTHAW (336)."""
-        return await self._call(PROCEDURES[336], DomainFsthawArgs(dom, mountpoints, flags))
+        return await self._call(PROCEDURES[336], DomainFsthawArgs(dom, mountpoints, flags), call_timeout)
 
-    async def domain_get_time(self, dom: NonnullDomain, flags: int = 0) -> DomainGetTimeRet:
+    async def domain_get_time(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetTimeRet:
         """REMOTE_PROC_DOMAIN_GET_TIME (337)."""
-        return await self._call(PROCEDURES[337], DomainGetTimeArgs(dom, flags))
+        return await self._call(PROCEDURES[337], DomainGetTimeArgs(dom, flags), call_timeout)
 
-    async def domain_set_time(self, dom: NonnullDomain, seconds: int, nseconds: int, flags: int = 0) -> None:
+    async def domain_set_time(self, dom: NonnullDomain, seconds: int, nseconds: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_TIME (338)."""
-        return await self._call(PROCEDURES[338], DomainSetTimeArgs(dom, seconds, nseconds, flags))
+        return await self._call(PROCEDURES[338], DomainSetTimeArgs(dom, seconds, nseconds, flags), call_timeout)
 
-    async def node_get_free_pages(self, pages: list[int], startCell: int, cellCount: int, flags: int = 0) -> NodeGetFreePagesRet:
+    async def node_get_free_pages(self, pages: list[int], startCell: int, cellCount: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeGetFreePagesRet:
         """REMOTE_PROC_NODE_GET_FREE_PAGES (340), high priority."""
-        return await self._call(PROCEDURES[340], NodeGetFreePagesArgs(pages, startCell, cellCount, flags))
+        return await self._call(PROCEDURES[340], NodeGetFreePagesArgs(pages, startCell, cellCount, flags), call_timeout)
 
-    async def network_get_dhcp_leases(self, net: NonnullNetwork, mac: str | None, need_results: int, flags: int = 0) -> NetworkGetDhcpLeasesRet:
+    async def network_get_dhcp_leases(self, net: NonnullNetwork, mac: str | None, need_results: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NetworkGetDhcpLeasesRet:
         """REMOTE_PROC_NETWORK_GET_DHCP_LEASES (341)."""
-        return await self._call(PROCEDURES[341], NetworkGetDhcpLeasesArgs(net, mac, need_results, flags))
+        return await self._call(PROCEDURES[341], NetworkGetDhcpLeasesArgs(net, mac, need_results, flags), call_timeout)
 
-    async def connect_get_domain_capabilities(self, emulatorbin: str | None, arch: str | None, machine: str | None, virttype: str | None, flags: int = 0) -> ConnectGetDomainCapabilitiesRet:
+    async def connect_get_domain_capabilities(self, emulatorbin: str | None, arch: str | None, machine: str | None, virttype: str | None, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectGetDomainCapabilitiesRet:
         """REMOTE_PROC_CONNECT_GET_DOMAIN_CAPABILITIES (342)."""
-        return await self._call(PROCEDURES[342], ConnectGetDomainCapabilitiesArgs(emulatorbin, arch, machine, virttype, flags))
+        return await self._call(PROCEDURES[342], ConnectGetDomainCapabilitiesArgs(emulatorbin, arch, machine, virttype, flags), call_timeout)
 
-    async def domain_open_graphics_fd(self, dom: NonnullDomain, idx: int, flags: int = 0) -> None:
+    async def domain_open_graphics_fd(self, dom: NonnullDomain, idx: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_OPEN_GRAPHICS_FD (343)."""
-        return await self._call(PROCEDURES[343], DomainOpenGraphicsFdArgs(dom, idx, flags))
+        return await self._call(PROCEDURES[343], DomainOpenGraphicsFdArgs(dom, idx, flags), call_timeout)
 
-    async def connect_get_all_domain_stats(self, doms: list[NonnullDomain], stats: int, flags: int = 0) -> ConnectGetAllDomainStatsRet:
+    async def connect_get_all_domain_stats(self, doms: list[NonnullDomain], stats: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectGetAllDomainStatsRet:
         """REMOTE_PROC_CONNECT_GET_ALL_DOMAIN_STATS (344)."""
-        return await self._call(PROCEDURES[344], ConnectGetAllDomainStatsArgs(doms, stats, flags))
+        return await self._call(PROCEDURES[344], ConnectGetAllDomainStatsArgs(doms, stats, flags), call_timeout)
 
-    async def domain_block_copy(self, dom: NonnullDomain, path: str, destxml: str, params: list[TypedParam], flags: int = 0) -> None:
+    async def domain_block_copy(self, dom: NonnullDomain, path: str, destxml: str, params: list[TypedParam], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_BLOCK_COPY (345)."""
-        return await self._call(PROCEDURES[345], DomainBlockCopyArgs(dom, path, destxml, params, flags))
+        return await self._call(PROCEDURES[345], DomainBlockCopyArgs(dom, path, destxml, params, flags), call_timeout)
 
-    async def node_alloc_pages(self, pageSizes: list[int], pageCounts: list[int], startCell: int, cellCount: int, flags: int = 0) -> NodeAllocPagesRet:
+    async def node_alloc_pages(self, pageSizes: list[int], pageCounts: list[int], startCell: int, cellCount: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeAllocPagesRet:
         """REMOTE_PROC_NODE_ALLOC_PAGES (347)."""
-        return await self._call(PROCEDURES[347], NodeAllocPagesArgs(pageSizes, pageCounts, startCell, cellCount, flags))
+        return await self._call(PROCEDURES[347], NodeAllocPagesArgs(pageSizes, pageCounts, startCell, cellCount, flags), call_timeout)
 
-    async def domain_get_fsinfo(self, dom: NonnullDomain, flags: int = 0) -> DomainGetFsinfoRet:
+    async def domain_get_fsinfo(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetFsinfoRet:
         """REMOTE_PROC_DOMAIN_GET_FSINFO (349)."""
-        return await self._call(PROCEDURES[349], DomainGetFsinfoArgs(dom, flags))
+        return await self._call(PROCEDURES[349], DomainGetFsinfoArgs(dom, flags), call_timeout)
 
-    async def domain_define_xml_flags(self, xml: str, flags: int = 0) -> DomainDefineXmlFlagsRet:
+    async def domain_define_xml_flags(self, xml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainDefineXmlFlagsRet:
         """REMOTE_PROC_DOMAIN_DEFINE_XML_FLAGS (350), high priority."""
-        return await self._call(PROCEDURES[350], DomainDefineXmlFlagsArgs(xml, flags))
+        return await self._call(PROCEDURES[350], DomainDefineXmlFlagsArgs(xml, flags), call_timeout)
 
-    async def domain_get_iothread_info(self, dom: NonnullDomain, flags: int = 0) -> DomainGetIothreadInfoRet:
+    async def domain_get_iothread_info(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetIothreadInfoRet:
         """REMOTE_PROC_DOMAIN_GET_IOTHREAD_INFO (351)."""
-        return await self._call(PROCEDURES[351], DomainGetIothreadInfoArgs(dom, flags))
+        return await self._call(PROCEDURES[351], DomainGetIothreadInfoArgs(dom, flags), call_timeout)
 
-    async def domain_pin_iothread(self, dom: NonnullDomain, iothreads_id: int, cpumap: bytes, flags: int = 0) -> None:
+    async def domain_pin_iothread(self, dom: NonnullDomain, iothreads_id: int, cpumap: bytes, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_PIN_IOTHREAD (352)."""
-        return await self._call(PROCEDURES[352], DomainPinIothreadArgs(dom, iothreads_id, cpumap, flags))
+        return await self._call(PROCEDURES[352], DomainPinIothreadArgs(dom, iothreads_id, cpumap, flags), call_timeout)
 
-    async def domain_interface_addresses(self, dom: NonnullDomain, source: int, flags: int = 0) -> DomainInterfaceAddressesRet:
+    async def domain_interface_addresses(self, dom: NonnullDomain, source: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainInterfaceAddressesRet:
         """REMOTE_PROC_DOMAIN_INTERFACE_ADDRESSES (353)."""
-        return await self._call(PROCEDURES[353], DomainInterfaceAddressesArgs(dom, source, flags))
+        return await self._call(PROCEDURES[353], DomainInterfaceAddressesArgs(dom, source, flags), call_timeout)
 
-    async def domain_add_iothread(self, dom: NonnullDomain, iothread_id: int, flags: int = 0) -> None:
+    async def domain_add_iothread(self, dom: NonnullDomain, iothread_id: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_ADD_IOTHREAD (355)."""
-        return await self._call(PROCEDURES[355], DomainAddIothreadArgs(dom, iothread_id, flags))
+        return await self._call(PROCEDURES[355], DomainAddIothreadArgs(dom, iothread_id, flags), call_timeout)
 
-    async def domain_del_iothread(self, dom: NonnullDomain, iothread_id: int, flags: int = 0) -> None:
+    async def domain_del_iothread(self, dom: NonnullDomain, iothread_id: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_DEL_IOTHREAD (356)."""
-        return await self._call(PROCEDURES[356], DomainDelIothreadArgs(dom, iothread_id, flags))
+        return await self._call(PROCEDURES[356], DomainDelIothreadArgs(dom, iothread_id, flags), call_timeout)
 
-    async def domain_set_user_password(self, dom: NonnullDomain, user: str | None, password: str | None, flags: int = 0) -> None:
+    async def domain_set_user_password(self, dom: NonnullDomain, user: str | None, password: str | None, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_USER_PASSWORD (357)."""
-        return await self._call(PROCEDURES[357], DomainSetUserPasswordArgs(dom, user, password, flags))
+        return await self._call(PROCEDURES[357], DomainSetUserPasswordArgs(dom, user, password, flags), call_timeout)
 
-    async def domain_rename(self, dom: NonnullDomain, new_name: str | None, flags: int = 0) -> DomainRenameRet:
+    async def domain_rename(self, dom: NonnullDomain, new_name: str | None, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainRenameRet:
         """REMOTE_PROC_DOMAIN_RENAME (358)."""
-        return await self._call(PROCEDURES[358], DomainRenameArgs(dom, new_name, flags))
+        return await self._call(PROCEDURES[358], DomainRenameArgs(dom, new_name, flags), call_timeout)
 
-    async def connect_register_close_callback(self) -> None:
+    async def connect_register_close_callback(self, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_CONNECT_REGISTER_CLOSE_CALLBACK (360), high priority."""
-        return await self._call(PROCEDURES[360], None)
+        return await self._call(PROCEDURES[360], None, call_timeout)
 
-    async def connect_unregister_close_callback(self) -> None:
+    async def connect_unregister_close_callback(self, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_CONNECT_UNREGISTER_CLOSE_CALLBACK (361), high priority."""
-        return await self._call(PROCEDURES[361], None)
+        return await self._call(PROCEDURES[361], None, call_timeout)
 
-    async def domain_migrate_start_post_copy(self, dom: NonnullDomain, flags: int = 0) -> None:
+    async def domain_migrate_start_post_copy(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_MIGRATE_START_POST_COPY (364)."""
-        return await self._call(PROCEDURES[364], DomainMigrateStartPostCopyArgs(dom, flags))
+        return await self._call(PROCEDURES[364], DomainMigrateStartPostCopyArgs(dom, flags), call_timeout)
 
-    async def domain_get_perf_events(self, dom: NonnullDomain, flags: int = 0) -> DomainGetPerfEventsRet:
+    async def domain_get_perf_events(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetPerfEventsRet:
         """REMOTE_PROC_DOMAIN_GET_PERF_EVENTS (365)."""
-        return await self._call(PROCEDURES[365], DomainGetPerfEventsArgs(dom, flags))
+        return await self._call(PROCEDURES[365], DomainGetPerfEventsArgs(dom, flags), call_timeout)
 
-    async def domain_set_perf_events(self, dom: NonnullDomain, params: list[TypedParam], flags: int = 0) -> None:
+    async def domain_set_perf_events(self, dom: NonnullDomain, params: list[TypedParam], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_PERF_EVENTS (366)."""
-        return await self._call(PROCEDURES[366], DomainSetPerfEventsArgs(dom, params, flags))
+        return await self._call(PROCEDURES[366], DomainSetPerfEventsArgs(dom, params, flags), call_timeout)
 
-    async def connect_storage_pool_event_register_any(self, eventID: int, pool: NonnullStoragePool | None) -> ConnectStoragePoolEventRegisterAnyRet:
+    async def connect_storage_pool_event_register_any(self, eventID: int, pool: NonnullStoragePool | None, *, call_timeout: float | None | EllipsisType = ...) -> ConnectStoragePoolEventRegisterAnyRet:
         """REMOTE_PROC_CONNECT_STORAGE_POOL_EVENT_REGISTER_ANY (368), high priority."""
-        return await self._call(PROCEDURES[368], ConnectStoragePoolEventRegisterAnyArgs(eventID, pool))
+        return await self._call(PROCEDURES[368], ConnectStoragePoolEventRegisterAnyArgs(eventID, pool), call_timeout)
 
-    async def connect_storage_pool_event_deregister_any(self, callbackID: int) -> None:
+    async def connect_storage_pool_event_deregister_any(self, callbackID: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_CONNECT_STORAGE_POOL_EVENT_DEREGISTER_ANY (369), high priority."""
-        return await self._call(PROCEDURES[369], ConnectStoragePoolEventDeregisterAnyArgs(callbackID))
+        return await self._call(PROCEDURES[369], ConnectStoragePoolEventDeregisterAnyArgs(callbackID), call_timeout)
 
-    async def domain_get_guest_vcpus(self, dom: NonnullDomain, flags: int = 0) -> DomainGetGuestVcpusRet:
+    async def domain_get_guest_vcpus(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetGuestVcpusRet:
         """REMOTE_PROC_DOMAIN_GET_GUEST_VCPUS (371)."""
-        return await self._call(PROCEDURES[371], DomainGetGuestVcpusArgs(dom, flags))
+        return await self._call(PROCEDURES[371], DomainGetGuestVcpusArgs(dom, flags), call_timeout)
 
-    async def domain_set_guest_vcpus(self, dom: NonnullDomain, cpumap: str, state: int, flags: int = 0) -> None:
+    async def domain_set_guest_vcpus(self, dom: NonnullDomain, cpumap: str, state: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_GUEST_VCPUS (372)."""
-        return await self._call(PROCEDURES[372], DomainSetGuestVcpusArgs(dom, cpumap, state, flags))
+        return await self._call(PROCEDURES[372], DomainSetGuestVcpusArgs(dom, cpumap, state, flags), call_timeout)
 
-    async def connect_node_device_event_register_any(self, eventID: int, dev: NonnullNodeDevice | None) -> ConnectNodeDeviceEventRegisterAnyRet:
+    async def connect_node_device_event_register_any(self, eventID: int, dev: NonnullNodeDevice | None, *, call_timeout: float | None | EllipsisType = ...) -> ConnectNodeDeviceEventRegisterAnyRet:
         """REMOTE_PROC_CONNECT_NODE_DEVICE_EVENT_REGISTER_ANY (374), high priority."""
-        return await self._call(PROCEDURES[374], ConnectNodeDeviceEventRegisterAnyArgs(eventID, dev))
+        return await self._call(PROCEDURES[374], ConnectNodeDeviceEventRegisterAnyArgs(eventID, dev), call_timeout)
 
-    async def connect_node_device_event_deregister_any(self, callbackID: int) -> None:
+    async def connect_node_device_event_deregister_any(self, callbackID: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_CONNECT_NODE_DEVICE_EVENT_DEREGISTER_ANY (375), high priority."""
-        return await self._call(PROCEDURES[375], ConnectNodeDeviceEventDeregisterAnyArgs(callbackID))
+        return await self._call(PROCEDURES[375], ConnectNodeDeviceEventDeregisterAnyArgs(callbackID), call_timeout)
 
-    async def storage_vol_get_info_flags(self, vol: NonnullStorageVol, flags: int = 0) -> StorageVolGetInfoFlagsRet:
+    async def storage_vol_get_info_flags(self, vol: NonnullStorageVol, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> StorageVolGetInfoFlagsRet:
         """REMOTE_PROC_STORAGE_VOL_GET_INFO_FLAGS (378), high priority."""
-        return await self._call(PROCEDURES[378], StorageVolGetInfoFlagsArgs(vol, flags))
+        return await self._call(PROCEDURES[378], StorageVolGetInfoFlagsArgs(vol, flags), call_timeout)
 
-    async def connect_secret_event_register_any(self, eventID: int, secret: NonnullSecret | None) -> ConnectSecretEventRegisterAnyRet:
+    async def connect_secret_event_register_any(self, eventID: int, secret: NonnullSecret | None, *, call_timeout: float | None | EllipsisType = ...) -> ConnectSecretEventRegisterAnyRet:
         """REMOTE_PROC_CONNECT_SECRET_EVENT_REGISTER_ANY (380), high priority."""
-        return await self._call(PROCEDURES[380], ConnectSecretEventRegisterAnyArgs(eventID, secret))
+        return await self._call(PROCEDURES[380], ConnectSecretEventRegisterAnyArgs(eventID, secret), call_timeout)
 
-    async def connect_secret_event_deregister_any(self, callbackID: int) -> None:
+    async def connect_secret_event_deregister_any(self, callbackID: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_CONNECT_SECRET_EVENT_DEREGISTER_ANY (381), high priority."""
-        return await self._call(PROCEDURES[381], ConnectSecretEventDeregisterAnyArgs(callbackID))
+        return await self._call(PROCEDURES[381], ConnectSecretEventDeregisterAnyArgs(callbackID), call_timeout)
 
-    async def domain_set_vcpu(self, dom: NonnullDomain, cpumap: str, state: int, flags: int = 0) -> None:
+    async def domain_set_vcpu(self, dom: NonnullDomain, cpumap: str, state: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_VCPU (384)."""
-        return await self._call(PROCEDURES[384], DomainSetVcpuArgs(dom, cpumap, state, flags))
+        return await self._call(PROCEDURES[384], DomainSetVcpuArgs(dom, cpumap, state, flags), call_timeout)
 
-    async def domain_set_block_threshold(self, dom: NonnullDomain, dev: str, threshold: int, flags: int = 0) -> None:
+    async def domain_set_block_threshold(self, dom: NonnullDomain, dev: str, threshold: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_BLOCK_THRESHOLD (386)."""
-        return await self._call(PROCEDURES[386], DomainSetBlockThresholdArgs(dom, dev, threshold, flags))
+        return await self._call(PROCEDURES[386], DomainSetBlockThresholdArgs(dom, dev, threshold, flags), call_timeout)
 
-    async def domain_migrate_get_max_downtime(self, dom: NonnullDomain, flags: int = 0) -> DomainMigrateGetMaxDowntimeRet:
+    async def domain_migrate_get_max_downtime(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigrateGetMaxDowntimeRet:
         """REMOTE_PROC_DOMAIN_MIGRATE_GET_MAX_DOWNTIME (387)."""
-        return await self._call(PROCEDURES[387], DomainMigrateGetMaxDowntimeArgs(dom, flags))
+        return await self._call(PROCEDURES[387], DomainMigrateGetMaxDowntimeArgs(dom, flags), call_timeout)
 
-    async def domain_managed_save_get_xml_desc(self, dom: NonnullDomain, flags: int = 0) -> DomainManagedSaveGetXmlDescRet:
+    async def domain_managed_save_get_xml_desc(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainManagedSaveGetXmlDescRet:
         """REMOTE_PROC_DOMAIN_MANAGED_SAVE_GET_XML_DESC (388)."""
-        return await self._call(PROCEDURES[388], DomainManagedSaveGetXmlDescArgs(dom, flags))
+        return await self._call(PROCEDURES[388], DomainManagedSaveGetXmlDescArgs(dom, flags), call_timeout)
 
-    async def domain_managed_save_define_xml(self, dom: NonnullDomain, dxml: str | None, flags: int = 0) -> None:
+    async def domain_managed_save_define_xml(self, dom: NonnullDomain, dxml: str | None, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_MANAGED_SAVE_DEFINE_XML (389)."""
-        return await self._call(PROCEDURES[389], DomainManagedSaveDefineXmlArgs(dom, dxml, flags))
+        return await self._call(PROCEDURES[389], DomainManagedSaveDefineXmlArgs(dom, dxml, flags), call_timeout)
 
-    async def domain_set_lifecycle_action(self, dom: NonnullDomain, type: int, action: int, flags: int = 0) -> None:
+    async def domain_set_lifecycle_action(self, dom: NonnullDomain, type: int, action: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_LIFECYCLE_ACTION (390)."""
-        return await self._call(PROCEDURES[390], DomainSetLifecycleActionArgs(dom, type, action, flags))
+        return await self._call(PROCEDURES[390], DomainSetLifecycleActionArgs(dom, type, action, flags), call_timeout)
 
-    async def storage_pool_lookup_by_target_path(self, path: str) -> StoragePoolLookupByTargetPathRet:
+    async def storage_pool_lookup_by_target_path(self, path: str, *, call_timeout: float | None | EllipsisType = ...) -> StoragePoolLookupByTargetPathRet:
         """REMOTE_PROC_STORAGE_POOL_LOOKUP_BY_TARGET_PATH (391), high priority."""
-        return await self._call(PROCEDURES[391], StoragePoolLookupByTargetPathArgs(path))
+        return await self._call(PROCEDURES[391], StoragePoolLookupByTargetPathArgs(path), call_timeout)
 
-    async def domain_detach_device_alias(self, dom: NonnullDomain, alias: str, flags: int = 0) -> None:
+    async def domain_detach_device_alias(self, dom: NonnullDomain, alias: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_DETACH_DEVICE_ALIAS (392)."""
-        return await self._call(PROCEDURES[392], DomainDetachDeviceAliasArgs(dom, alias, flags))
+        return await self._call(PROCEDURES[392], DomainDetachDeviceAliasArgs(dom, alias, flags), call_timeout)
 
-    async def connect_compare_hypervisor_cpu(self, emulator: str | None, arch: str | None, machine: str | None, virttype: str | None, xmlCPU: str, flags: int = 0) -> ConnectCompareHypervisorCpuRet:
+    async def connect_compare_hypervisor_cpu(self, emulator: str | None, arch: str | None, machine: str | None, virttype: str | None, xmlCPU: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectCompareHypervisorCpuRet:
         """REMOTE_PROC_CONNECT_COMPARE_HYPERVISOR_CPU (393)."""
-        return await self._call(PROCEDURES[393], ConnectCompareHypervisorCpuArgs(emulator, arch, machine, virttype, xmlCPU, flags))
+        return await self._call(PROCEDURES[393], ConnectCompareHypervisorCpuArgs(emulator, arch, machine, virttype, xmlCPU, flags), call_timeout)
 
-    async def connect_baseline_hypervisor_cpu(self, emulator: str | None, arch: str | None, machine: str | None, virttype: str | None, xmlCPUs: list[str], flags: int = 0) -> ConnectBaselineHypervisorCpuRet:
+    async def connect_baseline_hypervisor_cpu(self, emulator: str | None, arch: str | None, machine: str | None, virttype: str | None, xmlCPUs: list[str], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectBaselineHypervisorCpuRet:
         """REMOTE_PROC_CONNECT_BASELINE_HYPERVISOR_CPU (394)."""
-        return await self._call(PROCEDURES[394], ConnectBaselineHypervisorCpuArgs(emulator, arch, machine, virttype, xmlCPUs, flags))
+        return await self._call(PROCEDURES[394], ConnectBaselineHypervisorCpuArgs(emulator, arch, machine, virttype, xmlCPUs, flags), call_timeout)
 
-    async def node_get_sev_info(self, nparams: int, flags: int = 0) -> NodeGetSevInfoRet:
+    async def node_get_sev_info(self, nparams: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeGetSevInfoRet:
         """REMOTE_PROC_NODE_GET_SEV_INFO (395)."""
-        return await self._call(PROCEDURES[395], NodeGetSevInfoArgs(nparams, flags))
+        return await self._call(PROCEDURES[395], NodeGetSevInfoArgs(nparams, flags), call_timeout)
 
-    async def domain_get_launch_security_info(self, dom: NonnullDomain, flags: int = 0) -> DomainGetLaunchSecurityInfoRet:
+    async def domain_get_launch_security_info(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetLaunchSecurityInfoRet:
         """REMOTE_PROC_DOMAIN_GET_LAUNCH_SECURITY_INFO (396)."""
-        return await self._call(PROCEDURES[396], DomainGetLaunchSecurityInfoArgs(dom, flags))
+        return await self._call(PROCEDURES[396], DomainGetLaunchSecurityInfoArgs(dom, flags), call_timeout)
 
-    async def nwfilter_binding_lookup_by_port_dev(self, name: str) -> NwfilterBindingLookupByPortDevRet:
+    async def nwfilter_binding_lookup_by_port_dev(self, name: str, *, call_timeout: float | None | EllipsisType = ...) -> NwfilterBindingLookupByPortDevRet:
         """REMOTE_PROC_NWFILTER_BINDING_LOOKUP_BY_PORT_DEV (397), high priority."""
-        return await self._call(PROCEDURES[397], NwfilterBindingLookupByPortDevArgs(name))
+        return await self._call(PROCEDURES[397], NwfilterBindingLookupByPortDevArgs(name), call_timeout)
 
-    async def nwfilter_binding_get_xml_desc(self, nwfilter: NonnullNwfilterBinding, flags: int = 0) -> NwfilterBindingGetXmlDescRet:
+    async def nwfilter_binding_get_xml_desc(self, nwfilter: NonnullNwfilterBinding, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NwfilterBindingGetXmlDescRet:
         """REMOTE_PROC_NWFILTER_BINDING_GET_XML_DESC (398), high priority."""
-        return await self._call(PROCEDURES[398], NwfilterBindingGetXmlDescArgs(nwfilter, flags))
+        return await self._call(PROCEDURES[398], NwfilterBindingGetXmlDescArgs(nwfilter, flags), call_timeout)
 
-    async def nwfilter_binding_create_xml(self, xml: str, flags: int = 0) -> NwfilterBindingCreateXmlRet:
+    async def nwfilter_binding_create_xml(self, xml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NwfilterBindingCreateXmlRet:
         """REMOTE_PROC_NWFILTER_BINDING_CREATE_XML (399), high priority."""
-        return await self._call(PROCEDURES[399], NwfilterBindingCreateXmlArgs(xml, flags))
+        return await self._call(PROCEDURES[399], NwfilterBindingCreateXmlArgs(xml, flags), call_timeout)
 
-    async def nwfilter_binding_delete(self, nwfilter: NonnullNwfilterBinding) -> None:
+    async def nwfilter_binding_delete(self, nwfilter: NonnullNwfilterBinding, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_NWFILTER_BINDING_DELETE (400), high priority."""
-        return await self._call(PROCEDURES[400], NwfilterBindingDeleteArgs(nwfilter))
+        return await self._call(PROCEDURES[400], NwfilterBindingDeleteArgs(nwfilter), call_timeout)
 
-    async def connect_list_all_nwfilter_bindings(self, need_results: int, flags: int = 0) -> ConnectListAllNwfilterBindingsRet:
+    async def connect_list_all_nwfilter_bindings(self, need_results: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListAllNwfilterBindingsRet:
         """REMOTE_PROC_CONNECT_LIST_ALL_NWFILTER_BINDINGS (401), high priority."""
-        return await self._call(PROCEDURES[401], ConnectListAllNwfilterBindingsArgs(need_results, flags))
+        return await self._call(PROCEDURES[401], ConnectListAllNwfilterBindingsArgs(need_results, flags), call_timeout)
 
-    async def domain_set_iothread_params(self, dom: NonnullDomain, iothread_id: int, params: list[TypedParam], flags: int = 0) -> None:
+    async def domain_set_iothread_params(self, dom: NonnullDomain, iothread_id: int, params: list[TypedParam], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_IOTHREAD_PARAMS (402)."""
-        return await self._call(PROCEDURES[402], DomainSetIothreadParamsArgs(dom, iothread_id, params, flags))
+        return await self._call(PROCEDURES[402], DomainSetIothreadParamsArgs(dom, iothread_id, params, flags), call_timeout)
 
-    async def connect_get_storage_pool_capabilities(self, flags: int = 0) -> ConnectGetStoragePoolCapabilitiesRet:
+    async def connect_get_storage_pool_capabilities(self, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectGetStoragePoolCapabilitiesRet:
         """REMOTE_PROC_CONNECT_GET_STORAGE_POOL_CAPABILITIES (403)."""
-        return await self._call(PROCEDURES[403], ConnectGetStoragePoolCapabilitiesArgs(flags))
+        return await self._call(PROCEDURES[403], ConnectGetStoragePoolCapabilitiesArgs(flags), call_timeout)
 
-    async def network_list_all_ports(self, network: NonnullNetwork, need_results: int, flags: int = 0) -> NetworkListAllPortsRet:
+    async def network_list_all_ports(self, network: NonnullNetwork, need_results: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NetworkListAllPortsRet:
         """REMOTE_PROC_NETWORK_LIST_ALL_PORTS (404), high priority."""
-        return await self._call(PROCEDURES[404], NetworkListAllPortsArgs(network, need_results, flags))
+        return await self._call(PROCEDURES[404], NetworkListAllPortsArgs(network, need_results, flags), call_timeout)
 
-    async def network_port_lookup_by_uuid(self, network: NonnullNetwork, uuid: bytes) -> NetworkPortLookupByUuidRet:
+    async def network_port_lookup_by_uuid(self, network: NonnullNetwork, uuid: bytes, *, call_timeout: float | None | EllipsisType = ...) -> NetworkPortLookupByUuidRet:
         """REMOTE_PROC_NETWORK_PORT_LOOKUP_BY_UUID (405), high priority."""
-        return await self._call(PROCEDURES[405], NetworkPortLookupByUuidArgs(network, uuid))
+        return await self._call(PROCEDURES[405], NetworkPortLookupByUuidArgs(network, uuid), call_timeout)
 
-    async def network_port_create_xml(self, network: NonnullNetwork, xml: str, flags: int = 0) -> NetworkPortCreateXmlRet:
+    async def network_port_create_xml(self, network: NonnullNetwork, xml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NetworkPortCreateXmlRet:
         """REMOTE_PROC_NETWORK_PORT_CREATE_XML (406)."""
-        return await self._call(PROCEDURES[406], NetworkPortCreateXmlArgs(network, xml, flags))
+        return await self._call(PROCEDURES[406], NetworkPortCreateXmlArgs(network, xml, flags), call_timeout)
 
-    async def network_port_get_parameters(self, port: NonnullNetworkPort, nparams: int, flags: int = 0) -> NetworkPortGetParametersRet:
+    async def network_port_get_parameters(self, port: NonnullNetworkPort, nparams: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NetworkPortGetParametersRet:
         """REMOTE_PROC_NETWORK_PORT_GET_PARAMETERS (407)."""
-        return await self._call(PROCEDURES[407], NetworkPortGetParametersArgs(port, nparams, flags))
+        return await self._call(PROCEDURES[407], NetworkPortGetParametersArgs(port, nparams, flags), call_timeout)
 
-    async def network_port_set_parameters(self, port: NonnullNetworkPort, params: list[TypedParam], flags: int = 0) -> None:
+    async def network_port_set_parameters(self, port: NonnullNetworkPort, params: list[TypedParam], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_NETWORK_PORT_SET_PARAMETERS (408)."""
-        return await self._call(PROCEDURES[408], NetworkPortSetParametersArgs(port, params, flags))
+        return await self._call(PROCEDURES[408], NetworkPortSetParametersArgs(port, params, flags), call_timeout)
 
-    async def network_port_get_xml_desc(self, port: NonnullNetworkPort, flags: int = 0) -> NetworkPortGetXmlDescRet:
+    async def network_port_get_xml_desc(self, port: NonnullNetworkPort, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NetworkPortGetXmlDescRet:
         """REMOTE_PROC_NETWORK_PORT_GET_XML_DESC (409)."""
-        return await self._call(PROCEDURES[409], NetworkPortGetXmlDescArgs(port, flags))
+        return await self._call(PROCEDURES[409], NetworkPortGetXmlDescArgs(port, flags), call_timeout)
 
-    async def network_port_delete(self, port: NonnullNetworkPort, flags: int = 0) -> None:
+    async def network_port_delete(self, port: NonnullNetworkPort, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_NETWORK_PORT_DELETE (410)."""
-        return await self._call(PROCEDURES[410], NetworkPortDeleteArgs(port, flags))
+        return await self._call(PROCEDURES[410], NetworkPortDeleteArgs(port, flags), call_timeout)
 
-    async def domain_checkpoint_create_xml(self, dom: NonnullDomain, xml_desc: str, flags: int = 0) -> DomainCheckpointCreateXmlRet:
+    async def domain_checkpoint_create_xml(self, dom: NonnullDomain, xml_desc: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainCheckpointCreateXmlRet:
         """REMOTE_PROC_DOMAIN_CHECKPOINT_CREATE_XML (411)."""
-        return await self._call(PROCEDURES[411], DomainCheckpointCreateXmlArgs(dom, xml_desc, flags))
+        return await self._call(PROCEDURES[411], DomainCheckpointCreateXmlArgs(dom, xml_desc, flags), call_timeout)
 
-    async def domain_checkpoint_get_xml_desc(self, checkpoint: NonnullDomainCheckpoint, flags: int = 0) -> DomainCheckpointGetXmlDescRet:
+    async def domain_checkpoint_get_xml_desc(self, checkpoint: NonnullDomainCheckpoint, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainCheckpointGetXmlDescRet:
         """REMOTE_PROC_DOMAIN_CHECKPOINT_GET_XML_DESC (412)."""
-        return await self._call(PROCEDURES[412], DomainCheckpointGetXmlDescArgs(checkpoint, flags))
+        return await self._call(PROCEDURES[412], DomainCheckpointGetXmlDescArgs(checkpoint, flags), call_timeout)
 
-    async def domain_list_all_checkpoints(self, dom: NonnullDomain, need_results: int, flags: int = 0) -> DomainListAllCheckpointsRet:
+    async def domain_list_all_checkpoints(self, dom: NonnullDomain, need_results: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainListAllCheckpointsRet:
         """REMOTE_PROC_DOMAIN_LIST_ALL_CHECKPOINTS (413), high priority."""
-        return await self._call(PROCEDURES[413], DomainListAllCheckpointsArgs(dom, need_results, flags))
+        return await self._call(PROCEDURES[413], DomainListAllCheckpointsArgs(dom, need_results, flags), call_timeout)
 
-    async def domain_checkpoint_list_all_children(self, checkpoint: NonnullDomainCheckpoint, need_results: int, flags: int = 0) -> DomainCheckpointListAllChildrenRet:
+    async def domain_checkpoint_list_all_children(self, checkpoint: NonnullDomainCheckpoint, need_results: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainCheckpointListAllChildrenRet:
         """REMOTE_PROC_DOMAIN_CHECKPOINT_LIST_ALL_CHILDREN (414), high priority."""
-        return await self._call(PROCEDURES[414], DomainCheckpointListAllChildrenArgs(checkpoint, need_results, flags))
+        return await self._call(PROCEDURES[414], DomainCheckpointListAllChildrenArgs(checkpoint, need_results, flags), call_timeout)
 
-    async def domain_checkpoint_lookup_by_name(self, dom: NonnullDomain, name: str, flags: int = 0) -> DomainCheckpointLookupByNameRet:
+    async def domain_checkpoint_lookup_by_name(self, dom: NonnullDomain, name: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainCheckpointLookupByNameRet:
         """REMOTE_PROC_DOMAIN_CHECKPOINT_LOOKUP_BY_NAME (415), high priority."""
-        return await self._call(PROCEDURES[415], DomainCheckpointLookupByNameArgs(dom, name, flags))
+        return await self._call(PROCEDURES[415], DomainCheckpointLookupByNameArgs(dom, name, flags), call_timeout)
 
-    async def domain_checkpoint_get_parent(self, checkpoint: NonnullDomainCheckpoint, flags: int = 0) -> DomainCheckpointGetParentRet:
+    async def domain_checkpoint_get_parent(self, checkpoint: NonnullDomainCheckpoint, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainCheckpointGetParentRet:
         """REMOTE_PROC_DOMAIN_CHECKPOINT_GET_PARENT (416), high priority."""
-        return await self._call(PROCEDURES[416], DomainCheckpointGetParentArgs(checkpoint, flags))
+        return await self._call(PROCEDURES[416], DomainCheckpointGetParentArgs(checkpoint, flags), call_timeout)
 
-    async def domain_checkpoint_delete(self, checkpoint: NonnullDomainCheckpoint, flags: int = 0) -> None:
+    async def domain_checkpoint_delete(self, checkpoint: NonnullDomainCheckpoint, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_CHECKPOINT_DELETE (417)."""
-        return await self._call(PROCEDURES[417], DomainCheckpointDeleteArgs(checkpoint, flags))
+        return await self._call(PROCEDURES[417], DomainCheckpointDeleteArgs(checkpoint, flags), call_timeout)
 
-    async def domain_get_guest_info(self, dom: NonnullDomain, types: int, flags: int = 0) -> DomainGetGuestInfoRet:
+    async def domain_get_guest_info(self, dom: NonnullDomain, types: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetGuestInfoRet:
         """REMOTE_PROC_DOMAIN_GET_GUEST_INFO (418)."""
-        return await self._call(PROCEDURES[418], DomainGetGuestInfoArgs(dom, types, flags))
+        return await self._call(PROCEDURES[418], DomainGetGuestInfoArgs(dom, types, flags), call_timeout)
 
-    async def connect_set_identity(self, params: list[TypedParam], flags: int = 0) -> None:
+    async def connect_set_identity(self, params: list[TypedParam], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_CONNECT_SET_IDENTITY (419)."""
-        return await self._call(PROCEDURES[419], ConnectSetIdentityArgs(params, flags))
+        return await self._call(PROCEDURES[419], ConnectSetIdentityArgs(params, flags), call_timeout)
 
-    async def domain_agent_set_response_timeout(self, dom: NonnullDomain, timeout: int, flags: int = 0) -> DomainAgentSetResponseTimeoutRet:
+    async def domain_agent_set_response_timeout(self, dom: NonnullDomain, timeout: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainAgentSetResponseTimeoutRet:
         """REMOTE_PROC_DOMAIN_AGENT_SET_RESPONSE_TIMEOUT (420)."""
-        return await self._call(PROCEDURES[420], DomainAgentSetResponseTimeoutArgs(dom, timeout, flags))
+        return await self._call(PROCEDURES[420], DomainAgentSetResponseTimeoutArgs(dom, timeout, flags), call_timeout)
 
-    async def domain_backup_begin(self, dom: NonnullDomain, backup_xml: str, checkpoint_xml: str | None, flags: int = 0) -> None:
+    async def domain_backup_begin(self, dom: NonnullDomain, backup_xml: str, checkpoint_xml: str | None, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_BACKUP_BEGIN (421)."""
-        return await self._call(PROCEDURES[421], DomainBackupBeginArgs(dom, backup_xml, checkpoint_xml, flags))
+        return await self._call(PROCEDURES[421], DomainBackupBeginArgs(dom, backup_xml, checkpoint_xml, flags), call_timeout)
 
-    async def domain_backup_get_xml_desc(self, dom: NonnullDomain, flags: int = 0) -> DomainBackupGetXmlDescRet:
+    async def domain_backup_get_xml_desc(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainBackupGetXmlDescRet:
         """REMOTE_PROC_DOMAIN_BACKUP_GET_XML_DESC (422), high priority."""
-        return await self._call(PROCEDURES[422], DomainBackupGetXmlDescArgs(dom, flags))
+        return await self._call(PROCEDURES[422], DomainBackupGetXmlDescArgs(dom, flags), call_timeout)
 
-    async def domain_authorized_ssh_keys_get(self, dom: NonnullDomain, user: str, flags: int = 0) -> DomainAuthorizedSshKeysGetRet:
+    async def domain_authorized_ssh_keys_get(self, dom: NonnullDomain, user: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainAuthorizedSshKeysGetRet:
         """REMOTE_PROC_DOMAIN_AUTHORIZED_SSH_KEYS_GET (424)."""
-        return await self._call(PROCEDURES[424], DomainAuthorizedSshKeysGetArgs(dom, user, flags))
+        return await self._call(PROCEDURES[424], DomainAuthorizedSshKeysGetArgs(dom, user, flags), call_timeout)
 
-    async def domain_authorized_ssh_keys_set(self, dom: NonnullDomain, user: str, keys: list[str], flags: int = 0) -> None:
+    async def domain_authorized_ssh_keys_set(self, dom: NonnullDomain, user: str, keys: list[str], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_AUTHORIZED_SSH_KEYS_SET (425)."""
-        return await self._call(PROCEDURES[425], DomainAuthorizedSshKeysSetArgs(dom, user, keys, flags))
+        return await self._call(PROCEDURES[425], DomainAuthorizedSshKeysSetArgs(dom, user, keys, flags), call_timeout)
 
-    async def domain_get_messages(self, dom: NonnullDomain, flags: int = 0) -> DomainGetMessagesRet:
+    async def domain_get_messages(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetMessagesRet:
         """REMOTE_PROC_DOMAIN_GET_MESSAGES (426)."""
-        return await self._call(PROCEDURES[426], DomainGetMessagesArgs(dom, flags))
+        return await self._call(PROCEDURES[426], DomainGetMessagesArgs(dom, flags), call_timeout)
 
-    async def domain_start_dirty_rate_calc(self, dom: NonnullDomain, seconds: int, flags: int = 0) -> None:
+    async def domain_start_dirty_rate_calc(self, dom: NonnullDomain, seconds: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_START_DIRTY_RATE_CALC (427)."""
-        return await self._call(PROCEDURES[427], DomainStartDirtyRateCalcArgs(dom, seconds, flags))
+        return await self._call(PROCEDURES[427], DomainStartDirtyRateCalcArgs(dom, seconds, flags), call_timeout)
 
-    async def node_device_define_xml(self, xml_desc: str, flags: int = 0) -> NodeDeviceDefineXmlRet:
+    async def node_device_define_xml(self, xml_desc: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeDeviceDefineXmlRet:
         """REMOTE_PROC_NODE_DEVICE_DEFINE_XML (428)."""
-        return await self._call(PROCEDURES[428], NodeDeviceDefineXmlArgs(xml_desc, flags))
+        return await self._call(PROCEDURES[428], NodeDeviceDefineXmlArgs(xml_desc, flags), call_timeout)
 
-    async def node_device_undefine(self, name: str, flags: int = 0) -> None:
+    async def node_device_undefine(self, name: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_NODE_DEVICE_UNDEFINE (429), high priority."""
-        return await self._call(PROCEDURES[429], NodeDeviceUndefineArgs(name, flags))
+        return await self._call(PROCEDURES[429], NodeDeviceUndefineArgs(name, flags), call_timeout)
 
-    async def node_device_create(self, name: str, flags: int = 0) -> None:
+    async def node_device_create(self, name: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_NODE_DEVICE_CREATE (430), high priority."""
-        return await self._call(PROCEDURES[430], NodeDeviceCreateArgs(name, flags))
+        return await self._call(PROCEDURES[430], NodeDeviceCreateArgs(name, flags), call_timeout)
 
-    async def nwfilter_define_xml_flags(self, xml: str, flags: int = 0) -> NwfilterDefineXmlFlagsRet:
+    async def nwfilter_define_xml_flags(self, xml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NwfilterDefineXmlFlagsRet:
         """REMOTE_PROC_NWFILTER_DEFINE_XML_FLAGS (431), high priority."""
-        return await self._call(PROCEDURES[431], NwfilterDefineXmlFlagsArgs(xml, flags))
+        return await self._call(PROCEDURES[431], NwfilterDefineXmlFlagsArgs(xml, flags), call_timeout)
 
-    async def network_define_xml_flags(self, xml: str, flags: int = 0) -> NetworkDefineXmlFlagsRet:
+    async def network_define_xml_flags(self, xml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NetworkDefineXmlFlagsRet:
         """REMOTE_PROC_NETWORK_DEFINE_XML_FLAGS (432), high priority."""
-        return await self._call(PROCEDURES[432], NetworkDefineXmlFlagsArgs(xml, flags))
+        return await self._call(PROCEDURES[432], NetworkDefineXmlFlagsArgs(xml, flags), call_timeout)
 
-    async def node_device_get_autostart(self, name: str) -> NodeDeviceGetAutostartRet:
+    async def node_device_get_autostart(self, name: str, *, call_timeout: float | None | EllipsisType = ...) -> NodeDeviceGetAutostartRet:
         """REMOTE_PROC_NODE_DEVICE_GET_AUTOSTART (433), high priority."""
-        return await self._call(PROCEDURES[433], NodeDeviceGetAutostartArgs(name))
+        return await self._call(PROCEDURES[433], NodeDeviceGetAutostartArgs(name), call_timeout)
 
-    async def node_device_set_autostart(self, name: str, autostart: int) -> None:
+    async def node_device_set_autostart(self, name: str, autostart: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_NODE_DEVICE_SET_AUTOSTART (434), high priority."""
-        return await self._call(PROCEDURES[434], NodeDeviceSetAutostartArgs(name, autostart))
+        return await self._call(PROCEDURES[434], NodeDeviceSetAutostartArgs(name, autostart), call_timeout)
 
-    async def node_device_is_persistent(self, name: str) -> NodeDeviceIsPersistentRet:
+    async def node_device_is_persistent(self, name: str, *, call_timeout: float | None | EllipsisType = ...) -> NodeDeviceIsPersistentRet:
         """REMOTE_PROC_NODE_DEVICE_IS_PERSISTENT (435), high priority."""
-        return await self._call(PROCEDURES[435], NodeDeviceIsPersistentArgs(name))
+        return await self._call(PROCEDURES[435], NodeDeviceIsPersistentArgs(name), call_timeout)
 
-    async def node_device_is_active(self, name: str) -> NodeDeviceIsActiveRet:
+    async def node_device_is_active(self, name: str, *, call_timeout: float | None | EllipsisType = ...) -> NodeDeviceIsActiveRet:
         """REMOTE_PROC_NODE_DEVICE_IS_ACTIVE (436), high priority."""
-        return await self._call(PROCEDURES[436], NodeDeviceIsActiveArgs(name))
+        return await self._call(PROCEDURES[436], NodeDeviceIsActiveArgs(name), call_timeout)
 
-    async def network_create_xml_flags(self, xml: str, flags: int = 0) -> NetworkCreateXmlFlagsRet:
+    async def network_create_xml_flags(self, xml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NetworkCreateXmlFlagsRet:
         """REMOTE_PROC_NETWORK_CREATE_XML_FLAGS (437), high priority."""
-        return await self._call(PROCEDURES[437], NetworkCreateXmlFlagsArgs(xml, flags))
+        return await self._call(PROCEDURES[437], NetworkCreateXmlFlagsArgs(xml, flags), call_timeout)
 
-    async def domain_set_launch_security_state(self, dom: NonnullDomain, params: list[TypedParam], flags: int = 0) -> None:
+    async def domain_set_launch_security_state(self, dom: NonnullDomain, params: list[TypedParam], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_LAUNCH_SECURITY_STATE (439)."""
-        return await self._call(PROCEDURES[439], DomainSetLaunchSecurityStateArgs(dom, params, flags))
+        return await self._call(PROCEDURES[439], DomainSetLaunchSecurityStateArgs(dom, params, flags), call_timeout)
 
-    async def domain_save_params(self, dom: NonnullDomain, params: list[TypedParam], flags: int = 0) -> None:
+    async def domain_save_params(self, dom: NonnullDomain, params: list[TypedParam], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SAVE_PARAMS (440)."""
-        return await self._call(PROCEDURES[440], DomainSaveParamsArgs(dom, params, flags))
+        return await self._call(PROCEDURES[440], DomainSaveParamsArgs(dom, params, flags), call_timeout)
 
-    async def domain_restore_params(self, params: list[TypedParam], flags: int = 0) -> None:
+    async def domain_restore_params(self, params: list[TypedParam], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_RESTORE_PARAMS (441)."""
-        return await self._call(PROCEDURES[441], DomainRestoreParamsArgs(params, flags))
+        return await self._call(PROCEDURES[441], DomainRestoreParamsArgs(params, flags), call_timeout)
 
-    async def domain_abort_job_flags(self, dom: NonnullDomain, flags: int = 0) -> None:
+    async def domain_abort_job_flags(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_ABORT_JOB_FLAGS (442)."""
-        return await self._call(PROCEDURES[442], DomainAbortJobFlagsArgs(dom, flags))
+        return await self._call(PROCEDURES[442], DomainAbortJobFlagsArgs(dom, flags), call_timeout)
 
-    async def domain_fd_associate(self, dom: NonnullDomain, name: str, flags: int = 0) -> None:
+    async def domain_fd_associate(self, dom: NonnullDomain, name: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_FD_ASSOCIATE (443)."""
-        return await self._call(PROCEDURES[443], DomainFdAssociateArgs(dom, name, flags))
+        return await self._call(PROCEDURES[443], DomainFdAssociateArgs(dom, name, flags), call_timeout)

@@ -312,6 +312,17 @@ class ClientProtocol:
             return StreamMessage(msg.serial, msg.status, type_, msg.payload, error)
         raise ProtocolError(f"unexpected message type {type_} from the server")
 
+    # -- streams ----------------------------------------------------------------------------
+    def stream_packet(self, procedure: ProcedureInfo, serial: int, status: int,
+                      payload: bytes = b"", type_: int = STREAM) -> bytes:
+        """A STREAM (or STREAM_HOLE) packet of the stream opened by call ``serial``."""
+        return encode_message(procedure.program, procedure.number, type_, serial, status,
+                              payload, _VERSIONS[procedure.program])
+
+    def end_stream(self, serial: int) -> None:
+        """Stop expecting STREAM messages for ``serial``; late ones are dropped."""
+        self.streams.discard(serial)
+
     @staticmethod
     def _error(msg: Message) -> LibvirtError:
         return error_from_remote(decode(virnet._dec_MessageError, msg.payload, "remote_error"))

@@ -24,7 +24,7 @@ from lxml import etree
 
 from ..address import Tunables
 from ..api.connection import Connection, connect
-from ..api.domain import Domain, DomainEventType
+from ..api.domain import Domain, DomainEventType, DomainLifecycleEvent
 from ..compose import Library, compose
 from ..compose.errors import ComposeError
 from ..errors import (AiovirtError, ArgumentUnsupported, ConnectionClosed, InvalidArgument,
@@ -316,11 +316,13 @@ class Provisioning:
         subscribed = False
         with anyio.CancelScope() as host.events_scope:
             try:
-                async with conn.domain_events() as events:
+                # read at once, every one kept: a dropped STARTED would time out its guest
+                async with conn.domain_events(max_buffer=None) as events:
                     subscribed = True
                     task_status.started()
                     async for event in events:
-                        if event.event == DomainEventType.STARTED:
+                        if isinstance(event, DomainLifecycleEvent) and \
+                                event.event == DomainEventType.STARTED:
                             waiter = host.waiters.pop(event.domain.uuid, None)
                             if waiter is not None:
                                 waiter.set()

@@ -101,11 +101,11 @@ class Tripwire:
         self.conn, self.before, self.after = conn, before, after
         conn.rpc = remote.RemoteCalls(self.call)
 
-    async def call(self, procedure: Any, args: Any = None) -> Any:
+    async def call(self, procedure: Any, args: Any = None, timeout: Any = ...) -> Any:
         if self.before is not None:
             await self.before(procedure.number)
         try:
-            return await self.conn.call(procedure, args)
+            return await self.conn.call(procedure, args, timeout)
         finally:   # returned or raised: the call is over either way
             if self.after is not None:
                 await self.after(procedure.number)

@@ -1,0 +1,277 @@
+"""Streams: the byte streams libvirt opens with a call (volume upload/download, screenshots,
+consoles, channels).
+
+A stream is bound to the serial of the call that opened it; data then flows as STREAM
+packets with that serial.  A download ends with an empty STREAM/CONTINUE, then the client
+sends STREAM/OK and waits for the server's; an upload ends with the client's STREAM/OK
+answered the same way; either side aborts with STREAM/ERROR (libvirt's
+``virnetclientstream.c`` and ``remote_daemon_stream.c``).
+
+Flow control: libvirt has no stream window, the server just sends.  A stream keeps at most
+``buffer_limit`` bytes unread; beyond that its channel stops reading the socket (asyncio),
+so the kernel's socket buffers fill and the daemon waits, and reading resumes once the
+consumer has taken half of it.  While paused the channel keeps pinging so the daemon's
+keepalive stays content.  Sending waits while the socket's send buffer is full.  Streams
+opened through ``open_stream`` get a socket of their own, so a paused stream holds up no
+other call (on a connection without lanes they share the main socket).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+
+from ..errors import ConnectionClosed, LibvirtError, ProtocolError
+from ..protocol.wire import CONTINUE, ERROR, OK, STREAM_HOLE, StreamMessage
+from ..protocol.xdr import ProcedureInfo
+from .channel import Channel
+
+__all__ = ["CHUNK", "Hole", "Stream", "open_stream"]
+
+CHUNK = 256 * 1024                    # libvirt's stream packet payload (LEGACY_PAYLOAD_MAX)
+_HOLE = struct.Struct(">qI")          # virNetStreamHole {hyper length; unsigned int flags}
+_CLOSE_TIMEOUT = 10.0                 # how long an abort or finish waits for the server
+
+
+@dataclass(frozen=True, slots=True)
+class Hole:
+    """A run of ``length`` unallocated bytes in a sparse stream."""
+
+    length: int
+
+
+class Stream:
+    """One libvirt stream: ``send``, ``receive``, ``aclose`` and ``async for``.
+
+    ``receive`` returns bytes (and ``Hole`` values on a sparse stream) and raises
+    ``anyio.EndOfStream`` after the end-of-stream handshake.  Leaving ``async with`` normally
+    finishes an upload (``finish``) or a download read to its end; otherwise, an exception, ``aclose`` or cancellation aborts the
+    stream on the daemon.  The connection stays usable either way."""
+
+    def __init__(self, channel: Channel, procedure: ProcedureInfo, *, sparse: bool = False,
+                 owns_channel: bool = False, buffer_limit: int = 4 * CHUNK) -> None:
+        self.channel = channel
+        self.procedure = procedure
+        self.sparse = sparse
+        self.serial = 0
+        self.buffer_limit = buffer_limit
+        self._owns_channel = owns_channel
+        self._items: deque[bytes | Hole] = deque()
+        self._buffered = 0
+        self._arrived = anyio.Event()
+        self._eof = False              # the server sent its empty CONTINUE
+        self._server_done = False      # the server sent OK or ERROR: its side is gone
+        self._server_done_event = anyio.Event()
+        self._error: BaseException | None = None
+        self._closed = False           # ours: finished or aborted
+
+    # -- what the channel delivers --------------------------------------------------------
+    def deliver(self, message: StreamMessage) -> None:
+        """Take one STREAM or STREAM_HOLE message (called by the channel)."""
+        if message.status == CONTINUE:
+            if self._closed:
+                return   # data still in flight after our abort
+            if message.type == STREAM_HOLE:
+                if not self.sparse:
+                    self.fail(ProtocolError("the server sent a hole on a stream opened "
+                                            "without sparse=True"))
+                    return
+                if len(message.payload) != _HOLE.size:
+                    self.fail(ProtocolError("malformed stream hole"))
+                    return
+                length, _flags = _HOLE.unpack(message.payload)
+                self._items.append(Hole(length))
+            elif message.payload:
+                self._items.append(message.payload)
+                self._buffered += len(message.payload)
+                if self._buffered > self.buffer_limit:
+                    self.channel.pause_reading()
+            else:
+                self._eof = True
+        else:
+            if message.status == ERROR and self._error is None:
+                self._error = message.error or ProtocolError("stream error without details")
+            elif message.status not in (OK, ERROR):
+                self._error = ProtocolError(f"stream message with bad status "
+                                            f"{message.status}")
+            self._server_done = True
+            self._server_done_event.set()
+            self.channel.end_stream(self.serial)
+        self._wake()
+
+    def fail(self, error: BaseException) -> None:
+        """The channel died (or the stream broke the protocol): wake everyone with ``error``."""
+        if self._error is None:
+            self._error = error
+        self._server_done = True
+        self._server_done_event.set()
+        self.channel.end_stream(self.serial)
+        self.channel.resume_reading()
+        self._wake()
+
+    def _wake(self) -> None:
+        self._arrived.set()
+        self._arrived = anyio.Event()
+
+    # -- reading ----------------------------------------------------------------------------
+    async def receive(self) -> bytes | Hole:
+        """The next chunk (or ``Hole``); ``anyio.EndOfStream`` at the end, ``LibvirtError``
+        if the daemon failed the stream."""
+        while True:
+            if self._items:
+                item = self._items.popleft()
+                if type(item) is bytes:
+                    self._buffered -= len(item)
+                    if self.channel.reading_paused and self._buffered <= self.buffer_limit // 2:
+                        self.channel.resume_reading()
+                return item
+            if self._closed:
+                raise anyio.ClosedResourceError("the stream is closed")
+            if self._error is not None:
+                await self._release()
+                raise self._error
+            if self._eof:
+                await self._finish_handshake()
+                raise anyio.EndOfStream
+            if self._server_done:   # OK without an empty CONTINUE first: end all the same
+                await self._release()
+                raise anyio.EndOfStream
+            await self._arrived.wait()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> bytes | Hole:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    # -- writing ----------------------------------------------------------------------------
+    async def send(self, data: bytes | Hole) -> None:
+        """Send bytes (split into 256 KiB packets) or, on a sparse stream, a ``Hole``."""
+        self._check_writable()
+        channel, protocol = self.channel, self.channel.protocol
+        if isinstance(data, Hole):
+            if not self.sparse:
+                raise ValueError("holes need a stream opened with sparse=True")
+            if data.length < 0:
+                raise ValueError("a hole's length cannot be negative")
+            if data.length:
+                channel.send_stream(protocol.stream_packet(
+                    self.procedure, self.serial, CONTINUE, _HOLE.pack(data.length, 0),
+                    STREAM_HOLE))
+                await channel.drain()
+            return
+        view = memoryview(data)
+        for start in range(0, len(view), CHUNK):
+            channel.send_stream(protocol.stream_packet(
+                self.procedure, self.serial, CONTINUE, bytes(view[start:start + CHUNK])))
+            await channel.drain()
+            self._check_writable()
+
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError("the stream is closed")
+        if self._error is not None:
+            raise self._error
+        if self._server_done:
+            raise anyio.BrokenResourceError("the server closed the stream")
+
+    async def finish(self) -> None:
+        """End an upload: STREAM/OK, then wait for the server's (its error is raised)."""
+        if self._closed:
+            return
+        await self._finish_handshake()
+
+    # -- ending -----------------------------------------------------------------------------
+    async def _finish_handshake(self) -> None:
+        await self._close_with(OK)
+        if self._error is not None:
+            raise self._error
+
+    async def aclose(self) -> None:
+        """Abort the stream on the daemon unless it already ended; never raises for that."""
+        if self._closed:
+            return
+        try:
+            await self._close_with(ERROR)
+        except (LibvirtError, ConnectionClosed):
+            pass
+
+    async def _close_with(self, status: int) -> None:
+        """Send OK (finish) or ERROR (abort) if the server's side is still open, wait for
+        its answer (bounded), then forget the serial and release a socket of our own."""
+        self._closed = True
+        aborting = status == ERROR
+        with anyio.CancelScope(shield=True):
+            try:
+                if not self._server_done and self.channel.closed is None:
+                    self.channel.send_stream(self.channel.protocol.stream_packet(
+                        self.procedure, self.serial, status))
+                    self.channel.resume_reading()
+                    with anyio.move_on_after(_CLOSE_TIMEOUT) as scope:
+                        await self._server_done_event.wait()
+                    if scope.cancelled_caught:
+                        self.channel.fail(ConnectionClosed(
+                            f"{self.channel.name} socket: no answer to closing stream "
+                            f"{self.serial} within {_CLOSE_TIMEOUT:g} s"))
+                        if not aborting and self._error is None:
+                            self._error = ConnectionClosed("the server did not confirm "
+                                                           "the end of the stream")
+                if aborting and isinstance(self._error, LibvirtError):
+                    self._error = None   # the daemon's "aborted at client request"
+            finally:
+                self._items.clear()
+                self._buffered = 0
+                self.channel.end_stream(self.serial)
+                self.channel.resume_reading()
+                await self._release()
+
+    async def _release(self) -> None:
+        self.channel.end_stream(self.serial)
+        self.channel.resume_reading()
+        if self._owns_channel and self.channel.closed is None:
+            self.channel.fail(ConnectionClosed(f"{self.channel.name} socket: stream done"))
+
+    # -- context manager --------------------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc_type is None and not self._closed and self._error is None and (
+                self._eof or self.procedure.stream == "write"):
+            await self.finish()
+        else:
+            await self.aclose()
+
+
+async def open_stream(conn: Any, procedure: ProcedureInfo, args: Any, *,
+                      sparse: bool = False, buffer_limit: int = 4 * CHUNK,
+                      own_socket: bool = True) -> tuple[Any, Stream]:
+    """Call the stream-opening ``procedure`` on ``conn`` (an ``RpcConnection``); returns its
+    reply and the ``Stream``.  With lanes, the stream gets a socket of its own."""
+    if procedure.stream is None:
+        raise TypeError(f"{procedure.name} does not open a stream")
+    owns = bool(own_socket and conn.lanes)
+    if owns:
+        channel: Channel = await conn._open_channel("stream")
+    else:
+        channel = conn._main
+        if channel is None or not conn.is_alive:
+            raise ConnectionClosed("the connection is closed")
+    stream = Stream(channel, procedure, sparse=sparse, owns_channel=owns,
+                    buffer_limit=buffer_limit)
+    try:
+        _serial, reply = await channel.open_stream(procedure, args, stream)
+    except BaseException:
+        if owns:
+            channel.fail(ConnectionClosed("stream socket: the opening call failed"))
+        raise
+    return reply, stream

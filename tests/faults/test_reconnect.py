@@ -1,0 +1,141 @@
+"""Reconnection on real daemons: a libvirtd restarted under a live connection (SIGTERM, then
+started again on the same sockets) or stopped past the keepalive window and continued.  The
+connection reports LOST then RECONNECTED, subscriptions are registered again and yield a
+``Resync`` before new events, and calls work again."""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+
+import anyio
+import pytest
+
+import aiovirt
+from aiovirt.client.events import Resync
+from aiovirt.client.reconnect import ConnectionState, Reconnect
+from aiovirt.testing.daemon import PrivateDaemon
+
+FAST = Reconnect(initial=0.05, max_delay=0.5, jitter=0.1)
+
+
+@pytest.fixture
+def own_daemon(tmp_path):
+    running = PrivateDaemon(tmp_path / "d").start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def domain_xml(name: str) -> str:
+    return (f"<domain type='test'><name>{name}</name><memory unit='MiB'>8</memory>"
+            "<os><type>hvm</type></os></domain>")
+
+
+async def next_state(changes, bound: float = 20.0):
+    with anyio.fail_after(bound):
+        return await changes.receive()
+
+
+async def test_a_restarted_daemon_is_reconnected_and_subscriptions_resync(own_daemon):
+    async with aiovirt.connect(own_daemon.uri(), reconnect=FAST, keepalive=(0.5, 2)) as conn:
+        changes = conn.state_changes()
+        async with conn.domain_events() as events:
+            old_id = events.callback_id
+            await anyio.to_thread.run_sync(own_daemon.stop)
+            lost = await next_state(changes)
+            assert lost.state is ConnectionState.LOST and lost.reason
+            await anyio.to_thread.run_sync(own_daemon.start)
+            back = await next_state(changes)
+            assert back.state is ConnectionState.RECONNECTED and back.attempt >= 1
+            assert conn.state is ConnectionState.RECONNECTED and conn.is_alive
+            stream = aiter(events)
+            with anyio.fail_after(10):
+                assert isinstance(await anext(stream), Resync)
+                name = f"rc-{uuid.uuid4().hex[:6]}"
+                dom = await conn.define_xml(domain_xml(name))
+                event = await anext(stream)
+            assert (event.domain.name, event.event) == (name, aiovirt.DomainEventType.DEFINED)
+            await dom.undefine()
+            assert events.callback_id is not None
+        assert await conn.get_lib_version() == 9000000
+        assert old_id is not None
+
+
+async def test_calls_wait_for_the_reconnection_or_fail_at_once(own_daemon):
+    async with aiovirt.connect(own_daemon.uri(), reconnect=FAST) as waiting, \
+            aiovirt.connect(own_daemon.uri(),
+                            reconnect=Reconnect(initial=0.05, wait_calls=False)) as failing:
+        changes = waiting.state_changes()
+        await anyio.to_thread.run_sync(own_daemon.stop)
+        assert (await next_state(changes)).state is ConnectionState.LOST
+        with anyio.fail_after(10):
+            while failing.state is not ConnectionState.LOST:   # its own loss, seen by its reader
+                await anyio.sleep(0.01)
+        with pytest.raises(aiovirt.ConnectionClosed):
+            await failing.get_lib_version()
+        with pytest.raises(aiovirt.CallTimeout):      # waits, bounded by its own timeout
+            await waiting.rpc.connect_get_lib_version(call_timeout=0.3)
+        results = []
+
+        async def call_when_back() -> None:
+            results.append(await waiting.get_lib_version())
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(call_when_back)
+            await anyio.to_thread.run_sync(own_daemon.start)
+        assert results == [9000000]
+
+
+async def test_a_stopped_daemon_counts_as_lost_then_recovers(own_daemon):
+    interval, count = 0.4, 2
+    async with aiovirt.connect(own_daemon.uri(), reconnect=FAST,
+                               keepalive=(interval, count)) as conn:
+        changes = conn.state_changes()
+        assert own_daemon.pid is not None
+        began = time.monotonic()
+        import os
+        os.kill(own_daemon.pid, signal.SIGSTOP)
+        try:
+            lost = await next_state(changes)
+            assert lost.state is ConnectionState.LOST and "keepalive" in lost.reason
+            assert time.monotonic() - began < interval * (count + 2) + 1
+        finally:
+            os.kill(own_daemon.pid, signal.SIGCONT)
+        assert (await next_state(changes)).state is ConnectionState.RECONNECTED
+        assert await conn.get_lib_version() == 9000000
+
+
+async def test_giving_up_closes_the_subscriptions(own_daemon):
+    policy = Reconnect(initial=0.05, max_delay=0.1, max_attempts=3, jitter=0)
+    async with aiovirt.connect(own_daemon.uri(), reconnect=policy) as conn:
+        changes = conn.state_changes()
+        async with conn.domain_events() as events:
+            await anyio.to_thread.run_sync(own_daemon.stop)
+            assert (await next_state(changes)).state is ConnectionState.LOST
+            gave_up = await next_state(changes)
+            assert gave_up.state is ConnectionState.CLOSED and gave_up.attempt == 3
+            assert "gave up reconnecting after 3 attempts" in gave_up.reason
+            with anyio.fail_after(5):
+                left = [item async for item in events]
+            assert left == []
+        with pytest.raises(aiovirt.ConnectionClosed):
+            await conn.get_lib_version()
+        own_daemon.start()
+
+
+def test_the_policy_backs_off_with_jitter_up_to_its_cap():
+    import random
+    policy = Reconnect(initial=0.5, factor=2, max_delay=4, jitter=0.25)
+    rng = random.Random(7)
+    delays = [policy.delay(n, rng) for n in range(1, 7)]
+    bases = [0.5, 1, 2, 4, 4, 4]
+    assert all(b * 0.75 <= d <= b * 1.25 for d, b in zip(delays, bases)), delays
+    assert len(set(delays)) == 6   # jittered
+    assert not policy.gives_up(100, 1e9)
+    assert Reconnect(max_attempts=3).gives_up(3, 0)
+    assert Reconnect(give_up_after=5).gives_up(1, 5.0)
+    with pytest.raises(ValueError):
+        Reconnect(initial=0)
