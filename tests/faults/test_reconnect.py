@@ -139,3 +139,60 @@ def test_the_policy_backs_off_with_jitter_up_to_its_cap():
     assert Reconnect(give_up_after=5).gives_up(1, 5.0)
     with pytest.raises(ValueError):
         Reconnect(initial=0)
+
+
+async def test_an_agent_on_three_families_outlives_a_restart(own_daemon, tmp_path):
+    """Domain, network and storage-pool subscriptions and a stream of calls across a daemon
+    restart: every subscription resyncs and then sees new events of its own family; calls
+    out at the moment of the loss fail with ConnectionClosed (their effect unknown), calls
+    made while disconnected wait and succeed, none fails any other way."""
+    tag = uuid.uuid4().hex[:6]
+    outcomes: dict[str, int] = {"ok": 0, "closed": 0}
+    restarted = anyio.Event()
+    async with aiovirt.connect(own_daemon.uri(), reconnect=FAST) as conn, \
+            conn.domain_events() as domains, conn.network_events() as networks, \
+            conn.storage_pool_events() as pools:
+        changes = conn.state_changes()
+
+        async def keep_calling() -> None:
+            while not restarted.is_set():
+                try:
+                    assert await conn.get_lib_version() == 9000000
+                    outcomes["ok"] += 1
+                except aiovirt.ConnectionClosed:
+                    outcomes["closed"] += 1
+                await anyio.sleep(0.005)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(keep_calling)
+            with anyio.fail_after(10):
+                while outcomes["ok"] < 5:              # calls are flowing
+                    await anyio.sleep(0.01)
+            before = outcomes["ok"]
+            await anyio.to_thread.run_sync(own_daemon.stop)
+            assert (await next_state(changes)).state is ConnectionState.LOST
+            await anyio.to_thread.run_sync(own_daemon.start)
+            assert (await next_state(changes)).state is ConnectionState.RECONNECTED
+            with anyio.fail_after(10):
+                while outcomes["ok"] < before + 5:     # calls flow again
+                    await anyio.sleep(0.01)
+            restarted.set()
+        assert before > 0 and outcomes["closed"] <= 1
+
+        with anyio.fail_after(20):
+            streams = {"domain": aiter(domains), "network": aiter(networks),
+                       "pool": aiter(pools)}
+            for stream in streams.values():
+                assert isinstance(await anext(stream), Resync)
+            dom = await conn.define_xml(domain_xml(f"rd-{tag}"))
+            net = await conn.define_network(f"<network><name>rn-{tag}</name>"
+                                            f"<bridge name='vbr{tag}'/></network>")
+            pool = await conn.define_storage_pool(
+                f"<pool type='dir'><name>rp-{tag}</name><target><path>{tmp_path}</path>"
+                "</target></pool>")
+            assert (await anext(streams["domain"])).domain.name == f"rd-{tag}"
+            assert (await anext(streams["network"])).network.name == f"rn-{tag}"
+            assert (await anext(streams["pool"])).pool.name == f"rp-{tag}"
+            await dom.undefine()
+            await net.undefine()
+            await pool.undefine()
