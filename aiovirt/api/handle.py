@@ -8,7 +8,7 @@ from enum import IntEnum
 from types import EllipsisType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from ..client.events import Registration, SubscriptionHost
+from ..client.events import SubscriptionHost
 from ..protocol.remote import RemoteCalls
 from ..protocol.xdr import ProcedureInfo
 
@@ -27,29 +27,19 @@ class ApiConnection(SubscriptionHost, Protocol):
                    lane: bool | None = None) -> Any: ...
 
 
-class ApiBase:
+if TYPE_CHECKING:
+    _Declared = ApiConnection
+else:
+    _Declared = object
+
+
+class ApiBase(_Declared):
     """Base of the object API's connection mixins (``HostMethods``, ``DomainMethods``...):
-    it defines nothing, it only tells type checkers that ``self`` is an ``ApiConnection``
-    (the class they are mixed into with the RPC connection provides it)."""
+    at run time it defines nothing; to type checkers it says that ``self`` is an
+    ``ApiConnection`` (the class the mixins are joined into, with the RPC connection,
+    provides it)."""
 
     __slots__ = ()
-
-    if TYPE_CHECKING:
-        rpc: RemoteCalls
-
-        async def call(self, procedure: ProcedureInfo, args: Any = None,
-                       timeout: float | None | EllipsisType = ..., *,
-                       lane: bool | None = None) -> Any: ...
-
-        @property
-        def is_alive(self) -> bool: ...
-
-        def _registration(self, key: tuple[Any, ...]) -> Registration: ...
-
-        def _add_subscription(self, family: str, callback_id: int,
-                              subscription: Registration) -> None: ...
-
-        def _remove_subscription(self, family: str, callback_id: int) -> None: ...
 
 
 class Handle:

@@ -125,17 +125,8 @@ class Channel:
     async def call(self, procedure: ProcedureInfo, args: Any = None) -> Any:
         """Send one call and wait for its reply; beyond ``max_in_flight`` calls wait their
         turn in FIFO order.  Cancelling it at any point leaves the channel fully usable."""
-        if self.closed is not None:
-            raise ConnectionClosed(str(self.closed)) from self.closed
         protocol = self.protocol
-        serial, packet = protocol.call(procedure, args)
-        waiter = self._new_waiter()
-        self._waiters[serial] = waiter
-        if packet is not None:
-            try:
-                self.transport.write(packet, alone=protocol.pending == 1)
-            except _BROKEN as exc:
-                self.lost(exc)   # fails every caller, this one included
+        serial, waiter = self._send(procedure, args)
         try:
             return await waiter
         except BaseException:
@@ -145,6 +136,27 @@ class Channel:
             if self._waiters.pop(serial, None) is not None:
                 protocol.cancel(serial)
             raise
+
+    def _send(self, procedure: ProcedureInfo, args: Any,
+              sink: StreamSink | None = None) -> tuple[int, Any]:
+        """Frame a call, register its reply slot (and the stream its serial opens, before
+        any reply can arrive), and write it now unless it queued; returns serial and slot."""
+        if self.closed is not None:
+            raise ConnectionClosed(str(self.closed)) from self.closed
+        protocol = self.protocol
+        serial, packet = protocol.call(procedure, args)
+        if sink is not None:
+            sink.serial = serial
+            protocol.streams.add(serial)
+            self._streams[serial] = sink
+        waiter = self._new_waiter()
+        self._waiters[serial] = waiter
+        if packet is not None:
+            try:
+                self.transport.write(packet, alone=protocol.pending == 1)
+            except _BROKEN as exc:
+                self.lost(exc)   # fails every caller, this one included
+        return serial, waiter
 
     # -- the transport's sink -----------------------------------------------------------------
     def feed(self, data: bytes) -> None:
@@ -230,20 +242,8 @@ class Channel:
         """Call a stream-opening procedure; its serial is routed to ``sink`` before the
         reply can arrive.  Returns the serial and the reply.  On failure or cancellation
         nothing stays registered, and a stream the server did open is aborted."""
-        if self.closed is not None:
-            raise ConnectionClosed(str(self.closed)) from self.closed
         protocol = self.protocol
-        serial, packet = protocol.call(procedure, args)
-        sink.serial = serial
-        protocol.streams.add(serial)
-        self._streams[serial] = sink
-        waiter = self._new_waiter()
-        self._waiters[serial] = waiter
-        if packet is not None:
-            try:
-                self.transport.write(packet, alone=protocol.pending == 1)
-            except _BROKEN as exc:
-                self.lost(exc)
+        serial, waiter = self._send(procedure, args, sink)
         try:
             return serial, await waiter
         except BaseException:
