@@ -7,6 +7,8 @@
     aiovirt provision --uri URI... [--count N] [--profile P]... TEMPLATE|-
     aiovirt teardown [--uri URI]... [--name PATTERN] [--run ID] [--label K=V] [--report F]
     aiovirt events --uri URI...
+    aiovirt vol download|upload POOL VOL FILE [--sparse] -c URI
+    aiovirt console NAME -c URI
     aiovirt demo [--guests N]
 
 Each command lives in a module of this package that adds itself with ``register``.  Errors go
@@ -21,11 +23,11 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import AiovirtError
-from . import compose, demo, provision, serve
+from . import compose, demo, provision, serve, streams
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = (compose, provision, demo, serve)
+COMMANDS = (compose, provision, streams, demo, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
