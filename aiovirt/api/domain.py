@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import uuid as _uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
 from ..client.events import DEFAULT_MAX_BUFFER, EventSubscription
-from ..errors import NoSuchDomain, NoSuchMetadata
+from ..errors import NoSuchDomain, NoSuchMetadata, ProtocolError
+from ..protocol import remote
 from ..protocol.remote import ConnectGetAllDomainStatsArgs, NonnullDomain
 from ..xml import metadata as metadata_codec
 from .events import convert_domain_event
@@ -141,6 +144,27 @@ class Domain(UUIDHandle):
         ret = await self._conn.rpc.domain_create_with_flags(self._ref, flags)
         self._update(ret.dom)
 
+    async def start_with_files(self, files: Sequence[int], flags: int = 0) -> None:
+        """Boot the domain handing it open file descriptors (``virDomainCreateWithFiles``;
+        UNIX sockets only).  The descriptors stay the caller's; the daemon gets copies."""
+        procedure = remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_CREATE_WITH_FILES]
+        ret, _ = await self._conn.call_with_fds(
+            procedure, remote.DomainCreateWithFilesArgs(self._ref, flags), files)
+        self._update(ret.dom)
+
+    async def open_graphics_fd(self, idx: int = 0, flags: int = 0) -> int:
+        """A socket connected to the guest's graphics server ``idx`` (VNC or SPICE), as a new
+        file descriptor that the caller owns and must close (UNIX sockets only)."""
+        procedure = remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_OPEN_GRAPHICS_FD]
+        _, fds = await self._conn.call_with_fds(
+            procedure, remote.DomainOpenGraphicsFdArgs(self._ref, idx, flags))
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise ProtocolError(f"domain_open_graphics_fd: the daemon sent {len(fds)} file "
+                                "descriptors, expected 1")
+        return fds[0]
+
     async def shutdown(self, flags: int = 0) -> None:
         """Ask the guest to shut down (ACPI or agent); returns before it has stopped."""
         await self._conn.rpc.domain_shutdown_flags(self._ref, flags)
@@ -244,6 +268,15 @@ class DomainMethods(ApiBase):
     async def create_xml(self, xml: str, flags: int = 0) -> Domain:
         """Create and start a transient domain."""
         return Domain(self, (await self.rpc.domain_create_xml(xml, flags)).dom)
+
+    async def create_xml_with_files(self, xml: str, files: Sequence[int],
+                                    flags: int = 0) -> Domain:
+        """Create and start a transient domain handing it open file descriptors (UNIX
+        sockets only); the descriptors stay the caller's."""
+        procedure = remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_CREATE_XML_WITH_FILES]
+        ret, _ = await self.call_with_fds(
+            procedure, remote.DomainCreateXmlWithFilesArgs(xml, flags), files)
+        return Domain(self, ret.dom)
 
     async def lookup_domain(self, *, name: str | None = None,
                             uuid: str | _uuid.UUID | None = None,

@@ -4,6 +4,7 @@ the mixins' base, and ``Handle``."""
 from __future__ import annotations
 
 import uuid as _uuid
+from collections.abc import Sequence
 from enum import IntEnum
 from types import EllipsisType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -25,6 +26,11 @@ class ApiConnection(SubscriptionHost, Protocol):
     async def call(self, procedure: ProcedureInfo, args: Any = None,
                    timeout: float | None | EllipsisType = ..., *,
                    lane: bool | None = None) -> Any: ...
+
+    async def call_with_fds(self, procedure: ProcedureInfo, args: Any = None,
+                            fds: Sequence[int] = (),
+                            timeout: float | None | EllipsisType = ...
+                            ) -> tuple[Any, list[int]]: ...
 
 
 if TYPE_CHECKING:

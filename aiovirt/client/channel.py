@@ -7,14 +7,15 @@ incoming bytes to the channel, which routes replies by serial and events to the 
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from typing import Any, Protocol
 
 import anyio
 import anyio.lowlevel
 
-from ..errors import AuthenticationError, ConnectionClosed, ProtocolError
+from ..errors import AuthenticationError, ConnectionClosed, ProtocolError, TransportError
 from ..protocol import remote
 from ..protocol.wire import (ERROR, ClientProtocol, EventMessage, KeepaliveMessage, Reply,
                              StreamMessage)
@@ -106,6 +107,8 @@ class Channel:
         self.pongs_received = 0
         self.keepalive_supported = False
         self._streams: dict[int, StreamSink] = {}   # serial -> the stream reading it
+        self._fd_calls: set[int] = set()   # call_with_fds serials whose reply has not come
+        self._fd_lock: anyio.Lock | None = None
         self.reading_paused = False
         transport.attach(self)
 
@@ -174,7 +177,10 @@ class Channel:
             kind = type(item)
             if kind is Reply:
                 waiter = waiters.pop(item.serial, None)
-                if waiter is not None and not waiter.done():
+                if item.fds or item.serial in self._fd_calls:
+                    if not self._fd_reply(item, waiter):
+                        return
+                elif waiter is not None and not waiter.done():
                     if item.error is not None:
                         waiter.set_exception(item.error)
                     else:
@@ -194,6 +200,35 @@ class Channel:
         if outgoing:
             self._write(outgoing)
 
+    def _fd_reply(self, item: Reply, waiter: Any) -> bool:
+        """Complete a reply that brought FDs or answers ``call_with_fds``: the waiter of
+        ``call_with_fds`` gets ``(value, fds)``; FDs nobody takes are closed.  False if the
+        channel failed (FDs missing on a reply we read with recvmsg)."""
+        ours = item.serial in self._fd_calls
+        if ours:
+            self._fd_calls.discard(item.serial)
+            self.transport.expect_fds(False)
+        fds = self.transport.take_fds(item.fds) if item.fds else []
+        if ours and len(fds) < item.fds:
+            for fd in fds:
+                os.close(fd)
+            error = ProtocolError(f"a reply announced {item.fds} file descriptors but "
+                                  f"{len(fds)} arrived")
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(error)
+            self.fail(error)
+            return False
+        if waiter is None or waiter.done() or item.error is not None or not ours:
+            for fd in fds:
+                os.close(fd)
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(item.error if item.error is not None else ProtocolError(
+                    "the reply carries file descriptors: make this call with "
+                    "call_with_fds (they were closed)"))
+            return True
+        waiter.set_result((item.value, fds))
+        return True
+
     def lost(self, exc: BaseException | None) -> None:
         self.fail(ConnectionClosed(
             f"{self.name} socket: the server closed the connection" if exc is None else
@@ -204,6 +239,68 @@ class Channel:
             self.transport.write(data)
         except _BROKEN as exc:
             self.lost(exc)
+
+    async def call_with_fds(self, procedure: ProcedureInfo, args: Any = None,
+                            fds: Sequence[int] = ()) -> tuple[Any, list[int]]:
+        """Send one call with ``fds`` (CALL_WITH_FDS; none: a plain CALL) and wait for its
+        reply, receiving the FDs it brings (REPLY_WITH_FDS).  Returns ``(value, fds)``.
+
+        Ownership: the FDs sent stay the caller's (the daemon gets its own copies); the FDs
+        returned are new descriptors (close-on-exec) owned by the caller, who must close them
+        (``os.close``, or wrap them: ``socket.socket(fileno=fd)``, ``open(fd, closefd=True)``).
+        Only a UNIX socket under asyncio carries FDs: on any other transport this raises
+        ``TransportError`` naming it, before anything is sent.  FD calls are never queued
+        behind the in-flight cap.  Cancelled while its FDs are being sent, the call closes
+        the channel (the daemon would read what follows as FDs)."""
+        reason = self.transport.fd_passing
+        if reason is not None:
+            raise TransportError(f"{procedure.name}: {reason}")
+        if self.closed is not None:
+            raise ConnectionClosed(str(self.closed)) from self.closed
+        fds = [int(fd) for fd in fds]
+        if not fds:
+            return await self._call_with_fds(procedure, args, fds)
+        # one FD send at a time, and no await between framing the call and writing it
+        if self._fd_lock is None:
+            self._fd_lock = anyio.Lock()
+        await self._fd_lock.acquire()
+        return await self._call_with_fds(procedure, args, fds, self._fd_lock)
+
+    async def _call_with_fds(self, procedure: ProcedureInfo, args: Any, fds: list[int],
+                             lock: anyio.Lock | None = None) -> tuple[Any, list[int]]:
+        protocol = self.protocol
+        try:
+            if self.closed is not None:
+                raise ConnectionClosed(str(self.closed)) from self.closed
+            serial, packet = protocol.call(procedure, args, fds=len(fds))
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        waiter = self._new_waiter()
+        self._waiters[serial] = waiter
+        self._fd_calls.add(serial)   # until its reply comes, even if our caller leaves
+        self.transport.expect_fds(True)
+        try:
+            if packet is not None:
+                try:
+                    if fds:
+                        await self.transport.send_with_fds(packet, fds)
+                    else:
+                        self.transport.write(packet, alone=protocol.pending == 1)
+                except _BROKEN as exc:
+                    self.lost(exc)
+                finally:
+                    if lock is not None:
+                        lock.release()
+            return await waiter
+        except BaseException:
+            if self._waiters.pop(serial, None) is not None:
+                if not protocol.cancel(serial) and serial in self._fd_calls:
+                    # dropped unsent: no reply will come
+                    self._fd_calls.discard(serial)
+                    self.transport.expect_fds(False)
+            raise
 
     # -- keepalive and failure ----------------------------------------------------------------
     async def keepalive_loop(self, interval: float, count: int) -> None:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from types import EllipsisType
 from typing import Any, Generic, Self, TypeVar
 
@@ -358,6 +358,26 @@ two.
         if main.load < main.max_in_flight:
             return await main.call(procedure, args)
         return await self._quick_overflow().call(procedure, args)
+
+    async def call_with_fds(self, procedure: ProcedureInfo, args: Any = None,
+                            fds: Sequence[int] = (),
+                            timeout: float | None | EllipsisType = ...) -> tuple[Any, list[int]]:
+        """A call that sends file descriptors and/or receives some (``*_WITH_FDS``), on the
+        main socket: returns ``(result, fds)``.  The FDs sent stay the caller's; the ones
+        returned are new and the caller must close them.  Only a UNIX socket under asyncio
+        carries FDs: elsewhere ``TransportError`` says why, before anything is sent."""
+        main = self._main
+        if main is None or self._closed or main.closed is not None:
+            raise ConnectionClosed("the connection is closed")
+        if timeout is ...:
+            timeout = self.call_timeout
+        if timeout is None:
+            return await main.call_with_fds(procedure, args, fds)
+        with anyio.move_on_after(timeout) as scope:
+            return await main.call_with_fds(procedure, args, fds)
+        raise CallTimeout(f"{procedure.name}: no reply within {timeout:g} s (whether it "
+                          "took effect on the daemon is unknown)") if scope.cancelled_caught \
+            else AssertionError("unreachable")
 
     def _open_lanes(self) -> list[Channel]:
         self._lanes[:] = [c for c in self._lanes if c.closed is None]

@@ -5,12 +5,24 @@ A transport pushes what it reads into its *sink* (``feed``, ``lost``) and writes
 waiting.  Under asyncio it is an ``asyncio.Protocol`` (no reader task, no per-read
 registration); under any other anyio backend it wraps an anyio byte stream with a reader and
 a writer task.
+
+File descriptors (SCM_RIGHTS) pass only on a UNIX socket under asyncio.  The asyncio transport
+reads with plain ``recv``, which would make the kernel drop (close) descriptors that arrive, so
+while a reply with FDs may come (``expect_fds``) the transport's own reading is paused and a
+reader of ours (``loop.add_reader`` on a duplicate of the socket's descriptor) reads with
+``recvmsg``, queueing each FD before the bytes that came with it reach the sink; the channel
+takes them (``take_fds``) when the reply they belong to is complete.  ``send_with_fds`` writes a
+packet, waits until it has left, then sends each FD as libvirt does: one zero byte carrying it;
+writes made meanwhile are held back and follow.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
 import math
+import os
+import socket
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
@@ -51,6 +63,16 @@ class Transport(Protocol):
     async def drain(self) -> None:
         """Wait while the socket's send buffer is above its high-water mark."""
 
+    @property
+    def fd_passing(self) -> str | None:
+        """None if file descriptors can pass; else why not (names the transport)."""
+
+    async def send_with_fds(self, packet: bytes, fds: list[int]) -> None: ...
+
+    def expect_fds(self, on: bool) -> None: ...
+
+    def take_fds(self, count: int) -> list[int]: ...
+
 
 class AsyncioTransport(asyncio.Protocol):
     """asyncio's own callbacks: ``data_received`` feeds the sink directly."""
@@ -62,10 +84,28 @@ class AsyncioTransport(asyncio.Protocol):
         self._lost: tuple[BaseException | None] | None = None
         self._pending: list[bytes] | None = None
         self._writable: asyncio.Event | None = None   # made when the buffer first fills
+        # FD passing (UNIX sockets): see the module's docstring
+        self._unix_fd: int | None = None
+        self._fd_socket: socket.socket | None = None  # a dup of the socket, for sendmsg/recvmsg
+        self._fd_lock: asyncio.Lock | None = None
+        self._held: list[bytes] | None = None          # writes waiting behind an FD send
+        self._fds: list[int] = []                      # received, not taken yet
+        self._expecting = 0                            # replies with FDs awaited
+        self._reader_on = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._paused = False                           # pause_reading asked by the channel
+        self._kind = "non-socket pipe"
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            family = getattr(sock, "family", None)
+            if family == socket.AF_UNIX:
+                self._unix_fd = sock.fileno()
+            self._kind = {socket.AF_INET: "TCP", socket.AF_INET6: "TCP"}.get(
+                family, str(family)) + " socket"
 
     def data_received(self, data: bytes) -> None:
         if self._sink is None:
@@ -98,7 +138,9 @@ class AsyncioTransport(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             raise anyio.BrokenResourceError("the socket is closed")
-        if alone and self._pending is None:
+        if self._held is not None:     # an FD send is under way: its bytes must be adjacent
+            self._held.append(data)
+        elif alone and self._pending is None:
             transport.write(data)
         elif self._pending is None:
             self._pending = [data]
@@ -116,6 +158,131 @@ class AsyncioTransport(asyncio.Protocol):
             self._transport.close()
         if self._writable is not None:
             self._writable.set()
+        self._stop_fd_reader()
+        if self._fd_socket is not None:
+            self._fd_socket.close()
+            self._fd_socket = None
+        fds, self._fds = self._fds, []
+        for fd in fds:
+            os.close(fd)
+
+    # FD passing ------------------------------------------------------------------------------
+    @property
+    def fd_passing(self) -> str | None:
+        if self._unix_fd is None:
+            return (f"file descriptors cannot pass over this connection's {self._kind} "
+                    "(asyncio transport): FD passing needs a UNIX socket")
+        return None
+
+    def _socket(self) -> socket.socket:
+        if self._fd_socket is None:
+            if self._unix_fd is None:
+                raise anyio.BrokenResourceError(self.fd_passing)
+            self._fd_socket = socket.socket(fileno=os.dup(self._unix_fd))
+            self._fd_socket.setblocking(False)
+        return self._fd_socket
+
+    async def send_with_fds(self, packet: bytes, fds: list[int]) -> None:
+        """Write ``packet`` then each FD (a zero byte carrying it), nothing in between.  The
+        FDs stay the caller's.  Interrupted half way, the connection is closed (the daemon
+        would read the next bytes as FDs)."""
+        if self._fd_lock is None:
+            self._fd_lock = asyncio.Lock()
+        async with self._fd_lock:
+            transport = self._transport
+            if transport is None or transport.is_closing():
+                raise anyio.BrokenResourceError("the socket is closed")
+            sock = self._socket()
+            pending, self._pending = self._pending, None
+            self._held = []
+            sent = False
+            try:
+                if pending:
+                    transport.write(b"".join(pending))
+                transport.write(packet)
+                sent = True
+                for fd in fds:
+                    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                  array.array("i", [fd]).tobytes())]
+                    while True:
+                        # asyncio's buffer first: the FD byte must follow the packet
+                        if transport.is_closing():
+                            raise anyio.BrokenResourceError("the socket is closed")
+                        if not transport.get_write_buffer_size():
+                            try:
+                                if sock.sendmsg([b"\0"], ancillary) == 1:
+                                    break
+                            except (BlockingIOError, InterruptedError):
+                                pass
+                        await asyncio.sleep(0.002)
+                sent = False
+            except BaseException:
+                if sent:
+                    self.close()
+                raise
+            finally:
+                held, self._held = self._held, None
+                if held and not transport.is_closing():
+                    transport.write(b"".join(held))
+
+    def expect_fds(self, on: bool) -> None:
+        """A reply with FDs may come (True) or one fewer may (False): read with recvmsg
+        while any may."""
+        self._expecting += 1 if on else -1
+        self._sync_reader()
+
+    def take_fds(self, count: int) -> list[int]:
+        """The next ``count`` received FDs (fewer if fewer came), now the caller's."""
+        taken, self._fds = self._fds[:count], self._fds[count:]
+        return taken
+
+    def _sync_reader(self) -> None:
+        transport = self._transport
+        want = self._expecting > 0 and not self._paused and transport is not None and \
+            not transport.is_closing() and self._sink is not None
+        if want and not self._reader_on:
+            transport.pause_reading()
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_reader(self._socket().fileno(), self._read_fds)
+            self._reader_on = True
+        elif not want and self._reader_on:
+            self._stop_fd_reader()
+            if transport is not None and not transport.is_closing() and not self._paused:
+                transport.resume_reading()
+
+    def _stop_fd_reader(self) -> None:
+        if self._reader_on:
+            self._reader_on = False
+            if self._fd_socket is not None and self._loop is not None:
+                self._loop.remove_reader(self._fd_socket.fileno())
+
+    def _read_fds(self) -> None:
+        sock, sink = self._fd_socket, self._sink
+        if sock is None or sink is None or not self._reader_on:
+            return
+        try:
+            data, ancillary, flags, _ = sock.recvmsg(
+                1 << 18, socket.CMSG_SPACE(4 * 32), getattr(socket, "MSG_CMSG_CLOEXEC", 0))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._stop_fd_reader()
+            sink.lost(exc)
+            return
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+                self._fds.extend(fds)
+        if flags & socket.MSG_CTRUNC:
+            self._stop_fd_reader()
+            sink.lost(OSError("file descriptors received were truncated (MSG_CTRUNC)"))
+            return
+        if not data:
+            self._stop_fd_reader()
+            sink.lost(None)
+            return
+        sink.feed(data)
 
     # flow control: asyncio tells its protocol when the send buffer crosses its marks
     def pause_writing(self) -> None:
@@ -138,13 +305,21 @@ class AsyncioTransport(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return False
-        transport.pause_reading()
+        self._paused = True
+        if self._reader_on:
+            self._stop_fd_reader()     # the transport's own reading is already paused
+        else:
+            transport.pause_reading()
         return True
 
     def resume_reading(self) -> None:
         transport = self._transport
+        self._paused = False
         if transport is not None and not transport.is_closing():
-            transport.resume_reading()
+            if self._expecting > 0:
+                self._sync_reader()
+            else:
+                transport.resume_reading()
 
 
 class AnyioTransport:
@@ -210,3 +385,18 @@ class AnyioTransport:
 
     async def drain(self) -> None:
         await anyio.lowlevel.checkpoint()
+
+    # FD passing is not implemented on this path
+    @property
+    def fd_passing(self) -> str | None:
+        return ("file descriptors cannot pass over the anyio stream transport (used off "
+                "asyncio): FD passing needs the asyncio transport on a UNIX socket")
+
+    async def send_with_fds(self, packet: bytes, fds: list[int]) -> None:
+        raise anyio.BrokenResourceError(self.fd_passing)
+
+    def expect_fds(self, on: bool) -> None:
+        pass
+
+    def take_fds(self, count: int) -> list[int]:
+        return []

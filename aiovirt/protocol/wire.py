@@ -18,8 +18,9 @@ from . import keepalive, lxc, qemu, remote, virnet
 from .xdr import ProcedureInfo, XdrError, decode
 
 __all__ = [
-    "CALL", "ClientProtocol", "ERROR", "EventMessage", "FrameDecoder", "KeepaliveMessage",
-    "MAX_MESSAGE", "MESSAGE", "Message", "OK", "PROGRAMS", "REPLY", "Reply", "STREAM",
+    "CALL", "CALL_WITH_FDS", "ClientProtocol", "ERROR", "EventMessage", "FrameDecoder", "KeepaliveMessage",
+    "MAX_FDS", "MAX_MESSAGE", "MESSAGE", "Message", "OK", "PROGRAMS", "REPLY",
+    "REPLY_WITH_FDS", "Reply", "STREAM",
     "StreamMessage", "encode_message",
 ]
 
@@ -29,6 +30,11 @@ CALL_WITH_FDS, REPLY_WITH_FDS, STREAM_HOLE = 4, 5, 6
 OK, ERROR, CONTINUE = 0, 1, 2
 
 MAX_MESSAGE = virnet.VIR_NET_MESSAGE_MAX           # whole packet, length word included
+# FD passing (virnetmessage.c, virnetclient.c): a *_WITH_FDS packet has a u32 FD count between
+# its header and its payload; after the packet's last byte each FD follows in a sendmsg of its
+# own: one data byte (0) carrying one SCM_RIGHTS descriptor, so the byte stream holds one extra
+# byte per FD right after the packet.
+MAX_FDS = 32                                        # VIR_NET_MESSAGE_NUM_FDS_MAX
 _PREFIX = struct.Struct(">IIIiiIi")                 # length + header
 PREFIX_SIZE = _PREFIX.size                          # 28
 _LENGTH = struct.Struct(">I")
@@ -55,6 +61,7 @@ class Message:
     serial: int
     status: int
     payload: bytes
+    fds: int = 0        # REPLY_WITH_FDS: descriptors that followed (payload excludes the count)
 
 
 def encode_message(program: int, procedure: int, type_: int, serial: int, status: int,
@@ -92,6 +99,21 @@ class FrameDecoder:
                 break
             _, program, version, procedure, type_, serial, status = \
                 _PREFIX.unpack_from(buffer, start)
+            if type_ == REPLY_WITH_FDS:
+                # the FD count, then one byte per FD after the packet (each with its FD)
+                if length < PREFIX_SIZE + 4:
+                    raise ProtocolError("a reply with file descriptors has no FD count")
+                nfds, = _LENGTH.unpack_from(buffer, start + PREFIX_SIZE)
+                if nfds > MAX_FDS:
+                    raise ProtocolError(f"a reply carries {nfds} file descriptors; at most "
+                                        f"{MAX_FDS} are allowed")
+                if available - start < length + nfds:
+                    break   # held until every FD (and its byte) has arrived
+                messages.append(Message(program, version, procedure, type_, serial, status,
+                                        bytes(buffer[start + PREFIX_SIZE + 4:start + length]),
+                                        nfds))
+                start += length + nfds
+                continue
             messages.append(Message(program, version, procedure, type_, serial, status,
                                     bytes(buffer[start + PREFIX_SIZE:start + length])))
             start += length
@@ -114,6 +136,7 @@ class Reply:
     serial: int
     value: Any = None
     error: LibvirtError | None = None
+    fds: int = 0    # file descriptors that came with it (the transport holds them)
 
 
 @dataclass(slots=True)
@@ -166,12 +189,20 @@ class ClientProtocol:
         self.streams: set[int] = set()  # serials whose STREAM messages are expected
 
     # -- outgoing -----------------------------------------------------------------------------
-    def call(self, procedure: ProcedureInfo, args: Any = None) -> tuple[int, bytes | None]:
+    def call(self, procedure: ProcedureInfo, args: Any = None, *,
+             fds: int = 0) -> tuple[int, bytes | None]:
         """Frame a call; returns its serial and the packet to send now, or None if it queued.
 
+        ``fds``: the number of file descriptors the caller sends after the packet (a
+        CALL_WITH_FDS, its count before the payload).  Such a call is never queued: its
+        packet and FDs must leave together, so it goes out at once even beyond the cap.
         Raises ``EncodeError`` (or ``TypeError``) for arguments that cannot be encoded;
         nothing is then pending or queued."""
-        buf = bytearray(PREFIX_SIZE)
+        if not 0 <= fds <= MAX_FDS:
+            raise EncodeError(f"{procedure.name}: {fds} file descriptors; at most {MAX_FDS} "
+                              "can be sent")
+        prefix = PREFIX_SIZE + 4 if fds else PREFIX_SIZE
+        buf = bytearray(prefix)
         if procedure.encode_args is not None:
             if args is None:
                 raise TypeError(f"{procedure.name} needs arguments of type "
@@ -189,9 +220,11 @@ class ClientProtocol:
                               f"limit of {MAX_MESSAGE}")
         self._serial = serial = (self._serial + 1) & 0xFFFFFFFF or 1
         _PREFIX.pack_into(buf, 0, length, procedure.program, _VERSIONS[procedure.program],
-                          procedure.number, CALL, serial, OK)
+                          procedure.number, CALL_WITH_FDS if fds else CALL, serial, OK)
+        if fds:
+            _LENGTH.pack_into(buf, PREFIX_SIZE, fds)
         packet = bytes(buf)
-        if len(self._pending) < self.max_in_flight and not self._queued:
+        if fds or (len(self._pending) < self.max_in_flight and not self._queued):
             self._pending[serial] = procedure
             return serial, packet
         self._queued[serial] = (procedure, packet)
@@ -261,7 +294,9 @@ class ClientProtocol:
                                     f"waiting (program {msg.program:#x}, procedure "
                                     f"{msg.procedure})") from None
             if procedure is None:
-                return None  # its caller gave up; the late reply is dropped, its slot freed
+                # its caller gave up; the late reply is dropped, its slot freed (FDs it
+                # brought are reported, for the channel to close)
+                return Reply(msg.serial, fds=msg.fds) if msg.fds else None
             if msg.program != procedure.program:
                 raise ProtocolError(f"reply to serial {msg.serial} comes from program "
                                     f"{msg.program:#x}, but {procedure.name} belongs to "
@@ -274,17 +309,14 @@ class ClientProtocol:
                 raise ProtocolError(f"reply to serial {msg.serial} names procedure "
                                     f"{msg.procedure}, but {procedure.name} was called")
             if msg.status == OK:
-                if type_ == REPLY_WITH_FDS:
-                    raise ProtocolError(f"{procedure.name}: replies carrying file "
-                                        "descriptors are not supported")
                 if procedure.decode_ret is None:
                     if msg.payload:
                         raise ProtocolError(f"{procedure.name}: unexpected reply payload")
-                    return Reply(msg.serial)
+                    return Reply(msg.serial, fds=msg.fds)
                 return Reply(msg.serial, decode(procedure.decode_ret, msg.payload,
-                                                procedure.name + " reply"))
+                                                procedure.name + " reply"), fds=msg.fds)
             if msg.status == ERROR:
-                return Reply(msg.serial, error=self._error(msg))
+                return Reply(msg.serial, error=self._error(msg), fds=msg.fds)
             raise ProtocolError(f"reply to serial {msg.serial} has bad status {msg.status}")
         if type_ == MESSAGE:
             if msg.program == keepalive.PROGRAM:

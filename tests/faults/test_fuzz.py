@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from aiovirt.errors import ProtocolError
 from aiovirt.protocol import keepalive, lxc, qemu, remote, virnet
-from aiovirt.protocol.wire import (CALL, ERROR, MESSAGE, OK, PROGRAMS, REPLY, STREAM, ClientProtocol,
-                          FrameDecoder, encode_message)
+from aiovirt.protocol.wire import (CALL, ERROR, MESSAGE, OK, PROGRAMS, REPLY, REPLY_WITH_FDS,
+                                   STREAM, ClientProtocol, FrameDecoder, encode_message)
 from aiovirt.protocol.xdr import XdrError, decode
 
 Decoder = Callable[[bytes, int], Any]
@@ -173,9 +173,18 @@ U32 = st.integers(0, 0xFFFFFFFF)
 
 
 def packets() -> st.SearchStrategy[bytes]:
-    """Well-framed packets with any header (procedure, type and status are signed)."""
-    return st.builds(encode_message, st.sampled_from(list(PROGRAMS) + [0, 0xFFFFFFFF]),
-                     I32, I32 | st.integers(0, 7), U32, I32, st.binary(max_size=64), U32)
+    """Well-framed packets with any header (procedure, type and status are signed); a
+    REPLY_WITH_FDS is well framed with its FD count and one byte per FD after it."""
+    programs = st.sampled_from(list(PROGRAMS) + [0, 0xFFFFFFFF])
+    plain = st.builds(encode_message, programs, I32,
+                      (I32 | st.integers(0, 7)).filter(lambda t: t != REPLY_WITH_FDS), U32,
+                      I32, st.binary(max_size=64), U32)
+    with_fds = st.builds(
+        lambda program, procedure, serial, status, nfds, body, version: encode_message(
+            program, procedure, REPLY_WITH_FDS, serial, status,
+            struct.pack(">I", nfds) + body, version) + bytes(nfds),
+        programs, I32, U32, I32, st.integers(0, 32), st.binary(max_size=64), U32)
+    return plain | with_fds
 
 
 @FUZZ

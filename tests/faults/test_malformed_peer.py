@@ -74,8 +74,13 @@ CATALOGUE: dict[str, tuple[Callable[[Message], bytes], bool, type[Exception], st
     "error reply with a garbage remote_error": (
         lambda m: frame(m, status=ERROR, payload=b"\xff" * 9), False, aiovirt.ProtocolError,
         "remote_error"),
-    "reply carrying file descriptors": (lambda m: frame(m, type_=REPLY_WITH_FDS), False,
-                                        aiovirt.ProtocolError, "file descriptors"),
+    "reply announcing too many file descriptors": (
+        lambda m: frame(m, type_=REPLY_WITH_FDS,
+                        payload=struct.pack(">I", 33) + version_reply(m)[28:]), False,
+        aiovirt.ProtocolError, "33 file descriptors; at most 32"),
+    "reply with file descriptors but no FD count": (
+        lambda m: frame(m, type_=REPLY_WITH_FDS, payload=b""), False,
+        aiovirt.ProtocolError, "no FD count"),
     "event with an unknown procedure": (
         lambda m: encode_message(remote.PROGRAM, 99999, MESSAGE, 1, OK), False,
         aiovirt.ProtocolError, "not an event"),
