@@ -368,6 +368,16 @@ class Channel:
             self.lost(exc)
             raise ConnectionClosed(str(self.closed)) from exc
 
+    def send_stream_data(self, header: bytes, payload: memoryview) -> None:
+        """Write a stream packet as its header and payload (no copy into one packet)."""
+        if self.closed is not None:
+            raise ConnectionClosed(str(self.closed)) from self.closed
+        try:
+            self.transport.write_parts(header, payload)
+        except _BROKEN as exc:
+            self.lost(exc)
+            raise ConnectionClosed(str(self.closed)) from exc
+
     async def drain(self) -> None:
         """Wait while the socket's send buffer is above its high-water mark (asyncio only;
         elsewhere the transport's writer queue takes everything)."""

@@ -168,10 +168,11 @@ class Stream:
                     STREAM_HOLE))
                 await channel.drain()
             return
-        view = memoryview(data)
+        view = memoryview(data).cast("B")
         for start in range(0, len(view), CHUNK):
-            channel.send_stream(protocol.stream_packet(
-                self.procedure, self.serial, CONTINUE, bytes(view[start:start + CHUNK])))
+            chunk = view[start:start + CHUNK]
+            channel.send_stream_data(protocol.stream_header(
+                self.procedure, self.serial, CONTINUE, len(chunk)), chunk)
             await channel.drain()
             self._check_writable()
 

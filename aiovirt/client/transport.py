@@ -55,6 +55,10 @@ class Transport(Protocol):
 
     def close(self) -> None: ...
 
+    def write_parts(self, header: bytes, payload: memoryview) -> None:
+        """Send a header then a payload the caller may reuse once this returns: copied only
+        when it cannot leave at once."""
+
     def pause_reading(self) -> bool:
         """Stop reading the socket (a consumer is behind); False if this transport cannot."""
 
@@ -147,6 +151,16 @@ class AsyncioTransport(asyncio.Protocol):
             asyncio.get_running_loop().call_soon(self._flush)
         else:
             self._pending.append(data)
+
+    def write_parts(self, header: bytes, payload: memoryview) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            raise anyio.BrokenResourceError("the socket is closed")
+        if self._pending is None:   # nothing batched: straight to asyncio, which copies
+            transport.write(header)  # only what the socket does not take at once
+            transport.write(payload)
+        else:
+            self._pending.append(header + bytes(payload))
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, None
@@ -362,6 +376,9 @@ class AnyioTransport:
             self._send.send_nowait(data)
         except anyio.ClosedResourceError:
             raise anyio.BrokenResourceError("the socket is closed") from None
+
+    def write_parts(self, header: bytes, payload: memoryview) -> None:
+        self.write(header + bytes(payload))   # queued for the writer task: a copy it owns
 
     def close(self) -> None:
         if self._closing:

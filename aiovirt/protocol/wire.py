@@ -351,6 +351,16 @@ class ClientProtocol:
         return encode_message(procedure.program, procedure.number, type_, serial, status,
                               payload, _VERSIONS[procedure.program])
 
+    def stream_header(self, procedure: ProcedureInfo, serial: int, status: int,
+                      payload_size: int, type_: int = STREAM) -> bytes:
+        """The 28 bytes that go before a STREAM payload of ``payload_size`` bytes (so a large
+        payload can be written after them without being copied into one packet)."""
+        length = PREFIX_SIZE + payload_size
+        if length > MAX_MESSAGE:
+            raise EncodeError(f"message of {length} bytes exceeds the limit of {MAX_MESSAGE}")
+        return _PREFIX.pack(length, procedure.program, _VERSIONS[procedure.program],
+                            procedure.number, type_, serial, status)
+
     def end_stream(self, serial: int) -> None:
         """Stop expecting STREAM messages for ``serial``; late ones are dropped."""
         self.streams.discard(serial)
