@@ -309,13 +309,18 @@ class Plan:
         return []
 
     def finish(self) -> None:
-        """The run is over: every guest gets its outcome.  Never launched: cancelled; defined
-        and not started: defined; start call returned: started; anything else failed where
-        it was (it may exist)."""
+        """The run is over: every guest gets its outcome.  Never launched: cancelled (but
+        failed if its namesake was already replaced); defined and not started: defined;
+        start call returned: started; anything else failed where it was (it may exist)."""
         for guest, result in enumerate(self.results):
             if result.final:
                 continue
-            if result.stage is Stage.PENDING:
+            if result.stage is Stage.PENDING and result.replaced:
+                # its namesake is gone but it was never defined: say so, not "cancelled"
+                result.exists = False
+                self._fail(guest, "define", "the run ended after its namesake was replaced, "
+                           "before it was defined")
+            elif result.stage is Stage.PENDING:
                 self._set(guest, Stage.CANCELLED, final=True)
             elif result.stage is Stage.DEFINED:
                 self._set(guest, Stage.DEFINED, final=True)
