@@ -51,6 +51,11 @@ SLOW_PROCEDURES: frozenset[str] = frozenset(
     p.name for p in remote.PROCEDURES.values() if p.name.startswith(_SLOW_PREFIXES))
 
 
+def _timed_out(procedure: ProcedureInfo, timeout: float) -> CallTimeout:
+    return CallTimeout(f"{procedure.name}: no reply within {timeout:g} s (whether it took "
+                       "effect on the daemon is unknown)")
+
+
 class _Tasks:
     """Owns a connection's background tasks: in a task group (``async with``) or on the
     running asyncio loop (``await connect()``), cancelled and awaited by ``aclose``."""
@@ -329,12 +334,9 @@ two.
             timeout = self.call_timeout
         if timeout is None:
             return await self._route(procedure, args, lane)
-        with anyio.move_on_after(timeout) as scope:
+        with anyio.move_on_after(timeout):
             return await self._route(procedure, args, lane)
-        if scope.cancelled_caught:
-            raise CallTimeout(f"{procedure.name}: no reply within {timeout:g} s (whether it "
-                              "took effect on the daemon is unknown)")
-        raise AssertionError("unreachable")   # pragma: no cover
+        raise _timed_out(procedure, timeout)   # only reached when the deadline passed
 
     async def _route(self, procedure: ProcedureInfo, args: Any, lane: bool | None) -> Any:
         """Send the call on the right socket and wait for its reply (while reconnecting,
@@ -373,11 +375,9 @@ two.
             timeout = self.call_timeout
         if timeout is None:
             return await main.call_with_fds(procedure, args, fds)
-        with anyio.move_on_after(timeout) as scope:
+        with anyio.move_on_after(timeout):
             return await main.call_with_fds(procedure, args, fds)
-        raise CallTimeout(f"{procedure.name}: no reply within {timeout:g} s (whether it "
-                          "took effect on the daemon is unknown)") if scope.cancelled_caught \
-            else AssertionError("unreachable")
+        raise _timed_out(procedure, timeout)   # only reached when the deadline passed
 
     def _open_lanes(self) -> list[Channel]:
         self._lanes[:] = [c for c in self._lanes if c.closed is None]
