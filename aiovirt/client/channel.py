@@ -15,18 +15,19 @@ from typing import Any, Protocol
 import anyio
 import anyio.lowlevel
 
-from ..errors import AuthenticationError, ConnectionClosed, ProtocolError, TransportError
+from ..errors import ConnectionClosed, ProtocolError, TransportError
 from ..protocol import remote
 from ..protocol.wire import (ERROR, ClientProtocol, EventMessage, KeepaliveMessage, Reply,
                              StreamMessage)
 from ..protocol.xdr import ProcedureInfo
+from .auth import authenticate
 from .backend import asyncio_loop
 from .transport import Transport
+from .uri import ConnectionURI, parse_uri
 
 __all__ = ["Channel", "StreamSink"]
 
 _BROKEN = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
-_AUTH_NONE, _AUTH_SASL, _AUTH_POLKIT = 0, 1, 2
 _FEATURE_KEEPALIVE = 10
 _P = remote.PROCEDURES
 
@@ -403,18 +404,13 @@ class Channel:
                 self.transport.resume_reading()
 
     # -- handshake --------------------------------------------------------------------------
-    async def open(self, name: str, flags: int = 0) -> None:
-        """AUTH_LIST, the keepalive feature, then CONNECT_OPEN of ``name``."""
-        auth = await self.call(_P[remote.REMOTE_PROC_AUTH_LIST])
-        types = list(auth.types)
-        if types and _AUTH_NONE not in types:
-            if _AUTH_POLKIT in types:
-                await self.call(_P[remote.REMOTE_PROC_AUTH_POLKIT])
-            else:
-                names = {_AUTH_SASL: "sasl", _AUTH_POLKIT: "polkit"}
-                wanted = ", ".join(names.get(t, str(t)) for t in types)
-                raise AuthenticationError(f"the server requires authentication ({wanted}); "
-                                          "aiovirt does not support it yet")
+    async def open(self, name: str, flags: int = 0, *, uri: ConnectionURI | None = None,
+                   credentials: Any = None) -> None:
+        """AUTH_LIST and authentication (see ``auth``), the keepalive feature, then
+        CONNECT_OPEN of ``name``."""
+        offered = await self.call(_P[remote.REMOTE_PROC_AUTH_LIST])
+        await authenticate(self, list(offered.types), uri or parse_uri("remote:///"),
+                           credentials)
         feature = await self.call(
             _P[remote.REMOTE_PROC_CONNECT_SUPPORTS_FEATURE],
             remote.ConnectSupportsFeatureArgs(_FEATURE_KEEPALIVE))

@@ -97,8 +97,9 @@ two.
                  keepalive: tuple[float, int] | None, readonly: bool,
                  slow_procedures: frozenset[str], native: bool = True,
                  dialer: Dialer = dial, call_timeout: float | None = None,
-                 reconnect: Reconnect | None = None) -> None:
+                 reconnect: Reconnect | None = None, auth: Any = None) -> None:
         self.uri = uri
+        self.credentials = auth
         self.call_timeout = call_timeout
         self.reconnect = reconnect
         self.native = native
@@ -151,7 +152,8 @@ two.
         self._opening.add(channel)
         try:
             with anyio.fail_after(self._handshake_limit(name)):
-                await channel.open(self.uri.remote_name, 1 if self.readonly else 0)
+                await channel.open(self.uri.remote_name, 1 if self.readonly else 0,
+                                   uri=self.uri, credentials=self.credentials)
         except TimeoutError:
             error = ConnectionClosed(f"{name} socket: no answer to the handshake within "
                                      f"{self._handshake_limit(name):g} s")
@@ -501,7 +503,8 @@ class connect(Generic[C]):  # noqa: N801 - reads as a function: ``await connect(
                  keepalive: tuple[float, int] | None = (5.0, 5), readonly: bool = False,
                  slow_procedures: frozenset[str] = SLOW_PROCEDURES,
                  native_transport: bool = True, dialer: Dialer | None = None,
-                 call_timeout: float | None = None, reconnect: Reconnect | None = None) -> None:
+                 call_timeout: float | None = None, reconnect: Reconnect | None = None,
+                 auth: Any = None) -> None:
         if call_timeout is not None and not call_timeout > 0:
             raise ValueError("call_timeout must be more than 0 seconds (or None)")
         if max_in_flight < 1:
@@ -511,7 +514,8 @@ class connect(Generic[C]):  # noqa: N801 - reads as a function: ``await connect(
         self._connection: C = self.connection_class(
             parse_uri(uri), max_in_flight=max_in_flight, lanes=lanes, keepalive=keepalive,
             readonly=readonly, slow_procedures=slow_procedures, native=native_transport,
-            dialer=dialer or dial, call_timeout=call_timeout, reconnect=reconnect)
+            dialer=dialer or dial, call_timeout=call_timeout, reconnect=reconnect,
+            auth=auth)
         self._group: anyio.abc.TaskGroup | None = None
 
     def __await__(self) -> Generator[Any, None, C]:

@@ -80,7 +80,23 @@ async def dial_socket(sock: socket.socket, spawn: Spawn, native: bool) -> Transp
     return AnyioTransport(stream, spawn)
 
 
-DIALERS: dict[str, Dialer] = {"unix": dial_unix, "tcp": dial_tcp}
+def _lazy(module: str, name: str) -> Dialer:
+    """A dialer defined in a module of its own, imported on first use (TLS and SSH need
+    ``ssl`` and ``subprocess``, which a local connection never does)."""
+    async def dialer(uri: ConnectionURI, spawn: Spawn, native: bool) -> Transport:
+        import importlib  # noqa: PLC0415
+        real: Dialer = getattr(importlib.import_module(module, __package__), name)
+        return await real(uri, spawn, native)
+    dialer.__name__ = dialer.__qualname__ = name
+    return dialer
+
+
+DIALERS: dict[str, Dialer] = {
+    "unix": dial_unix, "tcp": dial_tcp,
+    "tls": _lazy(".tls", "dial_tls"),
+    "ssh": _lazy(".ssh", "dial_ssh"), "libssh": _lazy(".ssh", "dial_ssh"),
+    "libssh2": _lazy(".ssh", "dial_ssh"), "ext": _lazy(".ssh", "dial_ext"),
+}
 
 
 def register_dialer(transport: str, dialer: Dialer | Callable[..., Awaitable[Transport]]

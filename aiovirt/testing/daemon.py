@@ -134,11 +134,14 @@ class PrivateDaemon:
                  tcp_port: int | None = None, max_client_requests: int = 5,
                  keepalive_interval: int = 5, keepalive_count: int = 5,
                  extra_config: Mapping[str, str | int] | None = None,
+                 env: Mapping[str, str] | None = None,
                  libvirtd: str = "libvirtd",
                  qemu_caps_cache: str | os.PathLike[str] | None = DEFAULT_CAPS_CACHE) -> None:
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="aiovirt-libvirtd-")).resolve()
         self.tcp_port: int = tcp_port or _free_port()
+        self.tls_port: int = _free_port()   # listens only with extra_config listen_tls=1
+        self._env = dict(env or {})         # added to libvirtd's environment
         self.socket_path = str(self.workdir / "libvirt-sock")
         self.log_path = str(self.workdir / "libvirtd.log")
         self.guest_log_dir = str(self.workdir / "var-log-libvirt" / "qemu")
@@ -153,7 +156,8 @@ class PrivateDaemon:
         self._guests_at_kill: list[int] = []
         self._config: dict[str, str | int] = {
             "unix_sock_dir": str(self.workdir), "listen_tcp": 1, "listen_tls": 0,
-            "tcp_port": str(self.tcp_port), "listen_addr": "127.0.0.1",
+            "tcp_port": str(self.tcp_port), "tls_port": str(self.tls_port),
+            "listen_addr": "127.0.0.1",
             "auth_unix_rw": "none", "auth_unix_ro": "none", "auth_tcp": "none",
             "max_client_requests": max_client_requests,
             "keepalive_interval": keepalive_interval, "keepalive_count": keepalive_count,
@@ -197,7 +201,8 @@ class PrivateDaemon:
             try:
                 self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
                                                  stdout=stderr, stderr=stderr,
-                                                 start_new_session=True)
+                                                 start_new_session=True,
+                                                 env={**os.environ, **self._env})
             except OSError as exc:
                 self._remove_cgroups()
                 raise DaemonError(f"cannot run {command[0]}: {exc}") from exc
@@ -448,7 +453,8 @@ class PrivateDaemon:
 
     # -- use ------------------------------------------------------------------------------------
     def uri(self, driver: str = "test", path: str = "/default", transport: str = "unix") -> str:
-        """A URI reaching ``driver`` on this daemon over ``transport`` ("unix" or "tcp").
+        """A URI reaching ``driver`` on this daemon over ``transport`` ("unix", "tcp" or
+        "tls"; TLS needs ``listen_tls=1`` and the key and certificates in ``extra_config``).
 
         ``uri()`` is the shared test-driver host, ``uri("qemu", "/system")`` the QEMU driver,
         ``uri(path="/abs/node.xml")`` a test-driver host with private per-connection state.
@@ -458,7 +464,9 @@ class PrivateDaemon:
             return f"{driver}+unix://{path}?socket={self.socket_path}"
         if transport == "tcp":
             return f"{driver}+tcp://127.0.0.1:{self.tcp_port}{path}"
-        raise ValueError(f"transport {transport!r}: use 'unix' or 'tcp'")
+        if transport == "tls":
+            return f"{driver}+tls://localhost:{self.tls_port}{path}"
+        raise ValueError(f"transport {transport!r}: use 'unix', 'tcp' or 'tls'")
 
     def virsh(self, *args: str, uri: str | None = None, check: bool = True,
               timeout: float = 60.0) -> str:
