@@ -60,8 +60,9 @@ def test_uris(daemon):
     assert daemon.uri() == f"test+unix:///default?socket={sock}"
     assert daemon.uri("qemu", "/system") == f"qemu+unix:///system?socket={sock}"
     assert daemon.uri(transport="tcp") == f"test+tcp://127.0.0.1:{daemon.tcp_port}/default"
+    assert daemon.uri(transport="tls") == f"test+tls://localhost:{daemon.tls_port}/default"
     with pytest.raises(ValueError):
-        daemon.uri(transport="tls")
+        daemon.uri(transport="ssh")
 
 
 def test_test_driver_default_host(daemon):

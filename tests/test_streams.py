@@ -230,3 +230,85 @@ async def test_screenshot_of_a_running_kvm_guest(daemon):
                 await dom.destroy()
             await dom.undefine()
 
+
+
+def incoming_guest_xml(name: str) -> str:
+    """A diskless TCG guest: enough for QEMU to start waiting for migration data."""
+    return (f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</memory>"
+            "<vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os>"
+            "<devices><emulator>/usr/bin/qemu-system-x86_64</emulator></devices></domain>")
+
+
+@asynccontextmanager
+async def incoming_migration(daemon, tmp_path: Path, conn_b: aiovirt.Connection | None = None
+                             ) -> AsyncIterator[tuple[str, str, bytes]]:
+    """A running TCG guest on the suite's daemon (the source) and what a source daemon
+    hands the destination: its name, its migratable XML and the begin-phase cookie."""
+    name = unique("tunnel")
+    async with aiovirt.connect(daemon.uri("qemu", "/system")) as source:
+        dom = await source.define_xml(incoming_guest_xml(name))
+        try:
+            await dom.start()
+            begun = await source.rpc.domain_migrate_begin3_params(dom._ref, [], 2 | 4)
+            yield name, begun.xml, begun.cookie_out
+        finally:
+            if await dom.is_active():
+                await dom.destroy()
+            await dom.undefine()
+
+
+@pytest.fixture
+def destination(tmp_path_factory):
+    """A second private libvirtd: the destination host of a migration."""
+    from aiovirt.testing.daemon import PrivateDaemon
+    with PrivateDaemon(tmp_path_factory.mktemp("dest")) as dest:
+        yield dest
+
+
+async def test_tunnelled_migration_stream_is_opened_and_aborted(daemon, destination,
+                                                                tmp_path):
+    """The destination side of a tunnelled migration, as a peer-to-peer source daemon drives
+    it: preparing starts an incoming guest that waits on our write stream; aborting the
+    stream makes the destination tear that guest down, and the connection stays usable."""
+    async with incoming_migration(daemon, tmp_path) as (name, xml, cookie), \
+            aiovirt.connect(destination.uri("qemu", "/system")) as conn, \
+            conn.domain_events() as events:
+        cookie_out, stream = await conn.migrate_prepare_tunnel({"destination_xml": xml},
+                                                               cookie, flags=2)
+        assert isinstance(cookie_out, bytes)
+        dom = await conn.lookup_domain(name=name)
+        assert await dom.is_active()            # QEMU runs, waiting for our data
+        await stream.aclose()                   # abort: the destination stops the guest
+        with anyio.fail_after(30):
+            async for event in events:
+                if (isinstance(event, aiovirt.DomainLifecycleEvent)
+                        and event.domain.name == name
+                        and event.event == aiovirt.DomainEventType.STOPPED):
+                    break
+        assert name not in [d.name for d in await conn.list_domains()]
+        assert destination.running
+
+
+async def test_tunnelled_migration_refuses_garbage(daemon, destination, tmp_path):
+    """Bytes that are not a migration stream: QEMU fails to load them and the stream's end
+    raises the daemon's error instead of hanging; nothing is left on the destination."""
+    async with incoming_migration(daemon, tmp_path) as (name, xml, cookie), \
+            aiovirt.connect(destination.uri("qemu", "/system")) as conn:
+        _, stream = await conn.migrate_prepare_tunnel({"destination_xml": xml}, cookie,
+                                                      flags=2)
+        with anyio.fail_after(60), pytest.raises(aiovirt.AiovirtError):
+            for _ in range(64):
+                await stream.send(os.urandom(64 * 1024))
+            await stream.finish()
+        with anyio.fail_after(30):
+            while name in [d.name for d in await conn.list_domains()]:
+                await anyio.sleep(0.1)     # polling the daemon's own state, bounded
+        assert await conn.get_lib_version() > 0
+
+
+async def test_tunnelled_migration_without_a_cookie_is_refused_locally(daemon):
+    """libvirtd 9.0 crashes on a tunnel prepare with no cookie; we refuse it first."""
+    async with aiovirt.connect(daemon.uri("qemu", "/system")) as conn:
+        with pytest.raises(ValueError, match="cookie"):
+            await conn.migrate_prepare_tunnel({"destination_xml": incoming_guest_xml("x")})
+        assert daemon.running

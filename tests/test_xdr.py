@@ -13,7 +13,7 @@ import xdrlib3
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aiovirt.protocol import remote, virnet
+from aiovirt.protocol import admin, remote, virnet
 from aiovirt.protocol.xdr import XdrError, decode, encode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,9 +151,22 @@ def test_every_remote_procedure_is_in_the_table():
     assert remote.PROCEDURES[23].high_priority
 
 
+def test_admin_program_table_and_typed_params():
+    assert admin.PROGRAM == 0x06900690 and admin.VERSION == 1
+    assert sorted(admin.PROCEDURES) == list(range(1, 20))
+    assert admin.PROCEDURES[admin.ADMIN_PROC_SERVER_GET_CLIENT_LIMITS].name == \
+        "server_get_client_limits"
+    ret = admin.AdminServerGetClientLimitsRet([
+        admin.AdminTypedParam("nclients_max", admin.AdminTypedParamValue(2, 120)),
+        admin.AdminTypedParam("s", admin.AdminTypedParamValue(7, "x"))])
+    data = encode(admin._enc_AdminServerGetClientLimitsRet, ret, "limits")
+    assert decode(admin._dec_AdminServerGetClientLimitsRet, data, "limits") == ret
+
+
 def test_regeneration_is_byte_identical(tmp_path):
     # a failure, not a skip, without the sources: scripts/setup fetches them, so CI has them
-    if not (LIBVIRT_TREE / "src/remote/remote_protocol.x").exists():
+    if not all((LIBVIRT_TREE / x).exists() for x in ("src/remote/remote_protocol.x",
+                                                     "src/admin/admin_protocol.x")):
         pytest.fail(f"libvirt's sources are missing at {LIBVIRT_TREE}: run "
                     "`bash rpc/fetch-libvirt-source` (scripts/setup runs it) or point "
                     "AIOVIRT_LIBVIRT_SRC at a libvirt 9.0.0 tree", pytrace=False)
@@ -162,6 +175,6 @@ def test_regeneration_is_byte_identical(tmp_path):
     main([str(LIBVIRT_TREE), "--out", str(tmp_path)])
     committed = ROOT / "aiovirt" / "protocol"
     names = sorted(p.name for p in tmp_path.glob("*.py"))
-    assert names == ["keepalive.py", "lxc.py", "qemu.py", "remote.py", "virnet.py"]
+    assert names == ["admin.py", "keepalive.py", "lxc.py", "qemu.py", "remote.py", "virnet.py"]
     match, mismatch, errors = filecmp.cmpfiles(tmp_path, committed, names, shallow=False)
     assert mismatch == [] and errors == []

@@ -14,7 +14,7 @@ from ..errors import NoSuchDomain, NoSuchMetadata, ProtocolError
 from ..protocol import remote
 from ..protocol.remote import ConnectGetAllDomainStatsArgs, NonnullDomain
 from ..xml import metadata as metadata_codec
-from .events import convert_domain_event
+from .events import domain_event_maker
 from .handle import ApiBase, ApiConnection, UUIDHandle, enum_or_int, uuid_bytes
 from . import streams as _streams
 from .streams import Stream
@@ -261,6 +261,14 @@ class Domain(UUIDHandle):
 class DomainMethods(ApiBase):
     """The connection's domain methods (mixed into ``Connection``)."""
 
+    async def migrate_prepare_tunnel(self, params: dict[str, Any], cookie: bytes = b"", *,
+                                     flags: int = 0) -> tuple[bytes, Stream]:
+        """Make this host ready to receive a tunnelled migration: the cookie for the
+        source and a write ``Stream`` to send the migration data into.  ``params`` are
+        libvirt's migration parameters (``{"destination_xml": XML}`` at least); what a
+        peer-to-peer source daemon does when it tunnels a migration to us."""
+        return await _streams.migrate_prepare_tunnel(self, params, cookie, flags)
+
     async def define_xml(self, xml: str, flags: int = 0) -> Domain:
         """Define (or redefine) a persistent domain from its XML."""
         return Domain(self, (await self.rpc.domain_define_xml_flags(xml, flags)).dom)
@@ -324,9 +332,11 @@ class DomainMethods(ApiBase):
         async def deregister(callback_id: int) -> None:
             await self.rpc.connect_domain_event_callback_deregister_any(callback_id)
 
+        make = domain_event_maker(event_id)
+
         def convert(body: Any) -> Any:
-            return convert_domain_event(event_id, Domain(self, getattr(body, "msg", body).dom),
-                                        body)
+            inner = getattr(body, "msg", body)
+            return make(Domain(self, inner.dom), inner, body)
 
         key = (event_id, domain.uuid if domain is not None else None)
         return EventSubscription(self, "domain", key, register, deregister, convert,

@@ -331,12 +331,18 @@ def domain_event_types() -> dict[int, tuple[type, Callable[[Any, Any, Any], Any]
 def convert_domain_event(event_id: int, domain: Domain, body: Any) -> Any:
     """The typed event for a decoded domain event message (``body``, with or without the
     callback wrapper); ``DomainEvent`` for an ID this table lacks."""
-    inner = getattr(body, "msg", body)
+    return domain_event_maker(event_id)(domain, getattr(body, "msg", body), body)
+
+
+def domain_event_maker(event_id: int) -> Callable[[Any, Any, Any], Any]:
+    """(domain, inner message, outer message) -> the typed event of ``event_id``: looked up
+    once per subscription, not per event."""
     entry = domain_event_types().get(event_id)
-    if entry is None:
-        from .domain import DomainEvent, DomainEventID
-        return DomainEvent(domain, enum_or_int(DomainEventID, event_id), inner)
-    return entry[1](domain, inner, body)
+    if entry is not None:
+        return entry[1]
+    from .domain import DomainEvent, DomainEventID
+    kind = enum_or_int(DomainEventID, event_id)
+    return lambda d, m, o: DomainEvent(d, kind, m)
 
 
 # -- networks, storage pools, node devices, secrets -------------------------------------------

@@ -104,11 +104,9 @@ _E = TypeVar("_E", bound=IntEnum)
 
 
 def enum_or_int(cls: type[_E], value: int) -> _E | int:
-    """``cls(value)``, or the plain int for a value newer than this table."""
-    try:
-        return cls(value)
-    except ValueError:
-        return value
+    """``cls(value)``, or the plain int for a value newer than this table (a dict lookup:
+    event conversion calls this for every event)."""
+    return cls._value2member_map_.get(value, value)  # type: ignore[return-value]
 
 
 def uuid_bytes(value: str | _uuid.UUID) -> bytes:

@@ -7,6 +7,7 @@ incoming bytes to the channel, which routes replies by serial and events to the 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -21,11 +22,14 @@ from ..protocol.wire import (ERROR, ClientProtocol, EventMessage, KeepaliveMessa
                              StreamMessage)
 from ..protocol.xdr import ProcedureInfo
 from .auth import authenticate
-from .backend import asyncio_loop
+from .backend import AnyioWaiter, asyncio_loop, waiter_factory
 from .transport import Transport
 from .uri import ConnectionURI, parse_uri
 
-__all__ = ["Channel", "StreamSink"]
+__all__ = ["DEFAULT_EVENT_BATCH_WINDOW", "Channel", "StreamSink"]
+
+# How long a socket rests after a read that brought events (``connect(event_batch_window=)``).
+DEFAULT_EVENT_BATCH_WINDOW = 0.001
 
 _BROKEN = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 _FEATURE_KEEPALIVE = 10
@@ -42,47 +46,11 @@ class StreamSink(Protocol):
     def fail(self, error: BaseException) -> None: ...
 
 
-class _EventWaiter:
-    """A reply slot for backends other than asyncio (there a plain Future serves)."""
-
-    __slots__ = ("_event", "_value", "_error")
-
-    def __init__(self) -> None:
-        self._event = anyio.Event()
-        self._value: Any = None
-        self._error: BaseException | None = None
-
-    def done(self) -> bool:
-        return self._event.is_set()
-
-    def set_result(self, value: Any) -> None:
-        self._value = value
-        self._event.set()
-
-    def set_exception(self, error: BaseException) -> None:
-        self._error = error
-        self._event.set()
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        return self._wait().__await__()
-
-    async def _wait(self) -> Any:
-        await self._event.wait()
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-
 def _succeeded(waiter: Any) -> bool:
     """Whether a reply slot holds a value (not an error, not a cancellation)."""
-    if isinstance(waiter, _EventWaiter):
+    if isinstance(waiter, AnyioWaiter):
         return waiter.done() and waiter._error is None
     return bool(waiter.done() and not waiter.cancelled() and waiter.exception() is None)
-
-
-def _waiter_factory() -> Callable[[], Any]:
-    loop = asyncio_loop()
-    return loop.create_future if loop is not None else _EventWaiter
 
 
 class Channel:
@@ -93,13 +61,14 @@ class Channel:
 
     def __init__(self, transport: Transport, *, max_in_flight: int,
                  on_event: Callable[[EventMessage], None], name: str = "main",
-                 on_closed: Callable[[BaseException], None] | None = None) -> None:
+                 on_closed: Callable[[BaseException], None] | None = None,
+                 batch_window: float = 0.0) -> None:
         self.name = name
         self.transport = transport
         self.protocol = ClientProtocol(max_in_flight=max_in_flight)
         self.max_in_flight = max_in_flight
         self._waiters: dict[int, Any] = {}   # serial -> the caller's reply slot
-        self._new_waiter = _waiter_factory()
+        self._new_waiter = waiter_factory()
         self._on_event = on_event
         self._on_closed = on_closed
         self.closed: BaseException | None = None
@@ -111,6 +80,12 @@ class Channel:
         self._fd_calls: set[int] = set()   # call_with_fds serials whose reply has not come
         self._fd_lock: anyio.Lock | None = None
         self.reading_paused = False
+        # Event batching: after a read that brought events and no call is waiting, leave
+        # the socket unread for ``batch_window`` seconds so a storm is read in batches (one
+        # wake-up per batch instead of per event).  A call sent meanwhile ends it at once.
+        self.batch_window = batch_window
+        self._batch_timer: asyncio.TimerHandle | None = None
+        self._loop = asyncio_loop()
         transport.attach(self)
 
     # -- calls ----------------------------------------------------------------------------------
@@ -147,6 +122,8 @@ class Channel:
         any reply can arrive), and write it now unless it queued; returns serial and slot."""
         if self.closed is not None:
             raise ConnectionClosed(str(self.closed)) from self.closed
+        if self._batch_timer is not None:
+            self._end_batch()   # its reply must not wait for the batch window
         protocol = self.protocol
         serial, packet = protocol.call(procedure, args)
         if sink is not None:
@@ -174,6 +151,7 @@ class Channel:
             self.fail(exc)
             return
         waiters = self._waiters
+        events = False
         for item in items:
             kind = type(item)
             if kind is Reply:
@@ -187,6 +165,7 @@ class Channel:
                     else:
                         waiter.set_result(item.value)
             elif kind is EventMessage:
+                events = True
                 self._on_event(item)
             elif kind is KeepaliveMessage:
                 if item.ping:
@@ -200,6 +179,18 @@ class Channel:
         outgoing = protocol.data_to_send()
         if outgoing:
             self._write(outgoing)
+        if (events and self.batch_window and protocol.pending == 0 and self._loop is not None
+                and self._batch_timer is None and not self.reading_paused
+                and self.closed is None and self.transport.pause_reading()):
+            self._batch_timer = self._loop.call_later(self.batch_window, self._end_batch)
+
+    def _end_batch(self) -> None:
+        """The batch window is over (or a call is being sent): read the socket again."""
+        timer, self._batch_timer = self._batch_timer, None
+        if timer is not None:
+            timer.cancel()
+        if self.closed is None and not self.reading_paused:
+            self.transport.resume_reading()
 
     def _fd_reply(self, item: Reply, waiter: Any) -> bool:
         """Complete a reply that brought FDs or answers ``call_with_fds``: the waiter of
@@ -323,6 +314,9 @@ class Channel:
         if self.closed is not None:
             return
         self.closed = error
+        if self._batch_timer is not None:
+            self._batch_timer.cancel()
+            self._batch_timer = None
         waiters, self._waiters = self._waiters, {}
         for waiter in waiters.values():   # queued callers included: each has a serial
             if not waiter.done():
@@ -400,7 +394,7 @@ class Channel:
         if self.reading_paused:
             self.reading_paused = False
             self.last_received = time.monotonic()
-            if self.closed is None:
+            if self.closed is None and self._batch_timer is None:
                 self.transport.resume_reading()
 
     # -- handshake --------------------------------------------------------------------------

@@ -19,12 +19,14 @@ from typing import Any, Generic, Self, TypeVar
 import anyio
 import anyio.abc
 
-from ..errors import AiovirtError, CallTimeout, ConnectionClosed
+from ..errors import AiovirtError, CallTimeout, ConnectionClosed, ConnectionFailed
 from ..protocol import lxc, qemu, remote
 from ..protocol.wire import EventMessage
 from ..protocol.xdr import ProcedureInfo
+from .auth import AuthCallback, Credentials
 from .backend import asyncio_loop
-from .channel import Channel
+from .channel import DEFAULT_EVENT_BATCH_WINDOW, Channel
+from .config import resolve_uri
 from .dialers import Dialer, dial
 from .events import Registration, event_callback_id, event_family
 from .reconnect import ConnectionState, Reconnect, StateChange
@@ -97,8 +99,10 @@ two.
                  keepalive: tuple[float, int] | None, readonly: bool,
                  slow_procedures: frozenset[str], native: bool = True,
                  dialer: Dialer = dial, call_timeout: float | None = None,
-                 reconnect: Reconnect | None = None, auth: Any = None) -> None:
+                 reconnect: Reconnect | None = None, auth: Any = None,
+                 event_batch_window: float = 0.0) -> None:
         self.uri = uri
+        self.event_batch_window = event_batch_window
         self.credentials = auth
         self.call_timeout = call_timeout
         self.reconnect = reconnect
@@ -145,7 +149,8 @@ two.
         transport = await self.dialer(self.uri, self._tasks.start, self.native)
         channel = Channel(transport, max_in_flight=self.max_in_flight, on_event=self._dispatch,
                           name=name,
-                          on_closed=self._main_lost if name == "main" else None)
+                          on_closed=self._main_lost if name == "main" else None,
+                          batch_window=self.event_batch_window)
         main = self._main
         if name != "main" and main is not None and main.closed is not None:
             channel.fail(main.closed)    # a lane of a connection that died meanwhile
@@ -491,6 +496,19 @@ class connect(Generic[C]):  # noqa: N801 - reads as a function: ``await connect(
     restarted, keepalive gave up), registering every live subscription again; watch it with
     ``conn.state`` / ``conn.state_changes()``.  Calls out at the moment of the loss fail with
     ``ConnectionClosed`` (their effect is unknown).
+    ``uri`` None (or empty): ``LIBVIRT_DEFAULT_URI``, else ``uri_default`` of libvirt.conf;
+    a name listed in libvirt.conf's ``uri_aliases`` stands for its URI (see
+    ``aiovirt.client.config``).
+    ``connect_timeout``: seconds for dialing and the handshake (authentication included) of
+    the main socket; past it ``ConnectionFailed`` names the URI (None: no limit).
+    ``auth``: for SASL, ``(user, password)``; or a callback (sync or async) given a list of
+    ``aiovirt.client.auth.Credential`` to fill in (``result``); or None: auth.conf (see
+    ``aiovirt.client.config``), the user name defaulting to the URI's.  What the daemon
+    accepts is reused for every lane and reconnection.
+    ``event_batch_window``: after a read that brought events while no call waits, the
+    socket rests this long (seconds; 0: never) so an event storm is read in batches: one
+    wake-up per batch instead of per event, at most that much added delay on events that
+    follow one another closely (a lone event, and every reply, is read at once; asyncio).
     ``dialer`` replaces how sockets are made (default: by the URI's transport, see
     ``aiovirt.client.dialers``; ``aiovirt.testing.fakepeer.memory_dialer`` for tests).
     ``connection_class`` is what gets opened: here the bare RPC connection;
@@ -499,24 +517,47 @@ class connect(Generic[C]):  # noqa: N801 - reads as a function: ``await connect(
 
     connection_class: type[C] = RpcConnection  # type: ignore[assignment]
 
-    def __init__(self, uri: str, *, max_in_flight: int = 5, lanes: int = 4,
+    def __init__(self, uri: str | None = None, *, max_in_flight: int = 5, lanes: int = 4,
                  keepalive: tuple[float, int] | None = (5.0, 5), readonly: bool = False,
                  slow_procedures: frozenset[str] = SLOW_PROCEDURES,
                  native_transport: bool = True, dialer: Dialer | None = None,
                  call_timeout: float | None = None, reconnect: Reconnect | None = None,
-                 auth: Any = None) -> None:
+                 auth: tuple[str | None, str] | AuthCallback | Credentials | None = None,
+                 connect_timeout: float | None = None,
+                 event_batch_window: float = DEFAULT_EVENT_BATCH_WINDOW) -> None:
         if call_timeout is not None and not call_timeout > 0:
             raise ValueError("call_timeout must be more than 0 seconds (or None)")
+        if connect_timeout is not None and not connect_timeout > 0:
+            raise ValueError("connect_timeout must be more than 0 seconds (or None)")
+        if not 0 <= event_batch_window <= 1:
+            raise ValueError("event_batch_window must be between 0 and 1 second")
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         if lanes < 0:
             raise ValueError("lanes must be 0 or more")
+        self.connect_timeout = connect_timeout
         self._connection: C = self.connection_class(
-            parse_uri(uri), max_in_flight=max_in_flight, lanes=lanes, keepalive=keepalive,
-            readonly=readonly, slow_procedures=slow_procedures, native=native_transport,
-            dialer=dialer or dial, call_timeout=call_timeout, reconnect=reconnect,
-            auth=auth)
+            parse_uri(resolve_uri(uri)), max_in_flight=max_in_flight, lanes=lanes,
+            keepalive=keepalive, readonly=readonly, slow_procedures=slow_procedures,
+            native=native_transport, dialer=dialer or dial, call_timeout=call_timeout,
+            reconnect=reconnect,
+            auth=auth if isinstance(auth, Credentials) else Credentials(auth),
+            event_batch_window=event_batch_window)
         self._group: anyio.abc.TaskGroup | None = None
+
+    async def _open_main(self, tasks: _Tasks) -> None:
+        """Open the connection, within ``connect_timeout`` if one is set."""
+        limit = self.connect_timeout
+        if limit is None:
+            await self._connection._open(tasks)
+            return
+        try:
+            with anyio.fail_after(limit):
+                await self._connection._open(tasks)
+        except TimeoutError:
+            raise ConnectionFailed(
+                f"{self._connection.uri.uri}: not connected within {limit:g} s (connect_timeout "
+                "bounds dialing, the handshake and authentication)") from None
 
     def __await__(self) -> Generator[Any, None, C]:
         return self._open_detached().__await__()
@@ -527,7 +568,7 @@ class connect(Generic[C]):  # noqa: N801 - reads as a function: ``await connect(
                                "loops use `async with connect(...) as conn`")
         tasks = _Tasks(None)
         try:
-            await self._connection._open(tasks)
+            await self._open_main(tasks)
         except BaseException:
             await tasks.aclose()
             raise
@@ -537,7 +578,7 @@ class connect(Generic[C]):  # noqa: N801 - reads as a function: ``await connect(
         self._group = anyio.create_task_group()
         await self._group.__aenter__()
         try:
-            await self._connection._open(_Tasks(self._group))
+            await self._open_main(_Tasks(self._group))
         except BaseException as exc:  # noqa: B036
             # cancel the reader/writer tasks, leave the group cleanly, report the real error
             self._group.cancel_scope.cancel()

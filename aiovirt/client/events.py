@@ -28,12 +28,15 @@ delivered to all of them (each with its own buffer), and the last one to leave d
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
+
+from .backend import waiter_factory
 
 __all__ = ["DEFAULT_MAX_BUFFER", "Dropped", "EventSubscription", "Registration", "Resync",
            "SubscriptionHost", "event_callback_id", "event_family"]
@@ -92,6 +95,7 @@ def event_callback_id(procedure_name: str, body: Any) -> int | None:
     return callback_id
 
 
+@functools.cache
 def event_family(procedure_name: str) -> str:
     """Which callback-ID space an event procedure belongs to (domain, network, ...)."""
     for prefix, family in _FAMILIES:
@@ -162,7 +166,7 @@ class EventSubscription(Generic[T]):
         self._lost = 0              # dropped since the last item yielded
         self._resync_lost = False   # a Resync marker itself was dropped
         self._ended = False
-        self._wakeup: anyio.Event | None = None
+        self._wakeup: Any = None   # a one-shot slot (backend.waiter_factory) while waiting
         self._registration: Registration | None = None
         self.dropped_total = 0      # events dropped over the subscription's life
 
@@ -236,7 +240,8 @@ class EventSubscription(Generic[T]):
         wakeup = self._wakeup
         if wakeup is not None:
             self._wakeup = None
-            wakeup.set()
+            if not wakeup.done():
+                wakeup.set_result(None)
 
     def close(self) -> None:
         """The connection is gone: end iteration (after the buffered events, and the
@@ -250,8 +255,8 @@ class EventSubscription(Generic[T]):
     def _end(self) -> None:
         self._ended = True
         wakeup, self._wakeup = self._wakeup, None
-        if wakeup is not None:
-            wakeup.set()
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
 
     def __aiter__(self) -> AsyncIterator[T | Dropped | Resync]:
         return self._iterate()
@@ -261,6 +266,7 @@ class EventSubscription(Generic[T]):
         if owned:
             await self.start()
         buffer, convert = self._buffer, self._convert
+        new_waiter = waiter_factory()
         try:
             while True:
                 if self._resync_lost:
@@ -281,8 +287,11 @@ class EventSubscription(Generic[T]):
                 elif self._ended:
                     return
                 else:
-                    self._wakeup = wakeup = anyio.Event()
-                    await wakeup.wait()
+                    self._wakeup = wakeup = new_waiter()
+                    try:
+                        await wakeup
+                    finally:
+                        self._wakeup = None
         finally:
             if owned:
                 await self.stop()

@@ -44,6 +44,10 @@ class Sink(Protocol):
 
     def lost(self, exc: BaseException | None) -> None: ...
 
+    def fail(self, error: BaseException) -> None:
+        """End with ``error`` as it is (a transport that knows better than "connection
+        lost", e.g. a tunnel whose command failed before the daemon answered)."""
+
 
 class Transport(Protocol):
     def attach(self, sink: Sink) -> None: ...

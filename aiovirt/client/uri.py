@@ -17,13 +17,13 @@ from ..errors import InvalidURI
 __all__ = ["ConnectionURI", "parse_uri", "SUPPORTED_TRANSPORTS"]
 
 TRANSPORTS = ("unix", "tcp", "tls", "ssh", "libssh", "libssh2", "ext")
-SUPPORTED_TRANSPORTS = ("unix", "tcp")
+SUPPORTED_TRANSPORTS = ("unix", "tcp", "tls", "ssh", "libssh", "libssh2", "ext")
 DEFAULT_PORTS = {"tcp": 16509, "tls": 16514, "ssh": 22, "libssh": 22, "libssh2": 22}
 # Query parameters the client consumes; they are not part of the name sent to the server.
 CLIENT_PARAMS = {
     "name", "command", "socket", "auth", "netcat", "keyfile", "sshauth", "no_verify", "no_tty",
     "pkipath", "known_hosts", "known_hosts_verify", "mode", "proxy", "tls_priority", "tls",
-    "rollback",
+    "rollback", "authfile", "no_sanity",
 }
 
 _URI = re.compile(r"^(?P<scheme>[^:/?#]*):(?://(?P<authority>[^/?#]*))?(?P<path>[^?#]*)"

@@ -41,7 +41,7 @@ import subprocess
 import tempfile
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Self
 
@@ -81,7 +81,10 @@ def _free_port() -> int:
         return port
 
 
-def _quote(value: str | int) -> str:
+def _quote(value: str | int | Sequence[str]) -> str:
+    """A value as libvirtd.conf writes it: numbers bare, strings quoted, lists bracketed."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_quote(item) for item in value) + "]"
     if isinstance(value, bool):
         return str(int(value))
     if isinstance(value, int):
@@ -133,7 +136,7 @@ class PrivateDaemon:
     def __init__(self, workdir: str | os.PathLike[str] | None = None, *,
                  tcp_port: int | None = None, max_client_requests: int = 5,
                  keepalive_interval: int = 5, keepalive_count: int = 5,
-                 extra_config: Mapping[str, str | int] | None = None,
+                 extra_config: Mapping[str, str | int | Sequence[str]] | None = None,
                  env: Mapping[str, str] | None = None,
                  libvirtd: str = "libvirtd",
                  qemu_caps_cache: str | os.PathLike[str] | None = DEFAULT_CAPS_CACHE) -> None:
@@ -154,7 +157,7 @@ class PrivateDaemon:
         self._ns_id: str | None = None
         self._cgroups: list[str] = []        # host-side cgroup directories we made
         self._guests_at_kill: list[int] = []
-        self._config: dict[str, str | int] = {
+        self._config: dict[str, str | int | Sequence[str]] = {
             "unix_sock_dir": str(self.workdir), "listen_tcp": 1, "listen_tls": 0,
             "tcp_port": str(self.tcp_port), "tls_port": str(self.tls_port),
             "listen_addr": "127.0.0.1",

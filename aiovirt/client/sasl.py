@@ -1,0 +1,197 @@
+"""SASL client mechanisms, sans-IO: SCRAM-SHA-256, SCRAM-SHA-1 (RFC 5802, RFC 7677) and PLAIN.
+
+A mechanism turns the server's challenges into the client's responses and nothing else: it
+never reads a socket, so the RFC test vectors exercise it directly.  ``auth`` carries the
+bytes over ``AUTH_SASL_START`` / ``AUTH_SASL_STEP``.  SCRAM runs without channel binding
+(GS2 header ``n,,``) and checks the server's signature: a server that cannot prove it knows
+the password is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterable
+
+__all__ = ["IMPLEMENTED", "Mechanism", "Plain", "SaslError", "Scram", "choose_mechanism",
+           "make_mechanism", "parse_mechlist"]
+
+_GS2_HEADER = b"n,,"          # no channel binding, no authorization identity
+_MAX_ITERATIONS = 10_000_000  # a server asking for more is refused (a CPU-time trap)
+
+
+class SaslError(ValueError):
+    """The exchange broke: a malformed or dishonest server message, or a server error."""
+
+
+class Mechanism:
+    """One SASL exchange from the client's side.
+
+    ``initial()`` is the client's first message (None: the mechanism sends none first);
+    ``step(challenge)`` answers each server message; ``done`` is true once the client has
+    nothing left to check (for SCRAM: the server's signature was verified)."""
+
+    name: str = ""
+    done: bool = False
+
+    def initial(self) -> bytes | None:
+        raise NotImplementedError
+
+    def step(self, challenge: bytes) -> bytes:
+        raise NotImplementedError
+
+
+class Plain(Mechanism):
+    """PLAIN (RFC 4616): the password in clear, so only ever over TLS."""
+
+    name = "PLAIN"
+
+    def __init__(self, username: str, password: str, authzid: str = "") -> None:
+        for what, value in (("user name", username), ("password", password),
+                            ("authorization id", authzid)):
+            if "\0" in value:
+                raise SaslError(f"PLAIN: the {what} contains a NUL character")
+        self._message = f"{authzid}\0{username}\0{password}".encode()
+
+    def initial(self) -> bytes:
+        self.done = True
+        return self._message
+
+    def step(self, challenge: bytes) -> bytes:
+        if challenge:
+            raise SaslError("PLAIN: the server sent a challenge after the credentials")
+        return b""
+
+
+def _saslname(name: str) -> str:
+    """RFC 5802 §5.1: ``=`` and ``,`` in a user name are escaped."""
+    return name.replace("=", "=3D").replace(",", "=2C")
+
+
+def _attributes(message: bytes, what: str) -> list[tuple[str, str]]:
+    """Split a SCRAM message into ``(letter, value)`` pairs, in order."""
+    try:
+        text = message.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SaslError(f"{what} is not UTF-8") from None
+    pairs = []
+    for part in text.split(","):
+        if len(part) < 2 or part[1] != "=" or not part[0].isalpha():
+            raise SaslError(f"{what} is malformed: {text!r}")
+        pairs.append((part[0], part[2:]))
+    return pairs
+
+
+class Scram(Mechanism):
+    """SCRAM-SHA-256 or SCRAM-SHA-1, client side, without channel binding.
+
+    ``nonce`` fixes the client nonce (for test vectors); otherwise 24 random bytes, base64.
+    The password is used as UTF-8 without SASLprep, as Cyrus SASL (libvirtd's library) does."""
+
+    HASHES = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-1": "sha1"}
+
+    def __init__(self, name: str, username: str, password: str,
+                 nonce: str | None = None) -> None:
+        if name not in self.HASHES:
+            raise SaslError(f"{name}: not a SCRAM mechanism aiovirt implements")
+        self.name = name
+        self._hash = self.HASHES[name]
+        self._password = password.encode("utf-8")
+        self._nonce = nonce or base64.b64encode(secrets.token_bytes(24)).decode()
+        if "," in self._nonce:
+            raise SaslError("a SCRAM nonce cannot contain ','")
+        self._first_bare = f"n={_saslname(username)},r={self._nonce}".encode()
+        self._server_signature: bytes | None = None
+        self._state = "initial"
+
+    def _hmac(self, key: bytes, message: bytes) -> bytes:
+        return hmac.new(key, message, self._hash).digest()
+
+    def initial(self) -> bytes:
+        if self._state != "initial":
+            raise SaslError(f"{self.name}: the exchange has already started")
+        self._state = "first-sent"
+        return _GS2_HEADER + self._first_bare
+
+    def step(self, challenge: bytes) -> bytes:
+        if self._state == "first-sent":
+            self._state = "final-sent"
+            return self._client_final(challenge)
+        if self._state == "final-sent":
+            self._verify(challenge)
+            self._state = "done"
+            self.done = True
+            return b""
+        raise SaslError(f"{self.name}: unexpected server message after the exchange ended")
+
+    def _client_final(self, server_first: bytes) -> bytes:
+        attrs = _attributes(server_first, f"{self.name} server-first-message")
+        if attrs and attrs[0][0] == "e":
+            raise SaslError(f"{self.name}: the server says {attrs[0][1]!r}")
+        if attrs and attrs[0][0] == "m":
+            raise SaslError(f"{self.name}: the server demands an extension ({attrs[0][1]!r})")
+        values = dict(attrs)
+        if [k for k, _ in attrs[:3]] != ["r", "s", "i"]:
+            raise SaslError(f"{self.name}: server-first-message lacks r=, s= or i=: "
+                            f"{server_first!r}")
+        nonce = values["r"]
+        if not nonce.startswith(self._nonce) or len(nonce) <= len(self._nonce):
+            raise SaslError(f"{self.name}: the server's nonce does not extend ours")
+        try:
+            salt = base64.b64decode(values["s"], validate=True)
+        except ValueError:
+            raise SaslError(f"{self.name}: the salt is not base64: {values['s']!r}") from None
+        if not values["i"].isdigit() or not 0 < int(values["i"]) <= _MAX_ITERATIONS:
+            raise SaslError(f"{self.name}: iteration count {values['i']!r} is not a number "
+                            f"from 1 to {_MAX_ITERATIONS}")
+        salted = hashlib.pbkdf2_hmac(self._hash, self._password, salt, int(values["i"]))
+        client_key = self._hmac(salted, b"Client Key")
+        stored_key = hashlib.new(self._hash, client_key).digest()
+        without_proof = b"c=" + base64.b64encode(_GS2_HEADER) + b",r=" + nonce.encode()
+        auth_message = self._first_bare + b"," + server_first + b"," + without_proof
+        signature = self._hmac(stored_key, auth_message)
+        proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
+        self._server_signature = self._hmac(self._hmac(salted, b"Server Key"), auth_message)
+        return without_proof + b",p=" + base64.b64encode(proof)
+
+    def _verify(self, server_final: bytes) -> None:
+        attrs = _attributes(server_final, f"{self.name} server-final-message")
+        if attrs[0][0] == "e":
+            raise SaslError(f"{self.name}: the server says {attrs[0][1]!r}")
+        if attrs[0][0] != "v":
+            raise SaslError(f"{self.name}: server-final-message lacks v=: {server_final!r}")
+        try:
+            signature = base64.b64decode(attrs[0][1], validate=True)
+        except ValueError:
+            raise SaslError(f"{self.name}: the server signature is not base64") from None
+        assert self._server_signature is not None
+        if not hmac.compare_digest(signature, self._server_signature):
+            raise SaslError(f"{self.name}: the server's signature is wrong: it does not know "
+                            "the password (an impostor, or a broken server)")
+
+
+# Strongest first; PLAIN only where the channel is encrypted (the caller decides).
+IMPLEMENTED = ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
+
+
+def parse_mechlist(mechlist: str) -> list[str]:
+    """The mechanisms of a server's list (Cyrus separates them with spaces or commas)."""
+    return [m.upper() for m in mechlist.replace(",", " ").split()]
+
+
+def choose_mechanism(offered: Iterable[str], allow_plain: bool) -> str | None:
+    """The strongest mechanism both sides have, or None."""
+    offered = {m.upper() for m in offered}
+    for name in IMPLEMENTED:
+        if name in offered and (name != "PLAIN" or allow_plain):
+            return name
+    return None
+
+
+def make_mechanism(name: str, username: str, password: str) -> Mechanism:
+    """A fresh client for mechanism ``name`` (one of ``IMPLEMENTED``)."""
+    if name == "PLAIN":
+        return Plain(username, password)
+    return Scram(name, username, password)

@@ -1,0 +1,373 @@
+"""The ``tls`` transport: TCP, a TLS session (Python's ``ssl``), then libvirtd's go-ahead byte.
+
+Credentials are found as libvirt's client finds them (``locate_files``).  The server's
+certificate is checked against the CA and the URI's host name during the handshake; after it
+libvirtd checks ours (and our address) and sends one byte, ``\\x01`` to go on.  That byte is
+read here and never reaches the RPC layer.  Every step is bounded: ``HANDSHAKE_TIMEOUT`` for
+the TCP connection and the TLS handshake, ``STATUS_TIMEOUT`` for the byte.
+
+URI parameters: ``pkipath=DIR``, ``no_verify=1`` (as in libvirt: connect even if the server's
+certificate fails validation, CA and host name alike; the CA file must still exist).
+``tls_priority`` (a GnuTLS priority string) is ignored with a logged warning: it has no
+faithful OpenSSL translation, and refusing would fail URIs that work with virsh; Python's
+defaults (TLS 1.2 or newer, OpenSSL's default suites) are no weaker than GnuTLS's
+``NORMAL``, libvirt's default.  ``no_sanity`` (libvirt's pre-flight checks of local
+certificates) has no counterpart here: OpenSSL checks that key and certificate match on load.
+
+Failures: ``AuthenticationError`` when a certificate is refused (theirs by us, or ours by
+the server); ``ConnectionFailed`` for everything else (files missing or unusable, the host
+unreachable, a handshake that fails or times out).  Each message names the host and port and
+the files concerned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import ssl
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.abc
+from anyio.streams.tls import TLSStream
+
+from ..errors import AuthenticationError, ConnectionFailed, InvalidURI
+from .backend import asyncio_loop
+from .transport import AnyioTransport, AsyncioTransport, Spawn, Transport
+from .uri import ConnectionURI
+
+__all__ = ["HANDSHAKE_TIMEOUT", "STATUS_TIMEOUT", "TLSFiles", "client_context", "dial_tls",
+           "locate_files"]
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT = 20.0   # seconds for TCP connect + TLS handshake
+STATUS_TIMEOUT = 20.0      # seconds for the server's status byte after the handshake
+
+# libvirt's built-in locations (src/rpc/virnettlscontext.c, LIBVIRT_PKI_DIR = /etc/pki)
+SYSTEM_CACERT = "/etc/pki/CA/cacert.pem"
+SYSTEM_CACRL = "/etc/pki/CA/cacrl.pem"
+SYSTEM_CERT = "/etc/pki/libvirt/clientcert.pem"
+SYSTEM_KEY = "/etc/pki/libvirt/private/clientkey.pem"
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """The files a TLS client uses, and every place looked at for them (for messages)."""
+
+    cacert: str
+    cacrl: str
+    cert: str
+    key: str
+    ca_tried: tuple[str, ...]
+    pair_tried: tuple[tuple[str, str], ...]
+
+
+def locate_files(pkipath: str | None = None, *, home: str | None = None,
+                 euid: int | None = None,
+                 exists: Callable[[str], bool] = os.path.exists) -> TLSFiles:
+    """Where libvirt's client looks: all of ``pkipath`` if given (existing or not); else, not
+    as root, ``HOME/.pki/libvirt`` with each of CA and CRL, and the certificate and key as a
+    pair, falling back to the system files; as root the system files only."""
+    if pkipath is not None:
+        def inside(name: str) -> str:
+            return os.path.join(pkipath, name)
+        cert, key = inside("clientcert.pem"), inside("clientkey.pem")
+        return TLSFiles(inside("cacert.pem"), inside("cacrl.pem"), cert, key,
+                        (inside("cacert.pem"),), ((cert, key),))
+    if (os.geteuid() if euid is None else euid) == 0:
+        return TLSFiles(SYSTEM_CACERT, SYSTEM_CACRL, SYSTEM_CERT, SYSTEM_KEY,
+                        (SYSTEM_CACERT,), ((SYSTEM_CERT, SYSTEM_KEY),))
+    user = os.path.join(os.path.expanduser("~") if home is None else home, ".pki", "libvirt")
+    cacert, cacrl = os.path.join(user, "cacert.pem"), os.path.join(user, "cacrl.pem")
+    cert, key = os.path.join(user, "clientcert.pem"), os.path.join(user, "clientkey.pem")
+    user_pair = exists(cert) and exists(key)
+    return TLSFiles(cacert if exists(cacert) else SYSTEM_CACERT,
+                    cacrl if exists(cacrl) else SYSTEM_CACRL,
+                    cert if user_pair else SYSTEM_CERT, key if user_pair else SYSTEM_KEY,
+                    (cacert, SYSTEM_CACERT), ((cert, key), (SYSTEM_CERT, SYSTEM_KEY)))
+
+
+class _EncryptedKey(Exception):
+    """Raised from OpenSSL's password callback: we never prompt for a key's password."""
+
+
+def _no_password() -> bytes:
+    raise _EncryptedKey
+
+
+def client_context(files: TLSFiles, *, verify: bool = True, where: str = "",
+                   exists: Callable[[str], bool] = os.path.exists) -> tuple[ssl.SSLContext, bool]:
+    """An SSL context trusting ``files.cacert`` (and its CRL if present) with our certificate
+    if both it and its key exist, as libvirt's client does; and whether we have one.
+    ``verify=False`` is libvirt's ``no_verify=1``; ``where`` (host:port) goes in messages."""
+    tls = f"TLS to {where}" if where else "TLS"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if not exists(files.cacert):
+        raise ConnectionFailed(f"{tls}: no CA certificate: looked for "
+                               + " and ".join(files.ca_tried)
+                               + " (pkipath=DIR sets the directory)")
+    try:
+        context.load_verify_locations(cafile=files.cacert)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConnectionFailed(f"{tls}: cannot use CA certificate {files.cacert}: "
+                               f"{getattr(exc, 'strerror', None) or exc}") from exc
+    if exists(files.cacrl):
+        try:
+            context.load_verify_locations(cafile=files.cacrl)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConnectionFailed(f"{tls}: cannot use revocation list {files.cacrl}: "
+                                   f"{getattr(exc, 'strerror', None) or exc}") from exc
+        context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    have_cert = exists(files.cert) and exists(files.key)
+    if have_cert:
+        try:
+            context.load_cert_chain(files.cert, files.key, password=_no_password)
+        except _EncryptedKey:
+            raise ConnectionFailed(f"{tls}: private key {files.key} is encrypted: libvirt's "
+                                   "client reads unencrypted keys only") from None
+        except (OSError, ssl.SSLError) as exc:
+            raise ConnectionFailed(f"{tls}: cannot use client certificate {files.cert} with key "
+                                   f"{files.key}: {getattr(exc, 'strerror', None) or exc}"
+                                   ) from exc
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context, have_cert
+
+
+def _flag(uri: ConnectionURI, name: str) -> bool:
+    """A libvirt boolean URI parameter: an integer (strtol's syntax), true when not 0."""
+    value = uri.params.get(name)
+    if value is None:
+        return False
+    if not re.fullmatch(r"\s*[+-]?[0-9]+", value):
+        raise InvalidURI(f"{uri.uri!r}: {name}={value!r} is not an integer")
+    return int(value) != 0
+
+
+class _StatusByte(asyncio.Protocol):
+    """The first protocol of a TLS connection: takes the server's status byte, then stops
+    reading until the real protocol replaces it."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.status: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.rest = b""
+        self.lost: tuple[Exception | None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.status.done():
+            self.rest += data
+            return
+        self.status.set_result(data[:1])
+        self.rest = data[1:]
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        if not self.status.done():
+            self.status.set_result(b"")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = (exc,)
+        if not self.status.done():
+            self.status.set_result(b"")
+
+
+class _PacketCutter:
+    """Cuts the bytes we send at libvirt packet boundaries, so that no TLS record carries the
+    end of one packet and the start of the next: libvirtd 9.0 reads one packet per wake-up
+    and asks the socket, not GnuTLS's buffer, whether more is waiting (virnetsocket.c
+    virNetSocketHasCachedData), so a second packet in the same record would wait for the
+    next bytes to arrive (a keepalive, 5 s later)."""
+
+    def __init__(self) -> None:
+        self._left = 0                 # bytes of the current packet still to come
+        self._length = bytearray()     # a length word being collected
+
+    def cut(self, data: bytes | bytearray | memoryview) -> list[memoryview]:
+        view = memoryview(data).cast("B")
+        pieces: list[memoryview] = []
+        start = pos = 0
+        while pos < len(view):
+            if self._left == 0:
+                word = view[pos:pos + 4 - len(self._length)]
+                self._length += word
+                pos += len(word)
+                if len(self._length) < 4:
+                    break
+                self._left = max(int.from_bytes(self._length, "big") - 4, 0)
+                self._length.clear()
+            step = min(self._left, len(view) - pos)
+            pos += step
+            self._left -= step
+            if self._left == 0:
+                pieces.append(view[start:pos])
+                start = pos
+        if start < len(view):
+            pieces.append(view[start:])
+        return pieces
+
+
+class _RecordPerPacket:
+    """An asyncio transport that writes each packet (or part of one) to the TLS transport
+    separately; everything else is the TLS transport's own."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._cutter = _PacketCutter()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        for piece in self._cutter.cut(data):
+            self._transport.write(piece)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class _RecordPerPacketStream(anyio.abc.ByteStream):
+    """The anyio counterpart: one ``send`` on the TLS stream per packet (or part of one)."""
+
+    def __init__(self, stream: TLSStream) -> None:
+        self._stream = stream
+        self._cutter = _PacketCutter()
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        return await self._stream.receive(max_bytes)
+
+    async def send(self, item: bytes) -> None:
+        for piece in self._cutter.cut(item):
+            await self._stream.send(piece)  # type: ignore[arg-type]
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return self._stream.extra_attributes
+
+
+def _timed_out(where: str, what: str, seconds: float) -> ConnectionFailed:
+    return ConnectionFailed(f"TLS to {where}: {what} within {seconds:g} s")
+
+
+async def _dial_asyncio(loop: asyncio.AbstractEventLoop, host: str, port: int,
+                        context: ssl.SSLContext, check: Callable[[bytes], None]) -> Transport:
+    where = f"{host}:{port}"
+    try:
+        with anyio.fail_after(HANDSHAKE_TIMEOUT):
+            transport, first = await loop.create_connection(
+                _StatusByte, host, port, ssl=context, server_hostname=host,
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+    except TimeoutError:
+        raise _timed_out(where, "no connection and TLS handshake", HANDSHAKE_TIMEOUT) from None
+    try:
+        try:
+            with anyio.fail_after(STATUS_TIMEOUT):
+                status = await first.status
+        except TimeoutError:
+            raise _timed_out(where, "no status byte after the TLS handshake",
+                             STATUS_TIMEOUT) from None
+        check(status)
+    except BaseException:
+        transport.abort()
+        raise
+    protocol = AsyncioTransport()
+    transport.set_protocol(protocol)
+    protocol.connection_made(_RecordPerPacket(transport))  # type: ignore[arg-type]
+    if first.rest:
+        protocol.data_received(first.rest)
+    if first.lost is not None:
+        protocol.connection_lost(first.lost[0])
+    else:
+        transport.resume_reading()
+    return protocol
+
+
+async def _dial_anyio(host: str, port: int, context: ssl.SSLContext, spawn: Spawn,
+                      check: Callable[[bytes], None]) -> Transport:
+    where = f"{host}:{port}"
+    try:
+        with anyio.fail_after(HANDSHAKE_TIMEOUT):
+            tcp = await anyio.connect_tcp(host, port)
+    except TimeoutError:
+        raise _timed_out(where, "no TCP connection", HANDSHAKE_TIMEOUT) from None
+    try:
+        try:
+            with anyio.fail_after(HANDSHAKE_TIMEOUT):
+                stream = await TLSStream.wrap(tcp, hostname=host, ssl_context=context,
+                                              standard_compatible=False)
+        except TimeoutError:
+            raise _timed_out(where, "no TLS handshake", HANDSHAKE_TIMEOUT) from None
+        try:
+            with anyio.fail_after(STATUS_TIMEOUT):
+                status = await stream.receive(1)
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            status = b""
+        except TimeoutError:
+            raise _timed_out(where, "no status byte after the TLS handshake",
+                             STATUS_TIMEOUT) from None
+        check(status)
+    except BaseException:
+        await anyio.aclose_forcefully(tcp)
+        raise
+    return AnyioTransport(_RecordPerPacketStream(stream), spawn)
+
+
+async def dial_tls(uri: ConnectionURI, spawn: Spawn, native: bool) -> Transport:
+    """Connect to the daemon's ``listen_tls`` port and pass its checks (see the module)."""
+    host, port = uri.address
+    where = f"{host}:{port}"
+    verify = not _flag(uri, "no_verify")
+    if "tls_priority" in uri.params:
+        log.warning("%s: tls_priority=%r ignored: GnuTLS priority strings do not apply to "
+                    "Python's ssl", where, uri.params["tls_priority"])
+    files = locate_files(uri.params.get("pkipath"))
+    context, have_cert = client_context(files, verify=verify, where=where)
+    if have_cert:
+        ours = f"our certificate {files.cert}"
+    else:
+        ours = "our connection without a client certificate (none found at " + "; ".join(
+            f"{cert} with {key}" for cert, key in files.pair_tried) + ")"
+
+    def check(status: bytes) -> None:
+        if status == b"\x01":
+            return
+        said = (f"sent {status!r} instead of b'\\x01'" if status
+                else "closed the connection")
+        raise AuthenticationError(
+            f"TLS to {where}: the server {said} after the handshake: it refused {ours} "
+            "or our address (server verification failed; see libvirtd's "
+            "tls_no_verify_certificate and tls_allowed_dn_list)")
+
+    loop = asyncio_loop() if native else None
+    try:
+        if loop is not None:
+            return await _dial_asyncio(loop, host, port, context, check)
+        return await _dial_anyio(host, port, context, spawn, check)
+    except ssl.SSLCertVerificationError as exc:
+        raise AuthenticationError(
+            f"TLS to {where}: the server's certificate failed verification against CA "
+            f"{files.cacert} for host {host!r}: {exc.verify_message or exc.reason} "
+            "(no_verify=1 skips this check, as in libvirt)") from exc
+    except ssl.SSLError as exc:
+        raise ConnectionFailed(f"TLS handshake with {where} failed: {exc.reason or exc} "
+                               f"(with {ours})") from exc
+    except (anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+        raise ConnectionFailed(f"TLS to {where}: the server closed the connection during "
+                               "the TLS handshake (is it libvirtd's TLS port?)") from exc
+    except OSError as exc:
+        raise ConnectionFailed(f"cannot connect to {where} (TLS): "
+                               f"{exc.strerror or exc}") from exc
