@@ -4,7 +4,7 @@ default event loop (``virEventRegisterDefaultImpl`` + a thread running
 ``virEventRunDefaultImpl``, ``domainEventRegisterAny``), interleaved rounds.
 
     .venv/bin/python benchmarks/events.py [--domains N] [--rounds N] [--workers N]
-                                          [--output FILE]
+                                          [--batch-window S] [--output FILE]
 
 The storm is the same for both: a separate process (this script with ``--produce``) that
 defines and undefines N test domains on its own aiovirt connection, ``--workers`` at a time,
@@ -31,10 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import aiovirt
+from aiovirt.client.channel import DEFAULT_EVENT_BATCH_WINDOW
 
 DOMAIN = ("<domain type='test'><name>{name}</name><memory unit='MiB'>8</memory>"
           "<os><type>hvm</type></os></domain>")
 LINES: list[str] = []
+BATCH_WINDOW = float(os.environ.get("AIOVIRT_EVENT_BATCH_WINDOW", DEFAULT_EVENT_BATCH_WINDOW))
 
 
 def say(line: str = "") -> None:
@@ -163,7 +165,8 @@ async def consume_child(kind: str, uri: str, prefix: str, want: int) -> None:
     seen = dropped = 0
     first = last = 0.0
     if kind == "aiovirt":
-        async with aiovirt.connect(uri) as conn, conn.domain_events(max_buffer=None) as events:
+        async with aiovirt.connect(uri, event_batch_window=BATCH_WINDOW) as conn, \
+                conn.domain_events(max_buffer=None) as events:
             print("ready", flush=True)
             c0 = time.process_time()
             async for event in events:
@@ -242,7 +245,7 @@ async def main(options: argparse.Namespace) -> None:
             PrivateDaemon(workdir) as daemon:
         uri = daemon.uri()
         lv = LvConsumer(uri)
-        async with aiovirt.connect(uri) as conn:
+        async with aiovirt.connect(uri, event_batch_window=BATCH_WINDOW) as conn:
             lib = await conn.get_lib_version()
             lvv = lv.libvirt.getVersion()
             say(f"# events: aiovirt {aiovirt.__version__} vs libvirt-python "
@@ -253,7 +256,8 @@ async def main(options: argparse.Namespace) -> None:
                 f"{lib // 1000 % 1000}.{lib % 1000}, test driver (shared host)")
             say(f"# storm: a separate process defines+undefines {count} domains on its own "
                 f"aiovirt connection, {workers} at a time: {2 * count} lifecycle events per "
-                f"round; {rounds} interleaved rounds (rotating who goes first)")
+                f"round; {rounds} interleaved rounds (rotating who goes first); aiovirt's "
+                f"event_batch_window {BATCH_WINDOW * 1e3:g} ms")
             say()
             disturbance = Disturbance(daemon.pid)
             live: dict[str, list[Result]] = {"aiovirt": [], "libvirt-python": []}
@@ -329,8 +333,13 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (5)")
     parser.add_argument("--workers", type=int, default=16, help="producer concurrency (16)")
     parser.add_argument("--mode", choices=("live", "backlog", "both"), default="both")
+    parser.add_argument("--batch-window", type=float, default=BATCH_WINDOW,
+                        help="aiovirt's event_batch_window, seconds (default: the library's)")
     parser.add_argument("--output", help="also write the report to this file")
     opts = parser.parse_args()
+    # the consumer child processes of the backlog mode read it from the environment
+    os.environ["AIOVIRT_EVENT_BATCH_WINDOW"] = str(opts.batch_window)
+    BATCH_WINDOW = opts.batch_window
     try:
         asyncio.run(main(opts))
     finally:

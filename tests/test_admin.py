@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from aiovirt.client.admin import AdminClient, admin_socket_for, server_settings
-from aiovirt.client.daemonconf import ConfSyntaxError, conf_uint
+from aiovirt.client.config import ConfSyntaxError, conf_uint, parse_conf
 from aiovirt.client.limits import _config_option, config_path, read_max_client_requests
 from aiovirt.client.uri import parse_uri
 from aiovirt.errors import CallTimeout, ConnectionFailed, LibvirtError
@@ -146,7 +146,7 @@ def test_getopt_reading_of_the_config_option():
     ("max_client_requests_x = 1\n", 5),
 ])
 def test_conf_reading(text, expected):
-    assert conf_uint(text, "max_client_requests", 5) == expected
+    assert conf_uint(parse_conf(text), "max_client_requests", 5) == expected
 
 
 @pytest.mark.parametrize("text", [
@@ -155,4 +155,22 @@ def test_conf_reading(text, expected):
 ])
 def test_conf_values_the_daemon_would_reject(text):
     with pytest.raises(ConfSyntaxError):
-        conf_uint(text, "max_client_requests", 5)
+        conf_uint(parse_conf(text), "max_client_requests", 5)
+
+
+async def test_connect_sizes_its_in_flight_cap_to_the_daemons_setting(tmp_path):
+    """With no ``max_in_flight``, a local connection takes the daemon's own
+    max_client_requests (here 11, not the default 5); an explicit value wins; over TCP the
+    setting cannot be read and libvirt's default stays."""
+    from aiovirt.client.connection import connect
+    with PrivateDaemon(tmp_path / "d", max_client_requests=11) as daemon:
+        async with connect(daemon.uri()) as conn:
+            assert conn.max_in_flight == 11
+            assert all(c.max_in_flight == 11 for c in conn.channels)
+            results = await asyncio.gather(*(conn.rpc.connect_get_lib_version()
+                                             for _ in range(40)))
+            assert len(results) == 40
+        async with connect(daemon.uri(), max_in_flight=3) as conn:
+            assert conn.max_in_flight == 3
+        async with connect(daemon.uri(transport="tcp")) as conn:
+            assert conn.max_in_flight == 5

@@ -27,6 +27,7 @@ from typing import Union
 from ..errors import InvalidURI
 
 __all__ = ["AuthConf", "ConfSyntaxError", "LibvirtConf", "SYSCONFDIR", "auth_conf_candidates",
+           "conf_uint",
            "find_auth_conf", "libvirt_conf_path", "load_libvirt_conf", "parse_conf",
            "parse_keyfile", "resolve_uri", "user_config_dir"]
 
@@ -79,7 +80,7 @@ class _ConfParser:
             if self.peek() != "=":
                 raise self.error(f"expecting '=' after {name!r}")
             self.pos += 1
-            values[name] = self.value()
+            values.setdefault(name, self.value())   # the first setting counts
             self.skip_blanks()
             if self.peek() == "#":
                 self.skip_comment()
@@ -151,8 +152,18 @@ class _ConfParser:
 
 def parse_conf(text: str, source: str = "<string>") -> dict[str, ConfValue]:
     """Parse libvirt's conf syntax (``libvirt.conf``, ``libvirtd.conf``...) into a dict;
-    a later setting of the same name wins.  ``ConfSyntaxError`` names ``source:line``."""
+    the first setting of a name counts, as in ``virConfGetValue`` (virconf.c appends entries
+    and looks up from the start).  ``ConfSyntaxError`` names ``source:line``."""
     return _ConfParser(text, source).parse()
+
+
+def conf_uint(values: dict[str, ConfValue], name: str, default: int) -> int:
+    """The unsigned int setting ``name`` as ``virConfGetValueUInt`` reads it (``default``
+    when absent); ``ConfSyntaxError`` when the daemon would reject the value."""
+    value = values.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0xFFFFFFFF:
+        raise ConfSyntaxError(f"{name}: expected an unsigned integer, got {value!r}")
+    return value
 
 
 # -- GLib key files (auth.conf) -------------------------------------------------------------

@@ -29,6 +29,7 @@ from .channel import DEFAULT_EVENT_BATCH_WINDOW, Channel
 from .config import resolve_uri
 from .dialers import Dialer, dial
 from .events import Registration, event_callback_id, event_family
+from .limits import DEFAULT_MAX_CLIENT_REQUESTS, read_max_client_requests
 from .reconnect import ConnectionState, Reconnect, StateChange
 from .uri import ConnectionURI, parse_uri
 
@@ -95,7 +96,7 @@ class RpcConnection:
 two.
     """
 
-    def __init__(self, uri: ConnectionURI, *, max_in_flight: int, lanes: int,
+    def __init__(self, uri: ConnectionURI, *, max_in_flight: int | None, lanes: int,
                  keepalive: tuple[float, int] | None, readonly: bool,
                  slow_procedures: frozenset[str], native: bool = True,
                  dialer: Dialer = dial, call_timeout: float | None = None,
@@ -108,7 +109,10 @@ two.
         self.reconnect = reconnect
         self.native = native
         self.dialer = dialer
-        self.max_in_flight = max_in_flight
+        # None: the daemon's own max_client_requests where it can be read (a local UNIX
+        # socket), else libvirt's default; read again on every reconnection
+        self.max_in_flight = max_in_flight or DEFAULT_MAX_CLIENT_REQUESTS
+        self._learn_in_flight = max_in_flight is None
         # The test driver with a node file gives every socket its own private state: a lane
         # would not see the main socket's objects, so such connections use one socket.
         self.lanes = 0 if uri.driver == "test" and uri.path not in ("/default", "") else lanes
@@ -147,6 +151,10 @@ two.
         otherwise hold every caller waiting for that lane)."""
         assert self._tasks is not None
         transport = await self.dialer(self.uri, self._tasks.start, self.native)
+        if name == "main" and self._learn_in_flight and self.uri.transport == "unix":
+            sock = transport.raw_socket
+            limit = read_max_client_requests(sock) if sock is not None else None
+            self.max_in_flight = max(1, limit or DEFAULT_MAX_CLIENT_REQUESTS)
         channel = Channel(transport, max_in_flight=self.max_in_flight, on_event=self._dispatch,
                           name=name,
                           on_closed=self._main_lost if name == "main" else None,
@@ -485,8 +493,10 @@ C = TypeVar("C", bound=RpcConnection)
 class connect(Generic[C]):  # noqa: N801 - reads as a function: ``await connect(uri)`` / ``async with``
     """Open a connection to ``uri``: ``conn = await connect(uri)`` or ``async with connect(uri)``.
 
-    ``max_in_flight``: calls in progress per socket (libvirtd's ``max_client_requests``,
-    5 by default); more wait in FIFO order.  ``lanes``: extra sockets for slow procedures.
+    ``max_in_flight``: calls in progress per socket; more wait in FIFO order.  None (the
+    default): the daemon's own ``max_client_requests``, read from the configuration it
+    runs with when it is a local daemon we may inspect (UNIX socket; see
+    ``aiovirt.client.limits``), else libvirt's default of 5.  ``lanes``: extra sockets for slow procedures.
     ``keepalive``: (interval seconds, missed intervals) before the server is declared dead,
     or None.  ``readonly`` opens a read-only connection.  ``native_transport=False`` uses
     anyio's generic streams even on asyncio (other backends always do).
@@ -517,7 +527,8 @@ class connect(Generic[C]):  # noqa: N801 - reads as a function: ``await connect(
 
     connection_class: type[C] = RpcConnection  # type: ignore[assignment]
 
-    def __init__(self, uri: str | None = None, *, max_in_flight: int = 5, lanes: int = 4,
+    def __init__(self, uri: str | None = None, *, max_in_flight: int | None = None,
+                 lanes: int = 4,
                  keepalive: tuple[float, int] | None = (5.0, 5), readonly: bool = False,
                  slow_procedures: frozenset[str] = SLOW_PROCEDURES,
                  native_transport: bool = True, dialer: Dialer | None = None,
@@ -531,8 +542,8 @@ class connect(Generic[C]):  # noqa: N801 - reads as a function: ``await connect(
             raise ValueError("connect_timeout must be more than 0 seconds (or None)")
         if not 0 <= event_batch_window <= 1:
             raise ValueError("event_batch_window must be between 0 and 1 second")
-        if max_in_flight < 1:
-            raise ValueError("max_in_flight must be at least 1")
+        if max_in_flight is not None and max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1 (or None)")
         if lanes < 0:
             raise ValueError("lanes must be 0 or more")
         self.connect_timeout = connect_timeout

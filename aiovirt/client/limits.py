@@ -15,7 +15,7 @@ import socket
 import struct
 from pathlib import Path
 
-from .daemonconf import ConfSyntaxError, conf_uint
+from .config import ConfSyntaxError, conf_uint, parse_conf
 
 __all__ = ["DEFAULT_MAX_CLIENT_REQUESTS", "config_path", "read_max_client_requests"]
 
@@ -50,7 +50,8 @@ def read_max_client_requests(sock: socket.socket) -> int | None:
         except FileNotFoundError:
             # libvirt ignores a missing implicit file; an explicit one would not have started
             return DEFAULT_MAX_CLIENT_REQUESTS if implicit else None
-        return conf_uint(text, "max_client_requests", DEFAULT_MAX_CLIENT_REQUESTS)
+        return conf_uint(parse_conf(text, path), "max_client_requests",
+                         DEFAULT_MAX_CLIENT_REQUESTS)
     except (OSError, ValueError, ConfSyntaxError):
         return None
 

@@ -294,6 +294,10 @@ class CommandTransport:
     def fd_passing(self) -> str | None:
         return f"file descriptors cannot pass through a tunnel ({self._what})"
 
+    @property
+    def raw_socket(self) -> None:
+        return None   # our end of a socketpair: the daemon is beyond the command
+
     async def send_with_fds(self, packet: bytes, fds: list[int]) -> None:
         raise anyio.BrokenResourceError(self.fd_passing)
 

@@ -75,6 +75,11 @@ class Transport(Protocol):
     def fd_passing(self) -> str | None:
         """None if file descriptors can pass; else why not (names the transport)."""
 
+    @property
+    def raw_socket(self) -> socket.socket | None:
+        """The socket to the daemon itself, when there is one (not through a tunnel): for
+        asking the kernel who the peer is (``limits.read_max_client_requests``)."""
+
     async def send_with_fds(self, packet: bytes, fds: list[int]) -> None: ...
 
     def expect_fds(self, on: bool) -> None: ...
@@ -129,6 +134,11 @@ class AsyncioTransport(asyncio.Protocol):
             self._lost = (exc,)
         else:
             self._sink.lost(exc)
+
+    @property
+    def raw_socket(self) -> socket.socket | None:
+        transport = self._transport
+        return None if transport is None else transport.get_extra_info("socket")
 
     # Transport
     def attach(self, sink: Sink) -> None:
@@ -348,6 +358,12 @@ class AnyioTransport:
         self._spawn = spawn
         self._send, self._receive = anyio.create_memory_object_stream[bytes](math.inf)
         self._closing = False
+
+    @property
+    def raw_socket(self) -> socket.socket | None:
+        sock: socket.socket | None = self._stream.extra(anyio.abc.SocketAttribute.raw_socket,
+                                                        None)
+        return sock
 
     def attach(self, sink: Sink) -> None:
         async def read() -> None:
