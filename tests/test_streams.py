@@ -312,3 +312,27 @@ async def test_tunnelled_migration_without_a_cookie_is_refused_locally(daemon):
         with pytest.raises(ValueError, match="cookie"):
             await conn.migrate_prepare_tunnel({"destination_xml": incoming_guest_xml("x")})
         assert daemon.running
+
+
+def test_backpressure_under_trio(daemon, tmp_path):
+    """The anyio transport (trio) bounds a stalled download too, and an upload's sends wait
+    for the writer task instead of queueing without limit."""
+    import trio
+
+    async def main() -> None:
+        async with dir_pool(daemon, tmp_path) as (conn, p):
+            payload = os.urandom(24 * MiB)
+            vol = await new_volume(p, len(payload))
+            async with await vol.upload() as up:
+                await up.send(payload)
+                transport = up.channel.transport
+                assert transport._unsent <= 2 * MiB + CHUNK    # drained, not all queued
+            stream = await vol.download()
+            with anyio.fail_after(10):
+                while not stream.channel.reading_paused:
+                    await anyio.sleep(0.01)
+            assert stream._buffered <= stream.buffer_limit + (1 << 18)
+            got = await read_all(stream)
+            assert b"".join(got) == payload  # type: ignore[arg-type]
+
+    trio.run(main)

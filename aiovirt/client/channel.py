@@ -28,8 +28,10 @@ from .uri import ConnectionURI, parse_uri
 
 __all__ = ["DEFAULT_EVENT_BATCH_WINDOW", "Channel", "StreamSink"]
 
-# How long a socket rests after a read that brought events (``connect(event_batch_window=)``).
+# How long a socket rests after a read that brought events (``connect(event_batch_window=)``),
+# and the reads that count as a trickle (bigger ones mean a backlog: no rest).
 DEFAULT_EVENT_BATCH_WINDOW = 0.001
+_BATCH_BELOW = 16384
 
 _BROKEN = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 _FEATURE_KEEPALIVE = 10
@@ -179,7 +181,10 @@ class Channel:
         outgoing = protocol.data_to_send()
         if outgoing:
             self._write(outgoing)
-        if (events and self.batch_window and protocol.pending == 0 and self._loop is not None
+        # a small read is events trickling in: rest so they gather; a big one is a backlog,
+        # read on at once
+        if (events and len(data) < _BATCH_BELOW and self.batch_window and protocol.pending == 0
+                and self._loop is not None
                 and self._batch_timer is None and not self.reading_paused
                 and self.closed is None and self.transport.pause_reading()):
             self._batch_timer = self._loop.call_later(self.batch_window, self._end_batch)

@@ -8,10 +8,12 @@ answered the same way; either side aborts with STREAM/ERROR (libvirt's
 ``virnetclientstream.c`` and ``remote_daemon_stream.c``).
 
 Flow control: libvirt has no stream window, the server just sends.  A stream keeps at most
-``buffer_limit`` bytes unread; beyond that its channel stops reading the socket (asyncio),
-so the kernel's socket buffers fill and the daemon waits, and reading resumes once the
+``buffer_limit`` bytes unread; beyond that its channel stops reading the socket (every
+backend: asyncio's transport pauses, anyio's reader task waits), so the kernel's socket
+buffers fill and the daemon waits, and reading resumes once the
 consumer has taken half of it.  While paused the channel keeps pinging so the daemon's
-keepalive stays content.  Sending waits while the socket's send buffer is full.  Streams
+keepalive stays content.  Sending waits while the socket's send buffer (asyncio) or the
+writer task's queue (other backends, above 1 MiB) is full.  Streams
 opened through ``open_stream`` get a socket of their own, so a paused stream holds up no
 other call (on a connection without lanes they share the main socket).
 """

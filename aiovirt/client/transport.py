@@ -35,6 +35,8 @@ __all__ = ["AnyioTransport", "AsyncioTransport", "Sink", "Spawn", "Transport"]
 
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]], str], None]
 _BROKEN = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
+# the anyio transport's writer queue: drain() waits above the high mark until the low one
+_HIGH_WATER, _LOW_WATER = 1 << 20, 1 << 18
 
 
 class Sink(Protocol):
@@ -358,6 +360,9 @@ class AnyioTransport:
         self._spawn = spawn
         self._send, self._receive = anyio.create_memory_object_stream[bytes](math.inf)
         self._closing = False
+        self._paused: anyio.Event | None = None     # set to resume, while reading is paused
+        self._unsent = 0                            # bytes queued for the writer task
+        self._sent: anyio.Event | None = None       # drain() waits on it
 
     @property
     def raw_socket(self) -> socket.socket | None:
@@ -369,6 +374,10 @@ class AnyioTransport:
         async def read() -> None:
             try:
                 while True:
+                    paused = self._paused
+                    if paused is not None:
+                        await paused.wait()
+                        continue
                     sink.feed(await self._stream.receive(1 << 18))
             except anyio.EndOfStream:
                 sink.lost(None)
@@ -384,7 +393,13 @@ class AnyioTransport:
                             chunks.append(self._receive.receive_nowait())
                         except (anyio.WouldBlock, anyio.EndOfStream):
                             break
-                    await self._stream.send(b"".join(chunks))
+                    data = b"".join(chunks)
+                    await self._stream.send(data)
+                    self._unsent -= len(data)
+                    sent = self._sent
+                    if sent is not None and self._unsent <= _LOW_WATER:
+                        self._sent = None
+                        sent.set()
             except _BROKEN as exc:
                 sink.lost(exc)
 
@@ -396,6 +411,7 @@ class AnyioTransport:
             self._send.send_nowait(data)
         except anyio.ClosedResourceError:
             raise anyio.BrokenResourceError("the socket is closed") from None
+        self._unsent += len(data)
 
     def write_parts(self, header: bytes, payload: memoryview) -> None:
         self.write(header + bytes(payload))   # queued for the writer task: a copy it owns
@@ -405,6 +421,10 @@ class AnyioTransport:
             return
         self._closing = True
         self._send.close()
+        self.resume_reading()
+        sent, self._sent = self._sent, None
+        if sent is not None:
+            sent.set()
 
         async def close() -> None:
             with anyio.CancelScope(shield=True):
@@ -412,16 +432,27 @@ class AnyioTransport:
 
         self._spawn(close, "aiovirt close")
 
-    # flow control: the writer task takes everything and the reader always reads, so a slow
-    # consumer's data is buffered (aiovirt.client.streams says so)
+    # flow control: the reader waits before its next receive while paused; drain() waits
+    # while the writer task has more than _HIGH_WATER bytes queued
     def pause_reading(self) -> bool:
-        return False
+        if self._closing:
+            return False
+        if self._paused is None:
+            self._paused = anyio.Event()
+        return True
 
     def resume_reading(self) -> None:
-        pass
+        paused, self._paused = self._paused, None
+        if paused is not None:
+            paused.set()
 
     async def drain(self) -> None:
-        await anyio.lowlevel.checkpoint()
+        if self._unsent <= _HIGH_WATER or self._closing:
+            await anyio.lowlevel.checkpoint()
+            return
+        if self._sent is None:
+            self._sent = anyio.Event()
+        await self._sent.wait()
 
     # FD passing is not implemented on this path
     @property
