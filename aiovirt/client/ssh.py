@@ -39,7 +39,7 @@ import anyio
 from ..errors import ConnectionFailed, InvalidURI
 from .backend import asyncio_loop
 from .dialers import dial_socket
-from .transport import Sink, Spawn, Transport
+from .transport import NoFdPassing, Sink, Spawn, Transport
 from .uri import ConnectionURI
 
 __all__ = ["CommandTransport", "dial_ext", "dial_ssh", "remote_command", "shell_quote",
@@ -176,7 +176,7 @@ def ssh_command(uri: ConnectionURI, readonly: bool = False) -> list[str]:
 
 
 # -- the transport ------------------------------------------------------------------------------
-class CommandTransport:
+class CommandTransport(NoFdPassing):
     """A transport over a child's stdio: the socket's own transport, plus the child, which it
     terminates and reaps on close, and whose stderr explains a tunnel that ends."""
 
@@ -297,15 +297,6 @@ class CommandTransport:
     @property
     def raw_socket(self) -> None:
         return None   # our end of a socketpair: the daemon is beyond the command
-
-    async def send_with_fds(self, packet: bytes, fds: list[int]) -> None:
-        raise anyio.BrokenResourceError(self.fd_passing)
-
-    def expect_fds(self, on: bool) -> None:
-        pass
-
-    def take_fds(self, count: int) -> list[int]:
-        return []
 
     def close(self) -> None:
         """Close the socket, terminate the child and reap it.  A thread of its own does the

@@ -31,7 +31,7 @@ import anyio.abc
 import anyio.lowlevel
 
 
-__all__ = ["AnyioTransport", "AsyncioTransport", "Sink", "Spawn", "Transport"]
+__all__ = ["AnyioTransport", "AsyncioTransport", "NoFdPassing", "Sink", "Spawn", "Transport"]
 
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]], str], None]
 _BROKEN = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
@@ -352,7 +352,23 @@ class AsyncioTransport(asyncio.Protocol):
                 transport.resume_reading()
 
 
-class AnyioTransport:
+class NoFdPassing:
+    """The FD-passing part of a transport that cannot carry file descriptors: the channel
+    checks ``fd_passing`` (the reason) before sending any."""
+
+    fd_passing: Any
+
+    async def send_with_fds(self, packet: bytes, fds: list[int]) -> None:
+        raise anyio.BrokenResourceError(self.fd_passing)
+
+    def expect_fds(self, on: bool) -> None:
+        pass
+
+    def take_fds(self, count: int) -> list[int]:
+        return []
+
+
+class AnyioTransport(NoFdPassing):
     """Any anyio backend: a reader task feeds the sink, a writer task coalesces writes."""
 
     def __init__(self, stream: anyio.abc.ByteStream, spawn: Spawn) -> None:
@@ -460,11 +476,4 @@ class AnyioTransport:
         return ("file descriptors cannot pass over the anyio stream transport (used off "
                 "asyncio): FD passing needs the asyncio transport on a UNIX socket")
 
-    async def send_with_fds(self, packet: bytes, fds: list[int]) -> None:
-        raise anyio.BrokenResourceError(self.fd_passing)
 
-    def expect_fds(self, on: bool) -> None:
-        pass
-
-    def take_fds(self, count: int) -> list[int]:
-        return []
