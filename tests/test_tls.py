@@ -4,6 +4,7 @@ that misbehaves after the handshake; plus the credential lookup order as units."
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import shutil
 import socket
@@ -427,3 +428,42 @@ def test_missing_ca_error_names_every_path_tried():
                        match="looked for /home/u/.pki/libvirt/cacert.pem and "
                              "/etc/pki/CA/cacert.pem"):
         client_context(files, exists=lambda p: False)
+
+
+# -- (i) expired certificates --------------------------------------------------------------------
+@pytest.mark.parametrize("native", [True, False], ids=["asyncio-protocol", "anyio-stream"])
+async def test_expired_client_certificate_is_refused_promptly(tls_daemon, pki, native):
+    """libvirtd verifies the client certificate after the handshake (GnuTLS finds it expired;
+    libvirtd's log says only "not trusted") and closes without its status byte: a clear
+    AuthenticationError naming our certificate, within seconds."""
+    expired = pki.ca.issue(pki.root / f"expired-client-{native}", "client", expired=True)
+    pkipath = pki.pkipath(f"expired-client-{native}", client=expired)
+    started = time.monotonic()
+    with anyio.fail_after(10), pytest.raises(aiovirt.AuthenticationError) as caught:
+        await calls(tls_uri(tls_daemon, pkipath), native_transport=native)
+    assert time.monotonic() - started < 3
+    message = str(caught.value)
+    assert "closed the connection after the handshake" in message
+    assert f"refused our certificate {pkipath}/clientcert.pem" in message
+    # and the daemon is none the worse for it
+    assert await calls(tls_uri(tls_daemon, pki.pkipath("good"))) == (9000000, ["test"])
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["asyncio-protocol", "anyio-stream"])
+async def test_expired_server_certificate_is_refused(pki, native):
+    """(libvirtd will not start with an expired certificate of its own, so a fake peer
+    serves one.)  Our client refuses it before anything is sent, saying it has expired."""
+    server = pki.ca.issue(pki.root / "expired-server", "localhost",
+                          hosts=["localhost", "127.0.0.1"], server=True, expired=True)
+    serving_expired = copy.copy(pki)
+    serving_expired.server = server
+    with fake_tls_server(serving_expired, b"\x01") as port:
+        uri = f"test+tls://localhost:{port}/default?pkipath={pki.pkipath('good')}"
+        started = time.monotonic()
+        with anyio.fail_after(10), pytest.raises(aiovirt.AuthenticationError) as caught:
+            await calls(uri, native_transport=native)
+        assert time.monotonic() - started < 3
+    message = str(caught.value)
+    assert "certificate failed verification" in message
+    assert "certificate has expired" in message
+    assert f"localhost:{port}" in message

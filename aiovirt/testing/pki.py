@@ -2,7 +2,9 @@
 
 Built with ``certtool`` (gnutls-bin) when it is installed, else with the ``openssl`` command;
 standard library only.  Keys are unencrypted RSA 2048 (libvirt insists on the key encipherment
-usage, which certtool drops for ECDSA keys), certificates last two days.  Typical use::
+usage, which certtool drops for ECDSA keys), certificates last two days unless ``issue`` is
+given other dates (``not_before``/``not_after``, or ``expired=True`` for one that ended a day
+ago: a test of what peers make of it).  Typical use::
 
     ca = CertificateAuthority.create(tmp / "ca")
     server = ca.issue(tmp / "server", "localhost", hosts=["localhost", "127.0.0.1"], server=True)
@@ -18,6 +20,7 @@ import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 __all__ = ["CertificateAuthority", "Issued", "PKIError", "find_tool"]
@@ -72,6 +75,34 @@ def _quoted(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _utc(when: datetime) -> datetime:
+    """``when`` in UTC, whole seconds (a naive datetime is taken to be UTC already)."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).replace(microsecond=0)
+
+
+def _validity(not_before: datetime | None, not_after: datetime | None, expired: bool
+              ) -> tuple[datetime, datetime] | None:
+    """The (start, end) a certificate is to carry, or None for the default: from now for
+    ``DAYS`` days.  ``expired``: a period that ended a day ago (unless dates are given)."""
+    if not_before is None and not_after is None and not expired:
+        return None
+    now = datetime.now(UTC)
+    if expired:
+        start = _utc(not_before or now - timedelta(days=DAYS + 1))
+        end = _utc(not_after or now - timedelta(days=1))
+        if end >= now:
+            raise PKIError(f"expired=True with not_after={end.isoformat()}, which is not past")
+    else:
+        start = _utc(not_before or now)
+        end = _utc(not_after or start + timedelta(days=DAYS))
+    if end <= start:
+        raise PKIError(f"not_after {end.isoformat()} is not later than not_before "
+                       f"{start.isoformat()}")
+    return start, end
+
+
 def _new_key(tool: str, key: Path, cwd: Path) -> None:
     if tool == "certtool":
         _run(["certtool", "--generate-privkey", "--key-type=rsa", "--bits=2048",
@@ -114,18 +145,32 @@ class CertificateAuthority:
         return cls(cert, key, tool, common_name)
 
     def issue(self, directory: str | Path, common_name: str, *, hosts: Iterable[str] = (),
-              server: bool = False, organization: str = "aiovirt") -> Issued:
+              server: bool = False, organization: str = "aiovirt",
+              not_before: datetime | None = None, not_after: datetime | None = None,
+              expired: bool = False) -> Issued:
         """A key and a certificate for ``common_name`` in ``directory`` (``cert.pem``,
         ``key.pem``): for a TLS server (with ``hosts`` as DNS names or IP addresses in the
-        subject alternative name) when ``server``, else for a TLS client."""
+        subject alternative name) when ``server``, else for a TLS client.
+
+        It is valid from now for two days, or from ``not_before`` to ``not_after`` (naive
+        datetimes are UTC; either alone: the other follows from the default).  ``expired``
+        makes one that is no longer valid: by default valid from three days ago until
+        yesterday (the dates, if given, must lie in the past).  Both tools support this
+        (``openssl`` through ``openssl ca``, which sets both dates)."""
+        validity = _validity(not_before, not_after, expired)
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         cert, key = directory / "cert.pem", directory / "key.pem"
         _new_key(self.tool, key, directory)
         hosts = list(hosts)
         if self.tool == "certtool":
+            if validity is None:
+                dates = [f"expiration_days = {DAYS}"]
+            else:
+                dates = [f'activation_date = "{validity[0]:%Y-%m-%d %H:%M:%S} UTC"',
+                         f'expiration_date = "{validity[1]:%Y-%m-%d %H:%M:%S} UTC"']
             lines = [f"organization = {_quoted(organization)}", f"cn = {_quoted(common_name)}",
-                     f"expiration_days = {DAYS}", "signing_key", "encryption_key",
+                     *dates, "signing_key", "encryption_key",
                      "tls_www_server" if server else "tls_www_client"]
             lines += [f"{'ip_address' if _is_ip(h) else 'dns_name'} = {_quoted(h)}"
                       for h in hosts]
@@ -146,10 +191,33 @@ class CertificateAuthority:
             csr = directory / "cert.csr"
             _run(["openssl", "req", "-new", "-key", str(key), "-out", str(csr),
                   "-subj", f"/O={organization}/CN={common_name}"], directory)
-            _run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(self.cert),
-                  "-CAkey", str(self.key), "-CAcreateserial", "-days", str(DAYS),
-                  "-extfile", str(extfile), "-out", str(cert)], directory)
+            if validity is None:
+                _run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(self.cert),
+                      "-CAkey", str(self.key), "-CAcreateserial", "-days", str(DAYS),
+                      "-extfile", str(extfile), "-out", str(cert)], directory)
+            else:   # only "openssl ca" takes a start date on OpenSSL 3.0-3.3
+                self._openssl_ca_sign(directory, csr, extfile, cert, *validity)
         return Issued(cert, key, common_name, organization)
+
+    def _openssl_ca_sign(self, directory: Path, csr: Path, extfile: Path, cert: Path,
+                         start: datetime, end: datetime) -> None:
+        """Sign ``csr`` with ``openssl ca``, valid from ``start`` to ``end``: a throwaway
+        CA database in ``directory/openssl-ca``."""
+        db = directory / "openssl-ca"
+        db.mkdir(exist_ok=True)
+        (db / "index.txt").write_text("")
+        config = db / "ca.cnf"
+        config.write_text(
+            "[ca]\ndefault_ca = aiovirt\n"
+            f"[aiovirt]\ndir = {db}\ndatabase = {db}/index.txt\nnew_certs_dir = {db}\n"
+            f"serial = {db}/serial\nunique_subject = no\ndefault_md = sha256\n"
+            "policy = anything\ncopy_extensions = none\n"
+            "[anything]\norganizationName = optional\ncommonName = supplied\n")
+        stamp = "%Y%m%d%H%M%SZ"
+        _run(["openssl", "ca", "-batch", "-notext", "-config", str(config),
+              "-create_serial", "-cert", str(self.cert), "-keyfile", str(self.key),
+              "-in", str(csr), "-out", str(cert), "-extfile", str(extfile),
+              "-startdate", start.strftime(stamp), "-enddate", end.strftime(stamp)], directory)
 
     def revoke(self, path: str | Path, *revoked: Issued) -> Path:
         """Write a revocation list naming ``revoked`` to ``path`` (certtool only)."""
