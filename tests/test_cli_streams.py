@@ -208,3 +208,16 @@ async def test_console_on_a_terminal_is_raw_and_ctrl_bracket_leaves(daemon):
             if await dom.is_active():
                 await dom.destroy()
             await dom.undefine()
+
+
+async def test_the_uri_defaults_to_libvirts_default_uri(daemon, tmp_path):
+    """No ``-c``: the CLI takes LIBVIRT_DEFAULT_URI, as virsh does (here: a download of a
+    missing volume, which fails on the daemon, not for want of a URI)."""
+    env = {**ENV, "LIBVIRT_DEFAULT_URI": daemon.uri("qemu", "/system")}
+    with anyio.fail_after(60):
+        done = await anyio.run_process(
+            [AIOVIRT, "vol", "download", "no-such-pool", "v", str(tmp_path / "out")],
+            check=False, env=env)
+    assert done.returncode != 0
+    assert b"no-such-pool" in done.stderr or b"storage pool" in done.stderr.lower(), done.stderr
+    assert b"LIBVIRT_DEFAULT_URI" not in done.stderr

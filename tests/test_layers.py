@@ -26,6 +26,7 @@ ALLOWED = {
     "service": {"errors", "protocol", "client", "api", "xml", "address", "compose",
                 "provision"},
     "testing": {"errors", "protocol", "client"},
+    "compat": {"errors", "protocol", "client", "api", "xml"},
     "cli": {"errors", "protocol", "client", "api", "xml", "address", "compose", "provision",
             "service", "testing"},
     "_profiles": set(),

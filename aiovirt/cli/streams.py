@@ -292,7 +292,9 @@ def _add_vol_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pool", metavar="POOL", help="the storage pool's name")
     parser.add_argument("vol", metavar="VOL", help="the volume's name in the pool")
     parser.add_argument("file", metavar="FILE", help="the local file")
-    parser.add_argument("--uri", "-c", required=True, metavar="URI", help="the host")
+    parser.add_argument("--uri", "-c", metavar="URI",
+                        help="the host (default: LIBVIRT_DEFAULT_URI or libvirt.conf's "
+                             "uri_default, as virsh)")
     parser.add_argument("--sparse", action="store_true",
                         help="keep holes: send/receive them as holes, not zeros")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -322,7 +324,9 @@ def register(commands: Any) -> None:
                     "stdin is copied to the console and the console to stdout until "
                     "stdin ends.")
     console.add_argument("name", metavar="NAME", help="the domain's name")
-    console.add_argument("--uri", "-c", required=True, metavar="URI", help="the host")
+    console.add_argument("--uri", "-c", metavar="URI",
+                         help="the host (default: LIBVIRT_DEFAULT_URI or libvirt.conf's "
+                              "uri_default, as virsh)")
     console.add_argument("--devname", metavar="DEV",
                          help="the console or serial device's alias (default: the first)")
     console.add_argument("--force", action="store_true",

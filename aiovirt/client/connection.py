@@ -30,6 +30,7 @@ from .config import resolve_uri
 from .dialers import Dialer, dial
 from .events import Registration, event_callback_id, event_family
 from .limits import DEFAULT_MAX_CLIENT_REQUESTS, read_max_client_requests
+from .transport import Transport
 from .reconnect import ConnectionState, Reconnect, StateChange
 from .uri import ConnectionURI, parse_uri
 
@@ -52,6 +53,10 @@ _SLOW_PREFIXES = (
 )
 SLOW_PROCEDURES: frozenset[str] = frozenset(
     p.name for p in remote.PROCEDURES.values() if p.name.startswith(_SLOW_PREFIXES))
+
+# Over a network or a tunnel, the default in-flight cap is this many times libvirt's default
+# max_client_requests (see RpcConnection._in_flight_for).
+REMOTE_PIPELINE = 2
 
 
 def _timed_out(procedure: ProcedureInfo, timeout: float) -> CallTimeout:
@@ -151,10 +156,8 @@ two.
         otherwise hold every caller waiting for that lane)."""
         assert self._tasks is not None
         transport = await self.dialer(self.uri, self._tasks.start, self.native)
-        if name == "main" and self._learn_in_flight and self.uri.transport == "unix":
-            sock = transport.raw_socket
-            limit = read_max_client_requests(sock) if sock is not None else None
-            self.max_in_flight = max(1, limit or DEFAULT_MAX_CLIENT_REQUESTS)
+        if name == "main" and self._learn_in_flight:
+            self.max_in_flight = self._in_flight_for(transport)
         channel = Channel(transport, max_in_flight=self.max_in_flight, on_event=self._dispatch,
                           name=name,
                           on_closed=self._main_lost if name == "main" else None,
@@ -182,6 +185,18 @@ two.
             self._tasks.start(lambda: channel.keepalive_loop(interval, count),
                               f"aiovirt {name} keepalive")
         return channel
+
+    def _in_flight_for(self, transport: Transport) -> int:
+        """The in-flight cap when the caller set none.  Locally, the daemon's own
+        max_client_requests where it can be read (else libvirt's default): a reply makes room
+        for the next call at no cost.  Across a network or a tunnel, twice libvirt's default:
+        libvirtd serves that many at once and leaves the rest unread in its socket, so the next
+        call is already there when a slot frees instead of a round trip later."""
+        if self.uri.transport != "unix":
+            return REMOTE_PIPELINE * DEFAULT_MAX_CLIENT_REQUESTS
+        sock = transport.raw_socket
+        limit = read_max_client_requests(sock) if sock is not None else None
+        return max(1, limit or DEFAULT_MAX_CLIENT_REQUESTS)
 
     def _handshake_limit(self, name: str) -> float:
         """How long a handshake may take: the main one as long as the caller lets it (they
@@ -493,10 +508,12 @@ C = TypeVar("C", bound=RpcConnection)
 class connect(Generic[C]):  # noqa: N801 - reads as a function: ``await connect(uri)`` / ``async with``
     """Open a connection to ``uri``: ``conn = await connect(uri)`` or ``async with connect(uri)``.
 
-    ``max_in_flight``: calls in progress per socket; more wait in FIFO order.  None (the
-    default): the daemon's own ``max_client_requests``, read from the configuration it
-    runs with when it is a local daemon we may inspect (UNIX socket; see
-    ``aiovirt.client.limits``), else libvirt's default of 5.  ``lanes``: extra sockets for slow procedures.
+    ``max_in_flight``: calls on the wire per socket; more wait in FIFO order (a queued call
+    can still be cancelled unsent).  None (the default): over a local UNIX socket the
+    daemon's own ``max_client_requests``, read from the configuration it runs with when we
+    may inspect it (see ``aiovirt.client.limits``), else libvirt's default of 5; over
+    tcp/tls/ssh/ext twice that default, so the daemon finds the next call waiting in its
+    socket when a slot frees instead of a network round trip later.  ``lanes``: extra sockets for slow procedures.
     ``keepalive``: (interval seconds, missed intervals) before the server is declared dead,
     or None.  ``readonly`` opens a read-only connection.  ``native_transport=False`` uses
     anyio's generic streams even on asyncio (other backends always do).

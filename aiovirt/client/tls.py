@@ -150,37 +150,165 @@ def _flag(uri: ConnectionURI, name: str) -> bool:
     return int(value) != 0
 
 
-class _StatusByte(asyncio.Protocol):
-    """The first protocol of a TLS connection: takes the server's status byte, then stops
-    reading until the real protocol replaces it."""
+class _TLSWire(asyncio.Protocol):
+    """TLS done here, over a plain TCP transport, with ``ssl.SSLObject`` and memory BIOs:
+    asyncio's own TLS transport would send every record with a system call of its own and
+    pass every record up separately; this one encrypts each libvirt packet as a record of
+    its own (``_PacketCutter``) but sends all the records of one write in one ``send`` and
+    passes all that one read decrypts up in one call.
 
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.status: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self.rest = b""
-        self.lost: tuple[Exception | None] | None = None
+    It is the protocol of the TCP transport and the transport of the protocol above
+    (``AsyncioTransport``), which it gets once the handshake and the status byte are done."""
 
+    def __init__(self, context: ssl.SSLContext, host: str) -> None:
+        loop = asyncio.get_running_loop()
+        self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self._ssl = context.wrap_bio(self._in, self._out, server_hostname=host)
+        self._raw: asyncio.Transport | None = None
+        self._app: asyncio.Protocol | None = None
+        self._cutter = _PacketCutter()
+        self.handshake: asyncio.Future[None] = loop.create_future()
+        self.status: asyncio.Future[bytes] = loop.create_future()
+        self._early = bytearray()     # plaintext after the status byte, before the app
+        self._ended: tuple[Exception | None] | None = None
+        self._error: Exception | None = None   # a TLS error that ended the connection
+
+    # -- the TCP transport's protocol --------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self._raw = transport  # type: ignore[assignment]
+        self._shake()
+
+    def _shake(self) -> None:
+        try:
+            self._ssl.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return
+        except (ssl.SSLError, OSError) as exc:
+            self._flush()
+            if not self.handshake.done():
+                self.handshake.set_exception(exc)
+            return
+        self._flush()
+        if not self.handshake.done():
+            self.handshake.set_result(None)
 
     def data_received(self, data: bytes) -> None:
-        if self.status.done():
-            self.rest += data
-            return
-        self.status.set_result(data[:1])
-        self.rest = data[1:]
-        if self.transport is not None:
-            self.transport.pause_reading()
+        self._in.write(data)
+        if not self.handshake.done():
+            self._shake()
+            if not self.handshake.done() or self.handshake.exception() is not None:
+                return
+        chunks: list[bytes] = []
+        closed = False
+        while True:
+            try:
+                chunk = self._ssl.read(1 << 18)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                closed = True
+                break
+            except ssl.SSLError as exc:
+                self._fail(exc)
+                return
+            if not chunk:
+                closed = True
+                break
+            chunks.append(chunk)
+        self._flush()   # TLS 1.3 may answer on its own (key updates)
+        plain = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if plain and not self.status.done():
+            self.status.set_result(plain[:1])
+            plain = plain[1:]
+        if plain:
+            if self._app is not None:
+                self._app.data_received(plain)
+            else:
+                self._early += plain
+        if closed and self._raw is not None:
+            self._raw.close()
 
     def eof_received(self) -> bool:
-        if not self.status.done():
-            self.status.set_result(b"")
-        return False
+        return False   # close; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = (exc,)
+        exc = exc or self._error
+        self._ended = (exc,)
+        if not self.handshake.done():
+            self.handshake.set_exception(exc or ConnectionResetError(
+                "the server closed the connection during the TLS handshake"))
         if not self.status.done():
             self.status.set_result(b"")
+        if self._app is not None:
+            self._app.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self._app is not None:
+            self._app.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._app is not None:
+            self._app.resume_writing()
+
+    def _fail(self, exc: Exception) -> None:
+        self._error = exc
+        if self._raw is not None:
+            self._raw.abort()
+
+    def _flush(self) -> None:
+        data = self._out.read()
+        if data and self._raw is not None and not self._raw.is_closing():
+            self._raw.write(data)
+
+    # -- the transport of the protocol above -------------------------------------------------
+    def attach(self, app: asyncio.Protocol) -> None:
+        """Hand the connection to ``app``: what arrived early, then everything."""
+        self._app = app
+        app.connection_made(self)  # type: ignore[arg-type]
+        if self._early:
+            early, self._early = bytes(self._early), bytearray()
+            app.data_received(early)
+        if self._ended is not None:
+            app.connection_lost(self._ended[0])
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        sslobj = self._ssl
+        for piece in self._cutter.cut(data):
+            sslobj.write(piece)
+        self._flush()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "ssl_object":
+            return self._ssl
+        if self._raw is None:
+            return default
+        return self._raw.get_extra_info(name, default)
+
+    def is_closing(self) -> bool:
+        return self._raw is None or self._raw.is_closing()
+
+    def close(self) -> None:
+        if self._raw is not None:
+            self._raw.close()
+
+    def abort(self) -> None:
+        if self._raw is not None:
+            self._raw.abort()
+
+    def pause_reading(self) -> None:
+        if self._raw is not None:
+            self._raw.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._raw is not None:
+            self._raw.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self._raw is not None and self._raw.is_reading()
+
+    def get_write_buffer_size(self) -> int:
+        return 0 if self._raw is None else self._raw.get_write_buffer_size()
 
 
 class _PacketCutter:
@@ -218,22 +346,6 @@ class _PacketCutter:
         return pieces
 
 
-class _RecordPerPacket:
-    """An asyncio transport that writes each packet (or part of one) to the TLS transport
-    separately; everything else is the TLS transport's own."""
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self._transport = transport
-        self._cutter = _PacketCutter()
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        for piece in self._cutter.cut(data):
-            self._transport.write(piece)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
 class _RecordPerPacketStream(anyio.abc.ByteStream):
     """The anyio counterpart: one ``send`` on the TLS stream per packet (or part of one)."""
 
@@ -268,31 +380,28 @@ async def _dial_asyncio(loop: asyncio.AbstractEventLoop, host: str, port: int,
     where = f"{host}:{port}"
     try:
         with anyio.fail_after(HANDSHAKE_TIMEOUT):
-            transport, first = await loop.create_connection(
-                _StatusByte, host, port, ssl=context, server_hostname=host,
-                ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+            raw, wire = await loop.create_connection(lambda: _TLSWire(context, host),
+                                                     host, port)
+            try:
+                await wire.handshake
+            except BaseException:
+                raw.abort()
+                raise
     except TimeoutError:
         raise _timed_out(where, "no connection and TLS handshake", HANDSHAKE_TIMEOUT) from None
     try:
         try:
             with anyio.fail_after(STATUS_TIMEOUT):
-                status = await first.status
+                status = await wire.status
         except TimeoutError:
             raise _timed_out(where, "no status byte after the TLS handshake",
                              STATUS_TIMEOUT) from None
         check(status)
     except BaseException:
-        transport.abort()
+        raw.abort()
         raise
     protocol = AsyncioTransport()
-    transport.set_protocol(protocol)
-    protocol.connection_made(_RecordPerPacket(transport))  # type: ignore[arg-type]
-    if first.rest:
-        protocol.data_received(first.rest)
-    if first.lost is not None:
-        protocol.connection_lost(first.lost[0])
-    else:
-        transport.resume_reading()
+    wire.attach(protocol)
     return protocol
 
 

@@ -1,0 +1,428 @@
+"""A blocking drop-in for libvirt-python: ``import aiovirt.compat.libvirt as libvirt``.
+
+Every call runs the async compat layer (``aiovirt.compat.aio``) on one private event-loop
+thread (started on first use, a daemon thread) and waits for it, so any number of threads
+may call at once, on one connection or many, as with libvirt-python.  Errors are
+``libvirtError``.
+
+Events follow libvirt's model: after ``virEventRegisterDefaultImpl()``, callbacks (domain
+events, ``virEventAddTimeout`` timers, ``virEventAddHandle`` watches) are queued and run on
+the thread that calls ``virEventRunDefaultImpl()``, one iteration per call, which blocks
+until something is due.  Without a registered implementation, callbacks run on a private
+dispatcher thread (libvirt would refuse to register them).  ``aiovirt.compat.libvirtaio``
+delivers them on an asyncio loop instead.
+
+The classes (``virConnect``, ``virDomain``...) are made mechanically from the async ones:
+one wrapper per method, by one factory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import queue
+import threading
+import time
+import traceback
+import weakref
+from collections.abc import Callable, Coroutine
+from typing import Any, Optional, TypeVar
+
+from . import aio
+from .aio import COMPAT_CLASSES
+from .constants import *  # noqa: F403 - libvirt-python's module exposes them all
+from .constants import _LIBVIR_VERSION_NUMBER
+from .errors import libvirtError
+
+_AIOVIRT_COMPAT = True
+
+# libvirt-python's typing aliases (code annotates callbacks with them)
+_T = TypeVar("_T")
+_EventCB = Callable[[int, int, int, _T], None]
+_TimerCB = Callable[[int, _T], None]
+_DomainCB = Callable[[Any, Any, int, int, _T], Optional[int]]
+
+# -- the private loop -------------------------------------------------------------------------
+
+_lock = threading.Lock()
+_loop: asyncio.AbstractEventLoop | None = None
+_thread: threading.Thread | None = None
+_local = threading.local()
+
+
+def _get_loop() -> asyncio.AbstractEventLoop:
+    global _loop, _thread
+    with _lock:
+        if _loop is None or _thread is None or not _thread.is_alive():
+            loop = asyncio.new_event_loop()
+            ready = threading.Event()
+
+            def run() -> None:
+                asyncio.set_event_loop(loop)
+                loop.call_soon(ready.set)
+                loop.run_forever()
+
+            _thread = threading.Thread(target=run, name="aiovirt-compat-loop", daemon=True)
+            _thread.start()
+            ready.wait()
+            _loop = loop
+        return _loop
+
+
+def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+    loop = _get_loop()
+    if threading.current_thread() is _thread:
+        coro.close()
+        raise RuntimeError("a blocking aiovirt.compat.libvirt call on its own event-loop "
+                           "thread (from a callback run without an event implementation?)")
+    try:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+    except libvirtError as exc:
+        _local.last_error = exc.err
+        if _error_handler is not None:
+            handler, ctx = _error_handler
+            handler(ctx, exc.err)
+        raise
+
+
+# -- wrapping ---------------------------------------------------------------------------------
+
+class _Sync:
+    """Base of the blocking classes: ``_a`` is the async compat object."""
+
+    __slots__ = ("_a", "__weakref__")
+    _async_class: type = object
+
+    def __init__(self, *args: Any, _obj: Any = None, **kwargs: Any) -> None:
+        raise TypeError(f"{type(self).__name__} objects come from a connection's methods")
+
+    def __repr__(self) -> str:
+        return repr(self._a).replace("aiovirt.compat.", "aiovirt.compat.libvirt.")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Sync) and other._a is self._a
+
+    def __hash__(self) -> int:
+        return id(self._a)
+
+
+_SYNC: dict[type, type[_Sync]] = {}
+_connections: weakref.WeakSet[aio.virConnect] = weakref.WeakSet()
+
+
+def _wrap(value: Any) -> Any:
+    """Async compat objects (also inside lists) as their blocking wrappers."""
+    cls = _SYNC.get(type(value))
+    if cls is not None:
+        existing = getattr(value, "_sync", None)
+        if existing is not None:
+            return existing
+        wrapper = object.__new__(cls)
+        wrapper._a = value
+        if isinstance(value, aio.virConnect):
+            value._sync = wrapper   # type: ignore[attr-defined]
+            value.dispatch = _dispatch
+            _connections.add(value)
+        return wrapper
+    if type(value) is list:
+        return [_wrap(item) for item in value]
+    if type(value) is tuple:
+        return tuple(_wrap(item) for item in value)
+    return value
+
+
+def _unwrap(value: Any) -> Any:
+    if isinstance(value, _Sync):
+        return value._a
+    if type(value) is list:
+        return [_unwrap(item) for item in value]
+    return value
+
+
+def _blocking(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    """The one wrapper factory: a blocking method calling the async one on the loop."""
+    if inspect.iscoroutinefunction(method):
+        def call(self: _Sync, *args: Any, **kwargs: Any) -> Any:
+            return _wrap(_run(method(self._a, *map(_unwrap, args),
+                                     **{k: _unwrap(v) for k, v in kwargs.items()})))
+    else:
+        def call(self: _Sync, *args: Any, **kwargs: Any) -> Any:
+            return _wrap(method(self._a, *map(_unwrap, args), **kwargs))
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = method.__doc__
+    return call
+
+
+def _make_class(name: str, async_cls: type) -> type[_Sync]:
+    namespace: dict[str, Any] = {"__slots__": (), "_async_class": async_cls,
+                                 "__module__": __name__,
+                                 "__doc__": f"libvirt-python's {name} (blocking)."}
+    for attr in dir(async_cls):
+        if attr.startswith("_") or attr in ("open", "dispatch"):
+            continue
+        member = inspect.getattr_static(async_cls, attr)
+        if isinstance(member, (staticmethod, classmethod)) or not callable(member):
+            continue
+        namespace[attr] = _blocking(attr, member)
+    cls = type(name, (_Sync,), namespace)
+    _SYNC[async_cls] = cls
+    return cls
+
+
+virConnect = _make_class("virConnect", aio.virConnect)
+virDomain = _make_class("virDomain", aio.virDomain)
+virNetwork = _make_class("virNetwork", aio.virNetwork)
+virNetworkPort = _make_class("virNetworkPort", aio.virNetworkPort)
+virInterface = _make_class("virInterface", aio.virInterface)
+virStoragePool = _make_class("virStoragePool", aio.virStoragePool)
+virStorageVol = _make_class("virStorageVol", aio.virStorageVol)
+virNodeDevice = _make_class("virNodeDevice", aio.virNodeDevice)
+virSecret = _make_class("virSecret", aio.virSecret)
+virNWFilter = _make_class("virNWFilter", aio.virNWFilter)
+virNWFilterBinding = _make_class("virNWFilterBinding", aio.virNWFilterBinding)
+virDomainSnapshot = _make_class("virDomainSnapshot", aio.virDomainSnapshot)
+virDomainCheckpoint = _make_class("virDomainCheckpoint", aio.virDomainCheckpoint)
+virStream = _make_class("virStream", aio.virStream)
+assert set(_SYNC) == set(COMPAT_CLASSES.values())
+
+
+# -- module functions -------------------------------------------------------------------------
+
+def open(name: str | None = None) -> virConnect:  # noqa: A001
+    return _wrap(_run(aio.open(name)))  # type: ignore[no-any-return]
+
+
+def openReadOnly(name: str | None = None) -> virConnect:  # noqa: N802
+    return _wrap(_run(aio.openReadOnly(name)))  # type: ignore[no-any-return]
+
+
+def openAuth(uri: str | None, auth: Any, flags: int = 0) -> virConnect:  # noqa: N802
+    return _wrap(_run(aio.openAuth(uri, auth, flags)))  # type: ignore[no-any-return]
+
+
+def getVersion(name: str | None = None) -> int:  # noqa: N802
+    """The client library's version (libvirt's whose API this layer follows)."""
+    return _LIBVIR_VERSION_NUMBER
+
+
+_error_handler: tuple[Callable[[Any, Any], Any], Any] | None = None
+
+
+def registerErrorHandler(f: Callable[[Any, Any], Any] | None, ctx: Any) -> int:  # noqa: N802
+    """Call ``f(ctx, err)`` for every error (``None`` restores the default)."""
+    global _error_handler
+    _error_handler = None if f is None else (f, ctx)
+    return 1
+
+
+def virGetLastError() -> Any:  # noqa: N802
+    return getattr(_local, "last_error", None)
+
+
+def virGetLastErrorCode() -> int:  # noqa: N802
+    err = virGetLastError()
+    return 0 if err is None else err[0]
+
+
+def virGetLastErrorDomain() -> int:  # noqa: N802
+    err = virGetLastError()
+    return 0 if err is None else err[1]
+
+
+def virGetLastErrorMessage() -> str:  # noqa: N802
+    err = virGetLastError()
+    return "no error" if err is None else err[2]
+
+
+def virResetLastError() -> None:  # noqa: N802
+    _local.last_error = None
+
+
+def virInitialize() -> int:  # noqa: N802
+    return 0
+
+
+# -- events -----------------------------------------------------------------------------------
+
+_queue: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...],
+                                Callable[[], None] | None]] = queue.SimpleQueue()
+_default_impl = False
+_aio_impl: Any = None            # set by aiovirt.compat.libvirtaio
+_fallback: threading.Thread | None = None
+_ids = itertools.count(1)
+_timers: dict[int, list[Any]] = {}   # id -> [interval ms, cb, opaque, next due]
+_handles: dict[int, list[Any]] = {}  # id -> [fd, events, cb, opaque]
+_timer_lock = threading.Lock()
+
+
+def _wake() -> None:
+    """A no-op queued to make a waiting virEventRunDefaultImpl look at its timers again."""
+
+
+def _dispatch(callback: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    """Called on the private loop for every event: hand it to where callbacks run."""
+    args = _wrap(tuple(args))
+    if _aio_impl is not None:
+        _aio_impl._deliver(callback, args)
+        return
+    if not _default_impl:
+        _start_fallback()
+    _queue.put((callback, args, None))
+
+
+def _start_fallback() -> None:
+    global _fallback
+    with _lock:
+        if _fallback is None or not _fallback.is_alive():
+            def run() -> None:
+                while not _default_impl:
+                    virEventRunDefaultImpl()
+            _fallback = threading.Thread(target=run, name="aiovirt-compat-events",
+                                         daemon=True)
+            _fallback.start()
+
+
+def _invoke(callback: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    try:
+        callback(*args)
+    except Exception:   # libvirt-python prints and carries on
+        traceback.print_exc()
+
+
+def virEventRegisterDefaultImpl() -> int:  # noqa: N802
+    global _default_impl
+    _default_impl = True
+    _get_loop()
+    return 0
+
+
+def virEventRegisterImpl(addHandle: Any, updateHandle: Any, removeHandle: Any,  # noqa: N802,N803
+                         addTimeout: Any, updateTimeout: Any, removeTimeout: Any) -> None:  # noqa: N803
+    """Accepted for compatibility: aiovirt needs no event implementation of the caller's;
+    ``aiovirt.compat.libvirtaio`` is the asyncio one."""
+
+
+def _due_timers(now: float) -> list[tuple[int, list[Any]]]:
+    with _timer_lock:
+        return [(tid, t) for tid, t in _timers.items() if t[0] >= 0 and t[3] <= now]
+
+
+def virEventRunDefaultImpl() -> int:  # noqa: N802
+    """One iteration: wait until an event, timer or watch is due, run what is, return 0."""
+    while True:
+        with _timer_lock:
+            dues = [t[3] for t in _timers.values() if t[0] >= 0]
+        wait = None if not dues else max(0.0, min(dues) - time.monotonic())
+        try:
+            item = _queue.get(timeout=wait) if wait is None or wait > 0 else _queue.get_nowait()
+        except queue.Empty:
+            item = None
+        ran = False
+        while item is not None:
+            callback, args, after = item
+            if callback is not _wake:
+                _invoke(callback, args)
+                ran = True
+            if after is not None:
+                after()
+            try:
+                item = _queue.get_nowait()
+            except queue.Empty:
+                item = None
+        now = time.monotonic()
+        for tid, timer in _due_timers(now):
+            timer[3] = now + timer[0] / 1000.0
+            _invoke(timer[1], (tid, timer[2]))
+            ran = True
+        if ran:
+            return 0
+
+
+def virEventAddTimeout(timeout: int, cb: Callable[..., Any], opaque: Any) -> int:  # noqa: N802
+    """``cb(timer, opaque)`` every ``timeout`` ms (0: every iteration, -1: disabled)."""
+    tid = next(_ids)
+    with _timer_lock:
+        _timers[tid] = [timeout, cb, opaque, time.monotonic() + max(timeout, 0) / 1000.0]
+    _queue.put((_wake, (), None))   # wake the loop to take the new timer into account
+    return tid
+
+
+def virEventUpdateTimeout(timer: int, timeout: int) -> None:  # noqa: N802
+    with _timer_lock:
+        if timer in _timers:
+            _timers[timer][0] = timeout
+            _timers[timer][3] = time.monotonic() + max(timeout, 0) / 1000.0
+    _queue.put((_wake, (), None))
+
+
+def virEventRemoveTimeout(timer: int) -> int:  # noqa: N802
+    with _timer_lock:
+        return 0 if _timers.pop(timer, None) is not None else -1
+
+
+def _watch(hid: int) -> None:
+    """(On the private loop) arm the readers/writers of watch ``hid``."""
+    loop = _get_loop()
+    entry = _handles.get(hid)
+    if entry is None:
+        return
+    fd, events = entry[0], entry[1]
+
+    def fire(kind: int) -> None:
+        loop.remove_reader(fd)
+        loop.remove_writer(fd)
+        current = _handles.get(hid)
+        if current is not None:
+            _queue.put((current[2], (hid, fd, kind, current[3]),
+                        lambda: loop.call_soon_threadsafe(_watch, hid)))
+
+    if events & VIR_EVENT_HANDLE_READABLE:  # noqa: F405
+        loop.add_reader(fd, fire, VIR_EVENT_HANDLE_READABLE)  # noqa: F405
+    if events & VIR_EVENT_HANDLE_WRITABLE:  # noqa: F405
+        loop.add_writer(fd, fire, VIR_EVENT_HANDLE_WRITABLE)  # noqa: F405
+
+
+def _unwatch(fd: int) -> None:
+    loop = _get_loop()
+    loop.remove_reader(fd)
+    loop.remove_writer(fd)
+
+
+def virEventAddHandle(fd: int, events: int, cb: Callable[..., Any], opaque: Any) -> int:  # noqa: N802
+    """``cb(watch, fd, events, opaque)`` when ``fd`` is readable/writable."""
+    hid = next(_ids)
+    _handles[hid] = [fd, events, cb, opaque]
+    _get_loop().call_soon_threadsafe(_watch, hid)
+    return hid
+
+
+def virEventUpdateHandle(watch: int, events: int) -> None:  # noqa: N802
+    entry = _handles.get(watch)
+    if entry is not None:
+        entry[1] = events
+        loop = _get_loop()
+        loop.call_soon_threadsafe(_unwatch, entry[0])
+        loop.call_soon_threadsafe(_watch, watch)
+
+
+def virEventRemoveHandle(watch: int) -> int:  # noqa: N802
+    entry = _handles.pop(watch, None)
+    if entry is None:
+        return -1
+    _get_loop().call_soon_threadsafe(_unwatch, entry[0])
+    return 0
+
+
+def virEventInvokeFreeCallback(opaque: Any) -> None:  # noqa: N802
+    """libvirt-python's helper for custom event loops: nothing to free here."""
+
+
+class _LibvirtMod:
+    """``libvirt.libvirtmod``: what code reaching into the C module uses."""
+
+    virEventRegisterImpl = staticmethod(virEventRegisterImpl)
+    virGetLastError = staticmethod(virGetLastError)
+
+
+libvirtmod = _LibvirtMod()
