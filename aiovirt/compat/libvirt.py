@@ -89,9 +89,11 @@ def _run(coro: Coroutine[Any, Any, Any]) -> Any:
 # -- wrapping ---------------------------------------------------------------------------------
 
 class _Sync:
-    """Base of the blocking classes: ``_a`` is the async compat object."""
+    """Base of the blocking classes: ``_a`` is the async compat object; ``_owner`` the
+    blocking connection an object came from, kept alive by it as libvirt-python's objects
+    keep their connection."""
 
-    __slots__ = ("_a", "__weakref__")
+    __slots__ = ("_a", "_owner", "__weakref__")
     _async_class: type = object
 
     def __init__(self, *args: Any, _obj: Any = None, **kwargs: Any) -> None:
@@ -115,15 +117,23 @@ def _wrap(value: Any) -> Any:
     """Async compat objects (also inside lists) as their blocking wrappers."""
     cls = _SYNC.get(type(value))
     if cls is not None:
-        existing = getattr(value, "_sync", None)
-        if existing is not None:
-            return existing
+        if isinstance(value, aio.virConnect):
+            ref = getattr(value, "_sync", None)
+            existing = ref() if ref is not None else None
+            if existing is not None:
+                return existing
         wrapper = object.__new__(cls)
         wrapper._a = value
+        wrapper._owner = None
         if isinstance(value, aio.virConnect):
-            value._sync = wrapper   # type: ignore[attr-defined]
+            # a weak link back: when the last blocking reference goes, the connection closes
+            value._sync = weakref.ref(wrapper)   # type: ignore[attr-defined]
             value.dispatch = _dispatch
             _connections.add(value)
+        else:
+            conn = getattr(value, "_conn", None)
+            if isinstance(conn, aio.virConnect):
+                wrapper._owner = _wrap(conn)
         return wrapper
     if type(value) is list:
         return [_wrap(item) for item in value]
@@ -171,6 +181,22 @@ def _make_class(name: str, async_cls: type) -> type[_Sync]:
 
 
 virConnect = _make_class("virConnect", aio.virConnect)
+
+
+def _close_when_dropped(self: _Sync) -> None:
+    """libvirt-python closes a connection when its last reference goes (objects made from it
+    hold one): so do we, without waiting (this may run on any thread, the loop's included)."""
+    conn = self._a
+    loop = _loop
+    if loop is None or loop.is_closed() or not conn._c.is_alive:
+        return
+    try:
+        asyncio.run_coroutine_threadsafe(conn.close(), loop)
+    except RuntimeError:
+        pass   # the loop is shutting down with the interpreter
+
+
+virConnect.__del__ = _close_when_dropped  # type: ignore[attr-defined]
 virDomain = _make_class("virDomain", aio.virDomain)
 virNetwork = _make_class("virNetwork", aio.virNetwork)
 virNetworkPort = _make_class("virNetworkPort", aio.virNetworkPort)
