@@ -25,7 +25,11 @@ if TYPE_CHECKING:
     from .api.domain import (Domain, DomainEvent, DomainEventID, DomainEventType, DomainInfo,
                              DomainLifecycleEvent, DomainState, MetadataType)
     from .api.host import NodeInfo
-    from .api.network import Network
+    from .api.checkpoint import DomainCheckpoint
+    from .api.interface import Interface
+    from .api.network import Network, NetworkPort
+    from .api.nwfilter import NWFilter, NWFilterBinding
+    from .api.snapshot import DomainSnapshot
     from .api.nodedev import NodeDevice
     from .api.secret import Secret, SecretUsageType
     from .api.storage import (StoragePool, StoragePoolInfo, StoragePoolState, StorageVolume,
@@ -50,6 +54,9 @@ _LAZY = {
     "StorageVolumeInfo": "api.storage", "StorageVolumeType": "api.storage",
     "SLOW_PROCEDURES": "client.connection", "ConnectionURI": "client.uri",
     "parse_uri": "client.uri", "metadata": "xml.metadata",
+    "NetworkPort": "api.network", "DomainSnapshot": "api.snapshot",
+    "DomainCheckpoint": "api.checkpoint", "Interface": "api.interface",
+    "NWFilter": "api.nwfilter", "NWFilterBinding": "api.nwfilter",
 }
 # the event types of every family (aiovirt.api.events) and the subscription markers
 _LAZY.update(dict.fromkeys([
@@ -96,5 +103,7 @@ __all__ = [
     "ProtocolError", "SLOW_PROCEDURES", "Secret", "SecretUsageType", "StoragePool",
     "StoragePoolInfo", "StoragePoolState", "StorageVolume", "StorageVolumeInfo",
     "StorageVolumeType", "TransportError", "XMLError", "XMLInputError", "connect",
-    "metadata", "parse_uri", *sorted(k for k, v in _LAZY.items() if "events" in v), "ConnectionState", "Reconnect", "StateChange", "Hole", "Stream",]
+    "metadata", "parse_uri", *sorted(k for k, v in _LAZY.items() if "events" in v), "ConnectionState", "Reconnect", "StateChange", "Hole", "Stream",
+    "DomainCheckpoint", "DomainSnapshot", "Interface", "NWFilter", "NWFilterBinding",
+    "NetworkPort"]
 __version__ = "0.1.0"

@@ -2,7 +2,7 @@
 
 The tree is an unpacked libvirt source (``rpc/fetch-libvirt-source`` fetches 9.0.0, the
 version Debian 12 ships); only its ``.x`` files, ``include/libvirt`` and ``meson.build`` are read.
-It also writes the libvirt API map (``rpc/libvirt_api_map.json``) and ``docs/api-coverage.md``
+It also writes the generated object API (``aiovirt/api/generated.py``, rpc/objects.py), the libvirt API map (``rpc/libvirt_api_map.json``) and ``docs/api-coverage.md``
 (rpc/apimap.py; they also read ``src/libvirt*.c``, from the tree or the ``*.orig.tar.xz``
 beside it, and the API descriptions ``libvirt-dev`` installs).
 """
@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import apimap
+from . import apimap, objects
 from .generate import write
 
 
@@ -33,6 +33,12 @@ def main(argv: list[str] | None = None) -> int:
         print(path)
     map_root = options.map_root or (None if out_given else apimap.ROOT)
     if map_root is not None:
+        # the generated object API first (it needs the map), then the map again: its scan of
+        # aiovirt/api then sees the generated methods
+        data = apimap.build(options.tree, options.api_xml)
+        if data is not None:
+            for path in objects.write(data, map_root, options.api_xml):
+                print(path)
         for path in apimap.write(options.tree, map_root, options.api_xml):
             print(path)
     return 0

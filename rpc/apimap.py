@@ -23,7 +23,8 @@ The unpacked tree that ``rpc/fetch-libvirt-source`` makes holds only ``src/remot
 memory, from the ``libvirt_*.orig.tar.xz`` next to the tree.
 
 What aiovirt implements is found by reading ``aiovirt/api`` (and the admin client) with
-``ast``: every ``X.rpc.<procedure>``, ``qemu_rpc.<procedure>``, ``lxc_rpc.<procedure>`` and
+``ast`` (the generated methods of ``aiovirt/api/generated.py`` count under their handle
+class unless a hand-written method of the same name shadows them): every ``X.rpc.<procedure>``, ``qemu_rpc.<procedure>``, ``lxc_rpc.<procedure>`` and
 ``PROCEDURES[remote.REMOTE_PROC_X]`` (or a module constant built from one) inside a method,
 and the module-level helpers those methods call.
 """
@@ -422,9 +423,31 @@ def scan_aiovirt(root: Path) -> dict[str, list[str]]:
         procs = set(direct[qual])
         for name in calls[qual]:
             procs |= helpers.get(name, set()) | constants.get(name, set())
+        credit = _generated_credit(qual, methods)
+        if credit is None:
+            continue
         for proc in procs:
-            used[proc].add(qual)
+            used[proc].add(credit)
     return {proc: sorted(quals) for proc, quals in sorted(used.items())}
+
+
+def _generated_credit(qual: str, methods: set[str]) -> str | None:
+    """The name a method is credited under: generated methods (``DomainGenerated.get_info``,
+    aiovirt/api/generated.py) under their handle class (``Domain.get_info``); None for their
+    private helpers and for those a hand-written method of the same name shadows (the handle
+    class, or for ``Connection`` the ``*Methods`` mixins and ``ConnectionObjects``)."""
+    cls, _, name = qual.partition(".")
+    if not cls.endswith("Generated"):
+        return qual
+    target = cls[:-len("Generated")]
+    if name.startswith("_"):
+        return None
+    shadowing = {target} if target != "Connection" else \
+        {c for c in (q.partition(".")[0] for q in methods)
+         if c.endswith("Methods") or c in ("Connection", "ConnectionObjects")}
+    if any(f"{c}.{name}" in methods for c in shadowing):
+        return None
+    return f"{target}.{name}"
 
 
 # -- the map ------------------------------------------------------------------------------

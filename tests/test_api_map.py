@@ -85,11 +85,12 @@ def test_no_call_on_the_wire_is_orphaned(committed):
 
 def test_aiovirt_methods_are_real(committed):
     """Every method the map credits exists (the scan found real Class.method names)."""
-    from aiovirt.api import connection, domain, events, host, network, nodedev, secret, storage
+    from aiovirt.api import (checkpoint, connection, domain, events, host, interface, network,
+                             nodedev, nwfilter, secret, snapshot, storage)
     from aiovirt.client import admin as admin_client
     classes = {}
     for module in (connection, domain, events, host, network, nodedev, secret, storage,
-                   admin_client):
+                   snapshot, checkpoint, interface, nwfilter, admin_client):
         classes.update({k: v for k, v in vars(module).items() if isinstance(v, type)})
     entries = list(committed["functions"].values()) + list(committed["admin_functions"].values())
     for entry in entries:

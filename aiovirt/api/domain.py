@@ -11,14 +11,15 @@ from typing import Any
 
 from ..client.events import DEFAULT_MAX_BUFFER, EventSubscription
 from ..errors import NoSuchDomain, NoSuchMetadata, ProtocolError
-from ..protocol import remote
+from ..protocol import lxc, qemu, remote
 from ..protocol.remote import ConnectGetAllDomainStatsArgs, NonnullDomain
 from ..xml import metadata as metadata_codec
 from .events import domain_event_maker
+from .generated import DomainGenerated
 from .handle import ApiBase, ApiConnection, UUIDHandle, enum_or_int, uuid_bytes
 from . import streams as _streams
 from .streams import Stream
-from .typedparams import DOMAIN_STATS
+from .typedparams import DOMAIN_STATS, INT, from_dict
 
 __all__ = ["Domain", "DomainEvent", "DomainEventID", "DomainEventType", "DomainInfo",
            "DomainLifecycleEvent", "DomainMethods", "DomainState", "MetadataType"]
@@ -120,7 +121,16 @@ class DomainEvent:
     body: Any
 
 
-class Domain(UUIDHandle):
+VIR_MIGRATE_PEER2PEER = 2
+# migration parameters that are not strings or unsigned long longs (libvirt-domain.h's
+# VIR_MIGRATE_PARAM_*): the daemon checks each type strictly
+_MIGRATE_PARAM_TYPES = dict.fromkeys(
+    ["disks_port", "compression.mt.level", "compression.mt.threads",
+     "compression.mt.dthreads", "auto_converge.initial", "auto_converge.increment",
+     "parallel.connections"], INT)
+
+
+class Domain(UUIDHandle, DomainGenerated):
     """A handle on one domain.  ``name``, ``uuid`` (str) and ``id`` (-1 when inactive) are
     plain attributes, refreshed by calls that return the domain again (``start``)."""
 
@@ -164,6 +174,71 @@ class Domain(UUIDHandle):
             raise ProtocolError(f"domain_open_graphics_fd: the daemon sent {len(fds)} file "
                                 "descriptors, expected 1")
         return fds[0]
+
+    async def fd_associate(self, name: str, files: Sequence[int], flags: int = 0) -> None:
+        """Associate open file descriptors with the domain under ``name`` for later use by
+        the hypervisor (``virDomainFDAssociate``; UNIX sockets only).  The descriptors stay
+        the caller's; the daemon gets copies."""
+        procedure = remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_FD_ASSOCIATE]
+        await self._conn.call_with_fds(
+            procedure, remote.DomainFdAssociateArgs(self._ref, name, flags), files)
+
+    async def open_graphics(self, idx: int, fd: int, flags: int = 0) -> None:
+        """Connect the caller's socket ``fd`` to the guest's graphics server ``idx``
+        (``virDomainOpenGraphics``; UNIX sockets only).  ``fd`` stays the caller's."""
+        procedure = remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_OPEN_GRAPHICS]
+        await self._conn.call_with_fds(
+            procedure, remote.DomainOpenGraphicsArgs(self._ref, idx, flags), [fd])
+
+    async def qemu_monitor_command_with_files(self, cmd: str, files: Sequence[int] = (),
+                                              flags: int = 0) -> tuple[str, list[int]]:
+        """Send a QEMU monitor command with file descriptors; the reply and the descriptors
+        QEMU returned, which the caller owns (``virDomainQemuMonitorCommandWithFiles``)."""
+        procedure = qemu.PROCEDURES[qemu.QEMU_PROC_DOMAIN_MONITOR_COMMAND_WITH_FILES]
+        ret, fds = await self._conn.call_with_fds(
+            procedure, qemu.QemuDomainMonitorCommandWithFilesArgs(self._ref, cmd, flags), files)
+        return ret.result, fds
+
+    async def lxc_open_namespace(self, flags: int = 0) -> list[int]:
+        """File descriptors of the LXC container's namespaces, which the caller owns and
+        must close (``virDomainLxcOpenNamespace``; a local LXC guest, UNIX sockets only)."""
+        procedure = lxc.PROCEDURES[lxc.LXC_PROC_DOMAIN_OPEN_NAMESPACE]
+        _, fds = await self._conn.call_with_fds(
+            procedure, lxc.LxcDomainOpenNamespaceArgs(self._ref, flags))
+        return fds
+
+    # -- migration (the source side of peer-to-peer or hypervisor-direct migration) -------------
+    async def migrate_to_uri3(self, dconnuri: str | None, params: dict[str, Any],
+                              flags: int = 0) -> None:
+        """Migrate the domain, this daemon driving it (``virDomainMigrateToURI3``):
+        with ``VIR_MIGRATE_PEER2PEER`` to the daemon at ``dconnuri``, else directly by the
+        hypervisor to ``params["migrate_uri"]``.  ``params`` are libvirt's migration
+        parameters (``VIR_MIGRATE_PARAM_*`` names) as a dict; one ``MIGRATE_PERFORM3_PARAMS``
+        call, as libvirt sends to daemons that support migration parameters (all since 1.1)."""
+        await self._conn.rpc.domain_migrate_perform3_params(
+            self._ref, dconnuri, from_dict(params, _MIGRATE_PARAM_TYPES), b"", flags)
+
+    async def migrate_to_uri2(self, dconnuri: str | None = None, miguri: str | None = None,
+                              dxml: str | None = None, flags: int = 0, dname: str | None = None,
+                              bandwidth: int = 0) -> None:
+        """``virDomainMigrateToURI2``: ``migrate_to_uri3`` with the parameters spelled out."""
+        params: dict[str, Any] = {}
+        for key, value in (("migrate_uri", miguri), ("destination_xml", dxml),
+                           ("destination_name", dname)):
+            if value is not None:
+                params[key] = value
+        if bandwidth:
+            params["bandwidth"] = bandwidth
+        await self.migrate_to_uri3(dconnuri, params, flags)
+
+    async def migrate_to_uri(self, duri: str, flags: int = 0, dname: str | None = None,
+                             bandwidth: int = 0) -> None:
+        """``virDomainMigrateToURI``: ``duri`` is the destination daemon's URI with
+        ``VIR_MIGRATE_PEER2PEER``, else the hypervisor's migration URI."""
+        if flags & VIR_MIGRATE_PEER2PEER:
+            await self.migrate_to_uri2(duri, None, None, flags, dname, bandwidth)
+        else:
+            await self.migrate_to_uri2(None, duri, None, flags, dname, bandwidth)
 
     async def shutdown(self, flags: int = 0) -> None:
         """Ask the guest to shut down (ACPI or agent); returns before it has stopped."""
@@ -315,6 +390,14 @@ class DomainMethods(ApiBase):
         """Statistics of every domain (``VIR_DOMAIN_STATS_*`` groups; 0 means all)."""
         records = await self.call(DOMAIN_STATS,
                                   ConnectGetAllDomainStatsArgs([], stats, flags))
+        return [(Domain(self, ref), values) for ref, values in records]
+
+    async def domain_list_get_stats(self, domains: Sequence[Domain], stats: int = 0,
+                                    flags: int = 0) -> list[tuple[Domain, dict[str, Any]]]:
+        """Statistics of the given domains (``virDomainListGetStats``; ``VIR_DOMAIN_STATS_*``
+        groups, 0 means all)."""
+        records = await self.call(DOMAIN_STATS, ConnectGetAllDomainStatsArgs(
+            [domain._ref for domain in domains], stats, flags))
         return [(Domain(self, ref), values) for ref, values in records]
 
     def domain_events(self, event_id: DomainEventID | int = DomainEventID.LIFECYCLE,

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from .domain import DomainMethods
 from .events import EventMethods
+from .generated import ConnectionGenerated
 from .handle import ApiBase
 from .network import NetworkMethods
 from .nodedev import NodeDeviceMethods
@@ -66,5 +67,6 @@ class HostMethods(ApiBase):
 
 
 class ConnectionObjects(HostMethods, DomainMethods, NetworkMethods, StorageMethods,
-                        NodeDeviceMethods, SecretMethods, EventMethods):
-    """Everything ``Connection`` offers above raw ``rpc`` calls."""
+                        NodeDeviceMethods, SecretMethods, EventMethods, ConnectionGenerated):
+    """Everything ``Connection`` offers above raw ``rpc`` calls: the hand-written methods
+    first, then one generated method per remote libvirt function (aiovirt/api/generated.py)."""

@@ -5,13 +5,14 @@ from __future__ import annotations
 import uuid as _uuid
 
 from ..errors import NoSuchNetwork
+from .generated import NetworkGenerated, NetworkPortGenerated
 from .handle import ApiBase, ApiConnection, UUIDHandle, uuid_bytes
-from ..protocol.remote import NonnullNetwork
+from ..protocol.remote import NonnullNetwork, NonnullNetworkPort
 
-__all__ = ["Network", "NetworkMethods"]
+__all__ = ["Network", "NetworkMethods", "NetworkPort"]
 
 
-class Network(UUIDHandle):
+class Network(UUIDHandle, NetworkGenerated):
     """A handle on one virtual network; ``name`` and ``uuid`` are plain attributes."""
 
     __slots__ = ("name",)
@@ -55,6 +56,19 @@ class Network(UUIDHandle):
 
     async def set_autostart(self, enabled: bool) -> None:
         await self._conn.rpc.network_set_autostart(self._ref, int(enabled))
+
+
+class NetworkPort(UUIDHandle, NetworkPortGenerated):
+    """A handle on one port of a virtual network: ``uuid`` and ``network`` (its
+    ``Network``)."""
+
+    __slots__ = ("network",)
+    _ref: NonnullNetworkPort
+    _repr_fields = ("uuid", "network")
+
+    def __init__(self, conn: ApiConnection, ref: NonnullNetworkPort) -> None:
+        super().__init__(conn, ref)
+        self.network = Network(conn, ref.net)
 
 
 class NetworkMethods(ApiBase):

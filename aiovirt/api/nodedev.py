@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from ..errors import NoSuchNodeDevice
+from .generated import NodeDeviceGenerated
 from .handle import ApiBase, ApiConnection, Handle
 from ..protocol.remote import NonnullNodeDevice
 
 __all__ = ["NodeDevice", "NodeDeviceMethods"]
 
 
-class NodeDevice(Handle):
+class NodeDevice(Handle, NodeDeviceGenerated):
     """A handle on one host device (PCI, USB, mediated, ...); ``name`` is its libvirt name."""
 
     __slots__ = ("name",)

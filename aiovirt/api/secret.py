@@ -6,6 +6,7 @@ import uuid as _uuid
 from enum import IntEnum
 
 from ..errors import NoSuchSecret
+from .generated import SecretGenerated
 from .handle import ApiBase, ApiConnection, UUIDHandle, enum_or_int, uuid_bytes
 from ..protocol.remote import NonnullSecret
 
@@ -23,7 +24,7 @@ class SecretUsageType(IntEnum):
     VTPM = 5
 
 
-class Secret(UUIDHandle):
+class Secret(UUIDHandle, SecretGenerated):
     """A handle on one secret: ``uuid``, ``usage_type`` (``VIR_SECRET_USAGE_TYPE_*``) and
     ``usage_id`` (what it is for, e.g. a volume path or a Ceph user)."""
 

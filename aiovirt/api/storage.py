@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from ..errors import NoSuchStoragePool, NoSuchStorageVolume
+from .generated import StoragePoolGenerated, StorageVolumeGenerated
 from .handle import ApiBase, ApiConnection, Handle, UUIDHandle, enum_or_int, uuid_bytes
 from . import streams as _streams
 from .streams import Stream
@@ -56,7 +57,7 @@ class StorageVolumeInfo:
     allocation: int
 
 
-class StoragePool(UUIDHandle):
+class StoragePool(UUIDHandle, StoragePoolGenerated):
     """A handle on one storage pool; ``name`` and ``uuid`` are plain attributes."""
 
     __slots__ = ("name",)
@@ -132,7 +133,7 @@ class StoragePool(UUIDHandle):
         return [StorageVolume(self._conn, ref) for ref in ret.vols]
 
 
-class StorageVolume(Handle):
+class StorageVolume(Handle, StorageVolumeGenerated):
     """A handle on one volume: ``name``, ``key`` and ``pool`` (the pool's name)."""
 
     __slots__ = ("name", "key", "pool")
