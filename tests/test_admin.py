@@ -173,7 +173,7 @@ async def test_connect_sizes_its_in_flight_cap_to_the_daemons_setting(tmp_path):
         async with connect(daemon.uri(), max_in_flight=3) as conn:
             assert conn.max_in_flight == 3
         async with connect(daemon.uri(transport="tcp")) as conn:
-            assert conn.max_in_flight == 10
+            assert conn.max_in_flight == 20
             results = await asyncio.gather(*(conn.rpc.connect_get_lib_version()
                                              for _ in range(40)))
             assert len(results) == 40

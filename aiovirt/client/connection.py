@@ -56,7 +56,7 @@ SLOW_PROCEDURES: frozenset[str] = frozenset(
 
 # Over a network or a tunnel, the default in-flight cap is this many times libvirt's default
 # max_client_requests (see RpcConnection._in_flight_for).
-REMOTE_PIPELINE = 2
+REMOTE_PIPELINE = 4
 
 
 def _timed_out(procedure: ProcedureInfo, timeout: float) -> CallTimeout:
@@ -447,13 +447,15 @@ two.
 
     def _quick_overflow(self) -> Channel:
         """For a quick call while the main socket is full: a lane with a free slot, else the
-        main socket's queue.  A quick call never waits for a lane to open; one is opened in
-        the background for the next."""
+        main socket's queue.  A quick call never waits for a lane to open; locally one is
+        opened in the background for the next.  Across a network quick calls open none (a
+        lane there costs a TLS handshake or an ssh process; the main socket pipelines)."""
         lanes = self._open_lanes()
         free = [c for c in lanes if c.load < c.max_in_flight]
         if free:
             return min(free, key=lambda c: c.load)
-        if len(lanes) < self.lanes and not self._spare_opening:
+        if (len(lanes) < self.lanes and not self._spare_opening
+                and self.uri.transport == "unix"):
             assert self._tasks is not None
             self._spare_opening = True  # set now: a burst of overflowing calls spawns one task
             self._tasks.start(self._open_spare_lane, "aiovirt open lane")

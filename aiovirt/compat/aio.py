@@ -11,10 +11,17 @@ How a method is answered, in order:
 2. ``ADAPTERS``: (procedure, argument adapter, result adapter) for calls whose wire shape
    differs from libvirt-python's (``memoryStats`` -> dict...);
 3. the generic adaptation, driven by ``names.CLASSES`` (libvirt-python's method -> C
-   function -> remote procedure): the wire arguments are filled from the object's own
-   reference and the caller's arguments (matched by name, then by position); the reply
-   becomes one value, or a list of its fields, with references wrapped in compat classes and
-   typed parameters as dicts.
+   function -> the aiovirt object-API method implementing it, ``calls``, and the remote
+   procedure): when the C function has an aiovirt method on the object's own handle class
+   (``Domain``, ``Network``... ``Connection`` for virConnect), that method is called on a
+   handle made from the object's reference, so the client-side rules the object API applies
+   hold (VIR_TYPED_PARAM_STRING_OKAY, two-call sizing, setters typed by their getters,
+   in-band -1 failures, is_secure/is_encrypted from the transport); the caller's arguments
+   are matched to its parameters by name, then by position.  Otherwise the raw procedure
+   is called, its wire arguments filled from the object's own reference and the caller's
+   arguments.  Either result becomes libvirt-python's shape: one value, or a list of the
+   reply's fields, handles and references as compat objects, typed parameters as dicts,
+   ``bool`` answers as int, ``None`` as 0.
 
 A method without a procedure raises ``libvirtError`` (VIR_ERR_NO_SUPPORT) when called.
 """
@@ -159,7 +166,7 @@ class virDomain(_UUIDNamed):  # noqa: N801
 
     async def screenshot(self, stream: virStream, screen: int, flags: int = 0) -> str:
         try:
-            mime, raw = await _domain_handle(self).screenshot(screen, flags)
+            mime, raw = await handle(self).screenshot(screen, flags)
         except TRANSLATED as exc:
             raise _translate(exc) from None
         stream._s = raw
@@ -172,15 +179,139 @@ class virDomain(_UUIDNamed):  # noqa: N801
             {"type": a.type, "addr": a.addr, "prefix": a.prefix} for a in i.addrs]}
             for i in ret.ifaces}
 
+    async def _host_cpus(self) -> int:
+        """How many CPUs the host has, as libvirt-python counts them for cpumaps
+        (virNodeGetCPUMap; the node's info when that fails)."""
+        try:
+            return (await handle(self._conn).node_get_cpu_map(0, 0, 0)).ret  # type: ignore[no-any-return]
+        except TRANSLATED:
+            return (await self._conn.getInfo())[2]  # type: ignore[no-any-return]
+
+    async def _cpumaps(self) -> tuple[int, int, int]:
+        """(host CPUs, bytes per cpumap, the domain's vCPUs)."""
+        try:
+            cpus = await self._host_cpus()
+            vcpus = (await handle(self).get_info()).nrVirtCpu
+        except TRANSLATED as exc:
+            raise _translate(exc) from None
+        return cpus, (cpus + 7) // 8, vcpus
+
     async def vcpus(self) -> list[Any]:
-        ret = await self._conn._call("domain_get_vcpus", self._o, 16384 // 8, 0)
+        """[[(number, state, cpuTime, cpu) per vCPU], [cpumap (tuple of bool) per vCPU]]."""
+        cpus, maplen, vcpus = await self._cpumaps()
+        try:
+            ret = await handle(self).get_vcpus(vcpus, maplen)
+        except TRANSLATED as exc:
+            raise _translate(exc) from None
         info = [(v.number, v.state, v.cpu_time, v.cpu) for v in ret.info]
-        return [info, []]
+        return [info, _split_cpumaps(ret.cpumaps, len(ret.info), maplen, cpus)]
+
+    async def vcpuPinInfo(self, flags: int = 0) -> list[tuple[bool, ...]]:  # noqa: N802
+        cpus, maplen, vcpus = await self._cpumaps()
+        try:
+            ret = await handle(self).get_vcpu_pin_info(vcpus, maplen, flags)
+        except TRANSLATED as exc:
+            raise _translate(exc) from None
+        return _split_cpumaps(ret.cpumaps, ret.num, maplen, cpus)
+
+    async def emulatorPinInfo(self, flags: int = 0) -> tuple[bool, ...] | None:  # noqa: N802
+        """The emulator's cpumap, or None when the domain has none (libvirt returns 0)."""
+        try:
+            cpus = await self._host_cpus()
+            ret = await handle(self).get_emulator_pin_info((cpus + 7) // 8, flags)
+        except TRANSLATED as exc:
+            raise _translate(exc) from None
+        if ret.ret == 0:
+            return None
+        return _split_cpumaps(ret.cpumaps, 1, (cpus + 7) // 8, cpus)[0]
+
+    async def getCPUStats(self, total: bool, flags: int = 0) -> list[dict[str, Any]]:  # noqa: N802
+        """[{totals}] when ``total``, else one dict per host CPU (in chunks of 128 CPUs, the
+        protocol's limit, as libvirt-python asks)."""
+        dom = handle(self)
+        try:
+            if total:
+                return await dom.get_cpu_stats(-1, 1, flags)  # type: ignore[no-any-return]
+            # how many CPUs (nparams 0, ncpus 0), then per chunk
+            count = (await self._conn._c.rpc.domain_get_cpu_stats(
+                self._o, 0, 0, 0, flags | _STRING_OKAY)).nparams
+            stats: list[dict[str, Any]] = []
+            for start in range(0, count, 128):
+                chunk = await dom.get_cpu_stats(start, min(128, count - start), flags)
+                stats.extend(chunk)
+            return stats
+        except TRANSLATED as exc:
+            raise _translate(exc) from None
+
+    async def diskErrors(self, flags: int = 0) -> dict[str, int]:  # noqa: N802
+        """{disk: VIR_DOMAIN_DISK_ERROR_*} (count first, then the errors, as libvirt-python)."""
+        dom = handle(self)
+        try:
+            count = (await dom.get_disk_errors(0, flags)).nerrors
+            if not count:
+                return {}
+            ret = await dom.get_disk_errors(count, flags)
+        except TRANSLATED as exc:
+            raise _translate(exc) from None
+        return {e.disk: e.error for e in ret.errors}
+
+    async def getTime(self, flags: int = 0) -> dict[str, int]:  # noqa: N802
+        ret = await self._object_api("get_time", flags)
+        return {"seconds": ret.seconds, "nseconds": ret.nseconds}
+
+    async def securityLabel(self) -> list[Any]:  # noqa: N802
+        ret = await self._object_api("get_security_label")
+        return [_c_string(ret.label), bool(ret.enforcing)]
+
+    async def securityLabelList(self) -> list[list[Any]]:  # noqa: N802
+        labels = await self._object_api("get_security_label_list")
+        return [[_c_string(label.label), bool(label.enforcing)] for label in labels]
+
+    async def _object_api(self, method: str, *args: Any) -> Any:
+        try:
+            return await getattr(handle(self), method)(*args)
+        except TRANSLATED as exc:
+            raise _translate(exc) from None
+
+    # libvirt-python returns None (raising nothing) when these fail: its wrappers do not
+    # check the C binding's None
+    async def guestVcpus(self, flags: int = 0) -> dict[str, Any] | None:  # noqa: N802
+        return await _none_on_error(self._object_api("get_guest_vcpus", flags))
+
+    async def migrateGetCompressionCache(self, flags: int = 0) -> int | None:  # noqa: N802
+        return await _none_on_error(self._object_api("migrate_get_compression_cache", flags))
+
+    async def migrateGetMaxDowntime(self, flags: int = 0) -> int | None:  # noqa: N802
+        return await _none_on_error(self._object_api("migrate_get_max_downtime", flags))
 
 
-def _domain_handle(dom: virDomain) -> Any:
-    from ..api.domain import Domain
-    return Domain(dom._conn._c, dom._o)
+_STRING_OKAY = 4   # VIR_TYPED_PARAM_STRING_OKAY
+
+
+async def _none_on_error(coro: Any) -> Any:
+    """libvirt-python's result for calls whose wrapper lets a failure through as None (the
+    error is recorded as the last error all the same)."""
+    from .errors import set_last_error
+    try:
+        return await coro
+    except libvirtError as exc:
+        set_last_error(exc.err)
+        return None
+
+
+def _c_string(raw: Any) -> str:
+    """A fixed-size char array from the wire (NUL-padded bytes) as libvirt-python's str."""
+    if isinstance(raw, (bytes, bytearray, list)):
+        return bytes(raw).split(b"\0", 1)[0].decode(errors="replace")
+    return str(raw)
+
+
+def _split_cpumaps(raw: bytes, count: int, maplen: int, cpus: int) -> list[tuple[bool, ...]]:
+    """``count`` cpumaps of ``maplen`` bytes as libvirt-python's tuples of ``cpus`` bools."""
+    raw = bytes(raw)
+    return [tuple(bool(raw[i * maplen + cpu // 8] >> (cpu % 8) & 1) if
+                  i * maplen + cpu // 8 < len(raw) else False for cpu in range(cpus))
+            for i in range(count)]
 
 
 _MEMORY_STAT_TAGS = {0: "swap_in", 1: "swap_out", 2: "major_fault", 3: "minor_fault",
@@ -447,7 +578,45 @@ class virConnect:  # noqa: N801
         return list(ret.cells)
 
     async def getURI(self) -> str:  # noqa: N802
+        """The URI this connection was opened with (libvirt answers it client-side: the
+        client's URI, transport and socket included); the daemon's when none was given."""
+        uri = getattr(getattr(self._c, "uri", None), "uri", None)
+        if self._uri and uri:
+            return str(uri)
         return (await self._call("connect_get_uri")).uri  # type: ignore[no-any-return]
+
+    async def getCPUMap(self, flags: int = 0) -> list[Any]:  # noqa: N802
+        """[CPUs, (online? per CPU), online CPUs]."""
+        try:
+            ret = await self._c.node_get_cpu_map(1, 1, flags)
+        except TRANSLATED as exc:
+            raise _translate(exc) from None
+        return [ret.ret, _split_cpumaps(ret.cpumap, 1, (ret.ret + 7) // 8, ret.ret)[0],
+                ret.online]
+
+    async def getSecurityModel(self) -> list[str]:  # noqa: N802
+        try:
+            ret = await self._c.node_get_security_model()
+        except TRANSLATED as exc:
+            raise _translate(exc) from None
+        return [_c_string(ret.model), _c_string(ret.doi)]
+
+    async def getAllDomainStats(self, stats: int = 0, flags: int = 0  # noqa: N802
+                                ) -> list[tuple[virDomain, dict[str, Any]]]:
+        try:
+            records = await self._c.all_domain_stats(stats, flags)
+        except TRANSLATED as exc:
+            raise _translate(exc) from None
+        return [(virDomain(self, dom._ref), values) for dom, values in records]
+
+    async def domainListGetStats(self, doms: list[virDomain], stats: int = 0,  # noqa: N802
+                                 flags: int = 0) -> list[tuple[virDomain, dict[str, Any]]]:
+        try:
+            records = await self._c.domain_list_get_stats([handle(d) for d in doms], stats,
+                                                          flags)
+        except TRANSLATED as exc:
+            raise _translate(exc) from None
+        return [(virDomain(self, dom._ref), values) for dom, values in records]
 
     async def registerCloseCallback(self, cb: Callable[..., Any], opaque: Any) -> int:  # noqa: N802
         """Remembered; called (conn, reason, opaque) when ``close()`` closes the connection."""
@@ -499,6 +668,13 @@ class virConnect:  # noqa: N801
                if ref is not None else None)
         sub = EventSubscription(self._c, family, (event_id, key), register, deregister,
                                 convert, max_buffer=None)
+        return await self._subscribe(sub, lambda body: _event_args(self, body), callback,
+                                     opaque)
+
+    async def _subscribe(self, sub: EventSubscription[Any], args_of: Callable[[Any], Any],
+                         callback: Callable[..., Any], opaque: Any) -> int:
+        """Start ``sub``; each event it yields calls ``callback(self, *args_of(event),
+        opaque)`` through ``dispatch``.  Returns the callback id (per connection, from 0)."""
         try:
             await sub.start()
         except TRANSLATED as exc:
@@ -509,7 +685,7 @@ class virConnect:  # noqa: N801
             async for body in sub:
                 if not dataclasses.is_dataclass(body):
                     continue   # Dropped / Resync markers
-                self.dispatch(callback, (self, *_event_args(self, body), opaque))
+                self.dispatch(callback, (self, *args_of(body), opaque))
 
         task = asyncio.get_running_loop().create_task(pump())
         self._events[callback_id] = (sub, task, callback)
@@ -700,15 +876,141 @@ def _result(conn: virConnect, ret: Any) -> Any:
     return [_convert(conn, getattr(ret, name)) for name in fields]
 
 
+# -- the object API ---------------------------------------------------------------------------
+
+def _handle_classes() -> dict[type, type]:
+    from ..api.checkpoint import DomainCheckpoint
+    from ..api.domain import Domain
+    from ..api.interface import Interface
+    from ..api.network import Network, NetworkPort
+    from ..api.nodedev import NodeDevice
+    from ..api.nwfilter import NWFilter, NWFilterBinding
+    from ..api.secret import Secret
+    from ..api.snapshot import DomainSnapshot
+    from ..api.storage import StoragePool, StorageVolume
+    return {virDomain: Domain, virNetwork: Network, virNetworkPort: NetworkPort,
+            virInterface: Interface, virStoragePool: StoragePool,
+            virStorageVol: StorageVolume, virNodeDevice: NodeDevice, virSecret: Secret,
+            virNWFilter: NWFilter, virNWFilterBinding: NWFilterBinding,
+            virDomainSnapshot: DomainSnapshot, virDomainCheckpoint: DomainCheckpoint}
+
+
+_HANDLES: dict[type, type] = {}
+
+
+def handle(obj: Any) -> Any:
+    """The aiovirt object-API handle (or ``Connection``) for a compat object."""
+    if isinstance(obj, virConnect):
+        return obj._c
+    if not _HANDLES:
+        _HANDLES.update(_handle_classes())
+    return _HANDLES[type(obj)](obj._conn._c, obj._o)
+
+
+def _aiovirt_method(obj: Any, calls: str) -> Any:
+    return getattr(handle(obj), calls.split(".", 1)[1])
+
+
+def _bind(spec: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The caller's arguments by libvirt-python's parameter names (defaults filled in)."""
+    bound: dict[str, Any] = {}
+    for index, param in enumerate(spec):
+        name = param[0]
+        if index < len(args):
+            bound[name] = args[index]
+        elif name in kwargs:
+            bound[name] = kwargs[name]
+        elif len(param) > 1:
+            bound[name] = param[1]
+        else:
+            raise TypeError(f"missing argument {name!r}")
+    if len(args) > len(spec):
+        raise TypeError(f"takes {len(spec)} arguments, {len(args)} given")
+    return bound
+
+
+def _to_aiovirt(value: Any) -> Any:
+    if isinstance(value, (_Object, virConnect)):
+        return handle(value)
+    if isinstance(value, list):
+        return [_to_aiovirt(item) for item in value]
+    return value
+
+
+def _aiovirt_args(target: Callable[..., Any], bound: dict[str, Any]) -> dict[str, Any] | None:
+    """The aiovirt method's arguments from libvirt-python's: matched by name (case and
+    underscores ignored), the rest in order; None when they do not fit (the generic adapter
+    then calls the raw procedure)."""
+    params = [p for p in inspect.signature(target).parameters.values()
+              if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    by_norm = {_norm(name): name for name in bound}
+    remaining = list(bound)
+    out: dict[str, Any] = {}
+    unmatched = []
+    for param in params:
+        key = by_norm.get(_norm(param.name))
+        if key is not None and key in remaining:
+            out[param.name] = _to_aiovirt(bound[key])
+            remaining.remove(key)
+        else:
+            unmatched.append(param)
+    if unmatched and len(unmatched) == len(remaining):
+        for param, key in zip(unmatched, remaining):
+            out[param.name] = _to_aiovirt(bound[key])
+        return out
+    if remaining or any(p.default is inspect.Parameter.empty for p in unmatched):
+        return None
+    return out
+
+
+def _returns_none(target: Callable[..., Any]) -> bool:
+    annotation = inspect.signature(target).return_annotation
+    return annotation in (None, "None")
+
+
+def _reshape(conn: virConnect, value: Any, top: bool = True) -> Any:
+    """An object-API result as libvirt-python returns it."""
+    from ..api.handle import Handle
+    if isinstance(value, Handle):
+        cls = _BY_REF.get(type(value._ref).__name__)
+        return cls(conn, value._ref) if cls is not None else value
+    if isinstance(value, bool):
+        return int(value) if top else value
+    if isinstance(value, (list, tuple)):
+        if value and isinstance(value[0], remote.TypedParam):
+            return to_dict(list(value))
+        return [_reshape(conn, item, False) for item in value]
+    if isinstance(value, dict):
+        return {k: _reshape(conn, v, False) for k, v in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if top and type(value).__module__ == remote.__name__:
+            return _result(conn, value)
+        return [_reshape(conn, getattr(value, f.name), False)
+                for f in dataclasses.fields(value)]
+    return value
+
+
 def _generic(cls_name: str, method: str, entry: dict[str, Any]) -> Callable[..., Any]:
     procedures = [p for p in (_procedure(name) for name in entry["procedures"]) if p]
     adapter = ADAPTERS.get(f"{cls_name}.{method}")
     spec = entry["params"]
+    calls = entry.get("calls")
 
     async def call(self: Any, *args: Any, **kwargs: Any) -> Any:
         conn = self if isinstance(self, virConnect) else self._conn
         if adapter is not None:
             return await adapter(self, conn, *args, **kwargs)
+        if calls:
+            target = _aiovirt_method(self, calls)
+            values = _aiovirt_args(target, _bind(spec, args, kwargs))
+            if values is not None:
+                try:
+                    result = await target(**values)
+                except TRANSLATED as exc:
+                    raise _translate(exc) from None
+                if result is None and _returns_none(target):
+                    return 0   # libvirt-python's 0 for success of an int-returning call
+                return _reshape(conn, result)
         if not procedures or procedures[0].args is None and spec:
             raise _no_support(entry["c"] or f"{cls_name}.{method}")
         procedure = procedures[0]
@@ -726,13 +1028,20 @@ def _generic(cls_name: str, method: str, entry: dict[str, Any]) -> Callable[...,
 
     call.__name__ = call.__qualname__ = method
     call.__doc__ = (f"libvirt-python's {cls_name}.{method} ({entry['c']}"
-                    f"{': ' + ', '.join(entry['procedures']) if entry['procedures'] else ''}).")
+                    + (f": aiovirt's {calls}" if calls else
+                       f": {', '.join(entry['procedures'])}" if entry["procedures"] else "")
+                    + ").")
+    call._aiovirt_generic = True  # type: ignore[attr-defined]
     return call
 
 
 async def _block_info(dom: virDomain, conn: virConnect, path: str, flags: int = 0) -> list[int]:
-    ret = await conn._call("domain_get_block_info", dom._o, path, flags)
-    return [ret.allocation, ret.capacity, ret.physical]
+    """[capacity, allocation, physical]: libvirt-python's order."""
+    try:
+        ret = await handle(dom).get_block_info(path, flags)
+    except TRANSLATED as exc:
+        raise _translate(exc) from None
+    return [ret.capacity, ret.allocation, ret.physical]
 
 
 async def _get_type(self: virConnect, conn: virConnect) -> str:

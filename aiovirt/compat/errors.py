@@ -68,6 +68,12 @@ def _system(message: str, domain: int, errno: int = 0) -> ErrTuple:
 def error_tuple(exc: BaseException) -> ErrTuple:
     """What libvirt's C library would have recorded for ``exc``."""
     message = str(exc)
+    if isinstance(exc, LibvirtError) and not exc.code:
+        # a failure no error was recorded for (an in-band -1 reply): libvirt's
+        # virDispatchError reports it as VIR_ERR_INTERNAL_ERROR, "the cause is unknown"
+        return (C.VIR_ERR_INTERNAL_ERROR, exc.domain or C.VIR_FROM_NONE,
+                "An error occurred, but the cause is unknown", C.VIR_ERR_ERROR, None, None,
+                None, 0, 0)
     if isinstance(exc, LibvirtError):
         return (exc.code, exc.domain, exc.message, exc.level, exc.str1, exc.str2, exc.str3,
                 exc.int1, exc.int2)
