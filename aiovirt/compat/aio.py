@@ -528,6 +528,8 @@ class virConnect:  # noqa: N801
         self._legacy: dict[Any, int] = {}
         self._callback_ids = itertools.count()   # per connection, from 0, as libvirt's
         self.dispatch: Callable[[Callable[..., Any], tuple[Any, ...]], None] = _call_now
+        self._close_callback: tuple[Callable[..., Any], Any] | None = None
+        self._close_watch: tuple[EventSubscription[Any], asyncio.Task[None]] | None = None
 
     @classmethod
     async def open(cls, uri: str | None = None, *, readonly: bool = False,
@@ -555,10 +557,13 @@ class virConnect:  # noqa: N801
         return id(self)
 
     async def close(self) -> int:
+        watch, self._close_watch = self._close_watch, None
+        if watch is not None:   # closed here: the CLIENT reason below, not the watcher's
+            watch[1].cancel()
         for callback_id in list(self._events):
             await self._deregister(callback_id)
         await self._c.close()
-        callback = getattr(self, "_close_callback", None)
+        callback = self._close_callback
         if callback is not None:
             self.dispatch(callback[0], (self, C.VIR_CONNECT_CLOSE_REASON_CLIENT, callback[1]))
         return 0
@@ -619,12 +624,51 @@ class virConnect:  # noqa: N801
         return [(virDomain(self, dom._ref), values) for dom, values in records]
 
     async def registerCloseCallback(self, cb: Callable[..., Any], opaque: Any) -> int:  # noqa: N802
-        """Remembered; called (conn, reason, opaque) when ``close()`` closes the connection."""
+        """``cb(conn, reason, opaque)`` once when the connection closes: LOST (reason
+        VIR_CONNECT_CLOSE_REASON_EOF when the daemon went away, KEEPALIVE when it stopped
+        answering, ERROR otherwise; or the reason the daemon sends when its driver's
+        connection closes: aiovirt's ``connection_closed_events``), or closed by ``close()``
+        (CLIENT).  One callback per connection, as libvirt allows."""
+        if self._close_callback is not None:
+            message = "A close callback is already registered"
+            raise libvirtError(message, (C.VIR_ERR_OPERATION_INVALID, C.VIR_FROM_NONE,
+                                         message, C.VIR_ERR_ERROR, None, None, None, 0, 0))
         self._close_callback = (cb, opaque)
+        if self._close_watch is None:
+            sub = self._c.connection_closed_events(max_buffer=None)
+            try:
+                await sub.start()
+            except TRANSLATED as exc:
+                self._close_callback = None
+                raise _translate(exc) from None
+
+            async def watch() -> None:
+                async for event in sub:
+                    reason = getattr(event, "reason", None)
+                    if reason is None:
+                        continue   # Dropped / Resync markers
+                    callback = self._close_callback
+                    if callback is not None and self._close_watch is not None:
+                        self._close_watch = None
+                        self.dispatch(callback[0], (self, int(reason), callback[1]))
+                    return
+
+            self._close_watch = (sub, asyncio.get_running_loop().create_task(watch()))
         return 0
 
     async def unregisterCloseCallback(self) -> int:  # noqa: N802
+        if self._close_callback is None:
+            message = "A different callback was requested"
+            raise libvirtError(message, (C.VIR_ERR_OPERATION_INVALID, C.VIR_FROM_NONE,
+                                         message, C.VIR_ERR_ERROR, None, None, None, 0, 0))
         self._close_callback = None
+        watch, self._close_watch = self._close_watch, None
+        if watch is not None:
+            watch[1].cancel()
+            try:
+                await watch[0].stop()
+            except TRANSLATED:
+                pass   # already gone with the connection
         return 0
 
     async def newStream(self, flags: int = 0) -> virStream:  # noqa: N802
