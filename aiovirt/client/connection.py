@@ -189,9 +189,10 @@ two.
     def _in_flight_for(self, transport: Transport) -> int:
         """The in-flight cap when the caller set none.  Locally, the daemon's own
         max_client_requests where it can be read (else libvirt's default): a reply makes room
-        for the next call at no cost.  Across a network or a tunnel, REMOTE_PIPELINE times libvirt's default:
-        libvirtd serves that many at once and leaves the rest unread in its socket, so the next
-        call is already there when a slot frees instead of a round trip later."""
+        for the next call at no cost.  Across a network or a tunnel, ``REMOTE_PIPELINE``
+        times libvirt's default: libvirtd serves its share at once and leaves the rest
+        unread in its socket, so the next call is already there when a slot frees instead
+        of a round trip later."""
         if self.uri.transport != "unix":
             return REMOTE_PIPELINE * DEFAULT_MAX_CLIENT_REQUESTS
         sock = transport.raw_socket
@@ -514,8 +515,9 @@ class connect(Generic[C]):  # noqa: N801 - reads as a function: ``await connect(
     can still be cancelled unsent).  None (the default): over a local UNIX socket the
     daemon's own ``max_client_requests``, read from the configuration it runs with when we
     may inspect it (see ``aiovirt.client.limits``), else libvirt's default of 5; over
-    tcp/tls/ssh/ext four times that default (``REMOTE_PIPELINE``), so the daemon finds the next call waiting in its
-    socket when a slot frees instead of a network round trip later.  ``lanes``: extra sockets for slow procedures.
+    tcp/tls/ssh/ext four times that default (``REMOTE_PIPELINE``), so the daemon finds the
+    next call waiting in its socket when a slot frees instead of a network round trip
+    later.  ``lanes``: extra sockets for slow procedures.
     ``keepalive``: (interval seconds, missed intervals) before the server is declared dead,
     or None.  ``readonly`` opens a read-only connection.  ``native_transport=False`` uses
     anyio's generic streams even on asyncio (other backends always do).
