@@ -157,3 +157,55 @@ def test_constants_regenerate_byte_identical(tmp_path):
     if real is not None:
         missing = [n for n in dir(real) if n.startswith("VIR_") and not hasattr(constants, n)]
         assert not missing
+
+
+@pytest.mark.parametrize("how", ["kill", "stop"])
+def test_close_callback_fires_when_the_daemon_goes(tmp_path, how):
+    """registerCloseCallback: called once, with VIR_CONNECT_CLOSE_REASON_EOF, when the
+    daemon goes away (killed, or stopped), as libvirt-python's is; CLIENT on close()."""
+    from aiovirt.testing.daemon import PrivateDaemon
+
+    real = _real_libvirt()
+    real_fired: list[int] = []
+    if real is not None:
+        real.virEventRegisterDefaultImpl()
+        threading.Thread(target=lambda: [real.virEventRunDefaultImpl() for _ in iter(int, 1)],
+                         daemon=True).start()
+    with PrivateDaemon(tmp_path / "d") as daemon:
+        conn = libvirt.open(daemon.uri())
+        fired: list[tuple[object, int, object]] = []
+        got = threading.Event()
+        conn.registerCloseCallback(lambda c, reason, opaque: (fired.append((c, reason, opaque)),
+                                                              got.set()), "op")
+        with pytest.raises(libvirtError):   # one per connection, as libvirt
+            conn.registerCloseCallback(lambda *a: None, None)
+        if real is not None:
+            rconn = real.open(daemon.uri())
+            real_got = threading.Event()
+            rconn.registerCloseCallback(
+                lambda c, reason, opaque: (real_fired.append(reason), real_got.set()), None)
+        getattr(daemon, how)()
+        assert got.wait(15), "the close callback did not fire"
+        assert [(r, o) for _, r, o in fired] == [(libvirt.VIR_CONNECT_CLOSE_REASON_EOF, "op")]
+        assert fired[0][0] is conn
+        if real is not None:
+            assert real_got.wait(15)
+            assert real_fired == [real.VIR_CONNECT_CLOSE_REASON_EOF]
+        conn.close()
+        assert len(fired) == 1   # not again on close()
+
+
+def test_close_callback_on_close_is_client(uri):
+    conn = libvirt.open(uri)
+    fired: list[int] = []
+    conn.registerCloseCallback(lambda c, reason, opaque: fired.append(reason), None)
+    conn.unregisterCloseCallback()
+    with pytest.raises(libvirtError):
+        conn.unregisterCloseCallback()
+    conn.registerCloseCallback(lambda c, reason, opaque: fired.append(reason), None)
+    conn.close()
+    for _ in range(100):
+        if fired:
+            break
+        threading.Event().wait(0.05)
+    assert fired == [libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT]

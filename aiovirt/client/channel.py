@@ -100,8 +100,7 @@ class Channel:
     @property
     def load(self) -> int:
         """Calls on the wire plus calls queued for a slot: what a new call would wait behind."""
-        protocol = self.protocol
-        return protocol.pending + protocol.queued
+        return self.protocol.load
 
     async def call(self, procedure: ProcedureInfo, args: Any = None) -> Any:
         """Send one call and wait for its reply; beyond ``max_in_flight`` calls wait their

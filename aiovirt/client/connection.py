@@ -451,11 +451,17 @@ two.
         main socket's queue.  A quick call never waits for a lane to open; locally one is
         opened in the background for the next.  Across a network quick calls open none (a
         lane there costs a TLS handshake or an ssh process; the main socket pipelines)."""
-        lanes = self._open_lanes()
-        free = [c for c in lanes if c.load < c.max_in_flight]
-        if free:
-            return min(free, key=lambda c: c.load)
-        if (len(lanes) < self.lanes and not self._spare_opening
+        best, best_load, lanes = None, 0, 0
+        for channel in self._lanes:       # one pass: this runs for every overflowing call
+            if channel.closed is not None:
+                continue
+            lanes += 1
+            load = channel.protocol.load
+            if load < channel.max_in_flight and (best is None or load < best_load):
+                best, best_load = channel, load
+        if best is not None:
+            return best
+        if (lanes < self.lanes and not self._spare_opening
                 and self.uri.transport == "unix"):
             assert self._tasks is not None
             self._spare_opening = True  # set now: a burst of overflowing calls spawns one task

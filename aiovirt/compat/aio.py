@@ -560,11 +560,13 @@ class virConnect:  # noqa: N801
         watch, self._close_watch = self._close_watch, None
         if watch is not None:   # closed here: the CLIENT reason below, not the watcher's
             watch[1].cancel()
+        alive = self._c.is_alive
+        alive = alive() if callable(alive) else alive
         for callback_id in list(self._events):
             await self._deregister(callback_id)
         await self._c.close()
         callback = self._close_callback
-        if callback is not None:
+        if callback is not None and alive:   # once: not again after the connection was lost
             self.dispatch(callback[0], (self, C.VIR_CONNECT_CLOSE_REASON_CLIENT, callback[1]))
         return 0
 

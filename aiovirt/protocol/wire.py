@@ -250,6 +250,11 @@ class ClientProtocol:
         """Calls waiting for a free slot, not sent yet."""
         return len(self._queued)
 
+    @property
+    def load(self) -> int:
+        """Calls sent and not answered plus calls queued: what a new call waits behind."""
+        return len(self._pending) + len(self._queued)
+
     def ping(self) -> bytes:
         """A keepalive PING packet, for probing a quiet server."""
         return encode_message(keepalive.PROGRAM, keepalive.KEEPALIVE_PROC_PING, MESSAGE, 0, OK)
