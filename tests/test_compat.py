@@ -159,6 +159,29 @@ def test_constants_regenerate_byte_identical(tmp_path):
         assert not missing
 
 
+class _EventLoop:
+    """libvirt's event model for the blocking drop-in: a thread running
+    virEventRunDefaultImpl() (callbacks run there) until the block ends."""
+
+    def __enter__(self):
+        libvirt.virEventRegisterDefaultImpl()
+        self.stop = False
+
+        def run():
+            while not self.stop:
+                libvirt.virEventRunDefaultImpl()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop = True
+        timer = libvirt.virEventAddTimeout(0, lambda *a: None, None)   # wake it
+        self.thread.join(5)
+        libvirt.virEventRemoveTimeout(timer)
+
+
 @pytest.mark.parametrize("how", ["kill", "stop"])
 def test_close_callback_fires_when_the_daemon_goes(tmp_path, how):
     """registerCloseCallback: called once, with VIR_CONNECT_CLOSE_REASON_EOF, when the
@@ -171,7 +194,7 @@ def test_close_callback_fires_when_the_daemon_goes(tmp_path, how):
         real.virEventRegisterDefaultImpl()
         threading.Thread(target=lambda: [real.virEventRunDefaultImpl() for _ in iter(int, 1)],
                          daemon=True).start()
-    with PrivateDaemon(tmp_path / "d") as daemon:
+    with PrivateDaemon(tmp_path / "d") as daemon, _EventLoop():
         conn = libvirt.open(daemon.uri())
         fired: list[tuple[object, int, object]] = []
         got = threading.Event()
@@ -196,6 +219,11 @@ def test_close_callback_fires_when_the_daemon_goes(tmp_path, how):
 
 
 def test_close_callback_on_close_is_client(uri):
+    with _EventLoop():
+        _close_on_client(uri)
+
+
+def _close_on_client(uri):
     conn = libvirt.open(uri)
     fired: list[int] = []
     conn.registerCloseCallback(lambda c, reason, opaque: fired.append(reason), None)
@@ -209,3 +237,61 @@ def test_close_callback_on_close_is_client(uri):
             break
         threading.Event().wait(0.05)
     assert fired == [libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT]
+
+
+def test_names_and_method_docs_regenerate_identical():
+    """aiovirt/compat/names.py and docs/compat-methods.md are what scripts/gen-compat-names
+    writes from the installed libvirt-python and rpc/libvirt_api_map.json."""
+    if _real_libvirt() is None:
+        pytest.skip("libvirt-python is not installed: the generator reads it")
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen-compat-names"),
+                           "--check"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_qemu_and_lxc_drop_ins(shared_uri):
+    """libvirt_qemu / libvirt_lxc: every function libvirt-python's modules have; against
+    the test driver they reach the daemon, which refuses them as it refuses libvirt-python."""
+    import aiovirt.compat.libvirt_lxc as lxc
+    import aiovirt.compat.libvirt_qemu as qemu
+    from aiovirt.compat.names import MODULES
+
+    for module, names in ((qemu, MODULES["libvirt_qemu"]), (lxc, MODULES["libvirt_lxc"])):
+        assert not [n for n in names if not hasattr(module, n)]
+    conn = libvirt.open(shared_uri)
+    try:
+        dom = conn.lookupByName("test")
+        calls = [lambda: qemu.qemuMonitorCommand(dom, "{}", 0),
+                 lambda: qemu.qemuAgentCommand(dom, "{}", 1, 0),
+                 lambda: qemu.qemuAttach(conn, 1, 0),
+                 lambda: lxc.lxcOpenNamespace(dom, 0),
+                 lambda: lxc.lxcEnterCGroup(dom, 0)]
+        codes = []
+        for call in calls:
+            with pytest.raises(libvirtError) as info:
+                call()
+            codes.append(info.value.get_error_code())
+        real = _real_libvirt()
+        if real is not None:   # the same refusals from libvirt-python
+            import libvirt_lxc as real_lxc
+            import libvirt_qemu as real_qemu
+            real.registerErrorHandler(lambda ctx, err: None, None)
+            rconn = real.open(shared_uri)
+            rdom = rconn.lookupByName("test")
+            real_calls = [lambda: real_qemu.qemuMonitorCommand(rdom, "{}", 0),
+                          lambda: real_qemu.qemuAgentCommand(rdom, "{}", 1, 0),
+                          lambda: real_qemu.qemuAttach(rconn, 1, 0),
+                          lambda: real_lxc.lxcOpenNamespace(rdom, 0)]
+            real_codes = []
+            for call in real_calls:
+                with pytest.raises(real.libvirtError) as info:
+                    call()
+                real_codes.append(info.value.get_error_code())
+            rconn.close()
+            assert codes[:4] == real_codes
+        assert codes[4] == libvirt.VIR_ERR_NO_SUPPORT
+        # QEMU monitor events: registering for the test driver is refused alike
+        with pytest.raises(libvirtError):
+            qemu.qemuMonitorEventRegister(conn, dom, None, lambda *a: None, None, 0)
+    finally:
+        conn.close()

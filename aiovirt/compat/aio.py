@@ -673,6 +673,25 @@ class virConnect:  # noqa: N801
                 pass   # already gone with the connection
         return 0
 
+    async def virConnGetLastError(self) -> Any:  # noqa: N802
+        """The last error this process recorded (libvirt's per-connection error: the
+        compat layer keeps one, the last raised)."""
+        from .errors import last_error
+        return last_error()
+
+    async def virConnResetLastError(self) -> None:  # noqa: N802
+        from .errors import set_last_error
+        set_last_error(None)
+
+    async def setKeepAlive(self, interval: int, count: int) -> int:  # noqa: N802
+        """Accepted (0): aiovirt's connection runs libvirt's keepalive protocol itself,
+        answering the daemon's pings; its interval and count are connect() options."""
+        if interval < 0 or count < 0:
+            message = "invalid argument: keepalive interval and count must be >= 0"
+            raise libvirtError(message, (C.VIR_ERR_INVALID_ARG, C.VIR_FROM_NONE, message,
+                                         C.VIR_ERR_ERROR, None, None, None, 0, 0))
+        return 0
+
     async def newStream(self, flags: int = 0) -> virStream:  # noqa: N802
         return virStream(self, flags)
 
