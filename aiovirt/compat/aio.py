@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import inspect
 import itertools
 import uuid as _uuid
@@ -1002,12 +1003,26 @@ def _to_aiovirt(value: Any) -> Any:
     return value
 
 
+@functools.cache
+def _signature(func: Callable[..., Any], bound: bool) -> tuple[list[inspect.Parameter], Any]:
+    """A function's named parameters (without ``self`` for a method) and its return
+    annotation, worked out once: ``inspect.signature`` costs more than a call."""
+    signature = inspect.signature(func)
+    params = [p for p in signature.parameters.values()
+              if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return (params[1:] if bound else params), signature.return_annotation
+
+
+def _signature_of(target: Callable[..., Any]) -> tuple[list[inspect.Parameter], Any]:
+    func = getattr(target, "__func__", None)
+    return _signature(func, True) if func is not None else _signature(target, False)
+
+
 def _aiovirt_args(target: Callable[..., Any], bound: dict[str, Any]) -> dict[str, Any] | None:
     """The aiovirt method's arguments from libvirt-python's: matched by name (case and
     underscores ignored), the rest in order; None when they do not fit (the generic adapter
     then calls the raw procedure)."""
-    params = [p for p in inspect.signature(target).parameters.values()
-              if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    params = _signature_of(target)[0]
     by_norm = {_norm(name): name for name in bound}
     remaining = list(bound)
     out: dict[str, Any] = {}
@@ -1029,7 +1044,7 @@ def _aiovirt_args(target: Callable[..., Any], bound: dict[str, Any]) -> dict[str
 
 
 def _returns_none(target: Callable[..., Any]) -> bool:
-    annotation = inspect.signature(target).return_annotation
+    annotation = _signature_of(target)[1]
     return annotation in (None, "None")
 
 

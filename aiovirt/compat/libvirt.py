@@ -70,14 +70,67 @@ def _get_loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
+class _Slot:
+    """One caller thread's place to wait for its result: a lock the loop releases (cheaper
+    than a ``concurrent.futures.Future`` per call)."""
+
+    __slots__ = ("done", "value", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+_hop_mutex = threading.Lock()
+_hop_queue: list[tuple[Coroutine[Any, Any, Any], _Slot]] = []
+_hop_scheduled = False
+
+
+def _hop_drain() -> None:
+    """On the loop: start every coroutine the caller threads handed over since the last
+    drain (one wake-up of the loop serves a burst of callers)."""
+    global _hop_scheduled
+    with _hop_mutex:
+        items = _hop_queue[:]
+        _hop_queue.clear()
+        _hop_scheduled = False
+    loop = asyncio.get_running_loop()
+    for coro, slot in items:
+        loop.create_task(coro).add_done_callback(lambda task, slot=slot: _hop_done(task, slot))
+
+
+def _hop_done(task: asyncio.Task[Any], slot: _Slot) -> None:
+    if task.cancelled():
+        slot.error = libvirtError("the call was cancelled (the event loop is stopping)")
+    else:
+        slot.error = task.exception()
+        if slot.error is None:
+            slot.value = task.result()
+    slot.done.release()
+
+
 def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run ``coro`` on the private loop and wait for it on this thread."""
+    global _hop_scheduled
     loop = _get_loop()
     if threading.current_thread() is _thread:
         coro.close()
         raise RuntimeError("a blocking aiovirt.compat.libvirt call on its own event-loop "
                            "thread (from a callback run without an event implementation?)")
+    slot = _Slot()
+    with _hop_mutex:
+        _hop_queue.append((coro, slot))
+        wake = not _hop_scheduled
+        _hop_scheduled = True
+    if wake:
+        loop.call_soon_threadsafe(_hop_drain)
+    slot.done.acquire()
     try:
-        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+        if slot.error is not None:
+            raise slot.error
+        return slot.value
     except libvirtError as exc:
         _local.last_error = exc.err
         if _error_handler is not None:
