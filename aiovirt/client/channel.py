@@ -105,17 +105,19 @@ class Channel:
     async def call(self, procedure: ProcedureInfo, args: Any = None) -> Any:
         """Send one call and wait for its reply; beyond ``max_in_flight`` calls wait their
         turn in FIFO order.  Cancelling it at any point leaves the channel fully usable."""
-        protocol = self.protocol
         serial, waiter = self._send(procedure, args)
         try:
             return await waiter
         except BaseException:
-            # Cancelled: a queued call is dropped unsent; one on the wire keeps its slot
-            # until the late reply is read, so the server never holds more than
-            # max_in_flight of ours.
-            if self._waiters.pop(serial, None) is not None:
-                protocol.cancel(serial)
+            self._abandon(serial)
             raise
+
+    def _abandon(self, serial: int) -> None:
+        """The caller of ``serial`` left (cancelled): a queued call is dropped unsent; one on
+        the wire keeps its slot until the late reply is read, so the server never holds
+        more than max_in_flight of ours."""
+        if self._waiters.pop(serial, None) is not None:
+            self.protocol.cancel(serial)
 
     def _send(self, procedure: ProcedureInfo, args: Any,
               sink: StreamSink | None = None) -> tuple[int, Any]:
@@ -135,7 +137,8 @@ class Channel:
         self._waiters[serial] = waiter
         if packet is not None:
             try:
-                self.transport.write(packet, alone=protocol.pending == 1)
+                # alone: this call is the only one on the wire (``protocol.pending == 1``)
+                self.transport.write(packet, alone=len(protocol._pending) == 1)
             except _BROKEN as exc:
                 self.lost(exc)   # fails every caller, this one included
         return serial, waiter
@@ -151,13 +154,14 @@ class Channel:
         except ProtocolError as exc:
             self.fail(exc)
             return
-        waiters = self._waiters
+        waiters, fd_calls = self._waiters, self._fd_calls
         events = False
         for item in items:
             kind = type(item)
             if kind is Reply:
-                waiter = waiters.pop(item.serial, None)
-                if item.fds or item.serial in self._fd_calls:
+                serial = item.serial
+                waiter = waiters.pop(serial, None)
+                if item.fds or serial in fd_calls:
                     if not self._fd_reply(item, waiter):
                         return
                 elif waiter is not None and not waiter.done():

@@ -363,15 +363,34 @@ two.
         """
         if timeout is ...:
             timeout = self.call_timeout
-        if timeout is None:
+        if timeout is not None:
+            with anyio.move_on_after(timeout):
+                return await self._route(procedure, args, lane)
+            raise _timed_out(procedure, timeout)   # only reached when the deadline passed
+        # No time limit (the usual case): when the socket is known at once, send and wait
+        # right here (``Channel.call`` inlined), one coroutine frame instead of three.
+        channel = self._quick_channel(procedure, lane)
+        if channel is None:
             return await self._route(procedure, args, lane)
-        with anyio.move_on_after(timeout):
-            return await self._route(procedure, args, lane)
-        raise _timed_out(procedure, timeout)   # only reached when the deadline passed
+        serial, waiter = channel._send(procedure, args)
+        try:
+            return await waiter
+        except BaseException:
+            channel._abandon(serial)
+            raise
 
     async def _route(self, procedure: ProcedureInfo, args: Any, lane: bool | None) -> Any:
         """Send the call on the right socket and wait for its reply (while reconnecting,
         first wait for the connection to come back, if the policy says so)."""
+        channel = self._quick_channel(procedure, lane)
+        if channel is None:
+            channel = await self._waited_channel(procedure, lane)
+        return await channel.call(procedure, args)
+
+    def _quick_channel(self, procedure: ProcedureInfo, lane: bool | None) -> Channel | None:
+        """The socket for a call when it is known without waiting; None when it takes
+        waiting (a reconnection the call waits for, a slow lane).  Raises
+        ``ConnectionClosed``."""
         main = self._main
         if main is None or self._closed:
             raise ConnectionClosed("the connection is closed")
@@ -379,18 +398,30 @@ two.
             if not (self._reconnecting and self.reconnect is not None and
                     self.reconnect.wait_calls and self._back is not None):
                 raise ConnectionClosed(str(main.closed)) from main.closed
+            return None
+        if not self.lanes or lane is False:
+            return main
+        if lane or (procedure.number in self.slow_procedures and
+                    procedure.program == remote.PROGRAM):
+            return None
+        if main.protocol.load < main.max_in_flight:   # (Channel.load, one property less)
+            return main
+        return self._quick_overflow()
+
+    async def _waited_channel(self, procedure: ProcedureInfo, lane: bool | None) -> Channel:
+        """The socket for a call ``_quick_channel`` could not place: after the reconnection
+        it waits for, or a slow lane."""
+        main = self._main
+        if main is not None and main.closed is not None:
+            assert self._back is not None
             await self._back.wait()
             main = self._main
             if self._closed or main is None or main.closed is not None:
                 raise ConnectionClosed(str(main.closed if main else "the connection is closed"))
-        if not self.lanes or lane is False:
-            return await main.call(procedure, args)
-        if lane or (procedure.number in self.slow_procedures and
-                    procedure.program == remote.PROGRAM):
-            return await (await self._slow_lane()).call(procedure, args)
-        if main.load < main.max_in_flight:
-            return await main.call(procedure, args)
-        return await self._quick_overflow().call(procedure, args)
+            channel = self._quick_channel(procedure, lane)
+            if channel is not None:
+                return channel
+        return await self._slow_lane()
 
     async def call_with_fds(self, procedure: ProcedureInfo, args: Any = None,
                             fds: Sequence[int] = (),

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import EncodeError, LibvirtError, ProtocolError, error_from_remote
 from . import keepalive, lxc, qemu, remote, virnet
-from .xdr import ProcedureInfo, XdrError, decode
+from .xdr import GC_PAUSE_BYTES, ProcedureInfo, XdrError, decode
 
 __all__ = [
     "CALL", "CALL_WITH_FDS", "ClientProtocol", "ERROR", "EventMessage", "FrameDecoder", "KeepaliveMessage",
@@ -83,42 +83,56 @@ class FrameDecoder:
         self.max_message = max_message
 
     def feed(self, data: bytes) -> list[Message]:
+        return [Message(*fields) for fields in self.split(data)]
+
+    def split(self, data: bytes) -> list[tuple[int, int, int, int, int, int, bytes, int]]:
+        """``feed`` without the ``Message`` objects: each packet's fields as a tuple, in
+        ``Message`` order (what ``ClientProtocol`` reads, once per reply)."""
         buffer = self._buffer
-        buffer += data
-        messages: list[Message] = []
-        start, available = 0, len(buffer)
+        # Fast path: with nothing held over, packets are parsed (and their payloads sliced)
+        # straight out of ``data``; only an incomplete tail is copied into the buffer.
+        held = bool(buffer) or type(data) is not bytes
+        if held:
+            buffer += data
+            data = buffer   # type: ignore[assignment]
+        max_message = self.max_message
+        messages: list[tuple[int, int, int, int, int, int, bytes, int]] = []
+        start, available = 0, len(data)
         while available - start >= 4:
-            length, = _LENGTH.unpack_from(buffer, start)
+            length, = _LENGTH.unpack_from(data, start)
             if length < PREFIX_SIZE:
                 raise ProtocolError(f"packet length {length} is shorter than the "
                                     f"{PREFIX_SIZE}-byte header")
-            if length > self.max_message:
+            if length > max_message:
                 raise ProtocolError(f"packet length {length} exceeds the limit of "
-                                    f"{self.max_message} bytes")
+                                    f"{max_message} bytes")
             if available - start < length:
                 break
             _, program, version, procedure, type_, serial, status = \
-                _PREFIX.unpack_from(buffer, start)
+                _PREFIX.unpack_from(data, start)
             if type_ == REPLY_WITH_FDS:
                 # the FD count, then one byte per FD after the packet (each with its FD)
                 if length < PREFIX_SIZE + 4:
                     raise ProtocolError("a reply with file descriptors has no FD count")
-                nfds, = _LENGTH.unpack_from(buffer, start + PREFIX_SIZE)
+                nfds, = _LENGTH.unpack_from(data, start + PREFIX_SIZE)
                 if nfds > MAX_FDS:
                     raise ProtocolError(f"a reply carries {nfds} file descriptors; at most "
                                         f"{MAX_FDS} are allowed")
                 if available - start < length + nfds:
                     break   # held until every FD (and its byte) has arrived
-                messages.append(Message(program, version, procedure, type_, serial, status,
-                                        bytes(buffer[start + PREFIX_SIZE + 4:start + length]),
-                                        nfds))
+                messages.append((program, version, procedure, type_, serial, status,
+                                 bytes(data[start + PREFIX_SIZE + 4:start + length]), nfds))
                 start += length + nfds
                 continue
-            messages.append(Message(program, version, procedure, type_, serial, status,
-                                    bytes(buffer[start + PREFIX_SIZE:start + length])))
+            payload = data[start + PREFIX_SIZE:start + length]
+            messages.append((program, version, procedure, type_, serial, status,
+                             bytes(payload) if held else payload, 0))
             start += length
-        if start:
-            del buffer[:start]
+        if held:
+            if start:
+                del buffer[:start]
+        elif start < available:
+            buffer += memoryview(data)[start:]
         return messages
 
     @property
@@ -198,34 +212,42 @@ class ClientProtocol:
         packet and FDs must leave together, so it goes out at once even beyond the cap.
         Raises ``EncodeError`` (or ``TypeError``) for arguments that cannot be encoded;
         nothing is then pending or queued."""
-        if not 0 <= fds <= MAX_FDS:
+        if fds and not 0 < fds <= MAX_FDS:
             raise EncodeError(f"{procedure.name}: {fds} file descriptors; at most {MAX_FDS} "
                               "can be sent")
-        prefix = PREFIX_SIZE + 4 if fds else PREFIX_SIZE
-        buf = bytearray(prefix)
-        if procedure.encode_args is not None:
-            if args is None:
-                raise TypeError(f"{procedure.name} needs arguments of type "
-                                f"{getattr(procedure.args, '__name__', '?')}")
-            try:
-                procedure.encode_args(buf, args)
-            except XdrError as exc:
-                raise EncodeError(f"{procedure.name}: {exc}") from None
-            except (struct.error, AttributeError, TypeError, UnicodeError) as exc:
-                raise EncodeError(f"{procedure.name}: cannot encode {args!r:.200}: "
-                                  f"{exc}") from None
-        length = len(buf)
-        if length > MAX_MESSAGE:
-            raise EncodeError(f"{procedure.name}: message of {length} bytes exceeds the "
-                              f"limit of {MAX_MESSAGE}")
-        self._serial = serial = (self._serial + 1) & 0xFFFFFFFF or 1
-        _PREFIX.pack_into(buf, 0, length, procedure.program, _VERSIONS[procedure.program],
-                          procedure.number, CALL_WITH_FDS if fds else CALL, serial, OK)
-        if fds:
-            _LENGTH.pack_into(buf, PREFIX_SIZE, fds)
-        packet = bytes(buf)
-        if fds or (len(self._pending) < self.max_in_flight and not self._queued):
-            self._pending[serial] = procedure
+        program = procedure.program
+        encode_args = procedure.encode_args
+        if encode_args is None and not fds:
+            # no payload (the commonest small call): the header is the whole packet
+            self._serial = serial = (self._serial + 1) & 0xFFFFFFFF or 1
+            packet = _PREFIX.pack(PREFIX_SIZE, program, _VERSIONS[program], procedure.number,
+                                  CALL, serial, OK)
+        else:
+            buf = bytearray(PREFIX_SIZE + 4 if fds else PREFIX_SIZE)
+            if encode_args is not None:
+                if args is None:
+                    raise TypeError(f"{procedure.name} needs arguments of type "
+                                    f"{getattr(procedure.args, '__name__', '?')}")
+                try:
+                    encode_args(buf, args)
+                except XdrError as exc:
+                    raise EncodeError(f"{procedure.name}: {exc}") from None
+                except (struct.error, AttributeError, TypeError, UnicodeError) as exc:
+                    raise EncodeError(f"{procedure.name}: cannot encode {args!r:.200}: "
+                                      f"{exc}") from None
+            length = len(buf)
+            if length > MAX_MESSAGE:
+                raise EncodeError(f"{procedure.name}: message of {length} bytes exceeds the "
+                                  f"limit of {MAX_MESSAGE}")
+            self._serial = serial = (self._serial + 1) & 0xFFFFFFFF or 1
+            _PREFIX.pack_into(buf, 0, length, program, _VERSIONS[program], procedure.number,
+                              CALL_WITH_FDS if fds else CALL, serial, OK)
+            if fds:
+                _LENGTH.pack_into(buf, PREFIX_SIZE, fds)
+            packet = bytes(buf)
+        pending = self._pending
+        if fds or (len(pending) < self.max_in_flight and not self._queued):
+            pending[serial] = procedure
             return serial, packet
         self._queued[serial] = (procedure, packet)
         return serial, None
@@ -281,72 +303,86 @@ class ClientProtocol:
                                                  StreamMessage]:
         """Parse bytes from the server.  Raises ``ProtocolError`` on anything malformed."""
         results: list[Any] = []
-        for message in self._frames.feed(data):
-            result = self._route(message)
+        route = self._route
+        for fields in self._frames.split(data):
+            result = route(*fields)
             if result is not None:
                 results.append(result)
         if self._queued and len(self._pending) < self.max_in_flight:
             self._admit()
         return results
 
-    def _route(self, msg: Message) -> Any:
-        type_ = msg.type
+    def _route(self, program: int, version: int, number: int, type_: int, serial: int,
+               status: int, payload: bytes, fds: int) -> Any:
+        """What one packet means (its fields as ``FrameDecoder.split`` gives them)."""
         if type_ == REPLY or type_ == REPLY_WITH_FDS:
             try:
-                procedure = self._pending.pop(msg.serial)
+                procedure = self._pending.pop(serial)
             except KeyError:
-                raise ProtocolError(f"reply to serial {msg.serial}, which has no call "
-                                    f"waiting (program {msg.program:#x}, procedure "
-                                    f"{msg.procedure})") from None
+                raise ProtocolError(f"reply to serial {serial}, which has no call "
+                                    f"waiting (program {program:#x}, procedure "
+                                    f"{number})") from None
             if procedure is None:
                 # its caller gave up; the late reply is dropped, its slot freed (FDs it
                 # brought are reported, for the channel to close)
-                return Reply(msg.serial, fds=msg.fds) if msg.fds else None
-            if msg.program != procedure.program:
-                raise ProtocolError(f"reply to serial {msg.serial} comes from program "
-                                    f"{msg.program:#x}, but {procedure.name} belongs to "
-                                    f"program {procedure.program:#x}")
-            if msg.version != _VERSIONS[procedure.program]:
-                raise ProtocolError(f"reply to serial {msg.serial} ({procedure.name}) has "
-                                    f"protocol version {msg.version}, expected "
-                                    f"{_VERSIONS[procedure.program]}")
-            if msg.procedure != procedure.number:
-                raise ProtocolError(f"reply to serial {msg.serial} names procedure "
-                                    f"{msg.procedure}, but {procedure.name} was called")
-            if msg.status == OK:
-                if procedure.decode_ret is None:
-                    if msg.payload:
+                return Reply(serial, None, None, fds) if fds else None
+            expected = procedure.program
+            if program != expected:
+                raise ProtocolError(f"reply to serial {serial} comes from program "
+                                    f"{program:#x}, but {procedure.name} belongs to "
+                                    f"program {expected:#x}")
+            if version != _VERSIONS[expected]:
+                raise ProtocolError(f"reply to serial {serial} ({procedure.name}) has "
+                                    f"protocol version {version}, expected "
+                                    f"{_VERSIONS[expected]}")
+            if number != procedure.number:
+                raise ProtocolError(f"reply to serial {serial} names procedure "
+                                    f"{number}, but {procedure.name} was called")
+            if status == OK:
+                decoder = procedure.decode_ret
+                if decoder is None:
+                    if payload:
                         raise ProtocolError(f"{procedure.name}: unexpected reply payload")
-                    return Reply(msg.serial, fds=msg.fds)
-                return Reply(msg.serial, decode(procedure.decode_ret, msg.payload,
-                                                procedure.name + " reply"), fds=msg.fds)
-            if msg.status == ERROR:
-                return Reply(msg.serial, error=self._error(msg), fds=msg.fds)
-            raise ProtocolError(f"reply to serial {msg.serial} has bad status {msg.status}")
+                    return Reply(serial, None, None, fds)
+                if len(payload) >= GC_PAUSE_BYTES:
+                    return Reply(serial, decode(decoder, payload, procedure.name + " reply"),
+                                 None, fds)
+                # ``decode`` inlined for a small reply: its error label is built only if
+                # decoding fails (then ``decode`` runs again, to raise the error it names)
+                try:
+                    value, end = decoder(payload, 0)
+                except (XdrError, struct.error, UnicodeError, IndexError):
+                    end = -1
+                if end != len(payload):
+                    decode(decoder, payload, procedure.name + " reply")   # raises
+                return Reply(serial, value, None, fds)
+            if status == ERROR:
+                return Reply(serial, None, self._error(payload), fds)
+            raise ProtocolError(f"reply to serial {serial} has bad status {status}")
         if type_ == MESSAGE:
-            if msg.program == keepalive.PROGRAM:
-                if msg.procedure == keepalive.KEEPALIVE_PROC_PING:
+            if program == keepalive.PROGRAM:
+                if number == keepalive.KEEPALIVE_PROC_PING:
                     self._outgoing.append(encode_message(
                         keepalive.PROGRAM, keepalive.KEEPALIVE_PROC_PONG, MESSAGE, 0, OK))
                     return KeepaliveMessage(ping=True)
-                if msg.procedure == keepalive.KEEPALIVE_PROC_PONG:
+                if number == keepalive.KEEPALIVE_PROC_PONG:
                     return KeepaliveMessage(ping=False)
-                raise ProtocolError(f"unknown keepalive procedure {msg.procedure}")
-            table = PROGRAMS.get(msg.program)
-            procedure = table.get(msg.procedure) if table else None
+                raise ProtocolError(f"unknown keepalive procedure {number}")
+            table = PROGRAMS.get(program)
+            procedure = table.get(number) if table else None
             if procedure is None or not procedure.event or procedure.decode_ret is None:
-                raise ProtocolError(f"unexpected message: program {msg.program:#x} "
-                                    f"procedure {msg.procedure} is not an event")
-            if msg.version != _VERSIONS[msg.program]:
+                raise ProtocolError(f"unexpected message: program {program:#x} "
+                                    f"procedure {number} is not an event")
+            if version != _VERSIONS[program]:
                 raise ProtocolError(f"event {procedure.name} has protocol version "
-                                    f"{msg.version}, expected {_VERSIONS[msg.program]}")
-            return EventMessage(msg.program, procedure,
-                                decode(procedure.decode_ret, msg.payload, procedure.name))
+                                    f"{version}, expected {_VERSIONS[program]}")
+            return EventMessage(program, procedure,
+                                decode(procedure.decode_ret, payload, procedure.name))
         if type_ == STREAM or type_ == STREAM_HOLE:
-            if msg.serial not in self.streams:
+            if serial not in self.streams:
                 return None  # a stream nobody reads any more (its call was abandoned)
-            error = self._error(msg) if msg.status == ERROR else None
-            return StreamMessage(msg.serial, msg.status, type_, msg.payload, error)
+            error = self._error(payload) if status == ERROR else None
+            return StreamMessage(serial, status, type_, payload, error)
         raise ProtocolError(f"unexpected message type {type_} from the server")
 
     # -- streams ----------------------------------------------------------------------------
@@ -371,5 +407,5 @@ class ClientProtocol:
         self.streams.discard(serial)
 
     @staticmethod
-    def _error(msg: Message) -> LibvirtError:
-        return error_from_remote(decode(virnet._dec_MessageError, msg.payload, "remote_error"))
+    def _error(payload: bytes) -> LibvirtError:
+        return error_from_remote(decode(virnet._dec_MessageError, payload, "remote_error"))
