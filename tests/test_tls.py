@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
+import hypothesis
+import hypothesis.strategies as st
 import pytest
 import trio
 
@@ -363,6 +365,28 @@ def test_cutter_follows_packets_across_writes():
         total += len(piece)
         ends.add(total)
     assert len(one) in ends    # no piece straddles the boundary
+
+
+@hypothesis.given(st.lists(st.binary(max_size=40), min_size=1, max_size=8),
+                  st.lists(st.integers(min_value=0, max_value=400), max_size=6))
+def test_cutter_never_lets_a_piece_straddle_packets(bodies, cuts):
+    """Any packets, written in any pieces: the pieces add up to the stream and a packet
+    boundary is always a piece boundary (the fast path for whole packets and the slow one
+    for split writes agree)."""
+    stream = b"".join(packet(body) for body in bodies)
+    points = sorted({min(c, len(stream)) for c in cuts} | {0, len(stream)})
+    cutter = tls._PacketCutter()
+    pieces = [bytes(piece) for a, b in zip(points, points[1:])
+              for piece in cutter.cut(stream[a:b])]
+    assert b"".join(pieces) == stream
+    ends, total = set(), 0
+    for piece in pieces:
+        total += len(piece)
+        ends.add(total)
+    boundary = 0
+    for body in bodies:
+        boundary += len(body) + 4
+        assert boundary in ends
 
 
 async def test_concurrent_calls_are_not_held_back_by_tls_records(tls_daemon, pki):

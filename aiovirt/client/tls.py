@@ -27,6 +27,7 @@ import logging
 import os
 import re
 import ssl
+import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -311,6 +312,9 @@ class _TLSWire(asyncio.Protocol):
         return 0 if self._raw is None else self._raw.get_write_buffer_size()
 
 
+_LENGTH = struct.Struct(">I")
+
+
 class _PacketCutter:
     """Cuts the bytes we send at libvirt packet boundaries, so that no TLS record carries the
     end of one packet and the start of the next: libvirtd 9.0 reads one packet per wake-up
@@ -326,7 +330,18 @@ class _PacketCutter:
         view = memoryview(data).cast("B")
         pieces: list[memoryview] = []
         start = pos = 0
-        while pos < len(view):
+        end = len(view)
+        if self._left == 0 and not self._length:
+            # the usual case, whole packets: one length read per packet
+            unpack = _LENGTH.unpack_from
+            while pos + 4 <= end:
+                length = max(unpack(view, pos)[0], 4)
+                if pos + length > end:
+                    break
+                pieces.append(view[pos:pos + length])
+                pos += length
+            start = pos
+        while pos < end:
             if self._left == 0:
                 word = view[pos:pos + 4 - len(self._length)]
                 self._length += word
