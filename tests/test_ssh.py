@@ -15,7 +15,7 @@ import aiovirt
 from aiovirt.client.ssh import remote_command, shell_quote, ssh_command
 from aiovirt.client.uri import parse_uri
 from aiovirt.errors import ConnectionClosed, ConnectionFailed, InvalidURI
-from aiovirt.testing.sshd import PrivateSSHD, SSHDError, keygen
+from aiovirt.testing.sshd import PrivateSSHD, SSHDError, keygen, ssh_children
 
 LIMIT = 20   # seconds any connection attempt here may take
 
@@ -38,23 +38,6 @@ def helper_sshd(tmp_path_factory, daemon):
     with PrivateSSHD(tmp_path_factory.mktemp("sshd-helper"),
                      binds={str(daemon.workdir): "/run/libvirt"}) as server:
         yield server
-
-
-def ssh_children() -> set[int]:
-    """Our child processes named ssh (zombies included), from /proc."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            text = (entry / "stat").read_text()
-        except OSError:
-            continue
-        name = text[text.index("(") + 1:text.rindex(")")]
-        ppid = int(text[text.rindex(")") + 2:].split()[1])
-        if ppid == os.getpid() and name == "ssh":
-            found.add(int(entry.name))
-    return found
 
 
 def gone(pid: int) -> bool:

@@ -30,7 +30,7 @@ from aiovirt.client.admin import server_settings
 from aiovirt.protocol import remote
 from aiovirt.testing.daemon import PrivateDaemon
 from aiovirt.testing.pki import CertificateAuthority
-from aiovirt.testing.sshd import PrivateSSHD, SSHDError
+from aiovirt.testing.sshd import PrivateSSHD, SSHDError, ssh_children
 
 LIMIT = 20         # seconds any one wait may take
 STORM = 200        # calls started, then cancelled together
@@ -117,23 +117,6 @@ async def _holds(predicate: Callable[[], Any]) -> bool:
     if hasattr(result, "__await__"):
         result = await result
     return bool(result)
-
-
-def ssh_children() -> set[int]:
-    """Our child processes named ssh (zombies included), from /proc."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            text = (entry / "stat").read_text()
-        except OSError:
-            continue
-        name = text[text.index("(") + 1:text.rindex(")")]
-        ppid = int(text[text.rindex(")") + 2:].split()[1])
-        if ppid == os.getpid() and name == "ssh":
-            found.add(int(entry.name))
-    return found
 
 
 def open_fds() -> set[int]:

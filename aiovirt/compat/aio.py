@@ -1157,7 +1157,7 @@ def auth_callback(auth: Any) -> Any:
     """libvirt-python's ``[credtypes, callback, opaque]`` as aiovirt's auth callback."""
     if auth is None or not auth or auth[1] is None:
         return None
-    _types, callback, opaque = auth[0], auth[1], auth[2] if len(auth) > 2 else None
+    callback, opaque = auth[1], auth[2] if len(auth) > 2 else None
 
     def ask(credentials: list[Credential]) -> None:
         creds = [[int(c.type), c.prompt, c.challenge, c.default, None] for c in credentials]

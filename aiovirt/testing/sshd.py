@@ -25,18 +25,31 @@ from pathlib import Path
 from typing import Self
 from urllib.parse import quote
 
-__all__ = ["PrivateSSHD", "SSHDError"]
+from .daemon import _free_port
+
+__all__ = ["PrivateSSHD", "SSHDError", "ssh_children"]
 
 
 class SSHDError(RuntimeError):
     """The private sshd could not start; the message carries its output."""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def ssh_children() -> set[int]:
+    """This process's child processes named ssh (zombies included), read from /proc: what a
+    test checks to see that a connection left no tunnel behind."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1:text.rindex(")")]
+        ppid = int(text[text.rindex(")") + 2:].split()[1])
+        if ppid == os.getpid() and name == "ssh":
+            found.add(int(entry.name))
+    return found
 
 
 def _find(name: str) -> str:
