@@ -83,6 +83,25 @@ async def test_virt_ssh_helper(helper_sshd, proxy):
     await exercise(helper_sshd.uri(**params))
 
 
+@pytest.mark.parametrize("proxy", ["netcat", "native"])
+async def test_a_read_only_connection_reaches_the_read_only_socket(helper_sshd, proxy):
+    """connect(readonly=True) through ssh goes to libvirt-sock-ro (nc) or asks
+    virt-ssh-helper for it (-r), as libvirt does: the daemon itself then refuses writes."""
+    async with aiovirt.connect(helper_sshd.uri(proxy=proxy), readonly=True,
+                               connect_timeout=LIMIT) as conn:
+        assert conn.uri.readonly
+        assert await conn.get_lib_version() == 9000000
+        with pytest.raises(aiovirt.LibvirtError, match="read only|read-only"):
+            await conn.define_xml("<domain type='test'><name>ro</name>"
+                                  "<memory>8192</memory><os><type>hvm</type></os></domain>")
+
+
+def test_read_only_command_lines():
+    uri = parse_uri("qemu+ssh://root@h/system?proxy=netcat")
+    assert "libvirt-sock-ro" in ssh_command(uri, readonly=True)[-1]
+    assert "libvirt-sock-ro" not in ssh_command(uri)[-1]
+
+
 async def test_unknown_host_key_fails_with_sshs_words(sshd, tmp_path):
     empty = tmp_path / "known_hosts"
     empty.write_text("")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Coroutine, Generator, Sequence
@@ -107,7 +108,8 @@ two.
                  dialer: Dialer = dial, call_timeout: float | None = None,
                  reconnect: Reconnect | None = None, auth: Any = None,
                  event_batch_window: float = 0.0) -> None:
-        self.uri = uri
+        # the dialer sees read-only too: a tunnel then reaches the daemon's read-only socket
+        self.uri = dataclasses.replace(uri, readonly=True) if readonly else uri
         self.event_batch_window = event_batch_window
         self.credentials = auth
         self.call_timeout = call_timeout

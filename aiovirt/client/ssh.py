@@ -357,7 +357,7 @@ async def _dial_command(argv: list[str], what: str, spawn: Spawn, native: bool
 
 async def dial_ssh(uri: ConnectionURI, spawn: Spawn, native: bool) -> Transport:
     """Through the system ssh to ``uri``'s host, then virt-ssh-helper or nc to the daemon."""
-    argv = ssh_command(uri)
+    argv = ssh_command(uri, readonly=uri.readonly)
     return await _dial_command(argv, f"{os.path.basename(argv[0])} to "
                                f"{uri.host or 'localhost'}", spawn, native)
 

@@ -43,6 +43,8 @@ class ConnectionURI:
     port: int | None
     path: str
     params: dict[str, str] = field(default_factory=dict)
+    # a read-only connection: tunnels reach the daemon's read-only socket (set by connect)
+    readonly: bool = False
 
     @property
     def socket(self) -> str | None:
