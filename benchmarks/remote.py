@@ -60,7 +60,7 @@ import aiovirt  # noqa: E402
 from aiovirt.testing.daemon import PrivateDaemon  # noqa: E402
 from aiovirt.testing.pki import CertificateAuthority  # noqa: E402
 from aiovirt.testing.sshd import PrivateSSHD  # noqa: E402
-from run import (LINES, NODE_XML, SUMMARY, TEST_DOMAIN, Disturbance, Meter, Round,  # noqa: E402
+from run import (LINES, add_loop_option, loop_in_use, run_on, NODE_XML, SUMMARY, TEST_DOMAIN, Disturbance, Meter, Round,  # noqa: E402
                  Sample, Verdict, best, daemon_cpu_ns, describe_machine, describe_tree,
                  in_thread, interleave, median, print_summary, run_tasks, run_threads, say,
                  shares)
@@ -416,7 +416,8 @@ async def main(options: argparse.Namespace) -> None:
             say(f"# {describe_tree()}")
             say(f"# {describe_machine()}; a private libvirtd (max_client_requests 5), libvirt "
                 f"{lib // 1000000}.{lib // 1000 % 1000}.{lib % 1000}, on loopback; "
-                f"{'--quick, ' if quick else ''}{rounds} rounds per case")
+                f"{'--quick, ' if quick else ''}{rounds} rounds per case; aiovirt on "
+                f"{loop_in_use()}'s loop")
             say("# client CPU = this process (time.process_time, all threads); it does NOT "
                 "include the ssh child processes of either client: their CPU is the 'ssh us' "
                 "column, summed over this process's ssh children (/proc/PID/task/*/schedstat); "
@@ -450,9 +451,10 @@ if __name__ == "__main__":
     parser.add_argument("--domains", type=int, help="domains defined+started per round (1000)")
     parser.add_argument("--transport", choices=("tls", "ssh", "both"), default="both")
     parser.add_argument("--output", help="also write the report to this file")
+    add_loop_option(parser)
     opts = parser.parse_args()
     try:
-        asyncio.run(main(opts))
+        run_on(opts.loop, main(opts))
     finally:
         if opts.output:
             Path(opts.output).write_text("\n".join(LINES) + "\n")

@@ -670,6 +670,27 @@ def describe_tree() -> str:
     return f"aiovirt at {commit}" + (" + uncommitted changes in aiovirt/" if dirty else "")
 
 
+def add_loop_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                        help="the event loop aiovirt runs on (uvloop: aiovirt[speed])")
+
+
+def run_on(loop: str, main: Any) -> Any:
+    """Run ``main`` on the chosen loop (libvirt-python's threads are not affected)."""
+    if loop == "uvloop":
+        import uvloop
+        factory = uvloop.new_event_loop
+    else:
+        factory = asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
+
+
+def loop_in_use() -> str:
+    """"asyncio" or "uvloop": the module of the running loop."""
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+
 def describe_machine() -> str:
     model = "?"
     try:
@@ -710,7 +731,8 @@ async def main(options: argparse.Namespace) -> None:
             say(f"# {describe_tree()}")
             say(f"# {describe_machine()}; {where}, libvirt "
                 f"{lib // 1000000}.{lib // 1000 % 1000}.{lib % 1000}; "
-                f"{'--quick, ' if quick else ''}{rounds} rounds per case unless it says otherwise")
+                f"{'--quick, ' if quick else ''}{rounds} rounds per case unless it says "
+                f"otherwise; aiovirt on {loop_in_use()}'s loop")
             say()
             started = time.perf_counter()
             disturbance = Disturbance(daemon.pid)
@@ -747,9 +769,10 @@ if __name__ == "__main__":
     parser.add_argument("--daemon-pid", type=int, help="with --socket: libvirtd's pid, to "
                         "measure its CPU time")
     parser.add_argument("--output", help="also write the report to this file")
+    add_loop_option(parser)
     opts = parser.parse_args()
     try:
-        asyncio.run(main(opts))
+        run_on(opts.loop, main(opts))
     finally:
         if opts.output:
             Path(opts.output).write_text("\n".join(LINES) + "\n")

@@ -6,7 +6,7 @@ whole module.  As root the sshd runs in a mount namespace with the daemon's sock
 over ``/run/libvirt``, where ``virt-ssh-helper`` looks (``proxy=native``); elsewhere that
 transport is skipped, the others still run.
 
-For each transport: calls work; domain events arrive; slow procedures open lanes while quick
+For each transport, on asyncio's loop and on uvloop: calls work; domain events arrive; slow procedures open lanes while quick
 calls stay usable; a storm of 200 calls cancelled at a random point leaves the connection
 fully usable; and closing leaves nothing behind (no socket on the daemon, no descriptor, no
 ssh child).  Every wait is bounded.
@@ -14,6 +14,7 @@ ssh child).  Every wait is bounded.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import uuid
@@ -39,7 +40,20 @@ TRANSPORTS = ["unix", "tcp", "tls", "ssh-netcat", "ssh-helper"]
 SSH_TRANSPORTS = {"ssh-netcat", "ssh-helper"}
 
 
+# pytest-asyncio 1.x still honours an overridden policy fixture (it asks for a hook instead)
+pytestmark = pytest.mark.filterwarnings("ignore:Overriding the \"event_loop_policy\" fixture")
+
+
 # -- the components ------------------------------------------------------------------------------
+@pytest.fixture(scope="module", params=["asyncio", "uvloop"])
+def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
+    """Every contract holds on the standard loop and on uvloop (``aiovirt[speed]``)."""
+    if request.param == "uvloop":
+        uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed")
+        return uvloop.EventLoopPolicy()   # type: ignore[no-any-return]
+    return asyncio.DefaultEventLoopPolicy()
+
+
 @pytest.fixture(scope="module")
 def contract_pkipath(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Path]:
     """libvirtd's TLS settings (a certificate for localhost) and the client's pkipath."""

@@ -9,7 +9,6 @@ them down and checks that nothing is left.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 import tempfile
@@ -19,6 +18,7 @@ from typing import Any
 
 import anyio
 
+from ..client.backend import run as run_loop
 from ..errors import AiovirtError
 from .progress import summary, teardown_summary
 
@@ -125,7 +125,7 @@ def _demo(options: argparse.Namespace) -> int:
                   f"and 127.0.0.1:{daemon.tcp_port}")
             uri = daemon.uri("qemu", "/system") if kvm else daemon.uri("test", "/default")
             tcp_uri = daemon.uri("test", "/default", transport="tcp")
-        return asyncio.run(_tour(uri, tcp_uri, options.guests, kvm, options.keep))
+        return run_loop(_tour(uri, tcp_uri, options.guests, kvm, options.keep))
 
 
 def register(commands: Any) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 
+from ..client.backend import run as run_loop
 from ..errors import AiovirtError
 from .common import add_library_options, library, params, read
 from .progress import ProgressLine, summary, teardown_summary
@@ -105,7 +106,7 @@ def _provision(options: argparse.Namespace) -> int:
             return await job.run()
 
     try:
-        report = asyncio.run(run())
+        report = run_loop(run())
     finally:
         line.close()
         if options.report:   # even when the run raised: its report is complete then too
@@ -128,7 +129,7 @@ def _teardown(options: argparse.Namespace) -> int:
             report = Report.from_dict(json.loads(read(options.report)))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise AiovirtError(f"{options.report}: not a provisioning report: {exc}") from None
-    result = asyncio.run(teardown(options.uri or None, names=options.name or None,
+    result = run_loop(teardown(options.uri or None, names=options.name or None,
                                   run=options.run_id, labels=_labels(options.label),
                                   report=report, include_foreign=options.include_foreign,
                                   concurrency=options.concurrency))
@@ -176,7 +177,7 @@ def _events(options: argparse.Namespace) -> int:
             tg.cancel_scope.cancel()
 
     try:
-        asyncio.run(main())
+        run_loop(main())
     except KeyboardInterrupt:
         return 0
     return 0

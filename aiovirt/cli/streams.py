@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 import anyio
 
+from ..client.backend import run as run_loop
 from ..errors import AiovirtError
 
 __all__ = ["ESCAPE", "extents", "register"]
@@ -179,7 +180,7 @@ async def _upload(options: argparse.Namespace) -> None:
 def _run(coro_fn: Any, options: argparse.Namespace) -> int:
     """Run a command's coroutine; Ctrl-C aborts it (streams are aborted on the daemon)."""
     try:
-        asyncio.run(coro_fn(options))
+        run_loop(coro_fn(options))
     except KeyboardInterrupt:
         print("\naiovirt: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -278,12 +279,12 @@ def _console(options: argparse.Namespace) -> int:
     interactive = os.isatty(stdin)
     if interactive:
         with _raw_terminal(stdin):
-            reason = asyncio.run(_console_session(options, True))
+            reason = run_loop(_console_session(options, True))
         print(file=sys.stderr)
         if reason == "the console closed":
             print("aiovirt: the console closed", file=sys.stderr)
         return 0
-    asyncio.run(_console_session(options, False))
+    run_loop(_console_session(options, False))
     return 0
 
 

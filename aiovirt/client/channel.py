@@ -119,6 +119,11 @@ class Channel:
         if self._waiters.pop(serial, None) is not None:
             self.protocol.cancel(serial)
 
+    def _left(self, serial: int, waiter: Any) -> None:
+        """A queued call's slot was settled: if its caller left (cancelled), drop it unsent."""
+        if waiter.cancelled():
+            self._abandon(serial)
+
     def _send(self, procedure: ProcedureInfo, args: Any,
               sink: StreamSink | None = None) -> tuple[int, Any]:
         """Frame a call, register its reply slot (and the stream its serial opens, before

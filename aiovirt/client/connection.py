@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import math
 import time
-from collections.abc import Callable, Coroutine, Generator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from types import EllipsisType
 from typing import Any, Generic, Self, TypeVar
 
@@ -127,9 +128,11 @@ two.
         self.readonly = readonly
         self.slow_procedures = frozenset(
             number for number, p in remote.PROCEDURES.items() if p.name in slow_procedures)
-        self.rpc = remote.RemoteCalls(self.call)
-        self.qemu_rpc = qemu.QemuCalls(self.call)
-        self.lxc_rpc = lxc.LxcCalls(self.call)
+        self.rpc = remote.RemoteCalls(self.start)
+        self.qemu_rpc = qemu.QemuCalls(self.start)
+        self.lxc_rpc = lxc.LxcCalls(self.start)
+        # under asyncio a call's reply slot is a bare future the caller can await itself
+        self._bare_waiters = asyncio_loop() is not None
         self._main: Channel | None = None
         self._lanes: list[Channel] = []
         self._opening: set[Channel] = set()   # lanes still in their handshake
@@ -380,6 +383,28 @@ two.
         except BaseException:
             channel._abandon(serial)
             raise
+
+    def start(self, procedure: ProcedureInfo, args: Any = None,
+              timeout: float | None | EllipsisType = ..., *,
+              lane: bool | None = None) -> Awaitable[Any]:
+        """``call`` for callers that await at once: under asyncio, with no time limit and the
+        socket known, the call is sent now and its reply slot (a future) returned, saving a
+        coroutine per call; otherwise the ``call`` coroutine.  Errors (a closed connection,
+        arguments that cannot be encoded) always surface when the result is awaited."""
+        if timeout is ...:
+            timeout = self.call_timeout
+        if timeout is None and self._bare_waiters:
+            try:
+                channel = self._quick_channel(procedure, lane)
+                if channel is not None:
+                    serial, waiter = channel._send(procedure, args)
+                    if serial in channel.protocol._queued:
+                        # a queued call whose caller leaves must not be sent later
+                        waiter.add_done_callback(functools.partial(channel._left, serial))
+                    return waiter   # type: ignore[no-any-return]
+            except Exception:   # noqa: BLE001 - raised again by ``call`` when awaited
+                pass
+        return self.call(procedure, args, timeout, lane=lane)
 
     async def _route(self, procedure: ProcedureInfo, args: Any, lane: bool | None) -> Any:
         """Send the call on the right socket and wait for its reply (while reconnecting,

@@ -202,9 +202,13 @@ class _TLSWire(asyncio.Protocol):
                 return
         chunks: list[bytes] = []
         closed = False
-        while True:
+        # Read while bytes are left in the BIO: SSL reads exactly one record at a time, so
+        # it empties when the last whole record is read, and the "want read" answer (an
+        # exception, costly) comes only when a record is still incomplete.
+        incoming, read = self._in, self._ssl.read
+        while incoming.pending:
             try:
-                chunk = self._ssl.read(1 << 18)
+                chunk = read(_RECORD_MAX)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
@@ -313,6 +317,7 @@ class _TLSWire(asyncio.Protocol):
 
 
 _LENGTH = struct.Struct(">I")
+_RECORD_MAX = 16384 + 256   # a TLS record's plaintext is at most 2**14 bytes
 
 
 class _PacketCutter:

@@ -29,6 +29,7 @@ import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any, Optional, TypeVar
 
+from ..client.backend import new_event_loop
 from . import aio
 from .aio import COMPAT_CLASSES
 from .constants import *  # noqa: F403 - libvirt-python's module exposes them all
@@ -55,7 +56,7 @@ def _get_loop() -> asyncio.AbstractEventLoop:
     global _loop, _thread
     with _lock:
         if _loop is None or _thread is None or not _thread.is_alive():
-            loop = asyncio.new_event_loop()
+            loop = new_event_loop()
             ready = threading.Event()
 
             def run() -> None:
