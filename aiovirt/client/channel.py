@@ -155,7 +155,7 @@ class Channel:
         self.last_received = time.monotonic()
         protocol = self.protocol
         try:
-            items: list[Any] = protocol.receive_data(data)
+            items: list[Any] = protocol.receive(data)
         except ProtocolError as exc:
             self.fail(exc)
             return
@@ -163,7 +163,15 @@ class Channel:
         events = False
         for item in items:
             kind = type(item)
-            if kind is Reply:
+            if kind is tuple:   # a successful reply: (serial, value)
+                serial, value = item
+                waiter = waiters.pop(serial, None)
+                if fd_calls and serial in fd_calls:
+                    if not self._fd_reply(Reply(serial, value), waiter):
+                        return
+                elif waiter is not None and not waiter.done():
+                    waiter.set_result(value)
+            elif kind is Reply:
                 serial = item.serial
                 waiter = waiters.pop(serial, None)
                 if item.fds or serial in fd_calls:

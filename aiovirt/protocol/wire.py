@@ -302,14 +302,73 @@ class ClientProtocol:
     def receive_data(self, data: bytes) -> list[Reply | EventMessage | KeepaliveMessage |
                                                  StreamMessage]:
         """Parse bytes from the server.  Raises ``ProtocolError`` on anything malformed."""
+        return [Reply(item[0], item[1]) if type(item) is tuple else item
+                for item in self.receive(data)]
+
+    def receive(self, data: bytes) -> list[Any]:
+        """``receive_data`` for the channel, which reads the commonest item cheaply: a
+        successful reply (no descriptors) is a ``(serial, value)`` tuple, anything else the
+        object ``receive_data`` gives.  Order is the order of arrival."""
+        frames = self._frames
+        if frames._buffer or type(data) is not bytes:
+            results = self._receive_split(data)
+        else:
+            results = self._receive_whole(data)
+        if self._queued and len(self._pending) < self.max_in_flight:
+            self._admit()
+        return results
+
+    def _receive_split(self, data: bytes | bytearray | memoryview) -> list[Any]:
         results: list[Any] = []
         route = self._route
         for fields in self._frames.split(data):
             result = route(*fields)
             if result is not None:
                 results.append(result)
-        if self._queued and len(self._pending) < self.max_in_flight:
-            self._admit()
+        return results
+
+    def _receive_whole(self, data: bytes) -> list[Any]:
+        """The usual read: packets parsed in place, and each small successful reply decoded
+        straight out of ``data``; anything else (errors, events, descriptors, a torn last
+        packet) goes the general way."""
+        results: list[Any] = []
+        pending, route = self._pending, self._route
+        unpack = _PREFIX.unpack_from
+        limit = min(self._frames.max_message, GC_PAUSE_BYTES)
+        pos, end = 0, len(data)
+        while end - pos >= PREFIX_SIZE:
+            length, program, version, number, type_, serial, status = unpack(data, pos)
+            if not PREFIX_SIZE <= length <= limit or end - pos < length or \
+                    type_ == REPLY_WITH_FDS:
+                break   # the general path checks, holds back or raises
+            stop = pos + length
+            if type_ == REPLY and status == OK:
+                procedure = pending.get(serial)
+                if procedure is not None and procedure.number == number and \
+                        procedure.program == program and version == _VERSIONS[program]:
+                    decoder = procedure.decode_ret
+                    if decoder is not None:
+                        try:
+                            value, used = decoder(data, pos + PREFIX_SIZE)
+                        except (XdrError, struct.error, UnicodeError, IndexError):
+                            used = -1
+                        if used == stop:
+                            del pending[serial]
+                            results.append((serial, value))
+                            pos = stop
+                            continue
+                    elif length == PREFIX_SIZE:
+                        del pending[serial]
+                        results.append((serial, None))
+                        pos = stop
+                        continue
+            result = route(program, version, number, type_, serial, status,
+                           data[pos + PREFIX_SIZE:stop], 0)
+            if result is not None:
+                results.append(result)
+            pos = stop
+        if pos < end:
+            results += self._receive_split(data[pos:] if pos else data)
         return results
 
     def _route(self, program: int, version: int, number: int, type_: int, serial: int,
