@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/address.py [--rounds N] [--count N] [--cpu CPU]
                                            [--no-libvirt] [--output FILE] [--profile]
+                                           [--baseline PATH] [--instructions]
 
 Measures ``aiovirt.address`` alone (pure Python, no daemon): how many times per second one
 core completes the same 20-device q35 guest (4 virtio NICs, 4 virtio disks, a SATA CD-ROM,
@@ -21,6 +22,14 @@ the target of >= 2000 domains/s through the core API.  Four measures alternate r
   work than addressing (a daemon round trip, the domain saved to disk), which is the point:
   it is the cost aiovirt removes.  Not pinned (the daemon runs on any core).
 
+With ``--baseline PATH`` (a checkout of another aiovirt commit, e.g. ``git worktree add
+/tmp/address-base HEAD``), ``core`` and ``xml`` also run from that checkout, in a child
+process pinned to the same CPU and fed the same workload, interleaved round by round with the
+others (``base core``, ``base xml``); the report ends with each ratio, this code over the
+baseline (best rounds, and medians).  ``--instructions`` adds user-space instructions per
+domain through the core API, counted by valgrind's callgrind for this checkout (and the
+baseline): a figure other work on a shared machine does not move.
+
 Before timing, the result is checked once: the core API and the XML path must give the same
 addresses, and (with libvirt) libvirt must assign exactly the same addresses itself.
 """
@@ -30,9 +39,12 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import json
 import os
 import pstats
 import statistics
+import subprocess
+import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable
@@ -191,13 +203,17 @@ def verify(text: str, specs: list[dict[str, Any]], lv: Libvirt | None) -> str:
 
 # -- measuring ------------------------------------------------------------------------------------
 
-def interleave(rounds: int, measures: dict[str, Callable[[], None]]) -> dict[str, list[Sample]]:
+def interleave(rounds: int, measures: dict[str, Callable[[], Any]]) -> dict[str, list[Sample]]:
+    """Every measure once per round, rotating which goes first; a measure that returns a
+    ``Sample`` (the baseline child's own timing) is recorded as such."""
     samples: dict[str, list[Sample]] = {label: [] for label in measures}
     order = list(measures.items())
     for r in range(rounds):
         shift = r % len(order)
         for label, work in order[shift:] + order[:shift]:
-            samples[label].append(timed(work))
+            sample = timed(work)
+            inner = getattr(work, "sample", None)
+            samples[label].append(inner() if inner is not None else sample)
     return samples
 
 
@@ -251,15 +267,27 @@ def main(options: argparse.Namespace) -> None:
             lv_count = max(1, count // 20)
             measures["libvirt"] = partial(lv.run, text, lv_count)
             counts["libvirt"] = lv_count
+        timed_measures: dict[str, Callable[[], Any]] = pinned(measures, cpu)
+        if options.baseline:
+            baseline = Baseline(options.baseline, cpu, text, specs)
+            say(f"baseline: {baseline.module} (a child process pinned to CPU {cpu})")
+            for work in ("core", "xml"):
+                timed_measures[f"base {work}"] = _BaselineWork(baseline, work, count)
+                counts[f"base {work}"] = count
         say()
         say(f"## one 20-device q35 domain, {count} times per round (libvirt: "
             f"{counts.get('libvirt', 0)}), {options.rounds} interleaved rounds, one core")
         before = machine_speed()
-        samples = interleave(options.rounds, pinned(measures, cpu))
+        samples = interleave(options.rounds, timed_measures)
         pin(cpu)
         after = machine_speed()
         bests = report(samples, counts)
         say(yardstick_line(before, after))
+        if options.baseline:
+            ratios(samples)
+            baseline.close()
+        if options.instructions:
+            instruction_ratio(options.baseline, specs)
         if options.profile:
             say()
             profile(specs, count)
@@ -270,6 +298,139 @@ def main(options: argparse.Namespace) -> None:
     finally:
         if lv is not None:
             lv.close()
+
+
+# The child that runs the same workload with another checkout's aiovirt: it reads one JSON
+# request per line ({"work": "core"|"xml", "count": N}) and answers with the wall seconds.
+BASELINE_CHILD = """
+import json, os, sys, time
+cpu, text, specs = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+os.sched_setaffinity(0, {cpu})
+import aiovirt.address as address
+from aiovirt.address import Machine, address_domain, device_from_dict, place
+machine = Machine("x86_64", "q35")
+print(json.dumps({"module": address.__file__}), flush=True)
+for line in sys.stdin:
+    request = json.loads(line)
+    count = request["count"]
+    import gc; gc.collect()
+    start = time.perf_counter()
+    if request["work"] == "core":
+        for _ in range(count):
+            place(machine, [device_from_dict(spec) for spec in specs])
+    else:
+        for _ in range(count):
+            address_domain(text).xml
+    print(json.dumps({"wall": time.perf_counter() - start}), flush=True)
+"""
+
+
+class Baseline:
+    """Another checkout's aiovirt in a child process pinned to ``cpu``, timed on request."""
+
+    def __init__(self, path: str, cpu: int, text: str, specs: list[dict[str, Any]]) -> None:
+        root = os.path.abspath(path)
+        if not os.path.isdir(os.path.join(root, "aiovirt", "address")):
+            raise SystemExit(f"--baseline {path}: no aiovirt/address there (make one with "
+                             "`git worktree add /tmp/address-base HEAD`)")
+        env = dict(os.environ, PYTHONPATH=root)
+        self.child = subprocess.Popen(
+            [sys.executable, "-c", BASELINE_CHILD, str(cpu), text, json.dumps(specs)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=root)
+        hello = json.loads(self._line())
+        if not hello["module"].startswith(root):
+            self.close()
+            raise SystemExit(f"--baseline {path}: the child imported {hello['module']}, not "
+                             "the baseline's aiovirt")
+        self.module = hello["module"]
+
+    def _line(self) -> str:
+        assert self.child.stdout is not None
+        line = self.child.stdout.readline()
+        if not line:
+            raise SystemExit(f"the baseline child exited ({self.child.wait()})")
+        return line
+
+    def run(self, work: str, count: int) -> float:
+        """Wall seconds the child took for ``count`` domains of ``work``."""
+        assert self.child.stdin is not None
+        self.child.stdin.write(json.dumps({"work": work, "count": count}) + "\n")
+        self.child.stdin.flush()
+        return float(json.loads(self._line())["wall"])
+
+    def close(self) -> None:
+        if self.child.stdin is not None:
+            self.child.stdin.close()
+        self.child.wait(timeout=30)
+
+
+# One callgrind run: N core placements (after a warm-up) with the aiovirt on PYTHONPATH.
+INSTRUCTIONS_CHILD = """
+import json, sys
+import aiovirt.address
+from aiovirt.address import Machine, device_from_dict, place
+specs, count, root = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+assert aiovirt.address.__file__.startswith(root), aiovirt.address.__file__
+machine = Machine("x86_64", "q35")
+for _ in range(20 + count):
+    place(machine, [device_from_dict(spec) for spec in specs])
+"""
+
+
+def instructions(root: str, specs: list[dict[str, Any]], count: int = 100) -> int:
+    """User-space instructions per domain through the core API with the aiovirt at ``root``,
+    counted by valgrind's callgrind: a run of ``count`` domains minus a run of none."""
+    totals = []
+    for n in (0, count):
+        run = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+             "-c", INSTRUCTIONS_CHILD, json.dumps(specs), str(n), root],
+            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=root), cwd=root,
+            check=True)
+        found = [line for line in run.stderr.splitlines() if "Collected :" in line]
+        totals.append(int(found[-1].split(":")[-1]))
+    return (totals[1] - totals[0]) // count
+
+
+def instruction_ratio(baseline: str | None, specs: list[dict[str, Any]]) -> None:
+    """Instructions per domain, this checkout and (if given) the baseline: a measure other
+    work on the machine does not move."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ours = instructions(here, specs)
+    line = f"instructions per domain (callgrind, core API): {ours:,} here"
+    if baseline:
+        base = instructions(os.path.abspath(baseline), specs)
+        line += f", {base:,} in the baseline: {base / ours:.2f}x fewer"
+    say(line)
+
+
+class _BaselineWork:
+    """One baseline measure: a round runs in the child, which times itself (wall only)."""
+
+    def __init__(self, baseline: Baseline, work: str, count: int) -> None:
+        self.baseline, self.work, self.count = baseline, work, count
+        self.last = Sample(0.0, 0.0)
+
+    def __call__(self) -> None:
+        wall = self.baseline.run(self.work, self.count)
+        self.last = Sample(wall, wall)
+
+    def sample(self) -> Sample:
+        return self.last
+
+
+def ratios(samples: dict[str, list[Sample]]) -> None:
+    """This code over the baseline, per measure, on the best and the median rounds."""
+    for label in ("core", "xml"):
+        base = samples.get(f"base {label}")
+        if not base:
+            continue
+        ours = samples[label]
+        best = min(s.wall for s in base) / min(s.wall for s in ours)
+        median = statistics.median(s.wall for s in base) / statistics.median(
+            s.wall for s in ours)
+        say(f"{label}: {best:.2f}x the baseline's throughput (best rounds), {median:.2f}x "
+            "(medians)")
 
 
 def pinned(measures: dict[str, Callable[[], None]], cpu: int) -> dict[str, Callable[[], None]]:
@@ -297,6 +458,12 @@ if __name__ == "__main__":
     parser.add_argument("--profile", action="store_true",
                         help="also cProfile one round of the core API")
     parser.add_argument("--output", help="also write the report to this file")
+    parser.add_argument("--baseline", metavar="PATH",
+                        help="also run core and xml from the aiovirt checkout at PATH (a "
+                             "child pinned to the same CPU) and print the ratios")
+    parser.add_argument("--instructions", action="store_true",
+                        help="also count instructions per domain under valgrind's callgrind "
+                             "(and the baseline's): noise-free, needs valgrind")
     opts = parser.parse_args()
     if opts.rounds < 1 or opts.count < 1:
         parser.error("--rounds and --count must be at least 1")

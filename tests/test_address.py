@@ -12,10 +12,12 @@ from hypothesis import strategies as st
 from aiovirt.address import (
     AddressError,
     CcidAddress,
+    CcwAddress,
     Device,
     DriveAddress,
     Machine,
     PciAddress,
+    SpaprVioAddress,
     Tunables,
     UsbAddress,
     VirtioSerialAddress,
@@ -25,6 +27,8 @@ from aiovirt.address import (
 )
 
 PC, Q35 = Machine("x86_64", "pc"), Machine("x86_64", "q35")
+PSERIES, S390 = Machine("ppc64", "pseries"), Machine("s390x", "s390-ccw-virtio")
+RISCV, MICROVM = Machine("riscv64", "virt"), Machine("x86_64", "microvm")
 
 
 def nic(model: str = "virtio", **kw) -> Device:
@@ -148,6 +152,132 @@ def test_virtio_serial_ports_and_ccid_slots():
     assert len(controllers(devices, "virtio-serial")) == 1
 
 
+def test_virtio_consoles_take_no_port_beside_channels():
+    # libvirt puts a virtio console on port 0, which it neither reserves nor records
+    consoles = [Device("console", target="virtio", name=f"k{i}") for i in range(3)]
+    chans = [Device("channel", target="virtio", name=f"c{i}") for i in range(2)]
+    named = by_name(place(Q35, consoles + chans))
+    assert [named[f"c{i}"].address for i in range(2)] == \
+        [VirtioSerialAddress(0, 1), VirtioSerialAddress(0, 2)]
+    assert all(named[f"k{i}"].address is None for i in range(3))
+
+
+def test_legacy_pci_nics_and_unnamed_models():
+    # models libvirt names (e1000, rtl8139) are conventional PCI: a pcie-to-pci-bridge on
+    # q35; a model it does not name (pcnet, ne2k_pci) is taken for PCI Express
+    named = by_name(place(Q35, [nic("e1000", name="e"), nic("pcnet", name="p"),
+                                nic("ne2k_pci", name="k"), nic("rtl8139", name="r")]))
+    bridge_bus = named["e"].address.bus
+    assert named["r"].address.bus == bridge_bus
+    assert named["p"].address.bus != bridge_bus and named["p"].address.slot == 0
+    assert named["k"].address.slot == 0
+
+
+def test_what_libvirt_refuses_is_refused():
+    with pytest.raises(AddressError, match="usb-net NIC no address of its own"):
+        place(Q35, [nic("usb-net", name="u")])
+    with pytest.raises(AddressError, match="ich7 sound"):
+        place(PC, [Device("sound", model="ich7", name="s")])
+
+
+# -- other machines -------------------------------------------------------------------------
+
+def test_pseries_spapr_vio_regs():
+    devices = place(PSERIES, [
+        nic("spapr-vlan", name="v0"), nic("spapr-vlan", name="v1",
+                                          address=SpaprVioAddress(0x2000)),
+        Device("controller", type="scsi", name="scsi"),          # ibmvscsi by default
+        Device("serial", name="s0"), Device("serial", target="isa-serial", name="s1"),
+        Device("nvram", name="nv"), Device("tpm", model="tpm-spapr", name="tpm"),
+        Device("console", name="con")])
+    named = by_name(devices)
+    assert named["scsi"].model == "ibmvscsi"
+    assert named["v0"].address == SpaprVioAddress(0x1000)
+    assert named["scsi"].address == SpaprVioAddress(0x3000)   # 0x2000 is taken: up by 0x1000
+    assert named["s0"].address == SpaprVioAddress(0x30000000)
+    assert named["s1"].address == SpaprVioAddress(0x30001000)   # isa-serial means the default
+    assert named["nv"].address == SpaprVioAddress(0x4000)      # 0x3000 went to the vSCSI
+    assert named["tpm"].address == SpaprVioAddress(0x5000)
+    assert named["con"].address == named["s0"].address          # the console mirrors it
+    with pytest.raises(AddressError, match="spapr-vio address 0x2000 is already in use"):
+        place(PSERIES, [nic("spapr-vlan", name="a", address=SpaprVioAddress(0x2000)),
+                        nic("spapr-vlan", name="b", address=SpaprVioAddress(0x2000))])
+
+
+def test_pseries_grows_by_host_bridges_and_adds_usb_inputs():
+    devices = place(PSERIES, [nic(name=f"n{i}") for i in range(33)] +
+                    [Device("graphics", type="vnc", name="g"),
+                     Device("input", type="tablet", bus="usb", name="t")])
+    roots = controllers(devices, "pci")
+    assert [(c.model, c.options.get("model_name"), c.options.get("targetIndex"))
+            for c in roots] == [("pci-root", "spapr-pci-host-bridge", 0),
+                                ("pci-root", "spapr-pci-host-bridge", 1)]
+    named = by_name(devices)
+    assert at(named["n30"]) == pci(0, 31) and at(named["n31"]) == pci(1, 1)
+    [usb] = controllers(devices, "usb")
+    assert usb.model == "qemu-xhci"
+    inputs = [d for d in devices if d.kind == "input"]
+    # a USB keyboard comes with the graphics; no mouse, since there is a tablet
+    assert [(i.type, i.added) for i in inputs] == [("tablet", False), ("keyboard", True)]
+    assert [d.kind for d in devices if d.kind == "video"] == ["video"]   # vga by default
+    assert next(d for d in devices if d.kind == "video").model == "vga"
+
+
+def test_s390_ccw_device_numbers_in_libvirt_order():
+    devices = place(S390, [
+        disk("vda", "virtio", name="d"), nic(name="n", address=CcwAddress(0xFE, 0, 1)),
+        nic(name="m"), Device("channel", target="virtio", name="c"),
+        Device("controller", type="scsi", name="scsi"), Device("video", name="v"),
+        Device("rng", model="virtio", name="r")])
+    named = by_name(devices)
+    ccw = {name: d.address.devno for name, d in named.items()
+           if isinstance(d.address, CcwAddress)}
+    # disks, NICs, videos, controllers (virtio-serial added after scsi), ..., balloon, rngs
+    assert ccw == {"d": 0, "n": 1, "m": 2, "v": 3, "scsi": 4, "r": 7}
+    assert named["scsi"].model == "virtio-scsi" and named["v"].model == "virtio"
+    serial = controllers(devices, "virtio-serial")[0]
+    balloon = next(d for d in devices if d.kind == "memballoon")
+    assert (serial.address.devno, balloon.address.devno) == (5, 6)
+    assert all(a.cssid == 0xFE for a in (serial.address, balloon.address))
+    assert not controllers(devices, "usb")          # no USB on s390 unless asked
+    assert [c.model for c in controllers(devices, "pci")] == ["pci-root"]   # zPCI
+    with pytest.raises(AddressError, match="CCW device number ccw fe.0.0001 is already"):
+        place(S390, [nic(name="a", address=CcwAddress(0xFE, 0, 1)),
+                     nic(name="b", address=CcwAddress(0xFE, 0, 1))])
+
+
+def test_riscv_virt_like_arm_virt():
+    devices = place(RISCV, [nic(name="n"), disk("vda", "virtio", name="d"),
+                            Device("rng", model="virtio", name="r")])
+    named = by_name(devices)
+    assert named["n"].model == "virtio"
+    assert [c.model for c in controllers(devices, "pci")][0] == "pcie-root"
+    assert {at(named[n])[1:] for n in "ndr"} == {(0, 0)}   # each on a root port
+    assert any(d.kind == "memballoon" for d in devices)    # unlike ARM
+    mmio = place(RISCV, [nic(name="n"), Device("disk", bus="virtio", target="vda", name="d",
+                                               options={"foreign_address": "virtio-mmio"})])
+    assert by_name(mmio)["n"].options.get("foreign_address") == "virtio-mmio"
+
+
+def test_microvm_takes_only_what_needs_no_pci():
+    mmio = {"foreign_address": "virtio-mmio"}
+    devices = place(MICROVM, [Device("controller", type="usb", model="none", name="u"),
+                              Device("memballoon", model="none", name="b"),
+                              disk("vda", "virtio", name="d", options=dict(mmio)),
+                              Device("serial", name="s")])
+    assert not any(isinstance(d.address, PciAddress) for d in devices)
+    assert not controllers(devices, "pci")
+    with pytest.raises(AddressError, match=r"x86_64 'microvm' has no PCI bus \(libvirt 9.0 "
+                                           r"gives microvm no PCI root"):
+        place(MICROVM, [disk("vda", "virtio", name="d")])
+
+
+def test_numa_placement_needs_expander_buses():
+    with pytest.raises(AddressError, match="NUMA placement needs PCI expander buses, which "
+                                           "ppc64 'pseries' does not have"):
+        place(Machine("ppc64", "pseries", numa_nodes=2), [nic(name="n", numa_node=1)])
+
+
 def test_given_addresses_are_kept():
     given = PciAddress(0, 2, 0)
     devices = place(PC, [nic(name="a"), nic(name="b", address=given)])
@@ -214,8 +344,8 @@ def test_numa_node_that_does_not_exist():
 
 
 def test_unknown_machine_and_policy():
-    with pytest.raises(AddressError, match="knows x86_64 pc/q35 and aarch64 virt"):
-        place(Machine("ppc64", "pseries"), [])
+    with pytest.raises(AddressError, match=r"knows x86_64 pc .* not ppc64 'powernv9'"):
+        place(Machine("ppc64", "powernv9"), [])
     with pytest.raises(AddressError, match="unknown addressing policy 'magic'"):
         place(PC, [], policy="magic")
 
@@ -360,6 +490,46 @@ def test_adding_devices_or_changing_tunables_never_moves_existing_ones(
             assert cont.index > highest_pci
     pci_addresses = [a for a in new.values() if isinstance(a, tuple)]
     assert len(pci_addresses) == len(set(pci_addresses))
+
+
+OTHER_KINDS = {
+    "pseries": [lambda i: nic(name=f"n{i}"), lambda i: nic("e1000", name=f"e{i}"),
+                lambda i: nic("spapr-vlan", name=f"v{i}"),
+                lambda i: disk(f"vd{chr(97 + i % 26)}{i // 26 or ''}", "virtio", name=f"d{i}"),
+                lambda i: Device("channel", target="virtio", name=f"c{i}"),
+                lambda i: Device("serial", name=f"s{i}"),
+                lambda i: Device("redirdev", bus="usb", name=f"u{i}"),
+                lambda i: Device("controller", type="scsi", name=f"k{i}")],
+    "s390": [lambda i: nic(name=f"n{i}"),
+             lambda i: disk(f"vd{chr(97 + i % 26)}{i // 26 or ''}", "virtio", name=f"d{i}"),
+             lambda i: Device("channel", target="virtio", name=f"c{i}"),
+             lambda i: Device("rng", model="virtio", name=f"g{i}"),
+             lambda i: Device("controller", type="scsi", name=f"k{i}")],
+    "riscv": [lambda i: nic(name=f"n{i}"), lambda i: nic("e1000", name=f"e{i}"),
+              lambda i: disk(f"vd{chr(97 + i % 26)}{i // 26 or ''}", "virtio", name=f"d{i}"),
+              lambda i: Device("channel", target="virtio", name=f"c{i}"),
+              lambda i: Device("rng", model="virtio", name=f"g{i}")],
+}
+OTHER_MACHINES = {"pseries": PSERIES, "s390": S390, "riscv": RISCV}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(sorted(OTHER_KINDS)), st.data(), st.integers(0, 3))
+def test_adding_devices_never_moves_existing_ones_on_other_machines(family, data, reserve):
+    kinds = st.sampled_from(OTHER_KINDS[family])
+    first = data.draw(st.lists(kinds, max_size=40))
+    later = data.draw(st.lists(kinds, max_size=12))
+    machine = OTHER_MACHINES[family]
+    before = place(Machine(machine.arch, machine.machine), build(first),
+                   Tunables(hotplug_reserve=reserve))
+    old = addresses(before)
+    after = place(Machine(machine.arch, machine.machine), [*before, *build(later, 100)])
+    new = addresses(after)
+    for name, address in old.items():
+        assert new[name] == address, name
+    # no two devices share a place (but the console that mirrors the first serial port)
+    placed = [repr(d.address) for d in after if d.address is not None and d.kind != "console"]
+    assert len(placed) == len(set(placed))
 
 
 # -- XML ----------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Device addressing, offline: every controller and PCI/drive/USB/virtio-serial/CCID address
-for a guest, the way libvirt would assign them (or tuned), without a daemon.
+"""Device addressing, offline: every controller and PCI/drive/USB/virtio-serial/CCID (and
+s390 CCW, pSeries spapr-vio) address for a guest, the way libvirt would assign them (or
+tuned), without a daemon.
 
     from aiovirt.address import address_domain, place, Device, Machine, Tunables
 
@@ -25,10 +26,12 @@ from .model import (
     Address,
     AddressError,
     CcidAddress,
+    CcwAddress,
     Device,
     DriveAddress,
     Machine,
     PciAddress,
+    SpaprVioAddress,
     Tunables,
     UsbAddress,
     VirtioSerialAddress,
@@ -36,10 +39,10 @@ from .model import (
     device_from_dict,
 )
 
-__all__ = ["Address", "AddressError", "AddressedDomain", "CcidAddress", "Device",
-           "DriveAddress", "Machine", "PciAddress", "Tunables", "UsbAddress",
-           "VirtioSerialAddress", "address_domain", "address_from_dict", "address_tree",
-           "device_from_dict", "place"]
+__all__ = ["Address", "AddressError", "AddressedDomain", "CcidAddress", "CcwAddress",
+           "Device", "DriveAddress", "Machine", "PciAddress", "SpaprVioAddress", "Tunables",
+           "UsbAddress", "VirtioSerialAddress", "address_domain", "address_from_dict",
+           "address_tree", "device_from_dict", "place"]
 
 POLICIES = ("libvirt",)
 

@@ -3,6 +3,7 @@ added controllers into the same document (everything else is left as it was)."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from lxml import etree
@@ -11,17 +12,19 @@ from .model import (
     Address,
     AddressError,
     CcidAddress,
+    CcwAddress,
     Device,
     DriveAddress,
     Machine,
     PciAddress,
+    SpaprVioAddress,
     UsbAddress,
     VirtioSerialAddress,
 )
 
 __all__ = ["machine_of", "read_devices", "write_devices"]
 
-OURS = ("pci", "drive", "usb", "virtio-serial", "ccid")
+OURS = ("pci", "drive", "usb", "virtio-serial", "ccid", "ccw", "spapr-vio")
 # device elements in the order libvirt formats them; added devices go after their kind
 _ORDER = ("emulator", "disk", "controller", "lease", "filesystem", "interface", "smartcard",
           "serial", "parallel", "console", "channel", "input", "tpm", "graphics", "sound",
@@ -38,11 +41,11 @@ def machine_of(root: etree._Element) -> Machine:
     return Machine(os_type.get("arch", "x86_64"), os_type.get("machine", "pc"), slots, cells)
 
 
-def _int(value: str | None, what: str) -> int | None:
+def _int(value: str | None, what: str, base: int = 0) -> int | None:
     if value is None:
         return None
     try:
-        return int(value, 0)
+        return int(value, base)
     except ValueError:
         raise AddressError(f"{what}: {value!r} is not a number") from None
 
@@ -81,6 +84,16 @@ def _address(element: etree._Element, who: str) -> tuple[Address | None, str | N
     if kind == "ccid":
         return CcidAddress(_int(element.get("controller", "0"), where) or 0,
                            _int(element.get("slot", "0"), where) or 0), None
+    if kind == "ccw":
+        numbers = [_int(element.get(k), where) for k in ("cssid", "ssid", "devno")]
+        if None in numbers:
+            if any(n is not None for n in numbers):
+                raise AddressError(f"{where}: give all of cssid, ssid and devno, or none")
+            return None, kind   # libvirt (and the policy) picks the devno
+        return CcwAddress(*numbers), None  # type: ignore[arg-type]
+    if kind == "spapr-vio":
+        reg = _int(element.get("reg"), where, 16)   # libvirt reads reg as hex, 0x or not
+        return (SpaprVioAddress(reg), None) if reg is not None else (None, kind)
     return None, kind
 
 
@@ -126,6 +139,8 @@ def read_devices(root: etree._Element) -> list[Device]:
                 for key in ("chassis", "port", "busNr", "chassisNr"):
                     if target.get(key) is not None:
                         options[key] = _int(target.get(key), dev.name)
+                if target.get("index") is not None:   # a pSeries PHB's target index
+                    options["targetIndex"] = _int(target.get("index"), dev.name)
                 if target.get("hotplug") is not None:
                     options["hotplug"] = target.get("hotplug")
                 node = target.findtext("node")
@@ -146,7 +161,7 @@ def read_devices(root: etree._Element) -> list[Device]:
             if _attr(model, "primary") == "yes":
                 options["primary"] = True
         elif kind in ("sound", "memballoon", "rng", "watchdog", "iommu", "vsock", "memory",
-                      "shmem"):
+                      "shmem", "tpm", "panic"):
             dev.model = element.get("model")
         elif kind == "input":
             dev.type = element.get("type")
@@ -154,6 +169,10 @@ def read_devices(root: etree._Element) -> list[Device]:
             dev.model = element.get("model")
         elif kind in ("serial", "channel", "console", "parallel"):
             dev.target = _attr(target, "type")
+            if kind == "serial" and target is not None:
+                model = target.find("model")
+                if model is not None and model.get("name"):
+                    options["target_model"] = model.get("name")
         elif kind == "redirdev":
             dev.bus = element.get("bus")
         elif kind == "hub":
@@ -209,13 +228,18 @@ def _write_address(element: etree._Element, address: Address | None, fresh: bool
     elif isinstance(address, VirtioSerialAddress):
         attrs = {"type": "virtio-serial", "controller": str(address.controller),
                  "bus": str(address.bus), "port": str(address.port)}
-    else:
+    elif isinstance(address, CcidAddress):
         attrs = {"type": "ccid", "controller": str(address.controller),
                  "slot": str(address.slot)}
+    elif isinstance(address, CcwAddress):
+        attrs = {"type": "ccw", "cssid": _hex(address.cssid, 0), "ssid": _hex(address.ssid, 0),
+                 "devno": _hex(address.devno, 4)}
+    else:
+        attrs = {"type": "spapr-vio", "reg": _hex(address.reg, 8)}
     etree.SubElement(element, "address", attrs)
 
 
-def _new_element(dev: Device) -> etree._Element:
+def _new_element(dev: Device, source: etree._Element | None = None) -> etree._Element:
     if dev.kind == "controller":
         element = etree.Element("controller", type=dev.type or "", index=str(dev.index))
         if dev.model is not None:
@@ -227,28 +251,42 @@ def _new_element(dev: Device) -> etree._Element:
         etree.SubElement(element, "model", type=dev.model or "vga")
     elif dev.kind == "hub":
         element = etree.Element("hub", type=dev.type or "usb")
+    elif dev.kind == "input":
+        element = etree.Element("input", type=dev.type or "mouse", bus=dev.bus or "usb")
+    elif dev.kind in ("serial", "console") and source is not None:
+        # libvirt's console/serial aliasing: the same character device under the other name
+        element = copy.deepcopy(source)
+        element.tag = dev.kind
+        for child in list(element):
+            if child.tag in ("target", "address", "alias"):
+                element.remove(child)
+        if dev.kind == "console":
+            etree.SubElement(element, "target", type="serial")
     else:
         element = etree.Element(dev.kind)
     return element
 
 
 def _write_controller(element: etree._Element, dev: Device) -> None:
-    if dev.model is not None and element.get("model") is None:
-        element.set("model", dev.model)
+    if dev.model is not None and element.get("model") in (None, "auto"):
+        element.set("model", dev.model)   # libvirt writes the model it chose for 'auto'
+
     if element.get("index") is None and dev.index is not None:
         element.set("index", str(dev.index))
     options = dev.options
     if options.get("model_name") and element.find("model") is None:
         etree.SubElement(element, "model", name=options["model_name"])
-    keys = [k for k in ("chassisNr", "chassis", "port", "busNr") if options.get(k) is not None]
+    keys = [k for k in ("chassisNr", "chassis", "port", "busNr", "targetIndex")
+            if options.get(k) is not None]
     if keys or options.get("numa_node") is not None:
         target = element.find("target")
         if target is None:
             target = etree.SubElement(element, "target")
         for key in keys:
-            if target.get(key) is None:
+            name = "index" if key == "targetIndex" else key
+            if target.get(name) is None:
                 value = options[key]
-                target.set(key, _hex(value, 0) if key == "port" else str(value))
+                target.set(name, _hex(value, 0) if key == "port" else str(value))
         if options.get("numa_node") is not None and target.find("node") is None:
             etree.SubElement(target, "node").text = str(options["numa_node"])
 
@@ -264,8 +302,12 @@ def write_devices(root: etree._Element, devices: list[Device]) -> None:
         element = dev.origin
         fresh = element is None
         if fresh:
-            element = dev.origin = _new_element(dev)
-            inserter.insert(element)
+            source = None
+            if dev.options.get("copy_of"):
+                source = next((d.origin for d in devices if d.name == dev.options["copy_of"]),
+                              None)
+            element = dev.origin = _new_element(dev, source)
+            inserter.insert(element, first=dev.kind == "console")
         if dev.kind == "controller":
             _write_controller(element, dev)
         old = None if fresh else element.find("address")
@@ -305,9 +347,13 @@ class _Inserter:
             if isinstance(child.tag, str):
                 self.last[child.tag] = child
 
-    def insert(self, element: etree._Element) -> None:
+    def insert(self, element: etree._Element, first: bool = False) -> None:
+        """After the last element of its kind (``first``: before the first one)."""
         tag = element.tag
         previous = self.last.get(tag)
+        if first and previous is not None:
+            self.container.find(tag).addprevious(element)
+            return
         if previous is not None:
             previous.addnext(element)
         else:

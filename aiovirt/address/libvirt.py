@@ -2,19 +2,22 @@
 
 It follows libvirt's own steps when a domain is defined (qemu_domain.c, domain_postparse.c,
 domain_conf.c, qemu_domain_address.c, domain_addr.c in libvirt 9.0.0), for x86_64 ``pc``
-(i440fx) and ``q35`` machines and aarch64 ``virt``:
+(i440fx) and ``q35``, aarch64 and riscv64 ``virt``, ppc64 ``pseries`` (spapr-vio and PCI
+host bridges) and s390x ``s390-ccw-virtio`` (CCW) machines; x86_64 ``microvm``, which libvirt
+9.0 gives no PCI bus, only where nothing needs one:
 
 1. controller indexes for controllers that have none;
 2. the machine's default devices: the PCI root (pci-root or pcie-root), the USB controller
-   (piix3-uhci on pc, qemu-xhci on q35), q35's SATA controller, the virtio memory balloon
-   (x86);
+   (piix3-uhci on pc, qemu-xhci on q35 and pSeries), q35's SATA controller, the virtio memory
+   balloon (all but ARM), pSeries' USB keyboard and mouse for a graphical console;
 3. per-device defaults that decide addressing: disk buses from target names and their drive
    addresses, controller models (USB, SCSI), NIC and video models, SCSI host device units;
 4. implicit controllers (SCSI/IDE/SATA/FDC for disks, virtio-serial for channels, CCID for
    smartcards) and the video device a display implies;
-5. virtio-serial ports, then PCI addresses (a sizing pass that adds the pcie-root-ports or
-   pci-bridges the devices need, then the real pass: chipset-fixed slots, then devices in
-   libvirt's order), then USB ports (hubs added when ports run out).
+5. virtio-serial ports, spapr-vio regs, s390 CCW device numbers, virtio-mmio, then PCI
+   addresses (a sizing pass that adds the pcie-root-ports, pci-bridges or pSeries PHBs the
+   devices need, then the real pass: chipset-fixed slots, then devices in libvirt's order),
+   then USB ports (hubs added when ports run out).
 
 Tunables beyond libvirt (``Tunables`` and the per-device fields) change the PCI steps:
 a hotplug reserve, PCI or PCIe placement, devices that need not be hot-pluggable placed as
@@ -24,6 +27,7 @@ Addresses already given are kept: they are reserved first, so existing devices n
 
 from __future__ import annotations
 
+import functools
 import string
 from collections.abc import Iterator
 from typing import Any
@@ -31,13 +35,16 @@ from typing import Any
 from .model import (
     AddressError,
     CcidAddress,
+    CcwAddress,
     Device,
     DriveAddress,
     Machine,
     PciAddress,
+    SpaprVioAddress,
     Tunables,
     UsbAddress,
     VirtioSerialAddress,
+    pci_address,
 )
 from .pci import Bus, Connect, Flags, PciSpace, controller_connect
 
@@ -57,8 +64,30 @@ _MODEL_NAMES = {"pci-bridge": "pci-bridge", "dmi-to-pci-bridge": "i82801b11-brid
                 "pcie-switch-downstream-port": "xio3130-downstream",
                 "pci-expander-bus": "pxb", "pcie-expander-bus": "pxb-pcie"}
 _VIRTIO_MODELS = ("virtio", "virtio-non-transitional", None)
+_VIRTIO_NETS = ("virtio", "virtio-transitional", "virtio-non-transitional")
+# the NIC models libvirt 9.0 knows by name (any other is passed to QEMU as it is)
+_NET_MODELS = frozenset(("unknown", "netfront", "rtl8139", "virtio", "e1000", "e1000e",
+                         "virtio-transitional", "virtio-non-transitional", "usb-net",
+                         "spapr-vlan", "lan9118", "scm91c111", "vlance", "vmxnet", "vmxnet2",
+                         "vmxnet3", "am79c970a", "am79c973", "82540em", "82545em", "82543gc"))
+# spapr-vio regs libvirt starts from (QEMU's own defaults), by kind of device
+_VIO_NET, _VIO_SCSI, _VIO_SERIAL, _VIO_NVRAM, _VIO_TPM = (0x1000, 0x2000, 0x30000000, 0x3000,
+                                                          0x4000)
+_CCW_CSSID = 0xFE   # virtio-ccw devices live in channel subsystem 0xfe
+_CCW_DEVNO_LAST = 0xFFFF
+_MACHINES = ("x86_64 pc (pc-i440fx-*) and q35 (pc-q35-*), aarch64 and riscv64 virt, ppc64 "
+             "pseries, s390x s390-ccw-virtio, x86_64 microvm (without PCI devices)")
 
 
+_CONNECT_MEMO: dict[tuple[Any, ...], Flags] = {}   # LibvirtPlacement.connect's results
+# the slots the chipsets fix
+_PIIX3_ISA, _PIIX3_IDE, _PIIX3_USB, _PIIX3_ACPI = (PciAddress(0, 1, f) for f in range(4))
+_PIIX3_VIDEO = PciAddress(0, 2, 0)
+_ICH9_LPC, _ICH9_SATA, _ICH9_SMBUS = (PciAddress(0, 0x1F, f) for f in (0, 2, 3))
+_Q35_VIDEO, _ICH9_AUDIO = PciAddress(0, 1, 0), PciAddress(0, 0x1B, 0)
+
+
+@functools.lru_cache(maxsize=4096)
 def disk_index(name: str) -> int:
     """A disk target name's index (``hda`` 0, ``sdb`` 1, ``vdaa`` 26), or -1."""
     for prefix in ("fd", "hd", "vd", "sd", "xvd", "ubd"):
@@ -89,18 +118,36 @@ class LibvirtPlacement:
         self.tunables = tunables
         self.groups: dict[str, PciAddress] = {}
         self._lists: dict[tuple[str, str | None], Any] = {}
+        self._kinds: dict[str, list[Device]] = {}   # of(): the devices by kind
         self._root: str | None = None   # the PCI root's model, once the defaults are in
         self._numa = False               # whether any device asks for a NUMA node
+        self._plain = True               # neither NUMA nor multifunction packing
+        self._device_order: list[Device] | None = None   # PCI requests, once known
+        self._order_flags: list[Flags] | None = None     # and their connect flags
         self._flags: dict[int, Flags] = {}  # connect flags by device, once the root is known
 
     # -- helpers ----------------------------------------------------------------------------
     def of(self, kind: str) -> list[Device]:
-        """The devices of one kind, in order (cached until a device is added)."""
-        key = (kind, "*")
-        found = self._lists.get(key)
+        """The devices of one kind, in order (cached; kept up to date as devices are added)."""
+        found = self._kinds.get(kind)
         if found is None:
-            found = self._lists[key] = [d for d in self.devices if d.kind == kind]
+            kinds = self._kinds
+            if not kinds:   # every kind's list in one pass over the devices
+                for dev in self.devices:
+                    same = kinds.get(dev.kind)
+                    if same is None:
+                        kinds[dev.kind] = [dev]
+                    else:
+                        same.append(dev)
+                found = kinds.get(kind)
+            if found is None:
+                found = kinds[kind] = []
         return found
+
+    def _forget(self) -> None:
+        """Drop the cached lists (after the devices were reordered)."""
+        self._lists.clear()
+        self._kinds.clear()
 
     def controllers(self, type_: str | None = None) -> list[Device]:
         key = ("controller", type_)
@@ -134,11 +181,34 @@ class LibvirtPlacement:
                 indexes.setdefault(device.index, device)
         return device
 
+    def add_many(self, devices: list[Device]) -> None:
+        """``add`` for several devices of one kind at once (one search for the place)."""
+        if not devices:
+            return
+        kind = devices[0].kind
+        same = self.of(kind)
+        at = self.devices.index(same[-1]) + 1 if same else len(self.devices)
+        self.devices[at:at] = devices
+        for device in devices:
+            device.added = True
+        same.extend(devices)
+        if kind == "controller":
+            if ("controller", None) in self._lists:
+                self._lists[("controller", None)].extend(devices)
+            for type_ in {d.type for d in devices}:
+                mine = [d for d in devices if d.type == type_]
+                if ("controller", type_) in self._lists:
+                    self._lists[("controller", type_)].extend(mine)
+                indexes = self._lists.get(("controller#", type_))
+                if indexes is not None:
+                    for device in mine:
+                        indexes.setdefault(device.index, device)
+
     def add_controller(self, type_: str, index: int | None = None,
                        model: str | None = None) -> Device:
         if index is None:
             index = self.unused_index(type_)
-        return self.add(Device("controller", type=type_, index=index, model=model))
+        return self.add(Device("controller", type_, model, None, index))
 
     def maybe_add_controller(self, type_: str, index: int, model: str | None = None
                              ) -> Device | None:
@@ -175,6 +245,7 @@ class LibvirtPlacement:
         self.add_implicit_devices()
         self.assign_virtio_serial()
         self.assign_spapr_vio()
+        self.assign_ccw()
         self.assign_virtio_mmio()
         self.assign_pci()
         self.assign_usb()
@@ -207,10 +278,12 @@ class LibvirtPlacement:
             ordered.insert(len(ordered) if at == -1 else at, cont)
         for slot, cont in zip(slots, ordered):
             self.devices[slot] = cont
-        self._lists.clear()
+        self._forget()
 
     def sort_disks(self) -> None:
         """Order disks as libvirt's parser inserts them: on the same bus, by target index."""
+        if self._disks_in_order():
+            return
         slots = [i for i, d in enumerate(self.devices) if d.kind == "disk"]
         ordered: list[Device] = []
         for disk in (self.devices[i] for i in slots):
@@ -227,7 +300,22 @@ class LibvirtPlacement:
             ordered.insert(len(ordered) if at == -1 else at, disk)
         for slot, disk in zip(slots, ordered):
             self.devices[slot] = disk
-        self._lists.clear()
+        self._forget()
+
+    def _disks_in_order(self) -> bool:
+        """Whether sorting would leave the disks as they are: each bus's disks together and
+        by target index."""
+        highest: dict[str | None, int] = {}
+        previous: str | None = None
+        for disk in self.of("disk"):
+            bus = disk.bus
+            seen = highest.get(bus)
+            index = disk_index(disk.target) if disk.target else -1
+            if seen is not None and (bus != previous or not disk.target or index < seen):
+                return False
+            highest[bus] = index
+            previous = bus
+        return True
 
     # -- 1b. controller indexes ----------------------------------------------------------------
     def assign_controller_indexes(self) -> None:
@@ -266,9 +354,19 @@ class LibvirtPlacement:
         elif m.is_arm_virt:
             add_usb = add_sata = add_balloon = False
             root = "pcie-root"
+        elif m.is_riscv_virt:
+            add_usb = add_sata = False
+            root = "pcie-root"
+        elif m.is_pseries:
+            add_sata = False
+            root = "pci-root"
+            self._pseries_inputs()
+        elif m.is_s390_ccw:
+            add_usb = add_sata = False
+            root = "pci-root"   # zPCI
         else:
-            raise AddressError(f"the libvirt policy knows x86_64 pc/q35 and aarch64 virt "
-                               f"machines, not {m.arch} {m.machine!r}")
+            raise AddressError(f"the libvirt policy knows {_MACHINES}; not {m.arch} "
+                               f"{m.machine!r}")
         if add_usb and self.controller("usb", 0) is None:
             self.add_usb_controller(0, usb_model)
         if add_sata:
@@ -287,6 +385,18 @@ class LibvirtPlacement:
         root_cont = self.controller("pci", 0)
         self._root = (root_cont.model or "") if root_cont is not None else ""
 
+    def _pseries_inputs(self) -> None:
+        """With a graphical console, libvirt gives ppc64 guests a USB keyboard, and a USB
+        mouse unless there is a USB tablet."""
+        if not self.of("graphics"):
+            return
+        inputs = self.of("input")
+        for kind in ("keyboard", "mouse"):
+            if kind == "mouse" and any(i.type == "tablet" and i.bus == "usb" for i in inputs):
+                continue
+            if not any(i.type == kind and i.bus == "usb" for i in inputs):
+                self.add(Device("input", type=kind, bus="usb"))
+
     def add_usb_controller(self, index: int, model: str | None) -> None:
         self.add_controller("usb", index, model)
         if model == "ich9-ehci1":
@@ -300,7 +410,12 @@ class LibvirtPlacement:
             self.disk_defaults(disk)
         for net in self.of("interface"):
             if net.type not in ("hostdev",) and net.model is None:
-                net.model = "virtio" if m.is_arm_virt else "rtl8139"
+                net.model = "virtio" if net.type == "vdpa" or m.is_arm_virt or \
+                    m.is_riscv_virt or m.is_s390_ccw else "rtl8139"
+        self._console_compat()
+        for serial in self.of("serial"):
+            if serial.target in (None, "isa-serial"):
+                serial.target = self._serial_target()
         for host in self.of("hostdev"):
             if host.type == "scsi" and _unaddressed(host):
                 controller = 0
@@ -309,12 +424,50 @@ class LibvirtPlacement:
                 host.address = DriveAddress(controller, 0, 0, unit)
         for video in self.of("video"):
             if video.model is None:
-                video.model = "virtio" if m.is_arm_virt else "cirrus"
+                video.model = self._video_model()
         for vsock in self.of("vsock"):
             if vsock.model is None:
                 vsock.model = "virtio"
         for cont in self.controllers():
             self.controller_defaults(cont)
+
+    def _console_compat(self) -> None:
+        """libvirt's console/serial aliasing, where it decides an address: on pSeries (whose
+        default serial port is on spapr-vio) a first console of type serial without a serial
+        port becomes one, and a first serial port gets a console that mirrors it."""
+        if not self.machine.is_pseries:
+            return   # elsewhere the serial ports the aliasing adds have no address
+        consoles, serials = self.of("console"), self.of("serial")
+        if consoles and consoles[0].target in (None, "serial"):
+            if not serials:
+                self.add(Device("serial", options={"copy_of": consoles[0].name}))
+        elif serials and serials[0].target in (None, "isa-serial", "spapr-vio-serial",
+                                               "system-serial", "sclp-serial"):
+            stub = Device("console", target="serial", added=True,
+                          options={"copy_of": serials[0].name})
+            at = self.devices.index(consoles[0]) if consoles else len(self.devices)
+            self.devices.insert(at, stub)
+            self._forget()
+
+    def _video_model(self) -> str:
+        m = self.machine
+        if m.arch in ("ppc64", "ppc64le"):
+            return "vga"
+        if m.is_arm_virt or m.is_riscv_virt or m.is_s390_ccw:
+            return "virtio"
+        return "cirrus"
+
+    def _serial_target(self) -> str | None:
+        m = self.machine
+        if m.is_x86:
+            return "isa-serial"
+        if m.is_pseries:
+            return "spapr-vio-serial"
+        if m.is_arm_virt or m.is_riscv_virt:
+            return "system-serial"
+        if m.is_s390_ccw:
+            return "sclp-serial"
+        return None
 
     def disk_defaults(self, disk: Device) -> None:
         if disk.bus is None:
@@ -365,13 +518,18 @@ class LibvirtPlacement:
         return None
 
     def controller_defaults(self, cont: Device) -> None:
+        m = self.machine
         if cont.type == "usb" and cont.model is None:
-            if self.machine.is_x86:
-                cont.model = "piix3-uhci"
-            elif self.machine.arch == "aarch64":
+            if m.is_s390_ccw:
+                if _unaddressed(cont):
+                    cont.model = "none"
+            elif m.arch in ("aarch64", "ppc64", "ppc64le"):
                 cont.model = "qemu-xhci"
-        elif cont.type == "scsi" and cont.model is None:
-            cont.model = "lsilogic"
+            elif m.is_x86 or m.is_riscv_virt:
+                cont.model = "piix3-uhci"
+        elif cont.type == "scsi" and cont.model in (None, "auto"):
+            cont.model = "ibmvscsi" if m.is_pseries else \
+                "virtio-scsi" if m.is_s390_ccw else "lsilogic"
 
     # -- 4. implicit devices ---------------------------------------------------------------------
     def add_implicit_devices(self) -> None:
@@ -414,8 +572,7 @@ class LibvirtPlacement:
                 if added is not None:
                     self.controller_defaults(added)
         if self.of("graphics") and not self.of("video"):
-            self.add(Device("video", model="virtio" if self.machine.is_arm_virt
-                            else "cirrus"))
+            self.add(Device("video", model=self._video_model()))
 
     # -- 5a. virtio-serial ---------------------------------------------------------------------
     def assign_virtio_serial(self) -> None:
@@ -440,9 +597,10 @@ class LibvirtPlacement:
                                        f"{controller}")
                 return VirtioSerialAddress(controller, free[0])
             for index in sorted(ports):
-                free = [p for p in range(start, sizes[index]) if p not in ports[index]]
-                if free:
-                    return VirtioSerialAddress(index, free[0])
+                taken = ports[index]
+                for port in range(start, sizes[index]):
+                    if port not in taken:
+                        return VirtioSerialAddress(index, port)
             index = 0
             while self.controller("virtio-serial", index) is not None:
                 index += 1
@@ -457,6 +615,12 @@ class LibvirtPlacement:
                     continue
                 controller = dev.address.controller \
                     if isinstance(dev.address, VirtioSerialAddress) else None
+                if kind == "console" and controller is None:
+                    # port 0, which libvirt neither reserves nor records: a virtio console
+                    # takes no port (a new controller only when there is none at all)
+                    if not ports:
+                        next_port(True, None)
+                    continue
                 address = next_port(kind == "console", controller)
                 self._take_port(ports, sizes, address, dev)
                 if kind == "channel":   # libvirt reserves a console's port but records none
@@ -483,19 +647,123 @@ class LibvirtPlacement:
         dev.options["write_foreign"] = True
 
     def assign_spapr_vio(self) -> None:
-        """IBM vSCSI controllers, spapr-vlan NICs and spapr-vio serial ports live on the
-        spapr-vio bus, on any machine."""
+        """spapr-vio regs: spapr-vlan NICs, IBM vSCSI controllers and spapr-vio serial ports
+        on any machine, the NVRAM and TPMs on pSeries; each from its kind's default reg, up
+        in steps of 0x1000 past regs in use (libvirt's qemuDomainAssignSpaprVIOAddresses)."""
+        pseries = self.machine.is_pseries
+        if not pseries and not self._any_spapr_vio():
+            return   # nothing on spapr-vio (the common case off pSeries)
+        order: list[tuple[Device, int, bool]] = []
+        for net in self.of("interface"):
+            order.append((net, _VIO_NET, net.model == "spapr-vlan"))
+        for cont in self.controllers():
+            order.append((cont, _VIO_SCSI, cont.type == "scsi" and cont.model == "ibmvscsi"))
+        for serial in self.of("serial"):
+            order.append((serial, _VIO_SERIAL, serial.target == "spapr-vio-serial"))
+        for nvram in self.of("nvram")[:1]:
+            order.append((nvram, _VIO_NVRAM, pseries))
+        for tpm in self.of("tpm"):
+            order.append((tpm, _VIO_TPM, pseries and tpm.model != "spapr-tpm-proxy"))
+        taken: set[int] = set()
+        backcompat = self._backcompat_console()
         for dev in self.devices:
-            if not _unaddressed(dev):
+            if isinstance(dev.address, SpaprVioAddress) and dev is not backcompat:
+                if dev.address.reg in taken:
+                    raise AddressError(f"{dev.label()}: spapr-vio address {dev.address.reg:#x} "
+                                       "is already in use")
+                taken.add(dev.address.reg)
+        for dev, reg, vio in order:
+            if dev.address is None and dev.options.get("foreign_address") in (None, "spapr-vio") \
+                    and (vio or dev.options.get("foreign_address") == "spapr-vio"):
+                while reg in taken:
+                    reg += 0x1000
+                taken.add(reg)
+                dev.address = SpaprVioAddress(reg)
+                dev.options.pop("foreign_address", None)
+
+    def _any_spapr_vio(self) -> bool:
+        for kind in ("interface", "controller", "serial", "nvram", "tpm"):
+            for dev in self.of(kind):
+                if dev.model in ("spapr-vlan", "ibmvscsi") or dev.target == "spapr-vio-serial" \
+                        or isinstance(dev.address, SpaprVioAddress) or \
+                        dev.options.get("foreign_address") == "spapr-vio":
+                    return True
+        return False
+
+    def assign_ccw(self) -> None:
+        """s390 CCW machines: virtio devices (and vfio-ccw host devices) get device numbers
+        in channel subsystem 0xfe, the next free one each, in libvirt's device order."""
+        if not self.machine.is_s390_ccw:
+            return
+        wanted = []
+        for dev in self._iteration_order():
+            if isinstance(dev.address, CcwAddress):
                 continue
-            if (dev.kind == "controller" and dev.type == "scsi" and dev.model == "ibmvscsi") \
-                    or (dev.kind == "interface" and dev.model == "spapr-vlan") or \
-                    (dev.kind == "serial" and dev.target == "spapr-vio-serial"):
-                self._foreign(dev, "spapr-vio")
+            foreign = dev.options.get("foreign_address")
+            if foreign == "ccw" or (dev.address is None and foreign is None and
+                                    self._is_ccw(dev)):
+                wanted.append(dev)
+        if not wanted:
+            return
+        taken: set[tuple[int, int, int]] = set()
+        for dev in self.devices:
+            address = dev.address
+            if isinstance(address, CcwAddress) and not (dev.kind == "console" and
+                                                         dev is self._backcompat_console()):
+                key = (address.cssid, address.ssid, address.devno)
+                if key in taken:
+                    raise AddressError(f"{dev.label()}: CCW device number {address} is "
+                                       "already in use")
+                taken.add(key)
+        devno = 0
+        for dev in wanted:
+            while (_CCW_CSSID, 0, devno) in taken:
+                devno += 1
+                if devno > _CCW_DEVNO_LAST:
+                    raise AddressError(f"{dev.label()}: no free CCW device number")
+            taken.add((_CCW_CSSID, 0, devno))
+            dev.address = CcwAddress(_CCW_CSSID, 0, devno)
+            dev.options.pop("foreign_address", None)
+
+    def _is_ccw(self, dev: Device) -> bool:
+        """Whether libvirt puts ``dev`` on the CCW bus of an s390 guest by default."""
+        kind, model = dev.kind, dev.model
+        return (kind == "disk" and dev.bus == "virtio") or \
+            (kind == "interface" and model in _VIRTIO_NETS) or \
+            (kind == "video" and model == "virtio") or \
+            (kind == "input" and dev.bus == "virtio") or \
+            (kind == "controller" and dev.type in ("virtio-serial", "scsi")) or \
+            (kind == "hostdev" and (dev.type == "scsi_host" or
+                                    (dev.type == "mdev" and model == "vfio-ccw"))) or \
+            (kind == "memballoon" and model != "none") or kind in ("rng", "filesystem",
+                                                                   "vsock") or \
+            (kind == "memory" and model in ("virtio-pmem", "virtio-mem"))
+
+    def _backcompat_console(self) -> Device | None:
+        """The first console when it only mirrors the first serial port (libvirt skips it
+        when it walks the devices)."""
+        consoles = self.of("console")
+        if consoles and consoles[0].target in (None, "serial"):
+            return consoles[0]
+        return None
+
+    def _iteration_order(self) -> list[Device]:
+        """Devices in the order libvirt's virDomainDeviceInfoIterate visits them."""
+        order: list[Device] = []
+        for kind in ("disk", "interface", "sound", "hostdev", "video", "controller",
+                     "smartcard", "serial", "parallel", "channel", "console", "input",
+                     "filesystem", "watchdog", "memballoon", "rng", "nvram", "hub", "shmem",
+                     "tpm", "panic", "memory", "redirdev", "iommu", "vsock"):
+            found = self.of(kind)
+            if kind == "console" and found and found[0] is self._backcompat_console():
+                found = found[1:]
+            order += found
+        return order
 
     def assign_virtio_mmio(self) -> None:
-        """On ARM virt, virtio devices go on virtio-mmio once any device already does."""
-        if not self.machine.is_arm_virt:
+        """On ARM and RISC-V virt, virtio devices go on virtio-mmio once any device already
+        does."""
+        if not (self.machine.is_arm_virt or self.machine.is_riscv_virt):
             return
         if not any(d.options.get("foreign_address") == "virtio-mmio" for d in self.devices):
             return
@@ -504,8 +772,7 @@ class LibvirtPlacement:
                 continue
             kind, model = dev.kind, dev.model
             virtio = (kind == "disk" and dev.bus == "virtio") or \
-                (kind == "interface" and model in ("virtio", "virtio-transitional",
-                                                    "virtio-non-transitional")) or \
+                (kind == "interface" and model in _VIRTIO_NETS) or \
                 (kind == "video" and model == "virtio") or \
                 (kind == "input" and dev.bus == "virtio") or \
                 (kind == "controller" and dev.type in ("virtio-serial", "scsi")) or \
@@ -545,7 +812,23 @@ class LibvirtPlacement:
         """What ``dev`` needs from a PCI slot (libvirt's connect flags), 0 for none."""
         flags = self._flags.get(id(dev))
         if flags is None:
-            flags = self._flags[id(dev)] = self._connect(dev)
+            # a pure function of these: remembered across runs (a handful of device shapes)
+            kind = dev.kind
+            if dev.placement is None and dev.hotpluggable is None and \
+                    dev.numa_node is None and kind != "filesystem" and \
+                    self.tunables.placement is None:   # no tunables: a shorter key
+                key = (kind, dev.type, dev.model, dev.bus, dev.target, self._root)
+            else:
+                key = (kind, dev.type, dev.model, dev.bus, dev.target,
+                       dev.options.get("driver") if kind == "filesystem" else None,
+                       self._root, dev.placement or self.tunables.placement,
+                       dev.hotpluggable, dev.numa_node is None)
+            flags = _CONNECT_MEMO.get(key)
+            if flags is None:
+                flags = self._connect(dev)
+                if len(_CONNECT_MEMO) < 4096:
+                    _CONNECT_MEMO[key] = flags
+            self._flags[id(dev)] = flags
         return flags
 
     def _connect(self, dev: Device) -> Flags:
@@ -599,8 +882,8 @@ class LibvirtPlacement:
                 return virtio
             if model == "virtio-transitional":
                 return _PCI_DEV
-            if model == "e1000e" or model is None:
-                return pcie
+            if model is None or model == "e1000e" or model.lower() not in _NET_MODELS:
+                return pcie   # a model libvirt does not name is taken for PCI Express
             return _PCI_DEV
         if kind == "sound":
             return _PCI_DEV if model in ("es1370", "ac97", "ich6", "ich9") else 0
@@ -651,26 +934,34 @@ class LibvirtPlacement:
     def wants_pci(self, dev: Device) -> bool:
         return _unaddressed(dev)
 
-    def _space(self, nbuses: int, growing: bool) -> PciSpace:
+    def _space(self, nbuses: int, growing: bool, reuse: list[Bus] | None = None) -> PciSpace:
+        """The PCI buses the controllers make (``reuse``: the sizing pass's, emptied)."""
         buses: list[Bus | None] = [None] * nbuses
         for cont in self.controllers("pci"):
-            assert cont.index is not None
-            if cont.index >= nbuses:
-                raise AddressError(f"{cont.label()}: index {cont.index} out of range")
+            index = cont.index
+            assert index is not None
+            if index >= nbuses:
+                raise AddressError(f"{cont.label()}: index {index} out of range")
             if cont.model is None:
                 raise AddressError(f"{cont.label()}: a PCI controller needs a model")
-            buses[cont.index] = Bus.of(cont.model, cont.options.get("hotplug") != "off")
+            hotplug = cont.options.get("hotplug") != "off"
+            if reuse is not None and index < len(reuse):
+                buses[index] = reuse[index].reused(cont.model, hotplug)
+            else:
+                buses[index] = Bus.of(cont.model, hotplug)
         if nbuses and buses[0] is None:
             buses[0] = Bus.of("pci-root")
-        default = "pcie-root-port" if self.has_pcie_root else "pci-bridge"
+        pseries = self.machine.is_pseries
+        default = "pci-root" if pseries else \
+            "pcie-root-port" if self.has_pcie_root else "pci-bridge"
         filled = [b if b is not None else Bus.of(default) for b in buses]
-        return PciSpace(filled, growing=growing)
+        return PciSpace(filled, growing=growing, multiple_roots=pseries)
 
     def _collect(self, space: PciSpace) -> None:
         """Reserve every PCI address already given (they are kept)."""
         for dev in self.devices:
             address = dev.address
-            if not isinstance(address, PciAddress):
+            if address is None or not isinstance(address, PciAddress):
                 continue
             flags = self.connect(dev) or Connect.PCI_DEVICE
             if dev.kind == "controller" and address.bus == 0 and address.slot == 1 and \
@@ -701,15 +992,15 @@ class LibvirtPlacement:
     def _chipset_piix3(self, space: PciSpace) -> None:
         for cont in self.controllers():
             if cont.type == "ide" and cont.index == 0:
-                self._fixed(space, cont, PciAddress(0, 1, 1), _PCI_DEV,
+                self._fixed(space, cont, _PIIX3_IDE, _PCI_DEV,
                             "the primary IDE controller")
             elif cont.type == "usb" and cont.index == 0 and cont.model in (None, "piix3-uhci"):
-                self._fixed(space, cont, PciAddress(0, 1, 2), _PCI_DEV,
+                self._fixed(space, cont, _PIIX3_USB, _PCI_DEV,
                             "the PIIX3 USB controller")
         if space.buses:
-            space.reserve(PciAddress(0, 1, 0), _PCI_DEV, "the PIIX3 ISA bridge")
-            space.reserve(PciAddress(0, 1, 3), _PCI_DEV, "the PIIX3 ACPI bridge")
-        self._primary_video(space, PciAddress(0, 2, 0), _PCI_DEV)
+            space.reserve(_PIIX3_ISA, _PCI_DEV, "the PIIX3 ISA bridge")
+            space.reserve(_PIIX3_ACPI, _PCI_DEV, "the PIIX3 ACPI bridge")
+        self._primary_video(space, _PIIX3_VIDEO, _PCI_DEV)
 
     def _primary_video(self, space: PciSpace, wanted: PciAddress, flags: Flags) -> None:
         videos = self.of("video")
@@ -726,7 +1017,9 @@ class LibvirtPlacement:
 
     def _chipset_q35(self, space: PciSpace) -> None:
         flags = Connect.PCIE_DEVICE
-        for cont in self.controllers():
+        # (by type: the chipset's slots for each kind of controller are distinct)
+        for cont in self.controllers("sata") + self.controllers("usb") + \
+                self.controllers("pci"):
             if cont.type == "sata" and cont.index == 0:
                 if isinstance(cont.address, PciAddress):
                     if (cont.address.bus, cont.address.slot, cont.address.function) != \
@@ -734,7 +1027,7 @@ class LibvirtPlacement:
                         raise AddressError(f"{cont.label()}: the primary SATA controller "
                                            "must have PCI address 0000:00:1f.2")
                 else:
-                    cont.address = PciAddress(0, 0x1F, 2)
+                    cont.address = _ICH9_SATA
             elif cont.type == "usb" and cont.model == "ich9-uhci1" and cont.address is None:
                 for slot in (0x1D, 0x1A):
                     candidate = PciAddress(0, slot, 0)
@@ -749,10 +1042,10 @@ class LibvirtPlacement:
                     space.reserve(candidate, flags, cont)
                     cont.address = candidate
         if space.buses:
-            space.reserve(PciAddress(0, 0x1F, 0), flags, "the ICH9 LPC bridge")
-            space.reserve(PciAddress(0, 0x1F, 3), flags, "the ICH9 SMBus")
-        self._primary_video(space, PciAddress(0, 1, 0), flags)
-        audio = PciAddress(0, 0x1B, 0)
+            space.reserve(_ICH9_LPC, flags, "the ICH9 LPC bridge")
+            space.reserve(_ICH9_SMBUS, flags, "the ICH9 SMBus")
+        self._primary_video(space, _Q35_VIDEO, flags)
+        audio = _ICH9_AUDIO
         if not space.slot_in_use(audio):
             for sound in self.of("sound"):
                 if sound.model == "ich9" and self.wants_pci(sound):
@@ -761,10 +1054,15 @@ class LibvirtPlacement:
                     break
 
     def _next(self, space: PciSpace, dev: Device, dry: bool,
-              function: int | None = None) -> PciAddress | None:
+              function: int | None = None) -> None:
         """Reserve the next free place for ``dev``; record it unless this is the dry run."""
-        flags = self.connect(dev)
+        flags = self._flags.get(id(dev)) or self.connect(dev)
         who = dev   # its label is made only for an error message
+        if self._plain:   # no packing, no NUMA: the common case, kept short
+            found = space.take_next(flags, who, function)
+            if not dry:
+                dev.address = pci_address(*found)
+            return
         group = dev.function_group if self.tunables.multifunction == "pack" else None
         if group is not None and group in self.groups:
             slot = self.groups[group]
@@ -775,7 +1073,7 @@ class LibvirtPlacement:
                 space.reserve(address, flags, who)
                 if not dry:
                     dev.address = address
-                return address
+                return
         if not self._numa:
             address = space.reserve_next(flags, who, function)
         elif dev.numa_node is not None:
@@ -787,7 +1085,6 @@ class LibvirtPlacement:
             self.groups[group] = address
         if not dry:
             dev.address = address
-        return address
 
     def _numa_owned(self, space: PciSpace) -> frozenset[int]:
         """Every bus that belongs to some NUMA node's expander."""
@@ -825,21 +1122,55 @@ class LibvirtPlacement:
     def assign_devices(self, space: PciSpace, dry: bool) -> None:
         """libvirt's qemuDomainAssignDevicePCISlots: every device wanting a PCI address, in
         libvirt's order (which decides who gets which slot)."""
-        for cont in self.controllers("pci"):
-            if cont.model not in ("pci-root", "pcie-root") and self.wants_pci(cont):
-                self._next(space, cont, dry)
-        for fs in self.of("filesystem"):
-            if self.wants_pci(fs) and self.connect(fs):
-                self._next(space, fs, dry)
+        order = self._device_order
+        if order is None:
+            order = self._pci_device_order()
+            if self._plain and not any(d.kind == "controller" and d.model in _USB2
+                                       for d in order):
+                self._device_order = order   # the same for the sizing and the real pass
+        controllers = [c for c in self.controllers("pci")
+                       if c.model not in ("pci-root", "pcie-root") and _unaddressed(c)]
+        devices = controllers + order
+        if order is self._device_order:   # no packing, NUMA or USB2 companions: one loop
+            flags = self._order_flags
+            if flags is None:
+                flags = self._order_flags = [self.connect(d) for d in order]
+            known = self._flags
+            found = space.take_each([known.get(id(c)) or self.connect(c)
+                                     for c in controllers] + flags,
+                                    devices, record=not dry)  # type: ignore[arg-type]
+            if not dry:
+                for dev, (bus, slot, function) in zip(devices, found):
+                    dev.address = pci_address(bus, slot, function)
+            return
+        for dev in devices:
+            if dev.kind == "controller" and dev.model in _USB2:
+                self._usb2(space, dev, dry)
+            else:
+                self._next(space, dev, dry)
+
+    def _pci_device_order(self) -> list[Device]:
+        """The devices (but PCI controllers) that want a PCI slot, in libvirt's order."""
+        order: list[Device] = []
+        wants = _unaddressed   # (what wants_pci asks)
+        connect = self.connect
+        order += [fs for fs in self.of("filesystem") if wants(fs) and connect(fs)]
         for net in self.of("interface"):
-            if net.type != "hostdev" and self.wants_pci(net) and self.connect(net):
-                self._next(space, net, dry)
+            if net.type != "hostdev" and wants(net):
+                if not connect(net):
+                    raise AddressError(f"{net.label()}: libvirt 9.0 gives a {net.model} NIC "
+                                       "no address of its own and refuses it without one; "
+                                       "give it an <address type='usb' bus=... port=...>")
+                order.append(net)
         for sound in self.of("sound"):
-            if self.wants_pci(sound) and sound.model not in ("sb16", "pcspk", "usb") and \
-                    self.connect(sound):
-                self._next(space, sound, dry)
+            if wants(sound) and sound.model not in ("sb16", "pcspk", "usb"):
+                if not connect(sound):
+                    raise AddressError(f"{sound.label()}: libvirt 9.0 asks a PCI slot for "
+                                       f"{sound.model} sound but has no PCI type for it, and "
+                                       "refuses it; use ich6 or ich9")
+                order.append(sound)
         for cont in self.controllers():
-            if cont.type in ("pci", "fdc", "ccid") or not self.wants_pci(cont):
+            if cont.type in ("pci", "fdc", "ccid") or not wants(cont):
                 continue
             if cont.type == "usb" and cont.model == "none":
                 continue
@@ -847,37 +1178,22 @@ class LibvirtPlacement:
                 continue
             if cont.type == "scsi" and cont.model == "ncr53c90":
                 continue
-            if not self.connect(cont):
-                continue
-            if cont.type == "usb" and cont.model in _USB2:
-                self._usb2(space, cont, dry)
-            else:
-                self._next(space, cont, dry)
-        for disk in self.of("disk"):
-            if disk.bus == "virtio" and self.wants_pci(disk):
-                self._next(space, disk, dry)
-        for host in self.hostdevs():
-            if self.wants_pci(host) and (host.kind == "interface" or
-                                         host.type in ("pci", "scsi_host", "mdev")) and \
-                    self.connect(host):
-                self._next(space, host, dry)
-        for balloon in self.of("memballoon"):
-            if balloon.model != "none" and self.wants_pci(balloon) and self.connect(balloon):
-                self._next(space, balloon, dry)
-        for rng in self.of("rng"):
-            if self.wants_pci(rng):
-                self._next(space, rng, dry)
-        for watchdog in self.of("watchdog")[:1]:
-            if watchdog.model == "i6300esb" and self.wants_pci(watchdog):
-                self._next(space, watchdog, dry)
-        for video in self.of("video"):
-            if video.model not in ("none", "ramfb") and self.wants_pci(video) and \
-                    self.connect(video):
-                self._next(space, video, dry)
+            if connect(cont):
+                order.append(cont)
+        order += [d for d in self.of("disk") if d.bus == "virtio" and wants(d)]
+        order += [h for h in self.hostdevs()
+                  if wants(h) and (h.kind == "interface" or h.type in ("pci", "scsi_host") or
+                                   h.type == "mdev" and h.model in (None, "vfio-pci")) and
+                  connect(h)]
+        order += [b for b in self.of("memballoon")
+                  if b.model != "none" and wants(b) and connect(b)]
+        order += [r for r in self.of("rng") if wants(r)]
+        order += [w for w in self.of("watchdog")[:1] if w.model == "i6300esb" and wants(w)]
+        order += [v for v in self.of("video")
+                  if v.model not in ("none", "ramfb") and wants(v) and connect(v)]
         for kind in ("shmem", "input", "serial", "iommu", "vsock", "memory"):
-            for dev in self.of(kind):
-                if self.wants_pci(dev) and self.connect(dev):
-                    self._next(space, dev, dry)
+            order += [d for d in self.of(kind) if wants(d) and connect(d)]
+        return order
 
     def hostdevs(self) -> Iterator[Device]:
         """libvirt's hostdev list: interfaces of type hostdev first, then <hostdev>s."""
@@ -909,7 +1225,14 @@ class LibvirtPlacement:
         """A device that plugs into PCI cannot carry another kind of our addresses."""
         for dev in self.devices:
             address = dev.address
-            if address is None or isinstance(address, PciAddress):
+            if address is None:
+                continue
+            if isinstance(address, PciAddress):
+                if address.bus > 255:
+                    raise AddressError(f"{dev.label()}: PCI address {address}: bus numbers "
+                                       "go up to 255")
+                continue
+            if isinstance(address, (CcwAddress, SpaprVioAddress)):
                 continue
             if dev.kind in ("disk", "hostdev") and isinstance(address, DriveAddress) and \
                     dev.bus != "virtio" and dev.type != "scsi_host":
@@ -921,11 +1244,8 @@ class LibvirtPlacement:
 
     def assign_pci(self) -> None:
         self._check_address_kinds()
-        for dev in self.devices:
-            if isinstance(dev.address, PciAddress) and dev.address.bus > 255:
-                raise AddressError(f"{dev.label()}: PCI address {dev.address}: bus numbers "
-                                   "go up to 255")
         self._ensure_numa_expanders()
+        self._plain = not self._numa and self.tunables.multifunction != "pack"
         indexes = [c.index for c in self.controllers("pci") if c.index is not None]
         highest = max(indexes, default=-1)
         nbuses = highest + 1
@@ -946,18 +1266,35 @@ class LibvirtPlacement:
                 space.reserve_next(flags | Connect.HOTPLUGGABLE if reserve else flags,
                                    "the hotplug reserve")
             number = 1
-            while number < len(space.buses):
-                if self.controller("pci", number) is None:
-                    cont = self.add_controller("pci", number, space.buses[number].model)
-                    if cont.model not in ("pci-root", "pcie-root"):
-                        space.reserve_next(self.connect(cont), cont)
-                number += 1
+            while number < len(space.buses):   # reserving places may add more buses
+                added = []
+                while number < len(space.buses):
+                    if self.controller("pci", number) is None:
+                        added.append(Device("controller", "pci", space.buses[number].model,
+                                            None, number))
+                    number += 1
+                self.add_many(added)
+                placed = [c for c in added if c.model not in ("pci-root", "pcie-root")]
+                space.take_each([self.connect(c) for c in placed], placed,  # type: ignore
+                                record=False)
             nbuses = len(space.buses)
+            sized = space.buses
+        else:
+            sized = None
         self.groups.clear()
-        space = self._space(nbuses, growing=False)
+        space = self._space(nbuses, growing=False, reuse=sized)
         self._collect(space)
         self._chipset(space)
-        self.assign_devices(space, dry=False)
+        try:
+            self.assign_devices(space, dry=False)
+        except AddressError as exc:
+            if space.buses:
+                raise
+            m = self.machine
+            hint = (" (libvirt 9.0 gives microvm no PCI root: give every virtio device "
+                    "<address type='virtio-mmio'/> and set <controller type='usb' "
+                    "model='none'/> and <memballoon model='none'/>)") if m.is_microvm else ""
+            raise AddressError(f"{exc}: {m.arch} {m.machine!r} has no PCI bus{hint}") from None
         self._set_multifunction()
         self._pci_controller_defaults()
 
@@ -965,6 +1302,14 @@ class LibvirtPlacement:
         """An expander bus (with its NUMA node) for every node devices ask to be placed on."""
         nodes = sorted({d.numa_node for d in self.devices if d.numa_node is not None})
         self._numa = bool(nodes)
+        if not nodes:
+            return
+        m = self.machine
+        if nodes and not (m.is_i440fx or m.is_q35 or m.is_arm_virt):
+            who = next(d for d in self.devices if d.numa_node is not None)
+            raise AddressError(f"{who.label()}: NUMA placement needs PCI expander buses, "
+                               f"which {m.arch} {m.machine!r} does not have (pc, q35 and "
+                               "aarch64 virt do)")
         cells = self.machine.numa_nodes
         for node in nodes:
             if cells is not None and not 0 <= node < cells:
@@ -987,29 +1332,43 @@ class LibvirtPlacement:
 
     def _set_multifunction(self) -> None:
         """multifunction='on' for function 0 of every slot that has other functions used."""
-        pci = [d for d in self.devices if isinstance(d.address, PciAddress)]
-        busy = {(d.address.bus, d.address.slot) for d in pci  # type: ignore[union-attr]
-                if d.address.function != 0}  # type: ignore[union-attr]
-        for dev in pci:
+        busy: set[tuple[int, int]] = set()
+        first: list[Device] = []   # at function 0
+        for dev in self.devices:
+            address = dev.address
+            if isinstance(address, PciAddress):
+                if address.function:
+                    busy.add((address.bus, address.slot))
+                elif address.multifunction is None:
+                    first.append(dev)
+        for dev in first:
             address = dev.address
             assert isinstance(address, PciAddress)
-            if address.function == 0 and (address.bus, address.slot) in busy and \
-                    address.multifunction is None:
+            if (address.bus, address.slot) in busy:
                 dev.address = address.with_multifunction(True)
 
     def _pci_controller_defaults(self) -> None:
         bus_numbers = [int(c.options["busNr"]) for c in self.controllers("pci")
                        if c.options.get("busNr") is not None]
+        pseries = self.machine.is_pseries
         for cont in self.controllers("pci"):
             model = cont.model or ""
-            if "model_name" not in cont.options and model in _MODEL_NAMES:
+            if model in _MODEL_NAMES and "model_name" not in cont.options:
                 cont.options["model_name"] = _MODEL_NAMES[model]
             address = cont.address if isinstance(cont.address, PciAddress) else None
-            if model == "pci-bridge" and cont.options.get("chassisNr") is None:
+            if model == "pcie-root-port" and address is not None:   # the common case first
+                options = cont.options
+                if "chassis" not in options:
+                    options["chassis"] = cont.index
+                if "port" not in options:
+                    options["port"] = (address.slot << 3) + address.function
+            elif model == "pci-root" and pseries:
+                cont.options.setdefault("model_name", "spapr-pci-host-bridge")
+                if cont.options.get("targetIndex") is None:
+                    cont.options["targetIndex"] = 0 if cont.index == 0 else \
+                        self._new_target_index(cont)
+            elif model == "pci-bridge" and cont.options.get("chassisNr") is None:
                 cont.options["chassisNr"] = cont.index
-            elif model == "pcie-root-port" and address is not None:
-                cont.options.setdefault("chassis", cont.index)
-                cont.options.setdefault("port", (address.slot << 3) + address.function)
             elif model == "pcie-switch-downstream-port" and address is not None:
                 cont.options.setdefault("chassis", cont.index)
                 cont.options.setdefault("port", address.slot)
@@ -1021,6 +1380,16 @@ class LibvirtPlacement:
                                        "set one")
                 cont.options["busNr"] = lowest - 2
                 bus_numbers.append(lowest - 2)
+
+    def _new_target_index(self, cont: Device) -> int:
+        """The lowest PHB target index (1-31) no PCI host bridge uses yet."""
+        used = {c.options.get("targetIndex") for c in self.controllers("pci")
+                if c.model == "pci-root" and
+                c.options.get("model_name") == "spapr-pci-host-bridge"}
+        for index in range(1, 32):
+            if index not in used:
+                return index
+        raise AddressError(f"{cont.label()}: no free PHB target index (QEMU has 32 PHBs)")
 
     # -- 5d. USB -------------------------------------------------------------------------------
     def usb_devices(self, hubs: bool = True) -> list[Device]:

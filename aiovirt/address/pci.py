@@ -8,9 +8,7 @@ right kind (a pcie-root-port, or a pci-bridge, with the bridges needed to reach 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from .model import AddressError, PciAddress
+from .model import AddressError, PciAddress, pci_address
 
 __all__ = ["Bus", "Connect", "Flags", "PciSpace", "bus_flags", "controller_connect"]
 
@@ -97,22 +95,53 @@ def bus_flags(model: str, hotplug: bool = True) -> tuple[Flags, int, int]:
     return flags, low, high
 
 
-@dataclass
-class Bus:
-    """One PCI bus: its model, what it accepts, and which functions of which slots are used."""
+_BUS_FLAGS: dict[tuple[str, bool], tuple[Flags, int, int]] = {}
 
-    model: str
-    flags: Flags
-    min_slot: int
-    max_slot: int
-    functions: list[int] = field(default_factory=lambda: [0] * (SLOT_LAST + 1))
-    aggregate: list[bool] = field(default_factory=lambda: [False] * (SLOT_LAST + 1))
-    used: int = 0   # slots with at least one function in use (skips full buses fast)
+
+class Bus:
+    """One PCI bus: its model, what it accepts, and which functions of which slots are used
+    (a bitmask per slot)."""
+
+    __slots__ = ("model", "flags", "min_slot", "max_slot", "functions", "aggregate", "used")
+
+    def __init__(self, model: str, flags: Flags, min_slot: int, max_slot: int) -> None:
+        self.model = model
+        self.flags = flags
+        self.min_slot = min_slot
+        self.max_slot = max_slot
+        # indexed by slot, so sized to the last one (a port's one slot: a list of one)
+        self.functions = [0] * (max_slot + 1)
+        self.aggregate = [False] * (max_slot + 1)
+        self.used = 0   # slots with at least one function in use (skips full buses fast)
 
     @classmethod
     def of(cls, model: str, hotplug: bool = True) -> Bus:
-        flags, low, high = bus_flags(model, hotplug)
-        return cls(model, flags, low, high)
+        known = _BUS_FLAGS.get((model, hotplug))
+        if known is None:
+            known = _BUS_FLAGS[(model, hotplug)] = bus_flags(model, hotplug)
+        return cls(model, *known)
+
+    def __repr__(self) -> str:
+        return f"Bus({self.model!r}, slots {self.min_slot}-{self.max_slot}, used {self.used})"
+
+    def reused(self, model: str, hotplug: bool = True) -> Bus:
+        """This bus, emptied and made a ``model`` bus again (cheaper than a new one when the
+        model is the same), or a new bus."""
+        if model != self.model:
+            return Bus.of(model, hotplug)
+        known = _BUS_FLAGS.get((model, hotplug))
+        if known is None:
+            known = _BUS_FLAGS[(model, hotplug)] = bus_flags(model, hotplug)
+        self.flags = known[0]
+        if self.used:
+            if self.max_slot:
+                self.functions = [0] * (self.max_slot + 1)
+                self.aggregate = [False] * (self.max_slot + 1)
+            else:
+                self.functions[0] = 0
+                self.aggregate[0] = False
+            self.used = 0
+        return self
 
     def fully_reserved(self) -> bool:
         return all(self.functions[s] for s in range(self.min_slot, self.max_slot + 1))
@@ -144,7 +173,7 @@ def compatible(address: PciAddress, bus: Flags, device: Flags, from_config: bool
 
 
 def _fits(bus_number: int, bus: Flags, device: Flags) -> bool:
-    """``compatible`` for automatic placement, without building an address (hot path)."""
+    """``compatible`` for automatic placement, without building an address."""
     if device & Connect.INTEGRATED:
         if bus_number != 0:
             return False
@@ -154,6 +183,15 @@ def _fits(bus_number: int, bus: Flags, device: Flags) -> bool:
     if device & Connect.HOTPLUGGABLE and not bus & Connect.HOTPLUGGABLE:
         return False
     return bool(device & bus & TYPES)
+
+
+_PCIE_GROWS = Connect.PCIE_DEVICE | Connect.PCIE_SWITCH_UPSTREAM_PORT
+# flags << 16 | bus flags << 2 | from config << 1 | on bus 0 -> ``compatible``'s answer
+_COMPATIBLE: dict[int, bool] = {}
+
+# device flags << 15 | bus flags << 1 | on bus 0 -> whether automatic placement may put it
+# there (connect flags fit in 14 bits: the key stays a one-digit int)
+_FITS: dict[int, bool] = {}
 
 
 def _kind(flags: Flags) -> str:
@@ -179,13 +217,15 @@ class PciSpace:
     ``reserve_next`` only reserves, it does not report an address."""
 
     def __init__(self, buses: list[Bus], *, growing: bool = False,
-                 pcie_to_pci_bridge: bool = True) -> None:
+                 pcie_to_pci_bridge: bool = True, multiple_roots: bool = False) -> None:
         self.buses = buses
         self.growing = growing
         self.pcie_to_pci_bridge = pcie_to_pci_bridge
+        self.multiple_roots = multiple_roots   # pSeries: grow by PCI host bridges
         # where the search for a (flags, function) starts: buses only fill up, so one that
         # had no room for it once never will again
-        self._cursor: dict[tuple[int, int | None], int] = {}
+        # keyed by the flags (and 1 + the function asked for, above bit 20): small ints
+        self._cursor: dict[int, int] = {}
 
     # -- reserving ---------------------------------------------------------------------------
     def validate(self, address: PciAddress, flags: Flags, from_config: bool,
@@ -215,10 +255,20 @@ class PciSpace:
     def reserve(self, address: PciAddress, flags: Flags, who: object = "device",
                 from_config: bool = True) -> None:
         """Mark one function in use (``AddressError`` if it is taken or does not fit)."""
-        if self.growing:
+        number, slot = address.bus, address.slot
+        if self.growing and number >= len(self.buses):
             self.grow(address, flags)
-        self.validate(address, flags, from_config, who)
-        bus = self.buses[address.bus]
+        bus = self.buses[number] if number < len(self.buses) else None
+        if bus is None or address.domain or address.function > 7 or \
+                not bus.min_slot <= slot <= bus.max_slot:
+            self.validate(address, flags, from_config, who)   # raises, saying why
+        assert bus is not None
+        key = flags << 16 | bus.flags << 2 | from_config << 1 | (not number)
+        ok = _COMPATIBLE.get(key)
+        if ok is None:
+            ok = _COMPATIBLE[key] = compatible(address, bus.flags, flags, from_config)
+        if not ok:
+            self.validate(address, flags, from_config, who)   # raises, saying why
         bit = 1 << address.function
         if bus.functions[address.slot] & bit:
             raise AddressError(f"{who}: PCI address {address} is already in use")
@@ -240,25 +290,59 @@ class PciSpace:
 
     # -- searching ----------------------------------------------------------------------------
     def _free_on(self, number: int, flags: Flags, function: int | None
-                 ) -> PciAddress | None:
+                 ) -> tuple[int, int, int] | None:
+        """(bus, slot, function) of the first place on bus ``number`` for ``flags``."""
         bus = self.buses[number]
-        if bus.used > bus.max_slot - bus.min_slot and not flags & Connect.AGGREGATE_SLOT:
+        aggregate = flags & Connect.AGGREGATE_SLOT
+        if bus.used > bus.max_slot - bus.min_slot and not aggregate:
             return None  # every slot has something in it
-        if not _fits(number, bus.flags, flags):
+        # compatible(), inlined: this runs for every bus a search passes
+        offered = bus.flags
+        if flags & Connect.INTEGRATED:
+            if number != 0:
+                return None
+            offered |= Connect.AUTOASSIGN
+        elif flags & Connect.AUTOASSIGN and not offered & Connect.AUTOASSIGN:
             return None
+        if flags & Connect.HOTPLUGGABLE and not offered & Connect.HOTPLUGGABLE:
+            return None
+        if not flags & offered & TYPES:
+            return None
+        functions = bus.functions
+        wanted = function or 0
         for slot in range(bus.min_slot, bus.max_slot + 1):
-            used = bus.functions[slot]
+            used = functions[slot]
             if not used:
-                return PciAddress(number, slot, function or 0)
-            if flags & Connect.AGGREGATE_SLOT and bus.aggregate[slot]:
-                wanted = function or 0
+                return number, slot, wanted
+            if aggregate and used != 0xFF and bus.aggregate[slot]:
                 if not used & (1 << wanted):
-                    return PciAddress(number, slot, wanted)
-                if function is None:
-                    for free in range(8):
-                        if not used & (1 << free):
-                            return PciAddress(number, slot, free)
+                    return number, slot, wanted
+                if function is None:   # the lowest free function
+                    return number, slot, (~used & (used + 1)).bit_length() - 1
         return None
+
+    def _search(self, flags: Flags, who: object, function: int | None,
+                buses: range | list[int] | None, exclude: set[int] | frozenset[int]
+                ) -> tuple[int, int, int]:
+        key = flags if function is None else flags | (function + 1) << 20
+        everywhere = buses is None
+        if buses is None:
+            buses = range(self._cursor.get(key, 0), len(self.buses))
+        remember = everywhere and not exclude
+        for number in buses:
+            if number in exclude:
+                continue
+            found = self._free_on(number, flags, function)
+            if found is not None:
+                if remember:
+                    self._cursor[key] = number
+                return found
+        if self.growing and everywhere:
+            number = self._grow(len(self.buses), flags)
+            if not exclude:
+                self._cursor[key] = number
+            return number, self.buses[number].min_slot, function or 0
+        raise AddressError(f"{who}: no free PCI slot for {_kind(flags)}")
 
     def next_free(self, flags: Flags, who: object = "device", function: int | None = None,
                   buses: range | list[int] | None = None,
@@ -266,48 +350,144 @@ class PciSpace:
         """The first slot (or, for aggregating devices, function) that takes ``flags``, on
         ``buses`` (default: all but ``exclude``); grows the topology in growing mode when no
         bus list was given, else ``AddressError``."""
-        start = self._cursor.get((flags, function), 0) if buses is None else 0
-        for number in (buses if buses is not None else range(start, len(self.buses))):
-            if number in exclude:
-                continue
-            found = self._free_on(number, flags, function)
-            if found is not None:
-                if buses is None and not exclude:
-                    self._cursor[(flags, function)] = number
-                return found
-        if self.growing and buses is None:
-            wanted = PciAddress(len(self.buses), 0, function or 0)
-            wanted = self.grow(wanted, flags)
-            if not exclude:
-                self._cursor[(flags, function)] = wanted.bus
-            return PciAddress(wanted.bus, self.buses[wanted.bus].min_slot, function or 0)
-        raise AddressError(f"{who}: no free PCI slot for {_kind(flags)}")
+        return pci_address(*self._search(flags, who, function, buses, exclude))
 
     def reserve_next(self, flags: Flags, who: object = "device", function: int | None = None,
                      exclude: set[int] | frozenset[int] = frozenset()) -> PciAddress:
-        address = self.next_free(flags, who, function, exclude=exclude)
-        self._take(address, flags)   # found free and compatible: no checks needed
-        return address
+        return pci_address(*self.take_next(flags, who, function, exclude))
 
-    def _take(self, address: PciAddress, flags: Flags) -> None:
-        bus = self.buses[address.bus]
-        if not bus.functions[address.slot]:
-            if bus.min_slot <= address.slot <= bus.max_slot:
+    def take_next(self, flags: Flags, who: object = "device", function: int | None = None,
+                  exclude: set[int] | frozenset[int] = frozenset()) -> tuple[int, int, int]:
+        """``reserve_next`` without building an address: (bus, slot, function)."""
+        if exclude:
+            found = self._search(flags, who, function, None, exclude)
+        else:   # _search, inlined for the common case: full buses skipped before a call
+            key = flags if function is None else flags | (function + 1) << 20
+            buses = self.buses
+            aggregate = flags & Connect.AGGREGATE_SLOT
+            found = None
+            for number in range(self._cursor.get(key, 0), len(buses)):
+                bus = buses[number]
+                if bus.used > bus.max_slot - bus.min_slot and not aggregate:
+                    continue
+                found = self._free_on(number, flags, function)
+                if found is not None:
+                    break
+            if found is None:
+                if not self.growing:
+                    raise AddressError(f"{who}: no free PCI slot for {_kind(flags)}")
+                number = self._grow(len(buses), flags)
+                found = number, self.buses[number].min_slot, function or 0
+            self._cursor[key] = found[0]
+        number, slot, fn = found
+        bus = self.buses[number]   # found free and compatible: no checks needed
+        if not bus.functions[slot]:
+            if bus.min_slot <= slot <= bus.max_slot:
                 bus.used += 1
             if flags & Connect.AGGREGATE_SLOT:
-                bus.aggregate[address.slot] = True
-        bus.functions[address.slot] |= 1 << address.function
+                bus.aggregate[slot] = True
+        bus.functions[slot] |= 1 << fn
+        return found
+
+    def take_each(self, requests: list[Flags], who: list[object], record: bool = True
+                  ) -> list[tuple[int, int, int]]:
+        """``take_next`` for each of ``requests`` in turn (any function; ``who[i]`` names
+        request ``i`` in errors): the placement's innermost loop, in one frame.  Returns
+        the places taken, in order (nothing unless ``record``)."""
+        buses = self.buses
+        cursor = self._cursor
+        fits = _FITS
+        found_all: list[tuple[int, int, int]] = []
+        append = found_all.append
+        index, count = 0, len(requests)
+        while index < count:
+            flags = requests[index]
+            key = flags
+            aggregate = flags & Connect.AGGREGATE_SLOT
+            fit_key = flags << 15
+            found = None
+            for number in range(cursor.get(key, 0), len(buses)):
+                bus = buses[number]
+                if bus.used > bus.max_slot - bus.min_slot and not aggregate:
+                    continue
+                ok = fits.get(fit_key | bus.flags << 1 | (not number))
+                if ok is None:
+                    ok = fits[fit_key | bus.flags << 1 | (not number)] = _fits(number, bus.flags,
+                                                                               flags)
+                if not ok:
+                    continue
+                functions = bus.functions
+                if not bus.max_slot:   # a port: its one slot (most buses on PCIe machines)
+                    used = functions[0]
+                    if not used:
+                        found = number, 0, 0
+                        break
+                    if aggregate and used != 0xFF and bus.aggregate[0]:
+                        found = number, 0, (~used & (used + 1)).bit_length() - 1
+                        break
+                    continue
+                for slot in range(bus.min_slot, bus.max_slot + 1):
+                    used = functions[slot]
+                    if not used:
+                        found = number, slot, 0
+                        break
+                    if aggregate and used != 0xFF and bus.aggregate[slot]:
+                        found = number, slot, (~used & (used + 1)).bit_length() - 1
+                        break
+                if found is not None:
+                    break
+            if found is None:
+                if not self.growing:
+                    raise AddressError(f"{who[index]}: no free PCI slot for {_kind(flags)}")
+                number = self._grow(len(buses), flags)
+                found = number, buses[number].min_slot, 0
+            number, slot, fn = found
+            bus = buses[number]
+            if not bus.functions[slot]:   # (the slot is in range: it was searched for)
+                bus.used += 1
+                if aggregate:
+                    bus.aggregate[slot] = True
+            # a bus this filled has no room for the next request either: start past it
+            cursor[key] = number + 1 if bus.used > bus.max_slot - bus.min_slot and \
+                not aggregate else number
+            used = bus.functions[slot] | 1 << fn
+            if record:
+                append(found)
+            if aggregate:
+                # the same request again (root ports come in runs): it would pass the same
+                # buses and slots and stop at this slot's lowest free function
+                while used != 0xFF and index + 1 < count and requests[index + 1] == flags:
+                    index += 1
+                    fn = (~used & (used + 1)).bit_length() - 1
+                    used |= 1 << fn
+                    if record:
+                        append((number, slot, fn))
+            bus.functions[slot] = used
+            index += 1
+        return found_all
 
     # -- growing --------------------------------------------------------------------------------
     def grow(self, address: PciAddress, flags: Flags) -> PciAddress:
         """Add buses so that ``address.bus`` exists and can take ``flags`` (libvirt's
         virDomainPCIAddressSetGrow); returns the address, moved when a bridge had to go
         first."""
-        add = address.bus - len(self.buses) + 1
-        if add <= 0:
+        number = self._grow(address.bus, flags)
+        if number == address.bus:
             return address
+        return PciAddress(number, address.slot, address.function, address.domain)
+
+    def _grow(self, number: int, flags: Flags) -> int:
+        """``grow`` on a bus number: returns the bus the device is to use."""
+        add = number - len(self.buses) + 1
+        if add <= 0:
+            return number
+        if add == 1 and flags & _PCIE_GROWS and not flags & Connect.PCI_DEVICE:
+            self.buses.append(Bus.of("pcie-root-port"))   # the common case: one more port
+            return number
         need_dmi = need_pcie_bridge = False
-        if flags & Connect.PCI_DEVICE:
+        if flags & Connect.PCI_DEVICE and self.multiple_roots:
+            model = "pci-root"
+        elif flags & Connect.PCI_DEVICE:
             model = "pci-bridge"
             if not any(b.flags & Connect.PCI_BRIDGE for b in self.buses):
                 if self.pcie_to_pci_bridge:
@@ -316,14 +496,12 @@ class PciSpace:
                     need_dmi = True
                 if add == 1:
                     add += 1
-                    address = PciAddress(address.bus + 1, address.slot, address.function,
-                                         address.domain)
+                    number += 1
         elif flags & (Connect.PCIE_DEVICE | Connect.PCIE_SWITCH_UPSTREAM_PORT):
             model = "pcie-root-port"
         else:
             raise AddressError(f"no PCI slot for {_kind(flags)}, and such a controller is "
                                "not added automatically")
-        start = len(self.buses)
         new = [Bus.of(model) for _ in range(add)]
         if need_dmi:
             new[0] = Bus.of("dmi-to-pci-bridge")
@@ -333,5 +511,4 @@ class PciSpace:
             new[0] = port
             new[1] = Bus.of("pcie-to-pci-bridge")
         self.buses.extend(new)
-        assert len(self.buses) == start + add
-        return address
+        return number
