@@ -76,6 +76,8 @@ _LAZY.update(dict.fromkeys([
 _LAZY.update(dict.fromkeys(["Dropped", "Resync"], "client.events"))
 _LAZY.update(dict.fromkeys(["ConnectionState", "Reconnect", "StateChange"], "client.reconnect"))
 _LAZY.update(dict.fromkeys(["Hole", "Stream"], "client.streams"))
+_LAZY.update(dict.fromkeys(["DeviceEventTimeout", "DeviceRemovalFailed", "PluggedDevice"],
+                           "api.domain"))
 
 
 def __getattr__(name: str) -> Any:
@@ -105,5 +107,5 @@ __all__ = [
     "StorageVolumeType", "TransportError", "XMLError", "XMLInputError", "connect",
     "metadata", "parse_uri", *sorted(k for k, v in _LAZY.items() if "events" in v), "ConnectionState", "Reconnect", "StateChange", "Hole", "Stream",
     "DomainCheckpoint", "DomainSnapshot", "Interface", "NWFilter", "NWFilterBinding",
-    "NetworkPort"]
+    "NetworkPort", "DeviceEventTimeout", "DeviceRemovalFailed", "PluggedDevice"]
 __version__ = "0.1.0"

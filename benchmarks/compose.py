@@ -1,6 +1,7 @@
 """Composition speed: 1000 different partial domains, 6 profiles each, on one core.
 
     .venv/bin/python benchmarks/compose.py [--rounds N] [--output FILE] [--cpu CPU] [--profile]
+        [--baseline CHECKOUT] [--instructions]
 
 Measures ``aiovirt.compose.compose`` alone (pure Python and lxml, no libvirt daemon): how many
 domains per second one core composes, with ``validate=False`` and with ``validate=True``
@@ -19,22 +20,40 @@ the profiles, recording them in the metadata, (validating,) and serialising the 
 The two measures alternate round by round (rotating which goes first); best and median are
 reported, the target is checked on the best.  A one-round cost split (coarse timers) shows
 where the time goes; ``--profile`` adds cProfile's top functions for one round.
+
+``--baseline CHECKOUT`` (e.g. ``git worktree add /tmp/compose-base COMMIT``) also runs the same
+workload with the aiovirt of that checkout, side by side: a worker process imports aiovirt from
+CHECKOUT, pins itself to the same CPU and composes a round whenever asked, so the rounds of
+both alternate (rotating which goes first) and share the machine's state.  It runs
+``compose()`` as 0.1 had it; this tree runs ``compose()`` (the new default rules),
+``compose(input_wins=True)`` (0.1's rules: its XML must equal the baseline's, byte for byte,
+which is checked) and one ``Composer`` for all domains (the batch API).  Both sides read this
+tree's profile files, so that only the engines differ.  ``--instructions`` adds a noise-free
+cross-check: instructions per domain counted by valgrind's callgrind (both trees with
+``--baseline``).  Ratios are best
+against best, and the median of the per-round ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import hashlib
 import io
+import json
+import os
 import pstats
 import random
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
 from common import (
+    HERE,
     Sample,
     describe,
     machine_speed,
@@ -255,6 +274,169 @@ def profile_round(cases: list[Case], library: Library, top: int = 15) -> None:
             say(line.rstrip())
 
 
+# -- side by side with a baseline checkout ---------------------------------------------------------
+
+def digest(texts: list[str]) -> str:
+    """One hash over a round's outputs, to compare two trees' XML without shipping it."""
+    total = hashlib.sha256()
+    for text in texts:
+        total.update(text.encode())
+        total.update(b"\0")
+    return total.hexdigest()
+
+
+def worker(cpu: int) -> None:
+    """The baseline's side: compose a round (without validation) whenever a line "round"
+    arrives on stdin, answer with its timing as JSON; only API that 0.1 had is used.  The
+    profiles are this tree's files (the same policy on both sides: only the engine differs)."""
+    pin(cpu)
+    library = Library()
+    library.add_path(HERE.parent / "profiles")
+    cases = make_cases(DOMAINS, SEED)
+    outputs = [run(case, library, False).xml for case in cases]  # warm, and what it makes
+    import aiovirt
+
+    print(json.dumps({"ready": True, "digest": digest(outputs), "from": aiovirt.__file__}),
+          flush=True)
+    for line in sys.stdin:
+        if line.strip() != "round":
+            break
+        sample = timed(partial(compose_all, cases, library, False))
+        print(json.dumps({"wall": sample.wall, "cpu": sample.cpu}), flush=True)
+
+
+class Baseline:
+    """The worker process running a baseline checkout's aiovirt on the same CPU."""
+
+    def __init__(self, checkout: str, cpu: int) -> None:
+        env = dict(os.environ, PYTHONPATH=os.path.abspath(checkout))
+        self.process = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker",
+                                         "--cpu", str(cpu)], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True, env=env)
+        hello = self._read()
+        self.digest = hello["digest"]
+        self.origin = hello["from"]
+
+    def _read(self) -> dict[str, object]:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise SystemExit(f"the baseline worker stopped (exit {self.process.wait()})")
+        return json.loads(line)
+
+    def round(self) -> Sample:
+        assert self.process.stdin is not None
+        self.process.stdin.write("round\n")
+        self.process.stdin.flush()
+        answer = self._read()
+        return Sample(float(answer["wall"]), float(answer["cpu"]))  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def compose_batch(cases: list[Case], composer: object) -> None:
+    """The timed unit through one shared ``Composer`` (this tree's batch API)."""
+    for case in cases:
+        _ = composer.compose(case.xml, case.profiles,  # type: ignore[attr-defined]
+                             params=case.params).xml
+
+
+def side_by_side(checkout: str, cpu: int, rounds: int, cases: list[Case],
+                 library: Library) -> None:
+    """The same rounds from ``checkout``'s aiovirt and this tree's, interleaved; ratios."""
+    from aiovirt.compose import Composer
+
+    baseline = Baseline(checkout, cpu)
+    try:
+        same = digest([compose(c.xml, c.profiles, params=c.params, library=library,
+                               validate=False, input_wins=True).xml for c in cases])
+        say(f"baseline: aiovirt from {os.path.dirname(baseline.origin)} (worker pinned to CPU "
+            f"{cpu}); this tree's compose(input_wins=True) output "
+            f"{'equals' if same == baseline.digest else 'DIFFERS FROM'} the baseline's, byte "
+            f"for byte, over all {len(cases)} domains")
+        composer = Composer(library, validate=False)
+        measures: list[tuple[str, Callable[[], Sample]]] = [
+            ("baseline compose()", baseline.round),
+            ("compose()", lambda: timed(partial(compose_all, cases, library, False))),
+            ("compose(input_wins)", lambda: timed(lambda: [
+                compose(c.xml, c.profiles, params=c.params, library=library, validate=False,
+                        input_wins=True).xml for c in cases])),
+            ("Composer.compose", lambda: timed(partial(compose_batch, cases, composer))),
+        ]
+        for _, measure in measures:  # one warm-up round each, not counted
+            measure()
+        samples: dict[str, list[Sample]] = {label: [] for label, _ in measures}
+        for r in range(rounds):
+            turn = measures[r % len(measures):] + measures[:r % len(measures)]
+            for label, measure in turn:
+                samples[label].append(measure())
+    finally:
+        baseline.close()
+    n = len(cases)
+    say(f"{'measure (no validation)':<24} {'best/s':>8} {'median/s':>9} {'best x':>7} "
+        f"{'median x':>9}")
+    base = samples["baseline compose()"]
+    base_best = min(s.wall for s in base)
+    for label, runs in samples.items():
+        best = min(s.wall for s in runs)
+        ratios = [b.wall / s.wall for b, s in zip(base, runs)]
+        say(f"{label:<24} {n / best:8.0f} {n / statistics.median(s.wall for s in runs):9.0f} "
+            f"{base_best / best:6.2f}x {statistics.median(ratios):8.2f}x")
+    say("(x: throughput relative to the baseline; best against best, and the median of the "
+        "per-round ratios)")
+    say("(rounds: " + "; ".join(f"{label} " + " ".join(f"{n / s.wall:.0f}" for s in runs)
+                                for label, runs in samples.items()) + " domains/s)")
+
+
+# -- instructions: a noise-free cross-check --------------------------------------------------------
+
+COUNTED = 300  # domains per counted pass
+
+
+def count_worker(passes: int) -> None:
+    """Under callgrind: warm up on ``COUNTED`` domains, then compose them ``passes`` times
+    with the cyclic GC paused (API 0.1 had, this tree's profile files)."""
+    import gc
+
+    library = Library()
+    library.add_path(HERE.parent / "profiles")
+    cases = make_cases(DOMAINS, SEED)[:COUNTED]
+    compose_all(cases, library, False)
+    gc.collect()
+    gc.disable()
+    for _ in range(passes):
+        compose_all(cases, library, False)
+
+
+def instructions(checkout: str | None) -> dict[str, float]:
+    """Instructions per domain (callgrind), for this tree and ``checkout``: two runs each,
+    with 0 and 2 passes, and the difference over the domains composed."""
+    import re
+    import shutil
+
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind")
+    trees = {"this tree": None} | ({"baseline": checkout} if checkout else {})
+    found: dict[str, float] = {}
+    for label, tree in trees.items():
+        env = dict(os.environ, PYTHONPATH=os.path.abspath(tree)) if tree else None
+        totals = []
+        for passes in (0, 2):
+            done = subprocess.run(
+                ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                 sys.executable, os.path.abspath(__file__), "--count", str(passes)],
+                capture_output=True, text=True, env=env, check=True)
+            totals.append(int(re.findall(r"Collected : (\d+)", done.stderr)[-1]))
+        found[label] = (totals[1] - totals[0]) / (2 * COUNTED)
+        say(f"{label}: {found[label] / 1e6:.3f} M instructions per domain")
+    if checkout:
+        say(f"ratio: {found['baseline'] / found['this tree']:.2f}x fewer instructions")
+    return found
+
+
 # -- the run ------------------------------------------------------------------------------------------
 
 def setup() -> Library:
@@ -314,6 +496,18 @@ def main(options: argparse.Namespace) -> None:
     if options.profile:
         say()
         profile_round(cases, library)
+    if options.instructions:
+        say()
+        say(f"## instructions per domain (callgrind, {COUNTED} of the domains, GC paused), "
+            "without validation")
+        instructions(options.baseline)
+    if options.baseline:
+        say()
+        say(f"## side by side with {options.baseline}: {options.rounds} interleaved rounds of "
+            f"{len(cases)} domains per measure, one core")
+        speed_before = machine_speed()
+        side_by_side(options.baseline, cpu, options.rounds, cases, library)
+        say(yardstick_line(speed_before, machine_speed()))
     say()
     plain, checked = bests["without validation"], bests["with validation"]
     say(f"compose: {plain:.0f} domains/s without validation (target >= {TARGET:.0f}/s: "
@@ -328,7 +522,21 @@ if __name__ == "__main__":
     parser.add_argument("--cpu", type=int, help="the CPU to pin to (default: the last allowed)")
     parser.add_argument("--profile", action="store_true",
                         help="also cProfile one round (top 15 functions by own time)")
+    parser.add_argument("--baseline", metavar="CHECKOUT",
+                        help="also run the workload with the aiovirt of this checkout (a git "
+                             "worktree of an earlier commit), interleaved, and print ratios")
+    parser.add_argument("--instructions", action="store_true",
+                        help="also count instructions per domain under callgrind (and the "
+                             "baseline's, with --baseline): a measure other load does not move")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     opts = parser.parse_args()
+    if opts.count is not None:
+        count_worker(opts.count)
+        raise SystemExit(0)
+    if opts.worker:
+        worker(opts.cpu if opts.cpu is not None else pin(None))
+        raise SystemExit(0)
     if opts.rounds < 1:
         parser.error("--rounds must be at least 1")
     try:

@@ -686,6 +686,16 @@ def run_on(loop: str, main: Any) -> Any:
         return runner.run(main)
 
 
+def pin(daemon_pid: int, daemon_cpu: int = 0, client_cpu: int = 1) -> str:
+    """Every thread of libvirtd on one CPU, every thread of this process on another (threads
+    started later inherit it), so the client's cost shows even on 2 cores."""
+    for tid in os.listdir(f"/proc/{daemon_pid}/task"):
+        os.sched_setaffinity(int(tid), {daemon_cpu})
+    for tid in os.listdir("/proc/self/task"):
+        os.sched_setaffinity(int(tid), {client_cpu})
+    return f"pinned: libvirtd on CPU {daemon_cpu}, the client on CPU {client_cpu}"
+
+
 def loop_in_use() -> str:
     """"asyncio" or "uvloop": the module of the running loop."""
     return type(asyncio.get_running_loop()).__module__.split(".")[0]
@@ -724,6 +734,7 @@ async def main(options: argparse.Namespace) -> None:
             where = "a private libvirtd (default settings: max_client_requests 5)"
         with daemon:
             meter = Meter(daemon.pid)
+            pinned = pin(daemon.pid) if options.pin else "not pinned"
             async with aiovirt.connect(daemon.uri()) as conn:
                 lib = await conn.get_lib_version()
             say(f"# aiovirt {aiovirt.__version__} vs libvirt-python {lv_version_text}, "
@@ -732,7 +743,7 @@ async def main(options: argparse.Namespace) -> None:
             say(f"# {describe_machine()}; {where}, libvirt "
                 f"{lib // 1000000}.{lib // 1000 % 1000}.{lib % 1000}; "
                 f"{'--quick, ' if quick else ''}{rounds} rounds per case unless it says "
-                f"otherwise; aiovirt on {loop_in_use()}'s loop")
+                f"otherwise; aiovirt on {loop_in_use()}'s loop; {pinned}")
             say()
             started = time.perf_counter()
             disturbance = Disturbance(daemon.pid)
@@ -769,6 +780,8 @@ if __name__ == "__main__":
     parser.add_argument("--daemon-pid", type=int, help="with --socket: libvirtd's pid, to "
                         "measure its CPU time")
     parser.add_argument("--output", help="also write the report to this file")
+    parser.add_argument("--pin", action="store_true", help="libvirtd on CPU 0, the client "
+                        "(both libraries) on CPU 1, so the client's own cost shows")
     add_loop_option(parser)
     opts = parser.parse_args()
     try:

@@ -53,3 +53,38 @@ async def test_generic_streams_see_the_server_hang_up(daemon):
         await conn.rpc.connect_close()  # the daemon closes the socket after this
         with pytest.raises(aiovirt.ConnectionClosed):
             await conn.get_lib_version()
+
+
+def test_own_programs_run_on_uvloop_when_installed(daemon, monkeypatch):
+    """``backend.run`` (the CLI's loop) is uvloop's when installed, asyncio's when declined,
+    and the same client code works on both; a bad ``AIOVIRT_LOOP`` is a clear error."""
+    from aiovirt.client import backend
+
+    async def loop_and_calls() -> tuple[str, int]:
+        import asyncio
+        version, _, _ = await exercise(daemon.uri())
+        return type(asyncio.get_running_loop()).__module__.split(".")[0], version
+
+    pytest.importorskip("uvloop", reason="uvloop (aiovirt[speed]) is not installed")
+    monkeypatch.setenv("AIOVIRT_LOOP", "auto")
+    assert backend.loop_name() == "uvloop"
+    assert backend.run(loop_and_calls()) == ("uvloop", 9000000)
+    monkeypatch.setenv("AIOVIRT_LOOP", "asyncio")
+    assert backend.run(loop_and_calls()) == ("asyncio", 9000000)
+    monkeypatch.setenv("AIOVIRT_LOOP", "tokio")
+    with pytest.raises(ValueError, match="AIOVIRT_LOOP='tokio'"):
+        backend.new_event_loop()
+
+
+async def test_rpc_calls_on_the_fast_path_still_fail_where_awaited(daemon):
+    """Under asyncio a ``conn.rpc`` call awaits its reply's future directly; a call that
+    cannot be encoded still fails where it is awaited, naming the procedure, and the
+    connection goes on."""
+    async with aiovirt.connect(daemon.uri()) as conn:
+        first = conn.rpc.connect_get_lib_version()
+        second = conn.rpc.connect_get_hostname()
+        assert (await first).lib_ver == 9000000 and (await second).hostname
+        pending = conn.rpc.connect_get_max_vcpus(type=12345)   # not a string
+        with pytest.raises(aiovirt.EncodeError, match="connect_get_max_vcpus"):
+            await pending
+        assert (await conn.rpc.connect_get_lib_version()).lib_ver == 9000000

@@ -229,10 +229,12 @@ def test_equal_priorities_that_disagree_clash():
         compose(domain(), ["a", "b"], library=lib)
 
 
+# input-wins mode (aiovirt 0.1's rules); the default is in test_compose_semantics.py
+
 def test_input_wins_over_lower_priority_profiles():
     lib = library(machine("p", "q35", 10))
     xml = domain().replace("<type arch='x86_64'>", "<type arch='x86_64' machine='pc'>")
-    result = compose(xml, ["p"], library=lib)
+    result = compose(xml, ["p"], library=lib, input_wins=True)
     assert tree(result.xml).find("os/type").get("machine") == "pc"
     [kept] = result.report
     assert (kept.what, kept.old, kept.new, kept.profile) == ("kept", "pc", "q35", "p@1")
@@ -242,14 +244,15 @@ def test_input_wins_over_lower_priority_profiles():
 def test_profile_above_the_input_priority_overrides_it():
     lib = library(machine("p", "q35", 100))
     xml = domain().replace("<type arch='x86_64'>", "<type arch='x86_64' machine='pc'>")
-    assert tree(compose(xml, ["p"], library=lib).xml).find("os/type").get("machine") == "q35"
+    result = compose(xml, ["p"], library=lib, input_wins=True)
+    assert tree(result.xml).find("os/type").get("machine") == "q35"
 
 
 def test_hard_value_contradicted_by_the_input_is_an_error():
     lib = library(machine("p", "q35", 10, "hard"))
     xml = domain().replace("<type arch='x86_64'>", "<type arch='x86_64' machine='pc'>")
     with pytest.raises(ProfileConflict, match="input"):
-        compose(xml, ["p"], library=lib)
+        compose(xml, ["p"], library=lib, input_wins=True)
 
 
 def test_removing_what_a_hard_profile_added_is_an_error():
@@ -268,7 +271,10 @@ def test_adding_what_a_hard_remove_removed_is_an_error():
                                                                 "version='1.0' priority='20'"))
     with pytest.raises(ProfileConflict, match="removes.*hard"):
         compose(domain("<video><model type='vga'/></video>"), ["removes", "add-qxl"],
-                library=lib, input_priority=0)
+                library=lib)
+    with pytest.raises(ProfileConflict, match="removes.*hard"):  # the 0.1 way to get there
+        compose(domain("<video><model type='vga'/></video>"), ["removes", "add-qxl"],
+                library=lib, input_wins=True, input_priority=0)
 
 
 def test_priority_from_the_request_overrides_the_profiles_own():
@@ -595,7 +601,7 @@ def test_explain_names_profile_action_old_and_new():
     data = json.loads(result.to_json())
     assert data["changes"][-1] == {"path": "/domain/os/type/@machine", "what": "set",
                                    "old": "pc", "new": "q35", "profile": "high@1",
-                                   "action": "add", "note": ""}
+                                   "action": "add", "note": "", "replaced": "low@1"}
     assert [a["profile"] for a in data["applied"]] == ["low@1", "high@1"]
 
 

@@ -21,14 +21,16 @@ ALLOWED = {
     "client": {"errors", "protocol"},
     "api": {"errors", "protocol", "client", "xml"},
     "address": {"errors", "xml"},
-    "compose": {"errors", "xml", "address"},
-    "provision": {"errors", "protocol", "client", "api", "xml", "address", "compose"},
+    "capabilities": {"errors", "xml"},
+    "compose": {"errors", "xml", "address", "capabilities"},
+    "provision": {"errors", "protocol", "client", "api", "xml", "address", "compose",
+                  "capabilities"},
     "service": {"errors", "protocol", "client", "api", "xml", "address", "compose",
-                "provision"},
+                "provision", "capabilities"},
     "testing": {"errors", "protocol", "client"},
     "compat": {"errors", "protocol", "client", "api", "xml"},
     "cli": {"errors", "protocol", "client", "api", "xml", "address", "compose", "provision",
-            "service", "testing"},
+            "service", "testing", "capabilities"},
     "_profiles": set(),
 }
 
@@ -135,7 +137,7 @@ def test_the_checker_sees_what_it_must(tmp_path):
 
 
 @pytest.mark.parametrize("package", ["aiovirt.address", "aiovirt.compose", "aiovirt.xml",
-                                     "aiovirt.errors"])
+                                     "aiovirt.errors", "aiovirt.capabilities"])
 def test_offline_layers_load_without_the_rpc_client(package):
     code = (f"import sys, {package}; "
             "print(sorted(m for m in sys.modules if m.startswith(('aiovirt.protocol', "

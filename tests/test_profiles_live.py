@@ -128,3 +128,39 @@ async def test_shipped_profile_starts(daemon, host_caps, profile):
             if await dom.is_active():
                 await dom.destroy()
             await dom.undefine(4)
+
+
+DESIGN_PROFILES = """<profiles>
+  <profile name='force-virtio-video' version='1' priority='20'>
+    <add multiple='no'><devices><video><model type='virtio'/></video></devices></add>
+  </profile>
+  <profile name='no-apic' version='1' priority='10'>
+    <remove constraint='hard'><features><apic/></features></remove>
+  </profile>
+</profiles>"""
+
+
+async def test_design_semantics_define(daemon, host_caps):
+    """Profiles act on the template's own values (0.2's default): its vga becomes virtio,
+    its apic goes, and libvirt keeps what was composed."""
+    library = Library.default(system=False, user=False)
+    library.add_string(DESIGN_PROFILES)
+    name = f"design-{uuid.uuid4().hex[:6]}"
+    template = (f"<domain><name>{name}</name><features><acpi/><apic eoi='on'/></features>"
+                "<devices><video><model type='vga' vram='16384'/></video></devices></domain>")
+    result = compose(template, ["kvm-base", "no-apic", "force-virtio-video"],
+                     params={"kvm-base.memory": "64"}, caps=host_caps[0],
+                     domcaps=host_caps[1], library=library)
+    assert result.validated
+    assert {(c.path, c.old, c.new) for c in result.changes if c.replaced == "input"} >= {
+        ("/domain/devices/video/model/@type", "vga", "virtio")}
+    async with aiovirt.connect(daemon.uri("qemu", "/system")) as conn:
+        dom = await conn.define_xml(result.xml)
+        try:
+            defined = etree.fromstring((await dom.xml(2)).encode())
+            assert [m.get("type") for m in defined.findall("devices/video/model")] == \
+                ["virtio"]
+            assert defined.find("features/apic") is None
+            assert defined.find("features/acpi") is not None
+        finally:
+            await dom.undefine(4)

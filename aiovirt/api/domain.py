@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import os
+import secrets
 import uuid as _uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from ..client.events import DEFAULT_MAX_BUFFER, EventSubscription
-from ..errors import NoSuchDomain, NoSuchMetadata, ProtocolError
+import anyio
+from lxml import etree
+
+from ..client.events import DEFAULT_MAX_BUFFER, Dropped, EventSubscription, Resync
+from ..errors import (AiovirtError, ConnectionClosed, NoSuchDomain, NoSuchMetadata,
+                      OperationInvalid, ProtocolError)
 from ..protocol import lxc, qemu, remote
 from ..protocol.remote import ConnectGetAllDomainStatsArgs, NonnullDomain
 from ..xml import metadata as metadata_codec
+from ..xml.safe import parse as parse_xml
+from ..xml.safe import to_string
 from .events import domain_event_maker
 from .generated import DomainGenerated
 from .handle import ApiBase, ApiConnection, UUIDHandle, enum_or_int, uuid_bytes
@@ -21,8 +28,9 @@ from . import streams as _streams
 from .streams import Stream
 from .typedparams import DOMAIN_STATS, INT, from_dict
 
-__all__ = ["Domain", "DomainEvent", "DomainEventID", "DomainEventType", "DomainInfo",
-           "DomainLifecycleEvent", "DomainMethods", "DomainState", "MetadataType"]
+__all__ = ["DeviceEventTimeout", "DeviceRemovalFailed", "Domain", "DomainEvent",
+           "DomainEventID", "DomainEventType", "DomainInfo", "DomainLifecycleEvent",
+           "DomainMethods", "DomainState", "MetadataType", "PluggedDevice"]
 
 
 class DomainState(IntEnum):
@@ -119,6 +127,49 @@ class DomainEvent:
     domain: Domain
     id: DomainEventID | int
     body: Any
+
+
+@dataclass(frozen=True, slots=True)
+class PluggedDevice:
+    """A device ``Domain.hotplug`` plugged: its alias and its XML as the domain now shows
+    it (address included)."""
+
+    alias: str
+    xml: str
+
+
+class DeviceEventTimeout(AiovirtError, TimeoutError):
+    """A hot-(un)plug was asked for, but QEMU did not report it done in time."""
+
+
+class DeviceRemovalFailed(AiovirtError):
+    """The guest refused to release a device (DEVICE_REMOVAL_FAILED)."""
+
+
+_AFFECT_LIVE = 1      # VIR_DOMAIN_AFFECT_LIVE
+_AFFECT_CONFIG = 2    # VIR_DOMAIN_AFFECT_CONFIG
+_XML_INACTIVE = 2     # VIR_DOMAIN_XML_INACTIVE
+_REMOVE = object()    # _change_device_metadata: forget the binding
+# device elements libvirt gives no alias (so no DEVICE_ADDED either)
+_UNALIASED = frozenset({"graphics", "audio", "lease", "redirfilter", "emulator"})
+
+
+def _alias_of(element: etree._Element) -> str | None:
+    node = element.find("alias")
+    return None if node is None else node.get("name")
+
+
+def _with_alias(element: etree._Element) -> etree._Element:
+    """``element`` with a user alias: a random one when it has none (the event that says
+    it was plugged names it; ``aiovirt.compose.hotplug`` gives stable ones)."""
+    alias = _alias_of(element)
+    if alias is not None and not metadata_codec.is_user_alias(alias):
+        raise metadata_codec.UnknownDevice(
+            f"<{element.tag}>: alias {alias!r} is not a user alias ('ua-' then letters, "
+            "digits, '_' or '-'); libvirt would drop it")
+    if element.tag not in _UNALIASED and alias is None:
+        etree.SubElement(element, "alias", name=f"ua-{element.tag}-{secrets.token_hex(4)}")
+    return element
 
 
 VIR_MIGRATE_PEER2PEER = 2
@@ -318,6 +369,209 @@ class Domain(UUIDHandle, DomainGenerated):
 
     async def detach_device(self, xml: str, flags: int = 0) -> None:
         await self._conn.rpc.domain_detach_device_flags(self._ref, xml, flags)
+
+    # -- device identity and hot-plug -----------------------------------------------------------
+    async def _affect(self, persistent: bool | None) -> tuple[bool, bool]:
+        """(live, config): what a device or metadata change should reach."""
+        active = await self.is_active()
+        if persistent is None:
+            persistent = await self.is_persistent()
+        return active, bool(persistent)
+
+    async def _tree(self, inactive: bool = False) -> Any:
+        return parse_xml(await self.xml(_XML_INACTIVE if inactive else 0),
+                         source=f"domain {self.name}")
+
+    async def device_metadata(self, *, namespace: str = metadata_codec.DEVICES_NAMESPACE,
+                              flags: int = 0) -> dict[str, Any]:
+        """Every device alias -> the data bound to it (``aiovirt.metadata.write_device``)."""
+        try:
+            xml = await self.metadata(uri=namespace, flags=flags)
+        except NoSuchMetadata:
+            return {}
+        return metadata_codec.devices_from_xml(xml)
+
+    async def read_device_metadata(self, alias: str, default: Any = None, *,
+                                   namespace: str = metadata_codec.DEVICES_NAMESPACE,
+                                   flags: int = 0) -> Any:
+        """The data bound to the device ``alias`` (``default`` when none is)."""
+        return (await self.device_metadata(namespace=namespace, flags=flags)).get(
+            alias, default)
+
+    async def write_device_metadata(self, alias: str, value: Any, *,
+                                    namespace: str = metadata_codec.DEVICES_NAMESPACE,
+                                    prefix: str = metadata_codec.DEVICES_PREFIX,
+                                    check: bool = True) -> None:
+        """Bind typed data to the device ``alias``, in the running domain and in its
+        persistent definition (whichever exist).  ``check``: the device must exist
+        (``UnknownDevice`` otherwise).  Read-modify-write: concurrent writers of one domain
+        can lose each other's changes."""
+        await self._change_device_metadata(alias, value, namespace, prefix, check)
+
+    async def remove_device_metadata(self, alias: str, *,
+                                     namespace: str = metadata_codec.DEVICES_NAMESPACE
+                                     ) -> bool:
+        """Forget the data bound to ``alias``; whether there was any."""
+        return await self._change_device_metadata(alias, _REMOVE, namespace,
+                                                  metadata_codec.DEVICES_PREFIX, False)
+
+    async def _change_device_metadata(self, alias: str, value: Any, namespace: str,
+                                      prefix: str, check: bool) -> bool:
+        live, config = await self._affect(None)
+        if check:
+            tree = await self._tree()
+            if metadata_codec.find_device(tree, alias) is None:
+                known = [a.get("name", "") for a in tree.iterfind("devices/*/alias")]
+                raise metadata_codec.UnknownDevice(
+                    f"domain {self.name}: no device with alias {alias!r} (aliases: "
+                    f"{', '.join(known) or 'none'})")
+        changed = False
+        for flag, wanted in ((_AFFECT_LIVE, live), (_AFFECT_CONFIG, config)):
+            if not wanted:
+                continue
+            entries = await self.device_metadata(namespace=namespace, flags=flag)
+            if value is _REMOVE:
+                if alias not in entries:
+                    continue
+                del entries[alias]
+            else:
+                entries[alias] = value
+            changed = True
+            xml = metadata_codec.devices_to_xml(entries) if entries else None
+            await self.set_metadata(xml, key=prefix if xml else None,
+                                    uri=namespace, flags=flag)
+        return changed
+
+    async def hotplug(self, device: str | Callable[[str], str | Sequence[str]], *,
+                      persistent: bool | None = None,
+                      timeout: float = 30.0) -> list[PluggedDevice]:
+        """Plug devices into the domain and wait for QEMU's DEVICE_ADDED for each.
+
+        ``device``: device XML (attached as it is; a device without an alias gets a random
+        user alias), or a callable given the live XML that returns the device XML(s) to
+        attach, such as ``aiovirt.compose.hotplug.HotplugRequest`` (stable alias, address
+        chosen offline, profiles).  ``persistent`` (default: whether the domain is): also
+        add it to the persistent definition.  A shut-off domain is changed in its definition
+        only (no event).  ``timeout`` bounds each wait (``DeviceEventTimeout``)."""
+        live, config = await self._affect(persistent)
+        if not (live or config):
+            raise OperationInvalid(f"domain {self.name} is not running and persistent=False "
+                                   "was asked: nothing to plug the device into")
+        flags = (_AFFECT_LIVE if live else 0) | (_AFFECT_CONFIG if config else 0)
+        if callable(device):
+            made = device(await self.xml())
+            documents = [made] if isinstance(made, str) else list(made)
+        else:
+            documents = [device]
+        elements = [_with_alias(parse_xml(doc, source="<device>")) for doc in documents]
+        plugged: list[str] = []
+        try:
+            if not live:
+                for element in elements:
+                    await self.attach_device(to_string(element, pretty=False), flags)
+                    plugged.append(_alias_of(element) or "")
+                return await self._plugged(plugged, inactive=True)
+            async with self._conn.domain_events(  # type: ignore[attr-defined]
+                    DomainEventID.DEVICE_ADDED, self) as added:
+                for element in elements:
+                    alias = _alias_of(element)
+                    await self.attach_device(to_string(element, pretty=False), flags)
+                    plugged.append(alias or "")
+                    if alias is not None:   # devices libvirt gives no alias send no event
+                        await self._wait_device(added, alias, timeout, "DEVICE_ADDED",
+                                                present=True)
+        except AiovirtError as exc:
+            if plugged:
+                exc.add_note(f"attached to {self.name} before this failed: "
+                             f"{', '.join(plugged)}")
+            raise
+        return await self._plugged(plugged)
+
+    async def _plugged(self, aliases: list[str], inactive: bool = False
+                       ) -> list[PluggedDevice]:
+        tree = await self._tree(inactive)
+        result = []
+        for alias in aliases:
+            element = metadata_codec.find_device(tree, alias) if alias else None
+            result.append(PluggedDevice(alias, to_string(element) if element is not None
+                                        else ""))
+        return result
+
+    async def _wait_device(self, events: EventSubscription[Any], alias: str, timeout: float,
+                           what: str, *, present: bool,
+                           failed: EventSubscription[Any] | None = None) -> None:
+        """Wait for ``what`` about ``alias``; a lost event (``Dropped``, ``Resync``) is
+        made up for by looking at the live XML."""
+        outcome: list[str] = []
+
+        async def watch(subscription: EventSubscription[Any], verdict: str,
+                        scope: anyio.CancelScope) -> None:
+            async for event in subscription:
+                if isinstance(event, Dropped | Resync):
+                    tree = await self._tree()
+                    if (metadata_codec.find_device(tree, alias) is not None) is present:
+                        outcome.append("done")
+                        scope.cancel()
+                        return
+                elif getattr(event, "dev_alias", None) == alias:
+                    outcome.append(verdict)
+                    scope.cancel()
+                    return
+            outcome.append("closed")   # the connection ended the subscription
+            scope.cancel()
+
+        with anyio.move_on_after(timeout):
+            async with anyio.create_task_group() as group:
+                group.start_soon(watch, events, "done", group.cancel_scope)
+                if failed is not None:
+                    group.start_soon(watch, failed, "failed", group.cancel_scope)
+        if not outcome:
+            hint = "" if present else (
+                "; PCI devices leave only when the guest OS lets them go (ACPI or PCIe "
+                "native hot-plug), a guest without one never does. The request stays pending")
+            raise DeviceEventTimeout(f"domain {self.name}: no {what} event for {alias!r} "
+                                     f"within {timeout:g} s{hint}")
+        if outcome[0] == "closed":
+            raise ConnectionClosed(f"domain {self.name}: the connection closed while waiting "
+                                   f"for {what} of {alias!r}")
+        if outcome[0] == "failed":
+            raise DeviceRemovalFailed(f"domain {self.name}: the guest refused to release "
+                                      f"{alias!r} (DEVICE_REMOVAL_FAILED)")
+
+    async def unplug(self, alias: str, *, persistent: bool | None = None,
+                     timeout: float = 30.0, keep_metadata: bool = False) -> None:
+        """Unplug the device ``alias`` and wait for QEMU's DEVICE_REMOVED.
+
+        From the running domain and, if it has the device, its persistent definition
+        (``persistent=False``: the running domain only).  The data bound to the alias is
+        forgotten unless ``keep_metadata``.  ``DeviceRemovalFailed`` when the guest refuses,
+        ``DeviceEventTimeout`` when nothing happens in ``timeout`` s (a PCI device in a
+        guest without an OS: the request stays pending, the device and its data stay in the
+        running domain while libvirt has already taken it out of the definition);
+        ``UnknownDevice`` for an alias the domain does not have."""
+        live, persistent_domain = await self._affect(None)
+        in_live = live and metadata_codec.find_device(await self._tree(), alias) is not None
+        in_config = persistent_domain and persistent is not False and \
+            metadata_codec.find_device(await self._tree(inactive=True), alias) is not None
+        if not (in_live or in_config):
+            tree = await self._tree(inactive=not live)
+            known = [a.get("name", "") for a in tree.iterfind("devices/*/alias")]
+            raise metadata_codec.UnknownDevice(
+                f"domain {self.name}: no device with alias {alias!r} (aliases: "
+                f"{', '.join(known) or 'none'})")
+        flags = (_AFFECT_LIVE if in_live else 0) | (_AFFECT_CONFIG if in_config else 0)
+        if in_live:
+            async with self._conn.domain_events(  # type: ignore[attr-defined]
+                    DomainEventID.DEVICE_REMOVED, self) as removed, \
+                    self._conn.domain_events(  # type: ignore[attr-defined]
+                        DomainEventID.DEVICE_REMOVAL_FAILED, self) as refused:
+                await self.detach_device_alias(alias, flags)
+                await self._wait_device(removed, alias, timeout, "DEVICE_REMOVED",
+                                        present=False, failed=refused)
+        else:
+            await self.detach_device_alias(alias, flags)
+        if not keep_metadata:
+            await self.remove_device_metadata(alias)
 
     # -- streams --------------------------------------------------------------------------
     async def screenshot(self, screen: int = 0, flags: int = 0) -> tuple[str, Stream]:

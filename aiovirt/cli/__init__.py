@@ -6,43 +6,56 @@
     aiovirt serve [--host ADDR] [--port N] [--uri URI]... [--profiles-dir DIR]
     aiovirt provision --uri URI... [--count N] [--profile P]... TEMPLATE|-
     aiovirt teardown [--uri URI]... [--name PATTERN] [--run ID] [--label K=V] [--report F]
+    aiovirt caps merge FILE... [--min-hosts K] [--caps-out F] [--domcaps-out F]
     aiovirt events --uri URI...
     aiovirt vol download|upload POOL VOL FILE [--sparse] -c URI
     aiovirt console NAME -c URI
+    aiovirt hotplug NAME FILE|--profile P -c URI  /  aiovirt unplug NAME ALIAS -c URI
     aiovirt demo [--guests N]
 
-Each command lives in a module of this package that adds itself with ``register``.  Errors go
-to stderr as one line naming what and where; the exit status is 1 for them and 2 for a
-command line that does not parse.
+Each command lives in a module of this package that adds itself with ``register``; only the
+module of the command being run is imported (``aiovirt address`` never loads the RPC client),
+all of them for ``--help``.  Errors go to stderr as one line naming what and where; the exit
+status is 1 for them and 2 for a command line that does not parse.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
+from .. import __version__
 from ..errors import AiovirtError
-from . import compose, demo, provision, serve, streams
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = (compose, provision, streams, demo, serve)
+# the modules that register commands, in help order, and which module owns each command
+COMMANDS = ("compose", "caps", "provision", "streams", "hotplug", "demo", "serve")
+OWNERS = {"compose": "compose", "address": "compose", "profiles": "compose", "caps": "caps",
+          "provision": "provision", "teardown": "provision", "events": "provision",
+          "vol": "streams", "console": "streams", "hotplug": "hotplug", "unplug": "hotplug",
+          "demo": "demo", "serve": "serve"}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of ``command`` only (the others' modules not loaded)."""
     parser = argparse.ArgumentParser(
         prog="aiovirt", description="Drive libvirt/KVM hosts: compose domain XML from "
                                     "profiles, assign addresses, provision guests.")
+    parser.add_argument("--version", action="version", version=f"aiovirt {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in COMMANDS:
-        module.register(commands)
+    owner = OWNERS.get(command or "")
+    for name in (owner,) if owner else () if command == "--version" else COMMANDS:
+        importlib.import_module(f"{__name__}.{name}").register(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    options = parser.parse_args(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(args[0] if args else None)
+    options = parser.parse_args(args)
     try:
         return int(options.run(options))
     except AiovirtError as exc:

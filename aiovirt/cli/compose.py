@@ -26,7 +26,9 @@ def _compose(options: argparse.Namespace) -> int:
                      library=library(options),
                      validate=False if options.no_validate else None,
                      upgrade=options.upgrade, record=not options.no_record,
+                     input_wins=options.input_wins,
                      address=_tunables(options) if options.address else False,
+                     aliases=options.aliases,
                      source=options.file if options.file != "-" else "<stdin>")
     if options.json:
         print(json.dumps({"xml": result.xml, **result.to_dict()}, indent=2))
@@ -208,10 +210,16 @@ def register(commands: Any) -> None:
     compose.add_argument("--upgrade", action="store_true",
                          help="use the newest profile versions even where the domain "
                               "records older ones")
+    compose.add_argument("--input-wins", action="store_true",
+                         help="aiovirt 0.1's rules: the input's own values outrank profiles "
+                              "below priority 99 (by default profiles act on them)")
     compose.add_argument("--no-record", action="store_true",
                          help="do not record the applied profiles in the domain's metadata")
     compose.add_argument("--address", action="store_true",
                          help="then fill in controllers and addresses (see `aiovirt address`)")
+    compose.add_argument("--aliases", action="store_true",
+                         help="then give every device without one a stable user alias (ua-...), "
+                              "which per-device metadata and unplug name it by")
     _add_address_options(compose)
     add_library_options(compose)
     compose.set_defaults(run=_compose)

@@ -1,8 +1,10 @@
-"""The actions' semantics: applying ``add`` / ``remove`` / ``default`` snippets to a domain tree,
+"""The actions' semantics: applying ``add`` / ``remove`` / ``default`` plans to a domain tree,
 with ownership of every value so that priorities and hard constraints can be enforced, and a
 record of every change for the explain report.
 
-Whether an element may repeat under its parent comes from libvirt's schema (``schema.py``):
+Actions apply to the document as it stands, the input's own elements and values included
+(the libvirt-profiles design).  Whether an element may repeat under its parent comes from
+libvirt's schema, resolved when the action was compiled (``plan.py``):
 
 * ``add multiple='yes'`` appends ``count`` copies at the outermost element of the snippet that
   may repeat (there must be one); ancestors that may not repeat are found or created.
@@ -12,35 +14,47 @@ Whether an element may repeat under its parent comes from libvirt's schema (``sc
   values.
 * ``add multiple='no'`` adjusts the first existing element of that tag (of the same ``type``
   and ``name`` where the snippet names them) instead of appending, overriding values.
-* ``remove`` deletes every element that contains the snippet: the outermost element of the
-  snippet that may repeat, or the snippet's leaves when nothing in it repeats.
+* ``remove`` deletes every element that contains the snippet (more attributes or children
+  still match): the outermost element of the snippet that may repeat, or the snippet's leaves
+  when nothing in it repeats.
 * ``default`` only fills what is missing: attributes, text and children that may not repeat,
   in every element that agrees with the snippet's attributes; it never adds an element that
-  may repeat and never overrides.
+  may repeat and never overrides the input.
 
 Every attribute, text and element written belongs to a *writer* (a profile action, or the
-input document).  Overriding a value is allowed for a writer of higher priority; a value of
-higher priority is kept (a note in the report); a hard value may not be overridden at all,
-and two writers of equal priority that disagree clash.  Both are ``ProfileConflict``.
+input document).  Between profiles, priorities arbitrate: a writer of higher priority may
+override (a ``default`` too, over another profile's value), a hard value may not be
+overridden, removed or re-added against a hard ``remove`` by another profile, and two writers
+of equal priority that disagree clash (``ProfileConflict``).  The input is no party to this:
+its values are simply what the actions work on.  In *input-wins* mode (aiovirt 0.1's rules)
+the input is a writer of priority ``input_priority`` instead: profiles below it keep their
+hands off its values ("kept" in the report), and a hard value it contradicts is an error.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any
 
 from lxml import etree
 
 from .errors import ComposeError, ProfileConflict
-from .schema import Place, RepeatTable
+from .plan import TEXT, ActionPlan, Node
 
 __all__ = ["Applier", "Change", "Writer"]
 
 INPUT = "input"
-# With multiple='no', the element adjusted must agree on these where the snippet sets them:
-# libvirt's discriminators (a controller's or channel's type, a timer's or feature's name).
-_IDENTITY = ("type", "name")
+_NONE: tuple[()] = ()
+
+
+class _Every:
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+_EVERY = _Every()
+LOWEST = -(2 ** 63)  # the input's priority when actions apply to it (the default mode)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -66,6 +80,9 @@ class Change:
 
     ``what``: "added" / "removed" (an element), "set" (an attribute or text), or "kept" (the
     writer's value was not applied because a value of higher priority was already there).
+    ``old`` is the value (or, for a removed element, the element) before, ``new`` after;
+    ``replaced`` says whose value ``old`` was: "input" for the input document's own, else
+    the profile that wrote it (None for additions).
     """
 
     path: str
@@ -75,10 +92,12 @@ class Change:
     profile: str
     action: str
     note: str = ""
+    replaced: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "what": self.what, "old": self.old, "new": self.new,
-                "profile": self.profile, "action": self.action, "note": self.note}
+                "profile": self.profile, "action": self.action, "note": self.note,
+                "replaced": self.replaced}
 
     def __str__(self) -> str:
         old = "(none)" if self.old is None else repr(self.old)
@@ -88,7 +107,12 @@ class Change:
             text += f": {old} -> {new}"
         elif self.what == "added" and self.new:
             text += f" {self.new}"
-        return text + (f" ({self.note})" if self.note else "")
+        elif self.what == "removed" and self.old:
+            text += f": was {self.old}"
+        notes = [self.note] if self.note else []
+        if self.replaced == INPUT and self.what in ("set", "removed"):
+            notes.append("the input's")
+        return text + (f" ({', '.join(notes)})" if notes else "")
 
 
 def _short(element: etree._Element) -> str:
@@ -100,6 +124,11 @@ def _short(element: etree._Element) -> str:
     return f"<{name}{attrs}>" if text is None else f"<{name}{attrs}>{text}</{name}>"
 
 
+def _whole(element: etree._Element) -> str:
+    """An element with its content, on one line, for a removal in the report."""
+    return etree.tostring(element, encoding="unicode", with_tail=False)
+
+
 def _text(element: etree._Element) -> str | None:
     text = element.text
     if text is None or len(element):
@@ -109,79 +138,133 @@ def _text(element: etree._Element) -> str | None:
 
 
 class Applier:
-    """Applies actions to one domain tree, keeping ownership and the report."""
+    """Applies action plans to one domain tree, keeping ownership and the report.
 
-    def __init__(self, root: etree._Element, table: RepeatTable, input_writer: Writer) -> None:
+    ``input_wins``: aiovirt 0.1's rules, the input as a writer of ``input_writer.priority``;
+    otherwise the input's values belong to no one and every action may change them."""
+
+    def __init__(self, root: etree._Element, input_writer: Writer,
+                 input_wins: bool = False) -> None:
         self.root = root
-        self.table = table
         self.input = input_writer
+        self.input_wins = input_wins
         self.owners: dict[tuple[etree._Element, str], list[Writer]] = {}
         self.created: dict[etree._Element, Writer] = {}
-        self.removed: list[tuple[etree._Element, etree._Element, Writer]] = []
+        self.removed: list[tuple[etree._Element, Node, Writer]] = []
+        self.forbidden: list[tuple[tuple[Node, ...], Writer]] = []  # hard removes
+        # priorities that more than one profile has: where a soft claim can still clash
+        # (profiles apply in rising priority); None: assume every one
+        self.shared: Container[int] = _EVERY
         self._notes: list[tuple[etree._Element, str, str, str | None,
-                                str | etree._Element | None, Writer, str, str | None]] = []
-        self._places: dict[etree._Element, Place | None] = {root: table.root}
+                                str | etree._Element | None, Writer, str, str | None,
+                                str | None]] = []
+
+        # children by tag, per element looked into: lxml's iterchildren(tag) costs some
+        # 7000 machine instructions a call, an element's tag some 1500; every change to the
+        # tree goes through this class, which keeps the index right
+        self._index: dict[etree._Element, dict[Any, list[etree._Element]]] = {}
+
+    def same(self, parent: etree._Element, tag: str) -> list[etree._Element]:
+        """``parent``'s children named ``tag``, in document order (do not modify)."""
+        index = self._index.get(parent)
+        if index is None:
+            index = self._indexed(parent)
+        return index.get(tag, _NONE)  # type: ignore[return-value]
+
+    def first(self, parent: etree._Element, tag: str) -> etree._Element | None:
+        """``parent``'s first child named ``tag``."""
+        index = self._index.get(parent)
+        if index is None:
+            index = self._indexed(parent)
+        found = index.get(tag)
+        return found[0] if found else None
+
+    def _indexed(self, parent: etree._Element) -> dict[Any, list[etree._Element]]:
+        index: dict[Any, list[etree._Element]] = {}
+        for child in parent:
+            tag = child.tag
+            found = index.get(tag)
+            if found is None:
+                index[tag] = [child]
+            else:
+                found.append(child)
+        self._index[parent] = index
+        return index
+
+    def has(self, target: etree._Element, node: Node) -> bool:
+        """Whether ``target`` contains everything ``node`` says (more is fine)."""
+        if not _contains_attrs(target, node):
+            return False
+        if not node.children:
+            return True
+        used: list[etree._Element] = []
+        for child in node.children:
+            match = next((c for c in self.same(target, child.tag)
+                          if c not in used and self.has(c, child)), None)
+            if match is None:
+                return False
+            used.append(match)
+        return True
+
+    def fits(self, node: Node, target: etree._Element) -> bool:
+        """Whether ``target`` can take ``node`` by filling only values it lacks."""
+        if not _agrees(target, node):
+            return False
+        if node.text is not None:
+            old_text = _text(target)
+            if old_text is not None and old_text != node.text:
+                return False
+        for child in node.children:
+            if child.repeats:
+                continue  # another one can always be added
+            existing = self.first(target, child.tag)
+            if existing is not None and not self.fits(child, existing):
+                return False
+        return True
+
+    def find(self, parent: etree._Element, node: Node) -> etree._Element | None:
+        """The first element ``remove`` of ``node`` would delete under ``parent``, if any."""
+        if node.repeats or not node.children:
+            return next((e for e in self.same(parent, node.tag) if self.has(e, node)), None)
+        for element in self.same(parent, node.tag):
+            if _contains_attrs(element, node):
+                for child in node.children:
+                    found = self.find(element, child)
+                    if found is not None:
+                        return found
+        return None
 
     # -- entry point -----------------------------------------------------------------------
-    def apply(self, kind: str, multiple: str, snippet: tuple[etree._Element, ...],
-              writer: Writer, count: int = 1, again: bool = False) -> None:
-        """Apply one action's (parameter-substituted) snippet.
+    def apply(self, plan: ActionPlan, writer: Writer, again: bool = False) -> None:
+        """Apply one action's plan.
 
         ``again``: this profile was applied to this domain before (its record says so), so an
         ``add multiple='yes'`` only tops up to ``count`` copies instead of adding more."""
-        for element in snippet:
-            if element.tag == "domain":  # the root itself: its attributes, then its children
-                self._merge_attrs(element, self.root, writer, override=kind == "add")
-                parts = tuple(element)
+        kind, root = plan.kind, self.root
+        if plan.root is not None:
+            if kind == "remove":
+                self._remove_attrs(plan.root, root, writer)
             else:
-                parts = (element,)
-            for part in parts:
-                if kind == "add":
-                    if multiple == "yes" and not self._repeats_within(self.root, part):
-                        raise ComposeError(
-                            f"{writer.who}: <add multiple='yes'> at {writer.source}:"
-                            f"{writer.line}: nothing in <{etree.QName(part).localname}> may "
-                            "repeat, so there is nothing to append")
-                    self._add(self.root, part, multiple, writer, count, again)
-                elif kind == "remove":
-                    self._remove(self.root, part, writer)
-                else:
-                    self._default(self.root, part, writer)
-
-    # -- schema --------------------------------------------------------------------------------
-    def place(self, element: etree._Element) -> Place | None:
-        try:
-            return self._places[element]
-        except KeyError:
-            pass
-        parent = element.getparent()
-        parent_place = self.place(parent) if parent is not None else None
-        found = self.table.child(parent_place, element.tag) \
-            if parent_place is not None else None
-        place = found[1] if found else None
-        self._places[element] = place
-        return place
-
-    def may_repeat(self, parent: etree._Element, tag: str) -> bool:
-        place = self.place(parent)
-        if place is None:
-            return False
-        found = self.table.child(place, tag)
-        return found is not None and found[0]
-
-    def _repeats_within(self, parent: etree._Element, snippet: etree._Element) -> bool:
-        """Whether ``snippet`` (placed under ``parent``) holds an element that may repeat."""
-        place = self.place(parent)
-        todo = [(place, snippet)]
-        while todo:
-            place, node = todo.pop()
-            found = self.table.child(place, node.tag) if place is not None else None
-            if found is None:
-                continue
-            if found[0]:
-                return True
-            todo.extend((found[1], child) for child in node)
-        return False
+                self._merge_attrs(plan.root, root, writer, kind == "add")
+        if kind == "add":
+            multiple, count = plan.multiple, plan.count
+            for part in plan.parts:
+                if multiple == "yes" and not part.within:
+                    raise ComposeError(
+                        f"{writer.who}: <add multiple='yes'> at {writer.source}:"
+                        f"{writer.line}: nothing in <{etree.QName(part.tag).localname}> may "
+                        "repeat, so there is nothing to append")
+                self._add(root, part, multiple, writer, count, again)
+        elif kind == "remove":
+            for part in plan.parts:
+                self._remove(root, part, writer)
+        else:
+            for part in plan.parts:
+                self._default(root, part, writer)
+        if self.forbidden:
+            self._check_forbidden(writer)
+        if kind == "remove" and writer.hard and plan.parts:
+            self.forbidden.append((plan.parts, writer))
 
     # -- ownership -----------------------------------------------------------------------------
     def _owners(self, element: etree._Element, key: str) -> list[Writer]:
@@ -196,14 +279,15 @@ class Applier:
             node = node.getparent()
         return [self.input]
 
-    @staticmethod
-    def _contest(owner: Writer, writer: Writer,
+    def _contest(self, owner: Writer, writer: Writer,
                  describe: Callable[[], tuple[str, str]]) -> bool:
         """Whether ``writer`` prevails over ``owner``: the higher priority wins; a hard loser
         or a tie is a ``ProfileConflict`` naming both, the path and both values.
         ``describe()`` gives (what the writer wants, what the owner has), only for errors."""
         if owner.who == writer.who:
             return True  # a profile may refine its own earlier action
+        if owner is self.input and not self.input_wins:
+            return True  # the input is what actions work on, not a party
         if owner.priority > writer.priority:
             if writer.hard:
                 wants, has = describe()
@@ -223,14 +307,14 @@ class Applier:
         return True
 
     def _may_change(self, element: etree._Element, key: str, writer: Writer,
-                    old: str | None, new: str | None) -> bool:
+                    old: str | None, new: str | None, owners: list[Writer]) -> bool:
         """Whether ``writer`` may replace the value at (element, key); raises on conflicts,
         returns False (after noting it) when a value of higher priority stays."""
         def describe() -> tuple[str, str]:
             where = self.path(element, key)
             return f"{where} = {new!r}", f"has {where} = {old!r}"
 
-        for owner in self._owners(element, key):
+        for owner in owners:
             if not self._contest(owner, writer, describe):
                 self._note(element, key, "kept", old, new, writer,
                            f"{owner.who} has priority {owner.priority}")
@@ -238,6 +322,9 @@ class Applier:
         return True
 
     def _own(self, element: etree._Element, key: str, writer: Writer) -> None:
+        """Record ``writer`` as an owner of a value it found already set as it wants it."""
+        if not writer.hard and writer.priority not in self.shared:
+            return  # only later writers of higher priority can come: they prevail anyway
         owners = self.owners.get((element, key))
         if owners is None:  # start from the implicit owner (the input or the creator)
             owners = self.owners[(element, key)] = list(self._owners(element, key))
@@ -245,179 +332,205 @@ class Applier:
             owners.append(writer)
 
     # -- primitive edits -------------------------------------------------------------------------
-    def _set(self, element: etree._Element, key: str, value: str, writer: Writer,
-             override: bool) -> None:
-        """Set attribute ``@name`` or ``#text`` of ``element`` to ``value``."""
-        if key == "#text":
-            old = _text(element)
-        else:
-            old = element.get(key[1:])
+    def _set(self, element: etree._Element, name: str | None, key: str, value: str,
+             writer: Writer, override: bool) -> None:
+        """Set attribute ``name`` (ownership key "@name") or, with ``name`` None, the text of
+        ``element`` to ``value``; without ``override`` (a default) only where it is missing,
+        or (outside input-wins mode) where a profile of lower priority wrote it."""
+        old = element.get(name) if name is not None else _text(element)
         if old == value:
             self._own(element, key, writer)
             return
+        replaced = None
         if old is not None:
-            if not override or not self._may_change(element, key, writer, old, value):
+            owners = self._owners(element, key)
+            if not override and (self.input_wins or owners[0] is self.input):
+                return  # a default never overrides the input
+            if not self._may_change(element, key, writer, old, value, owners):
                 return
-        if key == "#text":
+            replaced = owners[0].who
+        if name is None:
             element.text = value
         else:
-            element.set(key[1:], value)
+            element.set(name, value)
         self.owners[(element, key)] = [writer]
-        self._note(element, key, "set", old, value, writer)
+        self._notes.append((element, key, "set", old, value, writer, "", None, replaced))
 
-    def _merge_attrs(self, snippet: etree._Element, target: etree._Element, writer: Writer,
+    def _merge_attrs(self, node: Node, target: etree._Element, writer: Writer,
                      override: bool) -> None:
-        for name, value in snippet.attrib.items():
-            self._set(target, "@" + name, value, writer, override)
-        text = _text(snippet)
-        if text is not None:
-            self._set(target, "#text", text, writer, override)
+        for name, key, value in node.attrs:
+            self._set(target, name, key, value, writer, override)
+        if node.text is not None:
+            self._set(target, None, TEXT, node.text, writer, override)
 
-    def _append(self, parent: etree._Element, snippet: etree._Element, writer: Writer,
+    def _remove_attrs(self, node: Node, target: etree._Element, writer: Writer) -> None:
+        """``<remove><domain attr='value'/></remove>``: drop the root's matching attributes."""
+        for name, key, value in node.attrs:
+            if target.get(name) != value:
+                continue
+            owners = self._owners(target, key)
+            if not self._may_change(target, key, writer, value, None, owners):
+                continue
+            del target.attrib[name]
+            self.owners[(target, key)] = [writer]
+            self._note(target, key, "set", value, None, writer, replaced=owners[0].who)
+
+    def _append(self, parent: etree._Element, node: Node, writer: Writer,
                 shell: bool = False) -> etree._Element:
-        """Append a copy of ``snippet`` (``shell``: without its children)."""
+        """Append a copy of ``node``'s element (``shell``: without its children)."""
         for removed_parent, removed, remover in self.removed:
             # removers ran earlier, so never with a higher priority: only hard or tie matter
-            if removed_parent is parent and _contains(snippet, removed):
+            if removed_parent is parent and _contains(node.element, removed):
                 self._contest(remover, writer, lambda: (
-                    f"{_short(snippet)} added at {self.path(parent)}/"
-                    f"{etree.QName(snippet).localname}", "removed it"))
+                    f"{_short(node.element)} added at {self.path(parent)}/"
+                    f"{etree.QName(node.tag).localname}", "removed it"))
         if shell:
-            element = etree.SubElement(parent, snippet.tag, dict(snippet.attrib))
-            element.text = _text(snippet)
+            element = etree.SubElement(parent, node.tag, {n: v for n, _, v in node.attrs})
+            element.text = node.text
         else:
-            element = snippet.__copy__()  # lxml copies the whole subtree
+            element = node.element.__copy__()  # lxml copies the whole subtree
             parent.append(element)
+        index = self._index.get(parent)
+        if index is not None:
+            found = index.get(node.tag)
+            if found is None:
+                index[node.tag] = [element]
+            else:
+                found.append(element)
+        if shell or not node.children:
+            self._index[element] = {}
         self.created[element] = writer
-        self._note(element, "", "added", None, snippet, writer)
+        self._notes.append((element, "", "added", None, node.element, writer, "", None, None))
         return element
 
     # -- add -------------------------------------------------------------------------------------
-    def _add(self, parent: etree._Element, snippet: etree._Element, multiple: str,
-             writer: Writer, count: int, again: bool) -> None:
-        tag = snippet.tag
-        same = list(parent.iterchildren(tag))
-        if self.may_repeat(parent, tag):
-            if multiple == "yes":
-                have = sum(1 for c in same if _contains(c, snippet)) if again else 0
+    def _add(self, parent: etree._Element, node: Node, multiple: str, writer: Writer,
+             count: int, again: bool) -> None:
+        if node.repeats:
+            if multiple == "auto":
+                same = self.same(parent, node.tag)
+                if same:
+                    for candidate in same:
+                        if self.has(candidate, node):  # already there: the writer shares it
+                            self._claim(node, candidate, writer)
+                            return
+                    for candidate in same:
+                        if self.fits(node, candidate):
+                            self._adjust(node, candidate, multiple, writer, count, again, False)
+                            return
+                self._append(parent, node, writer)
+            elif multiple == "yes":
+                have = sum(1 for c in self.same(parent, node.tag) if self.has(c, node)) \
+                    if again else 0
                 for _ in range(count - have):
-                    self._append(parent, snippet, writer)
-                return
-            if multiple == "no":
-                candidates = [c for c in same if all(
-                    snippet.get(key) is None or c.get(key) == snippet.get(key)
-                    for key in _IDENTITY)]
-                if candidates:
-                    self._adjust(snippet, candidates[0], multiple, writer, count, again)
+                    self._append(parent, node, writer)
+            else:
+                identity = node.identity
+                target = next((c for c in self.same(parent, node.tag)
+                               if all(c.get(k) == v for k, v in identity)), None)
+                if target is not None:
+                    self._adjust(node, target, multiple, writer, count, again, True)
                 else:
-                    self._append(parent, snippet, writer)
-                return
-            present = next((c for c in same if _contains(c, snippet)), None)
-            if present is not None:  # already there: the writer now shares its values
-                self._claim(snippet, present, writer)
-                return
-            for candidate in same:
-                if self._fits(snippet, candidate):
-                    self._adjust(snippet, candidate, "auto", writer, count, again,
-                                 override=False)
-                    return
-            self._append(parent, snippet, writer)
+                    self._append(parent, node, writer)
             return
-        if same:
-            self._adjust(snippet, same[0], multiple, writer, count, again)
-        elif multiple == "yes" and self._repeats_within(parent, snippet):
+        existing = self.first(parent, node.tag)
+        if existing is not None:
+            self._adjust(node, existing, multiple, writer, count, again, True)
+        elif multiple == "yes" and node.within:
             # create the container, then the repeating part ``count`` times inside it
-            self._adjust(snippet, self._append(parent, snippet, writer, shell=True),
-                         multiple, writer, count, again)
+            self._adjust(node, self._append(parent, node, writer, shell=True),
+                         multiple, writer, count, again, True)
         else:
-            self._append(parent, snippet, writer)
+            self._append(parent, node, writer)
 
-    def _adjust(self, snippet: etree._Element, target: etree._Element, multiple: str,
-                writer: Writer, count: int, again: bool, override: bool = True) -> None:
-        self._merge_attrs(snippet, target, writer, override)
-        for child in snippet:
+    def _adjust(self, node: Node, target: etree._Element, multiple: str, writer: Writer,
+                count: int, again: bool, override: bool) -> None:
+        if node.attrs or node.text is not None:
+            self._merge_attrs(node, target, writer, override)
+        for child in node.children:
             self._add(target, child, multiple, writer, count, again)
 
-    def _claim(self, snippet: etree._Element, target: etree._Element, writer: Writer) -> None:
-        """``target`` already holds ``snippet``'s values: record ``writer`` as their owner too
+    def _claim(self, node: Node, target: etree._Element, writer: Writer) -> None:
+        """``target`` already holds ``node``'s values: record ``writer`` as their owner too
         (so that a hard add stays enforced when it found its values already present)."""
-        for name in snippet.attrib:
-            self._own(target, "@" + name, writer)
-        if _text(snippet) is not None:
-            self._own(target, "#text", writer)
-        for child in snippet:
-            match = next((c for c in target if _contains(c, child)), None)
+        for _, key, _ in node.attrs:
+            self._own(target, key, writer)
+        if node.text is not None:
+            self._own(target, TEXT, writer)
+        for child in node.children:
+            match = next((c for c in self.same(target, child.tag) if self.has(c, child)), None)
             if match is not None:
                 self._claim(child, match, writer)
 
-    def _fits(self, snippet: etree._Element, target: etree._Element) -> bool:
-        """Whether ``target`` can take ``snippet`` by filling only values it lacks."""
-        for name, value in snippet.attrib.items():
-            old = target.get(name)
-            if old is not None and old != value:
-                return False
-        text, old_text = _text(snippet), _text(target)
-        if text is not None and old_text is not None and text != old_text:
-            return False
-        for child in snippet:
-            if self.may_repeat(target, child.tag):
-                continue  # another one can always be added
-            existing = next(target.iterchildren(child.tag), None)
-            if existing is not None and not self._fits(child, existing):
-                return False
-        return True
-
     # -- remove ----------------------------------------------------------------------------------
-    def _remove(self, parent: etree._Element, snippet: etree._Element, writer: Writer) -> None:
-        same = list(parent.iterchildren(snippet.tag))
-        if self.may_repeat(parent, snippet.tag) or len(snippet) == 0:
-            for element in same:
-                if _contains(element, snippet):
-                    self._delete(parent, element, snippet, writer)
+    def _remove(self, parent: etree._Element, node: Node, writer: Writer) -> None:
+        if node.repeats or not node.children:
+            for element in list(self.same(parent, node.tag)):
+                if self.has(element, node):
+                    self._delete(parent, element, node, writer)
             return
-        for element in same:
-            if _contains_attrs(element, snippet):
-                for child in snippet:
+        for element in list(self.same(parent, node.tag)):
+            if _contains_attrs(element, node):
+                for child in node.children:
                     self._remove(element, child, writer)
 
-    def _delete(self, parent: etree._Element, element: etree._Element,
-                snippet: etree._Element, writer: Writer) -> None:
+    def _delete(self, parent: etree._Element, element: etree._Element, node: Node,
+                writer: Writer) -> None:
         def describe() -> tuple[str, str]:
             where = self.path(element)
             return f"{where} removed", f"has {where}"
 
-        for node in element.iter(etree.Element):
-            for key in ["", *("@" + a for a in node.attrib)]:
-                for owner in self._owners(node, key):
-                    if not self._contest(owner, writer, describe):
-                        self._note(element, "", "kept", element, None, writer,
-                                   f"{owner.who} has priority {owner.priority}")
-                        return
-        self._note(element, "", "removed", element, None, writer)
+        if self.owners or self.created or self.input_wins:  # else: all the input's
+            for inner in element.iter(etree.Element):
+                for key in ["", *("@" + a for a in inner.attrib)]:
+                    for owner in self._owners(inner, key):
+                        if not self._contest(owner, writer, describe):
+                            self._note(element, "", "kept", element, None, writer,
+                                       f"{owner.who} has priority {owner.priority}")
+                            return
+        replaced = self._owners(element, "")[0].who
+        self._note(element, "", "removed", _whole(element), None, writer, replaced=replaced)
         leaving = set(element.iter(etree.Element))
-        for index, (node, key, *rest, path) in enumerate(self._notes):
-            if path is None and node in leaving:  # earlier notes on it: fix their paths now
-                self._notes[index] = (node, key, *rest, self.path(node, key))  # type: ignore
+        for index, (inner, key, *rest, path, was) in enumerate(self._notes):
+            if path is None and inner in leaving:  # earlier notes on it: fix their paths now
+                self._notes[index] = (inner, key, *rest, self.path(inner, key), was)  # type: ignore
         parent.remove(element)
-        self.removed.append((parent, snippet, writer))
+        self._index[parent][node.tag].remove(element)  # found through the index
+        self.removed.append((parent, node, writer))
+
+    def _check_forbidden(self, writer: Writer) -> None:
+        """A hard ``remove`` holds for the rest of the composition: what another profile
+        brings back (adds, or makes match by changing values) is a conflict."""
+        for parts, remover in self.forbidden:
+            if remover.who == writer.who:
+                continue
+            for part in parts:
+                found = self.find(self.root, part)
+                if found is not None:
+                    raise ProfileConflict(
+                        f"{writer.label} puts back {self.path(found)} ({_short(found)}), but "
+                        f"{remover.label} removes it as a hard constraint")
 
     # -- default ---------------------------------------------------------------------------------
-    def _default(self, parent: etree._Element, snippet: etree._Element, writer: Writer) -> None:
-        same = list(parent.iterchildren(snippet.tag))
-        if self.may_repeat(parent, snippet.tag):
-            targets = [c for c in same if _agrees(c, snippet)]
-        elif same:
-            targets = same[:1]
-        elif not self._repeats_within(parent, snippet):
-            # a missing element that may not repeat is a value to fill, and so is all of its
-            # content when none of it may repeat: one copy
-            self._append(parent, snippet, writer)
-            return
-        else:  # create it, then fill it from the snippet but without repeating elements
-            targets = [self._append(parent, snippet, writer, shell=True)]
+    def _default(self, parent: etree._Element, node: Node, writer: Writer) -> None:
+        if node.repeats:
+            targets = [c for c in self.same(parent, node.tag) if _agrees(c, node)]
+        else:
+            existing = self.first(parent, node.tag)
+            if existing is None:
+                if not node.within:
+                    # a missing element that may not repeat is a value to fill, and so is all
+                    # of its content when none of it may repeat: one copy
+                    self._append(parent, node, writer)
+                    return
+                # create it, then fill it from the snippet but without repeating elements
+                existing = self._append(parent, node, writer, shell=True)
+            targets = [existing]
+        fill = bool(node.attrs) or node.text is not None
         for target in targets:
-            self._merge_attrs(snippet, target, writer, override=False)
-            for child in snippet:
+            if fill:
+                self._merge_attrs(node, target, writer, False)
+            for child in node.children:
                 self._default(target, child, writer)
 
     # -- the report ------------------------------------------------------------------------------
@@ -426,65 +539,61 @@ class Applier:
     # only for what leaves the tree.
     def _note(self, element: etree._Element, key: str, what: str,
               old: str | etree._Element | None, new: str | etree._Element | None,
-              writer: Writer, note: str = "") -> None:
+              writer: Writer, note: str = "", replaced: str | None = None) -> None:
         if isinstance(old, etree._Element):
             old = _short(old)
         path = self.path(element, key) if what == "removed" else None
-        self._notes.append((element, key, what, old, new, writer, note, path))
+        self._notes.append((element, key, what, old, new, writer, note, path, replaced))
 
     @property
     def changes(self) -> list[Change]:
         """The report so far; paths as the elements stand now (removed ones: as they stood)."""
         report = []
-        for element, key, what, old, new, writer, note, path in self._notes:
+        for element, key, what, old, new, writer, note, path, replaced in self._notes:
             if path is None:
                 path = self.path(element, key)
             if isinstance(new, etree._Element):
                 new = _short(new)
-            report.append(Change(path, what, old, new, writer.who, writer.action, note))
+            report.append(Change(path, what, old, new, writer.who, writer.action, note,
+                                 replaced))
         return report
 
     # -- paths -----------------------------------------------------------------------------------
     def path(self, element: etree._Element, key: str = "") -> str:
         """An XPath naming ``element`` (and attribute or text ``key``) in the tree."""
         path = element.getroottree().getpath(element)
-        if key == "#text":
+        if key == TEXT:
             return path + "/text()"
         return path + ("/" + key if key else "")
 
 
-def _contains(target: etree._Element, snippet: etree._Element) -> bool:
-    """Whether ``target`` contains everything ``snippet`` says (more is fine)."""
-    if target.tag != snippet.tag or not _contains_attrs(target, snippet):
+def _contains(target: etree._Element, node: Node) -> bool:
+    """Whether ``target`` contains everything ``node`` says (more is fine)."""
+    if target.tag != node.tag or not _contains_attrs(target, node):
         return False
+    if not node.children:
+        return True
     used: list[etree._Element] = []
-    for child in snippet:
-        match = next((c for c in target if c not in used and _contains(c, child)), None)
+    for child in node.children:
+        match = next((c for c in target.iterchildren(child.tag)
+                      if c not in used and _contains(c, child)), None)
         if match is None:
             return False
         used.append(match)
     return True
 
 
-def _contains_attrs(target: etree._Element, snippet: etree._Element) -> bool:
-    attrib = target.attrib
-    for name, value in snippet.attrib.items():
-        if attrib.get(name) != value:
+def _contains_attrs(target: etree._Element, node: Node) -> bool:
+    for name, _, value in node.attrs:
+        if target.get(name) != value:
             return False
-    text = _text(snippet)
-    return text is None or text == _text(target)
+    return node.text is None or node.text == _text(target)
 
 
-def _agrees(target: etree._Element, snippet: etree._Element) -> bool:
-    """For ``default``: no attribute of ``snippet`` has another value in ``target``."""
-    attrib = target.attrib
-    for name, value in snippet.attrib.items():
-        old = attrib.get(name)
+def _agrees(target: etree._Element, node: Node) -> bool:
+    """For ``default``: no attribute of ``node`` has another value in ``target``."""
+    for name, _, value in node.attrs:
+        old = target.get(name)
         if old is not None and old != value:
             return False
     return True
-
-
-def iter_elements(snippet: tuple[etree._Element, ...]) -> Iterator[etree._Element]:
-    for root in snippet:
-        yield from root.iter(etree.Element)

@@ -3,8 +3,15 @@ record what was applied in the domain's metadata.
 
 Which profiles apply: those the caller names, those the domain lists in its own metadata
 (``<aiovirt:use profile='NAME[@VERSION]' priority='N'>``), the ones they require, and every
-``auto='yes'`` profile whose ``<match>`` matches the input.  They apply by priority, then name;
-the input document itself counts as a writer of priority ``input_priority`` (99).
+``auto='yes'`` profile whose ``<match>`` matches the input.  They apply by priority, then name,
+to the input document itself: priorities and hard constraints arbitrate between profiles, the
+input's values are what they work on.  ``input_wins=True`` restores aiovirt 0.1's rules, where
+the input is a writer of priority ``input_priority`` (99) that lower profiles leave alone.
+Conditions (``<when>``) are evaluated when their turn comes, over the domain as composed so far
+(in input-wins mode, as in 0.1, all of a profile's conditions before any of its actions).
+
+Each profile is compiled once into a plan (``plan.py``); ``Composer`` keeps the settings of
+many compositions (library, capabilities, mode) and ``compose_all`` runs a batch.
 
 The applied set (name, version, digest and parameters of each profile) is written to
 ``<aiovirt:applied>`` in the metadata.  A later composition of that output pins the recorded
@@ -14,24 +21,30 @@ versions (``upgrade=True`` takes the newest and lists what moved in ``upgrades``
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from lxml import etree
 
 from ..address import Device, Tunables, address_tree
+from .aliases import assign_user_aliases
+from ..capabilities import CapabilitySet
 from ..xml.safe import parse, strip_indentation, to_string
-from .apply import INPUT, Applier, Change, Writer, _contains
+from .apply import INPUT, LOWEST, Applier, Change, Writer, _contains
 from .errors import ComposeError, InvalidResult, ParameterError, ProfileConflict, UnknownProfile
 from .library import Library
-from .profile import PLACEHOLDER, Action, Choose, Profile, ProfileRef, Step, When
-from .schema import repeat_table, validator
+from .plan import (ActionPlan, Node, ProfilePlan, action_plan, profile_plan,
+                   reads_only_variables, typed, variables_of)
+from .profile import Action, Profile, ProfileRef, Step, When
+from .schema import validator
 
-__all__ = ["AppliedProfile", "Composition", "NS", "Upgrade", "compose"]
+__all__ = ["AppliedProfile", "Composer", "Composition", "NS", "Upgrade", "compose",
+           "compose_many"]
 
 NS = "https://aiovirt.org/xmlns/profiles/1"
 _A = f"{{{NS}}}"
@@ -85,6 +98,7 @@ class Composition:
     upgrades: list[Upgrade] = field(default_factory=list)
     validated: bool = False
     addressed: list[Device] | None = None   # the devices, when addressing ran
+    aliased: list[str] = field(default_factory=list)   # user aliases given to devices
     _applier: Applier | None = field(default=None, repr=False)
     _report: list[Change] | None = field(default=None, repr=False)
 
@@ -134,9 +148,17 @@ class Composition:
 
 # -- the aiovirt metadata element -------------------------------------------------------------
 
-def _our_metadata(root: etree._Element) -> etree._Element | None:
-    metadata = root.find("metadata")
-    return None if metadata is None else metadata.find(_A + "profiles")
+def _first(parent: etree._Element, tag: str) -> etree._Element | None:
+    return next(parent.iterchildren(tag), None)  # (much cheaper than find: no paths)
+
+
+def _our_metadata(root: etree._Element, first: Callable[[etree._Element, str],
+                                                        etree._Element | None] = _first
+                  ) -> etree._Element | None:
+    """``<aiovirt:profiles>`` in the metadata; ``first``: a child lookup (an ``Applier``'s
+    keeps an index of the children)."""
+    metadata = first(root, "metadata")
+    return None if metadata is None else first(metadata, _A + "profiles")
 
 
 def _domain_requests(root: etree._Element) -> list[tuple[ProfileRef, dict[str, str]]]:
@@ -170,41 +192,65 @@ def _recorded(root: etree._Element) -> dict[str, tuple[str, str, dict[str, str]]
             for p in applied.findall(_A + "profile")}
 
 
-def _record(root: etree._Element, applied: list[AppliedProfile]) -> None:
-    metadata = root.find("metadata")
+_Applied = tuple[tuple[str, str, str, tuple[tuple[str, str], ...]], ...]
+"""An applied set as the record keeps it: (name, version, digest, sorted parameters) each."""
+
+
+def _record(root: etree._Element, applied: _Applied,
+            first: Callable[[etree._Element, str], etree._Element | None] = _first) -> None:
+    """Write ``<aiovirt:applied>`` into the domain's metadata (replacing an older one);
+    ``first`` as for ``_our_metadata`` (the tree changes only after its last use)."""
+    metadata = first(root, "metadata")
     if metadata is None:
         metadata = etree.SubElement(root, "metadata")
-    ours = metadata.find(_A + "profiles")
+        ours = None
+    else:
+        ours = first(metadata, _A + "profiles")
     if ours is None:
-        ours = etree.SubElement(metadata, _A + "profiles", nsmap={"aiovirt": NS})
-    old = ours.find(_A + "applied")
+        metadata.append(_record_element(applied).__copy__())
+        return
+    old = next(ours.iterchildren(_A + "applied"), None)
     if old is not None:
         ours.remove(old)
+    ours.append(_record_element(applied)[0].__copy__())
+
+
+@functools.lru_cache(maxsize=1024)
+def _record_element(key: _Applied) -> etree._Element:
+    """``<aiovirt:profiles><aiovirt:applied>`` for one applied set, built once (callers
+    append a copy)."""
+    ours = etree.Element(_A + "profiles", nsmap={"aiovirt": NS})
     record = etree.SubElement(ours, _A + "applied")
     digest = hashlib.sha256()
-    for item in applied:
-        profile = item.profile
-        entry = etree.SubElement(record, _A + "profile", name=profile.name,
-                                 version=profile.version, digest=profile.digest)
-        digest.update(f"{profile.id} {profile.digest}".encode())
-        for name, value in sorted(item.params.items()):
-            etree.SubElement(entry, _A + "param", name=name, value=value)
-            digest.update(f" {name}={value}".encode())
+    for name, version, profile_digest, params in key:
+        entry = etree.SubElement(record, _A + "profile", name=name, version=version,
+                                 digest=profile_digest)
+        digest.update(f"{name}@{version} {profile_digest}".encode())
+        for param, value in params:
+            etree.SubElement(entry, _A + "param", name=param, value=value)
+            digest.update(f" {param}={value}".encode())
         digest.update(b"\n")
     record.set("digest", "sha256:" + digest.hexdigest()[:32])
+    return ours
 
 
 # -- composition --------------------------------------------------------------------------------
 
 class _Composer:
-    def __init__(self, library: Library, root: etree._Element, caps: etree._Element | None,
-                 domcaps: etree._Element | None, upgrade: bool) -> None:
+    """One composition's view of its input: which profiles apply, their parameters, and the
+    conditions over the domain, the capabilities and the parameters."""
+
+    def __init__(self, library: Library, root: etree._Element, caps: etree._Element,
+                 domcaps: etree._Element, upgrade: bool,
+                 first: Callable[[etree._Element, str], etree._Element | None] = _first
+                 ) -> None:
         self.library = library
         self.root = root
-        self.caps = caps if caps is not None else _EMPTY_CAPS
-        self.domcaps = domcaps if domcaps is not None else _EMPTY_DOMCAPS
+        self.caps = caps
+        self.domcaps = domcaps
         self.upgrade = upgrade
-        self.recorded = _recorded(root)
+        self.ours = _our_metadata(root, first)
+        self.recorded = _recorded(root) if self.ours is not None else {}
 
     # selection ----------------------------------------------------------------------------
     def _lookup(self, ref: ProfileRef) -> Profile:
@@ -238,8 +284,9 @@ class _Composer:
 
         for ref in requested:
             take(ref, "requested", {})
-        for ref, params in _domain_requests(self.root):
-            take(ref, "domain metadata", params)
+        if self.ours is not None:
+            for ref, params in _domain_requests(self.root):
+                take(ref, "domain metadata", params)
         for profile in self.library.auto_profiles():
             if profile.name not in chosen and self.matches(profile):
                 take(ProfileRef(profile.name, profile.version), "matched", {})
@@ -254,24 +301,24 @@ class _Composer:
 
     def matches(self, profile: Profile) -> bool:
         """Whether any ``<match>`` of the profile holds for the input (no match: yes)."""
-        if not profile.match:
+        plan = profile_plan(profile)
+        if not plan.match:
             return True
-        for group in profile.match:
-            if all(self._holds_test(profile, part) if isinstance(part, When)
+        for group in plan.match:
+            if all(self._holds_test(plan, part) if isinstance(part, When)
                    else self._present(part) for part in group):
                 return True
         return False
 
-    def _holds_test(self, profile: Profile, test: When) -> bool:
-        defaults = {p.name: p.default for p in profile.params if p.default is not None}
-        return self.holds(profile, test, self.variables(_typed(profile, defaults)))
+    def _holds_test(self, plan: ProfilePlan, test: When) -> bool:
+        return self.holds(plan.profile, test, plan.match_variables)
 
-    def _present(self, snippet: etree._Element) -> bool:
-        if snippet.tag == "domain":
-            if any(self.root.get(k) != v for k, v in snippet.attrib.items()):
+    def _present(self, node: Node) -> bool:
+        if node.tag == "domain":
+            if any(self.root.get(name) != value for name, _, value in node.attrs):
                 return False
-            return all(self._present(child) for child in snippet)
-        return any(_contains(child, snippet) for child in self.root)
+            return all(self._present(child) for child in node.children)
+        return any(_contains(child, node) for child in self.root.iterchildren(node.tag))
 
     # parameters ----------------------------------------------------------------------------
     def params(self, profile: Profile, given: Mapping[str, str],
@@ -286,7 +333,7 @@ class _Composer:
             elif param.name in from_domain:
                 value = from_domain[param.name]
             else:
-                value = self._select(profile, param.select, values) \
+                value = self._select(profile, param.name, param.select or "", values) \
                     if param.select is not None else None
                 if not value:  # select found nothing: the plain default
                     value = param.default
@@ -297,10 +344,10 @@ class _Composer:
             values[param.name] = param.convert(value, profile.id)
         return values
 
-    def _select(self, profile: Profile, expression: str, values: dict[str, str]) -> str:
+    def _select(self, profile: Profile, name: str, expression: str,
+                values: dict[str, str]) -> str:
         try:
-            result = etree.XPath(expression, namespaces=profile.namespaces, regexp=False,
-                                 smart_strings=False)(self.root, **self.variables(values))
+            result = profile_plan(profile).selects[name](self.root, **self.variables(values))
         except etree.XPathError as exc:
             raise ComposeError(f"profile {profile.id}: parameter select {expression!r}: "
                                f"{exc}") from None
@@ -315,32 +362,78 @@ class _Composer:
             return str(int(result))
         return str(result)
 
-    def variables(self, params: Mapping[str, str]) -> dict[str, Any]:
+    def variables(self, params: Mapping[str, Any]) -> dict[str, Any]:
         return {**params, "domain": self.root, "caps": self.caps, "domcaps": self.domcaps}
 
-    # applying ----------------------------------------------------------------------------------
-    def steps(self, profile: Profile, steps: Sequence[Step], params: dict[str, str],
-              variables: dict[str, Any] | None = None) -> list[Action]:
-        """The actions whose conditions hold, in document order."""
-        actions: list[Action] = []
+    # conditions --------------------------------------------------------------------------------
+    def run(self, profile: Profile, steps: tuple[_Do | _If, ...], params: dict[str, str],
+            applier: Applier | list[_Do], again: bool,
+            typed_params: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Apply each action whose conditions hold, in document order (``applier`` a list:
+        collect them instead); each condition is evaluated when its turn comes, over the
+        domain as composed up to there.  Returns the typed parameters, once made, for the
+        caller's next call."""
         for step in steps:
-            if isinstance(step, Action):
-                actions.append(step)
+            if type(step) is _Do:
+                if type(applier) is list:
+                    applier.append(step)
+                elif step.plan is None:
+                    raise step.error  # type: ignore[misc]
+                else:
+                    applier.apply(step.plan, step.writer, again)  # type: ignore[union-attr]
                 continue
-            if variables is None:
-                variables = self.variables(_typed(profile, params))
-            if isinstance(step, When):
-                if self.holds(profile, step, variables):
-                    actions += self.steps(profile, step.steps, params, variables)
-            elif isinstance(step, Choose):
-                for branch in step.branches:
-                    if branch.test is None or self.holds(profile, branch, variables):
-                        actions += self.steps(profile, branch.steps, params, variables)
-                        break
-        return actions
+            for test, _, inner in step.branches:  # type: ignore[union-attr]
+                if test is not None:
+                    if typed_params is None:
+                        typed_params = typed(profile_plan(profile).types, params)
+                    if not self.holds(profile, test, typed_params):
+                        continue
+                typed_params = self.run(profile, inner, params, applier, again, typed_params)
+                break
+        return typed_params
 
-    def holds(self, profile: Profile, when: When, variables: dict[str, Any]) -> bool:
-        assert when.xpath is not None
+    def specialize(self, profile: Profile, steps: tuple[_Do | _If, ...],
+                   params: dict[str, str]) -> tuple[_Do | _If, ...]:
+        """``steps`` with every condition that reads only variables (capabilities,
+        parameters) decided: what ``run`` is left to evaluate reads the domain.  A condition
+        that fails to evaluate stays, to fail if and when it is reached."""
+        typed_params = typed(profile_plan(profile).types, params)
+        flat: list[_Do | _If] = []
+        for step in steps:
+            if type(step) is _Do:
+                flat.append(step)
+                continue
+            branches: list[tuple[When | None, bool, tuple[_Do | _If, ...]]] = []
+            for test, free, inner in step.branches:  # type: ignore[union-attr]
+                inner = self.specialize(profile, inner, params)
+                if test is not None and free:
+                    try:
+                        holds = self.holds(profile, test, typed_params)
+                    except ComposeError:
+                        branches.append((test, False, inner))
+                        continue
+                    if not holds:
+                        continue  # never taken
+                    test = None   # always taken (if reached)
+                branches.append((test, False, inner))
+                if test is None:
+                    break
+            if branches and branches[0][0] is None:
+                flat.extend(branches[0][2])
+            elif branches:
+                flat.append(_If(tuple(branches)))
+        return tuple(flat)
+
+    def holds(self, profile: Profile, when: When, params: Mapping[str, Any]) -> bool:
+        """Whether ``when``'s test is true; ``params``: the typed parameter values."""
+        assert when.xpath is not None and when.test is not None
+        variables = {}
+        for name in variables_of(when.test):  # only these: lxml binds every one it gets
+            if name in params:
+                variables[name] = params[name]
+            elif name in _SPECIAL:
+                variables[name] = self.root if name == "domain" else \
+                    self.caps if name == "caps" else self.domcaps
         try:
             result = when.xpath(self.root, **variables)
         except etree.XPathError as exc:
@@ -353,64 +446,53 @@ class _Composer:
         return bool(result)
 
 
-def _typed(profile: Profile, params: dict[str, str]) -> dict[str, Any]:
-    """Parameter values as XPath sees them: numbers for ints, booleans for bools."""
-    typed: dict[str, Any] = {}
-    for name, value in params.items():
-        param = profile.param(name)
-        kind = param.type if param is not None else "string"
-        typed[name] = int(value) if kind == "int" else (value == "yes") if kind == "bool" \
-            else value
-    return typed
+@dataclass(frozen=True, slots=True, eq=False)
+class _Do:
+    """A compiled action: its plan and its writer (or the error its parameters make)."""
+
+    plan: ActionPlan | None
+    writer: Writer
+    error: ComposeError | None = None
 
 
-def _substitute(action: Action, params: dict[str, str], profile: Profile
-                ) -> tuple[tuple[etree._Element, ...], int]:
-    """The action's snippet and count with ``${...}`` filled in (shared, never modified:
-    the applier copies what it inserts)."""
-    if not action.templated:
-        return action.snippet, int(action.count)
-    return _substituted(action, tuple(sorted(params.items())), profile.id)
+@dataclass(frozen=True, slots=True, eq=False)
+class _If:
+    """A ``<when>`` (one branch) or ``<choose>``: (test or None for otherwise, whether the
+    test reads only variables, the steps) of which the first that holds applies."""
+
+    branches: tuple[tuple[When | None, bool, tuple[_Do | _If, ...]], ...]
 
 
 @functools.lru_cache(maxsize=4096)
-def _substituted(action: Action, items: tuple[tuple[str, str], ...], profile_id: str
-                 ) -> tuple[tuple[etree._Element, ...], int]:
-    params = dict(items)
-
-    def fill(text: str) -> str:
-        return PLACEHOLDER.sub(lambda m: params[m.group(1)], text)
-
-    snippet = []
-    for root in action.snippet:
-        root = _copy(root)
-        for element in root.iter(etree.Element):
-            for key, value in element.attrib.items():
-                if "${" in value:
-                    element.set(key, fill(value))
-            if element.text and "${" in element.text:
-                element.text = fill(element.text)
-        snippet.append(root)
-    try:
-        count = int(fill(action.count))
-    except ValueError:
-        raise ParameterError(f"profile {profile_id} line {action.line}: count="
-                             f"{fill(action.count)!r} is not an integer") from None
-    if count < 0:
-        raise ParameterError(f"profile {profile_id} line {action.line}: count={count} is "
-                             "negative")
-    return tuple(snippet), count
+def _profile_steps(profile: Profile, priority: int, items: tuple[tuple[str, str], ...]
+                   ) -> tuple[_Do | _If, ...]:
+    """A profile's steps compiled for one priority and parameter values, once."""
+    return _compile_steps(profile, profile.steps, priority, items)
 
 
-@functools.lru_cache(maxsize=4096)
-def _writer(action: Action, profile_id: str, source: str, priority: int) -> Writer:
-    """The (immutable) writer for one action at one priority, made once."""
-    return Writer(profile_id, priority, action.describe(), action.hard, source, action.line)
+def _compile_steps(profile: Profile, steps: Sequence[Step], priority: int,
+                   items: tuple[tuple[str, str], ...]) -> tuple[_Do | _If, ...]:
+    compiled: list[_Do | _If] = []
+    for step in steps:
+        if isinstance(step, Action):
+            writer = Writer(profile.id, priority, step.describe(), step.hard, profile.source,
+                            step.line)
+            try:
+                compiled.append(_Do(action_plan(step, items if step.templated else (),
+                                                profile.id), writer))
+            except ComposeError as exc:  # raised if and when the action is reached
+                compiled.append(_Do(None, writer, exc))
+        else:
+            branches = (step,) if isinstance(step, When) else step.branches
+            compiled.append(_If(tuple(
+                (branch if branch.test is not None else None,
+                 branch.test is not None and reads_only_variables(branch.test),
+                 _compile_steps(profile, branch.steps, priority, items))
+                for branch in branches)))
+    return tuple(compiled)
 
 
 def _copy(element: etree._Element) -> etree._Element:
-    import copy
-
     return copy.deepcopy(element)
 
 
@@ -421,72 +503,287 @@ def _as_tree(value: str | bytes | etree._Element | None, what: str,
     if isinstance(value, etree._Element):
         root = value
     else:
-        root = parse(value, source=what)
+        root = _parsed(value, what)
     if root.tag != root_tag:
         raise ComposeError(f"{what}: expected <{root_tag}>, found <{root.tag}>")
     return root
 
 
+@functools.lru_cache(maxsize=32)
+def _parsed(text: str | bytes, what: str) -> etree._Element:
+    """Capabilities documents parsed once per text: conditions only read them, and an
+    application passes the same host's (domain) capabilities to many compositions."""
+    return parse(text, source=what)
+
+
 def compose(domain: str | bytes | etree._Element, profiles: Sequence[str | ProfileRef] = (),
             *, params: Mapping[str, str] | None = None,
-            caps: str | bytes | etree._Element | None = None,
+            caps: str | bytes | etree._Element | CapabilitySet | None = None,
             domcaps: str | bytes | etree._Element | None = None,
             library: Library | None = None, validate: bool | None = None,
-            upgrade: bool = False, input_priority: int = 99, record: bool = True,
-            address: Tunables | bool = False, source: str = "<domain>") -> Composition:
+            upgrade: bool = False, input_wins: bool = False, input_priority: int | None = None,
+            record: bool = True, address: Tunables | bool = False, aliases: bool = False,
+            source: str = "<domain>") -> Composition:
     """Apply profiles to a (possibly partial) domain XML.
 
     ``profiles``: "NAME" or "NAME@VERSION" (or ``ProfileRef``); ``params``: "NAME=value"
     pairs as a dict, "PROFILE.NAME" for one profile only; ``caps``/``domcaps``: the host and
-    domain capabilities XML for conditions; ``validate``: check the result against libvirt's
-    schema (None: when the schema is installed).  Raises ``ComposeError`` subclasses.
+    domain capabilities XML for conditions (a ``CapabilitySet`` as ``caps`` gives both, as
+    what all of a fleet's hosts can do); ``validate``: check the result against libvirt's
+    schema (None: when the schema is installed).  Profiles act on the input's own values;
+    ``input_wins=True`` keeps aiovirt 0.1's rules instead: the input is a writer of priority
+    ``input_priority`` (default 99) that profiles below it do not override.  ``aliases=True``:
+    give every device that lacks one a stable user alias (``ua-…``, after addressing), the
+    identity ``aiovirt.metadata`` binds per-device data to (off by default: with no
+    profiles, compose changes nothing).  Raises ``ComposeError``
+    subclasses.
     """
-    if isinstance(domain, etree._Element):
-        root = strip_indentation(_copy(domain))
-    else:
-        root = parse(domain, source=source)
-    if root.tag != "domain":
-        raise ComposeError(f"{source}: expected a <domain> document, found <{root.tag}>")
-    library = library if library is not None else Library.default()
-    composer = _Composer(library, root, _as_tree(caps, "capabilities", "capabilities"),
-                         _as_tree(domcaps, "domain capabilities", "domainCapabilities"),
-                         upgrade)
-    refs = [p if isinstance(p, ProfileRef) else ProfileRef.parse(p) for p in profiles]
-    selected = composer.select(refs)
-    given = dict(params or {})
-    _check_given(given, [s[0] for s in selected])
+    return Composer(library, caps=caps, domcaps=domcaps, validate=validate, upgrade=upgrade,
+                    input_wins=input_wins, input_priority=input_priority, record=record,
+                    address=address, aliases=aliases).compose(domain, profiles, params=params,
+                                                              source=source)
 
-    result = Composition(root)
-    applier = Applier(root, repeat_table(), Writer(INPUT, input_priority))
-    prepared = []
-    for profile, priority, reason, from_domain in selected:  # before any change: inputs only
-        if reason != "matched" and not composer.matches(profile):
-            result.skipped.append((profile.id, "its <match> does not match the domain"))
-            continue
-        prepared.append((profile, priority, reason,
-                         composer.params(profile, given, from_domain)))
-    for profile, priority, reason, values in prepared:
-        result.applied.append(AppliedProfile(profile, priority, values, reason))
-        again = profile.name in composer.recorded
-        for action in composer.steps(profile, profile.steps, values):
-            snippet, count = _substitute(action, values, profile)
-            writer = _writer(action, profile.id, profile.source, priority)
-            applier.apply(action.kind, action.multiple, snippet, writer, count, again)
-    result._applier = applier
-    result.upgrades = _upgrades(composer.recorded, result.applied)
-    if record and result.applied:
-        _record(root, result.applied)
-    if address is not False:
-        result.addressed = address_tree(root, address if isinstance(address, Tunables)
-                                        else None)
-    schema = validator()
-    if validate or (validate is None and schema is not None):
-        if schema is None:
+
+def compose_many(domains: Iterable[str | bytes | etree._Element],
+                 profiles: Sequence[str | ProfileRef] = (), *,
+                 params: Mapping[str, str] | None = None, **settings: Any
+                 ) -> list[Composition]:
+    """``compose`` every domain with the same profiles, parameters and settings (the keyword
+    arguments of ``Composer``): capabilities are parsed once, selections and plans shared."""
+    return Composer(**settings).compose_all(domains, profiles, params=params)
+
+
+_SPECIAL = ("domain", "caps", "domcaps")
+# a profile ready to apply: profile, priority, why chosen, parameter values, the same as
+# sorted pairs, its compiled steps
+_Prepared = tuple[Profile, int, str, dict[str, str], tuple[tuple[str, str], ...],
+                  "tuple[_Do | _If, ...]"]
+_NOBODY = Writer(INPUT, LOWEST)  # the input when actions apply to it: owns nothing
+_CACHE_LIMIT = 8192  # entries per kind of derived answer; a full table starts over
+
+
+def _table(library: Library, kind: str) -> dict[Any, Any]:
+    """The library's cache of one kind of derived answer (one table per kind, so that many
+    answers of one kind do not push out the others)."""
+    table = library.derived.get(kind)
+    if table is None:
+        table = library.derived[kind] = {}
+    return table  # type: ignore[return-value]
+
+
+def _keep(table: dict[Any, Any], key: object, value: object) -> None:
+    if len(table) >= _CACHE_LIMIT:
+        table.clear()
+    table[key] = value
+
+
+class Composer:
+    """Settings shared by many compositions (the library, the host's capabilities, the
+    mode) with what can be worked out once for all of them: parsed capabilities, profile
+    selections, parameter values.  ``compose`` one domain, ``compose_all`` a batch.
+
+    The keyword arguments mean what they mean for ``compose``."""
+
+    def __init__(self, library: Library | None = None, *,
+                 caps: str | bytes | etree._Element | CapabilitySet | None = None,
+                 domcaps: str | bytes | etree._Element | None = None,
+                 validate: bool | None = None, upgrade: bool = False,
+                 input_wins: bool = False, input_priority: int | None = None,
+                 record: bool = True, address: Tunables | bool = False,
+                 aliases: bool = False) -> None:
+        if input_priority is not None and not input_wins:
+            raise ComposeError(f"input_priority={input_priority} only applies with "
+                               "input_wins=True (by default profiles act on the input's values "
+                               "and priorities order profiles among themselves)")
+        if isinstance(caps, CapabilitySet):
+            if domcaps is not None:
+                raise ComposeError("caps is a CapabilitySet, which carries its own domcaps: "
+                                   "do not pass domcaps as well")
+            caps, domcaps = caps.caps, caps.domcaps
+        self.library = library if library is not None else Library.default()
+        self.caps = _as_tree(caps, "capabilities", "capabilities") \
+            if caps is not None else _EMPTY_CAPS
+        self.domcaps = _as_tree(domcaps, "domain capabilities", "domainCapabilities") \
+            if domcaps is not None else _EMPTY_DOMCAPS
+        self.upgrade = upgrade
+        self.input_wins = input_wins
+        self.input = Writer(INPUT, 99 if input_priority is None else input_priority) \
+            if input_wins else _NOBODY
+        self.record = record
+        self.address = address
+        self.aliases = aliases
+        self.schema = validator()
+        self.validate = bool(validate or (validate is None and self.schema is not None))
+        if self.validate and self.schema is None:
             raise ComposeError("validation asked for, but libvirt's schema is not installed "
                                "(/usr/share/libvirt/schemas/domain.rng)")
-        _validate(schema, result)
-        result.validated = True
-    return result
+
+    def compose_all(self, domains: Iterable[str | bytes | etree._Element],
+                    profiles: Sequence[str | ProfileRef] = (), *,
+                    params: Mapping[str, str] | None = None) -> list[Composition]:
+        """Compose each domain with the same profiles and parameters; an error names the
+        domain's position in the batch (``#N``, from 0)."""
+        refs = _refs(profiles)
+        results = []
+        for index, domain in enumerate(domains):
+            try:
+                results.append(self.compose(domain, refs, params=params,
+                                            source=f"<domain #{index}>"))
+            except ComposeError as exc:
+                exc.add_note(f"(domain #{index} of the batch)")
+                raise
+        return results
+
+    def compose(self, domain: str | bytes | etree._Element,
+                profiles: Sequence[str | ProfileRef] = (), *,
+                params: Mapping[str, str] | None = None,
+                source: str = "<domain>") -> Composition:
+        """Apply profiles to one (possibly partial) domain XML; see ``compose``."""
+        if isinstance(domain, etree._Element):
+            root = strip_indentation(_copy(domain))
+        else:
+            root = parse(domain, source=source)
+        if root.tag != "domain":
+            raise ComposeError(f"{source}: expected a <domain> document, found <{root.tag}>")
+        applier = Applier(root, self.input, self.input_wins)
+        composer = _Composer(self.library, root, self.caps, self.domcaps, self.upgrade,
+                             applier.first)
+        result = Composition(root)
+        prepared = self._prepare(composer, self._refs(profiles), params, result.skipped)
+        applier.shared = _shared(prepared)
+        specialized = _table(self.library, "steps")
+        for profile, priority, reason, values, items, steps in prepared:
+            result.applied.append(AppliedProfile(profile, priority, dict(values), reason))
+            again = profile.name in composer.recorded
+            key = (steps, self.caps, self.domcaps)
+            special = specialized.get(key)
+            if special is None:
+                special = composer.specialize(profile, steps, values)
+                _keep(specialized, key, special)
+            if self.input_wins:  # as in 0.1: every condition before any action
+                found: list[_Do] = []
+                composer.run(profile, special, values, found, again)  # type: ignore[arg-type]
+                for do in found:
+                    if do.plan is None:
+                        raise do.error  # type: ignore[misc]
+                    applier.apply(do.plan, do.writer, again)
+            else:
+                composer.run(profile, special, values, applier, again)  # type: ignore[arg-type]
+        result._applier = applier
+        result.upgrades = _upgrades(composer.recorded, result.applied)
+        if self.record and result.applied:
+            _record(root, tuple((p.name, p.version, p.digest, items)
+                                for p, _, _, _, items, _ in prepared), applier.first)
+        if self.address is not False:
+            result.addressed = address_tree(root, self.address
+                                            if isinstance(self.address, Tunables) else None)
+        if self.aliases:
+            result.aliased = assign_user_aliases(root)
+        if self.validate:
+            assert self.schema is not None
+            _validate(self.schema, result)
+            result.validated = True
+        return result
+
+    def _refs(self, profiles: Sequence[str | ProfileRef]) -> tuple[ProfileRef, ...]:
+        """The requested profiles as ``ProfileRef``s (the answer kept per request)."""
+        table = _table(self.library, "refs")
+        try:
+            key = tuple(profiles)
+            refs = table.get(key)
+        except TypeError:  # something unhashable: let ProfileRef.parse say what is wrong
+            return _refs(profiles)
+        if refs is None:
+            refs = _refs(profiles)
+            _keep(table, key, refs)
+        return refs  # type: ignore[no-any-return]
+
+    def _prepare(self, composer: _Composer, refs: tuple[ProfileRef, ...],
+                 params: Mapping[str, str] | None, skipped: list[tuple[str, str]]
+                 ) -> list[_Prepared]:
+        """The profiles to apply, in order, each with its parameter values and compiled
+        steps; those whose ``<match>`` fails go to ``skipped``.  Worked out once per library,
+        request and parameters when nothing in the domain can change it."""
+        given = dict(params) if params else {}
+        given_key = tuple(sorted(given.items())) if given else ()
+        key = (refs, given_key, self.upgrade)
+        table = _table(self.library, "prepared")
+        cacheable = composer.ours is None and not self.library.auto_profiles()
+        if cacheable:
+            hit = table.get(key)
+            if hit is not None:
+                return hit  # type: ignore[no-any-return]
+        selected = self._select(composer, refs, given, given_key)
+        prepared = []
+        for profile, priority, reason, from_domain in selected:  # before any change: inputs
+            if profile.match:
+                cacheable = False
+                if reason != "matched" and not composer.matches(profile):
+                    skipped.append((profile.id, "its <match> does not match the domain"))
+                    continue
+            if from_domain or profile_plan(profile).selects:
+                cacheable = False
+            values, items = self._params(composer, profile, given, given_key, from_domain)
+            prepared.append((profile, priority, reason, values, items,
+                             _profile_steps(profile, priority, items)))
+        if cacheable:
+            _keep(table, key, prepared)
+        return prepared
+
+    def _select(self, composer: _Composer, refs: tuple[ProfileRef, ...],
+                given: Mapping[str, str], given_key: tuple[tuple[str, str], ...]
+                ) -> list[tuple[Profile, int, str, dict[str, str]]]:
+        """The profiles that apply, checked against the parameters given.  When nothing in
+        the domain can change the answer (no aiovirt metadata, no auto profiles), it is
+        worked out once per library, request and parameters (for requests whose profiles
+        have a ``<match>``: the rest is kept by ``_prepare``)."""
+        table = _table(self.library, "select")
+        key = (refs, given_key, self.upgrade)
+        if composer.ours is None and not self.library.auto_profiles():
+            hit = table.get(key)
+            if hit is not None:
+                return hit  # type: ignore[no-any-return]
+        else:
+            key = None  # type: ignore[assignment]
+        selected = composer.select(refs)
+        _check_given(given, [s[0] for s in selected])
+        if key is not None:
+            _keep(table, key, selected)
+        return selected
+
+    def _params(self, composer: _Composer, profile: Profile, given: Mapping[str, str],
+                given_key: tuple[tuple[str, str], ...], from_domain: dict[str, str]
+                ) -> tuple[dict[str, str], tuple[tuple[str, str], ...]]:
+        """A profile's parameter values, and the same as sorted pairs (the key of its action
+        plans); worked out once per profile and parameters given unless the domain has a say
+        (``select=`` or values in its metadata)."""
+        cacheable = not from_domain and not profile_plan(profile).selects
+        key = (profile, given_key)
+        table = _table(self.library, "params")
+        if cacheable:
+            hit = table.get(key)
+            if hit is not None:
+                return hit  # type: ignore[no-any-return]
+        values = composer.params(profile, given, from_domain)
+        found = (values, tuple(sorted(values.items())))
+        if cacheable:
+            _keep(table, key, found)
+        return found
+
+
+def _shared(prepared: list[_Prepared]) -> frozenset[int]:
+    """The priorities more than one of the profiles has."""
+    seen: set[int] = set()
+    shared = set()
+    for _, priority, *_ in prepared:
+        if priority in seen:
+            shared.add(priority)
+        seen.add(priority)
+    return frozenset(shared)
+
+
+def _refs(profiles: Sequence[str | ProfileRef]) -> tuple[ProfileRef, ...]:
+    return tuple(p if isinstance(p, ProfileRef) else ProfileRef.parse(p) for p in profiles)
 
 
 def _check_given(given: Mapping[str, str], profiles: Sequence[Profile]) -> None:

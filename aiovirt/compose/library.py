@@ -54,6 +54,9 @@ class Library:
         self._resolved: dict[tuple[str, str], Profile] = {}
         self._auto: list[Profile] | None = None
         self._got: dict[object, Profile] = {}  # get()'s answers until the library changes
+        # what callers work out from the profiles (composition's selections and parameter
+        # values), kept until the library changes
+        self.derived: dict[object, object] = {}
         for profile in profiles:
             self._insert(profile, 0)
 
@@ -114,6 +117,7 @@ class Library:
         entries.append(_Entry(profile, rank))
         self._resolved.clear()
         self._got.clear()
+        self.derived.clear()
         self._auto = None
 
     # -- lookup ------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from typing import Literal
 from lxml import etree
 
 from ..xml.safe import parse, parse_file
-from .errors import ProfileSyntaxError, XMLInputError
+from .errors import ParameterError, ProfileSyntaxError, XMLInputError
 
 __all__ = ["Action", "Choose", "Param", "Profile", "ProfileRef", "Step", "When",
            "check_placeholders", "parse_profiles", "load_profiles", "version_key"]
@@ -87,8 +87,6 @@ class Param:
 
     def convert(self, value: str, profile: str) -> str:
         """Check ``value`` against the type; returns its canonical text."""
-        from .errors import ParameterError
-
         if self.type == "int":
             try:
                 return str(int(value, 0))
@@ -310,9 +308,18 @@ class _Reader:
         tag = node.tag
         if tag in ("add", "remove", "default", "defaults"):
             kind = "default" if tag == "defaults" else tag
-            allowed = ("constraint", "multiple", "count") if kind == "add" else ("constraint",)
+            allowed = ("constraint", "multiple", "count", "type") if kind == "add" \
+                else ("constraint", "type")
             self.only(node, allowed)
             constraint = self.attr(node, "constraint", ("soft", "hard"), "soft")
+            # the design's own examples write type='hard': the same, under its other name
+            spelled = self.attr(node, "type", ("soft", "hard"))
+            if spelled is not None:
+                if "constraint" in node.attrib and spelled != constraint:
+                    raise self.fail(node, f"<{tag}> constraint={constraint!r} and "
+                                          f"type={spelled!r} disagree (type= is another "
+                                          "name for constraint=)")
+                constraint = spelled
             multiple = self.attr(node, "multiple", ("auto", "yes", "no"), "auto")
             count = node.get("count", "1")
             if kind == "add" and "count" in node.attrib and multiple != "yes":

@@ -25,6 +25,8 @@ from lxml import etree
 from ..address import Tunables
 from ..api.connection import Connection, connect
 from ..api.domain import Domain, DomainEventType, DomainLifecycleEvent
+from ..capabilities import CapabilityError, CapabilitySet, HostCaps, merge
+from ..capabilities.live import baseline
 from ..compose import Library, compose
 from ..compose.errors import ComposeError
 from ..errors import (AiovirtError, ArgumentUnsupported, ConnectionClosed, InvalidArgument,
@@ -70,6 +72,44 @@ class _Composed:
     def for_name(self, name: str, placeholder: str) -> str:
         assert self.text is not None
         return self.text.replace(placeholder, escape(name, {'"': "&quot;", "'": "&apos;"}))
+
+
+class _Fleet:
+    """What the hosts of a run can do, for its migratable specs: each host offers its
+    capabilities (per spec) or is absent; once every host has, each migratable spec gets one
+    merged set, made once."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = list(names)
+        self.waiting = set(range(len(names)))
+        self.offered: dict[int, dict[int, HostCaps | str]] = {}   # a string: why not
+        self.ready = anyio.Event()
+        self.sets: dict[int, CapabilitySet | str] = {}
+        self.lock = anyio.Lock()
+
+    def offer(self, host: int, per_spec: dict[int, HostCaps | str]) -> None:
+        if host in self.waiting:
+            self.offered[host] = per_spec
+            self._arrived(host)
+
+    def absent(self, host: int) -> None:
+        self._arrived(host)
+
+    def _arrived(self, host: int) -> None:
+        self.waiting.discard(host)
+        if not self.waiting:
+            self.ready.set()
+
+    def hosts(self, spec: int) -> list[HostCaps]:
+        """The capabilities offered for ``spec``, in host order."""
+        return [caps for _, offer in sorted(self.offered.items())
+                if isinstance(caps := offer.get(spec), HostCaps)]
+
+    def why_none(self, spec: int) -> str:
+        """Why no host offered capabilities for ``spec``."""
+        reasons = [r for _, offer in sorted(self.offered.items())
+                   if isinstance(r := offer.get(spec), str)]
+        return reasons[0] if reasons else "no host could give its capabilities"
 
 
 class _Host:
@@ -145,6 +185,9 @@ class Provisioning:
         self.on_change = on_change
         self.run_id = run_id or _uuid.uuid4().hex[:12]
         self._hosts = [_Host(i, t) for i, t in enumerate(targets)]
+        uris = [h.uri for h in self._hosts]
+        self._fleet = _Fleet([u if uris.count(u) == 1 else f"{u}#{i}"
+                              for i, u in enumerate(uris)])
         self.plan = Plan(self.guests, [h.uri for h in self._hosts],
                          start=[s.start for s in self.specs], placement=placement,
                          on_existing=on_existing, rollback=rollback, overcommit=overcommit,
@@ -266,6 +309,7 @@ class Provisioning:
 
     def _unreachable(self, host: _Host, exc: BaseException) -> None:
         host.conn = None
+        self._fleet.absent(host.index)
         self._feed(self.plan.host_unreachable(host.index, f"{type(exc).__name__}: {exc}"))
 
     def _lose(self, host: _Host, error: BaseException) -> None:
@@ -275,6 +319,7 @@ class Provisioning:
             return
         host.lost = True
         host.error = f"{type(error).__name__}: {error}"
+        self._fleet.absent(host.index)
         for waiter in host.waiters.values():
             waiter.set()
         host.waiters.clear()
@@ -298,6 +343,8 @@ class Provisioning:
         hostname = await conn.hostname()
         names = {d.name for d in await conn.list_domains()}
         host.caps = await conn.capabilities()
+        if any(spec.migratable for spec in self.specs):
+            await self._offer(host)
         concurrency = self.concurrency or conn.max_in_flight * (1 + conn.lanes)
         sizes: dict[int, Size | str] = {}
         for index, spec in enumerate(self.specs):
@@ -336,9 +383,8 @@ class Provisioning:
             if not self.plan.done:
                 self._lose(host, ConnectionClosed("its event stream ended"))
 
-    async def _compose(self, host: _Host, index: int, spec: GuestSpec) -> _Composed:
-        """Compose ``spec`` for ``host``: a first pass says which machine the result is for,
-        whose domain capabilities then feed the real pass."""
+    def _template(self, spec: GuestSpec) -> etree._Element:
+        """The spec's template with the placeholder name."""
         root = parse(spec.template, source="template")
         name = root.find("name")
         if name is None:
@@ -346,12 +392,26 @@ class Provisioning:
         name.text = self._placeholder
         if self.library is None:
             self.library = Library.default()
+        return root
+
+    async def _compose(self, host: _Host, index: int, spec: GuestSpec) -> _Composed:
+        """Compose ``spec`` for ``host``: a first pass says which machine the result is for,
+        whose domain capabilities then feed the real pass (a migratable spec: the fleet's
+        merged capabilities instead of the host's)."""
+        root = self._template(spec)
         library = self.library
         try:
-            first = compose(root, spec.profiles, params=spec.params, caps=host.caps,
-                            library=library, validate=False, record=False)
-            domcaps = await self._domcaps(host, first.tree)
-            result = compose(root, spec.profiles, params=spec.params, caps=host.caps,
+            if spec.migratable:
+                fleet = await self._fleet_set(host, index)
+                if isinstance(fleet, str):
+                    return _Composed(None, error=fleet)
+                caps: str | CapabilitySet | None = fleet
+                domcaps = None
+            else:
+                first = compose(root, spec.profiles, params=spec.params, caps=host.caps,
+                                library=library, validate=False, record=False)
+                caps, domcaps = host.caps, await self._domcaps(host, first.tree)
+            result = compose(root, spec.profiles, params=spec.params, caps=caps,
                              domcaps=domcaps, library=library,
                              address=spec.address if isinstance(spec.address, Tunables)
                              else bool(spec.address))
@@ -365,6 +425,58 @@ class Provisioning:
                              namespace=NAMESPACE, prefix="aiovirt-provision", name="guest")
         memory, vcpus = memory_and_vcpus(tree)
         return _Composed(to_string(tree), memory, vcpus)
+
+    async def _offer(self, host: _Host) -> None:
+        """Offer this host's capabilities for each migratable spec to the fleet (the domain
+        capabilities for the machine a first pass on its own caps chooses), then wait until
+        every host has offered or is out of the run."""
+        offer: dict[int, HostCaps | str] = {}
+        for index, spec in enumerate(self.specs):
+            if not spec.migratable:
+                continue
+            try:
+                first = compose(self._template(spec), spec.profiles, params=spec.params,
+                                caps=host.caps, library=self.library, validate=False,
+                                record=False)
+                offer[index] = HostCaps.parse(self._fleet.names[host.index], host.caps,
+                                              await self._domcaps(host, first.tree))
+            except ConnectionClosed:
+                raise
+            except (ComposeError, AiovirtError) as exc:
+                offer[index] = f"{type(exc).__name__}: {exc}"
+        self._fleet.offer(host.index, offer)
+        await self._fleet.ready.wait()
+
+    async def _fleet_set(self, host: _Host, index: int) -> CapabilitySet | str:
+        """Spec ``index``'s merged set of every host that offered, with libvirt's baseline
+        CPU asked of ``host`` (else the offline one); made once.  A string: why none."""
+        fleet = self._fleet
+        async with fleet.lock:
+            if index in fleet.sets:
+                return fleet.sets[index]
+            try:
+                capset = merge(fleet.hosts(index)) if fleet.hosts(index) else \
+                    fleet.why_none(index)
+            except CapabilityError as exc:
+                capset = f"migratable: {exc}"
+            if isinstance(capset, CapabilitySet) and capset.cpu.model is not None:
+                assert host.conn is not None
+                try:
+                    capset = await baseline(host.conn, capset)
+                except ConnectionClosed:
+                    raise
+                except (LibvirtError, CapabilityError) as exc:
+                    self.report.notes.append(f"spec {index}: libvirt's baseline CPU failed "
+                                             f"on {host.uri} ({exc}); the offline one is used")
+            if isinstance(capset, CapabilitySet):
+                left_out = sum(1 for g in capset.gaps if not g.kept)
+                self.report.notes.append(
+                    f"spec {index} is migratable: composed against what all "
+                    f"{len(capset.hosts)} hosts can do ({', '.join(capset.names)}); "
+                    f"host-model CPU {capset.cpu.model or 'none'} ({capset.cpu.source}); "
+                    f"{left_out} capabilities only some hosts have were left out")
+            fleet.sets[index] = capset
+            return capset
 
     async def _domcaps(self, host: _Host, tree: etree._Element) -> str | None:
         os_type = tree.find("os/type")

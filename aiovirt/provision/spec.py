@@ -72,7 +72,9 @@ class GuestSpec:
     ``{name}-{n}`` for more.  Names are at most ``MAX_NAME_BYTES`` bytes, ``count`` at most
     ``MAX_COUNT``; a spec that breaks a rule raises ``SpecError``.  ``labels`` are stored in
     each guest's metadata (with the run's id), for ``teardown`` to find them by.
-    ``start=False`` only defines.
+    ``start=False`` only defines.  ``migratable=True`` composes against what every
+    reachable host of the run can do (their merged capabilities, with libvirt's baseline
+    CPU) instead of the chosen host's, so that the guest can move between them.
     """
 
     template: str
@@ -84,6 +86,7 @@ class GuestSpec:
     address: Tunables | bool = True
     start: bool = True
     labels: Mapping[str, str] = field(default_factory=dict)
+    migratable: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.template, str) or not self.template.strip():
@@ -102,6 +105,8 @@ class GuestSpec:
                                  "more")
         if self.name is not None:
             _check_pattern(self.name, self.count)
+        if not isinstance(self.migratable, bool):
+            raise ProvisionError(f"migratable {excerpt(self.migratable)}: give True or False")
         for key, value in {**self.params, **self.labels}.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise ProvisionError(f"params and labels map names to strings: "
@@ -153,6 +158,8 @@ class GuestSpec:
             data["start"] = False
         if self.labels:
             data["labels"] = dict(self.labels)
+        if self.migratable:
+            data["migratable"] = True
         return data
 
     @classmethod
@@ -187,6 +194,8 @@ class GuestSpec:
             if key in values and (not isinstance(values[key], int) or
                                   isinstance(values[key], bool)):
                 raise ProvisionError(f"guest spec: {key} is a whole number")
+        if not isinstance(values.get("migratable", False), bool):
+            raise ProvisionError("guest spec: migratable is true or false")
         try:
             return cls(**values)
         except TypeError as exc:

@@ -93,7 +93,7 @@ def _compose(given: ComposeInput, library: Library) -> Response:
         result = compose(given.domain, given.profiles, params=given.params, caps=given.caps,
                          domcaps=given.domcaps, library=library, validate=given.validate,
                          upgrade=given.upgrade, record=given.record, address=given.address,
-                         source=given.source)
+                         input_wins=given.input_wins, source=given.source)
     except (ComposeError, AddressError, ValueError) as exc:
         raise compose_error(exc) from None
     body = {"xml": result.xml, "explain": result.explain(), **result.to_dict()}

@@ -145,6 +145,7 @@ class ComposeInput:
     validate: bool | None = None
     upgrade: bool = False
     record: bool = True
+    input_wins: bool = False
 
 
 def query_tunables(request: Request) -> Tunables:
@@ -173,10 +174,11 @@ async def compose_input(request: Request) -> ComposeInput:
                             params, address=query_tunables(request) if request.flag("address")
                             else False, validate=request.flag("validate", None),
                             upgrade=bool(request.flag("upgrade")),
-                            record=bool(request.flag("record", True)))
+                            record=bool(request.flag("record", True)),
+                            input_wins=bool(request.flag("input_wins")))
     data = await request.json_object()
     _only(data, ("domain", "profiles", "params", "caps", "domcaps", "address", "validate",
-                 "upgrade", "record"), "request body")
+                 "upgrade", "record", "input_wins"), "request body")
     if "domain" not in data:
         raise HTTPError(422, "request body: the field 'domain' (the domain XML) is missing")
     address = data.get("address", False)
@@ -192,7 +194,8 @@ async def compose_input(request: Request) -> ComposeInput:
         else None, address=address,
         validate=None if validate is None else _bool(validate, "validate"),
         upgrade=_bool(data.get("upgrade", False), "upgrade"),
-        record=_bool(data.get("record", True), "record"))
+        record=_bool(data.get("record", True), "record"),
+        input_wins=_bool(data.get("input_wins", False), "input_wins"))
 
 
 # -- jobs and teardown --------------------------------------------------------------------------

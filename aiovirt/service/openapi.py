@@ -69,6 +69,8 @@ _COMPOSE_QUERY = [
     _query("validate", _BOOL, "validate against libvirt's schema (default: when installed)"),
     _query("upgrade", _BOOL, "use the newest profile versions"),
     _query("record", _BOOL, "record the applied profiles in the metadata (default true)"),
+    _query("input_wins", _BOOL, "aiovirt 0.1's rules: the input outranks profiles below "
+                                "priority 99 (default false: profiles act on its values)"),
 ]
 _TUNABLE_QUERY = [
     _query("reserve", {"type": "integer", "minimum": 0}, "free hot-pluggable places to keep"),
@@ -114,7 +116,9 @@ _SCHEMAS: dict[str, Any] = {
         "caps": {"type": "string", "description": "host capabilities XML"},
         "domcaps": {"type": "string", "description": "domain capabilities XML"},
         "address": {"oneOf": [_BOOL, _ref("Tunables")]},
-        "validate": {"type": ["boolean", "null"]}, "upgrade": _BOOL, "record": _BOOL}},
+        "validate": {"type": ["boolean", "null"]}, "upgrade": _BOOL, "record": _BOOL,
+        "input_wins": {"type": "boolean", "description": "aiovirt 0.1's rules: the input "
+                       "outranks profiles below priority 99 (default false)"}}},
     "ComposeResult": {"type": "object", "required": ["xml", "explain"], "properties": {
         "xml": _STR, "explain": {"type": "string", "description": "the report as text"},
         "applied": {"type": "array", "items": {"type": "object"}},

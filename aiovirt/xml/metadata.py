@@ -14,6 +14,21 @@ name when it is a valid one, else an ``item`` element with a ``key`` attribute.
 
 ``read``/``write`` do the same on a domain XML tree; ``Domain.read_metadata`` and
 ``Domain.write_metadata`` on a live domain through libvirt's metadata calls.
+
+Per-device data is bound to a device by its user alias (``ua-…``, see
+``aiovirt.compose.aliases``), all devices in one element of ``DEVICES_NAMESPACE``:
+
+    <metadata>
+      <aiovirt-devices:devices xmlns:aiovirt-devices="https://aiovirt.org/xmlns/devices/1">
+        <device alias="ua-disk-vda" type="dict"><volume>3f0c…</volume></device>
+        <device alias="ua-net-default" type="dict"><displayNetwork>ops</displayNetwork></device>
+      </aiovirt-devices:devices>
+    </metadata>
+
+``read_device``/``write_device``/``device_entries``/``remove_device``/``prune_devices`` work
+on a domain tree; ``Domain.read_device_metadata`` and friends on a live domain.  Aliases are
+the key because libvirt keeps user aliases through define, hotplug and migration and QEMU
+uses them as device ids, while addresses and positions may change.
 """
 
 from __future__ import annotations
@@ -25,9 +40,16 @@ from typing import Any
 
 from lxml import etree
 
+from ..errors import AiovirtError
 from .safe import parse, to_string
 
-__all__ = ["dumps", "from_element", "loads", "read", "same", "to_element", "write"]
+__all__ = ["DEVICES_NAMESPACE", "DEVICES_PREFIX", "UnknownDevice", "device_entries",
+           "devices_from_xml", "devices_to_xml", "dumps", "find_device", "from_element",
+           "is_user_alias", "loads", "prune_devices", "read", "read_device", "remove_device",
+           "same", "to_element", "write", "write_device"]
+
+DEVICES_NAMESPACE = "https://aiovirt.org/xmlns/devices/1"
+DEVICES_PREFIX = "aiovirt-devices"
 
 _XML_TEXT = re.compile("[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*")
 _NCNAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
@@ -219,3 +241,161 @@ def same(a: Any, b: Any) -> bool:
     if isinstance(a, dict):
         return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
     return bool(a == b)
+
+
+# -- per-device metadata, keyed by user alias --------------------------------------------------
+_USER_ALIAS = re.compile(r"ua-[A-Za-z0-9_-]*")
+
+
+class UnknownDevice(AiovirtError, LookupError):
+    """No device with that alias in the domain (or an alias that cannot name one)."""
+
+
+def is_user_alias(alias: str | None) -> bool:
+    """Whether libvirt keeps ``alias`` through define: ``ua-`` then only ``[A-Za-z0-9_-]``
+    (libvirt 9.0's ``USER_ALIAS_CHARS``; other aliases are dropped silently)."""
+    return alias is not None and bool(_USER_ALIAS.fullmatch(alias))
+
+
+def find_device(domain: etree._Element, alias: str) -> etree._Element | None:
+    """The device element of a domain tree whose ``<alias name>`` is ``alias``."""
+    devices = domain.find("devices")
+    if devices is None:
+        return None
+    for element in devices:
+        if isinstance(element.tag, str):
+            node = element.find("alias")
+            if node is not None and node.get("name") == alias:
+                return element
+    return None
+
+
+def _aliases(domain: etree._Element) -> list[str]:
+    """Every device alias of a domain tree, in document order."""
+    return [node.get("name", "") for node in domain.iterfind("devices/*/alias")]
+
+
+def _check_alias(alias: str) -> None:
+    if not isinstance(alias, str) or not is_user_alias(alias):
+        raise UnknownDevice(f"device metadata: {alias!r} is not a user alias (ua- followed by "
+                            "letters, digits, '_' or '-'); only those survive define")
+
+
+def _devices_element(domain: etree._Element, namespace: str) -> etree._Element | None:
+    metadata = domain.find("metadata")
+    if metadata is not None:
+        for child in metadata:
+            if isinstance(child.tag, str) and etree.QName(child).namespace == namespace:
+                return child
+    return None
+
+
+def _entries(element: etree._Element | None) -> dict[str, etree._Element]:
+    found: dict[str, etree._Element] = {}
+    if element is None:
+        return found
+    for child in element:
+        if isinstance(child.tag, str) and etree.QName(child).localname == "device":
+            alias = child.get("alias")
+            if alias is None:
+                raise ValueError(f"device metadata (line {child.sourceline}): <device> "
+                                 "without an alias attribute")
+            found[alias] = child
+    return found
+
+
+def _entry(alias: str, value: Any) -> etree._Element:
+    element = etree.Element("device", alias=alias)
+    _encode(element, value, f"device {alias}", 0)
+    return element
+
+
+def devices_from_xml(text: str | bytes | etree._Element | None) -> dict[str, Any]:
+    """alias -> value from a device-metadata element (as libvirt's metadata call returns it;
+    None or empty gives ``{}``)."""
+    if text is None or (not isinstance(text, etree._Element) and not text.strip()):
+        return {}
+    element = text if isinstance(text, etree._Element) else parse(text, source="metadata")
+    return {alias: _decode(child, f"device {alias}")
+            for alias, child in _entries(element).items()}
+
+
+def devices_to_xml(entries: dict[str, Any], *, namespace: str | None = None,
+                   prefix: str = DEVICES_PREFIX) -> str:
+    """The device-metadata element for ``entries`` (alias -> value); ``namespace=None``
+    gives the bare element ``virDomainSetMetadata`` wants."""
+    for alias in entries:
+        _check_alias(alias)
+    if namespace is None:
+        root = etree.Element("devices")
+    else:
+        root = etree.Element(f"{{{namespace}}}devices", nsmap={prefix: namespace})
+    for alias, value in entries.items():
+        root.append(_entry(alias, value))
+    return to_string(root, pretty=False)
+
+
+def read_device(domain: etree._Element, alias: str, default: Any = None, *,
+                namespace: str = DEVICES_NAMESPACE) -> Any:
+    """The value bound to the device ``alias`` in a domain tree (``default`` if none)."""
+    entry = _entries(_devices_element(domain, namespace)).get(alias)
+    return default if entry is None else _decode(entry, f"device {alias}")
+
+
+def device_entries(domain: etree._Element, *,
+                   namespace: str = DEVICES_NAMESPACE) -> dict[str, Any]:
+    """Every alias -> value bound in a domain tree (also aliases whose device is gone)."""
+    return devices_from_xml(_devices_element(domain, namespace))
+
+
+def write_device(domain: etree._Element, alias: str, value: Any, *,
+                 namespace: str = DEVICES_NAMESPACE, prefix: str = DEVICES_PREFIX,
+                 check: bool = True) -> None:
+    """Bind ``value`` to the device ``alias`` in a domain tree (replacing what was bound).
+
+    ``check``: the domain must have a device with that alias (``UnknownDevice`` otherwise;
+    turn it off to bind data before the device is plugged)."""
+    _check_alias(alias)
+    if check and find_device(domain, alias) is None:
+        known = [a for a in _aliases(domain) if is_user_alias(a)]
+        raise UnknownDevice(f"no device with alias {alias!r} in the domain (user aliases: "
+                            f"{', '.join(known) or 'none'})")
+    entry = _entry(alias, value)   # before any change: a bad value leaves the tree alone
+    element = _devices_element(domain, namespace)
+    if element is None:
+        metadata = domain.find("metadata")
+        if metadata is None:
+            metadata = etree.SubElement(domain, "metadata")
+        element = etree.SubElement(metadata, f"{{{namespace}}}devices",
+                                   nsmap={prefix: namespace})
+    old = _entries(element).get(alias)
+    if old is not None:
+        old.addnext(entry)
+        element.remove(old)
+    else:
+        element.append(entry)
+
+
+def remove_device(domain: etree._Element, alias: str, *,
+                  namespace: str = DEVICES_NAMESPACE) -> bool:
+    """Forget what is bound to ``alias`` in a domain tree; whether anything was."""
+    element = _devices_element(domain, namespace)
+    entry = _entries(element).get(alias)
+    if entry is None or element is None:
+        return False
+    element.remove(entry)
+    if not len(element):
+        parent = element.getparent()
+        if parent is not None:
+            parent.remove(element)
+    return True
+
+
+def prune_devices(domain: etree._Element, *,
+                  namespace: str = DEVICES_NAMESPACE) -> list[str]:
+    """Forget the bindings of aliases no device of the tree has; the aliases forgotten."""
+    gone = [alias for alias in _entries(_devices_element(domain, namespace))
+            if find_device(domain, alias) is None]
+    for alias in gone:
+        remove_device(domain, alias, namespace=namespace)
+    return gone
