@@ -28,7 +28,7 @@ import os
 import re
 import ssl
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,12 +165,17 @@ class _TLSWire(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
         self._ssl = context.wrap_bio(self._in, self._out, server_hostname=host)
+        # the C object behind ``ssl.SSLObject`` (same read/write, one Python call less per
+        # record); the wrapper itself if a Python version ever lacks it
+        self._records: Any = getattr(self._ssl, "_sslobj", self._ssl)
         self._raw: asyncio.Transport | None = None
         self._app: asyncio.Protocol | None = None
         self._cutter = _PacketCutter()
         self.handshake: asyncio.Future[None] = loop.create_future()
         self.status: asyncio.Future[bytes] = loop.create_future()
         self._early = bytearray()     # plaintext after the status byte, before the app
+        self._buffer = bytearray(_BUFFER_KEEP)   # what one read decrypts
+        self._view = memoryview(self._buffer)
         self._ended: tuple[Exception | None] | None = None
         self._error: Exception | None = None   # a TLS error that ended the connection
 
@@ -200,15 +205,21 @@ class _TLSWire(asyncio.Protocol):
             self._shake()
             if not self.handshake.done() or self.handshake.exception() is not None:
                 return
-        chunks: list[bytes] = []
         closed = False
         # Read while bytes are left in the BIO: SSL reads exactly one record at a time, so
         # it empties when the last whole record is read, and the "want read" answer (an
-        # exception, costly) comes only when a record is still incomplete.
-        incoming, read = self._in, self._ssl.read
+        # exception, costly) comes only when a record is still incomplete.  Records are
+        # decrypted side by side into one buffer (no bytes object per record).
+        incoming, read = self._in, self._records.read
+        buffer, view = self._buffer, self._view
+        used = 0
         while incoming.pending:
+            if len(buffer) - used < _RECORD_MAX:   # a big read: a buffer twice the size
+                grown = bytearray(2 * len(buffer))
+                grown[:used] = view[:used]
+                buffer, view = self._buffer, self._view = grown, memoryview(grown)
             try:
-                chunk = read(_RECORD_MAX)
+                count = read(_RECORD_MAX, view[used:])
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
@@ -217,12 +228,15 @@ class _TLSWire(asyncio.Protocol):
             except ssl.SSLError as exc:
                 self._fail(exc)
                 return
-            if not chunk:
+            if not count:
                 closed = True
                 break
-            chunks.append(chunk)
+            used += count
         self._flush()   # TLS 1.3 may answer on its own (key updates)
-        plain = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        plain = bytes(view[:used])
+        if len(buffer) > _BUFFER_KEEP:   # a burst grew it: give the memory back
+            self._buffer = bytearray(_BUFFER_KEEP)
+            self._view = memoryview(self._buffer)
         if plain and not self.status.done():
             self.status.set_result(plain[:1])
             plain = plain[1:]
@@ -278,9 +292,18 @@ class _TLSWire(asyncio.Protocol):
             app.connection_lost(self._ended[0])
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        sslobj = self._ssl
-        for piece in self._cutter.cut(data):
-            sslobj.write(piece)
+        self.writelines((data,))
+
+    def writelines(self, pieces: Iterable[bytes | bytearray | memoryview]) -> None:
+        """Encrypt ``pieces`` (one record per libvirt packet) and send them in one go.  A
+        piece that is exactly one packet is encrypted as it is; anything else is cut."""
+        write, cutter = self._records.write, self._cutter
+        for data in pieces:
+            if cutter.idle and len(data) >= 4 and _LENGTH.unpack_from(data)[0] == len(data):
+                write(data)
+            else:
+                for piece in cutter.cut(data):
+                    write(piece)
         self._flush()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -318,6 +341,7 @@ class _TLSWire(asyncio.Protocol):
 
 _LENGTH = struct.Struct(">I")
 _RECORD_MAX = 16384 + 256   # a TLS record's plaintext is at most 2**14 bytes
+_BUFFER_KEEP = 4 * _RECORD_MAX   # the decryption buffer kept between reads
 
 
 class _PacketCutter:
@@ -330,6 +354,11 @@ class _PacketCutter:
     def __init__(self) -> None:
         self._left = 0                 # bytes of the current packet still to come
         self._length = bytearray()     # a length word being collected
+
+    @property
+    def idle(self) -> bool:
+        """Between packets: the next byte written starts a packet."""
+        return self._left == 0 and not self._length
 
     def cut(self, data: bytes | bytearray | memoryview) -> list[memoryview]:
         view = memoryview(data).cast("B")

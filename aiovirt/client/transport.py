@@ -181,7 +181,10 @@ class AsyncioTransport(asyncio.Protocol):
     def _flush(self) -> None:
         pending, self._pending = self._pending, None
         if pending and self._transport is not None and not self._transport.is_closing():
-            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+            if len(pending) == 1:
+                self._transport.write(pending[0])
+            else:   # our TLS layer encrypts each packet as it is; sockets join them
+                self._transport.writelines(pending)
 
     def close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
