@@ -213,7 +213,10 @@ async def test_libvirts_baseline_and_the_offline_one_agree_on_one_model(daemon, 
 
 async def test_hosts_of_different_models_offline_finds_none_libvirt_finds_one(daemon, real):
     model = real.domcaps.findtext(f"{HOST_MODEL}/model")
-    other = next(m for m in ("EPYC-Rome", "Skylake-Client") if m != model)
+    # another model of the host's own vendor (libvirt refuses a model of another vendor)
+    vendor = real.domcaps.findtext(f"{HOST_MODEL}/vendor")
+    choices = ("EPYC-Rome", "EPYC") if vendor == "AMD" else ("Skylake-Client", "Broadwell")
+    other = next(m for m in choices if m != model)
     renamed = derive(real, "renamed")
     renamed.domcaps.find(f"{HOST_MODEL}/model").text = other
     offline = merge([real, renamed])

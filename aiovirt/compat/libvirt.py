@@ -97,19 +97,26 @@ def _hop_drain() -> None:
         items = _hop_queue[:]
         _hop_queue.clear()
         _hop_scheduled = False
-    loop = asyncio.get_running_loop()
+    create_task = asyncio.get_running_loop().create_task
     for coro, slot in items:
-        loop.create_task(coro).add_done_callback(lambda task, slot=slot: _hop_done(task, slot))
+        create_task(_hop_call(coro, slot))
 
 
-def _hop_done(task: asyncio.Task[Any], slot: _Slot) -> None:
-    if task.cancelled():
+async def _hop_call(coro: Coroutine[Any, Any, Any], slot: _Slot) -> None:
+    """On the loop: run one caller's coroutine and hand its outcome to the waiting thread
+    (inside the task: no done-callback pass of the loop per call)."""
+    try:
+        slot.value = await coro
+    except asyncio.CancelledError:
         slot.error = libvirtError("the call was cancelled (the event loop is stopping)")
-    else:
-        slot.error = task.exception()
-        if slot.error is None:
-            slot.value = task.result()
-    slot.done.release()
+        raise
+    except Exception as exc:   # noqa: BLE001 - raised again on the caller's thread
+        slot.error = exc
+    except BaseException as exc:
+        slot.error = exc
+        raise
+    finally:
+        slot.done.release()
 
 
 def _run(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -120,24 +127,35 @@ def _run(coro: Coroutine[Any, Any, Any]) -> Any:
         coro.close()
         raise RuntimeError("a blocking aiovirt.compat.libvirt call on its own event-loop "
                            "thread (from a callback run without an event implementation?)")
-    slot = _Slot()
+    # one slot per thread, reused: a thread waits for one call at a time
+    slot = getattr(_local, "slot", None)
+    if slot is None:
+        slot = _local.slot = _Slot()
     with _hop_mutex:
         _hop_queue.append((coro, slot))
         wake = not _hop_scheduled
         _hop_scheduled = True
     if wake:
         loop.call_soon_threadsafe(_hop_drain)
-    slot.done.acquire()
     try:
-        if slot.error is not None:
-            raise slot.error
-        return slot.value
+        slot.done.acquire()
+    except BaseException:
+        _local.slot = None   # interrupted (KeyboardInterrupt): the loop still owns it
+        raise
+    value, error = slot.value, slot.error
+    slot.value = slot.error = None
+    if error is None:
+        return value
+    try:
+        raise error
     except libvirtError as exc:
         _local.last_error = exc.err
         if _error_handler is not None:
             handler, ctx = _error_handler
             handler(ctx, exc.err)
         raise
+    finally:
+        del error
 
 
 # -- wrapping ---------------------------------------------------------------------------------
