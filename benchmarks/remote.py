@@ -21,13 +21,14 @@ clients are given the very same URI, so the same transport:
 Cases (the loop rotates who goes first each round, as run.py does, whose helpers this uses):
 
 * ``tiny``: getLibVersion at concurrency 16.  aiovirt: 16 tasks on one connection (default:
-  main socket + up to 4 lanes; also shown: lanes=0, one socket, and lanes=0 with
-  max_in_flight=16, i.e. all 16 calls written to the socket at once as libvirt-python's
-  threads do, instead of the daemon's max_client_requests of 5); libvirt-python: 16 threads
-  sharing one virConnect.  The verdicts compare aiovirt's defaults.
+  main socket + up to 4 lanes, quick calls written ahead up to pipeline_depth 32; also
+  shown: lanes=0, one socket, and lanes=0 with pipeline_depth=5, i.e. never more on the
+  socket than the daemon's max_client_requests); libvirt-python: 16 threads sharing one
+  virConnect (its threads write every call at once).  The verdicts compare aiovirt's
+  defaults.
 * ``define``: defineXML + create of N test-driver domains by 16 workers on one connection, a
   fresh private host (benchmarks/node.xml) per round, as run.py's ``define`` (there aiovirt
-  keeps to one socket; also shown with max_in_flight=16).
+  keeps to one socket; also shown with pipeline_depth=5).
 
 Per round: wall time, this process's CPU (``time.process_time``, all threads), libvirtd's CPU,
 and for SSH the CPU of this process's ``ssh`` children (the tunnel processes: NOT included in
@@ -278,10 +279,10 @@ async def case_tiny(transport: str, uri: str, meter: RemoteMeter, rounds: int,
                 conn.getLibVersion()
         return in_thread(lambda m: run_threads(conc, work, m))
 
-    names = ("aiovirt", "aiovirt lanes=0 (1 socket)", "aiovirt lanes=0 max_in_flight=16",
+    names = ("aiovirt", "aiovirt lanes=0 (1 socket)", "aiovirt lanes=0 pipeline_depth=5",
              f"libvirt-python {conc} thr, 1 conn")
     async with aiovirt.connect(uri) as conn, aiovirt.connect(uri, lanes=0) as single, \
-            aiovirt.connect(uri, lanes=0, max_in_flight=conc) as deep:
+            aiovirt.connect(uri, lanes=0, pipeline_depth=5) as deep:
         shared = await lv_open(uri)
         try:
             variants = {names[0]: av(conn), names[1]: av(single), names[2]: av(deep),
@@ -335,9 +336,9 @@ async def case_define(transport: str, uri: str, meter: RemoteMeter, rounds: int,
             conn.close()
 
     async def av_deep(m: Meter) -> Sample:
-        return await av(m, max_in_flight=workers)
+        return await av(m, pipeline_depth=5)
 
-    names = ("aiovirt", f"aiovirt max_in_flight={workers}", f"libvirt-python {workers} thr, 1 conn")
+    names = ("aiovirt", "aiovirt pipeline_depth=5", f"libvirt-python {workers} thr, 1 conn")
     res = await interleave(rounds, {names[0]: av, names[1]: av_deep, names[2]: in_thread(lv)},
                            meter)
     report("define", transport, res, count, "domain", names[0], names[2],

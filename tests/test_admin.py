@@ -161,7 +161,8 @@ def test_conf_values_the_daemon_would_reject(text):
 async def test_connect_sizes_its_in_flight_cap_to_the_daemons_setting(tmp_path):
     """With no ``max_in_flight``, a local connection takes the daemon's own
     max_client_requests (here 11, not the default 5); an explicit value wins; over TCP the
-    setting cannot be read: twice libvirt's default, pipelined (REMOTE_PIPELINE)."""
+    setting cannot be read: libvirt's default.  Either way quick calls are written ahead up
+    to the pipeline depth."""
     from aiovirt.client.connection import connect
     with PrivateDaemon(tmp_path / "d", max_client_requests=11) as daemon:
         async with connect(daemon.uri()) as conn:
@@ -173,7 +174,8 @@ async def test_connect_sizes_its_in_flight_cap_to_the_daemons_setting(tmp_path):
         async with connect(daemon.uri(), max_in_flight=3) as conn:
             assert conn.max_in_flight == 3
         async with connect(daemon.uri(transport="tcp")) as conn:
-            assert conn.max_in_flight == 20
+            assert conn.max_in_flight == 5
+            assert conn.channels[0].protocol.pipeline_depth == 32
             results = await asyncio.gather(*(conn.rpc.connect_get_lib_version()
                                              for _ in range(40)))
             assert len(results) == 40

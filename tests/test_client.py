@@ -115,21 +115,28 @@ async def test_500_concurrent_calls_reach_the_right_caller(daemon):
             await dom.undefine()
 
 
-async def test_in_flight_is_capped(daemon):
-    async with aiovirt.connect(daemon.uri(), max_in_flight=3) as conn:
+@pytest.mark.parametrize(("max_in_flight", "pipeline_depth"), [(3, 3), (3, 8)])
+async def test_calls_on_the_wire_stay_within_the_pipeline_depth(daemon, max_in_flight,
+                                                                 pipeline_depth):
+    """100 quick calls at once: the socket holds at most ``pipeline_depth`` of them (the
+    daemon reads the ones beyond its max_client_requests as it finishes others), and every
+    caller gets its answer."""
+    async with aiovirt.connect(daemon.uri(), max_in_flight=max_in_flight,
+                               pipeline_depth=pipeline_depth, lanes=0) as conn:
         peak = 0
         channel = conn.channels[0]
 
         async def one() -> None:
             nonlocal peak
             peak = max(peak, channel.in_flight)
-            await conn.get_lib_version()
+            assert await conn.get_lib_version() > 0
             peak = max(peak, channel.in_flight)
 
         async with anyio.create_task_group() as tg:
             for _ in range(100):
                 tg.start_soon(one)
-        assert peak == 3
+        assert peak == pipeline_depth
+        assert channel.in_flight == 0
 
 
 async def test_cancelled_call_leaves_connection_usable(daemon):

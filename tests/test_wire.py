@@ -129,6 +129,48 @@ def test_calls_beyond_the_cap_queue_in_order_and_leave_as_replies_free_slots():
     assert packet is not None and proto.pending == 2
 
 
+def test_quick_calls_are_written_ahead_up_to_the_depth_while_no_slow_call_is_out():
+    """Beyond max_in_flight, quick calls still go on the wire (up to pipeline_depth): the
+    daemon finds them waiting.  A slow call on the wire stops that until its reply, and a
+    slow call itself is never written ahead."""
+    save = remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SAVE]
+    slow = {save.number}
+    proto = ClientProtocol(max_in_flight=2, pipeline_depth=4, slow=slow)
+    sent = [proto.call(LIBVER) for _ in range(5)]
+    assert [packet is not None for _, packet in sent] == [True, True, True, True, False]
+    assert (proto.pending, proto.queued, proto.writes_now) == (4, 1, False)
+    for serial, _ in sent[:4]:
+        proto.receive_data(reply(serial, LIBVER, remote.ConnectGetLibVersionRet(1)))
+    assert [m.serial for m in FrameDecoder().feed(proto.data_to_send())] == [sent[4][0]]
+    proto.receive_data(reply(sent[4][0], LIBVER, remote.ConnectGetLibVersionRet(1)))
+    assert proto.writes_now and proto.pending == 0
+
+    dom = remote.NonnullDomain("d", b"\0" * 16, 1)
+    slow_serial, packet = proto.call(save, remote.DomainSaveArgs(dom, "/tmp/x"))
+    assert packet is not None
+    quick = [proto.call(LIBVER) for _ in range(3)]
+    # one more fits under max_in_flight; none is written ahead behind the save
+    assert [packet is not None for _, packet in quick] == [True, False, False]
+    assert not proto.writes_now
+    proto.receive_data(reply(quick[0][0], LIBVER, remote.ConnectGetLibVersionRet(1)))
+    assert [m.serial for m in FrameDecoder().feed(proto.data_to_send())] == [quick[1][0]]
+    # the save's reply (even abandoned) ends the hold: the rest goes out ahead
+    proto.cancel(slow_serial)
+    proto.receive_data(reply(slow_serial, save, None))
+    assert [m.serial for m in FrameDecoder().feed(proto.data_to_send())] == [quick[2][0]]
+    assert proto.writes_now
+    # with room only under max_in_flight a slow call waits as anything would
+    filler = [proto.call(LIBVER) for _ in range(2)]
+    assert proto.pending == 4
+    _, packet = proto.call(save, remote.DomainSaveArgs(dom, "/tmp/y"))
+    assert packet is None and proto.queued == 1
+
+
+def test_pipeline_depth_below_max_in_flight_is_refused():
+    with pytest.raises(ValueError, match="pipeline_depth"):
+        ClientProtocol(max_in_flight=5, pipeline_depth=4)
+
+
 def test_unencodable_arguments_take_no_serial_and_no_slot():
     proto = ClientProtocol(max_in_flight=1)
     with pytest.raises(EncodeError, match="domain_lookup_by_name"):

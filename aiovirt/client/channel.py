@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import Any, Protocol
 
 import anyio
@@ -63,11 +63,13 @@ class Channel:
 
     def __init__(self, transport: Transport, *, max_in_flight: int,
                  on_event: Callable[[EventMessage], None], name: str = "main",
+                 pipeline_depth: int | None = None, slow: Container[int] = (),
                  on_closed: Callable[[BaseException], None] | None = None,
                  batch_window: float = 0.0) -> None:
         self.name = name
         self.transport = transport
-        self.protocol = ClientProtocol(max_in_flight=max_in_flight)
+        self.protocol = ClientProtocol(max_in_flight=max_in_flight,
+                                       pipeline_depth=pipeline_depth, slow=slow)
         self.max_in_flight = max_in_flight
         self._waiters: dict[int, Any] = {}   # serial -> the caller's reply slot
         self._new_waiter = waiter_factory()
@@ -103,8 +105,9 @@ class Channel:
         return self.protocol.load
 
     async def call(self, procedure: ProcedureInfo, args: Any = None) -> Any:
-        """Send one call and wait for its reply; beyond ``max_in_flight`` calls wait their
-        turn in FIFO order.  Cancelling it at any point leaves the channel fully usable."""
+        """Send one call and wait for its reply; calls the protocol has no room for on the
+        wire wait their turn in FIFO order.  Cancelling it at any point leaves the channel
+        fully usable."""
         serial, waiter = self._send(procedure, args)
         try:
             return await waiter
@@ -114,8 +117,8 @@ class Channel:
 
     def _abandon(self, serial: int) -> None:
         """The caller of ``serial`` left (cancelled): a queued call is dropped unsent; one on
-        the wire keeps its slot until the late reply is read, so the server never holds
-        more than max_in_flight of ours."""
+        the wire keeps its slot until the late reply is read, so the wire never holds more
+        of ours than the protocol allows."""
         if self._waiters.pop(serial, None) is not None:
             self.protocol.cancel(serial)
 

@@ -56,9 +56,10 @@ _SLOW_PREFIXES = (
 SLOW_PROCEDURES: frozenset[str] = frozenset(
     p.name for p in remote.PROCEDURES.values() if p.name.startswith(_SLOW_PREFIXES))
 
-# Over a network or a tunnel, the default in-flight cap is this many times libvirt's default
-# max_client_requests (see RpcConnection._in_flight_for).
-REMOTE_PIPELINE = 4
+# Calls written to one socket at most (while none of them is slow): beyond the daemon's
+# max_client_requests they wait unread in its socket, so it never idles waiting for our next
+# call.  32 is where the daemon's and our CPU per call stop falling (benchmarks/README.md).
+DEFAULT_PIPELINE_DEPTH = 32
 
 
 def _timed_out(procedure: ProcedureInfo, timeout: float) -> CallTimeout:
@@ -105,6 +106,7 @@ two.
 
     def __init__(self, uri: ConnectionURI, *, max_in_flight: int | None, lanes: int,
                  keepalive: tuple[float, int] | None, readonly: bool,
+                 pipeline_depth: int | None = None,
                  slow_procedures: frozenset[str], native: bool = True,
                  dialer: Dialer = dial, call_timeout: float | None = None,
                  reconnect: Reconnect | None = None, auth: Any = None,
@@ -121,6 +123,7 @@ two.
         # socket), else libvirt's default; read again on every reconnection
         self.max_in_flight = max_in_flight or DEFAULT_MAX_CLIENT_REQUESTS
         self._learn_in_flight = max_in_flight is None
+        self.pipeline_depth = pipeline_depth or DEFAULT_PIPELINE_DEPTH
         # The test driver with a node file gives every socket its own private state: a lane
         # would not see the main socket's objects, so such connections use one socket.
         self.lanes = 0 if uri.driver == "test" and uri.path not in ("/default", "") else lanes
@@ -164,7 +167,8 @@ two.
         if name == "main" and self._learn_in_flight:
             self.max_in_flight = self._in_flight_for(transport)
         channel = Channel(transport, max_in_flight=self.max_in_flight, on_event=self._dispatch,
-                          name=name,
+                          name=name, slow=self.slow_procedures,
+                          pipeline_depth=max(self.pipeline_depth, self.max_in_flight),
                           on_closed=self._main_lost if name == "main" else None,
                           batch_window=self.event_batch_window)
         main = self._main
@@ -192,14 +196,11 @@ two.
         return channel
 
     def _in_flight_for(self, transport: Transport) -> int:
-        """The in-flight cap when the caller set none.  Locally, the daemon's own
-        max_client_requests where it can be read (else libvirt's default): a reply makes room
-        for the next call at no cost.  Across a network or a tunnel, ``REMOTE_PIPELINE``
-        times libvirt's default: libvirtd serves its share at once and leaves the rest
-        unread in its socket, so the next call is already there when a slot frees instead
-        of a round trip later."""
+        """What the daemon works on at once when the caller did not say: its own
+        max_client_requests where it can be read (a local UNIX socket), else libvirt's
+        default."""
         if self.uri.transport != "unix":
-            return REMOTE_PIPELINE * DEFAULT_MAX_CLIENT_REQUESTS
+            return DEFAULT_MAX_CLIENT_REQUESTS
         sock = transport.raw_socket
         limit = read_max_client_requests(sock) if sock is not None else None
         return max(1, limit or DEFAULT_MAX_CLIENT_REQUESTS)
@@ -329,7 +330,7 @@ two.
         with anyio.move_on_after(2, shield=True):
             async with anyio.create_task_group() as group:
                 for channel in channels:
-                    if channel.closed is None and channel.load < channel.max_in_flight:
+                    if channel.closed is None and channel.protocol.writes_now:
                         group.start_soon(say_goodbye, channel)
         for channel in channels:
             channel.fail(ConnectionClosed("the connection was closed"))
@@ -431,7 +432,7 @@ two.
         if lane or (procedure.number in self.slow_procedures and
                     procedure.program == remote.PROGRAM):
             return None
-        if main.protocol.load < main.max_in_flight:   # (Channel.load, one property less)
+        if main.protocol.writes_now:
             return main
         return self._quick_overflow()
 
@@ -514,9 +515,9 @@ two.
             if channel.closed is not None:
                 continue
             lanes += 1
-            load = channel.protocol.load
-            if load < channel.max_in_flight and (best is None or load < best_load):
-                best, best_load = channel, load
+            protocol = channel.protocol
+            if protocol.writes_now and (best is None or protocol.pending < best_load):
+                best, best_load = channel, protocol.pending
         if best is not None:
             return best
         if (lanes < self.lanes and not self._spare_opening
@@ -575,13 +576,18 @@ C = TypeVar("C", bound=RpcConnection)
 class connect(Generic[C]):  # noqa: N801 - reads as a function: ``await connect(uri)`` / ``async with``
     """Open a connection to ``uri``: ``conn = await connect(uri)`` or ``async with connect(uri)``.
 
-    ``max_in_flight``: calls on the wire per socket; more wait in FIFO order (a queued call
-    can still be cancelled unsent).  None (the default): over a local UNIX socket the
-    daemon's own ``max_client_requests``, read from the configuration it runs with when we
-    may inspect it (see ``aiovirt.client.limits``), else libvirt's default of 5; over
-    tcp/tls/ssh/ext four times that default (``REMOTE_PIPELINE``), so the daemon finds the
-    next call waiting in its socket when a slot frees instead of a network round trip
-    later.  ``lanes``: extra sockets for slow procedures.
+    ``max_in_flight``: the calls the daemon works on at once per socket.  None (the
+    default): over a local UNIX socket the daemon's own ``max_client_requests``, read from
+    the configuration it runs with when we may inspect it (see ``aiovirt.client.limits``),
+    else libvirt's default of 5.  ``pipeline_depth`` (None: 32, or ``max_in_flight`` if
+    that is more): calls written to a socket at most;
+    those beyond ``max_in_flight`` wait in the daemon's socket, so it finds its next call
+    there when it finishes one, and they are written only while every call out on that
+    socket is quick (none of ``slow_procedures``): nothing waits behind a slow call.  More
+    calls wait in FIFO order (a queued call can still be cancelled unsent; one on the wire
+    runs, its reply discarded).  ``pipeline_depth=max_in_flight`` never writes ahead.
+    ``lanes``: extra sockets for slow procedures, and for quick ones when the main socket
+    has no room on the wire.
     ``keepalive``: (interval seconds, missed intervals) before the server is declared dead,
     or None.  ``readonly`` opens a read-only connection.  ``native_transport=False`` uses
     anyio's generic streams even on asyncio (other backends always do).
@@ -613,7 +619,7 @@ class connect(Generic[C]):  # noqa: N801 - reads as a function: ``await connect(
     connection_class: type[C] = RpcConnection  # type: ignore[assignment]
 
     def __init__(self, uri: str | None = None, *, max_in_flight: int | None = None,
-                 lanes: int = 4,
+                 pipeline_depth: int | None = None, lanes: int = 4,
                  keepalive: tuple[float, int] | None = (5.0, 5), readonly: bool = False,
                  slow_procedures: frozenset[str] = SLOW_PROCEDURES,
                  native_transport: bool = True, dialer: Dialer | None = None,
@@ -629,11 +635,16 @@ class connect(Generic[C]):  # noqa: N801 - reads as a function: ``await connect(
             raise ValueError("event_batch_window must be between 0 and 1 second")
         if max_in_flight is not None and max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1 (or None)")
+        if pipeline_depth is not None and (pipeline_depth < 1 or (
+                max_in_flight is not None and pipeline_depth < max_in_flight)):
+            raise ValueError(f"pipeline_depth ({pipeline_depth}) must be at least 1 and at "
+                             f"least max_in_flight ({max_in_flight})")
         if lanes < 0:
             raise ValueError("lanes must be 0 or more")
         self.connect_timeout = connect_timeout
         self._connection: C = self.connection_class(
-            parse_uri(resolve_uri(uri)), max_in_flight=max_in_flight, lanes=lanes,
+            parse_uri(resolve_uri(uri)), max_in_flight=max_in_flight,
+            pipeline_depth=pipeline_depth, lanes=lanes,
             keepalive=keepalive, readonly=readonly, slow_procedures=slow_procedures,
             native=native_transport, dialer=dialer or dial, call_timeout=call_timeout,
             reconnect=reconnect,

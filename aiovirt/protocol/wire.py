@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from collections.abc import Container
 from typing import Any
 
 from ..errors import EncodeError, LibvirtError, ProtocolError, error_from_remote
@@ -46,6 +47,7 @@ PROGRAMS: dict[int, dict[int, ProcedureInfo]] = {
     lxc.PROGRAM: lxc.PROCEDURES,
     keepalive.PROGRAM: keepalive.PROCEDURES,
 }
+_REMOTE = remote.PROGRAM
 _VERSIONS = {remote.PROGRAM: remote.VERSION, qemu.PROGRAM: qemu.VERSION,
              lxc.PROGRAM: lxc.VERSION, keepalive.PROGRAM: keepalive.VERSION}
 
@@ -184,19 +186,33 @@ class ClientProtocol:
     """The client side of one libvirt RPC connection, without I/O.
 
     ``call`` frames a call and returns its serial and the packet to send, or None for the
-    packet when ``max_in_flight`` calls are already out: the call then waits in a FIFO queue
-    and its packet joins ``data_to_send`` as soon as a reply (to any call, abandoned ones
-    included) frees a slot.  The protocol is the one owner of that state, so the in-flight
-    count can never drift from the calls really on the wire.  ``receive_data`` takes bytes read
-    from the socket and returns what they mean; PONG answers also go to ``data_to_send``.
+    packet when it must wait: the call then waits in a FIFO queue and its packet joins
+    ``data_to_send`` as soon as a reply (to any call, abandoned ones included) makes room.
+
+    Room: ``max_in_flight`` is what the daemon works on at once (its max_client_requests);
+    up to ``pipeline_depth`` calls go on the wire while none of them is *slow* (a procedure
+    number of the REMOTE program in ``slow``), so the daemon finds its next call already
+    waiting when it finishes one.  The calls beyond ``max_in_flight`` wait unread in the
+    daemon's socket, behind quick calls only: a slow call on the wire stops that, so nothing
+    sits behind a domain start or a save.  The protocol is the one owner of that state, so
+    the in-flight count can never drift from the calls really on the wire.  ``receive_data``
+    takes bytes read from the socket and returns what they mean; PONG answers also go to
+    ``data_to_send``.
     """
 
-    def __init__(self, max_message: int = MAX_MESSAGE, max_in_flight: int = 5) -> None:
+    def __init__(self, max_message: int = MAX_MESSAGE, max_in_flight: int = 5,
+                 pipeline_depth: int | None = None, slow: Container[int] = ()) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
+        if pipeline_depth is not None and pipeline_depth < max_in_flight:
+            raise ValueError(f"pipeline_depth ({pipeline_depth}) must be at least "
+                             f"max_in_flight ({max_in_flight})")
         self._frames = FrameDecoder(max_message)
         self._serial = 0
         self.max_in_flight = max_in_flight
+        self.pipeline_depth = pipeline_depth or max_in_flight
+        self._slow = slow
+        self._slow_out: set[int] = set()   # serials of slow calls on the wire
         self._pending: dict[int, ProcedureInfo | None] = {}  # on the wire; None: abandoned
         self._queued: dict[int, tuple[ProcedureInfo, bytes]] = {}  # FIFO, not sent yet
         self._outgoing: list[bytes] = []
@@ -246,11 +262,23 @@ class ClientProtocol:
                 _LENGTH.pack_into(buf, PREFIX_SIZE, fds)
             packet = bytes(buf)
         pending = self._pending
-        if fds or (len(pending) < self.max_in_flight and not self._queued):
+        out = len(pending)
+        slow = procedure.number in self._slow and program == _REMOTE
+        if fds or (not self._queued and (out < self.max_in_flight or (
+                out < self.pipeline_depth and not slow and not self._slow_out))):
             pending[serial] = procedure
+            if slow:
+                self._slow_out.add(serial)
             return serial, packet
         self._queued[serial] = (procedure, packet)
         return serial, None
+
+    @property
+    def writes_now(self) -> bool:
+        """Whether a quick call made now would go on the wire at once (not queue)."""
+        out = len(self._pending)
+        return not self._queued and (out < self.max_in_flight or
+                                     (out < self.pipeline_depth and not self._slow_out))
 
     def cancel(self, serial: int) -> bool:
         """The caller no longer waits for ``serial``.  A queued call is dropped unsent (returns
@@ -292,10 +320,18 @@ class ClientProtocol:
 
     def _admit(self) -> None:
         pending, queued, outgoing = self._pending, self._queued, self._outgoing
-        while queued and len(pending) < self.max_in_flight:
+        while queued:
             serial = next(iter(queued))
-            procedure, packet = queued.pop(serial)
+            procedure, packet = queued[serial]
+            out = len(pending)
+            slow = procedure.number in self._slow and procedure.program == _REMOTE
+            if out >= self.max_in_flight and (out >= self.pipeline_depth or slow or
+                                              self._slow_out):
+                break
+            del queued[serial]
             pending[serial] = procedure
+            if slow:
+                self._slow_out.add(serial)
             outgoing.append(packet)
 
     # -- incoming -----------------------------------------------------------------------------
@@ -314,7 +350,9 @@ class ClientProtocol:
             results = self._receive_split(data)
         else:
             results = self._receive_whole(data)
-        if self._queued and len(self._pending) < self.max_in_flight:
+        if self._slow_out:
+            self._slow_out.intersection_update(self._pending)
+        if self._queued and len(self._pending) < self.pipeline_depth:
             self._admit()
         return results
 
