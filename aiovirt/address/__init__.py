@@ -15,7 +15,6 @@ tuned), without a daemon.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 from lxml import etree
 
@@ -34,6 +33,7 @@ from .model import (
     SpaprVioAddress,
     Tunables,
     UsbAddress,
+    ValueRecord,
     VirtioSerialAddress,
     address_from_dict,
     device_from_dict,
@@ -62,12 +62,16 @@ def place(machine: Machine, devices: list[Device], tunables: Tunables | None = N
     return LibvirtPlacement(machine, [d.copy() for d in devices], tunables or Tunables()).run()
 
 
-@dataclass
-class AddressedDomain:
+class AddressedDomain(ValueRecord):
     """A domain XML tree with its controllers and addresses filled in."""
 
+    __slots__ = ("tree", "devices")
     tree: etree._Element
-    devices: list[Device] = field(default_factory=list)
+    devices: list[Device]
+
+    def __init__(self, tree: etree._Element, devices: list[Device] | None = None) -> None:
+        self.tree = tree
+        self.devices = [] if devices is None else devices
 
     @property
     def xml(self) -> str:

@@ -15,7 +15,7 @@ which is why domains meant for hot-plug are addressed with a hotplug reserve
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from lxml import etree
 
@@ -82,8 +82,7 @@ def address_hotplug(domain: str | bytes | etree._Element,
     devices = read_devices(root)
     mine = next(d for d in devices if d.origin is new)
     who = mine.name if mine.name.startswith("ua-") else f"the new <{new.tag}>"
-    placed = place(machine_of(root), devices,
-                   replace(tunables or Tunables(), hotplug_reserve=0))
+    placed = place(machine_of(root), devices, _without_reserve(tunables))
     extra = [d for d in placed if d.added]
     if extra:
         needs = ", ".join(f"<{d.kind}{f' type={d.type!r}' if d.type else ''}"
@@ -103,3 +102,9 @@ def address_hotplug(domain: str | bytes | etree._Element,
     container.remove(new)
     new.tail = None
     return HotplugAddress(new, result)
+
+
+def _without_reserve(tunables: Tunables | None) -> Tunables:
+    """The caller's tunables, but no hotplug reserve: a hot-plug may use the reserved places."""
+    given = tunables or Tunables()
+    return Tunables(0, given.placement, given.multifunction)

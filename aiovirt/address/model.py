@@ -1,10 +1,14 @@
 """The data addressing works on: machines, devices, addresses and tunables, as plain
-dataclasses that travel as JSON.  No domain XML is needed (``domainxml.py`` converts)."""
+records that travel as JSON.  No domain XML is needed (``domainxml.py`` converts).
+
+The records are written out by hand (``__slots__``, ``__init__``) on a small base that gives
+them a repr, equality and copying, instead of ``dataclasses``: ``aiovirt address`` loads this
+module, and importing dataclasses (which imports ``inspect``) and generating the classes'
+methods took a third of that command's start-up."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import AiovirtError
 
@@ -17,15 +21,74 @@ class AddressError(AiovirtError, ValueError):
     """An address request that cannot be met; the message names the device and why."""
 
 
-@dataclass(frozen=True, slots=True)
-class PciAddress:
+class Record:
+    """A record's fields are its ``__slots__``: they give its repr, its copies (``copy``,
+    ``pickle``: the class called with the values in order) and, for ``ValueRecord``,
+    equality."""
+
+    __slots__ = ()
+    _hidden: ClassVar[tuple[str, ...]] = ()   # fields left out of the repr
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__
+                          if name not in self._hidden)
+        return f"{type(self).__qualname__}({shown})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), self._values()
+
+
+class ValueRecord(Record):
+    """A record equal to another of its class with equal fields (mutable: unhashable)."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()  # type: ignore[attr-defined, no-any-return]
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class FrozenRecord(ValueRecord):
+    """An immutable ``ValueRecord``, hashable by its fields."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {name!r} of a {type(self).__name__}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete field {name!r} of a {type(self).__name__}")
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+
+_init = object.__setattr__   # how a frozen record's __init__ sets its fields
+
+
+class PciAddress(FrozenRecord):
     """A PCI address; ``multifunction`` is the function-0 device's ``multifunction='on'``."""
 
+    __slots__ = ("bus", "slot", "function", "domain", "multifunction")
     bus: int
     slot: int
-    function: int = 0
-    domain: int = 0
-    multifunction: bool | None = None
+    function: int
+    domain: int
+    multifunction: bool | None
+
+    def __init__(self, bus: int, slot: int, function: int = 0, domain: int = 0,
+                 multifunction: bool | None = None) -> None:
+        _init(self, "bus", bus)
+        _init(self, "slot", slot)
+        _init(self, "function", function)
+        _init(self, "domain", domain)
+        _init(self, "multifunction", multifunction)
 
     def __str__(self) -> str:
         return f"{self.domain:04x}:{self.bus:02x}:{self.slot:02x}.{self.function}"
@@ -44,7 +107,7 @@ _set_bus, _set_slot, _set_function, _set_domain, _set_multifunction = (
 
 def pci_address(bus: int, slot: int, function: int = 0,
                 multifunction: bool | None = None) -> PciAddress:
-    """``PciAddress(bus, slot, function)`` in domain 0, built without the frozen dataclass's
+    """``PciAddress(bus, slot, function)`` in domain 0, built without the frozen record's
     ``__init__`` (which sets each field through ``object.__setattr__``): a third of the
     cost, for the placement's inner loops."""
     address = _new(PciAddress)
@@ -56,70 +119,97 @@ def pci_address(bus: int, slot: int, function: int = 0,
     return address
 
 
-@dataclass(frozen=True, slots=True)
-class DriveAddress:
+class DriveAddress(FrozenRecord):
     """A disk's (or SCSI host device's) place on an IDE/SATA/SCSI/FDC controller."""
 
+    __slots__ = ("controller", "bus", "target", "unit")
     controller: int
-    bus: int = 0
-    target: int = 0
-    unit: int = 0
+    bus: int
+    target: int
+    unit: int
+
+    def __init__(self, controller: int, bus: int = 0, target: int = 0, unit: int = 0) -> None:
+        _init(self, "controller", controller)
+        _init(self, "bus", bus)
+        _init(self, "target", target)
+        _init(self, "unit", unit)
 
     def __str__(self) -> str:
         return f"drive {self.controller}:{self.bus}:{self.target}:{self.unit}"
 
 
-@dataclass(frozen=True, slots=True)
-class UsbAddress:
+class UsbAddress(FrozenRecord):
     """A USB port: controller index ``bus`` and the port path through hubs (1-based)."""
 
+    __slots__ = ("bus", "port")
     bus: int
     port: tuple[int, ...]
+
+    def __init__(self, bus: int, port: tuple[int, ...]) -> None:
+        _init(self, "bus", bus)
+        _init(self, "port", port)
 
     def __str__(self) -> str:
         return f"usb {self.bus}:{'.'.join(map(str, self.port))}"
 
 
-@dataclass(frozen=True, slots=True)
-class VirtioSerialAddress:
+class VirtioSerialAddress(FrozenRecord):
     """A port on a virtio-serial controller."""
 
+    __slots__ = ("controller", "port", "bus")
     controller: int
     port: int
-    bus: int = 0
+    bus: int
+
+    def __init__(self, controller: int, port: int, bus: int = 0) -> None:
+        _init(self, "controller", controller)
+        _init(self, "port", port)
+        _init(self, "bus", bus)
 
     def __str__(self) -> str:
         return f"virtio-serial {self.controller}:{self.bus}:{self.port}"
 
 
-@dataclass(frozen=True, slots=True)
-class CcidAddress:
+class CcidAddress(FrozenRecord):
     """A smartcard slot on a CCID controller."""
 
+    __slots__ = ("controller", "slot")
     controller: int
     slot: int
+
+    def __init__(self, controller: int, slot: int) -> None:
+        _init(self, "controller", controller)
+        _init(self, "slot", slot)
 
     def __str__(self) -> str:
         return f"ccid {self.controller}:{self.slot}"
 
 
-@dataclass(frozen=True, slots=True)
-class CcwAddress:
+class CcwAddress(FrozenRecord):
     """An s390 channel I/O device number (virtio-ccw devices sit in channel subsystem 0xfe)."""
 
+    __slots__ = ("cssid", "ssid", "devno")
     cssid: int
     ssid: int
     devno: int
+
+    def __init__(self, cssid: int, ssid: int, devno: int) -> None:
+        _init(self, "cssid", cssid)
+        _init(self, "ssid", ssid)
+        _init(self, "devno", devno)
 
     def __str__(self) -> str:
         return f"ccw {self.cssid:x}.{self.ssid:x}.{self.devno:04x}"
 
 
-@dataclass(frozen=True, slots=True)
-class SpaprVioAddress:
+class SpaprVioAddress(FrozenRecord):
     """A pSeries spapr-vio bus address (the device's ``reg``)."""
 
+    __slots__ = ("reg",)
     reg: int
+
+    def __init__(self, reg: int) -> None:
+        _init(self, "reg", reg)
 
     def __str__(self) -> str:
         return f"spapr-vio {self.reg:#x}"
@@ -138,7 +228,7 @@ def address_to_dict(address: Address) -> dict[str, Any]:
     """JSON-ready: the type name and every field that is set (``multifunction`` only when
     it says on or off)."""
     data = {"type": _TYPE_NAMES[type(address)],
-            **{k: v for k, v in asdict(address).items() if v is not None}}
+            **{k: v for k in address.__slots__ if (v := getattr(address, k)) is not None}}
     if isinstance(address, UsbAddress):
         data["port"] = list(address.port)
     return data
@@ -159,14 +249,23 @@ def address_from_dict(data: dict[str, Any]) -> Address:
         raise AddressError(f"{kind} address {data!r}: {exc}") from None
 
 
-@dataclass(slots=True)
-class Machine:
-    """The guest's architecture and machine type (``pc``, ``pc-q35-7.2``, ``virt``...)."""
+class Machine(ValueRecord):
+    """The guest's architecture and machine type (``pc``, ``pc-q35-7.2``, ``virt``...);
+    ``memory_slots``: ``<maxMemory slots='N'>``, DIMM slots for memory hotplug;
+    ``numa_nodes``: guest NUMA cells, when known (for NUMA placement)."""
 
-    arch: str = "x86_64"
-    machine: str = "pc"
-    memory_slots: int = 0   # <maxMemory slots='N'>: DIMM slots for memory hotplug
-    numa_nodes: int | None = None  # guest NUMA cells, when known (for NUMA placement)
+    __slots__ = ("arch", "machine", "memory_slots", "numa_nodes")
+    arch: str
+    machine: str
+    memory_slots: int
+    numa_nodes: int | None
+
+    def __init__(self, arch: str = "x86_64", machine: str = "pc", memory_slots: int = 0,
+                 numa_nodes: int | None = None) -> None:
+        self.arch = arch
+        self.machine = machine
+        self.memory_slots = memory_slots
+        self.numa_nodes = numa_nodes
 
     @property
     def is_q35(self) -> bool:
@@ -220,8 +319,7 @@ class Machine:
         return f"{self.arch} {self.machine}"
 
 
-@dataclass(slots=True)
-class Tunables:
+class Tunables(ValueRecord):
     """What the default, libvirt-compatible placement may be asked to do differently.
 
     ``hotplug_reserve``: free pcie-root-ports (q35, virt) or free slots (pc) to leave for
@@ -230,11 +328,16 @@ class Tunables:
     either (a device's own ``placement`` wins).
     """
 
-    hotplug_reserve: int = 0
-    placement: str | None = None
-    multifunction: str = "spread"
+    __slots__ = ("hotplug_reserve", "placement", "multifunction")
+    hotplug_reserve: int
+    placement: str | None
+    multifunction: str
 
-    def __post_init__(self) -> None:
+    def __init__(self, hotplug_reserve: int = 0, placement: str | None = None,
+                 multifunction: str = "spread") -> None:
+        self.hotplug_reserve = hotplug_reserve
+        self.placement = placement
+        self.multifunction = multifunction
         if self.hotplug_reserve < 0:
             raise AddressError(f"hotplug_reserve must be 0 or more, not {self.hotplug_reserve}")
         if self.placement not in (None, "pci", "pcie"):
@@ -243,8 +346,7 @@ class Tunables:
             raise AddressError(f"multifunction {self.multifunction!r}: use 'spread' or 'pack'")
 
 
-@dataclass(eq=False, slots=True)
-class Device:
+class Device(Record):
     """One device of the guest.
 
     ``kind`` is the domain XML element (``disk``, ``interface``, ``controller``...); ``type``
@@ -257,21 +359,39 @@ class Device:
     packing, devices of one group share a slot).
     """
 
+    __slots__ = ("kind", "type", "model", "bus", "index", "target", "address", "options",
+                 "placement", "hotpluggable", "numa_node", "function_group", "name", "added",
+                 "origin")
+    _hidden = ("origin",)
     kind: str
-    type: str | None = None
-    model: str | None = None
-    bus: str | None = None
-    index: int | None = None
-    target: str | None = None
-    address: Address | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-    placement: str | None = None
-    hotpluggable: bool | None = None
-    numa_node: int | None = None
-    function_group: str | None = None
-    name: str = ""
-    added: bool = False   # inserted by the placement (an implicit controller, the balloon...)
-    origin: Any = field(default=None, repr=False)   # e.g. the XML element it came from
+    type: str | None
+    model: str | None
+    bus: str | None
+    index: int | None
+    target: str | None
+    address: Address | None
+    options: dict[str, Any]
+    placement: str | None
+    hotpluggable: bool | None
+    numa_node: int | None
+    function_group: str | None
+    name: str
+    added: bool   # inserted by the placement (an implicit controller, the balloon...)
+    origin: Any   # e.g. the XML element it came from
+
+    def __init__(self, kind: str, type: str | None = None,  # noqa: A002 - the XML's name
+                 model: str | None = None, bus: str | None = None, index: int | None = None,
+                 target: str | None = None, address: Address | None = None,
+                 options: dict[str, Any] | None = None, placement: str | None = None,
+                 hotpluggable: bool | None = None, numa_node: int | None = None,
+                 function_group: str | None = None, name: str = "", added: bool = False,
+                 origin: Any = None) -> None:
+        self.kind, self.type, self.model, self.bus = kind, type, model, bus
+        self.index, self.target, self.address = index, target, address
+        self.options = {} if options is None else options
+        self.placement, self.hotpluggable, self.numa_node = placement, hotpluggable, numa_node
+        self.function_group, self.name, self.added = function_group, name, added
+        self.origin = origin
 
     def __str__(self) -> str:
         return self.label()

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import textwrap
 from typing import Any
 
 from ..errors import AiovirtError
@@ -17,6 +15,8 @@ __all__ = ["register"]
 # -- compose ------------------------------------------------------------------------------------
 
 def _compose(options: argparse.Namespace) -> int:
+    import json
+
     from ..compose import compose
 
     result = compose(read(options.file), options.profile or (),
@@ -42,6 +42,8 @@ def _compose(options: argparse.Namespace) -> int:
 # -- profiles -------------------------------------------------------------------------------------
 
 def _profiles_list(options: argparse.Namespace) -> int:
+    import json
+
     profiles = library(options)
     rows = []
     for profile in profiles:
@@ -66,6 +68,8 @@ def _profiles_list(options: argparse.Namespace) -> int:
 
 
 def _profiles_show(options: argparse.Namespace) -> int:
+    import textwrap
+
     profiles = library(options)
     profile = profiles.get(options.name)
     print(f"{profile.id}  (priority {profile.priority}{', auto' if profile.auto else ''})")
@@ -153,6 +157,8 @@ def _address(options: argparse.Namespace) -> int:
     from ..address import Machine, Tunables, address_domain, device_from_dict, place
 
     text = read(options.file)
+    if options.devices_json or options.json:
+        import json   # only then: the plain XML path starts faster without it
     if options.devices_json:
         try:
             data = json.loads(text)

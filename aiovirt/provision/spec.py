@@ -150,8 +150,8 @@ class GuestSpec:
         if self.first != 1:
             data["first"] = self.first
         if isinstance(self.address, Tunables):
-            data["address"] = {f.name: getattr(self.address, f.name)
-                               for f in fields(Tunables)}
+            data["address"] = {name: getattr(self.address, name)
+                               for name in Tunables.__slots__}
         elif self.address is not True:
             data["address"] = False
         if not self.start:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 
 from lxml import etree
 
@@ -76,12 +75,13 @@ def parse(text: str | bytes, *, source: str = "<string>") -> etree._Element:
 
 def parse_file(path: str | os.PathLike[str]) -> etree._ElementTree:
     """Parse an XML file (the error names the file and line)."""
-    path = Path(path)
+    path = os.fspath(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as file:
+            data = file.read()
     except OSError as exc:
-        raise XMLInputError(f"cannot read: {exc.strerror or exc}", source=str(path)) from None
-    root = parse(data, source=str(path))
+        raise XMLInputError(f"cannot read: {exc.strerror or exc}", source=path) from None
+    root = parse(data, source=path)
     return root.getroottree()
 
 
