@@ -12,7 +12,7 @@ targets, the medians show the noise.  Besides wall time each round records this 
 time (``time.process_time``: all threads) and, when the daemon's pid is known, libvirtd's CPU
 time (the sum of its threads' ``schedstat``), which tells who is the bottleneck.
 
-Cases: tiny, lookup, define, kvm, stats, cpu, memory (see README.md).
+Cases: tiny, lookup, define, kvm, stats, cpu, memory, startup (see README.md).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ libvirt.registerErrorHandler(lambda *_: None, None)  # keep libvirt-python quiet
 
 HERE = Path(__file__).resolve().parent
 NODE_XML = HERE / "node.xml"
-CASES = ("tiny", "lookup", "define", "kvm", "stats", "cpu", "memory")
+CASES = ("tiny", "lookup", "define", "kvm", "stats", "cpu", "memory", "startup")
 
 TEST_DOMAIN = ("<domain type='test'><name>{name}</name><memory unit='MiB'>8</memory>"
                "<os><type>hvm</type></os></domain>")
@@ -637,6 +637,84 @@ def case_memory(daemon: Any, calls: int = 10_000) -> None:
     say()
 
 
+# -- 8: start-up -------------------------------------------------------------------------------
+
+STARTUP_XML = ("<domain type='kvm'><name>start-up</name><memory>1048576</memory><vcpu>1</vcpu>"
+               "<os><type arch='x86_64' machine='q35'>hvm</type></os><devices>"
+               "<disk type='file' device='disk'><source file='/x.img'/>"
+               "<target dev='vda' bus='virtio'/></disk><interface type='network'>"
+               "<source network='default'/><model type='virtio'/></interface>"
+               "</devices></domain>")
+
+
+def installed_copy(root: Path) -> Path:
+    """A venv of its own under ``root`` with aiovirt installed as a wheel leaves it (the
+    package's sources, compiled to bytecode, and pip's kind of console script); lxml is
+    reached through a .pth line (the checkout's editable hook is not, so neither command
+    pays for it).  Returns the venv's ``bin``."""
+    import compileall
+    import shutil
+
+    import lxml
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
+    bin_dir = root / "bin"
+    site = Path(subprocess.run([str(bin_dir / "python"), "-c", "import sysconfig; "
+                                "print(sysconfig.get_path('purelib'))"], check=True,
+                               capture_output=True, text=True).stdout.strip())
+    (site / "deps.pth").write_text(str(Path(lxml.__file__).parent.parent) + "\n")
+    shutil.copytree(HERE.parent / "aiovirt", site / "aiovirt",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    compileall.compile_dir(str(site / "aiovirt"), quiet=1)
+    script = bin_dir / "aiovirt"
+    script.write_text(f"#!{bin_dir / 'python'}\nimport sys\nfrom aiovirt.cli import main\n"
+                      "sys.exit(main())\n")
+    script.chmod(0o755)
+    return bin_dir
+
+
+def case_startup(pairs: int = 20) -> None:
+    """Wall time of ``aiovirt address FILE`` as installed, against ``python -c "import
+    lxml.etree"`` (what any lxml program pays before its first line), in alternating pairs."""
+    say(f"## startup: `aiovirt address FILE` (a 2-device q35 domain) against "
+        f"`python -c 'import lxml.etree'`, both from one venv with aiovirt installed as a "
+        f"wheel installs it; {pairs} pairs after 2 unmeasured, alternating who goes first")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    with tempfile.TemporaryDirectory(prefix="avb-start-") as tmp:
+        bin_dir = installed_copy(Path(tmp) / "venv")
+        xml = Path(tmp) / "domain.xml"
+        xml.write_text(STARTUP_XML)
+        ours = [str(bin_dir / "aiovirt"), "address", str(xml)]
+        base = [str(bin_dir / "python"), "-c", "import lxml.etree"]
+        out = subprocess.run(ours, env=env, check=True, capture_output=True, text=True).stdout
+        assert "<address type=" in out, out   # it really addressed the domain
+
+        def wall(command: list[str]) -> float:
+            t0 = time.perf_counter()
+            subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
+            return time.perf_counter() - t0
+
+        for _ in range(2):
+            wall(ours), wall(base)
+        walls: dict[str, list[float]] = {"aiovirt address": [], "import lxml.etree": []}
+        for i in range(pairs):
+            order = [("aiovirt address", ours), ("import lxml.etree", base)]
+            for name, command in order if i % 2 == 0 else order[::-1]:
+                walls[name].append(wall(command))
+    a, b = walls["aiovirt address"], walls["import lxml.etree"]
+    ratios = sorted(x / y for x, y in zip(a, b))
+    ratio = statistics.median(ratios)
+    for name, values in walls.items():
+        say(f"{name:<18} wall ms: min {min(values) * 1e3:.1f}, median "
+            f"{statistics.median(values) * 1e3:.1f}, max {max(values) * 1e3:.1f}")
+    say(f"ratio per pair: median {ratio:.2f}x (min {ratios[0]:.2f}x, max {ratios[-1]:.2f}x)")
+    SUMMARY.append(Verdict("startup", "aiovirt address / import lxml.etree",
+                           f"{statistics.median(a) * 1e3:.1f} ms",
+                           f"{statistics.median(b) * 1e3:.1f} ms", ratio, "<= 1.5x",
+                           ratio <= 1.5))
+    say()
+
+
 # -- main -----------------------------------------------------------------------------------------
 
 def machine_cpu() -> tuple[float, float]:
@@ -780,6 +858,7 @@ async def main(options: argparse.Namespace) -> None:
                 "cpu": lambda: case_cpu(daemon, meter, options.rounds or (2 if quick else 3),
                                         5000 if quick else 20000),
                 "memory": lambda: asyncio.to_thread(case_memory, daemon),
+                "startup": lambda: asyncio.to_thread(case_startup, 10 if quick else 20),
             }
             for case in CASES:
                 if case in cases:
