@@ -1,6 +1,6 @@
 """aiovirt against libvirt-python over the same remote transport (TLS, SSH), side by side.
 
-    .venv/bin/python benchmarks/remote.py [--quick] [--transport tls|ssh|both] [--rounds N]
+    .venv/bin/python benchmarks/remote.py [--quick] [--transport tls|ssh|both] [--rounds N] [--pin]
                                           [--calls N] [--domains N] [--output FILE]
 
 Everything is set up inside: a throwaway PKI (``aiovirt.testing.pki``: a CA, a server
@@ -61,7 +61,7 @@ import aiovirt  # noqa: E402
 from aiovirt.testing.daemon import PrivateDaemon  # noqa: E402
 from aiovirt.testing.pki import CertificateAuthority  # noqa: E402
 from aiovirt.testing.sshd import PrivateSSHD  # noqa: E402
-from run import (LINES, add_loop_option, loop_in_use, run_on, NODE_XML, SUMMARY, TEST_DOMAIN, Disturbance, Meter, Round,  # noqa: E402
+from run import (LINES, add_loop_option, loop_in_use, pin, run_on, NODE_XML, SUMMARY, TEST_DOMAIN, Disturbance, Meter, Round,  # noqa: E402
                  Sample, Verdict, best, daemon_cpu_ns, describe_machine, describe_tree,
                  in_thread, interleave, median, print_summary, run_tasks, run_threads, say,
                  shares)
@@ -410,6 +410,7 @@ async def main(options: argparse.Namespace) -> None:
                     return daemon.uri(path=path, transport="tls") + f"?pkipath={pkipath}"
                 return ssh_uri(sshd, daemon, wrapper, path)
 
+            pinned = pin(daemon.pid) if options.pin else "not pinned"
             async with aiovirt.connect(daemon.uri()) as conn:
                 lib = await conn.get_lib_version()
             say(f"# remote transports: aiovirt {aiovirt.__version__} vs libvirt-python {lv_text}, "
@@ -418,7 +419,7 @@ async def main(options: argparse.Namespace) -> None:
             say(f"# {describe_machine()}; a private libvirtd (max_client_requests 5), libvirt "
                 f"{lib // 1000000}.{lib // 1000 % 1000}.{lib % 1000}, on loopback; "
                 f"{'--quick, ' if quick else ''}{rounds} rounds per case; aiovirt on "
-                f"{loop_in_use()}'s loop")
+                f"{loop_in_use()}'s loop; {pinned}")
             say("# client CPU = this process (time.process_time, all threads); it does NOT "
                 "include the ssh child processes of either client: their CPU is the 'ssh us' "
                 "column, summed over this process's ssh children (/proc/PID/task/*/schedstat); "
@@ -452,6 +453,8 @@ if __name__ == "__main__":
     parser.add_argument("--domains", type=int, help="domains defined+started per round (1000)")
     parser.add_argument("--transport", choices=("tls", "ssh", "both"), default="both")
     parser.add_argument("--output", help="also write the report to this file")
+    parser.add_argument("--pin", action="store_true", help="libvirtd on CPU 0; this process, "
+                        "its threads and its ssh children on CPU 1 (sshd is not pinned)")
     add_loop_option(parser)
     opts = parser.parse_args()
     try:
