@@ -10,7 +10,8 @@ Cases (see README.md):
   whole (connect, learn the host, compose with three profiles, address offline, define,
   start, wait for every STARTED event).  libvirt-python: the same composed XML (composed once,
   untimed; each guest's name substituted), ``defineXML`` + ``create`` by a 16-thread pool on
-  one shared connection, and on 16 connections (one per thread).  Target >= 1.5x the best.
+  one shared connection, and on 16 connections (one per thread).  Targets: >= 1.5x the
+  best's guests/s; client CPU per guest <= 1.0x the cheapest's (issue 15).
 * ``kvm``: 16 diskless KVM guests on the QEMU driver until all are RUNNING, against 16 threads
   on 16 connections (target <= 1.0x its time) and on one shared connection.
 * ``fleet``: 4 private libvirtds x 250 guests, ``placement="spread"``, against a 16-thread
@@ -387,6 +388,24 @@ def throughput_verdict(case: str, res: Mapping[str, list[Sample]], count: int,
                            None if target is None else ratio >= target))
 
 
+def cpu_verdict(case: str, res: Mapping[str, list[Sample]], count: int, target: float) -> None:
+    """aiovirt's client CPU per guest (the first variant: everything it does) against
+    libvirt-python's cheapest variant (define + create alone), medians of the rounds."""
+    names = list(res)
+    av, lvs = names[0], names[1:]
+
+    def per_guest(name: str) -> float:
+        return statistics.median(s.cpu for s in res[name]) / count * 1e6
+
+    lv_best = min(lvs, key=per_guest)
+    ratio = per_guest(av) / per_guest(lv_best)
+    say(f"client CPU per guest, aiovirt / libvirt-python's cheapest variant ({lv_best}): "
+        f"{ratio:.2f}x (target <= {target:g}x: {'met' if ratio <= target else 'MISSED'})")
+    SUMMARY.append(Verdict(case, f"{count} guests: client CPU us/guest",
+                           f"{per_guest(av):.0f}", f"{per_guest(lv_best):.0f}", ratio,
+                           f"<= {target:g}x", ratio <= target))
+
+
 # -- 1: e2e ---------------------------------------------------------------------------------
 
 async def case_e2e(daemon: PrivateDaemon, rounds: int, count: int) -> None:
@@ -428,6 +447,7 @@ async def case_e2e(daemon: PrivateDaemon, rounds: int, count: int) -> None:
     say(f"(provision ran {seen[-1].concurrency[0]} guests at a time on the host)")
     rate_table(res, count)
     throughput_verdict("e2e", res, count, 1.5)
+    cpu_verdict("e2e", res, count, 1.0)
     say()
 
 
