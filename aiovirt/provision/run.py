@@ -559,15 +559,16 @@ class Provisioning:
         """Shield a call from the run's cancellation (it finishes, so that the report knows
         what exists), but not from its host's loss: then it is abandoned at once and raises
         ``ConnectionClosed``, whatever the connection is still waiting for."""
-        with anyio.CancelScope(shield=True):
-            with anyio.CancelScope() as scope:
-                host.calls.add(scope)
-                if host.lost:
-                    scope.cancel()
-                try:
-                    yield
-                finally:
-                    host.calls.discard(scope)
+        # one scope does both: shielded from the run's cancellation, still cancelled by
+        # ``scope.cancel()`` (its host's loss)
+        with anyio.CancelScope(shield=True) as scope:
+            host.calls.add(scope)
+            if host.lost:
+                scope.cancel()
+            try:
+                yield
+            finally:
+                host.calls.discard(scope)
         if scope.cancelled_caught:
             raise ConnectionClosed(f"host {host.uri} was lost: {host.error}")
 
