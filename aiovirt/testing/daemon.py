@@ -366,7 +366,13 @@ class PrivateDaemon:
         if self.running:
             assert self._process is not None
             self._guests_at_kill = self._guest_pids()
-            self._process.kill()
+            # the whole process group (libvirtd's own session): a helper it has just forked
+            # holds its listening socket until it execs or exits, and a killed daemon's socket
+            # must refuse at once; guests run in sessions of their own and stay
+            try:
+                os.killpg(self._process.pid, signal.SIGKILL)
+            except OSError:
+                self._process.kill()
             self._process.wait()
 
     def _guest_pids(self) -> list[int]:
