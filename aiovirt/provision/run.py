@@ -519,8 +519,9 @@ class Provisioning:
             with self._call_on(host):
                 await dom.start()
             self._feed(self.plan.start_returned(g))
-            with anyio.move_on_after(self.start_timeout):
-                await started.wait()
+            if not started.is_set():   # (often it came while start() was out: no wait)
+                with anyio.move_on_after(self.start_timeout):
+                    await started.wait()
             host.waiters.pop(dom.uuid, None)
             if host.lost:
                 return                          # the plan failed it with its host
