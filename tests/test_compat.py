@@ -95,6 +95,66 @@ def test_blocking_from_16_threads(shared_uri):
     assert not errors and len(results) == 160
 
 
+def test_a_lone_caller_runs_the_loop_itself_and_the_background_takes_it_back(shared_uri):
+    """With no other call under way the calling thread runs the private loop for its call
+    (no hand-over to another thread); once callers are idle the background thread runs it
+    again, so events, keepalive and timers go on without them."""
+    import asyncio
+    import time
+
+    conn = libvirt.open(shared_uri)
+    try:
+        conn.getLibVersion()
+
+        async def where() -> int:
+            await asyncio.sleep(0)
+            return threading.get_ident()
+
+        assert libvirt._run(where()) == threading.get_ident()
+        deadline = time.monotonic() + 10
+        while libvirt._owner != libvirt._BACKGROUND:   # bounded: the idle hand-back
+            assert time.monotonic() < deadline, "the background thread never took the loop"
+            time.sleep(libvirt._IDLE)
+        assert libvirt._run(where()) == threading.get_ident()   # asked back from it
+        # a caller inside its own asyncio code hands its call over instead
+        async def inside() -> int:
+            return libvirt._run(where())   # blocking inside async code: still answered
+        assert asyncio.run(inside()) != threading.get_ident()
+        assert conn.getLibVersion() > 0
+    finally:
+        conn.close()
+
+
+def test_callers_and_the_background_thread_share_the_loop_under_load(shared_uri):
+    """16 threads, each call either running the loop or handed to whoever runs it, with the
+    background thread stepping in between: every result arrives, nothing is left waiting."""
+    conn = libvirt.open(shared_uri)
+    version = conn.getLibVersion()
+    errors: list[BaseException] = []
+    counts = [0] * 16
+
+    def work(i: int) -> None:
+        try:
+            for n in range(200):
+                assert conn.getLibVersion() == version
+                counts[i] += 1
+                if n % 50 == 0:   # idle long enough for the background thread to take over
+                    threading.Event().wait(libvirt._IDLE * 2)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    try:
+        assert not errors and counts == [200] * 16
+        assert libvirt._handed == 0
+    finally:
+        conn.close()
+
+
 def test_errors(shared_uri):
     conn = libvirt.open(shared_uri)
     try:

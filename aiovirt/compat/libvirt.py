@@ -1,8 +1,10 @@
 """A blocking drop-in for libvirt-python: ``import aiovirt.compat.libvirt as libvirt``.
 
-Every call runs the async compat layer (``aiovirt.compat.aio``) on one private event-loop
-thread (started on first use, a daemon thread) and waits for it, so any number of threads
-may call at once, on one connection or many, as with libvirt-python.  Errors are
+Every call runs the async compat layer (``aiovirt.compat.aio``) on one private event loop
+and waits for it, so any number of threads may call at once, on one connection or many, as
+with libvirt-python.  A caller with no other call under way runs the loop itself; the
+others hand their calls to it; a background thread runs it in between (see "the private
+loop" below).  Errors are
 ``libvirtError``.
 
 Events follow libvirt's model: after ``virEventRegisterDefaultImpl()``, callbacks (domain
@@ -45,11 +47,26 @@ _TimerCB = Callable[[int, _T], None]
 _DomainCB = Callable[[Any, Any, int, int, _T], Optional[int]]
 
 # -- the private loop -------------------------------------------------------------------------
+#
+# One event loop serves every connection.  Whoever needs it runs it: a caller thread with no
+# other call under way runs it itself for its own call (``run_until_complete``: no hand-over
+# between threads, which costs two wake-ups per call), and while one caller runs it the
+# others hand their calls to it and wait.  When no caller runs it, a background thread does
+# (events, keepalive, timers), taking it ``_IDLE`` seconds after the last caller let go (at
+# once if calls handed over are still running), and giving it back when a caller with
+# nothing else under way asks for it.  ``_cond`` guards the state below.
 
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
 _thread: threading.Thread | None = None
 _local = threading.local()
+_cond = threading.Condition(threading.Lock())
+_BACKGROUND = -1                 # ``_owner`` while the background thread runs the loop
+_owner: int | None = None        # who runs the loop: a caller's thread ident, _BACKGROUND, None
+_released = 0.0                  # when a caller last let go of it (time.monotonic)
+_handed = 0                      # calls handed to the loop's runner and not finished
+_IDLE = 0.005
+_stopping = [False]              # the background thread's current run was asked to stop
 
 
 def _get_loop() -> asyncio.AbstractEventLoop:
@@ -57,18 +74,33 @@ def _get_loop() -> asyncio.AbstractEventLoop:
     with _lock:
         if _loop is None or _thread is None or not _thread.is_alive():
             loop = new_event_loop()
-            ready = threading.Event()
-
-            def run() -> None:
-                asyncio.set_event_loop(loop)
-                loop.call_soon(ready.set)
-                loop.run_forever()
-
-            _thread = threading.Thread(target=run, name="aiovirt-compat-loop", daemon=True)
+            _thread = threading.Thread(target=_background, args=(loop,),
+                                       name="aiovirt-compat-loop", daemon=True)
             _thread.start()
-            ready.wait()
             _loop = loop
         return _loop
+
+
+def _background(loop: asyncio.AbstractEventLoop) -> None:
+    """The loop's runner whenever no caller runs it."""
+    global _owner, _released
+    asyncio.set_event_loop(loop)
+    while True:
+        with _cond:
+            # a caller letting go wakes this thread only when handed-over calls are left;
+            # otherwise it looks again every _IDLE seconds (no wake-up per call)
+            while _owner is not None or not (
+                    _handed or time.monotonic() - _released >= _IDLE):
+                _cond.wait(_IDLE)
+            _owner = _BACKGROUND
+            _stopping[0] = False
+        try:
+            loop.run_forever()   # until a caller asks for the loop (``_stop_background``)
+        finally:
+            with _cond:
+                _owner = None
+                _released = time.monotonic()
+                _cond.notify_all()
 
 
 class _Slot:
@@ -105,6 +137,7 @@ def _hop_drain() -> None:
 async def _hop_call(coro: Coroutine[Any, Any, Any], slot: _Slot) -> None:
     """On the loop: run one caller's coroutine and hand its outcome to the waiting thread
     (inside the task: no done-callback pass of the loop per call)."""
+    global _handed
     try:
         slot.value = await coro
     except asyncio.CancelledError:
@@ -116,17 +149,71 @@ async def _hop_call(coro: Coroutine[Any, Any, Any], slot: _Slot) -> None:
         slot.error = exc
         raise
     finally:
+        with _cond:
+            _handed -= 1
         slot.done.release()
 
 
-def _run(coro: Coroutine[Any, Any, Any]) -> Any:
-    """Run ``coro`` on the private loop and wait for it on this thread."""
+def _claim(loop: asyncio.AbstractEventLoop) -> bool:
+    """Make this thread the loop's runner if it may be: nobody runs it, or the background
+    thread does with no handed-over call under way (then it is asked to stop).  False: a
+    caller runs it; hand the call over (counted in ``_handed``)."""
+    global _owner, _handed
+    me = threading.get_ident()
+    with _cond:
+        while _owner == _BACKGROUND and not _handed:
+            loop.call_soon_threadsafe(_stop_background, loop)
+            _cond.wait(1.0)
+        if _owner is None:
+            _owner = me
+            return True
+        _handed += 1
+        return False
+
+
+def _stop_background(loop: asyncio.AbstractEventLoop) -> None:
+    """(On the loop) a caller asks for the loop: stop it if the background thread runs it
+    (a late request must not stop a caller's own run)."""
+    if _owner == _BACKGROUND and not _stopping[0]:
+        _stopping[0] = True   # once per run: a second stop() could outlive it
+        loop.stop()
+
+
+def _hand_over() -> None:
+    """Count a call handed over without claiming the loop, and wake the background thread
+    in case nobody runs it."""
+    global _handed
+    with _cond:
+        _handed += 1
+        _cond.notify_all()
+
+
+def _let_go() -> None:
+    """This caller stops running the loop: the background thread takes it after ``_IDLE``,
+    or at once when calls handed over are still under way."""
+    global _owner, _released
+    with _cond:
+        _owner = None
+        _released = time.monotonic()
+        if _handed:
+            _cond.notify_all()
+
+
+def _run_here(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]
+              ) -> tuple[Any, BaseException | None]:
+    """Run the loop on this thread until ``coro`` is done; its value, or its error."""
+    try:
+        return loop.run_until_complete(coro), None
+    except (Exception, asyncio.CancelledError) as exc:   # noqa: BLE001 - raised by _run
+        return None, exc
+    finally:
+        _let_go()
+
+
+def _run_handed(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]
+                ) -> tuple[Any, BaseException | None]:
+    """Hand ``coro`` to the thread running the loop and wait for it."""
     global _hop_scheduled
-    loop = _get_loop()
-    if threading.current_thread() is _thread:
-        coro.close()
-        raise RuntimeError("a blocking aiovirt.compat.libvirt call on its own event-loop "
-                           "thread (from a callback run without an event implementation?)")
     # one slot per thread, reused: a thread waits for one call at a time
     slot = getattr(_local, "slot", None)
     if slot is None:
@@ -144,6 +231,23 @@ def _run(coro: Coroutine[Any, Any, Any]) -> Any:
         raise
     value, error = slot.value, slot.error
     slot.value = slot.error = None
+    return value, error
+
+
+def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run ``coro`` on the private loop (here, or on the thread running it) and wait."""
+    loop = _get_loop()
+    if _owner == threading.get_ident() or threading.current_thread() is _thread:
+        coro.close()
+        raise RuntimeError("a blocking aiovirt.compat.libvirt call on its own event-loop "
+                           "thread (from a callback run without an event implementation?)")
+    if asyncio._get_running_loop() is not None:   # called from the caller's own async code
+        _hand_over()
+        value, error = _run_handed(loop, coro)
+    elif _claim(loop):
+        value, error = _run_here(loop, coro)
+    else:
+        value, error = _run_handed(loop, coro)
     if error is None:
         return value
     try:
