@@ -21,6 +21,7 @@ one wrapper per method, by one factory.
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import itertools
 import queue
@@ -100,22 +101,30 @@ def _background(loop: asyncio.AbstractEventLoop) -> None:
             with _cond:
                 _owner = None
                 _released = time.monotonic()
+                _pass_on()
                 _cond.notify_all()
 
 
 class _Slot:
-    """One caller thread's place to wait for its result: a lock the loop releases (cheaper
-    than a ``concurrent.futures.Future`` per call)."""
+    """One caller thread's place to wait for a handed-over call: a lock released when the
+    result is in (cheaper than a ``concurrent.futures.Future`` per call), or when the thread
+    is to run the loop itself (``promoted``: the runner before it let go).  ``_cond`` guards
+    ``finished``, ``promoted`` and ``fut``."""
 
-    __slots__ = ("done", "value", "error")
+    __slots__ = ("done", "value", "error", "ident", "finished", "promoted", "fut")
 
     def __init__(self) -> None:
         self.done = threading.Lock()
         self.done.acquire()
         self.value: Any = None
         self.error: BaseException | None = None
+        self.ident = threading.get_ident()
+        self.finished = False
+        self.promoted = False
+        self.fut: asyncio.Future[None] | None = None   # a promoted runner waits on it
 
 
+_waiting: collections.deque[_Slot] = collections.deque()   # blocked callers, oldest first
 _hop_mutex = threading.Lock()
 _hop_queue: list[tuple[Coroutine[Any, Any, Any], _Slot]] = []
 _hop_scheduled = False
@@ -151,51 +160,51 @@ async def _hop_call(coro: Coroutine[Any, Any, Any], slot: _Slot) -> None:
     finally:
         with _cond:
             _handed -= 1
-        slot.done.release()
-
-
-def _claim(loop: asyncio.AbstractEventLoop) -> bool:
-    """Make this thread the loop's runner if it may be: nobody runs it, or the background
-    thread does with no handed-over call under way (then it is asked to stop).  False: a
-    caller runs it; hand the call over (counted in ``_handed``)."""
-    global _owner, _handed
-    me = threading.get_ident()
-    with _cond:
-        while _owner == _BACKGROUND and not _handed:
-            loop.call_soon_threadsafe(_stop_background, loop)
-            _cond.wait(1.0)
-        if _owner is None:
-            _owner = me
-            return True
-        _handed += 1
-        return False
+            slot.finished = True
+            fut, wake = slot.fut, not slot.promoted
+            if wake and slot in _waiting:
+                _waiting.remove(slot)
+            yield_loop = _owner == _BACKGROUND and bool(_waiting)
+        if fut is not None and not fut.done():
+            fut.set_result(None)   # its thread runs the loop, waiting for this
+        if wake:
+            slot.done.release()
+        if yield_loop:   # callers are waiting: one of them runs the loop from now on
+            _stop_background(asyncio.get_running_loop())
 
 
 def _stop_background(loop: asyncio.AbstractEventLoop) -> None:
-    """(On the loop) a caller asks for the loop: stop it if the background thread runs it
-    (a late request must not stop a caller's own run)."""
+    """(On the loop) stop it if the background thread runs it: a caller asks for it, or
+    callers wait that can run it (a late request must not stop a caller's own run)."""
     if _owner == _BACKGROUND and not _stopping[0]:
         _stopping[0] = True   # once per run: a second stop() could outlive it
         loop.stop()
 
 
-def _hand_over() -> None:
-    """Count a call handed over without claiming the loop, and wake the background thread
-    in case nobody runs it."""
-    global _handed
-    with _cond:
-        _handed += 1
-        _cond.notify_all()
+def _pass_on() -> bool:
+    """(Under ``_cond``, the loop unowned) make the longest-waiting blocked caller the
+    runner and wake it; False if none waits."""
+    global _owner
+    while _waiting:
+        slot = _waiting.popleft()
+        if slot.finished:
+            continue
+        slot.promoted = True
+        _owner = slot.ident
+        slot.done.release()
+        return True
+    return False
 
 
 def _let_go() -> None:
-    """This caller stops running the loop: the background thread takes it after ``_IDLE``,
-    or at once when calls handed over are still under way."""
+    """This thread stops running the loop: a blocked caller takes it over when handed-over
+    calls are under way, else the background thread after ``_IDLE`` (at once when only
+    callers that cannot run it wait)."""
     global _owner, _released
     with _cond:
         _owner = None
         _released = time.monotonic()
-        if _handed:
+        if _handed and not _pass_on():
             _cond.notify_all()
 
 
@@ -210,14 +219,11 @@ def _run_here(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]
         _let_go()
 
 
-def _run_handed(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]
-                ) -> tuple[Any, BaseException | None]:
-    """Hand ``coro`` to the thread running the loop and wait for it."""
+def _run_handed(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any],
+                slot: _Slot) -> tuple[Any, BaseException | None]:
+    """Hand ``coro`` to the loop's runner and wait; if made the runner meanwhile, run the
+    loop here until the call is done."""
     global _hop_scheduled
-    # one slot per thread, reused: a thread waits for one call at a time
-    slot = getattr(_local, "slot", None)
-    if slot is None:
-        slot = _local.slot = _Slot()
     with _hop_mutex:
         _hop_queue.append((coro, slot))
         wake = not _hop_scheduled
@@ -227,27 +233,62 @@ def _run_handed(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]
     try:
         slot.done.acquire()
     except BaseException:
-        _local.slot = None   # interrupted (KeyboardInterrupt): the loop still owns it
+        with _cond:   # interrupted (KeyboardInterrupt): the loop still owns the call
+            if slot in _waiting:
+                _waiting.remove(slot)
+            runner = slot.promoted and _owner == slot.ident
+        _local.slot = None
+        if runner:
+            _let_go()
         raise
+    if slot.promoted:
+        with _cond:
+            if not slot.finished:
+                slot.fut = loop.create_future()
+        try:
+            if slot.fut is not None:
+                loop.run_until_complete(slot.fut)
+        finally:
+            _let_go()
     value, error = slot.value, slot.error
-    slot.value = slot.error = None
+    slot.value = slot.error = slot.fut = None
+    slot.finished = slot.promoted = False
     return value, error
 
 
 def _run(coro: Coroutine[Any, Any, Any]) -> Any:
     """Run ``coro`` on the private loop (here, or on the thread running it) and wait."""
+    global _owner, _handed
     loop = _get_loop()
-    if _owner == threading.get_ident() or threading.current_thread() is _thread:
+    me = threading.get_ident()
+    if _owner == me or threading.current_thread() is _thread:
         coro.close()
         raise RuntimeError("a blocking aiovirt.compat.libvirt call on its own event-loop "
                            "thread (from a callback run without an event implementation?)")
-    if asyncio._get_running_loop() is not None:   # called from the caller's own async code
-        _hand_over()
-        value, error = _run_handed(loop, coro)
-    elif _claim(loop):
+    # inside the caller's own asyncio code this thread cannot run our loop: hand over
+    can_run = asyncio._get_running_loop() is None
+    with _cond:
+        if can_run:
+            while _owner == _BACKGROUND and not _handed:
+                loop.call_soon_threadsafe(_stop_background, loop)
+                _cond.wait(1.0)
+        mine = can_run and _owner is None
+        if mine:
+            _owner = me
+        else:
+            # one slot per thread, reused: a thread waits for one call at a time
+            slot = getattr(_local, "slot", None)
+            if slot is None:
+                slot = _local.slot = _Slot()
+            _handed += 1
+            if can_run:
+                _waiting.append(slot)
+            if _owner is None:   # nobody runs the loop and this caller cannot: wake the
+                _cond.notify_all()   # background thread
+    if mine:
         value, error = _run_here(loop, coro)
     else:
-        value, error = _run_handed(loop, coro)
+        value, error = _run_handed(loop, coro, slot)
     if error is None:
         return value
     try:
