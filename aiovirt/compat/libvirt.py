@@ -2,9 +2,9 @@
 
 Every call runs the async compat layer (``aiovirt.compat.aio``) on one private event loop
 and waits for it, so any number of threads may call at once, on one connection or many, as
-with libvirt-python.  A caller with no other call under way runs the loop itself; the
-others hand their calls to it; a background thread runs it in between (see "the private
-loop" below).  Errors are
+with libvirt-python.  The loop is run by the callers themselves, passed from one to the
+next as libvirt's own client passes its socket, and by a background thread when no caller
+needs it (see "the private loop" below).  Errors are
 ``libvirtError``.
 
 Events follow libvirt's model: after ``virEventRegisterDefaultImpl()``, callbacks (domain
@@ -52,10 +52,12 @@ _DomainCB = Callable[[Any, Any, int, int, _T], Optional[int]]
 # One event loop serves every connection.  Whoever needs it runs it: a caller thread with no
 # other call under way runs it itself for its own call (``run_until_complete``: no hand-over
 # between threads, which costs two wake-ups per call), and while one caller runs it the
-# others hand their calls to it and wait.  When no caller runs it, a background thread does
-# (events, keepalive, timers), taking it ``_IDLE`` seconds after the last caller let go (at
-# once if calls handed over are still running), and giving it back when a caller with
-# nothing else under way asks for it.  ``_cond`` guards the state below.
+# others hand their calls to it and wait (``_waiting``).  When the runner's own call is done
+# it passes the loop to the longest-waiting caller, which runs it until its own call is done.
+# When no caller runs it, a background thread does (events, keepalive, timers), taking it
+# ``_IDLE`` seconds after the last caller let go (at once if calls handed over by callers
+# that cannot run it are left), and giving it back when a caller asks for it or callers
+# wait.  ``_cond`` guards the state below.
 
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
