@@ -1022,25 +1022,37 @@ def _aiovirt_args(target: Callable[..., Any], bound: dict[str, Any]) -> dict[str
     """The aiovirt method's arguments from libvirt-python's: matched by name (case and
     underscores ignored), the rest in order; None when they do not fit (the generic adapter
     then calls the raw procedure)."""
-    params = _signature_of(target)[0]
-    by_norm = {_norm(name): name for name in bound}
-    remaining = list(bound)
-    out: dict[str, Any] = {}
+    func = getattr(target, "__func__", None)
+    plan = (_argument_plan(func, True, tuple(bound)) if func is not None
+            else _argument_plan(target, False, tuple(bound)))
+    if plan is None:
+        return None
+    return {name: _to_aiovirt(bound[key]) for key, name in plan}
+
+
+@functools.cache
+def _argument_plan(func: Callable[..., Any], is_method: bool, keys: tuple[str, ...]
+                   ) -> tuple[tuple[str, str], ...] | None:
+    """Which of libvirt-python's arguments (``keys``, in order) becomes which parameter of
+    ``func``, worked out once per method and argument names (it costs more than a call)."""
+    params = _signature(func, is_method)[0]
+    by_norm = {_norm(name): name for name in keys}
+    remaining = list(keys)
+    plan: list[tuple[str, str]] = []
     unmatched = []
     for param in params:
         key = by_norm.get(_norm(param.name))
         if key is not None and key in remaining:
-            out[param.name] = _to_aiovirt(bound[key])
+            plan.append((key, param.name))
             remaining.remove(key)
         else:
             unmatched.append(param)
     if unmatched and len(unmatched) == len(remaining):
-        for param, key in zip(unmatched, remaining):
-            out[param.name] = _to_aiovirt(bound[key])
-        return out
+        plan.extend((key, param.name) for param, key in zip(unmatched, remaining))
+        return tuple(plan)
     if remaining or any(p.default is inspect.Parameter.empty for p in unmatched):
         return None
-    return out
+    return tuple(plan)
 
 
 def _returns_none(target: Callable[..., Any]) -> bool:
@@ -1048,8 +1060,13 @@ def _returns_none(target: Callable[..., Any]) -> bool:
     return annotation in (None, "None")
 
 
+_PLAIN = frozenset((int, str, float, bytes, type(None)))   # results returned as they are
+
+
 def _reshape(conn: virConnect, value: Any, top: bool = True) -> Any:
     """An object-API result as libvirt-python returns it."""
+    if type(value) in _PLAIN:
+        return value
     from ..api.handle import Handle
     if isinstance(value, Handle):
         cls = _BY_REF.get(type(value._ref).__name__)
