@@ -75,7 +75,7 @@ import uuid as _uuid
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LibvirtError
-from ..protocol import remote
+from ..protocol import qemu, remote
 from ..protocol.remote import TypedParam
 from .handle import ApiBase, ApiConnection, uuid_bytes
 from .typedparams import from_dict, to_dict
@@ -123,74 +123,98 @@ def _typed_param_types(params: list[TypedParam]) -> dict[str, int]:
 
 
 def _Domain(conn: Any, ref: Any) -> Domain:
+    global _Domain
     from .domain import Domain
 
+    _Domain = Domain  # type: ignore[assignment, misc]
     return Domain(conn, ref)
 
 
 def _DomainCheckpoint(conn: Any, ref: Any) -> DomainCheckpoint:
+    global _DomainCheckpoint
     from .checkpoint import DomainCheckpoint
 
+    _DomainCheckpoint = DomainCheckpoint  # type: ignore[assignment, misc]
     return DomainCheckpoint(conn, ref)
 
 
 def _DomainSnapshot(conn: Any, ref: Any) -> DomainSnapshot:
+    global _DomainSnapshot
     from .snapshot import DomainSnapshot
 
+    _DomainSnapshot = DomainSnapshot  # type: ignore[assignment, misc]
     return DomainSnapshot(conn, ref)
 
 
 def _Interface(conn: Any, ref: Any) -> Interface:
+    global _Interface
     from .interface import Interface
 
+    _Interface = Interface  # type: ignore[assignment, misc]
     return Interface(conn, ref)
 
 
 def _NWFilter(conn: Any, ref: Any) -> NWFilter:
+    global _NWFilter
     from .nwfilter import NWFilter
 
+    _NWFilter = NWFilter  # type: ignore[assignment, misc]
     return NWFilter(conn, ref)
 
 
 def _NWFilterBinding(conn: Any, ref: Any) -> NWFilterBinding:
+    global _NWFilterBinding
     from .nwfilter import NWFilterBinding
 
+    _NWFilterBinding = NWFilterBinding  # type: ignore[assignment, misc]
     return NWFilterBinding(conn, ref)
 
 
 def _Network(conn: Any, ref: Any) -> Network:
+    global _Network
     from .network import Network
 
+    _Network = Network  # type: ignore[assignment, misc]
     return Network(conn, ref)
 
 
 def _NetworkPort(conn: Any, ref: Any) -> NetworkPort:
+    global _NetworkPort
     from .network import NetworkPort
 
+    _NetworkPort = NetworkPort  # type: ignore[assignment, misc]
     return NetworkPort(conn, ref)
 
 
 def _NodeDevice(conn: Any, ref: Any) -> NodeDevice:
+    global _NodeDevice
     from .nodedev import NodeDevice
 
+    _NodeDevice = NodeDevice  # type: ignore[assignment, misc]
     return NodeDevice(conn, ref)
 
 
 def _Secret(conn: Any, ref: Any) -> Secret:
+    global _Secret
     from .secret import Secret
 
+    _Secret = Secret  # type: ignore[assignment, misc]
     return Secret(conn, ref)
 
 
 def _StoragePool(conn: Any, ref: Any) -> StoragePool:
+    global _StoragePool
     from .storage import StoragePool
 
+    _StoragePool = StoragePool  # type: ignore[assignment, misc]
     return StoragePool(conn, ref)
 
 
 def _StorageVolume(conn: Any, ref: Any) -> StorageVolume:
+    global _StorageVolume
     from .storage import StorageVolume
 
+    _StorageVolume = StorageVolume  # type: ignore[assignment, misc]
     return StorageVolume(conn, ref)
 
 
@@ -214,17 +238,17 @@ class ConnectionGenerated(ApiBase):
         """The field types ``node_get_memory_parameters`` reports (for its setter)."""
         # rules: string-okay, nparams-dance, typed-params-out
         flags |= VIR_TYPED_PARAM_STRING_OKAY  # rule string-okay
-        nparams = (await self.rpc.node_get_memory_parameters(0, flags)).nparams  # rule nparams-dance
+        nparams = (await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_GET_MEMORY_PARAMETERS], remote.NodeGetMemoryParametersArgs(0, flags))).nparams  # rule nparams-dance
         if not nparams:
             return {}
-        ret = await self.rpc.node_get_memory_parameters(nparams, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_GET_MEMORY_PARAMETERS], remote.NodeGetMemoryParametersArgs(nparams, flags))
         return _typed_param_types(ret.params)
 
     async def baseline_cpu(self, xml_cpus: list[str], flags: int = 0) -> str:
         """Computes the most feature-rich CPU which is compatible with all given host CPUs.
         (virConnectBaselineCPU)
         """
-        ret = await self.rpc.connect_baseline_cpu(xml_cpus, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_BASELINE_CPU], remote.ConnectBaselineCpuArgs(xml_cpus, flags))
         return ret.cpu
 
     async def baseline_hypervisor_cpu(
@@ -234,12 +258,12 @@ class ConnectionGenerated(ApiBase):
         """Computes the most feature-rich CPU which is compatible with all given CPUs and can be
         provided by the specified hypervisor. (virConnectBaselineHypervisorCPU)
         """
-        ret = await self.rpc.connect_baseline_hypervisor_cpu(emulator, arch, machine, virttype, xml_cpus, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_BASELINE_HYPERVISOR_CPU], remote.ConnectBaselineHypervisorCpuArgs(emulator, arch, machine, virttype, xml_cpus, flags))
         return ret.cpu
 
     async def compare_cpu(self, xml: str, flags: int = 0) -> int:
         """Compares the given CPU description with the host CPU. (virConnectCompareCPU)"""
-        ret = await self.rpc.connect_compare_cpu(xml, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_COMPARE_CPU], remote.ConnectCompareCpuArgs(xml, flags))
         return ret.result
 
     async def compare_hypervisor_cpu(
@@ -249,13 +273,13 @@ class ConnectionGenerated(ApiBase):
         """Compares the given CPU description with the CPU the specified hypervisor is able to
         provide on the host. (virConnectCompareHypervisorCPU)
         """
-        ret = await self.rpc.connect_compare_hypervisor_cpu(emulator, arch, machine, virttype, xml_cpu, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_COMPARE_HYPERVISOR_CPU], remote.ConnectCompareHypervisorCpuArgs(emulator, arch, machine, virttype, xml_cpu, flags))
         return ret.result
 
     async def domain_create_linux(self, xml_desc: str, flags: int = 0) -> Domain:
         """Deprecated after 0.4.6. (virDomainCreateLinux)"""
         # rules: handles-out
-        ret = await self.rpc.domain_create_xml(xml_desc, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_CREATE_XML], remote.DomainCreateXmlArgs(xml_desc, flags))
         return _Domain(self, ret.dom)
 
     async def domain_create_xml(self, xml_desc: str, flags: int = 0) -> Domain:
@@ -264,19 +288,19 @@ class ConnectionGenerated(ApiBase):
         (virDomainCreateXML)
         """
         # rules: handles-out
-        ret = await self.rpc.domain_create_xml(xml_desc, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_CREATE_XML], remote.DomainCreateXmlArgs(xml_desc, flags))
         return _Domain(self, ret.dom)
 
     async def domain_define_xml(self, xml: str) -> Domain:
         """Define a domain, but does not start it. (virDomainDefineXML)"""
         # rules: handles-out
-        ret = await self.rpc.domain_define_xml(xml)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_DEFINE_XML], remote.DomainDefineXmlArgs(xml))
         return _Domain(self, ret.dom)
 
     async def domain_define_xml_flags(self, xml: str, flags: int = 0) -> Domain:
         """Defines a domain, but does not start it. (virDomainDefineXMLFlags)"""
         # rules: handles-out
-        ret = await self.rpc.domain_define_xml_flags(xml, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_DEFINE_XML_FLAGS], remote.DomainDefineXmlFlagsArgs(xml, flags))
         return _Domain(self, ret.dom)
 
     async def domain_lookup_by_id(self, id: int) -> Domain:
@@ -285,7 +309,7 @@ class ConnectionGenerated(ApiBase):
         need to be done instead. (virDomainLookupByID)
         """
         # rules: handles-out
-        ret = await self.rpc.domain_lookup_by_id(id)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_LOOKUP_BY_ID], remote.DomainLookupByIdArgs(id))
         return _Domain(self, ret.dom)
 
     async def domain_lookup_by_name(self, name: str) -> Domain:
@@ -293,7 +317,7 @@ class ConnectionGenerated(ApiBase):
         (virDomainLookupByName)
         """
         # rules: handles-out
-        ret = await self.rpc.domain_lookup_by_name(name)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_LOOKUP_BY_NAME], remote.DomainLookupByNameArgs(name))
         return _Domain(self, ret.dom)
 
     async def domain_lookup_by_uuid(self, uuid: bytes) -> Domain:
@@ -301,7 +325,7 @@ class ConnectionGenerated(ApiBase):
         (virDomainLookupByUUID)
         """
         # rules: handles-out
-        ret = await self.rpc.domain_lookup_by_uuid(uuid)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_LOOKUP_BY_UUID], remote.DomainLookupByUuidArgs(uuid))
         return _Domain(self, ret.dom)
 
     async def domain_lookup_by_uuid_string(self, uuid: str | _uuid.UUID) -> Domain:
@@ -309,7 +333,7 @@ class ConnectionGenerated(ApiBase):
         (virDomainLookupByUUIDString)
         """
         # rules: uuid-string, handles-out
-        ret = await self.rpc.domain_lookup_by_uuid(uuid_bytes(uuid))
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_LOOKUP_BY_UUID], remote.DomainLookupByUuidArgs(uuid_bytes(uuid)))
         return _Domain(self, ret.dom)
 
     async def domain_qemu_attach(self, pid_value: int, flags: int = 0) -> Domain:
@@ -317,36 +341,36 @@ class ConnectionGenerated(ApiBase):
         driver. (virDomainQemuAttach)
         """
         # rules: handles-out
-        ret = await self.qemu_rpc.domain_attach(pid_value, flags)
+        ret = await self.start(qemu.PROCEDURES[qemu.QEMU_PROC_DOMAIN_ATTACH], qemu.QemuDomainAttachArgs(pid_value, flags))
         return _Domain(self, ret.dom)
 
     async def domain_restore(self, from_: str) -> None:
         """This method will restore a domain saved to disk by virDomainSave(). (virDomainRestore)"""
-        await self.rpc.domain_restore(from_)
+        await self.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_RESTORE], remote.DomainRestoreArgs(from_))
 
     async def domain_restore_flags(self, from_: str, dxml: str | None, flags: int = 0) -> None:
         """This method will restore a domain saved to disk by virDomainSave().
         (virDomainRestoreFlags)
         """
-        await self.rpc.domain_restore_flags(from_, dxml, flags)
+        await self.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_RESTORE_FLAGS], remote.DomainRestoreFlagsArgs(from_, dxml, flags))
 
     async def domain_restore_params(self, params: dict[str, Any], flags: int = 0) -> None:
         """This method extends virDomainRestoreFlags by adding parameters. (virDomainRestoreParams)"""
         # rules: typed-params-in
         _params_params = from_dict(params)
-        await self.rpc.domain_restore_params(_params_params, flags)
+        await self.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_RESTORE_PARAMS], remote.DomainRestoreParamsArgs(_params_params, flags))
 
     async def domain_save_image_define_xml(self, file: str, dxml: str, flags: int = 0) -> None:
         """This updates the definition of a domain stored in a saved state file.
         (virDomainSaveImageDefineXML)
         """
-        await self.rpc.domain_save_image_define_xml(file, dxml, flags)
+        await self.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SAVE_IMAGE_DEFINE_XML], remote.DomainSaveImageDefineXmlArgs(file, dxml, flags))
 
     async def domain_save_image_get_xml_desc(self, file: str, flags: int = 0) -> str:
         """This method will extract the XML describing the domain at the time a saved state file
         was created. (virDomainSaveImageGetXMLDesc)
         """
-        ret = await self.rpc.domain_save_image_get_xml_desc(file, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SAVE_IMAGE_GET_XML_DESC], remote.DomainSaveImageGetXmlDescArgs(file, flags))
         return ret.xml
 
     async def domain_xml_from_native(
@@ -355,7 +379,7 @@ class ConnectionGenerated(ApiBase):
         """Reads native configuration data describing a domain, and generates libvirt domain XML.
         (virConnectDomainXMLFromNative)
         """
-        ret = await self.rpc.connect_domain_xml_from_native(native_format, native_config, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_DOMAIN_XML_FROM_NATIVE], remote.ConnectDomainXmlFromNativeArgs(native_format, native_config, flags))
         return ret.domainXml
 
     async def domain_xml_to_native(
@@ -364,7 +388,7 @@ class ConnectionGenerated(ApiBase):
         """Reads a domain XML configuration document, and generates a native configuration file
         describing the domain. (virConnectDomainXMLToNative)
         """
-        ret = await self.rpc.connect_domain_xml_to_native(native_format, domain_xml, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_DOMAIN_XML_TO_NATIVE], remote.ConnectDomainXmlToNativeArgs(native_format, domain_xml, flags))
         return ret.nativeConfig
 
     async def find_storage_pool_sources(
@@ -373,12 +397,12 @@ class ConnectionGenerated(ApiBase):
         """Talks to a storage backend and attempts to auto-discover the set of available storage
         pool sources. (virConnectFindStoragePoolSources)
         """
-        ret = await self.rpc.connect_find_storage_pool_sources(type, src_spec, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_FIND_STORAGE_POOL_SOURCES], remote.ConnectFindStoragePoolSourcesArgs(type, src_spec, flags))
         return ret.xml
 
     async def get_capabilities(self) -> str:
         """Provides capabilities of the hypervisor / driver. (virConnectGetCapabilities)"""
-        ret = await self.rpc.connect_get_capabilities()
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_GET_CAPABILITIES], None)
         return ret.capabilities
 
     async def get_cpu_model_names(self, arch: str, flags: int = 0) -> list[str]:
@@ -386,7 +410,7 @@ class ConnectionGenerated(ApiBase):
         (virConnectGetCPUModelNames)
         """
         # rules: need-results, in-band, counted-list
-        ret = await self.rpc.connect_get_cpu_model_names(arch, 1, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_GET_CPU_MODEL_NAMES], remote.ConnectGetCpuModelNamesArgs(arch, 1, flags))
         if ret.ret == -1:  # rule in-band
             raise LibvirtError("virConnectGetCPUModelNames: the daemon's reply reports failure (-1)")
         return ret.models
@@ -399,7 +423,7 @@ class ConnectionGenerated(ApiBase):
         may be suitable to know what the underlying emulator and/or libvirt is capable of.
         (virConnectGetDomainCapabilities)
         """
-        ret = await self.rpc.connect_get_domain_capabilities(emulatorbin, arch, machine, virttype, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_GET_DOMAIN_CAPABILITIES], remote.ConnectGetDomainCapabilitiesArgs(emulatorbin, arch, machine, virttype, flags))
         return ret.capabilities
 
     async def get_hostname(self) -> str:
@@ -407,21 +431,21 @@ class ConnectionGenerated(ApiBase):
         of the gethostname system call, but possibly expanded to a fully-qualified domain name
         via getaddrinfo). (virConnectGetHostname)
         """
-        ret = await self.rpc.connect_get_hostname()
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_GET_HOSTNAME], None)
         return ret.hostname
 
     async def get_lib_version(self) -> int:
         """Provides @libVer, which is the version of libvirt used by the daemon running on the
         @conn host (virConnectGetLibVersion)
         """
-        ret = await self.rpc.connect_get_lib_version()
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_GET_LIB_VERSION], None)
         return ret.lib_ver
 
     async def get_max_vcpus(self, type: str | None) -> int:
         """Provides the maximum number of virtual CPUs supported for a guest VM of a specific type.
         (virConnectGetMaxVcpus)
         """
-        ret = await self.rpc.connect_get_max_vcpus(type)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_GET_MAX_VCPUS], remote.ConnectGetMaxVcpusArgs(type))
         return ret.max_vcpus
 
     async def get_storage_pool_capabilities(self, flags: int = 0) -> str:
@@ -429,7 +453,7 @@ class ConnectionGenerated(ApiBase):
         virStoragePoolDefineXML) it may be suitable to know what pool types are supported along
         with the file/disk formats for each pool. (virConnectGetStoragePoolCapabilities)
         """
-        ret = await self.rpc.connect_get_storage_pool_capabilities(flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_GET_STORAGE_POOL_CAPABILITIES], remote.ConnectGetStoragePoolCapabilitiesArgs(flags))
         return ret.capabilities
 
     async def get_sysinfo(self, flags: int = 0) -> str:
@@ -437,43 +461,43 @@ class ConnectionGenerated(ApiBase):
         hypervisor is running, in the same format as the <sysinfo> element of a domain XML.
         (virConnectGetSysinfo)
         """
-        ret = await self.rpc.connect_get_sysinfo(flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_GET_SYSINFO], remote.ConnectGetSysinfoArgs(flags))
         return ret.sysinfo
 
     async def get_type(self) -> str:
         """Get the name of the Hypervisor driver used. (virConnectGetType)"""
-        ret = await self.rpc.connect_get_type()
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_GET_TYPE], None)
         return ret.type
 
     async def get_version(self) -> int:
         """Get the version level of the Hypervisor running. (virConnectGetVersion)"""
-        ret = await self.rpc.connect_get_version()
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_GET_VERSION], None)
         return ret.hv_ver
 
     async def interface_change_begin(self, flags: int = 0) -> None:
         """This function creates a restore point to which one can return later by calling
         virInterfaceChangeRollback(). (virInterfaceChangeBegin)
         """
-        await self.rpc.interface_change_begin(flags)
+        await self.start(remote.PROCEDURES[remote.REMOTE_PROC_INTERFACE_CHANGE_BEGIN], remote.InterfaceChangeBeginArgs(flags))
 
     async def interface_change_commit(self, flags: int = 0) -> None:
         """This commits the changes made to interfaces and frees the restore point created by
         virInterfaceChangeBegin(). (virInterfaceChangeCommit)
         """
-        await self.rpc.interface_change_commit(flags)
+        await self.start(remote.PROCEDURES[remote.REMOTE_PROC_INTERFACE_CHANGE_COMMIT], remote.InterfaceChangeCommitArgs(flags))
 
     async def interface_change_rollback(self, flags: int = 0) -> None:
         """This cancels changes made to interfaces settings by restoring previous state created by
         virInterfaceChangeBegin(). (virInterfaceChangeRollback)
         """
-        await self.rpc.interface_change_rollback(flags)
+        await self.start(remote.PROCEDURES[remote.REMOTE_PROC_INTERFACE_CHANGE_ROLLBACK], remote.InterfaceChangeRollbackArgs(flags))
 
     async def interface_define_xml(self, xml: str, flags: int = 0) -> Interface:
         """Define an inactive persistent physical host interface or modify an existing persistent
         one from the XML description. (virInterfaceDefineXML)
         """
         # rules: handles-out
-        ret = await self.rpc.interface_define_xml(xml, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_INTERFACE_DEFINE_XML], remote.InterfaceDefineXmlArgs(xml, flags))
         return _Interface(self, ret.iface)
 
     async def interface_lookup_by_mac_string(self, mac: str) -> Interface:
@@ -481,7 +505,7 @@ class ConnectionGenerated(ApiBase):
         (virInterfaceLookupByMACString)
         """
         # rules: handles-out
-        ret = await self.rpc.interface_lookup_by_mac_string(mac)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_INTERFACE_LOOKUP_BY_MAC_STRING], remote.InterfaceLookupByMacStringArgs(mac))
         return _Interface(self, ret.iface)
 
     async def interface_lookup_by_name(self, name: str) -> Interface:
@@ -489,19 +513,19 @@ class ConnectionGenerated(ApiBase):
         (virInterfaceLookupByName)
         """
         # rules: handles-out
-        ret = await self.rpc.interface_lookup_by_name(name)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_INTERFACE_LOOKUP_BY_NAME], remote.InterfaceLookupByNameArgs(name))
         return _Interface(self, ret.iface)
 
     async def is_encrypted(self) -> bool:
         """Determine if the connection to the hypervisor is encrypted (virConnectIsEncrypted)"""
         # rules: bool, transport-secure
-        ret = await self.rpc.connect_is_secure()
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_IS_SECURE], None)
         return bool(ret.secure) and _transport_is_encrypted(self)
 
     async def is_secure(self) -> bool:
         """Determine if the connection to the hypervisor is secure (virConnectIsSecure)"""
         # rules: bool, transport-secure
-        ret = await self.rpc.connect_is_secure()
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_IS_SECURE], None)
         return bool(ret.secure) and _transport_is_secure(self)
 
     async def list_all_domains(self, flags: int = 0) -> list[Domain]:
@@ -509,7 +533,7 @@ class ConnectionGenerated(ApiBase):
         information for each. (virConnectListAllDomains)
         """
         # rules: need-results, counted-list, handles-out
-        ret = await self.rpc.connect_list_all_domains(1, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_LIST_ALL_DOMAINS], remote.ConnectListAllDomainsArgs(1, flags))
         return [_Domain(self, ref) for ref in ret.domains]
 
     async def list_all_interfaces(self, flags: int = 0) -> list[Interface]:
@@ -517,7 +541,7 @@ class ConnectionGenerated(ApiBase):
         (virConnectListAllInterfaces)
         """
         # rules: need-results, counted-list, handles-out
-        ret = await self.rpc.connect_list_all_interfaces(1, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_LIST_ALL_INTERFACES], remote.ConnectListAllInterfacesArgs(1, flags))
         return [_Interface(self, ref) for ref in ret.ifaces]
 
     async def list_all_networks(self, flags: int = 0) -> list[Network]:
@@ -525,7 +549,7 @@ class ConnectionGenerated(ApiBase):
         (virConnectListAllNetworks)
         """
         # rules: need-results, counted-list, handles-out
-        ret = await self.rpc.connect_list_all_networks(1, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_LIST_ALL_NETWORKS], remote.ConnectListAllNetworksArgs(1, flags))
         return [_Network(self, ref) for ref in ret.nets]
 
     async def list_all_node_devices(self, flags: int = 0) -> list[NodeDevice]:
@@ -533,7 +557,7 @@ class ConnectionGenerated(ApiBase):
         (virConnectListAllNodeDevices)
         """
         # rules: need-results, counted-list, handles-out
-        ret = await self.rpc.connect_list_all_node_devices(1, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_LIST_ALL_NODE_DEVICES], remote.ConnectListAllNodeDevicesArgs(1, flags))
         return [_NodeDevice(self, ref) for ref in ret.devices]
 
     async def list_all_nwfilter_bindings(self, flags: int = 0) -> list[NWFilterBinding]:
@@ -541,7 +565,7 @@ class ConnectionGenerated(ApiBase):
         (virConnectListAllNWFilterBindings)
         """
         # rules: need-results, counted-list, handles-out
-        ret = await self.rpc.connect_list_all_nwfilter_bindings(1, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_LIST_ALL_NWFILTER_BINDINGS], remote.ConnectListAllNwfilterBindingsArgs(1, flags))
         return [_NWFilterBinding(self, ref) for ref in ret.bindings]
 
     async def list_all_nwfilters(self, flags: int = 0) -> list[NWFilter]:
@@ -549,7 +573,7 @@ class ConnectionGenerated(ApiBase):
         (virConnectListAllNWFilters)
         """
         # rules: need-results, counted-list, handles-out
-        ret = await self.rpc.connect_list_all_nwfilters(1, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_LIST_ALL_NWFILTERS], remote.ConnectListAllNwfiltersArgs(1, flags))
         return [_NWFilter(self, ref) for ref in ret.filters]
 
     async def list_all_secrets(self, flags: int = 0) -> list[Secret]:
@@ -557,7 +581,7 @@ class ConnectionGenerated(ApiBase):
         (virConnectListAllSecrets)
         """
         # rules: need-results, counted-list, handles-out
-        ret = await self.rpc.connect_list_all_secrets(1, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_LIST_ALL_SECRETS], remote.ConnectListAllSecretsArgs(1, flags))
         return [_Secret(self, ref) for ref in ret.secrets]
 
     async def list_all_storage_pools(self, flags: int = 0) -> list[StoragePool]:
@@ -565,75 +589,75 @@ class ConnectionGenerated(ApiBase):
         (virConnectListAllStoragePools)
         """
         # rules: need-results, counted-list, handles-out
-        ret = await self.rpc.connect_list_all_storage_pools(1, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_LIST_ALL_STORAGE_POOLS], remote.ConnectListAllStoragePoolsArgs(1, flags))
         return [_StoragePool(self, ref) for ref in ret.pools]
 
     async def list_defined_domains(self, maxnames: int) -> list[str]:
         """list the defined but inactive domains, stores the pointers to the names in @names
         (virConnectListDefinedDomains)
         """
-        ret = await self.rpc.connect_list_defined_domains(maxnames)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_LIST_DEFINED_DOMAINS], remote.ConnectListDefinedDomainsArgs(maxnames))
         return ret.names
 
     async def list_defined_interfaces(self, maxnames: int) -> list[str]:
         """Collect the list of defined (inactive) physical host interfaces, and store their names
         in @names. (virConnectListDefinedInterfaces)
         """
-        ret = await self.rpc.connect_list_defined_interfaces(maxnames)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_LIST_DEFINED_INTERFACES], remote.ConnectListDefinedInterfacesArgs(maxnames))
         return ret.names
 
     async def list_defined_networks(self, maxnames: int) -> list[str]:
         """list the inactive networks, stores the pointers to the names in @names
         (virConnectListDefinedNetworks)
         """
-        ret = await self.rpc.connect_list_defined_networks(maxnames)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_LIST_DEFINED_NETWORKS], remote.ConnectListDefinedNetworksArgs(maxnames))
         return ret.names
 
     async def list_defined_storage_pools(self, maxnames: int) -> list[str]:
         """Provides the list of names of inactive storage pools up to maxnames.
         (virConnectListDefinedStoragePools)
         """
-        ret = await self.rpc.connect_list_defined_storage_pools(maxnames)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_LIST_DEFINED_STORAGE_POOLS], remote.ConnectListDefinedStoragePoolsArgs(maxnames))
         return ret.names
 
     async def list_domain_ids(self, maxids: int) -> list[int]:
         """Collect the list of active domains, and store their IDs in array @ids
         (virConnectListDomains)
         """
-        ret = await self.rpc.connect_list_domains(maxids)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_LIST_DOMAINS], remote.ConnectListDomainsArgs(maxids))
         return ret.ids
 
     async def list_interfaces(self, maxnames: int) -> list[str]:
         """Collect the list of active physical host interfaces, and store their names in @names
         (virConnectListInterfaces)
         """
-        ret = await self.rpc.connect_list_interfaces(maxnames)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_LIST_INTERFACES], remote.ConnectListInterfacesArgs(maxnames))
         return ret.names
 
     async def list_network_names(self, maxnames: int) -> list[str]:
         """Collect the list of active networks, and store their names in @names
         (virConnectListNetworks)
         """
-        ret = await self.rpc.connect_list_networks(maxnames)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_LIST_NETWORKS], remote.ConnectListNetworksArgs(maxnames))
         return ret.names
 
     async def list_nwfilters(self, maxnames: int) -> list[str]:
         """Collect the list of network filters, and store their names in @names
         (virConnectListNWFilters)
         """
-        ret = await self.rpc.connect_list_nwfilters(maxnames)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_LIST_NWFILTERS], remote.ConnectListNwfiltersArgs(maxnames))
         return ret.names
 
     async def list_secret_uuids(self, maxuuids: int) -> list[str]:
         """List UUIDs of defined secrets, store pointers to names in uuids. (virConnectListSecrets)"""
-        ret = await self.rpc.connect_list_secrets(maxuuids)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_LIST_SECRETS], remote.ConnectListSecretsArgs(maxuuids))
         return ret.uuids
 
     async def list_storage_pool_names(self, maxnames: int) -> list[str]:
         """Provides the list of names of active storage pools up to maxnames.
         (virConnectListStoragePools)
         """
-        ret = await self.rpc.connect_list_storage_pools(maxnames)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_LIST_STORAGE_POOLS], remote.ConnectListStoragePoolsArgs(maxnames))
         return ret.names
 
     async def network_create_xml(self, xml: str) -> Network:
@@ -641,7 +665,7 @@ class ConnectionGenerated(ApiBase):
         returned by virNetworkGetXMLDesc() (virNetworkCreateXML)
         """
         # rules: handles-out
-        ret = await self.rpc.network_create_xml(xml)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NETWORK_CREATE_XML], remote.NetworkCreateXmlArgs(xml))
         return _Network(self, ret.net)
 
     async def network_create_xml_flags(self, xml: str, flags: int = 0) -> Network:
@@ -649,7 +673,7 @@ class ConnectionGenerated(ApiBase):
         returned by virNetworkGetXMLDesc() (virNetworkCreateXMLFlags)
         """
         # rules: handles-out
-        ret = await self.rpc.network_create_xml_flags(xml, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NETWORK_CREATE_XML_FLAGS], remote.NetworkCreateXmlFlagsArgs(xml, flags))
         return _Network(self, ret.net)
 
     async def network_define_xml(self, xml: str) -> Network:
@@ -657,7 +681,7 @@ class ConnectionGenerated(ApiBase):
         the XML description. (virNetworkDefineXML)
         """
         # rules: handles-out
-        ret = await self.rpc.network_define_xml(xml)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NETWORK_DEFINE_XML], remote.NetworkDefineXmlArgs(xml))
         return _Network(self, ret.net)
 
     async def network_define_xml_flags(self, xml: str, flags: int = 0) -> Network:
@@ -665,7 +689,7 @@ class ConnectionGenerated(ApiBase):
         the XML description. (virNetworkDefineXMLFlags)
         """
         # rules: handles-out
-        ret = await self.rpc.network_define_xml_flags(xml, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NETWORK_DEFINE_XML_FLAGS], remote.NetworkDefineXmlFlagsArgs(xml, flags))
         return _Network(self, ret.net)
 
     async def network_lookup_by_name(self, name: str) -> Network:
@@ -673,7 +697,7 @@ class ConnectionGenerated(ApiBase):
         (virNetworkLookupByName)
         """
         # rules: handles-out
-        ret = await self.rpc.network_lookup_by_name(name)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NETWORK_LOOKUP_BY_NAME], remote.NetworkLookupByNameArgs(name))
         return _Network(self, ret.net)
 
     async def network_lookup_by_uuid(self, uuid: bytes) -> Network:
@@ -681,7 +705,7 @@ class ConnectionGenerated(ApiBase):
         (virNetworkLookupByUUID)
         """
         # rules: handles-out
-        ret = await self.rpc.network_lookup_by_uuid(uuid)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NETWORK_LOOKUP_BY_UUID], remote.NetworkLookupByUuidArgs(uuid))
         return _Network(self, ret.net)
 
     async def network_lookup_by_uuid_string(self, uuid: str | _uuid.UUID) -> Network:
@@ -689,7 +713,7 @@ class ConnectionGenerated(ApiBase):
         (virNetworkLookupByUUIDString)
         """
         # rules: uuid-string, handles-out
-        ret = await self.rpc.network_lookup_by_uuid(uuid_bytes(uuid))
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NETWORK_LOOKUP_BY_UUID], remote.NetworkLookupByUuidArgs(uuid_bytes(uuid)))
         return _Network(self, ret.net)
 
     async def node_alloc_pages(
@@ -700,7 +724,7 @@ class ConnectionGenerated(ApiBase):
         pages in the system pool which can be then allocated by the domain. (virNodeAllocPages)
         """
         # rules: in-band
-        ret = await self.rpc.node_alloc_pages(page_sizes, page_counts, start_cell, cell_count, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_ALLOC_PAGES], remote.NodeAllocPagesArgs(page_sizes, page_counts, start_cell, cell_count, flags))
         if ret.ret == -1:  # rule in-band
             raise LibvirtError("virNodeAllocPages: the daemon's reply reports failure (-1)")
         return ret.ret
@@ -710,7 +734,7 @@ class ConnectionGenerated(ApiBase):
         vport_create. (virNodeDeviceCreateXML)
         """
         # rules: handles-out
-        ret = await self.rpc.node_device_create_xml(xml_desc, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_DEVICE_CREATE_XML], remote.NodeDeviceCreateXmlArgs(xml_desc, flags))
         return _NodeDevice(self, ret.dev)
 
     async def node_device_define_xml(self, xml_desc: str, flags: int = 0) -> NodeDevice:
@@ -718,13 +742,13 @@ class ConnectionGenerated(ApiBase):
         (virNodeDeviceDefineXML)
         """
         # rules: handles-out
-        ret = await self.rpc.node_device_define_xml(xml_desc, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_DEVICE_DEFINE_XML], remote.NodeDeviceDefineXmlArgs(xml_desc, flags))
         return _NodeDevice(self, ret.dev)
 
     async def node_device_lookup_by_name(self, name: str) -> NodeDevice:
         """Lookup a node device by its name. (virNodeDeviceLookupByName)"""
         # rules: handles-out
-        ret = await self.rpc.node_device_lookup_by_name(name)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_DEVICE_LOOKUP_BY_NAME], remote.NodeDeviceLookupByNameArgs(name))
         return _NodeDevice(self, ret.dev)
 
     async def node_device_lookup_scsi_host_by_wwn(
@@ -734,14 +758,14 @@ class ConnectionGenerated(ApiBase):
         (virNodeDeviceLookupSCSIHostByWWN)
         """
         # rules: handles-out
-        ret = await self.rpc.node_device_lookup_scsi_host_by_wwn(wwnn, wwpn, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_DEVICE_LOOKUP_SCSI_HOST_BY_WWN], remote.NodeDeviceLookupScsiHostByWwnArgs(wwnn, wwpn, flags))
         return _NodeDevice(self, ret.dev)
 
     async def node_get_cells_free_memory(self, start_cell: int, maxcells: int) -> list[int]:
         """This call returns the amount of free memory in one or more NUMA cells.
         (virNodeGetCellsFreeMemory)
         """
-        ret = await self.rpc.node_get_cells_free_memory(start_cell, maxcells)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_GET_CELLS_FREE_MEMORY], remote.NodeGetCellsFreeMemoryArgs(start_cell, maxcells))
         return ret.cells
 
     async def node_get_cpu_map(
@@ -751,7 +775,7 @@ class ConnectionGenerated(ApiBase):
         as is
         """
         # rules: in-band
-        ret = await self.rpc.node_get_cpu_map(need_map, need_online, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_GET_CPU_MAP], remote.NodeGetCpuMapArgs(need_map, need_online, flags))
         if ret.ret == -1:  # rule in-band
             raise LibvirtError("virNodeGetCPUMap: the daemon's reply reports failure (-1)")
         return ret
@@ -759,10 +783,10 @@ class ConnectionGenerated(ApiBase):
     async def node_get_cpu_stats(self, cpu_num: int, flags: int = 0) -> dict[str, int]:
         """This function provides individual cpu statistics of the node. (virNodeGetCPUStats)"""
         # rules: nparams-dance, stats-dict
-        nparams = (await self.rpc.node_get_cpu_stats(cpu_num, 0, flags)).nparams  # rule nparams-dance
+        nparams = (await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_GET_CPU_STATS], remote.NodeGetCpuStatsArgs(cpu_num, 0, flags))).nparams  # rule nparams-dance
         if not nparams:
             return {}
-        ret = await self.rpc.node_get_cpu_stats(cpu_num, nparams, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_GET_CPU_STATS], remote.NodeGetCpuStatsArgs(cpu_num, nparams, flags))
         return {p.field: p.value for p in ret.params}
 
     async def node_get_free_memory(self) -> int:
@@ -770,7 +794,7 @@ class ConnectionGenerated(ApiBase):
         sizes in kibibytes, but in this function the returned value is in bytes.
         (virNodeGetFreeMemory)
         """
-        ret = await self.rpc.node_get_free_memory()
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_GET_FREE_MEMORY], None)
         return ret.freeMem
 
     async def node_get_free_pages(
@@ -779,14 +803,14 @@ class ConnectionGenerated(ApiBase):
         """This calls queries the host system on free pages of specified size.
         (virNodeGetFreePages)
         """
-        ret = await self.rpc.node_get_free_pages(pages, start_cell, cell_count, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_GET_FREE_PAGES], remote.NodeGetFreePagesArgs(pages, start_cell, cell_count, flags))
         return ret.counts
 
     async def node_get_info(self) -> remote.NodeGetInfoRet:
         """Extract hardware information about the node. (virNodeGetInfo); returns the reply
         (NodeGetInfoRet) as is
         """
-        ret = await self.rpc.node_get_info()
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_GET_INFO], None)
         return ret
 
     async def node_get_memory_parameters(self, flags: int = 0) -> dict[str, Any]:
@@ -795,26 +819,26 @@ class ConnectionGenerated(ApiBase):
         """
         # rules: string-okay, nparams-dance, typed-params-out
         flags |= VIR_TYPED_PARAM_STRING_OKAY  # rule string-okay
-        nparams = (await self.rpc.node_get_memory_parameters(0, flags)).nparams  # rule nparams-dance
+        nparams = (await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_GET_MEMORY_PARAMETERS], remote.NodeGetMemoryParametersArgs(0, flags))).nparams  # rule nparams-dance
         if not nparams:
             return {}
-        ret = await self.rpc.node_get_memory_parameters(nparams, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_GET_MEMORY_PARAMETERS], remote.NodeGetMemoryParametersArgs(nparams, flags))
         return to_dict(ret.params)
 
     async def node_get_memory_stats(self, cell_num: int, flags: int = 0) -> dict[str, int]:
         """This function provides memory stats of the node. (virNodeGetMemoryStats)"""
         # rules: nparams-dance, stats-dict
-        nparams = (await self.rpc.node_get_memory_stats(0, cell_num, flags)).nparams  # rule nparams-dance
+        nparams = (await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_GET_MEMORY_STATS], remote.NodeGetMemoryStatsArgs(0, cell_num, flags))).nparams  # rule nparams-dance
         if not nparams:
             return {}
-        ret = await self.rpc.node_get_memory_stats(nparams, cell_num, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_GET_MEMORY_STATS], remote.NodeGetMemoryStatsArgs(nparams, cell_num, flags))
         return {p.field: p.value for p in ret.params}
 
     async def node_get_security_model(self) -> remote.NodeGetSecurityModelRet:
         """Extract the security model of a hypervisor. (virNodeGetSecurityModel); returns the reply
         (NodeGetSecurityModelRet) as is
         """
-        ret = await self.rpc.node_get_security_model()
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_GET_SECURITY_MODEL], None)
         return ret
 
     async def node_get_sev_info(self, flags: int = 0) -> dict[str, Any]:
@@ -823,17 +847,17 @@ class ConnectionGenerated(ApiBase):
         """
         # rules: allocating, string-okay, typed-params-out
         flags |= VIR_TYPED_PARAM_STRING_OKAY  # rule string-okay
-        ret = await self.rpc.node_get_sev_info(0, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_GET_SEV_INFO], remote.NodeGetSevInfoArgs(0, flags))
         return to_dict(ret.params)
 
     async def node_list_devices(self, cap: str | None, maxnames: int, flags: int = 0) -> list[str]:
         """Collect the list of node devices, and store their names in @names (virNodeListDevices)"""
-        ret = await self.rpc.node_list_devices(cap, maxnames, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_LIST_DEVICES], remote.NodeListDevicesArgs(cap, maxnames, flags))
         return ret.names
 
     async def node_num_of_devices(self, cap: str | None, flags: int = 0) -> int:
         """Provides the number of node devices. (virNodeNumOfDevices)"""
-        ret = await self.rpc.node_num_of_devices(cap, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_NUM_OF_DEVICES], remote.NodeNumOfDevicesArgs(cap, flags))
         return ret.num
 
     async def node_set_memory_parameters(self, params: dict[str, Any], flags: int = 0) -> None:
@@ -844,67 +868,67 @@ class ConnectionGenerated(ApiBase):
         except LibvirtError:
             _types = {}
         _params_params = from_dict(params, _types)
-        await self.rpc.node_set_memory_parameters(_params_params, flags)
+        await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_SET_MEMORY_PARAMETERS], remote.NodeSetMemoryParametersArgs(_params_params, flags))
 
     async def node_suspend_for_duration(self, target: int, duration: int, flags: int = 0) -> None:
         """Attempt to suspend the node (host machine) for the given duration of time in the
         specified state (Suspend-to-RAM, Suspend-to-Disk or Hybrid-Suspend).
         (virNodeSuspendForDuration)
         """
-        await self.rpc.node_suspend_for_duration(target, duration, flags)
+        await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_SUSPEND_FOR_DURATION], remote.NodeSuspendForDurationArgs(target, duration, flags))
 
     async def num_of_defined_domains(self) -> int:
         """Provides the number of defined but inactive domains. (virConnectNumOfDefinedDomains)"""
-        ret = await self.rpc.connect_num_of_defined_domains()
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_NUM_OF_DEFINED_DOMAINS], None)
         return ret.num
 
     async def num_of_defined_interfaces(self) -> int:
         """Provides the number of defined (inactive) interfaces on the physical host.
         (virConnectNumOfDefinedInterfaces)
         """
-        ret = await self.rpc.connect_num_of_defined_interfaces()
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_NUM_OF_DEFINED_INTERFACES], None)
         return ret.num
 
     async def num_of_defined_networks(self) -> int:
         """Provides the number of inactive networks. (virConnectNumOfDefinedNetworks)"""
-        ret = await self.rpc.connect_num_of_defined_networks()
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_NUM_OF_DEFINED_NETWORKS], None)
         return ret.num
 
     async def num_of_defined_storage_pools(self) -> int:
         """Provides the number of inactive storage pools (virConnectNumOfDefinedStoragePools)"""
-        ret = await self.rpc.connect_num_of_defined_storage_pools()
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_NUM_OF_DEFINED_STORAGE_POOLS], None)
         return ret.num
 
     async def num_of_domains(self) -> int:
         """Provides the number of active domains. (virConnectNumOfDomains)"""
-        ret = await self.rpc.connect_num_of_domains()
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_NUM_OF_DOMAINS], None)
         return ret.num
 
     async def num_of_interfaces(self) -> int:
         """Provides the number of active interfaces on the physical host.
         (virConnectNumOfInterfaces)
         """
-        ret = await self.rpc.connect_num_of_interfaces()
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_NUM_OF_INTERFACES], None)
         return ret.num
 
     async def num_of_networks(self) -> int:
         """Provides the number of active networks. (virConnectNumOfNetworks)"""
-        ret = await self.rpc.connect_num_of_networks()
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_NUM_OF_NETWORKS], None)
         return ret.num
 
     async def num_of_nwfilters(self) -> int:
         """Provides the number of nwfilters. (virConnectNumOfNWFilters)"""
-        ret = await self.rpc.connect_num_of_nwfilters()
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_NUM_OF_NWFILTERS], None)
         return ret.num
 
     async def num_of_secrets(self) -> int:
         """Fetch number of currently defined secrets. (virConnectNumOfSecrets)"""
-        ret = await self.rpc.connect_num_of_secrets()
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_NUM_OF_SECRETS], None)
         return ret.num
 
     async def num_of_storage_pools(self) -> int:
         """Provides the number of active storage pools (virConnectNumOfStoragePools)"""
-        ret = await self.rpc.connect_num_of_storage_pools()
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_NUM_OF_STORAGE_POOLS], None)
         return ret.num
 
     async def nwfilter_binding_create_xml(self, xml: str, flags: int = 0) -> NWFilterBinding:
@@ -912,7 +936,7 @@ class ConnectionGenerated(ApiBase):
         virNWFilterGetXMLDesc(). (virNWFilterBindingCreateXML)
         """
         # rules: handles-out
-        ret = await self.rpc.nwfilter_binding_create_xml(xml, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NWFILTER_BINDING_CREATE_XML], remote.NwfilterBindingCreateXmlArgs(xml, flags))
         return _NWFilterBinding(self, ret.nwfilter)
 
     async def nwfilter_binding_lookup_by_port_dev(self, name: str) -> NWFilterBinding:
@@ -920,7 +944,7 @@ class ConnectionGenerated(ApiBase):
         device name. (virNWFilterBindingLookupByPortDev)
         """
         # rules: handles-out
-        ret = await self.rpc.nwfilter_binding_lookup_by_port_dev(name)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NWFILTER_BINDING_LOOKUP_BY_PORT_DEV], remote.NwfilterBindingLookupByPortDevArgs(name))
         return _NWFilterBinding(self, ret.nwfilter)
 
     async def nwfilter_define_xml(self, xml: str) -> NWFilter:
@@ -928,7 +952,7 @@ class ConnectionGenerated(ApiBase):
         virNWFilterGetXMLDesc() (virNWFilterDefineXML)
         """
         # rules: handles-out
-        ret = await self.rpc.nwfilter_define_xml(xml)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NWFILTER_DEFINE_XML], remote.NwfilterDefineXmlArgs(xml))
         return _NWFilter(self, ret.nwfilter)
 
     async def nwfilter_define_xml_flags(self, xml: str, flags: int = 0) -> NWFilter:
@@ -936,7 +960,7 @@ class ConnectionGenerated(ApiBase):
         virNWFilterGetXMLDesc() (virNWFilterDefineXMLFlags)
         """
         # rules: handles-out
-        ret = await self.rpc.nwfilter_define_xml_flags(xml, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NWFILTER_DEFINE_XML_FLAGS], remote.NwfilterDefineXmlFlagsArgs(xml, flags))
         return _NWFilter(self, ret.nwfilter)
 
     async def nwfilter_lookup_by_name(self, name: str) -> NWFilter:
@@ -944,7 +968,7 @@ class ConnectionGenerated(ApiBase):
         (virNWFilterLookupByName)
         """
         # rules: handles-out
-        ret = await self.rpc.nwfilter_lookup_by_name(name)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NWFILTER_LOOKUP_BY_NAME], remote.NwfilterLookupByNameArgs(name))
         return _NWFilter(self, ret.nwfilter)
 
     async def nwfilter_lookup_by_uuid(self, uuid: bytes) -> NWFilter:
@@ -952,7 +976,7 @@ class ConnectionGenerated(ApiBase):
         (virNWFilterLookupByUUID)
         """
         # rules: handles-out
-        ret = await self.rpc.nwfilter_lookup_by_uuid(uuid)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NWFILTER_LOOKUP_BY_UUID], remote.NwfilterLookupByUuidArgs(uuid))
         return _NWFilter(self, ret.nwfilter)
 
     async def nwfilter_lookup_by_uuid_string(self, uuid: str | _uuid.UUID) -> NWFilter:
@@ -960,7 +984,7 @@ class ConnectionGenerated(ApiBase):
         (virNWFilterLookupByUUIDString)
         """
         # rules: uuid-string, handles-out
-        ret = await self.rpc.nwfilter_lookup_by_uuid(uuid_bytes(uuid))
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_NWFILTER_LOOKUP_BY_UUID], remote.NwfilterLookupByUuidArgs(uuid_bytes(uuid)))
         return _NWFilter(self, ret.nwfilter)
 
     async def secret_define_xml(self, xml: str, flags: int = 0) -> Secret:
@@ -969,7 +993,7 @@ class ConnectionGenerated(ApiBase):
         xml are discarded). (virSecretDefineXML)
         """
         # rules: handles-out
-        ret = await self.rpc.secret_define_xml(xml, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_SECRET_DEFINE_XML], remote.SecretDefineXmlArgs(xml, flags))
         return _Secret(self, ret.secret)
 
     async def secret_lookup_by_usage(self, usage_type: int, usage_id: str) -> Secret:
@@ -977,7 +1001,7 @@ class ConnectionGenerated(ApiBase):
         within the set of secrets sharing the same usageType value. (virSecretLookupByUsage)
         """
         # rules: handles-out
-        ret = await self.rpc.secret_lookup_by_usage(usage_type, usage_id)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_SECRET_LOOKUP_BY_USAGE], remote.SecretLookupByUsageArgs(usage_type, usage_id))
         return _Secret(self, ret.secret)
 
     async def secret_lookup_by_uuid(self, uuid: bytes) -> Secret:
@@ -985,7 +1009,7 @@ class ConnectionGenerated(ApiBase):
         (virSecretLookupByUUID)
         """
         # rules: handles-out
-        ret = await self.rpc.secret_lookup_by_uuid(uuid)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_SECRET_LOOKUP_BY_UUID], remote.SecretLookupByUuidArgs(uuid))
         return _Secret(self, ret.secret)
 
     async def secret_lookup_by_uuid_string(self, uuid: str | _uuid.UUID) -> Secret:
@@ -993,7 +1017,7 @@ class ConnectionGenerated(ApiBase):
         (virSecretLookupByUUIDString)
         """
         # rules: uuid-string, handles-out
-        ret = await self.rpc.secret_lookup_by_uuid(uuid_bytes(uuid))
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_SECRET_LOOKUP_BY_UUID], remote.SecretLookupByUuidArgs(uuid_bytes(uuid)))
         return _Secret(self, ret.secret)
 
     async def set_identity(self, params: dict[str, Any], flags: int = 0) -> None:
@@ -1002,12 +1026,12 @@ class ConnectionGenerated(ApiBase):
         """
         # rules: typed-params-in
         _params_params = from_dict(params)
-        await self.rpc.connect_set_identity(_params_params, flags)
+        await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_SET_IDENTITY], remote.ConnectSetIdentityArgs(_params_params, flags))
 
     async def storage_pool_create_xml(self, xml: str, flags: int = 0) -> StoragePool:
         """Create a new storage based on its XML description. (virStoragePoolCreateXML)"""
         # rules: handles-out
-        ret = await self.rpc.storage_pool_create_xml(xml, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_POOL_CREATE_XML], remote.StoragePoolCreateXmlArgs(xml, flags))
         return _StoragePool(self, ret.pool)
 
     async def storage_pool_define_xml(self, xml: str, flags: int = 0) -> StoragePool:
@@ -1015,13 +1039,13 @@ class ConnectionGenerated(ApiBase):
         XML description. (virStoragePoolDefineXML)
         """
         # rules: handles-out
-        ret = await self.rpc.storage_pool_define_xml(xml, flags)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_POOL_DEFINE_XML], remote.StoragePoolDefineXmlArgs(xml, flags))
         return _StoragePool(self, ret.pool)
 
     async def storage_pool_lookup_by_name(self, name: str) -> StoragePool:
         """Fetch a storage pool based on its unique name (virStoragePoolLookupByName)"""
         # rules: handles-out
-        ret = await self.rpc.storage_pool_lookup_by_name(name)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_POOL_LOOKUP_BY_NAME], remote.StoragePoolLookupByNameArgs(name))
         return _StoragePool(self, ret.pool)
 
     async def storage_pool_lookup_by_target_path(self, path: str) -> StoragePool:
@@ -1029,19 +1053,19 @@ class ConnectionGenerated(ApiBase):
         (virStoragePoolLookupByTargetPath)
         """
         # rules: handles-out
-        ret = await self.rpc.storage_pool_lookup_by_target_path(path)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_POOL_LOOKUP_BY_TARGET_PATH], remote.StoragePoolLookupByTargetPathArgs(path))
         return _StoragePool(self, ret.pool)
 
     async def storage_pool_lookup_by_uuid(self, uuid: bytes) -> StoragePool:
         """Fetch a storage pool based on its globally unique id (virStoragePoolLookupByUUID)"""
         # rules: handles-out
-        ret = await self.rpc.storage_pool_lookup_by_uuid(uuid)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_POOL_LOOKUP_BY_UUID], remote.StoragePoolLookupByUuidArgs(uuid))
         return _StoragePool(self, ret.pool)
 
     async def storage_pool_lookup_by_uuid_string(self, uuid: str | _uuid.UUID) -> StoragePool:
         """Fetch a storage pool based on its globally unique id (virStoragePoolLookupByUUIDString)"""
         # rules: uuid-string, handles-out
-        ret = await self.rpc.storage_pool_lookup_by_uuid(uuid_bytes(uuid))
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_POOL_LOOKUP_BY_UUID], remote.StoragePoolLookupByUuidArgs(uuid_bytes(uuid)))
         return _StoragePool(self, ret.pool)
 
     async def storage_vol_lookup_by_key(self, key: str) -> StorageVolume:
@@ -1049,7 +1073,7 @@ class ConnectionGenerated(ApiBase):
         (virStorageVolLookupByKey)
         """
         # rules: handles-out
-        ret = await self.rpc.storage_vol_lookup_by_key(key)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_VOL_LOOKUP_BY_KEY], remote.StorageVolLookupByKeyArgs(key))
         return _StorageVolume(self, ret.vol)
 
     async def storage_vol_lookup_by_path(self, path: str) -> StorageVolume:
@@ -1057,7 +1081,7 @@ class ConnectionGenerated(ApiBase):
         (virStorageVolLookupByPath)
         """
         # rules: handles-out
-        ret = await self.rpc.storage_vol_lookup_by_path(path)
+        ret = await self.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_VOL_LOOKUP_BY_PATH], remote.StorageVolLookupByPathArgs(path))
         return _StorageVolume(self, ret.vol)
 
 
@@ -1070,10 +1094,10 @@ class DomainGenerated(_HandleGenerated):
         """The field types ``get_blkio_parameters`` reports (for its setter)."""
         # rules: string-okay, nparams-dance, typed-params-out
         flags |= VIR_TYPED_PARAM_STRING_OKAY  # rule string-okay
-        nparams = (await self._conn.rpc.domain_get_blkio_parameters(self._ref, 0, flags)).nparams  # rule nparams-dance
+        nparams = (await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_BLKIO_PARAMETERS], remote.DomainGetBlkioParametersArgs(self._ref, 0, flags))).nparams  # rule nparams-dance
         if not nparams:
             return {}
-        ret = await self._conn.rpc.domain_get_blkio_parameters(self._ref, nparams, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_BLKIO_PARAMETERS], remote.DomainGetBlkioParametersArgs(self._ref, nparams, flags))
         return _typed_param_types(ret.params)
 
     async def _typed_param_types_get_block_io_tune(
@@ -1082,10 +1106,10 @@ class DomainGenerated(_HandleGenerated):
         """The field types ``get_block_io_tune`` reports (for its setter)."""
         # rules: string-okay, nparams-dance, typed-params-out
         flags |= VIR_TYPED_PARAM_STRING_OKAY  # rule string-okay
-        nparams = (await self._conn.rpc.domain_get_block_io_tune(self._ref, disk, 0, flags)).nparams  # rule nparams-dance
+        nparams = (await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_BLOCK_IO_TUNE], remote.DomainGetBlockIoTuneArgs(self._ref, disk, 0, flags))).nparams  # rule nparams-dance
         if not nparams:
             return {}
-        ret = await self._conn.rpc.domain_get_block_io_tune(self._ref, disk, nparams, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_BLOCK_IO_TUNE], remote.DomainGetBlockIoTuneArgs(self._ref, disk, nparams, flags))
         return _typed_param_types(ret.params)
 
     async def _typed_param_types_get_interface_parameters(
@@ -1094,43 +1118,43 @@ class DomainGenerated(_HandleGenerated):
         """The field types ``get_interface_parameters`` reports (for its setter)."""
         # rules: string-okay, nparams-dance, typed-params-out
         flags |= VIR_TYPED_PARAM_STRING_OKAY  # rule string-okay
-        nparams = (await self._conn.rpc.domain_get_interface_parameters(self._ref, device, 0, flags)).nparams  # rule nparams-dance
+        nparams = (await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_INTERFACE_PARAMETERS], remote.DomainGetInterfaceParametersArgs(self._ref, device, 0, flags))).nparams  # rule nparams-dance
         if not nparams:
             return {}
-        ret = await self._conn.rpc.domain_get_interface_parameters(self._ref, device, nparams, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_INTERFACE_PARAMETERS], remote.DomainGetInterfaceParametersArgs(self._ref, device, nparams, flags))
         return _typed_param_types(ret.params)
 
     async def _typed_param_types_get_memory_parameters(self, flags: int = 0) -> dict[str, int]:
         """The field types ``get_memory_parameters`` reports (for its setter)."""
         # rules: string-okay, nparams-dance, typed-params-out
         flags |= VIR_TYPED_PARAM_STRING_OKAY  # rule string-okay
-        nparams = (await self._conn.rpc.domain_get_memory_parameters(self._ref, 0, flags)).nparams  # rule nparams-dance
+        nparams = (await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_MEMORY_PARAMETERS], remote.DomainGetMemoryParametersArgs(self._ref, 0, flags))).nparams  # rule nparams-dance
         if not nparams:
             return {}
-        ret = await self._conn.rpc.domain_get_memory_parameters(self._ref, nparams, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_MEMORY_PARAMETERS], remote.DomainGetMemoryParametersArgs(self._ref, nparams, flags))
         return _typed_param_types(ret.params)
 
     async def _typed_param_types_get_numa_parameters(self, flags: int = 0) -> dict[str, int]:
         """The field types ``get_numa_parameters`` reports (for its setter)."""
         # rules: string-okay, nparams-dance, typed-params-out
         flags |= VIR_TYPED_PARAM_STRING_OKAY  # rule string-okay
-        nparams = (await self._conn.rpc.domain_get_numa_parameters(self._ref, 0, flags)).nparams  # rule nparams-dance
+        nparams = (await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_NUMA_PARAMETERS], remote.DomainGetNumaParametersArgs(self._ref, 0, flags))).nparams  # rule nparams-dance
         if not nparams:
             return {}
-        ret = await self._conn.rpc.domain_get_numa_parameters(self._ref, nparams, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_NUMA_PARAMETERS], remote.DomainGetNumaParametersArgs(self._ref, nparams, flags))
         return _typed_param_types(ret.params)
 
     async def _typed_param_types_get_perf_events(self, flags: int = 0) -> dict[str, int]:
         """The field types ``get_perf_events`` reports (for its setter)."""
         # rules: typed-params-out
-        ret = await self._conn.rpc.domain_get_perf_events(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_PERF_EVENTS], remote.DomainGetPerfEventsArgs(self._ref, flags))
         return _typed_param_types(ret.params)
 
     async def _typed_param_types_get_scheduler_parameters(self) -> dict[str, int]:
         """The field types ``get_scheduler_parameters`` reports (for its setter)."""
         # rules: nparams-max, typed-params-out
         nparams = 16  # rule nparams-max
-        ret = await self._conn.rpc.domain_get_scheduler_parameters(self._ref, nparams)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_SCHEDULER_PARAMETERS], remote.DomainGetSchedulerParametersArgs(self._ref, nparams))
         return _typed_param_types(ret.params)
 
     async def _typed_param_types_get_scheduler_parameters_flags(
@@ -1140,55 +1164,55 @@ class DomainGenerated(_HandleGenerated):
         # rules: string-okay, nparams-max, typed-params-out
         flags |= VIR_TYPED_PARAM_STRING_OKAY  # rule string-okay
         nparams = 16  # rule nparams-max
-        ret = await self._conn.rpc.domain_get_scheduler_parameters_flags(self._ref, nparams, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_SCHEDULER_PARAMETERS_FLAGS], remote.DomainGetSchedulerParametersFlagsArgs(self._ref, nparams, flags))
         return _typed_param_types(ret.params)
 
     async def abort_job(self) -> None:
         """Requests that the current background job be aborted at the soonest opportunity.
         (virDomainAbortJob)
         """
-        await self._conn.rpc.domain_abort_job(self._ref)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_ABORT_JOB], remote.DomainAbortJobArgs(self._ref))
 
     async def abort_job_flags(self, flags: int = 0) -> None:
         """Requests that the current background job be aborted at the soonest opportunity.
         (virDomainAbortJobFlags)
         """
-        await self._conn.rpc.domain_abort_job_flags(self._ref, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_ABORT_JOB_FLAGS], remote.DomainAbortJobFlagsArgs(self._ref, flags))
 
     async def add_io_thread(self, iothread_id: int, flags: int = 0) -> None:
         """Dynamically add an IOThread to the domain. (virDomainAddIOThread)"""
-        await self._conn.rpc.domain_add_iothread(self._ref, iothread_id, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_ADD_IOTHREAD], remote.DomainAddIothreadArgs(self._ref, iothread_id, flags))
 
     async def agent_set_response_timeout(self, timeout: int, flags: int = 0) -> int:
         """Set how long to wait for a response from guest agent commands.
         (virDomainAgentSetResponseTimeout)
         """
-        ret = await self._conn.rpc.domain_agent_set_response_timeout(self._ref, timeout, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_AGENT_SET_RESPONSE_TIMEOUT], remote.DomainAgentSetResponseTimeoutArgs(self._ref, timeout, flags))
         return ret.result
 
     async def attach_device_flags(self, xml: str, flags: int = 0) -> None:
         """Attach a virtual device to a domain, using the flags parameter to control how the device
         is attached. (virDomainAttachDeviceFlags)
         """
-        await self._conn.rpc.domain_attach_device_flags(self._ref, xml, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_ATTACH_DEVICE_FLAGS], remote.DomainAttachDeviceFlagsArgs(self._ref, xml, flags))
 
     async def attach_device_legacy(self, xml: str) -> None:
         """Create a virtual device attachment to backend. (virDomainAttachDevice)"""
-        await self._conn.rpc.domain_attach_device(self._ref, xml)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_ATTACH_DEVICE], remote.DomainAttachDeviceArgs(self._ref, xml))
 
     async def authorized_ssh_keys_get(self, user: str, flags: int = 0) -> list[str]:
         """For given @user in @domain fetch list of public SSH authorized keys and store them into
         @keys array which is allocated upon successful return and is NULL terminated.
         (virDomainAuthorizedSSHKeysGet)
         """
-        ret = await self._conn.rpc.domain_authorized_ssh_keys_get(self._ref, user, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_AUTHORIZED_SSH_KEYS_GET], remote.DomainAuthorizedSshKeysGetArgs(self._ref, user, flags))
         return ret.keys
 
     async def authorized_ssh_keys_set(self, user: str, keys: list[str], flags: int = 0) -> None:
         """For given @user in @domain set @keys in authorized keys file.
         (virDomainAuthorizedSSHKeysSet)
         """
-        await self._conn.rpc.domain_authorized_ssh_keys_set(self._ref, user, keys, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_AUTHORIZED_SSH_KEYS_SET], remote.DomainAuthorizedSshKeysSetArgs(self._ref, user, keys, flags))
 
     async def backup_begin(
             self, backup_xml: str, checkpoint_xml: str | None, flags: int = 0,
@@ -1196,11 +1220,11 @@ class DomainGenerated(_HandleGenerated):
         """Start a point-in-time backup job for the specified disks of a running domain.
         (virDomainBackupBegin)
         """
-        await self._conn.rpc.domain_backup_begin(self._ref, backup_xml, checkpoint_xml, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_BACKUP_BEGIN], remote.DomainBackupBeginArgs(self._ref, backup_xml, checkpoint_xml, flags))
 
     async def backup_get_xml_desc(self, flags: int = 0) -> str:
         """Queries the configuration of the active backup job. (virDomainBackupGetXMLDesc)"""
-        ret = await self._conn.rpc.domain_backup_get_xml_desc(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_BACKUP_GET_XML_DESC], remote.DomainBackupGetXmlDescArgs(self._ref, flags))
         return ret.xml
 
     async def block_commit(
@@ -1210,7 +1234,7 @@ class DomainGenerated(_HandleGenerated):
         """Commit changes that were made to temporary top-level files within a disk image backing
         file chain into a lower-level base file. (virDomainBlockCommit)
         """
-        await self._conn.rpc.domain_block_commit(self._ref, disk, base, top, bandwidth, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_BLOCK_COMMIT], remote.DomainBlockCommitArgs(self._ref, disk, base, top, bandwidth, flags))
 
     async def block_copy(
             self, path: str, destxml: str, params: dict[str, Any], flags: int = 0,
@@ -1220,28 +1244,28 @@ class DomainGenerated(_HandleGenerated):
         """
         # rules: typed-params-in
         _params_params = from_dict(params)
-        await self._conn.rpc.domain_block_copy(self._ref, path, destxml, _params_params, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_BLOCK_COPY], remote.DomainBlockCopyArgs(self._ref, path, destxml, _params_params, flags))
 
     async def block_job_abort(self, path: str, flags: int = 0) -> None:
         """Cancel the active block job on the given disk. (virDomainBlockJobAbort)"""
-        await self._conn.rpc.domain_block_job_abort(self._ref, path, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_BLOCK_JOB_ABORT], remote.DomainBlockJobAbortArgs(self._ref, path, flags))
 
     async def block_job_set_speed(self, path: str, bandwidth: int, flags: int = 0) -> None:
         """Set the maximum allowable bandwidth that a block job may consume.
         (virDomainBlockJobSetSpeed)
         """
-        await self._conn.rpc.domain_block_job_set_speed(self._ref, path, bandwidth, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_BLOCK_JOB_SET_SPEED], remote.DomainBlockJobSetSpeedArgs(self._ref, path, bandwidth, flags))
 
     async def block_peek(self, path: str, offset: int, size: int, flags: int = 0) -> bytes:
         """This function allows you to read the contents of a domain's disk device.
         (virDomainBlockPeek)
         """
-        ret = await self._conn.rpc.domain_block_peek(self._ref, path, offset, size, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_BLOCK_PEEK], remote.DomainBlockPeekArgs(self._ref, path, offset, size, flags))
         return ret.buffer
 
     async def block_pull(self, path: str, bandwidth: int, flags: int = 0) -> None:
         """Populate a disk image with data from its backing image. (virDomainBlockPull)"""
-        await self._conn.rpc.domain_block_pull(self._ref, path, bandwidth, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_BLOCK_PULL], remote.DomainBlockPullArgs(self._ref, path, bandwidth, flags))
 
     async def block_rebase(
             self, path: str, base: str | None, bandwidth: int, flags: int = 0,
@@ -1250,17 +1274,17 @@ class DomainGenerated(_HandleGenerated):
         image to @base, or alternatively copy an entire backing chain to a new file @base.
         (virDomainBlockRebase)
         """
-        await self._conn.rpc.domain_block_rebase(self._ref, path, base, bandwidth, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_BLOCK_REBASE], remote.DomainBlockRebaseArgs(self._ref, path, base, bandwidth, flags))
 
     async def block_resize(self, disk: str, size: int, flags: int = 0) -> None:
         """Resize a block device of domain while the domain is running. (virDomainBlockResize)"""
-        await self._conn.rpc.domain_block_resize(self._ref, disk, size, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_BLOCK_RESIZE], remote.DomainBlockResizeArgs(self._ref, disk, size, flags))
 
     async def block_stats(self, path: str) -> remote.DomainBlockStatsRet:
         """This function returns block device (disk) stats for block devices attached to the
         domain. (virDomainBlockStats); returns the reply (DomainBlockStatsRet) as is
         """
-        ret = await self._conn.rpc.domain_block_stats(self._ref, path)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_BLOCK_STATS], remote.DomainBlockStatsArgs(self._ref, path))
         return ret
 
     async def block_stats_flags(self, path: str, flags: int = 0) -> dict[str, Any]:
@@ -1269,10 +1293,10 @@ class DomainGenerated(_HandleGenerated):
         """
         # rules: string-okay, nparams-dance, typed-params-out
         flags |= VIR_TYPED_PARAM_STRING_OKAY  # rule string-okay
-        nparams = (await self._conn.rpc.domain_block_stats_flags(self._ref, path, 0, flags)).nparams  # rule nparams-dance
+        nparams = (await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_BLOCK_STATS_FLAGS], remote.DomainBlockStatsFlagsArgs(self._ref, path, 0, flags))).nparams  # rule nparams-dance
         if not nparams:
             return {}
-        ret = await self._conn.rpc.domain_block_stats_flags(self._ref, path, nparams, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_BLOCK_STATS_FLAGS], remote.DomainBlockStatsFlagsArgs(self._ref, path, nparams, flags))
         return to_dict(ret.params)
 
     async def checkpoint_create_xml(self, xml_desc: str, flags: int = 0) -> DomainCheckpoint:
@@ -1280,118 +1304,118 @@ class DomainGenerated(_HandleGenerated):
         a running @domain. (virDomainCheckpointCreateXML)
         """
         # rules: handles-out
-        ret = await self._conn.rpc.domain_checkpoint_create_xml(self._ref, xml_desc, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_CHECKPOINT_CREATE_XML], remote.DomainCheckpointCreateXmlArgs(self._ref, xml_desc, flags))
         return _DomainCheckpoint(self._conn, ret.checkpoint)
 
     async def checkpoint_lookup_by_name(self, name: str, flags: int = 0) -> DomainCheckpoint:
         """Try to lookup a domain checkpoint based on its name. (virDomainCheckpointLookupByName)"""
         # rules: handles-out
-        ret = await self._conn.rpc.domain_checkpoint_lookup_by_name(self._ref, name, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_CHECKPOINT_LOOKUP_BY_NAME], remote.DomainCheckpointLookupByNameArgs(self._ref, name, flags))
         return _DomainCheckpoint(self._conn, ret.checkpoint)
 
     async def core_dump(self, to: str, flags: int = 0) -> None:
         """This method will dump the core of a domain on a given file for analysis.
         (virDomainCoreDump)
         """
-        await self._conn.rpc.domain_core_dump(self._ref, to, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_CORE_DUMP], remote.DomainCoreDumpArgs(self._ref, to, flags))
 
     async def core_dump_with_format(self, to: str, dumpformat: int, flags: int = 0) -> None:
         """This method will dump the core of a domain on a given file for analysis.
         (virDomainCoreDumpWithFormat)
         """
-        await self._conn.rpc.domain_core_dump_with_format(self._ref, to, dumpformat, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_CORE_DUMP_WITH_FORMAT], remote.DomainCoreDumpWithFormatArgs(self._ref, to, dumpformat, flags))
 
     async def create(self) -> None:
         """Launch a defined domain. (virDomainCreate)"""
-        await self._conn.rpc.domain_create(self._ref)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_CREATE], remote.DomainCreateArgs(self._ref))
 
     async def create_with_flags(self, flags: int = 0) -> Domain:
         """Launch a defined domain. (virDomainCreateWithFlags)"""
         # rules: handles-out
-        ret = await self._conn.rpc.domain_create_with_flags(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_CREATE_WITH_FLAGS], remote.DomainCreateWithFlagsArgs(self._ref, flags))
         return _Domain(self._conn, ret.dom)
 
     async def del_io_thread(self, iothread_id: int, flags: int = 0) -> None:
         """Dynamically delete an IOThread from the domain. (virDomainDelIOThread)"""
-        await self._conn.rpc.domain_del_iothread(self._ref, iothread_id, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_DEL_IOTHREAD], remote.DomainDelIothreadArgs(self._ref, iothread_id, flags))
 
     async def destroy_flags(self, flags: int = 0) -> None:
         """Destroy the domain object. (virDomainDestroyFlags)"""
-        await self._conn.rpc.domain_destroy_flags(self._ref, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_DESTROY_FLAGS], remote.DomainDestroyFlagsArgs(self._ref, flags))
 
     async def destroy_legacy(self) -> None:
         """Destroy the domain object. (virDomainDestroy)"""
-        await self._conn.rpc.domain_destroy(self._ref)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_DESTROY], remote.DomainDestroyArgs(self._ref))
 
     async def detach_device_alias(self, alias: str, flags: int = 0) -> None:
         """Detach a virtual device from a domain, using the alias to specify the device.
         (virDomainDetachDeviceAlias)
         """
-        await self._conn.rpc.domain_detach_device_alias(self._ref, alias, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_DETACH_DEVICE_ALIAS], remote.DomainDetachDeviceAliasArgs(self._ref, alias, flags))
 
     async def detach_device_flags(self, xml: str, flags: int = 0) -> None:
         """Detach a virtual device from a domain, using the flags parameter to control how the
         device is detached. (virDomainDetachDeviceFlags)
         """
-        await self._conn.rpc.domain_detach_device_flags(self._ref, xml, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_DETACH_DEVICE_FLAGS], remote.DomainDetachDeviceFlagsArgs(self._ref, xml, flags))
 
     async def detach_device_legacy(self, xml: str) -> None:
         """This is an equivalent of virDomainDetachDeviceFlags() when called with @flags parameter
         set to VIR_DOMAIN_AFFECT_LIVE. (virDomainDetachDevice)
         """
-        await self._conn.rpc.domain_detach_device(self._ref, xml)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_DETACH_DEVICE], remote.DomainDetachDeviceArgs(self._ref, xml))
 
     async def fs_freeze(self, mountpoints: list[str], flags: int = 0) -> int:
         """Freeze specified filesystems within the guest (hence guest agent may be required
         depending on hypervisor used). (virDomainFSFreeze)
         """
-        ret = await self._conn.rpc.domain_fsfreeze(self._ref, mountpoints, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_FSFREEZE], remote.DomainFsfreezeArgs(self._ref, mountpoints, flags))
         return ret.filesystems
 
     async def fs_thaw(self, mountpoints: list[str], flags: int = 0) -> int:
         """Thaw specified filesystems within the guest. (virDomainFSThaw)"""
-        ret = await self._conn.rpc.domain_fsthaw(self._ref, mountpoints, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_FSTHAW], remote.DomainFsthawArgs(self._ref, mountpoints, flags))
         return ret.filesystems
 
     async def fs_trim(self, mount_point: str | None, minimum: int, flags: int = 0) -> None:
         """Calls FITRIM within the guest (hence guest agent may be required depending on hypervisor
         used). (virDomainFSTrim)
         """
-        await self._conn.rpc.domain_fstrim(self._ref, mount_point, minimum, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_FSTRIM], remote.DomainFstrimArgs(self._ref, mount_point, minimum, flags))
 
     async def get_autostart(self) -> bool:
         """Provides a boolean value indicating whether the domain configured to be automatically
         started when the host machine boots. (virDomainGetAutostart)
         """
         # rules: bool
-        ret = await self._conn.rpc.domain_get_autostart(self._ref)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_AUTOSTART], remote.DomainGetAutostartArgs(self._ref))
         return bool(ret.autostart)
 
     async def get_blkio_parameters(self, flags: int = 0) -> dict[str, Any]:
         """Get all blkio parameters. (virDomainGetBlkioParameters)"""
         # rules: string-okay, nparams-dance, typed-params-out
         flags |= VIR_TYPED_PARAM_STRING_OKAY  # rule string-okay
-        nparams = (await self._conn.rpc.domain_get_blkio_parameters(self._ref, 0, flags)).nparams  # rule nparams-dance
+        nparams = (await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_BLKIO_PARAMETERS], remote.DomainGetBlkioParametersArgs(self._ref, 0, flags))).nparams  # rule nparams-dance
         if not nparams:
             return {}
-        ret = await self._conn.rpc.domain_get_blkio_parameters(self._ref, nparams, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_BLKIO_PARAMETERS], remote.DomainGetBlkioParametersArgs(self._ref, nparams, flags))
         return to_dict(ret.params)
 
     async def get_block_info(self, path: str, flags: int = 0) -> remote.DomainGetBlockInfoRet:
         """Extract information about a domain's block device. (virDomainGetBlockInfo); returns the
         reply (DomainGetBlockInfoRet) as is
         """
-        ret = await self._conn.rpc.domain_get_block_info(self._ref, path, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_BLOCK_INFO], remote.DomainGetBlockInfoArgs(self._ref, path, flags))
         return ret
 
     async def get_block_io_tune(self, disk: str | None, flags: int = 0) -> dict[str, Any]:
         """Get all block IO tunable parameters for a given device. (virDomainGetBlockIoTune)"""
         # rules: string-okay, nparams-dance, typed-params-out
         flags |= VIR_TYPED_PARAM_STRING_OKAY  # rule string-okay
-        nparams = (await self._conn.rpc.domain_get_block_io_tune(self._ref, disk, 0, flags)).nparams  # rule nparams-dance
+        nparams = (await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_BLOCK_IO_TUNE], remote.DomainGetBlockIoTuneArgs(self._ref, disk, 0, flags))).nparams  # rule nparams-dance
         if not nparams:
             return {}
-        ret = await self._conn.rpc.domain_get_block_io_tune(self._ref, disk, nparams, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_BLOCK_IO_TUNE], remote.DomainGetBlockIoTuneArgs(self._ref, disk, nparams, flags))
         return to_dict(ret.params)
 
     async def get_block_job_info(
@@ -1400,14 +1424,14 @@ class DomainGenerated(_HandleGenerated):
         """Request block job information for the given disk. (virDomainGetBlockJobInfo); returns
         the reply (DomainGetBlockJobInfoRet) as is
         """
-        ret = await self._conn.rpc.domain_get_block_job_info(self._ref, path, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_BLOCK_JOB_INFO], remote.DomainGetBlockJobInfoArgs(self._ref, path, flags))
         return ret
 
     async def get_control_info(self, flags: int = 0) -> remote.DomainGetControlInfoRet:
         """Extract details about current state of control interface to a domain.
         (virDomainGetControlInfo); returns the reply (DomainGetControlInfoRet) as is
         """
-        ret = await self._conn.rpc.domain_get_control_info(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_CONTROL_INFO], remote.DomainGetControlInfoArgs(self._ref, flags))
         return ret
 
     async def get_cpu_stats(
@@ -1419,10 +1443,10 @@ class DomainGenerated(_HandleGenerated):
         """
         # rules: string-okay, nparams-dance, per-cpu
         flags |= VIR_TYPED_PARAM_STRING_OKAY  # rule string-okay
-        nparams = (await self._conn.rpc.domain_get_cpu_stats(self._ref, 0, start_cpu, ncpus, flags)).nparams  # rule nparams-dance
+        nparams = (await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_CPU_STATS], remote.DomainGetCpuStatsArgs(self._ref, 0, start_cpu, ncpus, flags))).nparams  # rule nparams-dance
         if not nparams:
             return []
-        ret = await self._conn.rpc.domain_get_cpu_stats(self._ref, nparams, start_cpu, ncpus, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_CPU_STATS], remote.DomainGetCpuStatsArgs(self._ref, nparams, start_cpu, ncpus, flags))
         return [to_dict(ret.params[i:i + ret.nparams]) for i in range(0, len(ret.params), ret.nparams or 1)]
 
     async def get_disk_errors(
@@ -1431,7 +1455,7 @@ class DomainGenerated(_HandleGenerated):
         """The function populates @errors array with all disks that encountered an I/O error.
         (virDomainGetDiskErrors); returns the reply (DomainGetDiskErrorsRet) as is
         """
-        ret = await self._conn.rpc.domain_get_disk_errors(self._ref, maxerrors, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_DISK_ERRORS], remote.DomainGetDiskErrorsArgs(self._ref, maxerrors, flags))
         return ret
 
     async def get_emulator_pin_info(
@@ -1441,7 +1465,7 @@ class DomainGenerated(_HandleGenerated):
         (virDomainGetEmulatorPinInfo); returns the reply (DomainGetEmulatorPinInfoRet) as is
         """
         # rules: in-band
-        ret = await self._conn.rpc.domain_get_emulator_pin_info(self._ref, maplen, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_EMULATOR_PIN_INFO], remote.DomainGetEmulatorPinInfoArgs(self._ref, maplen, flags))
         if ret.ret == -1:  # rule in-band
             raise LibvirtError("virDomainGetEmulatorPinInfo: the daemon's reply reports failure (-1)")
         return ret
@@ -1451,7 +1475,7 @@ class DomainGenerated(_HandleGenerated):
         guest and the disks. (virDomainGetFSInfo)
         """
         # rules: in-band, counted-list
-        ret = await self._conn.rpc.domain_get_fsinfo(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_FSINFO], remote.DomainGetFsinfoArgs(self._ref, flags))
         if ret.ret == -1:  # rule in-band
             raise LibvirtError("virDomainGetFSInfo: the daemon's reply reports failure (-1)")
         return ret.info
@@ -1461,7 +1485,7 @@ class DomainGenerated(_HandleGenerated):
         (virDomainGetGuestInfo)
         """
         # rules: typed-params-out
-        ret = await self._conn.rpc.domain_get_guest_info(self._ref, types, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_GUEST_INFO], remote.DomainGetGuestInfoArgs(self._ref, types, flags))
         return to_dict(ret.params)
 
     async def get_guest_vcpus(self, flags: int = 0) -> dict[str, Any]:
@@ -1469,29 +1493,29 @@ class DomainGenerated(_HandleGenerated):
         perspective. (virDomainGetGuestVcpus)
         """
         # rules: typed-params-out
-        ret = await self._conn.rpc.domain_get_guest_vcpus(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_GUEST_VCPUS], remote.DomainGetGuestVcpusArgs(self._ref, flags))
         return to_dict(ret.params)
 
     async def get_hostname(self, flags: int = 0) -> str:
         """Get the hostname for that domain. (virDomainGetHostname)"""
-        ret = await self._conn.rpc.domain_get_hostname(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_HOSTNAME], remote.DomainGetHostnameArgs(self._ref, flags))
         return ret.hostname
 
     async def get_info(self) -> remote.DomainGetInfoRet:
         """Extract information about a domain. (virDomainGetInfo); returns the reply
         (DomainGetInfoRet) as is
         """
-        ret = await self._conn.rpc.domain_get_info(self._ref)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_INFO], remote.DomainGetInfoArgs(self._ref))
         return ret
 
     async def get_interface_parameters(self, device: str, flags: int = 0) -> dict[str, Any]:
         """Get all interface parameters. (virDomainGetInterfaceParameters)"""
         # rules: string-okay, nparams-dance, typed-params-out
         flags |= VIR_TYPED_PARAM_STRING_OKAY  # rule string-okay
-        nparams = (await self._conn.rpc.domain_get_interface_parameters(self._ref, device, 0, flags)).nparams  # rule nparams-dance
+        nparams = (await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_INTERFACE_PARAMETERS], remote.DomainGetInterfaceParametersArgs(self._ref, device, 0, flags))).nparams  # rule nparams-dance
         if not nparams:
             return {}
-        ret = await self._conn.rpc.domain_get_interface_parameters(self._ref, device, nparams, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_INTERFACE_PARAMETERS], remote.DomainGetInterfaceParametersArgs(self._ref, device, nparams, flags))
         return to_dict(ret.params)
 
     async def get_io_thread_info(self, flags: int = 0) -> list[remote.DomainIothreadInfo]:
@@ -1499,7 +1523,7 @@ class DomainGenerated(_HandleGenerated):
         which CPU the IOThread has affinity to run. (virDomainGetIOThreadInfo)
         """
         # rules: in-band, counted-list
-        ret = await self._conn.rpc.domain_get_iothread_info(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_IOTHREAD_INFO], remote.DomainGetIothreadInfoArgs(self._ref, flags))
         if ret.ret == -1:  # rule in-band
             raise LibvirtError("virDomainGetIOThreadInfo: the daemon's reply reports failure (-1)")
         return ret.info
@@ -1508,85 +1532,85 @@ class DomainGenerated(_HandleGenerated):
         """Extract information about progress of a background job on a domain.
         (virDomainGetJobInfo); returns the reply (DomainGetJobInfoRet) as is
         """
-        ret = await self._conn.rpc.domain_get_job_info(self._ref)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_JOB_INFO], remote.DomainGetJobInfoArgs(self._ref))
         return ret
 
     async def get_job_stats(self, flags: int = 0) -> remote.DomainGetJobStatsRet:
         """Extract information about progress of a background job on a domain.
         (virDomainGetJobStats); returns the reply (DomainGetJobStatsRet) as is
         """
-        ret = await self._conn.rpc.domain_get_job_stats(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_JOB_STATS], remote.DomainGetJobStatsArgs(self._ref, flags))
         return ret
 
     async def get_launch_security_info(self, flags: int = 0) -> dict[str, Any]:
         """Get the launch security info. (virDomainGetLaunchSecurityInfo)"""
         # rules: string-okay, typed-params-out
         flags |= VIR_TYPED_PARAM_STRING_OKAY  # rule string-okay
-        ret = await self._conn.rpc.domain_get_launch_security_info(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_LAUNCH_SECURITY_INFO], remote.DomainGetLaunchSecurityInfoArgs(self._ref, flags))
         return to_dict(ret.params)
 
     async def get_max_memory(self) -> int:
         """Retrieve the maximum amount of physical memory allocated to a domain.
         (virDomainGetMaxMemory)
         """
-        ret = await self._conn.rpc.domain_get_max_memory(self._ref)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_MAX_MEMORY], remote.DomainGetMaxMemoryArgs(self._ref))
         return ret.memory
 
     async def get_max_vcpus(self) -> int:
         """Provides the maximum number of virtual CPUs supported for the guest VM.
         (virDomainGetMaxVcpus)
         """
-        ret = await self._conn.rpc.domain_get_max_vcpus(self._ref)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_MAX_VCPUS], remote.DomainGetMaxVcpusArgs(self._ref))
         return ret.num
 
     async def get_memory_parameters(self, flags: int = 0) -> dict[str, Any]:
         """Get all memory parameters. (virDomainGetMemoryParameters)"""
         # rules: string-okay, nparams-dance, typed-params-out
         flags |= VIR_TYPED_PARAM_STRING_OKAY  # rule string-okay
-        nparams = (await self._conn.rpc.domain_get_memory_parameters(self._ref, 0, flags)).nparams  # rule nparams-dance
+        nparams = (await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_MEMORY_PARAMETERS], remote.DomainGetMemoryParametersArgs(self._ref, 0, flags))).nparams  # rule nparams-dance
         if not nparams:
             return {}
-        ret = await self._conn.rpc.domain_get_memory_parameters(self._ref, nparams, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_MEMORY_PARAMETERS], remote.DomainGetMemoryParametersArgs(self._ref, nparams, flags))
         return to_dict(ret.params)
 
     async def get_messages(self, flags: int = 0) -> list[str]:
         """Fetch a list of all messages recorded against the VM and store them into @msgs array
         which is allocated upon successful return and is NULL terminated. (virDomainGetMessages)
         """
-        ret = await self._conn.rpc.domain_get_messages(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_MESSAGES], remote.DomainGetMessagesArgs(self._ref, flags))
         return ret.msgs
 
     async def get_metadata(self, type: int, uri: str | None, flags: int = 0) -> str:
         """Retrieves the appropriate domain element given by @type. (virDomainGetMetadata)"""
-        ret = await self._conn.rpc.domain_get_metadata(self._ref, type, uri, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_METADATA], remote.DomainGetMetadataArgs(self._ref, type, uri, flags))
         return ret.metadata
 
     async def get_numa_parameters(self, flags: int = 0) -> dict[str, Any]:
         """Get all numa parameters. (virDomainGetNumaParameters)"""
         # rules: string-okay, nparams-dance, typed-params-out
         flags |= VIR_TYPED_PARAM_STRING_OKAY  # rule string-okay
-        nparams = (await self._conn.rpc.domain_get_numa_parameters(self._ref, 0, flags)).nparams  # rule nparams-dance
+        nparams = (await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_NUMA_PARAMETERS], remote.DomainGetNumaParametersArgs(self._ref, 0, flags))).nparams  # rule nparams-dance
         if not nparams:
             return {}
-        ret = await self._conn.rpc.domain_get_numa_parameters(self._ref, nparams, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_NUMA_PARAMETERS], remote.DomainGetNumaParametersArgs(self._ref, nparams, flags))
         return to_dict(ret.params)
 
     async def get_os_type(self) -> str:
         """Get the type of domain operation system. (virDomainGetOSType)"""
-        ret = await self._conn.rpc.domain_get_os_type(self._ref)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_OS_TYPE], remote.DomainGetOsTypeArgs(self._ref))
         return ret.type
 
     async def get_perf_events(self, flags: int = 0) -> dict[str, Any]:
         """Get all Linux perf events setting. (virDomainGetPerfEvents)"""
         # rules: typed-params-out
-        ret = await self._conn.rpc.domain_get_perf_events(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_PERF_EVENTS], remote.DomainGetPerfEventsArgs(self._ref, flags))
         return to_dict(ret.params)
 
     async def get_scheduler_parameters(self) -> dict[str, Any]:
         """Get all scheduler parameters. (virDomainGetSchedulerParameters)"""
         # rules: nparams-max, typed-params-out
         nparams = 16  # rule nparams-max
-        ret = await self._conn.rpc.domain_get_scheduler_parameters(self._ref, nparams)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_SCHEDULER_PARAMETERS], remote.DomainGetSchedulerParametersArgs(self._ref, nparams))
         return to_dict(ret.params)
 
     async def get_scheduler_parameters_flags(self, flags: int = 0) -> dict[str, Any]:
@@ -1594,41 +1618,41 @@ class DomainGenerated(_HandleGenerated):
         # rules: string-okay, nparams-max, typed-params-out
         flags |= VIR_TYPED_PARAM_STRING_OKAY  # rule string-okay
         nparams = 16  # rule nparams-max
-        ret = await self._conn.rpc.domain_get_scheduler_parameters_flags(self._ref, nparams, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_SCHEDULER_PARAMETERS_FLAGS], remote.DomainGetSchedulerParametersFlagsArgs(self._ref, nparams, flags))
         return to_dict(ret.params)
 
     async def get_scheduler_type(self) -> remote.DomainGetSchedulerTypeRet:
         """Get the scheduler type and the number of scheduler parameters.
         (virDomainGetSchedulerType); returns the reply (DomainGetSchedulerTypeRet) as is
         """
-        ret = await self._conn.rpc.domain_get_scheduler_type(self._ref)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_SCHEDULER_TYPE], remote.DomainGetSchedulerTypeArgs(self._ref))
         return ret
 
     async def get_security_label(self) -> remote.DomainGetSecurityLabelRet:
         """Extract security label of an active domain. (virDomainGetSecurityLabel); returns the
         reply (DomainGetSecurityLabelRet) as is
         """
-        ret = await self._conn.rpc.domain_get_security_label(self._ref)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_SECURITY_LABEL], remote.DomainGetSecurityLabelArgs(self._ref))
         return ret
 
     async def get_security_label_list(self) -> list[remote.DomainGetSecurityLabelRet]:
         """Extract the security labels of an active domain. (virDomainGetSecurityLabelList)"""
         # rules: in-band, counted-list
-        ret = await self._conn.rpc.domain_get_security_label_list(self._ref)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_SECURITY_LABEL_LIST], remote.DomainGetSecurityLabelListArgs(self._ref))
         if ret.ret == -1:  # rule in-band
             raise LibvirtError("virDomainGetSecurityLabelList: the daemon's reply reports failure (-1)")
         return ret.labels
 
     async def get_state(self, flags: int = 0) -> remote.DomainGetStateRet:
         """Extract domain state. (virDomainGetState); returns the reply (DomainGetStateRet) as is"""
-        ret = await self._conn.rpc.domain_get_state(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_STATE], remote.DomainGetStateArgs(self._ref, flags))
         return ret
 
     async def get_time(self, flags: int = 0) -> remote.DomainGetTimeRet:
         """Extract information about guest time and store it into @seconds and @nseconds.
         (virDomainGetTime); returns the reply (DomainGetTimeRet) as is
         """
-        ret = await self._conn.rpc.domain_get_time(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_TIME], remote.DomainGetTimeArgs(self._ref, flags))
         return ret
 
     async def get_vcpu_pin_info(
@@ -1637,7 +1661,7 @@ class DomainGenerated(_HandleGenerated):
         """Query the CPU affinity setting of all virtual CPUs of domain, store it in cpumaps.
         (virDomainGetVcpuPinInfo); returns the reply (DomainGetVcpuPinInfoRet) as is
         """
-        ret = await self._conn.rpc.domain_get_vcpu_pin_info(self._ref, ncpumaps, maplen, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_VCPU_PIN_INFO], remote.DomainGetVcpuPinInfoArgs(self._ref, ncpumaps, maplen, flags))
         return ret
 
     async def get_vcpus(self, maxinfo: int, maplen: int) -> remote.DomainGetVcpusRet:
@@ -1645,23 +1669,23 @@ class DomainGenerated(_HandleGenerated):
         cpumaps if this pointer isn't NULL. (virDomainGetVcpus); returns the reply
         (DomainGetVcpusRet) as is
         """
-        ret = await self._conn.rpc.domain_get_vcpus(self._ref, maxinfo, maplen)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_VCPUS], remote.DomainGetVcpusArgs(self._ref, maxinfo, maplen))
         return ret
 
     async def get_vcpus_flags(self, flags: int = 0) -> int:
         """Query the number of virtual CPUs used by the domain. (virDomainGetVcpusFlags)"""
-        ret = await self._conn.rpc.domain_get_vcpus_flags(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_VCPUS_FLAGS], remote.DomainGetVcpusFlagsArgs(self._ref, flags))
         return ret.num
 
     async def get_xml_desc(self, flags: int = 0) -> str:
         """Provide an XML description of the domain. (virDomainGetXMLDesc)"""
-        ret = await self._conn.rpc.domain_get_xml_desc(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_GET_XML_DESC], remote.DomainGetXmlDescArgs(self._ref, flags))
         return ret.xml
 
     async def has_current_snapshot(self, flags: int = 0) -> bool:
         """Determine if the domain has a current snapshot. (virDomainHasCurrentSnapshot)"""
         # rules: bool
-        ret = await self._conn.rpc.domain_has_current_snapshot(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_HAS_CURRENT_SNAPSHOT], remote.DomainHasCurrentSnapshotArgs(self._ref, flags))
         return bool(ret.result)
 
     async def has_managed_save_image(self, flags: int = 0) -> bool:
@@ -1669,12 +1693,12 @@ class DomainGenerated(_HandleGenerated):
         (virDomainHasManagedSaveImage)
         """
         # rules: bool
-        ret = await self._conn.rpc.domain_has_managed_save_image(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_HAS_MANAGED_SAVE_IMAGE], remote.DomainHasManagedSaveImageArgs(self._ref, flags))
         return bool(ret.result)
 
     async def inject_nmi(self, flags: int = 0) -> None:
         """Send NMI to the guest (virDomainInjectNMI)"""
-        await self._conn.rpc.domain_inject_nmi(self._ref, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_INJECT_NMI], remote.DomainInjectNmiArgs(self._ref, flags))
 
     async def interface_addresses(
             self, source: int, flags: int = 0,
@@ -1682,20 +1706,20 @@ class DomainGenerated(_HandleGenerated):
         """Return a pointer to the allocated array of pointers to interfaces present in given
         domain along with their IP and MAC addresses. (virDomainInterfaceAddresses)
         """
-        ret = await self._conn.rpc.domain_interface_addresses(self._ref, source, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_INTERFACE_ADDRESSES], remote.DomainInterfaceAddressesArgs(self._ref, source, flags))
         return ret.ifaces
 
     async def interface_stats(self, device: str) -> remote.DomainInterfaceStatsRet:
         """This function returns network interface stats for interfaces attached to the domain.
         (virDomainInterfaceStats); returns the reply (DomainInterfaceStatsRet) as is
         """
-        ret = await self._conn.rpc.domain_interface_stats(self._ref, device)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_INTERFACE_STATS], remote.DomainInterfaceStatsArgs(self._ref, device))
         return ret
 
     async def is_active(self) -> bool:
         """Determine if the domain is currently running (virDomainIsActive)"""
         # rules: bool
-        ret = await self._conn.rpc.domain_is_active(self._ref)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_IS_ACTIVE], remote.DomainIsActiveArgs(self._ref))
         return bool(ret.active)
 
     async def is_persistent(self) -> bool:
@@ -1703,13 +1727,13 @@ class DomainGenerated(_HandleGenerated):
         after shutting down (virDomainIsPersistent)
         """
         # rules: bool
-        ret = await self._conn.rpc.domain_is_persistent(self._ref)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_IS_PERSISTENT], remote.DomainIsPersistentArgs(self._ref))
         return bool(ret.persistent)
 
     async def is_updated(self) -> bool:
         """Determine if the domain has been updated. (virDomainIsUpdated)"""
         # rules: bool
-        ret = await self._conn.rpc.domain_is_updated(self._ref)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_IS_UPDATED], remote.DomainIsUpdatedArgs(self._ref))
         return bool(ret.updated)
 
     async def list_all_checkpoints(self, flags: int = 0) -> list[DomainCheckpoint]:
@@ -1717,7 +1741,7 @@ class DomainGenerated(_HandleGenerated):
         store those objects. (virDomainListAllCheckpoints)
         """
         # rules: need-results, counted-list, handles-out
-        ret = await self._conn.rpc.domain_list_all_checkpoints(self._ref, 1, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_LIST_ALL_CHECKPOINTS], remote.DomainListAllCheckpointsArgs(self._ref, 1, flags))
         return [_DomainCheckpoint(self._conn, ref) for ref in ret.checkpoints]
 
     async def list_all_snapshots(self, flags: int = 0) -> list[DomainSnapshot]:
@@ -1725,190 +1749,190 @@ class DomainGenerated(_HandleGenerated):
         those objects. (virDomainListAllSnapshots)
         """
         # rules: need-results, counted-list, handles-out
-        ret = await self._conn.rpc.domain_list_all_snapshots(self._ref, 1, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_LIST_ALL_SNAPSHOTS], remote.DomainListAllSnapshotsArgs(self._ref, 1, flags))
         return [_DomainSnapshot(self._conn, ref) for ref in ret.snapshots]
 
     async def managed_save(self, flags: int = 0) -> None:
         """This method will suspend a domain and save its memory contents to a file on disk.
         (virDomainManagedSave)
         """
-        await self._conn.rpc.domain_managed_save(self._ref, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_MANAGED_SAVE], remote.DomainManagedSaveArgs(self._ref, flags))
 
     async def managed_save_define_xml(self, dxml: str | None, flags: int = 0) -> None:
         """This updates the definition of a domain stored in a saved state file.
         (virDomainManagedSaveDefineXML)
         """
-        await self._conn.rpc.domain_managed_save_define_xml(self._ref, dxml, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_MANAGED_SAVE_DEFINE_XML], remote.DomainManagedSaveDefineXmlArgs(self._ref, dxml, flags))
 
     async def managed_save_get_xml_desc(self, flags: int = 0) -> str:
         """This method will extract the XML description of the managed save state file of a domain.
         (virDomainManagedSaveGetXMLDesc)
         """
-        ret = await self._conn.rpc.domain_managed_save_get_xml_desc(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_MANAGED_SAVE_GET_XML_DESC], remote.DomainManagedSaveGetXmlDescArgs(self._ref, flags))
         return ret.xml
 
     async def managed_save_remove(self, flags: int = 0) -> None:
         """Remove any managed save image for this domain. (virDomainManagedSaveRemove)"""
-        await self._conn.rpc.domain_managed_save_remove(self._ref, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_MANAGED_SAVE_REMOVE], remote.DomainManagedSaveRemoveArgs(self._ref, flags))
 
     async def memory_peek(self, offset: int, size: int, flags: int = 0) -> bytes:
         """This function allows you to read the contents of a domain's memory.
         (virDomainMemoryPeek)
         """
-        ret = await self._conn.rpc.domain_memory_peek(self._ref, offset, size, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_MEMORY_PEEK], remote.DomainMemoryPeekArgs(self._ref, offset, size, flags))
         return ret.buffer
 
     async def memory_stats(self, max_stats: int, flags: int = 0) -> list[remote.DomainMemoryStat]:
         """This function provides memory statistics for the domain. (virDomainMemoryStats)"""
-        ret = await self._conn.rpc.domain_memory_stats(self._ref, max_stats, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_MEMORY_STATS], remote.DomainMemoryStatsArgs(self._ref, max_stats, flags))
         return ret.stats
 
     async def migrate_get_compression_cache(self, flags: int = 0) -> int:
         """Gets current size of the cache (in bytes) used for compressing repeatedly transferred
         memory pages during live migration. (virDomainMigrateGetCompressionCache)
         """
-        ret = await self._conn.rpc.domain_migrate_get_compression_cache(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_MIGRATE_GET_COMPRESSION_CACHE], remote.DomainMigrateGetCompressionCacheArgs(self._ref, flags))
         return ret.cacheSize
 
     async def migrate_get_max_downtime(self, flags: int = 0) -> int:
         """Gets current maximum tolerable time for which the domain may be paused at the end of
         live migration. (virDomainMigrateGetMaxDowntime)
         """
-        ret = await self._conn.rpc.domain_migrate_get_max_downtime(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_MIGRATE_GET_MAX_DOWNTIME], remote.DomainMigrateGetMaxDowntimeArgs(self._ref, flags))
         return ret.downtime
 
     async def migrate_get_max_speed(self, flags: int = 0) -> int:
         """Get the current maximum bandwidth (in MiB/s) that will be used if the domain is
         migrated. (virDomainMigrateGetMaxSpeed)
         """
-        ret = await self._conn.rpc.domain_migrate_get_max_speed(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_MIGRATE_GET_MAX_SPEED], remote.DomainMigrateGetMaxSpeedArgs(self._ref, flags))
         return ret.bandwidth
 
     async def migrate_set_compression_cache(self, cache_size: int, flags: int = 0) -> None:
         """Sets size of the cache (in bytes) used for compressing repeatedly transferred memory
         pages during live migration. (virDomainMigrateSetCompressionCache)
         """
-        await self._conn.rpc.domain_migrate_set_compression_cache(self._ref, cache_size, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_MIGRATE_SET_COMPRESSION_CACHE], remote.DomainMigrateSetCompressionCacheArgs(self._ref, cache_size, flags))
 
     async def migrate_set_max_downtime(self, downtime: int, flags: int = 0) -> None:
         """Sets maximum tolerable time for which the domain is allowed to be paused at the end of
         live migration. (virDomainMigrateSetMaxDowntime)
         """
-        await self._conn.rpc.domain_migrate_set_max_downtime(self._ref, downtime, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_MIGRATE_SET_MAX_DOWNTIME], remote.DomainMigrateSetMaxDowntimeArgs(self._ref, downtime, flags))
 
     async def migrate_set_max_speed(self, bandwidth: int, flags: int = 0) -> None:
         """The maximum bandwidth (in MiB/s) that will be used to do migration can be specified with
         the bandwidth parameter. (virDomainMigrateSetMaxSpeed)
         """
-        await self._conn.rpc.domain_migrate_set_max_speed(self._ref, bandwidth, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_MIGRATE_SET_MAX_SPEED], remote.DomainMigrateSetMaxSpeedArgs(self._ref, bandwidth, flags))
 
     async def migrate_start_post_copy(self, flags: int = 0) -> None:
         """Starts post-copy migration. (virDomainMigrateStartPostCopy)"""
-        await self._conn.rpc.domain_migrate_start_post_copy(self._ref, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_MIGRATE_START_POST_COPY], remote.DomainMigrateStartPostCopyArgs(self._ref, flags))
 
     async def pin_emulator(self, cpumap: bytes, flags: int = 0) -> None:
         """Dynamically change the real CPUs which can be allocated to all emulator threads.
         (virDomainPinEmulator)
         """
-        await self._conn.rpc.domain_pin_emulator(self._ref, cpumap, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_PIN_EMULATOR], remote.DomainPinEmulatorArgs(self._ref, cpumap, flags))
 
     async def pin_io_thread(self, iothreads_id: int, cpumap: bytes, flags: int = 0) -> None:
         """Dynamically change the real CPUs which can be allocated to an IOThread.
         (virDomainPinIOThread)
         """
-        await self._conn.rpc.domain_pin_iothread(self._ref, iothreads_id, cpumap, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_PIN_IOTHREAD], remote.DomainPinIothreadArgs(self._ref, iothreads_id, cpumap, flags))
 
     async def pin_vcpu(self, vcpu: int, cpumap: bytes) -> None:
         """Dynamically change the real CPUs which can be allocated to a virtual CPU.
         (virDomainPinVcpu)
         """
-        await self._conn.rpc.domain_pin_vcpu(self._ref, vcpu, cpumap)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_PIN_VCPU], remote.DomainPinVcpuArgs(self._ref, vcpu, cpumap))
 
     async def pin_vcpu_flags(self, vcpu: int, cpumap: bytes, flags: int = 0) -> None:
         """Dynamically change the real CPUs which can be allocated to a virtual CPU.
         (virDomainPinVcpuFlags)
         """
-        await self._conn.rpc.domain_pin_vcpu_flags(self._ref, vcpu, cpumap, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_PIN_VCPU_FLAGS], remote.DomainPinVcpuFlagsArgs(self._ref, vcpu, cpumap, flags))
 
     async def pm_suspend_for_duration(self, target: int, duration: int, flags: int = 0) -> None:
         """Attempt to have the guest enter the given @target power management suspension level.
         (virDomainPMSuspendForDuration)
         """
-        await self._conn.rpc.domain_pm_suspend_for_duration(self._ref, target, duration, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_PM_SUSPEND_FOR_DURATION], remote.DomainPmSuspendForDurationArgs(self._ref, target, duration, flags))
 
     async def pm_wakeup(self, flags: int = 0) -> None:
         """Inject a wakeup into the guest that previously used virDomainPMSuspendForDuration,
         rather than waiting for the previously requested duration (if any) to elapse.
         (virDomainPMWakeup)
         """
-        await self._conn.rpc.domain_pm_wakeup(self._ref, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_PM_WAKEUP], remote.DomainPmWakeupArgs(self._ref, flags))
 
     async def qemu_agent_command(self, cmd: str, timeout: int, flags: int = 0) -> str | None:
         """Execute an arbitrary Guest Agent command. (virDomainQemuAgentCommand)"""
-        ret = await self._conn.qemu_rpc.domain_agent_command(self._ref, cmd, timeout, flags)
+        ret = await self._conn.start(qemu.PROCEDURES[qemu.QEMU_PROC_DOMAIN_AGENT_COMMAND], qemu.QemuDomainAgentCommandArgs(self._ref, cmd, timeout, flags))
         return ret.result
 
     async def qemu_monitor_command(self, cmd: str, flags: int = 0) -> str:
         """This API is QEMU specific, so it will only work with hypervisor connections to the QEMU
         driver. (virDomainQemuMonitorCommand)
         """
-        ret = await self._conn.qemu_rpc.domain_monitor_command(self._ref, cmd, flags)
+        ret = await self._conn.start(qemu.PROCEDURES[qemu.QEMU_PROC_DOMAIN_MONITOR_COMMAND], qemu.QemuDomainMonitorCommandArgs(self._ref, cmd, flags))
         return ret.result
 
     async def reboot(self, flags: int = 0) -> None:
         """Reboot a domain, the domain object is still usable thereafter, but the domain OS is
         being stopped for a restart. (virDomainReboot)
         """
-        await self._conn.rpc.domain_reboot(self._ref, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_REBOOT], remote.DomainRebootArgs(self._ref, flags))
 
     async def rename(self, new_name: str | None, flags: int = 0) -> int:
         """Rename a domain. (virDomainRename)"""
-        ret = await self._conn.rpc.domain_rename(self._ref, new_name, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_RENAME], remote.DomainRenameArgs(self._ref, new_name, flags))
         return ret.retcode
 
     async def reset(self, flags: int = 0) -> None:
         """Reset a domain immediately without any guest OS shutdown. (virDomainReset)"""
-        await self._conn.rpc.domain_reset(self._ref, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_RESET], remote.DomainResetArgs(self._ref, flags))
 
     async def resume(self) -> None:
         """Resume a suspended domain, the process is restarted from the state where it was frozen
         by calling virDomainSuspend(). (virDomainResume)
         """
-        await self._conn.rpc.domain_resume(self._ref)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_RESUME], remote.DomainResumeArgs(self._ref))
 
     async def save(self, to: str) -> None:
         """This method will suspend a domain and save its memory contents to a file on disk.
         (virDomainSave)
         """
-        await self._conn.rpc.domain_save(self._ref, to)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SAVE], remote.DomainSaveArgs(self._ref, to))
 
     async def save_flags(self, to: str, dxml: str | None, flags: int = 0) -> None:
         """This method will suspend a domain and save its memory contents to a file on disk.
         (virDomainSaveFlags)
         """
-        await self._conn.rpc.domain_save_flags(self._ref, to, dxml, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SAVE_FLAGS], remote.DomainSaveFlagsArgs(self._ref, to, dxml, flags))
 
     async def save_params(self, params: dict[str, Any], flags: int = 0) -> None:
         """This method extends virDomainSaveFlags by adding parameters. (virDomainSaveParams)"""
         # rules: typed-params-in
         _params_params = from_dict(params)
-        await self._conn.rpc.domain_save_params(self._ref, _params_params, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SAVE_PARAMS], remote.DomainSaveParamsArgs(self._ref, _params_params, flags))
 
     async def send_key(
             self, codeset: int, holdtime: int, keycodes: list[int], flags: int = 0,
     ) -> None:
         """Send key(s) to the guest. (virDomainSendKey)"""
-        await self._conn.rpc.domain_send_key(self._ref, codeset, holdtime, keycodes, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SEND_KEY], remote.DomainSendKeyArgs(self._ref, codeset, holdtime, keycodes, flags))
 
     async def send_process_signal(self, pid_value: int, signum: int, flags: int = 0) -> None:
         """Send a signal to the designated process in the guest (virDomainSendProcessSignal)"""
-        await self._conn.rpc.domain_send_process_signal(self._ref, pid_value, signum, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SEND_PROCESS_SIGNAL], remote.DomainSendProcessSignalArgs(self._ref, pid_value, signum, flags))
 
     async def set_autostart(self, autostart: int) -> None:
         """Configure the domain to be automatically started when the host machine boots.
         (virDomainSetAutostart)
         """
-        await self._conn.rpc.domain_set_autostart(self._ref, autostart)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SET_AUTOSTART], remote.DomainSetAutostartArgs(self._ref, autostart))
 
     async def set_blkio_parameters(self, params: dict[str, Any], flags: int = 0) -> None:
         """Change all or a subset of the blkio tunables. (virDomainSetBlkioParameters)"""
@@ -1918,7 +1942,7 @@ class DomainGenerated(_HandleGenerated):
         except LibvirtError:
             _types = {}
         _params_params = from_dict(params, _types)
-        await self._conn.rpc.domain_set_blkio_parameters(self._ref, _params_params, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SET_BLKIO_PARAMETERS], remote.DomainSetBlkioParametersArgs(self._ref, _params_params, flags))
 
     async def set_block_io_tune(self, disk: str, params: dict[str, Any], flags: int = 0) -> None:
         """Change all or a subset of the per-device block IO tunables. (virDomainSetBlockIoTune)"""
@@ -1928,20 +1952,20 @@ class DomainGenerated(_HandleGenerated):
         except LibvirtError:
             _types = {}
         _params_params = from_dict(params, _types)
-        await self._conn.rpc.domain_set_block_io_tune(self._ref, disk, _params_params, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SET_BLOCK_IO_TUNE], remote.DomainSetBlockIoTuneArgs(self._ref, disk, _params_params, flags))
 
     async def set_block_threshold(self, dev: str, threshold: int, flags: int = 0) -> None:
         """Set the threshold level for delivering the VIR_DOMAIN_EVENT_ID_BLOCK_THRESHOLD if the
         device or backing chain element described by @dev is written beyond the set threshold
         level. (virDomainSetBlockThreshold)
         """
-        await self._conn.rpc.domain_set_block_threshold(self._ref, dev, threshold, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SET_BLOCK_THRESHOLD], remote.DomainSetBlockThresholdArgs(self._ref, dev, threshold, flags))
 
     async def set_guest_vcpus(self, cpumap: str, state: int, flags: int = 0) -> None:
         """Sets state of individual vcpus described by @cpumap via guest agent.
         (virDomainSetGuestVcpus)
         """
-        await self._conn.rpc.domain_set_guest_vcpus(self._ref, cpumap, state, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SET_GUEST_VCPUS], remote.DomainSetGuestVcpusArgs(self._ref, cpumap, state, flags))
 
     async def set_interface_parameters(
             self, device: str, params: dict[str, Any], flags: int = 0,
@@ -1955,7 +1979,7 @@ class DomainGenerated(_HandleGenerated):
         except LibvirtError:
             _types = {}
         _params_params = from_dict(params, _types)
-        await self._conn.rpc.domain_set_interface_parameters(self._ref, device, _params_params, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SET_INTERFACE_PARAMETERS], remote.DomainSetInterfaceParametersArgs(self._ref, device, _params_params, flags))
 
     async def set_io_thread_params(
             self, iothread_id: int, params: dict[str, Any], flags: int = 0,
@@ -1963,37 +1987,37 @@ class DomainGenerated(_HandleGenerated):
         """Dynamically set IOThread parameters to the domain. (virDomainSetIOThreadParams)"""
         # rules: typed-params-in
         _params_params = from_dict(params)
-        await self._conn.rpc.domain_set_iothread_params(self._ref, iothread_id, _params_params, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SET_IOTHREAD_PARAMS], remote.DomainSetIothreadParamsArgs(self._ref, iothread_id, _params_params, flags))
 
     async def set_launch_security_state(self, params: dict[str, Any], flags: int = 0) -> None:
         """Set a launch security secret in the guest's memory. (virDomainSetLaunchSecurityState)"""
         # rules: typed-params-in
         _params_params = from_dict(params)
-        await self._conn.rpc.domain_set_launch_security_state(self._ref, _params_params, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SET_LAUNCH_SECURITY_STATE], remote.DomainSetLaunchSecurityStateArgs(self._ref, _params_params, flags))
 
     async def set_lifecycle_action(self, type: int, action: int, flags: int = 0) -> None:
         """Changes the actions of lifecycle events for domain represented as
         <on_$type>$action</on_$type> in the domain XML. (virDomainSetLifecycleAction)
         """
-        await self._conn.rpc.domain_set_lifecycle_action(self._ref, type, action, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SET_LIFECYCLE_ACTION], remote.DomainSetLifecycleActionArgs(self._ref, type, action, flags))
 
     async def set_max_memory(self, memory: int) -> None:
         """Dynamically change the maximum amount of physical memory allocated to a domain.
         (virDomainSetMaxMemory)
         """
-        await self._conn.rpc.domain_set_max_memory(self._ref, memory)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SET_MAX_MEMORY], remote.DomainSetMaxMemoryArgs(self._ref, memory))
 
     async def set_memory(self, memory: int) -> None:
         """Dynamically change the target amount of physical memory allocated to a domain.
         (virDomainSetMemory)
         """
-        await self._conn.rpc.domain_set_memory(self._ref, memory)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SET_MEMORY], remote.DomainSetMemoryArgs(self._ref, memory))
 
     async def set_memory_flags(self, memory: int, flags: int = 0) -> None:
         """Dynamically change the target amount of physical memory allocated to a domain.
         (virDomainSetMemoryFlags)
         """
-        await self._conn.rpc.domain_set_memory_flags(self._ref, memory, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SET_MEMORY_FLAGS], remote.DomainSetMemoryFlagsArgs(self._ref, memory, flags))
 
     async def set_memory_parameters(self, params: dict[str, Any], flags: int = 0) -> None:
         """Change all or a subset of the memory tunables. (virDomainSetMemoryParameters)"""
@@ -2003,13 +2027,13 @@ class DomainGenerated(_HandleGenerated):
         except LibvirtError:
             _types = {}
         _params_params = from_dict(params, _types)
-        await self._conn.rpc.domain_set_memory_parameters(self._ref, _params_params, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SET_MEMORY_PARAMETERS], remote.DomainSetMemoryParametersArgs(self._ref, _params_params, flags))
 
     async def set_memory_stats_period(self, period: int, flags: int = 0) -> None:
         """Dynamically change the domain memory balloon driver statistics collection period.
         (virDomainSetMemoryStatsPeriod)
         """
-        await self._conn.rpc.domain_set_memory_stats_period(self._ref, period, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SET_MEMORY_STATS_PERIOD], remote.DomainSetMemoryStatsPeriodArgs(self._ref, period, flags))
 
     async def set_metadata(
             self, type: int, metadata: str | None, key: str | None, uri: str | None, flags:
@@ -2018,7 +2042,7 @@ class DomainGenerated(_HandleGenerated):
         """Sets the appropriate domain element given by @type to the value of @metadata.
         (virDomainSetMetadata)
         """
-        await self._conn.rpc.domain_set_metadata(self._ref, type, metadata, key, uri, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SET_METADATA], remote.DomainSetMetadataArgs(self._ref, type, metadata, key, uri, flags))
 
     async def set_numa_parameters(self, params: dict[str, Any], flags: int = 0) -> None:
         """Change all or a subset of the numa tunables. (virDomainSetNumaParameters)"""
@@ -2028,7 +2052,7 @@ class DomainGenerated(_HandleGenerated):
         except LibvirtError:
             _types = {}
         _params_params = from_dict(params, _types)
-        await self._conn.rpc.domain_set_numa_parameters(self._ref, _params_params, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SET_NUMA_PARAMETERS], remote.DomainSetNumaParametersArgs(self._ref, _params_params, flags))
 
     async def set_perf_events(self, params: dict[str, Any], flags: int = 0) -> None:
         """Enable or disable the particular list of Linux perf events you care about.
@@ -2040,7 +2064,7 @@ class DomainGenerated(_HandleGenerated):
         except LibvirtError:
             _types = {}
         _params_params = from_dict(params, _types)
-        await self._conn.rpc.domain_set_perf_events(self._ref, _params_params, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SET_PERF_EVENTS], remote.DomainSetPerfEventsArgs(self._ref, _params_params, flags))
 
     async def set_scheduler_parameters(self, params: dict[str, Any]) -> None:
         """Change all or a subset or the scheduler parameters. (virDomainSetSchedulerParameters)"""
@@ -2050,7 +2074,7 @@ class DomainGenerated(_HandleGenerated):
         except LibvirtError:
             _types = {}
         _params_params = from_dict(params, _types)
-        await self._conn.rpc.domain_set_scheduler_parameters(self._ref, _params_params)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SET_SCHEDULER_PARAMETERS], remote.DomainSetSchedulerParametersArgs(self._ref, _params_params))
 
     async def set_scheduler_parameters_flags(self, params: dict[str, Any], flags: int = 0) -> None:
         """Change a subset or all scheduler parameters. (virDomainSetSchedulerParametersFlags)"""
@@ -2060,106 +2084,106 @@ class DomainGenerated(_HandleGenerated):
         except LibvirtError:
             _types = {}
         _params_params = from_dict(params, _types)
-        await self._conn.rpc.domain_set_scheduler_parameters_flags(self._ref, _params_params, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SET_SCHEDULER_PARAMETERS_FLAGS], remote.DomainSetSchedulerParametersFlagsArgs(self._ref, _params_params, flags))
 
     async def set_time(self, seconds: int, nseconds: int, flags: int = 0) -> None:
         """When a domain is suspended or restored from a file the domain's OS has no idea that
         there was a big gap in the time. (virDomainSetTime)
         """
-        await self._conn.rpc.domain_set_time(self._ref, seconds, nseconds, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SET_TIME], remote.DomainSetTimeArgs(self._ref, seconds, nseconds, flags))
 
     async def set_user_password(
             self, user: str | None, password: str | None, flags: int = 0,
     ) -> None:
         """Sets the @user password to the value specified by @password. (virDomainSetUserPassword)"""
-        await self._conn.rpc.domain_set_user_password(self._ref, user, password, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SET_USER_PASSWORD], remote.DomainSetUserPasswordArgs(self._ref, user, password, flags))
 
     async def set_vcpu(self, cpumap: str, state: int, flags: int = 0) -> None:
         """Enables/disables individual vcpus described by @vcpumap in the hypervisor.
         (virDomainSetVcpu)
         """
-        await self._conn.rpc.domain_set_vcpu(self._ref, cpumap, state, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SET_VCPU], remote.DomainSetVcpuArgs(self._ref, cpumap, state, flags))
 
     async def set_vcpus(self, nvcpus: int) -> None:
         """Dynamically change the number of virtual CPUs used by the domain. (virDomainSetVcpus)"""
-        await self._conn.rpc.domain_set_vcpus(self._ref, nvcpus)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SET_VCPUS], remote.DomainSetVcpusArgs(self._ref, nvcpus))
 
     async def set_vcpus_flags(self, nvcpus: int, flags: int = 0) -> None:
         """Dynamically change the number of virtual CPUs used by the domain.
         (virDomainSetVcpusFlags)
         """
-        await self._conn.rpc.domain_set_vcpus_flags(self._ref, nvcpus, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SET_VCPUS_FLAGS], remote.DomainSetVcpusFlagsArgs(self._ref, nvcpus, flags))
 
     async def shutdown_flags(self, flags: int = 0) -> None:
         """Shutdown a domain, the domain object is still usable thereafter but the domain OS is
         being stopped. (virDomainShutdownFlags)
         """
-        await self._conn.rpc.domain_shutdown_flags(self._ref, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SHUTDOWN_FLAGS], remote.DomainShutdownFlagsArgs(self._ref, flags))
 
     async def shutdown_legacy(self) -> None:
         """Shutdown a domain, the domain object is still usable thereafter, but the domain OS is
         being stopped. (virDomainShutdown)
         """
-        await self._conn.rpc.domain_shutdown(self._ref)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SHUTDOWN], remote.DomainShutdownArgs(self._ref))
 
     async def snapshot_create_xml(self, xml_desc: str, flags: int = 0) -> DomainSnapshot:
         """Creates a new snapshot of a domain based on the snapshot xml contained in xmlDesc, with
         a top-level element <domainsnapshot>. (virDomainSnapshotCreateXML)
         """
         # rules: handles-out
-        ret = await self._conn.rpc.domain_snapshot_create_xml(self._ref, xml_desc, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SNAPSHOT_CREATE_XML], remote.DomainSnapshotCreateXmlArgs(self._ref, xml_desc, flags))
         return _DomainSnapshot(self._conn, ret.snap)
 
     async def snapshot_current(self, flags: int = 0) -> DomainSnapshot:
         """Get the current snapshot for a domain, if any. (virDomainSnapshotCurrent)"""
         # rules: handles-out
-        ret = await self._conn.rpc.domain_snapshot_current(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SNAPSHOT_CURRENT], remote.DomainSnapshotCurrentArgs(self._ref, flags))
         return _DomainSnapshot(self._conn, ret.snap)
 
     async def snapshot_list_names(self, maxnames: int, flags: int = 0) -> list[str]:
         """Collect the list of domain snapshots for the given domain, and store their names in
         @names. (virDomainSnapshotListNames)
         """
-        ret = await self._conn.rpc.domain_snapshot_list_names(self._ref, maxnames, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SNAPSHOT_LIST_NAMES], remote.DomainSnapshotListNamesArgs(self._ref, maxnames, flags))
         return ret.names
 
     async def snapshot_lookup_by_name(self, name: str, flags: int = 0) -> DomainSnapshot:
         """Try to lookup a domain snapshot based on its name. (virDomainSnapshotLookupByName)"""
         # rules: handles-out
-        ret = await self._conn.rpc.domain_snapshot_lookup_by_name(self._ref, name, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SNAPSHOT_LOOKUP_BY_NAME], remote.DomainSnapshotLookupByNameArgs(self._ref, name, flags))
         return _DomainSnapshot(self._conn, ret.snap)
 
     async def snapshot_num(self, flags: int = 0) -> int:
         """Provides the number of domain snapshots for this domain. (virDomainSnapshotNum)"""
-        ret = await self._conn.rpc.domain_snapshot_num(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SNAPSHOT_NUM], remote.DomainSnapshotNumArgs(self._ref, flags))
         return ret.num
 
     async def start_dirty_rate_calc(self, seconds: int, flags: int = 0) -> None:
         """Calculate the current domain's memory dirty rate in next @seconds.
         (virDomainStartDirtyRateCalc)
         """
-        await self._conn.rpc.domain_start_dirty_rate_calc(self._ref, seconds, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_START_DIRTY_RATE_CALC], remote.DomainStartDirtyRateCalcArgs(self._ref, seconds, flags))
 
     async def suspend(self) -> None:
         """Suspends an active domain, the process is frozen without further access to CPU resources
         and I/O but the memory used by the domain at the hypervisor level will stay allocated.
         (virDomainSuspend)
         """
-        await self._conn.rpc.domain_suspend(self._ref)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SUSPEND], remote.DomainSuspendArgs(self._ref))
 
     async def undefine_flags(self, flags: int = 0) -> None:
         """Undefine a domain. (virDomainUndefineFlags)"""
-        await self._conn.rpc.domain_undefine_flags(self._ref, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_UNDEFINE_FLAGS], remote.DomainUndefineFlagsArgs(self._ref, flags))
 
     async def undefine_legacy(self) -> None:
         """Undefine a domain. (virDomainUndefine)"""
-        await self._conn.rpc.domain_undefine(self._ref)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_UNDEFINE], remote.DomainUndefineArgs(self._ref))
 
     async def update_device_flags(self, xml: str, flags: int = 0) -> None:
         """Change a virtual device on a domain, using the flags parameter to control how the device
         is changed. (virDomainUpdateDeviceFlags)
         """
-        await self._conn.rpc.domain_update_device_flags(self._ref, xml, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_UPDATE_DEVICE_FLAGS], remote.DomainUpdateDeviceFlagsArgs(self._ref, xml, flags))
 
 
 class NetworkGenerated(_HandleGenerated):
@@ -2169,25 +2193,25 @@ class NetworkGenerated(_HandleGenerated):
 
     async def create(self) -> None:
         """Create and start a defined network. (virNetworkCreate)"""
-        await self._conn.rpc.network_create(self._ref)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NETWORK_CREATE], remote.NetworkCreateArgs(self._ref))
 
     async def destroy(self) -> None:
         """Destroy the network object. (virNetworkDestroy)"""
-        await self._conn.rpc.network_destroy(self._ref)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NETWORK_DESTROY], remote.NetworkDestroyArgs(self._ref))
 
     async def get_autostart(self) -> bool:
         """Provides a boolean value indicating whether the network configured to be automatically
         started when the host machine boots. (virNetworkGetAutostart)
         """
         # rules: bool
-        ret = await self._conn.rpc.network_get_autostart(self._ref)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NETWORK_GET_AUTOSTART], remote.NetworkGetAutostartArgs(self._ref))
         return bool(ret.autostart)
 
     async def get_bridge_name(self) -> str:
         """Provides a bridge interface name to which a domain may connect a network interface in
         order to join the network. (virNetworkGetBridgeName)
         """
-        ret = await self._conn.rpc.network_get_bridge_name(self._ref)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NETWORK_GET_BRIDGE_NAME], remote.NetworkGetBridgeNameArgs(self._ref))
         return ret.name
 
     async def get_dhcp_leases(
@@ -2198,20 +2222,20 @@ class NetworkGenerated(_HandleGenerated):
         Client ID (can be NULL) (virNetworkGetDHCPLeases)
         """
         # rules: need-results, in-band, counted-list
-        ret = await self._conn.rpc.network_get_dhcp_leases(self._ref, mac, 1, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NETWORK_GET_DHCP_LEASES], remote.NetworkGetDhcpLeasesArgs(self._ref, mac, 1, flags))
         if ret.ret == -1:  # rule in-band
             raise LibvirtError("virNetworkGetDHCPLeases: the daemon's reply reports failure (-1)")
         return ret.leases
 
     async def get_xml_desc(self, flags: int = 0) -> str:
         """Provide an XML description of the network. (virNetworkGetXMLDesc)"""
-        ret = await self._conn.rpc.network_get_xml_desc(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NETWORK_GET_XML_DESC], remote.NetworkGetXmlDescArgs(self._ref, flags))
         return ret.xml
 
     async def is_active(self) -> bool:
         """Determine if the network is currently running (virNetworkIsActive)"""
         # rules: bool
-        ret = await self._conn.rpc.network_is_active(self._ref)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NETWORK_IS_ACTIVE], remote.NetworkIsActiveArgs(self._ref))
         return bool(ret.active)
 
     async def is_persistent(self) -> bool:
@@ -2219,7 +2243,7 @@ class NetworkGenerated(_HandleGenerated):
         after shutting down (virNetworkIsPersistent)
         """
         # rules: bool
-        ret = await self._conn.rpc.network_is_persistent(self._ref)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NETWORK_IS_PERSISTENT], remote.NetworkIsPersistentArgs(self._ref))
         return bool(ret.persistent)
 
     async def list_all_ports(self, flags: int = 0) -> list[NetworkPort]:
@@ -2227,7 +2251,7 @@ class NetworkGenerated(_HandleGenerated):
         (virNetworkListAllPorts)
         """
         # rules: need-results, counted-list, handles-out
-        ret = await self._conn.rpc.network_list_all_ports(self._ref, 1, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NETWORK_LIST_ALL_PORTS], remote.NetworkListAllPortsArgs(self._ref, 1, flags))
         return [_NetworkPort(self._conn, ref) for ref in ret.ports]
 
     async def port_create_xml(self, xml: str, flags: int = 0) -> NetworkPort:
@@ -2235,7 +2259,7 @@ class NetworkGenerated(_HandleGenerated):
         virNetworkPortGetXMLDesc() (virNetworkPortCreateXML)
         """
         # rules: handles-out
-        ret = await self._conn.rpc.network_port_create_xml(self._ref, xml, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NETWORK_PORT_CREATE_XML], remote.NetworkPortCreateXmlArgs(self._ref, xml, flags))
         return _NetworkPort(self._conn, ret.port)
 
     async def port_lookup_by_uuid(self, uuid: bytes) -> NetworkPort:
@@ -2243,7 +2267,7 @@ class NetworkGenerated(_HandleGenerated):
         (virNetworkPortLookupByUUID)
         """
         # rules: handles-out
-        ret = await self._conn.rpc.network_port_lookup_by_uuid(self._ref, uuid)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NETWORK_PORT_LOOKUP_BY_UUID], remote.NetworkPortLookupByUuidArgs(self._ref, uuid))
         return _NetworkPort(self._conn, ret.port)
 
     async def port_lookup_by_uuid_string(self, uuid: str | _uuid.UUID) -> NetworkPort:
@@ -2251,18 +2275,18 @@ class NetworkGenerated(_HandleGenerated):
         (virNetworkPortLookupByUUIDString)
         """
         # rules: uuid-string, handles-out
-        ret = await self._conn.rpc.network_port_lookup_by_uuid(self._ref, uuid_bytes(uuid))
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NETWORK_PORT_LOOKUP_BY_UUID], remote.NetworkPortLookupByUuidArgs(self._ref, uuid_bytes(uuid)))
         return _NetworkPort(self._conn, ret.port)
 
     async def set_autostart(self, autostart: int) -> None:
         """Configure the network to be automatically started when the host machine boots.
         (virNetworkSetAutostart)
         """
-        await self._conn.rpc.network_set_autostart(self._ref, autostart)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NETWORK_SET_AUTOSTART], remote.NetworkSetAutostartArgs(self._ref, autostart))
 
     async def undefine(self) -> None:
         """Undefine a network but does not stop it if it is running (virNetworkUndefine)"""
-        await self._conn.rpc.network_undefine(self._ref)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NETWORK_UNDEFINE], remote.NetworkUndefineArgs(self._ref))
 
     async def update(
             self, command: int, section: int, parent_index: int, xml: str, flags: int = 0,
@@ -2270,7 +2294,7 @@ class NetworkGenerated(_HandleGenerated):
         """Update the definition of an existing network, either its live running state, its
         persistent configuration, or both. (virNetworkUpdate)
         """
-        await self._conn.rpc.network_update(self._ref, command, section, parent_index, xml, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NETWORK_UPDATE], remote.NetworkUpdateArgs(self._ref, command, section, parent_index, xml, flags))
 
 
 class NetworkPortGenerated(_HandleGenerated):
@@ -2281,22 +2305,22 @@ class NetworkPortGenerated(_HandleGenerated):
     async def _typed_param_types_get_parameters(self, flags: int = 0) -> dict[str, int]:
         """The field types ``get_parameters`` reports (for its setter)."""
         # rules: allocating, typed-params-out
-        ret = await self._conn.rpc.network_port_get_parameters(self._ref, 0, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NETWORK_PORT_GET_PARAMETERS], remote.NetworkPortGetParametersArgs(self._ref, 0, flags))
         return _typed_param_types(ret.params)
 
     async def delete(self, flags: int = 0) -> None:
         """Delete the network port. (virNetworkPortDelete)"""
-        await self._conn.rpc.network_port_delete(self._ref, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NETWORK_PORT_DELETE], remote.NetworkPortDeleteArgs(self._ref, flags))
 
     async def get_parameters(self, flags: int = 0) -> dict[str, Any]:
         """Get all interface parameters. (virNetworkPortGetParameters)"""
         # rules: allocating, typed-params-out
-        ret = await self._conn.rpc.network_port_get_parameters(self._ref, 0, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NETWORK_PORT_GET_PARAMETERS], remote.NetworkPortGetParametersArgs(self._ref, 0, flags))
         return to_dict(ret.params)
 
     async def get_xml_desc(self, flags: int = 0) -> str:
         """Provide an XML description of the network port. (virNetworkPortGetXMLDesc)"""
-        ret = await self._conn.rpc.network_port_get_xml_desc(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NETWORK_PORT_GET_XML_DESC], remote.NetworkPortGetXmlDescArgs(self._ref, flags))
         return ret.xml
 
     async def set_parameters(self, params: dict[str, Any], flags: int = 0) -> None:
@@ -2309,7 +2333,7 @@ class NetworkPortGenerated(_HandleGenerated):
         except LibvirtError:
             _types = {}
         _params_params = from_dict(params, _types)
-        await self._conn.rpc.network_port_set_parameters(self._ref, _params_params, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NETWORK_PORT_SET_PARAMETERS], remote.NetworkPortSetParametersArgs(self._ref, _params_params, flags))
 
 
 class StoragePoolGenerated(_HandleGenerated):
@@ -2321,46 +2345,46 @@ class StoragePoolGenerated(_HandleGenerated):
         """Currently only filesystem pool accepts flags VIR_STORAGE_POOL_BUILD_OVERWRITE and
         VIR_STORAGE_POOL_BUILD_NO_OVERWRITE. (virStoragePoolBuild)
         """
-        await self._conn.rpc.storage_pool_build(self._ref, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_POOL_BUILD], remote.StoragePoolBuildArgs(self._ref, flags))
 
     async def create(self, flags: int = 0) -> None:
         """Starts an inactive storage pool (virStoragePoolCreate)"""
-        await self._conn.rpc.storage_pool_create(self._ref, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_POOL_CREATE], remote.StoragePoolCreateArgs(self._ref, flags))
 
     async def delete(self, flags: int = 0) -> None:
         """Delete the underlying pool resources. (virStoragePoolDelete)"""
-        await self._conn.rpc.storage_pool_delete(self._ref, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_POOL_DELETE], remote.StoragePoolDeleteArgs(self._ref, flags))
 
     async def destroy(self) -> None:
         """Destroy an active storage pool. (virStoragePoolDestroy)"""
-        await self._conn.rpc.storage_pool_destroy(self._ref)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_POOL_DESTROY], remote.StoragePoolDestroyArgs(self._ref))
 
     async def get_autostart(self) -> bool:
         """Fetches the value of the autostart flag, which determines whether the pool is
         automatically started at boot time (virStoragePoolGetAutostart)
         """
         # rules: bool
-        ret = await self._conn.rpc.storage_pool_get_autostart(self._ref)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_POOL_GET_AUTOSTART], remote.StoragePoolGetAutostartArgs(self._ref))
         return bool(ret.autostart)
 
     async def get_info(self) -> remote.StoragePoolGetInfoRet:
         """Get volatile information about the storage pool such as free space / usage summary
         (virStoragePoolGetInfo); returns the reply (StoragePoolGetInfoRet) as is
         """
-        ret = await self._conn.rpc.storage_pool_get_info(self._ref)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_POOL_GET_INFO], remote.StoragePoolGetInfoArgs(self._ref))
         return ret
 
     async def get_xml_desc(self, flags: int = 0) -> str:
         """Fetch an XML document describing all aspects of the storage pool.
         (virStoragePoolGetXMLDesc)
         """
-        ret = await self._conn.rpc.storage_pool_get_xml_desc(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_POOL_GET_XML_DESC], remote.StoragePoolGetXmlDescArgs(self._ref, flags))
         return ret.xml
 
     async def is_active(self) -> bool:
         """Determine if the storage pool is currently running (virStoragePoolIsActive)"""
         # rules: bool
-        ret = await self._conn.rpc.storage_pool_is_active(self._ref)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_POOL_IS_ACTIVE], remote.StoragePoolIsActiveArgs(self._ref))
         return bool(ret.active)
 
     async def is_persistent(self) -> bool:
@@ -2368,7 +2392,7 @@ class StoragePoolGenerated(_HandleGenerated):
         exist after shutting down (virStoragePoolIsPersistent)
         """
         # rules: bool
-        ret = await self._conn.rpc.storage_pool_is_persistent(self._ref)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_POOL_IS_PERSISTENT], remote.StoragePoolIsPersistentArgs(self._ref))
         return bool(ret.persistent)
 
     async def list_all_volumes(self, flags: int = 0) -> list[StorageVolume]:
@@ -2376,37 +2400,37 @@ class StoragePoolGenerated(_HandleGenerated):
         (virStoragePoolListAllVolumes)
         """
         # rules: need-results, counted-list, handles-out
-        ret = await self._conn.rpc.storage_pool_list_all_volumes(self._ref, 1, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_POOL_LIST_ALL_VOLUMES], remote.StoragePoolListAllVolumesArgs(self._ref, 1, flags))
         return [_StorageVolume(self._conn, ref) for ref in ret.vols]
 
     async def list_volume_names(self, maxnames: int) -> list[str]:
         """Fetch list of storage volume names, limiting to at most maxnames.
         (virStoragePoolListVolumes)
         """
-        ret = await self._conn.rpc.storage_pool_list_volumes(self._ref, maxnames)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_POOL_LIST_VOLUMES], remote.StoragePoolListVolumesArgs(self._ref, maxnames))
         return ret.names
 
     async def num_of_volumes(self) -> int:
         """Fetch the number of storage volumes within a pool (virStoragePoolNumOfVolumes)"""
-        ret = await self._conn.rpc.storage_pool_num_of_volumes(self._ref)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_POOL_NUM_OF_VOLUMES], remote.StoragePoolNumOfVolumesArgs(self._ref))
         return ret.num
 
     async def refresh(self, flags: int = 0) -> None:
         """Request that the pool refresh its list of volumes. (virStoragePoolRefresh)"""
-        await self._conn.rpc.storage_pool_refresh(self._ref, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_POOL_REFRESH], remote.StoragePoolRefreshArgs(self._ref, flags))
 
     async def set_autostart(self, autostart: int) -> None:
         """Configure the storage pool to be automatically started when the host machine boots.
         (virStoragePoolSetAutostart)
         """
-        await self._conn.rpc.storage_pool_set_autostart(self._ref, autostart)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_POOL_SET_AUTOSTART], remote.StoragePoolSetAutostartArgs(self._ref, autostart))
 
     async def storage_vol_create_xml(self, xml: str, flags: int = 0) -> StorageVolume:
         """Create a storage volume within a pool based on an XML description.
         (virStorageVolCreateXML)
         """
         # rules: handles-out
-        ret = await self._conn.rpc.storage_vol_create_xml(self._ref, xml, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_VOL_CREATE_XML], remote.StorageVolCreateXmlArgs(self._ref, xml, flags))
         return _StorageVolume(self._conn, ret.vol)
 
     async def storage_vol_create_xml_from(
@@ -2416,7 +2440,7 @@ class StoragePoolGenerated(_HandleGenerated):
         (virStorageVolCreateXMLFrom)
         """
         # rules: handle-args, handles-out
-        ret = await self._conn.rpc.storage_vol_create_xml_from(self._ref, xml, clonevol._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_VOL_CREATE_XML_FROM], remote.StorageVolCreateXmlFromArgs(self._ref, xml, clonevol._ref, flags))
         return _StorageVolume(self._conn, ret.vol)
 
     async def storage_vol_lookup_by_name(self, name: str) -> StorageVolume:
@@ -2424,12 +2448,12 @@ class StoragePoolGenerated(_HandleGenerated):
         (virStorageVolLookupByName)
         """
         # rules: handles-out
-        ret = await self._conn.rpc.storage_vol_lookup_by_name(self._ref, name)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_VOL_LOOKUP_BY_NAME], remote.StorageVolLookupByNameArgs(self._ref, name))
         return _StorageVolume(self._conn, ret.vol)
 
     async def undefine(self) -> None:
         """Undefine an inactive storage pool (virStoragePoolUndefine)"""
-        await self._conn.rpc.storage_pool_undefine(self._ref)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_POOL_UNDEFINE], remote.StoragePoolUndefineArgs(self._ref))
 
 
 class StorageVolumeGenerated(_HandleGenerated):
@@ -2439,55 +2463,55 @@ class StorageVolumeGenerated(_HandleGenerated):
 
     async def delete(self, flags: int = 0) -> None:
         """Delete the storage volume from the pool (virStorageVolDelete)"""
-        await self._conn.rpc.storage_vol_delete(self._ref, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_VOL_DELETE], remote.StorageVolDeleteArgs(self._ref, flags))
 
     async def get_info(self) -> remote.StorageVolGetInfoRet:
         """Fetches volatile information about the storage volume such as its current allocation
         (virStorageVolGetInfo); returns the reply (StorageVolGetInfoRet) as is
         """
-        ret = await self._conn.rpc.storage_vol_get_info(self._ref)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_VOL_GET_INFO], remote.StorageVolGetInfoArgs(self._ref))
         return ret
 
     async def get_info_flags(self, flags: int = 0) -> remote.StorageVolGetInfoFlagsRet:
         """Fetches volatile information about the storage volume such as its current allocation.
         (virStorageVolGetInfoFlags); returns the reply (StorageVolGetInfoFlagsRet) as is
         """
-        ret = await self._conn.rpc.storage_vol_get_info_flags(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_VOL_GET_INFO_FLAGS], remote.StorageVolGetInfoFlagsArgs(self._ref, flags))
         return ret
 
     async def get_path(self) -> str:
         """Fetch the storage volume path. (virStorageVolGetPath)"""
-        ret = await self._conn.rpc.storage_vol_get_path(self._ref)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_VOL_GET_PATH], remote.StorageVolGetPathArgs(self._ref))
         return ret.name
 
     async def get_xml_desc(self, flags: int = 0) -> str:
         """Fetch an XML document describing all aspects of the storage volume
         (virStorageVolGetXMLDesc)
         """
-        ret = await self._conn.rpc.storage_vol_get_xml_desc(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_VOL_GET_XML_DESC], remote.StorageVolGetXmlDescArgs(self._ref, flags))
         return ret.xml
 
     async def resize(self, capacity: int, flags: int = 0) -> None:
         """Changes the capacity of the storage volume @vol to @capacity. (virStorageVolResize)"""
-        await self._conn.rpc.storage_vol_resize(self._ref, capacity, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_VOL_RESIZE], remote.StorageVolResizeArgs(self._ref, capacity, flags))
 
     async def storage_pool_lookup_by_volume(self) -> StoragePool:
         """Fetch a storage pool which contains a particular volume (virStoragePoolLookupByVolume)"""
         # rules: handles-out
-        ret = await self._conn.rpc.storage_pool_lookup_by_volume(self._ref)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_POOL_LOOKUP_BY_VOLUME], remote.StoragePoolLookupByVolumeArgs(self._ref))
         return _StoragePool(self._conn, ret.pool)
 
     async def wipe(self, flags: int = 0) -> None:
         """Ensure data previously on a volume is not accessible to future reads.
         (virStorageVolWipe)
         """
-        await self._conn.rpc.storage_vol_wipe(self._ref, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_VOL_WIPE], remote.StorageVolWipeArgs(self._ref, flags))
 
     async def wipe_pattern(self, algorithm: int, flags: int = 0) -> None:
         """Similar to virStorageVolWipe, but one can choose between different wiping algorithms.
         (virStorageVolWipePattern)
         """
-        await self._conn.rpc.storage_vol_wipe_pattern(self._ref, algorithm, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_STORAGE_VOL_WIPE_PATTERN], remote.StorageVolWipePatternArgs(self._ref, algorithm, flags))
 
 
 class NodeDeviceGenerated(_HandleGenerated):
@@ -2497,23 +2521,23 @@ class NodeDeviceGenerated(_HandleGenerated):
 
     async def create(self, flags: int = 0) -> None:
         """Start a defined node device: (virNodeDeviceCreate)"""
-        await self._conn.rpc.node_device_create(self._ref.name, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_DEVICE_CREATE], remote.NodeDeviceCreateArgs(self._ref.name, flags))
 
     async def destroy(self) -> None:
         """Destroy the device object. (virNodeDeviceDestroy)"""
-        await self._conn.rpc.node_device_destroy(self._ref.name)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_DEVICE_DESTROY], remote.NodeDeviceDestroyArgs(self._ref.name))
 
     async def detach_flags(self, driver_name: str | None, flags: int = 0) -> None:
         """Detach the node device from the node itself so that it may be assigned to a guest
         domain. (virNodeDeviceDetachFlags)
         """
-        await self._conn.rpc.node_device_detach_flags(self._ref.name, driver_name, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_DEVICE_DETACH_FLAGS], remote.NodeDeviceDetachFlagsArgs(self._ref.name, driver_name, flags))
 
     async def dettach(self) -> None:
         """Detach the node device from the node itself so that it may be assigned to a guest
         domain. (virNodeDeviceDettach)
         """
-        await self._conn.rpc.node_device_dettach(self._ref.name)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_DEVICE_DETTACH], remote.NodeDeviceDettachArgs(self._ref.name))
 
     async def get_autostart(self) -> bool:
         """Provides a boolean value indicating whether the node device is configured to be
@@ -2521,23 +2545,23 @@ class NodeDeviceGenerated(_HandleGenerated):
         available. (virNodeDeviceGetAutostart)
         """
         # rules: bool
-        ret = await self._conn.rpc.node_device_get_autostart(self._ref.name)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_DEVICE_GET_AUTOSTART], remote.NodeDeviceGetAutostartArgs(self._ref.name))
         return bool(ret.autostart)
 
     async def get_parent(self) -> str | None:
         """Accessor for the parent of the device (virNodeDeviceGetParent)"""
-        ret = await self._conn.rpc.node_device_get_parent(self._ref.name)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_DEVICE_GET_PARENT], remote.NodeDeviceGetParentArgs(self._ref.name))
         return ret.parentName
 
     async def get_xml_desc(self, flags: int = 0) -> str:
         """Fetch an XML document describing all aspects of the device. (virNodeDeviceGetXMLDesc)"""
-        ret = await self._conn.rpc.node_device_get_xml_desc(self._ref.name, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_DEVICE_GET_XML_DESC], remote.NodeDeviceGetXmlDescArgs(self._ref.name, flags))
         return ret.xml
 
     async def is_active(self) -> bool:
         """Determine if the node device is currently active (virNodeDeviceIsActive)"""
         # rules: bool
-        ret = await self._conn.rpc.node_device_is_active(self._ref.name)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_DEVICE_IS_ACTIVE], remote.NodeDeviceIsActiveArgs(self._ref.name))
         return bool(ret.active)
 
     async def is_persistent(self) -> bool:
@@ -2545,42 +2569,42 @@ class NodeDeviceGenerated(_HandleGenerated):
         exist after shutting down (virNodeDeviceIsPersistent)
         """
         # rules: bool
-        ret = await self._conn.rpc.node_device_is_persistent(self._ref.name)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_DEVICE_IS_PERSISTENT], remote.NodeDeviceIsPersistentArgs(self._ref.name))
         return bool(ret.persistent)
 
     async def list_caps(self, maxnames: int) -> list[str]:
         """Lists the names of the capabilities supported by the device. (virNodeDeviceListCaps)"""
-        ret = await self._conn.rpc.node_device_list_caps(self._ref.name, maxnames)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_DEVICE_LIST_CAPS], remote.NodeDeviceListCapsArgs(self._ref.name, maxnames))
         return ret.names
 
     async def num_of_caps(self) -> int:
         """Accessor for the number of capabilities supported by the device.
         (virNodeDeviceNumOfCaps)
         """
-        ret = await self._conn.rpc.node_device_num_of_caps(self._ref.name)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_DEVICE_NUM_OF_CAPS], remote.NodeDeviceNumOfCapsArgs(self._ref.name))
         return ret.num
 
     async def re_attach(self) -> None:
         """Re-attach a previously detached node device to the node so that it may be used by the
         node again. (virNodeDeviceReAttach)
         """
-        await self._conn.rpc.node_device_re_attach(self._ref.name)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_DEVICE_RE_ATTACH], remote.NodeDeviceReAttachArgs(self._ref.name))
 
     async def reset(self) -> None:
         """Reset a previously detached node device to the node before or after assigning it to a
         guest. (virNodeDeviceReset)
         """
-        await self._conn.rpc.node_device_reset(self._ref.name)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_DEVICE_RESET], remote.NodeDeviceResetArgs(self._ref.name))
 
     async def set_autostart(self, autostart: int) -> None:
         """Configure the node device to be automatically started when the host machine boots or the
         parent device becomes available. (virNodeDeviceSetAutostart)
         """
-        await self._conn.rpc.node_device_set_autostart(self._ref.name, autostart)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_DEVICE_SET_AUTOSTART], remote.NodeDeviceSetAutostartArgs(self._ref.name, autostart))
 
     async def undefine(self, flags: int = 0) -> None:
         """Undefine the device object. (virNodeDeviceUndefine)"""
-        await self._conn.rpc.node_device_undefine(self._ref.name, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NODE_DEVICE_UNDEFINE], remote.NodeDeviceUndefineArgs(self._ref.name, flags))
 
 
 class SecretGenerated(_HandleGenerated):
@@ -2590,21 +2614,21 @@ class SecretGenerated(_HandleGenerated):
 
     async def get_value(self, flags: int = 0) -> bytes:
         """Fetches the value of a secret. (virSecretGetValue)"""
-        ret = await self._conn.rpc.secret_get_value(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_SECRET_GET_VALUE], remote.SecretGetValueArgs(self._ref, flags))
         return ret.value
 
     async def get_xml_desc(self, flags: int = 0) -> str:
         """Fetches an XML document describing attributes of the secret. (virSecretGetXMLDesc)"""
-        ret = await self._conn.rpc.secret_get_xml_desc(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_SECRET_GET_XML_DESC], remote.SecretGetXmlDescArgs(self._ref, flags))
         return ret.xml
 
     async def set_value(self, value: bytes, flags: int = 0) -> None:
         """Sets the value of a secret. (virSecretSetValue)"""
-        await self._conn.rpc.secret_set_value(self._ref, value, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_SECRET_SET_VALUE], remote.SecretSetValueArgs(self._ref, value, flags))
 
     async def undefine(self) -> None:
         """Deletes the specified secret. (virSecretUndefine)"""
-        await self._conn.rpc.secret_undefine(self._ref)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_SECRET_UNDEFINE], remote.SecretUndefineArgs(self._ref))
 
 
 class InterfaceGenerated(_HandleGenerated):
@@ -2614,30 +2638,30 @@ class InterfaceGenerated(_HandleGenerated):
 
     async def create(self, flags: int = 0) -> None:
         """Activate an interface (i.e. (virInterfaceCreate)"""
-        await self._conn.rpc.interface_create(self._ref, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_INTERFACE_CREATE], remote.InterfaceCreateArgs(self._ref, flags))
 
     async def destroy(self, flags: int = 0) -> None:
         """deactivate an interface (ie call "ifdown") This does not remove the interface from the
         config, and does not free the associated virInterfacePtr object. (virInterfaceDestroy)
         """
-        await self._conn.rpc.interface_destroy(self._ref, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_INTERFACE_DESTROY], remote.InterfaceDestroyArgs(self._ref, flags))
 
     async def get_xml_desc(self, flags: int = 0) -> str:
         """VIR_INTERFACE_XML_INACTIVE - return the static configuration, suitable for use
         redefining the interface via virInterfaceDefineXML() (virInterfaceGetXMLDesc)
         """
-        ret = await self._conn.rpc.interface_get_xml_desc(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_INTERFACE_GET_XML_DESC], remote.InterfaceGetXmlDescArgs(self._ref, flags))
         return ret.xml
 
     async def is_active(self) -> bool:
         """Determine if the interface is currently running (virInterfaceIsActive)"""
         # rules: bool
-        ret = await self._conn.rpc.interface_is_active(self._ref)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_INTERFACE_IS_ACTIVE], remote.InterfaceIsActiveArgs(self._ref))
         return bool(ret.active)
 
     async def undefine(self) -> None:
         """Undefine an interface, ie remove it from the config. (virInterfaceUndefine)"""
-        await self._conn.rpc.interface_undefine(self._ref)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_INTERFACE_UNDEFINE], remote.InterfaceUndefineArgs(self._ref))
 
 
 class NWFilterGenerated(_HandleGenerated):
@@ -2647,12 +2671,12 @@ class NWFilterGenerated(_HandleGenerated):
 
     async def get_xml_desc(self, flags: int = 0) -> str:
         """Provide an XML description of the network filter. (virNWFilterGetXMLDesc)"""
-        ret = await self._conn.rpc.nwfilter_get_xml_desc(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NWFILTER_GET_XML_DESC], remote.NwfilterGetXmlDescArgs(self._ref, flags))
         return ret.xml
 
     async def undefine(self) -> None:
         """Undefine the nwfilter object. (virNWFilterUndefine)"""
-        await self._conn.rpc.nwfilter_undefine(self._ref)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NWFILTER_UNDEFINE], remote.NwfilterUndefineArgs(self._ref))
 
 
 class NWFilterBindingGenerated(_HandleGenerated):
@@ -2662,11 +2686,11 @@ class NWFilterBindingGenerated(_HandleGenerated):
 
     async def delete(self) -> None:
         """Delete the binding object. (virNWFilterBindingDelete)"""
-        await self._conn.rpc.nwfilter_binding_delete(self._ref)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NWFILTER_BINDING_DELETE], remote.NwfilterBindingDeleteArgs(self._ref))
 
     async def get_xml_desc(self, flags: int = 0) -> str:
         """Provide an XML description of the network filter. (virNWFilterBindingGetXMLDesc)"""
-        ret = await self._conn.rpc.nwfilter_binding_get_xml_desc(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_NWFILTER_BINDING_GET_XML_DESC], remote.NwfilterBindingGetXmlDescArgs(self._ref, flags))
         return ret.xml
 
 
@@ -2677,19 +2701,19 @@ class DomainSnapshotGenerated(_HandleGenerated):
 
     async def delete(self, flags: int = 0) -> None:
         """Delete the snapshot. (virDomainSnapshotDelete)"""
-        await self._conn.rpc.domain_snapshot_delete(self._ref, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SNAPSHOT_DELETE], remote.DomainSnapshotDeleteArgs(self._ref, flags))
 
     async def get_parent(self, flags: int = 0) -> DomainSnapshot:
         """Get the parent snapshot for @snapshot, if any. (virDomainSnapshotGetParent)"""
         # rules: handles-out
-        ret = await self._conn.rpc.domain_snapshot_get_parent(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SNAPSHOT_GET_PARENT], remote.DomainSnapshotGetParentArgs(self._ref, flags))
         return _DomainSnapshot(self._conn, ret.snap)
 
     async def get_xml_desc(self, flags: int = 0) -> str:
         """Provide an XML description of the domain snapshot, with a top-level element of
         <domainsnapshot>. (virDomainSnapshotGetXMLDesc)
         """
-        ret = await self._conn.rpc.domain_snapshot_get_xml_desc(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SNAPSHOT_GET_XML_DESC], remote.DomainSnapshotGetXmlDescArgs(self._ref, flags))
         return ret.xml
 
     async def has_metadata(self, flags: int = 0) -> bool:
@@ -2697,7 +2721,7 @@ class DomainSnapshotGenerated(_HandleGenerated):
         the deletion of the domain. (virDomainSnapshotHasMetadata)
         """
         # rules: bool
-        ret = await self._conn.rpc.domain_snapshot_has_metadata(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SNAPSHOT_HAS_METADATA], remote.DomainSnapshotHasMetadataArgs(self._ref, flags))
         return bool(ret.metadata)
 
     async def is_current(self, flags: int = 0) -> bool:
@@ -2705,7 +2729,7 @@ class DomainSnapshotGenerated(_HandleGenerated):
         (virDomainSnapshotIsCurrent)
         """
         # rules: bool
-        ret = await self._conn.rpc.domain_snapshot_is_current(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SNAPSHOT_IS_CURRENT], remote.DomainSnapshotIsCurrentArgs(self._ref, flags))
         return bool(ret.current)
 
     async def list_all_children(self, flags: int = 0) -> list[DomainSnapshot]:
@@ -2713,26 +2737,26 @@ class DomainSnapshotGenerated(_HandleGenerated):
         allocate an array to store those objects. (virDomainSnapshotListAllChildren)
         """
         # rules: need-results, counted-list, handles-out
-        ret = await self._conn.rpc.domain_snapshot_list_all_children(self._ref, 1, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SNAPSHOT_LIST_ALL_CHILDREN], remote.DomainSnapshotListAllChildrenArgs(self._ref, 1, flags))
         return [_DomainSnapshot(self._conn, ref) for ref in ret.snapshots]
 
     async def list_children_names(self, maxnames: int, flags: int = 0) -> list[str]:
         """Collect the list of domain snapshots that are children of the given snapshot, and store
         their names in @names. (virDomainSnapshotListChildrenNames)
         """
-        ret = await self._conn.rpc.domain_snapshot_list_children_names(self._ref, maxnames, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SNAPSHOT_LIST_CHILDREN_NAMES], remote.DomainSnapshotListChildrenNamesArgs(self._ref, maxnames, flags))
         return ret.names
 
     async def num_children(self, flags: int = 0) -> int:
         """Provides the number of child snapshots for this domain snapshot.
         (virDomainSnapshotNumChildren)
         """
-        ret = await self._conn.rpc.domain_snapshot_num_children(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SNAPSHOT_NUM_CHILDREN], remote.DomainSnapshotNumChildrenArgs(self._ref, flags))
         return ret.num
 
     async def revert_to_snapshot(self, flags: int = 0) -> None:
         """Revert the domain to a given snapshot. (virDomainRevertToSnapshot)"""
-        await self._conn.rpc.domain_revert_to_snapshot(self._ref, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_REVERT_TO_SNAPSHOT], remote.DomainRevertToSnapshotArgs(self._ref, flags))
 
 
 class DomainCheckpointGenerated(_HandleGenerated):
@@ -2742,17 +2766,17 @@ class DomainCheckpointGenerated(_HandleGenerated):
 
     async def delete(self, flags: int = 0) -> None:
         """Removes a checkpoint from the domain. (virDomainCheckpointDelete)"""
-        await self._conn.rpc.domain_checkpoint_delete(self._ref, flags)
+        await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_CHECKPOINT_DELETE], remote.DomainCheckpointDeleteArgs(self._ref, flags))
 
     async def get_parent(self, flags: int = 0) -> DomainCheckpoint:
         """Get the parent checkpoint for @checkpoint, if any. (virDomainCheckpointGetParent)"""
         # rules: handles-out
-        ret = await self._conn.rpc.domain_checkpoint_get_parent(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_CHECKPOINT_GET_PARENT], remote.DomainCheckpointGetParentArgs(self._ref, flags))
         return _DomainCheckpoint(self._conn, ret.parent)
 
     async def get_xml_desc(self, flags: int = 0) -> str:
         """Provide an XML description of the domain checkpoint. (virDomainCheckpointGetXMLDesc)"""
-        ret = await self._conn.rpc.domain_checkpoint_get_xml_desc(self._ref, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_CHECKPOINT_GET_XML_DESC], remote.DomainCheckpointGetXmlDescArgs(self._ref, flags))
         return ret.xml
 
     async def list_all_children(self, flags: int = 0) -> list[DomainCheckpoint]:
@@ -2760,5 +2784,5 @@ class DomainCheckpointGenerated(_HandleGenerated):
         allocate an array to store those objects. (virDomainCheckpointListAllChildren)
         """
         # rules: need-results, counted-list, handles-out
-        ret = await self._conn.rpc.domain_checkpoint_list_all_children(self._ref, 1, flags)
+        ret = await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_CHECKPOINT_LIST_ALL_CHILDREN], remote.DomainCheckpointListAllChildrenArgs(self._ref, 1, flags))
         return [_DomainCheckpoint(self._conn, ref) for ref in ret.checkpoints]

@@ -4,7 +4,7 @@ the mixins' base, and ``Handle``."""
 from __future__ import annotations
 
 import uuid as _uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from enum import IntEnum
 from types import EllipsisType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -19,13 +19,19 @@ __all__ = ["ApiBase", "ApiConnection", "Handle", "UUIDHandle", "enum_or_int", "u
 
 class ApiConnection(SubscriptionHost, Protocol):
     """What handles and the object API need of a connection: typed calls (``rpc``), raw
-    calls and event subscriptions.  ``aiovirt.Connection`` is one."""
+    calls (``call``, ``start``) and event subscriptions.  ``aiovirt.Connection`` is one."""
 
     rpc: RemoteCalls
 
     async def call(self, procedure: ProcedureInfo, args: Any = None,
                    timeout: float | None | EllipsisType = ..., *,
                    lane: bool | None = None) -> Any: ...
+
+    def start(self, procedure: ProcedureInfo, args: Any = None,
+              timeout: float | None | EllipsisType = ..., *,
+              lane: bool | None = None) -> Awaitable[Any]:
+        """``call`` sent at once, its reply awaited by the caller (the generated methods
+        use it: one coroutine frame less per call than ``rpc``)."""
 
     async def call_with_fds(self, procedure: ProcedureInfo, args: Any = None,
                             fds: Sequence[int] = (),

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uuid as _uuid
-from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 from ..errors import NoSuchStoragePool, NoSuchStorageVolume
 from .generated import StoragePoolGenerated, StorageVolumeGenerated
@@ -38,9 +38,9 @@ class StorageVolumeType(IntEnum):
     PLOOP = 5
 
 
-@dataclass(frozen=True, slots=True)
-class StoragePoolInfo:
-    """``virStoragePoolGetInfo``: the pool's state and its sizes in bytes."""
+class StoragePoolInfo(NamedTuple):
+    """``virStoragePoolGetInfo``: the pool's state and its sizes in bytes (a named tuple:
+    it unpacks as libvirt-python's four-item list does)."""
 
     state: StoragePoolState | int
     capacity: int
@@ -48,9 +48,9 @@ class StoragePoolInfo:
     available: int
 
 
-@dataclass(frozen=True, slots=True)
-class StorageVolumeInfo:
-    """``virStorageVolGetInfo``: the volume's type and its sizes in bytes."""
+class StorageVolumeInfo(NamedTuple):
+    """``virStorageVolGetInfo``: the volume's type and its sizes in bytes (a named tuple:
+    it unpacks as libvirt-python's three-item list does)."""
 
     type: StorageVolumeType | int
     capacity: int

@@ -92,20 +92,24 @@ async def kill_once_connecting(d: PrivateDaemon, baseline: int) -> None:
 
 
 class Tripwire:
-    """Takes the place of a connection's ``rpc`` and awaits ``before``/``after`` (given the
-    procedure number) around each call: the run's own calls decide the moment of the kill."""
+    """Takes the place of a connection's ``rpc`` and ``start`` (what the object API sends
+    with) and awaits ``before``/``after`` (given the procedure number) around each call: the
+    run's own calls decide the moment of the kill."""
 
     def __init__(self, conn: aiovirt.Connection,
                  before: Callable[[int], Awaitable[None]] | None = None,
                  after: Callable[[int], Awaitable[None]] | None = None) -> None:
         self.conn, self.before, self.after = conn, before, after
+        self.send = conn.start
         conn.rpc = remote.RemoteCalls(self.call)
+        conn.start = self.call  # type: ignore[method-assign]
 
-    async def call(self, procedure: Any, args: Any = None, timeout: Any = ...) -> Any:
+    async def call(self, procedure: Any, args: Any = None, timeout: Any = ..., *,
+                   lane: bool | None = None) -> Any:
         if self.before is not None:
             await self.before(procedure.number)
         try:
-            return await self.conn.call(procedure, args, timeout)
+            return await self.send(procedure, args, timeout, lane=lane)
         finally:   # returned or raised: the call is over either way
             if self.after is not None:
                 await self.after(procedure.number)
