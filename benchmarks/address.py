@@ -53,6 +53,7 @@ from typing import Any
 
 from common import (
     Sample,
+    callgrind_instructions,
     describe,
     machine_speed,
     pin,
@@ -380,15 +381,10 @@ for _ in range(20 + count):
 def instructions(root: str, specs: list[dict[str, Any]], count: int = 100) -> int:
     """User-space instructions per domain through the core API with the aiovirt at ``root``,
     counted by valgrind's callgrind: a run of ``count`` domains minus a run of none."""
-    totals = []
-    for n in (0, count):
-        run = subprocess.run(
-            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
-             "-c", INSTRUCTIONS_CHILD, json.dumps(specs), str(n), root],
-            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=root), cwd=root,
-            check=True)
-        found = [line for line in run.stderr.splitlines() if "Collected :" in line]
-        totals.append(int(found[-1].split(":")[-1]))
+    totals = [callgrind_instructions([sys.executable, "-c", INSTRUCTIONS_CHILD,
+                                      json.dumps(specs), str(n), root],
+                                     env=dict(os.environ, PYTHONPATH=root), cwd=root)
+              for n in (0, count)]
     return (totals[1] - totals[0]) // count
 
 

@@ -1,11 +1,14 @@
 """What the one-core benchmarks (compose.py, address.py) share: the report, pinning, timing
-and the description of the machine the figures belong to."""
+and the description of the machine the figures belong to; and (compat.py too) counting
+instructions under valgrind's callgrind."""
 
 from __future__ import annotations
 
 import gc
 import os
 import platform
+import re
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -93,3 +96,28 @@ def machine_speed() -> float:
 def yardstick_line(before: float, after: float) -> str:
     return (f"machine yardstick: sum(range(10**6)) took {before:.1f} ms before the rounds "
             f"and {after:.1f} ms after (a current desktop core: about 8-10 ms)")
+
+
+def callgrind(argv: list[str], *, env: dict[str, str] | None = None,
+              cwd: str | Path | None = None) -> tuple[str, dict[int, int]]:
+    """Run ``argv`` under valgrind's callgrind: its stdout, and the user-space instructions
+    counted in each of its processes by pid, in the order they ended (a forked child's count
+    starts from its parent's at the fork).  Unlike timings, other load does not move them."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("counting instructions needs valgrind (its callgrind tool): not found "
+                         "on PATH")
+    done = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                           *argv], capture_output=True, text=True, env=env, cwd=cwd)
+    counts = {int(pid): int(total.replace(",", "")) for pid, total in
+              re.findall(r"==(\d+)==\s*Collected\s*:\s*([\d,]+)", done.stderr)}
+    if done.returncode or not counts:
+        raise SystemExit(f"the run under callgrind failed (exit {done.returncode}); the end of "
+                         f"its stderr:\n{done.stderr[-3000:]}")
+    return done.stdout, counts
+
+
+def callgrind_instructions(argv: list[str], *, env: dict[str, str] | None = None,
+                           cwd: str | Path | None = None) -> int:
+    """User-space instructions of one run of ``argv`` (its own process), counted by
+    callgrind."""
+    return list(callgrind(argv, env=env, cwd=cwd)[1].values())[-1]

@@ -2,7 +2,8 @@
 against its raw layer, side by side, interleaved, against one private libvirtd.
 
     .venv/bin/python benchmarks/compat.py [--quick] [--only CASE ...] [--rounds N]
-                                          [--calls N] [--domains N] [--output FILE]
+                                          [--calls N] [--domains N] [--instructions]
+                                          [--output FILE]
 
 One private libvirtd (``aiovirt.testing.daemon.PrivateDaemon``, default settings:
 max_client_requests 5), test driver.  Every case alternates its contenders round by round,
@@ -26,18 +27,28 @@ Cases:
   (``conn.rpc.<procedure>(wire args)``), on one aiovirt connection at concurrency 16 and 1;
   also shown (no verdict): the async compat layer ``aiovirt.compat.aio`` (libvirt-python's
   names as coroutines) on its own connection.  Target: object API <= 1.1x the raw layer's
-  client CPU per call, per call kind (best rounds: the least CPU per call).
+  client CPU per call, per call kind (best rounds: the least CPU per call).  With
+  ``--instructions`` (needs valgrind, ~2-4 min more) the verdicts are on instructions per
+  call instead, which other load does not move (CPU time swings +-30 % on a busy 2-core VM;
+  still shown): per kind, raw and object API, concurrency 16 and 1, callgrind counts this
+  client's user-space instructions in a run of N calls (2000 at 16, 1000 at 1) and in one of
+  none (each a fresh connection, lookup and 50 warm-up calls per task), forked two at a time
+  from one ``compat.py --count-child`` under callgrind that imports aiovirt once; the
+  difference over N is the cost per call.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import statistics
 import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -51,6 +62,7 @@ import aiovirt  # noqa: E402
 import aiovirt.compat.libvirt as dropin  # noqa: E402
 from aiovirt.compat import aio as compat_aio  # noqa: E402
 from aiovirt.testing.daemon import PrivateDaemon  # noqa: E402
+from common import callgrind  # noqa: E402
 from run import (LINES, NODE_XML, TEST_DOMAIN, Disturbance, Meter, Round,  # noqa: E402
                  Sample, Verdict, best, describe_machine, describe_tree, in_thread,
                  interleave, median, run_tasks, run_threads, say, shares, verdict)
@@ -103,11 +115,12 @@ def print_summary() -> None:
     say("## Summary: best rounds; ratio = contender / baseline (throughput: higher is better; "
         "CPU: lower is better)")
     say("## baseline: libvirt-python (tiny, define); the raw layer conn.rpc (api)")
-    say(f"{'case':<28} {'measure':<34} {'contender':>10} {'baseline':>10} {'ratio':>7}  "
+    width = max([34] + [len(v.measure) for v in SUMMARY])
+    say(f"{'case':<28} {'measure':<{width}} {'contender':>10} {'baseline':>10} {'ratio':>7}  "
         f"{'target':<9} result")
     for v in SUMMARY:
         ratio = "-" if v.ratio is None else f"{v.ratio:.2f}x"
-        say(f"{v.case:<28} {v.measure:<34} {v.aiovirt:>10} {v.libvirt_python:>10} "
+        say(f"{v.case:<28} {v.measure:<{width}} {v.aiovirt:>10} {v.libvirt_python:>10} "
             f"{ratio:>7}  {v.target:<9} {verdict(v.met)}")
     say()
 
@@ -267,30 +280,33 @@ async def case_define(daemon: Any, meter: Meter, rounds: int, count: int) -> Non
 Call = Callable[[], Awaitable[Any]]
 
 
-def call_kinds(conn: aiovirt.Connection, dom: Any, cconn: Any, cdom: Any
-               ) -> list[tuple[str, str, Call, Call, Call]]:
-    """(kind, what, raw, object API, compat.aio) per call kind: the same procedure each."""
+def call_kinds(conn: aiovirt.Connection, dom: Any) -> list[tuple[str, str, Call, Call]]:
+    """(kind, what, raw, object API) per call kind: the same procedure each."""
     rpc, ref = conn.rpc, dom._ref
     return [
         ("lib_version", "conn.get_lib_version() / rpc.connect_get_lib_version()",
-         rpc.connect_get_lib_version, conn.get_lib_version, cconn.getLibVersion),
+         rpc.connect_get_lib_version, conn.get_lib_version),
         ("lookup", "conn.lookup_domain(name=) / rpc.domain_lookup_by_name(name)",
-         lambda: rpc.domain_lookup_by_name("test"), lambda: conn.lookup_domain(name="test"),
-         lambda: cconn.lookupByName("test")),
+         lambda: rpc.domain_lookup_by_name("test"), lambda: conn.lookup_domain(name="test")),
         ("get_info", "dom.get_info() / rpc.domain_get_info(ref)",
-         lambda: rpc.domain_get_info(ref), dom.get_info, cdom.info),
+         lambda: rpc.domain_get_info(ref), dom.get_info),
         ("info", "dom.info() (DomainInfo, enum state) / rpc.domain_get_info(ref)",
-         lambda: rpc.domain_get_info(ref), dom.info, cdom.info),
+         lambda: rpc.domain_get_info(ref), dom.info),
         ("list_all_domains", "conn.list_all_domains() / rpc.connect_list_all_domains(1, 0)",
-         lambda: rpc.connect_list_all_domains(1, 0), conn.list_all_domains,
-         cconn.listAllDomains),
+         lambda: rpc.connect_list_all_domains(1, 0), conn.list_all_domains),
         ("get_xml_desc", "dom.get_xml_desc() / rpc.domain_get_xml_desc(ref, 0)",
-         lambda: rpc.domain_get_xml_desc(ref, 0), dom.get_xml_desc, cdom.XMLDesc),
+         lambda: rpc.domain_get_xml_desc(ref, 0), dom.get_xml_desc),
         ("get_scheduler_parameters", "dom.get_scheduler_parameters() (dict) / "
          "rpc.domain_get_scheduler_parameters(ref, 16) (wire list)",
-         lambda: rpc.domain_get_scheduler_parameters(ref, 16), dom.get_scheduler_parameters,
-         cdom.schedulerParameters),
+         lambda: rpc.domain_get_scheduler_parameters(ref, 16), dom.get_scheduler_parameters),
     ]
+
+
+def aio_kinds(cconn: Any, cdom: Any) -> dict[str, Call]:
+    """compat.aio's call per kind of ``call_kinds``: libvirt-python's names."""
+    return {"lib_version": cconn.getLibVersion, "lookup": lambda: cconn.lookupByName("test"),
+            "get_info": cdom.info, "info": cdom.info, "list_all_domains": cconn.listAllDomains,
+            "get_xml_desc": cdom.XMLDesc, "get_scheduler_parameters": cdom.schedulerParameters}
 
 
 def api_round(conc: int, counts: list[int], fn: Call) -> Round:
@@ -303,11 +319,14 @@ def api_round(conc: int, counts: list[int], fn: Call) -> Round:
     return run
 
 
-async def case_api(daemon: Any, meter: Meter, rounds: int, calls: int) -> None:
+async def case_api(daemon: Any, meter: Meter, rounds: int, calls: int,
+                   instructions: bool = False) -> None:
     uri = daemon.uri()
     say(f"## api: client CPU per call, aiovirt's object API against its raw layer "
         f"(conn.rpc, wire arguments), one aiovirt connection; {calls} calls per round at "
-        f"concurrency 16, {calls // 4} at 1; {rounds} interleaved rounds")
+        f"concurrency 16, {calls // 4} at 1; {rounds} interleaved rounds"
+        + ("; then instructions per call (--instructions: the verdicts)" if instructions
+           else ""))
     say("compat.aio = aiovirt.compat.aio (libvirt-python's names, async) on its own "
         "connection, no verdict; its info() is the same for get_info and info, and its "
         "schedulerParameters() makes 2 calls (schedulerType first), as libvirt-python does")
@@ -316,9 +335,9 @@ async def case_api(daemon: Any, meter: Meter, rounds: int, calls: int) -> None:
         cconn = await compat_aio.open(uri)
         try:
             dom = await conn.lookup_domain(name="test")
-            cdom = await cconn.lookupByName("test")
-            kinds = call_kinds(conn, dom, cconn, cdom)
-            for kind, what, _, _, _ in kinds:
+            kinds = call_kinds(conn, dom)
+            aio_calls = aio_kinds(cconn, await cconn.lookupByName("test"))
+            for kind, what, _, _ in kinds:
                 say(f"  {kind}: {what}")
             say()
             say(f"{'kind':<25} {'conc':>4} {'raw calls/s':>13} {'CPU us/call: raw':>17} "
@@ -327,10 +346,10 @@ async def case_api(daemon: Any, meter: Meter, rounds: int, calls: int) -> None:
                 f"{'best / med':>11} {'best (med)':>11} {'best':>8}")
             for conc, n in ((16, calls), (1, calls // 4)):
                 counts = shares(n, conc)
-                for kind, _, raw, obj, aio_call in kinds:
+                for kind, _, raw, obj in kinds:
                     variants = {"raw": api_round(conc, counts, raw),
                                 "object": api_round(conc, counts, obj),
-                                "compat.aio": api_round(conc, counts, aio_call)}
+                                "compat.aio": api_round(conc, counts, aio_calls[kind])}
                     await interleave(1, variants, meter)   # warm-up, untimed
                     res = await interleave(rounds, variants, meter)
                     us = {k: (cpu_us(v, n, min), cpu_us(v, n, statistics.median))
@@ -342,12 +361,106 @@ async def case_api(daemon: Any, meter: Meter, rounds: int, calls: int) -> None:
                         f"{cell['raw']:>17} {cell['object']:>11} {cell['compat.aio']:>11} "
                         f"{f'{ratio:.2f}x ({ratio_med:.2f}x)':>11} "
                         f"{us['compat.aio'][0] / us['raw'][0]:>7.2f}x")
-                    SUMMARY.append(Verdict(f"api {kind}", f"object API CPU us/call, conc {conc}",
-                                           f"{us['object'][0]:.1f}", f"{us['raw'][0]:.1f}",
-                                           ratio, f"<= {API_TARGET}x", ratio <= API_TARGET))
+                    if not instructions:
+                        SUMMARY.append(Verdict(f"api {kind}",
+                                               f"object API CPU us/call, conc {conc}",
+                                               f"{us['object'][0]:.1f}", f"{us['raw'][0]:.1f}",
+                                               ratio, f"<= {API_TARGET}x", ratio <= API_TARGET))
         finally:
             await cconn.close()
+    if instructions:
+        say()
+        await asyncio.to_thread(api_instructions, uri, [kind for kind, *_ in kinds])
     say()
+
+
+# -- 3b: the same, in instructions per call (--instructions) ---------------------------------------
+
+COUNT_CALLS = ((16, 2000), (1, 1000))   # (concurrency, calls) of a counted run
+WARM_UP = 50                            # calls per task before the counted ones
+VARIANTS = ("raw", "object")
+Job = tuple[str, str, int, int]         # counted_run's kind, variant, concurrency, calls
+
+
+async def counted_run(uri: str, kind: str, variant: str, conc: int, calls: int) -> None:
+    """What callgrind counts: connect, look 'test' up, ``WARM_UP`` calls per task, then
+    ``calls`` calls over ``conc`` tasks, of ``call_kinds``' ``variant`` callable of ``kind``."""
+    async with aiovirt.connect(uri) as conn:
+        dom = await conn.lookup_domain(name="test")
+        raw, obj = next((raw, obj) for k, _, raw, obj in call_kinds(conn, dom) if k == kind)
+        fn = raw if variant == "raw" else obj
+
+        async def work(count: int) -> None:
+            for _ in range(count):
+                await fn()
+
+        for counts in ([WARM_UP] * conc, shares(calls, conc)):
+            await asyncio.gather(*(work(n) for n in counts))
+
+
+def count_child(uri: str, jobs: list[Job]) -> None:
+    """Under callgrind (``--count-child``): each job in a child forked from this process (so
+    aiovirt is imported once, not per run), two at a time; prints ``[job index, pid]`` as each
+    ends.  A child's callgrind total includes this process's count at the fork."""
+    if not aiovirt.__file__ or not aiovirt.__file__.startswith(str(HERE.parent)):
+        raise SystemExit(f"the counting child imported {aiovirt.__file__}, not {HERE.parent}")
+    aiovirt.connect   # noqa: B018 -- the client's modules, imported before forking
+    running: dict[int, int] = {}
+
+    def reap() -> None:
+        pid, status = os.wait()
+        index = running.pop(pid)
+        if os.waitstatus_to_exitcode(status):
+            raise SystemExit(f"the counted run {jobs[index]} failed")
+        print(json.dumps([index, pid]), flush=True)
+
+    for index, job in enumerate(jobs):
+        while len(running) >= 2:
+            reap()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                asyncio.run(counted_run(uri, *job))
+            except BaseException:
+                traceback.print_exc()
+                os._exit(1)
+            os._exit(0)
+        running[pid] = index
+    while running:
+        reap()
+
+
+def count_instructions(uri: str, kinds: list[str]) -> dict[tuple[str, int], dict[str, int]]:
+    """Instructions per call by (kind, concurrency) and variant: a counted run of N calls
+    minus a run of none, both forked by one ``--count-child`` under callgrind."""
+    jobs = [(kind, variant, conc, n) for conc, calls in COUNT_CALLS for kind in kinds
+            for variant in VARIANTS for n in (calls, 0)]
+    root = str(HERE.parent)
+    stdout, counts = callgrind([sys.executable, str(Path(__file__).resolve()), "--count-child",
+                                uri, json.dumps(jobs)],
+                               env=dict(os.environ, PYTHONPATH=root), cwd=root)
+    total = {jobs[index]: counts[pid] for index, pid in map(json.loads, stdout.splitlines())}
+    return {(kind, conc): {v: (total[kind, v, conc, calls] - total[kind, v, conc, 0]) // calls
+                           for v in VARIANTS}
+            for conc, calls in COUNT_CALLS for kind in kinds}
+
+
+def api_instructions(uri: str, kinds: list[str]) -> None:
+    """Say each kind's instructions per call, raw and object API, and add the api verdicts."""
+    runs = ", ".join(f"{calls} calls at concurrency {conc}" for conc, calls in COUNT_CALLS)
+    say(f"-- instructions per call (valgrind's callgrind: this client's user space, not the "
+        f"kernel's nor libvirtd's): a run of N calls minus a run of none, each its own "
+        f"connection, lookup and {WARM_UP} warm-up calls per task; N = {runs}")
+    started = time.perf_counter()
+    found = count_instructions(uri, kinds)
+    say(f"{'kind':<25} {'conc':>4} {'raw instr/call':>15} {'object':>10} {'object/raw':>11}")
+    for (kind, conc), per in found.items():
+        ratio = per["object"] / per["raw"]
+        say(f"{kind:<25} {conc:>4} {per['raw']:>15,} {per['object']:>10,} {ratio:>10.2f}x")
+        SUMMARY.append(Verdict(f"api {kind}", f"object API instructions/call, conc {conc}",
+                               f"{per['object']:,}", f"{per['raw']:,}", ratio,
+                               f"<= {API_TARGET}x", ratio <= API_TARGET))
+    say(f"(counting took {time.perf_counter() - started:.0f} s)")
 
 
 # -- main -----------------------------------------------------------------------------------------
@@ -381,7 +494,7 @@ async def main(options: argparse.Namespace) -> None:
         runs: dict[str, Callable[[], Awaitable[None]]] = {
             "tiny": lambda: case_tiny(daemon, meter, rounds, calls),
             "define": lambda: case_define(daemon, meter, rounds, domains),
-            "api": lambda: case_api(daemon, meter, rounds, calls // 2),
+            "api": lambda: case_api(daemon, meter, rounds, calls // 2, options.instructions),
         }
         for case in CASES:
             if case in cases:
@@ -403,8 +516,16 @@ if __name__ == "__main__":
                         "eighth at 1")
     parser.add_argument("--domains", type=int, help="domains defined+started per round (1000)")
     parser.add_argument("--only", nargs="+", metavar="CASE", help=f"only these: {', '.join(CASES)}")
+    parser.add_argument("--instructions", action="store_true",
+                        help="api: also count instructions per call under valgrind's callgrind "
+                             "(raw and object API, concurrency 16 and 1; ~2-4 min, needs "
+                             "valgrind) and give the verdicts on them, not on CPU time")
     parser.add_argument("--output", help="also write the report to this file")
+    parser.add_argument("--count-child", nargs=2, metavar=("URI", "JOBS"), help=argparse.SUPPRESS)
     opts = parser.parse_args()
+    if opts.count_child:
+        count_child(opts.count_child[0], json.loads(opts.count_child[1]))
+        raise SystemExit(0)
     try:
         asyncio.run(main(opts))
     finally:

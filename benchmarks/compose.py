@@ -55,6 +55,7 @@ from functools import partial
 from common import (
     HERE,
     Sample,
+    callgrind_instructions,
     describe,
     machine_speed,
     pin,
@@ -414,22 +415,12 @@ def count_worker(passes: int) -> None:
 def instructions(checkout: str | None) -> dict[str, float]:
     """Instructions per domain (callgrind), for this tree and ``checkout``: two runs each,
     with 0 and 2 passes, and the difference over the domains composed."""
-    import re
-    import shutil
-
-    if shutil.which("valgrind") is None:
-        raise SystemExit("--instructions needs valgrind")
     trees = {"this tree": None} | ({"baseline": checkout} if checkout else {})
     found: dict[str, float] = {}
     for label, tree in trees.items():
         env = dict(os.environ, PYTHONPATH=os.path.abspath(tree)) if tree else None
-        totals = []
-        for passes in (0, 2):
-            done = subprocess.run(
-                ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-                 sys.executable, os.path.abspath(__file__), "--count", str(passes)],
-                capture_output=True, text=True, env=env, check=True)
-            totals.append(int(re.findall(r"Collected : (\d+)", done.stderr)[-1]))
+        totals = [callgrind_instructions([sys.executable, os.path.abspath(__file__), "--count",
+                                          str(passes)], env=env) for passes in (0, 2)]
         found[label] = (totals[1] - totals[0]) / (2 * COUNTED)
         say(f"{label}: {found[label] / 1e6:.3f} M instructions per domain")
     if checkout:
