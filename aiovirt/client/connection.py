@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import operator
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from types import EllipsisType
@@ -60,6 +61,9 @@ SLOW_PROCEDURES: frozenset[str] = frozenset(
 # max_client_requests they wait unread in its socket, so it never idles waiting for our next
 # call.  32 is where the daemon's and our CPU per call stop falling (benchmarks/README.md).
 DEFAULT_PIPELINE_DEPTH = 32
+
+
+_load = operator.attrgetter("load")   # a channel's calls out and queued
 
 
 def _timed_out(procedure: ProcedureInfo, timeout: float) -> CallTimeout:
@@ -375,7 +379,7 @@ two.
             raise _timed_out(procedure, timeout)   # only reached when the deadline passed
         # No time limit (the usual case): when the socket is known at once, send and wait
         # right here (``Channel.call`` inlined), one coroutine frame instead of three.
-        channel = self._quick_channel(procedure, lane)
+        channel = self._quick_channel(procedure, lane) or self._lane_now()
         if channel is None:
             return await self._route(procedure, args, lane)
         serial, waiter = channel._send(procedure, args)
@@ -396,7 +400,7 @@ two.
             timeout = self.call_timeout
         if timeout is None and self._bare_waiters:
             try:
-                channel = self._quick_channel(procedure, lane)
+                channel = self._quick_channel(procedure, lane) or self._lane_now()
                 if channel is not None:
                     serial, waiter = channel._send(procedure, args)
                     if serial in channel.protocol._queued:
@@ -473,23 +477,32 @@ two.
         self._lanes[:] = [c for c in self._lanes if c.closed is None]
         return self._lanes
 
+    def _idle_lane(self) -> Channel | None:
+        """An idle lane, else the least busy one once all are open; None: open another."""
+        lanes = self._open_lanes()
+        best = min(lanes, key=_load, default=None)
+        if best is not None and (best.load == 0 or len(lanes) >= self.lanes):
+            return best
+        return None
+
+    def _lane_now(self) -> Channel | None:
+        """For a call ``_quick_channel`` could not place: the lane it takes without waiting,
+        if there is one and the main socket is up (else it waits in ``_route``)."""
+        main = self._main
+        if main is None or main.closed is not None:
+            return None
+        return self._idle_lane()
+
     async def _slow_lane(self) -> Channel:
         """An idle lane, else a new one while the limit allows, else the least busy lane.
 
         Spreading slow calls keeps each lane's slots free for more; if no lane can be opened
         the call goes to the main socket rather than failing."""
-        def idle() -> Channel | None:
-            lanes = self._open_lanes()
-            best = min(lanes, key=lambda c: c.load, default=None)
-            if best is not None and (best.load == 0 or len(lanes) >= self.lanes):
-                return best
-            return None
-
-        lane = idle()
+        lane = self._idle_lane()
         if lane is not None:
             return lane
         async with self._lane_lock:
-            lane = idle()
+            lane = self._idle_lane()
             if lane is not None:
                 return lane
             try:
@@ -503,7 +516,7 @@ two.
             if not lanes:
                 assert self._main is not None
                 return self._main
-            return min(lanes, key=lambda c: c.load)
+            return min(lanes, key=_load)
 
     def _quick_overflow(self) -> Channel:
         """For a quick call while the main socket is full: a lane with a free slot, else the

@@ -13,7 +13,8 @@ import contextlib
 import math
 import time
 import uuid as _uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from xml.sax.saxutils import escape
@@ -124,10 +125,15 @@ class _Host:
         self.caps: str | None = None
         self.domcaps: dict[tuple[str | None, ...], str | None] = {}
         self.composed: dict[int, _Composed] = {}
-        self.waiters: dict[str, anyio.Event] = {}
+        # STARTED awaited, by domain UUID: None until the event (True) or a waiter (an
+        # Event, made only if the start call returns before the event came) is there
+        self.waiters: dict[str, anyio.Event | bool | None] = {}
         self.lost = False
         self.error: str | None = None
         self.tasks: anyio.abc.TaskGroup | None = None   # where its guests' tasks run
+        self.ready: deque[Launch] = deque()   # launches no task carries out yet
+        self.workers = 0                      # tasks carrying out launches (_work)
+        self.width = 1                        # at most this many (the plan's concurrency)
         self.over = anyio.Event()                       # lost, or the run is done
         self.events_scope: anyio.CancelScope | None = None
         self.calls: set[anyio.CancelScope] = set()   # shielded calls out on this host
@@ -251,14 +257,17 @@ class Provisioning:
         for action in actions:
             if isinstance(action, Launch):
                 host = self._hosts[action.host]
-                assert host.tasks is not None
-                host.tasks.start_soon(self._launch, host, action,
-                                      name=f"aiovirt guest {self.guests[action.guest].name}")
+                host.ready.append(action)
+                # The plan launches a guest only when one of its ``width`` slots is free:
+                # at full width a task whose guest just ended takes it (see ``_work``).
+                if host.workers < host.width:
+                    assert host.tasks is not None
+                    host.workers += 1
+                    host.tasks.start_soon(self._work, host, name=f"aiovirt guests {host.uri}")
         if self.plan.done:
             for host in self._hosts:
                 host.over.set()
-                for waiter in host.waiters.values():
-                    waiter.set()
+                _wake(host.waiters)
                 if host.events_scope is not None:
                     host.events_scope.cancel()
 
@@ -302,6 +311,7 @@ class Provisioning:
                 self._unreachable(host, exc)
                 tg.cancel_scope.cancel()
                 return
+            host.width = facts["concurrency"]
             self._feed(self.plan.host_ready(host.index, **facts))
             await host.over.wait()
             if host.events_scope is not None:
@@ -320,8 +330,7 @@ class Provisioning:
         host.lost = True
         host.error = f"{type(error).__name__}: {error}"
         self._fleet.absent(host.index)
-        for waiter in host.waiters.values():
-            waiter.set()
+        _wake(host.waiters)
         host.waiters.clear()
         for scope in host.calls:     # calls still out there will never be answered
             scope.cancel()
@@ -370,9 +379,13 @@ class Provisioning:
                     async for event in events:
                         if isinstance(event, DomainLifecycleEvent) and \
                                 event.event == DomainEventType.STARTED:
-                            waiter = host.waiters.pop(event.domain.uuid, None)
-                            if waiter is not None:
-                                waiter.set()
+                            uuid = event.domain.uuid
+                            if uuid in host.waiters:
+                                waiter = host.waiters[uuid]
+                                if isinstance(waiter, anyio.Event):
+                                    waiter.set()
+                                else:
+                                    host.waiters[uuid] = True
             except AiovirtError as exc:
                 if not subscribed:
                     raise          # reaches tg.start: the host is unreachable
@@ -494,6 +507,15 @@ class Provisioning:
         return host.domcaps[key]
 
     # -- the guests -----------------------------------------------------------------------------
+    async def _work(self, host: _Host) -> None:
+        """Carry out the host's ready launches one after another until none is left: a task
+        per guest would cost more client CPU than the guest's own calls."""
+        try:
+            while host.ready:
+                await self._launch(host, host.ready.popleft())
+        finally:
+            host.workers -= 1
+
     async def _launch(self, host: _Host, launch: Launch) -> None:
         """Carry out one ``Launch``: replace the namesake if asked, define, and start when
         the plan says so, telling the plan each step."""
@@ -505,27 +527,30 @@ class Provisioning:
         began = time.monotonic()
         dom: Domain | None = None
         try:
-            await anyio.lowlevel.checkpoint()   # a cancelled run launches nothing more
+            await anyio.lowlevel.checkpoint_if_cancelled()   # a cancelled run launches no more
             if launch.replace and not await self._replace_existing(host, g):
                 return
             self._feed(self.plan.defining(g))
-            with self._call_on(host):
+            with _CallOn(host):
                 dom = await conn.define_xml(composed.for_name(guest.name, self._placeholder))
-            if not self._then(self.plan.defined(g, dom.uuid), Start):
+            uuid = dom.uuid
+            if not self._then(self.plan.defined(g, uuid), Start):
                 return
-            await anyio.lowlevel.checkpoint()   # a cancelled run stops here: it stays defined
-            started = host.waiters[dom.uuid] = anyio.Event()
+            await anyio.lowlevel.checkpoint_if_cancelled()   # cancelled: it stays defined
+            host.waiters[uuid] = None
             self._feed(self.plan.starting(g))
-            with self._call_on(host):
+            with _CallOn(host):
                 await dom.start()
             self._feed(self.plan.start_returned(g))
-            if not started.is_set():   # (often it came while start() was out: no wait)
+            started = host.waiters.get(uuid)
+            if started is None:   # (often it came while start() was out: no wait)
+                started = host.waiters[uuid] = anyio.Event()
                 with anyio.move_on_after(self.start_timeout):
                     await started.wait()
-            host.waiters.pop(dom.uuid, None)
+            host.waiters.pop(uuid, None)
             if host.lost:
                 return                          # the plan failed it with its host
-            if started.is_set():
+            if started is True or isinstance(started, anyio.Event) and started.is_set():
                 self._feed(self.plan.started(g))
             else:
                 await self._roll_back(host, dom, g,
@@ -546,7 +571,7 @@ class Provisioning:
             return
         assert dom is not None
         try:
-            with self._call_on(host):
+            with _CallOn(host):
                 await undefine(dom)
         except ConnectionClosed as exc:
             self._lose(host, exc)
@@ -555,30 +580,12 @@ class Provisioning:
         else:
             self._feed(self.plan.rolled_back(g))
 
-    @contextlib.contextmanager
-    def _call_on(self, host: _Host) -> Iterator[None]:
-        """Shield a call from the run's cancellation (it finishes, so that the report knows
-        what exists), but not from its host's loss: then it is abandoned at once and raises
-        ``ConnectionClosed``, whatever the connection is still waiting for."""
-        # one scope does both: shielded from the run's cancellation, still cancelled by
-        # ``scope.cancel()`` (its host's loss)
-        with anyio.CancelScope(shield=True) as scope:
-            host.calls.add(scope)
-            if host.lost:
-                scope.cancel()
-            try:
-                yield
-            finally:
-                host.calls.discard(scope)
-        if scope.cancelled_caught:
-            raise ConnectionClosed(f"host {host.uri} was lost: {host.error}")
-
     async def _replace_existing(self, host: _Host, g: int) -> bool:
         """Undefine the guest already called like guest ``g`` so that ours takes its place.
         Only a guest aiovirt made (it carries provisioning metadata) is replaced: for any
         other the plan fails the guest, and False is returned."""
         assert host.conn is not None
-        with self._call_on(host):
+        with _CallOn(host):
             try:
                 dom = await host.conn.lookup_domain(name=self.guests[g].name)
                 try:
@@ -593,6 +600,41 @@ class Provisioning:
                 pass
         self._feed(self.plan.replaced(g))
         return True
+
+
+def _wake(waiters: dict[str, anyio.Event | bool | None]) -> None:
+    """Wake every guest waiting for its STARTED event (the run is over, or the host lost)."""
+    for waiter in waiters.values():
+        if isinstance(waiter, anyio.Event):
+            waiter.set()
+
+
+class _CallOn:
+    """Shield a call from the run's cancellation (it finishes, so that the report knows
+    what exists), but not from its host's loss: then it is abandoned at once and raises
+    ``ConnectionClosed``, whatever the connection is still waiting for."""
+
+    __slots__ = ("host", "scope")
+
+    def __init__(self, host: _Host) -> None:
+        self.host = host
+        # one scope does both: shielded from the run's cancellation, still cancelled by
+        # ``scope.cancel()`` (its host's loss)
+        self.scope = anyio.CancelScope(shield=True)
+
+    def __enter__(self) -> None:
+        self.scope.__enter__()
+        self.host.calls.add(self.scope)
+        if self.host.lost:
+            self.scope.cancel()
+
+    def __exit__(self, *exc_info: Any) -> bool:
+        host, scope = self.host, self.scope
+        host.calls.discard(scope)
+        swallowed = bool(scope.__exit__(*exc_info))
+        if scope.cancelled_caught:
+            raise ConnectionClosed(f"host {host.uri} was lost: {host.error}")
+        return swallowed
 
 
 async def provision(hosts: str | Connection | Sequence[str | Connection],
