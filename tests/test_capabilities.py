@@ -5,6 +5,7 @@ feature, the qxl video model and a machine type fewer), plus variants derived in
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shutil
 import uuid
@@ -54,6 +55,14 @@ def variant(real, tmp_path_factory):
         pytest.skip(f"no shared QEMU capabilities cache at {source} (needs root)")
     cache = tmp_path_factory.mktemp("edited-qemu-caps")
     shutil.copytree(source, cache, dirs_exist_ok=True)
+    # libvirt keeps a cached probe only while the CPUID the daemon read at start-up matches
+    # the prober's, and on some VMs CPUID differs per CPU (the x2APIC id): a daemon on one
+    # CPU brings the copy in line (probing again if it was made elsewhere) and the variant
+    # then runs on that CPU too, so it trusts the edited copy
+    cpu = {min(os.sched_getaffinity(0))}
+    with PrivateDaemon(tmp_path_factory.mktemp("prober"), qemu_caps_cache=cache,
+                       cpus=cpu) as prober:
+        prober.virsh("domcapabilities", "--virttype", "kvm")
     entry = next((p for p in cache.glob("*.xml")
                   if "<emulator>/usr/bin/qemu-system-x86_64</emulator>" in p.read_text()),
                  None)
@@ -71,7 +80,8 @@ def variant(real, tmp_path_factory):
     text, machines = re.subn(rf"  <machine [^\n]*name='{OLD_MACHINE}'[^\n]*\n", "", text)
     assert machines >= 1
     entry.write_text(text)
-    with PrivateDaemon(tmp_path_factory.mktemp("variant"), qemu_caps_cache=cache) as other:
+    with PrivateDaemon(tmp_path_factory.mktemp("variant"), qemu_caps_cache=cache,
+                       cpus=cpu) as other:
         yield other, feature
 
 

@@ -41,7 +41,7 @@ import subprocess
 import tempfile
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Self
 
@@ -139,7 +139,8 @@ class PrivateDaemon:
                  extra_config: Mapping[str, str | int | Sequence[str]] | None = None,
                  env: Mapping[str, str] | None = None,
                  libvirtd: str = "libvirtd",
-                 qemu_caps_cache: str | os.PathLike[str] | None = DEFAULT_CAPS_CACHE) -> None:
+                 qemu_caps_cache: str | os.PathLike[str] | None = DEFAULT_CAPS_CACHE,
+                 cpus: Collection[int] | None = None) -> None:
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="aiovirt-libvirtd-")).resolve()
         self.tcp_port: int = tcp_port or _free_port()
@@ -152,6 +153,10 @@ class PrivateDaemon:
         self.namespaced = os.geteuid() == 0
         self._libvirtd = libvirtd
         self._caps_cache = None if qemu_caps_cache is None else Path(qemu_caps_cache)
+        # libvirtd (and what it starts) runs on these CPUs only: libvirt reads the host's
+        # CPUID once at start-up and keeps a cached QEMU probe only while they match, and on
+        # some machines CPUID differs per CPU (the x2APIC id in leaves 0xb and 0x1f)
+        self._cpus = sorted(cpus) if cpus is not None else None
         self._process: subprocess.Popen[bytes] | None = None
         self._ns_fd: int | None = None       # pins the mount namespace while we scan it
         self._ns_id: str | None = None
@@ -200,6 +205,8 @@ class PrivateDaemon:
                    "-p", str(self.workdir / "libvirtd.pid")]
         if self.namespaced:
             command = self._namespaced(command)
+        if self._cpus is not None:   # taskset execs: the process we hold is still libvirtd
+            command = ["taskset", "-c", ",".join(map(str, self._cpus)), *command]
         with open(self.workdir / "libvirtd.stderr", "wb") as stderr:
             try:
                 self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
