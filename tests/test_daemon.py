@@ -190,3 +190,12 @@ def test_stop_after_kill_ends_the_guests(tmp_path):
     finally:
         other.stop()
     assert not PrivateDaemon._alive(guest)
+
+
+def test_cpus_pin_libvirtd_itself(tmp_path):
+    cpu = max(os.sched_getaffinity(0))
+    with PrivateDaemon(tmp_path / "d", cpus={cpu}) as pinned:
+        assert pinned.pid is not None
+        assert os.sched_getaffinity(pinned.pid) == {cpu}
+        assert Path(f"/proc/{pinned.pid}/exe").resolve().name == "libvirtd"
+        assert "Running hypervisor: QEMU" in pinned.virsh("version")
