@@ -2,7 +2,7 @@
 define and start the same composed XML, side by side, interleaved round by round.
 
     .venv/bin/python benchmarks/provision.py [--quick] [--only CASE ...] [--rounds N]
-                                             [--output FILE]
+                                             [--instructions] [--output FILE]
 
 Cases (see README.md):
 
@@ -11,7 +11,14 @@ Cases (see README.md):
   start, wait for every STARTED event).  libvirt-python: the same composed XML (composed once,
   untimed; each guest's name substituted), ``defineXML`` + ``create`` by a 16-thread pool on
   one shared connection, and on 16 connections (one per thread).  Targets: >= 1.5x the
-  best's guests/s; client CPU per guest <= 1.0x the cheapest's (issue 15).
+  best's guests/s; client CPU per guest <= 1.0x the cheapest's (issue 15).  With
+  ``--instructions`` (needs valgrind, ~2-3 min more) also client instructions per guest,
+  which other load does not move (the CPU figure swings +-25 % on a busy 2-core VM), target
+  <= 1.0x: after the timed rounds, on the same daemon, callgrind counts every thread of a
+  ``provision.py --count-child`` process making 10 + 600 guests and of one making 10 + 100
+  (aiovirt: one ``provision()`` call after a 10-guest one; libvirt-python: 16 threads on 16
+  connections, ``defineXML`` + ``create``), two at a time; the difference over 500 is the
+  cost per guest.  The parent removes the children's guests, untimed.
 * ``kvm``: 16 diskless KVM guests on the QEMU driver until all are RUNNING, against 16 threads
   on 16 connections (target <= 1.0x its time) and on one shared connection.
 * ``fleet``: 4 private libvirtds x 250 guests, ``placement="spread"``, against a 16-thread
@@ -32,6 +39,7 @@ import difflib
 import itertools
 import os
 import statistics
+import sys
 import threading
 import time
 import uuid
@@ -43,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import libvirt  # type: ignore[import-untyped]
-from common import machine_speed, yardstick_line
+from common import HERE, callgrind_instructions, machine_speed, yardstick_line
 from lxml import etree
 from run import (
     LINES,
@@ -83,6 +91,11 @@ TEST_PROFILES = ("kvm-base", "virtio-linux", "guest-agent")
 KVM_TEMPLATE = "<domain><name>k</name></domain>"
 KVM_PROFILES = ("kvm-base",)
 KVM_PARAMS = {"kvm-base.memory": "64"}
+
+COUNT_KINDS = ("aiovirt", "libvirt-python")   # --instructions: who is counted in e2e
+COUNT_GUESTS = 500    # instructions per guest: a run of COUNT_GUESTS + COUNT_BASE guests ...
+COUNT_BASE = 100      # ... minus one of COUNT_BASE, over COUNT_GUESTS
+COUNT_WARM_UP = 10    # guests made first in every counted run
 
 ACTIVE = libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE
 
@@ -261,17 +274,21 @@ def lv_remove(conns: Sequence[libvirt.virConnect], prefix: str) -> None:
     run_pools([conns], [names], remove)
 
 
+def lv_launch(xml: Composed) -> Callable[[libvirt.virConnect, str], None]:
+    """libvirt-python's work per guest: defineXML + create of ``xml`` under the guest's name."""
+    def make(conn: libvirt.virConnect, name: str) -> None:
+        conn.defineXML(xml.named(name)).create()
+    return make
+
+
 def lv_variant(conns: Sequence[Sequence[libvirt.virConnect]], xml: Composed,
                expected: Sequence[int], case: str) -> Round:
     """A libvirt-python round: defineXML + create of ``expected[h]`` guests on host h."""
-    def make(conn: libvirt.virConnect, name: str) -> None:
-        conn.defineXML(xml.named(name)).create()
-
     def run(meter: Meter) -> Sample:
         prefix = fresh_prefix(case)
         names = [[f"{prefix}{h}-{i:04d}" for i in range(n)] for h, n in enumerate(expected)]
         try:
-            sample = run_pools(conns, names, make, meter)
+            sample = run_pools(conns, names, lv_launch(xml), meter)
             running = [lv_count(c[0], prefix) for c in conns]
             if running != list(expected):
                 raise BenchError(f"{case}: libvirt-python round left {running} guests running "
@@ -406,9 +423,25 @@ def cpu_verdict(case: str, res: Mapping[str, list[Sample]], count: int, target: 
                            f"<= {target:g}x", ratio <= target))
 
 
+def instructions_verdict(case: str, per: Mapping[str, int], target: float, took: float) -> None:
+    """aiovirt's client instructions per guest against libvirt-python's (``count_instructions``)."""
+    av, lv = (per[kind] for kind in COUNT_KINDS)
+    ratio = av / lv
+    say(f"client instructions per guest (valgrind's callgrind: user space, every thread of the "
+        f"client's process; not the kernel's nor libvirtd's): aiovirt provision {av:,}, "
+        f"libvirt-python, {THREADS} threads, {THREADS} conns {lv:,}: {ratio:.2f}x (target "
+        f"<= {target:g}x: {'met' if ratio <= target else 'MISSED'})")
+    say(f"(a run of {COUNT_WARM_UP} + {COUNT_GUESTS + COUNT_BASE} guests minus one of "
+        f"{COUNT_WARM_UP} + {COUNT_BASE}, over {COUNT_GUESTS}, each its own process on this "
+        f"daemon; counting took {took:.0f} s)")
+    SUMMARY.append(Verdict(case, f"{COUNT_GUESTS} guests: client instructions/guest",
+                           f"{av:,}", f"{lv:,}", ratio, f"<= {target:g}x", ratio <= target))
+
+
 # -- 1: e2e ---------------------------------------------------------------------------------
 
-async def case_e2e(daemon: PrivateDaemon, rounds: int, count: int) -> None:
+async def case_e2e(daemon: PrivateDaemon, rounds: int, count: int,
+                   instructions: bool = False) -> None:
     uri = daemon.uri()
     meter = DaemonsMeter([daemon.pid])
     say(f"## e2e: {count} guests on one test-driver host: provision (compose + address + "
@@ -441,6 +474,11 @@ async def case_e2e(daemon: PrivateDaemon, rounds: int, count: int) -> None:
             await interleave(1, variants(min(count, 100)), meter)   # warm-up, untimed
             res = await interleave(rounds, variants(count), meter)
             await check_empty([held], baseline, "e2e")
+            if instructions:
+                started = time.perf_counter()
+                counted = await asyncio.to_thread(count_instructions, uri, lv_own)
+                took = time.perf_counter() - started
+                await check_empty([held], baseline, "e2e")
         finally:
             for c in [lv_shared, *lv_own]:
                 c.close()
@@ -448,7 +486,79 @@ async def case_e2e(daemon: PrivateDaemon, rounds: int, count: int) -> None:
     rate_table(res, count)
     throughput_verdict("e2e", res, count, 1.5)
     cpu_verdict("e2e", res, count, 1.0)
+    if instructions:
+        instructions_verdict("e2e", counted, 1.0, took)
     say()
+
+
+# -- 1b: e2e in instructions per guest (--instructions) -------------------------------------
+
+async def av_counted(uri: str, n: int, prefix: str) -> None:
+    """What callgrind counts of aiovirt: ``COUNT_WARM_UP`` guests provisioned, then ``n`` by
+    one ``provision()`` call, as in the timed rounds."""
+    for count, name in ((COUNT_WARM_UP, prefix + "w{n:04d}"), (n, prefix + "{n:04d}")):
+        spec = GuestSpec(TEST_TEMPLATE, TEST_PROFILES, count=count, name=name)
+        check_report(await provision(uri, spec, overcommit=OVERCOMMIT), count, "e2e counted")
+
+
+async def composed_e2e(uri: str) -> Composed:
+    async with aiovirt.connect(uri) as conn:
+        return await compose_for(conn, TEST_TEMPLATE, TEST_PROFILES, {})
+
+
+def lv_counted(uri: str, n: int, prefix: str) -> None:
+    """What callgrind counts of libvirt-python (its cheapest e2e variant): the XML composed as
+    for the timed rounds, ``THREADS`` connections, then ``COUNT_WARM_UP`` guests and ``n``
+    defined + created by a ``THREADS``-thread pool, one connection per thread."""
+    launch = lv_launch(asyncio.run(composed_e2e(uri)))
+    conns = [libvirt.open(uri) for _ in range(THREADS)]
+    try:
+        for names in ([f"{prefix}w{i:04d}" for i in range(COUNT_WARM_UP)],
+                      [f"{prefix}{i:04d}" for i in range(n)]):
+            run_pools([conns], [names], launch)
+    finally:
+        for c in conns:
+            c.close()
+
+
+def count_child(kind: str, n: int, prefix: str, uri: str) -> None:
+    """Under callgrind (``--count-child``): ``kind``'s counted run of ``n`` guests named
+    ``prefix*`` on ``uri``, left there for the parent to check and remove."""
+    if not aiovirt.__file__ or not aiovirt.__file__.startswith(str(HERE.parent)):
+        raise SystemExit(f"the counting child imported {aiovirt.__file__}, not {HERE.parent}")
+    if kind == "aiovirt":
+        asyncio.run(av_counted(uri, n, prefix))
+    else:
+        lv_counted(uri, n, prefix)
+
+
+def count_instructions(uri: str, conns: Sequence[libvirt.virConnect]) -> dict[str, int]:
+    """Client instructions per guest by kind (``COUNT_KINDS``): a ``--count-child`` run under
+    callgrind with ``COUNT_GUESTS + COUNT_BASE`` guests minus one with ``COUNT_BASE``, over
+    ``COUNT_GUESTS``; two runs at a time, each child's guests checked and removed (over
+    ``conns``, untimed) once it ends."""
+    root = str(HERE.parent)
+    jobs = [(kind, n) for kind in COUNT_KINDS for n in (COUNT_GUESTS + COUNT_BASE, COUNT_BASE)]
+
+    def count(job: tuple[str, int]) -> int:
+        kind, n = job
+        prefix = fresh_prefix("count")
+        try:
+            total = callgrind_instructions(
+                [sys.executable, str(Path(__file__).resolve()), "--count-child", kind, str(n),
+                 prefix, uri], env=dict(os.environ, PYTHONPATH=root), cwd=root)
+            made = lv_count(conns[0], prefix)
+            if made != COUNT_WARM_UP + n:
+                raise BenchError(f"e2e: the counted {kind} run left {made} guests running, "
+                                 f"not {COUNT_WARM_UP + n}")
+        finally:
+            lv_remove(conns, prefix)
+        return total
+
+    with ThreadPoolExecutor(2) as pool:
+        totals = dict(zip(jobs, pool.map(count, jobs)))
+    return {kind: (totals[kind, COUNT_GUESTS + COUNT_BASE] - totals[kind, COUNT_BASE])
+            // COUNT_GUESTS for kind in COUNT_KINDS}
 
 
 # -- 2: KVM -----------------------------------------------------------------------------------
@@ -585,7 +695,7 @@ async def main(options: argparse.Namespace) -> None:
             f"case, {kvm_rounds} for kvm")
         say()
         runs = {
-            "e2e": lambda: case_e2e(daemon, rounds, count),
+            "e2e": lambda: case_e2e(daemon, rounds, count, options.instructions),
             "kvm": lambda: case_kvm(daemon, kvm_rounds, kvm_count),
         }
         for case in CASES:
@@ -617,8 +727,20 @@ if __name__ == "__main__":
                         help="200 guests, 4 KVM guests, 2 rounds per case")
     parser.add_argument("--rounds", type=int, help="interleaved rounds per case")
     parser.add_argument("--only", nargs="+", metavar="CASE", help=f"only these: {', '.join(CASES)}")
+    parser.add_argument("--instructions", action="store_true",
+                        help=f"e2e: also count client instructions per guest under valgrind's "
+                             f"callgrind, aiovirt's provision() and libvirt-python's {THREADS} "
+                             f"threads on {THREADS} conns (a run of {COUNT_GUESTS + COUNT_BASE} "
+                             f"guests minus one of {COUNT_BASE}; ~2-3 min more, needs valgrind), "
+                             "with a verdict beside the CPU one")
     parser.add_argument("--output", help="also write the report to this file")
+    parser.add_argument("--count-child", nargs=4, metavar=("KIND", "N", "PREFIX", "URI"),
+                        help=argparse.SUPPRESS)
     opts = parser.parse_args()
+    if opts.count_child:
+        kind, n, prefix, uri = opts.count_child
+        count_child(kind, int(n), prefix, uri)
+        raise SystemExit(0)
     try:
         asyncio.run(main(opts))
     except BenchError as exc:
