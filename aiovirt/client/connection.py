@@ -478,12 +478,19 @@ two.
         return self._lanes
 
     def _idle_lane(self) -> Channel | None:
-        """An idle lane, else the least busy one once all are open; None: open another."""
-        lanes = self._open_lanes()
-        best = min(lanes, key=_load, default=None)
-        if best is not None and (best.load == 0 or len(lanes) >= self.lanes):
-            return best
-        return None
+        """An idle lane, else the least busy one once all are open; None: open another.
+        (One pass, stopping at the first idle lane: every slow call asks.)"""
+        best, best_load, count = None, 0, 0
+        for channel in self._lanes:
+            if channel.closed is not None:
+                return self._idle_lane() if self._open_lanes() else None   # closed ones out
+            load = channel.load
+            if not load:
+                return channel
+            count += 1
+            if best is None or load < best_load:
+                best, best_load = channel, load
+        return best if count >= self.lanes else None
 
     def _lane_now(self) -> Channel | None:
         """For a call ``_quick_channel`` could not place: the lane it takes without waiting,
