@@ -338,7 +338,6 @@ def scan_aiovirt(root: Path) -> dict[str, list[str]]:
     calls: dict[str, set[str]] = defaultdict(set)    # qualname -> names called
     constants: dict[str, set[str]] = defaultdict(set)  # module constant -> procedures
     methods: set[str] = set()
-    uses_consts: dict[str, set[str]] = defaultdict(set)
 
     def const_of(node: ast.AST) -> str | None:
         if isinstance(node, ast.Attribute) and re.fullmatch(
@@ -354,6 +353,8 @@ def scan_aiovirt(root: Path) -> dict[str, list[str]]:
         local_rpc = {"rpc": ("ADMIN", admin)} if is_admin else programs
 
         def procs_in(node: ast.AST, aliases: dict[str, str]) -> tuple[set[str], set[str]]:
+            """The procedures ``node`` names, and the names it calls or reads (a module
+            constant or helper it uses)."""
             found, called = set(), set()
             for sub in ast.walk(node):
                 if isinstance(sub, ast.Attribute):
@@ -380,7 +381,7 @@ def scan_aiovirt(root: Path) -> dict[str, list[str]]:
                     elif isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name):
                         called.add(f.attr)
                 if isinstance(sub, ast.Name):
-                    uses_consts[id(node)].add(sub.id)
+                    called.add(sub.id)
             return found, called
 
         def aliases_in(fn: ast.AST) -> dict[str, str]:
@@ -406,14 +407,14 @@ def scan_aiovirt(root: Path) -> dict[str, list[str]]:
             elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 found, called = procs_in(node, aliases_in(node))
                 direct[node.name] |= found
-                calls[node.name] |= called | uses_consts.pop(id(node), set())
+                calls[node.name] |= called
             elif isinstance(node, ast.ClassDef):
                 for item in node.body:
                     if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
                         qual = f"{node.name}.{item.name}"
                         found, called = procs_in(item, aliases_in(item))
                         direct[qual] |= found
-                        calls[qual] |= called | uses_consts.pop(id(item), set())
+                        calls[qual] |= called
                         methods.add(qual)
 
     # module-level helpers (streams.screenshot...) count for the methods that call them
