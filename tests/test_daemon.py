@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aiovirt.testing.daemon import DaemonError, PrivateDaemon
+from aiovirt.testing.daemon import DEFAULT_CAPS_CACHE, DaemonError, PrivateDaemon
 
 as_root = pytest.mark.skipif(os.geteuid() != 0,
                              reason="private QEMU state needs root (a mount namespace)")
@@ -199,3 +199,26 @@ def test_cpus_pin_libvirtd_itself(tmp_path):
         assert os.sched_getaffinity(pinned.pid) == {cpu}
         assert Path(f"/proc/{pinned.pid}/exe").resolve().name == "libvirtd"
         assert "Running hypervisor: QEMU" in pinned.virsh("version")
+
+
+def test_threads_get_every_cpu_back_once_started(daemon):
+    allowed = os.sched_getaffinity(0)
+    tasks = os.listdir(f"/proc/{daemon.pid}/task")
+    assert len(tasks) > 1
+    assert all(os.sched_getaffinity(int(t)) == allowed for t in tasks)
+
+
+@as_root
+def test_daemons_keep_each_others_qemu_probes(tmp_path):
+    """Every daemon reads the host's CPUID on the same CPU, so the shared capabilities cache
+    one daemon probed is valid for the next (libvirt probes again, and rewrites the entry,
+    when the CPUID it read at start-up differs from the prober's)."""
+    if not Path(DEFAULT_CAPS_CACHE).is_dir():
+        pytest.skip(f"no shared QEMU capabilities cache at {DEFAULT_CAPS_CACHE}")
+    with PrivateDaemon(tmp_path / "a") as first:
+        first.virsh("domcapabilities", "--virttype", "kvm")
+    entries = {p: p.stat().st_mtime_ns for p in Path(DEFAULT_CAPS_CACHE).glob("*.xml")}
+    assert entries
+    with PrivateDaemon(tmp_path / "b") as second:
+        second.virsh("domcapabilities", "--virttype", "kvm")
+    assert {p: p.stat().st_mtime_ns for p in entries} == entries

@@ -20,7 +20,10 @@ libvirtd runs as our child (``--listen``, not ``--daemon``), so ``pid`` is libvi
   the same id and name in two daemons share one cgroup);
 * a shared QEMU capabilities cache (``qemu_caps_cache``), since probing the QEMU binaries
   takes 3-4 s each on a daemon's first QEMU call; libvirt checks each entry against the
-  binaries' and its own ctimes, so sharing it is safe.
+  binaries' and its own ctimes, so sharing it is safe.  It also drops an entry whose host
+  CPUID differs from the one the daemon read when its drivers started, and CPUID differs
+  per CPU (the x2APIC id): so every daemon starts on the same CPU and gets the others
+  once its drivers are up (else daemons on different CPUs probe again in turn).
 
 So any number of private daemons run side by side without seeing each other or a system
 daemon.  Not as root, the namespace is skipped: the test driver works, the QEMU driver is
@@ -153,9 +156,8 @@ class PrivateDaemon:
         self.namespaced = os.geteuid() == 0
         self._libvirtd = libvirtd
         self._caps_cache = None if qemu_caps_cache is None else Path(qemu_caps_cache)
-        # libvirtd (and what it starts) runs on these CPUs only: libvirt reads the host's
-        # CPUID once at start-up and keeps a cached QEMU probe only while they match, and on
-        # some machines CPUID differs per CPU (the x2APIC id in leaves 0xb and 0x1f)
+        # libvirtd (and what it starts) runs on these CPUs only, for its whole life; None:
+        # all of ours, after a start on the first of them (see the module docstring)
         self._cpus = sorted(cpus) if cpus is not None else None
         self._process: subprocess.Popen[bytes] | None = None
         self._ns_fd: int | None = None       # pins the mount namespace while we scan it
@@ -184,10 +186,8 @@ class PrivateDaemon:
 
     # -- lifetime -------------------------------------------------------------------------------
     def start(self, timeout: float = 30.0) -> Self:
-        """Start libvirtd; return once its read-write UNIX socket accepts connections.
-
-        (Its drivers may still be initialising then: a first call simply waits for them.)
-        """
+        """Start libvirtd; return once its read-write UNIX socket accepts connections (and,
+        unless ``cpus`` pins it, once its drivers are up: see ``_spread``)."""
         if self._process is not None:
             if self.running:
                 return self
@@ -205,8 +205,12 @@ class PrivateDaemon:
                    "-p", str(self.workdir / "libvirtd.pid")]
         if self.namespaced:
             command = self._namespaced(command)
-        if self._cpus is not None:   # taskset execs: the process we hold is still libvirtd
-            command = ["taskset", "-c", ",".join(map(str, self._cpus)), *command]
+        # Each daemon starts on one CPU, the same for all, so that the CPUID its QEMU driver
+        # reads then matches the shared cache's probes (see ``cpus``); ``_spread`` gives it
+        # back the CPUs it would have had.  taskset execs: the process we hold is libvirtd.
+        allowed = os.sched_getaffinity(0)
+        cpus = self._cpus if self._cpus is not None else [min(allowed)]
+        command = ["taskset", "-c", ",".join(map(str, cpus)), *command]
         with open(self.workdir / "libvirtd.stderr", "wb") as stderr:
             try:
                 self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
@@ -233,7 +237,21 @@ class PrivateDaemon:
             time.sleep(0.01)
         if self.namespaced:
             self._pin_namespace()
+        if self._cpus is None:
+            self._spread(allowed, deadline)
         return self
+
+    def _spread(self, cpus: set[int], deadline: float) -> None:
+        """Once the drivers are up (libvirtd answers a client only then), let every thread
+        of the daemon run on ``cpus`` again."""
+        assert self.pid is not None
+        with contextlib.suppress(DaemonError):   # a daemon that does not answer: start()'s
+            self.virsh("uri", uri=self.uri(),    # caller learns it from its first call
+                       timeout=max(1.0, deadline - time.monotonic()))
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{self.pid}/task"):
+                with contextlib.suppress(OSError):   # a thread that has just ended
+                    os.sched_setaffinity(int(task), cpus)
 
     def _namespaced(self, command: list[str]) -> list[str]:
         """Wrap ``command`` to run in a private mount namespace with private libvirt state.
