@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
-import shutil
-import subprocess
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from common import callgrind_instructions
 
 CASES = (("libver", 1), ("libver", 16), ("info", 1), ("info", 16))
 
@@ -69,14 +68,8 @@ def lv_workload(uri: str, kind: str, concurrency: int, calls: int) -> None:
 
 def count(uri: str, kind: str, concurrency: int, calls: int, client: str = "aiovirt") -> int:
     """User-space instructions of one run of the workload under callgrind."""
-    done = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-         sys.executable, __file__, "--run", client, uri, kind, str(concurrency), str(calls)],
-        capture_output=True, text=True, check=True)
-    found = re.search(r"Collected\s*:\s*([\d,]+)", done.stderr)
-    if found is None:
-        raise RuntimeError(f"callgrind printed no total:\n{done.stderr[-2000:]}")
-    return int(found.group(1).replace(",", ""))
+    return callgrind_instructions([sys.executable, __file__, "--run", client, uri, kind,
+                                   str(concurrency), str(calls)])
 
 
 def measure(uri: str, calls: int, clients: tuple[str, ...] = ("aiovirt",)) -> None:
@@ -111,8 +104,6 @@ def main() -> None:
     parser.add_argument("--libvirt-python", action="store_true",
                         help="count libvirt-python too, on the same URI")
     options = parser.parse_args()
-    if shutil.which("valgrind") is None:
-        sys.exit("instructions.py needs valgrind (apt-get install valgrind)")
     clients = ("aiovirt", "libvirt-python") if options.libvirt_python else ("aiovirt",)
     if options.uri:
         measure(options.uri, options.calls, clients)
