@@ -252,8 +252,8 @@ class Provisioning:
             self.on_change(result)
 
     def _feed(self, actions: Sequence[Action]) -> None:
-        """Carry out the plan's launches (each guest's own task carries out its ``Start``
-        and ``RollBack``); once every guest has its outcome, let the hosts go."""
+        """Carry out the plan's launches (the task carrying a guest carries out its
+        ``Start`` and ``RollBack``); once every guest has its outcome, let the hosts go."""
         for action in actions:
             if isinstance(action, Launch):
                 host = self._hosts[action.host]
