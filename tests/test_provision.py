@@ -187,6 +187,25 @@ async def test_teardown_refuses_to_choose_everything(daemon):
         await teardown(daemon.uri("test", "/default"))
 
 
+async def test_guests_are_carried_by_at_most_one_task_per_slot(daemon):
+    """The run does not pay a task per guest: at most ``concurrency`` tasks carry a host's
+    guests, each taking the next launch when its guest is done."""
+    import asyncio
+
+    uri = daemon.uri("test", "/default")
+    p = prefix()
+    seen: set[asyncio.Task] = set()
+
+    def on_change(result) -> None:
+        seen.update(t for t in asyncio.all_tasks() if t.get_name().startswith("aiovirt guests"))
+
+    report = await Provisioning(uri, GuestSpec(template(p), count=60), concurrency=4,
+                                on_change=on_change).run()
+    assert report.ok and report.counts() == {"started": 60}
+    assert 1 <= len(seen) <= 4
+    await teardown(uri, report=report)
+
+
 # -- cancellation -----------------------------------------------------------------------------
 
 async def exists_as_reported(conn: aiovirt.Connection, report, p: str) -> None:
