@@ -29,7 +29,10 @@ from aiovirt.api.events import (ConnectionCloseReason, ConnectionClosedEvent,
                                 StoragePoolLifecycleEvent, StoragePoolRefreshEvent)
 from aiovirt.client.events import (CLOSE_CALLBACK_ID, DEFAULT_MAX_BUFFER, Dropped,
                                    EventSubscription, Resync, event_callback_id)
+from aiovirt.protocol import remote
 from aiovirt.protocol.remote import NetworkEventLifecycleMsg, NonnullNetwork
+from aiovirt.protocol.wire import EventMessage
+from aiovirt.protocol.xdr import encode
 from aiovirt.testing.daemon import PrivateDaemon
 
 LIMIT = 20   # seconds any one wait may take
@@ -37,6 +40,16 @@ LIMIT = 20   # seconds any one wait may take
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+NETWORK_LIFECYCLE = remote.PROCEDURES[remote.REMOTE_PROC_NETWORK_EVENT_LIFECYCLE]
+
+
+def network_event(callback_id: int, name: str, uuid_bytes: bytes, event: int) -> EventMessage:
+    """A network lifecycle event as the socket reader hands it over: undecoded bytes."""
+    body = NetworkEventLifecycleMsg(callback_id, NonnullNetwork(name, uuid_bytes), event, 0)
+    return EventMessage(remote.PROGRAM, NETWORK_LIFECYCLE,
+                        encode(NETWORK_LIFECYCLE.encode_ret, body, "event"))
 
 
 def network_xml(name: str) -> str:
@@ -99,9 +112,8 @@ async def test_stalled_subscription_memory_stays_flat_and_losses_are_exact(daemo
         deliver = events.deliver
         gc.collect()
         before = rss_bytes()
-        for i in range(total):   # fresh objects, as the reader decodes them
-            deliver(None, NetworkEventLifecycleMsg(
-                callback_id, NonnullNetwork(f"n{i}", uuid.uuid4().bytes), 0, 0))
+        for i in range(total):   # fresh packets, as the reader hands them over
+            deliver(network_event(callback_id, f"n{i}", uuid.uuid4().bytes, 0))
         gc.collect()
         grown = rss_bytes() - before
         assert grown < 10 * 2**20, f"RSS grew by {grown / 2**20:.1f} MiB"
@@ -120,8 +132,7 @@ async def test_unbounded_buffer_keeps_everything(daemon):
     async with aiovirt.connect(daemon.uri()) as conn, \
             conn.network_events(max_buffer=None) as events:
         for i in range(5000):
-            events.deliver(None, NetworkEventLifecycleMsg(
-                events.callback_id or 0, NonnullNetwork(f"n{i}", bytes(16)), 0, 0))
+            events.deliver(network_event(events.callback_id or 0, f"n{i}", bytes(16), 0))
         assert events.buffered == 5000 and events.dropped_total == 0
         got = await take(events, 5000)
         assert [e.network.name for e in got] == [f"n{i}" for i in range(5000)]
@@ -179,8 +190,7 @@ async def test_resync_marker_is_delivered_in_order(daemon):
         # overflow pushes the Resync out of the buffer: it is still yielded, before Dropped
         registration.resynced()
         for i in range(3):
-            events.deliver(None, NetworkEventLifecycleMsg(
-                events.callback_id or 0, NonnullNetwork(f"x{i}", bytes(16)), 2, 0))
+            events.deliver(network_event(events.callback_id or 0, f"x{i}", bytes(16), 2))
         got = await take(events, 4)
         assert got[0] == Resync() and got[1] == Dropped(1)
         assert [e.network.name for e in got[2:]] == ["x1", "x2"]
@@ -295,6 +305,31 @@ async def test_domain_events_typed_per_id(daemon):
             assert (event.domain, event.event) == (dom, aiovirt.DomainEventType.STARTED)
 
 
+async def test_lifecycle_types_are_selected_before_decoding(daemon):
+    """``lifecycle=`` keeps only the chosen lifecycle types: a subscription for STARTED and
+    STOPPED sees just those of a define/start/destroy/undefine cycle, in order, while one
+    without it sees all four; both share one daemon callback."""
+    T = aiovirt.DomainEventType
+    async with aiovirt.connect(daemon.uri()) as conn, cleanup() as undo, \
+            conn.domain_events() as everything, \
+            conn.domain_events(lifecycle={T.STARTED, T.STOPPED}, max_buffer=None) as chosen:
+        assert everything.callback_id == chosen.callback_id is not None
+        dom = await conn.define_xml(domain_xml(unique("dom")))
+        undo(dom.undefine)
+        await dom.start()
+        await dom.destroy()
+        await dom.undefine()
+        seen = await until(everything, lambda e: (e.domain, e.event) == (dom, T.UNDEFINED))
+        assert [e.event for e in seen if e.domain == dom] == \
+            [T.DEFINED, T.STARTED, T.STOPPED, T.UNDEFINED]
+        got = await until(chosen, lambda e: (e.domain, e.event) == (dom, T.STOPPED))
+        assert {e.event for e in got} <= {T.STARTED, T.STOPPED}
+        assert [e.event for e in got if e.domain == dom] == [T.STARTED, T.STOPPED]
+        assert chosen.dropped_total == 0
+    with pytest.raises(ValueError, match="needs event_id LIFECYCLE"):
+        conn.domain_events(aiovirt.DomainEventID.REBOOT, lifecycle={T.STARTED})
+
+
 async def test_qemu_monitor_registrations(daemon):
     """QEMU monitor subscriptions register with the daemon (event-name filter, regex flag)
     and deregister; different filters are different daemon-side callbacks."""
@@ -316,7 +351,9 @@ async def test_qemu_monitor_registrations(daemon):
 async def test_connection_closed_event_with_reason(daemon):
     """The close callback registers with the daemon; when this client closes the connection
     the iterator yields ``ConnectionClosedEvent(CLIENT)`` and ends."""
-    assert event_callback_id("connect_event_connection_closed", object()) == CLOSE_CALLBACK_ID
+    closed_proc = remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_EVENT_CONNECTION_CLOSED]
+    assert event_callback_id(EventMessage(remote.PROGRAM, closed_proc, b"\0\0\0\1")) == \
+        CLOSE_CALLBACK_ID
     conn = await aiovirt.connect(daemon.uri())
     got: list[Any] = []
     async with conn.connection_closed_events() as closed:

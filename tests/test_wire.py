@@ -7,7 +7,8 @@ from aiovirt.errors import EncodeError
 from aiovirt import LibvirtError, NoSuchDomain, ProtocolError
 from aiovirt.protocol import keepalive, qemu, remote, virnet
 from aiovirt.protocol.wire import (CALL, ERROR, MESSAGE, OK, REPLY, ClientProtocol, EventMessage,
-                          FrameDecoder, KeepaliveMessage, Reply, encode_message)
+                                   FrameDecoder, KeepaliveMessage, Reply, domain_lifecycle_type,
+                                   encode_message)
 from aiovirt.protocol.xdr import encode
 
 P = remote.PROCEDURES
@@ -80,8 +81,29 @@ def test_events_are_routed_by_type_not_serial():
     data = encode_message(remote.PROGRAM, proc.number, MESSAGE, 1, OK,
                           encode(proc.encode_ret, body, "ev"))
     [event] = proto.receive_data(data)
-    assert event == EventMessage(remote.PROGRAM, proc, body)
+    # routed without decoding: the callback id and lifecycle type are read from the bytes
+    assert repr(event).endswith("<not decoded>)")
+    assert event.callback_id == 3 and domain_lifecycle_type(event) == 2
+    assert event == EventMessage(remote.PROGRAM, proc, body=body)
     assert proto.pending == 1
+
+
+def test_a_malformed_event_body_is_reported_when_read_and_only_then():
+    proto = ClientProtocol()
+    proc = P[remote.REMOTE_PROC_DOMAIN_EVENT_CALLBACK_LIFECYCLE]
+    [event] = proto.receive_data(encode_message(remote.PROGRAM, proc.number, MESSAGE, 1, OK,
+                                                b"\0\0\0\7" + b"\xff" * 6))
+    assert event.callback_id == 7
+    assert domain_lifecycle_type(event) is None     # too short to hold a type
+    for _ in range(2):   # each read reports it; nothing is cached half-done
+        with pytest.raises(ProtocolError, match="event domain_event_callback_lifecycle"):
+            event.body
+    with pytest.raises(ProtocolError, match="2-byte payload has no callback id"):
+        proto.receive_data(encode_message(remote.PROGRAM, proc.number, MESSAGE, 1, OK, b"\0\0"))
+    legacy = P[remote.REMOTE_PROC_DOMAIN_EVENT_LIFECYCLE]
+    [old] = proto.receive_data(encode_message(remote.PROGRAM, legacy.number, MESSAGE, 1, OK,
+                                              b"garbage!"))
+    assert old.callback_id is None   # no callback id field: not routed, never decoded
 
 
 def test_remote_error_becomes_exception_subclass():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import uuid as _uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, NamedTuple
@@ -18,6 +18,7 @@ from ..errors import (AiovirtError, ConnectionClosed, NoSuchDomain, NoSuchMetada
                       OperationInvalid, ProtocolError)
 from ..protocol import lxc, qemu, remote
 from ..protocol.remote import ConnectGetAllDomainStatsArgs, NonnullDomain
+from ..protocol.wire import EventMessage, domain_lifecycle_type
 from ..xml import metadata as metadata_codec
 from ..xml.safe import parse as parse_xml
 from ..xml.safe import to_string
@@ -679,10 +680,24 @@ class DomainMethods(ApiBase):
 
     def domain_events(self, event_id: DomainEventID | int = DomainEventID.LIFECYCLE,
                       domain: Domain | None = None, *,
-                      max_buffer: int | None = DEFAULT_MAX_BUFFER) -> EventSubscription[Any]:
+                      max_buffer: int | None = DEFAULT_MAX_BUFFER,
+                      lifecycle: Collection[DomainEventType | int] | None = None
+                      ) -> EventSubscription[Any]:
         """Subscribe to domain events of one kind (lifecycle by default), for all domains or
-        one: each ID has its dataclass (``aiovirt.api.events.domain_event_types()``)."""
+        one: each ID has its dataclass (``aiovirt.api.events.domain_event_types()``).
+        ``lifecycle``: only these lifecycle event types (e.g. ``{DomainEventType.STARTED}``);
+        the others are dropped as they arrive, before they are decoded or buffered."""
         event_id = int(event_id)
+        accept: Callable[[EventMessage], bool] | None = None
+        if lifecycle is not None:
+            if event_id != DomainEventID.LIFECYCLE:
+                raise ValueError("lifecycle= selects lifecycle event types: it needs "
+                                 f"event_id LIFECYCLE (0), not {event_id}")
+            wanted = frozenset(int(t) for t in lifecycle)
+
+            def accept(message: EventMessage) -> bool:
+                kind = domain_lifecycle_type(message)
+                return kind is None or kind in wanted   # None: malformed, reported on read
 
         async def register() -> int:
             ret = await self.rpc.connect_domain_event_callback_register_any(
@@ -700,4 +715,4 @@ class DomainMethods(ApiBase):
 
         key = (event_id, domain.uuid if domain is not None else None)
         return EventSubscription(self, "domain", key, register, deregister, convert,
-                                 max_buffer=max_buffer)
+                                 max_buffer=max_buffer, accept=accept)

@@ -562,13 +562,13 @@ two.
 
     # -- events ---------------------------------------------------------------------------------
     def _dispatch(self, message: EventMessage) -> None:
-        callback_id = event_callback_id(message.procedure.name, message.body)
+        callback_id = event_callback_id(message)
         if callback_id is None:
             return
         subscription = self._subscriptions.get((event_family(message.procedure.name),
                                                 callback_id))
         if subscription is not None:
-            subscription.deliver(message.procedure, message.body)
+            subscription.deliver(message)
 
     def _registration(self, key: tuple[Any, ...]) -> Registration:
         registration = self._registrations.get(key)

@@ -20,6 +20,13 @@ connection - losing every subscription instead of some events.  Drop-oldest with
 loss count is the recoverable choice; a consumer that must not lose events re-lists on
 ``Dropped`` (as it must on ``Resync`` after a reconnect anyway).
 
+Decoding is lazy.  The reader routes an event by the callback id at the head of its payload
+and buffers the packet undecoded; the body is decoded when the consumer reads it (an
+``accept`` test may drop events from their raw bytes before that, e.g. lifecycle events of
+types nobody waits for).  An event nobody subscribed to is never decoded.  A malformed event
+body raises ``ProtocolError`` from the iteration that reaches it; the connection and the
+subscription stay up (the packet was framed correctly), so iterating again goes on after it.
+
 libvirtd tracks one callback per connection for each event kind (and filter): a second
 registration fails with "event callback already tracked".  So subscriptions of the same kind on
 one connection share a ``Registration``: the first registers it with the daemon, every event is
@@ -36,6 +43,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
 
+from ..protocol.wire import EventMessage
 from .backend import waiter_factory
 
 __all__ = ["DEFAULT_MAX_BUFFER", "Dropped", "EventSubscription", "Registration", "Resync",
@@ -87,10 +95,11 @@ _FAMILIES = (("domain_monitor_event", "qemu_monitor"), ("domain_event", "domain"
 CLOSE_CALLBACK_ID = 0
 
 
-def event_callback_id(procedure_name: str, body: Any) -> int | None:
-    """The callback id an event message is routed by (None: not routed)."""
-    callback_id = getattr(body, "callbackID", None)
-    if callback_id is None and procedure_name == "connect_event_connection_closed":
+def event_callback_id(message: EventMessage) -> int | None:
+    """The callback id an event message is routed by (None: not routed), read without
+    decoding the event."""
+    callback_id = message.callback_id
+    if callback_id is None and message.procedure.name == "connect_event_connection_closed":
         return CLOSE_CALLBACK_ID
     return callback_id
 
@@ -119,15 +128,15 @@ class Registration:
         self.register: Callable[[], Awaitable[int]] | None = None
         self.deregister: Callable[[int], Awaitable[None]] | None = None
 
-    def deliver(self, procedure: Any, body: Any) -> None:
+    def deliver(self, message: EventMessage) -> None:
         for subscriber in self.subscribers:
-            subscriber.deliver(procedure, body)
+            subscriber.deliver(message)
 
     def resynced(self) -> None:
         """Registered again after a reconnect: every subscriber yields ``Resync`` next in
         order."""
         for subscriber in self.subscribers:
-            subscriber.deliver(None, _RESYNC)
+            subscriber.deliver(_RESYNC)
 
     def close(self) -> None:
         """The connection is gone: end every subscriber's iteration."""
@@ -144,13 +153,16 @@ class EventSubscription(Generic[T]):
     ``key`` names the kind (family, event id, filter): subscriptions with the same key on one
     connection share the daemon-side callback.  ``max_buffer``: see the module docstring.
     ``on_close``, if given, makes a last item when the connection ends (not on ``stop``).
+    ``accept``, if given, is asked about each event before it is buffered (it may read the
+    message's raw ``payload``); events it refuses are dropped undecoded and not counted.
     """
 
     def __init__(self, conn: SubscriptionHost, family: str, key: tuple[Any, ...],
                  register: Callable[[], Awaitable[int]],
                  deregister: Callable[[int], Awaitable[None]],
                  convert: Callable[[Any], T], *, max_buffer: int | None = DEFAULT_MAX_BUFFER,
-                 on_close: Callable[[], Any] | None = None) -> None:
+                 on_close: Callable[[], Any] | None = None,
+                 accept: Callable[[EventMessage], bool] | None = None) -> None:
         if max_buffer is not None and max_buffer < 1:
             raise ValueError(f"max_buffer must be at least 1 (or None), not {max_buffer}")
         self._conn = conn
@@ -160,6 +172,7 @@ class EventSubscription(Generic[T]):
         self._deregister = deregister
         self._convert = convert
         self._on_close = on_close
+        self._accept = accept
         self.max_buffer = max_buffer
         self._limit: float = max_buffer if max_buffer is not None else float("inf")
         self._buffer: deque[Any] = deque()
@@ -224,10 +237,13 @@ class EventSubscription(Generic[T]):
                 if self._conn.is_alive:
                     await self._deregister(callback_id)
 
-    def deliver(self, procedure: Any, body: Any) -> None:
-        """Buffer one event (called by the socket reader: never waits); when the buffer is
-        full the oldest is dropped and counted."""
+    def deliver(self, item: EventMessage | Resync | _Final) -> None:
+        """Buffer one event, undecoded, or a marker (called by the socket reader: never
+        waits); when the buffer is full the oldest is dropped and counted."""
         if self._ended:
+            return
+        accept = self._accept
+        if accept is not None and type(item) is EventMessage and not accept(item):
             return
         buffer = self._buffer
         if len(buffer) >= self._limit:
@@ -236,7 +252,7 @@ class EventSubscription(Generic[T]):
             else:
                 self._lost += 1
                 self.dropped_total += 1
-        buffer.append(body)
+        buffer.append(item)
         wakeup = self._wakeup
         if wakeup is not None:
             self._wakeup = None
@@ -249,7 +265,7 @@ class EventSubscription(Generic[T]):
         if not self._ended and self._on_close is not None:
             item = self._on_close()
             if item is not None:
-                self.deliver(None, _Final(item))
+                self.deliver(_Final(item))
         self._end()
 
     def _end(self) -> None:
@@ -277,13 +293,13 @@ class EventSubscription(Generic[T]):
                     yield Dropped(lost)
                     continue   # more may have been lost while the consumer had the marker
                 if buffer:
-                    body = buffer.popleft()
-                    if body is _RESYNC:
+                    item = buffer.popleft()
+                    if type(item) is EventMessage:
+                        yield convert(item.body)   # a malformed body raises here
+                    elif item is _RESYNC:
                         yield _RESYNC
-                    elif type(body) is _Final:
-                        yield body.item
                     else:
-                        yield convert(body)
+                        yield item.item
                 elif self._ended:
                     return
                 else:

@@ -22,7 +22,7 @@ __all__ = [
     "CALL", "CALL_WITH_FDS", "ClientProtocol", "ERROR", "EventMessage", "FrameDecoder", "KeepaliveMessage",
     "MAX_FDS", "MAX_MESSAGE", "MESSAGE", "Message", "OK", "PROGRAMS", "REPLY",
     "REPLY_WITH_FDS", "Reply", "STREAM",
-    "StreamMessage", "encode_message",
+    "StreamMessage", "domain_lifecycle_type", "encode_message",
 ]
 
 # Message types and statuses (virnetprotocol.x)
@@ -155,13 +155,80 @@ class Reply:
     fds: int = 0    # file descriptors that came with it (the transport holds them)
 
 
-@dataclass(slots=True)
-class EventMessage:
-    """A message the server sent unasked (type MESSAGE): an event, decoded."""
+_NOT_DECODED: Any = object()
+_INT = struct.Struct(">i")
+# event procedure name -> whether its payload starts with ``int callbackID``
+_ROUTED_BY_ID: dict[str, bool] = {}
 
-    program: int
-    procedure: ProcedureInfo
-    body: Any
+
+def _starts_with_callback_id(procedure: ProcedureInfo) -> bool:
+    routed = _ROUTED_BY_ID.get(procedure.name)
+    if routed is None:
+        slots = getattr(procedure.ret, "__slots__", ())
+        routed = _ROUTED_BY_ID[procedure.name] = bool(slots) and slots[0] == "callbackID"
+    return routed
+
+
+class EventMessage:
+    """A message the server sent unasked (type MESSAGE): an event, its payload decoded
+    only when ``body`` is first read (most events reach no consumer, or one that skips
+    them), so an event costs its routing until someone looks at it."""
+
+    __slots__ = ("program", "procedure", "payload", "_body")
+
+    def __init__(self, program: int, procedure: ProcedureInfo, payload: bytes = b"",
+                 body: Any = _NOT_DECODED) -> None:
+        self.program = program
+        self.procedure = procedure
+        self.payload = payload
+        self._body = body
+
+    @property
+    def body(self) -> Any:
+        """The decoded payload; a malformed one raises ``ProtocolError`` naming the event
+        (each time it is read: the connection itself is unharmed, the packet was framed)."""
+        body = self._body
+        if body is _NOT_DECODED:
+            body = self._body = decode(self.procedure.decode_ret, self.payload,
+                                       f"event {self.procedure.name}")
+        return body
+
+    @property
+    def callback_id(self) -> int | None:
+        """The daemon's callback id the event is for, read from the payload without
+        decoding it; None for an event that carries none (legacy events, close)."""
+        if self._body is not _NOT_DECODED:
+            return getattr(self._body, "callbackID", None)
+        if not _starts_with_callback_id(self.procedure):
+            return None
+        return _INT.unpack_from(self.payload)[0]   # 4 bytes at least: checked on receipt
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, EventMessage):
+            return NotImplemented
+        return (self.program, self.procedure, self.body) == \
+            (other.program, other.procedure, other.body)
+
+    __hash__ = None   # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        body = "<not decoded>" if self._body is _NOT_DECODED else repr(self._body)
+        return f"EventMessage({self.program:#x}, {self.procedure.name}, {body})"
+
+
+_U32 = struct.Struct(">I")
+
+
+def domain_lifecycle_type(message: EventMessage) -> int | None:
+    """The event type (``virDomainEventType``) of a ``domain_event_callback_lifecycle``
+    message, read from its raw payload (callbackID, domain name, UUID, id, then the type)
+    without decoding it; None if the payload is too short to hold one."""
+    payload = message.payload
+    try:
+        length, = _U32.unpack_from(payload, 4)
+        return _INT.unpack_from(payload, 28 + ((length + 3) & ~3))[0]
+    except struct.error:
+        return None
 
 
 @dataclass(slots=True)
@@ -473,8 +540,10 @@ class ClientProtocol:
             if version != _VERSIONS[program]:
                 raise ProtocolError(f"event {procedure.name} has protocol version "
                                     f"{version}, expected {_VERSIONS[program]}")
-            return EventMessage(program, procedure,
-                                decode(procedure.decode_ret, payload, procedure.name))
+            if len(payload) < 4 and _starts_with_callback_id(procedure):
+                raise ProtocolError(f"event {procedure.name}: {len(payload)}-byte payload "
+                                    f"has no callback id")
+            return EventMessage(program, procedure, payload)
         if type_ == STREAM or type_ == STREAM_HOLE:
             if serial not in self.streams:
                 return None  # a stream nobody reads any more (its call was abandoned)

@@ -372,8 +372,10 @@ class Provisioning:
         subscribed = False
         with anyio.CancelScope() as host.events_scope:
             try:
-                # read at once, every one kept: a dropped STARTED would time out its guest
-                async with conn.domain_events(max_buffer=None) as events:
+                # read at once, every one kept: a dropped STARTED would time out its guest;
+                # the other lifecycle events are dropped undecoded as they arrive
+                async with conn.domain_events(max_buffer=None,
+                                              lifecycle=(DomainEventType.STARTED,)) as events:
                     subscribed = True
                     task_status.started()
                     async for event in events:

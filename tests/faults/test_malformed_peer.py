@@ -17,7 +17,7 @@ import pytest
 
 import aiovirt
 from aiovirt.protocol import keepalive, qemu, remote
-from aiovirt.protocol.xdr import XdrError
+from aiovirt.protocol.xdr import XdrError, encode
 from aiovirt.protocol.wire import (CONTINUE, ERROR, MESSAGE, OK, REPLY, REPLY_WITH_FDS, STREAM,
                           Message, encode_message)
 
@@ -84,11 +84,11 @@ CATALOGUE: dict[str, tuple[Callable[[Message], bytes], bool, type[Exception], st
     "event with an unknown procedure": (
         lambda m: encode_message(remote.PROGRAM, 99999, MESSAGE, 1, OK), False,
         aiovirt.ProtocolError, "not an event"),
-    "event with a garbage body": (
+    "event too short to name its callback": (
         lambda m: encode_message(remote.PROGRAM,
                                  remote.REMOTE_PROC_DOMAIN_EVENT_CALLBACK_LIFECYCLE,
-                                 MESSAGE, 1, OK, b"\0\0\0\1"), False, aiovirt.ProtocolError,
-        "lifecycle"),
+                                 MESSAGE, 1, OK, b"\0\0"), False, aiovirt.ProtocolError,
+        "lifecycle: 2-byte payload has no callback id"),
     "message from an unknown program": (lambda m: encode_message(0x12345678, 1, MESSAGE, 1, OK),
                                         False, aiovirt.ProtocolError, "0x12345678"),
     "unknown message type": (lambda m: frame(m, type_=9), False, aiovirt.ProtocolError,
@@ -214,3 +214,49 @@ async def test_stream_data_for_no_stream_is_dropped(tmp_path):
                 assert await conn.get_lib_version() == 9000000
                 assert await conn.get_lib_version() == 9000000
             assert conn.is_alive
+
+
+async def test_a_garbage_event_body_fails_its_reader_and_nothing_else(tmp_path):
+    """Events are decoded when read: a malformed body for a subscribed callback raises
+    ``ProtocolError`` naming the event from the iteration that reaches it; the connection
+    and the subscription stay up (the packet was framed), the next event arrives, calls work.
+    The same garbage for a callback nobody subscribed to is dropped unread."""
+    callback = 5
+    dom = remote.NonnullDomain("vm", bytes(range(16)), 1)
+    lifecycle = remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_EVENT_CALLBACK_LIFECYCLE]
+
+    def event(callback_id: int, payload: bytes | None = None) -> bytes:
+        """A lifecycle event for ``callback_id``, or one with this raw ``payload``."""
+        if payload is None:
+            payload = encode(lifecycle.encode_ret, remote.DomainEventCallbackLifecycleMsg(
+                callback_id, remote.DomainEventLifecycleMsg(dom, 2, 0)), "event")
+        return encode_message(remote.PROGRAM, lifecycle.number, MESSAGE, 1, OK, payload)
+
+    async def peer(stream: anyio.abc.ByteStream, msg: Message) -> bool:
+        if msg.procedure == remote.REMOTE_PROC_CONNECT_DOMAIN_EVENT_CALLBACK_REGISTER_ANY:
+            await stream.send(reply_to(msg, remote.ConnectDomainEventCallbackRegisterAnyRet(
+                callback)))
+        elif msg.procedure == remote.REMOTE_PROC_CONNECT_DOMAIN_EVENT_CALLBACK_DEREGISTER_ANY:
+            await stream.send(reply_to(msg))
+        elif msg.procedure == LIBVER:
+            garbage = b"\xff" * 9
+            await stream.send(event(0, struct.pack(">i", callback + 1) + garbage) +
+                              event(0, struct.pack(">i", callback) + garbage) +
+                              event(callback) + version_reply(msg))
+        return True
+
+    before = active_tasks()
+    async with fake_daemon(tmp_path / "fake.sock", peer) as daemon:
+        async with aiovirt.connect(daemon.uri) as conn, conn.domain_events() as events:
+            with anyio.fail_after(5):
+                assert await conn.get_lib_version() == 9000000
+                with pytest.raises(aiovirt.ProtocolError,
+                                   match="event domain_event_callback_lifecycle"):
+                    async for _ in events:
+                        pass
+                got = await events.__aiter__().__anext__()   # iterating again goes on
+            assert (got.domain.name, int(got.event)) == ("vm", 2)
+            assert events.buffered == 0 and conn.is_alive
+            with anyio.fail_after(5):
+                assert await conn.get_lib_version() == 9000000
+    await no_task_left(before)
