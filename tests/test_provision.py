@@ -259,6 +259,56 @@ async def test_task_cancellation_still_completes_the_report(daemon):
         await teardown(uri, report=report)
 
 
+async def test_a_caller_cancelled_while_a_define_is_out_starts_nothing_more(daemon):
+    """The caller's cancellation lands while guest 0's define call is out (shielded): the
+    define finishes and is reported, that guest is not started, nothing else launches."""
+    uri = daemon.uri("test", "/default")
+    p = prefix()
+    async with aiovirt.connect(uri) as conn:
+        scope = anyio.CancelScope()
+
+        def on_change(result) -> None:
+            if result is job.results[0] and result.stage is Stage.DEFINING:
+                scope.cancel()
+
+        job = Provisioning(uri, GuestSpec(template(p), count=20), concurrency=1,
+                           on_change=on_change)
+        with scope:
+            await job.run()
+        assert scope.cancelled_caught
+        report = job.report
+        first = report.results[0]
+        assert (first.stage, first.exists, first.final) == (Stage.DEFINED, True, True)
+        assert report.cancelled and report.counts() == {"defined": 1, "cancelled": 19}
+        await exists_as_reported(conn, report, p)
+        dom = await conn.lookup_domain(name=first.name)
+        assert not await dom.is_active()
+        await teardown(uri, report=report)
+
+
+async def test_a_cancellation_the_caller_swallowed_earlier_does_not_stop_a_run(daemon):
+    """asyncio counts cancellations a task caught and never undid (``cancelling()``): a run
+    in such a task is not mistaken for a cancelled one."""
+    import asyncio
+
+    uri = daemon.uri("test", "/default")
+    p = prefix()
+    task = asyncio.current_task()
+    assert task is not None
+    task.cancel()
+    try:
+        await asyncio.sleep(0)
+    except asyncio.CancelledError:
+        pass                       # swallowed without uncancel(): cancelling() stays 1
+    assert task.cancelling() == 1
+    try:
+        report = await Provisioning(uri, GuestSpec(template(p), count=6), concurrency=2).run()
+        assert report.ok and report.counts() == {"started": 6}
+        await teardown(uri, report=report)
+    finally:
+        task.uncancel()
+
+
 # -- a fleet ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

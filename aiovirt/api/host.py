@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..protocol import remote
 from .domain import DomainMethods
 from .events import EventMethods
 from .generated import ConnectionGenerated
@@ -14,6 +15,16 @@ from .secret import SecretMethods
 from .storage import StorageMethods
 
 __all__ = ["ConnectionObjects", "HostMethods", "NodeInfo"]
+
+# the host getters send with ``start`` (no ``conn.rpc`` coroutine in between: these are
+# the calls agents poll)
+_P = remote.PROCEDURES
+_LIB_VERSION = _P[remote.REMOTE_PROC_CONNECT_GET_LIB_VERSION]
+_VERSION = _P[remote.REMOTE_PROC_CONNECT_GET_VERSION]
+_HOSTNAME = _P[remote.REMOTE_PROC_CONNECT_GET_HOSTNAME]
+_NODE_INFO = _P[remote.REMOTE_PROC_NODE_GET_INFO]
+_FREE_MEMORY = _P[remote.REMOTE_PROC_NODE_GET_FREE_MEMORY]
+_CAPABILITIES = _P[remote.REMOTE_PROC_CONNECT_GET_CAPABILITIES]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,28 +46,28 @@ class HostMethods(ApiBase):
 
     async def get_lib_version(self) -> int:
         """libvirt's version on the daemon as major * 1,000,000 + minor * 1,000 + micro."""
-        return (await self.rpc.connect_get_lib_version()).lib_ver
+        return (await self.start(_LIB_VERSION)).lib_ver
 
     async def get_version(self) -> int:
         """The hypervisor's version, encoded like ``get_lib_version``."""
-        return (await self.rpc.connect_get_version()).hv_ver
+        return (await self.start(_VERSION)).hv_ver
 
     async def hostname(self) -> str:
-        return (await self.rpc.connect_get_hostname()).hostname
+        return (await self.start(_HOSTNAME)).hostname
 
     async def node_info(self) -> NodeInfo:
-        ret = await self.rpc.node_get_info()
+        ret = await self.start(_NODE_INFO)
         model = bytes(ret.model).split(b"\0", 1)[0].decode(errors="replace")
         return NodeInfo(model, ret.memory, ret.cpus, ret.mhz, ret.nodes, ret.sockets,
                         ret.cores, ret.threads)
 
     async def free_memory(self) -> int:
         """The host's free memory, in bytes."""
-        return (await self.rpc.node_get_free_memory()).freeMem
+        return (await self.start(_FREE_MEMORY)).freeMem
 
     async def capabilities(self) -> str:
         """The host capabilities XML."""
-        return (await self.rpc.connect_get_capabilities()).capabilities
+        return (await self.start(_CAPABILITIES)).capabilities
 
     async def domain_capabilities(self, *, emulator: str | None = None,
                                   arch: str | None = None, machine: str | None = None,

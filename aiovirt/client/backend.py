@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 import anyio
 
-__all__ = ["AnyioWaiter", "asyncio_loop", "loop_name", "new_event_loop", "run",
-           "waiter_factory"]
+__all__ = ["AnyioWaiter", "asyncio_loop", "current_asyncio_task", "loop_name",
+           "new_event_loop", "run", "waiter_factory"]
 
 T = TypeVar("T")
 
@@ -60,6 +60,14 @@ def asyncio_loop() -> asyncio.AbstractEventLoop | None:
     """The running asyncio loop, or None when running under another backend."""
     try:
         return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def current_asyncio_task() -> asyncio.Task[Any] | None:
+    """The running asyncio task, or None when running under another backend."""
+    try:
+        return asyncio.current_task()
     except RuntimeError:
         return None
 

@@ -9,6 +9,7 @@ every guest's outcome in the ``Report``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import time
@@ -25,6 +26,7 @@ from lxml import etree
 
 from ..address import Tunables
 from ..api.connection import Connection, connect
+from ..client.backend import current_asyncio_task
 from ..api.domain import Domain, DomainEventType, DomainLifecycleEvent
 from ..capabilities import CapabilityError, CapabilitySet, HostCaps, merge
 from ..capabilities.live import baseline
@@ -203,6 +205,8 @@ class Provisioning:
         self.report = self.plan.report
         self._placeholder = f"aiovirt-name-{_uuid.uuid4().hex}"
         self._scope: anyio.CancelScope | None = None
+        self._task: asyncio.Task[Any] | None = None   # the task running run(), under asyncio
+        self._cancelling = 0
         self._started_at = 0.0
 
     # -- control --------------------------------------------------------------------------------
@@ -232,6 +236,9 @@ class Provisioning:
         task running it is cancelled, the report is still completed (``self.report``) before
         the cancellation propagates."""
         self._started_at = time.monotonic()
+        self._task = current_asyncio_task()
+        # a task may carry cancellations its code caught and never undid: count from here
+        self._cancelling = self._task.cancelling() if self._task is not None else 0
         try:
             with anyio.CancelScope() as self._scope:
                 if self.plan.cancelled:
@@ -246,6 +253,23 @@ class Provisioning:
             self.plan.finish()
             self.report.seconds = time.monotonic() - self._started_at
         return self.report
+
+    def _stopping(self) -> bool:
+        """Whether the run is being cancelled, by ``cancel()`` or by its caller's
+        cancellation (then the plan is told at once), read without a pass of the loop: the
+        guests' tasks ask it between steps.  Under asyncio a cancelled caller shows in its
+        task's ``cancelling()``; elsewhere only ``cancel()`` and the run's own scope do, and a
+        caller's cancellation reaches the guests at their next wait."""
+        if self.plan.cancelled:
+            return True
+        task = self._task
+        if task is not None:
+            if task.cancelling() <= self._cancelling:
+                return False
+        elif self._scope is None or not self._scope.cancel_called:
+            return False
+        self.plan.cancel()
+        return True
 
     def _changed(self, result: GuestResult) -> None:
         if self.on_change is not None:
@@ -529,19 +553,21 @@ class Provisioning:
         began = time.monotonic()
         dom: Domain | None = None
         try:
-            await anyio.lowlevel.checkpoint_if_cancelled()   # a cancelled run launches no more
+            if self._stopping():   # a cancelled run launches no more
+                return
             if launch.replace and not await self._replace_existing(host, g):
                 return
             self._feed(self.plan.defining(g))
+            # define and start under one shield: the run's cancellation is read in between
+            # (``_stopping``), so that a defined guest is not started once it is cancelled
             with _CallOn(host):
                 dom = await conn.define_xml(composed.for_name(guest.name, self._placeholder))
-            uuid = dom.uuid
-            if not self._then(self.plan.defined(g, uuid), Start):
-                return
-            await anyio.lowlevel.checkpoint_if_cancelled()   # cancelled: it stays defined
-            host.waiters[uuid] = None
-            self._feed(self.plan.starting(g))
-            with _CallOn(host):
+                uuid = dom.uuid
+                self._stopping()   # (a cancelled run tells the plan now: it starts nothing)
+                if not self._then(self.plan.defined(g, uuid), Start):
+                    return                      # (cancelled: it stays defined)
+                host.waiters[uuid] = None
+                self._feed(self.plan.starting(g))
                 await dom.start()
             self._feed(self.plan.start_returned(g))
             started = host.waiters.get(uuid)
