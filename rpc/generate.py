@@ -52,6 +52,20 @@ def field_name(name: str) -> str:
     return name + "_" if keyword.iskeyword(name) else name
 
 
+def record(name: str, doc: str, fields: list[tuple[str, str]]) -> list[str]:
+    """A wire record class written out in full (slots, annotations, ``__init__``) on the
+    ``Record`` base: importing it runs no code generation, unlike ``@dataclass``."""
+    out = ["", "", f"class {name}(Record):", f'    """{doc}"""', "",
+           f"    __slots__ = {tuple(field for field, _ in fields)!r}"]
+    if not fields:
+        return out
+    out += [f"    {field}: {kind}" for field, kind in fields]
+    params = ", ".join(f"{field}: {kind}" for field, kind in fields)
+    out += ["", f"    def __init__(self, {params}) -> None:"]
+    out += [f"        self.{field} = {field}" for field, _ in fields]
+    return out
+
+
 def _annotations(comment: str) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for key, value in re.findall(r"@(\w+):\s*([^\n*]*)", comment):
@@ -281,12 +295,8 @@ class _Emitter:
     def struct(self, xdr_name: str) -> list[str]:
         struct = self.spec.structs[xdr_name]
         name = class_name(xdr_name)
-        out = ["", "", "@dataclass(slots=True)", f"class {name}:", f'    """XDR struct ``{xdr_name}``."""',
-               ""]
-        for decl in struct.fields:
-            out.append(f"    {field_name(decl.name)}: {self.py_type(decl.type)}")
-        if not struct.fields:
-            out.append("    pass")
+        out = record(name, f"XDR struct ``{xdr_name}``.",
+                     [(field_name(decl.name), self.py_type(decl.type)) for decl in struct.fields])
         runs = self.runs(struct.fields)
         # encoder
         out += ["", "", f"def _enc_{name}(b: bytearray, v: {name}) -> None:"]
@@ -337,10 +347,10 @@ class _Emitter:
                             for _, decl in union.arms}
                            | ({self.py_type(union.default.type) if union.default.type else "None"}
                               if union.default else set()))
-        out = ["", "", "@dataclass(slots=True)", f"class {name}:",
-               f'    """XDR union ``{xdr_name}``: ``value`` is the arm selected by ``{disc}``."""',
-               "", f"    {disc}: {self.py_type(union.discriminant.type)}",
-               f"    value: {' | '.join(arm_types)}"]
+        out = record(name, f"XDR union ``{xdr_name}``: ``value`` is the arm selected by "
+                           f"``{disc}``.",
+                     [(disc, self.py_type(union.discriminant.type)),
+                      ("value", " | ".join(arm_types))])
         # encoder
         out += ["", "", f"def _enc_{name}(b: bytearray, v: {name}) -> None:",
                 f"    t = v.{disc}", "    x: Any = v.value"]
@@ -495,13 +505,12 @@ def _module(spec: Specification, module: str, source: str, prefix: str | None,
         "",
     ] + (["import struct as _struct"] if used("_struct") else [])
     for module_name, names in (("collections.abc", used("Awaitable", "Callable")),
-                               ("dataclasses", used("dataclass")),
                                ("enum", used("IntEnum")), ("types", used("EllipsisType")),
                                ("typing", used("Any"))):
         if names:
             header.append(f"from {module_name} import {', '.join(names)}")
     header += ["", f"from .xdr import "
-               f"{', '.join(used('_FALSE', '_PAD', '_TRUE', '_U32', 'ProcedureInfo', 'XdrError'))}"]
+               f"{', '.join(used('_FALSE', '_PAD', '_TRUE', '_U32', 'ProcedureInfo', 'Record', 'XdrError'))}"]
     for other in sorted(imports):
         header.append(f"from .{other} import (")
         for name in sorted(imports[other]):

@@ -178,3 +178,38 @@ def test_regeneration_is_byte_identical(tmp_path):
     assert names == ["admin.py", "keepalive.py", "lxc.py", "qemu.py", "remote.py", "virnet.py"]
     match, mismatch, errors = filecmp.cmpfiles(tmp_path, committed, names, shallow=False)
     assert mismatch == [] and errors == []
+
+
+def test_wire_records_behave_as_dataclasses():
+    """The generated records are plain slotted classes (no dataclass made at import), yet
+    compare, show, copy and introspect as the dataclasses they replace."""
+    import copy
+    import dataclasses
+    import pickle
+
+    dom = remote.NonnullDomain("web", b"u" * 16, 3)
+    args = remote.DomainCreateWithFlagsArgs(dom, 4)
+    assert repr(args) == ("DomainCreateWithFlagsArgs(dom=NonnullDomain(name='web', "
+                          "uuid=b'uuuuuuuuuuuuuuuu', id=3), flags=4)")
+    assert args == remote.DomainCreateWithFlagsArgs(remote.NonnullDomain("web", b"u" * 16, 3), 4)
+    assert args != remote.DomainCreateWithFlagsArgs(dom, 5)
+    assert args != ("dom", 4)
+    with pytest.raises(TypeError):
+        hash(args)
+    with pytest.raises(AttributeError):
+        args.other = 1   # slotted
+    assert dataclasses.is_dataclass(args)
+    assert [(f.name, f.type) for f in dataclasses.fields(args)] == [
+        ("dom", "NonnullDomain"), ("flags", "int")]
+    assert dataclasses.replace(args, flags=9) == remote.DomainCreateWithFlagsArgs(dom, 9)
+    assert dataclasses.asdict(args) == {
+        "dom": {"name": "web", "uuid": b"u" * 16, "id": 3}, "flags": 4}
+    assert copy.deepcopy(args) == args and pickle.loads(pickle.dumps(args)) == args
+    union = remote.TypedParamValue(1, 7)
+    assert [f.name for f in dataclasses.fields(union)] == ["type", "value"]
+
+    class Nothing(remote.Record):   # what the generator writes for a struct without fields
+        __slots__ = ()
+
+    assert Nothing() == Nothing() and dataclasses.fields(Nothing) == ()
+    assert not dataclasses.is_dataclass(remote.Record)

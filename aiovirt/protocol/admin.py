@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import struct as _struct
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from enum import IntEnum
 from types import EllipsisType
 from typing import Any
 
-from .xdr import _FALSE, _PAD, _TRUE, _U32, ProcedureInfo, XdrError
+from .xdr import _FALSE, _PAD, _TRUE, _U32, ProcedureInfo, Record, XdrError
 
 __all__ = ['AdminCalls', 'AdminClientCloseArgs', 'AdminClientGetInfoArgs', 'AdminClientGetInfoRet', 'AdminConnectGetLibVersionRet', 'AdminConnectGetLoggingFiltersArgs', 'AdminConnectGetLoggingFiltersRet', 'AdminConnectGetLoggingOutputsArgs', 'AdminConnectGetLoggingOutputsRet', 'AdminConnectListServersArgs', 'AdminConnectListServersRet', 'AdminConnectLookupServerArgs', 'AdminConnectLookupServerRet', 'AdminConnectOpenArgs', 'AdminConnectSetDaemonTimeoutArgs', 'AdminConnectSetLoggingFiltersArgs', 'AdminConnectSetLoggingOutputsArgs', 'AdminNonnullClient', 'AdminNonnullServer', 'AdminProcedure', 'AdminServerGetClientLimitsArgs', 'AdminServerGetClientLimitsRet', 'AdminServerGetThreadpoolParametersArgs', 'AdminServerGetThreadpoolParametersRet', 'AdminServerListClientsArgs', 'AdminServerListClientsRet', 'AdminServerLookupClientArgs', 'AdminServerLookupClientRet', 'AdminServerSetClientLimitsArgs', 'AdminServerSetThreadpoolParametersArgs', 'AdminServerUpdateTlsFilesArgs', 'AdminTypedParam', 'AdminTypedParamValue', 'PROCEDURES', 'PROGRAM', 'VERSION']
 
@@ -36,12 +35,16 @@ ADMIN_PROGRAM = 0x6900690
 ADMIN_PROTOCOL_VERSION = 1
 
 
-@dataclass(slots=True)
-class AdminTypedParamValue:
+class AdminTypedParamValue(Record):
     """XDR union ``admin_typed_param_value``: ``value`` is the arm selected by ``type``."""
 
+    __slots__ = ('type', 'value')
     type: int
     value: float | int | str
+
+    def __init__(self, type: int, value: float | int | str) -> None:
+        self.type = type
+        self.value = value
 
 
 def _enc_AdminTypedParamValue(b: bytearray, v: AdminTypedParamValue) -> None:
@@ -91,12 +94,16 @@ def _dec_AdminTypedParamValue(d: bytes, o: int) -> tuple[AdminTypedParamValue, i
     return AdminTypedParamValue(t, v), o
 
 
-@dataclass(slots=True)
-class AdminTypedParam:
+class AdminTypedParam(Record):
     """XDR struct ``admin_typed_param``."""
 
+    __slots__ = ('field', 'value')
     field: str
     value: AdminTypedParamValue
+
+    def __init__(self, field: str, value: AdminTypedParamValue) -> None:
+        self.field = field
+        self.value = value
 
 
 def _enc_AdminTypedParam(b: bytearray, v: AdminTypedParam) -> None:
@@ -121,11 +128,14 @@ def _dec_AdminTypedParam(d: bytes, o: int) -> tuple[AdminTypedParam, int]:
     return AdminTypedParam(t7, t10), o
 
 
-@dataclass(slots=True)
-class AdminNonnullServer:
+class AdminNonnullServer(Record):
     """XDR struct ``admin_nonnull_server``."""
 
+    __slots__ = ('name',)
     name: str
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
 def _enc_AdminNonnullServer(b: bytearray, v: AdminNonnullServer) -> None:
@@ -148,14 +158,20 @@ def _dec_AdminNonnullServer(d: bytes, o: int) -> tuple[AdminNonnullServer, int]:
     return AdminNonnullServer(t13), o
 
 
-@dataclass(slots=True)
-class AdminNonnullClient:
+class AdminNonnullClient(Record):
     """XDR struct ``admin_nonnull_client``."""
 
+    __slots__ = ('srv', 'id', 'timestamp', 'transport')
     srv: AdminNonnullServer
     id: int
     timestamp: int
     transport: int
+
+    def __init__(self, srv: AdminNonnullServer, id: int, timestamp: int, transport: int) -> None:
+        self.srv = srv
+        self.id = id
+        self.timestamp = timestamp
+        self.transport = transport
 
 
 def _enc_AdminNonnullClient(b: bytearray, v: AdminNonnullClient) -> None:
@@ -170,11 +186,14 @@ def _dec_AdminNonnullClient(d: bytes, o: int) -> tuple[AdminNonnullClient, int]:
     return AdminNonnullClient(t16, t17, t18, t19), o
 
 
-@dataclass(slots=True)
-class AdminConnectOpenArgs:
+class AdminConnectOpenArgs(Record):
     """XDR struct ``admin_connect_open_args``."""
 
+    __slots__ = ('flags',)
     flags: int
+
+    def __init__(self, flags: int) -> None:
+        self.flags = flags
 
 
 def _enc_AdminConnectOpenArgs(b: bytearray, v: AdminConnectOpenArgs) -> None:
@@ -187,11 +206,14 @@ def _dec_AdminConnectOpenArgs(d: bytes, o: int) -> tuple[AdminConnectOpenArgs, i
     return AdminConnectOpenArgs(t20), o
 
 
-@dataclass(slots=True)
-class AdminConnectGetLibVersionRet:
+class AdminConnectGetLibVersionRet(Record):
     """XDR struct ``admin_connect_get_lib_version_ret``."""
 
+    __slots__ = ('libVer',)
     libVer: int
+
+    def __init__(self, libVer: int) -> None:
+        self.libVer = libVer
 
 
 def _enc_AdminConnectGetLibVersionRet(b: bytearray, v: AdminConnectGetLibVersionRet) -> None:
@@ -204,12 +226,16 @@ def _dec_AdminConnectGetLibVersionRet(d: bytes, o: int) -> tuple[AdminConnectGet
     return AdminConnectGetLibVersionRet(t21), o
 
 
-@dataclass(slots=True)
-class AdminConnectListServersArgs:
+class AdminConnectListServersArgs(Record):
     """XDR struct ``admin_connect_list_servers_args``."""
 
+    __slots__ = ('need_results', 'flags')
     need_results: int
     flags: int
+
+    def __init__(self, need_results: int, flags: int) -> None:
+        self.need_results = need_results
+        self.flags = flags
 
 
 def _enc_AdminConnectListServersArgs(b: bytearray, v: AdminConnectListServersArgs) -> None:
@@ -222,12 +248,16 @@ def _dec_AdminConnectListServersArgs(d: bytes, o: int) -> tuple[AdminConnectList
     return AdminConnectListServersArgs(t22, t23), o
 
 
-@dataclass(slots=True)
-class AdminConnectListServersRet:
+class AdminConnectListServersRet(Record):
     """XDR struct ``admin_connect_list_servers_ret``."""
 
+    __slots__ = ('servers', 'ret')
     servers: list[AdminNonnullServer]
     ret: int
+
+    def __init__(self, servers: list[AdminNonnullServer], ret: int) -> None:
+        self.servers = servers
+        self.ret = ret
 
 
 def _enc_AdminConnectListServersRet(b: bytearray, v: AdminConnectListServersRet) -> None:
@@ -254,12 +284,16 @@ def _dec_AdminConnectListServersRet(d: bytes, o: int) -> tuple[AdminConnectListS
     return AdminConnectListServersRet(t27, t31), o
 
 
-@dataclass(slots=True)
-class AdminConnectLookupServerArgs:
+class AdminConnectLookupServerArgs(Record):
     """XDR struct ``admin_connect_lookup_server_args``."""
 
+    __slots__ = ('name', 'flags')
     name: str
     flags: int
+
+    def __init__(self, name: str, flags: int) -> None:
+        self.name = name
+        self.flags = flags
 
 
 def _enc_AdminConnectLookupServerArgs(b: bytearray, v: AdminConnectLookupServerArgs) -> None:
@@ -285,11 +319,14 @@ def _dec_AdminConnectLookupServerArgs(d: bytes, o: int) -> tuple[AdminConnectLoo
     return AdminConnectLookupServerArgs(t34, t37), o
 
 
-@dataclass(slots=True)
-class AdminConnectLookupServerRet:
+class AdminConnectLookupServerRet(Record):
     """XDR struct ``admin_connect_lookup_server_ret``."""
 
+    __slots__ = ('srv',)
     srv: AdminNonnullServer
+
+    def __init__(self, srv: AdminNonnullServer) -> None:
+        self.srv = srv
 
 
 def _enc_AdminConnectLookupServerRet(b: bytearray, v: AdminConnectLookupServerRet) -> None:
@@ -301,12 +338,16 @@ def _dec_AdminConnectLookupServerRet(d: bytes, o: int) -> tuple[AdminConnectLook
     return AdminConnectLookupServerRet(t38), o
 
 
-@dataclass(slots=True)
-class AdminServerGetThreadpoolParametersArgs:
+class AdminServerGetThreadpoolParametersArgs(Record):
     """XDR struct ``admin_server_get_threadpool_parameters_args``."""
 
+    __slots__ = ('srv', 'flags')
     srv: AdminNonnullServer
     flags: int
+
+    def __init__(self, srv: AdminNonnullServer, flags: int) -> None:
+        self.srv = srv
+        self.flags = flags
 
 
 def _enc_AdminServerGetThreadpoolParametersArgs(b: bytearray, v: AdminServerGetThreadpoolParametersArgs) -> None:
@@ -321,11 +362,14 @@ def _dec_AdminServerGetThreadpoolParametersArgs(d: bytes, o: int) -> tuple[Admin
     return AdminServerGetThreadpoolParametersArgs(t39, t40), o
 
 
-@dataclass(slots=True)
-class AdminServerGetThreadpoolParametersRet:
+class AdminServerGetThreadpoolParametersRet(Record):
     """XDR struct ``admin_server_get_threadpool_parameters_ret``."""
 
+    __slots__ = ('params',)
     params: list[AdminTypedParam]
+
+    def __init__(self, params: list[AdminTypedParam]) -> None:
+        self.params = params
 
 
 def _enc_AdminServerGetThreadpoolParametersRet(b: bytearray, v: AdminServerGetThreadpoolParametersRet) -> None:
@@ -349,13 +393,18 @@ def _dec_AdminServerGetThreadpoolParametersRet(d: bytes, o: int) -> tuple[AdminS
     return AdminServerGetThreadpoolParametersRet(t44), o
 
 
-@dataclass(slots=True)
-class AdminServerSetThreadpoolParametersArgs:
+class AdminServerSetThreadpoolParametersArgs(Record):
     """XDR struct ``admin_server_set_threadpool_parameters_args``."""
 
+    __slots__ = ('srv', 'params', 'flags')
     srv: AdminNonnullServer
     params: list[AdminTypedParam]
     flags: int
+
+    def __init__(self, srv: AdminNonnullServer, params: list[AdminTypedParam], flags: int) -> None:
+        self.srv = srv
+        self.params = params
+        self.flags = flags
 
 
 def _enc_AdminServerSetThreadpoolParametersArgs(b: bytearray, v: AdminServerSetThreadpoolParametersArgs) -> None:
@@ -384,13 +433,18 @@ def _dec_AdminServerSetThreadpoolParametersArgs(d: bytes, o: int) -> tuple[Admin
     return AdminServerSetThreadpoolParametersArgs(t51, t52, t56), o
 
 
-@dataclass(slots=True)
-class AdminServerListClientsArgs:
+class AdminServerListClientsArgs(Record):
     """XDR struct ``admin_server_list_clients_args``."""
 
+    __slots__ = ('srv', 'need_results', 'flags')
     srv: AdminNonnullServer
     need_results: int
     flags: int
+
+    def __init__(self, srv: AdminNonnullServer, need_results: int, flags: int) -> None:
+        self.srv = srv
+        self.need_results = need_results
+        self.flags = flags
 
 
 def _enc_AdminServerListClientsArgs(b: bytearray, v: AdminServerListClientsArgs) -> None:
@@ -405,12 +459,16 @@ def _dec_AdminServerListClientsArgs(d: bytes, o: int) -> tuple[AdminServerListCl
     return AdminServerListClientsArgs(t57, t58, t59), o
 
 
-@dataclass(slots=True)
-class AdminServerListClientsRet:
+class AdminServerListClientsRet(Record):
     """XDR struct ``admin_server_list_clients_ret``."""
 
+    __slots__ = ('clients', 'ret')
     clients: list[AdminNonnullClient]
     ret: int
+
+    def __init__(self, clients: list[AdminNonnullClient], ret: int) -> None:
+        self.clients = clients
+        self.ret = ret
 
 
 def _enc_AdminServerListClientsRet(b: bytearray, v: AdminServerListClientsRet) -> None:
@@ -437,13 +495,18 @@ def _dec_AdminServerListClientsRet(d: bytes, o: int) -> tuple[AdminServerListCli
     return AdminServerListClientsRet(t63, t67), o
 
 
-@dataclass(slots=True)
-class AdminServerLookupClientArgs:
+class AdminServerLookupClientArgs(Record):
     """XDR struct ``admin_server_lookup_client_args``."""
 
+    __slots__ = ('srv', 'id', 'flags')
     srv: AdminNonnullServer
     id: int
     flags: int
+
+    def __init__(self, srv: AdminNonnullServer, id: int, flags: int) -> None:
+        self.srv = srv
+        self.id = id
+        self.flags = flags
 
 
 def _enc_AdminServerLookupClientArgs(b: bytearray, v: AdminServerLookupClientArgs) -> None:
@@ -458,11 +521,14 @@ def _dec_AdminServerLookupClientArgs(d: bytes, o: int) -> tuple[AdminServerLooku
     return AdminServerLookupClientArgs(t68, t69, t70), o
 
 
-@dataclass(slots=True)
-class AdminServerLookupClientRet:
+class AdminServerLookupClientRet(Record):
     """XDR struct ``admin_server_lookup_client_ret``."""
 
+    __slots__ = ('clnt',)
     clnt: AdminNonnullClient
+
+    def __init__(self, clnt: AdminNonnullClient) -> None:
+        self.clnt = clnt
 
 
 def _enc_AdminServerLookupClientRet(b: bytearray, v: AdminServerLookupClientRet) -> None:
@@ -474,12 +540,16 @@ def _dec_AdminServerLookupClientRet(d: bytes, o: int) -> tuple[AdminServerLookup
     return AdminServerLookupClientRet(t71), o
 
 
-@dataclass(slots=True)
-class AdminClientGetInfoArgs:
+class AdminClientGetInfoArgs(Record):
     """XDR struct ``admin_client_get_info_args``."""
 
+    __slots__ = ('clnt', 'flags')
     clnt: AdminNonnullClient
     flags: int
+
+    def __init__(self, clnt: AdminNonnullClient, flags: int) -> None:
+        self.clnt = clnt
+        self.flags = flags
 
 
 def _enc_AdminClientGetInfoArgs(b: bytearray, v: AdminClientGetInfoArgs) -> None:
@@ -494,11 +564,14 @@ def _dec_AdminClientGetInfoArgs(d: bytes, o: int) -> tuple[AdminClientGetInfoArg
     return AdminClientGetInfoArgs(t72, t73), o
 
 
-@dataclass(slots=True)
-class AdminClientGetInfoRet:
+class AdminClientGetInfoRet(Record):
     """XDR struct ``admin_client_get_info_ret``."""
 
+    __slots__ = ('params',)
     params: list[AdminTypedParam]
+
+    def __init__(self, params: list[AdminTypedParam]) -> None:
+        self.params = params
 
 
 def _enc_AdminClientGetInfoRet(b: bytearray, v: AdminClientGetInfoRet) -> None:
@@ -522,12 +595,16 @@ def _dec_AdminClientGetInfoRet(d: bytes, o: int) -> tuple[AdminClientGetInfoRet,
     return AdminClientGetInfoRet(t77), o
 
 
-@dataclass(slots=True)
-class AdminClientCloseArgs:
+class AdminClientCloseArgs(Record):
     """XDR struct ``admin_client_close_args``."""
 
+    __slots__ = ('clnt', 'flags')
     clnt: AdminNonnullClient
     flags: int
+
+    def __init__(self, clnt: AdminNonnullClient, flags: int) -> None:
+        self.clnt = clnt
+        self.flags = flags
 
 
 def _enc_AdminClientCloseArgs(b: bytearray, v: AdminClientCloseArgs) -> None:
@@ -542,12 +619,16 @@ def _dec_AdminClientCloseArgs(d: bytes, o: int) -> tuple[AdminClientCloseArgs, i
     return AdminClientCloseArgs(t81, t82), o
 
 
-@dataclass(slots=True)
-class AdminServerGetClientLimitsArgs:
+class AdminServerGetClientLimitsArgs(Record):
     """XDR struct ``admin_server_get_client_limits_args``."""
 
+    __slots__ = ('srv', 'flags')
     srv: AdminNonnullServer
     flags: int
+
+    def __init__(self, srv: AdminNonnullServer, flags: int) -> None:
+        self.srv = srv
+        self.flags = flags
 
 
 def _enc_AdminServerGetClientLimitsArgs(b: bytearray, v: AdminServerGetClientLimitsArgs) -> None:
@@ -562,11 +643,14 @@ def _dec_AdminServerGetClientLimitsArgs(d: bytes, o: int) -> tuple[AdminServerGe
     return AdminServerGetClientLimitsArgs(t83, t84), o
 
 
-@dataclass(slots=True)
-class AdminServerGetClientLimitsRet:
+class AdminServerGetClientLimitsRet(Record):
     """XDR struct ``admin_server_get_client_limits_ret``."""
 
+    __slots__ = ('params',)
     params: list[AdminTypedParam]
+
+    def __init__(self, params: list[AdminTypedParam]) -> None:
+        self.params = params
 
 
 def _enc_AdminServerGetClientLimitsRet(b: bytearray, v: AdminServerGetClientLimitsRet) -> None:
@@ -590,13 +674,18 @@ def _dec_AdminServerGetClientLimitsRet(d: bytes, o: int) -> tuple[AdminServerGet
     return AdminServerGetClientLimitsRet(t88), o
 
 
-@dataclass(slots=True)
-class AdminServerSetClientLimitsArgs:
+class AdminServerSetClientLimitsArgs(Record):
     """XDR struct ``admin_server_set_client_limits_args``."""
 
+    __slots__ = ('srv', 'params', 'flags')
     srv: AdminNonnullServer
     params: list[AdminTypedParam]
     flags: int
+
+    def __init__(self, srv: AdminNonnullServer, params: list[AdminTypedParam], flags: int) -> None:
+        self.srv = srv
+        self.params = params
+        self.flags = flags
 
 
 def _enc_AdminServerSetClientLimitsArgs(b: bytearray, v: AdminServerSetClientLimitsArgs) -> None:
@@ -625,12 +714,16 @@ def _dec_AdminServerSetClientLimitsArgs(d: bytes, o: int) -> tuple[AdminServerSe
     return AdminServerSetClientLimitsArgs(t95, t96, t100), o
 
 
-@dataclass(slots=True)
-class AdminServerUpdateTlsFilesArgs:
+class AdminServerUpdateTlsFilesArgs(Record):
     """XDR struct ``admin_server_update_tls_files_args``."""
 
+    __slots__ = ('srv', 'flags')
     srv: AdminNonnullServer
     flags: int
+
+    def __init__(self, srv: AdminNonnullServer, flags: int) -> None:
+        self.srv = srv
+        self.flags = flags
 
 
 def _enc_AdminServerUpdateTlsFilesArgs(b: bytearray, v: AdminServerUpdateTlsFilesArgs) -> None:
@@ -645,11 +738,14 @@ def _dec_AdminServerUpdateTlsFilesArgs(d: bytes, o: int) -> tuple[AdminServerUpd
     return AdminServerUpdateTlsFilesArgs(t101, t102), o
 
 
-@dataclass(slots=True)
-class AdminConnectGetLoggingOutputsArgs:
+class AdminConnectGetLoggingOutputsArgs(Record):
     """XDR struct ``admin_connect_get_logging_outputs_args``."""
 
+    __slots__ = ('flags',)
     flags: int
+
+    def __init__(self, flags: int) -> None:
+        self.flags = flags
 
 
 def _enc_AdminConnectGetLoggingOutputsArgs(b: bytearray, v: AdminConnectGetLoggingOutputsArgs) -> None:
@@ -662,12 +758,16 @@ def _dec_AdminConnectGetLoggingOutputsArgs(d: bytes, o: int) -> tuple[AdminConne
     return AdminConnectGetLoggingOutputsArgs(t103), o
 
 
-@dataclass(slots=True)
-class AdminConnectGetLoggingOutputsRet:
+class AdminConnectGetLoggingOutputsRet(Record):
     """XDR struct ``admin_connect_get_logging_outputs_ret``."""
 
+    __slots__ = ('outputs', 'noutputs')
     outputs: str
     noutputs: int
+
+    def __init__(self, outputs: str, noutputs: int) -> None:
+        self.outputs = outputs
+        self.noutputs = noutputs
 
 
 def _enc_AdminConnectGetLoggingOutputsRet(b: bytearray, v: AdminConnectGetLoggingOutputsRet) -> None:
@@ -693,11 +793,14 @@ def _dec_AdminConnectGetLoggingOutputsRet(d: bytes, o: int) -> tuple[AdminConnec
     return AdminConnectGetLoggingOutputsRet(t106, t109), o
 
 
-@dataclass(slots=True)
-class AdminConnectGetLoggingFiltersArgs:
+class AdminConnectGetLoggingFiltersArgs(Record):
     """XDR struct ``admin_connect_get_logging_filters_args``."""
 
+    __slots__ = ('flags',)
     flags: int
+
+    def __init__(self, flags: int) -> None:
+        self.flags = flags
 
 
 def _enc_AdminConnectGetLoggingFiltersArgs(b: bytearray, v: AdminConnectGetLoggingFiltersArgs) -> None:
@@ -710,12 +813,16 @@ def _dec_AdminConnectGetLoggingFiltersArgs(d: bytes, o: int) -> tuple[AdminConne
     return AdminConnectGetLoggingFiltersArgs(t110), o
 
 
-@dataclass(slots=True)
-class AdminConnectGetLoggingFiltersRet:
+class AdminConnectGetLoggingFiltersRet(Record):
     """XDR struct ``admin_connect_get_logging_filters_ret``."""
 
+    __slots__ = ('filters', 'nfilters')
     filters: str | None
     nfilters: int
+
+    def __init__(self, filters: str | None, nfilters: int) -> None:
+        self.filters = filters
+        self.nfilters = nfilters
 
 
 def _enc_AdminConnectGetLoggingFiltersRet(b: bytearray, v: AdminConnectGetLoggingFiltersRet) -> None:
@@ -753,12 +860,16 @@ def _dec_AdminConnectGetLoggingFiltersRet(d: bytes, o: int) -> tuple[AdminConnec
     return AdminConnectGetLoggingFiltersRet(t114, t118), o
 
 
-@dataclass(slots=True)
-class AdminConnectSetLoggingOutputsArgs:
+class AdminConnectSetLoggingOutputsArgs(Record):
     """XDR struct ``admin_connect_set_logging_outputs_args``."""
 
+    __slots__ = ('outputs', 'flags')
     outputs: str | None
     flags: int
+
+    def __init__(self, outputs: str | None, flags: int) -> None:
+        self.outputs = outputs
+        self.flags = flags
 
 
 def _enc_AdminConnectSetLoggingOutputsArgs(b: bytearray, v: AdminConnectSetLoggingOutputsArgs) -> None:
@@ -796,12 +907,16 @@ def _dec_AdminConnectSetLoggingOutputsArgs(d: bytes, o: int) -> tuple[AdminConne
     return AdminConnectSetLoggingOutputsArgs(t122, t126), o
 
 
-@dataclass(slots=True)
-class AdminConnectSetLoggingFiltersArgs:
+class AdminConnectSetLoggingFiltersArgs(Record):
     """XDR struct ``admin_connect_set_logging_filters_args``."""
 
+    __slots__ = ('filters', 'flags')
     filters: str | None
     flags: int
+
+    def __init__(self, filters: str | None, flags: int) -> None:
+        self.filters = filters
+        self.flags = flags
 
 
 def _enc_AdminConnectSetLoggingFiltersArgs(b: bytearray, v: AdminConnectSetLoggingFiltersArgs) -> None:
@@ -839,12 +954,16 @@ def _dec_AdminConnectSetLoggingFiltersArgs(d: bytes, o: int) -> tuple[AdminConne
     return AdminConnectSetLoggingFiltersArgs(t130, t134), o
 
 
-@dataclass(slots=True)
-class AdminConnectSetDaemonTimeoutArgs:
+class AdminConnectSetDaemonTimeoutArgs(Record):
     """XDR struct ``admin_connect_set_daemon_timeout_args``."""
 
+    __slots__ = ('timeout', 'flags')
     timeout: int
     flags: int
+
+    def __init__(self, timeout: int, flags: int) -> None:
+        self.timeout = timeout
+        self.flags = flags
 
 
 def _enc_AdminConnectSetDaemonTimeoutArgs(b: bytearray, v: AdminConnectSetDaemonTimeoutArgs) -> None:

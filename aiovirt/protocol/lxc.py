@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import struct as _struct
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from enum import IntEnum
 from types import EllipsisType
 from typing import Any
 
-from .xdr import ProcedureInfo
+from .xdr import ProcedureInfo, Record
 from .remote import (
     NonnullDomain,
     _dec_NonnullDomain,
@@ -27,12 +26,16 @@ LXC_PROGRAM = 0x68000
 LXC_PROTOCOL_VERSION = 1
 
 
-@dataclass(slots=True)
-class LxcDomainOpenNamespaceArgs:
+class LxcDomainOpenNamespaceArgs(Record):
     """XDR struct ``lxc_domain_open_namespace_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_LxcDomainOpenNamespaceArgs(b: bytearray, v: LxcDomainOpenNamespaceArgs) -> None:

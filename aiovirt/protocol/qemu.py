@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import struct as _struct
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from enum import IntEnum
 from types import EllipsisType
 from typing import Any
 
-from .xdr import _FALSE, _PAD, _TRUE, _U32, ProcedureInfo, XdrError
+from .xdr import _FALSE, _PAD, _TRUE, _U32, ProcedureInfo, Record, XdrError
 from .remote import (
     NonnullDomain,
     _dec_NonnullDomain,
@@ -31,13 +30,18 @@ QEMU_PROGRAM = 0x20008087
 QEMU_PROTOCOL_VERSION = 1
 
 
-@dataclass(slots=True)
-class QemuDomainMonitorCommandArgs:
+class QemuDomainMonitorCommandArgs(Record):
     """XDR struct ``qemu_domain_monitor_command_args``."""
 
+    __slots__ = ('dom', 'cmd', 'flags')
     dom: NonnullDomain
     cmd: str
     flags: int
+
+    def __init__(self, dom: NonnullDomain, cmd: str, flags: int) -> None:
+        self.dom = dom
+        self.cmd = cmd
+        self.flags = flags
 
 
 def _enc_QemuDomainMonitorCommandArgs(b: bytearray, v: QemuDomainMonitorCommandArgs) -> None:
@@ -65,11 +69,14 @@ def _dec_QemuDomainMonitorCommandArgs(d: bytes, o: int) -> tuple[QemuDomainMonit
     return QemuDomainMonitorCommandArgs(t3, t4, t7), o
 
 
-@dataclass(slots=True)
-class QemuDomainMonitorCommandRet:
+class QemuDomainMonitorCommandRet(Record):
     """XDR struct ``qemu_domain_monitor_command_ret``."""
 
+    __slots__ = ('result',)
     result: str
+
+    def __init__(self, result: str) -> None:
+        self.result = result
 
 
 def _enc_QemuDomainMonitorCommandRet(b: bytearray, v: QemuDomainMonitorCommandRet) -> None:
@@ -92,12 +99,16 @@ def _dec_QemuDomainMonitorCommandRet(d: bytes, o: int) -> tuple[QemuDomainMonito
     return QemuDomainMonitorCommandRet(t10), o
 
 
-@dataclass(slots=True)
-class QemuDomainAttachArgs:
+class QemuDomainAttachArgs(Record):
     """XDR struct ``qemu_domain_attach_args``."""
 
+    __slots__ = ('pid_value', 'flags')
     pid_value: int
     flags: int
+
+    def __init__(self, pid_value: int, flags: int) -> None:
+        self.pid_value = pid_value
+        self.flags = flags
 
 
 def _enc_QemuDomainAttachArgs(b: bytearray, v: QemuDomainAttachArgs) -> None:
@@ -110,11 +121,14 @@ def _dec_QemuDomainAttachArgs(d: bytes, o: int) -> tuple[QemuDomainAttachArgs, i
     return QemuDomainAttachArgs(t13, t14), o
 
 
-@dataclass(slots=True)
-class QemuDomainAttachRet:
+class QemuDomainAttachRet(Record):
     """XDR struct ``qemu_domain_attach_ret``."""
 
+    __slots__ = ('dom',)
     dom: NonnullDomain
+
+    def __init__(self, dom: NonnullDomain) -> None:
+        self.dom = dom
 
 
 def _enc_QemuDomainAttachRet(b: bytearray, v: QemuDomainAttachRet) -> None:
@@ -126,14 +140,20 @@ def _dec_QemuDomainAttachRet(d: bytes, o: int) -> tuple[QemuDomainAttachRet, int
     return QemuDomainAttachRet(t15), o
 
 
-@dataclass(slots=True)
-class QemuDomainAgentCommandArgs:
+class QemuDomainAgentCommandArgs(Record):
     """XDR struct ``qemu_domain_agent_command_args``."""
 
+    __slots__ = ('dom', 'cmd', 'timeout', 'flags')
     dom: NonnullDomain
     cmd: str
     timeout: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, cmd: str, timeout: int, flags: int) -> None:
+        self.dom = dom
+        self.cmd = cmd
+        self.timeout = timeout
+        self.flags = flags
 
 
 def _enc_QemuDomainAgentCommandArgs(b: bytearray, v: QemuDomainAgentCommandArgs) -> None:
@@ -161,11 +181,14 @@ def _dec_QemuDomainAgentCommandArgs(d: bytes, o: int) -> tuple[QemuDomainAgentCo
     return QemuDomainAgentCommandArgs(t18, t19, t22, t23), o
 
 
-@dataclass(slots=True)
-class QemuDomainAgentCommandRet:
+class QemuDomainAgentCommandRet(Record):
     """XDR struct ``qemu_domain_agent_command_ret``."""
 
+    __slots__ = ('result',)
     result: str | None
+
+    def __init__(self, result: str | None) -> None:
+        self.result = result
 
 
 def _enc_QemuDomainAgentCommandRet(b: bytearray, v: QemuDomainAgentCommandRet) -> None:
@@ -200,13 +223,18 @@ def _dec_QemuDomainAgentCommandRet(d: bytes, o: int) -> tuple[QemuDomainAgentCom
     return QemuDomainAgentCommandRet(t27), o
 
 
-@dataclass(slots=True)
-class QemuConnectDomainMonitorEventRegisterArgs:
+class QemuConnectDomainMonitorEventRegisterArgs(Record):
     """XDR struct ``qemu_connect_domain_monitor_event_register_args``."""
 
+    __slots__ = ('dom', 'event', 'flags')
     dom: NonnullDomain | None
     event: str | None
     flags: int
+
+    def __init__(self, dom: NonnullDomain | None, event: str | None, flags: int) -> None:
+        self.dom = dom
+        self.event = event
+        self.flags = flags
 
 
 def _enc_QemuConnectDomainMonitorEventRegisterArgs(b: bytearray, v: QemuConnectDomainMonitorEventRegisterArgs) -> None:
@@ -258,11 +286,14 @@ def _dec_QemuConnectDomainMonitorEventRegisterArgs(d: bytes, o: int) -> tuple[Qe
     return QemuConnectDomainMonitorEventRegisterArgs(t35, t37, t41), o
 
 
-@dataclass(slots=True)
-class QemuConnectDomainMonitorEventRegisterRet:
+class QemuConnectDomainMonitorEventRegisterRet(Record):
     """XDR struct ``qemu_connect_domain_monitor_event_register_ret``."""
 
+    __slots__ = ('callbackID',)
     callbackID: int
+
+    def __init__(self, callbackID: int) -> None:
+        self.callbackID = callbackID
 
 
 def _enc_QemuConnectDomainMonitorEventRegisterRet(b: bytearray, v: QemuConnectDomainMonitorEventRegisterRet) -> None:
@@ -275,11 +306,14 @@ def _dec_QemuConnectDomainMonitorEventRegisterRet(d: bytes, o: int) -> tuple[Qem
     return QemuConnectDomainMonitorEventRegisterRet(t42), o
 
 
-@dataclass(slots=True)
-class QemuConnectDomainMonitorEventDeregisterArgs:
+class QemuConnectDomainMonitorEventDeregisterArgs(Record):
     """XDR struct ``qemu_connect_domain_monitor_event_deregister_args``."""
 
+    __slots__ = ('callbackID',)
     callbackID: int
+
+    def __init__(self, callbackID: int) -> None:
+        self.callbackID = callbackID
 
 
 def _enc_QemuConnectDomainMonitorEventDeregisterArgs(b: bytearray, v: QemuConnectDomainMonitorEventDeregisterArgs) -> None:
@@ -292,16 +326,24 @@ def _dec_QemuConnectDomainMonitorEventDeregisterArgs(d: bytes, o: int) -> tuple[
     return QemuConnectDomainMonitorEventDeregisterArgs(t43), o
 
 
-@dataclass(slots=True)
-class QemuDomainMonitorEventMsg:
+class QemuDomainMonitorEventMsg(Record):
     """XDR struct ``qemu_domain_monitor_event_msg``."""
 
+    __slots__ = ('callbackID', 'dom', 'event', 'seconds', 'micros', 'details')
     callbackID: int
     dom: NonnullDomain
     event: str
     seconds: int
     micros: int
     details: str | None
+
+    def __init__(self, callbackID: int, dom: NonnullDomain, event: str, seconds: int, micros: int, details: str | None) -> None:
+        self.callbackID = callbackID
+        self.dom = dom
+        self.event = event
+        self.seconds = seconds
+        self.micros = micros
+        self.details = details
 
 
 def _enc_QemuDomainMonitorEventMsg(b: bytearray, v: QemuDomainMonitorEventMsg) -> None:
@@ -357,13 +399,18 @@ def _dec_QemuDomainMonitorEventMsg(d: bytes, o: int) -> tuple[QemuDomainMonitorE
     return QemuDomainMonitorEventMsg(t49, t50, t51, t54, t55, t56), o
 
 
-@dataclass(slots=True)
-class QemuDomainMonitorCommandWithFilesArgs:
+class QemuDomainMonitorCommandWithFilesArgs(Record):
     """XDR struct ``qemu_domain_monitor_command_with_files_args``."""
 
+    __slots__ = ('dom', 'cmd', 'flags')
     dom: NonnullDomain
     cmd: str
     flags: int
+
+    def __init__(self, dom: NonnullDomain, cmd: str, flags: int) -> None:
+        self.dom = dom
+        self.cmd = cmd
+        self.flags = flags
 
 
 def _enc_QemuDomainMonitorCommandWithFilesArgs(b: bytearray, v: QemuDomainMonitorCommandWithFilesArgs) -> None:
@@ -391,11 +438,14 @@ def _dec_QemuDomainMonitorCommandWithFilesArgs(d: bytes, o: int) -> tuple[QemuDo
     return QemuDomainMonitorCommandWithFilesArgs(t62, t63, t66), o
 
 
-@dataclass(slots=True)
-class QemuDomainMonitorCommandWithFilesRet:
+class QemuDomainMonitorCommandWithFilesRet(Record):
     """XDR struct ``qemu_domain_monitor_command_with_files_ret``."""
 
+    __slots__ = ('result',)
     result: str
+
+    def __init__(self, result: str) -> None:
+        self.result = result
 
 
 def _enc_QemuDomainMonitorCommandWithFilesRet(b: bytearray, v: QemuDomainMonitorCommandWithFilesRet) -> None:

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import struct as _struct
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from enum import IntEnum
 from types import EllipsisType
 from typing import Any
 
-from .xdr import _FALSE, _PAD, _TRUE, _U32, ProcedureInfo, XdrError
+from .xdr import _FALSE, _PAD, _TRUE, _U32, ProcedureInfo, Record, XdrError
 
 __all__ = ['AuthListRet', 'AuthPolkitRet', 'AuthSaslInitRet', 'AuthSaslStartArgs', 'AuthSaslStartRet', 'AuthSaslStepArgs', 'AuthSaslStepRet', 'AuthType', 'ConnectBaselineCpuArgs', 'ConnectBaselineCpuRet', 'ConnectBaselineHypervisorCpuArgs', 'ConnectBaselineHypervisorCpuRet', 'ConnectCompareCpuArgs', 'ConnectCompareCpuRet', 'ConnectCompareHypervisorCpuArgs', 'ConnectCompareHypervisorCpuRet', 'ConnectDomainEventCallbackDeregisterAnyArgs', 'ConnectDomainEventCallbackRegisterAnyArgs', 'ConnectDomainEventCallbackRegisterAnyRet', 'ConnectDomainEventDeregisterAnyArgs', 'ConnectDomainEventDeregisterRet', 'ConnectDomainEventRegisterAnyArgs', 'ConnectDomainEventRegisterRet', 'ConnectDomainXmlFromNativeArgs', 'ConnectDomainXmlFromNativeRet', 'ConnectDomainXmlToNativeArgs', 'ConnectDomainXmlToNativeRet', 'ConnectEventConnectionClosedMsg', 'ConnectFindStoragePoolSourcesArgs', 'ConnectFindStoragePoolSourcesRet', 'ConnectGetAllDomainStatsArgs', 'ConnectGetAllDomainStatsRet', 'ConnectGetCapabilitiesRet', 'ConnectGetCpuModelNamesArgs', 'ConnectGetCpuModelNamesRet', 'ConnectGetDomainCapabilitiesArgs', 'ConnectGetDomainCapabilitiesRet', 'ConnectGetHostnameRet', 'ConnectGetLibVersionRet', 'ConnectGetMaxVcpusArgs', 'ConnectGetMaxVcpusRet', 'ConnectGetStoragePoolCapabilitiesArgs', 'ConnectGetStoragePoolCapabilitiesRet', 'ConnectGetSysinfoArgs', 'ConnectGetSysinfoRet', 'ConnectGetTypeRet', 'ConnectGetUriRet', 'ConnectGetVersionRet', 'ConnectIsSecureRet', 'ConnectListAllDomainsArgs', 'ConnectListAllDomainsRet', 'ConnectListAllInterfacesArgs', 'ConnectListAllInterfacesRet', 'ConnectListAllNetworksArgs', 'ConnectListAllNetworksRet', 'ConnectListAllNodeDevicesArgs', 'ConnectListAllNodeDevicesRet', 'ConnectListAllNwfilterBindingsArgs', 'ConnectListAllNwfilterBindingsRet', 'ConnectListAllNwfiltersArgs', 'ConnectListAllNwfiltersRet', 'ConnectListAllSecretsArgs', 'ConnectListAllSecretsRet', 'ConnectListAllStoragePoolsArgs', 'ConnectListAllStoragePoolsRet', 'ConnectListDefinedDomainsArgs', 'ConnectListDefinedDomainsRet', 'ConnectListDefinedInterfacesArgs', 'ConnectListDefinedInterfacesRet', 'ConnectListDefinedNetworksArgs', 'ConnectListDefinedNetworksRet', 'ConnectListDefinedStoragePoolsArgs', 'ConnectListDefinedStoragePoolsRet', 'ConnectListDomainsArgs', 'ConnectListDomainsRet', 'ConnectListInterfacesArgs', 'ConnectListInterfacesRet', 'ConnectListNetworksArgs', 'ConnectListNetworksRet', 'ConnectListNwfiltersArgs', 'ConnectListNwfiltersRet', 'ConnectListSecretsArgs', 'ConnectListSecretsRet', 'ConnectListStoragePoolsArgs', 'ConnectListStoragePoolsRet', 'ConnectNetworkEventDeregisterAnyArgs', 'ConnectNetworkEventRegisterAnyArgs', 'ConnectNetworkEventRegisterAnyRet', 'ConnectNodeDeviceEventDeregisterAnyArgs', 'ConnectNodeDeviceEventRegisterAnyArgs', 'ConnectNodeDeviceEventRegisterAnyRet', 'ConnectNumOfDefinedDomainsRet', 'ConnectNumOfDefinedInterfacesRet', 'ConnectNumOfDefinedNetworksRet', 'ConnectNumOfDefinedStoragePoolsRet', 'ConnectNumOfDomainsRet', 'ConnectNumOfInterfacesRet', 'ConnectNumOfNetworksRet', 'ConnectNumOfNwfiltersRet', 'ConnectNumOfSecretsRet', 'ConnectNumOfStoragePoolsRet', 'ConnectOpenArgs', 'ConnectSecretEventDeregisterAnyArgs', 'ConnectSecretEventRegisterAnyArgs', 'ConnectSecretEventRegisterAnyRet', 'ConnectSetIdentityArgs', 'ConnectStoragePoolEventDeregisterAnyArgs', 'ConnectStoragePoolEventRegisterAnyArgs', 'ConnectStoragePoolEventRegisterAnyRet', 'ConnectSupportsFeatureArgs', 'ConnectSupportsFeatureRet', 'DomainAbortJobArgs', 'DomainAbortJobFlagsArgs', 'DomainAddIothreadArgs', 'DomainAgentSetResponseTimeoutArgs', 'DomainAgentSetResponseTimeoutRet', 'DomainAttachDeviceArgs', 'DomainAttachDeviceFlagsArgs', 'DomainAuthorizedSshKeysGetArgs', 'DomainAuthorizedSshKeysGetRet', 'DomainAuthorizedSshKeysSetArgs', 'DomainBackupBeginArgs', 'DomainBackupGetXmlDescArgs', 'DomainBackupGetXmlDescRet', 'DomainBlockCommitArgs', 'DomainBlockCopyArgs', 'DomainBlockJobAbortArgs', 'DomainBlockJobSetSpeedArgs', 'DomainBlockPeekArgs', 'DomainBlockPeekRet', 'DomainBlockPullArgs', 'DomainBlockRebaseArgs', 'DomainBlockResizeArgs', 'DomainBlockStatsArgs', 'DomainBlockStatsFlagsArgs', 'DomainBlockStatsFlagsRet', 'DomainBlockStatsRet', 'DomainCheckpointCreateXmlArgs', 'DomainCheckpointCreateXmlRet', 'DomainCheckpointDeleteArgs', 'DomainCheckpointGetParentArgs', 'DomainCheckpointGetParentRet', 'DomainCheckpointGetXmlDescArgs', 'DomainCheckpointGetXmlDescRet', 'DomainCheckpointListAllChildrenArgs', 'DomainCheckpointListAllChildrenRet', 'DomainCheckpointLookupByNameArgs', 'DomainCheckpointLookupByNameRet', 'DomainCoreDumpArgs', 'DomainCoreDumpWithFormatArgs', 'DomainCreateArgs', 'DomainCreateWithFilesArgs', 'DomainCreateWithFilesRet', 'DomainCreateWithFlagsArgs', 'DomainCreateWithFlagsRet', 'DomainCreateXmlArgs', 'DomainCreateXmlRet', 'DomainCreateXmlWithFilesArgs', 'DomainCreateXmlWithFilesRet', 'DomainDefineXmlArgs', 'DomainDefineXmlFlagsArgs', 'DomainDefineXmlFlagsRet', 'DomainDefineXmlRet', 'DomainDelIothreadArgs', 'DomainDestroyArgs', 'DomainDestroyFlagsArgs', 'DomainDetachDeviceAliasArgs', 'DomainDetachDeviceArgs', 'DomainDetachDeviceFlagsArgs', 'DomainDiskError', 'DomainEventBalloonChangeMsg', 'DomainEventBlockJob2Msg', 'DomainEventBlockJobMsg', 'DomainEventBlockThresholdMsg', 'DomainEventCallbackAgentLifecycleMsg', 'DomainEventCallbackBalloonChangeMsg', 'DomainEventCallbackBlockJobMsg', 'DomainEventCallbackControlErrorMsg', 'DomainEventCallbackDeviceAddedMsg', 'DomainEventCallbackDeviceRemovalFailedMsg', 'DomainEventCallbackDeviceRemovedMsg', 'DomainEventCallbackDiskChangeMsg', 'DomainEventCallbackGraphicsMsg', 'DomainEventCallbackIoErrorMsg', 'DomainEventCallbackIoErrorReasonMsg', 'DomainEventCallbackJobCompletedMsg', 'DomainEventCallbackLifecycleMsg', 'DomainEventCallbackMetadataChangeMsg', 'DomainEventCallbackMigrationIterationMsg', 'DomainEventCallbackPmsuspendDiskMsg', 'DomainEventCallbackPmsuspendMsg', 'DomainEventCallbackPmwakeupMsg', 'DomainEventCallbackRebootMsg', 'DomainEventCallbackRtcChangeMsg', 'DomainEventCallbackTrayChangeMsg', 'DomainEventCallbackTunableMsg', 'DomainEventCallbackWatchdogMsg', 'DomainEventControlErrorMsg', 'DomainEventDeviceRemovedMsg', 'DomainEventDiskChangeMsg', 'DomainEventGraphicsAddress', 'DomainEventGraphicsIdentity', 'DomainEventGraphicsMsg', 'DomainEventIoErrorMsg', 'DomainEventIoErrorReasonMsg', 'DomainEventLifecycleMsg', 'DomainEventMemoryDeviceSizeChangeMsg', 'DomainEventMemoryFailureMsg', 'DomainEventPmsuspendDiskMsg', 'DomainEventPmsuspendMsg', 'DomainEventPmwakeupMsg', 'DomainEventRebootMsg', 'DomainEventRtcChangeMsg', 'DomainEventTrayChangeMsg', 'DomainEventWatchdogMsg', 'DomainFdAssociateArgs', 'DomainFsfreezeArgs', 'DomainFsfreezeRet', 'DomainFsinfo', 'DomainFsthawArgs', 'DomainFsthawRet', 'DomainFstrimArgs', 'DomainGetAutostartArgs', 'DomainGetAutostartRet', 'DomainGetBlkioParametersArgs', 'DomainGetBlkioParametersRet', 'DomainGetBlockInfoArgs', 'DomainGetBlockInfoRet', 'DomainGetBlockIoTuneArgs', 'DomainGetBlockIoTuneRet', 'DomainGetBlockJobInfoArgs', 'DomainGetBlockJobInfoRet', 'DomainGetControlInfoArgs', 'DomainGetControlInfoRet', 'DomainGetCpuStatsArgs', 'DomainGetCpuStatsRet', 'DomainGetDiskErrorsArgs', 'DomainGetDiskErrorsRet', 'DomainGetEmulatorPinInfoArgs', 'DomainGetEmulatorPinInfoRet', 'DomainGetFsinfoArgs', 'DomainGetFsinfoRet', 'DomainGetGuestInfoArgs', 'DomainGetGuestInfoRet', 'DomainGetGuestVcpusArgs', 'DomainGetGuestVcpusRet', 'DomainGetHostnameArgs', 'DomainGetHostnameRet', 'DomainGetInfoArgs', 'DomainGetInfoRet', 'DomainGetInterfaceParametersArgs', 'DomainGetInterfaceParametersRet', 'DomainGetIothreadInfoArgs', 'DomainGetIothreadInfoRet', 'DomainGetJobInfoArgs', 'DomainGetJobInfoRet', 'DomainGetJobStatsArgs', 'DomainGetJobStatsRet', 'DomainGetLaunchSecurityInfoArgs', 'DomainGetLaunchSecurityInfoRet', 'DomainGetMaxMemoryArgs', 'DomainGetMaxMemoryRet', 'DomainGetMaxVcpusArgs', 'DomainGetMaxVcpusRet', 'DomainGetMemoryParametersArgs', 'DomainGetMemoryParametersRet', 'DomainGetMessagesArgs', 'DomainGetMessagesRet', 'DomainGetMetadataArgs', 'DomainGetMetadataRet', 'DomainGetNumaParametersArgs', 'DomainGetNumaParametersRet', 'DomainGetOsTypeArgs', 'DomainGetOsTypeRet', 'DomainGetPerfEventsArgs', 'DomainGetPerfEventsRet', 'DomainGetSchedulerParametersArgs', 'DomainGetSchedulerParametersFlagsArgs', 'DomainGetSchedulerParametersFlagsRet', 'DomainGetSchedulerParametersRet', 'DomainGetSchedulerTypeArgs', 'DomainGetSchedulerTypeRet', 'DomainGetSecurityLabelArgs', 'DomainGetSecurityLabelListArgs', 'DomainGetSecurityLabelListRet', 'DomainGetSecurityLabelRet', 'DomainGetStateArgs', 'DomainGetStateRet', 'DomainGetTimeArgs', 'DomainGetTimeRet', 'DomainGetVcpuPinInfoArgs', 'DomainGetVcpuPinInfoRet', 'DomainGetVcpusArgs', 'DomainGetVcpusFlagsArgs', 'DomainGetVcpusFlagsRet', 'DomainGetVcpusRet', 'DomainGetXmlDescArgs', 'DomainGetXmlDescRet', 'DomainHasCurrentSnapshotArgs', 'DomainHasCurrentSnapshotRet', 'DomainHasManagedSaveImageArgs', 'DomainHasManagedSaveImageRet', 'DomainInjectNmiArgs', 'DomainInterface', 'DomainInterfaceAddressesArgs', 'DomainInterfaceAddressesRet', 'DomainInterfaceStatsArgs', 'DomainInterfaceStatsRet', 'DomainIothreadInfo', 'DomainIpAddr', 'DomainIsActiveArgs', 'DomainIsActiveRet', 'DomainIsPersistentArgs', 'DomainIsPersistentRet', 'DomainIsUpdatedArgs', 'DomainIsUpdatedRet', 'DomainListAllCheckpointsArgs', 'DomainListAllCheckpointsRet', 'DomainListAllSnapshotsArgs', 'DomainListAllSnapshotsRet', 'DomainLookupByIdArgs', 'DomainLookupByIdRet', 'DomainLookupByNameArgs', 'DomainLookupByNameRet', 'DomainLookupByUuidArgs', 'DomainLookupByUuidRet', 'DomainManagedSaveArgs', 'DomainManagedSaveDefineXmlArgs', 'DomainManagedSaveGetXmlDescArgs', 'DomainManagedSaveGetXmlDescRet', 'DomainManagedSaveRemoveArgs', 'DomainMemoryPeekArgs', 'DomainMemoryPeekRet', 'DomainMemoryStat', 'DomainMemoryStatsArgs', 'DomainMemoryStatsRet', 'DomainMigrateBegin3Args', 'DomainMigrateBegin3ParamsArgs', 'DomainMigrateBegin3ParamsRet', 'DomainMigrateBegin3Ret', 'DomainMigrateConfirm3Args', 'DomainMigrateConfirm3ParamsArgs', 'DomainMigrateFinish2Args', 'DomainMigrateFinish2Ret', 'DomainMigrateFinish3Args', 'DomainMigrateFinish3ParamsArgs', 'DomainMigrateFinish3ParamsRet', 'DomainMigrateFinish3Ret', 'DomainMigrateFinishArgs', 'DomainMigrateFinishRet', 'DomainMigrateGetCompressionCacheArgs', 'DomainMigrateGetCompressionCacheRet', 'DomainMigrateGetMaxDowntimeArgs', 'DomainMigrateGetMaxDowntimeRet', 'DomainMigrateGetMaxSpeedArgs', 'DomainMigrateGetMaxSpeedRet', 'DomainMigratePerform3Args', 'DomainMigratePerform3ParamsArgs', 'DomainMigratePerform3ParamsRet', 'DomainMigratePerform3Ret', 'DomainMigratePerformArgs', 'DomainMigratePrepare2Args', 'DomainMigratePrepare2Ret', 'DomainMigratePrepare3Args', 'DomainMigratePrepare3ParamsArgs', 'DomainMigratePrepare3ParamsRet', 'DomainMigratePrepare3Ret', 'DomainMigratePrepareArgs', 'DomainMigratePrepareRet', 'DomainMigratePrepareTunnel3Args', 'DomainMigratePrepareTunnel3ParamsArgs', 'DomainMigratePrepareTunnel3ParamsRet', 'DomainMigratePrepareTunnel3Ret', 'DomainMigratePrepareTunnelArgs', 'DomainMigrateSetCompressionCacheArgs', 'DomainMigrateSetMaxDowntimeArgs', 'DomainMigrateSetMaxSpeedArgs', 'DomainMigrateStartPostCopyArgs', 'DomainOpenChannelArgs', 'DomainOpenConsoleArgs', 'DomainOpenGraphicsArgs', 'DomainOpenGraphicsFdArgs', 'DomainPinEmulatorArgs', 'DomainPinIothreadArgs', 'DomainPinVcpuArgs', 'DomainPinVcpuFlagsArgs', 'DomainPmSuspendForDurationArgs', 'DomainPmWakeupArgs', 'DomainRebootArgs', 'DomainRenameArgs', 'DomainRenameRet', 'DomainResetArgs', 'DomainRestoreArgs', 'DomainRestoreFlagsArgs', 'DomainRestoreParamsArgs', 'DomainResumeArgs', 'DomainRevertToSnapshotArgs', 'DomainSaveArgs', 'DomainSaveFlagsArgs', 'DomainSaveImageDefineXmlArgs', 'DomainSaveImageGetXmlDescArgs', 'DomainSaveImageGetXmlDescRet', 'DomainSaveParamsArgs', 'DomainScreenshotArgs', 'DomainScreenshotRet', 'DomainSendKeyArgs', 'DomainSendProcessSignalArgs', 'DomainSetAutostartArgs', 'DomainSetBlkioParametersArgs', 'DomainSetBlockIoTuneArgs', 'DomainSetBlockThresholdArgs', 'DomainSetGuestVcpusArgs', 'DomainSetInterfaceParametersArgs', 'DomainSetIothreadParamsArgs', 'DomainSetLaunchSecurityStateArgs', 'DomainSetLifecycleActionArgs', 'DomainSetMaxMemoryArgs', 'DomainSetMemoryArgs', 'DomainSetMemoryFlagsArgs', 'DomainSetMemoryParametersArgs', 'DomainSetMemoryStatsPeriodArgs', 'DomainSetMetadataArgs', 'DomainSetNumaParametersArgs', 'DomainSetPerfEventsArgs', 'DomainSetSchedulerParametersArgs', 'DomainSetSchedulerParametersFlagsArgs', 'DomainSetTimeArgs', 'DomainSetUserPasswordArgs', 'DomainSetVcpuArgs', 'DomainSetVcpusArgs', 'DomainSetVcpusFlagsArgs', 'DomainShutdownArgs', 'DomainShutdownFlagsArgs', 'DomainSnapshotCreateXmlArgs', 'DomainSnapshotCreateXmlRet', 'DomainSnapshotCurrentArgs', 'DomainSnapshotCurrentRet', 'DomainSnapshotDeleteArgs', 'DomainSnapshotGetParentArgs', 'DomainSnapshotGetParentRet', 'DomainSnapshotGetXmlDescArgs', 'DomainSnapshotGetXmlDescRet', 'DomainSnapshotHasMetadataArgs', 'DomainSnapshotHasMetadataRet', 'DomainSnapshotIsCurrentArgs', 'DomainSnapshotIsCurrentRet', 'DomainSnapshotListAllChildrenArgs', 'DomainSnapshotListAllChildrenRet', 'DomainSnapshotListChildrenNamesArgs', 'DomainSnapshotListChildrenNamesRet', 'DomainSnapshotListNamesArgs', 'DomainSnapshotListNamesRet', 'DomainSnapshotLookupByNameArgs', 'DomainSnapshotLookupByNameRet', 'DomainSnapshotNumArgs', 'DomainSnapshotNumChildrenArgs', 'DomainSnapshotNumChildrenRet', 'DomainSnapshotNumRet', 'DomainStartDirtyRateCalcArgs', 'DomainStatsRecord', 'DomainSuspendArgs', 'DomainUndefineArgs', 'DomainUndefineFlagsArgs', 'DomainUpdateDeviceFlagsArgs', 'Error', 'InterfaceChangeBeginArgs', 'InterfaceChangeCommitArgs', 'InterfaceChangeRollbackArgs', 'InterfaceCreateArgs', 'InterfaceDefineXmlArgs', 'InterfaceDefineXmlRet', 'InterfaceDestroyArgs', 'InterfaceGetXmlDescArgs', 'InterfaceGetXmlDescRet', 'InterfaceIsActiveArgs', 'InterfaceIsActiveRet', 'InterfaceLookupByMacStringArgs', 'InterfaceLookupByMacStringRet', 'InterfaceLookupByNameArgs', 'InterfaceLookupByNameRet', 'InterfaceUndefineArgs', 'NetworkCreateArgs', 'NetworkCreateXmlArgs', 'NetworkCreateXmlFlagsArgs', 'NetworkCreateXmlFlagsRet', 'NetworkCreateXmlRet', 'NetworkDefineXmlArgs', 'NetworkDefineXmlFlagsArgs', 'NetworkDefineXmlFlagsRet', 'NetworkDefineXmlRet', 'NetworkDestroyArgs', 'NetworkDhcpLease', 'NetworkEventLifecycleMsg', 'NetworkGetAutostartArgs', 'NetworkGetAutostartRet', 'NetworkGetBridgeNameArgs', 'NetworkGetBridgeNameRet', 'NetworkGetDhcpLeasesArgs', 'NetworkGetDhcpLeasesRet', 'NetworkGetXmlDescArgs', 'NetworkGetXmlDescRet', 'NetworkIsActiveArgs', 'NetworkIsActiveRet', 'NetworkIsPersistentArgs', 'NetworkIsPersistentRet', 'NetworkListAllPortsArgs', 'NetworkListAllPortsRet', 'NetworkLookupByNameArgs', 'NetworkLookupByNameRet', 'NetworkLookupByUuidArgs', 'NetworkLookupByUuidRet', 'NetworkPortCreateXmlArgs', 'NetworkPortCreateXmlRet', 'NetworkPortDeleteArgs', 'NetworkPortGetParametersArgs', 'NetworkPortGetParametersRet', 'NetworkPortGetXmlDescArgs', 'NetworkPortGetXmlDescRet', 'NetworkPortLookupByUuidArgs', 'NetworkPortLookupByUuidRet', 'NetworkPortSetParametersArgs', 'NetworkSetAutostartArgs', 'NetworkUndefineArgs', 'NetworkUpdateArgs', 'NodeAllocPagesArgs', 'NodeAllocPagesRet', 'NodeDeviceCreateArgs', 'NodeDeviceCreateXmlArgs', 'NodeDeviceCreateXmlRet', 'NodeDeviceDefineXmlArgs', 'NodeDeviceDefineXmlRet', 'NodeDeviceDestroyArgs', 'NodeDeviceDetachFlagsArgs', 'NodeDeviceDettachArgs', 'NodeDeviceEventLifecycleMsg', 'NodeDeviceEventUpdateMsg', 'NodeDeviceGetAutostartArgs', 'NodeDeviceGetAutostartRet', 'NodeDeviceGetParentArgs', 'NodeDeviceGetParentRet', 'NodeDeviceGetXmlDescArgs', 'NodeDeviceGetXmlDescRet', 'NodeDeviceIsActiveArgs', 'NodeDeviceIsActiveRet', 'NodeDeviceIsPersistentArgs', 'NodeDeviceIsPersistentRet', 'NodeDeviceListCapsArgs', 'NodeDeviceListCapsRet', 'NodeDeviceLookupByNameArgs', 'NodeDeviceLookupByNameRet', 'NodeDeviceLookupScsiHostByWwnArgs', 'NodeDeviceLookupScsiHostByWwnRet', 'NodeDeviceNumOfCapsArgs', 'NodeDeviceNumOfCapsRet', 'NodeDeviceReAttachArgs', 'NodeDeviceResetArgs', 'NodeDeviceSetAutostartArgs', 'NodeDeviceUndefineArgs', 'NodeGetCellsFreeMemoryArgs', 'NodeGetCellsFreeMemoryRet', 'NodeGetCpuMapArgs', 'NodeGetCpuMapRet', 'NodeGetCpuStats', 'NodeGetCpuStatsArgs', 'NodeGetCpuStatsRet', 'NodeGetFreeMemoryRet', 'NodeGetFreePagesArgs', 'NodeGetFreePagesRet', 'NodeGetInfoRet', 'NodeGetMemoryParametersArgs', 'NodeGetMemoryParametersRet', 'NodeGetMemoryStats', 'NodeGetMemoryStatsArgs', 'NodeGetMemoryStatsRet', 'NodeGetSecurityModelRet', 'NodeGetSevInfoArgs', 'NodeGetSevInfoRet', 'NodeListDevicesArgs', 'NodeListDevicesRet', 'NodeNumOfDevicesArgs', 'NodeNumOfDevicesRet', 'NodeSetMemoryParametersArgs', 'NodeSuspendForDurationArgs', 'NonnullDomain', 'NonnullDomainCheckpoint', 'NonnullDomainSnapshot', 'NonnullInterface', 'NonnullNetwork', 'NonnullNetworkPort', 'NonnullNodeDevice', 'NonnullNwfilter', 'NonnullNwfilterBinding', 'NonnullSecret', 'NonnullStoragePool', 'NonnullStorageVol', 'NwfilterBindingCreateXmlArgs', 'NwfilterBindingCreateXmlRet', 'NwfilterBindingDeleteArgs', 'NwfilterBindingGetXmlDescArgs', 'NwfilterBindingGetXmlDescRet', 'NwfilterBindingLookupByPortDevArgs', 'NwfilterBindingLookupByPortDevRet', 'NwfilterDefineXmlArgs', 'NwfilterDefineXmlFlagsArgs', 'NwfilterDefineXmlFlagsRet', 'NwfilterDefineXmlRet', 'NwfilterGetXmlDescArgs', 'NwfilterGetXmlDescRet', 'NwfilterLookupByNameArgs', 'NwfilterLookupByNameRet', 'NwfilterLookupByUuidArgs', 'NwfilterLookupByUuidRet', 'NwfilterUndefineArgs', 'PROCEDURES', 'PROGRAM', 'Procedure', 'RemoteCalls', 'SecretDefineXmlArgs', 'SecretDefineXmlRet', 'SecretEventLifecycleMsg', 'SecretEventValueChangedMsg', 'SecretGetValueArgs', 'SecretGetValueRet', 'SecretGetXmlDescArgs', 'SecretGetXmlDescRet', 'SecretLookupByUsageArgs', 'SecretLookupByUsageRet', 'SecretLookupByUuidArgs', 'SecretLookupByUuidRet', 'SecretSetValueArgs', 'SecretUndefineArgs', 'StoragePoolBuildArgs', 'StoragePoolCreateArgs', 'StoragePoolCreateXmlArgs', 'StoragePoolCreateXmlRet', 'StoragePoolDefineXmlArgs', 'StoragePoolDefineXmlRet', 'StoragePoolDeleteArgs', 'StoragePoolDestroyArgs', 'StoragePoolEventLifecycleMsg', 'StoragePoolEventRefreshMsg', 'StoragePoolGetAutostartArgs', 'StoragePoolGetAutostartRet', 'StoragePoolGetInfoArgs', 'StoragePoolGetInfoRet', 'StoragePoolGetXmlDescArgs', 'StoragePoolGetXmlDescRet', 'StoragePoolIsActiveArgs', 'StoragePoolIsActiveRet', 'StoragePoolIsPersistentArgs', 'StoragePoolIsPersistentRet', 'StoragePoolListAllVolumesArgs', 'StoragePoolListAllVolumesRet', 'StoragePoolListVolumesArgs', 'StoragePoolListVolumesRet', 'StoragePoolLookupByNameArgs', 'StoragePoolLookupByNameRet', 'StoragePoolLookupByTargetPathArgs', 'StoragePoolLookupByTargetPathRet', 'StoragePoolLookupByUuidArgs', 'StoragePoolLookupByUuidRet', 'StoragePoolLookupByVolumeArgs', 'StoragePoolLookupByVolumeRet', 'StoragePoolNumOfVolumesArgs', 'StoragePoolNumOfVolumesRet', 'StoragePoolRefreshArgs', 'StoragePoolSetAutostartArgs', 'StoragePoolUndefineArgs', 'StorageVolCreateXmlArgs', 'StorageVolCreateXmlFromArgs', 'StorageVolCreateXmlFromRet', 'StorageVolCreateXmlRet', 'StorageVolDeleteArgs', 'StorageVolDownloadArgs', 'StorageVolGetInfoArgs', 'StorageVolGetInfoFlagsArgs', 'StorageVolGetInfoFlagsRet', 'StorageVolGetInfoRet', 'StorageVolGetPathArgs', 'StorageVolGetPathRet', 'StorageVolGetXmlDescArgs', 'StorageVolGetXmlDescRet', 'StorageVolLookupByKeyArgs', 'StorageVolLookupByKeyRet', 'StorageVolLookupByNameArgs', 'StorageVolLookupByNameRet', 'StorageVolLookupByPathArgs', 'StorageVolLookupByPathRet', 'StorageVolResizeArgs', 'StorageVolUploadArgs', 'StorageVolWipeArgs', 'StorageVolWipePatternArgs', 'TypedParam', 'TypedParamValue', 'VERSION', 'VcpuInfo']
 
@@ -129,13 +128,18 @@ REMOTE_PROGRAM = 0x20008086
 REMOTE_PROTOCOL_VERSION = 1
 
 
-@dataclass(slots=True)
-class NonnullDomain:
+class NonnullDomain(Record):
     """XDR struct ``remote_nonnull_domain``."""
 
+    __slots__ = ('name', 'uuid', 'id')
     name: str
     uuid: bytes
     id: int
+
+    def __init__(self, name: str, uuid: bytes, id: int) -> None:
+        self.name = name
+        self.uuid = uuid
+        self.id = id
 
 
 def _enc_NonnullDomain(b: bytearray, v: NonnullDomain) -> None:
@@ -162,12 +166,16 @@ def _dec_NonnullDomain(d: bytes, o: int) -> tuple[NonnullDomain, int]:
     return NonnullDomain(t3, t6, t7), o
 
 
-@dataclass(slots=True)
-class NonnullNetwork:
+class NonnullNetwork(Record):
     """XDR struct ``remote_nonnull_network``."""
 
+    __slots__ = ('name', 'uuid')
     name: str
     uuid: bytes
+
+    def __init__(self, name: str, uuid: bytes) -> None:
+        self.name = name
+        self.uuid = uuid
 
 
 def _enc_NonnullNetwork(b: bytearray, v: NonnullNetwork) -> None:
@@ -194,12 +202,16 @@ def _dec_NonnullNetwork(d: bytes, o: int) -> tuple[NonnullNetwork, int]:
     return NonnullNetwork(t10, t13), o
 
 
-@dataclass(slots=True)
-class NonnullNetworkPort:
+class NonnullNetworkPort(Record):
     """XDR struct ``remote_nonnull_network_port``."""
 
+    __slots__ = ('net', 'uuid')
     net: NonnullNetwork
     uuid: bytes
+
+    def __init__(self, net: NonnullNetwork, uuid: bytes) -> None:
+        self.net = net
+        self.uuid = uuid
 
 
 def _enc_NonnullNetworkPort(b: bytearray, v: NonnullNetworkPort) -> None:
@@ -215,12 +227,16 @@ def _dec_NonnullNetworkPort(d: bytes, o: int) -> tuple[NonnullNetworkPort, int]:
     return NonnullNetworkPort(t14, t15), o
 
 
-@dataclass(slots=True)
-class NonnullNwfilter:
+class NonnullNwfilter(Record):
     """XDR struct ``remote_nonnull_nwfilter``."""
 
+    __slots__ = ('name', 'uuid')
     name: str
     uuid: bytes
+
+    def __init__(self, name: str, uuid: bytes) -> None:
+        self.name = name
+        self.uuid = uuid
 
 
 def _enc_NonnullNwfilter(b: bytearray, v: NonnullNwfilter) -> None:
@@ -247,12 +263,16 @@ def _dec_NonnullNwfilter(d: bytes, o: int) -> tuple[NonnullNwfilter, int]:
     return NonnullNwfilter(t18, t21), o
 
 
-@dataclass(slots=True)
-class NonnullNwfilterBinding:
+class NonnullNwfilterBinding(Record):
     """XDR struct ``remote_nonnull_nwfilter_binding``."""
 
+    __slots__ = ('portdev', 'filtername')
     portdev: str
     filtername: str
+
+    def __init__(self, portdev: str, filtername: str) -> None:
+        self.portdev = portdev
+        self.filtername = filtername
 
 
 def _enc_NonnullNwfilterBinding(b: bytearray, v: NonnullNwfilterBinding) -> None:
@@ -288,12 +308,16 @@ def _dec_NonnullNwfilterBinding(d: bytes, o: int) -> tuple[NonnullNwfilterBindin
     return NonnullNwfilterBinding(t26, t29), o
 
 
-@dataclass(slots=True)
-class NonnullInterface:
+class NonnullInterface(Record):
     """XDR struct ``remote_nonnull_interface``."""
 
+    __slots__ = ('name', 'mac')
     name: str
     mac: str
+
+    def __init__(self, name: str, mac: str) -> None:
+        self.name = name
+        self.mac = mac
 
 
 def _enc_NonnullInterface(b: bytearray, v: NonnullInterface) -> None:
@@ -329,12 +353,16 @@ def _dec_NonnullInterface(d: bytes, o: int) -> tuple[NonnullInterface, int]:
     return NonnullInterface(t36, t39), o
 
 
-@dataclass(slots=True)
-class NonnullStoragePool:
+class NonnullStoragePool(Record):
     """XDR struct ``remote_nonnull_storage_pool``."""
 
+    __slots__ = ('name', 'uuid')
     name: str
     uuid: bytes
+
+    def __init__(self, name: str, uuid: bytes) -> None:
+        self.name = name
+        self.uuid = uuid
 
 
 def _enc_NonnullStoragePool(b: bytearray, v: NonnullStoragePool) -> None:
@@ -361,13 +389,18 @@ def _dec_NonnullStoragePool(d: bytes, o: int) -> tuple[NonnullStoragePool, int]:
     return NonnullStoragePool(t44, t47), o
 
 
-@dataclass(slots=True)
-class NonnullStorageVol:
+class NonnullStorageVol(Record):
     """XDR struct ``remote_nonnull_storage_vol``."""
 
+    __slots__ = ('pool', 'name', 'key')
     pool: str
     name: str
     key: str
+
+    def __init__(self, pool: str, name: str, key: str) -> None:
+        self.pool = pool
+        self.name = name
+        self.key = key
 
 
 def _enc_NonnullStorageVol(b: bytearray, v: NonnullStorageVol) -> None:
@@ -416,11 +449,14 @@ def _dec_NonnullStorageVol(d: bytes, o: int) -> tuple[NonnullStorageVol, int]:
     return NonnullStorageVol(t54, t57, t60), o
 
 
-@dataclass(slots=True)
-class NonnullNodeDevice:
+class NonnullNodeDevice(Record):
     """XDR struct ``remote_nonnull_node_device``."""
 
+    __slots__ = ('name',)
     name: str
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
 def _enc_NonnullNodeDevice(b: bytearray, v: NonnullNodeDevice) -> None:
@@ -443,13 +479,18 @@ def _dec_NonnullNodeDevice(d: bytes, o: int) -> tuple[NonnullNodeDevice, int]:
     return NonnullNodeDevice(t65), o
 
 
-@dataclass(slots=True)
-class NonnullSecret:
+class NonnullSecret(Record):
     """XDR struct ``remote_nonnull_secret``."""
 
+    __slots__ = ('uuid', 'usageType', 'usageID')
     uuid: bytes
     usageType: int
     usageID: str
+
+    def __init__(self, uuid: bytes, usageType: int, usageID: str) -> None:
+        self.uuid = uuid
+        self.usageType = usageType
+        self.usageID = usageID
 
 
 def _enc_NonnullSecret(b: bytearray, v: NonnullSecret) -> None:
@@ -476,12 +517,16 @@ def _dec_NonnullSecret(d: bytes, o: int) -> tuple[NonnullSecret, int]:
     return NonnullSecret(t70, t71, t72), o
 
 
-@dataclass(slots=True)
-class NonnullDomainCheckpoint:
+class NonnullDomainCheckpoint(Record):
     """XDR struct ``remote_nonnull_domain_checkpoint``."""
 
+    __slots__ = ('name', 'dom')
     name: str
     dom: NonnullDomain
+
+    def __init__(self, name: str, dom: NonnullDomain) -> None:
+        self.name = name
+        self.dom = dom
 
 
 def _enc_NonnullDomainCheckpoint(b: bytearray, v: NonnullDomainCheckpoint) -> None:
@@ -506,12 +551,16 @@ def _dec_NonnullDomainCheckpoint(d: bytes, o: int) -> tuple[NonnullDomainCheckpo
     return NonnullDomainCheckpoint(t77, t80), o
 
 
-@dataclass(slots=True)
-class NonnullDomainSnapshot:
+class NonnullDomainSnapshot(Record):
     """XDR struct ``remote_nonnull_domain_snapshot``."""
 
+    __slots__ = ('name', 'dom')
     name: str
     dom: NonnullDomain
+
+    def __init__(self, name: str, dom: NonnullDomain) -> None:
+        self.name = name
+        self.dom = dom
 
 
 def _enc_NonnullDomainSnapshot(b: bytearray, v: NonnullDomainSnapshot) -> None:
@@ -536,10 +585,10 @@ def _dec_NonnullDomainSnapshot(d: bytes, o: int) -> tuple[NonnullDomainSnapshot,
     return NonnullDomainSnapshot(t83, t86), o
 
 
-@dataclass(slots=True)
-class Error:
+class Error(Record):
     """XDR struct ``remote_error``."""
 
+    __slots__ = ('code', 'domain', 'message', 'level', 'dom', 'str1', 'str2', 'str3', 'int1', 'int2', 'net')
     code: int
     domain: int
     message: str | None
@@ -551,6 +600,19 @@ class Error:
     int1: int
     int2: int
     net: NonnullNetwork | None
+
+    def __init__(self, code: int, domain: int, message: str | None, level: int, dom: NonnullDomain | None, str1: str | None, str2: str | None, str3: str | None, int1: int, int2: int, net: NonnullNetwork | None) -> None:
+        self.code = code
+        self.domain = domain
+        self.message = message
+        self.level = level
+        self.dom = dom
+        self.str1 = str1
+        self.str2 = str2
+        self.str3 = str3
+        self.int1 = int1
+        self.int2 = int2
+        self.net = net
 
 
 def _enc_Error(b: bytearray, v: Error) -> None:
@@ -709,14 +771,20 @@ class AuthType(IntEnum):
     REMOTE_AUTH_POLKIT = 2
 
 
-@dataclass(slots=True)
-class VcpuInfo:
+class VcpuInfo(Record):
     """XDR struct ``remote_vcpu_info``."""
 
+    __slots__ = ('number', 'state', 'cpu_time', 'cpu')
     number: int
     state: int
     cpu_time: int
     cpu: int
+
+    def __init__(self, number: int, state: int, cpu_time: int, cpu: int) -> None:
+        self.number = number
+        self.state = state
+        self.cpu_time = cpu_time
+        self.cpu = cpu
 
 
 def _enc_VcpuInfo(b: bytearray, v: VcpuInfo) -> None:
@@ -729,12 +797,16 @@ def _dec_VcpuInfo(d: bytes, o: int) -> tuple[VcpuInfo, int]:
     return VcpuInfo(t126, t127, t128, t129), o
 
 
-@dataclass(slots=True)
-class TypedParamValue:
+class TypedParamValue(Record):
     """XDR union ``remote_typed_param_value``: ``value`` is the arm selected by ``type``."""
 
+    __slots__ = ('type', 'value')
     type: int
     value: float | int | str
+
+    def __init__(self, type: int, value: float | int | str) -> None:
+        self.type = type
+        self.value = value
 
 
 def _enc_TypedParamValue(b: bytearray, v: TypedParamValue) -> None:
@@ -784,12 +856,16 @@ def _dec_TypedParamValue(d: bytes, o: int) -> tuple[TypedParamValue, int]:
     return TypedParamValue(t, v), o
 
 
-@dataclass(slots=True)
-class TypedParam:
+class TypedParam(Record):
     """XDR struct ``remote_typed_param``."""
 
+    __slots__ = ('field', 'value')
     field: str
     value: TypedParamValue
+
+    def __init__(self, field: str, value: TypedParamValue) -> None:
+        self.field = field
+        self.value = value
 
 
 def _enc_TypedParam(b: bytearray, v: TypedParam) -> None:
@@ -814,12 +890,16 @@ def _dec_TypedParam(d: bytes, o: int) -> tuple[TypedParam, int]:
     return TypedParam(t136, t139), o
 
 
-@dataclass(slots=True)
-class NodeGetCpuStats:
+class NodeGetCpuStats(Record):
     """XDR struct ``remote_node_get_cpu_stats``."""
 
+    __slots__ = ('field', 'value')
     field: str
     value: int
+
+    def __init__(self, field: str, value: int) -> None:
+        self.field = field
+        self.value = value
 
 
 def _enc_NodeGetCpuStats(b: bytearray, v: NodeGetCpuStats) -> None:
@@ -845,12 +925,16 @@ def _dec_NodeGetCpuStats(d: bytes, o: int) -> tuple[NodeGetCpuStats, int]:
     return NodeGetCpuStats(t142, t145), o
 
 
-@dataclass(slots=True)
-class NodeGetMemoryStats:
+class NodeGetMemoryStats(Record):
     """XDR struct ``remote_node_get_memory_stats``."""
 
+    __slots__ = ('field', 'value')
     field: str
     value: int
+
+    def __init__(self, field: str, value: int) -> None:
+        self.field = field
+        self.value = value
 
 
 def _enc_NodeGetMemoryStats(b: bytearray, v: NodeGetMemoryStats) -> None:
@@ -876,12 +960,16 @@ def _dec_NodeGetMemoryStats(d: bytes, o: int) -> tuple[NodeGetMemoryStats, int]:
     return NodeGetMemoryStats(t148, t151), o
 
 
-@dataclass(slots=True)
-class DomainDiskError:
+class DomainDiskError(Record):
     """XDR struct ``remote_domain_disk_error``."""
 
+    __slots__ = ('disk', 'error')
     disk: str
     error: int
+
+    def __init__(self, disk: str, error: int) -> None:
+        self.disk = disk
+        self.error = error
 
 
 def _enc_DomainDiskError(b: bytearray, v: DomainDiskError) -> None:
@@ -907,12 +995,16 @@ def _dec_DomainDiskError(d: bytes, o: int) -> tuple[DomainDiskError, int]:
     return DomainDiskError(t154, t157), o
 
 
-@dataclass(slots=True)
-class ConnectOpenArgs:
+class ConnectOpenArgs(Record):
     """XDR struct ``remote_connect_open_args``."""
 
+    __slots__ = ('name', 'flags')
     name: str | None
     flags: int
+
+    def __init__(self, name: str | None, flags: int) -> None:
+        self.name = name
+        self.flags = flags
 
 
 def _enc_ConnectOpenArgs(b: bytearray, v: ConnectOpenArgs) -> None:
@@ -950,11 +1042,14 @@ def _dec_ConnectOpenArgs(d: bytes, o: int) -> tuple[ConnectOpenArgs, int]:
     return ConnectOpenArgs(t161, t165), o
 
 
-@dataclass(slots=True)
-class ConnectSupportsFeatureArgs:
+class ConnectSupportsFeatureArgs(Record):
     """XDR struct ``remote_connect_supports_feature_args``."""
 
+    __slots__ = ('feature',)
     feature: int
+
+    def __init__(self, feature: int) -> None:
+        self.feature = feature
 
 
 def _enc_ConnectSupportsFeatureArgs(b: bytearray, v: ConnectSupportsFeatureArgs) -> None:
@@ -967,11 +1062,14 @@ def _dec_ConnectSupportsFeatureArgs(d: bytes, o: int) -> tuple[ConnectSupportsFe
     return ConnectSupportsFeatureArgs(t166), o
 
 
-@dataclass(slots=True)
-class ConnectSupportsFeatureRet:
+class ConnectSupportsFeatureRet(Record):
     """XDR struct ``remote_connect_supports_feature_ret``."""
 
+    __slots__ = ('supported',)
     supported: int
+
+    def __init__(self, supported: int) -> None:
+        self.supported = supported
 
 
 def _enc_ConnectSupportsFeatureRet(b: bytearray, v: ConnectSupportsFeatureRet) -> None:
@@ -984,11 +1082,14 @@ def _dec_ConnectSupportsFeatureRet(d: bytes, o: int) -> tuple[ConnectSupportsFea
     return ConnectSupportsFeatureRet(t167), o
 
 
-@dataclass(slots=True)
-class ConnectGetTypeRet:
+class ConnectGetTypeRet(Record):
     """XDR struct ``remote_connect_get_type_ret``."""
 
+    __slots__ = ('type',)
     type: str
+
+    def __init__(self, type: str) -> None:
+        self.type = type
 
 
 def _enc_ConnectGetTypeRet(b: bytearray, v: ConnectGetTypeRet) -> None:
@@ -1011,11 +1112,14 @@ def _dec_ConnectGetTypeRet(d: bytes, o: int) -> tuple[ConnectGetTypeRet, int]:
     return ConnectGetTypeRet(t170), o
 
 
-@dataclass(slots=True)
-class ConnectGetVersionRet:
+class ConnectGetVersionRet(Record):
     """XDR struct ``remote_connect_get_version_ret``."""
 
+    __slots__ = ('hv_ver',)
     hv_ver: int
+
+    def __init__(self, hv_ver: int) -> None:
+        self.hv_ver = hv_ver
 
 
 def _enc_ConnectGetVersionRet(b: bytearray, v: ConnectGetVersionRet) -> None:
@@ -1028,11 +1132,14 @@ def _dec_ConnectGetVersionRet(d: bytes, o: int) -> tuple[ConnectGetVersionRet, i
     return ConnectGetVersionRet(t173), o
 
 
-@dataclass(slots=True)
-class ConnectGetLibVersionRet:
+class ConnectGetLibVersionRet(Record):
     """XDR struct ``remote_connect_get_lib_version_ret``."""
 
+    __slots__ = ('lib_ver',)
     lib_ver: int
+
+    def __init__(self, lib_ver: int) -> None:
+        self.lib_ver = lib_ver
 
 
 def _enc_ConnectGetLibVersionRet(b: bytearray, v: ConnectGetLibVersionRet) -> None:
@@ -1045,11 +1152,14 @@ def _dec_ConnectGetLibVersionRet(d: bytes, o: int) -> tuple[ConnectGetLibVersion
     return ConnectGetLibVersionRet(t174), o
 
 
-@dataclass(slots=True)
-class ConnectGetHostnameRet:
+class ConnectGetHostnameRet(Record):
     """XDR struct ``remote_connect_get_hostname_ret``."""
 
+    __slots__ = ('hostname',)
     hostname: str
+
+    def __init__(self, hostname: str) -> None:
+        self.hostname = hostname
 
 
 def _enc_ConnectGetHostnameRet(b: bytearray, v: ConnectGetHostnameRet) -> None:
@@ -1072,11 +1182,14 @@ def _dec_ConnectGetHostnameRet(d: bytes, o: int) -> tuple[ConnectGetHostnameRet,
     return ConnectGetHostnameRet(t177), o
 
 
-@dataclass(slots=True)
-class ConnectGetSysinfoArgs:
+class ConnectGetSysinfoArgs(Record):
     """XDR struct ``remote_connect_get_sysinfo_args``."""
 
+    __slots__ = ('flags',)
     flags: int
+
+    def __init__(self, flags: int) -> None:
+        self.flags = flags
 
 
 def _enc_ConnectGetSysinfoArgs(b: bytearray, v: ConnectGetSysinfoArgs) -> None:
@@ -1089,11 +1202,14 @@ def _dec_ConnectGetSysinfoArgs(d: bytes, o: int) -> tuple[ConnectGetSysinfoArgs,
     return ConnectGetSysinfoArgs(t180), o
 
 
-@dataclass(slots=True)
-class ConnectGetSysinfoRet:
+class ConnectGetSysinfoRet(Record):
     """XDR struct ``remote_connect_get_sysinfo_ret``."""
 
+    __slots__ = ('sysinfo',)
     sysinfo: str
+
+    def __init__(self, sysinfo: str) -> None:
+        self.sysinfo = sysinfo
 
 
 def _enc_ConnectGetSysinfoRet(b: bytearray, v: ConnectGetSysinfoRet) -> None:
@@ -1116,11 +1232,14 @@ def _dec_ConnectGetSysinfoRet(d: bytes, o: int) -> tuple[ConnectGetSysinfoRet, i
     return ConnectGetSysinfoRet(t183), o
 
 
-@dataclass(slots=True)
-class ConnectGetUriRet:
+class ConnectGetUriRet(Record):
     """XDR struct ``remote_connect_get_uri_ret``."""
 
+    __slots__ = ('uri',)
     uri: str
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
 
 
 def _enc_ConnectGetUriRet(b: bytearray, v: ConnectGetUriRet) -> None:
@@ -1143,11 +1262,14 @@ def _dec_ConnectGetUriRet(d: bytes, o: int) -> tuple[ConnectGetUriRet, int]:
     return ConnectGetUriRet(t188), o
 
 
-@dataclass(slots=True)
-class ConnectGetMaxVcpusArgs:
+class ConnectGetMaxVcpusArgs(Record):
     """XDR struct ``remote_connect_get_max_vcpus_args``."""
 
+    __slots__ = ('type',)
     type: str | None
+
+    def __init__(self, type: str | None) -> None:
+        self.type = type
 
 
 def _enc_ConnectGetMaxVcpusArgs(b: bytearray, v: ConnectGetMaxVcpusArgs) -> None:
@@ -1182,11 +1304,14 @@ def _dec_ConnectGetMaxVcpusArgs(d: bytes, o: int) -> tuple[ConnectGetMaxVcpusArg
     return ConnectGetMaxVcpusArgs(t194), o
 
 
-@dataclass(slots=True)
-class ConnectGetMaxVcpusRet:
+class ConnectGetMaxVcpusRet(Record):
     """XDR struct ``remote_connect_get_max_vcpus_ret``."""
 
+    __slots__ = ('max_vcpus',)
     max_vcpus: int
+
+    def __init__(self, max_vcpus: int) -> None:
+        self.max_vcpus = max_vcpus
 
 
 def _enc_ConnectGetMaxVcpusRet(b: bytearray, v: ConnectGetMaxVcpusRet) -> None:
@@ -1199,10 +1324,10 @@ def _dec_ConnectGetMaxVcpusRet(d: bytes, o: int) -> tuple[ConnectGetMaxVcpusRet,
     return ConnectGetMaxVcpusRet(t198), o
 
 
-@dataclass(slots=True)
-class NodeGetInfoRet:
+class NodeGetInfoRet(Record):
     """XDR struct ``remote_node_get_info_ret``."""
 
+    __slots__ = ('model', 'memory', 'cpus', 'mhz', 'nodes', 'sockets', 'cores', 'threads')
     model: bytes
     memory: int
     cpus: int
@@ -1211,6 +1336,16 @@ class NodeGetInfoRet:
     sockets: int
     cores: int
     threads: int
+
+    def __init__(self, model: bytes, memory: int, cpus: int, mhz: int, nodes: int, sockets: int, cores: int, threads: int) -> None:
+        self.model = model
+        self.memory = memory
+        self.cpus = cpus
+        self.mhz = mhz
+        self.nodes = nodes
+        self.sockets = sockets
+        self.cores = cores
+        self.threads = threads
 
 
 def _enc_NodeGetInfoRet(b: bytearray, v: NodeGetInfoRet) -> None:
@@ -1229,11 +1364,14 @@ def _dec_NodeGetInfoRet(d: bytes, o: int) -> tuple[NodeGetInfoRet, int]:
     return NodeGetInfoRet(t201, t202, t203, t204, t205, t206, t207, t208), o
 
 
-@dataclass(slots=True)
-class ConnectGetCapabilitiesRet:
+class ConnectGetCapabilitiesRet(Record):
     """XDR struct ``remote_connect_get_capabilities_ret``."""
 
+    __slots__ = ('capabilities',)
     capabilities: str
+
+    def __init__(self, capabilities: str) -> None:
+        self.capabilities = capabilities
 
 
 def _enc_ConnectGetCapabilitiesRet(b: bytearray, v: ConnectGetCapabilitiesRet) -> None:
@@ -1256,15 +1394,22 @@ def _dec_ConnectGetCapabilitiesRet(d: bytes, o: int) -> tuple[ConnectGetCapabili
     return ConnectGetCapabilitiesRet(t211), o
 
 
-@dataclass(slots=True)
-class ConnectGetDomainCapabilitiesArgs:
+class ConnectGetDomainCapabilitiesArgs(Record):
     """XDR struct ``remote_connect_get_domain_capabilities_args``."""
 
+    __slots__ = ('emulatorbin', 'arch', 'machine', 'virttype', 'flags')
     emulatorbin: str | None
     arch: str | None
     machine: str | None
     virttype: str | None
     flags: int
+
+    def __init__(self, emulatorbin: str | None, arch: str | None, machine: str | None, virttype: str | None, flags: int) -> None:
+        self.emulatorbin = emulatorbin
+        self.arch = arch
+        self.machine = machine
+        self.virttype = virttype
+        self.flags = flags
 
 
 def _enc_ConnectGetDomainCapabilitiesArgs(b: bytearray, v: ConnectGetDomainCapabilitiesArgs) -> None:
@@ -1377,11 +1522,14 @@ def _dec_ConnectGetDomainCapabilitiesArgs(d: bytes, o: int) -> tuple[ConnectGetD
     return ConnectGetDomainCapabilitiesArgs(t226, t230, t234, t238, t242), o
 
 
-@dataclass(slots=True)
-class ConnectGetDomainCapabilitiesRet:
+class ConnectGetDomainCapabilitiesRet(Record):
     """XDR struct ``remote_connect_get_domain_capabilities_ret``."""
 
+    __slots__ = ('capabilities',)
     capabilities: str
+
+    def __init__(self, capabilities: str) -> None:
+        self.capabilities = capabilities
 
 
 def _enc_ConnectGetDomainCapabilitiesRet(b: bytearray, v: ConnectGetDomainCapabilitiesRet) -> None:
@@ -1404,13 +1552,18 @@ def _dec_ConnectGetDomainCapabilitiesRet(d: bytes, o: int) -> tuple[ConnectGetDo
     return ConnectGetDomainCapabilitiesRet(t245), o
 
 
-@dataclass(slots=True)
-class NodeGetCpuStatsArgs:
+class NodeGetCpuStatsArgs(Record):
     """XDR struct ``remote_node_get_cpu_stats_args``."""
 
+    __slots__ = ('cpuNum', 'nparams', 'flags')
     cpuNum: int
     nparams: int
     flags: int
+
+    def __init__(self, cpuNum: int, nparams: int, flags: int) -> None:
+        self.cpuNum = cpuNum
+        self.nparams = nparams
+        self.flags = flags
 
 
 def _enc_NodeGetCpuStatsArgs(b: bytearray, v: NodeGetCpuStatsArgs) -> None:
@@ -1423,12 +1576,16 @@ def _dec_NodeGetCpuStatsArgs(d: bytes, o: int) -> tuple[NodeGetCpuStatsArgs, int
     return NodeGetCpuStatsArgs(t248, t249, t250), o
 
 
-@dataclass(slots=True)
-class NodeGetCpuStatsRet:
+class NodeGetCpuStatsRet(Record):
     """XDR struct ``remote_node_get_cpu_stats_ret``."""
 
+    __slots__ = ('params', 'nparams')
     params: list[NodeGetCpuStats]
     nparams: int
+
+    def __init__(self, params: list[NodeGetCpuStats], nparams: int) -> None:
+        self.params = params
+        self.nparams = nparams
 
 
 def _enc_NodeGetCpuStatsRet(b: bytearray, v: NodeGetCpuStatsRet) -> None:
@@ -1455,13 +1612,18 @@ def _dec_NodeGetCpuStatsRet(d: bytes, o: int) -> tuple[NodeGetCpuStatsRet, int]:
     return NodeGetCpuStatsRet(t254, t258), o
 
 
-@dataclass(slots=True)
-class NodeGetMemoryStatsArgs:
+class NodeGetMemoryStatsArgs(Record):
     """XDR struct ``remote_node_get_memory_stats_args``."""
 
+    __slots__ = ('nparams', 'cellNum', 'flags')
     nparams: int
     cellNum: int
     flags: int
+
+    def __init__(self, nparams: int, cellNum: int, flags: int) -> None:
+        self.nparams = nparams
+        self.cellNum = cellNum
+        self.flags = flags
 
 
 def _enc_NodeGetMemoryStatsArgs(b: bytearray, v: NodeGetMemoryStatsArgs) -> None:
@@ -1474,12 +1636,16 @@ def _dec_NodeGetMemoryStatsArgs(d: bytes, o: int) -> tuple[NodeGetMemoryStatsArg
     return NodeGetMemoryStatsArgs(t259, t260, t261), o
 
 
-@dataclass(slots=True)
-class NodeGetMemoryStatsRet:
+class NodeGetMemoryStatsRet(Record):
     """XDR struct ``remote_node_get_memory_stats_ret``."""
 
+    __slots__ = ('params', 'nparams')
     params: list[NodeGetMemoryStats]
     nparams: int
+
+    def __init__(self, params: list[NodeGetMemoryStats], nparams: int) -> None:
+        self.params = params
+        self.nparams = nparams
 
 
 def _enc_NodeGetMemoryStatsRet(b: bytearray, v: NodeGetMemoryStatsRet) -> None:
@@ -1506,12 +1672,16 @@ def _dec_NodeGetMemoryStatsRet(d: bytes, o: int) -> tuple[NodeGetMemoryStatsRet,
     return NodeGetMemoryStatsRet(t265, t269), o
 
 
-@dataclass(slots=True)
-class NodeGetCellsFreeMemoryArgs:
+class NodeGetCellsFreeMemoryArgs(Record):
     """XDR struct ``remote_node_get_cells_free_memory_args``."""
 
+    __slots__ = ('startCell', 'maxcells')
     startCell: int
     maxcells: int
+
+    def __init__(self, startCell: int, maxcells: int) -> None:
+        self.startCell = startCell
+        self.maxcells = maxcells
 
 
 def _enc_NodeGetCellsFreeMemoryArgs(b: bytearray, v: NodeGetCellsFreeMemoryArgs) -> None:
@@ -1524,11 +1694,14 @@ def _dec_NodeGetCellsFreeMemoryArgs(d: bytes, o: int) -> tuple[NodeGetCellsFreeM
     return NodeGetCellsFreeMemoryArgs(t270, t271), o
 
 
-@dataclass(slots=True)
-class NodeGetCellsFreeMemoryRet:
+class NodeGetCellsFreeMemoryRet(Record):
     """XDR struct ``remote_node_get_cells_free_memory_ret``."""
 
+    __slots__ = ('cells',)
     cells: list[int]
+
+    def __init__(self, cells: list[int]) -> None:
+        self.cells = cells
 
 
 def _enc_NodeGetCellsFreeMemoryRet(b: bytearray, v: NodeGetCellsFreeMemoryRet) -> None:
@@ -1548,11 +1721,14 @@ def _dec_NodeGetCellsFreeMemoryRet(d: bytes, o: int) -> tuple[NodeGetCellsFreeMe
     return NodeGetCellsFreeMemoryRet(t274), o
 
 
-@dataclass(slots=True)
-class NodeGetFreeMemoryRet:
+class NodeGetFreeMemoryRet(Record):
     """XDR struct ``remote_node_get_free_memory_ret``."""
 
+    __slots__ = ('freeMem',)
     freeMem: int
+
+    def __init__(self, freeMem: int) -> None:
+        self.freeMem = freeMem
 
 
 def _enc_NodeGetFreeMemoryRet(b: bytearray, v: NodeGetFreeMemoryRet) -> None:
@@ -1565,11 +1741,14 @@ def _dec_NodeGetFreeMemoryRet(d: bytes, o: int) -> tuple[NodeGetFreeMemoryRet, i
     return NodeGetFreeMemoryRet(t276), o
 
 
-@dataclass(slots=True)
-class DomainGetSchedulerTypeArgs:
+class DomainGetSchedulerTypeArgs(Record):
     """XDR struct ``remote_domain_get_scheduler_type_args``."""
 
+    __slots__ = ('dom',)
     dom: NonnullDomain
+
+    def __init__(self, dom: NonnullDomain) -> None:
+        self.dom = dom
 
 
 def _enc_DomainGetSchedulerTypeArgs(b: bytearray, v: DomainGetSchedulerTypeArgs) -> None:
@@ -1581,12 +1760,16 @@ def _dec_DomainGetSchedulerTypeArgs(d: bytes, o: int) -> tuple[DomainGetSchedule
     return DomainGetSchedulerTypeArgs(t277), o
 
 
-@dataclass(slots=True)
-class DomainGetSchedulerTypeRet:
+class DomainGetSchedulerTypeRet(Record):
     """XDR struct ``remote_domain_get_scheduler_type_ret``."""
 
+    __slots__ = ('type', 'nparams')
     type: str
     nparams: int
+
+    def __init__(self, type: str, nparams: int) -> None:
+        self.type = type
+        self.nparams = nparams
 
 
 def _enc_DomainGetSchedulerTypeRet(b: bytearray, v: DomainGetSchedulerTypeRet) -> None:
@@ -1612,12 +1795,16 @@ def _dec_DomainGetSchedulerTypeRet(d: bytes, o: int) -> tuple[DomainGetScheduler
     return DomainGetSchedulerTypeRet(t280, t283), o
 
 
-@dataclass(slots=True)
-class DomainGetSchedulerParametersArgs:
+class DomainGetSchedulerParametersArgs(Record):
     """XDR struct ``remote_domain_get_scheduler_parameters_args``."""
 
+    __slots__ = ('dom', 'nparams')
     dom: NonnullDomain
     nparams: int
+
+    def __init__(self, dom: NonnullDomain, nparams: int) -> None:
+        self.dom = dom
+        self.nparams = nparams
 
 
 def _enc_DomainGetSchedulerParametersArgs(b: bytearray, v: DomainGetSchedulerParametersArgs) -> None:
@@ -1632,11 +1819,14 @@ def _dec_DomainGetSchedulerParametersArgs(d: bytes, o: int) -> tuple[DomainGetSc
     return DomainGetSchedulerParametersArgs(t284, t285), o
 
 
-@dataclass(slots=True)
-class DomainGetSchedulerParametersRet:
+class DomainGetSchedulerParametersRet(Record):
     """XDR struct ``remote_domain_get_scheduler_parameters_ret``."""
 
+    __slots__ = ('params',)
     params: list[TypedParam]
+
+    def __init__(self, params: list[TypedParam]) -> None:
+        self.params = params
 
 
 def _enc_DomainGetSchedulerParametersRet(b: bytearray, v: DomainGetSchedulerParametersRet) -> None:
@@ -1660,13 +1850,18 @@ def _dec_DomainGetSchedulerParametersRet(d: bytes, o: int) -> tuple[DomainGetSch
     return DomainGetSchedulerParametersRet(t289), o
 
 
-@dataclass(slots=True)
-class DomainGetSchedulerParametersFlagsArgs:
+class DomainGetSchedulerParametersFlagsArgs(Record):
     """XDR struct ``remote_domain_get_scheduler_parameters_flags_args``."""
 
+    __slots__ = ('dom', 'nparams', 'flags')
     dom: NonnullDomain
     nparams: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, nparams: int, flags: int) -> None:
+        self.dom = dom
+        self.nparams = nparams
+        self.flags = flags
 
 
 def _enc_DomainGetSchedulerParametersFlagsArgs(b: bytearray, v: DomainGetSchedulerParametersFlagsArgs) -> None:
@@ -1681,11 +1876,14 @@ def _dec_DomainGetSchedulerParametersFlagsArgs(d: bytes, o: int) -> tuple[Domain
     return DomainGetSchedulerParametersFlagsArgs(t293, t294, t295), o
 
 
-@dataclass(slots=True)
-class DomainGetSchedulerParametersFlagsRet:
+class DomainGetSchedulerParametersFlagsRet(Record):
     """XDR struct ``remote_domain_get_scheduler_parameters_flags_ret``."""
 
+    __slots__ = ('params',)
     params: list[TypedParam]
+
+    def __init__(self, params: list[TypedParam]) -> None:
+        self.params = params
 
 
 def _enc_DomainGetSchedulerParametersFlagsRet(b: bytearray, v: DomainGetSchedulerParametersFlagsRet) -> None:
@@ -1709,12 +1907,16 @@ def _dec_DomainGetSchedulerParametersFlagsRet(d: bytes, o: int) -> tuple[DomainG
     return DomainGetSchedulerParametersFlagsRet(t299), o
 
 
-@dataclass(slots=True)
-class DomainSetSchedulerParametersArgs:
+class DomainSetSchedulerParametersArgs(Record):
     """XDR struct ``remote_domain_set_scheduler_parameters_args``."""
 
+    __slots__ = ('dom', 'params')
     dom: NonnullDomain
     params: list[TypedParam]
+
+    def __init__(self, dom: NonnullDomain, params: list[TypedParam]) -> None:
+        self.dom = dom
+        self.params = params
 
 
 def _enc_DomainSetSchedulerParametersArgs(b: bytearray, v: DomainSetSchedulerParametersArgs) -> None:
@@ -1740,13 +1942,18 @@ def _dec_DomainSetSchedulerParametersArgs(d: bytes, o: int) -> tuple[DomainSetSc
     return DomainSetSchedulerParametersArgs(t306, t307), o
 
 
-@dataclass(slots=True)
-class DomainSetSchedulerParametersFlagsArgs:
+class DomainSetSchedulerParametersFlagsArgs(Record):
     """XDR struct ``remote_domain_set_scheduler_parameters_flags_args``."""
 
+    __slots__ = ('dom', 'params', 'flags')
     dom: NonnullDomain
     params: list[TypedParam]
     flags: int
+
+    def __init__(self, dom: NonnullDomain, params: list[TypedParam], flags: int) -> None:
+        self.dom = dom
+        self.params = params
+        self.flags = flags
 
 
 def _enc_DomainSetSchedulerParametersFlagsArgs(b: bytearray, v: DomainSetSchedulerParametersFlagsArgs) -> None:
@@ -1775,13 +1982,18 @@ def _dec_DomainSetSchedulerParametersFlagsArgs(d: bytes, o: int) -> tuple[Domain
     return DomainSetSchedulerParametersFlagsArgs(t314, t315, t319), o
 
 
-@dataclass(slots=True)
-class DomainSetBlkioParametersArgs:
+class DomainSetBlkioParametersArgs(Record):
     """XDR struct ``remote_domain_set_blkio_parameters_args``."""
 
+    __slots__ = ('dom', 'params', 'flags')
     dom: NonnullDomain
     params: list[TypedParam]
     flags: int
+
+    def __init__(self, dom: NonnullDomain, params: list[TypedParam], flags: int) -> None:
+        self.dom = dom
+        self.params = params
+        self.flags = flags
 
 
 def _enc_DomainSetBlkioParametersArgs(b: bytearray, v: DomainSetBlkioParametersArgs) -> None:
@@ -1810,13 +2022,18 @@ def _dec_DomainSetBlkioParametersArgs(d: bytes, o: int) -> tuple[DomainSetBlkioP
     return DomainSetBlkioParametersArgs(t323, t324, t328), o
 
 
-@dataclass(slots=True)
-class DomainGetBlkioParametersArgs:
+class DomainGetBlkioParametersArgs(Record):
     """XDR struct ``remote_domain_get_blkio_parameters_args``."""
 
+    __slots__ = ('dom', 'nparams', 'flags')
     dom: NonnullDomain
     nparams: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, nparams: int, flags: int) -> None:
+        self.dom = dom
+        self.nparams = nparams
+        self.flags = flags
 
 
 def _enc_DomainGetBlkioParametersArgs(b: bytearray, v: DomainGetBlkioParametersArgs) -> None:
@@ -1831,12 +2048,16 @@ def _dec_DomainGetBlkioParametersArgs(d: bytes, o: int) -> tuple[DomainGetBlkioP
     return DomainGetBlkioParametersArgs(t329, t330, t331), o
 
 
-@dataclass(slots=True)
-class DomainGetBlkioParametersRet:
+class DomainGetBlkioParametersRet(Record):
     """XDR struct ``remote_domain_get_blkio_parameters_ret``."""
 
+    __slots__ = ('params', 'nparams')
     params: list[TypedParam]
     nparams: int
+
+    def __init__(self, params: list[TypedParam], nparams: int) -> None:
+        self.params = params
+        self.nparams = nparams
 
 
 def _enc_DomainGetBlkioParametersRet(b: bytearray, v: DomainGetBlkioParametersRet) -> None:
@@ -1863,13 +2084,18 @@ def _dec_DomainGetBlkioParametersRet(d: bytes, o: int) -> tuple[DomainGetBlkioPa
     return DomainGetBlkioParametersRet(t335, t339), o
 
 
-@dataclass(slots=True)
-class DomainSetMemoryParametersArgs:
+class DomainSetMemoryParametersArgs(Record):
     """XDR struct ``remote_domain_set_memory_parameters_args``."""
 
+    __slots__ = ('dom', 'params', 'flags')
     dom: NonnullDomain
     params: list[TypedParam]
     flags: int
+
+    def __init__(self, dom: NonnullDomain, params: list[TypedParam], flags: int) -> None:
+        self.dom = dom
+        self.params = params
+        self.flags = flags
 
 
 def _enc_DomainSetMemoryParametersArgs(b: bytearray, v: DomainSetMemoryParametersArgs) -> None:
@@ -1898,13 +2124,18 @@ def _dec_DomainSetMemoryParametersArgs(d: bytes, o: int) -> tuple[DomainSetMemor
     return DomainSetMemoryParametersArgs(t343, t344, t348), o
 
 
-@dataclass(slots=True)
-class DomainGetMemoryParametersArgs:
+class DomainGetMemoryParametersArgs(Record):
     """XDR struct ``remote_domain_get_memory_parameters_args``."""
 
+    __slots__ = ('dom', 'nparams', 'flags')
     dom: NonnullDomain
     nparams: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, nparams: int, flags: int) -> None:
+        self.dom = dom
+        self.nparams = nparams
+        self.flags = flags
 
 
 def _enc_DomainGetMemoryParametersArgs(b: bytearray, v: DomainGetMemoryParametersArgs) -> None:
@@ -1919,12 +2150,16 @@ def _dec_DomainGetMemoryParametersArgs(d: bytes, o: int) -> tuple[DomainGetMemor
     return DomainGetMemoryParametersArgs(t349, t350, t351), o
 
 
-@dataclass(slots=True)
-class DomainGetMemoryParametersRet:
+class DomainGetMemoryParametersRet(Record):
     """XDR struct ``remote_domain_get_memory_parameters_ret``."""
 
+    __slots__ = ('params', 'nparams')
     params: list[TypedParam]
     nparams: int
+
+    def __init__(self, params: list[TypedParam], nparams: int) -> None:
+        self.params = params
+        self.nparams = nparams
 
 
 def _enc_DomainGetMemoryParametersRet(b: bytearray, v: DomainGetMemoryParametersRet) -> None:
@@ -1951,14 +2186,20 @@ def _dec_DomainGetMemoryParametersRet(d: bytes, o: int) -> tuple[DomainGetMemory
     return DomainGetMemoryParametersRet(t355, t359), o
 
 
-@dataclass(slots=True)
-class DomainBlockResizeArgs:
+class DomainBlockResizeArgs(Record):
     """XDR struct ``remote_domain_block_resize_args``."""
 
+    __slots__ = ('dom', 'disk', 'size', 'flags')
     dom: NonnullDomain
     disk: str
     size: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, disk: str, size: int, flags: int) -> None:
+        self.dom = dom
+        self.disk = disk
+        self.size = size
+        self.flags = flags
 
 
 def _enc_DomainBlockResizeArgs(b: bytearray, v: DomainBlockResizeArgs) -> None:
@@ -1986,13 +2227,18 @@ def _dec_DomainBlockResizeArgs(d: bytes, o: int) -> tuple[DomainBlockResizeArgs,
     return DomainBlockResizeArgs(t362, t363, t366, t367), o
 
 
-@dataclass(slots=True)
-class DomainSetNumaParametersArgs:
+class DomainSetNumaParametersArgs(Record):
     """XDR struct ``remote_domain_set_numa_parameters_args``."""
 
+    __slots__ = ('dom', 'params', 'flags')
     dom: NonnullDomain
     params: list[TypedParam]
     flags: int
+
+    def __init__(self, dom: NonnullDomain, params: list[TypedParam], flags: int) -> None:
+        self.dom = dom
+        self.params = params
+        self.flags = flags
 
 
 def _enc_DomainSetNumaParametersArgs(b: bytearray, v: DomainSetNumaParametersArgs) -> None:
@@ -2021,13 +2267,18 @@ def _dec_DomainSetNumaParametersArgs(d: bytes, o: int) -> tuple[DomainSetNumaPar
     return DomainSetNumaParametersArgs(t371, t372, t376), o
 
 
-@dataclass(slots=True)
-class DomainGetNumaParametersArgs:
+class DomainGetNumaParametersArgs(Record):
     """XDR struct ``remote_domain_get_numa_parameters_args``."""
 
+    __slots__ = ('dom', 'nparams', 'flags')
     dom: NonnullDomain
     nparams: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, nparams: int, flags: int) -> None:
+        self.dom = dom
+        self.nparams = nparams
+        self.flags = flags
 
 
 def _enc_DomainGetNumaParametersArgs(b: bytearray, v: DomainGetNumaParametersArgs) -> None:
@@ -2042,12 +2293,16 @@ def _dec_DomainGetNumaParametersArgs(d: bytes, o: int) -> tuple[DomainGetNumaPar
     return DomainGetNumaParametersArgs(t377, t378, t379), o
 
 
-@dataclass(slots=True)
-class DomainGetNumaParametersRet:
+class DomainGetNumaParametersRet(Record):
     """XDR struct ``remote_domain_get_numa_parameters_ret``."""
 
+    __slots__ = ('params', 'nparams')
     params: list[TypedParam]
     nparams: int
+
+    def __init__(self, params: list[TypedParam], nparams: int) -> None:
+        self.params = params
+        self.nparams = nparams
 
 
 def _enc_DomainGetNumaParametersRet(b: bytearray, v: DomainGetNumaParametersRet) -> None:
@@ -2074,13 +2329,18 @@ def _dec_DomainGetNumaParametersRet(d: bytes, o: int) -> tuple[DomainGetNumaPara
     return DomainGetNumaParametersRet(t383, t387), o
 
 
-@dataclass(slots=True)
-class DomainSetPerfEventsArgs:
+class DomainSetPerfEventsArgs(Record):
     """XDR struct ``remote_domain_set_perf_events_args``."""
 
+    __slots__ = ('dom', 'params', 'flags')
     dom: NonnullDomain
     params: list[TypedParam]
     flags: int
+
+    def __init__(self, dom: NonnullDomain, params: list[TypedParam], flags: int) -> None:
+        self.dom = dom
+        self.params = params
+        self.flags = flags
 
 
 def _enc_DomainSetPerfEventsArgs(b: bytearray, v: DomainSetPerfEventsArgs) -> None:
@@ -2109,12 +2369,16 @@ def _dec_DomainSetPerfEventsArgs(d: bytes, o: int) -> tuple[DomainSetPerfEventsA
     return DomainSetPerfEventsArgs(t391, t392, t396), o
 
 
-@dataclass(slots=True)
-class DomainGetPerfEventsArgs:
+class DomainGetPerfEventsArgs(Record):
     """XDR struct ``remote_domain_get_perf_events_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainGetPerfEventsArgs(b: bytearray, v: DomainGetPerfEventsArgs) -> None:
@@ -2129,11 +2393,14 @@ def _dec_DomainGetPerfEventsArgs(d: bytes, o: int) -> tuple[DomainGetPerfEventsA
     return DomainGetPerfEventsArgs(t397, t398), o
 
 
-@dataclass(slots=True)
-class DomainGetPerfEventsRet:
+class DomainGetPerfEventsRet(Record):
     """XDR struct ``remote_domain_get_perf_events_ret``."""
 
+    __slots__ = ('params',)
     params: list[TypedParam]
+
+    def __init__(self, params: list[TypedParam]) -> None:
+        self.params = params
 
 
 def _enc_DomainGetPerfEventsRet(b: bytearray, v: DomainGetPerfEventsRet) -> None:
@@ -2157,12 +2424,16 @@ def _dec_DomainGetPerfEventsRet(d: bytes, o: int) -> tuple[DomainGetPerfEventsRe
     return DomainGetPerfEventsRet(t402), o
 
 
-@dataclass(slots=True)
-class DomainBlockStatsArgs:
+class DomainBlockStatsArgs(Record):
     """XDR struct ``remote_domain_block_stats_args``."""
 
+    __slots__ = ('dom', 'path')
     dom: NonnullDomain
     path: str
+
+    def __init__(self, dom: NonnullDomain, path: str) -> None:
+        self.dom = dom
+        self.path = path
 
 
 def _enc_DomainBlockStatsArgs(b: bytearray, v: DomainBlockStatsArgs) -> None:
@@ -2187,15 +2458,22 @@ def _dec_DomainBlockStatsArgs(d: bytes, o: int) -> tuple[DomainBlockStatsArgs, i
     return DomainBlockStatsArgs(t408, t409), o
 
 
-@dataclass(slots=True)
-class DomainBlockStatsRet:
+class DomainBlockStatsRet(Record):
     """XDR struct ``remote_domain_block_stats_ret``."""
 
+    __slots__ = ('rd_req', 'rd_bytes', 'wr_req', 'wr_bytes', 'errs')
     rd_req: int
     rd_bytes: int
     wr_req: int
     wr_bytes: int
     errs: int
+
+    def __init__(self, rd_req: int, rd_bytes: int, wr_req: int, wr_bytes: int, errs: int) -> None:
+        self.rd_req = rd_req
+        self.rd_bytes = rd_bytes
+        self.wr_req = wr_req
+        self.wr_bytes = wr_bytes
+        self.errs = errs
 
 
 def _enc_DomainBlockStatsRet(b: bytearray, v: DomainBlockStatsRet) -> None:
@@ -2208,14 +2486,20 @@ def _dec_DomainBlockStatsRet(d: bytes, o: int) -> tuple[DomainBlockStatsRet, int
     return DomainBlockStatsRet(t412, t413, t414, t415, t416), o
 
 
-@dataclass(slots=True)
-class DomainBlockStatsFlagsArgs:
+class DomainBlockStatsFlagsArgs(Record):
     """XDR struct ``remote_domain_block_stats_flags_args``."""
 
+    __slots__ = ('dom', 'path', 'nparams', 'flags')
     dom: NonnullDomain
     path: str
     nparams: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, path: str, nparams: int, flags: int) -> None:
+        self.dom = dom
+        self.path = path
+        self.nparams = nparams
+        self.flags = flags
 
 
 def _enc_DomainBlockStatsFlagsArgs(b: bytearray, v: DomainBlockStatsFlagsArgs) -> None:
@@ -2243,12 +2527,16 @@ def _dec_DomainBlockStatsFlagsArgs(d: bytes, o: int) -> tuple[DomainBlockStatsFl
     return DomainBlockStatsFlagsArgs(t419, t420, t423, t424), o
 
 
-@dataclass(slots=True)
-class DomainBlockStatsFlagsRet:
+class DomainBlockStatsFlagsRet(Record):
     """XDR struct ``remote_domain_block_stats_flags_ret``."""
 
+    __slots__ = ('params', 'nparams')
     params: list[TypedParam]
     nparams: int
+
+    def __init__(self, params: list[TypedParam], nparams: int) -> None:
+        self.params = params
+        self.nparams = nparams
 
 
 def _enc_DomainBlockStatsFlagsRet(b: bytearray, v: DomainBlockStatsFlagsRet) -> None:
@@ -2275,12 +2563,16 @@ def _dec_DomainBlockStatsFlagsRet(d: bytes, o: int) -> tuple[DomainBlockStatsFla
     return DomainBlockStatsFlagsRet(t428, t432), o
 
 
-@dataclass(slots=True)
-class DomainInterfaceStatsArgs:
+class DomainInterfaceStatsArgs(Record):
     """XDR struct ``remote_domain_interface_stats_args``."""
 
+    __slots__ = ('dom', 'device')
     dom: NonnullDomain
     device: str
+
+    def __init__(self, dom: NonnullDomain, device: str) -> None:
+        self.dom = dom
+        self.device = device
 
 
 def _enc_DomainInterfaceStatsArgs(b: bytearray, v: DomainInterfaceStatsArgs) -> None:
@@ -2305,10 +2597,10 @@ def _dec_DomainInterfaceStatsArgs(d: bytes, o: int) -> tuple[DomainInterfaceStat
     return DomainInterfaceStatsArgs(t435, t436), o
 
 
-@dataclass(slots=True)
-class DomainInterfaceStatsRet:
+class DomainInterfaceStatsRet(Record):
     """XDR struct ``remote_domain_interface_stats_ret``."""
 
+    __slots__ = ('rx_bytes', 'rx_packets', 'rx_errs', 'rx_drop', 'tx_bytes', 'tx_packets', 'tx_errs', 'tx_drop')
     rx_bytes: int
     rx_packets: int
     rx_errs: int
@@ -2317,6 +2609,16 @@ class DomainInterfaceStatsRet:
     tx_packets: int
     tx_errs: int
     tx_drop: int
+
+    def __init__(self, rx_bytes: int, rx_packets: int, rx_errs: int, rx_drop: int, tx_bytes: int, tx_packets: int, tx_errs: int, tx_drop: int) -> None:
+        self.rx_bytes = rx_bytes
+        self.rx_packets = rx_packets
+        self.rx_errs = rx_errs
+        self.rx_drop = rx_drop
+        self.tx_bytes = tx_bytes
+        self.tx_packets = tx_packets
+        self.tx_errs = tx_errs
+        self.tx_drop = tx_drop
 
 
 def _enc_DomainInterfaceStatsRet(b: bytearray, v: DomainInterfaceStatsRet) -> None:
@@ -2329,14 +2631,20 @@ def _dec_DomainInterfaceStatsRet(d: bytes, o: int) -> tuple[DomainInterfaceStats
     return DomainInterfaceStatsRet(t439, t440, t441, t442, t443, t444, t445, t446), o
 
 
-@dataclass(slots=True)
-class DomainSetInterfaceParametersArgs:
+class DomainSetInterfaceParametersArgs(Record):
     """XDR struct ``remote_domain_set_interface_parameters_args``."""
 
+    __slots__ = ('dom', 'device', 'params', 'flags')
     dom: NonnullDomain
     device: str
     params: list[TypedParam]
     flags: int
+
+    def __init__(self, dom: NonnullDomain, device: str, params: list[TypedParam], flags: int) -> None:
+        self.dom = dom
+        self.device = device
+        self.params = params
+        self.flags = flags
 
 
 def _enc_DomainSetInterfaceParametersArgs(b: bytearray, v: DomainSetInterfaceParametersArgs) -> None:
@@ -2378,14 +2686,20 @@ def _dec_DomainSetInterfaceParametersArgs(d: bytes, o: int) -> tuple[DomainSetIn
     return DomainSetInterfaceParametersArgs(t452, t453, t456, t460), o
 
 
-@dataclass(slots=True)
-class DomainGetInterfaceParametersArgs:
+class DomainGetInterfaceParametersArgs(Record):
     """XDR struct ``remote_domain_get_interface_parameters_args``."""
 
+    __slots__ = ('dom', 'device', 'nparams', 'flags')
     dom: NonnullDomain
     device: str
     nparams: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, device: str, nparams: int, flags: int) -> None:
+        self.dom = dom
+        self.device = device
+        self.nparams = nparams
+        self.flags = flags
 
 
 def _enc_DomainGetInterfaceParametersArgs(b: bytearray, v: DomainGetInterfaceParametersArgs) -> None:
@@ -2413,12 +2727,16 @@ def _dec_DomainGetInterfaceParametersArgs(d: bytes, o: int) -> tuple[DomainGetIn
     return DomainGetInterfaceParametersArgs(t463, t464, t467, t468), o
 
 
-@dataclass(slots=True)
-class DomainGetInterfaceParametersRet:
+class DomainGetInterfaceParametersRet(Record):
     """XDR struct ``remote_domain_get_interface_parameters_ret``."""
 
+    __slots__ = ('params', 'nparams')
     params: list[TypedParam]
     nparams: int
+
+    def __init__(self, params: list[TypedParam], nparams: int) -> None:
+        self.params = params
+        self.nparams = nparams
 
 
 def _enc_DomainGetInterfaceParametersRet(b: bytearray, v: DomainGetInterfaceParametersRet) -> None:
@@ -2445,13 +2763,18 @@ def _dec_DomainGetInterfaceParametersRet(d: bytes, o: int) -> tuple[DomainGetInt
     return DomainGetInterfaceParametersRet(t472, t476), o
 
 
-@dataclass(slots=True)
-class DomainMemoryStatsArgs:
+class DomainMemoryStatsArgs(Record):
     """XDR struct ``remote_domain_memory_stats_args``."""
 
+    __slots__ = ('dom', 'maxStats', 'flags')
     dom: NonnullDomain
     maxStats: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, maxStats: int, flags: int) -> None:
+        self.dom = dom
+        self.maxStats = maxStats
+        self.flags = flags
 
 
 def _enc_DomainMemoryStatsArgs(b: bytearray, v: DomainMemoryStatsArgs) -> None:
@@ -2466,12 +2789,16 @@ def _dec_DomainMemoryStatsArgs(d: bytes, o: int) -> tuple[DomainMemoryStatsArgs,
     return DomainMemoryStatsArgs(t477, t478, t479), o
 
 
-@dataclass(slots=True)
-class DomainMemoryStat:
+class DomainMemoryStat(Record):
     """XDR struct ``remote_domain_memory_stat``."""
 
+    __slots__ = ('tag', 'val')
     tag: int
     val: int
+
+    def __init__(self, tag: int, val: int) -> None:
+        self.tag = tag
+        self.val = val
 
 
 def _enc_DomainMemoryStat(b: bytearray, v: DomainMemoryStat) -> None:
@@ -2484,11 +2811,14 @@ def _dec_DomainMemoryStat(d: bytes, o: int) -> tuple[DomainMemoryStat, int]:
     return DomainMemoryStat(t480, t481), o
 
 
-@dataclass(slots=True)
-class DomainMemoryStatsRet:
+class DomainMemoryStatsRet(Record):
     """XDR struct ``remote_domain_memory_stats_ret``."""
 
+    __slots__ = ('stats',)
     stats: list[DomainMemoryStat]
+
+    def __init__(self, stats: list[DomainMemoryStat]) -> None:
+        self.stats = stats
 
 
 def _enc_DomainMemoryStatsRet(b: bytearray, v: DomainMemoryStatsRet) -> None:
@@ -2512,15 +2842,22 @@ def _dec_DomainMemoryStatsRet(d: bytes, o: int) -> tuple[DomainMemoryStatsRet, i
     return DomainMemoryStatsRet(t485), o
 
 
-@dataclass(slots=True)
-class DomainBlockPeekArgs:
+class DomainBlockPeekArgs(Record):
     """XDR struct ``remote_domain_block_peek_args``."""
 
+    __slots__ = ('dom', 'path', 'offset', 'size', 'flags')
     dom: NonnullDomain
     path: str
     offset: int
     size: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, path: str, offset: int, size: int, flags: int) -> None:
+        self.dom = dom
+        self.path = path
+        self.offset = offset
+        self.size = size
+        self.flags = flags
 
 
 def _enc_DomainBlockPeekArgs(b: bytearray, v: DomainBlockPeekArgs) -> None:
@@ -2548,11 +2885,14 @@ def _dec_DomainBlockPeekArgs(d: bytes, o: int) -> tuple[DomainBlockPeekArgs, int
     return DomainBlockPeekArgs(t491, t492, t495, t496, t497), o
 
 
-@dataclass(slots=True)
-class DomainBlockPeekRet:
+class DomainBlockPeekRet(Record):
     """XDR struct ``remote_domain_block_peek_ret``."""
 
+    __slots__ = ('buffer',)
     buffer: bytes
+
+    def __init__(self, buffer: bytes) -> None:
+        self.buffer = buffer
 
 
 def _enc_DomainBlockPeekRet(b: bytearray, v: DomainBlockPeekRet) -> None:
@@ -2575,14 +2915,20 @@ def _dec_DomainBlockPeekRet(d: bytes, o: int) -> tuple[DomainBlockPeekRet, int]:
     return DomainBlockPeekRet(t500), o
 
 
-@dataclass(slots=True)
-class DomainMemoryPeekArgs:
+class DomainMemoryPeekArgs(Record):
     """XDR struct ``remote_domain_memory_peek_args``."""
 
+    __slots__ = ('dom', 'offset', 'size', 'flags')
     dom: NonnullDomain
     offset: int
     size: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, offset: int, size: int, flags: int) -> None:
+        self.dom = dom
+        self.offset = offset
+        self.size = size
+        self.flags = flags
 
 
 def _enc_DomainMemoryPeekArgs(b: bytearray, v: DomainMemoryPeekArgs) -> None:
@@ -2597,11 +2943,14 @@ def _dec_DomainMemoryPeekArgs(d: bytes, o: int) -> tuple[DomainMemoryPeekArgs, i
     return DomainMemoryPeekArgs(t503, t504, t505, t506), o
 
 
-@dataclass(slots=True)
-class DomainMemoryPeekRet:
+class DomainMemoryPeekRet(Record):
     """XDR struct ``remote_domain_memory_peek_ret``."""
 
+    __slots__ = ('buffer',)
     buffer: bytes
+
+    def __init__(self, buffer: bytes) -> None:
+        self.buffer = buffer
 
 
 def _enc_DomainMemoryPeekRet(b: bytearray, v: DomainMemoryPeekRet) -> None:
@@ -2624,13 +2973,18 @@ def _dec_DomainMemoryPeekRet(d: bytes, o: int) -> tuple[DomainMemoryPeekRet, int
     return DomainMemoryPeekRet(t509), o
 
 
-@dataclass(slots=True)
-class DomainGetBlockInfoArgs:
+class DomainGetBlockInfoArgs(Record):
     """XDR struct ``remote_domain_get_block_info_args``."""
 
+    __slots__ = ('dom', 'path', 'flags')
     dom: NonnullDomain
     path: str
     flags: int
+
+    def __init__(self, dom: NonnullDomain, path: str, flags: int) -> None:
+        self.dom = dom
+        self.path = path
+        self.flags = flags
 
 
 def _enc_DomainGetBlockInfoArgs(b: bytearray, v: DomainGetBlockInfoArgs) -> None:
@@ -2658,13 +3012,18 @@ def _dec_DomainGetBlockInfoArgs(d: bytes, o: int) -> tuple[DomainGetBlockInfoArg
     return DomainGetBlockInfoArgs(t514, t515, t518), o
 
 
-@dataclass(slots=True)
-class DomainGetBlockInfoRet:
+class DomainGetBlockInfoRet(Record):
     """XDR struct ``remote_domain_get_block_info_ret``."""
 
+    __slots__ = ('allocation', 'capacity', 'physical')
     allocation: int
     capacity: int
     physical: int
+
+    def __init__(self, allocation: int, capacity: int, physical: int) -> None:
+        self.allocation = allocation
+        self.capacity = capacity
+        self.physical = physical
 
 
 def _enc_DomainGetBlockInfoRet(b: bytearray, v: DomainGetBlockInfoRet) -> None:
@@ -2677,11 +3036,14 @@ def _dec_DomainGetBlockInfoRet(d: bytes, o: int) -> tuple[DomainGetBlockInfoRet,
     return DomainGetBlockInfoRet(t519, t520, t521), o
 
 
-@dataclass(slots=True)
-class ConnectListDomainsArgs:
+class ConnectListDomainsArgs(Record):
     """XDR struct ``remote_connect_list_domains_args``."""
 
+    __slots__ = ('maxids',)
     maxids: int
+
+    def __init__(self, maxids: int) -> None:
+        self.maxids = maxids
 
 
 def _enc_ConnectListDomainsArgs(b: bytearray, v: ConnectListDomainsArgs) -> None:
@@ -2694,11 +3056,14 @@ def _dec_ConnectListDomainsArgs(d: bytes, o: int) -> tuple[ConnectListDomainsArg
     return ConnectListDomainsArgs(t522), o
 
 
-@dataclass(slots=True)
-class ConnectListDomainsRet:
+class ConnectListDomainsRet(Record):
     """XDR struct ``remote_connect_list_domains_ret``."""
 
+    __slots__ = ('ids',)
     ids: list[int]
+
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = ids
 
 
 def _enc_ConnectListDomainsRet(b: bytearray, v: ConnectListDomainsRet) -> None:
@@ -2718,11 +3083,14 @@ def _dec_ConnectListDomainsRet(d: bytes, o: int) -> tuple[ConnectListDomainsRet,
     return ConnectListDomainsRet(t525), o
 
 
-@dataclass(slots=True)
-class ConnectNumOfDomainsRet:
+class ConnectNumOfDomainsRet(Record):
     """XDR struct ``remote_connect_num_of_domains_ret``."""
 
+    __slots__ = ('num',)
     num: int
+
+    def __init__(self, num: int) -> None:
+        self.num = num
 
 
 def _enc_ConnectNumOfDomainsRet(b: bytearray, v: ConnectNumOfDomainsRet) -> None:
@@ -2735,12 +3103,16 @@ def _dec_ConnectNumOfDomainsRet(d: bytes, o: int) -> tuple[ConnectNumOfDomainsRe
     return ConnectNumOfDomainsRet(t527), o
 
 
-@dataclass(slots=True)
-class DomainCreateXmlArgs:
+class DomainCreateXmlArgs(Record):
     """XDR struct ``remote_domain_create_xml_args``."""
 
+    __slots__ = ('xml_desc', 'flags')
     xml_desc: str
     flags: int
+
+    def __init__(self, xml_desc: str, flags: int) -> None:
+        self.xml_desc = xml_desc
+        self.flags = flags
 
 
 def _enc_DomainCreateXmlArgs(b: bytearray, v: DomainCreateXmlArgs) -> None:
@@ -2766,11 +3138,14 @@ def _dec_DomainCreateXmlArgs(d: bytes, o: int) -> tuple[DomainCreateXmlArgs, int
     return DomainCreateXmlArgs(t530, t533), o
 
 
-@dataclass(slots=True)
-class DomainCreateXmlRet:
+class DomainCreateXmlRet(Record):
     """XDR struct ``remote_domain_create_xml_ret``."""
 
+    __slots__ = ('dom',)
     dom: NonnullDomain
+
+    def __init__(self, dom: NonnullDomain) -> None:
+        self.dom = dom
 
 
 def _enc_DomainCreateXmlRet(b: bytearray, v: DomainCreateXmlRet) -> None:
@@ -2782,12 +3157,16 @@ def _dec_DomainCreateXmlRet(d: bytes, o: int) -> tuple[DomainCreateXmlRet, int]:
     return DomainCreateXmlRet(t534), o
 
 
-@dataclass(slots=True)
-class DomainCreateXmlWithFilesArgs:
+class DomainCreateXmlWithFilesArgs(Record):
     """XDR struct ``remote_domain_create_xml_with_files_args``."""
 
+    __slots__ = ('xml_desc', 'flags')
     xml_desc: str
     flags: int
+
+    def __init__(self, xml_desc: str, flags: int) -> None:
+        self.xml_desc = xml_desc
+        self.flags = flags
 
 
 def _enc_DomainCreateXmlWithFilesArgs(b: bytearray, v: DomainCreateXmlWithFilesArgs) -> None:
@@ -2813,11 +3192,14 @@ def _dec_DomainCreateXmlWithFilesArgs(d: bytes, o: int) -> tuple[DomainCreateXml
     return DomainCreateXmlWithFilesArgs(t537, t540), o
 
 
-@dataclass(slots=True)
-class DomainCreateXmlWithFilesRet:
+class DomainCreateXmlWithFilesRet(Record):
     """XDR struct ``remote_domain_create_xml_with_files_ret``."""
 
+    __slots__ = ('dom',)
     dom: NonnullDomain
+
+    def __init__(self, dom: NonnullDomain) -> None:
+        self.dom = dom
 
 
 def _enc_DomainCreateXmlWithFilesRet(b: bytearray, v: DomainCreateXmlWithFilesRet) -> None:
@@ -2829,11 +3211,14 @@ def _dec_DomainCreateXmlWithFilesRet(d: bytes, o: int) -> tuple[DomainCreateXmlW
     return DomainCreateXmlWithFilesRet(t541), o
 
 
-@dataclass(slots=True)
-class DomainLookupByIdArgs:
+class DomainLookupByIdArgs(Record):
     """XDR struct ``remote_domain_lookup_by_id_args``."""
 
+    __slots__ = ('id',)
     id: int
+
+    def __init__(self, id: int) -> None:
+        self.id = id
 
 
 def _enc_DomainLookupByIdArgs(b: bytearray, v: DomainLookupByIdArgs) -> None:
@@ -2846,11 +3231,14 @@ def _dec_DomainLookupByIdArgs(d: bytes, o: int) -> tuple[DomainLookupByIdArgs, i
     return DomainLookupByIdArgs(t542), o
 
 
-@dataclass(slots=True)
-class DomainLookupByIdRet:
+class DomainLookupByIdRet(Record):
     """XDR struct ``remote_domain_lookup_by_id_ret``."""
 
+    __slots__ = ('dom',)
     dom: NonnullDomain
+
+    def __init__(self, dom: NonnullDomain) -> None:
+        self.dom = dom
 
 
 def _enc_DomainLookupByIdRet(b: bytearray, v: DomainLookupByIdRet) -> None:
@@ -2862,11 +3250,14 @@ def _dec_DomainLookupByIdRet(d: bytes, o: int) -> tuple[DomainLookupByIdRet, int
     return DomainLookupByIdRet(t543), o
 
 
-@dataclass(slots=True)
-class DomainLookupByUuidArgs:
+class DomainLookupByUuidArgs(Record):
     """XDR struct ``remote_domain_lookup_by_uuid_args``."""
 
+    __slots__ = ('uuid',)
     uuid: bytes
+
+    def __init__(self, uuid: bytes) -> None:
+        self.uuid = uuid
 
 
 def _enc_DomainLookupByUuidArgs(b: bytearray, v: DomainLookupByUuidArgs) -> None:
@@ -2880,11 +3271,14 @@ def _dec_DomainLookupByUuidArgs(d: bytes, o: int) -> tuple[DomainLookupByUuidArg
     return DomainLookupByUuidArgs(t544), o
 
 
-@dataclass(slots=True)
-class DomainLookupByUuidRet:
+class DomainLookupByUuidRet(Record):
     """XDR struct ``remote_domain_lookup_by_uuid_ret``."""
 
+    __slots__ = ('dom',)
     dom: NonnullDomain
+
+    def __init__(self, dom: NonnullDomain) -> None:
+        self.dom = dom
 
 
 def _enc_DomainLookupByUuidRet(b: bytearray, v: DomainLookupByUuidRet) -> None:
@@ -2896,11 +3290,14 @@ def _dec_DomainLookupByUuidRet(d: bytes, o: int) -> tuple[DomainLookupByUuidRet,
     return DomainLookupByUuidRet(t545), o
 
 
-@dataclass(slots=True)
-class DomainLookupByNameArgs:
+class DomainLookupByNameArgs(Record):
     """XDR struct ``remote_domain_lookup_by_name_args``."""
 
+    __slots__ = ('name',)
     name: str
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
 def _enc_DomainLookupByNameArgs(b: bytearray, v: DomainLookupByNameArgs) -> None:
@@ -2923,11 +3320,14 @@ def _dec_DomainLookupByNameArgs(d: bytes, o: int) -> tuple[DomainLookupByNameArg
     return DomainLookupByNameArgs(t548), o
 
 
-@dataclass(slots=True)
-class DomainLookupByNameRet:
+class DomainLookupByNameRet(Record):
     """XDR struct ``remote_domain_lookup_by_name_ret``."""
 
+    __slots__ = ('dom',)
     dom: NonnullDomain
+
+    def __init__(self, dom: NonnullDomain) -> None:
+        self.dom = dom
 
 
 def _enc_DomainLookupByNameRet(b: bytearray, v: DomainLookupByNameRet) -> None:
@@ -2939,11 +3339,14 @@ def _dec_DomainLookupByNameRet(d: bytes, o: int) -> tuple[DomainLookupByNameRet,
     return DomainLookupByNameRet(t551), o
 
 
-@dataclass(slots=True)
-class DomainSuspendArgs:
+class DomainSuspendArgs(Record):
     """XDR struct ``remote_domain_suspend_args``."""
 
+    __slots__ = ('dom',)
     dom: NonnullDomain
+
+    def __init__(self, dom: NonnullDomain) -> None:
+        self.dom = dom
 
 
 def _enc_DomainSuspendArgs(b: bytearray, v: DomainSuspendArgs) -> None:
@@ -2955,11 +3358,14 @@ def _dec_DomainSuspendArgs(d: bytes, o: int) -> tuple[DomainSuspendArgs, int]:
     return DomainSuspendArgs(t552), o
 
 
-@dataclass(slots=True)
-class DomainResumeArgs:
+class DomainResumeArgs(Record):
     """XDR struct ``remote_domain_resume_args``."""
 
+    __slots__ = ('dom',)
     dom: NonnullDomain
+
+    def __init__(self, dom: NonnullDomain) -> None:
+        self.dom = dom
 
 
 def _enc_DomainResumeArgs(b: bytearray, v: DomainResumeArgs) -> None:
@@ -2971,14 +3377,20 @@ def _dec_DomainResumeArgs(d: bytes, o: int) -> tuple[DomainResumeArgs, int]:
     return DomainResumeArgs(t553), o
 
 
-@dataclass(slots=True)
-class DomainPmSuspendForDurationArgs:
+class DomainPmSuspendForDurationArgs(Record):
     """XDR struct ``remote_domain_pm_suspend_for_duration_args``."""
 
+    __slots__ = ('dom', 'target', 'duration', 'flags')
     dom: NonnullDomain
     target: int
     duration: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, target: int, duration: int, flags: int) -> None:
+        self.dom = dom
+        self.target = target
+        self.duration = duration
+        self.flags = flags
 
 
 def _enc_DomainPmSuspendForDurationArgs(b: bytearray, v: DomainPmSuspendForDurationArgs) -> None:
@@ -2993,12 +3405,16 @@ def _dec_DomainPmSuspendForDurationArgs(d: bytes, o: int) -> tuple[DomainPmSuspe
     return DomainPmSuspendForDurationArgs(t554, t555, t556, t557), o
 
 
-@dataclass(slots=True)
-class DomainPmWakeupArgs:
+class DomainPmWakeupArgs(Record):
     """XDR struct ``remote_domain_pm_wakeup_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainPmWakeupArgs(b: bytearray, v: DomainPmWakeupArgs) -> None:
@@ -3013,11 +3429,14 @@ def _dec_DomainPmWakeupArgs(d: bytes, o: int) -> tuple[DomainPmWakeupArgs, int]:
     return DomainPmWakeupArgs(t558, t559), o
 
 
-@dataclass(slots=True)
-class DomainShutdownArgs:
+class DomainShutdownArgs(Record):
     """XDR struct ``remote_domain_shutdown_args``."""
 
+    __slots__ = ('dom',)
     dom: NonnullDomain
+
+    def __init__(self, dom: NonnullDomain) -> None:
+        self.dom = dom
 
 
 def _enc_DomainShutdownArgs(b: bytearray, v: DomainShutdownArgs) -> None:
@@ -3029,12 +3448,16 @@ def _dec_DomainShutdownArgs(d: bytes, o: int) -> tuple[DomainShutdownArgs, int]:
     return DomainShutdownArgs(t560), o
 
 
-@dataclass(slots=True)
-class DomainRebootArgs:
+class DomainRebootArgs(Record):
     """XDR struct ``remote_domain_reboot_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainRebootArgs(b: bytearray, v: DomainRebootArgs) -> None:
@@ -3049,12 +3472,16 @@ def _dec_DomainRebootArgs(d: bytes, o: int) -> tuple[DomainRebootArgs, int]:
     return DomainRebootArgs(t561, t562), o
 
 
-@dataclass(slots=True)
-class DomainResetArgs:
+class DomainResetArgs(Record):
     """XDR struct ``remote_domain_reset_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainResetArgs(b: bytearray, v: DomainResetArgs) -> None:
@@ -3069,11 +3496,14 @@ def _dec_DomainResetArgs(d: bytes, o: int) -> tuple[DomainResetArgs, int]:
     return DomainResetArgs(t563, t564), o
 
 
-@dataclass(slots=True)
-class DomainDestroyArgs:
+class DomainDestroyArgs(Record):
     """XDR struct ``remote_domain_destroy_args``."""
 
+    __slots__ = ('dom',)
     dom: NonnullDomain
+
+    def __init__(self, dom: NonnullDomain) -> None:
+        self.dom = dom
 
 
 def _enc_DomainDestroyArgs(b: bytearray, v: DomainDestroyArgs) -> None:
@@ -3085,12 +3515,16 @@ def _dec_DomainDestroyArgs(d: bytes, o: int) -> tuple[DomainDestroyArgs, int]:
     return DomainDestroyArgs(t565), o
 
 
-@dataclass(slots=True)
-class DomainDestroyFlagsArgs:
+class DomainDestroyFlagsArgs(Record):
     """XDR struct ``remote_domain_destroy_flags_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainDestroyFlagsArgs(b: bytearray, v: DomainDestroyFlagsArgs) -> None:
@@ -3105,11 +3539,14 @@ def _dec_DomainDestroyFlagsArgs(d: bytes, o: int) -> tuple[DomainDestroyFlagsArg
     return DomainDestroyFlagsArgs(t566, t567), o
 
 
-@dataclass(slots=True)
-class DomainGetOsTypeArgs:
+class DomainGetOsTypeArgs(Record):
     """XDR struct ``remote_domain_get_os_type_args``."""
 
+    __slots__ = ('dom',)
     dom: NonnullDomain
+
+    def __init__(self, dom: NonnullDomain) -> None:
+        self.dom = dom
 
 
 def _enc_DomainGetOsTypeArgs(b: bytearray, v: DomainGetOsTypeArgs) -> None:
@@ -3121,11 +3558,14 @@ def _dec_DomainGetOsTypeArgs(d: bytes, o: int) -> tuple[DomainGetOsTypeArgs, int
     return DomainGetOsTypeArgs(t568), o
 
 
-@dataclass(slots=True)
-class DomainGetOsTypeRet:
+class DomainGetOsTypeRet(Record):
     """XDR struct ``remote_domain_get_os_type_ret``."""
 
+    __slots__ = ('type',)
     type: str
+
+    def __init__(self, type: str) -> None:
+        self.type = type
 
 
 def _enc_DomainGetOsTypeRet(b: bytearray, v: DomainGetOsTypeRet) -> None:
@@ -3148,11 +3588,14 @@ def _dec_DomainGetOsTypeRet(d: bytes, o: int) -> tuple[DomainGetOsTypeRet, int]:
     return DomainGetOsTypeRet(t571), o
 
 
-@dataclass(slots=True)
-class DomainGetMaxMemoryArgs:
+class DomainGetMaxMemoryArgs(Record):
     """XDR struct ``remote_domain_get_max_memory_args``."""
 
+    __slots__ = ('dom',)
     dom: NonnullDomain
+
+    def __init__(self, dom: NonnullDomain) -> None:
+        self.dom = dom
 
 
 def _enc_DomainGetMaxMemoryArgs(b: bytearray, v: DomainGetMaxMemoryArgs) -> None:
@@ -3164,11 +3607,14 @@ def _dec_DomainGetMaxMemoryArgs(d: bytes, o: int) -> tuple[DomainGetMaxMemoryArg
     return DomainGetMaxMemoryArgs(t574), o
 
 
-@dataclass(slots=True)
-class DomainGetMaxMemoryRet:
+class DomainGetMaxMemoryRet(Record):
     """XDR struct ``remote_domain_get_max_memory_ret``."""
 
+    __slots__ = ('memory',)
     memory: int
+
+    def __init__(self, memory: int) -> None:
+        self.memory = memory
 
 
 def _enc_DomainGetMaxMemoryRet(b: bytearray, v: DomainGetMaxMemoryRet) -> None:
@@ -3181,12 +3627,16 @@ def _dec_DomainGetMaxMemoryRet(d: bytes, o: int) -> tuple[DomainGetMaxMemoryRet,
     return DomainGetMaxMemoryRet(t575), o
 
 
-@dataclass(slots=True)
-class DomainSetMaxMemoryArgs:
+class DomainSetMaxMemoryArgs(Record):
     """XDR struct ``remote_domain_set_max_memory_args``."""
 
+    __slots__ = ('dom', 'memory')
     dom: NonnullDomain
     memory: int
+
+    def __init__(self, dom: NonnullDomain, memory: int) -> None:
+        self.dom = dom
+        self.memory = memory
 
 
 def _enc_DomainSetMaxMemoryArgs(b: bytearray, v: DomainSetMaxMemoryArgs) -> None:
@@ -3201,12 +3651,16 @@ def _dec_DomainSetMaxMemoryArgs(d: bytes, o: int) -> tuple[DomainSetMaxMemoryArg
     return DomainSetMaxMemoryArgs(t576, t577), o
 
 
-@dataclass(slots=True)
-class DomainSetMemoryArgs:
+class DomainSetMemoryArgs(Record):
     """XDR struct ``remote_domain_set_memory_args``."""
 
+    __slots__ = ('dom', 'memory')
     dom: NonnullDomain
     memory: int
+
+    def __init__(self, dom: NonnullDomain, memory: int) -> None:
+        self.dom = dom
+        self.memory = memory
 
 
 def _enc_DomainSetMemoryArgs(b: bytearray, v: DomainSetMemoryArgs) -> None:
@@ -3221,13 +3675,18 @@ def _dec_DomainSetMemoryArgs(d: bytes, o: int) -> tuple[DomainSetMemoryArgs, int
     return DomainSetMemoryArgs(t578, t579), o
 
 
-@dataclass(slots=True)
-class DomainSetMemoryFlagsArgs:
+class DomainSetMemoryFlagsArgs(Record):
     """XDR struct ``remote_domain_set_memory_flags_args``."""
 
+    __slots__ = ('dom', 'memory', 'flags')
     dom: NonnullDomain
     memory: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, memory: int, flags: int) -> None:
+        self.dom = dom
+        self.memory = memory
+        self.flags = flags
 
 
 def _enc_DomainSetMemoryFlagsArgs(b: bytearray, v: DomainSetMemoryFlagsArgs) -> None:
@@ -3242,13 +3701,18 @@ def _dec_DomainSetMemoryFlagsArgs(d: bytes, o: int) -> tuple[DomainSetMemoryFlag
     return DomainSetMemoryFlagsArgs(t580, t581, t582), o
 
 
-@dataclass(slots=True)
-class DomainSetMemoryStatsPeriodArgs:
+class DomainSetMemoryStatsPeriodArgs(Record):
     """XDR struct ``remote_domain_set_memory_stats_period_args``."""
 
+    __slots__ = ('dom', 'period', 'flags')
     dom: NonnullDomain
     period: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, period: int, flags: int) -> None:
+        self.dom = dom
+        self.period = period
+        self.flags = flags
 
 
 def _enc_DomainSetMemoryStatsPeriodArgs(b: bytearray, v: DomainSetMemoryStatsPeriodArgs) -> None:
@@ -3263,11 +3727,14 @@ def _dec_DomainSetMemoryStatsPeriodArgs(d: bytes, o: int) -> tuple[DomainSetMemo
     return DomainSetMemoryStatsPeriodArgs(t583, t584, t585), o
 
 
-@dataclass(slots=True)
-class DomainGetInfoArgs:
+class DomainGetInfoArgs(Record):
     """XDR struct ``remote_domain_get_info_args``."""
 
+    __slots__ = ('dom',)
     dom: NonnullDomain
+
+    def __init__(self, dom: NonnullDomain) -> None:
+        self.dom = dom
 
 
 def _enc_DomainGetInfoArgs(b: bytearray, v: DomainGetInfoArgs) -> None:
@@ -3279,15 +3746,22 @@ def _dec_DomainGetInfoArgs(d: bytes, o: int) -> tuple[DomainGetInfoArgs, int]:
     return DomainGetInfoArgs(t586), o
 
 
-@dataclass(slots=True)
-class DomainGetInfoRet:
+class DomainGetInfoRet(Record):
     """XDR struct ``remote_domain_get_info_ret``."""
 
+    __slots__ = ('state', 'maxMem', 'memory', 'nrVirtCpu', 'cpuTime')
     state: int
     maxMem: int
     memory: int
     nrVirtCpu: int
     cpuTime: int
+
+    def __init__(self, state: int, maxMem: int, memory: int, nrVirtCpu: int, cpuTime: int) -> None:
+        self.state = state
+        self.maxMem = maxMem
+        self.memory = memory
+        self.nrVirtCpu = nrVirtCpu
+        self.cpuTime = cpuTime
 
 
 def _enc_DomainGetInfoRet(b: bytearray, v: DomainGetInfoRet) -> None:
@@ -3300,12 +3774,16 @@ def _dec_DomainGetInfoRet(d: bytes, o: int) -> tuple[DomainGetInfoRet, int]:
     return DomainGetInfoRet(t587, t588, t589, t590, t591), o
 
 
-@dataclass(slots=True)
-class DomainSaveArgs:
+class DomainSaveArgs(Record):
     """XDR struct ``remote_domain_save_args``."""
 
+    __slots__ = ('dom', 'to')
     dom: NonnullDomain
     to: str
+
+    def __init__(self, dom: NonnullDomain, to: str) -> None:
+        self.dom = dom
+        self.to = to
 
 
 def _enc_DomainSaveArgs(b: bytearray, v: DomainSaveArgs) -> None:
@@ -3330,14 +3808,20 @@ def _dec_DomainSaveArgs(d: bytes, o: int) -> tuple[DomainSaveArgs, int]:
     return DomainSaveArgs(t594, t595), o
 
 
-@dataclass(slots=True)
-class DomainSaveFlagsArgs:
+class DomainSaveFlagsArgs(Record):
     """XDR struct ``remote_domain_save_flags_args``."""
 
+    __slots__ = ('dom', 'to', 'dxml', 'flags')
     dom: NonnullDomain
     to: str
     dxml: str | None
     flags: int
+
+    def __init__(self, dom: NonnullDomain, to: str, dxml: str | None, flags: int) -> None:
+        self.dom = dom
+        self.to = to
+        self.dxml = dxml
+        self.flags = flags
 
 
 def _enc_DomainSaveFlagsArgs(b: bytearray, v: DomainSaveFlagsArgs) -> None:
@@ -3390,13 +3874,18 @@ def _dec_DomainSaveFlagsArgs(d: bytes, o: int) -> tuple[DomainSaveFlagsArgs, int
     return DomainSaveFlagsArgs(t603, t604, t607, t611), o
 
 
-@dataclass(slots=True)
-class DomainSaveParamsArgs:
+class DomainSaveParamsArgs(Record):
     """XDR struct ``remote_domain_save_params_args``."""
 
+    __slots__ = ('dom', 'params', 'flags')
     dom: NonnullDomain
     params: list[TypedParam]
     flags: int
+
+    def __init__(self, dom: NonnullDomain, params: list[TypedParam], flags: int) -> None:
+        self.dom = dom
+        self.params = params
+        self.flags = flags
 
 
 def _enc_DomainSaveParamsArgs(b: bytearray, v: DomainSaveParamsArgs) -> None:
@@ -3425,11 +3914,14 @@ def _dec_DomainSaveParamsArgs(d: bytes, o: int) -> tuple[DomainSaveParamsArgs, i
     return DomainSaveParamsArgs(t615, t616, t620), o
 
 
-@dataclass(slots=True)
-class DomainRestoreArgs:
+class DomainRestoreArgs(Record):
     """XDR struct ``remote_domain_restore_args``."""
 
+    __slots__ = ('from_',)
     from_: str
+
+    def __init__(self, from_: str) -> None:
+        self.from_ = from_
 
 
 def _enc_DomainRestoreArgs(b: bytearray, v: DomainRestoreArgs) -> None:
@@ -3452,13 +3944,18 @@ def _dec_DomainRestoreArgs(d: bytes, o: int) -> tuple[DomainRestoreArgs, int]:
     return DomainRestoreArgs(t623), o
 
 
-@dataclass(slots=True)
-class DomainRestoreFlagsArgs:
+class DomainRestoreFlagsArgs(Record):
     """XDR struct ``remote_domain_restore_flags_args``."""
 
+    __slots__ = ('from_', 'dxml', 'flags')
     from_: str
     dxml: str | None
     flags: int
+
+    def __init__(self, from_: str, dxml: str | None, flags: int) -> None:
+        self.from_ = from_
+        self.dxml = dxml
+        self.flags = flags
 
 
 def _enc_DomainRestoreFlagsArgs(b: bytearray, v: DomainRestoreFlagsArgs) -> None:
@@ -3509,12 +4006,16 @@ def _dec_DomainRestoreFlagsArgs(d: bytes, o: int) -> tuple[DomainRestoreFlagsArg
     return DomainRestoreFlagsArgs(t631, t634, t638), o
 
 
-@dataclass(slots=True)
-class DomainRestoreParamsArgs:
+class DomainRestoreParamsArgs(Record):
     """XDR struct ``remote_domain_restore_params_args``."""
 
+    __slots__ = ('params', 'flags')
     params: list[TypedParam]
     flags: int
+
+    def __init__(self, params: list[TypedParam], flags: int) -> None:
+        self.params = params
+        self.flags = flags
 
 
 def _enc_DomainRestoreParamsArgs(b: bytearray, v: DomainRestoreParamsArgs) -> None:
@@ -3541,12 +4042,16 @@ def _dec_DomainRestoreParamsArgs(d: bytes, o: int) -> tuple[DomainRestoreParamsA
     return DomainRestoreParamsArgs(t642, t646), o
 
 
-@dataclass(slots=True)
-class DomainSaveImageGetXmlDescArgs:
+class DomainSaveImageGetXmlDescArgs(Record):
     """XDR struct ``remote_domain_save_image_get_xml_desc_args``."""
 
+    __slots__ = ('file', 'flags')
     file: str
     flags: int
+
+    def __init__(self, file: str, flags: int) -> None:
+        self.file = file
+        self.flags = flags
 
 
 def _enc_DomainSaveImageGetXmlDescArgs(b: bytearray, v: DomainSaveImageGetXmlDescArgs) -> None:
@@ -3572,11 +4077,14 @@ def _dec_DomainSaveImageGetXmlDescArgs(d: bytes, o: int) -> tuple[DomainSaveImag
     return DomainSaveImageGetXmlDescArgs(t649, t652), o
 
 
-@dataclass(slots=True)
-class DomainSaveImageGetXmlDescRet:
+class DomainSaveImageGetXmlDescRet(Record):
     """XDR struct ``remote_domain_save_image_get_xml_desc_ret``."""
 
+    __slots__ = ('xml',)
     xml: str
+
+    def __init__(self, xml: str) -> None:
+        self.xml = xml
 
 
 def _enc_DomainSaveImageGetXmlDescRet(b: bytearray, v: DomainSaveImageGetXmlDescRet) -> None:
@@ -3599,13 +4107,18 @@ def _dec_DomainSaveImageGetXmlDescRet(d: bytes, o: int) -> tuple[DomainSaveImage
     return DomainSaveImageGetXmlDescRet(t655), o
 
 
-@dataclass(slots=True)
-class DomainSaveImageDefineXmlArgs:
+class DomainSaveImageDefineXmlArgs(Record):
     """XDR struct ``remote_domain_save_image_define_xml_args``."""
 
+    __slots__ = ('file', 'dxml', 'flags')
     file: str
     dxml: str
     flags: int
+
+    def __init__(self, file: str, dxml: str, flags: int) -> None:
+        self.file = file
+        self.dxml = dxml
+        self.flags = flags
 
 
 def _enc_DomainSaveImageDefineXmlArgs(b: bytearray, v: DomainSaveImageDefineXmlArgs) -> None:
@@ -3644,13 +4157,18 @@ def _dec_DomainSaveImageDefineXmlArgs(d: bytes, o: int) -> tuple[DomainSaveImage
     return DomainSaveImageDefineXmlArgs(t662, t665, t668), o
 
 
-@dataclass(slots=True)
-class DomainCoreDumpArgs:
+class DomainCoreDumpArgs(Record):
     """XDR struct ``remote_domain_core_dump_args``."""
 
+    __slots__ = ('dom', 'to', 'flags')
     dom: NonnullDomain
     to: str
     flags: int
+
+    def __init__(self, dom: NonnullDomain, to: str, flags: int) -> None:
+        self.dom = dom
+        self.to = to
+        self.flags = flags
 
 
 def _enc_DomainCoreDumpArgs(b: bytearray, v: DomainCoreDumpArgs) -> None:
@@ -3678,14 +4196,20 @@ def _dec_DomainCoreDumpArgs(d: bytes, o: int) -> tuple[DomainCoreDumpArgs, int]:
     return DomainCoreDumpArgs(t671, t672, t675), o
 
 
-@dataclass(slots=True)
-class DomainCoreDumpWithFormatArgs:
+class DomainCoreDumpWithFormatArgs(Record):
     """XDR struct ``remote_domain_core_dump_with_format_args``."""
 
+    __slots__ = ('dom', 'to', 'dumpformat', 'flags')
     dom: NonnullDomain
     to: str
     dumpformat: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, to: str, dumpformat: int, flags: int) -> None:
+        self.dom = dom
+        self.to = to
+        self.dumpformat = dumpformat
+        self.flags = flags
 
 
 def _enc_DomainCoreDumpWithFormatArgs(b: bytearray, v: DomainCoreDumpWithFormatArgs) -> None:
@@ -3713,13 +4237,18 @@ def _dec_DomainCoreDumpWithFormatArgs(d: bytes, o: int) -> tuple[DomainCoreDumpW
     return DomainCoreDumpWithFormatArgs(t678, t679, t682, t683), o
 
 
-@dataclass(slots=True)
-class DomainScreenshotArgs:
+class DomainScreenshotArgs(Record):
     """XDR struct ``remote_domain_screenshot_args``."""
 
+    __slots__ = ('dom', 'screen', 'flags')
     dom: NonnullDomain
     screen: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, screen: int, flags: int) -> None:
+        self.dom = dom
+        self.screen = screen
+        self.flags = flags
 
 
 def _enc_DomainScreenshotArgs(b: bytearray, v: DomainScreenshotArgs) -> None:
@@ -3734,11 +4263,14 @@ def _dec_DomainScreenshotArgs(d: bytes, o: int) -> tuple[DomainScreenshotArgs, i
     return DomainScreenshotArgs(t684, t685, t686), o
 
 
-@dataclass(slots=True)
-class DomainScreenshotRet:
+class DomainScreenshotRet(Record):
     """XDR struct ``remote_domain_screenshot_ret``."""
 
+    __slots__ = ('mime',)
     mime: str | None
+
+    def __init__(self, mime: str | None) -> None:
+        self.mime = mime
 
 
 def _enc_DomainScreenshotRet(b: bytearray, v: DomainScreenshotRet) -> None:
@@ -3773,12 +4305,16 @@ def _dec_DomainScreenshotRet(d: bytes, o: int) -> tuple[DomainScreenshotRet, int
     return DomainScreenshotRet(t690), o
 
 
-@dataclass(slots=True)
-class DomainGetXmlDescArgs:
+class DomainGetXmlDescArgs(Record):
     """XDR struct ``remote_domain_get_xml_desc_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainGetXmlDescArgs(b: bytearray, v: DomainGetXmlDescArgs) -> None:
@@ -3793,11 +4329,14 @@ def _dec_DomainGetXmlDescArgs(d: bytes, o: int) -> tuple[DomainGetXmlDescArgs, i
     return DomainGetXmlDescArgs(t694, t695), o
 
 
-@dataclass(slots=True)
-class DomainGetXmlDescRet:
+class DomainGetXmlDescRet(Record):
     """XDR struct ``remote_domain_get_xml_desc_ret``."""
 
+    __slots__ = ('xml',)
     xml: str
+
+    def __init__(self, xml: str) -> None:
+        self.xml = xml
 
 
 def _enc_DomainGetXmlDescRet(b: bytearray, v: DomainGetXmlDescRet) -> None:
@@ -3820,14 +4359,20 @@ def _dec_DomainGetXmlDescRet(d: bytes, o: int) -> tuple[DomainGetXmlDescRet, int
     return DomainGetXmlDescRet(t698), o
 
 
-@dataclass(slots=True)
-class DomainMigratePrepareArgs:
+class DomainMigratePrepareArgs(Record):
     """XDR struct ``remote_domain_migrate_prepare_args``."""
 
+    __slots__ = ('uri_in', 'flags', 'dname', 'resource')
     uri_in: str | None
     flags: int
     dname: str | None
     resource: int
+
+    def __init__(self, uri_in: str | None, flags: int, dname: str | None, resource: int) -> None:
+        self.uri_in = uri_in
+        self.flags = flags
+        self.dname = dname
+        self.resource = resource
 
 
 def _enc_DomainMigratePrepareArgs(b: bytearray, v: DomainMigratePrepareArgs) -> None:
@@ -3893,12 +4438,16 @@ def _dec_DomainMigratePrepareArgs(d: bytes, o: int) -> tuple[DomainMigratePrepar
     return DomainMigratePrepareArgs(t707, t711, t712, t716), o
 
 
-@dataclass(slots=True)
-class DomainMigratePrepareRet:
+class DomainMigratePrepareRet(Record):
     """XDR struct ``remote_domain_migrate_prepare_ret``."""
 
+    __slots__ = ('cookie', 'uri_out')
     cookie: bytes
     uri_out: str | None
+
+    def __init__(self, cookie: bytes, uri_out: str | None) -> None:
+        self.cookie = cookie
+        self.uri_out = uri_out
 
 
 def _enc_DomainMigratePrepareRet(b: bytearray, v: DomainMigratePrepareRet) -> None:
@@ -3946,16 +4495,24 @@ def _dec_DomainMigratePrepareRet(d: bytes, o: int) -> tuple[DomainMigratePrepare
     return DomainMigratePrepareRet(t722, t725), o
 
 
-@dataclass(slots=True)
-class DomainMigratePerformArgs:
+class DomainMigratePerformArgs(Record):
     """XDR struct ``remote_domain_migrate_perform_args``."""
 
+    __slots__ = ('dom', 'cookie', 'uri', 'flags', 'dname', 'resource')
     dom: NonnullDomain
     cookie: bytes
     uri: str
     flags: int
     dname: str | None
     resource: int
+
+    def __init__(self, dom: NonnullDomain, cookie: bytes, uri: str, flags: int, dname: str | None, resource: int) -> None:
+        self.dom = dom
+        self.cookie = cookie
+        self.uri = uri
+        self.flags = flags
+        self.dname = dname
+        self.resource = resource
 
 
 def _enc_DomainMigratePerformArgs(b: bytearray, v: DomainMigratePerformArgs) -> None:
@@ -4024,14 +4581,20 @@ def _dec_DomainMigratePerformArgs(d: bytes, o: int) -> tuple[DomainMigratePerfor
     return DomainMigratePerformArgs(t736, t737, t740, t743, t744, t748), o
 
 
-@dataclass(slots=True)
-class DomainMigrateFinishArgs:
+class DomainMigrateFinishArgs(Record):
     """XDR struct ``remote_domain_migrate_finish_args``."""
 
+    __slots__ = ('dname', 'cookie', 'uri', 'flags')
     dname: str
     cookie: bytes
     uri: str
     flags: int
+
+    def __init__(self, dname: str, cookie: bytes, uri: str, flags: int) -> None:
+        self.dname = dname
+        self.cookie = cookie
+        self.uri = uri
+        self.flags = flags
 
 
 def _enc_DomainMigrateFinishArgs(b: bytearray, v: DomainMigrateFinishArgs) -> None:
@@ -4083,11 +4646,14 @@ def _dec_DomainMigrateFinishArgs(d: bytes, o: int) -> tuple[DomainMigrateFinishA
     return DomainMigrateFinishArgs(t755, t758, t761, t764), o
 
 
-@dataclass(slots=True)
-class DomainMigrateFinishRet:
+class DomainMigrateFinishRet(Record):
     """XDR struct ``remote_domain_migrate_finish_ret``."""
 
+    __slots__ = ('ddom',)
     ddom: NonnullDomain
+
+    def __init__(self, ddom: NonnullDomain) -> None:
+        self.ddom = ddom
 
 
 def _enc_DomainMigrateFinishRet(b: bytearray, v: DomainMigrateFinishRet) -> None:
@@ -4099,15 +4665,22 @@ def _dec_DomainMigrateFinishRet(d: bytes, o: int) -> tuple[DomainMigrateFinishRe
     return DomainMigrateFinishRet(t765), o
 
 
-@dataclass(slots=True)
-class DomainMigratePrepare2Args:
+class DomainMigratePrepare2Args(Record):
     """XDR struct ``remote_domain_migrate_prepare2_args``."""
 
+    __slots__ = ('uri_in', 'flags', 'dname', 'resource', 'dom_xml')
     uri_in: str | None
     flags: int
     dname: str | None
     resource: int
     dom_xml: str
+
+    def __init__(self, uri_in: str | None, flags: int, dname: str | None, resource: int, dom_xml: str) -> None:
+        self.uri_in = uri_in
+        self.flags = flags
+        self.dname = dname
+        self.resource = resource
+        self.dom_xml = dom_xml
 
 
 def _enc_DomainMigratePrepare2Args(b: bytearray, v: DomainMigratePrepare2Args) -> None:
@@ -4186,12 +4759,16 @@ def _dec_DomainMigratePrepare2Args(d: bytes, o: int) -> tuple[DomainMigratePrepa
     return DomainMigratePrepare2Args(t774, t778, t779, t783, t784), o
 
 
-@dataclass(slots=True)
-class DomainMigratePrepare2Ret:
+class DomainMigratePrepare2Ret(Record):
     """XDR struct ``remote_domain_migrate_prepare2_ret``."""
 
+    __slots__ = ('cookie', 'uri_out')
     cookie: bytes
     uri_out: str | None
+
+    def __init__(self, cookie: bytes, uri_out: str | None) -> None:
+        self.cookie = cookie
+        self.uri_out = uri_out
 
 
 def _enc_DomainMigratePrepare2Ret(b: bytearray, v: DomainMigratePrepare2Ret) -> None:
@@ -4239,15 +4816,22 @@ def _dec_DomainMigratePrepare2Ret(d: bytes, o: int) -> tuple[DomainMigratePrepar
     return DomainMigratePrepare2Ret(t792, t795), o
 
 
-@dataclass(slots=True)
-class DomainMigrateFinish2Args:
+class DomainMigrateFinish2Args(Record):
     """XDR struct ``remote_domain_migrate_finish2_args``."""
 
+    __slots__ = ('dname', 'cookie', 'uri', 'flags', 'retcode')
     dname: str
     cookie: bytes
     uri: str
     flags: int
     retcode: int
+
+    def __init__(self, dname: str, cookie: bytes, uri: str, flags: int, retcode: int) -> None:
+        self.dname = dname
+        self.cookie = cookie
+        self.uri = uri
+        self.flags = flags
+        self.retcode = retcode
 
 
 def _enc_DomainMigrateFinish2Args(b: bytearray, v: DomainMigrateFinish2Args) -> None:
@@ -4299,11 +4883,14 @@ def _dec_DomainMigrateFinish2Args(d: bytes, o: int) -> tuple[DomainMigrateFinish
     return DomainMigrateFinish2Args(t805, t808, t811, t814, t815), o
 
 
-@dataclass(slots=True)
-class DomainMigrateFinish2Ret:
+class DomainMigrateFinish2Ret(Record):
     """XDR struct ``remote_domain_migrate_finish2_ret``."""
 
+    __slots__ = ('ddom',)
     ddom: NonnullDomain
+
+    def __init__(self, ddom: NonnullDomain) -> None:
+        self.ddom = ddom
 
 
 def _enc_DomainMigrateFinish2Ret(b: bytearray, v: DomainMigrateFinish2Ret) -> None:
@@ -4315,11 +4902,14 @@ def _dec_DomainMigrateFinish2Ret(d: bytes, o: int) -> tuple[DomainMigrateFinish2
     return DomainMigrateFinish2Ret(t816), o
 
 
-@dataclass(slots=True)
-class ConnectListDefinedDomainsArgs:
+class ConnectListDefinedDomainsArgs(Record):
     """XDR struct ``remote_connect_list_defined_domains_args``."""
 
+    __slots__ = ('maxnames',)
     maxnames: int
+
+    def __init__(self, maxnames: int) -> None:
+        self.maxnames = maxnames
 
 
 def _enc_ConnectListDefinedDomainsArgs(b: bytearray, v: ConnectListDefinedDomainsArgs) -> None:
@@ -4332,11 +4922,14 @@ def _dec_ConnectListDefinedDomainsArgs(d: bytes, o: int) -> tuple[ConnectListDef
     return ConnectListDefinedDomainsArgs(t817), o
 
 
-@dataclass(slots=True)
-class ConnectListDefinedDomainsRet:
+class ConnectListDefinedDomainsRet(Record):
     """XDR struct ``remote_connect_list_defined_domains_ret``."""
 
+    __slots__ = ('names',)
     names: list[str]
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
 
 
 def _enc_ConnectListDefinedDomainsRet(b: bytearray, v: ConnectListDefinedDomainsRet) -> None:
@@ -4371,11 +4964,14 @@ def _dec_ConnectListDefinedDomainsRet(d: bytes, o: int) -> tuple[ConnectListDefi
     return ConnectListDefinedDomainsRet(t823), o
 
 
-@dataclass(slots=True)
-class ConnectNumOfDefinedDomainsRet:
+class ConnectNumOfDefinedDomainsRet(Record):
     """XDR struct ``remote_connect_num_of_defined_domains_ret``."""
 
+    __slots__ = ('num',)
     num: int
+
+    def __init__(self, num: int) -> None:
+        self.num = num
 
 
 def _enc_ConnectNumOfDefinedDomainsRet(b: bytearray, v: ConnectNumOfDefinedDomainsRet) -> None:
@@ -4388,11 +4984,14 @@ def _dec_ConnectNumOfDefinedDomainsRet(d: bytes, o: int) -> tuple[ConnectNumOfDe
     return ConnectNumOfDefinedDomainsRet(t829), o
 
 
-@dataclass(slots=True)
-class DomainCreateArgs:
+class DomainCreateArgs(Record):
     """XDR struct ``remote_domain_create_args``."""
 
+    __slots__ = ('dom',)
     dom: NonnullDomain
+
+    def __init__(self, dom: NonnullDomain) -> None:
+        self.dom = dom
 
 
 def _enc_DomainCreateArgs(b: bytearray, v: DomainCreateArgs) -> None:
@@ -4404,12 +5003,16 @@ def _dec_DomainCreateArgs(d: bytes, o: int) -> tuple[DomainCreateArgs, int]:
     return DomainCreateArgs(t830), o
 
 
-@dataclass(slots=True)
-class DomainCreateWithFlagsArgs:
+class DomainCreateWithFlagsArgs(Record):
     """XDR struct ``remote_domain_create_with_flags_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainCreateWithFlagsArgs(b: bytearray, v: DomainCreateWithFlagsArgs) -> None:
@@ -4424,11 +5027,14 @@ def _dec_DomainCreateWithFlagsArgs(d: bytes, o: int) -> tuple[DomainCreateWithFl
     return DomainCreateWithFlagsArgs(t831, t832), o
 
 
-@dataclass(slots=True)
-class DomainCreateWithFlagsRet:
+class DomainCreateWithFlagsRet(Record):
     """XDR struct ``remote_domain_create_with_flags_ret``."""
 
+    __slots__ = ('dom',)
     dom: NonnullDomain
+
+    def __init__(self, dom: NonnullDomain) -> None:
+        self.dom = dom
 
 
 def _enc_DomainCreateWithFlagsRet(b: bytearray, v: DomainCreateWithFlagsRet) -> None:
@@ -4440,12 +5046,16 @@ def _dec_DomainCreateWithFlagsRet(d: bytes, o: int) -> tuple[DomainCreateWithFla
     return DomainCreateWithFlagsRet(t833), o
 
 
-@dataclass(slots=True)
-class DomainCreateWithFilesArgs:
+class DomainCreateWithFilesArgs(Record):
     """XDR struct ``remote_domain_create_with_files_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainCreateWithFilesArgs(b: bytearray, v: DomainCreateWithFilesArgs) -> None:
@@ -4460,11 +5070,14 @@ def _dec_DomainCreateWithFilesArgs(d: bytes, o: int) -> tuple[DomainCreateWithFi
     return DomainCreateWithFilesArgs(t834, t835), o
 
 
-@dataclass(slots=True)
-class DomainCreateWithFilesRet:
+class DomainCreateWithFilesRet(Record):
     """XDR struct ``remote_domain_create_with_files_ret``."""
 
+    __slots__ = ('dom',)
     dom: NonnullDomain
+
+    def __init__(self, dom: NonnullDomain) -> None:
+        self.dom = dom
 
 
 def _enc_DomainCreateWithFilesRet(b: bytearray, v: DomainCreateWithFilesRet) -> None:
@@ -4476,11 +5089,14 @@ def _dec_DomainCreateWithFilesRet(d: bytes, o: int) -> tuple[DomainCreateWithFil
     return DomainCreateWithFilesRet(t836), o
 
 
-@dataclass(slots=True)
-class DomainDefineXmlArgs:
+class DomainDefineXmlArgs(Record):
     """XDR struct ``remote_domain_define_xml_args``."""
 
+    __slots__ = ('xml',)
     xml: str
+
+    def __init__(self, xml: str) -> None:
+        self.xml = xml
 
 
 def _enc_DomainDefineXmlArgs(b: bytearray, v: DomainDefineXmlArgs) -> None:
@@ -4503,11 +5119,14 @@ def _dec_DomainDefineXmlArgs(d: bytes, o: int) -> tuple[DomainDefineXmlArgs, int
     return DomainDefineXmlArgs(t839), o
 
 
-@dataclass(slots=True)
-class DomainDefineXmlRet:
+class DomainDefineXmlRet(Record):
     """XDR struct ``remote_domain_define_xml_ret``."""
 
+    __slots__ = ('dom',)
     dom: NonnullDomain
+
+    def __init__(self, dom: NonnullDomain) -> None:
+        self.dom = dom
 
 
 def _enc_DomainDefineXmlRet(b: bytearray, v: DomainDefineXmlRet) -> None:
@@ -4519,12 +5138,16 @@ def _dec_DomainDefineXmlRet(d: bytes, o: int) -> tuple[DomainDefineXmlRet, int]:
     return DomainDefineXmlRet(t842), o
 
 
-@dataclass(slots=True)
-class DomainDefineXmlFlagsArgs:
+class DomainDefineXmlFlagsArgs(Record):
     """XDR struct ``remote_domain_define_xml_flags_args``."""
 
+    __slots__ = ('xml', 'flags')
     xml: str
     flags: int
+
+    def __init__(self, xml: str, flags: int) -> None:
+        self.xml = xml
+        self.flags = flags
 
 
 def _enc_DomainDefineXmlFlagsArgs(b: bytearray, v: DomainDefineXmlFlagsArgs) -> None:
@@ -4550,11 +5173,14 @@ def _dec_DomainDefineXmlFlagsArgs(d: bytes, o: int) -> tuple[DomainDefineXmlFlag
     return DomainDefineXmlFlagsArgs(t845, t848), o
 
 
-@dataclass(slots=True)
-class DomainDefineXmlFlagsRet:
+class DomainDefineXmlFlagsRet(Record):
     """XDR struct ``remote_domain_define_xml_flags_ret``."""
 
+    __slots__ = ('dom',)
     dom: NonnullDomain
+
+    def __init__(self, dom: NonnullDomain) -> None:
+        self.dom = dom
 
 
 def _enc_DomainDefineXmlFlagsRet(b: bytearray, v: DomainDefineXmlFlagsRet) -> None:
@@ -4566,11 +5192,14 @@ def _dec_DomainDefineXmlFlagsRet(d: bytes, o: int) -> tuple[DomainDefineXmlFlags
     return DomainDefineXmlFlagsRet(t849), o
 
 
-@dataclass(slots=True)
-class DomainUndefineArgs:
+class DomainUndefineArgs(Record):
     """XDR struct ``remote_domain_undefine_args``."""
 
+    __slots__ = ('dom',)
     dom: NonnullDomain
+
+    def __init__(self, dom: NonnullDomain) -> None:
+        self.dom = dom
 
 
 def _enc_DomainUndefineArgs(b: bytearray, v: DomainUndefineArgs) -> None:
@@ -4582,12 +5211,16 @@ def _dec_DomainUndefineArgs(d: bytes, o: int) -> tuple[DomainUndefineArgs, int]:
     return DomainUndefineArgs(t850), o
 
 
-@dataclass(slots=True)
-class DomainUndefineFlagsArgs:
+class DomainUndefineFlagsArgs(Record):
     """XDR struct ``remote_domain_undefine_flags_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainUndefineFlagsArgs(b: bytearray, v: DomainUndefineFlagsArgs) -> None:
@@ -4602,12 +5235,16 @@ def _dec_DomainUndefineFlagsArgs(d: bytes, o: int) -> tuple[DomainUndefineFlagsA
     return DomainUndefineFlagsArgs(t851, t852), o
 
 
-@dataclass(slots=True)
-class DomainInjectNmiArgs:
+class DomainInjectNmiArgs(Record):
     """XDR struct ``remote_domain_inject_nmi_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainInjectNmiArgs(b: bytearray, v: DomainInjectNmiArgs) -> None:
@@ -4622,15 +5259,22 @@ def _dec_DomainInjectNmiArgs(d: bytes, o: int) -> tuple[DomainInjectNmiArgs, int
     return DomainInjectNmiArgs(t853, t854), o
 
 
-@dataclass(slots=True)
-class DomainSendKeyArgs:
+class DomainSendKeyArgs(Record):
     """XDR struct ``remote_domain_send_key_args``."""
 
+    __slots__ = ('dom', 'codeset', 'holdtime', 'keycodes', 'flags')
     dom: NonnullDomain
     codeset: int
     holdtime: int
     keycodes: list[int]
     flags: int
+
+    def __init__(self, dom: NonnullDomain, codeset: int, holdtime: int, keycodes: list[int], flags: int) -> None:
+        self.dom = dom
+        self.codeset = codeset
+        self.holdtime = holdtime
+        self.keycodes = keycodes
+        self.flags = flags
 
 
 def _enc_DomainSendKeyArgs(b: bytearray, v: DomainSendKeyArgs) -> None:
@@ -4658,14 +5302,20 @@ def _dec_DomainSendKeyArgs(d: bytes, o: int) -> tuple[DomainSendKeyArgs, int]:
     return DomainSendKeyArgs(t857, t858, t859, t860, t862), o
 
 
-@dataclass(slots=True)
-class DomainSendProcessSignalArgs:
+class DomainSendProcessSignalArgs(Record):
     """XDR struct ``remote_domain_send_process_signal_args``."""
 
+    __slots__ = ('dom', 'pid_value', 'signum', 'flags')
     dom: NonnullDomain
     pid_value: int
     signum: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, pid_value: int, signum: int, flags: int) -> None:
+        self.dom = dom
+        self.pid_value = pid_value
+        self.signum = signum
+        self.flags = flags
 
 
 def _enc_DomainSendProcessSignalArgs(b: bytearray, v: DomainSendProcessSignalArgs) -> None:
@@ -4680,12 +5330,16 @@ def _dec_DomainSendProcessSignalArgs(d: bytes, o: int) -> tuple[DomainSendProces
     return DomainSendProcessSignalArgs(t863, t864, t865, t866), o
 
 
-@dataclass(slots=True)
-class DomainSetVcpusArgs:
+class DomainSetVcpusArgs(Record):
     """XDR struct ``remote_domain_set_vcpus_args``."""
 
+    __slots__ = ('dom', 'nvcpus')
     dom: NonnullDomain
     nvcpus: int
+
+    def __init__(self, dom: NonnullDomain, nvcpus: int) -> None:
+        self.dom = dom
+        self.nvcpus = nvcpus
 
 
 def _enc_DomainSetVcpusArgs(b: bytearray, v: DomainSetVcpusArgs) -> None:
@@ -4700,13 +5354,18 @@ def _dec_DomainSetVcpusArgs(d: bytes, o: int) -> tuple[DomainSetVcpusArgs, int]:
     return DomainSetVcpusArgs(t867, t868), o
 
 
-@dataclass(slots=True)
-class DomainSetVcpusFlagsArgs:
+class DomainSetVcpusFlagsArgs(Record):
     """XDR struct ``remote_domain_set_vcpus_flags_args``."""
 
+    __slots__ = ('dom', 'nvcpus', 'flags')
     dom: NonnullDomain
     nvcpus: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, nvcpus: int, flags: int) -> None:
+        self.dom = dom
+        self.nvcpus = nvcpus
+        self.flags = flags
 
 
 def _enc_DomainSetVcpusFlagsArgs(b: bytearray, v: DomainSetVcpusFlagsArgs) -> None:
@@ -4721,12 +5380,16 @@ def _dec_DomainSetVcpusFlagsArgs(d: bytes, o: int) -> tuple[DomainSetVcpusFlagsA
     return DomainSetVcpusFlagsArgs(t869, t870, t871), o
 
 
-@dataclass(slots=True)
-class DomainGetVcpusFlagsArgs:
+class DomainGetVcpusFlagsArgs(Record):
     """XDR struct ``remote_domain_get_vcpus_flags_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainGetVcpusFlagsArgs(b: bytearray, v: DomainGetVcpusFlagsArgs) -> None:
@@ -4741,11 +5404,14 @@ def _dec_DomainGetVcpusFlagsArgs(d: bytes, o: int) -> tuple[DomainGetVcpusFlagsA
     return DomainGetVcpusFlagsArgs(t872, t873), o
 
 
-@dataclass(slots=True)
-class DomainGetVcpusFlagsRet:
+class DomainGetVcpusFlagsRet(Record):
     """XDR struct ``remote_domain_get_vcpus_flags_ret``."""
 
+    __slots__ = ('num',)
     num: int
+
+    def __init__(self, num: int) -> None:
+        self.num = num
 
 
 def _enc_DomainGetVcpusFlagsRet(b: bytearray, v: DomainGetVcpusFlagsRet) -> None:
@@ -4758,13 +5424,18 @@ def _dec_DomainGetVcpusFlagsRet(d: bytes, o: int) -> tuple[DomainGetVcpusFlagsRe
     return DomainGetVcpusFlagsRet(t874), o
 
 
-@dataclass(slots=True)
-class DomainPinVcpuArgs:
+class DomainPinVcpuArgs(Record):
     """XDR struct ``remote_domain_pin_vcpu_args``."""
 
+    __slots__ = ('dom', 'vcpu', 'cpumap')
     dom: NonnullDomain
     vcpu: int
     cpumap: bytes
+
+    def __init__(self, dom: NonnullDomain, vcpu: int, cpumap: bytes) -> None:
+        self.dom = dom
+        self.vcpu = vcpu
+        self.cpumap = cpumap
 
 
 def _enc_DomainPinVcpuArgs(b: bytearray, v: DomainPinVcpuArgs) -> None:
@@ -4792,14 +5463,20 @@ def _dec_DomainPinVcpuArgs(d: bytes, o: int) -> tuple[DomainPinVcpuArgs, int]:
     return DomainPinVcpuArgs(t877, t878, t879), o
 
 
-@dataclass(slots=True)
-class DomainPinVcpuFlagsArgs:
+class DomainPinVcpuFlagsArgs(Record):
     """XDR struct ``remote_domain_pin_vcpu_flags_args``."""
 
+    __slots__ = ('dom', 'vcpu', 'cpumap', 'flags')
     dom: NonnullDomain
     vcpu: int
     cpumap: bytes
     flags: int
+
+    def __init__(self, dom: NonnullDomain, vcpu: int, cpumap: bytes, flags: int) -> None:
+        self.dom = dom
+        self.vcpu = vcpu
+        self.cpumap = cpumap
+        self.flags = flags
 
 
 def _enc_DomainPinVcpuFlagsArgs(b: bytearray, v: DomainPinVcpuFlagsArgs) -> None:
@@ -4830,14 +5507,20 @@ def _dec_DomainPinVcpuFlagsArgs(d: bytes, o: int) -> tuple[DomainPinVcpuFlagsArg
     return DomainPinVcpuFlagsArgs(t884, t885, t886, t889), o
 
 
-@dataclass(slots=True)
-class DomainGetVcpuPinInfoArgs:
+class DomainGetVcpuPinInfoArgs(Record):
     """XDR struct ``remote_domain_get_vcpu_pin_info_args``."""
 
+    __slots__ = ('dom', 'ncpumaps', 'maplen', 'flags')
     dom: NonnullDomain
     ncpumaps: int
     maplen: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, ncpumaps: int, maplen: int, flags: int) -> None:
+        self.dom = dom
+        self.ncpumaps = ncpumaps
+        self.maplen = maplen
+        self.flags = flags
 
 
 def _enc_DomainGetVcpuPinInfoArgs(b: bytearray, v: DomainGetVcpuPinInfoArgs) -> None:
@@ -4852,12 +5535,16 @@ def _dec_DomainGetVcpuPinInfoArgs(d: bytes, o: int) -> tuple[DomainGetVcpuPinInf
     return DomainGetVcpuPinInfoArgs(t890, t891, t892, t893), o
 
 
-@dataclass(slots=True)
-class DomainGetVcpuPinInfoRet:
+class DomainGetVcpuPinInfoRet(Record):
     """XDR struct ``remote_domain_get_vcpu_pin_info_ret``."""
 
+    __slots__ = ('cpumaps', 'num')
     cpumaps: bytes
     num: int
+
+    def __init__(self, cpumaps: bytes, num: int) -> None:
+        self.cpumaps = cpumaps
+        self.num = num
 
 
 def _enc_DomainGetVcpuPinInfoRet(b: bytearray, v: DomainGetVcpuPinInfoRet) -> None:
@@ -4883,13 +5570,18 @@ def _dec_DomainGetVcpuPinInfoRet(d: bytes, o: int) -> tuple[DomainGetVcpuPinInfo
     return DomainGetVcpuPinInfoRet(t896, t899), o
 
 
-@dataclass(slots=True)
-class DomainPinEmulatorArgs:
+class DomainPinEmulatorArgs(Record):
     """XDR struct ``remote_domain_pin_emulator_args``."""
 
+    __slots__ = ('dom', 'cpumap', 'flags')
     dom: NonnullDomain
     cpumap: bytes
     flags: int
+
+    def __init__(self, dom: NonnullDomain, cpumap: bytes, flags: int) -> None:
+        self.dom = dom
+        self.cpumap = cpumap
+        self.flags = flags
 
 
 def _enc_DomainPinEmulatorArgs(b: bytearray, v: DomainPinEmulatorArgs) -> None:
@@ -4917,13 +5609,18 @@ def _dec_DomainPinEmulatorArgs(d: bytes, o: int) -> tuple[DomainPinEmulatorArgs,
     return DomainPinEmulatorArgs(t902, t903, t906), o
 
 
-@dataclass(slots=True)
-class DomainGetEmulatorPinInfoArgs:
+class DomainGetEmulatorPinInfoArgs(Record):
     """XDR struct ``remote_domain_get_emulator_pin_info_args``."""
 
+    __slots__ = ('dom', 'maplen', 'flags')
     dom: NonnullDomain
     maplen: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, maplen: int, flags: int) -> None:
+        self.dom = dom
+        self.maplen = maplen
+        self.flags = flags
 
 
 def _enc_DomainGetEmulatorPinInfoArgs(b: bytearray, v: DomainGetEmulatorPinInfoArgs) -> None:
@@ -4938,12 +5635,16 @@ def _dec_DomainGetEmulatorPinInfoArgs(d: bytes, o: int) -> tuple[DomainGetEmulat
     return DomainGetEmulatorPinInfoArgs(t907, t908, t909), o
 
 
-@dataclass(slots=True)
-class DomainGetEmulatorPinInfoRet:
+class DomainGetEmulatorPinInfoRet(Record):
     """XDR struct ``remote_domain_get_emulator_pin_info_ret``."""
 
+    __slots__ = ('cpumaps', 'ret')
     cpumaps: bytes
     ret: int
+
+    def __init__(self, cpumaps: bytes, ret: int) -> None:
+        self.cpumaps = cpumaps
+        self.ret = ret
 
 
 def _enc_DomainGetEmulatorPinInfoRet(b: bytearray, v: DomainGetEmulatorPinInfoRet) -> None:
@@ -4969,13 +5670,18 @@ def _dec_DomainGetEmulatorPinInfoRet(d: bytes, o: int) -> tuple[DomainGetEmulato
     return DomainGetEmulatorPinInfoRet(t912, t915), o
 
 
-@dataclass(slots=True)
-class DomainGetVcpusArgs:
+class DomainGetVcpusArgs(Record):
     """XDR struct ``remote_domain_get_vcpus_args``."""
 
+    __slots__ = ('dom', 'maxinfo', 'maplen')
     dom: NonnullDomain
     maxinfo: int
     maplen: int
+
+    def __init__(self, dom: NonnullDomain, maxinfo: int, maplen: int) -> None:
+        self.dom = dom
+        self.maxinfo = maxinfo
+        self.maplen = maplen
 
 
 def _enc_DomainGetVcpusArgs(b: bytearray, v: DomainGetVcpusArgs) -> None:
@@ -4990,12 +5696,16 @@ def _dec_DomainGetVcpusArgs(d: bytes, o: int) -> tuple[DomainGetVcpusArgs, int]:
     return DomainGetVcpusArgs(t916, t917, t918), o
 
 
-@dataclass(slots=True)
-class DomainGetVcpusRet:
+class DomainGetVcpusRet(Record):
     """XDR struct ``remote_domain_get_vcpus_ret``."""
 
+    __slots__ = ('info', 'cpumaps')
     info: list[VcpuInfo]
     cpumaps: bytes
+
+    def __init__(self, info: list[VcpuInfo], cpumaps: bytes) -> None:
+        self.info = info
+        self.cpumaps = cpumaps
 
 
 def _enc_DomainGetVcpusRet(b: bytearray, v: DomainGetVcpusRet) -> None:
@@ -5032,11 +5742,14 @@ def _dec_DomainGetVcpusRet(d: bytes, o: int) -> tuple[DomainGetVcpusRet, int]:
     return DomainGetVcpusRet(t924, t928), o
 
 
-@dataclass(slots=True)
-class DomainGetMaxVcpusArgs:
+class DomainGetMaxVcpusArgs(Record):
     """XDR struct ``remote_domain_get_max_vcpus_args``."""
 
+    __slots__ = ('dom',)
     dom: NonnullDomain
+
+    def __init__(self, dom: NonnullDomain) -> None:
+        self.dom = dom
 
 
 def _enc_DomainGetMaxVcpusArgs(b: bytearray, v: DomainGetMaxVcpusArgs) -> None:
@@ -5048,11 +5761,14 @@ def _dec_DomainGetMaxVcpusArgs(d: bytes, o: int) -> tuple[DomainGetMaxVcpusArgs,
     return DomainGetMaxVcpusArgs(t931), o
 
 
-@dataclass(slots=True)
-class DomainGetMaxVcpusRet:
+class DomainGetMaxVcpusRet(Record):
     """XDR struct ``remote_domain_get_max_vcpus_ret``."""
 
+    __slots__ = ('num',)
     num: int
+
+    def __init__(self, num: int) -> None:
+        self.num = num
 
 
 def _enc_DomainGetMaxVcpusRet(b: bytearray, v: DomainGetMaxVcpusRet) -> None:
@@ -5065,12 +5781,16 @@ def _dec_DomainGetMaxVcpusRet(d: bytes, o: int) -> tuple[DomainGetMaxVcpusRet, i
     return DomainGetMaxVcpusRet(t932), o
 
 
-@dataclass(slots=True)
-class DomainIothreadInfo:
+class DomainIothreadInfo(Record):
     """XDR struct ``remote_domain_iothread_info``."""
 
+    __slots__ = ('iothread_id', 'cpumap')
     iothread_id: int
     cpumap: bytes
+
+    def __init__(self, iothread_id: int, cpumap: bytes) -> None:
+        self.iothread_id = iothread_id
+        self.cpumap = cpumap
 
 
 def _enc_DomainIothreadInfo(b: bytearray, v: DomainIothreadInfo) -> None:
@@ -5096,12 +5816,16 @@ def _dec_DomainIothreadInfo(d: bytes, o: int) -> tuple[DomainIothreadInfo, int]:
     return DomainIothreadInfo(t935, t936), o
 
 
-@dataclass(slots=True)
-class DomainGetIothreadInfoArgs:
+class DomainGetIothreadInfoArgs(Record):
     """XDR struct ``remote_domain_get_iothread_info_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainGetIothreadInfoArgs(b: bytearray, v: DomainGetIothreadInfoArgs) -> None:
@@ -5116,12 +5840,16 @@ def _dec_DomainGetIothreadInfoArgs(d: bytes, o: int) -> tuple[DomainGetIothreadI
     return DomainGetIothreadInfoArgs(t939, t940), o
 
 
-@dataclass(slots=True)
-class DomainGetIothreadInfoRet:
+class DomainGetIothreadInfoRet(Record):
     """XDR struct ``remote_domain_get_iothread_info_ret``."""
 
+    __slots__ = ('info', 'ret')
     info: list[DomainIothreadInfo]
     ret: int
+
+    def __init__(self, info: list[DomainIothreadInfo], ret: int) -> None:
+        self.info = info
+        self.ret = ret
 
 
 def _enc_DomainGetIothreadInfoRet(b: bytearray, v: DomainGetIothreadInfoRet) -> None:
@@ -5148,14 +5876,20 @@ def _dec_DomainGetIothreadInfoRet(d: bytes, o: int) -> tuple[DomainGetIothreadIn
     return DomainGetIothreadInfoRet(t944, t948), o
 
 
-@dataclass(slots=True)
-class DomainPinIothreadArgs:
+class DomainPinIothreadArgs(Record):
     """XDR struct ``remote_domain_pin_iothread_args``."""
 
+    __slots__ = ('dom', 'iothreads_id', 'cpumap', 'flags')
     dom: NonnullDomain
     iothreads_id: int
     cpumap: bytes
     flags: int
+
+    def __init__(self, dom: NonnullDomain, iothreads_id: int, cpumap: bytes, flags: int) -> None:
+        self.dom = dom
+        self.iothreads_id = iothreads_id
+        self.cpumap = cpumap
+        self.flags = flags
 
 
 def _enc_DomainPinIothreadArgs(b: bytearray, v: DomainPinIothreadArgs) -> None:
@@ -5186,13 +5920,18 @@ def _dec_DomainPinIothreadArgs(d: bytes, o: int) -> tuple[DomainPinIothreadArgs,
     return DomainPinIothreadArgs(t951, t952, t953, t956), o
 
 
-@dataclass(slots=True)
-class DomainAddIothreadArgs:
+class DomainAddIothreadArgs(Record):
     """XDR struct ``remote_domain_add_iothread_args``."""
 
+    __slots__ = ('dom', 'iothread_id', 'flags')
     dom: NonnullDomain
     iothread_id: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, iothread_id: int, flags: int) -> None:
+        self.dom = dom
+        self.iothread_id = iothread_id
+        self.flags = flags
 
 
 def _enc_DomainAddIothreadArgs(b: bytearray, v: DomainAddIothreadArgs) -> None:
@@ -5207,13 +5946,18 @@ def _dec_DomainAddIothreadArgs(d: bytes, o: int) -> tuple[DomainAddIothreadArgs,
     return DomainAddIothreadArgs(t957, t958, t959), o
 
 
-@dataclass(slots=True)
-class DomainDelIothreadArgs:
+class DomainDelIothreadArgs(Record):
     """XDR struct ``remote_domain_del_iothread_args``."""
 
+    __slots__ = ('dom', 'iothread_id', 'flags')
     dom: NonnullDomain
     iothread_id: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, iothread_id: int, flags: int) -> None:
+        self.dom = dom
+        self.iothread_id = iothread_id
+        self.flags = flags
 
 
 def _enc_DomainDelIothreadArgs(b: bytearray, v: DomainDelIothreadArgs) -> None:
@@ -5228,14 +5972,20 @@ def _dec_DomainDelIothreadArgs(d: bytes, o: int) -> tuple[DomainDelIothreadArgs,
     return DomainDelIothreadArgs(t960, t961, t962), o
 
 
-@dataclass(slots=True)
-class DomainSetIothreadParamsArgs:
+class DomainSetIothreadParamsArgs(Record):
     """XDR struct ``remote_domain_set_iothread_params_args``."""
 
+    __slots__ = ('dom', 'iothread_id', 'params', 'flags')
     dom: NonnullDomain
     iothread_id: int
     params: list[TypedParam]
     flags: int
+
+    def __init__(self, dom: NonnullDomain, iothread_id: int, params: list[TypedParam], flags: int) -> None:
+        self.dom = dom
+        self.iothread_id = iothread_id
+        self.params = params
+        self.flags = flags
 
 
 def _enc_DomainSetIothreadParamsArgs(b: bytearray, v: DomainSetIothreadParamsArgs) -> None:
@@ -5267,11 +6017,14 @@ def _dec_DomainSetIothreadParamsArgs(d: bytes, o: int) -> tuple[DomainSetIothrea
     return DomainSetIothreadParamsArgs(t966, t967, t968, t972), o
 
 
-@dataclass(slots=True)
-class DomainGetSecurityLabelArgs:
+class DomainGetSecurityLabelArgs(Record):
     """XDR struct ``remote_domain_get_security_label_args``."""
 
+    __slots__ = ('dom',)
     dom: NonnullDomain
+
+    def __init__(self, dom: NonnullDomain) -> None:
+        self.dom = dom
 
 
 def _enc_DomainGetSecurityLabelArgs(b: bytearray, v: DomainGetSecurityLabelArgs) -> None:
@@ -5283,12 +6036,16 @@ def _dec_DomainGetSecurityLabelArgs(d: bytes, o: int) -> tuple[DomainGetSecurity
     return DomainGetSecurityLabelArgs(t973), o
 
 
-@dataclass(slots=True)
-class DomainGetSecurityLabelRet:
+class DomainGetSecurityLabelRet(Record):
     """XDR struct ``remote_domain_get_security_label_ret``."""
 
+    __slots__ = ('label', 'enforcing')
     label: bytes
     enforcing: int
+
+    def __init__(self, label: bytes, enforcing: int) -> None:
+        self.label = label
+        self.enforcing = enforcing
 
 
 def _enc_DomainGetSecurityLabelRet(b: bytearray, v: DomainGetSecurityLabelRet) -> None:
@@ -5311,11 +6068,14 @@ def _dec_DomainGetSecurityLabelRet(d: bytes, o: int) -> tuple[DomainGetSecurityL
     return DomainGetSecurityLabelRet(t976, t978), o
 
 
-@dataclass(slots=True)
-class DomainGetSecurityLabelListArgs:
+class DomainGetSecurityLabelListArgs(Record):
     """XDR struct ``remote_domain_get_security_label_list_args``."""
 
+    __slots__ = ('dom',)
     dom: NonnullDomain
+
+    def __init__(self, dom: NonnullDomain) -> None:
+        self.dom = dom
 
 
 def _enc_DomainGetSecurityLabelListArgs(b: bytearray, v: DomainGetSecurityLabelListArgs) -> None:
@@ -5327,12 +6087,16 @@ def _dec_DomainGetSecurityLabelListArgs(d: bytes, o: int) -> tuple[DomainGetSecu
     return DomainGetSecurityLabelListArgs(t979), o
 
 
-@dataclass(slots=True)
-class DomainGetSecurityLabelListRet:
+class DomainGetSecurityLabelListRet(Record):
     """XDR struct ``remote_domain_get_security_label_list_ret``."""
 
+    __slots__ = ('labels', 'ret')
     labels: list[DomainGetSecurityLabelRet]
     ret: int
+
+    def __init__(self, labels: list[DomainGetSecurityLabelRet], ret: int) -> None:
+        self.labels = labels
+        self.ret = ret
 
 
 def _enc_DomainGetSecurityLabelListRet(b: bytearray, v: DomainGetSecurityLabelListRet) -> None:
@@ -5359,12 +6123,16 @@ def _dec_DomainGetSecurityLabelListRet(d: bytes, o: int) -> tuple[DomainGetSecur
     return DomainGetSecurityLabelListRet(t983, t987), o
 
 
-@dataclass(slots=True)
-class NodeGetSecurityModelRet:
+class NodeGetSecurityModelRet(Record):
     """XDR struct ``remote_node_get_security_model_ret``."""
 
+    __slots__ = ('model', 'doi')
     model: bytes
     doi: bytes
+
+    def __init__(self, model: bytes, doi: bytes) -> None:
+        self.model = model
+        self.doi = doi
 
 
 def _enc_NodeGetSecurityModelRet(b: bytearray, v: NodeGetSecurityModelRet) -> None:
@@ -5394,12 +6162,16 @@ def _dec_NodeGetSecurityModelRet(d: bytes, o: int) -> tuple[NodeGetSecurityModel
     return NodeGetSecurityModelRet(t992, t994), o
 
 
-@dataclass(slots=True)
-class DomainAttachDeviceArgs:
+class DomainAttachDeviceArgs(Record):
     """XDR struct ``remote_domain_attach_device_args``."""
 
+    __slots__ = ('dom', 'xml')
     dom: NonnullDomain
     xml: str
+
+    def __init__(self, dom: NonnullDomain, xml: str) -> None:
+        self.dom = dom
+        self.xml = xml
 
 
 def _enc_DomainAttachDeviceArgs(b: bytearray, v: DomainAttachDeviceArgs) -> None:
@@ -5424,13 +6196,18 @@ def _dec_DomainAttachDeviceArgs(d: bytes, o: int) -> tuple[DomainAttachDeviceArg
     return DomainAttachDeviceArgs(t998, t999), o
 
 
-@dataclass(slots=True)
-class DomainAttachDeviceFlagsArgs:
+class DomainAttachDeviceFlagsArgs(Record):
     """XDR struct ``remote_domain_attach_device_flags_args``."""
 
+    __slots__ = ('dom', 'xml', 'flags')
     dom: NonnullDomain
     xml: str
     flags: int
+
+    def __init__(self, dom: NonnullDomain, xml: str, flags: int) -> None:
+        self.dom = dom
+        self.xml = xml
+        self.flags = flags
 
 
 def _enc_DomainAttachDeviceFlagsArgs(b: bytearray, v: DomainAttachDeviceFlagsArgs) -> None:
@@ -5458,12 +6235,16 @@ def _dec_DomainAttachDeviceFlagsArgs(d: bytes, o: int) -> tuple[DomainAttachDevi
     return DomainAttachDeviceFlagsArgs(t1004, t1005, t1008), o
 
 
-@dataclass(slots=True)
-class DomainDetachDeviceArgs:
+class DomainDetachDeviceArgs(Record):
     """XDR struct ``remote_domain_detach_device_args``."""
 
+    __slots__ = ('dom', 'xml')
     dom: NonnullDomain
     xml: str
+
+    def __init__(self, dom: NonnullDomain, xml: str) -> None:
+        self.dom = dom
+        self.xml = xml
 
 
 def _enc_DomainDetachDeviceArgs(b: bytearray, v: DomainDetachDeviceArgs) -> None:
@@ -5488,13 +6269,18 @@ def _dec_DomainDetachDeviceArgs(d: bytes, o: int) -> tuple[DomainDetachDeviceArg
     return DomainDetachDeviceArgs(t1011, t1012), o
 
 
-@dataclass(slots=True)
-class DomainDetachDeviceFlagsArgs:
+class DomainDetachDeviceFlagsArgs(Record):
     """XDR struct ``remote_domain_detach_device_flags_args``."""
 
+    __slots__ = ('dom', 'xml', 'flags')
     dom: NonnullDomain
     xml: str
     flags: int
+
+    def __init__(self, dom: NonnullDomain, xml: str, flags: int) -> None:
+        self.dom = dom
+        self.xml = xml
+        self.flags = flags
 
 
 def _enc_DomainDetachDeviceFlagsArgs(b: bytearray, v: DomainDetachDeviceFlagsArgs) -> None:
@@ -5522,13 +6308,18 @@ def _dec_DomainDetachDeviceFlagsArgs(d: bytes, o: int) -> tuple[DomainDetachDevi
     return DomainDetachDeviceFlagsArgs(t1017, t1018, t1021), o
 
 
-@dataclass(slots=True)
-class DomainUpdateDeviceFlagsArgs:
+class DomainUpdateDeviceFlagsArgs(Record):
     """XDR struct ``remote_domain_update_device_flags_args``."""
 
+    __slots__ = ('dom', 'xml', 'flags')
     dom: NonnullDomain
     xml: str
     flags: int
+
+    def __init__(self, dom: NonnullDomain, xml: str, flags: int) -> None:
+        self.dom = dom
+        self.xml = xml
+        self.flags = flags
 
 
 def _enc_DomainUpdateDeviceFlagsArgs(b: bytearray, v: DomainUpdateDeviceFlagsArgs) -> None:
@@ -5556,13 +6347,18 @@ def _dec_DomainUpdateDeviceFlagsArgs(d: bytes, o: int) -> tuple[DomainUpdateDevi
     return DomainUpdateDeviceFlagsArgs(t1024, t1025, t1028), o
 
 
-@dataclass(slots=True)
-class DomainDetachDeviceAliasArgs:
+class DomainDetachDeviceAliasArgs(Record):
     """XDR struct ``remote_domain_detach_device_alias_args``."""
 
+    __slots__ = ('dom', 'alias', 'flags')
     dom: NonnullDomain
     alias: str
     flags: int
+
+    def __init__(self, dom: NonnullDomain, alias: str, flags: int) -> None:
+        self.dom = dom
+        self.alias = alias
+        self.flags = flags
 
 
 def _enc_DomainDetachDeviceAliasArgs(b: bytearray, v: DomainDetachDeviceAliasArgs) -> None:
@@ -5590,11 +6386,14 @@ def _dec_DomainDetachDeviceAliasArgs(d: bytes, o: int) -> tuple[DomainDetachDevi
     return DomainDetachDeviceAliasArgs(t1031, t1032, t1035), o
 
 
-@dataclass(slots=True)
-class DomainGetAutostartArgs:
+class DomainGetAutostartArgs(Record):
     """XDR struct ``remote_domain_get_autostart_args``."""
 
+    __slots__ = ('dom',)
     dom: NonnullDomain
+
+    def __init__(self, dom: NonnullDomain) -> None:
+        self.dom = dom
 
 
 def _enc_DomainGetAutostartArgs(b: bytearray, v: DomainGetAutostartArgs) -> None:
@@ -5606,11 +6405,14 @@ def _dec_DomainGetAutostartArgs(d: bytes, o: int) -> tuple[DomainGetAutostartArg
     return DomainGetAutostartArgs(t1036), o
 
 
-@dataclass(slots=True)
-class DomainGetAutostartRet:
+class DomainGetAutostartRet(Record):
     """XDR struct ``remote_domain_get_autostart_ret``."""
 
+    __slots__ = ('autostart',)
     autostart: int
+
+    def __init__(self, autostart: int) -> None:
+        self.autostart = autostart
 
 
 def _enc_DomainGetAutostartRet(b: bytearray, v: DomainGetAutostartRet) -> None:
@@ -5623,12 +6425,16 @@ def _dec_DomainGetAutostartRet(d: bytes, o: int) -> tuple[DomainGetAutostartRet,
     return DomainGetAutostartRet(t1037), o
 
 
-@dataclass(slots=True)
-class DomainSetAutostartArgs:
+class DomainSetAutostartArgs(Record):
     """XDR struct ``remote_domain_set_autostart_args``."""
 
+    __slots__ = ('dom', 'autostart')
     dom: NonnullDomain
     autostart: int
+
+    def __init__(self, dom: NonnullDomain, autostart: int) -> None:
+        self.dom = dom
+        self.autostart = autostart
 
 
 def _enc_DomainSetAutostartArgs(b: bytearray, v: DomainSetAutostartArgs) -> None:
@@ -5643,16 +6449,24 @@ def _dec_DomainSetAutostartArgs(d: bytes, o: int) -> tuple[DomainSetAutostartArg
     return DomainSetAutostartArgs(t1038, t1039), o
 
 
-@dataclass(slots=True)
-class DomainSetMetadataArgs:
+class DomainSetMetadataArgs(Record):
     """XDR struct ``remote_domain_set_metadata_args``."""
 
+    __slots__ = ('dom', 'type', 'metadata', 'key', 'uri', 'flags')
     dom: NonnullDomain
     type: int
     metadata: str | None
     key: str | None
     uri: str | None
     flags: int
+
+    def __init__(self, dom: NonnullDomain, type: int, metadata: str | None, key: str | None, uri: str | None, flags: int) -> None:
+        self.dom = dom
+        self.type = type
+        self.metadata = metadata
+        self.key = key
+        self.uri = uri
+        self.flags = flags
 
 
 def _enc_DomainSetMetadataArgs(b: bytearray, v: DomainSetMetadataArgs) -> None:
@@ -5745,14 +6559,20 @@ def _dec_DomainSetMetadataArgs(d: bytes, o: int) -> tuple[DomainSetMetadataArgs,
     return DomainSetMetadataArgs(t1049, t1050, t1051, t1055, t1059, t1063), o
 
 
-@dataclass(slots=True)
-class DomainGetMetadataArgs:
+class DomainGetMetadataArgs(Record):
     """XDR struct ``remote_domain_get_metadata_args``."""
 
+    __slots__ = ('dom', 'type', 'uri', 'flags')
     dom: NonnullDomain
     type: int
     uri: str | None
     flags: int
+
+    def __init__(self, dom: NonnullDomain, type: int, uri: str | None, flags: int) -> None:
+        self.dom = dom
+        self.type = type
+        self.uri = uri
+        self.flags = flags
 
 
 def _enc_DomainGetMetadataArgs(b: bytearray, v: DomainGetMetadataArgs) -> None:
@@ -5795,11 +6615,14 @@ def _dec_DomainGetMetadataArgs(d: bytes, o: int) -> tuple[DomainGetMetadataArgs,
     return DomainGetMetadataArgs(t1067, t1068, t1069, t1073), o
 
 
-@dataclass(slots=True)
-class DomainGetMetadataRet:
+class DomainGetMetadataRet(Record):
     """XDR struct ``remote_domain_get_metadata_ret``."""
 
+    __slots__ = ('metadata',)
     metadata: str
+
+    def __init__(self, metadata: str) -> None:
+        self.metadata = metadata
 
 
 def _enc_DomainGetMetadataRet(b: bytearray, v: DomainGetMetadataRet) -> None:
@@ -5822,13 +6645,18 @@ def _dec_DomainGetMetadataRet(d: bytes, o: int) -> tuple[DomainGetMetadataRet, i
     return DomainGetMetadataRet(t1076), o
 
 
-@dataclass(slots=True)
-class DomainBlockJobAbortArgs:
+class DomainBlockJobAbortArgs(Record):
     """XDR struct ``remote_domain_block_job_abort_args``."""
 
+    __slots__ = ('dom', 'path', 'flags')
     dom: NonnullDomain
     path: str
     flags: int
+
+    def __init__(self, dom: NonnullDomain, path: str, flags: int) -> None:
+        self.dom = dom
+        self.path = path
+        self.flags = flags
 
 
 def _enc_DomainBlockJobAbortArgs(b: bytearray, v: DomainBlockJobAbortArgs) -> None:
@@ -5856,13 +6684,18 @@ def _dec_DomainBlockJobAbortArgs(d: bytes, o: int) -> tuple[DomainBlockJobAbortA
     return DomainBlockJobAbortArgs(t1081, t1082, t1085), o
 
 
-@dataclass(slots=True)
-class DomainGetBlockJobInfoArgs:
+class DomainGetBlockJobInfoArgs(Record):
     """XDR struct ``remote_domain_get_block_job_info_args``."""
 
+    __slots__ = ('dom', 'path', 'flags')
     dom: NonnullDomain
     path: str
     flags: int
+
+    def __init__(self, dom: NonnullDomain, path: str, flags: int) -> None:
+        self.dom = dom
+        self.path = path
+        self.flags = flags
 
 
 def _enc_DomainGetBlockJobInfoArgs(b: bytearray, v: DomainGetBlockJobInfoArgs) -> None:
@@ -5890,15 +6723,22 @@ def _dec_DomainGetBlockJobInfoArgs(d: bytes, o: int) -> tuple[DomainGetBlockJobI
     return DomainGetBlockJobInfoArgs(t1088, t1089, t1092), o
 
 
-@dataclass(slots=True)
-class DomainGetBlockJobInfoRet:
+class DomainGetBlockJobInfoRet(Record):
     """XDR struct ``remote_domain_get_block_job_info_ret``."""
 
+    __slots__ = ('found', 'type', 'bandwidth', 'cur', 'end')
     found: int
     type: int
     bandwidth: int
     cur: int
     end: int
+
+    def __init__(self, found: int, type: int, bandwidth: int, cur: int, end: int) -> None:
+        self.found = found
+        self.type = type
+        self.bandwidth = bandwidth
+        self.cur = cur
+        self.end = end
 
 
 def _enc_DomainGetBlockJobInfoRet(b: bytearray, v: DomainGetBlockJobInfoRet) -> None:
@@ -5911,14 +6751,20 @@ def _dec_DomainGetBlockJobInfoRet(d: bytes, o: int) -> tuple[DomainGetBlockJobIn
     return DomainGetBlockJobInfoRet(t1093, t1094, t1095, t1096, t1097), o
 
 
-@dataclass(slots=True)
-class DomainBlockJobSetSpeedArgs:
+class DomainBlockJobSetSpeedArgs(Record):
     """XDR struct ``remote_domain_block_job_set_speed_args``."""
 
+    __slots__ = ('dom', 'path', 'bandwidth', 'flags')
     dom: NonnullDomain
     path: str
     bandwidth: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, path: str, bandwidth: int, flags: int) -> None:
+        self.dom = dom
+        self.path = path
+        self.bandwidth = bandwidth
+        self.flags = flags
 
 
 def _enc_DomainBlockJobSetSpeedArgs(b: bytearray, v: DomainBlockJobSetSpeedArgs) -> None:
@@ -5946,14 +6792,20 @@ def _dec_DomainBlockJobSetSpeedArgs(d: bytes, o: int) -> tuple[DomainBlockJobSet
     return DomainBlockJobSetSpeedArgs(t1100, t1101, t1104, t1105), o
 
 
-@dataclass(slots=True)
-class DomainBlockPullArgs:
+class DomainBlockPullArgs(Record):
     """XDR struct ``remote_domain_block_pull_args``."""
 
+    __slots__ = ('dom', 'path', 'bandwidth', 'flags')
     dom: NonnullDomain
     path: str
     bandwidth: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, path: str, bandwidth: int, flags: int) -> None:
+        self.dom = dom
+        self.path = path
+        self.bandwidth = bandwidth
+        self.flags = flags
 
 
 def _enc_DomainBlockPullArgs(b: bytearray, v: DomainBlockPullArgs) -> None:
@@ -5981,15 +6833,22 @@ def _dec_DomainBlockPullArgs(d: bytes, o: int) -> tuple[DomainBlockPullArgs, int
     return DomainBlockPullArgs(t1108, t1109, t1112, t1113), o
 
 
-@dataclass(slots=True)
-class DomainBlockRebaseArgs:
+class DomainBlockRebaseArgs(Record):
     """XDR struct ``remote_domain_block_rebase_args``."""
 
+    __slots__ = ('dom', 'path', 'base', 'bandwidth', 'flags')
     dom: NonnullDomain
     path: str
     base: str | None
     bandwidth: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, path: str, base: str | None, bandwidth: int, flags: int) -> None:
+        self.dom = dom
+        self.path = path
+        self.base = base
+        self.bandwidth = bandwidth
+        self.flags = flags
 
 
 def _enc_DomainBlockRebaseArgs(b: bytearray, v: DomainBlockRebaseArgs) -> None:
@@ -6042,15 +6901,22 @@ def _dec_DomainBlockRebaseArgs(d: bytes, o: int) -> tuple[DomainBlockRebaseArgs,
     return DomainBlockRebaseArgs(t1119, t1120, t1123, t1127, t1128), o
 
 
-@dataclass(slots=True)
-class DomainBlockCopyArgs:
+class DomainBlockCopyArgs(Record):
     """XDR struct ``remote_domain_block_copy_args``."""
 
+    __slots__ = ('dom', 'path', 'destxml', 'params', 'flags')
     dom: NonnullDomain
     path: str
     destxml: str
     params: list[TypedParam]
     flags: int
+
+    def __init__(self, dom: NonnullDomain, path: str, destxml: str, params: list[TypedParam], flags: int) -> None:
+        self.dom = dom
+        self.path = path
+        self.destxml = destxml
+        self.params = params
+        self.flags = flags
 
 
 def _enc_DomainBlockCopyArgs(b: bytearray, v: DomainBlockCopyArgs) -> None:
@@ -6105,16 +6971,24 @@ def _dec_DomainBlockCopyArgs(d: bytes, o: int) -> tuple[DomainBlockCopyArgs, int
     return DomainBlockCopyArgs(t1136, t1137, t1140, t1143, t1147), o
 
 
-@dataclass(slots=True)
-class DomainBlockCommitArgs:
+class DomainBlockCommitArgs(Record):
     """XDR struct ``remote_domain_block_commit_args``."""
 
+    __slots__ = ('dom', 'disk', 'base', 'top', 'bandwidth', 'flags')
     dom: NonnullDomain
     disk: str
     base: str | None
     top: str | None
     bandwidth: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, disk: str, base: str | None, top: str | None, bandwidth: int, flags: int) -> None:
+        self.dom = dom
+        self.disk = disk
+        self.base = base
+        self.top = top
+        self.bandwidth = bandwidth
+        self.flags = flags
 
 
 def _enc_DomainBlockCommitArgs(b: bytearray, v: DomainBlockCommitArgs) -> None:
@@ -6192,14 +7066,20 @@ def _dec_DomainBlockCommitArgs(d: bytes, o: int) -> tuple[DomainBlockCommitArgs,
     return DomainBlockCommitArgs(t1156, t1157, t1160, t1164, t1168, t1169), o
 
 
-@dataclass(slots=True)
-class DomainSetBlockIoTuneArgs:
+class DomainSetBlockIoTuneArgs(Record):
     """XDR struct ``remote_domain_set_block_io_tune_args``."""
 
+    __slots__ = ('dom', 'disk', 'params', 'flags')
     dom: NonnullDomain
     disk: str
     params: list[TypedParam]
     flags: int
+
+    def __init__(self, dom: NonnullDomain, disk: str, params: list[TypedParam], flags: int) -> None:
+        self.dom = dom
+        self.disk = disk
+        self.params = params
+        self.flags = flags
 
 
 def _enc_DomainSetBlockIoTuneArgs(b: bytearray, v: DomainSetBlockIoTuneArgs) -> None:
@@ -6241,14 +7121,20 @@ def _dec_DomainSetBlockIoTuneArgs(d: bytes, o: int) -> tuple[DomainSetBlockIoTun
     return DomainSetBlockIoTuneArgs(t1175, t1176, t1179, t1183), o
 
 
-@dataclass(slots=True)
-class DomainGetBlockIoTuneArgs:
+class DomainGetBlockIoTuneArgs(Record):
     """XDR struct ``remote_domain_get_block_io_tune_args``."""
 
+    __slots__ = ('dom', 'disk', 'nparams', 'flags')
     dom: NonnullDomain
     disk: str | None
     nparams: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, disk: str | None, nparams: int, flags: int) -> None:
+        self.dom = dom
+        self.disk = disk
+        self.nparams = nparams
+        self.flags = flags
 
 
 def _enc_DomainGetBlockIoTuneArgs(b: bytearray, v: DomainGetBlockIoTuneArgs) -> None:
@@ -6288,12 +7174,16 @@ def _dec_DomainGetBlockIoTuneArgs(d: bytes, o: int) -> tuple[DomainGetBlockIoTun
     return DomainGetBlockIoTuneArgs(t1187, t1188, t1192, t1193), o
 
 
-@dataclass(slots=True)
-class DomainGetBlockIoTuneRet:
+class DomainGetBlockIoTuneRet(Record):
     """XDR struct ``remote_domain_get_block_io_tune_ret``."""
 
+    __slots__ = ('params', 'nparams')
     params: list[TypedParam]
     nparams: int
+
+    def __init__(self, params: list[TypedParam], nparams: int) -> None:
+        self.params = params
+        self.nparams = nparams
 
 
 def _enc_DomainGetBlockIoTuneRet(b: bytearray, v: DomainGetBlockIoTuneRet) -> None:
@@ -6320,15 +7210,22 @@ def _dec_DomainGetBlockIoTuneRet(d: bytes, o: int) -> tuple[DomainGetBlockIoTune
     return DomainGetBlockIoTuneRet(t1197, t1201), o
 
 
-@dataclass(slots=True)
-class DomainGetCpuStatsArgs:
+class DomainGetCpuStatsArgs(Record):
     """XDR struct ``remote_domain_get_cpu_stats_args``."""
 
+    __slots__ = ('dom', 'nparams', 'start_cpu', 'ncpus', 'flags')
     dom: NonnullDomain
     nparams: int
     start_cpu: int
     ncpus: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, nparams: int, start_cpu: int, ncpus: int, flags: int) -> None:
+        self.dom = dom
+        self.nparams = nparams
+        self.start_cpu = start_cpu
+        self.ncpus = ncpus
+        self.flags = flags
 
 
 def _enc_DomainGetCpuStatsArgs(b: bytearray, v: DomainGetCpuStatsArgs) -> None:
@@ -6343,12 +7240,16 @@ def _dec_DomainGetCpuStatsArgs(d: bytes, o: int) -> tuple[DomainGetCpuStatsArgs,
     return DomainGetCpuStatsArgs(t1202, t1203, t1204, t1205, t1206), o
 
 
-@dataclass(slots=True)
-class DomainGetCpuStatsRet:
+class DomainGetCpuStatsRet(Record):
     """XDR struct ``remote_domain_get_cpu_stats_ret``."""
 
+    __slots__ = ('params', 'nparams')
     params: list[TypedParam]
     nparams: int
+
+    def __init__(self, params: list[TypedParam], nparams: int) -> None:
+        self.params = params
+        self.nparams = nparams
 
 
 def _enc_DomainGetCpuStatsRet(b: bytearray, v: DomainGetCpuStatsRet) -> None:
@@ -6375,12 +7276,16 @@ def _dec_DomainGetCpuStatsRet(d: bytes, o: int) -> tuple[DomainGetCpuStatsRet, i
     return DomainGetCpuStatsRet(t1210, t1214), o
 
 
-@dataclass(slots=True)
-class DomainGetHostnameArgs:
+class DomainGetHostnameArgs(Record):
     """XDR struct ``remote_domain_get_hostname_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainGetHostnameArgs(b: bytearray, v: DomainGetHostnameArgs) -> None:
@@ -6395,11 +7300,14 @@ def _dec_DomainGetHostnameArgs(d: bytes, o: int) -> tuple[DomainGetHostnameArgs,
     return DomainGetHostnameArgs(t1215, t1216), o
 
 
-@dataclass(slots=True)
-class DomainGetHostnameRet:
+class DomainGetHostnameRet(Record):
     """XDR struct ``remote_domain_get_hostname_ret``."""
 
+    __slots__ = ('hostname',)
     hostname: str
+
+    def __init__(self, hostname: str) -> None:
+        self.hostname = hostname
 
 
 def _enc_DomainGetHostnameRet(b: bytearray, v: DomainGetHostnameRet) -> None:
@@ -6422,11 +7330,14 @@ def _dec_DomainGetHostnameRet(d: bytes, o: int) -> tuple[DomainGetHostnameRet, i
     return DomainGetHostnameRet(t1219), o
 
 
-@dataclass(slots=True)
-class ConnectNumOfNetworksRet:
+class ConnectNumOfNetworksRet(Record):
     """XDR struct ``remote_connect_num_of_networks_ret``."""
 
+    __slots__ = ('num',)
     num: int
+
+    def __init__(self, num: int) -> None:
+        self.num = num
 
 
 def _enc_ConnectNumOfNetworksRet(b: bytearray, v: ConnectNumOfNetworksRet) -> None:
@@ -6439,11 +7350,14 @@ def _dec_ConnectNumOfNetworksRet(d: bytes, o: int) -> tuple[ConnectNumOfNetworks
     return ConnectNumOfNetworksRet(t1222), o
 
 
-@dataclass(slots=True)
-class ConnectListNetworksArgs:
+class ConnectListNetworksArgs(Record):
     """XDR struct ``remote_connect_list_networks_args``."""
 
+    __slots__ = ('maxnames',)
     maxnames: int
+
+    def __init__(self, maxnames: int) -> None:
+        self.maxnames = maxnames
 
 
 def _enc_ConnectListNetworksArgs(b: bytearray, v: ConnectListNetworksArgs) -> None:
@@ -6456,11 +7370,14 @@ def _dec_ConnectListNetworksArgs(d: bytes, o: int) -> tuple[ConnectListNetworksA
     return ConnectListNetworksArgs(t1223), o
 
 
-@dataclass(slots=True)
-class ConnectListNetworksRet:
+class ConnectListNetworksRet(Record):
     """XDR struct ``remote_connect_list_networks_ret``."""
 
+    __slots__ = ('names',)
     names: list[str]
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
 
 
 def _enc_ConnectListNetworksRet(b: bytearray, v: ConnectListNetworksRet) -> None:
@@ -6495,11 +7412,14 @@ def _dec_ConnectListNetworksRet(d: bytes, o: int) -> tuple[ConnectListNetworksRe
     return ConnectListNetworksRet(t1229), o
 
 
-@dataclass(slots=True)
-class ConnectNumOfDefinedNetworksRet:
+class ConnectNumOfDefinedNetworksRet(Record):
     """XDR struct ``remote_connect_num_of_defined_networks_ret``."""
 
+    __slots__ = ('num',)
     num: int
+
+    def __init__(self, num: int) -> None:
+        self.num = num
 
 
 def _enc_ConnectNumOfDefinedNetworksRet(b: bytearray, v: ConnectNumOfDefinedNetworksRet) -> None:
@@ -6512,11 +7432,14 @@ def _dec_ConnectNumOfDefinedNetworksRet(d: bytes, o: int) -> tuple[ConnectNumOfD
     return ConnectNumOfDefinedNetworksRet(t1235), o
 
 
-@dataclass(slots=True)
-class ConnectListDefinedNetworksArgs:
+class ConnectListDefinedNetworksArgs(Record):
     """XDR struct ``remote_connect_list_defined_networks_args``."""
 
+    __slots__ = ('maxnames',)
     maxnames: int
+
+    def __init__(self, maxnames: int) -> None:
+        self.maxnames = maxnames
 
 
 def _enc_ConnectListDefinedNetworksArgs(b: bytearray, v: ConnectListDefinedNetworksArgs) -> None:
@@ -6529,11 +7452,14 @@ def _dec_ConnectListDefinedNetworksArgs(d: bytes, o: int) -> tuple[ConnectListDe
     return ConnectListDefinedNetworksArgs(t1236), o
 
 
-@dataclass(slots=True)
-class ConnectListDefinedNetworksRet:
+class ConnectListDefinedNetworksRet(Record):
     """XDR struct ``remote_connect_list_defined_networks_ret``."""
 
+    __slots__ = ('names',)
     names: list[str]
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
 
 
 def _enc_ConnectListDefinedNetworksRet(b: bytearray, v: ConnectListDefinedNetworksRet) -> None:
@@ -6568,11 +7494,14 @@ def _dec_ConnectListDefinedNetworksRet(d: bytes, o: int) -> tuple[ConnectListDef
     return ConnectListDefinedNetworksRet(t1242), o
 
 
-@dataclass(slots=True)
-class NetworkLookupByUuidArgs:
+class NetworkLookupByUuidArgs(Record):
     """XDR struct ``remote_network_lookup_by_uuid_args``."""
 
+    __slots__ = ('uuid',)
     uuid: bytes
+
+    def __init__(self, uuid: bytes) -> None:
+        self.uuid = uuid
 
 
 def _enc_NetworkLookupByUuidArgs(b: bytearray, v: NetworkLookupByUuidArgs) -> None:
@@ -6586,11 +7515,14 @@ def _dec_NetworkLookupByUuidArgs(d: bytes, o: int) -> tuple[NetworkLookupByUuidA
     return NetworkLookupByUuidArgs(t1248), o
 
 
-@dataclass(slots=True)
-class NetworkLookupByUuidRet:
+class NetworkLookupByUuidRet(Record):
     """XDR struct ``remote_network_lookup_by_uuid_ret``."""
 
+    __slots__ = ('net',)
     net: NonnullNetwork
+
+    def __init__(self, net: NonnullNetwork) -> None:
+        self.net = net
 
 
 def _enc_NetworkLookupByUuidRet(b: bytearray, v: NetworkLookupByUuidRet) -> None:
@@ -6602,11 +7534,14 @@ def _dec_NetworkLookupByUuidRet(d: bytes, o: int) -> tuple[NetworkLookupByUuidRe
     return NetworkLookupByUuidRet(t1249), o
 
 
-@dataclass(slots=True)
-class NetworkLookupByNameArgs:
+class NetworkLookupByNameArgs(Record):
     """XDR struct ``remote_network_lookup_by_name_args``."""
 
+    __slots__ = ('name',)
     name: str
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
 def _enc_NetworkLookupByNameArgs(b: bytearray, v: NetworkLookupByNameArgs) -> None:
@@ -6629,11 +7564,14 @@ def _dec_NetworkLookupByNameArgs(d: bytes, o: int) -> tuple[NetworkLookupByNameA
     return NetworkLookupByNameArgs(t1252), o
 
 
-@dataclass(slots=True)
-class NetworkLookupByNameRet:
+class NetworkLookupByNameRet(Record):
     """XDR struct ``remote_network_lookup_by_name_ret``."""
 
+    __slots__ = ('net',)
     net: NonnullNetwork
+
+    def __init__(self, net: NonnullNetwork) -> None:
+        self.net = net
 
 
 def _enc_NetworkLookupByNameRet(b: bytearray, v: NetworkLookupByNameRet) -> None:
@@ -6645,11 +7583,14 @@ def _dec_NetworkLookupByNameRet(d: bytes, o: int) -> tuple[NetworkLookupByNameRe
     return NetworkLookupByNameRet(t1255), o
 
 
-@dataclass(slots=True)
-class NetworkCreateXmlArgs:
+class NetworkCreateXmlArgs(Record):
     """XDR struct ``remote_network_create_xml_args``."""
 
+    __slots__ = ('xml',)
     xml: str
+
+    def __init__(self, xml: str) -> None:
+        self.xml = xml
 
 
 def _enc_NetworkCreateXmlArgs(b: bytearray, v: NetworkCreateXmlArgs) -> None:
@@ -6672,11 +7613,14 @@ def _dec_NetworkCreateXmlArgs(d: bytes, o: int) -> tuple[NetworkCreateXmlArgs, i
     return NetworkCreateXmlArgs(t1258), o
 
 
-@dataclass(slots=True)
-class NetworkCreateXmlRet:
+class NetworkCreateXmlRet(Record):
     """XDR struct ``remote_network_create_xml_ret``."""
 
+    __slots__ = ('net',)
     net: NonnullNetwork
+
+    def __init__(self, net: NonnullNetwork) -> None:
+        self.net = net
 
 
 def _enc_NetworkCreateXmlRet(b: bytearray, v: NetworkCreateXmlRet) -> None:
@@ -6688,12 +7632,16 @@ def _dec_NetworkCreateXmlRet(d: bytes, o: int) -> tuple[NetworkCreateXmlRet, int
     return NetworkCreateXmlRet(t1261), o
 
 
-@dataclass(slots=True)
-class NetworkCreateXmlFlagsArgs:
+class NetworkCreateXmlFlagsArgs(Record):
     """XDR struct ``remote_network_create_xml_flags_args``."""
 
+    __slots__ = ('xml', 'flags')
     xml: str
     flags: int
+
+    def __init__(self, xml: str, flags: int) -> None:
+        self.xml = xml
+        self.flags = flags
 
 
 def _enc_NetworkCreateXmlFlagsArgs(b: bytearray, v: NetworkCreateXmlFlagsArgs) -> None:
@@ -6719,11 +7667,14 @@ def _dec_NetworkCreateXmlFlagsArgs(d: bytes, o: int) -> tuple[NetworkCreateXmlFl
     return NetworkCreateXmlFlagsArgs(t1264, t1267), o
 
 
-@dataclass(slots=True)
-class NetworkCreateXmlFlagsRet:
+class NetworkCreateXmlFlagsRet(Record):
     """XDR struct ``remote_network_create_xml_flags_ret``."""
 
+    __slots__ = ('net',)
     net: NonnullNetwork
+
+    def __init__(self, net: NonnullNetwork) -> None:
+        self.net = net
 
 
 def _enc_NetworkCreateXmlFlagsRet(b: bytearray, v: NetworkCreateXmlFlagsRet) -> None:
@@ -6735,11 +7686,14 @@ def _dec_NetworkCreateXmlFlagsRet(d: bytes, o: int) -> tuple[NetworkCreateXmlFla
     return NetworkCreateXmlFlagsRet(t1268), o
 
 
-@dataclass(slots=True)
-class NetworkDefineXmlArgs:
+class NetworkDefineXmlArgs(Record):
     """XDR struct ``remote_network_define_xml_args``."""
 
+    __slots__ = ('xml',)
     xml: str
+
+    def __init__(self, xml: str) -> None:
+        self.xml = xml
 
 
 def _enc_NetworkDefineXmlArgs(b: bytearray, v: NetworkDefineXmlArgs) -> None:
@@ -6762,11 +7716,14 @@ def _dec_NetworkDefineXmlArgs(d: bytes, o: int) -> tuple[NetworkDefineXmlArgs, i
     return NetworkDefineXmlArgs(t1271), o
 
 
-@dataclass(slots=True)
-class NetworkDefineXmlRet:
+class NetworkDefineXmlRet(Record):
     """XDR struct ``remote_network_define_xml_ret``."""
 
+    __slots__ = ('net',)
     net: NonnullNetwork
+
+    def __init__(self, net: NonnullNetwork) -> None:
+        self.net = net
 
 
 def _enc_NetworkDefineXmlRet(b: bytearray, v: NetworkDefineXmlRet) -> None:
@@ -6778,12 +7735,16 @@ def _dec_NetworkDefineXmlRet(d: bytes, o: int) -> tuple[NetworkDefineXmlRet, int
     return NetworkDefineXmlRet(t1274), o
 
 
-@dataclass(slots=True)
-class NetworkDefineXmlFlagsArgs:
+class NetworkDefineXmlFlagsArgs(Record):
     """XDR struct ``remote_network_define_xml_flags_args``."""
 
+    __slots__ = ('xml', 'flags')
     xml: str
     flags: int
+
+    def __init__(self, xml: str, flags: int) -> None:
+        self.xml = xml
+        self.flags = flags
 
 
 def _enc_NetworkDefineXmlFlagsArgs(b: bytearray, v: NetworkDefineXmlFlagsArgs) -> None:
@@ -6809,11 +7770,14 @@ def _dec_NetworkDefineXmlFlagsArgs(d: bytes, o: int) -> tuple[NetworkDefineXmlFl
     return NetworkDefineXmlFlagsArgs(t1277, t1280), o
 
 
-@dataclass(slots=True)
-class NetworkDefineXmlFlagsRet:
+class NetworkDefineXmlFlagsRet(Record):
     """XDR struct ``remote_network_define_xml_flags_ret``."""
 
+    __slots__ = ('net',)
     net: NonnullNetwork
+
+    def __init__(self, net: NonnullNetwork) -> None:
+        self.net = net
 
 
 def _enc_NetworkDefineXmlFlagsRet(b: bytearray, v: NetworkDefineXmlFlagsRet) -> None:
@@ -6825,11 +7789,14 @@ def _dec_NetworkDefineXmlFlagsRet(d: bytes, o: int) -> tuple[NetworkDefineXmlFla
     return NetworkDefineXmlFlagsRet(t1281), o
 
 
-@dataclass(slots=True)
-class NetworkUndefineArgs:
+class NetworkUndefineArgs(Record):
     """XDR struct ``remote_network_undefine_args``."""
 
+    __slots__ = ('net',)
     net: NonnullNetwork
+
+    def __init__(self, net: NonnullNetwork) -> None:
+        self.net = net
 
 
 def _enc_NetworkUndefineArgs(b: bytearray, v: NetworkUndefineArgs) -> None:
@@ -6841,16 +7808,24 @@ def _dec_NetworkUndefineArgs(d: bytes, o: int) -> tuple[NetworkUndefineArgs, int
     return NetworkUndefineArgs(t1282), o
 
 
-@dataclass(slots=True)
-class NetworkUpdateArgs:
+class NetworkUpdateArgs(Record):
     """XDR struct ``remote_network_update_args``."""
 
+    __slots__ = ('net', 'command', 'section', 'parentIndex', 'xml', 'flags')
     net: NonnullNetwork
     command: int
     section: int
     parentIndex: int
     xml: str
     flags: int
+
+    def __init__(self, net: NonnullNetwork, command: int, section: int, parentIndex: int, xml: str, flags: int) -> None:
+        self.net = net
+        self.command = command
+        self.section = section
+        self.parentIndex = parentIndex
+        self.xml = xml
+        self.flags = flags
 
 
 def _enc_NetworkUpdateArgs(b: bytearray, v: NetworkUpdateArgs) -> None:
@@ -6881,11 +7856,14 @@ def _dec_NetworkUpdateArgs(d: bytes, o: int) -> tuple[NetworkUpdateArgs, int]:
     return NetworkUpdateArgs(t1285, t1286, t1287, t1288, t1289, t1292), o
 
 
-@dataclass(slots=True)
-class NetworkCreateArgs:
+class NetworkCreateArgs(Record):
     """XDR struct ``remote_network_create_args``."""
 
+    __slots__ = ('net',)
     net: NonnullNetwork
+
+    def __init__(self, net: NonnullNetwork) -> None:
+        self.net = net
 
 
 def _enc_NetworkCreateArgs(b: bytearray, v: NetworkCreateArgs) -> None:
@@ -6897,11 +7875,14 @@ def _dec_NetworkCreateArgs(d: bytes, o: int) -> tuple[NetworkCreateArgs, int]:
     return NetworkCreateArgs(t1293), o
 
 
-@dataclass(slots=True)
-class NetworkDestroyArgs:
+class NetworkDestroyArgs(Record):
     """XDR struct ``remote_network_destroy_args``."""
 
+    __slots__ = ('net',)
     net: NonnullNetwork
+
+    def __init__(self, net: NonnullNetwork) -> None:
+        self.net = net
 
 
 def _enc_NetworkDestroyArgs(b: bytearray, v: NetworkDestroyArgs) -> None:
@@ -6913,12 +7894,16 @@ def _dec_NetworkDestroyArgs(d: bytes, o: int) -> tuple[NetworkDestroyArgs, int]:
     return NetworkDestroyArgs(t1294), o
 
 
-@dataclass(slots=True)
-class NetworkGetXmlDescArgs:
+class NetworkGetXmlDescArgs(Record):
     """XDR struct ``remote_network_get_xml_desc_args``."""
 
+    __slots__ = ('net', 'flags')
     net: NonnullNetwork
     flags: int
+
+    def __init__(self, net: NonnullNetwork, flags: int) -> None:
+        self.net = net
+        self.flags = flags
 
 
 def _enc_NetworkGetXmlDescArgs(b: bytearray, v: NetworkGetXmlDescArgs) -> None:
@@ -6933,11 +7918,14 @@ def _dec_NetworkGetXmlDescArgs(d: bytes, o: int) -> tuple[NetworkGetXmlDescArgs,
     return NetworkGetXmlDescArgs(t1295, t1296), o
 
 
-@dataclass(slots=True)
-class NetworkGetXmlDescRet:
+class NetworkGetXmlDescRet(Record):
     """XDR struct ``remote_network_get_xml_desc_ret``."""
 
+    __slots__ = ('xml',)
     xml: str
+
+    def __init__(self, xml: str) -> None:
+        self.xml = xml
 
 
 def _enc_NetworkGetXmlDescRet(b: bytearray, v: NetworkGetXmlDescRet) -> None:
@@ -6960,11 +7948,14 @@ def _dec_NetworkGetXmlDescRet(d: bytes, o: int) -> tuple[NetworkGetXmlDescRet, i
     return NetworkGetXmlDescRet(t1299), o
 
 
-@dataclass(slots=True)
-class NetworkGetBridgeNameArgs:
+class NetworkGetBridgeNameArgs(Record):
     """XDR struct ``remote_network_get_bridge_name_args``."""
 
+    __slots__ = ('net',)
     net: NonnullNetwork
+
+    def __init__(self, net: NonnullNetwork) -> None:
+        self.net = net
 
 
 def _enc_NetworkGetBridgeNameArgs(b: bytearray, v: NetworkGetBridgeNameArgs) -> None:
@@ -6976,11 +7967,14 @@ def _dec_NetworkGetBridgeNameArgs(d: bytes, o: int) -> tuple[NetworkGetBridgeNam
     return NetworkGetBridgeNameArgs(t1302), o
 
 
-@dataclass(slots=True)
-class NetworkGetBridgeNameRet:
+class NetworkGetBridgeNameRet(Record):
     """XDR struct ``remote_network_get_bridge_name_ret``."""
 
+    __slots__ = ('name',)
     name: str
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
 def _enc_NetworkGetBridgeNameRet(b: bytearray, v: NetworkGetBridgeNameRet) -> None:
@@ -7003,11 +7997,14 @@ def _dec_NetworkGetBridgeNameRet(d: bytes, o: int) -> tuple[NetworkGetBridgeName
     return NetworkGetBridgeNameRet(t1305), o
 
 
-@dataclass(slots=True)
-class NetworkGetAutostartArgs:
+class NetworkGetAutostartArgs(Record):
     """XDR struct ``remote_network_get_autostart_args``."""
 
+    __slots__ = ('net',)
     net: NonnullNetwork
+
+    def __init__(self, net: NonnullNetwork) -> None:
+        self.net = net
 
 
 def _enc_NetworkGetAutostartArgs(b: bytearray, v: NetworkGetAutostartArgs) -> None:
@@ -7019,11 +8016,14 @@ def _dec_NetworkGetAutostartArgs(d: bytes, o: int) -> tuple[NetworkGetAutostartA
     return NetworkGetAutostartArgs(t1308), o
 
 
-@dataclass(slots=True)
-class NetworkGetAutostartRet:
+class NetworkGetAutostartRet(Record):
     """XDR struct ``remote_network_get_autostart_ret``."""
 
+    __slots__ = ('autostart',)
     autostart: int
+
+    def __init__(self, autostart: int) -> None:
+        self.autostart = autostart
 
 
 def _enc_NetworkGetAutostartRet(b: bytearray, v: NetworkGetAutostartRet) -> None:
@@ -7036,12 +8036,16 @@ def _dec_NetworkGetAutostartRet(d: bytes, o: int) -> tuple[NetworkGetAutostartRe
     return NetworkGetAutostartRet(t1309), o
 
 
-@dataclass(slots=True)
-class NetworkSetAutostartArgs:
+class NetworkSetAutostartArgs(Record):
     """XDR struct ``remote_network_set_autostart_args``."""
 
+    __slots__ = ('net', 'autostart')
     net: NonnullNetwork
     autostart: int
+
+    def __init__(self, net: NonnullNetwork, autostart: int) -> None:
+        self.net = net
+        self.autostart = autostart
 
 
 def _enc_NetworkSetAutostartArgs(b: bytearray, v: NetworkSetAutostartArgs) -> None:
@@ -7056,11 +8060,14 @@ def _dec_NetworkSetAutostartArgs(d: bytes, o: int) -> tuple[NetworkSetAutostartA
     return NetworkSetAutostartArgs(t1310, t1311), o
 
 
-@dataclass(slots=True)
-class ConnectNumOfNwfiltersRet:
+class ConnectNumOfNwfiltersRet(Record):
     """XDR struct ``remote_connect_num_of_nwfilters_ret``."""
 
+    __slots__ = ('num',)
     num: int
+
+    def __init__(self, num: int) -> None:
+        self.num = num
 
 
 def _enc_ConnectNumOfNwfiltersRet(b: bytearray, v: ConnectNumOfNwfiltersRet) -> None:
@@ -7073,11 +8080,14 @@ def _dec_ConnectNumOfNwfiltersRet(d: bytes, o: int) -> tuple[ConnectNumOfNwfilte
     return ConnectNumOfNwfiltersRet(t1312), o
 
 
-@dataclass(slots=True)
-class ConnectListNwfiltersArgs:
+class ConnectListNwfiltersArgs(Record):
     """XDR struct ``remote_connect_list_nwfilters_args``."""
 
+    __slots__ = ('maxnames',)
     maxnames: int
+
+    def __init__(self, maxnames: int) -> None:
+        self.maxnames = maxnames
 
 
 def _enc_ConnectListNwfiltersArgs(b: bytearray, v: ConnectListNwfiltersArgs) -> None:
@@ -7090,11 +8100,14 @@ def _dec_ConnectListNwfiltersArgs(d: bytes, o: int) -> tuple[ConnectListNwfilter
     return ConnectListNwfiltersArgs(t1313), o
 
 
-@dataclass(slots=True)
-class ConnectListNwfiltersRet:
+class ConnectListNwfiltersRet(Record):
     """XDR struct ``remote_connect_list_nwfilters_ret``."""
 
+    __slots__ = ('names',)
     names: list[str]
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
 
 
 def _enc_ConnectListNwfiltersRet(b: bytearray, v: ConnectListNwfiltersRet) -> None:
@@ -7129,11 +8142,14 @@ def _dec_ConnectListNwfiltersRet(d: bytes, o: int) -> tuple[ConnectListNwfilters
     return ConnectListNwfiltersRet(t1319), o
 
 
-@dataclass(slots=True)
-class NwfilterLookupByUuidArgs:
+class NwfilterLookupByUuidArgs(Record):
     """XDR struct ``remote_nwfilter_lookup_by_uuid_args``."""
 
+    __slots__ = ('uuid',)
     uuid: bytes
+
+    def __init__(self, uuid: bytes) -> None:
+        self.uuid = uuid
 
 
 def _enc_NwfilterLookupByUuidArgs(b: bytearray, v: NwfilterLookupByUuidArgs) -> None:
@@ -7147,11 +8163,14 @@ def _dec_NwfilterLookupByUuidArgs(d: bytes, o: int) -> tuple[NwfilterLookupByUui
     return NwfilterLookupByUuidArgs(t1325), o
 
 
-@dataclass(slots=True)
-class NwfilterLookupByUuidRet:
+class NwfilterLookupByUuidRet(Record):
     """XDR struct ``remote_nwfilter_lookup_by_uuid_ret``."""
 
+    __slots__ = ('nwfilter',)
     nwfilter: NonnullNwfilter
+
+    def __init__(self, nwfilter: NonnullNwfilter) -> None:
+        self.nwfilter = nwfilter
 
 
 def _enc_NwfilterLookupByUuidRet(b: bytearray, v: NwfilterLookupByUuidRet) -> None:
@@ -7163,11 +8182,14 @@ def _dec_NwfilterLookupByUuidRet(d: bytes, o: int) -> tuple[NwfilterLookupByUuid
     return NwfilterLookupByUuidRet(t1326), o
 
 
-@dataclass(slots=True)
-class NwfilterLookupByNameArgs:
+class NwfilterLookupByNameArgs(Record):
     """XDR struct ``remote_nwfilter_lookup_by_name_args``."""
 
+    __slots__ = ('name',)
     name: str
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
 def _enc_NwfilterLookupByNameArgs(b: bytearray, v: NwfilterLookupByNameArgs) -> None:
@@ -7190,11 +8212,14 @@ def _dec_NwfilterLookupByNameArgs(d: bytes, o: int) -> tuple[NwfilterLookupByNam
     return NwfilterLookupByNameArgs(t1329), o
 
 
-@dataclass(slots=True)
-class NwfilterLookupByNameRet:
+class NwfilterLookupByNameRet(Record):
     """XDR struct ``remote_nwfilter_lookup_by_name_ret``."""
 
+    __slots__ = ('nwfilter',)
     nwfilter: NonnullNwfilter
+
+    def __init__(self, nwfilter: NonnullNwfilter) -> None:
+        self.nwfilter = nwfilter
 
 
 def _enc_NwfilterLookupByNameRet(b: bytearray, v: NwfilterLookupByNameRet) -> None:
@@ -7206,11 +8231,14 @@ def _dec_NwfilterLookupByNameRet(d: bytes, o: int) -> tuple[NwfilterLookupByName
     return NwfilterLookupByNameRet(t1332), o
 
 
-@dataclass(slots=True)
-class NwfilterDefineXmlArgs:
+class NwfilterDefineXmlArgs(Record):
     """XDR struct ``remote_nwfilter_define_xml_args``."""
 
+    __slots__ = ('xml',)
     xml: str
+
+    def __init__(self, xml: str) -> None:
+        self.xml = xml
 
 
 def _enc_NwfilterDefineXmlArgs(b: bytearray, v: NwfilterDefineXmlArgs) -> None:
@@ -7233,11 +8261,14 @@ def _dec_NwfilterDefineXmlArgs(d: bytes, o: int) -> tuple[NwfilterDefineXmlArgs,
     return NwfilterDefineXmlArgs(t1335), o
 
 
-@dataclass(slots=True)
-class NwfilterDefineXmlRet:
+class NwfilterDefineXmlRet(Record):
     """XDR struct ``remote_nwfilter_define_xml_ret``."""
 
+    __slots__ = ('nwfilter',)
     nwfilter: NonnullNwfilter
+
+    def __init__(self, nwfilter: NonnullNwfilter) -> None:
+        self.nwfilter = nwfilter
 
 
 def _enc_NwfilterDefineXmlRet(b: bytearray, v: NwfilterDefineXmlRet) -> None:
@@ -7249,12 +8280,16 @@ def _dec_NwfilterDefineXmlRet(d: bytes, o: int) -> tuple[NwfilterDefineXmlRet, i
     return NwfilterDefineXmlRet(t1338), o
 
 
-@dataclass(slots=True)
-class NwfilterDefineXmlFlagsArgs:
+class NwfilterDefineXmlFlagsArgs(Record):
     """XDR struct ``remote_nwfilter_define_xml_flags_args``."""
 
+    __slots__ = ('xml', 'flags')
     xml: str
     flags: int
+
+    def __init__(self, xml: str, flags: int) -> None:
+        self.xml = xml
+        self.flags = flags
 
 
 def _enc_NwfilterDefineXmlFlagsArgs(b: bytearray, v: NwfilterDefineXmlFlagsArgs) -> None:
@@ -7280,11 +8315,14 @@ def _dec_NwfilterDefineXmlFlagsArgs(d: bytes, o: int) -> tuple[NwfilterDefineXml
     return NwfilterDefineXmlFlagsArgs(t1341, t1344), o
 
 
-@dataclass(slots=True)
-class NwfilterDefineXmlFlagsRet:
+class NwfilterDefineXmlFlagsRet(Record):
     """XDR struct ``remote_nwfilter_define_xml_flags_ret``."""
 
+    __slots__ = ('nwfilter',)
     nwfilter: NonnullNwfilter
+
+    def __init__(self, nwfilter: NonnullNwfilter) -> None:
+        self.nwfilter = nwfilter
 
 
 def _enc_NwfilterDefineXmlFlagsRet(b: bytearray, v: NwfilterDefineXmlFlagsRet) -> None:
@@ -7296,11 +8334,14 @@ def _dec_NwfilterDefineXmlFlagsRet(d: bytes, o: int) -> tuple[NwfilterDefineXmlF
     return NwfilterDefineXmlFlagsRet(t1345), o
 
 
-@dataclass(slots=True)
-class NwfilterUndefineArgs:
+class NwfilterUndefineArgs(Record):
     """XDR struct ``remote_nwfilter_undefine_args``."""
 
+    __slots__ = ('nwfilter',)
     nwfilter: NonnullNwfilter
+
+    def __init__(self, nwfilter: NonnullNwfilter) -> None:
+        self.nwfilter = nwfilter
 
 
 def _enc_NwfilterUndefineArgs(b: bytearray, v: NwfilterUndefineArgs) -> None:
@@ -7312,12 +8353,16 @@ def _dec_NwfilterUndefineArgs(d: bytes, o: int) -> tuple[NwfilterUndefineArgs, i
     return NwfilterUndefineArgs(t1346), o
 
 
-@dataclass(slots=True)
-class NwfilterGetXmlDescArgs:
+class NwfilterGetXmlDescArgs(Record):
     """XDR struct ``remote_nwfilter_get_xml_desc_args``."""
 
+    __slots__ = ('nwfilter', 'flags')
     nwfilter: NonnullNwfilter
     flags: int
+
+    def __init__(self, nwfilter: NonnullNwfilter, flags: int) -> None:
+        self.nwfilter = nwfilter
+        self.flags = flags
 
 
 def _enc_NwfilterGetXmlDescArgs(b: bytearray, v: NwfilterGetXmlDescArgs) -> None:
@@ -7332,11 +8377,14 @@ def _dec_NwfilterGetXmlDescArgs(d: bytes, o: int) -> tuple[NwfilterGetXmlDescArg
     return NwfilterGetXmlDescArgs(t1347, t1348), o
 
 
-@dataclass(slots=True)
-class NwfilterGetXmlDescRet:
+class NwfilterGetXmlDescRet(Record):
     """XDR struct ``remote_nwfilter_get_xml_desc_ret``."""
 
+    __slots__ = ('xml',)
     xml: str
+
+    def __init__(self, xml: str) -> None:
+        self.xml = xml
 
 
 def _enc_NwfilterGetXmlDescRet(b: bytearray, v: NwfilterGetXmlDescRet) -> None:
@@ -7359,11 +8407,14 @@ def _dec_NwfilterGetXmlDescRet(d: bytes, o: int) -> tuple[NwfilterGetXmlDescRet,
     return NwfilterGetXmlDescRet(t1351), o
 
 
-@dataclass(slots=True)
-class ConnectNumOfInterfacesRet:
+class ConnectNumOfInterfacesRet(Record):
     """XDR struct ``remote_connect_num_of_interfaces_ret``."""
 
+    __slots__ = ('num',)
     num: int
+
+    def __init__(self, num: int) -> None:
+        self.num = num
 
 
 def _enc_ConnectNumOfInterfacesRet(b: bytearray, v: ConnectNumOfInterfacesRet) -> None:
@@ -7376,11 +8427,14 @@ def _dec_ConnectNumOfInterfacesRet(d: bytes, o: int) -> tuple[ConnectNumOfInterf
     return ConnectNumOfInterfacesRet(t1354), o
 
 
-@dataclass(slots=True)
-class ConnectListInterfacesArgs:
+class ConnectListInterfacesArgs(Record):
     """XDR struct ``remote_connect_list_interfaces_args``."""
 
+    __slots__ = ('maxnames',)
     maxnames: int
+
+    def __init__(self, maxnames: int) -> None:
+        self.maxnames = maxnames
 
 
 def _enc_ConnectListInterfacesArgs(b: bytearray, v: ConnectListInterfacesArgs) -> None:
@@ -7393,11 +8447,14 @@ def _dec_ConnectListInterfacesArgs(d: bytes, o: int) -> tuple[ConnectListInterfa
     return ConnectListInterfacesArgs(t1355), o
 
 
-@dataclass(slots=True)
-class ConnectListInterfacesRet:
+class ConnectListInterfacesRet(Record):
     """XDR struct ``remote_connect_list_interfaces_ret``."""
 
+    __slots__ = ('names',)
     names: list[str]
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
 
 
 def _enc_ConnectListInterfacesRet(b: bytearray, v: ConnectListInterfacesRet) -> None:
@@ -7432,11 +8489,14 @@ def _dec_ConnectListInterfacesRet(d: bytes, o: int) -> tuple[ConnectListInterfac
     return ConnectListInterfacesRet(t1361), o
 
 
-@dataclass(slots=True)
-class ConnectNumOfDefinedInterfacesRet:
+class ConnectNumOfDefinedInterfacesRet(Record):
     """XDR struct ``remote_connect_num_of_defined_interfaces_ret``."""
 
+    __slots__ = ('num',)
     num: int
+
+    def __init__(self, num: int) -> None:
+        self.num = num
 
 
 def _enc_ConnectNumOfDefinedInterfacesRet(b: bytearray, v: ConnectNumOfDefinedInterfacesRet) -> None:
@@ -7449,11 +8509,14 @@ def _dec_ConnectNumOfDefinedInterfacesRet(d: bytes, o: int) -> tuple[ConnectNumO
     return ConnectNumOfDefinedInterfacesRet(t1367), o
 
 
-@dataclass(slots=True)
-class ConnectListDefinedInterfacesArgs:
+class ConnectListDefinedInterfacesArgs(Record):
     """XDR struct ``remote_connect_list_defined_interfaces_args``."""
 
+    __slots__ = ('maxnames',)
     maxnames: int
+
+    def __init__(self, maxnames: int) -> None:
+        self.maxnames = maxnames
 
 
 def _enc_ConnectListDefinedInterfacesArgs(b: bytearray, v: ConnectListDefinedInterfacesArgs) -> None:
@@ -7466,11 +8529,14 @@ def _dec_ConnectListDefinedInterfacesArgs(d: bytes, o: int) -> tuple[ConnectList
     return ConnectListDefinedInterfacesArgs(t1368), o
 
 
-@dataclass(slots=True)
-class ConnectListDefinedInterfacesRet:
+class ConnectListDefinedInterfacesRet(Record):
     """XDR struct ``remote_connect_list_defined_interfaces_ret``."""
 
+    __slots__ = ('names',)
     names: list[str]
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
 
 
 def _enc_ConnectListDefinedInterfacesRet(b: bytearray, v: ConnectListDefinedInterfacesRet) -> None:
@@ -7505,11 +8571,14 @@ def _dec_ConnectListDefinedInterfacesRet(d: bytes, o: int) -> tuple[ConnectListD
     return ConnectListDefinedInterfacesRet(t1374), o
 
 
-@dataclass(slots=True)
-class InterfaceLookupByNameArgs:
+class InterfaceLookupByNameArgs(Record):
     """XDR struct ``remote_interface_lookup_by_name_args``."""
 
+    __slots__ = ('name',)
     name: str
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
 def _enc_InterfaceLookupByNameArgs(b: bytearray, v: InterfaceLookupByNameArgs) -> None:
@@ -7532,11 +8601,14 @@ def _dec_InterfaceLookupByNameArgs(d: bytes, o: int) -> tuple[InterfaceLookupByN
     return InterfaceLookupByNameArgs(t1382), o
 
 
-@dataclass(slots=True)
-class InterfaceLookupByNameRet:
+class InterfaceLookupByNameRet(Record):
     """XDR struct ``remote_interface_lookup_by_name_ret``."""
 
+    __slots__ = ('iface',)
     iface: NonnullInterface
+
+    def __init__(self, iface: NonnullInterface) -> None:
+        self.iface = iface
 
 
 def _enc_InterfaceLookupByNameRet(b: bytearray, v: InterfaceLookupByNameRet) -> None:
@@ -7548,11 +8620,14 @@ def _dec_InterfaceLookupByNameRet(d: bytes, o: int) -> tuple[InterfaceLookupByNa
     return InterfaceLookupByNameRet(t1385), o
 
 
-@dataclass(slots=True)
-class InterfaceLookupByMacStringArgs:
+class InterfaceLookupByMacStringArgs(Record):
     """XDR struct ``remote_interface_lookup_by_mac_string_args``."""
 
+    __slots__ = ('mac',)
     mac: str
+
+    def __init__(self, mac: str) -> None:
+        self.mac = mac
 
 
 def _enc_InterfaceLookupByMacStringArgs(b: bytearray, v: InterfaceLookupByMacStringArgs) -> None:
@@ -7575,11 +8650,14 @@ def _dec_InterfaceLookupByMacStringArgs(d: bytes, o: int) -> tuple[InterfaceLook
     return InterfaceLookupByMacStringArgs(t1388), o
 
 
-@dataclass(slots=True)
-class InterfaceLookupByMacStringRet:
+class InterfaceLookupByMacStringRet(Record):
     """XDR struct ``remote_interface_lookup_by_mac_string_ret``."""
 
+    __slots__ = ('iface',)
     iface: NonnullInterface
+
+    def __init__(self, iface: NonnullInterface) -> None:
+        self.iface = iface
 
 
 def _enc_InterfaceLookupByMacStringRet(b: bytearray, v: InterfaceLookupByMacStringRet) -> None:
@@ -7591,12 +8669,16 @@ def _dec_InterfaceLookupByMacStringRet(d: bytes, o: int) -> tuple[InterfaceLooku
     return InterfaceLookupByMacStringRet(t1391), o
 
 
-@dataclass(slots=True)
-class InterfaceGetXmlDescArgs:
+class InterfaceGetXmlDescArgs(Record):
     """XDR struct ``remote_interface_get_xml_desc_args``."""
 
+    __slots__ = ('iface', 'flags')
     iface: NonnullInterface
     flags: int
+
+    def __init__(self, iface: NonnullInterface, flags: int) -> None:
+        self.iface = iface
+        self.flags = flags
 
 
 def _enc_InterfaceGetXmlDescArgs(b: bytearray, v: InterfaceGetXmlDescArgs) -> None:
@@ -7611,11 +8693,14 @@ def _dec_InterfaceGetXmlDescArgs(d: bytes, o: int) -> tuple[InterfaceGetXmlDescA
     return InterfaceGetXmlDescArgs(t1392, t1393), o
 
 
-@dataclass(slots=True)
-class InterfaceGetXmlDescRet:
+class InterfaceGetXmlDescRet(Record):
     """XDR struct ``remote_interface_get_xml_desc_ret``."""
 
+    __slots__ = ('xml',)
     xml: str
+
+    def __init__(self, xml: str) -> None:
+        self.xml = xml
 
 
 def _enc_InterfaceGetXmlDescRet(b: bytearray, v: InterfaceGetXmlDescRet) -> None:
@@ -7638,12 +8723,16 @@ def _dec_InterfaceGetXmlDescRet(d: bytes, o: int) -> tuple[InterfaceGetXmlDescRe
     return InterfaceGetXmlDescRet(t1396), o
 
 
-@dataclass(slots=True)
-class InterfaceDefineXmlArgs:
+class InterfaceDefineXmlArgs(Record):
     """XDR struct ``remote_interface_define_xml_args``."""
 
+    __slots__ = ('xml', 'flags')
     xml: str
     flags: int
+
+    def __init__(self, xml: str, flags: int) -> None:
+        self.xml = xml
+        self.flags = flags
 
 
 def _enc_InterfaceDefineXmlArgs(b: bytearray, v: InterfaceDefineXmlArgs) -> None:
@@ -7669,11 +8758,14 @@ def _dec_InterfaceDefineXmlArgs(d: bytes, o: int) -> tuple[InterfaceDefineXmlArg
     return InterfaceDefineXmlArgs(t1401, t1404), o
 
 
-@dataclass(slots=True)
-class InterfaceDefineXmlRet:
+class InterfaceDefineXmlRet(Record):
     """XDR struct ``remote_interface_define_xml_ret``."""
 
+    __slots__ = ('iface',)
     iface: NonnullInterface
+
+    def __init__(self, iface: NonnullInterface) -> None:
+        self.iface = iface
 
 
 def _enc_InterfaceDefineXmlRet(b: bytearray, v: InterfaceDefineXmlRet) -> None:
@@ -7685,11 +8777,14 @@ def _dec_InterfaceDefineXmlRet(d: bytes, o: int) -> tuple[InterfaceDefineXmlRet,
     return InterfaceDefineXmlRet(t1405), o
 
 
-@dataclass(slots=True)
-class InterfaceUndefineArgs:
+class InterfaceUndefineArgs(Record):
     """XDR struct ``remote_interface_undefine_args``."""
 
+    __slots__ = ('iface',)
     iface: NonnullInterface
+
+    def __init__(self, iface: NonnullInterface) -> None:
+        self.iface = iface
 
 
 def _enc_InterfaceUndefineArgs(b: bytearray, v: InterfaceUndefineArgs) -> None:
@@ -7701,12 +8796,16 @@ def _dec_InterfaceUndefineArgs(d: bytes, o: int) -> tuple[InterfaceUndefineArgs,
     return InterfaceUndefineArgs(t1406), o
 
 
-@dataclass(slots=True)
-class InterfaceCreateArgs:
+class InterfaceCreateArgs(Record):
     """XDR struct ``remote_interface_create_args``."""
 
+    __slots__ = ('iface', 'flags')
     iface: NonnullInterface
     flags: int
+
+    def __init__(self, iface: NonnullInterface, flags: int) -> None:
+        self.iface = iface
+        self.flags = flags
 
 
 def _enc_InterfaceCreateArgs(b: bytearray, v: InterfaceCreateArgs) -> None:
@@ -7721,12 +8820,16 @@ def _dec_InterfaceCreateArgs(d: bytes, o: int) -> tuple[InterfaceCreateArgs, int
     return InterfaceCreateArgs(t1407, t1408), o
 
 
-@dataclass(slots=True)
-class InterfaceDestroyArgs:
+class InterfaceDestroyArgs(Record):
     """XDR struct ``remote_interface_destroy_args``."""
 
+    __slots__ = ('iface', 'flags')
     iface: NonnullInterface
     flags: int
+
+    def __init__(self, iface: NonnullInterface, flags: int) -> None:
+        self.iface = iface
+        self.flags = flags
 
 
 def _enc_InterfaceDestroyArgs(b: bytearray, v: InterfaceDestroyArgs) -> None:
@@ -7741,11 +8844,14 @@ def _dec_InterfaceDestroyArgs(d: bytes, o: int) -> tuple[InterfaceDestroyArgs, i
     return InterfaceDestroyArgs(t1409, t1410), o
 
 
-@dataclass(slots=True)
-class InterfaceChangeBeginArgs:
+class InterfaceChangeBeginArgs(Record):
     """XDR struct ``remote_interface_change_begin_args``."""
 
+    __slots__ = ('flags',)
     flags: int
+
+    def __init__(self, flags: int) -> None:
+        self.flags = flags
 
 
 def _enc_InterfaceChangeBeginArgs(b: bytearray, v: InterfaceChangeBeginArgs) -> None:
@@ -7758,11 +8864,14 @@ def _dec_InterfaceChangeBeginArgs(d: bytes, o: int) -> tuple[InterfaceChangeBegi
     return InterfaceChangeBeginArgs(t1411), o
 
 
-@dataclass(slots=True)
-class InterfaceChangeCommitArgs:
+class InterfaceChangeCommitArgs(Record):
     """XDR struct ``remote_interface_change_commit_args``."""
 
+    __slots__ = ('flags',)
     flags: int
+
+    def __init__(self, flags: int) -> None:
+        self.flags = flags
 
 
 def _enc_InterfaceChangeCommitArgs(b: bytearray, v: InterfaceChangeCommitArgs) -> None:
@@ -7775,11 +8884,14 @@ def _dec_InterfaceChangeCommitArgs(d: bytes, o: int) -> tuple[InterfaceChangeCom
     return InterfaceChangeCommitArgs(t1412), o
 
 
-@dataclass(slots=True)
-class InterfaceChangeRollbackArgs:
+class InterfaceChangeRollbackArgs(Record):
     """XDR struct ``remote_interface_change_rollback_args``."""
 
+    __slots__ = ('flags',)
     flags: int
+
+    def __init__(self, flags: int) -> None:
+        self.flags = flags
 
 
 def _enc_InterfaceChangeRollbackArgs(b: bytearray, v: InterfaceChangeRollbackArgs) -> None:
@@ -7792,11 +8904,14 @@ def _dec_InterfaceChangeRollbackArgs(d: bytes, o: int) -> tuple[InterfaceChangeR
     return InterfaceChangeRollbackArgs(t1413), o
 
 
-@dataclass(slots=True)
-class AuthListRet:
+class AuthListRet(Record):
     """XDR struct ``remote_auth_list_ret``."""
 
+    __slots__ = ('types',)
     types: list[int]
+
+    def __init__(self, types: list[int]) -> None:
+        self.types = types
 
 
 def _enc_AuthListRet(b: bytearray, v: AuthListRet) -> None:
@@ -7816,11 +8931,14 @@ def _dec_AuthListRet(d: bytes, o: int) -> tuple[AuthListRet, int]:
     return AuthListRet(t1416), o
 
 
-@dataclass(slots=True)
-class AuthSaslInitRet:
+class AuthSaslInitRet(Record):
     """XDR struct ``remote_auth_sasl_init_ret``."""
 
+    __slots__ = ('mechlist',)
     mechlist: str
+
+    def __init__(self, mechlist: str) -> None:
+        self.mechlist = mechlist
 
 
 def _enc_AuthSaslInitRet(b: bytearray, v: AuthSaslInitRet) -> None:
@@ -7843,13 +8961,18 @@ def _dec_AuthSaslInitRet(d: bytes, o: int) -> tuple[AuthSaslInitRet, int]:
     return AuthSaslInitRet(t1420), o
 
 
-@dataclass(slots=True)
-class AuthSaslStartArgs:
+class AuthSaslStartArgs(Record):
     """XDR struct ``remote_auth_sasl_start_args``."""
 
+    __slots__ = ('mech', 'nil', 'data')
     mech: str
     nil: int
     data: bytes
+
+    def __init__(self, mech: str, nil: int, data: bytes) -> None:
+        self.mech = mech
+        self.nil = nil
+        self.data = data
 
 
 def _enc_AuthSaslStartArgs(b: bytearray, v: AuthSaslStartArgs) -> None:
@@ -7885,13 +9008,18 @@ def _dec_AuthSaslStartArgs(d: bytes, o: int) -> tuple[AuthSaslStartArgs, int]:
     return AuthSaslStartArgs(t1427, t1430, t1431), o
 
 
-@dataclass(slots=True)
-class AuthSaslStartRet:
+class AuthSaslStartRet(Record):
     """XDR struct ``remote_auth_sasl_start_ret``."""
 
+    __slots__ = ('complete', 'nil', 'data')
     complete: int
     nil: int
     data: bytes
+
+    def __init__(self, complete: int, nil: int, data: bytes) -> None:
+        self.complete = complete
+        self.nil = nil
+        self.data = data
 
 
 def _enc_AuthSaslStartRet(b: bytearray, v: AuthSaslStartRet) -> None:
@@ -7914,12 +9042,16 @@ def _dec_AuthSaslStartRet(d: bytes, o: int) -> tuple[AuthSaslStartRet, int]:
     return AuthSaslStartRet(t1435, t1436, t1437), o
 
 
-@dataclass(slots=True)
-class AuthSaslStepArgs:
+class AuthSaslStepArgs(Record):
     """XDR struct ``remote_auth_sasl_step_args``."""
 
+    __slots__ = ('nil', 'data')
     nil: int
     data: bytes
+
+    def __init__(self, nil: int, data: bytes) -> None:
+        self.nil = nil
+        self.data = data
 
 
 def _enc_AuthSaslStepArgs(b: bytearray, v: AuthSaslStepArgs) -> None:
@@ -7942,13 +9074,18 @@ def _dec_AuthSaslStepArgs(d: bytes, o: int) -> tuple[AuthSaslStepArgs, int]:
     return AuthSaslStepArgs(t1441, t1442), o
 
 
-@dataclass(slots=True)
-class AuthSaslStepRet:
+class AuthSaslStepRet(Record):
     """XDR struct ``remote_auth_sasl_step_ret``."""
 
+    __slots__ = ('complete', 'nil', 'data')
     complete: int
     nil: int
     data: bytes
+
+    def __init__(self, complete: int, nil: int, data: bytes) -> None:
+        self.complete = complete
+        self.nil = nil
+        self.data = data
 
 
 def _enc_AuthSaslStepRet(b: bytearray, v: AuthSaslStepRet) -> None:
@@ -7971,11 +9108,14 @@ def _dec_AuthSaslStepRet(d: bytes, o: int) -> tuple[AuthSaslStepRet, int]:
     return AuthSaslStepRet(t1446, t1447, t1448), o
 
 
-@dataclass(slots=True)
-class AuthPolkitRet:
+class AuthPolkitRet(Record):
     """XDR struct ``remote_auth_polkit_ret``."""
 
+    __slots__ = ('complete',)
     complete: int
+
+    def __init__(self, complete: int) -> None:
+        self.complete = complete
 
 
 def _enc_AuthPolkitRet(b: bytearray, v: AuthPolkitRet) -> None:
@@ -7988,11 +9128,14 @@ def _dec_AuthPolkitRet(d: bytes, o: int) -> tuple[AuthPolkitRet, int]:
     return AuthPolkitRet(t1450), o
 
 
-@dataclass(slots=True)
-class ConnectNumOfStoragePoolsRet:
+class ConnectNumOfStoragePoolsRet(Record):
     """XDR struct ``remote_connect_num_of_storage_pools_ret``."""
 
+    __slots__ = ('num',)
     num: int
+
+    def __init__(self, num: int) -> None:
+        self.num = num
 
 
 def _enc_ConnectNumOfStoragePoolsRet(b: bytearray, v: ConnectNumOfStoragePoolsRet) -> None:
@@ -8005,11 +9148,14 @@ def _dec_ConnectNumOfStoragePoolsRet(d: bytes, o: int) -> tuple[ConnectNumOfStor
     return ConnectNumOfStoragePoolsRet(t1451), o
 
 
-@dataclass(slots=True)
-class ConnectListStoragePoolsArgs:
+class ConnectListStoragePoolsArgs(Record):
     """XDR struct ``remote_connect_list_storage_pools_args``."""
 
+    __slots__ = ('maxnames',)
     maxnames: int
+
+    def __init__(self, maxnames: int) -> None:
+        self.maxnames = maxnames
 
 
 def _enc_ConnectListStoragePoolsArgs(b: bytearray, v: ConnectListStoragePoolsArgs) -> None:
@@ -8022,11 +9168,14 @@ def _dec_ConnectListStoragePoolsArgs(d: bytes, o: int) -> tuple[ConnectListStora
     return ConnectListStoragePoolsArgs(t1452), o
 
 
-@dataclass(slots=True)
-class ConnectListStoragePoolsRet:
+class ConnectListStoragePoolsRet(Record):
     """XDR struct ``remote_connect_list_storage_pools_ret``."""
 
+    __slots__ = ('names',)
     names: list[str]
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
 
 
 def _enc_ConnectListStoragePoolsRet(b: bytearray, v: ConnectListStoragePoolsRet) -> None:
@@ -8061,11 +9210,14 @@ def _dec_ConnectListStoragePoolsRet(d: bytes, o: int) -> tuple[ConnectListStorag
     return ConnectListStoragePoolsRet(t1458), o
 
 
-@dataclass(slots=True)
-class ConnectNumOfDefinedStoragePoolsRet:
+class ConnectNumOfDefinedStoragePoolsRet(Record):
     """XDR struct ``remote_connect_num_of_defined_storage_pools_ret``."""
 
+    __slots__ = ('num',)
     num: int
+
+    def __init__(self, num: int) -> None:
+        self.num = num
 
 
 def _enc_ConnectNumOfDefinedStoragePoolsRet(b: bytearray, v: ConnectNumOfDefinedStoragePoolsRet) -> None:
@@ -8078,11 +9230,14 @@ def _dec_ConnectNumOfDefinedStoragePoolsRet(d: bytes, o: int) -> tuple[ConnectNu
     return ConnectNumOfDefinedStoragePoolsRet(t1464), o
 
 
-@dataclass(slots=True)
-class ConnectListDefinedStoragePoolsArgs:
+class ConnectListDefinedStoragePoolsArgs(Record):
     """XDR struct ``remote_connect_list_defined_storage_pools_args``."""
 
+    __slots__ = ('maxnames',)
     maxnames: int
+
+    def __init__(self, maxnames: int) -> None:
+        self.maxnames = maxnames
 
 
 def _enc_ConnectListDefinedStoragePoolsArgs(b: bytearray, v: ConnectListDefinedStoragePoolsArgs) -> None:
@@ -8095,11 +9250,14 @@ def _dec_ConnectListDefinedStoragePoolsArgs(d: bytes, o: int) -> tuple[ConnectLi
     return ConnectListDefinedStoragePoolsArgs(t1465), o
 
 
-@dataclass(slots=True)
-class ConnectListDefinedStoragePoolsRet:
+class ConnectListDefinedStoragePoolsRet(Record):
     """XDR struct ``remote_connect_list_defined_storage_pools_ret``."""
 
+    __slots__ = ('names',)
     names: list[str]
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
 
 
 def _enc_ConnectListDefinedStoragePoolsRet(b: bytearray, v: ConnectListDefinedStoragePoolsRet) -> None:
@@ -8134,13 +9292,18 @@ def _dec_ConnectListDefinedStoragePoolsRet(d: bytes, o: int) -> tuple[ConnectLis
     return ConnectListDefinedStoragePoolsRet(t1471), o
 
 
-@dataclass(slots=True)
-class ConnectFindStoragePoolSourcesArgs:
+class ConnectFindStoragePoolSourcesArgs(Record):
     """XDR struct ``remote_connect_find_storage_pool_sources_args``."""
 
+    __slots__ = ('type', 'srcSpec', 'flags')
     type: str
     srcSpec: str | None
     flags: int
+
+    def __init__(self, type: str, srcSpec: str | None, flags: int) -> None:
+        self.type = type
+        self.srcSpec = srcSpec
+        self.flags = flags
 
 
 def _enc_ConnectFindStoragePoolSourcesArgs(b: bytearray, v: ConnectFindStoragePoolSourcesArgs) -> None:
@@ -8191,11 +9354,14 @@ def _dec_ConnectFindStoragePoolSourcesArgs(d: bytes, o: int) -> tuple[ConnectFin
     return ConnectFindStoragePoolSourcesArgs(t1482, t1485, t1489), o
 
 
-@dataclass(slots=True)
-class ConnectFindStoragePoolSourcesRet:
+class ConnectFindStoragePoolSourcesRet(Record):
     """XDR struct ``remote_connect_find_storage_pool_sources_ret``."""
 
+    __slots__ = ('xml',)
     xml: str
+
+    def __init__(self, xml: str) -> None:
+        self.xml = xml
 
 
 def _enc_ConnectFindStoragePoolSourcesRet(b: bytearray, v: ConnectFindStoragePoolSourcesRet) -> None:
@@ -8218,11 +9384,14 @@ def _dec_ConnectFindStoragePoolSourcesRet(d: bytes, o: int) -> tuple[ConnectFind
     return ConnectFindStoragePoolSourcesRet(t1492), o
 
 
-@dataclass(slots=True)
-class StoragePoolLookupByUuidArgs:
+class StoragePoolLookupByUuidArgs(Record):
     """XDR struct ``remote_storage_pool_lookup_by_uuid_args``."""
 
+    __slots__ = ('uuid',)
     uuid: bytes
+
+    def __init__(self, uuid: bytes) -> None:
+        self.uuid = uuid
 
 
 def _enc_StoragePoolLookupByUuidArgs(b: bytearray, v: StoragePoolLookupByUuidArgs) -> None:
@@ -8236,11 +9405,14 @@ def _dec_StoragePoolLookupByUuidArgs(d: bytes, o: int) -> tuple[StoragePoolLooku
     return StoragePoolLookupByUuidArgs(t1495), o
 
 
-@dataclass(slots=True)
-class StoragePoolLookupByUuidRet:
+class StoragePoolLookupByUuidRet(Record):
     """XDR struct ``remote_storage_pool_lookup_by_uuid_ret``."""
 
+    __slots__ = ('pool',)
     pool: NonnullStoragePool
+
+    def __init__(self, pool: NonnullStoragePool) -> None:
+        self.pool = pool
 
 
 def _enc_StoragePoolLookupByUuidRet(b: bytearray, v: StoragePoolLookupByUuidRet) -> None:
@@ -8252,11 +9424,14 @@ def _dec_StoragePoolLookupByUuidRet(d: bytes, o: int) -> tuple[StoragePoolLookup
     return StoragePoolLookupByUuidRet(t1496), o
 
 
-@dataclass(slots=True)
-class StoragePoolLookupByNameArgs:
+class StoragePoolLookupByNameArgs(Record):
     """XDR struct ``remote_storage_pool_lookup_by_name_args``."""
 
+    __slots__ = ('name',)
     name: str
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
 def _enc_StoragePoolLookupByNameArgs(b: bytearray, v: StoragePoolLookupByNameArgs) -> None:
@@ -8279,11 +9454,14 @@ def _dec_StoragePoolLookupByNameArgs(d: bytes, o: int) -> tuple[StoragePoolLooku
     return StoragePoolLookupByNameArgs(t1499), o
 
 
-@dataclass(slots=True)
-class StoragePoolLookupByNameRet:
+class StoragePoolLookupByNameRet(Record):
     """XDR struct ``remote_storage_pool_lookup_by_name_ret``."""
 
+    __slots__ = ('pool',)
     pool: NonnullStoragePool
+
+    def __init__(self, pool: NonnullStoragePool) -> None:
+        self.pool = pool
 
 
 def _enc_StoragePoolLookupByNameRet(b: bytearray, v: StoragePoolLookupByNameRet) -> None:
@@ -8295,11 +9473,14 @@ def _dec_StoragePoolLookupByNameRet(d: bytes, o: int) -> tuple[StoragePoolLookup
     return StoragePoolLookupByNameRet(t1502), o
 
 
-@dataclass(slots=True)
-class StoragePoolLookupByVolumeArgs:
+class StoragePoolLookupByVolumeArgs(Record):
     """XDR struct ``remote_storage_pool_lookup_by_volume_args``."""
 
+    __slots__ = ('vol',)
     vol: NonnullStorageVol
+
+    def __init__(self, vol: NonnullStorageVol) -> None:
+        self.vol = vol
 
 
 def _enc_StoragePoolLookupByVolumeArgs(b: bytearray, v: StoragePoolLookupByVolumeArgs) -> None:
@@ -8311,11 +9492,14 @@ def _dec_StoragePoolLookupByVolumeArgs(d: bytes, o: int) -> tuple[StoragePoolLoo
     return StoragePoolLookupByVolumeArgs(t1503), o
 
 
-@dataclass(slots=True)
-class StoragePoolLookupByVolumeRet:
+class StoragePoolLookupByVolumeRet(Record):
     """XDR struct ``remote_storage_pool_lookup_by_volume_ret``."""
 
+    __slots__ = ('pool',)
     pool: NonnullStoragePool
+
+    def __init__(self, pool: NonnullStoragePool) -> None:
+        self.pool = pool
 
 
 def _enc_StoragePoolLookupByVolumeRet(b: bytearray, v: StoragePoolLookupByVolumeRet) -> None:
@@ -8327,11 +9511,14 @@ def _dec_StoragePoolLookupByVolumeRet(d: bytes, o: int) -> tuple[StoragePoolLook
     return StoragePoolLookupByVolumeRet(t1504), o
 
 
-@dataclass(slots=True)
-class StoragePoolLookupByTargetPathArgs:
+class StoragePoolLookupByTargetPathArgs(Record):
     """XDR struct ``remote_storage_pool_lookup_by_target_path_args``."""
 
+    __slots__ = ('path',)
     path: str
+
+    def __init__(self, path: str) -> None:
+        self.path = path
 
 
 def _enc_StoragePoolLookupByTargetPathArgs(b: bytearray, v: StoragePoolLookupByTargetPathArgs) -> None:
@@ -8354,11 +9541,14 @@ def _dec_StoragePoolLookupByTargetPathArgs(d: bytes, o: int) -> tuple[StoragePoo
     return StoragePoolLookupByTargetPathArgs(t1507), o
 
 
-@dataclass(slots=True)
-class StoragePoolLookupByTargetPathRet:
+class StoragePoolLookupByTargetPathRet(Record):
     """XDR struct ``remote_storage_pool_lookup_by_target_path_ret``."""
 
+    __slots__ = ('pool',)
     pool: NonnullStoragePool
+
+    def __init__(self, pool: NonnullStoragePool) -> None:
+        self.pool = pool
 
 
 def _enc_StoragePoolLookupByTargetPathRet(b: bytearray, v: StoragePoolLookupByTargetPathRet) -> None:
@@ -8370,12 +9560,16 @@ def _dec_StoragePoolLookupByTargetPathRet(d: bytes, o: int) -> tuple[StoragePool
     return StoragePoolLookupByTargetPathRet(t1510), o
 
 
-@dataclass(slots=True)
-class StoragePoolCreateXmlArgs:
+class StoragePoolCreateXmlArgs(Record):
     """XDR struct ``remote_storage_pool_create_xml_args``."""
 
+    __slots__ = ('xml', 'flags')
     xml: str
     flags: int
+
+    def __init__(self, xml: str, flags: int) -> None:
+        self.xml = xml
+        self.flags = flags
 
 
 def _enc_StoragePoolCreateXmlArgs(b: bytearray, v: StoragePoolCreateXmlArgs) -> None:
@@ -8401,11 +9595,14 @@ def _dec_StoragePoolCreateXmlArgs(d: bytes, o: int) -> tuple[StoragePoolCreateXm
     return StoragePoolCreateXmlArgs(t1513, t1516), o
 
 
-@dataclass(slots=True)
-class StoragePoolCreateXmlRet:
+class StoragePoolCreateXmlRet(Record):
     """XDR struct ``remote_storage_pool_create_xml_ret``."""
 
+    __slots__ = ('pool',)
     pool: NonnullStoragePool
+
+    def __init__(self, pool: NonnullStoragePool) -> None:
+        self.pool = pool
 
 
 def _enc_StoragePoolCreateXmlRet(b: bytearray, v: StoragePoolCreateXmlRet) -> None:
@@ -8417,12 +9614,16 @@ def _dec_StoragePoolCreateXmlRet(d: bytes, o: int) -> tuple[StoragePoolCreateXml
     return StoragePoolCreateXmlRet(t1517), o
 
 
-@dataclass(slots=True)
-class StoragePoolDefineXmlArgs:
+class StoragePoolDefineXmlArgs(Record):
     """XDR struct ``remote_storage_pool_define_xml_args``."""
 
+    __slots__ = ('xml', 'flags')
     xml: str
     flags: int
+
+    def __init__(self, xml: str, flags: int) -> None:
+        self.xml = xml
+        self.flags = flags
 
 
 def _enc_StoragePoolDefineXmlArgs(b: bytearray, v: StoragePoolDefineXmlArgs) -> None:
@@ -8448,11 +9649,14 @@ def _dec_StoragePoolDefineXmlArgs(d: bytes, o: int) -> tuple[StoragePoolDefineXm
     return StoragePoolDefineXmlArgs(t1520, t1523), o
 
 
-@dataclass(slots=True)
-class StoragePoolDefineXmlRet:
+class StoragePoolDefineXmlRet(Record):
     """XDR struct ``remote_storage_pool_define_xml_ret``."""
 
+    __slots__ = ('pool',)
     pool: NonnullStoragePool
+
+    def __init__(self, pool: NonnullStoragePool) -> None:
+        self.pool = pool
 
 
 def _enc_StoragePoolDefineXmlRet(b: bytearray, v: StoragePoolDefineXmlRet) -> None:
@@ -8464,12 +9668,16 @@ def _dec_StoragePoolDefineXmlRet(d: bytes, o: int) -> tuple[StoragePoolDefineXml
     return StoragePoolDefineXmlRet(t1524), o
 
 
-@dataclass(slots=True)
-class StoragePoolBuildArgs:
+class StoragePoolBuildArgs(Record):
     """XDR struct ``remote_storage_pool_build_args``."""
 
+    __slots__ = ('pool', 'flags')
     pool: NonnullStoragePool
     flags: int
+
+    def __init__(self, pool: NonnullStoragePool, flags: int) -> None:
+        self.pool = pool
+        self.flags = flags
 
 
 def _enc_StoragePoolBuildArgs(b: bytearray, v: StoragePoolBuildArgs) -> None:
@@ -8484,11 +9692,14 @@ def _dec_StoragePoolBuildArgs(d: bytes, o: int) -> tuple[StoragePoolBuildArgs, i
     return StoragePoolBuildArgs(t1525, t1526), o
 
 
-@dataclass(slots=True)
-class StoragePoolUndefineArgs:
+class StoragePoolUndefineArgs(Record):
     """XDR struct ``remote_storage_pool_undefine_args``."""
 
+    __slots__ = ('pool',)
     pool: NonnullStoragePool
+
+    def __init__(self, pool: NonnullStoragePool) -> None:
+        self.pool = pool
 
 
 def _enc_StoragePoolUndefineArgs(b: bytearray, v: StoragePoolUndefineArgs) -> None:
@@ -8500,12 +9711,16 @@ def _dec_StoragePoolUndefineArgs(d: bytes, o: int) -> tuple[StoragePoolUndefineA
     return StoragePoolUndefineArgs(t1527), o
 
 
-@dataclass(slots=True)
-class StoragePoolCreateArgs:
+class StoragePoolCreateArgs(Record):
     """XDR struct ``remote_storage_pool_create_args``."""
 
+    __slots__ = ('pool', 'flags')
     pool: NonnullStoragePool
     flags: int
+
+    def __init__(self, pool: NonnullStoragePool, flags: int) -> None:
+        self.pool = pool
+        self.flags = flags
 
 
 def _enc_StoragePoolCreateArgs(b: bytearray, v: StoragePoolCreateArgs) -> None:
@@ -8520,11 +9735,14 @@ def _dec_StoragePoolCreateArgs(d: bytes, o: int) -> tuple[StoragePoolCreateArgs,
     return StoragePoolCreateArgs(t1528, t1529), o
 
 
-@dataclass(slots=True)
-class StoragePoolDestroyArgs:
+class StoragePoolDestroyArgs(Record):
     """XDR struct ``remote_storage_pool_destroy_args``."""
 
+    __slots__ = ('pool',)
     pool: NonnullStoragePool
+
+    def __init__(self, pool: NonnullStoragePool) -> None:
+        self.pool = pool
 
 
 def _enc_StoragePoolDestroyArgs(b: bytearray, v: StoragePoolDestroyArgs) -> None:
@@ -8536,12 +9754,16 @@ def _dec_StoragePoolDestroyArgs(d: bytes, o: int) -> tuple[StoragePoolDestroyArg
     return StoragePoolDestroyArgs(t1530), o
 
 
-@dataclass(slots=True)
-class StoragePoolDeleteArgs:
+class StoragePoolDeleteArgs(Record):
     """XDR struct ``remote_storage_pool_delete_args``."""
 
+    __slots__ = ('pool', 'flags')
     pool: NonnullStoragePool
     flags: int
+
+    def __init__(self, pool: NonnullStoragePool, flags: int) -> None:
+        self.pool = pool
+        self.flags = flags
 
 
 def _enc_StoragePoolDeleteArgs(b: bytearray, v: StoragePoolDeleteArgs) -> None:
@@ -8556,12 +9778,16 @@ def _dec_StoragePoolDeleteArgs(d: bytes, o: int) -> tuple[StoragePoolDeleteArgs,
     return StoragePoolDeleteArgs(t1531, t1532), o
 
 
-@dataclass(slots=True)
-class StoragePoolRefreshArgs:
+class StoragePoolRefreshArgs(Record):
     """XDR struct ``remote_storage_pool_refresh_args``."""
 
+    __slots__ = ('pool', 'flags')
     pool: NonnullStoragePool
     flags: int
+
+    def __init__(self, pool: NonnullStoragePool, flags: int) -> None:
+        self.pool = pool
+        self.flags = flags
 
 
 def _enc_StoragePoolRefreshArgs(b: bytearray, v: StoragePoolRefreshArgs) -> None:
@@ -8576,12 +9802,16 @@ def _dec_StoragePoolRefreshArgs(d: bytes, o: int) -> tuple[StoragePoolRefreshArg
     return StoragePoolRefreshArgs(t1533, t1534), o
 
 
-@dataclass(slots=True)
-class StoragePoolGetXmlDescArgs:
+class StoragePoolGetXmlDescArgs(Record):
     """XDR struct ``remote_storage_pool_get_xml_desc_args``."""
 
+    __slots__ = ('pool', 'flags')
     pool: NonnullStoragePool
     flags: int
+
+    def __init__(self, pool: NonnullStoragePool, flags: int) -> None:
+        self.pool = pool
+        self.flags = flags
 
 
 def _enc_StoragePoolGetXmlDescArgs(b: bytearray, v: StoragePoolGetXmlDescArgs) -> None:
@@ -8596,11 +9826,14 @@ def _dec_StoragePoolGetXmlDescArgs(d: bytes, o: int) -> tuple[StoragePoolGetXmlD
     return StoragePoolGetXmlDescArgs(t1535, t1536), o
 
 
-@dataclass(slots=True)
-class StoragePoolGetXmlDescRet:
+class StoragePoolGetXmlDescRet(Record):
     """XDR struct ``remote_storage_pool_get_xml_desc_ret``."""
 
+    __slots__ = ('xml',)
     xml: str
+
+    def __init__(self, xml: str) -> None:
+        self.xml = xml
 
 
 def _enc_StoragePoolGetXmlDescRet(b: bytearray, v: StoragePoolGetXmlDescRet) -> None:
@@ -8623,11 +9856,14 @@ def _dec_StoragePoolGetXmlDescRet(d: bytes, o: int) -> tuple[StoragePoolGetXmlDe
     return StoragePoolGetXmlDescRet(t1539), o
 
 
-@dataclass(slots=True)
-class StoragePoolGetInfoArgs:
+class StoragePoolGetInfoArgs(Record):
     """XDR struct ``remote_storage_pool_get_info_args``."""
 
+    __slots__ = ('pool',)
     pool: NonnullStoragePool
+
+    def __init__(self, pool: NonnullStoragePool) -> None:
+        self.pool = pool
 
 
 def _enc_StoragePoolGetInfoArgs(b: bytearray, v: StoragePoolGetInfoArgs) -> None:
@@ -8639,14 +9875,20 @@ def _dec_StoragePoolGetInfoArgs(d: bytes, o: int) -> tuple[StoragePoolGetInfoArg
     return StoragePoolGetInfoArgs(t1542), o
 
 
-@dataclass(slots=True)
-class StoragePoolGetInfoRet:
+class StoragePoolGetInfoRet(Record):
     """XDR struct ``remote_storage_pool_get_info_ret``."""
 
+    __slots__ = ('state', 'capacity', 'allocation', 'available')
     state: int
     capacity: int
     allocation: int
     available: int
+
+    def __init__(self, state: int, capacity: int, allocation: int, available: int) -> None:
+        self.state = state
+        self.capacity = capacity
+        self.allocation = allocation
+        self.available = available
 
 
 def _enc_StoragePoolGetInfoRet(b: bytearray, v: StoragePoolGetInfoRet) -> None:
@@ -8659,11 +9901,14 @@ def _dec_StoragePoolGetInfoRet(d: bytes, o: int) -> tuple[StoragePoolGetInfoRet,
     return StoragePoolGetInfoRet(t1543, t1544, t1545, t1546), o
 
 
-@dataclass(slots=True)
-class StoragePoolGetAutostartArgs:
+class StoragePoolGetAutostartArgs(Record):
     """XDR struct ``remote_storage_pool_get_autostart_args``."""
 
+    __slots__ = ('pool',)
     pool: NonnullStoragePool
+
+    def __init__(self, pool: NonnullStoragePool) -> None:
+        self.pool = pool
 
 
 def _enc_StoragePoolGetAutostartArgs(b: bytearray, v: StoragePoolGetAutostartArgs) -> None:
@@ -8675,11 +9920,14 @@ def _dec_StoragePoolGetAutostartArgs(d: bytes, o: int) -> tuple[StoragePoolGetAu
     return StoragePoolGetAutostartArgs(t1547), o
 
 
-@dataclass(slots=True)
-class StoragePoolGetAutostartRet:
+class StoragePoolGetAutostartRet(Record):
     """XDR struct ``remote_storage_pool_get_autostart_ret``."""
 
+    __slots__ = ('autostart',)
     autostart: int
+
+    def __init__(self, autostart: int) -> None:
+        self.autostart = autostart
 
 
 def _enc_StoragePoolGetAutostartRet(b: bytearray, v: StoragePoolGetAutostartRet) -> None:
@@ -8692,12 +9940,16 @@ def _dec_StoragePoolGetAutostartRet(d: bytes, o: int) -> tuple[StoragePoolGetAut
     return StoragePoolGetAutostartRet(t1548), o
 
 
-@dataclass(slots=True)
-class StoragePoolSetAutostartArgs:
+class StoragePoolSetAutostartArgs(Record):
     """XDR struct ``remote_storage_pool_set_autostart_args``."""
 
+    __slots__ = ('pool', 'autostart')
     pool: NonnullStoragePool
     autostart: int
+
+    def __init__(self, pool: NonnullStoragePool, autostart: int) -> None:
+        self.pool = pool
+        self.autostart = autostart
 
 
 def _enc_StoragePoolSetAutostartArgs(b: bytearray, v: StoragePoolSetAutostartArgs) -> None:
@@ -8712,11 +9964,14 @@ def _dec_StoragePoolSetAutostartArgs(d: bytes, o: int) -> tuple[StoragePoolSetAu
     return StoragePoolSetAutostartArgs(t1549, t1550), o
 
 
-@dataclass(slots=True)
-class StoragePoolNumOfVolumesArgs:
+class StoragePoolNumOfVolumesArgs(Record):
     """XDR struct ``remote_storage_pool_num_of_volumes_args``."""
 
+    __slots__ = ('pool',)
     pool: NonnullStoragePool
+
+    def __init__(self, pool: NonnullStoragePool) -> None:
+        self.pool = pool
 
 
 def _enc_StoragePoolNumOfVolumesArgs(b: bytearray, v: StoragePoolNumOfVolumesArgs) -> None:
@@ -8728,11 +9983,14 @@ def _dec_StoragePoolNumOfVolumesArgs(d: bytes, o: int) -> tuple[StoragePoolNumOf
     return StoragePoolNumOfVolumesArgs(t1551), o
 
 
-@dataclass(slots=True)
-class StoragePoolNumOfVolumesRet:
+class StoragePoolNumOfVolumesRet(Record):
     """XDR struct ``remote_storage_pool_num_of_volumes_ret``."""
 
+    __slots__ = ('num',)
     num: int
+
+    def __init__(self, num: int) -> None:
+        self.num = num
 
 
 def _enc_StoragePoolNumOfVolumesRet(b: bytearray, v: StoragePoolNumOfVolumesRet) -> None:
@@ -8745,12 +10003,16 @@ def _dec_StoragePoolNumOfVolumesRet(d: bytes, o: int) -> tuple[StoragePoolNumOfV
     return StoragePoolNumOfVolumesRet(t1552), o
 
 
-@dataclass(slots=True)
-class StoragePoolListVolumesArgs:
+class StoragePoolListVolumesArgs(Record):
     """XDR struct ``remote_storage_pool_list_volumes_args``."""
 
+    __slots__ = ('pool', 'maxnames')
     pool: NonnullStoragePool
     maxnames: int
+
+    def __init__(self, pool: NonnullStoragePool, maxnames: int) -> None:
+        self.pool = pool
+        self.maxnames = maxnames
 
 
 def _enc_StoragePoolListVolumesArgs(b: bytearray, v: StoragePoolListVolumesArgs) -> None:
@@ -8765,11 +10027,14 @@ def _dec_StoragePoolListVolumesArgs(d: bytes, o: int) -> tuple[StoragePoolListVo
     return StoragePoolListVolumesArgs(t1553, t1554), o
 
 
-@dataclass(slots=True)
-class StoragePoolListVolumesRet:
+class StoragePoolListVolumesRet(Record):
     """XDR struct ``remote_storage_pool_list_volumes_ret``."""
 
+    __slots__ = ('names',)
     names: list[str]
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
 
 
 def _enc_StoragePoolListVolumesRet(b: bytearray, v: StoragePoolListVolumesRet) -> None:
@@ -8804,12 +10069,16 @@ def _dec_StoragePoolListVolumesRet(d: bytes, o: int) -> tuple[StoragePoolListVol
     return StoragePoolListVolumesRet(t1560), o
 
 
-@dataclass(slots=True)
-class StorageVolLookupByNameArgs:
+class StorageVolLookupByNameArgs(Record):
     """XDR struct ``remote_storage_vol_lookup_by_name_args``."""
 
+    __slots__ = ('pool', 'name')
     pool: NonnullStoragePool
     name: str
+
+    def __init__(self, pool: NonnullStoragePool, name: str) -> None:
+        self.pool = pool
+        self.name = name
 
 
 def _enc_StorageVolLookupByNameArgs(b: bytearray, v: StorageVolLookupByNameArgs) -> None:
@@ -8834,11 +10103,14 @@ def _dec_StorageVolLookupByNameArgs(d: bytes, o: int) -> tuple[StorageVolLookupB
     return StorageVolLookupByNameArgs(t1568, t1569), o
 
 
-@dataclass(slots=True)
-class StorageVolLookupByNameRet:
+class StorageVolLookupByNameRet(Record):
     """XDR struct ``remote_storage_vol_lookup_by_name_ret``."""
 
+    __slots__ = ('vol',)
     vol: NonnullStorageVol
+
+    def __init__(self, vol: NonnullStorageVol) -> None:
+        self.vol = vol
 
 
 def _enc_StorageVolLookupByNameRet(b: bytearray, v: StorageVolLookupByNameRet) -> None:
@@ -8850,11 +10122,14 @@ def _dec_StorageVolLookupByNameRet(d: bytes, o: int) -> tuple[StorageVolLookupBy
     return StorageVolLookupByNameRet(t1572), o
 
 
-@dataclass(slots=True)
-class StorageVolLookupByKeyArgs:
+class StorageVolLookupByKeyArgs(Record):
     """XDR struct ``remote_storage_vol_lookup_by_key_args``."""
 
+    __slots__ = ('key',)
     key: str
+
+    def __init__(self, key: str) -> None:
+        self.key = key
 
 
 def _enc_StorageVolLookupByKeyArgs(b: bytearray, v: StorageVolLookupByKeyArgs) -> None:
@@ -8877,11 +10152,14 @@ def _dec_StorageVolLookupByKeyArgs(d: bytes, o: int) -> tuple[StorageVolLookupBy
     return StorageVolLookupByKeyArgs(t1575), o
 
 
-@dataclass(slots=True)
-class StorageVolLookupByKeyRet:
+class StorageVolLookupByKeyRet(Record):
     """XDR struct ``remote_storage_vol_lookup_by_key_ret``."""
 
+    __slots__ = ('vol',)
     vol: NonnullStorageVol
+
+    def __init__(self, vol: NonnullStorageVol) -> None:
+        self.vol = vol
 
 
 def _enc_StorageVolLookupByKeyRet(b: bytearray, v: StorageVolLookupByKeyRet) -> None:
@@ -8893,11 +10171,14 @@ def _dec_StorageVolLookupByKeyRet(d: bytes, o: int) -> tuple[StorageVolLookupByK
     return StorageVolLookupByKeyRet(t1578), o
 
 
-@dataclass(slots=True)
-class StorageVolLookupByPathArgs:
+class StorageVolLookupByPathArgs(Record):
     """XDR struct ``remote_storage_vol_lookup_by_path_args``."""
 
+    __slots__ = ('path',)
     path: str
+
+    def __init__(self, path: str) -> None:
+        self.path = path
 
 
 def _enc_StorageVolLookupByPathArgs(b: bytearray, v: StorageVolLookupByPathArgs) -> None:
@@ -8920,11 +10201,14 @@ def _dec_StorageVolLookupByPathArgs(d: bytes, o: int) -> tuple[StorageVolLookupB
     return StorageVolLookupByPathArgs(t1581), o
 
 
-@dataclass(slots=True)
-class StorageVolLookupByPathRet:
+class StorageVolLookupByPathRet(Record):
     """XDR struct ``remote_storage_vol_lookup_by_path_ret``."""
 
+    __slots__ = ('vol',)
     vol: NonnullStorageVol
+
+    def __init__(self, vol: NonnullStorageVol) -> None:
+        self.vol = vol
 
 
 def _enc_StorageVolLookupByPathRet(b: bytearray, v: StorageVolLookupByPathRet) -> None:
@@ -8936,13 +10220,18 @@ def _dec_StorageVolLookupByPathRet(d: bytes, o: int) -> tuple[StorageVolLookupBy
     return StorageVolLookupByPathRet(t1584), o
 
 
-@dataclass(slots=True)
-class StorageVolCreateXmlArgs:
+class StorageVolCreateXmlArgs(Record):
     """XDR struct ``remote_storage_vol_create_xml_args``."""
 
+    __slots__ = ('pool', 'xml', 'flags')
     pool: NonnullStoragePool
     xml: str
     flags: int
+
+    def __init__(self, pool: NonnullStoragePool, xml: str, flags: int) -> None:
+        self.pool = pool
+        self.xml = xml
+        self.flags = flags
 
 
 def _enc_StorageVolCreateXmlArgs(b: bytearray, v: StorageVolCreateXmlArgs) -> None:
@@ -8970,11 +10259,14 @@ def _dec_StorageVolCreateXmlArgs(d: bytes, o: int) -> tuple[StorageVolCreateXmlA
     return StorageVolCreateXmlArgs(t1587, t1588, t1591), o
 
 
-@dataclass(slots=True)
-class StorageVolCreateXmlRet:
+class StorageVolCreateXmlRet(Record):
     """XDR struct ``remote_storage_vol_create_xml_ret``."""
 
+    __slots__ = ('vol',)
     vol: NonnullStorageVol
+
+    def __init__(self, vol: NonnullStorageVol) -> None:
+        self.vol = vol
 
 
 def _enc_StorageVolCreateXmlRet(b: bytearray, v: StorageVolCreateXmlRet) -> None:
@@ -8986,14 +10278,20 @@ def _dec_StorageVolCreateXmlRet(d: bytes, o: int) -> tuple[StorageVolCreateXmlRe
     return StorageVolCreateXmlRet(t1592), o
 
 
-@dataclass(slots=True)
-class StorageVolCreateXmlFromArgs:
+class StorageVolCreateXmlFromArgs(Record):
     """XDR struct ``remote_storage_vol_create_xml_from_args``."""
 
+    __slots__ = ('pool', 'xml', 'clonevol', 'flags')
     pool: NonnullStoragePool
     xml: str
     clonevol: NonnullStorageVol
     flags: int
+
+    def __init__(self, pool: NonnullStoragePool, xml: str, clonevol: NonnullStorageVol, flags: int) -> None:
+        self.pool = pool
+        self.xml = xml
+        self.clonevol = clonevol
+        self.flags = flags
 
 
 def _enc_StorageVolCreateXmlFromArgs(b: bytearray, v: StorageVolCreateXmlFromArgs) -> None:
@@ -9023,11 +10321,14 @@ def _dec_StorageVolCreateXmlFromArgs(d: bytes, o: int) -> tuple[StorageVolCreate
     return StorageVolCreateXmlFromArgs(t1595, t1596, t1599, t1600), o
 
 
-@dataclass(slots=True)
-class StorageVolCreateXmlFromRet:
+class StorageVolCreateXmlFromRet(Record):
     """XDR struct ``remote_storage_vol_create_xml_from_ret``."""
 
+    __slots__ = ('vol',)
     vol: NonnullStorageVol
+
+    def __init__(self, vol: NonnullStorageVol) -> None:
+        self.vol = vol
 
 
 def _enc_StorageVolCreateXmlFromRet(b: bytearray, v: StorageVolCreateXmlFromRet) -> None:
@@ -9039,12 +10340,16 @@ def _dec_StorageVolCreateXmlFromRet(d: bytes, o: int) -> tuple[StorageVolCreateX
     return StorageVolCreateXmlFromRet(t1601), o
 
 
-@dataclass(slots=True)
-class StorageVolDeleteArgs:
+class StorageVolDeleteArgs(Record):
     """XDR struct ``remote_storage_vol_delete_args``."""
 
+    __slots__ = ('vol', 'flags')
     vol: NonnullStorageVol
     flags: int
+
+    def __init__(self, vol: NonnullStorageVol, flags: int) -> None:
+        self.vol = vol
+        self.flags = flags
 
 
 def _enc_StorageVolDeleteArgs(b: bytearray, v: StorageVolDeleteArgs) -> None:
@@ -9059,12 +10364,16 @@ def _dec_StorageVolDeleteArgs(d: bytes, o: int) -> tuple[StorageVolDeleteArgs, i
     return StorageVolDeleteArgs(t1602, t1603), o
 
 
-@dataclass(slots=True)
-class StorageVolWipeArgs:
+class StorageVolWipeArgs(Record):
     """XDR struct ``remote_storage_vol_wipe_args``."""
 
+    __slots__ = ('vol', 'flags')
     vol: NonnullStorageVol
     flags: int
+
+    def __init__(self, vol: NonnullStorageVol, flags: int) -> None:
+        self.vol = vol
+        self.flags = flags
 
 
 def _enc_StorageVolWipeArgs(b: bytearray, v: StorageVolWipeArgs) -> None:
@@ -9079,13 +10388,18 @@ def _dec_StorageVolWipeArgs(d: bytes, o: int) -> tuple[StorageVolWipeArgs, int]:
     return StorageVolWipeArgs(t1604, t1605), o
 
 
-@dataclass(slots=True)
-class StorageVolWipePatternArgs:
+class StorageVolWipePatternArgs(Record):
     """XDR struct ``remote_storage_vol_wipe_pattern_args``."""
 
+    __slots__ = ('vol', 'algorithm', 'flags')
     vol: NonnullStorageVol
     algorithm: int
     flags: int
+
+    def __init__(self, vol: NonnullStorageVol, algorithm: int, flags: int) -> None:
+        self.vol = vol
+        self.algorithm = algorithm
+        self.flags = flags
 
 
 def _enc_StorageVolWipePatternArgs(b: bytearray, v: StorageVolWipePatternArgs) -> None:
@@ -9100,12 +10414,16 @@ def _dec_StorageVolWipePatternArgs(d: bytes, o: int) -> tuple[StorageVolWipePatt
     return StorageVolWipePatternArgs(t1606, t1607, t1608), o
 
 
-@dataclass(slots=True)
-class StorageVolGetXmlDescArgs:
+class StorageVolGetXmlDescArgs(Record):
     """XDR struct ``remote_storage_vol_get_xml_desc_args``."""
 
+    __slots__ = ('vol', 'flags')
     vol: NonnullStorageVol
     flags: int
+
+    def __init__(self, vol: NonnullStorageVol, flags: int) -> None:
+        self.vol = vol
+        self.flags = flags
 
 
 def _enc_StorageVolGetXmlDescArgs(b: bytearray, v: StorageVolGetXmlDescArgs) -> None:
@@ -9120,11 +10438,14 @@ def _dec_StorageVolGetXmlDescArgs(d: bytes, o: int) -> tuple[StorageVolGetXmlDes
     return StorageVolGetXmlDescArgs(t1609, t1610), o
 
 
-@dataclass(slots=True)
-class StorageVolGetXmlDescRet:
+class StorageVolGetXmlDescRet(Record):
     """XDR struct ``remote_storage_vol_get_xml_desc_ret``."""
 
+    __slots__ = ('xml',)
     xml: str
+
+    def __init__(self, xml: str) -> None:
+        self.xml = xml
 
 
 def _enc_StorageVolGetXmlDescRet(b: bytearray, v: StorageVolGetXmlDescRet) -> None:
@@ -9147,11 +10468,14 @@ def _dec_StorageVolGetXmlDescRet(d: bytes, o: int) -> tuple[StorageVolGetXmlDesc
     return StorageVolGetXmlDescRet(t1613), o
 
 
-@dataclass(slots=True)
-class StorageVolGetInfoArgs:
+class StorageVolGetInfoArgs(Record):
     """XDR struct ``remote_storage_vol_get_info_args``."""
 
+    __slots__ = ('vol',)
     vol: NonnullStorageVol
+
+    def __init__(self, vol: NonnullStorageVol) -> None:
+        self.vol = vol
 
 
 def _enc_StorageVolGetInfoArgs(b: bytearray, v: StorageVolGetInfoArgs) -> None:
@@ -9163,13 +10487,18 @@ def _dec_StorageVolGetInfoArgs(d: bytes, o: int) -> tuple[StorageVolGetInfoArgs,
     return StorageVolGetInfoArgs(t1616), o
 
 
-@dataclass(slots=True)
-class StorageVolGetInfoRet:
+class StorageVolGetInfoRet(Record):
     """XDR struct ``remote_storage_vol_get_info_ret``."""
 
+    __slots__ = ('type', 'capacity', 'allocation')
     type: int
     capacity: int
     allocation: int
+
+    def __init__(self, type: int, capacity: int, allocation: int) -> None:
+        self.type = type
+        self.capacity = capacity
+        self.allocation = allocation
 
 
 def _enc_StorageVolGetInfoRet(b: bytearray, v: StorageVolGetInfoRet) -> None:
@@ -9182,12 +10511,16 @@ def _dec_StorageVolGetInfoRet(d: bytes, o: int) -> tuple[StorageVolGetInfoRet, i
     return StorageVolGetInfoRet(t1617, t1618, t1619), o
 
 
-@dataclass(slots=True)
-class StorageVolGetInfoFlagsArgs:
+class StorageVolGetInfoFlagsArgs(Record):
     """XDR struct ``remote_storage_vol_get_info_flags_args``."""
 
+    __slots__ = ('vol', 'flags')
     vol: NonnullStorageVol
     flags: int
+
+    def __init__(self, vol: NonnullStorageVol, flags: int) -> None:
+        self.vol = vol
+        self.flags = flags
 
 
 def _enc_StorageVolGetInfoFlagsArgs(b: bytearray, v: StorageVolGetInfoFlagsArgs) -> None:
@@ -9202,13 +10535,18 @@ def _dec_StorageVolGetInfoFlagsArgs(d: bytes, o: int) -> tuple[StorageVolGetInfo
     return StorageVolGetInfoFlagsArgs(t1620, t1621), o
 
 
-@dataclass(slots=True)
-class StorageVolGetInfoFlagsRet:
+class StorageVolGetInfoFlagsRet(Record):
     """XDR struct ``remote_storage_vol_get_info_flags_ret``."""
 
+    __slots__ = ('type', 'capacity', 'allocation')
     type: int
     capacity: int
     allocation: int
+
+    def __init__(self, type: int, capacity: int, allocation: int) -> None:
+        self.type = type
+        self.capacity = capacity
+        self.allocation = allocation
 
 
 def _enc_StorageVolGetInfoFlagsRet(b: bytearray, v: StorageVolGetInfoFlagsRet) -> None:
@@ -9221,11 +10559,14 @@ def _dec_StorageVolGetInfoFlagsRet(d: bytes, o: int) -> tuple[StorageVolGetInfoF
     return StorageVolGetInfoFlagsRet(t1622, t1623, t1624), o
 
 
-@dataclass(slots=True)
-class StorageVolGetPathArgs:
+class StorageVolGetPathArgs(Record):
     """XDR struct ``remote_storage_vol_get_path_args``."""
 
+    __slots__ = ('vol',)
     vol: NonnullStorageVol
+
+    def __init__(self, vol: NonnullStorageVol) -> None:
+        self.vol = vol
 
 
 def _enc_StorageVolGetPathArgs(b: bytearray, v: StorageVolGetPathArgs) -> None:
@@ -9237,11 +10578,14 @@ def _dec_StorageVolGetPathArgs(d: bytes, o: int) -> tuple[StorageVolGetPathArgs,
     return StorageVolGetPathArgs(t1625), o
 
 
-@dataclass(slots=True)
-class StorageVolGetPathRet:
+class StorageVolGetPathRet(Record):
     """XDR struct ``remote_storage_vol_get_path_ret``."""
 
+    __slots__ = ('name',)
     name: str
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
 def _enc_StorageVolGetPathRet(b: bytearray, v: StorageVolGetPathRet) -> None:
@@ -9264,13 +10608,18 @@ def _dec_StorageVolGetPathRet(d: bytes, o: int) -> tuple[StorageVolGetPathRet, i
     return StorageVolGetPathRet(t1628), o
 
 
-@dataclass(slots=True)
-class StorageVolResizeArgs:
+class StorageVolResizeArgs(Record):
     """XDR struct ``remote_storage_vol_resize_args``."""
 
+    __slots__ = ('vol', 'capacity', 'flags')
     vol: NonnullStorageVol
     capacity: int
     flags: int
+
+    def __init__(self, vol: NonnullStorageVol, capacity: int, flags: int) -> None:
+        self.vol = vol
+        self.capacity = capacity
+        self.flags = flags
 
 
 def _enc_StorageVolResizeArgs(b: bytearray, v: StorageVolResizeArgs) -> None:
@@ -9285,12 +10634,16 @@ def _dec_StorageVolResizeArgs(d: bytes, o: int) -> tuple[StorageVolResizeArgs, i
     return StorageVolResizeArgs(t1631, t1632, t1633), o
 
 
-@dataclass(slots=True)
-class NodeNumOfDevicesArgs:
+class NodeNumOfDevicesArgs(Record):
     """XDR struct ``remote_node_num_of_devices_args``."""
 
+    __slots__ = ('cap', 'flags')
     cap: str | None
     flags: int
+
+    def __init__(self, cap: str | None, flags: int) -> None:
+        self.cap = cap
+        self.flags = flags
 
 
 def _enc_NodeNumOfDevicesArgs(b: bytearray, v: NodeNumOfDevicesArgs) -> None:
@@ -9328,11 +10681,14 @@ def _dec_NodeNumOfDevicesArgs(d: bytes, o: int) -> tuple[NodeNumOfDevicesArgs, i
     return NodeNumOfDevicesArgs(t1637, t1641), o
 
 
-@dataclass(slots=True)
-class NodeNumOfDevicesRet:
+class NodeNumOfDevicesRet(Record):
     """XDR struct ``remote_node_num_of_devices_ret``."""
 
+    __slots__ = ('num',)
     num: int
+
+    def __init__(self, num: int) -> None:
+        self.num = num
 
 
 def _enc_NodeNumOfDevicesRet(b: bytearray, v: NodeNumOfDevicesRet) -> None:
@@ -9345,13 +10701,18 @@ def _dec_NodeNumOfDevicesRet(d: bytes, o: int) -> tuple[NodeNumOfDevicesRet, int
     return NodeNumOfDevicesRet(t1642), o
 
 
-@dataclass(slots=True)
-class NodeListDevicesArgs:
+class NodeListDevicesArgs(Record):
     """XDR struct ``remote_node_list_devices_args``."""
 
+    __slots__ = ('cap', 'maxnames', 'flags')
     cap: str | None
     maxnames: int
     flags: int
+
+    def __init__(self, cap: str | None, maxnames: int, flags: int) -> None:
+        self.cap = cap
+        self.maxnames = maxnames
+        self.flags = flags
 
 
 def _enc_NodeListDevicesArgs(b: bytearray, v: NodeListDevicesArgs) -> None:
@@ -9389,11 +10750,14 @@ def _dec_NodeListDevicesArgs(d: bytes, o: int) -> tuple[NodeListDevicesArgs, int
     return NodeListDevicesArgs(t1646, t1650, t1651), o
 
 
-@dataclass(slots=True)
-class NodeListDevicesRet:
+class NodeListDevicesRet(Record):
     """XDR struct ``remote_node_list_devices_ret``."""
 
+    __slots__ = ('names',)
     names: list[str]
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
 
 
 def _enc_NodeListDevicesRet(b: bytearray, v: NodeListDevicesRet) -> None:
@@ -9428,11 +10792,14 @@ def _dec_NodeListDevicesRet(d: bytes, o: int) -> tuple[NodeListDevicesRet, int]:
     return NodeListDevicesRet(t1657), o
 
 
-@dataclass(slots=True)
-class NodeDeviceLookupByNameArgs:
+class NodeDeviceLookupByNameArgs(Record):
     """XDR struct ``remote_node_device_lookup_by_name_args``."""
 
+    __slots__ = ('name',)
     name: str
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
 def _enc_NodeDeviceLookupByNameArgs(b: bytearray, v: NodeDeviceLookupByNameArgs) -> None:
@@ -9455,11 +10822,14 @@ def _dec_NodeDeviceLookupByNameArgs(d: bytes, o: int) -> tuple[NodeDeviceLookupB
     return NodeDeviceLookupByNameArgs(t1665), o
 
 
-@dataclass(slots=True)
-class NodeDeviceLookupByNameRet:
+class NodeDeviceLookupByNameRet(Record):
     """XDR struct ``remote_node_device_lookup_by_name_ret``."""
 
+    __slots__ = ('dev',)
     dev: NonnullNodeDevice
+
+    def __init__(self, dev: NonnullNodeDevice) -> None:
+        self.dev = dev
 
 
 def _enc_NodeDeviceLookupByNameRet(b: bytearray, v: NodeDeviceLookupByNameRet) -> None:
@@ -9471,13 +10841,18 @@ def _dec_NodeDeviceLookupByNameRet(d: bytes, o: int) -> tuple[NodeDeviceLookupBy
     return NodeDeviceLookupByNameRet(t1668), o
 
 
-@dataclass(slots=True)
-class NodeDeviceLookupScsiHostByWwnArgs:
+class NodeDeviceLookupScsiHostByWwnArgs(Record):
     """XDR struct ``remote_node_device_lookup_scsi_host_by_wwn_args``."""
 
+    __slots__ = ('wwnn', 'wwpn', 'flags')
     wwnn: str
     wwpn: str
     flags: int
+
+    def __init__(self, wwnn: str, wwpn: str, flags: int) -> None:
+        self.wwnn = wwnn
+        self.wwpn = wwpn
+        self.flags = flags
 
 
 def _enc_NodeDeviceLookupScsiHostByWwnArgs(b: bytearray, v: NodeDeviceLookupScsiHostByWwnArgs) -> None:
@@ -9516,11 +10891,14 @@ def _dec_NodeDeviceLookupScsiHostByWwnArgs(d: bytes, o: int) -> tuple[NodeDevice
     return NodeDeviceLookupScsiHostByWwnArgs(t1673, t1676, t1679), o
 
 
-@dataclass(slots=True)
-class NodeDeviceLookupScsiHostByWwnRet:
+class NodeDeviceLookupScsiHostByWwnRet(Record):
     """XDR struct ``remote_node_device_lookup_scsi_host_by_wwn_ret``."""
 
+    __slots__ = ('dev',)
     dev: NonnullNodeDevice
+
+    def __init__(self, dev: NonnullNodeDevice) -> None:
+        self.dev = dev
 
 
 def _enc_NodeDeviceLookupScsiHostByWwnRet(b: bytearray, v: NodeDeviceLookupScsiHostByWwnRet) -> None:
@@ -9532,12 +10910,16 @@ def _dec_NodeDeviceLookupScsiHostByWwnRet(d: bytes, o: int) -> tuple[NodeDeviceL
     return NodeDeviceLookupScsiHostByWwnRet(t1680), o
 
 
-@dataclass(slots=True)
-class NodeDeviceGetXmlDescArgs:
+class NodeDeviceGetXmlDescArgs(Record):
     """XDR struct ``remote_node_device_get_xml_desc_args``."""
 
+    __slots__ = ('name', 'flags')
     name: str
     flags: int
+
+    def __init__(self, name: str, flags: int) -> None:
+        self.name = name
+        self.flags = flags
 
 
 def _enc_NodeDeviceGetXmlDescArgs(b: bytearray, v: NodeDeviceGetXmlDescArgs) -> None:
@@ -9563,11 +10945,14 @@ def _dec_NodeDeviceGetXmlDescArgs(d: bytes, o: int) -> tuple[NodeDeviceGetXmlDes
     return NodeDeviceGetXmlDescArgs(t1683, t1686), o
 
 
-@dataclass(slots=True)
-class NodeDeviceGetXmlDescRet:
+class NodeDeviceGetXmlDescRet(Record):
     """XDR struct ``remote_node_device_get_xml_desc_ret``."""
 
+    __slots__ = ('xml',)
     xml: str
+
+    def __init__(self, xml: str) -> None:
+        self.xml = xml
 
 
 def _enc_NodeDeviceGetXmlDescRet(b: bytearray, v: NodeDeviceGetXmlDescRet) -> None:
@@ -9590,11 +10975,14 @@ def _dec_NodeDeviceGetXmlDescRet(d: bytes, o: int) -> tuple[NodeDeviceGetXmlDesc
     return NodeDeviceGetXmlDescRet(t1689), o
 
 
-@dataclass(slots=True)
-class NodeDeviceGetParentArgs:
+class NodeDeviceGetParentArgs(Record):
     """XDR struct ``remote_node_device_get_parent_args``."""
 
+    __slots__ = ('name',)
     name: str
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
 def _enc_NodeDeviceGetParentArgs(b: bytearray, v: NodeDeviceGetParentArgs) -> None:
@@ -9617,11 +11005,14 @@ def _dec_NodeDeviceGetParentArgs(d: bytes, o: int) -> tuple[NodeDeviceGetParentA
     return NodeDeviceGetParentArgs(t1694), o
 
 
-@dataclass(slots=True)
-class NodeDeviceGetParentRet:
+class NodeDeviceGetParentRet(Record):
     """XDR struct ``remote_node_device_get_parent_ret``."""
 
+    __slots__ = ('parentName',)
     parentName: str | None
+
+    def __init__(self, parentName: str | None) -> None:
+        self.parentName = parentName
 
 
 def _enc_NodeDeviceGetParentRet(b: bytearray, v: NodeDeviceGetParentRet) -> None:
@@ -9656,11 +11047,14 @@ def _dec_NodeDeviceGetParentRet(d: bytes, o: int) -> tuple[NodeDeviceGetParentRe
     return NodeDeviceGetParentRet(t1700), o
 
 
-@dataclass(slots=True)
-class NodeDeviceNumOfCapsArgs:
+class NodeDeviceNumOfCapsArgs(Record):
     """XDR struct ``remote_node_device_num_of_caps_args``."""
 
+    __slots__ = ('name',)
     name: str
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
 def _enc_NodeDeviceNumOfCapsArgs(b: bytearray, v: NodeDeviceNumOfCapsArgs) -> None:
@@ -9683,11 +11077,14 @@ def _dec_NodeDeviceNumOfCapsArgs(d: bytes, o: int) -> tuple[NodeDeviceNumOfCapsA
     return NodeDeviceNumOfCapsArgs(t1706), o
 
 
-@dataclass(slots=True)
-class NodeDeviceNumOfCapsRet:
+class NodeDeviceNumOfCapsRet(Record):
     """XDR struct ``remote_node_device_num_of_caps_ret``."""
 
+    __slots__ = ('num',)
     num: int
+
+    def __init__(self, num: int) -> None:
+        self.num = num
 
 
 def _enc_NodeDeviceNumOfCapsRet(b: bytearray, v: NodeDeviceNumOfCapsRet) -> None:
@@ -9700,12 +11097,16 @@ def _dec_NodeDeviceNumOfCapsRet(d: bytes, o: int) -> tuple[NodeDeviceNumOfCapsRe
     return NodeDeviceNumOfCapsRet(t1709), o
 
 
-@dataclass(slots=True)
-class NodeDeviceListCapsArgs:
+class NodeDeviceListCapsArgs(Record):
     """XDR struct ``remote_node_device_list_caps_args``."""
 
+    __slots__ = ('name', 'maxnames')
     name: str
     maxnames: int
+
+    def __init__(self, name: str, maxnames: int) -> None:
+        self.name = name
+        self.maxnames = maxnames
 
 
 def _enc_NodeDeviceListCapsArgs(b: bytearray, v: NodeDeviceListCapsArgs) -> None:
@@ -9731,11 +11132,14 @@ def _dec_NodeDeviceListCapsArgs(d: bytes, o: int) -> tuple[NodeDeviceListCapsArg
     return NodeDeviceListCapsArgs(t1712, t1715), o
 
 
-@dataclass(slots=True)
-class NodeDeviceListCapsRet:
+class NodeDeviceListCapsRet(Record):
     """XDR struct ``remote_node_device_list_caps_ret``."""
 
+    __slots__ = ('names',)
     names: list[str]
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
 
 
 def _enc_NodeDeviceListCapsRet(b: bytearray, v: NodeDeviceListCapsRet) -> None:
@@ -9770,11 +11174,14 @@ def _dec_NodeDeviceListCapsRet(d: bytes, o: int) -> tuple[NodeDeviceListCapsRet,
     return NodeDeviceListCapsRet(t1721), o
 
 
-@dataclass(slots=True)
-class NodeDeviceDettachArgs:
+class NodeDeviceDettachArgs(Record):
     """XDR struct ``remote_node_device_dettach_args``."""
 
+    __slots__ = ('name',)
     name: str
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
 def _enc_NodeDeviceDettachArgs(b: bytearray, v: NodeDeviceDettachArgs) -> None:
@@ -9797,13 +11204,18 @@ def _dec_NodeDeviceDettachArgs(d: bytes, o: int) -> tuple[NodeDeviceDettachArgs,
     return NodeDeviceDettachArgs(t1729), o
 
 
-@dataclass(slots=True)
-class NodeDeviceDetachFlagsArgs:
+class NodeDeviceDetachFlagsArgs(Record):
     """XDR struct ``remote_node_device_detach_flags_args``."""
 
+    __slots__ = ('name', 'driverName', 'flags')
     name: str
     driverName: str | None
     flags: int
+
+    def __init__(self, name: str, driverName: str | None, flags: int) -> None:
+        self.name = name
+        self.driverName = driverName
+        self.flags = flags
 
 
 def _enc_NodeDeviceDetachFlagsArgs(b: bytearray, v: NodeDeviceDetachFlagsArgs) -> None:
@@ -9854,11 +11266,14 @@ def _dec_NodeDeviceDetachFlagsArgs(d: bytes, o: int) -> tuple[NodeDeviceDetachFl
     return NodeDeviceDetachFlagsArgs(t1737, t1740, t1744), o
 
 
-@dataclass(slots=True)
-class NodeDeviceReAttachArgs:
+class NodeDeviceReAttachArgs(Record):
     """XDR struct ``remote_node_device_re_attach_args``."""
 
+    __slots__ = ('name',)
     name: str
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
 def _enc_NodeDeviceReAttachArgs(b: bytearray, v: NodeDeviceReAttachArgs) -> None:
@@ -9881,11 +11296,14 @@ def _dec_NodeDeviceReAttachArgs(d: bytes, o: int) -> tuple[NodeDeviceReAttachArg
     return NodeDeviceReAttachArgs(t1747), o
 
 
-@dataclass(slots=True)
-class NodeDeviceResetArgs:
+class NodeDeviceResetArgs(Record):
     """XDR struct ``remote_node_device_reset_args``."""
 
+    __slots__ = ('name',)
     name: str
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
 def _enc_NodeDeviceResetArgs(b: bytearray, v: NodeDeviceResetArgs) -> None:
@@ -9908,12 +11326,16 @@ def _dec_NodeDeviceResetArgs(d: bytes, o: int) -> tuple[NodeDeviceResetArgs, int
     return NodeDeviceResetArgs(t1752), o
 
 
-@dataclass(slots=True)
-class NodeDeviceCreateXmlArgs:
+class NodeDeviceCreateXmlArgs(Record):
     """XDR struct ``remote_node_device_create_xml_args``."""
 
+    __slots__ = ('xml_desc', 'flags')
     xml_desc: str
     flags: int
+
+    def __init__(self, xml_desc: str, flags: int) -> None:
+        self.xml_desc = xml_desc
+        self.flags = flags
 
 
 def _enc_NodeDeviceCreateXmlArgs(b: bytearray, v: NodeDeviceCreateXmlArgs) -> None:
@@ -9939,11 +11361,14 @@ def _dec_NodeDeviceCreateXmlArgs(d: bytes, o: int) -> tuple[NodeDeviceCreateXmlA
     return NodeDeviceCreateXmlArgs(t1757, t1760), o
 
 
-@dataclass(slots=True)
-class NodeDeviceCreateXmlRet:
+class NodeDeviceCreateXmlRet(Record):
     """XDR struct ``remote_node_device_create_xml_ret``."""
 
+    __slots__ = ('dev',)
     dev: NonnullNodeDevice
+
+    def __init__(self, dev: NonnullNodeDevice) -> None:
+        self.dev = dev
 
 
 def _enc_NodeDeviceCreateXmlRet(b: bytearray, v: NodeDeviceCreateXmlRet) -> None:
@@ -9955,11 +11380,14 @@ def _dec_NodeDeviceCreateXmlRet(d: bytes, o: int) -> tuple[NodeDeviceCreateXmlRe
     return NodeDeviceCreateXmlRet(t1761), o
 
 
-@dataclass(slots=True)
-class NodeDeviceDestroyArgs:
+class NodeDeviceDestroyArgs(Record):
     """XDR struct ``remote_node_device_destroy_args``."""
 
+    __slots__ = ('name',)
     name: str
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
 def _enc_NodeDeviceDestroyArgs(b: bytearray, v: NodeDeviceDestroyArgs) -> None:
@@ -9982,12 +11410,16 @@ def _dec_NodeDeviceDestroyArgs(d: bytes, o: int) -> tuple[NodeDeviceDestroyArgs,
     return NodeDeviceDestroyArgs(t1764), o
 
 
-@dataclass(slots=True)
-class NodeDeviceDefineXmlArgs:
+class NodeDeviceDefineXmlArgs(Record):
     """XDR struct ``remote_node_device_define_xml_args``."""
 
+    __slots__ = ('xml_desc', 'flags')
     xml_desc: str
     flags: int
+
+    def __init__(self, xml_desc: str, flags: int) -> None:
+        self.xml_desc = xml_desc
+        self.flags = flags
 
 
 def _enc_NodeDeviceDefineXmlArgs(b: bytearray, v: NodeDeviceDefineXmlArgs) -> None:
@@ -10013,11 +11445,14 @@ def _dec_NodeDeviceDefineXmlArgs(d: bytes, o: int) -> tuple[NodeDeviceDefineXmlA
     return NodeDeviceDefineXmlArgs(t1769, t1772), o
 
 
-@dataclass(slots=True)
-class NodeDeviceDefineXmlRet:
+class NodeDeviceDefineXmlRet(Record):
     """XDR struct ``remote_node_device_define_xml_ret``."""
 
+    __slots__ = ('dev',)
     dev: NonnullNodeDevice
+
+    def __init__(self, dev: NonnullNodeDevice) -> None:
+        self.dev = dev
 
 
 def _enc_NodeDeviceDefineXmlRet(b: bytearray, v: NodeDeviceDefineXmlRet) -> None:
@@ -10029,12 +11464,16 @@ def _dec_NodeDeviceDefineXmlRet(d: bytes, o: int) -> tuple[NodeDeviceDefineXmlRe
     return NodeDeviceDefineXmlRet(t1773), o
 
 
-@dataclass(slots=True)
-class NodeDeviceUndefineArgs:
+class NodeDeviceUndefineArgs(Record):
     """XDR struct ``remote_node_device_undefine_args``."""
 
+    __slots__ = ('name', 'flags')
     name: str
     flags: int
+
+    def __init__(self, name: str, flags: int) -> None:
+        self.name = name
+        self.flags = flags
 
 
 def _enc_NodeDeviceUndefineArgs(b: bytearray, v: NodeDeviceUndefineArgs) -> None:
@@ -10060,12 +11499,16 @@ def _dec_NodeDeviceUndefineArgs(d: bytes, o: int) -> tuple[NodeDeviceUndefineArg
     return NodeDeviceUndefineArgs(t1776, t1779), o
 
 
-@dataclass(slots=True)
-class NodeDeviceCreateArgs:
+class NodeDeviceCreateArgs(Record):
     """XDR struct ``remote_node_device_create_args``."""
 
+    __slots__ = ('name', 'flags')
     name: str
     flags: int
+
+    def __init__(self, name: str, flags: int) -> None:
+        self.name = name
+        self.flags = flags
 
 
 def _enc_NodeDeviceCreateArgs(b: bytearray, v: NodeDeviceCreateArgs) -> None:
@@ -10091,11 +11534,14 @@ def _dec_NodeDeviceCreateArgs(d: bytes, o: int) -> tuple[NodeDeviceCreateArgs, i
     return NodeDeviceCreateArgs(t1782, t1785), o
 
 
-@dataclass(slots=True)
-class NodeDeviceGetAutostartArgs:
+class NodeDeviceGetAutostartArgs(Record):
     """XDR struct ``remote_node_device_get_autostart_args``."""
 
+    __slots__ = ('name',)
     name: str
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
 def _enc_NodeDeviceGetAutostartArgs(b: bytearray, v: NodeDeviceGetAutostartArgs) -> None:
@@ -10118,11 +11564,14 @@ def _dec_NodeDeviceGetAutostartArgs(d: bytes, o: int) -> tuple[NodeDeviceGetAuto
     return NodeDeviceGetAutostartArgs(t1788), o
 
 
-@dataclass(slots=True)
-class NodeDeviceGetAutostartRet:
+class NodeDeviceGetAutostartRet(Record):
     """XDR struct ``remote_node_device_get_autostart_ret``."""
 
+    __slots__ = ('autostart',)
     autostart: int
+
+    def __init__(self, autostart: int) -> None:
+        self.autostart = autostart
 
 
 def _enc_NodeDeviceGetAutostartRet(b: bytearray, v: NodeDeviceGetAutostartRet) -> None:
@@ -10135,12 +11584,16 @@ def _dec_NodeDeviceGetAutostartRet(d: bytes, o: int) -> tuple[NodeDeviceGetAutos
     return NodeDeviceGetAutostartRet(t1791), o
 
 
-@dataclass(slots=True)
-class NodeDeviceSetAutostartArgs:
+class NodeDeviceSetAutostartArgs(Record):
     """XDR struct ``remote_node_device_set_autostart_args``."""
 
+    __slots__ = ('name', 'autostart')
     name: str
     autostart: int
+
+    def __init__(self, name: str, autostart: int) -> None:
+        self.name = name
+        self.autostart = autostart
 
 
 def _enc_NodeDeviceSetAutostartArgs(b: bytearray, v: NodeDeviceSetAutostartArgs) -> None:
@@ -10166,11 +11619,14 @@ def _dec_NodeDeviceSetAutostartArgs(d: bytes, o: int) -> tuple[NodeDeviceSetAuto
     return NodeDeviceSetAutostartArgs(t1794, t1797), o
 
 
-@dataclass(slots=True)
-class NodeDeviceIsPersistentArgs:
+class NodeDeviceIsPersistentArgs(Record):
     """XDR struct ``remote_node_device_is_persistent_args``."""
 
+    __slots__ = ('name',)
     name: str
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
 def _enc_NodeDeviceIsPersistentArgs(b: bytearray, v: NodeDeviceIsPersistentArgs) -> None:
@@ -10193,11 +11649,14 @@ def _dec_NodeDeviceIsPersistentArgs(d: bytes, o: int) -> tuple[NodeDeviceIsPersi
     return NodeDeviceIsPersistentArgs(t1800), o
 
 
-@dataclass(slots=True)
-class NodeDeviceIsPersistentRet:
+class NodeDeviceIsPersistentRet(Record):
     """XDR struct ``remote_node_device_is_persistent_ret``."""
 
+    __slots__ = ('persistent',)
     persistent: int
+
+    def __init__(self, persistent: int) -> None:
+        self.persistent = persistent
 
 
 def _enc_NodeDeviceIsPersistentRet(b: bytearray, v: NodeDeviceIsPersistentRet) -> None:
@@ -10210,11 +11669,14 @@ def _dec_NodeDeviceIsPersistentRet(d: bytes, o: int) -> tuple[NodeDeviceIsPersis
     return NodeDeviceIsPersistentRet(t1803), o
 
 
-@dataclass(slots=True)
-class NodeDeviceIsActiveArgs:
+class NodeDeviceIsActiveArgs(Record):
     """XDR struct ``remote_node_device_is_active_args``."""
 
+    __slots__ = ('name',)
     name: str
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
 def _enc_NodeDeviceIsActiveArgs(b: bytearray, v: NodeDeviceIsActiveArgs) -> None:
@@ -10237,11 +11699,14 @@ def _dec_NodeDeviceIsActiveArgs(d: bytes, o: int) -> tuple[NodeDeviceIsActiveArg
     return NodeDeviceIsActiveArgs(t1806), o
 
 
-@dataclass(slots=True)
-class NodeDeviceIsActiveRet:
+class NodeDeviceIsActiveRet(Record):
     """XDR struct ``remote_node_device_is_active_ret``."""
 
+    __slots__ = ('active',)
     active: int
+
+    def __init__(self, active: int) -> None:
+        self.active = active
 
 
 def _enc_NodeDeviceIsActiveRet(b: bytearray, v: NodeDeviceIsActiveRet) -> None:
@@ -10254,11 +11719,14 @@ def _dec_NodeDeviceIsActiveRet(d: bytes, o: int) -> tuple[NodeDeviceIsActiveRet,
     return NodeDeviceIsActiveRet(t1809), o
 
 
-@dataclass(slots=True)
-class ConnectDomainEventRegisterRet:
+class ConnectDomainEventRegisterRet(Record):
     """XDR struct ``remote_connect_domain_event_register_ret``."""
 
+    __slots__ = ('cb_registered',)
     cb_registered: int
+
+    def __init__(self, cb_registered: int) -> None:
+        self.cb_registered = cb_registered
 
 
 def _enc_ConnectDomainEventRegisterRet(b: bytearray, v: ConnectDomainEventRegisterRet) -> None:
@@ -10271,11 +11739,14 @@ def _dec_ConnectDomainEventRegisterRet(d: bytes, o: int) -> tuple[ConnectDomainE
     return ConnectDomainEventRegisterRet(t1810), o
 
 
-@dataclass(slots=True)
-class ConnectDomainEventDeregisterRet:
+class ConnectDomainEventDeregisterRet(Record):
     """XDR struct ``remote_connect_domain_event_deregister_ret``."""
 
+    __slots__ = ('cb_registered',)
     cb_registered: int
+
+    def __init__(self, cb_registered: int) -> None:
+        self.cb_registered = cb_registered
 
 
 def _enc_ConnectDomainEventDeregisterRet(b: bytearray, v: ConnectDomainEventDeregisterRet) -> None:
@@ -10288,13 +11759,18 @@ def _dec_ConnectDomainEventDeregisterRet(d: bytes, o: int) -> tuple[ConnectDomai
     return ConnectDomainEventDeregisterRet(t1811), o
 
 
-@dataclass(slots=True)
-class DomainEventLifecycleMsg:
+class DomainEventLifecycleMsg(Record):
     """XDR struct ``remote_domain_event_lifecycle_msg``."""
 
+    __slots__ = ('dom', 'event', 'detail')
     dom: NonnullDomain
     event: int
     detail: int
+
+    def __init__(self, dom: NonnullDomain, event: int, detail: int) -> None:
+        self.dom = dom
+        self.event = event
+        self.detail = detail
 
 
 def _enc_DomainEventLifecycleMsg(b: bytearray, v: DomainEventLifecycleMsg) -> None:
@@ -10309,12 +11785,16 @@ def _dec_DomainEventLifecycleMsg(d: bytes, o: int) -> tuple[DomainEventLifecycle
     return DomainEventLifecycleMsg(t1812, t1813, t1814), o
 
 
-@dataclass(slots=True)
-class DomainEventCallbackLifecycleMsg:
+class DomainEventCallbackLifecycleMsg(Record):
     """XDR struct ``remote_domain_event_callback_lifecycle_msg``."""
 
+    __slots__ = ('callbackID', 'msg')
     callbackID: int
     msg: DomainEventLifecycleMsg
+
+    def __init__(self, callbackID: int, msg: DomainEventLifecycleMsg) -> None:
+        self.callbackID = callbackID
+        self.msg = msg
 
 
 def _enc_DomainEventCallbackLifecycleMsg(b: bytearray, v: DomainEventCallbackLifecycleMsg) -> None:
@@ -10329,13 +11809,18 @@ def _dec_DomainEventCallbackLifecycleMsg(d: bytes, o: int) -> tuple[DomainEventC
     return DomainEventCallbackLifecycleMsg(t1815, t1816), o
 
 
-@dataclass(slots=True)
-class ConnectDomainXmlFromNativeArgs:
+class ConnectDomainXmlFromNativeArgs(Record):
     """XDR struct ``remote_connect_domain_xml_from_native_args``."""
 
+    __slots__ = ('nativeFormat', 'nativeConfig', 'flags')
     nativeFormat: str
     nativeConfig: str
     flags: int
+
+    def __init__(self, nativeFormat: str, nativeConfig: str, flags: int) -> None:
+        self.nativeFormat = nativeFormat
+        self.nativeConfig = nativeConfig
+        self.flags = flags
 
 
 def _enc_ConnectDomainXmlFromNativeArgs(b: bytearray, v: ConnectDomainXmlFromNativeArgs) -> None:
@@ -10374,11 +11859,14 @@ def _dec_ConnectDomainXmlFromNativeArgs(d: bytes, o: int) -> tuple[ConnectDomain
     return ConnectDomainXmlFromNativeArgs(t1821, t1824, t1827), o
 
 
-@dataclass(slots=True)
-class ConnectDomainXmlFromNativeRet:
+class ConnectDomainXmlFromNativeRet(Record):
     """XDR struct ``remote_connect_domain_xml_from_native_ret``."""
 
+    __slots__ = ('domainXml',)
     domainXml: str
+
+    def __init__(self, domainXml: str) -> None:
+        self.domainXml = domainXml
 
 
 def _enc_ConnectDomainXmlFromNativeRet(b: bytearray, v: ConnectDomainXmlFromNativeRet) -> None:
@@ -10401,13 +11889,18 @@ def _dec_ConnectDomainXmlFromNativeRet(d: bytes, o: int) -> tuple[ConnectDomainX
     return ConnectDomainXmlFromNativeRet(t1830), o
 
 
-@dataclass(slots=True)
-class ConnectDomainXmlToNativeArgs:
+class ConnectDomainXmlToNativeArgs(Record):
     """XDR struct ``remote_connect_domain_xml_to_native_args``."""
 
+    __slots__ = ('nativeFormat', 'domainXml', 'flags')
     nativeFormat: str
     domainXml: str
     flags: int
+
+    def __init__(self, nativeFormat: str, domainXml: str, flags: int) -> None:
+        self.nativeFormat = nativeFormat
+        self.domainXml = domainXml
+        self.flags = flags
 
 
 def _enc_ConnectDomainXmlToNativeArgs(b: bytearray, v: ConnectDomainXmlToNativeArgs) -> None:
@@ -10446,11 +11939,14 @@ def _dec_ConnectDomainXmlToNativeArgs(d: bytes, o: int) -> tuple[ConnectDomainXm
     return ConnectDomainXmlToNativeArgs(t1837, t1840, t1843), o
 
 
-@dataclass(slots=True)
-class ConnectDomainXmlToNativeRet:
+class ConnectDomainXmlToNativeRet(Record):
     """XDR struct ``remote_connect_domain_xml_to_native_ret``."""
 
+    __slots__ = ('nativeConfig',)
     nativeConfig: str
+
+    def __init__(self, nativeConfig: str) -> None:
+        self.nativeConfig = nativeConfig
 
 
 def _enc_ConnectDomainXmlToNativeRet(b: bytearray, v: ConnectDomainXmlToNativeRet) -> None:
@@ -10473,11 +11969,14 @@ def _dec_ConnectDomainXmlToNativeRet(d: bytes, o: int) -> tuple[ConnectDomainXml
     return ConnectDomainXmlToNativeRet(t1846), o
 
 
-@dataclass(slots=True)
-class ConnectNumOfSecretsRet:
+class ConnectNumOfSecretsRet(Record):
     """XDR struct ``remote_connect_num_of_secrets_ret``."""
 
+    __slots__ = ('num',)
     num: int
+
+    def __init__(self, num: int) -> None:
+        self.num = num
 
 
 def _enc_ConnectNumOfSecretsRet(b: bytearray, v: ConnectNumOfSecretsRet) -> None:
@@ -10490,11 +11989,14 @@ def _dec_ConnectNumOfSecretsRet(d: bytes, o: int) -> tuple[ConnectNumOfSecretsRe
     return ConnectNumOfSecretsRet(t1849), o
 
 
-@dataclass(slots=True)
-class ConnectListSecretsArgs:
+class ConnectListSecretsArgs(Record):
     """XDR struct ``remote_connect_list_secrets_args``."""
 
+    __slots__ = ('maxuuids',)
     maxuuids: int
+
+    def __init__(self, maxuuids: int) -> None:
+        self.maxuuids = maxuuids
 
 
 def _enc_ConnectListSecretsArgs(b: bytearray, v: ConnectListSecretsArgs) -> None:
@@ -10507,11 +12009,14 @@ def _dec_ConnectListSecretsArgs(d: bytes, o: int) -> tuple[ConnectListSecretsArg
     return ConnectListSecretsArgs(t1850), o
 
 
-@dataclass(slots=True)
-class ConnectListSecretsRet:
+class ConnectListSecretsRet(Record):
     """XDR struct ``remote_connect_list_secrets_ret``."""
 
+    __slots__ = ('uuids',)
     uuids: list[str]
+
+    def __init__(self, uuids: list[str]) -> None:
+        self.uuids = uuids
 
 
 def _enc_ConnectListSecretsRet(b: bytearray, v: ConnectListSecretsRet) -> None:
@@ -10546,11 +12051,14 @@ def _dec_ConnectListSecretsRet(d: bytes, o: int) -> tuple[ConnectListSecretsRet,
     return ConnectListSecretsRet(t1856), o
 
 
-@dataclass(slots=True)
-class SecretLookupByUuidArgs:
+class SecretLookupByUuidArgs(Record):
     """XDR struct ``remote_secret_lookup_by_uuid_args``."""
 
+    __slots__ = ('uuid',)
     uuid: bytes
+
+    def __init__(self, uuid: bytes) -> None:
+        self.uuid = uuid
 
 
 def _enc_SecretLookupByUuidArgs(b: bytearray, v: SecretLookupByUuidArgs) -> None:
@@ -10564,11 +12072,14 @@ def _dec_SecretLookupByUuidArgs(d: bytes, o: int) -> tuple[SecretLookupByUuidArg
     return SecretLookupByUuidArgs(t1862), o
 
 
-@dataclass(slots=True)
-class SecretLookupByUuidRet:
+class SecretLookupByUuidRet(Record):
     """XDR struct ``remote_secret_lookup_by_uuid_ret``."""
 
+    __slots__ = ('secret',)
     secret: NonnullSecret
+
+    def __init__(self, secret: NonnullSecret) -> None:
+        self.secret = secret
 
 
 def _enc_SecretLookupByUuidRet(b: bytearray, v: SecretLookupByUuidRet) -> None:
@@ -10580,12 +12091,16 @@ def _dec_SecretLookupByUuidRet(d: bytes, o: int) -> tuple[SecretLookupByUuidRet,
     return SecretLookupByUuidRet(t1863), o
 
 
-@dataclass(slots=True)
-class SecretDefineXmlArgs:
+class SecretDefineXmlArgs(Record):
     """XDR struct ``remote_secret_define_xml_args``."""
 
+    __slots__ = ('xml', 'flags')
     xml: str
     flags: int
+
+    def __init__(self, xml: str, flags: int) -> None:
+        self.xml = xml
+        self.flags = flags
 
 
 def _enc_SecretDefineXmlArgs(b: bytearray, v: SecretDefineXmlArgs) -> None:
@@ -10611,11 +12126,14 @@ def _dec_SecretDefineXmlArgs(d: bytes, o: int) -> tuple[SecretDefineXmlArgs, int
     return SecretDefineXmlArgs(t1866, t1869), o
 
 
-@dataclass(slots=True)
-class SecretDefineXmlRet:
+class SecretDefineXmlRet(Record):
     """XDR struct ``remote_secret_define_xml_ret``."""
 
+    __slots__ = ('secret',)
     secret: NonnullSecret
+
+    def __init__(self, secret: NonnullSecret) -> None:
+        self.secret = secret
 
 
 def _enc_SecretDefineXmlRet(b: bytearray, v: SecretDefineXmlRet) -> None:
@@ -10627,12 +12145,16 @@ def _dec_SecretDefineXmlRet(d: bytes, o: int) -> tuple[SecretDefineXmlRet, int]:
     return SecretDefineXmlRet(t1870), o
 
 
-@dataclass(slots=True)
-class SecretGetXmlDescArgs:
+class SecretGetXmlDescArgs(Record):
     """XDR struct ``remote_secret_get_xml_desc_args``."""
 
+    __slots__ = ('secret', 'flags')
     secret: NonnullSecret
     flags: int
+
+    def __init__(self, secret: NonnullSecret, flags: int) -> None:
+        self.secret = secret
+        self.flags = flags
 
 
 def _enc_SecretGetXmlDescArgs(b: bytearray, v: SecretGetXmlDescArgs) -> None:
@@ -10647,11 +12169,14 @@ def _dec_SecretGetXmlDescArgs(d: bytes, o: int) -> tuple[SecretGetXmlDescArgs, i
     return SecretGetXmlDescArgs(t1871, t1872), o
 
 
-@dataclass(slots=True)
-class SecretGetXmlDescRet:
+class SecretGetXmlDescRet(Record):
     """XDR struct ``remote_secret_get_xml_desc_ret``."""
 
+    __slots__ = ('xml',)
     xml: str
+
+    def __init__(self, xml: str) -> None:
+        self.xml = xml
 
 
 def _enc_SecretGetXmlDescRet(b: bytearray, v: SecretGetXmlDescRet) -> None:
@@ -10674,13 +12199,18 @@ def _dec_SecretGetXmlDescRet(d: bytes, o: int) -> tuple[SecretGetXmlDescRet, int
     return SecretGetXmlDescRet(t1875), o
 
 
-@dataclass(slots=True)
-class SecretSetValueArgs:
+class SecretSetValueArgs(Record):
     """XDR struct ``remote_secret_set_value_args``."""
 
+    __slots__ = ('secret', 'value', 'flags')
     secret: NonnullSecret
     value: bytes
     flags: int
+
+    def __init__(self, secret: NonnullSecret, value: bytes, flags: int) -> None:
+        self.secret = secret
+        self.value = value
+        self.flags = flags
 
 
 def _enc_SecretSetValueArgs(b: bytearray, v: SecretSetValueArgs) -> None:
@@ -10708,12 +12238,16 @@ def _dec_SecretSetValueArgs(d: bytes, o: int) -> tuple[SecretSetValueArgs, int]:
     return SecretSetValueArgs(t1880, t1881, t1884), o
 
 
-@dataclass(slots=True)
-class SecretGetValueArgs:
+class SecretGetValueArgs(Record):
     """XDR struct ``remote_secret_get_value_args``."""
 
+    __slots__ = ('secret', 'flags')
     secret: NonnullSecret
     flags: int
+
+    def __init__(self, secret: NonnullSecret, flags: int) -> None:
+        self.secret = secret
+        self.flags = flags
 
 
 def _enc_SecretGetValueArgs(b: bytearray, v: SecretGetValueArgs) -> None:
@@ -10728,11 +12262,14 @@ def _dec_SecretGetValueArgs(d: bytes, o: int) -> tuple[SecretGetValueArgs, int]:
     return SecretGetValueArgs(t1885, t1886), o
 
 
-@dataclass(slots=True)
-class SecretGetValueRet:
+class SecretGetValueRet(Record):
     """XDR struct ``remote_secret_get_value_ret``."""
 
+    __slots__ = ('value',)
     value: bytes
+
+    def __init__(self, value: bytes) -> None:
+        self.value = value
 
 
 def _enc_SecretGetValueRet(b: bytearray, v: SecretGetValueRet) -> None:
@@ -10755,11 +12292,14 @@ def _dec_SecretGetValueRet(d: bytes, o: int) -> tuple[SecretGetValueRet, int]:
     return SecretGetValueRet(t1889), o
 
 
-@dataclass(slots=True)
-class SecretUndefineArgs:
+class SecretUndefineArgs(Record):
     """XDR struct ``remote_secret_undefine_args``."""
 
+    __slots__ = ('secret',)
     secret: NonnullSecret
+
+    def __init__(self, secret: NonnullSecret) -> None:
+        self.secret = secret
 
 
 def _enc_SecretUndefineArgs(b: bytearray, v: SecretUndefineArgs) -> None:
@@ -10771,12 +12311,16 @@ def _dec_SecretUndefineArgs(d: bytes, o: int) -> tuple[SecretUndefineArgs, int]:
     return SecretUndefineArgs(t1892), o
 
 
-@dataclass(slots=True)
-class SecretLookupByUsageArgs:
+class SecretLookupByUsageArgs(Record):
     """XDR struct ``remote_secret_lookup_by_usage_args``."""
 
+    __slots__ = ('usageType', 'usageID')
     usageType: int
     usageID: str
+
+    def __init__(self, usageType: int, usageID: str) -> None:
+        self.usageType = usageType
+        self.usageID = usageID
 
 
 def _enc_SecretLookupByUsageArgs(b: bytearray, v: SecretLookupByUsageArgs) -> None:
@@ -10802,11 +12346,14 @@ def _dec_SecretLookupByUsageArgs(d: bytes, o: int) -> tuple[SecretLookupByUsageA
     return SecretLookupByUsageArgs(t1895, t1896), o
 
 
-@dataclass(slots=True)
-class SecretLookupByUsageRet:
+class SecretLookupByUsageRet(Record):
     """XDR struct ``remote_secret_lookup_by_usage_ret``."""
 
+    __slots__ = ('secret',)
     secret: NonnullSecret
+
+    def __init__(self, secret: NonnullSecret) -> None:
+        self.secret = secret
 
 
 def _enc_SecretLookupByUsageRet(b: bytearray, v: SecretLookupByUsageRet) -> None:
@@ -10818,14 +12365,20 @@ def _dec_SecretLookupByUsageRet(d: bytes, o: int) -> tuple[SecretLookupByUsageRe
     return SecretLookupByUsageRet(t1899), o
 
 
-@dataclass(slots=True)
-class DomainMigratePrepareTunnelArgs:
+class DomainMigratePrepareTunnelArgs(Record):
     """XDR struct ``remote_domain_migrate_prepare_tunnel_args``."""
 
+    __slots__ = ('flags', 'dname', 'resource', 'dom_xml')
     flags: int
     dname: str | None
     resource: int
     dom_xml: str
+
+    def __init__(self, flags: int, dname: str | None, resource: int, dom_xml: str) -> None:
+        self.flags = flags
+        self.dname = dname
+        self.resource = resource
+        self.dom_xml = dom_xml
 
 
 def _enc_DomainMigratePrepareTunnelArgs(b: bytearray, v: DomainMigratePrepareTunnelArgs) -> None:
@@ -10879,11 +12432,14 @@ def _dec_DomainMigratePrepareTunnelArgs(d: bytes, o: int) -> tuple[DomainMigrate
     return DomainMigratePrepareTunnelArgs(t1905, t1906, t1910, t1911), o
 
 
-@dataclass(slots=True)
-class ConnectIsSecureRet:
+class ConnectIsSecureRet(Record):
     """XDR struct ``remote_connect_is_secure_ret``."""
 
+    __slots__ = ('secure',)
     secure: int
+
+    def __init__(self, secure: int) -> None:
+        self.secure = secure
 
 
 def _enc_ConnectIsSecureRet(b: bytearray, v: ConnectIsSecureRet) -> None:
@@ -10896,11 +12452,14 @@ def _dec_ConnectIsSecureRet(d: bytes, o: int) -> tuple[ConnectIsSecureRet, int]:
     return ConnectIsSecureRet(t1914), o
 
 
-@dataclass(slots=True)
-class DomainIsActiveArgs:
+class DomainIsActiveArgs(Record):
     """XDR struct ``remote_domain_is_active_args``."""
 
+    __slots__ = ('dom',)
     dom: NonnullDomain
+
+    def __init__(self, dom: NonnullDomain) -> None:
+        self.dom = dom
 
 
 def _enc_DomainIsActiveArgs(b: bytearray, v: DomainIsActiveArgs) -> None:
@@ -10912,11 +12471,14 @@ def _dec_DomainIsActiveArgs(d: bytes, o: int) -> tuple[DomainIsActiveArgs, int]:
     return DomainIsActiveArgs(t1915), o
 
 
-@dataclass(slots=True)
-class DomainIsActiveRet:
+class DomainIsActiveRet(Record):
     """XDR struct ``remote_domain_is_active_ret``."""
 
+    __slots__ = ('active',)
     active: int
+
+    def __init__(self, active: int) -> None:
+        self.active = active
 
 
 def _enc_DomainIsActiveRet(b: bytearray, v: DomainIsActiveRet) -> None:
@@ -10929,11 +12491,14 @@ def _dec_DomainIsActiveRet(d: bytes, o: int) -> tuple[DomainIsActiveRet, int]:
     return DomainIsActiveRet(t1916), o
 
 
-@dataclass(slots=True)
-class DomainIsPersistentArgs:
+class DomainIsPersistentArgs(Record):
     """XDR struct ``remote_domain_is_persistent_args``."""
 
+    __slots__ = ('dom',)
     dom: NonnullDomain
+
+    def __init__(self, dom: NonnullDomain) -> None:
+        self.dom = dom
 
 
 def _enc_DomainIsPersistentArgs(b: bytearray, v: DomainIsPersistentArgs) -> None:
@@ -10945,11 +12510,14 @@ def _dec_DomainIsPersistentArgs(d: bytes, o: int) -> tuple[DomainIsPersistentArg
     return DomainIsPersistentArgs(t1917), o
 
 
-@dataclass(slots=True)
-class DomainIsPersistentRet:
+class DomainIsPersistentRet(Record):
     """XDR struct ``remote_domain_is_persistent_ret``."""
 
+    __slots__ = ('persistent',)
     persistent: int
+
+    def __init__(self, persistent: int) -> None:
+        self.persistent = persistent
 
 
 def _enc_DomainIsPersistentRet(b: bytearray, v: DomainIsPersistentRet) -> None:
@@ -10962,11 +12530,14 @@ def _dec_DomainIsPersistentRet(d: bytes, o: int) -> tuple[DomainIsPersistentRet,
     return DomainIsPersistentRet(t1918), o
 
 
-@dataclass(slots=True)
-class DomainIsUpdatedArgs:
+class DomainIsUpdatedArgs(Record):
     """XDR struct ``remote_domain_is_updated_args``."""
 
+    __slots__ = ('dom',)
     dom: NonnullDomain
+
+    def __init__(self, dom: NonnullDomain) -> None:
+        self.dom = dom
 
 
 def _enc_DomainIsUpdatedArgs(b: bytearray, v: DomainIsUpdatedArgs) -> None:
@@ -10978,11 +12549,14 @@ def _dec_DomainIsUpdatedArgs(d: bytes, o: int) -> tuple[DomainIsUpdatedArgs, int
     return DomainIsUpdatedArgs(t1919), o
 
 
-@dataclass(slots=True)
-class DomainIsUpdatedRet:
+class DomainIsUpdatedRet(Record):
     """XDR struct ``remote_domain_is_updated_ret``."""
 
+    __slots__ = ('updated',)
     updated: int
+
+    def __init__(self, updated: int) -> None:
+        self.updated = updated
 
 
 def _enc_DomainIsUpdatedRet(b: bytearray, v: DomainIsUpdatedRet) -> None:
@@ -10995,11 +12569,14 @@ def _dec_DomainIsUpdatedRet(d: bytes, o: int) -> tuple[DomainIsUpdatedRet, int]:
     return DomainIsUpdatedRet(t1920), o
 
 
-@dataclass(slots=True)
-class NetworkIsActiveArgs:
+class NetworkIsActiveArgs(Record):
     """XDR struct ``remote_network_is_active_args``."""
 
+    __slots__ = ('net',)
     net: NonnullNetwork
+
+    def __init__(self, net: NonnullNetwork) -> None:
+        self.net = net
 
 
 def _enc_NetworkIsActiveArgs(b: bytearray, v: NetworkIsActiveArgs) -> None:
@@ -11011,11 +12588,14 @@ def _dec_NetworkIsActiveArgs(d: bytes, o: int) -> tuple[NetworkIsActiveArgs, int
     return NetworkIsActiveArgs(t1921), o
 
 
-@dataclass(slots=True)
-class NetworkIsActiveRet:
+class NetworkIsActiveRet(Record):
     """XDR struct ``remote_network_is_active_ret``."""
 
+    __slots__ = ('active',)
     active: int
+
+    def __init__(self, active: int) -> None:
+        self.active = active
 
 
 def _enc_NetworkIsActiveRet(b: bytearray, v: NetworkIsActiveRet) -> None:
@@ -11028,11 +12608,14 @@ def _dec_NetworkIsActiveRet(d: bytes, o: int) -> tuple[NetworkIsActiveRet, int]:
     return NetworkIsActiveRet(t1922), o
 
 
-@dataclass(slots=True)
-class NetworkIsPersistentArgs:
+class NetworkIsPersistentArgs(Record):
     """XDR struct ``remote_network_is_persistent_args``."""
 
+    __slots__ = ('net',)
     net: NonnullNetwork
+
+    def __init__(self, net: NonnullNetwork) -> None:
+        self.net = net
 
 
 def _enc_NetworkIsPersistentArgs(b: bytearray, v: NetworkIsPersistentArgs) -> None:
@@ -11044,11 +12627,14 @@ def _dec_NetworkIsPersistentArgs(d: bytes, o: int) -> tuple[NetworkIsPersistentA
     return NetworkIsPersistentArgs(t1923), o
 
 
-@dataclass(slots=True)
-class NetworkIsPersistentRet:
+class NetworkIsPersistentRet(Record):
     """XDR struct ``remote_network_is_persistent_ret``."""
 
+    __slots__ = ('persistent',)
     persistent: int
+
+    def __init__(self, persistent: int) -> None:
+        self.persistent = persistent
 
 
 def _enc_NetworkIsPersistentRet(b: bytearray, v: NetworkIsPersistentRet) -> None:
@@ -11061,11 +12647,14 @@ def _dec_NetworkIsPersistentRet(d: bytes, o: int) -> tuple[NetworkIsPersistentRe
     return NetworkIsPersistentRet(t1924), o
 
 
-@dataclass(slots=True)
-class StoragePoolIsActiveArgs:
+class StoragePoolIsActiveArgs(Record):
     """XDR struct ``remote_storage_pool_is_active_args``."""
 
+    __slots__ = ('pool',)
     pool: NonnullStoragePool
+
+    def __init__(self, pool: NonnullStoragePool) -> None:
+        self.pool = pool
 
 
 def _enc_StoragePoolIsActiveArgs(b: bytearray, v: StoragePoolIsActiveArgs) -> None:
@@ -11077,11 +12666,14 @@ def _dec_StoragePoolIsActiveArgs(d: bytes, o: int) -> tuple[StoragePoolIsActiveA
     return StoragePoolIsActiveArgs(t1925), o
 
 
-@dataclass(slots=True)
-class StoragePoolIsActiveRet:
+class StoragePoolIsActiveRet(Record):
     """XDR struct ``remote_storage_pool_is_active_ret``."""
 
+    __slots__ = ('active',)
     active: int
+
+    def __init__(self, active: int) -> None:
+        self.active = active
 
 
 def _enc_StoragePoolIsActiveRet(b: bytearray, v: StoragePoolIsActiveRet) -> None:
@@ -11094,11 +12686,14 @@ def _dec_StoragePoolIsActiveRet(d: bytes, o: int) -> tuple[StoragePoolIsActiveRe
     return StoragePoolIsActiveRet(t1926), o
 
 
-@dataclass(slots=True)
-class StoragePoolIsPersistentArgs:
+class StoragePoolIsPersistentArgs(Record):
     """XDR struct ``remote_storage_pool_is_persistent_args``."""
 
+    __slots__ = ('pool',)
     pool: NonnullStoragePool
+
+    def __init__(self, pool: NonnullStoragePool) -> None:
+        self.pool = pool
 
 
 def _enc_StoragePoolIsPersistentArgs(b: bytearray, v: StoragePoolIsPersistentArgs) -> None:
@@ -11110,11 +12705,14 @@ def _dec_StoragePoolIsPersistentArgs(d: bytes, o: int) -> tuple[StoragePoolIsPer
     return StoragePoolIsPersistentArgs(t1927), o
 
 
-@dataclass(slots=True)
-class StoragePoolIsPersistentRet:
+class StoragePoolIsPersistentRet(Record):
     """XDR struct ``remote_storage_pool_is_persistent_ret``."""
 
+    __slots__ = ('persistent',)
     persistent: int
+
+    def __init__(self, persistent: int) -> None:
+        self.persistent = persistent
 
 
 def _enc_StoragePoolIsPersistentRet(b: bytearray, v: StoragePoolIsPersistentRet) -> None:
@@ -11127,11 +12725,14 @@ def _dec_StoragePoolIsPersistentRet(d: bytes, o: int) -> tuple[StoragePoolIsPers
     return StoragePoolIsPersistentRet(t1928), o
 
 
-@dataclass(slots=True)
-class InterfaceIsActiveArgs:
+class InterfaceIsActiveArgs(Record):
     """XDR struct ``remote_interface_is_active_args``."""
 
+    __slots__ = ('iface',)
     iface: NonnullInterface
+
+    def __init__(self, iface: NonnullInterface) -> None:
+        self.iface = iface
 
 
 def _enc_InterfaceIsActiveArgs(b: bytearray, v: InterfaceIsActiveArgs) -> None:
@@ -11143,11 +12744,14 @@ def _dec_InterfaceIsActiveArgs(d: bytes, o: int) -> tuple[InterfaceIsActiveArgs,
     return InterfaceIsActiveArgs(t1929), o
 
 
-@dataclass(slots=True)
-class InterfaceIsActiveRet:
+class InterfaceIsActiveRet(Record):
     """XDR struct ``remote_interface_is_active_ret``."""
 
+    __slots__ = ('active',)
     active: int
+
+    def __init__(self, active: int) -> None:
+        self.active = active
 
 
 def _enc_InterfaceIsActiveRet(b: bytearray, v: InterfaceIsActiveRet) -> None:
@@ -11160,12 +12764,16 @@ def _dec_InterfaceIsActiveRet(d: bytes, o: int) -> tuple[InterfaceIsActiveRet, i
     return InterfaceIsActiveRet(t1930), o
 
 
-@dataclass(slots=True)
-class ConnectCompareCpuArgs:
+class ConnectCompareCpuArgs(Record):
     """XDR struct ``remote_connect_compare_cpu_args``."""
 
+    __slots__ = ('xml', 'flags')
     xml: str
     flags: int
+
+    def __init__(self, xml: str, flags: int) -> None:
+        self.xml = xml
+        self.flags = flags
 
 
 def _enc_ConnectCompareCpuArgs(b: bytearray, v: ConnectCompareCpuArgs) -> None:
@@ -11191,11 +12799,14 @@ def _dec_ConnectCompareCpuArgs(d: bytes, o: int) -> tuple[ConnectCompareCpuArgs,
     return ConnectCompareCpuArgs(t1933, t1936), o
 
 
-@dataclass(slots=True)
-class ConnectCompareCpuRet:
+class ConnectCompareCpuRet(Record):
     """XDR struct ``remote_connect_compare_cpu_ret``."""
 
+    __slots__ = ('result',)
     result: int
+
+    def __init__(self, result: int) -> None:
+        self.result = result
 
 
 def _enc_ConnectCompareCpuRet(b: bytearray, v: ConnectCompareCpuRet) -> None:
@@ -11208,12 +12819,16 @@ def _dec_ConnectCompareCpuRet(d: bytes, o: int) -> tuple[ConnectCompareCpuRet, i
     return ConnectCompareCpuRet(t1937), o
 
 
-@dataclass(slots=True)
-class ConnectBaselineCpuArgs:
+class ConnectBaselineCpuArgs(Record):
     """XDR struct ``remote_connect_baseline_cpu_args``."""
 
+    __slots__ = ('xmlCPUs', 'flags')
     xmlCPUs: list[str]
     flags: int
+
+    def __init__(self, xmlCPUs: list[str], flags: int) -> None:
+        self.xmlCPUs = xmlCPUs
+        self.flags = flags
 
 
 def _enc_ConnectBaselineCpuArgs(b: bytearray, v: ConnectBaselineCpuArgs) -> None:
@@ -11251,11 +12866,14 @@ def _dec_ConnectBaselineCpuArgs(d: bytes, o: int) -> tuple[ConnectBaselineCpuArg
     return ConnectBaselineCpuArgs(t1943, t1949), o
 
 
-@dataclass(slots=True)
-class ConnectBaselineCpuRet:
+class ConnectBaselineCpuRet(Record):
     """XDR struct ``remote_connect_baseline_cpu_ret``."""
 
+    __slots__ = ('cpu',)
     cpu: str
+
+    def __init__(self, cpu: str) -> None:
+        self.cpu = cpu
 
 
 def _enc_ConnectBaselineCpuRet(b: bytearray, v: ConnectBaselineCpuRet) -> None:
@@ -11278,11 +12896,14 @@ def _dec_ConnectBaselineCpuRet(d: bytes, o: int) -> tuple[ConnectBaselineCpuRet,
     return ConnectBaselineCpuRet(t1952), o
 
 
-@dataclass(slots=True)
-class DomainGetJobInfoArgs:
+class DomainGetJobInfoArgs(Record):
     """XDR struct ``remote_domain_get_job_info_args``."""
 
+    __slots__ = ('dom',)
     dom: NonnullDomain
+
+    def __init__(self, dom: NonnullDomain) -> None:
+        self.dom = dom
 
 
 def _enc_DomainGetJobInfoArgs(b: bytearray, v: DomainGetJobInfoArgs) -> None:
@@ -11294,10 +12915,10 @@ def _dec_DomainGetJobInfoArgs(d: bytes, o: int) -> tuple[DomainGetJobInfoArgs, i
     return DomainGetJobInfoArgs(t1955), o
 
 
-@dataclass(slots=True)
-class DomainGetJobInfoRet:
+class DomainGetJobInfoRet(Record):
     """XDR struct ``remote_domain_get_job_info_ret``."""
 
+    __slots__ = ('type', 'timeElapsed', 'timeRemaining', 'dataTotal', 'dataProcessed', 'dataRemaining', 'memTotal', 'memProcessed', 'memRemaining', 'fileTotal', 'fileProcessed', 'fileRemaining')
     type: int
     timeElapsed: int
     timeRemaining: int
@@ -11311,6 +12932,20 @@ class DomainGetJobInfoRet:
     fileProcessed: int
     fileRemaining: int
 
+    def __init__(self, type: int, timeElapsed: int, timeRemaining: int, dataTotal: int, dataProcessed: int, dataRemaining: int, memTotal: int, memProcessed: int, memRemaining: int, fileTotal: int, fileProcessed: int, fileRemaining: int) -> None:
+        self.type = type
+        self.timeElapsed = timeElapsed
+        self.timeRemaining = timeRemaining
+        self.dataTotal = dataTotal
+        self.dataProcessed = dataProcessed
+        self.dataRemaining = dataRemaining
+        self.memTotal = memTotal
+        self.memProcessed = memProcessed
+        self.memRemaining = memRemaining
+        self.fileTotal = fileTotal
+        self.fileProcessed = fileProcessed
+        self.fileRemaining = fileRemaining
+
 
 def _enc_DomainGetJobInfoRet(b: bytearray, v: DomainGetJobInfoRet) -> None:
     b += _S28.pack(v.type, v.timeElapsed, v.timeRemaining, v.dataTotal, v.dataProcessed, v.dataRemaining, v.memTotal, v.memProcessed, v.memRemaining, v.fileTotal, v.fileProcessed, v.fileRemaining)
@@ -11322,12 +12957,16 @@ def _dec_DomainGetJobInfoRet(d: bytes, o: int) -> tuple[DomainGetJobInfoRet, int
     return DomainGetJobInfoRet(t1956, t1957, t1958, t1959, t1960, t1961, t1962, t1963, t1964, t1965, t1966, t1967), o
 
 
-@dataclass(slots=True)
-class DomainGetJobStatsArgs:
+class DomainGetJobStatsArgs(Record):
     """XDR struct ``remote_domain_get_job_stats_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainGetJobStatsArgs(b: bytearray, v: DomainGetJobStatsArgs) -> None:
@@ -11342,12 +12981,16 @@ def _dec_DomainGetJobStatsArgs(d: bytes, o: int) -> tuple[DomainGetJobStatsArgs,
     return DomainGetJobStatsArgs(t1968, t1969), o
 
 
-@dataclass(slots=True)
-class DomainGetJobStatsRet:
+class DomainGetJobStatsRet(Record):
     """XDR struct ``remote_domain_get_job_stats_ret``."""
 
+    __slots__ = ('type', 'params')
     type: int
     params: list[TypedParam]
+
+    def __init__(self, type: int, params: list[TypedParam]) -> None:
+        self.type = type
+        self.params = params
 
 
 def _enc_DomainGetJobStatsRet(b: bytearray, v: DomainGetJobStatsRet) -> None:
@@ -11374,11 +13017,14 @@ def _dec_DomainGetJobStatsRet(d: bytes, o: int) -> tuple[DomainGetJobStatsRet, i
     return DomainGetJobStatsRet(t1973, t1974), o
 
 
-@dataclass(slots=True)
-class DomainAbortJobArgs:
+class DomainAbortJobArgs(Record):
     """XDR struct ``remote_domain_abort_job_args``."""
 
+    __slots__ = ('dom',)
     dom: NonnullDomain
+
+    def __init__(self, dom: NonnullDomain) -> None:
+        self.dom = dom
 
 
 def _enc_DomainAbortJobArgs(b: bytearray, v: DomainAbortJobArgs) -> None:
@@ -11390,12 +13036,16 @@ def _dec_DomainAbortJobArgs(d: bytes, o: int) -> tuple[DomainAbortJobArgs, int]:
     return DomainAbortJobArgs(t1978), o
 
 
-@dataclass(slots=True)
-class DomainAbortJobFlagsArgs:
+class DomainAbortJobFlagsArgs(Record):
     """XDR struct ``remote_domain_abort_job_flags_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainAbortJobFlagsArgs(b: bytearray, v: DomainAbortJobFlagsArgs) -> None:
@@ -11410,12 +13060,16 @@ def _dec_DomainAbortJobFlagsArgs(d: bytes, o: int) -> tuple[DomainAbortJobFlagsA
     return DomainAbortJobFlagsArgs(t1979, t1980), o
 
 
-@dataclass(slots=True)
-class DomainMigrateGetMaxDowntimeArgs:
+class DomainMigrateGetMaxDowntimeArgs(Record):
     """XDR struct ``remote_domain_migrate_get_max_downtime_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainMigrateGetMaxDowntimeArgs(b: bytearray, v: DomainMigrateGetMaxDowntimeArgs) -> None:
@@ -11430,11 +13084,14 @@ def _dec_DomainMigrateGetMaxDowntimeArgs(d: bytes, o: int) -> tuple[DomainMigrat
     return DomainMigrateGetMaxDowntimeArgs(t1981, t1982), o
 
 
-@dataclass(slots=True)
-class DomainMigrateGetMaxDowntimeRet:
+class DomainMigrateGetMaxDowntimeRet(Record):
     """XDR struct ``remote_domain_migrate_get_max_downtime_ret``."""
 
+    __slots__ = ('downtime',)
     downtime: int
+
+    def __init__(self, downtime: int) -> None:
+        self.downtime = downtime
 
 
 def _enc_DomainMigrateGetMaxDowntimeRet(b: bytearray, v: DomainMigrateGetMaxDowntimeRet) -> None:
@@ -11447,13 +13104,18 @@ def _dec_DomainMigrateGetMaxDowntimeRet(d: bytes, o: int) -> tuple[DomainMigrate
     return DomainMigrateGetMaxDowntimeRet(t1983), o
 
 
-@dataclass(slots=True)
-class DomainMigrateSetMaxDowntimeArgs:
+class DomainMigrateSetMaxDowntimeArgs(Record):
     """XDR struct ``remote_domain_migrate_set_max_downtime_args``."""
 
+    __slots__ = ('dom', 'downtime', 'flags')
     dom: NonnullDomain
     downtime: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, downtime: int, flags: int) -> None:
+        self.dom = dom
+        self.downtime = downtime
+        self.flags = flags
 
 
 def _enc_DomainMigrateSetMaxDowntimeArgs(b: bytearray, v: DomainMigrateSetMaxDowntimeArgs) -> None:
@@ -11468,12 +13130,16 @@ def _dec_DomainMigrateSetMaxDowntimeArgs(d: bytes, o: int) -> tuple[DomainMigrat
     return DomainMigrateSetMaxDowntimeArgs(t1984, t1985, t1986), o
 
 
-@dataclass(slots=True)
-class DomainMigrateGetCompressionCacheArgs:
+class DomainMigrateGetCompressionCacheArgs(Record):
     """XDR struct ``remote_domain_migrate_get_compression_cache_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainMigrateGetCompressionCacheArgs(b: bytearray, v: DomainMigrateGetCompressionCacheArgs) -> None:
@@ -11488,11 +13154,14 @@ def _dec_DomainMigrateGetCompressionCacheArgs(d: bytes, o: int) -> tuple[DomainM
     return DomainMigrateGetCompressionCacheArgs(t1987, t1988), o
 
 
-@dataclass(slots=True)
-class DomainMigrateGetCompressionCacheRet:
+class DomainMigrateGetCompressionCacheRet(Record):
     """XDR struct ``remote_domain_migrate_get_compression_cache_ret``."""
 
+    __slots__ = ('cacheSize',)
     cacheSize: int
+
+    def __init__(self, cacheSize: int) -> None:
+        self.cacheSize = cacheSize
 
 
 def _enc_DomainMigrateGetCompressionCacheRet(b: bytearray, v: DomainMigrateGetCompressionCacheRet) -> None:
@@ -11505,13 +13174,18 @@ def _dec_DomainMigrateGetCompressionCacheRet(d: bytes, o: int) -> tuple[DomainMi
     return DomainMigrateGetCompressionCacheRet(t1989), o
 
 
-@dataclass(slots=True)
-class DomainMigrateSetCompressionCacheArgs:
+class DomainMigrateSetCompressionCacheArgs(Record):
     """XDR struct ``remote_domain_migrate_set_compression_cache_args``."""
 
+    __slots__ = ('dom', 'cacheSize', 'flags')
     dom: NonnullDomain
     cacheSize: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, cacheSize: int, flags: int) -> None:
+        self.dom = dom
+        self.cacheSize = cacheSize
+        self.flags = flags
 
 
 def _enc_DomainMigrateSetCompressionCacheArgs(b: bytearray, v: DomainMigrateSetCompressionCacheArgs) -> None:
@@ -11526,13 +13200,18 @@ def _dec_DomainMigrateSetCompressionCacheArgs(d: bytes, o: int) -> tuple[DomainM
     return DomainMigrateSetCompressionCacheArgs(t1990, t1991, t1992), o
 
 
-@dataclass(slots=True)
-class DomainMigrateSetMaxSpeedArgs:
+class DomainMigrateSetMaxSpeedArgs(Record):
     """XDR struct ``remote_domain_migrate_set_max_speed_args``."""
 
+    __slots__ = ('dom', 'bandwidth', 'flags')
     dom: NonnullDomain
     bandwidth: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, bandwidth: int, flags: int) -> None:
+        self.dom = dom
+        self.bandwidth = bandwidth
+        self.flags = flags
 
 
 def _enc_DomainMigrateSetMaxSpeedArgs(b: bytearray, v: DomainMigrateSetMaxSpeedArgs) -> None:
@@ -11547,12 +13226,16 @@ def _dec_DomainMigrateSetMaxSpeedArgs(d: bytes, o: int) -> tuple[DomainMigrateSe
     return DomainMigrateSetMaxSpeedArgs(t1993, t1994, t1995), o
 
 
-@dataclass(slots=True)
-class DomainMigrateGetMaxSpeedArgs:
+class DomainMigrateGetMaxSpeedArgs(Record):
     """XDR struct ``remote_domain_migrate_get_max_speed_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainMigrateGetMaxSpeedArgs(b: bytearray, v: DomainMigrateGetMaxSpeedArgs) -> None:
@@ -11567,11 +13250,14 @@ def _dec_DomainMigrateGetMaxSpeedArgs(d: bytes, o: int) -> tuple[DomainMigrateGe
     return DomainMigrateGetMaxSpeedArgs(t1996, t1997), o
 
 
-@dataclass(slots=True)
-class DomainMigrateGetMaxSpeedRet:
+class DomainMigrateGetMaxSpeedRet(Record):
     """XDR struct ``remote_domain_migrate_get_max_speed_ret``."""
 
+    __slots__ = ('bandwidth',)
     bandwidth: int
+
+    def __init__(self, bandwidth: int) -> None:
+        self.bandwidth = bandwidth
 
 
 def _enc_DomainMigrateGetMaxSpeedRet(b: bytearray, v: DomainMigrateGetMaxSpeedRet) -> None:
@@ -11584,11 +13270,14 @@ def _dec_DomainMigrateGetMaxSpeedRet(d: bytes, o: int) -> tuple[DomainMigrateGet
     return DomainMigrateGetMaxSpeedRet(t1998), o
 
 
-@dataclass(slots=True)
-class ConnectDomainEventRegisterAnyArgs:
+class ConnectDomainEventRegisterAnyArgs(Record):
     """XDR struct ``remote_connect_domain_event_register_any_args``."""
 
+    __slots__ = ('eventID',)
     eventID: int
+
+    def __init__(self, eventID: int) -> None:
+        self.eventID = eventID
 
 
 def _enc_ConnectDomainEventRegisterAnyArgs(b: bytearray, v: ConnectDomainEventRegisterAnyArgs) -> None:
@@ -11601,11 +13290,14 @@ def _dec_ConnectDomainEventRegisterAnyArgs(d: bytes, o: int) -> tuple[ConnectDom
     return ConnectDomainEventRegisterAnyArgs(t1999), o
 
 
-@dataclass(slots=True)
-class ConnectDomainEventDeregisterAnyArgs:
+class ConnectDomainEventDeregisterAnyArgs(Record):
     """XDR struct ``remote_connect_domain_event_deregister_any_args``."""
 
+    __slots__ = ('eventID',)
     eventID: int
+
+    def __init__(self, eventID: int) -> None:
+        self.eventID = eventID
 
 
 def _enc_ConnectDomainEventDeregisterAnyArgs(b: bytearray, v: ConnectDomainEventDeregisterAnyArgs) -> None:
@@ -11618,12 +13310,16 @@ def _dec_ConnectDomainEventDeregisterAnyArgs(d: bytes, o: int) -> tuple[ConnectD
     return ConnectDomainEventDeregisterAnyArgs(t2000), o
 
 
-@dataclass(slots=True)
-class ConnectDomainEventCallbackRegisterAnyArgs:
+class ConnectDomainEventCallbackRegisterAnyArgs(Record):
     """XDR struct ``remote_connect_domain_event_callback_register_any_args``."""
 
+    __slots__ = ('eventID', 'dom')
     eventID: int
     dom: NonnullDomain | None
+
+    def __init__(self, eventID: int, dom: NonnullDomain | None) -> None:
+        self.eventID = eventID
+        self.dom = dom
 
 
 def _enc_ConnectDomainEventCallbackRegisterAnyArgs(b: bytearray, v: ConnectDomainEventCallbackRegisterAnyArgs) -> None:
@@ -11650,11 +13346,14 @@ def _dec_ConnectDomainEventCallbackRegisterAnyArgs(d: bytes, o: int) -> tuple[Co
     return ConnectDomainEventCallbackRegisterAnyArgs(t2002, t2003), o
 
 
-@dataclass(slots=True)
-class ConnectDomainEventCallbackRegisterAnyRet:
+class ConnectDomainEventCallbackRegisterAnyRet(Record):
     """XDR struct ``remote_connect_domain_event_callback_register_any_ret``."""
 
+    __slots__ = ('callbackID',)
     callbackID: int
+
+    def __init__(self, callbackID: int) -> None:
+        self.callbackID = callbackID
 
 
 def _enc_ConnectDomainEventCallbackRegisterAnyRet(b: bytearray, v: ConnectDomainEventCallbackRegisterAnyRet) -> None:
@@ -11667,11 +13366,14 @@ def _dec_ConnectDomainEventCallbackRegisterAnyRet(d: bytes, o: int) -> tuple[Con
     return ConnectDomainEventCallbackRegisterAnyRet(t2005), o
 
 
-@dataclass(slots=True)
-class ConnectDomainEventCallbackDeregisterAnyArgs:
+class ConnectDomainEventCallbackDeregisterAnyArgs(Record):
     """XDR struct ``remote_connect_domain_event_callback_deregister_any_args``."""
 
+    __slots__ = ('callbackID',)
     callbackID: int
+
+    def __init__(self, callbackID: int) -> None:
+        self.callbackID = callbackID
 
 
 def _enc_ConnectDomainEventCallbackDeregisterAnyArgs(b: bytearray, v: ConnectDomainEventCallbackDeregisterAnyArgs) -> None:
@@ -11684,11 +13386,14 @@ def _dec_ConnectDomainEventCallbackDeregisterAnyArgs(d: bytes, o: int) -> tuple[
     return ConnectDomainEventCallbackDeregisterAnyArgs(t2006), o
 
 
-@dataclass(slots=True)
-class DomainEventRebootMsg:
+class DomainEventRebootMsg(Record):
     """XDR struct ``remote_domain_event_reboot_msg``."""
 
+    __slots__ = ('dom',)
     dom: NonnullDomain
+
+    def __init__(self, dom: NonnullDomain) -> None:
+        self.dom = dom
 
 
 def _enc_DomainEventRebootMsg(b: bytearray, v: DomainEventRebootMsg) -> None:
@@ -11700,12 +13405,16 @@ def _dec_DomainEventRebootMsg(d: bytes, o: int) -> tuple[DomainEventRebootMsg, i
     return DomainEventRebootMsg(t2007), o
 
 
-@dataclass(slots=True)
-class DomainEventCallbackRebootMsg:
+class DomainEventCallbackRebootMsg(Record):
     """XDR struct ``remote_domain_event_callback_reboot_msg``."""
 
+    __slots__ = ('callbackID', 'msg')
     callbackID: int
     msg: DomainEventRebootMsg
+
+    def __init__(self, callbackID: int, msg: DomainEventRebootMsg) -> None:
+        self.callbackID = callbackID
+        self.msg = msg
 
 
 def _enc_DomainEventCallbackRebootMsg(b: bytearray, v: DomainEventCallbackRebootMsg) -> None:
@@ -11720,12 +13429,16 @@ def _dec_DomainEventCallbackRebootMsg(d: bytes, o: int) -> tuple[DomainEventCall
     return DomainEventCallbackRebootMsg(t2008, t2009), o
 
 
-@dataclass(slots=True)
-class DomainEventRtcChangeMsg:
+class DomainEventRtcChangeMsg(Record):
     """XDR struct ``remote_domain_event_rtc_change_msg``."""
 
+    __slots__ = ('dom', 'offset')
     dom: NonnullDomain
     offset: int
+
+    def __init__(self, dom: NonnullDomain, offset: int) -> None:
+        self.dom = dom
+        self.offset = offset
 
 
 def _enc_DomainEventRtcChangeMsg(b: bytearray, v: DomainEventRtcChangeMsg) -> None:
@@ -11740,12 +13453,16 @@ def _dec_DomainEventRtcChangeMsg(d: bytes, o: int) -> tuple[DomainEventRtcChange
     return DomainEventRtcChangeMsg(t2010, t2011), o
 
 
-@dataclass(slots=True)
-class DomainEventCallbackRtcChangeMsg:
+class DomainEventCallbackRtcChangeMsg(Record):
     """XDR struct ``remote_domain_event_callback_rtc_change_msg``."""
 
+    __slots__ = ('callbackID', 'msg')
     callbackID: int
     msg: DomainEventRtcChangeMsg
+
+    def __init__(self, callbackID: int, msg: DomainEventRtcChangeMsg) -> None:
+        self.callbackID = callbackID
+        self.msg = msg
 
 
 def _enc_DomainEventCallbackRtcChangeMsg(b: bytearray, v: DomainEventCallbackRtcChangeMsg) -> None:
@@ -11760,12 +13477,16 @@ def _dec_DomainEventCallbackRtcChangeMsg(d: bytes, o: int) -> tuple[DomainEventC
     return DomainEventCallbackRtcChangeMsg(t2012, t2013), o
 
 
-@dataclass(slots=True)
-class DomainEventWatchdogMsg:
+class DomainEventWatchdogMsg(Record):
     """XDR struct ``remote_domain_event_watchdog_msg``."""
 
+    __slots__ = ('dom', 'action')
     dom: NonnullDomain
     action: int
+
+    def __init__(self, dom: NonnullDomain, action: int) -> None:
+        self.dom = dom
+        self.action = action
 
 
 def _enc_DomainEventWatchdogMsg(b: bytearray, v: DomainEventWatchdogMsg) -> None:
@@ -11780,12 +13501,16 @@ def _dec_DomainEventWatchdogMsg(d: bytes, o: int) -> tuple[DomainEventWatchdogMs
     return DomainEventWatchdogMsg(t2014, t2015), o
 
 
-@dataclass(slots=True)
-class DomainEventCallbackWatchdogMsg:
+class DomainEventCallbackWatchdogMsg(Record):
     """XDR struct ``remote_domain_event_callback_watchdog_msg``."""
 
+    __slots__ = ('callbackID', 'msg')
     callbackID: int
     msg: DomainEventWatchdogMsg
+
+    def __init__(self, callbackID: int, msg: DomainEventWatchdogMsg) -> None:
+        self.callbackID = callbackID
+        self.msg = msg
 
 
 def _enc_DomainEventCallbackWatchdogMsg(b: bytearray, v: DomainEventCallbackWatchdogMsg) -> None:
@@ -11800,14 +13525,20 @@ def _dec_DomainEventCallbackWatchdogMsg(d: bytes, o: int) -> tuple[DomainEventCa
     return DomainEventCallbackWatchdogMsg(t2016, t2017), o
 
 
-@dataclass(slots=True)
-class DomainEventIoErrorMsg:
+class DomainEventIoErrorMsg(Record):
     """XDR struct ``remote_domain_event_io_error_msg``."""
 
+    __slots__ = ('dom', 'srcPath', 'devAlias', 'action')
     dom: NonnullDomain
     srcPath: str
     devAlias: str
     action: int
+
+    def __init__(self, dom: NonnullDomain, srcPath: str, devAlias: str, action: int) -> None:
+        self.dom = dom
+        self.srcPath = srcPath
+        self.devAlias = devAlias
+        self.action = action
 
 
 def _enc_DomainEventIoErrorMsg(b: bytearray, v: DomainEventIoErrorMsg) -> None:
@@ -11848,12 +13579,16 @@ def _dec_DomainEventIoErrorMsg(d: bytes, o: int) -> tuple[DomainEventIoErrorMsg,
     return DomainEventIoErrorMsg(t2022, t2023, t2026, t2029), o
 
 
-@dataclass(slots=True)
-class DomainEventCallbackIoErrorMsg:
+class DomainEventCallbackIoErrorMsg(Record):
     """XDR struct ``remote_domain_event_callback_io_error_msg``."""
 
+    __slots__ = ('callbackID', 'msg')
     callbackID: int
     msg: DomainEventIoErrorMsg
+
+    def __init__(self, callbackID: int, msg: DomainEventIoErrorMsg) -> None:
+        self.callbackID = callbackID
+        self.msg = msg
 
 
 def _enc_DomainEventCallbackIoErrorMsg(b: bytearray, v: DomainEventCallbackIoErrorMsg) -> None:
@@ -11868,15 +13603,22 @@ def _dec_DomainEventCallbackIoErrorMsg(d: bytes, o: int) -> tuple[DomainEventCal
     return DomainEventCallbackIoErrorMsg(t2030, t2031), o
 
 
-@dataclass(slots=True)
-class DomainEventIoErrorReasonMsg:
+class DomainEventIoErrorReasonMsg(Record):
     """XDR struct ``remote_domain_event_io_error_reason_msg``."""
 
+    __slots__ = ('dom', 'srcPath', 'devAlias', 'action', 'reason')
     dom: NonnullDomain
     srcPath: str
     devAlias: str
     action: int
     reason: str
+
+    def __init__(self, dom: NonnullDomain, srcPath: str, devAlias: str, action: int, reason: str) -> None:
+        self.dom = dom
+        self.srcPath = srcPath
+        self.devAlias = devAlias
+        self.action = action
+        self.reason = reason
 
 
 def _enc_DomainEventIoErrorReasonMsg(b: bytearray, v: DomainEventIoErrorReasonMsg) -> None:
@@ -11930,12 +13672,16 @@ def _dec_DomainEventIoErrorReasonMsg(d: bytes, o: int) -> tuple[DomainEventIoErr
     return DomainEventIoErrorReasonMsg(t2038, t2039, t2042, t2045, t2046), o
 
 
-@dataclass(slots=True)
-class DomainEventCallbackIoErrorReasonMsg:
+class DomainEventCallbackIoErrorReasonMsg(Record):
     """XDR struct ``remote_domain_event_callback_io_error_reason_msg``."""
 
+    __slots__ = ('callbackID', 'msg')
     callbackID: int
     msg: DomainEventIoErrorReasonMsg
+
+    def __init__(self, callbackID: int, msg: DomainEventIoErrorReasonMsg) -> None:
+        self.callbackID = callbackID
+        self.msg = msg
 
 
 def _enc_DomainEventCallbackIoErrorReasonMsg(b: bytearray, v: DomainEventCallbackIoErrorReasonMsg) -> None:
@@ -11950,13 +13696,18 @@ def _dec_DomainEventCallbackIoErrorReasonMsg(d: bytes, o: int) -> tuple[DomainEv
     return DomainEventCallbackIoErrorReasonMsg(t2049, t2050), o
 
 
-@dataclass(slots=True)
-class DomainEventGraphicsAddress:
+class DomainEventGraphicsAddress(Record):
     """XDR struct ``remote_domain_event_graphics_address``."""
 
+    __slots__ = ('family', 'node', 'service')
     family: int
     node: str
     service: str
+
+    def __init__(self, family: int, node: str, service: str) -> None:
+        self.family = family
+        self.node = node
+        self.service = service
 
 
 def _enc_DomainEventGraphicsAddress(b: bytearray, v: DomainEventGraphicsAddress) -> None:
@@ -11995,12 +13746,16 @@ def _dec_DomainEventGraphicsAddress(d: bytes, o: int) -> tuple[DomainEventGraphi
     return DomainEventGraphicsAddress(t2055, t2056, t2059), o
 
 
-@dataclass(slots=True)
-class DomainEventGraphicsIdentity:
+class DomainEventGraphicsIdentity(Record):
     """XDR struct ``remote_domain_event_graphics_identity``."""
 
+    __slots__ = ('type', 'name')
     type: str
     name: str
+
+    def __init__(self, type: str, name: str) -> None:
+        self.type = type
+        self.name = name
 
 
 def _enc_DomainEventGraphicsIdentity(b: bytearray, v: DomainEventGraphicsIdentity) -> None:
@@ -12036,16 +13791,24 @@ def _dec_DomainEventGraphicsIdentity(d: bytes, o: int) -> tuple[DomainEventGraph
     return DomainEventGraphicsIdentity(t2066, t2069), o
 
 
-@dataclass(slots=True)
-class DomainEventGraphicsMsg:
+class DomainEventGraphicsMsg(Record):
     """XDR struct ``remote_domain_event_graphics_msg``."""
 
+    __slots__ = ('dom', 'phase', 'local', 'remote', 'authScheme', 'subject')
     dom: NonnullDomain
     phase: int
     local: DomainEventGraphicsAddress
     remote: DomainEventGraphicsAddress
     authScheme: str
     subject: list[DomainEventGraphicsIdentity]
+
+    def __init__(self, dom: NonnullDomain, phase: int, local: DomainEventGraphicsAddress, remote: DomainEventGraphicsAddress, authScheme: str, subject: list[DomainEventGraphicsIdentity]) -> None:
+        self.dom = dom
+        self.phase = phase
+        self.local = local
+        self.remote = remote
+        self.authScheme = authScheme
+        self.subject = subject
 
 
 def _enc_DomainEventGraphicsMsg(b: bytearray, v: DomainEventGraphicsMsg) -> None:
@@ -12091,12 +13854,16 @@ def _dec_DomainEventGraphicsMsg(d: bytes, o: int) -> tuple[DomainEventGraphicsMs
     return DomainEventGraphicsMsg(t2077, t2078, t2079, t2080, t2081, t2084), o
 
 
-@dataclass(slots=True)
-class DomainEventCallbackGraphicsMsg:
+class DomainEventCallbackGraphicsMsg(Record):
     """XDR struct ``remote_domain_event_callback_graphics_msg``."""
 
+    __slots__ = ('callbackID', 'msg')
     callbackID: int
     msg: DomainEventGraphicsMsg
+
+    def __init__(self, callbackID: int, msg: DomainEventGraphicsMsg) -> None:
+        self.callbackID = callbackID
+        self.msg = msg
 
 
 def _enc_DomainEventCallbackGraphicsMsg(b: bytearray, v: DomainEventCallbackGraphicsMsg) -> None:
@@ -12111,14 +13878,20 @@ def _dec_DomainEventCallbackGraphicsMsg(d: bytes, o: int) -> tuple[DomainEventCa
     return DomainEventCallbackGraphicsMsg(t2088, t2089), o
 
 
-@dataclass(slots=True)
-class DomainEventBlockJobMsg:
+class DomainEventBlockJobMsg(Record):
     """XDR struct ``remote_domain_event_block_job_msg``."""
 
+    __slots__ = ('dom', 'path', 'type', 'status')
     dom: NonnullDomain
     path: str
     type: int
     status: int
+
+    def __init__(self, dom: NonnullDomain, path: str, type: int, status: int) -> None:
+        self.dom = dom
+        self.path = path
+        self.type = type
+        self.status = status
 
 
 def _enc_DomainEventBlockJobMsg(b: bytearray, v: DomainEventBlockJobMsg) -> None:
@@ -12146,12 +13919,16 @@ def _dec_DomainEventBlockJobMsg(d: bytes, o: int) -> tuple[DomainEventBlockJobMs
     return DomainEventBlockJobMsg(t2092, t2093, t2096, t2097), o
 
 
-@dataclass(slots=True)
-class DomainEventCallbackBlockJobMsg:
+class DomainEventCallbackBlockJobMsg(Record):
     """XDR struct ``remote_domain_event_callback_block_job_msg``."""
 
+    __slots__ = ('callbackID', 'msg')
     callbackID: int
     msg: DomainEventBlockJobMsg
+
+    def __init__(self, callbackID: int, msg: DomainEventBlockJobMsg) -> None:
+        self.callbackID = callbackID
+        self.msg = msg
 
 
 def _enc_DomainEventCallbackBlockJobMsg(b: bytearray, v: DomainEventCallbackBlockJobMsg) -> None:
@@ -12166,15 +13943,22 @@ def _dec_DomainEventCallbackBlockJobMsg(d: bytes, o: int) -> tuple[DomainEventCa
     return DomainEventCallbackBlockJobMsg(t2098, t2099), o
 
 
-@dataclass(slots=True)
-class DomainEventDiskChangeMsg:
+class DomainEventDiskChangeMsg(Record):
     """XDR struct ``remote_domain_event_disk_change_msg``."""
 
+    __slots__ = ('dom', 'oldSrcPath', 'newSrcPath', 'devAlias', 'reason')
     dom: NonnullDomain
     oldSrcPath: str | None
     newSrcPath: str | None
     devAlias: str
     reason: int
+
+    def __init__(self, dom: NonnullDomain, oldSrcPath: str | None, newSrcPath: str | None, devAlias: str, reason: int) -> None:
+        self.dom = dom
+        self.oldSrcPath = oldSrcPath
+        self.newSrcPath = newSrcPath
+        self.devAlias = devAlias
+        self.reason = reason
 
 
 def _enc_DomainEventDiskChangeMsg(b: bytearray, v: DomainEventDiskChangeMsg) -> None:
@@ -12252,12 +14036,16 @@ def _dec_DomainEventDiskChangeMsg(d: bytes, o: int) -> tuple[DomainEventDiskChan
     return DomainEventDiskChangeMsg(t2108, t2109, t2113, t2117, t2120), o
 
 
-@dataclass(slots=True)
-class DomainEventCallbackDiskChangeMsg:
+class DomainEventCallbackDiskChangeMsg(Record):
     """XDR struct ``remote_domain_event_callback_disk_change_msg``."""
 
+    __slots__ = ('callbackID', 'msg')
     callbackID: int
     msg: DomainEventDiskChangeMsg
+
+    def __init__(self, callbackID: int, msg: DomainEventDiskChangeMsg) -> None:
+        self.callbackID = callbackID
+        self.msg = msg
 
 
 def _enc_DomainEventCallbackDiskChangeMsg(b: bytearray, v: DomainEventCallbackDiskChangeMsg) -> None:
@@ -12272,13 +14060,18 @@ def _dec_DomainEventCallbackDiskChangeMsg(d: bytes, o: int) -> tuple[DomainEvent
     return DomainEventCallbackDiskChangeMsg(t2121, t2122), o
 
 
-@dataclass(slots=True)
-class DomainEventTrayChangeMsg:
+class DomainEventTrayChangeMsg(Record):
     """XDR struct ``remote_domain_event_tray_change_msg``."""
 
+    __slots__ = ('dom', 'devAlias', 'reason')
     dom: NonnullDomain
     devAlias: str
     reason: int
+
+    def __init__(self, dom: NonnullDomain, devAlias: str, reason: int) -> None:
+        self.dom = dom
+        self.devAlias = devAlias
+        self.reason = reason
 
 
 def _enc_DomainEventTrayChangeMsg(b: bytearray, v: DomainEventTrayChangeMsg) -> None:
@@ -12306,12 +14099,16 @@ def _dec_DomainEventTrayChangeMsg(d: bytes, o: int) -> tuple[DomainEventTrayChan
     return DomainEventTrayChangeMsg(t2125, t2126, t2129), o
 
 
-@dataclass(slots=True)
-class DomainEventCallbackTrayChangeMsg:
+class DomainEventCallbackTrayChangeMsg(Record):
     """XDR struct ``remote_domain_event_callback_tray_change_msg``."""
 
+    __slots__ = ('callbackID', 'msg')
     callbackID: int
     msg: DomainEventTrayChangeMsg
+
+    def __init__(self, callbackID: int, msg: DomainEventTrayChangeMsg) -> None:
+        self.callbackID = callbackID
+        self.msg = msg
 
 
 def _enc_DomainEventCallbackTrayChangeMsg(b: bytearray, v: DomainEventCallbackTrayChangeMsg) -> None:
@@ -12326,11 +14123,14 @@ def _dec_DomainEventCallbackTrayChangeMsg(d: bytes, o: int) -> tuple[DomainEvent
     return DomainEventCallbackTrayChangeMsg(t2130, t2131), o
 
 
-@dataclass(slots=True)
-class DomainEventPmwakeupMsg:
+class DomainEventPmwakeupMsg(Record):
     """XDR struct ``remote_domain_event_pmwakeup_msg``."""
 
+    __slots__ = ('dom',)
     dom: NonnullDomain
+
+    def __init__(self, dom: NonnullDomain) -> None:
+        self.dom = dom
 
 
 def _enc_DomainEventPmwakeupMsg(b: bytearray, v: DomainEventPmwakeupMsg) -> None:
@@ -12342,13 +14142,18 @@ def _dec_DomainEventPmwakeupMsg(d: bytes, o: int) -> tuple[DomainEventPmwakeupMs
     return DomainEventPmwakeupMsg(t2132), o
 
 
-@dataclass(slots=True)
-class DomainEventCallbackPmwakeupMsg:
+class DomainEventCallbackPmwakeupMsg(Record):
     """XDR struct ``remote_domain_event_callback_pmwakeup_msg``."""
 
+    __slots__ = ('callbackID', 'reason', 'msg')
     callbackID: int
     reason: int
     msg: DomainEventPmwakeupMsg
+
+    def __init__(self, callbackID: int, reason: int, msg: DomainEventPmwakeupMsg) -> None:
+        self.callbackID = callbackID
+        self.reason = reason
+        self.msg = msg
 
 
 def _enc_DomainEventCallbackPmwakeupMsg(b: bytearray, v: DomainEventCallbackPmwakeupMsg) -> None:
@@ -12363,11 +14168,14 @@ def _dec_DomainEventCallbackPmwakeupMsg(d: bytes, o: int) -> tuple[DomainEventCa
     return DomainEventCallbackPmwakeupMsg(t2133, t2134, t2135), o
 
 
-@dataclass(slots=True)
-class DomainEventPmsuspendMsg:
+class DomainEventPmsuspendMsg(Record):
     """XDR struct ``remote_domain_event_pmsuspend_msg``."""
 
+    __slots__ = ('dom',)
     dom: NonnullDomain
+
+    def __init__(self, dom: NonnullDomain) -> None:
+        self.dom = dom
 
 
 def _enc_DomainEventPmsuspendMsg(b: bytearray, v: DomainEventPmsuspendMsg) -> None:
@@ -12379,13 +14187,18 @@ def _dec_DomainEventPmsuspendMsg(d: bytes, o: int) -> tuple[DomainEventPmsuspend
     return DomainEventPmsuspendMsg(t2136), o
 
 
-@dataclass(slots=True)
-class DomainEventCallbackPmsuspendMsg:
+class DomainEventCallbackPmsuspendMsg(Record):
     """XDR struct ``remote_domain_event_callback_pmsuspend_msg``."""
 
+    __slots__ = ('callbackID', 'reason', 'msg')
     callbackID: int
     reason: int
     msg: DomainEventPmsuspendMsg
+
+    def __init__(self, callbackID: int, reason: int, msg: DomainEventPmsuspendMsg) -> None:
+        self.callbackID = callbackID
+        self.reason = reason
+        self.msg = msg
 
 
 def _enc_DomainEventCallbackPmsuspendMsg(b: bytearray, v: DomainEventCallbackPmsuspendMsg) -> None:
@@ -12400,12 +14213,16 @@ def _dec_DomainEventCallbackPmsuspendMsg(d: bytes, o: int) -> tuple[DomainEventC
     return DomainEventCallbackPmsuspendMsg(t2137, t2138, t2139), o
 
 
-@dataclass(slots=True)
-class DomainEventBalloonChangeMsg:
+class DomainEventBalloonChangeMsg(Record):
     """XDR struct ``remote_domain_event_balloon_change_msg``."""
 
+    __slots__ = ('dom', 'actual')
     dom: NonnullDomain
     actual: int
+
+    def __init__(self, dom: NonnullDomain, actual: int) -> None:
+        self.dom = dom
+        self.actual = actual
 
 
 def _enc_DomainEventBalloonChangeMsg(b: bytearray, v: DomainEventBalloonChangeMsg) -> None:
@@ -12420,12 +14237,16 @@ def _dec_DomainEventBalloonChangeMsg(d: bytes, o: int) -> tuple[DomainEventBallo
     return DomainEventBalloonChangeMsg(t2140, t2141), o
 
 
-@dataclass(slots=True)
-class DomainEventCallbackBalloonChangeMsg:
+class DomainEventCallbackBalloonChangeMsg(Record):
     """XDR struct ``remote_domain_event_callback_balloon_change_msg``."""
 
+    __slots__ = ('callbackID', 'msg')
     callbackID: int
     msg: DomainEventBalloonChangeMsg
+
+    def __init__(self, callbackID: int, msg: DomainEventBalloonChangeMsg) -> None:
+        self.callbackID = callbackID
+        self.msg = msg
 
 
 def _enc_DomainEventCallbackBalloonChangeMsg(b: bytearray, v: DomainEventCallbackBalloonChangeMsg) -> None:
@@ -12440,11 +14261,14 @@ def _dec_DomainEventCallbackBalloonChangeMsg(d: bytes, o: int) -> tuple[DomainEv
     return DomainEventCallbackBalloonChangeMsg(t2142, t2143), o
 
 
-@dataclass(slots=True)
-class DomainEventPmsuspendDiskMsg:
+class DomainEventPmsuspendDiskMsg(Record):
     """XDR struct ``remote_domain_event_pmsuspend_disk_msg``."""
 
+    __slots__ = ('dom',)
     dom: NonnullDomain
+
+    def __init__(self, dom: NonnullDomain) -> None:
+        self.dom = dom
 
 
 def _enc_DomainEventPmsuspendDiskMsg(b: bytearray, v: DomainEventPmsuspendDiskMsg) -> None:
@@ -12456,13 +14280,18 @@ def _dec_DomainEventPmsuspendDiskMsg(d: bytes, o: int) -> tuple[DomainEventPmsus
     return DomainEventPmsuspendDiskMsg(t2144), o
 
 
-@dataclass(slots=True)
-class DomainEventCallbackPmsuspendDiskMsg:
+class DomainEventCallbackPmsuspendDiskMsg(Record):
     """XDR struct ``remote_domain_event_callback_pmsuspend_disk_msg``."""
 
+    __slots__ = ('callbackID', 'reason', 'msg')
     callbackID: int
     reason: int
     msg: DomainEventPmsuspendDiskMsg
+
+    def __init__(self, callbackID: int, reason: int, msg: DomainEventPmsuspendDiskMsg) -> None:
+        self.callbackID = callbackID
+        self.reason = reason
+        self.msg = msg
 
 
 def _enc_DomainEventCallbackPmsuspendDiskMsg(b: bytearray, v: DomainEventCallbackPmsuspendDiskMsg) -> None:
@@ -12477,12 +14306,16 @@ def _dec_DomainEventCallbackPmsuspendDiskMsg(d: bytes, o: int) -> tuple[DomainEv
     return DomainEventCallbackPmsuspendDiskMsg(t2145, t2146, t2147), o
 
 
-@dataclass(slots=True)
-class DomainManagedSaveArgs:
+class DomainManagedSaveArgs(Record):
     """XDR struct ``remote_domain_managed_save_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainManagedSaveArgs(b: bytearray, v: DomainManagedSaveArgs) -> None:
@@ -12497,12 +14330,16 @@ def _dec_DomainManagedSaveArgs(d: bytes, o: int) -> tuple[DomainManagedSaveArgs,
     return DomainManagedSaveArgs(t2148, t2149), o
 
 
-@dataclass(slots=True)
-class DomainHasManagedSaveImageArgs:
+class DomainHasManagedSaveImageArgs(Record):
     """XDR struct ``remote_domain_has_managed_save_image_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainHasManagedSaveImageArgs(b: bytearray, v: DomainHasManagedSaveImageArgs) -> None:
@@ -12517,11 +14354,14 @@ def _dec_DomainHasManagedSaveImageArgs(d: bytes, o: int) -> tuple[DomainHasManag
     return DomainHasManagedSaveImageArgs(t2150, t2151), o
 
 
-@dataclass(slots=True)
-class DomainHasManagedSaveImageRet:
+class DomainHasManagedSaveImageRet(Record):
     """XDR struct ``remote_domain_has_managed_save_image_ret``."""
 
+    __slots__ = ('result',)
     result: int
+
+    def __init__(self, result: int) -> None:
+        self.result = result
 
 
 def _enc_DomainHasManagedSaveImageRet(b: bytearray, v: DomainHasManagedSaveImageRet) -> None:
@@ -12534,12 +14374,16 @@ def _dec_DomainHasManagedSaveImageRet(d: bytes, o: int) -> tuple[DomainHasManage
     return DomainHasManagedSaveImageRet(t2152), o
 
 
-@dataclass(slots=True)
-class DomainManagedSaveRemoveArgs:
+class DomainManagedSaveRemoveArgs(Record):
     """XDR struct ``remote_domain_managed_save_remove_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainManagedSaveRemoveArgs(b: bytearray, v: DomainManagedSaveRemoveArgs) -> None:
@@ -12554,12 +14398,16 @@ def _dec_DomainManagedSaveRemoveArgs(d: bytes, o: int) -> tuple[DomainManagedSav
     return DomainManagedSaveRemoveArgs(t2153, t2154), o
 
 
-@dataclass(slots=True)
-class DomainManagedSaveGetXmlDescArgs:
+class DomainManagedSaveGetXmlDescArgs(Record):
     """XDR struct ``remote_domain_managed_save_get_xml_desc_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainManagedSaveGetXmlDescArgs(b: bytearray, v: DomainManagedSaveGetXmlDescArgs) -> None:
@@ -12574,11 +14422,14 @@ def _dec_DomainManagedSaveGetXmlDescArgs(d: bytes, o: int) -> tuple[DomainManage
     return DomainManagedSaveGetXmlDescArgs(t2155, t2156), o
 
 
-@dataclass(slots=True)
-class DomainManagedSaveGetXmlDescRet:
+class DomainManagedSaveGetXmlDescRet(Record):
     """XDR struct ``remote_domain_managed_save_get_xml_desc_ret``."""
 
+    __slots__ = ('xml',)
     xml: str
+
+    def __init__(self, xml: str) -> None:
+        self.xml = xml
 
 
 def _enc_DomainManagedSaveGetXmlDescRet(b: bytearray, v: DomainManagedSaveGetXmlDescRet) -> None:
@@ -12601,13 +14452,18 @@ def _dec_DomainManagedSaveGetXmlDescRet(d: bytes, o: int) -> tuple[DomainManaged
     return DomainManagedSaveGetXmlDescRet(t2159), o
 
 
-@dataclass(slots=True)
-class DomainManagedSaveDefineXmlArgs:
+class DomainManagedSaveDefineXmlArgs(Record):
     """XDR struct ``remote_domain_managed_save_define_xml_args``."""
 
+    __slots__ = ('dom', 'dxml', 'flags')
     dom: NonnullDomain
     dxml: str | None
     flags: int
+
+    def __init__(self, dom: NonnullDomain, dxml: str | None, flags: int) -> None:
+        self.dom = dom
+        self.dxml = dxml
+        self.flags = flags
 
 
 def _enc_DomainManagedSaveDefineXmlArgs(b: bytearray, v: DomainManagedSaveDefineXmlArgs) -> None:
@@ -12647,13 +14503,18 @@ def _dec_DomainManagedSaveDefineXmlArgs(d: bytes, o: int) -> tuple[DomainManaged
     return DomainManagedSaveDefineXmlArgs(t2165, t2166, t2170), o
 
 
-@dataclass(slots=True)
-class DomainSnapshotCreateXmlArgs:
+class DomainSnapshotCreateXmlArgs(Record):
     """XDR struct ``remote_domain_snapshot_create_xml_args``."""
 
+    __slots__ = ('dom', 'xml_desc', 'flags')
     dom: NonnullDomain
     xml_desc: str
     flags: int
+
+    def __init__(self, dom: NonnullDomain, xml_desc: str, flags: int) -> None:
+        self.dom = dom
+        self.xml_desc = xml_desc
+        self.flags = flags
 
 
 def _enc_DomainSnapshotCreateXmlArgs(b: bytearray, v: DomainSnapshotCreateXmlArgs) -> None:
@@ -12681,11 +14542,14 @@ def _dec_DomainSnapshotCreateXmlArgs(d: bytes, o: int) -> tuple[DomainSnapshotCr
     return DomainSnapshotCreateXmlArgs(t2173, t2174, t2177), o
 
 
-@dataclass(slots=True)
-class DomainSnapshotCreateXmlRet:
+class DomainSnapshotCreateXmlRet(Record):
     """XDR struct ``remote_domain_snapshot_create_xml_ret``."""
 
+    __slots__ = ('snap',)
     snap: NonnullDomainSnapshot
+
+    def __init__(self, snap: NonnullDomainSnapshot) -> None:
+        self.snap = snap
 
 
 def _enc_DomainSnapshotCreateXmlRet(b: bytearray, v: DomainSnapshotCreateXmlRet) -> None:
@@ -12697,12 +14561,16 @@ def _dec_DomainSnapshotCreateXmlRet(d: bytes, o: int) -> tuple[DomainSnapshotCre
     return DomainSnapshotCreateXmlRet(t2178), o
 
 
-@dataclass(slots=True)
-class DomainSnapshotGetXmlDescArgs:
+class DomainSnapshotGetXmlDescArgs(Record):
     """XDR struct ``remote_domain_snapshot_get_xml_desc_args``."""
 
+    __slots__ = ('snap', 'flags')
     snap: NonnullDomainSnapshot
     flags: int
+
+    def __init__(self, snap: NonnullDomainSnapshot, flags: int) -> None:
+        self.snap = snap
+        self.flags = flags
 
 
 def _enc_DomainSnapshotGetXmlDescArgs(b: bytearray, v: DomainSnapshotGetXmlDescArgs) -> None:
@@ -12717,11 +14585,14 @@ def _dec_DomainSnapshotGetXmlDescArgs(d: bytes, o: int) -> tuple[DomainSnapshotG
     return DomainSnapshotGetXmlDescArgs(t2179, t2180), o
 
 
-@dataclass(slots=True)
-class DomainSnapshotGetXmlDescRet:
+class DomainSnapshotGetXmlDescRet(Record):
     """XDR struct ``remote_domain_snapshot_get_xml_desc_ret``."""
 
+    __slots__ = ('xml',)
     xml: str
+
+    def __init__(self, xml: str) -> None:
+        self.xml = xml
 
 
 def _enc_DomainSnapshotGetXmlDescRet(b: bytearray, v: DomainSnapshotGetXmlDescRet) -> None:
@@ -12744,12 +14615,16 @@ def _dec_DomainSnapshotGetXmlDescRet(d: bytes, o: int) -> tuple[DomainSnapshotGe
     return DomainSnapshotGetXmlDescRet(t2183), o
 
 
-@dataclass(slots=True)
-class DomainSnapshotNumArgs:
+class DomainSnapshotNumArgs(Record):
     """XDR struct ``remote_domain_snapshot_num_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainSnapshotNumArgs(b: bytearray, v: DomainSnapshotNumArgs) -> None:
@@ -12764,11 +14639,14 @@ def _dec_DomainSnapshotNumArgs(d: bytes, o: int) -> tuple[DomainSnapshotNumArgs,
     return DomainSnapshotNumArgs(t2186, t2187), o
 
 
-@dataclass(slots=True)
-class DomainSnapshotNumRet:
+class DomainSnapshotNumRet(Record):
     """XDR struct ``remote_domain_snapshot_num_ret``."""
 
+    __slots__ = ('num',)
     num: int
+
+    def __init__(self, num: int) -> None:
+        self.num = num
 
 
 def _enc_DomainSnapshotNumRet(b: bytearray, v: DomainSnapshotNumRet) -> None:
@@ -12781,13 +14659,18 @@ def _dec_DomainSnapshotNumRet(d: bytes, o: int) -> tuple[DomainSnapshotNumRet, i
     return DomainSnapshotNumRet(t2188), o
 
 
-@dataclass(slots=True)
-class DomainSnapshotListNamesArgs:
+class DomainSnapshotListNamesArgs(Record):
     """XDR struct ``remote_domain_snapshot_list_names_args``."""
 
+    __slots__ = ('dom', 'maxnames', 'flags')
     dom: NonnullDomain
     maxnames: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, maxnames: int, flags: int) -> None:
+        self.dom = dom
+        self.maxnames = maxnames
+        self.flags = flags
 
 
 def _enc_DomainSnapshotListNamesArgs(b: bytearray, v: DomainSnapshotListNamesArgs) -> None:
@@ -12802,11 +14685,14 @@ def _dec_DomainSnapshotListNamesArgs(d: bytes, o: int) -> tuple[DomainSnapshotLi
     return DomainSnapshotListNamesArgs(t2189, t2190, t2191), o
 
 
-@dataclass(slots=True)
-class DomainSnapshotListNamesRet:
+class DomainSnapshotListNamesRet(Record):
     """XDR struct ``remote_domain_snapshot_list_names_ret``."""
 
+    __slots__ = ('names',)
     names: list[str]
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
 
 
 def _enc_DomainSnapshotListNamesRet(b: bytearray, v: DomainSnapshotListNamesRet) -> None:
@@ -12841,13 +14727,18 @@ def _dec_DomainSnapshotListNamesRet(d: bytes, o: int) -> tuple[DomainSnapshotLis
     return DomainSnapshotListNamesRet(t2197), o
 
 
-@dataclass(slots=True)
-class DomainListAllSnapshotsArgs:
+class DomainListAllSnapshotsArgs(Record):
     """XDR struct ``remote_domain_list_all_snapshots_args``."""
 
+    __slots__ = ('dom', 'need_results', 'flags')
     dom: NonnullDomain
     need_results: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, need_results: int, flags: int) -> None:
+        self.dom = dom
+        self.need_results = need_results
+        self.flags = flags
 
 
 def _enc_DomainListAllSnapshotsArgs(b: bytearray, v: DomainListAllSnapshotsArgs) -> None:
@@ -12862,12 +14753,16 @@ def _dec_DomainListAllSnapshotsArgs(d: bytes, o: int) -> tuple[DomainListAllSnap
     return DomainListAllSnapshotsArgs(t2203, t2204, t2205), o
 
 
-@dataclass(slots=True)
-class DomainListAllSnapshotsRet:
+class DomainListAllSnapshotsRet(Record):
     """XDR struct ``remote_domain_list_all_snapshots_ret``."""
 
+    __slots__ = ('snapshots', 'ret')
     snapshots: list[NonnullDomainSnapshot]
     ret: int
+
+    def __init__(self, snapshots: list[NonnullDomainSnapshot], ret: int) -> None:
+        self.snapshots = snapshots
+        self.ret = ret
 
 
 def _enc_DomainListAllSnapshotsRet(b: bytearray, v: DomainListAllSnapshotsRet) -> None:
@@ -12894,12 +14789,16 @@ def _dec_DomainListAllSnapshotsRet(d: bytes, o: int) -> tuple[DomainListAllSnaps
     return DomainListAllSnapshotsRet(t2209, t2213), o
 
 
-@dataclass(slots=True)
-class DomainSnapshotNumChildrenArgs:
+class DomainSnapshotNumChildrenArgs(Record):
     """XDR struct ``remote_domain_snapshot_num_children_args``."""
 
+    __slots__ = ('snap', 'flags')
     snap: NonnullDomainSnapshot
     flags: int
+
+    def __init__(self, snap: NonnullDomainSnapshot, flags: int) -> None:
+        self.snap = snap
+        self.flags = flags
 
 
 def _enc_DomainSnapshotNumChildrenArgs(b: bytearray, v: DomainSnapshotNumChildrenArgs) -> None:
@@ -12914,11 +14813,14 @@ def _dec_DomainSnapshotNumChildrenArgs(d: bytes, o: int) -> tuple[DomainSnapshot
     return DomainSnapshotNumChildrenArgs(t2214, t2215), o
 
 
-@dataclass(slots=True)
-class DomainSnapshotNumChildrenRet:
+class DomainSnapshotNumChildrenRet(Record):
     """XDR struct ``remote_domain_snapshot_num_children_ret``."""
 
+    __slots__ = ('num',)
     num: int
+
+    def __init__(self, num: int) -> None:
+        self.num = num
 
 
 def _enc_DomainSnapshotNumChildrenRet(b: bytearray, v: DomainSnapshotNumChildrenRet) -> None:
@@ -12931,13 +14833,18 @@ def _dec_DomainSnapshotNumChildrenRet(d: bytes, o: int) -> tuple[DomainSnapshotN
     return DomainSnapshotNumChildrenRet(t2216), o
 
 
-@dataclass(slots=True)
-class DomainSnapshotListChildrenNamesArgs:
+class DomainSnapshotListChildrenNamesArgs(Record):
     """XDR struct ``remote_domain_snapshot_list_children_names_args``."""
 
+    __slots__ = ('snap', 'maxnames', 'flags')
     snap: NonnullDomainSnapshot
     maxnames: int
     flags: int
+
+    def __init__(self, snap: NonnullDomainSnapshot, maxnames: int, flags: int) -> None:
+        self.snap = snap
+        self.maxnames = maxnames
+        self.flags = flags
 
 
 def _enc_DomainSnapshotListChildrenNamesArgs(b: bytearray, v: DomainSnapshotListChildrenNamesArgs) -> None:
@@ -12952,11 +14859,14 @@ def _dec_DomainSnapshotListChildrenNamesArgs(d: bytes, o: int) -> tuple[DomainSn
     return DomainSnapshotListChildrenNamesArgs(t2217, t2218, t2219), o
 
 
-@dataclass(slots=True)
-class DomainSnapshotListChildrenNamesRet:
+class DomainSnapshotListChildrenNamesRet(Record):
     """XDR struct ``remote_domain_snapshot_list_children_names_ret``."""
 
+    __slots__ = ('names',)
     names: list[str]
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
 
 
 def _enc_DomainSnapshotListChildrenNamesRet(b: bytearray, v: DomainSnapshotListChildrenNamesRet) -> None:
@@ -12991,13 +14901,18 @@ def _dec_DomainSnapshotListChildrenNamesRet(d: bytes, o: int) -> tuple[DomainSna
     return DomainSnapshotListChildrenNamesRet(t2225), o
 
 
-@dataclass(slots=True)
-class DomainSnapshotListAllChildrenArgs:
+class DomainSnapshotListAllChildrenArgs(Record):
     """XDR struct ``remote_domain_snapshot_list_all_children_args``."""
 
+    __slots__ = ('snapshot', 'need_results', 'flags')
     snapshot: NonnullDomainSnapshot
     need_results: int
     flags: int
+
+    def __init__(self, snapshot: NonnullDomainSnapshot, need_results: int, flags: int) -> None:
+        self.snapshot = snapshot
+        self.need_results = need_results
+        self.flags = flags
 
 
 def _enc_DomainSnapshotListAllChildrenArgs(b: bytearray, v: DomainSnapshotListAllChildrenArgs) -> None:
@@ -13012,12 +14927,16 @@ def _dec_DomainSnapshotListAllChildrenArgs(d: bytes, o: int) -> tuple[DomainSnap
     return DomainSnapshotListAllChildrenArgs(t2231, t2232, t2233), o
 
 
-@dataclass(slots=True)
-class DomainSnapshotListAllChildrenRet:
+class DomainSnapshotListAllChildrenRet(Record):
     """XDR struct ``remote_domain_snapshot_list_all_children_ret``."""
 
+    __slots__ = ('snapshots', 'ret')
     snapshots: list[NonnullDomainSnapshot]
     ret: int
+
+    def __init__(self, snapshots: list[NonnullDomainSnapshot], ret: int) -> None:
+        self.snapshots = snapshots
+        self.ret = ret
 
 
 def _enc_DomainSnapshotListAllChildrenRet(b: bytearray, v: DomainSnapshotListAllChildrenRet) -> None:
@@ -13044,13 +14963,18 @@ def _dec_DomainSnapshotListAllChildrenRet(d: bytes, o: int) -> tuple[DomainSnaps
     return DomainSnapshotListAllChildrenRet(t2237, t2241), o
 
 
-@dataclass(slots=True)
-class DomainSnapshotLookupByNameArgs:
+class DomainSnapshotLookupByNameArgs(Record):
     """XDR struct ``remote_domain_snapshot_lookup_by_name_args``."""
 
+    __slots__ = ('dom', 'name', 'flags')
     dom: NonnullDomain
     name: str
     flags: int
+
+    def __init__(self, dom: NonnullDomain, name: str, flags: int) -> None:
+        self.dom = dom
+        self.name = name
+        self.flags = flags
 
 
 def _enc_DomainSnapshotLookupByNameArgs(b: bytearray, v: DomainSnapshotLookupByNameArgs) -> None:
@@ -13078,11 +15002,14 @@ def _dec_DomainSnapshotLookupByNameArgs(d: bytes, o: int) -> tuple[DomainSnapsho
     return DomainSnapshotLookupByNameArgs(t2244, t2245, t2248), o
 
 
-@dataclass(slots=True)
-class DomainSnapshotLookupByNameRet:
+class DomainSnapshotLookupByNameRet(Record):
     """XDR struct ``remote_domain_snapshot_lookup_by_name_ret``."""
 
+    __slots__ = ('snap',)
     snap: NonnullDomainSnapshot
+
+    def __init__(self, snap: NonnullDomainSnapshot) -> None:
+        self.snap = snap
 
 
 def _enc_DomainSnapshotLookupByNameRet(b: bytearray, v: DomainSnapshotLookupByNameRet) -> None:
@@ -13094,12 +15021,16 @@ def _dec_DomainSnapshotLookupByNameRet(d: bytes, o: int) -> tuple[DomainSnapshot
     return DomainSnapshotLookupByNameRet(t2249), o
 
 
-@dataclass(slots=True)
-class DomainHasCurrentSnapshotArgs:
+class DomainHasCurrentSnapshotArgs(Record):
     """XDR struct ``remote_domain_has_current_snapshot_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainHasCurrentSnapshotArgs(b: bytearray, v: DomainHasCurrentSnapshotArgs) -> None:
@@ -13114,11 +15045,14 @@ def _dec_DomainHasCurrentSnapshotArgs(d: bytes, o: int) -> tuple[DomainHasCurren
     return DomainHasCurrentSnapshotArgs(t2250, t2251), o
 
 
-@dataclass(slots=True)
-class DomainHasCurrentSnapshotRet:
+class DomainHasCurrentSnapshotRet(Record):
     """XDR struct ``remote_domain_has_current_snapshot_ret``."""
 
+    __slots__ = ('result',)
     result: int
+
+    def __init__(self, result: int) -> None:
+        self.result = result
 
 
 def _enc_DomainHasCurrentSnapshotRet(b: bytearray, v: DomainHasCurrentSnapshotRet) -> None:
@@ -13131,12 +15065,16 @@ def _dec_DomainHasCurrentSnapshotRet(d: bytes, o: int) -> tuple[DomainHasCurrent
     return DomainHasCurrentSnapshotRet(t2252), o
 
 
-@dataclass(slots=True)
-class DomainSnapshotGetParentArgs:
+class DomainSnapshotGetParentArgs(Record):
     """XDR struct ``remote_domain_snapshot_get_parent_args``."""
 
+    __slots__ = ('snap', 'flags')
     snap: NonnullDomainSnapshot
     flags: int
+
+    def __init__(self, snap: NonnullDomainSnapshot, flags: int) -> None:
+        self.snap = snap
+        self.flags = flags
 
 
 def _enc_DomainSnapshotGetParentArgs(b: bytearray, v: DomainSnapshotGetParentArgs) -> None:
@@ -13151,11 +15089,14 @@ def _dec_DomainSnapshotGetParentArgs(d: bytes, o: int) -> tuple[DomainSnapshotGe
     return DomainSnapshotGetParentArgs(t2253, t2254), o
 
 
-@dataclass(slots=True)
-class DomainSnapshotGetParentRet:
+class DomainSnapshotGetParentRet(Record):
     """XDR struct ``remote_domain_snapshot_get_parent_ret``."""
 
+    __slots__ = ('snap',)
     snap: NonnullDomainSnapshot
+
+    def __init__(self, snap: NonnullDomainSnapshot) -> None:
+        self.snap = snap
 
 
 def _enc_DomainSnapshotGetParentRet(b: bytearray, v: DomainSnapshotGetParentRet) -> None:
@@ -13167,12 +15108,16 @@ def _dec_DomainSnapshotGetParentRet(d: bytes, o: int) -> tuple[DomainSnapshotGet
     return DomainSnapshotGetParentRet(t2255), o
 
 
-@dataclass(slots=True)
-class DomainSnapshotCurrentArgs:
+class DomainSnapshotCurrentArgs(Record):
     """XDR struct ``remote_domain_snapshot_current_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainSnapshotCurrentArgs(b: bytearray, v: DomainSnapshotCurrentArgs) -> None:
@@ -13187,11 +15132,14 @@ def _dec_DomainSnapshotCurrentArgs(d: bytes, o: int) -> tuple[DomainSnapshotCurr
     return DomainSnapshotCurrentArgs(t2256, t2257), o
 
 
-@dataclass(slots=True)
-class DomainSnapshotCurrentRet:
+class DomainSnapshotCurrentRet(Record):
     """XDR struct ``remote_domain_snapshot_current_ret``."""
 
+    __slots__ = ('snap',)
     snap: NonnullDomainSnapshot
+
+    def __init__(self, snap: NonnullDomainSnapshot) -> None:
+        self.snap = snap
 
 
 def _enc_DomainSnapshotCurrentRet(b: bytearray, v: DomainSnapshotCurrentRet) -> None:
@@ -13203,12 +15151,16 @@ def _dec_DomainSnapshotCurrentRet(d: bytes, o: int) -> tuple[DomainSnapshotCurre
     return DomainSnapshotCurrentRet(t2258), o
 
 
-@dataclass(slots=True)
-class DomainSnapshotIsCurrentArgs:
+class DomainSnapshotIsCurrentArgs(Record):
     """XDR struct ``remote_domain_snapshot_is_current_args``."""
 
+    __slots__ = ('snap', 'flags')
     snap: NonnullDomainSnapshot
     flags: int
+
+    def __init__(self, snap: NonnullDomainSnapshot, flags: int) -> None:
+        self.snap = snap
+        self.flags = flags
 
 
 def _enc_DomainSnapshotIsCurrentArgs(b: bytearray, v: DomainSnapshotIsCurrentArgs) -> None:
@@ -13223,11 +15175,14 @@ def _dec_DomainSnapshotIsCurrentArgs(d: bytes, o: int) -> tuple[DomainSnapshotIs
     return DomainSnapshotIsCurrentArgs(t2259, t2260), o
 
 
-@dataclass(slots=True)
-class DomainSnapshotIsCurrentRet:
+class DomainSnapshotIsCurrentRet(Record):
     """XDR struct ``remote_domain_snapshot_is_current_ret``."""
 
+    __slots__ = ('current',)
     current: int
+
+    def __init__(self, current: int) -> None:
+        self.current = current
 
 
 def _enc_DomainSnapshotIsCurrentRet(b: bytearray, v: DomainSnapshotIsCurrentRet) -> None:
@@ -13240,12 +15195,16 @@ def _dec_DomainSnapshotIsCurrentRet(d: bytes, o: int) -> tuple[DomainSnapshotIsC
     return DomainSnapshotIsCurrentRet(t2261), o
 
 
-@dataclass(slots=True)
-class DomainSnapshotHasMetadataArgs:
+class DomainSnapshotHasMetadataArgs(Record):
     """XDR struct ``remote_domain_snapshot_has_metadata_args``."""
 
+    __slots__ = ('snap', 'flags')
     snap: NonnullDomainSnapshot
     flags: int
+
+    def __init__(self, snap: NonnullDomainSnapshot, flags: int) -> None:
+        self.snap = snap
+        self.flags = flags
 
 
 def _enc_DomainSnapshotHasMetadataArgs(b: bytearray, v: DomainSnapshotHasMetadataArgs) -> None:
@@ -13260,11 +15219,14 @@ def _dec_DomainSnapshotHasMetadataArgs(d: bytes, o: int) -> tuple[DomainSnapshot
     return DomainSnapshotHasMetadataArgs(t2262, t2263), o
 
 
-@dataclass(slots=True)
-class DomainSnapshotHasMetadataRet:
+class DomainSnapshotHasMetadataRet(Record):
     """XDR struct ``remote_domain_snapshot_has_metadata_ret``."""
 
+    __slots__ = ('metadata',)
     metadata: int
+
+    def __init__(self, metadata: int) -> None:
+        self.metadata = metadata
 
 
 def _enc_DomainSnapshotHasMetadataRet(b: bytearray, v: DomainSnapshotHasMetadataRet) -> None:
@@ -13277,12 +15239,16 @@ def _dec_DomainSnapshotHasMetadataRet(d: bytes, o: int) -> tuple[DomainSnapshotH
     return DomainSnapshotHasMetadataRet(t2264), o
 
 
-@dataclass(slots=True)
-class DomainRevertToSnapshotArgs:
+class DomainRevertToSnapshotArgs(Record):
     """XDR struct ``remote_domain_revert_to_snapshot_args``."""
 
+    __slots__ = ('snap', 'flags')
     snap: NonnullDomainSnapshot
     flags: int
+
+    def __init__(self, snap: NonnullDomainSnapshot, flags: int) -> None:
+        self.snap = snap
+        self.flags = flags
 
 
 def _enc_DomainRevertToSnapshotArgs(b: bytearray, v: DomainRevertToSnapshotArgs) -> None:
@@ -13297,12 +15263,16 @@ def _dec_DomainRevertToSnapshotArgs(d: bytes, o: int) -> tuple[DomainRevertToSna
     return DomainRevertToSnapshotArgs(t2265, t2266), o
 
 
-@dataclass(slots=True)
-class DomainSnapshotDeleteArgs:
+class DomainSnapshotDeleteArgs(Record):
     """XDR struct ``remote_domain_snapshot_delete_args``."""
 
+    __slots__ = ('snap', 'flags')
     snap: NonnullDomainSnapshot
     flags: int
+
+    def __init__(self, snap: NonnullDomainSnapshot, flags: int) -> None:
+        self.snap = snap
+        self.flags = flags
 
 
 def _enc_DomainSnapshotDeleteArgs(b: bytearray, v: DomainSnapshotDeleteArgs) -> None:
@@ -13317,13 +15287,18 @@ def _dec_DomainSnapshotDeleteArgs(d: bytes, o: int) -> tuple[DomainSnapshotDelet
     return DomainSnapshotDeleteArgs(t2267, t2268), o
 
 
-@dataclass(slots=True)
-class DomainOpenConsoleArgs:
+class DomainOpenConsoleArgs(Record):
     """XDR struct ``remote_domain_open_console_args``."""
 
+    __slots__ = ('dom', 'dev_name', 'flags')
     dom: NonnullDomain
     dev_name: str | None
     flags: int
+
+    def __init__(self, dom: NonnullDomain, dev_name: str | None, flags: int) -> None:
+        self.dom = dom
+        self.dev_name = dev_name
+        self.flags = flags
 
 
 def _enc_DomainOpenConsoleArgs(b: bytearray, v: DomainOpenConsoleArgs) -> None:
@@ -13363,13 +15338,18 @@ def _dec_DomainOpenConsoleArgs(d: bytes, o: int) -> tuple[DomainOpenConsoleArgs,
     return DomainOpenConsoleArgs(t2272, t2273, t2277), o
 
 
-@dataclass(slots=True)
-class DomainOpenChannelArgs:
+class DomainOpenChannelArgs(Record):
     """XDR struct ``remote_domain_open_channel_args``."""
 
+    __slots__ = ('dom', 'name', 'flags')
     dom: NonnullDomain
     name: str | None
     flags: int
+
+    def __init__(self, dom: NonnullDomain, name: str | None, flags: int) -> None:
+        self.dom = dom
+        self.name = name
+        self.flags = flags
 
 
 def _enc_DomainOpenChannelArgs(b: bytearray, v: DomainOpenChannelArgs) -> None:
@@ -13409,14 +15389,20 @@ def _dec_DomainOpenChannelArgs(d: bytes, o: int) -> tuple[DomainOpenChannelArgs,
     return DomainOpenChannelArgs(t2281, t2282, t2286), o
 
 
-@dataclass(slots=True)
-class StorageVolUploadArgs:
+class StorageVolUploadArgs(Record):
     """XDR struct ``remote_storage_vol_upload_args``."""
 
+    __slots__ = ('vol', 'offset', 'length', 'flags')
     vol: NonnullStorageVol
     offset: int
     length: int
     flags: int
+
+    def __init__(self, vol: NonnullStorageVol, offset: int, length: int, flags: int) -> None:
+        self.vol = vol
+        self.offset = offset
+        self.length = length
+        self.flags = flags
 
 
 def _enc_StorageVolUploadArgs(b: bytearray, v: StorageVolUploadArgs) -> None:
@@ -13431,14 +15417,20 @@ def _dec_StorageVolUploadArgs(d: bytes, o: int) -> tuple[StorageVolUploadArgs, i
     return StorageVolUploadArgs(t2287, t2288, t2289, t2290), o
 
 
-@dataclass(slots=True)
-class StorageVolDownloadArgs:
+class StorageVolDownloadArgs(Record):
     """XDR struct ``remote_storage_vol_download_args``."""
 
+    __slots__ = ('vol', 'offset', 'length', 'flags')
     vol: NonnullStorageVol
     offset: int
     length: int
     flags: int
+
+    def __init__(self, vol: NonnullStorageVol, offset: int, length: int, flags: int) -> None:
+        self.vol = vol
+        self.offset = offset
+        self.length = length
+        self.flags = flags
 
 
 def _enc_StorageVolDownloadArgs(b: bytearray, v: StorageVolDownloadArgs) -> None:
@@ -13453,12 +15445,16 @@ def _dec_StorageVolDownloadArgs(d: bytes, o: int) -> tuple[StorageVolDownloadArg
     return StorageVolDownloadArgs(t2291, t2292, t2293, t2294), o
 
 
-@dataclass(slots=True)
-class DomainGetStateArgs:
+class DomainGetStateArgs(Record):
     """XDR struct ``remote_domain_get_state_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainGetStateArgs(b: bytearray, v: DomainGetStateArgs) -> None:
@@ -13473,12 +15469,16 @@ def _dec_DomainGetStateArgs(d: bytes, o: int) -> tuple[DomainGetStateArgs, int]:
     return DomainGetStateArgs(t2295, t2296), o
 
 
-@dataclass(slots=True)
-class DomainGetStateRet:
+class DomainGetStateRet(Record):
     """XDR struct ``remote_domain_get_state_ret``."""
 
+    __slots__ = ('state', 'reason')
     state: int
     reason: int
+
+    def __init__(self, state: int, reason: int) -> None:
+        self.state = state
+        self.reason = reason
 
 
 def _enc_DomainGetStateRet(b: bytearray, v: DomainGetStateRet) -> None:
@@ -13491,15 +15491,22 @@ def _dec_DomainGetStateRet(d: bytes, o: int) -> tuple[DomainGetStateRet, int]:
     return DomainGetStateRet(t2297, t2298), o
 
 
-@dataclass(slots=True)
-class DomainMigrateBegin3Args:
+class DomainMigrateBegin3Args(Record):
     """XDR struct ``remote_domain_migrate_begin3_args``."""
 
+    __slots__ = ('dom', 'xmlin', 'flags', 'dname', 'resource')
     dom: NonnullDomain
     xmlin: str | None
     flags: int
     dname: str | None
     resource: int
+
+    def __init__(self, dom: NonnullDomain, xmlin: str | None, flags: int, dname: str | None, resource: int) -> None:
+        self.dom = dom
+        self.xmlin = xmlin
+        self.flags = flags
+        self.dname = dname
+        self.resource = resource
 
 
 def _enc_DomainMigrateBegin3Args(b: bytearray, v: DomainMigrateBegin3Args) -> None:
@@ -13567,12 +15574,16 @@ def _dec_DomainMigrateBegin3Args(d: bytes, o: int) -> tuple[DomainMigrateBegin3A
     return DomainMigrateBegin3Args(t2305, t2306, t2310, t2311, t2315), o
 
 
-@dataclass(slots=True)
-class DomainMigrateBegin3Ret:
+class DomainMigrateBegin3Ret(Record):
     """XDR struct ``remote_domain_migrate_begin3_ret``."""
 
+    __slots__ = ('cookie_out', 'xml')
     cookie_out: bytes
     xml: str
+
+    def __init__(self, cookie_out: bytes, xml: str) -> None:
+        self.cookie_out = cookie_out
+        self.xml = xml
 
 
 def _enc_DomainMigrateBegin3Ret(b: bytearray, v: DomainMigrateBegin3Ret) -> None:
@@ -13608,16 +15619,24 @@ def _dec_DomainMigrateBegin3Ret(d: bytes, o: int) -> tuple[DomainMigrateBegin3Re
     return DomainMigrateBegin3Ret(t2320, t2323), o
 
 
-@dataclass(slots=True)
-class DomainMigratePrepare3Args:
+class DomainMigratePrepare3Args(Record):
     """XDR struct ``remote_domain_migrate_prepare3_args``."""
 
+    __slots__ = ('cookie_in', 'uri_in', 'flags', 'dname', 'resource', 'dom_xml')
     cookie_in: bytes
     uri_in: str | None
     flags: int
     dname: str | None
     resource: int
     dom_xml: str
+
+    def __init__(self, cookie_in: bytes, uri_in: str | None, flags: int, dname: str | None, resource: int, dom_xml: str) -> None:
+        self.cookie_in = cookie_in
+        self.uri_in = uri_in
+        self.flags = flags
+        self.dname = dname
+        self.resource = resource
+        self.dom_xml = dom_xml
 
 
 def _enc_DomainMigratePrepare3Args(b: bytearray, v: DomainMigratePrepare3Args) -> None:
@@ -13709,12 +15728,16 @@ def _dec_DomainMigratePrepare3Args(d: bytes, o: int) -> tuple[DomainMigratePrepa
     return DomainMigratePrepare3Args(t2336, t2339, t2343, t2344, t2348, t2349), o
 
 
-@dataclass(slots=True)
-class DomainMigratePrepare3Ret:
+class DomainMigratePrepare3Ret(Record):
     """XDR struct ``remote_domain_migrate_prepare3_ret``."""
 
+    __slots__ = ('cookie_out', 'uri_out')
     cookie_out: bytes
     uri_out: str | None
+
+    def __init__(self, cookie_out: bytes, uri_out: str | None) -> None:
+        self.cookie_out = cookie_out
+        self.uri_out = uri_out
 
 
 def _enc_DomainMigratePrepare3Ret(b: bytearray, v: DomainMigratePrepare3Ret) -> None:
@@ -13762,15 +15785,22 @@ def _dec_DomainMigratePrepare3Ret(d: bytes, o: int) -> tuple[DomainMigratePrepar
     return DomainMigratePrepare3Ret(t2357, t2360), o
 
 
-@dataclass(slots=True)
-class DomainMigratePrepareTunnel3Args:
+class DomainMigratePrepareTunnel3Args(Record):
     """XDR struct ``remote_domain_migrate_prepare_tunnel3_args``."""
 
+    __slots__ = ('cookie_in', 'flags', 'dname', 'resource', 'dom_xml')
     cookie_in: bytes
     flags: int
     dname: str | None
     resource: int
     dom_xml: str
+
+    def __init__(self, cookie_in: bytes, flags: int, dname: str | None, resource: int, dom_xml: str) -> None:
+        self.cookie_in = cookie_in
+        self.flags = flags
+        self.dname = dname
+        self.resource = resource
+        self.dom_xml = dom_xml
 
 
 def _enc_DomainMigratePrepareTunnel3Args(b: bytearray, v: DomainMigratePrepareTunnel3Args) -> None:
@@ -13837,11 +15867,14 @@ def _dec_DomainMigratePrepareTunnel3Args(d: bytes, o: int) -> tuple[DomainMigrat
     return DomainMigratePrepareTunnel3Args(t2371, t2374, t2375, t2379, t2380), o
 
 
-@dataclass(slots=True)
-class DomainMigratePrepareTunnel3Ret:
+class DomainMigratePrepareTunnel3Ret(Record):
     """XDR struct ``remote_domain_migrate_prepare_tunnel3_ret``."""
 
+    __slots__ = ('cookie_out',)
     cookie_out: bytes
+
+    def __init__(self, cookie_out: bytes) -> None:
+        self.cookie_out = cookie_out
 
 
 def _enc_DomainMigratePrepareTunnel3Ret(b: bytearray, v: DomainMigratePrepareTunnel3Ret) -> None:
@@ -13864,10 +15897,10 @@ def _dec_DomainMigratePrepareTunnel3Ret(d: bytes, o: int) -> tuple[DomainMigrate
     return DomainMigratePrepareTunnel3Ret(t2385), o
 
 
-@dataclass(slots=True)
-class DomainMigratePerform3Args:
+class DomainMigratePerform3Args(Record):
     """XDR struct ``remote_domain_migrate_perform3_args``."""
 
+    __slots__ = ('dom', 'xmlin', 'cookie_in', 'dconnuri', 'uri', 'flags', 'dname', 'resource')
     dom: NonnullDomain
     xmlin: str | None
     cookie_in: bytes
@@ -13876,6 +15909,16 @@ class DomainMigratePerform3Args:
     flags: int
     dname: str | None
     resource: int
+
+    def __init__(self, dom: NonnullDomain, xmlin: str | None, cookie_in: bytes, dconnuri: str | None, uri: str | None, flags: int, dname: str | None, resource: int) -> None:
+        self.dom = dom
+        self.xmlin = xmlin
+        self.cookie_in = cookie_in
+        self.dconnuri = dconnuri
+        self.uri = uri
+        self.flags = flags
+        self.dname = dname
+        self.resource = resource
 
 
 def _enc_DomainMigratePerform3Args(b: bytearray, v: DomainMigratePerform3Args) -> None:
@@ -14006,11 +16049,14 @@ def _dec_DomainMigratePerform3Args(d: bytes, o: int) -> tuple[DomainMigratePerfo
     return DomainMigratePerform3Args(t2402, t2403, t2407, t2410, t2414, t2418, t2419, t2423), o
 
 
-@dataclass(slots=True)
-class DomainMigratePerform3Ret:
+class DomainMigratePerform3Ret(Record):
     """XDR struct ``remote_domain_migrate_perform3_ret``."""
 
+    __slots__ = ('cookie_out',)
     cookie_out: bytes
+
+    def __init__(self, cookie_out: bytes) -> None:
+        self.cookie_out = cookie_out
 
 
 def _enc_DomainMigratePerform3Ret(b: bytearray, v: DomainMigratePerform3Ret) -> None:
@@ -14033,16 +16079,24 @@ def _dec_DomainMigratePerform3Ret(d: bytes, o: int) -> tuple[DomainMigratePerfor
     return DomainMigratePerform3Ret(t2426), o
 
 
-@dataclass(slots=True)
-class DomainMigrateFinish3Args:
+class DomainMigrateFinish3Args(Record):
     """XDR struct ``remote_domain_migrate_finish3_args``."""
 
+    __slots__ = ('dname', 'cookie_in', 'dconnuri', 'uri', 'flags', 'cancelled')
     dname: str
     cookie_in: bytes
     dconnuri: str | None
     uri: str | None
     flags: int
     cancelled: int
+
+    def __init__(self, dname: str, cookie_in: bytes, dconnuri: str | None, uri: str | None, flags: int, cancelled: int) -> None:
+        self.dname = dname
+        self.cookie_in = cookie_in
+        self.dconnuri = dconnuri
+        self.uri = uri
+        self.flags = flags
+        self.cancelled = cancelled
 
 
 def _enc_DomainMigrateFinish3Args(b: bytearray, v: DomainMigrateFinish3Args) -> None:
@@ -14131,12 +16185,16 @@ def _dec_DomainMigrateFinish3Args(d: bytes, o: int) -> tuple[DomainMigrateFinish
     return DomainMigrateFinish3Args(t2439, t2442, t2445, t2449, t2453, t2454), o
 
 
-@dataclass(slots=True)
-class DomainMigrateFinish3Ret:
+class DomainMigrateFinish3Ret(Record):
     """XDR struct ``remote_domain_migrate_finish3_ret``."""
 
+    __slots__ = ('dom', 'cookie_out')
     dom: NonnullDomain
     cookie_out: bytes
+
+    def __init__(self, dom: NonnullDomain, cookie_out: bytes) -> None:
+        self.dom = dom
+        self.cookie_out = cookie_out
 
 
 def _enc_DomainMigrateFinish3Ret(b: bytearray, v: DomainMigrateFinish3Ret) -> None:
@@ -14161,14 +16219,20 @@ def _dec_DomainMigrateFinish3Ret(d: bytes, o: int) -> tuple[DomainMigrateFinish3
     return DomainMigrateFinish3Ret(t2457, t2458), o
 
 
-@dataclass(slots=True)
-class DomainMigrateConfirm3Args:
+class DomainMigrateConfirm3Args(Record):
     """XDR struct ``remote_domain_migrate_confirm3_args``."""
 
+    __slots__ = ('dom', 'cookie_in', 'flags', 'cancelled')
     dom: NonnullDomain
     cookie_in: bytes
     flags: int
     cancelled: int
+
+    def __init__(self, dom: NonnullDomain, cookie_in: bytes, flags: int, cancelled: int) -> None:
+        self.dom = dom
+        self.cookie_in = cookie_in
+        self.flags = flags
+        self.cancelled = cancelled
 
 
 def _enc_DomainMigrateConfirm3Args(b: bytearray, v: DomainMigrateConfirm3Args) -> None:
@@ -14196,11 +16260,14 @@ def _dec_DomainMigrateConfirm3Args(d: bytes, o: int) -> tuple[DomainMigrateConfi
     return DomainMigrateConfirm3Args(t2463, t2464, t2467, t2468), o
 
 
-@dataclass(slots=True)
-class DomainEventControlErrorMsg:
+class DomainEventControlErrorMsg(Record):
     """XDR struct ``remote_domain_event_control_error_msg``."""
 
+    __slots__ = ('dom',)
     dom: NonnullDomain
+
+    def __init__(self, dom: NonnullDomain) -> None:
+        self.dom = dom
 
 
 def _enc_DomainEventControlErrorMsg(b: bytearray, v: DomainEventControlErrorMsg) -> None:
@@ -14212,12 +16279,16 @@ def _dec_DomainEventControlErrorMsg(d: bytes, o: int) -> tuple[DomainEventContro
     return DomainEventControlErrorMsg(t2469), o
 
 
-@dataclass(slots=True)
-class DomainEventCallbackControlErrorMsg:
+class DomainEventCallbackControlErrorMsg(Record):
     """XDR struct ``remote_domain_event_callback_control_error_msg``."""
 
+    __slots__ = ('callbackID', 'msg')
     callbackID: int
     msg: DomainEventControlErrorMsg
+
+    def __init__(self, callbackID: int, msg: DomainEventControlErrorMsg) -> None:
+        self.callbackID = callbackID
+        self.msg = msg
 
 
 def _enc_DomainEventCallbackControlErrorMsg(b: bytearray, v: DomainEventCallbackControlErrorMsg) -> None:
@@ -14232,12 +16303,16 @@ def _dec_DomainEventCallbackControlErrorMsg(d: bytes, o: int) -> tuple[DomainEve
     return DomainEventCallbackControlErrorMsg(t2470, t2471), o
 
 
-@dataclass(slots=True)
-class DomainGetControlInfoArgs:
+class DomainGetControlInfoArgs(Record):
     """XDR struct ``remote_domain_get_control_info_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainGetControlInfoArgs(b: bytearray, v: DomainGetControlInfoArgs) -> None:
@@ -14252,13 +16327,18 @@ def _dec_DomainGetControlInfoArgs(d: bytes, o: int) -> tuple[DomainGetControlInf
     return DomainGetControlInfoArgs(t2472, t2473), o
 
 
-@dataclass(slots=True)
-class DomainGetControlInfoRet:
+class DomainGetControlInfoRet(Record):
     """XDR struct ``remote_domain_get_control_info_ret``."""
 
+    __slots__ = ('state', 'details', 'stateTime')
     state: int
     details: int
     stateTime: int
+
+    def __init__(self, state: int, details: int, stateTime: int) -> None:
+        self.state = state
+        self.details = details
+        self.stateTime = stateTime
 
 
 def _enc_DomainGetControlInfoRet(b: bytearray, v: DomainGetControlInfoRet) -> None:
@@ -14271,13 +16351,18 @@ def _dec_DomainGetControlInfoRet(d: bytes, o: int) -> tuple[DomainGetControlInfo
     return DomainGetControlInfoRet(t2474, t2475, t2476), o
 
 
-@dataclass(slots=True)
-class DomainOpenGraphicsArgs:
+class DomainOpenGraphicsArgs(Record):
     """XDR struct ``remote_domain_open_graphics_args``."""
 
+    __slots__ = ('dom', 'idx', 'flags')
     dom: NonnullDomain
     idx: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, idx: int, flags: int) -> None:
+        self.dom = dom
+        self.idx = idx
+        self.flags = flags
 
 
 def _enc_DomainOpenGraphicsArgs(b: bytearray, v: DomainOpenGraphicsArgs) -> None:
@@ -14292,13 +16377,18 @@ def _dec_DomainOpenGraphicsArgs(d: bytes, o: int) -> tuple[DomainOpenGraphicsArg
     return DomainOpenGraphicsArgs(t2477, t2478, t2479), o
 
 
-@dataclass(slots=True)
-class DomainOpenGraphicsFdArgs:
+class DomainOpenGraphicsFdArgs(Record):
     """XDR struct ``remote_domain_open_graphics_fd_args``."""
 
+    __slots__ = ('dom', 'idx', 'flags')
     dom: NonnullDomain
     idx: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, idx: int, flags: int) -> None:
+        self.dom = dom
+        self.idx = idx
+        self.flags = flags
 
 
 def _enc_DomainOpenGraphicsFdArgs(b: bytearray, v: DomainOpenGraphicsFdArgs) -> None:
@@ -14313,13 +16403,18 @@ def _dec_DomainOpenGraphicsFdArgs(d: bytes, o: int) -> tuple[DomainOpenGraphicsF
     return DomainOpenGraphicsFdArgs(t2480, t2481, t2482), o
 
 
-@dataclass(slots=True)
-class NodeSuspendForDurationArgs:
+class NodeSuspendForDurationArgs(Record):
     """XDR struct ``remote_node_suspend_for_duration_args``."""
 
+    __slots__ = ('target', 'duration', 'flags')
     target: int
     duration: int
     flags: int
+
+    def __init__(self, target: int, duration: int, flags: int) -> None:
+        self.target = target
+        self.duration = duration
+        self.flags = flags
 
 
 def _enc_NodeSuspendForDurationArgs(b: bytearray, v: NodeSuspendForDurationArgs) -> None:
@@ -14332,12 +16427,16 @@ def _dec_NodeSuspendForDurationArgs(d: bytes, o: int) -> tuple[NodeSuspendForDur
     return NodeSuspendForDurationArgs(t2483, t2484, t2485), o
 
 
-@dataclass(slots=True)
-class DomainShutdownFlagsArgs:
+class DomainShutdownFlagsArgs(Record):
     """XDR struct ``remote_domain_shutdown_flags_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainShutdownFlagsArgs(b: bytearray, v: DomainShutdownFlagsArgs) -> None:
@@ -14352,13 +16451,18 @@ def _dec_DomainShutdownFlagsArgs(d: bytes, o: int) -> tuple[DomainShutdownFlagsA
     return DomainShutdownFlagsArgs(t2486, t2487), o
 
 
-@dataclass(slots=True)
-class DomainGetDiskErrorsArgs:
+class DomainGetDiskErrorsArgs(Record):
     """XDR struct ``remote_domain_get_disk_errors_args``."""
 
+    __slots__ = ('dom', 'maxerrors', 'flags')
     dom: NonnullDomain
     maxerrors: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, maxerrors: int, flags: int) -> None:
+        self.dom = dom
+        self.maxerrors = maxerrors
+        self.flags = flags
 
 
 def _enc_DomainGetDiskErrorsArgs(b: bytearray, v: DomainGetDiskErrorsArgs) -> None:
@@ -14373,12 +16477,16 @@ def _dec_DomainGetDiskErrorsArgs(d: bytes, o: int) -> tuple[DomainGetDiskErrorsA
     return DomainGetDiskErrorsArgs(t2488, t2489, t2490), o
 
 
-@dataclass(slots=True)
-class DomainGetDiskErrorsRet:
+class DomainGetDiskErrorsRet(Record):
     """XDR struct ``remote_domain_get_disk_errors_ret``."""
 
+    __slots__ = ('errors', 'nerrors')
     errors: list[DomainDiskError]
     nerrors: int
+
+    def __init__(self, errors: list[DomainDiskError], nerrors: int) -> None:
+        self.errors = errors
+        self.nerrors = nerrors
 
 
 def _enc_DomainGetDiskErrorsRet(b: bytearray, v: DomainGetDiskErrorsRet) -> None:
@@ -14405,12 +16513,16 @@ def _dec_DomainGetDiskErrorsRet(d: bytes, o: int) -> tuple[DomainGetDiskErrorsRe
     return DomainGetDiskErrorsRet(t2494, t2498), o
 
 
-@dataclass(slots=True)
-class ConnectListAllDomainsArgs:
+class ConnectListAllDomainsArgs(Record):
     """XDR struct ``remote_connect_list_all_domains_args``."""
 
+    __slots__ = ('need_results', 'flags')
     need_results: int
     flags: int
+
+    def __init__(self, need_results: int, flags: int) -> None:
+        self.need_results = need_results
+        self.flags = flags
 
 
 def _enc_ConnectListAllDomainsArgs(b: bytearray, v: ConnectListAllDomainsArgs) -> None:
@@ -14423,12 +16535,16 @@ def _dec_ConnectListAllDomainsArgs(d: bytes, o: int) -> tuple[ConnectListAllDoma
     return ConnectListAllDomainsArgs(t2499, t2500), o
 
 
-@dataclass(slots=True)
-class ConnectListAllDomainsRet:
+class ConnectListAllDomainsRet(Record):
     """XDR struct ``remote_connect_list_all_domains_ret``."""
 
+    __slots__ = ('domains', 'ret')
     domains: list[NonnullDomain]
     ret: int
+
+    def __init__(self, domains: list[NonnullDomain], ret: int) -> None:
+        self.domains = domains
+        self.ret = ret
 
 
 def _enc_ConnectListAllDomainsRet(b: bytearray, v: ConnectListAllDomainsRet) -> None:
@@ -14455,12 +16571,16 @@ def _dec_ConnectListAllDomainsRet(d: bytes, o: int) -> tuple[ConnectListAllDomai
     return ConnectListAllDomainsRet(t2504, t2508), o
 
 
-@dataclass(slots=True)
-class ConnectListAllStoragePoolsArgs:
+class ConnectListAllStoragePoolsArgs(Record):
     """XDR struct ``remote_connect_list_all_storage_pools_args``."""
 
+    __slots__ = ('need_results', 'flags')
     need_results: int
     flags: int
+
+    def __init__(self, need_results: int, flags: int) -> None:
+        self.need_results = need_results
+        self.flags = flags
 
 
 def _enc_ConnectListAllStoragePoolsArgs(b: bytearray, v: ConnectListAllStoragePoolsArgs) -> None:
@@ -14473,12 +16593,16 @@ def _dec_ConnectListAllStoragePoolsArgs(d: bytes, o: int) -> tuple[ConnectListAl
     return ConnectListAllStoragePoolsArgs(t2509, t2510), o
 
 
-@dataclass(slots=True)
-class ConnectListAllStoragePoolsRet:
+class ConnectListAllStoragePoolsRet(Record):
     """XDR struct ``remote_connect_list_all_storage_pools_ret``."""
 
+    __slots__ = ('pools', 'ret')
     pools: list[NonnullStoragePool]
     ret: int
+
+    def __init__(self, pools: list[NonnullStoragePool], ret: int) -> None:
+        self.pools = pools
+        self.ret = ret
 
 
 def _enc_ConnectListAllStoragePoolsRet(b: bytearray, v: ConnectListAllStoragePoolsRet) -> None:
@@ -14505,13 +16629,18 @@ def _dec_ConnectListAllStoragePoolsRet(d: bytes, o: int) -> tuple[ConnectListAll
     return ConnectListAllStoragePoolsRet(t2514, t2518), o
 
 
-@dataclass(slots=True)
-class StoragePoolListAllVolumesArgs:
+class StoragePoolListAllVolumesArgs(Record):
     """XDR struct ``remote_storage_pool_list_all_volumes_args``."""
 
+    __slots__ = ('pool', 'need_results', 'flags')
     pool: NonnullStoragePool
     need_results: int
     flags: int
+
+    def __init__(self, pool: NonnullStoragePool, need_results: int, flags: int) -> None:
+        self.pool = pool
+        self.need_results = need_results
+        self.flags = flags
 
 
 def _enc_StoragePoolListAllVolumesArgs(b: bytearray, v: StoragePoolListAllVolumesArgs) -> None:
@@ -14526,12 +16655,16 @@ def _dec_StoragePoolListAllVolumesArgs(d: bytes, o: int) -> tuple[StoragePoolLis
     return StoragePoolListAllVolumesArgs(t2519, t2520, t2521), o
 
 
-@dataclass(slots=True)
-class StoragePoolListAllVolumesRet:
+class StoragePoolListAllVolumesRet(Record):
     """XDR struct ``remote_storage_pool_list_all_volumes_ret``."""
 
+    __slots__ = ('vols', 'ret')
     vols: list[NonnullStorageVol]
     ret: int
+
+    def __init__(self, vols: list[NonnullStorageVol], ret: int) -> None:
+        self.vols = vols
+        self.ret = ret
 
 
 def _enc_StoragePoolListAllVolumesRet(b: bytearray, v: StoragePoolListAllVolumesRet) -> None:
@@ -14558,12 +16691,16 @@ def _dec_StoragePoolListAllVolumesRet(d: bytes, o: int) -> tuple[StoragePoolList
     return StoragePoolListAllVolumesRet(t2525, t2529), o
 
 
-@dataclass(slots=True)
-class ConnectListAllNetworksArgs:
+class ConnectListAllNetworksArgs(Record):
     """XDR struct ``remote_connect_list_all_networks_args``."""
 
+    __slots__ = ('need_results', 'flags')
     need_results: int
     flags: int
+
+    def __init__(self, need_results: int, flags: int) -> None:
+        self.need_results = need_results
+        self.flags = flags
 
 
 def _enc_ConnectListAllNetworksArgs(b: bytearray, v: ConnectListAllNetworksArgs) -> None:
@@ -14576,12 +16713,16 @@ def _dec_ConnectListAllNetworksArgs(d: bytes, o: int) -> tuple[ConnectListAllNet
     return ConnectListAllNetworksArgs(t2530, t2531), o
 
 
-@dataclass(slots=True)
-class ConnectListAllNetworksRet:
+class ConnectListAllNetworksRet(Record):
     """XDR struct ``remote_connect_list_all_networks_ret``."""
 
+    __slots__ = ('nets', 'ret')
     nets: list[NonnullNetwork]
     ret: int
+
+    def __init__(self, nets: list[NonnullNetwork], ret: int) -> None:
+        self.nets = nets
+        self.ret = ret
 
 
 def _enc_ConnectListAllNetworksRet(b: bytearray, v: ConnectListAllNetworksRet) -> None:
@@ -14608,12 +16749,16 @@ def _dec_ConnectListAllNetworksRet(d: bytes, o: int) -> tuple[ConnectListAllNetw
     return ConnectListAllNetworksRet(t2535, t2539), o
 
 
-@dataclass(slots=True)
-class ConnectListAllInterfacesArgs:
+class ConnectListAllInterfacesArgs(Record):
     """XDR struct ``remote_connect_list_all_interfaces_args``."""
 
+    __slots__ = ('need_results', 'flags')
     need_results: int
     flags: int
+
+    def __init__(self, need_results: int, flags: int) -> None:
+        self.need_results = need_results
+        self.flags = flags
 
 
 def _enc_ConnectListAllInterfacesArgs(b: bytearray, v: ConnectListAllInterfacesArgs) -> None:
@@ -14626,12 +16771,16 @@ def _dec_ConnectListAllInterfacesArgs(d: bytes, o: int) -> tuple[ConnectListAllI
     return ConnectListAllInterfacesArgs(t2540, t2541), o
 
 
-@dataclass(slots=True)
-class ConnectListAllInterfacesRet:
+class ConnectListAllInterfacesRet(Record):
     """XDR struct ``remote_connect_list_all_interfaces_ret``."""
 
+    __slots__ = ('ifaces', 'ret')
     ifaces: list[NonnullInterface]
     ret: int
+
+    def __init__(self, ifaces: list[NonnullInterface], ret: int) -> None:
+        self.ifaces = ifaces
+        self.ret = ret
 
 
 def _enc_ConnectListAllInterfacesRet(b: bytearray, v: ConnectListAllInterfacesRet) -> None:
@@ -14658,12 +16807,16 @@ def _dec_ConnectListAllInterfacesRet(d: bytes, o: int) -> tuple[ConnectListAllIn
     return ConnectListAllInterfacesRet(t2545, t2549), o
 
 
-@dataclass(slots=True)
-class ConnectListAllNodeDevicesArgs:
+class ConnectListAllNodeDevicesArgs(Record):
     """XDR struct ``remote_connect_list_all_node_devices_args``."""
 
+    __slots__ = ('need_results', 'flags')
     need_results: int
     flags: int
+
+    def __init__(self, need_results: int, flags: int) -> None:
+        self.need_results = need_results
+        self.flags = flags
 
 
 def _enc_ConnectListAllNodeDevicesArgs(b: bytearray, v: ConnectListAllNodeDevicesArgs) -> None:
@@ -14676,12 +16829,16 @@ def _dec_ConnectListAllNodeDevicesArgs(d: bytes, o: int) -> tuple[ConnectListAll
     return ConnectListAllNodeDevicesArgs(t2550, t2551), o
 
 
-@dataclass(slots=True)
-class ConnectListAllNodeDevicesRet:
+class ConnectListAllNodeDevicesRet(Record):
     """XDR struct ``remote_connect_list_all_node_devices_ret``."""
 
+    __slots__ = ('devices', 'ret')
     devices: list[NonnullNodeDevice]
     ret: int
+
+    def __init__(self, devices: list[NonnullNodeDevice], ret: int) -> None:
+        self.devices = devices
+        self.ret = ret
 
 
 def _enc_ConnectListAllNodeDevicesRet(b: bytearray, v: ConnectListAllNodeDevicesRet) -> None:
@@ -14708,12 +16865,16 @@ def _dec_ConnectListAllNodeDevicesRet(d: bytes, o: int) -> tuple[ConnectListAllN
     return ConnectListAllNodeDevicesRet(t2555, t2559), o
 
 
-@dataclass(slots=True)
-class ConnectListAllNwfiltersArgs:
+class ConnectListAllNwfiltersArgs(Record):
     """XDR struct ``remote_connect_list_all_nwfilters_args``."""
 
+    __slots__ = ('need_results', 'flags')
     need_results: int
     flags: int
+
+    def __init__(self, need_results: int, flags: int) -> None:
+        self.need_results = need_results
+        self.flags = flags
 
 
 def _enc_ConnectListAllNwfiltersArgs(b: bytearray, v: ConnectListAllNwfiltersArgs) -> None:
@@ -14726,12 +16887,16 @@ def _dec_ConnectListAllNwfiltersArgs(d: bytes, o: int) -> tuple[ConnectListAllNw
     return ConnectListAllNwfiltersArgs(t2560, t2561), o
 
 
-@dataclass(slots=True)
-class ConnectListAllNwfiltersRet:
+class ConnectListAllNwfiltersRet(Record):
     """XDR struct ``remote_connect_list_all_nwfilters_ret``."""
 
+    __slots__ = ('filters', 'ret')
     filters: list[NonnullNwfilter]
     ret: int
+
+    def __init__(self, filters: list[NonnullNwfilter], ret: int) -> None:
+        self.filters = filters
+        self.ret = ret
 
 
 def _enc_ConnectListAllNwfiltersRet(b: bytearray, v: ConnectListAllNwfiltersRet) -> None:
@@ -14758,12 +16923,16 @@ def _dec_ConnectListAllNwfiltersRet(d: bytes, o: int) -> tuple[ConnectListAllNwf
     return ConnectListAllNwfiltersRet(t2565, t2569), o
 
 
-@dataclass(slots=True)
-class ConnectListAllSecretsArgs:
+class ConnectListAllSecretsArgs(Record):
     """XDR struct ``remote_connect_list_all_secrets_args``."""
 
+    __slots__ = ('need_results', 'flags')
     need_results: int
     flags: int
+
+    def __init__(self, need_results: int, flags: int) -> None:
+        self.need_results = need_results
+        self.flags = flags
 
 
 def _enc_ConnectListAllSecretsArgs(b: bytearray, v: ConnectListAllSecretsArgs) -> None:
@@ -14776,12 +16945,16 @@ def _dec_ConnectListAllSecretsArgs(d: bytes, o: int) -> tuple[ConnectListAllSecr
     return ConnectListAllSecretsArgs(t2570, t2571), o
 
 
-@dataclass(slots=True)
-class ConnectListAllSecretsRet:
+class ConnectListAllSecretsRet(Record):
     """XDR struct ``remote_connect_list_all_secrets_ret``."""
 
+    __slots__ = ('secrets', 'ret')
     secrets: list[NonnullSecret]
     ret: int
+
+    def __init__(self, secrets: list[NonnullSecret], ret: int) -> None:
+        self.secrets = secrets
+        self.ret = ret
 
 
 def _enc_ConnectListAllSecretsRet(b: bytearray, v: ConnectListAllSecretsRet) -> None:
@@ -14808,12 +16981,16 @@ def _dec_ConnectListAllSecretsRet(d: bytes, o: int) -> tuple[ConnectListAllSecre
     return ConnectListAllSecretsRet(t2575, t2579), o
 
 
-@dataclass(slots=True)
-class NodeSetMemoryParametersArgs:
+class NodeSetMemoryParametersArgs(Record):
     """XDR struct ``remote_node_set_memory_parameters_args``."""
 
+    __slots__ = ('params', 'flags')
     params: list[TypedParam]
     flags: int
+
+    def __init__(self, params: list[TypedParam], flags: int) -> None:
+        self.params = params
+        self.flags = flags
 
 
 def _enc_NodeSetMemoryParametersArgs(b: bytearray, v: NodeSetMemoryParametersArgs) -> None:
@@ -14840,12 +17017,16 @@ def _dec_NodeSetMemoryParametersArgs(d: bytes, o: int) -> tuple[NodeSetMemoryPar
     return NodeSetMemoryParametersArgs(t2583, t2587), o
 
 
-@dataclass(slots=True)
-class NodeGetMemoryParametersArgs:
+class NodeGetMemoryParametersArgs(Record):
     """XDR struct ``remote_node_get_memory_parameters_args``."""
 
+    __slots__ = ('nparams', 'flags')
     nparams: int
     flags: int
+
+    def __init__(self, nparams: int, flags: int) -> None:
+        self.nparams = nparams
+        self.flags = flags
 
 
 def _enc_NodeGetMemoryParametersArgs(b: bytearray, v: NodeGetMemoryParametersArgs) -> None:
@@ -14858,12 +17039,16 @@ def _dec_NodeGetMemoryParametersArgs(d: bytes, o: int) -> tuple[NodeGetMemoryPar
     return NodeGetMemoryParametersArgs(t2588, t2589), o
 
 
-@dataclass(slots=True)
-class NodeGetMemoryParametersRet:
+class NodeGetMemoryParametersRet(Record):
     """XDR struct ``remote_node_get_memory_parameters_ret``."""
 
+    __slots__ = ('params', 'nparams')
     params: list[TypedParam]
     nparams: int
+
+    def __init__(self, params: list[TypedParam], nparams: int) -> None:
+        self.params = params
+        self.nparams = nparams
 
 
 def _enc_NodeGetMemoryParametersRet(b: bytearray, v: NodeGetMemoryParametersRet) -> None:
@@ -14890,13 +17075,18 @@ def _dec_NodeGetMemoryParametersRet(d: bytes, o: int) -> tuple[NodeGetMemoryPara
     return NodeGetMemoryParametersRet(t2593, t2597), o
 
 
-@dataclass(slots=True)
-class NodeGetCpuMapArgs:
+class NodeGetCpuMapArgs(Record):
     """XDR struct ``remote_node_get_cpu_map_args``."""
 
+    __slots__ = ('need_map', 'need_online', 'flags')
     need_map: int
     need_online: int
     flags: int
+
+    def __init__(self, need_map: int, need_online: int, flags: int) -> None:
+        self.need_map = need_map
+        self.need_online = need_online
+        self.flags = flags
 
 
 def _enc_NodeGetCpuMapArgs(b: bytearray, v: NodeGetCpuMapArgs) -> None:
@@ -14909,13 +17099,18 @@ def _dec_NodeGetCpuMapArgs(d: bytes, o: int) -> tuple[NodeGetCpuMapArgs, int]:
     return NodeGetCpuMapArgs(t2598, t2599, t2600), o
 
 
-@dataclass(slots=True)
-class NodeGetCpuMapRet:
+class NodeGetCpuMapRet(Record):
     """XDR struct ``remote_node_get_cpu_map_ret``."""
 
+    __slots__ = ('cpumap', 'online', 'ret')
     cpumap: bytes
     online: int
     ret: int
+
+    def __init__(self, cpumap: bytes, online: int, ret: int) -> None:
+        self.cpumap = cpumap
+        self.online = online
+        self.ret = ret
 
 
 def _enc_NodeGetCpuMapRet(b: bytearray, v: NodeGetCpuMapRet) -> None:
@@ -14941,14 +17136,20 @@ def _dec_NodeGetCpuMapRet(d: bytes, o: int) -> tuple[NodeGetCpuMapRet, int]:
     return NodeGetCpuMapRet(t2603, t2606, t2607), o
 
 
-@dataclass(slots=True)
-class DomainFstrimArgs:
+class DomainFstrimArgs(Record):
     """XDR struct ``remote_domain_fstrim_args``."""
 
+    __slots__ = ('dom', 'mountPoint', 'minimum', 'flags')
     dom: NonnullDomain
     mountPoint: str | None
     minimum: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, mountPoint: str | None, minimum: int, flags: int) -> None:
+        self.dom = dom
+        self.mountPoint = mountPoint
+        self.minimum = minimum
+        self.flags = flags
 
 
 def _enc_DomainFstrimArgs(b: bytearray, v: DomainFstrimArgs) -> None:
@@ -14988,12 +17189,16 @@ def _dec_DomainFstrimArgs(d: bytes, o: int) -> tuple[DomainFstrimArgs, int]:
     return DomainFstrimArgs(t2611, t2612, t2616, t2617), o
 
 
-@dataclass(slots=True)
-class DomainGetTimeArgs:
+class DomainGetTimeArgs(Record):
     """XDR struct ``remote_domain_get_time_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainGetTimeArgs(b: bytearray, v: DomainGetTimeArgs) -> None:
@@ -15008,12 +17213,16 @@ def _dec_DomainGetTimeArgs(d: bytes, o: int) -> tuple[DomainGetTimeArgs, int]:
     return DomainGetTimeArgs(t2618, t2619), o
 
 
-@dataclass(slots=True)
-class DomainGetTimeRet:
+class DomainGetTimeRet(Record):
     """XDR struct ``remote_domain_get_time_ret``."""
 
+    __slots__ = ('seconds', 'nseconds')
     seconds: int
     nseconds: int
+
+    def __init__(self, seconds: int, nseconds: int) -> None:
+        self.seconds = seconds
+        self.nseconds = nseconds
 
 
 def _enc_DomainGetTimeRet(b: bytearray, v: DomainGetTimeRet) -> None:
@@ -15026,14 +17235,20 @@ def _dec_DomainGetTimeRet(d: bytes, o: int) -> tuple[DomainGetTimeRet, int]:
     return DomainGetTimeRet(t2620, t2621), o
 
 
-@dataclass(slots=True)
-class DomainSetTimeArgs:
+class DomainSetTimeArgs(Record):
     """XDR struct ``remote_domain_set_time_args``."""
 
+    __slots__ = ('dom', 'seconds', 'nseconds', 'flags')
     dom: NonnullDomain
     seconds: int
     nseconds: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, seconds: int, nseconds: int, flags: int) -> None:
+        self.dom = dom
+        self.seconds = seconds
+        self.nseconds = nseconds
+        self.flags = flags
 
 
 def _enc_DomainSetTimeArgs(b: bytearray, v: DomainSetTimeArgs) -> None:
@@ -15048,13 +17263,18 @@ def _dec_DomainSetTimeArgs(d: bytes, o: int) -> tuple[DomainSetTimeArgs, int]:
     return DomainSetTimeArgs(t2622, t2623, t2624, t2625), o
 
 
-@dataclass(slots=True)
-class DomainMigrateBegin3ParamsArgs:
+class DomainMigrateBegin3ParamsArgs(Record):
     """XDR struct ``remote_domain_migrate_begin3_params_args``."""
 
+    __slots__ = ('dom', 'params', 'flags')
     dom: NonnullDomain
     params: list[TypedParam]
     flags: int
+
+    def __init__(self, dom: NonnullDomain, params: list[TypedParam], flags: int) -> None:
+        self.dom = dom
+        self.params = params
+        self.flags = flags
 
 
 def _enc_DomainMigrateBegin3ParamsArgs(b: bytearray, v: DomainMigrateBegin3ParamsArgs) -> None:
@@ -15083,12 +17303,16 @@ def _dec_DomainMigrateBegin3ParamsArgs(d: bytes, o: int) -> tuple[DomainMigrateB
     return DomainMigrateBegin3ParamsArgs(t2629, t2630, t2634), o
 
 
-@dataclass(slots=True)
-class DomainMigrateBegin3ParamsRet:
+class DomainMigrateBegin3ParamsRet(Record):
     """XDR struct ``remote_domain_migrate_begin3_params_ret``."""
 
+    __slots__ = ('cookie_out', 'xml')
     cookie_out: bytes
     xml: str
+
+    def __init__(self, cookie_out: bytes, xml: str) -> None:
+        self.cookie_out = cookie_out
+        self.xml = xml
 
 
 def _enc_DomainMigrateBegin3ParamsRet(b: bytearray, v: DomainMigrateBegin3ParamsRet) -> None:
@@ -15124,13 +17348,18 @@ def _dec_DomainMigrateBegin3ParamsRet(d: bytes, o: int) -> tuple[DomainMigrateBe
     return DomainMigrateBegin3ParamsRet(t2639, t2642), o
 
 
-@dataclass(slots=True)
-class DomainMigratePrepare3ParamsArgs:
+class DomainMigratePrepare3ParamsArgs(Record):
     """XDR struct ``remote_domain_migrate_prepare3_params_args``."""
 
+    __slots__ = ('params', 'cookie_in', 'flags')
     params: list[TypedParam]
     cookie_in: bytes
     flags: int
+
+    def __init__(self, params: list[TypedParam], cookie_in: bytes, flags: int) -> None:
+        self.params = params
+        self.cookie_in = cookie_in
+        self.flags = flags
 
 
 def _enc_DomainMigratePrepare3ParamsArgs(b: bytearray, v: DomainMigratePrepare3ParamsArgs) -> None:
@@ -15170,12 +17399,16 @@ def _dec_DomainMigratePrepare3ParamsArgs(d: bytes, o: int) -> tuple[DomainMigrat
     return DomainMigratePrepare3ParamsArgs(t2650, t2654, t2657), o
 
 
-@dataclass(slots=True)
-class DomainMigratePrepare3ParamsRet:
+class DomainMigratePrepare3ParamsRet(Record):
     """XDR struct ``remote_domain_migrate_prepare3_params_ret``."""
 
+    __slots__ = ('cookie_out', 'uri_out')
     cookie_out: bytes
     uri_out: str | None
+
+    def __init__(self, cookie_out: bytes, uri_out: str | None) -> None:
+        self.cookie_out = cookie_out
+        self.uri_out = uri_out
 
 
 def _enc_DomainMigratePrepare3ParamsRet(b: bytearray, v: DomainMigratePrepare3ParamsRet) -> None:
@@ -15223,13 +17456,18 @@ def _dec_DomainMigratePrepare3ParamsRet(d: bytes, o: int) -> tuple[DomainMigrate
     return DomainMigratePrepare3ParamsRet(t2663, t2666), o
 
 
-@dataclass(slots=True)
-class DomainMigratePrepareTunnel3ParamsArgs:
+class DomainMigratePrepareTunnel3ParamsArgs(Record):
     """XDR struct ``remote_domain_migrate_prepare_tunnel3_params_args``."""
 
+    __slots__ = ('params', 'cookie_in', 'flags')
     params: list[TypedParam]
     cookie_in: bytes
     flags: int
+
+    def __init__(self, params: list[TypedParam], cookie_in: bytes, flags: int) -> None:
+        self.params = params
+        self.cookie_in = cookie_in
+        self.flags = flags
 
 
 def _enc_DomainMigratePrepareTunnel3ParamsArgs(b: bytearray, v: DomainMigratePrepareTunnel3ParamsArgs) -> None:
@@ -15269,11 +17507,14 @@ def _dec_DomainMigratePrepareTunnel3ParamsArgs(d: bytes, o: int) -> tuple[Domain
     return DomainMigratePrepareTunnel3ParamsArgs(t2675, t2679, t2682), o
 
 
-@dataclass(slots=True)
-class DomainMigratePrepareTunnel3ParamsRet:
+class DomainMigratePrepareTunnel3ParamsRet(Record):
     """XDR struct ``remote_domain_migrate_prepare_tunnel3_params_ret``."""
 
+    __slots__ = ('cookie_out',)
     cookie_out: bytes
+
+    def __init__(self, cookie_out: bytes) -> None:
+        self.cookie_out = cookie_out
 
 
 def _enc_DomainMigratePrepareTunnel3ParamsRet(b: bytearray, v: DomainMigratePrepareTunnel3ParamsRet) -> None:
@@ -15296,15 +17537,22 @@ def _dec_DomainMigratePrepareTunnel3ParamsRet(d: bytes, o: int) -> tuple[DomainM
     return DomainMigratePrepareTunnel3ParamsRet(t2685), o
 
 
-@dataclass(slots=True)
-class DomainMigratePerform3ParamsArgs:
+class DomainMigratePerform3ParamsArgs(Record):
     """XDR struct ``remote_domain_migrate_perform3_params_args``."""
 
+    __slots__ = ('dom', 'dconnuri', 'params', 'cookie_in', 'flags')
     dom: NonnullDomain
     dconnuri: str | None
     params: list[TypedParam]
     cookie_in: bytes
     flags: int
+
+    def __init__(self, dom: NonnullDomain, dconnuri: str | None, params: list[TypedParam], cookie_in: bytes, flags: int) -> None:
+        self.dom = dom
+        self.dconnuri = dconnuri
+        self.params = params
+        self.cookie_in = cookie_in
+        self.flags = flags
 
 
 def _enc_DomainMigratePerform3ParamsArgs(b: bytearray, v: DomainMigratePerform3ParamsArgs) -> None:
@@ -15371,11 +17619,14 @@ def _dec_DomainMigratePerform3ParamsArgs(d: bytes, o: int) -> tuple[DomainMigrat
     return DomainMigratePerform3ParamsArgs(t2696, t2697, t2701, t2705, t2708), o
 
 
-@dataclass(slots=True)
-class DomainMigratePerform3ParamsRet:
+class DomainMigratePerform3ParamsRet(Record):
     """XDR struct ``remote_domain_migrate_perform3_params_ret``."""
 
+    __slots__ = ('cookie_out',)
     cookie_out: bytes
+
+    def __init__(self, cookie_out: bytes) -> None:
+        self.cookie_out = cookie_out
 
 
 def _enc_DomainMigratePerform3ParamsRet(b: bytearray, v: DomainMigratePerform3ParamsRet) -> None:
@@ -15398,14 +17649,20 @@ def _dec_DomainMigratePerform3ParamsRet(d: bytes, o: int) -> tuple[DomainMigrate
     return DomainMigratePerform3ParamsRet(t2711), o
 
 
-@dataclass(slots=True)
-class DomainMigrateFinish3ParamsArgs:
+class DomainMigrateFinish3ParamsArgs(Record):
     """XDR struct ``remote_domain_migrate_finish3_params_args``."""
 
+    __slots__ = ('params', 'cookie_in', 'flags', 'cancelled')
     params: list[TypedParam]
     cookie_in: bytes
     flags: int
     cancelled: int
+
+    def __init__(self, params: list[TypedParam], cookie_in: bytes, flags: int, cancelled: int) -> None:
+        self.params = params
+        self.cookie_in = cookie_in
+        self.flags = flags
+        self.cancelled = cancelled
 
 
 def _enc_DomainMigrateFinish3ParamsArgs(b: bytearray, v: DomainMigrateFinish3ParamsArgs) -> None:
@@ -15445,12 +17702,16 @@ def _dec_DomainMigrateFinish3ParamsArgs(d: bytes, o: int) -> tuple[DomainMigrate
     return DomainMigrateFinish3ParamsArgs(t2719, t2723, t2726, t2727), o
 
 
-@dataclass(slots=True)
-class DomainMigrateFinish3ParamsRet:
+class DomainMigrateFinish3ParamsRet(Record):
     """XDR struct ``remote_domain_migrate_finish3_params_ret``."""
 
+    __slots__ = ('dom', 'cookie_out')
     dom: NonnullDomain
     cookie_out: bytes
+
+    def __init__(self, dom: NonnullDomain, cookie_out: bytes) -> None:
+        self.dom = dom
+        self.cookie_out = cookie_out
 
 
 def _enc_DomainMigrateFinish3ParamsRet(b: bytearray, v: DomainMigrateFinish3ParamsRet) -> None:
@@ -15475,15 +17736,22 @@ def _dec_DomainMigrateFinish3ParamsRet(d: bytes, o: int) -> tuple[DomainMigrateF
     return DomainMigrateFinish3ParamsRet(t2730, t2731), o
 
 
-@dataclass(slots=True)
-class DomainMigrateConfirm3ParamsArgs:
+class DomainMigrateConfirm3ParamsArgs(Record):
     """XDR struct ``remote_domain_migrate_confirm3_params_args``."""
 
+    __slots__ = ('dom', 'params', 'cookie_in', 'flags', 'cancelled')
     dom: NonnullDomain
     params: list[TypedParam]
     cookie_in: bytes
     flags: int
     cancelled: int
+
+    def __init__(self, dom: NonnullDomain, params: list[TypedParam], cookie_in: bytes, flags: int, cancelled: int) -> None:
+        self.dom = dom
+        self.params = params
+        self.cookie_in = cookie_in
+        self.flags = flags
+        self.cancelled = cancelled
 
 
 def _enc_DomainMigrateConfirm3ParamsArgs(b: bytearray, v: DomainMigrateConfirm3ParamsArgs) -> None:
@@ -15525,12 +17793,16 @@ def _dec_DomainMigrateConfirm3ParamsArgs(d: bytes, o: int) -> tuple[DomainMigrat
     return DomainMigrateConfirm3ParamsArgs(t2739, t2740, t2744, t2747, t2748), o
 
 
-@dataclass(slots=True)
-class DomainEventDeviceRemovedMsg:
+class DomainEventDeviceRemovedMsg(Record):
     """XDR struct ``remote_domain_event_device_removed_msg``."""
 
+    __slots__ = ('dom', 'devAlias')
     dom: NonnullDomain
     devAlias: str
+
+    def __init__(self, dom: NonnullDomain, devAlias: str) -> None:
+        self.dom = dom
+        self.devAlias = devAlias
 
 
 def _enc_DomainEventDeviceRemovedMsg(b: bytearray, v: DomainEventDeviceRemovedMsg) -> None:
@@ -15555,12 +17827,16 @@ def _dec_DomainEventDeviceRemovedMsg(d: bytes, o: int) -> tuple[DomainEventDevic
     return DomainEventDeviceRemovedMsg(t2751, t2752), o
 
 
-@dataclass(slots=True)
-class DomainEventCallbackDeviceRemovedMsg:
+class DomainEventCallbackDeviceRemovedMsg(Record):
     """XDR struct ``remote_domain_event_callback_device_removed_msg``."""
 
+    __slots__ = ('callbackID', 'msg')
     callbackID: int
     msg: DomainEventDeviceRemovedMsg
+
+    def __init__(self, callbackID: int, msg: DomainEventDeviceRemovedMsg) -> None:
+        self.callbackID = callbackID
+        self.msg = msg
 
 
 def _enc_DomainEventCallbackDeviceRemovedMsg(b: bytearray, v: DomainEventCallbackDeviceRemovedMsg) -> None:
@@ -15575,15 +17851,22 @@ def _dec_DomainEventCallbackDeviceRemovedMsg(d: bytes, o: int) -> tuple[DomainEv
     return DomainEventCallbackDeviceRemovedMsg(t2755, t2756), o
 
 
-@dataclass(slots=True)
-class DomainEventBlockJob2Msg:
+class DomainEventBlockJob2Msg(Record):
     """XDR struct ``remote_domain_event_block_job_2_msg``."""
 
+    __slots__ = ('callbackID', 'dom', 'dst', 'type', 'status')
     callbackID: int
     dom: NonnullDomain
     dst: str
     type: int
     status: int
+
+    def __init__(self, callbackID: int, dom: NonnullDomain, dst: str, type: int, status: int) -> None:
+        self.callbackID = callbackID
+        self.dom = dom
+        self.dst = dst
+        self.type = type
+        self.status = status
 
 
 def _enc_DomainEventBlockJob2Msg(b: bytearray, v: DomainEventBlockJob2Msg) -> None:
@@ -15614,16 +17897,24 @@ def _dec_DomainEventBlockJob2Msg(d: bytes, o: int) -> tuple[DomainEventBlockJob2
     return DomainEventBlockJob2Msg(t2759, t2760, t2761, t2764, t2765), o
 
 
-@dataclass(slots=True)
-class DomainEventBlockThresholdMsg:
+class DomainEventBlockThresholdMsg(Record):
     """XDR struct ``remote_domain_event_block_threshold_msg``."""
 
+    __slots__ = ('callbackID', 'dom', 'dev', 'path', 'threshold', 'excess')
     callbackID: int
     dom: NonnullDomain
     dev: str
     path: str | None
     threshold: int
     excess: int
+
+    def __init__(self, callbackID: int, dom: NonnullDomain, dev: str, path: str | None, threshold: int, excess: int) -> None:
+        self.callbackID = callbackID
+        self.dom = dom
+        self.dev = dev
+        self.path = path
+        self.threshold = threshold
+        self.excess = excess
 
 
 def _enc_DomainEventBlockThresholdMsg(b: bytearray, v: DomainEventBlockThresholdMsg) -> None:
@@ -15679,13 +17970,18 @@ def _dec_DomainEventBlockThresholdMsg(d: bytes, o: int) -> tuple[DomainEventBloc
     return DomainEventBlockThresholdMsg(t2771, t2772, t2773, t2776, t2780, t2781), o
 
 
-@dataclass(slots=True)
-class DomainEventCallbackTunableMsg:
+class DomainEventCallbackTunableMsg(Record):
     """XDR struct ``remote_domain_event_callback_tunable_msg``."""
 
+    __slots__ = ('callbackID', 'dom', 'params')
     callbackID: int
     dom: NonnullDomain
     params: list[TypedParam]
+
+    def __init__(self, callbackID: int, dom: NonnullDomain, params: list[TypedParam]) -> None:
+        self.callbackID = callbackID
+        self.dom = dom
+        self.params = params
 
 
 def _enc_DomainEventCallbackTunableMsg(b: bytearray, v: DomainEventCallbackTunableMsg) -> None:
@@ -15714,13 +18010,18 @@ def _dec_DomainEventCallbackTunableMsg(d: bytes, o: int) -> tuple[DomainEventCal
     return DomainEventCallbackTunableMsg(t2785, t2786, t2787), o
 
 
-@dataclass(slots=True)
-class DomainEventCallbackDeviceAddedMsg:
+class DomainEventCallbackDeviceAddedMsg(Record):
     """XDR struct ``remote_domain_event_callback_device_added_msg``."""
 
+    __slots__ = ('callbackID', 'dom', 'devAlias')
     callbackID: int
     dom: NonnullDomain
     devAlias: str
+
+    def __init__(self, callbackID: int, dom: NonnullDomain, devAlias: str) -> None:
+        self.callbackID = callbackID
+        self.dom = dom
+        self.devAlias = devAlias
 
 
 def _enc_DomainEventCallbackDeviceAddedMsg(b: bytearray, v: DomainEventCallbackDeviceAddedMsg) -> None:
@@ -15748,11 +18049,14 @@ def _dec_DomainEventCallbackDeviceAddedMsg(d: bytes, o: int) -> tuple[DomainEven
     return DomainEventCallbackDeviceAddedMsg(t2793, t2794, t2795), o
 
 
-@dataclass(slots=True)
-class ConnectEventConnectionClosedMsg:
+class ConnectEventConnectionClosedMsg(Record):
     """XDR struct ``remote_connect_event_connection_closed_msg``."""
 
+    __slots__ = ('reason',)
     reason: int
+
+    def __init__(self, reason: int) -> None:
+        self.reason = reason
 
 
 def _enc_ConnectEventConnectionClosedMsg(b: bytearray, v: ConnectEventConnectionClosedMsg) -> None:
@@ -15765,13 +18069,18 @@ def _dec_ConnectEventConnectionClosedMsg(d: bytes, o: int) -> tuple[ConnectEvent
     return ConnectEventConnectionClosedMsg(t2798), o
 
 
-@dataclass(slots=True)
-class ConnectGetCpuModelNamesArgs:
+class ConnectGetCpuModelNamesArgs(Record):
     """XDR struct ``remote_connect_get_cpu_model_names_args``."""
 
+    __slots__ = ('arch', 'need_results', 'flags')
     arch: str
     need_results: int
     flags: int
+
+    def __init__(self, arch: str, need_results: int, flags: int) -> None:
+        self.arch = arch
+        self.need_results = need_results
+        self.flags = flags
 
 
 def _enc_ConnectGetCpuModelNamesArgs(b: bytearray, v: ConnectGetCpuModelNamesArgs) -> None:
@@ -15797,12 +18106,16 @@ def _dec_ConnectGetCpuModelNamesArgs(d: bytes, o: int) -> tuple[ConnectGetCpuMod
     return ConnectGetCpuModelNamesArgs(t2801, t2804, t2805), o
 
 
-@dataclass(slots=True)
-class ConnectGetCpuModelNamesRet:
+class ConnectGetCpuModelNamesRet(Record):
     """XDR struct ``remote_connect_get_cpu_model_names_ret``."""
 
+    __slots__ = ('models', 'ret')
     models: list[str]
     ret: int
+
+    def __init__(self, models: list[str], ret: int) -> None:
+        self.models = models
+        self.ret = ret
 
 
 def _enc_ConnectGetCpuModelNamesRet(b: bytearray, v: ConnectGetCpuModelNamesRet) -> None:
@@ -15840,12 +18153,16 @@ def _dec_ConnectGetCpuModelNamesRet(d: bytes, o: int) -> tuple[ConnectGetCpuMode
     return ConnectGetCpuModelNamesRet(t2811, t2817), o
 
 
-@dataclass(slots=True)
-class ConnectNetworkEventRegisterAnyArgs:
+class ConnectNetworkEventRegisterAnyArgs(Record):
     """XDR struct ``remote_connect_network_event_register_any_args``."""
 
+    __slots__ = ('eventID', 'net')
     eventID: int
     net: NonnullNetwork | None
+
+    def __init__(self, eventID: int, net: NonnullNetwork | None) -> None:
+        self.eventID = eventID
+        self.net = net
 
 
 def _enc_ConnectNetworkEventRegisterAnyArgs(b: bytearray, v: ConnectNetworkEventRegisterAnyArgs) -> None:
@@ -15872,11 +18189,14 @@ def _dec_ConnectNetworkEventRegisterAnyArgs(d: bytes, o: int) -> tuple[ConnectNe
     return ConnectNetworkEventRegisterAnyArgs(t2819, t2820), o
 
 
-@dataclass(slots=True)
-class ConnectNetworkEventRegisterAnyRet:
+class ConnectNetworkEventRegisterAnyRet(Record):
     """XDR struct ``remote_connect_network_event_register_any_ret``."""
 
+    __slots__ = ('callbackID',)
     callbackID: int
+
+    def __init__(self, callbackID: int) -> None:
+        self.callbackID = callbackID
 
 
 def _enc_ConnectNetworkEventRegisterAnyRet(b: bytearray, v: ConnectNetworkEventRegisterAnyRet) -> None:
@@ -15889,11 +18209,14 @@ def _dec_ConnectNetworkEventRegisterAnyRet(d: bytes, o: int) -> tuple[ConnectNet
     return ConnectNetworkEventRegisterAnyRet(t2822), o
 
 
-@dataclass(slots=True)
-class ConnectNetworkEventDeregisterAnyArgs:
+class ConnectNetworkEventDeregisterAnyArgs(Record):
     """XDR struct ``remote_connect_network_event_deregister_any_args``."""
 
+    __slots__ = ('callbackID',)
     callbackID: int
+
+    def __init__(self, callbackID: int) -> None:
+        self.callbackID = callbackID
 
 
 def _enc_ConnectNetworkEventDeregisterAnyArgs(b: bytearray, v: ConnectNetworkEventDeregisterAnyArgs) -> None:
@@ -15906,14 +18229,20 @@ def _dec_ConnectNetworkEventDeregisterAnyArgs(d: bytes, o: int) -> tuple[Connect
     return ConnectNetworkEventDeregisterAnyArgs(t2823), o
 
 
-@dataclass(slots=True)
-class NetworkEventLifecycleMsg:
+class NetworkEventLifecycleMsg(Record):
     """XDR struct ``remote_network_event_lifecycle_msg``."""
 
+    __slots__ = ('callbackID', 'net', 'event', 'detail')
     callbackID: int
     net: NonnullNetwork
     event: int
     detail: int
+
+    def __init__(self, callbackID: int, net: NonnullNetwork, event: int, detail: int) -> None:
+        self.callbackID = callbackID
+        self.net = net
+        self.event = event
+        self.detail = detail
 
 
 def _enc_NetworkEventLifecycleMsg(b: bytearray, v: NetworkEventLifecycleMsg) -> None:
@@ -15931,12 +18260,16 @@ def _dec_NetworkEventLifecycleMsg(d: bytes, o: int) -> tuple[NetworkEventLifecyc
     return NetworkEventLifecycleMsg(t2824, t2825, t2826, t2827), o
 
 
-@dataclass(slots=True)
-class ConnectStoragePoolEventRegisterAnyArgs:
+class ConnectStoragePoolEventRegisterAnyArgs(Record):
     """XDR struct ``remote_connect_storage_pool_event_register_any_args``."""
 
+    __slots__ = ('eventID', 'pool')
     eventID: int
     pool: NonnullStoragePool | None
+
+    def __init__(self, eventID: int, pool: NonnullStoragePool | None) -> None:
+        self.eventID = eventID
+        self.pool = pool
 
 
 def _enc_ConnectStoragePoolEventRegisterAnyArgs(b: bytearray, v: ConnectStoragePoolEventRegisterAnyArgs) -> None:
@@ -15963,11 +18296,14 @@ def _dec_ConnectStoragePoolEventRegisterAnyArgs(d: bytes, o: int) -> tuple[Conne
     return ConnectStoragePoolEventRegisterAnyArgs(t2829, t2830), o
 
 
-@dataclass(slots=True)
-class ConnectStoragePoolEventRegisterAnyRet:
+class ConnectStoragePoolEventRegisterAnyRet(Record):
     """XDR struct ``remote_connect_storage_pool_event_register_any_ret``."""
 
+    __slots__ = ('callbackID',)
     callbackID: int
+
+    def __init__(self, callbackID: int) -> None:
+        self.callbackID = callbackID
 
 
 def _enc_ConnectStoragePoolEventRegisterAnyRet(b: bytearray, v: ConnectStoragePoolEventRegisterAnyRet) -> None:
@@ -15980,11 +18316,14 @@ def _dec_ConnectStoragePoolEventRegisterAnyRet(d: bytes, o: int) -> tuple[Connec
     return ConnectStoragePoolEventRegisterAnyRet(t2832), o
 
 
-@dataclass(slots=True)
-class ConnectStoragePoolEventDeregisterAnyArgs:
+class ConnectStoragePoolEventDeregisterAnyArgs(Record):
     """XDR struct ``remote_connect_storage_pool_event_deregister_any_args``."""
 
+    __slots__ = ('callbackID',)
     callbackID: int
+
+    def __init__(self, callbackID: int) -> None:
+        self.callbackID = callbackID
 
 
 def _enc_ConnectStoragePoolEventDeregisterAnyArgs(b: bytearray, v: ConnectStoragePoolEventDeregisterAnyArgs) -> None:
@@ -15997,14 +18336,20 @@ def _dec_ConnectStoragePoolEventDeregisterAnyArgs(d: bytes, o: int) -> tuple[Con
     return ConnectStoragePoolEventDeregisterAnyArgs(t2833), o
 
 
-@dataclass(slots=True)
-class StoragePoolEventLifecycleMsg:
+class StoragePoolEventLifecycleMsg(Record):
     """XDR struct ``remote_storage_pool_event_lifecycle_msg``."""
 
+    __slots__ = ('callbackID', 'pool', 'event', 'detail')
     callbackID: int
     pool: NonnullStoragePool
     event: int
     detail: int
+
+    def __init__(self, callbackID: int, pool: NonnullStoragePool, event: int, detail: int) -> None:
+        self.callbackID = callbackID
+        self.pool = pool
+        self.event = event
+        self.detail = detail
 
 
 def _enc_StoragePoolEventLifecycleMsg(b: bytearray, v: StoragePoolEventLifecycleMsg) -> None:
@@ -16022,12 +18367,16 @@ def _dec_StoragePoolEventLifecycleMsg(d: bytes, o: int) -> tuple[StoragePoolEven
     return StoragePoolEventLifecycleMsg(t2834, t2835, t2836, t2837), o
 
 
-@dataclass(slots=True)
-class StoragePoolEventRefreshMsg:
+class StoragePoolEventRefreshMsg(Record):
     """XDR struct ``remote_storage_pool_event_refresh_msg``."""
 
+    __slots__ = ('callbackID', 'pool')
     callbackID: int
     pool: NonnullStoragePool
+
+    def __init__(self, callbackID: int, pool: NonnullStoragePool) -> None:
+        self.callbackID = callbackID
+        self.pool = pool
 
 
 def _enc_StoragePoolEventRefreshMsg(b: bytearray, v: StoragePoolEventRefreshMsg) -> None:
@@ -16042,12 +18391,16 @@ def _dec_StoragePoolEventRefreshMsg(d: bytes, o: int) -> tuple[StoragePoolEventR
     return StoragePoolEventRefreshMsg(t2838, t2839), o
 
 
-@dataclass(slots=True)
-class ConnectNodeDeviceEventRegisterAnyArgs:
+class ConnectNodeDeviceEventRegisterAnyArgs(Record):
     """XDR struct ``remote_connect_node_device_event_register_any_args``."""
 
+    __slots__ = ('eventID', 'dev')
     eventID: int
     dev: NonnullNodeDevice | None
+
+    def __init__(self, eventID: int, dev: NonnullNodeDevice | None) -> None:
+        self.eventID = eventID
+        self.dev = dev
 
 
 def _enc_ConnectNodeDeviceEventRegisterAnyArgs(b: bytearray, v: ConnectNodeDeviceEventRegisterAnyArgs) -> None:
@@ -16074,11 +18427,14 @@ def _dec_ConnectNodeDeviceEventRegisterAnyArgs(d: bytes, o: int) -> tuple[Connec
     return ConnectNodeDeviceEventRegisterAnyArgs(t2841, t2842), o
 
 
-@dataclass(slots=True)
-class ConnectNodeDeviceEventRegisterAnyRet:
+class ConnectNodeDeviceEventRegisterAnyRet(Record):
     """XDR struct ``remote_connect_node_device_event_register_any_ret``."""
 
+    __slots__ = ('callbackID',)
     callbackID: int
+
+    def __init__(self, callbackID: int) -> None:
+        self.callbackID = callbackID
 
 
 def _enc_ConnectNodeDeviceEventRegisterAnyRet(b: bytearray, v: ConnectNodeDeviceEventRegisterAnyRet) -> None:
@@ -16091,11 +18447,14 @@ def _dec_ConnectNodeDeviceEventRegisterAnyRet(d: bytes, o: int) -> tuple[Connect
     return ConnectNodeDeviceEventRegisterAnyRet(t2844), o
 
 
-@dataclass(slots=True)
-class ConnectNodeDeviceEventDeregisterAnyArgs:
+class ConnectNodeDeviceEventDeregisterAnyArgs(Record):
     """XDR struct ``remote_connect_node_device_event_deregister_any_args``."""
 
+    __slots__ = ('callbackID',)
     callbackID: int
+
+    def __init__(self, callbackID: int) -> None:
+        self.callbackID = callbackID
 
 
 def _enc_ConnectNodeDeviceEventDeregisterAnyArgs(b: bytearray, v: ConnectNodeDeviceEventDeregisterAnyArgs) -> None:
@@ -16108,14 +18467,20 @@ def _dec_ConnectNodeDeviceEventDeregisterAnyArgs(d: bytes, o: int) -> tuple[Conn
     return ConnectNodeDeviceEventDeregisterAnyArgs(t2845), o
 
 
-@dataclass(slots=True)
-class NodeDeviceEventLifecycleMsg:
+class NodeDeviceEventLifecycleMsg(Record):
     """XDR struct ``remote_node_device_event_lifecycle_msg``."""
 
+    __slots__ = ('callbackID', 'dev', 'event', 'detail')
     callbackID: int
     dev: NonnullNodeDevice
     event: int
     detail: int
+
+    def __init__(self, callbackID: int, dev: NonnullNodeDevice, event: int, detail: int) -> None:
+        self.callbackID = callbackID
+        self.dev = dev
+        self.event = event
+        self.detail = detail
 
 
 def _enc_NodeDeviceEventLifecycleMsg(b: bytearray, v: NodeDeviceEventLifecycleMsg) -> None:
@@ -16133,12 +18498,16 @@ def _dec_NodeDeviceEventLifecycleMsg(d: bytes, o: int) -> tuple[NodeDeviceEventL
     return NodeDeviceEventLifecycleMsg(t2846, t2847, t2848, t2849), o
 
 
-@dataclass(slots=True)
-class NodeDeviceEventUpdateMsg:
+class NodeDeviceEventUpdateMsg(Record):
     """XDR struct ``remote_node_device_event_update_msg``."""
 
+    __slots__ = ('callbackID', 'dev')
     callbackID: int
     dev: NonnullNodeDevice
+
+    def __init__(self, callbackID: int, dev: NonnullNodeDevice) -> None:
+        self.callbackID = callbackID
+        self.dev = dev
 
 
 def _enc_NodeDeviceEventUpdateMsg(b: bytearray, v: NodeDeviceEventUpdateMsg) -> None:
@@ -16153,13 +18522,18 @@ def _dec_NodeDeviceEventUpdateMsg(d: bytes, o: int) -> tuple[NodeDeviceEventUpda
     return NodeDeviceEventUpdateMsg(t2850, t2851), o
 
 
-@dataclass(slots=True)
-class DomainFsfreezeArgs:
+class DomainFsfreezeArgs(Record):
     """XDR struct ``remote_domain_fsfreeze_args``."""
 
+    __slots__ = ('dom', 'mountpoints', 'flags')
     dom: NonnullDomain
     mountpoints: list[str]
     flags: int
+
+    def __init__(self, dom: NonnullDomain, mountpoints: list[str], flags: int) -> None:
+        self.dom = dom
+        self.mountpoints = mountpoints
+        self.flags = flags
 
 
 def _enc_DomainFsfreezeArgs(b: bytearray, v: DomainFsfreezeArgs) -> None:
@@ -16199,11 +18573,14 @@ def _dec_DomainFsfreezeArgs(d: bytes, o: int) -> tuple[DomainFsfreezeArgs, int]:
     return DomainFsfreezeArgs(t2857, t2858, t2864), o
 
 
-@dataclass(slots=True)
-class DomainFsfreezeRet:
+class DomainFsfreezeRet(Record):
     """XDR struct ``remote_domain_fsfreeze_ret``."""
 
+    __slots__ = ('filesystems',)
     filesystems: int
+
+    def __init__(self, filesystems: int) -> None:
+        self.filesystems = filesystems
 
 
 def _enc_DomainFsfreezeRet(b: bytearray, v: DomainFsfreezeRet) -> None:
@@ -16216,13 +18593,18 @@ def _dec_DomainFsfreezeRet(d: bytes, o: int) -> tuple[DomainFsfreezeRet, int]:
     return DomainFsfreezeRet(t2865), o
 
 
-@dataclass(slots=True)
-class DomainFsthawArgs:
+class DomainFsthawArgs(Record):
     """XDR struct ``remote_domain_fsthaw_args``."""
 
+    __slots__ = ('dom', 'mountpoints', 'flags')
     dom: NonnullDomain
     mountpoints: list[str]
     flags: int
+
+    def __init__(self, dom: NonnullDomain, mountpoints: list[str], flags: int) -> None:
+        self.dom = dom
+        self.mountpoints = mountpoints
+        self.flags = flags
 
 
 def _enc_DomainFsthawArgs(b: bytearray, v: DomainFsthawArgs) -> None:
@@ -16262,11 +18644,14 @@ def _dec_DomainFsthawArgs(d: bytes, o: int) -> tuple[DomainFsthawArgs, int]:
     return DomainFsthawArgs(t2871, t2872, t2878), o
 
 
-@dataclass(slots=True)
-class DomainFsthawRet:
+class DomainFsthawRet(Record):
     """XDR struct ``remote_domain_fsthaw_ret``."""
 
+    __slots__ = ('filesystems',)
     filesystems: int
+
+    def __init__(self, filesystems: int) -> None:
+        self.filesystems = filesystems
 
 
 def _enc_DomainFsthawRet(b: bytearray, v: DomainFsthawRet) -> None:
@@ -16279,14 +18664,20 @@ def _dec_DomainFsthawRet(d: bytes, o: int) -> tuple[DomainFsthawRet, int]:
     return DomainFsthawRet(t2879), o
 
 
-@dataclass(slots=True)
-class NodeGetFreePagesArgs:
+class NodeGetFreePagesArgs(Record):
     """XDR struct ``remote_node_get_free_pages_args``."""
 
+    __slots__ = ('pages', 'startCell', 'cellCount', 'flags')
     pages: list[int]
     startCell: int
     cellCount: int
     flags: int
+
+    def __init__(self, pages: list[int], startCell: int, cellCount: int, flags: int) -> None:
+        self.pages = pages
+        self.startCell = startCell
+        self.cellCount = cellCount
+        self.flags = flags
 
 
 def _enc_NodeGetFreePagesArgs(b: bytearray, v: NodeGetFreePagesArgs) -> None:
@@ -16309,11 +18700,14 @@ def _dec_NodeGetFreePagesArgs(d: bytes, o: int) -> tuple[NodeGetFreePagesArgs, i
     return NodeGetFreePagesArgs(t2882, t2884, t2885, t2886), o
 
 
-@dataclass(slots=True)
-class NodeGetFreePagesRet:
+class NodeGetFreePagesRet(Record):
     """XDR struct ``remote_node_get_free_pages_ret``."""
 
+    __slots__ = ('counts',)
     counts: list[int]
+
+    def __init__(self, counts: list[int]) -> None:
+        self.counts = counts
 
 
 def _enc_NodeGetFreePagesRet(b: bytearray, v: NodeGetFreePagesRet) -> None:
@@ -16333,15 +18727,22 @@ def _dec_NodeGetFreePagesRet(d: bytes, o: int) -> tuple[NodeGetFreePagesRet, int
     return NodeGetFreePagesRet(t2889), o
 
 
-@dataclass(slots=True)
-class NodeAllocPagesArgs:
+class NodeAllocPagesArgs(Record):
     """XDR struct ``remote_node_alloc_pages_args``."""
 
+    __slots__ = ('pageSizes', 'pageCounts', 'startCell', 'cellCount', 'flags')
     pageSizes: list[int]
     pageCounts: list[int]
     startCell: int
     cellCount: int
     flags: int
+
+    def __init__(self, pageSizes: list[int], pageCounts: list[int], startCell: int, cellCount: int, flags: int) -> None:
+        self.pageSizes = pageSizes
+        self.pageCounts = pageCounts
+        self.startCell = startCell
+        self.cellCount = cellCount
+        self.flags = flags
 
 
 def _enc_NodeAllocPagesArgs(b: bytearray, v: NodeAllocPagesArgs) -> None:
@@ -16374,11 +18775,14 @@ def _dec_NodeAllocPagesArgs(d: bytes, o: int) -> tuple[NodeAllocPagesArgs, int]:
     return NodeAllocPagesArgs(t2895, t2897, t2899, t2900, t2901), o
 
 
-@dataclass(slots=True)
-class NodeAllocPagesRet:
+class NodeAllocPagesRet(Record):
     """XDR struct ``remote_node_alloc_pages_ret``."""
 
+    __slots__ = ('ret',)
     ret: int
+
+    def __init__(self, ret: int) -> None:
+        self.ret = ret
 
 
 def _enc_NodeAllocPagesRet(b: bytearray, v: NodeAllocPagesRet) -> None:
@@ -16391,10 +18795,10 @@ def _dec_NodeAllocPagesRet(d: bytes, o: int) -> tuple[NodeAllocPagesRet, int]:
     return NodeAllocPagesRet(t2902), o
 
 
-@dataclass(slots=True)
-class NetworkDhcpLease:
+class NetworkDhcpLease(Record):
     """XDR struct ``remote_network_dhcp_lease``."""
 
+    __slots__ = ('iface', 'expirytime', 'type', 'mac', 'iaid', 'ipaddr', 'prefix', 'hostname', 'clientid')
     iface: str
     expirytime: int
     type: int
@@ -16404,6 +18808,17 @@ class NetworkDhcpLease:
     prefix: int
     hostname: str | None
     clientid: str | None
+
+    def __init__(self, iface: str, expirytime: int, type: int, mac: str | None, iaid: str | None, ipaddr: str, prefix: int, hostname: str | None, clientid: str | None) -> None:
+        self.iface = iface
+        self.expirytime = expirytime
+        self.type = type
+        self.mac = mac
+        self.iaid = iaid
+        self.ipaddr = ipaddr
+        self.prefix = prefix
+        self.hostname = hostname
+        self.clientid = clientid
 
 
 def _enc_NetworkDhcpLease(b: bytearray, v: NetworkDhcpLease) -> None:
@@ -16545,14 +18960,20 @@ def _dec_NetworkDhcpLease(d: bytes, o: int) -> tuple[NetworkDhcpLease, int]:
     return NetworkDhcpLease(t2919, t2922, t2923, t2924, t2928, t2932, t2935, t2936, t2940), o
 
 
-@dataclass(slots=True)
-class NetworkGetDhcpLeasesArgs:
+class NetworkGetDhcpLeasesArgs(Record):
     """XDR struct ``remote_network_get_dhcp_leases_args``."""
 
+    __slots__ = ('net', 'mac', 'need_results', 'flags')
     net: NonnullNetwork
     mac: str | None
     need_results: int
     flags: int
+
+    def __init__(self, net: NonnullNetwork, mac: str | None, need_results: int, flags: int) -> None:
+        self.net = net
+        self.mac = mac
+        self.need_results = need_results
+        self.flags = flags
 
 
 def _enc_NetworkGetDhcpLeasesArgs(b: bytearray, v: NetworkGetDhcpLeasesArgs) -> None:
@@ -16592,12 +19013,16 @@ def _dec_NetworkGetDhcpLeasesArgs(d: bytes, o: int) -> tuple[NetworkGetDhcpLease
     return NetworkGetDhcpLeasesArgs(t2947, t2948, t2952, t2953), o
 
 
-@dataclass(slots=True)
-class NetworkGetDhcpLeasesRet:
+class NetworkGetDhcpLeasesRet(Record):
     """XDR struct ``remote_network_get_dhcp_leases_ret``."""
 
+    __slots__ = ('leases', 'ret')
     leases: list[NetworkDhcpLease]
     ret: int
+
+    def __init__(self, leases: list[NetworkDhcpLease], ret: int) -> None:
+        self.leases = leases
+        self.ret = ret
 
 
 def _enc_NetworkGetDhcpLeasesRet(b: bytearray, v: NetworkGetDhcpLeasesRet) -> None:
@@ -16624,12 +19049,16 @@ def _dec_NetworkGetDhcpLeasesRet(d: bytes, o: int) -> tuple[NetworkGetDhcpLeases
     return NetworkGetDhcpLeasesRet(t2957, t2961), o
 
 
-@dataclass(slots=True)
-class DomainStatsRecord:
+class DomainStatsRecord(Record):
     """XDR struct ``remote_domain_stats_record``."""
 
+    __slots__ = ('dom', 'params')
     dom: NonnullDomain
     params: list[TypedParam]
+
+    def __init__(self, dom: NonnullDomain, params: list[TypedParam]) -> None:
+        self.dom = dom
+        self.params = params
 
 
 def _enc_DomainStatsRecord(b: bytearray, v: DomainStatsRecord) -> None:
@@ -16655,13 +19084,18 @@ def _dec_DomainStatsRecord(d: bytes, o: int) -> tuple[DomainStatsRecord, int]:
     return DomainStatsRecord(t2965, t2966), o
 
 
-@dataclass(slots=True)
-class ConnectGetAllDomainStatsArgs:
+class ConnectGetAllDomainStatsArgs(Record):
     """XDR struct ``remote_connect_get_all_domain_stats_args``."""
 
+    __slots__ = ('doms', 'stats', 'flags')
     doms: list[NonnullDomain]
     stats: int
     flags: int
+
+    def __init__(self, doms: list[NonnullDomain], stats: int, flags: int) -> None:
+        self.doms = doms
+        self.stats = stats
+        self.flags = flags
 
 
 def _enc_ConnectGetAllDomainStatsArgs(b: bytearray, v: ConnectGetAllDomainStatsArgs) -> None:
@@ -16688,14 +19122,20 @@ def _dec_ConnectGetAllDomainStatsArgs(d: bytes, o: int) -> tuple[ConnectGetAllDo
     return ConnectGetAllDomainStatsArgs(t2973, t2977, t2978), o
 
 
-@dataclass(slots=True)
-class DomainEventCallbackAgentLifecycleMsg:
+class DomainEventCallbackAgentLifecycleMsg(Record):
     """XDR struct ``remote_domain_event_callback_agent_lifecycle_msg``."""
 
+    __slots__ = ('callbackID', 'dom', 'state', 'reason')
     callbackID: int
     dom: NonnullDomain
     state: int
     reason: int
+
+    def __init__(self, callbackID: int, dom: NonnullDomain, state: int, reason: int) -> None:
+        self.callbackID = callbackID
+        self.dom = dom
+        self.state = state
+        self.reason = reason
 
 
 def _enc_DomainEventCallbackAgentLifecycleMsg(b: bytearray, v: DomainEventCallbackAgentLifecycleMsg) -> None:
@@ -16713,11 +19153,14 @@ def _dec_DomainEventCallbackAgentLifecycleMsg(d: bytes, o: int) -> tuple[DomainE
     return DomainEventCallbackAgentLifecycleMsg(t2979, t2980, t2981, t2982), o
 
 
-@dataclass(slots=True)
-class ConnectGetAllDomainStatsRet:
+class ConnectGetAllDomainStatsRet(Record):
     """XDR struct ``remote_connect_get_all_domain_stats_ret``."""
 
+    __slots__ = ('retStats',)
     retStats: list[DomainStatsRecord]
+
+    def __init__(self, retStats: list[DomainStatsRecord]) -> None:
+        self.retStats = retStats
 
 
 def _enc_ConnectGetAllDomainStatsRet(b: bytearray, v: ConnectGetAllDomainStatsRet) -> None:
@@ -16741,14 +19184,20 @@ def _dec_ConnectGetAllDomainStatsRet(d: bytes, o: int) -> tuple[ConnectGetAllDom
     return ConnectGetAllDomainStatsRet(t2986), o
 
 
-@dataclass(slots=True)
-class DomainFsinfo:
+class DomainFsinfo(Record):
     """XDR struct ``remote_domain_fsinfo``."""
 
+    __slots__ = ('mountpoint', 'name', 'fstype', 'dev_aliases')
     mountpoint: str
     name: str
     fstype: str
     dev_aliases: list[str]
+
+    def __init__(self, mountpoint: str, name: str, fstype: str, dev_aliases: list[str]) -> None:
+        self.mountpoint = mountpoint
+        self.name = name
+        self.fstype = fstype
+        self.dev_aliases = dev_aliases
 
 
 def _enc_DomainFsinfo(b: bytearray, v: DomainFsinfo) -> None:
@@ -16822,12 +19271,16 @@ def _dec_DomainFsinfo(d: bytes, o: int) -> tuple[DomainFsinfo, int]:
     return DomainFsinfo(t3001, t3004, t3007, t3010), o
 
 
-@dataclass(slots=True)
-class DomainGetFsinfoArgs:
+class DomainGetFsinfoArgs(Record):
     """XDR struct ``remote_domain_get_fsinfo_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainGetFsinfoArgs(b: bytearray, v: DomainGetFsinfoArgs) -> None:
@@ -16842,12 +19295,16 @@ def _dec_DomainGetFsinfoArgs(d: bytes, o: int) -> tuple[DomainGetFsinfoArgs, int
     return DomainGetFsinfoArgs(t3016, t3017), o
 
 
-@dataclass(slots=True)
-class DomainGetFsinfoRet:
+class DomainGetFsinfoRet(Record):
     """XDR struct ``remote_domain_get_fsinfo_ret``."""
 
+    __slots__ = ('info', 'ret')
     info: list[DomainFsinfo]
     ret: int
+
+    def __init__(self, info: list[DomainFsinfo], ret: int) -> None:
+        self.info = info
+        self.ret = ret
 
 
 def _enc_DomainGetFsinfoRet(b: bytearray, v: DomainGetFsinfoRet) -> None:
@@ -16874,13 +19331,18 @@ def _dec_DomainGetFsinfoRet(d: bytes, o: int) -> tuple[DomainGetFsinfoRet, int]:
     return DomainGetFsinfoRet(t3021, t3025), o
 
 
-@dataclass(slots=True)
-class DomainIpAddr:
+class DomainIpAddr(Record):
     """XDR struct ``remote_domain_ip_addr``."""
 
+    __slots__ = ('type', 'addr', 'prefix')
     type: int
     addr: str
     prefix: int
+
+    def __init__(self, type: int, addr: str, prefix: int) -> None:
+        self.type = type
+        self.addr = addr
+        self.prefix = prefix
 
 
 def _enc_DomainIpAddr(b: bytearray, v: DomainIpAddr) -> None:
@@ -16909,13 +19371,18 @@ def _dec_DomainIpAddr(d: bytes, o: int) -> tuple[DomainIpAddr, int]:
     return DomainIpAddr(t3028, t3029, t3032), o
 
 
-@dataclass(slots=True)
-class DomainInterface:
+class DomainInterface(Record):
     """XDR struct ``remote_domain_interface``."""
 
+    __slots__ = ('name', 'hwaddr', 'addrs')
     name: str
     hwaddr: str | None
     addrs: list[DomainIpAddr]
+
+    def __init__(self, name: str, hwaddr: str | None, addrs: list[DomainIpAddr]) -> None:
+        self.name = name
+        self.hwaddr = hwaddr
+        self.addrs = addrs
 
 
 def _enc_DomainInterface(b: bytearray, v: DomainInterface) -> None:
@@ -16977,13 +19444,18 @@ def _dec_DomainInterface(d: bytes, o: int) -> tuple[DomainInterface, int]:
     return DomainInterface(t3041, t3044, t3048), o
 
 
-@dataclass(slots=True)
-class DomainInterfaceAddressesArgs:
+class DomainInterfaceAddressesArgs(Record):
     """XDR struct ``remote_domain_interface_addresses_args``."""
 
+    __slots__ = ('dom', 'source', 'flags')
     dom: NonnullDomain
     source: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, source: int, flags: int) -> None:
+        self.dom = dom
+        self.source = source
+        self.flags = flags
 
 
 def _enc_DomainInterfaceAddressesArgs(b: bytearray, v: DomainInterfaceAddressesArgs) -> None:
@@ -16998,11 +19470,14 @@ def _dec_DomainInterfaceAddressesArgs(d: bytes, o: int) -> tuple[DomainInterface
     return DomainInterfaceAddressesArgs(t3052, t3053, t3054), o
 
 
-@dataclass(slots=True)
-class DomainInterfaceAddressesRet:
+class DomainInterfaceAddressesRet(Record):
     """XDR struct ``remote_domain_interface_addresses_ret``."""
 
+    __slots__ = ('ifaces',)
     ifaces: list[DomainInterface]
+
+    def __init__(self, ifaces: list[DomainInterface]) -> None:
+        self.ifaces = ifaces
 
 
 def _enc_DomainInterfaceAddressesRet(b: bytearray, v: DomainInterfaceAddressesRet) -> None:
@@ -17026,14 +19501,20 @@ def _dec_DomainInterfaceAddressesRet(d: bytes, o: int) -> tuple[DomainInterfaceA
     return DomainInterfaceAddressesRet(t3058), o
 
 
-@dataclass(slots=True)
-class DomainSetUserPasswordArgs:
+class DomainSetUserPasswordArgs(Record):
     """XDR struct ``remote_domain_set_user_password_args``."""
 
+    __slots__ = ('dom', 'user', 'password', 'flags')
     dom: NonnullDomain
     user: str | None
     password: str | None
     flags: int
+
+    def __init__(self, dom: NonnullDomain, user: str | None, password: str | None, flags: int) -> None:
+        self.dom = dom
+        self.user = user
+        self.password = password
+        self.flags = flags
 
 
 def _enc_DomainSetUserPasswordArgs(b: bytearray, v: DomainSetUserPasswordArgs) -> None:
@@ -17098,13 +19579,18 @@ def _dec_DomainSetUserPasswordArgs(d: bytes, o: int) -> tuple[DomainSetUserPassw
     return DomainSetUserPasswordArgs(t3068, t3069, t3073, t3077), o
 
 
-@dataclass(slots=True)
-class DomainRenameArgs:
+class DomainRenameArgs(Record):
     """XDR struct ``remote_domain_rename_args``."""
 
+    __slots__ = ('dom', 'new_name', 'flags')
     dom: NonnullDomain
     new_name: str | None
     flags: int
+
+    def __init__(self, dom: NonnullDomain, new_name: str | None, flags: int) -> None:
+        self.dom = dom
+        self.new_name = new_name
+        self.flags = flags
 
 
 def _enc_DomainRenameArgs(b: bytearray, v: DomainRenameArgs) -> None:
@@ -17144,11 +19630,14 @@ def _dec_DomainRenameArgs(d: bytes, o: int) -> tuple[DomainRenameArgs, int]:
     return DomainRenameArgs(t3081, t3082, t3086), o
 
 
-@dataclass(slots=True)
-class DomainRenameRet:
+class DomainRenameRet(Record):
     """XDR struct ``remote_domain_rename_ret``."""
 
+    __slots__ = ('retcode',)
     retcode: int
+
+    def __init__(self, retcode: int) -> None:
+        self.retcode = retcode
 
 
 def _enc_DomainRenameRet(b: bytearray, v: DomainRenameRet) -> None:
@@ -17161,13 +19650,18 @@ def _dec_DomainRenameRet(d: bytes, o: int) -> tuple[DomainRenameRet, int]:
     return DomainRenameRet(t3087), o
 
 
-@dataclass(slots=True)
-class DomainEventCallbackMigrationIterationMsg:
+class DomainEventCallbackMigrationIterationMsg(Record):
     """XDR struct ``remote_domain_event_callback_migration_iteration_msg``."""
 
+    __slots__ = ('callbackID', 'dom', 'iteration')
     callbackID: int
     dom: NonnullDomain
     iteration: int
+
+    def __init__(self, callbackID: int, dom: NonnullDomain, iteration: int) -> None:
+        self.callbackID = callbackID
+        self.dom = dom
+        self.iteration = iteration
 
 
 def _enc_DomainEventCallbackMigrationIterationMsg(b: bytearray, v: DomainEventCallbackMigrationIterationMsg) -> None:
@@ -17185,13 +19679,18 @@ def _dec_DomainEventCallbackMigrationIterationMsg(d: bytes, o: int) -> tuple[Dom
     return DomainEventCallbackMigrationIterationMsg(t3088, t3089, t3090), o
 
 
-@dataclass(slots=True)
-class DomainEventCallbackJobCompletedMsg:
+class DomainEventCallbackJobCompletedMsg(Record):
     """XDR struct ``remote_domain_event_callback_job_completed_msg``."""
 
+    __slots__ = ('callbackID', 'dom', 'params')
     callbackID: int
     dom: NonnullDomain
     params: list[TypedParam]
+
+    def __init__(self, callbackID: int, dom: NonnullDomain, params: list[TypedParam]) -> None:
+        self.callbackID = callbackID
+        self.dom = dom
+        self.params = params
 
 
 def _enc_DomainEventCallbackJobCompletedMsg(b: bytearray, v: DomainEventCallbackJobCompletedMsg) -> None:
@@ -17220,12 +19719,16 @@ def _dec_DomainEventCallbackJobCompletedMsg(d: bytes, o: int) -> tuple[DomainEve
     return DomainEventCallbackJobCompletedMsg(t3094, t3095, t3096), o
 
 
-@dataclass(slots=True)
-class DomainMigrateStartPostCopyArgs:
+class DomainMigrateStartPostCopyArgs(Record):
     """XDR struct ``remote_domain_migrate_start_post_copy_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainMigrateStartPostCopyArgs(b: bytearray, v: DomainMigrateStartPostCopyArgs) -> None:
@@ -17240,13 +19743,18 @@ def _dec_DomainMigrateStartPostCopyArgs(d: bytes, o: int) -> tuple[DomainMigrate
     return DomainMigrateStartPostCopyArgs(t3100, t3101), o
 
 
-@dataclass(slots=True)
-class DomainEventCallbackDeviceRemovalFailedMsg:
+class DomainEventCallbackDeviceRemovalFailedMsg(Record):
     """XDR struct ``remote_domain_event_callback_device_removal_failed_msg``."""
 
+    __slots__ = ('callbackID', 'dom', 'devAlias')
     callbackID: int
     dom: NonnullDomain
     devAlias: str
+
+    def __init__(self, callbackID: int, dom: NonnullDomain, devAlias: str) -> None:
+        self.callbackID = callbackID
+        self.dom = dom
+        self.devAlias = devAlias
 
 
 def _enc_DomainEventCallbackDeviceRemovalFailedMsg(b: bytearray, v: DomainEventCallbackDeviceRemovalFailedMsg) -> None:
@@ -17274,12 +19782,16 @@ def _dec_DomainEventCallbackDeviceRemovalFailedMsg(d: bytes, o: int) -> tuple[Do
     return DomainEventCallbackDeviceRemovalFailedMsg(t3104, t3105, t3106), o
 
 
-@dataclass(slots=True)
-class DomainGetGuestVcpusArgs:
+class DomainGetGuestVcpusArgs(Record):
     """XDR struct ``remote_domain_get_guest_vcpus_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainGetGuestVcpusArgs(b: bytearray, v: DomainGetGuestVcpusArgs) -> None:
@@ -17294,11 +19806,14 @@ def _dec_DomainGetGuestVcpusArgs(d: bytes, o: int) -> tuple[DomainGetGuestVcpusA
     return DomainGetGuestVcpusArgs(t3109, t3110), o
 
 
-@dataclass(slots=True)
-class DomainGetGuestVcpusRet:
+class DomainGetGuestVcpusRet(Record):
     """XDR struct ``remote_domain_get_guest_vcpus_ret``."""
 
+    __slots__ = ('params',)
     params: list[TypedParam]
+
+    def __init__(self, params: list[TypedParam]) -> None:
+        self.params = params
 
 
 def _enc_DomainGetGuestVcpusRet(b: bytearray, v: DomainGetGuestVcpusRet) -> None:
@@ -17322,14 +19837,20 @@ def _dec_DomainGetGuestVcpusRet(d: bytes, o: int) -> tuple[DomainGetGuestVcpusRe
     return DomainGetGuestVcpusRet(t3114), o
 
 
-@dataclass(slots=True)
-class DomainSetGuestVcpusArgs:
+class DomainSetGuestVcpusArgs(Record):
     """XDR struct ``remote_domain_set_guest_vcpus_args``."""
 
+    __slots__ = ('dom', 'cpumap', 'state', 'flags')
     dom: NonnullDomain
     cpumap: str
     state: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, cpumap: str, state: int, flags: int) -> None:
+        self.dom = dom
+        self.cpumap = cpumap
+        self.state = state
+        self.flags = flags
 
 
 def _enc_DomainSetGuestVcpusArgs(b: bytearray, v: DomainSetGuestVcpusArgs) -> None:
@@ -17357,14 +19878,20 @@ def _dec_DomainSetGuestVcpusArgs(d: bytes, o: int) -> tuple[DomainSetGuestVcpusA
     return DomainSetGuestVcpusArgs(t3120, t3121, t3124, t3125), o
 
 
-@dataclass(slots=True)
-class DomainSetVcpuArgs:
+class DomainSetVcpuArgs(Record):
     """XDR struct ``remote_domain_set_vcpu_args``."""
 
+    __slots__ = ('dom', 'cpumap', 'state', 'flags')
     dom: NonnullDomain
     cpumap: str
     state: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, cpumap: str, state: int, flags: int) -> None:
+        self.dom = dom
+        self.cpumap = cpumap
+        self.state = state
+        self.flags = flags
 
 
 def _enc_DomainSetVcpuArgs(b: bytearray, v: DomainSetVcpuArgs) -> None:
@@ -17392,14 +19919,20 @@ def _dec_DomainSetVcpuArgs(d: bytes, o: int) -> tuple[DomainSetVcpuArgs, int]:
     return DomainSetVcpuArgs(t3128, t3129, t3132, t3133), o
 
 
-@dataclass(slots=True)
-class DomainEventCallbackMetadataChangeMsg:
+class DomainEventCallbackMetadataChangeMsg(Record):
     """XDR struct ``remote_domain_event_callback_metadata_change_msg``."""
 
+    __slots__ = ('callbackID', 'dom', 'type', 'nsuri')
     callbackID: int
     dom: NonnullDomain
     type: int
     nsuri: str | None
+
+    def __init__(self, callbackID: int, dom: NonnullDomain, type: int, nsuri: str | None) -> None:
+        self.callbackID = callbackID
+        self.dom = dom
+        self.type = type
+        self.nsuri = nsuri
 
 
 def _enc_DomainEventCallbackMetadataChangeMsg(b: bytearray, v: DomainEventCallbackMetadataChangeMsg) -> None:
@@ -17442,15 +19975,22 @@ def _dec_DomainEventCallbackMetadataChangeMsg(d: bytes, o: int) -> tuple[DomainE
     return DomainEventCallbackMetadataChangeMsg(t3137, t3138, t3139, t3140), o
 
 
-@dataclass(slots=True)
-class DomainEventMemoryFailureMsg:
+class DomainEventMemoryFailureMsg(Record):
     """XDR struct ``remote_domain_event_memory_failure_msg``."""
 
+    __slots__ = ('callbackID', 'dom', 'recipient', 'action', 'flags')
     callbackID: int
     dom: NonnullDomain
     recipient: int
     action: int
     flags: int
+
+    def __init__(self, callbackID: int, dom: NonnullDomain, recipient: int, action: int, flags: int) -> None:
+        self.callbackID = callbackID
+        self.dom = dom
+        self.recipient = recipient
+        self.action = action
+        self.flags = flags
 
 
 def _enc_DomainEventMemoryFailureMsg(b: bytearray, v: DomainEventMemoryFailureMsg) -> None:
@@ -17468,12 +20008,16 @@ def _dec_DomainEventMemoryFailureMsg(d: bytes, o: int) -> tuple[DomainEventMemor
     return DomainEventMemoryFailureMsg(t3144, t3145, t3146, t3147, t3148), o
 
 
-@dataclass(slots=True)
-class ConnectSecretEventRegisterAnyArgs:
+class ConnectSecretEventRegisterAnyArgs(Record):
     """XDR struct ``remote_connect_secret_event_register_any_args``."""
 
+    __slots__ = ('eventID', 'secret')
     eventID: int
     secret: NonnullSecret | None
+
+    def __init__(self, eventID: int, secret: NonnullSecret | None) -> None:
+        self.eventID = eventID
+        self.secret = secret
 
 
 def _enc_ConnectSecretEventRegisterAnyArgs(b: bytearray, v: ConnectSecretEventRegisterAnyArgs) -> None:
@@ -17500,11 +20044,14 @@ def _dec_ConnectSecretEventRegisterAnyArgs(d: bytes, o: int) -> tuple[ConnectSec
     return ConnectSecretEventRegisterAnyArgs(t3150, t3151), o
 
 
-@dataclass(slots=True)
-class ConnectSecretEventRegisterAnyRet:
+class ConnectSecretEventRegisterAnyRet(Record):
     """XDR struct ``remote_connect_secret_event_register_any_ret``."""
 
+    __slots__ = ('callbackID',)
     callbackID: int
+
+    def __init__(self, callbackID: int) -> None:
+        self.callbackID = callbackID
 
 
 def _enc_ConnectSecretEventRegisterAnyRet(b: bytearray, v: ConnectSecretEventRegisterAnyRet) -> None:
@@ -17517,11 +20064,14 @@ def _dec_ConnectSecretEventRegisterAnyRet(d: bytes, o: int) -> tuple[ConnectSecr
     return ConnectSecretEventRegisterAnyRet(t3153), o
 
 
-@dataclass(slots=True)
-class ConnectSecretEventDeregisterAnyArgs:
+class ConnectSecretEventDeregisterAnyArgs(Record):
     """XDR struct ``remote_connect_secret_event_deregister_any_args``."""
 
+    __slots__ = ('callbackID',)
     callbackID: int
+
+    def __init__(self, callbackID: int) -> None:
+        self.callbackID = callbackID
 
 
 def _enc_ConnectSecretEventDeregisterAnyArgs(b: bytearray, v: ConnectSecretEventDeregisterAnyArgs) -> None:
@@ -17534,14 +20084,20 @@ def _dec_ConnectSecretEventDeregisterAnyArgs(d: bytes, o: int) -> tuple[ConnectS
     return ConnectSecretEventDeregisterAnyArgs(t3154), o
 
 
-@dataclass(slots=True)
-class SecretEventLifecycleMsg:
+class SecretEventLifecycleMsg(Record):
     """XDR struct ``remote_secret_event_lifecycle_msg``."""
 
+    __slots__ = ('callbackID', 'secret', 'event', 'detail')
     callbackID: int
     secret: NonnullSecret
     event: int
     detail: int
+
+    def __init__(self, callbackID: int, secret: NonnullSecret, event: int, detail: int) -> None:
+        self.callbackID = callbackID
+        self.secret = secret
+        self.event = event
+        self.detail = detail
 
 
 def _enc_SecretEventLifecycleMsg(b: bytearray, v: SecretEventLifecycleMsg) -> None:
@@ -17559,12 +20115,16 @@ def _dec_SecretEventLifecycleMsg(d: bytes, o: int) -> tuple[SecretEventLifecycle
     return SecretEventLifecycleMsg(t3155, t3156, t3157, t3158), o
 
 
-@dataclass(slots=True)
-class SecretEventValueChangedMsg:
+class SecretEventValueChangedMsg(Record):
     """XDR struct ``remote_secret_event_value_changed_msg``."""
 
+    __slots__ = ('callbackID', 'secret')
     callbackID: int
     secret: NonnullSecret
+
+    def __init__(self, callbackID: int, secret: NonnullSecret) -> None:
+        self.callbackID = callbackID
+        self.secret = secret
 
 
 def _enc_SecretEventValueChangedMsg(b: bytearray, v: SecretEventValueChangedMsg) -> None:
@@ -17579,14 +20139,20 @@ def _dec_SecretEventValueChangedMsg(d: bytes, o: int) -> tuple[SecretEventValueC
     return SecretEventValueChangedMsg(t3159, t3160), o
 
 
-@dataclass(slots=True)
-class DomainSetBlockThresholdArgs:
+class DomainSetBlockThresholdArgs(Record):
     """XDR struct ``remote_domain_set_block_threshold_args``."""
 
+    __slots__ = ('dom', 'dev', 'threshold', 'flags')
     dom: NonnullDomain
     dev: str
     threshold: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, dev: str, threshold: int, flags: int) -> None:
+        self.dom = dom
+        self.dev = dev
+        self.threshold = threshold
+        self.flags = flags
 
 
 def _enc_DomainSetBlockThresholdArgs(b: bytearray, v: DomainSetBlockThresholdArgs) -> None:
@@ -17614,14 +20180,20 @@ def _dec_DomainSetBlockThresholdArgs(d: bytes, o: int) -> tuple[DomainSetBlockTh
     return DomainSetBlockThresholdArgs(t3163, t3164, t3167, t3168), o
 
 
-@dataclass(slots=True)
-class DomainSetLifecycleActionArgs:
+class DomainSetLifecycleActionArgs(Record):
     """XDR struct ``remote_domain_set_lifecycle_action_args``."""
 
+    __slots__ = ('dom', 'type', 'action', 'flags')
     dom: NonnullDomain
     type: int
     action: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, type: int, action: int, flags: int) -> None:
+        self.dom = dom
+        self.type = type
+        self.action = action
+        self.flags = flags
 
 
 def _enc_DomainSetLifecycleActionArgs(b: bytearray, v: DomainSetLifecycleActionArgs) -> None:
@@ -17636,16 +20208,24 @@ def _dec_DomainSetLifecycleActionArgs(d: bytes, o: int) -> tuple[DomainSetLifecy
     return DomainSetLifecycleActionArgs(t3169, t3170, t3171, t3172), o
 
 
-@dataclass(slots=True)
-class ConnectCompareHypervisorCpuArgs:
+class ConnectCompareHypervisorCpuArgs(Record):
     """XDR struct ``remote_connect_compare_hypervisor_cpu_args``."""
 
+    __slots__ = ('emulator', 'arch', 'machine', 'virttype', 'xmlCPU', 'flags')
     emulator: str | None
     arch: str | None
     machine: str | None
     virttype: str | None
     xmlCPU: str
     flags: int
+
+    def __init__(self, emulator: str | None, arch: str | None, machine: str | None, virttype: str | None, xmlCPU: str, flags: int) -> None:
+        self.emulator = emulator
+        self.arch = arch
+        self.machine = machine
+        self.virttype = virttype
+        self.xmlCPU = xmlCPU
+        self.flags = flags
 
 
 def _enc_ConnectCompareHypervisorCpuArgs(b: bytearray, v: ConnectCompareHypervisorCpuArgs) -> None:
@@ -17771,11 +20351,14 @@ def _dec_ConnectCompareHypervisorCpuArgs(d: bytes, o: int) -> tuple[ConnectCompa
     return ConnectCompareHypervisorCpuArgs(t3187, t3191, t3195, t3199, t3203, t3206), o
 
 
-@dataclass(slots=True)
-class ConnectCompareHypervisorCpuRet:
+class ConnectCompareHypervisorCpuRet(Record):
     """XDR struct ``remote_connect_compare_hypervisor_cpu_ret``."""
 
+    __slots__ = ('result',)
     result: int
+
+    def __init__(self, result: int) -> None:
+        self.result = result
 
 
 def _enc_ConnectCompareHypervisorCpuRet(b: bytearray, v: ConnectCompareHypervisorCpuRet) -> None:
@@ -17788,16 +20371,24 @@ def _dec_ConnectCompareHypervisorCpuRet(d: bytes, o: int) -> tuple[ConnectCompar
     return ConnectCompareHypervisorCpuRet(t3207), o
 
 
-@dataclass(slots=True)
-class ConnectBaselineHypervisorCpuArgs:
+class ConnectBaselineHypervisorCpuArgs(Record):
     """XDR struct ``remote_connect_baseline_hypervisor_cpu_args``."""
 
+    __slots__ = ('emulator', 'arch', 'machine', 'virttype', 'xmlCPUs', 'flags')
     emulator: str | None
     arch: str | None
     machine: str | None
     virttype: str | None
     xmlCPUs: list[str]
     flags: int
+
+    def __init__(self, emulator: str | None, arch: str | None, machine: str | None, virttype: str | None, xmlCPUs: list[str], flags: int) -> None:
+        self.emulator = emulator
+        self.arch = arch
+        self.machine = machine
+        self.virttype = virttype
+        self.xmlCPUs = xmlCPUs
+        self.flags = flags
 
 
 def _enc_ConnectBaselineHypervisorCpuArgs(b: bytearray, v: ConnectBaselineHypervisorCpuArgs) -> None:
@@ -17935,11 +20526,14 @@ def _dec_ConnectBaselineHypervisorCpuArgs(d: bytes, o: int) -> tuple[ConnectBase
     return ConnectBaselineHypervisorCpuArgs(t3225, t3229, t3233, t3237, t3241, t3247), o
 
 
-@dataclass(slots=True)
-class ConnectBaselineHypervisorCpuRet:
+class ConnectBaselineHypervisorCpuRet(Record):
     """XDR struct ``remote_connect_baseline_hypervisor_cpu_ret``."""
 
+    __slots__ = ('cpu',)
     cpu: str
+
+    def __init__(self, cpu: str) -> None:
+        self.cpu = cpu
 
 
 def _enc_ConnectBaselineHypervisorCpuRet(b: bytearray, v: ConnectBaselineHypervisorCpuRet) -> None:
@@ -17962,12 +20556,16 @@ def _dec_ConnectBaselineHypervisorCpuRet(d: bytes, o: int) -> tuple[ConnectBasel
     return ConnectBaselineHypervisorCpuRet(t3250), o
 
 
-@dataclass(slots=True)
-class NodeGetSevInfoArgs:
+class NodeGetSevInfoArgs(Record):
     """XDR struct ``remote_node_get_sev_info_args``."""
 
+    __slots__ = ('nparams', 'flags')
     nparams: int
     flags: int
+
+    def __init__(self, nparams: int, flags: int) -> None:
+        self.nparams = nparams
+        self.flags = flags
 
 
 def _enc_NodeGetSevInfoArgs(b: bytearray, v: NodeGetSevInfoArgs) -> None:
@@ -17980,12 +20578,16 @@ def _dec_NodeGetSevInfoArgs(d: bytes, o: int) -> tuple[NodeGetSevInfoArgs, int]:
     return NodeGetSevInfoArgs(t3253, t3254), o
 
 
-@dataclass(slots=True)
-class NodeGetSevInfoRet:
+class NodeGetSevInfoRet(Record):
     """XDR struct ``remote_node_get_sev_info_ret``."""
 
+    __slots__ = ('params', 'nparams')
     params: list[TypedParam]
     nparams: int
+
+    def __init__(self, params: list[TypedParam], nparams: int) -> None:
+        self.params = params
+        self.nparams = nparams
 
 
 def _enc_NodeGetSevInfoRet(b: bytearray, v: NodeGetSevInfoRet) -> None:
@@ -18012,12 +20614,16 @@ def _dec_NodeGetSevInfoRet(d: bytes, o: int) -> tuple[NodeGetSevInfoRet, int]:
     return NodeGetSevInfoRet(t3258, t3262), o
 
 
-@dataclass(slots=True)
-class DomainGetLaunchSecurityInfoArgs:
+class DomainGetLaunchSecurityInfoArgs(Record):
     """XDR struct ``remote_domain_get_launch_security_info_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainGetLaunchSecurityInfoArgs(b: bytearray, v: DomainGetLaunchSecurityInfoArgs) -> None:
@@ -18032,11 +20638,14 @@ def _dec_DomainGetLaunchSecurityInfoArgs(d: bytes, o: int) -> tuple[DomainGetLau
     return DomainGetLaunchSecurityInfoArgs(t3263, t3264), o
 
 
-@dataclass(slots=True)
-class DomainGetLaunchSecurityInfoRet:
+class DomainGetLaunchSecurityInfoRet(Record):
     """XDR struct ``remote_domain_get_launch_security_info_ret``."""
 
+    __slots__ = ('params',)
     params: list[TypedParam]
+
+    def __init__(self, params: list[TypedParam]) -> None:
+        self.params = params
 
 
 def _enc_DomainGetLaunchSecurityInfoRet(b: bytearray, v: DomainGetLaunchSecurityInfoRet) -> None:
@@ -18060,13 +20669,18 @@ def _dec_DomainGetLaunchSecurityInfoRet(d: bytes, o: int) -> tuple[DomainGetLaun
     return DomainGetLaunchSecurityInfoRet(t3268), o
 
 
-@dataclass(slots=True)
-class DomainSetLaunchSecurityStateArgs:
+class DomainSetLaunchSecurityStateArgs(Record):
     """XDR struct ``remote_domain_set_launch_security_state_args``."""
 
+    __slots__ = ('dom', 'params', 'flags')
     dom: NonnullDomain
     params: list[TypedParam]
     flags: int
+
+    def __init__(self, dom: NonnullDomain, params: list[TypedParam], flags: int) -> None:
+        self.dom = dom
+        self.params = params
+        self.flags = flags
 
 
 def _enc_DomainSetLaunchSecurityStateArgs(b: bytearray, v: DomainSetLaunchSecurityStateArgs) -> None:
@@ -18095,11 +20709,14 @@ def _dec_DomainSetLaunchSecurityStateArgs(d: bytes, o: int) -> tuple[DomainSetLa
     return DomainSetLaunchSecurityStateArgs(t3275, t3276, t3280), o
 
 
-@dataclass(slots=True)
-class NwfilterBindingLookupByPortDevArgs:
+class NwfilterBindingLookupByPortDevArgs(Record):
     """XDR struct ``remote_nwfilter_binding_lookup_by_port_dev_args``."""
 
+    __slots__ = ('name',)
     name: str
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
 def _enc_NwfilterBindingLookupByPortDevArgs(b: bytearray, v: NwfilterBindingLookupByPortDevArgs) -> None:
@@ -18122,11 +20739,14 @@ def _dec_NwfilterBindingLookupByPortDevArgs(d: bytes, o: int) -> tuple[NwfilterB
     return NwfilterBindingLookupByPortDevArgs(t3283), o
 
 
-@dataclass(slots=True)
-class NwfilterBindingLookupByPortDevRet:
+class NwfilterBindingLookupByPortDevRet(Record):
     """XDR struct ``remote_nwfilter_binding_lookup_by_port_dev_ret``."""
 
+    __slots__ = ('nwfilter',)
     nwfilter: NonnullNwfilterBinding
+
+    def __init__(self, nwfilter: NonnullNwfilterBinding) -> None:
+        self.nwfilter = nwfilter
 
 
 def _enc_NwfilterBindingLookupByPortDevRet(b: bytearray, v: NwfilterBindingLookupByPortDevRet) -> None:
@@ -18138,12 +20758,16 @@ def _dec_NwfilterBindingLookupByPortDevRet(d: bytes, o: int) -> tuple[NwfilterBi
     return NwfilterBindingLookupByPortDevRet(t3286), o
 
 
-@dataclass(slots=True)
-class NwfilterBindingCreateXmlArgs:
+class NwfilterBindingCreateXmlArgs(Record):
     """XDR struct ``remote_nwfilter_binding_create_xml_args``."""
 
+    __slots__ = ('xml', 'flags')
     xml: str
     flags: int
+
+    def __init__(self, xml: str, flags: int) -> None:
+        self.xml = xml
+        self.flags = flags
 
 
 def _enc_NwfilterBindingCreateXmlArgs(b: bytearray, v: NwfilterBindingCreateXmlArgs) -> None:
@@ -18169,11 +20793,14 @@ def _dec_NwfilterBindingCreateXmlArgs(d: bytes, o: int) -> tuple[NwfilterBinding
     return NwfilterBindingCreateXmlArgs(t3289, t3292), o
 
 
-@dataclass(slots=True)
-class NwfilterBindingCreateXmlRet:
+class NwfilterBindingCreateXmlRet(Record):
     """XDR struct ``remote_nwfilter_binding_create_xml_ret``."""
 
+    __slots__ = ('nwfilter',)
     nwfilter: NonnullNwfilterBinding
+
+    def __init__(self, nwfilter: NonnullNwfilterBinding) -> None:
+        self.nwfilter = nwfilter
 
 
 def _enc_NwfilterBindingCreateXmlRet(b: bytearray, v: NwfilterBindingCreateXmlRet) -> None:
@@ -18185,11 +20812,14 @@ def _dec_NwfilterBindingCreateXmlRet(d: bytes, o: int) -> tuple[NwfilterBindingC
     return NwfilterBindingCreateXmlRet(t3293), o
 
 
-@dataclass(slots=True)
-class NwfilterBindingDeleteArgs:
+class NwfilterBindingDeleteArgs(Record):
     """XDR struct ``remote_nwfilter_binding_delete_args``."""
 
+    __slots__ = ('nwfilter',)
     nwfilter: NonnullNwfilterBinding
+
+    def __init__(self, nwfilter: NonnullNwfilterBinding) -> None:
+        self.nwfilter = nwfilter
 
 
 def _enc_NwfilterBindingDeleteArgs(b: bytearray, v: NwfilterBindingDeleteArgs) -> None:
@@ -18201,12 +20831,16 @@ def _dec_NwfilterBindingDeleteArgs(d: bytes, o: int) -> tuple[NwfilterBindingDel
     return NwfilterBindingDeleteArgs(t3294), o
 
 
-@dataclass(slots=True)
-class NwfilterBindingGetXmlDescArgs:
+class NwfilterBindingGetXmlDescArgs(Record):
     """XDR struct ``remote_nwfilter_binding_get_xml_desc_args``."""
 
+    __slots__ = ('nwfilter', 'flags')
     nwfilter: NonnullNwfilterBinding
     flags: int
+
+    def __init__(self, nwfilter: NonnullNwfilterBinding, flags: int) -> None:
+        self.nwfilter = nwfilter
+        self.flags = flags
 
 
 def _enc_NwfilterBindingGetXmlDescArgs(b: bytearray, v: NwfilterBindingGetXmlDescArgs) -> None:
@@ -18221,11 +20855,14 @@ def _dec_NwfilterBindingGetXmlDescArgs(d: bytes, o: int) -> tuple[NwfilterBindin
     return NwfilterBindingGetXmlDescArgs(t3295, t3296), o
 
 
-@dataclass(slots=True)
-class NwfilterBindingGetXmlDescRet:
+class NwfilterBindingGetXmlDescRet(Record):
     """XDR struct ``remote_nwfilter_binding_get_xml_desc_ret``."""
 
+    __slots__ = ('xml',)
     xml: str
+
+    def __init__(self, xml: str) -> None:
+        self.xml = xml
 
 
 def _enc_NwfilterBindingGetXmlDescRet(b: bytearray, v: NwfilterBindingGetXmlDescRet) -> None:
@@ -18248,12 +20885,16 @@ def _dec_NwfilterBindingGetXmlDescRet(d: bytes, o: int) -> tuple[NwfilterBinding
     return NwfilterBindingGetXmlDescRet(t3299), o
 
 
-@dataclass(slots=True)
-class ConnectListAllNwfilterBindingsArgs:
+class ConnectListAllNwfilterBindingsArgs(Record):
     """XDR struct ``remote_connect_list_all_nwfilter_bindings_args``."""
 
+    __slots__ = ('need_results', 'flags')
     need_results: int
     flags: int
+
+    def __init__(self, need_results: int, flags: int) -> None:
+        self.need_results = need_results
+        self.flags = flags
 
 
 def _enc_ConnectListAllNwfilterBindingsArgs(b: bytearray, v: ConnectListAllNwfilterBindingsArgs) -> None:
@@ -18266,12 +20907,16 @@ def _dec_ConnectListAllNwfilterBindingsArgs(d: bytes, o: int) -> tuple[ConnectLi
     return ConnectListAllNwfilterBindingsArgs(t3302, t3303), o
 
 
-@dataclass(slots=True)
-class ConnectListAllNwfilterBindingsRet:
+class ConnectListAllNwfilterBindingsRet(Record):
     """XDR struct ``remote_connect_list_all_nwfilter_bindings_ret``."""
 
+    __slots__ = ('bindings', 'ret')
     bindings: list[NonnullNwfilterBinding]
     ret: int
+
+    def __init__(self, bindings: list[NonnullNwfilterBinding], ret: int) -> None:
+        self.bindings = bindings
+        self.ret = ret
 
 
 def _enc_ConnectListAllNwfilterBindingsRet(b: bytearray, v: ConnectListAllNwfilterBindingsRet) -> None:
@@ -18298,11 +20943,14 @@ def _dec_ConnectListAllNwfilterBindingsRet(d: bytes, o: int) -> tuple[ConnectLis
     return ConnectListAllNwfilterBindingsRet(t3307, t3311), o
 
 
-@dataclass(slots=True)
-class ConnectGetStoragePoolCapabilitiesArgs:
+class ConnectGetStoragePoolCapabilitiesArgs(Record):
     """XDR struct ``remote_connect_get_storage_pool_capabilities_args``."""
 
+    __slots__ = ('flags',)
     flags: int
+
+    def __init__(self, flags: int) -> None:
+        self.flags = flags
 
 
 def _enc_ConnectGetStoragePoolCapabilitiesArgs(b: bytearray, v: ConnectGetStoragePoolCapabilitiesArgs) -> None:
@@ -18315,11 +20963,14 @@ def _dec_ConnectGetStoragePoolCapabilitiesArgs(d: bytes, o: int) -> tuple[Connec
     return ConnectGetStoragePoolCapabilitiesArgs(t3312), o
 
 
-@dataclass(slots=True)
-class ConnectGetStoragePoolCapabilitiesRet:
+class ConnectGetStoragePoolCapabilitiesRet(Record):
     """XDR struct ``remote_connect_get_storage_pool_capabilities_ret``."""
 
+    __slots__ = ('capabilities',)
     capabilities: str
+
+    def __init__(self, capabilities: str) -> None:
+        self.capabilities = capabilities
 
 
 def _enc_ConnectGetStoragePoolCapabilitiesRet(b: bytearray, v: ConnectGetStoragePoolCapabilitiesRet) -> None:
@@ -18342,13 +20993,18 @@ def _dec_ConnectGetStoragePoolCapabilitiesRet(d: bytes, o: int) -> tuple[Connect
     return ConnectGetStoragePoolCapabilitiesRet(t3315), o
 
 
-@dataclass(slots=True)
-class NetworkListAllPortsArgs:
+class NetworkListAllPortsArgs(Record):
     """XDR struct ``remote_network_list_all_ports_args``."""
 
+    __slots__ = ('network', 'need_results', 'flags')
     network: NonnullNetwork
     need_results: int
     flags: int
+
+    def __init__(self, network: NonnullNetwork, need_results: int, flags: int) -> None:
+        self.network = network
+        self.need_results = need_results
+        self.flags = flags
 
 
 def _enc_NetworkListAllPortsArgs(b: bytearray, v: NetworkListAllPortsArgs) -> None:
@@ -18363,12 +21019,16 @@ def _dec_NetworkListAllPortsArgs(d: bytes, o: int) -> tuple[NetworkListAllPortsA
     return NetworkListAllPortsArgs(t3318, t3319, t3320), o
 
 
-@dataclass(slots=True)
-class NetworkListAllPortsRet:
+class NetworkListAllPortsRet(Record):
     """XDR struct ``remote_network_list_all_ports_ret``."""
 
+    __slots__ = ('ports', 'ret')
     ports: list[NonnullNetworkPort]
     ret: int
+
+    def __init__(self, ports: list[NonnullNetworkPort], ret: int) -> None:
+        self.ports = ports
+        self.ret = ret
 
 
 def _enc_NetworkListAllPortsRet(b: bytearray, v: NetworkListAllPortsRet) -> None:
@@ -18395,12 +21055,16 @@ def _dec_NetworkListAllPortsRet(d: bytes, o: int) -> tuple[NetworkListAllPortsRe
     return NetworkListAllPortsRet(t3324, t3328), o
 
 
-@dataclass(slots=True)
-class NetworkPortLookupByUuidArgs:
+class NetworkPortLookupByUuidArgs(Record):
     """XDR struct ``remote_network_port_lookup_by_uuid_args``."""
 
+    __slots__ = ('network', 'uuid')
     network: NonnullNetwork
     uuid: bytes
+
+    def __init__(self, network: NonnullNetwork, uuid: bytes) -> None:
+        self.network = network
+        self.uuid = uuid
 
 
 def _enc_NetworkPortLookupByUuidArgs(b: bytearray, v: NetworkPortLookupByUuidArgs) -> None:
@@ -18416,11 +21080,14 @@ def _dec_NetworkPortLookupByUuidArgs(d: bytes, o: int) -> tuple[NetworkPortLooku
     return NetworkPortLookupByUuidArgs(t3329, t3330), o
 
 
-@dataclass(slots=True)
-class NetworkPortLookupByUuidRet:
+class NetworkPortLookupByUuidRet(Record):
     """XDR struct ``remote_network_port_lookup_by_uuid_ret``."""
 
+    __slots__ = ('port',)
     port: NonnullNetworkPort
+
+    def __init__(self, port: NonnullNetworkPort) -> None:
+        self.port = port
 
 
 def _enc_NetworkPortLookupByUuidRet(b: bytearray, v: NetworkPortLookupByUuidRet) -> None:
@@ -18432,13 +21099,18 @@ def _dec_NetworkPortLookupByUuidRet(d: bytes, o: int) -> tuple[NetworkPortLookup
     return NetworkPortLookupByUuidRet(t3331), o
 
 
-@dataclass(slots=True)
-class NetworkPortCreateXmlArgs:
+class NetworkPortCreateXmlArgs(Record):
     """XDR struct ``remote_network_port_create_xml_args``."""
 
+    __slots__ = ('network', 'xml', 'flags')
     network: NonnullNetwork
     xml: str
     flags: int
+
+    def __init__(self, network: NonnullNetwork, xml: str, flags: int) -> None:
+        self.network = network
+        self.xml = xml
+        self.flags = flags
 
 
 def _enc_NetworkPortCreateXmlArgs(b: bytearray, v: NetworkPortCreateXmlArgs) -> None:
@@ -18466,11 +21138,14 @@ def _dec_NetworkPortCreateXmlArgs(d: bytes, o: int) -> tuple[NetworkPortCreateXm
     return NetworkPortCreateXmlArgs(t3334, t3335, t3338), o
 
 
-@dataclass(slots=True)
-class NetworkPortCreateXmlRet:
+class NetworkPortCreateXmlRet(Record):
     """XDR struct ``remote_network_port_create_xml_ret``."""
 
+    __slots__ = ('port',)
     port: NonnullNetworkPort
+
+    def __init__(self, port: NonnullNetworkPort) -> None:
+        self.port = port
 
 
 def _enc_NetworkPortCreateXmlRet(b: bytearray, v: NetworkPortCreateXmlRet) -> None:
@@ -18482,13 +21157,18 @@ def _dec_NetworkPortCreateXmlRet(d: bytes, o: int) -> tuple[NetworkPortCreateXml
     return NetworkPortCreateXmlRet(t3339), o
 
 
-@dataclass(slots=True)
-class NetworkPortSetParametersArgs:
+class NetworkPortSetParametersArgs(Record):
     """XDR struct ``remote_network_port_set_parameters_args``."""
 
+    __slots__ = ('port', 'params', 'flags')
     port: NonnullNetworkPort
     params: list[TypedParam]
     flags: int
+
+    def __init__(self, port: NonnullNetworkPort, params: list[TypedParam], flags: int) -> None:
+        self.port = port
+        self.params = params
+        self.flags = flags
 
 
 def _enc_NetworkPortSetParametersArgs(b: bytearray, v: NetworkPortSetParametersArgs) -> None:
@@ -18517,13 +21197,18 @@ def _dec_NetworkPortSetParametersArgs(d: bytes, o: int) -> tuple[NetworkPortSetP
     return NetworkPortSetParametersArgs(t3343, t3344, t3348), o
 
 
-@dataclass(slots=True)
-class NetworkPortGetParametersArgs:
+class NetworkPortGetParametersArgs(Record):
     """XDR struct ``remote_network_port_get_parameters_args``."""
 
+    __slots__ = ('port', 'nparams', 'flags')
     port: NonnullNetworkPort
     nparams: int
     flags: int
+
+    def __init__(self, port: NonnullNetworkPort, nparams: int, flags: int) -> None:
+        self.port = port
+        self.nparams = nparams
+        self.flags = flags
 
 
 def _enc_NetworkPortGetParametersArgs(b: bytearray, v: NetworkPortGetParametersArgs) -> None:
@@ -18538,12 +21223,16 @@ def _dec_NetworkPortGetParametersArgs(d: bytes, o: int) -> tuple[NetworkPortGetP
     return NetworkPortGetParametersArgs(t3349, t3350, t3351), o
 
 
-@dataclass(slots=True)
-class NetworkPortGetParametersRet:
+class NetworkPortGetParametersRet(Record):
     """XDR struct ``remote_network_port_get_parameters_ret``."""
 
+    __slots__ = ('params', 'nparams')
     params: list[TypedParam]
     nparams: int
+
+    def __init__(self, params: list[TypedParam], nparams: int) -> None:
+        self.params = params
+        self.nparams = nparams
 
 
 def _enc_NetworkPortGetParametersRet(b: bytearray, v: NetworkPortGetParametersRet) -> None:
@@ -18570,12 +21259,16 @@ def _dec_NetworkPortGetParametersRet(d: bytes, o: int) -> tuple[NetworkPortGetPa
     return NetworkPortGetParametersRet(t3355, t3359), o
 
 
-@dataclass(slots=True)
-class NetworkPortGetXmlDescArgs:
+class NetworkPortGetXmlDescArgs(Record):
     """XDR struct ``remote_network_port_get_xml_desc_args``."""
 
+    __slots__ = ('port', 'flags')
     port: NonnullNetworkPort
     flags: int
+
+    def __init__(self, port: NonnullNetworkPort, flags: int) -> None:
+        self.port = port
+        self.flags = flags
 
 
 def _enc_NetworkPortGetXmlDescArgs(b: bytearray, v: NetworkPortGetXmlDescArgs) -> None:
@@ -18590,11 +21283,14 @@ def _dec_NetworkPortGetXmlDescArgs(d: bytes, o: int) -> tuple[NetworkPortGetXmlD
     return NetworkPortGetXmlDescArgs(t3360, t3361), o
 
 
-@dataclass(slots=True)
-class NetworkPortGetXmlDescRet:
+class NetworkPortGetXmlDescRet(Record):
     """XDR struct ``remote_network_port_get_xml_desc_ret``."""
 
+    __slots__ = ('xml',)
     xml: str
+
+    def __init__(self, xml: str) -> None:
+        self.xml = xml
 
 
 def _enc_NetworkPortGetXmlDescRet(b: bytearray, v: NetworkPortGetXmlDescRet) -> None:
@@ -18617,12 +21313,16 @@ def _dec_NetworkPortGetXmlDescRet(d: bytes, o: int) -> tuple[NetworkPortGetXmlDe
     return NetworkPortGetXmlDescRet(t3364), o
 
 
-@dataclass(slots=True)
-class NetworkPortDeleteArgs:
+class NetworkPortDeleteArgs(Record):
     """XDR struct ``remote_network_port_delete_args``."""
 
+    __slots__ = ('port', 'flags')
     port: NonnullNetworkPort
     flags: int
+
+    def __init__(self, port: NonnullNetworkPort, flags: int) -> None:
+        self.port = port
+        self.flags = flags
 
 
 def _enc_NetworkPortDeleteArgs(b: bytearray, v: NetworkPortDeleteArgs) -> None:
@@ -18637,13 +21337,18 @@ def _dec_NetworkPortDeleteArgs(d: bytes, o: int) -> tuple[NetworkPortDeleteArgs,
     return NetworkPortDeleteArgs(t3367, t3368), o
 
 
-@dataclass(slots=True)
-class DomainCheckpointCreateXmlArgs:
+class DomainCheckpointCreateXmlArgs(Record):
     """XDR struct ``remote_domain_checkpoint_create_xml_args``."""
 
+    __slots__ = ('dom', 'xml_desc', 'flags')
     dom: NonnullDomain
     xml_desc: str
     flags: int
+
+    def __init__(self, dom: NonnullDomain, xml_desc: str, flags: int) -> None:
+        self.dom = dom
+        self.xml_desc = xml_desc
+        self.flags = flags
 
 
 def _enc_DomainCheckpointCreateXmlArgs(b: bytearray, v: DomainCheckpointCreateXmlArgs) -> None:
@@ -18671,11 +21376,14 @@ def _dec_DomainCheckpointCreateXmlArgs(d: bytes, o: int) -> tuple[DomainCheckpoi
     return DomainCheckpointCreateXmlArgs(t3371, t3372, t3375), o
 
 
-@dataclass(slots=True)
-class DomainCheckpointCreateXmlRet:
+class DomainCheckpointCreateXmlRet(Record):
     """XDR struct ``remote_domain_checkpoint_create_xml_ret``."""
 
+    __slots__ = ('checkpoint',)
     checkpoint: NonnullDomainCheckpoint
+
+    def __init__(self, checkpoint: NonnullDomainCheckpoint) -> None:
+        self.checkpoint = checkpoint
 
 
 def _enc_DomainCheckpointCreateXmlRet(b: bytearray, v: DomainCheckpointCreateXmlRet) -> None:
@@ -18687,12 +21395,16 @@ def _dec_DomainCheckpointCreateXmlRet(d: bytes, o: int) -> tuple[DomainCheckpoin
     return DomainCheckpointCreateXmlRet(t3376), o
 
 
-@dataclass(slots=True)
-class DomainCheckpointGetXmlDescArgs:
+class DomainCheckpointGetXmlDescArgs(Record):
     """XDR struct ``remote_domain_checkpoint_get_xml_desc_args``."""
 
+    __slots__ = ('checkpoint', 'flags')
     checkpoint: NonnullDomainCheckpoint
     flags: int
+
+    def __init__(self, checkpoint: NonnullDomainCheckpoint, flags: int) -> None:
+        self.checkpoint = checkpoint
+        self.flags = flags
 
 
 def _enc_DomainCheckpointGetXmlDescArgs(b: bytearray, v: DomainCheckpointGetXmlDescArgs) -> None:
@@ -18707,11 +21419,14 @@ def _dec_DomainCheckpointGetXmlDescArgs(d: bytes, o: int) -> tuple[DomainCheckpo
     return DomainCheckpointGetXmlDescArgs(t3377, t3378), o
 
 
-@dataclass(slots=True)
-class DomainCheckpointGetXmlDescRet:
+class DomainCheckpointGetXmlDescRet(Record):
     """XDR struct ``remote_domain_checkpoint_get_xml_desc_ret``."""
 
+    __slots__ = ('xml',)
     xml: str
+
+    def __init__(self, xml: str) -> None:
+        self.xml = xml
 
 
 def _enc_DomainCheckpointGetXmlDescRet(b: bytearray, v: DomainCheckpointGetXmlDescRet) -> None:
@@ -18734,13 +21449,18 @@ def _dec_DomainCheckpointGetXmlDescRet(d: bytes, o: int) -> tuple[DomainCheckpoi
     return DomainCheckpointGetXmlDescRet(t3381), o
 
 
-@dataclass(slots=True)
-class DomainListAllCheckpointsArgs:
+class DomainListAllCheckpointsArgs(Record):
     """XDR struct ``remote_domain_list_all_checkpoints_args``."""
 
+    __slots__ = ('dom', 'need_results', 'flags')
     dom: NonnullDomain
     need_results: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, need_results: int, flags: int) -> None:
+        self.dom = dom
+        self.need_results = need_results
+        self.flags = flags
 
 
 def _enc_DomainListAllCheckpointsArgs(b: bytearray, v: DomainListAllCheckpointsArgs) -> None:
@@ -18755,12 +21475,16 @@ def _dec_DomainListAllCheckpointsArgs(d: bytes, o: int) -> tuple[DomainListAllCh
     return DomainListAllCheckpointsArgs(t3384, t3385, t3386), o
 
 
-@dataclass(slots=True)
-class DomainListAllCheckpointsRet:
+class DomainListAllCheckpointsRet(Record):
     """XDR struct ``remote_domain_list_all_checkpoints_ret``."""
 
+    __slots__ = ('checkpoints', 'ret')
     checkpoints: list[NonnullDomainCheckpoint]
     ret: int
+
+    def __init__(self, checkpoints: list[NonnullDomainCheckpoint], ret: int) -> None:
+        self.checkpoints = checkpoints
+        self.ret = ret
 
 
 def _enc_DomainListAllCheckpointsRet(b: bytearray, v: DomainListAllCheckpointsRet) -> None:
@@ -18787,13 +21511,18 @@ def _dec_DomainListAllCheckpointsRet(d: bytes, o: int) -> tuple[DomainListAllChe
     return DomainListAllCheckpointsRet(t3390, t3394), o
 
 
-@dataclass(slots=True)
-class DomainCheckpointListAllChildrenArgs:
+class DomainCheckpointListAllChildrenArgs(Record):
     """XDR struct ``remote_domain_checkpoint_list_all_children_args``."""
 
+    __slots__ = ('checkpoint', 'need_results', 'flags')
     checkpoint: NonnullDomainCheckpoint
     need_results: int
     flags: int
+
+    def __init__(self, checkpoint: NonnullDomainCheckpoint, need_results: int, flags: int) -> None:
+        self.checkpoint = checkpoint
+        self.need_results = need_results
+        self.flags = flags
 
 
 def _enc_DomainCheckpointListAllChildrenArgs(b: bytearray, v: DomainCheckpointListAllChildrenArgs) -> None:
@@ -18808,12 +21537,16 @@ def _dec_DomainCheckpointListAllChildrenArgs(d: bytes, o: int) -> tuple[DomainCh
     return DomainCheckpointListAllChildrenArgs(t3395, t3396, t3397), o
 
 
-@dataclass(slots=True)
-class DomainCheckpointListAllChildrenRet:
+class DomainCheckpointListAllChildrenRet(Record):
     """XDR struct ``remote_domain_checkpoint_list_all_children_ret``."""
 
+    __slots__ = ('checkpoints', 'ret')
     checkpoints: list[NonnullDomainCheckpoint]
     ret: int
+
+    def __init__(self, checkpoints: list[NonnullDomainCheckpoint], ret: int) -> None:
+        self.checkpoints = checkpoints
+        self.ret = ret
 
 
 def _enc_DomainCheckpointListAllChildrenRet(b: bytearray, v: DomainCheckpointListAllChildrenRet) -> None:
@@ -18840,13 +21573,18 @@ def _dec_DomainCheckpointListAllChildrenRet(d: bytes, o: int) -> tuple[DomainChe
     return DomainCheckpointListAllChildrenRet(t3401, t3405), o
 
 
-@dataclass(slots=True)
-class DomainCheckpointLookupByNameArgs:
+class DomainCheckpointLookupByNameArgs(Record):
     """XDR struct ``remote_domain_checkpoint_lookup_by_name_args``."""
 
+    __slots__ = ('dom', 'name', 'flags')
     dom: NonnullDomain
     name: str
     flags: int
+
+    def __init__(self, dom: NonnullDomain, name: str, flags: int) -> None:
+        self.dom = dom
+        self.name = name
+        self.flags = flags
 
 
 def _enc_DomainCheckpointLookupByNameArgs(b: bytearray, v: DomainCheckpointLookupByNameArgs) -> None:
@@ -18874,11 +21612,14 @@ def _dec_DomainCheckpointLookupByNameArgs(d: bytes, o: int) -> tuple[DomainCheck
     return DomainCheckpointLookupByNameArgs(t3408, t3409, t3412), o
 
 
-@dataclass(slots=True)
-class DomainCheckpointLookupByNameRet:
+class DomainCheckpointLookupByNameRet(Record):
     """XDR struct ``remote_domain_checkpoint_lookup_by_name_ret``."""
 
+    __slots__ = ('checkpoint',)
     checkpoint: NonnullDomainCheckpoint
+
+    def __init__(self, checkpoint: NonnullDomainCheckpoint) -> None:
+        self.checkpoint = checkpoint
 
 
 def _enc_DomainCheckpointLookupByNameRet(b: bytearray, v: DomainCheckpointLookupByNameRet) -> None:
@@ -18890,12 +21631,16 @@ def _dec_DomainCheckpointLookupByNameRet(d: bytes, o: int) -> tuple[DomainCheckp
     return DomainCheckpointLookupByNameRet(t3413), o
 
 
-@dataclass(slots=True)
-class DomainCheckpointGetParentArgs:
+class DomainCheckpointGetParentArgs(Record):
     """XDR struct ``remote_domain_checkpoint_get_parent_args``."""
 
+    __slots__ = ('checkpoint', 'flags')
     checkpoint: NonnullDomainCheckpoint
     flags: int
+
+    def __init__(self, checkpoint: NonnullDomainCheckpoint, flags: int) -> None:
+        self.checkpoint = checkpoint
+        self.flags = flags
 
 
 def _enc_DomainCheckpointGetParentArgs(b: bytearray, v: DomainCheckpointGetParentArgs) -> None:
@@ -18910,11 +21655,14 @@ def _dec_DomainCheckpointGetParentArgs(d: bytes, o: int) -> tuple[DomainCheckpoi
     return DomainCheckpointGetParentArgs(t3414, t3415), o
 
 
-@dataclass(slots=True)
-class DomainCheckpointGetParentRet:
+class DomainCheckpointGetParentRet(Record):
     """XDR struct ``remote_domain_checkpoint_get_parent_ret``."""
 
+    __slots__ = ('parent',)
     parent: NonnullDomainCheckpoint
+
+    def __init__(self, parent: NonnullDomainCheckpoint) -> None:
+        self.parent = parent
 
 
 def _enc_DomainCheckpointGetParentRet(b: bytearray, v: DomainCheckpointGetParentRet) -> None:
@@ -18926,12 +21674,16 @@ def _dec_DomainCheckpointGetParentRet(d: bytes, o: int) -> tuple[DomainCheckpoin
     return DomainCheckpointGetParentRet(t3416), o
 
 
-@dataclass(slots=True)
-class DomainCheckpointDeleteArgs:
+class DomainCheckpointDeleteArgs(Record):
     """XDR struct ``remote_domain_checkpoint_delete_args``."""
 
+    __slots__ = ('checkpoint', 'flags')
     checkpoint: NonnullDomainCheckpoint
     flags: int
+
+    def __init__(self, checkpoint: NonnullDomainCheckpoint, flags: int) -> None:
+        self.checkpoint = checkpoint
+        self.flags = flags
 
 
 def _enc_DomainCheckpointDeleteArgs(b: bytearray, v: DomainCheckpointDeleteArgs) -> None:
@@ -18946,13 +21698,18 @@ def _dec_DomainCheckpointDeleteArgs(d: bytes, o: int) -> tuple[DomainCheckpointD
     return DomainCheckpointDeleteArgs(t3417, t3418), o
 
 
-@dataclass(slots=True)
-class DomainGetGuestInfoArgs:
+class DomainGetGuestInfoArgs(Record):
     """XDR struct ``remote_domain_get_guest_info_args``."""
 
+    __slots__ = ('dom', 'types', 'flags')
     dom: NonnullDomain
     types: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, types: int, flags: int) -> None:
+        self.dom = dom
+        self.types = types
+        self.flags = flags
 
 
 def _enc_DomainGetGuestInfoArgs(b: bytearray, v: DomainGetGuestInfoArgs) -> None:
@@ -18967,11 +21724,14 @@ def _dec_DomainGetGuestInfoArgs(d: bytes, o: int) -> tuple[DomainGetGuestInfoArg
     return DomainGetGuestInfoArgs(t3419, t3420, t3421), o
 
 
-@dataclass(slots=True)
-class DomainGetGuestInfoRet:
+class DomainGetGuestInfoRet(Record):
     """XDR struct ``remote_domain_get_guest_info_ret``."""
 
+    __slots__ = ('params',)
     params: list[TypedParam]
+
+    def __init__(self, params: list[TypedParam]) -> None:
+        self.params = params
 
 
 def _enc_DomainGetGuestInfoRet(b: bytearray, v: DomainGetGuestInfoRet) -> None:
@@ -18995,12 +21755,16 @@ def _dec_DomainGetGuestInfoRet(d: bytes, o: int) -> tuple[DomainGetGuestInfoRet,
     return DomainGetGuestInfoRet(t3425), o
 
 
-@dataclass(slots=True)
-class ConnectSetIdentityArgs:
+class ConnectSetIdentityArgs(Record):
     """XDR struct ``remote_connect_set_identity_args``."""
 
+    __slots__ = ('params', 'flags')
     params: list[TypedParam]
     flags: int
+
+    def __init__(self, params: list[TypedParam], flags: int) -> None:
+        self.params = params
+        self.flags = flags
 
 
 def _enc_ConnectSetIdentityArgs(b: bytearray, v: ConnectSetIdentityArgs) -> None:
@@ -19027,13 +21791,18 @@ def _dec_ConnectSetIdentityArgs(d: bytes, o: int) -> tuple[ConnectSetIdentityArg
     return ConnectSetIdentityArgs(t3432, t3436), o
 
 
-@dataclass(slots=True)
-class DomainAgentSetResponseTimeoutArgs:
+class DomainAgentSetResponseTimeoutArgs(Record):
     """XDR struct ``remote_domain_agent_set_response_timeout_args``."""
 
+    __slots__ = ('dom', 'timeout', 'flags')
     dom: NonnullDomain
     timeout: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, timeout: int, flags: int) -> None:
+        self.dom = dom
+        self.timeout = timeout
+        self.flags = flags
 
 
 def _enc_DomainAgentSetResponseTimeoutArgs(b: bytearray, v: DomainAgentSetResponseTimeoutArgs) -> None:
@@ -19048,11 +21817,14 @@ def _dec_DomainAgentSetResponseTimeoutArgs(d: bytes, o: int) -> tuple[DomainAgen
     return DomainAgentSetResponseTimeoutArgs(t3437, t3438, t3439), o
 
 
-@dataclass(slots=True)
-class DomainAgentSetResponseTimeoutRet:
+class DomainAgentSetResponseTimeoutRet(Record):
     """XDR struct ``remote_domain_agent_set_response_timeout_ret``."""
 
+    __slots__ = ('result',)
     result: int
+
+    def __init__(self, result: int) -> None:
+        self.result = result
 
 
 def _enc_DomainAgentSetResponseTimeoutRet(b: bytearray, v: DomainAgentSetResponseTimeoutRet) -> None:
@@ -19065,14 +21837,20 @@ def _dec_DomainAgentSetResponseTimeoutRet(d: bytes, o: int) -> tuple[DomainAgent
     return DomainAgentSetResponseTimeoutRet(t3440), o
 
 
-@dataclass(slots=True)
-class DomainBackupBeginArgs:
+class DomainBackupBeginArgs(Record):
     """XDR struct ``remote_domain_backup_begin_args``."""
 
+    __slots__ = ('dom', 'backup_xml', 'checkpoint_xml', 'flags')
     dom: NonnullDomain
     backup_xml: str
     checkpoint_xml: str | None
     flags: int
+
+    def __init__(self, dom: NonnullDomain, backup_xml: str, checkpoint_xml: str | None, flags: int) -> None:
+        self.dom = dom
+        self.backup_xml = backup_xml
+        self.checkpoint_xml = checkpoint_xml
+        self.flags = flags
 
 
 def _enc_DomainBackupBeginArgs(b: bytearray, v: DomainBackupBeginArgs) -> None:
@@ -19125,12 +21903,16 @@ def _dec_DomainBackupBeginArgs(d: bytes, o: int) -> tuple[DomainBackupBeginArgs,
     return DomainBackupBeginArgs(t3446, t3447, t3450, t3454), o
 
 
-@dataclass(slots=True)
-class DomainBackupGetXmlDescArgs:
+class DomainBackupGetXmlDescArgs(Record):
     """XDR struct ``remote_domain_backup_get_xml_desc_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainBackupGetXmlDescArgs(b: bytearray, v: DomainBackupGetXmlDescArgs) -> None:
@@ -19145,11 +21927,14 @@ def _dec_DomainBackupGetXmlDescArgs(d: bytes, o: int) -> tuple[DomainBackupGetXm
     return DomainBackupGetXmlDescArgs(t3455, t3456), o
 
 
-@dataclass(slots=True)
-class DomainBackupGetXmlDescRet:
+class DomainBackupGetXmlDescRet(Record):
     """XDR struct ``remote_domain_backup_get_xml_desc_ret``."""
 
+    __slots__ = ('xml',)
     xml: str
+
+    def __init__(self, xml: str) -> None:
+        self.xml = xml
 
 
 def _enc_DomainBackupGetXmlDescRet(b: bytearray, v: DomainBackupGetXmlDescRet) -> None:
@@ -19172,13 +21957,18 @@ def _dec_DomainBackupGetXmlDescRet(d: bytes, o: int) -> tuple[DomainBackupGetXml
     return DomainBackupGetXmlDescRet(t3459), o
 
 
-@dataclass(slots=True)
-class DomainAuthorizedSshKeysGetArgs:
+class DomainAuthorizedSshKeysGetArgs(Record):
     """XDR struct ``remote_domain_authorized_ssh_keys_get_args``."""
 
+    __slots__ = ('dom', 'user', 'flags')
     dom: NonnullDomain
     user: str
     flags: int
+
+    def __init__(self, dom: NonnullDomain, user: str, flags: int) -> None:
+        self.dom = dom
+        self.user = user
+        self.flags = flags
 
 
 def _enc_DomainAuthorizedSshKeysGetArgs(b: bytearray, v: DomainAuthorizedSshKeysGetArgs) -> None:
@@ -19206,11 +21996,14 @@ def _dec_DomainAuthorizedSshKeysGetArgs(d: bytes, o: int) -> tuple[DomainAuthori
     return DomainAuthorizedSshKeysGetArgs(t3464, t3465, t3468), o
 
 
-@dataclass(slots=True)
-class DomainAuthorizedSshKeysGetRet:
+class DomainAuthorizedSshKeysGetRet(Record):
     """XDR struct ``remote_domain_authorized_ssh_keys_get_ret``."""
 
+    __slots__ = ('keys',)
     keys: list[str]
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
 
 
 def _enc_DomainAuthorizedSshKeysGetRet(b: bytearray, v: DomainAuthorizedSshKeysGetRet) -> None:
@@ -19245,14 +22038,20 @@ def _dec_DomainAuthorizedSshKeysGetRet(d: bytes, o: int) -> tuple[DomainAuthoriz
     return DomainAuthorizedSshKeysGetRet(t3474), o
 
 
-@dataclass(slots=True)
-class DomainAuthorizedSshKeysSetArgs:
+class DomainAuthorizedSshKeysSetArgs(Record):
     """XDR struct ``remote_domain_authorized_ssh_keys_set_args``."""
 
+    __slots__ = ('dom', 'user', 'keys', 'flags')
     dom: NonnullDomain
     user: str
     keys: list[str]
     flags: int
+
+    def __init__(self, dom: NonnullDomain, user: str, keys: list[str], flags: int) -> None:
+        self.dom = dom
+        self.user = user
+        self.keys = keys
+        self.flags = flags
 
 
 def _enc_DomainAuthorizedSshKeysSetArgs(b: bytearray, v: DomainAuthorizedSshKeysSetArgs) -> None:
@@ -19305,12 +22104,16 @@ def _dec_DomainAuthorizedSshKeysSetArgs(d: bytes, o: int) -> tuple[DomainAuthori
     return DomainAuthorizedSshKeysSetArgs(t3487, t3488, t3491, t3497), o
 
 
-@dataclass(slots=True)
-class DomainGetMessagesArgs:
+class DomainGetMessagesArgs(Record):
     """XDR struct ``remote_domain_get_messages_args``."""
 
+    __slots__ = ('dom', 'flags')
     dom: NonnullDomain
     flags: int
+
+    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+        self.dom = dom
+        self.flags = flags
 
 
 def _enc_DomainGetMessagesArgs(b: bytearray, v: DomainGetMessagesArgs) -> None:
@@ -19325,11 +22128,14 @@ def _dec_DomainGetMessagesArgs(d: bytes, o: int) -> tuple[DomainGetMessagesArgs,
     return DomainGetMessagesArgs(t3498, t3499), o
 
 
-@dataclass(slots=True)
-class DomainGetMessagesRet:
+class DomainGetMessagesRet(Record):
     """XDR struct ``remote_domain_get_messages_ret``."""
 
+    __slots__ = ('msgs',)
     msgs: list[str]
+
+    def __init__(self, msgs: list[str]) -> None:
+        self.msgs = msgs
 
 
 def _enc_DomainGetMessagesRet(b: bytearray, v: DomainGetMessagesRet) -> None:
@@ -19364,13 +22170,18 @@ def _dec_DomainGetMessagesRet(d: bytes, o: int) -> tuple[DomainGetMessagesRet, i
     return DomainGetMessagesRet(t3505), o
 
 
-@dataclass(slots=True)
-class DomainStartDirtyRateCalcArgs:
+class DomainStartDirtyRateCalcArgs(Record):
     """XDR struct ``remote_domain_start_dirty_rate_calc_args``."""
 
+    __slots__ = ('dom', 'seconds', 'flags')
     dom: NonnullDomain
     seconds: int
     flags: int
+
+    def __init__(self, dom: NonnullDomain, seconds: int, flags: int) -> None:
+        self.dom = dom
+        self.seconds = seconds
+        self.flags = flags
 
 
 def _enc_DomainStartDirtyRateCalcArgs(b: bytearray, v: DomainStartDirtyRateCalcArgs) -> None:
@@ -19385,14 +22196,20 @@ def _dec_DomainStartDirtyRateCalcArgs(d: bytes, o: int) -> tuple[DomainStartDirt
     return DomainStartDirtyRateCalcArgs(t3511, t3512, t3513), o
 
 
-@dataclass(slots=True)
-class DomainEventMemoryDeviceSizeChangeMsg:
+class DomainEventMemoryDeviceSizeChangeMsg(Record):
     """XDR struct ``remote_domain_event_memory_device_size_change_msg``."""
 
+    __slots__ = ('callbackID', 'dom', 'alias', 'size')
     callbackID: int
     dom: NonnullDomain
     alias: str
     size: int
+
+    def __init__(self, callbackID: int, dom: NonnullDomain, alias: str, size: int) -> None:
+        self.callbackID = callbackID
+        self.dom = dom
+        self.alias = alias
+        self.size = size
 
 
 def _enc_DomainEventMemoryDeviceSizeChangeMsg(b: bytearray, v: DomainEventMemoryDeviceSizeChangeMsg) -> None:
@@ -19423,13 +22240,18 @@ def _dec_DomainEventMemoryDeviceSizeChangeMsg(d: bytes, o: int) -> tuple[DomainE
     return DomainEventMemoryDeviceSizeChangeMsg(t3516, t3517, t3518, t3521), o
 
 
-@dataclass(slots=True)
-class DomainFdAssociateArgs:
+class DomainFdAssociateArgs(Record):
     """XDR struct ``remote_domain_fd_associate_args``."""
 
+    __slots__ = ('dom', 'name', 'flags')
     dom: NonnullDomain
     name: str
     flags: int
+
+    def __init__(self, dom: NonnullDomain, name: str, flags: int) -> None:
+        self.dom = dom
+        self.name = name
+        self.flags = flags
 
 
 def _enc_DomainFdAssociateArgs(b: bytearray, v: DomainFdAssociateArgs) -> None:

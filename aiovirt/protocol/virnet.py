@@ -5,10 +5,9 @@
 from __future__ import annotations
 
 import struct as _struct
-from dataclasses import dataclass
 from enum import IntEnum
 
-from .xdr import _FALSE, _PAD, _TRUE, _U32, XdrError
+from .xdr import _FALSE, _PAD, _TRUE, _U32, Record, XdrError
 
 __all__ = ['MessageError', 'MessageHeader', 'MessageNonnullDomain', 'MessageNonnullNetwork', 'MessageStatus', 'MessageType', 'StreamHole']
 
@@ -63,16 +62,24 @@ class MessageStatus(IntEnum):
     VIR_NET_CONTINUE = 2
 
 
-@dataclass(slots=True)
-class MessageHeader:
+class MessageHeader(Record):
     """XDR struct ``virNetMessageHeader``."""
 
+    __slots__ = ('prog', 'vers', 'proc', 'type', 'serial', 'status')
     prog: int
     vers: int
     proc: int
     type: int
     serial: int
     status: int
+
+    def __init__(self, prog: int, vers: int, proc: int, type: int, serial: int, status: int) -> None:
+        self.prog = prog
+        self.vers = vers
+        self.proc = proc
+        self.type = type
+        self.serial = serial
+        self.status = status
 
 
 def _enc_MessageHeader(b: bytearray, v: MessageHeader) -> None:
@@ -85,13 +92,18 @@ def _dec_MessageHeader(d: bytes, o: int) -> tuple[MessageHeader, int]:
     return MessageHeader(t1, t2, t3, t4, t5, t6), o
 
 
-@dataclass(slots=True)
-class MessageNonnullDomain:
+class MessageNonnullDomain(Record):
     """XDR struct ``virNetMessageNonnullDomain``."""
 
+    __slots__ = ('name', 'uuid', 'id')
     name: str
     uuid: bytes
     id: int
+
+    def __init__(self, name: str, uuid: bytes, id: int) -> None:
+        self.name = name
+        self.uuid = uuid
+        self.id = id
 
 
 def _enc_MessageNonnullDomain(b: bytearray, v: MessageNonnullDomain) -> None:
@@ -118,12 +130,16 @@ def _dec_MessageNonnullDomain(d: bytes, o: int) -> tuple[MessageNonnullDomain, i
     return MessageNonnullDomain(t9, t12, t13), o
 
 
-@dataclass(slots=True)
-class MessageNonnullNetwork:
+class MessageNonnullNetwork(Record):
     """XDR struct ``virNetMessageNonnullNetwork``."""
 
+    __slots__ = ('name', 'uuid')
     name: str
     uuid: bytes
+
+    def __init__(self, name: str, uuid: bytes) -> None:
+        self.name = name
+        self.uuid = uuid
 
 
 def _enc_MessageNonnullNetwork(b: bytearray, v: MessageNonnullNetwork) -> None:
@@ -150,10 +166,10 @@ def _dec_MessageNonnullNetwork(d: bytes, o: int) -> tuple[MessageNonnullNetwork,
     return MessageNonnullNetwork(t16, t19), o
 
 
-@dataclass(slots=True)
-class MessageError:
+class MessageError(Record):
     """XDR struct ``virNetMessageError``."""
 
+    __slots__ = ('code', 'domain', 'message', 'level', 'dom', 'str1', 'str2', 'str3', 'int1', 'int2', 'net')
     code: int
     domain: int
     message: str | None
@@ -165,6 +181,19 @@ class MessageError:
     int1: int
     int2: int
     net: MessageNonnullNetwork | None
+
+    def __init__(self, code: int, domain: int, message: str | None, level: int, dom: MessageNonnullDomain | None, str1: str | None, str2: str | None, str3: str | None, int1: int, int2: int, net: MessageNonnullNetwork | None) -> None:
+        self.code = code
+        self.domain = domain
+        self.message = message
+        self.level = level
+        self.dom = dom
+        self.str1 = str1
+        self.str2 = str2
+        self.str3 = str3
+        self.int1 = int1
+        self.int2 = int2
+        self.net = net
 
 
 def _enc_MessageError(b: bytearray, v: MessageError) -> None:
@@ -311,12 +340,16 @@ def _dec_MessageError(d: bytes, o: int) -> tuple[MessageError, int]:
     return MessageError(t34, t35, t36, t40, t41, t43, t47, t51, t55, t56, t57), o
 
 
-@dataclass(slots=True)
-class StreamHole:
+class StreamHole(Record):
     """XDR struct ``virNetStreamHole``."""
 
+    __slots__ = ('length', 'flags')
     length: int
     flags: int
+
+    def __init__(self, length: int, flags: int) -> None:
+        self.length = length
+        self.flags = flags
 
 
 def _enc_StreamHole(b: bytearray, v: StreamHole) -> None:

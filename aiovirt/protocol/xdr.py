@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import struct
 from dataclasses import dataclass
@@ -10,11 +11,47 @@ from collections.abc import Callable
 
 from ..errors import EncodeError, ProtocolError
 
-__all__ = ["ProcedureInfo", "XdrError", "decode", "encode"]
+__all__ = ["ProcedureInfo", "Record", "XdrError", "decode", "encode"]
 
 
 class XdrError(ProtocolError):
     """A value does not fit its XDR type: a length over its declared limit, a bad tag, truncation."""
+
+
+class _LazyFields:
+    """``__dataclass_fields__`` of a ``Record`` class, made when first asked for and then
+    kept on that class: ``dataclasses.fields``, ``replace`` and ``asdict`` work on the wire
+    records while importing them makes no dataclass (which cost ~10x the import)."""
+
+    def __get__(self, obj: object, cls: type) -> dict[str, dataclasses.Field[Any]]:
+        if cls is Record:
+            raise AttributeError("__dataclass_fields__")
+        kinds = cls.__annotations__
+        shadow = dataclasses.make_dataclass(
+            cls.__name__, [(name, kinds[name]) for name in cls.__slots__],
+            init=False, repr=False, eq=False)
+        fields: dict[str, dataclasses.Field[Any]] = shadow.__dataclass_fields__
+        cls.__dataclass_fields__ = fields  # type: ignore[attr-defined]
+        return fields
+
+
+class Record:
+    """Base of the generated structs and unions: slotted, compared and shown field by
+    field like a dataclass (unhashable, as a mutable dataclass is)."""
+
+    __slots__ = ()
+    __dataclass_fields__ = _LazyFields()
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"{type(self).__qualname__}({shown})"
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        names = self.__slots__
+        return tuple(getattr(self, n) for n in names) == tuple(getattr(other, n) for n in names)
 
 
 _U32 = struct.Struct(">I")
