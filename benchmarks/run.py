@@ -675,17 +675,20 @@ def installed_copy(root: Path) -> Path:
 
 def case_startup(pairs: int = 20) -> None:
     """Wall time of ``aiovirt address FILE`` as installed, against ``python -c "import
-    lxml.etree"`` (what any lxml program pays before its first line), in alternating pairs."""
+    lxml.etree"`` (what any lxml program pays before its first line), in alternating pairs;
+    also (no target) the import a client program pays, ``aiovirt.connect`` and the
+    drop-in, against ``import libvirt`` (libvirt-python's C-backed module)."""
     say(f"## startup: `aiovirt address FILE` (a 2-device q35 domain) against "
         f"`python -c 'import lxml.etree'`, both from one venv with aiovirt installed as a "
-        f"wheel installs it; {pairs} pairs after 2 unmeasured, alternating who goes first")
+        f"wheel installs it; {pairs} pairs after 2 unmeasured, alternating who goes first; "
+        f"then the client's import against libvirt-python's, the same way")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     with tempfile.TemporaryDirectory(prefix="avb-start-") as tmp:
         bin_dir = installed_copy(Path(tmp) / "venv")
         xml = Path(tmp) / "domain.xml"
         xml.write_text(STARTUP_XML)
+        python = str(bin_dir / "python")
         ours = [str(bin_dir / "aiovirt"), "address", str(xml)]
-        base = [str(bin_dir / "python"), "-c", "import lxml.etree"]
         out = subprocess.run(ours, env=env, check=True, capture_output=True, text=True).stdout
         assert "<address type=" in out, out   # it really addressed the domain
 
@@ -694,24 +697,37 @@ def case_startup(pairs: int = 20) -> None:
             subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
             return time.perf_counter() - t0
 
-        for _ in range(2):
-            wall(ours), wall(base)
-        walls: dict[str, list[float]] = {"aiovirt address": [], "import lxml.etree": []}
-        for i in range(pairs):
-            order = [("aiovirt address", ours), ("import lxml.etree", base)]
-            for name, command in order if i % 2 == 0 else order[::-1]:
-                walls[name].append(wall(command))
-    a, b = walls["aiovirt address"], walls["import lxml.etree"]
-    ratios = sorted(x / y for x, y in zip(a, b))
-    ratio = statistics.median(ratios)
-    for name, values in walls.items():
-        say(f"{name:<18} wall ms: min {min(values) * 1e3:.1f}, median "
-            f"{statistics.median(values) * 1e3:.1f}, max {max(values) * 1e3:.1f}")
-    say(f"ratio per pair: median {ratio:.2f}x (min {ratios[0]:.2f}x, max {ratios[-1]:.2f}x)")
-    SUMMARY.append(Verdict("startup", "aiovirt address / import lxml.etree",
-                           f"{statistics.median(a) * 1e3:.1f} ms",
-                           f"{statistics.median(b) * 1e3:.1f} ms", ratio, "<= 1.5x",
-                           ratio <= 1.5))
+        def paired(a: tuple[str, list[str]], b: tuple[str, list[str]]
+                   ) -> tuple[list[float], list[float], float]:
+            for _ in range(2):
+                wall(a[1]), wall(b[1])
+            walls: dict[str, list[float]] = {a[0]: [], b[0]: []}
+            for i in range(pairs):
+                for name, command in (a, b) if i % 2 == 0 else (b, a):
+                    walls[name].append(wall(command))
+            ratios = sorted(x / y for x, y in zip(walls[a[0]], walls[b[0]]))
+            ratio = statistics.median(ratios)
+            for name, values in walls.items():
+                say(f"{name:<28} wall ms: min {min(values) * 1e3:.1f}, median "
+                    f"{statistics.median(values) * 1e3:.1f}, max {max(values) * 1e3:.1f}")
+            say(f"ratio per pair: median {ratio:.2f}x (min {ratios[0]:.2f}x, "
+                f"max {ratios[-1]:.2f}x)")
+            return walls[a[0]], walls[b[0]], ratio
+
+        a, b, ratio = paired(("aiovirt address", ours),
+                             ("import lxml.etree", [python, "-c", "import lxml.etree"]))
+        SUMMARY.append(Verdict("startup", "aiovirt address / import lxml.etree",
+                               f"{statistics.median(a) * 1e3:.1f} ms",
+                               f"{statistics.median(b) * 1e3:.1f} ms", ratio, "<= 1.5x",
+                               ratio <= 1.5))
+        libvirt_python = ("import libvirt", [python, "-c", "import libvirt"])
+        for name, code in (("aiovirt.connect", "import aiovirt; aiovirt.connect"),
+                           ("import aiovirt.compat.libvirt",
+                            "import aiovirt.compat.libvirt")):
+            a, b, ratio = paired((name, [python, "-c", code]), libvirt_python)
+            SUMMARY.append(Verdict("startup", f"{name} / import libvirt",
+                                   f"{statistics.median(a) * 1e3:.1f} ms",
+                                   f"{statistics.median(b) * 1e3:.1f} ms", ratio, "-", None))
     say()
 
 
