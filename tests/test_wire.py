@@ -1,13 +1,16 @@
 """The sans-IO protocol core, without sockets: framing, routing, keepalive, errors, limits."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aiovirt.errors import EncodeError
 
 from aiovirt import LibvirtError, NoSuchDomain, ProtocolError
 from aiovirt.protocol import keepalive, qemu, remote, virnet
 from aiovirt.protocol.wire import (CALL, ERROR, MESSAGE, OK, REPLY, ClientProtocol, EventMessage,
-                                   FrameDecoder, KeepaliveMessage, Reply, domain_lifecycle_type,
+                                   FrameDecoder, KeepaliveMessage, Reply, domain_lifecycle_fields,
+                                   domain_lifecycle_type,
                                    encode_message)
 from aiovirt.protocol.xdr import encode
 
@@ -104,6 +107,40 @@ def test_a_malformed_event_body_is_reported_when_read_and_only_then():
     [old] = proto.receive_data(encode_message(remote.PROGRAM, legacy.number, MESSAGE, 1, OK,
                                               b"garbage!"))
     assert old.callback_id is None   # no callback id field: not routed, never decoded
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=30), st.binary(min_size=16, max_size=16), st.integers(-2**31, 2**31 - 1),
+       st.integers(-2**31, 2**31 - 1), st.integers(-2**31, 2**31 - 1),
+       st.sampled_from(["whole", "short", "long", "legacy", "decoded"]))
+def test_lifecycle_fields_read_from_the_payload_agree_with_the_decoder(
+        name, uuid, id_, kind, detail, shape):
+    """The raw reader gives what decoding gives, and None (decode to learn why) for anything
+    that is not exactly a callback lifecycle event."""
+    proc = P[remote.REMOTE_PROC_DOMAIN_EVENT_CALLBACK_LIFECYCLE]
+    body = remote.DomainEventCallbackLifecycleMsg(
+        5, remote.DomainEventLifecycleMsg(remote.NonnullDomain(name, uuid, id_), kind, detail))
+    payload = encode(proc.encode_ret, body, "ev")
+    if shape == "short":
+        payload = payload[:-1]
+    elif shape == "long":
+        payload += b"\0\0\0\0"
+    elif shape == "legacy":
+        proc = P[remote.REMOTE_PROC_DOMAIN_EVENT_LIFECYCLE]
+    [event] = ClientProtocol().receive_data(
+        encode_message(remote.PROGRAM, proc.number, MESSAGE, 1, OK, payload))
+    if shape == "decoded":
+        event.body
+    fields = domain_lifecycle_fields(event)
+    if shape != "whole":
+        assert fields is None
+        if shape in ("short", "long"):
+            with pytest.raises(ProtocolError):
+                event.body
+        return
+    msg = event.body.msg
+    assert fields == (msg.dom.name, msg.dom.uuid, msg.dom.id, msg.event, msg.detail) == \
+        (name, uuid, id_, kind, detail)
 
 
 def test_remote_error_becomes_exception_subclass():

@@ -18,7 +18,7 @@ from ..errors import (AiovirtError, ConnectionClosed, NoSuchDomain, NoSuchMetada
                       OperationInvalid, ProtocolError)
 from ..protocol import lxc, qemu, remote
 from ..protocol.remote import ConnectGetAllDomainStatsArgs, NonnullDomain
-from ..protocol.wire import EventMessage, domain_lifecycle_type
+from ..protocol.wire import EventMessage, domain_lifecycle_fields, domain_lifecycle_type
 from ..xml import metadata as metadata_codec
 from ..xml.safe import parse as parse_xml
 from ..xml.safe import to_string
@@ -713,6 +713,19 @@ class DomainMethods(ApiBase):
             inner = getattr(body, "msg", body)
             return make(Domain(self, inner.dom), inner, body)
 
+        read: Callable[[EventMessage], Any] | None = None
+        if event_id == DomainEventID.LIFECYCLE:
+            # the event a provisioning run or an inventory watcher reads by the thousand:
+            # made from the payload's fields, with no decoded records between
+            def read(message: EventMessage) -> Any:
+                fields = domain_lifecycle_fields(message)
+                if fields is None:
+                    return convert(message.body)   # a malformed body raises here
+                name, uuid, id_, kind, detail = fields
+                return DomainLifecycleEvent(
+                    Domain(self, NonnullDomain(name, uuid, id_)),
+                    enum_or_int(DomainEventType, kind), detail)
+
         key = (event_id, domain.uuid if domain is not None else None)
         return EventSubscription(self, "domain", key, register, deregister, convert,
-                                 max_buffer=max_buffer, accept=accept)
+                                 max_buffer=max_buffer, accept=accept, read=read)

@@ -155,6 +155,8 @@ class EventSubscription(Generic[T]):
     ``on_close``, if given, makes a last item when the connection ends (not on ``stop``).
     ``accept``, if given, is asked about each event before it is buffered (it may read the
     message's raw ``payload``); events it refuses are dropped undecoded and not counted.
+    ``read``, if given, makes an item from the undecoded message in place of
+    ``convert(message.body)`` (a reader of the raw payload for a common event).
     """
 
     def __init__(self, conn: SubscriptionHost, family: str, key: tuple[Any, ...],
@@ -162,7 +164,8 @@ class EventSubscription(Generic[T]):
                  deregister: Callable[[int], Awaitable[None]],
                  convert: Callable[[Any], T], *, max_buffer: int | None = DEFAULT_MAX_BUFFER,
                  on_close: Callable[[], Any] | None = None,
-                 accept: Callable[[EventMessage], bool] | None = None) -> None:
+                 accept: Callable[[EventMessage], bool] | None = None,
+                 read: Callable[[EventMessage], T] | None = None) -> None:
         if max_buffer is not None and max_buffer < 1:
             raise ValueError(f"max_buffer must be at least 1 (or None), not {max_buffer}")
         self._conn = conn
@@ -171,6 +174,7 @@ class EventSubscription(Generic[T]):
         self._register = register
         self._deregister = deregister
         self._convert = convert
+        self._read: Callable[[EventMessage], T] = read or (lambda message: convert(message.body))
         self._on_close = on_close
         self._accept = accept
         self.max_buffer = max_buffer
@@ -281,7 +285,7 @@ class EventSubscription(Generic[T]):
         owned = self._registration is None
         if owned:
             await self.start()
-        buffer, convert = self._buffer, self._convert
+        buffer, read = self._buffer, self._read
         new_waiter = waiter_factory()
         try:
             while True:
@@ -295,7 +299,7 @@ class EventSubscription(Generic[T]):
                 if buffer:
                     item = buffer.popleft()
                     if type(item) is EventMessage:
-                        yield convert(item.body)   # a malformed body raises here
+                        yield read(item)   # a malformed body raises here
                     elif item is _RESYNC:
                         yield _RESYNC
                     else:

@@ -231,6 +231,30 @@ def domain_lifecycle_type(message: EventMessage) -> int | None:
         return None
 
 
+_LIFECYCLE_TAIL = struct.Struct(">16siii")   # UUID, id, event type, detail
+_LIFECYCLE_PROCEDURE = remote.REMOTE_PROC_DOMAIN_EVENT_CALLBACK_LIFECYCLE
+
+
+def domain_lifecycle_fields(message: EventMessage) -> tuple[str, bytes, int, int, int] | None:
+    """The domain name, UUID, id, event type and detail of a
+    ``domain_event_callback_lifecycle`` message, read straight from its payload (what
+    ``body`` holds, without making its three records); None when the message is anything
+    else or not exactly that shape (``body`` then says what is wrong)."""
+    payload = message.payload
+    if message.procedure.number != _LIFECYCLE_PROCEDURE or \
+            message.program != remote.PROGRAM or message._body is not _NOT_DECODED:
+        return None
+    try:
+        length, = _U32.unpack_from(payload, 4)
+        tail = 8 + ((length + 3) & ~3)
+        if tail + 28 != len(payload) or length > remote.REMOTE_STRING_MAX:
+            return None
+        uuid, id_, kind, detail = _LIFECYCLE_TAIL.unpack_from(payload, tail)
+        return payload[8:8 + length].decode("utf-8", "surrogateescape"), uuid, id_, kind, detail
+    except (struct.error, UnicodeError):
+        return None
+
+
 @dataclass(slots=True)
 class KeepaliveMessage:
     """A keepalive PING or PONG arrived (a PING is answered by ``ClientProtocol`` itself)."""
