@@ -91,11 +91,13 @@ RULES: list[tuple[str, re.Pattern[str], str]] = [
      "callbacks are counted per event on the client: only the first registration goes "
      "on the wire, the last deregistration takes it off"),
     ("event-filter", re.compile(r"priv->serverEventFilter"),
-     "uses the *_CALLBACK_* procedures (server-side filtering, callbackID) when the daemon "
-     "supports VIR_DRV_FEATURE_REMOTE_EVENT_CALLBACK (probed at open), else the legacy ones"),
+     "uses the *_CALLBACK_* procedures (server-side filtering, callbackID); libvirt's "
+     "client falls back to the legacy ones for a daemon without "
+     "VIR_DRV_FEATURE_REMOTE_EVENT_CALLBACK (an old one), aiovirt does not"),
     ("close-callback", re.compile(r"priv->serverCloseCallback"),
-     "goes on the wire only if the daemon supports VIR_DRV_FEATURE_REMOTE_CLOSE_CALLBACK "
-     "(probed at open); the callback also fires when the client's own connection drops"),
+     "the callback also fires when the client's own connection drops; libvirt's client "
+     "registers it on the wire only if the daemon has VIR_DRV_FEATURE_REMOTE_CLOSE_CALLBACK "
+     "(not an old one), aiovirt always does"),
     ("opens-stream", re.compile(r"virNetClientStreamNew\s*\("),
      "opens a stream: the call's serial carries VIR_NET_STREAM packets afterwards"),
     ("passes-fds", re.compile(r"\bfdin\b|WithFDs|callFull\([^;]*fdout", re.S),
