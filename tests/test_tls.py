@@ -376,8 +376,13 @@ def test_cutter_never_lets_a_piece_straddle_packets(bodies, cuts):
     stream = b"".join(packet(body) for body in bodies)
     points = sorted({min(c, len(stream)) for c in cuts} | {0, len(stream)})
     cutter = tls._PacketCutter()
-    pieces = [bytes(piece) for a, b in zip(points, points[1:])
-              for piece in cutter.cut(stream[a:b])]
+    starts = {0}
+    for body in bodies:
+        starts.add(max(starts) + len(body) + 4)
+    pieces = []
+    for a, b in zip(points, points[1:]):
+        pieces += [bytes(piece) for piece in cutter.cut(stream[a:b])]
+        assert cutter.idle == (b in starts)   # between packets exactly at their boundaries
     assert b"".join(pieces) == stream
     ends, total = set(), 0
     for piece in pieces:

@@ -232,7 +232,8 @@ class _TLSWire(asyncio.Protocol):
                 closed = True
                 break
             used += count
-        self._flush()   # TLS 1.3 may answer on its own (key updates)
+        if self._out.pending:
+            self._flush()   # TLS 1.3 may answer on its own (key updates)
         plain = bytes(view[:used])
         if len(buffer) > _BUFFER_KEEP:   # a burst grew it: give the memory back
             self._buffer = bytearray(_BUFFER_KEEP)
@@ -354,11 +355,7 @@ class _PacketCutter:
     def __init__(self) -> None:
         self._left = 0                 # bytes of the current packet still to come
         self._length = bytearray()     # a length word being collected
-
-    @property
-    def idle(self) -> bool:
-        """Between packets: the next byte written starts a packet."""
-        return self._left == 0 and not self._length
+        self.idle = True               # between packets: the next byte starts a packet
 
     def cut(self, data: bytes | bytearray | memoryview) -> list[memoryview]:
         view = memoryview(data).cast("B")
@@ -392,6 +389,7 @@ class _PacketCutter:
                 start = pos
         if start < len(view):
             pieces.append(view[start:])
+        self.idle = self._left == 0 and not self._length
         return pieces
 
 
