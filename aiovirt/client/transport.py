@@ -98,6 +98,7 @@ class AsyncioTransport(asyncio.Protocol):
         self._early: list[bytes] = []
         self._lost: tuple[BaseException | None] | None = None
         self._pending: list[bytes] | None = None
+        self._call_soon: Callable[..., Any] | None = None   # the loop's, from connection_made
         self._writable: asyncio.Event | None = None   # made when the buffer first fills
         # FD passing (UNIX sockets): see the module's docstring
         self._unix_fd: int | None = None
@@ -114,6 +115,12 @@ class AsyncioTransport(asyncio.Protocol):
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        # the loop's call_soon, kept: get_running_loop() costs a getpid() system call on
+        # Python 3.11, once per batch of writes
+        try:
+            self._call_soon = asyncio.get_running_loop().call_soon
+        except RuntimeError:   # made outside the loop: looked up at the first batched write
+            self._call_soon = None
         sock = transport.get_extra_info("socket")
         if sock is not None:
             family = getattr(sock, "family", None)
@@ -164,7 +171,10 @@ class AsyncioTransport(asyncio.Protocol):
             transport.write(data)
         elif self._pending is None:
             self._pending = [data]
-            asyncio.get_running_loop().call_soon(self._flush)
+            call_soon = self._call_soon
+            if call_soon is None:
+                call_soon = self._call_soon = asyncio.get_running_loop().call_soon
+            call_soon(self._flush)
         else:
             self._pending.append(data)
 
