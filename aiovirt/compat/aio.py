@@ -45,6 +45,7 @@ from ..api.typedparams import from_dict, to_dict
 from ..client.auth import Credential
 from ..client.events import EventSubscription
 from ..protocol import remote
+from ..protocol.xdr import Record
 from . import constants as C
 from .errors import TRANSLATED, from_exception, libvirtError
 from .names import CLASSES
@@ -823,8 +824,7 @@ def _event_args(conn: virConnect, body: Any) -> list[Any]:
     """An event message's fields as libvirt-python's callback receives them: the object,
     then the rest in wire order (callback id left out)."""
     inner = getattr(body, "msg", body)
-    values = [getattr(inner, f.name) for f in dataclasses.fields(inner)
-              if f.name != "callbackID"]
+    values = [getattr(inner, name) for name in inner.__slots__ if name != "callbackID"]
     return [_convert(conn, value) for value in values]
 
 
@@ -844,6 +844,8 @@ _BY_REF = {cls._ref_type: cls for cls in COMPAT_CLASSES.values()
 
 def _convert(conn: virConnect, value: Any) -> Any:
     """A decoded wire value as libvirt-python returns it."""
+    if type(value) in _PLAIN:
+        return value
     cls = _BY_REF.get(type(value).__name__)
     if cls is not None:
         return cls(conn, value)
@@ -851,8 +853,8 @@ def _convert(conn: virConnect, value: Any) -> Any:
         if value and isinstance(value[0], remote.TypedParam):
             return to_dict(value)
         return [_convert(conn, item) for item in value]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return [_convert(conn, getattr(value, f.name)) for f in dataclasses.fields(value)]
+    if isinstance(value, Record):   # a wire struct: its fields in order, as a list
+        return [_convert(conn, getattr(value, name)) for name in value.__slots__]
     return value
 
 
@@ -932,7 +934,7 @@ def _fill_args(obj: Any, conn: virConnect, procedure: Any, spec: tuple[Any, ...]
 def _result(conn: virConnect, ret: Any) -> Any:
     if ret is None:
         return 0
-    fields = [f.name for f in dataclasses.fields(ret)]
+    fields = ret.__slots__   # a wire record's field names, in order
     if "params" in fields:
         return to_dict(ret.params)
     if "ret" in fields and len(fields) == 2:   # (list, count): the list
@@ -973,10 +975,6 @@ def handle(obj: Any) -> Any:
     return _HANDLES[type(obj)](obj._conn._c, obj._o)
 
 
-def _aiovirt_method(obj: Any, calls: str) -> Any:
-    return getattr(handle(obj), calls.split(".", 1)[1])
-
-
 def _bind(spec: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     """The caller's arguments by libvirt-python's parameter names (defaults filled in)."""
     bound: dict[str, Any] = {}
@@ -1013,21 +1011,15 @@ def _signature(func: Callable[..., Any], bound: bool) -> tuple[list[inspect.Para
     return (params[1:] if bound else params), signature.return_annotation
 
 
-def _signature_of(target: Callable[..., Any]) -> tuple[list[inspect.Parameter], Any]:
+def _call_plan(target: Callable[..., Any], keys: tuple[str, ...]
+               ) -> tuple[tuple[tuple[str, str], ...] | None, bool]:
+    """For an aiovirt method: which of libvirt-python's arguments (``keys``) becomes which of
+    its parameters (None when they do not fit: the generic adapter then calls the raw
+    procedure), and whether it returns None."""
     func = getattr(target, "__func__", None)
-    return _signature(func, True) if func is not None else _signature(target, False)
-
-
-def _aiovirt_args(target: Callable[..., Any], bound: dict[str, Any]) -> dict[str, Any] | None:
-    """The aiovirt method's arguments from libvirt-python's: matched by name (case and
-    underscores ignored), the rest in order; None when they do not fit (the generic adapter
-    then calls the raw procedure)."""
-    func = getattr(target, "__func__", None)
-    plan = (_argument_plan(func, True, tuple(bound)) if func is not None
-            else _argument_plan(target, False, tuple(bound)))
-    if plan is None:
-        return None
-    return {name: _to_aiovirt(bound[key]) for key, name in plan}
+    if func is not None:
+        return _argument_plan(func, True, keys), _signature(func, True)[1] in (None, "None")
+    return _argument_plan(target, False, keys), _signature(target, False)[1] in (None, "None")
 
 
 @functools.cache
@@ -1055,11 +1047,6 @@ def _argument_plan(func: Callable[..., Any], is_method: bool, keys: tuple[str, .
     return tuple(plan)
 
 
-def _returns_none(target: Callable[..., Any]) -> bool:
-    annotation = _signature_of(target)[1]
-    return annotation in (None, "None")
-
-
 _PLAIN = frozenset((int, str, float, bytes, type(None)))   # results returned as they are
 
 
@@ -1079,9 +1066,11 @@ def _reshape(conn: virConnect, value: Any, top: bool = True) -> Any:
         return [_reshape(conn, item, False) for item in value]
     if isinstance(value, dict):
         return {k: _reshape(conn, v, False) for k, v in value.items()}
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    if isinstance(value, Record):   # a wire struct
         if top and type(value).__module__ == remote.__name__:
             return _result(conn, value)
+        return [_reshape(conn, getattr(value, name), False) for name in value.__slots__]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return [_reshape(conn, getattr(value, f.name), False)
                 for f in dataclasses.fields(value)]
     return value
@@ -1092,20 +1081,29 @@ def _generic(cls_name: str, method: str, entry: dict[str, Any]) -> Callable[...,
     adapter = ADAPTERS.get(f"{cls_name}.{method}")
     spec = entry["params"]
     calls = entry.get("calls")
+    attr = calls.split(".", 1)[1] if calls else None   # the aiovirt method's name
+    keys = tuple(param[0] for param in spec)
+    plans: dict[Any, Any] = {}   # the aiovirt method's function -> _call_plan, made once
 
     async def call(self: Any, *args: Any, **kwargs: Any) -> Any:
         conn = self if isinstance(self, virConnect) else self._conn
         if adapter is not None:
             return await adapter(self, conn, *args, **kwargs)
-        if calls:
-            target = _aiovirt_method(self, calls)
-            values = _aiovirt_args(target, _bind(spec, args, kwargs))
-            if values is not None:
+        if attr is not None:
+            target = getattr(handle(self), attr)
+            func = getattr(target, "__func__", target)
+            found = plans.get(func)
+            if found is None:
+                found = plans[func] = _call_plan(target, keys)
+            plan, returns_none = found
+            bound = _bind(spec, args, kwargs) if spec or args or kwargs else {}
+            if plan is not None:
                 try:
-                    result = await target(**values)
+                    result = await target(**{name: _to_aiovirt(bound[key])
+                                             for key, name in plan})
                 except TRANSLATED as exc:
                     raise _translate(exc) from None
-                if result is None and _returns_none(target):
+                if result is None and returns_none:
                     return 0   # libvirt-python's 0 for success of an int-returning call
                 return _reshape(conn, result)
         if not procedures or procedures[0].args is None and spec:
@@ -1115,8 +1113,8 @@ def _generic(cls_name: str, method: str, entry: dict[str, Any]) -> Callable[...,
             None if isinstance(self, virConnect) else self, conn, procedure, spec, args,
             kwargs)
         ret = await conn._call_procedure(procedure, wire)
-        if procedure.ret is not None and "nparams" in [f.name for f in dataclasses.fields(
-                procedure.ret)] and getattr(ret, "nparams", 0) and not getattr(
+        if procedure.ret is not None and "nparams" in procedure.ret.__slots__ and getattr(
+                ret, "nparams", 0) and not getattr(
                 ret, "params", None) and wire is not None and hasattr(wire, "nparams"):
             # two-phase typed-parameter query: the first call only counted them
             wire = dataclasses.replace(wire, nparams=ret.nparams)
