@@ -57,13 +57,14 @@ _DomainCB = Callable[[Any, Any, int, int, _T], Optional[int]]
 # When no caller runs it, a background thread does (events, keepalive, timers), taking it
 # ``_IDLE`` seconds after the last caller let go (at once if calls handed over by callers
 # that cannot run it are left), and giving it back when a caller asks for it or callers
-# wait.  ``_cond`` guards the state below.
+# wait.  ``_mutex`` (``_cond``'s lock) guards the state below.
 
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
 _thread: threading.Thread | None = None
 _local = threading.local()
-_cond = threading.Condition(threading.Lock())
+_mutex = threading.Lock()   # ``with _mutex``: a C call, where ``with _cond`` makes two Python ones
+_cond = threading.Condition(_mutex)
 _BACKGROUND = -1                 # ``_owner`` while the background thread runs the loop
 _owner: int | None = None        # who runs the loop: a caller's thread ident, _BACKGROUND, None
 _released = 0.0                  # when a caller last let go of it (time.monotonic)
@@ -74,6 +75,9 @@ _stopping = [False]              # the background thread's current run was asked
 
 def _get_loop() -> asyncio.AbstractEventLoop:
     global _loop, _thread
+    loop, thread = _loop, _thread
+    if loop is not None and thread is not None and thread.is_alive():
+        return loop
     with _lock:
         if _loop is None or _thread is None or not _thread.is_alive():
             loop = new_event_loop()
@@ -89,7 +93,7 @@ def _background(loop: asyncio.AbstractEventLoop) -> None:
     global _owner, _released
     asyncio.set_event_loop(loop)
     while True:
-        with _cond:
+        with _mutex:
             # a caller letting go wakes this thread only when handed-over calls are left;
             # otherwise it looks again every _IDLE seconds (no wake-up per call)
             while _owner is not None or not (
@@ -100,7 +104,7 @@ def _background(loop: asyncio.AbstractEventLoop) -> None:
         try:
             loop.run_forever()   # until a caller asks for the loop (``_stop_background``)
         finally:
-            with _cond:
+            with _mutex:
                 _owner = None
                 _released = time.monotonic()
                 _pass_on()
@@ -110,7 +114,7 @@ def _background(loop: asyncio.AbstractEventLoop) -> None:
 class _Slot:
     """One caller thread's place to wait for a handed-over call: a lock released when the
     result is in (cheaper than a ``concurrent.futures.Future`` per call), or when the thread
-    is to run the loop itself (``promoted``: the runner before it let go).  ``_cond`` guards
+    is to run the loop itself (``promoted``: the runner before it let go).  ``_mutex`` guards
     ``finished``, ``promoted`` and ``fut``."""
 
     __slots__ = ("done", "value", "error", "ident", "finished", "promoted", "fut")
@@ -160,7 +164,7 @@ async def _hop_call(coro: Coroutine[Any, Any, Any], slot: _Slot) -> None:
         slot.error = exc
         raise
     finally:
-        with _cond:
+        with _mutex:
             _handed -= 1
             slot.finished = True
             fut, wake = slot.fut, not slot.promoted
@@ -184,7 +188,7 @@ def _stop_background(loop: asyncio.AbstractEventLoop) -> None:
 
 
 def _pass_on() -> bool:
-    """(Under ``_cond``, the loop unowned) make the longest-waiting blocked caller the
+    """(Under ``_mutex``, the loop unowned) make the longest-waiting blocked caller the
     runner and wake it; False if none waits."""
     global _owner
     while _waiting:
@@ -203,7 +207,7 @@ def _let_go() -> None:
     calls are under way, else the background thread after ``_IDLE`` (at once when only
     callers that cannot run it wait)."""
     global _owner, _released
-    with _cond:
+    with _mutex:
         _owner = None
         _released = time.monotonic()
         if _handed and not _pass_on():
@@ -235,7 +239,7 @@ def _run_handed(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any],
     try:
         slot.done.acquire()
     except BaseException:
-        with _cond:   # interrupted (KeyboardInterrupt): the loop still owns the call
+        with _mutex:   # interrupted (KeyboardInterrupt): the loop still owns the call
             if slot in _waiting:
                 _waiting.remove(slot)
             runner = slot.promoted and _owner == slot.ident
@@ -244,7 +248,7 @@ def _run_handed(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any],
             _let_go()
         raise
     if slot.promoted:
-        with _cond:
+        with _mutex:
             if not slot.finished:
                 slot.fut = loop.create_future()
         try:
@@ -269,7 +273,7 @@ def _run(coro: Coroutine[Any, Any, Any]) -> Any:
                            "thread (from a callback run without an event implementation?)")
     # inside the caller's own asyncio code this thread cannot run our loop: hand over
     can_run = asyncio._get_running_loop() is None
-    with _cond:
+    with _mutex:
         if can_run:
             while _owner == _BACKGROUND and not _handed:
                 loop.call_soon_threadsafe(_stop_background, loop)
