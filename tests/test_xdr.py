@@ -205,6 +205,11 @@ def test_wire_records_behave_as_dataclasses():
     assert dataclasses.asdict(args) == {
         "dom": {"name": "web", "uuid": b"u" * 16, "id": 3}, "flags": 4}
     assert copy.deepcopy(args) == args and pickle.loads(pickle.dumps(args)) == args
+    match args:
+        case remote.DomainCreateWithFlagsArgs(remote.NonnullDomain(name, _, 3), flags):
+            assert (name, flags) == ("web", 4)
+        case _:
+            pytest.fail("a positional pattern did not match")
     union = remote.TypedParamValue(1, 7)
     assert [f.name for f in dataclasses.fields(union)] == ["type", "value"]
 

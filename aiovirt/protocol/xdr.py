@@ -43,6 +43,9 @@ class Record:
     __dataclass_fields__ = _LazyFields()
     __hash__ = None  # type: ignore[assignment]
 
+    def __init_subclass__(cls) -> None:
+        cls.__match_args__ = cls.__slots__   # positional patterns, as a dataclass has them
+
     def __repr__(self) -> str:
         shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
         return f"{type(self).__qualname__}({shown})"
