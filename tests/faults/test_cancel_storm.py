@@ -98,7 +98,11 @@ async def test_asyncio_wait_for_timeouts_leave_the_connection_usable(daemon):
                 pass
         with anyio.fail_after(5):
             assert (await conn.rpc.connect_get_lib_version()).lib_ver == 9000000
-        assert conn.channels[0].load == 0
+            # abandoned calls keep their slots until their late replies are read, and the
+            # daemon's workers may answer them after a later call: every slot comes back
+            # within a few more round trips (a leaked one fails the time limit above)
+            while conn.channels[0].load:
+                await conn.rpc.connect_get_lib_version()
 
 
 async def test_queued_calls_cancelled_are_never_sent(daemon):
