@@ -4,7 +4,8 @@ default event loop (``virEventRegisterDefaultImpl`` + a thread running
 ``virEventRunDefaultImpl``, ``domainEventRegisterAny``), interleaved rounds.
 
     .venv/bin/python benchmarks/events.py [--domains N] [--rounds N] [--workers N]
-                                          [--batch-window S] [--output FILE]
+                                          [--batch-window S] [--loop asyncio|uvloop]
+                                          [--output FILE]
 
 The storm is the same for both: a separate process (this script with ``--produce``) that
 defines and undefines N test domains on its own aiovirt connection, ``--workers`` at a time,
@@ -12,6 +13,8 @@ so 2N events (DEFINED, UNDEFINED).  The consumer (this process) counts the event
 round's domains (it reads each event's domain name) until it has all 2N.  Throughput is the
 events delivered between the first and the last one, per second; the consumer's CPU is this
 process's CPU time (all threads) over the round, per event; the producer's is not counted.
+``--loop``: the event loop aiovirt's consumer runs on (asyncio's own by default, or uvloop's:
+``aiovirt[speed]``), in this process and in the backlog mode's consumer children.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ DOMAIN = ("<domain type='test'><name>{name}</name><memory unit='MiB'>8</memory>"
           "<os><type>hvm</type></os></domain>")
 LINES: list[str] = []
 BATCH_WINDOW = float(os.environ.get("AIOVIRT_EVENT_BATCH_WINDOW", DEFAULT_EVENT_BATCH_WINDOW))
+LOOP = "asyncio"   # the loop aiovirt runs on here and in the consumer children (``--loop``)
 
 
 def say(line: str = "") -> None:
@@ -214,7 +218,7 @@ async def round_backlog(kind: str, uri: str, count: int, workers: int) -> Result
     the socket and libvirtd's queue, and the drain rate is the consumer's own capacity."""
     prefix = f"eb{uuid.uuid4().hex[:6]}-"
     child = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--consume", kind, uri, prefix, str(2 * count),
+        sys.executable, __file__, "--consume", kind, uri, prefix, str(2 * count), LOOP,
         stdout=asyncio.subprocess.PIPE)
     assert child.stdout is not None
     line = await asyncio.wait_for(child.stdout.readline(), 60)
@@ -237,7 +241,7 @@ async def round_backlog(kind: str, uri: str, count: int, workers: int) -> Result
 
 async def main(options: argparse.Namespace) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from run import Disturbance, describe_machine, describe_tree  # noqa: PLC0415
+    from run import Disturbance, describe_machine, describe_tree, loop_in_use  # noqa: PLC0415
 
     from aiovirt.testing.daemon import PrivateDaemon
     count, rounds, workers = options.domains, options.rounds, options.workers
@@ -257,7 +261,8 @@ async def main(options: argparse.Namespace) -> None:
             say(f"# storm: a separate process defines+undefines {count} domains on its own "
                 f"aiovirt connection, {workers} at a time: {2 * count} lifecycle events per "
                 f"round; {rounds} interleaved rounds (rotating who goes first); aiovirt's "
-                f"event_batch_window {BATCH_WINDOW * 1e3:g} ms")
+                f"event_batch_window {BATCH_WINDOW * 1e3:g} ms; aiovirt on {loop_in_use()}'s "
+                "loop")
             say()
             disturbance = Disturbance(daemon.pid)
             live: dict[str, list[Result]] = {"aiovirt": [], "libvirt-python": []}
@@ -323,9 +328,12 @@ def report(results: dict[str, list[Result]], count: int, lag: bool) -> None:
         "target <= 0.5x: " + ("met" if cpu_ratio <= 0.5 else "MISSED"))
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from run import add_loop_option, run_on  # noqa: E402
+
     if len(sys.argv) > 1 and sys.argv[1] == "--consume":
-        kind, uri, prefix, want = sys.argv[2:6]
-        asyncio.run(consume_child(kind, uri, prefix, int(want)))
+        kind, uri, prefix, want, loop = sys.argv[2:7]
+        run_on(loop, consume_child(kind, uri, prefix, int(want)))
         sys.exit(0)
     if len(sys.argv) > 1 and sys.argv[1] == "--produce":
         uri, prefix, count, workers = sys.argv[2:6]
@@ -338,13 +346,15 @@ if __name__ == "__main__":
     parser.add_argument("--mode", choices=("live", "backlog", "both"), default="both")
     parser.add_argument("--batch-window", type=float, default=BATCH_WINDOW,
                         help="aiovirt's event_batch_window, seconds (default: the library's)")
+    add_loop_option(parser)
     parser.add_argument("--output", help="also write the report to this file")
     opts = parser.parse_args()
+    LOOP = opts.loop
     # the consumer child processes of the backlog mode read it from the environment
     os.environ["AIOVIRT_EVENT_BATCH_WINDOW"] = str(opts.batch_window)
     BATCH_WINDOW = opts.batch_window
     try:
-        asyncio.run(main(opts))
+        run_on(opts.loop, main(opts))
     finally:
         if opts.output:
             Path(opts.output).write_text("\n".join(LINES) + "\n")

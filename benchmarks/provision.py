@@ -2,7 +2,12 @@
 define and start the same composed XML, side by side, interleaved round by round.
 
     .venv/bin/python benchmarks/provision.py [--quick] [--only CASE ...] [--rounds N]
-                                             [--instructions] [--output FILE]
+                                             [--instructions] [--loop asyncio|uvloop]
+                                             [--output FILE]
+
+``--loop``: the event loop aiovirt runs on, asyncio's own (the default) or uvloop's
+(``aiovirt[speed]``, what the CLI and the service pick up when installed); the counted
+children use it too.  libvirt-python's threads are the same either way.
 
 Cases (see README.md):
 
@@ -65,11 +70,14 @@ from run import (
     daemon_cpu_ns,
     describe_machine,
     describe_tree,
+    add_loop_option,
     in_thread,
     interleave,
+    loop_in_use,
     median,
     per_call_us,
     print_summary,
+    run_on,
     say,
 )
 
@@ -476,7 +484,8 @@ async def case_e2e(daemon: PrivateDaemon, rounds: int, count: int,
             await check_empty([held], baseline, "e2e")
             if instructions:
                 started = time.perf_counter()
-                counted = await asyncio.to_thread(count_instructions, uri, lv_own)
+                counted = await asyncio.to_thread(count_instructions, uri, lv_own,
+                                                  loop_in_use())
                 took = time.perf_counter() - started
                 await check_empty([held], baseline, "e2e")
         finally:
@@ -521,18 +530,20 @@ def lv_counted(uri: str, n: int, prefix: str) -> None:
             c.close()
 
 
-def count_child(kind: str, n: int, prefix: str, uri: str) -> None:
+def count_child(kind: str, n: int, prefix: str, uri: str, loop: str) -> None:
     """Under callgrind (``--count-child``): ``kind``'s counted run of ``n`` guests named
-    ``prefix*`` on ``uri``, left there for the parent to check and remove."""
+    ``prefix*`` on ``uri``, aiovirt's on ``loop``, left there for the parent to check and
+    remove."""
     if not aiovirt.__file__ or not aiovirt.__file__.startswith(str(HERE.parent)):
         raise SystemExit(f"the counting child imported {aiovirt.__file__}, not {HERE.parent}")
     if kind == "aiovirt":
-        asyncio.run(av_counted(uri, n, prefix))
+        run_on(loop, av_counted(uri, n, prefix))
     else:
         lv_counted(uri, n, prefix)
 
 
-def count_instructions(uri: str, conns: Sequence[libvirt.virConnect]) -> dict[str, int]:
+def count_instructions(uri: str, conns: Sequence[libvirt.virConnect], loop: str
+                       ) -> dict[str, int]:
     """Client instructions per guest by kind (``COUNT_KINDS``): a ``--count-child`` run under
     callgrind with ``COUNT_GUESTS + COUNT_BASE`` guests minus one with ``COUNT_BASE``, over
     ``COUNT_GUESTS``; two runs at a time, each child's guests checked and removed (over
@@ -546,7 +557,7 @@ def count_instructions(uri: str, conns: Sequence[libvirt.virConnect]) -> dict[st
         try:
             total = callgrind_instructions(
                 [sys.executable, str(Path(__file__).resolve()), "--count-child", kind, str(n),
-                 prefix, uri], env=dict(os.environ, PYTHONPATH=root), cwd=root)
+                 prefix, uri, loop], env=dict(os.environ, PYTHONPATH=root), cwd=root)
             made = lv_count(conns[0], prefix)
             if made != COUNT_WARM_UP + n:
                 raise BenchError(f"e2e: the counted {kind} run left {made} guests running, "
@@ -692,7 +703,7 @@ async def main(options: argparse.Namespace) -> None:
         say(f"# {describe_machine()}; private libvirtds (default settings: "
             f"max_client_requests 5), libvirt {lib // 1000000}.{lib // 1000 % 1000}."
             f"{lib % 1000}; {'--quick, ' if quick else ''}{rounds} rounds per test-driver "
-            f"case, {kvm_rounds} for kvm")
+            f"case, {kvm_rounds} for kvm; aiovirt on {loop_in_use()}'s loop")
         say()
         runs = {
             "e2e": lambda: case_e2e(daemon, rounds, count, options.instructions),
@@ -733,16 +744,17 @@ if __name__ == "__main__":
                              f"threads on {THREADS} conns (a run of {COUNT_GUESTS + COUNT_BASE} "
                              f"guests minus one of {COUNT_BASE}; ~2-3 min more, needs valgrind), "
                              "with a verdict beside the CPU one")
+    add_loop_option(parser)
     parser.add_argument("--output", help="also write the report to this file")
-    parser.add_argument("--count-child", nargs=4, metavar=("KIND", "N", "PREFIX", "URI"),
+    parser.add_argument("--count-child", nargs=5, metavar=("KIND", "N", "PREFIX", "URI", "LOOP"),
                         help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.count_child:
-        kind, n, prefix, uri = opts.count_child
-        count_child(kind, int(n), prefix, uri)
+        kind, n, prefix, uri, loop = opts.count_child
+        count_child(kind, int(n), prefix, uri, loop)
         raise SystemExit(0)
     try:
-        asyncio.run(main(opts))
+        run_on(opts.loop, main(opts))
     except BenchError as exc:
         say(f"error: {exc}")
         raise SystemExit(1) from None
