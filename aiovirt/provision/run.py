@@ -139,6 +139,11 @@ class _Host:
         self.over = anyio.Event()                       # lost, or the run is done
         self.events_scope: anyio.CancelScope | None = None
         self.calls: set[anyio.CancelScope] = set()   # shielded calls out on this host
+        # cancel scopes and events per guest, made with the running backend's own classes
+        # (``Provisioning.run`` finds them): ``anyio.CancelScope()`` and ``anyio.Event()``
+        # look the backend up on every call, half of what a scope costs
+        self.new_scope: Callable[..., anyio.CancelScope] = anyio.CancelScope
+        self.new_event: Callable[[], anyio.Event] = anyio.Event
 
 
 class Provisioning:
@@ -239,6 +244,9 @@ class Provisioning:
         self._task = current_asyncio_task()
         # a task may carry cancellations its code caught and never undid: count from here
         self._cancelling = self._task.cancelling() if self._task is not None else 0
+        new_scope, new_event = type(anyio.CancelScope()), type(anyio.Event())
+        for host in self._hosts:
+            host.new_scope, host.new_event = new_scope, new_event
         try:
             with anyio.CancelScope() as self._scope:
                 if self.plan.cancelled:
@@ -572,8 +580,8 @@ class Provisioning:
             self._feed(self.plan.start_returned(g))
             started = host.waiters.get(uuid)
             if started is None:   # (often it came while start() was out: no wait)
-                started = host.waiters[uuid] = anyio.Event()
-                with anyio.move_on_after(self.start_timeout):
+                started = host.waiters[uuid] = host.new_event()
+                with host.new_scope(deadline=anyio.current_time() + self.start_timeout):
                     await started.wait()
             host.waiters.pop(uuid, None)
             if host.lost:
@@ -648,7 +656,7 @@ class _CallOn:
         self.host = host
         # one scope does both: shielded from the run's cancellation, still cancelled by
         # ``scope.cancel()`` (its host's loss)
-        self.scope = anyio.CancelScope(shield=True)
+        self.scope = host.new_scope(shield=True)
 
     def __enter__(self) -> None:
         self.scope.__enter__()
