@@ -36,6 +36,7 @@ delivered to all of them (each with its own buffer), and the last one to leave d
 from __future__ import annotations
 
 import functools
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -52,6 +53,12 @@ __all__ = ["DEFAULT_MAX_BUFFER", "Dropped", "EventSubscription", "Registration",
 T = TypeVar("T")
 
 DEFAULT_MAX_BUFFER = 1000
+# How long ``stop`` waits (shielded from cancellation) for the daemon to drop the callback:
+# a courtesy, since the daemon drops it with the connection anyway; events still arriving
+# for it reach no subscriber.
+STOP_TIMEOUT = 5.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +238,9 @@ class EventSubscription(Generic[T]):
         registration.subscribers.remove(self)
         if registration.subscribers:
             return
-        with anyio.CancelScope(shield=True):
+        # shielded, so a cancelled consumer still deregisters; bounded, so a daemon that
+        # does not answer cannot hold the consumer (or its cancellation) for ever
+        with anyio.move_on_after(STOP_TIMEOUT, shield=True) as bound:
             async with registration.lock:
                 callback_id = registration.callback_id
                 if registration.subscribers or callback_id is None:
@@ -240,6 +249,9 @@ class EventSubscription(Generic[T]):
                 self._conn._remove_subscription(self._family, callback_id)
                 if self._conn.is_alive:
                     await self._deregister(callback_id)
+        if bound.cancelled_caught:
+            log.warning("%s events: the daemon did not confirm dropping the subscription "
+                        "within %g s; going on without it", self._family, STOP_TIMEOUT)
 
     def deliver(self, item: EventMessage | Resync | _Final) -> None:
         """Buffer one event, undecoded, or a marker (called by the socket reader: never

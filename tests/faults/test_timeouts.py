@@ -9,11 +9,13 @@ import anyio
 import pytest
 
 import aiovirt
+from aiovirt.client import events as client_events
 from aiovirt.protocol import remote
 from aiovirt.testing.fakepeer import memory_dialer, reply_to
 
 LIBVER = remote.REMOTE_PROC_CONNECT_GET_LIB_VERSION
 HOSTNAME = remote.REMOTE_PROC_CONNECT_GET_HOSTNAME
+REGISTER = remote.REMOTE_PROC_CONNECT_DOMAIN_EVENT_CALLBACK_REGISTER_ANY
 
 
 async def answers_all_but_hostname(stream, msg) -> bool:
@@ -66,3 +68,44 @@ async def test_timeouts_on_a_real_daemon_leave_it_usable(daemon):
 def test_call_timeout_must_be_positive():
     with pytest.raises(ValueError, match="call_timeout"):
         aiovirt.connect("test:///default", call_timeout=0)
+
+
+async def never_drops_subscriptions(stream, msg) -> bool:
+    """A daemon that takes event subscriptions but never answers their removal."""
+    if msg.procedure == REGISTER:
+        await stream.send(reply_to(msg, remote.ConnectDomainEventCallbackRegisterAnyRet(7)))
+    elif msg.procedure == LIBVER:
+        await stream.send(reply_to(msg, remote.ConnectGetLibVersionRet(9_000_000)))
+    return True
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_ending_a_subscription_is_bounded_when_the_daemon_never_answers(backend, monkeypatch,
+                                                                         caplog):
+    """Deregistering is shielded (a cancelled consumer still deregisters) but bounded: a
+    daemon that never confirms holds neither the consumer nor its cancellation for ever,
+    and the connection goes on."""
+    monkeypatch.setattr(client_events, "STOP_TIMEOUT", 0.3)
+
+    async def main() -> None:
+        async with aiovirt.connect("test:///default",
+                                   dialer=memory_dialer(never_drops_subscriptions)) as conn:
+            began = time.monotonic()
+            async with conn.domain_events() as events:
+                assert events.callback_id == 7
+            assert 0.25 <= time.monotonic() - began < 3
+
+            async def consume() -> None:
+                async with conn.domain_events() as events:
+                    async for _ in events:
+                        pass
+
+            began = time.monotonic()
+            with anyio.move_on_after(0.2) as outer:   # cancels the consumer mid-iteration
+                await consume()
+            assert outer.cancelled_caught
+            assert 0.45 <= time.monotonic() - began < 3
+            assert await conn.get_lib_version() == 9_000_000
+
+    anyio.run(main, backend=backend)
+    assert caplog.text.count("did not confirm dropping the subscription within 0.3 s") == 2
