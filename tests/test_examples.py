@@ -125,7 +125,8 @@ async def test_watch_events_example_prints_each_lifecycle_event(held):
     uri, conn = held
     watcher = subprocess.Popen([sys.executable, str(EXAMPLES / "watch_events.py"), uri],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                               env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                    "PYTHONFAULTHANDLER": "1"})
     try:
         lines = Lines(watcher)
         # it prints nothing until it has an event: start throwaway guests until one shows
@@ -154,7 +155,13 @@ async def test_watch_events_example_prints_each_lifecycle_event(held):
             if line.startswith(f"{name}:"):
                 seen.append(line.rstrip("\n"))
         watcher.send_signal(signal.SIGINT)             # Ctrl-C: it stops quietly
-        _, err = await anyio.to_thread.run_sync(lambda: watcher.communicate(timeout=30))
+        try:
+            _, err = await anyio.to_thread.run_sync(lambda: watcher.communicate(timeout=30))
+        except subprocess.TimeoutExpired:
+            # say where it is stuck: faulthandler prints every thread's stack on SIGABRT
+            watcher.send_signal(signal.SIGABRT)
+            _, err = await anyio.to_thread.run_sync(lambda: watcher.communicate(timeout=10))
+            pytest.fail(f"watch_events.py did not stop within 30 s of its Ctrl-C:\n{err}")
     finally:
         if watcher.poll() is None:
             watcher.kill()
