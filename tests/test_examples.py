@@ -104,6 +104,29 @@ async def test_event_agent_restarts_a_labelled_guest(held):
     await teardown(uri, report=report)
 
 
+_TASK_DUMPER = """
+import asyncio, runpy, signal, sys, traceback
+
+def dump(signum, frame):
+    print("SIGINT handler:", signal.getsignal(signal.SIGINT), file=sys.stderr)
+    traceback.print_stack(frame, file=sys.stderr)
+    try:
+        tasks = asyncio.all_tasks()
+    except RuntimeError:
+        tasks = set()
+    for task in tasks:
+        print(f"-- {task!r} cancelling={task.cancelling()}", file=sys.stderr)
+        task.print_stack(file=sys.stderr)
+    sys.stderr.flush()
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    signal.raise_signal(signal.SIGUSR1)
+
+signal.signal(signal.SIGUSR1, dump)
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 class Lines:
     """A process's stdout read line by line in a thread; ``next`` waits a bounded time."""
 
@@ -123,10 +146,12 @@ class Lines:
 
 async def test_watch_events_example_prints_each_lifecycle_event(held):
     uri, conn = held
-    watcher = subprocess.Popen([sys.executable, str(EXAMPLES / "watch_events.py"), uri],
+    # the example as it is, run by a wrapper that prints its tasks' stacks on SIGUSR1 (what
+    # the test reports if the example outlives its Ctrl-C)
+    watcher = subprocess.Popen([sys.executable, "-c", _TASK_DUMPER,
+                                str(EXAMPLES / "watch_events.py"), uri],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1",
-                                    "PYTHONFAULTHANDLER": "1"})
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         lines = Lines(watcher)
         # it prints nothing until it has an event: start throwaway guests until one shows
@@ -158,9 +183,12 @@ async def test_watch_events_example_prints_each_lifecycle_event(held):
         try:
             _, err = await anyio.to_thread.run_sync(lambda: watcher.communicate(timeout=30))
         except subprocess.TimeoutExpired:
-            # say where it is stuck: faulthandler prints every thread's stack on SIGABRT
-            watcher.send_signal(signal.SIGABRT)
-            _, err = await anyio.to_thread.run_sync(lambda: watcher.communicate(timeout=10))
+            watcher.send_signal(signal.SIGUSR1)   # say where it is stuck, then go
+            try:
+                _, err = await anyio.to_thread.run_sync(lambda: watcher.communicate(timeout=5))
+            except subprocess.TimeoutExpired:
+                watcher.kill()
+                _, err = await anyio.to_thread.run_sync(lambda: watcher.communicate(timeout=5))
             pytest.fail(f"watch_events.py did not stop within 30 s of its Ctrl-C:\n{err}")
     finally:
         if watcher.poll() is None:
