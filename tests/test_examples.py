@@ -122,6 +122,11 @@ def dump(signum, frame):
     signal.raise_signal(signal.SIGUSR1)
 
 signal.signal(signal.SIGUSR1, dump)
+# A suite started in the background (`nohup ... &`, a non-interactive shell's job) runs with
+# SIGINT ignored, and a child inherits that: Python then keeps ignoring it, asyncio.run
+# installs no Ctrl-C handler, and the example rightly ignores Ctrl-C.  Run it as from a
+# terminal instead.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
@@ -146,8 +151,8 @@ class Lines:
 
 async def test_watch_events_example_prints_each_lifecycle_event(held):
     uri, conn = held
-    # the example as it is, run by a wrapper that prints its tasks' stacks on SIGUSR1 (what
-    # the test reports if the example outlives its Ctrl-C)
+    # the example as it is, run by a wrapper that makes Ctrl-C reach it as from a terminal
+    # and prints its tasks' stacks on SIGUSR1 (what the test reports if it outlives Ctrl-C)
     watcher = subprocess.Popen([sys.executable, "-c", _TASK_DUMPER,
                                 str(EXAMPLES / "watch_events.py"), uri],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
