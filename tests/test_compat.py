@@ -355,3 +355,143 @@ def test_qemu_and_lxc_drop_ins(shared_uri):
             qemu.qemuMonitorEventRegister(conn, dom, None, lambda *a: None, None, 0)
     finally:
         conn.close()
+
+
+# -- a lone caller reads its own reply (libvirt's shape) ----------------------------------------
+
+def test_a_lone_caller_steps_its_call_without_a_pass_of_the_loop(shared_uri, monkeypatch):
+    """A caller alone owns the loop and steps its call's coroutine itself: the call is
+    written and its reply read on its thread, the loop never runs for it (it did a pass a
+    call before, which cost more than the rest of the call)."""
+    conn = libvirt.open(shared_uri)
+    try:
+        version = conn.getLibVersion()
+        monkeypatch.setattr(libvirt, "_IDLE", 60.0)   # no pass for back-to-back calls
+        runs: list[object] = []
+        run_loop = libvirt._run_loop
+        monkeypatch.setattr(libvirt, "_run_loop",
+                            lambda loop, coro: (runs.append(coro), run_loop(loop, coro))[1])
+        stepped = []
+        drive = libvirt._drive
+        monkeypatch.setattr(libvirt, "_drive",
+                            lambda *a: (stepped.append(a[1]), drive(*a))[1])
+        dom = conn.lookupByName("test")
+        for _ in range(50):
+            assert conn.getLibVersion() == version
+            assert dom.info()[0] in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_SHUTOFF)
+        assert len(stepped) == 101 and runs == []
+    finally:
+        conn.close()
+
+
+def test_a_stepped_call_runs_what_needs_the_loop_on_it(shared_uri, monkeypatch):
+    """Within a stepped method, a call that needs the running loop (a time limit; a slow
+    procedure, which goes to a lane) runs on it, here; the method goes on stepped."""
+    import uuid
+
+    conn = libvirt.open(shared_uri)
+    try:
+        monkeypatch.setattr(libvirt, "_IDLE", 60.0)
+        on_loop: list[object] = []
+        run_loop = libvirt._run_loop
+        monkeypatch.setattr(libvirt, "_run_loop", lambda loop, coro: (
+            on_loop.append(getattr(coro, "__name__", coro)), run_loop(loop, coro))[1])
+        conn._a._c.call_timeout = 30.0
+        assert conn.getLibVersion() > 0
+        assert on_loop == ["_awaited"]
+        conn._a._c.call_timeout = None
+        on_loop.clear()
+        xml = (f"<domain type='test'><name>stepped-{uuid.uuid4().hex[:8]}</name>"
+               "<memory>8192</memory><os><type>hvm</type></os></domain>")
+        dom = conn.defineXML(xml)
+        try:
+            assert dom.create() == 0       # DOMAIN_CREATE is slow: a lane, on the loop
+            assert dom.isActive() == 1
+            assert on_loop and set(on_loop) == {"_awaited"}
+        finally:
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+    finally:
+        conn.close()
+
+
+def test_a_method_that_needs_the_loop_first_runs_there_from_then_on(shared_uri):
+    """A method whose coroutine needs the running loop before it sends anything is run on
+    the loop instead, and from then on at once (nothing was sent twice)."""
+    import anyio
+
+    conn = libvirt.open(shared_uri)
+    sent: list[int] = []
+
+    async def method(target):
+        await anyio.lowlevel.checkpoint()   # needs the running loop (sniffio)
+        sent.append(1)
+        return await target.getLibVersion()
+
+    call = libvirt._blocking("probe", method, libvirt._CONNECTION)
+    try:
+        assert call(conn) == conn.getLibVersion()
+        assert call(conn) == conn.getLibVersion()
+        assert sent == [1, 1]
+    finally:
+        conn.close()
+
+
+def test_a_lone_caller_interrupted_while_reading_leaves_the_connection_usable(tmp_path):
+    """Ctrl-C (here SIGALRM's handler) while a lone caller waits on a stopped daemon: the
+    interruption gets through at once, the loop is let go, and once the daemon goes on the
+    same connection answers."""
+    import os
+    import signal
+    import time
+
+    from aiovirt.testing.daemon import PrivateDaemon
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(signum, frame):
+        raise Interrupted
+
+    with PrivateDaemon(tmp_path / "d") as daemon:
+        conn = libvirt.open(daemon.uri())
+        version = conn.getLibVersion()
+        previous = signal.signal(signal.SIGALRM, interrupt)
+        os.kill(daemon.pid, signal.SIGSTOP)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.3)
+            start = time.monotonic()
+            with pytest.raises(Interrupted):
+                conn.getLibVersion()
+            assert time.monotonic() - start < 5
+            assert libvirt._owner != threading.get_ident()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+            os.kill(daemon.pid, signal.SIGCONT)
+        assert conn.getLibVersion() == version
+        conn.close()
+
+
+def test_a_lone_caller_learns_of_a_killed_daemon(tmp_path):
+    """The daemon dies while a lone caller reads its reply: the call fails with a
+    libvirtError at once (no hang), and so does the next."""
+    import os
+    import signal
+    import time
+
+    from aiovirt.testing.daemon import PrivateDaemon
+
+    with PrivateDaemon(tmp_path / "d") as daemon:
+        conn = libvirt.open(daemon.uri())
+        conn.getLibVersion()
+        os.kill(daemon.pid, signal.SIGSTOP)
+        threading.Timer(0.3, lambda: os.kill(daemon.pid, signal.SIGKILL)).start()
+        start = time.monotonic()
+        with pytest.raises(libvirtError):
+            conn.getLibVersion()
+        assert time.monotonic() - start < 10
+        with pytest.raises(libvirtError):
+            conn.getLibVersion()
+        conn.close()

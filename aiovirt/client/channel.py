@@ -247,6 +247,36 @@ class Channel:
         waiter.set_result((item.value, fds))
         return True
 
+    # -- without the loop: a thread that owns it while it does not run ------------------------
+    def fd_here(self) -> int | None:
+        """The socket's descriptor if ``read_here`` may read it, else None (only the loop
+        reads this socket: TLS, a tunnel, a stream's paused reader, FDs expected)."""
+        if self.closed is not None or self.reading_paused:
+            return None
+        fd_here = getattr(self.transport, "fd_here", None)
+        return None if fd_here is None else fd_here()   # type: ignore[no-any-return]
+
+    def read_here(self) -> None:
+        """Read what the socket holds and route it, as the loop would (after ``fd_here``
+        said it may, and the socket polled readable)."""
+        try:
+            data = self.transport.read_here()   # type: ignore[attr-defined]
+        except OSError as exc:
+            self.lost(exc)
+            return
+        if data is None:
+            return
+        if data:
+            self.feed(data)
+        else:
+            self.lost(None)
+
+    def flush(self) -> None:
+        """Send batched writes now (a thread waiting without the loop)."""
+        flush = getattr(self.transport, "flush", None)
+        if flush is not None:
+            flush()
+
     def lost(self, exc: BaseException | None) -> None:
         self.fail(ConnectionClosed(
             f"{self.name} socket: the server closed the connection" if exc is None else

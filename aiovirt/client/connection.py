@@ -34,6 +34,7 @@ from .dialers import Dialer, dial
 from .events import Registration, event_callback_id, event_family
 from .limits import DEFAULT_MAX_CLIENT_REQUESTS, read_max_client_requests
 from .transport import Transport
+from .offloop import OnLoop, stepping
 from .reconnect import ConnectionState, Reconnect, StateChange
 from .uri import ConnectionURI, parse_uri
 
@@ -374,6 +375,8 @@ two.
         if timeout is ...:
             timeout = self.call_timeout
         if timeout is not None:
+            if stepping():   # a time limit needs the running loop
+                return await OnLoop(self.call(procedure, args, timeout, lane=lane))
             with anyio.move_on_after(timeout):
                 return await self._route(procedure, args, lane)
             raise _timed_out(procedure, timeout)   # only reached when the deadline passed
@@ -381,6 +384,8 @@ two.
         # right here (``Channel.call`` inlined), one coroutine frame instead of three.
         channel = self._quick_channel(procedure, lane) or self._lane_now()
         if channel is None:
+            if stepping():   # waiting for a lane or a reconnection needs the running loop
+                return await OnLoop(self.call(procedure, args, timeout, lane=lane))
             return await self._route(procedure, args, lane)
         serial, waiter = channel._send(procedure, args)
         try:
@@ -409,6 +414,8 @@ two.
                     return waiter   # type: ignore[no-any-return]
             except Exception:   # noqa: BLE001 - raised again by ``call`` when awaited
                 pass
+        if stepping():
+            return OnLoop(self.call(procedure, args, timeout, lane=lane))
         return self.call(procedure, args, timeout, lane=lane)
 
     async def _route(self, procedure: ProcedureInfo, args: Any, lane: bool | None) -> Any:
@@ -462,6 +469,9 @@ two.
         main socket: returns ``(result, fds)``.  The FDs sent stay the caller's; the ones
         returned are new and the caller must close them.  Only a UNIX socket under asyncio
         carries FDs: elsewhere ``TransportError`` says why, before anything is sent."""
+        if stepping():   # FDs travel only with the running loop
+            return await OnLoop(self.call_with_fds(  # type: ignore[no-any-return]
+                procedure, args, fds, timeout))
         main = self._main
         if main is None or self._closed or main.closed is not None:
             raise ConnectionClosed("the connection is closed")

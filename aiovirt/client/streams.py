@@ -32,6 +32,7 @@ from ..errors import ConnectionClosed, LibvirtError, ProtocolError
 from ..protocol.wire import CONTINUE, ERROR, OK, STREAM_HOLE, StreamMessage
 from ..protocol.xdr import ProcedureInfo
 from .channel import Channel
+from .offloop import OnLoop, stepping
 
 __all__ = ["CHUNK", "Hole", "Stream", "open_stream"]
 
@@ -262,6 +263,10 @@ async def open_stream(conn: Any, procedure: ProcedureInfo, args: Any, *,
     reply and the ``Stream``.  With lanes, the stream gets a socket of its own."""
     if procedure.stream is None:
         raise TypeError(f"{procedure.name} does not open a stream")
+    if stepping():   # a stream lives on the running loop
+        return await OnLoop(open_stream(  # type: ignore[no-any-return]
+            conn, procedure, args, sparse=sparse, buffer_limit=buffer_limit,
+            own_socket=own_socket))
     owns = bool(own_socket and conn.lanes)
     if owns:
         channel: Channel = await conn._open_channel("stream")

@@ -22,6 +22,7 @@ import array
 import asyncio
 import math
 import os
+import select
 import socket
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
@@ -111,6 +112,8 @@ class AsyncioTransport(asyncio.Protocol):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._paused = False                           # pause_reading asked by the channel
         self._kind = "non-socket pipe"
+        self._plain_fd: int | None = None   # a plain socket's (no TLS): see ``read_here``
+        self._poller: Any = None
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -126,6 +129,8 @@ class AsyncioTransport(asyncio.Protocol):
             family = getattr(sock, "family", None)
             if family == socket.AF_UNIX:
                 self._unix_fd = sock.fileno()
+            if transport.get_extra_info("ssl_object") is None:
+                self._plain_fd = sock.fileno()
             self._kind = {socket.AF_INET: "TCP", socket.AF_INET6: "TCP"}.get(
                 family, str(family)) + " socket"
 
@@ -187,6 +192,30 @@ class AsyncioTransport(asyncio.Protocol):
             transport.write(payload)
         else:
             self._pending.append(header + bytes(payload))
+
+    # Read and written by a thread that owns the loop while the loop does not run (the
+    # blocking drop-in's lone caller, as libvirt's client reads its own reply)
+    def fd_here(self) -> int | None:
+        """The socket's descriptor if ``read_here`` may read it: a plain socket, reading
+        not paused, no FDs expected, still open; else None (only the loop reads it)."""
+        transport = self._transport
+        if (self._plain_fd is None or self._paused or self._expecting or transport is None
+                or transport.is_closing()):
+            return None
+        return self._plain_fd
+
+    def read_here(self) -> bytes | None:
+        """Read what the socket holds now, without the loop; None if nothing, b"" at its
+        end.  The loop, when it runs again, finds those bytes gone and goes on."""
+        try:
+            return os.read(self._plain_fd, 1 << 18)   # type: ignore[arg-type]
+        except (BlockingIOError, InterruptedError):
+            return None
+
+    def flush(self) -> None:
+        """Send batched writes now (their flush waits for a pass of the loop)."""
+        if self._pending is not None and self._held is None:
+            self._flush()
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, None
