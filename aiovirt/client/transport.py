@@ -22,7 +22,6 @@ import array
 import asyncio
 import math
 import os
-import select
 import socket
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
@@ -113,7 +112,7 @@ class AsyncioTransport(asyncio.Protocol):
         self._paused = False                           # pause_reading asked by the channel
         self._kind = "non-socket pipe"
         self._plain_fd: int | None = None   # a plain socket's (no TLS): see ``read_here``
-        self._poller: Any = None
+        self._buffer: memoryview | None = None   # ``read_here`` reads into it
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -207,10 +206,14 @@ class AsyncioTransport(asyncio.Protocol):
     def read_here(self) -> bytes | None:
         """Read what the socket holds now, without the loop; None if nothing, b"" at its
         end.  The loop, when it runs again, finds those bytes gone and goes on."""
+        buffer = self._buffer
+        if buffer is None:   # made once: a new 256 KiB object per read costs more than it
+            buffer = self._buffer = memoryview(bytearray(1 << 18))
         try:
-            return os.read(self._plain_fd, 1 << 18)   # type: ignore[arg-type]
+            count = os.readv(self._plain_fd, (buffer,))   # type: ignore[arg-type]
         except (BlockingIOError, InterruptedError):
             return None
+        return bytes(buffer[:count])
 
     def flush(self) -> None:
         """Send batched writes now (their flush waits for a pass of the loop)."""
