@@ -17,7 +17,10 @@ Cases:
   (``import aiovirt.compat.libvirt as libvirt``: one ``virConnect``) against libvirt-python
   (one ``virConnect``).  Also shown, no verdict: the same from 1 thread, and aiovirt's own
   async API (16 tasks on one connection), the drop-in minus its thread hop.  Target:
-  throughput >= 0.8x libvirt-python's at 16 threads.
+  throughput >= 0.8x libvirt-python's at 16 threads.  And, no verdict, 1 thread that is the
+  main thread of a process of its own (a script's shape: there the drop-in's lone caller
+  writes its call and reads its reply itself, no pass of its event loop), in child
+  processes of this script, their own CPU.
 * ``define``: defineXML + create of N test-driver domains (``--domains``, 1000) by 16 threads
   on one connection, a fresh private host (benchmarks/node.xml) per round, as run.py's
   ``define``: drop-in against libvirt-python (and aiovirt's async API, 16 tasks, no
@@ -44,6 +47,7 @@ import asyncio
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -136,6 +140,32 @@ def thread_calls(conn: Any, counts: list[int]) -> Round:
     return in_thread(lambda m: run_threads(len(counts), work, m))
 
 
+def main_thread_calls(module: str, uri: str, calls: int) -> Round:
+    """A round in a child process of this script that calls ``getLibVersion`` ``calls`` times
+    from its main thread, as a script does (``module``: "drop-in" or "libvirt-python"); the
+    child's wall time and CPU (all its threads) for the calls, after open and warm-up."""
+    def run(meter: Meter) -> Sample:
+        done = subprocess.run([sys.executable, str(Path(__file__).resolve()),
+                               "--main-thread-child", module, uri, str(calls)],
+                              capture_output=True, text=True, check=True,
+                              env=dict(os.environ, PYTHONPATH=str(HERE.parent)))
+        wall, cpu = json.loads(done.stdout.splitlines()[-1])
+        return Sample(wall, cpu, None)
+    return in_thread(run)
+
+
+def main_thread_child(module: str, uri: str, calls: int) -> None:
+    """(``--main-thread-child``) the calls of ``main_thread_calls``; prints [wall, cpu]."""
+    conn = (dropin if module == "drop-in" else libvirt).open(uri)
+    for _ in range(200):
+        conn.getLibVersion()
+    started, cpu = time.perf_counter(), time.process_time()
+    for _ in range(calls):
+        conn.getLibVersion()
+    print(json.dumps([time.perf_counter() - started, time.process_time() - cpu]), flush=True)
+    conn.close()
+
+
 def bare_hops(loop: asyncio.AbstractEventLoop, counts: list[int]) -> Round:
     """The thread hop alone: threads each waiting for ``run_coroutine_threadsafe`` of a
     coroutine doing nothing on an idle event-loop thread (the drop-in's mechanism, no I/O)."""
@@ -205,6 +235,23 @@ async def case_tiny(daemon: Any, meter: Meter, rounds: int, calls: int) -> None:
                 SUMMARY.append(Verdict("tiny drop-in", f"client CPU us/call, {conc} {thr}",
                                        f"{cpu_us(res[names[0]], n, min):.1f}",
                                        f"{cpu_us(res[names[1]], n, min):.1f}", cpu, "-", None))
+            # 1 thread again, the main thread of a process of its own: a script's shape, where
+            # the drop-in's lone caller writes its call and reads its reply itself
+            n = calls // 4
+            names = ("drop-in main thread", "libvirt-python main thread")
+            variants = {names[0]: main_thread_calls("drop-in", uri, n),
+                        names[1]: main_thread_calls("libvirt-python", uri, n)}
+            res = await interleave(rounds, variants, meter)
+            say("-- 1 thread, the main thread of a process of its own (a script's shape); "
+                "client CPU = that process's")
+            table(res, n, "call")
+            ratio, cpu = compare(res, n, "call", names[0], names[1])
+            SUMMARY.append(Verdict("tiny drop-in", "calls/s, main thread",
+                                   f"{n / best(res[names[0]]):.0f}",
+                                   f"{n / best(res[names[1]]):.0f}", ratio, "-", None))
+            SUMMARY.append(Verdict("tiny drop-in", "client CPU us/call, main thread",
+                                   f"{cpu_us(res[names[0]], n, min):.1f}",
+                                   f"{cpu_us(res[names[1]], n, min):.1f}", cpu, "-", None))
             sockets = len(conn.channels)
     finally:
         hop_loop.call_soon_threadsafe(hop_loop.stop)
@@ -522,7 +569,13 @@ if __name__ == "__main__":
                              "valgrind) and give the verdicts on them, not on CPU time")
     parser.add_argument("--output", help="also write the report to this file")
     parser.add_argument("--count-child", nargs=2, metavar=("URI", "JOBS"), help=argparse.SUPPRESS)
+    parser.add_argument("--main-thread-child", nargs=3, metavar=("MODULE", "URI", "CALLS"),
+                        help=argparse.SUPPRESS)
     opts = parser.parse_args()
+    if opts.main_thread_child:
+        module, uri, calls = opts.main_thread_child
+        main_thread_child(module, uri, int(calls))
+        raise SystemExit(0)
     if opts.count_child:
         count_child(opts.count_child[0], json.loads(opts.count_child[1]))
         raise SystemExit(0)
