@@ -395,7 +395,7 @@ def _run(coro: Coroutine[Any, Any, Any], conn: Any = None) -> Any:
                 _waiting.append(slot)
             if _owner is None:   # nobody runs the loop and this caller cannot: wake the
                 _cond.notify_all()   # background thread
-    if mine and conn is not None:
+    if mine and conn is not None and not _handed:
         if time.monotonic() - _loop_ran >= _IDLE:   # back-to-back calls: the loop's turn
             _run_loop(loop, _tick())
         value, error = _drive(loop, coro, conn)
