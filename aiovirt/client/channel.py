@@ -249,8 +249,9 @@ class Channel:
 
     # -- without the loop: a thread that owns it while it does not run ------------------------
     def fd_here(self) -> int | None:
-        """The socket's descriptor if ``read_here`` may read it, else None (only the loop
-        reads this socket: TLS, a tunnel, a stream's paused reader, FDs expected)."""
+        """Send what is batched, then the socket's descriptor if ``read_here`` may read
+        it, else None (only the loop reads this socket: TLS, a tunnel, a stream's paused
+        reader, FDs expected)."""
         if self.closed is not None or self.reading_paused:
             return None
         fd_here = getattr(self.transport, "fd_here", None)
@@ -270,12 +271,6 @@ class Channel:
             self.feed(data)
         else:
             self.lost(None)
-
-    def flush(self) -> None:
-        """Send batched writes now (a thread waiting without the loop)."""
-        flush = getattr(self.transport, "flush", None)
-        if flush is not None:
-            flush()
 
     def lost(self, exc: BaseException | None) -> None:
         self.fail(ConnectionClosed(

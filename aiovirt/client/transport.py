@@ -195,8 +195,11 @@ class AsyncioTransport(asyncio.Protocol):
     # Read and written by a thread that owns the loop while the loop does not run (the
     # blocking drop-in's lone caller, as libvirt's client reads its own reply)
     def fd_here(self) -> int | None:
-        """The socket's descriptor if ``read_here`` may read it: a plain socket, reading
-        not paused, no FDs expected, still open; else None (only the loop reads it)."""
+        """Send batched writes now (their flush waits for a pass of the loop), then the
+        socket's descriptor if ``read_here`` may read it: a plain socket, reading not
+        paused, no FDs expected, still open; else None (only the loop reads it)."""
+        if self._pending is not None and self._held is None:
+            self._flush()
         transport = self._transport
         if (self._plain_fd is None or self._paused or self._expecting or transport is None
                 or transport.is_closing()):
@@ -214,11 +217,6 @@ class AsyncioTransport(asyncio.Protocol):
         except (BlockingIOError, InterruptedError):
             return None
         return bytes(buffer[:count])
-
-    def flush(self) -> None:
-        """Send batched writes now (their flush waits for a pass of the loop)."""
-        if self._pending is not None and self._held is None:
-            self._flush()
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, None

@@ -4,8 +4,9 @@ Every call runs the async compat layer (``aiovirt.compat.aio``) on one private e
 and waits for it, so any number of threads may call at once, on one connection or many, as
 with libvirt-python.  The loop is run by the callers themselves, passed from one to the
 next as libvirt's own client passes its socket, and by a background thread when no caller
-needs it (see "the private loop" below).  Errors are
-``libvirtError``.
+needs it (see "the private loop" below); a caller alone steps its call without running the
+loop at all, writing the call and reading the reply on its own thread, as libvirt's client
+does ("a lone caller" below).  Errors are ``libvirtError``.
 
 Events follow libvirt's model: after ``virEventRegisterDefaultImpl()``, callbacks (domain
 events, ``virEventAddTimeout`` timers, ``virEventAddHandle`` watches) are queued and run on
@@ -77,12 +78,13 @@ _IDLE = 0.005
 _SLICE = 0.5   # seconds a caller reading its own reply waits before the loop takes a pass
 _loop_ran = 0.0                  # when a thread last ran the loop (time.monotonic)
 _stopping = [False]              # the background thread's current run was asked to stop
+_background_ident = [0]          # the background thread's ident while it lives
 
 
 def _get_loop() -> asyncio.AbstractEventLoop:
     global _loop, _thread
-    loop, thread = _loop, _thread
-    if loop is not None and thread is not None and thread.is_alive():
+    loop = _loop
+    if loop is not None and _background_ident[0]:   # its thread runs (cheaper than is_alive)
         return loop
     with _lock:
         if _loop is None or _thread is None or not _thread.is_alive():
@@ -96,6 +98,14 @@ def _get_loop() -> asyncio.AbstractEventLoop:
 
 def _background(loop: asyncio.AbstractEventLoop) -> None:
     """The loop's runner whenever no caller runs it."""
+    _background_ident[0] = threading.get_ident()
+    try:
+        _serve(loop)
+    finally:
+        _background_ident[0] = 0
+
+
+def _serve(loop: asyncio.AbstractEventLoop) -> None:
     global _owner, _released, _loop_ran
     asyncio.set_event_loop(loop)
     while True:
@@ -274,22 +284,34 @@ def _wait_here(loop: asyncio.AbstractEventLoop, conn: Any, reply: asyncio.Future
     other replies and events are routed on the way.  A socket only the loop may read (TLS,
     a tunnel) makes the loop run until the reply is in."""
     while not reply.done():
-        poller = select.poll()
         readers = {}
         for channel in conn.channels:
-            channel.flush()   # batched writes leave on a pass of the loop: none comes
-            fd = channel.fd_here()
+            fd = channel.fd_here()   # (it sends what is batched: no pass of the loop comes)
             if fd is None:
                 _run_loop(loop, _settled(reply))
                 break
             readers[fd] = channel
-            poller.register(fd, select.POLLIN)
         else:
-            ready = poller.poll(_SLICE * 1000) if readers else ()
+            ready = _poller(tuple(readers)).poll(_SLICE * 1000) if readers else ()
             if not ready:   # a quiet socket: the loop's turn (keepalive decides on it)
                 _run_loop(loop, _tick())
             for fd, _ in ready:
                 readers[fd].read_here()
+
+
+_pollers: dict[tuple[int, ...], Any] = {}
+
+
+def _poller(fds: tuple[int, ...]) -> Any:
+    """A ``select.poll`` watching ``fds`` for reading, made once per set of descriptors."""
+    poller = _pollers.get(fds)
+    if poller is None:
+        if len(_pollers) > 64:   # sockets come and go: forget the old sets
+            _pollers.clear()
+        poller = _pollers[fds] = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+    return poller
 
 
 def _drive(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], conn: Any
@@ -371,7 +393,7 @@ def _run(coro: Coroutine[Any, Any, Any], conn: Any = None) -> Any:
     global _owner, _handed
     loop = _get_loop()
     me = threading.get_ident()
-    if _owner == me or threading.current_thread() is _thread:
+    if _owner == me or me == _background_ident[0]:
         coro.close()
         raise RuntimeError("a blocking aiovirt.compat.libvirt call on its own event-loop "
                            "thread (from a callback run without an event implementation?)")
