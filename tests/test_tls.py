@@ -102,6 +102,27 @@ def test_calls_over_tls_under_trio(tls_daemon, pki):
     assert trio.run(calls, tls_uri(tls_daemon, pki.pkipath("good"))) == (9000000, ["test"])
 
 
+def test_blocking_drop_in_over_tls_reads_through_the_loop(tls_daemon, pki, monkeypatch):
+    """The drop-in's lone caller reads its own reply only from a plain socket: over TLS the
+    socket is left to the loop (reading it directly would take the ciphertext); calls,
+    lookups and a large reply work, each waited for by a run of the loop."""
+    import aiovirt.compat.libvirt as libvirt
+
+    conn = libvirt.open(tls_uri(tls_daemon, pki.pkipath("good")))
+    try:
+        assert all(channel.fd_here() is None for channel in conn._a._c.channels)
+        settled: list[object] = []
+        run_loop = libvirt._run_loop
+        monkeypatch.setattr(libvirt, "_run_loop", lambda loop, coro: (
+            settled.append(getattr(coro, "__name__", None)), run_loop(loop, coro))[1])
+        assert conn.getLibVersion() == 9000000
+        assert [d.name() for d in conn.listAllDomains()] == ["test"]
+        assert len(conn.getCapabilities()) > 1000
+        assert settled.count("_settled") >= 3
+    finally:
+        conn.close()
+
+
 async def test_many_concurrent_calls_over_tls(tls_daemon, pki):
     async with aiovirt.connect(tls_uri(tls_daemon, pki.pkipath("good"))) as conn:
         names: list[str] = []
