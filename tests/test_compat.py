@@ -495,3 +495,48 @@ def test_a_lone_caller_learns_of_a_killed_daemon(tmp_path):
         with pytest.raises(libvirtError):
             conn.getLibVersion()
         conn.close()
+
+
+def test_a_call_handed_over_while_a_lone_caller_reads_runs_at_once(tmp_path, monkeypatch):
+    """While a lone caller reads its own reply (here from a stopped daemon: it waits), the
+    loop does not run; another thread's call handed over meanwhile wakes it to run the loop,
+    so that call is done at once, not after the reader's reply."""
+    import asyncio
+    import os
+    import signal
+    import time
+
+    from aiovirt.testing.daemon import PrivateDaemon
+
+    async def where() -> int:
+        await asyncio.sleep(0)
+        return threading.get_ident()
+
+    monkeypatch.setattr(libvirt, "_SLICE", 60.0)   # the reader's own passes of the loop: late
+    with PrivateDaemon(tmp_path / "d") as daemon:
+        conn = libvirt.open(daemon.uri())
+        version = conn.getLibVersion()
+        reader_done = threading.Event()
+        results: list[int] = []
+        os.kill(daemon.pid, signal.SIGSTOP)
+        try:
+            reader = threading.Thread(target=lambda: (results.append(conn.getLibVersion()),
+                                                      reader_done.set()))
+            reader.start()
+            deadline = time.monotonic() + 10
+            while not libvirt._reader[0]:   # bounded: the reader owns the loop and reads
+                assert time.monotonic() < deadline, "the lone caller never started reading"
+                threading.Event().wait(0.01)
+            handed: list[int] = []
+            other = threading.Thread(target=lambda: handed.append(libvirt._run(where())))
+            other.start()
+            other.join(5)
+            assert handed == [reader.ident]   # done at once, by the reader's loop
+            assert not reader_done.is_set()
+        finally:
+            os.kill(daemon.pid, signal.SIGCONT)
+        reader.join(15)
+        other.join(15)
+        assert results == [version]
+        assert conn.getLibVersion() == version
+        conn.close()

@@ -26,6 +26,7 @@ import collections
 import inspect
 import itertools
 import operator
+import os
 import queue
 import select
 import threading
@@ -79,6 +80,10 @@ _SLICE = 0.5   # seconds a caller reading its own reply waits before the loop ta
 _loop_ran = 0.0                  # when a thread last ran the loop (time.monotonic)
 _stopping = [False]              # the background thread's current run was asked to stop
 _background_ident = [0]          # the background thread's ident while it lives
+# True while the loop's owner steps a lone call without running the loop (``_drive``); a
+# caller that hands a call over meanwhile writes to ``_wake_pipe`` so that it runs the loop
+_reader = [False]
+_wake_pipe: tuple[int, int] | None = None
 
 
 def _get_loop() -> asyncio.AbstractEventLoop:
@@ -88,6 +93,11 @@ def _get_loop() -> asyncio.AbstractEventLoop:
         return loop
     with _lock:
         if _loop is None or _thread is None or not _thread.is_alive():
+            global _wake_pipe
+            if _wake_pipe is None:
+                _wake_pipe = os.pipe()
+                os.set_blocking(_wake_pipe[0], False)
+                os.set_blocking(_wake_pipe[1], False)
             loop = new_event_loop()
             _thread = threading.Thread(target=_background, args=(loop,),
                                        name="aiovirt-compat-loop", daemon=True)
@@ -225,6 +235,7 @@ def _let_go() -> None:
     global _owner, _released
     with _mutex:
         _owner = None
+        _reader[0] = False
         _released = time.monotonic()
         if _handed and not _pass_on():
             _cond.notify_all()
@@ -284,6 +295,9 @@ def _wait_here(loop: asyncio.AbstractEventLoop, conn: Any, reply: asyncio.Future
     other replies and events are routed on the way.  A socket only the loop may read (TLS,
     a tunnel) makes the loop run until the reply is in."""
     while not reply.done():
+        if not _reader[0]:   # a call was handed over meanwhile: run the loop from now on
+            _run_loop(loop, _settled(reply))
+            break
         readers = {}
         for channel in conn.channels:
             fd = channel.fd_here()   # (it sends what is batched: no pass of the loop comes)
@@ -292,11 +306,23 @@ def _wait_here(loop: asyncio.AbstractEventLoop, conn: Any, reply: asyncio.Future
                 break
             readers[fd] = channel
         else:
-            ready = _poller(tuple(readers)).poll(_SLICE * 1000) if readers else ()
+            wake = _wake_pipe[0]   # type: ignore[index]
+            ready = _poller((*readers, wake)).poll(_SLICE * 1000)
             if not ready:   # a quiet socket: the loop's turn (keepalive decides on it)
                 _run_loop(loop, _tick())
             for fd, _ in ready:
-                readers[fd].read_here()
+                if fd == wake:
+                    _drain(wake)
+                else:
+                    readers[fd].read_here()
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
 
 
 _pollers: dict[tuple[int, ...], Any] = {}
@@ -405,8 +431,10 @@ def _run(coro: Coroutine[Any, Any, Any], conn: Any = None) -> Any:
                 loop.call_soon_threadsafe(_stop_background, loop)
                 _cond.wait(1.0)
         mine = can_run and _owner is None
+        reads = mine and conn is not None and not _handed
         if mine:
             _owner = me
+            _reader[0] = reads
         else:
             # one slot per thread, reused: a thread waits for one call at a time
             slot = getattr(_local, "slot", None)
@@ -417,7 +445,13 @@ def _run(coro: Coroutine[Any, Any, Any], conn: Any = None) -> Any:
                 _waiting.append(slot)
             if _owner is None:   # nobody runs the loop and this caller cannot: wake the
                 _cond.notify_all()   # background thread
-    if mine and conn is not None and not _handed:
+            elif _reader[0]:   # its owner reads without running it: it is to run it now
+                _reader[0] = False
+                try:
+                    os.write(_wake_pipe[1], b"\0")   # type: ignore[index]
+                except BlockingIOError:
+                    pass   # (full: a wake-up is pending anyway)
+    if reads:
         if time.monotonic() - _loop_ran >= _IDLE:   # back-to-back calls: the loop's turn
             _run_loop(loop, _tick())
         value, error = _drive(loop, coro, conn)
