@@ -50,6 +50,10 @@ class StreamSink(Protocol):
     def fail(self, error: BaseException) -> None: ...
 
 
+def _no_fd() -> None:
+    """A transport's ``fd_here`` when it has none: only the loop reads it."""
+
+
 def _succeeded(waiter: Any) -> bool:
     """Whether a reply slot holds a value (not an error, not a cancellation)."""
     if isinstance(waiter, AnyioWaiter):
@@ -92,6 +96,8 @@ class Channel:
         self.batch_window = batch_window
         self._batch_timer: asyncio.TimerHandle | None = None
         self._loop = asyncio_loop()
+        # the transport's, if it can be read without the loop (``fd_here``)
+        self._fd_here: Callable[[], int | None] = getattr(transport, "fd_here", _no_fd)
         transport.attach(self)
 
     # -- calls ----------------------------------------------------------------------------------
@@ -254,8 +260,7 @@ class Channel:
         reader, FDs expected)."""
         if self.closed is not None or self.reading_paused:
             return None
-        fd_here = getattr(self.transport, "fd_here", None)
-        return None if fd_here is None else fd_here()   # type: ignore[no-any-return]
+        return self._fd_here()   # type: ignore[no-any-return]
 
     def read_here(self) -> None:
         """Read what the socket holds and route it, as the loop would (after ``fd_here``

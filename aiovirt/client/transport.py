@@ -200,11 +200,10 @@ class AsyncioTransport(asyncio.Protocol):
         paused, no FDs expected, still open; else None (only the loop reads it)."""
         if self._pending is not None and self._held is None:
             self._flush()
-        transport = self._transport
-        if (self._plain_fd is None or self._paused or self._expecting or transport is None
-                or transport.is_closing()):
+        fd = self._plain_fd
+        if fd is None or self._paused or self._expecting or self._transport.is_closing():  # type: ignore[union-attr]
             return None
-        return self._plain_fd
+        return fd
 
     def read_here(self) -> bytes | None:
         """Read what the socket holds now, without the loop; None if nothing, b"" at its

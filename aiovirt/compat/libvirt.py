@@ -294,27 +294,26 @@ def _wait_here(loop: asyncio.AbstractEventLoop, conn: Any, reply: asyncio.Future
     """Wait for ``reply`` (a call's reply slot) by reading the connection's sockets here;
     other replies and events are routed on the way.  A socket only the loop may read (TLS,
     a tunnel) makes the loop run until the reply is in."""
+    wake = _wake_pipe[0]   # type: ignore[index]
     while not reply.done():
         if not _reader[0]:   # a call was handed over meanwhile: run the loop from now on
             _run_loop(loop, _settled(reply))
-            break
+            return
         readers = {}
         for channel in conn.channels:
             fd = channel.fd_here()   # (it sends what is batched: no pass of the loop comes)
             if fd is None:
                 _run_loop(loop, _settled(reply))
-                break
+                return
             readers[fd] = channel
-        else:
-            wake = _wake_pipe[0]   # type: ignore[index]
-            ready = _poller((*readers, wake)).poll(_SLICE * 1000)
-            if not ready:   # a quiet socket: the loop's turn (keepalive decides on it)
-                _run_loop(loop, _tick())
-            for fd, _ in ready:
-                if fd == wake:
-                    _drain(wake)
-                else:
-                    readers[fd].read_here()
+        ready = _poller((*readers, wake)).poll(_SLICE * 1000)
+        if not ready:   # a quiet socket: the loop's turn (keepalive decides on it)
+            _run_loop(loop, _tick())
+        for fd, _ in ready:
+            if fd == wake:
+                _drain(wake)
+            else:
+                readers[fd].read_here()
 
 
 def _drain(fd: int) -> None:
