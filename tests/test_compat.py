@@ -540,3 +540,32 @@ def test_a_call_handed_over_while_a_lone_caller_reads_runs_at_once(tmp_path, mon
         assert results == [version]
         assert conn.getLibVersion() == version
         conn.close()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_lone_caller_reads_its_reply_on_either_loop(shared_uri, loop):
+    """The lone caller's own reads work on asyncio's loop (a selector transport) as on
+    uvloop's: in a process of its own (the loop is chosen at start), 200 calls from its
+    main thread, every one stepped, no pass of the loop for any."""
+    import os
+
+    pytest.importorskip(loop)
+    script = f"""
+import asyncio, sys
+import aiovirt.compat.libvirt as libvirt
+libvirt._IDLE = 60.0
+conn = libvirt.open({shared_uri!r})
+version = conn.getLibVersion()
+runs, stepped = [], []
+run_loop, drive = libvirt._run_loop, libvirt._drive
+libvirt._run_loop = lambda loop, coro: (runs.append(coro), run_loop(loop, coro))[1]
+libvirt._drive = lambda *a: (stepped.append(1), drive(*a))[1]
+assert all(conn.getLibVersion() == version for _ in range(200))
+kind = type(libvirt._loop).__module__.split(".")[0]
+print(kind, len(stepped), len(runs))
+conn.close()
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "AIOVIRT_LOOP": loop})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [loop, "200", "0"]
