@@ -1,0 +1,206 @@
+"""The floor under the client-CPU targets: a bare asyncio client beside aiovirt and
+libvirt-python, side by side, interleaved, against one private libvirtd.
+
+    .venv/bin/python benchmarks/floor.py [--rounds N] [--calls N] [--transport unix|tls|both]
+                                         [--loop asyncio|uvloop] [--pin] [--output FILE]
+
+``bare`` is the least a Python client on an asyncio loop can do per call: getLibVersion framed
+by one ``struct.pack``, a future per serial, each call written at once, replies matched in
+``data_received``; nothing checked, nothing bounded, no errors, events, keepalive or
+reconnection.  Nobody should use it; it is here so that run.py's ratios against libvirt-python
+can be read against what the language and the event loop cost whatever a library does.
+Each round every contender makes ``--calls`` getLibVersion calls at concurrency 1, 16 and 64
+(bare and aiovirt: that many tasks on one connection, on the same loop; libvirt-python: that
+many threads on one shared connection and on a connection each, its better variant counted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ssl
+import struct
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import libvirt  # type: ignore[import-untyped]
+from run import (LINES, Meter, Sample, add_loop_option, best, best_cpu, describe_machine,
+                 describe_tree, interleave, loop_in_use, lv_calls, median, pin, run_on,
+                 run_tasks, say, shares)
+
+import aiovirt
+from aiovirt.testing.daemon import PrivateDaemon
+from aiovirt.testing.pki import CertificateAuthority
+
+_HEADER = struct.Struct(">IIIiiii")   # length, program, version, procedure, type, serial, status
+_FIELDS = struct.Struct(">I16xii")    # length ... serial, status
+_HYPER = struct.Struct(">q")
+_REMOTE, _OPEN, _LIB_VERSION = 0x20008086, 1, 157
+
+
+class Bare(asyncio.Protocol):
+    """The bare client: a future per serial, nothing else."""
+
+    def __init__(self, tls: bool) -> None:
+        self.waiting: dict[int, asyncio.Future[bytes]] = {}
+        self.rest = b""
+        self.status: asyncio.Future[None] | None = None
+        self.serial = 0
+        self.transport: Any = None
+        self.tls = tls
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.status = asyncio.get_running_loop().create_future()
+        if not self.tls:
+            self.status.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.status is not None
+        if not self.status.done():   # libvirtd's byte after the TLS handshake: 1 is fine
+            if data[:1] != b"\1":
+                self.status.set_exception(ConnectionError(f"TLS status byte {data[:1]!r}"))
+                return
+            self.status.set_result(None)
+            data = data[1:]
+        if self.rest:
+            data = self.rest + data
+        pos, end, waiting = 0, len(data), self.waiting
+        while end - pos >= 28:
+            length, serial, status = _FIELDS.unpack_from(data, pos)
+            if end - pos < length:
+                break
+            future = waiting.pop(serial)
+            if status:
+                future.set_exception(RuntimeError(f"call {serial} failed"))
+            else:
+                future.set_result(data[pos + 28:pos + length])
+            pos += length
+        self.rest = data[pos:]
+
+    def call(self, procedure: int, body: bytes = b"") -> asyncio.Future[bytes]:
+        self.serial = serial = self.serial + 1
+        future = self.waiting[serial] = asyncio.get_running_loop().create_future()
+        self.transport.write(_HEADER.pack(28 + len(body), _REMOTE, 1, procedure, 0, serial, 0)
+                             + body)
+        return future
+
+
+async def bare_connect(daemon: PrivateDaemon, transport: str, pki: Path | None) -> Bare:
+    """A bare client connected to ``test:///default``."""
+    loop = asyncio.get_running_loop()
+    if transport == "tls":
+        assert pki is not None
+        context = ssl.create_default_context(cafile=str(pki / "cacert.pem"))
+        context.load_cert_chain(pki / "clientcert.pem", pki / "clientkey.pem")
+        _, bare = await loop.create_connection(lambda: Bare(True), "127.0.0.1",
+                                               daemon.tls_port, ssl=context,
+                                               server_hostname="localhost")
+    else:
+        _, bare = await loop.create_unix_connection(lambda: Bare(False), str(daemon.socket_path))
+    assert bare.status is not None
+    await bare.status
+    name = b"test:///default"
+    await bare.call(_OPEN, struct.pack(">II", 1, len(name)) + name + bytes(-len(name) % 4)
+                    + struct.pack(">I", 0))
+    return bare
+
+
+def bare_calls(bare: Bare, counts: list[int]) -> Any:
+    async def work(i: int) -> None:
+        call = bare.call
+        for _ in range(counts[i]):
+            _HYPER.unpack(await call(_LIB_VERSION))
+
+    async def run(m: Meter) -> Sample:
+        return await run_tasks(len(counts), work, m)
+    return run
+
+
+def av_calls(conn: aiovirt.Connection, counts: list[int]) -> Any:
+    async def work(i: int) -> None:
+        for _ in range(counts[i]):
+            await conn.get_lib_version()
+
+    async def run(m: Meter) -> Sample:
+        return await run_tasks(len(counts), work, m)
+    return run
+
+
+async def case(transport: str, daemon: PrivateDaemon, uri: str, pki: Path | None,
+               meter: Meter, rounds: int, calls: int) -> None:
+    say(f"## {transport}: getLibVersion, {calls} calls per round, {rounds} interleaved rounds")
+    say("calls/s best (median); client CPU us/call best (median); libvirt-python: the better "
+        "of a shared connection and a connection per thread")
+    say(f"{'conc':>4}  {'bare':>22}  {'aiovirt':>22}  {'libvirt-python':>22}   "
+        f"CPU: aiovirt/bare  bare/lv  aiovirt/lv")
+    bare = await bare_connect(daemon, transport, pki)
+    async with aiovirt.connect(uri) as conn:
+        shared = libvirt.open(uri)
+        for conc in (1, 16, 64):
+            counts = shares(calls, conc)
+            own = [libvirt.open(uri) for _ in range(conc)]
+            variants = {"bare": bare_calls(bare, counts), "aiovirt": av_calls(conn, counts),
+                        "lv shared": lv_calls([shared], "tiny", counts),
+                        "lv own": lv_calls(own, "tiny", counts)}
+            await interleave(1, variants, meter)   # warm-up, untimed
+            res = await interleave(rounds, variants, meter)
+            for c in own:
+                c.close()
+            lv = min(("lv shared", "lv own"), key=lambda k: best_cpu(res[k]))
+
+            def cell(key: str) -> str:
+                s = res[key]
+                cpu_med = median([Sample(x.cpu, 0.0, None) for x in s])
+                return (f"{calls / best(s):6.0f} ({calls / median(s):5.0f}) "
+                        f"{best_cpu(s) / calls * 1e6:4.1f} ({cpu_med / calls * 1e6:4.1f})")
+            b, a, v = (best_cpu(res[k]) for k in ("bare", "aiovirt", lv))
+            say(f"{conc:>4}  {cell('bare'):>22}  {cell('aiovirt'):>22}  {cell(lv):>22}   "
+                f"{a / b:>15.2f}x  {b / v:>6.2f}x  {a / v:>9.2f}x")
+        shared.close()
+    bare.transport.close()
+    say()
+
+
+async def main(options: argparse.Namespace) -> None:
+    transports = ("unix", "tls") if options.transport == "both" else (options.transport,)
+    with tempfile.TemporaryDirectory(prefix="avf-") as work:
+        workdir = Path(work)
+        ca = CertificateAuthority.create(workdir / "ca")
+        server = ca.issue(workdir / "server", "localhost", hosts=["localhost", "127.0.0.1"],
+                          server=True)
+        pki = ca.client_dir(workdir / "pki", ca.issue(workdir / "client", "client"))
+        config = {"listen_tls": 1, **ca.server_config(server)}
+        with PrivateDaemon(workdir / "d", extra_config=config) as daemon:
+            pinned = pin(daemon.pid) if options.pin else "not pinned"
+            say(f"# floor: a bare asyncio client vs aiovirt {aiovirt.__version__} vs "
+                f"libvirt-python, {time.strftime('%Y-%m-%d %H:%M %Z')}")
+            say(f"# {describe_tree()}")
+            say(f"# {describe_machine()}; a private libvirtd (max_client_requests 5), test "
+                f"driver; bare and aiovirt on {loop_in_use()}'s loop; {pinned}")
+            say()
+            meter = Meter(daemon.pid)
+            for transport in transports:
+                uri = (daemon.uri(transport="tls") + f"?pkipath={pki}" if transport == "tls"
+                       else daemon.uri())
+                await case(transport, daemon, uri, Path(pki) if transport == "tls" else None,
+                           meter, options.rounds, options.calls)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (5)")
+    parser.add_argument("--calls", type=int, default=8000, help="calls per round (8000)")
+    parser.add_argument("--transport", choices=("unix", "tls", "both"), default="both")
+    parser.add_argument("--pin", action="store_true", help="libvirtd on CPU 0, this process "
+                        "on CPU 1")
+    parser.add_argument("--output", help="also write the report to this file")
+    add_loop_option(parser)
+    opts = parser.parse_args()
+    try:
+        run_on(opts.loop, main(opts))
+    finally:
+        if opts.output:
+            Path(opts.output).write_text("\n".join(LINES) + "\n")
