@@ -109,8 +109,10 @@ class Channel:
 
     @property
     def load(self) -> int:
-        """Calls on the wire plus calls queued for a slot: what a new call would wait behind."""
-        return self.protocol.load
+        """Calls on the wire plus calls queued for a slot: what a new call would wait behind
+        (``protocol.load`` without its call: every slow call asks it of every lane)."""
+        protocol = self.protocol
+        return len(protocol._pending) + len(protocol._queued)
 
     async def call(self, procedure: ProcedureInfo, args: Any = None) -> Any:
         """Send one call and wait for its reply; calls the protocol has no room for on the

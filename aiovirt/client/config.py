@@ -63,8 +63,8 @@ class _ConfParser:
             self.pos += 1
 
     def skip_comment(self) -> None:
-        while self.peek() not in ("", "\n"):
-            self.pos += 1
+        end = self.text.find("\n", self.pos)   # (a file of comments: one call per line)
+        self.pos = len(self.text) if end < 0 else end
 
     def parse(self) -> dict[str, ConfValue]:
         values: dict[str, ConfValue] = {}

@@ -572,9 +572,11 @@ two.
 
     # -- events ---------------------------------------------------------------------------------
     def _dispatch(self, message: EventMessage) -> None:
-        callback_id = event_callback_id(message)
+        callback_id = message.callback_id
         if callback_id is None:
-            return
+            callback_id = event_callback_id(message)   # the close event's own id
+            if callback_id is None:
+                return
         subscription = self._subscriptions.get((event_family(message.procedure.name),
                                                 callback_id))
         if subscription is not None:

@@ -199,7 +199,8 @@ class EventMessage:
         decoding it; None for an event that carries none (legacy events, close)."""
         if self._body is not _NOT_DECODED:
             return getattr(self._body, "callbackID", None)
-        if not _starts_with_callback_id(self.procedure):
+        routed = _ROUTED_BY_ID.get(self.procedure.name)   # known after the first of its kind
+        if not (routed if routed is not None else _starts_with_callback_id(self.procedure)):
             return None
         return _INT.unpack_from(self.payload)[0]   # 4 bytes at least: checked on receipt
 

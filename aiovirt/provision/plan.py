@@ -352,7 +352,7 @@ class Plan:
         ``actions`` if a slot is free); fail it when none fits.  Returns the host."""
         name = self.guests[guest].name
         spec = self.guests[guest].spec
-        live = [i for i, h in enumerate(self._hosts) if h.usable]
+        live = [i for i, h in enumerate(self._hosts) if h.state == _READY]   # (usable)
         if not live:
             actions += self._fail(guest, "place", "no host is left to take it")
             return None
@@ -377,7 +377,7 @@ class Plan:
                 actions += self._fail(guest, "compose", "; ".join(sorted(errors)) or
                                       "not composed")
                 return None
-            index = choose([h.capacity if h.usable else None for h in self._hosts],
+            index = choose([h.capacity if h.state == _READY else None for h in self._hosts],
                            size.memory_kib, size.vcpus, self.placement)
             if index is None:
                 free, most = max((h.capacity.free_kib, h.summary.uri) for h in self._hosts
@@ -404,7 +404,8 @@ class Plan:
         """Launch queued guests on ``host`` while it has free slots."""
         h = self._hosts[host]
         actions: list[Action] = []
-        while h.usable and not self.cancelled and h.queue and len(h.running) < h.concurrency:
+        while h.queue and h.state == _READY and not self.cancelled and \
+                len(h.running) < h.concurrency:
             guest = h.queue.popleft()
             h.running.add(guest)
             actions.append(Launch(guest, host, replace=self.guests[guest].name in h.names))

@@ -18,7 +18,6 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from xml.sax.saxutils import escape
 
 import anyio
 import anyio.abc
@@ -26,7 +25,7 @@ from lxml import etree
 
 from ..address import Tunables
 from ..api.connection import Connection, connect
-from ..client.backend import current_asyncio_task
+from ..client.backend import asyncio_loop, current_asyncio_task
 from ..api.domain import Domain, DomainEventType, DomainLifecycleEvent
 from ..capabilities import CapabilityError, CapabilitySet, HostCaps, merge
 from ..capabilities.live import baseline
@@ -63,6 +62,11 @@ async def undefine(dom: Domain) -> None:
                 raise
 
 
+# what a name needs escaped inside the XML (text or an attribute value, either quote)
+_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;",
+                          "'": "&apos;"})
+
+
 @dataclass
 class _Composed:
     """A spec composed for one host: the XML with a placeholder name, or why it failed."""
@@ -74,7 +78,7 @@ class _Composed:
 
     def for_name(self, name: str, placeholder: str) -> str:
         assert self.text is not None
-        return self.text.replace(placeholder, escape(name, {'"': "&quot;", "'": "&apos;"}))
+        return self.text.replace(placeholder, name.translate(_ESCAPES))
 
 
 class _Fleet:
@@ -144,6 +148,7 @@ class _Host:
         # look the backend up on every call, half of what a scope costs
         self.new_scope: Callable[..., anyio.CancelScope] = anyio.CancelScope
         self.new_event: Callable[[], anyio.Event] = anyio.Event
+        self.now: Callable[[], float] = anyio.current_time   # the clock their deadlines use
 
 
 class Provisioning:
@@ -245,8 +250,10 @@ class Provisioning:
         # a task may carry cancellations its code caught and never undid: count from here
         self._cancelling = self._task.cancelling() if self._task is not None else 0
         new_scope, new_event = type(anyio.CancelScope()), type(anyio.Event())
+        loop = asyncio_loop()   # under asyncio anyio's clock is the loop's
+        now = loop.time if loop is not None else anyio.current_time
         for host in self._hosts:
-            host.new_scope, host.new_event = new_scope, new_event
+            host.new_scope, host.new_event, host.now = new_scope, new_event, now
         try:
             with anyio.CancelScope() as self._scope:
                 if self.plan.cancelled:
@@ -287,7 +294,7 @@ class Provisioning:
         """Carry out the plan's launches (the task carrying a guest carries out its
         ``Start`` and ``RollBack``); once every guest has its outcome, let the hosts go."""
         for action in actions:
-            if isinstance(action, Launch):
+            if type(action) is Launch:
                 host = self._hosts[action.host]
                 host.ready.append(action)
                 # The plan launches a guest only when one of its ``width`` slots is free:
@@ -296,7 +303,8 @@ class Provisioning:
                     assert host.tasks is not None
                     host.workers += 1
                     host.tasks.start_soon(self._work, host, name=f"aiovirt guests {host.uri}")
-        if self.plan.done:
+        progress = self.progress
+        if progress.done == progress.total:   # ``plan.done``, read at every step
             for host in self._hosts:
                 host.over.set()
                 _wake(host.waiters)
@@ -306,8 +314,15 @@ class Provisioning:
     def _then(self, actions: Sequence[Action], kind: type[Start] | type[RollBack]) -> bool:
         """Feed ``actions`` on, except the one of ``kind`` (for the calling guest's task):
         whether there was one."""
-        self._feed([a for a in actions if not isinstance(a, kind)])
-        return any(isinstance(a, kind) for a in actions)
+        found = False
+        rest: list[Action] = []
+        for action in actions:
+            if type(action) is kind:
+                found = True
+            else:
+                rest.append(action)
+        self._feed(rest)
+        return found
 
     # -- hosts ----------------------------------------------------------------------------------
     async def _run_host(self, host: _Host) -> None:
@@ -581,7 +596,7 @@ class Provisioning:
             started = host.waiters.get(uuid)
             if started is None:   # (often it came while start() was out: no wait)
                 started = host.waiters[uuid] = host.new_event()
-                with host.new_scope(deadline=anyio.current_time() + self.start_timeout):
+                with host.new_scope(deadline=host.now() + self.start_timeout):
                     await started.wait()
             host.waiters.pop(uuid, None)
             if host.lost:
