@@ -43,9 +43,12 @@ def choose(hosts: Sequence[Capacity | None], memory_kib: int, vcpus: int,
     fewest guests from this run, then host order; ``pack``: the first host in order that
     fits.  The caller records the choice with ``Capacity.take``.
     """
-    fitting = [(i, h) for i, h in enumerate(hosts) if h is not None and h.fits(memory_kib)]
+    fitting = [(i, h) for i, h in enumerate(hosts)
+               if h is not None and memory_kib <= h.free_kib]   # (h.fits, inline)
     if not fitting:
         return None
+    if len(fitting) == 1 and policy in POLICIES:   # every policy picks the only one
+        return fitting[0][0]
     if policy == "pack":
         return fitting[0][0]
     if policy == "spread":

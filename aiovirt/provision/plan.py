@@ -356,9 +356,9 @@ class Plan:
         if not live:
             actions += self._fail(guest, "place", "no host is left to take it")
             return None
-        existing = [i for i in live if name in self._hosts[i].names]
-        if existing:
-            chosen = existing[0]
+        existing = next((i for i in live if name in self._hosts[i].names), None)
+        if existing is not None:
+            chosen = existing
             uri = self._hosts[chosen].summary.uri
             if self.on_existing == "skip":
                 self.results[guest].host = uri
@@ -370,10 +370,16 @@ class Plan:
                                       f"exists on {uri} (on_existing='fail')")
                 return None
         else:
-            sizes = [self._hosts[i].sizes.get(spec) for i in live]
-            size = next((s for s in sizes if isinstance(s, Size)), None)
+            size = None
+            for i in live:
+                size = self._hosts[i].sizes.get(spec)
+                if type(size) is Size:
+                    break
+            else:
+                size = None
             if size is None:
-                errors = {s for s in sizes if isinstance(s, str) and s}
+                errors = {s for i in live if isinstance(s := self._hosts[i].sizes.get(spec), str)
+                          and s}
                 actions += self._fail(guest, "compose", "; ".join(sorted(errors)) or
                                       "not composed")
                 return None

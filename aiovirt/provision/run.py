@@ -200,7 +200,7 @@ class Provisioning:
         self.overcommit = overcommit
         self.connect_timeout = connect_timeout
         self.library = library
-        self.on_change = on_change
+        self._on_change = on_change
         self.run_id = run_id or _uuid.uuid4().hex[:12]
         self._hosts = [_Host(i, t) for i, t in enumerate(targets)]
         uris = [h.uri for h in self._hosts]
@@ -209,7 +209,7 @@ class Provisioning:
         self.plan = Plan(self.guests, [h.uri for h in self._hosts],
                          start=[s.start for s in self.specs], placement=placement,
                          on_existing=on_existing, rollback=rollback, overcommit=overcommit,
-                         run_id=self.run_id, on_change=self._changed)
+                         run_id=self.run_id, on_change=on_change)
         self.results = self.plan.results
         self.progress = self.plan.progress
         self.report = self.plan.report
@@ -286,9 +286,14 @@ class Provisioning:
         self.plan.cancel()
         return True
 
-    def _changed(self, result: GuestResult) -> None:
-        if self.on_change is not None:
-            self.on_change(result)
+    @property
+    def on_change(self) -> Callable[[GuestResult], None] | None:
+        """Called with a guest's result each time it moves on (settable before ``run``)."""
+        return self._on_change
+
+    @on_change.setter
+    def on_change(self, callback: Callable[[GuestResult], None] | None) -> None:
+        self._on_change = self.plan.on_change = callback   # the plan calls it directly
 
     def _feed(self, actions: Sequence[Action]) -> None:
         """Carry out the plan's launches (the task carrying a guest carries out its
