@@ -717,6 +717,8 @@ class DomainMethods(ApiBase):
         if event_id == DomainEventID.LIFECYCLE:
             # the event a provisioning run or an inventory watcher reads by the thousand:
             # made from the payload's fields, with no decoded records between
+            kinds = DomainEventType._value2member_map_   # (``enum_or_int``, inline)
+
             def read(message: EventMessage) -> Any:
                 fields = domain_lifecycle_fields(message)
                 if fields is None:
@@ -724,7 +726,7 @@ class DomainMethods(ApiBase):
                 name, uuid, id_, kind, detail = fields
                 return DomainLifecycleEvent(
                     Domain(self, NonnullDomain(name, uuid, id_)),
-                    enum_or_int(DomainEventType, kind), detail)
+                    kinds.get(kind, kind), detail)
 
         key = (event_id, domain.uuid if domain is not None else None)
         return EventSubscription(self, "domain", key, register, deregister, convert,

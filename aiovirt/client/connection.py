@@ -577,10 +577,11 @@ two.
             callback_id = event_callback_id(message)   # the close event's own id
             if callback_id is None:
                 return
-        subscription = self._subscriptions.get((event_family(message.procedure.name),
+        registration = self._subscriptions.get((event_family(message.procedure.name),
                                                 callback_id))
-        if subscription is not None:
-            subscription.deliver(message)
+        if registration is not None:
+            for subscriber in registration.subscribers:   # (``Registration.deliver``)
+                subscriber.deliver(message)
 
     def _registration(self, key: tuple[Any, ...]) -> Registration:
         registration = self._registrations.get(key)
