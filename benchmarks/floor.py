@@ -2,7 +2,8 @@
 libvirt-python, side by side, interleaved, against one private libvirtd.
 
     .venv/bin/python benchmarks/floor.py [--rounds N] [--calls N] [--transport unix|tls|both]
-                                         [--loop asyncio|uvloop] [--pin] [--output FILE]
+                                         [--loop asyncio|uvloop] [--pin] [--instructions]
+                                         [--output FILE]
 
 ``bare`` is the least a Python client on an asyncio loop can do per call: getLibVersion framed
 by one ``struct.pack``, a future per serial, each call written at once, replies matched in
@@ -12,6 +13,9 @@ can be read against what the language and the event loop cost whatever a library
 Each round every contender makes ``--calls`` getLibVersion calls at concurrency 1, 16 and 64
 (bare and aiovirt: that many tasks on one connection, on the same loop; libvirt-python: that
 many threads on one shared connection and on a connection each, its better variant counted).
+``--instructions`` (needs valgrind) also counts the user-space instructions per call of bare
+and aiovirt at concurrency 16 with callgrind, which other load does not move: a child process
+making 4000 calls minus one making 800, over 3200.
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ import argparse
 import asyncio
 import ssl
 import struct
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import libvirt  # type: ignore[import-untyped]
+from common import callgrind_instructions
 from run import (LINES, Meter, Sample, add_loop_option, best, best_cpu, describe_machine,
                  describe_tree, interleave, loop_in_use, lv_calls, median, pin, run_on,
                  run_tasks, say, shares)
@@ -88,18 +94,19 @@ class Bare(asyncio.Protocol):
         return future
 
 
-async def bare_connect(daemon: PrivateDaemon, transport: str, pki: Path | None) -> Bare:
-    """A bare client connected to ``test:///default``."""
+async def bare_connect(address: str, transport: str, pki: Path | None) -> Bare:
+    """A bare client connected to ``test:///default``: ``address`` is the UNIX socket's
+    path, or the TLS port."""
     loop = asyncio.get_running_loop()
     if transport == "tls":
         assert pki is not None
         context = ssl.create_default_context(cafile=str(pki / "cacert.pem"))
         context.load_cert_chain(pki / "clientcert.pem", pki / "clientkey.pem")
         _, bare = await loop.create_connection(lambda: Bare(True), "127.0.0.1",
-                                               daemon.tls_port, ssl=context,
+                                               int(address), ssl=context,
                                                server_hostname="localhost")
     else:
-        _, bare = await loop.create_unix_connection(lambda: Bare(False), str(daemon.socket_path))
+        _, bare = await loop.create_unix_connection(lambda: Bare(False), address)
     assert bare.status is not None
     await bare.status
     name = b"test:///default"
@@ -136,7 +143,7 @@ async def case(transport: str, daemon: PrivateDaemon, uri: str, pki: Path | None
         "of a shared connection and a connection per thread")
     say(f"{'conc':>4}  {'bare':>22}  {'aiovirt':>22}  {'libvirt-python':>22}   "
         f"CPU: aiovirt/bare  bare/lv  aiovirt/lv")
-    bare = await bare_connect(daemon, transport, pki)
+    bare = await bare_connect(address(daemon, transport), transport, pki)
     async with aiovirt.connect(uri) as conn:
         shared = libvirt.open(uri)
         for conc in (1, 16, 64):
@@ -164,6 +171,36 @@ async def case(transport: str, daemon: PrivateDaemon, uri: str, pki: Path | None
     say()
 
 
+def address(daemon: PrivateDaemon, transport: str) -> str:
+    return str(daemon.tls_port) if transport == "tls" else str(daemon.socket_path)
+
+
+async def count_child(kind: str, transport: str, calls: int, address: str, uri: str,
+                      pki: str) -> None:
+    """Under callgrind (``--count-child``): ``calls`` getLibVersion calls by 16 tasks."""
+    counts = shares(calls, 16)
+    meter = Meter(None)
+    if kind == "bare":
+        bare = await bare_connect(address, transport, Path(pki) if pki else None)
+        await bare_calls(bare, counts)(meter)
+        bare.transport.close()
+    else:
+        async with aiovirt.connect(uri) as conn:
+            await av_calls(conn, counts)(meter)
+
+
+def count_instructions(transport: str, daemon: PrivateDaemon, uri: str, pki: Path | None,
+                       loop: str) -> dict[str, int]:
+    """User-space instructions per call at concurrency 16, by contender (callgrind)."""
+    per_call = {}
+    for kind in ("bare", "aiovirt"):
+        totals = [callgrind_instructions(
+            [sys.executable, __file__, "--loop", loop, "--count-child", kind, transport,
+             str(n), address(daemon, transport), uri, str(pki or "")]) for n in (800, 4000)]
+        per_call[kind] = (totals[1] - totals[0]) // 3200
+    return per_call
+
+
 async def main(options: argparse.Namespace) -> None:
     transports = ("unix", "tls") if options.transport == "both" else (options.transport,)
     with tempfile.TemporaryDirectory(prefix="avf-") as work:
@@ -185,8 +222,17 @@ async def main(options: argparse.Namespace) -> None:
             for transport in transports:
                 uri = (daemon.uri(transport="tls") + f"?pkipath={pki}" if transport == "tls"
                        else daemon.uri())
-                await case(transport, daemon, uri, Path(pki) if transport == "tls" else None,
-                           meter, options.rounds, options.calls)
+                tls_pki = Path(pki) if transport == "tls" else None
+                await case(transport, daemon, uri, tls_pki, meter, options.rounds,
+                           options.calls)
+                if options.instructions:
+                    counted = await asyncio.to_thread(count_instructions, transport, daemon,
+                                                      uri, tls_pki, options.loop)
+                    say(f"## {transport}: user-space instructions per call at concurrency 16 "
+                        "(callgrind, 4000 calls minus 800, over 3200)")
+                    say(f"bare {counted['bare']:,}  aiovirt {counted['aiovirt']:,}  "
+                        f"aiovirt/bare {counted['aiovirt'] / counted['bare']:.2f}x")
+                    say()
 
 
 if __name__ == "__main__":
@@ -197,8 +243,16 @@ if __name__ == "__main__":
     parser.add_argument("--pin", action="store_true", help="libvirtd on CPU 0, this process "
                         "on CPU 1")
     parser.add_argument("--output", help="also write the report to this file")
+    parser.add_argument("--instructions", action="store_true", help="also count user-space "
+                        "instructions per call at concurrency 16 (callgrind)")
+    parser.add_argument("--count-child", nargs=6, help=argparse.SUPPRESS,
+                        metavar=("KIND", "TRANSPORT", "CALLS", "ADDRESS", "URI", "PKI"))
     add_loop_option(parser)
     opts = parser.parse_args()
+    if opts.count_child:
+        kind, transport, calls, where, uri, pki = opts.count_child
+        run_on(opts.loop, count_child(kind, transport, int(calls), where, uri, pki))
+        raise SystemExit(0)
     try:
         run_on(opts.loop, main(opts))
     finally:
