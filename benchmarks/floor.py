@@ -32,13 +32,14 @@ from typing import Any
 
 import libvirt  # type: ignore[import-untyped]
 from common import callgrind_instructions
-from run import (LINES, Meter, Sample, add_loop_option, best, best_cpu, describe_machine,
+from run import (LINES, Meter, Sample, add_loop_option, av_calls, best, best_cpu,
+                 describe_machine,
                  describe_tree, interleave, loop_in_use, lv_calls, median, pin, run_on,
                  run_tasks, say, shares)
 
 import aiovirt
 from aiovirt.testing.daemon import PrivateDaemon
-from aiovirt.testing.pki import CertificateAuthority
+from aiovirt.testing.pki import loopback_tls
 
 _HEADER = struct.Struct(">IIIiiii")   # length, program, version, procedure, type, serial, status
 _FIELDS = struct.Struct(">I16xii")    # length ... serial, status
@@ -126,16 +127,6 @@ def bare_calls(bare: Bare, counts: list[int]) -> Any:
     return run
 
 
-def av_calls(conn: aiovirt.Connection, counts: list[int]) -> Any:
-    async def work(i: int) -> None:
-        for _ in range(counts[i]):
-            await conn.get_lib_version()
-
-    async def run(m: Meter) -> Sample:
-        return await run_tasks(len(counts), work, m)
-    return run
-
-
 async def case(transport: str, daemon: PrivateDaemon, uri: str, pki: Path | None,
                meter: Meter, rounds: int, calls: int) -> None:
     say(f"## {transport}: getLibVersion, {calls} calls per round, {rounds} interleaved rounds")
@@ -149,7 +140,7 @@ async def case(transport: str, daemon: PrivateDaemon, uri: str, pki: Path | None
         for conc in (1, 16, 64):
             counts = shares(calls, conc)
             own = [libvirt.open(uri) for _ in range(conc)]
-            variants = {"bare": bare_calls(bare, counts), "aiovirt": av_calls(conn, counts),
+            variants = {"bare": bare_calls(bare, counts), "aiovirt": av_calls(conn, "tiny", counts),
                         "lv shared": lv_calls([shared], "tiny", counts),
                         "lv own": lv_calls(own, "tiny", counts)}
             await interleave(1, variants, meter)   # warm-up, untimed
@@ -186,7 +177,7 @@ async def count_child(kind: str, transport: str, calls: int, address: str, uri: 
         bare.transport.close()
     else:
         async with aiovirt.connect(uri) as conn:
-            await av_calls(conn, counts)(meter)
+            await av_calls(conn, "tiny", counts)(meter)
 
 
 def count_instructions(transport: str, daemon: PrivateDaemon, uri: str, pki: Path | None,
@@ -204,13 +195,8 @@ def count_instructions(transport: str, daemon: PrivateDaemon, uri: str, pki: Pat
 async def main(options: argparse.Namespace) -> None:
     transports = ("unix", "tls") if options.transport == "both" else (options.transport,)
     with tempfile.TemporaryDirectory(prefix="avf-") as work:
-        workdir = Path(work)
-        ca = CertificateAuthority.create(workdir / "ca")
-        server = ca.issue(workdir / "server", "localhost", hosts=["localhost", "127.0.0.1"],
-                          server=True)
-        pki = ca.client_dir(workdir / "pki", ca.issue(workdir / "client", "client"))
-        config = {"listen_tls": 1, **ca.server_config(server)}
-        with PrivateDaemon(workdir / "d", extra_config=config) as daemon:
+        config, pki = loopback_tls(work)
+        with PrivateDaemon(Path(work) / "d", extra_config=config) as daemon:
             pinned = pin(daemon.pid) if options.pin else "not pinned"
             say(f"# floor: a bare asyncio client vs aiovirt {aiovirt.__version__} vs "
                 f"libvirt-python, {time.strftime('%Y-%m-%d %H:%M %Z')}")

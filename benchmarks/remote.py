@@ -59,7 +59,7 @@ import libvirt  # type: ignore[import-untyped]  # noqa: E402
 
 import aiovirt  # noqa: E402
 from aiovirt.testing.daemon import PrivateDaemon  # noqa: E402
-from aiovirt.testing.pki import CertificateAuthority  # noqa: E402
+from aiovirt.testing.pki import loopback_tls  # noqa: E402
 from aiovirt.testing.sshd import PrivateSSHD  # noqa: E402
 from run import (LINES, add_loop_option, loop_in_use, pin, run_on, NODE_XML, SUMMARY, TEST_DOMAIN, Disturbance, Meter, Round,  # noqa: E402
                  Sample, Verdict, best, daemon_cpu_ns, describe_machine, describe_tree,
@@ -396,11 +396,7 @@ async def main(options: argparse.Namespace) -> None:
     lv_text = f"{lv_version // 1000000}.{lv_version // 1000 % 1000}.{lv_version % 1000}"
     with tempfile.TemporaryDirectory(prefix="avr-") as work:
         workdir = Path(work)
-        ca = CertificateAuthority.create(workdir / "ca")
-        server = ca.issue(workdir / "server", "localhost", hosts=["localhost", "127.0.0.1"],
-                          server=True)
-        pkipath = ca.client_dir(workdir / "pki", ca.issue(workdir / "client", "client"))
-        config = {"listen_tls": 1, **ca.server_config(server)}
+        config, pkipath = loopback_tls(workdir)
         with PrivateDaemon(workdir / "d", extra_config=config) as daemon, \
                 PrivateSSHD(workdir / "sshd") as sshd:
             wrapper = ssh_wrapper(workdir, sshd)

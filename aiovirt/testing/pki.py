@@ -11,6 +11,8 @@ ago: a test of what peers make of it).  Typical use::
     client = ca.issue(tmp / "client", "client")
     extra_config = {"listen_tls": 1, **ca.server_config(server)}     # for libvirtd
     pkipath = ca.client_dir(tmp / "pki", client)                   # ?pkipath= for the client
+
+or all of that at once for a daemon on loopback: ``extra_config, pkipath = loopback_tls(tmp)``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-__all__ = ["CertificateAuthority", "Issued", "PKIError", "find_tool"]
+__all__ = ["CertificateAuthority", "Issued", "PKIError", "find_tool", "loopback_tls"]
 
 TOOLS = ("certtool", "openssl")
 DAYS = 2
@@ -249,3 +251,15 @@ class CertificateAuthority:
             shutil.copyfile(client.key, directory / "clientkey.pem")
             (directory / "clientkey.pem").chmod(0o600)
         return directory
+
+
+def loopback_tls(directory: str | Path) -> tuple[dict[str, str | int], Path]:
+    """A CA under ``directory``, a server certificate for ``localhost`` and ``127.0.0.1`` and
+    a client certificate: libvirtd's settings to serve TLS with them (``listen_tls`` on) and
+    the client's ``pkipath=`` directory."""
+    directory = Path(directory)
+    ca = CertificateAuthority.create(directory / "ca")
+    server = ca.issue(directory / "server", "localhost", hosts=["localhost", "127.0.0.1"],
+                      server=True)
+    pkipath = ca.client_dir(directory / "pki", ca.issue(directory / "client", "client"))
+    return {"listen_tls": 1, **ca.server_config(server)}, pkipath

@@ -13,7 +13,7 @@ import aiovirt
 from aiovirt.client.events import Resync
 from aiovirt.client.reconnect import ConnectionState, Reconnect
 from aiovirt.testing.daemon import PrivateDaemon
-from aiovirt.testing.pki import CertificateAuthority
+from aiovirt.testing.pki import loopback_tls
 
 FAST = Reconnect(initial=0.05, max_delay=0.5, jitter=0.1)
 
@@ -21,12 +21,8 @@ FAST = Reconnect(initial=0.05, max_delay=0.5, jitter=0.1)
 @pytest.fixture
 def tls(tmp_path):
     """A private libvirtd listening for TLS, and the ``pkipath`` its clients use."""
-    ca = CertificateAuthority.create(tmp_path / "ca")
-    server = ca.issue(tmp_path / "server", "localhost", hosts=["localhost", "127.0.0.1"],
-                      server=True)
-    pkipath = ca.client_dir(tmp_path / "client", ca.issue(tmp_path / "cc", "client"))
-    daemon = PrivateDaemon(tmp_path / "d",
-                           extra_config={"listen_tls": 1, **ca.server_config(server)}).start()
+    config, pkipath = loopback_tls(tmp_path)
+    daemon = PrivateDaemon(tmp_path / "d", extra_config=config).start()
     try:
         yield daemon, f"{daemon.uri(transport='tls')}?pkipath={pkipath}"
     finally:
