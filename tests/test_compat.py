@@ -384,6 +384,41 @@ def test_a_lone_caller_steps_its_call_without_a_pass_of_the_loop(shared_uri, mon
         conn.close()
 
 
+def test_qemu_and_lxc_functions_are_stepped_by_a_lone_caller(shared_uri, monkeypatch):
+    """libvirt_qemu's and libvirt_lxc's functions take the lone caller's path too: no pass
+    of the loop per call, and the daemon's answer (the test driver has no monitor, agent or
+    namespaces) comes back as libvirt-python raises it."""
+    from aiovirt.compat import libvirt_lxc as lxc
+    from aiovirt.compat import libvirt_qemu as qemu
+
+    conn = libvirt.open(shared_uri)
+    try:
+        dom = conn.lookupByName("test")
+        conn.getLibVersion()
+        monkeypatch.setattr(libvirt, "_IDLE", 60.0)
+        runs: list[object] = []
+        run_loop = libvirt._run_loop
+        monkeypatch.setattr(libvirt, "_run_loop",
+                            lambda loop, coro: (runs.append(coro), run_loop(loop, coro))[1])
+        stepped = []
+        drive = libvirt._drive
+        monkeypatch.setattr(libvirt, "_drive",
+                            lambda *a: (stepped.append(a[1]), drive(*a))[1])
+        for _ in range(3):
+            with pytest.raises(libvirt.libvirtError) as monitor:
+                qemu.qemuMonitorCommand(dom, '{"execute": "query-status"}', 0)
+            with pytest.raises(libvirt.libvirtError) as agent:
+                qemu.qemuAgentCommand(dom, '{"execute": "guest-ping"}', 5, 0)
+        assert monitor.value.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT
+        assert agent.value.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT
+        assert len(stepped) == 6 and runs == []
+        with pytest.raises(libvirt.libvirtError):   # FDs come back: the loop reads them
+            lxc.lxcOpenNamespace(dom, 0)
+        assert conn.getLibVersion() > 0
+    finally:
+        conn.close()
+
+
 def test_a_stepped_call_runs_what_needs_the_loop_on_it(shared_uri, monkeypatch):
     """Within a stepped method, a call that needs the running loop (a time limit; a slow
     procedure, which goes to a lane) runs on it, here; the method goes on stepped."""

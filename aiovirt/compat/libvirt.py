@@ -536,6 +536,20 @@ def _unwrap(value: Any) -> Any:
     return value
 
 
+def _stepped(make: Callable[[], Coroutine[Any, Any, Any]], target: Any) -> Any:
+    """``_run(make())`` for a module function calling on ``target``'s connection
+    (``libvirt_qemu``, ``libvirt_lxc``): a lone caller steps it; one whose coroutine needs
+    the loop before it sends anything runs it there."""
+    try:
+        conn = _OBJECT_CONNECTION(target)
+    except AttributeError:   # not one of ours: the coroutine says what is wrong
+        return _run(make())
+    try:
+        return _run(make(), conn)
+    except _NeedsLoop:
+        return _run(make())
+
+
 def _blocking(name: str, method: Callable[..., Any],
               connection_of: Callable[[Any], Any] | None) -> Callable[..., Any]:
     """The one wrapper factory: a blocking method calling the async one on the loop (or

@@ -15,7 +15,7 @@ from typing import Any
 
 from . import aio
 from .errors import TRANSLATED, from_exception
-from .libvirt import _run, _unwrap
+from .libvirt import _stepped, _unwrap
 
 __all__ = ["lxcEnterCGroup", "lxcOpenNamespace"]
 
@@ -29,7 +29,8 @@ async def open_namespace(domain: aio.virDomain, flags: int = 0) -> list[int]:
 
 def lxcOpenNamespace(domain: Any, flags: int) -> list[int]:  # noqa: N802
     """The container's namespace file descriptors (the caller closes them)."""
-    return _run(open_namespace(_unwrap(domain), flags))  # type: ignore[no-any-return]
+    target = _unwrap(domain)
+    return _stepped(lambda: open_namespace(target, flags), target)  # type: ignore[no-any-return]
 
 
 def lxcEnterCGroup(domain: Any, flags: int) -> int:  # noqa: N802

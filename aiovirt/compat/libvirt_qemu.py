@@ -23,7 +23,7 @@ from typing import Any
 
 from . import aio
 from .errors import TRANSLATED, from_exception
-from .libvirt import _run, _unwrap, _wrap
+from .libvirt import _run, _stepped, _unwrap, _wrap
 
 __all__ = ["qemuAgentCommand", "qemuAttach", "qemuMonitorCommand",
            "qemuMonitorCommandWithFiles", "qemuMonitorEventDeregister",
@@ -97,18 +97,22 @@ async def monitor_event_deregister(conn: aio.virConnect, callbackID: int) -> int
 
 def qemuMonitorCommand(domain: Any, cmd: str, flags: int) -> str:  # noqa: N802
     """Send an arbitrary monitor command through qemu monitor of domain."""
-    return _run(monitor_command(_unwrap(domain), cmd, flags))  # type: ignore[no-any-return]
+    target = _unwrap(domain)
+    return _stepped(lambda: monitor_command(target, cmd, flags), target)  # type: ignore[no-any-return]
 
 
 def qemuAgentCommand(domain: Any, cmd: str, timeout: int, flags: int) -> Any:  # noqa: N802
     """Send a Guest Agent command to domain."""
-    return _run(agent_command(_unwrap(domain), cmd, timeout, flags))
+    target = _unwrap(domain)
+    return _stepped(lambda: agent_command(target, cmd, timeout, flags), target)
 
 
 def qemuMonitorCommandWithFiles(domain: Any, cmd: str, files: list[int] = [],  # noqa: B006,N802
                                 flags: int = 0) -> tuple[str, list[int]]:
     """A monitor command passing descriptors ``files``: (output, descriptors returned)."""
-    return _run(monitor_command_with_files(_unwrap(domain), cmd, files, flags))  # type: ignore[no-any-return]
+    target = _unwrap(domain)
+    return _stepped(lambda: monitor_command_with_files(target, cmd, files, flags),  # type: ignore[no-any-return]
+                    target)
 
 
 def qemuAttach(conn: Any, pid_value: int, flags: int) -> Any:  # noqa: N802
