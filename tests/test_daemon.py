@@ -115,6 +115,83 @@ def test_restart_after_kill(tmp_path):
         assert "test" in names(other, other.uri())
 
 
+_STARTER = """
+import signal, sys
+from aiovirt.testing.daemon import PrivateDaemon
+daemon = PrivateDaemon(sys.argv[1]).start()
+print(daemon.pid, flush=True)
+signal.pause()
+"""
+
+
+def test_a_daemon_ends_when_the_process_that_started_it_is_killed(tmp_path):
+    """A test run killed outright (SIGKILL: no exit handler, no ``stop()``) leaves no
+    libvirtd behind: its watchdog sees the pipe only that process held close and ends it;
+    while the process lives, and after ``stop()``, the watchdog does nothing."""
+    import select
+    import signal
+    import subprocess
+    import sys
+
+    root = str(Path(__file__).resolve().parents[1])
+    starter = subprocess.Popen([sys.executable, "-c", _STARTER, str(tmp_path / "d")],
+                               stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": root})
+    try:
+        assert starter.stdout is not None
+        pid = int(starter.stdout.readline())
+        daemon = os.pidfd_open(pid)
+        try:
+            assert select.select([daemon], [], [], 0)[0] == []   # alive while its owner is
+            starter.send_signal(signal.SIGKILL)
+            starter.wait()
+            ended, _, _ = select.select([daemon], [], [], 30)
+            assert ended, f"libvirtd {pid} still runs 30 s after its owner was killed"
+        finally:
+            os.close(daemon)
+    finally:
+        if starter.poll() is None:
+            starter.kill()
+            starter.wait()
+    # the watchdog of a daemon stopped as usual is gone with it
+    with PrivateDaemon(tmp_path / "e") as other:
+        watchdog = other._watchdog
+        assert watchdog is not None and watchdog.poll() is None
+    assert watchdog.poll() is not None and other._watchdog is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="cgroup directories need root")
+def test_a_start_removes_cgroups_left_by_a_dead_run(tmp_path):
+    """The cgroup directories of a daemon whose process died before removing them
+    (``aiovirt-PID-*``, PID gone) are removed by the next start; a live process's are not."""
+    import subprocess
+    import sys
+
+    from aiovirt.testing.daemon import _cgroup_bases
+
+    bases = _cgroup_bases()
+    if not bases:
+        pytest.skip("no cgroup hierarchy of ours is writable here")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    base = bases[0][1]
+    stale = Path(base, f"aiovirt-{gone}-{uuid.uuid4().hex[:6]}")
+    live = Path(base, f"aiovirt-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    for made in (stale, live):
+        try:
+            (made / "machine").mkdir(parents=True)
+        except OSError as exc:
+            pytest.skip(f"cannot make a cgroup under {base}: {exc}")
+    try:
+        with PrivateDaemon(tmp_path / "d"):
+            assert not stale.exists()
+            assert live.is_dir()
+    finally:
+        for made in (stale, live):
+            for leftover in (made / "machine", made):
+                if leftover.exists():
+                    leftover.rmdir()
+
+
 def test_start_failure_reports_the_log(tmp_path):
     broken = PrivateDaemon(tmp_path / "d", extra_config={"max_workers": "many"})
     with pytest.raises(DaemonError, match="max_workers"):

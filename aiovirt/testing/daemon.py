@@ -26,7 +26,10 @@ libvirtd runs as our child (``--listen``, not ``--daemon``), so ``pid`` is libvi
   once its drivers are up (else daemons on different CPUs probe again in turn).
 
 So any number of private daemons run side by side without seeing each other or a system
-daemon.  Not as root, the namespace is skipped: the test driver works, the QEMU driver is
+daemon.  Nothing outlives the process that started one: ``stop()`` (also at exit) ends
+libvirtd and its guests, and if that process is killed outright (no exit handler runs) a
+watchdog shell ends them and removes our cgroup directories; a start also removes the
+directories of daemons whose process is gone.  Not as root, the namespace is skipped: the test driver works, the QEMU driver is
 libvirt's session mode.  Standard library only.
 """
 
@@ -71,6 +74,48 @@ def _stop_all() -> None:
     for daemon in list(_running):
         with contextlib.suppress(Exception):  # best effort at exit
             daemon.stop()
+
+
+# The watchdog (``PrivateDaemon._watch``): $0 is libvirtd's pid, $@ our cgroup directories.
+# Once its stdin ends: SIGTERM to libvirtd if that pid is still one, SIGKILL to the guests in
+# our cgroups (cgroup v2's cgroup.kill), then, once libvirtd is gone (10 s at most), our
+# cgroup directories removed, deepest first (a few tries while the guests die).
+_WATCHDOG = """
+read -r _
+grep -qs libvirtd "/proc/$0/cmdline" && kill -TERM "$0"
+for group in "$@"; do echo 1 > "$group/cgroup.kill"; done 2>/dev/null
+tries=0
+while [ -d "/proc/$0" ] && [ $tries -lt 100 ]; do sleep 0.1; tries=$((tries + 1)); done
+for attempt in 1 2 3 4 5 6 7 8 9 10; do
+    left=0
+    for group in "$@"; do
+        [ -d "$group" ] || continue
+        find "$group" -depth -type d -exec rmdir {} + 2>/dev/null
+        [ -d "$group" ] && left=1
+    done
+    [ $left -eq 0 ] && break
+    sleep 0.2
+done
+exit 0
+"""
+
+
+def _sweep_stale_groups(base: str) -> None:
+    """Remove the empty cgroup directories a private daemon of a process that is gone left
+    under ``base`` (``aiovirt-PID-*``: its run was killed before it could remove them)."""
+    try:
+        entries = os.listdir(base)
+    except OSError:
+        return
+    for entry in entries:
+        parts = entry.split("-")
+        if len(parts) != 3 or parts[0] != "aiovirt" or not parts[1].isdigit() or \
+                os.path.exists(f"/proc/{parts[1]}"):
+            continue
+        for dirpath, _, _ in sorted(os.walk(os.path.join(base, entry)),
+                                    key=lambda walked: -len(walked[0])):
+            with contextlib.suppress(OSError):   # busy (a guest still in it): left
+                os.rmdir(dirpath)
 
 
 class DaemonError(RuntimeError):
@@ -164,6 +209,8 @@ class PrivateDaemon:
         self._ns_id: str | None = None
         self._cgroups: list[str] = []        # host-side cgroup directories we made
         self._guests_at_kill: list[int] = []
+        self._watchdog: subprocess.Popen[bytes] | None = None   # see _watch
+        self._watchdog_fd: int | None = None
         self._config: dict[str, str | int | Sequence[str]] = {
             "unix_sock_dir": str(self.workdir), "listen_tcp": 1, "listen_tls": 0,
             "tcp_port": str(self.tcp_port), "tls_port": str(self.tls_port),
@@ -222,6 +269,7 @@ class PrivateDaemon:
                 raise DaemonError(f"cannot run {command[0]}: {exc}") from exc
         self.pid = self._process.pid
         _running.add(self)
+        self._watch(self._process.pid)
         deadline = time.monotonic() + timeout
         while not self._accepts():
             if self._process.poll() is not None:
@@ -303,6 +351,7 @@ class PrivateDaemon:
         except (OSError, ValueError):
             return []
         for mount_point, base in bases:
+            _sweep_stale_groups(base)
             group = os.path.join(base, name)
             try:
                 os.mkdir(group)
@@ -366,6 +415,7 @@ class PrivateDaemon:
         guests = self._guest_pids() + self._guests_at_kill
         process, self._process = self._process, None
         _running.discard(self)
+        self._unwatch()
         if process is not None:
             if process.poll() is None:
                 try:
@@ -383,6 +433,33 @@ class PrivateDaemon:
         self._remove_cgroups()
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _watch(self, pid: int) -> None:
+        """Start the watchdog: a shell that waits for the end of a pipe only we hold, which
+        the kernel closes when this process dies however it dies (SIGKILL, a crash: no exit
+        handler runs), and then ends libvirtd (SIGTERM, if that pid is still a libvirtd) and
+        the guests in our cgroups.  ``stop()`` ends the watchdog first.  Best effort: without
+        ``sh`` there is none."""
+        read_end, self._watchdog_fd = os.pipe()
+        try:
+            self._watchdog = subprocess.Popen(
+                ["sh", "-c", _WATCHDOG, str(pid), *self._cgroups], stdin=read_end,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, start_new_session=True)   # (not our Ctrl-C)
+        except OSError:
+            os.close(self._watchdog_fd)
+            self._watchdog_fd = None
+        finally:
+            os.close(read_end)
+
+    def _unwatch(self) -> None:
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.kill()
+            watchdog.wait()
+        if self._watchdog_fd is not None:
+            os.close(self._watchdog_fd)
+            self._watchdog_fd = None
 
     def kill(self) -> None:
         """SIGKILL libvirtd now (tests use it to lose the daemon mid-call).
