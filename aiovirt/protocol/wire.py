@@ -492,6 +492,16 @@ class ClientProtocol:
                         results.append((serial, None))
                         pos = stop
                         continue
+            elif type_ == MESSAGE and length >= PREFIX_SIZE + 4:
+                # an event (what a watcher reads by the thousand): ``_route``'s checks, here
+                table = PROGRAMS.get(program)
+                procedure = table.get(number) if table is not None else None
+                if procedure is not None and procedure.event and \
+                        procedure.decode_ret is not None and version == _VERSIONS[program]:
+                    results.append(EventMessage(program, procedure,
+                                                data[pos + PREFIX_SIZE:stop]))
+                    pos = stop
+                    continue
             result = route(program, version, number, type_, serial, status,
                            data[pos + PREFIX_SIZE:stop], 0)
             if result is not None:
