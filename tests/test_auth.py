@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -18,13 +20,17 @@ import aiovirt
 from aiovirt.client import auth as auth_module
 from aiovirt.client.auth import Credential, Credentials, CredentialType, authenticate
 from aiovirt.client.reconnect import ConnectionState, Reconnect
-from aiovirt.client.sasl import Plain, SaslError, Scram, choose_mechanism, parse_mechlist
+from aiovirt.client.sasl import Plain, SaslError, Scram, choose_mechanism, gssapi_available, \
+    parse_mechlist
 from aiovirt.client.uri import parse_uri
 from aiovirt.errors import AuthenticationError, LibvirtError
 from aiovirt.protocol import remote
 from aiovirt.testing.daemon import PrivateDaemon
+from aiovirt.testing.kdc import PrivateKDC, missing_kdc_tools
+from aiovirt.testing.pki import loopback_tls
 
 USERS = {"alice": "wonder-land", "bob": "b0b,=pass"}
+KERBEROS_PASSWORD = "k3rb-alice"
 
 
 # -- SCRAM, sans-IO -------------------------------------------------------------------------
@@ -135,10 +141,15 @@ async def test_plain_is_used_over_tls_only():
                            [1], parse_uri("qemu:///system"), ("bob", "pw"))
 
 
-async def test_unimplemented_mechanisms_are_named():
-    channel = ScriptedChannel(auth_sasl_init=remote.AuthSaslInitRet("GSSAPI DIGEST-MD5"))
-    with pytest.raises(AuthenticationError, match="GSSAPI DIGEST-MD5, none of which"):
+async def test_unimplemented_mechanisms_are_named(monkeypatch):
+    channel = ScriptedChannel(auth_sasl_init=remote.AuthSaslInitRet("CRAM-MD5 DIGEST-MD5"))
+    with pytest.raises(AuthenticationError, match="CRAM-MD5 DIGEST-MD5, none of which"):
         await authenticate(channel, [1], parse_uri("qemu:///system"), ("u", "p"))
+    monkeypatch.setitem(sys.modules, "gssapi", None)   # the optional package not installed
+    channel = ScriptedChannel(auth_sasl_init=remote.AuthSaslInitRet("GSSAPI DIGEST-MD5"))
+    with pytest.raises(AuthenticationError, match=r"GSSAPI \(Kerberos\) needs the optional "
+                                                  r"gssapi package: pip install 'aiovirt\[gssapi"):
+        await authenticate(channel, [1], parse_uri("qemu:///system"))
     channel = ScriptedChannel(auth_sasl_init=remote.AuthSaslInitRet("SCRAM-SHA-1"))
     with pytest.raises(AuthenticationError, match="SCRAM-SHA-256 is not offered"):
         await authenticate(channel, [1], parse_uri("qemu:///system?auth=sasl.SCRAM-SHA-256"),
@@ -382,4 +393,131 @@ async def test_plain_and_scram_over_tls(sasl_daemon, mechanisms, mech):
     assert mechanisms == [mech]
     with pytest.raises(AuthenticationError, match=f"{mech} authentication as 'alice' failed"):
         async with aiovirt.connect(uri, auth=("alice", "wrong"), lanes=0):
+            pass
+
+
+# -- GSSAPI (Kerberos) against a private KDC and a real libvirtd ------------------------------
+def _no_kerberos() -> str | None:
+    if not gssapi_available():
+        return "the gssapi package is missing (pip install 'aiovirt[gssapi]')"
+    if not list(Path("/usr/lib").glob("*/sasl2/libgssapiv2.so*")):
+        return "Cyrus SASL's GSSAPI plugin is missing (package libsasl2-modules-gssapi-mit)"
+    return missing_kdc_tools()
+
+
+@pytest.fixture(scope="module")
+def kdc(tmp_path_factory):
+    """A realm of our own on loopback with one user, alice."""
+    reason = _no_kerberos()
+    if reason:
+        pytest.skip(reason)
+    with PrivateKDC(tmp_path_factory.mktemp("kdc")) as running:
+        running.add_user("alice", KERBEROS_PASSWORD)
+        yield running
+
+
+@pytest.fixture(scope="module")
+def gssapi_daemon(tmp_path_factory, kdc):
+    """A libvirtd whose UNIX, TCP and TLS sockets want SASL GSSAPI, with a keytab for
+    libvirt/HOST under every name this machine may go by."""
+    work = tmp_path_factory.mktemp("gssd")
+    keytab = kdc.add_service("libvirt", ["localhost", socket.gethostname(), socket.getfqdn()],
+                             work / "libvirt.keytab")
+    sasl = work / "sasl"
+    sasl.mkdir()
+    (sasl / "libvirt.conf").write_text(f"mech_list: gssapi\nkeytab: {keytab}\n")
+    tls, pkipath = loopback_tls(work / "pki")
+    config = {"auth_unix_rw": "sasl", "auth_tcp": "sasl", "auth_tls": "sasl", **tls}
+    with PrivateDaemon(work / "d", extra_config=config,
+                       env={"SASL_CONF_PATH": str(sasl),
+                            **kdc.env(KRB5_KTNAME=str(keytab))}) as running:
+        running.pkipath = pkipath   # type: ignore[attr-defined]
+        yield running
+
+
+@pytest.fixture
+def realm(kdc, monkeypatch):
+    """This process sees only the private realm, with an empty credential cache."""
+    for name, value in kdc.env().items():
+        monkeypatch.setenv(name, value)
+    kdc.kdestroy()
+    yield kdc
+    kdc.kdestroy()
+
+
+def _tickets_for(kdc: PrivateKDC, service: str) -> int:
+    """Service tickets the KDC issued to alice for ``service`` (its log, one line each)."""
+    return sum(1 for line in kdc.log_path.read_text(errors="replace").splitlines()
+               if "TGS_REQ" in line and "ISSUE" in line and "alice@" in line and
+               f"for {service}@" in line)
+
+
+async def test_gssapi_with_a_ticket_from_kinit_over_unix(gssapi_daemon, realm):
+    realm.kinit("alice", KERBEROS_PASSWORD)
+    before = _tickets_for(realm, "libvirt/localhost")
+    with anyio.fail_after(20):
+        async with aiovirt.connect(gssapi_daemon.uri(), lanes=0) as conn:
+            assert await conn.get_lib_version() == 9000000
+    assert _tickets_for(realm, "libvirt/localhost") == before + 1   # then cached
+
+
+async def test_gssapi_over_tls_on_every_lane(gssapi_daemon, realm):
+    realm.kinit("alice", KERBEROS_PASSWORD)
+    uri = f"{gssapi_daemon.uri(transport='tls')}?pkipath={gssapi_daemon.pkipath}"
+    version = remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_GET_LIB_VERSION]
+    answers: list[int] = []
+
+    async def on_a_lane(conn: aiovirt.Connection) -> None:
+        answers.append((await conn.call(version, lane=True)).lib_ver)
+
+    with anyio.fail_after(30):
+        async with aiovirt.connect(uri, lanes=2) as conn:
+            async with anyio.create_task_group() as group:
+                for _ in range(6):
+                    group.start_soon(on_a_lane, conn)
+            assert answers == [9000000] * 6
+            assert len(conn.channels) == 3   # the main socket and two lanes, each authenticated
+
+
+async def test_gssapi_with_a_password_and_no_credential_cache(gssapi_daemon, realm):
+    with anyio.fail_after(20):
+        async with aiovirt.connect(gssapi_daemon.uri(), auth=("alice", KERBEROS_PASSWORD),
+                                   lanes=0) as conn:
+            assert await conn.get_lib_version() == 9000000
+    assert not realm.ccache.exists()   # the tickets stayed in memory
+
+
+async def test_gssapi_without_a_ticket_says_kinit(gssapi_daemon, realm):
+    with anyio.fail_after(20), pytest.raises(AuthenticationError) as info:
+        async with aiovirt.connect(gssapi_daemon.uri(), lanes=0):
+            pass
+    text = str(info.value)
+    assert "GSSAPI authentication with the Kerberos credential cache failed" in text
+    assert "run kinit" in text
+
+
+async def test_gssapi_with_a_wrong_password_is_refused_by_the_kdc(gssapi_daemon, realm):
+    with anyio.fail_after(20), pytest.raises(AuthenticationError) as info:
+        async with aiovirt.connect(gssapi_daemon.uri(), auth=("alice", "wrong"), lanes=0):
+            pass
+    text = str(info.value)
+    assert "GSSAPI authentication as 'alice' failed" in text
+    assert "logging in as 'alice' with the password" in text
+    assert "Preauthentication failed" in text
+
+
+async def test_gssapi_for_a_host_the_realm_does_not_know_names_the_service(gssapi_daemon,
+                                                                             realm):
+    realm.kinit("alice", KERBEROS_PASSWORD)
+    uri = gssapi_daemon.uri(transport="tcp") + "?auth=sasl.GSSAPI"
+    tls_uri = (f"{gssapi_daemon.uri(transport='tls')}?pkipath={gssapi_daemon.pkipath}"
+               ).replace("localhost", "127.0.0.1")
+    with anyio.fail_after(20), pytest.raises(AuthenticationError) as info:
+        async with aiovirt.connect(tls_uri, lanes=0):
+            pass
+    assert "libvirt@127.0.0.1" in str(info.value)
+    assert "not found in Kerberos database" in str(info.value)
+    # over plain TCP libvirtd wants a security layer: asked for TLS before any ticket
+    with anyio.fail_after(20), pytest.raises(AuthenticationError, match="security layer"):
+        async with aiovirt.connect(uri, lanes=0):
             pass

@@ -4,14 +4,18 @@
 connection (the main one, each lane, each reconnection).  As in libvirt's remote driver, the
 URI's ``?auth=sasl|sasl.MECH|polkit`` picks the type, else the server's first one.  ``none``
 needs nothing; ``polkit`` is one call (the daemon asks polkit about our UNIX credentials);
-SASL runs a mechanism of ``sasl`` (SCRAM-SHA-256 > SCRAM-SHA-1 > PLAIN, the last over TLS
-only) with credentials from ``Credentials``.
+SASL runs a mechanism of ``sasl`` (GSSAPI > SCRAM-SHA-256 > SCRAM-SHA-1 > PLAIN, the last
+over TLS only) with credentials from ``Credentials``.  GSSAPI (with ``aiovirt[gssapi]``) is
+preferred unless ``auth=`` gives a (user, password) pair and the server offers a password
+mechanism too; it takes the Kerberos credential cache, or that pair as principal and password.
 """
 
 from __future__ import annotations
 
 import enum
 import inspect
+
+import anyio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -19,8 +23,8 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from ..errors import AuthenticationError, LibvirtError
 from ..protocol import remote
 from .config import AuthConf, ConfSyntaxError, find_auth_conf
-from .sasl import IMPLEMENTED, Mechanism, SaslError, choose_mechanism, make_mechanism, \
-    parse_mechlist
+from .sasl import IMPLEMENTED, Gssapi, Mechanism, SaslError, choose_mechanism, \
+    gssapi_available, make_mechanism, parse_mechlist
 
 if TYPE_CHECKING:
     from .channel import Channel
@@ -32,7 +36,7 @@ __all__ = ["AUTH_NONE", "AUTH_POLKIT", "AUTH_SASL", "AuthCallback", "Credential"
 AUTH_NONE, AUTH_SASL, AUTH_POLKIT = 0, 1, 2
 _NAMES = {AUTH_NONE: "none", AUTH_SASL: "sasl", AUTH_POLKIT: "polkit"}
 _P = remote.PROCEDURES
-_MAX_STEPS = 8          # SCRAM needs 2, PLAIN 1: a server wanting more is broken
+_MAX_STEPS = 8          # SCRAM needs 2, PLAIN 1, GSSAPI 3: a server wanting more is broken
 _INSECURE = ("tcp", "ext")   # transports libvirt does not count as secure (is_secure = 0)
 _SERVICE = "libvirt"    # the SASL service name, and auth.conf's [auth-libvirt-HOST]
 
@@ -219,7 +223,7 @@ def _needs_security_layer(uri: ConnectionURI, offered: str) -> AuthenticationErr
     host = uri.host or "HOST"
     return AuthenticationError(
         f"{uri.uri}: over plain {uri.transport.upper()} libvirtd requires a SASL security "
-        f"layer (SSF >= 56) that SCRAM and PLAIN do not provide (server offers: "
+        f"layer (SSF >= 56) that aiovirt's SASL mechanisms do not provide (server offers: "
         f"{offered or 'no mechanism'}); connect with TLS ({uri.driver}+tls://{host}"
         f"{uri.path}) or through a UNIX socket (or SSH) instead")
 
@@ -237,7 +241,10 @@ async def _sasl(channel: Channel, uri: ConnectionURI, source: Credentials) -> No
     listed = " ".join(offered) or "none"
     if insecure:
         raise _needs_security_layer(uri, listed)
-    name = _choose_mechanism(uri, offered, listed)
+    name = _choose_mechanism(uri, offered, listed, kerberos=not isinstance(source.auth, tuple))
+    if name == "GSSAPI":
+        await _kerberos(channel, uri, source)
+        return
     user, password = await source.get(uri, name)
     try:
         await _exchange(channel, make_mechanism(name, user, password))
@@ -253,9 +260,28 @@ async def _sasl(channel: Channel, uri: ConnectionURI, source: Credentials) -> No
     source.accepted(user, password)
 
 
-def _choose_mechanism(uri: ConnectionURI, offered: list[str], listed: str) -> str:
+async def _kerberos(channel: Channel, uri: ConnectionURI, source: Credentials) -> None:
+    """GSSAPI with the credential cache's ticket, or with ``auth=(principal, password)``."""
+    pair = source.auth if isinstance(source.auth, tuple) else None
+    principal = (pair[0] or uri.user) if pair is not None else None
+    who = f"as {principal!r}" if principal else "with the Kerberos credential cache"
+    try:
+        mech = Gssapi(uri.host or "localhost", principal, pair[1] if pair else None)
+        await _exchange(channel, mech)
+    except LibvirtError as exc:
+        raise AuthenticationError(
+            f"{uri.uri}: SASL GSSAPI authentication {who} failed: the daemon refused it (the "
+            f"daemon says: {exc.message})") from exc
+    except SaslError as exc:
+        raise AuthenticationError(f"{uri.uri}: SASL GSSAPI authentication {who} failed: "
+                                  f"{exc}") from exc
+
+
+def _choose_mechanism(uri: ConnectionURI, offered: list[str], listed: str,
+                      kerberos: bool = True) -> str:
     """``?auth=sasl.MECH`` if the server offers it and we implement it, else the strongest
-    we share; PLAIN only over TLS.  Errors name what was offered."""
+    we share (GSSAPI only if ``kerberos``, or if nothing else is shared); PLAIN only over
+    TLS.  Errors name what was offered."""
     tls = uri.transport == "tls"
     wanted = uri.params.get("auth", "")
     if wanted.lower().startswith("sasl."):
@@ -269,15 +295,21 @@ def _choose_mechanism(uri: ConnectionURI, offered: list[str], listed: str) -> st
         if mech == "PLAIN" and not tls:
             raise _plain_refused(uri)
         return mech
-    chosen = choose_mechanism(offered, allow_plain=tls)
+    chosen = choose_mechanism(offered, allow_plain=tls, kerberos=kerberos)
+    if chosen is None and not kerberos:
+        chosen = choose_mechanism(offered, allow_plain=tls, kerberos=True)
     if chosen is not None:
         return chosen
     if "PLAIN" in offered and not tls:
         raise _plain_refused(uri)
+    if "GSSAPI" in offered and not gssapi_available():
+        raise AuthenticationError(
+            f"{uri.uri}: the server offers SASL mechanisms {listed}; GSSAPI (Kerberos) needs "
+            "the optional gssapi package: pip install 'aiovirt[gssapi]'")
     raise AuthenticationError(
         f"{uri.uri}: the server offers SASL mechanisms {listed}, none of which aiovirt "
-        "implements (it has SCRAM-SHA-256, SCRAM-SHA-1, and PLAIN over TLS; not GSSAPI "
-        "or DIGEST-MD5)")
+        "implements (it has GSSAPI with aiovirt[gssapi], SCRAM-SHA-256, SCRAM-SHA-1, and "
+        "PLAIN over TLS; not DIGEST-MD5)")
 
 
 def _plain_refused(uri: ConnectionURI) -> AuthenticationError:
@@ -290,7 +322,10 @@ def _plain_refused(uri: ConnectionURI) -> AuthenticationError:
 async def _exchange(channel: Channel, mech: Mechanism) -> None:
     """AUTH_SASL_START, then AUTH_SASL_STEP until the server says complete and the
     mechanism has checked the server's last word (mutual authentication)."""
-    initial = mech.initial()
+    if mech.blocking:   # may ask a KDC for a ticket: not on the event loop
+        initial = await anyio.to_thread.run_sync(mech.initial, abandon_on_cancel=True)
+    else:
+        initial = mech.initial()
     ret = await channel.call(_P[remote.REMOTE_PROC_AUTH_SASL_START], remote.AuthSaslStartArgs(
         mech.name, 1 if initial is None else 0, initial or b""))
     for _ in range(_MAX_STEPS):

@@ -638,7 +638,8 @@ class connect(Generic[C]):  # noqa: N801 - reads as a function: ``await connect(
     ``auth``: for SASL, ``(user, password)``; or a callback (sync or async) given a list of
     ``aiovirt.client.auth.Credential`` to fill in (``result``); or None: auth.conf (see
     ``aiovirt.client.config``), the user name defaulting to the URI's.  What the daemon
-    accepts is reused for every lane and reconnection.
+    accepts is reused for every lane and reconnection.  SASL GSSAPI (``aiovirt[gssapi]``)
+    takes the Kerberos credential cache, or ``(principal, password)``.
     ``event_batch_window``: after a read that brought events while no call waits, the
     socket rests this long (seconds; 0: never) so an event storm is read in batches: one
     wake-up per batch instead of per event, at most that much added delay on events that

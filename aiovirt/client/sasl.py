@@ -1,10 +1,13 @@
-"""SASL client mechanisms, sans-IO: SCRAM-SHA-256, SCRAM-SHA-1 (RFC 5802, RFC 7677) and PLAIN.
+"""SASL client mechanisms, sans-IO: SCRAM-SHA-256, SCRAM-SHA-1 (RFC 5802, RFC 7677), PLAIN,
+and GSSAPI (RFC 4752, Kerberos) with the optional ``gssapi`` package (``aiovirt[gssapi]``).
 
 A mechanism turns the server's challenges into the client's responses and nothing else: it
-never reads a socket, so the RFC test vectors exercise it directly.  ``auth`` carries the
-bytes over ``AUTH_SASL_START`` / ``AUTH_SASL_STEP``.  SCRAM runs without channel binding
-(GS2 header ``n,,``) and checks the server's signature: a server that cannot prove it knows
-the password is refused.
+never reads the libvirt socket, so the RFC test vectors exercise it directly.  ``auth``
+carries the bytes over ``AUTH_SASL_START`` / ``AUTH_SASL_STEP``.  SCRAM runs without channel
+binding (GS2 header ``n,,``) and checks the server's signature: a server that cannot prove
+it knows the password is refused.  GSSAPI asks for mutual authentication and takes no
+security layer (libvirtd wants none over TLS or a UNIX socket); its first message may ask
+the KDC for a ticket, so ``blocking`` tells ``auth`` to make it off the event loop.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Iterable
+from typing import Any
 
-__all__ = ["IMPLEMENTED", "Mechanism", "Plain", "SaslError", "Scram", "choose_mechanism",
-           "make_mechanism", "parse_mechlist"]
+__all__ = ["IMPLEMENTED", "Gssapi", "Mechanism", "Plain", "SaslError", "Scram",
+           "choose_mechanism", "gssapi_available", "make_mechanism", "parse_mechlist"]
 
 _GS2_HEADER = b"n,,"          # no channel binding, no authorization identity
 _MAX_ITERATIONS = 10_000_000  # a server asking for more is refused (a CPU-time trap)
@@ -35,6 +39,7 @@ class Mechanism:
 
     name: str = ""
     done: bool = False
+    blocking: bool = False   # ``initial()`` may wait on the network (a KDC): run it in a thread
 
     def initial(self) -> bytes | None:
         raise NotImplementedError
@@ -172,8 +177,109 @@ class Scram(Mechanism):
                             "the password (an impostor, or a broken server)")
 
 
-# Strongest first; PLAIN only where the channel is encrypted (the caller decides).
-IMPLEMENTED = ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
+_NO_LAYER = 1        # RFC 4752 security layer bits: 1 none, 2 integrity, 4 confidentiality
+
+
+def gssapi_available() -> bool:
+    """Whether the optional ``gssapi`` package (``aiovirt[gssapi]``) can be imported."""
+    try:
+        import gssapi  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class Gssapi(Mechanism):
+    """GSSAPI (RFC 4752): Kerberos V5 through the system's GSS-API library.
+
+    Credentials come from the credential cache (``kinit``, ``KRB5CCNAME``), or, given a
+    ``password``, are fetched for ``principal`` from the KDC without touching any cache.  The
+    service is ``libvirt@HOST``; the server must prove itself (mutual authentication)."""
+
+    name = "GSSAPI"
+    blocking = True
+
+    def __init__(self, host: str, principal: str | None = None,
+                 password: str | None = None, service: str = "libvirt") -> None:
+        try:
+            import gssapi
+        except ImportError:
+            raise SaslError("GSSAPI needs the optional gssapi package "
+                            "(pip install 'aiovirt[gssapi]'; it builds against libkrb5-dev)"
+                            ) from None
+        self._gssapi = gssapi
+        self.target = f"{service}@{host}"
+        self.principal = principal
+        self._password = password
+        self._context: Any = None
+        self._state = "initial"
+
+    def _failed(self, exc: Exception, doing: str) -> SaslError:
+        words = exc.gen_message() if hasattr(exc, "gen_message") else str(exc)
+        hint = ""
+        if self._password is None and isinstance(
+                exc, self._gssapi.exceptions.MissingCredentialsError):
+            hint = " (no Kerberos ticket: run kinit, or give auth=(principal, password))"
+        return SaslError(f"GSSAPI: {doing} failed: {words}{hint}")
+
+    def initial(self) -> bytes:
+        if self._state != "initial":
+            raise SaslError("GSSAPI: the exchange has already started")
+        gssapi = self._gssapi
+        flags = (gssapi.RequirementFlag.mutual_authentication |
+                 gssapi.RequirementFlag.integrity | gssapi.RequirementFlag.out_of_sequence_detection)
+        creds = None
+        if self._password is not None:
+            if not self.principal:
+                raise SaslError("GSSAPI: a password was given without a principal")
+            try:
+                name = gssapi.Name(self.principal, gssapi.NameType.kerberos_principal)
+                creds = gssapi.raw.acquire_cred_with_password(
+                    name, self._password.encode(), usage="initiate").creds
+            except gssapi.exceptions.GSSError as exc:
+                raise self._failed(exc, f"logging in as {self.principal!r} with the password "
+                                        "(a wrong password, or an unknown principal?)") from None
+        try:
+            target = gssapi.Name(self.target, gssapi.NameType.hostbased_service)
+            self._context = gssapi.SecurityContext(name=target, creds=creds, flags=flags,
+                                                   usage="initiate")
+            token = self._context.step()
+        except gssapi.exceptions.GSSError as exc:
+            raise self._failed(exc, f"getting a ticket for {self.target}") from None
+        self._state = "context"
+        return token or b""
+
+    def step(self, challenge: bytes) -> bytes:
+        context = self._context
+        gssapi = self._gssapi
+        if self._state == "context" and not context.complete:
+            try:
+                token = context.step(challenge)
+            except gssapi.exceptions.GSSError as exc:
+                raise self._failed(exc, f"checking {self.target}'s answer") from None
+            return token or b""
+        if self._state == "context":   # the context stands: this is the server's offer
+            try:
+                offer = context.unwrap(challenge).message
+            except gssapi.exceptions.GSSError as exc:
+                raise self._failed(exc, "reading the security layer offer") from None
+            if len(offer) != 4:
+                raise SaslError(f"GSSAPI: the security layer offer has {len(offer)} bytes, "
+                                "not 4")
+            if not offer[0] & _NO_LAYER:
+                raise SaslError("GSSAPI: the server insists on a SASL security layer, which "
+                                "aiovirt does not provide; connect with TLS or through a UNIX "
+                                "socket (or SSH) instead")
+            self._state = "done"
+            self.done = True
+            # no layer, no maximum size, no authorization identity (act as who we are)
+            return context.wrap(bytes((_NO_LAYER, 0, 0, 0)), False).message
+        raise SaslError("GSSAPI: unexpected server message after the exchange ended")
+
+
+# Strongest first; PLAIN only where the channel is encrypted (the caller decides); GSSAPI
+# only where its package is installed and the caller brings no password for the others.
+IMPLEMENTED = ("GSSAPI", "SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
 
 
 def parse_mechlist(mechlist: str) -> list[str]:
@@ -181,17 +287,20 @@ def parse_mechlist(mechlist: str) -> list[str]:
     return [m.upper() for m in mechlist.replace(",", " ").split()]
 
 
-def choose_mechanism(offered: Iterable[str], allow_plain: bool) -> str | None:
-    """The strongest mechanism both sides have, or None."""
+def choose_mechanism(offered: Iterable[str], allow_plain: bool,
+                     kerberos: bool = False) -> str | None:
+    """The strongest mechanism both sides have, or None; GSSAPI only if ``kerberos`` (and
+    its package is installed)."""
     offered = {m.upper() for m in offered}
     for name in IMPLEMENTED:
-        if name in offered and (name != "PLAIN" or allow_plain):
+        if name in offered and (name != "PLAIN" or allow_plain) and (
+                name != "GSSAPI" or (kerberos and gssapi_available())):
             return name
     return None
 
 
 def make_mechanism(name: str, username: str, password: str) -> Mechanism:
-    """A fresh client for mechanism ``name`` (one of ``IMPLEMENTED``)."""
+    """A fresh client for password mechanism ``name`` (SCRAM or PLAIN; GSSAPI is ``Gssapi``)."""
     if name == "PLAIN":
         return Plain(username, password)
     return Scram(name, username, password)

@@ -19,13 +19,13 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Self
 from urllib.parse import quote
 
 from .daemon import _free_port
+from .server import ServerProcess, process_table
 
 __all__ = ["PrivateSSHD", "SSHDError", "ssh_children"]
 
@@ -37,19 +37,9 @@ class SSHDError(RuntimeError):
 def ssh_children() -> set[int]:
     """This process's child processes named ssh (zombies included), read from /proc: what a
     test checks to see that a connection left no tunnel behind."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            text = (entry / "stat").read_text()
-        except OSError:
-            continue
-        name = text[text.index("(") + 1:text.rindex(")")]
-        ppid = int(text[text.rindex(")") + 2:].split()[1])
-        if ppid == os.getpid() and name == "ssh":
-            found.add(int(entry.name))
-    return found
+    me = os.getpid()
+    return {pid for pid, (parent, name) in process_table().items()
+            if parent == me and name == "ssh"}
 
 
 def _find(name: str) -> str:
@@ -70,8 +60,11 @@ def keygen(path: str | os.PathLike[str], comment: str = "aiovirt-test") -> Path:
     return path
 
 
-class PrivateSSHD:
+class PrivateSSHD(ServerProcess):
     """An sshd of our own on ``127.0.0.1:port`` that lets ``user`` in with ``user_key``."""
+
+    name = "sshd"
+    Error = SSHDError
 
     def __init__(self, workdir: str | os.PathLike[str] | None = None, *,
                  port: int | None = None, binds: Mapping[str, str] | None = None) -> None:
@@ -84,15 +77,6 @@ class PrivateSSHD:
         self.known_hosts = self.workdir / "known_hosts"
         self.config = self.workdir / "sshd_config"
         self.log_path = self.workdir / "sshd.log"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return None if self._process is None else self._process.pid
 
     def _write_files(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -123,52 +107,23 @@ class PrivateSSHD:
         script = " && ".join([*steps, "exec " + " ".join(q(part) for part in sshd)])
         return [_find("unshare"), "--mount", "--propagation", "private", "sh", "-c", script]
 
+    def _ready(self) -> bool:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=0.5) as probe:
+                probe.settimeout(2)
+                return probe.recv(4).startswith(b"SSH-")
+        except OSError:
+            return False
+
     def start(self, timeout: float = 15.0) -> Self:
         """Write keys and config, start sshd; return once its port accepts connections."""
         if self.running:
             return self
         self._write_files()
+        self.log_path.unlink(missing_ok=True)
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)   # its privilege-separation dir
-        with open(self.log_path, "wb") as log:
-            self._process = subprocess.Popen(self._command(), stdin=subprocess.DEVNULL,
-                                             stdout=log, stderr=log, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._process.poll() is not None:
-                status = self._process.returncode
-                self.stop()
-                raise SSHDError(f"sshd exited with status {status}:\n{self.log_tail()}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.5) as probe:
-                    probe.settimeout(2)
-                    if probe.recv(4).startswith(b"SSH-"):
-                        return self
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise SSHDError(f"sshd did not listen on {self.host}:{self.port} within "
-                                f"{timeout} s:\n{self.log_tail()}")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        """Kill sshd (the listener; sessions end with their connections) and reap it."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        self._spawn(timeout, f"{self.host}:{self.port}")
+        return self
 
     def uri(self, driver: str = "test", path: str = "/default", user: str = "root",
             transport: str = "ssh", **params: str) -> str:
@@ -178,9 +133,3 @@ class PrivateSSHD:
                  "no_tty": "1", **params}
         text = "&".join(f"{key}={quote(value, safe='/:,')}" for key, value in query.items())
         return f"{driver}+{transport}://{user}@{self.host}:{self.port}{path}?{text}"
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
