@@ -11,8 +11,10 @@ ssh's stderr goes to an unlinked temporary file (it never blocks, unlike a pipe 
 when the tunnel ends its tail is the error's message.  A tunnel that ends before the daemon
 sent a byte never came up: callers get ``ConnectionFailed`` carrying ssh's words ("Host key
 verification failed.", "Permission denied (publickey).", "nc: not found").  Later, a loss is
-the channel's usual ``ConnectionClosed``, ssh's words included.  The child is terminated and
-reaped when the transport closes, bounded: SIGTERM, one second's grace, then SIGKILL.
+the channel's usual ``ConnectionClosed``, ssh's words included, and how the child ended ("it
+was killed by SIGKILL": a silent child's end is not the daemon closing the connection).  The
+child is terminated and reaped when the transport closes, bounded: SIGTERM, one second's
+grace, then SIGKILL.
 
 libssh-only parameters map to OpenSSH options (libvirt itself ignores them for ``+ssh``; we
 honour them on all three transports, since all three run OpenSSH here):
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -257,16 +260,20 @@ class CommandTransport(NoFdPassing):
             sink.lost(exc)
             return
         said = self.stderr_text()
-        status = self.process.poll()
-        detail = said or (f"{exc}" if exc is not None else
-                          f"it exited with status {status}" if status is not None else
-                          "it closed the connection")
+        ended = _how_it_ended(self.process.poll())
         if not self._answered:
             # never came up: to the caller that is a failure to connect.  The channel's fail
             # hands our error to every caller as is (lost would rewrap it as ConnectionClosed).
+            detail = said or (f"{exc}" if exc is not None else
+                              ended or "it closed the connection")
             sink.fail(ConnectionFailed(f"{self._what} failed: {detail}"))
         elif said:
-            sink.lost(ConnectionError(f"{self._what}: {said}"))
+            sink.lost(ConnectionError(f"{self._what}: {said}"
+                                      + (f" ({ended})" if ended else "")))
+        elif ended:
+            # silent, e.g. killed: the loss is the child's end, not the daemon's doing
+            sink.lost(ConnectionError(f"{self._what}: {ended}"
+                                      + (f" ({exc})" if exc is not None else "")))
         else:
             sink.lost(exc)
 
@@ -310,6 +317,18 @@ class CommandTransport(NoFdPassing):
                 self.process.terminate()
         threading.Thread(target=_kill, args=(self.process, self._stderr, _GRACE),
                          name=f"aiovirt reap {self.process.pid}", daemon=True).start()
+
+
+def _how_it_ended(status: int | None) -> str | None:
+    """A child's end in words (``Popen.returncode``); None while it runs."""
+    if status is None:
+        return None
+    if status < 0:
+        try:
+            return f"it was killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"it was killed by signal {-status}"
+    return f"it exited with status {status}"
 
 
 def _kill(process: subprocess.Popen[bytes], stderr: IO[bytes] | None = None,

@@ -165,6 +165,7 @@ class _TLSWire(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
         self._ssl = context.wrap_bio(self._in, self._out, server_hostname=host)
+        self._host = host
         # the C object behind ``ssl.SSLObject`` (same read/write, one Python call less per
         # record); the wrapper itself if a Python version ever lacks it
         self._records: Any = getattr(self._ssl, "_sslobj", self._ssl)
@@ -253,13 +254,19 @@ class _TLSWire(asyncio.Protocol):
         return False   # close; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
-        exc = exc or self._error
+        broken = self._error   # what TLS made of the server's bytes, if that ended it
+        if exc is None and broken is not None:
+            exc = _tls_broken(broken, self._host)
         self._ended = (exc,)
         if not self.handshake.done():
             self.handshake.set_exception(exc or ConnectionResetError(
                 "the server closed the connection during the TLS handshake"))
         if not self.status.done():
-            self.status.set_result(b"")
+            if broken is not None and not _is_alert(broken):
+                # bytes that are not TLS where the status byte should be: not a refusal
+                self.status.set_exception(broken)
+            else:
+                self.status.set_result(b"")
         if self._app is not None:
             self._app.connection_lost(exc)
 
@@ -340,6 +347,20 @@ class _TLSWire(asyncio.Protocol):
         return 0 if self._raw is None else self._raw.get_write_buffer_size()
 
 
+def _is_alert(exc: Exception) -> bool:
+    """The server sent a TLS alert (e.g. it refuses our certificate), rather than bytes that
+    are not TLS at all."""
+    return isinstance(exc, ssl.SSLError) and "ALERT" in (exc.reason or "")
+
+
+def _tls_broken(exc: Exception, host: str) -> ConnectionError:
+    """A TLS error that ended a session after its handshake, saying so (OpenSSL's own words,
+    "[SSL: WRONG_VERSION_NUMBER] wrong version number", do not name TLS)."""
+    error = ConnectionError(f"TLS error from {host}: {exc}")
+    error.__cause__ = exc
+    return error
+
+
 _LENGTH = struct.Struct(">I")
 _RECORD_MAX = 16384 + 256   # a TLS record's plaintext is at most 2**14 bytes
 _BUFFER_KEEP = 4 * _RECORD_MAX   # the decryption buffer kept between reads
@@ -396,12 +417,16 @@ class _PacketCutter:
 class _RecordPerPacketStream(anyio.abc.ByteStream):
     """The anyio counterpart: one ``send`` on the TLS stream per packet (or part of one)."""
 
-    def __init__(self, stream: TLSStream) -> None:
+    def __init__(self, stream: TLSStream, host: str) -> None:
         self._stream = stream
+        self._host = host
         self._cutter = _PacketCutter()
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
-        return await self._stream.receive(max_bytes)
+        try:
+            return await self._stream.receive(max_bytes)
+        except ssl.SSLError as exc:
+            raise _tls_broken(exc, self._host) from exc
 
     async def send(self, item: bytes) -> None:
         for piece in self._cutter.cut(item):
@@ -479,7 +504,7 @@ async def _dial_anyio(host: str, port: int, context: ssl.SSLContext, spawn: Spaw
     except BaseException:
         await anyio.aclose_forcefully(tcp)
         raise
-    return AnyioTransport(_RecordPerPacketStream(stream), spawn)
+    return AnyioTransport(_RecordPerPacketStream(stream, host), spawn)
 
 
 async def dial_tls(uri: ConnectionURI, spawn: Spawn, native: bool) -> Transport:

@@ -15,18 +15,8 @@ import pytest
 import aiovirt
 from aiovirt.client.events import Resync
 from aiovirt.client.reconnect import ConnectionState, Reconnect
-from aiovirt.testing.daemon import PrivateDaemon
 
 FAST = Reconnect(initial=0.05, max_delay=0.5, jitter=0.1)
-
-
-@pytest.fixture
-def own_daemon(tmp_path):
-    running = PrivateDaemon(tmp_path / "d").start()
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 def domain_xml(name: str) -> str:
