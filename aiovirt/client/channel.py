@@ -82,6 +82,9 @@ class Channel:
         self._on_event = on_event
         self._on_closed = on_closed
         self.closed: BaseException | None = None
+        # set while our side closes the connection: the daemon's own close that follows
+        # our goodbye is then not reported as the server's doing
+        self.closing: str | None = None
         self.last_received = time.monotonic()
         self.pings_received = 0
         self.pongs_received = 0
@@ -280,9 +283,16 @@ class Channel:
             self.lost(None)
 
     def lost(self, exc: BaseException | None) -> None:
-        self.fail(ConnectionClosed(
+        """The socket ended under us: fail every caller, the cause (the socket's error, or
+        ``EOFError`` for an orderly close) chained for whoever reports it further."""
+        if self.closing is not None:
+            self.fail(ConnectionClosed(self.closing))
+            return
+        error = ConnectionClosed(
             f"{self.name} socket: the server closed the connection" if exc is None else
-            f"{self.name} socket: connection lost: {exc}"))
+            f"{self.name} socket: connection lost: {exc}")
+        error.__cause__ = exc if exc is not None else EOFError("end of file while reading")
+        self.fail(error)
 
     def _write(self, data: bytes) -> None:
         try:

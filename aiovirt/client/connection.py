@@ -325,6 +325,8 @@ two.
             return
         self._closed = True
         channels = [c for c in [self._main, *self._lanes] if c is not None]
+        for channel in channels:
+            channel.closing = "the connection was closed"
 
         async def say_goodbye(channel: Channel) -> None:
             with contextlib.suppress(AiovirtError):

@@ -88,6 +88,13 @@ def error_tuple(exc: BaseException) -> ErrTuple:
         return (C.VIR_ERR_OPERATION_TIMEOUT, C.VIR_FROM_RPC, message, C.VIR_ERR_ERROR,
                 "%s", message, None, 0, 0)
     if isinstance(exc, ConnectionClosed):
+        cause = exc.__cause__
+        if cause is not None and not isinstance(cause, AiovirtError):
+            # the loss itself, as the calls under way see it: libvirt reports the socket's
+            # error ("Cannot recv data: ...", "End of file while reading data")
+            return _system(message, C.VIR_FROM_RPC,
+                           getattr(cause, "errno", None) or _errno.EIO)
+        # a call on a connection already lost or closed: "client socket is closed"
         return (C.VIR_ERR_INTERNAL_ERROR, C.VIR_FROM_RPC, message, C.VIR_ERR_ERROR,
                 "internal error: %s", message, None, 0, 0)
     if isinstance(exc, ProtocolError):
