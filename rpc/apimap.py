@@ -296,8 +296,8 @@ CLIENT_KINDS: list[tuple[str, str, str]] = [
      "the client library itself (initialisation, its own version): nothing to do in Python"),
     (r"vir(Adm)?Connect(GetURI|IsAlive|SetKeepAlive|RegisterCloseCallback|"
      r"UnregisterCloseCallback)$", "connection",
-     "answered by the client's own connection: aiovirt's Connection (uri, keepalive, "
-     "connection_closed_events)"),
+     "answered by the client's own connection: aiovirt's Connection (uri, is_alive, "
+     "set_keepalive, connection_closed_events)"),
     (r"virConnectGetType$", "connection", "the driver's name, known on the client"),
     (r"virDomainLxcEnter(CGroup|Namespace|SecurityLabel)$", "local-process",
      "acts on the calling process (setns/cgroup/security label) with the descriptors "

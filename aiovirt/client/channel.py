@@ -89,6 +89,10 @@ class Channel:
         self.pings_received = 0
         self.pongs_received = 0
         self.keepalive_supported = False
+        # what the keepalive loop runs with, (interval, count), and whether one is started
+        self.keepalive: tuple[float, int] | None = None
+        self.keepalive_running = False
+        self._keepalive_changed: anyio.Event | None = None
         self._streams: dict[int, StreamSink] = {}   # serial -> the stream reading it
         self._fd_calls: set[int] = set()   # call_with_fds serials whose reply has not come
         self._fd_lock: anyio.Lock | None = None
@@ -363,10 +367,30 @@ class Channel:
             raise
 
     # -- keepalive and failure ----------------------------------------------------------------
-    async def keepalive_loop(self, interval: float, count: int) -> None:
-        """Ping a quiet server; declare it dead after ``count`` intervals without a word."""
-        while self.closed is None:
-            await anyio.sleep(interval)
+    async def keepalive_loop(self) -> None:
+        """Ping a quiet server; declare it dead after ``count`` intervals without a word, the
+        figures in ``keepalive`` (set before the loop is started; ``set_keepalive`` changes
+        them while it runs, None ends it)."""
+        try:
+            while self.closed is None and self.keepalive is not None:
+                interval, count = self.keepalive
+                changed = self._keepalive_changed = anyio.Event()
+                with anyio.move_on_after(interval):
+                    await changed.wait()
+                    continue   # new figures: wait with them from now
+                self._keepalive_check(interval, count)
+        finally:
+            self.keepalive = self._keepalive_changed = None
+            self.keepalive_running = False
+
+    def set_keepalive(self, keepalive: tuple[float, int] | None) -> None:
+        """New figures for the keepalive loop, from now (None: stop it)."""
+        self.keepalive = keepalive
+        if self._keepalive_changed is not None:
+            self._keepalive_changed.set()
+
+    def _keepalive_check(self, interval: float, count: int) -> None:
+        if self.closed is None:
             idle = time.monotonic() - self.last_received
             if idle >= interval * (count + 1) and not self.reading_paused:
                 self.fail(ConnectionClosed(

@@ -195,10 +195,33 @@ two.
         finally:
             self._opening.discard(channel)
         if self.keepalive is not None and channel.keepalive_supported:
-            interval, count = self.keepalive
-            self._tasks.start(lambda: channel.keepalive_loop(interval, count),
-                              f"aiovirt {name} keepalive")
+            self._start_keepalive(channel, *self.keepalive)
         return channel
+
+    def _start_keepalive(self, channel: Channel, interval: float, count: int) -> None:
+        assert self._tasks is not None
+        channel.keepalive, channel.keepalive_running = (interval, count), True
+        self._tasks.start(channel.keepalive_loop, f"aiovirt {channel.name} keepalive")
+
+    def set_keepalive(self, interval: float, count: int) -> bool:
+        """libvirt's ``virConnectSetKeepAlive``: from now on, ping a quiet daemon after
+        ``interval`` seconds and declare it dead after ``count`` unanswered intervals (0:
+        after one quiet interval); ``interval <= 0`` stops keepalive.  Every socket,
+        now and later (lanes, reconnections).  False if the daemon has no keepalive."""
+        if count < 0:
+            raise ValueError(f"keepalive count must be >= 0, not {count}")
+        self.keepalive = (float(interval), count) if interval > 0 else None
+        supported = False
+        for channel in [self._main, *self._lanes]:
+            if channel is None or channel.closed is not None or \
+                    not channel.keepalive_supported:
+                continue
+            supported = True
+            if channel.keepalive_running:
+                channel.set_keepalive(self.keepalive)
+            elif self.keepalive is not None and self._tasks is not None:
+                self._start_keepalive(channel, *self.keepalive)
+        return supported
 
     def _in_flight_for(self, transport: Transport) -> int:
         """What the daemon works on at once when the caller did not say: its own

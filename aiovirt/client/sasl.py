@@ -226,8 +226,9 @@ class Gssapi(Mechanism):
         if self._state != "initial":
             raise SaslError("GSSAPI: the exchange has already started")
         gssapi = self._gssapi
-        flags = (gssapi.RequirementFlag.mutual_authentication |
-                 gssapi.RequirementFlag.integrity | gssapi.RequirementFlag.out_of_sequence_detection)
+        wanted = gssapi.RequirementFlag
+        flags = (wanted.mutual_authentication | wanted.integrity |
+                 wanted.out_of_sequence_detection)
         creds = None
         if self._password is not None:
             if not self.principal:

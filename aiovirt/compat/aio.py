@@ -686,13 +686,13 @@ class virConnect:  # noqa: N801
         set_last_error(None)
 
     async def setKeepAlive(self, interval: int, count: int) -> int:  # noqa: N802
-        """Accepted (0): aiovirt's connection runs libvirt's keepalive protocol itself,
-        answering the daemon's pings; its interval and count are connect() options."""
-        if interval < 0 or count < 0:
-            message = "invalid argument: keepalive interval and count must be >= 0"
+        """From now on ping a quiet daemon every ``interval`` seconds, declaring it dead after
+        ``count`` unanswered (``interval`` 0: no keepalive); 1 if the daemon has none."""
+        if count < 0:
+            message = "invalid argument: keepalive count must be >= 0"
             raise libvirtError(message, (C.VIR_ERR_INVALID_ARG, C.VIR_FROM_NONE, message,
                                          C.VIR_ERR_ERROR, None, None, None, 0, 0))
-        return 0
+        return 0 if self._c.set_keepalive(interval, count) else 1
 
     async def newStream(self, flags: int = 0) -> virStream:  # noqa: N802
         return virStream(self, flags)

@@ -413,3 +413,23 @@ def test_lost_calls_get_libvirts_error_codes(own_daemon):
         for conn in conns.values():
             with contextlib.suppress(Exception):
                 conn.close()
+
+
+def test_set_keepalive_judges_a_stopped_daemon(own_daemon):
+    """``conn.setKeepAlive(interval, count)`` takes effect on an open drop-in connection: a
+    daemon stopped past the new window fails the waiting call with a libvirtError, within
+    bounds (the default window is 30 s)."""
+    conn = libvirt.open(own_daemon.uri())
+    try:
+        assert conn.setKeepAlive(1, 1) == 0
+        assert own_daemon.pid is not None
+        os.kill(own_daemon.pid, signal.SIGSTOP)
+        began = time.monotonic()
+        with pytest.raises(libvirt.libvirtError, match="keepalive"):
+            conn.getLibVersion()
+        assert time.monotonic() - began < 1 * (1 + 1) + 2.5
+        with pytest.raises(libvirt.libvirtError):
+            conn.setKeepAlive(1, -1)
+    finally:
+        os.kill(own_daemon.pid, signal.SIGCONT)
+        conn.close()

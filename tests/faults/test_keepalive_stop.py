@@ -126,6 +126,43 @@ async def test_calls_needing_a_new_lane_fail_too(stoppable):
     await calls_against_a_stopped_daemon(stoppable, quick=8, slow_first=False)
 
 
+async def test_keepalive_set_on_an_open_connection_applies_at_once(stoppable):
+    """``set_keepalive`` (libvirt's virConnectSetKeepAlive) on a connection opened with a
+    minute's keepalive: the new figures judge a stopped daemon from then on, not after the
+    minute."""
+    async with aiovirt.connect(stoppable.uri(), keepalive=(60.0, 5), lanes=0) as conn:
+        await conn.get_lib_version()
+        assert conn.set_keepalive(*KEEPALIVE)
+        os.kill(stoppable.pid, signal.SIGSTOP)
+        try:
+            with anyio.fail_after(BOUND), pytest.raises(aiovirt.ConnectionClosed,
+                                                        match="keepalive"):
+                await conn.get_lib_version()
+        finally:
+            os.kill(stoppable.pid, signal.SIGCONT)
+
+
+async def test_keepalive_stopped_then_started_again(stoppable):
+    """``set_keepalive(0, 0)`` stops judging: a daemon stopped past the window is still
+    waited for (the call's own time limit ends the call, the connection lives); started
+    again, keepalive declares it dead within the window."""
+    version = aiovirt.protocol.remote.PROCEDURES[
+        aiovirt.protocol.remote.REMOTE_PROC_CONNECT_GET_LIB_VERSION]
+    async with aiovirt.connect(stoppable.uri(), keepalive=KEEPALIVE, lanes=0) as conn:
+        assert conn.set_keepalive(0, 0)
+        os.kill(stoppable.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(aiovirt.CallTimeout):
+                await conn.call(version, timeout=DEAD_AFTER + 1)
+            assert conn.is_alive
+            assert conn.set_keepalive(*KEEPALIVE)
+            with anyio.fail_after(BOUND), pytest.raises(aiovirt.ConnectionClosed,
+                                                        match="keepalive"):
+                await conn.get_lib_version()
+        finally:
+            os.kill(stoppable.pid, signal.SIGCONT)
+
+
 async def test_provisioning_against_a_host_that_stops_ends_with_a_report(stoppable,
                                                                          tmp_path_factory):
     """The doomed host stops as its first guest is defined; the run's keepalive declares it
