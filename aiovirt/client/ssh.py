@@ -270,8 +270,9 @@ class CommandTransport(NoFdPassing):
         elif said:
             sink.lost(ConnectionError(f"{self._what}: {said}"
                                       + (f" ({ended})" if ended else "")))
-        elif ended:
-            # silent, e.g. killed: the loss is the child's end, not the daemon's doing
+        elif ended and (exc is not None or self.process.returncode != 0):
+            # silent, e.g. killed: the loss is the child's end, not the daemon's doing (a
+            # clean end of the stream and ssh's status 0 are the daemon closing: lost(None))
             sink.lost(ConnectionError(f"{self._what}: {ended}"
                                       + (f" ({exc})" if exc is not None else "")))
         else:

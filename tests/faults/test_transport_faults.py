@@ -227,6 +227,27 @@ async def test_stopped_sshd_past_the_keepalive_window_is_declared_dead(sshd, dae
     await strays.check()
 
 
+async def test_a_daemon_closing_the_tunnel_is_the_server_closing(sshd, own_daemon, strays):
+    """A daemon stopped in good order closes its end: nc and then ssh exit 0, and the call
+    under way is told the server closed the connection (not how ssh ended, which says
+    nothing more)."""
+    conn = await aiovirt.connect(sshd.uri(socket=own_daemon.socket_path, proxy="netcat"),
+                                 connect_timeout=LIMIT, lanes=0)
+    try:
+        assert await conn.get_lib_version() == 9000000
+        changes = conn.state_changes()
+        await anyio.to_thread.run_sync(own_daemon.stop)
+        with anyio.fail_after(10):
+            lost = await changes.receive()
+        assert lost.state is aiovirt.ConnectionState.LOST
+        assert "the server closed the connection" in lost.reason, lost.reason
+        assert "exited with status" not in lost.reason
+    finally:
+        with anyio.fail_after(5):
+            await conn.close()
+    await strays.check()
+
+
 # -- 3. the daemon killed under a volume stream ----------------------------------------------------
 @pytest.fixture
 def doomed_daemon(own_daemon):
