@@ -487,6 +487,19 @@ async def test_gssapi_with_a_password_and_no_credential_cache(gssapi_daemon, rea
     assert not realm.ccache.exists()   # the tickets stayed in memory
 
 
+def test_gssapi_under_trio(gssapi_daemon, realm):
+    """The ticket's KDC round trip runs in a worker thread under trio too."""
+    trio = pytest.importorskip("trio")
+
+    async def main() -> int:
+        with anyio.fail_after(20):
+            async with aiovirt.connect(gssapi_daemon.uri(), auth=("alice", KERBEROS_PASSWORD),
+                                       lanes=0) as conn:
+                return await conn.get_lib_version()
+
+    assert trio.run(main) == 9000000
+
+
 async def test_gssapi_without_a_ticket_says_kinit(gssapi_daemon, realm):
     with anyio.fail_after(20), pytest.raises(AuthenticationError) as info:
         async with aiovirt.connect(gssapi_daemon.uri(), lanes=0):
