@@ -1248,6 +1248,9 @@ class LibvirtPlacement:
         self._plain = not self._numa and self.tunables.multifunction != "pack"
         indexes = [c.index for c in self.controllers("pci") if c.index is not None]
         highest = max(indexes, default=-1)
+        if highest > 255:   # a PCI controller's index is the bus it provides
+            cont = next(c for c in self.controllers("pci") if c.index == highest)
+            raise AddressError(f"{cont.label()}: index {highest}: PCI bus numbers go up to 255")
         nbuses = highest + 1
         if nbuses > 0:
             space = self._space(nbuses, growing=True)

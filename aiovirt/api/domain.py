@@ -14,8 +14,8 @@ import anyio
 from lxml import etree
 
 from ..client.events import DEFAULT_MAX_BUFFER, Dropped, EventSubscription, Resync
-from ..errors import (AiovirtError, ConnectionClosed, NoSuchDomain, NoSuchMetadata,
-                      OperationInvalid, ProtocolError)
+from ..errors import (AiovirtError, ConnectionClosed, EncodeError, NoSuchDomain,
+                      NoSuchMetadata, OperationInvalid, ProtocolError)
 from ..protocol import lxc, qemu, remote
 from ..protocol.remote import ConnectGetAllDomainStatsArgs, NonnullDomain
 from ..protocol.wire import EventMessage, domain_lifecycle_fields, domain_lifecycle_type
@@ -357,7 +357,11 @@ class Domain(UUIDHandle, DomainGenerated):
                            MetadataType.ELEMENT, key: str | None = None, uri: str | None = None,
                            flags: int = 0) -> None:
         """Set (or with None, remove) metadata: an XML element under namespace ``uri`` with
-        prefix ``key``, or the title or description."""
+        prefix ``key``, or the title or description.  ``uri`` must be a valid namespace
+        URI (``XMLInputError``): libvirt keeps one that is not, and the domain's XML would
+        no longer parse."""
+        if metadata is not None and uri is not None:
+            metadata_codec.check_namespace(uri)
         await self._conn.rpc.domain_set_metadata(self._ref, int(type), metadata, key, uri, flags)
 
     async def metadata(self, *, type: MetadataType | int = MetadataType.ELEMENT,
@@ -651,7 +655,10 @@ class DomainMethods(ApiBase):
             elif uuid is not None:
                 ref = (await self.rpc.domain_lookup_by_uuid(uuid_bytes(uuid))).dom
             else:
-                ref = (await self.rpc.domain_lookup_by_id(int(id or 0))).dom
+                if isinstance(id, bool) or not isinstance(id, int):
+                    raise EncodeError(f"lookup_domain: id must be an int, not "
+                                      f"{type(id).__name__} ({id!r:.60})")
+                ref = (await self.rpc.domain_lookup_by_id(id)).dom
         except NoSuchDomain as exc:
             what = f"name {name!r}" if name is not None else \
                 f"uuid {uuid}" if uuid is not None else f"id {id}"

@@ -10,6 +10,7 @@ from types import EllipsisType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..client.events import SubscriptionHost
+from ..errors import EncodeError
 from ..protocol.remote import RemoteCalls
 from ..protocol.xdr import ProcedureInfo
 
@@ -116,5 +117,14 @@ def enum_or_int(cls: type[_E], value: int) -> _E | int:
 
 
 def uuid_bytes(value: str | _uuid.UUID) -> bytes:
-    """A UUID given as text or ``uuid.UUID`` as the 16 bytes the wire carries."""
-    return _uuid.UUID(str(value)).bytes
+    """A UUID given as text or ``uuid.UUID`` as the 16 bytes the wire carries;
+    ``EncodeError`` names anything else."""
+    if isinstance(value, _uuid.UUID):
+        return value.bytes
+    if isinstance(value, str):
+        try:
+            return _uuid.UUID(value).bytes
+        except ValueError:
+            pass
+    raise EncodeError(f"uuid {value!r:.60} is not a UUID (give text such as "
+                      "'3f1c2b8e-5a0d-4c7e-9b21-0d6f4e8a1c01' or a uuid.UUID)")

@@ -14,13 +14,17 @@ __all__ = ["add_library_options", "library", "params", "read"]
 
 def read(path: str) -> str:
     """A file's text, or stdin's for ``-``; an unreadable file is an ``AiovirtError``."""
-    if path == "-":
-        return sys.stdin.read()
     try:
+        if path == "-":
+            return sys.stdin.read()
         with open(path, encoding="utf-8") as file:
             return file.read()
     except OSError as exc:
         raise AiovirtError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        where = "<stdin>" if path == "-" else path
+        raise AiovirtError(f"{where}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                           f"offset {exc.start})") from None
 
 
 def params(pairs: Sequence[str], option: str = "--param",

@@ -631,6 +631,23 @@ two.
 C = TypeVar("C", bound=RpcConnection)
 
 
+def _check_keepalive(keepalive: object) -> None:
+    """``keepalive`` is None or (interval seconds > 0, missed intervals >= 0)."""
+    if keepalive is None:
+        return
+    if not isinstance(keepalive, tuple | list) or len(keepalive) != 2:
+        raise ValueError(f"keepalive must be (interval seconds, missed intervals) or None, "
+                         f"not {keepalive!r:.60}")
+    interval, count = keepalive
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or \
+            not 0 < interval < math.inf:
+        raise ValueError(f"keepalive interval must be more than 0 seconds, not {interval!r:.60} "
+                         "(keepalive=None turns keepalive off)")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ValueError(f"keepalive count (missed intervals) must be an integer of 0 or more, "
+                         f"not {count!r:.60}")
+
+
 class connect(Generic[C]):  # noqa: N801 - reads as a function: ``await connect(uri)`` / ``async with``
     """Open a connection to ``uri``: ``conn = await connect(uri)`` or ``async with connect(uri)``.
 
@@ -700,6 +717,7 @@ class connect(Generic[C]):  # noqa: N801 - reads as a function: ``await connect(
                              f"least max_in_flight ({max_in_flight})")
         if lanes < 0:
             raise ValueError("lanes must be 0 or more")
+        _check_keepalive(keepalive)
         self.connect_timeout = connect_timeout
         self._connection: C = self.connection_class(
             parse_uri(resolve_uri(uri)), max_in_flight=max_in_flight,

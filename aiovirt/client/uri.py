@@ -89,7 +89,9 @@ def default_socket(driver: str, path: str, mode: str | None = None) -> str:
 
 def parse_uri(uri: str) -> ConnectionURI:
     """Parse and check a libvirt URI; ``InvalidURI`` names the part that is wrong."""
-    if not isinstance(uri, str) or not uri.strip():
+    if not isinstance(uri, str):
+        raise InvalidURI(f"a connection URI is a str, not {type(uri).__name__} ({uri!r:.60})")
+    if not uri.strip():
         raise InvalidURI("empty connection URI")
     match = _URI.match(uri)
     if match is None or not match.group("scheme"):

@@ -21,7 +21,7 @@ from typing import Any
 from lxml import etree
 
 from .errors import ParameterError
-from .profile import PLACEHOLDER, Action, Profile, When
+from .profile import MAX_COUNT, PLACEHOLDER, Action, Profile, When
 from .schema import Place, RepeatTable, repeat_table
 
 __all__ = ["ActionPlan", "Node", "ProfilePlan", "TEXT", "action_plan", "compile_node",
@@ -138,6 +138,9 @@ def _substituted(action: Action, items: tuple[tuple[str, str], ...], profile_id:
     if count < 0:
         raise ParameterError(f"profile {profile_id} line {action.line}: count={count} is "
                              "negative")
+    if count > MAX_COUNT:
+        raise ParameterError(f"profile {profile_id} line {action.line}: count={count} is "
+                             f"more than {MAX_COUNT}")
     return tuple(snippet), count
 
 

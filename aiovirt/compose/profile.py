@@ -43,6 +43,8 @@ _VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+~-]*$")
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_-]*)\}")
 _PARAM_TYPES = ("string", "int", "bool")
 RESERVED_VARIABLES = ("domain", "caps", "domcaps")
+MAX_COUNT = 4096   # copies one <add multiple='yes' count=> makes at most: a parameter or a
+                   # profile cannot make composition allocate without bound
 
 
 def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
@@ -86,13 +88,19 @@ class Param:
     description: str = ""
 
     def convert(self, value: str, profile: str) -> str:
-        """Check ``value`` against the type; returns its canonical text."""
+        """Check ``value`` against the type; returns its canonical text (a Python int is
+        taken as its text)."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        elif not isinstance(value, str):
+            raise ParameterError(f"profile {profile}: parameter {self.name!r} must be given as "
+                                 f"text, not {type(value).__name__} ({value!r:.60})")
         if self.type == "int":
             try:
                 return str(int(value, 0))
             except ValueError:
                 raise ParameterError(f"profile {profile}: parameter {self.name!r} must be an "
-                                     f"integer, not {value!r}") from None
+                                     f"integer, not {value!r:.60}") from None
         if self.type == "bool":
             lowered = value.strip().lower()
             if lowered in ("yes", "true", "on", "1"):
@@ -100,7 +108,7 @@ class Param:
             if lowered in ("no", "false", "off", "0"):
                 return "no"
             raise ParameterError(f"profile {profile}: parameter {self.name!r} must be yes or "
-                                 f"no, not {value!r}")
+                                 f"no, not {value!r:.60}")
         return value
 
 
@@ -226,7 +234,10 @@ class _Reader:
 
     def profile(self, node: etree._Element) -> Profile:
         if node.tag != "profile":
-            raise self.fail(node, f"expected <profile>, found <{_local(node)}>")
+            namespace = etree.QName(node).namespace if isinstance(node.tag, str) else None
+            raise self.fail(node, f"expected <profile>, found <{_local(node)}>" + (
+                f" in namespace {namespace!r} (profiles are in no namespace: drop xmlns=)"
+                if namespace else ""))
         self.only(node, ("name", "version", "priority", "auto", "extends"))
         name = node.get("name")
         if not name or not _NAME.match(name):
@@ -327,6 +338,8 @@ class _Reader:
             if not PLACEHOLDER.search(count):
                 if not count.isdigit() or int(count) < 1:
                     raise self.fail(node, f"count={count!r}: expected a positive integer")
+                if int(count) > MAX_COUNT:
+                    raise self.fail(node, f"count={count}: at most {MAX_COUNT}")
             snippet = self.snippet(node)
             if not snippet:
                 raise self.fail(node, f"<{tag}> is empty: it needs the XML it acts on")

@@ -34,16 +34,19 @@ uses them as device ids, while addresses and positions may change.
 from __future__ import annotations
 
 import base64
+import functools
 import math
 import re
 from typing import Any
+from xml.sax.saxutils import quoteattr
 
 from lxml import etree
 
-from ..errors import AiovirtError
+from ..errors import AiovirtError, XMLInputError
 from .safe import parse, to_string
 
-__all__ = ["DEVICES_NAMESPACE", "DEVICES_PREFIX", "UnknownDevice", "device_entries",
+__all__ = ["DEVICES_NAMESPACE", "DEVICES_PREFIX", "UnknownDevice", "check_namespace",
+           "device_entries",
            "devices_from_xml", "devices_to_xml", "dumps", "find_device", "from_element",
            "is_user_alias", "loads", "prune_devices", "read", "read_device", "remove_device",
            "same", "to_element", "write", "write_device"]
@@ -56,6 +59,22 @@ _NCNAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _MAX_DEPTH = 100
 _HEX_BITS = 12000  # ints longer than this (about 3600 digits) go in hexadecimal: Python
                    # refuses to print or parse more than 4300 decimal digits by default
+
+
+@functools.lru_cache(maxsize=256)   # an application writes under a few namespaces, often
+def check_namespace(namespace: str) -> str:
+    """``namespace`` if XML parsers accept it as a namespace name (libxml2, so lxml and
+    aiovirt's own parsing, refuse a document declaring one that is not a URI reference);
+    else ``XMLInputError``.  libvirt stores such a namespace without complaint, and the
+    domain's XML could not be read back."""
+    if not isinstance(namespace, str) or not namespace:
+        raise XMLInputError(f"expected a URI, not {namespace!r:.60}", source="namespace")
+    try:
+        etree.fromstring(f"<x xmlns:p={quoteattr(namespace)}/>".encode("utf-8", "replace"))
+    except etree.XMLSyntaxError:
+        raise XMLInputError(f"{namespace!r:.100} is not a valid URI (write spaces and other "
+                            "reserved characters %-escaped)", source="namespace") from None
+    return namespace
 
 
 def _name_ok(key: str) -> bool:
@@ -77,7 +96,8 @@ def to_element(value: Any, *, namespace: str | None, prefix: str = "app",
     if namespace is None:
         root = etree.Element(name)
     else:
-        root = etree.Element(f"{{{namespace}}}{name}", nsmap={prefix: namespace})
+        root = etree.Element(f"{{{check_namespace(namespace)}}}{name}",
+                             nsmap={prefix: namespace})
     _encode(root, value, "value", 0)
     return root
 

@@ -57,7 +57,13 @@ def parse(text: str | bytes, *, source: str = "<string>") -> etree._Element:
     if isinstance(text, str):
         # the text is already decoded: an encoding its declaration names no longer applies
         text = _DECLARATION.sub("", text, count=1)
-    data = text.encode("utf-8") if isinstance(text, str) else text
+    try:
+        data = text.encode("utf-8") if isinstance(text, str) else text
+    except UnicodeEncodeError as exc:   # lone surrogates: undecodable bytes read leniently
+        line = text.count("\n", 0, exc.start) + 1
+        raise XMLInputError(f"not UTF-8 text (character {exc.start} is the lone surrogate "
+                            f"{text[exc.start]!r}: undecodable input read leniently)",
+                            source=source, line=line) from None
     if len(data) > MAX_BYTES:
         raise XMLInputError(f"document of {len(data)} bytes exceeds the limit of {MAX_BYTES}",
                             source=source)

@@ -1,0 +1,142 @@
+"""Bad input at the public surface: a clear error from ``aiovirt.errors`` naming what was
+wrong and where, nothing accepted that would fail later, every size bounded."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+import aiovirt
+from aiovirt.address import AddressError, address_domain
+from aiovirt.compose import ParameterError, ProfileSyntaxError, compose, parse_profiles
+from aiovirt.compose.profile import MAX_COUNT
+from aiovirt.xml import metadata
+
+AIOVIRT = shutil.which("aiovirt", path=str(Path(sys.executable).parent)) or "aiovirt"
+Q35 = ("<domain type='kvm'><name>x</name><memory>1048576</memory><os>"
+       "<type arch='x86_64' machine='q35'>hvm</type></os><devices>{}</devices></domain>")
+
+
+def test_connect_refuses_bad_keepalive_before_dialing():
+    # (0, 5) used to connect and then die with "did not answer keepalive for 0.0 s";
+    # (nan, 5) with an ExceptionGroup; (-1, 5) and (5, -3) were taken and failed later
+    for keepalive, what in (((0, 5), "interval"), ((-1.0, 5), "interval"),
+                            ((float("nan"), 5), "interval"), (("5", 5), "interval"),
+                            ((5, -3), "count"), ((5, 1.5), "count"), (5, "keepalive must be")):
+        with pytest.raises(ValueError, match=what) as info:
+            aiovirt.connect("test:///default", keepalive=keepalive)
+        assert "keepalive" in str(info.value)
+    aiovirt.connect("test:///default", keepalive=(5, 0))   # 0 missed intervals is allowed
+    aiovirt.connect("test:///default", keepalive=None)
+
+
+@pytest.mark.parametrize("uri", [5, b"qemu:///system"])
+def test_uri_of_the_wrong_type_is_named(uri):
+    with pytest.raises(aiovirt.InvalidURI, match=f"is a str, not {type(uri).__name__}"):
+        aiovirt.parse_uri(uri)
+
+
+async def test_lookup_domain_refuses_bad_id_and_uuid(daemon):
+    async with aiovirt.connect(daemon.uri()) as conn:
+        # id=1.5 used to find domain 1, id="abc" raised int()'s bare ValueError
+        for bad in (1.5, "1", True):
+            with pytest.raises(aiovirt.EncodeError, match=r"lookup_domain: id must be an int"):
+                await conn.lookup_domain(id=bad)
+        # uuid= used to raise uuid's "badly formed hexadecimal UUID string", naming nothing
+        for bad in ("xyz", 5, b"0123456789abcdef"):
+            with pytest.raises(aiovirt.EncodeError, match=rf"uuid {bad!r:.20}.* is not a UUID"):
+                await conn.lookup_domain(uuid=bad)
+        with pytest.raises(aiovirt.NoSuchDomain):
+            await conn.lookup_domain(uuid=uuid.uuid4())
+        with pytest.raises(aiovirt.NoSuchDomain):
+            await conn.lookup_domain(id=123456)
+
+
+async def test_metadata_namespace_that_is_not_a_uri_is_refused(daemon, node_xml):
+    # libvirt stores it, and then the domain's XML no longer parses (unplug, device
+    # metadata, hotplug all failed on it): refused before the call instead
+    async with aiovirt.connect(daemon.uri(path=node_xml)) as conn:
+        dom = await conn.define_xml(
+            "<domain type='test'><name>ns-check</name><memory>1024</memory>"
+            "<os><type>hvm</type></os></domain>")
+        try:
+            with pytest.raises(aiovirt.XMLInputError, match="'not a uri' is not a valid URI"):
+                await dom.write_metadata({"a": 1}, namespace="not a uri")
+            with pytest.raises(aiovirt.XMLInputError, match="is not a valid URI"):
+                await dom.set_metadata("<x/>", key="app", uri="http://x/ y")
+            with pytest.raises(aiovirt.XMLInputError, match="is not a valid URI"):
+                await dom.write_device_metadata("ua-x", 1, namespace="a b", check=False)
+            await dom.write_metadata({"a": 1}, namespace="https://example.org/app")
+            assert await dom.read_metadata(namespace="https://example.org/app") == {"a": 1}
+            assert await dom.device_metadata() == {}     # the domain's XML still parses
+        finally:
+            await dom.undefine()
+    with pytest.raises(aiovirt.XMLInputError, match="is not a valid URI"):
+        metadata.dumps(1, namespace="not a uri")
+
+
+def test_profile_count_is_bounded():
+    # count=100000000 used to run for minutes and take gigabytes
+    start = time.monotonic()
+    with pytest.raises(ParameterError, match=rf"count=100000000 is more than {MAX_COUNT}"):
+        compose(Q35.format(""), ["q35-hotplug"], params={"count": "100000000"})
+    assert time.monotonic() - start < 5
+    with pytest.raises(ProfileSyntaxError, match=rf"count=100000: at most {MAX_COUNT}"):
+        parse_profiles("<profile name='many'><add multiple='yes' count='100000'><devices>"
+                       "<controller type='pci' model='pcie-root-port'/></devices></add>"
+                       "</profile>")
+    result = compose(Q35.format(""), ["q35-hotplug"], params={"count": 8})  # an int is fine
+    assert result.xml.count("pcie-root-port") == 8
+
+
+@pytest.mark.parametrize("value, message", [
+    (True, "must be given as text, not bool"),
+    (2.5, "must be given as text, not float"),
+    ("9" * 5000, "must be an integer"),
+])
+def test_profile_parameter_of_the_wrong_type(value, message):
+    with pytest.raises(ParameterError, match=message) as info:
+        compose(Q35.format(""), ["q35-hotplug"], params={"count": value})
+    assert "parameter 'count'" in str(info.value) and len(str(info.value)) < 300
+
+
+def test_profile_in_a_namespace_says_so():
+    # was "expected <profile>, found <profile>"
+    with pytest.raises(ProfileSyntaxError,
+                       match="found <profile> in namespace 'urn:x' .*drop xmlns="):
+        parse_profiles("<profile xmlns='urn:x' name='a'/>")
+
+
+def test_pci_controller_index_is_bounded():
+    # index 99999999 used to build that many buses: minutes and gigabytes
+    start = time.monotonic()
+    with pytest.raises(AddressError, match="index 99999999: PCI bus numbers go up to 255"):
+        address_domain(Q35.format(
+            "<controller type='pci' index='99999999' model='pcie-root-port'/>"))
+    assert time.monotonic() - start < 5
+
+
+def test_undecodable_text_is_an_xml_error():
+    with pytest.raises(aiovirt.XMLInputError, match="<domain>:1: not UTF-8 text"):
+        compose("<domain>\udcff</domain>", [])
+
+
+@pytest.mark.parametrize("stdin", [False, True])
+def test_cli_file_that_is_not_utf8(tmp_path, stdin):
+    path = tmp_path / "vm.xml"
+    path.write_bytes(b"\xff\xfe<domain/>")
+    for command in ("compose", "address"):
+        done = subprocess.run([AIOVIRT, command, "-" if stdin else str(path)],
+                              input=path.read_bytes() if stdin else None, capture_output=True,
+                              timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})
+        err = done.stderr.decode()
+        assert done.returncode == 1 and done.stdout == b""
+        assert err.startswith("aiovirt: error: ") and err.count("\n") == 1, err
+        assert "not UTF-8 text" in err and "Traceback" not in err
+        assert ("<stdin>" if stdin else str(path)) in err
