@@ -36,6 +36,30 @@ def test_connect_refuses_bad_keepalive_before_dialing():
     aiovirt.connect("test:///default", keepalive=None)
 
 
+@pytest.mark.parametrize("option, value, words", [
+    ("lanes", "2", "lanes must be an integer from 0 to 64"),
+    ("lanes", 2.5, "lanes must be an integer"),
+    ("lanes", 10**6, "lanes must be an integer from 0 to 64"),
+    ("lanes", True, "lanes must be an integer"),
+    ("max_in_flight", "3", "max_in_flight must be an integer from 1 to 65536"),
+    ("max_in_flight", 0, "max_in_flight must be an integer from 1"),
+    ("pipeline_depth", 10**9, "pipeline_depth must be an integer from 1 to 65536"),
+    ("call_timeout", "5", "call_timeout must be a number more than 0 seconds"),
+    ("call_timeout", float("nan"), "call_timeout must be a number"),
+    ("connect_timeout", -1, "connect_timeout must be a number more than 0 seconds"),
+    ("event_batch_window", None, "event_batch_window must be a number at least 0 seconds "
+                                 "and at most 1,"),
+    ("event_batch_window", 2, "event_batch_window must be a number"),
+])
+def test_connect_options_are_checked_before_dialing(option, value, words):
+    # "2" and 1.5 raised bare comparison errors or were taken; sizes had no upper bound
+    with pytest.raises(ValueError, match=words) as info:
+        aiovirt.connect("test:///default", **{option: value})
+    assert repr(value)[:20] in str(info.value)
+    aiovirt.connect("test:///default", lanes=0, max_in_flight=5, pipeline_depth=32,
+                    call_timeout=1, connect_timeout=0.5, event_batch_window=0)
+
+
 @pytest.mark.parametrize("uri", [5, b"qemu:///system"])
 def test_uri_of_the_wrong_type_is_named(uri):
     with pytest.raises(aiovirt.InvalidURI, match=f"is a str, not {type(uri).__name__}"):

@@ -631,6 +631,35 @@ two.
 C = TypeVar("C", bound=RpcConnection)
 
 
+MAX_LANES = 64              # sockets a connection opens beside its main one, at most
+MAX_IN_FLIGHT = 65536       # calls on one socket's wire (max_in_flight, pipeline_depth)
+
+
+def _check_number(name: str, value: object, least: float, most: float, *,
+                  seconds: bool = False, low: bool = False, optional: bool = True) -> None:
+    """``value`` is a real number above ``least`` (or at it, with ``low``) and at most
+    ``most`` (or None, if ``optional``); else ``ValueError`` naming it."""
+    if value is None and optional:
+        return
+    unit = " seconds" if seconds else ""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value or \
+            not (least <= value if low else least < value) or value > most:
+        bound = f"{'at least' if low else 'more than'} {least:g}{unit}" + (
+            f" and at most {most:g}" if most < math.inf else "")
+        raise ValueError(f"{name} must be a number {bound}{' (or None)' if optional else ''}"
+                         f", not {value!r:.60}")
+
+
+def _check_count(name: str, value: object, least: int, most: int,
+                 optional: bool = True) -> None:
+    """``value`` is an int from ``least`` to ``most`` (or None, if ``optional``)."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
+        raise ValueError(f"{name} must be an integer from {least} to {most}"
+                         f"{' (or None)' if optional else ''}, not {value!r:.60}")
+
+
 def _check_keepalive(keepalive: object) -> None:
     """``keepalive`` is None or (interval seconds > 0, missed intervals >= 0)."""
     if keepalive is None:
@@ -650,6 +679,10 @@ def _check_keepalive(keepalive: object) -> None:
 
 class connect(Generic[C]):  # noqa: N801 - reads as a function: ``await connect(uri)`` / ``async with``
     """Open a connection to ``uri``: ``conn = await connect(uri)`` or ``async with connect(uri)``.
+
+    Every option is checked before anything is dialed (``ValueError`` naming it): sizes are
+    integers, ``lanes`` at most ``MAX_LANES`` (64), ``max_in_flight`` and ``pipeline_depth``
+    at most ``MAX_IN_FLIGHT`` (65536); times are positive numbers of seconds.
 
     ``max_in_flight``: the calls the daemon works on at once per socket.  None (the
     default): over a local UNIX socket the daemon's own ``max_client_requests``, read from
@@ -703,20 +736,17 @@ class connect(Generic[C]):  # noqa: N801 - reads as a function: ``await connect(
                  auth: tuple[str | None, str] | AuthCallback | Credentials | None = None,
                  connect_timeout: float | None = None,
                  event_batch_window: float = DEFAULT_EVENT_BATCH_WINDOW) -> None:
-        if call_timeout is not None and not call_timeout > 0:
-            raise ValueError("call_timeout must be more than 0 seconds (or None)")
-        if connect_timeout is not None and not connect_timeout > 0:
-            raise ValueError("connect_timeout must be more than 0 seconds (or None)")
-        if not 0 <= event_batch_window <= 1:
-            raise ValueError("event_batch_window must be between 0 and 1 second")
-        if max_in_flight is not None and max_in_flight < 1:
-            raise ValueError("max_in_flight must be at least 1 (or None)")
-        if pipeline_depth is not None and (pipeline_depth < 1 or (
-                max_in_flight is not None and pipeline_depth < max_in_flight)):
-            raise ValueError(f"pipeline_depth ({pipeline_depth}) must be at least 1 and at "
-                             f"least max_in_flight ({max_in_flight})")
-        if lanes < 0:
-            raise ValueError("lanes must be 0 or more")
+        _check_number("call_timeout", call_timeout, 0, math.inf, seconds=True)
+        _check_number("connect_timeout", connect_timeout, 0, math.inf, seconds=True)
+        _check_number("event_batch_window", event_batch_window, 0, 1, seconds=True, low=True,
+                      optional=False)
+        _check_count("max_in_flight", max_in_flight, 1, MAX_IN_FLIGHT)
+        _check_count("pipeline_depth", pipeline_depth, 1, MAX_IN_FLIGHT)
+        if pipeline_depth is not None and max_in_flight is not None and \
+                pipeline_depth < max_in_flight:
+            raise ValueError(f"pipeline_depth ({pipeline_depth}) must be at least "
+                             f"max_in_flight ({max_in_flight})")
+        _check_count("lanes", lanes, 0, MAX_LANES, optional=False)
         _check_keepalive(keepalive)
         self.connect_timeout = connect_timeout
         self._connection: C = self.connection_class(
