@@ -82,6 +82,33 @@ async def test_lookup_domain_refuses_bad_id_and_uuid(daemon):
             await conn.lookup_domain(id=123456)
 
 
+async def test_wrong_argument_types_are_named_by_field(daemon):
+    # used to say "cannot encode DomainDefineXmlFlagsArgs(...): 'bytes' object has no
+    # attribute 'encode'", naming no argument
+    async with aiovirt.connect(daemon.uri()) as conn:
+        with pytest.raises(aiovirt.EncodeError,
+                           match=r"domain_define_xml_flags: xml: expected str, not bytes"):
+            await conn.define_xml(b"<domain/>")   # type: ignore[arg-type]
+        with pytest.raises(aiovirt.EncodeError, match=r"flags: expected int, not str \('x'\)"):
+            await conn.define_xml("<domain/>", flags="x")   # type: ignore[arg-type]
+        assert await conn.get_lib_version() == 9000000   # nothing was sent; all is well
+
+
+def test_misfit_walks_nested_records_and_lists():
+    from aiovirt.protocol import remote
+    from aiovirt.protocol.xdr import misfit
+    dom = remote.NonnullDomain("a", bytes(16), 1)
+    args = remote.DomainSetSchedulerParametersArgs(dom, [remote.TypedParam("cap", None)])
+    assert misfit(args) == "params[0].value: expected TypedParamValue, not NoneType (None)"
+    args = remote.DomainSetSchedulerParametersArgs(dom, [remote.TypedParam(7, None)])
+    assert misfit(args) == "params[0].field: expected str, not int (7)"
+    args = remote.DomainSetSchedulerParametersArgs(remote.NonnullDomain(5, bytes(16), 1), [])
+    assert misfit(args) == "dom.name: expected str, not int (5)"
+    args = remote.DomainSetSchedulerParametersArgs(dom, "not a list")
+    assert misfit(args).startswith("params: expected a list, not str")
+    assert misfit(remote.DomainSetSchedulerParametersArgs(dom, [])) is None
+
+
 async def test_metadata_namespace_that_is_not_a_uri_is_refused(daemon, node_xml):
     # libvirt stores it, and then the domain's XML no longer parses (unplug, device
     # metadata, hotplug all failed on it): refused before the call instead

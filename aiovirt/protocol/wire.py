@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import EncodeError, LibvirtError, ProtocolError, error_from_remote
 from . import keepalive, lxc, qemu, remote, virnet
-from .xdr import GC_PAUSE_BYTES, ProcedureInfo, XdrError, decode
+from .xdr import GC_PAUSE_BYTES, ProcedureInfo, XdrError, decode, misfit
 
 __all__ = [
     "CALL", "CALL_WITH_FDS", "ClientProtocol", "ERROR", "EventMessage", "FrameDecoder", "KeepaliveMessage",
@@ -341,7 +341,9 @@ class ClientProtocol:
                 except XdrError as exc:
                     raise EncodeError(f"{procedure.name}: {exc}") from None
                 except (struct.error, AttributeError, TypeError, UnicodeError) as exc:
-                    raise EncodeError(f"{procedure.name}: cannot encode {args!r:.200}: "
+                    culprit = misfit(args)
+                    raise EncodeError(f"{procedure.name}: {culprit}" if culprit else
+                                      f"{procedure.name}: cannot encode {args!r:.200}: "
                                       f"{exc}") from None
             length = len(buf)
             if length > MAX_MESSAGE:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import gc
 import struct
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any
 from collections.abc import Callable
 
 from ..errors import EncodeError, ProtocolError
 
-__all__ = ["ProcedureInfo", "Record", "XdrError", "decode", "encode"]
+__all__ = ["ProcedureInfo", "Record", "XdrError", "decode", "encode", "misfit"]
 
 
 class XdrError(ProtocolError):
@@ -57,6 +60,49 @@ class Record:
         return tuple(getattr(self, n) for n in names) == tuple(getattr(other, n) for n in names)
 
 
+def misfit(record: Any, where: str = "") -> str | None:
+    """The first field of ``record`` (nested records and lists included) holding what its
+    declared type cannot, said as ``path: expected T, not U (value)``; None if none is
+    plainly wrong.  For ``EncodeError``'s message, on the error path only."""
+    if not isinstance(record, Record):
+        return None
+    try:
+        hints = typing.get_type_hints(type(record))
+    except Exception:   # noqa: BLE001 - an annotation we cannot resolve: say nothing
+        return None
+    for name in record.__slots__:
+        wrong = _misfit(getattr(record, name, None), hints.get(name), f"{where}{name}")
+        if wrong:
+            return wrong
+    return None
+
+
+_KINDS: dict[type, tuple[type, ...]] = {int: (int,), float: (int, float),
+                                       bytes: (bytes, bytearray, memoryview)}
+
+
+def _misfit(value: Any, hint: Any, path: str) -> str | None:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        others = [a for a in args if a is not type(None)]
+        return _misfit(value, others[0], path) if len(others) == 1 else None
+    if origin in (list, tuple, collections.abc.Sequence):
+        if not isinstance(value, list | tuple):
+            return f"{path}: expected a list, not {type(value).__name__} ({value!r:.60})"
+        for index, item in enumerate(value):
+            wrong = _misfit(item, args[0] if args else None, f"{path}[{index}]")
+            if wrong:
+                return wrong
+        return None
+    if not isinstance(hint, type) or hint is Any:
+        return None
+    if not isinstance(value, _KINDS.get(hint, (hint,))):
+        return f"{path}: expected {hint.__name__}, not {type(value).__name__} ({value!r:.60})"
+    return misfit(value, f"{path}.") if issubclass(hint, Record) else None
+
+
 _U32 = struct.Struct(">I")
 _PAD = (b"", b"\0\0\0", b"\0\0", b"\0")  # indexed by length & 3
 _TRUE = b"\0\0\0\1"
@@ -93,7 +139,9 @@ def encode(encoder: Encoder, value: Any, what: str) -> bytes:
     except XdrError as exc:
         raise EncodeError(f"{what}: {exc}") from None
     except (struct.error, AttributeError, TypeError, UnicodeError) as exc:
-        raise EncodeError(f"{what}: cannot encode {value!r:.200}: {exc}") from None
+        culprit = misfit(value)
+        raise EncodeError(f"{what}: {culprit}" if culprit else
+                          f"{what}: cannot encode {value!r:.200}: {exc}") from None
     return bytes(buf)
 
 
