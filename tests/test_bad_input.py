@@ -157,6 +157,25 @@ def test_profile_parameter_of_the_wrong_type(value, message):
     assert "parameter 'count'" in str(info.value) and len(str(info.value)) < 300
 
 
+def test_what_compose_is_given_is_named():
+    from aiovirt.compose import BadProfileReference, ProfileRef
+    # compose(5, ...) raised "object of type 'int' has no len()"
+    with pytest.raises(aiovirt.XMLInputError, match=r"expected XML text \(str or bytes\), "
+                                                    r"not int \(5\)"):
+        compose(5, [])   # type: ignore[arg-type]
+    # a lone name was taken letter by letter: "'-' is not a profile reference"
+    with pytest.raises(BadProfileReference, match=r"got the lone 'q35-hotplug' "
+                                                  r"\(write \['q35-hotplug'\]\)"):
+        compose(Q35.format(""), "q35-hotplug")   # type: ignore[arg-type]
+    # [5]: "'int' object has no attribute 'strip'"
+    with pytest.raises(BadProfileReference, match=r"named by text .* not int \(5\)"):
+        compose(Q35.format(""), [5])   # type: ignore[list-item]
+    # a plain ValueError before: still one, and a ComposeError now
+    with pytest.raises(ValueError, match="'@1' is not a profile reference"):
+        ProfileRef.parse("@1")
+    assert "pcie-root-port" in compose(Q35.format(""), ["q35-hotplug"]).xml
+
+
 def test_profile_in_a_namespace_says_so():
     # was "expected <profile>, found <profile>"
     with pytest.raises(ProfileSyntaxError,

@@ -15,13 +15,13 @@ shipped ones, /etc/aiovirt/profiles, the user's, and any the application adds).
 
 from .apply import Change
 from .composer import NS, AppliedProfile, Composer, Composition, Upgrade, compose, compose_many
-from .errors import (ComposeError, InvalidResult, ParameterError, ProfileConflict,
-                     ProfileSyntaxError, UnknownProfile, XMLInputError)
+from .errors import (BadProfileReference, ComposeError, InvalidResult, ParameterError,
+                     ProfileConflict, ProfileSyntaxError, UnknownProfile, XMLInputError)
 from .library import Library
 from .profile import Param, Profile, ProfileRef, parse_profiles
 
 __all__ = [
-    "AppliedProfile", "Change", "ComposeError", "Composer", "Composition", "InvalidResult",
+    "AppliedProfile", "BadProfileReference", "Change", "ComposeError", "Composer", "Composition", "InvalidResult",
     "Library",
     "NS", "Param", "ParameterError", "Profile", "ProfileConflict", "ProfileRef",
     "ProfileSyntaxError", "UnknownProfile", "Upgrade", "XMLInputError", "compose",

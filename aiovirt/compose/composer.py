@@ -36,7 +36,8 @@ from .aliases import assign_user_aliases
 from ..capabilities import CapabilitySet
 from ..xml.safe import parse, strip_indentation, to_string
 from .apply import INPUT, LOWEST, Applier, Change, Writer, _contains
-from .errors import ComposeError, InvalidResult, ParameterError, ProfileConflict, UnknownProfile
+from .errors import (BadProfileReference, ComposeError, InvalidResult, ParameterError,
+                     ProfileConflict, UnknownProfile)
 from .library import Library
 from .plan import (ActionPlan, Node, ProfilePlan, action_plan, profile_plan,
                    reads_only_variables, typed, variables_of)
@@ -687,6 +688,8 @@ class Composer:
 
     def _refs(self, profiles: Sequence[str | ProfileRef]) -> tuple[ProfileRef, ...]:
         """The requested profiles as ``ProfileRef``s (the answer kept per request)."""
+        if isinstance(profiles, str | ProfileRef):
+            return _refs(profiles)   # raises
         table = _table(self.library, "refs")
         try:
             key = tuple(profiles)
@@ -783,6 +786,9 @@ def _shared(prepared: list[_Prepared]) -> frozenset[int]:
 
 
 def _refs(profiles: Sequence[str | ProfileRef]) -> tuple[ProfileRef, ...]:
+    if isinstance(profiles, str | ProfileRef):   # one name where a list belongs: not letters
+        raise BadProfileReference(f"profiles is a list of names; got the lone {profiles!r:.60}"
+                                  f" (write [{str(profiles)!r:.60}])")
     return tuple(p if isinstance(p, ProfileRef) else ProfileRef.parse(p) for p in profiles)
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from ..errors import AiovirtError, XMLInputError
 
-__all__ = ["ComposeError", "InvalidResult", "ParameterError", "ProfileConflict",
-           "ProfileSyntaxError", "UnknownProfile", "XMLInputError"]
+__all__ = ["BadProfileReference", "ComposeError", "InvalidResult", "ParameterError",
+           "ProfileConflict", "ProfileSyntaxError", "UnknownProfile", "XMLInputError"]
 
 
 class ComposeError(AiovirtError):
@@ -18,6 +18,10 @@ class ProfileSyntaxError(XMLInputError, ComposeError):
 
 class UnknownProfile(ComposeError, LookupError):
     """No profile of that name, or not in that version, in the library."""
+
+
+class BadProfileReference(ComposeError, ValueError):
+    """A profile named in a form that is not ``NAME`` or ``NAME@VERSION``."""
 
 
 class ParameterError(ComposeError, ValueError):

@@ -33,7 +33,7 @@ from typing import Literal
 from lxml import etree
 
 from ..xml.safe import parse, parse_file
-from .errors import ParameterError, ProfileSyntaxError, XMLInputError
+from .errors import BadProfileReference, ParameterError, ProfileSyntaxError, XMLInputError
 
 __all__ = ["Action", "Choose", "Param", "Profile", "ProfileRef", "Step", "When",
            "check_placeholders", "parse_profiles", "load_profiles", "version_key"]
@@ -69,11 +69,19 @@ class ProfileRef:
         return self.name if self.version is None else f"{self.name}@{self.version}"
 
 
-@functools.lru_cache(maxsize=1024)
 def _parse_ref(cls: type[ProfileRef], text: str, priority: int | None) -> ProfileRef:
+    if not isinstance(text, str):
+        raise BadProfileReference(f"a profile is named by text (NAME or NAME@VERSION) or a "
+                                  f"ProfileRef, not {type(text).__name__} ({text!r:.60})")
+    return _parse_text(cls, text, priority)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_text(cls: type[ProfileRef], text: str, priority: int | None) -> ProfileRef:
     name, _, version = text.strip().partition("@")
     if not _NAME.match(name) or (version and not _VERSION.match(version)):
-        raise ValueError(f"{text!r} is not a profile reference (NAME or NAME@VERSION)")
+        raise BadProfileReference(f"{text!r:.100} is not a profile reference (NAME or "
+                                  "NAME@VERSION)")
     return cls(name, version or None, priority)
 
 

@@ -54,6 +54,9 @@ def strip_indentation(root: etree._Element) -> etree._Element:
 
 def parse(text: str | bytes, *, source: str = "<string>") -> etree._Element:
     """Parse one XML document from a string; returns its root element."""
+    if not isinstance(text, str | bytes):
+        raise XMLInputError(f"expected XML text (str or bytes), not {type(text).__name__} "
+                            f"({text!r:.60})", source=source)
     if isinstance(text, str):
         # the text is already decoded: an encoding its declaration names no longer applies
         text = _DECLARATION.sub("", text, count=1)
