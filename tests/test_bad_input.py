@@ -109,6 +109,28 @@ def test_misfit_walks_nested_records_and_lists():
     assert misfit(remote.DomainSetSchedulerParametersArgs(dom, [])) is None
 
 
+async def test_enum_arguments_take_names_and_name_the_choices(daemon, node_xml):
+    # type="title" and event_id="x" raised int()'s "invalid literal for int() with base 10"
+    from aiovirt.api.domain import MetadataType
+    async with aiovirt.connect(daemon.uri(path=node_xml)) as conn:
+        dom = await conn.define_xml(
+            "<domain type='test'><name>enums</name><memory unit='MiB'>8</memory><os>"
+            "<type>hvm</type></os></domain>")
+        await dom.set_metadata("Hello", type="title")
+        assert await dom.metadata(type=MetadataType.TITLE) == "Hello"
+        with pytest.raises(aiovirt.EncodeError, match=r"set_metadata: type must be a "
+                                                      r"MetadataType \(DESCRIPTION, TITLE, "
+                                                      r"ELEMENT\) or an int, not 'heading'"):
+            await dom.set_metadata("x", type="heading")
+        with pytest.raises(aiovirt.EncodeError, match=r"domain_events: event_id must be a "
+                                                      r"DomainEventID \(LIFECYCLE"):
+            conn.domain_events("x")
+        with pytest.raises(aiovirt.EncodeError, match=r"domain_events: lifecycle must be"):
+            conn.domain_events(lifecycle={"begun"})
+        async with conn.domain_events("lifecycle", lifecycle={"started"}):
+            pass
+
+
 async def test_metadata_namespace_that_is_not_a_uri_is_refused(daemon, node_xml):
     # libvirt stores it, and then the domain's XML no longer parses (unplug, device
     # metadata, hotplug all failed on it): refused before the call instead

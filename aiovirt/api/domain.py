@@ -24,7 +24,7 @@ from ..xml.safe import parse as parse_xml
 from ..xml.safe import to_string
 from .events import domain_event_maker
 from .generated import DomainGenerated
-from .handle import ApiBase, ApiConnection, UUIDHandle, enum_or_int, uuid_bytes
+from .handle import ApiBase, ApiConnection, UUIDHandle, enum_or_int, enum_value, uuid_bytes
 from . import streams as _streams
 from .streams import Stream
 from .typedparams import DOMAIN_STATS, INT, from_dict
@@ -362,13 +362,15 @@ class Domain(UUIDHandle, DomainGenerated):
         no longer parse."""
         if metadata is not None and uri is not None:
             metadata_codec.check_namespace(uri)
-        await self._conn.rpc.domain_set_metadata(self._ref, int(type), metadata, key, uri, flags)
+        await self._conn.rpc.domain_set_metadata(
+            self._ref, enum_value(MetadataType, type, "set_metadata: type"), metadata, key, uri,
+            flags)
 
     async def metadata(self, *, type: MetadataType | int = MetadataType.ELEMENT,
                        uri: str | None = None, flags: int = 0) -> str:
         """Read the metadata element for namespace ``uri`` (or the title or description)."""
-        return (await self._conn.rpc.domain_get_metadata(self._ref, int(type), uri,
-                                                          flags)).metadata
+        return (await self._conn.rpc.domain_get_metadata(
+            self._ref, enum_value(MetadataType, type, "metadata: type"), uri, flags)).metadata
 
     async def write_metadata(self, value: Any, *, namespace: str, prefix: str = "app",
                              name: str = "data", flags: int = 0) -> None:
@@ -694,13 +696,14 @@ class DomainMethods(ApiBase):
         one: each ID has its dataclass (``aiovirt.api.events.domain_event_types()``).
         ``lifecycle``: only these lifecycle event types (e.g. ``{DomainEventType.STARTED}``);
         the others are dropped as they arrive, before they are decoded or buffered."""
-        event_id = int(event_id)
+        event_id = enum_value(DomainEventID, event_id, "domain_events: event_id")
         accept: Callable[[EventMessage], bool] | None = None
         if lifecycle is not None:
             if event_id != DomainEventID.LIFECYCLE:
                 raise ValueError("lifecycle= selects lifecycle event types: it needs "
                                  f"event_id LIFECYCLE (0), not {event_id}")
-            wanted = frozenset(int(t) for t in lifecycle)
+            wanted = frozenset(enum_value(DomainEventType, t, "domain_events: lifecycle")
+                               for t in lifecycle)
 
             def accept(message: EventMessage) -> bool:
                 kind = domain_lifecycle_type(message)

@@ -14,8 +14,8 @@ from ..errors import EncodeError
 from ..protocol.remote import RemoteCalls
 from ..protocol.xdr import ProcedureInfo
 
-__all__ = ["ApiBase", "ApiConnection", "Handle", "UUIDHandle", "enum_or_int", "uuid_bytes",
-           "uuid_text"]
+__all__ = ["ApiBase", "ApiConnection", "Handle", "UUIDHandle", "enum_or_int", "enum_value",
+           "uuid_bytes", "uuid_text"]
 
 
 class ApiConnection(SubscriptionHost, Protocol):
@@ -108,6 +108,19 @@ def uuid_text(raw: bytes) -> str:
 
 
 _E = TypeVar("_E", bound=IntEnum)
+
+
+def enum_value(cls: type[IntEnum], value: object, what: str) -> int:
+    """An argument meant as one of ``cls``: a member, its name in any case ("title"), or an
+    int (a value newer than this table included); ``EncodeError`` names anything else."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str):
+        member = cls.__members__.get(value.strip().upper().replace("-", "_"))
+        if member is not None:
+            return int(member)
+    raise EncodeError(f"{what} must be a {cls.__name__} ({', '.join(cls.__members__)}) or an "
+                      f"int, not {value!r:.60}")
 
 
 def enum_or_int(cls: type[_E], value: int) -> _E | int:
