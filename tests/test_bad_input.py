@@ -60,6 +60,14 @@ def test_connect_options_are_checked_before_dialing(option, value, words):
                     call_timeout=1, connect_timeout=0.5, event_batch_window=0)
 
 
+def test_an_unknown_remote_mode_is_refused():
+    # mode=bogus was taken (and treated as auto); libvirt says "Unknown remote mode"
+    with pytest.raises(aiovirt.InvalidURI, match=r"mode='bogus' is not one of auto, direct, "
+                                                 r"legacy"):
+        aiovirt.connect("qemu:///system?mode=bogus")
+    aiovirt.connect("qemu:///system?mode=legacy")
+
+
 @pytest.mark.parametrize("uri", [5, b"qemu:///system"])
 def test_uri_of_the_wrong_type_is_named(uri):
     with pytest.raises(aiovirt.InvalidURI, match=f"is a str, not {type(uri).__name__}"):

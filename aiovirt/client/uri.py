@@ -18,6 +18,7 @@ __all__ = ["ConnectionURI", "parse_uri", "SUPPORTED_TRANSPORTS"]
 
 TRANSPORTS = ("unix", "tcp", "tls", "ssh", "libssh", "libssh2", "ext")
 SUPPORTED_TRANSPORTS = ("unix", "tcp", "tls", "ssh", "libssh", "libssh2", "ext")
+REMOTE_MODES = ("auto", "direct", "legacy")   # ?mode=: which daemon's socket (libvirt's)
 DEFAULT_PORTS = {"tcp": 16509, "tls": 16514, "ssh": 22, "libssh": 22, "libssh2": 22}
 # Query parameters the client consumes; they are not part of the name sent to the server.
 CLIENT_PARAMS = {
@@ -133,6 +134,9 @@ def parse_uri(uri: str) -> ConnectionURI:
                                 strict_parsing=bool(match.group("query"))))
     except ValueError:
         raise InvalidURI(f"{uri!r}: malformed query {match.group('query')!r}") from None
+    if params.get("mode", "auto") not in REMOTE_MODES:
+        raise InvalidURI(f"{uri!r}: mode={params['mode']!r} is not one of "
+                         f"{', '.join(REMOTE_MODES)}")
     path = match.group("path")
     if transport == "unix":
         if host:
