@@ -37,6 +37,8 @@ _SCALAR_FORMAT = {
     "short": ("i", 4), "ushort": ("I", 4),
 }
 _PY_SCALAR = {"float": "float", "double": "float", "bool": "bool"}
+# integer fields are annotated with their range (aiovirt.protocol.xdr), for error messages
+_INT_ALIAS = {"i": "Int32", "I": "UInt32", "q": "Int64", "Q": "UInt64"}
 
 
 def class_name(xdr_name: str) -> str:
@@ -125,7 +127,9 @@ class _Emitter:
     def py_type(self, type_: TypeSpec | str) -> str:
         type_ = self.resolve(type_) if not isinstance(type_, str) else type_
         if isinstance(type_, Primitive):
-            return _PY_SCALAR.get(type_.name, "int")
+            if type_.name in _PY_SCALAR:
+                return _PY_SCALAR[type_.name]
+            return _INT_ALIAS[_SCALAR_FORMAT[type_.name][0]]
         if isinstance(type_, Optional):
             return f"{self.py_type(type_.element)} | None"
         if isinstance(type_, Array):
@@ -136,7 +140,7 @@ class _Emitter:
             return f"list[{self.py_type(type_.element)}]"
         if isinstance(type_, Named):
             if type_.name in self.spec.enums:
-                return "int"
+                return "Int32"
             return self.ref(type_.name)
         raise TypeError(type_)
 
@@ -509,8 +513,9 @@ def _module(spec: Specification, module: str, source: str, prefix: str | None,
                                ("typing", used("Any"))):
         if names:
             header.append(f"from {module_name} import {', '.join(names)}")
-    header += ["", f"from .xdr import "
-               f"{', '.join(used('_FALSE', '_PAD', '_TRUE', '_U32', 'ProcedureInfo', 'Record', 'XdrError'))}"]
+    shared = used("_FALSE", "_PAD", "_TRUE", "_U32", "Int32", "Int64", "ProcedureInfo", "Record",
+                  "UInt32", "UInt64", "XdrError")
+    header += ["", f"from .xdr import {', '.join(shared)}"]
     for other in sorted(imports):
         header.append(f"from .{other} import (")
         for name in sorted(imports[other]):

@@ -30,10 +30,14 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from aiovirt.protocol.xdr import plain_hint
+
 from . import apimap
 
 OUT_PATH = Path("aiovirt") / "api" / "generated.py"
 COMMAND = "python -m rpc LIBVIRT_SOURCE_TREE"
+
+
 
 # C handle type -> (mixin class, handle class, module of the handle, name prefixes to strip)
 CLASSES: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
@@ -296,9 +300,9 @@ class _Gen:
             return f"{conn}.start({modname}.PROCEDURES[{const}], {built})"
         calls = getattr(module, f"{program.capitalize()}Calls")
         sig = inspect.signature(getattr(calls, info.name))
-        wire = [(p.name, str(p.annotation)) for p in sig.parameters.values()
+        wire = [(p.name, plain_hint(str(p.annotation))) for p in sig.parameters.values()
                 if p.name not in ("self", "call_timeout")]
-        ret_fields = [(f.name, str(f.type)) for f in dataclasses.fields(info.ret)] \
+        ret_fields = [(f.name, plain_hint(str(f.type))) for f in dataclasses.fields(info.ret)] \
             if info.ret else []
         ret_names = [f for f, _ in ret_fields]
         notes = " ".join(entry["notes"])

@@ -102,6 +102,29 @@ async def test_wrong_argument_types_are_named_by_field(daemon):
         assert await conn.get_lib_version() == 9000000   # nothing was sent; all is well
 
 
+async def test_integers_out_of_their_xdr_range_are_named_with_the_range(daemon):
+    # used to be struct's own words ("argument out of range"), naming no field
+    async with aiovirt.connect(daemon.uri()) as conn:
+        dom = await conn.lookup_domain(name="test")
+        with pytest.raises(aiovirt.EncodeError, match=(
+                r"domain_set_max_memory: memory: 1180591620717411303424 is out of range for "
+                r"XDR unsigned hyper \(0\.\.18446744073709551615\)")):
+            await dom.set_max_memory(2 ** 70)
+        with pytest.raises(aiovirt.EncodeError,
+                           match=r"domain_set_memory: memory: -1 is out of range for XDR "
+                                 r"unsigned hyper"):
+            await dom.set_memory(-1)
+        with pytest.raises(aiovirt.EncodeError,
+                           match=r"domain_send_key: keycodes\[1\]: 4294967296 is out of "
+                                 r"range for XDR unsigned int \(0\.\.4294967295\)"):
+            await dom.send_key(0, 10, [1, 2 ** 32])
+        with pytest.raises(aiovirt.EncodeError,
+                           match=r"domain_lookup_by_id: id: 2147483648 is out of range for "
+                                 r"XDR int \(-2147483648\.\.2147483647\)"):
+            await conn.rpc.domain_lookup_by_id(2 ** 31)
+        assert await dom.get_max_memory() > 0   # nothing was sent; all is well
+
+
 def test_misfit_walks_nested_records_and_lists():
     from aiovirt.protocol import remote
     from aiovirt.protocol.xdr import misfit

@@ -45,7 +45,7 @@ from ..api.typedparams import from_dict, to_dict
 from ..client.auth import Credential
 from ..client.events import EventSubscription
 from ..protocol import remote
-from ..protocol.xdr import Record
+from ..protocol.xdr import Record, plain_hint
 from . import constants as C
 from .errors import TRANSLATED, from_exception, libvirtError
 from .names import CLASSES
@@ -891,10 +891,9 @@ def _fill_args(obj: Any, conn: virConnect, procedure: Any, spec: tuple[Any, ...]
     remaining = list(bound)
     values = []
     own = getattr(obj, "_ref_type", None)
-    kinds = [str(f.type) for f in dataclasses.fields(procedure.args)]
+    kinds = [plain_hint(str(f.type)) for f in dataclasses.fields(procedure.args)]
     by_name = obj is not None and own not in kinds and isinstance(obj, virNodeDevice)
-    for field in dataclasses.fields(procedure.args):
-        kind = str(field.type)
+    for field, kind in zip(dataclasses.fields(procedure.args), kinds):
         if own and kind == own and obj is not None:
             values.append(obj._o)
             continue

@@ -10,7 +10,7 @@ from enum import IntEnum
 from types import EllipsisType
 from typing import Any
 
-from .xdr import _FALSE, _PAD, _TRUE, _U32, ProcedureInfo, Record, XdrError
+from .xdr import _FALSE, _PAD, _TRUE, _U32, Int32, Int64, ProcedureInfo, Record, UInt32, UInt64, XdrError
 
 __all__ = ['AdminCalls', 'AdminClientCloseArgs', 'AdminClientGetInfoArgs', 'AdminClientGetInfoRet', 'AdminConnectGetLibVersionRet', 'AdminConnectGetLoggingFiltersArgs', 'AdminConnectGetLoggingFiltersRet', 'AdminConnectGetLoggingOutputsArgs', 'AdminConnectGetLoggingOutputsRet', 'AdminConnectListServersArgs', 'AdminConnectListServersRet', 'AdminConnectLookupServerArgs', 'AdminConnectLookupServerRet', 'AdminConnectOpenArgs', 'AdminConnectSetDaemonTimeoutArgs', 'AdminConnectSetLoggingFiltersArgs', 'AdminConnectSetLoggingOutputsArgs', 'AdminNonnullClient', 'AdminNonnullServer', 'AdminProcedure', 'AdminServerGetClientLimitsArgs', 'AdminServerGetClientLimitsRet', 'AdminServerGetThreadpoolParametersArgs', 'AdminServerGetThreadpoolParametersRet', 'AdminServerListClientsArgs', 'AdminServerListClientsRet', 'AdminServerLookupClientArgs', 'AdminServerLookupClientRet', 'AdminServerSetClientLimitsArgs', 'AdminServerSetThreadpoolParametersArgs', 'AdminServerUpdateTlsFilesArgs', 'AdminTypedParam', 'AdminTypedParamValue', 'PROCEDURES', 'PROGRAM', 'VERSION']
 
@@ -39,10 +39,10 @@ class AdminTypedParamValue(Record):
     """XDR union ``admin_typed_param_value``: ``value`` is the arm selected by ``type``."""
 
     __slots__ = ('type', 'value')
-    type: int
-    value: float | int | str
+    type: Int32
+    value: Int32 | Int64 | UInt32 | UInt64 | float | str
 
-    def __init__(self, type: int, value: float | int | str) -> None:
+    def __init__(self, type: Int32, value: Int32 | Int64 | UInt32 | UInt64 | float | str) -> None:
         self.type = type
         self.value = value
 
@@ -163,11 +163,11 @@ class AdminNonnullClient(Record):
 
     __slots__ = ('srv', 'id', 'timestamp', 'transport')
     srv: AdminNonnullServer
-    id: int
-    timestamp: int
-    transport: int
+    id: UInt64
+    timestamp: Int64
+    transport: UInt32
 
-    def __init__(self, srv: AdminNonnullServer, id: int, timestamp: int, transport: int) -> None:
+    def __init__(self, srv: AdminNonnullServer, id: UInt64, timestamp: Int64, transport: UInt32) -> None:
         self.srv = srv
         self.id = id
         self.timestamp = timestamp
@@ -190,9 +190,9 @@ class AdminConnectOpenArgs(Record):
     """XDR struct ``admin_connect_open_args``."""
 
     __slots__ = ('flags',)
-    flags: int
+    flags: UInt32
 
-    def __init__(self, flags: int) -> None:
+    def __init__(self, flags: UInt32) -> None:
         self.flags = flags
 
 
@@ -210,9 +210,9 @@ class AdminConnectGetLibVersionRet(Record):
     """XDR struct ``admin_connect_get_lib_version_ret``."""
 
     __slots__ = ('libVer',)
-    libVer: int
+    libVer: UInt64
 
-    def __init__(self, libVer: int) -> None:
+    def __init__(self, libVer: UInt64) -> None:
         self.libVer = libVer
 
 
@@ -230,10 +230,10 @@ class AdminConnectListServersArgs(Record):
     """XDR struct ``admin_connect_list_servers_args``."""
 
     __slots__ = ('need_results', 'flags')
-    need_results: int
-    flags: int
+    need_results: UInt32
+    flags: UInt32
 
-    def __init__(self, need_results: int, flags: int) -> None:
+    def __init__(self, need_results: UInt32, flags: UInt32) -> None:
         self.need_results = need_results
         self.flags = flags
 
@@ -253,9 +253,9 @@ class AdminConnectListServersRet(Record):
 
     __slots__ = ('servers', 'ret')
     servers: list[AdminNonnullServer]
-    ret: int
+    ret: UInt32
 
-    def __init__(self, servers: list[AdminNonnullServer], ret: int) -> None:
+    def __init__(self, servers: list[AdminNonnullServer], ret: UInt32) -> None:
         self.servers = servers
         self.ret = ret
 
@@ -289,9 +289,9 @@ class AdminConnectLookupServerArgs(Record):
 
     __slots__ = ('name', 'flags')
     name: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, name: str, flags: int) -> None:
+    def __init__(self, name: str, flags: UInt32) -> None:
         self.name = name
         self.flags = flags
 
@@ -343,9 +343,9 @@ class AdminServerGetThreadpoolParametersArgs(Record):
 
     __slots__ = ('srv', 'flags')
     srv: AdminNonnullServer
-    flags: int
+    flags: UInt32
 
-    def __init__(self, srv: AdminNonnullServer, flags: int) -> None:
+    def __init__(self, srv: AdminNonnullServer, flags: UInt32) -> None:
         self.srv = srv
         self.flags = flags
 
@@ -399,9 +399,9 @@ class AdminServerSetThreadpoolParametersArgs(Record):
     __slots__ = ('srv', 'params', 'flags')
     srv: AdminNonnullServer
     params: list[AdminTypedParam]
-    flags: int
+    flags: UInt32
 
-    def __init__(self, srv: AdminNonnullServer, params: list[AdminTypedParam], flags: int) -> None:
+    def __init__(self, srv: AdminNonnullServer, params: list[AdminTypedParam], flags: UInt32) -> None:
         self.srv = srv
         self.params = params
         self.flags = flags
@@ -438,10 +438,10 @@ class AdminServerListClientsArgs(Record):
 
     __slots__ = ('srv', 'need_results', 'flags')
     srv: AdminNonnullServer
-    need_results: int
-    flags: int
+    need_results: UInt32
+    flags: UInt32
 
-    def __init__(self, srv: AdminNonnullServer, need_results: int, flags: int) -> None:
+    def __init__(self, srv: AdminNonnullServer, need_results: UInt32, flags: UInt32) -> None:
         self.srv = srv
         self.need_results = need_results
         self.flags = flags
@@ -464,9 +464,9 @@ class AdminServerListClientsRet(Record):
 
     __slots__ = ('clients', 'ret')
     clients: list[AdminNonnullClient]
-    ret: int
+    ret: UInt32
 
-    def __init__(self, clients: list[AdminNonnullClient], ret: int) -> None:
+    def __init__(self, clients: list[AdminNonnullClient], ret: UInt32) -> None:
         self.clients = clients
         self.ret = ret
 
@@ -500,10 +500,10 @@ class AdminServerLookupClientArgs(Record):
 
     __slots__ = ('srv', 'id', 'flags')
     srv: AdminNonnullServer
-    id: int
-    flags: int
+    id: UInt64
+    flags: UInt32
 
-    def __init__(self, srv: AdminNonnullServer, id: int, flags: int) -> None:
+    def __init__(self, srv: AdminNonnullServer, id: UInt64, flags: UInt32) -> None:
         self.srv = srv
         self.id = id
         self.flags = flags
@@ -545,9 +545,9 @@ class AdminClientGetInfoArgs(Record):
 
     __slots__ = ('clnt', 'flags')
     clnt: AdminNonnullClient
-    flags: int
+    flags: UInt32
 
-    def __init__(self, clnt: AdminNonnullClient, flags: int) -> None:
+    def __init__(self, clnt: AdminNonnullClient, flags: UInt32) -> None:
         self.clnt = clnt
         self.flags = flags
 
@@ -600,9 +600,9 @@ class AdminClientCloseArgs(Record):
 
     __slots__ = ('clnt', 'flags')
     clnt: AdminNonnullClient
-    flags: int
+    flags: UInt32
 
-    def __init__(self, clnt: AdminNonnullClient, flags: int) -> None:
+    def __init__(self, clnt: AdminNonnullClient, flags: UInt32) -> None:
         self.clnt = clnt
         self.flags = flags
 
@@ -624,9 +624,9 @@ class AdminServerGetClientLimitsArgs(Record):
 
     __slots__ = ('srv', 'flags')
     srv: AdminNonnullServer
-    flags: int
+    flags: UInt32
 
-    def __init__(self, srv: AdminNonnullServer, flags: int) -> None:
+    def __init__(self, srv: AdminNonnullServer, flags: UInt32) -> None:
         self.srv = srv
         self.flags = flags
 
@@ -680,9 +680,9 @@ class AdminServerSetClientLimitsArgs(Record):
     __slots__ = ('srv', 'params', 'flags')
     srv: AdminNonnullServer
     params: list[AdminTypedParam]
-    flags: int
+    flags: UInt32
 
-    def __init__(self, srv: AdminNonnullServer, params: list[AdminTypedParam], flags: int) -> None:
+    def __init__(self, srv: AdminNonnullServer, params: list[AdminTypedParam], flags: UInt32) -> None:
         self.srv = srv
         self.params = params
         self.flags = flags
@@ -719,9 +719,9 @@ class AdminServerUpdateTlsFilesArgs(Record):
 
     __slots__ = ('srv', 'flags')
     srv: AdminNonnullServer
-    flags: int
+    flags: UInt32
 
-    def __init__(self, srv: AdminNonnullServer, flags: int) -> None:
+    def __init__(self, srv: AdminNonnullServer, flags: UInt32) -> None:
         self.srv = srv
         self.flags = flags
 
@@ -742,9 +742,9 @@ class AdminConnectGetLoggingOutputsArgs(Record):
     """XDR struct ``admin_connect_get_logging_outputs_args``."""
 
     __slots__ = ('flags',)
-    flags: int
+    flags: UInt32
 
-    def __init__(self, flags: int) -> None:
+    def __init__(self, flags: UInt32) -> None:
         self.flags = flags
 
 
@@ -763,9 +763,9 @@ class AdminConnectGetLoggingOutputsRet(Record):
 
     __slots__ = ('outputs', 'noutputs')
     outputs: str
-    noutputs: int
+    noutputs: UInt32
 
-    def __init__(self, outputs: str, noutputs: int) -> None:
+    def __init__(self, outputs: str, noutputs: UInt32) -> None:
         self.outputs = outputs
         self.noutputs = noutputs
 
@@ -797,9 +797,9 @@ class AdminConnectGetLoggingFiltersArgs(Record):
     """XDR struct ``admin_connect_get_logging_filters_args``."""
 
     __slots__ = ('flags',)
-    flags: int
+    flags: UInt32
 
-    def __init__(self, flags: int) -> None:
+    def __init__(self, flags: UInt32) -> None:
         self.flags = flags
 
 
@@ -818,9 +818,9 @@ class AdminConnectGetLoggingFiltersRet(Record):
 
     __slots__ = ('filters', 'nfilters')
     filters: str | None
-    nfilters: int
+    nfilters: UInt32
 
-    def __init__(self, filters: str | None, nfilters: int) -> None:
+    def __init__(self, filters: str | None, nfilters: UInt32) -> None:
         self.filters = filters
         self.nfilters = nfilters
 
@@ -865,9 +865,9 @@ class AdminConnectSetLoggingOutputsArgs(Record):
 
     __slots__ = ('outputs', 'flags')
     outputs: str | None
-    flags: int
+    flags: UInt32
 
-    def __init__(self, outputs: str | None, flags: int) -> None:
+    def __init__(self, outputs: str | None, flags: UInt32) -> None:
         self.outputs = outputs
         self.flags = flags
 
@@ -912,9 +912,9 @@ class AdminConnectSetLoggingFiltersArgs(Record):
 
     __slots__ = ('filters', 'flags')
     filters: str | None
-    flags: int
+    flags: UInt32
 
-    def __init__(self, filters: str | None, flags: int) -> None:
+    def __init__(self, filters: str | None, flags: UInt32) -> None:
         self.filters = filters
         self.flags = flags
 
@@ -958,10 +958,10 @@ class AdminConnectSetDaemonTimeoutArgs(Record):
     """XDR struct ``admin_connect_set_daemon_timeout_args``."""
 
     __slots__ = ('timeout', 'flags')
-    timeout: int
-    flags: int
+    timeout: UInt32
+    flags: UInt32
 
-    def __init__(self, timeout: int, flags: int) -> None:
+    def __init__(self, timeout: UInt32, flags: UInt32) -> None:
         self.timeout = timeout
         self.flags = flags
 
@@ -1059,7 +1059,7 @@ class AdminCalls:
     def __init__(self, call: Callable[..., Awaitable[Any]]) -> None:
         self._call = call
 
-    async def connect_open(self, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def connect_open(self, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """ADMIN_PROC_CONNECT_OPEN (1)."""
         return await self._call(PROCEDURES[1], AdminConnectOpenArgs(flags), call_timeout)
 
@@ -1071,66 +1071,66 @@ class AdminCalls:
         """ADMIN_PROC_CONNECT_GET_LIB_VERSION (3)."""
         return await self._call(PROCEDURES[3], None, call_timeout)
 
-    async def connect_list_servers(self, need_results: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> AdminConnectListServersRet:
+    async def connect_list_servers(self, need_results: UInt32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> AdminConnectListServersRet:
         """ADMIN_PROC_CONNECT_LIST_SERVERS (4)."""
         return await self._call(PROCEDURES[4], AdminConnectListServersArgs(need_results, flags), call_timeout)
 
-    async def connect_lookup_server(self, name: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> AdminConnectLookupServerRet:
+    async def connect_lookup_server(self, name: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> AdminConnectLookupServerRet:
         """ADMIN_PROC_CONNECT_LOOKUP_SERVER (5)."""
         return await self._call(PROCEDURES[5], AdminConnectLookupServerArgs(name, flags), call_timeout)
 
-    async def server_get_threadpool_parameters(self, srv: AdminNonnullServer, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> AdminServerGetThreadpoolParametersRet:
+    async def server_get_threadpool_parameters(self, srv: AdminNonnullServer, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> AdminServerGetThreadpoolParametersRet:
         """ADMIN_PROC_SERVER_GET_THREADPOOL_PARAMETERS (6)."""
         return await self._call(PROCEDURES[6], AdminServerGetThreadpoolParametersArgs(srv, flags), call_timeout)
 
-    async def server_set_threadpool_parameters(self, srv: AdminNonnullServer, params: list[AdminTypedParam], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def server_set_threadpool_parameters(self, srv: AdminNonnullServer, params: list[AdminTypedParam], flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """ADMIN_PROC_SERVER_SET_THREADPOOL_PARAMETERS (7)."""
         return await self._call(PROCEDURES[7], AdminServerSetThreadpoolParametersArgs(srv, params, flags), call_timeout)
 
-    async def server_list_clients(self, srv: AdminNonnullServer, need_results: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> AdminServerListClientsRet:
+    async def server_list_clients(self, srv: AdminNonnullServer, need_results: UInt32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> AdminServerListClientsRet:
         """ADMIN_PROC_SERVER_LIST_CLIENTS (8)."""
         return await self._call(PROCEDURES[8], AdminServerListClientsArgs(srv, need_results, flags), call_timeout)
 
-    async def server_lookup_client(self, srv: AdminNonnullServer, id: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> AdminServerLookupClientRet:
+    async def server_lookup_client(self, srv: AdminNonnullServer, id: UInt64, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> AdminServerLookupClientRet:
         """ADMIN_PROC_SERVER_LOOKUP_CLIENT (9)."""
         return await self._call(PROCEDURES[9], AdminServerLookupClientArgs(srv, id, flags), call_timeout)
 
-    async def client_get_info(self, clnt: AdminNonnullClient, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> AdminClientGetInfoRet:
+    async def client_get_info(self, clnt: AdminNonnullClient, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> AdminClientGetInfoRet:
         """ADMIN_PROC_CLIENT_GET_INFO (10)."""
         return await self._call(PROCEDURES[10], AdminClientGetInfoArgs(clnt, flags), call_timeout)
 
-    async def client_close(self, clnt: AdminNonnullClient, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def client_close(self, clnt: AdminNonnullClient, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """ADMIN_PROC_CLIENT_CLOSE (11)."""
         return await self._call(PROCEDURES[11], AdminClientCloseArgs(clnt, flags), call_timeout)
 
-    async def server_get_client_limits(self, srv: AdminNonnullServer, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> AdminServerGetClientLimitsRet:
+    async def server_get_client_limits(self, srv: AdminNonnullServer, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> AdminServerGetClientLimitsRet:
         """ADMIN_PROC_SERVER_GET_CLIENT_LIMITS (12)."""
         return await self._call(PROCEDURES[12], AdminServerGetClientLimitsArgs(srv, flags), call_timeout)
 
-    async def server_set_client_limits(self, srv: AdminNonnullServer, params: list[AdminTypedParam], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def server_set_client_limits(self, srv: AdminNonnullServer, params: list[AdminTypedParam], flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """ADMIN_PROC_SERVER_SET_CLIENT_LIMITS (13)."""
         return await self._call(PROCEDURES[13], AdminServerSetClientLimitsArgs(srv, params, flags), call_timeout)
 
-    async def connect_get_logging_outputs(self, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> AdminConnectGetLoggingOutputsRet:
+    async def connect_get_logging_outputs(self, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> AdminConnectGetLoggingOutputsRet:
         """ADMIN_PROC_CONNECT_GET_LOGGING_OUTPUTS (14)."""
         return await self._call(PROCEDURES[14], AdminConnectGetLoggingOutputsArgs(flags), call_timeout)
 
-    async def connect_get_logging_filters(self, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> AdminConnectGetLoggingFiltersRet:
+    async def connect_get_logging_filters(self, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> AdminConnectGetLoggingFiltersRet:
         """ADMIN_PROC_CONNECT_GET_LOGGING_FILTERS (15)."""
         return await self._call(PROCEDURES[15], AdminConnectGetLoggingFiltersArgs(flags), call_timeout)
 
-    async def connect_set_logging_outputs(self, outputs: str | None, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def connect_set_logging_outputs(self, outputs: str | None, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """ADMIN_PROC_CONNECT_SET_LOGGING_OUTPUTS (16)."""
         return await self._call(PROCEDURES[16], AdminConnectSetLoggingOutputsArgs(outputs, flags), call_timeout)
 
-    async def connect_set_logging_filters(self, filters: str | None, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def connect_set_logging_filters(self, filters: str | None, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """ADMIN_PROC_CONNECT_SET_LOGGING_FILTERS (17)."""
         return await self._call(PROCEDURES[17], AdminConnectSetLoggingFiltersArgs(filters, flags), call_timeout)
 
-    async def server_update_tls_files(self, srv: AdminNonnullServer, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def server_update_tls_files(self, srv: AdminNonnullServer, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """ADMIN_PROC_SERVER_UPDATE_TLS_FILES (18)."""
         return await self._call(PROCEDURES[18], AdminServerUpdateTlsFilesArgs(srv, flags), call_timeout)
 
-    async def connect_set_daemon_timeout(self, timeout: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def connect_set_daemon_timeout(self, timeout: UInt32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """ADMIN_PROC_CONNECT_SET_DAEMON_TIMEOUT (19)."""
         return await self._call(PROCEDURES[19], AdminConnectSetDaemonTimeoutArgs(timeout, flags), call_timeout)

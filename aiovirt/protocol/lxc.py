@@ -10,7 +10,7 @@ from enum import IntEnum
 from types import EllipsisType
 from typing import Any
 
-from .xdr import ProcedureInfo, Record
+from .xdr import ProcedureInfo, Record, UInt32
 from .remote import (
     NonnullDomain,
     _dec_NonnullDomain,
@@ -31,9 +31,9 @@ class LxcDomainOpenNamespaceArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -79,6 +79,6 @@ class LxcCalls:
     def __init__(self, call: Callable[..., Awaitable[Any]]) -> None:
         self._call = call
 
-    async def domain_open_namespace(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_open_namespace(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """LXC_PROC_DOMAIN_OPEN_NAMESPACE (1)."""
         return await self._call(PROCEDURES[1], LxcDomainOpenNamespaceArgs(dom, flags), call_timeout)

@@ -10,7 +10,7 @@ from enum import IntEnum
 from types import EllipsisType
 from typing import Any
 
-from .xdr import _FALSE, _PAD, _TRUE, _U32, ProcedureInfo, Record, XdrError
+from .xdr import _FALSE, _PAD, _TRUE, _U32, Int32, Int64, ProcedureInfo, Record, UInt32, XdrError
 from .remote import (
     NonnullDomain,
     _dec_NonnullDomain,
@@ -36,9 +36,9 @@ class QemuDomainMonitorCommandArgs(Record):
     __slots__ = ('dom', 'cmd', 'flags')
     dom: NonnullDomain
     cmd: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, cmd: str, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, cmd: str, flags: UInt32) -> None:
         self.dom = dom
         self.cmd = cmd
         self.flags = flags
@@ -103,10 +103,10 @@ class QemuDomainAttachArgs(Record):
     """XDR struct ``qemu_domain_attach_args``."""
 
     __slots__ = ('pid_value', 'flags')
-    pid_value: int
-    flags: int
+    pid_value: UInt32
+    flags: UInt32
 
-    def __init__(self, pid_value: int, flags: int) -> None:
+    def __init__(self, pid_value: UInt32, flags: UInt32) -> None:
         self.pid_value = pid_value
         self.flags = flags
 
@@ -146,10 +146,10 @@ class QemuDomainAgentCommandArgs(Record):
     __slots__ = ('dom', 'cmd', 'timeout', 'flags')
     dom: NonnullDomain
     cmd: str
-    timeout: int
-    flags: int
+    timeout: Int32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, cmd: str, timeout: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, cmd: str, timeout: Int32, flags: UInt32) -> None:
         self.dom = dom
         self.cmd = cmd
         self.timeout = timeout
@@ -229,9 +229,9 @@ class QemuConnectDomainMonitorEventRegisterArgs(Record):
     __slots__ = ('dom', 'event', 'flags')
     dom: NonnullDomain | None
     event: str | None
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain | None, event: str | None, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain | None, event: str | None, flags: UInt32) -> None:
         self.dom = dom
         self.event = event
         self.flags = flags
@@ -290,9 +290,9 @@ class QemuConnectDomainMonitorEventRegisterRet(Record):
     """XDR struct ``qemu_connect_domain_monitor_event_register_ret``."""
 
     __slots__ = ('callbackID',)
-    callbackID: int
+    callbackID: Int32
 
-    def __init__(self, callbackID: int) -> None:
+    def __init__(self, callbackID: Int32) -> None:
         self.callbackID = callbackID
 
 
@@ -310,9 +310,9 @@ class QemuConnectDomainMonitorEventDeregisterArgs(Record):
     """XDR struct ``qemu_connect_domain_monitor_event_deregister_args``."""
 
     __slots__ = ('callbackID',)
-    callbackID: int
+    callbackID: Int32
 
-    def __init__(self, callbackID: int) -> None:
+    def __init__(self, callbackID: Int32) -> None:
         self.callbackID = callbackID
 
 
@@ -330,14 +330,14 @@ class QemuDomainMonitorEventMsg(Record):
     """XDR struct ``qemu_domain_monitor_event_msg``."""
 
     __slots__ = ('callbackID', 'dom', 'event', 'seconds', 'micros', 'details')
-    callbackID: int
+    callbackID: Int32
     dom: NonnullDomain
     event: str
-    seconds: int
-    micros: int
+    seconds: Int64
+    micros: UInt32
     details: str | None
 
-    def __init__(self, callbackID: int, dom: NonnullDomain, event: str, seconds: int, micros: int, details: str | None) -> None:
+    def __init__(self, callbackID: Int32, dom: NonnullDomain, event: str, seconds: Int64, micros: UInt32, details: str | None) -> None:
         self.callbackID = callbackID
         self.dom = dom
         self.event = event
@@ -405,9 +405,9 @@ class QemuDomainMonitorCommandWithFilesArgs(Record):
     __slots__ = ('dom', 'cmd', 'flags')
     dom: NonnullDomain
     cmd: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, cmd: str, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, cmd: str, flags: UInt32) -> None:
         self.dom = dom
         self.cmd = cmd
         self.flags = flags
@@ -515,26 +515,26 @@ class QemuCalls:
     def __init__(self, call: Callable[..., Awaitable[Any]]) -> None:
         self._call = call
 
-    async def domain_monitor_command(self, dom: NonnullDomain, cmd: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> QemuDomainMonitorCommandRet:
+    async def domain_monitor_command(self, dom: NonnullDomain, cmd: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> QemuDomainMonitorCommandRet:
         """QEMU_PROC_DOMAIN_MONITOR_COMMAND (1)."""
         return await self._call(PROCEDURES[1], QemuDomainMonitorCommandArgs(dom, cmd, flags), call_timeout)
 
-    async def domain_attach(self, pid_value: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> QemuDomainAttachRet:
+    async def domain_attach(self, pid_value: UInt32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> QemuDomainAttachRet:
         """QEMU_PROC_DOMAIN_ATTACH (2)."""
         return await self._call(PROCEDURES[2], QemuDomainAttachArgs(pid_value, flags), call_timeout)
 
-    async def domain_agent_command(self, dom: NonnullDomain, cmd: str, timeout: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> QemuDomainAgentCommandRet:
+    async def domain_agent_command(self, dom: NonnullDomain, cmd: str, timeout: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> QemuDomainAgentCommandRet:
         """QEMU_PROC_DOMAIN_AGENT_COMMAND (3)."""
         return await self._call(PROCEDURES[3], QemuDomainAgentCommandArgs(dom, cmd, timeout, flags), call_timeout)
 
-    async def connect_domain_monitor_event_register(self, dom: NonnullDomain | None, event: str | None, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> QemuConnectDomainMonitorEventRegisterRet:
+    async def connect_domain_monitor_event_register(self, dom: NonnullDomain | None, event: str | None, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> QemuConnectDomainMonitorEventRegisterRet:
         """QEMU_PROC_CONNECT_DOMAIN_MONITOR_EVENT_REGISTER (4), high priority."""
         return await self._call(PROCEDURES[4], QemuConnectDomainMonitorEventRegisterArgs(dom, event, flags), call_timeout)
 
-    async def connect_domain_monitor_event_deregister(self, callbackID: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def connect_domain_monitor_event_deregister(self, callbackID: Int32, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """QEMU_PROC_CONNECT_DOMAIN_MONITOR_EVENT_DEREGISTER (5), high priority."""
         return await self._call(PROCEDURES[5], QemuConnectDomainMonitorEventDeregisterArgs(callbackID), call_timeout)
 
-    async def domain_monitor_command_with_files(self, dom: NonnullDomain, cmd: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> QemuDomainMonitorCommandWithFilesRet:
+    async def domain_monitor_command_with_files(self, dom: NonnullDomain, cmd: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> QemuDomainMonitorCommandWithFilesRet:
         """QEMU_PROC_DOMAIN_MONITOR_COMMAND_WITH_FILES (7)."""
         return await self._call(PROCEDURES[7], QemuDomainMonitorCommandWithFilesArgs(dom, cmd, flags), call_timeout)

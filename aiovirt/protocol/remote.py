@@ -10,7 +10,7 @@ from enum import IntEnum
 from types import EllipsisType
 from typing import Any
 
-from .xdr import _FALSE, _PAD, _TRUE, _U32, ProcedureInfo, Record, XdrError
+from .xdr import _FALSE, _PAD, _TRUE, _U32, Int32, Int64, ProcedureInfo, Record, UInt32, UInt64, XdrError
 
 __all__ = ['AuthListRet', 'AuthPolkitRet', 'AuthSaslInitRet', 'AuthSaslStartArgs', 'AuthSaslStartRet', 'AuthSaslStepArgs', 'AuthSaslStepRet', 'AuthType', 'ConnectBaselineCpuArgs', 'ConnectBaselineCpuRet', 'ConnectBaselineHypervisorCpuArgs', 'ConnectBaselineHypervisorCpuRet', 'ConnectCompareCpuArgs', 'ConnectCompareCpuRet', 'ConnectCompareHypervisorCpuArgs', 'ConnectCompareHypervisorCpuRet', 'ConnectDomainEventCallbackDeregisterAnyArgs', 'ConnectDomainEventCallbackRegisterAnyArgs', 'ConnectDomainEventCallbackRegisterAnyRet', 'ConnectDomainEventDeregisterAnyArgs', 'ConnectDomainEventDeregisterRet', 'ConnectDomainEventRegisterAnyArgs', 'ConnectDomainEventRegisterRet', 'ConnectDomainXmlFromNativeArgs', 'ConnectDomainXmlFromNativeRet', 'ConnectDomainXmlToNativeArgs', 'ConnectDomainXmlToNativeRet', 'ConnectEventConnectionClosedMsg', 'ConnectFindStoragePoolSourcesArgs', 'ConnectFindStoragePoolSourcesRet', 'ConnectGetAllDomainStatsArgs', 'ConnectGetAllDomainStatsRet', 'ConnectGetCapabilitiesRet', 'ConnectGetCpuModelNamesArgs', 'ConnectGetCpuModelNamesRet', 'ConnectGetDomainCapabilitiesArgs', 'ConnectGetDomainCapabilitiesRet', 'ConnectGetHostnameRet', 'ConnectGetLibVersionRet', 'ConnectGetMaxVcpusArgs', 'ConnectGetMaxVcpusRet', 'ConnectGetStoragePoolCapabilitiesArgs', 'ConnectGetStoragePoolCapabilitiesRet', 'ConnectGetSysinfoArgs', 'ConnectGetSysinfoRet', 'ConnectGetTypeRet', 'ConnectGetUriRet', 'ConnectGetVersionRet', 'ConnectIsSecureRet', 'ConnectListAllDomainsArgs', 'ConnectListAllDomainsRet', 'ConnectListAllInterfacesArgs', 'ConnectListAllInterfacesRet', 'ConnectListAllNetworksArgs', 'ConnectListAllNetworksRet', 'ConnectListAllNodeDevicesArgs', 'ConnectListAllNodeDevicesRet', 'ConnectListAllNwfilterBindingsArgs', 'ConnectListAllNwfilterBindingsRet', 'ConnectListAllNwfiltersArgs', 'ConnectListAllNwfiltersRet', 'ConnectListAllSecretsArgs', 'ConnectListAllSecretsRet', 'ConnectListAllStoragePoolsArgs', 'ConnectListAllStoragePoolsRet', 'ConnectListDefinedDomainsArgs', 'ConnectListDefinedDomainsRet', 'ConnectListDefinedInterfacesArgs', 'ConnectListDefinedInterfacesRet', 'ConnectListDefinedNetworksArgs', 'ConnectListDefinedNetworksRet', 'ConnectListDefinedStoragePoolsArgs', 'ConnectListDefinedStoragePoolsRet', 'ConnectListDomainsArgs', 'ConnectListDomainsRet', 'ConnectListInterfacesArgs', 'ConnectListInterfacesRet', 'ConnectListNetworksArgs', 'ConnectListNetworksRet', 'ConnectListNwfiltersArgs', 'ConnectListNwfiltersRet', 'ConnectListSecretsArgs', 'ConnectListSecretsRet', 'ConnectListStoragePoolsArgs', 'ConnectListStoragePoolsRet', 'ConnectNetworkEventDeregisterAnyArgs', 'ConnectNetworkEventRegisterAnyArgs', 'ConnectNetworkEventRegisterAnyRet', 'ConnectNodeDeviceEventDeregisterAnyArgs', 'ConnectNodeDeviceEventRegisterAnyArgs', 'ConnectNodeDeviceEventRegisterAnyRet', 'ConnectNumOfDefinedDomainsRet', 'ConnectNumOfDefinedInterfacesRet', 'ConnectNumOfDefinedNetworksRet', 'ConnectNumOfDefinedStoragePoolsRet', 'ConnectNumOfDomainsRet', 'ConnectNumOfInterfacesRet', 'ConnectNumOfNetworksRet', 'ConnectNumOfNwfiltersRet', 'ConnectNumOfSecretsRet', 'ConnectNumOfStoragePoolsRet', 'ConnectOpenArgs', 'ConnectSecretEventDeregisterAnyArgs', 'ConnectSecretEventRegisterAnyArgs', 'ConnectSecretEventRegisterAnyRet', 'ConnectSetIdentityArgs', 'ConnectStoragePoolEventDeregisterAnyArgs', 'ConnectStoragePoolEventRegisterAnyArgs', 'ConnectStoragePoolEventRegisterAnyRet', 'ConnectSupportsFeatureArgs', 'ConnectSupportsFeatureRet', 'DomainAbortJobArgs', 'DomainAbortJobFlagsArgs', 'DomainAddIothreadArgs', 'DomainAgentSetResponseTimeoutArgs', 'DomainAgentSetResponseTimeoutRet', 'DomainAttachDeviceArgs', 'DomainAttachDeviceFlagsArgs', 'DomainAuthorizedSshKeysGetArgs', 'DomainAuthorizedSshKeysGetRet', 'DomainAuthorizedSshKeysSetArgs', 'DomainBackupBeginArgs', 'DomainBackupGetXmlDescArgs', 'DomainBackupGetXmlDescRet', 'DomainBlockCommitArgs', 'DomainBlockCopyArgs', 'DomainBlockJobAbortArgs', 'DomainBlockJobSetSpeedArgs', 'DomainBlockPeekArgs', 'DomainBlockPeekRet', 'DomainBlockPullArgs', 'DomainBlockRebaseArgs', 'DomainBlockResizeArgs', 'DomainBlockStatsArgs', 'DomainBlockStatsFlagsArgs', 'DomainBlockStatsFlagsRet', 'DomainBlockStatsRet', 'DomainCheckpointCreateXmlArgs', 'DomainCheckpointCreateXmlRet', 'DomainCheckpointDeleteArgs', 'DomainCheckpointGetParentArgs', 'DomainCheckpointGetParentRet', 'DomainCheckpointGetXmlDescArgs', 'DomainCheckpointGetXmlDescRet', 'DomainCheckpointListAllChildrenArgs', 'DomainCheckpointListAllChildrenRet', 'DomainCheckpointLookupByNameArgs', 'DomainCheckpointLookupByNameRet', 'DomainCoreDumpArgs', 'DomainCoreDumpWithFormatArgs', 'DomainCreateArgs', 'DomainCreateWithFilesArgs', 'DomainCreateWithFilesRet', 'DomainCreateWithFlagsArgs', 'DomainCreateWithFlagsRet', 'DomainCreateXmlArgs', 'DomainCreateXmlRet', 'DomainCreateXmlWithFilesArgs', 'DomainCreateXmlWithFilesRet', 'DomainDefineXmlArgs', 'DomainDefineXmlFlagsArgs', 'DomainDefineXmlFlagsRet', 'DomainDefineXmlRet', 'DomainDelIothreadArgs', 'DomainDestroyArgs', 'DomainDestroyFlagsArgs', 'DomainDetachDeviceAliasArgs', 'DomainDetachDeviceArgs', 'DomainDetachDeviceFlagsArgs', 'DomainDiskError', 'DomainEventBalloonChangeMsg', 'DomainEventBlockJob2Msg', 'DomainEventBlockJobMsg', 'DomainEventBlockThresholdMsg', 'DomainEventCallbackAgentLifecycleMsg', 'DomainEventCallbackBalloonChangeMsg', 'DomainEventCallbackBlockJobMsg', 'DomainEventCallbackControlErrorMsg', 'DomainEventCallbackDeviceAddedMsg', 'DomainEventCallbackDeviceRemovalFailedMsg', 'DomainEventCallbackDeviceRemovedMsg', 'DomainEventCallbackDiskChangeMsg', 'DomainEventCallbackGraphicsMsg', 'DomainEventCallbackIoErrorMsg', 'DomainEventCallbackIoErrorReasonMsg', 'DomainEventCallbackJobCompletedMsg', 'DomainEventCallbackLifecycleMsg', 'DomainEventCallbackMetadataChangeMsg', 'DomainEventCallbackMigrationIterationMsg', 'DomainEventCallbackPmsuspendDiskMsg', 'DomainEventCallbackPmsuspendMsg', 'DomainEventCallbackPmwakeupMsg', 'DomainEventCallbackRebootMsg', 'DomainEventCallbackRtcChangeMsg', 'DomainEventCallbackTrayChangeMsg', 'DomainEventCallbackTunableMsg', 'DomainEventCallbackWatchdogMsg', 'DomainEventControlErrorMsg', 'DomainEventDeviceRemovedMsg', 'DomainEventDiskChangeMsg', 'DomainEventGraphicsAddress', 'DomainEventGraphicsIdentity', 'DomainEventGraphicsMsg', 'DomainEventIoErrorMsg', 'DomainEventIoErrorReasonMsg', 'DomainEventLifecycleMsg', 'DomainEventMemoryDeviceSizeChangeMsg', 'DomainEventMemoryFailureMsg', 'DomainEventPmsuspendDiskMsg', 'DomainEventPmsuspendMsg', 'DomainEventPmwakeupMsg', 'DomainEventRebootMsg', 'DomainEventRtcChangeMsg', 'DomainEventTrayChangeMsg', 'DomainEventWatchdogMsg', 'DomainFdAssociateArgs', 'DomainFsfreezeArgs', 'DomainFsfreezeRet', 'DomainFsinfo', 'DomainFsthawArgs', 'DomainFsthawRet', 'DomainFstrimArgs', 'DomainGetAutostartArgs', 'DomainGetAutostartRet', 'DomainGetBlkioParametersArgs', 'DomainGetBlkioParametersRet', 'DomainGetBlockInfoArgs', 'DomainGetBlockInfoRet', 'DomainGetBlockIoTuneArgs', 'DomainGetBlockIoTuneRet', 'DomainGetBlockJobInfoArgs', 'DomainGetBlockJobInfoRet', 'DomainGetControlInfoArgs', 'DomainGetControlInfoRet', 'DomainGetCpuStatsArgs', 'DomainGetCpuStatsRet', 'DomainGetDiskErrorsArgs', 'DomainGetDiskErrorsRet', 'DomainGetEmulatorPinInfoArgs', 'DomainGetEmulatorPinInfoRet', 'DomainGetFsinfoArgs', 'DomainGetFsinfoRet', 'DomainGetGuestInfoArgs', 'DomainGetGuestInfoRet', 'DomainGetGuestVcpusArgs', 'DomainGetGuestVcpusRet', 'DomainGetHostnameArgs', 'DomainGetHostnameRet', 'DomainGetInfoArgs', 'DomainGetInfoRet', 'DomainGetInterfaceParametersArgs', 'DomainGetInterfaceParametersRet', 'DomainGetIothreadInfoArgs', 'DomainGetIothreadInfoRet', 'DomainGetJobInfoArgs', 'DomainGetJobInfoRet', 'DomainGetJobStatsArgs', 'DomainGetJobStatsRet', 'DomainGetLaunchSecurityInfoArgs', 'DomainGetLaunchSecurityInfoRet', 'DomainGetMaxMemoryArgs', 'DomainGetMaxMemoryRet', 'DomainGetMaxVcpusArgs', 'DomainGetMaxVcpusRet', 'DomainGetMemoryParametersArgs', 'DomainGetMemoryParametersRet', 'DomainGetMessagesArgs', 'DomainGetMessagesRet', 'DomainGetMetadataArgs', 'DomainGetMetadataRet', 'DomainGetNumaParametersArgs', 'DomainGetNumaParametersRet', 'DomainGetOsTypeArgs', 'DomainGetOsTypeRet', 'DomainGetPerfEventsArgs', 'DomainGetPerfEventsRet', 'DomainGetSchedulerParametersArgs', 'DomainGetSchedulerParametersFlagsArgs', 'DomainGetSchedulerParametersFlagsRet', 'DomainGetSchedulerParametersRet', 'DomainGetSchedulerTypeArgs', 'DomainGetSchedulerTypeRet', 'DomainGetSecurityLabelArgs', 'DomainGetSecurityLabelListArgs', 'DomainGetSecurityLabelListRet', 'DomainGetSecurityLabelRet', 'DomainGetStateArgs', 'DomainGetStateRet', 'DomainGetTimeArgs', 'DomainGetTimeRet', 'DomainGetVcpuPinInfoArgs', 'DomainGetVcpuPinInfoRet', 'DomainGetVcpusArgs', 'DomainGetVcpusFlagsArgs', 'DomainGetVcpusFlagsRet', 'DomainGetVcpusRet', 'DomainGetXmlDescArgs', 'DomainGetXmlDescRet', 'DomainHasCurrentSnapshotArgs', 'DomainHasCurrentSnapshotRet', 'DomainHasManagedSaveImageArgs', 'DomainHasManagedSaveImageRet', 'DomainInjectNmiArgs', 'DomainInterface', 'DomainInterfaceAddressesArgs', 'DomainInterfaceAddressesRet', 'DomainInterfaceStatsArgs', 'DomainInterfaceStatsRet', 'DomainIothreadInfo', 'DomainIpAddr', 'DomainIsActiveArgs', 'DomainIsActiveRet', 'DomainIsPersistentArgs', 'DomainIsPersistentRet', 'DomainIsUpdatedArgs', 'DomainIsUpdatedRet', 'DomainListAllCheckpointsArgs', 'DomainListAllCheckpointsRet', 'DomainListAllSnapshotsArgs', 'DomainListAllSnapshotsRet', 'DomainLookupByIdArgs', 'DomainLookupByIdRet', 'DomainLookupByNameArgs', 'DomainLookupByNameRet', 'DomainLookupByUuidArgs', 'DomainLookupByUuidRet', 'DomainManagedSaveArgs', 'DomainManagedSaveDefineXmlArgs', 'DomainManagedSaveGetXmlDescArgs', 'DomainManagedSaveGetXmlDescRet', 'DomainManagedSaveRemoveArgs', 'DomainMemoryPeekArgs', 'DomainMemoryPeekRet', 'DomainMemoryStat', 'DomainMemoryStatsArgs', 'DomainMemoryStatsRet', 'DomainMigrateBegin3Args', 'DomainMigrateBegin3ParamsArgs', 'DomainMigrateBegin3ParamsRet', 'DomainMigrateBegin3Ret', 'DomainMigrateConfirm3Args', 'DomainMigrateConfirm3ParamsArgs', 'DomainMigrateFinish2Args', 'DomainMigrateFinish2Ret', 'DomainMigrateFinish3Args', 'DomainMigrateFinish3ParamsArgs', 'DomainMigrateFinish3ParamsRet', 'DomainMigrateFinish3Ret', 'DomainMigrateFinishArgs', 'DomainMigrateFinishRet', 'DomainMigrateGetCompressionCacheArgs', 'DomainMigrateGetCompressionCacheRet', 'DomainMigrateGetMaxDowntimeArgs', 'DomainMigrateGetMaxDowntimeRet', 'DomainMigrateGetMaxSpeedArgs', 'DomainMigrateGetMaxSpeedRet', 'DomainMigratePerform3Args', 'DomainMigratePerform3ParamsArgs', 'DomainMigratePerform3ParamsRet', 'DomainMigratePerform3Ret', 'DomainMigratePerformArgs', 'DomainMigratePrepare2Args', 'DomainMigratePrepare2Ret', 'DomainMigratePrepare3Args', 'DomainMigratePrepare3ParamsArgs', 'DomainMigratePrepare3ParamsRet', 'DomainMigratePrepare3Ret', 'DomainMigratePrepareArgs', 'DomainMigratePrepareRet', 'DomainMigratePrepareTunnel3Args', 'DomainMigratePrepareTunnel3ParamsArgs', 'DomainMigratePrepareTunnel3ParamsRet', 'DomainMigratePrepareTunnel3Ret', 'DomainMigratePrepareTunnelArgs', 'DomainMigrateSetCompressionCacheArgs', 'DomainMigrateSetMaxDowntimeArgs', 'DomainMigrateSetMaxSpeedArgs', 'DomainMigrateStartPostCopyArgs', 'DomainOpenChannelArgs', 'DomainOpenConsoleArgs', 'DomainOpenGraphicsArgs', 'DomainOpenGraphicsFdArgs', 'DomainPinEmulatorArgs', 'DomainPinIothreadArgs', 'DomainPinVcpuArgs', 'DomainPinVcpuFlagsArgs', 'DomainPmSuspendForDurationArgs', 'DomainPmWakeupArgs', 'DomainRebootArgs', 'DomainRenameArgs', 'DomainRenameRet', 'DomainResetArgs', 'DomainRestoreArgs', 'DomainRestoreFlagsArgs', 'DomainRestoreParamsArgs', 'DomainResumeArgs', 'DomainRevertToSnapshotArgs', 'DomainSaveArgs', 'DomainSaveFlagsArgs', 'DomainSaveImageDefineXmlArgs', 'DomainSaveImageGetXmlDescArgs', 'DomainSaveImageGetXmlDescRet', 'DomainSaveParamsArgs', 'DomainScreenshotArgs', 'DomainScreenshotRet', 'DomainSendKeyArgs', 'DomainSendProcessSignalArgs', 'DomainSetAutostartArgs', 'DomainSetBlkioParametersArgs', 'DomainSetBlockIoTuneArgs', 'DomainSetBlockThresholdArgs', 'DomainSetGuestVcpusArgs', 'DomainSetInterfaceParametersArgs', 'DomainSetIothreadParamsArgs', 'DomainSetLaunchSecurityStateArgs', 'DomainSetLifecycleActionArgs', 'DomainSetMaxMemoryArgs', 'DomainSetMemoryArgs', 'DomainSetMemoryFlagsArgs', 'DomainSetMemoryParametersArgs', 'DomainSetMemoryStatsPeriodArgs', 'DomainSetMetadataArgs', 'DomainSetNumaParametersArgs', 'DomainSetPerfEventsArgs', 'DomainSetSchedulerParametersArgs', 'DomainSetSchedulerParametersFlagsArgs', 'DomainSetTimeArgs', 'DomainSetUserPasswordArgs', 'DomainSetVcpuArgs', 'DomainSetVcpusArgs', 'DomainSetVcpusFlagsArgs', 'DomainShutdownArgs', 'DomainShutdownFlagsArgs', 'DomainSnapshotCreateXmlArgs', 'DomainSnapshotCreateXmlRet', 'DomainSnapshotCurrentArgs', 'DomainSnapshotCurrentRet', 'DomainSnapshotDeleteArgs', 'DomainSnapshotGetParentArgs', 'DomainSnapshotGetParentRet', 'DomainSnapshotGetXmlDescArgs', 'DomainSnapshotGetXmlDescRet', 'DomainSnapshotHasMetadataArgs', 'DomainSnapshotHasMetadataRet', 'DomainSnapshotIsCurrentArgs', 'DomainSnapshotIsCurrentRet', 'DomainSnapshotListAllChildrenArgs', 'DomainSnapshotListAllChildrenRet', 'DomainSnapshotListChildrenNamesArgs', 'DomainSnapshotListChildrenNamesRet', 'DomainSnapshotListNamesArgs', 'DomainSnapshotListNamesRet', 'DomainSnapshotLookupByNameArgs', 'DomainSnapshotLookupByNameRet', 'DomainSnapshotNumArgs', 'DomainSnapshotNumChildrenArgs', 'DomainSnapshotNumChildrenRet', 'DomainSnapshotNumRet', 'DomainStartDirtyRateCalcArgs', 'DomainStatsRecord', 'DomainSuspendArgs', 'DomainUndefineArgs', 'DomainUndefineFlagsArgs', 'DomainUpdateDeviceFlagsArgs', 'Error', 'InterfaceChangeBeginArgs', 'InterfaceChangeCommitArgs', 'InterfaceChangeRollbackArgs', 'InterfaceCreateArgs', 'InterfaceDefineXmlArgs', 'InterfaceDefineXmlRet', 'InterfaceDestroyArgs', 'InterfaceGetXmlDescArgs', 'InterfaceGetXmlDescRet', 'InterfaceIsActiveArgs', 'InterfaceIsActiveRet', 'InterfaceLookupByMacStringArgs', 'InterfaceLookupByMacStringRet', 'InterfaceLookupByNameArgs', 'InterfaceLookupByNameRet', 'InterfaceUndefineArgs', 'NetworkCreateArgs', 'NetworkCreateXmlArgs', 'NetworkCreateXmlFlagsArgs', 'NetworkCreateXmlFlagsRet', 'NetworkCreateXmlRet', 'NetworkDefineXmlArgs', 'NetworkDefineXmlFlagsArgs', 'NetworkDefineXmlFlagsRet', 'NetworkDefineXmlRet', 'NetworkDestroyArgs', 'NetworkDhcpLease', 'NetworkEventLifecycleMsg', 'NetworkGetAutostartArgs', 'NetworkGetAutostartRet', 'NetworkGetBridgeNameArgs', 'NetworkGetBridgeNameRet', 'NetworkGetDhcpLeasesArgs', 'NetworkGetDhcpLeasesRet', 'NetworkGetXmlDescArgs', 'NetworkGetXmlDescRet', 'NetworkIsActiveArgs', 'NetworkIsActiveRet', 'NetworkIsPersistentArgs', 'NetworkIsPersistentRet', 'NetworkListAllPortsArgs', 'NetworkListAllPortsRet', 'NetworkLookupByNameArgs', 'NetworkLookupByNameRet', 'NetworkLookupByUuidArgs', 'NetworkLookupByUuidRet', 'NetworkPortCreateXmlArgs', 'NetworkPortCreateXmlRet', 'NetworkPortDeleteArgs', 'NetworkPortGetParametersArgs', 'NetworkPortGetParametersRet', 'NetworkPortGetXmlDescArgs', 'NetworkPortGetXmlDescRet', 'NetworkPortLookupByUuidArgs', 'NetworkPortLookupByUuidRet', 'NetworkPortSetParametersArgs', 'NetworkSetAutostartArgs', 'NetworkUndefineArgs', 'NetworkUpdateArgs', 'NodeAllocPagesArgs', 'NodeAllocPagesRet', 'NodeDeviceCreateArgs', 'NodeDeviceCreateXmlArgs', 'NodeDeviceCreateXmlRet', 'NodeDeviceDefineXmlArgs', 'NodeDeviceDefineXmlRet', 'NodeDeviceDestroyArgs', 'NodeDeviceDetachFlagsArgs', 'NodeDeviceDettachArgs', 'NodeDeviceEventLifecycleMsg', 'NodeDeviceEventUpdateMsg', 'NodeDeviceGetAutostartArgs', 'NodeDeviceGetAutostartRet', 'NodeDeviceGetParentArgs', 'NodeDeviceGetParentRet', 'NodeDeviceGetXmlDescArgs', 'NodeDeviceGetXmlDescRet', 'NodeDeviceIsActiveArgs', 'NodeDeviceIsActiveRet', 'NodeDeviceIsPersistentArgs', 'NodeDeviceIsPersistentRet', 'NodeDeviceListCapsArgs', 'NodeDeviceListCapsRet', 'NodeDeviceLookupByNameArgs', 'NodeDeviceLookupByNameRet', 'NodeDeviceLookupScsiHostByWwnArgs', 'NodeDeviceLookupScsiHostByWwnRet', 'NodeDeviceNumOfCapsArgs', 'NodeDeviceNumOfCapsRet', 'NodeDeviceReAttachArgs', 'NodeDeviceResetArgs', 'NodeDeviceSetAutostartArgs', 'NodeDeviceUndefineArgs', 'NodeGetCellsFreeMemoryArgs', 'NodeGetCellsFreeMemoryRet', 'NodeGetCpuMapArgs', 'NodeGetCpuMapRet', 'NodeGetCpuStats', 'NodeGetCpuStatsArgs', 'NodeGetCpuStatsRet', 'NodeGetFreeMemoryRet', 'NodeGetFreePagesArgs', 'NodeGetFreePagesRet', 'NodeGetInfoRet', 'NodeGetMemoryParametersArgs', 'NodeGetMemoryParametersRet', 'NodeGetMemoryStats', 'NodeGetMemoryStatsArgs', 'NodeGetMemoryStatsRet', 'NodeGetSecurityModelRet', 'NodeGetSevInfoArgs', 'NodeGetSevInfoRet', 'NodeListDevicesArgs', 'NodeListDevicesRet', 'NodeNumOfDevicesArgs', 'NodeNumOfDevicesRet', 'NodeSetMemoryParametersArgs', 'NodeSuspendForDurationArgs', 'NonnullDomain', 'NonnullDomainCheckpoint', 'NonnullDomainSnapshot', 'NonnullInterface', 'NonnullNetwork', 'NonnullNetworkPort', 'NonnullNodeDevice', 'NonnullNwfilter', 'NonnullNwfilterBinding', 'NonnullSecret', 'NonnullStoragePool', 'NonnullStorageVol', 'NwfilterBindingCreateXmlArgs', 'NwfilterBindingCreateXmlRet', 'NwfilterBindingDeleteArgs', 'NwfilterBindingGetXmlDescArgs', 'NwfilterBindingGetXmlDescRet', 'NwfilterBindingLookupByPortDevArgs', 'NwfilterBindingLookupByPortDevRet', 'NwfilterDefineXmlArgs', 'NwfilterDefineXmlFlagsArgs', 'NwfilterDefineXmlFlagsRet', 'NwfilterDefineXmlRet', 'NwfilterGetXmlDescArgs', 'NwfilterGetXmlDescRet', 'NwfilterLookupByNameArgs', 'NwfilterLookupByNameRet', 'NwfilterLookupByUuidArgs', 'NwfilterLookupByUuidRet', 'NwfilterUndefineArgs', 'PROCEDURES', 'PROGRAM', 'Procedure', 'RemoteCalls', 'SecretDefineXmlArgs', 'SecretDefineXmlRet', 'SecretEventLifecycleMsg', 'SecretEventValueChangedMsg', 'SecretGetValueArgs', 'SecretGetValueRet', 'SecretGetXmlDescArgs', 'SecretGetXmlDescRet', 'SecretLookupByUsageArgs', 'SecretLookupByUsageRet', 'SecretLookupByUuidArgs', 'SecretLookupByUuidRet', 'SecretSetValueArgs', 'SecretUndefineArgs', 'StoragePoolBuildArgs', 'StoragePoolCreateArgs', 'StoragePoolCreateXmlArgs', 'StoragePoolCreateXmlRet', 'StoragePoolDefineXmlArgs', 'StoragePoolDefineXmlRet', 'StoragePoolDeleteArgs', 'StoragePoolDestroyArgs', 'StoragePoolEventLifecycleMsg', 'StoragePoolEventRefreshMsg', 'StoragePoolGetAutostartArgs', 'StoragePoolGetAutostartRet', 'StoragePoolGetInfoArgs', 'StoragePoolGetInfoRet', 'StoragePoolGetXmlDescArgs', 'StoragePoolGetXmlDescRet', 'StoragePoolIsActiveArgs', 'StoragePoolIsActiveRet', 'StoragePoolIsPersistentArgs', 'StoragePoolIsPersistentRet', 'StoragePoolListAllVolumesArgs', 'StoragePoolListAllVolumesRet', 'StoragePoolListVolumesArgs', 'StoragePoolListVolumesRet', 'StoragePoolLookupByNameArgs', 'StoragePoolLookupByNameRet', 'StoragePoolLookupByTargetPathArgs', 'StoragePoolLookupByTargetPathRet', 'StoragePoolLookupByUuidArgs', 'StoragePoolLookupByUuidRet', 'StoragePoolLookupByVolumeArgs', 'StoragePoolLookupByVolumeRet', 'StoragePoolNumOfVolumesArgs', 'StoragePoolNumOfVolumesRet', 'StoragePoolRefreshArgs', 'StoragePoolSetAutostartArgs', 'StoragePoolUndefineArgs', 'StorageVolCreateXmlArgs', 'StorageVolCreateXmlFromArgs', 'StorageVolCreateXmlFromRet', 'StorageVolCreateXmlRet', 'StorageVolDeleteArgs', 'StorageVolDownloadArgs', 'StorageVolGetInfoArgs', 'StorageVolGetInfoFlagsArgs', 'StorageVolGetInfoFlagsRet', 'StorageVolGetInfoRet', 'StorageVolGetPathArgs', 'StorageVolGetPathRet', 'StorageVolGetXmlDescArgs', 'StorageVolGetXmlDescRet', 'StorageVolLookupByKeyArgs', 'StorageVolLookupByKeyRet', 'StorageVolLookupByNameArgs', 'StorageVolLookupByNameRet', 'StorageVolLookupByPathArgs', 'StorageVolLookupByPathRet', 'StorageVolResizeArgs', 'StorageVolUploadArgs', 'StorageVolWipeArgs', 'StorageVolWipePatternArgs', 'TypedParam', 'TypedParamValue', 'VERSION', 'VcpuInfo']
 
@@ -134,9 +134,9 @@ class NonnullDomain(Record):
     __slots__ = ('name', 'uuid', 'id')
     name: str
     uuid: bytes
-    id: int
+    id: Int32
 
-    def __init__(self, name: str, uuid: bytes, id: int) -> None:
+    def __init__(self, name: str, uuid: bytes, id: Int32) -> None:
         self.name = name
         self.uuid = uuid
         self.id = id
@@ -484,10 +484,10 @@ class NonnullSecret(Record):
 
     __slots__ = ('uuid', 'usageType', 'usageID')
     uuid: bytes
-    usageType: int
+    usageType: Int32
     usageID: str
 
-    def __init__(self, uuid: bytes, usageType: int, usageID: str) -> None:
+    def __init__(self, uuid: bytes, usageType: Int32, usageID: str) -> None:
         self.uuid = uuid
         self.usageType = usageType
         self.usageID = usageID
@@ -589,19 +589,19 @@ class Error(Record):
     """XDR struct ``remote_error``."""
 
     __slots__ = ('code', 'domain', 'message', 'level', 'dom', 'str1', 'str2', 'str3', 'int1', 'int2', 'net')
-    code: int
-    domain: int
+    code: Int32
+    domain: Int32
     message: str | None
-    level: int
+    level: Int32
     dom: NonnullDomain | None
     str1: str | None
     str2: str | None
     str3: str | None
-    int1: int
-    int2: int
+    int1: Int32
+    int2: Int32
     net: NonnullNetwork | None
 
-    def __init__(self, code: int, domain: int, message: str | None, level: int, dom: NonnullDomain | None, str1: str | None, str2: str | None, str3: str | None, int1: int, int2: int, net: NonnullNetwork | None) -> None:
+    def __init__(self, code: Int32, domain: Int32, message: str | None, level: Int32, dom: NonnullDomain | None, str1: str | None, str2: str | None, str3: str | None, int1: Int32, int2: Int32, net: NonnullNetwork | None) -> None:
         self.code = code
         self.domain = domain
         self.message = message
@@ -775,12 +775,12 @@ class VcpuInfo(Record):
     """XDR struct ``remote_vcpu_info``."""
 
     __slots__ = ('number', 'state', 'cpu_time', 'cpu')
-    number: int
-    state: int
-    cpu_time: int
-    cpu: int
+    number: UInt32
+    state: Int32
+    cpu_time: UInt64
+    cpu: Int32
 
-    def __init__(self, number: int, state: int, cpu_time: int, cpu: int) -> None:
+    def __init__(self, number: UInt32, state: Int32, cpu_time: UInt64, cpu: Int32) -> None:
         self.number = number
         self.state = state
         self.cpu_time = cpu_time
@@ -801,10 +801,10 @@ class TypedParamValue(Record):
     """XDR union ``remote_typed_param_value``: ``value`` is the arm selected by ``type``."""
 
     __slots__ = ('type', 'value')
-    type: int
-    value: float | int | str
+    type: Int32
+    value: Int32 | Int64 | UInt32 | UInt64 | float | str
 
-    def __init__(self, type: int, value: float | int | str) -> None:
+    def __init__(self, type: Int32, value: Int32 | Int64 | UInt32 | UInt64 | float | str) -> None:
         self.type = type
         self.value = value
 
@@ -895,9 +895,9 @@ class NodeGetCpuStats(Record):
 
     __slots__ = ('field', 'value')
     field: str
-    value: int
+    value: UInt64
 
-    def __init__(self, field: str, value: int) -> None:
+    def __init__(self, field: str, value: UInt64) -> None:
         self.field = field
         self.value = value
 
@@ -930,9 +930,9 @@ class NodeGetMemoryStats(Record):
 
     __slots__ = ('field', 'value')
     field: str
-    value: int
+    value: UInt64
 
-    def __init__(self, field: str, value: int) -> None:
+    def __init__(self, field: str, value: UInt64) -> None:
         self.field = field
         self.value = value
 
@@ -965,9 +965,9 @@ class DomainDiskError(Record):
 
     __slots__ = ('disk', 'error')
     disk: str
-    error: int
+    error: Int32
 
-    def __init__(self, disk: str, error: int) -> None:
+    def __init__(self, disk: str, error: Int32) -> None:
         self.disk = disk
         self.error = error
 
@@ -1000,9 +1000,9 @@ class ConnectOpenArgs(Record):
 
     __slots__ = ('name', 'flags')
     name: str | None
-    flags: int
+    flags: UInt32
 
-    def __init__(self, name: str | None, flags: int) -> None:
+    def __init__(self, name: str | None, flags: UInt32) -> None:
         self.name = name
         self.flags = flags
 
@@ -1046,9 +1046,9 @@ class ConnectSupportsFeatureArgs(Record):
     """XDR struct ``remote_connect_supports_feature_args``."""
 
     __slots__ = ('feature',)
-    feature: int
+    feature: Int32
 
-    def __init__(self, feature: int) -> None:
+    def __init__(self, feature: Int32) -> None:
         self.feature = feature
 
 
@@ -1066,9 +1066,9 @@ class ConnectSupportsFeatureRet(Record):
     """XDR struct ``remote_connect_supports_feature_ret``."""
 
     __slots__ = ('supported',)
-    supported: int
+    supported: Int32
 
-    def __init__(self, supported: int) -> None:
+    def __init__(self, supported: Int32) -> None:
         self.supported = supported
 
 
@@ -1116,9 +1116,9 @@ class ConnectGetVersionRet(Record):
     """XDR struct ``remote_connect_get_version_ret``."""
 
     __slots__ = ('hv_ver',)
-    hv_ver: int
+    hv_ver: UInt64
 
-    def __init__(self, hv_ver: int) -> None:
+    def __init__(self, hv_ver: UInt64) -> None:
         self.hv_ver = hv_ver
 
 
@@ -1136,9 +1136,9 @@ class ConnectGetLibVersionRet(Record):
     """XDR struct ``remote_connect_get_lib_version_ret``."""
 
     __slots__ = ('lib_ver',)
-    lib_ver: int
+    lib_ver: UInt64
 
-    def __init__(self, lib_ver: int) -> None:
+    def __init__(self, lib_ver: UInt64) -> None:
         self.lib_ver = lib_ver
 
 
@@ -1186,9 +1186,9 @@ class ConnectGetSysinfoArgs(Record):
     """XDR struct ``remote_connect_get_sysinfo_args``."""
 
     __slots__ = ('flags',)
-    flags: int
+    flags: UInt32
 
-    def __init__(self, flags: int) -> None:
+    def __init__(self, flags: UInt32) -> None:
         self.flags = flags
 
 
@@ -1308,9 +1308,9 @@ class ConnectGetMaxVcpusRet(Record):
     """XDR struct ``remote_connect_get_max_vcpus_ret``."""
 
     __slots__ = ('max_vcpus',)
-    max_vcpus: int
+    max_vcpus: Int32
 
-    def __init__(self, max_vcpus: int) -> None:
+    def __init__(self, max_vcpus: Int32) -> None:
         self.max_vcpus = max_vcpus
 
 
@@ -1329,15 +1329,15 @@ class NodeGetInfoRet(Record):
 
     __slots__ = ('model', 'memory', 'cpus', 'mhz', 'nodes', 'sockets', 'cores', 'threads')
     model: bytes
-    memory: int
-    cpus: int
-    mhz: int
-    nodes: int
-    sockets: int
-    cores: int
-    threads: int
+    memory: UInt64
+    cpus: Int32
+    mhz: Int32
+    nodes: Int32
+    sockets: Int32
+    cores: Int32
+    threads: Int32
 
-    def __init__(self, model: bytes, memory: int, cpus: int, mhz: int, nodes: int, sockets: int, cores: int, threads: int) -> None:
+    def __init__(self, model: bytes, memory: UInt64, cpus: Int32, mhz: Int32, nodes: Int32, sockets: Int32, cores: Int32, threads: Int32) -> None:
         self.model = model
         self.memory = memory
         self.cpus = cpus
@@ -1402,9 +1402,9 @@ class ConnectGetDomainCapabilitiesArgs(Record):
     arch: str | None
     machine: str | None
     virttype: str | None
-    flags: int
+    flags: UInt32
 
-    def __init__(self, emulatorbin: str | None, arch: str | None, machine: str | None, virttype: str | None, flags: int) -> None:
+    def __init__(self, emulatorbin: str | None, arch: str | None, machine: str | None, virttype: str | None, flags: UInt32) -> None:
         self.emulatorbin = emulatorbin
         self.arch = arch
         self.machine = machine
@@ -1556,11 +1556,11 @@ class NodeGetCpuStatsArgs(Record):
     """XDR struct ``remote_node_get_cpu_stats_args``."""
 
     __slots__ = ('cpuNum', 'nparams', 'flags')
-    cpuNum: int
-    nparams: int
-    flags: int
+    cpuNum: Int32
+    nparams: Int32
+    flags: UInt32
 
-    def __init__(self, cpuNum: int, nparams: int, flags: int) -> None:
+    def __init__(self, cpuNum: Int32, nparams: Int32, flags: UInt32) -> None:
         self.cpuNum = cpuNum
         self.nparams = nparams
         self.flags = flags
@@ -1581,9 +1581,9 @@ class NodeGetCpuStatsRet(Record):
 
     __slots__ = ('params', 'nparams')
     params: list[NodeGetCpuStats]
-    nparams: int
+    nparams: Int32
 
-    def __init__(self, params: list[NodeGetCpuStats], nparams: int) -> None:
+    def __init__(self, params: list[NodeGetCpuStats], nparams: Int32) -> None:
         self.params = params
         self.nparams = nparams
 
@@ -1616,11 +1616,11 @@ class NodeGetMemoryStatsArgs(Record):
     """XDR struct ``remote_node_get_memory_stats_args``."""
 
     __slots__ = ('nparams', 'cellNum', 'flags')
-    nparams: int
-    cellNum: int
-    flags: int
+    nparams: Int32
+    cellNum: Int32
+    flags: UInt32
 
-    def __init__(self, nparams: int, cellNum: int, flags: int) -> None:
+    def __init__(self, nparams: Int32, cellNum: Int32, flags: UInt32) -> None:
         self.nparams = nparams
         self.cellNum = cellNum
         self.flags = flags
@@ -1641,9 +1641,9 @@ class NodeGetMemoryStatsRet(Record):
 
     __slots__ = ('params', 'nparams')
     params: list[NodeGetMemoryStats]
-    nparams: int
+    nparams: Int32
 
-    def __init__(self, params: list[NodeGetMemoryStats], nparams: int) -> None:
+    def __init__(self, params: list[NodeGetMemoryStats], nparams: Int32) -> None:
         self.params = params
         self.nparams = nparams
 
@@ -1676,10 +1676,10 @@ class NodeGetCellsFreeMemoryArgs(Record):
     """XDR struct ``remote_node_get_cells_free_memory_args``."""
 
     __slots__ = ('startCell', 'maxcells')
-    startCell: int
-    maxcells: int
+    startCell: Int32
+    maxcells: Int32
 
-    def __init__(self, startCell: int, maxcells: int) -> None:
+    def __init__(self, startCell: Int32, maxcells: Int32) -> None:
         self.startCell = startCell
         self.maxcells = maxcells
 
@@ -1698,9 +1698,9 @@ class NodeGetCellsFreeMemoryRet(Record):
     """XDR struct ``remote_node_get_cells_free_memory_ret``."""
 
     __slots__ = ('cells',)
-    cells: list[int]
+    cells: list[UInt64]
 
-    def __init__(self, cells: list[int]) -> None:
+    def __init__(self, cells: list[UInt64]) -> None:
         self.cells = cells
 
 
@@ -1725,9 +1725,9 @@ class NodeGetFreeMemoryRet(Record):
     """XDR struct ``remote_node_get_free_memory_ret``."""
 
     __slots__ = ('freeMem',)
-    freeMem: int
+    freeMem: UInt64
 
-    def __init__(self, freeMem: int) -> None:
+    def __init__(self, freeMem: UInt64) -> None:
         self.freeMem = freeMem
 
 
@@ -1765,9 +1765,9 @@ class DomainGetSchedulerTypeRet(Record):
 
     __slots__ = ('type', 'nparams')
     type: str
-    nparams: int
+    nparams: Int32
 
-    def __init__(self, type: str, nparams: int) -> None:
+    def __init__(self, type: str, nparams: Int32) -> None:
         self.type = type
         self.nparams = nparams
 
@@ -1800,9 +1800,9 @@ class DomainGetSchedulerParametersArgs(Record):
 
     __slots__ = ('dom', 'nparams')
     dom: NonnullDomain
-    nparams: int
+    nparams: Int32
 
-    def __init__(self, dom: NonnullDomain, nparams: int) -> None:
+    def __init__(self, dom: NonnullDomain, nparams: Int32) -> None:
         self.dom = dom
         self.nparams = nparams
 
@@ -1855,10 +1855,10 @@ class DomainGetSchedulerParametersFlagsArgs(Record):
 
     __slots__ = ('dom', 'nparams', 'flags')
     dom: NonnullDomain
-    nparams: int
-    flags: int
+    nparams: Int32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, nparams: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, nparams: Int32, flags: UInt32) -> None:
         self.dom = dom
         self.nparams = nparams
         self.flags = flags
@@ -1948,9 +1948,9 @@ class DomainSetSchedulerParametersFlagsArgs(Record):
     __slots__ = ('dom', 'params', 'flags')
     dom: NonnullDomain
     params: list[TypedParam]
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, params: list[TypedParam], flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, params: list[TypedParam], flags: UInt32) -> None:
         self.dom = dom
         self.params = params
         self.flags = flags
@@ -1988,9 +1988,9 @@ class DomainSetBlkioParametersArgs(Record):
     __slots__ = ('dom', 'params', 'flags')
     dom: NonnullDomain
     params: list[TypedParam]
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, params: list[TypedParam], flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, params: list[TypedParam], flags: UInt32) -> None:
         self.dom = dom
         self.params = params
         self.flags = flags
@@ -2027,10 +2027,10 @@ class DomainGetBlkioParametersArgs(Record):
 
     __slots__ = ('dom', 'nparams', 'flags')
     dom: NonnullDomain
-    nparams: int
-    flags: int
+    nparams: Int32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, nparams: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, nparams: Int32, flags: UInt32) -> None:
         self.dom = dom
         self.nparams = nparams
         self.flags = flags
@@ -2053,9 +2053,9 @@ class DomainGetBlkioParametersRet(Record):
 
     __slots__ = ('params', 'nparams')
     params: list[TypedParam]
-    nparams: int
+    nparams: Int32
 
-    def __init__(self, params: list[TypedParam], nparams: int) -> None:
+    def __init__(self, params: list[TypedParam], nparams: Int32) -> None:
         self.params = params
         self.nparams = nparams
 
@@ -2090,9 +2090,9 @@ class DomainSetMemoryParametersArgs(Record):
     __slots__ = ('dom', 'params', 'flags')
     dom: NonnullDomain
     params: list[TypedParam]
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, params: list[TypedParam], flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, params: list[TypedParam], flags: UInt32) -> None:
         self.dom = dom
         self.params = params
         self.flags = flags
@@ -2129,10 +2129,10 @@ class DomainGetMemoryParametersArgs(Record):
 
     __slots__ = ('dom', 'nparams', 'flags')
     dom: NonnullDomain
-    nparams: int
-    flags: int
+    nparams: Int32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, nparams: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, nparams: Int32, flags: UInt32) -> None:
         self.dom = dom
         self.nparams = nparams
         self.flags = flags
@@ -2155,9 +2155,9 @@ class DomainGetMemoryParametersRet(Record):
 
     __slots__ = ('params', 'nparams')
     params: list[TypedParam]
-    nparams: int
+    nparams: Int32
 
-    def __init__(self, params: list[TypedParam], nparams: int) -> None:
+    def __init__(self, params: list[TypedParam], nparams: Int32) -> None:
         self.params = params
         self.nparams = nparams
 
@@ -2192,10 +2192,10 @@ class DomainBlockResizeArgs(Record):
     __slots__ = ('dom', 'disk', 'size', 'flags')
     dom: NonnullDomain
     disk: str
-    size: int
-    flags: int
+    size: UInt64
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, disk: str, size: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, disk: str, size: UInt64, flags: UInt32) -> None:
         self.dom = dom
         self.disk = disk
         self.size = size
@@ -2233,9 +2233,9 @@ class DomainSetNumaParametersArgs(Record):
     __slots__ = ('dom', 'params', 'flags')
     dom: NonnullDomain
     params: list[TypedParam]
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, params: list[TypedParam], flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, params: list[TypedParam], flags: UInt32) -> None:
         self.dom = dom
         self.params = params
         self.flags = flags
@@ -2272,10 +2272,10 @@ class DomainGetNumaParametersArgs(Record):
 
     __slots__ = ('dom', 'nparams', 'flags')
     dom: NonnullDomain
-    nparams: int
-    flags: int
+    nparams: Int32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, nparams: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, nparams: Int32, flags: UInt32) -> None:
         self.dom = dom
         self.nparams = nparams
         self.flags = flags
@@ -2298,9 +2298,9 @@ class DomainGetNumaParametersRet(Record):
 
     __slots__ = ('params', 'nparams')
     params: list[TypedParam]
-    nparams: int
+    nparams: Int32
 
-    def __init__(self, params: list[TypedParam], nparams: int) -> None:
+    def __init__(self, params: list[TypedParam], nparams: Int32) -> None:
         self.params = params
         self.nparams = nparams
 
@@ -2335,9 +2335,9 @@ class DomainSetPerfEventsArgs(Record):
     __slots__ = ('dom', 'params', 'flags')
     dom: NonnullDomain
     params: list[TypedParam]
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, params: list[TypedParam], flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, params: list[TypedParam], flags: UInt32) -> None:
         self.dom = dom
         self.params = params
         self.flags = flags
@@ -2374,9 +2374,9 @@ class DomainGetPerfEventsArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -2462,13 +2462,13 @@ class DomainBlockStatsRet(Record):
     """XDR struct ``remote_domain_block_stats_ret``."""
 
     __slots__ = ('rd_req', 'rd_bytes', 'wr_req', 'wr_bytes', 'errs')
-    rd_req: int
-    rd_bytes: int
-    wr_req: int
-    wr_bytes: int
-    errs: int
+    rd_req: Int64
+    rd_bytes: Int64
+    wr_req: Int64
+    wr_bytes: Int64
+    errs: Int64
 
-    def __init__(self, rd_req: int, rd_bytes: int, wr_req: int, wr_bytes: int, errs: int) -> None:
+    def __init__(self, rd_req: Int64, rd_bytes: Int64, wr_req: Int64, wr_bytes: Int64, errs: Int64) -> None:
         self.rd_req = rd_req
         self.rd_bytes = rd_bytes
         self.wr_req = wr_req
@@ -2492,10 +2492,10 @@ class DomainBlockStatsFlagsArgs(Record):
     __slots__ = ('dom', 'path', 'nparams', 'flags')
     dom: NonnullDomain
     path: str
-    nparams: int
-    flags: int
+    nparams: Int32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, path: str, nparams: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, path: str, nparams: Int32, flags: UInt32) -> None:
         self.dom = dom
         self.path = path
         self.nparams = nparams
@@ -2532,9 +2532,9 @@ class DomainBlockStatsFlagsRet(Record):
 
     __slots__ = ('params', 'nparams')
     params: list[TypedParam]
-    nparams: int
+    nparams: Int32
 
-    def __init__(self, params: list[TypedParam], nparams: int) -> None:
+    def __init__(self, params: list[TypedParam], nparams: Int32) -> None:
         self.params = params
         self.nparams = nparams
 
@@ -2601,16 +2601,16 @@ class DomainInterfaceStatsRet(Record):
     """XDR struct ``remote_domain_interface_stats_ret``."""
 
     __slots__ = ('rx_bytes', 'rx_packets', 'rx_errs', 'rx_drop', 'tx_bytes', 'tx_packets', 'tx_errs', 'tx_drop')
-    rx_bytes: int
-    rx_packets: int
-    rx_errs: int
-    rx_drop: int
-    tx_bytes: int
-    tx_packets: int
-    tx_errs: int
-    tx_drop: int
+    rx_bytes: Int64
+    rx_packets: Int64
+    rx_errs: Int64
+    rx_drop: Int64
+    tx_bytes: Int64
+    tx_packets: Int64
+    tx_errs: Int64
+    tx_drop: Int64
 
-    def __init__(self, rx_bytes: int, rx_packets: int, rx_errs: int, rx_drop: int, tx_bytes: int, tx_packets: int, tx_errs: int, tx_drop: int) -> None:
+    def __init__(self, rx_bytes: Int64, rx_packets: Int64, rx_errs: Int64, rx_drop: Int64, tx_bytes: Int64, tx_packets: Int64, tx_errs: Int64, tx_drop: Int64) -> None:
         self.rx_bytes = rx_bytes
         self.rx_packets = rx_packets
         self.rx_errs = rx_errs
@@ -2638,9 +2638,9 @@ class DomainSetInterfaceParametersArgs(Record):
     dom: NonnullDomain
     device: str
     params: list[TypedParam]
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, device: str, params: list[TypedParam], flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, device: str, params: list[TypedParam], flags: UInt32) -> None:
         self.dom = dom
         self.device = device
         self.params = params
@@ -2692,10 +2692,10 @@ class DomainGetInterfaceParametersArgs(Record):
     __slots__ = ('dom', 'device', 'nparams', 'flags')
     dom: NonnullDomain
     device: str
-    nparams: int
-    flags: int
+    nparams: Int32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, device: str, nparams: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, device: str, nparams: Int32, flags: UInt32) -> None:
         self.dom = dom
         self.device = device
         self.nparams = nparams
@@ -2732,9 +2732,9 @@ class DomainGetInterfaceParametersRet(Record):
 
     __slots__ = ('params', 'nparams')
     params: list[TypedParam]
-    nparams: int
+    nparams: Int32
 
-    def __init__(self, params: list[TypedParam], nparams: int) -> None:
+    def __init__(self, params: list[TypedParam], nparams: Int32) -> None:
         self.params = params
         self.nparams = nparams
 
@@ -2768,10 +2768,10 @@ class DomainMemoryStatsArgs(Record):
 
     __slots__ = ('dom', 'maxStats', 'flags')
     dom: NonnullDomain
-    maxStats: int
-    flags: int
+    maxStats: UInt32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, maxStats: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, maxStats: UInt32, flags: UInt32) -> None:
         self.dom = dom
         self.maxStats = maxStats
         self.flags = flags
@@ -2793,10 +2793,10 @@ class DomainMemoryStat(Record):
     """XDR struct ``remote_domain_memory_stat``."""
 
     __slots__ = ('tag', 'val')
-    tag: int
-    val: int
+    tag: Int32
+    val: UInt64
 
-    def __init__(self, tag: int, val: int) -> None:
+    def __init__(self, tag: Int32, val: UInt64) -> None:
         self.tag = tag
         self.val = val
 
@@ -2848,11 +2848,11 @@ class DomainBlockPeekArgs(Record):
     __slots__ = ('dom', 'path', 'offset', 'size', 'flags')
     dom: NonnullDomain
     path: str
-    offset: int
-    size: int
-    flags: int
+    offset: UInt64
+    size: UInt32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, path: str, offset: int, size: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, path: str, offset: UInt64, size: UInt32, flags: UInt32) -> None:
         self.dom = dom
         self.path = path
         self.offset = offset
@@ -2920,11 +2920,11 @@ class DomainMemoryPeekArgs(Record):
 
     __slots__ = ('dom', 'offset', 'size', 'flags')
     dom: NonnullDomain
-    offset: int
-    size: int
-    flags: int
+    offset: UInt64
+    size: UInt32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, offset: int, size: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, offset: UInt64, size: UInt32, flags: UInt32) -> None:
         self.dom = dom
         self.offset = offset
         self.size = size
@@ -2979,9 +2979,9 @@ class DomainGetBlockInfoArgs(Record):
     __slots__ = ('dom', 'path', 'flags')
     dom: NonnullDomain
     path: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, path: str, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, path: str, flags: UInt32) -> None:
         self.dom = dom
         self.path = path
         self.flags = flags
@@ -3016,11 +3016,11 @@ class DomainGetBlockInfoRet(Record):
     """XDR struct ``remote_domain_get_block_info_ret``."""
 
     __slots__ = ('allocation', 'capacity', 'physical')
-    allocation: int
-    capacity: int
-    physical: int
+    allocation: UInt64
+    capacity: UInt64
+    physical: UInt64
 
-    def __init__(self, allocation: int, capacity: int, physical: int) -> None:
+    def __init__(self, allocation: UInt64, capacity: UInt64, physical: UInt64) -> None:
         self.allocation = allocation
         self.capacity = capacity
         self.physical = physical
@@ -3040,9 +3040,9 @@ class ConnectListDomainsArgs(Record):
     """XDR struct ``remote_connect_list_domains_args``."""
 
     __slots__ = ('maxids',)
-    maxids: int
+    maxids: Int32
 
-    def __init__(self, maxids: int) -> None:
+    def __init__(self, maxids: Int32) -> None:
         self.maxids = maxids
 
 
@@ -3060,9 +3060,9 @@ class ConnectListDomainsRet(Record):
     """XDR struct ``remote_connect_list_domains_ret``."""
 
     __slots__ = ('ids',)
-    ids: list[int]
+    ids: list[Int32]
 
-    def __init__(self, ids: list[int]) -> None:
+    def __init__(self, ids: list[Int32]) -> None:
         self.ids = ids
 
 
@@ -3087,9 +3087,9 @@ class ConnectNumOfDomainsRet(Record):
     """XDR struct ``remote_connect_num_of_domains_ret``."""
 
     __slots__ = ('num',)
-    num: int
+    num: Int32
 
-    def __init__(self, num: int) -> None:
+    def __init__(self, num: Int32) -> None:
         self.num = num
 
 
@@ -3108,9 +3108,9 @@ class DomainCreateXmlArgs(Record):
 
     __slots__ = ('xml_desc', 'flags')
     xml_desc: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, xml_desc: str, flags: int) -> None:
+    def __init__(self, xml_desc: str, flags: UInt32) -> None:
         self.xml_desc = xml_desc
         self.flags = flags
 
@@ -3162,9 +3162,9 @@ class DomainCreateXmlWithFilesArgs(Record):
 
     __slots__ = ('xml_desc', 'flags')
     xml_desc: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, xml_desc: str, flags: int) -> None:
+    def __init__(self, xml_desc: str, flags: UInt32) -> None:
         self.xml_desc = xml_desc
         self.flags = flags
 
@@ -3215,9 +3215,9 @@ class DomainLookupByIdArgs(Record):
     """XDR struct ``remote_domain_lookup_by_id_args``."""
 
     __slots__ = ('id',)
-    id: int
+    id: Int32
 
-    def __init__(self, id: int) -> None:
+    def __init__(self, id: Int32) -> None:
         self.id = id
 
 
@@ -3382,11 +3382,11 @@ class DomainPmSuspendForDurationArgs(Record):
 
     __slots__ = ('dom', 'target', 'duration', 'flags')
     dom: NonnullDomain
-    target: int
-    duration: int
-    flags: int
+    target: UInt32
+    duration: UInt64
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, target: int, duration: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, target: UInt32, duration: UInt64, flags: UInt32) -> None:
         self.dom = dom
         self.target = target
         self.duration = duration
@@ -3410,9 +3410,9 @@ class DomainPmWakeupArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -3453,9 +3453,9 @@ class DomainRebootArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -3477,9 +3477,9 @@ class DomainResetArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -3520,9 +3520,9 @@ class DomainDestroyFlagsArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -3611,9 +3611,9 @@ class DomainGetMaxMemoryRet(Record):
     """XDR struct ``remote_domain_get_max_memory_ret``."""
 
     __slots__ = ('memory',)
-    memory: int
+    memory: UInt64
 
-    def __init__(self, memory: int) -> None:
+    def __init__(self, memory: UInt64) -> None:
         self.memory = memory
 
 
@@ -3632,9 +3632,9 @@ class DomainSetMaxMemoryArgs(Record):
 
     __slots__ = ('dom', 'memory')
     dom: NonnullDomain
-    memory: int
+    memory: UInt64
 
-    def __init__(self, dom: NonnullDomain, memory: int) -> None:
+    def __init__(self, dom: NonnullDomain, memory: UInt64) -> None:
         self.dom = dom
         self.memory = memory
 
@@ -3656,9 +3656,9 @@ class DomainSetMemoryArgs(Record):
 
     __slots__ = ('dom', 'memory')
     dom: NonnullDomain
-    memory: int
+    memory: UInt64
 
-    def __init__(self, dom: NonnullDomain, memory: int) -> None:
+    def __init__(self, dom: NonnullDomain, memory: UInt64) -> None:
         self.dom = dom
         self.memory = memory
 
@@ -3680,10 +3680,10 @@ class DomainSetMemoryFlagsArgs(Record):
 
     __slots__ = ('dom', 'memory', 'flags')
     dom: NonnullDomain
-    memory: int
-    flags: int
+    memory: UInt64
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, memory: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, memory: UInt64, flags: UInt32) -> None:
         self.dom = dom
         self.memory = memory
         self.flags = flags
@@ -3706,10 +3706,10 @@ class DomainSetMemoryStatsPeriodArgs(Record):
 
     __slots__ = ('dom', 'period', 'flags')
     dom: NonnullDomain
-    period: int
-    flags: int
+    period: Int32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, period: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, period: Int32, flags: UInt32) -> None:
         self.dom = dom
         self.period = period
         self.flags = flags
@@ -3750,13 +3750,13 @@ class DomainGetInfoRet(Record):
     """XDR struct ``remote_domain_get_info_ret``."""
 
     __slots__ = ('state', 'maxMem', 'memory', 'nrVirtCpu', 'cpuTime')
-    state: int
-    maxMem: int
-    memory: int
-    nrVirtCpu: int
-    cpuTime: int
+    state: UInt32
+    maxMem: UInt64
+    memory: UInt64
+    nrVirtCpu: UInt32
+    cpuTime: UInt64
 
-    def __init__(self, state: int, maxMem: int, memory: int, nrVirtCpu: int, cpuTime: int) -> None:
+    def __init__(self, state: UInt32, maxMem: UInt64, memory: UInt64, nrVirtCpu: UInt32, cpuTime: UInt64) -> None:
         self.state = state
         self.maxMem = maxMem
         self.memory = memory
@@ -3815,9 +3815,9 @@ class DomainSaveFlagsArgs(Record):
     dom: NonnullDomain
     to: str
     dxml: str | None
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, to: str, dxml: str | None, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, to: str, dxml: str | None, flags: UInt32) -> None:
         self.dom = dom
         self.to = to
         self.dxml = dxml
@@ -3880,9 +3880,9 @@ class DomainSaveParamsArgs(Record):
     __slots__ = ('dom', 'params', 'flags')
     dom: NonnullDomain
     params: list[TypedParam]
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, params: list[TypedParam], flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, params: list[TypedParam], flags: UInt32) -> None:
         self.dom = dom
         self.params = params
         self.flags = flags
@@ -3950,9 +3950,9 @@ class DomainRestoreFlagsArgs(Record):
     __slots__ = ('from_', 'dxml', 'flags')
     from_: str
     dxml: str | None
-    flags: int
+    flags: UInt32
 
-    def __init__(self, from_: str, dxml: str | None, flags: int) -> None:
+    def __init__(self, from_: str, dxml: str | None, flags: UInt32) -> None:
         self.from_ = from_
         self.dxml = dxml
         self.flags = flags
@@ -4011,9 +4011,9 @@ class DomainRestoreParamsArgs(Record):
 
     __slots__ = ('params', 'flags')
     params: list[TypedParam]
-    flags: int
+    flags: UInt32
 
-    def __init__(self, params: list[TypedParam], flags: int) -> None:
+    def __init__(self, params: list[TypedParam], flags: UInt32) -> None:
         self.params = params
         self.flags = flags
 
@@ -4047,9 +4047,9 @@ class DomainSaveImageGetXmlDescArgs(Record):
 
     __slots__ = ('file', 'flags')
     file: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, file: str, flags: int) -> None:
+    def __init__(self, file: str, flags: UInt32) -> None:
         self.file = file
         self.flags = flags
 
@@ -4113,9 +4113,9 @@ class DomainSaveImageDefineXmlArgs(Record):
     __slots__ = ('file', 'dxml', 'flags')
     file: str
     dxml: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, file: str, dxml: str, flags: int) -> None:
+    def __init__(self, file: str, dxml: str, flags: UInt32) -> None:
         self.file = file
         self.dxml = dxml
         self.flags = flags
@@ -4163,9 +4163,9 @@ class DomainCoreDumpArgs(Record):
     __slots__ = ('dom', 'to', 'flags')
     dom: NonnullDomain
     to: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, to: str, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, to: str, flags: UInt32) -> None:
         self.dom = dom
         self.to = to
         self.flags = flags
@@ -4202,10 +4202,10 @@ class DomainCoreDumpWithFormatArgs(Record):
     __slots__ = ('dom', 'to', 'dumpformat', 'flags')
     dom: NonnullDomain
     to: str
-    dumpformat: int
-    flags: int
+    dumpformat: UInt32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, to: str, dumpformat: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, to: str, dumpformat: UInt32, flags: UInt32) -> None:
         self.dom = dom
         self.to = to
         self.dumpformat = dumpformat
@@ -4242,10 +4242,10 @@ class DomainScreenshotArgs(Record):
 
     __slots__ = ('dom', 'screen', 'flags')
     dom: NonnullDomain
-    screen: int
-    flags: int
+    screen: UInt32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, screen: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, screen: UInt32, flags: UInt32) -> None:
         self.dom = dom
         self.screen = screen
         self.flags = flags
@@ -4310,9 +4310,9 @@ class DomainGetXmlDescArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -4364,11 +4364,11 @@ class DomainMigratePrepareArgs(Record):
 
     __slots__ = ('uri_in', 'flags', 'dname', 'resource')
     uri_in: str | None
-    flags: int
+    flags: UInt64
     dname: str | None
-    resource: int
+    resource: UInt64
 
-    def __init__(self, uri_in: str | None, flags: int, dname: str | None, resource: int) -> None:
+    def __init__(self, uri_in: str | None, flags: UInt64, dname: str | None, resource: UInt64) -> None:
         self.uri_in = uri_in
         self.flags = flags
         self.dname = dname
@@ -4502,11 +4502,11 @@ class DomainMigratePerformArgs(Record):
     dom: NonnullDomain
     cookie: bytes
     uri: str
-    flags: int
+    flags: UInt64
     dname: str | None
-    resource: int
+    resource: UInt64
 
-    def __init__(self, dom: NonnullDomain, cookie: bytes, uri: str, flags: int, dname: str | None, resource: int) -> None:
+    def __init__(self, dom: NonnullDomain, cookie: bytes, uri: str, flags: UInt64, dname: str | None, resource: UInt64) -> None:
         self.dom = dom
         self.cookie = cookie
         self.uri = uri
@@ -4588,9 +4588,9 @@ class DomainMigrateFinishArgs(Record):
     dname: str
     cookie: bytes
     uri: str
-    flags: int
+    flags: UInt64
 
-    def __init__(self, dname: str, cookie: bytes, uri: str, flags: int) -> None:
+    def __init__(self, dname: str, cookie: bytes, uri: str, flags: UInt64) -> None:
         self.dname = dname
         self.cookie = cookie
         self.uri = uri
@@ -4670,12 +4670,12 @@ class DomainMigratePrepare2Args(Record):
 
     __slots__ = ('uri_in', 'flags', 'dname', 'resource', 'dom_xml')
     uri_in: str | None
-    flags: int
+    flags: UInt64
     dname: str | None
-    resource: int
+    resource: UInt64
     dom_xml: str
 
-    def __init__(self, uri_in: str | None, flags: int, dname: str | None, resource: int, dom_xml: str) -> None:
+    def __init__(self, uri_in: str | None, flags: UInt64, dname: str | None, resource: UInt64, dom_xml: str) -> None:
         self.uri_in = uri_in
         self.flags = flags
         self.dname = dname
@@ -4823,10 +4823,10 @@ class DomainMigrateFinish2Args(Record):
     dname: str
     cookie: bytes
     uri: str
-    flags: int
-    retcode: int
+    flags: UInt64
+    retcode: Int32
 
-    def __init__(self, dname: str, cookie: bytes, uri: str, flags: int, retcode: int) -> None:
+    def __init__(self, dname: str, cookie: bytes, uri: str, flags: UInt64, retcode: Int32) -> None:
         self.dname = dname
         self.cookie = cookie
         self.uri = uri
@@ -4906,9 +4906,9 @@ class ConnectListDefinedDomainsArgs(Record):
     """XDR struct ``remote_connect_list_defined_domains_args``."""
 
     __slots__ = ('maxnames',)
-    maxnames: int
+    maxnames: Int32
 
-    def __init__(self, maxnames: int) -> None:
+    def __init__(self, maxnames: Int32) -> None:
         self.maxnames = maxnames
 
 
@@ -4968,9 +4968,9 @@ class ConnectNumOfDefinedDomainsRet(Record):
     """XDR struct ``remote_connect_num_of_defined_domains_ret``."""
 
     __slots__ = ('num',)
-    num: int
+    num: Int32
 
-    def __init__(self, num: int) -> None:
+    def __init__(self, num: Int32) -> None:
         self.num = num
 
 
@@ -5008,9 +5008,9 @@ class DomainCreateWithFlagsArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -5051,9 +5051,9 @@ class DomainCreateWithFilesArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -5143,9 +5143,9 @@ class DomainDefineXmlFlagsArgs(Record):
 
     __slots__ = ('xml', 'flags')
     xml: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, xml: str, flags: int) -> None:
+    def __init__(self, xml: str, flags: UInt32) -> None:
         self.xml = xml
         self.flags = flags
 
@@ -5216,9 +5216,9 @@ class DomainUndefineFlagsArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -5240,9 +5240,9 @@ class DomainInjectNmiArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -5264,12 +5264,12 @@ class DomainSendKeyArgs(Record):
 
     __slots__ = ('dom', 'codeset', 'holdtime', 'keycodes', 'flags')
     dom: NonnullDomain
-    codeset: int
-    holdtime: int
-    keycodes: list[int]
-    flags: int
+    codeset: UInt32
+    holdtime: UInt32
+    keycodes: list[UInt32]
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, codeset: int, holdtime: int, keycodes: list[int], flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, codeset: UInt32, holdtime: UInt32, keycodes: list[UInt32], flags: UInt32) -> None:
         self.dom = dom
         self.codeset = codeset
         self.holdtime = holdtime
@@ -5307,11 +5307,11 @@ class DomainSendProcessSignalArgs(Record):
 
     __slots__ = ('dom', 'pid_value', 'signum', 'flags')
     dom: NonnullDomain
-    pid_value: int
-    signum: int
-    flags: int
+    pid_value: Int64
+    signum: UInt32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, pid_value: int, signum: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, pid_value: Int64, signum: UInt32, flags: UInt32) -> None:
         self.dom = dom
         self.pid_value = pid_value
         self.signum = signum
@@ -5335,9 +5335,9 @@ class DomainSetVcpusArgs(Record):
 
     __slots__ = ('dom', 'nvcpus')
     dom: NonnullDomain
-    nvcpus: int
+    nvcpus: UInt32
 
-    def __init__(self, dom: NonnullDomain, nvcpus: int) -> None:
+    def __init__(self, dom: NonnullDomain, nvcpus: UInt32) -> None:
         self.dom = dom
         self.nvcpus = nvcpus
 
@@ -5359,10 +5359,10 @@ class DomainSetVcpusFlagsArgs(Record):
 
     __slots__ = ('dom', 'nvcpus', 'flags')
     dom: NonnullDomain
-    nvcpus: int
-    flags: int
+    nvcpus: UInt32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, nvcpus: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, nvcpus: UInt32, flags: UInt32) -> None:
         self.dom = dom
         self.nvcpus = nvcpus
         self.flags = flags
@@ -5385,9 +5385,9 @@ class DomainGetVcpusFlagsArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -5408,9 +5408,9 @@ class DomainGetVcpusFlagsRet(Record):
     """XDR struct ``remote_domain_get_vcpus_flags_ret``."""
 
     __slots__ = ('num',)
-    num: int
+    num: Int32
 
-    def __init__(self, num: int) -> None:
+    def __init__(self, num: Int32) -> None:
         self.num = num
 
 
@@ -5429,10 +5429,10 @@ class DomainPinVcpuArgs(Record):
 
     __slots__ = ('dom', 'vcpu', 'cpumap')
     dom: NonnullDomain
-    vcpu: int
+    vcpu: UInt32
     cpumap: bytes
 
-    def __init__(self, dom: NonnullDomain, vcpu: int, cpumap: bytes) -> None:
+    def __init__(self, dom: NonnullDomain, vcpu: UInt32, cpumap: bytes) -> None:
         self.dom = dom
         self.vcpu = vcpu
         self.cpumap = cpumap
@@ -5468,11 +5468,11 @@ class DomainPinVcpuFlagsArgs(Record):
 
     __slots__ = ('dom', 'vcpu', 'cpumap', 'flags')
     dom: NonnullDomain
-    vcpu: int
+    vcpu: UInt32
     cpumap: bytes
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, vcpu: int, cpumap: bytes, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, vcpu: UInt32, cpumap: bytes, flags: UInt32) -> None:
         self.dom = dom
         self.vcpu = vcpu
         self.cpumap = cpumap
@@ -5512,11 +5512,11 @@ class DomainGetVcpuPinInfoArgs(Record):
 
     __slots__ = ('dom', 'ncpumaps', 'maplen', 'flags')
     dom: NonnullDomain
-    ncpumaps: int
-    maplen: int
-    flags: int
+    ncpumaps: Int32
+    maplen: Int32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, ncpumaps: int, maplen: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, ncpumaps: Int32, maplen: Int32, flags: UInt32) -> None:
         self.dom = dom
         self.ncpumaps = ncpumaps
         self.maplen = maplen
@@ -5540,9 +5540,9 @@ class DomainGetVcpuPinInfoRet(Record):
 
     __slots__ = ('cpumaps', 'num')
     cpumaps: bytes
-    num: int
+    num: Int32
 
-    def __init__(self, cpumaps: bytes, num: int) -> None:
+    def __init__(self, cpumaps: bytes, num: Int32) -> None:
         self.cpumaps = cpumaps
         self.num = num
 
@@ -5576,9 +5576,9 @@ class DomainPinEmulatorArgs(Record):
     __slots__ = ('dom', 'cpumap', 'flags')
     dom: NonnullDomain
     cpumap: bytes
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, cpumap: bytes, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, cpumap: bytes, flags: UInt32) -> None:
         self.dom = dom
         self.cpumap = cpumap
         self.flags = flags
@@ -5614,10 +5614,10 @@ class DomainGetEmulatorPinInfoArgs(Record):
 
     __slots__ = ('dom', 'maplen', 'flags')
     dom: NonnullDomain
-    maplen: int
-    flags: int
+    maplen: Int32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, maplen: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, maplen: Int32, flags: UInt32) -> None:
         self.dom = dom
         self.maplen = maplen
         self.flags = flags
@@ -5640,9 +5640,9 @@ class DomainGetEmulatorPinInfoRet(Record):
 
     __slots__ = ('cpumaps', 'ret')
     cpumaps: bytes
-    ret: int
+    ret: Int32
 
-    def __init__(self, cpumaps: bytes, ret: int) -> None:
+    def __init__(self, cpumaps: bytes, ret: Int32) -> None:
         self.cpumaps = cpumaps
         self.ret = ret
 
@@ -5675,10 +5675,10 @@ class DomainGetVcpusArgs(Record):
 
     __slots__ = ('dom', 'maxinfo', 'maplen')
     dom: NonnullDomain
-    maxinfo: int
-    maplen: int
+    maxinfo: Int32
+    maplen: Int32
 
-    def __init__(self, dom: NonnullDomain, maxinfo: int, maplen: int) -> None:
+    def __init__(self, dom: NonnullDomain, maxinfo: Int32, maplen: Int32) -> None:
         self.dom = dom
         self.maxinfo = maxinfo
         self.maplen = maplen
@@ -5765,9 +5765,9 @@ class DomainGetMaxVcpusRet(Record):
     """XDR struct ``remote_domain_get_max_vcpus_ret``."""
 
     __slots__ = ('num',)
-    num: int
+    num: Int32
 
-    def __init__(self, num: int) -> None:
+    def __init__(self, num: Int32) -> None:
         self.num = num
 
 
@@ -5785,10 +5785,10 @@ class DomainIothreadInfo(Record):
     """XDR struct ``remote_domain_iothread_info``."""
 
     __slots__ = ('iothread_id', 'cpumap')
-    iothread_id: int
+    iothread_id: UInt32
     cpumap: bytes
 
-    def __init__(self, iothread_id: int, cpumap: bytes) -> None:
+    def __init__(self, iothread_id: UInt32, cpumap: bytes) -> None:
         self.iothread_id = iothread_id
         self.cpumap = cpumap
 
@@ -5821,9 +5821,9 @@ class DomainGetIothreadInfoArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -5845,9 +5845,9 @@ class DomainGetIothreadInfoRet(Record):
 
     __slots__ = ('info', 'ret')
     info: list[DomainIothreadInfo]
-    ret: int
+    ret: UInt32
 
-    def __init__(self, info: list[DomainIothreadInfo], ret: int) -> None:
+    def __init__(self, info: list[DomainIothreadInfo], ret: UInt32) -> None:
         self.info = info
         self.ret = ret
 
@@ -5881,11 +5881,11 @@ class DomainPinIothreadArgs(Record):
 
     __slots__ = ('dom', 'iothreads_id', 'cpumap', 'flags')
     dom: NonnullDomain
-    iothreads_id: int
+    iothreads_id: UInt32
     cpumap: bytes
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, iothreads_id: int, cpumap: bytes, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, iothreads_id: UInt32, cpumap: bytes, flags: UInt32) -> None:
         self.dom = dom
         self.iothreads_id = iothreads_id
         self.cpumap = cpumap
@@ -5925,10 +5925,10 @@ class DomainAddIothreadArgs(Record):
 
     __slots__ = ('dom', 'iothread_id', 'flags')
     dom: NonnullDomain
-    iothread_id: int
-    flags: int
+    iothread_id: UInt32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, iothread_id: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, iothread_id: UInt32, flags: UInt32) -> None:
         self.dom = dom
         self.iothread_id = iothread_id
         self.flags = flags
@@ -5951,10 +5951,10 @@ class DomainDelIothreadArgs(Record):
 
     __slots__ = ('dom', 'iothread_id', 'flags')
     dom: NonnullDomain
-    iothread_id: int
-    flags: int
+    iothread_id: UInt32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, iothread_id: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, iothread_id: UInt32, flags: UInt32) -> None:
         self.dom = dom
         self.iothread_id = iothread_id
         self.flags = flags
@@ -5977,11 +5977,11 @@ class DomainSetIothreadParamsArgs(Record):
 
     __slots__ = ('dom', 'iothread_id', 'params', 'flags')
     dom: NonnullDomain
-    iothread_id: int
+    iothread_id: UInt32
     params: list[TypedParam]
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, iothread_id: int, params: list[TypedParam], flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, iothread_id: UInt32, params: list[TypedParam], flags: UInt32) -> None:
         self.dom = dom
         self.iothread_id = iothread_id
         self.params = params
@@ -6041,9 +6041,9 @@ class DomainGetSecurityLabelRet(Record):
 
     __slots__ = ('label', 'enforcing')
     label: bytes
-    enforcing: int
+    enforcing: Int32
 
-    def __init__(self, label: bytes, enforcing: int) -> None:
+    def __init__(self, label: bytes, enforcing: Int32) -> None:
         self.label = label
         self.enforcing = enforcing
 
@@ -6092,9 +6092,9 @@ class DomainGetSecurityLabelListRet(Record):
 
     __slots__ = ('labels', 'ret')
     labels: list[DomainGetSecurityLabelRet]
-    ret: int
+    ret: Int32
 
-    def __init__(self, labels: list[DomainGetSecurityLabelRet], ret: int) -> None:
+    def __init__(self, labels: list[DomainGetSecurityLabelRet], ret: Int32) -> None:
         self.labels = labels
         self.ret = ret
 
@@ -6202,9 +6202,9 @@ class DomainAttachDeviceFlagsArgs(Record):
     __slots__ = ('dom', 'xml', 'flags')
     dom: NonnullDomain
     xml: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, xml: str, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, xml: str, flags: UInt32) -> None:
         self.dom = dom
         self.xml = xml
         self.flags = flags
@@ -6275,9 +6275,9 @@ class DomainDetachDeviceFlagsArgs(Record):
     __slots__ = ('dom', 'xml', 'flags')
     dom: NonnullDomain
     xml: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, xml: str, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, xml: str, flags: UInt32) -> None:
         self.dom = dom
         self.xml = xml
         self.flags = flags
@@ -6314,9 +6314,9 @@ class DomainUpdateDeviceFlagsArgs(Record):
     __slots__ = ('dom', 'xml', 'flags')
     dom: NonnullDomain
     xml: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, xml: str, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, xml: str, flags: UInt32) -> None:
         self.dom = dom
         self.xml = xml
         self.flags = flags
@@ -6353,9 +6353,9 @@ class DomainDetachDeviceAliasArgs(Record):
     __slots__ = ('dom', 'alias', 'flags')
     dom: NonnullDomain
     alias: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, alias: str, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, alias: str, flags: UInt32) -> None:
         self.dom = dom
         self.alias = alias
         self.flags = flags
@@ -6409,9 +6409,9 @@ class DomainGetAutostartRet(Record):
     """XDR struct ``remote_domain_get_autostart_ret``."""
 
     __slots__ = ('autostart',)
-    autostart: int
+    autostart: Int32
 
-    def __init__(self, autostart: int) -> None:
+    def __init__(self, autostart: Int32) -> None:
         self.autostart = autostart
 
 
@@ -6430,9 +6430,9 @@ class DomainSetAutostartArgs(Record):
 
     __slots__ = ('dom', 'autostart')
     dom: NonnullDomain
-    autostart: int
+    autostart: Int32
 
-    def __init__(self, dom: NonnullDomain, autostart: int) -> None:
+    def __init__(self, dom: NonnullDomain, autostart: Int32) -> None:
         self.dom = dom
         self.autostart = autostart
 
@@ -6454,13 +6454,13 @@ class DomainSetMetadataArgs(Record):
 
     __slots__ = ('dom', 'type', 'metadata', 'key', 'uri', 'flags')
     dom: NonnullDomain
-    type: int
+    type: Int32
     metadata: str | None
     key: str | None
     uri: str | None
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, type: int, metadata: str | None, key: str | None, uri: str | None, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, type: Int32, metadata: str | None, key: str | None, uri: str | None, flags: UInt32) -> None:
         self.dom = dom
         self.type = type
         self.metadata = metadata
@@ -6564,11 +6564,11 @@ class DomainGetMetadataArgs(Record):
 
     __slots__ = ('dom', 'type', 'uri', 'flags')
     dom: NonnullDomain
-    type: int
+    type: Int32
     uri: str | None
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, type: int, uri: str | None, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, type: Int32, uri: str | None, flags: UInt32) -> None:
         self.dom = dom
         self.type = type
         self.uri = uri
@@ -6651,9 +6651,9 @@ class DomainBlockJobAbortArgs(Record):
     __slots__ = ('dom', 'path', 'flags')
     dom: NonnullDomain
     path: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, path: str, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, path: str, flags: UInt32) -> None:
         self.dom = dom
         self.path = path
         self.flags = flags
@@ -6690,9 +6690,9 @@ class DomainGetBlockJobInfoArgs(Record):
     __slots__ = ('dom', 'path', 'flags')
     dom: NonnullDomain
     path: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, path: str, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, path: str, flags: UInt32) -> None:
         self.dom = dom
         self.path = path
         self.flags = flags
@@ -6727,13 +6727,13 @@ class DomainGetBlockJobInfoRet(Record):
     """XDR struct ``remote_domain_get_block_job_info_ret``."""
 
     __slots__ = ('found', 'type', 'bandwidth', 'cur', 'end')
-    found: int
-    type: int
-    bandwidth: int
-    cur: int
-    end: int
+    found: Int32
+    type: Int32
+    bandwidth: UInt64
+    cur: UInt64
+    end: UInt64
 
-    def __init__(self, found: int, type: int, bandwidth: int, cur: int, end: int) -> None:
+    def __init__(self, found: Int32, type: Int32, bandwidth: UInt64, cur: UInt64, end: UInt64) -> None:
         self.found = found
         self.type = type
         self.bandwidth = bandwidth
@@ -6757,10 +6757,10 @@ class DomainBlockJobSetSpeedArgs(Record):
     __slots__ = ('dom', 'path', 'bandwidth', 'flags')
     dom: NonnullDomain
     path: str
-    bandwidth: int
-    flags: int
+    bandwidth: UInt64
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, path: str, bandwidth: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, path: str, bandwidth: UInt64, flags: UInt32) -> None:
         self.dom = dom
         self.path = path
         self.bandwidth = bandwidth
@@ -6798,10 +6798,10 @@ class DomainBlockPullArgs(Record):
     __slots__ = ('dom', 'path', 'bandwidth', 'flags')
     dom: NonnullDomain
     path: str
-    bandwidth: int
-    flags: int
+    bandwidth: UInt64
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, path: str, bandwidth: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, path: str, bandwidth: UInt64, flags: UInt32) -> None:
         self.dom = dom
         self.path = path
         self.bandwidth = bandwidth
@@ -6840,10 +6840,10 @@ class DomainBlockRebaseArgs(Record):
     dom: NonnullDomain
     path: str
     base: str | None
-    bandwidth: int
-    flags: int
+    bandwidth: UInt64
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, path: str, base: str | None, bandwidth: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, path: str, base: str | None, bandwidth: UInt64, flags: UInt32) -> None:
         self.dom = dom
         self.path = path
         self.base = base
@@ -6909,9 +6909,9 @@ class DomainBlockCopyArgs(Record):
     path: str
     destxml: str
     params: list[TypedParam]
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, path: str, destxml: str, params: list[TypedParam], flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, path: str, destxml: str, params: list[TypedParam], flags: UInt32) -> None:
         self.dom = dom
         self.path = path
         self.destxml = destxml
@@ -6979,10 +6979,10 @@ class DomainBlockCommitArgs(Record):
     disk: str
     base: str | None
     top: str | None
-    bandwidth: int
-    flags: int
+    bandwidth: UInt64
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, disk: str, base: str | None, top: str | None, bandwidth: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, disk: str, base: str | None, top: str | None, bandwidth: UInt64, flags: UInt32) -> None:
         self.dom = dom
         self.disk = disk
         self.base = base
@@ -7073,9 +7073,9 @@ class DomainSetBlockIoTuneArgs(Record):
     dom: NonnullDomain
     disk: str
     params: list[TypedParam]
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, disk: str, params: list[TypedParam], flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, disk: str, params: list[TypedParam], flags: UInt32) -> None:
         self.dom = dom
         self.disk = disk
         self.params = params
@@ -7127,10 +7127,10 @@ class DomainGetBlockIoTuneArgs(Record):
     __slots__ = ('dom', 'disk', 'nparams', 'flags')
     dom: NonnullDomain
     disk: str | None
-    nparams: int
-    flags: int
+    nparams: Int32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, disk: str | None, nparams: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, disk: str | None, nparams: Int32, flags: UInt32) -> None:
         self.dom = dom
         self.disk = disk
         self.nparams = nparams
@@ -7179,9 +7179,9 @@ class DomainGetBlockIoTuneRet(Record):
 
     __slots__ = ('params', 'nparams')
     params: list[TypedParam]
-    nparams: int
+    nparams: Int32
 
-    def __init__(self, params: list[TypedParam], nparams: int) -> None:
+    def __init__(self, params: list[TypedParam], nparams: Int32) -> None:
         self.params = params
         self.nparams = nparams
 
@@ -7215,12 +7215,12 @@ class DomainGetCpuStatsArgs(Record):
 
     __slots__ = ('dom', 'nparams', 'start_cpu', 'ncpus', 'flags')
     dom: NonnullDomain
-    nparams: int
-    start_cpu: int
-    ncpus: int
-    flags: int
+    nparams: UInt32
+    start_cpu: Int32
+    ncpus: UInt32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, nparams: int, start_cpu: int, ncpus: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, nparams: UInt32, start_cpu: Int32, ncpus: UInt32, flags: UInt32) -> None:
         self.dom = dom
         self.nparams = nparams
         self.start_cpu = start_cpu
@@ -7245,9 +7245,9 @@ class DomainGetCpuStatsRet(Record):
 
     __slots__ = ('params', 'nparams')
     params: list[TypedParam]
-    nparams: int
+    nparams: Int32
 
-    def __init__(self, params: list[TypedParam], nparams: int) -> None:
+    def __init__(self, params: list[TypedParam], nparams: Int32) -> None:
         self.params = params
         self.nparams = nparams
 
@@ -7281,9 +7281,9 @@ class DomainGetHostnameArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -7334,9 +7334,9 @@ class ConnectNumOfNetworksRet(Record):
     """XDR struct ``remote_connect_num_of_networks_ret``."""
 
     __slots__ = ('num',)
-    num: int
+    num: Int32
 
-    def __init__(self, num: int) -> None:
+    def __init__(self, num: Int32) -> None:
         self.num = num
 
 
@@ -7354,9 +7354,9 @@ class ConnectListNetworksArgs(Record):
     """XDR struct ``remote_connect_list_networks_args``."""
 
     __slots__ = ('maxnames',)
-    maxnames: int
+    maxnames: Int32
 
-    def __init__(self, maxnames: int) -> None:
+    def __init__(self, maxnames: Int32) -> None:
         self.maxnames = maxnames
 
 
@@ -7416,9 +7416,9 @@ class ConnectNumOfDefinedNetworksRet(Record):
     """XDR struct ``remote_connect_num_of_defined_networks_ret``."""
 
     __slots__ = ('num',)
-    num: int
+    num: Int32
 
-    def __init__(self, num: int) -> None:
+    def __init__(self, num: Int32) -> None:
         self.num = num
 
 
@@ -7436,9 +7436,9 @@ class ConnectListDefinedNetworksArgs(Record):
     """XDR struct ``remote_connect_list_defined_networks_args``."""
 
     __slots__ = ('maxnames',)
-    maxnames: int
+    maxnames: Int32
 
-    def __init__(self, maxnames: int) -> None:
+    def __init__(self, maxnames: Int32) -> None:
         self.maxnames = maxnames
 
 
@@ -7637,9 +7637,9 @@ class NetworkCreateXmlFlagsArgs(Record):
 
     __slots__ = ('xml', 'flags')
     xml: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, xml: str, flags: int) -> None:
+    def __init__(self, xml: str, flags: UInt32) -> None:
         self.xml = xml
         self.flags = flags
 
@@ -7740,9 +7740,9 @@ class NetworkDefineXmlFlagsArgs(Record):
 
     __slots__ = ('xml', 'flags')
     xml: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, xml: str, flags: int) -> None:
+    def __init__(self, xml: str, flags: UInt32) -> None:
         self.xml = xml
         self.flags = flags
 
@@ -7813,13 +7813,13 @@ class NetworkUpdateArgs(Record):
 
     __slots__ = ('net', 'command', 'section', 'parentIndex', 'xml', 'flags')
     net: NonnullNetwork
-    command: int
-    section: int
-    parentIndex: int
+    command: UInt32
+    section: UInt32
+    parentIndex: Int32
     xml: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, net: NonnullNetwork, command: int, section: int, parentIndex: int, xml: str, flags: int) -> None:
+    def __init__(self, net: NonnullNetwork, command: UInt32, section: UInt32, parentIndex: Int32, xml: str, flags: UInt32) -> None:
         self.net = net
         self.command = command
         self.section = section
@@ -7899,9 +7899,9 @@ class NetworkGetXmlDescArgs(Record):
 
     __slots__ = ('net', 'flags')
     net: NonnullNetwork
-    flags: int
+    flags: UInt32
 
-    def __init__(self, net: NonnullNetwork, flags: int) -> None:
+    def __init__(self, net: NonnullNetwork, flags: UInt32) -> None:
         self.net = net
         self.flags = flags
 
@@ -8020,9 +8020,9 @@ class NetworkGetAutostartRet(Record):
     """XDR struct ``remote_network_get_autostart_ret``."""
 
     __slots__ = ('autostart',)
-    autostart: int
+    autostart: Int32
 
-    def __init__(self, autostart: int) -> None:
+    def __init__(self, autostart: Int32) -> None:
         self.autostart = autostart
 
 
@@ -8041,9 +8041,9 @@ class NetworkSetAutostartArgs(Record):
 
     __slots__ = ('net', 'autostart')
     net: NonnullNetwork
-    autostart: int
+    autostart: Int32
 
-    def __init__(self, net: NonnullNetwork, autostart: int) -> None:
+    def __init__(self, net: NonnullNetwork, autostart: Int32) -> None:
         self.net = net
         self.autostart = autostart
 
@@ -8064,9 +8064,9 @@ class ConnectNumOfNwfiltersRet(Record):
     """XDR struct ``remote_connect_num_of_nwfilters_ret``."""
 
     __slots__ = ('num',)
-    num: int
+    num: Int32
 
-    def __init__(self, num: int) -> None:
+    def __init__(self, num: Int32) -> None:
         self.num = num
 
 
@@ -8084,9 +8084,9 @@ class ConnectListNwfiltersArgs(Record):
     """XDR struct ``remote_connect_list_nwfilters_args``."""
 
     __slots__ = ('maxnames',)
-    maxnames: int
+    maxnames: Int32
 
-    def __init__(self, maxnames: int) -> None:
+    def __init__(self, maxnames: Int32) -> None:
         self.maxnames = maxnames
 
 
@@ -8285,9 +8285,9 @@ class NwfilterDefineXmlFlagsArgs(Record):
 
     __slots__ = ('xml', 'flags')
     xml: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, xml: str, flags: int) -> None:
+    def __init__(self, xml: str, flags: UInt32) -> None:
         self.xml = xml
         self.flags = flags
 
@@ -8358,9 +8358,9 @@ class NwfilterGetXmlDescArgs(Record):
 
     __slots__ = ('nwfilter', 'flags')
     nwfilter: NonnullNwfilter
-    flags: int
+    flags: UInt32
 
-    def __init__(self, nwfilter: NonnullNwfilter, flags: int) -> None:
+    def __init__(self, nwfilter: NonnullNwfilter, flags: UInt32) -> None:
         self.nwfilter = nwfilter
         self.flags = flags
 
@@ -8411,9 +8411,9 @@ class ConnectNumOfInterfacesRet(Record):
     """XDR struct ``remote_connect_num_of_interfaces_ret``."""
 
     __slots__ = ('num',)
-    num: int
+    num: Int32
 
-    def __init__(self, num: int) -> None:
+    def __init__(self, num: Int32) -> None:
         self.num = num
 
 
@@ -8431,9 +8431,9 @@ class ConnectListInterfacesArgs(Record):
     """XDR struct ``remote_connect_list_interfaces_args``."""
 
     __slots__ = ('maxnames',)
-    maxnames: int
+    maxnames: Int32
 
-    def __init__(self, maxnames: int) -> None:
+    def __init__(self, maxnames: Int32) -> None:
         self.maxnames = maxnames
 
 
@@ -8493,9 +8493,9 @@ class ConnectNumOfDefinedInterfacesRet(Record):
     """XDR struct ``remote_connect_num_of_defined_interfaces_ret``."""
 
     __slots__ = ('num',)
-    num: int
+    num: Int32
 
-    def __init__(self, num: int) -> None:
+    def __init__(self, num: Int32) -> None:
         self.num = num
 
 
@@ -8513,9 +8513,9 @@ class ConnectListDefinedInterfacesArgs(Record):
     """XDR struct ``remote_connect_list_defined_interfaces_args``."""
 
     __slots__ = ('maxnames',)
-    maxnames: int
+    maxnames: Int32
 
-    def __init__(self, maxnames: int) -> None:
+    def __init__(self, maxnames: Int32) -> None:
         self.maxnames = maxnames
 
 
@@ -8674,9 +8674,9 @@ class InterfaceGetXmlDescArgs(Record):
 
     __slots__ = ('iface', 'flags')
     iface: NonnullInterface
-    flags: int
+    flags: UInt32
 
-    def __init__(self, iface: NonnullInterface, flags: int) -> None:
+    def __init__(self, iface: NonnullInterface, flags: UInt32) -> None:
         self.iface = iface
         self.flags = flags
 
@@ -8728,9 +8728,9 @@ class InterfaceDefineXmlArgs(Record):
 
     __slots__ = ('xml', 'flags')
     xml: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, xml: str, flags: int) -> None:
+    def __init__(self, xml: str, flags: UInt32) -> None:
         self.xml = xml
         self.flags = flags
 
@@ -8801,9 +8801,9 @@ class InterfaceCreateArgs(Record):
 
     __slots__ = ('iface', 'flags')
     iface: NonnullInterface
-    flags: int
+    flags: UInt32
 
-    def __init__(self, iface: NonnullInterface, flags: int) -> None:
+    def __init__(self, iface: NonnullInterface, flags: UInt32) -> None:
         self.iface = iface
         self.flags = flags
 
@@ -8825,9 +8825,9 @@ class InterfaceDestroyArgs(Record):
 
     __slots__ = ('iface', 'flags')
     iface: NonnullInterface
-    flags: int
+    flags: UInt32
 
-    def __init__(self, iface: NonnullInterface, flags: int) -> None:
+    def __init__(self, iface: NonnullInterface, flags: UInt32) -> None:
         self.iface = iface
         self.flags = flags
 
@@ -8848,9 +8848,9 @@ class InterfaceChangeBeginArgs(Record):
     """XDR struct ``remote_interface_change_begin_args``."""
 
     __slots__ = ('flags',)
-    flags: int
+    flags: UInt32
 
-    def __init__(self, flags: int) -> None:
+    def __init__(self, flags: UInt32) -> None:
         self.flags = flags
 
 
@@ -8868,9 +8868,9 @@ class InterfaceChangeCommitArgs(Record):
     """XDR struct ``remote_interface_change_commit_args``."""
 
     __slots__ = ('flags',)
-    flags: int
+    flags: UInt32
 
-    def __init__(self, flags: int) -> None:
+    def __init__(self, flags: UInt32) -> None:
         self.flags = flags
 
 
@@ -8888,9 +8888,9 @@ class InterfaceChangeRollbackArgs(Record):
     """XDR struct ``remote_interface_change_rollback_args``."""
 
     __slots__ = ('flags',)
-    flags: int
+    flags: UInt32
 
-    def __init__(self, flags: int) -> None:
+    def __init__(self, flags: UInt32) -> None:
         self.flags = flags
 
 
@@ -8908,9 +8908,9 @@ class AuthListRet(Record):
     """XDR struct ``remote_auth_list_ret``."""
 
     __slots__ = ('types',)
-    types: list[int]
+    types: list[Int32]
 
-    def __init__(self, types: list[int]) -> None:
+    def __init__(self, types: list[Int32]) -> None:
         self.types = types
 
 
@@ -8966,10 +8966,10 @@ class AuthSaslStartArgs(Record):
 
     __slots__ = ('mech', 'nil', 'data')
     mech: str
-    nil: int
+    nil: Int32
     data: bytes
 
-    def __init__(self, mech: str, nil: int, data: bytes) -> None:
+    def __init__(self, mech: str, nil: Int32, data: bytes) -> None:
         self.mech = mech
         self.nil = nil
         self.data = data
@@ -9012,11 +9012,11 @@ class AuthSaslStartRet(Record):
     """XDR struct ``remote_auth_sasl_start_ret``."""
 
     __slots__ = ('complete', 'nil', 'data')
-    complete: int
-    nil: int
+    complete: Int32
+    nil: Int32
     data: bytes
 
-    def __init__(self, complete: int, nil: int, data: bytes) -> None:
+    def __init__(self, complete: Int32, nil: Int32, data: bytes) -> None:
         self.complete = complete
         self.nil = nil
         self.data = data
@@ -9046,10 +9046,10 @@ class AuthSaslStepArgs(Record):
     """XDR struct ``remote_auth_sasl_step_args``."""
 
     __slots__ = ('nil', 'data')
-    nil: int
+    nil: Int32
     data: bytes
 
-    def __init__(self, nil: int, data: bytes) -> None:
+    def __init__(self, nil: Int32, data: bytes) -> None:
         self.nil = nil
         self.data = data
 
@@ -9078,11 +9078,11 @@ class AuthSaslStepRet(Record):
     """XDR struct ``remote_auth_sasl_step_ret``."""
 
     __slots__ = ('complete', 'nil', 'data')
-    complete: int
-    nil: int
+    complete: Int32
+    nil: Int32
     data: bytes
 
-    def __init__(self, complete: int, nil: int, data: bytes) -> None:
+    def __init__(self, complete: Int32, nil: Int32, data: bytes) -> None:
         self.complete = complete
         self.nil = nil
         self.data = data
@@ -9112,9 +9112,9 @@ class AuthPolkitRet(Record):
     """XDR struct ``remote_auth_polkit_ret``."""
 
     __slots__ = ('complete',)
-    complete: int
+    complete: Int32
 
-    def __init__(self, complete: int) -> None:
+    def __init__(self, complete: Int32) -> None:
         self.complete = complete
 
 
@@ -9132,9 +9132,9 @@ class ConnectNumOfStoragePoolsRet(Record):
     """XDR struct ``remote_connect_num_of_storage_pools_ret``."""
 
     __slots__ = ('num',)
-    num: int
+    num: Int32
 
-    def __init__(self, num: int) -> None:
+    def __init__(self, num: Int32) -> None:
         self.num = num
 
 
@@ -9152,9 +9152,9 @@ class ConnectListStoragePoolsArgs(Record):
     """XDR struct ``remote_connect_list_storage_pools_args``."""
 
     __slots__ = ('maxnames',)
-    maxnames: int
+    maxnames: Int32
 
-    def __init__(self, maxnames: int) -> None:
+    def __init__(self, maxnames: Int32) -> None:
         self.maxnames = maxnames
 
 
@@ -9214,9 +9214,9 @@ class ConnectNumOfDefinedStoragePoolsRet(Record):
     """XDR struct ``remote_connect_num_of_defined_storage_pools_ret``."""
 
     __slots__ = ('num',)
-    num: int
+    num: Int32
 
-    def __init__(self, num: int) -> None:
+    def __init__(self, num: Int32) -> None:
         self.num = num
 
 
@@ -9234,9 +9234,9 @@ class ConnectListDefinedStoragePoolsArgs(Record):
     """XDR struct ``remote_connect_list_defined_storage_pools_args``."""
 
     __slots__ = ('maxnames',)
-    maxnames: int
+    maxnames: Int32
 
-    def __init__(self, maxnames: int) -> None:
+    def __init__(self, maxnames: Int32) -> None:
         self.maxnames = maxnames
 
 
@@ -9298,9 +9298,9 @@ class ConnectFindStoragePoolSourcesArgs(Record):
     __slots__ = ('type', 'srcSpec', 'flags')
     type: str
     srcSpec: str | None
-    flags: int
+    flags: UInt32
 
-    def __init__(self, type: str, srcSpec: str | None, flags: int) -> None:
+    def __init__(self, type: str, srcSpec: str | None, flags: UInt32) -> None:
         self.type = type
         self.srcSpec = srcSpec
         self.flags = flags
@@ -9565,9 +9565,9 @@ class StoragePoolCreateXmlArgs(Record):
 
     __slots__ = ('xml', 'flags')
     xml: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, xml: str, flags: int) -> None:
+    def __init__(self, xml: str, flags: UInt32) -> None:
         self.xml = xml
         self.flags = flags
 
@@ -9619,9 +9619,9 @@ class StoragePoolDefineXmlArgs(Record):
 
     __slots__ = ('xml', 'flags')
     xml: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, xml: str, flags: int) -> None:
+    def __init__(self, xml: str, flags: UInt32) -> None:
         self.xml = xml
         self.flags = flags
 
@@ -9673,9 +9673,9 @@ class StoragePoolBuildArgs(Record):
 
     __slots__ = ('pool', 'flags')
     pool: NonnullStoragePool
-    flags: int
+    flags: UInt32
 
-    def __init__(self, pool: NonnullStoragePool, flags: int) -> None:
+    def __init__(self, pool: NonnullStoragePool, flags: UInt32) -> None:
         self.pool = pool
         self.flags = flags
 
@@ -9716,9 +9716,9 @@ class StoragePoolCreateArgs(Record):
 
     __slots__ = ('pool', 'flags')
     pool: NonnullStoragePool
-    flags: int
+    flags: UInt32
 
-    def __init__(self, pool: NonnullStoragePool, flags: int) -> None:
+    def __init__(self, pool: NonnullStoragePool, flags: UInt32) -> None:
         self.pool = pool
         self.flags = flags
 
@@ -9759,9 +9759,9 @@ class StoragePoolDeleteArgs(Record):
 
     __slots__ = ('pool', 'flags')
     pool: NonnullStoragePool
-    flags: int
+    flags: UInt32
 
-    def __init__(self, pool: NonnullStoragePool, flags: int) -> None:
+    def __init__(self, pool: NonnullStoragePool, flags: UInt32) -> None:
         self.pool = pool
         self.flags = flags
 
@@ -9783,9 +9783,9 @@ class StoragePoolRefreshArgs(Record):
 
     __slots__ = ('pool', 'flags')
     pool: NonnullStoragePool
-    flags: int
+    flags: UInt32
 
-    def __init__(self, pool: NonnullStoragePool, flags: int) -> None:
+    def __init__(self, pool: NonnullStoragePool, flags: UInt32) -> None:
         self.pool = pool
         self.flags = flags
 
@@ -9807,9 +9807,9 @@ class StoragePoolGetXmlDescArgs(Record):
 
     __slots__ = ('pool', 'flags')
     pool: NonnullStoragePool
-    flags: int
+    flags: UInt32
 
-    def __init__(self, pool: NonnullStoragePool, flags: int) -> None:
+    def __init__(self, pool: NonnullStoragePool, flags: UInt32) -> None:
         self.pool = pool
         self.flags = flags
 
@@ -9879,12 +9879,12 @@ class StoragePoolGetInfoRet(Record):
     """XDR struct ``remote_storage_pool_get_info_ret``."""
 
     __slots__ = ('state', 'capacity', 'allocation', 'available')
-    state: int
-    capacity: int
-    allocation: int
-    available: int
+    state: UInt32
+    capacity: UInt64
+    allocation: UInt64
+    available: UInt64
 
-    def __init__(self, state: int, capacity: int, allocation: int, available: int) -> None:
+    def __init__(self, state: UInt32, capacity: UInt64, allocation: UInt64, available: UInt64) -> None:
         self.state = state
         self.capacity = capacity
         self.allocation = allocation
@@ -9924,9 +9924,9 @@ class StoragePoolGetAutostartRet(Record):
     """XDR struct ``remote_storage_pool_get_autostart_ret``."""
 
     __slots__ = ('autostart',)
-    autostart: int
+    autostart: Int32
 
-    def __init__(self, autostart: int) -> None:
+    def __init__(self, autostart: Int32) -> None:
         self.autostart = autostart
 
 
@@ -9945,9 +9945,9 @@ class StoragePoolSetAutostartArgs(Record):
 
     __slots__ = ('pool', 'autostart')
     pool: NonnullStoragePool
-    autostart: int
+    autostart: Int32
 
-    def __init__(self, pool: NonnullStoragePool, autostart: int) -> None:
+    def __init__(self, pool: NonnullStoragePool, autostart: Int32) -> None:
         self.pool = pool
         self.autostart = autostart
 
@@ -9987,9 +9987,9 @@ class StoragePoolNumOfVolumesRet(Record):
     """XDR struct ``remote_storage_pool_num_of_volumes_ret``."""
 
     __slots__ = ('num',)
-    num: int
+    num: Int32
 
-    def __init__(self, num: int) -> None:
+    def __init__(self, num: Int32) -> None:
         self.num = num
 
 
@@ -10008,9 +10008,9 @@ class StoragePoolListVolumesArgs(Record):
 
     __slots__ = ('pool', 'maxnames')
     pool: NonnullStoragePool
-    maxnames: int
+    maxnames: Int32
 
-    def __init__(self, pool: NonnullStoragePool, maxnames: int) -> None:
+    def __init__(self, pool: NonnullStoragePool, maxnames: Int32) -> None:
         self.pool = pool
         self.maxnames = maxnames
 
@@ -10226,9 +10226,9 @@ class StorageVolCreateXmlArgs(Record):
     __slots__ = ('pool', 'xml', 'flags')
     pool: NonnullStoragePool
     xml: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, pool: NonnullStoragePool, xml: str, flags: int) -> None:
+    def __init__(self, pool: NonnullStoragePool, xml: str, flags: UInt32) -> None:
         self.pool = pool
         self.xml = xml
         self.flags = flags
@@ -10285,9 +10285,9 @@ class StorageVolCreateXmlFromArgs(Record):
     pool: NonnullStoragePool
     xml: str
     clonevol: NonnullStorageVol
-    flags: int
+    flags: UInt32
 
-    def __init__(self, pool: NonnullStoragePool, xml: str, clonevol: NonnullStorageVol, flags: int) -> None:
+    def __init__(self, pool: NonnullStoragePool, xml: str, clonevol: NonnullStorageVol, flags: UInt32) -> None:
         self.pool = pool
         self.xml = xml
         self.clonevol = clonevol
@@ -10345,9 +10345,9 @@ class StorageVolDeleteArgs(Record):
 
     __slots__ = ('vol', 'flags')
     vol: NonnullStorageVol
-    flags: int
+    flags: UInt32
 
-    def __init__(self, vol: NonnullStorageVol, flags: int) -> None:
+    def __init__(self, vol: NonnullStorageVol, flags: UInt32) -> None:
         self.vol = vol
         self.flags = flags
 
@@ -10369,9 +10369,9 @@ class StorageVolWipeArgs(Record):
 
     __slots__ = ('vol', 'flags')
     vol: NonnullStorageVol
-    flags: int
+    flags: UInt32
 
-    def __init__(self, vol: NonnullStorageVol, flags: int) -> None:
+    def __init__(self, vol: NonnullStorageVol, flags: UInt32) -> None:
         self.vol = vol
         self.flags = flags
 
@@ -10393,10 +10393,10 @@ class StorageVolWipePatternArgs(Record):
 
     __slots__ = ('vol', 'algorithm', 'flags')
     vol: NonnullStorageVol
-    algorithm: int
-    flags: int
+    algorithm: UInt32
+    flags: UInt32
 
-    def __init__(self, vol: NonnullStorageVol, algorithm: int, flags: int) -> None:
+    def __init__(self, vol: NonnullStorageVol, algorithm: UInt32, flags: UInt32) -> None:
         self.vol = vol
         self.algorithm = algorithm
         self.flags = flags
@@ -10419,9 +10419,9 @@ class StorageVolGetXmlDescArgs(Record):
 
     __slots__ = ('vol', 'flags')
     vol: NonnullStorageVol
-    flags: int
+    flags: UInt32
 
-    def __init__(self, vol: NonnullStorageVol, flags: int) -> None:
+    def __init__(self, vol: NonnullStorageVol, flags: UInt32) -> None:
         self.vol = vol
         self.flags = flags
 
@@ -10491,11 +10491,11 @@ class StorageVolGetInfoRet(Record):
     """XDR struct ``remote_storage_vol_get_info_ret``."""
 
     __slots__ = ('type', 'capacity', 'allocation')
-    type: int
-    capacity: int
-    allocation: int
+    type: Int32
+    capacity: UInt64
+    allocation: UInt64
 
-    def __init__(self, type: int, capacity: int, allocation: int) -> None:
+    def __init__(self, type: Int32, capacity: UInt64, allocation: UInt64) -> None:
         self.type = type
         self.capacity = capacity
         self.allocation = allocation
@@ -10516,9 +10516,9 @@ class StorageVolGetInfoFlagsArgs(Record):
 
     __slots__ = ('vol', 'flags')
     vol: NonnullStorageVol
-    flags: int
+    flags: UInt32
 
-    def __init__(self, vol: NonnullStorageVol, flags: int) -> None:
+    def __init__(self, vol: NonnullStorageVol, flags: UInt32) -> None:
         self.vol = vol
         self.flags = flags
 
@@ -10539,11 +10539,11 @@ class StorageVolGetInfoFlagsRet(Record):
     """XDR struct ``remote_storage_vol_get_info_flags_ret``."""
 
     __slots__ = ('type', 'capacity', 'allocation')
-    type: int
-    capacity: int
-    allocation: int
+    type: Int32
+    capacity: UInt64
+    allocation: UInt64
 
-    def __init__(self, type: int, capacity: int, allocation: int) -> None:
+    def __init__(self, type: Int32, capacity: UInt64, allocation: UInt64) -> None:
         self.type = type
         self.capacity = capacity
         self.allocation = allocation
@@ -10613,10 +10613,10 @@ class StorageVolResizeArgs(Record):
 
     __slots__ = ('vol', 'capacity', 'flags')
     vol: NonnullStorageVol
-    capacity: int
-    flags: int
+    capacity: UInt64
+    flags: UInt32
 
-    def __init__(self, vol: NonnullStorageVol, capacity: int, flags: int) -> None:
+    def __init__(self, vol: NonnullStorageVol, capacity: UInt64, flags: UInt32) -> None:
         self.vol = vol
         self.capacity = capacity
         self.flags = flags
@@ -10639,9 +10639,9 @@ class NodeNumOfDevicesArgs(Record):
 
     __slots__ = ('cap', 'flags')
     cap: str | None
-    flags: int
+    flags: UInt32
 
-    def __init__(self, cap: str | None, flags: int) -> None:
+    def __init__(self, cap: str | None, flags: UInt32) -> None:
         self.cap = cap
         self.flags = flags
 
@@ -10685,9 +10685,9 @@ class NodeNumOfDevicesRet(Record):
     """XDR struct ``remote_node_num_of_devices_ret``."""
 
     __slots__ = ('num',)
-    num: int
+    num: Int32
 
-    def __init__(self, num: int) -> None:
+    def __init__(self, num: Int32) -> None:
         self.num = num
 
 
@@ -10706,10 +10706,10 @@ class NodeListDevicesArgs(Record):
 
     __slots__ = ('cap', 'maxnames', 'flags')
     cap: str | None
-    maxnames: int
-    flags: int
+    maxnames: Int32
+    flags: UInt32
 
-    def __init__(self, cap: str | None, maxnames: int, flags: int) -> None:
+    def __init__(self, cap: str | None, maxnames: Int32, flags: UInt32) -> None:
         self.cap = cap
         self.maxnames = maxnames
         self.flags = flags
@@ -10847,9 +10847,9 @@ class NodeDeviceLookupScsiHostByWwnArgs(Record):
     __slots__ = ('wwnn', 'wwpn', 'flags')
     wwnn: str
     wwpn: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, wwnn: str, wwpn: str, flags: int) -> None:
+    def __init__(self, wwnn: str, wwpn: str, flags: UInt32) -> None:
         self.wwnn = wwnn
         self.wwpn = wwpn
         self.flags = flags
@@ -10915,9 +10915,9 @@ class NodeDeviceGetXmlDescArgs(Record):
 
     __slots__ = ('name', 'flags')
     name: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, name: str, flags: int) -> None:
+    def __init__(self, name: str, flags: UInt32) -> None:
         self.name = name
         self.flags = flags
 
@@ -11081,9 +11081,9 @@ class NodeDeviceNumOfCapsRet(Record):
     """XDR struct ``remote_node_device_num_of_caps_ret``."""
 
     __slots__ = ('num',)
-    num: int
+    num: Int32
 
-    def __init__(self, num: int) -> None:
+    def __init__(self, num: Int32) -> None:
         self.num = num
 
 
@@ -11102,9 +11102,9 @@ class NodeDeviceListCapsArgs(Record):
 
     __slots__ = ('name', 'maxnames')
     name: str
-    maxnames: int
+    maxnames: Int32
 
-    def __init__(self, name: str, maxnames: int) -> None:
+    def __init__(self, name: str, maxnames: Int32) -> None:
         self.name = name
         self.maxnames = maxnames
 
@@ -11210,9 +11210,9 @@ class NodeDeviceDetachFlagsArgs(Record):
     __slots__ = ('name', 'driverName', 'flags')
     name: str
     driverName: str | None
-    flags: int
+    flags: UInt32
 
-    def __init__(self, name: str, driverName: str | None, flags: int) -> None:
+    def __init__(self, name: str, driverName: str | None, flags: UInt32) -> None:
         self.name = name
         self.driverName = driverName
         self.flags = flags
@@ -11331,9 +11331,9 @@ class NodeDeviceCreateXmlArgs(Record):
 
     __slots__ = ('xml_desc', 'flags')
     xml_desc: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, xml_desc: str, flags: int) -> None:
+    def __init__(self, xml_desc: str, flags: UInt32) -> None:
         self.xml_desc = xml_desc
         self.flags = flags
 
@@ -11415,9 +11415,9 @@ class NodeDeviceDefineXmlArgs(Record):
 
     __slots__ = ('xml_desc', 'flags')
     xml_desc: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, xml_desc: str, flags: int) -> None:
+    def __init__(self, xml_desc: str, flags: UInt32) -> None:
         self.xml_desc = xml_desc
         self.flags = flags
 
@@ -11469,9 +11469,9 @@ class NodeDeviceUndefineArgs(Record):
 
     __slots__ = ('name', 'flags')
     name: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, name: str, flags: int) -> None:
+    def __init__(self, name: str, flags: UInt32) -> None:
         self.name = name
         self.flags = flags
 
@@ -11504,9 +11504,9 @@ class NodeDeviceCreateArgs(Record):
 
     __slots__ = ('name', 'flags')
     name: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, name: str, flags: int) -> None:
+    def __init__(self, name: str, flags: UInt32) -> None:
         self.name = name
         self.flags = flags
 
@@ -11568,9 +11568,9 @@ class NodeDeviceGetAutostartRet(Record):
     """XDR struct ``remote_node_device_get_autostart_ret``."""
 
     __slots__ = ('autostart',)
-    autostart: int
+    autostart: Int32
 
-    def __init__(self, autostart: int) -> None:
+    def __init__(self, autostart: Int32) -> None:
         self.autostart = autostart
 
 
@@ -11589,9 +11589,9 @@ class NodeDeviceSetAutostartArgs(Record):
 
     __slots__ = ('name', 'autostart')
     name: str
-    autostart: int
+    autostart: Int32
 
-    def __init__(self, name: str, autostart: int) -> None:
+    def __init__(self, name: str, autostart: Int32) -> None:
         self.name = name
         self.autostart = autostart
 
@@ -11653,9 +11653,9 @@ class NodeDeviceIsPersistentRet(Record):
     """XDR struct ``remote_node_device_is_persistent_ret``."""
 
     __slots__ = ('persistent',)
-    persistent: int
+    persistent: Int32
 
-    def __init__(self, persistent: int) -> None:
+    def __init__(self, persistent: Int32) -> None:
         self.persistent = persistent
 
 
@@ -11703,9 +11703,9 @@ class NodeDeviceIsActiveRet(Record):
     """XDR struct ``remote_node_device_is_active_ret``."""
 
     __slots__ = ('active',)
-    active: int
+    active: Int32
 
-    def __init__(self, active: int) -> None:
+    def __init__(self, active: Int32) -> None:
         self.active = active
 
 
@@ -11723,9 +11723,9 @@ class ConnectDomainEventRegisterRet(Record):
     """XDR struct ``remote_connect_domain_event_register_ret``."""
 
     __slots__ = ('cb_registered',)
-    cb_registered: int
+    cb_registered: Int32
 
-    def __init__(self, cb_registered: int) -> None:
+    def __init__(self, cb_registered: Int32) -> None:
         self.cb_registered = cb_registered
 
 
@@ -11743,9 +11743,9 @@ class ConnectDomainEventDeregisterRet(Record):
     """XDR struct ``remote_connect_domain_event_deregister_ret``."""
 
     __slots__ = ('cb_registered',)
-    cb_registered: int
+    cb_registered: Int32
 
-    def __init__(self, cb_registered: int) -> None:
+    def __init__(self, cb_registered: Int32) -> None:
         self.cb_registered = cb_registered
 
 
@@ -11764,10 +11764,10 @@ class DomainEventLifecycleMsg(Record):
 
     __slots__ = ('dom', 'event', 'detail')
     dom: NonnullDomain
-    event: int
-    detail: int
+    event: Int32
+    detail: Int32
 
-    def __init__(self, dom: NonnullDomain, event: int, detail: int) -> None:
+    def __init__(self, dom: NonnullDomain, event: Int32, detail: Int32) -> None:
         self.dom = dom
         self.event = event
         self.detail = detail
@@ -11789,10 +11789,10 @@ class DomainEventCallbackLifecycleMsg(Record):
     """XDR struct ``remote_domain_event_callback_lifecycle_msg``."""
 
     __slots__ = ('callbackID', 'msg')
-    callbackID: int
+    callbackID: Int32
     msg: DomainEventLifecycleMsg
 
-    def __init__(self, callbackID: int, msg: DomainEventLifecycleMsg) -> None:
+    def __init__(self, callbackID: Int32, msg: DomainEventLifecycleMsg) -> None:
         self.callbackID = callbackID
         self.msg = msg
 
@@ -11815,9 +11815,9 @@ class ConnectDomainXmlFromNativeArgs(Record):
     __slots__ = ('nativeFormat', 'nativeConfig', 'flags')
     nativeFormat: str
     nativeConfig: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, nativeFormat: str, nativeConfig: str, flags: int) -> None:
+    def __init__(self, nativeFormat: str, nativeConfig: str, flags: UInt32) -> None:
         self.nativeFormat = nativeFormat
         self.nativeConfig = nativeConfig
         self.flags = flags
@@ -11895,9 +11895,9 @@ class ConnectDomainXmlToNativeArgs(Record):
     __slots__ = ('nativeFormat', 'domainXml', 'flags')
     nativeFormat: str
     domainXml: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, nativeFormat: str, domainXml: str, flags: int) -> None:
+    def __init__(self, nativeFormat: str, domainXml: str, flags: UInt32) -> None:
         self.nativeFormat = nativeFormat
         self.domainXml = domainXml
         self.flags = flags
@@ -11973,9 +11973,9 @@ class ConnectNumOfSecretsRet(Record):
     """XDR struct ``remote_connect_num_of_secrets_ret``."""
 
     __slots__ = ('num',)
-    num: int
+    num: Int32
 
-    def __init__(self, num: int) -> None:
+    def __init__(self, num: Int32) -> None:
         self.num = num
 
 
@@ -11993,9 +11993,9 @@ class ConnectListSecretsArgs(Record):
     """XDR struct ``remote_connect_list_secrets_args``."""
 
     __slots__ = ('maxuuids',)
-    maxuuids: int
+    maxuuids: Int32
 
-    def __init__(self, maxuuids: int) -> None:
+    def __init__(self, maxuuids: Int32) -> None:
         self.maxuuids = maxuuids
 
 
@@ -12096,9 +12096,9 @@ class SecretDefineXmlArgs(Record):
 
     __slots__ = ('xml', 'flags')
     xml: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, xml: str, flags: int) -> None:
+    def __init__(self, xml: str, flags: UInt32) -> None:
         self.xml = xml
         self.flags = flags
 
@@ -12150,9 +12150,9 @@ class SecretGetXmlDescArgs(Record):
 
     __slots__ = ('secret', 'flags')
     secret: NonnullSecret
-    flags: int
+    flags: UInt32
 
-    def __init__(self, secret: NonnullSecret, flags: int) -> None:
+    def __init__(self, secret: NonnullSecret, flags: UInt32) -> None:
         self.secret = secret
         self.flags = flags
 
@@ -12205,9 +12205,9 @@ class SecretSetValueArgs(Record):
     __slots__ = ('secret', 'value', 'flags')
     secret: NonnullSecret
     value: bytes
-    flags: int
+    flags: UInt32
 
-    def __init__(self, secret: NonnullSecret, value: bytes, flags: int) -> None:
+    def __init__(self, secret: NonnullSecret, value: bytes, flags: UInt32) -> None:
         self.secret = secret
         self.value = value
         self.flags = flags
@@ -12243,9 +12243,9 @@ class SecretGetValueArgs(Record):
 
     __slots__ = ('secret', 'flags')
     secret: NonnullSecret
-    flags: int
+    flags: UInt32
 
-    def __init__(self, secret: NonnullSecret, flags: int) -> None:
+    def __init__(self, secret: NonnullSecret, flags: UInt32) -> None:
         self.secret = secret
         self.flags = flags
 
@@ -12315,10 +12315,10 @@ class SecretLookupByUsageArgs(Record):
     """XDR struct ``remote_secret_lookup_by_usage_args``."""
 
     __slots__ = ('usageType', 'usageID')
-    usageType: int
+    usageType: Int32
     usageID: str
 
-    def __init__(self, usageType: int, usageID: str) -> None:
+    def __init__(self, usageType: Int32, usageID: str) -> None:
         self.usageType = usageType
         self.usageID = usageID
 
@@ -12369,12 +12369,12 @@ class DomainMigratePrepareTunnelArgs(Record):
     """XDR struct ``remote_domain_migrate_prepare_tunnel_args``."""
 
     __slots__ = ('flags', 'dname', 'resource', 'dom_xml')
-    flags: int
+    flags: UInt64
     dname: str | None
-    resource: int
+    resource: UInt64
     dom_xml: str
 
-    def __init__(self, flags: int, dname: str | None, resource: int, dom_xml: str) -> None:
+    def __init__(self, flags: UInt64, dname: str | None, resource: UInt64, dom_xml: str) -> None:
         self.flags = flags
         self.dname = dname
         self.resource = resource
@@ -12436,9 +12436,9 @@ class ConnectIsSecureRet(Record):
     """XDR struct ``remote_connect_is_secure_ret``."""
 
     __slots__ = ('secure',)
-    secure: int
+    secure: Int32
 
-    def __init__(self, secure: int) -> None:
+    def __init__(self, secure: Int32) -> None:
         self.secure = secure
 
 
@@ -12475,9 +12475,9 @@ class DomainIsActiveRet(Record):
     """XDR struct ``remote_domain_is_active_ret``."""
 
     __slots__ = ('active',)
-    active: int
+    active: Int32
 
-    def __init__(self, active: int) -> None:
+    def __init__(self, active: Int32) -> None:
         self.active = active
 
 
@@ -12514,9 +12514,9 @@ class DomainIsPersistentRet(Record):
     """XDR struct ``remote_domain_is_persistent_ret``."""
 
     __slots__ = ('persistent',)
-    persistent: int
+    persistent: Int32
 
-    def __init__(self, persistent: int) -> None:
+    def __init__(self, persistent: Int32) -> None:
         self.persistent = persistent
 
 
@@ -12553,9 +12553,9 @@ class DomainIsUpdatedRet(Record):
     """XDR struct ``remote_domain_is_updated_ret``."""
 
     __slots__ = ('updated',)
-    updated: int
+    updated: Int32
 
-    def __init__(self, updated: int) -> None:
+    def __init__(self, updated: Int32) -> None:
         self.updated = updated
 
 
@@ -12592,9 +12592,9 @@ class NetworkIsActiveRet(Record):
     """XDR struct ``remote_network_is_active_ret``."""
 
     __slots__ = ('active',)
-    active: int
+    active: Int32
 
-    def __init__(self, active: int) -> None:
+    def __init__(self, active: Int32) -> None:
         self.active = active
 
 
@@ -12631,9 +12631,9 @@ class NetworkIsPersistentRet(Record):
     """XDR struct ``remote_network_is_persistent_ret``."""
 
     __slots__ = ('persistent',)
-    persistent: int
+    persistent: Int32
 
-    def __init__(self, persistent: int) -> None:
+    def __init__(self, persistent: Int32) -> None:
         self.persistent = persistent
 
 
@@ -12670,9 +12670,9 @@ class StoragePoolIsActiveRet(Record):
     """XDR struct ``remote_storage_pool_is_active_ret``."""
 
     __slots__ = ('active',)
-    active: int
+    active: Int32
 
-    def __init__(self, active: int) -> None:
+    def __init__(self, active: Int32) -> None:
         self.active = active
 
 
@@ -12709,9 +12709,9 @@ class StoragePoolIsPersistentRet(Record):
     """XDR struct ``remote_storage_pool_is_persistent_ret``."""
 
     __slots__ = ('persistent',)
-    persistent: int
+    persistent: Int32
 
-    def __init__(self, persistent: int) -> None:
+    def __init__(self, persistent: Int32) -> None:
         self.persistent = persistent
 
 
@@ -12748,9 +12748,9 @@ class InterfaceIsActiveRet(Record):
     """XDR struct ``remote_interface_is_active_ret``."""
 
     __slots__ = ('active',)
-    active: int
+    active: Int32
 
-    def __init__(self, active: int) -> None:
+    def __init__(self, active: Int32) -> None:
         self.active = active
 
 
@@ -12769,9 +12769,9 @@ class ConnectCompareCpuArgs(Record):
 
     __slots__ = ('xml', 'flags')
     xml: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, xml: str, flags: int) -> None:
+    def __init__(self, xml: str, flags: UInt32) -> None:
         self.xml = xml
         self.flags = flags
 
@@ -12803,9 +12803,9 @@ class ConnectCompareCpuRet(Record):
     """XDR struct ``remote_connect_compare_cpu_ret``."""
 
     __slots__ = ('result',)
-    result: int
+    result: Int32
 
-    def __init__(self, result: int) -> None:
+    def __init__(self, result: Int32) -> None:
         self.result = result
 
 
@@ -12824,9 +12824,9 @@ class ConnectBaselineCpuArgs(Record):
 
     __slots__ = ('xmlCPUs', 'flags')
     xmlCPUs: list[str]
-    flags: int
+    flags: UInt32
 
-    def __init__(self, xmlCPUs: list[str], flags: int) -> None:
+    def __init__(self, xmlCPUs: list[str], flags: UInt32) -> None:
         self.xmlCPUs = xmlCPUs
         self.flags = flags
 
@@ -12919,20 +12919,20 @@ class DomainGetJobInfoRet(Record):
     """XDR struct ``remote_domain_get_job_info_ret``."""
 
     __slots__ = ('type', 'timeElapsed', 'timeRemaining', 'dataTotal', 'dataProcessed', 'dataRemaining', 'memTotal', 'memProcessed', 'memRemaining', 'fileTotal', 'fileProcessed', 'fileRemaining')
-    type: int
-    timeElapsed: int
-    timeRemaining: int
-    dataTotal: int
-    dataProcessed: int
-    dataRemaining: int
-    memTotal: int
-    memProcessed: int
-    memRemaining: int
-    fileTotal: int
-    fileProcessed: int
-    fileRemaining: int
+    type: Int32
+    timeElapsed: UInt64
+    timeRemaining: UInt64
+    dataTotal: UInt64
+    dataProcessed: UInt64
+    dataRemaining: UInt64
+    memTotal: UInt64
+    memProcessed: UInt64
+    memRemaining: UInt64
+    fileTotal: UInt64
+    fileProcessed: UInt64
+    fileRemaining: UInt64
 
-    def __init__(self, type: int, timeElapsed: int, timeRemaining: int, dataTotal: int, dataProcessed: int, dataRemaining: int, memTotal: int, memProcessed: int, memRemaining: int, fileTotal: int, fileProcessed: int, fileRemaining: int) -> None:
+    def __init__(self, type: Int32, timeElapsed: UInt64, timeRemaining: UInt64, dataTotal: UInt64, dataProcessed: UInt64, dataRemaining: UInt64, memTotal: UInt64, memProcessed: UInt64, memRemaining: UInt64, fileTotal: UInt64, fileProcessed: UInt64, fileRemaining: UInt64) -> None:
         self.type = type
         self.timeElapsed = timeElapsed
         self.timeRemaining = timeRemaining
@@ -12962,9 +12962,9 @@ class DomainGetJobStatsArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -12985,10 +12985,10 @@ class DomainGetJobStatsRet(Record):
     """XDR struct ``remote_domain_get_job_stats_ret``."""
 
     __slots__ = ('type', 'params')
-    type: int
+    type: Int32
     params: list[TypedParam]
 
-    def __init__(self, type: int, params: list[TypedParam]) -> None:
+    def __init__(self, type: Int32, params: list[TypedParam]) -> None:
         self.type = type
         self.params = params
 
@@ -13041,9 +13041,9 @@ class DomainAbortJobFlagsArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -13065,9 +13065,9 @@ class DomainMigrateGetMaxDowntimeArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -13088,9 +13088,9 @@ class DomainMigrateGetMaxDowntimeRet(Record):
     """XDR struct ``remote_domain_migrate_get_max_downtime_ret``."""
 
     __slots__ = ('downtime',)
-    downtime: int
+    downtime: UInt64
 
-    def __init__(self, downtime: int) -> None:
+    def __init__(self, downtime: UInt64) -> None:
         self.downtime = downtime
 
 
@@ -13109,10 +13109,10 @@ class DomainMigrateSetMaxDowntimeArgs(Record):
 
     __slots__ = ('dom', 'downtime', 'flags')
     dom: NonnullDomain
-    downtime: int
-    flags: int
+    downtime: UInt64
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, downtime: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, downtime: UInt64, flags: UInt32) -> None:
         self.dom = dom
         self.downtime = downtime
         self.flags = flags
@@ -13135,9 +13135,9 @@ class DomainMigrateGetCompressionCacheArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -13158,9 +13158,9 @@ class DomainMigrateGetCompressionCacheRet(Record):
     """XDR struct ``remote_domain_migrate_get_compression_cache_ret``."""
 
     __slots__ = ('cacheSize',)
-    cacheSize: int
+    cacheSize: UInt64
 
-    def __init__(self, cacheSize: int) -> None:
+    def __init__(self, cacheSize: UInt64) -> None:
         self.cacheSize = cacheSize
 
 
@@ -13179,10 +13179,10 @@ class DomainMigrateSetCompressionCacheArgs(Record):
 
     __slots__ = ('dom', 'cacheSize', 'flags')
     dom: NonnullDomain
-    cacheSize: int
-    flags: int
+    cacheSize: UInt64
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, cacheSize: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, cacheSize: UInt64, flags: UInt32) -> None:
         self.dom = dom
         self.cacheSize = cacheSize
         self.flags = flags
@@ -13205,10 +13205,10 @@ class DomainMigrateSetMaxSpeedArgs(Record):
 
     __slots__ = ('dom', 'bandwidth', 'flags')
     dom: NonnullDomain
-    bandwidth: int
-    flags: int
+    bandwidth: UInt64
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, bandwidth: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, bandwidth: UInt64, flags: UInt32) -> None:
         self.dom = dom
         self.bandwidth = bandwidth
         self.flags = flags
@@ -13231,9 +13231,9 @@ class DomainMigrateGetMaxSpeedArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -13254,9 +13254,9 @@ class DomainMigrateGetMaxSpeedRet(Record):
     """XDR struct ``remote_domain_migrate_get_max_speed_ret``."""
 
     __slots__ = ('bandwidth',)
-    bandwidth: int
+    bandwidth: UInt64
 
-    def __init__(self, bandwidth: int) -> None:
+    def __init__(self, bandwidth: UInt64) -> None:
         self.bandwidth = bandwidth
 
 
@@ -13274,9 +13274,9 @@ class ConnectDomainEventRegisterAnyArgs(Record):
     """XDR struct ``remote_connect_domain_event_register_any_args``."""
 
     __slots__ = ('eventID',)
-    eventID: int
+    eventID: Int32
 
-    def __init__(self, eventID: int) -> None:
+    def __init__(self, eventID: Int32) -> None:
         self.eventID = eventID
 
 
@@ -13294,9 +13294,9 @@ class ConnectDomainEventDeregisterAnyArgs(Record):
     """XDR struct ``remote_connect_domain_event_deregister_any_args``."""
 
     __slots__ = ('eventID',)
-    eventID: int
+    eventID: Int32
 
-    def __init__(self, eventID: int) -> None:
+    def __init__(self, eventID: Int32) -> None:
         self.eventID = eventID
 
 
@@ -13314,10 +13314,10 @@ class ConnectDomainEventCallbackRegisterAnyArgs(Record):
     """XDR struct ``remote_connect_domain_event_callback_register_any_args``."""
 
     __slots__ = ('eventID', 'dom')
-    eventID: int
+    eventID: Int32
     dom: NonnullDomain | None
 
-    def __init__(self, eventID: int, dom: NonnullDomain | None) -> None:
+    def __init__(self, eventID: Int32, dom: NonnullDomain | None) -> None:
         self.eventID = eventID
         self.dom = dom
 
@@ -13350,9 +13350,9 @@ class ConnectDomainEventCallbackRegisterAnyRet(Record):
     """XDR struct ``remote_connect_domain_event_callback_register_any_ret``."""
 
     __slots__ = ('callbackID',)
-    callbackID: int
+    callbackID: Int32
 
-    def __init__(self, callbackID: int) -> None:
+    def __init__(self, callbackID: Int32) -> None:
         self.callbackID = callbackID
 
 
@@ -13370,9 +13370,9 @@ class ConnectDomainEventCallbackDeregisterAnyArgs(Record):
     """XDR struct ``remote_connect_domain_event_callback_deregister_any_args``."""
 
     __slots__ = ('callbackID',)
-    callbackID: int
+    callbackID: Int32
 
-    def __init__(self, callbackID: int) -> None:
+    def __init__(self, callbackID: Int32) -> None:
         self.callbackID = callbackID
 
 
@@ -13409,10 +13409,10 @@ class DomainEventCallbackRebootMsg(Record):
     """XDR struct ``remote_domain_event_callback_reboot_msg``."""
 
     __slots__ = ('callbackID', 'msg')
-    callbackID: int
+    callbackID: Int32
     msg: DomainEventRebootMsg
 
-    def __init__(self, callbackID: int, msg: DomainEventRebootMsg) -> None:
+    def __init__(self, callbackID: Int32, msg: DomainEventRebootMsg) -> None:
         self.callbackID = callbackID
         self.msg = msg
 
@@ -13434,9 +13434,9 @@ class DomainEventRtcChangeMsg(Record):
 
     __slots__ = ('dom', 'offset')
     dom: NonnullDomain
-    offset: int
+    offset: Int64
 
-    def __init__(self, dom: NonnullDomain, offset: int) -> None:
+    def __init__(self, dom: NonnullDomain, offset: Int64) -> None:
         self.dom = dom
         self.offset = offset
 
@@ -13457,10 +13457,10 @@ class DomainEventCallbackRtcChangeMsg(Record):
     """XDR struct ``remote_domain_event_callback_rtc_change_msg``."""
 
     __slots__ = ('callbackID', 'msg')
-    callbackID: int
+    callbackID: Int32
     msg: DomainEventRtcChangeMsg
 
-    def __init__(self, callbackID: int, msg: DomainEventRtcChangeMsg) -> None:
+    def __init__(self, callbackID: Int32, msg: DomainEventRtcChangeMsg) -> None:
         self.callbackID = callbackID
         self.msg = msg
 
@@ -13482,9 +13482,9 @@ class DomainEventWatchdogMsg(Record):
 
     __slots__ = ('dom', 'action')
     dom: NonnullDomain
-    action: int
+    action: Int32
 
-    def __init__(self, dom: NonnullDomain, action: int) -> None:
+    def __init__(self, dom: NonnullDomain, action: Int32) -> None:
         self.dom = dom
         self.action = action
 
@@ -13505,10 +13505,10 @@ class DomainEventCallbackWatchdogMsg(Record):
     """XDR struct ``remote_domain_event_callback_watchdog_msg``."""
 
     __slots__ = ('callbackID', 'msg')
-    callbackID: int
+    callbackID: Int32
     msg: DomainEventWatchdogMsg
 
-    def __init__(self, callbackID: int, msg: DomainEventWatchdogMsg) -> None:
+    def __init__(self, callbackID: Int32, msg: DomainEventWatchdogMsg) -> None:
         self.callbackID = callbackID
         self.msg = msg
 
@@ -13532,9 +13532,9 @@ class DomainEventIoErrorMsg(Record):
     dom: NonnullDomain
     srcPath: str
     devAlias: str
-    action: int
+    action: Int32
 
-    def __init__(self, dom: NonnullDomain, srcPath: str, devAlias: str, action: int) -> None:
+    def __init__(self, dom: NonnullDomain, srcPath: str, devAlias: str, action: Int32) -> None:
         self.dom = dom
         self.srcPath = srcPath
         self.devAlias = devAlias
@@ -13583,10 +13583,10 @@ class DomainEventCallbackIoErrorMsg(Record):
     """XDR struct ``remote_domain_event_callback_io_error_msg``."""
 
     __slots__ = ('callbackID', 'msg')
-    callbackID: int
+    callbackID: Int32
     msg: DomainEventIoErrorMsg
 
-    def __init__(self, callbackID: int, msg: DomainEventIoErrorMsg) -> None:
+    def __init__(self, callbackID: Int32, msg: DomainEventIoErrorMsg) -> None:
         self.callbackID = callbackID
         self.msg = msg
 
@@ -13610,10 +13610,10 @@ class DomainEventIoErrorReasonMsg(Record):
     dom: NonnullDomain
     srcPath: str
     devAlias: str
-    action: int
+    action: Int32
     reason: str
 
-    def __init__(self, dom: NonnullDomain, srcPath: str, devAlias: str, action: int, reason: str) -> None:
+    def __init__(self, dom: NonnullDomain, srcPath: str, devAlias: str, action: Int32, reason: str) -> None:
         self.dom = dom
         self.srcPath = srcPath
         self.devAlias = devAlias
@@ -13676,10 +13676,10 @@ class DomainEventCallbackIoErrorReasonMsg(Record):
     """XDR struct ``remote_domain_event_callback_io_error_reason_msg``."""
 
     __slots__ = ('callbackID', 'msg')
-    callbackID: int
+    callbackID: Int32
     msg: DomainEventIoErrorReasonMsg
 
-    def __init__(self, callbackID: int, msg: DomainEventIoErrorReasonMsg) -> None:
+    def __init__(self, callbackID: Int32, msg: DomainEventIoErrorReasonMsg) -> None:
         self.callbackID = callbackID
         self.msg = msg
 
@@ -13700,11 +13700,11 @@ class DomainEventGraphicsAddress(Record):
     """XDR struct ``remote_domain_event_graphics_address``."""
 
     __slots__ = ('family', 'node', 'service')
-    family: int
+    family: Int32
     node: str
     service: str
 
-    def __init__(self, family: int, node: str, service: str) -> None:
+    def __init__(self, family: Int32, node: str, service: str) -> None:
         self.family = family
         self.node = node
         self.service = service
@@ -13796,13 +13796,13 @@ class DomainEventGraphicsMsg(Record):
 
     __slots__ = ('dom', 'phase', 'local', 'remote', 'authScheme', 'subject')
     dom: NonnullDomain
-    phase: int
+    phase: Int32
     local: DomainEventGraphicsAddress
     remote: DomainEventGraphicsAddress
     authScheme: str
     subject: list[DomainEventGraphicsIdentity]
 
-    def __init__(self, dom: NonnullDomain, phase: int, local: DomainEventGraphicsAddress, remote: DomainEventGraphicsAddress, authScheme: str, subject: list[DomainEventGraphicsIdentity]) -> None:
+    def __init__(self, dom: NonnullDomain, phase: Int32, local: DomainEventGraphicsAddress, remote: DomainEventGraphicsAddress, authScheme: str, subject: list[DomainEventGraphicsIdentity]) -> None:
         self.dom = dom
         self.phase = phase
         self.local = local
@@ -13858,10 +13858,10 @@ class DomainEventCallbackGraphicsMsg(Record):
     """XDR struct ``remote_domain_event_callback_graphics_msg``."""
 
     __slots__ = ('callbackID', 'msg')
-    callbackID: int
+    callbackID: Int32
     msg: DomainEventGraphicsMsg
 
-    def __init__(self, callbackID: int, msg: DomainEventGraphicsMsg) -> None:
+    def __init__(self, callbackID: Int32, msg: DomainEventGraphicsMsg) -> None:
         self.callbackID = callbackID
         self.msg = msg
 
@@ -13884,10 +13884,10 @@ class DomainEventBlockJobMsg(Record):
     __slots__ = ('dom', 'path', 'type', 'status')
     dom: NonnullDomain
     path: str
-    type: int
-    status: int
+    type: Int32
+    status: Int32
 
-    def __init__(self, dom: NonnullDomain, path: str, type: int, status: int) -> None:
+    def __init__(self, dom: NonnullDomain, path: str, type: Int32, status: Int32) -> None:
         self.dom = dom
         self.path = path
         self.type = type
@@ -13923,10 +13923,10 @@ class DomainEventCallbackBlockJobMsg(Record):
     """XDR struct ``remote_domain_event_callback_block_job_msg``."""
 
     __slots__ = ('callbackID', 'msg')
-    callbackID: int
+    callbackID: Int32
     msg: DomainEventBlockJobMsg
 
-    def __init__(self, callbackID: int, msg: DomainEventBlockJobMsg) -> None:
+    def __init__(self, callbackID: Int32, msg: DomainEventBlockJobMsg) -> None:
         self.callbackID = callbackID
         self.msg = msg
 
@@ -13951,9 +13951,9 @@ class DomainEventDiskChangeMsg(Record):
     oldSrcPath: str | None
     newSrcPath: str | None
     devAlias: str
-    reason: int
+    reason: Int32
 
-    def __init__(self, dom: NonnullDomain, oldSrcPath: str | None, newSrcPath: str | None, devAlias: str, reason: int) -> None:
+    def __init__(self, dom: NonnullDomain, oldSrcPath: str | None, newSrcPath: str | None, devAlias: str, reason: Int32) -> None:
         self.dom = dom
         self.oldSrcPath = oldSrcPath
         self.newSrcPath = newSrcPath
@@ -14040,10 +14040,10 @@ class DomainEventCallbackDiskChangeMsg(Record):
     """XDR struct ``remote_domain_event_callback_disk_change_msg``."""
 
     __slots__ = ('callbackID', 'msg')
-    callbackID: int
+    callbackID: Int32
     msg: DomainEventDiskChangeMsg
 
-    def __init__(self, callbackID: int, msg: DomainEventDiskChangeMsg) -> None:
+    def __init__(self, callbackID: Int32, msg: DomainEventDiskChangeMsg) -> None:
         self.callbackID = callbackID
         self.msg = msg
 
@@ -14066,9 +14066,9 @@ class DomainEventTrayChangeMsg(Record):
     __slots__ = ('dom', 'devAlias', 'reason')
     dom: NonnullDomain
     devAlias: str
-    reason: int
+    reason: Int32
 
-    def __init__(self, dom: NonnullDomain, devAlias: str, reason: int) -> None:
+    def __init__(self, dom: NonnullDomain, devAlias: str, reason: Int32) -> None:
         self.dom = dom
         self.devAlias = devAlias
         self.reason = reason
@@ -14103,10 +14103,10 @@ class DomainEventCallbackTrayChangeMsg(Record):
     """XDR struct ``remote_domain_event_callback_tray_change_msg``."""
 
     __slots__ = ('callbackID', 'msg')
-    callbackID: int
+    callbackID: Int32
     msg: DomainEventTrayChangeMsg
 
-    def __init__(self, callbackID: int, msg: DomainEventTrayChangeMsg) -> None:
+    def __init__(self, callbackID: Int32, msg: DomainEventTrayChangeMsg) -> None:
         self.callbackID = callbackID
         self.msg = msg
 
@@ -14146,11 +14146,11 @@ class DomainEventCallbackPmwakeupMsg(Record):
     """XDR struct ``remote_domain_event_callback_pmwakeup_msg``."""
 
     __slots__ = ('callbackID', 'reason', 'msg')
-    callbackID: int
-    reason: int
+    callbackID: Int32
+    reason: Int32
     msg: DomainEventPmwakeupMsg
 
-    def __init__(self, callbackID: int, reason: int, msg: DomainEventPmwakeupMsg) -> None:
+    def __init__(self, callbackID: Int32, reason: Int32, msg: DomainEventPmwakeupMsg) -> None:
         self.callbackID = callbackID
         self.reason = reason
         self.msg = msg
@@ -14191,11 +14191,11 @@ class DomainEventCallbackPmsuspendMsg(Record):
     """XDR struct ``remote_domain_event_callback_pmsuspend_msg``."""
 
     __slots__ = ('callbackID', 'reason', 'msg')
-    callbackID: int
-    reason: int
+    callbackID: Int32
+    reason: Int32
     msg: DomainEventPmsuspendMsg
 
-    def __init__(self, callbackID: int, reason: int, msg: DomainEventPmsuspendMsg) -> None:
+    def __init__(self, callbackID: Int32, reason: Int32, msg: DomainEventPmsuspendMsg) -> None:
         self.callbackID = callbackID
         self.reason = reason
         self.msg = msg
@@ -14218,9 +14218,9 @@ class DomainEventBalloonChangeMsg(Record):
 
     __slots__ = ('dom', 'actual')
     dom: NonnullDomain
-    actual: int
+    actual: UInt64
 
-    def __init__(self, dom: NonnullDomain, actual: int) -> None:
+    def __init__(self, dom: NonnullDomain, actual: UInt64) -> None:
         self.dom = dom
         self.actual = actual
 
@@ -14241,10 +14241,10 @@ class DomainEventCallbackBalloonChangeMsg(Record):
     """XDR struct ``remote_domain_event_callback_balloon_change_msg``."""
 
     __slots__ = ('callbackID', 'msg')
-    callbackID: int
+    callbackID: Int32
     msg: DomainEventBalloonChangeMsg
 
-    def __init__(self, callbackID: int, msg: DomainEventBalloonChangeMsg) -> None:
+    def __init__(self, callbackID: Int32, msg: DomainEventBalloonChangeMsg) -> None:
         self.callbackID = callbackID
         self.msg = msg
 
@@ -14284,11 +14284,11 @@ class DomainEventCallbackPmsuspendDiskMsg(Record):
     """XDR struct ``remote_domain_event_callback_pmsuspend_disk_msg``."""
 
     __slots__ = ('callbackID', 'reason', 'msg')
-    callbackID: int
-    reason: int
+    callbackID: Int32
+    reason: Int32
     msg: DomainEventPmsuspendDiskMsg
 
-    def __init__(self, callbackID: int, reason: int, msg: DomainEventPmsuspendDiskMsg) -> None:
+    def __init__(self, callbackID: Int32, reason: Int32, msg: DomainEventPmsuspendDiskMsg) -> None:
         self.callbackID = callbackID
         self.reason = reason
         self.msg = msg
@@ -14311,9 +14311,9 @@ class DomainManagedSaveArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -14335,9 +14335,9 @@ class DomainHasManagedSaveImageArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -14358,9 +14358,9 @@ class DomainHasManagedSaveImageRet(Record):
     """XDR struct ``remote_domain_has_managed_save_image_ret``."""
 
     __slots__ = ('result',)
-    result: int
+    result: Int32
 
-    def __init__(self, result: int) -> None:
+    def __init__(self, result: Int32) -> None:
         self.result = result
 
 
@@ -14379,9 +14379,9 @@ class DomainManagedSaveRemoveArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -14403,9 +14403,9 @@ class DomainManagedSaveGetXmlDescArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -14458,9 +14458,9 @@ class DomainManagedSaveDefineXmlArgs(Record):
     __slots__ = ('dom', 'dxml', 'flags')
     dom: NonnullDomain
     dxml: str | None
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, dxml: str | None, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, dxml: str | None, flags: UInt32) -> None:
         self.dom = dom
         self.dxml = dxml
         self.flags = flags
@@ -14509,9 +14509,9 @@ class DomainSnapshotCreateXmlArgs(Record):
     __slots__ = ('dom', 'xml_desc', 'flags')
     dom: NonnullDomain
     xml_desc: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, xml_desc: str, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, xml_desc: str, flags: UInt32) -> None:
         self.dom = dom
         self.xml_desc = xml_desc
         self.flags = flags
@@ -14566,9 +14566,9 @@ class DomainSnapshotGetXmlDescArgs(Record):
 
     __slots__ = ('snap', 'flags')
     snap: NonnullDomainSnapshot
-    flags: int
+    flags: UInt32
 
-    def __init__(self, snap: NonnullDomainSnapshot, flags: int) -> None:
+    def __init__(self, snap: NonnullDomainSnapshot, flags: UInt32) -> None:
         self.snap = snap
         self.flags = flags
 
@@ -14620,9 +14620,9 @@ class DomainSnapshotNumArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -14643,9 +14643,9 @@ class DomainSnapshotNumRet(Record):
     """XDR struct ``remote_domain_snapshot_num_ret``."""
 
     __slots__ = ('num',)
-    num: int
+    num: Int32
 
-    def __init__(self, num: int) -> None:
+    def __init__(self, num: Int32) -> None:
         self.num = num
 
 
@@ -14664,10 +14664,10 @@ class DomainSnapshotListNamesArgs(Record):
 
     __slots__ = ('dom', 'maxnames', 'flags')
     dom: NonnullDomain
-    maxnames: int
-    flags: int
+    maxnames: Int32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, maxnames: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, maxnames: Int32, flags: UInt32) -> None:
         self.dom = dom
         self.maxnames = maxnames
         self.flags = flags
@@ -14732,10 +14732,10 @@ class DomainListAllSnapshotsArgs(Record):
 
     __slots__ = ('dom', 'need_results', 'flags')
     dom: NonnullDomain
-    need_results: int
-    flags: int
+    need_results: Int32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, need_results: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, need_results: Int32, flags: UInt32) -> None:
         self.dom = dom
         self.need_results = need_results
         self.flags = flags
@@ -14758,9 +14758,9 @@ class DomainListAllSnapshotsRet(Record):
 
     __slots__ = ('snapshots', 'ret')
     snapshots: list[NonnullDomainSnapshot]
-    ret: int
+    ret: Int32
 
-    def __init__(self, snapshots: list[NonnullDomainSnapshot], ret: int) -> None:
+    def __init__(self, snapshots: list[NonnullDomainSnapshot], ret: Int32) -> None:
         self.snapshots = snapshots
         self.ret = ret
 
@@ -14794,9 +14794,9 @@ class DomainSnapshotNumChildrenArgs(Record):
 
     __slots__ = ('snap', 'flags')
     snap: NonnullDomainSnapshot
-    flags: int
+    flags: UInt32
 
-    def __init__(self, snap: NonnullDomainSnapshot, flags: int) -> None:
+    def __init__(self, snap: NonnullDomainSnapshot, flags: UInt32) -> None:
         self.snap = snap
         self.flags = flags
 
@@ -14817,9 +14817,9 @@ class DomainSnapshotNumChildrenRet(Record):
     """XDR struct ``remote_domain_snapshot_num_children_ret``."""
 
     __slots__ = ('num',)
-    num: int
+    num: Int32
 
-    def __init__(self, num: int) -> None:
+    def __init__(self, num: Int32) -> None:
         self.num = num
 
 
@@ -14838,10 +14838,10 @@ class DomainSnapshotListChildrenNamesArgs(Record):
 
     __slots__ = ('snap', 'maxnames', 'flags')
     snap: NonnullDomainSnapshot
-    maxnames: int
-    flags: int
+    maxnames: Int32
+    flags: UInt32
 
-    def __init__(self, snap: NonnullDomainSnapshot, maxnames: int, flags: int) -> None:
+    def __init__(self, snap: NonnullDomainSnapshot, maxnames: Int32, flags: UInt32) -> None:
         self.snap = snap
         self.maxnames = maxnames
         self.flags = flags
@@ -14906,10 +14906,10 @@ class DomainSnapshotListAllChildrenArgs(Record):
 
     __slots__ = ('snapshot', 'need_results', 'flags')
     snapshot: NonnullDomainSnapshot
-    need_results: int
-    flags: int
+    need_results: Int32
+    flags: UInt32
 
-    def __init__(self, snapshot: NonnullDomainSnapshot, need_results: int, flags: int) -> None:
+    def __init__(self, snapshot: NonnullDomainSnapshot, need_results: Int32, flags: UInt32) -> None:
         self.snapshot = snapshot
         self.need_results = need_results
         self.flags = flags
@@ -14932,9 +14932,9 @@ class DomainSnapshotListAllChildrenRet(Record):
 
     __slots__ = ('snapshots', 'ret')
     snapshots: list[NonnullDomainSnapshot]
-    ret: int
+    ret: Int32
 
-    def __init__(self, snapshots: list[NonnullDomainSnapshot], ret: int) -> None:
+    def __init__(self, snapshots: list[NonnullDomainSnapshot], ret: Int32) -> None:
         self.snapshots = snapshots
         self.ret = ret
 
@@ -14969,9 +14969,9 @@ class DomainSnapshotLookupByNameArgs(Record):
     __slots__ = ('dom', 'name', 'flags')
     dom: NonnullDomain
     name: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, name: str, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, name: str, flags: UInt32) -> None:
         self.dom = dom
         self.name = name
         self.flags = flags
@@ -15026,9 +15026,9 @@ class DomainHasCurrentSnapshotArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -15049,9 +15049,9 @@ class DomainHasCurrentSnapshotRet(Record):
     """XDR struct ``remote_domain_has_current_snapshot_ret``."""
 
     __slots__ = ('result',)
-    result: int
+    result: Int32
 
-    def __init__(self, result: int) -> None:
+    def __init__(self, result: Int32) -> None:
         self.result = result
 
 
@@ -15070,9 +15070,9 @@ class DomainSnapshotGetParentArgs(Record):
 
     __slots__ = ('snap', 'flags')
     snap: NonnullDomainSnapshot
-    flags: int
+    flags: UInt32
 
-    def __init__(self, snap: NonnullDomainSnapshot, flags: int) -> None:
+    def __init__(self, snap: NonnullDomainSnapshot, flags: UInt32) -> None:
         self.snap = snap
         self.flags = flags
 
@@ -15113,9 +15113,9 @@ class DomainSnapshotCurrentArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -15156,9 +15156,9 @@ class DomainSnapshotIsCurrentArgs(Record):
 
     __slots__ = ('snap', 'flags')
     snap: NonnullDomainSnapshot
-    flags: int
+    flags: UInt32
 
-    def __init__(self, snap: NonnullDomainSnapshot, flags: int) -> None:
+    def __init__(self, snap: NonnullDomainSnapshot, flags: UInt32) -> None:
         self.snap = snap
         self.flags = flags
 
@@ -15179,9 +15179,9 @@ class DomainSnapshotIsCurrentRet(Record):
     """XDR struct ``remote_domain_snapshot_is_current_ret``."""
 
     __slots__ = ('current',)
-    current: int
+    current: Int32
 
-    def __init__(self, current: int) -> None:
+    def __init__(self, current: Int32) -> None:
         self.current = current
 
 
@@ -15200,9 +15200,9 @@ class DomainSnapshotHasMetadataArgs(Record):
 
     __slots__ = ('snap', 'flags')
     snap: NonnullDomainSnapshot
-    flags: int
+    flags: UInt32
 
-    def __init__(self, snap: NonnullDomainSnapshot, flags: int) -> None:
+    def __init__(self, snap: NonnullDomainSnapshot, flags: UInt32) -> None:
         self.snap = snap
         self.flags = flags
 
@@ -15223,9 +15223,9 @@ class DomainSnapshotHasMetadataRet(Record):
     """XDR struct ``remote_domain_snapshot_has_metadata_ret``."""
 
     __slots__ = ('metadata',)
-    metadata: int
+    metadata: Int32
 
-    def __init__(self, metadata: int) -> None:
+    def __init__(self, metadata: Int32) -> None:
         self.metadata = metadata
 
 
@@ -15244,9 +15244,9 @@ class DomainRevertToSnapshotArgs(Record):
 
     __slots__ = ('snap', 'flags')
     snap: NonnullDomainSnapshot
-    flags: int
+    flags: UInt32
 
-    def __init__(self, snap: NonnullDomainSnapshot, flags: int) -> None:
+    def __init__(self, snap: NonnullDomainSnapshot, flags: UInt32) -> None:
         self.snap = snap
         self.flags = flags
 
@@ -15268,9 +15268,9 @@ class DomainSnapshotDeleteArgs(Record):
 
     __slots__ = ('snap', 'flags')
     snap: NonnullDomainSnapshot
-    flags: int
+    flags: UInt32
 
-    def __init__(self, snap: NonnullDomainSnapshot, flags: int) -> None:
+    def __init__(self, snap: NonnullDomainSnapshot, flags: UInt32) -> None:
         self.snap = snap
         self.flags = flags
 
@@ -15293,9 +15293,9 @@ class DomainOpenConsoleArgs(Record):
     __slots__ = ('dom', 'dev_name', 'flags')
     dom: NonnullDomain
     dev_name: str | None
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, dev_name: str | None, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, dev_name: str | None, flags: UInt32) -> None:
         self.dom = dom
         self.dev_name = dev_name
         self.flags = flags
@@ -15344,9 +15344,9 @@ class DomainOpenChannelArgs(Record):
     __slots__ = ('dom', 'name', 'flags')
     dom: NonnullDomain
     name: str | None
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, name: str | None, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, name: str | None, flags: UInt32) -> None:
         self.dom = dom
         self.name = name
         self.flags = flags
@@ -15394,11 +15394,11 @@ class StorageVolUploadArgs(Record):
 
     __slots__ = ('vol', 'offset', 'length', 'flags')
     vol: NonnullStorageVol
-    offset: int
-    length: int
-    flags: int
+    offset: UInt64
+    length: UInt64
+    flags: UInt32
 
-    def __init__(self, vol: NonnullStorageVol, offset: int, length: int, flags: int) -> None:
+    def __init__(self, vol: NonnullStorageVol, offset: UInt64, length: UInt64, flags: UInt32) -> None:
         self.vol = vol
         self.offset = offset
         self.length = length
@@ -15422,11 +15422,11 @@ class StorageVolDownloadArgs(Record):
 
     __slots__ = ('vol', 'offset', 'length', 'flags')
     vol: NonnullStorageVol
-    offset: int
-    length: int
-    flags: int
+    offset: UInt64
+    length: UInt64
+    flags: UInt32
 
-    def __init__(self, vol: NonnullStorageVol, offset: int, length: int, flags: int) -> None:
+    def __init__(self, vol: NonnullStorageVol, offset: UInt64, length: UInt64, flags: UInt32) -> None:
         self.vol = vol
         self.offset = offset
         self.length = length
@@ -15450,9 +15450,9 @@ class DomainGetStateArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -15473,10 +15473,10 @@ class DomainGetStateRet(Record):
     """XDR struct ``remote_domain_get_state_ret``."""
 
     __slots__ = ('state', 'reason')
-    state: int
-    reason: int
+    state: Int32
+    reason: Int32
 
-    def __init__(self, state: int, reason: int) -> None:
+    def __init__(self, state: Int32, reason: Int32) -> None:
         self.state = state
         self.reason = reason
 
@@ -15497,11 +15497,11 @@ class DomainMigrateBegin3Args(Record):
     __slots__ = ('dom', 'xmlin', 'flags', 'dname', 'resource')
     dom: NonnullDomain
     xmlin: str | None
-    flags: int
+    flags: UInt64
     dname: str | None
-    resource: int
+    resource: UInt64
 
-    def __init__(self, dom: NonnullDomain, xmlin: str | None, flags: int, dname: str | None, resource: int) -> None:
+    def __init__(self, dom: NonnullDomain, xmlin: str | None, flags: UInt64, dname: str | None, resource: UInt64) -> None:
         self.dom = dom
         self.xmlin = xmlin
         self.flags = flags
@@ -15625,12 +15625,12 @@ class DomainMigratePrepare3Args(Record):
     __slots__ = ('cookie_in', 'uri_in', 'flags', 'dname', 'resource', 'dom_xml')
     cookie_in: bytes
     uri_in: str | None
-    flags: int
+    flags: UInt64
     dname: str | None
-    resource: int
+    resource: UInt64
     dom_xml: str
 
-    def __init__(self, cookie_in: bytes, uri_in: str | None, flags: int, dname: str | None, resource: int, dom_xml: str) -> None:
+    def __init__(self, cookie_in: bytes, uri_in: str | None, flags: UInt64, dname: str | None, resource: UInt64, dom_xml: str) -> None:
         self.cookie_in = cookie_in
         self.uri_in = uri_in
         self.flags = flags
@@ -15790,12 +15790,12 @@ class DomainMigratePrepareTunnel3Args(Record):
 
     __slots__ = ('cookie_in', 'flags', 'dname', 'resource', 'dom_xml')
     cookie_in: bytes
-    flags: int
+    flags: UInt64
     dname: str | None
-    resource: int
+    resource: UInt64
     dom_xml: str
 
-    def __init__(self, cookie_in: bytes, flags: int, dname: str | None, resource: int, dom_xml: str) -> None:
+    def __init__(self, cookie_in: bytes, flags: UInt64, dname: str | None, resource: UInt64, dom_xml: str) -> None:
         self.cookie_in = cookie_in
         self.flags = flags
         self.dname = dname
@@ -15906,11 +15906,11 @@ class DomainMigratePerform3Args(Record):
     cookie_in: bytes
     dconnuri: str | None
     uri: str | None
-    flags: int
+    flags: UInt64
     dname: str | None
-    resource: int
+    resource: UInt64
 
-    def __init__(self, dom: NonnullDomain, xmlin: str | None, cookie_in: bytes, dconnuri: str | None, uri: str | None, flags: int, dname: str | None, resource: int) -> None:
+    def __init__(self, dom: NonnullDomain, xmlin: str | None, cookie_in: bytes, dconnuri: str | None, uri: str | None, flags: UInt64, dname: str | None, resource: UInt64) -> None:
         self.dom = dom
         self.xmlin = xmlin
         self.cookie_in = cookie_in
@@ -16087,10 +16087,10 @@ class DomainMigrateFinish3Args(Record):
     cookie_in: bytes
     dconnuri: str | None
     uri: str | None
-    flags: int
-    cancelled: int
+    flags: UInt64
+    cancelled: Int32
 
-    def __init__(self, dname: str, cookie_in: bytes, dconnuri: str | None, uri: str | None, flags: int, cancelled: int) -> None:
+    def __init__(self, dname: str, cookie_in: bytes, dconnuri: str | None, uri: str | None, flags: UInt64, cancelled: Int32) -> None:
         self.dname = dname
         self.cookie_in = cookie_in
         self.dconnuri = dconnuri
@@ -16225,10 +16225,10 @@ class DomainMigrateConfirm3Args(Record):
     __slots__ = ('dom', 'cookie_in', 'flags', 'cancelled')
     dom: NonnullDomain
     cookie_in: bytes
-    flags: int
-    cancelled: int
+    flags: UInt64
+    cancelled: Int32
 
-    def __init__(self, dom: NonnullDomain, cookie_in: bytes, flags: int, cancelled: int) -> None:
+    def __init__(self, dom: NonnullDomain, cookie_in: bytes, flags: UInt64, cancelled: Int32) -> None:
         self.dom = dom
         self.cookie_in = cookie_in
         self.flags = flags
@@ -16283,10 +16283,10 @@ class DomainEventCallbackControlErrorMsg(Record):
     """XDR struct ``remote_domain_event_callback_control_error_msg``."""
 
     __slots__ = ('callbackID', 'msg')
-    callbackID: int
+    callbackID: Int32
     msg: DomainEventControlErrorMsg
 
-    def __init__(self, callbackID: int, msg: DomainEventControlErrorMsg) -> None:
+    def __init__(self, callbackID: Int32, msg: DomainEventControlErrorMsg) -> None:
         self.callbackID = callbackID
         self.msg = msg
 
@@ -16308,9 +16308,9 @@ class DomainGetControlInfoArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -16331,11 +16331,11 @@ class DomainGetControlInfoRet(Record):
     """XDR struct ``remote_domain_get_control_info_ret``."""
 
     __slots__ = ('state', 'details', 'stateTime')
-    state: int
-    details: int
-    stateTime: int
+    state: UInt32
+    details: UInt32
+    stateTime: UInt64
 
-    def __init__(self, state: int, details: int, stateTime: int) -> None:
+    def __init__(self, state: UInt32, details: UInt32, stateTime: UInt64) -> None:
         self.state = state
         self.details = details
         self.stateTime = stateTime
@@ -16356,10 +16356,10 @@ class DomainOpenGraphicsArgs(Record):
 
     __slots__ = ('dom', 'idx', 'flags')
     dom: NonnullDomain
-    idx: int
-    flags: int
+    idx: UInt32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, idx: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, idx: UInt32, flags: UInt32) -> None:
         self.dom = dom
         self.idx = idx
         self.flags = flags
@@ -16382,10 +16382,10 @@ class DomainOpenGraphicsFdArgs(Record):
 
     __slots__ = ('dom', 'idx', 'flags')
     dom: NonnullDomain
-    idx: int
-    flags: int
+    idx: UInt32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, idx: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, idx: UInt32, flags: UInt32) -> None:
         self.dom = dom
         self.idx = idx
         self.flags = flags
@@ -16407,11 +16407,11 @@ class NodeSuspendForDurationArgs(Record):
     """XDR struct ``remote_node_suspend_for_duration_args``."""
 
     __slots__ = ('target', 'duration', 'flags')
-    target: int
-    duration: int
-    flags: int
+    target: UInt32
+    duration: UInt64
+    flags: UInt32
 
-    def __init__(self, target: int, duration: int, flags: int) -> None:
+    def __init__(self, target: UInt32, duration: UInt64, flags: UInt32) -> None:
         self.target = target
         self.duration = duration
         self.flags = flags
@@ -16432,9 +16432,9 @@ class DomainShutdownFlagsArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -16456,10 +16456,10 @@ class DomainGetDiskErrorsArgs(Record):
 
     __slots__ = ('dom', 'maxerrors', 'flags')
     dom: NonnullDomain
-    maxerrors: int
-    flags: int
+    maxerrors: UInt32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, maxerrors: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, maxerrors: UInt32, flags: UInt32) -> None:
         self.dom = dom
         self.maxerrors = maxerrors
         self.flags = flags
@@ -16482,9 +16482,9 @@ class DomainGetDiskErrorsRet(Record):
 
     __slots__ = ('errors', 'nerrors')
     errors: list[DomainDiskError]
-    nerrors: int
+    nerrors: Int32
 
-    def __init__(self, errors: list[DomainDiskError], nerrors: int) -> None:
+    def __init__(self, errors: list[DomainDiskError], nerrors: Int32) -> None:
         self.errors = errors
         self.nerrors = nerrors
 
@@ -16517,10 +16517,10 @@ class ConnectListAllDomainsArgs(Record):
     """XDR struct ``remote_connect_list_all_domains_args``."""
 
     __slots__ = ('need_results', 'flags')
-    need_results: int
-    flags: int
+    need_results: Int32
+    flags: UInt32
 
-    def __init__(self, need_results: int, flags: int) -> None:
+    def __init__(self, need_results: Int32, flags: UInt32) -> None:
         self.need_results = need_results
         self.flags = flags
 
@@ -16540,9 +16540,9 @@ class ConnectListAllDomainsRet(Record):
 
     __slots__ = ('domains', 'ret')
     domains: list[NonnullDomain]
-    ret: int
+    ret: UInt32
 
-    def __init__(self, domains: list[NonnullDomain], ret: int) -> None:
+    def __init__(self, domains: list[NonnullDomain], ret: UInt32) -> None:
         self.domains = domains
         self.ret = ret
 
@@ -16575,10 +16575,10 @@ class ConnectListAllStoragePoolsArgs(Record):
     """XDR struct ``remote_connect_list_all_storage_pools_args``."""
 
     __slots__ = ('need_results', 'flags')
-    need_results: int
-    flags: int
+    need_results: Int32
+    flags: UInt32
 
-    def __init__(self, need_results: int, flags: int) -> None:
+    def __init__(self, need_results: Int32, flags: UInt32) -> None:
         self.need_results = need_results
         self.flags = flags
 
@@ -16598,9 +16598,9 @@ class ConnectListAllStoragePoolsRet(Record):
 
     __slots__ = ('pools', 'ret')
     pools: list[NonnullStoragePool]
-    ret: int
+    ret: UInt32
 
-    def __init__(self, pools: list[NonnullStoragePool], ret: int) -> None:
+    def __init__(self, pools: list[NonnullStoragePool], ret: UInt32) -> None:
         self.pools = pools
         self.ret = ret
 
@@ -16634,10 +16634,10 @@ class StoragePoolListAllVolumesArgs(Record):
 
     __slots__ = ('pool', 'need_results', 'flags')
     pool: NonnullStoragePool
-    need_results: int
-    flags: int
+    need_results: Int32
+    flags: UInt32
 
-    def __init__(self, pool: NonnullStoragePool, need_results: int, flags: int) -> None:
+    def __init__(self, pool: NonnullStoragePool, need_results: Int32, flags: UInt32) -> None:
         self.pool = pool
         self.need_results = need_results
         self.flags = flags
@@ -16660,9 +16660,9 @@ class StoragePoolListAllVolumesRet(Record):
 
     __slots__ = ('vols', 'ret')
     vols: list[NonnullStorageVol]
-    ret: int
+    ret: UInt32
 
-    def __init__(self, vols: list[NonnullStorageVol], ret: int) -> None:
+    def __init__(self, vols: list[NonnullStorageVol], ret: UInt32) -> None:
         self.vols = vols
         self.ret = ret
 
@@ -16695,10 +16695,10 @@ class ConnectListAllNetworksArgs(Record):
     """XDR struct ``remote_connect_list_all_networks_args``."""
 
     __slots__ = ('need_results', 'flags')
-    need_results: int
-    flags: int
+    need_results: Int32
+    flags: UInt32
 
-    def __init__(self, need_results: int, flags: int) -> None:
+    def __init__(self, need_results: Int32, flags: UInt32) -> None:
         self.need_results = need_results
         self.flags = flags
 
@@ -16718,9 +16718,9 @@ class ConnectListAllNetworksRet(Record):
 
     __slots__ = ('nets', 'ret')
     nets: list[NonnullNetwork]
-    ret: int
+    ret: UInt32
 
-    def __init__(self, nets: list[NonnullNetwork], ret: int) -> None:
+    def __init__(self, nets: list[NonnullNetwork], ret: UInt32) -> None:
         self.nets = nets
         self.ret = ret
 
@@ -16753,10 +16753,10 @@ class ConnectListAllInterfacesArgs(Record):
     """XDR struct ``remote_connect_list_all_interfaces_args``."""
 
     __slots__ = ('need_results', 'flags')
-    need_results: int
-    flags: int
+    need_results: Int32
+    flags: UInt32
 
-    def __init__(self, need_results: int, flags: int) -> None:
+    def __init__(self, need_results: Int32, flags: UInt32) -> None:
         self.need_results = need_results
         self.flags = flags
 
@@ -16776,9 +16776,9 @@ class ConnectListAllInterfacesRet(Record):
 
     __slots__ = ('ifaces', 'ret')
     ifaces: list[NonnullInterface]
-    ret: int
+    ret: UInt32
 
-    def __init__(self, ifaces: list[NonnullInterface], ret: int) -> None:
+    def __init__(self, ifaces: list[NonnullInterface], ret: UInt32) -> None:
         self.ifaces = ifaces
         self.ret = ret
 
@@ -16811,10 +16811,10 @@ class ConnectListAllNodeDevicesArgs(Record):
     """XDR struct ``remote_connect_list_all_node_devices_args``."""
 
     __slots__ = ('need_results', 'flags')
-    need_results: int
-    flags: int
+    need_results: Int32
+    flags: UInt32
 
-    def __init__(self, need_results: int, flags: int) -> None:
+    def __init__(self, need_results: Int32, flags: UInt32) -> None:
         self.need_results = need_results
         self.flags = flags
 
@@ -16834,9 +16834,9 @@ class ConnectListAllNodeDevicesRet(Record):
 
     __slots__ = ('devices', 'ret')
     devices: list[NonnullNodeDevice]
-    ret: int
+    ret: UInt32
 
-    def __init__(self, devices: list[NonnullNodeDevice], ret: int) -> None:
+    def __init__(self, devices: list[NonnullNodeDevice], ret: UInt32) -> None:
         self.devices = devices
         self.ret = ret
 
@@ -16869,10 +16869,10 @@ class ConnectListAllNwfiltersArgs(Record):
     """XDR struct ``remote_connect_list_all_nwfilters_args``."""
 
     __slots__ = ('need_results', 'flags')
-    need_results: int
-    flags: int
+    need_results: Int32
+    flags: UInt32
 
-    def __init__(self, need_results: int, flags: int) -> None:
+    def __init__(self, need_results: Int32, flags: UInt32) -> None:
         self.need_results = need_results
         self.flags = flags
 
@@ -16892,9 +16892,9 @@ class ConnectListAllNwfiltersRet(Record):
 
     __slots__ = ('filters', 'ret')
     filters: list[NonnullNwfilter]
-    ret: int
+    ret: UInt32
 
-    def __init__(self, filters: list[NonnullNwfilter], ret: int) -> None:
+    def __init__(self, filters: list[NonnullNwfilter], ret: UInt32) -> None:
         self.filters = filters
         self.ret = ret
 
@@ -16927,10 +16927,10 @@ class ConnectListAllSecretsArgs(Record):
     """XDR struct ``remote_connect_list_all_secrets_args``."""
 
     __slots__ = ('need_results', 'flags')
-    need_results: int
-    flags: int
+    need_results: Int32
+    flags: UInt32
 
-    def __init__(self, need_results: int, flags: int) -> None:
+    def __init__(self, need_results: Int32, flags: UInt32) -> None:
         self.need_results = need_results
         self.flags = flags
 
@@ -16950,9 +16950,9 @@ class ConnectListAllSecretsRet(Record):
 
     __slots__ = ('secrets', 'ret')
     secrets: list[NonnullSecret]
-    ret: int
+    ret: UInt32
 
-    def __init__(self, secrets: list[NonnullSecret], ret: int) -> None:
+    def __init__(self, secrets: list[NonnullSecret], ret: UInt32) -> None:
         self.secrets = secrets
         self.ret = ret
 
@@ -16986,9 +16986,9 @@ class NodeSetMemoryParametersArgs(Record):
 
     __slots__ = ('params', 'flags')
     params: list[TypedParam]
-    flags: int
+    flags: UInt32
 
-    def __init__(self, params: list[TypedParam], flags: int) -> None:
+    def __init__(self, params: list[TypedParam], flags: UInt32) -> None:
         self.params = params
         self.flags = flags
 
@@ -17021,10 +17021,10 @@ class NodeGetMemoryParametersArgs(Record):
     """XDR struct ``remote_node_get_memory_parameters_args``."""
 
     __slots__ = ('nparams', 'flags')
-    nparams: int
-    flags: int
+    nparams: Int32
+    flags: UInt32
 
-    def __init__(self, nparams: int, flags: int) -> None:
+    def __init__(self, nparams: Int32, flags: UInt32) -> None:
         self.nparams = nparams
         self.flags = flags
 
@@ -17044,9 +17044,9 @@ class NodeGetMemoryParametersRet(Record):
 
     __slots__ = ('params', 'nparams')
     params: list[TypedParam]
-    nparams: int
+    nparams: Int32
 
-    def __init__(self, params: list[TypedParam], nparams: int) -> None:
+    def __init__(self, params: list[TypedParam], nparams: Int32) -> None:
         self.params = params
         self.nparams = nparams
 
@@ -17079,11 +17079,11 @@ class NodeGetCpuMapArgs(Record):
     """XDR struct ``remote_node_get_cpu_map_args``."""
 
     __slots__ = ('need_map', 'need_online', 'flags')
-    need_map: int
-    need_online: int
-    flags: int
+    need_map: Int32
+    need_online: Int32
+    flags: UInt32
 
-    def __init__(self, need_map: int, need_online: int, flags: int) -> None:
+    def __init__(self, need_map: Int32, need_online: Int32, flags: UInt32) -> None:
         self.need_map = need_map
         self.need_online = need_online
         self.flags = flags
@@ -17104,10 +17104,10 @@ class NodeGetCpuMapRet(Record):
 
     __slots__ = ('cpumap', 'online', 'ret')
     cpumap: bytes
-    online: int
-    ret: int
+    online: UInt32
+    ret: Int32
 
-    def __init__(self, cpumap: bytes, online: int, ret: int) -> None:
+    def __init__(self, cpumap: bytes, online: UInt32, ret: Int32) -> None:
         self.cpumap = cpumap
         self.online = online
         self.ret = ret
@@ -17142,10 +17142,10 @@ class DomainFstrimArgs(Record):
     __slots__ = ('dom', 'mountPoint', 'minimum', 'flags')
     dom: NonnullDomain
     mountPoint: str | None
-    minimum: int
-    flags: int
+    minimum: UInt64
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, mountPoint: str | None, minimum: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, mountPoint: str | None, minimum: UInt64, flags: UInt32) -> None:
         self.dom = dom
         self.mountPoint = mountPoint
         self.minimum = minimum
@@ -17194,9 +17194,9 @@ class DomainGetTimeArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -17217,10 +17217,10 @@ class DomainGetTimeRet(Record):
     """XDR struct ``remote_domain_get_time_ret``."""
 
     __slots__ = ('seconds', 'nseconds')
-    seconds: int
-    nseconds: int
+    seconds: Int64
+    nseconds: UInt32
 
-    def __init__(self, seconds: int, nseconds: int) -> None:
+    def __init__(self, seconds: Int64, nseconds: UInt32) -> None:
         self.seconds = seconds
         self.nseconds = nseconds
 
@@ -17240,11 +17240,11 @@ class DomainSetTimeArgs(Record):
 
     __slots__ = ('dom', 'seconds', 'nseconds', 'flags')
     dom: NonnullDomain
-    seconds: int
-    nseconds: int
-    flags: int
+    seconds: Int64
+    nseconds: UInt32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, seconds: int, nseconds: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, seconds: Int64, nseconds: UInt32, flags: UInt32) -> None:
         self.dom = dom
         self.seconds = seconds
         self.nseconds = nseconds
@@ -17269,9 +17269,9 @@ class DomainMigrateBegin3ParamsArgs(Record):
     __slots__ = ('dom', 'params', 'flags')
     dom: NonnullDomain
     params: list[TypedParam]
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, params: list[TypedParam], flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, params: list[TypedParam], flags: UInt32) -> None:
         self.dom = dom
         self.params = params
         self.flags = flags
@@ -17354,9 +17354,9 @@ class DomainMigratePrepare3ParamsArgs(Record):
     __slots__ = ('params', 'cookie_in', 'flags')
     params: list[TypedParam]
     cookie_in: bytes
-    flags: int
+    flags: UInt32
 
-    def __init__(self, params: list[TypedParam], cookie_in: bytes, flags: int) -> None:
+    def __init__(self, params: list[TypedParam], cookie_in: bytes, flags: UInt32) -> None:
         self.params = params
         self.cookie_in = cookie_in
         self.flags = flags
@@ -17462,9 +17462,9 @@ class DomainMigratePrepareTunnel3ParamsArgs(Record):
     __slots__ = ('params', 'cookie_in', 'flags')
     params: list[TypedParam]
     cookie_in: bytes
-    flags: int
+    flags: UInt32
 
-    def __init__(self, params: list[TypedParam], cookie_in: bytes, flags: int) -> None:
+    def __init__(self, params: list[TypedParam], cookie_in: bytes, flags: UInt32) -> None:
         self.params = params
         self.cookie_in = cookie_in
         self.flags = flags
@@ -17545,9 +17545,9 @@ class DomainMigratePerform3ParamsArgs(Record):
     dconnuri: str | None
     params: list[TypedParam]
     cookie_in: bytes
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, dconnuri: str | None, params: list[TypedParam], cookie_in: bytes, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, dconnuri: str | None, params: list[TypedParam], cookie_in: bytes, flags: UInt32) -> None:
         self.dom = dom
         self.dconnuri = dconnuri
         self.params = params
@@ -17655,10 +17655,10 @@ class DomainMigrateFinish3ParamsArgs(Record):
     __slots__ = ('params', 'cookie_in', 'flags', 'cancelled')
     params: list[TypedParam]
     cookie_in: bytes
-    flags: int
-    cancelled: int
+    flags: UInt32
+    cancelled: Int32
 
-    def __init__(self, params: list[TypedParam], cookie_in: bytes, flags: int, cancelled: int) -> None:
+    def __init__(self, params: list[TypedParam], cookie_in: bytes, flags: UInt32, cancelled: Int32) -> None:
         self.params = params
         self.cookie_in = cookie_in
         self.flags = flags
@@ -17743,10 +17743,10 @@ class DomainMigrateConfirm3ParamsArgs(Record):
     dom: NonnullDomain
     params: list[TypedParam]
     cookie_in: bytes
-    flags: int
-    cancelled: int
+    flags: UInt32
+    cancelled: Int32
 
-    def __init__(self, dom: NonnullDomain, params: list[TypedParam], cookie_in: bytes, flags: int, cancelled: int) -> None:
+    def __init__(self, dom: NonnullDomain, params: list[TypedParam], cookie_in: bytes, flags: UInt32, cancelled: Int32) -> None:
         self.dom = dom
         self.params = params
         self.cookie_in = cookie_in
@@ -17831,10 +17831,10 @@ class DomainEventCallbackDeviceRemovedMsg(Record):
     """XDR struct ``remote_domain_event_callback_device_removed_msg``."""
 
     __slots__ = ('callbackID', 'msg')
-    callbackID: int
+    callbackID: Int32
     msg: DomainEventDeviceRemovedMsg
 
-    def __init__(self, callbackID: int, msg: DomainEventDeviceRemovedMsg) -> None:
+    def __init__(self, callbackID: Int32, msg: DomainEventDeviceRemovedMsg) -> None:
         self.callbackID = callbackID
         self.msg = msg
 
@@ -17855,13 +17855,13 @@ class DomainEventBlockJob2Msg(Record):
     """XDR struct ``remote_domain_event_block_job_2_msg``."""
 
     __slots__ = ('callbackID', 'dom', 'dst', 'type', 'status')
-    callbackID: int
+    callbackID: Int32
     dom: NonnullDomain
     dst: str
-    type: int
-    status: int
+    type: Int32
+    status: Int32
 
-    def __init__(self, callbackID: int, dom: NonnullDomain, dst: str, type: int, status: int) -> None:
+    def __init__(self, callbackID: Int32, dom: NonnullDomain, dst: str, type: Int32, status: Int32) -> None:
         self.callbackID = callbackID
         self.dom = dom
         self.dst = dst
@@ -17901,14 +17901,14 @@ class DomainEventBlockThresholdMsg(Record):
     """XDR struct ``remote_domain_event_block_threshold_msg``."""
 
     __slots__ = ('callbackID', 'dom', 'dev', 'path', 'threshold', 'excess')
-    callbackID: int
+    callbackID: Int32
     dom: NonnullDomain
     dev: str
     path: str | None
-    threshold: int
-    excess: int
+    threshold: UInt64
+    excess: UInt64
 
-    def __init__(self, callbackID: int, dom: NonnullDomain, dev: str, path: str | None, threshold: int, excess: int) -> None:
+    def __init__(self, callbackID: Int32, dom: NonnullDomain, dev: str, path: str | None, threshold: UInt64, excess: UInt64) -> None:
         self.callbackID = callbackID
         self.dom = dom
         self.dev = dev
@@ -17974,11 +17974,11 @@ class DomainEventCallbackTunableMsg(Record):
     """XDR struct ``remote_domain_event_callback_tunable_msg``."""
 
     __slots__ = ('callbackID', 'dom', 'params')
-    callbackID: int
+    callbackID: Int32
     dom: NonnullDomain
     params: list[TypedParam]
 
-    def __init__(self, callbackID: int, dom: NonnullDomain, params: list[TypedParam]) -> None:
+    def __init__(self, callbackID: Int32, dom: NonnullDomain, params: list[TypedParam]) -> None:
         self.callbackID = callbackID
         self.dom = dom
         self.params = params
@@ -18014,11 +18014,11 @@ class DomainEventCallbackDeviceAddedMsg(Record):
     """XDR struct ``remote_domain_event_callback_device_added_msg``."""
 
     __slots__ = ('callbackID', 'dom', 'devAlias')
-    callbackID: int
+    callbackID: Int32
     dom: NonnullDomain
     devAlias: str
 
-    def __init__(self, callbackID: int, dom: NonnullDomain, devAlias: str) -> None:
+    def __init__(self, callbackID: Int32, dom: NonnullDomain, devAlias: str) -> None:
         self.callbackID = callbackID
         self.dom = dom
         self.devAlias = devAlias
@@ -18053,9 +18053,9 @@ class ConnectEventConnectionClosedMsg(Record):
     """XDR struct ``remote_connect_event_connection_closed_msg``."""
 
     __slots__ = ('reason',)
-    reason: int
+    reason: Int32
 
-    def __init__(self, reason: int) -> None:
+    def __init__(self, reason: Int32) -> None:
         self.reason = reason
 
 
@@ -18074,10 +18074,10 @@ class ConnectGetCpuModelNamesArgs(Record):
 
     __slots__ = ('arch', 'need_results', 'flags')
     arch: str
-    need_results: int
-    flags: int
+    need_results: Int32
+    flags: UInt32
 
-    def __init__(self, arch: str, need_results: int, flags: int) -> None:
+    def __init__(self, arch: str, need_results: Int32, flags: UInt32) -> None:
         self.arch = arch
         self.need_results = need_results
         self.flags = flags
@@ -18111,9 +18111,9 @@ class ConnectGetCpuModelNamesRet(Record):
 
     __slots__ = ('models', 'ret')
     models: list[str]
-    ret: int
+    ret: Int32
 
-    def __init__(self, models: list[str], ret: int) -> None:
+    def __init__(self, models: list[str], ret: Int32) -> None:
         self.models = models
         self.ret = ret
 
@@ -18157,10 +18157,10 @@ class ConnectNetworkEventRegisterAnyArgs(Record):
     """XDR struct ``remote_connect_network_event_register_any_args``."""
 
     __slots__ = ('eventID', 'net')
-    eventID: int
+    eventID: Int32
     net: NonnullNetwork | None
 
-    def __init__(self, eventID: int, net: NonnullNetwork | None) -> None:
+    def __init__(self, eventID: Int32, net: NonnullNetwork | None) -> None:
         self.eventID = eventID
         self.net = net
 
@@ -18193,9 +18193,9 @@ class ConnectNetworkEventRegisterAnyRet(Record):
     """XDR struct ``remote_connect_network_event_register_any_ret``."""
 
     __slots__ = ('callbackID',)
-    callbackID: int
+    callbackID: Int32
 
-    def __init__(self, callbackID: int) -> None:
+    def __init__(self, callbackID: Int32) -> None:
         self.callbackID = callbackID
 
 
@@ -18213,9 +18213,9 @@ class ConnectNetworkEventDeregisterAnyArgs(Record):
     """XDR struct ``remote_connect_network_event_deregister_any_args``."""
 
     __slots__ = ('callbackID',)
-    callbackID: int
+    callbackID: Int32
 
-    def __init__(self, callbackID: int) -> None:
+    def __init__(self, callbackID: Int32) -> None:
         self.callbackID = callbackID
 
 
@@ -18233,12 +18233,12 @@ class NetworkEventLifecycleMsg(Record):
     """XDR struct ``remote_network_event_lifecycle_msg``."""
 
     __slots__ = ('callbackID', 'net', 'event', 'detail')
-    callbackID: int
+    callbackID: Int32
     net: NonnullNetwork
-    event: int
-    detail: int
+    event: Int32
+    detail: Int32
 
-    def __init__(self, callbackID: int, net: NonnullNetwork, event: int, detail: int) -> None:
+    def __init__(self, callbackID: Int32, net: NonnullNetwork, event: Int32, detail: Int32) -> None:
         self.callbackID = callbackID
         self.net = net
         self.event = event
@@ -18264,10 +18264,10 @@ class ConnectStoragePoolEventRegisterAnyArgs(Record):
     """XDR struct ``remote_connect_storage_pool_event_register_any_args``."""
 
     __slots__ = ('eventID', 'pool')
-    eventID: int
+    eventID: Int32
     pool: NonnullStoragePool | None
 
-    def __init__(self, eventID: int, pool: NonnullStoragePool | None) -> None:
+    def __init__(self, eventID: Int32, pool: NonnullStoragePool | None) -> None:
         self.eventID = eventID
         self.pool = pool
 
@@ -18300,9 +18300,9 @@ class ConnectStoragePoolEventRegisterAnyRet(Record):
     """XDR struct ``remote_connect_storage_pool_event_register_any_ret``."""
 
     __slots__ = ('callbackID',)
-    callbackID: int
+    callbackID: Int32
 
-    def __init__(self, callbackID: int) -> None:
+    def __init__(self, callbackID: Int32) -> None:
         self.callbackID = callbackID
 
 
@@ -18320,9 +18320,9 @@ class ConnectStoragePoolEventDeregisterAnyArgs(Record):
     """XDR struct ``remote_connect_storage_pool_event_deregister_any_args``."""
 
     __slots__ = ('callbackID',)
-    callbackID: int
+    callbackID: Int32
 
-    def __init__(self, callbackID: int) -> None:
+    def __init__(self, callbackID: Int32) -> None:
         self.callbackID = callbackID
 
 
@@ -18340,12 +18340,12 @@ class StoragePoolEventLifecycleMsg(Record):
     """XDR struct ``remote_storage_pool_event_lifecycle_msg``."""
 
     __slots__ = ('callbackID', 'pool', 'event', 'detail')
-    callbackID: int
+    callbackID: Int32
     pool: NonnullStoragePool
-    event: int
-    detail: int
+    event: Int32
+    detail: Int32
 
-    def __init__(self, callbackID: int, pool: NonnullStoragePool, event: int, detail: int) -> None:
+    def __init__(self, callbackID: Int32, pool: NonnullStoragePool, event: Int32, detail: Int32) -> None:
         self.callbackID = callbackID
         self.pool = pool
         self.event = event
@@ -18371,10 +18371,10 @@ class StoragePoolEventRefreshMsg(Record):
     """XDR struct ``remote_storage_pool_event_refresh_msg``."""
 
     __slots__ = ('callbackID', 'pool')
-    callbackID: int
+    callbackID: Int32
     pool: NonnullStoragePool
 
-    def __init__(self, callbackID: int, pool: NonnullStoragePool) -> None:
+    def __init__(self, callbackID: Int32, pool: NonnullStoragePool) -> None:
         self.callbackID = callbackID
         self.pool = pool
 
@@ -18395,10 +18395,10 @@ class ConnectNodeDeviceEventRegisterAnyArgs(Record):
     """XDR struct ``remote_connect_node_device_event_register_any_args``."""
 
     __slots__ = ('eventID', 'dev')
-    eventID: int
+    eventID: Int32
     dev: NonnullNodeDevice | None
 
-    def __init__(self, eventID: int, dev: NonnullNodeDevice | None) -> None:
+    def __init__(self, eventID: Int32, dev: NonnullNodeDevice | None) -> None:
         self.eventID = eventID
         self.dev = dev
 
@@ -18431,9 +18431,9 @@ class ConnectNodeDeviceEventRegisterAnyRet(Record):
     """XDR struct ``remote_connect_node_device_event_register_any_ret``."""
 
     __slots__ = ('callbackID',)
-    callbackID: int
+    callbackID: Int32
 
-    def __init__(self, callbackID: int) -> None:
+    def __init__(self, callbackID: Int32) -> None:
         self.callbackID = callbackID
 
 
@@ -18451,9 +18451,9 @@ class ConnectNodeDeviceEventDeregisterAnyArgs(Record):
     """XDR struct ``remote_connect_node_device_event_deregister_any_args``."""
 
     __slots__ = ('callbackID',)
-    callbackID: int
+    callbackID: Int32
 
-    def __init__(self, callbackID: int) -> None:
+    def __init__(self, callbackID: Int32) -> None:
         self.callbackID = callbackID
 
 
@@ -18471,12 +18471,12 @@ class NodeDeviceEventLifecycleMsg(Record):
     """XDR struct ``remote_node_device_event_lifecycle_msg``."""
 
     __slots__ = ('callbackID', 'dev', 'event', 'detail')
-    callbackID: int
+    callbackID: Int32
     dev: NonnullNodeDevice
-    event: int
-    detail: int
+    event: Int32
+    detail: Int32
 
-    def __init__(self, callbackID: int, dev: NonnullNodeDevice, event: int, detail: int) -> None:
+    def __init__(self, callbackID: Int32, dev: NonnullNodeDevice, event: Int32, detail: Int32) -> None:
         self.callbackID = callbackID
         self.dev = dev
         self.event = event
@@ -18502,10 +18502,10 @@ class NodeDeviceEventUpdateMsg(Record):
     """XDR struct ``remote_node_device_event_update_msg``."""
 
     __slots__ = ('callbackID', 'dev')
-    callbackID: int
+    callbackID: Int32
     dev: NonnullNodeDevice
 
-    def __init__(self, callbackID: int, dev: NonnullNodeDevice) -> None:
+    def __init__(self, callbackID: Int32, dev: NonnullNodeDevice) -> None:
         self.callbackID = callbackID
         self.dev = dev
 
@@ -18528,9 +18528,9 @@ class DomainFsfreezeArgs(Record):
     __slots__ = ('dom', 'mountpoints', 'flags')
     dom: NonnullDomain
     mountpoints: list[str]
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, mountpoints: list[str], flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, mountpoints: list[str], flags: UInt32) -> None:
         self.dom = dom
         self.mountpoints = mountpoints
         self.flags = flags
@@ -18577,9 +18577,9 @@ class DomainFsfreezeRet(Record):
     """XDR struct ``remote_domain_fsfreeze_ret``."""
 
     __slots__ = ('filesystems',)
-    filesystems: int
+    filesystems: Int32
 
-    def __init__(self, filesystems: int) -> None:
+    def __init__(self, filesystems: Int32) -> None:
         self.filesystems = filesystems
 
 
@@ -18599,9 +18599,9 @@ class DomainFsthawArgs(Record):
     __slots__ = ('dom', 'mountpoints', 'flags')
     dom: NonnullDomain
     mountpoints: list[str]
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, mountpoints: list[str], flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, mountpoints: list[str], flags: UInt32) -> None:
         self.dom = dom
         self.mountpoints = mountpoints
         self.flags = flags
@@ -18648,9 +18648,9 @@ class DomainFsthawRet(Record):
     """XDR struct ``remote_domain_fsthaw_ret``."""
 
     __slots__ = ('filesystems',)
-    filesystems: int
+    filesystems: Int32
 
-    def __init__(self, filesystems: int) -> None:
+    def __init__(self, filesystems: Int32) -> None:
         self.filesystems = filesystems
 
 
@@ -18668,12 +18668,12 @@ class NodeGetFreePagesArgs(Record):
     """XDR struct ``remote_node_get_free_pages_args``."""
 
     __slots__ = ('pages', 'startCell', 'cellCount', 'flags')
-    pages: list[int]
-    startCell: int
-    cellCount: int
-    flags: int
+    pages: list[UInt32]
+    startCell: Int32
+    cellCount: UInt32
+    flags: UInt32
 
-    def __init__(self, pages: list[int], startCell: int, cellCount: int, flags: int) -> None:
+    def __init__(self, pages: list[UInt32], startCell: Int32, cellCount: UInt32, flags: UInt32) -> None:
         self.pages = pages
         self.startCell = startCell
         self.cellCount = cellCount
@@ -18704,9 +18704,9 @@ class NodeGetFreePagesRet(Record):
     """XDR struct ``remote_node_get_free_pages_ret``."""
 
     __slots__ = ('counts',)
-    counts: list[int]
+    counts: list[UInt64]
 
-    def __init__(self, counts: list[int]) -> None:
+    def __init__(self, counts: list[UInt64]) -> None:
         self.counts = counts
 
 
@@ -18731,13 +18731,13 @@ class NodeAllocPagesArgs(Record):
     """XDR struct ``remote_node_alloc_pages_args``."""
 
     __slots__ = ('pageSizes', 'pageCounts', 'startCell', 'cellCount', 'flags')
-    pageSizes: list[int]
-    pageCounts: list[int]
-    startCell: int
-    cellCount: int
-    flags: int
+    pageSizes: list[UInt32]
+    pageCounts: list[UInt64]
+    startCell: Int32
+    cellCount: UInt32
+    flags: UInt32
 
-    def __init__(self, pageSizes: list[int], pageCounts: list[int], startCell: int, cellCount: int, flags: int) -> None:
+    def __init__(self, pageSizes: list[UInt32], pageCounts: list[UInt64], startCell: Int32, cellCount: UInt32, flags: UInt32) -> None:
         self.pageSizes = pageSizes
         self.pageCounts = pageCounts
         self.startCell = startCell
@@ -18779,9 +18779,9 @@ class NodeAllocPagesRet(Record):
     """XDR struct ``remote_node_alloc_pages_ret``."""
 
     __slots__ = ('ret',)
-    ret: int
+    ret: Int32
 
-    def __init__(self, ret: int) -> None:
+    def __init__(self, ret: Int32) -> None:
         self.ret = ret
 
 
@@ -18800,16 +18800,16 @@ class NetworkDhcpLease(Record):
 
     __slots__ = ('iface', 'expirytime', 'type', 'mac', 'iaid', 'ipaddr', 'prefix', 'hostname', 'clientid')
     iface: str
-    expirytime: int
-    type: int
+    expirytime: Int64
+    type: Int32
     mac: str | None
     iaid: str | None
     ipaddr: str
-    prefix: int
+    prefix: UInt32
     hostname: str | None
     clientid: str | None
 
-    def __init__(self, iface: str, expirytime: int, type: int, mac: str | None, iaid: str | None, ipaddr: str, prefix: int, hostname: str | None, clientid: str | None) -> None:
+    def __init__(self, iface: str, expirytime: Int64, type: Int32, mac: str | None, iaid: str | None, ipaddr: str, prefix: UInt32, hostname: str | None, clientid: str | None) -> None:
         self.iface = iface
         self.expirytime = expirytime
         self.type = type
@@ -18966,10 +18966,10 @@ class NetworkGetDhcpLeasesArgs(Record):
     __slots__ = ('net', 'mac', 'need_results', 'flags')
     net: NonnullNetwork
     mac: str | None
-    need_results: int
-    flags: int
+    need_results: Int32
+    flags: UInt32
 
-    def __init__(self, net: NonnullNetwork, mac: str | None, need_results: int, flags: int) -> None:
+    def __init__(self, net: NonnullNetwork, mac: str | None, need_results: Int32, flags: UInt32) -> None:
         self.net = net
         self.mac = mac
         self.need_results = need_results
@@ -19018,9 +19018,9 @@ class NetworkGetDhcpLeasesRet(Record):
 
     __slots__ = ('leases', 'ret')
     leases: list[NetworkDhcpLease]
-    ret: int
+    ret: UInt32
 
-    def __init__(self, leases: list[NetworkDhcpLease], ret: int) -> None:
+    def __init__(self, leases: list[NetworkDhcpLease], ret: UInt32) -> None:
         self.leases = leases
         self.ret = ret
 
@@ -19089,10 +19089,10 @@ class ConnectGetAllDomainStatsArgs(Record):
 
     __slots__ = ('doms', 'stats', 'flags')
     doms: list[NonnullDomain]
-    stats: int
-    flags: int
+    stats: UInt32
+    flags: UInt32
 
-    def __init__(self, doms: list[NonnullDomain], stats: int, flags: int) -> None:
+    def __init__(self, doms: list[NonnullDomain], stats: UInt32, flags: UInt32) -> None:
         self.doms = doms
         self.stats = stats
         self.flags = flags
@@ -19126,12 +19126,12 @@ class DomainEventCallbackAgentLifecycleMsg(Record):
     """XDR struct ``remote_domain_event_callback_agent_lifecycle_msg``."""
 
     __slots__ = ('callbackID', 'dom', 'state', 'reason')
-    callbackID: int
+    callbackID: Int32
     dom: NonnullDomain
-    state: int
-    reason: int
+    state: Int32
+    reason: Int32
 
-    def __init__(self, callbackID: int, dom: NonnullDomain, state: int, reason: int) -> None:
+    def __init__(self, callbackID: Int32, dom: NonnullDomain, state: Int32, reason: Int32) -> None:
         self.callbackID = callbackID
         self.dom = dom
         self.state = state
@@ -19276,9 +19276,9 @@ class DomainGetFsinfoArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -19300,9 +19300,9 @@ class DomainGetFsinfoRet(Record):
 
     __slots__ = ('info', 'ret')
     info: list[DomainFsinfo]
-    ret: int
+    ret: UInt32
 
-    def __init__(self, info: list[DomainFsinfo], ret: int) -> None:
+    def __init__(self, info: list[DomainFsinfo], ret: UInt32) -> None:
         self.info = info
         self.ret = ret
 
@@ -19335,11 +19335,11 @@ class DomainIpAddr(Record):
     """XDR struct ``remote_domain_ip_addr``."""
 
     __slots__ = ('type', 'addr', 'prefix')
-    type: int
+    type: Int32
     addr: str
-    prefix: int
+    prefix: UInt32
 
-    def __init__(self, type: int, addr: str, prefix: int) -> None:
+    def __init__(self, type: Int32, addr: str, prefix: UInt32) -> None:
         self.type = type
         self.addr = addr
         self.prefix = prefix
@@ -19449,10 +19449,10 @@ class DomainInterfaceAddressesArgs(Record):
 
     __slots__ = ('dom', 'source', 'flags')
     dom: NonnullDomain
-    source: int
-    flags: int
+    source: UInt32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, source: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, source: UInt32, flags: UInt32) -> None:
         self.dom = dom
         self.source = source
         self.flags = flags
@@ -19508,9 +19508,9 @@ class DomainSetUserPasswordArgs(Record):
     dom: NonnullDomain
     user: str | None
     password: str | None
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, user: str | None, password: str | None, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, user: str | None, password: str | None, flags: UInt32) -> None:
         self.dom = dom
         self.user = user
         self.password = password
@@ -19585,9 +19585,9 @@ class DomainRenameArgs(Record):
     __slots__ = ('dom', 'new_name', 'flags')
     dom: NonnullDomain
     new_name: str | None
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, new_name: str | None, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, new_name: str | None, flags: UInt32) -> None:
         self.dom = dom
         self.new_name = new_name
         self.flags = flags
@@ -19634,9 +19634,9 @@ class DomainRenameRet(Record):
     """XDR struct ``remote_domain_rename_ret``."""
 
     __slots__ = ('retcode',)
-    retcode: int
+    retcode: Int32
 
-    def __init__(self, retcode: int) -> None:
+    def __init__(self, retcode: Int32) -> None:
         self.retcode = retcode
 
 
@@ -19654,11 +19654,11 @@ class DomainEventCallbackMigrationIterationMsg(Record):
     """XDR struct ``remote_domain_event_callback_migration_iteration_msg``."""
 
     __slots__ = ('callbackID', 'dom', 'iteration')
-    callbackID: int
+    callbackID: Int32
     dom: NonnullDomain
-    iteration: int
+    iteration: Int32
 
-    def __init__(self, callbackID: int, dom: NonnullDomain, iteration: int) -> None:
+    def __init__(self, callbackID: Int32, dom: NonnullDomain, iteration: Int32) -> None:
         self.callbackID = callbackID
         self.dom = dom
         self.iteration = iteration
@@ -19683,11 +19683,11 @@ class DomainEventCallbackJobCompletedMsg(Record):
     """XDR struct ``remote_domain_event_callback_job_completed_msg``."""
 
     __slots__ = ('callbackID', 'dom', 'params')
-    callbackID: int
+    callbackID: Int32
     dom: NonnullDomain
     params: list[TypedParam]
 
-    def __init__(self, callbackID: int, dom: NonnullDomain, params: list[TypedParam]) -> None:
+    def __init__(self, callbackID: Int32, dom: NonnullDomain, params: list[TypedParam]) -> None:
         self.callbackID = callbackID
         self.dom = dom
         self.params = params
@@ -19724,9 +19724,9 @@ class DomainMigrateStartPostCopyArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -19747,11 +19747,11 @@ class DomainEventCallbackDeviceRemovalFailedMsg(Record):
     """XDR struct ``remote_domain_event_callback_device_removal_failed_msg``."""
 
     __slots__ = ('callbackID', 'dom', 'devAlias')
-    callbackID: int
+    callbackID: Int32
     dom: NonnullDomain
     devAlias: str
 
-    def __init__(self, callbackID: int, dom: NonnullDomain, devAlias: str) -> None:
+    def __init__(self, callbackID: Int32, dom: NonnullDomain, devAlias: str) -> None:
         self.callbackID = callbackID
         self.dom = dom
         self.devAlias = devAlias
@@ -19787,9 +19787,9 @@ class DomainGetGuestVcpusArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -19843,10 +19843,10 @@ class DomainSetGuestVcpusArgs(Record):
     __slots__ = ('dom', 'cpumap', 'state', 'flags')
     dom: NonnullDomain
     cpumap: str
-    state: int
-    flags: int
+    state: Int32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, cpumap: str, state: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, cpumap: str, state: Int32, flags: UInt32) -> None:
         self.dom = dom
         self.cpumap = cpumap
         self.state = state
@@ -19884,10 +19884,10 @@ class DomainSetVcpuArgs(Record):
     __slots__ = ('dom', 'cpumap', 'state', 'flags')
     dom: NonnullDomain
     cpumap: str
-    state: int
-    flags: int
+    state: Int32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, cpumap: str, state: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, cpumap: str, state: Int32, flags: UInt32) -> None:
         self.dom = dom
         self.cpumap = cpumap
         self.state = state
@@ -19923,12 +19923,12 @@ class DomainEventCallbackMetadataChangeMsg(Record):
     """XDR struct ``remote_domain_event_callback_metadata_change_msg``."""
 
     __slots__ = ('callbackID', 'dom', 'type', 'nsuri')
-    callbackID: int
+    callbackID: Int32
     dom: NonnullDomain
-    type: int
+    type: Int32
     nsuri: str | None
 
-    def __init__(self, callbackID: int, dom: NonnullDomain, type: int, nsuri: str | None) -> None:
+    def __init__(self, callbackID: Int32, dom: NonnullDomain, type: Int32, nsuri: str | None) -> None:
         self.callbackID = callbackID
         self.dom = dom
         self.type = type
@@ -19979,13 +19979,13 @@ class DomainEventMemoryFailureMsg(Record):
     """XDR struct ``remote_domain_event_memory_failure_msg``."""
 
     __slots__ = ('callbackID', 'dom', 'recipient', 'action', 'flags')
-    callbackID: int
+    callbackID: Int32
     dom: NonnullDomain
-    recipient: int
-    action: int
-    flags: int
+    recipient: Int32
+    action: Int32
+    flags: UInt32
 
-    def __init__(self, callbackID: int, dom: NonnullDomain, recipient: int, action: int, flags: int) -> None:
+    def __init__(self, callbackID: Int32, dom: NonnullDomain, recipient: Int32, action: Int32, flags: UInt32) -> None:
         self.callbackID = callbackID
         self.dom = dom
         self.recipient = recipient
@@ -20012,10 +20012,10 @@ class ConnectSecretEventRegisterAnyArgs(Record):
     """XDR struct ``remote_connect_secret_event_register_any_args``."""
 
     __slots__ = ('eventID', 'secret')
-    eventID: int
+    eventID: Int32
     secret: NonnullSecret | None
 
-    def __init__(self, eventID: int, secret: NonnullSecret | None) -> None:
+    def __init__(self, eventID: Int32, secret: NonnullSecret | None) -> None:
         self.eventID = eventID
         self.secret = secret
 
@@ -20048,9 +20048,9 @@ class ConnectSecretEventRegisterAnyRet(Record):
     """XDR struct ``remote_connect_secret_event_register_any_ret``."""
 
     __slots__ = ('callbackID',)
-    callbackID: int
+    callbackID: Int32
 
-    def __init__(self, callbackID: int) -> None:
+    def __init__(self, callbackID: Int32) -> None:
         self.callbackID = callbackID
 
 
@@ -20068,9 +20068,9 @@ class ConnectSecretEventDeregisterAnyArgs(Record):
     """XDR struct ``remote_connect_secret_event_deregister_any_args``."""
 
     __slots__ = ('callbackID',)
-    callbackID: int
+    callbackID: Int32
 
-    def __init__(self, callbackID: int) -> None:
+    def __init__(self, callbackID: Int32) -> None:
         self.callbackID = callbackID
 
 
@@ -20088,12 +20088,12 @@ class SecretEventLifecycleMsg(Record):
     """XDR struct ``remote_secret_event_lifecycle_msg``."""
 
     __slots__ = ('callbackID', 'secret', 'event', 'detail')
-    callbackID: int
+    callbackID: Int32
     secret: NonnullSecret
-    event: int
-    detail: int
+    event: Int32
+    detail: Int32
 
-    def __init__(self, callbackID: int, secret: NonnullSecret, event: int, detail: int) -> None:
+    def __init__(self, callbackID: Int32, secret: NonnullSecret, event: Int32, detail: Int32) -> None:
         self.callbackID = callbackID
         self.secret = secret
         self.event = event
@@ -20119,10 +20119,10 @@ class SecretEventValueChangedMsg(Record):
     """XDR struct ``remote_secret_event_value_changed_msg``."""
 
     __slots__ = ('callbackID', 'secret')
-    callbackID: int
+    callbackID: Int32
     secret: NonnullSecret
 
-    def __init__(self, callbackID: int, secret: NonnullSecret) -> None:
+    def __init__(self, callbackID: Int32, secret: NonnullSecret) -> None:
         self.callbackID = callbackID
         self.secret = secret
 
@@ -20145,10 +20145,10 @@ class DomainSetBlockThresholdArgs(Record):
     __slots__ = ('dom', 'dev', 'threshold', 'flags')
     dom: NonnullDomain
     dev: str
-    threshold: int
-    flags: int
+    threshold: UInt64
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, dev: str, threshold: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, dev: str, threshold: UInt64, flags: UInt32) -> None:
         self.dom = dom
         self.dev = dev
         self.threshold = threshold
@@ -20185,11 +20185,11 @@ class DomainSetLifecycleActionArgs(Record):
 
     __slots__ = ('dom', 'type', 'action', 'flags')
     dom: NonnullDomain
-    type: int
-    action: int
-    flags: int
+    type: UInt32
+    action: UInt32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, type: int, action: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, type: UInt32, action: UInt32, flags: UInt32) -> None:
         self.dom = dom
         self.type = type
         self.action = action
@@ -20217,9 +20217,9 @@ class ConnectCompareHypervisorCpuArgs(Record):
     machine: str | None
     virttype: str | None
     xmlCPU: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, emulator: str | None, arch: str | None, machine: str | None, virttype: str | None, xmlCPU: str, flags: int) -> None:
+    def __init__(self, emulator: str | None, arch: str | None, machine: str | None, virttype: str | None, xmlCPU: str, flags: UInt32) -> None:
         self.emulator = emulator
         self.arch = arch
         self.machine = machine
@@ -20355,9 +20355,9 @@ class ConnectCompareHypervisorCpuRet(Record):
     """XDR struct ``remote_connect_compare_hypervisor_cpu_ret``."""
 
     __slots__ = ('result',)
-    result: int
+    result: Int32
 
-    def __init__(self, result: int) -> None:
+    def __init__(self, result: Int32) -> None:
         self.result = result
 
 
@@ -20380,9 +20380,9 @@ class ConnectBaselineHypervisorCpuArgs(Record):
     machine: str | None
     virttype: str | None
     xmlCPUs: list[str]
-    flags: int
+    flags: UInt32
 
-    def __init__(self, emulator: str | None, arch: str | None, machine: str | None, virttype: str | None, xmlCPUs: list[str], flags: int) -> None:
+    def __init__(self, emulator: str | None, arch: str | None, machine: str | None, virttype: str | None, xmlCPUs: list[str], flags: UInt32) -> None:
         self.emulator = emulator
         self.arch = arch
         self.machine = machine
@@ -20560,10 +20560,10 @@ class NodeGetSevInfoArgs(Record):
     """XDR struct ``remote_node_get_sev_info_args``."""
 
     __slots__ = ('nparams', 'flags')
-    nparams: int
-    flags: int
+    nparams: Int32
+    flags: UInt32
 
-    def __init__(self, nparams: int, flags: int) -> None:
+    def __init__(self, nparams: Int32, flags: UInt32) -> None:
         self.nparams = nparams
         self.flags = flags
 
@@ -20583,9 +20583,9 @@ class NodeGetSevInfoRet(Record):
 
     __slots__ = ('params', 'nparams')
     params: list[TypedParam]
-    nparams: int
+    nparams: Int32
 
-    def __init__(self, params: list[TypedParam], nparams: int) -> None:
+    def __init__(self, params: list[TypedParam], nparams: Int32) -> None:
         self.params = params
         self.nparams = nparams
 
@@ -20619,9 +20619,9 @@ class DomainGetLaunchSecurityInfoArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -20675,9 +20675,9 @@ class DomainSetLaunchSecurityStateArgs(Record):
     __slots__ = ('dom', 'params', 'flags')
     dom: NonnullDomain
     params: list[TypedParam]
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, params: list[TypedParam], flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, params: list[TypedParam], flags: UInt32) -> None:
         self.dom = dom
         self.params = params
         self.flags = flags
@@ -20763,9 +20763,9 @@ class NwfilterBindingCreateXmlArgs(Record):
 
     __slots__ = ('xml', 'flags')
     xml: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, xml: str, flags: int) -> None:
+    def __init__(self, xml: str, flags: UInt32) -> None:
         self.xml = xml
         self.flags = flags
 
@@ -20836,9 +20836,9 @@ class NwfilterBindingGetXmlDescArgs(Record):
 
     __slots__ = ('nwfilter', 'flags')
     nwfilter: NonnullNwfilterBinding
-    flags: int
+    flags: UInt32
 
-    def __init__(self, nwfilter: NonnullNwfilterBinding, flags: int) -> None:
+    def __init__(self, nwfilter: NonnullNwfilterBinding, flags: UInt32) -> None:
         self.nwfilter = nwfilter
         self.flags = flags
 
@@ -20889,10 +20889,10 @@ class ConnectListAllNwfilterBindingsArgs(Record):
     """XDR struct ``remote_connect_list_all_nwfilter_bindings_args``."""
 
     __slots__ = ('need_results', 'flags')
-    need_results: int
-    flags: int
+    need_results: Int32
+    flags: UInt32
 
-    def __init__(self, need_results: int, flags: int) -> None:
+    def __init__(self, need_results: Int32, flags: UInt32) -> None:
         self.need_results = need_results
         self.flags = flags
 
@@ -20912,9 +20912,9 @@ class ConnectListAllNwfilterBindingsRet(Record):
 
     __slots__ = ('bindings', 'ret')
     bindings: list[NonnullNwfilterBinding]
-    ret: int
+    ret: UInt32
 
-    def __init__(self, bindings: list[NonnullNwfilterBinding], ret: int) -> None:
+    def __init__(self, bindings: list[NonnullNwfilterBinding], ret: UInt32) -> None:
         self.bindings = bindings
         self.ret = ret
 
@@ -20947,9 +20947,9 @@ class ConnectGetStoragePoolCapabilitiesArgs(Record):
     """XDR struct ``remote_connect_get_storage_pool_capabilities_args``."""
 
     __slots__ = ('flags',)
-    flags: int
+    flags: UInt32
 
-    def __init__(self, flags: int) -> None:
+    def __init__(self, flags: UInt32) -> None:
         self.flags = flags
 
 
@@ -20998,10 +20998,10 @@ class NetworkListAllPortsArgs(Record):
 
     __slots__ = ('network', 'need_results', 'flags')
     network: NonnullNetwork
-    need_results: int
-    flags: int
+    need_results: Int32
+    flags: UInt32
 
-    def __init__(self, network: NonnullNetwork, need_results: int, flags: int) -> None:
+    def __init__(self, network: NonnullNetwork, need_results: Int32, flags: UInt32) -> None:
         self.network = network
         self.need_results = need_results
         self.flags = flags
@@ -21024,9 +21024,9 @@ class NetworkListAllPortsRet(Record):
 
     __slots__ = ('ports', 'ret')
     ports: list[NonnullNetworkPort]
-    ret: int
+    ret: UInt32
 
-    def __init__(self, ports: list[NonnullNetworkPort], ret: int) -> None:
+    def __init__(self, ports: list[NonnullNetworkPort], ret: UInt32) -> None:
         self.ports = ports
         self.ret = ret
 
@@ -21105,9 +21105,9 @@ class NetworkPortCreateXmlArgs(Record):
     __slots__ = ('network', 'xml', 'flags')
     network: NonnullNetwork
     xml: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, network: NonnullNetwork, xml: str, flags: int) -> None:
+    def __init__(self, network: NonnullNetwork, xml: str, flags: UInt32) -> None:
         self.network = network
         self.xml = xml
         self.flags = flags
@@ -21163,9 +21163,9 @@ class NetworkPortSetParametersArgs(Record):
     __slots__ = ('port', 'params', 'flags')
     port: NonnullNetworkPort
     params: list[TypedParam]
-    flags: int
+    flags: UInt32
 
-    def __init__(self, port: NonnullNetworkPort, params: list[TypedParam], flags: int) -> None:
+    def __init__(self, port: NonnullNetworkPort, params: list[TypedParam], flags: UInt32) -> None:
         self.port = port
         self.params = params
         self.flags = flags
@@ -21202,10 +21202,10 @@ class NetworkPortGetParametersArgs(Record):
 
     __slots__ = ('port', 'nparams', 'flags')
     port: NonnullNetworkPort
-    nparams: int
-    flags: int
+    nparams: Int32
+    flags: UInt32
 
-    def __init__(self, port: NonnullNetworkPort, nparams: int, flags: int) -> None:
+    def __init__(self, port: NonnullNetworkPort, nparams: Int32, flags: UInt32) -> None:
         self.port = port
         self.nparams = nparams
         self.flags = flags
@@ -21228,9 +21228,9 @@ class NetworkPortGetParametersRet(Record):
 
     __slots__ = ('params', 'nparams')
     params: list[TypedParam]
-    nparams: int
+    nparams: Int32
 
-    def __init__(self, params: list[TypedParam], nparams: int) -> None:
+    def __init__(self, params: list[TypedParam], nparams: Int32) -> None:
         self.params = params
         self.nparams = nparams
 
@@ -21264,9 +21264,9 @@ class NetworkPortGetXmlDescArgs(Record):
 
     __slots__ = ('port', 'flags')
     port: NonnullNetworkPort
-    flags: int
+    flags: UInt32
 
-    def __init__(self, port: NonnullNetworkPort, flags: int) -> None:
+    def __init__(self, port: NonnullNetworkPort, flags: UInt32) -> None:
         self.port = port
         self.flags = flags
 
@@ -21318,9 +21318,9 @@ class NetworkPortDeleteArgs(Record):
 
     __slots__ = ('port', 'flags')
     port: NonnullNetworkPort
-    flags: int
+    flags: UInt32
 
-    def __init__(self, port: NonnullNetworkPort, flags: int) -> None:
+    def __init__(self, port: NonnullNetworkPort, flags: UInt32) -> None:
         self.port = port
         self.flags = flags
 
@@ -21343,9 +21343,9 @@ class DomainCheckpointCreateXmlArgs(Record):
     __slots__ = ('dom', 'xml_desc', 'flags')
     dom: NonnullDomain
     xml_desc: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, xml_desc: str, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, xml_desc: str, flags: UInt32) -> None:
         self.dom = dom
         self.xml_desc = xml_desc
         self.flags = flags
@@ -21400,9 +21400,9 @@ class DomainCheckpointGetXmlDescArgs(Record):
 
     __slots__ = ('checkpoint', 'flags')
     checkpoint: NonnullDomainCheckpoint
-    flags: int
+    flags: UInt32
 
-    def __init__(self, checkpoint: NonnullDomainCheckpoint, flags: int) -> None:
+    def __init__(self, checkpoint: NonnullDomainCheckpoint, flags: UInt32) -> None:
         self.checkpoint = checkpoint
         self.flags = flags
 
@@ -21454,10 +21454,10 @@ class DomainListAllCheckpointsArgs(Record):
 
     __slots__ = ('dom', 'need_results', 'flags')
     dom: NonnullDomain
-    need_results: int
-    flags: int
+    need_results: Int32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, need_results: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, need_results: Int32, flags: UInt32) -> None:
         self.dom = dom
         self.need_results = need_results
         self.flags = flags
@@ -21480,9 +21480,9 @@ class DomainListAllCheckpointsRet(Record):
 
     __slots__ = ('checkpoints', 'ret')
     checkpoints: list[NonnullDomainCheckpoint]
-    ret: int
+    ret: Int32
 
-    def __init__(self, checkpoints: list[NonnullDomainCheckpoint], ret: int) -> None:
+    def __init__(self, checkpoints: list[NonnullDomainCheckpoint], ret: Int32) -> None:
         self.checkpoints = checkpoints
         self.ret = ret
 
@@ -21516,10 +21516,10 @@ class DomainCheckpointListAllChildrenArgs(Record):
 
     __slots__ = ('checkpoint', 'need_results', 'flags')
     checkpoint: NonnullDomainCheckpoint
-    need_results: int
-    flags: int
+    need_results: Int32
+    flags: UInt32
 
-    def __init__(self, checkpoint: NonnullDomainCheckpoint, need_results: int, flags: int) -> None:
+    def __init__(self, checkpoint: NonnullDomainCheckpoint, need_results: Int32, flags: UInt32) -> None:
         self.checkpoint = checkpoint
         self.need_results = need_results
         self.flags = flags
@@ -21542,9 +21542,9 @@ class DomainCheckpointListAllChildrenRet(Record):
 
     __slots__ = ('checkpoints', 'ret')
     checkpoints: list[NonnullDomainCheckpoint]
-    ret: int
+    ret: Int32
 
-    def __init__(self, checkpoints: list[NonnullDomainCheckpoint], ret: int) -> None:
+    def __init__(self, checkpoints: list[NonnullDomainCheckpoint], ret: Int32) -> None:
         self.checkpoints = checkpoints
         self.ret = ret
 
@@ -21579,9 +21579,9 @@ class DomainCheckpointLookupByNameArgs(Record):
     __slots__ = ('dom', 'name', 'flags')
     dom: NonnullDomain
     name: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, name: str, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, name: str, flags: UInt32) -> None:
         self.dom = dom
         self.name = name
         self.flags = flags
@@ -21636,9 +21636,9 @@ class DomainCheckpointGetParentArgs(Record):
 
     __slots__ = ('checkpoint', 'flags')
     checkpoint: NonnullDomainCheckpoint
-    flags: int
+    flags: UInt32
 
-    def __init__(self, checkpoint: NonnullDomainCheckpoint, flags: int) -> None:
+    def __init__(self, checkpoint: NonnullDomainCheckpoint, flags: UInt32) -> None:
         self.checkpoint = checkpoint
         self.flags = flags
 
@@ -21679,9 +21679,9 @@ class DomainCheckpointDeleteArgs(Record):
 
     __slots__ = ('checkpoint', 'flags')
     checkpoint: NonnullDomainCheckpoint
-    flags: int
+    flags: UInt32
 
-    def __init__(self, checkpoint: NonnullDomainCheckpoint, flags: int) -> None:
+    def __init__(self, checkpoint: NonnullDomainCheckpoint, flags: UInt32) -> None:
         self.checkpoint = checkpoint
         self.flags = flags
 
@@ -21703,10 +21703,10 @@ class DomainGetGuestInfoArgs(Record):
 
     __slots__ = ('dom', 'types', 'flags')
     dom: NonnullDomain
-    types: int
-    flags: int
+    types: UInt32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, types: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, types: UInt32, flags: UInt32) -> None:
         self.dom = dom
         self.types = types
         self.flags = flags
@@ -21760,9 +21760,9 @@ class ConnectSetIdentityArgs(Record):
 
     __slots__ = ('params', 'flags')
     params: list[TypedParam]
-    flags: int
+    flags: UInt32
 
-    def __init__(self, params: list[TypedParam], flags: int) -> None:
+    def __init__(self, params: list[TypedParam], flags: UInt32) -> None:
         self.params = params
         self.flags = flags
 
@@ -21796,10 +21796,10 @@ class DomainAgentSetResponseTimeoutArgs(Record):
 
     __slots__ = ('dom', 'timeout', 'flags')
     dom: NonnullDomain
-    timeout: int
-    flags: int
+    timeout: Int32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, timeout: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, timeout: Int32, flags: UInt32) -> None:
         self.dom = dom
         self.timeout = timeout
         self.flags = flags
@@ -21821,9 +21821,9 @@ class DomainAgentSetResponseTimeoutRet(Record):
     """XDR struct ``remote_domain_agent_set_response_timeout_ret``."""
 
     __slots__ = ('result',)
-    result: int
+    result: Int32
 
-    def __init__(self, result: int) -> None:
+    def __init__(self, result: Int32) -> None:
         self.result = result
 
 
@@ -21844,9 +21844,9 @@ class DomainBackupBeginArgs(Record):
     dom: NonnullDomain
     backup_xml: str
     checkpoint_xml: str | None
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, backup_xml: str, checkpoint_xml: str | None, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, backup_xml: str, checkpoint_xml: str | None, flags: UInt32) -> None:
         self.dom = dom
         self.backup_xml = backup_xml
         self.checkpoint_xml = checkpoint_xml
@@ -21908,9 +21908,9 @@ class DomainBackupGetXmlDescArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -21963,9 +21963,9 @@ class DomainAuthorizedSshKeysGetArgs(Record):
     __slots__ = ('dom', 'user', 'flags')
     dom: NonnullDomain
     user: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, user: str, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, user: str, flags: UInt32) -> None:
         self.dom = dom
         self.user = user
         self.flags = flags
@@ -22045,9 +22045,9 @@ class DomainAuthorizedSshKeysSetArgs(Record):
     dom: NonnullDomain
     user: str
     keys: list[str]
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, user: str, keys: list[str], flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, user: str, keys: list[str], flags: UInt32) -> None:
         self.dom = dom
         self.user = user
         self.keys = keys
@@ -22109,9 +22109,9 @@ class DomainGetMessagesArgs(Record):
 
     __slots__ = ('dom', 'flags')
     dom: NonnullDomain
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, flags: UInt32) -> None:
         self.dom = dom
         self.flags = flags
 
@@ -22175,10 +22175,10 @@ class DomainStartDirtyRateCalcArgs(Record):
 
     __slots__ = ('dom', 'seconds', 'flags')
     dom: NonnullDomain
-    seconds: int
-    flags: int
+    seconds: Int32
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, seconds: int, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, seconds: Int32, flags: UInt32) -> None:
         self.dom = dom
         self.seconds = seconds
         self.flags = flags
@@ -22200,12 +22200,12 @@ class DomainEventMemoryDeviceSizeChangeMsg(Record):
     """XDR struct ``remote_domain_event_memory_device_size_change_msg``."""
 
     __slots__ = ('callbackID', 'dom', 'alias', 'size')
-    callbackID: int
+    callbackID: Int32
     dom: NonnullDomain
     alias: str
-    size: int
+    size: UInt64
 
-    def __init__(self, callbackID: int, dom: NonnullDomain, alias: str, size: int) -> None:
+    def __init__(self, callbackID: Int32, dom: NonnullDomain, alias: str, size: UInt64) -> None:
         self.callbackID = callbackID
         self.dom = dom
         self.alias = alias
@@ -22246,9 +22246,9 @@ class DomainFdAssociateArgs(Record):
     __slots__ = ('dom', 'name', 'flags')
     dom: NonnullDomain
     name: str
-    flags: int
+    flags: UInt32
 
-    def __init__(self, dom: NonnullDomain, name: str, flags: int) -> None:
+    def __init__(self, dom: NonnullDomain, name: str, flags: UInt32) -> None:
         self.dom = dom
         self.name = name
         self.flags = flags
@@ -23634,7 +23634,7 @@ class RemoteCalls:
     def __init__(self, call: Callable[..., Awaitable[Any]]) -> None:
         self._call = call
 
-    async def connect_open(self, name: str | None, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def connect_open(self, name: str | None, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_CONNECT_OPEN (1), high priority."""
         return await self._call(PROCEDURES[1], ConnectOpenArgs(name, flags), call_timeout)
 
@@ -23670,7 +23670,7 @@ class RemoteCalls:
         """REMOTE_PROC_DOMAIN_CREATE (9)."""
         return await self._call(PROCEDURES[9], DomainCreateArgs(dom), call_timeout)
 
-    async def domain_create_xml(self, xml_desc: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainCreateXmlRet:
+    async def domain_create_xml(self, xml_desc: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainCreateXmlRet:
         """REMOTE_PROC_DOMAIN_CREATE_XML (10)."""
         return await self._call(PROCEDURES[10], DomainCreateXmlArgs(xml_desc, flags), call_timeout)
 
@@ -23686,7 +23686,7 @@ class RemoteCalls:
         """REMOTE_PROC_DOMAIN_DETACH_DEVICE (13)."""
         return await self._call(PROCEDURES[13], DomainDetachDeviceArgs(dom, xml), call_timeout)
 
-    async def domain_get_xml_desc(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetXmlDescRet:
+    async def domain_get_xml_desc(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetXmlDescRet:
         """REMOTE_PROC_DOMAIN_GET_XML_DESC (14)."""
         return await self._call(PROCEDURES[14], DomainGetXmlDescArgs(dom, flags), call_timeout)
 
@@ -23710,15 +23710,15 @@ class RemoteCalls:
         """REMOTE_PROC_DOMAIN_GET_OS_TYPE (19), high priority."""
         return await self._call(PROCEDURES[19], DomainGetOsTypeArgs(dom), call_timeout)
 
-    async def domain_get_vcpus(self, dom: NonnullDomain, maxinfo: int, maplen: int, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetVcpusRet:
+    async def domain_get_vcpus(self, dom: NonnullDomain, maxinfo: Int32, maplen: Int32, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetVcpusRet:
         """REMOTE_PROC_DOMAIN_GET_VCPUS (20), high priority."""
         return await self._call(PROCEDURES[20], DomainGetVcpusArgs(dom, maxinfo, maplen), call_timeout)
 
-    async def connect_list_defined_domains(self, maxnames: int, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListDefinedDomainsRet:
+    async def connect_list_defined_domains(self, maxnames: Int32, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListDefinedDomainsRet:
         """REMOTE_PROC_CONNECT_LIST_DEFINED_DOMAINS (21), high priority."""
         return await self._call(PROCEDURES[21], ConnectListDefinedDomainsArgs(maxnames), call_timeout)
 
-    async def domain_lookup_by_id(self, id: int, *, call_timeout: float | None | EllipsisType = ...) -> DomainLookupByIdRet:
+    async def domain_lookup_by_id(self, id: Int32, *, call_timeout: float | None | EllipsisType = ...) -> DomainLookupByIdRet:
         """REMOTE_PROC_DOMAIN_LOOKUP_BY_ID (22), high priority."""
         return await self._call(PROCEDURES[22], DomainLookupByIdArgs(id), call_timeout)
 
@@ -23734,11 +23734,11 @@ class RemoteCalls:
         """REMOTE_PROC_CONNECT_NUM_OF_DEFINED_DOMAINS (25), high priority."""
         return await self._call(PROCEDURES[25], None, call_timeout)
 
-    async def domain_pin_vcpu(self, dom: NonnullDomain, vcpu: int, cpumap: bytes, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_pin_vcpu(self, dom: NonnullDomain, vcpu: UInt32, cpumap: bytes, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_PIN_VCPU (26)."""
         return await self._call(PROCEDURES[26], DomainPinVcpuArgs(dom, vcpu, cpumap), call_timeout)
 
-    async def domain_reboot(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_reboot(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_REBOOT (27)."""
         return await self._call(PROCEDURES[27], DomainRebootArgs(dom, flags), call_timeout)
 
@@ -23746,19 +23746,19 @@ class RemoteCalls:
         """REMOTE_PROC_DOMAIN_RESUME (28)."""
         return await self._call(PROCEDURES[28], DomainResumeArgs(dom), call_timeout)
 
-    async def domain_set_autostart(self, dom: NonnullDomain, autostart: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_set_autostart(self, dom: NonnullDomain, autostart: Int32, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_AUTOSTART (29), high priority."""
         return await self._call(PROCEDURES[29], DomainSetAutostartArgs(dom, autostart), call_timeout)
 
-    async def domain_set_max_memory(self, dom: NonnullDomain, memory: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_set_max_memory(self, dom: NonnullDomain, memory: UInt64, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_MAX_MEMORY (30), high priority."""
         return await self._call(PROCEDURES[30], DomainSetMaxMemoryArgs(dom, memory), call_timeout)
 
-    async def domain_set_memory(self, dom: NonnullDomain, memory: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_set_memory(self, dom: NonnullDomain, memory: UInt64, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_MEMORY (31)."""
         return await self._call(PROCEDURES[31], DomainSetMemoryArgs(dom, memory), call_timeout)
 
-    async def domain_set_vcpus(self, dom: NonnullDomain, nvcpus: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_set_vcpus(self, dom: NonnullDomain, nvcpus: UInt32, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_VCPUS (32)."""
         return await self._call(PROCEDURES[32], DomainSetVcpusArgs(dom, nvcpus), call_timeout)
 
@@ -23774,15 +23774,15 @@ class RemoteCalls:
         """REMOTE_PROC_DOMAIN_UNDEFINE (35), high priority."""
         return await self._call(PROCEDURES[35], DomainUndefineArgs(dom), call_timeout)
 
-    async def connect_list_defined_networks(self, maxnames: int, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListDefinedNetworksRet:
+    async def connect_list_defined_networks(self, maxnames: Int32, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListDefinedNetworksRet:
         """REMOTE_PROC_CONNECT_LIST_DEFINED_NETWORKS (36), high priority."""
         return await self._call(PROCEDURES[36], ConnectListDefinedNetworksArgs(maxnames), call_timeout)
 
-    async def connect_list_domains(self, maxids: int, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListDomainsRet:
+    async def connect_list_domains(self, maxids: Int32, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListDomainsRet:
         """REMOTE_PROC_CONNECT_LIST_DOMAINS (37), high priority."""
         return await self._call(PROCEDURES[37], ConnectListDomainsArgs(maxids), call_timeout)
 
-    async def connect_list_networks(self, maxnames: int, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListNetworksRet:
+    async def connect_list_networks(self, maxnames: Int32, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListNetworksRet:
         """REMOTE_PROC_CONNECT_LIST_NETWORKS (38), high priority."""
         return await self._call(PROCEDURES[38], ConnectListNetworksArgs(maxnames), call_timeout)
 
@@ -23802,7 +23802,7 @@ class RemoteCalls:
         """REMOTE_PROC_NETWORK_DESTROY (42), high priority."""
         return await self._call(PROCEDURES[42], NetworkDestroyArgs(net), call_timeout)
 
-    async def network_get_xml_desc(self, net: NonnullNetwork, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NetworkGetXmlDescRet:
+    async def network_get_xml_desc(self, net: NonnullNetwork, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> NetworkGetXmlDescRet:
         """REMOTE_PROC_NETWORK_GET_XML_DESC (43), high priority."""
         return await self._call(PROCEDURES[43], NetworkGetXmlDescArgs(net, flags), call_timeout)
 
@@ -23822,7 +23822,7 @@ class RemoteCalls:
         """REMOTE_PROC_NETWORK_LOOKUP_BY_UUID (47), high priority."""
         return await self._call(PROCEDURES[47], NetworkLookupByUuidArgs(uuid), call_timeout)
 
-    async def network_set_autostart(self, net: NonnullNetwork, autostart: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def network_set_autostart(self, net: NonnullNetwork, autostart: Int32, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_NETWORK_SET_AUTOSTART (48), high priority."""
         return await self._call(PROCEDURES[48], NetworkSetAutostartArgs(net, autostart), call_timeout)
 
@@ -23842,7 +23842,7 @@ class RemoteCalls:
         """REMOTE_PROC_CONNECT_NUM_OF_NETWORKS (52), high priority."""
         return await self._call(PROCEDURES[52], None, call_timeout)
 
-    async def domain_core_dump(self, dom: NonnullDomain, to: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_core_dump(self, dom: NonnullDomain, to: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_CORE_DUMP (53)."""
         return await self._call(PROCEDURES[53], DomainCoreDumpArgs(dom, to, flags), call_timeout)
 
@@ -23858,7 +23858,7 @@ class RemoteCalls:
         """REMOTE_PROC_DOMAIN_GET_SCHEDULER_TYPE (56)."""
         return await self._call(PROCEDURES[56], DomainGetSchedulerTypeArgs(dom), call_timeout)
 
-    async def domain_get_scheduler_parameters(self, dom: NonnullDomain, nparams: int, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetSchedulerParametersRet:
+    async def domain_get_scheduler_parameters(self, dom: NonnullDomain, nparams: Int32, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetSchedulerParametersRet:
         """REMOTE_PROC_DOMAIN_GET_SCHEDULER_PARAMETERS (57)."""
         return await self._call(PROCEDURES[57], DomainGetSchedulerParametersArgs(dom, nparams), call_timeout)
 
@@ -23870,19 +23870,19 @@ class RemoteCalls:
         """REMOTE_PROC_CONNECT_GET_HOSTNAME (59), high priority."""
         return await self._call(PROCEDURES[59], None, call_timeout)
 
-    async def connect_supports_feature(self, feature: int, *, call_timeout: float | None | EllipsisType = ...) -> ConnectSupportsFeatureRet:
+    async def connect_supports_feature(self, feature: Int32, *, call_timeout: float | None | EllipsisType = ...) -> ConnectSupportsFeatureRet:
         """REMOTE_PROC_CONNECT_SUPPORTS_FEATURE (60), high priority."""
         return await self._call(PROCEDURES[60], ConnectSupportsFeatureArgs(feature), call_timeout)
 
-    async def domain_migrate_prepare(self, uri_in: str | None, flags: int, dname: str | None, resource: int, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigratePrepareRet:
+    async def domain_migrate_prepare(self, uri_in: str | None, flags: UInt64, dname: str | None, resource: UInt64, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigratePrepareRet:
         """REMOTE_PROC_DOMAIN_MIGRATE_PREPARE (61)."""
         return await self._call(PROCEDURES[61], DomainMigratePrepareArgs(uri_in, flags, dname, resource), call_timeout)
 
-    async def domain_migrate_perform(self, dom: NonnullDomain, cookie: bytes, uri: str, flags: int, dname: str | None, resource: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_migrate_perform(self, dom: NonnullDomain, cookie: bytes, uri: str, flags: UInt64, dname: str | None, resource: UInt64, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_MIGRATE_PERFORM (62)."""
         return await self._call(PROCEDURES[62], DomainMigratePerformArgs(dom, cookie, uri, flags, dname, resource), call_timeout)
 
-    async def domain_migrate_finish(self, dname: str, cookie: bytes, uri: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigrateFinishRet:
+    async def domain_migrate_finish(self, dname: str, cookie: bytes, uri: str, flags: UInt64 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigrateFinishRet:
         """REMOTE_PROC_DOMAIN_MIGRATE_FINISH (63)."""
         return await self._call(PROCEDURES[63], DomainMigrateFinishArgs(dname, cookie, uri, flags), call_timeout)
 
@@ -23902,11 +23902,11 @@ class RemoteCalls:
         """REMOTE_PROC_AUTH_SASL_INIT (67), high priority."""
         return await self._call(PROCEDURES[67], None, call_timeout)
 
-    async def auth_sasl_start(self, mech: str, nil: int, data: bytes, *, call_timeout: float | None | EllipsisType = ...) -> AuthSaslStartRet:
+    async def auth_sasl_start(self, mech: str, nil: Int32, data: bytes, *, call_timeout: float | None | EllipsisType = ...) -> AuthSaslStartRet:
         """REMOTE_PROC_AUTH_SASL_START (68), high priority."""
         return await self._call(PROCEDURES[68], AuthSaslStartArgs(mech, nil, data), call_timeout)
 
-    async def auth_sasl_step(self, nil: int, data: bytes, *, call_timeout: float | None | EllipsisType = ...) -> AuthSaslStepRet:
+    async def auth_sasl_step(self, nil: Int32, data: bytes, *, call_timeout: float | None | EllipsisType = ...) -> AuthSaslStepRet:
         """REMOTE_PROC_AUTH_SASL_STEP (69), high priority."""
         return await self._call(PROCEDURES[69], AuthSaslStepArgs(nil, data), call_timeout)
 
@@ -23918,7 +23918,7 @@ class RemoteCalls:
         """REMOTE_PROC_CONNECT_NUM_OF_STORAGE_POOLS (71), high priority."""
         return await self._call(PROCEDURES[71], None, call_timeout)
 
-    async def connect_list_storage_pools(self, maxnames: int, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListStoragePoolsRet:
+    async def connect_list_storage_pools(self, maxnames: Int32, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListStoragePoolsRet:
         """REMOTE_PROC_CONNECT_LIST_STORAGE_POOLS (72), high priority."""
         return await self._call(PROCEDURES[72], ConnectListStoragePoolsArgs(maxnames), call_timeout)
 
@@ -23926,27 +23926,27 @@ class RemoteCalls:
         """REMOTE_PROC_CONNECT_NUM_OF_DEFINED_STORAGE_POOLS (73), high priority."""
         return await self._call(PROCEDURES[73], None, call_timeout)
 
-    async def connect_list_defined_storage_pools(self, maxnames: int, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListDefinedStoragePoolsRet:
+    async def connect_list_defined_storage_pools(self, maxnames: Int32, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListDefinedStoragePoolsRet:
         """REMOTE_PROC_CONNECT_LIST_DEFINED_STORAGE_POOLS (74), high priority."""
         return await self._call(PROCEDURES[74], ConnectListDefinedStoragePoolsArgs(maxnames), call_timeout)
 
-    async def connect_find_storage_pool_sources(self, type: str, srcSpec: str | None, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectFindStoragePoolSourcesRet:
+    async def connect_find_storage_pool_sources(self, type: str, srcSpec: str | None, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectFindStoragePoolSourcesRet:
         """REMOTE_PROC_CONNECT_FIND_STORAGE_POOL_SOURCES (75)."""
         return await self._call(PROCEDURES[75], ConnectFindStoragePoolSourcesArgs(type, srcSpec, flags), call_timeout)
 
-    async def storage_pool_create_xml(self, xml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> StoragePoolCreateXmlRet:
+    async def storage_pool_create_xml(self, xml: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> StoragePoolCreateXmlRet:
         """REMOTE_PROC_STORAGE_POOL_CREATE_XML (76)."""
         return await self._call(PROCEDURES[76], StoragePoolCreateXmlArgs(xml, flags), call_timeout)
 
-    async def storage_pool_define_xml(self, xml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> StoragePoolDefineXmlRet:
+    async def storage_pool_define_xml(self, xml: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> StoragePoolDefineXmlRet:
         """REMOTE_PROC_STORAGE_POOL_DEFINE_XML (77), high priority."""
         return await self._call(PROCEDURES[77], StoragePoolDefineXmlArgs(xml, flags), call_timeout)
 
-    async def storage_pool_create(self, pool: NonnullStoragePool, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def storage_pool_create(self, pool: NonnullStoragePool, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_STORAGE_POOL_CREATE (78)."""
         return await self._call(PROCEDURES[78], StoragePoolCreateArgs(pool, flags), call_timeout)
 
-    async def storage_pool_build(self, pool: NonnullStoragePool, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def storage_pool_build(self, pool: NonnullStoragePool, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_STORAGE_POOL_BUILD (79)."""
         return await self._call(PROCEDURES[79], StoragePoolBuildArgs(pool, flags), call_timeout)
 
@@ -23954,7 +23954,7 @@ class RemoteCalls:
         """REMOTE_PROC_STORAGE_POOL_DESTROY (80), high priority."""
         return await self._call(PROCEDURES[80], StoragePoolDestroyArgs(pool), call_timeout)
 
-    async def storage_pool_delete(self, pool: NonnullStoragePool, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def storage_pool_delete(self, pool: NonnullStoragePool, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_STORAGE_POOL_DELETE (81)."""
         return await self._call(PROCEDURES[81], StoragePoolDeleteArgs(pool, flags), call_timeout)
 
@@ -23962,7 +23962,7 @@ class RemoteCalls:
         """REMOTE_PROC_STORAGE_POOL_UNDEFINE (82), high priority."""
         return await self._call(PROCEDURES[82], StoragePoolUndefineArgs(pool), call_timeout)
 
-    async def storage_pool_refresh(self, pool: NonnullStoragePool, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def storage_pool_refresh(self, pool: NonnullStoragePool, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_STORAGE_POOL_REFRESH (83)."""
         return await self._call(PROCEDURES[83], StoragePoolRefreshArgs(pool, flags), call_timeout)
 
@@ -23982,7 +23982,7 @@ class RemoteCalls:
         """REMOTE_PROC_STORAGE_POOL_GET_INFO (87), high priority."""
         return await self._call(PROCEDURES[87], StoragePoolGetInfoArgs(pool), call_timeout)
 
-    async def storage_pool_get_xml_desc(self, pool: NonnullStoragePool, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> StoragePoolGetXmlDescRet:
+    async def storage_pool_get_xml_desc(self, pool: NonnullStoragePool, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> StoragePoolGetXmlDescRet:
         """REMOTE_PROC_STORAGE_POOL_GET_XML_DESC (88), high priority."""
         return await self._call(PROCEDURES[88], StoragePoolGetXmlDescArgs(pool, flags), call_timeout)
 
@@ -23990,7 +23990,7 @@ class RemoteCalls:
         """REMOTE_PROC_STORAGE_POOL_GET_AUTOSTART (89), high priority."""
         return await self._call(PROCEDURES[89], StoragePoolGetAutostartArgs(pool), call_timeout)
 
-    async def storage_pool_set_autostart(self, pool: NonnullStoragePool, autostart: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def storage_pool_set_autostart(self, pool: NonnullStoragePool, autostart: Int32, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_STORAGE_POOL_SET_AUTOSTART (90), high priority."""
         return await self._call(PROCEDURES[90], StoragePoolSetAutostartArgs(pool, autostart), call_timeout)
 
@@ -23998,15 +23998,15 @@ class RemoteCalls:
         """REMOTE_PROC_STORAGE_POOL_NUM_OF_VOLUMES (91), high priority."""
         return await self._call(PROCEDURES[91], StoragePoolNumOfVolumesArgs(pool), call_timeout)
 
-    async def storage_pool_list_volumes(self, pool: NonnullStoragePool, maxnames: int, *, call_timeout: float | None | EllipsisType = ...) -> StoragePoolListVolumesRet:
+    async def storage_pool_list_volumes(self, pool: NonnullStoragePool, maxnames: Int32, *, call_timeout: float | None | EllipsisType = ...) -> StoragePoolListVolumesRet:
         """REMOTE_PROC_STORAGE_POOL_LIST_VOLUMES (92), high priority."""
         return await self._call(PROCEDURES[92], StoragePoolListVolumesArgs(pool, maxnames), call_timeout)
 
-    async def storage_vol_create_xml(self, pool: NonnullStoragePool, xml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> StorageVolCreateXmlRet:
+    async def storage_vol_create_xml(self, pool: NonnullStoragePool, xml: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> StorageVolCreateXmlRet:
         """REMOTE_PROC_STORAGE_VOL_CREATE_XML (93)."""
         return await self._call(PROCEDURES[93], StorageVolCreateXmlArgs(pool, xml, flags), call_timeout)
 
-    async def storage_vol_delete(self, vol: NonnullStorageVol, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def storage_vol_delete(self, vol: NonnullStorageVol, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_STORAGE_VOL_DELETE (94)."""
         return await self._call(PROCEDURES[94], StorageVolDeleteArgs(vol, flags), call_timeout)
 
@@ -24026,7 +24026,7 @@ class RemoteCalls:
         """REMOTE_PROC_STORAGE_VOL_GET_INFO (98), high priority."""
         return await self._call(PROCEDURES[98], StorageVolGetInfoArgs(vol), call_timeout)
 
-    async def storage_vol_get_xml_desc(self, vol: NonnullStorageVol, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> StorageVolGetXmlDescRet:
+    async def storage_vol_get_xml_desc(self, vol: NonnullStorageVol, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> StorageVolGetXmlDescRet:
         """REMOTE_PROC_STORAGE_VOL_GET_XML_DESC (99), high priority."""
         return await self._call(PROCEDURES[99], StorageVolGetXmlDescArgs(vol, flags), call_timeout)
 
@@ -24034,7 +24034,7 @@ class RemoteCalls:
         """REMOTE_PROC_STORAGE_VOL_GET_PATH (100), high priority."""
         return await self._call(PROCEDURES[100], StorageVolGetPathArgs(vol), call_timeout)
 
-    async def node_get_cells_free_memory(self, startCell: int, maxcells: int, *, call_timeout: float | None | EllipsisType = ...) -> NodeGetCellsFreeMemoryRet:
+    async def node_get_cells_free_memory(self, startCell: Int32, maxcells: Int32, *, call_timeout: float | None | EllipsisType = ...) -> NodeGetCellsFreeMemoryRet:
         """REMOTE_PROC_NODE_GET_CELLS_FREE_MEMORY (101), high priority."""
         return await self._call(PROCEDURES[101], NodeGetCellsFreeMemoryArgs(startCell, maxcells), call_timeout)
 
@@ -24042,11 +24042,11 @@ class RemoteCalls:
         """REMOTE_PROC_NODE_GET_FREE_MEMORY (102), high priority."""
         return await self._call(PROCEDURES[102], None, call_timeout)
 
-    async def domain_block_peek(self, dom: NonnullDomain, path: str, offset: int, size: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainBlockPeekRet:
+    async def domain_block_peek(self, dom: NonnullDomain, path: str, offset: UInt64, size: UInt32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainBlockPeekRet:
         """REMOTE_PROC_DOMAIN_BLOCK_PEEK (103)."""
         return await self._call(PROCEDURES[103], DomainBlockPeekArgs(dom, path, offset, size, flags), call_timeout)
 
-    async def domain_memory_peek(self, dom: NonnullDomain, offset: int, size: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainMemoryPeekRet:
+    async def domain_memory_peek(self, dom: NonnullDomain, offset: UInt64, size: UInt32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainMemoryPeekRet:
         """REMOTE_PROC_DOMAIN_MEMORY_PEEK (104)."""
         return await self._call(PROCEDURES[104], DomainMemoryPeekArgs(dom, offset, size, flags), call_timeout)
 
@@ -24058,11 +24058,11 @@ class RemoteCalls:
         """REMOTE_PROC_CONNECT_DOMAIN_EVENT_DEREGISTER (106), high priority."""
         return await self._call(PROCEDURES[106], None, call_timeout)
 
-    async def domain_migrate_prepare2(self, uri_in: str | None, flags: int, dname: str | None, resource: int, dom_xml: str, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigratePrepare2Ret:
+    async def domain_migrate_prepare2(self, uri_in: str | None, flags: UInt64, dname: str | None, resource: UInt64, dom_xml: str, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigratePrepare2Ret:
         """REMOTE_PROC_DOMAIN_MIGRATE_PREPARE2 (108)."""
         return await self._call(PROCEDURES[108], DomainMigratePrepare2Args(uri_in, flags, dname, resource, dom_xml), call_timeout)
 
-    async def domain_migrate_finish2(self, dname: str, cookie: bytes, uri: str, flags: int, retcode: int, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigrateFinish2Ret:
+    async def domain_migrate_finish2(self, dname: str, cookie: bytes, uri: str, flags: UInt64, retcode: Int32, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigrateFinish2Ret:
         """REMOTE_PROC_DOMAIN_MIGRATE_FINISH2 (109)."""
         return await self._call(PROCEDURES[109], DomainMigrateFinish2Args(dname, cookie, uri, flags, retcode), call_timeout)
 
@@ -24070,11 +24070,11 @@ class RemoteCalls:
         """REMOTE_PROC_CONNECT_GET_URI (110), high priority."""
         return await self._call(PROCEDURES[110], None, call_timeout)
 
-    async def node_num_of_devices(self, cap: str | None, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeNumOfDevicesRet:
+    async def node_num_of_devices(self, cap: str | None, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeNumOfDevicesRet:
         """REMOTE_PROC_NODE_NUM_OF_DEVICES (111), high priority."""
         return await self._call(PROCEDURES[111], NodeNumOfDevicesArgs(cap, flags), call_timeout)
 
-    async def node_list_devices(self, cap: str | None, maxnames: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeListDevicesRet:
+    async def node_list_devices(self, cap: str | None, maxnames: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeListDevicesRet:
         """REMOTE_PROC_NODE_LIST_DEVICES (112), high priority."""
         return await self._call(PROCEDURES[112], NodeListDevicesArgs(cap, maxnames, flags), call_timeout)
 
@@ -24082,7 +24082,7 @@ class RemoteCalls:
         """REMOTE_PROC_NODE_DEVICE_LOOKUP_BY_NAME (113), high priority."""
         return await self._call(PROCEDURES[113], NodeDeviceLookupByNameArgs(name), call_timeout)
 
-    async def node_device_get_xml_desc(self, name: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeDeviceGetXmlDescRet:
+    async def node_device_get_xml_desc(self, name: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeDeviceGetXmlDescRet:
         """REMOTE_PROC_NODE_DEVICE_GET_XML_DESC (114)."""
         return await self._call(PROCEDURES[114], NodeDeviceGetXmlDescArgs(name, flags), call_timeout)
 
@@ -24094,7 +24094,7 @@ class RemoteCalls:
         """REMOTE_PROC_NODE_DEVICE_NUM_OF_CAPS (116), high priority."""
         return await self._call(PROCEDURES[116], NodeDeviceNumOfCapsArgs(name), call_timeout)
 
-    async def node_device_list_caps(self, name: str, maxnames: int, *, call_timeout: float | None | EllipsisType = ...) -> NodeDeviceListCapsRet:
+    async def node_device_list_caps(self, name: str, maxnames: Int32, *, call_timeout: float | None | EllipsisType = ...) -> NodeDeviceListCapsRet:
         """REMOTE_PROC_NODE_DEVICE_LIST_CAPS (117), high priority."""
         return await self._call(PROCEDURES[117], NodeDeviceListCapsArgs(name, maxnames), call_timeout)
 
@@ -24118,7 +24118,7 @@ class RemoteCalls:
         """REMOTE_PROC_NODE_GET_SECURITY_MODEL (122), high priority."""
         return await self._call(PROCEDURES[122], None, call_timeout)
 
-    async def node_device_create_xml(self, xml_desc: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeDeviceCreateXmlRet:
+    async def node_device_create_xml(self, xml_desc: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeDeviceCreateXmlRet:
         """REMOTE_PROC_NODE_DEVICE_CREATE_XML (123)."""
         return await self._call(PROCEDURES[123], NodeDeviceCreateXmlArgs(xml_desc, flags), call_timeout)
 
@@ -24126,7 +24126,7 @@ class RemoteCalls:
         """REMOTE_PROC_NODE_DEVICE_DESTROY (124), high priority."""
         return await self._call(PROCEDURES[124], NodeDeviceDestroyArgs(name), call_timeout)
 
-    async def storage_vol_create_xml_from(self, pool: NonnullStoragePool, xml: str, clonevol: NonnullStorageVol, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> StorageVolCreateXmlFromRet:
+    async def storage_vol_create_xml_from(self, pool: NonnullStoragePool, xml: str, clonevol: NonnullStorageVol, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> StorageVolCreateXmlFromRet:
         """REMOTE_PROC_STORAGE_VOL_CREATE_XML_FROM (125)."""
         return await self._call(PROCEDURES[125], StorageVolCreateXmlFromArgs(pool, xml, clonevol, flags), call_timeout)
 
@@ -24134,7 +24134,7 @@ class RemoteCalls:
         """REMOTE_PROC_CONNECT_NUM_OF_INTERFACES (126), high priority."""
         return await self._call(PROCEDURES[126], None, call_timeout)
 
-    async def connect_list_interfaces(self, maxnames: int, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListInterfacesRet:
+    async def connect_list_interfaces(self, maxnames: Int32, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListInterfacesRet:
         """REMOTE_PROC_CONNECT_LIST_INTERFACES (127), high priority."""
         return await self._call(PROCEDURES[127], ConnectListInterfacesArgs(maxnames), call_timeout)
 
@@ -24146,11 +24146,11 @@ class RemoteCalls:
         """REMOTE_PROC_INTERFACE_LOOKUP_BY_MAC_STRING (129), high priority."""
         return await self._call(PROCEDURES[129], InterfaceLookupByMacStringArgs(mac), call_timeout)
 
-    async def interface_get_xml_desc(self, iface: NonnullInterface, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> InterfaceGetXmlDescRet:
+    async def interface_get_xml_desc(self, iface: NonnullInterface, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> InterfaceGetXmlDescRet:
         """REMOTE_PROC_INTERFACE_GET_XML_DESC (130)."""
         return await self._call(PROCEDURES[130], InterfaceGetXmlDescArgs(iface, flags), call_timeout)
 
-    async def interface_define_xml(self, xml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> InterfaceDefineXmlRet:
+    async def interface_define_xml(self, xml: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> InterfaceDefineXmlRet:
         """REMOTE_PROC_INTERFACE_DEFINE_XML (131), high priority."""
         return await self._call(PROCEDURES[131], InterfaceDefineXmlArgs(xml, flags), call_timeout)
 
@@ -24158,19 +24158,19 @@ class RemoteCalls:
         """REMOTE_PROC_INTERFACE_UNDEFINE (132), high priority."""
         return await self._call(PROCEDURES[132], InterfaceUndefineArgs(iface), call_timeout)
 
-    async def interface_create(self, iface: NonnullInterface, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def interface_create(self, iface: NonnullInterface, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_INTERFACE_CREATE (133)."""
         return await self._call(PROCEDURES[133], InterfaceCreateArgs(iface, flags), call_timeout)
 
-    async def interface_destroy(self, iface: NonnullInterface, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def interface_destroy(self, iface: NonnullInterface, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_INTERFACE_DESTROY (134), high priority."""
         return await self._call(PROCEDURES[134], InterfaceDestroyArgs(iface, flags), call_timeout)
 
-    async def connect_domain_xml_from_native(self, nativeFormat: str, nativeConfig: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectDomainXmlFromNativeRet:
+    async def connect_domain_xml_from_native(self, nativeFormat: str, nativeConfig: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectDomainXmlFromNativeRet:
         """REMOTE_PROC_CONNECT_DOMAIN_XML_FROM_NATIVE (135)."""
         return await self._call(PROCEDURES[135], ConnectDomainXmlFromNativeArgs(nativeFormat, nativeConfig, flags), call_timeout)
 
-    async def connect_domain_xml_to_native(self, nativeFormat: str, domainXml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectDomainXmlToNativeRet:
+    async def connect_domain_xml_to_native(self, nativeFormat: str, domainXml: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectDomainXmlToNativeRet:
         """REMOTE_PROC_CONNECT_DOMAIN_XML_TO_NATIVE (136)."""
         return await self._call(PROCEDURES[136], ConnectDomainXmlToNativeArgs(nativeFormat, domainXml, flags), call_timeout)
 
@@ -24178,7 +24178,7 @@ class RemoteCalls:
         """REMOTE_PROC_CONNECT_NUM_OF_DEFINED_INTERFACES (137), high priority."""
         return await self._call(PROCEDURES[137], None, call_timeout)
 
-    async def connect_list_defined_interfaces(self, maxnames: int, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListDefinedInterfacesRet:
+    async def connect_list_defined_interfaces(self, maxnames: Int32, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListDefinedInterfacesRet:
         """REMOTE_PROC_CONNECT_LIST_DEFINED_INTERFACES (138), high priority."""
         return await self._call(PROCEDURES[138], ConnectListDefinedInterfacesArgs(maxnames), call_timeout)
 
@@ -24186,7 +24186,7 @@ class RemoteCalls:
         """REMOTE_PROC_CONNECT_NUM_OF_SECRETS (139), high priority."""
         return await self._call(PROCEDURES[139], None, call_timeout)
 
-    async def connect_list_secrets(self, maxuuids: int, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListSecretsRet:
+    async def connect_list_secrets(self, maxuuids: Int32, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListSecretsRet:
         """REMOTE_PROC_CONNECT_LIST_SECRETS (140), high priority."""
         return await self._call(PROCEDURES[140], ConnectListSecretsArgs(maxuuids), call_timeout)
 
@@ -24194,19 +24194,19 @@ class RemoteCalls:
         """REMOTE_PROC_SECRET_LOOKUP_BY_UUID (141), high priority."""
         return await self._call(PROCEDURES[141], SecretLookupByUuidArgs(uuid), call_timeout)
 
-    async def secret_define_xml(self, xml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> SecretDefineXmlRet:
+    async def secret_define_xml(self, xml: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> SecretDefineXmlRet:
         """REMOTE_PROC_SECRET_DEFINE_XML (142), high priority."""
         return await self._call(PROCEDURES[142], SecretDefineXmlArgs(xml, flags), call_timeout)
 
-    async def secret_get_xml_desc(self, secret: NonnullSecret, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> SecretGetXmlDescRet:
+    async def secret_get_xml_desc(self, secret: NonnullSecret, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> SecretGetXmlDescRet:
         """REMOTE_PROC_SECRET_GET_XML_DESC (143), high priority."""
         return await self._call(PROCEDURES[143], SecretGetXmlDescArgs(secret, flags), call_timeout)
 
-    async def secret_set_value(self, secret: NonnullSecret, value: bytes, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def secret_set_value(self, secret: NonnullSecret, value: bytes, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_SECRET_SET_VALUE (144), high priority."""
         return await self._call(PROCEDURES[144], SecretSetValueArgs(secret, value, flags), call_timeout)
 
-    async def secret_get_value(self, secret: NonnullSecret, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> SecretGetValueRet:
+    async def secret_get_value(self, secret: NonnullSecret, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> SecretGetValueRet:
         """REMOTE_PROC_SECRET_GET_VALUE (145), high priority."""
         return await self._call(PROCEDURES[145], SecretGetValueArgs(secret, flags), call_timeout)
 
@@ -24214,11 +24214,11 @@ class RemoteCalls:
         """REMOTE_PROC_SECRET_UNDEFINE (146), high priority."""
         return await self._call(PROCEDURES[146], SecretUndefineArgs(secret), call_timeout)
 
-    async def secret_lookup_by_usage(self, usageType: int, usageID: str, *, call_timeout: float | None | EllipsisType = ...) -> SecretLookupByUsageRet:
+    async def secret_lookup_by_usage(self, usageType: Int32, usageID: str, *, call_timeout: float | None | EllipsisType = ...) -> SecretLookupByUsageRet:
         """REMOTE_PROC_SECRET_LOOKUP_BY_USAGE (147), high priority."""
         return await self._call(PROCEDURES[147], SecretLookupByUsageArgs(usageType, usageID), call_timeout)
 
-    async def domain_migrate_prepare_tunnel(self, flags: int, dname: str | None, resource: int, dom_xml: str, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_migrate_prepare_tunnel(self, flags: UInt64, dname: str | None, resource: UInt64, dom_xml: str, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_MIGRATE_PREPARE_TUNNEL (148), opens a write stream."""
         return await self._call(PROCEDURES[148], DomainMigratePrepareTunnelArgs(flags, dname, resource, dom_xml), call_timeout)
 
@@ -24258,23 +24258,23 @@ class RemoteCalls:
         """REMOTE_PROC_CONNECT_GET_LIB_VERSION (157), high priority."""
         return await self._call(PROCEDURES[157], None, call_timeout)
 
-    async def connect_compare_cpu(self, xml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectCompareCpuRet:
+    async def connect_compare_cpu(self, xml: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectCompareCpuRet:
         """REMOTE_PROC_CONNECT_COMPARE_CPU (158), high priority."""
         return await self._call(PROCEDURES[158], ConnectCompareCpuArgs(xml, flags), call_timeout)
 
-    async def domain_memory_stats(self, dom: NonnullDomain, maxStats: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainMemoryStatsRet:
+    async def domain_memory_stats(self, dom: NonnullDomain, maxStats: UInt32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainMemoryStatsRet:
         """REMOTE_PROC_DOMAIN_MEMORY_STATS (159)."""
         return await self._call(PROCEDURES[159], DomainMemoryStatsArgs(dom, maxStats, flags), call_timeout)
 
-    async def domain_attach_device_flags(self, dom: NonnullDomain, xml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_attach_device_flags(self, dom: NonnullDomain, xml: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_ATTACH_DEVICE_FLAGS (160)."""
         return await self._call(PROCEDURES[160], DomainAttachDeviceFlagsArgs(dom, xml, flags), call_timeout)
 
-    async def domain_detach_device_flags(self, dom: NonnullDomain, xml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_detach_device_flags(self, dom: NonnullDomain, xml: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_DETACH_DEVICE_FLAGS (161)."""
         return await self._call(PROCEDURES[161], DomainDetachDeviceFlagsArgs(dom, xml, flags), call_timeout)
 
-    async def connect_baseline_cpu(self, xmlCPUs: list[str], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectBaselineCpuRet:
+    async def connect_baseline_cpu(self, xmlCPUs: list[str], flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectBaselineCpuRet:
         """REMOTE_PROC_CONNECT_BASELINE_CPU (162)."""
         return await self._call(PROCEDURES[162], ConnectBaselineCpuArgs(xmlCPUs, flags), call_timeout)
 
@@ -24286,23 +24286,23 @@ class RemoteCalls:
         """REMOTE_PROC_DOMAIN_ABORT_JOB (164)."""
         return await self._call(PROCEDURES[164], DomainAbortJobArgs(dom), call_timeout)
 
-    async def storage_vol_wipe(self, vol: NonnullStorageVol, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def storage_vol_wipe(self, vol: NonnullStorageVol, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_STORAGE_VOL_WIPE (165)."""
         return await self._call(PROCEDURES[165], StorageVolWipeArgs(vol, flags), call_timeout)
 
-    async def domain_migrate_set_max_downtime(self, dom: NonnullDomain, downtime: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_migrate_set_max_downtime(self, dom: NonnullDomain, downtime: UInt64, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_MIGRATE_SET_MAX_DOWNTIME (166)."""
         return await self._call(PROCEDURES[166], DomainMigrateSetMaxDowntimeArgs(dom, downtime, flags), call_timeout)
 
-    async def connect_domain_event_register_any(self, eventID: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def connect_domain_event_register_any(self, eventID: Int32, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_CONNECT_DOMAIN_EVENT_REGISTER_ANY (167), high priority."""
         return await self._call(PROCEDURES[167], ConnectDomainEventRegisterAnyArgs(eventID), call_timeout)
 
-    async def connect_domain_event_deregister_any(self, eventID: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def connect_domain_event_deregister_any(self, eventID: Int32, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_CONNECT_DOMAIN_EVENT_DEREGISTER_ANY (168), high priority."""
         return await self._call(PROCEDURES[168], ConnectDomainEventDeregisterAnyArgs(eventID), call_timeout)
 
-    async def domain_update_device_flags(self, dom: NonnullDomain, xml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_update_device_flags(self, dom: NonnullDomain, xml: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_UPDATE_DEVICE_FLAGS (174)."""
         return await self._call(PROCEDURES[174], DomainUpdateDeviceFlagsArgs(dom, xml, flags), call_timeout)
 
@@ -24314,7 +24314,7 @@ class RemoteCalls:
         """REMOTE_PROC_NWFILTER_LOOKUP_BY_UUID (176), high priority."""
         return await self._call(PROCEDURES[176], NwfilterLookupByUuidArgs(uuid), call_timeout)
 
-    async def nwfilter_get_xml_desc(self, nwfilter: NonnullNwfilter, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NwfilterGetXmlDescRet:
+    async def nwfilter_get_xml_desc(self, nwfilter: NonnullNwfilter, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> NwfilterGetXmlDescRet:
         """REMOTE_PROC_NWFILTER_GET_XML_DESC (177), high priority."""
         return await self._call(PROCEDURES[177], NwfilterGetXmlDescArgs(nwfilter, flags), call_timeout)
 
@@ -24322,7 +24322,7 @@ class RemoteCalls:
         """REMOTE_PROC_CONNECT_NUM_OF_NWFILTERS (178), high priority."""
         return await self._call(PROCEDURES[178], None, call_timeout)
 
-    async def connect_list_nwfilters(self, maxnames: int, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListNwfiltersRet:
+    async def connect_list_nwfilters(self, maxnames: Int32, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListNwfiltersRet:
         """REMOTE_PROC_CONNECT_LIST_NWFILTERS (179), high priority."""
         return await self._call(PROCEDURES[179], ConnectListNwfiltersArgs(maxnames), call_timeout)
 
@@ -24334,79 +24334,79 @@ class RemoteCalls:
         """REMOTE_PROC_NWFILTER_UNDEFINE (181), high priority."""
         return await self._call(PROCEDURES[181], NwfilterUndefineArgs(nwfilter), call_timeout)
 
-    async def domain_managed_save(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_managed_save(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_MANAGED_SAVE (182)."""
         return await self._call(PROCEDURES[182], DomainManagedSaveArgs(dom, flags), call_timeout)
 
-    async def domain_has_managed_save_image(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainHasManagedSaveImageRet:
+    async def domain_has_managed_save_image(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainHasManagedSaveImageRet:
         """REMOTE_PROC_DOMAIN_HAS_MANAGED_SAVE_IMAGE (183)."""
         return await self._call(PROCEDURES[183], DomainHasManagedSaveImageArgs(dom, flags), call_timeout)
 
-    async def domain_managed_save_remove(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_managed_save_remove(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_MANAGED_SAVE_REMOVE (184)."""
         return await self._call(PROCEDURES[184], DomainManagedSaveRemoveArgs(dom, flags), call_timeout)
 
-    async def domain_snapshot_create_xml(self, dom: NonnullDomain, xml_desc: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotCreateXmlRet:
+    async def domain_snapshot_create_xml(self, dom: NonnullDomain, xml_desc: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotCreateXmlRet:
         """REMOTE_PROC_DOMAIN_SNAPSHOT_CREATE_XML (185)."""
         return await self._call(PROCEDURES[185], DomainSnapshotCreateXmlArgs(dom, xml_desc, flags), call_timeout)
 
-    async def domain_snapshot_get_xml_desc(self, snap: NonnullDomainSnapshot, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotGetXmlDescRet:
+    async def domain_snapshot_get_xml_desc(self, snap: NonnullDomainSnapshot, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotGetXmlDescRet:
         """REMOTE_PROC_DOMAIN_SNAPSHOT_GET_XML_DESC (186), high priority."""
         return await self._call(PROCEDURES[186], DomainSnapshotGetXmlDescArgs(snap, flags), call_timeout)
 
-    async def domain_snapshot_num(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotNumRet:
+    async def domain_snapshot_num(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotNumRet:
         """REMOTE_PROC_DOMAIN_SNAPSHOT_NUM (187), high priority."""
         return await self._call(PROCEDURES[187], DomainSnapshotNumArgs(dom, flags), call_timeout)
 
-    async def domain_snapshot_list_names(self, dom: NonnullDomain, maxnames: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotListNamesRet:
+    async def domain_snapshot_list_names(self, dom: NonnullDomain, maxnames: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotListNamesRet:
         """REMOTE_PROC_DOMAIN_SNAPSHOT_LIST_NAMES (188), high priority."""
         return await self._call(PROCEDURES[188], DomainSnapshotListNamesArgs(dom, maxnames, flags), call_timeout)
 
-    async def domain_snapshot_lookup_by_name(self, dom: NonnullDomain, name: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotLookupByNameRet:
+    async def domain_snapshot_lookup_by_name(self, dom: NonnullDomain, name: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotLookupByNameRet:
         """REMOTE_PROC_DOMAIN_SNAPSHOT_LOOKUP_BY_NAME (189), high priority."""
         return await self._call(PROCEDURES[189], DomainSnapshotLookupByNameArgs(dom, name, flags), call_timeout)
 
-    async def domain_has_current_snapshot(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainHasCurrentSnapshotRet:
+    async def domain_has_current_snapshot(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainHasCurrentSnapshotRet:
         """REMOTE_PROC_DOMAIN_HAS_CURRENT_SNAPSHOT (190)."""
         return await self._call(PROCEDURES[190], DomainHasCurrentSnapshotArgs(dom, flags), call_timeout)
 
-    async def domain_snapshot_current(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotCurrentRet:
+    async def domain_snapshot_current(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotCurrentRet:
         """REMOTE_PROC_DOMAIN_SNAPSHOT_CURRENT (191)."""
         return await self._call(PROCEDURES[191], DomainSnapshotCurrentArgs(dom, flags), call_timeout)
 
-    async def domain_revert_to_snapshot(self, snap: NonnullDomainSnapshot, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_revert_to_snapshot(self, snap: NonnullDomainSnapshot, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_REVERT_TO_SNAPSHOT (192)."""
         return await self._call(PROCEDURES[192], DomainRevertToSnapshotArgs(snap, flags), call_timeout)
 
-    async def domain_snapshot_delete(self, snap: NonnullDomainSnapshot, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_snapshot_delete(self, snap: NonnullDomainSnapshot, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SNAPSHOT_DELETE (193)."""
         return await self._call(PROCEDURES[193], DomainSnapshotDeleteArgs(snap, flags), call_timeout)
 
-    async def domain_get_block_info(self, dom: NonnullDomain, path: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetBlockInfoRet:
+    async def domain_get_block_info(self, dom: NonnullDomain, path: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetBlockInfoRet:
         """REMOTE_PROC_DOMAIN_GET_BLOCK_INFO (194)."""
         return await self._call(PROCEDURES[194], DomainGetBlockInfoArgs(dom, path, flags), call_timeout)
 
-    async def domain_create_with_flags(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainCreateWithFlagsRet:
+    async def domain_create_with_flags(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainCreateWithFlagsRet:
         """REMOTE_PROC_DOMAIN_CREATE_WITH_FLAGS (196)."""
         return await self._call(PROCEDURES[196], DomainCreateWithFlagsArgs(dom, flags), call_timeout)
 
-    async def domain_set_memory_parameters(self, dom: NonnullDomain, params: list[TypedParam], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_set_memory_parameters(self, dom: NonnullDomain, params: list[TypedParam], flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_MEMORY_PARAMETERS (197)."""
         return await self._call(PROCEDURES[197], DomainSetMemoryParametersArgs(dom, params, flags), call_timeout)
 
-    async def domain_get_memory_parameters(self, dom: NonnullDomain, nparams: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetMemoryParametersRet:
+    async def domain_get_memory_parameters(self, dom: NonnullDomain, nparams: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetMemoryParametersRet:
         """REMOTE_PROC_DOMAIN_GET_MEMORY_PARAMETERS (198)."""
         return await self._call(PROCEDURES[198], DomainGetMemoryParametersArgs(dom, nparams, flags), call_timeout)
 
-    async def domain_set_vcpus_flags(self, dom: NonnullDomain, nvcpus: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_set_vcpus_flags(self, dom: NonnullDomain, nvcpus: UInt32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_VCPUS_FLAGS (199)."""
         return await self._call(PROCEDURES[199], DomainSetVcpusFlagsArgs(dom, nvcpus, flags), call_timeout)
 
-    async def domain_get_vcpus_flags(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetVcpusFlagsRet:
+    async def domain_get_vcpus_flags(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetVcpusFlagsRet:
         """REMOTE_PROC_DOMAIN_GET_VCPUS_FLAGS (200)."""
         return await self._call(PROCEDURES[200], DomainGetVcpusFlagsArgs(dom, flags), call_timeout)
 
-    async def domain_open_console(self, dom: NonnullDomain, dev_name: str | None, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_open_console(self, dom: NonnullDomain, dev_name: str | None, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_OPEN_CONSOLE (201), opens a read stream."""
         return await self._call(PROCEDURES[201], DomainOpenConsoleArgs(dom, dev_name, flags), call_timeout)
 
@@ -24414,275 +24414,275 @@ class RemoteCalls:
         """REMOTE_PROC_DOMAIN_IS_UPDATED (202), high priority."""
         return await self._call(PROCEDURES[202], DomainIsUpdatedArgs(dom), call_timeout)
 
-    async def connect_get_sysinfo(self, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectGetSysinfoRet:
+    async def connect_get_sysinfo(self, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectGetSysinfoRet:
         """REMOTE_PROC_CONNECT_GET_SYSINFO (203), high priority."""
         return await self._call(PROCEDURES[203], ConnectGetSysinfoArgs(flags), call_timeout)
 
-    async def domain_set_memory_flags(self, dom: NonnullDomain, memory: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_set_memory_flags(self, dom: NonnullDomain, memory: UInt64, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_MEMORY_FLAGS (204)."""
         return await self._call(PROCEDURES[204], DomainSetMemoryFlagsArgs(dom, memory, flags), call_timeout)
 
-    async def domain_set_blkio_parameters(self, dom: NonnullDomain, params: list[TypedParam], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_set_blkio_parameters(self, dom: NonnullDomain, params: list[TypedParam], flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_BLKIO_PARAMETERS (205)."""
         return await self._call(PROCEDURES[205], DomainSetBlkioParametersArgs(dom, params, flags), call_timeout)
 
-    async def domain_get_blkio_parameters(self, dom: NonnullDomain, nparams: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetBlkioParametersRet:
+    async def domain_get_blkio_parameters(self, dom: NonnullDomain, nparams: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetBlkioParametersRet:
         """REMOTE_PROC_DOMAIN_GET_BLKIO_PARAMETERS (206)."""
         return await self._call(PROCEDURES[206], DomainGetBlkioParametersArgs(dom, nparams, flags), call_timeout)
 
-    async def domain_migrate_set_max_speed(self, dom: NonnullDomain, bandwidth: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_migrate_set_max_speed(self, dom: NonnullDomain, bandwidth: UInt64, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_MIGRATE_SET_MAX_SPEED (207)."""
         return await self._call(PROCEDURES[207], DomainMigrateSetMaxSpeedArgs(dom, bandwidth, flags), call_timeout)
 
-    async def storage_vol_upload(self, vol: NonnullStorageVol, offset: int, length: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def storage_vol_upload(self, vol: NonnullStorageVol, offset: UInt64, length: UInt64, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_STORAGE_VOL_UPLOAD (208), opens a write stream."""
         return await self._call(PROCEDURES[208], StorageVolUploadArgs(vol, offset, length, flags), call_timeout)
 
-    async def storage_vol_download(self, vol: NonnullStorageVol, offset: int, length: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def storage_vol_download(self, vol: NonnullStorageVol, offset: UInt64, length: UInt64, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_STORAGE_VOL_DOWNLOAD (209), opens a read stream."""
         return await self._call(PROCEDURES[209], StorageVolDownloadArgs(vol, offset, length, flags), call_timeout)
 
-    async def domain_inject_nmi(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_inject_nmi(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_INJECT_NMI (210)."""
         return await self._call(PROCEDURES[210], DomainInjectNmiArgs(dom, flags), call_timeout)
 
-    async def domain_screenshot(self, dom: NonnullDomain, screen: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainScreenshotRet:
+    async def domain_screenshot(self, dom: NonnullDomain, screen: UInt32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainScreenshotRet:
         """REMOTE_PROC_DOMAIN_SCREENSHOT (211), opens a read stream."""
         return await self._call(PROCEDURES[211], DomainScreenshotArgs(dom, screen, flags), call_timeout)
 
-    async def domain_get_state(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetStateRet:
+    async def domain_get_state(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetStateRet:
         """REMOTE_PROC_DOMAIN_GET_STATE (212), high priority."""
         return await self._call(PROCEDURES[212], DomainGetStateArgs(dom, flags), call_timeout)
 
-    async def domain_migrate_begin3(self, dom: NonnullDomain, xmlin: str | None, flags: int, dname: str | None, resource: int, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigrateBegin3Ret:
+    async def domain_migrate_begin3(self, dom: NonnullDomain, xmlin: str | None, flags: UInt64, dname: str | None, resource: UInt64, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigrateBegin3Ret:
         """REMOTE_PROC_DOMAIN_MIGRATE_BEGIN3 (213)."""
         return await self._call(PROCEDURES[213], DomainMigrateBegin3Args(dom, xmlin, flags, dname, resource), call_timeout)
 
-    async def domain_migrate_prepare3(self, cookie_in: bytes, uri_in: str | None, flags: int, dname: str | None, resource: int, dom_xml: str, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigratePrepare3Ret:
+    async def domain_migrate_prepare3(self, cookie_in: bytes, uri_in: str | None, flags: UInt64, dname: str | None, resource: UInt64, dom_xml: str, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigratePrepare3Ret:
         """REMOTE_PROC_DOMAIN_MIGRATE_PREPARE3 (214)."""
         return await self._call(PROCEDURES[214], DomainMigratePrepare3Args(cookie_in, uri_in, flags, dname, resource, dom_xml), call_timeout)
 
-    async def domain_migrate_prepare_tunnel3(self, cookie_in: bytes, flags: int, dname: str | None, resource: int, dom_xml: str, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigratePrepareTunnel3Ret:
+    async def domain_migrate_prepare_tunnel3(self, cookie_in: bytes, flags: UInt64, dname: str | None, resource: UInt64, dom_xml: str, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigratePrepareTunnel3Ret:
         """REMOTE_PROC_DOMAIN_MIGRATE_PREPARE_TUNNEL3 (215), opens a write stream."""
         return await self._call(PROCEDURES[215], DomainMigratePrepareTunnel3Args(cookie_in, flags, dname, resource, dom_xml), call_timeout)
 
-    async def domain_migrate_perform3(self, dom: NonnullDomain, xmlin: str | None, cookie_in: bytes, dconnuri: str | None, uri: str | None, flags: int, dname: str | None, resource: int, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigratePerform3Ret:
+    async def domain_migrate_perform3(self, dom: NonnullDomain, xmlin: str | None, cookie_in: bytes, dconnuri: str | None, uri: str | None, flags: UInt64, dname: str | None, resource: UInt64, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigratePerform3Ret:
         """REMOTE_PROC_DOMAIN_MIGRATE_PERFORM3 (216)."""
         return await self._call(PROCEDURES[216], DomainMigratePerform3Args(dom, xmlin, cookie_in, dconnuri, uri, flags, dname, resource), call_timeout)
 
-    async def domain_migrate_finish3(self, dname: str, cookie_in: bytes, dconnuri: str | None, uri: str | None, flags: int, cancelled: int, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigrateFinish3Ret:
+    async def domain_migrate_finish3(self, dname: str, cookie_in: bytes, dconnuri: str | None, uri: str | None, flags: UInt64, cancelled: Int32, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigrateFinish3Ret:
         """REMOTE_PROC_DOMAIN_MIGRATE_FINISH3 (217)."""
         return await self._call(PROCEDURES[217], DomainMigrateFinish3Args(dname, cookie_in, dconnuri, uri, flags, cancelled), call_timeout)
 
-    async def domain_migrate_confirm3(self, dom: NonnullDomain, cookie_in: bytes, flags: int, cancelled: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_migrate_confirm3(self, dom: NonnullDomain, cookie_in: bytes, flags: UInt64, cancelled: Int32, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_MIGRATE_CONFIRM3 (218)."""
         return await self._call(PROCEDURES[218], DomainMigrateConfirm3Args(dom, cookie_in, flags, cancelled), call_timeout)
 
-    async def domain_set_scheduler_parameters_flags(self, dom: NonnullDomain, params: list[TypedParam], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_set_scheduler_parameters_flags(self, dom: NonnullDomain, params: list[TypedParam], flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_SCHEDULER_PARAMETERS_FLAGS (219)."""
         return await self._call(PROCEDURES[219], DomainSetSchedulerParametersFlagsArgs(dom, params, flags), call_timeout)
 
-    async def interface_change_begin(self, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def interface_change_begin(self, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_INTERFACE_CHANGE_BEGIN (220)."""
         return await self._call(PROCEDURES[220], InterfaceChangeBeginArgs(flags), call_timeout)
 
-    async def interface_change_commit(self, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def interface_change_commit(self, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_INTERFACE_CHANGE_COMMIT (221)."""
         return await self._call(PROCEDURES[221], InterfaceChangeCommitArgs(flags), call_timeout)
 
-    async def interface_change_rollback(self, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def interface_change_rollback(self, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_INTERFACE_CHANGE_ROLLBACK (222)."""
         return await self._call(PROCEDURES[222], InterfaceChangeRollbackArgs(flags), call_timeout)
 
-    async def domain_get_scheduler_parameters_flags(self, dom: NonnullDomain, nparams: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetSchedulerParametersFlagsRet:
+    async def domain_get_scheduler_parameters_flags(self, dom: NonnullDomain, nparams: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetSchedulerParametersFlagsRet:
         """REMOTE_PROC_DOMAIN_GET_SCHEDULER_PARAMETERS_FLAGS (223)."""
         return await self._call(PROCEDURES[223], DomainGetSchedulerParametersFlagsArgs(dom, nparams, flags), call_timeout)
 
-    async def domain_pin_vcpu_flags(self, dom: NonnullDomain, vcpu: int, cpumap: bytes, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_pin_vcpu_flags(self, dom: NonnullDomain, vcpu: UInt32, cpumap: bytes, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_PIN_VCPU_FLAGS (225)."""
         return await self._call(PROCEDURES[225], DomainPinVcpuFlagsArgs(dom, vcpu, cpumap, flags), call_timeout)
 
-    async def domain_send_key(self, dom: NonnullDomain, codeset: int, holdtime: int, keycodes: list[int], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_send_key(self, dom: NonnullDomain, codeset: UInt32, holdtime: UInt32, keycodes: list[UInt32], flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SEND_KEY (226)."""
         return await self._call(PROCEDURES[226], DomainSendKeyArgs(dom, codeset, holdtime, keycodes, flags), call_timeout)
 
-    async def node_get_cpu_stats(self, cpuNum: int, nparams: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeGetCpuStatsRet:
+    async def node_get_cpu_stats(self, cpuNum: Int32, nparams: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeGetCpuStatsRet:
         """REMOTE_PROC_NODE_GET_CPU_STATS (227), high priority."""
         return await self._call(PROCEDURES[227], NodeGetCpuStatsArgs(cpuNum, nparams, flags), call_timeout)
 
-    async def node_get_memory_stats(self, nparams: int, cellNum: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeGetMemoryStatsRet:
+    async def node_get_memory_stats(self, nparams: Int32, cellNum: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeGetMemoryStatsRet:
         """REMOTE_PROC_NODE_GET_MEMORY_STATS (228), high priority."""
         return await self._call(PROCEDURES[228], NodeGetMemoryStatsArgs(nparams, cellNum, flags), call_timeout)
 
-    async def domain_get_control_info(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetControlInfoRet:
+    async def domain_get_control_info(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetControlInfoRet:
         """REMOTE_PROC_DOMAIN_GET_CONTROL_INFO (229), high priority."""
         return await self._call(PROCEDURES[229], DomainGetControlInfoArgs(dom, flags), call_timeout)
 
-    async def domain_get_vcpu_pin_info(self, dom: NonnullDomain, ncpumaps: int, maplen: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetVcpuPinInfoRet:
+    async def domain_get_vcpu_pin_info(self, dom: NonnullDomain, ncpumaps: Int32, maplen: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetVcpuPinInfoRet:
         """REMOTE_PROC_DOMAIN_GET_VCPU_PIN_INFO (230)."""
         return await self._call(PROCEDURES[230], DomainGetVcpuPinInfoArgs(dom, ncpumaps, maplen, flags), call_timeout)
 
-    async def domain_undefine_flags(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_undefine_flags(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_UNDEFINE_FLAGS (231), high priority."""
         return await self._call(PROCEDURES[231], DomainUndefineFlagsArgs(dom, flags), call_timeout)
 
-    async def domain_save_flags(self, dom: NonnullDomain, to: str, dxml: str | None, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_save_flags(self, dom: NonnullDomain, to: str, dxml: str | None, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SAVE_FLAGS (232)."""
         return await self._call(PROCEDURES[232], DomainSaveFlagsArgs(dom, to, dxml, flags), call_timeout)
 
-    async def domain_restore_flags(self, from_: str, dxml: str | None, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_restore_flags(self, from_: str, dxml: str | None, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_RESTORE_FLAGS (233)."""
         return await self._call(PROCEDURES[233], DomainRestoreFlagsArgs(from_, dxml, flags), call_timeout)
 
-    async def domain_destroy_flags(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_destroy_flags(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_DESTROY_FLAGS (234), high priority."""
         return await self._call(PROCEDURES[234], DomainDestroyFlagsArgs(dom, flags), call_timeout)
 
-    async def domain_save_image_get_xml_desc(self, file: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSaveImageGetXmlDescRet:
+    async def domain_save_image_get_xml_desc(self, file: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSaveImageGetXmlDescRet:
         """REMOTE_PROC_DOMAIN_SAVE_IMAGE_GET_XML_DESC (235), high priority."""
         return await self._call(PROCEDURES[235], DomainSaveImageGetXmlDescArgs(file, flags), call_timeout)
 
-    async def domain_save_image_define_xml(self, file: str, dxml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_save_image_define_xml(self, file: str, dxml: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SAVE_IMAGE_DEFINE_XML (236), high priority."""
         return await self._call(PROCEDURES[236], DomainSaveImageDefineXmlArgs(file, dxml, flags), call_timeout)
 
-    async def domain_block_job_abort(self, dom: NonnullDomain, path: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_block_job_abort(self, dom: NonnullDomain, path: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_BLOCK_JOB_ABORT (237)."""
         return await self._call(PROCEDURES[237], DomainBlockJobAbortArgs(dom, path, flags), call_timeout)
 
-    async def domain_get_block_job_info(self, dom: NonnullDomain, path: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetBlockJobInfoRet:
+    async def domain_get_block_job_info(self, dom: NonnullDomain, path: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetBlockJobInfoRet:
         """REMOTE_PROC_DOMAIN_GET_BLOCK_JOB_INFO (238)."""
         return await self._call(PROCEDURES[238], DomainGetBlockJobInfoArgs(dom, path, flags), call_timeout)
 
-    async def domain_block_job_set_speed(self, dom: NonnullDomain, path: str, bandwidth: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_block_job_set_speed(self, dom: NonnullDomain, path: str, bandwidth: UInt64, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_BLOCK_JOB_SET_SPEED (239)."""
         return await self._call(PROCEDURES[239], DomainBlockJobSetSpeedArgs(dom, path, bandwidth, flags), call_timeout)
 
-    async def domain_block_pull(self, dom: NonnullDomain, path: str, bandwidth: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_block_pull(self, dom: NonnullDomain, path: str, bandwidth: UInt64, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_BLOCK_PULL (240)."""
         return await self._call(PROCEDURES[240], DomainBlockPullArgs(dom, path, bandwidth, flags), call_timeout)
 
-    async def domain_migrate_get_max_speed(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigrateGetMaxSpeedRet:
+    async def domain_migrate_get_max_speed(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigrateGetMaxSpeedRet:
         """REMOTE_PROC_DOMAIN_MIGRATE_GET_MAX_SPEED (242)."""
         return await self._call(PROCEDURES[242], DomainMigrateGetMaxSpeedArgs(dom, flags), call_timeout)
 
-    async def domain_block_stats_flags(self, dom: NonnullDomain, path: str, nparams: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainBlockStatsFlagsRet:
+    async def domain_block_stats_flags(self, dom: NonnullDomain, path: str, nparams: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainBlockStatsFlagsRet:
         """REMOTE_PROC_DOMAIN_BLOCK_STATS_FLAGS (243)."""
         return await self._call(PROCEDURES[243], DomainBlockStatsFlagsArgs(dom, path, nparams, flags), call_timeout)
 
-    async def domain_snapshot_get_parent(self, snap: NonnullDomainSnapshot, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotGetParentRet:
+    async def domain_snapshot_get_parent(self, snap: NonnullDomainSnapshot, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotGetParentRet:
         """REMOTE_PROC_DOMAIN_SNAPSHOT_GET_PARENT (244), high priority."""
         return await self._call(PROCEDURES[244], DomainSnapshotGetParentArgs(snap, flags), call_timeout)
 
-    async def domain_reset(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_reset(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_RESET (245)."""
         return await self._call(PROCEDURES[245], DomainResetArgs(dom, flags), call_timeout)
 
-    async def domain_snapshot_num_children(self, snap: NonnullDomainSnapshot, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotNumChildrenRet:
+    async def domain_snapshot_num_children(self, snap: NonnullDomainSnapshot, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotNumChildrenRet:
         """REMOTE_PROC_DOMAIN_SNAPSHOT_NUM_CHILDREN (246), high priority."""
         return await self._call(PROCEDURES[246], DomainSnapshotNumChildrenArgs(snap, flags), call_timeout)
 
-    async def domain_snapshot_list_children_names(self, snap: NonnullDomainSnapshot, maxnames: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotListChildrenNamesRet:
+    async def domain_snapshot_list_children_names(self, snap: NonnullDomainSnapshot, maxnames: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotListChildrenNamesRet:
         """REMOTE_PROC_DOMAIN_SNAPSHOT_LIST_CHILDREN_NAMES (247), high priority."""
         return await self._call(PROCEDURES[247], DomainSnapshotListChildrenNamesArgs(snap, maxnames, flags), call_timeout)
 
-    async def domain_open_graphics(self, dom: NonnullDomain, idx: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_open_graphics(self, dom: NonnullDomain, idx: UInt32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_OPEN_GRAPHICS (249)."""
         return await self._call(PROCEDURES[249], DomainOpenGraphicsArgs(dom, idx, flags), call_timeout)
 
-    async def node_suspend_for_duration(self, target: int, duration: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def node_suspend_for_duration(self, target: UInt32, duration: UInt64, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_NODE_SUSPEND_FOR_DURATION (250)."""
         return await self._call(PROCEDURES[250], NodeSuspendForDurationArgs(target, duration, flags), call_timeout)
 
-    async def domain_block_resize(self, dom: NonnullDomain, disk: str, size: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_block_resize(self, dom: NonnullDomain, disk: str, size: UInt64, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_BLOCK_RESIZE (251)."""
         return await self._call(PROCEDURES[251], DomainBlockResizeArgs(dom, disk, size, flags), call_timeout)
 
-    async def domain_set_block_io_tune(self, dom: NonnullDomain, disk: str, params: list[TypedParam], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_set_block_io_tune(self, dom: NonnullDomain, disk: str, params: list[TypedParam], flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_BLOCK_IO_TUNE (252)."""
         return await self._call(PROCEDURES[252], DomainSetBlockIoTuneArgs(dom, disk, params, flags), call_timeout)
 
-    async def domain_get_block_io_tune(self, dom: NonnullDomain, disk: str | None, nparams: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetBlockIoTuneRet:
+    async def domain_get_block_io_tune(self, dom: NonnullDomain, disk: str | None, nparams: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetBlockIoTuneRet:
         """REMOTE_PROC_DOMAIN_GET_BLOCK_IO_TUNE (253)."""
         return await self._call(PROCEDURES[253], DomainGetBlockIoTuneArgs(dom, disk, nparams, flags), call_timeout)
 
-    async def domain_set_numa_parameters(self, dom: NonnullDomain, params: list[TypedParam], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_set_numa_parameters(self, dom: NonnullDomain, params: list[TypedParam], flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_NUMA_PARAMETERS (254)."""
         return await self._call(PROCEDURES[254], DomainSetNumaParametersArgs(dom, params, flags), call_timeout)
 
-    async def domain_get_numa_parameters(self, dom: NonnullDomain, nparams: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetNumaParametersRet:
+    async def domain_get_numa_parameters(self, dom: NonnullDomain, nparams: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetNumaParametersRet:
         """REMOTE_PROC_DOMAIN_GET_NUMA_PARAMETERS (255)."""
         return await self._call(PROCEDURES[255], DomainGetNumaParametersArgs(dom, nparams, flags), call_timeout)
 
-    async def domain_set_interface_parameters(self, dom: NonnullDomain, device: str, params: list[TypedParam], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_set_interface_parameters(self, dom: NonnullDomain, device: str, params: list[TypedParam], flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_INTERFACE_PARAMETERS (256)."""
         return await self._call(PROCEDURES[256], DomainSetInterfaceParametersArgs(dom, device, params, flags), call_timeout)
 
-    async def domain_get_interface_parameters(self, dom: NonnullDomain, device: str, nparams: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetInterfaceParametersRet:
+    async def domain_get_interface_parameters(self, dom: NonnullDomain, device: str, nparams: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetInterfaceParametersRet:
         """REMOTE_PROC_DOMAIN_GET_INTERFACE_PARAMETERS (257)."""
         return await self._call(PROCEDURES[257], DomainGetInterfaceParametersArgs(dom, device, nparams, flags), call_timeout)
 
-    async def domain_shutdown_flags(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_shutdown_flags(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SHUTDOWN_FLAGS (258)."""
         return await self._call(PROCEDURES[258], DomainShutdownFlagsArgs(dom, flags), call_timeout)
 
-    async def storage_vol_wipe_pattern(self, vol: NonnullStorageVol, algorithm: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def storage_vol_wipe_pattern(self, vol: NonnullStorageVol, algorithm: UInt32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_STORAGE_VOL_WIPE_PATTERN (259)."""
         return await self._call(PROCEDURES[259], StorageVolWipePatternArgs(vol, algorithm, flags), call_timeout)
 
-    async def storage_vol_resize(self, vol: NonnullStorageVol, capacity: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def storage_vol_resize(self, vol: NonnullStorageVol, capacity: UInt64, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_STORAGE_VOL_RESIZE (260)."""
         return await self._call(PROCEDURES[260], StorageVolResizeArgs(vol, capacity, flags), call_timeout)
 
-    async def domain_pm_suspend_for_duration(self, dom: NonnullDomain, target: int, duration: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_pm_suspend_for_duration(self, dom: NonnullDomain, target: UInt32, duration: UInt64, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_PM_SUSPEND_FOR_DURATION (261)."""
         return await self._call(PROCEDURES[261], DomainPmSuspendForDurationArgs(dom, target, duration, flags), call_timeout)
 
-    async def domain_get_cpu_stats(self, dom: NonnullDomain, nparams: int, start_cpu: int, ncpus: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetCpuStatsRet:
+    async def domain_get_cpu_stats(self, dom: NonnullDomain, nparams: UInt32, start_cpu: Int32, ncpus: UInt32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetCpuStatsRet:
         """REMOTE_PROC_DOMAIN_GET_CPU_STATS (262)."""
         return await self._call(PROCEDURES[262], DomainGetCpuStatsArgs(dom, nparams, start_cpu, ncpus, flags), call_timeout)
 
-    async def domain_get_disk_errors(self, dom: NonnullDomain, maxerrors: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetDiskErrorsRet:
+    async def domain_get_disk_errors(self, dom: NonnullDomain, maxerrors: UInt32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetDiskErrorsRet:
         """REMOTE_PROC_DOMAIN_GET_DISK_ERRORS (263)."""
         return await self._call(PROCEDURES[263], DomainGetDiskErrorsArgs(dom, maxerrors, flags), call_timeout)
 
-    async def domain_set_metadata(self, dom: NonnullDomain, type: int, metadata: str | None, key: str | None, uri: str | None, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_set_metadata(self, dom: NonnullDomain, type: Int32, metadata: str | None, key: str | None, uri: str | None, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_METADATA (264)."""
         return await self._call(PROCEDURES[264], DomainSetMetadataArgs(dom, type, metadata, key, uri, flags), call_timeout)
 
-    async def domain_get_metadata(self, dom: NonnullDomain, type: int, uri: str | None, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetMetadataRet:
+    async def domain_get_metadata(self, dom: NonnullDomain, type: Int32, uri: str | None, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetMetadataRet:
         """REMOTE_PROC_DOMAIN_GET_METADATA (265)."""
         return await self._call(PROCEDURES[265], DomainGetMetadataArgs(dom, type, uri, flags), call_timeout)
 
-    async def domain_block_rebase(self, dom: NonnullDomain, path: str, base: str | None, bandwidth: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_block_rebase(self, dom: NonnullDomain, path: str, base: str | None, bandwidth: UInt64, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_BLOCK_REBASE (266)."""
         return await self._call(PROCEDURES[266], DomainBlockRebaseArgs(dom, path, base, bandwidth, flags), call_timeout)
 
-    async def domain_pm_wakeup(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_pm_wakeup(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_PM_WAKEUP (267)."""
         return await self._call(PROCEDURES[267], DomainPmWakeupArgs(dom, flags), call_timeout)
 
-    async def domain_snapshot_is_current(self, snap: NonnullDomainSnapshot, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotIsCurrentRet:
+    async def domain_snapshot_is_current(self, snap: NonnullDomainSnapshot, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotIsCurrentRet:
         """REMOTE_PROC_DOMAIN_SNAPSHOT_IS_CURRENT (271)."""
         return await self._call(PROCEDURES[271], DomainSnapshotIsCurrentArgs(snap, flags), call_timeout)
 
-    async def domain_snapshot_has_metadata(self, snap: NonnullDomainSnapshot, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotHasMetadataRet:
+    async def domain_snapshot_has_metadata(self, snap: NonnullDomainSnapshot, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotHasMetadataRet:
         """REMOTE_PROC_DOMAIN_SNAPSHOT_HAS_METADATA (272)."""
         return await self._call(PROCEDURES[272], DomainSnapshotHasMetadataArgs(snap, flags), call_timeout)
 
-    async def connect_list_all_domains(self, need_results: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListAllDomainsRet:
+    async def connect_list_all_domains(self, need_results: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListAllDomainsRet:
         """REMOTE_PROC_CONNECT_LIST_ALL_DOMAINS (273), high priority."""
         return await self._call(PROCEDURES[273], ConnectListAllDomainsArgs(need_results, flags), call_timeout)
 
-    async def domain_list_all_snapshots(self, dom: NonnullDomain, need_results: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainListAllSnapshotsRet:
+    async def domain_list_all_snapshots(self, dom: NonnullDomain, need_results: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainListAllSnapshotsRet:
         """REMOTE_PROC_DOMAIN_LIST_ALL_SNAPSHOTS (274), high priority."""
         return await self._call(PROCEDURES[274], DomainListAllSnapshotsArgs(dom, need_results, flags), call_timeout)
 
-    async def domain_snapshot_list_all_children(self, snapshot: NonnullDomainSnapshot, need_results: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotListAllChildrenRet:
+    async def domain_snapshot_list_all_children(self, snapshot: NonnullDomainSnapshot, need_results: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainSnapshotListAllChildrenRet:
         """REMOTE_PROC_DOMAIN_SNAPSHOT_LIST_ALL_CHILDREN (275), high priority."""
         return await self._call(PROCEDURES[275], DomainSnapshotListAllChildrenArgs(snapshot, need_results, flags), call_timeout)
 
-    async def domain_get_hostname(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetHostnameRet:
+    async def domain_get_hostname(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetHostnameRet:
         """REMOTE_PROC_DOMAIN_GET_HOSTNAME (277)."""
         return await self._call(PROCEDURES[277], DomainGetHostnameArgs(dom, flags), call_timeout)
 
@@ -24690,231 +24690,231 @@ class RemoteCalls:
         """REMOTE_PROC_DOMAIN_GET_SECURITY_LABEL_LIST (278), high priority."""
         return await self._call(PROCEDURES[278], DomainGetSecurityLabelListArgs(dom), call_timeout)
 
-    async def domain_pin_emulator(self, dom: NonnullDomain, cpumap: bytes, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_pin_emulator(self, dom: NonnullDomain, cpumap: bytes, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_PIN_EMULATOR (279)."""
         return await self._call(PROCEDURES[279], DomainPinEmulatorArgs(dom, cpumap, flags), call_timeout)
 
-    async def domain_get_emulator_pin_info(self, dom: NonnullDomain, maplen: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetEmulatorPinInfoRet:
+    async def domain_get_emulator_pin_info(self, dom: NonnullDomain, maplen: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetEmulatorPinInfoRet:
         """REMOTE_PROC_DOMAIN_GET_EMULATOR_PIN_INFO (280)."""
         return await self._call(PROCEDURES[280], DomainGetEmulatorPinInfoArgs(dom, maplen, flags), call_timeout)
 
-    async def connect_list_all_storage_pools(self, need_results: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListAllStoragePoolsRet:
+    async def connect_list_all_storage_pools(self, need_results: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListAllStoragePoolsRet:
         """REMOTE_PROC_CONNECT_LIST_ALL_STORAGE_POOLS (281), high priority."""
         return await self._call(PROCEDURES[281], ConnectListAllStoragePoolsArgs(need_results, flags), call_timeout)
 
-    async def storage_pool_list_all_volumes(self, pool: NonnullStoragePool, need_results: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> StoragePoolListAllVolumesRet:
+    async def storage_pool_list_all_volumes(self, pool: NonnullStoragePool, need_results: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> StoragePoolListAllVolumesRet:
         """REMOTE_PROC_STORAGE_POOL_LIST_ALL_VOLUMES (282), high priority."""
         return await self._call(PROCEDURES[282], StoragePoolListAllVolumesArgs(pool, need_results, flags), call_timeout)
 
-    async def connect_list_all_networks(self, need_results: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListAllNetworksRet:
+    async def connect_list_all_networks(self, need_results: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListAllNetworksRet:
         """REMOTE_PROC_CONNECT_LIST_ALL_NETWORKS (283), high priority."""
         return await self._call(PROCEDURES[283], ConnectListAllNetworksArgs(need_results, flags), call_timeout)
 
-    async def connect_list_all_interfaces(self, need_results: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListAllInterfacesRet:
+    async def connect_list_all_interfaces(self, need_results: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListAllInterfacesRet:
         """REMOTE_PROC_CONNECT_LIST_ALL_INTERFACES (284), high priority."""
         return await self._call(PROCEDURES[284], ConnectListAllInterfacesArgs(need_results, flags), call_timeout)
 
-    async def connect_list_all_node_devices(self, need_results: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListAllNodeDevicesRet:
+    async def connect_list_all_node_devices(self, need_results: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListAllNodeDevicesRet:
         """REMOTE_PROC_CONNECT_LIST_ALL_NODE_DEVICES (285), high priority."""
         return await self._call(PROCEDURES[285], ConnectListAllNodeDevicesArgs(need_results, flags), call_timeout)
 
-    async def connect_list_all_nwfilters(self, need_results: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListAllNwfiltersRet:
+    async def connect_list_all_nwfilters(self, need_results: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListAllNwfiltersRet:
         """REMOTE_PROC_CONNECT_LIST_ALL_NWFILTERS (286), high priority."""
         return await self._call(PROCEDURES[286], ConnectListAllNwfiltersArgs(need_results, flags), call_timeout)
 
-    async def connect_list_all_secrets(self, need_results: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListAllSecretsRet:
+    async def connect_list_all_secrets(self, need_results: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListAllSecretsRet:
         """REMOTE_PROC_CONNECT_LIST_ALL_SECRETS (287), high priority."""
         return await self._call(PROCEDURES[287], ConnectListAllSecretsArgs(need_results, flags), call_timeout)
 
-    async def node_set_memory_parameters(self, params: list[TypedParam], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def node_set_memory_parameters(self, params: list[TypedParam], flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_NODE_SET_MEMORY_PARAMETERS (288)."""
         return await self._call(PROCEDURES[288], NodeSetMemoryParametersArgs(params, flags), call_timeout)
 
-    async def node_get_memory_parameters(self, nparams: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeGetMemoryParametersRet:
+    async def node_get_memory_parameters(self, nparams: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeGetMemoryParametersRet:
         """REMOTE_PROC_NODE_GET_MEMORY_PARAMETERS (289)."""
         return await self._call(PROCEDURES[289], NodeGetMemoryParametersArgs(nparams, flags), call_timeout)
 
-    async def domain_block_commit(self, dom: NonnullDomain, disk: str, base: str | None, top: str | None, bandwidth: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_block_commit(self, dom: NonnullDomain, disk: str, base: str | None, top: str | None, bandwidth: UInt64, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_BLOCK_COMMIT (290)."""
         return await self._call(PROCEDURES[290], DomainBlockCommitArgs(dom, disk, base, top, bandwidth, flags), call_timeout)
 
-    async def network_update(self, net: NonnullNetwork, command: int, section: int, parentIndex: int, xml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def network_update(self, net: NonnullNetwork, command: UInt32, section: UInt32, parentIndex: Int32, xml: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_NETWORK_UPDATE (291), high priority."""
         return await self._call(PROCEDURES[291], NetworkUpdateArgs(net, command, section, parentIndex, xml, flags), call_timeout)
 
-    async def node_get_cpu_map(self, need_map: int, need_online: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeGetCpuMapRet:
+    async def node_get_cpu_map(self, need_map: Int32, need_online: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeGetCpuMapRet:
         """REMOTE_PROC_NODE_GET_CPU_MAP (293)."""
         return await self._call(PROCEDURES[293], NodeGetCpuMapArgs(need_map, need_online, flags), call_timeout)
 
-    async def domain_fstrim(self, dom: NonnullDomain, mountPoint: str | None, minimum: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_fstrim(self, dom: NonnullDomain, mountPoint: str | None, minimum: UInt64, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_FSTRIM (294)."""
         return await self._call(PROCEDURES[294], DomainFstrimArgs(dom, mountPoint, minimum, flags), call_timeout)
 
-    async def domain_send_process_signal(self, dom: NonnullDomain, pid_value: int, signum: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_send_process_signal(self, dom: NonnullDomain, pid_value: Int64, signum: UInt32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SEND_PROCESS_SIGNAL (295)."""
         return await self._call(PROCEDURES[295], DomainSendProcessSignalArgs(dom, pid_value, signum, flags), call_timeout)
 
-    async def domain_open_channel(self, dom: NonnullDomain, name: str | None, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_open_channel(self, dom: NonnullDomain, name: str | None, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_OPEN_CHANNEL (296), opens a read stream."""
         return await self._call(PROCEDURES[296], DomainOpenChannelArgs(dom, name, flags), call_timeout)
 
-    async def node_device_lookup_scsi_host_by_wwn(self, wwnn: str, wwpn: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeDeviceLookupScsiHostByWwnRet:
+    async def node_device_lookup_scsi_host_by_wwn(self, wwnn: str, wwpn: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeDeviceLookupScsiHostByWwnRet:
         """REMOTE_PROC_NODE_DEVICE_LOOKUP_SCSI_HOST_BY_WWN (297), high priority."""
         return await self._call(PROCEDURES[297], NodeDeviceLookupScsiHostByWwnArgs(wwnn, wwpn, flags), call_timeout)
 
-    async def domain_get_job_stats(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetJobStatsRet:
+    async def domain_get_job_stats(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetJobStatsRet:
         """REMOTE_PROC_DOMAIN_GET_JOB_STATS (298)."""
         return await self._call(PROCEDURES[298], DomainGetJobStatsArgs(dom, flags), call_timeout)
 
-    async def domain_migrate_get_compression_cache(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigrateGetCompressionCacheRet:
+    async def domain_migrate_get_compression_cache(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigrateGetCompressionCacheRet:
         """REMOTE_PROC_DOMAIN_MIGRATE_GET_COMPRESSION_CACHE (299)."""
         return await self._call(PROCEDURES[299], DomainMigrateGetCompressionCacheArgs(dom, flags), call_timeout)
 
-    async def domain_migrate_set_compression_cache(self, dom: NonnullDomain, cacheSize: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_migrate_set_compression_cache(self, dom: NonnullDomain, cacheSize: UInt64, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_MIGRATE_SET_COMPRESSION_CACHE (300)."""
         return await self._call(PROCEDURES[300], DomainMigrateSetCompressionCacheArgs(dom, cacheSize, flags), call_timeout)
 
-    async def node_device_detach_flags(self, name: str, driverName: str | None, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def node_device_detach_flags(self, name: str, driverName: str | None, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_NODE_DEVICE_DETACH_FLAGS (301)."""
         return await self._call(PROCEDURES[301], NodeDeviceDetachFlagsArgs(name, driverName, flags), call_timeout)
 
-    async def domain_migrate_begin3_params(self, dom: NonnullDomain, params: list[TypedParam], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigrateBegin3ParamsRet:
+    async def domain_migrate_begin3_params(self, dom: NonnullDomain, params: list[TypedParam], flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigrateBegin3ParamsRet:
         """REMOTE_PROC_DOMAIN_MIGRATE_BEGIN3_PARAMS (302)."""
         return await self._call(PROCEDURES[302], DomainMigrateBegin3ParamsArgs(dom, params, flags), call_timeout)
 
-    async def domain_migrate_prepare3_params(self, params: list[TypedParam], cookie_in: bytes, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigratePrepare3ParamsRet:
+    async def domain_migrate_prepare3_params(self, params: list[TypedParam], cookie_in: bytes, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigratePrepare3ParamsRet:
         """REMOTE_PROC_DOMAIN_MIGRATE_PREPARE3_PARAMS (303)."""
         return await self._call(PROCEDURES[303], DomainMigratePrepare3ParamsArgs(params, cookie_in, flags), call_timeout)
 
-    async def domain_migrate_prepare_tunnel3_params(self, params: list[TypedParam], cookie_in: bytes, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigratePrepareTunnel3ParamsRet:
+    async def domain_migrate_prepare_tunnel3_params(self, params: list[TypedParam], cookie_in: bytes, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigratePrepareTunnel3ParamsRet:
         """REMOTE_PROC_DOMAIN_MIGRATE_PREPARE_TUNNEL3_PARAMS (304), opens a write stream."""
         return await self._call(PROCEDURES[304], DomainMigratePrepareTunnel3ParamsArgs(params, cookie_in, flags), call_timeout)
 
-    async def domain_migrate_perform3_params(self, dom: NonnullDomain, dconnuri: str | None, params: list[TypedParam], cookie_in: bytes, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigratePerform3ParamsRet:
+    async def domain_migrate_perform3_params(self, dom: NonnullDomain, dconnuri: str | None, params: list[TypedParam], cookie_in: bytes, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigratePerform3ParamsRet:
         """REMOTE_PROC_DOMAIN_MIGRATE_PERFORM3_PARAMS (305)."""
         return await self._call(PROCEDURES[305], DomainMigratePerform3ParamsArgs(dom, dconnuri, params, cookie_in, flags), call_timeout)
 
-    async def domain_migrate_finish3_params(self, params: list[TypedParam], cookie_in: bytes, flags: int, cancelled: int, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigrateFinish3ParamsRet:
+    async def domain_migrate_finish3_params(self, params: list[TypedParam], cookie_in: bytes, flags: UInt32, cancelled: Int32, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigrateFinish3ParamsRet:
         """REMOTE_PROC_DOMAIN_MIGRATE_FINISH3_PARAMS (306)."""
         return await self._call(PROCEDURES[306], DomainMigrateFinish3ParamsArgs(params, cookie_in, flags, cancelled), call_timeout)
 
-    async def domain_migrate_confirm3_params(self, dom: NonnullDomain, params: list[TypedParam], cookie_in: bytes, flags: int, cancelled: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_migrate_confirm3_params(self, dom: NonnullDomain, params: list[TypedParam], cookie_in: bytes, flags: UInt32, cancelled: Int32, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_MIGRATE_CONFIRM3_PARAMS (307)."""
         return await self._call(PROCEDURES[307], DomainMigrateConfirm3ParamsArgs(dom, params, cookie_in, flags, cancelled), call_timeout)
 
-    async def domain_set_memory_stats_period(self, dom: NonnullDomain, period: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_set_memory_stats_period(self, dom: NonnullDomain, period: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_MEMORY_STATS_PERIOD (308)."""
         return await self._call(PROCEDURES[308], DomainSetMemoryStatsPeriodArgs(dom, period, flags), call_timeout)
 
-    async def domain_create_xml_with_files(self, xml_desc: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainCreateXmlWithFilesRet:
+    async def domain_create_xml_with_files(self, xml_desc: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainCreateXmlWithFilesRet:
         """REMOTE_PROC_DOMAIN_CREATE_XML_WITH_FILES (309)."""
         return await self._call(PROCEDURES[309], DomainCreateXmlWithFilesArgs(xml_desc, flags), call_timeout)
 
-    async def domain_create_with_files(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainCreateWithFilesRet:
+    async def domain_create_with_files(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainCreateWithFilesRet:
         """REMOTE_PROC_DOMAIN_CREATE_WITH_FILES (310)."""
         return await self._call(PROCEDURES[310], DomainCreateWithFilesArgs(dom, flags), call_timeout)
 
-    async def connect_get_cpu_model_names(self, arch: str, need_results: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectGetCpuModelNamesRet:
+    async def connect_get_cpu_model_names(self, arch: str, need_results: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectGetCpuModelNamesRet:
         """REMOTE_PROC_CONNECT_GET_CPU_MODEL_NAMES (312)."""
         return await self._call(PROCEDURES[312], ConnectGetCpuModelNamesArgs(arch, need_results, flags), call_timeout)
 
-    async def connect_network_event_register_any(self, eventID: int, net: NonnullNetwork | None, *, call_timeout: float | None | EllipsisType = ...) -> ConnectNetworkEventRegisterAnyRet:
+    async def connect_network_event_register_any(self, eventID: Int32, net: NonnullNetwork | None, *, call_timeout: float | None | EllipsisType = ...) -> ConnectNetworkEventRegisterAnyRet:
         """REMOTE_PROC_CONNECT_NETWORK_EVENT_REGISTER_ANY (313), high priority."""
         return await self._call(PROCEDURES[313], ConnectNetworkEventRegisterAnyArgs(eventID, net), call_timeout)
 
-    async def connect_network_event_deregister_any(self, callbackID: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def connect_network_event_deregister_any(self, callbackID: Int32, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_CONNECT_NETWORK_EVENT_DEREGISTER_ANY (314), high priority."""
         return await self._call(PROCEDURES[314], ConnectNetworkEventDeregisterAnyArgs(callbackID), call_timeout)
 
-    async def connect_domain_event_callback_register_any(self, eventID: int, dom: NonnullDomain | None, *, call_timeout: float | None | EllipsisType = ...) -> ConnectDomainEventCallbackRegisterAnyRet:
+    async def connect_domain_event_callback_register_any(self, eventID: Int32, dom: NonnullDomain | None, *, call_timeout: float | None | EllipsisType = ...) -> ConnectDomainEventCallbackRegisterAnyRet:
         """REMOTE_PROC_CONNECT_DOMAIN_EVENT_CALLBACK_REGISTER_ANY (316), high priority."""
         return await self._call(PROCEDURES[316], ConnectDomainEventCallbackRegisterAnyArgs(eventID, dom), call_timeout)
 
-    async def connect_domain_event_callback_deregister_any(self, callbackID: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def connect_domain_event_callback_deregister_any(self, callbackID: Int32, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_CONNECT_DOMAIN_EVENT_CALLBACK_DEREGISTER_ANY (317), high priority."""
         return await self._call(PROCEDURES[317], ConnectDomainEventCallbackDeregisterAnyArgs(callbackID), call_timeout)
 
-    async def domain_core_dump_with_format(self, dom: NonnullDomain, to: str, dumpformat: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_core_dump_with_format(self, dom: NonnullDomain, to: str, dumpformat: UInt32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_CORE_DUMP_WITH_FORMAT (334)."""
         return await self._call(PROCEDURES[334], DomainCoreDumpWithFormatArgs(dom, to, dumpformat, flags), call_timeout)
 
-    async def domain_fsfreeze(self, dom: NonnullDomain, mountpoints: list[str], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainFsfreezeRet:
+    async def domain_fsfreeze(self, dom: NonnullDomain, mountpoints: list[str], flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainFsfreezeRet:
         """REMOTE_PROC_DOMAIN_FSFREEZE (335)."""
         return await self._call(PROCEDURES[335], DomainFsfreezeArgs(dom, mountpoints, flags), call_timeout)
 
-    async def domain_fsthaw(self, dom: NonnullDomain, mountpoints: list[str], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainFsthawRet:
+    async def domain_fsthaw(self, dom: NonnullDomain, mountpoints: list[str], flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainFsthawRet:
         """REMOTE_PROC_DOMAIN_FSTHAW (336)."""
         return await self._call(PROCEDURES[336], DomainFsthawArgs(dom, mountpoints, flags), call_timeout)
 
-    async def domain_get_time(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetTimeRet:
+    async def domain_get_time(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetTimeRet:
         """REMOTE_PROC_DOMAIN_GET_TIME (337)."""
         return await self._call(PROCEDURES[337], DomainGetTimeArgs(dom, flags), call_timeout)
 
-    async def domain_set_time(self, dom: NonnullDomain, seconds: int, nseconds: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_set_time(self, dom: NonnullDomain, seconds: Int64, nseconds: UInt32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_TIME (338)."""
         return await self._call(PROCEDURES[338], DomainSetTimeArgs(dom, seconds, nseconds, flags), call_timeout)
 
-    async def node_get_free_pages(self, pages: list[int], startCell: int, cellCount: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeGetFreePagesRet:
+    async def node_get_free_pages(self, pages: list[UInt32], startCell: Int32, cellCount: UInt32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeGetFreePagesRet:
         """REMOTE_PROC_NODE_GET_FREE_PAGES (340), high priority."""
         return await self._call(PROCEDURES[340], NodeGetFreePagesArgs(pages, startCell, cellCount, flags), call_timeout)
 
-    async def network_get_dhcp_leases(self, net: NonnullNetwork, mac: str | None, need_results: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NetworkGetDhcpLeasesRet:
+    async def network_get_dhcp_leases(self, net: NonnullNetwork, mac: str | None, need_results: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> NetworkGetDhcpLeasesRet:
         """REMOTE_PROC_NETWORK_GET_DHCP_LEASES (341)."""
         return await self._call(PROCEDURES[341], NetworkGetDhcpLeasesArgs(net, mac, need_results, flags), call_timeout)
 
-    async def connect_get_domain_capabilities(self, emulatorbin: str | None, arch: str | None, machine: str | None, virttype: str | None, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectGetDomainCapabilitiesRet:
+    async def connect_get_domain_capabilities(self, emulatorbin: str | None, arch: str | None, machine: str | None, virttype: str | None, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectGetDomainCapabilitiesRet:
         """REMOTE_PROC_CONNECT_GET_DOMAIN_CAPABILITIES (342)."""
         return await self._call(PROCEDURES[342], ConnectGetDomainCapabilitiesArgs(emulatorbin, arch, machine, virttype, flags), call_timeout)
 
-    async def domain_open_graphics_fd(self, dom: NonnullDomain, idx: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_open_graphics_fd(self, dom: NonnullDomain, idx: UInt32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_OPEN_GRAPHICS_FD (343)."""
         return await self._call(PROCEDURES[343], DomainOpenGraphicsFdArgs(dom, idx, flags), call_timeout)
 
-    async def connect_get_all_domain_stats(self, doms: list[NonnullDomain], stats: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectGetAllDomainStatsRet:
+    async def connect_get_all_domain_stats(self, doms: list[NonnullDomain], stats: UInt32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectGetAllDomainStatsRet:
         """REMOTE_PROC_CONNECT_GET_ALL_DOMAIN_STATS (344)."""
         return await self._call(PROCEDURES[344], ConnectGetAllDomainStatsArgs(doms, stats, flags), call_timeout)
 
-    async def domain_block_copy(self, dom: NonnullDomain, path: str, destxml: str, params: list[TypedParam], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_block_copy(self, dom: NonnullDomain, path: str, destxml: str, params: list[TypedParam], flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_BLOCK_COPY (345)."""
         return await self._call(PROCEDURES[345], DomainBlockCopyArgs(dom, path, destxml, params, flags), call_timeout)
 
-    async def node_alloc_pages(self, pageSizes: list[int], pageCounts: list[int], startCell: int, cellCount: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeAllocPagesRet:
+    async def node_alloc_pages(self, pageSizes: list[UInt32], pageCounts: list[UInt64], startCell: Int32, cellCount: UInt32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeAllocPagesRet:
         """REMOTE_PROC_NODE_ALLOC_PAGES (347)."""
         return await self._call(PROCEDURES[347], NodeAllocPagesArgs(pageSizes, pageCounts, startCell, cellCount, flags), call_timeout)
 
-    async def domain_get_fsinfo(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetFsinfoRet:
+    async def domain_get_fsinfo(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetFsinfoRet:
         """REMOTE_PROC_DOMAIN_GET_FSINFO (349)."""
         return await self._call(PROCEDURES[349], DomainGetFsinfoArgs(dom, flags), call_timeout)
 
-    async def domain_define_xml_flags(self, xml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainDefineXmlFlagsRet:
+    async def domain_define_xml_flags(self, xml: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainDefineXmlFlagsRet:
         """REMOTE_PROC_DOMAIN_DEFINE_XML_FLAGS (350), high priority."""
         return await self._call(PROCEDURES[350], DomainDefineXmlFlagsArgs(xml, flags), call_timeout)
 
-    async def domain_get_iothread_info(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetIothreadInfoRet:
+    async def domain_get_iothread_info(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetIothreadInfoRet:
         """REMOTE_PROC_DOMAIN_GET_IOTHREAD_INFO (351)."""
         return await self._call(PROCEDURES[351], DomainGetIothreadInfoArgs(dom, flags), call_timeout)
 
-    async def domain_pin_iothread(self, dom: NonnullDomain, iothreads_id: int, cpumap: bytes, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_pin_iothread(self, dom: NonnullDomain, iothreads_id: UInt32, cpumap: bytes, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_PIN_IOTHREAD (352)."""
         return await self._call(PROCEDURES[352], DomainPinIothreadArgs(dom, iothreads_id, cpumap, flags), call_timeout)
 
-    async def domain_interface_addresses(self, dom: NonnullDomain, source: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainInterfaceAddressesRet:
+    async def domain_interface_addresses(self, dom: NonnullDomain, source: UInt32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainInterfaceAddressesRet:
         """REMOTE_PROC_DOMAIN_INTERFACE_ADDRESSES (353)."""
         return await self._call(PROCEDURES[353], DomainInterfaceAddressesArgs(dom, source, flags), call_timeout)
 
-    async def domain_add_iothread(self, dom: NonnullDomain, iothread_id: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_add_iothread(self, dom: NonnullDomain, iothread_id: UInt32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_ADD_IOTHREAD (355)."""
         return await self._call(PROCEDURES[355], DomainAddIothreadArgs(dom, iothread_id, flags), call_timeout)
 
-    async def domain_del_iothread(self, dom: NonnullDomain, iothread_id: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_del_iothread(self, dom: NonnullDomain, iothread_id: UInt32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_DEL_IOTHREAD (356)."""
         return await self._call(PROCEDURES[356], DomainDelIothreadArgs(dom, iothread_id, flags), call_timeout)
 
-    async def domain_set_user_password(self, dom: NonnullDomain, user: str | None, password: str | None, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_set_user_password(self, dom: NonnullDomain, user: str | None, password: str | None, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_USER_PASSWORD (357)."""
         return await self._call(PROCEDURES[357], DomainSetUserPasswordArgs(dom, user, password, flags), call_timeout)
 
-    async def domain_rename(self, dom: NonnullDomain, new_name: str | None, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainRenameRet:
+    async def domain_rename(self, dom: NonnullDomain, new_name: str | None, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainRenameRet:
         """REMOTE_PROC_DOMAIN_RENAME (358)."""
         return await self._call(PROCEDURES[358], DomainRenameArgs(dom, new_name, flags), call_timeout)
 
@@ -24926,75 +24926,75 @@ class RemoteCalls:
         """REMOTE_PROC_CONNECT_UNREGISTER_CLOSE_CALLBACK (361), high priority."""
         return await self._call(PROCEDURES[361], None, call_timeout)
 
-    async def domain_migrate_start_post_copy(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_migrate_start_post_copy(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_MIGRATE_START_POST_COPY (364)."""
         return await self._call(PROCEDURES[364], DomainMigrateStartPostCopyArgs(dom, flags), call_timeout)
 
-    async def domain_get_perf_events(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetPerfEventsRet:
+    async def domain_get_perf_events(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetPerfEventsRet:
         """REMOTE_PROC_DOMAIN_GET_PERF_EVENTS (365)."""
         return await self._call(PROCEDURES[365], DomainGetPerfEventsArgs(dom, flags), call_timeout)
 
-    async def domain_set_perf_events(self, dom: NonnullDomain, params: list[TypedParam], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_set_perf_events(self, dom: NonnullDomain, params: list[TypedParam], flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_PERF_EVENTS (366)."""
         return await self._call(PROCEDURES[366], DomainSetPerfEventsArgs(dom, params, flags), call_timeout)
 
-    async def connect_storage_pool_event_register_any(self, eventID: int, pool: NonnullStoragePool | None, *, call_timeout: float | None | EllipsisType = ...) -> ConnectStoragePoolEventRegisterAnyRet:
+    async def connect_storage_pool_event_register_any(self, eventID: Int32, pool: NonnullStoragePool | None, *, call_timeout: float | None | EllipsisType = ...) -> ConnectStoragePoolEventRegisterAnyRet:
         """REMOTE_PROC_CONNECT_STORAGE_POOL_EVENT_REGISTER_ANY (368), high priority."""
         return await self._call(PROCEDURES[368], ConnectStoragePoolEventRegisterAnyArgs(eventID, pool), call_timeout)
 
-    async def connect_storage_pool_event_deregister_any(self, callbackID: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def connect_storage_pool_event_deregister_any(self, callbackID: Int32, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_CONNECT_STORAGE_POOL_EVENT_DEREGISTER_ANY (369), high priority."""
         return await self._call(PROCEDURES[369], ConnectStoragePoolEventDeregisterAnyArgs(callbackID), call_timeout)
 
-    async def domain_get_guest_vcpus(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetGuestVcpusRet:
+    async def domain_get_guest_vcpus(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetGuestVcpusRet:
         """REMOTE_PROC_DOMAIN_GET_GUEST_VCPUS (371)."""
         return await self._call(PROCEDURES[371], DomainGetGuestVcpusArgs(dom, flags), call_timeout)
 
-    async def domain_set_guest_vcpus(self, dom: NonnullDomain, cpumap: str, state: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_set_guest_vcpus(self, dom: NonnullDomain, cpumap: str, state: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_GUEST_VCPUS (372)."""
         return await self._call(PROCEDURES[372], DomainSetGuestVcpusArgs(dom, cpumap, state, flags), call_timeout)
 
-    async def connect_node_device_event_register_any(self, eventID: int, dev: NonnullNodeDevice | None, *, call_timeout: float | None | EllipsisType = ...) -> ConnectNodeDeviceEventRegisterAnyRet:
+    async def connect_node_device_event_register_any(self, eventID: Int32, dev: NonnullNodeDevice | None, *, call_timeout: float | None | EllipsisType = ...) -> ConnectNodeDeviceEventRegisterAnyRet:
         """REMOTE_PROC_CONNECT_NODE_DEVICE_EVENT_REGISTER_ANY (374), high priority."""
         return await self._call(PROCEDURES[374], ConnectNodeDeviceEventRegisterAnyArgs(eventID, dev), call_timeout)
 
-    async def connect_node_device_event_deregister_any(self, callbackID: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def connect_node_device_event_deregister_any(self, callbackID: Int32, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_CONNECT_NODE_DEVICE_EVENT_DEREGISTER_ANY (375), high priority."""
         return await self._call(PROCEDURES[375], ConnectNodeDeviceEventDeregisterAnyArgs(callbackID), call_timeout)
 
-    async def storage_vol_get_info_flags(self, vol: NonnullStorageVol, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> StorageVolGetInfoFlagsRet:
+    async def storage_vol_get_info_flags(self, vol: NonnullStorageVol, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> StorageVolGetInfoFlagsRet:
         """REMOTE_PROC_STORAGE_VOL_GET_INFO_FLAGS (378), high priority."""
         return await self._call(PROCEDURES[378], StorageVolGetInfoFlagsArgs(vol, flags), call_timeout)
 
-    async def connect_secret_event_register_any(self, eventID: int, secret: NonnullSecret | None, *, call_timeout: float | None | EllipsisType = ...) -> ConnectSecretEventRegisterAnyRet:
+    async def connect_secret_event_register_any(self, eventID: Int32, secret: NonnullSecret | None, *, call_timeout: float | None | EllipsisType = ...) -> ConnectSecretEventRegisterAnyRet:
         """REMOTE_PROC_CONNECT_SECRET_EVENT_REGISTER_ANY (380), high priority."""
         return await self._call(PROCEDURES[380], ConnectSecretEventRegisterAnyArgs(eventID, secret), call_timeout)
 
-    async def connect_secret_event_deregister_any(self, callbackID: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def connect_secret_event_deregister_any(self, callbackID: Int32, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_CONNECT_SECRET_EVENT_DEREGISTER_ANY (381), high priority."""
         return await self._call(PROCEDURES[381], ConnectSecretEventDeregisterAnyArgs(callbackID), call_timeout)
 
-    async def domain_set_vcpu(self, dom: NonnullDomain, cpumap: str, state: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_set_vcpu(self, dom: NonnullDomain, cpumap: str, state: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_VCPU (384)."""
         return await self._call(PROCEDURES[384], DomainSetVcpuArgs(dom, cpumap, state, flags), call_timeout)
 
-    async def domain_set_block_threshold(self, dom: NonnullDomain, dev: str, threshold: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_set_block_threshold(self, dom: NonnullDomain, dev: str, threshold: UInt64, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_BLOCK_THRESHOLD (386)."""
         return await self._call(PROCEDURES[386], DomainSetBlockThresholdArgs(dom, dev, threshold, flags), call_timeout)
 
-    async def domain_migrate_get_max_downtime(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigrateGetMaxDowntimeRet:
+    async def domain_migrate_get_max_downtime(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainMigrateGetMaxDowntimeRet:
         """REMOTE_PROC_DOMAIN_MIGRATE_GET_MAX_DOWNTIME (387)."""
         return await self._call(PROCEDURES[387], DomainMigrateGetMaxDowntimeArgs(dom, flags), call_timeout)
 
-    async def domain_managed_save_get_xml_desc(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainManagedSaveGetXmlDescRet:
+    async def domain_managed_save_get_xml_desc(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainManagedSaveGetXmlDescRet:
         """REMOTE_PROC_DOMAIN_MANAGED_SAVE_GET_XML_DESC (388)."""
         return await self._call(PROCEDURES[388], DomainManagedSaveGetXmlDescArgs(dom, flags), call_timeout)
 
-    async def domain_managed_save_define_xml(self, dom: NonnullDomain, dxml: str | None, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_managed_save_define_xml(self, dom: NonnullDomain, dxml: str | None, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_MANAGED_SAVE_DEFINE_XML (389)."""
         return await self._call(PROCEDURES[389], DomainManagedSaveDefineXmlArgs(dom, dxml, flags), call_timeout)
 
-    async def domain_set_lifecycle_action(self, dom: NonnullDomain, type: int, action: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_set_lifecycle_action(self, dom: NonnullDomain, type: UInt32, action: UInt32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_LIFECYCLE_ACTION (390)."""
         return await self._call(PROCEDURES[390], DomainSetLifecycleActionArgs(dom, type, action, flags), call_timeout)
 
@@ -25002,23 +25002,23 @@ class RemoteCalls:
         """REMOTE_PROC_STORAGE_POOL_LOOKUP_BY_TARGET_PATH (391), high priority."""
         return await self._call(PROCEDURES[391], StoragePoolLookupByTargetPathArgs(path), call_timeout)
 
-    async def domain_detach_device_alias(self, dom: NonnullDomain, alias: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_detach_device_alias(self, dom: NonnullDomain, alias: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_DETACH_DEVICE_ALIAS (392)."""
         return await self._call(PROCEDURES[392], DomainDetachDeviceAliasArgs(dom, alias, flags), call_timeout)
 
-    async def connect_compare_hypervisor_cpu(self, emulator: str | None, arch: str | None, machine: str | None, virttype: str | None, xmlCPU: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectCompareHypervisorCpuRet:
+    async def connect_compare_hypervisor_cpu(self, emulator: str | None, arch: str | None, machine: str | None, virttype: str | None, xmlCPU: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectCompareHypervisorCpuRet:
         """REMOTE_PROC_CONNECT_COMPARE_HYPERVISOR_CPU (393)."""
         return await self._call(PROCEDURES[393], ConnectCompareHypervisorCpuArgs(emulator, arch, machine, virttype, xmlCPU, flags), call_timeout)
 
-    async def connect_baseline_hypervisor_cpu(self, emulator: str | None, arch: str | None, machine: str | None, virttype: str | None, xmlCPUs: list[str], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectBaselineHypervisorCpuRet:
+    async def connect_baseline_hypervisor_cpu(self, emulator: str | None, arch: str | None, machine: str | None, virttype: str | None, xmlCPUs: list[str], flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectBaselineHypervisorCpuRet:
         """REMOTE_PROC_CONNECT_BASELINE_HYPERVISOR_CPU (394)."""
         return await self._call(PROCEDURES[394], ConnectBaselineHypervisorCpuArgs(emulator, arch, machine, virttype, xmlCPUs, flags), call_timeout)
 
-    async def node_get_sev_info(self, nparams: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeGetSevInfoRet:
+    async def node_get_sev_info(self, nparams: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeGetSevInfoRet:
         """REMOTE_PROC_NODE_GET_SEV_INFO (395)."""
         return await self._call(PROCEDURES[395], NodeGetSevInfoArgs(nparams, flags), call_timeout)
 
-    async def domain_get_launch_security_info(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetLaunchSecurityInfoRet:
+    async def domain_get_launch_security_info(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetLaunchSecurityInfoRet:
         """REMOTE_PROC_DOMAIN_GET_LAUNCH_SECURITY_INFO (396)."""
         return await self._call(PROCEDURES[396], DomainGetLaunchSecurityInfoArgs(dom, flags), call_timeout)
 
@@ -25026,11 +25026,11 @@ class RemoteCalls:
         """REMOTE_PROC_NWFILTER_BINDING_LOOKUP_BY_PORT_DEV (397), high priority."""
         return await self._call(PROCEDURES[397], NwfilterBindingLookupByPortDevArgs(name), call_timeout)
 
-    async def nwfilter_binding_get_xml_desc(self, nwfilter: NonnullNwfilterBinding, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NwfilterBindingGetXmlDescRet:
+    async def nwfilter_binding_get_xml_desc(self, nwfilter: NonnullNwfilterBinding, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> NwfilterBindingGetXmlDescRet:
         """REMOTE_PROC_NWFILTER_BINDING_GET_XML_DESC (398), high priority."""
         return await self._call(PROCEDURES[398], NwfilterBindingGetXmlDescArgs(nwfilter, flags), call_timeout)
 
-    async def nwfilter_binding_create_xml(self, xml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NwfilterBindingCreateXmlRet:
+    async def nwfilter_binding_create_xml(self, xml: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> NwfilterBindingCreateXmlRet:
         """REMOTE_PROC_NWFILTER_BINDING_CREATE_XML (399), high priority."""
         return await self._call(PROCEDURES[399], NwfilterBindingCreateXmlArgs(xml, flags), call_timeout)
 
@@ -25038,19 +25038,19 @@ class RemoteCalls:
         """REMOTE_PROC_NWFILTER_BINDING_DELETE (400), high priority."""
         return await self._call(PROCEDURES[400], NwfilterBindingDeleteArgs(nwfilter), call_timeout)
 
-    async def connect_list_all_nwfilter_bindings(self, need_results: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListAllNwfilterBindingsRet:
+    async def connect_list_all_nwfilter_bindings(self, need_results: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectListAllNwfilterBindingsRet:
         """REMOTE_PROC_CONNECT_LIST_ALL_NWFILTER_BINDINGS (401), high priority."""
         return await self._call(PROCEDURES[401], ConnectListAllNwfilterBindingsArgs(need_results, flags), call_timeout)
 
-    async def domain_set_iothread_params(self, dom: NonnullDomain, iothread_id: int, params: list[TypedParam], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_set_iothread_params(self, dom: NonnullDomain, iothread_id: UInt32, params: list[TypedParam], flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_IOTHREAD_PARAMS (402)."""
         return await self._call(PROCEDURES[402], DomainSetIothreadParamsArgs(dom, iothread_id, params, flags), call_timeout)
 
-    async def connect_get_storage_pool_capabilities(self, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectGetStoragePoolCapabilitiesRet:
+    async def connect_get_storage_pool_capabilities(self, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> ConnectGetStoragePoolCapabilitiesRet:
         """REMOTE_PROC_CONNECT_GET_STORAGE_POOL_CAPABILITIES (403)."""
         return await self._call(PROCEDURES[403], ConnectGetStoragePoolCapabilitiesArgs(flags), call_timeout)
 
-    async def network_list_all_ports(self, network: NonnullNetwork, need_results: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NetworkListAllPortsRet:
+    async def network_list_all_ports(self, network: NonnullNetwork, need_results: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> NetworkListAllPortsRet:
         """REMOTE_PROC_NETWORK_LIST_ALL_PORTS (404), high priority."""
         return await self._call(PROCEDURES[404], NetworkListAllPortsArgs(network, need_results, flags), call_timeout)
 
@@ -25058,107 +25058,107 @@ class RemoteCalls:
         """REMOTE_PROC_NETWORK_PORT_LOOKUP_BY_UUID (405), high priority."""
         return await self._call(PROCEDURES[405], NetworkPortLookupByUuidArgs(network, uuid), call_timeout)
 
-    async def network_port_create_xml(self, network: NonnullNetwork, xml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NetworkPortCreateXmlRet:
+    async def network_port_create_xml(self, network: NonnullNetwork, xml: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> NetworkPortCreateXmlRet:
         """REMOTE_PROC_NETWORK_PORT_CREATE_XML (406)."""
         return await self._call(PROCEDURES[406], NetworkPortCreateXmlArgs(network, xml, flags), call_timeout)
 
-    async def network_port_get_parameters(self, port: NonnullNetworkPort, nparams: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NetworkPortGetParametersRet:
+    async def network_port_get_parameters(self, port: NonnullNetworkPort, nparams: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> NetworkPortGetParametersRet:
         """REMOTE_PROC_NETWORK_PORT_GET_PARAMETERS (407)."""
         return await self._call(PROCEDURES[407], NetworkPortGetParametersArgs(port, nparams, flags), call_timeout)
 
-    async def network_port_set_parameters(self, port: NonnullNetworkPort, params: list[TypedParam], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def network_port_set_parameters(self, port: NonnullNetworkPort, params: list[TypedParam], flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_NETWORK_PORT_SET_PARAMETERS (408)."""
         return await self._call(PROCEDURES[408], NetworkPortSetParametersArgs(port, params, flags), call_timeout)
 
-    async def network_port_get_xml_desc(self, port: NonnullNetworkPort, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NetworkPortGetXmlDescRet:
+    async def network_port_get_xml_desc(self, port: NonnullNetworkPort, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> NetworkPortGetXmlDescRet:
         """REMOTE_PROC_NETWORK_PORT_GET_XML_DESC (409)."""
         return await self._call(PROCEDURES[409], NetworkPortGetXmlDescArgs(port, flags), call_timeout)
 
-    async def network_port_delete(self, port: NonnullNetworkPort, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def network_port_delete(self, port: NonnullNetworkPort, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_NETWORK_PORT_DELETE (410)."""
         return await self._call(PROCEDURES[410], NetworkPortDeleteArgs(port, flags), call_timeout)
 
-    async def domain_checkpoint_create_xml(self, dom: NonnullDomain, xml_desc: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainCheckpointCreateXmlRet:
+    async def domain_checkpoint_create_xml(self, dom: NonnullDomain, xml_desc: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainCheckpointCreateXmlRet:
         """REMOTE_PROC_DOMAIN_CHECKPOINT_CREATE_XML (411)."""
         return await self._call(PROCEDURES[411], DomainCheckpointCreateXmlArgs(dom, xml_desc, flags), call_timeout)
 
-    async def domain_checkpoint_get_xml_desc(self, checkpoint: NonnullDomainCheckpoint, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainCheckpointGetXmlDescRet:
+    async def domain_checkpoint_get_xml_desc(self, checkpoint: NonnullDomainCheckpoint, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainCheckpointGetXmlDescRet:
         """REMOTE_PROC_DOMAIN_CHECKPOINT_GET_XML_DESC (412)."""
         return await self._call(PROCEDURES[412], DomainCheckpointGetXmlDescArgs(checkpoint, flags), call_timeout)
 
-    async def domain_list_all_checkpoints(self, dom: NonnullDomain, need_results: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainListAllCheckpointsRet:
+    async def domain_list_all_checkpoints(self, dom: NonnullDomain, need_results: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainListAllCheckpointsRet:
         """REMOTE_PROC_DOMAIN_LIST_ALL_CHECKPOINTS (413), high priority."""
         return await self._call(PROCEDURES[413], DomainListAllCheckpointsArgs(dom, need_results, flags), call_timeout)
 
-    async def domain_checkpoint_list_all_children(self, checkpoint: NonnullDomainCheckpoint, need_results: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainCheckpointListAllChildrenRet:
+    async def domain_checkpoint_list_all_children(self, checkpoint: NonnullDomainCheckpoint, need_results: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainCheckpointListAllChildrenRet:
         """REMOTE_PROC_DOMAIN_CHECKPOINT_LIST_ALL_CHILDREN (414), high priority."""
         return await self._call(PROCEDURES[414], DomainCheckpointListAllChildrenArgs(checkpoint, need_results, flags), call_timeout)
 
-    async def domain_checkpoint_lookup_by_name(self, dom: NonnullDomain, name: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainCheckpointLookupByNameRet:
+    async def domain_checkpoint_lookup_by_name(self, dom: NonnullDomain, name: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainCheckpointLookupByNameRet:
         """REMOTE_PROC_DOMAIN_CHECKPOINT_LOOKUP_BY_NAME (415), high priority."""
         return await self._call(PROCEDURES[415], DomainCheckpointLookupByNameArgs(dom, name, flags), call_timeout)
 
-    async def domain_checkpoint_get_parent(self, checkpoint: NonnullDomainCheckpoint, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainCheckpointGetParentRet:
+    async def domain_checkpoint_get_parent(self, checkpoint: NonnullDomainCheckpoint, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainCheckpointGetParentRet:
         """REMOTE_PROC_DOMAIN_CHECKPOINT_GET_PARENT (416), high priority."""
         return await self._call(PROCEDURES[416], DomainCheckpointGetParentArgs(checkpoint, flags), call_timeout)
 
-    async def domain_checkpoint_delete(self, checkpoint: NonnullDomainCheckpoint, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_checkpoint_delete(self, checkpoint: NonnullDomainCheckpoint, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_CHECKPOINT_DELETE (417)."""
         return await self._call(PROCEDURES[417], DomainCheckpointDeleteArgs(checkpoint, flags), call_timeout)
 
-    async def domain_get_guest_info(self, dom: NonnullDomain, types: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetGuestInfoRet:
+    async def domain_get_guest_info(self, dom: NonnullDomain, types: UInt32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetGuestInfoRet:
         """REMOTE_PROC_DOMAIN_GET_GUEST_INFO (418)."""
         return await self._call(PROCEDURES[418], DomainGetGuestInfoArgs(dom, types, flags), call_timeout)
 
-    async def connect_set_identity(self, params: list[TypedParam], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def connect_set_identity(self, params: list[TypedParam], flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_CONNECT_SET_IDENTITY (419)."""
         return await self._call(PROCEDURES[419], ConnectSetIdentityArgs(params, flags), call_timeout)
 
-    async def domain_agent_set_response_timeout(self, dom: NonnullDomain, timeout: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainAgentSetResponseTimeoutRet:
+    async def domain_agent_set_response_timeout(self, dom: NonnullDomain, timeout: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainAgentSetResponseTimeoutRet:
         """REMOTE_PROC_DOMAIN_AGENT_SET_RESPONSE_TIMEOUT (420)."""
         return await self._call(PROCEDURES[420], DomainAgentSetResponseTimeoutArgs(dom, timeout, flags), call_timeout)
 
-    async def domain_backup_begin(self, dom: NonnullDomain, backup_xml: str, checkpoint_xml: str | None, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_backup_begin(self, dom: NonnullDomain, backup_xml: str, checkpoint_xml: str | None, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_BACKUP_BEGIN (421)."""
         return await self._call(PROCEDURES[421], DomainBackupBeginArgs(dom, backup_xml, checkpoint_xml, flags), call_timeout)
 
-    async def domain_backup_get_xml_desc(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainBackupGetXmlDescRet:
+    async def domain_backup_get_xml_desc(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainBackupGetXmlDescRet:
         """REMOTE_PROC_DOMAIN_BACKUP_GET_XML_DESC (422), high priority."""
         return await self._call(PROCEDURES[422], DomainBackupGetXmlDescArgs(dom, flags), call_timeout)
 
-    async def domain_authorized_ssh_keys_get(self, dom: NonnullDomain, user: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainAuthorizedSshKeysGetRet:
+    async def domain_authorized_ssh_keys_get(self, dom: NonnullDomain, user: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainAuthorizedSshKeysGetRet:
         """REMOTE_PROC_DOMAIN_AUTHORIZED_SSH_KEYS_GET (424)."""
         return await self._call(PROCEDURES[424], DomainAuthorizedSshKeysGetArgs(dom, user, flags), call_timeout)
 
-    async def domain_authorized_ssh_keys_set(self, dom: NonnullDomain, user: str, keys: list[str], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_authorized_ssh_keys_set(self, dom: NonnullDomain, user: str, keys: list[str], flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_AUTHORIZED_SSH_KEYS_SET (425)."""
         return await self._call(PROCEDURES[425], DomainAuthorizedSshKeysSetArgs(dom, user, keys, flags), call_timeout)
 
-    async def domain_get_messages(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetMessagesRet:
+    async def domain_get_messages(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> DomainGetMessagesRet:
         """REMOTE_PROC_DOMAIN_GET_MESSAGES (426)."""
         return await self._call(PROCEDURES[426], DomainGetMessagesArgs(dom, flags), call_timeout)
 
-    async def domain_start_dirty_rate_calc(self, dom: NonnullDomain, seconds: int, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_start_dirty_rate_calc(self, dom: NonnullDomain, seconds: Int32, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_START_DIRTY_RATE_CALC (427)."""
         return await self._call(PROCEDURES[427], DomainStartDirtyRateCalcArgs(dom, seconds, flags), call_timeout)
 
-    async def node_device_define_xml(self, xml_desc: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeDeviceDefineXmlRet:
+    async def node_device_define_xml(self, xml_desc: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> NodeDeviceDefineXmlRet:
         """REMOTE_PROC_NODE_DEVICE_DEFINE_XML (428)."""
         return await self._call(PROCEDURES[428], NodeDeviceDefineXmlArgs(xml_desc, flags), call_timeout)
 
-    async def node_device_undefine(self, name: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def node_device_undefine(self, name: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_NODE_DEVICE_UNDEFINE (429), high priority."""
         return await self._call(PROCEDURES[429], NodeDeviceUndefineArgs(name, flags), call_timeout)
 
-    async def node_device_create(self, name: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def node_device_create(self, name: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_NODE_DEVICE_CREATE (430), high priority."""
         return await self._call(PROCEDURES[430], NodeDeviceCreateArgs(name, flags), call_timeout)
 
-    async def nwfilter_define_xml_flags(self, xml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NwfilterDefineXmlFlagsRet:
+    async def nwfilter_define_xml_flags(self, xml: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> NwfilterDefineXmlFlagsRet:
         """REMOTE_PROC_NWFILTER_DEFINE_XML_FLAGS (431), high priority."""
         return await self._call(PROCEDURES[431], NwfilterDefineXmlFlagsArgs(xml, flags), call_timeout)
 
-    async def network_define_xml_flags(self, xml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NetworkDefineXmlFlagsRet:
+    async def network_define_xml_flags(self, xml: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> NetworkDefineXmlFlagsRet:
         """REMOTE_PROC_NETWORK_DEFINE_XML_FLAGS (432), high priority."""
         return await self._call(PROCEDURES[432], NetworkDefineXmlFlagsArgs(xml, flags), call_timeout)
 
@@ -25166,7 +25166,7 @@ class RemoteCalls:
         """REMOTE_PROC_NODE_DEVICE_GET_AUTOSTART (433), high priority."""
         return await self._call(PROCEDURES[433], NodeDeviceGetAutostartArgs(name), call_timeout)
 
-    async def node_device_set_autostart(self, name: str, autostart: int, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def node_device_set_autostart(self, name: str, autostart: Int32, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_NODE_DEVICE_SET_AUTOSTART (434), high priority."""
         return await self._call(PROCEDURES[434], NodeDeviceSetAutostartArgs(name, autostart), call_timeout)
 
@@ -25178,26 +25178,26 @@ class RemoteCalls:
         """REMOTE_PROC_NODE_DEVICE_IS_ACTIVE (436), high priority."""
         return await self._call(PROCEDURES[436], NodeDeviceIsActiveArgs(name), call_timeout)
 
-    async def network_create_xml_flags(self, xml: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> NetworkCreateXmlFlagsRet:
+    async def network_create_xml_flags(self, xml: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> NetworkCreateXmlFlagsRet:
         """REMOTE_PROC_NETWORK_CREATE_XML_FLAGS (437), high priority."""
         return await self._call(PROCEDURES[437], NetworkCreateXmlFlagsArgs(xml, flags), call_timeout)
 
-    async def domain_set_launch_security_state(self, dom: NonnullDomain, params: list[TypedParam], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_set_launch_security_state(self, dom: NonnullDomain, params: list[TypedParam], flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SET_LAUNCH_SECURITY_STATE (439)."""
         return await self._call(PROCEDURES[439], DomainSetLaunchSecurityStateArgs(dom, params, flags), call_timeout)
 
-    async def domain_save_params(self, dom: NonnullDomain, params: list[TypedParam], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_save_params(self, dom: NonnullDomain, params: list[TypedParam], flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_SAVE_PARAMS (440)."""
         return await self._call(PROCEDURES[440], DomainSaveParamsArgs(dom, params, flags), call_timeout)
 
-    async def domain_restore_params(self, params: list[TypedParam], flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_restore_params(self, params: list[TypedParam], flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_RESTORE_PARAMS (441)."""
         return await self._call(PROCEDURES[441], DomainRestoreParamsArgs(params, flags), call_timeout)
 
-    async def domain_abort_job_flags(self, dom: NonnullDomain, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_abort_job_flags(self, dom: NonnullDomain, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_ABORT_JOB_FLAGS (442)."""
         return await self._call(PROCEDURES[442], DomainAbortJobFlagsArgs(dom, flags), call_timeout)
 
-    async def domain_fd_associate(self, dom: NonnullDomain, name: str, flags: int = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
+    async def domain_fd_associate(self, dom: NonnullDomain, name: str, flags: UInt32 = 0, *, call_timeout: float | None | EllipsisType = ...) -> None:
         """REMOTE_PROC_DOMAIN_FD_ASSOCIATE (443)."""
         return await self._call(PROCEDURES[443], DomainFdAssociateArgs(dom, name, flags), call_timeout)

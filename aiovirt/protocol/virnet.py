@@ -7,7 +7,7 @@ from __future__ import annotations
 import struct as _struct
 from enum import IntEnum
 
-from .xdr import _FALSE, _PAD, _TRUE, _U32, Record, XdrError
+from .xdr import _FALSE, _PAD, _TRUE, _U32, Int32, Int64, Record, UInt32, XdrError
 
 __all__ = ['MessageError', 'MessageHeader', 'MessageNonnullDomain', 'MessageNonnullNetwork', 'MessageStatus', 'MessageType', 'StreamHole']
 
@@ -66,14 +66,14 @@ class MessageHeader(Record):
     """XDR struct ``virNetMessageHeader``."""
 
     __slots__ = ('prog', 'vers', 'proc', 'type', 'serial', 'status')
-    prog: int
-    vers: int
-    proc: int
-    type: int
-    serial: int
-    status: int
+    prog: UInt32
+    vers: UInt32
+    proc: Int32
+    type: Int32
+    serial: UInt32
+    status: Int32
 
-    def __init__(self, prog: int, vers: int, proc: int, type: int, serial: int, status: int) -> None:
+    def __init__(self, prog: UInt32, vers: UInt32, proc: Int32, type: Int32, serial: UInt32, status: Int32) -> None:
         self.prog = prog
         self.vers = vers
         self.proc = proc
@@ -98,9 +98,9 @@ class MessageNonnullDomain(Record):
     __slots__ = ('name', 'uuid', 'id')
     name: str
     uuid: bytes
-    id: int
+    id: Int32
 
-    def __init__(self, name: str, uuid: bytes, id: int) -> None:
+    def __init__(self, name: str, uuid: bytes, id: Int32) -> None:
         self.name = name
         self.uuid = uuid
         self.id = id
@@ -170,19 +170,19 @@ class MessageError(Record):
     """XDR struct ``virNetMessageError``."""
 
     __slots__ = ('code', 'domain', 'message', 'level', 'dom', 'str1', 'str2', 'str3', 'int1', 'int2', 'net')
-    code: int
-    domain: int
+    code: Int32
+    domain: Int32
     message: str | None
-    level: int
+    level: Int32
     dom: MessageNonnullDomain | None
     str1: str | None
     str2: str | None
     str3: str | None
-    int1: int
-    int2: int
+    int1: Int32
+    int2: Int32
     net: MessageNonnullNetwork | None
 
-    def __init__(self, code: int, domain: int, message: str | None, level: int, dom: MessageNonnullDomain | None, str1: str | None, str2: str | None, str3: str | None, int1: int, int2: int, net: MessageNonnullNetwork | None) -> None:
+    def __init__(self, code: Int32, domain: Int32, message: str | None, level: Int32, dom: MessageNonnullDomain | None, str1: str | None, str2: str | None, str3: str | None, int1: Int32, int2: Int32, net: MessageNonnullNetwork | None) -> None:
         self.code = code
         self.domain = domain
         self.message = message
@@ -344,10 +344,10 @@ class StreamHole(Record):
     """XDR struct ``virNetStreamHole``."""
 
     __slots__ = ('length', 'flags')
-    length: int
-    flags: int
+    length: Int64
+    flags: UInt32
 
-    def __init__(self, length: int, flags: int) -> None:
+    def __init__(self, length: Int64, flags: UInt32) -> None:
         self.length = length
         self.flags = flags
 

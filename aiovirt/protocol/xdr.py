@@ -5,16 +5,41 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import gc
+import re
 import struct
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 from collections.abc import Callable
 
 from ..errors import EncodeError, ProtocolError
 
-__all__ = ["ProcedureInfo", "Record", "XdrError", "decode", "encode", "misfit"]
+__all__ = ["Int32", "Int64", "IntRange", "ProcedureInfo", "Record", "UInt32", "UInt64",
+           "XdrError", "decode", "encode", "misfit", "plain_hint"]
+
+
+@dataclass(frozen=True, slots=True)
+class IntRange:
+    """The values an XDR integer type holds: the generated records annotate each integer
+    field with one (``Int32``...), so an encoding error can name the field and its range."""
+
+    low: int
+    high: int
+    xdr: str   # the type's name in the .x file
+
+
+# The integer field types of the generated records: plain ``int`` to type checkers
+Int32 = Annotated[int, IntRange(-(1 << 31), (1 << 31) - 1, "int")]
+UInt32 = Annotated[int, IntRange(0, (1 << 32) - 1, "unsigned int")]
+Int64 = Annotated[int, IntRange(-(1 << 63), (1 << 63) - 1, "hyper")]
+UInt64 = Annotated[int, IntRange(0, (1 << 64) - 1, "unsigned hyper")]
+_RANGED = re.compile(r"\bU?Int(?:32|64)\b")
+
+
+def plain_hint(hint: str) -> str:
+    """A record field's annotation (a string) with its ranged integers as plain ``int``."""
+    return _RANGED.sub("int", hint)
 
 
 class XdrError(ProtocolError):
@@ -67,7 +92,7 @@ def misfit(record: Any, where: str = "") -> str | None:
     if not isinstance(record, Record):
         return None
     try:
-        hints = typing.get_type_hints(type(record))
+        hints = typing.get_type_hints(type(record), include_extras=True)
     except Exception:   # noqa: BLE001 - an annotation we cannot resolve: say nothing
         return None
     for name in record.__slots__:
@@ -83,6 +108,15 @@ _KINDS: dict[type, tuple[type, ...]] = {int: (int,), float: (int, float),
 
 def _misfit(value: Any, hint: Any, path: str) -> str | None:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated:
+        wrong = _misfit(value, args[0], path)
+        if wrong or type(value) is bool:
+            return wrong
+        for limits in args[1:]:
+            if isinstance(limits, IntRange) and not limits.low <= value <= limits.high:
+                return (f"{path}: {value} is out of range for XDR {limits.xdr} "
+                        f"({limits.low}..{limits.high})")
+        return None
     if origin in (types.UnionType, typing.Union):
         if value is None and type(None) in args:
             return None
