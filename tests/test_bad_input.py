@@ -263,3 +263,33 @@ def test_cli_file_that_is_not_utf8(tmp_path, stdin):
         assert err.startswith("aiovirt: error: ") and err.count("\n") == 1, err
         assert "not UTF-8 text" in err and "Traceback" not in err
         assert ("<stdin>" if stdin else str(path)) in err
+
+
+@pytest.mark.parametrize("address, words", [
+    ("<address type='bogus'/>", r"disk#1 <address type='bogus'>: unknown address type "
+                                r"\(libvirt knows ccid, ccw, dimm, drive"),
+    ("<address type='none'/>", r"<address type='none'>: unknown address type"),
+    ("<address/>", r"disk#1 <address>: no type given"),
+])
+def test_an_address_of_no_known_type_is_refused(address, words):
+    # used to be kept as a foreign address, for libvirt to refuse at define time
+    from aiovirt.address import AddressError, address_domain
+    xml = ("<domain type='kvm'><name>a</name><memory>1024</memory><os><type arch='x86_64' "
+           "machine='q35'>hvm</type></os><devices><disk type='file' device='disk'>"
+           f"<source file='/x.img'/><target dev='vda' bus='virtio'/>{address}</disk>"
+           "</devices></domain>")
+    with pytest.raises(AddressError, match=words):
+        address_domain(xml)
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"address": "yes"}, "address is True, False or a Tunables, not 'yes'"),
+    ({"aliases": 1}, "aliases is True or False, not 1"),
+    ({"validate": "no"}, "validate is True, False or None, not 'no'"),
+    ({"input_wins": True, "input_priority": "9"}, r"input_priority is an int .*not '9'"),
+])
+def test_compose_settings_of_the_wrong_type_are_named(settings, words):
+    # address="yes" used to be taken as True
+    from aiovirt.compose import ComposeError, compose
+    with pytest.raises(ComposeError, match=words):
+        compose("<domain type='kvm'><name>a</name></domain>", **settings)

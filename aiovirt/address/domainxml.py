@@ -50,10 +50,22 @@ def _int(value: str | None, what: str, base: int = 0) -> int | None:
         raise AddressError(f"{what}: {value!r} is not a number") from None
 
 
+# the address types libvirt 9.0 reads (virDomainDeviceAddress, "none" aside: it refuses that)
+ADDRESS_TYPES = frozenset({"pci", "drive", "virtio-serial", "ccid", "usb", "spapr-vio",
+                           "virtio-s390", "ccw", "virtio-mmio", "isa", "dimm", "unassigned"})
+
+
 def _address(element: etree._Element, who: str) -> tuple[Address | None, str | None]:
-    """(our address, None) or (None, the foreign address type)."""
+    """(our address, None) or (None, the foreign address type).  A missing or unknown type
+    is refused here, as libvirt would refuse it at define time."""
     kind = element.get("type")
+    if kind is None:
+        raise AddressError(f"{who} <address>: no type given (libvirt needs one: "
+                           f"{', '.join(sorted(ADDRESS_TYPES))})")
     where = f"{who} <address type='{kind}'>"
+    if kind not in ADDRESS_TYPES:
+        raise AddressError(f"{where}: unknown address type (libvirt knows "
+                           f"{', '.join(sorted(ADDRESS_TYPES))})")
     if kind == "pci":
         multi = element.get("multifunction")
         return PciAddress(_int(element.get("bus", "0"), where) or 0,

@@ -592,6 +592,17 @@ class Composer:
                  input_wins: bool = False, input_priority: int | None = None,
                  record: bool = True, address: Tunables | bool = False,
                  aliases: bool = False) -> None:
+        for name, value in (("upgrade", upgrade), ("input_wins", input_wins),
+                            ("record", record), ("aliases", aliases)):
+            if not isinstance(value, bool):
+                raise ComposeError(f"{name} is True or False, not {value!r:.60}")
+        if not isinstance(validate, bool | None):
+            raise ComposeError(f"validate is True, False or None, not {validate!r:.60}")
+        if not isinstance(address, bool | Tunables):
+            raise ComposeError(f"address is True, False or a Tunables, not {address!r:.60}")
+        if input_priority is not None and type(input_priority) is not int:
+            raise ComposeError(f"input_priority is an int (a profile priority), not "
+                               f"{input_priority!r:.60}")
         if input_priority is not None and not input_wins:
             raise ComposeError(f"input_priority={input_priority} only applies with "
                                "input_wins=True (by default profiles act on the input's values "
