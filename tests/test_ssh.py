@@ -278,13 +278,22 @@ def test_libssh_parameters_map_to_openssh_options():
         "qemu+ssh://h/system?known_hosts_verify=ignore"))
 
 
+def test_boolean_parameters_read_as_libvirt_reads_them():
+    # an integer in strtol's syntax, true when not 0
+    def batch(value: str) -> bool:
+        return "BatchMode=yes" in ssh_command(parse_uri(f"qemu+ssh://h/system?no_tty={value}"))
+    assert batch("1") and batch("+2") and batch(" 7")
+    assert not batch("0") and not batch("-0")
+
+
 @pytest.mark.parametrize("query, message", [
     ("proxy=carrier-pigeon", "proxy="),
     ("proxy=native&netcat=nc", "netcat="),
     ("known_hosts_verify=maybe", "known_hosts_verify="),
     ("sshauth=telepathy", "sshauth"),
     ("mode=direct", "mode=direct"),
-    ("no_tty=yes", "no_tty="),
+    ("no_tty=yes", "no_tty='yes' is not an integer"),
+    ("no_verify=on", "no_verify='on' is not an integer"),   # as in the tls transport
 ])
 def test_bad_parameters_are_invalid_uris(query, message):
     with pytest.raises(InvalidURI, match=message):

@@ -34,7 +34,7 @@ import socket
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import IO
 
 import anyio
@@ -128,17 +128,6 @@ def _remote_socket(uri: ConnectionURI, readonly: bool) -> str:
     return "/var/run/libvirt/libvirt-sock" + ("-ro" if readonly else "")
 
 
-def _flag(params: Mapping[str, str], name: str) -> bool:
-    """libvirt's boolean URI parameters: a number, non-zero meaning yes."""
-    value = params.get(name)
-    if value is None:
-        return False
-    try:
-        return int(value) != 0
-    except ValueError:
-        raise InvalidURI(f"{name}={value!r} must be 0 or 1") from None
-
-
 def ssh_command(uri: ConnectionURI, readonly: bool = False) -> list[str]:
     """The argv that reaches the daemon of ``uri`` through the system ssh: libvirt's own
     (virNetSocketNewConnectSSH) followed by the libssh parameters' OpenSSH equivalents."""
@@ -151,9 +140,9 @@ def ssh_command(uri: ConnectionURI, readonly: bool = False) -> list[str]:
     if params.get("keyfile"):
         argv += ["-i", params["keyfile"]]
     argv += ["-T", "-e", "none"]
-    if _flag(params, "no_tty"):
+    if uri.flag("no_tty"):
         argv += ["-o", "BatchMode=yes"]
-    if _flag(params, "no_verify"):
+    if uri.flag("no_verify"):
         argv += ["-o", "StrictHostKeyChecking=no"]
     elif "known_hosts_verify" in params:
         verify = params["known_hosts_verify"].lower()

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import ssl
 import struct
 from collections.abc import Callable, Iterable, Mapping
@@ -139,16 +138,6 @@ def client_context(files: TLSFiles, *, verify: bool = True, where: str = "",
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context, have_cert
-
-
-def _flag(uri: ConnectionURI, name: str) -> bool:
-    """A libvirt boolean URI parameter: an integer (strtol's syntax), true when not 0."""
-    value = uri.params.get(name)
-    if value is None:
-        return False
-    if not re.fullmatch(r"\s*[+-]?[0-9]+", value):
-        raise InvalidURI(f"{uri.uri!r}: {name}={value!r} is not an integer")
-    return int(value) != 0
 
 
 class _TLSWire(asyncio.Protocol):
@@ -511,7 +500,7 @@ async def dial_tls(uri: ConnectionURI, spawn: Spawn, native: bool) -> Transport:
     """Connect to the daemon's ``listen_tls`` port and pass its checks (see the module)."""
     host, port = uri.address
     where = f"{host}:{port}"
-    verify = not _flag(uri, "no_verify")
+    verify = not uri.flag("no_verify")
     if "tls_priority" in uri.params:
         log.warning("%s: tls_priority=%r ignored: GnuTLS priority strings do not apply to "
                     "Python's ssl", where, uri.params["tls_priority"])

@@ -55,6 +55,16 @@ class ConnectionURI:
         return self.params.get("socket") or default_socket(self.driver, self.path,
                                                            self.params.get("mode"))
 
+    def flag(self, name: str) -> bool:
+        """A boolean URI parameter (``no_verify``, ``no_tty``...) read as libvirt reads it:
+        an integer in strtol's syntax, true when not 0; absent is false."""
+        value = self.params.get(name)
+        if value is None:
+            return False
+        if not re.fullmatch(r"\s*[+-]?[0-9]+", value):
+            raise InvalidURI(f"{self.uri!r}: {name}={value!r} is not an integer (0 or 1)")
+        return int(value) != 0
+
     @property
     def address(self) -> tuple[str, int]:
         """Host and port for network transports."""
