@@ -97,6 +97,7 @@ class AsyncioTransport(asyncio.Protocol):
         self._sink: Sink | None = None
         self._early: list[bytes] = []
         self._lost: tuple[BaseException | None] | None = None
+        self._ended = False   # connection_lost has come: asyncio's last word on the socket
         self._pending: list[bytes] | None = None
         self._call_soon: Callable[..., Any] | None = None   # the loop's, from connection_made
         self._writable: asyncio.Event | None = None   # made when the buffer first fills
@@ -143,6 +144,7 @@ class AsyncioTransport(asyncio.Protocol):
         return False  # close our side too; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._ended = True
         if self._sink is None:
             self._lost = (exc,)
         else:
@@ -162,13 +164,22 @@ class AsyncioTransport(asyncio.Protocol):
         if self._lost is not None:
             sink.lost(self._lost[0])
 
+    def _closed_for_good(self) -> bool:
+        """(The transport gone or closing) True if writes must fail now.  asyncio marks a
+        socket closing one pass before ``connection_lost`` brings the cause (a reset, the
+        daemon's end): a write in that pass is dropped instead, and its caller failed by
+        ``connection_lost`` with that cause rather than "the socket is closed"."""
+        return self._transport is None or self._ended or self._sink is None
+
     def write(self, data: bytes, *, alone: bool = False) -> None:
         # Under load, writes made during one pass of the event loop leave in one send() at
         # its end: many concurrent callers cost one system call, not one each.  A lone call
         # leaves at once, saving a pass of the loop (latency at low concurrency).
         transport = self._transport
         if transport is None or transport.is_closing():
-            raise anyio.BrokenResourceError("the socket is closed")
+            if self._closed_for_good():
+                raise anyio.BrokenResourceError("the socket is closed")
+            return   # connection_lost is on its way: it fails this call with the cause
         if self._held is not None:     # an FD send is under way: its bytes must be adjacent
             self._held.append(data)
         elif alone and self._pending is None:
@@ -185,7 +196,9 @@ class AsyncioTransport(asyncio.Protocol):
     def write_parts(self, header: bytes, payload: memoryview) -> None:
         transport = self._transport
         if transport is None or transport.is_closing():
-            raise anyio.BrokenResourceError("the socket is closed")
+            if self._closed_for_good():
+                raise anyio.BrokenResourceError("the socket is closed")
+            return   # connection_lost is on its way (``_closed_for_good``)
         if self._pending is None:   # nothing batched: straight to asyncio, which copies
             transport.write(header)  # only what the socket does not take at once
             transport.write(payload)

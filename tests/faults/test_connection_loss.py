@@ -3,6 +3,8 @@ never ``anyio.BrokenResourceError`` or ``OSError``, whatever the moment of the c
 
 from __future__ import annotations
 
+import asyncio
+
 import anyio
 import anyio.lowlevel
 import pytest
@@ -93,3 +95,45 @@ async def test_calls_cut_short_by_our_close_say_so(daemon):
     errors = [str(o) for o in outcomes if isinstance(o, aiovirt.ConnectionClosed)]
     assert len(outcomes) == 200 and errors
     assert set(errors) == {"the connection was closed"}, set(errors)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_killed_daemon_is_reported_with_the_real_cause(own_daemon, loop):
+    """Replies and the end of the socket often arrive in one read: the callers those replies
+    wake call again in the pass where asyncio has marked the socket closing but not yet
+    said why.  Those calls used to fail the connection with "the socket is closed"; now
+    every caller gets the socket's own end (a reset, a broken pipe, the end of file)."""
+    if loop == "uvloop":
+        runner = pytest.importorskip("uvloop", reason="uvloop is not installed").run
+    else:
+        runner = asyncio.run
+
+    async def one_kill() -> list[BaseException]:
+        async with aiovirt.connect(own_daemon.uri(), lanes=0) as conn:
+            done = 0
+
+            async def caller() -> None:
+                nonlocal done
+                while True:
+                    await conn.get_lib_version()
+                    done += 1
+
+            tasks = [asyncio.ensure_future(caller()) for _ in range(16)]
+            while done < 1000:
+                await asyncio.sleep(0.001)
+            own_daemon.kill()
+            async with asyncio.timeout(10):
+                outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+            return [o for o in outcomes if isinstance(o, BaseException)]
+
+    for _ in range(3):
+        errors = runner(one_kill())
+        own_daemon.start()
+        assert len(errors) == 16
+        for error in errors:
+            assert type(error) is aiovirt.ConnectionClosed, error
+            assert "the socket is closed" not in str(error)
+            root = error
+            while isinstance(root.__cause__, aiovirt.ConnectionClosed):
+                root = root.__cause__
+            assert isinstance(root.__cause__, OSError | EOFError), root.__cause__
