@@ -265,6 +265,28 @@ def test_cli_file_that_is_not_utf8(tmp_path, stdin):
         assert ("<stdin>" if stdin else str(path)) in err
 
 
+@pytest.mark.parametrize("command", ["compose", "address", "compose-stdin"])
+def test_cli_input_without_end_is_refused_not_read_whole(command):
+    # /dev/zero used to be read until memory ran out
+    stdin = command.endswith("-stdin")
+    with open("/dev/zero", "rb") as zeros:
+        done = subprocess.run([AIOVIRT, command.removesuffix("-stdin"),
+                               "-" if stdin else "/dev/zero"],
+                              stdin=zeros if stdin else subprocess.DEVNULL,
+                              capture_output=True, timeout=60,
+                              env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})
+    err = done.stderr.decode()
+    assert done.returncode == 1 and done.stdout == b"", err
+    assert err == (f"aiovirt: error: {'<stdin>' if stdin else '/dev/zero'}: more than "
+                   "16777216 bytes, over the limit for this input\n")
+
+
+def test_a_profile_or_schema_file_without_end_is_refused():
+    from aiovirt.xml.safe import XMLInputError, parse_file
+    with pytest.raises(XMLInputError, match=r"/dev/zero.*more than 16777216 bytes"):
+        parse_file("/dev/zero")
+
+
 @pytest.mark.parametrize("address, words", [
     ("<address type='bogus'/>", r"disk#1 <address type='bogus'>: unknown address type "
                                 r"\(libvirt knows ccid, ccw, dimm, drive"),

@@ -9,20 +9,31 @@ from typing import Any
 
 from ..errors import AiovirtError
 
-__all__ = ["add_library_options", "library", "params", "read"]
+__all__ = ["MAX_DOCUMENT", "MAX_JSON", "add_library_options", "library", "params", "read"]
 
 
-def read(path: str) -> str:
-    """A file's text, or stdin's for ``-``; an unreadable file is an ``AiovirtError``."""
+# the most ``read`` takes: an XML document (libvirt's own limit is 10 MB), a JSON report
+MAX_DOCUMENT = 16 * 1024 * 1024
+MAX_JSON = 256 * 1024 * 1024   # a report of 100,000s of guests
+
+
+def read(path: str, limit: int = MAX_DOCUMENT) -> str:
+    """A file's text, or stdin's for ``-``, of at most ``limit`` bytes (a larger or endless
+    input is refused without being read whole); an unreadable file is an ``AiovirtError``."""
+    where = "<stdin>" if path == "-" else path
     try:
         if path == "-":
-            return sys.stdin.read()
-        with open(path, encoding="utf-8") as file:
-            return file.read()
+            data = sys.stdin.buffer.read(limit + 1)
+        else:
+            with open(path, "rb") as file:
+                data = file.read(limit + 1)
     except OSError as exc:
         raise AiovirtError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise AiovirtError(f"{where}: more than {limit} bytes, over the limit for this input")
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        where = "<stdin>" if path == "-" else path
         raise AiovirtError(f"{where}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
                            f"offset {exc.start})") from None
 

@@ -18,7 +18,7 @@ import anyio
 
 from ..client.backend import run as run_loop
 from ..errors import AiovirtError
-from .common import add_library_options, library, params, read
+from .common import MAX_JSON, add_library_options, library, params, read
 from .progress import ProgressLine, summary, teardown_summary
 
 __all__ = ["register"]
@@ -36,7 +36,7 @@ def _specs(options: argparse.Namespace) -> list[Any]:
 
     if options.specs:
         try:
-            data = json.loads(read(options.specs))
+            data = json.loads(read(options.specs, MAX_JSON))
         except json.JSONDecodeError as exc:
             raise AiovirtError(f"{options.specs}: not JSON: {exc}") from None
         items = data if isinstance(data, list) else [data]
@@ -126,7 +126,7 @@ def _teardown(options: argparse.Namespace) -> int:
     report = None
     if options.report:
         try:
-            report = Report.from_dict(json.loads(read(options.report)))
+            report = Report.from_dict(json.loads(read(options.report, MAX_JSON)))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise AiovirtError(f"{options.report}: not a provisioning report: {exc}") from None
     result = run_loop(teardown(options.uri or None, names=options.name or None,

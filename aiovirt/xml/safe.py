@@ -87,9 +87,12 @@ def parse_file(path: str | os.PathLike[str]) -> etree._ElementTree:
     path = os.fspath(path)
     try:
         with open(path, "rb") as file:
-            data = file.read()
+            data = file.read(MAX_BYTES + 1)   # no more: a huge or endless file is refused
     except OSError as exc:
         raise XMLInputError(f"cannot read: {exc.strerror or exc}", source=path) from None
+    if len(data) > MAX_BYTES:
+        raise XMLInputError(f"more than {MAX_BYTES} bytes: over the limit for a document",
+                            source=path)
     root = parse(data, source=path)
     return root.getroottree()
 
