@@ -57,6 +57,28 @@ async def test_awaitable_connect_and_close(daemon):
         await conn.get_lib_version()
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_close_inside_async_with_ends_only_the_connection(daemon, backend):
+    """close() inside ``async with connect()`` used to cancel the block itself (the task
+    group's scope held both): the next await raised CancelledError."""
+    pytest.importorskip(backend)
+
+    async def main() -> list[str]:
+        steps = []
+        async with aiovirt.connect(daemon.uri()) as conn:
+            await conn.get_lib_version()
+            await conn.close()
+            await anyio.sleep(0.01)
+            steps.append("after close")
+            with pytest.raises(aiovirt.ConnectionClosed):
+                await conn.get_lib_version()
+            await conn.close()   # twice: nothing more to do
+        steps.append("left the block")
+        return steps
+
+    assert anyio.run(main, backend=backend) == ["after close", "left the block"]
+
+
 async def test_domain_lifecycle_on_the_test_driver(daemon):
     name = unique()
     async with aiovirt.connect(daemon.uri()) as conn:

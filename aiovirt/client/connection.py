@@ -74,15 +74,28 @@ def _timed_out(procedure: ProcedureInfo, timeout: float) -> CallTimeout:
 
 class _Tasks:
     """Owns a connection's background tasks: in a task group (``async with``) or on the
-    running asyncio loop (``await connect()``), cancelled and awaited by ``aclose``."""
+    running asyncio loop (``await connect()``), cancelled and awaited by ``aclose``.  Under a
+    task group each task runs in a cancel scope of its own: the group's scope also holds the
+    caller's ``async with`` block, which ``close()`` inside it must not cancel."""
 
     def __init__(self, group: anyio.abc.TaskGroup | None) -> None:
         self._group = group
         self._tasks: set[asyncio.Task] = set()
+        self._scopes: set[anyio.CancelScope] = set()
 
     def start(self, fn: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
         if self._group is not None:
-            self._group.start_soon(fn, name=name)
+            scope = anyio.CancelScope()
+            self._scopes.add(scope)
+
+            async def scoped() -> None:
+                try:
+                    with scope:
+                        await fn()
+                finally:
+                    self._scopes.discard(scope)
+
+            self._group.start_soon(scoped, name=name)
             return
         loop = asyncio_loop()
         assert loop is not None   # without a task group, connections live on asyncio only
@@ -92,7 +105,8 @@ class _Tasks:
 
     async def aclose(self) -> None:
         if self._group is not None:
-            self._group.cancel_scope.cancel()
+            for scope in list(self._scopes):
+                scope.cancel()
             return
         tasks = list(self._tasks)
         for task in tasks:
