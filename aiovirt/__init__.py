@@ -18,7 +18,7 @@ from .errors import (AiovirtError, ArgumentUnsupported, AuthenticationError, Cal
                      NoSuchDomain, NoSuchMetadata, NoSuchNetwork, NoSuchNodeDevice,
                      NoSuchSecret, NoSuchStoragePool, NoSuchStorageVolume, NoSupport,
                      ObjectExists, OperationFailed, OperationInvalid, OperationTimeout,
-                     ProtocolError, TransportError, XMLError, XMLInputError)
+                     ProtocolError, TransportError, UsageError, XMLError, XMLInputError)
 
 if TYPE_CHECKING:
     from .api.connection import Connection, connect
@@ -104,7 +104,7 @@ __all__ = [
     "ObjectExists", "OperationFailed", "OperationInvalid", "OperationTimeout",
     "ProtocolError", "SLOW_PROCEDURES", "Secret", "SecretUsageType", "StoragePool",
     "StoragePoolInfo", "StoragePoolState", "StorageVolume", "StorageVolumeInfo",
-    "StorageVolumeType", "TransportError", "XMLError", "XMLInputError", "connect",
+    "StorageVolumeType", "TransportError", "UsageError", "XMLError", "XMLInputError", "connect",
     "metadata", "parse_uri", *sorted(k for k, v in _LAZY.items() if "events" in v), "ConnectionState", "Reconnect", "StateChange", "Hole", "Stream",
     "DomainCheckpoint", "DomainSnapshot", "Interface", "NWFilter", "NWFilterBinding",
     "NetworkPort", "DeviceEventTimeout", "DeviceRemovalFailed", "PluggedDevice"]

@@ -29,7 +29,7 @@ __all__ = [
     "NoSuchDomain", "NoSuchMetadata", "NoSuchNetwork", "NoSuchNodeDevice", "NoSuchSecret", "NoSuchStoragePool",
     "NoSuchStorageVolume", "OperationInvalid", "OperationFailed", "ProtocolError",
     "ArgumentUnsupported", "InvalidArgument", "NoSupport", "OperationTimeout", "XMLError",
-    "ObjectExists", "XMLInputError", "error_from_remote",
+    "ObjectExists", "UsageError", "XMLInputError", "error_from_remote",
 ]
 
 
@@ -57,6 +57,11 @@ class ConnectionClosed(TransportError):
 class CallTimeout(TransportError, TimeoutError):
     """A call got no reply within its timeout.  Whether it took effect on the daemon is
     unknown; the connection stays usable (a late reply is read and dropped)."""
+
+
+class UsageError(AiovirtError, RuntimeError):
+    """An object used in a way it cannot serve (a second reader of one event subscription,
+    reading an upload stream): the message says what to do instead.  Nothing was sent."""
 
 
 class EncodeError(AiovirtError, ValueError):

@@ -282,6 +282,51 @@ async def test_lifecycle_events(daemon):
         assert conn._subscriptions == {}
 
 
+async def test_two_readers_of_one_subscription_share_its_events_and_its_end(daemon):
+    """A second reader used to take the only wake-up slot: the first then slept through
+    every event and through stop() and close(), for ever."""
+    names = [unique("two") for _ in range(4)]
+    async with aiovirt.connect(daemon.uri()) as conn:
+        sub = conn.domain_events()
+        await sub.start()
+        seen: list[str] = []
+
+        async def reader() -> None:
+            async for event in sub:
+                if event.domain.name in names:
+                    seen.append(event.domain.name)
+
+        async with anyio.create_task_group() as group:
+            for _ in range(2):
+                group.start_soon(reader)
+            await anyio.wait_all_tasks_blocked()
+            for name in names:
+                await (await conn.define_xml(domain_xml(name))).undefine()
+            with anyio.fail_after(10):
+                while len(seen) < 2 * len(names):   # DEFINED and UNDEFINED of each
+                    await anyio.sleep(0.01)
+            with anyio.fail_after(10):
+                await sub.stop()   # both readers end: the group exits
+        assert sorted(seen) == sorted(names * 2)
+
+        # reading again after stop() subscribes again (it used to end at once)
+        again: list[str] = []
+        name = unique("again")
+        async with anyio.create_task_group() as group:
+            async def read_again() -> None:
+                async for event in sub:
+                    if event.domain.name == name:
+                        again.append(event.event.name)
+                        if len(again) == 2:
+                            return
+            group.start_soon(read_again)
+            with anyio.fail_after(10):
+                while sub.callback_id is None:
+                    await anyio.sleep(0.01)
+                await (await conn.define_xml(domain_xml(name))).undefine()
+        assert again == ["DEFINED", "UNDEFINED"]
+
+
 async def test_leaving_async_for_deregisters(daemon):
     name = unique("ev")
     async with aiovirt.connect(daemon.uri()) as conn:

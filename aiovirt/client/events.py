@@ -156,7 +156,9 @@ class EventSubscription(Generic[T]):
     ``Resync`` markers).
 
     Usable as ``async for e in sub`` (registers on the first step, deregisters when the loop
-    ends) or ``async with sub: async for e in sub`` (deterministic deregistration).
+    ends) or ``async with sub: async for e in sub`` (deterministic deregistration).  Readers
+    iterating one subscription at once share its events (each goes to one of them) and all
+    see its end; ``async for`` again after ``stop()`` subscribes again.
     ``key`` names the kind (family, event id, filter): subscriptions with the same key on one
     connection share the daemon-side callback.  ``max_buffer``: see the module docstring.
     ``on_close``, if given, makes a last item when the connection ends (not on ``stop``).
@@ -191,6 +193,7 @@ class EventSubscription(Generic[T]):
         self._resync_lost = False   # a Resync marker itself was dropped
         self._ended = False
         self._wakeup: Any = None   # a one-shot slot (backend.waiter_factory) while waiting
+        self._also_waiting: deque[Any] = deque()   # more readers' slots (each event to one)
         self._registration: Registration | None = None
         self.dropped_total = 0      # events dropped over the subscription's life
 
@@ -216,6 +219,7 @@ class EventSubscription(Generic[T]):
         has one of this kind (idempotent)."""
         if self._registration is not None:
             return
+        self._ended = False   # subscribed again after stop(): events flow again
         registration = self._conn._registration(self._key)
         async with registration.lock:
             if registration.callback_id is None:
@@ -274,6 +278,10 @@ class EventSubscription(Generic[T]):
             self._wakeup = None
             if not wakeup.done():
                 wakeup.set_result(None)
+        elif self._also_waiting:
+            wakeup = self._also_waiting.popleft()
+            if not wakeup.done():
+                wakeup.set_result(None)
 
     def close(self) -> None:
         """The connection is gone: end iteration (after the buffered events, and the
@@ -287,8 +295,11 @@ class EventSubscription(Generic[T]):
     def _end(self) -> None:
         self._ended = True
         wakeup, self._wakeup = self._wakeup, None
-        if wakeup is not None and not wakeup.done():
-            wakeup.set_result(None)
+        waiting = [wakeup, *self._also_waiting]
+        self._also_waiting.clear()
+        for wakeup in waiting:   # every reader, so that each sees the end
+            if wakeup is not None and not wakeup.done():
+                wakeup.set_result(None)
 
     def __aiter__(self) -> AsyncIterator[T | Dropped | Resync]:
         return self._iterate()
@@ -319,11 +330,18 @@ class EventSubscription(Generic[T]):
                 elif self._ended:
                     return
                 else:
-                    self._wakeup = wakeup = new_waiter()
+                    wakeup = new_waiter()
+                    if self._wakeup is None:
+                        self._wakeup = wakeup
+                    else:   # a second reader: each event goes to one of them
+                        self._also_waiting.append(wakeup)
                     try:
                         await wakeup
                     finally:
-                        self._wakeup = None
+                        if self._wakeup is wakeup:
+                            self._wakeup = None
+                        elif wakeup in self._also_waiting:
+                            self._also_waiting.remove(wakeup)
         finally:
             if owned:
                 await self.stop()
