@@ -109,6 +109,28 @@ async def test_dense_upload_then_download_gives_the_same_bytes(daemon, tmp_path)
         assert conn.is_alive
 
 
+async def test_a_stream_used_the_wrong_way_round_says_so(daemon, tmp_path):
+    """receive() on an upload used to wait for ever; send() on a download was taken, and
+    the daemon then aborted the download."""
+    async with dir_pool(daemon, tmp_path) as (conn, p):
+        payload = os.urandom(1000)
+        vol = await new_volume(p, len(payload))
+        async with await vol.upload() as up:
+            with anyio.fail_after(5), pytest.raises(aiovirt.UsageError,
+                                                    match="storage_vol_upload: this stream "
+                                                          "only sends"):
+                await up.receive()
+            with pytest.raises(TypeError, match="send\\(\\) takes bytes or a Hole, not str"):
+                await up.send("text")   # type: ignore[arg-type]
+            await up.send(payload)      # the upload goes on
+        down = await vol.download()
+        with pytest.raises(aiovirt.UsageError, match="storage_vol_download: this stream only "
+                                                     "receives"):
+            await down.send(b"abc")
+        assert b"".join(await read_all(down)) == payload   # type: ignore[arg-type]
+        assert conn.is_alive
+
+
 async def test_sparse_upload_and_download_keep_the_holes(daemon, tmp_path):
     async with dir_pool(daemon, tmp_path) as (conn, p):
         a, b = os.urandom(MiB), os.urandom(MiB + 4096)

@@ -28,7 +28,7 @@ from typing import Any, Self
 
 import anyio
 
-from ..errors import ConnectionClosed, LibvirtError, ProtocolError
+from ..errors import ConnectionClosed, LibvirtError, ProtocolError, UsageError
 from ..protocol.wire import CONTINUE, ERROR, OK, STREAM_HOLE, StreamMessage
 from ..protocol.xdr import ProcedureInfo
 from .channel import Channel
@@ -39,6 +39,9 @@ __all__ = ["CHUNK", "Hole", "Stream", "open_stream"]
 CHUNK = 256 * 1024                    # libvirt's stream packet payload (LEGACY_PAYLOAD_MAX)
 _HOLE = struct.Struct(">qI")          # virNetStreamHole {hyper length; unsigned int flags}
 _CLOSE_TIMEOUT = 10.0                 # how long an abort or finish waits for the server
+# streams the daemon only writes to (a console or channel stream goes both ways, though the
+# protocol marks it "read")
+_READ_ONLY = frozenset({"storage_vol_download", "domain_screenshot"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +128,9 @@ class Stream:
     async def receive(self) -> bytes | Hole:
         """The next chunk (or ``Hole``); ``anyio.EndOfStream`` at the end, ``LibvirtError``
         if the daemon failed the stream."""
+        if self.procedure.stream == "write":   # nothing ever comes: it would wait for ever
+            raise UsageError(f"{self.procedure.name}: this stream only sends (an upload); "
+                             "send() the data, then finish()")
         while True:
             if self._items:
                 item = self._items.popleft()
@@ -158,6 +164,12 @@ class Stream:
     # -- writing ----------------------------------------------------------------------------
     async def send(self, data: bytes | Hole) -> None:
         """Send bytes (split into 256 KiB packets) or, on a sparse stream, a ``Hole``."""
+        if self.procedure.name in _READ_ONLY:   # the daemon would abort the stream
+            raise UsageError(f"{self.procedure.name}: this stream only receives (a "
+                             "download); read it with receive() or async for")
+        if not isinstance(data, bytes | bytearray | memoryview | Hole):
+            raise TypeError(f"{self.procedure.name}: send() takes bytes or a Hole, not "
+                            f"{type(data).__name__}")
         self._check_writable()
         channel, protocol = self.channel, self.channel.protocol
         if isinstance(data, Hole):
