@@ -315,3 +315,121 @@ def test_compose_settings_of_the_wrong_type_are_named(settings, words):
     from aiovirt.compose import ComposeError, compose
     with pytest.raises(ComposeError, match=words):
         compose("<domain type='kvm'><name>a</name></domain>", **settings)
+
+
+# -- provisioning options, specs and reports ---------------------------------------------------
+
+_TEMPLATE = ("<domain type='test'><name>x</name><memory unit='MiB'>8</memory>"
+             "<os><type>hvm</type></os></domain>")
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("concurrency", float("nan"), "concurrency must be an integer"),   # used to hang
+    ("concurrency", "3", "concurrency must be an integer"),
+    ("start_timeout", float("nan"), "start_timeout must be a number more than 0 seconds"),
+    ("start_timeout", -1, "start_timeout must be a number more than 0"),
+    ("overcommit", float("inf"), "overcommit must be a number more than 0 and at most 1000"),
+    ("overcommit", "2", "overcommit must be a number"),
+    ("connect_timeout", "5", "connect_timeout must be a number"),
+    ("rollback", "no", "rollback must be True or False"),
+])
+def test_provisioning_options_are_checked_up_front(option, value, words):
+    from aiovirt.provision import GuestSpec, ProvisionError, Provisioning
+    with pytest.raises(ProvisionError, match=words):
+        Provisioning("test:///default", GuestSpec(_TEMPLATE), **{option: value})
+
+
+@pytest.mark.parametrize("fields, words", [
+    ({"start": "no"}, "start 'no': give True or False"),   # was taken as true
+    ({"address": "yes"}, "address 'yes': give True, False or Tunables"),
+    ({"labels": None}, "labels None: give a mapping"),
+    ({"params": None}, "params None: give a mapping"),
+    ({"profiles": None}, "profiles None: give a list"),
+    ({"labels": {"k" * 300: "v"}}, "a label's name has 1 to 256 characters"),
+    ({"labels": {"k": "v" * 70_000}}, "its value of 70000 characters is over the limit"),
+])
+def test_guest_spec_fields_of_the_wrong_kind_are_named(fields, words):
+    from aiovirt.provision import GuestSpec, ProvisionError
+    with pytest.raises(ProvisionError, match=words):
+        GuestSpec(_TEMPLATE, **fields)
+
+
+@pytest.mark.parametrize("data, words", [
+    ({"start": "no"}, "start is true or false"),
+    ({"address": {"hotplug_reserve": -1}}, "guest spec: address: "),   # was a 500 in the service
+    ({"address": {"placement": "zzz"}}, "guest spec: address: "),
+])
+def test_guest_spec_from_json_names_bad_fields(data, words):
+    from aiovirt.provision import GuestSpec, ProvisionError
+    with pytest.raises(ProvisionError, match=words):
+        GuestSpec.from_dict({"template": _TEMPLATE, **data})
+
+
+@pytest.mark.parametrize("data, words", [
+    ({"guests": "abc"}, "guests: expected a list"),
+    ([1, 2], "the report: expected an object"),
+    ({"guests": ["abc"]}, r"guests\[0\]: expected an object"),
+    ({"guests": [{"name": "a", "host": ["x"]}]}, r"guests\[0\]\.host: expected a string or null"),
+    ({"guests": [{"name": "a", "stage": "zzz"}]}, r"guests\[0\]\.stage: 'zzz' is not a stage"),
+])
+def test_a_report_of_the_wrong_shape_is_named(data, words):
+    # used to be AttributeError / TypeError (unhashable list) inside teardown
+    from aiovirt.provision import ProvisionError, Report
+    with pytest.raises(ProvisionError, match=words):
+        Report.from_dict(data)
+
+
+@pytest.mark.parametrize("concurrency", [0, -1, float("nan")])
+async def test_teardown_concurrency_is_checked(concurrency):
+    from aiovirt.provision import ProvisionError, teardown
+    with pytest.raises(ProvisionError, match="concurrency must be an integer from 1"):
+        await teardown("test:///default", run="x", concurrency=concurrency)   # 0 used to hang
+
+
+async def test_teardown_gives_up_on_a_host_that_never_answers(tmp_path):
+    # a socket that accepts and stays silent: teardown used to wait for ever
+    import socket as _socket
+
+    from aiovirt.provision import teardown
+    path = tmp_path / "silent.sock"
+    listener = _socket.socket(_socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen(4)
+    try:
+        uri = f"test+unix:///default?socket={path}"
+        started = time.monotonic()
+        result = await teardown(uri, run="x", connect_timeout=1)
+        assert time.monotonic() - started < 15
+        assert list(result.unreachable) == [uri] and not result.ok
+    finally:
+        listener.close()
+
+
+async def test_teardown_says_which_report_hosts_it_was_not_given(daemon):
+    # a report's host spelled otherwise used to be skipped silently, with ok=True
+    from aiovirt.provision import GuestSpec, provision, teardown
+    uri = daemon.uri()
+    async with aiovirt.connect(uri) as conn:   # (the test driver's guests live while it does)
+        name = f"spelled-{uuid.uuid4().hex[:8]}"
+        report = await provision(conn, GuestSpec(_TEMPLATE, count=2, name=name + "-{n}"))
+        assert report.ok
+        other = uri.replace("test+unix:///default", "test+unix:///default/")
+        result = await teardown(other, report=report)
+        assert not result.ok and report.results[0].host in result.unreachable
+        assert "not among the hosts given" in result.unreachable[report.results[0].host]
+        assert len([d for d in await conn.list_domains() if d.name.startswith(name)]) == 2
+        assert (await teardown(conn, report=report)).ok
+
+
+def test_cli_report_file_that_cannot_be_written_is_refused_before_the_run(daemon, tmp_path):
+    # the run used to go ahead, then a traceback hid its summary
+    template = tmp_path / "t.xml"
+    template.write_text(_TEMPLATE)
+    name = f"nowrite-{uuid.uuid4().hex[:8]}"
+    for report in (tmp_path / "missing" / "r.json", tmp_path):
+        done = subprocess.run([AIOVIRT, "provision", "-c", daemon.uri(), str(template), "-n",
+                               "2", "--name", name + "-{n}", "--report", str(report)],
+                              capture_output=True, timeout=60)
+        err = done.stderr.decode()
+        assert done.returncode == 1 and "Traceback" not in err, err
+        assert err.startswith(f"aiovirt: error: --report {report}: "), err

@@ -369,7 +369,7 @@ async def test_memory_overcommit(tmp_path, daemon):
         await teardown(conn, report=strict)
         loose = await provision(conn, spec, overcommit=1.5)
         assert loose.ok and len(await names_on(conn, "oc")) == 4
-    with pytest.raises(ProvisionError, match="overcommit 0"):
+    with pytest.raises(ProvisionError, match="overcommit must be a number more than 0"):
         Provisioning("test:///default", spec, overcommit=0)
 
 

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -89,6 +90,8 @@ def _provision(options: argparse.Namespace) -> int:
     from ..provision import Provisioning
 
     specs = _specs(options)
+    if options.report:
+        _check_writable(options.report)
     job = Provisioning(options.uri, specs, placement=options.placement,
                        concurrency=options.concurrency, on_existing=options.on_existing,
                        rollback=not options.no_rollback, start_timeout=options.start_timeout,
@@ -105,19 +108,45 @@ def _provision(options: argparse.Namespace) -> int:
         with _graceful_interrupt(job.cancel):
             return await job.run()
 
+    saved = True
     try:
         report = run_loop(run())
     finally:
         line.close()
         if options.report:   # even when the run raised: its report is complete then too
-            Path(options.report).write_text(job.report.to_json() + "\n")
+            saved = _save_report(options.report, job.report.to_json() + "\n")
     if options.json:
         print(report.to_json())
     else:
         print(summary(report))
     if report.cancelled:
         return EXIT_CANCELLED
-    return 0 if report.ok else 1
+    return 0 if report.ok and saved else 1
+
+
+def _check_writable(path: str) -> None:
+    """Refuse a ``--report FILE`` that cannot be written before anything is made: the
+    report is the record of what the run made."""
+    target = Path(path)
+    if target.is_dir():
+        raise AiovirtError(f"--report {path}: is a directory")
+    if not target.parent.is_dir():
+        raise AiovirtError(f"--report {path}: no directory {target.parent}")
+    if not os.access(target if target.exists() else target.parent, os.W_OK):
+        raise AiovirtError(f"--report {path}: not writable")
+
+
+def _save_report(path: str, text: str) -> bool:
+    """Write the report; if that fails after all, say so and print it to stderr instead
+    (what the run made must not be lost).  False if it could not be written."""
+    try:
+        Path(path).write_text(text)
+    except OSError as exc:
+        print(f"aiovirt: error: --report {path}: cannot write: {exc.strerror or exc}; the "
+              "report follows", file=sys.stderr)
+        print(text, end="", file=sys.stderr)
+        return False
+    return True
 
 
 def _teardown(options: argparse.Namespace) -> int:
@@ -127,12 +156,13 @@ def _teardown(options: argparse.Namespace) -> int:
     if options.report:
         try:
             report = Report.from_dict(json.loads(read(options.report, MAX_JSON)))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (json.JSONDecodeError, ValueError) as exc:
             raise AiovirtError(f"{options.report}: not a provisioning report: {exc}") from None
     result = run_loop(teardown(options.uri or None, names=options.name or None,
                                   run=options.run_id, labels=_labels(options.label),
                                   report=report, include_foreign=options.include_foreign,
-                                  concurrency=options.concurrency))
+                                  concurrency=options.concurrency,
+                                  connect_timeout=options.connect_timeout))
     print(result.to_json() if options.json else teardown_summary(result))
     return 0 if result.ok else 1
 
@@ -261,7 +291,11 @@ def register(commands: Any) -> None:
     teardown.add_argument("--include-foreign", action="store_true",
                           help="also remove guests aiovirt did not make that a --name "
                                "pattern matches (destroys them; with --name only)")
-    teardown.add_argument("--concurrency", type=int, default=16, metavar="N")
+    teardown.add_argument("--concurrency", type=int, default=16, metavar="N",
+                          help="calls under way at once per host (default: 16)")
+    teardown.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
+                          help="how long a host may take to connect before it counts as "
+                               "unreachable (default: 30)")
     teardown.add_argument("--json", action="store_true", help="print the result as JSON")
     teardown.set_defaults(run=_teardown)
 

@@ -22,6 +22,8 @@ from typing import Any, Generic, Self, TypeVar
 import anyio
 import anyio.abc
 
+from ..checks import check_count as _check_count
+from ..checks import check_number as _check_number
 from ..errors import AiovirtError, CallTimeout, ConnectionClosed, ConnectionFailed
 from ..protocol import lxc, qemu, remote
 from ..protocol.wire import EventMessage
@@ -647,31 +649,6 @@ C = TypeVar("C", bound=RpcConnection)
 
 MAX_LANES = 64              # sockets a connection opens beside its main one, at most
 MAX_IN_FLIGHT = 65536       # calls on one socket's wire (max_in_flight, pipeline_depth)
-
-
-def _check_number(name: str, value: object, least: float, most: float, *,
-                  seconds: bool = False, low: bool = False, optional: bool = True) -> None:
-    """``value`` is a real number above ``least`` (or at it, with ``low``) and at most
-    ``most`` (or None, if ``optional``); else ``ValueError`` naming it."""
-    if value is None and optional:
-        return
-    unit = " seconds" if seconds else ""
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value or \
-            not (least <= value if low else least < value) or value > most:
-        bound = f"{'at least' if low else 'more than'} {least:g}{unit}" + (
-            f" and at most {most:g}" if most < math.inf else "")
-        raise ValueError(f"{name} must be a number {bound}{' (or None)' if optional else ''}"
-                         f", not {value!r:.60}")
-
-
-def _check_count(name: str, value: object, least: int, most: int,
-                 optional: bool = True) -> None:
-    """``value`` is an int from ``least`` to ``most`` (or None, if ``optional``)."""
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
-        raise ValueError(f"{name} must be an integer from {least} to {most}"
-                         f"{' (or None)' if optional else ''}, not {value!r:.60}")
 
 
 def _check_keepalive(keepalive: object) -> None:

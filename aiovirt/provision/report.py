@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from .spec import ProvisionError
+
 __all__ = ["GuestResult", "HostSummary", "Outcome", "Progress", "Report", "Stage"]
 
 
@@ -158,19 +160,46 @@ class Report:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Report:
-        """A report read back (e.g. for ``teardown(report=...)``)."""
+        """A report read back (e.g. for ``teardown(report=...)``); a field of the wrong shape
+        is a ``ProvisionError`` naming it (``guests[3].host: ...``)."""
+        data = _shaped(data, dict, "the report", "an object")
         results = []
-        for g in data.get("guests", []):
-            stage = Stage(g.get("stage", "pending"))
+        for i, g in enumerate(_shaped(data.get("guests", []), list, "guests", "a list")):
+            where = f"guests[{i}]"
+            g = _shaped(g, dict, where, "an object")
+            try:
+                stage = Stage(g.get("stage", "pending"))
+            except ValueError:
+                raise ProvisionError(f"{where}.stage: {g.get('stage')!r:.60} is not a stage "
+                                     f"({', '.join(s.value for s in Stage)})") from None
             results.append(GuestResult(
-                name=g["name"], spec=g.get("spec", 0), host=g.get("host"), stage=stage,
-                final=g.get("outcome") is not None, uuid=g.get("uuid"),
-                exists=g.get("exists", False), error=g.get("error"),
-                failed_at=g.get("failed_at"), rolled_back=g.get("rolled_back", False),
-                replaced=g.get("replaced", False), moved_from=list(g.get("moved_from", [])),
+                name=_shaped(g.get("name"), str, f"{where}.name", "a string"),
+                spec=_shaped(g.get("spec", 0), int, f"{where}.spec", "an integer"),
+                host=_shaped(g.get("host"), str | None, f"{where}.host", "a string or null"),
+                stage=stage, final=g.get("outcome") is not None,
+                uuid=_shaped(g.get("uuid"), str | None, f"{where}.uuid", "a string or null"),
+                exists=_shaped(g.get("exists", False), bool | None, f"{where}.exists",
+                               "true, false or null"),
+                error=_shaped(g.get("error"), str | None, f"{where}.error", "a string or null"),
+                failed_at=g.get("failed_at"), rolled_back=bool(g.get("rolled_back", False)),
+                replaced=bool(g.get("replaced", False)),
+                moved_from=list(_shaped(g.get("moved_from", []), list, f"{where}.moved_from",
+                                        "a list")),
                 seconds=g.get("seconds")))
-        hosts = [HostSummary(h["uri"], h.get("state", "ok"), h.get("error"),
-                             h.get("hostname"), h.get("concurrency", 0),
-                             h.get("free_memory_kib")) for h in data.get("hosts", [])]
-        return cls(data.get("run_id", ""), results, hosts, list(data.get("notes", [])),
+        hosts = []
+        for i, h in enumerate(_shaped(data.get("hosts", []), list, "hosts", "a list")):
+            h = _shaped(h, dict, f"hosts[{i}]", "an object")
+            hosts.append(HostSummary(_shaped(h.get("uri"), str, f"hosts[{i}].uri", "a string"),
+                                     h.get("state", "ok"), h.get("error"), h.get("hostname"),
+                                     h.get("concurrency", 0), h.get("free_memory_kib")))
+        return cls(_shaped(data.get("run_id", ""), str, "run_id", "a string"), results, hosts,
+                   list(_shaped(data.get("notes", []), list, "notes", "a list")),
                    bool(data.get("cancelled", False)), float(data.get("seconds", 0.0)))
+
+
+def _shaped(value: Any, kind: Any, where: str, expected: str) -> Any:
+    """``value`` if it is of ``kind`` (a bool is no integer here), else a ``ProvisionError``
+    naming ``where``."""
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise ProvisionError(f"{where}: expected {expected}, not {value!r:.60}")
+    return value

@@ -29,6 +29,7 @@ from ..client.backend import asyncio_loop, current_asyncio_task
 from ..api.domain import Domain, DomainEventType, DomainLifecycleEvent
 from ..capabilities import CapabilityError, CapabilitySet, HostCaps, merge
 from ..capabilities.live import baseline
+from ..checks import check_count, check_number
 from ..compose import Library, compose
 from ..compose.errors import ComposeError
 from ..errors import (AiovirtError, ArgumentUnsupported, ConnectionClosed, InvalidArgument,
@@ -42,6 +43,8 @@ from .spec import GuestSpec, ProvisionError, SpecError, expand, memory_and_vcpus
 __all__ = ["NAMESPACE", "ON_EXISTING", "Provisioning", "provision", "undefine"]
 
 NAMESPACE = "https://aiovirt.org/xmlns/provision/1"
+MAX_CONCURRENCY = 10_000   # launches in progress per host
+MAX_OVERCOMMIT = 1000.0    # times a host's free memory
 # MANAGED_SAVE | SNAPSHOTS_METADATA | NVRAM | CHECKPOINTS_METADATA | TPM: a guest this
 # library made leaves nothing behind; drivers that refuse a flag get the shorter lists
 _UNDEFINE_FLAGS = (1 | 2 | 4 | 16 | 32, 1 | 2, 0)
@@ -182,10 +185,15 @@ class Provisioning:
         self.specs = [specs] if isinstance(specs, GuestSpec) else list(specs)
         if not self.specs:
             raise ProvisionError("no guest specs given")
-        if concurrency is not None and concurrency < 1:
-            raise ProvisionError("concurrency must be at least 1")
-        if not connect_timeout > 0:
-            raise ProvisionError(f"connect_timeout {connect_timeout!r}: give seconds above 0")
+        check_count("concurrency", concurrency, 1, MAX_CONCURRENCY, error=ProvisionError)
+        for name, value in (("connect_timeout", connect_timeout),
+                            ("start_timeout", start_timeout)):
+            check_number(name, value, 0, math.inf, seconds=True, optional=False,
+                         error=ProvisionError)
+        check_number("overcommit", overcommit, 0, MAX_OVERCOMMIT, optional=False,
+                     error=ProvisionError)
+        if not isinstance(rollback, bool):
+            raise ProvisionError(f"rollback must be True or False, not {rollback!r:.60}")
         for index, spec in enumerate(self.specs):
             if spec.count > 1 and parse(spec.template, source=f"spec {index} template"
                                         ).find("uuid") is not None:

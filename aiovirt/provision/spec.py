@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -23,6 +23,9 @@ __all__ = ["MAX_COUNT", "MAX_NAME_BYTES", "GuestSpec", "ProvisionError", "SpecEr
 MAX_NAME_BYTES = 247
 MAX_COUNT = 100_000     # guests per spec: a bound on what expanding the names allocates
 MAX_PATTERN = 1024      # characters in a name pattern (its expansion is checked, too)
+MAX_LABELS = 1024       # labels per spec, and their sizes: they go into every guest's XML
+MAX_LABEL_KEY = 256
+MAX_LABEL_VALUE = 64 * 1024
 ECHO = 100              # characters of a caller's input that an error message repeats
 
 
@@ -93,7 +96,28 @@ class GuestSpec:
             raise ProvisionError("a guest spec needs a domain XML template")
         if isinstance(self.profiles, str):
             self.profiles = (self.profiles,)
+        if not isinstance(self.profiles, Iterable):
+            raise ProvisionError(f"profiles {excerpt(self.profiles)}: give a list of profile "
+                                 "names")
         self.profiles = tuple(self.profiles)
+        for name in ("params", "labels"):
+            if not isinstance(getattr(self, name), Mapping):
+                raise ProvisionError(f"{name} {excerpt(getattr(self, name))}: give a mapping "
+                                     "of names to strings")
+        if not isinstance(self.start, bool):
+            raise ProvisionError(f"start {excerpt(self.start)}: give True or False")
+        if not isinstance(self.address, bool | Tunables):
+            raise ProvisionError(f"address {excerpt(self.address)}: give True, False or "
+                                 "Tunables")
+        if len(self.labels) > MAX_LABELS:
+            raise ProvisionError(f"{len(self.labels)} labels: at most {MAX_LABELS}")
+        for key, value in self.labels.items():
+            if isinstance(key, str) and not 0 < len(key) <= MAX_LABEL_KEY:
+                raise ProvisionError(f"label {excerpt(key)}: a label's name has 1 to "
+                                     f"{MAX_LABEL_KEY} characters")
+            if isinstance(value, str) and len(value) > MAX_LABEL_VALUE:
+                raise ProvisionError(f"label {excerpt(key)}: its value of {len(value)} "
+                                     f"characters is over the limit of {MAX_LABEL_VALUE}")
         if not isinstance(self.count, int) or isinstance(self.count, bool) or self.count < 1:
             raise SpecError(None, f"count {excerpt(self.count)}: give a whole number of at "
                                   "least 1")
@@ -179,7 +203,7 @@ class GuestSpec:
         if isinstance(address, Mapping):
             try:
                 values["address"] = Tunables(**address)
-            except TypeError as exc:
+            except (TypeError, ValueError) as exc:   # AddressError is a ValueError
                 raise ProvisionError(f"guest spec: address: {exc}") from None
         elif not isinstance(address, bool):
             raise ProvisionError("guest spec: address is true, false or an object of tunables")
@@ -194,8 +218,9 @@ class GuestSpec:
             if key in values and (not isinstance(values[key], int) or
                                   isinstance(values[key], bool)):
                 raise ProvisionError(f"guest spec: {key} is a whole number")
-        if not isinstance(values.get("migratable", False), bool):
-            raise ProvisionError("guest spec: migratable is true or false")
+        for key in ("migratable", "start"):
+            if not isinstance(values.get(key, False), bool):
+                raise ProvisionError(f"guest spec: {key} is true or false")
         try:
             return cls(**values)
         except TypeError as exc:

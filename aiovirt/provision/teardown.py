@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import json
+import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ import anyio
 
 from ..api.connection import Connection, connect
 from ..api.domain import Domain
+from ..checks import check_count, check_number
 from ..errors import AiovirtError, LibvirtError, NoSuchDomain
 from .report import Report, Stage
 from .run import NAMESPACE, undefine
@@ -84,7 +86,8 @@ async def teardown(hosts: str | Connection | Sequence[str | Connection] | None =
                    names: str | Sequence[str] | None = None, run: str | None = None,
                    labels: Mapping[str, str] | None = None, report: Report | None = None,
                    include_foreign: bool = False, concurrency: int = 16,
-                   on_change: Callable[[Removal], None] | None = None) -> TeardownReport:
+                   on_change: Callable[[Removal], None] | None = None,
+                   connect_timeout: float = 30.0) -> TeardownReport:
     """Destroy and undefine guests on ``hosts`` that match every filter given: ``names``
     (shell patterns, ``web-*``), ``run`` (a run id) and ``labels`` (as stored by
     ``provision``), or the guests ``report`` says exist (found by UUID or by name, and
@@ -94,7 +97,14 @@ async def teardown(hosts: str | Connection | Sequence[str | Connection] | None =
 
     Only guests carrying aiovirt's provisioning metadata are removed: one a name pattern
     matches without it is reported ``skipped`` (``FOREIGN``), unless ``include_foreign``
-    (name patterns only: run, labels and reports choose by that metadata)."""
+    (name patterns only: run, labels and reports choose by that metadata).
+
+    ``concurrency``: calls under way at once per host.  ``connect_timeout``: seconds a host
+    given by URI may take to connect before it counts as unreachable.  A host the report
+    names but ``hosts`` leaves out is reported unreachable: its guests stay, unhandled."""
+    check_count("concurrency", concurrency, 1, 10_000, optional=False, error=ProvisionError)
+    check_number("connect_timeout", connect_timeout, 0, math.inf, seconds=True,
+                 optional=False, error=ProvisionError)
     if names is None and run is None and not labels and report is None:
         raise ProvisionError("teardown needs names, run, labels or a report to choose guests")
     if include_foreign and (run is not None or labels or report is not None):
@@ -114,8 +124,20 @@ async def teardown(hosts: str | Connection | Sequence[str | Connection] | None =
             raise ProvisionError("teardown needs hosts (or a report naming them)")
         targets: list[str | Connection] = list(by_host)
     else:
-        targets = [hosts] if isinstance(hosts, (str, Connection)) else list(hosts)
+        given = [hosts] if isinstance(hosts, (str, Connection)) else list(hosts)
+        targets, seen = [], set()
+        for target in given:   # a host given twice is visited once
+            uri = target if isinstance(target, str) else target.uri.uri
+            if uri not in seen:
+                seen.add(uri)
+                targets.append(target)
     out = TeardownReport()
+    visited = {t if isinstance(t, str) else t.uri.uri for t in targets}
+    for host in by_host:
+        if host not in visited:
+            out.unreachable[host] = ("the report's guests there were not handled: this host "
+                                     "was not among the hosts given (give it as the report "
+                                     "spells it)")
     gate = anyio.Semaphore(concurrency)
 
     def record(removal: Removal) -> None:
@@ -167,7 +189,8 @@ async def teardown(hosts: str | Connection | Sequence[str | Connection] | None =
         uri = target if isinstance(target, str) else target.uri.uri
         try:
             conn = target if isinstance(target, Connection) else \
-                await stack.enter_async_context(connect(target))
+                await stack.enter_async_context(connect(target,
+                                                        connect_timeout=connect_timeout))
             candidates = await conn.list_domains()
         except AiovirtError as exc:
             out.unreachable[uri] = f"{type(exc).__name__}: {exc}"
