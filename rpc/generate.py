@@ -185,7 +185,10 @@ class _Emitter:
                      indent: str) -> None:
         tmp, count = self.temp(), self.temp()
         if type_.element == "string":
+            # libvirt's strings are C strings: a NUL would silently end one on the daemon
             out.append(f"{indent}{tmp} = {expr}.encode('utf-8', 'surrogateescape')")
+            out.append(f"{indent}if b'\\0' in {tmp}: raise XdrError("
+                       f"'{where}: contains a NUL character (libvirt strings end at one)')")
         else:
             out.append(f"{indent}{tmp} = {expr}")
         out.append(f"{indent}{count} = len({tmp})")

@@ -125,6 +125,21 @@ async def test_integers_out_of_their_xdr_range_are_named_with_the_range(daemon):
         assert await dom.get_max_memory() > 0   # nothing was sent; all is well
 
 
+async def test_a_nul_in_a_string_is_refused_not_cut_short(daemon):
+    # the daemon reads C strings: "test\0garbage" used to find the domain "test", and a
+    # define or a title lost everything after the NUL
+    async with aiovirt.connect(daemon.uri()) as conn:
+        with pytest.raises(aiovirt.EncodeError, match=r"domain_lookup_by_name: "
+                           r"DomainLookupByNameArgs\.name: contains a NUL character"):
+            await conn.lookup_domain(name="test\0garbage")
+        dom = await conn.lookup_domain(name="test")
+        with pytest.raises(aiovirt.EncodeError, match="contains a NUL character"):
+            await dom.set_metadata("ti\0tle", type="title")
+        with pytest.raises(aiovirt.EncodeError, match="contains a NUL character"):
+            await conn.define_xml("<domain type='test'><name>n</name></domain>\0<junk")
+        assert (await conn.lookup_domain(name="test")).name == "test"
+
+
 def test_misfit_walks_nested_records_and_lists():
     from aiovirt.protocol import remote
     from aiovirt.protocol.xdr import misfit

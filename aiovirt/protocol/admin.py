@@ -65,6 +65,7 @@ def _enc_AdminTypedParamValue(b: bytearray, v: AdminTypedParamValue) -> None:
         b += _S0.pack(x)
     elif t == 7:
         t1 = x.encode('utf-8', 'surrogateescape')
+        if b'\0' in t1: raise XdrError('AdminTypedParamValue.s: contains a NUL character (libvirt strings end at one)')
         t2 = len(t1)
         if t2 > 4194304: raise XdrError(f'AdminTypedParamValue.s: {t2} bytes exceed the limit of 4194304')
         b += _U32.pack(t2)
@@ -108,6 +109,7 @@ class AdminTypedParam(Record):
 
 def _enc_AdminTypedParam(b: bytearray, v: AdminTypedParam) -> None:
     t5 = v.field.encode('utf-8', 'surrogateescape')
+    if b'\0' in t5: raise XdrError('AdminTypedParam.field: contains a NUL character (libvirt strings end at one)')
     t6 = len(t5)
     if t6 > 4194304: raise XdrError(f'AdminTypedParam.field: {t6} bytes exceed the limit of 4194304')
     b += _U32.pack(t6)
@@ -140,6 +142,7 @@ class AdminNonnullServer(Record):
 
 def _enc_AdminNonnullServer(b: bytearray, v: AdminNonnullServer) -> None:
     t11 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t11: raise XdrError('AdminNonnullServer.name: contains a NUL character (libvirt strings end at one)')
     t12 = len(t11)
     if t12 > 4194304: raise XdrError(f'AdminNonnullServer.name: {t12} bytes exceed the limit of 4194304')
     b += _U32.pack(t12)
@@ -298,6 +301,7 @@ class AdminConnectLookupServerArgs(Record):
 
 def _enc_AdminConnectLookupServerArgs(b: bytearray, v: AdminConnectLookupServerArgs) -> None:
     t32 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t32: raise XdrError('AdminConnectLookupServerArgs.name: contains a NUL character (libvirt strings end at one)')
     t33 = len(t32)
     if t33 > 4194304: raise XdrError(f'AdminConnectLookupServerArgs.name: {t33} bytes exceed the limit of 4194304')
     b += _U32.pack(t33)
@@ -772,6 +776,7 @@ class AdminConnectGetLoggingOutputsRet(Record):
 
 def _enc_AdminConnectGetLoggingOutputsRet(b: bytearray, v: AdminConnectGetLoggingOutputsRet) -> None:
     t104 = v.outputs.encode('utf-8', 'surrogateescape')
+    if b'\0' in t104: raise XdrError('AdminConnectGetLoggingOutputsRet.outputs: contains a NUL character (libvirt strings end at one)')
     t105 = len(t104)
     if t105 > 4194304: raise XdrError(f'AdminConnectGetLoggingOutputsRet.outputs: {t105} bytes exceed the limit of 4194304')
     b += _U32.pack(t105)
@@ -832,6 +837,7 @@ def _enc_AdminConnectGetLoggingFiltersRet(b: bytearray, v: AdminConnectGetLoggin
     else:
         b += _TRUE
         t112 = t111.encode('utf-8', 'surrogateescape')
+        if b'\0' in t112: raise XdrError('AdminConnectGetLoggingFiltersRet.filters: contains a NUL character (libvirt strings end at one)')
         t113 = len(t112)
         if t113 > 4194304: raise XdrError(f'AdminConnectGetLoggingFiltersRet.filters: {t113} bytes exceed the limit of 4194304')
         b += _U32.pack(t113)
@@ -879,6 +885,7 @@ def _enc_AdminConnectSetLoggingOutputsArgs(b: bytearray, v: AdminConnectSetLoggi
     else:
         b += _TRUE
         t120 = t119.encode('utf-8', 'surrogateescape')
+        if b'\0' in t120: raise XdrError('AdminConnectSetLoggingOutputsArgs.outputs: contains a NUL character (libvirt strings end at one)')
         t121 = len(t120)
         if t121 > 4194304: raise XdrError(f'AdminConnectSetLoggingOutputsArgs.outputs: {t121} bytes exceed the limit of 4194304')
         b += _U32.pack(t121)
@@ -926,6 +933,7 @@ def _enc_AdminConnectSetLoggingFiltersArgs(b: bytearray, v: AdminConnectSetLoggi
     else:
         b += _TRUE
         t128 = t127.encode('utf-8', 'surrogateescape')
+        if b'\0' in t128: raise XdrError('AdminConnectSetLoggingFiltersArgs.filters: contains a NUL character (libvirt strings end at one)')
         t129 = len(t128)
         if t129 > 4194304: raise XdrError(f'AdminConnectSetLoggingFiltersArgs.filters: {t129} bytes exceed the limit of 4194304')
         b += _U32.pack(t129)

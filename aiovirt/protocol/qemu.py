@@ -47,6 +47,7 @@ class QemuDomainMonitorCommandArgs(Record):
 def _enc_QemuDomainMonitorCommandArgs(b: bytearray, v: QemuDomainMonitorCommandArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t1 = v.cmd.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1: raise XdrError('QemuDomainMonitorCommandArgs.cmd: contains a NUL character (libvirt strings end at one)')
     t2 = len(t1)
     if t2 > 4194304: raise XdrError(f'QemuDomainMonitorCommandArgs.cmd: {t2} bytes exceed the limit of 4194304')
     b += _U32.pack(t2)
@@ -81,6 +82,7 @@ class QemuDomainMonitorCommandRet(Record):
 
 def _enc_QemuDomainMonitorCommandRet(b: bytearray, v: QemuDomainMonitorCommandRet) -> None:
     t8 = v.result.encode('utf-8', 'surrogateescape')
+    if b'\0' in t8: raise XdrError('QemuDomainMonitorCommandRet.result: contains a NUL character (libvirt strings end at one)')
     t9 = len(t8)
     if t9 > 4194304: raise XdrError(f'QemuDomainMonitorCommandRet.result: {t9} bytes exceed the limit of 4194304')
     b += _U32.pack(t9)
@@ -159,6 +161,7 @@ class QemuDomainAgentCommandArgs(Record):
 def _enc_QemuDomainAgentCommandArgs(b: bytearray, v: QemuDomainAgentCommandArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t16 = v.cmd.encode('utf-8', 'surrogateescape')
+    if b'\0' in t16: raise XdrError('QemuDomainAgentCommandArgs.cmd: contains a NUL character (libvirt strings end at one)')
     t17 = len(t16)
     if t17 > 4194304: raise XdrError(f'QemuDomainAgentCommandArgs.cmd: {t17} bytes exceed the limit of 4194304')
     b += _U32.pack(t17)
@@ -198,6 +201,7 @@ def _enc_QemuDomainAgentCommandRet(b: bytearray, v: QemuDomainAgentCommandRet) -
     else:
         b += _TRUE
         t25 = t24.encode('utf-8', 'surrogateescape')
+        if b'\0' in t25: raise XdrError('QemuDomainAgentCommandRet.result: contains a NUL character (libvirt strings end at one)')
         t26 = len(t25)
         if t26 > 4194304: raise XdrError(f'QemuDomainAgentCommandRet.result: {t26} bytes exceed the limit of 4194304')
         b += _U32.pack(t26)
@@ -250,6 +254,7 @@ def _enc_QemuConnectDomainMonitorEventRegisterArgs(b: bytearray, v: QemuConnectD
     else:
         b += _TRUE
         t33 = t32.encode('utf-8', 'surrogateescape')
+        if b'\0' in t33: raise XdrError('QemuConnectDomainMonitorEventRegisterArgs.event: contains a NUL character (libvirt strings end at one)')
         t34 = len(t33)
         if t34 > 4194304: raise XdrError(f'QemuConnectDomainMonitorEventRegisterArgs.event: {t34} bytes exceed the limit of 4194304')
         b += _U32.pack(t34)
@@ -350,6 +355,7 @@ def _enc_QemuDomainMonitorEventMsg(b: bytearray, v: QemuDomainMonitorEventMsg) -
     b += _S3.pack(v.callbackID)
     _enc_NonnullDomain(b, v.dom)
     t44 = v.event.encode('utf-8', 'surrogateescape')
+    if b'\0' in t44: raise XdrError('QemuDomainMonitorEventMsg.event: contains a NUL character (libvirt strings end at one)')
     t45 = len(t44)
     if t45 > 4194304: raise XdrError(f'QemuDomainMonitorEventMsg.event: {t45} bytes exceed the limit of 4194304')
     b += _U32.pack(t45)
@@ -362,6 +368,7 @@ def _enc_QemuDomainMonitorEventMsg(b: bytearray, v: QemuDomainMonitorEventMsg) -
     else:
         b += _TRUE
         t47 = t46.encode('utf-8', 'surrogateescape')
+        if b'\0' in t47: raise XdrError('QemuDomainMonitorEventMsg.details: contains a NUL character (libvirt strings end at one)')
         t48 = len(t47)
         if t48 > 4194304: raise XdrError(f'QemuDomainMonitorEventMsg.details: {t48} bytes exceed the limit of 4194304')
         b += _U32.pack(t48)
@@ -416,6 +423,7 @@ class QemuDomainMonitorCommandWithFilesArgs(Record):
 def _enc_QemuDomainMonitorCommandWithFilesArgs(b: bytearray, v: QemuDomainMonitorCommandWithFilesArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t60 = v.cmd.encode('utf-8', 'surrogateescape')
+    if b'\0' in t60: raise XdrError('QemuDomainMonitorCommandWithFilesArgs.cmd: contains a NUL character (libvirt strings end at one)')
     t61 = len(t60)
     if t61 > 4194304: raise XdrError(f'QemuDomainMonitorCommandWithFilesArgs.cmd: {t61} bytes exceed the limit of 4194304')
     b += _U32.pack(t61)
@@ -450,6 +458,7 @@ class QemuDomainMonitorCommandWithFilesRet(Record):
 
 def _enc_QemuDomainMonitorCommandWithFilesRet(b: bytearray, v: QemuDomainMonitorCommandWithFilesRet) -> None:
     t67 = v.result.encode('utf-8', 'surrogateescape')
+    if b'\0' in t67: raise XdrError('QemuDomainMonitorCommandWithFilesRet.result: contains a NUL character (libvirt strings end at one)')
     t68 = len(t67)
     if t68 > 4194304: raise XdrError(f'QemuDomainMonitorCommandWithFilesRet.result: {t68} bytes exceed the limit of 4194304')
     b += _U32.pack(t68)

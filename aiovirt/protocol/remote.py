@@ -144,6 +144,7 @@ class NonnullDomain(Record):
 
 def _enc_NonnullDomain(b: bytearray, v: NonnullDomain) -> None:
     t1 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1: raise XdrError('NonnullDomain.name: contains a NUL character (libvirt strings end at one)')
     t2 = len(t1)
     if t2 > 4194304: raise XdrError(f'NonnullDomain.name: {t2} bytes exceed the limit of 4194304')
     b += _U32.pack(t2)
@@ -180,6 +181,7 @@ class NonnullNetwork(Record):
 
 def _enc_NonnullNetwork(b: bytearray, v: NonnullNetwork) -> None:
     t8 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t8: raise XdrError('NonnullNetwork.name: contains a NUL character (libvirt strings end at one)')
     t9 = len(t8)
     if t9 > 4194304: raise XdrError(f'NonnullNetwork.name: {t9} bytes exceed the limit of 4194304')
     b += _U32.pack(t9)
@@ -241,6 +243,7 @@ class NonnullNwfilter(Record):
 
 def _enc_NonnullNwfilter(b: bytearray, v: NonnullNwfilter) -> None:
     t16 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t16: raise XdrError('NonnullNwfilter.name: contains a NUL character (libvirt strings end at one)')
     t17 = len(t16)
     if t17 > 4194304: raise XdrError(f'NonnullNwfilter.name: {t17} bytes exceed the limit of 4194304')
     b += _U32.pack(t17)
@@ -277,12 +280,14 @@ class NonnullNwfilterBinding(Record):
 
 def _enc_NonnullNwfilterBinding(b: bytearray, v: NonnullNwfilterBinding) -> None:
     t22 = v.portdev.encode('utf-8', 'surrogateescape')
+    if b'\0' in t22: raise XdrError('NonnullNwfilterBinding.portdev: contains a NUL character (libvirt strings end at one)')
     t23 = len(t22)
     if t23 > 4194304: raise XdrError(f'NonnullNwfilterBinding.portdev: {t23} bytes exceed the limit of 4194304')
     b += _U32.pack(t23)
     b += t22
     b += _PAD[t23 & 3]
     t24 = v.filtername.encode('utf-8', 'surrogateescape')
+    if b'\0' in t24: raise XdrError('NonnullNwfilterBinding.filtername: contains a NUL character (libvirt strings end at one)')
     t25 = len(t24)
     if t25 > 4194304: raise XdrError(f'NonnullNwfilterBinding.filtername: {t25} bytes exceed the limit of 4194304')
     b += _U32.pack(t25)
@@ -322,12 +327,14 @@ class NonnullInterface(Record):
 
 def _enc_NonnullInterface(b: bytearray, v: NonnullInterface) -> None:
     t32 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t32: raise XdrError('NonnullInterface.name: contains a NUL character (libvirt strings end at one)')
     t33 = len(t32)
     if t33 > 4194304: raise XdrError(f'NonnullInterface.name: {t33} bytes exceed the limit of 4194304')
     b += _U32.pack(t33)
     b += t32
     b += _PAD[t33 & 3]
     t34 = v.mac.encode('utf-8', 'surrogateescape')
+    if b'\0' in t34: raise XdrError('NonnullInterface.mac: contains a NUL character (libvirt strings end at one)')
     t35 = len(t34)
     if t35 > 4194304: raise XdrError(f'NonnullInterface.mac: {t35} bytes exceed the limit of 4194304')
     b += _U32.pack(t35)
@@ -367,6 +374,7 @@ class NonnullStoragePool(Record):
 
 def _enc_NonnullStoragePool(b: bytearray, v: NonnullStoragePool) -> None:
     t42 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t42: raise XdrError('NonnullStoragePool.name: contains a NUL character (libvirt strings end at one)')
     t43 = len(t42)
     if t43 > 4194304: raise XdrError(f'NonnullStoragePool.name: {t43} bytes exceed the limit of 4194304')
     b += _U32.pack(t43)
@@ -405,18 +413,21 @@ class NonnullStorageVol(Record):
 
 def _enc_NonnullStorageVol(b: bytearray, v: NonnullStorageVol) -> None:
     t48 = v.pool.encode('utf-8', 'surrogateescape')
+    if b'\0' in t48: raise XdrError('NonnullStorageVol.pool: contains a NUL character (libvirt strings end at one)')
     t49 = len(t48)
     if t49 > 4194304: raise XdrError(f'NonnullStorageVol.pool: {t49} bytes exceed the limit of 4194304')
     b += _U32.pack(t49)
     b += t48
     b += _PAD[t49 & 3]
     t50 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t50: raise XdrError('NonnullStorageVol.name: contains a NUL character (libvirt strings end at one)')
     t51 = len(t50)
     if t51 > 4194304: raise XdrError(f'NonnullStorageVol.name: {t51} bytes exceed the limit of 4194304')
     b += _U32.pack(t51)
     b += t50
     b += _PAD[t51 & 3]
     t52 = v.key.encode('utf-8', 'surrogateescape')
+    if b'\0' in t52: raise XdrError('NonnullStorageVol.key: contains a NUL character (libvirt strings end at one)')
     t53 = len(t52)
     if t53 > 4194304: raise XdrError(f'NonnullStorageVol.key: {t53} bytes exceed the limit of 4194304')
     b += _U32.pack(t53)
@@ -461,6 +472,7 @@ class NonnullNodeDevice(Record):
 
 def _enc_NonnullNodeDevice(b: bytearray, v: NonnullNodeDevice) -> None:
     t63 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t63: raise XdrError('NonnullNodeDevice.name: contains a NUL character (libvirt strings end at one)')
     t64 = len(t63)
     if t64 > 4194304: raise XdrError(f'NonnullNodeDevice.name: {t64} bytes exceed the limit of 4194304')
     b += _U32.pack(t64)
@@ -497,6 +509,7 @@ def _enc_NonnullSecret(b: bytearray, v: NonnullSecret) -> None:
     if len(v.uuid) != 16: raise XdrError('NonnullSecret.uuid: needs exactly 16 bytes')
     b += _S0.pack(v.uuid, v.usageType)
     t68 = v.usageID.encode('utf-8', 'surrogateescape')
+    if b'\0' in t68: raise XdrError('NonnullSecret.usageID: contains a NUL character (libvirt strings end at one)')
     t69 = len(t68)
     if t69 > 4194304: raise XdrError(f'NonnullSecret.usageID: {t69} bytes exceed the limit of 4194304')
     b += _U32.pack(t69)
@@ -531,6 +544,7 @@ class NonnullDomainCheckpoint(Record):
 
 def _enc_NonnullDomainCheckpoint(b: bytearray, v: NonnullDomainCheckpoint) -> None:
     t75 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t75: raise XdrError('NonnullDomainCheckpoint.name: contains a NUL character (libvirt strings end at one)')
     t76 = len(t75)
     if t76 > 4194304: raise XdrError(f'NonnullDomainCheckpoint.name: {t76} bytes exceed the limit of 4194304')
     b += _U32.pack(t76)
@@ -565,6 +579,7 @@ class NonnullDomainSnapshot(Record):
 
 def _enc_NonnullDomainSnapshot(b: bytearray, v: NonnullDomainSnapshot) -> None:
     t81 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t81: raise XdrError('NonnullDomainSnapshot.name: contains a NUL character (libvirt strings end at one)')
     t82 = len(t81)
     if t82 > 4194304: raise XdrError(f'NonnullDomainSnapshot.name: {t82} bytes exceed the limit of 4194304')
     b += _U32.pack(t82)
@@ -623,6 +638,7 @@ def _enc_Error(b: bytearray, v: Error) -> None:
     else:
         b += _TRUE
         t88 = t87.encode('utf-8', 'surrogateescape')
+        if b'\0' in t88: raise XdrError('Error.message: contains a NUL character (libvirt strings end at one)')
         t89 = len(t88)
         if t89 > 4194304: raise XdrError(f'Error.message: {t89} bytes exceed the limit of 4194304')
         b += _U32.pack(t89)
@@ -641,6 +657,7 @@ def _enc_Error(b: bytearray, v: Error) -> None:
     else:
         b += _TRUE
         t92 = t91.encode('utf-8', 'surrogateescape')
+        if b'\0' in t92: raise XdrError('Error.str1: contains a NUL character (libvirt strings end at one)')
         t93 = len(t92)
         if t93 > 4194304: raise XdrError(f'Error.str1: {t93} bytes exceed the limit of 4194304')
         b += _U32.pack(t93)
@@ -652,6 +669,7 @@ def _enc_Error(b: bytearray, v: Error) -> None:
     else:
         b += _TRUE
         t95 = t94.encode('utf-8', 'surrogateescape')
+        if b'\0' in t95: raise XdrError('Error.str2: contains a NUL character (libvirt strings end at one)')
         t96 = len(t95)
         if t96 > 4194304: raise XdrError(f'Error.str2: {t96} bytes exceed the limit of 4194304')
         b += _U32.pack(t96)
@@ -663,6 +681,7 @@ def _enc_Error(b: bytearray, v: Error) -> None:
     else:
         b += _TRUE
         t98 = t97.encode('utf-8', 'surrogateescape')
+        if b'\0' in t98: raise XdrError('Error.str3: contains a NUL character (libvirt strings end at one)')
         t99 = len(t98)
         if t99 > 4194304: raise XdrError(f'Error.str3: {t99} bytes exceed the limit of 4194304')
         b += _U32.pack(t99)
@@ -827,6 +846,7 @@ def _enc_TypedParamValue(b: bytearray, v: TypedParamValue) -> None:
         b += _S3.pack(x)
     elif t == 7:
         t130 = x.encode('utf-8', 'surrogateescape')
+        if b'\0' in t130: raise XdrError('TypedParamValue.s: contains a NUL character (libvirt strings end at one)')
         t131 = len(t130)
         if t131 > 4194304: raise XdrError(f'TypedParamValue.s: {t131} bytes exceed the limit of 4194304')
         b += _U32.pack(t131)
@@ -870,6 +890,7 @@ class TypedParam(Record):
 
 def _enc_TypedParam(b: bytearray, v: TypedParam) -> None:
     t134 = v.field.encode('utf-8', 'surrogateescape')
+    if b'\0' in t134: raise XdrError('TypedParam.field: contains a NUL character (libvirt strings end at one)')
     t135 = len(t134)
     if t135 > 4194304: raise XdrError(f'TypedParam.field: {t135} bytes exceed the limit of 4194304')
     b += _U32.pack(t135)
@@ -904,6 +925,7 @@ class NodeGetCpuStats(Record):
 
 def _enc_NodeGetCpuStats(b: bytearray, v: NodeGetCpuStats) -> None:
     t140 = v.field.encode('utf-8', 'surrogateescape')
+    if b'\0' in t140: raise XdrError('NodeGetCpuStats.field: contains a NUL character (libvirt strings end at one)')
     t141 = len(t140)
     if t141 > 4194304: raise XdrError(f'NodeGetCpuStats.field: {t141} bytes exceed the limit of 4194304')
     b += _U32.pack(t141)
@@ -939,6 +961,7 @@ class NodeGetMemoryStats(Record):
 
 def _enc_NodeGetMemoryStats(b: bytearray, v: NodeGetMemoryStats) -> None:
     t146 = v.field.encode('utf-8', 'surrogateescape')
+    if b'\0' in t146: raise XdrError('NodeGetMemoryStats.field: contains a NUL character (libvirt strings end at one)')
     t147 = len(t146)
     if t147 > 4194304: raise XdrError(f'NodeGetMemoryStats.field: {t147} bytes exceed the limit of 4194304')
     b += _U32.pack(t147)
@@ -974,6 +997,7 @@ class DomainDiskError(Record):
 
 def _enc_DomainDiskError(b: bytearray, v: DomainDiskError) -> None:
     t152 = v.disk.encode('utf-8', 'surrogateescape')
+    if b'\0' in t152: raise XdrError('DomainDiskError.disk: contains a NUL character (libvirt strings end at one)')
     t153 = len(t152)
     if t153 > 4194304: raise XdrError(f'DomainDiskError.disk: {t153} bytes exceed the limit of 4194304')
     b += _U32.pack(t153)
@@ -1014,6 +1038,7 @@ def _enc_ConnectOpenArgs(b: bytearray, v: ConnectOpenArgs) -> None:
     else:
         b += _TRUE
         t159 = t158.encode('utf-8', 'surrogateescape')
+        if b'\0' in t159: raise XdrError('ConnectOpenArgs.name: contains a NUL character (libvirt strings end at one)')
         t160 = len(t159)
         if t160 > 4194304: raise XdrError(f'ConnectOpenArgs.name: {t160} bytes exceed the limit of 4194304')
         b += _U32.pack(t160)
@@ -1094,6 +1119,7 @@ class ConnectGetTypeRet(Record):
 
 def _enc_ConnectGetTypeRet(b: bytearray, v: ConnectGetTypeRet) -> None:
     t168 = v.type.encode('utf-8', 'surrogateescape')
+    if b'\0' in t168: raise XdrError('ConnectGetTypeRet.type: contains a NUL character (libvirt strings end at one)')
     t169 = len(t168)
     if t169 > 4194304: raise XdrError(f'ConnectGetTypeRet.type: {t169} bytes exceed the limit of 4194304')
     b += _U32.pack(t169)
@@ -1164,6 +1190,7 @@ class ConnectGetHostnameRet(Record):
 
 def _enc_ConnectGetHostnameRet(b: bytearray, v: ConnectGetHostnameRet) -> None:
     t175 = v.hostname.encode('utf-8', 'surrogateescape')
+    if b'\0' in t175: raise XdrError('ConnectGetHostnameRet.hostname: contains a NUL character (libvirt strings end at one)')
     t176 = len(t175)
     if t176 > 4194304: raise XdrError(f'ConnectGetHostnameRet.hostname: {t176} bytes exceed the limit of 4194304')
     b += _U32.pack(t176)
@@ -1214,6 +1241,7 @@ class ConnectGetSysinfoRet(Record):
 
 def _enc_ConnectGetSysinfoRet(b: bytearray, v: ConnectGetSysinfoRet) -> None:
     t181 = v.sysinfo.encode('utf-8', 'surrogateescape')
+    if b'\0' in t181: raise XdrError('ConnectGetSysinfoRet.sysinfo: contains a NUL character (libvirt strings end at one)')
     t182 = len(t181)
     if t182 > 4194304: raise XdrError(f'ConnectGetSysinfoRet.sysinfo: {t182} bytes exceed the limit of 4194304')
     b += _U32.pack(t182)
@@ -1244,6 +1272,7 @@ class ConnectGetUriRet(Record):
 
 def _enc_ConnectGetUriRet(b: bytearray, v: ConnectGetUriRet) -> None:
     t186 = v.uri.encode('utf-8', 'surrogateescape')
+    if b'\0' in t186: raise XdrError('ConnectGetUriRet.uri: contains a NUL character (libvirt strings end at one)')
     t187 = len(t186)
     if t187 > 4194304: raise XdrError(f'ConnectGetUriRet.uri: {t187} bytes exceed the limit of 4194304')
     b += _U32.pack(t187)
@@ -1279,6 +1308,7 @@ def _enc_ConnectGetMaxVcpusArgs(b: bytearray, v: ConnectGetMaxVcpusArgs) -> None
     else:
         b += _TRUE
         t192 = t191.encode('utf-8', 'surrogateescape')
+        if b'\0' in t192: raise XdrError('ConnectGetMaxVcpusArgs.type: contains a NUL character (libvirt strings end at one)')
         t193 = len(t192)
         if t193 > 4194304: raise XdrError(f'ConnectGetMaxVcpusArgs.type: {t193} bytes exceed the limit of 4194304')
         b += _U32.pack(t193)
@@ -1376,6 +1406,7 @@ class ConnectGetCapabilitiesRet(Record):
 
 def _enc_ConnectGetCapabilitiesRet(b: bytearray, v: ConnectGetCapabilitiesRet) -> None:
     t209 = v.capabilities.encode('utf-8', 'surrogateescape')
+    if b'\0' in t209: raise XdrError('ConnectGetCapabilitiesRet.capabilities: contains a NUL character (libvirt strings end at one)')
     t210 = len(t209)
     if t210 > 4194304: raise XdrError(f'ConnectGetCapabilitiesRet.capabilities: {t210} bytes exceed the limit of 4194304')
     b += _U32.pack(t210)
@@ -1419,6 +1450,7 @@ def _enc_ConnectGetDomainCapabilitiesArgs(b: bytearray, v: ConnectGetDomainCapab
     else:
         b += _TRUE
         t215 = t214.encode('utf-8', 'surrogateescape')
+        if b'\0' in t215: raise XdrError('ConnectGetDomainCapabilitiesArgs.emulatorbin: contains a NUL character (libvirt strings end at one)')
         t216 = len(t215)
         if t216 > 4194304: raise XdrError(f'ConnectGetDomainCapabilitiesArgs.emulatorbin: {t216} bytes exceed the limit of 4194304')
         b += _U32.pack(t216)
@@ -1430,6 +1462,7 @@ def _enc_ConnectGetDomainCapabilitiesArgs(b: bytearray, v: ConnectGetDomainCapab
     else:
         b += _TRUE
         t218 = t217.encode('utf-8', 'surrogateescape')
+        if b'\0' in t218: raise XdrError('ConnectGetDomainCapabilitiesArgs.arch: contains a NUL character (libvirt strings end at one)')
         t219 = len(t218)
         if t219 > 4194304: raise XdrError(f'ConnectGetDomainCapabilitiesArgs.arch: {t219} bytes exceed the limit of 4194304')
         b += _U32.pack(t219)
@@ -1441,6 +1474,7 @@ def _enc_ConnectGetDomainCapabilitiesArgs(b: bytearray, v: ConnectGetDomainCapab
     else:
         b += _TRUE
         t221 = t220.encode('utf-8', 'surrogateescape')
+        if b'\0' in t221: raise XdrError('ConnectGetDomainCapabilitiesArgs.machine: contains a NUL character (libvirt strings end at one)')
         t222 = len(t221)
         if t222 > 4194304: raise XdrError(f'ConnectGetDomainCapabilitiesArgs.machine: {t222} bytes exceed the limit of 4194304')
         b += _U32.pack(t222)
@@ -1452,6 +1486,7 @@ def _enc_ConnectGetDomainCapabilitiesArgs(b: bytearray, v: ConnectGetDomainCapab
     else:
         b += _TRUE
         t224 = t223.encode('utf-8', 'surrogateescape')
+        if b'\0' in t224: raise XdrError('ConnectGetDomainCapabilitiesArgs.virttype: contains a NUL character (libvirt strings end at one)')
         t225 = len(t224)
         if t225 > 4194304: raise XdrError(f'ConnectGetDomainCapabilitiesArgs.virttype: {t225} bytes exceed the limit of 4194304')
         b += _U32.pack(t225)
@@ -1534,6 +1569,7 @@ class ConnectGetDomainCapabilitiesRet(Record):
 
 def _enc_ConnectGetDomainCapabilitiesRet(b: bytearray, v: ConnectGetDomainCapabilitiesRet) -> None:
     t243 = v.capabilities.encode('utf-8', 'surrogateescape')
+    if b'\0' in t243: raise XdrError('ConnectGetDomainCapabilitiesRet.capabilities: contains a NUL character (libvirt strings end at one)')
     t244 = len(t243)
     if t244 > 4194304: raise XdrError(f'ConnectGetDomainCapabilitiesRet.capabilities: {t244} bytes exceed the limit of 4194304')
     b += _U32.pack(t244)
@@ -1774,6 +1810,7 @@ class DomainGetSchedulerTypeRet(Record):
 
 def _enc_DomainGetSchedulerTypeRet(b: bytearray, v: DomainGetSchedulerTypeRet) -> None:
     t278 = v.type.encode('utf-8', 'surrogateescape')
+    if b'\0' in t278: raise XdrError('DomainGetSchedulerTypeRet.type: contains a NUL character (libvirt strings end at one)')
     t279 = len(t278)
     if t279 > 4194304: raise XdrError(f'DomainGetSchedulerTypeRet.type: {t279} bytes exceed the limit of 4194304')
     b += _U32.pack(t279)
@@ -2205,6 +2242,7 @@ class DomainBlockResizeArgs(Record):
 def _enc_DomainBlockResizeArgs(b: bytearray, v: DomainBlockResizeArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t360 = v.disk.encode('utf-8', 'surrogateescape')
+    if b'\0' in t360: raise XdrError('DomainBlockResizeArgs.disk: contains a NUL character (libvirt strings end at one)')
     t361 = len(t360)
     if t361 > 4194304: raise XdrError(f'DomainBlockResizeArgs.disk: {t361} bytes exceed the limit of 4194304')
     b += _U32.pack(t361)
@@ -2439,6 +2477,7 @@ class DomainBlockStatsArgs(Record):
 def _enc_DomainBlockStatsArgs(b: bytearray, v: DomainBlockStatsArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t406 = v.path.encode('utf-8', 'surrogateescape')
+    if b'\0' in t406: raise XdrError('DomainBlockStatsArgs.path: contains a NUL character (libvirt strings end at one)')
     t407 = len(t406)
     if t407 > 4194304: raise XdrError(f'DomainBlockStatsArgs.path: {t407} bytes exceed the limit of 4194304')
     b += _U32.pack(t407)
@@ -2505,6 +2544,7 @@ class DomainBlockStatsFlagsArgs(Record):
 def _enc_DomainBlockStatsFlagsArgs(b: bytearray, v: DomainBlockStatsFlagsArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t417 = v.path.encode('utf-8', 'surrogateescape')
+    if b'\0' in t417: raise XdrError('DomainBlockStatsFlagsArgs.path: contains a NUL character (libvirt strings end at one)')
     t418 = len(t417)
     if t418 > 4194304: raise XdrError(f'DomainBlockStatsFlagsArgs.path: {t418} bytes exceed the limit of 4194304')
     b += _U32.pack(t418)
@@ -2578,6 +2618,7 @@ class DomainInterfaceStatsArgs(Record):
 def _enc_DomainInterfaceStatsArgs(b: bytearray, v: DomainInterfaceStatsArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t433 = v.device.encode('utf-8', 'surrogateescape')
+    if b'\0' in t433: raise XdrError('DomainInterfaceStatsArgs.device: contains a NUL character (libvirt strings end at one)')
     t434 = len(t433)
     if t434 > 4194304: raise XdrError(f'DomainInterfaceStatsArgs.device: {t434} bytes exceed the limit of 4194304')
     b += _U32.pack(t434)
@@ -2650,6 +2691,7 @@ class DomainSetInterfaceParametersArgs(Record):
 def _enc_DomainSetInterfaceParametersArgs(b: bytearray, v: DomainSetInterfaceParametersArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t447 = v.device.encode('utf-8', 'surrogateescape')
+    if b'\0' in t447: raise XdrError('DomainSetInterfaceParametersArgs.device: contains a NUL character (libvirt strings end at one)')
     t448 = len(t447)
     if t448 > 4194304: raise XdrError(f'DomainSetInterfaceParametersArgs.device: {t448} bytes exceed the limit of 4194304')
     b += _U32.pack(t448)
@@ -2705,6 +2747,7 @@ class DomainGetInterfaceParametersArgs(Record):
 def _enc_DomainGetInterfaceParametersArgs(b: bytearray, v: DomainGetInterfaceParametersArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t461 = v.device.encode('utf-8', 'surrogateescape')
+    if b'\0' in t461: raise XdrError('DomainGetInterfaceParametersArgs.device: contains a NUL character (libvirt strings end at one)')
     t462 = len(t461)
     if t462 > 4194304: raise XdrError(f'DomainGetInterfaceParametersArgs.device: {t462} bytes exceed the limit of 4194304')
     b += _U32.pack(t462)
@@ -2863,6 +2906,7 @@ class DomainBlockPeekArgs(Record):
 def _enc_DomainBlockPeekArgs(b: bytearray, v: DomainBlockPeekArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t489 = v.path.encode('utf-8', 'surrogateescape')
+    if b'\0' in t489: raise XdrError('DomainBlockPeekArgs.path: contains a NUL character (libvirt strings end at one)')
     t490 = len(t489)
     if t490 > 4194304: raise XdrError(f'DomainBlockPeekArgs.path: {t490} bytes exceed the limit of 4194304')
     b += _U32.pack(t490)
@@ -2990,6 +3034,7 @@ class DomainGetBlockInfoArgs(Record):
 def _enc_DomainGetBlockInfoArgs(b: bytearray, v: DomainGetBlockInfoArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t512 = v.path.encode('utf-8', 'surrogateescape')
+    if b'\0' in t512: raise XdrError('DomainGetBlockInfoArgs.path: contains a NUL character (libvirt strings end at one)')
     t513 = len(t512)
     if t513 > 4194304: raise XdrError(f'DomainGetBlockInfoArgs.path: {t513} bytes exceed the limit of 4194304')
     b += _U32.pack(t513)
@@ -3117,6 +3162,7 @@ class DomainCreateXmlArgs(Record):
 
 def _enc_DomainCreateXmlArgs(b: bytearray, v: DomainCreateXmlArgs) -> None:
     t528 = v.xml_desc.encode('utf-8', 'surrogateescape')
+    if b'\0' in t528: raise XdrError('DomainCreateXmlArgs.xml_desc: contains a NUL character (libvirt strings end at one)')
     t529 = len(t528)
     if t529 > 4194304: raise XdrError(f'DomainCreateXmlArgs.xml_desc: {t529} bytes exceed the limit of 4194304')
     b += _U32.pack(t529)
@@ -3171,6 +3217,7 @@ class DomainCreateXmlWithFilesArgs(Record):
 
 def _enc_DomainCreateXmlWithFilesArgs(b: bytearray, v: DomainCreateXmlWithFilesArgs) -> None:
     t535 = v.xml_desc.encode('utf-8', 'surrogateescape')
+    if b'\0' in t535: raise XdrError('DomainCreateXmlWithFilesArgs.xml_desc: contains a NUL character (libvirt strings end at one)')
     t536 = len(t535)
     if t536 > 4194304: raise XdrError(f'DomainCreateXmlWithFilesArgs.xml_desc: {t536} bytes exceed the limit of 4194304')
     b += _U32.pack(t536)
@@ -3302,6 +3349,7 @@ class DomainLookupByNameArgs(Record):
 
 def _enc_DomainLookupByNameArgs(b: bytearray, v: DomainLookupByNameArgs) -> None:
     t546 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t546: raise XdrError('DomainLookupByNameArgs.name: contains a NUL character (libvirt strings end at one)')
     t547 = len(t546)
     if t547 > 4194304: raise XdrError(f'DomainLookupByNameArgs.name: {t547} bytes exceed the limit of 4194304')
     b += _U32.pack(t547)
@@ -3570,6 +3618,7 @@ class DomainGetOsTypeRet(Record):
 
 def _enc_DomainGetOsTypeRet(b: bytearray, v: DomainGetOsTypeRet) -> None:
     t569 = v.type.encode('utf-8', 'surrogateescape')
+    if b'\0' in t569: raise XdrError('DomainGetOsTypeRet.type: contains a NUL character (libvirt strings end at one)')
     t570 = len(t569)
     if t570 > 4194304: raise XdrError(f'DomainGetOsTypeRet.type: {t570} bytes exceed the limit of 4194304')
     b += _U32.pack(t570)
@@ -3789,6 +3838,7 @@ class DomainSaveArgs(Record):
 def _enc_DomainSaveArgs(b: bytearray, v: DomainSaveArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t592 = v.to.encode('utf-8', 'surrogateescape')
+    if b'\0' in t592: raise XdrError('DomainSaveArgs.to: contains a NUL character (libvirt strings end at one)')
     t593 = len(t592)
     if t593 > 4194304: raise XdrError(f'DomainSaveArgs.to: {t593} bytes exceed the limit of 4194304')
     b += _U32.pack(t593)
@@ -3827,6 +3877,7 @@ class DomainSaveFlagsArgs(Record):
 def _enc_DomainSaveFlagsArgs(b: bytearray, v: DomainSaveFlagsArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t598 = v.to.encode('utf-8', 'surrogateescape')
+    if b'\0' in t598: raise XdrError('DomainSaveFlagsArgs.to: contains a NUL character (libvirt strings end at one)')
     t599 = len(t598)
     if t599 > 4194304: raise XdrError(f'DomainSaveFlagsArgs.to: {t599} bytes exceed the limit of 4194304')
     b += _U32.pack(t599)
@@ -3838,6 +3889,7 @@ def _enc_DomainSaveFlagsArgs(b: bytearray, v: DomainSaveFlagsArgs) -> None:
     else:
         b += _TRUE
         t601 = t600.encode('utf-8', 'surrogateescape')
+        if b'\0' in t601: raise XdrError('DomainSaveFlagsArgs.dxml: contains a NUL character (libvirt strings end at one)')
         t602 = len(t601)
         if t602 > 4194304: raise XdrError(f'DomainSaveFlagsArgs.dxml: {t602} bytes exceed the limit of 4194304')
         b += _U32.pack(t602)
@@ -3926,6 +3978,7 @@ class DomainRestoreArgs(Record):
 
 def _enc_DomainRestoreArgs(b: bytearray, v: DomainRestoreArgs) -> None:
     t621 = v.from_.encode('utf-8', 'surrogateescape')
+    if b'\0' in t621: raise XdrError('DomainRestoreArgs.from: contains a NUL character (libvirt strings end at one)')
     t622 = len(t621)
     if t622 > 4194304: raise XdrError(f'DomainRestoreArgs.from: {t622} bytes exceed the limit of 4194304')
     b += _U32.pack(t622)
@@ -3960,6 +4013,7 @@ class DomainRestoreFlagsArgs(Record):
 
 def _enc_DomainRestoreFlagsArgs(b: bytearray, v: DomainRestoreFlagsArgs) -> None:
     t626 = v.from_.encode('utf-8', 'surrogateescape')
+    if b'\0' in t626: raise XdrError('DomainRestoreFlagsArgs.from: contains a NUL character (libvirt strings end at one)')
     t627 = len(t626)
     if t627 > 4194304: raise XdrError(f'DomainRestoreFlagsArgs.from: {t627} bytes exceed the limit of 4194304')
     b += _U32.pack(t627)
@@ -3971,6 +4025,7 @@ def _enc_DomainRestoreFlagsArgs(b: bytearray, v: DomainRestoreFlagsArgs) -> None
     else:
         b += _TRUE
         t629 = t628.encode('utf-8', 'surrogateescape')
+        if b'\0' in t629: raise XdrError('DomainRestoreFlagsArgs.dxml: contains a NUL character (libvirt strings end at one)')
         t630 = len(t629)
         if t630 > 4194304: raise XdrError(f'DomainRestoreFlagsArgs.dxml: {t630} bytes exceed the limit of 4194304')
         b += _U32.pack(t630)
@@ -4056,6 +4111,7 @@ class DomainSaveImageGetXmlDescArgs(Record):
 
 def _enc_DomainSaveImageGetXmlDescArgs(b: bytearray, v: DomainSaveImageGetXmlDescArgs) -> None:
     t647 = v.file.encode('utf-8', 'surrogateescape')
+    if b'\0' in t647: raise XdrError('DomainSaveImageGetXmlDescArgs.file: contains a NUL character (libvirt strings end at one)')
     t648 = len(t647)
     if t648 > 4194304: raise XdrError(f'DomainSaveImageGetXmlDescArgs.file: {t648} bytes exceed the limit of 4194304')
     b += _U32.pack(t648)
@@ -4089,6 +4145,7 @@ class DomainSaveImageGetXmlDescRet(Record):
 
 def _enc_DomainSaveImageGetXmlDescRet(b: bytearray, v: DomainSaveImageGetXmlDescRet) -> None:
     t653 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t653: raise XdrError('DomainSaveImageGetXmlDescRet.xml: contains a NUL character (libvirt strings end at one)')
     t654 = len(t653)
     if t654 > 4194304: raise XdrError(f'DomainSaveImageGetXmlDescRet.xml: {t654} bytes exceed the limit of 4194304')
     b += _U32.pack(t654)
@@ -4123,12 +4180,14 @@ class DomainSaveImageDefineXmlArgs(Record):
 
 def _enc_DomainSaveImageDefineXmlArgs(b: bytearray, v: DomainSaveImageDefineXmlArgs) -> None:
     t658 = v.file.encode('utf-8', 'surrogateescape')
+    if b'\0' in t658: raise XdrError('DomainSaveImageDefineXmlArgs.file: contains a NUL character (libvirt strings end at one)')
     t659 = len(t658)
     if t659 > 4194304: raise XdrError(f'DomainSaveImageDefineXmlArgs.file: {t659} bytes exceed the limit of 4194304')
     b += _U32.pack(t659)
     b += t658
     b += _PAD[t659 & 3]
     t660 = v.dxml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t660: raise XdrError('DomainSaveImageDefineXmlArgs.dxml: contains a NUL character (libvirt strings end at one)')
     t661 = len(t660)
     if t661 > 4194304: raise XdrError(f'DomainSaveImageDefineXmlArgs.dxml: {t661} bytes exceed the limit of 4194304')
     b += _U32.pack(t661)
@@ -4174,6 +4233,7 @@ class DomainCoreDumpArgs(Record):
 def _enc_DomainCoreDumpArgs(b: bytearray, v: DomainCoreDumpArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t669 = v.to.encode('utf-8', 'surrogateescape')
+    if b'\0' in t669: raise XdrError('DomainCoreDumpArgs.to: contains a NUL character (libvirt strings end at one)')
     t670 = len(t669)
     if t670 > 4194304: raise XdrError(f'DomainCoreDumpArgs.to: {t670} bytes exceed the limit of 4194304')
     b += _U32.pack(t670)
@@ -4215,6 +4275,7 @@ class DomainCoreDumpWithFormatArgs(Record):
 def _enc_DomainCoreDumpWithFormatArgs(b: bytearray, v: DomainCoreDumpWithFormatArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t676 = v.to.encode('utf-8', 'surrogateescape')
+    if b'\0' in t676: raise XdrError('DomainCoreDumpWithFormatArgs.to: contains a NUL character (libvirt strings end at one)')
     t677 = len(t676)
     if t677 > 4194304: raise XdrError(f'DomainCoreDumpWithFormatArgs.to: {t677} bytes exceed the limit of 4194304')
     b += _U32.pack(t677)
@@ -4280,6 +4341,7 @@ def _enc_DomainScreenshotRet(b: bytearray, v: DomainScreenshotRet) -> None:
     else:
         b += _TRUE
         t688 = t687.encode('utf-8', 'surrogateescape')
+        if b'\0' in t688: raise XdrError('DomainScreenshotRet.mime: contains a NUL character (libvirt strings end at one)')
         t689 = len(t688)
         if t689 > 4194304: raise XdrError(f'DomainScreenshotRet.mime: {t689} bytes exceed the limit of 4194304')
         b += _U32.pack(t689)
@@ -4341,6 +4403,7 @@ class DomainGetXmlDescRet(Record):
 
 def _enc_DomainGetXmlDescRet(b: bytearray, v: DomainGetXmlDescRet) -> None:
     t696 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t696: raise XdrError('DomainGetXmlDescRet.xml: contains a NUL character (libvirt strings end at one)')
     t697 = len(t696)
     if t697 > 4194304: raise XdrError(f'DomainGetXmlDescRet.xml: {t697} bytes exceed the limit of 4194304')
     b += _U32.pack(t697)
@@ -4382,6 +4445,7 @@ def _enc_DomainMigratePrepareArgs(b: bytearray, v: DomainMigratePrepareArgs) -> 
     else:
         b += _TRUE
         t702 = t701.encode('utf-8', 'surrogateescape')
+        if b'\0' in t702: raise XdrError('DomainMigratePrepareArgs.uri_in: contains a NUL character (libvirt strings end at one)')
         t703 = len(t702)
         if t703 > 4194304: raise XdrError(f'DomainMigratePrepareArgs.uri_in: {t703} bytes exceed the limit of 4194304')
         b += _U32.pack(t703)
@@ -4394,6 +4458,7 @@ def _enc_DomainMigratePrepareArgs(b: bytearray, v: DomainMigratePrepareArgs) -> 
     else:
         b += _TRUE
         t705 = t704.encode('utf-8', 'surrogateescape')
+        if b'\0' in t705: raise XdrError('DomainMigratePrepareArgs.dname: contains a NUL character (libvirt strings end at one)')
         t706 = len(t705)
         if t706 > 4194304: raise XdrError(f'DomainMigratePrepareArgs.dname: {t706} bytes exceed the limit of 4194304')
         b += _U32.pack(t706)
@@ -4463,6 +4528,7 @@ def _enc_DomainMigratePrepareRet(b: bytearray, v: DomainMigratePrepareRet) -> No
     else:
         b += _TRUE
         t720 = t719.encode('utf-8', 'surrogateescape')
+        if b'\0' in t720: raise XdrError('DomainMigratePrepareRet.uri_out: contains a NUL character (libvirt strings end at one)')
         t721 = len(t720)
         if t721 > 4194304: raise XdrError(f'DomainMigratePrepareRet.uri_out: {t721} bytes exceed the limit of 4194304')
         b += _U32.pack(t721)
@@ -4524,6 +4590,7 @@ def _enc_DomainMigratePerformArgs(b: bytearray, v: DomainMigratePerformArgs) -> 
     b += t729
     b += _PAD[t730 & 3]
     t731 = v.uri.encode('utf-8', 'surrogateescape')
+    if b'\0' in t731: raise XdrError('DomainMigratePerformArgs.uri: contains a NUL character (libvirt strings end at one)')
     t732 = len(t731)
     if t732 > 4194304: raise XdrError(f'DomainMigratePerformArgs.uri: {t732} bytes exceed the limit of 4194304')
     b += _U32.pack(t732)
@@ -4536,6 +4603,7 @@ def _enc_DomainMigratePerformArgs(b: bytearray, v: DomainMigratePerformArgs) -> 
     else:
         b += _TRUE
         t734 = t733.encode('utf-8', 'surrogateescape')
+        if b'\0' in t734: raise XdrError('DomainMigratePerformArgs.dname: contains a NUL character (libvirt strings end at one)')
         t735 = len(t734)
         if t735 > 4194304: raise XdrError(f'DomainMigratePerformArgs.dname: {t735} bytes exceed the limit of 4194304')
         b += _U32.pack(t735)
@@ -4599,6 +4667,7 @@ class DomainMigrateFinishArgs(Record):
 
 def _enc_DomainMigrateFinishArgs(b: bytearray, v: DomainMigrateFinishArgs) -> None:
     t749 = v.dname.encode('utf-8', 'surrogateescape')
+    if b'\0' in t749: raise XdrError('DomainMigrateFinishArgs.dname: contains a NUL character (libvirt strings end at one)')
     t750 = len(t749)
     if t750 > 4194304: raise XdrError(f'DomainMigrateFinishArgs.dname: {t750} bytes exceed the limit of 4194304')
     b += _U32.pack(t750)
@@ -4611,6 +4680,7 @@ def _enc_DomainMigrateFinishArgs(b: bytearray, v: DomainMigrateFinishArgs) -> No
     b += t751
     b += _PAD[t752 & 3]
     t753 = v.uri.encode('utf-8', 'surrogateescape')
+    if b'\0' in t753: raise XdrError('DomainMigrateFinishArgs.uri: contains a NUL character (libvirt strings end at one)')
     t754 = len(t753)
     if t754 > 4194304: raise XdrError(f'DomainMigrateFinishArgs.uri: {t754} bytes exceed the limit of 4194304')
     b += _U32.pack(t754)
@@ -4690,6 +4760,7 @@ def _enc_DomainMigratePrepare2Args(b: bytearray, v: DomainMigratePrepare2Args) -
     else:
         b += _TRUE
         t767 = t766.encode('utf-8', 'surrogateescape')
+        if b'\0' in t767: raise XdrError('DomainMigratePrepare2Args.uri_in: contains a NUL character (libvirt strings end at one)')
         t768 = len(t767)
         if t768 > 4194304: raise XdrError(f'DomainMigratePrepare2Args.uri_in: {t768} bytes exceed the limit of 4194304')
         b += _U32.pack(t768)
@@ -4702,6 +4773,7 @@ def _enc_DomainMigratePrepare2Args(b: bytearray, v: DomainMigratePrepare2Args) -
     else:
         b += _TRUE
         t770 = t769.encode('utf-8', 'surrogateescape')
+        if b'\0' in t770: raise XdrError('DomainMigratePrepare2Args.dname: contains a NUL character (libvirt strings end at one)')
         t771 = len(t770)
         if t771 > 4194304: raise XdrError(f'DomainMigratePrepare2Args.dname: {t771} bytes exceed the limit of 4194304')
         b += _U32.pack(t771)
@@ -4709,6 +4781,7 @@ def _enc_DomainMigratePrepare2Args(b: bytearray, v: DomainMigratePrepare2Args) -
         b += _PAD[t771 & 3]
     b += _S7.pack(v.resource)
     t772 = v.dom_xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t772: raise XdrError('DomainMigratePrepare2Args.dom_xml: contains a NUL character (libvirt strings end at one)')
     t773 = len(t772)
     if t773 > 4194304: raise XdrError(f'DomainMigratePrepare2Args.dom_xml: {t773} bytes exceed the limit of 4194304')
     b += _U32.pack(t773)
@@ -4784,6 +4857,7 @@ def _enc_DomainMigratePrepare2Ret(b: bytearray, v: DomainMigratePrepare2Ret) -> 
     else:
         b += _TRUE
         t790 = t789.encode('utf-8', 'surrogateescape')
+        if b'\0' in t790: raise XdrError('DomainMigratePrepare2Ret.uri_out: contains a NUL character (libvirt strings end at one)')
         t791 = len(t790)
         if t791 > 4194304: raise XdrError(f'DomainMigratePrepare2Ret.uri_out: {t791} bytes exceed the limit of 4194304')
         b += _U32.pack(t791)
@@ -4836,6 +4910,7 @@ class DomainMigrateFinish2Args(Record):
 
 def _enc_DomainMigrateFinish2Args(b: bytearray, v: DomainMigrateFinish2Args) -> None:
     t799 = v.dname.encode('utf-8', 'surrogateescape')
+    if b'\0' in t799: raise XdrError('DomainMigrateFinish2Args.dname: contains a NUL character (libvirt strings end at one)')
     t800 = len(t799)
     if t800 > 4194304: raise XdrError(f'DomainMigrateFinish2Args.dname: {t800} bytes exceed the limit of 4194304')
     b += _U32.pack(t800)
@@ -4848,6 +4923,7 @@ def _enc_DomainMigrateFinish2Args(b: bytearray, v: DomainMigrateFinish2Args) -> 
     b += t801
     b += _PAD[t802 & 3]
     t803 = v.uri.encode('utf-8', 'surrogateescape')
+    if b'\0' in t803: raise XdrError('DomainMigrateFinish2Args.uri: contains a NUL character (libvirt strings end at one)')
     t804 = len(t803)
     if t804 > 4194304: raise XdrError(f'DomainMigrateFinish2Args.uri: {t804} bytes exceed the limit of 4194304')
     b += _U32.pack(t804)
@@ -4939,6 +5015,7 @@ def _enc_ConnectListDefinedDomainsRet(b: bytearray, v: ConnectListDefinedDomains
     b += _U32.pack(t819)
     for t820 in t818:
         t821 = t820.encode('utf-8', 'surrogateescape')
+        if b'\0' in t821: raise XdrError('ConnectListDefinedDomainsRet.names[]: contains a NUL character (libvirt strings end at one)')
         t822 = len(t821)
         if t822 > 4194304: raise XdrError(f'ConnectListDefinedDomainsRet.names[]: {t822} bytes exceed the limit of 4194304')
         b += _U32.pack(t822)
@@ -5101,6 +5178,7 @@ class DomainDefineXmlArgs(Record):
 
 def _enc_DomainDefineXmlArgs(b: bytearray, v: DomainDefineXmlArgs) -> None:
     t837 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t837: raise XdrError('DomainDefineXmlArgs.xml: contains a NUL character (libvirt strings end at one)')
     t838 = len(t837)
     if t838 > 4194304: raise XdrError(f'DomainDefineXmlArgs.xml: {t838} bytes exceed the limit of 4194304')
     b += _U32.pack(t838)
@@ -5152,6 +5230,7 @@ class DomainDefineXmlFlagsArgs(Record):
 
 def _enc_DomainDefineXmlFlagsArgs(b: bytearray, v: DomainDefineXmlFlagsArgs) -> None:
     t843 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t843: raise XdrError('DomainDefineXmlFlagsArgs.xml: contains a NUL character (libvirt strings end at one)')
     t844 = len(t843)
     if t844 > 4194304: raise XdrError(f'DomainDefineXmlFlagsArgs.xml: {t844} bytes exceed the limit of 4194304')
     b += _U32.pack(t844)
@@ -6177,6 +6256,7 @@ class DomainAttachDeviceArgs(Record):
 def _enc_DomainAttachDeviceArgs(b: bytearray, v: DomainAttachDeviceArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t996 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t996: raise XdrError('DomainAttachDeviceArgs.xml: contains a NUL character (libvirt strings end at one)')
     t997 = len(t996)
     if t997 > 4194304: raise XdrError(f'DomainAttachDeviceArgs.xml: {t997} bytes exceed the limit of 4194304')
     b += _U32.pack(t997)
@@ -6213,6 +6293,7 @@ class DomainAttachDeviceFlagsArgs(Record):
 def _enc_DomainAttachDeviceFlagsArgs(b: bytearray, v: DomainAttachDeviceFlagsArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t1002 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1002: raise XdrError('DomainAttachDeviceFlagsArgs.xml: contains a NUL character (libvirt strings end at one)')
     t1003 = len(t1002)
     if t1003 > 4194304: raise XdrError(f'DomainAttachDeviceFlagsArgs.xml: {t1003} bytes exceed the limit of 4194304')
     b += _U32.pack(t1003)
@@ -6250,6 +6331,7 @@ class DomainDetachDeviceArgs(Record):
 def _enc_DomainDetachDeviceArgs(b: bytearray, v: DomainDetachDeviceArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t1009 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1009: raise XdrError('DomainDetachDeviceArgs.xml: contains a NUL character (libvirt strings end at one)')
     t1010 = len(t1009)
     if t1010 > 4194304: raise XdrError(f'DomainDetachDeviceArgs.xml: {t1010} bytes exceed the limit of 4194304')
     b += _U32.pack(t1010)
@@ -6286,6 +6368,7 @@ class DomainDetachDeviceFlagsArgs(Record):
 def _enc_DomainDetachDeviceFlagsArgs(b: bytearray, v: DomainDetachDeviceFlagsArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t1015 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1015: raise XdrError('DomainDetachDeviceFlagsArgs.xml: contains a NUL character (libvirt strings end at one)')
     t1016 = len(t1015)
     if t1016 > 4194304: raise XdrError(f'DomainDetachDeviceFlagsArgs.xml: {t1016} bytes exceed the limit of 4194304')
     b += _U32.pack(t1016)
@@ -6325,6 +6408,7 @@ class DomainUpdateDeviceFlagsArgs(Record):
 def _enc_DomainUpdateDeviceFlagsArgs(b: bytearray, v: DomainUpdateDeviceFlagsArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t1022 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1022: raise XdrError('DomainUpdateDeviceFlagsArgs.xml: contains a NUL character (libvirt strings end at one)')
     t1023 = len(t1022)
     if t1023 > 4194304: raise XdrError(f'DomainUpdateDeviceFlagsArgs.xml: {t1023} bytes exceed the limit of 4194304')
     b += _U32.pack(t1023)
@@ -6364,6 +6448,7 @@ class DomainDetachDeviceAliasArgs(Record):
 def _enc_DomainDetachDeviceAliasArgs(b: bytearray, v: DomainDetachDeviceAliasArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t1029 = v.alias.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1029: raise XdrError('DomainDetachDeviceAliasArgs.alias: contains a NUL character (libvirt strings end at one)')
     t1030 = len(t1029)
     if t1030 > 4194304: raise XdrError(f'DomainDetachDeviceAliasArgs.alias: {t1030} bytes exceed the limit of 4194304')
     b += _U32.pack(t1030)
@@ -6478,6 +6563,7 @@ def _enc_DomainSetMetadataArgs(b: bytearray, v: DomainSetMetadataArgs) -> None:
     else:
         b += _TRUE
         t1041 = t1040.encode('utf-8', 'surrogateescape')
+        if b'\0' in t1041: raise XdrError('DomainSetMetadataArgs.metadata: contains a NUL character (libvirt strings end at one)')
         t1042 = len(t1041)
         if t1042 > 4194304: raise XdrError(f'DomainSetMetadataArgs.metadata: {t1042} bytes exceed the limit of 4194304')
         b += _U32.pack(t1042)
@@ -6489,6 +6575,7 @@ def _enc_DomainSetMetadataArgs(b: bytearray, v: DomainSetMetadataArgs) -> None:
     else:
         b += _TRUE
         t1044 = t1043.encode('utf-8', 'surrogateescape')
+        if b'\0' in t1044: raise XdrError('DomainSetMetadataArgs.key: contains a NUL character (libvirt strings end at one)')
         t1045 = len(t1044)
         if t1045 > 4194304: raise XdrError(f'DomainSetMetadataArgs.key: {t1045} bytes exceed the limit of 4194304')
         b += _U32.pack(t1045)
@@ -6500,6 +6587,7 @@ def _enc_DomainSetMetadataArgs(b: bytearray, v: DomainSetMetadataArgs) -> None:
     else:
         b += _TRUE
         t1047 = t1046.encode('utf-8', 'surrogateescape')
+        if b'\0' in t1047: raise XdrError('DomainSetMetadataArgs.uri: contains a NUL character (libvirt strings end at one)')
         t1048 = len(t1047)
         if t1048 > 4194304: raise XdrError(f'DomainSetMetadataArgs.uri: {t1048} bytes exceed the limit of 4194304')
         b += _U32.pack(t1048)
@@ -6584,6 +6672,7 @@ def _enc_DomainGetMetadataArgs(b: bytearray, v: DomainGetMetadataArgs) -> None:
     else:
         b += _TRUE
         t1065 = t1064.encode('utf-8', 'surrogateescape')
+        if b'\0' in t1065: raise XdrError('DomainGetMetadataArgs.uri: contains a NUL character (libvirt strings end at one)')
         t1066 = len(t1065)
         if t1066 > 4194304: raise XdrError(f'DomainGetMetadataArgs.uri: {t1066} bytes exceed the limit of 4194304')
         b += _U32.pack(t1066)
@@ -6627,6 +6716,7 @@ class DomainGetMetadataRet(Record):
 
 def _enc_DomainGetMetadataRet(b: bytearray, v: DomainGetMetadataRet) -> None:
     t1074 = v.metadata.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1074: raise XdrError('DomainGetMetadataRet.metadata: contains a NUL character (libvirt strings end at one)')
     t1075 = len(t1074)
     if t1075 > 4194304: raise XdrError(f'DomainGetMetadataRet.metadata: {t1075} bytes exceed the limit of 4194304')
     b += _U32.pack(t1075)
@@ -6662,6 +6752,7 @@ class DomainBlockJobAbortArgs(Record):
 def _enc_DomainBlockJobAbortArgs(b: bytearray, v: DomainBlockJobAbortArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t1079 = v.path.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1079: raise XdrError('DomainBlockJobAbortArgs.path: contains a NUL character (libvirt strings end at one)')
     t1080 = len(t1079)
     if t1080 > 4194304: raise XdrError(f'DomainBlockJobAbortArgs.path: {t1080} bytes exceed the limit of 4194304')
     b += _U32.pack(t1080)
@@ -6701,6 +6792,7 @@ class DomainGetBlockJobInfoArgs(Record):
 def _enc_DomainGetBlockJobInfoArgs(b: bytearray, v: DomainGetBlockJobInfoArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t1086 = v.path.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1086: raise XdrError('DomainGetBlockJobInfoArgs.path: contains a NUL character (libvirt strings end at one)')
     t1087 = len(t1086)
     if t1087 > 4194304: raise XdrError(f'DomainGetBlockJobInfoArgs.path: {t1087} bytes exceed the limit of 4194304')
     b += _U32.pack(t1087)
@@ -6770,6 +6862,7 @@ class DomainBlockJobSetSpeedArgs(Record):
 def _enc_DomainBlockJobSetSpeedArgs(b: bytearray, v: DomainBlockJobSetSpeedArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t1098 = v.path.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1098: raise XdrError('DomainBlockJobSetSpeedArgs.path: contains a NUL character (libvirt strings end at one)')
     t1099 = len(t1098)
     if t1099 > 4194304: raise XdrError(f'DomainBlockJobSetSpeedArgs.path: {t1099} bytes exceed the limit of 4194304')
     b += _U32.pack(t1099)
@@ -6811,6 +6904,7 @@ class DomainBlockPullArgs(Record):
 def _enc_DomainBlockPullArgs(b: bytearray, v: DomainBlockPullArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t1106 = v.path.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1106: raise XdrError('DomainBlockPullArgs.path: contains a NUL character (libvirt strings end at one)')
     t1107 = len(t1106)
     if t1107 > 4194304: raise XdrError(f'DomainBlockPullArgs.path: {t1107} bytes exceed the limit of 4194304')
     b += _U32.pack(t1107)
@@ -6854,6 +6948,7 @@ class DomainBlockRebaseArgs(Record):
 def _enc_DomainBlockRebaseArgs(b: bytearray, v: DomainBlockRebaseArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t1114 = v.path.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1114: raise XdrError('DomainBlockRebaseArgs.path: contains a NUL character (libvirt strings end at one)')
     t1115 = len(t1114)
     if t1115 > 4194304: raise XdrError(f'DomainBlockRebaseArgs.path: {t1115} bytes exceed the limit of 4194304')
     b += _U32.pack(t1115)
@@ -6865,6 +6960,7 @@ def _enc_DomainBlockRebaseArgs(b: bytearray, v: DomainBlockRebaseArgs) -> None:
     else:
         b += _TRUE
         t1117 = t1116.encode('utf-8', 'surrogateescape')
+        if b'\0' in t1117: raise XdrError('DomainBlockRebaseArgs.base: contains a NUL character (libvirt strings end at one)')
         t1118 = len(t1117)
         if t1118 > 4194304: raise XdrError(f'DomainBlockRebaseArgs.base: {t1118} bytes exceed the limit of 4194304')
         b += _U32.pack(t1118)
@@ -6922,12 +7018,14 @@ class DomainBlockCopyArgs(Record):
 def _enc_DomainBlockCopyArgs(b: bytearray, v: DomainBlockCopyArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t1129 = v.path.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1129: raise XdrError('DomainBlockCopyArgs.path: contains a NUL character (libvirt strings end at one)')
     t1130 = len(t1129)
     if t1130 > 4194304: raise XdrError(f'DomainBlockCopyArgs.path: {t1130} bytes exceed the limit of 4194304')
     b += _U32.pack(t1130)
     b += t1129
     b += _PAD[t1130 & 3]
     t1131 = v.destxml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1131: raise XdrError('DomainBlockCopyArgs.destxml: contains a NUL character (libvirt strings end at one)')
     t1132 = len(t1131)
     if t1132 > 4194304: raise XdrError(f'DomainBlockCopyArgs.destxml: {t1132} bytes exceed the limit of 4194304')
     b += _U32.pack(t1132)
@@ -6994,6 +7092,7 @@ class DomainBlockCommitArgs(Record):
 def _enc_DomainBlockCommitArgs(b: bytearray, v: DomainBlockCommitArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t1148 = v.disk.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1148: raise XdrError('DomainBlockCommitArgs.disk: contains a NUL character (libvirt strings end at one)')
     t1149 = len(t1148)
     if t1149 > 4194304: raise XdrError(f'DomainBlockCommitArgs.disk: {t1149} bytes exceed the limit of 4194304')
     b += _U32.pack(t1149)
@@ -7005,6 +7104,7 @@ def _enc_DomainBlockCommitArgs(b: bytearray, v: DomainBlockCommitArgs) -> None:
     else:
         b += _TRUE
         t1151 = t1150.encode('utf-8', 'surrogateescape')
+        if b'\0' in t1151: raise XdrError('DomainBlockCommitArgs.base: contains a NUL character (libvirt strings end at one)')
         t1152 = len(t1151)
         if t1152 > 4194304: raise XdrError(f'DomainBlockCommitArgs.base: {t1152} bytes exceed the limit of 4194304')
         b += _U32.pack(t1152)
@@ -7016,6 +7116,7 @@ def _enc_DomainBlockCommitArgs(b: bytearray, v: DomainBlockCommitArgs) -> None:
     else:
         b += _TRUE
         t1154 = t1153.encode('utf-8', 'surrogateescape')
+        if b'\0' in t1154: raise XdrError('DomainBlockCommitArgs.top: contains a NUL character (libvirt strings end at one)')
         t1155 = len(t1154)
         if t1155 > 4194304: raise XdrError(f'DomainBlockCommitArgs.top: {t1155} bytes exceed the limit of 4194304')
         b += _U32.pack(t1155)
@@ -7085,6 +7186,7 @@ class DomainSetBlockIoTuneArgs(Record):
 def _enc_DomainSetBlockIoTuneArgs(b: bytearray, v: DomainSetBlockIoTuneArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t1170 = v.disk.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1170: raise XdrError('DomainSetBlockIoTuneArgs.disk: contains a NUL character (libvirt strings end at one)')
     t1171 = len(t1170)
     if t1171 > 4194304: raise XdrError(f'DomainSetBlockIoTuneArgs.disk: {t1171} bytes exceed the limit of 4194304')
     b += _U32.pack(t1171)
@@ -7145,6 +7247,7 @@ def _enc_DomainGetBlockIoTuneArgs(b: bytearray, v: DomainGetBlockIoTuneArgs) -> 
     else:
         b += _TRUE
         t1185 = t1184.encode('utf-8', 'surrogateescape')
+        if b'\0' in t1185: raise XdrError('DomainGetBlockIoTuneArgs.disk: contains a NUL character (libvirt strings end at one)')
         t1186 = len(t1185)
         if t1186 > 4194304: raise XdrError(f'DomainGetBlockIoTuneArgs.disk: {t1186} bytes exceed the limit of 4194304')
         b += _U32.pack(t1186)
@@ -7312,6 +7415,7 @@ class DomainGetHostnameRet(Record):
 
 def _enc_DomainGetHostnameRet(b: bytearray, v: DomainGetHostnameRet) -> None:
     t1217 = v.hostname.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1217: raise XdrError('DomainGetHostnameRet.hostname: contains a NUL character (libvirt strings end at one)')
     t1218 = len(t1217)
     if t1218 > 4194304: raise XdrError(f'DomainGetHostnameRet.hostname: {t1218} bytes exceed the limit of 4194304')
     b += _U32.pack(t1218)
@@ -7387,6 +7491,7 @@ def _enc_ConnectListNetworksRet(b: bytearray, v: ConnectListNetworksRet) -> None
     b += _U32.pack(t1225)
     for t1226 in t1224:
         t1227 = t1226.encode('utf-8', 'surrogateescape')
+        if b'\0' in t1227: raise XdrError('ConnectListNetworksRet.names[]: contains a NUL character (libvirt strings end at one)')
         t1228 = len(t1227)
         if t1228 > 4194304: raise XdrError(f'ConnectListNetworksRet.names[]: {t1228} bytes exceed the limit of 4194304')
         b += _U32.pack(t1228)
@@ -7469,6 +7574,7 @@ def _enc_ConnectListDefinedNetworksRet(b: bytearray, v: ConnectListDefinedNetwor
     b += _U32.pack(t1238)
     for t1239 in t1237:
         t1240 = t1239.encode('utf-8', 'surrogateescape')
+        if b'\0' in t1240: raise XdrError('ConnectListDefinedNetworksRet.names[]: contains a NUL character (libvirt strings end at one)')
         t1241 = len(t1240)
         if t1241 > 4194304: raise XdrError(f'ConnectListDefinedNetworksRet.names[]: {t1241} bytes exceed the limit of 4194304')
         b += _U32.pack(t1241)
@@ -7546,6 +7652,7 @@ class NetworkLookupByNameArgs(Record):
 
 def _enc_NetworkLookupByNameArgs(b: bytearray, v: NetworkLookupByNameArgs) -> None:
     t1250 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1250: raise XdrError('NetworkLookupByNameArgs.name: contains a NUL character (libvirt strings end at one)')
     t1251 = len(t1250)
     if t1251 > 4194304: raise XdrError(f'NetworkLookupByNameArgs.name: {t1251} bytes exceed the limit of 4194304')
     b += _U32.pack(t1251)
@@ -7595,6 +7702,7 @@ class NetworkCreateXmlArgs(Record):
 
 def _enc_NetworkCreateXmlArgs(b: bytearray, v: NetworkCreateXmlArgs) -> None:
     t1256 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1256: raise XdrError('NetworkCreateXmlArgs.xml: contains a NUL character (libvirt strings end at one)')
     t1257 = len(t1256)
     if t1257 > 4194304: raise XdrError(f'NetworkCreateXmlArgs.xml: {t1257} bytes exceed the limit of 4194304')
     b += _U32.pack(t1257)
@@ -7646,6 +7754,7 @@ class NetworkCreateXmlFlagsArgs(Record):
 
 def _enc_NetworkCreateXmlFlagsArgs(b: bytearray, v: NetworkCreateXmlFlagsArgs) -> None:
     t1262 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1262: raise XdrError('NetworkCreateXmlFlagsArgs.xml: contains a NUL character (libvirt strings end at one)')
     t1263 = len(t1262)
     if t1263 > 4194304: raise XdrError(f'NetworkCreateXmlFlagsArgs.xml: {t1263} bytes exceed the limit of 4194304')
     b += _U32.pack(t1263)
@@ -7698,6 +7807,7 @@ class NetworkDefineXmlArgs(Record):
 
 def _enc_NetworkDefineXmlArgs(b: bytearray, v: NetworkDefineXmlArgs) -> None:
     t1269 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1269: raise XdrError('NetworkDefineXmlArgs.xml: contains a NUL character (libvirt strings end at one)')
     t1270 = len(t1269)
     if t1270 > 4194304: raise XdrError(f'NetworkDefineXmlArgs.xml: {t1270} bytes exceed the limit of 4194304')
     b += _U32.pack(t1270)
@@ -7749,6 +7859,7 @@ class NetworkDefineXmlFlagsArgs(Record):
 
 def _enc_NetworkDefineXmlFlagsArgs(b: bytearray, v: NetworkDefineXmlFlagsArgs) -> None:
     t1275 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1275: raise XdrError('NetworkDefineXmlFlagsArgs.xml: contains a NUL character (libvirt strings end at one)')
     t1276 = len(t1275)
     if t1276 > 4194304: raise XdrError(f'NetworkDefineXmlFlagsArgs.xml: {t1276} bytes exceed the limit of 4194304')
     b += _U32.pack(t1276)
@@ -7832,6 +7943,7 @@ def _enc_NetworkUpdateArgs(b: bytearray, v: NetworkUpdateArgs) -> None:
     _enc_NonnullNetwork(b, v.net)
     b += _S25.pack(v.command, v.section, v.parentIndex)
     t1283 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1283: raise XdrError('NetworkUpdateArgs.xml: contains a NUL character (libvirt strings end at one)')
     t1284 = len(t1283)
     if t1284 > 4194304: raise XdrError(f'NetworkUpdateArgs.xml: {t1284} bytes exceed the limit of 4194304')
     b += _U32.pack(t1284)
@@ -7930,6 +8042,7 @@ class NetworkGetXmlDescRet(Record):
 
 def _enc_NetworkGetXmlDescRet(b: bytearray, v: NetworkGetXmlDescRet) -> None:
     t1297 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1297: raise XdrError('NetworkGetXmlDescRet.xml: contains a NUL character (libvirt strings end at one)')
     t1298 = len(t1297)
     if t1298 > 4194304: raise XdrError(f'NetworkGetXmlDescRet.xml: {t1298} bytes exceed the limit of 4194304')
     b += _U32.pack(t1298)
@@ -7979,6 +8092,7 @@ class NetworkGetBridgeNameRet(Record):
 
 def _enc_NetworkGetBridgeNameRet(b: bytearray, v: NetworkGetBridgeNameRet) -> None:
     t1303 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1303: raise XdrError('NetworkGetBridgeNameRet.name: contains a NUL character (libvirt strings end at one)')
     t1304 = len(t1303)
     if t1304 > 4194304: raise XdrError(f'NetworkGetBridgeNameRet.name: {t1304} bytes exceed the limit of 4194304')
     b += _U32.pack(t1304)
@@ -8117,6 +8231,7 @@ def _enc_ConnectListNwfiltersRet(b: bytearray, v: ConnectListNwfiltersRet) -> No
     b += _U32.pack(t1315)
     for t1316 in t1314:
         t1317 = t1316.encode('utf-8', 'surrogateescape')
+        if b'\0' in t1317: raise XdrError('ConnectListNwfiltersRet.names[]: contains a NUL character (libvirt strings end at one)')
         t1318 = len(t1317)
         if t1318 > 4194304: raise XdrError(f'ConnectListNwfiltersRet.names[]: {t1318} bytes exceed the limit of 4194304')
         b += _U32.pack(t1318)
@@ -8194,6 +8309,7 @@ class NwfilterLookupByNameArgs(Record):
 
 def _enc_NwfilterLookupByNameArgs(b: bytearray, v: NwfilterLookupByNameArgs) -> None:
     t1327 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1327: raise XdrError('NwfilterLookupByNameArgs.name: contains a NUL character (libvirt strings end at one)')
     t1328 = len(t1327)
     if t1328 > 4194304: raise XdrError(f'NwfilterLookupByNameArgs.name: {t1328} bytes exceed the limit of 4194304')
     b += _U32.pack(t1328)
@@ -8243,6 +8359,7 @@ class NwfilterDefineXmlArgs(Record):
 
 def _enc_NwfilterDefineXmlArgs(b: bytearray, v: NwfilterDefineXmlArgs) -> None:
     t1333 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1333: raise XdrError('NwfilterDefineXmlArgs.xml: contains a NUL character (libvirt strings end at one)')
     t1334 = len(t1333)
     if t1334 > 4194304: raise XdrError(f'NwfilterDefineXmlArgs.xml: {t1334} bytes exceed the limit of 4194304')
     b += _U32.pack(t1334)
@@ -8294,6 +8411,7 @@ class NwfilterDefineXmlFlagsArgs(Record):
 
 def _enc_NwfilterDefineXmlFlagsArgs(b: bytearray, v: NwfilterDefineXmlFlagsArgs) -> None:
     t1339 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1339: raise XdrError('NwfilterDefineXmlFlagsArgs.xml: contains a NUL character (libvirt strings end at one)')
     t1340 = len(t1339)
     if t1340 > 4194304: raise XdrError(f'NwfilterDefineXmlFlagsArgs.xml: {t1340} bytes exceed the limit of 4194304')
     b += _U32.pack(t1340)
@@ -8389,6 +8507,7 @@ class NwfilterGetXmlDescRet(Record):
 
 def _enc_NwfilterGetXmlDescRet(b: bytearray, v: NwfilterGetXmlDescRet) -> None:
     t1349 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1349: raise XdrError('NwfilterGetXmlDescRet.xml: contains a NUL character (libvirt strings end at one)')
     t1350 = len(t1349)
     if t1350 > 4194304: raise XdrError(f'NwfilterGetXmlDescRet.xml: {t1350} bytes exceed the limit of 4194304')
     b += _U32.pack(t1350)
@@ -8464,6 +8583,7 @@ def _enc_ConnectListInterfacesRet(b: bytearray, v: ConnectListInterfacesRet) -> 
     b += _U32.pack(t1357)
     for t1358 in t1356:
         t1359 = t1358.encode('utf-8', 'surrogateescape')
+        if b'\0' in t1359: raise XdrError('ConnectListInterfacesRet.names[]: contains a NUL character (libvirt strings end at one)')
         t1360 = len(t1359)
         if t1360 > 4194304: raise XdrError(f'ConnectListInterfacesRet.names[]: {t1360} bytes exceed the limit of 4194304')
         b += _U32.pack(t1360)
@@ -8546,6 +8666,7 @@ def _enc_ConnectListDefinedInterfacesRet(b: bytearray, v: ConnectListDefinedInte
     b += _U32.pack(t1370)
     for t1371 in t1369:
         t1372 = t1371.encode('utf-8', 'surrogateescape')
+        if b'\0' in t1372: raise XdrError('ConnectListDefinedInterfacesRet.names[]: contains a NUL character (libvirt strings end at one)')
         t1373 = len(t1372)
         if t1373 > 4194304: raise XdrError(f'ConnectListDefinedInterfacesRet.names[]: {t1373} bytes exceed the limit of 4194304')
         b += _U32.pack(t1373)
@@ -8583,6 +8704,7 @@ class InterfaceLookupByNameArgs(Record):
 
 def _enc_InterfaceLookupByNameArgs(b: bytearray, v: InterfaceLookupByNameArgs) -> None:
     t1380 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1380: raise XdrError('InterfaceLookupByNameArgs.name: contains a NUL character (libvirt strings end at one)')
     t1381 = len(t1380)
     if t1381 > 4194304: raise XdrError(f'InterfaceLookupByNameArgs.name: {t1381} bytes exceed the limit of 4194304')
     b += _U32.pack(t1381)
@@ -8632,6 +8754,7 @@ class InterfaceLookupByMacStringArgs(Record):
 
 def _enc_InterfaceLookupByMacStringArgs(b: bytearray, v: InterfaceLookupByMacStringArgs) -> None:
     t1386 = v.mac.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1386: raise XdrError('InterfaceLookupByMacStringArgs.mac: contains a NUL character (libvirt strings end at one)')
     t1387 = len(t1386)
     if t1387 > 4194304: raise XdrError(f'InterfaceLookupByMacStringArgs.mac: {t1387} bytes exceed the limit of 4194304')
     b += _U32.pack(t1387)
@@ -8705,6 +8828,7 @@ class InterfaceGetXmlDescRet(Record):
 
 def _enc_InterfaceGetXmlDescRet(b: bytearray, v: InterfaceGetXmlDescRet) -> None:
     t1394 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1394: raise XdrError('InterfaceGetXmlDescRet.xml: contains a NUL character (libvirt strings end at one)')
     t1395 = len(t1394)
     if t1395 > 4194304: raise XdrError(f'InterfaceGetXmlDescRet.xml: {t1395} bytes exceed the limit of 4194304')
     b += _U32.pack(t1395)
@@ -8737,6 +8861,7 @@ class InterfaceDefineXmlArgs(Record):
 
 def _enc_InterfaceDefineXmlArgs(b: bytearray, v: InterfaceDefineXmlArgs) -> None:
     t1399 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1399: raise XdrError('InterfaceDefineXmlArgs.xml: contains a NUL character (libvirt strings end at one)')
     t1400 = len(t1399)
     if t1400 > 4194304: raise XdrError(f'InterfaceDefineXmlArgs.xml: {t1400} bytes exceed the limit of 4194304')
     b += _U32.pack(t1400)
@@ -8943,6 +9068,7 @@ class AuthSaslInitRet(Record):
 
 def _enc_AuthSaslInitRet(b: bytearray, v: AuthSaslInitRet) -> None:
     t1418 = v.mechlist.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1418: raise XdrError('AuthSaslInitRet.mechlist: contains a NUL character (libvirt strings end at one)')
     t1419 = len(t1418)
     if t1419 > 4194304: raise XdrError(f'AuthSaslInitRet.mechlist: {t1419} bytes exceed the limit of 4194304')
     b += _U32.pack(t1419)
@@ -8977,6 +9103,7 @@ class AuthSaslStartArgs(Record):
 
 def _enc_AuthSaslStartArgs(b: bytearray, v: AuthSaslStartArgs) -> None:
     t1423 = v.mech.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1423: raise XdrError('AuthSaslStartArgs.mech: contains a NUL character (libvirt strings end at one)')
     t1424 = len(t1423)
     if t1424 > 4194304: raise XdrError(f'AuthSaslStartArgs.mech: {t1424} bytes exceed the limit of 4194304')
     b += _U32.pack(t1424)
@@ -9185,6 +9312,7 @@ def _enc_ConnectListStoragePoolsRet(b: bytearray, v: ConnectListStoragePoolsRet)
     b += _U32.pack(t1454)
     for t1455 in t1453:
         t1456 = t1455.encode('utf-8', 'surrogateescape')
+        if b'\0' in t1456: raise XdrError('ConnectListStoragePoolsRet.names[]: contains a NUL character (libvirt strings end at one)')
         t1457 = len(t1456)
         if t1457 > 4194304: raise XdrError(f'ConnectListStoragePoolsRet.names[]: {t1457} bytes exceed the limit of 4194304')
         b += _U32.pack(t1457)
@@ -9267,6 +9395,7 @@ def _enc_ConnectListDefinedStoragePoolsRet(b: bytearray, v: ConnectListDefinedSt
     b += _U32.pack(t1467)
     for t1468 in t1466:
         t1469 = t1468.encode('utf-8', 'surrogateescape')
+        if b'\0' in t1469: raise XdrError('ConnectListDefinedStoragePoolsRet.names[]: contains a NUL character (libvirt strings end at one)')
         t1470 = len(t1469)
         if t1470 > 4194304: raise XdrError(f'ConnectListDefinedStoragePoolsRet.names[]: {t1470} bytes exceed the limit of 4194304')
         b += _U32.pack(t1470)
@@ -9308,6 +9437,7 @@ class ConnectFindStoragePoolSourcesArgs(Record):
 
 def _enc_ConnectFindStoragePoolSourcesArgs(b: bytearray, v: ConnectFindStoragePoolSourcesArgs) -> None:
     t1477 = v.type.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1477: raise XdrError('ConnectFindStoragePoolSourcesArgs.type: contains a NUL character (libvirt strings end at one)')
     t1478 = len(t1477)
     if t1478 > 4194304: raise XdrError(f'ConnectFindStoragePoolSourcesArgs.type: {t1478} bytes exceed the limit of 4194304')
     b += _U32.pack(t1478)
@@ -9319,6 +9449,7 @@ def _enc_ConnectFindStoragePoolSourcesArgs(b: bytearray, v: ConnectFindStoragePo
     else:
         b += _TRUE
         t1480 = t1479.encode('utf-8', 'surrogateescape')
+        if b'\0' in t1480: raise XdrError('ConnectFindStoragePoolSourcesArgs.srcSpec: contains a NUL character (libvirt strings end at one)')
         t1481 = len(t1480)
         if t1481 > 4194304: raise XdrError(f'ConnectFindStoragePoolSourcesArgs.srcSpec: {t1481} bytes exceed the limit of 4194304')
         b += _U32.pack(t1481)
@@ -9366,6 +9497,7 @@ class ConnectFindStoragePoolSourcesRet(Record):
 
 def _enc_ConnectFindStoragePoolSourcesRet(b: bytearray, v: ConnectFindStoragePoolSourcesRet) -> None:
     t1490 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1490: raise XdrError('ConnectFindStoragePoolSourcesRet.xml: contains a NUL character (libvirt strings end at one)')
     t1491 = len(t1490)
     if t1491 > 4194304: raise XdrError(f'ConnectFindStoragePoolSourcesRet.xml: {t1491} bytes exceed the limit of 4194304')
     b += _U32.pack(t1491)
@@ -9436,6 +9568,7 @@ class StoragePoolLookupByNameArgs(Record):
 
 def _enc_StoragePoolLookupByNameArgs(b: bytearray, v: StoragePoolLookupByNameArgs) -> None:
     t1497 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1497: raise XdrError('StoragePoolLookupByNameArgs.name: contains a NUL character (libvirt strings end at one)')
     t1498 = len(t1497)
     if t1498 > 4194304: raise XdrError(f'StoragePoolLookupByNameArgs.name: {t1498} bytes exceed the limit of 4194304')
     b += _U32.pack(t1498)
@@ -9523,6 +9656,7 @@ class StoragePoolLookupByTargetPathArgs(Record):
 
 def _enc_StoragePoolLookupByTargetPathArgs(b: bytearray, v: StoragePoolLookupByTargetPathArgs) -> None:
     t1505 = v.path.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1505: raise XdrError('StoragePoolLookupByTargetPathArgs.path: contains a NUL character (libvirt strings end at one)')
     t1506 = len(t1505)
     if t1506 > 4194304: raise XdrError(f'StoragePoolLookupByTargetPathArgs.path: {t1506} bytes exceed the limit of 4194304')
     b += _U32.pack(t1506)
@@ -9574,6 +9708,7 @@ class StoragePoolCreateXmlArgs(Record):
 
 def _enc_StoragePoolCreateXmlArgs(b: bytearray, v: StoragePoolCreateXmlArgs) -> None:
     t1511 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1511: raise XdrError('StoragePoolCreateXmlArgs.xml: contains a NUL character (libvirt strings end at one)')
     t1512 = len(t1511)
     if t1512 > 4194304: raise XdrError(f'StoragePoolCreateXmlArgs.xml: {t1512} bytes exceed the limit of 4194304')
     b += _U32.pack(t1512)
@@ -9628,6 +9763,7 @@ class StoragePoolDefineXmlArgs(Record):
 
 def _enc_StoragePoolDefineXmlArgs(b: bytearray, v: StoragePoolDefineXmlArgs) -> None:
     t1518 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1518: raise XdrError('StoragePoolDefineXmlArgs.xml: contains a NUL character (libvirt strings end at one)')
     t1519 = len(t1518)
     if t1519 > 4194304: raise XdrError(f'StoragePoolDefineXmlArgs.xml: {t1519} bytes exceed the limit of 4194304')
     b += _U32.pack(t1519)
@@ -9838,6 +9974,7 @@ class StoragePoolGetXmlDescRet(Record):
 
 def _enc_StoragePoolGetXmlDescRet(b: bytearray, v: StoragePoolGetXmlDescRet) -> None:
     t1537 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1537: raise XdrError('StoragePoolGetXmlDescRet.xml: contains a NUL character (libvirt strings end at one)')
     t1538 = len(t1537)
     if t1538 > 4194304: raise XdrError(f'StoragePoolGetXmlDescRet.xml: {t1538} bytes exceed the limit of 4194304')
     b += _U32.pack(t1538)
@@ -10044,6 +10181,7 @@ def _enc_StoragePoolListVolumesRet(b: bytearray, v: StoragePoolListVolumesRet) -
     b += _U32.pack(t1556)
     for t1557 in t1555:
         t1558 = t1557.encode('utf-8', 'surrogateescape')
+        if b'\0' in t1558: raise XdrError('StoragePoolListVolumesRet.names[]: contains a NUL character (libvirt strings end at one)')
         t1559 = len(t1558)
         if t1559 > 4194304: raise XdrError(f'StoragePoolListVolumesRet.names[]: {t1559} bytes exceed the limit of 4194304')
         b += _U32.pack(t1559)
@@ -10084,6 +10222,7 @@ class StorageVolLookupByNameArgs(Record):
 def _enc_StorageVolLookupByNameArgs(b: bytearray, v: StorageVolLookupByNameArgs) -> None:
     _enc_NonnullStoragePool(b, v.pool)
     t1566 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1566: raise XdrError('StorageVolLookupByNameArgs.name: contains a NUL character (libvirt strings end at one)')
     t1567 = len(t1566)
     if t1567 > 4194304: raise XdrError(f'StorageVolLookupByNameArgs.name: {t1567} bytes exceed the limit of 4194304')
     b += _U32.pack(t1567)
@@ -10134,6 +10273,7 @@ class StorageVolLookupByKeyArgs(Record):
 
 def _enc_StorageVolLookupByKeyArgs(b: bytearray, v: StorageVolLookupByKeyArgs) -> None:
     t1573 = v.key.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1573: raise XdrError('StorageVolLookupByKeyArgs.key: contains a NUL character (libvirt strings end at one)')
     t1574 = len(t1573)
     if t1574 > 4194304: raise XdrError(f'StorageVolLookupByKeyArgs.key: {t1574} bytes exceed the limit of 4194304')
     b += _U32.pack(t1574)
@@ -10183,6 +10323,7 @@ class StorageVolLookupByPathArgs(Record):
 
 def _enc_StorageVolLookupByPathArgs(b: bytearray, v: StorageVolLookupByPathArgs) -> None:
     t1579 = v.path.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1579: raise XdrError('StorageVolLookupByPathArgs.path: contains a NUL character (libvirt strings end at one)')
     t1580 = len(t1579)
     if t1580 > 4194304: raise XdrError(f'StorageVolLookupByPathArgs.path: {t1580} bytes exceed the limit of 4194304')
     b += _U32.pack(t1580)
@@ -10237,6 +10378,7 @@ class StorageVolCreateXmlArgs(Record):
 def _enc_StorageVolCreateXmlArgs(b: bytearray, v: StorageVolCreateXmlArgs) -> None:
     _enc_NonnullStoragePool(b, v.pool)
     t1585 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1585: raise XdrError('StorageVolCreateXmlArgs.xml: contains a NUL character (libvirt strings end at one)')
     t1586 = len(t1585)
     if t1586 > 4194304: raise XdrError(f'StorageVolCreateXmlArgs.xml: {t1586} bytes exceed the limit of 4194304')
     b += _U32.pack(t1586)
@@ -10297,6 +10439,7 @@ class StorageVolCreateXmlFromArgs(Record):
 def _enc_StorageVolCreateXmlFromArgs(b: bytearray, v: StorageVolCreateXmlFromArgs) -> None:
     _enc_NonnullStoragePool(b, v.pool)
     t1593 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1593: raise XdrError('StorageVolCreateXmlFromArgs.xml: contains a NUL character (libvirt strings end at one)')
     t1594 = len(t1593)
     if t1594 > 4194304: raise XdrError(f'StorageVolCreateXmlFromArgs.xml: {t1594} bytes exceed the limit of 4194304')
     b += _U32.pack(t1594)
@@ -10450,6 +10593,7 @@ class StorageVolGetXmlDescRet(Record):
 
 def _enc_StorageVolGetXmlDescRet(b: bytearray, v: StorageVolGetXmlDescRet) -> None:
     t1611 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1611: raise XdrError('StorageVolGetXmlDescRet.xml: contains a NUL character (libvirt strings end at one)')
     t1612 = len(t1611)
     if t1612 > 4194304: raise XdrError(f'StorageVolGetXmlDescRet.xml: {t1612} bytes exceed the limit of 4194304')
     b += _U32.pack(t1612)
@@ -10590,6 +10734,7 @@ class StorageVolGetPathRet(Record):
 
 def _enc_StorageVolGetPathRet(b: bytearray, v: StorageVolGetPathRet) -> None:
     t1626 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1626: raise XdrError('StorageVolGetPathRet.name: contains a NUL character (libvirt strings end at one)')
     t1627 = len(t1626)
     if t1627 > 4194304: raise XdrError(f'StorageVolGetPathRet.name: {t1627} bytes exceed the limit of 4194304')
     b += _U32.pack(t1627)
@@ -10653,6 +10798,7 @@ def _enc_NodeNumOfDevicesArgs(b: bytearray, v: NodeNumOfDevicesArgs) -> None:
     else:
         b += _TRUE
         t1635 = t1634.encode('utf-8', 'surrogateescape')
+        if b'\0' in t1635: raise XdrError('NodeNumOfDevicesArgs.cap: contains a NUL character (libvirt strings end at one)')
         t1636 = len(t1635)
         if t1636 > 4194304: raise XdrError(f'NodeNumOfDevicesArgs.cap: {t1636} bytes exceed the limit of 4194304')
         b += _U32.pack(t1636)
@@ -10722,6 +10868,7 @@ def _enc_NodeListDevicesArgs(b: bytearray, v: NodeListDevicesArgs) -> None:
     else:
         b += _TRUE
         t1644 = t1643.encode('utf-8', 'surrogateescape')
+        if b'\0' in t1644: raise XdrError('NodeListDevicesArgs.cap: contains a NUL character (libvirt strings end at one)')
         t1645 = len(t1644)
         if t1645 > 4194304: raise XdrError(f'NodeListDevicesArgs.cap: {t1645} bytes exceed the limit of 4194304')
         b += _U32.pack(t1645)
@@ -10767,6 +10914,7 @@ def _enc_NodeListDevicesRet(b: bytearray, v: NodeListDevicesRet) -> None:
     b += _U32.pack(t1653)
     for t1654 in t1652:
         t1655 = t1654.encode('utf-8', 'surrogateescape')
+        if b'\0' in t1655: raise XdrError('NodeListDevicesRet.names[]: contains a NUL character (libvirt strings end at one)')
         t1656 = len(t1655)
         if t1656 > 4194304: raise XdrError(f'NodeListDevicesRet.names[]: {t1656} bytes exceed the limit of 4194304')
         b += _U32.pack(t1656)
@@ -10804,6 +10952,7 @@ class NodeDeviceLookupByNameArgs(Record):
 
 def _enc_NodeDeviceLookupByNameArgs(b: bytearray, v: NodeDeviceLookupByNameArgs) -> None:
     t1663 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1663: raise XdrError('NodeDeviceLookupByNameArgs.name: contains a NUL character (libvirt strings end at one)')
     t1664 = len(t1663)
     if t1664 > 4194304: raise XdrError(f'NodeDeviceLookupByNameArgs.name: {t1664} bytes exceed the limit of 4194304')
     b += _U32.pack(t1664)
@@ -10857,12 +11006,14 @@ class NodeDeviceLookupScsiHostByWwnArgs(Record):
 
 def _enc_NodeDeviceLookupScsiHostByWwnArgs(b: bytearray, v: NodeDeviceLookupScsiHostByWwnArgs) -> None:
     t1669 = v.wwnn.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1669: raise XdrError('NodeDeviceLookupScsiHostByWwnArgs.wwnn: contains a NUL character (libvirt strings end at one)')
     t1670 = len(t1669)
     if t1670 > 4194304: raise XdrError(f'NodeDeviceLookupScsiHostByWwnArgs.wwnn: {t1670} bytes exceed the limit of 4194304')
     b += _U32.pack(t1670)
     b += t1669
     b += _PAD[t1670 & 3]
     t1671 = v.wwpn.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1671: raise XdrError('NodeDeviceLookupScsiHostByWwnArgs.wwpn: contains a NUL character (libvirt strings end at one)')
     t1672 = len(t1671)
     if t1672 > 4194304: raise XdrError(f'NodeDeviceLookupScsiHostByWwnArgs.wwpn: {t1672} bytes exceed the limit of 4194304')
     b += _U32.pack(t1672)
@@ -10924,6 +11075,7 @@ class NodeDeviceGetXmlDescArgs(Record):
 
 def _enc_NodeDeviceGetXmlDescArgs(b: bytearray, v: NodeDeviceGetXmlDescArgs) -> None:
     t1681 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1681: raise XdrError('NodeDeviceGetXmlDescArgs.name: contains a NUL character (libvirt strings end at one)')
     t1682 = len(t1681)
     if t1682 > 4194304: raise XdrError(f'NodeDeviceGetXmlDescArgs.name: {t1682} bytes exceed the limit of 4194304')
     b += _U32.pack(t1682)
@@ -10957,6 +11109,7 @@ class NodeDeviceGetXmlDescRet(Record):
 
 def _enc_NodeDeviceGetXmlDescRet(b: bytearray, v: NodeDeviceGetXmlDescRet) -> None:
     t1687 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1687: raise XdrError('NodeDeviceGetXmlDescRet.xml: contains a NUL character (libvirt strings end at one)')
     t1688 = len(t1687)
     if t1688 > 4194304: raise XdrError(f'NodeDeviceGetXmlDescRet.xml: {t1688} bytes exceed the limit of 4194304')
     b += _U32.pack(t1688)
@@ -10987,6 +11140,7 @@ class NodeDeviceGetParentArgs(Record):
 
 def _enc_NodeDeviceGetParentArgs(b: bytearray, v: NodeDeviceGetParentArgs) -> None:
     t1692 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1692: raise XdrError('NodeDeviceGetParentArgs.name: contains a NUL character (libvirt strings end at one)')
     t1693 = len(t1692)
     if t1693 > 4194304: raise XdrError(f'NodeDeviceGetParentArgs.name: {t1693} bytes exceed the limit of 4194304')
     b += _U32.pack(t1693)
@@ -11022,6 +11176,7 @@ def _enc_NodeDeviceGetParentRet(b: bytearray, v: NodeDeviceGetParentRet) -> None
     else:
         b += _TRUE
         t1698 = t1697.encode('utf-8', 'surrogateescape')
+        if b'\0' in t1698: raise XdrError('NodeDeviceGetParentRet.parentName: contains a NUL character (libvirt strings end at one)')
         t1699 = len(t1698)
         if t1699 > 4194304: raise XdrError(f'NodeDeviceGetParentRet.parentName: {t1699} bytes exceed the limit of 4194304')
         b += _U32.pack(t1699)
@@ -11059,6 +11214,7 @@ class NodeDeviceNumOfCapsArgs(Record):
 
 def _enc_NodeDeviceNumOfCapsArgs(b: bytearray, v: NodeDeviceNumOfCapsArgs) -> None:
     t1704 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1704: raise XdrError('NodeDeviceNumOfCapsArgs.name: contains a NUL character (libvirt strings end at one)')
     t1705 = len(t1704)
     if t1705 > 4194304: raise XdrError(f'NodeDeviceNumOfCapsArgs.name: {t1705} bytes exceed the limit of 4194304')
     b += _U32.pack(t1705)
@@ -11111,6 +11267,7 @@ class NodeDeviceListCapsArgs(Record):
 
 def _enc_NodeDeviceListCapsArgs(b: bytearray, v: NodeDeviceListCapsArgs) -> None:
     t1710 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1710: raise XdrError('NodeDeviceListCapsArgs.name: contains a NUL character (libvirt strings end at one)')
     t1711 = len(t1710)
     if t1711 > 4194304: raise XdrError(f'NodeDeviceListCapsArgs.name: {t1711} bytes exceed the limit of 4194304')
     b += _U32.pack(t1711)
@@ -11149,6 +11306,7 @@ def _enc_NodeDeviceListCapsRet(b: bytearray, v: NodeDeviceListCapsRet) -> None:
     b += _U32.pack(t1717)
     for t1718 in t1716:
         t1719 = t1718.encode('utf-8', 'surrogateescape')
+        if b'\0' in t1719: raise XdrError('NodeDeviceListCapsRet.names[]: contains a NUL character (libvirt strings end at one)')
         t1720 = len(t1719)
         if t1720 > 4194304: raise XdrError(f'NodeDeviceListCapsRet.names[]: {t1720} bytes exceed the limit of 4194304')
         b += _U32.pack(t1720)
@@ -11186,6 +11344,7 @@ class NodeDeviceDettachArgs(Record):
 
 def _enc_NodeDeviceDettachArgs(b: bytearray, v: NodeDeviceDettachArgs) -> None:
     t1727 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1727: raise XdrError('NodeDeviceDettachArgs.name: contains a NUL character (libvirt strings end at one)')
     t1728 = len(t1727)
     if t1728 > 4194304: raise XdrError(f'NodeDeviceDettachArgs.name: {t1728} bytes exceed the limit of 4194304')
     b += _U32.pack(t1728)
@@ -11220,6 +11379,7 @@ class NodeDeviceDetachFlagsArgs(Record):
 
 def _enc_NodeDeviceDetachFlagsArgs(b: bytearray, v: NodeDeviceDetachFlagsArgs) -> None:
     t1732 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1732: raise XdrError('NodeDeviceDetachFlagsArgs.name: contains a NUL character (libvirt strings end at one)')
     t1733 = len(t1732)
     if t1733 > 4194304: raise XdrError(f'NodeDeviceDetachFlagsArgs.name: {t1733} bytes exceed the limit of 4194304')
     b += _U32.pack(t1733)
@@ -11231,6 +11391,7 @@ def _enc_NodeDeviceDetachFlagsArgs(b: bytearray, v: NodeDeviceDetachFlagsArgs) -
     else:
         b += _TRUE
         t1735 = t1734.encode('utf-8', 'surrogateescape')
+        if b'\0' in t1735: raise XdrError('NodeDeviceDetachFlagsArgs.driverName: contains a NUL character (libvirt strings end at one)')
         t1736 = len(t1735)
         if t1736 > 4194304: raise XdrError(f'NodeDeviceDetachFlagsArgs.driverName: {t1736} bytes exceed the limit of 4194304')
         b += _U32.pack(t1736)
@@ -11278,6 +11439,7 @@ class NodeDeviceReAttachArgs(Record):
 
 def _enc_NodeDeviceReAttachArgs(b: bytearray, v: NodeDeviceReAttachArgs) -> None:
     t1745 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1745: raise XdrError('NodeDeviceReAttachArgs.name: contains a NUL character (libvirt strings end at one)')
     t1746 = len(t1745)
     if t1746 > 4194304: raise XdrError(f'NodeDeviceReAttachArgs.name: {t1746} bytes exceed the limit of 4194304')
     b += _U32.pack(t1746)
@@ -11308,6 +11470,7 @@ class NodeDeviceResetArgs(Record):
 
 def _enc_NodeDeviceResetArgs(b: bytearray, v: NodeDeviceResetArgs) -> None:
     t1750 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1750: raise XdrError('NodeDeviceResetArgs.name: contains a NUL character (libvirt strings end at one)')
     t1751 = len(t1750)
     if t1751 > 4194304: raise XdrError(f'NodeDeviceResetArgs.name: {t1751} bytes exceed the limit of 4194304')
     b += _U32.pack(t1751)
@@ -11340,6 +11503,7 @@ class NodeDeviceCreateXmlArgs(Record):
 
 def _enc_NodeDeviceCreateXmlArgs(b: bytearray, v: NodeDeviceCreateXmlArgs) -> None:
     t1755 = v.xml_desc.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1755: raise XdrError('NodeDeviceCreateXmlArgs.xml_desc: contains a NUL character (libvirt strings end at one)')
     t1756 = len(t1755)
     if t1756 > 4194304: raise XdrError(f'NodeDeviceCreateXmlArgs.xml_desc: {t1756} bytes exceed the limit of 4194304')
     b += _U32.pack(t1756)
@@ -11392,6 +11556,7 @@ class NodeDeviceDestroyArgs(Record):
 
 def _enc_NodeDeviceDestroyArgs(b: bytearray, v: NodeDeviceDestroyArgs) -> None:
     t1762 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1762: raise XdrError('NodeDeviceDestroyArgs.name: contains a NUL character (libvirt strings end at one)')
     t1763 = len(t1762)
     if t1763 > 4194304: raise XdrError(f'NodeDeviceDestroyArgs.name: {t1763} bytes exceed the limit of 4194304')
     b += _U32.pack(t1763)
@@ -11424,6 +11589,7 @@ class NodeDeviceDefineXmlArgs(Record):
 
 def _enc_NodeDeviceDefineXmlArgs(b: bytearray, v: NodeDeviceDefineXmlArgs) -> None:
     t1767 = v.xml_desc.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1767: raise XdrError('NodeDeviceDefineXmlArgs.xml_desc: contains a NUL character (libvirt strings end at one)')
     t1768 = len(t1767)
     if t1768 > 4194304: raise XdrError(f'NodeDeviceDefineXmlArgs.xml_desc: {t1768} bytes exceed the limit of 4194304')
     b += _U32.pack(t1768)
@@ -11478,6 +11644,7 @@ class NodeDeviceUndefineArgs(Record):
 
 def _enc_NodeDeviceUndefineArgs(b: bytearray, v: NodeDeviceUndefineArgs) -> None:
     t1774 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1774: raise XdrError('NodeDeviceUndefineArgs.name: contains a NUL character (libvirt strings end at one)')
     t1775 = len(t1774)
     if t1775 > 4194304: raise XdrError(f'NodeDeviceUndefineArgs.name: {t1775} bytes exceed the limit of 4194304')
     b += _U32.pack(t1775)
@@ -11513,6 +11680,7 @@ class NodeDeviceCreateArgs(Record):
 
 def _enc_NodeDeviceCreateArgs(b: bytearray, v: NodeDeviceCreateArgs) -> None:
     t1780 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1780: raise XdrError('NodeDeviceCreateArgs.name: contains a NUL character (libvirt strings end at one)')
     t1781 = len(t1780)
     if t1781 > 4194304: raise XdrError(f'NodeDeviceCreateArgs.name: {t1781} bytes exceed the limit of 4194304')
     b += _U32.pack(t1781)
@@ -11546,6 +11714,7 @@ class NodeDeviceGetAutostartArgs(Record):
 
 def _enc_NodeDeviceGetAutostartArgs(b: bytearray, v: NodeDeviceGetAutostartArgs) -> None:
     t1786 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1786: raise XdrError('NodeDeviceGetAutostartArgs.name: contains a NUL character (libvirt strings end at one)')
     t1787 = len(t1786)
     if t1787 > 4194304: raise XdrError(f'NodeDeviceGetAutostartArgs.name: {t1787} bytes exceed the limit of 4194304')
     b += _U32.pack(t1787)
@@ -11598,6 +11767,7 @@ class NodeDeviceSetAutostartArgs(Record):
 
 def _enc_NodeDeviceSetAutostartArgs(b: bytearray, v: NodeDeviceSetAutostartArgs) -> None:
     t1792 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1792: raise XdrError('NodeDeviceSetAutostartArgs.name: contains a NUL character (libvirt strings end at one)')
     t1793 = len(t1792)
     if t1793 > 4194304: raise XdrError(f'NodeDeviceSetAutostartArgs.name: {t1793} bytes exceed the limit of 4194304')
     b += _U32.pack(t1793)
@@ -11631,6 +11801,7 @@ class NodeDeviceIsPersistentArgs(Record):
 
 def _enc_NodeDeviceIsPersistentArgs(b: bytearray, v: NodeDeviceIsPersistentArgs) -> None:
     t1798 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1798: raise XdrError('NodeDeviceIsPersistentArgs.name: contains a NUL character (libvirt strings end at one)')
     t1799 = len(t1798)
     if t1799 > 4194304: raise XdrError(f'NodeDeviceIsPersistentArgs.name: {t1799} bytes exceed the limit of 4194304')
     b += _U32.pack(t1799)
@@ -11681,6 +11852,7 @@ class NodeDeviceIsActiveArgs(Record):
 
 def _enc_NodeDeviceIsActiveArgs(b: bytearray, v: NodeDeviceIsActiveArgs) -> None:
     t1804 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1804: raise XdrError('NodeDeviceIsActiveArgs.name: contains a NUL character (libvirt strings end at one)')
     t1805 = len(t1804)
     if t1805 > 4194304: raise XdrError(f'NodeDeviceIsActiveArgs.name: {t1805} bytes exceed the limit of 4194304')
     b += _U32.pack(t1805)
@@ -11825,12 +11997,14 @@ class ConnectDomainXmlFromNativeArgs(Record):
 
 def _enc_ConnectDomainXmlFromNativeArgs(b: bytearray, v: ConnectDomainXmlFromNativeArgs) -> None:
     t1817 = v.nativeFormat.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1817: raise XdrError('ConnectDomainXmlFromNativeArgs.nativeFormat: contains a NUL character (libvirt strings end at one)')
     t1818 = len(t1817)
     if t1818 > 4194304: raise XdrError(f'ConnectDomainXmlFromNativeArgs.nativeFormat: {t1818} bytes exceed the limit of 4194304')
     b += _U32.pack(t1818)
     b += t1817
     b += _PAD[t1818 & 3]
     t1819 = v.nativeConfig.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1819: raise XdrError('ConnectDomainXmlFromNativeArgs.nativeConfig: contains a NUL character (libvirt strings end at one)')
     t1820 = len(t1819)
     if t1820 > 4194304: raise XdrError(f'ConnectDomainXmlFromNativeArgs.nativeConfig: {t1820} bytes exceed the limit of 4194304')
     b += _U32.pack(t1820)
@@ -11871,6 +12045,7 @@ class ConnectDomainXmlFromNativeRet(Record):
 
 def _enc_ConnectDomainXmlFromNativeRet(b: bytearray, v: ConnectDomainXmlFromNativeRet) -> None:
     t1828 = v.domainXml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1828: raise XdrError('ConnectDomainXmlFromNativeRet.domainXml: contains a NUL character (libvirt strings end at one)')
     t1829 = len(t1828)
     if t1829 > 4194304: raise XdrError(f'ConnectDomainXmlFromNativeRet.domainXml: {t1829} bytes exceed the limit of 4194304')
     b += _U32.pack(t1829)
@@ -11905,12 +12080,14 @@ class ConnectDomainXmlToNativeArgs(Record):
 
 def _enc_ConnectDomainXmlToNativeArgs(b: bytearray, v: ConnectDomainXmlToNativeArgs) -> None:
     t1833 = v.nativeFormat.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1833: raise XdrError('ConnectDomainXmlToNativeArgs.nativeFormat: contains a NUL character (libvirt strings end at one)')
     t1834 = len(t1833)
     if t1834 > 4194304: raise XdrError(f'ConnectDomainXmlToNativeArgs.nativeFormat: {t1834} bytes exceed the limit of 4194304')
     b += _U32.pack(t1834)
     b += t1833
     b += _PAD[t1834 & 3]
     t1835 = v.domainXml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1835: raise XdrError('ConnectDomainXmlToNativeArgs.domainXml: contains a NUL character (libvirt strings end at one)')
     t1836 = len(t1835)
     if t1836 > 4194304: raise XdrError(f'ConnectDomainXmlToNativeArgs.domainXml: {t1836} bytes exceed the limit of 4194304')
     b += _U32.pack(t1836)
@@ -11951,6 +12128,7 @@ class ConnectDomainXmlToNativeRet(Record):
 
 def _enc_ConnectDomainXmlToNativeRet(b: bytearray, v: ConnectDomainXmlToNativeRet) -> None:
     t1844 = v.nativeConfig.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1844: raise XdrError('ConnectDomainXmlToNativeRet.nativeConfig: contains a NUL character (libvirt strings end at one)')
     t1845 = len(t1844)
     if t1845 > 4194304: raise XdrError(f'ConnectDomainXmlToNativeRet.nativeConfig: {t1845} bytes exceed the limit of 4194304')
     b += _U32.pack(t1845)
@@ -12026,6 +12204,7 @@ def _enc_ConnectListSecretsRet(b: bytearray, v: ConnectListSecretsRet) -> None:
     b += _U32.pack(t1852)
     for t1853 in t1851:
         t1854 = t1853.encode('utf-8', 'surrogateescape')
+        if b'\0' in t1854: raise XdrError('ConnectListSecretsRet.uuids[]: contains a NUL character (libvirt strings end at one)')
         t1855 = len(t1854)
         if t1855 > 4194304: raise XdrError(f'ConnectListSecretsRet.uuids[]: {t1855} bytes exceed the limit of 4194304')
         b += _U32.pack(t1855)
@@ -12105,6 +12284,7 @@ class SecretDefineXmlArgs(Record):
 
 def _enc_SecretDefineXmlArgs(b: bytearray, v: SecretDefineXmlArgs) -> None:
     t1864 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1864: raise XdrError('SecretDefineXmlArgs.xml: contains a NUL character (libvirt strings end at one)')
     t1865 = len(t1864)
     if t1865 > 4194304: raise XdrError(f'SecretDefineXmlArgs.xml: {t1865} bytes exceed the limit of 4194304')
     b += _U32.pack(t1865)
@@ -12181,6 +12361,7 @@ class SecretGetXmlDescRet(Record):
 
 def _enc_SecretGetXmlDescRet(b: bytearray, v: SecretGetXmlDescRet) -> None:
     t1873 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1873: raise XdrError('SecretGetXmlDescRet.xml: contains a NUL character (libvirt strings end at one)')
     t1874 = len(t1873)
     if t1874 > 4194304: raise XdrError(f'SecretGetXmlDescRet.xml: {t1874} bytes exceed the limit of 4194304')
     b += _U32.pack(t1874)
@@ -12326,6 +12507,7 @@ class SecretLookupByUsageArgs(Record):
 def _enc_SecretLookupByUsageArgs(b: bytearray, v: SecretLookupByUsageArgs) -> None:
     b += _S3.pack(v.usageType)
     t1893 = v.usageID.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1893: raise XdrError('SecretLookupByUsageArgs.usageID: contains a NUL character (libvirt strings end at one)')
     t1894 = len(t1893)
     if t1894 > 4194304: raise XdrError(f'SecretLookupByUsageArgs.usageID: {t1894} bytes exceed the limit of 4194304')
     b += _U32.pack(t1894)
@@ -12389,6 +12571,7 @@ def _enc_DomainMigratePrepareTunnelArgs(b: bytearray, v: DomainMigratePrepareTun
     else:
         b += _TRUE
         t1901 = t1900.encode('utf-8', 'surrogateescape')
+        if b'\0' in t1901: raise XdrError('DomainMigratePrepareTunnelArgs.dname: contains a NUL character (libvirt strings end at one)')
         t1902 = len(t1901)
         if t1902 > 4194304: raise XdrError(f'DomainMigratePrepareTunnelArgs.dname: {t1902} bytes exceed the limit of 4194304')
         b += _U32.pack(t1902)
@@ -12396,6 +12579,7 @@ def _enc_DomainMigratePrepareTunnelArgs(b: bytearray, v: DomainMigratePrepareTun
         b += _PAD[t1902 & 3]
     b += _S7.pack(v.resource)
     t1903 = v.dom_xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1903: raise XdrError('DomainMigratePrepareTunnelArgs.dom_xml: contains a NUL character (libvirt strings end at one)')
     t1904 = len(t1903)
     if t1904 > 4194304: raise XdrError(f'DomainMigratePrepareTunnelArgs.dom_xml: {t1904} bytes exceed the limit of 4194304')
     b += _U32.pack(t1904)
@@ -12778,6 +12962,7 @@ class ConnectCompareCpuArgs(Record):
 
 def _enc_ConnectCompareCpuArgs(b: bytearray, v: ConnectCompareCpuArgs) -> None:
     t1931 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1931: raise XdrError('ConnectCompareCpuArgs.xml: contains a NUL character (libvirt strings end at one)')
     t1932 = len(t1931)
     if t1932 > 4194304: raise XdrError(f'ConnectCompareCpuArgs.xml: {t1932} bytes exceed the limit of 4194304')
     b += _U32.pack(t1932)
@@ -12838,6 +13023,7 @@ def _enc_ConnectBaselineCpuArgs(b: bytearray, v: ConnectBaselineCpuArgs) -> None
     b += _U32.pack(t1939)
     for t1940 in t1938:
         t1941 = t1940.encode('utf-8', 'surrogateescape')
+        if b'\0' in t1941: raise XdrError('ConnectBaselineCpuArgs.xmlCPUs[]: contains a NUL character (libvirt strings end at one)')
         t1942 = len(t1941)
         if t1942 > 4194304: raise XdrError(f'ConnectBaselineCpuArgs.xmlCPUs[]: {t1942} bytes exceed the limit of 4194304')
         b += _U32.pack(t1942)
@@ -12878,6 +13064,7 @@ class ConnectBaselineCpuRet(Record):
 
 def _enc_ConnectBaselineCpuRet(b: bytearray, v: ConnectBaselineCpuRet) -> None:
     t1950 = v.cpu.encode('utf-8', 'surrogateescape')
+    if b'\0' in t1950: raise XdrError('ConnectBaselineCpuRet.cpu: contains a NUL character (libvirt strings end at one)')
     t1951 = len(t1950)
     if t1951 > 4194304: raise XdrError(f'ConnectBaselineCpuRet.cpu: {t1951} bytes exceed the limit of 4194304')
     b += _U32.pack(t1951)
@@ -13544,12 +13731,14 @@ class DomainEventIoErrorMsg(Record):
 def _enc_DomainEventIoErrorMsg(b: bytearray, v: DomainEventIoErrorMsg) -> None:
     _enc_NonnullDomain(b, v.dom)
     t2018 = v.srcPath.encode('utf-8', 'surrogateescape')
+    if b'\0' in t2018: raise XdrError('DomainEventIoErrorMsg.srcPath: contains a NUL character (libvirt strings end at one)')
     t2019 = len(t2018)
     if t2019 > 4194304: raise XdrError(f'DomainEventIoErrorMsg.srcPath: {t2019} bytes exceed the limit of 4194304')
     b += _U32.pack(t2019)
     b += t2018
     b += _PAD[t2019 & 3]
     t2020 = v.devAlias.encode('utf-8', 'surrogateescape')
+    if b'\0' in t2020: raise XdrError('DomainEventIoErrorMsg.devAlias: contains a NUL character (libvirt strings end at one)')
     t2021 = len(t2020)
     if t2021 > 4194304: raise XdrError(f'DomainEventIoErrorMsg.devAlias: {t2021} bytes exceed the limit of 4194304')
     b += _U32.pack(t2021)
@@ -13624,12 +13813,14 @@ class DomainEventIoErrorReasonMsg(Record):
 def _enc_DomainEventIoErrorReasonMsg(b: bytearray, v: DomainEventIoErrorReasonMsg) -> None:
     _enc_NonnullDomain(b, v.dom)
     t2032 = v.srcPath.encode('utf-8', 'surrogateescape')
+    if b'\0' in t2032: raise XdrError('DomainEventIoErrorReasonMsg.srcPath: contains a NUL character (libvirt strings end at one)')
     t2033 = len(t2032)
     if t2033 > 4194304: raise XdrError(f'DomainEventIoErrorReasonMsg.srcPath: {t2033} bytes exceed the limit of 4194304')
     b += _U32.pack(t2033)
     b += t2032
     b += _PAD[t2033 & 3]
     t2034 = v.devAlias.encode('utf-8', 'surrogateescape')
+    if b'\0' in t2034: raise XdrError('DomainEventIoErrorReasonMsg.devAlias: contains a NUL character (libvirt strings end at one)')
     t2035 = len(t2034)
     if t2035 > 4194304: raise XdrError(f'DomainEventIoErrorReasonMsg.devAlias: {t2035} bytes exceed the limit of 4194304')
     b += _U32.pack(t2035)
@@ -13637,6 +13828,7 @@ def _enc_DomainEventIoErrorReasonMsg(b: bytearray, v: DomainEventIoErrorReasonMs
     b += _PAD[t2035 & 3]
     b += _S3.pack(v.action)
     t2036 = v.reason.encode('utf-8', 'surrogateescape')
+    if b'\0' in t2036: raise XdrError('DomainEventIoErrorReasonMsg.reason: contains a NUL character (libvirt strings end at one)')
     t2037 = len(t2036)
     if t2037 > 4194304: raise XdrError(f'DomainEventIoErrorReasonMsg.reason: {t2037} bytes exceed the limit of 4194304')
     b += _U32.pack(t2037)
@@ -13713,12 +13905,14 @@ class DomainEventGraphicsAddress(Record):
 def _enc_DomainEventGraphicsAddress(b: bytearray, v: DomainEventGraphicsAddress) -> None:
     b += _S3.pack(v.family)
     t2051 = v.node.encode('utf-8', 'surrogateescape')
+    if b'\0' in t2051: raise XdrError('DomainEventGraphicsAddress.node: contains a NUL character (libvirt strings end at one)')
     t2052 = len(t2051)
     if t2052 > 4194304: raise XdrError(f'DomainEventGraphicsAddress.node: {t2052} bytes exceed the limit of 4194304')
     b += _U32.pack(t2052)
     b += t2051
     b += _PAD[t2052 & 3]
     t2053 = v.service.encode('utf-8', 'surrogateescape')
+    if b'\0' in t2053: raise XdrError('DomainEventGraphicsAddress.service: contains a NUL character (libvirt strings end at one)')
     t2054 = len(t2053)
     if t2054 > 4194304: raise XdrError(f'DomainEventGraphicsAddress.service: {t2054} bytes exceed the limit of 4194304')
     b += _U32.pack(t2054)
@@ -13760,12 +13954,14 @@ class DomainEventGraphicsIdentity(Record):
 
 def _enc_DomainEventGraphicsIdentity(b: bytearray, v: DomainEventGraphicsIdentity) -> None:
     t2062 = v.type.encode('utf-8', 'surrogateescape')
+    if b'\0' in t2062: raise XdrError('DomainEventGraphicsIdentity.type: contains a NUL character (libvirt strings end at one)')
     t2063 = len(t2062)
     if t2063 > 4194304: raise XdrError(f'DomainEventGraphicsIdentity.type: {t2063} bytes exceed the limit of 4194304')
     b += _U32.pack(t2063)
     b += t2062
     b += _PAD[t2063 & 3]
     t2064 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t2064: raise XdrError('DomainEventGraphicsIdentity.name: contains a NUL character (libvirt strings end at one)')
     t2065 = len(t2064)
     if t2065 > 4194304: raise XdrError(f'DomainEventGraphicsIdentity.name: {t2065} bytes exceed the limit of 4194304')
     b += _U32.pack(t2065)
@@ -13817,6 +14013,7 @@ def _enc_DomainEventGraphicsMsg(b: bytearray, v: DomainEventGraphicsMsg) -> None
     _enc_DomainEventGraphicsAddress(b, v.local)
     _enc_DomainEventGraphicsAddress(b, v.remote)
     t2072 = v.authScheme.encode('utf-8', 'surrogateescape')
+    if b'\0' in t2072: raise XdrError('DomainEventGraphicsMsg.authScheme: contains a NUL character (libvirt strings end at one)')
     t2073 = len(t2072)
     if t2073 > 4194304: raise XdrError(f'DomainEventGraphicsMsg.authScheme: {t2073} bytes exceed the limit of 4194304')
     b += _U32.pack(t2073)
@@ -13897,6 +14094,7 @@ class DomainEventBlockJobMsg(Record):
 def _enc_DomainEventBlockJobMsg(b: bytearray, v: DomainEventBlockJobMsg) -> None:
     _enc_NonnullDomain(b, v.dom)
     t2090 = v.path.encode('utf-8', 'surrogateescape')
+    if b'\0' in t2090: raise XdrError('DomainEventBlockJobMsg.path: contains a NUL character (libvirt strings end at one)')
     t2091 = len(t2090)
     if t2091 > 4194304: raise XdrError(f'DomainEventBlockJobMsg.path: {t2091} bytes exceed the limit of 4194304')
     b += _U32.pack(t2091)
@@ -13969,6 +14167,7 @@ def _enc_DomainEventDiskChangeMsg(b: bytearray, v: DomainEventDiskChangeMsg) -> 
     else:
         b += _TRUE
         t2101 = t2100.encode('utf-8', 'surrogateescape')
+        if b'\0' in t2101: raise XdrError('DomainEventDiskChangeMsg.oldSrcPath: contains a NUL character (libvirt strings end at one)')
         t2102 = len(t2101)
         if t2102 > 4194304: raise XdrError(f'DomainEventDiskChangeMsg.oldSrcPath: {t2102} bytes exceed the limit of 4194304')
         b += _U32.pack(t2102)
@@ -13980,12 +14179,14 @@ def _enc_DomainEventDiskChangeMsg(b: bytearray, v: DomainEventDiskChangeMsg) -> 
     else:
         b += _TRUE
         t2104 = t2103.encode('utf-8', 'surrogateescape')
+        if b'\0' in t2104: raise XdrError('DomainEventDiskChangeMsg.newSrcPath: contains a NUL character (libvirt strings end at one)')
         t2105 = len(t2104)
         if t2105 > 4194304: raise XdrError(f'DomainEventDiskChangeMsg.newSrcPath: {t2105} bytes exceed the limit of 4194304')
         b += _U32.pack(t2105)
         b += t2104
         b += _PAD[t2105 & 3]
     t2106 = v.devAlias.encode('utf-8', 'surrogateescape')
+    if b'\0' in t2106: raise XdrError('DomainEventDiskChangeMsg.devAlias: contains a NUL character (libvirt strings end at one)')
     t2107 = len(t2106)
     if t2107 > 4194304: raise XdrError(f'DomainEventDiskChangeMsg.devAlias: {t2107} bytes exceed the limit of 4194304')
     b += _U32.pack(t2107)
@@ -14077,6 +14278,7 @@ class DomainEventTrayChangeMsg(Record):
 def _enc_DomainEventTrayChangeMsg(b: bytearray, v: DomainEventTrayChangeMsg) -> None:
     _enc_NonnullDomain(b, v.dom)
     t2123 = v.devAlias.encode('utf-8', 'surrogateescape')
+    if b'\0' in t2123: raise XdrError('DomainEventTrayChangeMsg.devAlias: contains a NUL character (libvirt strings end at one)')
     t2124 = len(t2123)
     if t2124 > 4194304: raise XdrError(f'DomainEventTrayChangeMsg.devAlias: {t2124} bytes exceed the limit of 4194304')
     b += _U32.pack(t2124)
@@ -14434,6 +14636,7 @@ class DomainManagedSaveGetXmlDescRet(Record):
 
 def _enc_DomainManagedSaveGetXmlDescRet(b: bytearray, v: DomainManagedSaveGetXmlDescRet) -> None:
     t2157 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t2157: raise XdrError('DomainManagedSaveGetXmlDescRet.xml: contains a NUL character (libvirt strings end at one)')
     t2158 = len(t2157)
     if t2158 > 4194304: raise XdrError(f'DomainManagedSaveGetXmlDescRet.xml: {t2158} bytes exceed the limit of 4194304')
     b += _U32.pack(t2158)
@@ -14474,6 +14677,7 @@ def _enc_DomainManagedSaveDefineXmlArgs(b: bytearray, v: DomainManagedSaveDefine
     else:
         b += _TRUE
         t2163 = t2162.encode('utf-8', 'surrogateescape')
+        if b'\0' in t2163: raise XdrError('DomainManagedSaveDefineXmlArgs.dxml: contains a NUL character (libvirt strings end at one)')
         t2164 = len(t2163)
         if t2164 > 4194304: raise XdrError(f'DomainManagedSaveDefineXmlArgs.dxml: {t2164} bytes exceed the limit of 4194304')
         b += _U32.pack(t2164)
@@ -14520,6 +14724,7 @@ class DomainSnapshotCreateXmlArgs(Record):
 def _enc_DomainSnapshotCreateXmlArgs(b: bytearray, v: DomainSnapshotCreateXmlArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t2171 = v.xml_desc.encode('utf-8', 'surrogateescape')
+    if b'\0' in t2171: raise XdrError('DomainSnapshotCreateXmlArgs.xml_desc: contains a NUL character (libvirt strings end at one)')
     t2172 = len(t2171)
     if t2172 > 4194304: raise XdrError(f'DomainSnapshotCreateXmlArgs.xml_desc: {t2172} bytes exceed the limit of 4194304')
     b += _U32.pack(t2172)
@@ -14597,6 +14802,7 @@ class DomainSnapshotGetXmlDescRet(Record):
 
 def _enc_DomainSnapshotGetXmlDescRet(b: bytearray, v: DomainSnapshotGetXmlDescRet) -> None:
     t2181 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t2181: raise XdrError('DomainSnapshotGetXmlDescRet.xml: contains a NUL character (libvirt strings end at one)')
     t2182 = len(t2181)
     if t2182 > 4194304: raise XdrError(f'DomainSnapshotGetXmlDescRet.xml: {t2182} bytes exceed the limit of 4194304')
     b += _U32.pack(t2182)
@@ -14702,6 +14908,7 @@ def _enc_DomainSnapshotListNamesRet(b: bytearray, v: DomainSnapshotListNamesRet)
     b += _U32.pack(t2193)
     for t2194 in t2192:
         t2195 = t2194.encode('utf-8', 'surrogateescape')
+        if b'\0' in t2195: raise XdrError('DomainSnapshotListNamesRet.names[]: contains a NUL character (libvirt strings end at one)')
         t2196 = len(t2195)
         if t2196 > 4194304: raise XdrError(f'DomainSnapshotListNamesRet.names[]: {t2196} bytes exceed the limit of 4194304')
         b += _U32.pack(t2196)
@@ -14876,6 +15083,7 @@ def _enc_DomainSnapshotListChildrenNamesRet(b: bytearray, v: DomainSnapshotListC
     b += _U32.pack(t2221)
     for t2222 in t2220:
         t2223 = t2222.encode('utf-8', 'surrogateescape')
+        if b'\0' in t2223: raise XdrError('DomainSnapshotListChildrenNamesRet.names[]: contains a NUL character (libvirt strings end at one)')
         t2224 = len(t2223)
         if t2224 > 4194304: raise XdrError(f'DomainSnapshotListChildrenNamesRet.names[]: {t2224} bytes exceed the limit of 4194304')
         b += _U32.pack(t2224)
@@ -14980,6 +15188,7 @@ class DomainSnapshotLookupByNameArgs(Record):
 def _enc_DomainSnapshotLookupByNameArgs(b: bytearray, v: DomainSnapshotLookupByNameArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t2242 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t2242: raise XdrError('DomainSnapshotLookupByNameArgs.name: contains a NUL character (libvirt strings end at one)')
     t2243 = len(t2242)
     if t2243 > 4194304: raise XdrError(f'DomainSnapshotLookupByNameArgs.name: {t2243} bytes exceed the limit of 4194304')
     b += _U32.pack(t2243)
@@ -15309,6 +15518,7 @@ def _enc_DomainOpenConsoleArgs(b: bytearray, v: DomainOpenConsoleArgs) -> None:
     else:
         b += _TRUE
         t2270 = t2269.encode('utf-8', 'surrogateescape')
+        if b'\0' in t2270: raise XdrError('DomainOpenConsoleArgs.dev_name: contains a NUL character (libvirt strings end at one)')
         t2271 = len(t2270)
         if t2271 > 4194304: raise XdrError(f'DomainOpenConsoleArgs.dev_name: {t2271} bytes exceed the limit of 4194304')
         b += _U32.pack(t2271)
@@ -15360,6 +15570,7 @@ def _enc_DomainOpenChannelArgs(b: bytearray, v: DomainOpenChannelArgs) -> None:
     else:
         b += _TRUE
         t2279 = t2278.encode('utf-8', 'surrogateescape')
+        if b'\0' in t2279: raise XdrError('DomainOpenChannelArgs.name: contains a NUL character (libvirt strings end at one)')
         t2280 = len(t2279)
         if t2280 > 4194304: raise XdrError(f'DomainOpenChannelArgs.name: {t2280} bytes exceed the limit of 4194304')
         b += _U32.pack(t2280)
@@ -15517,6 +15728,7 @@ def _enc_DomainMigrateBegin3Args(b: bytearray, v: DomainMigrateBegin3Args) -> No
     else:
         b += _TRUE
         t2300 = t2299.encode('utf-8', 'surrogateescape')
+        if b'\0' in t2300: raise XdrError('DomainMigrateBegin3Args.xmlin: contains a NUL character (libvirt strings end at one)')
         t2301 = len(t2300)
         if t2301 > 4194304: raise XdrError(f'DomainMigrateBegin3Args.xmlin: {t2301} bytes exceed the limit of 4194304')
         b += _U32.pack(t2301)
@@ -15529,6 +15741,7 @@ def _enc_DomainMigrateBegin3Args(b: bytearray, v: DomainMigrateBegin3Args) -> No
     else:
         b += _TRUE
         t2303 = t2302.encode('utf-8', 'surrogateescape')
+        if b'\0' in t2303: raise XdrError('DomainMigrateBegin3Args.dname: contains a NUL character (libvirt strings end at one)')
         t2304 = len(t2303)
         if t2304 > 4194304: raise XdrError(f'DomainMigrateBegin3Args.dname: {t2304} bytes exceed the limit of 4194304')
         b += _U32.pack(t2304)
@@ -15594,6 +15807,7 @@ def _enc_DomainMigrateBegin3Ret(b: bytearray, v: DomainMigrateBegin3Ret) -> None
     b += t2316
     b += _PAD[t2317 & 3]
     t2318 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t2318: raise XdrError('DomainMigrateBegin3Ret.xml: contains a NUL character (libvirt strings end at one)')
     t2319 = len(t2318)
     if t2319 > 4194304: raise XdrError(f'DomainMigrateBegin3Ret.xml: {t2319} bytes exceed the limit of 4194304')
     b += _U32.pack(t2319)
@@ -15652,6 +15866,7 @@ def _enc_DomainMigratePrepare3Args(b: bytearray, v: DomainMigratePrepare3Args) -
     else:
         b += _TRUE
         t2329 = t2328.encode('utf-8', 'surrogateescape')
+        if b'\0' in t2329: raise XdrError('DomainMigratePrepare3Args.uri_in: contains a NUL character (libvirt strings end at one)')
         t2330 = len(t2329)
         if t2330 > 4194304: raise XdrError(f'DomainMigratePrepare3Args.uri_in: {t2330} bytes exceed the limit of 4194304')
         b += _U32.pack(t2330)
@@ -15664,6 +15879,7 @@ def _enc_DomainMigratePrepare3Args(b: bytearray, v: DomainMigratePrepare3Args) -
     else:
         b += _TRUE
         t2332 = t2331.encode('utf-8', 'surrogateescape')
+        if b'\0' in t2332: raise XdrError('DomainMigratePrepare3Args.dname: contains a NUL character (libvirt strings end at one)')
         t2333 = len(t2332)
         if t2333 > 4194304: raise XdrError(f'DomainMigratePrepare3Args.dname: {t2333} bytes exceed the limit of 4194304')
         b += _U32.pack(t2333)
@@ -15671,6 +15887,7 @@ def _enc_DomainMigratePrepare3Args(b: bytearray, v: DomainMigratePrepare3Args) -
         b += _PAD[t2333 & 3]
     b += _S7.pack(v.resource)
     t2334 = v.dom_xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t2334: raise XdrError('DomainMigratePrepare3Args.dom_xml: contains a NUL character (libvirt strings end at one)')
     t2335 = len(t2334)
     if t2335 > 4194304: raise XdrError(f'DomainMigratePrepare3Args.dom_xml: {t2335} bytes exceed the limit of 4194304')
     b += _U32.pack(t2335)
@@ -15753,6 +15970,7 @@ def _enc_DomainMigratePrepare3Ret(b: bytearray, v: DomainMigratePrepare3Ret) -> 
     else:
         b += _TRUE
         t2355 = t2354.encode('utf-8', 'surrogateescape')
+        if b'\0' in t2355: raise XdrError('DomainMigratePrepare3Ret.uri_out: contains a NUL character (libvirt strings end at one)')
         t2356 = len(t2355)
         if t2356 > 4194304: raise XdrError(f'DomainMigratePrepare3Ret.uri_out: {t2356} bytes exceed the limit of 4194304')
         b += _U32.pack(t2356)
@@ -15817,6 +16035,7 @@ def _enc_DomainMigratePrepareTunnel3Args(b: bytearray, v: DomainMigratePrepareTu
     else:
         b += _TRUE
         t2367 = t2366.encode('utf-8', 'surrogateescape')
+        if b'\0' in t2367: raise XdrError('DomainMigratePrepareTunnel3Args.dname: contains a NUL character (libvirt strings end at one)')
         t2368 = len(t2367)
         if t2368 > 4194304: raise XdrError(f'DomainMigratePrepareTunnel3Args.dname: {t2368} bytes exceed the limit of 4194304')
         b += _U32.pack(t2368)
@@ -15824,6 +16043,7 @@ def _enc_DomainMigratePrepareTunnel3Args(b: bytearray, v: DomainMigratePrepareTu
         b += _PAD[t2368 & 3]
     b += _S7.pack(v.resource)
     t2369 = v.dom_xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t2369: raise XdrError('DomainMigratePrepareTunnel3Args.dom_xml: contains a NUL character (libvirt strings end at one)')
     t2370 = len(t2369)
     if t2370 > 4194304: raise XdrError(f'DomainMigratePrepareTunnel3Args.dom_xml: {t2370} bytes exceed the limit of 4194304')
     b += _U32.pack(t2370)
@@ -15929,6 +16149,7 @@ def _enc_DomainMigratePerform3Args(b: bytearray, v: DomainMigratePerform3Args) -
     else:
         b += _TRUE
         t2389 = t2388.encode('utf-8', 'surrogateescape')
+        if b'\0' in t2389: raise XdrError('DomainMigratePerform3Args.xmlin: contains a NUL character (libvirt strings end at one)')
         t2390 = len(t2389)
         if t2390 > 4194304: raise XdrError(f'DomainMigratePerform3Args.xmlin: {t2390} bytes exceed the limit of 4194304')
         b += _U32.pack(t2390)
@@ -15946,6 +16167,7 @@ def _enc_DomainMigratePerform3Args(b: bytearray, v: DomainMigratePerform3Args) -
     else:
         b += _TRUE
         t2394 = t2393.encode('utf-8', 'surrogateescape')
+        if b'\0' in t2394: raise XdrError('DomainMigratePerform3Args.dconnuri: contains a NUL character (libvirt strings end at one)')
         t2395 = len(t2394)
         if t2395 > 4194304: raise XdrError(f'DomainMigratePerform3Args.dconnuri: {t2395} bytes exceed the limit of 4194304')
         b += _U32.pack(t2395)
@@ -15957,6 +16179,7 @@ def _enc_DomainMigratePerform3Args(b: bytearray, v: DomainMigratePerform3Args) -
     else:
         b += _TRUE
         t2397 = t2396.encode('utf-8', 'surrogateescape')
+        if b'\0' in t2397: raise XdrError('DomainMigratePerform3Args.uri: contains a NUL character (libvirt strings end at one)')
         t2398 = len(t2397)
         if t2398 > 4194304: raise XdrError(f'DomainMigratePerform3Args.uri: {t2398} bytes exceed the limit of 4194304')
         b += _U32.pack(t2398)
@@ -15969,6 +16192,7 @@ def _enc_DomainMigratePerform3Args(b: bytearray, v: DomainMigratePerform3Args) -
     else:
         b += _TRUE
         t2400 = t2399.encode('utf-8', 'surrogateescape')
+        if b'\0' in t2400: raise XdrError('DomainMigratePerform3Args.dname: contains a NUL character (libvirt strings end at one)')
         t2401 = len(t2400)
         if t2401 > 4194304: raise XdrError(f'DomainMigratePerform3Args.dname: {t2401} bytes exceed the limit of 4194304')
         b += _U32.pack(t2401)
@@ -16101,6 +16325,7 @@ class DomainMigrateFinish3Args(Record):
 
 def _enc_DomainMigrateFinish3Args(b: bytearray, v: DomainMigrateFinish3Args) -> None:
     t2429 = v.dname.encode('utf-8', 'surrogateescape')
+    if b'\0' in t2429: raise XdrError('DomainMigrateFinish3Args.dname: contains a NUL character (libvirt strings end at one)')
     t2430 = len(t2429)
     if t2430 > 4194304: raise XdrError(f'DomainMigrateFinish3Args.dname: {t2430} bytes exceed the limit of 4194304')
     b += _U32.pack(t2430)
@@ -16118,6 +16343,7 @@ def _enc_DomainMigrateFinish3Args(b: bytearray, v: DomainMigrateFinish3Args) -> 
     else:
         b += _TRUE
         t2434 = t2433.encode('utf-8', 'surrogateescape')
+        if b'\0' in t2434: raise XdrError('DomainMigrateFinish3Args.dconnuri: contains a NUL character (libvirt strings end at one)')
         t2435 = len(t2434)
         if t2435 > 4194304: raise XdrError(f'DomainMigrateFinish3Args.dconnuri: {t2435} bytes exceed the limit of 4194304')
         b += _U32.pack(t2435)
@@ -16129,6 +16355,7 @@ def _enc_DomainMigrateFinish3Args(b: bytearray, v: DomainMigrateFinish3Args) -> 
     else:
         b += _TRUE
         t2437 = t2436.encode('utf-8', 'surrogateescape')
+        if b'\0' in t2437: raise XdrError('DomainMigrateFinish3Args.uri: contains a NUL character (libvirt strings end at one)')
         t2438 = len(t2437)
         if t2438 > 4194304: raise XdrError(f'DomainMigrateFinish3Args.uri: {t2438} bytes exceed the limit of 4194304')
         b += _U32.pack(t2438)
@@ -17160,6 +17387,7 @@ def _enc_DomainFstrimArgs(b: bytearray, v: DomainFstrimArgs) -> None:
     else:
         b += _TRUE
         t2609 = t2608.encode('utf-8', 'surrogateescape')
+        if b'\0' in t2609: raise XdrError('DomainFstrimArgs.mountPoint: contains a NUL character (libvirt strings end at one)')
         t2610 = len(t2609)
         if t2610 > 4194304: raise XdrError(f'DomainFstrimArgs.mountPoint: {t2610} bytes exceed the limit of 4194304')
         b += _U32.pack(t2610)
@@ -17323,6 +17551,7 @@ def _enc_DomainMigrateBegin3ParamsRet(b: bytearray, v: DomainMigrateBegin3Params
     b += t2635
     b += _PAD[t2636 & 3]
     t2637 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t2637: raise XdrError('DomainMigrateBegin3ParamsRet.xml: contains a NUL character (libvirt strings end at one)')
     t2638 = len(t2637)
     if t2638 > 4194304: raise XdrError(f'DomainMigrateBegin3ParamsRet.xml: {t2638} bytes exceed the limit of 4194304')
     b += _U32.pack(t2638)
@@ -17424,6 +17653,7 @@ def _enc_DomainMigratePrepare3ParamsRet(b: bytearray, v: DomainMigratePrepare3Pa
     else:
         b += _TRUE
         t2661 = t2660.encode('utf-8', 'surrogateescape')
+        if b'\0' in t2661: raise XdrError('DomainMigratePrepare3ParamsRet.uri_out: contains a NUL character (libvirt strings end at one)')
         t2662 = len(t2661)
         if t2662 > 4194304: raise XdrError(f'DomainMigratePrepare3ParamsRet.uri_out: {t2662} bytes exceed the limit of 4194304')
         b += _U32.pack(t2662)
@@ -17563,6 +17793,7 @@ def _enc_DomainMigratePerform3ParamsArgs(b: bytearray, v: DomainMigratePerform3P
     else:
         b += _TRUE
         t2689 = t2688.encode('utf-8', 'surrogateescape')
+        if b'\0' in t2689: raise XdrError('DomainMigratePerform3ParamsArgs.dconnuri: contains a NUL character (libvirt strings end at one)')
         t2690 = len(t2689)
         if t2690 > 4194304: raise XdrError(f'DomainMigratePerform3ParamsArgs.dconnuri: {t2690} bytes exceed the limit of 4194304')
         b += _U32.pack(t2690)
@@ -17808,6 +18039,7 @@ class DomainEventDeviceRemovedMsg(Record):
 def _enc_DomainEventDeviceRemovedMsg(b: bytearray, v: DomainEventDeviceRemovedMsg) -> None:
     _enc_NonnullDomain(b, v.dom)
     t2749 = v.devAlias.encode('utf-8', 'surrogateescape')
+    if b'\0' in t2749: raise XdrError('DomainEventDeviceRemovedMsg.devAlias: contains a NUL character (libvirt strings end at one)')
     t2750 = len(t2749)
     if t2750 > 4194304: raise XdrError(f'DomainEventDeviceRemovedMsg.devAlias: {t2750} bytes exceed the limit of 4194304')
     b += _U32.pack(t2750)
@@ -17873,6 +18105,7 @@ def _enc_DomainEventBlockJob2Msg(b: bytearray, v: DomainEventBlockJob2Msg) -> No
     b += _S3.pack(v.callbackID)
     _enc_NonnullDomain(b, v.dom)
     t2757 = v.dst.encode('utf-8', 'surrogateescape')
+    if b'\0' in t2757: raise XdrError('DomainEventBlockJob2Msg.dst: contains a NUL character (libvirt strings end at one)')
     t2758 = len(t2757)
     if t2758 > 4194304: raise XdrError(f'DomainEventBlockJob2Msg.dst: {t2758} bytes exceed the limit of 4194304')
     b += _U32.pack(t2758)
@@ -17921,6 +18154,7 @@ def _enc_DomainEventBlockThresholdMsg(b: bytearray, v: DomainEventBlockThreshold
     b += _S3.pack(v.callbackID)
     _enc_NonnullDomain(b, v.dom)
     t2766 = v.dev.encode('utf-8', 'surrogateescape')
+    if b'\0' in t2766: raise XdrError('DomainEventBlockThresholdMsg.dev: contains a NUL character (libvirt strings end at one)')
     t2767 = len(t2766)
     if t2767 > 4194304: raise XdrError(f'DomainEventBlockThresholdMsg.dev: {t2767} bytes exceed the limit of 4194304')
     b += _U32.pack(t2767)
@@ -17932,6 +18166,7 @@ def _enc_DomainEventBlockThresholdMsg(b: bytearray, v: DomainEventBlockThreshold
     else:
         b += _TRUE
         t2769 = t2768.encode('utf-8', 'surrogateescape')
+        if b'\0' in t2769: raise XdrError('DomainEventBlockThresholdMsg.path: contains a NUL character (libvirt strings end at one)')
         t2770 = len(t2769)
         if t2770 > 4194304: raise XdrError(f'DomainEventBlockThresholdMsg.path: {t2770} bytes exceed the limit of 4194304')
         b += _U32.pack(t2770)
@@ -18028,6 +18263,7 @@ def _enc_DomainEventCallbackDeviceAddedMsg(b: bytearray, v: DomainEventCallbackD
     b += _S3.pack(v.callbackID)
     _enc_NonnullDomain(b, v.dom)
     t2791 = v.devAlias.encode('utf-8', 'surrogateescape')
+    if b'\0' in t2791: raise XdrError('DomainEventCallbackDeviceAddedMsg.devAlias: contains a NUL character (libvirt strings end at one)')
     t2792 = len(t2791)
     if t2792 > 4194304: raise XdrError(f'DomainEventCallbackDeviceAddedMsg.devAlias: {t2792} bytes exceed the limit of 4194304')
     b += _U32.pack(t2792)
@@ -18085,6 +18321,7 @@ class ConnectGetCpuModelNamesArgs(Record):
 
 def _enc_ConnectGetCpuModelNamesArgs(b: bytearray, v: ConnectGetCpuModelNamesArgs) -> None:
     t2799 = v.arch.encode('utf-8', 'surrogateescape')
+    if b'\0' in t2799: raise XdrError('ConnectGetCpuModelNamesArgs.arch: contains a NUL character (libvirt strings end at one)')
     t2800 = len(t2799)
     if t2800 > 4194304: raise XdrError(f'ConnectGetCpuModelNamesArgs.arch: {t2800} bytes exceed the limit of 4194304')
     b += _U32.pack(t2800)
@@ -18125,6 +18362,7 @@ def _enc_ConnectGetCpuModelNamesRet(b: bytearray, v: ConnectGetCpuModelNamesRet)
     b += _U32.pack(t2807)
     for t2808 in t2806:
         t2809 = t2808.encode('utf-8', 'surrogateescape')
+        if b'\0' in t2809: raise XdrError('ConnectGetCpuModelNamesRet.models[]: contains a NUL character (libvirt strings end at one)')
         t2810 = len(t2809)
         if t2810 > 4194304: raise XdrError(f'ConnectGetCpuModelNamesRet.models[]: {t2810} bytes exceed the limit of 4194304')
         b += _U32.pack(t2810)
@@ -18544,6 +18782,7 @@ def _enc_DomainFsfreezeArgs(b: bytearray, v: DomainFsfreezeArgs) -> None:
     b += _U32.pack(t2853)
     for t2854 in t2852:
         t2855 = t2854.encode('utf-8', 'surrogateescape')
+        if b'\0' in t2855: raise XdrError('DomainFsfreezeArgs.mountpoints[]: contains a NUL character (libvirt strings end at one)')
         t2856 = len(t2855)
         if t2856 > 4194304: raise XdrError(f'DomainFsfreezeArgs.mountpoints[]: {t2856} bytes exceed the limit of 4194304')
         b += _U32.pack(t2856)
@@ -18615,6 +18854,7 @@ def _enc_DomainFsthawArgs(b: bytearray, v: DomainFsthawArgs) -> None:
     b += _U32.pack(t2867)
     for t2868 in t2866:
         t2869 = t2868.encode('utf-8', 'surrogateescape')
+        if b'\0' in t2869: raise XdrError('DomainFsthawArgs.mountpoints[]: contains a NUL character (libvirt strings end at one)')
         t2870 = len(t2869)
         if t2870 > 4194304: raise XdrError(f'DomainFsthawArgs.mountpoints[]: {t2870} bytes exceed the limit of 4194304')
         b += _U32.pack(t2870)
@@ -18823,6 +19063,7 @@ class NetworkDhcpLease(Record):
 
 def _enc_NetworkDhcpLease(b: bytearray, v: NetworkDhcpLease) -> None:
     t2903 = v.iface.encode('utf-8', 'surrogateescape')
+    if b'\0' in t2903: raise XdrError('NetworkDhcpLease.iface: contains a NUL character (libvirt strings end at one)')
     t2904 = len(t2903)
     if t2904 > 4194304: raise XdrError(f'NetworkDhcpLease.iface: {t2904} bytes exceed the limit of 4194304')
     b += _U32.pack(t2904)
@@ -18835,6 +19076,7 @@ def _enc_NetworkDhcpLease(b: bytearray, v: NetworkDhcpLease) -> None:
     else:
         b += _TRUE
         t2906 = t2905.encode('utf-8', 'surrogateescape')
+        if b'\0' in t2906: raise XdrError('NetworkDhcpLease.mac: contains a NUL character (libvirt strings end at one)')
         t2907 = len(t2906)
         if t2907 > 4194304: raise XdrError(f'NetworkDhcpLease.mac: {t2907} bytes exceed the limit of 4194304')
         b += _U32.pack(t2907)
@@ -18846,12 +19088,14 @@ def _enc_NetworkDhcpLease(b: bytearray, v: NetworkDhcpLease) -> None:
     else:
         b += _TRUE
         t2909 = t2908.encode('utf-8', 'surrogateescape')
+        if b'\0' in t2909: raise XdrError('NetworkDhcpLease.iaid: contains a NUL character (libvirt strings end at one)')
         t2910 = len(t2909)
         if t2910 > 4194304: raise XdrError(f'NetworkDhcpLease.iaid: {t2910} bytes exceed the limit of 4194304')
         b += _U32.pack(t2910)
         b += t2909
         b += _PAD[t2910 & 3]
     t2911 = v.ipaddr.encode('utf-8', 'surrogateescape')
+    if b'\0' in t2911: raise XdrError('NetworkDhcpLease.ipaddr: contains a NUL character (libvirt strings end at one)')
     t2912 = len(t2911)
     if t2912 > 4194304: raise XdrError(f'NetworkDhcpLease.ipaddr: {t2912} bytes exceed the limit of 4194304')
     b += _U32.pack(t2912)
@@ -18864,6 +19108,7 @@ def _enc_NetworkDhcpLease(b: bytearray, v: NetworkDhcpLease) -> None:
     else:
         b += _TRUE
         t2914 = t2913.encode('utf-8', 'surrogateescape')
+        if b'\0' in t2914: raise XdrError('NetworkDhcpLease.hostname: contains a NUL character (libvirt strings end at one)')
         t2915 = len(t2914)
         if t2915 > 4194304: raise XdrError(f'NetworkDhcpLease.hostname: {t2915} bytes exceed the limit of 4194304')
         b += _U32.pack(t2915)
@@ -18875,6 +19120,7 @@ def _enc_NetworkDhcpLease(b: bytearray, v: NetworkDhcpLease) -> None:
     else:
         b += _TRUE
         t2917 = t2916.encode('utf-8', 'surrogateescape')
+        if b'\0' in t2917: raise XdrError('NetworkDhcpLease.clientid: contains a NUL character (libvirt strings end at one)')
         t2918 = len(t2917)
         if t2918 > 4194304: raise XdrError(f'NetworkDhcpLease.clientid: {t2918} bytes exceed the limit of 4194304')
         b += _U32.pack(t2918)
@@ -18984,6 +19230,7 @@ def _enc_NetworkGetDhcpLeasesArgs(b: bytearray, v: NetworkGetDhcpLeasesArgs) -> 
     else:
         b += _TRUE
         t2945 = t2944.encode('utf-8', 'surrogateescape')
+        if b'\0' in t2945: raise XdrError('NetworkGetDhcpLeasesArgs.mac: contains a NUL character (libvirt strings end at one)')
         t2946 = len(t2945)
         if t2946 > 4194304: raise XdrError(f'NetworkGetDhcpLeasesArgs.mac: {t2946} bytes exceed the limit of 4194304')
         b += _U32.pack(t2946)
@@ -19202,18 +19449,21 @@ class DomainFsinfo(Record):
 
 def _enc_DomainFsinfo(b: bytearray, v: DomainFsinfo) -> None:
     t2990 = v.mountpoint.encode('utf-8', 'surrogateescape')
+    if b'\0' in t2990: raise XdrError('DomainFsinfo.mountpoint: contains a NUL character (libvirt strings end at one)')
     t2991 = len(t2990)
     if t2991 > 4194304: raise XdrError(f'DomainFsinfo.mountpoint: {t2991} bytes exceed the limit of 4194304')
     b += _U32.pack(t2991)
     b += t2990
     b += _PAD[t2991 & 3]
     t2992 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t2992: raise XdrError('DomainFsinfo.name: contains a NUL character (libvirt strings end at one)')
     t2993 = len(t2992)
     if t2993 > 4194304: raise XdrError(f'DomainFsinfo.name: {t2993} bytes exceed the limit of 4194304')
     b += _U32.pack(t2993)
     b += t2992
     b += _PAD[t2993 & 3]
     t2994 = v.fstype.encode('utf-8', 'surrogateescape')
+    if b'\0' in t2994: raise XdrError('DomainFsinfo.fstype: contains a NUL character (libvirt strings end at one)')
     t2995 = len(t2994)
     if t2995 > 4194304: raise XdrError(f'DomainFsinfo.fstype: {t2995} bytes exceed the limit of 4194304')
     b += _U32.pack(t2995)
@@ -19225,6 +19475,7 @@ def _enc_DomainFsinfo(b: bytearray, v: DomainFsinfo) -> None:
     b += _U32.pack(t2997)
     for t2998 in t2996:
         t2999 = t2998.encode('utf-8', 'surrogateescape')
+        if b'\0' in t2999: raise XdrError('DomainFsinfo.dev_aliases[]: contains a NUL character (libvirt strings end at one)')
         t3000 = len(t2999)
         if t3000 > 4194304: raise XdrError(f'DomainFsinfo.dev_aliases[]: {t3000} bytes exceed the limit of 4194304')
         b += _U32.pack(t3000)
@@ -19348,6 +19599,7 @@ class DomainIpAddr(Record):
 def _enc_DomainIpAddr(b: bytearray, v: DomainIpAddr) -> None:
     b += _S3.pack(v.type)
     t3026 = v.addr.encode('utf-8', 'surrogateescape')
+    if b'\0' in t3026: raise XdrError('DomainIpAddr.addr: contains a NUL character (libvirt strings end at one)')
     t3027 = len(t3026)
     if t3027 > 4194304: raise XdrError(f'DomainIpAddr.addr: {t3027} bytes exceed the limit of 4194304')
     b += _U32.pack(t3027)
@@ -19387,6 +19639,7 @@ class DomainInterface(Record):
 
 def _enc_DomainInterface(b: bytearray, v: DomainInterface) -> None:
     t3033 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t3033: raise XdrError('DomainInterface.name: contains a NUL character (libvirt strings end at one)')
     t3034 = len(t3033)
     if t3034 > 4194304: raise XdrError(f'DomainInterface.name: {t3034} bytes exceed the limit of 4194304')
     b += _U32.pack(t3034)
@@ -19398,6 +19651,7 @@ def _enc_DomainInterface(b: bytearray, v: DomainInterface) -> None:
     else:
         b += _TRUE
         t3036 = t3035.encode('utf-8', 'surrogateescape')
+        if b'\0' in t3036: raise XdrError('DomainInterface.hwaddr: contains a NUL character (libvirt strings end at one)')
         t3037 = len(t3036)
         if t3037 > 4194304: raise XdrError(f'DomainInterface.hwaddr: {t3037} bytes exceed the limit of 4194304')
         b += _U32.pack(t3037)
@@ -19525,6 +19779,7 @@ def _enc_DomainSetUserPasswordArgs(b: bytearray, v: DomainSetUserPasswordArgs) -
     else:
         b += _TRUE
         t3063 = t3062.encode('utf-8', 'surrogateescape')
+        if b'\0' in t3063: raise XdrError('DomainSetUserPasswordArgs.user: contains a NUL character (libvirt strings end at one)')
         t3064 = len(t3063)
         if t3064 > 4194304: raise XdrError(f'DomainSetUserPasswordArgs.user: {t3064} bytes exceed the limit of 4194304')
         b += _U32.pack(t3064)
@@ -19536,6 +19791,7 @@ def _enc_DomainSetUserPasswordArgs(b: bytearray, v: DomainSetUserPasswordArgs) -
     else:
         b += _TRUE
         t3066 = t3065.encode('utf-8', 'surrogateescape')
+        if b'\0' in t3066: raise XdrError('DomainSetUserPasswordArgs.password: contains a NUL character (libvirt strings end at one)')
         t3067 = len(t3066)
         if t3067 > 4194304: raise XdrError(f'DomainSetUserPasswordArgs.password: {t3067} bytes exceed the limit of 4194304')
         b += _U32.pack(t3067)
@@ -19601,6 +19857,7 @@ def _enc_DomainRenameArgs(b: bytearray, v: DomainRenameArgs) -> None:
     else:
         b += _TRUE
         t3079 = t3078.encode('utf-8', 'surrogateescape')
+        if b'\0' in t3079: raise XdrError('DomainRenameArgs.new_name: contains a NUL character (libvirt strings end at one)')
         t3080 = len(t3079)
         if t3080 > 4194304: raise XdrError(f'DomainRenameArgs.new_name: {t3080} bytes exceed the limit of 4194304')
         b += _U32.pack(t3080)
@@ -19761,6 +20018,7 @@ def _enc_DomainEventCallbackDeviceRemovalFailedMsg(b: bytearray, v: DomainEventC
     b += _S3.pack(v.callbackID)
     _enc_NonnullDomain(b, v.dom)
     t3102 = v.devAlias.encode('utf-8', 'surrogateescape')
+    if b'\0' in t3102: raise XdrError('DomainEventCallbackDeviceRemovalFailedMsg.devAlias: contains a NUL character (libvirt strings end at one)')
     t3103 = len(t3102)
     if t3103 > 4194304: raise XdrError(f'DomainEventCallbackDeviceRemovalFailedMsg.devAlias: {t3103} bytes exceed the limit of 4194304')
     b += _U32.pack(t3103)
@@ -19856,6 +20114,7 @@ class DomainSetGuestVcpusArgs(Record):
 def _enc_DomainSetGuestVcpusArgs(b: bytearray, v: DomainSetGuestVcpusArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t3118 = v.cpumap.encode('utf-8', 'surrogateescape')
+    if b'\0' in t3118: raise XdrError('DomainSetGuestVcpusArgs.cpumap: contains a NUL character (libvirt strings end at one)')
     t3119 = len(t3118)
     if t3119 > 4194304: raise XdrError(f'DomainSetGuestVcpusArgs.cpumap: {t3119} bytes exceed the limit of 4194304')
     b += _U32.pack(t3119)
@@ -19897,6 +20156,7 @@ class DomainSetVcpuArgs(Record):
 def _enc_DomainSetVcpuArgs(b: bytearray, v: DomainSetVcpuArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t3126 = v.cpumap.encode('utf-8', 'surrogateescape')
+    if b'\0' in t3126: raise XdrError('DomainSetVcpuArgs.cpumap: contains a NUL character (libvirt strings end at one)')
     t3127 = len(t3126)
     if t3127 > 4194304: raise XdrError(f'DomainSetVcpuArgs.cpumap: {t3127} bytes exceed the limit of 4194304')
     b += _U32.pack(t3127)
@@ -19945,6 +20205,7 @@ def _enc_DomainEventCallbackMetadataChangeMsg(b: bytearray, v: DomainEventCallba
     else:
         b += _TRUE
         t3135 = t3134.encode('utf-8', 'surrogateescape')
+        if b'\0' in t3135: raise XdrError('DomainEventCallbackMetadataChangeMsg.nsuri: contains a NUL character (libvirt strings end at one)')
         t3136 = len(t3135)
         if t3136 > 4194304: raise XdrError(f'DomainEventCallbackMetadataChangeMsg.nsuri: {t3136} bytes exceed the limit of 4194304')
         b += _U32.pack(t3136)
@@ -20158,6 +20419,7 @@ class DomainSetBlockThresholdArgs(Record):
 def _enc_DomainSetBlockThresholdArgs(b: bytearray, v: DomainSetBlockThresholdArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t3161 = v.dev.encode('utf-8', 'surrogateescape')
+    if b'\0' in t3161: raise XdrError('DomainSetBlockThresholdArgs.dev: contains a NUL character (libvirt strings end at one)')
     t3162 = len(t3161)
     if t3162 > 4194304: raise XdrError(f'DomainSetBlockThresholdArgs.dev: {t3162} bytes exceed the limit of 4194304')
     b += _U32.pack(t3162)
@@ -20235,6 +20497,7 @@ def _enc_ConnectCompareHypervisorCpuArgs(b: bytearray, v: ConnectCompareHypervis
     else:
         b += _TRUE
         t3174 = t3173.encode('utf-8', 'surrogateescape')
+        if b'\0' in t3174: raise XdrError('ConnectCompareHypervisorCpuArgs.emulator: contains a NUL character (libvirt strings end at one)')
         t3175 = len(t3174)
         if t3175 > 4194304: raise XdrError(f'ConnectCompareHypervisorCpuArgs.emulator: {t3175} bytes exceed the limit of 4194304')
         b += _U32.pack(t3175)
@@ -20246,6 +20509,7 @@ def _enc_ConnectCompareHypervisorCpuArgs(b: bytearray, v: ConnectCompareHypervis
     else:
         b += _TRUE
         t3177 = t3176.encode('utf-8', 'surrogateescape')
+        if b'\0' in t3177: raise XdrError('ConnectCompareHypervisorCpuArgs.arch: contains a NUL character (libvirt strings end at one)')
         t3178 = len(t3177)
         if t3178 > 4194304: raise XdrError(f'ConnectCompareHypervisorCpuArgs.arch: {t3178} bytes exceed the limit of 4194304')
         b += _U32.pack(t3178)
@@ -20257,6 +20521,7 @@ def _enc_ConnectCompareHypervisorCpuArgs(b: bytearray, v: ConnectCompareHypervis
     else:
         b += _TRUE
         t3180 = t3179.encode('utf-8', 'surrogateescape')
+        if b'\0' in t3180: raise XdrError('ConnectCompareHypervisorCpuArgs.machine: contains a NUL character (libvirt strings end at one)')
         t3181 = len(t3180)
         if t3181 > 4194304: raise XdrError(f'ConnectCompareHypervisorCpuArgs.machine: {t3181} bytes exceed the limit of 4194304')
         b += _U32.pack(t3181)
@@ -20268,12 +20533,14 @@ def _enc_ConnectCompareHypervisorCpuArgs(b: bytearray, v: ConnectCompareHypervis
     else:
         b += _TRUE
         t3183 = t3182.encode('utf-8', 'surrogateescape')
+        if b'\0' in t3183: raise XdrError('ConnectCompareHypervisorCpuArgs.virttype: contains a NUL character (libvirt strings end at one)')
         t3184 = len(t3183)
         if t3184 > 4194304: raise XdrError(f'ConnectCompareHypervisorCpuArgs.virttype: {t3184} bytes exceed the limit of 4194304')
         b += _U32.pack(t3184)
         b += t3183
         b += _PAD[t3184 & 3]
     t3185 = v.xmlCPU.encode('utf-8', 'surrogateescape')
+    if b'\0' in t3185: raise XdrError('ConnectCompareHypervisorCpuArgs.xmlCPU: contains a NUL character (libvirt strings end at one)')
     t3186 = len(t3185)
     if t3186 > 4194304: raise XdrError(f'ConnectCompareHypervisorCpuArgs.xmlCPU: {t3186} bytes exceed the limit of 4194304')
     b += _U32.pack(t3186)
@@ -20398,6 +20665,7 @@ def _enc_ConnectBaselineHypervisorCpuArgs(b: bytearray, v: ConnectBaselineHyperv
     else:
         b += _TRUE
         t3209 = t3208.encode('utf-8', 'surrogateescape')
+        if b'\0' in t3209: raise XdrError('ConnectBaselineHypervisorCpuArgs.emulator: contains a NUL character (libvirt strings end at one)')
         t3210 = len(t3209)
         if t3210 > 4194304: raise XdrError(f'ConnectBaselineHypervisorCpuArgs.emulator: {t3210} bytes exceed the limit of 4194304')
         b += _U32.pack(t3210)
@@ -20409,6 +20677,7 @@ def _enc_ConnectBaselineHypervisorCpuArgs(b: bytearray, v: ConnectBaselineHyperv
     else:
         b += _TRUE
         t3212 = t3211.encode('utf-8', 'surrogateescape')
+        if b'\0' in t3212: raise XdrError('ConnectBaselineHypervisorCpuArgs.arch: contains a NUL character (libvirt strings end at one)')
         t3213 = len(t3212)
         if t3213 > 4194304: raise XdrError(f'ConnectBaselineHypervisorCpuArgs.arch: {t3213} bytes exceed the limit of 4194304')
         b += _U32.pack(t3213)
@@ -20420,6 +20689,7 @@ def _enc_ConnectBaselineHypervisorCpuArgs(b: bytearray, v: ConnectBaselineHyperv
     else:
         b += _TRUE
         t3215 = t3214.encode('utf-8', 'surrogateescape')
+        if b'\0' in t3215: raise XdrError('ConnectBaselineHypervisorCpuArgs.machine: contains a NUL character (libvirt strings end at one)')
         t3216 = len(t3215)
         if t3216 > 4194304: raise XdrError(f'ConnectBaselineHypervisorCpuArgs.machine: {t3216} bytes exceed the limit of 4194304')
         b += _U32.pack(t3216)
@@ -20431,6 +20701,7 @@ def _enc_ConnectBaselineHypervisorCpuArgs(b: bytearray, v: ConnectBaselineHyperv
     else:
         b += _TRUE
         t3218 = t3217.encode('utf-8', 'surrogateescape')
+        if b'\0' in t3218: raise XdrError('ConnectBaselineHypervisorCpuArgs.virttype: contains a NUL character (libvirt strings end at one)')
         t3219 = len(t3218)
         if t3219 > 4194304: raise XdrError(f'ConnectBaselineHypervisorCpuArgs.virttype: {t3219} bytes exceed the limit of 4194304')
         b += _U32.pack(t3219)
@@ -20442,6 +20713,7 @@ def _enc_ConnectBaselineHypervisorCpuArgs(b: bytearray, v: ConnectBaselineHyperv
     b += _U32.pack(t3221)
     for t3222 in t3220:
         t3223 = t3222.encode('utf-8', 'surrogateescape')
+        if b'\0' in t3223: raise XdrError('ConnectBaselineHypervisorCpuArgs.xmlCPUs[]: contains a NUL character (libvirt strings end at one)')
         t3224 = len(t3223)
         if t3224 > 4194304: raise XdrError(f'ConnectBaselineHypervisorCpuArgs.xmlCPUs[]: {t3224} bytes exceed the limit of 4194304')
         b += _U32.pack(t3224)
@@ -20538,6 +20810,7 @@ class ConnectBaselineHypervisorCpuRet(Record):
 
 def _enc_ConnectBaselineHypervisorCpuRet(b: bytearray, v: ConnectBaselineHypervisorCpuRet) -> None:
     t3248 = v.cpu.encode('utf-8', 'surrogateescape')
+    if b'\0' in t3248: raise XdrError('ConnectBaselineHypervisorCpuRet.cpu: contains a NUL character (libvirt strings end at one)')
     t3249 = len(t3248)
     if t3249 > 4194304: raise XdrError(f'ConnectBaselineHypervisorCpuRet.cpu: {t3249} bytes exceed the limit of 4194304')
     b += _U32.pack(t3249)
@@ -20721,6 +20994,7 @@ class NwfilterBindingLookupByPortDevArgs(Record):
 
 def _enc_NwfilterBindingLookupByPortDevArgs(b: bytearray, v: NwfilterBindingLookupByPortDevArgs) -> None:
     t3281 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t3281: raise XdrError('NwfilterBindingLookupByPortDevArgs.name: contains a NUL character (libvirt strings end at one)')
     t3282 = len(t3281)
     if t3282 > 4194304: raise XdrError(f'NwfilterBindingLookupByPortDevArgs.name: {t3282} bytes exceed the limit of 4194304')
     b += _U32.pack(t3282)
@@ -20772,6 +21046,7 @@ class NwfilterBindingCreateXmlArgs(Record):
 
 def _enc_NwfilterBindingCreateXmlArgs(b: bytearray, v: NwfilterBindingCreateXmlArgs) -> None:
     t3287 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t3287: raise XdrError('NwfilterBindingCreateXmlArgs.xml: contains a NUL character (libvirt strings end at one)')
     t3288 = len(t3287)
     if t3288 > 4194304: raise XdrError(f'NwfilterBindingCreateXmlArgs.xml: {t3288} bytes exceed the limit of 4194304')
     b += _U32.pack(t3288)
@@ -20867,6 +21142,7 @@ class NwfilterBindingGetXmlDescRet(Record):
 
 def _enc_NwfilterBindingGetXmlDescRet(b: bytearray, v: NwfilterBindingGetXmlDescRet) -> None:
     t3297 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t3297: raise XdrError('NwfilterBindingGetXmlDescRet.xml: contains a NUL character (libvirt strings end at one)')
     t3298 = len(t3297)
     if t3298 > 4194304: raise XdrError(f'NwfilterBindingGetXmlDescRet.xml: {t3298} bytes exceed the limit of 4194304')
     b += _U32.pack(t3298)
@@ -20975,6 +21251,7 @@ class ConnectGetStoragePoolCapabilitiesRet(Record):
 
 def _enc_ConnectGetStoragePoolCapabilitiesRet(b: bytearray, v: ConnectGetStoragePoolCapabilitiesRet) -> None:
     t3313 = v.capabilities.encode('utf-8', 'surrogateescape')
+    if b'\0' in t3313: raise XdrError('ConnectGetStoragePoolCapabilitiesRet.capabilities: contains a NUL character (libvirt strings end at one)')
     t3314 = len(t3313)
     if t3314 > 4194304: raise XdrError(f'ConnectGetStoragePoolCapabilitiesRet.capabilities: {t3314} bytes exceed the limit of 4194304')
     b += _U32.pack(t3314)
@@ -21116,6 +21393,7 @@ class NetworkPortCreateXmlArgs(Record):
 def _enc_NetworkPortCreateXmlArgs(b: bytearray, v: NetworkPortCreateXmlArgs) -> None:
     _enc_NonnullNetwork(b, v.network)
     t3332 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t3332: raise XdrError('NetworkPortCreateXmlArgs.xml: contains a NUL character (libvirt strings end at one)')
     t3333 = len(t3332)
     if t3333 > 4194304: raise XdrError(f'NetworkPortCreateXmlArgs.xml: {t3333} bytes exceed the limit of 4194304')
     b += _U32.pack(t3333)
@@ -21295,6 +21573,7 @@ class NetworkPortGetXmlDescRet(Record):
 
 def _enc_NetworkPortGetXmlDescRet(b: bytearray, v: NetworkPortGetXmlDescRet) -> None:
     t3362 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t3362: raise XdrError('NetworkPortGetXmlDescRet.xml: contains a NUL character (libvirt strings end at one)')
     t3363 = len(t3362)
     if t3363 > 4194304: raise XdrError(f'NetworkPortGetXmlDescRet.xml: {t3363} bytes exceed the limit of 4194304')
     b += _U32.pack(t3363)
@@ -21354,6 +21633,7 @@ class DomainCheckpointCreateXmlArgs(Record):
 def _enc_DomainCheckpointCreateXmlArgs(b: bytearray, v: DomainCheckpointCreateXmlArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t3369 = v.xml_desc.encode('utf-8', 'surrogateescape')
+    if b'\0' in t3369: raise XdrError('DomainCheckpointCreateXmlArgs.xml_desc: contains a NUL character (libvirt strings end at one)')
     t3370 = len(t3369)
     if t3370 > 4194304: raise XdrError(f'DomainCheckpointCreateXmlArgs.xml_desc: {t3370} bytes exceed the limit of 4194304')
     b += _U32.pack(t3370)
@@ -21431,6 +21711,7 @@ class DomainCheckpointGetXmlDescRet(Record):
 
 def _enc_DomainCheckpointGetXmlDescRet(b: bytearray, v: DomainCheckpointGetXmlDescRet) -> None:
     t3379 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t3379: raise XdrError('DomainCheckpointGetXmlDescRet.xml: contains a NUL character (libvirt strings end at one)')
     t3380 = len(t3379)
     if t3380 > 4194304: raise XdrError(f'DomainCheckpointGetXmlDescRet.xml: {t3380} bytes exceed the limit of 4194304')
     b += _U32.pack(t3380)
@@ -21590,6 +21871,7 @@ class DomainCheckpointLookupByNameArgs(Record):
 def _enc_DomainCheckpointLookupByNameArgs(b: bytearray, v: DomainCheckpointLookupByNameArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t3406 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t3406: raise XdrError('DomainCheckpointLookupByNameArgs.name: contains a NUL character (libvirt strings end at one)')
     t3407 = len(t3406)
     if t3407 > 4194304: raise XdrError(f'DomainCheckpointLookupByNameArgs.name: {t3407} bytes exceed the limit of 4194304')
     b += _U32.pack(t3407)
@@ -21856,6 +22138,7 @@ class DomainBackupBeginArgs(Record):
 def _enc_DomainBackupBeginArgs(b: bytearray, v: DomainBackupBeginArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t3441 = v.backup_xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t3441: raise XdrError('DomainBackupBeginArgs.backup_xml: contains a NUL character (libvirt strings end at one)')
     t3442 = len(t3441)
     if t3442 > 4194304: raise XdrError(f'DomainBackupBeginArgs.backup_xml: {t3442} bytes exceed the limit of 4194304')
     b += _U32.pack(t3442)
@@ -21867,6 +22150,7 @@ def _enc_DomainBackupBeginArgs(b: bytearray, v: DomainBackupBeginArgs) -> None:
     else:
         b += _TRUE
         t3444 = t3443.encode('utf-8', 'surrogateescape')
+        if b'\0' in t3444: raise XdrError('DomainBackupBeginArgs.checkpoint_xml: contains a NUL character (libvirt strings end at one)')
         t3445 = len(t3444)
         if t3445 > 4194304: raise XdrError(f'DomainBackupBeginArgs.checkpoint_xml: {t3445} bytes exceed the limit of 4194304')
         b += _U32.pack(t3445)
@@ -21939,6 +22223,7 @@ class DomainBackupGetXmlDescRet(Record):
 
 def _enc_DomainBackupGetXmlDescRet(b: bytearray, v: DomainBackupGetXmlDescRet) -> None:
     t3457 = v.xml.encode('utf-8', 'surrogateescape')
+    if b'\0' in t3457: raise XdrError('DomainBackupGetXmlDescRet.xml: contains a NUL character (libvirt strings end at one)')
     t3458 = len(t3457)
     if t3458 > 4194304: raise XdrError(f'DomainBackupGetXmlDescRet.xml: {t3458} bytes exceed the limit of 4194304')
     b += _U32.pack(t3458)
@@ -21974,6 +22259,7 @@ class DomainAuthorizedSshKeysGetArgs(Record):
 def _enc_DomainAuthorizedSshKeysGetArgs(b: bytearray, v: DomainAuthorizedSshKeysGetArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t3462 = v.user.encode('utf-8', 'surrogateescape')
+    if b'\0' in t3462: raise XdrError('DomainAuthorizedSshKeysGetArgs.user: contains a NUL character (libvirt strings end at one)')
     t3463 = len(t3462)
     if t3463 > 4194304: raise XdrError(f'DomainAuthorizedSshKeysGetArgs.user: {t3463} bytes exceed the limit of 4194304')
     b += _U32.pack(t3463)
@@ -22013,6 +22299,7 @@ def _enc_DomainAuthorizedSshKeysGetRet(b: bytearray, v: DomainAuthorizedSshKeysG
     b += _U32.pack(t3470)
     for t3471 in t3469:
         t3472 = t3471.encode('utf-8', 'surrogateescape')
+        if b'\0' in t3472: raise XdrError('DomainAuthorizedSshKeysGetRet.keys[]: contains a NUL character (libvirt strings end at one)')
         t3473 = len(t3472)
         if t3473 > 4194304: raise XdrError(f'DomainAuthorizedSshKeysGetRet.keys[]: {t3473} bytes exceed the limit of 4194304')
         b += _U32.pack(t3473)
@@ -22057,6 +22344,7 @@ class DomainAuthorizedSshKeysSetArgs(Record):
 def _enc_DomainAuthorizedSshKeysSetArgs(b: bytearray, v: DomainAuthorizedSshKeysSetArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t3480 = v.user.encode('utf-8', 'surrogateescape')
+    if b'\0' in t3480: raise XdrError('DomainAuthorizedSshKeysSetArgs.user: contains a NUL character (libvirt strings end at one)')
     t3481 = len(t3480)
     if t3481 > 4194304: raise XdrError(f'DomainAuthorizedSshKeysSetArgs.user: {t3481} bytes exceed the limit of 4194304')
     b += _U32.pack(t3481)
@@ -22068,6 +22356,7 @@ def _enc_DomainAuthorizedSshKeysSetArgs(b: bytearray, v: DomainAuthorizedSshKeys
     b += _U32.pack(t3483)
     for t3484 in t3482:
         t3485 = t3484.encode('utf-8', 'surrogateescape')
+        if b'\0' in t3485: raise XdrError('DomainAuthorizedSshKeysSetArgs.keys[]: contains a NUL character (libvirt strings end at one)')
         t3486 = len(t3485)
         if t3486 > 4194304: raise XdrError(f'DomainAuthorizedSshKeysSetArgs.keys[]: {t3486} bytes exceed the limit of 4194304')
         b += _U32.pack(t3486)
@@ -22145,6 +22434,7 @@ def _enc_DomainGetMessagesRet(b: bytearray, v: DomainGetMessagesRet) -> None:
     b += _U32.pack(t3501)
     for t3502 in t3500:
         t3503 = t3502.encode('utf-8', 'surrogateescape')
+        if b'\0' in t3503: raise XdrError('DomainGetMessagesRet.msgs[]: contains a NUL character (libvirt strings end at one)')
         t3504 = len(t3503)
         if t3504 > 4194304: raise XdrError(f'DomainGetMessagesRet.msgs[]: {t3504} bytes exceed the limit of 4194304')
         b += _U32.pack(t3504)
@@ -22216,6 +22506,7 @@ def _enc_DomainEventMemoryDeviceSizeChangeMsg(b: bytearray, v: DomainEventMemory
     b += _S3.pack(v.callbackID)
     _enc_NonnullDomain(b, v.dom)
     t3514 = v.alias.encode('utf-8', 'surrogateescape')
+    if b'\0' in t3514: raise XdrError('DomainEventMemoryDeviceSizeChangeMsg.alias: contains a NUL character (libvirt strings end at one)')
     t3515 = len(t3514)
     if t3515 > 4194304: raise XdrError(f'DomainEventMemoryDeviceSizeChangeMsg.alias: {t3515} bytes exceed the limit of 4194304')
     b += _U32.pack(t3515)
@@ -22257,6 +22548,7 @@ class DomainFdAssociateArgs(Record):
 def _enc_DomainFdAssociateArgs(b: bytearray, v: DomainFdAssociateArgs) -> None:
     _enc_NonnullDomain(b, v.dom)
     t3522 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t3522: raise XdrError('DomainFdAssociateArgs.name: contains a NUL character (libvirt strings end at one)')
     t3523 = len(t3522)
     if t3523 > 4194304: raise XdrError(f'DomainFdAssociateArgs.name: {t3523} bytes exceed the limit of 4194304')
     b += _U32.pack(t3523)

@@ -108,6 +108,7 @@ class MessageNonnullDomain(Record):
 
 def _enc_MessageNonnullDomain(b: bytearray, v: MessageNonnullDomain) -> None:
     t7 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t7: raise XdrError('MessageNonnullDomain.name: contains a NUL character (libvirt strings end at one)')
     t8 = len(t7)
     if t8 > 4194304: raise XdrError(f'MessageNonnullDomain.name: {t8} bytes exceed the limit of 4194304')
     b += _U32.pack(t8)
@@ -144,6 +145,7 @@ class MessageNonnullNetwork(Record):
 
 def _enc_MessageNonnullNetwork(b: bytearray, v: MessageNonnullNetwork) -> None:
     t14 = v.name.encode('utf-8', 'surrogateescape')
+    if b'\0' in t14: raise XdrError('MessageNonnullNetwork.name: contains a NUL character (libvirt strings end at one)')
     t15 = len(t14)
     if t15 > 4194304: raise XdrError(f'MessageNonnullNetwork.name: {t15} bytes exceed the limit of 4194304')
     b += _U32.pack(t15)
@@ -204,6 +206,7 @@ def _enc_MessageError(b: bytearray, v: MessageError) -> None:
     else:
         b += _TRUE
         t21 = t20.encode('utf-8', 'surrogateescape')
+        if b'\0' in t21: raise XdrError('MessageError.message: contains a NUL character (libvirt strings end at one)')
         t22 = len(t21)
         if t22 > 4194304: raise XdrError(f'MessageError.message: {t22} bytes exceed the limit of 4194304')
         b += _U32.pack(t22)
@@ -222,6 +225,7 @@ def _enc_MessageError(b: bytearray, v: MessageError) -> None:
     else:
         b += _TRUE
         t25 = t24.encode('utf-8', 'surrogateescape')
+        if b'\0' in t25: raise XdrError('MessageError.str1: contains a NUL character (libvirt strings end at one)')
         t26 = len(t25)
         if t26 > 4194304: raise XdrError(f'MessageError.str1: {t26} bytes exceed the limit of 4194304')
         b += _U32.pack(t26)
@@ -233,6 +237,7 @@ def _enc_MessageError(b: bytearray, v: MessageError) -> None:
     else:
         b += _TRUE
         t28 = t27.encode('utf-8', 'surrogateescape')
+        if b'\0' in t28: raise XdrError('MessageError.str2: contains a NUL character (libvirt strings end at one)')
         t29 = len(t28)
         if t29 > 4194304: raise XdrError(f'MessageError.str2: {t29} bytes exceed the limit of 4194304')
         b += _U32.pack(t29)
@@ -244,6 +249,7 @@ def _enc_MessageError(b: bytearray, v: MessageError) -> None:
     else:
         b += _TRUE
         t31 = t30.encode('utf-8', 'surrogateescape')
+        if b'\0' in t31: raise XdrError('MessageError.str3: contains a NUL character (libvirt strings end at one)')
         t32 = len(t31)
         if t32 > 4194304: raise XdrError(f'MessageError.str3: {t32} bytes exceed the limit of 4194304')
         b += _U32.pack(t32)
