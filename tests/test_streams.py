@@ -131,6 +131,23 @@ async def test_a_stream_used_the_wrong_way_round_says_so(daemon, tmp_path):
         assert conn.is_alive
 
 
+async def test_closing_the_connection_closes_its_streams_sockets(daemon, tmp_path):
+    """With lanes a stream has a socket of its own; close() used to leave it open (and the
+    download readable) until the stream itself was closed."""
+    async with dir_pool(daemon, tmp_path) as (_, p):
+        vol = await new_volume(p, 4 * MiB)
+        async with aiovirt.connect(daemon.uri("qemu", "/system")) as conn:
+            mine = await conn.lookup_volume(path=await vol.path())
+            down = await mine.download()
+            await down.receive()
+            assert down.channel is not conn.channels[0]   # its own socket
+            await conn.close()
+            assert down.channel.closed is not None
+            with anyio.fail_after(5), pytest.raises(aiovirt.ConnectionClosed):
+                while True:
+                    await down.receive()
+
+
 async def test_sparse_upload_and_download_keep_the_holes(daemon, tmp_path):
     async with dir_pool(daemon, tmp_path) as (conn, p):
         a, b = os.urandom(MiB), os.urandom(MiB + 4096)

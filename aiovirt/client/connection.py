@@ -15,6 +15,7 @@ import functools
 import math
 import operator
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from types import EllipsisType
 from typing import Any, Generic, Self, TypeVar
@@ -160,6 +161,8 @@ two.
         self._main: Channel | None = None
         self._lanes: list[Channel] = []
         self._opening: set[Channel] = set()   # lanes still in their handshake
+        # the sockets of streams (each its own, with lanes): close() ends them too
+        self._stream_sockets: weakref.WeakSet[Channel] = weakref.WeakSet()
         self._lane_lock = anyio.Lock()
         self._spare_opening = False  # a background task is opening a lane for quick calls
         self._tasks: _Tasks | None = None
@@ -212,6 +215,8 @@ two.
             self._opening.discard(channel)
         if self.keepalive is not None and channel.keepalive_supported:
             self._start_keepalive(channel, *self.keepalive)
+        if name == "stream":
+            self._stream_sockets.add(channel)
         return channel
 
     def _start_keepalive(self, channel: Channel, interval: float, count: int) -> None:
@@ -359,11 +364,13 @@ two.
                 self._watchers.remove(watcher)
 
     async def close(self) -> None:
-        """Close every socket (telling the daemon first) and stop the background tasks."""
+        """Close every socket, streams' included (telling the daemon first), and stop the
+        background tasks."""
         if self._closed:
             return
         self._closed = True
-        channels = [c for c in [self._main, *self._lanes] if c is not None]
+        channels = [c for c in [self._main, *self._lanes, *self._stream_sockets]
+                    if c is not None]
         for channel in channels:
             channel.closing = "the connection was closed"
 
