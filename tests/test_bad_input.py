@@ -448,3 +448,32 @@ def test_cli_report_file_that_cannot_be_written_is_refused_before_the_run(daemon
         err = done.stderr.decode()
         assert done.returncode == 1 and "Traceback" not in err, err
         assert err.startswith(f"aiovirt: error: --report {report}: "), err
+
+
+async def test_event_and_timeout_arguments_are_named(daemon):
+    # each used to be a raw AttributeError, TypeError or int()'s ValueError (or anyio's)
+    async with aiovirt.connect(daemon.uri()) as conn:
+        with pytest.raises(aiovirt.EncodeError, match="domain_events: domain must be a Domain"):
+            conn.domain_events(domain="test")   # type: ignore[arg-type]
+        with pytest.raises(aiovirt.EncodeError, match="domain_events: lifecycle is a "
+                                                      "collection of event types"):
+            conn.domain_events(lifecycle=5)   # type: ignore[arg-type]
+        with pytest.raises(aiovirt.EncodeError, match="network_events: network must be a "
+                                                      "Network"):
+            conn.network_events(12345)   # type: ignore[arg-type]
+        with pytest.raises(aiovirt.EncodeError, match="storage_pool_events: pool must be a "
+                                                      "StoragePool"):
+            conn.storage_pool_events(pool=await conn.lookup_domain(name="test"))  # type: ignore[arg-type]
+        for method in (conn.storage_pool_events, conn.node_device_events, conn.secret_events):
+            assert method("lifecycle").callback_id is None   # a name, as domain_events takes
+            with pytest.raises(aiovirt.EncodeError, match="event_id must be a"):
+                method("bogus")
+        for bad in ("10", 1.5, True, 0, -1):
+            with pytest.raises(ValueError, match="max_buffer must be an integer from 1"):
+                conn.domain_events(max_buffer=bad)   # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="max_buffer must be an integer from 1"):
+            conn.state_changes(-1)
+        for bad in ("x", float("nan"), -1):
+            with pytest.raises(ValueError, match="timeout must be a number more than 0"):
+                await conn.rpc.connect_get_lib_version(call_timeout=bad)  # type: ignore[arg-type]
+        assert await conn.get_lib_version() == 9000000

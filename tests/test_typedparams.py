@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from aiovirt.protocol import remote
 from aiovirt.api.typedparams import BOOLEAN, decode_domain_stats, from_dict, to_dict
+from aiovirt.errors import EncodeError
 from aiovirt.protocol.xdr import XdrError, decode, encode
 
 from .test_xdr import records
@@ -70,5 +71,12 @@ def test_record_count_over_the_limit_is_refused_before_decoding():
 def test_dict_round_trip():
     values = {"a": 1, "b": -2, "c": 1.5, "d": "text", "e": True}
     assert to_dict(from_dict(values)) == values
-    with pytest.raises(TypeError, match="'f'"):
+    # what cannot be encoded is an EncodeError naming the parameter (as for any argument)
+    with pytest.raises(EncodeError, match="typed parameter 'f': cannot encode"):
         from_dict({"f": object()})
+    with pytest.raises(EncodeError, match="typed parameter 'cmt': expected a bool, not 'yes'"):
+        from_dict({"cmt": "yes"}, {"cmt": BOOLEAN})   # was int()'s "invalid literal"
+    with pytest.raises(EncodeError, match="typed parameter 'hard_limit': expected an int"):
+        from_dict({"hard_limit": 1.5}, {"hard_limit": 4})
+    with pytest.raises(EncodeError, match="a dict of names to values, not \\[\\('a', 1\\)\\]"):
+        from_dict([("a", 1)])   # type: ignore[arg-type]   # was AttributeError (.items)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import uuid as _uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, NamedTuple
@@ -697,8 +697,14 @@ class DomainMethods(ApiBase):
         ``lifecycle``: only these lifecycle event types (e.g. ``{DomainEventType.STARTED}``);
         the others are dropped as they arrive, before they are decoded or buffered."""
         event_id = enum_value(DomainEventID, event_id, "domain_events: event_id")
+        if domain is not None and not isinstance(domain, Domain):
+            raise EncodeError(f"domain_events: domain must be a Domain (or None for all), not "
+                              f"{domain!r:.60}")
         accept: Callable[[EventMessage], bool] | None = None
         if lifecycle is not None:
+            if isinstance(lifecycle, int | str) or not isinstance(lifecycle, Iterable):
+                raise EncodeError(f"domain_events: lifecycle is a collection of event types "
+                                  f"(e.g. {{DomainEventType.STARTED}}), not {lifecycle!r:.60}")
             if event_id != DomainEventID.LIFECYCLE:
                 raise ValueError("lifecycle= selects lifecycle event types: it needs "
                                  f"event_id LIFECYCLE (0), not {event_id}")

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..client.events import (CLOSE_CALLBACK_ID, DEFAULT_MAX_BUFFER, Dropped, EventSubscription,
                              Resync)
-from .handle import ApiBase, enum_or_int
+from ..errors import EncodeError
+from .handle import ApiBase, enum_or_int, enum_value
 from .network import Network
 from .nodedev import NodeDevice
 from .secret import Secret
@@ -498,6 +499,13 @@ _QEMU_MONITOR_EVENT_REGISTER_REGEX = 1
 _QEMU_MONITOR_EVENT_REGISTER_NOCASE = 2
 
 
+def _check_handle(method: str, name: str, value: object, kind: type) -> None:
+    """``value`` is None or a ``kind`` handle; else an ``EncodeError`` naming it."""
+    if value is not None and not isinstance(value, kind):
+        raise EncodeError(f"{method}: {name} must be a {kind.__name__} (or None for all), "
+                          f"not {value!r:.60}")
+
+
 class EventMethods(ApiBase):
     """The subscribe methods for every family but domains (``domain_events`` is with
     ``Domain``).  Each takes ``max_buffer`` (see ``aiovirt.client.events``)."""
@@ -520,6 +528,8 @@ class EventMethods(ApiBase):
                        max_buffer: int | None = DEFAULT_MAX_BUFFER
                        ) -> EventSubscription[NetworkLifecycleEvent]:
         """Network lifecycle events, of all networks or of ``network``."""
+        _check_handle("network_events", "network", network, Network)
+
         def convert(m: Any) -> NetworkLifecycleEvent:
             return NetworkLifecycleEvent(Network(self, m.net),
                                          enum_or_int(NetworkEventType, m.event), m.detail)
@@ -534,7 +544,8 @@ class EventMethods(ApiBase):
             pool: StoragePool | None = None, *, max_buffer: int | None = DEFAULT_MAX_BUFFER
     ) -> EventSubscription[StoragePoolLifecycleEvent | StoragePoolRefreshEvent]:
         """Storage pool lifecycle (or ``REFRESH``) events, of all pools or of ``pool``."""
-        event_id = int(event_id)
+        event_id = enum_value(StoragePoolEventID, event_id, "storage_pool_events: event_id")
+        _check_handle("storage_pool_events", "pool", pool, StoragePool)
 
         def convert(m: Any) -> StoragePoolLifecycleEvent | StoragePoolRefreshEvent:
             if event_id == StoragePoolEventID.REFRESH:
@@ -551,7 +562,8 @@ class EventMethods(ApiBase):
             device: NodeDevice | None = None, *, max_buffer: int | None = DEFAULT_MAX_BUFFER
     ) -> EventSubscription[NodeDeviceLifecycleEvent | NodeDeviceUpdateEvent]:
         """Node device lifecycle (or ``UPDATE``) events, of all devices or of ``device``."""
-        event_id = int(event_id)
+        event_id = enum_value(NodeDeviceEventID, event_id, "node_device_events: event_id")
+        _check_handle("node_device_events", "device", device, NodeDevice)
 
         def convert(m: Any) -> NodeDeviceLifecycleEvent | NodeDeviceUpdateEvent:
             if event_id == NodeDeviceEventID.UPDATE:
@@ -568,7 +580,8 @@ class EventMethods(ApiBase):
             secret: Secret | None = None, *, max_buffer: int | None = DEFAULT_MAX_BUFFER
     ) -> EventSubscription[SecretLifecycleEvent | SecretValueChangedEvent]:
         """Secret lifecycle (or ``VALUE_CHANGED``) events, of all secrets or of ``secret``."""
-        event_id = int(event_id)
+        event_id = enum_value(SecretEventID, event_id, "secret_events: event_id")
+        _check_handle("secret_events", "secret", secret, Secret)
 
         def convert(m: Any) -> SecretLifecycleEvent | SecretValueChangedEvent:
             if event_id == SecretEventID.VALUE_CHANGED:

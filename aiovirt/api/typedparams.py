@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+from collections.abc import Mapping
 from typing import Any
 
+from ..errors import EncodeError
 from ..protocol import remote
 from ..protocol.remote import NonnullDomain, TypedParam, TypedParamValue
 from ..protocol.xdr import ProcedureInfo, XdrError
@@ -31,9 +33,15 @@ def to_dict(params: list[TypedParam]) -> dict[str, Any]:
 
 
 def from_dict(values: dict[str, Any], types: dict[str, int] | None = None) -> list[TypedParam]:
-    """Encode a dict as typed parameters, guessing each type unless ``types`` names it."""
+    """Encode a dict as typed parameters, guessing each type unless ``types`` names it; a
+    value that does not fit its type is an ``EncodeError`` naming the parameter."""
+    if not isinstance(values, Mapping):
+        raise EncodeError(f"typed parameters are a dict of names to values, not "
+                          f"{values!r:.60}")
     params = []
     for field, value in values.items():
+        if not isinstance(field, str):
+            raise EncodeError(f"typed parameter names are strings, not {field!r:.60}")
         kind = (types or {}).get(field)
         if kind is None:
             if isinstance(value, bool):
@@ -45,10 +53,22 @@ def from_dict(values: dict[str, Any], types: dict[str, int] | None = None) -> li
             elif isinstance(value, str):
                 kind = STRING
             else:
-                raise TypeError(f"typed parameter {field!r}: cannot encode {value!r}")
+                raise EncodeError(f"typed parameter {field!r}: cannot encode {value!r:.60} "
+                                  "(give an int, float, bool or str)")
+        elif not isinstance(value, _KINDS.get(kind, object)):
+            raise EncodeError(f"typed parameter {field!r}: expected "
+                              f"{_KIND_NAMES.get(kind, 'a value')}, not {value!r:.60}")
         params.append(TypedParam(field, TypedParamValue(kind, int(value) if kind == BOOLEAN
                                                         else value)))
     return params
+
+
+# what each typed-parameter type takes (a bool is an int to Python, and 0 or 1 to libvirt)
+_KINDS: dict[int, type | tuple[type, ...]] = {
+    INT: int, UINT: int, LLONG: int, ULLONG: int, DOUBLE: (int, float), BOOLEAN: int,
+    STRING: str}
+_KIND_NAMES = {INT: "an int", UINT: "an int", LLONG: "an int", ULLONG: "an int",
+               DOUBLE: "a number", BOOLEAN: "a bool", STRING: "a string"}
 
 
 # -- CONNECT_GET_ALL_DOMAIN_STATS, decoded straight into dicts ---------------------------------

@@ -348,6 +348,7 @@ two.
     def state_changes(self, max_buffer: int = 64) -> anyio.abc.ObjectReceiveStream[StateChange]:
         """A stream of the connection's state changes from now on (``async for``); at most
         ``max_buffer`` unread changes are kept, newer ones are dropped."""
+        _check_count("max_buffer", max_buffer, 1, 1 << 20, optional=False)
         send, receive = anyio.create_memory_object_stream[StateChange](max_buffer)
         self._watchers.append(send)
         return receive
@@ -422,6 +423,8 @@ two.
         """
         if timeout is ...:
             timeout = self.call_timeout
+        elif timeout is not None:   # given for this call: checked as connect() checks its own
+            _check_number("timeout", timeout, 0, math.inf, seconds=True)
         if timeout is not None:
             if stepping():   # a time limit needs the running loop
                 return await OnLoop(self.call(procedure, args, timeout, lane=lane))

@@ -44,6 +44,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
 
+from ..checks import check_count
 from ..protocol.wire import EventMessage
 from .backend import waiter_factory
 
@@ -53,6 +54,7 @@ __all__ = ["DEFAULT_MAX_BUFFER", "Dropped", "EventSubscription", "Registration",
 T = TypeVar("T")
 
 DEFAULT_MAX_BUFFER = 1000
+MAX_BUFFER_LIMIT = 1 << 24   # events a subscription may be told to keep unread (None: no bound)
 # How long ``stop`` waits (shielded from cancellation) for the daemon to drop the callback:
 # a courtesy, since the daemon drops it with the connection anyway; events still arriving
 # for it reach no subscriber.
@@ -175,8 +177,7 @@ class EventSubscription(Generic[T]):
                  on_close: Callable[[], Any] | None = None,
                  accept: Callable[[EventMessage], bool] | None = None,
                  read: Callable[[EventMessage], T] | None = None) -> None:
-        if max_buffer is not None and max_buffer < 1:
-            raise ValueError(f"max_buffer must be at least 1 (or None), not {max_buffer}")
+        check_count("max_buffer", max_buffer, 1, MAX_BUFFER_LIMIT)
         self._conn = conn
         self._family = family
         self._key = (family, *key)
