@@ -3,6 +3,8 @@ cancellation, failures, keepalive and events."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -325,6 +327,33 @@ async def test_two_readers_of_one_subscription_share_its_events_and_its_end(daem
                     await anyio.sleep(0.01)
                 await (await conn.define_xml(domain_xml(name))).undefine()
         assert again == ["DEFINED", "UNDEFINED"]
+
+
+async def test_a_subscription_cancelled_while_registering_leaves_no_callback(daemon):
+    """Cancelled between sending its registration and reading the answer, a subscription
+    used to leave the daemon's callback registered and unknown: every later subscription of
+    that kind failed ("event callback already tracked")."""
+    async with aiovirt.connect(daemon.uri(), lanes=0) as conn:
+        for passes in range(1, 6):   # cancelled at each point of the exchange in turn
+            task = asyncio.ensure_future(conn.domain_events().start())
+            for _ in range(passes):
+                await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiovirt.InvalidArgument):
+                await task
+            # (a registration overlapping the previous one's late drop may be refused)
+            with anyio.fail_after(10):
+                while conn._subscriptions or any(
+                        t.get_name().endswith("events registration")
+                        for t in asyncio.all_tasks()):
+                    await asyncio.sleep(0.01)
+        name = unique("after")
+        async with conn.domain_events() as events:
+            await (await conn.define_xml(domain_xml(name))).undefine()
+            with anyio.fail_after(10):
+                async for event in events:
+                    if event.domain.name == name:
+                        break
 
 
 async def test_leaving_async_for_deregisters(daemon):

@@ -647,6 +647,14 @@ two.
     def _remove_subscription(self, family: str, callback_id: int) -> None:
         self._subscriptions.pop((family, callback_id), None)
 
+    def _spawn(self, fn: Callable[[], Coroutine[Any, Any, None]], name: str) -> bool:
+        """Run ``fn`` as one of the connection's background tasks (cancelled by close());
+        False if the connection has none (not open)."""
+        if self._tasks is None or self._closed:
+            return False
+        self._tasks.start(fn, name)
+        return True
+
     # -- diagnostics ----------------------------------------------------------------------------
     @property
     def channels(self) -> list[Channel]:

@@ -35,16 +35,18 @@ delivered to all of them (each with its own buffer), and the last one to leave d
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
 
 from ..checks import check_count
+from ..errors import AiovirtError, ConnectionClosed
 from ..protocol.wire import EventMessage
 from .backend import waiter_factory
 
@@ -92,6 +94,8 @@ class SubscriptionHost(Protocol):
                           subscription: Registration) -> None: ...
 
     def _remove_subscription(self, family: str, callback_id: int) -> None: ...
+
+    def _spawn(self, fn: Callable[[], Coroutine[Any, Any, None]], name: str) -> bool: ...
 
 
 _FAMILIES = (("domain_monitor_event", "qemu_monitor"), ("domain_event", "domain"),
@@ -224,7 +228,7 @@ class EventSubscription(Generic[T]):
         registration = self._conn._registration(self._key)
         async with registration.lock:
             if registration.callback_id is None:
-                registration.callback_id = await self._register()
+                registration.callback_id = await self._registered()
                 registration.family = self._family
                 registration.register, registration.deregister = \
                     self._register, self._deregister
@@ -232,6 +236,47 @@ class EventSubscription(Generic[T]):
                                              registration)
             registration.subscribers.append(self)
         self._registration = registration
+
+    async def _registered(self) -> int:
+        """Register with the daemon in a task of the connection's, and wait for the callback
+        id: a caller that leaves meanwhile (cancelled, timed out) leaves no callback behind
+        on the daemon (which would refuse the next registration of the kind): the task drops
+        it when the answer comes."""
+        outcome: list[Any] = []
+        done = anyio.Event()
+        left = False
+
+        async def drop(callback_id: int) -> None:
+            if self._conn.is_alive:
+                with contextlib.suppress(AiovirtError):
+                    await self._deregister(callback_id)
+
+        async def ask() -> None:
+            try:
+                outcome.append(await self._register())
+            except Exception as exc:   # noqa: BLE001 - raised again by the caller
+                outcome.append(exc)
+            except BaseException:   # the connection's tasks are cancelled: it is closing
+                outcome.append(ConnectionClosed("the connection was closed"))
+                raise
+            finally:
+                done.set()
+            if left and isinstance(outcome[0], int):   # its caller is gone: nobody holds it
+                await drop(outcome[0])
+
+        name = f"aiovirt {self._family} events registration"
+        if not self._conn._spawn(ask, name):
+            return await self._register()
+        try:
+            await done.wait()
+        except BaseException:
+            left = True   # (the answer, if it comes later, is dropped by ``ask``)
+            if done.is_set() and isinstance(outcome[0], int):   # it came first
+                self._conn._spawn(functools.partial(drop, outcome[0]), name)
+            raise
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return outcome[0]   # type: ignore[no-any-return]
 
     async def stop(self) -> None:
         """Unsubscribe (the last one out deregisters the callback); iteration ends once
