@@ -110,6 +110,7 @@ class LibvirtError(AiovirtError):
 
     def with_context(self, context: str) -> LibvirtError:
         """The same error with ``context`` (what was asked for) added to its message."""
+        context = _cut(context)
         if context in self.message:
             return self
         return type(self)(f"{self.message}: {context}", self.code, self.domain, self.level,
@@ -188,9 +189,21 @@ _BY_CODE: dict[int, type[LibvirtError]] = {
 }
 
 
+MAX_MESSAGE = 2000   # characters of a message kept (the daemon echoes what it was given)
+
+
+def _cut(text: str) -> str:
+    """``text``, or its start and a note of what was left out when it is over
+    ``MAX_MESSAGE`` (an argument of a megabyte echoed back is no message)."""
+    if len(text) <= MAX_MESSAGE:
+        return text
+    return f"{text[:MAX_MESSAGE]}... ({len(text) - MAX_MESSAGE} more characters)"
+
+
 def error_from_remote(err: Any) -> LibvirtError:
     """Build the right ``LibvirtError`` subclass from a decoded ``remote_error``."""
     cls = _BY_CODE.get(err.code, LibvirtError)
-    message = err.message if err.message is not None else f"libvirt error code {err.code}"
+    message = _cut(err.message) if err.message is not None else \
+        f"libvirt error code {err.code}"
     return cls(message, err.code, err.domain, err.level, err.str1, err.str2, err.str3,
                err.int1, err.int2)

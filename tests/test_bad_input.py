@@ -477,3 +477,13 @@ async def test_event_and_timeout_arguments_are_named(daemon):
             with pytest.raises(ValueError, match="timeout must be a number more than 0"):
                 await conn.rpc.connect_get_lib_version(call_timeout=bad)  # type: ignore[arg-type]
         assert await conn.get_lib_version() == 9000000
+
+
+async def test_error_messages_do_not_echo_a_megabyte_back(daemon):
+    # the daemon repeats what it was given: a 1 MiB name made a 1 MiB message
+    async with aiovirt.connect(daemon.uri()) as conn:
+        with pytest.raises(aiovirt.NoSuchDomain) as caught:
+            await conn.lookup_domain(name="x" * (1 << 20))
+        message = str(caught.value)
+        assert len(message) < 4200 and "more characters)" in message
+        assert message.startswith("Domain not found")

@@ -78,5 +78,8 @@ def test_dict_round_trip():
         from_dict({"cmt": "yes"}, {"cmt": BOOLEAN})   # was int()'s "invalid literal"
     with pytest.raises(EncodeError, match="typed parameter 'hard_limit': expected an int"):
         from_dict({"hard_limit": 1.5}, {"hard_limit": 4})
+    with pytest.raises(EncodeError, match=r"typed parameter 'big': 1180591620717411303424 is "
+                                          r"out of range \(0\.\.18446744073709551615\)"):
+        from_dict({"big": 2 ** 70})   # was struct's words, the field unnamed
     with pytest.raises(EncodeError, match="a dict of names to values, not \\[\\('a', 1\\)\\]"):
         from_dict([("a", 1)])   # type: ignore[arg-type]   # was AttributeError (.items)

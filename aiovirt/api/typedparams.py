@@ -58,6 +58,10 @@ def from_dict(values: dict[str, Any], types: dict[str, int] | None = None) -> li
         elif not isinstance(value, _KINDS.get(kind, object)):
             raise EncodeError(f"typed parameter {field!r}: expected "
                               f"{_KIND_NAMES.get(kind, 'a value')}, not {value!r:.60}")
+        span = _RANGES.get(kind)
+        if span is not None and not span[0] <= value <= span[1]:
+            raise EncodeError(f"typed parameter {field!r}: {value} is out of range "
+                              f"({span[0]}..{span[1]})")
         params.append(TypedParam(field, TypedParamValue(kind, int(value) if kind == BOOLEAN
                                                         else value)))
     return params
@@ -67,6 +71,8 @@ def from_dict(values: dict[str, Any], types: dict[str, int] | None = None) -> li
 _KINDS: dict[int, type | tuple[type, ...]] = {
     INT: int, UINT: int, LLONG: int, ULLONG: int, DOUBLE: (int, float), BOOLEAN: int,
     STRING: str}
+_RANGES = {INT: (-(1 << 31), (1 << 31) - 1), UINT: (0, (1 << 32) - 1),
+           LLONG: (-(1 << 63), (1 << 63) - 1), ULLONG: (0, (1 << 64) - 1)}
 _KIND_NAMES = {INT: "an int", UINT: "an int", LLONG: "an int", ULLONG: "an int",
                DOUBLE: "a number", BOOLEAN: "a bool", STRING: "a string"}
 
