@@ -465,6 +465,11 @@ async def test_job_provisions_20_guests_then_teardown(profiles_dir, test_uri, ho
         assert not expected & await names_on(holder)
         assert (await client.get(f"/jobs/{job_id}")).json()["teardown"]["ok"] is True
         assert (await client.post(f"/jobs/{job_id}/cancel")).status_code == 409
+        # a second teardown finds nothing, and the job's record still says what was removed
+        again = (await client.delete(f"/jobs/{job_id}/guests")).json()
+        assert again["counts"] == {"not found": 20}
+        record = (await client.get(f"/jobs/{job_id}")).json()["teardown"]
+        assert record["counts"] == {"removed": 20}
 
 
 async def test_cancel_a_job(profiles_dir, test_uri, holder):
@@ -522,6 +527,10 @@ async def test_cancel_a_job(profiles_dir, test_uri, holder):
                 {"template": TEST_GUEST.format(name="r"), "count": 6000}]}, 422,
      "11000 guests in one job is over this server's limit of 10000"),
     ({"specs": []}, 422, "specs: expected a non-empty list"),
+    ({"specs": [{"template": TEST_GUEST.format(name="t"), "address": {"placement": "zzz"}}]},
+     422, "guest spec: address: "),   # was a 500
+    ({"specs": [{"template": TEST_GUEST.format(name="t"), "start": "no"}]}, 422,
+     "start is true or false"),       # was taken as true
     ({"spec": {}}, 422, "unknown field 'spec'"),
     ([1, 2], 422, "expected a JSON object, not list"),
 ])

@@ -6,6 +6,7 @@ failures are ``HTTPError``s whose message names what was wrong and where.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -305,9 +306,26 @@ class Handlers:
         if job.state is JobState.RUNNING:
             raise HTTPError(409, f"job {job.id} is still running: cancel it "
                                  f"(POST /jobs/{job.id}/cancel) or wait for it first")
-        result = await teardown(job.hosts, report=job.run.report)
-        job.teardown = result.to_dict()
-        return json_response(job.teardown)
+        if job.tearing_down:
+            raise HTTPError(409, f"a teardown of job {job.id} is under way: wait for it "
+                                 f"(GET /jobs/{job.id} shows its result)")
+        job.tearing_down = True
+        try:
+            result = await teardown(job.hosts, report=job.run.report)
+        finally:
+            job.tearing_down = False
+        # a second teardown finds "not found" what the first removed: the record keeps both
+        before = {(r["host"], r.get("uuid") or r["name"]): r
+                  for r in (job.teardown or {}).get("guests", [])}
+        answer = result.to_dict()
+        for removal in answer["guests"]:
+            key = (removal["host"], removal.get("uuid") or removal["name"])
+            if not (removal["outcome"] == "not found" and key in before
+                    and before[key]["outcome"] == "removed"):
+                before[key] = removal
+        job.teardown = {**answer, "guests": list(before.values()),
+                        "counts": dict(Counter(r["outcome"] for r in before.values()))}
+        return json_response(answer)
 
     async def teardown(self, request: Request) -> Response:
         given = teardown_input(await request.json_object(), self.service.policy)

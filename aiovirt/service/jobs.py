@@ -54,6 +54,7 @@ class Job:
     error: str | None = None
     cancel_requested: bool = False
     teardown: dict[str, Any] | None = None
+    tearing_down: bool = False   # a teardown of the job's guests is under way
     done: anyio.Event = field(default_factory=anyio.Event)
 
     @property
