@@ -3,6 +3,7 @@ wrong and where, nothing accepted that would fail later, every size bounded."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -254,9 +255,11 @@ def test_profile_in_a_namespace_says_so():
 def test_pci_controller_index_is_bounded():
     # index 99999999 used to build that many buses: minutes and gigabytes
     start = time.monotonic()
-    with pytest.raises(AddressError, match="index 99999999: PCI bus numbers go up to 255"):
+    with pytest.raises(AddressError, match="index: 99999999 is out of range \\(0 to 1023\\)"):
         address_domain(Q35.format(
             "<controller type='pci' index='99999999' model='pcie-root-port'/>"))
+    with pytest.raises(AddressError, match="index 300: PCI bus numbers go up to 255"):
+        address_domain(Q35.format("<controller type='pci' index='300' model='pcie-root-port'/>"))
     assert time.monotonic() - start < 5
 
 
@@ -487,3 +490,31 @@ async def test_error_messages_do_not_echo_a_megabyte_back(daemon):
         message = str(caught.value)
         assert len(message) < 4200 and "more characters)" in message
         assert message.startswith("Domain not found")
+
+
+@pytest.mark.parametrize("devices, words", [
+    # each used to take from seconds to for ever (a controller per number up to it)
+    ("<disk type='file' device='disk'><source file='/x'/><target dev='sdzzzz' bus='sata'/>"
+     "</disk>", "target 'sdzzzz' is disk number 475253, which needs sata controller 79208"),
+    ("<disk type='file' device='disk'><source file='/x'/><target dev='sda' bus='scsi'/>"
+     "<address type='drive' controller='100000' bus='0' target='0' unit='0'/></disk>",
+     "controller: 100000 is out of range"),
+    ("<controller type='usb' index='0' model='qemu-xhci' ports='1000000000'/>"
+     "<input type='tablet' bus='usb'/>", "ports: 1000000000 is out of range"),   # MemoryError
+    # each used to be written as given (bus="0x-1"), or changed (multifunction="off")
+    ("<interface type='network'><source network='default'/>"
+     "<address type='pci' bus='-1' slot='3'/></interface>", "bus: -1 is out of range"),
+    ("<interface type='network'><source network='default'/>"
+     "<address type='pci' bus='0' slot='3' multifunction='maybe'/></interface>",
+     "multifunction 'maybe': give on or off"),
+    ("<disk type='file' device='disk'><source file='/x'/><target dev='sda' bus='scsi'/>"
+     "<address type='drive' controller='-1' bus='0' target='0' unit='0'/></disk>",
+     "controller: -1 is out of range"),
+    ("<controller type='pci' index='1' model='pcie-root-port'><target chassis='99999999'/>"
+     "</controller>", "<target chassis>: 99999999 is out of range"),
+])
+def test_addresses_and_controllers_out_of_range_are_refused_at_once(devices, words):
+    start = time.monotonic()
+    with pytest.raises(AddressError, match=re.escape(words)):
+        address_domain(Q35.format(devices))
+    assert time.monotonic() - start < 5

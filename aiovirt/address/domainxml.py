@@ -10,6 +10,8 @@ from lxml import etree
 
 from .model import (
     Address,
+    MAX_CONTROLLER_INDEX,
+    MAX_PORTS,
     AddressError,
     CcidAddress,
     CcwAddress,
@@ -50,6 +52,17 @@ def _int(value: str | None, what: str, base: int = 0) -> int | None:
         raise AddressError(f"{what}: {value!r} is not a number") from None
 
 
+def _count(value: str | None, what: str, high: int, low: int = 0) -> int | None:
+    """``_int`` within ``low..high``: libvirt's own ranges, or a bound on what placing the
+    device allocates (a controller's ports, its index)."""
+    number = _int(value, what)
+    if number is not None and not low <= number <= high:
+        raise AddressError(f"{what}: {number} is out of range ({low} to {high})")
+    return number
+
+
+
+
 # the address types libvirt 9.0 reads (virDomainDeviceAddress, "none" aside: it refuses that)
 ADDRESS_TYPES = frozenset({"pci", "drive", "virtio-serial", "ccid", "usb", "spapr-vio",
                            "virtio-s390", "ccw", "virtio-mmio", "isa", "dimm", "unassigned"})
@@ -68,16 +81,20 @@ def _address(element: etree._Element, who: str) -> tuple[Address | None, str | N
                            f"{', '.join(sorted(ADDRESS_TYPES))})")
     if kind == "pci":
         multi = element.get("multifunction")
-        return PciAddress(_int(element.get("bus", "0"), where) or 0,
+        if multi not in (None, "on", "off"):
+            raise AddressError(f"{where}: multifunction {multi!r}: give on or off")
+        return PciAddress(_count(element.get("bus", "0"), f"{where} bus", 0xFF) or 0,
                           _int(element.get("slot", "0"), where) or 0,
                           _int(element.get("function", "0"), where) or 0,
-                          _int(element.get("domain", "0"), where) or 0,
+                          _count(element.get("domain", "0"), f"{where} domain", 0xFFFF) or 0,
                           None if multi is None else multi == "on"), None
     if kind == "drive":
-        return DriveAddress(_int(element.get("controller", "0"), where) or 0,
-                            _int(element.get("bus", "0"), where) or 0,
-                            _int(element.get("target", "0"), where) or 0,
-                            _int(element.get("unit", "0"), where) or 0), None
+        return DriveAddress(
+            _count(element.get("controller", "0"), f"{where} controller",
+                   MAX_CONTROLLER_INDEX) or 0,
+            _count(element.get("bus", "0"), f"{where} bus", 0xFFFF) or 0,
+            _count(element.get("target", "0"), f"{where} target", 0xFFFF) or 0,
+            _count(element.get("unit", "0"), f"{where} unit", 0xFFFF) or 0), None
     if kind == "usb":
         port = element.get("port")
         path: tuple[int, ...] = ()
@@ -140,17 +157,20 @@ def read_devices(root: etree._Element) -> list[Device]:
             options["device"] = element.get("device", "disk")
         elif kind == "controller":
             dev.type = element.get("type")
-            dev.index = _int(element.get("index"), dev.name)
+            dev.index = _count(element.get("index"), f"{dev.name} index",
+                               MAX_CONTROLLER_INDEX)
             dev.model = element.get("model")
             if element.get("ports") is not None:
-                options["ports"] = _int(element.get("ports"), dev.name)
+                options["ports"] = _count(element.get("ports"), f"{dev.name} ports",
+                                          MAX_PORTS, 1)
             model_name = _attr(child.get("model"), "name")
             if model_name:
                 options["model_name"] = model_name
             if target is not None:
                 for key in ("chassis", "port", "busNr", "chassisNr"):
-                    if target.get(key) is not None:
-                        options[key] = _int(target.get(key), dev.name)
+                    if target.get(key) is not None:   # (libvirt's ranges: 0 or 1 to 255)
+                        options[key] = _count(target.get(key), f"{dev.name} <target {key}>",
+                                              255)
                 if target.get("index") is not None:   # a pSeries PHB's target index
                     options["targetIndex"] = _int(target.get("index"), dev.name)
                 if target.get("hotplug") is not None:

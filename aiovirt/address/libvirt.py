@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .model import (
+    MAX_CONTROLLER_INDEX,
     AddressError,
     CcidAddress,
     CcwAddress,
@@ -506,6 +507,11 @@ class LibvirtPlacement:
             address = DriveAddress(index // 6, 0, 0, index % 6)
         else:
             address = DriveAddress(index // 2, 0, 0, index % 2)
+        if address.controller > MAX_CONTROLLER_INDEX:
+            raise AddressError(f"{disk.label()}: target {disk.target!r} is disk number "
+                               f"{index}, which needs {disk.bus} controller "
+                               f"{address.controller}: over the limit of "
+                               f"{MAX_CONTROLLER_INDEX}")
         disk.address = address
 
     def next_scsi_unit(self, controller: int) -> int | None:

@@ -17,6 +17,10 @@ __all__ = ["Address", "AddressError", "CcidAddress", "CcwAddress", "Device", "Dr
            "VirtioSerialAddress", "address_from_dict", "device_from_dict"]
 
 
+MAX_CONTROLLER_INDEX = 1023   # controllers of one type: far above what PCI slots can hold
+MAX_PORTS = 1023              # a controller's ports= (USB: 15 at most in libvirt)
+
+
 class AddressError(AiovirtError, ValueError):
     """An address request that cannot be met; the message names the device and why."""
 
