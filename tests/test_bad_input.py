@@ -518,3 +518,82 @@ def test_addresses_and_controllers_out_of_range_are_refused_at_once(devices, wor
     with pytest.raises(AddressError, match=re.escape(words)):
         address_domain(Q35.format(devices))
     assert time.monotonic() - start < 5
+
+
+# -- composition: what used to hang, recurse or leak Python's own words -----------------------
+
+def _library(*texts: str):
+    from aiovirt.compose import Library
+    library = Library()
+    for text in texts:
+        library.add_string(text)
+    return library
+
+
+_PLAIN = "<domain type='kvm'><name>a</name><memory>1024</memory></domain>"
+
+
+@pytest.mark.parametrize("attrs, words", [
+    ("count='²' multiple='yes'", "count='²': expected a positive integer"),   # int() failed
+    ("count='٣' multiple='yes'", "count='٣': expected a positive integer"),   # was taken as 3
+])
+def test_profile_numbers_are_ascii_integers(attrs, words):
+    with pytest.raises(ProfileSyntaxError, match=words) as caught:
+        parse_profiles(f"<profile name='t'><add {attrs}><devices><disk/></devices></add>"
+                       "</profile>")
+    assert caught.value.line == 1
+
+
+@pytest.mark.parametrize("priority", ["high", "1_0", "9" * 30])
+def test_profile_priorities_are_bounded_integers(priority):
+    with pytest.raises(ProfileSyntaxError, match="priority must be an integer from"):
+        parse_profiles(f"<profile name='t' priority='{priority}'/>")
+    domain = ("<domain type='kvm'><name>a</name><metadata><aiovirt:profiles xmlns:aiovirt="
+              "'https://aiovirt.org/xmlns/profiles/1'><aiovirt:use profile='t' priority="
+              f"'{priority}'/></aiovirt:profiles></metadata></domain>")
+    from aiovirt.compose import ComposeError
+    with pytest.raises(ComposeError, match="priority must be an integer from"):
+        compose(domain, library=_library("<profile name='t'/>"))
+
+
+def test_long_extends_and_requires_chains_are_refused_not_recursion_errors():
+    from aiovirt.compose import ComposeError
+    extends = [f"<profile name='p{i}' extends='p{i + 1}'/>" for i in range(200)]
+    with pytest.raises(ProfileSyntaxError, match="extending one another more than 64 deep"):
+        compose(_PLAIN, ["p0"], library=_library(*extends, "<profile name='p200'/>"))
+    requires = [f"<profile name='r{i}'><requires profile='r{i + 1}'/></profile>"
+                for i in range(200)]
+    with pytest.raises(ComposeError, match="requiring profiles more than 64 deep"):
+        compose(_PLAIN, ["r0"], library=_library(*requires, "<profile name='r200'/>"))
+    # a profile may extend an older version of its own name (it said "extends itself")
+    library = _library("<profile name='t' version='1'><add><title>one</title></add></profile>",
+                       "<profile name='t' version='2' extends='t@1'/>")
+    assert "<title>one</title>" in compose(_PLAIN, ["t@2"], library=library).xml
+
+
+@pytest.mark.parametrize("params, words", [
+    ({"x": "a\x01b"}, r"parameter 'x': character U\+0001 at position 1 cannot be in XML"),
+    ({"x": "a" * 70_000}, "a value of 70000 characters is over the limit of 65536"),
+    ({1: "1"}, "parameter names are text"),                 # was AttributeError
+    ({"x": ["1"]}, "parameter 'x' must be given as text, not list"),   # was unhashable
+])
+def test_parameter_values_that_cannot_be_used_are_named(params, words):
+    library = _library("<profile name='t'><param name='x' default='d'/>"
+                       "<add><title>${x}</title></add></profile>")
+    with pytest.raises(ParameterError, match=words):
+        compose(_PLAIN, ["t"], params=params, library=library)
+
+
+def test_capabilities_of_the_wrong_type_are_named():
+    from aiovirt.compose import ComposeError
+    with pytest.raises(ComposeError, match="domain capabilities: expected XML text or an "
+                                           "element, not list"):
+        compose(_PLAIN, domcaps=["<domainCapabilities/>"])   # type: ignore[arg-type]
+
+
+def test_machine_names_of_mixed_shapes_sort():
+    # pc-q35-7.2 against pc-q35-rhel9.2.0 raised "'<' not supported between str and int"
+    from aiovirt.capabilities.tree import _version_key
+    names = ["pc-q35-rhel9.2.0", "pc-q35-10.0", "pc-q35-7.2"]
+    assert sorted(names, key=_version_key) == ["pc-q35-7.2", "pc-q35-10.0",
+                                                "pc-q35-rhel9.2.0"]

@@ -57,9 +57,11 @@ class Gap:
 Key = tuple[str, ...]
 
 
-def _version_key(text: str) -> tuple[object, ...]:
-    """Sort machine names so that pc-q35-7.2 < pc-q35-10.0."""
-    return tuple(int(p) if p.isdigit() else p for p in text.replace("-", ".").split("."))
+def _version_key(text: str) -> tuple[tuple[int, int, str], ...]:
+    """Sort machine names so that pc-q35-7.2 < pc-q35-10.0 (and pc-q35-rhel9.2.0 sorts
+    among them: numbers before words at each place, never compared with them)."""
+    return tuple((0, int(p), "") if p.isascii() and p.isdigit() else (1, 0, p)
+                 for p in text.replace("-", ".").split("."))
 
 
 class _Merger:

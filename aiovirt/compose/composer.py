@@ -41,7 +41,7 @@ from .errors import (BadProfileReference, ComposeError, InvalidResult, Parameter
 from .library import Library
 from .plan import (ActionPlan, Node, ProfilePlan, action_plan, profile_plan,
                    reads_only_variables, typed, variables_of)
-from .profile import Action, Profile, ProfileRef, Step, When
+from .profile import MAX_CHAIN, Action, Profile, ProfileRef, Step, When, parse_priority
 from .schema import validator
 
 __all__ = ["AppliedProfile", "Composer", "Composition", "NS", "Upgrade", "compose",
@@ -170,7 +170,7 @@ def _domain_requests(root: etree._Element) -> list[tuple[ProfileRef, dict[str, s
     for use in ours.findall(_A + "use"):
         text = use.get("profile", "")
         try:
-            priority = int(use.get("priority")) if use.get("priority") else None
+            priority = parse_priority(use.get("priority")) if use.get("priority") else None
             ref = ProfileRef.parse(text, priority)
         except ValueError as exc:
             raise ComposeError(f"domain metadata line {use.sourceline}: <aiovirt:use "
@@ -270,7 +270,10 @@ class _Composer:
                ) -> list[tuple[Profile, int, str, dict[str, str]]]:
         chosen: dict[str, tuple[Profile, int, str, dict[str, str]]] = {}
 
-        def take(ref: ProfileRef, reason: str, params: dict[str, str]) -> None:
+        def take(ref: ProfileRef, reason: str, params: dict[str, str], depth: int = 0) -> None:
+            if depth > MAX_CHAIN:   # (Python's own recursion limit would say it otherwise)
+                raise ComposeError(f"{reason}: profiles requiring profiles more than "
+                                   f"{MAX_CHAIN} deep")
             profile = self._lookup(ref)
             if profile.name in chosen:
                 have = chosen[profile.name][0]
@@ -281,7 +284,7 @@ class _Composer:
             priority = ref.priority if ref.priority is not None else profile.priority
             chosen[profile.name] = (profile, priority, reason, params)
             for required in profile.requires:
-                take(required, f"required by {profile.id}", {})
+                take(required, f"required by {profile.id}", {}, depth + 1)
 
         for ref in requested:
             take(ref, "requested", {})
@@ -503,8 +506,11 @@ def _as_tree(value: str | bytes | etree._Element | None, what: str,
         return None
     if isinstance(value, etree._Element):
         root = value
-    else:
+    elif isinstance(value, str | bytes):
         root = _parsed(value, what)
+    else:
+        raise ComposeError(f"{what}: expected XML text or an element, not "
+                           f"{type(value).__name__} ({value!r:.60})")
     if root.tag != root_tag:
         raise ComposeError(f"{what}: expected <{root_tag}>, found <{root.tag}>")
     return root
@@ -719,6 +725,13 @@ class Composer:
         steps; those whose ``<match>`` fails go to ``skipped``.  Worked out once per library,
         request and parameters when nothing in the domain can change it."""
         given = dict(params) if params else {}
+        for name, value in given.items():
+            if not isinstance(name, str):
+                raise ParameterError(f"parameter names are text (NAME or PROFILE.NAME), not "
+                                     f"{name!r:.60}")
+            if not isinstance(value, str | int) or isinstance(value, bool):
+                raise ParameterError(f"parameter {name!r} must be given as text, not "
+                                     f"{type(value).__name__} ({value!r:.60})")
         given_key = tuple(sorted(given.items())) if given else ()
         key = (refs, given_key, self.upgrade)
         table = _table(self.library, "prepared")

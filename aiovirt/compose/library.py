@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import ProfileSyntaxError, UnknownProfile
-from .profile import (Profile, ProfileRef, check_placeholders, load_profiles, parse_profiles,
+from .profile import (MAX_CHAIN, Profile, ProfileRef, check_placeholders, load_profiles, parse_profiles,
                       version_key)
 
 __all__ = ["Library", "SYSTEM_DIR", "shipped_dir", "user_dir"]
@@ -184,13 +184,16 @@ class Library:
             raise ProfileSyntaxError(f"profile {profile.id} extends itself through "
                                      f"{' -> '.join(chain)}", source=profile.source,
                                      line=profile.line)
+        if len(chain) >= MAX_CHAIN:
+            raise ProfileSyntaxError(f"profile {profile.id}: profiles extending one another "
+                                     f"more than {MAX_CHAIN} deep (from {chain[0]})",
+                                     source=profile.source, line=profile.line)
         try:
-            parent = self._find(profile.extends) if profile.extends.name != profile.name \
-                else None
+            parent = self._find(profile.extends)
         except UnknownProfile as exc:
             raise UnknownProfile(f"profile {profile.id} ({profile.source}:{profile.line}) "
                                  f"extends {profile.extends}: {exc}") from None
-        if parent is None:
+        if parent.id == profile.id:   # (another version of its own name is fine)
             raise ProfileSyntaxError(f"profile {profile.id} extends itself",
                                      source=profile.source, line=profile.line)
         parent = self._resolve(parent, (*chain, profile.id))

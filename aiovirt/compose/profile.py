@@ -53,6 +53,24 @@ def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
                  for part in re.split(r"[.+~-]", version))
 
 
+
+MAX_PARAM_VALUE = 64 * 1024   # characters of one parameter value
+MAX_PRIORITY = 10 ** 9
+MAX_CHAIN = 64   # profiles extending (or requiring) one another, one after the other
+_DIGITS = re.compile(r"[0-9]+")   # ASCII digits only: str.isdigit() takes "²" and "٣"
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+# characters XML 1.0 cannot hold (lxml refuses them with no word of where they came from)
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def parse_priority(text: str) -> int:
+    """A priority as profiles and ``<aiovirt:use>`` write it: an integer of ASCII digits
+    within +-``MAX_PRIORITY``; ``ValueError`` saying so otherwise."""
+    if not _INTEGER.fullmatch(text.strip()) or abs(int(text)) > MAX_PRIORITY:
+        raise ValueError(f"priority must be an integer from -{MAX_PRIORITY} to "
+                         f"{MAX_PRIORITY}, not {text!r:.40}")
+    return int(text)
+
 @dataclass(frozen=True, slots=True)
 class ProfileRef:
     """A request for a profile: ``name``, optionally ``@version``, and a priority override."""
@@ -103,6 +121,15 @@ class Param:
         elif not isinstance(value, str):
             raise ParameterError(f"profile {profile}: parameter {self.name!r} must be given as "
                                  f"text, not {type(value).__name__} ({value!r:.60})")
+        if len(value) > MAX_PARAM_VALUE:
+            raise ParameterError(f"profile {profile}: parameter {self.name!r}: a value of "
+                                 f"{len(value)} characters is over the limit of "
+                                 f"{MAX_PARAM_VALUE}")
+        bad = _NOT_XML.search(value)
+        if bad is not None:
+            raise ParameterError(f"profile {profile}: parameter {self.name!r}: character "
+                                 f"U+{ord(bad.group()):04X} at position {bad.start()} cannot "
+                                 "be in XML")
         if self.type == "int":
             try:
                 return str(int(value, 0))
@@ -255,10 +282,9 @@ class _Reader:
         if not _VERSION.match(version):
             raise self.fail(node, f"profile {name}: version {version!r} is not a version")
         try:
-            priority = int(node.get("priority", "0"))
-        except ValueError:
-            raise self.fail(node, f"profile {name}: priority must be an integer, "
-                                  f"not {node.get('priority')!r}") from None
+            priority = parse_priority(node.get("priority", "0"))
+        except ValueError as exc:
+            raise self.fail(node, f"profile {name}: {exc}") from None
         auto = self.attr(node, "auto", ("yes", "no"), "no") == "yes"
         extends = self.ref(node, node.get("extends")) if node.get("extends") else None
         description, params, requires, conflicts, match = "", [], [], [], []
@@ -344,7 +370,7 @@ class _Reader:
             if kind == "add" and "count" in node.attrib and multiple != "yes":
                 raise self.fail(node, "count= needs multiple='yes'")
             if not PLACEHOLDER.search(count):
-                if not count.isdigit() or int(count) < 1:
+                if not _DIGITS.fullmatch(count) or int(count) < 1:
                     raise self.fail(node, f"count={count!r}: expected a positive integer")
                 if int(count) > MAX_COUNT:
                     raise self.fail(node, f"count={count}: at most {MAX_COUNT}")
