@@ -597,3 +597,26 @@ def test_machine_names_of_mixed_shapes_sort():
     names = ["pc-q35-rhel9.2.0", "pc-q35-10.0", "pc-q35-7.2"]
     assert sorted(names, key=_version_key) == ["pc-q35-7.2", "pc-q35-10.0",
                                                 "pc-q35-rhel9.2.0"]
+
+
+def test_an_action_that_would_add_gigabytes_is_refused_before_it_does():
+    # ${x} of 60,000 characters, ten times, 4096 copies: lxml ran out of memory
+    library = _library("<profile name='t'><param name='x' default='d'/><add multiple='yes' "
+                       "count='4096'><devices><disk device='" + "${x}" * 10 + "'/></devices>"
+                       "</add></profile>")
+    with pytest.raises(ParameterError, match="adds 2457747456 bytes of XML, over the limit"):
+        compose(_PLAIN, ["t"], params={"x": "a" * 60_000}, library=library, validate=False)
+    big = "<title>" + "t" * 10_000 + "</title>"
+    with pytest.raises(ProfileSyntaxError, match="<add> adds .* bytes of XML \\(count=4096\\)"):
+        parse_profiles(f"<profile name='b'><add multiple='yes' count='4096'>{big}</add></profile>")
+
+
+def test_removing_many_elements_takes_linear_time():
+    # 20,000 removals took over a minute (every removal rescanned every earlier note)
+    library = _library("<profile name='rm'><remove><devices><disk/></devices></remove></profile>")
+    disks = "<disk type='file' device='disk'><target dev='vda'/></disk>" * 20_000
+    start = time.monotonic()
+    result = compose(f"<domain type='kvm'><name>a</name><devices>{disks}</devices></domain>",
+                     ["rm"], library=library, validate=False)
+    assert "<disk" not in result.xml and len(result.changes) == 20_000
+    assert time.monotonic() - start < 20

@@ -158,6 +158,9 @@ class Applier:
         self._notes: list[tuple[etree._Element, str, str, str | None,
                                 str | etree._Element | None, Writer, str, str | None,
                                 str | None]] = []
+        # the notes whose path is worked out when the report is made, by element: a removal
+        # fixes its elements' paths first (looking them up, not scanning every note)
+        self._pathless: dict[etree._Element, list[int]] = {}
 
         # children by tag, per element looked into: lxml's iterchildren(tag) costs some
         # 7000 machine instructions a call, an element's tag some 1500; every change to the
@@ -354,7 +357,7 @@ class Applier:
         else:
             element.set(name, value)
         self.owners[(element, key)] = [writer]
-        self._notes.append((element, key, "set", old, value, writer, "", None, replaced))
+        self._add_note((element, key, "set", old, value, writer, "", None, replaced))
 
     def _merge_attrs(self, node: Node, target: etree._Element, writer: Writer,
                      override: bool) -> None:
@@ -400,7 +403,7 @@ class Applier:
         if shell or not node.children:
             self._index[element] = {}
         self.created[element] = writer
-        self._notes.append((element, "", "added", None, node.element, writer, "", None, None))
+        self._add_note((element, "", "added", None, node.element, writer, "", None, None))
         return element
 
     # -- add -------------------------------------------------------------------------------------
@@ -490,9 +493,9 @@ class Applier:
                             return
         replaced = self._owners(element, "")[0].who
         self._note(element, "", "removed", _whole(element), None, writer, replaced=replaced)
-        leaving = set(element.iter(etree.Element))
-        for index, (inner, key, *rest, path, was) in enumerate(self._notes):
-            if path is None and inner in leaving:  # earlier notes on it: fix their paths now
+        for inner in element.iter(etree.Element):   # earlier notes on it: fix their paths now
+            for index in self._pathless.pop(inner, ()):
+                _, key, *rest, _, was = self._notes[index]
                 self._notes[index] = (inner, key, *rest, self.path(inner, key), was)  # type: ignore
         parent.remove(element)
         self._index[parent][node.tag].remove(element)  # found through the index
@@ -543,7 +546,12 @@ class Applier:
         if isinstance(old, etree._Element):
             old = _short(old)
         path = self.path(element, key) if what == "removed" else None
-        self._notes.append((element, key, what, old, new, writer, note, path, replaced))
+        self._add_note((element, key, what, old, new, writer, note, path, replaced))
+
+    def _add_note(self, entry: tuple[Any, ...]) -> None:
+        if entry[7] is None:   # its path: later
+            self._pathless.setdefault(entry[0], []).append(len(self._notes))
+        self._notes.append(entry)  # type: ignore[arg-type]
 
     @property
     def changes(self) -> list[Change]:

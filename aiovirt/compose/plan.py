@@ -20,6 +20,7 @@ from typing import Any
 
 from lxml import etree
 
+from ..xml.safe import MAX_BYTES
 from .errors import ParameterError
 from .profile import MAX_COUNT, PLACEHOLDER, Action, Profile, When
 from .schema import Place, RepeatTable, repeat_table
@@ -141,6 +142,11 @@ def _substituted(action: Action, items: tuple[tuple[str, str], ...], profile_id:
     if count > MAX_COUNT:
         raise ParameterError(f"profile {profile_id} line {action.line}: count={count} is "
                              f"more than {MAX_COUNT}")
+    size = sum(len(etree.tostring(root)) for root in snippet) * max(count, 1)
+    if size > MAX_BYTES:   # checked before the copies are made: they would take the memory
+        raise ParameterError(f"profile {profile_id} line {action.line}: with these parameters "
+                             f"it adds {size} bytes of XML, over the limit of {MAX_BYTES} for "
+                             "a document")
     return tuple(snippet), count
 
 

@@ -32,7 +32,7 @@ from typing import Literal
 
 from lxml import etree
 
-from ..xml.safe import parse, parse_file
+from ..xml.safe import MAX_BYTES, parse, parse_file
 from .errors import BadProfileReference, ParameterError, ProfileSyntaxError, XMLInputError
 
 __all__ = ["Action", "Choose", "Param", "Profile", "ProfileRef", "Step", "When",
@@ -379,6 +379,11 @@ class _Reader:
                 raise self.fail(node, f"<{tag}> is empty: it needs the XML it acts on")
             templated = bool(PLACEHOLDER.search(count)) or any(
                 _has_placeholder(element) for element in snippet)
+            if not PLACEHOLDER.search(count):   # (a templated count is checked when filled)
+                size = sum(len(etree.tostring(element)) for element in snippet) * int(count)
+                if size > MAX_BYTES:
+                    raise self.fail(node, f"<{tag}> adds {size} bytes of XML (count={count}), "
+                                          f"over the limit of {MAX_BYTES} for a document")
             return Action(kind, snippet, multiple, constraint, count,  # type: ignore[arg-type]
                           node.sourceline or 0, templated)
         if tag == "when":
