@@ -620,3 +620,20 @@ def test_removing_many_elements_takes_linear_time():
                      ["rm"], library=library, validate=False)
     assert "<disk" not in result.xml and len(result.changes) == 20_000
     assert time.monotonic() - start < 20
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"namespace": "https://aiovirt.org/xmlns/profiles/1"}, "is aiovirt's own"),
+    ({"namespace": "https://aiovirt.org/xmlns/devices/1"}, "is aiovirt's own"),
+    ({"namespace": "urn:app", "prefix": "xml"}, "prefix 'xml' is not usable"),   # <xml:data>
+    ({"namespace": "urn:app", "prefix": "1x"}, "prefix '1x' is not usable"),     # lxml's words
+    ({"namespace": "urn:app", "name": 5}, "5 is not usable as an element name"),
+])
+def test_metadata_writes_that_would_break_the_domain_are_refused(kwargs, words):
+    # a write under the profiles namespace used to replace composition's records
+    from lxml import etree
+    domain = etree.fromstring("<domain><metadata/></domain>")
+    with pytest.raises(ValueError, match=words):
+        metadata.write(domain, {"a": 1}, **kwargs)
+    with pytest.raises(TypeError, match="takes a parsed domain"):
+        metadata.read("<domain/>", "urn:app")   # type: ignore[arg-type]

@@ -34,6 +34,7 @@ from lxml import etree
 from ..address import Device, Tunables, address_tree
 from .aliases import assign_user_aliases
 from ..capabilities import CapabilitySet
+from ..xml.metadata import PROFILES_NAMESPACE
 from ..xml.safe import parse, strip_indentation, to_string
 from .apply import INPUT, LOWEST, Applier, Change, Writer, _contains
 from .errors import (BadProfileReference, ComposeError, InvalidResult, ParameterError,
@@ -47,7 +48,7 @@ from .schema import validator
 __all__ = ["AppliedProfile", "Composer", "Composition", "NS", "Upgrade", "compose",
            "compose_many"]
 
-NS = "https://aiovirt.org/xmlns/profiles/1"
+NS = PROFILES_NAMESPACE
 _A = f"{{{NS}}}"
 _EMPTY_CAPS = etree.Element("capabilities")
 _EMPTY_DOMCAPS = etree.Element("domainCapabilities")

@@ -52,6 +52,9 @@ __all__ = ["DEVICES_NAMESPACE", "DEVICES_PREFIX", "UnknownDevice", "check_namesp
            "same", "to_element", "write", "write_device"]
 
 DEVICES_NAMESPACE = "https://aiovirt.org/xmlns/devices/1"
+PROFILES_NAMESPACE = "https://aiovirt.org/xmlns/profiles/1"   # composition's own records
+# namespaces whose content is not one typed value: writing a value there would destroy them
+RESERVED_NAMESPACES = frozenset({DEVICES_NAMESPACE, PROFILES_NAMESPACE})
 DEVICES_PREFIX = "aiovirt-devices"
 
 _XML_TEXT = re.compile("[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*")
@@ -91,11 +94,16 @@ def to_element(value: Any, *, namespace: str | None, prefix: str = "app",
     """``value`` as an element ``{namespace}name`` (its content unqualified); ``TypeError``
     names what cannot be stored and where.  ``namespace=None`` gives a bare element, which
     is what ``virDomainSetMetadata`` wants (libvirt adds the namespace itself)."""
-    if not _name_ok(name):
+    if not isinstance(name, str) or not _name_ok(name):
         raise ValueError(f"{name!r} is not usable as an element name")
     if namespace is None:
         root = etree.Element(name)
     else:
+        if namespace in RESERVED_NAMESPACES:
+            raise ValueError(f"{namespace!r} is aiovirt's own (its records would be lost): "
+                             "store application data under a namespace of yours")
+        if not isinstance(prefix, str) or not _name_ok(prefix):
+            raise ValueError(f"prefix {prefix!r} is not usable as a namespace prefix")
         root = etree.Element(f"{{{check_namespace(namespace)}}}{name}",
                              nsmap={prefix: namespace})
     _encode(root, value, "value", 0)
@@ -228,6 +236,9 @@ def loads(text: str | bytes) -> Any:
 
 def read(domain: etree._Element, namespace: str, default: Any = None) -> Any:
     """The value stored under ``namespace`` in a domain XML tree's ``<metadata>``."""
+    if not isinstance(domain, etree._Element):
+        raise TypeError(f"read() takes a parsed domain (an lxml element: "
+                        f"aiovirt.xml.safe.parse(text)), not {type(domain).__name__}")
     metadata = domain.find("metadata")
     if metadata is not None:
         for child in metadata:
