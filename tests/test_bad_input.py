@@ -637,3 +637,23 @@ def test_metadata_writes_that_would_break_the_domain_are_refused(kwargs, words):
         metadata.write(domain, {"a": 1}, **kwargs)
     with pytest.raises(TypeError, match="takes a parsed domain"):
         metadata.read("<domain/>", "urn:app")   # type: ignore[arg-type]
+
+
+def test_a_profile_twice_in_one_document_is_refused():
+    # the last one used to win without a word
+    with pytest.raises(ProfileSyntaxError, match="profile t@1 comes twice \\(first at line 1\\)"):
+        parse_profiles("<profiles><profile name='t' version='1'/>\n"
+                       "<profile name='t' version='1'/></profiles>")
+
+
+def test_a_mistyped_parameter_in_the_domain_metadata_is_named():
+    # <aiovirt:param name="cuont"> used to be ignored (the default applied)
+    library = _library("<profile name='t'><param name='count' default='1'/>"
+                       "<add><title>${count}</title></add></profile>")
+    domain = ("<domain type='kvm'><name>a</name><metadata><aiovirt:profiles xmlns:aiovirt="
+              "'https://aiovirt.org/xmlns/profiles/1'><aiovirt:use profile='t'>"
+              "<aiovirt:param name='cuont' value='8'/></aiovirt:use></aiovirt:profiles>"
+              "</metadata></domain>")
+    with pytest.raises(ParameterError, match="<aiovirt:param name='cuont'>: profile t@0 has "
+                                             "no such parameter \\(it has: count\\)"):
+        compose(domain, library=library)

@@ -775,6 +775,13 @@ class Composer:
             key = None  # type: ignore[assignment]
         selected = composer.select(refs)
         _check_given(given, [s[0] for s in selected])
+        for profile, _, reason, recorded in selected:   # the domain's own <aiovirt:param>s
+            for name in recorded:
+                if profile.param(name) is None:
+                    raise ParameterError(
+                        f"{reason}: <aiovirt:param name={name!r}>: profile {profile.id} has "
+                        f"no such parameter (it has: "
+                        f"{', '.join(p.name for p in profile.params) or 'none'})")
         if key is not None:
             _keep(table, key, selected)
         return selected

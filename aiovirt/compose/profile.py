@@ -507,5 +507,14 @@ def _read(root: etree._Element, source: str) -> list[Profile]:
     reader = _Reader(source)
     if root.tag == "profiles":
         reader.only(root, ())
-        return [reader.profile(child) for child in root]
+        profiles, lines = [], {}
+        for child in root:
+            profile = reader.profile(child)
+            if profile.id in lines:   # the last one would have won without a word
+                raise ProfileSyntaxError(f"profile {profile.id} comes twice (first at line "
+                                         f"{lines[profile.id]})", source=source,
+                                         line=profile.line)
+            lines[profile.id] = profile.line
+            profiles.append(profile)
+        return profiles
     return [reader.profile(root)]
