@@ -657,3 +657,19 @@ def test_a_mistyped_parameter_in_the_domain_metadata_is_named():
     with pytest.raises(ParameterError, match="<aiovirt:param name='cuont'>: profile t@0 has "
                                              "no such parameter \\(it has: count\\)"):
         compose(domain, library=library)
+
+
+@pytest.mark.parametrize("devices, words", [
+    ("<disk type='file' device='disk'><source file='/x'/><target dev='sda' bus='scsi'/></disk>"
+     "<disk type='file' device='disk'><source file='/y'/><target dev='sda' bus='scsi'/></disk>",
+     "disk#2: target 'sda' is disk#1's too"),
+    ("<disk type='file' device='disk'><source file='/x'/><target dev='sda' bus='scsi'/>"
+     "<address type='drive' controller='0' bus='0' target='0' unit='1'/></disk>"
+     "<disk type='file' device='disk'><source file='/y'/><target dev='sdb' bus='scsi'/>"
+     "<address type='drive' controller='0' bus='0' target='0' unit='1'/></disk>",
+     "disk#2: drive address drive 0:0:0:1 on the scsi bus is disk#1's too"),
+])
+def test_disks_libvirt_would_refuse_as_duplicates_are_refused(devices, words):
+    # both used to be written out unchanged, for libvirt to refuse at define time
+    with pytest.raises(AddressError, match=re.escape(words)):
+        address_domain(Q35.format(devices))

@@ -238,6 +238,7 @@ class LibvirtPlacement:
 
     # -- the whole run ----------------------------------------------------------------------
     def run(self) -> list[Device]:
+        self.check_disks()
         self.sort_controllers()
         self.sort_disks()
         self.assign_controller_indexes()
@@ -253,6 +254,25 @@ class LibvirtPlacement:
         self.assign_memory_slots()
         self.mirror_serial_console()
         return self.devices
+
+    # -- 0. what libvirt refuses at define time -----------------------------------------------
+    def check_disks(self) -> None:
+        """Two disks with one target name, or one drive address on one kind of bus, are
+        refused as libvirt refuses them (virDomainDefCheckDuplicateDiskInfo and
+        ...DriveAddresses), not written out for the daemon to reject."""
+        targets: dict[str, Device] = {}
+        drives: dict[tuple[str | None, DriveAddress], Device] = {}
+        for disk in self.of("disk"):
+            if disk.target:
+                other = targets.setdefault(disk.target, disk)
+                if other is not disk:
+                    raise AddressError(f"{disk.label()}: target {disk.target!r} is "
+                                       f"{other.label()}'s too")
+            if isinstance(disk.address, DriveAddress):
+                other = drives.setdefault((disk.bus, disk.address), disk)
+                if other is not disk:
+                    raise AddressError(f"{disk.label()}: drive address {disk.address} on the "
+                                       f"{disk.bus} bus is {other.label()}'s too")
 
     # -- 1. controller order and indexes ------------------------------------------------------
     def sort_controllers(self) -> None:
