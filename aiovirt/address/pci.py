@@ -338,7 +338,7 @@ class PciSpace:
                     self._cursor[key] = number
                 return found
         if self.growing and everywhere:
-            number = self._grow(len(self.buses), flags)
+            number = self._grow(len(self.buses), flags, who)
             if not exclude:
                 self._cursor[key] = number
             return number, self.buses[number].min_slot, function or 0
@@ -376,7 +376,7 @@ class PciSpace:
             if found is None:
                 if not self.growing:
                     raise AddressError(f"{who}: no free PCI slot for {_kind(flags)}")
-                number = self._grow(len(buses), flags)
+                number = self._grow(len(buses), flags, who)
                 found = number, self.buses[number].min_slot, function or 0
             self._cursor[key] = found[0]
         number, slot, fn = found
@@ -439,7 +439,7 @@ class PciSpace:
             if found is None:
                 if not self.growing:
                     raise AddressError(f"{who[index]}: no free PCI slot for {_kind(flags)}")
-                number = self._grow(len(buses), flags)
+                number = self._grow(len(buses), flags, who[index])
                 found = number, buses[number].min_slot, 0
             number, slot, fn = found
             bus = buses[number]
@@ -476,7 +476,7 @@ class PciSpace:
             return address
         return PciAddress(number, address.slot, address.function, address.domain)
 
-    def _grow(self, number: int, flags: Flags) -> int:
+    def _grow(self, number: int, flags: Flags, who: object = None) -> int:
         """``grow`` on a bus number: returns the bus the device is to use."""
         add = number - len(self.buses) + 1
         if add <= 0:
@@ -500,8 +500,9 @@ class PciSpace:
         elif flags & (Connect.PCIE_DEVICE | Connect.PCIE_SWITCH_UPSTREAM_PORT):
             model = "pcie-root-port"
         else:
-            raise AddressError(f"no PCI slot for {_kind(flags)}, and such a controller is "
-                               "not added automatically")
+            raise AddressError(f"{'' if who is None else f'{who}: '}no PCI slot for "
+                               f"{_kind(flags)}, and such a controller is not added "
+                               "automatically")
         new = [Bus.of(model) for _ in range(add)]
         if need_dmi:
             new[0] = Bus.of("dmi-to-pci-bridge")
