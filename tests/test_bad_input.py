@@ -673,3 +673,14 @@ def test_disks_libvirt_would_refuse_as_duplicates_are_refused(devices, words):
     # both used to be written out unchanged, for libvirt to refuse at define time
     with pytest.raises(AddressError, match=re.escape(words)):
         address_domain(Q35.format(devices))
+
+
+@pytest.mark.parametrize("body, words", [
+    ("<a:data type='dict'><a:x type='int'>1</a:x><a:x type='int'>2</a:x></a:data>",
+     "key 'x' comes twice"),                       # the last used to win
+    ("<a:data type='list'>text<a:i type='int'>1</a:i></a:data>",
+     "a list holds elements, not text"),           # the text used to be dropped
+])
+def test_metadata_that_would_lose_data_when_read_is_refused(body, words):
+    with pytest.raises(ValueError, match=words):
+        metadata.loads(body.replace("<a:data", "<a:data xmlns:a='urn:a'", 1))

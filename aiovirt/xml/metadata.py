@@ -171,12 +171,18 @@ def from_element(element: etree._Element) -> Any:
 def _decode(element: etree._Element, where: str) -> Any:
     kind = element.get("type", "str")
     children = [c for c in element if isinstance(c.tag, str)]
+    if kind in ("list", "dict") and (element.text or "").strip():
+        raise ValueError(f"metadata {where} (line {element.sourceline}): a {kind} holds "
+                         f"elements, not text ({element.text.strip()!r:.40})")
     if kind == "list":
         return [_decode(child, f"{where}[{i}]") for i, child in enumerate(children)]
     if kind == "dict":
         result: dict[str, Any] = {}
         for child in children:
             key = _key(child, where)
+            if key in result:   # the last would win without a word
+                raise ValueError(f"metadata {where} (line {child.sourceline}): key {key!r} "
+                                 "comes twice")
             result[key] = _decode(child, f"{where}.{key}")
         return result
     try:
