@@ -684,3 +684,19 @@ def test_disks_libvirt_would_refuse_as_duplicates_are_refused(devices, words):
 def test_metadata_that_would_lose_data_when_read_is_refused(body, words):
     with pytest.raises(ValueError, match=words):
         metadata.loads(body.replace("<a:data", "<a:data xmlns:a='urn:a'", 1))
+
+
+def test_merging_capabilities_with_many_siblings_takes_linear_time():
+    # each new sibling was placed with list.index() and insert(): 80k of them took minutes
+    from lxml import etree
+
+    from aiovirt.capabilities.tree import merge_documents
+
+    def host(prefix: str) -> etree._Element:
+        values = "".join(f"<value>{prefix}{i}</value>" for i in range(40_000))
+        return etree.fromstring(f"<domainCapabilities><devices><disk><enum name='x'>{values}"
+                                "</enum></disk></devices></domainCapabilities>")
+    start = time.monotonic()
+    merged, gaps = merge_documents([host("a"), host("b")], ["a", "b"], 1, "domainCapabilities")
+    assert len(merged.findall(".//value")) == 80_000 and len(gaps) == 80_000
+    assert time.monotonic() - start < 30

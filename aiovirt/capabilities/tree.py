@@ -178,22 +178,30 @@ class _Merger:
 
     def children(self, out: etree._Element, enabled: list[tuple[int, etree._Element]],
                  path: str, plain: str) -> None:
-        order: list[tuple[Key, int]] = []
+        # the hosts' children merged in order: a linked list (slot -> next slot), so that a
+        # new key goes in after the last one this host shares, in constant time (a list's
+        # index() and insert() made many siblings quadratic)
+        following: dict[tuple[Key, int] | None, tuple[Key, int] | None] = {None: None}
         groups: dict[tuple[Key, int], list[tuple[int, etree._Element]]] = {}
         for h, parent in enabled:
             seen: Counter[Key] = Counter()
-            at = 0                              # where this host's next new key goes
+            after: tuple[Key, int] | None = None   # this host's next new key goes after it
             for child in parent.iterchildren(etree.Element):
                 key = self.key(parent, child)
                 slot = (key, seen[key])
                 seen[key] += 1
                 if slot in groups:
                     groups[slot].append((h, child))
-                    at = order.index(slot) + 1
                 else:
                     groups[slot] = [(h, child)]
-                    order.insert(at, slot)
-                    at += 1
+                    following[slot] = following[after]
+                    following[after] = slot
+                after = slot
+        order = []
+        slot = following[None]
+        while slot is not None:
+            order.append(slot)
+            slot = following[slot]
         for slot in order:
             key, nth = slot
             have = groups[slot]
