@@ -92,12 +92,18 @@ def _provision(options: argparse.Namespace) -> int:
     specs = _specs(options)
     if options.report:
         _check_writable(options.report)
-    job = Provisioning(options.uri, specs, placement=options.placement,
-                       concurrency=options.concurrency, on_existing=options.on_existing,
-                       rollback=not options.no_rollback, start_timeout=options.start_timeout,
-                       overcommit=options.overcommit, library=library(options),
-                       connect_timeout=options.connect_timeout)
-    job.check()   # an unknown profile or a bad parameter: refused before any host is touched
+    try:
+        job = Provisioning(options.uri, specs, placement=options.placement,
+                           concurrency=options.concurrency, on_existing=options.on_existing,
+                           rollback=not options.no_rollback,
+                           start_timeout=options.start_timeout,
+                           overcommit=options.overcommit, library=library(options),
+                           connect_timeout=options.connect_timeout)
+        job.check()   # an unknown profile or a bad parameter: refused before any host is touched
+    except AiovirtError as exc:
+        if options.specs:   # the specs' file is where to look
+            raise AiovirtError(f"{options.specs}: {exc}") from None
+        raise
     line = ProgressLine(job.progress, force=options.progress)
     job.on_change = line.update
     if not options.json:
