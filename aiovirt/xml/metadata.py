@@ -112,7 +112,9 @@ def to_element(value: Any, *, namespace: str | None, prefix: str = "app",
 
 def _encode(element: etree._Element, value: Any, where: str, depth: int) -> None:
     if depth > _MAX_DEPTH:
-        raise ValueError(f"{where}: nested deeper than {_MAX_DEPTH} levels")
+        shown = where if len(where) <= 80 else f"{where[:80]}..."
+        raise ValueError(f"{shown}: nested deeper than {_MAX_DEPTH} levels (a list or dict "
+                         "that contains itself?)")
     if value is None:
         element.set("type", "null")
     elif isinstance(value, bool):
