@@ -365,11 +365,12 @@ def test_provisioning_options_are_checked_up_front(option, value, words):
     ({"profiles": None}, "profiles None: give a list"),
     ({"labels": {"k" * 300: "v"}}, "a label's name has 1 to 256 characters"),
     ({"labels": {"k": "v" * 70_000}}, "its value of 70000 characters is over the limit"),
+    ({"name": "a\x01b"}, "character U\\+0001 cannot be in XML"),   # failed at define
 ])
 def test_guest_spec_fields_of_the_wrong_kind_are_named(fields, words):
     from aiovirt.provision import GuestSpec, ProvisionError
     with pytest.raises(ProvisionError, match=words):
-        GuestSpec(_TEMPLATE, **fields)
+        GuestSpec(_TEMPLATE, **fields).names()
 
 
 @pytest.mark.parametrize("data, words", [

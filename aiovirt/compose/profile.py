@@ -32,7 +32,7 @@ from typing import Literal
 
 from lxml import etree
 
-from ..xml.safe import MAX_BYTES, parse, parse_file
+from ..xml.safe import MAX_BYTES, NOT_XML_CHAR, parse, parse_file
 from .errors import BadProfileReference, ParameterError, ProfileSyntaxError, XMLInputError
 
 __all__ = ["Action", "Choose", "Param", "Profile", "ProfileRef", "Step", "When",
@@ -59,8 +59,6 @@ MAX_PRIORITY = 10 ** 9
 MAX_CHAIN = 64   # profiles extending (or requiring) one another, one after the other
 _DIGITS = re.compile(r"[0-9]+")   # ASCII digits only: str.isdigit() takes "²" and "٣"
 _INTEGER = re.compile(r"[+-]?[0-9]+")
-# characters XML 1.0 cannot hold (lxml refuses them with no word of where they came from)
-_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def parse_priority(text: str) -> int:
@@ -125,7 +123,7 @@ class Param:
             raise ParameterError(f"profile {profile}: parameter {self.name!r}: a value of "
                                  f"{len(value)} characters is over the limit of "
                                  f"{MAX_PARAM_VALUE}")
-        bad = _NOT_XML.search(value)
+        bad = NOT_XML_CHAR.search(value)
         if bad is not None:
             raise ParameterError(f"profile {profile}: parameter {self.name!r}: character "
                                  f"U+{ord(bad.group()):04X} at position {bad.start()} cannot "

@@ -13,7 +13,7 @@ from lxml import etree
 
 from ..address import Tunables
 from ..errors import AiovirtError
-from ..xml.safe import parse
+from ..xml.safe import NOT_XML_CHAR, parse
 
 __all__ = ["MAX_COUNT", "MAX_NAME_BYTES", "GuestSpec", "ProvisionError", "SpecError", "excerpt",
            "expand"]
@@ -274,6 +274,10 @@ def _check_name(name: str) -> None:
     if not name or "/" in name or name != name.strip() or "\n" in name:
         raise SpecError(None, f"guest name {excerpt(name)}: libvirt needs a non-empty name "
                               "without '/', newlines or surrounding spaces")
+    bad = NOT_XML_CHAR.search(name)
+    if bad is not None:   # the domain's XML could not hold it: libvirt would refuse it
+        raise SpecError(None, f"guest name {excerpt(name)}: character U+{ord(bad.group()):04X} "
+                              "cannot be in XML")
     size = len(name.encode("utf-8", "surrogatepass"))
     if size > MAX_NAME_BYTES:
         raise SpecError(None, f"guest name {excerpt(name)} is {size} bytes: libvirt's QEMU "

@@ -16,10 +16,13 @@ from lxml import etree
 
 from ..errors import XMLInputError
 
-__all__ = ["XMLInputError", "parse", "parse_file", "strip_indentation", "to_string"]
+__all__ = ["NOT_XML_CHAR", "XMLInputError", "parse", "parse_file", "strip_indentation",
+           "to_string"]
 
 _DECLARATION = re.compile(r"^\s*<\?xml\b[^>]*\?>")
 MAX_BYTES = 16 * 1024 * 1024  # libvirt's own limit for a domain XML is 10 MB
+# a character XML 1.0 cannot hold (lxml refuses it without saying where it came from)
+NOT_XML_CHAR = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def _parser() -> etree.XMLParser:
