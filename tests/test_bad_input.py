@@ -701,3 +701,10 @@ def test_merging_capabilities_with_many_siblings_takes_linear_time():
     merged, gaps = merge_documents([host("a"), host("b")], ["a", "b"], 1, "domainCapabilities")
     assert len(merged.findall(".//value")) == 80_000 and len(gaps) == 80_000
     assert time.monotonic() - start < 30
+
+
+def test_a_template_that_is_no_domain_says_so():
+    # said "the template has no <name>"
+    from aiovirt.provision import GuestSpec, ProvisionError
+    with pytest.raises(ProvisionError, match="expected a <domain> document, found <a>"):
+        GuestSpec("<a/>").names()

@@ -137,8 +137,13 @@ class GuestSpec:
                                      f"{excerpt(key)}: {excerpt(value)}")
 
     def template_name(self) -> str | None:
-        """The ``<name>`` the template gives, if any."""
-        return parse(self.template, source="template").findtext("name")
+        """The ``<name>`` the template gives, if any (a template that is no domain is a
+        ``ProvisionError`` saying so)."""
+        root = parse(self.template, source="template")
+        if root.tag != "domain":
+            raise ProvisionError(f"the template is not a domain: expected a <domain> document, "
+                                 f"found <{str(root.tag)[:40]}>")
+        return root.findtext("name")
 
     def names(self) -> list[str]:
         """The names of the guests this spec makes, in order."""
