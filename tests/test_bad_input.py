@@ -708,3 +708,17 @@ def test_a_template_that_is_no_domain_says_so():
     from aiovirt.provision import GuestSpec, ProvisionError
     with pytest.raises(ProvisionError, match="expected a <domain> document, found <a>"):
         GuestSpec("<a/>").names()
+
+
+@pytest.mark.parametrize("record, words", [
+    ("<aiovirt:profile version='1'/>", "has a <profile> without a name"),   # was a profile ""
+    ("<aiovirt:profile name='t' version='1'/><aiovirt:profile name='t' version='2'/>",
+     "names 't' twice"),
+])
+def test_a_malformed_applied_record_is_named(record, words):
+    from aiovirt.compose import ComposeError
+    domain = ("<domain type='kvm'><name>a</name><metadata><aiovirt:profiles xmlns:aiovirt="
+              f"'https://aiovirt.org/xmlns/profiles/1'><aiovirt:applied>{record}"
+              "</aiovirt:applied></aiovirt:profiles></metadata></domain>")
+    with pytest.raises(ComposeError, match=words):
+        compose(domain, library=_library("<profile name='t' version='1'/>"))

@@ -188,10 +188,17 @@ def _recorded(root: etree._Element) -> dict[str, tuple[str, str, dict[str, str]]
     applied = None if ours is None else ours.find(_A + "applied")
     if applied is None:
         return {}
-    return {p.get("name", ""): (p.get("version", ""), p.get("digest", ""),
-                                {q.get("name", ""): q.get("value", "")
-                                 for q in p.findall(_A + "param")})
-            for p in applied.findall(_A + "profile")}
+    recorded = {}
+    for p in applied.findall(_A + "profile"):
+        name = p.get("name")
+        if not name or name in recorded:   # (read as a profile called "", or the last won)
+            what = "has a <profile> without a name" if not name else f"names {name!r} twice"
+            raise ComposeError(f"domain metadata line {p.sourceline}: <aiovirt:applied> "
+                               f"{what}")
+        recorded[name] = (p.get("version", ""), p.get("digest", ""),
+                          {q.get("name", ""): q.get("value", "")
+                           for q in p.findall(_A + "param")})
+    return recorded
 
 
 _Applied = tuple[tuple[str, str, str, tuple[tuple[str, str], ...]], ...]
