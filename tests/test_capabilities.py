@@ -280,7 +280,7 @@ def test_compose_takes_a_set_as_caps(real, edited):
 # -- bad input ----------------------------------------------------------------------------------
 
 def test_bad_input_is_named(real, daemon):
-    with pytest.raises(CapabilityError, match=r"host 'h2' capabilities: malformed XML"):
+    with pytest.raises(CapabilityError, match=r"host 'h2' capabilities:1: malformed XML: Premature end"):
         HostCaps.parse("h2", "<capabilities><host>")
     with pytest.raises(CapabilityError, match=r"host 'h3' domain capabilities: expected "
                                               r"<domainCapabilities>, found <capabilities>"):

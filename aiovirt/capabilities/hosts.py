@@ -23,7 +23,8 @@ def as_tree(value: Source, root_tag: str, where: str) -> etree._Element:
         try:
             root = parse(value, source=where)
         except XMLInputError as exc:
-            raise CapabilityError(f"{where}: malformed XML: {exc}") from None
+            at = where if exc.line is None else f"{where}:{exc.line}"
+            raise CapabilityError(f"{at}: malformed XML: {exc.reason}") from None
     else:
         raise CapabilityError(f"{where}: expected XML text or an element, not "
                               f"{type(value).__name__}")
