@@ -669,6 +669,8 @@ def test_a_mistyped_parameter_in_the_domain_metadata_is_named():
      "<disk type='file' device='disk'><source file='/y'/><target dev='sdb' bus='scsi'/>"
      "<address type='drive' controller='0' bus='0' target='0' unit='1'/></disk>",
      "disk#2: drive address drive 0:0:0:1 on the scsi bus is disk#1's too"),
+    ("<controller type='scsi' index='0'/><controller type='scsi' index='0'/>",
+     "controller#2: scsi controller index 0 is controller#1's too"),
 ])
 def test_disks_libvirt_would_refuse_as_duplicates_are_refused(devices, words):
     # both used to be written out unchanged, for libvirt to refuse at define time

@@ -257,9 +257,17 @@ class LibvirtPlacement:
 
     # -- 0. what libvirt refuses at define time -----------------------------------------------
     def check_disks(self) -> None:
-        """Two disks with one target name, or one drive address on one kind of bus, are
-        refused as libvirt refuses them (virDomainDefCheckDuplicateDiskInfo and
-        ...DriveAddresses), not written out for the daemon to reject."""
+        """Two disks with one target name, or one drive address on one kind of bus, and two
+        controllers of one type with one index, are refused as libvirt refuses them
+        (virDomainDefCheckDuplicateDiskInfo, ...DriveAddresses, "Multiple controllers"), not
+        written out for the daemon to reject."""
+        indexes: dict[tuple[str | None, int], Device] = {}
+        for cont in self.of("controller"):
+            if cont.index is not None and cont.type != "usb":   # (USB companions share one)
+                other = indexes.setdefault((cont.type, cont.index), cont)
+                if other is not cont:
+                    raise AddressError(f"{cont.label()}: {cont.type} controller index "
+                                       f"{cont.index} is {other.label()}'s too")
         targets: dict[str, Device] = {}
         drives: dict[tuple[str | None, DriveAddress], Device] = {}
         for disk in self.of("disk"):
