@@ -60,7 +60,10 @@ async def every_socket_answers(conn: aiovirt.Connection) -> None:
                         ret = await channel.call(LIBVER)
                         assert ret.lib_ver == 9000000
                     group.start_soon(one)
-            assert channel.load == 0
+            # a cancelled call of the storm keeps its slot until its late reply is read, and
+            # libvirtd's workers may answer it after these: the load drains, it never sticks
+            while channel.load:
+                await anyio.sleep(0.005)
 
 
 async def run_storm(uri: str, lanes: int, by: str) -> int:
