@@ -724,3 +724,40 @@ def test_a_malformed_applied_record_is_named(record, words):
               "</aiovirt:applied></aiovirt:profiles></metadata></domain>")
     with pytest.raises(ComposeError, match=words):
         compose(domain, library=_library("<profile name='t' version='1'/>"))
+
+
+def test_many_profiles_together_cannot_add_more_than_a_document():
+    # each action was bounded (16 MiB) but many profiles of 12 MiB each were not
+    from aiovirt.compose import ComposeError
+    texts = [f"<profile name='p{i}'><add multiple='yes' count='4096'><devices>"
+             f"<disk type='file' device='disk'><source file='/{'x' * 3000}'/></disk>"
+             "</devices></add></profile>" for i in range(3)]
+    start = time.monotonic()
+    with pytest.raises(ComposeError, match=r"p1@\S* \(add[^)]*\) at .*: with it the profiles add "
+                       r"more than 16777216 bytes of XML"):
+        compose(_PLAIN, ["p0", "p1", "p2"], library=_library(*texts))
+    assert time.monotonic() - start < 10
+    # one of them alone is fine
+    assert compose(_PLAIN, ["p0"], library=_library(*texts),
+                   validate=False).xml.count("<disk") == 4096
+
+
+def test_a_connection_used_from_another_event_loop_says_so_and_sends_nothing(daemon):
+    # used to send the call, then fail with asyncio's "got Future <Future pending> attached
+    # to a different loop" (a started domain's caller would not know it was started)
+    import asyncio
+    first = asyncio.new_event_loop()
+    try:
+        conn = first.run_until_complete(aiovirt.connect(daemon.uri()).__aenter__())
+
+        async def elsewhere():
+            return await conn.get_lib_version()
+        with pytest.raises(aiovirt.UsageError, match=r"connect_get_lib_version: this "
+                           r"connection belongs to the event loop it was opened on.*nothing "
+                           r"was sent"):
+            asyncio.run(asyncio.wait_for(elsewhere(), 10))
+        assert all(channel.in_flight == 0 for channel in conn.channels)
+        assert first.run_until_complete(asyncio.wait_for(conn.get_lib_version(), 10)) > 0
+        first.run_until_complete(conn.close())
+    finally:
+        first.close()

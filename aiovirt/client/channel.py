@@ -16,13 +16,14 @@ from typing import Any, Protocol
 import anyio
 import anyio.lowlevel
 
-from ..errors import ConnectionClosed, ProtocolError, TransportError
+from ..errors import ConnectionClosed, ProtocolError, TransportError, UsageError
 from ..protocol import remote
 from ..protocol.wire import (ERROR, ClientProtocol, EventMessage, KeepaliveMessage, Reply,
                              StreamMessage)
 from ..protocol.xdr import ProcedureInfo
 from .auth import authenticate
 from .backend import AnyioWaiter, asyncio_loop, waiter_factory
+from .offloop import stepping
 from .transport import Transport
 from .uri import ConnectionURI, parse_uri
 
@@ -150,6 +151,12 @@ class Channel:
         any reply can arrive), and write it now unless it queued; returns serial and slot."""
         if self.closed is not None:
             raise ConnectionClosed(str(self.closed)) from self.closed
+        loop = self._loop
+        if loop is not None and not loop.is_running() and not stepping():
+            raise UsageError(f"{procedure.name}: this connection belongs to the event loop it "
+                             "was opened on, which is not running now (another asyncio.run()?):"
+                             " open a connection in the event loop that uses it; nothing was "
+                             "sent")
         if self._batch_timer is not None:
             self._end_batch()   # its reply must not wait for the batch window
         protocol = self.protocol

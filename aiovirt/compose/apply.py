@@ -39,6 +39,7 @@ from typing import Any
 
 from lxml import etree
 
+from ..xml.safe import MAX_BYTES
 from .errors import ComposeError, ProfileConflict
 from .plan import TEXT, ActionPlan, Node
 
@@ -166,6 +167,9 @@ class Applier:
         # 7000 machine instructions a call, an element's tag some 1500; every change to the
         # tree goes through this class, which keeps the index right
         self._index: dict[etree._Element, dict[Any, list[etree._Element]]] = {}
+        # about the bytes of XML added so far: a composition may add no more than a document
+        # holds (each action is bounded on its own; many profiles together must be too)
+        self._added = 0
 
     def same(self, parent: etree._Element, tag: str) -> list[etree._Element]:
         """``parent``'s children named ``tag``, in document order (do not modify)."""
@@ -387,6 +391,13 @@ class Applier:
                 self._contest(remover, writer, lambda: (
                     f"{_short(node.element)} added at {self.path(parent)}/"
                     f"{etree.QName(node.tag).localname}", "removed it"))
+        size = node.size - sum(c.size for c in node.children) if shell else node.size
+        self._added += size
+        if self._added > MAX_BYTES:
+            raise ComposeError(
+                f"{writer.label} at {writer.source}:{writer.line}: with it the profiles add "
+                f"more than {MAX_BYTES} bytes of XML to the domain, over the limit for a "
+                "document")
         if shell:
             element = etree.SubElement(parent, node.tag, {n: v for n, _, v in node.attrs})
             element.text = node.text

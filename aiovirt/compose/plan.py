@@ -41,7 +41,9 @@ class Node:
     ``attrs``: (name, ownership key "@name", value); ``text``: its text when it has no
     children; ``repeats``: the schema lets it occur more than once under its parent;
     ``within``: it or an element below it may repeat; ``identity``: the ``type``/``name``
-    it sets; ``element``: the snippet element itself, copied when the node is added whole."""
+    it sets; ``element``: the snippet element itself, copied when the node is added whole;
+    ``size``: about the bytes of XML it adds (its children's included), for the budget of
+    one composition."""
 
     tag: str
     attrs: tuple[tuple[str, str, str], ...]
@@ -51,6 +53,7 @@ class Node:
     within: bool
     identity: tuple[tuple[str, str], ...]
     element: etree._Element
+    size: int
 
 
 def _text(element: etree._Element) -> str | None:
@@ -75,8 +78,12 @@ def compile_node(element: etree._Element, parent: Place | None,
     attrs = tuple((name, "@" + name, value) for name, value in element.attrib.items())
     identity = tuple((key, element.get(key)) for key in _IDENTITY
                      if element.get(key) is not None)
-    return Node(element.tag, attrs, _text(element), children, repeats,
-                repeats or any(c.within for c in children), identity, element)
+    text = _text(element)
+    size = (2 * len(element.tag) + 5 + len(text or "")
+            + sum(len(name) + len(value) + 4 for name, _, value in attrs)
+            + sum(child.size for child in children))
+    return Node(element.tag, attrs, text, children, repeats,
+                repeats or any(c.within for c in children), identity, element, size)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
