@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from .client.connection import SLOW_PROCEDURES
     from .client.uri import ConnectionURI, parse_uri
     from .client.reconnect import ConnectionState, Reconnect, StateChange
-    from .client.streams import Hole, Stream
+    from .client.streams import Hole, Stream, StreamBroken, StreamClosed
     from .client.events import Dropped, Resync
     from .xml import metadata
 
@@ -75,7 +75,8 @@ _LAZY.update(dict.fromkeys([
     "StoragePoolLifecycleEvent", "StoragePoolRefreshEvent"], "api.events"))
 _LAZY.update(dict.fromkeys(["Dropped", "Resync"], "client.events"))
 _LAZY.update(dict.fromkeys(["ConnectionState", "Reconnect", "StateChange"], "client.reconnect"))
-_LAZY.update(dict.fromkeys(["Hole", "Stream"], "client.streams"))
+_LAZY.update(dict.fromkeys(["Hole", "Stream", "StreamBroken", "StreamClosed"],
+                           "client.streams"))
 _LAZY.update(dict.fromkeys(["DeviceEventTimeout", "DeviceRemovalFailed", "PluggedDevice"],
                            "api.domain"))
 
@@ -106,6 +107,7 @@ __all__ = [
     "StoragePoolInfo", "StoragePoolState", "StorageVolume", "StorageVolumeInfo",
     "StorageVolumeType", "TransportError", "UsageError", "XMLError", "XMLInputError", "connect",
     "metadata", "parse_uri", *sorted(k for k, v in _LAZY.items() if "events" in v), "ConnectionState", "Reconnect", "StateChange", "Hole", "Stream",
+    "StreamBroken", "StreamClosed",
     "DomainCheckpoint", "DomainSnapshot", "Interface", "NWFilter", "NWFilterBinding",
     "NetworkPort", "DeviceEventTimeout", "DeviceRemovalFailed", "PluggedDevice"]
 __version__ = "0.1.0"

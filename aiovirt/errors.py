@@ -9,8 +9,11 @@ Arranged by what the caller can do about it:
     │   ├── CallTimeout         no reply in time: its effect on the daemon is unknown
     │   ├── ProtocolError       the peer broke the protocol (XdrError: a payload that does
     │   │                       not decode)
-    │   └── AuthenticationError the daemon wants what we cannot do, or refused us
+    │   ├── AuthenticationError the daemon wants what we cannot do, or refused us
+    │   └── StreamBroken        the server ended a stream (aiovirt.client.streams)
     ├── LibvirtError            the daemon did the call and said no (NoSuchDomain, ...)
+    ├── UsageError              an object used in a way it cannot serve (StreamClosed: a
+    │                           stream used after it was closed)
     ├── EncodeError             the caller's own arguments cannot be encoded (a ValueError)
     ├── InvalidURI              (a ValueError)
     └── XMLInputError           malformed or unsafe XML given to us (a ValueError)

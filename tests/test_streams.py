@@ -189,7 +189,7 @@ async def test_aborted_download_leaves_the_connection_usable(daemon, lanes, tmp_
             with anyio.fail_after(15):
                 await stream.aclose()
             assert stream.serial not in stream.channel.protocol.streams
-            with pytest.raises(anyio.ClosedResourceError):
+            with pytest.raises(aiovirt.StreamClosed, match="the stream is closed"):
                 await stream.receive()
             with anyio.fail_after(10):                       # the next calls work
                 assert (await handle.info()).capacity == len(payload)

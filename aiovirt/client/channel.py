@@ -45,6 +45,7 @@ class StreamSink(Protocol):
     """What a channel delivers one stream's messages to (``aiovirt.client.streams.Stream``)."""
 
     serial: int
+    reply: Any   # the opening call's reply slot (set once the call is sent)
 
     def deliver(self, message: StreamMessage) -> None: ...
 
@@ -435,6 +436,7 @@ class Channel:
         nothing stays registered, and a stream the server did open is aborted."""
         protocol = self.protocol
         serial, waiter = self._send(procedure, args, sink)
+        sink.reply = waiter   # the stream can tell data that comes before its reply
         try:
             return serial, await waiter
         except BaseException:

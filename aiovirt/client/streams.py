@@ -28,13 +28,14 @@ from typing import Any, Self
 
 import anyio
 
-from ..errors import ConnectionClosed, LibvirtError, ProtocolError, UsageError
+from ..errors import (ConnectionClosed, EncodeError, LibvirtError, ProtocolError,
+                      TransportError, UsageError)
 from ..protocol.wire import CONTINUE, ERROR, OK, STREAM_HOLE, StreamMessage
 from ..protocol.xdr import ProcedureInfo
 from .channel import Channel
 from .offloop import OnLoop, stepping
 
-__all__ = ["CHUNK", "Hole", "Stream", "open_stream"]
+__all__ = ["CHUNK", "Hole", "Stream", "StreamBroken", "StreamClosed", "open_stream"]
 
 CHUNK = 256 * 1024                    # libvirt's stream packet payload (LEGACY_PAYLOAD_MAX)
 _HOLE = struct.Struct(">qI")          # virNetStreamHole {hyper length; unsigned int flags}
@@ -42,6 +43,18 @@ _CLOSE_TIMEOUT = 10.0                 # how long an abort or finish waits for th
 # streams the daemon only writes to (a console or channel stream goes both ways, though the
 # protocol marks it "read")
 _READ_ONLY = frozenset({"storage_vol_download", "domain_screenshot"})
+_HOLE_COST = 64                       # what a buffered hole counts against ``buffer_limit``
+_HOLE_MAX = (1 << 63) - 1             # a hole's length is an XDR hyper
+
+
+class StreamClosed(UsageError, anyio.ClosedResourceError):
+    """A stream used after it was finished or aborted (``aclose``, leaving ``async with``).
+    Also anyio's ``ClosedResourceError``, as for any anyio stream."""
+
+
+class StreamBroken(TransportError, anyio.BrokenResourceError):
+    """The server ended the stream (or it failed): nothing more can be sent on it.  Also
+    anyio's ``BrokenResourceError``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +68,8 @@ class Stream:
     """One libvirt stream: ``send``, ``receive``, ``aclose`` and ``async for``.
 
     ``receive`` returns bytes (and ``Hole`` values on a sparse stream) and raises
-    ``anyio.EndOfStream`` after the end-of-stream handshake.  Leaving ``async with`` normally
+    ``anyio.EndOfStream`` after the end-of-stream handshake; a stream used after it was
+    closed raises ``StreamClosed``, one the server ended ``StreamBroken``.  Leaving ``async with`` normally
     finishes an upload (``finish``) or a download read to its end; otherwise, an exception, ``aclose`` or cancellation aborts the
     stream on the daemon.  The connection stays usable either way."""
 
@@ -75,6 +89,8 @@ class Stream:
         self._server_done_event = anyio.Event()
         self._error: BaseException | None = None
         self._closed = False           # ours: finished or aborted
+        self._finished = False         # ended by the end-of-stream handshake, not aborted
+        self.reply: Any = None         # the opening call's reply slot (``Channel.open_stream``)
 
     # -- what the channel delivers --------------------------------------------------------
     def deliver(self, message: StreamMessage) -> None:
@@ -82,6 +98,10 @@ class Stream:
         if message.status == CONTINUE:
             if self._closed:
                 return   # data still in flight after our abort
+            if message.payload and self.procedure.stream == "write":
+                self.fail(ProtocolError(f"{self.procedure.name}: the server sent data on an "
+                                        "upload stream"))
+                return
             if message.type == STREAM_HOLE:
                 if not self.sparse:
                     self.fail(ProtocolError("the server sent a hole on a stream opened "
@@ -91,14 +111,27 @@ class Stream:
                     self.fail(ProtocolError("malformed stream hole"))
                     return
                 length, _flags = _HOLE.unpack(message.payload)
+                if length < 0:
+                    self.fail(ProtocolError(f"malformed stream hole: length {length}"))
+                    return
                 self._items.append(Hole(length))
+                self._buffered += _HOLE_COST
             elif message.payload:
                 self._items.append(message.payload)
                 self._buffered += len(message.payload)
-                if self._buffered > self.buffer_limit:
-                    self.channel.pause_reading()
             else:
                 self._eof = True
+            if self._buffered > self.buffer_limit:
+                reply = self.reply
+                if reply is not None and not reply.done():
+                    # nobody holds the stream yet: stopping the socket would wait for ever
+                    self._items.clear()
+                    self._buffered = 0
+                    self.fail(ProtocolError(
+                        f"{self.procedure.name}: the server sent over {self.buffer_limit} "
+                        "bytes of stream data before answering the call that opens it"))
+                    return
+                self.channel.pause_reading()
         else:
             if message.status == ERROR and self._error is None:
                 self._error = message.error or ProtocolError("stream error without details")
@@ -134,13 +167,14 @@ class Stream:
         while True:
             if self._items:
                 item = self._items.popleft()
-                if type(item) is bytes:
-                    self._buffered -= len(item)
-                    if self.channel.reading_paused and self._buffered <= self.buffer_limit // 2:
-                        self.channel.resume_reading()
+                self._buffered -= len(item) if type(item) is bytes else _HOLE_COST
+                if self.channel.reading_paused and self._buffered <= self.buffer_limit // 2:
+                    self.channel.resume_reading()
                 return item
             if self._closed:
-                raise anyio.ClosedResourceError("the stream is closed")
+                if self._finished:   # another reader ran the end-of-stream handshake
+                    raise anyio.EndOfStream
+                raise StreamClosed(f"{self.procedure.name}: the stream is closed")
             if self._error is not None:
                 await self._release()
                 raise self._error
@@ -175,8 +209,10 @@ class Stream:
         if isinstance(data, Hole):
             if not self.sparse:
                 raise ValueError("holes need a stream opened with sparse=True")
-            if data.length < 0:
-                raise ValueError("a hole's length cannot be negative")
+            length = data.length
+            if type(length) is not int or not 0 <= length <= _HOLE_MAX:
+                raise EncodeError(f"{self.procedure.name}: a hole's length must be an int "
+                                  f"from 0 to 2**63 - 1, not {length!r:.40}")
             if data.length:
                 channel.send_stream(protocol.stream_packet(
                     self.procedure, self.serial, CONTINUE, _HOLE.pack(data.length, 0),
@@ -193,11 +229,11 @@ class Stream:
 
     def _check_writable(self) -> None:
         if self._closed:
-            raise anyio.ClosedResourceError("the stream is closed")
+            raise StreamClosed(f"{self.procedure.name}: the stream is closed")
         if self._error is not None:
             raise self._error
         if self._server_done:
-            raise anyio.BrokenResourceError("the server closed the stream")
+            raise StreamBroken(f"{self.procedure.name}: the server closed the stream")
 
     async def finish(self) -> None:
         """End an upload: STREAM/OK, then wait for the server's (its error is raised)."""
@@ -224,6 +260,7 @@ class Stream:
         """Send OK (finish) or ERROR (abort) if the server's side is still open, wait for
         its answer (bounded), then forget the serial and release a socket of our own."""
         self._closed = True
+        self._finished = self._eof and status == OK
         aborting = status == ERROR
         with anyio.CancelScope(shield=True):
             try:
@@ -279,6 +316,8 @@ async def open_stream(conn: Any, procedure: ProcedureInfo, args: Any, *,
         return await OnLoop(open_stream(  # type: ignore[no-any-return]
             conn, procedure, args, sparse=sparse, buffer_limit=buffer_limit,
             own_socket=own_socket))
+    if conn._closed:   # (a lane would be dialled for nothing)
+        raise ConnectionClosed(f"{procedure.name}: the connection is closed")
     owns = bool(own_socket and conn.lanes)
     if owns:
         channel: Channel = await conn._open_channel("stream")

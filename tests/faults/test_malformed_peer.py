@@ -19,7 +19,7 @@ import aiovirt
 from aiovirt.protocol import keepalive, qemu, remote
 from aiovirt.protocol.xdr import XdrError, encode
 from aiovirt.protocol.wire import (CONTINUE, ERROR, MESSAGE, OK, REPLY, REPLY_WITH_FDS, STREAM,
-                          Message, encode_message)
+                          STREAM_HOLE, Message, encode_message)
 
 from aiovirt.testing.fakepeer import fake_daemon, reply_to
 
@@ -260,3 +260,125 @@ async def test_a_garbage_event_body_fails_its_reader_and_nothing_else(tmp_path):
             with anyio.fail_after(5):
                 assert await conn.get_lib_version() == 9000000
     await no_task_left(before)
+
+
+_UP, _DOWN = remote.REMOTE_PROC_STORAGE_VOL_UPLOAD, remote.REMOTE_PROC_STORAGE_VOL_DOWNLOAD
+_VOL = remote.NonnullStorageVol("pool", "vol", "key")
+
+
+def _stream_packet(procedure: int, serial: int, payload: bytes = b"", kind: int = STREAM,
+                   status: int = CONTINUE) -> bytes:
+    return encode_message(remote.PROGRAM, procedure, kind, serial, status, payload)
+
+
+async def _open(conn: aiovirt.Connection, procedure: int, **options):
+    from aiovirt.client.streams import open_stream
+    args = (remote.StorageVolUploadArgs if procedure == _UP else
+            remote.StorageVolDownloadArgs)(_VOL, 0, 0, 0)
+    return (await open_stream(conn, remote.PROCEDURES[procedure], args, own_socket=False,
+                              **options))[1]
+
+
+@pytest.mark.parametrize("case", ["upload fed data", "data before the reply"])
+async def test_stream_data_nobody_can_take_fails_the_stream_not_the_socket(tmp_path, case):
+    """Data the server sends on an upload, or (1.5 MiB) before it answers the call that
+    opens a download, used to fill the stream's buffer and stop the socket for good (every
+    later call on it hung): now it fails that stream with ``ProtocolError``."""
+    procedure = _UP if case == "upload fed data" else _DOWN
+
+    async def peer(stream: anyio.abc.ByteStream, msg: Message) -> bool:
+        if msg.procedure == procedure and msg.type == 0:
+            junk = _stream_packet(procedure, msg.serial, b"j" * 262144) * 6
+            await stream.send(reply_to(msg) + junk if procedure == _UP else junk + reply_to(msg))
+        elif msg.procedure == LIBVER:
+            await stream.send(version_reply(msg))
+        return True
+
+    async with fake_daemon(tmp_path / "fake.sock", peer) as fake:
+        async with aiovirt.connect(fake.uri, lanes=0) as conn:
+            with anyio.fail_after(5):
+                stream = await _open(conn, procedure)
+                assert await conn.get_lib_version() == 9000000   # the socket reads on
+            assert not conn.channels[0].reading_paused
+            words = "data on an upload stream" if procedure == _UP else \
+                "over 1048576 bytes of stream data before answering the call that opens it"
+            with pytest.raises(aiovirt.ProtocolError, match=words):
+                if procedure == _UP:
+                    await stream.send(b"x")
+                else:
+                    await stream.receive()
+            assert conn.is_alive
+
+
+async def test_stream_holes_count_against_the_buffer_and_are_checked(tmp_path):
+    """Holes were buffered without bound (200,000 of them: 16 MB, the socket never paused)
+    and a negative one reached the reader; ``send(Hole(2**63))`` raised struct.error."""
+    count = 20000
+    negative = struct.pack(">qI", -4096, 0)
+
+    async def peer(stream: anyio.abc.ByteStream, msg: Message) -> bool:
+        if msg.procedure == _DOWN and msg.type == 0:
+            hole = _stream_packet(_DOWN, msg.serial, struct.pack(">qI", 4096, 0),
+                                  kind=STREAM_HOLE)
+            bad = _stream_packet(_DOWN, msg.serial, negative, kind=STREAM_HOLE)
+            await stream.send(reply_to(msg) + hole * count + bad)
+        elif msg.procedure == _UP and msg.type == 0:
+            await stream.send(reply_to(msg))
+        elif msg.procedure == _UP and msg.type == STREAM and msg.status != CONTINUE:
+            await stream.send(_stream_packet(_UP, msg.serial, status=OK))   # abort confirmed
+        return True
+
+    async with fake_daemon(tmp_path / "fake.sock", peer) as fake:
+        async with aiovirt.connect(fake.uri, lanes=0) as conn:
+            with anyio.fail_after(5):
+                stream = await _open(conn, _DOWN, sparse=True)
+                while not conn.channels[0].reading_paused:   # the holes filled the buffer
+                    await anyio.sleep(0.01)
+            assert len(stream._items) < count
+            seen = 0
+            with anyio.fail_after(10), pytest.raises(aiovirt.ProtocolError,
+                                                     match="malformed stream hole: length -4096"):
+                async for item in stream:
+                    assert item == aiovirt.Hole(4096)
+                    seen += 1
+            assert seen == count
+            upload = await _open(conn, _UP, sparse=True)
+            for bad in (2 ** 63, -1, 1.5):
+                with pytest.raises(aiovirt.EncodeError, match="a hole's length must be an int "
+                                   "from 0 to 2\\*\\*63 - 1"):
+                    await upload.send(aiovirt.Hole(bad))
+            await upload.aclose()
+            with pytest.raises(aiovirt.StreamClosed, match="storage_vol_upload: the stream is "
+                               "closed"):
+                await upload.send(b"x")
+            assert conn.is_alive
+
+
+async def test_two_readers_of_a_download_both_see_its_end(tmp_path):
+    """The reader that did not run the end-of-stream handshake used to get
+    ``anyio.ClosedResourceError`` instead of the end of its ``async for``."""
+    async def peer(stream: anyio.abc.ByteStream, msg: Message) -> bool:
+        if msg.procedure == _DOWN and msg.type == 0:
+            await stream.send(reply_to(msg))
+            await anyio.sleep(0.2)
+            await stream.send(_stream_packet(_DOWN, msg.serial, b"x" * 100)
+                              + _stream_packet(_DOWN, msg.serial))
+        elif msg.procedure == _DOWN and msg.type == STREAM and msg.status == OK:
+            await stream.send(_stream_packet(_DOWN, msg.serial, status=OK))
+        return True
+
+    async with fake_daemon(tmp_path / "fake.sock", peer) as fake:
+        async with aiovirt.connect(fake.uri, lanes=0) as conn:
+            stream = await _open(conn, _DOWN)
+            got: list[int] = []
+
+            async def reader() -> None:
+                async for chunk in stream:
+                    got.append(len(chunk))   # type: ignore[arg-type]
+
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as group:
+                    group.start_soon(reader)
+                    group.start_soon(reader)
+            assert got == [100]
+            assert conn.is_alive
