@@ -46,7 +46,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import anyio
 
 from ..checks import check_count
-from ..errors import AiovirtError, ConnectionClosed
+from ..errors import AiovirtError, ConnectionClosed, ProtocolError
 from ..protocol.wire import EventMessage
 from .backend import waiter_factory
 
@@ -140,6 +140,9 @@ class Registration:
         self.family: str | None = None
         self.register: Callable[[], Awaitable[int]] | None = None
         self.deregister: Callable[[int], Awaitable[None]] | None = None
+        # set while a registration whose caller left is still to be answered (and its
+        # callback dropped): the daemon would refuse another one of this kind until then
+        self.settling: anyio.Event | None = None
 
     def deliver(self, message: EventMessage) -> None:
         for subscriber in self.subscribers:
@@ -200,6 +203,9 @@ class EventSubscription(Generic[T]):
         self._wakeup: Any = None   # a one-shot slot (backend.waiter_factory) while waiting
         self._also_waiting: deque[Any] = deque()   # more readers' slots (each event to one)
         self._registration: Registration | None = None
+        self._starting: anyio.Event | None = None   # set when a start() under way ends
+        self._iterating = 0         # ``async for`` loops running over it
+        self._auto = False          # an ``async for`` subscribed it: the last one out stops it
         self.dropped_total = 0      # events dropped over the subscription's life
 
     @property
@@ -222,47 +228,67 @@ class EventSubscription(Generic[T]):
     async def start(self) -> None:
         """Subscribe: register the callback with the daemon unless this connection already
         has one of this kind (idempotent)."""
+        while self._starting is not None:   # another reader subscribes it: share the outcome
+            await self._starting.wait()
         if self._registration is not None:
             return
-        self._ended = False   # subscribed again after stop(): events flow again
-        registration = self._conn._registration(self._key)
-        async with registration.lock:
-            if registration.callback_id is None:
-                registration.callback_id = await self._registered()
-                registration.family = self._family
-                registration.register, registration.deregister = \
-                    self._register, self._deregister
-                self._conn._add_subscription(self._family, registration.callback_id,
-                                             registration)
-            registration.subscribers.append(self)
-        self._registration = registration
+        starting = self._starting = anyio.Event()
+        try:
+            self._ended = False   # subscribed again after stop(): events flow again
+            registration = self._conn._registration(self._key)
+            async with registration.lock:
+                settling = registration.settling
+                if settling is not None:
+                    await settling.wait()
+                    if registration.settling is settling:
+                        registration.settling = None
+                if registration.callback_id is None:
+                    registration.callback_id = await self._registered(registration)
+                    registration.family = self._family
+                    registration.register, registration.deregister = \
+                        self._register, self._deregister
+                    self._conn._add_subscription(self._family, registration.callback_id,
+                                                 registration)
+                registration.subscribers.append(self)
+            self._registration = registration
+        finally:
+            self._starting = None
+            starting.set()
 
-    async def _registered(self) -> int:
+    async def _registered(self, registration: Registration) -> int:
         """Register with the daemon in a task of the connection's, and wait for the callback
         id: a caller that leaves meanwhile (cancelled, timed out) leaves no callback behind
         on the daemon (which would refuse the next registration of the kind): the task drops
         it when the answer comes."""
         outcome: list[Any] = []
         done = anyio.Event()
+        settled = anyio.Event()   # a left caller's callback is dropped (or never was)
         left = False
 
         async def drop(callback_id: int) -> None:
-            if self._conn.is_alive:
-                with contextlib.suppress(AiovirtError):
-                    await self._deregister(callback_id)
+            try:
+                if self._conn.is_alive:
+                    with contextlib.suppress(AiovirtError):
+                        await self._deregister(callback_id)
+            finally:
+                settled.set()
 
         async def ask() -> None:
             try:
-                outcome.append(await self._register())
-            except Exception as exc:   # noqa: BLE001 - raised again by the caller
-                outcome.append(exc)
-            except BaseException:   # the connection's tasks are cancelled: it is closing
-                outcome.append(ConnectionClosed("the connection was closed"))
-                raise
+                try:
+                    outcome.append(await self._register())
+                except Exception as exc:   # noqa: BLE001 - raised again by the caller
+                    outcome.append(exc)
+                except BaseException:   # the connection's tasks are cancelled: it is closing
+                    outcome.append(ConnectionClosed("the connection was closed"))
+                    raise
+                finally:
+                    done.set()
+                if left and isinstance(outcome[0], int):   # its caller is gone: nobody holds it
+                    await drop(outcome[0])
             finally:
-                done.set()
-            if left and isinstance(outcome[0], int):   # its caller is gone: nobody holds it
-                await drop(outcome[0])
+                if left:
+                    settled.set()
 
         name = f"aiovirt {self._family} events registration"
         if not self._conn._spawn(ask, name):
@@ -271,8 +297,12 @@ class EventSubscription(Generic[T]):
             await done.wait()
         except BaseException:
             left = True   # (the answer, if it comes later, is dropped by ``ask``)
-            if done.is_set() and isinstance(outcome[0], int):   # it came first
-                self._conn._spawn(functools.partial(drop, outcome[0]), name)
+            if not done.is_set():
+                registration.settling = settled
+            elif isinstance(outcome[0], int):   # it came first
+                registration.settling = settled
+                if not self._conn._spawn(functools.partial(drop, outcome[0]), name):
+                    settled.set()
             raise
         if isinstance(outcome[0], BaseException):
             raise outcome[0]
@@ -282,6 +312,7 @@ class EventSubscription(Generic[T]):
         """Unsubscribe (the last one out deregisters the callback); iteration ends once
         buffered events are consumed."""
         registration, self._registration = self._registration, None
+        self._auto = False
         if registration is None:
             return
         self._end()
@@ -351,12 +382,16 @@ class EventSubscription(Generic[T]):
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[T | Dropped | Resync]:
-        owned = self._registration is None
-        if owned:
-            await self.start()
-        buffer, read = self._buffer, self._read
-        new_waiter = waiter_factory()
+        # The last ``async for`` to end stops what an ``async for`` started (counted, not
+        # owned by one loop: a loop left by ``break`` is finalized later, maybe after the
+        # next loop began).
+        self._iterating += 1
         try:
+            if self._registration is None:
+                await self.start()
+                self._auto = True
+            buffer, read = self._buffer, self._read
+            new_waiter = waiter_factory()
             while True:
                 if self._resync_lost:
                     self._resync_lost = False
@@ -368,7 +403,15 @@ class EventSubscription(Generic[T]):
                 if buffer:
                     item = buffer.popleft()
                     if type(item) is EventMessage:
-                        yield read(item)   # a malformed body raises here
+                        try:
+                            value = read(item)   # a malformed body raises here
+                        except AiovirtError:
+                            raise
+                        except Exception as exc:   # a body of another kind than ours
+                            raise ProtocolError(f"{item.procedure.name} event: cannot be read "
+                                                f"as a {self._family} event of this "
+                                                f"subscription: {exc}") from exc
+                        yield value
                     elif item is _RESYNC:
                         yield _RESYNC
                     else:
@@ -389,7 +432,9 @@ class EventSubscription(Generic[T]):
                         elif wakeup in self._also_waiting:
                             self._also_waiting.remove(wakeup)
         finally:
-            if owned:
+            self._iterating -= 1
+            if not self._iterating and self._auto:
+                self._auto = False
                 await self.stop()
 
 

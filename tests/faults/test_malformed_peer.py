@@ -382,3 +382,113 @@ async def test_two_readers_of_a_download_both_see_its_end(tmp_path):
                     group.start_soon(reader)
             assert got == [100]
             assert conn.is_alive
+
+
+_CB = 7
+_DOM = remote.NonnullDomain("vm", bytes(range(16)), 1)
+_LIFE = remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_EVENT_CALLBACK_LIFECYCLE]
+_REBOOT = remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_EVENT_CALLBACK_REBOOT]
+
+
+def _lifecycle(kind: int) -> bytes:
+    return encode_message(remote.PROGRAM, _LIFE.number, MESSAGE, 1, OK, encode(
+        _LIFE.encode_ret, remote.DomainEventCallbackLifecycleMsg(
+            _CB, remote.DomainEventLifecycleMsg(_DOM, kind, 0)), "event"))
+
+
+def _event_peer(events: Callable[[], bytes], deregistered: list[int], delay: float = 0.0):
+    """A daemon that registers domain callbacks as ``_CB`` (after ``delay``) and sends
+    ``events()`` before each getLibVersion reply."""
+    async def peer(stream: anyio.abc.ByteStream, msg: Message) -> bool:
+        if msg.procedure == remote.REMOTE_PROC_CONNECT_DOMAIN_EVENT_CALLBACK_REGISTER_ANY:
+            await anyio.sleep(delay)
+            await stream.send(reply_to(msg, remote.ConnectDomainEventCallbackRegisterAnyRet(
+                _CB)))
+        elif msg.procedure == remote.REMOTE_PROC_CONNECT_DOMAIN_EVENT_CALLBACK_DEREGISTER_ANY:
+            deregistered.append(msg.serial)
+            await stream.send(reply_to(msg))
+        elif msg.procedure == LIBVER:
+            await stream.send(events() + version_reply(msg))
+        return True
+    return peer
+
+
+async def test_two_readers_starting_one_subscription_register_it_once(tmp_path):
+    """Two ``async for`` loops starting one subscription at once used to add it twice:
+    every event came twice and the daemon's callback was never dropped."""
+    deregistered: list[int] = []
+    peer = _event_peer(lambda: b"".join(_lifecycle(i) for i in range(4)), deregistered, 0.1)
+    async with fake_daemon(tmp_path / "fake.sock", peer) as fake:
+        async with aiovirt.connect(fake.uri) as conn:
+            events = conn.domain_events()
+            got: list[int] = []
+
+            async def reader() -> None:
+                async for event in events:
+                    got.append(int(event.event))
+
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as group:
+                    group.start_soon(reader)
+                    group.start_soon(reader)
+                    while events.callback_id is None:
+                        await anyio.sleep(0.01)
+                    await conn.get_lib_version()
+                    while len(got) < 4:
+                        await anyio.sleep(0.01)
+                    group.cancel_scope.cancel()
+                while not deregistered:
+                    await anyio.sleep(0.01)
+            assert sorted(got) == [0, 1, 2, 3]
+            assert events.callback_id is None and len(deregistered) == 1
+
+
+async def test_iterating_again_right_after_break_keeps_the_subscription(tmp_path):
+    """``break`` out of ``async for``, then ``async for`` again at once: the first loop's
+    late clean-up used to unsubscribe the second loop, which then ended with no error."""
+    deregistered: list[int] = []
+    peer = _event_peer(lambda: _lifecycle(2), deregistered)
+    async with fake_daemon(tmp_path / "fake.sock", peer) as fake:
+        async with aiovirt.connect(fake.uri) as conn:
+            events = conn.domain_events()
+            second = []
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as group:
+                    async def poke(count: int) -> None:   # once subscribed, count events
+                        while events.callback_id is None:
+                            await anyio.sleep(0.01)
+                        for _ in range(count):
+                            await conn.get_lib_version()
+
+                    group.start_soon(poke, 1)
+                    async for event in events:
+                        break
+                    group.start_soon(poke, 3)   # the first loop's clean-up comes meanwhile
+                    async for event in events:   # (no await since the break)
+                        second.append(event)
+                        if len(second) == 3:
+                            break
+                while not deregistered:   # the second loop's end stops the subscription
+                    await anyio.sleep(0.01)
+            assert len(second) == 3 and len(deregistered) == 1
+
+
+async def test_an_event_of_another_kind_for_a_callback_is_a_protocol_error(tmp_path):
+    """A reboot event sent to a lifecycle subscription's callback id raised AttributeError
+    from the iterator ('DomainEventRebootMsg' object has no attribute 'event')."""
+    reboot = encode_message(remote.PROGRAM, _REBOOT.number, MESSAGE, 1, OK, encode(
+        _REBOOT.encode_ret, remote.DomainEventCallbackRebootMsg(
+            _CB, remote.DomainEventRebootMsg(_DOM)), "event"))
+    peer = _event_peer(lambda: reboot + _lifecycle(2), [])
+    async with fake_daemon(tmp_path / "fake.sock", peer) as fake:
+        async with aiovirt.connect(fake.uri) as conn:
+            async with conn.domain_events() as events:
+                await conn.get_lib_version()
+                iterator = aiter(events)
+                with anyio.fail_after(5), pytest.raises(
+                        aiovirt.ProtocolError, match="domain_event_callback_reboot event: "
+                        "cannot be read as a domain event"):
+                    await anext(iterator)
+                with anyio.fail_after(5):   # the next one is read
+                    assert int((await anext(aiter(events))).event) == 2
+            assert conn.is_alive
