@@ -534,3 +534,26 @@ async def test_gssapi_for_a_host_the_realm_does_not_know_names_the_service(gssap
     with anyio.fail_after(20), pytest.raises(AuthenticationError, match="security layer"):
         async with aiovirt.connect(uri, lanes=0):
             pass
+
+
+def test_scram_iteration_counts_are_ascii_and_bounded_and_hashed_off_the_loop():
+    # 'i=²' passed isdigit() and raised int()'s ValueError; a 10-million count froze the
+    # event loop for seconds (the salted hash now runs in a thread: ``blocking``)
+    for count in ("²", "0" * 5000 + "1", "1000001", "0"):
+        mech = Scram("SCRAM-SHA-256", "u", "pw", nonce="abc")
+        mech.initial()
+        with pytest.raises(SaslError, match=r"iteration count '.{1,40}' is not a number from "
+                                            r"1 to 1000000"):
+            mech.step(f"r=abcdef,s=c2FsdA==,i={count}".encode())
+    assert Scram.blocking
+
+
+def test_tls_renegotiation_is_refused(tmp_path):
+    # a TLS 1.2 server's renegotiation made every write raise SSLWantReadError inside the
+    # loop's flush, where it was swallowed with the packets
+    import ssl
+    from aiovirt.client.tls import client_context, locate_files
+    from aiovirt.testing.pki import loopback_tls
+    _, pki = loopback_tls(tmp_path)
+    context, _ = client_context(locate_files(str(pki)))
+    assert context.options & ssl.OP_NO_RENEGOTIATION

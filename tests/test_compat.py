@@ -39,6 +39,23 @@ def shared_uri(daemon):
     return daemon.uri()
 
 
+@pytest.fixture
+def set_idle():
+    """``set_idle(seconds)``: the drop-in's ``_IDLE`` for this test.  Restored afterwards, and
+    the background thread woken: it waits ``_IDLE`` as it was when it began waiting (60 s
+    here), and until it looks again nobody runs the private loop once callers are idle (no
+    events, no keepalive for later tests)."""
+    saved = libvirt._IDLE
+
+    def set_(seconds: float) -> None:
+        libvirt._IDLE = seconds
+
+    yield set_
+    libvirt._IDLE = saved
+    with libvirt._cond:
+        libvirt._cond.notify_all()
+
+
 async def test_async_basics(shared_uri):
     conn = await aio.open(shared_uri)
     try:
@@ -347,6 +364,8 @@ def test_qemu_and_lxc_drop_ins(shared_uri):
                 with pytest.raises(real.libvirtError) as info:
                     call()
                 real_codes.append(info.value.get_error_code())
+            del rdom, info   # (rdom keeps rconn's socket open past close(), and so does the
+            # traceback of the last refusal, a cycle through this frame that only gc frees)
             rconn.close()
             assert codes[:4] == real_codes
         assert codes[4] == libvirt.VIR_ERR_NO_SUPPORT
@@ -359,14 +378,14 @@ def test_qemu_and_lxc_drop_ins(shared_uri):
 
 # -- a lone caller reads its own reply (libvirt's shape) ----------------------------------------
 
-def test_a_lone_caller_steps_its_call_without_a_pass_of_the_loop(shared_uri, monkeypatch):
+def test_a_lone_caller_steps_its_call_without_a_pass_of_the_loop(shared_uri, monkeypatch, set_idle):
     """A caller alone owns the loop and steps its call's coroutine itself: the call is
     written and its reply read on its thread, the loop never runs for it (it did a pass a
     call before, which cost more than the rest of the call)."""
     conn = libvirt.open(shared_uri)
     try:
         version = conn.getLibVersion()
-        monkeypatch.setattr(libvirt, "_IDLE", 60.0)   # no pass for back-to-back calls
+        set_idle(60.0)   # no pass for back-to-back calls
         runs: list[object] = []
         run_loop = libvirt._run_loop
         monkeypatch.setattr(libvirt, "_run_loop",
@@ -384,7 +403,7 @@ def test_a_lone_caller_steps_its_call_without_a_pass_of_the_loop(shared_uri, mon
         conn.close()
 
 
-def test_qemu_and_lxc_functions_are_stepped_by_a_lone_caller(shared_uri, monkeypatch):
+def test_qemu_and_lxc_functions_are_stepped_by_a_lone_caller(shared_uri, monkeypatch, set_idle):
     """libvirt_qemu's and libvirt_lxc's functions take the lone caller's path too: no pass
     of the loop per call, and the daemon's answer (the test driver has no monitor, agent or
     namespaces) comes back as libvirt-python raises it."""
@@ -395,7 +414,7 @@ def test_qemu_and_lxc_functions_are_stepped_by_a_lone_caller(shared_uri, monkeyp
     try:
         dom = conn.lookupByName("test")
         conn.getLibVersion()
-        monkeypatch.setattr(libvirt, "_IDLE", 60.0)
+        set_idle(60.0)
         runs: list[object] = []
         run_loop = libvirt._run_loop
         monkeypatch.setattr(libvirt, "_run_loop",
@@ -419,14 +438,14 @@ def test_qemu_and_lxc_functions_are_stepped_by_a_lone_caller(shared_uri, monkeyp
         conn.close()
 
 
-def test_a_stepped_call_runs_what_needs_the_loop_on_it(shared_uri, monkeypatch):
+def test_a_stepped_call_runs_what_needs_the_loop_on_it(shared_uri, monkeypatch, set_idle):
     """Within a stepped method, a call that needs the running loop (a time limit; a slow
     procedure, which goes to a lane) runs on it, here; the method goes on stepped."""
     import uuid
 
     conn = libvirt.open(shared_uri)
     try:
-        monkeypatch.setattr(libvirt, "_IDLE", 60.0)
+        set_idle(60.0)
         on_loop: list[object] = []
         run_loop = libvirt._run_loop
         monkeypatch.setattr(libvirt, "_run_loop", lambda loop, coro: (

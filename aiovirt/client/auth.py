@@ -322,7 +322,7 @@ def _plain_refused(uri: ConnectionURI) -> AuthenticationError:
 async def _exchange(channel: Channel, mech: Mechanism) -> None:
     """AUTH_SASL_START, then AUTH_SASL_STEP until the server says complete and the
     mechanism has checked the server's last word (mutual authentication)."""
-    if mech.blocking:   # may ask a KDC for a ticket: not on the event loop
+    if mech.blocking:   # may ask a KDC for a ticket, hash for long: not on the event loop
         initial = await anyio.to_thread.run_sync(mech.initial, abandon_on_cancel=True)
     else:
         initial = mech.initial()
@@ -332,7 +332,11 @@ async def _exchange(channel: Channel, mech: Mechanism) -> None:
         data = None if ret.nil else bytes(ret.data)
         response: bytes | None = None
         if data is not None and (data or not mech.done):
-            response = mech.step(data)
+            if mech.blocking:
+                response = await anyio.to_thread.run_sync(mech.step, data,
+                                                          abandon_on_cancel=True)
+            else:
+                response = mech.step(data)
         if ret.complete:
             if not mech.done:
                 raise SaslError(f"{mech.name}: the server declared success without proving "

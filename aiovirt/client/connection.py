@@ -65,6 +65,7 @@ SLOW_PROCEDURES: frozenset[str] = frozenset(
 # max_client_requests they wait unread in its socket, so it never idles waiting for our next
 # call.  32 is where the daemon's and our CPU per call stop falling (benchmarks/README.md).
 DEFAULT_PIPELINE_DEPTH = 32
+RECONNECT_ATTEMPT_LIMIT = 60.0   # seconds for one reconnection attempt, when nothing else bounds it
 
 
 _load = operator.attrgetter("load")   # a channel's calls out and queued
@@ -132,12 +133,13 @@ two.
                  slow_procedures: frozenset[str], native: bool = True,
                  dialer: Dialer = dial, call_timeout: float | None = None,
                  reconnect: Reconnect | None = None, auth: Any = None,
-                 event_batch_window: float = 0.0) -> None:
+                 event_batch_window: float = 0.0, connect_timeout: float | None = None) -> None:
         # the dialer sees read-only too: a tunnel then reaches the daemon's read-only socket
         self.uri = dataclasses.replace(uri, readonly=True) if readonly else uri
         self.event_batch_window = event_batch_window
         self.credentials = auth
         self.call_timeout = call_timeout
+        self.connect_timeout = connect_timeout
         self.reconnect = reconnect
         self.native = native
         self.dialer = dialer
@@ -263,6 +265,21 @@ two.
         interval, count = self.keepalive
         return interval * (count + 1)
 
+    def _attempt_limit(self, policy: Reconnect, began: float) -> float:
+        """How long one reconnection attempt (dial, handshake, subscriptions) may take:
+        ``connect_timeout``, the keepalive window, what is left of ``give_up_after``,
+        whichever is least; ``RECONNECT_ATTEMPT_LIMIT`` when none is set (a peer that
+        accepts and never answers must not hold the loop on one attempt for ever)."""
+        limits = []
+        if self.connect_timeout is not None:
+            limits.append(self.connect_timeout)
+        if self.keepalive is not None:
+            interval, count = self.keepalive
+            limits.append(interval * (count + 1))
+        if policy.give_up_after is not None:
+            limits.append(max(0.001, policy.give_up_after - (time.monotonic() - began)))
+        return min(limits, default=RECONNECT_ATTEMPT_LIMIT)
+
     def _main_lost(self, error: BaseException) -> None:
         """Without its main socket a connection is dead: fail the lanes' calls too, and the
         lanes still shaking hands.  With a ``reconnect`` policy, start reconnecting and keep
@@ -300,12 +317,17 @@ two.
         try:
             while not self._closed:
                 attempt += 1
+                limit = self._attempt_limit(policy, began)
                 try:
-                    channel = await self._open_channel("main")
-                    self._main, self._lanes[:] = channel, []
-                    await self._resubscribe()
-                except AiovirtError as exc:
-                    last = f"{type(exc).__name__}: {exc}"
+                    with anyio.fail_after(limit):
+                        channel = await self._open_channel("main")
+                        self._main, self._lanes[:] = channel, []
+                        await self._resubscribe()
+                except (AiovirtError, TimeoutError) as exc:
+                    last = f"{type(exc).__name__}: {exc}" if isinstance(exc, AiovirtError) else \
+                        f"no connection within {limit:g} s (one attempt's bound)"
+                    if self._main is not None and self._main.closed is None:
+                        self._main.fail(ConnectionClosed("reconnection attempt failed"))
                     if policy.gives_up(attempt, time.monotonic() - began):
                         break
                     await anyio.sleep(policy.delay(attempt))
@@ -765,7 +787,7 @@ class connect(Generic[C]):  # noqa: N801 - reads as a function: ``await connect(
             native=native_transport, dialer=dialer or dial, call_timeout=call_timeout,
             reconnect=reconnect,
             auth=auth if isinstance(auth, Credentials) else Credentials(auth),
-            event_batch_window=event_batch_window)
+            event_batch_window=event_batch_window, connect_timeout=connect_timeout)
         self._group: anyio.abc.TaskGroup | None = None
 
     async def _open_main(self, tasks: _Tasks) -> None:

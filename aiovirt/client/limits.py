@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import stat
 import struct
 from pathlib import Path
 
@@ -43,8 +44,14 @@ def read_max_client_requests(sock: socket.socket) -> int | None:
             return None
         path, implicit = found
         try:
-            with open(path, "rb") as file:
-                if _changed_since_start(os.fstat(file.fileno()).st_mtime, pid):
+            # non-blocking, and a regular file only: the path comes from the peer's command
+            # line, and a FIFO there would hold the event loop in open() or read() for ever
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            with open(fd, "rb") as file:
+                status = os.fstat(fd)
+                if not stat.S_ISREG(status.st_mode):
+                    return None
+                if _changed_since_start(status.st_mtime, pid):
                     return None   # edited after the daemon read it: not what it runs with
                 text = file.read(1 << 20).decode("utf-8", "replace")
         except FileNotFoundError:

@@ -60,7 +60,12 @@ class Reconnect:
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1, 2, ...)."""
-        base = min(self.max_delay, self.initial * self.factor ** (attempt - 1))
+        base = self.initial
+        for _ in range(max(attempt - 1, 0)):   # (``factor ** n`` overflows a float by n=1025)
+            base *= self.factor
+            if base >= self.max_delay:
+                base = self.max_delay
+                break
         spread = (rng or random).uniform(-self.jitter, self.jitter) if self.jitter else 0.0
         return base * (1 + spread)
 

@@ -107,6 +107,9 @@ def client_context(files: TLSFiles, *, verify: bool = True, where: str = "",
     ``verify=False`` is libvirt's ``no_verify=1``; ``where`` (host:port) goes in messages."""
     tls = f"TLS to {where}" if where else "TLS"
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    # a TLS 1.2 renegotiation would make writes wait for reads mid-packet: refused, as
+    # GnuTLS (libvirt's) refuses unsafe renegotiation; TLS 1.3 has none
+    context.options |= ssl.OP_NO_RENEGOTIATION
     if not exists(files.cacert):
         raise ConnectionFailed(f"{tls}: no CA certificate: looked for "
                                + " and ".join(files.ca_tried)
@@ -295,12 +298,16 @@ class _TLSWire(asyncio.Protocol):
         """Encrypt ``pieces`` (one record per libvirt packet) and send them in one go.  A
         piece that is exactly one packet is encrypted as it is; anything else is cut."""
         write, cutter = self._records.write, self._cutter
-        for data in pieces:
-            if cutter.idle and len(data) >= 4 and _LENGTH.unpack_from(data)[0] == len(data):
-                write(data)
-            else:
-                for piece in cutter.cut(data):
-                    write(piece)
+        try:
+            for data in pieces:
+                if cutter.idle and len(data) >= 4 and _LENGTH.unpack_from(data)[0] == len(data):
+                    write(data)
+                else:
+                    for piece in cutter.cut(data):
+                        write(piece)
+        except ssl.SSLError as exc:   # (a packet cannot be half sent: the connection ends)
+            self._fail(exc)
+            return
         self._flush()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:

@@ -186,3 +186,52 @@ async def test_an_agent_on_three_families_outlives_a_restart(own_daemon, tmp_pat
             await dom.undefine()
             await net.undefine()
             await pool.undefine()
+
+
+def test_backoff_stays_at_its_cap_however_many_attempts():
+    # factor ** (attempt - 1) overflowed a float at attempt 1025 (~8.5 h after a loss with
+    # the default policy) and killed the reconnection with OverflowError
+    policy = Reconnect()
+    assert policy.delay(1) <= policy.initial * (1 + policy.jitter)
+    for attempt in (1025, 10 ** 6):
+        assert policy.max_delay * (1 - policy.jitter) <= policy.delay(attempt) <= \
+            policy.max_delay * (1 + policy.jitter)
+
+
+async def test_a_reconnection_to_a_peer_that_never_answers_gives_up_in_time():
+    """Without keepalive, an attempt that reached a peer which accepts and never answers
+    (a stopped daemon, a port forward to nothing) waited for ever: give_up_after was not
+    honoured and the state stayed LOST.  Each attempt is now bounded."""
+    import socket
+
+    from aiovirt.client.dialers import dial_socket
+    from aiovirt.testing.fakepeer import memory_dialer
+
+    async def hang_up(stream, msg) -> bool:
+        return False   # the "daemon" closes on the first call after the handshake
+
+    first, silent, dials = memory_dialer(hang_up), [], []
+
+    async def dialer(uri, spawn, native):
+        dials.append(uri)
+        if len(dials) == 1:
+            return await first(uri, spawn, native)
+        ours, theirs = socket.socketpair()   # accepted, never answered
+        silent.append(theirs)
+        return await dial_socket(ours, spawn, native)
+
+    policy = Reconnect(initial=0.05, max_delay=0.1, give_up_after=1.0)
+    try:
+        async with aiovirt.connect("test:///default", dialer=dialer, reconnect=policy,
+                                   keepalive=None, lanes=0) as conn:
+            changes = conn.state_changes()
+            with pytest.raises(aiovirt.AiovirtError):
+                await conn.rpc.connect_get_version(call_timeout=1)
+            seen = []
+            with anyio.fail_after(10):
+                while ConnectionState.CLOSED not in seen:
+                    seen.append((await changes.receive()).state)
+            assert len(dials) >= 2 and conn.state is ConnectionState.CLOSED
+    finally:
+        for sock in silent:
+            sock.close()

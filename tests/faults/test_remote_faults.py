@@ -4,6 +4,8 @@ the middle of a storm of calls (every call fails with ``ConnectionClosed``, none
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 
 import anyio
@@ -84,3 +86,45 @@ async def test_a_killed_daemon_fails_every_call_of_a_storm_over_tls(tls):
         assert outcomes == ["closed"] * 50         # every caller ended, each the same way
         with pytest.raises(aiovirt.ConnectionClosed):
             await conn.get_lib_version()
+
+
+def test_a_peer_whose_config_is_a_fifo_cannot_freeze_the_loop(tmp_path):
+    """The daemon's config file is read to learn max_client_requests; its path comes from
+    the peer's command line (``-f``).  A FIFO there froze the event loop in open() for ever:
+    connect_timeout never fired.  Now only a regular file is read, without blocking."""
+    import subprocess
+    import sys
+    import textwrap
+    fifo, sock = tmp_path / "conf", tmp_path / "sock"
+    os.mkfifo(fifo)
+    peer_code = textwrap.dedent(f"""
+        import anyio
+        from aiovirt.testing.fakepeer import handshake, serve_one
+        async def main():
+            async with await anyio.create_unix_listener({str(sock)!r}) as listener:
+                await serve_one(listener, handshake)
+        anyio.run(main)
+    """)
+    fake = tmp_path / "libvirtd"   # a process whose argv[0] is .../libvirtd
+    fake.symlink_to(os.path.realpath(sys.executable))
+    peer = subprocess.Popen([str(fake), "-c", peer_code, "-f", str(fifo)],
+                            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        client = textwrap.dedent(f"""
+            import asyncio, aiovirt
+            async def main():
+                async with aiovirt.connect("test:///default?socket={sock}",
+                                           connect_timeout=5) as conn:
+                    print(conn.max_in_flight)
+            asyncio.run(main())
+        """)
+        done = subprocess.run([sys.executable, "-c", client], capture_output=True, text=True,
+                              timeout=60, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip() == "5"   # libvirt's default: the FIFO was not read
+    finally:
+        peer.kill()
+        peer.wait()
