@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import anyio
@@ -195,6 +198,51 @@ async def test_ext_failure_carries_the_commands_stderr(tmp_path):
     command = script(tmp_path / "broken", "echo 'no way through' >&2; exit 3")
     with pytest.raises(ConnectionFailed, match="no way through"):
         await aiovirt.connect(f"test+ext:///default?command={command}", connect_timeout=LIMIT)
+
+
+async def test_a_tunnels_stderr_is_kept_to_its_tail(tmp_path):
+    # it went to a temporary file that grew with whatever the far side said (200 MB held)
+    command = script(tmp_path / "chatty", "head -c 20000000 /dev/zero | tr '\\0' x >&2; "
+                     "echo >&2; echo 'the last word' >&2; exit 3")
+    with pytest.raises(ConnectionFailed, match="the last word") as info:
+        await aiovirt.connect(f"test+ext:///default?command={command}", connect_timeout=LIMIT)
+    assert len(str(info.value)) < 4096 + 200
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            held.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except FileNotFoundError:   # (listdir's own descriptor, gone)
+            pass
+    assert not [path for path in held if "aiovirt-tunnel" in path], held
+
+
+def test_a_child_that_ignores_sigterm_is_killed_at_exit(tmp_path):
+    # the reaper is a daemon thread: a child outliving SIGTERM outlived the program
+    pidfile = tmp_path / "pid"
+    command = script(tmp_path / "stubborn", f"trap '' TERM; echo $$ > {pidfile}; "
+                     "exec sleep 60")
+    code = (f"import asyncio, aiovirt\n"
+            f"async def main():\n"
+            f"    try:\n"
+            f"        await aiovirt.connect('test+ext:///default?command={command}',\n"
+            f"                              connect_timeout=0.5)\n"
+            f"    except aiovirt.ConnectionFailed:\n"
+            f"        pass\n"
+            f"asyncio.run(main())\n")
+    subprocess.run([sys.executable, "-c", code], timeout=60, check=True)
+    pid = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        with open(f"/proc/{pid}/stat") as stat_file:   # a zombie is gone in all but name
+            if stat_file.read().split(") ")[1].startswith("Z"):
+                return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    raise AssertionError(f"the ext command {pid} outlived the program")
 
 
 async def test_ext_needs_a_command():

@@ -1,6 +1,10 @@
 """Connection URI parsing: where to connect, the name sent to the daemon, clear errors."""
 
+import re
+
 import pytest
+
+import aiovirt
 
 from aiovirt import InvalidURI, parse_uri
 
@@ -54,3 +58,31 @@ def test_server_side_query_parameters_stay_in_the_name():
 def test_bad_uris_name_the_bad_part(uri, message):
     with pytest.raises(InvalidURI, match=message.replace("+", r"\+").replace("?", r"\?")):
         parse_uri(uri)
+
+
+@pytest.mark.parametrize("query, params", [
+    ("socket=/tmp/plus+dir/libvirt+sock", {"socket": "/tmp/plus+dir/libvirt+sock"}),  # '+' stays
+    ("&&socket=/a%20b&", {"socket": "/a b"}),      # empty sections skipped (was "malformed")
+    ("no_tty=1;keyfile=/k", {"no_tty": "1", "keyfile": "/k"}),   # ';' when there is no '&'
+    ("=x&name", {"name": ""}),                      # "=value" ignored, a bare name is ""
+])
+def test_query_is_read_as_libvirt_reads_it(query, params):
+    assert parse_uri(f"qemu+ssh://h/system?{query}").params == params
+
+
+@pytest.mark.parametrize("uri, words", [
+    ("qemu+ext:///system?command=/bin/true%00x", "parameter 'command' holds a NUL character"),
+    ("qemu+tcp://h:²/system", "port '²' is not a number from 1 to 65535"),
+    ("qemu+tcp://h:" + "1" * 5000 + "/system", "is not a number from 1 to 65535"),
+    ("qemu+tcp://a..b/system", "host 'a..b' is not a valid host name"),
+    ("qemu+tls://" + "a" * 64 + ".example/system", "is not a valid host name"),
+])
+def test_uri_parts_that_cannot_work_are_named(uri, words):
+    # these raised ValueError (int(), Popen's "embedded null byte") or UnicodeError (IDNA)
+    with pytest.raises(aiovirt.InvalidURI, match=re.escape(words)):
+        parse_uri(uri)
+
+
+def test_a_flag_of_many_digits_is_invalid_not_a_valueerror():
+    with pytest.raises(aiovirt.InvalidURI, match="is not an integer"):
+        parse_uri("qemu+tls://h/system?no_verify=" + "1" * 5000).flag("no_verify")

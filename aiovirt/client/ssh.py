@@ -7,8 +7,9 @@ the far side it runs ``virt-ssh-helper`` or ``nc -U SOCKET`` (``ssh_command`` bu
 exactly as libvirt 9.0 does).  For ``ext`` it is ``command=`` itself (one program, no
 arguments, no shell: libvirt execs it the same way).
 
-ssh's stderr goes to an unlinked temporary file (it never blocks, unlike a pipe nobody reads);
-when the tunnel ends its tail is the error's message.  A tunnel that ends before the daemon
+ssh's stderr goes to a pipe that a thread of ours reads as it comes, keeping its last 4 KiB
+(the child never blocks on it, and what the far side says takes no more room);
+when the tunnel ends that tail is the error's message.  A tunnel that ends before the daemon
 sent a byte never came up: callers get ``ConnectionFailed`` carrying ssh's words ("Host key
 verification failed.", "Permission denied (publickey).", "nc: not found").  Later, a loss is
 the channel's usual ``ConnectionClosed``, ssh's words included, and how the child ended ("it
@@ -31,11 +32,10 @@ import contextlib
 import os
 import signal
 import socket
+import atexit
 import subprocess
-import tempfile
 import threading
 from collections.abc import Callable
-from typing import IO
 
 import anyio
 
@@ -172,7 +172,7 @@ class CommandTransport(NoFdPassing):
     """A transport over a child's stdio: the socket's own transport, plus the child, which it
     terminates and reaps on close, and whose stderr explains a tunnel that ends."""
 
-    def __init__(self, inner: Transport, process: subprocess.Popen[bytes], stderr: IO[bytes],
+    def __init__(self, inner: Transport, process: subprocess.Popen[bytes], stderr: StderrTail,
                  what: str, spawn: Spawn) -> None:
         self._inner = inner
         self.process = process
@@ -190,14 +190,7 @@ class CommandTransport(NoFdPassing):
 
     def stderr_text(self) -> str:
         """The tail of what the child wrote to stderr, stripped."""
-        try:
-            fd = self._stderr.fileno()
-            size = os.fstat(fd).st_size
-            start = max(0, size - _STDERR_TAIL)
-            data = os.pread(fd, size - start, start)
-        except (OSError, ValueError):
-            return ""
-        return data.decode(errors="replace").strip()
+        return self._stderr.text(ended=self.process.poll() is not None)
 
     # Sink: between the socket and the channel
     def feed(self, data: bytes) -> None:
@@ -305,7 +298,7 @@ class CommandTransport(NoFdPassing):
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.terminate()
-        threading.Thread(target=_kill, args=(self.process, self._stderr, _GRACE),
+        threading.Thread(target=_kill, args=(self.process, _GRACE),
                          name=f"aiovirt reap {self.process.pid}", daemon=True).start()
 
 
@@ -321,10 +314,65 @@ def _how_it_ended(status: int | None) -> str | None:
     return f"it exited with status {status}"
 
 
-def _kill(process: subprocess.Popen[bytes], stderr: IO[bytes] | None = None,
-          grace: float = 0.0) -> None:
-    """Give ``process`` ``grace`` seconds to exit, then SIGKILL it; reap it (bounded) and
-    close its stderr file."""
+class StderrTail:
+    """The last ``_STDERR_TAIL`` bytes a child writes to stderr (a pipe), read by a thread
+    of its own: a file would grow with whatever the far side sends for as long as the
+    tunnel lives.  The thread ends when every writer has closed the pipe."""
+
+    def __init__(self) -> None:
+        reader, self.writer = os.pipe()
+        self._tail = bytearray()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, args=(reader,), daemon=True,
+                                        name="aiovirt tunnel stderr")
+        self._thread.start()
+
+    def _read(self, fd: int) -> None:
+        try:
+            while chunk := os.read(fd, 65536):
+                with self._lock:
+                    self._tail += chunk
+                    del self._tail[:-_STDERR_TAIL]
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def started(self) -> None:
+        """The child has its copy of the pipe: ours is closed, so the end is seen."""
+        if self.writer >= 0:
+            os.close(self.writer)
+            self.writer = -1
+
+    def text(self, ended: bool = False) -> str:
+        """The tail, stripped; ``ended``: the child is gone, so wait (briefly) for the
+        reader to take its last words."""
+        if ended:
+            self._thread.join(0.5)
+        with self._lock:
+            return self._tail.decode(errors="replace").strip()
+
+
+# children not reaped yet: killed at exit (a reaper thread is a daemon thread, so a child that
+# outlives SIGTERM would outlive the program too)
+_children: set[subprocess.Popen[bytes]] = set()
+_children_lock = threading.Lock()
+
+
+@atexit.register
+def _kill_children() -> None:
+    with _children_lock:
+        left = list(_children)
+    for process in left:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(1)
+
+
+def _kill(process: subprocess.Popen[bytes], grace: float = 0.0) -> None:
+    """Give ``process`` ``grace`` seconds to exit, then SIGKILL it; reap it (bounded)."""
     if grace:
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(grace)
@@ -333,8 +381,9 @@ def _kill(process: subprocess.Popen[bytes], stderr: IO[bytes] | None = None,
             process.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(2)
-    if stderr is not None:
-        stderr.close()
+    if process.poll() is not None:
+        with _children_lock:
+            _children.discard(process)
 
 
 async def _dial_command(argv: list[str], what: str, spawn: Spawn, native: bool
@@ -342,22 +391,26 @@ async def _dial_command(argv: list[str], what: str, spawn: Spawn, native: bool
     """Run ``argv`` with one end of a socketpair as its stdin and stdout; a transport over
     the other end."""
     ours, theirs = socket.socketpair()
-    stderr = tempfile.TemporaryFile(prefix="aiovirt-tunnel-")
+    stderr = StderrTail()
     try:
         process = subprocess.Popen(argv, stdin=theirs.fileno(), stdout=theirs.fileno(),
-                                   stderr=stderr, close_fds=True)
-    except OSError as exc:
+                                   stderr=stderr.writer, close_fds=True)
+        with _children_lock:
+            _children.add(process)
+    except BaseException as exc:
         ours.close()
-        stderr.close()
-        raise ConnectionFailed(f"{what}: cannot run {argv[0]!r}: "
-                               f"{exc.strerror or exc}") from exc
+        if isinstance(exc, OSError | ValueError):
+            raise ConnectionFailed(f"{what}: cannot run {argv[0]!r}: "
+                                   f"{getattr(exc, 'strerror', None) or exc}") from exc
+        raise
     finally:
         theirs.close()
+        stderr.started()
     try:
         inner = await dial_socket(ours, spawn, native)
     except BaseException as exc:
         ours.close()
-        _kill(process, stderr)
+        _kill(process)
         if isinstance(exc, OSError):
             raise ConnectionFailed(f"{what}: {exc.strerror or exc}") from exc
         raise

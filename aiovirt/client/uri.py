@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, quote, urlencode
+from urllib.parse import quote, unquote, urlencode
 
 from ..errors import InvalidURI
 
@@ -61,7 +61,7 @@ class ConnectionURI:
         value = self.params.get(name)
         if value is None:
             return False
-        if not re.fullmatch(r"\s*[+-]?[0-9]+", value):
+        if not re.fullmatch(r"\s*[+-]?[0-9]{1,18}", value):
             raise InvalidURI(f"{self.uri!r}: {name}={value!r} is not an integer (0 or 1)")
         return int(value) != 0
 
@@ -96,6 +96,24 @@ def default_socket(driver: str, path: str, mode: str | None = None) -> str:
         if mode == "direct" or os.path.exists(modular):
             return modular
     return os.path.join(base, "libvirt-sock")
+
+
+def parse_query(query: str) -> dict[str, str]:
+    """A URI's parameters as libvirt reads them (viruri.c): sections split at '&' (at ';'
+    when there is no '&'), empty ones and "=value" skipped, "name" alone an empty value,
+    %XX decoded and nothing else ('+' stays a plus); the last of a name counts."""
+    params: dict[str, str] = {}
+    while query:
+        end = query.find("&")
+        if end < 0:
+            end = query.find(";")
+        if end < 0:
+            end = len(query)
+        section, query = query[:end], query[end + 1:]
+        name, eq, value = section.partition("=")
+        if name:
+            params[unquote(name)] = unquote(value)
+    return params
 
 
 def parse_uri(uri: str) -> ConnectionURI:
@@ -133,17 +151,22 @@ def parse_uri(uri: str) -> ConnectionURI:
         else:
             host, _, port_text = hostport.partition(":")
         host = host or None
+        if host is not None and ":" not in host:   # (an IPv6 literal is not a name)
+            try:
+                host.encode("idna")
+            except UnicodeError as exc:   # what dialing would raise: an empty or long label
+                raise InvalidURI(f"{uri!r}: host {host!r:.80} is not a valid host name "
+                                 f"({exc})") from None
         if port_text:
-            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 0 < int(port_text) < 65536:
                 raise InvalidURI(f"{uri!r}: port {port_text!r} is not a number from 1 to 65535")
             port = int(port_text)
     if not transport:
         transport = "tls" if host else "unix"
-    try:
-        params = dict(parse_qsl(match.group("query") or "", keep_blank_values=True,
-                                strict_parsing=bool(match.group("query"))))
-    except ValueError:
-        raise InvalidURI(f"{uri!r}: malformed query {match.group('query')!r}") from None
+    params = parse_query(match.group("query") or "")
+    for name, value in params.items():
+        if "\0" in name or "\0" in value:   # (a path or command with one cannot be used)
+            raise InvalidURI(f"{uri!r:.200}: parameter {name!r:.40} holds a NUL character")
     if params.get("mode", "auto") not in REMOTE_MODES:
         raise InvalidURI(f"{uri!r}: mode={params['mode']!r} is not one of "
                          f"{', '.join(REMOTE_MODES)}")
