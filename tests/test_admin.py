@@ -179,3 +179,11 @@ async def test_connect_sizes_its_in_flight_cap_to_the_daemons_setting(tmp_path):
             results = await asyncio.gather(*(conn.rpc.connect_get_lib_version()
                                              for _ in range(40)))
             assert len(results) == 40
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), -1, "5"])
+async def test_admin_timeouts_are_checked(timeout):
+    # nan raised anyio's "deadline must not be NaN"; -1 waited "within -1 s"
+    from aiovirt.client.admin import server_settings
+    with pytest.raises(ValueError, match="timeout must be a number more than 0 seconds"):
+        await server_settings("/nonexistent/admin-sock", timeout=timeout)

@@ -557,3 +557,23 @@ def test_tls_renegotiation_is_refused(tmp_path):
     _, pki = loopback_tls(tmp_path)
     context, _ = client_context(locate_files(str(pki)))
     assert context.options & ssl.OP_NO_RENEGOTIATION
+
+
+@pytest.mark.parametrize("auth, error, words", [
+    (("alice", None), TypeError, r"the password must be a str, not NoneType"),
+    ((b"alice", "pw"), TypeError, r"the user name must be a str, not bytes"),
+    (("alice", "p\udc80w"), ValueError, r"the password is not valid text"),
+])
+def test_credentials_that_sasl_cannot_send_are_refused_at_connect(auth, error, words):
+    # they raised AttributeError/TypeError/UnicodeEncodeError deep in the SCRAM exchange
+    with pytest.raises(error, match=words):
+        aiovirt.connect("test:///default", auth=auth)
+
+
+async def test_an_auth_callback_result_of_the_wrong_type_is_an_authentication_error():
+    def callback(credentials: list[Credential]) -> None:
+        for credential in credentials:
+            credential.result = 1234
+    with pytest.raises(AuthenticationError, match="the auth callback's AUTHNAME credential "
+                                                  "must be a str, not int"):
+        await Credentials(callback).get(parse_uri("qemu+tcp://h/system"), "SCRAM-SHA-256")

@@ -56,6 +56,8 @@ nested = [ 1, [ "a" ] ]
     ('a = ["x",\n', ":2: list is not closed"),
     ('a = "x" b = 1', ":1: expecting a new line or ';'"),
     ('a = """x', ':1: unterminated """ string'),
+    ("a = " + "9" * 5000, ":1: number 9{24}... is too long"),   # was int()'s ValueError
+    ("a = " + "[" * 5000, ":1: lists nested more than 64 deep"),   # was RecursionError
 ])
 def test_parse_conf_errors_name_the_line(text, problem):
     with pytest.raises(ConfSyntaxError, match=f"^f.conf{problem}"):
@@ -179,6 +181,16 @@ def test_load_libvirt_conf(tmp_path):
     path.write_text('uri_default = "unterminated\n')
     with pytest.raises(InvalidURI, match=f"{path}:1: unterminated"):
         load_libvirt_conf(str(path))
+    path.write_bytes(b'uri_default = "test:///d\xe9fault"\n')   # was UnicodeDecodeError
+    with pytest.raises(InvalidURI, match=f"cannot read {path}: not UTF-8 text"):
+        load_libvirt_conf(str(path))
+
+
+def test_an_auth_conf_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "auth.conf"
+    path.write_bytes(b"[credentials-x]\nusername=j\xf6rg\n")
+    with pytest.raises(ConfSyntaxError, match=f"{path}: not UTF-8 text"):
+        find_auth_conf(None, {"LIBVIRT_AUTH_FILE": str(path)})
 
 
 @pytest.fixture

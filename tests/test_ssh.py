@@ -4,6 +4,7 @@ line they build checked against libvirt's own expected strings."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -197,6 +198,19 @@ async def test_ext_runs_the_command(daemon, tmp_path, native):
 async def test_ext_failure_carries_the_commands_stderr(tmp_path):
     command = script(tmp_path / "broken", "echo 'no way through' >&2; exit 3")
     with pytest.raises(ConnectionFailed, match="no way through"):
+        await aiovirt.connect(f"test+ext:///default?command={command}", connect_timeout=LIMIT)
+
+
+@pytest.mark.parametrize("body, words", [
+    # was "packet length 1466264675 exceeds the limit of 33554432 bytes"
+    ("echo 'Welcome to host'; exec sleep 5", "the far side printed 'Welcome to host\\n' "
+                                            "instead of speaking libvirt's protocol"),
+    # was "[Errno 104] Connection reset by peer" (or "Broken pipe")
+    ("exit 0", "failed: it exited with status 0"),
+])
+async def test_a_tunnel_that_does_not_speak_the_protocol_says_how(tmp_path, body, words):
+    command = script(tmp_path / "tunnel", body)
+    with pytest.raises(ConnectionFailed, match=re.escape(words)):
         await aiovirt.connect(f"test+ext:///default?command={command}", connect_timeout=LIMIT)
 
 

@@ -9,6 +9,7 @@ no events; calls go one at a time, which is all an admin query needs.  It cannot
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from types import EllipsisType, TracebackType
@@ -17,6 +18,7 @@ from typing import Any, Self
 import anyio
 import anyio.abc
 
+from ..checks import check_number
 from ..errors import (CallTimeout, ConnectionClosed, ConnectionFailed, ProtocolError,
                       error_from_remote)
 from ..protocol import admin, keepalive, virnet
@@ -88,6 +90,7 @@ class AdminClient:
     @classmethod
     async def connect(cls, path: str, *, timeout: float | None = DEFAULT_TIMEOUT) -> Self:
         """Connect to the admin socket ``path`` and open the admin connection."""
+        check_number("timeout", timeout, 0, math.inf, seconds=True)
         try:
             with anyio.fail_after(timeout):
                 stream = await anyio.connect_unix(path)
@@ -109,6 +112,7 @@ class AdminClient:
                    call_timeout: float | None | EllipsisType = ...) -> Any:
         """Send one admin call and return its decoded reply (``LibvirtError`` if refused)."""
         timeout = self.timeout if isinstance(call_timeout, EllipsisType) else call_timeout
+        check_number("call_timeout", timeout, 0, math.inf, seconds=True)
         payload = encode(procedure.encode_args, args, procedure.name) \
             if procedure.encode_args is not None else b""
         async with self._lock:
@@ -197,6 +201,7 @@ async def server_settings(admin_socket: str, server: str = "libvirtd", *,
     """Connect to ``admin_socket``, read ``server``'s settings and close, all within
     ``timeout`` seconds (``ConnectionFailed``, ``CallTimeout``, or ``LibvirtError`` from the
     daemon, e.g. for an unknown server)."""
+    check_number("timeout", timeout, 0, math.inf, seconds=True, optional=False)
     try:
         with anyio.fail_after(timeout):
             async with await AdminClient.connect(admin_socket, timeout=None) as client:

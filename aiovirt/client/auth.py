@@ -71,6 +71,17 @@ class Credential:
 AuthCallback: TypeAlias = Callable[[list[Credential]], "Awaitable[None] | None"]
 
 
+def _check_text(what: str, value: object, error: type[Exception]) -> None:
+    """A user name or password must be a str SASL can send as UTF-8."""
+    if not isinstance(value, str):
+        raise error(f"{what} must be a str, not {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise (ValueError if error is TypeError else error)(
+            f"{what} is not valid text (a lone surrogate)") from None
+
+
 class Credentials:
     """Where a connection's user name and password come from (what ``connect(auth=)`` is
     turned into): a ``(user, password)`` tuple, a callback (sync or async) filling a list of
@@ -83,6 +94,11 @@ class Credentials:
                 isinstance(auth, tuple) and len(auth) == 2):
             raise TypeError("auth must be (user, password), a callback taking a list of "
                             f"Credential, or None; got {type(auth).__name__}")
+        if isinstance(auth, tuple):
+            user, password = auth
+            if user is not None:
+                _check_text("auth=(user, ...): the user name", user, TypeError)
+            _check_text("auth=(..., password): the password", password, TypeError)
         self.auth = auth
         self._accepted: tuple[str, str] | None = None
 
@@ -155,6 +171,12 @@ class Credentials:
                                       f"failed: {type(exc).__name__}: {exc}") from exc
         for credential in wanted:
             value = credential.result if credential.result is not None else credential.default
+            if value is not None:
+                try:
+                    _check_text(f"the auth callback's {credential.type.name} credential",
+                                value, AuthenticationError)
+                except AuthenticationError as exc:
+                    raise AuthenticationError(f"SASL {mechanism} on {uri.uri}: {exc}") from None
             if credential.type is CredentialType.AUTHNAME:
                 user = value
             else:

@@ -302,7 +302,7 @@ class Channel:
             return
         error = ConnectionClosed(
             f"{self.name} socket: the server closed the connection" if exc is None else
-            f"{self.name} socket: connection lost: {exc}")
+            f"{self.name} socket: connection lost: {exc or type(exc).__name__}")
         error.__cause__ = exc if exc is not None else EOFError("end of file while reading")
         self.fail(error)
 

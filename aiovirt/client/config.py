@@ -42,6 +42,9 @@ class ConfSyntaxError(ValueError):
 
 
 # -- libvirt's conf syntax (virconf.c) ------------------------------------------------------------
+_MAX_DEPTH = 64   # lists inside lists, at most
+
+
 class _ConfParser:
     """``name = value`` statements separated by newlines or ``;``; values are ``"str"``,
     ``'str'``, ``\"\"\"multi-line\"\"\"``, integers, or lists ``[v, ...]``; ``#`` comments.
@@ -49,6 +52,7 @@ class _ConfParser:
 
     def __init__(self, text: str, source: str) -> None:
         self.text, self.source, self.pos, self.line = text, source, 0, 1
+        self.depth = 0   # lists open around the value being read
 
     def error(self, message: str) -> ConfSyntaxError:
         return ConfSyntaxError(f"{self.source}:{self.line}: {message}")
@@ -124,6 +128,8 @@ class _ConfParser:
             match = re.compile(r"[+-]?[0-9]+").match(self.text, self.pos)
             if match is None:
                 raise self.error("unterminated number")
+            if len(match.group()) > 20:   # libvirt's numbers are long longs
+                raise self.error(f"number {match.group()[:24]}... is too long")
             self.pos = match.end()
             return int(match.group())
         raise self.error(f"expecting a value, found {char or 'the end of the file'!r}")
@@ -144,7 +150,14 @@ class _ConfParser:
                     break
                 if not self.peek():
                     raise self.error("list is not closed with ]")
-            items.append(self.value())
+            if self.peek() == "[":
+                self.depth += 1
+                if self.depth > _MAX_DEPTH:   # (libvirt nests lists; Python's stack would end)
+                    raise self.error(f"lists nested more than {_MAX_DEPTH} deep")
+                items.append(self.value())
+                self.depth -= 1
+            else:
+                items.append(self.value())
             self.skip_blanks(newlines=True)
         self.pos += 1
         return items
@@ -281,6 +294,8 @@ def load_libvirt_conf(path: str | None = None) -> LibvirtConf:
         return LibvirtConf(path)
     except OSError as exc:
         raise InvalidURI(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidURI(f"cannot read {path}: not UTF-8 text (byte {exc.start})") from None
     try:
         return LibvirtConf(path, True, parse_conf(text, path))
     except ConfSyntaxError as exc:
@@ -352,6 +367,9 @@ def find_auth_conf(params: Mapping[str, str] | None = None,
         if not explicit and not os.access(path, os.R_OK):
             continue
         with open(path, encoding="utf-8") as file:
-            text = file.read()
+            try:
+                text = file.read()
+            except UnicodeDecodeError as exc:
+                raise ConfSyntaxError(f"{path}: not UTF-8 text (byte {exc.start})") from None
         return AuthConf(path, parse_keyfile(text, path)), looked
     return None, looked

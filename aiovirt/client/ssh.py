@@ -194,8 +194,16 @@ class CommandTransport(NoFdPassing):
 
     # Sink: between the socket and the channel
     def feed(self, data: bytes) -> None:
-        self._answered = True
         assert self._sink is not None
+        if not self._answered:
+            self._answered = True
+            if _looks_like_text(data):   # a login banner or a shell's words, not the daemon
+                self._sink.fail(ConnectionFailed(
+                    f"{self._what}: the far side printed {data[:120].decode(errors='replace')!r}"
+                    " instead of speaking libvirt's protocol (a login script or banner that "
+                    "writes to stdout?)" + (f"; its stderr: {said}"
+                                            if (said := self.stderr_text()) else "")))
+                return
         self._sink.feed(data)
 
     def lost(self, exc: BaseException | None) -> None:
@@ -246,8 +254,8 @@ class CommandTransport(NoFdPassing):
         if not self._answered:
             # never came up: to the caller that is a failure to connect.  The channel's fail
             # hands our error to every caller as is (lost would rewrap it as ConnectionClosed).
-            detail = said or (f"{exc}" if exc is not None else
-                              ended or "it closed the connection")
+            detail = said or ended or (f"{exc}" if exc is not None else
+                                       "it closed the connection")
             sink.fail(ConnectionFailed(f"{self._what} failed: {detail}"))
         elif said:
             sink.lost(ConnectionError(f"{self._what}: {said}"
@@ -300,6 +308,14 @@ class CommandTransport(NoFdPassing):
                 self.process.terminate()
         threading.Thread(target=_kill, args=(self.process, _GRACE),
                          name=f"aiovirt reap {self.process.pid}", daemon=True).start()
+
+
+def _looks_like_text(data: bytes) -> bool:
+    """Whether the first bytes from a tunnel are text rather than a packet's length word
+    (which would claim more than a message may hold: its first byte is at most 2)."""
+    head = data[:4]
+    return len(head) == 4 and head[0] > 2 and all(32 <= b < 127 or b in (9, 10, 13)
+                                                  for b in head)
 
 
 def _how_it_ended(status: int | None) -> str | None:
