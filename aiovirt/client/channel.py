@@ -52,6 +52,11 @@ class StreamSink(Protocol):
     def fail(self, error: BaseException) -> None: ...
 
 
+def _never() -> bool:
+    """A transport's ``backed_up`` when it cannot tell."""
+    return False
+
+
 def _no_fd() -> None:
     """A transport's ``fd_here`` when it has none: only the loop reads it."""
 
@@ -107,6 +112,7 @@ class Channel:
         self._loop = asyncio_loop()
         # the transport's, if it can be read without the loop (``fd_here``)
         self._fd_here: Callable[[], int | None] = getattr(transport, "fd_here", _no_fd)
+        self._backed_up: Callable[[], bool] = getattr(transport, "backed_up", _never)
         transport.attach(self)
 
     # -- calls ----------------------------------------------------------------------------------
@@ -188,7 +194,7 @@ class Channel:
             self.fail(exc)
             return
         waiters, fd_calls = self._waiters, self._fd_calls
-        events = False
+        events = pinged = False
         for item in items:
             kind = type(item)
             if kind is tuple:   # a successful reply: (serial, value)
@@ -216,12 +222,15 @@ class Channel:
             elif kind is KeepaliveMessage:
                 if item.ping:
                     self.pings_received += 1
+                    pinged = True
                 else:
                     self.pongs_received += 1
             elif kind is StreamMessage:
                 sink = self._streams.get(item.serial)
                 if sink is not None:
                     sink.deliver(item)
+        if pinged and self._backed_up():
+            protocol.drop_pongs()   # the peer does not read what we send: PONGs would pile up
         outgoing = protocol.data_to_send()
         if outgoing:
             self._write(outgoing)

@@ -288,6 +288,9 @@ class CommandTransport(NoFdPassing):
     async def drain(self) -> None:
         await self._inner.drain()
 
+    def backed_up(self) -> bool:
+        return getattr(self._inner, "backed_up", lambda: False)()
+
     @property
     def fd_passing(self) -> str | None:
         return f"file descriptors cannot pass through a tunnel ({self._what})"

@@ -73,6 +73,10 @@ class Transport(Protocol):
     async def drain(self) -> None:
         """Wait while the socket's send buffer is above its high-water mark."""
 
+    def backed_up(self) -> bool:
+        """Whether the send buffer is above its high-water mark now (the peer is not
+        reading): what is only a sign of life (a PONG) need not be queued."""
+
     @property
     def fd_passing(self) -> str | None:
         """None if file descriptors can pass; else why not (names the transport)."""
@@ -379,6 +383,10 @@ class AsyncioTransport(asyncio.Protocol):
         if self._writable is not None:
             self._writable.set()
 
+    def backed_up(self) -> bool:
+        """Whether the socket's send buffer is above asyncio's high-water mark."""
+        return self._writable is not None and not self._writable.is_set()
+
     async def drain(self) -> None:
         await asyncio.sleep(0)   # let a coalesced write reach the socket first
         transport = self._transport
@@ -516,6 +524,10 @@ class AnyioTransport(NoFdPassing):
         paused, self._paused = self._paused, None
         if paused is not None:
             paused.set()
+
+    def backed_up(self) -> bool:
+        """Whether the writer task has more than ``_HIGH_WATER`` bytes queued."""
+        return self._unsent > _HIGH_WATER
 
     async def drain(self) -> None:
         if self._unsent <= _HIGH_WATER or self._closing:

@@ -274,6 +274,9 @@ class StreamMessage:
     error: LibvirtError | None = None
 
 
+_PONG = encode_message(keepalive.PROGRAM, keepalive.KEEPALIVE_PROC_PONG, MESSAGE, 0, OK)
+
+
 class ClientProtocol:
     """The client side of one libvirt RPC connection, without I/O.
 
@@ -411,6 +414,11 @@ class ClientProtocol:
         data = b"".join(self._outgoing)
         self._outgoing.clear()
         return data
+
+    def drop_pongs(self) -> None:
+        """Forget the PONGs not sent yet (a peer that pings and does not read: they would
+        pile up; a PONG is only a sign of life, the next one does as well)."""
+        self._outgoing[:] = [data for data in self._outgoing if data is not _PONG]
 
     def _admit(self) -> None:
         pending, queued, outgoing = self._pending, self._queued, self._outgoing
@@ -563,8 +571,7 @@ class ClientProtocol:
         if type_ == MESSAGE:
             if program == keepalive.PROGRAM:
                 if number == keepalive.KEEPALIVE_PROC_PING:
-                    self._outgoing.append(encode_message(
-                        keepalive.PROGRAM, keepalive.KEEPALIVE_PROC_PONG, MESSAGE, 0, OK))
+                    self._outgoing.append(_PONG)
                     return KeepaliveMessage(ping=True)
                 if number == keepalive.KEEPALIVE_PROC_PONG:
                     return KeepaliveMessage(ping=False)

@@ -492,3 +492,56 @@ async def test_an_event_of_another_kind_for_a_callback_is_a_protocol_error(tmp_p
                 with anyio.fail_after(5):   # the next one is read
                     assert int((await anext(aiter(events))).event) == 2
             assert conn.is_alive
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["asyncio", "anyio-streams"])
+async def test_a_peer_that_pings_and_never_reads_cannot_pile_up_pongs(native):
+    """Every PING queued a PONG in our write buffer: a peer that stopped reading and sent
+    200,000 PINGs left 5.6 MB of PONGs (and on, without bound).  PONGs are now dropped while
+    the socket is backed up."""
+    import socket
+
+    from aiovirt.client.dialers import dial_socket
+    from aiovirt.protocol.wire import FrameDecoder
+    from aiovirt.testing.fakepeer import handshake
+    pings = 200_000
+    ping = encode_message(keepalive.PROGRAM, keepalive.KEEPALIVE_PROC_PING, MESSAGE, 0, OK)
+    ours, theirs = socket.socketpair()
+    for sock in (ours, theirs):   # small kernel buffers: a backlog lands in user space
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    theirs.setblocking(False)
+    flooded = anyio.Event()
+
+    async def serve() -> None:
+        stream = await anyio.abc.UNIXSocketStream.from_socket(theirs)
+        frames = FrameDecoder()
+        while True:   # the handshake, then PINGs and no more reading
+            for msg in frames.feed(await stream.receive()):
+                await handshake(stream, msg)
+                if msg.procedure == remote.REMOTE_PROC_CONNECT_OPEN:
+                    for _ in range(pings // 10000):
+                        await stream.send(ping * 10000)
+                    flooded.set()
+                    await anyio.sleep(60)
+
+    async def dialer(uri, spawn, native):
+        spawn(serve, "peer")
+        return await dial_socket(ours, spawn, native)
+
+    try:
+        async with aiovirt.connect("test:///default", dialer=dialer, lanes=0, keepalive=None,
+                                   native_transport=native) as conn:
+            channel = conn.channels[0]
+            with anyio.fail_after(30):
+                await flooded.wait()
+                while channel.pings_received < pings:
+                    await anyio.sleep(0.01)
+            transport = channel.transport
+            unsent = getattr(transport, "_unsent", None)
+            if unsent is None:
+                unsent = transport._transport.get_write_buffer_size()
+            assert unsent < 2 << 20, unsent
+            channel.fail(aiovirt.ConnectionClosed("the test is over"))
+    finally:
+        theirs.close()
