@@ -142,6 +142,7 @@ def test_a_daemon_ends_when_the_process_that_started_it_is_killed(tmp_path):
         daemon = os.pidfd_open(pid)
         try:
             assert select.select([daemon], [], [], 0)[0] == []   # alive while its owner is
+            os.kill(pid, signal.SIGSTOP)   # (a stopped one used to ignore the watchdog's TERM)
             starter.send_signal(signal.SIGKILL)
             starter.wait()
             ended, _, _ = select.select([daemon], [], [], 30)

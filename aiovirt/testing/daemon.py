@@ -77,15 +77,17 @@ def _stop_all() -> None:
 
 
 # The watchdog (``PrivateDaemon._watch``): $0 is libvirtd's pid, $@ our cgroup directories.
-# Once its stdin ends: SIGTERM to libvirtd if that pid is still one, SIGKILL to the guests in
-# our cgroups (cgroup v2's cgroup.kill), then, once libvirtd is gone (10 s at most), our
-# cgroup directories removed, deepest first (a few tries while the guests die).
+# Once its stdin ends: SIGTERM (and SIGCONT: a test may have stopped it) to libvirtd if that
+# pid is still one, SIGKILL to the guests in our cgroups (cgroup v2's cgroup.kill), SIGKILL to
+# libvirtd if it is still there after 10 s, then our cgroup directories removed, deepest
+# first (a few tries while the guests die).
 _WATCHDOG = """
 read -r _
-grep -qs libvirtd "/proc/$0/cmdline" && kill -TERM "$0"
+grep -qs libvirtd "/proc/$0/cmdline" && kill -TERM "$0" && kill -CONT "$0"
 for group in "$@"; do echo 1 > "$group/cgroup.kill"; done 2>/dev/null
 tries=0
 while [ -d "/proc/$0" ] && [ $tries -lt 100 ]; do sleep 0.1; tries=$((tries + 1)); done
+grep -qs libvirtd "/proc/$0/cmdline" && kill -KILL "$0"
 for attempt in 1 2 3 4 5 6 7 8 9 10; do
     left=0
     for group in "$@"; do
