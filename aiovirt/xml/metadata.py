@@ -38,7 +38,6 @@ import functools
 import math
 import re
 from typing import Any
-from xml.sax.saxutils import quoteattr
 
 from lxml import etree
 
@@ -73,11 +72,21 @@ def check_namespace(namespace: str) -> str:
     if not isinstance(namespace, str) or not namespace:
         raise XMLInputError(f"expected a URI, not {namespace!r:.60}", source="namespace")
     try:
-        etree.fromstring(f"<x xmlns:p={quoteattr(namespace)}/>".encode("utf-8", "replace"))
+        etree.fromstring(f"<x xmlns:p={_quoted(namespace)}/>".encode("utf-8", "replace"))
     except etree.XMLSyntaxError:
         raise XMLInputError(f"{namespace!r:.100} is not a valid URI (write spaces and other "
                             "reserved characters %-escaped)", source="namespace") from None
     return namespace
+
+
+_ATTR_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;",
+                               "\n": "&#10;", "\r": "&#13;", "\t": "&#9;"})
+
+
+def _quoted(value: str) -> str:
+    """``value`` as a double-quoted XML attribute value (xml.sax.saxutils' quoteattr, whose
+    module imports urllib.request: 17 ms at start-up)."""
+    return '"' + value.translate(_ATTR_ESCAPES) + '"'
 
 
 def _name_ok(key: str) -> bool:
