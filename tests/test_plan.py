@@ -434,3 +434,41 @@ def test_any_sequence_of_facts_keeps_the_plans_laws(data):
             assert r.uuid is None and r.exists is False and not r.replaced
 
 
+
+
+def test_a_run_that_ends_with_a_define_out_says_the_guest_may_exist():
+    # finish() reported it absent (a teardown by report then left it behind)
+    plan = Plan([Guest("g1", 0)], ["test:///a"], start=[True])
+    plan.host_ready(0, free_kib=1 << 20, cpus=2, names=(), sizes={0: Size(1024)},
+                    concurrency=1)
+    plan.defining(0)
+    plan.cancel()
+    plan.finish()   # ... before the define's reply
+    result = plan.results[0]
+    assert result.stage is Stage.FAILED and result.exists is None
+
+
+def test_a_host_still_connecting_when_the_run_ends_is_not_reported_ok():
+    plan = Plan([Guest("g1", 0)], ["test:///a", "test:///b"], start=[True])
+    plan.host_ready(0, free_kib=1 << 20, cpus=2, names=(), sizes={0: Size(1024)},
+                    concurrency=1)
+    plan.cancel()
+    plan.finish()   # host b never answered
+    assert [h.state for h in plan.report.hosts] == ["ok", "unreachable"]   # b said "ok"
+    assert plan.report.hosts[1].error == "the run ended while connecting to it"
+
+
+def test_a_progress_line_on_a_broken_stream_goes_quiet_instead_of_failing_the_run():
+    import io
+
+    from aiovirt.cli.progress import ProgressLine
+    from aiovirt.provision.report import Progress
+
+    class Broken(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    line = ProgressLine(Progress(3), Broken(), force=True)
+    line.update()   # used to raise into the run's on_change
+    line.close()
+    assert not line.enabled

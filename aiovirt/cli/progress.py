@@ -34,8 +34,7 @@ class ProgressLine:
         if self.enabled and (now - self._last >= self.interval or
                              self.progress.done == self.progress.total):
             self._last = now
-            self.stream.write("\r" + self.render(now) + "\x1b[K")
-            self.stream.flush()
+            self._write("\r" + self.render(now) + "\x1b[K")
             self._shown = True
 
     def render(self, now: float | None = None) -> str:
@@ -51,9 +50,16 @@ class ProgressLine:
                f"{seconds:.1f} s"
 
     def close(self) -> None:
-        if self._shown:
-            self.stream.write("\r" + self.render() + "\x1b[K\n")
+        if self._shown and self.enabled:
+            self._write("\r" + self.render() + "\x1b[K\n")
+
+    def _write(self, text: str) -> None:
+        """Draw; a stream that fails (a closed pipe) ends the display, never the run."""
+        try:
+            self.stream.write(text)
             self.stream.flush()
+        except (OSError, ValueError):
+            self.enabled = False
 
 
 def _table(rows: list[list[str]]) -> list[str]:

@@ -58,32 +58,40 @@ def _specs(options: argparse.Namespace) -> list[Any]:
                       labels=_labels(options.label))]
 
 
+_GRACEFUL = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 @contextlib.contextmanager
 def _graceful_interrupt(cancel: Any) -> Iterator[None]:
-    """The first Ctrl-C cancels the run gracefully; a second one interrupts at once."""
+    """The first Ctrl-C (or SIGTERM, SIGHUP) cancels the run gracefully, so that its report
+    is complete and written; a second one interrupts at once."""
     loop = asyncio.get_running_loop()
     pressed = False
 
-    def on_sigint() -> None:
+    def on_signal(number: int) -> None:
         nonlocal pressed
         if pressed:
-            loop.remove_signal_handler(signal.SIGINT)
-            signal.raise_signal(signal.SIGINT)
+            for each in _GRACEFUL:
+                loop.remove_signal_handler(each)
+            signal.raise_signal(number)
             return
         pressed = True
-        print("\naiovirt: cancelling: no new guests; waiting for the calls in flight "
-              "(Ctrl-C again to stop at once)", file=sys.stderr)
+        again = "Ctrl-C" if number == signal.SIGINT else signal.Signals(number).name
+        print(f"\naiovirt: cancelling: no new guests; waiting for the calls in flight "
+              f"({again} again to stop at once)", file=sys.stderr)
         cancel()
 
     try:
-        loop.add_signal_handler(signal.SIGINT, on_sigint)
+        for each in _GRACEFUL:
+            loop.add_signal_handler(each, on_signal, each)
     except (NotImplementedError, RuntimeError):   # not the main thread
         yield
         return
     try:
         yield
     finally:
-        loop.remove_signal_handler(signal.SIGINT)
+        for each in _GRACEFUL:
+            loop.remove_signal_handler(each)
 
 
 def _provision(options: argparse.Namespace) -> int:
@@ -115,16 +123,23 @@ def _provision(options: argparse.Namespace) -> int:
             return await job.run()
 
     saved = True
+    interrupted = False
     try:
         report = run_loop(run())
+    except KeyboardInterrupt:   # a second Ctrl-C: the run ended at once, its report is done
+        interrupted, report = True, job.report
     finally:
-        line.close()
         if options.report:   # even when the run raised: its report is complete then too
             saved = _save_report(options.report, job.report.to_json() + "\n")
+        line.close()
     if options.json:
         print(report.to_json())
     else:
         print(summary(report))
+    if interrupted:
+        print("aiovirt: interrupted: calls still out were abandoned (guests where they were "
+              "may exist: see the report)", file=sys.stderr)
+        return EXIT_CANCELLED
     if report.cancelled:
         return EXIT_CANCELLED
     return 0 if report.ok and saved else 1

@@ -328,7 +328,19 @@ class Plan:
                     and guest not in self._failing:
                 self._set(guest, Stage.STARTED, final=True)
             else:
+                if guest in self._failing:   # its rollback was out: it may still exist
+                    where, why = self._failing.pop(guest)
+                    result.exists = None
+                    self._fail(guest, where, f"{why}; the run ended while rolling back")
+                    continue
+                if result.stage is Stage.DEFINING:   # the define was out: it may exist
+                    result.exists = None
                 self._fail(guest, _step(result.stage), "the run was cancelled here")
+        for h in self._hosts:   # a host still being connected to when the run ended
+            if h.state == _WAITING:
+                h.state = _UNREACHABLE
+                h.summary.state = "unreachable"
+                h.summary.error = "the run ended while connecting to it"
         self.report.cancelled = self.cancelled
 
     # -- decisions ------------------------------------------------------------------------------

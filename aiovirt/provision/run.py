@@ -45,6 +45,9 @@ __all__ = ["NAMESPACE", "ON_EXISTING", "Provisioning", "provision", "undefine"]
 NAMESPACE = "https://aiovirt.org/xmlns/provision/1"
 MAX_CONCURRENCY = 10_000   # launches in progress per host
 MAX_OVERCOMMIT = 1000.0    # times a host's free memory
+# seconds a call out when a run (or a teardown) is cancelled still has to answer: it is
+# shielded so that the report knows what exists, and its keepalive ends with the run
+CANCEL_GRACE = 30.0
 # MANAGED_SAVE | SNAPSHOTS_METADATA | NVRAM | CHECKPOINTS_METADATA | TPM: a guest this
 # library made leaves nothing behind; drivers that refuse a flag get the shorter lists
 _UNDEFINE_FLAGS = (1 | 2 | 4 | 16 | 32, 1 | 2, 0)
@@ -146,6 +149,8 @@ class _Host:
         self.over = anyio.Event()                       # lost, or the run is done
         self.events_scope: anyio.CancelScope | None = None
         self.calls: set[anyio.CancelScope] = set()   # shielded calls out on this host
+        # once the run is cancelled: when its shielded calls are abandoned (``CANCEL_GRACE``)
+        self.cancel_deadline: float | None = None
         # cancel scopes and events per guest, made with the running backend's own classes
         # (``Provisioning.run`` finds them): ``anyio.CancelScope()`` and ``anyio.Event()``
         # look the backend up on every call, half of what a scope costs
@@ -223,6 +228,7 @@ class Provisioning:
         self.report = self.plan.report
         self._placeholder = f"aiovirt-name-{_uuid.uuid4().hex}"
         self._scope: anyio.CancelScope | None = None
+        self._hosts_done = False   # every host's task ended (the grace watcher then goes)
         self._task: asyncio.Task[Any] | None = None   # the task running run(), under asyncio
         self._cancelling = 0
         self._started_at = 0.0
@@ -266,9 +272,13 @@ class Provisioning:
             with anyio.CancelScope() as self._scope:
                 if self.plan.cancelled:
                     self._scope.cancel()
-                async with anyio.create_task_group() as tg:
-                    for host in self._hosts:
-                        tg.start_soon(self._run_host, host, name=f"aiovirt host {host.uri}")
+                async with anyio.create_task_group() as outer:
+                    outer.start_soon(self._bound_when_cancelled, name="aiovirt cancel grace")
+                    async with anyio.create_task_group() as tg:
+                        for host in self._hosts:
+                            tg.start_soon(self._run_host, host, name=f"aiovirt host {host.uri}")
+                    self._hosts_done = True
+                    outer.cancel_scope.cancel()
         except anyio.get_cancelled_exc_class():
             self.plan.cancel()
             raise
@@ -276,6 +286,21 @@ class Provisioning:
             self.plan.finish()
             self.report.seconds = time.monotonic() - self._started_at
         return self.report
+
+    async def _bound_when_cancelled(self) -> None:
+        """Wait for the run's cancellation, then give the calls out (shielded: they finish,
+        so that the report knows what exists) ``CANCEL_GRACE`` seconds more.  The run's own
+        connections lose their keepalive with it, which would have judged a daemon that
+        stopped answering: without a bound such a call would wait for ever."""
+        try:
+            await anyio.sleep_forever()
+        finally:
+            if not self._hosts_done:
+                deadline = anyio.current_time() + CANCEL_GRACE
+                for host in self._hosts:
+                    host.cancel_deadline = deadline
+                    for scope in host.calls:
+                        scope.deadline = min(scope.deadline, deadline)
 
     def _stopping(self) -> bool:
         """Whether the run is being cancelled, by ``cancel()`` or by its caller's
@@ -687,16 +712,23 @@ class _CallOn:
         self.scope = host.new_scope(shield=True)
 
     def __enter__(self) -> None:
-        self.scope.__enter__()
-        self.host.calls.add(self.scope)
-        if self.host.lost:
-            self.scope.cancel()
+        host, scope = self.host, self.scope
+        if host.cancel_deadline is not None:   # the run is cancelled: a bounded call
+            scope.deadline = host.cancel_deadline
+        scope.__enter__()
+        host.calls.add(scope)
+        if host.lost:
+            scope.cancel()
 
     def __exit__(self, *exc_info: Any) -> bool:
         host, scope = self.host, self.scope
         host.calls.discard(scope)
         swallowed = bool(scope.__exit__(*exc_info))
         if scope.cancelled_caught:
+            if not host.lost:   # the grace after the run's cancellation ran out
+                raise ConnectionClosed(f"host {host.uri}: no answer within {CANCEL_GRACE:g} s "
+                                       "after the run was cancelled (whether the call took "
+                                       "effect is unknown)")
             raise ConnectionClosed(f"host {host.uri} was lost: {host.error}")
         return swallowed
 

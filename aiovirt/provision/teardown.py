@@ -20,6 +20,7 @@ from ..api.domain import Domain
 from ..checks import check_count, check_number
 from ..errors import AiovirtError, LibvirtError, NoSuchDomain
 from .report import Report, Stage
+from . import run as _run
 from .run import NAMESPACE, undefine
 from .spec import ProvisionError, excerpt
 
@@ -139,6 +140,10 @@ async def teardown(hosts: str | Connection | Sequence[str | Connection] | None =
                                      "was not among the hosts given (give it as the report "
                                      "spells it)")
     gate = anyio.Semaphore(concurrency)
+    # removals out (shielded: each finishes, so that the report is true); once the teardown
+    # is cancelled they get run.CANCEL_GRACE seconds more (our connections' keepalive ends with it)
+    shields: set[anyio.CancelScope] = set()
+    grace: list[float] = []   # the deadline, once cancelled
 
     def record(removal: Removal) -> None:
         out.removals.append(removal)
@@ -147,15 +152,24 @@ async def teardown(hosts: str | Connection | Sequence[str | Connection] | None =
 
     async def remove(uri: str, dom: Domain) -> None:
         async with gate:
+            shield = anyio.CancelScope(shield=True, deadline=grace[0] if grace else math.inf)
+            shields.add(shield)
             try:
-                with anyio.CancelScope(shield=True):
+                with shield:
                     await undefine(dom)
+                if shield.cancelled_caught:
+                    record(Removal(dom.name, uri, "failed", dom.uuid,
+                                   f"no answer within {_run.CANCEL_GRACE:g} s after the teardown "
+                                   "was cancelled: whether it was removed is unknown"))
+                    return
             except NoSuchDomain:
                 record(Removal(dom.name, uri, "not found", dom.uuid))
             except (LibvirtError, AiovirtError) as exc:
                 record(Removal(dom.name, uri, "failed", dom.uuid, str(exc)))
             else:
                 record(Removal(dom.name, uri, "removed", dom.uuid))
+            finally:
+                shields.discard(shield)
 
     by_name_only = run is None and not wanted_labels
 
@@ -221,7 +235,22 @@ async def teardown(hosts: str | Connection | Sequence[str | Connection] | None =
             for dom in candidates:
                 tg.start_soon(remove, uri, dom)
 
-    async with anyio.create_task_group() as tg:
-        for target in targets:
-            tg.start_soon(on_host, target)
+    done = False
+
+    async def bound_when_cancelled() -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            if not done:
+                grace.append(anyio.current_time() + _run.CANCEL_GRACE)
+                for shield in shields:
+                    shield.deadline = min(shield.deadline, grace[0])
+
+    async with anyio.create_task_group() as outer:
+        outer.start_soon(bound_when_cancelled, name="aiovirt cancel grace")
+        async with anyio.create_task_group() as tg:
+            for target in targets:
+                tg.start_soon(on_host, target)
+        done = True
+        outer.cancel_scope.cancel()
     return out
