@@ -623,3 +623,175 @@ conn.close()
                           timeout=60, env={**os.environ, "AIOVIRT_LOOP": loop})
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [loop, "200", "0"]
+
+
+_SIGINT_SCRIPT = r"""
+import collections, signal, sys, threading, time
+import aiovirt.compat.libvirt as libvirt
+
+uri, custom = sys.argv[1], sys.argv[2] == "custom"
+if custom:   # the program's own handler, raising inside the loop
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, handler)
+conn = libvirt.open(uri)
+version = conn.getLibVersion()
+stop = threading.Event()
+errors = collections.Counter()
+calls = collections.Counter()
+main = collections.Counter()
+sent = [0, 0]   # signals sent, of them while the main thread ran the loop for others
+
+
+def worker(name):
+    while not stop.is_set():
+        try:
+            assert conn.getLibVersion() == version
+            calls[name] += 1
+        except Exception as exc:
+            errors[type(exc).__name__] += 1
+            return
+
+
+def ctrl_c():
+    me = threading.main_thread().ident
+    deadline = time.monotonic() + 30
+    while sent[0] < 20 and time.monotonic() < deadline:
+        seen = main["interrupted"]
+        # when the main thread runs the loop with other threads' calls on it
+        while not (libvirt._owner == me and libvirt._handed) and time.monotonic() < deadline:
+            pass
+        sent[1] += libvirt._owner == me and bool(libvirt._handed)
+        signal.pthread_kill(me, signal.SIGINT)
+        sent[0] += 1
+        while main["interrupted"] == seen and time.monotonic() < deadline:
+            time.sleep(0.001)
+    stop.set()
+
+
+workers = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(2)]
+for t in workers:
+    t.start()
+threading.Thread(target=ctrl_c, daemon=True).start()
+while True:
+    try:
+        if stop.is_set():
+            break
+        try:
+            conn.getLibVersion()
+            main["ok"] += 1
+        except KeyboardInterrupt:
+            main["interrupted"] += 1
+        except Exception as exc:
+            main[type(exc).__name__] += 1
+            break   # (the loop was replaced: its connections are lost)
+    except KeyboardInterrupt:
+        main["interrupted"] += 1
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+stop.set()
+for t in workers:
+    t.join(10)
+try:
+    after = conn.getLibVersion() == version
+except libvirt.libvirtError:
+    after = "lost"
+fresh = libvirt.open(uri)
+import json
+print(json.dumps({"sent": sent[0], "while_running": sent[1] > 0,
+                  "interrupted": main["interrupted"],
+                  "errors": sorted(set(errors) | set(main) - {"ok", "interrupted"}),
+                  "workers_called": min(calls.values()) > 0, "same": after,
+                  "fresh": fresh.getLibVersion() == version}), flush=True)
+"""
+
+
+@pytest.mark.parametrize("handler", ["default", "custom"])
+def test_ctrl_c_while_the_main_thread_runs_the_loop_for_others(shared_uri, handler):
+    """Ctrl-C (SIGINT, sent to the main thread whenever it runs the private loop with other
+    threads' calls on it), 20 times: with Python's default handler, the main thread gets
+    KeyboardInterrupt each time, its call abandoned, and the other threads never notice;
+    the loop and the connection go on.  With the program's own handler raising in the loop
+    (nothing to do about where it raises), a loop left broken is replaced: its connections
+    fail with libvirtError, nobody hangs, a new connection works.  In a process of its own
+    (signals go to its main thread)."""
+    import os
+
+    done = subprocess.run([sys.executable, "-c", _SIGINT_SCRIPT, shared_uri, handler],
+                          capture_output=True, text=True, timeout=90,
+                          cwd=str(ROOT), env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    import json
+
+    seen = json.loads(done.stdout)
+    assert seen["while_running"] and seen["fresh"], done.stdout + done.stderr
+    if handler == "default":
+        assert seen == {"sent": 20, "while_running": True, "interrupted": 20, "errors": [],
+                        "workers_called": True, "same": True, "fresh": True}, done.stderr
+    else:
+        assert seen["interrupted"] >= 1
+        assert set(seen["errors"]) <= {"libvirtError"}
+        assert seen["same"] in (True, "lost")
+
+
+def test_a_forked_child_starts_afresh(shared_uri):
+    """fork() while the drop-in is in use (its background thread holding the loop): the
+    child's first call does not hang on the parent's loop state; it opens a connection of
+    its own and calls; a connection opened before the fork fails with libvirtError without
+    touching the parent's socket (the parent's calls go on)."""
+    import os
+    import signal
+    import time
+
+    conn = libvirt.open(shared_uri)
+    version = conn.getLibVersion()
+    deadline = time.monotonic() + 10
+    while libvirt._owner != libvirt._BACKGROUND:   # bounded: it takes the loop after _IDLE
+        assert time.monotonic() < deadline, "the background thread never took the loop"
+        threading.Event().wait(0.01)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # the child: report through the pipe, never return into pytest
+        try:
+            signal.alarm(20)
+            os.close(read)
+            seen = []
+            try:
+                conn.getLibVersion()
+                seen.append("old-answered")
+            except libvirt.libvirtError:
+                seen.append("old-refused")
+            child = libvirt.open(shared_uri)
+            seen.append(str(child.getLibVersion() == version))
+            child.close()
+            os.write(write, " ".join(seen).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        reported = b""
+        deadline = time.monotonic() + 30
+        while True:
+            assert time.monotonic() < deadline, f"the child hung: {reported!r}"
+            if not select_readable(read, deadline - time.monotonic()):
+                continue
+            chunk = os.read(read, 1024)
+            if not chunk:
+                break
+            reported += chunk
+        assert reported.decode() == "old-refused True"
+    finally:
+        os.close(read)
+        for _ in range(100):   # bounded: the child has ended or ends at its alarm
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                break
+            threading.Event().wait(0.1)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    assert conn.getLibVersion() == version
+    conn.close()
+
+
+def select_readable(fd: int, timeout: float) -> bool:
+    import select
+    return bool(select.select([fd], [], [], max(0.0, timeout))[0])

@@ -29,6 +29,7 @@ import operator
 import os
 import queue
 import select
+import signal
 import threading
 import time
 import traceback
@@ -98,21 +99,23 @@ def _get_loop() -> asyncio.AbstractEventLoop:
                 _wake_pipe = os.pipe()
                 os.set_blocking(_wake_pipe[0], False)
                 os.set_blocking(_wake_pipe[1], False)
-            loop = new_event_loop()
+            loop = _loop if _loop is not None and not _loop.is_closed() else \
+                new_event_loop()
+            _loop = loop   # (before its thread starts: it ends when ``_loop`` is another)
             _thread = threading.Thread(target=_background, args=(loop,),
                                        name="aiovirt-compat-loop", daemon=True)
             _thread.start()
-            _loop = loop
         return _loop
 
 
 def _background(loop: asyncio.AbstractEventLoop) -> None:
     """The loop's runner whenever no caller runs it."""
-    _background_ident[0] = threading.get_ident()
+    me = _background_ident[0] = threading.get_ident()
     try:
         _serve(loop)
     finally:
-        _background_ident[0] = 0
+        if _background_ident[0] == me:
+            _background_ident[0] = 0
 
 
 def _serve(loop: asyncio.AbstractEventLoop) -> None:
@@ -124,7 +127,11 @@ def _serve(loop: asyncio.AbstractEventLoop) -> None:
             # otherwise it looks again every _IDLE seconds (no wake-up per call)
             while _owner is not None or not (
                     _handed or time.monotonic() - _released >= _IDLE):
+                if _loop is not loop:   # replaced (``_replace_loop``): a new thread runs it
+                    return
                 _cond.wait(_IDLE)
+            if _loop is not loop:
+                return
             _owner = _BACKGROUND
             _stopping[0] = False
         try:
@@ -157,6 +164,7 @@ class _Slot:
 
 
 _waiting: collections.deque[_Slot] = collections.deque()   # blocked callers, oldest first
+_handed_slots: set[_Slot] = set()   # the slots of handed-over calls not finished
 _hop_mutex = threading.Lock()
 _hop_queue: list[tuple[Coroutine[Any, Any, Any], _Slot]] = []
 _hop_scheduled = False
@@ -192,6 +200,7 @@ async def _hop_call(coro: Coroutine[Any, Any, Any], slot: _Slot) -> None:
     finally:
         with _mutex:
             _handed -= 1
+            _handed_slots.discard(slot)
             slot.finished = True
             fut, wake = slot.fut, not slot.promoted
             if wake and slot in _waiting:
@@ -241,17 +250,200 @@ def _let_go() -> None:
             _cond.notify_all()
 
 
-def _run_loop(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]
+def _run_loop(loop: asyncio.AbstractEventLoop, coro: Any
               ) -> tuple[Any, BaseException | None]:
-    """(Owning the loop) run it on this thread until ``coro`` is done; its value, or its
-    error."""
+    """(Owning the loop) run it on this thread until ``coro`` (a coroutine or a future) is
+    done; its value, or its error.  On the main thread, Ctrl-C stops the loop instead of
+    being raised inside it (``_run_main``)."""
     global _loop_ran
+    if threading.get_ident() == _main_ident[0] and \
+            signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        return _run_main(loop, coro)
     try:
         return loop.run_until_complete(coro), None
     except (Exception, asyncio.CancelledError) as exc:   # noqa: BLE001 - raised by _run
         return None, exc
+    except BaseException:
+        _escaped(loop)
+        raise
     finally:
         _loop_ran = time.monotonic()
+
+
+_main_ident = [threading.main_thread().ident]
+
+
+def _run_main(loop: asyncio.AbstractEventLoop, coro: Any) -> tuple[Any, BaseException | None]:
+    """``_run_loop`` on the main thread, with SIGINT's default handler: while the loop runs
+    (for every caller's calls), Ctrl-C is recorded and ends the run, as ``asyncio.Runner``
+    does, and KeyboardInterrupt is raised here once the loop is out (raised inside it, it
+    would end whatever callback it hit, another thread's call or a transport's, and may
+    leave uvloop marked running for ever).  The interrupted call goes on on the loop, its
+    outcome dropped; the other threads' calls go on with the loop's next runner.  The run
+    waits on ``gate``, opened by the call's end or by Ctrl-C (``loop.stop()`` would be
+    late when the call ends first, and stop the loop's next run)."""
+    global _loop_ran
+    interrupted: list[int] = []
+    gate = loop.create_future()
+
+    def open_gate(_: Any = None) -> None:
+        if not gate.done():
+            gate.set_result(None)
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        interrupted.append(signum)
+        loop.call_soon_threadsafe(open_gate)
+
+    try:
+        signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:   # (not the main interpreter's main thread after all)
+        _main_ident[0] = 0
+        return _run_loop(loop, coro)
+    future = asyncio.ensure_future(coro, loop=loop)
+    future.add_done_callback(open_gate)
+    try:
+        try:
+            loop.run_until_complete(gate)
+        except (Exception, asyncio.CancelledError) as exc:   # noqa: BLE001 - raised by _run
+            return None, exc
+        except BaseException:
+            _escaped(loop)
+            raise
+        finally:
+            _loop_ran = time.monotonic()
+            if signal.getsignal(signal.SIGINT) is on_sigint:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+        if interrupted:
+            if not future.done():   # its outcome goes nowhere: not "never retrieved"
+                future.add_done_callback(_retrieved)
+            raise KeyboardInterrupt
+        if future.cancelled():
+            return None, asyncio.CancelledError()
+        error = future.exception()
+        return (None, error) if error is not None else (future.result(), None)
+    finally:
+        del future
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _escaped(loop: asyncio.AbstractEventLoop) -> None:
+    """A BaseException got out of the loop on this thread (a signal handler's, raised
+    inside it): the loop must still be usable by the others.  One left marked running
+    (uvloop, hit while it was starting or stopping) can never run again: a new loop
+    replaces it, and the connections on the old one are lost."""
+    if loop.is_running() and not loop.is_closed():
+        _replace_loop(loop, "the event loop was interrupted (a signal handler raised in it)")
+
+
+class _Gone:
+    """The transport of a connection abandoned with its loop: closing it touches nothing (the
+    old loop cannot run; after fork() its sockets and poller are the parent's)."""
+
+    @staticmethod
+    def close() -> None:
+        pass
+
+
+def _abandon_connections(reason: str) -> None:
+    """Every connection of the drop-in fails from now on with ``reason`` (a libvirtError
+    when used), without a byte written or a socket touched."""
+    import sniffio
+
+    from ..errors import ConnectionClosed
+    error = ConnectionClosed(reason)
+    token = sniffio.current_async_library_cvar.set("asyncio")   # (anyio's events made here)
+    try:
+        for conn in list(_connections):
+            rpc = conn._c
+            rpc._closed = True
+            channels = [rpc._main, *rpc._lanes, *rpc._opening, *rpc._stream_sockets]
+            for channel in channels:
+                if channel is None or channel.closed is not None:
+                    continue
+                channel.transport = _Gone()
+                channel._on_closed = None
+                try:
+                    channel.fail(error)
+                except Exception:   # noqa: BLE001 - it is dead whatever is left undone
+                    channel.closed = error
+            for subscription in list(rpc._subscriptions.values()):
+                try:
+                    subscription.close()
+                except Exception:   # noqa: BLE001
+                    pass
+            conn._events.clear()
+            conn._close_watch = None
+    finally:
+        sniffio.current_async_library_cvar.reset(token)
+
+
+def _replace_loop(old: asyncio.AbstractEventLoop, reason: str) -> None:
+    """``old`` can never run again: the next call makes a new loop (and its thread); the
+    calls handed to ``old`` fail with ``reason``, and so do its connections."""
+    global _loop, _handed, _hop_scheduled
+    with _lock:
+        if _loop is not old:
+            return
+        _loop = None
+    error = libvirtError(reason)
+    with _hop_mutex:
+        queued, _hop_queue[:] = _hop_queue[:], []
+        _hop_scheduled = False
+    for coro, _ in queued:
+        coro.close()
+    with _mutex:
+        stranded = list(_handed_slots)
+        _handed_slots.clear()
+        _waiting.clear()
+        _handed = 0
+        for slot in stranded:
+            slot.error, slot.finished = error, True
+            if not slot.promoted:
+                slot.done.release()
+        _cond.notify_all()   # the old background thread sees the new loop and ends
+    _abandon_connections(reason)
+
+
+def _after_fork_in_child() -> None:
+    """After fork(), in the child: the parent's loop, its thread and the threads waiting on
+    it are gone (and its sockets and poller still the parent's): start afresh.  The
+    connections opened before fail with libvirtError, the parent's sockets untouched."""
+    global _lock, _mutex, _cond, _hop_mutex, _timer_lock, _local, _loop, _thread, _owner
+    global _handed, _released, _loop_ran, _wake_pipe, _hop_scheduled, _queue, _fallback
+    _lock = threading.Lock()
+    _mutex = threading.Lock()
+    _cond = threading.Condition(_mutex)
+    _hop_mutex = threading.Lock()
+    _timer_lock = threading.Lock()
+    _local = threading.local()
+    _loop = _thread = _owner = _fallback = None
+    _handed = 0
+    _released = _loop_ran = 0.0
+    _stopping[0] = _reader[0] = False
+    _background_ident[0] = 0
+    _main_ident[0] = threading.get_ident()   # the child's only thread: its signals' thread
+    if _wake_pipe is not None:
+        for fd in _wake_pipe:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        _wake_pipe = None
+    _pollers.clear()
+    _waiting.clear()
+    _handed_slots.clear()
+    _hop_queue.clear()
+    _hop_scheduled = False
+    _queue = queue.SimpleQueue()
+    try:
+        _abandon_connections("the connection was opened before fork(): open a new one in "
+                             "the child")
+    except Exception:   # noqa: BLE001 - never fail the fork itself
+        traceback.print_exc()
 
 
 def _run_here(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]
@@ -348,6 +540,8 @@ def _drive(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], conn
     error: BaseException | None = None
     steps = 0
     try:
+        if time.monotonic() - _loop_ran >= _IDLE:   # back-to-back calls: the loop's turn
+            _run_loop(loop, _tick())
         while True:
             state.on = True
             try:
@@ -402,7 +596,12 @@ def _run_handed(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any],
                 slot.fut = loop.create_future()
         try:
             if slot.fut is not None:
-                loop.run_until_complete(slot.fut)
+                _, error = _run_loop(loop, slot.fut)
+                if error is not None:
+                    raise error
+        except BaseException:
+            _local.slot = None   # its call goes on without it: a new slot next time
+            raise
         finally:
             _let_go()
     value, error = slot.value, slot.error
@@ -440,6 +639,7 @@ def _run(coro: Coroutine[Any, Any, Any], conn: Any = None) -> Any:
             if slot is None:
                 slot = _local.slot = _Slot()
             _handed += 1
+            _handed_slots.add(slot)
             if can_run:
                 _waiting.append(slot)
             if _owner is None:   # nobody runs the loop and this caller cannot: wake the
@@ -451,8 +651,6 @@ def _run(coro: Coroutine[Any, Any, Any], conn: Any = None) -> Any:
                 except BlockingIOError:
                     pass   # (full: a wake-up is pending anyway)
     if reads:
-        if time.monotonic() - _loop_ran >= _IDLE:   # back-to-back calls: the loop's turn
-            _run_loop(loop, _tick())
         value, error = _drive(loop, coro, conn)
     elif mine:
         value, error = _run_here(loop, coro)
@@ -869,6 +1067,9 @@ def virEventRemoveHandle(watch: int) -> int:  # noqa: N802
 
 def virEventInvokeFreeCallback(opaque: Any) -> None:  # noqa: N802
     """libvirt-python's helper for custom event loops: nothing to free here."""
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _LibvirtMod:
