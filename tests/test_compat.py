@@ -795,3 +795,83 @@ def test_a_forked_child_starts_afresh(shared_uri):
 def select_readable(fd: int, timeout: float) -> bool:
     import select
     return bool(select.select([fd], [], [], max(0.0, timeout))[0])
+
+
+@pytest.fixture(scope="module")
+def sasl_uri(tmp_path_factory):
+    """A libvirtd of its own whose UNIX socket wants SASL SCRAM-SHA-256 (alice/secret)."""
+    import os
+    import shutil
+
+    from aiovirt.testing.daemon import PrivateDaemon
+
+    saslpasswd2 = shutil.which("saslpasswd2") or "/usr/sbin/saslpasswd2"
+    if not os.path.exists(saslpasswd2) or not list(Path("/usr/lib").glob(
+            "*/sasl2/libscram.so*")):
+        pytest.skip("no saslpasswd2 or no SCRAM plugin (sasl2-bin, libsasl2-modules)")
+    work = tmp_path_factory.mktemp("compat-sasl")
+    sasl = work / "sasl"
+    sasl.mkdir()
+    (sasl / "libvirt.conf").write_text(
+        f"mech_list: scram-sha-256\nsasldb_path: {sasl / 'db'}\n")
+    subprocess.run([saslpasswd2, "-a", "libvirt", "-f", str(sasl / "db"), "-p", "alice"],
+                   input=b"secret", check=True, timeout=20)
+    with PrivateDaemon(work / "d", extra_config={"auth_unix_rw": "sasl"},
+                       env={"SASL_CONF_PATH": str(sasl)}) as running:
+        yield running.uri()
+
+
+def _answer(creds, user="alice", password="secret"):
+    for cred in creds:
+        cred[4] = user if cred[0] == libvirt.VIR_CRED_AUTHNAME else password
+
+
+def test_open_auth_callback_runs_off_the_loop(shared_uri, sasl_uri):
+    """openAuth's callback does not run on the private loop: while it waits (a user typing),
+    other threads' calls on other connections go on, and it may make libvirt calls itself,
+    as with libvirt-python."""
+    other = libvirt.open(shared_uri)
+    version = other.getLibVersion()
+    went_on = threading.Event()
+    inside: dict[str, object] = {}
+
+    def elsewhere() -> None:
+        for _ in range(5):
+            other.getLibVersion()
+        went_on.set()
+
+    def ask(creds, opaque):
+        inside["opaque"] = opaque
+        inside["call"] = other.getLibVersion()    # a call inside the callback
+        worker = threading.Thread(target=elsewhere, daemon=True)
+        worker.start()
+        inside["others went on"] = went_on.wait(10)   # while the callback waits
+        worker.join(10)
+        _answer(creds)
+        return 0
+
+    conn = libvirt.openAuth(sasl_uri, [[libvirt.VIR_CRED_AUTHNAME,
+                                        libvirt.VIR_CRED_PASSPHRASE], ask, "op"], 0)
+    try:
+        assert inside == {"opaque": "op", "call": version, "others went on": True}
+        assert conn.getLibVersion() == version
+    finally:
+        conn.close()
+        other.close()
+
+
+@pytest.mark.parametrize("value", [b"secret", 42])
+def test_open_auth_results_that_are_not_text_fail_as_libvirt_python(sasl_uri, value):
+    """A credential answered with bytes or a number: libvirtError (authentication failed),
+    as libvirt-python (it takes str only), not AttributeError."""
+    def ask(creds, opaque):
+        _answer(creds, password=value)
+        return 0
+
+    auth = [[libvirt.VIR_CRED_AUTHNAME, libvirt.VIR_CRED_PASSPHRASE], ask, None]
+    with pytest.raises(libvirtError):
+        libvirt.openAuth(sasl_uri, auth, 0)
+    real = _real_libvirt()
+    if real is not None:
+        with pytest.raises(real.libvirtError):
+            real.openAuth(sasl_uri, auth, 0)

@@ -1167,20 +1167,61 @@ _install()
 
 # -- opening ----------------------------------------------------------------------------------
 
-def auth_callback(auth: Any) -> Any:
-    """libvirt-python's ``[credtypes, callback, opaque]`` as aiovirt's auth callback."""
+def auth_callback(auth: Any, in_thread: bool = False) -> Any:
+    """libvirt-python's ``[credtypes, callback, opaque]`` as aiovirt's auth callback.
+    ``in_thread``: the callback runs in a thread of its own while the loop goes on (the
+    blocking drop-in's: a callback that waits for a user, or makes libvirt calls itself,
+    must not hold the loop every connection shares)."""
     if auth is None or not auth or auth[1] is None:
         return None
     callback, opaque = auth[1], auth[2] if len(auth) > 2 else None
 
-    def ask(credentials: list[Credential]) -> None:
-        creds = [[int(c.type), c.prompt, c.challenge, c.default, None] for c in credentials]
-        if callback(creds, opaque) < 0:
+    def asked(credentials: list[Credential]) -> list[list[Any]]:
+        return [[int(c.type), c.prompt, c.challenge, c.default, None] for c in credentials]
+
+    def answered(creds: list[list[Any]], credentials: list[Credential], ret: Any) -> None:
+        if isinstance(ret, int) and ret < 0:
             raise libvirtError("authentication callback failed")
         for cred, want in zip(creds, credentials):
-            want.result = cred[4]
+            # libvirt-python takes str results only: anything else leaves it unanswered
+            value = cred[4] if len(cred) > 4 else None
+            want.result = value if isinstance(value, str) else None
 
-    return ask
+    if not in_thread:
+        def ask(credentials: list[Credential]) -> None:
+            creds = asked(credentials)
+            answered(creds, credentials, callback(creds, opaque))
+
+        return ask
+
+    async def ask_in_thread(credentials: list[Credential]) -> None:
+        import threading
+        creds = asked(credentials)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+
+        def settle(ret: Any, error: BaseException | None) -> None:
+            if done.done():
+                return
+            if error is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(ret)
+
+        def run() -> None:
+            try:
+                ret, error = callback(creds, opaque), None
+            except BaseException as exc:   # noqa: BLE001 - raised by the awaiting call
+                ret, error = None, exc
+            try:
+                loop.call_soon_threadsafe(settle, ret, error)
+            except RuntimeError:
+                pass   # the loop is gone (interpreter exit)
+
+        threading.Thread(target=run, name="aiovirt-compat-auth", daemon=True).start()
+        answered(creds, credentials, await done)
+
+    return ask_in_thread
 
 
 async def open(name: str | None = None) -> virConnect:  # noqa: A001 - libvirt-python's name
@@ -1191,6 +1232,7 @@ async def openReadOnly(name: str | None = None) -> virConnect:  # noqa: N802
     return await virConnect.open(name, readonly=True)
 
 
-async def openAuth(uri: str | None, auth: Any, flags: int = 0) -> virConnect:  # noqa: N802
+async def openAuth(uri: str | None, auth: Any, flags: int = 0,  # noqa: N802
+                   *, _in_thread: bool = False) -> virConnect:
     return await virConnect.open(uri, readonly=bool(flags & C.VIR_CONNECT_RO),
-                                 auth=auth_callback(auth))
+                                 auth=auth_callback(auth, _in_thread))

@@ -849,7 +849,9 @@ def openReadOnly(name: str | None = None) -> virConnect:  # noqa: N802
 
 
 def openAuth(uri: str | None, auth: Any, flags: int = 0) -> virConnect:  # noqa: N802
-    return _wrap(_run(aio.openAuth(uri, auth, flags)))  # type: ignore[no-any-return]
+    # the callback runs in a thread of its own: it may wait for a user, or call libvirt,
+    # while the loop serves every other connection
+    return _wrap(_run(aio.openAuth(uri, auth, flags, _in_thread=True)))  # type: ignore[no-any-return]
 
 
 def getVersion(name: str | None = None) -> int:  # noqa: N802
