@@ -875,3 +875,61 @@ def test_open_auth_results_that_are_not_text_fail_as_libvirt_python(sasl_uri, va
     if real is not None:
         with pytest.raises(real.libvirtError):
             real.openAuth(sasl_uri, auth, 0)
+
+
+def test_stream_recv_all_and_send_all_as_libvirt_python(shared_uri):
+    """recvAll: the handler gets the blocking stream it was called on, on the caller's
+    thread (a call inside it works; while it waits, other threads' calls go on); a handler
+    returning None is fine, a negative int fails (RuntimeError, stream aborted); the stream
+    is not finished for the caller.  sendAll: a failing handler aborts the stream and its
+    error is raised."""
+    conn = libvirt.open(shared_uri)
+    dom = conn.lookupByName("test")
+    version = conn.getLibVersion()
+    try:
+        stream = conn.newStream(0)
+        dom.screenshot(stream, 0)
+        seen: list[object] = []
+        went_on = threading.Event()
+
+        def elsewhere() -> None:
+            conn.getLibVersion()
+            went_on.set()
+
+        def sink(st, data, opaque):
+            if not seen:
+                seen.append(st is stream and threading.current_thread() is me)
+                seen.append(conn.getLibVersion() == version)   # a call inside the handler
+                worker = threading.Thread(target=elsewhere, daemon=True)
+                worker.start()
+                seen.append(went_on.wait(10))   # others' calls go on meanwhile
+                worker.join(10)
+            seen.append(len(data))
+            # returns None: fine (libvirt-python checks for a negative int only)
+
+        me = threading.current_thread()
+        assert stream.recvAll(sink, None) is None
+        assert seen[:3] == [True, True, True] and sum(seen[3:]) > 0
+        stream.finish()
+
+        stream = conn.newStream(0)
+        dom.screenshot(stream, 0)
+        with pytest.raises(RuntimeError, match="recvAll handler returned -1"):
+            stream.recvAll(lambda st, data, opaque: -1, None)
+        with pytest.raises(libvirtError):   # aborted
+            stream.recv(10)
+
+        class Stop(Exception):
+            pass
+
+        def source(st, nbytes, opaque):
+            raise Stop
+
+        stream = conn.newStream(0)
+        dom.screenshot(stream, 0)
+        with pytest.raises(Stop):
+            stream.sendAll(source, None)
+        with pytest.raises(libvirtError):   # aborted
+            stream.recv(10)
+    finally:
+        conn.close()

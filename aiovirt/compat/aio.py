@@ -483,22 +483,46 @@ class virStream:  # noqa: N801
         return 0
 
     async def recvAll(self, handler: Callable[..., Any], opaque: Any) -> None:  # noqa: N802
+        """libvirt-python's: ``handler(stream, data, opaque)`` per chunk until the end (a
+        negative int from it fails); the stream aborted if the handler fails; not
+        finished."""
         while True:
-            data = await self.recv(256 * 1024)
+            data = await self.recv(_STREAM_BUF_SIZE)
             if not data:
                 break
-            if handler(self, data, opaque) < 0:
-                await self.abort()
-                raise libvirtError("recvAll handler failed")
-        await self.finish()
+            try:
+                ret = handler(self, data, opaque)
+                if inspect.isawaitable(ret):
+                    ret = await ret
+                if isinstance(ret, int) and ret < 0:
+                    raise RuntimeError(f"recvAll handler returned {ret}")
+            except BaseException:
+                try:
+                    await self.abort()
+                except Exception:   # noqa: BLE001 - the handler's error is the one raised
+                    pass
+                raise
 
     async def sendAll(self, handler: Callable[..., Any], opaque: Any) -> None:  # noqa: N802
+        """libvirt-python's: send what ``handler(stream, nbytes, opaque)`` returns until it
+        returns nothing; the stream aborted if the handler fails; not finished."""
         while True:
-            data = handler(self, 256 * 1024, opaque)
+            try:
+                data = handler(self, _STREAM_BUF_SIZE, opaque)
+                if inspect.isawaitable(data):
+                    data = await data
+            except BaseException:
+                try:
+                    await self.abort()
+                except Exception:   # noqa: BLE001 - the handler's error is the one raised
+                    pass
+                raise
             if not data:
                 break
             await self.send(data)
-        await self.finish()
+
+
+_STREAM_BUF_SIZE = 262144   # libvirt-python's virStorageVol.streamBufSize
 
 
 # -- the connection ---------------------------------------------------------------------------

@@ -835,6 +835,50 @@ virNWFilterBinding = _make_class("virNWFilterBinding", aio.virNWFilterBinding)
 virDomainSnapshot = _make_class("virDomainSnapshot", aio.virDomainSnapshot)
 virDomainCheckpoint = _make_class("virDomainCheckpoint", aio.virDomainCheckpoint)
 virStream = _make_class("virStream", aio.virStream)
+
+
+def _recv_all(self: _Sync, handler: Callable[..., Any], opaque: Any) -> None:
+    """libvirt-python's ``recvAll``: blocking ``recv`` calls on the caller's thread, the
+    handler given this stream, here (a slow handler holds nobody else up); a negative int
+    from it fails (None is fine); the stream aborted if the handler fails; not finished."""
+    while True:
+        data = self.recv(aio._STREAM_BUF_SIZE)  # type: ignore[attr-defined]
+        if len(data) == 0:
+            break
+        try:
+            ret = handler(self, data, opaque)
+            if isinstance(ret, int) and ret < 0:
+                raise RuntimeError(f"recvAll handler returned {ret}")
+        except BaseException:
+            try:
+                self.abort()  # type: ignore[attr-defined]
+            except Exception:   # noqa: BLE001 - the handler's error is the one raised
+                pass
+            raise
+
+
+def _send_all(self: _Sync, handler: Callable[..., Any], opaque: Any) -> None:
+    """libvirt-python's ``sendAll``: blocking ``send`` calls of what the handler returns
+    (given this stream, on the caller's thread) until it returns nothing; the stream
+    aborted if the handler fails; not finished."""
+    while True:
+        try:
+            data = handler(self, aio._STREAM_BUF_SIZE, opaque)
+        except BaseException:
+            try:
+                self.abort()  # type: ignore[attr-defined]
+            except Exception:   # noqa: BLE001 - the handler's error is the one raised
+                pass
+            raise
+        if not data:
+            break
+        self.send(data)  # type: ignore[attr-defined]
+
+
+_recv_all.__name__ = _recv_all.__qualname__ = "recvAll"
+_send_all.__name__ = _send_all.__qualname__ = "sendAll"
+virStream.recvAll = _recv_all  # type: ignore[attr-defined]
+virStream.sendAll = _send_all  # type: ignore[attr-defined]
 assert set(_SYNC) == set(COMPAT_CLASSES.values())
 
 
