@@ -933,3 +933,84 @@ def test_stream_recv_all_and_send_all_as_libvirt_python(shared_uri):
             stream.recv(10)
     finally:
         conn.close()
+
+
+def test_events_queued_before_a_deregistration_are_not_delivered_after_it(uri):
+    """Events already queued for virEventRunDefaultImpl() when their callback is
+    deregistered (here by the callback itself, at its first event) are skipped, as libvirt
+    skips callbacks marked deleted."""
+    import time
+
+    libvirt.virEventRegisterDefaultImpl()
+    conn = libvirt.open(uri)
+    dom = conn.lookupByName("node-vm1")
+    if not dom.isActive():
+        dom.create()
+    calls: list[int] = []
+
+    def lifecycle(c, d, event, detail, opaque):
+        calls.append(event)
+        if len(calls) == 1:
+            c.domainEventDeregisterAny(state["id"])
+
+    state = {"id": conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                               lifecycle, None)}
+    try:
+        queued = libvirt._queue.qsize()
+        for _ in range(3):
+            dom.suspend()
+            dom.resume()
+        deadline = time.monotonic() + 10
+        while libvirt._queue.qsize() < queued + 6:   # bounded: all six are queued
+            assert time.monotonic() < deadline, "the events never came"
+            threading.Event().wait(0.01)
+        libvirt.virEventRunDefaultImpl()   # runs everything queued
+        assert calls == [libvirt.VIR_DOMAIN_EVENT_SUSPENDED]
+    finally:
+        conn.close()
+
+
+def test_legacy_domain_event_register_twice_is_one_registration(uri):
+    """domainEventRegister(cb) twice: one registration, the opaque replaced (one call per
+    event); domainEventDeregister(cb) ends it, and again is nothing, as libvirt-python."""
+    import time
+
+    conn = libvirt.open(uri)
+    dom = conn.lookupByName("node-vm1")
+    if not dom.isActive():
+        dom.create()
+    legacy: list[object] = []
+    sentinel: list[int] = []
+
+    def wait_for(what, count):
+        deadline = time.monotonic() + 10
+        while len(what) < count:   # bounded
+            assert time.monotonic() < deadline, f"{len(what)} events of {count}"
+            threading.Event().wait(0.01)
+
+    with _EventLoop():
+        conn.domainEventRegister(lambda c, d, event, detail, opaque: legacy.append(opaque),
+                                 "first")
+        cb = conn._a._legacy and next(iter(conn._a._legacy))
+        conn.domainEventRegister(cb, "second")
+        watch = conn.domainEventRegisterAny(
+            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+            lambda c, d, event, detail, opaque: sentinel.append(event), None)
+        try:
+            dom.suspend()
+            wait_for(legacy, 1)
+            wait_for(sentinel, 1)
+            dom.resume()
+            wait_for(sentinel, 2)
+            wait_for(legacy, 2)
+            assert legacy == ["second", "second"]
+            conn.domainEventDeregister(cb)
+            conn.domainEventDeregister(cb)   # nothing registered: nothing done
+            dom.suspend()
+            dom.resume()
+            wait_for(sentinel, 4)
+            assert legacy == ["second", "second"]
+            assert len(conn._a._events) == 1   # the sentinel's only
+        finally:
+            conn.domainEventDeregisterAny(watch)
+            conn.close()

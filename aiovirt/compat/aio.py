@@ -551,7 +551,8 @@ class virConnect:  # noqa: N801
         self._c = conn
         self._uri = uri
         self._events: dict[int, tuple[EventSubscription[Any], asyncio.Task[None], Any]] = {}
-        self._legacy: dict[Any, int] = {}
+        self._legacy: dict[Any, Any] = {}   # legacy callback -> opaque
+        self._legacy_id: int | None = None  # their one subscription
         self._callback_ids = itertools.count()   # per connection, from 0, as libvirt's
         self.dispatch: Callable[[Callable[..., Any], tuple[Any, ...]], None] = _call_now
         self._close_callback: tuple[Callable[..., Any], Any] | None = None
@@ -771,12 +772,20 @@ class virConnect:  # noqa: N801
         except TRANSLATED as exc:
             raise _translate(exc) from None
         callback_id = next(self._callback_ids)
+        events = self._events
+
+        def deliver(*args: Any) -> Any:
+            # an event queued before its deregistration is not delivered after it (libvirt
+            # skips callbacks marked deleted): ids are never reused on a connection
+            if callback_id in events:
+                return callback(*args)
+            return None
 
         async def pump() -> None:
             async for body in sub:
                 if not dataclasses.is_dataclass(body):
                     continue   # Dropped / Resync markers
-                self.dispatch(callback, (self, *args_of(body), opaque))
+                self.dispatch(deliver, (self, *args_of(body), opaque))
 
         task = asyncio.get_running_loop().create_task(pump())
         self._events[callback_id] = (sub, task, callback)
@@ -804,12 +813,35 @@ class virConnect:  # noqa: N801
         return await self._deregister(callbackID)
 
     async def domainEventRegister(self, cb: Callable[..., Any], opaque: Any) -> int:  # noqa: N802
-        self._legacy[cb] = await self._register("domain", C.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-                                                None, cb, opaque)
+        """libvirt-python's legacy registration: one lifecycle subscription for all the
+        callbacks so registered, each once (registered again, its opaque is replaced)."""
+        if self._legacy or self._legacy_id is not None:
+            self._legacy[cb] = opaque
+            return 0
+        self._legacy[cb] = opaque
+        try:
+            self._legacy_id = await self._register(
+                "domain", C.VIR_DOMAIN_EVENT_ID_LIFECYCLE, None, self._legacy_dispatch, None)
+        except BaseException:
+            self._legacy.pop(cb, None)
+            raise
         return 0
 
+    def _legacy_dispatch(self, conn: Any, dom: Any, event: int, detail: int,
+                         _opaque: Any) -> None:
+        for cb, opaque in list(self._legacy.items()):
+            cb(conn, dom, event, detail, opaque)
+
     async def domainEventDeregister(self, cb: Callable[..., Any]) -> int:  # noqa: N802
-        return await self._deregister(self._legacy.pop(cb, -1))
+        """As libvirt-python: nothing when no callback is registered, KeyError for one
+        that is not when others are; the subscription ends with the last."""
+        if not self._legacy:
+            return 0
+        del self._legacy[cb]
+        if not self._legacy and self._legacy_id is not None:
+            callback_id, self._legacy_id = self._legacy_id, None
+            return await self._deregister(callback_id)
+        return 0
 
     async def networkEventRegisterAny(self, net: virNetwork | None, eventID: int,  # noqa: N802,N803
                                       cb: Callable[..., Any], opaque: Any) -> int:
