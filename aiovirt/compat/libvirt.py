@@ -623,39 +623,44 @@ def _run(coro: Coroutine[Any, Any, Any], conn: Any = None) -> Any:
                            "thread (from a callback run without an event implementation?)")
     # inside the caller's own asyncio code this thread cannot run our loop: hand over
     can_run = asyncio._get_running_loop() is None
-    with _mutex:
-        if can_run:
-            while _owner == _BACKGROUND and not _handed:
-                loop.call_soon_threadsafe(_stop_background, loop)
-                _cond.wait(1.0)
-        mine = can_run and _owner is None
-        reads = mine and conn is not None and not _handed
-        if mine:
-            _owner = me
-            _reader[0] = reads
-        else:
-            # one slot per thread, reused: a thread waits for one call at a time
-            slot = getattr(_local, "slot", None)
-            if slot is None:
-                slot = _local.slot = _Slot()
-            _handed += 1
-            _handed_slots.add(slot)
+    try:
+        with _mutex:
             if can_run:
-                _waiting.append(slot)
-            if _owner is None:   # nobody runs the loop and this caller cannot: wake the
-                _cond.notify_all()   # background thread
-            elif _reader[0]:   # its owner reads without running it: it is to run it now
-                _reader[0] = False
-                try:
-                    os.write(_wake_pipe[1], b"\0")   # type: ignore[index]
-                except BlockingIOError:
-                    pass   # (full: a wake-up is pending anyway)
-    if reads:
-        value, error = _drive(loop, coro, conn)
-    elif mine:
-        value, error = _run_here(loop, coro)
-    else:
-        value, error = _run_handed(loop, coro, slot)
+                while _owner == _BACKGROUND and not _handed:
+                    loop.call_soon_threadsafe(_stop_background, loop)
+                    _cond.wait(1.0)
+            mine = can_run and _owner is None
+            reads = mine and conn is not None and not _handed
+            if mine:
+                _owner = me
+                _reader[0] = reads
+            else:
+                # one slot per thread, reused: a thread waits for one call at a time
+                slot = getattr(_local, "slot", None)
+                if slot is None:
+                    slot = _local.slot = _Slot()
+                _handed += 1
+                _handed_slots.add(slot)
+                if can_run:
+                    _waiting.append(slot)
+                if _owner is None:   # nobody runs the loop and this caller cannot: wake the
+                    _cond.notify_all()   # background thread
+                elif _reader[0]:   # its owner reads without running it: it is to run it now
+                    _reader[0] = False
+                    try:
+                        os.write(_wake_pipe[1], b"\0")   # type: ignore[index]
+                    except BlockingIOError:
+                        pass   # (full: a wake-up is pending anyway)
+        if reads:
+            value, error = _drive(loop, coro, conn)
+        elif mine:
+            value, error = _run_here(loop, coro)
+        else:
+            value, error = _run_handed(loop, coro, slot)
+    except BaseException:
+        if _owner == me:   # interrupted (Ctrl-C) between taking the loop and running it
+            _let_go()
+        raise
     if error is None:
         return value
     try:
