@@ -727,8 +727,7 @@ def test_ctrl_c_while_the_main_thread_runs_the_loop_for_others(shared_uri, handl
     if handler == "default":
         assert seen == {"sent": 20, "while_running": True, "interrupted": 20, "errors": [],
                         "workers_called": True, "same": True, "fresh": True}, done.stderr
-    else:
-        assert seen["interrupted"] >= 1
+    else:   # (the KeyboardInterrupt may hit another thread's call, run by the loop)
         assert set(seen["errors"]) <= {"libvirtError"}
         assert seen["same"] in (True, "lost")
 
@@ -1014,3 +1013,20 @@ def test_legacy_domain_event_register_twice_is_one_registration(uri):
         finally:
             conn.domainEventDeregisterAny(watch)
             conn.close()
+
+
+def test_stream_recv_after_abort_fails_as_libvirt_python(shared_uri):
+    """recv() after abort() raises libvirtError even with data read before the abort left
+    unread (it returned that data); so does every later use: no anyio exception gets out."""
+    conn = libvirt.open(shared_uri)
+    try:
+        stream = conn.newStream(0)
+        conn.lookupByName("test").screenshot(stream, 0)
+        assert len(stream.recv(100)) == 100   # the rest of the chunk stays buffered
+        stream.abort()
+        for use in (lambda: stream.recv(10**6), lambda: stream.recv(10),
+                    lambda: stream.send(b"x"), stream.finish):
+            with pytest.raises(libvirtError):
+                use()
+    finally:
+        conn.close()

@@ -435,6 +435,7 @@ class virStream:  # noqa: N801
         self._conn = conn
         self._s: Any = None
         self._pending = b""
+        self._ended = False   # aborted: every use fails, as libvirt's
 
     def connect(self) -> virConnect:
         return self._conn
@@ -443,6 +444,8 @@ class virStream:  # noqa: N801
         return id(self)
 
     def _stream(self) -> Any:
+        if self._ended:
+            raise _stream_error(anyio.ClosedResourceError())
         if self._s is None:
             raise libvirtError("the stream is not open", (
                 C.VIR_ERR_INVALID_STREAM, C.VIR_FROM_STREAMS, "the stream is not open",
@@ -450,13 +453,13 @@ class virStream:  # noqa: N801
         return self._s
 
     async def recv(self, nbytes: int) -> bytes:
-        if not self._pending:
+        if self._ended or not self._pending:
             try:
                 item = await self._stream().receive()
             except anyio.EndOfStream:
                 return b""
-            except TRANSLATED as exc:
-                raise _translate(exc) from None
+            except _STREAM_ERRORS as exc:
+                raise _stream_error(exc) from None
             self._pending = item if isinstance(item, bytes) else b"\0" * item.length
         data, self._pending = self._pending[:nbytes], self._pending[nbytes:]
         return data
@@ -464,8 +467,8 @@ class virStream:  # noqa: N801
     async def send(self, data: bytes) -> int:
         try:
             await self._stream().send(bytes(data))
-        except TRANSLATED as exc:
-            raise _translate(exc) from None
+        except _STREAM_ERRORS as exc:
+            raise _stream_error(exc) from None
         return len(data)
 
     async def finish(self) -> int:
@@ -473,13 +476,18 @@ class virStream:  # noqa: N801
             stream = self._stream()
             if getattr(stream, "writable", False) or hasattr(stream, "finish"):
                 await stream.finish()
-        except TRANSLATED as exc:
-            raise _translate(exc) from None
+        except _STREAM_ERRORS as exc:
+            raise _stream_error(exc) from None
         return 0
 
     async def abort(self) -> int:
+        self._pending = b""   # what was read before is gone with it: recv() then fails
+        self._ended = self._s is not None
         if self._s is not None:
-            await self._s.aclose()
+            try:
+                await self._s.aclose()
+            except _STREAM_ERRORS as exc:
+                raise _stream_error(exc) from None
         return 0
 
     async def recvAll(self, handler: Callable[..., Any], opaque: Any) -> None:  # noqa: N802
@@ -523,6 +531,16 @@ class virStream:  # noqa: N801
 
 
 _STREAM_BUF_SIZE = 262144   # libvirt-python's virStorageVol.streamBufSize
+# what a stream raises: aiovirt's errors, and anyio's for one used after its end
+_STREAM_ERRORS = (*TRANSLATED, anyio.ClosedResourceError, anyio.BrokenResourceError)
+
+
+def _stream_error(exc: BaseException) -> libvirtError:
+    if isinstance(exc, TRANSLATED):
+        return from_exception(exc)  # type: ignore[return-value]
+    message = f"the stream is closed: {exc}" if str(exc) else "the stream is closed"
+    return libvirtError(message, (C.VIR_ERR_RPC, C.VIR_FROM_STREAMS, message, C.VIR_ERR_ERROR,
+                                  None, None, None, 0, 0))
 
 
 # -- the connection ---------------------------------------------------------------------------
