@@ -1030,3 +1030,28 @@ def test_stream_recv_after_abort_fails_as_libvirt_python(shared_uri):
                 use()
     finally:
         conn.close()
+
+
+def test_bad_arguments_raise_what_libvirt_python_raises(shared_uri):
+    # these raised ValueError ('badly formed hexadecimal UUID string', int()'s), EncodeError
+    # and KeyError where libvirt-python raises libvirtError or TypeError
+    import libvirt as real
+    ours, theirs = libvirt.open(shared_uri), real.open(shared_uri)
+    try:
+        cases = [
+            lambda c: c.lookupByUUIDString("not-a-uuid"),
+            lambda c: c.networkLookupByUUIDString("zz"),
+            lambda c: c.lookupByName("test").setSchedulerParameters({"weight": "x"}),
+            lambda c: c.networkLookupByName("default").setAutostart("x"),
+            lambda c: c.domainListGetStats(["test"]),
+        ]
+        for case in cases:
+            kinds = []
+            for conn, error in ((ours, libvirtError), (theirs, real.libvirtError)):
+                with pytest.raises((error, TypeError)) as info:
+                    case(conn)
+                kinds.append("libvirtError" if isinstance(info.value, error) else "TypeError")
+            assert kinds[0] == kinds[1], (kinds, info.value)
+    finally:
+        ours.close()
+        theirs.close()

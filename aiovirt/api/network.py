@@ -55,6 +55,8 @@ class Network(UUIDHandle, NetworkGenerated):
         return bool((await self._conn.rpc.network_get_autostart(self._ref)).autostart)
 
     async def set_autostart(self, enabled: bool) -> None:
+        if not isinstance(enabled, int):   # (a bool is an int; "x" raised int()'s error)
+            raise TypeError(f"set_autostart takes True or False, not {enabled!r:.40}")
         await self._conn.rpc.network_set_autostart(self._ref, int(enabled))
 
 

@@ -111,6 +111,8 @@ class StoragePool(UUIDHandle, StoragePoolGenerated):
         return bool((await self._conn.rpc.storage_pool_get_autostart(self._ref)).autostart)
 
     async def set_autostart(self, enabled: bool) -> None:
+        if not isinstance(enabled, int):   # (a bool is an int; "x" raised int()'s error)
+            raise TypeError(f"set_autostart takes True or False, not {enabled!r:.40}")
         await self._conn.rpc.storage_pool_set_autostart(self._ref, int(enabled))
 
     async def create_volume(self, xml: str, flags: int = 0) -> StorageVolume:

@@ -44,6 +44,7 @@ from ..api.handle import uuid_text
 from ..api.typedparams import from_dict, to_dict
 from ..client.auth import Credential
 from ..client.events import EventSubscription
+from ..errors import EncodeError
 from ..protocol import remote
 from ..protocol.xdr import Record, plain_hint
 from . import constants as C
@@ -150,7 +151,7 @@ class virDomain(_UUIDNamed):  # noqa: N801
             "domain_get_scheduler_parameters", self._o,
             (await self.schedulerType())[1])).params}
         await self._conn._call("domain_set_scheduler_parameters", self._o,
-                               from_dict(params, types))
+                               _params_for(params, types))
         return 0
 
     async def setSchedulerParametersFlags(self, params: dict[str, Any],  # noqa: N802
@@ -159,7 +160,7 @@ class virDomain(_UUIDNamed):  # noqa: N801
             "domain_get_scheduler_parameters_flags", self._o,
             (await self.schedulerType())[1], flags)).params}
         await self._conn._call("domain_set_scheduler_parameters_flags", self._o,
-                               from_dict(params, types), flags)
+                               _params_for(params, types), flags)
         return 0
 
     async def memoryStats(self) -> dict[str, int]:  # noqa: N802
@@ -663,6 +664,10 @@ class virConnect:  # noqa: N801
 
     async def domainListGetStats(self, doms: list[virDomain], stats: int = 0,  # noqa: N802
                                  flags: int = 0) -> list[tuple[virDomain, dict[str, Any]]]:
+        if not all(isinstance(d, virDomain) for d in doms):
+            message = "domain list contains non-domain elements"
+            raise libvirtError(message, (C.VIR_ERR_INVALID_ARG, C.VIR_FROM_NONE, message,
+                                         C.VIR_ERR_ERROR, None, None, None, 0, 0))
         try:
             records = await self._c.domain_list_get_stats([handle(d) for d in doms], stats,
                                                           flags)
@@ -744,19 +749,19 @@ class virConnect:  # noqa: N801
         return list((await self._call("connect_list_domains", _LIST_MAX)).ids)
 
     async def lookupByUUIDString(self, uuidstr: str) -> virDomain:  # noqa: N802
-        return await self.lookupByUUID(_uuid.UUID(uuidstr).bytes)
+        return await self.lookupByUUID(_uuid_bytes(uuidstr, "virDomainLookupByUUIDString"))
 
     async def networkLookupByUUIDString(self, uuidstr: str) -> virNetwork:  # noqa: N802
-        return await self.networkLookupByUUID(_uuid.UUID(uuidstr).bytes)
+        return await self.networkLookupByUUID(_uuid_bytes(uuidstr, "virNetworkLookupByUUIDString"))
 
     async def storagePoolLookupByUUIDString(self, uuidstr: str) -> virStoragePool:  # noqa: N802
-        return await self.storagePoolLookupByUUID(_uuid.UUID(uuidstr).bytes)
+        return await self.storagePoolLookupByUUID(_uuid_bytes(uuidstr, "virStoragePoolLookupByUUIDString"))
 
     async def secretLookupByUUIDString(self, uuidstr: str) -> virSecret:  # noqa: N802
-        return await self.secretLookupByUUID(_uuid.UUID(uuidstr).bytes)
+        return await self.secretLookupByUUID(_uuid_bytes(uuidstr, "virSecretLookupByUUIDString"))
 
     async def nwfilterLookupByUUIDString(self, uuidstr: str) -> virNWFilter:  # noqa: N802
-        return await self.nwfilterLookupByUUID(_uuid.UUID(uuidstr).bytes)
+        return await self.nwfilterLookupByUUID(_uuid_bytes(uuidstr, "virNWFilterLookupByUUIDString"))
 
     # -- events ---------------------------------------------------------------------------
     async def _register(self, family: str, event_id: int, obj: Any, callback: Callable[..., Any],
@@ -930,6 +935,26 @@ def _convert(conn: virConnect, value: Any) -> Any:
     if isinstance(value, Record):   # a wire struct: its fields in order, as a list
         return [_convert(conn, getattr(value, name)) for name in value.__slots__]
     return value
+
+
+def _uuid_bytes(text: Any, function: str) -> bytes:
+    """A UUID string's 16 bytes; libvirtError as libvirt's client says it (libvirt-python
+    raises no ValueError here)."""
+    try:
+        return _uuid.UUID(text).bytes
+    except (ValueError, TypeError, AttributeError):
+        message = f"uuidstr in {function} must be a valid UUID"
+        raise libvirtError(message, (C.VIR_ERR_INVALID_ARG, C.VIR_FROM_NONE, message,
+                                     C.VIR_ERR_ERROR, None, None, None, 0, 0)) from None
+
+
+def _params_for(params: Any, types: Any) -> Any:
+    """Typed parameters from a dict: a value of the wrong type is libvirt-python's
+    TypeError."""
+    try:
+        return from_dict(params, types)
+    except EncodeError as exc:
+        raise TypeError(str(exc)) from None
 
 
 def _norm(name: str) -> str:
