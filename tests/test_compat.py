@@ -1055,3 +1055,52 @@ def test_bad_arguments_raise_what_libvirt_python_raises(shared_uri):
     finally:
         ours.close()
         theirs.close()
+
+
+def test_event_handles_share_an_fd_and_a_removed_one_never_fires():
+    # a READABLE and a WRITABLE watch on one fd: the READABLE one never fired (one asyncio
+    # reader per fd, and each firing disarmed both); a watch removed after its fd became
+    # ready was still called by the next virEventRunDefaultImpl()
+    import socket
+    import time
+    libvirt.virEventRegisterDefaultImpl()
+    first, second = socket.socketpair()
+    first.setblocking(False)
+    seen: list[str] = []
+    removed_calls: list[tuple] = []
+    try:
+        gone = libvirt.virEventAddHandle(second.fileno(), libvirt.VIR_EVENT_HANDLE_WRITABLE,
+                                         lambda *args: removed_calls.append(args), None)
+        # its fd is writable at once; removed before anyone runs the loop
+        deadline = time.monotonic() + 5
+        while not getattr(libvirt, "_busy", True) and time.monotonic() < deadline:
+            time.sleep(0.01)   # (the watch fired on the private loop: a callback is queued)
+        libvirt.virEventRemoveHandle(gone)
+
+        def on_read(watch, fd, events, opaque) -> None:
+            seen.append("R")
+            try:
+                first.recv(100)
+            except BlockingIOError:
+                pass
+
+        def on_write(watch, fd, events, opaque) -> None:
+            seen.append("W")
+
+        reader = libvirt.virEventAddHandle(first.fileno(), libvirt.VIR_EVENT_HANDLE_READABLE,
+                                           on_read, None)
+        writer = libvirt.virEventAddHandle(first.fileno(), libvirt.VIR_EVENT_HANDLE_WRITABLE,
+                                           on_write, None)
+        second.send(b"x")
+        deadline = time.monotonic() + 10
+        while "R" not in seen and time.monotonic() < deadline:
+            timer = libvirt.virEventAddTimeout(20, lambda *args: None, None)
+            libvirt.virEventRunDefaultImpl()
+            libvirt.virEventRemoveTimeout(timer)
+        assert "R" in seen and "W" in seen
+        assert removed_calls == []
+        libvirt.virEventRemoveHandle(reader)
+        libvirt.virEventRemoveHandle(writer)
+    finally:
+        first.close()
+        second.close()

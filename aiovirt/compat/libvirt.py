@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import inspect
 import itertools
 import operator
@@ -439,6 +440,7 @@ def _after_fork_in_child() -> None:
     _hop_queue.clear()
     _hop_scheduled = False
     _queue = queue.SimpleQueue()
+    _busy.clear()   # (the watches' fds are armed again on the child's loop when next asked)
     try:
         _abandon_connections("the connection was opened before fork(): open a new one in "
                              "the child")
@@ -1063,39 +1065,59 @@ def virEventRemoveTimeout(timer: int) -> int:  # noqa: N802
         return 0 if _timers.pop(timer, None) is not None else -1
 
 
-def _watch(hid: int) -> None:
-    """(On the private loop) arm the readers/writers of watch ``hid``."""
-    loop = _get_loop()
-    entry = _handles.get(hid)
-    if entry is None:
-        return
-    fd, events = entry[0], entry[1]
+_busy: set[int] = set()   # (loop) watches whose callback is queued: not armed till it ran
 
-    def fire(kind: int) -> None:
+
+def _sync_fd(fd: int) -> None:
+    """(On the private loop) arm ``fd``'s reader and writer for what its watches ask, a
+    watch whose callback waits to run not counted (libvirt's loop polls every fd with the
+    union of its watches' events, and calls each watch whose events came)."""
+    loop = _get_loop()
+    read = write = False
+    for hid, entry in list(_handles.items()):
+        if entry[0] == fd and hid not in _busy:
+            read = read or bool(entry[1] & VIR_EVENT_HANDLE_READABLE)  # noqa: F405
+            write = write or bool(entry[1] & VIR_EVENT_HANDLE_WRITABLE)  # noqa: F405
+    if read:
+        loop.add_reader(fd, _fire, fd, VIR_EVENT_HANDLE_READABLE)  # noqa: F405
+    else:
         loop.remove_reader(fd)
+    if write:
+        loop.add_writer(fd, _fire, fd, VIR_EVENT_HANDLE_WRITABLE)  # noqa: F405
+    else:
         loop.remove_writer(fd)
-        current = _handles.get(hid)
-        if current is not None:
-            _queue.put((current[2], (hid, fd, kind, current[3]),
-                        lambda: loop.call_soon_threadsafe(_watch, hid)))
-
-    if events & VIR_EVENT_HANDLE_READABLE:  # noqa: F405
-        loop.add_reader(fd, fire, VIR_EVENT_HANDLE_READABLE)  # noqa: F405
-    if events & VIR_EVENT_HANDLE_WRITABLE:  # noqa: F405
-        loop.add_writer(fd, fire, VIR_EVENT_HANDLE_WRITABLE)  # noqa: F405
 
 
-def _unwatch(fd: int) -> None:
+def _fire(fd: int, kind: int) -> None:
+    """(On the private loop) ``fd`` became readable or writable: queue the callback of every
+    watch on it that asks for ``kind``; each is armed again once its callback has run."""
     loop = _get_loop()
-    loop.remove_reader(fd)
-    loop.remove_writer(fd)
+    for hid, entry in list(_handles.items()):
+        if entry[0] == fd and entry[1] & kind and hid not in _busy:
+            _busy.add(hid)
+            _queue.put((_handle_callback, (hid, fd, kind),
+                        functools.partial(loop.call_soon_threadsafe, _rearm, hid, fd)))
+    _sync_fd(fd)
+
+
+def _handle_callback(hid: int, fd: int, kind: int) -> None:
+    """(On the thread running virEventRunDefaultImpl) call watch ``hid``'s callback, unless
+    it was removed meanwhile (libvirt calls no removed watch)."""
+    entry = _handles.get(hid)
+    if entry is not None:
+        entry[2](hid, fd, kind, entry[3])
+
+
+def _rearm(hid: int, fd: int) -> None:
+    _busy.discard(hid)
+    _sync_fd(fd)
 
 
 def virEventAddHandle(fd: int, events: int, cb: Callable[..., Any], opaque: Any) -> int:  # noqa: N802
     """``cb(watch, fd, events, opaque)`` when ``fd`` is readable/writable."""
     hid = next(_ids)
     _handles[hid] = [fd, events, cb, opaque]
-    _get_loop().call_soon_threadsafe(_watch, hid)
+    _get_loop().call_soon_threadsafe(_sync_fd, fd)
     return hid
 
 
@@ -1103,16 +1125,14 @@ def virEventUpdateHandle(watch: int, events: int) -> None:  # noqa: N802
     entry = _handles.get(watch)
     if entry is not None:
         entry[1] = events
-        loop = _get_loop()
-        loop.call_soon_threadsafe(_unwatch, entry[0])
-        loop.call_soon_threadsafe(_watch, watch)
+        _get_loop().call_soon_threadsafe(_sync_fd, entry[0])
 
 
 def virEventRemoveHandle(watch: int) -> int:  # noqa: N802
     entry = _handles.pop(watch, None)
     if entry is None:
         return -1
-    _get_loop().call_soon_threadsafe(_unwatch, entry[0])
+    _get_loop().call_soon_threadsafe(_sync_fd, entry[0])
     return 0
 
 
