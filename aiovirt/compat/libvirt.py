@@ -257,8 +257,7 @@ def _run_loop(loop: asyncio.AbstractEventLoop, coro: Any
     done; its value, or its error.  On the main thread, Ctrl-C stops the loop instead of
     being raised inside it (``_run_main``)."""
     global _loop_ran
-    if threading.get_ident() == _main_ident[0] and \
-            signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    if threading.get_ident() == _main_ident[0] and callable(signal.getsignal(signal.SIGINT)):
         return _run_main(loop, coro)
     try:
         return loop.run_until_complete(coro), None
@@ -275,9 +274,10 @@ _main_ident = [threading.main_thread().ident]
 
 
 def _run_main(loop: asyncio.AbstractEventLoop, coro: Any) -> tuple[Any, BaseException | None]:
-    """``_run_loop`` on the main thread, with SIGINT's default handler: while the loop runs
-    (for every caller's calls), Ctrl-C is recorded and ends the run, as ``asyncio.Runner``
-    does, and KeyboardInterrupt is raised here once the loop is out (raised inside it, it
+    """``_run_loop`` on the main thread, with a Python-level SIGINT handler (Python's own or
+    the program's): while the loop runs (for every caller's calls), Ctrl-C is recorded and
+    ends the run, as ``asyncio.Runner`` does, and the handler runs here once the loop is out
+    (Python's raises KeyboardInterrupt) (raised inside it, it
     would end whatever callback it hit, another thread's call or a transport's, and may
     leave uvloop marked running for ever).  The interrupted call goes on on the loop, its
     outcome dropped; the other threads' calls go on with the loop's next runner.  The run
@@ -285,6 +285,7 @@ def _run_main(loop: asyncio.AbstractEventLoop, coro: Any) -> tuple[Any, BaseExce
     late when the call ends first, and stop the loop's next run)."""
     global _loop_ran
     interrupted: list[int] = []
+    program = signal.getsignal(signal.SIGINT)   # Python's, or the program's own: run later
     gate = loop.create_future()
 
     def open_gate(_: Any = None) -> None:
@@ -313,11 +314,15 @@ def _run_main(loop: asyncio.AbstractEventLoop, coro: Any) -> tuple[Any, BaseExce
         finally:
             _loop_ran = time.monotonic()
             if signal.getsignal(signal.SIGINT) is on_sigint:
-                signal.signal(signal.SIGINT, signal.default_int_handler)
+                signal.signal(signal.SIGINT, program)
         if interrupted:
             if not future.done():   # its outcome goes nowhere: not "never retrieved"
                 future.add_done_callback(_retrieved)
-            raise KeyboardInterrupt
+            if program is signal.default_int_handler:
+                raise KeyboardInterrupt
+            program(signal.SIGINT, None)   # the program's handler, here, out of the loop
+            if not future.done():   # it did not raise: the call goes on
+                return _run_main(loop, future)
         if future.cancelled():
             return None, asyncio.CancelledError()
         error = future.exception()
