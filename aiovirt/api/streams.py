@@ -23,12 +23,14 @@ _P = remote.PROCEDURES
 
 async def vol_download(conn: Any, vol: remote.NonnullStorageVol, offset: int, length: int,
                        sparse: bool, flags: int) -> Stream:
-    """Open a download of ``length`` bytes (0: to the end) from ``offset``."""
+    """Open a download of ``length`` bytes (0: to the end) from ``offset``; a daemon that
+    sends more fails the stream."""
     if sparse:
         flags |= VOL_DOWNLOAD_SPARSE_STREAM
     _, stream = await open_stream(
         conn, _P[remote.REMOTE_PROC_STORAGE_VOL_DOWNLOAD],
-        remote.StorageVolDownloadArgs(vol, offset, length, flags), sparse=sparse)
+        remote.StorageVolDownloadArgs(vol, offset, length, flags), sparse=sparse,
+        limit=length if type(length) is int and length > 0 else None)
     return stream
 
 

@@ -74,10 +74,14 @@ class Stream:
     stream on the daemon.  The connection stays usable either way."""
 
     def __init__(self, channel: Channel, procedure: ProcedureInfo, *, sparse: bool = False,
-                 owns_channel: bool = False, buffer_limit: int = 4 * CHUNK) -> None:
+                 owns_channel: bool = False, buffer_limit: int = 4 * CHUNK,
+                 limit: int | None = None) -> None:
         self.channel = channel
         self.procedure = procedure
         self.sparse = sparse
+        # the most the server may send, holes included (a download's ``length``); None: any
+        self.limit = limit
+        self._received = 0
         self.serial = 0
         self.buffer_limit = buffer_limit
         self._owns_channel = owns_channel
@@ -114,9 +118,13 @@ class Stream:
                 if length < 0:
                     self.fail(ProtocolError(f"malformed stream hole: length {length}"))
                     return
+                if not self._within(length):
+                    return
                 self._items.append(Hole(length))
                 self._buffered += _HOLE_COST
             elif message.payload:
+                if not self._within(len(message.payload)):
+                    return
                 self._items.append(message.payload)
                 self._buffered += len(message.payload)
             else:
@@ -142,6 +150,16 @@ class Stream:
             self._server_done_event.set()
             self.channel.end_stream(self.serial)
         self._wake()
+
+    def _within(self, count: int) -> bool:
+        """Count ``count`` more bytes from the server; past ``limit`` the stream fails
+        (False): the reader asked for that much and no more."""
+        self._received += count
+        if self.limit is None or self._received <= self.limit:
+            return True
+        self.fail(ProtocolError(f"{self.procedure.name}: the server sent {self._received} "
+                                f"bytes or more, over the {self.limit} asked for"))
+        return False
 
     def fail(self, error: BaseException) -> None:
         """The channel died (or the stream broke the protocol): wake everyone with ``error``."""
@@ -307,15 +325,17 @@ class Stream:
 
 async def open_stream(conn: Any, procedure: ProcedureInfo, args: Any, *,
                       sparse: bool = False, buffer_limit: int = 4 * CHUNK,
-                      own_socket: bool = True) -> tuple[Any, Stream]:
+                      own_socket: bool = True, limit: int | None = None
+                      ) -> tuple[Any, Stream]:
     """Call the stream-opening ``procedure`` on ``conn`` (an ``RpcConnection``); returns its
-    reply and the ``Stream``.  With lanes, the stream gets a socket of its own."""
+    reply and the ``Stream``.  With lanes, the stream gets a socket of its own.  ``limit``:
+    the most the server may send (holes included); more fails the stream."""
     if procedure.stream is None:
         raise TypeError(f"{procedure.name} does not open a stream")
     if stepping():   # a stream lives on the running loop
         return await OnLoop(open_stream(  # type: ignore[no-any-return]
             conn, procedure, args, sparse=sparse, buffer_limit=buffer_limit,
-            own_socket=own_socket))
+            own_socket=own_socket, limit=limit))
     if conn._closed:   # (a lane would be dialled for nothing)
         raise ConnectionClosed(f"{procedure.name}: the connection is closed")
     owns = bool(own_socket and conn.lanes)
@@ -326,7 +346,7 @@ async def open_stream(conn: Any, procedure: ProcedureInfo, args: Any, *,
         if channel is None or not conn.is_alive:
             raise ConnectionClosed("the connection is closed")
     stream = Stream(channel, procedure, sparse=sparse, owns_channel=owns,
-                    buffer_limit=buffer_limit)
+                    buffer_limit=buffer_limit, limit=limit)
     try:
         _serial, reply = await channel.open_stream(procedure, args, stream)
     except BaseException:

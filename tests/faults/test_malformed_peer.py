@@ -354,6 +354,43 @@ async def test_stream_holes_count_against_the_buffer_and_are_checked(tmp_path):
             assert conn.is_alive
 
 
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+async def test_a_download_is_held_to_the_length_asked_for(tmp_path, sparse):
+    """A daemon that sent more than a download's ``length`` (data, or holes on a sparse
+    stream) had it all passed on; now the stream fails at the first byte over."""
+    async def peer(stream: anyio.abc.ByteStream, msg: Message) -> bool:
+        if msg.procedure == _DOWN and msg.type == 0:
+            over = _stream_packet(_DOWN, msg.serial, struct.pack(">qI", 600, 0),
+                                  kind=STREAM_HOLE) if sparse else \
+                _stream_packet(_DOWN, msg.serial, b"y" * 600)
+            await stream.send(reply_to(msg) + _stream_packet(_DOWN, msg.serial, b"x" * 600)
+                              + over + _stream_packet(_DOWN, msg.serial))
+        elif msg.procedure == _DOWN and msg.type == STREAM and msg.status != CONTINUE:
+            await stream.send(_stream_packet(_DOWN, msg.serial, status=OK))
+        elif msg.procedure == LIBVER:
+            await stream.send(version_reply(msg))
+        return True
+
+    from aiovirt.api.streams import vol_download
+    async with fake_daemon(tmp_path / "fake.sock", peer) as fake:
+        async with aiovirt.connect(fake.uri, lanes=0) as conn:
+            with anyio.fail_after(5):
+                stream = await vol_download(conn, _VOL, 0, 1000, sparse, 0)
+                assert await stream.receive() == b"x" * 600
+                with pytest.raises(aiovirt.ProtocolError, match="storage_vol_download: the "
+                                   "server sent 1200 bytes or more, over the 1000 asked for"):
+                    await stream.receive()
+                await stream.aclose()
+                assert await conn.get_lib_version() == 9000000
+                unbounded = await vol_download(conn, _VOL, 0, 0, sparse, 0)   # 0: to the end
+                assert len(await read_all_of(unbounded)) == 2
+            assert conn.is_alive
+
+
+async def read_all_of(stream) -> list:
+    return [item async for item in stream]
+
+
 async def test_two_readers_of_a_download_both_see_its_end(tmp_path):
     """The reader that did not run the end-of-stream handshake used to get
     ``anyio.ClosedResourceError`` instead of the end of its ``async for``."""
