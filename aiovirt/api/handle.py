@@ -29,7 +29,7 @@ class ApiConnection(SubscriptionHost, Protocol):
                    lane: bool | None = None) -> Any: ...
 
     def start(self, procedure: ProcedureInfo, args: Any = None,
-              timeout: float | None | EllipsisType = ..., *,
+              timeout: float | None | EllipsisType = ...,
               lane: bool | None = None) -> Awaitable[Any]:
         """``call`` sent at once, its reply awaited by the caller (the generated methods
         use it: one coroutine frame less per call than ``rpc``)."""

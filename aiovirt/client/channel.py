@@ -177,7 +177,7 @@ class Channel:
         if packet is not None:
             try:
                 # alone: this call is the only one on the wire (``protocol.pending == 1``)
-                self.transport.write(packet, alone=len(protocol._pending) == 1)
+                self.transport.write(packet, len(protocol._pending) == 1)
             except _BROKEN as exc:
                 self.lost(exc)   # fails every caller, this one included
         return serial, waiter
@@ -368,7 +368,7 @@ class Channel:
                     if fds:
                         await self.transport.send_with_fds(packet, fds)
                     else:
-                        self.transport.write(packet, alone=protocol.pending == 1)
+                        self.transport.write(packet, protocol.pending == 1)
                 except _BROKEN as exc:
                     self.lost(exc)
                 finally:
@@ -468,7 +468,7 @@ class Channel:
         if self.closed is not None:
             raise ConnectionClosed(str(self.closed)) from self.closed
         try:
-            self.transport.write(packet, alone=True)
+            self.transport.write(packet, True)
         except _BROKEN as exc:
             self.lost(exc)
             raise ConnectionClosed(str(self.closed)) from exc

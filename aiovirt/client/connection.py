@@ -468,11 +468,12 @@ two.
             raise
 
     def start(self, procedure: ProcedureInfo, args: Any = None,
-              timeout: float | None | EllipsisType = ..., *,
+              timeout: float | None | EllipsisType = ...,
               lane: bool | None = None) -> Awaitable[Any]:
         """``call`` for callers that await at once: under asyncio, with no time limit and the
         socket known, the call is sent now and its reply slot (a future) returned, saving a
-        coroutine per call; otherwise the ``call`` coroutine.  Errors (a closed connection,
+        coroutine per call; otherwise the ``call`` coroutine.  (No keyword-only parameter:
+        on Python 3.11 it would keep every call from the interpreter's quick path.)  Errors (a closed connection,
         arguments that cannot be encoded) always surface when the result is awaited."""
         if timeout is ...:
             timeout = self.call_timeout
@@ -516,7 +517,10 @@ two.
         if lane or (procedure.number in self.slow_procedures and
                     procedure.program == remote.PROGRAM):
             return None
-        if main.protocol.writes_now:
+        protocol = main.protocol   # ``protocol.writes_now`` inlined (a property costs a call)
+        out = len(protocol._pending)
+        if not protocol._queued and (out < protocol.max_in_flight or (
+                out < protocol.pipeline_depth and not protocol._slow_out)):
             return main
         return self._quick_overflow()
 

@@ -273,8 +273,8 @@ class CommandTransport(NoFdPassing):
         self._sink = sink
         self._inner.attach(self)
 
-    def write(self, data: bytes, *, alone: bool = False) -> None:
-        self._inner.write(data, alone=alone)
+    def write(self, data: bytes, alone: bool = False) -> None:
+        self._inner.write(data, alone)
 
     def write_parts(self, header: bytes, payload: memoryview) -> None:
         self._inner.write_parts(header, payload)

@@ -54,7 +54,7 @@ class Sink(Protocol):
 class Transport(Protocol):
     def attach(self, sink: Sink) -> None: ...
 
-    def write(self, data: bytes, *, alone: bool = False) -> None:
+    def write(self, data: bytes, alone: bool = False) -> None:
         """Send ``data`` without waiting.  ``alone``: nothing else is in flight, so there is
         no burst to coalesce with and the bytes should leave at once."""
 
@@ -175,7 +175,7 @@ class AsyncioTransport(asyncio.Protocol):
         ``connection_lost`` with that cause rather than "the socket is closed"."""
         return self._transport is None or self._ended or self._sink is None
 
-    def write(self, data: bytes, *, alone: bool = False) -> None:
+    def write(self, data: bytes, alone: bool = False) -> None:
         # Under load, writes made during one pass of the event loop leave in one send() at
         # its end: many concurrent callers cost one system call, not one each.  A lone call
         # leaves at once, saving a pass of the loop (latency at low concurrency).
@@ -485,7 +485,7 @@ class AnyioTransport(NoFdPassing):
         self._spawn(read, "aiovirt reader")
         self._spawn(write, "aiovirt writer")
 
-    def write(self, data: bytes, *, alone: bool = False) -> None:
+    def write(self, data: bytes, alone: bool = False) -> None:
         try:
             self._send.send_nowait(data)
         except anyio.ClosedResourceError:

@@ -314,7 +314,7 @@ class ClientProtocol:
         self.streams: set[int] = set()  # serials whose STREAM messages are expected
 
     # -- outgoing -----------------------------------------------------------------------------
-    def call(self, procedure: ProcedureInfo, args: Any = None, *,
+    def call(self, procedure: ProcedureInfo, args: Any = None,
              fds: int = 0) -> tuple[int, bytes | None]:
         """Frame a call; returns its serial and the packet to send now, or None if it queued.
 

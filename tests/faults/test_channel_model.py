@@ -38,7 +38,7 @@ class Wire:
     def attach(self, sink: Sink) -> None:
         self.sink = sink
 
-    def write(self, data: bytes, *, alone: bool = False) -> None:
+    def write(self, data: bytes, alone: bool = False) -> None:
         if self.closed:
             raise anyio.BrokenResourceError("closed")
         for msg in self.frames.feed(data):
