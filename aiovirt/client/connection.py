@@ -116,7 +116,9 @@ class _Tasks:
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # ``wait``, not ``gather``: cancelled itself, gather raised a child's
+            # CancelledError, which the caller's cancel scope took for a foreign one
+            await asyncio.wait(tasks)
 
 
 class RpcConnection:
