@@ -3,6 +3,7 @@ abort, backpressure, and a KVM guest's screenshot."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -391,3 +392,18 @@ def test_backpressure_under_trio(daemon, tmp_path):
             assert b"".join(got) == payload  # type: ignore[arg-type]
 
     trio.run(main)
+
+
+async def test_a_stream_socket_takes_its_keepalive_task_with_it(daemon, tmp_path):
+    """A stream's own socket, once closed, kept its keepalive task (and through it the
+    closed channel) until the task's next tick: thousands of idle tasks under many streams."""
+    async with dir_pool(daemon, tmp_path) as (conn, p):
+        vol = await new_volume(p, MiB)
+        for _ in range(5):
+            async with await vol.download() as stream:
+                await read_all(stream)
+        with anyio.fail_after(2):   # the keepalive interval is 5 s: the old tasks stayed
+            while any(task.get_name().endswith("stream keepalive")
+                      for task in asyncio.all_tasks()):
+                await anyio.sleep(0.01)
+        assert conn.is_alive

@@ -433,6 +433,8 @@ class Channel:
         streams, self._streams = self._streams, {}
         for sink in streams.values():
             sink.fail(error)
+        if self._keepalive_changed is not None:   # its loop ends now, not at its next tick
+            self._keepalive_changed.set()
         self.transport.close()
         if self._on_closed is not None:
             self._on_closed(error)
