@@ -41,7 +41,7 @@ from .offloop import OnLoop, stepping
 from .reconnect import ConnectionState, Reconnect, StateChange
 from .uri import ConnectionURI, parse_uri
 
-__all__ = ["RpcConnection", "SLOW_PROCEDURES", "connect"]
+__all__ = ["RpcConnection", "SLOW_PROCEDURES", "StateChanges", "connect"]
 
 # Procedures that may hold a libvirtd worker for long (they talk to QEMU's monitor, wait for a
 # guest, or move data).  They run on the lanes.
@@ -119,6 +119,29 @@ class _Tasks:
             # ``wait``, not ``gather``: cancelled itself, gather raised a child's
             # CancelledError, which the caller's cancel scope took for a foreign one
             await asyncio.wait(tasks)
+
+
+class StateChanges(anyio.abc.ObjectReceiveStream[StateChange]):
+    """What ``state_changes()`` returns: anyio's memory stream, closed when it is dropped
+    (``async for ...: break`` leaves it to the collector), so the connection forgets it."""
+
+    def __init__(self, receive: anyio.abc.ObjectReceiveStream[StateChange]) -> None:
+        self._receive = receive
+
+    async def receive(self) -> StateChange:
+        return await self._receive.receive()
+
+    def receive_nowait(self) -> StateChange:
+        return self._receive.receive_nowait()  # type: ignore[attr-defined,no-any-return]
+
+    def close(self) -> None:
+        self._receive.close()  # type: ignore[attr-defined]
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
 
 
 class RpcConnection:
@@ -369,13 +392,18 @@ two.
         """CONNECTED, LOST (reconnecting, if a policy says so), RECONNECTED or CLOSED."""
         return self._state
 
-    def state_changes(self, max_buffer: int = 64) -> anyio.abc.ObjectReceiveStream[StateChange]:
+    def state_changes(self, max_buffer: int = 64) -> StateChanges:
         """A stream of the connection's state changes from now on (``async for``); at most
-        ``max_buffer`` unread changes are kept, newer ones are dropped."""
+        ``max_buffer`` unread changes are kept, newer ones are dropped.  Closed or dropped
+        (``break`` out of its loop), it is fed no more."""
         _check_count("max_buffer", max_buffer, 1, 1 << 20, optional=False)
+        for watcher in list(self._watchers):
+            if not watcher.statistics().open_receive_streams:
+                watcher.close()
+                self._watchers.remove(watcher)
         send, receive = anyio.create_memory_object_stream[StateChange](max_buffer)
         self._watchers.append(send)
-        return receive
+        return StateChanges(receive)
 
     def _set_state(self, state: ConnectionState, reason: str = "", attempt: int = 0) -> None:
         self._state = state
@@ -386,6 +414,7 @@ two.
             except anyio.WouldBlock:
                 pass
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                watcher.close()
                 self._watchers.remove(watcher)
 
     async def close(self) -> None:

@@ -235,3 +235,21 @@ async def test_a_reconnection_to_a_peer_that_never_answers_gives_up_in_time():
     finally:
         for sock in silent:
             sock.close()
+
+
+async def test_state_change_streams_dropped_or_closed_are_forgotten(daemon):
+    """``async for change in conn.state_changes(): break`` left its stream (and up to
+    ``max_buffer`` changes) in the connection for good: one more with every loop."""
+    async with aiovirt.connect(daemon.uri()) as conn:
+        kept = conn.state_changes()
+        for i in range(100):
+            if i % 2:
+                async with conn.state_changes():
+                    pass
+            else:
+                conn.state_changes()   # dropped at once
+        conn.state_changes().close()
+        assert len(conn._watchers) <= 2
+        await conn.close()
+        assert kept.receive_nowait().state is ConnectionState.CLOSED
+        kept.close()
