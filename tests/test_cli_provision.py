@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 import uuid
 
 import anyio
@@ -165,3 +166,51 @@ def test_every_command_has_useful_help():
         done = run(command, "--help")
         assert done.returncode == 0 and len(done.stdout) > 400, command
         assert "--uri" in done.stdout
+
+
+def test_events_says_when_a_host_is_lost_or_unreachable(tmp_path):
+    """``aiovirt events`` waited for ever, silently, once its daemon died; an unreachable
+    host printed an ExceptionGroup traceback.  Each is now one error line and exit 1."""
+    from aiovirt.testing.daemon import PrivateDaemon
+
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"}
+    with PrivateDaemon(tmp_path / "d") as own:
+        uri = own.uri("test")
+        process = subprocess.Popen([AIOVIRT, "events", "--uri", uri], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            assert process.stderr is not None
+            assert process.stderr.readline().startswith("watching ")
+            own.kill()
+            _, err = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert process.returncode == 1
+    assert err.startswith(f"aiovirt: error: {uri}: the connection was lost"), err
+    assert "Traceback" not in err
+    refused = subprocess.run([AIOVIRT, "events", "--uri", "qemu+tcp://127.0.0.1:1/system"],
+                             capture_output=True, text=True, timeout=60, env=env)
+    assert refused.returncode == 1 and refused.stderr.startswith("aiovirt: error: ")
+    assert "Traceback" not in refused.stderr and refused.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", ["compose", "address"])
+def test_ctrl_c_while_reading_stdin_is_no_traceback(command):
+    if os.uname().machine != "x86_64":
+        pytest.skip("reads /proc/PID/syscall with x86-64's syscall numbers")
+    process = subprocess.Popen([AIOVIRT, command, "-"], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})
+    try:
+        syscall = f"/proc/{process.pid}/syscall"
+        deadline = time.monotonic() + 30
+        # wait until it blocks in read(0, ...) (x86-64: syscall 0, first argument 0)
+        while open(syscall).read().split()[:2] != ["0", "0x0"]:
+            assert time.monotonic() < deadline, "it never read its stdin"
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130 and "Traceback" not in err, err

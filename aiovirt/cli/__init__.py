@@ -63,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except BrokenPipeError:
         return 1
+    except KeyboardInterrupt:   # (Ctrl-C at a prompt or while reading stdin: no traceback)
+        return 130
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 
 from ..client.backend import run as run_loop
-from ..errors import AiovirtError
+from ..errors import AiovirtError, ConnectionClosed
 from .common import MAX_JSON, add_library_options, library, params, read
 from .progress import ProgressLine, summary, teardown_summary
 
@@ -196,42 +196,71 @@ def _events(options: argparse.Namespace) -> int:
     seen = 0
 
     async def watch(uri: str, stop: anyio.Event) -> None:
+        async with connect(uri) as conn:
+            changes = conn.state_changes()
+            async with conn.domain_events() as events:
+                await show(uri, events, stop)
+            # the events end with the connection: lost (unless the watch is over)
+            reason = ""
+            with contextlib.suppress(anyio.WouldBlock):
+                while True:
+                    reason = changes.receive_nowait().reason or reason
+            changes.close()
+            if not stop.is_set():
+                raise ConnectionClosed(f"{uri}: the connection was lost" +
+                                       (f": {reason}" if reason else ""))
+
+    async def show(uri: str, events: Any, stop: anyio.Event) -> None:
         nonlocal seen
-        async with connect(uri) as conn, conn.domain_events() as events:
-            print(f"watching {uri}", file=sys.stderr, flush=True)
-            async for event in events:
-                if isinstance(event, Dropped):
-                    print(f"{time.strftime('%H:%M:%S')}  {event.count} events lost (this "
-                          f"command fell behind)  {uri}", file=sys.stderr, flush=True)
-                    continue
-                kind = event.event.name.lower() if isinstance(event.event,
-                                                              DomainEventType) \
-                    else str(event.event)
-                if options.json:
-                    print(json.dumps({"time": time.time(), "host": uri,
-                                      "name": event.domain.name, "uuid": event.domain.uuid,
-                                      "event": kind, "detail": event.detail}), flush=True)
-                else:
-                    print(f"{time.strftime('%H:%M:%S')}  {event.domain.name:<24} {kind:<12} "
-                          f"detail {event.detail}  {uri}", flush=True)
-                seen += 1
-                if options.count and seen >= options.count:
-                    stop.set()
+        print(f"watching {uri}", file=sys.stderr, flush=True)
+        async for event in events:
+            if isinstance(event, Dropped):
+                print(f"{time.strftime('%H:%M:%S')}  {event.count} events lost (this "
+                      f"command fell behind)  {uri}", file=sys.stderr, flush=True)
+                continue
+            kind = event.event.name.lower() if isinstance(event.event,
+                                                          DomainEventType) \
+                else str(event.event)
+            if options.json:
+                print(json.dumps({"time": time.time(), "host": uri,
+                                  "name": event.domain.name, "uuid": event.domain.uuid,
+                                  "event": kind, "detail": event.detail}), flush=True)
+            else:
+                print(f"{time.strftime('%H:%M:%S')}  {event.domain.name:<24} {kind:<12} "
+                      f"detail {event.detail}  {uri}", flush=True)
+            seen += 1
+            if options.count and seen >= options.count:
+                stop.set()
 
     async def main() -> None:
         stop = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            for uri in options.uri:
-                tg.start_soon(watch, uri, stop)
-            with anyio.move_on_after(options.timeout or None):
-                await stop.wait()
-            tg.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as tg:
+                for uri in options.uri:
+                    tg.start_soon(watch, uri, stop)
+                with anyio.move_on_after(options.timeout or None):
+                    await stop.wait()
+                stop.set()
+                tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:   # a host's error as it is, for main() to say
+            raise first_plain_error(group) from None
 
     try:
         run_loop(main())
     except KeyboardInterrupt:
         return 0
     return 0
+
+
+def first_plain_error(group: BaseExceptionGroup) -> BaseException:
+    """The error the CLI reports for a task group's: its first AiovirtError or broken pipe,
+    else the group itself."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            exc = first_plain_error(exc)
+        if isinstance(exc, AiovirtError | BrokenPipeError):
+            return exc
+    return group
 
 
 def register(commands: Any) -> None:
