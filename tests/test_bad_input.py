@@ -761,3 +761,21 @@ def test_a_connection_used_from_another_event_loop_says_so_and_sends_nothing(dae
         first.run_until_complete(conn.close())
     finally:
         first.close()
+
+
+@pytest.mark.parametrize("digits", [21, 400, 4000])
+def test_int_parameters_out_of_range_are_named(digits):
+    # 400 digits used in a condition leaked lxml's OverflowError (XPath numbers are doubles)
+    huge = "9" * digits
+    profile = ("<profile name='t'><param name='n' type='int' default='{}'/>"
+               "<when test='$n &gt; 1'><add><title>t</title></add></when></profile>")
+    with pytest.raises(ParameterError, match="parameter 'n': '9999.* is out of range"):
+        _library(profile.format(huge))
+    library = _library(profile.format("2"))
+    with pytest.raises(ParameterError, match="parameter 'n': '9999.* is out of range"):
+        compose(_PLAIN, ["t"], params={"n": huge}, library=library)
+    with pytest.raises(ParameterError, match="parameter 'n': '-9999.* is out of range"):
+        compose(_PLAIN, ["t"], params={"n": "-" + huge}, library=library)
+    top = str(2 ** 64 - 1)
+    assert compose(_PLAIN, ["t"], params={"n": top}, library=library,
+                   validate=False).applied[0].params == {"n": top}

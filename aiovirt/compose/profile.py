@@ -56,6 +56,9 @@ def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
 
 MAX_PARAM_VALUE = 64 * 1024   # characters of one parameter value
 MAX_PRIORITY = 10 ** 9
+# an int parameter's range: libvirt's own integers (long long to unsigned long long); beyond
+# it XPath, whose numbers are doubles, cannot take the value at all
+MIN_INT_PARAM, MAX_INT_PARAM = -(2 ** 63), 2 ** 64 - 1
 MAX_CHAIN = 64   # profiles extending (or requiring) one another, one after the other
 _DIGITS = re.compile(r"[0-9]+")   # ASCII digits only: str.isdigit() takes "²" and "٣"
 _INTEGER = re.compile(r"[+-]?[0-9]+")
@@ -130,10 +133,15 @@ class Param:
                                  "be in XML")
         if self.type == "int":
             try:
-                return str(int(value, 0))
+                number = int(value, 0)
             except ValueError:
                 raise ParameterError(f"profile {profile}: parameter {self.name!r} must be an "
                                      f"integer, not {value!r:.60}") from None
+            if not MIN_INT_PARAM <= number <= MAX_INT_PARAM:
+                raise ParameterError(f"profile {profile}: parameter {self.name!r}: "
+                                     f"{value!r:.60} is out of range (an int parameter is "
+                                     f"from {MIN_INT_PARAM} to {MAX_INT_PARAM})")
+            return str(number)
         if self.type == "bool":
             lowered = value.strip().lower()
             if lowered in ("yes", "true", "on", "1"):
