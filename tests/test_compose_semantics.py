@@ -350,3 +350,21 @@ def test_cli_input_wins_flag(tmp_path):
 
     assert model() == "virtio"
     assert model("--input-wins") == "vga"
+
+
+@pytest.mark.parametrize("action", ["add", "default"])
+@pytest.mark.parametrize("removes", ["<features><acpi/></features>", "<features/>"])
+@pytest.mark.parametrize("features", ["", "<features><acpi/></features>"])
+def test_a_hard_bare_element_holds_whether_or_not_the_input_had_it(action, removes, features):
+    # the input's own <acpi/> was claimed by no one (nothing but its presence to own), so a
+    # profile of higher priority removed it where on a bare input that was a conflict
+    hard = (f"<profile name='a' version='1' priority='10'><{action} constraint='hard'>"
+            f"<features><acpi/></features></{action}></profile>")
+    remover = (f"<profile name='b' version='1' priority='20'><remove>{removes}</remove>"
+               "</profile>")
+    with pytest.raises(ProfileConflict, match=r"b@1 \(remove\) .*a@1 .* hard"):
+        compose(guest(extra=features), ["a", "b"], library=library(hard, remover),
+                validate=False)
+    soft = library(hard.replace(" constraint='hard'", ""), remover)
+    result = compose(guest(extra=features), ["a", "b"], library=soft, validate=False)
+    assert tree(result.xml).find("features/acpi") is None

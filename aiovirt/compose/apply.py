@@ -461,16 +461,21 @@ class Applier:
                 count: int, again: bool, override: bool) -> None:
         if node.attrs or node.text is not None:
             self._merge_attrs(node, target, writer, override)
+        elif not node.children:
+            self._own(target, "", writer)   # a bare <acpi/>: its presence is the value
         for child in node.children:
             self._add(target, child, multiple, writer, count, again)
 
     def _claim(self, node: Node, target: etree._Element, writer: Writer) -> None:
         """``target`` already holds ``node``'s values: record ``writer`` as their owner too
-        (so that a hard add stays enforced when it found its values already present)."""
+        (so that a hard add stays enforced when it found its values already present); an
+        element the snippet gives neither attributes, text nor children is owned itself."""
         for _, key, _ in node.attrs:
             self._own(target, key, writer)
         if node.text is not None:
             self._own(target, TEXT, writer)
+        elif not node.attrs and not node.children:
+            self._own(target, "", writer)
         for child in node.children:
             match = next((c for c in self.same(target, child.tag) if self.has(c, child)), None)
             if match is not None:
@@ -541,9 +546,12 @@ class Applier:
                 existing = self._append(parent, node, writer, shell=True)
             targets = [existing]
         fill = bool(node.attrs) or node.text is not None
+        bare = not fill and not node.children
         for target in targets:
             if fill:
                 self._merge_attrs(node, target, writer, False)
+            elif bare:
+                self._own(target, "", writer)   # found present: a hard default holds it too
             for child in node.children:
                 self._default(target, child, writer)
 
