@@ -605,6 +605,29 @@ def test_explain_names_profile_action_old_and_new():
     assert [a["profile"] for a in data["applied"]] == ["low@1", "high@1"]
 
 
+def test_explain_says_what_an_addition_added():
+    # additions were shown by their start tag only: usb3's "added /domain/devices <devices>"
+    # never said which controller, windows-hyperv's <hyperv> not which enlightenments
+    result = compose("<domain><name>x</name></domain>", ["kvm-base", "usb3"], library=SHIPPED,
+                     validate=False)
+    text = result.explain()
+    assert ("usb3@1.0 add multiple=no: added /domain/devices <devices><controller type=\"usb\" "
+            "model=\"nec-xhci\"") in text
+    result = compose("<domain><name>x</name></domain>", ["kvm-base", "windows-hyperv"],
+                     library=SHIPPED, validate=False)
+    hyperv = next(c for c in result.changes if c.path == "/domain/features/hyperv")
+    assert hyperv.what == "added" and '<relaxed state="on"/>' in hyperv.new
+    lib = library("<profile name='ns' xmlns:v='urn:v'><add><devices><video><model "
+                  "type='qxl'/></video></devices></add></profile>",
+                  f"<profile name='long'><add><description>{'d' * 1000}</description></add>"
+                  "</profile>")
+    added = compose(domain(), ["ns"], library=lib, validate=False).changes[0]
+    assert added.new == '<video><model type="qxl"/></video>'   # no stray xmlns:v
+    added = compose(domain(), ["long"], library=lib, validate=False).changes[0]
+    assert len(added.new) < 300 and added.new.startswith("<description>ddd")
+    assert added.new.endswith("...")                          # bounded, as removals are
+
+
 # -- validation -----------------------------------------------------------------------------------
 
 def test_invalid_result_names_the_profile_and_the_violation():

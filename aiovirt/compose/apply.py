@@ -125,9 +125,17 @@ def _short(element: etree._Element) -> str:
     return f"<{name}{attrs}>" if text is None else f"<{name}{attrs}>{text}</{name}>"
 
 
+SHOWN = 240   # characters of an added or removed element the report shows
+
+
 def _whole(element: etree._Element) -> str:
-    """An element with its content, on one line, for a removal in the report."""
-    return etree.tostring(element, encoding="unicode", with_tail=False)
+    """An element with its content, on one line, for an addition or removal in the report
+    (cut at ``SHOWN`` characters, ending in "...")."""
+    if element.nsmap:   # declarations in scope that it does not use: not shown
+        element = element.__copy__()
+        etree.cleanup_namespaces(element)
+    text = etree.tostring(element, encoding="unicode", with_tail=False)
+    return text if len(text) <= SHOWN else text[:SHOWN - 3] + "..."
 
 
 def _text(element: etree._Element) -> str | None:
@@ -414,7 +422,9 @@ class Applier:
         if shell or not node.children:
             self._index[element] = {}
         self.created[element] = writer
-        self._add_note((element, "", "added", None, node.element, writer, "", None, None))
+        # the report shows what was added: the snippet's element whole, a shell's start tag
+        self._add_note((element, "", "added", None, node if shell else node.element, writer,
+                        "", None, None))
         return element
 
     # -- add -------------------------------------------------------------------------------------
@@ -557,8 +567,9 @@ class Applier:
 
     # -- the report ------------------------------------------------------------------------------
     # Notes are cheap to take (no strings are made); the report is built when asked for.
-    # An element as ``old``/``new`` stands for its start tag, taken now; paths are taken now
-    # only for what leaves the tree.
+    # An element as ``old`` stands for its start tag, taken now; an added element is shown
+    # whole (the snippet's copy, which nothing changes); paths are taken now only for what
+    # leaves the tree.
     def _note(self, element: etree._Element, key: str, what: str,
               old: str | etree._Element | None, new: str | etree._Element | None,
               writer: Writer, note: str = "", replaced: str | None = None) -> None:
@@ -580,7 +591,9 @@ class Applier:
             if path is None:
                 path = self.path(element, key)
             if isinstance(new, etree._Element):
-                new = _short(new)
+                new = _whole(new)
+            elif isinstance(new, Node):
+                new = _short(new.element)
             report.append(Change(path, what, old, new, writer.who, writer.action, note,
                                  replaced))
         return report
