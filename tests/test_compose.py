@@ -550,6 +550,22 @@ def test_reapplying_to_the_output_changes_nothing(xml, size):
         assert second.upgrades == []
 
 
+SHIPPED_PARAMS = {"nfv-realtime": {"vcpu_cpus": "2-5", "emulator_cpus": "0"}}
+
+
+@pytest.mark.parametrize("xml", MINIMAL)
+@pytest.mark.parametrize("name", sorted(p.name for p in SHIPPED if p.name != "nfv-realtime"))
+def test_every_shipped_profile_composed_again_changes_nothing(xml, name):
+    # headless-serial removed its own <video><model type='none'/> and added it again at the
+    # end of <devices> on every composition of its output
+    params = SHIPPED_PARAMS.get(name, {})
+    first = compose(xml, ["kvm-base", name], params=params, library=SHIPPED, validate=False)
+    second = compose(first.xml, ["kvm-base", name], params=params, library=SHIPPED,
+                     validate=False)
+    assert second.xml == first.xml
+    assert [str(c) for c in second.report] == [] and second.upgrades == []
+
+
 def test_applied_set_is_recorded_with_versions_digests_and_parameters():
     result = compose(MINIMAL[0], ["kvm-base", "q35-hotplug"], params={"count": "2"},
                      library=SHIPPED)
