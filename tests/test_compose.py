@@ -554,16 +554,28 @@ SHIPPED_PARAMS = {"nfv-realtime": {"vcpu_cpus": "2-5", "emulator_cpus": "0"}}
 
 
 @pytest.mark.parametrize("xml", MINIMAL)
-@pytest.mark.parametrize("name", sorted(p.name for p in SHIPPED if p.name != "nfv-realtime"))
+@pytest.mark.parametrize("name", [*sorted(p.name for p in SHIPPED), "nfv-realtime realtime"])
 def test_every_shipped_profile_composed_again_changes_nothing(xml, name):
     # headless-serial removed its own <video><model type='none'/> and added it again at the
-    # end of <devices> on every composition of its output
-    params = SHIPPED_PARAMS.get(name, {})
+    # end of <devices> on every composition of its output; nfv-realtime's realtime_vcpus
+    # (select=) read the input, so its record (and with realtime=yes its XML) changed
+    name, _, realtime = name.partition(" ")
+    params = {**SHIPPED_PARAMS.get(name, {}), **({"realtime": "yes"} if realtime else {})}
     first = compose(xml, ["kvm-base", name], params=params, library=SHIPPED, validate=False)
     second = compose(first.xml, ["kvm-base", name], params=params, library=SHIPPED,
                      validate=False)
     assert second.xml == first.xml
     assert [str(c) for c in second.report] == [] and second.upgrades == []
+
+
+@pytest.mark.parametrize("vcpus, expect", [("1", "0"), ("4", "0-3")])
+def test_nfv_realtime_schedules_the_vcpus_the_domain_has_at_its_turn(vcpus, expect):
+    # select= was evaluated on the input before kvm-base gave the domain its vCPUs: vCPU 0
+    result = compose(MINIMAL[0], ["kvm-base", "nfv-realtime"], library=SHIPPED, validate=False,
+                     params={**SHIPPED_PARAMS["nfv-realtime"], "realtime": "yes",
+                             "vcpus": vcpus})
+    assert [s.get("vcpus") for s in tree(result.xml).findall("cputune/vcpusched")] == [expect]
+    assert result.applied[-1].params["realtime_vcpus"] == expect
 
 
 def test_applied_set_is_recorded_with_versions_digests_and_parameters():

@@ -164,3 +164,29 @@ async def test_design_semantics_define(daemon, host_caps):
             assert defined.find("features/acpi") is not None
         finally:
             await dom.undefine(4)
+
+
+@pytest.mark.parametrize("vcpu", ["", "<vcpu>4</vcpu>"])
+async def test_nfv_realtime_composed_again_defines_the_same(daemon, host_caps, vcpu):
+    """realtime_vcpus (select=) counts the vCPUs the domain has at nfv-realtime's turn:
+    kvm-base's 4 on a bare input gave vCPU 0 only, and composing that output again added a
+    second <vcpusched> for 0-3, which libvirt refuses ("must not overlap")."""
+    params = {"vcpu_cpus": "0", "emulator_cpus": "0", "hugepages": "no", "realtime": "yes",
+              "vcpus": "4", "kvm-base.memory": "64"}
+    name = f"nfv-rt-{uuid.uuid4().hex[:6]}"
+    first = compose(f"<domain><name>{name}</name>{vcpu}</domain>", ["kvm-base", "nfv-realtime"],
+                    params=params, caps=host_caps[0], domcaps=host_caps[1], library=SHIPPED)
+    second = compose(first.xml, ["kvm-base", "nfv-realtime"], params=params,
+                     caps=host_caps[0], domcaps=host_caps[1], library=SHIPPED)
+    assert second.xml == first.xml and second.changes == [] and second.upgrades == []
+    assert [s.get("vcpus") for s in etree.fromstring(second.xml.encode()).findall(
+        "cputune/vcpusched")] == ["0-3"]
+    async with aiovirt.connect(daemon.uri("qemu", "/system")) as conn:
+        dom = await conn.define_xml(second.xml)
+        try:
+            defined = etree.fromstring((await dom.xml(2)).encode())
+            # (libvirt writes one <vcpusched> per vCPU back)
+            assert [s.get("vcpus") for s in defined.findall("cputune/vcpusched")] == \
+                ["0", "1", "2", "3"]
+        finally:
+            await dom.undefine(4)

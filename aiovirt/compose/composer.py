@@ -8,7 +8,9 @@ to the input document itself: priorities and hard constraints arbitrate between 
 input's values are what they work on.  ``input_wins=True`` restores aiovirt 0.1's rules, where
 the input is a writer of priority ``input_priority`` (99) that lower profiles leave alone.
 Conditions (``<when>``) are evaluated when their turn comes, over the domain as composed so far
-(in input-wins mode, as in 0.1, all of a profile's conditions before any of its actions).
+(in input-wins mode, as in 0.1, all of a profile's conditions before any of its actions);
+a parameter's ``select=`` too, in both modes, so it sees what earlier profiles wrote (the
+``<vcpu>`` kvm-base gives) and reads the same on the composed output.
 
 Each profile is compiled once into a plan (``plan.py``); ``Composer`` keeps the settings of
 many compositions (library, capabilities, mode) and ``compose_all`` runs a batch.
@@ -260,6 +262,9 @@ class _Composer:
         self.upgrade = upgrade
         self.ours = _our_metadata(root, first)
         self.recorded = _recorded(root) if self.ours is not None else {}
+        # profiles with a select= parameter: (values given, the domain's values), to work
+        # their parameters out again when their turn comes
+        self.late: dict[str, tuple[Mapping[str, str], dict[str, str]]] = {}
 
     # selection ----------------------------------------------------------------------------
     def _lookup(self, ref: ProfileRef) -> Profile:
@@ -678,7 +683,14 @@ class Composer:
         prepared = self._prepare(composer, self._refs(profiles), params, result.skipped)
         applier.shared = _shared(prepared)
         specialized = _table(self.library, "steps")
+        ran: list[_Prepared] = []
         for profile, priority, reason, values, items, steps in prepared:
+            late = composer.late.get(profile.name)
+            if late is not None:   # select= reads the domain as composed up to here
+                values = composer.params(profile, *late)
+                items = tuple(sorted(values.items()))
+                steps = _profile_steps(profile, priority, items)
+            ran.append((profile, priority, reason, values, items, steps))
             result.applied.append(AppliedProfile(profile, priority, dict(values), reason))
             again = profile.name in composer.recorded
             key = (steps, self.caps, self.domcaps)
@@ -699,7 +711,7 @@ class Composer:
         result.upgrades = _upgrades(composer.recorded, result.applied)
         if self.record and result.applied:
             _record(root, tuple((p.name, p.version, p.digest, items)
-                                for p, _, _, _, items, _ in prepared), applier.first)
+                                for p, _, _, _, items, _ in ran), applier.first)
         if self.address is not False:
             result.addressed = address_tree(root, self.address
                                             if isinstance(self.address, Tunables) else None)
@@ -758,6 +770,8 @@ class Composer:
                     continue
             if from_domain or profile_plan(profile).selects:
                 cacheable = False
+            if profile_plan(profile).selects:
+                composer.late[profile.name] = (given, from_domain)
             values, items = self._params(composer, profile, given, given_key, from_domain)
             prepared.append((profile, priority, reason, values, items,
                              _profile_steps(profile, priority, items)))
