@@ -17,6 +17,7 @@ from aiovirt.compose import (
     Library,
     ParameterError,
     ProfileConflict,
+    ProfileRef,
     ProfileSyntaxError,
     UnknownProfile,
     XMLInputError,
@@ -720,3 +721,32 @@ def test_unknown_profile_in_a_request():
         compose(domain(), ["nosuch"], library=SHIPPED)
     with pytest.raises(ValueError, match="not a profile reference"):
         compose(domain(), ["bad name"], library=SHIPPED)
+
+
+USES_HOTPLUG = ("<domain><name>x</name><metadata><aiovirt:profiles xmlns:aiovirt='" + NS +
+                "'><aiovirt:use profile='q35-hotplug' priority='50'><aiovirt:param "
+                "name='count' value='8'/></aiovirt:use></aiovirt:profiles></metadata></domain>")
+
+
+def test_the_domains_own_use_counts_when_the_caller_names_the_profile_too():
+    # the caller's -p q35-hotplug won silently: 4 ports at priority 10, the domain's 8 and
+    # priority 50 dropped
+    def ports(result):
+        return len(tree(result.xml).findall("devices/controller[@model='pcie-root-port']"))
+
+    result = compose(USES_HOTPLUG, ["q35-hotplug"], library=SHIPPED, validate=False)
+    (applied,) = result.applied
+    assert (ports(result), applied.priority, applied.params) == (8, 50, {"count": "8"})
+    assert applied.reason == "requested, domain metadata"
+    # what the caller says explicitly wins, and the report says what it replaced
+    result = compose(USES_HOTPLUG, [ProfileRef("q35-hotplug", priority=70)],
+                     params={"count": "2"}, library=SHIPPED, validate=False)
+    (applied,) = result.applied
+    assert (ports(result), applied.priority, applied.params) == (2, 70, {"count": "2"})
+    assert "priority 70 as requested, not the domain's 50" in applied.reason
+    assert "count=2 as given, not the domain's 8" in applied.reason
+    assert "count=2 as given, not the domain's 8" in result.explain()
+    twice = USES_HOTPLUG.replace("</aiovirt:profiles>", "<aiovirt:use profile='q35-hotplug'/>"
+                                 "</aiovirt:profiles>")
+    with pytest.raises(ComposeError, match="names q35-hotplug twice"):
+        compose(twice, [], library=SHIPPED, validate=False)

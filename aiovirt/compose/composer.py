@@ -265,6 +265,8 @@ class _Composer:
         # profiles with a select= parameter: (values given, the domain's values), to work
         # their parameters out again when their turn comes
         self.late: dict[str, tuple[Mapping[str, str], dict[str, str]]] = {}
+        # per profile: parameters given over the values the domain's <aiovirt:use> has
+        self.overridden: dict[str, list[str]] = {}
 
     # selection ----------------------------------------------------------------------------
     def _lookup(self, ref: ProfileRef) -> Profile:
@@ -282,6 +284,7 @@ class _Composer:
     def select(self, requested: Sequence[ProfileRef]
                ) -> list[tuple[Profile, int, str, dict[str, str]]]:
         chosen: dict[str, tuple[Profile, int, str, dict[str, str]]] = {}
+        explicit: dict[str, int] = {}   # priorities the caller or the domain gave
 
         def take(ref: ProfileRef, reason: str, params: dict[str, str], depth: int = 0) -> None:
             if depth > MAX_CHAIN:   # (Python's own recursion limit would say it otherwise)
@@ -293,11 +296,33 @@ class _Composer:
                 if have.version != profile.version:
                     raise ProfileConflict(f"{have.id} ({chosen[profile.name][2]}) and "
                                           f"{profile.id} ({reason}) are both selected")
+                if reason == "domain metadata":
+                    merge(profile, ref, params)
                 return
             priority = ref.priority if ref.priority is not None else profile.priority
+            if ref.priority is not None:
+                explicit[profile.name] = ref.priority
             chosen[profile.name] = (profile, priority, reason, params)
             for required in profile.requires:
                 take(required, f"required by {profile.id}", {}, depth + 1)
+
+        def merge(profile: Profile, ref: ProfileRef, params: dict[str, str]) -> None:
+            """The domain's ``<aiovirt:use>`` of a profile already chosen (named by the
+            caller, or required): its parameters and priority count too, the caller's own
+            priority over the domain's (the reason says so); listed twice, it must agree."""
+            _, priority, reason, had = chosen[profile.name]
+            if "domain metadata" in reason and (had != params or
+                                                ref.priority != explicit.get(profile.name)):
+                raise ComposeError(f"domain metadata: <aiovirt:use> names {profile.name} "
+                                   "twice, with different parameters or priorities")
+            reason += ", domain metadata"
+            if ref.priority is not None:
+                if profile.name not in explicit:
+                    priority = explicit[profile.name] = ref.priority
+                elif explicit[profile.name] != ref.priority:
+                    reason += (f" (priority {priority} as requested, not the domain's "
+                               f"{ref.priority})")
+            chosen[profile.name] = (profile, priority, reason, {**had, **params})
 
         for ref in requested:
             take(ref, "requested", {})
@@ -343,10 +368,12 @@ class _Composer:
         values: dict[str, str] = {}
         for param in profile.params:
             scoped = f"{profile.name}.{param.name}"
-            if scoped in given:
-                value: str | None = given[scoped]
-            elif param.name in given:
-                value = given[param.name]
+            if scoped in given or param.name in given:
+                value: str | None = given[scoped] if scoped in given else given[param.name]
+                if param.name in from_domain and from_domain[param.name] != value:
+                    self.overridden.setdefault(profile.name, []).append(
+                        f"{param.name}={value} as given, not the domain's "
+                        f"{from_domain[param.name]}")
             elif param.name in from_domain:
                 value = from_domain[param.name]
             else:
@@ -773,6 +800,9 @@ class Composer:
             if profile_plan(profile).selects:
                 composer.late[profile.name] = (given, from_domain)
             values, items = self._params(composer, profile, given, given_key, from_domain)
+            overridden = composer.overridden.pop(profile.name, None)
+            if overridden:   # said, not lost: the domain's values the caller's replaced
+                reason += f" ({'; '.join(overridden)})"
             prepared.append((profile, priority, reason, values, items,
                              _profile_steps(profile, priority, items)))
         if cacheable:
