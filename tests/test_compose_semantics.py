@@ -368,3 +368,36 @@ def test_a_hard_bare_element_holds_whether_or_not_the_input_had_it(action, remov
     soft = library(hard.replace(" constraint='hard'", ""), remover)
     result = compose(guest(extra=features), ["a", "b"], library=soft, validate=False)
     assert tree(result.xml).find("features/acpi") is None
+
+
+def _at_ten(name: str, body: str) -> str:
+    return f"<profile name='{name}' version='1' priority='10'>{body}</profile>"
+
+
+TIE_INPUTS = {"bare": guest(), "has it": guest("<graphics type='spice'/>", "<vcpu>1</vcpu>")}
+ADD_VCPU, DEFAULT_VCPU = "<add><vcpu>4</vcpu></add>", "<default><vcpu>2</vcpu></default>"
+
+
+@pytest.mark.parametrize("given", sorted(TIE_INPUTS))
+@pytest.mark.parametrize("names", [("a", "b"), ("b", "a")])
+def test_equal_priority_outcome_depends_neither_on_names_nor_on_the_input(given, names):
+    # whether a tie was an error depended on which profile's name sorted first and on
+    # whether the input already had the value (or the element a remove removed)
+    xml = TIE_INPUTS[given]
+    first, second = names
+
+    def run(one: str, other: str):
+        lib = library(_at_ten(first, one), _at_ten(second, other))
+        return compose(xml, [first, second], library=lib, validate=False, record=False)
+
+    # a default yields to an add of equal priority: no disagreement, the add's value stands
+    result = run(DEFAULT_VCPU, ADD_VCPU)
+    assert tree(result.xml).findtext("vcpu") == "4"
+    # two defaults that want different values disagree, even where the input decides
+    with pytest.raises(ProfileConflict, match="clash at equal priority 10"):
+        run(DEFAULT_VCPU, DEFAULT_VCPU.replace("2", "3"))
+    run(DEFAULT_VCPU, DEFAULT_VCPU)   # wanting the same is agreeing
+    # a remove and an add of what it removes disagree, whether or not there was one
+    with pytest.raises(ProfileConflict, match="clash at equal priority 10"):
+        run("<remove><devices><graphics/></devices></remove>",
+            "<add><devices><graphics type='vnc'/></devices></add>")

@@ -25,7 +25,9 @@ Every attribute, text and element written belongs to a *writer* (a profile actio
 input document).  Between profiles, priorities arbitrate: a writer of higher priority may
 override (a ``default`` too, over another profile's value), a hard value may not be
 overridden, removed or re-added against a hard ``remove`` by another profile, and two writers
-of equal priority that disagree clash (``ProfileConflict``).  The input is no party to this:
+of equal priority that disagree clash (``ProfileConflict``): different values (two defaults
+too, where the input's value stands), or a remove and what brings a match back, whatever the
+order and the input; a soft default yields to an add of equal priority instead.  The input is no party to this:
 its values are simply what the actions work on.  In *input-wins* mode (aiovirt 0.1's rules)
 the input is a writer of priority ``input_priority`` instead: profiles below it keep their
 hands off its values ("kept" in the report), and a hard value it contradicts is an error.
@@ -161,6 +163,11 @@ class Applier:
         self.created: dict[etree._Element, Writer] = {}
         self.removed: list[tuple[etree._Element, Node, Writer]] = []
         self.forbidden: list[tuple[tuple[Node, ...], Writer]] = []  # hard removes
+        # soft removes at shared priorities, with what they left (kept by a higher owner):
+        # an equal-priority profile that then brings a match back clashes with them
+        self.ties: list[tuple[tuple[Node, ...], Writer, list[etree._Element]]] = []
+        # the values defaults at shared priorities want, met or not: (writer, value)
+        self.wishes: dict[tuple[etree._Element, str], list[tuple[Writer, str]]] = {}
         # priorities that more than one profile has: where a soft claim can still clash
         # (profiles apply in rising priority); None: assume every one
         self.shared: Container[int] = _EVERY
@@ -249,6 +256,17 @@ class Applier:
                         return found
         return None
 
+    def find_all(self, parent: etree._Element, node: Node) -> list[etree._Element]:
+        """Every element ``remove`` of ``node`` would delete under ``parent``."""
+        if node.repeats or not node.children:
+            return [e for e in self.same(parent, node.tag) if self.has(e, node)]
+        found: list[etree._Element] = []
+        for element in self.same(parent, node.tag):
+            if _contains_attrs(element, node):
+                for child in node.children:
+                    found += self.find_all(element, child)
+        return found
+
     # -- entry point -----------------------------------------------------------------------
     def apply(self, plan: ActionPlan, writer: Writer, again: bool = False) -> None:
         """Apply one action's plan.
@@ -278,8 +296,13 @@ class Applier:
                 self._default(root, part, writer)
         if self.forbidden:
             self._check_forbidden(writer)
+        if self.ties:
+            self._check_ties(writer)
         if kind == "remove" and writer.hard and plan.parts:
             self.forbidden.append((plan.parts, writer))
+        elif kind == "remove" and plan.parts and writer.priority in self.shared:
+            left = [e for part in plan.parts for e in self.find_all(root, part)]
+            self.ties.append((plan.parts, writer, left))
 
     # -- ownership -----------------------------------------------------------------------------
     def _owners(self, element: etree._Element, key: str) -> list[Writer]:
@@ -315,6 +338,13 @@ class Applier:
             raise ProfileConflict(f"{writer.label} wants {wants}, but {owner.label} {has} as "
                                   "a hard constraint")
         if owner.priority == writer.priority:
+            # a soft default yields to an add: it only fills what nothing else says, so the
+            # two do not disagree (whichever applied first, the add's value stands)
+            if owner.action == "default" and writer.action.startswith("add"):
+                return True
+            if writer.action == "default" and not writer.hard and \
+                    owner.action.startswith("add"):
+                return False
             wants, has = describe()
             raise ProfileConflict(
                 f"{owner.label} and {writer.label} clash at equal priority {writer.priority}: "
@@ -332,7 +362,9 @@ class Applier:
         for owner in owners:
             if not self._contest(owner, writer, describe):
                 self._note(element, key, "kept", old, new, writer,
-                           f"{owner.who} has priority {owner.priority}")
+                           f"{owner.who} has priority {owner.priority}"
+                           if owner.priority != writer.priority else
+                           f"a default yields to {owner.who}'s add of equal priority")
                 return False
         return True
 
@@ -353,6 +385,8 @@ class Applier:
         ``element`` to ``value``; without ``override`` (a default) only where it is missing,
         or (outside input-wins mode) where a profile of lower priority wrote it."""
         old = element.get(name) if name is not None else _text(element)
+        if not override and writer.priority in self.shared:
+            self._wish(element, key, value, writer)
         if old == value:
             self._own(element, key, writer)
             return
@@ -370,6 +404,20 @@ class Applier:
             element.set(name, value)
         self.owners[(element, key)] = [writer]
         self._add_note((element, key, "set", old, value, writer, "", None, replaced))
+
+    def _wish(self, element: etree._Element, key: str, value: str, writer: Writer) -> None:
+        """Two defaults of equal priority that want different values clash whether or not
+        the input already has a value (then neither writes, but they still disagree)."""
+        wishes = self.wishes.setdefault((element, key), [])
+        for other, wanted in wishes:
+            if other.priority == writer.priority and other.who != writer.who and \
+                    wanted != value:
+                where = self.path(element, key)
+                raise ProfileConflict(
+                    f"{other.label} and {writer.label} clash at equal priority "
+                    f"{writer.priority}: one wants {where} = {wanted!r}, the other "
+                    f"{value!r}; give one of them a higher priority")
+        wishes.append((writer, value))
 
     def _merge_attrs(self, node: Node, target: etree._Element, writer: Writer,
                      override: bool) -> None:
@@ -539,6 +587,21 @@ class Applier:
                     raise ProfileConflict(
                         f"{writer.label} puts back {self.path(found)} ({_short(found)}), but "
                         f"{remover.label} removes it as a hard constraint")
+
+    def _check_ties(self, writer: Writer) -> None:
+        """A soft ``remove`` and a profile of equal priority that brings a match back
+        disagree, whether or not the remove found anything to delete."""
+        for parts, remover, left in self.ties:
+            if remover.who == writer.who or remover.priority != writer.priority:
+                continue
+            for part in parts:
+                for found in self.find_all(self.root, part):
+                    if found not in left:
+                        raise ProfileConflict(
+                            f"{remover.label} and {writer.label} clash at equal priority "
+                            f"{writer.priority}: one removes {self.path(found)} "
+                            f"({_short(found)}), the other puts it there; give one of them "
+                            "a higher priority")
 
     # -- default ---------------------------------------------------------------------------------
     def _default(self, parent: etree._Element, node: Node, writer: Writer) -> None:
