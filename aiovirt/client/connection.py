@@ -697,6 +697,16 @@ two.
             registration = self._registrations[key] = Registration(key)
         return registration
 
+    def _forget_registration(self, registration: Registration) -> None:
+        """Drop ``registration`` from the table if nothing holds it any more (no subscriber,
+        no callback on the daemon, nobody waiting for it): one per kind ever used (a
+        domain's own events, say) would pile up for the connection's life."""
+        if (not registration.subscribers and registration.callback_id is None
+                and registration.settling is None
+                and not registration.lock.statistics().tasks_waiting
+                and self._registrations.get(registration.key) is registration):
+            del self._registrations[registration.key]
+
     def _add_subscription(self, family: str, callback_id: int,
                           subscription: Registration) -> None:
         self._subscriptions[(family, callback_id)] = subscription

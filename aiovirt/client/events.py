@@ -90,6 +90,8 @@ class SubscriptionHost(Protocol):
 
     def _registration(self, key: tuple[Any, ...]) -> Registration: ...
 
+    def _forget_registration(self, registration: Registration) -> None: ...
+
     def _add_subscription(self, family: str, callback_id: int,
                           subscription: Registration) -> None: ...
 
@@ -233,6 +235,7 @@ class EventSubscription(Generic[T]):
         if self._registration is not None:
             return
         starting = self._starting = anyio.Event()
+        registration = None
         try:
             self._ended = False   # subscribed again after stop(): events flow again
             registration = self._conn._registration(self._key)
@@ -254,6 +257,8 @@ class EventSubscription(Generic[T]):
         finally:
             self._starting = None
             starting.set()
+            if self._registration is None and registration is not None:   # it failed
+                self._conn._forget_registration(registration)
 
     async def _registered(self, registration: Registration) -> int:
         """Register with the daemon in a task of the connection's, and wait for the callback
@@ -328,8 +333,11 @@ class EventSubscription(Generic[T]):
                     return   # someone subscribed again meanwhile
                 registration.callback_id = None
                 self._conn._remove_subscription(self._family, callback_id)
-                if self._conn.is_alive:
-                    await self._deregister(callback_id)
+                try:
+                    if self._conn.is_alive:
+                        await self._deregister(callback_id)
+                finally:
+                    self._conn._forget_registration(registration)
         if bound.cancelled_caught:
             log.warning("%s events: the daemon did not confirm dropping the subscription "
                         "within %g s; going on without it", self._family, STOP_TIMEOUT)
