@@ -127,6 +127,45 @@ def test_drive_addresses_from_target_names_and_implicit_controllers():
     assert at(controllers(devices, "ide")[0]) == pci(0, 1, 1)
 
 
+def libvirt_disk_insert(disks: list[Device]) -> list[Device]:
+    """libvirt's virDomainDiskInsert loop, as it is (quadratic): the order to agree with."""
+    from aiovirt.address.libvirt import disk_index
+    ordered: list[Device] = []
+    for new in disks:
+        at = -1
+        for position in range(len(ordered) - 1, -1, -1):
+            current = ordered[position]
+            if current.bus != new.bus:
+                continue
+            if current.target and new.target and \
+                    disk_index(current.target) > disk_index(new.target):
+                at = position
+            elif at == -1:
+                at = position + 1
+        ordered.insert(len(ordered) if at == -1 else at, new)
+    return ordered
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([None, "virtio", "sata", "scsi"]),
+                          st.sampled_from([None, "", "vda", "sda", "sda1", "vdb", "hdc", "zz",
+                                           "sdz", "sdaa", "vdc", "fda", "sdb", "hda"])),
+                max_size=14),
+       st.lists(st.integers(0, 14), max_size=4))
+def test_disks_are_ordered_exactly_as_libvirt_inserts_them(disks, nic_positions):
+    from aiovirt.address.libvirt import LibvirtPlacement
+    devices = [Device("disk", bus=bus, target=target, name=f"d{i}")
+               for i, (bus, target) in enumerate(disks)]
+    for i, position in enumerate(nic_positions):
+        devices.insert(position, nic(name=f"n{i}"))
+    placement = LibvirtPlacement(Q35, list(devices), Tunables())
+    placement.sort_disks()
+    assert [d.name for d in placement.devices if d.kind == "disk"] == \
+        [d.name for d in libvirt_disk_insert([d for d in devices if d.kind == "disk"])]
+    assert [(i, d.name) for i, d in enumerate(placement.devices) if d.kind != "disk"] == \
+        [(i, d.name) for i, d in enumerate(devices) if d.kind != "disk"]
+
+
 def test_usb_ports_then_hubs_when_they_run_out():
     redirs = [Device("redirdev", bus="usb", name=f"r{i}") for i in range(5)]
     devices = place(PC, redirs)        # piix3-uhci has 2 ports: one hub is added
