@@ -631,6 +631,18 @@ def test_addressing_many_disks_takes_near_linear_time():
     assert time.monotonic() - start < 2
 
 
+def test_addressing_many_scsi_host_devices_takes_near_linear_time():
+    # 1,000 took 36 s: every one rescanned every device for every controller before its own
+    hostdevs = "<hostdev mode='subsystem' type='scsi'><source/></hostdev>"
+    start = time.monotonic()
+    result = address_domain(Q35.format(hostdevs * 1000))
+    assert max(d.address.controller for d in result.devices if d.kind == "hostdev") == 142
+    assert time.monotonic() - start < 2
+    with pytest.raises(AddressError, match="hostdev#7169: needs scsi controller 1024: over "
+                                           "the limit of 1023"):
+        address_domain(Q35.format(hostdevs * 7169))
+
+
 @pytest.mark.parametrize("kwargs, words", [
     ({"namespace": "https://aiovirt.org/xmlns/profiles/1"}, "is aiovirt's own"),
     ({"namespace": "https://aiovirt.org/xmlns/devices/1"}, "is aiovirt's own"),

@@ -424,8 +424,9 @@ class LibvirtPlacement:
     # -- 3. per-device defaults ---------------------------------------------------------------
     def device_defaults(self) -> None:
         m = self.machine
+        scsi_hosts = {h.address for h in self.of("hostdev") if h.type == "scsi"}
         for disk in self.of("disk"):
-            self.disk_defaults(disk)
+            self.disk_defaults(disk, scsi_hosts)
         for net in self.of("interface"):
             if net.type not in ("hostdev",) and net.model is None:
                 net.model = "virtio" if net.type == "vdpa" or m.is_arm_virt or \
@@ -434,12 +435,19 @@ class LibvirtPlacement:
         for serial in self.of("serial"):
             if serial.target in (None, "isa-serial"):
                 serial.target = self._serial_target()
+        used = {d.address for d in self.devices if isinstance(d.address, DriveAddress) and
+                ((d.kind == "disk" and d.bus == "scsi") or
+                 (d.kind == "hostdev" and d.type == "scsi"))}
+        controller = 0   # the first with a free unit: full ones stay full, so it only grows
         for host in self.of("hostdev"):
             if host.type == "scsi" and _unaddressed(host):
-                controller = 0
-                while (unit := self.next_scsi_unit(controller)) is None:
+                while (unit := self.next_scsi_unit(controller, used)) is None:
                     controller += 1
+                if controller > MAX_CONTROLLER_INDEX:
+                    raise AddressError(f"{host.label()}: needs scsi controller {controller}: "
+                                       f"over the limit of {MAX_CONTROLLER_INDEX}")
                 host.address = DriveAddress(controller, 0, 0, unit)
+                used.add(host.address)
         for video in self.of("video"):
             if video.model is None:
                 video.model = self._video_model()
@@ -487,7 +495,9 @@ class LibvirtPlacement:
             return "sclp-serial"
         return None
 
-    def disk_defaults(self, disk: Device) -> None:
+    def disk_defaults(self, disk: Device, scsi_hosts: set[Any]) -> None:
+        """A disk's bus from its target name and its drive address (``scsi_hosts``: the
+        SCSI host devices' addresses, which a SCSI disk's must not be)."""
         if disk.bus is None:
             target = disk.target or ""
             if disk.options.get("device") == "floppy":
@@ -514,8 +524,7 @@ class LibvirtPlacement:
                                "address given")
         if disk.bus == "scsi":
             address = DriveAddress(index // 7, 0, 0, index % 7)
-            if any(h.kind == "hostdev" and h.type == "scsi" and h.address == address
-                   for h in self.devices):
+            if address in scsi_hosts:
                 raise AddressError(f"{disk.label()}: target {disk.target!r} conflicts with "
                                    f"a SCSI host device at {address}")
         elif disk.bus == "ide":
@@ -531,10 +540,9 @@ class LibvirtPlacement:
                                f"{MAX_CONTROLLER_INDEX}")
         disk.address = address
 
-    def next_scsi_unit(self, controller: int) -> int | None:
-        used = {d.address for d in self.devices if isinstance(d.address, DriveAddress) and
-                ((d.kind == "disk" and d.bus == "scsi") or
-                 (d.kind == "hostdev" and d.type == "scsi"))}
+    @staticmethod
+    def next_scsi_unit(controller: int, used: set[DriveAddress]) -> int | None:
+        """The first of a SCSI controller's units 0-6 no address in ``used`` takes."""
         for unit in range(7):
             if DriveAddress(controller, 0, 0, unit) not in used:
                 return unit
