@@ -22,6 +22,7 @@ from ..xml.safe import parse, strip_indentation, to_string
 from .domainxml import machine_of, read_devices, write_devices
 from .libvirt import LibvirtPlacement
 from .model import (
+    MAX_DEVICES,
     Address,
     AddressError,
     CcidAddress,
@@ -59,6 +60,9 @@ def place(machine: Machine, devices: list[Device], tunables: Tunables | None = N
     if policy not in POLICIES:
         raise AddressError(f"unknown addressing policy {policy!r} (known: "
                            f"{', '.join(POLICIES)})")
+    if len(devices) > MAX_DEVICES:
+        raise AddressError(f"{len(devices)} devices: more than the {MAX_DEVICES} one guest "
+                           "can be given addresses for")
     return LibvirtPlacement(machine, [d.copy() for d in devices], tunables or Tunables()).run()
 
 

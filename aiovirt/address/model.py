@@ -19,6 +19,8 @@ __all__ = ["Address", "AddressError", "CcidAddress", "CcwAddress", "Device", "Dr
 
 MAX_CONTROLLER_INDEX = 1023   # controllers of one type: far above what PCI slots can hold
 MAX_PORTS = 1023              # a controller's ports= (USB: 15 at most in libvirt)
+MAX_DEVICES = 8192            # devices of one guest: more than its PCI and drive addresses
+                              # can hold, and a bound on what placing them costs
 
 
 class AddressError(AiovirtError, ValueError):
