@@ -623,6 +623,55 @@ def test_removing_many_elements_takes_linear_time():
     assert time.monotonic() - start < 20
 
 
+@pytest.mark.parametrize("device, words", [
+    # each used to leak a stdlib error naming no device, or be taken (numa_node -1 or "1"
+    # made a pcie-expander-bus with that node)
+    ({"kind": "disk", "bus": "virtio", "target": 5}, "device disk target: expected a string"),
+    ({"kind": "controller", "type": "pci", "model": "pcie-root-port", "index": -3},
+     "device controller index: expected a whole number from 0 to 1023, not -3"),
+    ({"kind": "controller", "type": "pci", "index": "x"}, "controller index: expected a whole"),
+    ({"kind": "controller", "type": "pci", "index": 1.5}, "controller index: expected a whole"),
+    ({"kind": "controller", "type": "usb", "index": 0, "model": "qemu-xhci",
+      "options": {"ports": "abc"}}, "device controller options.ports: expected a whole number"),
+    ({"kind": "disk", "options": 5}, "device disk options: expected an object, not 5"),
+    ({"kind": "disk", "address": "x"}, "device disk address: expected an object, not 'x'"),
+    ({"kind": "disk", "address": {"type": "pci", "bus": 0, "slot": "zz"}},
+     "device disk address (pci) slot: expected a whole number"),
+    ({"kind": "disk", "address": {"type": "usb", "bus": 0, "port": 5}},
+     "device disk address (usb) port: expected a list of 1 to 5 port numbers"),
+    ({"kind": "disk", "numa_node": -1}, "device disk numa_node: expected a whole number from 0"),
+    ({"kind": "disk", "numa_node": "1"}, "device disk numa_node: expected a whole number"),
+    ({"kind": "disk", "placement": "weird"}, "device disk placement: expected 'pci' or 'pcie'"),
+    ({"kind": "disk", "hotpluggable": "no"}, "device disk hotpluggable: expected true or false"),
+    ({"kind": "disk", "name": 5}, "device (disk) name: expected a string, not 5"),
+    ({"kind": "disk", "name": "d1", "function_group": ["a"]}, "device 'd1' function_group: "),
+    ({"kind": 5}, "device kind: expected a device element name, not 5"),
+    ([1], "device: expected an object, not [1]"),
+])
+def test_json_devices_with_fields_of_the_wrong_type_or_range_are_named(device, words):
+    from aiovirt.address import device_from_dict
+    with pytest.raises(AddressError, match=re.escape(words)):
+        device_from_dict(device)
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda a: a.Machine("x86_64", "q35", numa_nodes=-1), "machine numa_nodes: expected"),
+    (lambda a: a.Machine("x86_64", "q35", numa_nodes="2"), "machine numa_nodes: expected"),
+    (lambda a: a.machine_from_dict("q35"), "machine: expected an object, not 'q35'"),
+    (lambda a: a.machine_from_dict({"bogus": 1}), "machine: unknown fields bogus"),
+    (lambda a: a.tunables_from_dict({"x": 1}), "tunables: unknown fields x"),
+    (lambda a: a.Tunables(hotplug_reserve=10**9), "hotplug_reserve must be 0 or more, up to"),
+    (lambda a: a.address_domain(Q35.format("<interface type='network'/>"),
+                                device_tunables={"interface#1": {"numa_node": -1}}),
+     "interface#1 numa_node: expected a whole number from 0"),
+])
+def test_machines_and_tunables_of_the_wrong_type_or_range_are_named(call, words):
+    # a hotplug_reserve of 10**9 used to hang placement; the others leaked TypeErrors
+    import aiovirt.address
+    with pytest.raises(AddressError, match=re.escape(words)):
+        call(aiovirt.address)
+
+
 def test_addressing_many_disks_takes_near_linear_time():
     # 16,000 disks took 6 s to sort (libvirt's insertion scan, quadratic)
     from aiovirt.address import Device, Machine, Tunables

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,10 @@ PARTIAL = "<domain><name>cli-vm</name></domain>"
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([AIOVIRT, *args], input=stdin, capture_output=True, text=True,
-                          timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})
+                          timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent",
+                                           # the code under test, where it is not installed
+                                           **{k: v for k, v in os.environ.items()
+                                              if k == "PYTHONPATH"}})
 
 
 def test_compose_from_stdin_with_explain():
@@ -73,6 +77,26 @@ def test_errors_are_one_clear_line(args, stdin, message):
     assert done.stdout == ""
     assert done.stderr.startswith("aiovirt: error: ") and message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("body, message", [
+    ('[1, 2]', "expected a JSON object ({machine, devices, tunables}), not list"),
+    ('{"machine": {"bogus": 1}}', "machine: unknown fields bogus"),
+    ('{"machine": "q35"}', "machine: expected an object, not 'q35'"),
+    ('{"tunables": {"x": 1}}', "tunables: unknown fields x"),
+    ('{"devices": [{"kind": "disk", "bus": "virtio", "target": 5}]}',
+     "devices[0] disk target: expected a string, not 5"),
+    ('{"machine": {"machine": "q35"}, "devices": [{"kind": "controller", "type": "pci", '
+     '"model": "pcie-root-port", "index": -3}]}',
+     "devices[0] controller index: expected a whole number from 0 to 1023, not -3"),
+    ('{"devices": [{"kind": "disk", "index": ' + "9" * 5000 + '}]}', "not JSON"),
+])
+def test_address_devices_json_of_the_wrong_shape_is_one_clear_line(body, message):
+    # each used to end in a traceback (AttributeError, TypeError, IndexError)
+    done = run("address", "--devices-json", "-", stdin=body)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith("aiovirt: error: ") and message in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
 
 
 def test_usage_errors_exit_2():

@@ -340,6 +340,16 @@ async def test_address_domain_and_devices(profiles_dir):
         assert bad.status_code == 422 and "placement 'isa'" in bad.json()["error"]
         bad = await client.post("/address", json={"devices": [{"model": "virtio"}]})
         assert bad.status_code == 422 and "has no 'kind'" in bad.json()["error"]
+        for body, words in [   # each used to be a 500 (AttributeError, IndexError)
+                ({"devices": [{"kind": "disk", "target": 5}]}, "devices[0] disk target: "),
+                ({"machine": {"machine": "q35"}, "devices": [
+                    {"kind": "controller", "type": "pci", "index": -3}]},
+                 "devices[0] controller index: expected a whole number from 0 to 1023"),
+                ({"machine": {"numa_nodes": "2"}}, "machine numa_nodes: expected"),
+                ({"domain": domain, "device_tunables": {"interface#1": {"numa_node": -1}}},
+                 "interface#1 numa_node: expected a whole number")]:
+            bad = await client.post("/address", json=body)
+            assert bad.status_code == 422 and words in bad.json()["error"], bad.text
         bad = await client.post("/address", content=BILLION_LAUGHS, headers=XML)
         assert bad.status_code == 400
 

@@ -37,13 +37,17 @@ from .model import (
     ValueRecord,
     VirtioSerialAddress,
     address_from_dict,
+    check_tunable,
     device_from_dict,
+    machine_from_dict,
+    tunables_from_dict,
 )
 
 __all__ = ["Address", "AddressError", "AddressedDomain", "CcidAddress", "CcwAddress",
            "Device", "DriveAddress", "Machine", "PciAddress", "SpaprVioAddress", "Tunables",
            "UsbAddress", "VirtioSerialAddress", "address_domain", "address_from_dict",
-           "address_tree", "device_from_dict", "place"]
+           "address_tree", "device_from_dict", "machine_from_dict", "place",
+           "tunables_from_dict"]
 
 POLICIES = ("libvirt",)
 
@@ -106,9 +110,7 @@ def address_tree(root: etree._Element, tunables: Tunables | None = None, *,
                 raise AddressError(f"no device named {name!r} (devices: "
                                    f"{', '.join(sorted(by_name)) or 'none'})")
             for key, value in values.items():
-                if key not in ("numa_node", "placement", "hotpluggable", "function_group"):
-                    raise AddressError(f"{name}: unknown tunable {key!r}")
-                setattr(device, key, value)
+                setattr(device, key, check_tunable(key, value, name))
     devices = place(machine_of(root), devices, tunables, policy=policy)
     write_devices(root, devices)
     return devices

@@ -14,11 +14,13 @@ from ..errors import AiovirtError
 
 __all__ = ["Address", "AddressError", "CcidAddress", "CcwAddress", "Device", "DriveAddress",
            "Machine", "PciAddress", "SpaprVioAddress", "Tunables", "UsbAddress",
-           "VirtioSerialAddress", "address_from_dict", "device_from_dict"]
+           "VirtioSerialAddress", "address_from_dict", "check_tunable", "device_from_dict",
+           "machine_from_dict", "tunables_from_dict"]
 
 
 MAX_CONTROLLER_INDEX = 1023   # controllers of one type: far above what PCI slots can hold
 MAX_PORTS = 1023              # a controller's ports= (USB: 15 at most in libvirt)
+MAX_NUMA_NODES = 1024        # guest NUMA cells (QEMU takes 128 at most)
 MAX_DEVICES = 8192            # devices of one guest: more than its PCI and drive addresses
                               # can hold, and a bound on what placing them costs
 
@@ -240,19 +242,73 @@ def address_to_dict(address: Address) -> dict[str, Any]:
     return data
 
 
-def address_from_dict(data: dict[str, Any]) -> Address:
-    values = dict(data)
-    kind = values.pop("type", None)
-    cls = _ADDRESS_TYPES.get(kind)  # type: ignore[arg-type]
+# each address type's fields from JSON: (name, lowest, highest, required); libvirt's ranges,
+# or (where the placement checks more) a bound on the number
+_ADDRESS_FIELDS: dict[str, tuple[tuple[str, int, int, bool], ...]] = {
+    "pci": (("bus", 0, 0xFF, True), ("slot", 0, 0xFF, True), ("function", 0, 0xFF, False),
+            ("domain", 0, 0xFFFF, False)),
+    "drive": (("controller", 0, MAX_CONTROLLER_INDEX, True), ("bus", 0, 0xFFFF, False),
+              ("target", 0, 0xFFFF, False), ("unit", 0, 0xFFFF, False)),
+    "usb": (("bus", 0, MAX_CONTROLLER_INDEX, True),),
+    "virtio-serial": (("controller", 0, MAX_CONTROLLER_INDEX, True),
+                      ("port", 0, MAX_PORTS, True), ("bus", 0, 0xFFFF, False)),
+    "ccid": (("controller", 0, MAX_CONTROLLER_INDEX, True), ("slot", 0, 0xFF, True)),
+    "ccw": (("cssid", 0, 0xFF, True), ("ssid", 0, 3, True), ("devno", 0, 0xFFFF, True)),
+    "spapr-vio": (("reg", 0, 0xFFFFFFFF, True),),
+}
+_USB_DEPTH = 5   # a USB port path: a root port and up to four hubs
+
+
+def _shown(value: Any) -> str:
+    """``value`` for a message: its repr, cut to 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def _number(value: Any, where: str, low: int, high: int) -> int:
+    """``value`` if it is a whole number from ``low`` to ``high`` (not a bool, not text)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise AddressError(f"{where}: expected a whole number from {low} to {high}, not "
+                           f"{_shown(value)}")
+    return value
+
+
+def address_from_dict(data: dict[str, Any], where: str = "address") -> Address:
+    """An address from its JSON form (``address_to_dict``'s), every field checked; an
+    ``AddressError`` names ``where`` and the field that is wrong."""
+    if not isinstance(data, dict):
+        raise AddressError(f"{where}: expected an object, not {_shown(data)}")
+    kind = data.get("type")
+    cls = _ADDRESS_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise AddressError(f"unknown address type {kind!r} (known: "
+        raise AddressError(f"{where}: unknown address type {_shown(kind)} (known: "
                            f"{', '.join(_ADDRESS_TYPES)})")
-    if cls is UsbAddress:
-        values["port"] = tuple(values.get("port", ()))
-    try:
-        return cls(**values)  # type: ignore[no-any-return]
-    except TypeError as exc:
-        raise AddressError(f"{kind} address {data!r}: {exc}") from None
+    where = f"{where} ({kind})"
+    fields = _ADDRESS_FIELDS[kind]
+    known = {"type", *(f[0] for f in fields),
+             *{"pci": ("multifunction",), "usb": ("port",)}.get(kind, ())}
+    unknown = sorted(map(str, data.keys() - known))
+    if unknown:
+        raise AddressError(f"{where}: unknown fields {', '.join(unknown)[:200]} (known: "
+                           f"{', '.join(sorted(known - {'type'}))})")
+    values: dict[str, Any] = {}
+    for name, low, high, required in fields:
+        if name in data:
+            values[name] = _number(data[name], f"{where} {name}", low, high)
+        elif required:
+            raise AddressError(f"{where}: no {name} given")
+    if kind == "pci" and data.get("multifunction") is not None:
+        if not isinstance(data["multifunction"], bool):
+            raise AddressError(f"{where} multifunction: expected true, false or null, not "
+                               f"{_shown(data['multifunction'])}")
+        values["multifunction"] = data["multifunction"]
+    if kind == "usb":
+        port = data.get("port")
+        if not isinstance(port, list) or not 1 <= len(port) <= _USB_DEPTH:
+            raise AddressError(f"{where} port: expected a list of 1 to {_USB_DEPTH} port "
+                               f"numbers, not {_shown(port)}")
+        values["port"] = tuple(_number(p, f"{where} port", 1, MAX_PORTS) for p in port)
+    return cls(**values)  # type: ignore[no-any-return]
 
 
 class Machine(ValueRecord):
@@ -268,10 +324,11 @@ class Machine(ValueRecord):
 
     def __init__(self, arch: str = "x86_64", machine: str = "pc", memory_slots: int = 0,
                  numa_nodes: int | None = None) -> None:
-        self.arch = arch
-        self.machine = machine
-        self.memory_slots = memory_slots
-        self.numa_nodes = numa_nodes
+        self.arch = _text(arch, "machine arch")
+        self.machine = _text(machine, "machine machine")
+        self.memory_slots = _number(memory_slots, "machine memory_slots", 0, MAX_DEVICES)
+        self.numa_nodes = None if numa_nodes is None else \
+            _number(numa_nodes, "machine numa_nodes", 0, MAX_NUMA_NODES)
 
     @property
     def is_q35(self) -> bool:
@@ -344,12 +401,15 @@ class Tunables(ValueRecord):
         self.hotplug_reserve = hotplug_reserve
         self.placement = placement
         self.multifunction = multifunction
-        if self.hotplug_reserve < 0:
-            raise AddressError(f"hotplug_reserve must be 0 or more, not {self.hotplug_reserve}")
+        if not isinstance(hotplug_reserve, int) or isinstance(hotplug_reserve, bool) or \
+                not 0 <= hotplug_reserve <= MAX_DEVICES:
+            raise AddressError(f"hotplug_reserve must be 0 or more, up to {MAX_DEVICES}, not "
+                               f"{_shown(hotplug_reserve)}")
         if self.placement not in (None, "pci", "pcie"):
-            raise AddressError(f"placement {self.placement!r}: use 'pci' or 'pcie'")
+            raise AddressError(f"placement {_shown(self.placement)}: use 'pci' or 'pcie'")
         if self.multifunction not in ("spread", "pack"):
-            raise AddressError(f"multifunction {self.multifunction!r}: use 'spread' or 'pack'")
+            raise AddressError(f"multifunction {_shown(self.multifunction)}: use 'spread' or "
+                               "'pack'")
 
 
 class Device(Record):
@@ -445,27 +505,123 @@ class Device(Record):
         return data
 
 
-def device_from_dict(data: dict[str, Any]) -> Device:
-    """A ``Device`` from its JSON form (as ``Device.to_dict`` makes it)."""
+def _text(value: Any, where: str, choices: tuple[str, ...] = ()) -> str:
+    if not isinstance(value, str) or (choices and value not in choices):
+        wanted = " or ".join(map(repr, choices)) if choices else "a string"
+        raise AddressError(f"{where}: expected {wanted}, not {_shown(value)}")
+    return value
+
+
+def _flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise AddressError(f"{where}: expected true or false, not {_shown(value)}")
+    return value
+
+
+# how each JSON field of a device is checked (None is "not set" for all but kind and name)
+_DEVICE_CHECKS: dict[str, Any] = {
+    "type": _text, "model": _text, "bus": _text, "target": _text, "function_group": _text,
+    "index": lambda v, w: _number(v, w, 0, MAX_CONTROLLER_INDEX),
+    "placement": lambda v, w: _text(v, w, ("pci", "pcie")),
+    "hotpluggable": _flag,
+    "numa_node": lambda v, w: _number(v, w, 0, MAX_NUMA_NODES - 1),
+}
+TUNABLE_FIELDS = ("numa_node", "placement", "hotpluggable", "function_group")
+# the options the placement reads (others are kept, unread)
+_OPTION_CHECKS: dict[str, Any] = {
+    "ports": lambda v, w: _number(v, w, 1, MAX_PORTS),
+    **{key: lambda v, w: _number(v, w, 0, 255)
+       for key in ("chassis", "port", "busNr", "chassisNr")},
+    "targetIndex": lambda v, w: _number(v, w, 0, MAX_CONTROLLER_INDEX),
+    "numa_node": lambda v, w: _number(v, w, 0, MAX_NUMA_NODES - 1),
+    "dimm_slot": lambda v, w: _number(v, w, 0, MAX_DEVICES),
+    "hotplug": lambda v, w: _text(v, w, ("on", "off")),
+    "master": _flag, "primary": _flag, "write_foreign": _flag,
+    "device": _text, "model_name": _text, "target_model": _text, "copy_of": _text,
+    "driver": _text, "foreign_address": _text,
+}
+
+
+def check_tunable(name: str, value: Any, who: str) -> Any:
+    """``value`` if it suits the per-device tunable ``name`` (``TUNABLE_FIELDS``); an
+    ``AddressError`` naming ``who`` and the field if not."""
+    if name not in TUNABLE_FIELDS:
+        raise AddressError(f"{who}: unknown tunable {_shown(name)} (known: "
+                           f"{', '.join(TUNABLE_FIELDS)})")
+    return None if value is None else _DEVICE_CHECKS[name](value, f"{who} {name}")
+
+
+def device_from_dict(data: dict[str, Any], where: str = "device") -> Device:
+    """A ``Device`` from its JSON form (as ``Device.to_dict`` makes it), every field's type
+    and range checked: an ``AddressError`` names the device (``where``, its name or kind)
+    and the field, so bad JSON never reaches the placement."""
+    if not isinstance(data, dict):
+        raise AddressError(f"{where}: expected an object, not {_shown(data)}")
     if "kind" not in data:
-        raise AddressError(f"device {data!r} has no 'kind'")
+        raise AddressError(f"{where} {_shown(data)} has no 'kind'")
+    kind = data["kind"]
+    if not isinstance(kind, str) or not kind:
+        raise AddressError(f"{where} kind: expected a device element name, not "
+                           f"{_shown(kind)}")
+    name = data.get("name", "")
+    if not isinstance(name, str):
+        raise AddressError(f"{where} ({kind}) name: expected a string, not {_shown(name)}")
+    who = f"{where} {_shown(name) if name else kind}"
     if not _DEVICE_FIELDS.issuperset(data):
-        unknown = data.keys() - _DEVICE_FIELDS
-        raise AddressError(f"device {data.get('name') or data['kind']}: unknown fields "
-                           f"{', '.join(sorted(unknown))}")
+        unknown = sorted(map(str, data.keys() - _DEVICE_FIELDS))
+        raise AddressError(f"{who}: unknown fields {', '.join(unknown)[:200]}")
     get = data.get
-    address = get("address")
+    for field, check in _DEVICE_CHECKS.items():
+        if get(field) is not None:
+            check(data[field], f"{who} {field}")
     options = get("options")
+    if options is not None:
+        if not isinstance(options, dict):
+            raise AddressError(f"{who} options: expected an object, not {_shown(options)}")
+        for key, value in options.items():
+            check = _OPTION_CHECKS.get(key)
+            if check is not None and value is not None:
+                check(value, f"{who} options.{key}")
+    address = get("address")
     # field by field onto a bare object: several times cheaper than Device(**data)
     device = _new(Device)
-    device.kind, device.type, device.model = data["kind"], get("type"), get("model")
+    device.kind, device.type, device.model = kind, get("type"), get("model")
     device.bus, device.index, device.target = get("bus"), get("index"), get("target")
-    device.address = None if address is None else address_from_dict(address)
-    device.options = {} if options is None else options
+    device.address = None if address is None else address_from_dict(address,
+                                                                     f"{who} address")
+    device.options = {} if options is None else dict(options)
     device.placement, device.hotpluggable = get("placement"), get("hotpluggable")
     device.numa_node, device.function_group = get("numa_node"), get("function_group")
-    device.name, device.added, device.origin = get("name", ""), get("added", False), None
+    device.name, device.added = name, _flag(get("added", False), f"{who} added")
+    device.origin = None
     return device
+
+
+def machine_from_dict(data: Any, where: str = "machine") -> Machine:
+    """A ``Machine`` from JSON (``{arch, machine, memory_slots, numa_nodes}``), checked."""
+    if not isinstance(data, dict):
+        raise AddressError(f"{where}: expected an object, not {_shown(data)}")
+    known = ("arch", "machine", "memory_slots", "numa_nodes")
+    unknown = sorted(map(str, data.keys() - set(known)))
+    if unknown:
+        raise AddressError(f"{where}: unknown fields {', '.join(unknown)[:200]} (known: "
+                           f"{', '.join(known)})")
+    return Machine(**data)   # which checks each field
+
+
+def tunables_from_dict(data: Any, where: str = "tunables") -> Tunables:
+    """``Tunables`` from JSON (``{hotplug_reserve, placement, multifunction}``), checked."""
+    if not isinstance(data, dict):
+        raise AddressError(f"{where}: expected an object, not {_shown(data)}")
+    known = ("hotplug_reserve", "placement", "multifunction")
+    unknown = sorted(map(str, data.keys() - set(known)))
+    if unknown:
+        raise AddressError(f"{where}: unknown fields {', '.join(unknown)[:200]} (known: "
+                           f"{', '.join(known)})")
+    try:
+        return Tunables(**data)
+    except AddressError as exc:
+        raise AddressError(f"{where}: {exc}") from None
 
 
 _DEVICE_FIELDS = frozenset(("kind", "type", "model", "bus", "index", "target", "options",

@@ -154,7 +154,8 @@ def _yes_no(value: str) -> bool:
 
 
 def _address(options: argparse.Namespace) -> int:
-    from ..address import Machine, Tunables, address_domain, device_from_dict, place
+    from ..address import (address_domain, device_from_dict, machine_from_dict, place,
+                           tunables_from_dict)
 
     text = read(options.file)
     if options.devices_json or options.json:
@@ -162,12 +163,25 @@ def _address(options: argparse.Namespace) -> int:
     if options.devices_json:
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:   # JSONDecodeError, or a number of over 4300 digits
             raise AiovirtError(f"{options.file}: not JSON: {exc}") from None
-        machine = Machine(**data.get("machine", {}))
-        tunables = Tunables(**data["tunables"]) if "tunables" in data else _tunables(options)
-        devices = place(machine, [device_from_dict(d) for d in data.get("devices", [])],
-                        tunables, policy=options.policy)
+        if not isinstance(data, dict):
+            raise AiovirtError(f"{options.file}: expected a JSON object ({{machine, devices, "
+                               f"tunables}}), not {type(data).__name__}")
+        unknown = sorted(set(data) - {"machine", "devices", "tunables"})
+        if unknown:
+            raise AiovirtError(f"{options.file}: unknown fields {', '.join(unknown)[:200]} "
+                               "(known: machine, devices, tunables)")
+        machine = machine_from_dict(data.get("machine", {}))
+        tunables = tunables_from_dict(data["tunables"]) if "tunables" in data \
+            else _tunables(options)
+        listed = data.get("devices", [])
+        if not isinstance(listed, list):
+            raise AiovirtError(f"{options.file}: devices: expected a list, not "
+                               f"{type(listed).__name__}")
+        devices = place(machine, [device_from_dict(d, f"devices[{i}]")
+                                  for i, d in enumerate(listed)], tunables,
+                        policy=options.policy)
         print(json.dumps({"machine": {"arch": machine.arch, "machine": machine.machine},
                           "devices": [d.to_dict() for d in devices]}, indent=2))
         return 0

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .. import __version__
-from ..address import (AddressError, Machine, Tunables, address_domain, device_from_dict,
-                       place)
+from ..address import (AddressError, Tunables, address_domain, device_from_dict,
+                       machine_from_dict, place)
 from ..compose import Library, Profile, compose
 from ..compose.errors import (
     ComposeError,
@@ -239,16 +239,14 @@ class Handlers:
         if unknown:
             raise HTTPError(422, f"request body: unknown fields {sorted(unknown)} (give "
                                  "'domain', or 'machine' and 'devices')")
-        machine_data, devices_data = data.get("machine", {}), data.get("devices", [])
-        if not isinstance(machine_data, dict) or not isinstance(devices_data, list) or \
-                not all(isinstance(d, dict) for d in devices_data):
-            raise HTTPError(422, "machine: expected an object; devices: a list of objects")
-        try:
-            machine = Machine(**machine_data)
-            devices = [device_from_dict(d) for d in devices_data]
-            placed = place(machine, devices, tuned, policy=policy)
-        except (TypeError, ValueError) as exc:   # AddressError is a ValueError
-            raise HTTPError(422, f"machine/devices: {exc}") from None
+        devices_data = data.get("devices", [])
+        if not isinstance(devices_data, list):
+            raise HTTPError(422, f"devices: expected a list of objects, not "
+                                 f"{type(devices_data).__name__}")
+        # the fields are checked where the library reads them: AddressError, a 422
+        machine = machine_from_dict(data.get("machine", {}))
+        devices = [device_from_dict(d, f"devices[{i}]") for i, d in enumerate(devices_data)]
+        placed = place(machine, devices, tuned, policy=policy)
         return {"machine": {"arch": machine.arch, "machine": machine.machine},
                 "devices": [d.to_dict() for d in placed]}
 
