@@ -407,3 +407,30 @@ async def test_a_stream_socket_takes_its_keepalive_task_with_it(daemon, tmp_path
                       for task in asyncio.all_tasks()):
                 await anyio.sleep(0.01)
         assert conn.is_alive
+
+
+@pytest.mark.parametrize("lanes", [4, 0], ids=["own-socket", "main-socket"])
+async def test_a_stream_dropped_unclosed_is_aborted_and_its_socket_freed(daemon, lanes,
+                                                                        tmp_path):
+    """A stream cancelled or dropped outside ``async with`` kept its socket, a keepalive
+    task and the daemon's stream until the connection closed: one more of each a stream."""
+    async with dir_pool(daemon, tmp_path) as (_, p):
+        vol = await new_volume(p, 4 * MiB)
+        async with aiovirt.connect(daemon.uri("qemu", "/system"), lanes=lanes) as conn:
+            mine = await conn.lookup_volume(path=await vol.path())
+            channels = []
+            for _ in range(5):
+                down = await mine.download()
+                await down.receive()            # its buffer fills: the socket pauses
+                channels.append(down.channel)
+                del down
+            with anyio.fail_after(5):
+                while any(c.closed is None for c in channels if c is not conn.channels[0]) \
+                        or conn.channels[0].protocol.streams:
+                    await anyio.sleep(0.01)
+            assert not conn.channels[0].reading_paused
+            assert not [t for t in asyncio.all_tasks()
+                        if t.get_name().endswith("stream keepalive")]
+            with anyio.fail_after(10):   # the connection and the volume serve on
+                async with await mine.download() as down:
+                    assert sum(map(len, await read_all(down))) == 4 * MiB

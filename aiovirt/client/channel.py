@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import weakref
 from collections.abc import Callable, Container, Sequence
 from typing import Any, Protocol
 
@@ -100,7 +101,10 @@ class Channel:
         self.keepalive: tuple[float, int] | None = None
         self.keepalive_running = False
         self._keepalive_changed: anyio.Event | None = None
-        self._streams: dict[int, StreamSink] = {}   # serial -> the stream reading it
+        # serial -> the stream reading it; weak: a stream dropped unclosed is collected (and
+        # its finalizer aborts it), not kept fed for the channel's life
+        self._streams: weakref.WeakValueDictionary[int, StreamSink] = \
+            weakref.WeakValueDictionary()
         self._fd_calls: set[int] = set()   # call_with_fds serials whose reply has not come
         self._fd_lock: anyio.Lock | None = None
         self.reading_paused = False
@@ -430,8 +434,8 @@ class Channel:
         for waiter in waiters.values():   # queued callers included: each has a serial
             if not waiter.done():
                 waiter.set_exception(error)
-        streams, self._streams = self._streams, {}
-        for sink in streams.values():
+        streams, self._streams = self._streams, weakref.WeakValueDictionary()
+        for sink in list(streams.values()):
             sink.fail(error)
         if self._keepalive_changed is not None:   # its loop ends now, not at its next tick
             self._keepalive_changed.set()

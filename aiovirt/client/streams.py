@@ -20,7 +20,9 @@ other call (on a connection without lanes they share the main socket).
 
 from __future__ import annotations
 
+import contextlib
 import struct
+import weakref
 from collections import deque
 from dataclasses import dataclass
 from types import TracebackType
@@ -28,7 +30,7 @@ from typing import Any, Self
 
 import anyio
 
-from ..errors import (ConnectionClosed, EncodeError, LibvirtError, ProtocolError,
+from ..errors import (AiovirtError, ConnectionClosed, EncodeError, LibvirtError, ProtocolError,
                       TransportError, UsageError)
 from ..protocol.wire import CONTINUE, ERROR, OK, STREAM_HOLE, StreamMessage
 from ..protocol.xdr import ProcedureInfo
@@ -95,6 +97,7 @@ class Stream:
         self._closed = False           # ours: finished or aborted
         self._finished = False         # ended by the end-of-stream handshake, not aborted
         self.reply: Any = None         # the opening call's reply slot (``Channel.open_stream``)
+        self._dropped: weakref.finalize | None = None   # aborts it if it is collected open
 
     # -- what the channel delivers --------------------------------------------------------
     def deliver(self, message: StreamMessage) -> None:
@@ -305,6 +308,8 @@ class Stream:
                 await self._release()
 
     async def _release(self) -> None:
+        if self._dropped is not None:   # ended: nothing to abort if it is collected
+            self._dropped.detach()
         self.channel.end_stream(self.serial)
         self.channel.resume_reading()
         if self._owns_channel and self.channel.closed is None:
@@ -353,4 +358,30 @@ async def open_stream(conn: Any, procedure: ProcedureInfo, args: Any, *,
         if owns:
             channel.fail(ConnectionClosed("stream socket: the opening call failed"))
         raise
+    stream._dropped = weakref.finalize(stream, _dropped_unclosed, channel, procedure,
+                                       stream.serial, owns)
     return reply, stream
+
+
+def _dropped_unclosed(channel: Channel, procedure: ProcedureInfo, serial: int,
+                      owns: bool) -> None:
+    """A stream was collected without being closed (no ``async with``, no ``aclose``): abort
+    it on the daemon and free its socket, on the channel's loop (a collection may run
+    anywhere, another thread included)."""
+    def abort() -> None:
+        if channel.closed is not None:
+            return
+        if owns:   # closing its own socket ends the stream on the daemon
+            channel.fail(ConnectionClosed(f"{channel.name} socket: its stream was dropped "
+                                          "unclosed"))
+            return
+        channel.end_stream(serial)
+        channel.resume_reading()
+        with contextlib.suppress(AiovirtError):
+            channel._write(channel.protocol.stream_packet(procedure, serial, ERROR))
+
+    loop = channel._loop
+    if loop is None:
+        abort()
+    elif not loop.is_closed():
+        loop.call_soon_threadsafe(abort)
