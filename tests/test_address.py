@@ -450,8 +450,11 @@ def test_multifunction_packing():
 
 
 def test_bad_tunables():
-    with pytest.raises(AddressError, match="hotplug_reserve must be 0 or more"):
-        Tunables(hotplug_reserve=-1)
+    for reserve in (-1, 1025, 10**12, 10**5000, "4", True, 4.0):
+        with pytest.raises(AddressError, match="hotplug_reserve must be a whole number from 0 "
+                                               "to 1024"):
+            Tunables(hotplug_reserve=reserve)
+    assert Tunables(hotplug_reserve=1024).hotplug_reserve == 1024
     with pytest.raises(AddressError, match="placement 'isa'"):
         Tunables(placement="isa")
 

@@ -376,6 +376,8 @@ def test_guest_spec_fields_of_the_wrong_kind_are_named(fields, words):
 @pytest.mark.parametrize("data, words", [
     ({"start": "no"}, "start is true or false"),
     ({"address": {"hotplug_reserve": -1}}, "guest spec: address: "),   # was a 500 in the service
+    ({"address": {"hotplug_reserve": 3_000_000}}, "address: hotplug_reserve must be a whole "
+                                                   "number from 0 to 1024"),   # froze the loop
     ({"address": {"placement": "zzz"}}, "guest spec: address: "),
 ])
 def test_guest_spec_from_json_names_bad_fields(data, words):

@@ -70,6 +70,9 @@ def test_profile_path_adds_application_profiles(tmp_path):
     (["compose", "--param", "novalue", "-"], PARTIAL, "expected NAME=VALUE"),
     (["compose", "-p", "spice-desktop", "-p", "headless-serial", "-"], PARTIAL, "conflicts"),
     (["compose", "/nonexistent.xml"], None, "/nonexistent.xml: cannot read"),
+    (["address", "--reserve", "99999999999", "-"], PARTIAL.replace(
+        "<name>", "<os><type arch='x86_64' machine='q35'>hvm</type></os><name>"),
+     "hotplug_reserve must be a whole number from 0 to 1024"),   # ran without end
 ])
 def test_errors_are_one_clear_line(args, stdin, message):
     done = run(*args, stdin=stdin)

@@ -338,6 +338,15 @@ async def test_address_domain_and_devices(profiles_dir):
         bad = await client.post("/address", json={"domain": domain,
                                                   "tunables": {"placement": "isa"}})
         assert bad.status_code == 422 and "placement 'isa'" in bad.json()["error"]
+        for body in ({"domain": domain, "tunables": {"hotplug_reserve": 10**12}},
+                     {"domain": "<domain/>", "address": {"hotplug_reserve": 1025}}):
+            path = "/address" if "tunables" in body else "/compose"   # grew memory without end
+            bad = await client.post(path, json=body)
+            assert bad.status_code == 422, bad.text
+            assert "hotplug_reserve must be a whole number from 0 to 1024" in bad.json()["error"]
+        bad = await client.post("/jobs", json={"hosts": ["test:///default"], "specs": [
+            {"template": TEST_GUEST.format(name="r"), "address": {"hotplug_reserve": 3_000_000}}]})
+        assert bad.status_code == 422 and "hotplug_reserve must be" in bad.json()["error"]
         bad = await client.post("/address", json={"devices": [{"model": "virtio"}]})
         assert bad.status_code == 422 and "has no 'kind'" in bad.json()["error"]
         for body, words in [   # each used to be a 500 (AttributeError, IndexError)

@@ -23,6 +23,7 @@ MAX_PORTS = 1023              # a controller's ports= (USB: 15 at most in libvir
 MAX_NUMA_NODES = 1024        # guest NUMA cells (QEMU takes 128 at most)
 MAX_DEVICES = 8192            # devices of one guest: more than its PCI and drive addresses
                               # can hold, and a bound on what placing them costs
+MAX_HOTPLUG_RESERVE = 1024    # more than 256 PCI buses hold; the work grows with it
 
 
 class AddressError(AiovirtError, ValueError):
@@ -402,9 +403,9 @@ class Tunables(ValueRecord):
         self.placement = placement
         self.multifunction = multifunction
         if not isinstance(hotplug_reserve, int) or isinstance(hotplug_reserve, bool) or \
-                not 0 <= hotplug_reserve <= MAX_DEVICES:
-            raise AddressError(f"hotplug_reserve must be 0 or more, up to {MAX_DEVICES}, not "
-                               f"{_shown(hotplug_reserve)}")
+                not 0 <= hotplug_reserve <= MAX_HOTPLUG_RESERVE:
+            raise AddressError(f"hotplug_reserve must be a whole number from 0 to "
+                               f"{MAX_HOTPLUG_RESERVE}, not {_shown(hotplug_reserve)}")
         if self.placement not in (None, "pci", "pcie"):
             raise AddressError(f"placement {_shown(self.placement)}: use 'pci' or 'pcie'")
         if self.multifunction not in ("spread", "pack"):

@@ -197,7 +197,8 @@ def _address(options: argparse.Namespace) -> int:
 
 def _add_address_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reserve", type=int, default=0, metavar="N",
-                        help="leave N empty hot-pluggable places (pcie-root-ports on q35)")
+                        help="leave N (at most 1024) empty hot-pluggable places "
+                             "(pcie-root-ports on q35)")
     parser.add_argument("--placement", choices=("pci", "pcie"),
                         help="put every device that can go either way on PCI or PCIe")
     parser.add_argument("--pack", action="store_true",

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..address import AddressError, Tunables
+from ..address.model import MAX_HOTPLUG_RESERVE
 from ..compose import Library
 from ..errors import InvalidURI, XMLInputError
 from ..provision import GuestSpec, ProvisionError, Provisioning, SpecError
@@ -150,7 +151,7 @@ class ComposeInput:
 
 def query_tunables(request: Request) -> Tunables:
     """Tunables from ``?reserve=N&placement=pci|pcie&pack=true``."""
-    reserve = request.number("reserve", 0, high=1024)
+    reserve = request.number("reserve", 0, high=MAX_HOTPLUG_RESERVE)
     try:
         return Tunables(hotplug_reserve=int(reserve or 0), placement=request.arg("placement"),
                         multifunction="pack" if request.flag("pack") else "spread")
