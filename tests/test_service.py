@@ -565,6 +565,39 @@ async def test_invalid_job_is_refused_and_defines_nothing(profiles_dir, test_uri
     assert await names_on(holder) == before
 
 
+@pytest.mark.parametrize("host, words", [
+    ("test+ext:///default?command={script}", "the ext transport runs a local command"),
+    ("test+ssh://h/default?command={script}", "command="),
+    ("test+ssh://h/default?keyfile=/etc/shadow", "keyfile="),
+    ("test+ssh://h/default?known_hosts=/etc/passwd", "known_hosts="),
+    ("test+tls://h/default?pkipath=/root", "pkipath="),
+    ("test:///default?socket=/run/other.sock", "socket="),
+])
+async def test_hosts_a_request_names_may_not_reach_local_programs_or_files(
+        profiles_dir, test_uri, tmp_path, host, words):
+    # with --allow-any-host, any client could make the server run a program of its choice
+    marker = tmp_path / "ran"
+    script = tmp_path / "evil.sh"
+    script.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    script.chmod(0o755)
+    host = host.format(script=script)
+    app = create_app(hosts=[test_uri], profiles_dir=profiles_dir, system_profiles=False,
+                     allow_any_host=True)
+    async with serving(app) as client:
+        replies = [await client.get("/events", params={"uri": host}),
+                   await client.post("/jobs", json={"hosts": [host], "specs": [
+                       {"template": TEST_GUEST.format(name="x"), "address": False}]}),
+                   await client.post("/teardown", json={"hosts": [host], "run": "r"})]
+        for reply in replies:
+            assert reply.status_code == 403, reply.text
+            assert words in reply.json()["error"]
+        assert (await client.get("/jobs")).json() == {"jobs": []}
+        many = await client.post("/teardown", json={"hosts": [test_uri] * 65, "run": "r"})
+        assert many.status_code == 422
+        assert "65 hosts: one request may name at most 64" in many.json()["error"]
+    assert not marker.exists()
+
+
 async def test_teardown_by_run_and_labels(profiles_dir, test_uri, holder):
     app = create_app(hosts=[test_uri], profiles_dir=profiles_dir, system_profiles=False)
     label = uuid.uuid4().hex[:8]

@@ -113,7 +113,9 @@ def register(commands: Any) -> None:
                        help="a libvirt host for jobs and events (repeatable); requests may "
                             "only name these unless --allow-any-host")
     serve.add_argument("--allow-any-host", action="store_true",
-                       help="let requests name hosts other than the --uri ones")
+                       help="let requests name hosts other than the --uri ones (not "
+                            "ext URIs, nor ones with parameters naming local programs or "
+                            "files: command=, keyfile=...)")
     serve.add_argument("--profiles-dir", metavar="DIR",
                        help="where application profiles are stored (default "
                             "~/.config/aiovirt/profiles)")

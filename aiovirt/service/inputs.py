@@ -19,7 +19,7 @@ from ..compose import Library
 from ..errors import InvalidURI, XMLInputError
 from ..provision import GuestSpec, ProvisionError, Provisioning, SpecError
 from ..provision.spec import excerpt
-from ..client.uri import parse_uri
+from ..client.uri import ConnectionURI, parse_uri
 from .http import HTTPError, Request
 
 __all__ = ["ComposeInput", "HostPolicy", "JobInput", "TeardownInput", "compose_input",
@@ -105,6 +105,13 @@ def tunables(value: Any, where: str) -> Tunables:
 
 # -- hosts --------------------------------------------------------------------------------------
 
+MAX_HOSTS = 64   # hosts one request may name
+# URI parameters that make the client run a local program or use a local file (or the unix
+# socket= any local socket): a host a request names, rather than the operator, may not have them
+LOCAL_PARAMS = ("command", "netcat", "keyfile", "known_hosts", "known_hosts_verify", "pkipath",
+                "authfile", "socket")
+
+
 @dataclass(frozen=True)
 class HostPolicy:
     """The hosts a service works on by default, and whether requests may name others."""
@@ -114,20 +121,39 @@ class HostPolicy:
 
     def choose(self, value: Any, where: str) -> list[str]:
         """The hosts a request names (``value``), or the defaults when it names none."""
+        if isinstance(value, list) and len(value) > MAX_HOSTS:
+            raise _fail(where, f"{len(value)} hosts: one request may name at most {MAX_HOSTS}")
         hosts = self.hosts if value is None else tuple(_strings(value, where))
         if not hosts:
             raise _fail(where, "no hosts: name them in the request, or start the server "
                                "with --uri")
         for index, host in enumerate(hosts):
             try:
-                parse_uri(host)
+                uri = parse_uri(host)
             except InvalidURI as exc:
                 raise _fail(f"{where}[{index}]", str(exc)) from None
-            if not self.allow_any and host not in self.hosts:
-                raise _fail(f"{where}[{index}]", f"{host!r} is not one of this server's "
-                                                 "hosts (its --uri list); start it with "
-                                                 "--allow-any-host to allow others", 403)
+            if host in self.hosts:
+                continue
+            if not self.allow_any:
+                raise _fail(f"{where}[{index}]", f"{excerpt(host)} is not one of this "
+                                                 "server's hosts (its --uri list); start it "
+                                                 "with --allow-any-host to allow others", 403)
+            self._check_named(uri, f"{where}[{index}]")
         return list(dict.fromkeys(hosts))
+
+    @staticmethod
+    def _check_named(uri: ConnectionURI, where: str) -> None:
+        """A host a request names (not one of ``--uri``) may not make this server run a
+        local program or read a local file: 403 for the ``ext`` transport or such a
+        parameter."""
+        if uri.transport == "ext":
+            raise _fail(where, "the ext transport runs a local command: a request may not "
+                               "name it (give it to the server with --uri)", 403)
+        for name in LOCAL_PARAMS:
+            if name in uri.params:
+                raise _fail(where, f"the URI parameter {name}= names a local program, file "
+                                   "or socket: a request may not give it (give such a host "
+                                   "to the server with --uri)", 403)
 
 
 # -- compose and address ------------------------------------------------------------------------
