@@ -677,7 +677,8 @@ async def test_closing_streams_ends_them_with_a_farewell(profiles_dir, test_uri)
                 await asyncio.sleep(0.01)
 
 async def test_shutdown_cancels_running_jobs_and_completes_reports(profiles_dir, test_uri,
-                                                                  holder):
+                                                                  holder, caplog):
+    caplog.set_level("WARNING", "aiovirt.service")
     prefix = f"shut-{uuid.uuid4().hex[:6]}"
     app = create_app(hosts=[test_uri], profiles_dir=profiles_dir, system_profiles=False)
     async with serving(app) as client:
@@ -695,6 +696,50 @@ async def test_shutdown_cancels_running_jobs_and_completes_reports(profiles_dir,
     assert report.counts().get("cancelled", 0) >= 1
     made = {g.name for g in report.results if g.exists}
     assert made == {n for n in await names_on(holder) if n.startswith(prefix)}
+    # the report goes with the server: the log says what exists and how to remove it
+    said = [r.getMessage() for r in caplog.records if job_id in r.getMessage()]
+    assert len(said) == 1, said
+    assert f"ended by shutdown (cancelled)" in said[0] and f"{len(made)} guests exist" in said[0]
+    assert f"aiovirt teardown --run {job_id} -c {test_uri}" in said[0]
+    assert (await teardown(test_uri, run=job_id)).counts() == {"removed": len(made)}
+
+
+async def test_shutdown_stops_jobs_at_once_while_a_request_waits(profiles_dir, test_uri,
+                                                                 holder):
+    # jobs were cancelled only once every connection had drained (uvicorn's 5 s grace):
+    # meanwhile they went on launching, and the waiting request was cut with a 500
+    prefix = f"stop-{uuid.uuid4().hex[:6]}"
+    app = create_app(hosts=[test_uri], profiles_dir=profiles_dir, system_profiles=False)
+    server = Server(uvicorn_config(app, port=0, log_level="warning"))
+    task = asyncio.ensure_future(server.serve())
+    with anyio.fail_after(15):
+        while not server.started:
+            await asyncio.sleep(0.005)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+        reply = await client.post("/jobs", json={"specs": [{
+            "template": TINY_GUEST.format(name=prefix), "count": MANY, "address": False}],
+            "concurrency": 1})
+        job_id = reply.json()["id"]
+        waiting = asyncio.ensure_future(client.get(f"/jobs/{job_id}", params={"wait": 60}))
+        with anyio.fail_after(30):
+            while (await client.get(f"/jobs/{job_id}")).json()["progress"]["done"] < 1 or \
+                    not any(c.cycle is not None and not c.cycle.response_complete and
+                            c.cycle.scope["query_string"] == b"wait=60"   # being waited
+                            for c in server.server_state.connections):
+                await asyncio.sleep(0.01)
+        began = anyio.current_time()
+        server.should_exit = True
+        with anyio.fail_after(30):
+            answer = await waiting
+            await task
+        took = anyio.current_time() - began
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["cancel_requested"] is True
+    assert took < 4, f"the shutdown took {took:.1f} s"   # under uvicorn's grace of 5 s
+    report = app.service.jobs.get(job_id).run.report
+    assert report.cancelled and report.counts()["cancelled"] > MANY // 2
+    made = {g.name for g in report.results if g.exists}
     assert (await teardown(test_uri, run=job_id)).counts() == {"removed": len(made)}
 
 

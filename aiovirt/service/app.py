@@ -117,6 +117,12 @@ class App:
         for scope in list(self._streams):
             scope.cancel()
 
+    def begin_shutdown(self) -> None:
+        """The server begins to stop: end the event streams and stop the jobs now (they
+        launch nothing more), not once every connection has drained."""
+        self.close_streams()
+        self.service.jobs.stop()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             await self._http(scope, receive, send)

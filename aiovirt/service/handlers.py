@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-import anyio
 
 from .. import __version__
 from ..address import (AddressError, Tunables, address_domain, device_from_dict,
@@ -282,12 +281,12 @@ class Handlers:
         return json_response({"jobs": [job.summary() for job in self.service.jobs]})
 
     async def job_get(self, request: Request) -> Response:
-        """The job; ``?wait=SECONDS`` (at most 60) first waits for it to finish."""
+        """The job; ``?wait=SECONDS`` (at most 60) first waits for it to finish (a server
+        that is stopping answers within a few seconds)."""
         job = self._job(request)
         wait = request.number("wait", 0, high=60) or 0
         if wait and job.state is JobState.RUNNING:
-            with anyio.move_on_after(wait):
-                await job.done.wait()
+            await self.service.jobs.wait(job, wait)
         return json_response(job.to_dict())
 
     async def job_cancel(self, request: Request) -> Response:

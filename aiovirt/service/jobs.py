@@ -25,6 +25,8 @@ __all__ = ["Job", "JobRegistry", "JobState", "NotRunning", "TooManyJobs"]
 
 log = logging.getLogger("aiovirt.service")
 
+STOP_WAIT = 2.0   # seconds a request waiting for a job still waits once the server stops
+
 
 class JobState(StrEnum):
     RUNNING = "running"
@@ -93,6 +95,8 @@ class JobRegistry:
         self.max_running = max_running
         self._jobs: dict[str, Job] = {}
         self._group: anyio.abc.TaskGroup | None = None
+        self._stopped: list[Job] = []   # running when the server began to stop
+        self._waits: set[anyio.CancelScope] = set()
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(list(self._jobs.values()))
@@ -113,13 +117,52 @@ class JobRegistry:
             try:
                 yield self
             finally:
-                self._group = None
-                for job in self.running():
-                    job.run.cancel()
+                self.stop()
                 with anyio.move_on_after(self.shutdown_timeout, shield=True):
                     for job in self.running():
                         await job.done.wait()
                 group.cancel_scope.cancel()
+        for job in self._stopped:
+            self._log_stopped(job)
+
+    def stop(self) -> None:
+        """The server is stopping: start no more jobs, cancel the running ones (they launch
+        nothing more; calls already out get their grace), and end waits for them within
+        ``STOP_WAIT`` seconds.  Idempotent; the server calls it as soon as shutdown begins."""
+        if self._group is None:
+            return
+        self._group = None
+        for job in self.running():
+            self._stopped.append(job)
+            job.cancel_requested = True
+            job.run.cancel()
+        soon = anyio.current_time() + STOP_WAIT
+        for scope in self._waits:
+            scope.deadline = min(scope.deadline, soon)
+
+    async def wait(self, job: Job, timeout: float) -> None:
+        """Wait at most ``timeout`` seconds for ``job`` to finish; once the server is
+        stopping, at most ``STOP_WAIT`` more (so the request is answered before it goes)."""
+        limit = timeout if self._group is not None else min(timeout, STOP_WAIT)
+        with anyio.move_on_after(limit) as scope:
+            self._waits.add(scope)
+            try:
+                await job.done.wait()
+            finally:
+                self._waits.discard(scope)
+
+    @staticmethod
+    def _log_stopped(job: Job) -> None:
+        """One line for a job the shutdown ended (its report is not kept): what exists of
+        it, so that an operator can tear it down by run id."""
+        report = job.run.report
+        existing = report.existing()
+        shown = ", ".join(f"{r.name}@{r.host}" for r in existing[:10])
+        log.warning("job %s ended by shutdown (%s): %s; %d guests exist%s; hosts %s; "
+                    "remove them with: aiovirt teardown --run %s %s", job.id, job.state,
+                    report.counts(), len(existing),
+                    f" ({shown}{', ...' if len(existing) > 10 else ''})" if existing else "",
+                    ", ".join(job.hosts), job.id, " ".join(f"-c {h}" for h in job.hosts))
 
     def start(self, job: Job) -> None:
         """Run ``job`` in the background (``NotRunning`` when the lifespan is not up,

@@ -121,11 +121,11 @@ def uvicorn_config(app: App, *, host: str = "127.0.0.1", port: int = 8080,
 
 
 class Server(uvicorn.Server):
-    """uvicorn's server that ends the app's event streams as its shutdown begins (it would
-    otherwise wait for their clients to leave)."""
+    """uvicorn's server that ends the app's event streams and stops its jobs as its shutdown
+    begins (it would otherwise wait for every connection to drain first)."""
 
     async def shutdown(self, sockets: Any = None) -> None:
         app = self.config.app
         if isinstance(app, App):
-            app.close_streams()
+            app.begin_shutdown()
         await super().shutdown(sockets)
