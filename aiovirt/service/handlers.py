@@ -7,6 +7,7 @@ failures are ``HTTPError``s whose message names what was wrong and where.
 from __future__ import annotations
 
 from collections import Counter
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 
@@ -31,6 +32,7 @@ from .http import (
     Request,
     Response,
     StreamResponse,
+    json_body,
     json_response,
     sse,
 )
@@ -287,7 +289,20 @@ class Handlers:
         wait = request.number("wait", 0, high=60) or 0
         if wait and job.state is JobState.RUNNING:
             await self.service.jobs.wait(job, wait)
-        return json_response(job.to_dict())
+        return Response(200, await self._job_body(job), [("content-type", "application/json")])
+
+    async def _job_body(self, job: Job) -> bytes:
+        """The job as JSON: a report may be megabytes, so it is encoded in a worker thread,
+        unindented, and kept once the job has finished (until a teardown adds to it)."""
+        if job.state is JobState.RUNNING:
+            return await self.service.pool.run(partial(json_body, indent=None), job.to_dict())
+        async with job.encoding:   # readers of a finished job share one encoding
+            if job.cached is None or job.cached[0] != job.revision:
+                revision = job.revision
+                body = await self.service.pool.run(partial(json_body, indent=None),
+                                                   job.to_dict())
+                job.cached = (revision, body)
+            return job.cached[1]
 
     async def job_cancel(self, request: Request) -> Response:
         job = self._job(request)
@@ -322,6 +337,7 @@ class Handlers:
                 before[key] = removal
         job.teardown = {**answer, "guests": list(before.values()),
                         "counts": dict(Counter(r["outcome"] for r in before.values()))}
+        job.revision += 1
         return json_response(answer)
 
     async def teardown(self, request: Request) -> Response:

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 __all__ = ["HTTPError", "Request", "Response", "StreamResponse", "Write", "error_response",
-           "json_response", "sse"]
+           "json_body", "json_response", "sse"]
 
 Write = Callable[[bytes], Awaitable[None]]
 JSON_TYPES = ("application/json",)
@@ -57,10 +57,15 @@ class StreamResponse:
     release: Callable[[], None] | None = None
 
 
+def json_body(data: Any, *, indent: int | None = 2) -> bytes:
+    """``data`` as JSON bytes; ``indent=None`` for large bodies (about 3 times quicker to make:
+    the indenting encoder is pure Python)."""
+    return json.dumps(data, indent=indent, ensure_ascii=False).encode() + b"\n"
+
+
 def json_response(data: Any, status: int = 200,
                   headers: Sequence[tuple[str, str]] = ()) -> Response:
-    body = json.dumps(data, indent=2, ensure_ascii=False).encode() + b"\n"
-    return Response(status, body, [("content-type", "application/json"), *headers])
+    return Response(status, json_body(data), [("content-type", "application/json"), *headers])
 
 
 def error_response(error: HTTPError) -> Response:

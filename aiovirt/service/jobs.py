@@ -58,6 +58,9 @@ class Job:
     teardown: dict[str, Any] | None = None
     tearing_down: bool = False   # a teardown of the job's guests is under way
     done: anyio.Event = field(default_factory=anyio.Event)
+    revision: int = 0            # bumped when what a finished job shows changes (teardown)
+    cached: tuple[int, bytes] | None = None   # a finished job's JSON, at a revision
+    encoding: anyio.Lock = field(default_factory=anyio.Lock)
 
     @property
     def id(self) -> str:

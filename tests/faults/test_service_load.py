@@ -351,3 +351,44 @@ async def test_running_jobs_are_capped(profiles_dir, test_uri, holder):
         for done in (job_id, third.json()["id"]):
             assert (await client.delete(f"/jobs/{done}/guests")).status_code == 200
     assert not any(n.startswith(prefix) for n in {d.name for d in await holder.list_domains()})
+
+
+async def test_health_stays_fast_while_large_job_reports_are_read(profiles_dir, test_uri,
+                                                                   holder):
+    # each GET /jobs/ID encoded the whole report, indented, on the event loop
+    prefix = f"big-{uuid.uuid4().hex[:6]}"
+    app = create_app(hosts=[test_uri], profiles_dir=profiles_dir, system_profiles=False)
+    async with serving(app) as client:
+        reply = await client.post("/jobs", json={"specs": [{
+            "template": TINY_GUEST.format(name=prefix), "count": 3000, "address": False,
+            "start": False}], "concurrency": 64})
+        job_id = reply.json()["id"]
+        assert (await wait_for_job(client, job_id))["report"]["counts"] == {"defined": 3000}
+        latencies: list[float] = []
+        done = anyio.Event()
+
+        async def probe() -> None:
+            while not done.is_set():
+                start = time.perf_counter()
+                assert (await client.get("/health")).status_code == 200
+                latencies.append(time.perf_counter() - start)
+
+        async def read() -> list[httpx.Response]:
+            try:
+                return await asyncio.gather(*(client.get(f"/jobs/{job_id}")
+                                              for _ in range(50)))
+            finally:
+                done.set()
+
+        with anyio.fail_after(120):
+            probing = asyncio.ensure_future(probe())
+            replies = await read()
+            await probing
+        assert {r.status_code for r in replies} == {200}
+        assert max(latencies) < 0.5, (max(latencies), statistics.median(latencies))
+        assert len({r.content for r in replies}) == 1 and b'\n  "' not in replies[0].content
+        removed = await client.delete(f"/jobs/{job_id}/guests")
+        assert removed.json()["counts"] == {"removed": 3000}
+        # what a teardown adds shows: the kept body is not served stale
+        assert (await client.get(f"/jobs/{job_id}")).json()["teardown"]["counts"] == \
+            {"removed": 3000}
