@@ -256,3 +256,14 @@ def test_compose_with_address(tmp_path):
     address_map = agreement_tool().address_map
     assert address_map(done.stdout) == address_map(
         address_domain(plain.stdout, Tunables(hotplug_reserve=4)).xml)
+
+
+def test_python_dash_m_runs_the_cli():
+    done = subprocess.run([sys.executable, "-m", "aiovirt", "compose", "-p", "kvm-base", "-"],
+                          input=PARTIAL, capture_output=True, text=True, timeout=60,
+                          env=CLI_ENV)
+    assert done.returncode == 0, done.stderr
+    assert etree.fromstring(done.stdout.encode()).findtext("name") == "cli-vm"
+    usage = subprocess.run([sys.executable, "-m", "aiovirt", "compose"], capture_output=True,
+                           text=True, timeout=60, env=CLI_ENV)
+    assert usage.returncode == 2 and "usage: aiovirt compose" in usage.stderr

@@ -35,6 +35,7 @@ ALLOWED = {
     "cli": {"errors", "protocol", "client", "api", "xml", "address", "compose", "provision",
             "service", "testing", "capabilities"},
     "_profiles": set(),
+    "__main__": {"cli"},   # python -m aiovirt: the command line
 }
 for _layer, _allowed in ALLOWED.items():
     if _layer not in SHARED:
