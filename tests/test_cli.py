@@ -16,12 +16,14 @@ AIOVIRT = shutil.which("aiovirt", path=str(Path(sys.executable).parent)) or "aio
 PARTIAL = "<domain><name>cli-vm</name></domain>"
 
 
+# a bare environment, with the code under test where it is not the one installed
+CLI_ENV = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent",
+           **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"}}
+
+
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([AIOVIRT, *args], input=stdin, capture_output=True, text=True,
-                          timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent",
-                                           # the code under test, where it is not installed
-                                           **{k: v for k, v in os.environ.items()
-                                              if k == "PYTHONPATH"}})
+                          timeout=60, env=CLI_ENV)
 
 
 def test_compose_from_stdin_with_explain():

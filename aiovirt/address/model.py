@@ -262,6 +262,8 @@ _USB_DEPTH = 5   # a USB port path: a root port and up to four hubs
 
 def _shown(value: Any) -> str:
     """``value`` for a message: its repr, cut to 60 characters."""
+    if isinstance(value, int) and value.bit_length() > 200:   # (repr may refuse it)
+        return f"an int of {value.bit_length()} bits"
     text = repr(value)
     return text if len(text) <= 60 else f"{text[:57]}..."
 
