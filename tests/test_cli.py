@@ -269,3 +269,16 @@ def test_python_dash_m_runs_the_cli():
     usage = subprocess.run([sys.executable, "-m", "aiovirt", "compose"], capture_output=True,
                            text=True, timeout=60, env=CLI_ENV)
     assert usage.returncode == 2 and "usage: aiovirt compose" in usage.stderr
+
+
+def test_serve_refuses_a_bad_port_or_unusable_tls_files(tmp_path):
+    """``--port 99999`` bound another port and logged the wrong one; a missing certificate
+    was uvicorn's FileNotFoundError traceback."""
+    bad_port = run("serve", "--port", "99999")
+    assert bad_port.returncode == 2 and "99999: a port is from 0 to 65535" in bad_port.stderr
+    (tmp_path / "cert.pem").write_text("not a certificate")
+    for cert in ("/nonexistent.pem", str(tmp_path / "cert.pem")):
+        done = run("serve", "--port", "0", "--tls-cert", cert, "--tls-key", cert)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.startswith(f"aiovirt: error: --tls-cert/--tls-key {cert} / {cert}"
+                                      ": cannot use them"), done.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import ssl
 import sys
 from typing import Any
 
@@ -62,6 +63,7 @@ def _serve(options: argparse.Namespace) -> int:
     except ImportError:
         raise AiovirtError("aiovirt serve needs uvicorn: pip install 'aiovirt[serve]'"
                            ) from None
+    _check_tls(options.tls_cert, options.tls_key)
     if not is_loopback(options.host) and not options.tls_cert:
         print(f"aiovirt: warning: serving plain HTTP on {options.host}: the bearer token "
               "crosses the network in clear (give --tls-cert/--tls-key or use a TLS proxy)",
@@ -96,6 +98,32 @@ def _number(kind: type[int] | type[float], low: float, what: str) -> Any:
 _size = _number(int, 1, "bytes")
 
 
+def _port(text: str) -> int:
+    """An argparse type: a TCP port, 0 to 65535 (0: any free one)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value}: a port is from 0 to 65535")
+    return value
+
+
+def _check_tls(cert: str | None, key: str | None) -> None:
+    """Load the certificate and key as the server will, so that a missing or unusable file
+    is one error line naming it, not uvicorn's traceback at start-up."""
+    if cert is None and key is None:
+        return
+    if cert is None:
+        raise AiovirtError("--tls-key needs --tls-cert")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        files = cert if key is None else f"{cert} / {key}"
+        raise AiovirtError(f"--tls-cert/--tls-key {files}: cannot use them: "
+                           f"{exc.strerror or exc}") from None
+
+
 def register(commands: Any) -> None:
     """Add ``aiovirt serve`` to the parser's subcommands."""
     serve = commands.add_parser(
@@ -106,7 +134,7 @@ def register(commands: Any) -> None:
                     f"bearer token ({TOKEN_ENV} or --token).")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind "
                                                             "(default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    serve.add_argument("--port", type=_port, default=8080, help="port (default 8080)")
     serve.add_argument("--token", help=f"require 'Authorization: Bearer TOKEN' (prefer "
                                        f"the {TOKEN_ENV} environment variable)")
     serve.add_argument("--uri", action="append", metavar="URI",
