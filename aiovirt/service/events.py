@@ -175,6 +175,9 @@ class EventHub:
         feed.publish((feed.host, error))
 
 
+_WRITE_BATCH = 256   # events joined into one write at most
+
+
 async def stream_lifecycle_events(hub: EventHub, hosts: list[str], write: Write, *,
                                   keepalive: float = 15.0) -> None:
     """Write the events of ``hosts`` to ``write`` until every host is gone, the client
@@ -192,11 +195,29 @@ async def stream_lifecycle_events(hub: EventHub, hosts: list[str], write: Write,
                 continue
             except anyio.EndOfStream:
                 break
-            if isinstance(item, bytes):
-                await write(item)
-            elif host in left:
-                left.discard(host)
-                await write(sse("error", {"host": host, "error": item}))
+            # what else is queued goes in the same write: one event per write kept a client
+            # reading at full speed behind a burst, and cut it as "fell behind"
+            chunks: list[bytes] = []
+            ended = False
+            while True:
+                if isinstance(item, bytes):
+                    chunks.append(item)
+                elif host in left:
+                    left.discard(host)
+                    chunks.append(sse("error", {"host": host, "error": item}))
+                if len(chunks) >= _WRITE_BATCH:
+                    break
+                try:
+                    host, item = listener.receive.receive_nowait()
+                except anyio.WouldBlock:
+                    break
+                except anyio.EndOfStream:
+                    ended = True
+                    break
+            if chunks:
+                await write(b"".join(chunks))
+            if ended:
+                break
         if listener.fell_behind:
             await write(sse("error", {"error": f"this client fell behind: more than "
                                                f"{hub.queue} events waited for it; "

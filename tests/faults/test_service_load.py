@@ -392,3 +392,29 @@ async def test_health_stays_fast_while_large_job_reports_are_read(profiles_dir, 
         # what a teardown adds shows: the kept body is not served stale
         assert (await client.get(f"/jobs/{job_id}")).json()["teardown"]["counts"] == \
             {"removed": 3000}
+
+
+async def test_an_event_stream_read_at_full_speed_keeps_up_with_a_burst(profiles_dir,
+                                                                        test_uri, holder):
+    """A client reading as fast as it could was cut as "fell behind" in a burst (1378 of
+    2000 events): the stream wrote one event per pass of the loop.  Now what is queued
+    leaves in one write."""
+    app = create_app(hosts=[test_uri], profiles_dir=profiles_dir, system_profiles=False,
+                     stream_queue=128)
+    prefix = f"burst-{uuid.uuid4().hex[:6]}"
+    count = 800
+    async with serving(app) as client, ready_stream(client) as events:
+        async def burst() -> None:
+            doms = await asyncio.gather(*(holder.define_xml(TEST_GUEST.format(
+                name=f"{prefix}-{n}")) for n in range(count)))
+            await asyncio.gather(*(dom.undefine() for dom in doms))
+
+        seen = 0
+        async with anyio.create_task_group() as group:
+            group.start_soon(burst)
+            with anyio.fail_after(60):
+                async for kind, data in events:
+                    assert kind == "lifecycle", data
+                    seen += data["name"].startswith(prefix)
+                    if seen == 2 * count:
+                        break
