@@ -36,8 +36,8 @@ from .http import (
     json_response,
     sse,
 )
-from .inputs import (ComposeInput, compose_input, job_input, query_tunables, teardown_input,
-                     tunables)
+from .inputs import (ComposeInput, check_job, compose_input, job_input, query_tunables,
+                     teardown_input, tunables)
 from .jobs import Job, JobState, NotRunning, TooManyJobs
 from .limits import busy
 from .openapi import document
@@ -268,6 +268,8 @@ class Handlers:
             raise busy(str(exc), retry_after=5) from None
         given = job_input(data, service.policy, service.store.library,
                           max_guests=service.config.max_guests)
+        # composing every spec once: in a worker, as /compose does (it held the loop)
+        given = await service.pool.run(check_job, given)
         job = Job(given.run, given.hosts)
         try:
             service.jobs.start(job)

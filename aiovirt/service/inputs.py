@@ -23,7 +23,7 @@ from ..client.uri import ConnectionURI, parse_uri
 from .http import HTTPError, Request
 
 __all__ = ["ComposeInput", "HostPolicy", "JobInput", "TeardownInput", "compose_input",
-           "job_input", "query_tunables", "teardown_input", "tunables"]
+           "check_job", "job_input", "query_tunables", "teardown_input", "tunables"]
 
 
 MAX_MESSAGE = 500   # characters of an error message about a job or teardown body
@@ -288,12 +288,21 @@ def _job_input(data: dict[str, Any], policy: HostPolicy, library: Library, *,
             raise _fail(f"specs[{index}]", str(exc)) from None
     try:
         run = Provisioning(hosts, specs, library=library, **options)
-        run.check()
-    except SpecError as exc:
-        raise _fail(f"specs[{exc.index}]", exc.reason) from None
     except (ProvisionError, XMLInputError) as exc:
         raise HTTPError(422, str(exc)) from None
     return JobInput(run, hosts)
+
+
+def check_job(given: JobInput) -> JobInput:
+    """Compose every spec of a parsed job offline (``Provisioning.check``), its errors as
+    the request's; the composing is the costly part, for a worker thread."""
+    try:
+        given.run.check()
+    except SpecError as exc:
+        raise _clipped(_fail(f"specs[{exc.index}]", exc.reason)) from None
+    except (ProvisionError, XMLInputError) as exc:
+        raise _clipped(HTTPError(422, str(exc))) from None
+    return given
 
 
 @dataclass

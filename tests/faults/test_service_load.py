@@ -418,3 +418,38 @@ async def test_an_event_stream_read_at_full_speed_keeps_up_with_a_burst(profiles
                     seen += data["name"].startswith(prefix)
                     if seen == 2 * count:
                         break
+
+
+async def test_health_stays_fast_while_job_specs_are_checked(profiles_dir, test_uri):
+    """POST /jobs composed every spec on the event loop (16 large specs at once held /health
+    for seconds); it now does so in the worker threads, as /compose does."""
+    app = create_app(hosts=[test_uri], profiles_dir=profiles_dir, system_profiles=False,
+                     max_body=2 << 20)
+    nics = "".join(f"<interface type='network'><source network='n{i}'/></interface>"
+                   for i in range(6000))
+    body = {"specs": [{"template": f"<domain><devices>{nics}</devices></domain>",
+                       "name": "big", "profiles": ["kvm-base", "virtio-linux"]},
+                      {"template": "<domain/>", "name": "zz", "profiles": ["no-such"]}]}
+    async with serving(app) as client:
+        latencies: list[float] = []
+        done = anyio.Event()
+
+        async def probe() -> None:
+            while not done.is_set():
+                start = time.perf_counter()
+                assert (await client.get("/health")).status_code == 200
+                latencies.append(time.perf_counter() - start)
+
+        async def post() -> int:
+            return (await client.post("/jobs", json=body, timeout=120)).status_code
+
+        with anyio.fail_after(120):
+            probing = asyncio.ensure_future(probe())
+            try:
+                statuses = await asyncio.gather(*(post() for _ in range(16)))
+            finally:
+                done.set()
+            await probing
+    assert statuses == [422] * 16   # (the second spec names no profile: refused, after all)
+    assert len(latencies) >= 5
+    assert max(latencies) < 0.5, (max(latencies), statistics.median(latencies))
