@@ -106,7 +106,7 @@ class Progress:
         self.done = 0
         self.counts: Counter[Stage] = Counter({Stage.PENDING: total})
 
-    def move(self, old: Stage, new: Stage, *, final: bool) -> None:
+    def move(self, old: Stage, new: Stage, final: bool) -> None:
         self.counts[old] -= 1
         self.counts[new] += 1
         self.done += final
