@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 import httpx
@@ -353,6 +354,26 @@ async def test_running_jobs_are_capped(profiles_dir, test_uri, holder):
     assert not any(n.startswith(prefix) for n in {d.name for d in await holder.list_domains()})
 
 
+async def health_during(client: httpx.AsyncClient, load: Any) -> tuple[Any, list[float]]:
+    """``load``'s result, and the latencies of the GET /health probes made while it ran."""
+    latencies: list[float] = []
+    done = anyio.Event()
+
+    async def probe() -> None:
+        while not done.is_set():
+            start = time.perf_counter()
+            assert (await client.get("/health")).status_code == 200
+            latencies.append(time.perf_counter() - start)
+
+    probing = asyncio.ensure_future(probe())
+    try:
+        result = await load
+    finally:
+        done.set()
+    await probing
+    return result, latencies
+
+
 async def test_health_stays_fast_while_large_job_reports_are_read(profiles_dir, test_uri,
                                                                    holder):
     # each GET /jobs/ID encoded the whole report, indented, on the event loop
@@ -364,26 +385,9 @@ async def test_health_stays_fast_while_large_job_reports_are_read(profiles_dir, 
             "start": False}], "concurrency": 64})
         job_id = reply.json()["id"]
         assert (await wait_for_job(client, job_id))["report"]["counts"] == {"defined": 3000}
-        latencies: list[float] = []
-        done = anyio.Event()
-
-        async def probe() -> None:
-            while not done.is_set():
-                start = time.perf_counter()
-                assert (await client.get("/health")).status_code == 200
-                latencies.append(time.perf_counter() - start)
-
-        async def read() -> list[httpx.Response]:
-            try:
-                return await asyncio.gather(*(client.get(f"/jobs/{job_id}")
-                                              for _ in range(50)))
-            finally:
-                done.set()
-
         with anyio.fail_after(120):
-            probing = asyncio.ensure_future(probe())
-            replies = await read()
-            await probing
+            replies, latencies = await health_during(client, asyncio.gather(
+                *(client.get(f"/jobs/{job_id}") for _ in range(50))))
         assert {r.status_code for r in replies} == {200}
         assert max(latencies) < 0.5, (max(latencies), statistics.median(latencies))
         assert len({r.content for r in replies}) == 1 and b'\n  "' not in replies[0].content
@@ -431,25 +435,12 @@ async def test_health_stays_fast_while_job_specs_are_checked(profiles_dir, test_
                        "name": "big", "profiles": ["kvm-base", "virtio-linux"]},
                       {"template": "<domain/>", "name": "zz", "profiles": ["no-such"]}]}
     async with serving(app) as client:
-        latencies: list[float] = []
-        done = anyio.Event()
-
-        async def probe() -> None:
-            while not done.is_set():
-                start = time.perf_counter()
-                assert (await client.get("/health")).status_code == 200
-                latencies.append(time.perf_counter() - start)
-
         async def post() -> int:
             return (await client.post("/jobs", json=body, timeout=120)).status_code
 
         with anyio.fail_after(120):
-            probing = asyncio.ensure_future(probe())
-            try:
-                statuses = await asyncio.gather(*(post() for _ in range(16)))
-            finally:
-                done.set()
-            await probing
+            statuses, latencies = await health_during(
+                client, asyncio.gather(*(post() for _ in range(16))))
     assert statuses == [422] * 16   # (the second spec names no profile: refused, after all)
     assert len(latencies) >= 5
     assert max(latencies) < 0.5, (max(latencies), statistics.median(latencies))
