@@ -170,6 +170,8 @@ class _TLSWire(asyncio.Protocol):
         self._buffer = bytearray(_BUFFER_KEEP)   # what one read decrypts
         self._view = memoryview(self._buffer)
         self._ended: tuple[Exception | None] | None = None
+        # handshake done, status byte read, the protocol above attached: reads skip all three
+        self._steady = False
         self._error: Exception | None = None   # a TLS error that ended the connection
 
     # -- the TCP transport's protocol --------------------------------------------------------
@@ -194,10 +196,11 @@ class _TLSWire(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._in.write(data)
-        if not self.handshake.done():
-            self._shake()
-            if not self.handshake.done() or self.handshake.exception() is not None:
-                return
+        if not self._steady:   # the handshake and the status byte: read once, then skipped
+            if not self.handshake.done():
+                self._shake()
+                if not self.handshake.done() or self.handshake.exception() is not None:
+                    return
         closed = False
         # Read while bytes are left in the BIO: SSL reads exactly one record at a time, so
         # it empties when the last whole record is read, and the "want read" answer (an
@@ -231,14 +234,18 @@ class _TLSWire(asyncio.Protocol):
         if len(buffer) > _BUFFER_KEEP:   # a burst grew it: give the memory back
             self._buffer = bytearray(_BUFFER_KEEP)
             self._view = memoryview(self._buffer)
-        if plain and not self.status.done():
-            self.status.set_result(plain[:1])
-            plain = plain[1:]
-        if plain:
-            if self._app is not None:
-                self._app.data_received(plain)
-            else:
-                self._early += plain
+        if self._steady:
+            if plain:
+                self._app.data_received(plain)  # type: ignore[union-attr]
+        else:
+            if plain and not self.status.done():
+                self.status.set_result(plain[:1])
+                plain = plain[1:]
+            if plain:
+                if self._app is not None:
+                    self._app.data_received(plain)
+                else:
+                    self._early += plain
         if closed and self._raw is not None:
             self._raw.close()
 
@@ -290,9 +297,23 @@ class _TLSWire(asyncio.Protocol):
             app.data_received(early)
         if self._ended is not None:
             app.connection_lost(self._ended[0])
+        self._steady = (self.handshake.done() and self.handshake.exception() is None and
+                        self.status.done())
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.writelines((data,))
+        """One piece (a lone call's packet, the commonest write): ``writelines`` inlined."""
+        if not (self._cutter.idle and len(data) >= 4 and
+                _LENGTH.unpack_from(data)[0] == len(data)):
+            self.writelines((data,))
+            return
+        try:
+            self._records.write(data)
+        except ssl.SSLError as exc:   # (a packet cannot be half sent: the connection ends)
+            self._fail(exc)
+            return
+        raw = self._raw
+        if raw is not None and not raw.is_closing():
+            raw.write(self._out.read())
 
     def writelines(self, pieces: Iterable[bytes | bytearray | memoryview]) -> None:
         """Encrypt ``pieces`` (one record per libvirt packet) and send them in one go.  A
