@@ -235,9 +235,8 @@ class Channel:
                     sink.deliver(item)
         if pinged and self._backed_up():
             protocol.drop_pongs()   # the peer does not read what we send: PONGs would pile up
-        outgoing = protocol.data_to_send()
-        if outgoing:
-            self._write(outgoing)
+        if protocol._outgoing:   # (``data_to_send`` is only called when it has something)
+            self._write(protocol.data_to_send())
         # a small read is events trickling in: rest so they gather; a big one is a backlog,
         # read on at once
         if (events and len(data) < _BATCH_BELOW and self.batch_window and protocol.pending == 0

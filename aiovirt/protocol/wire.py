@@ -303,6 +303,8 @@ class ClientProtocol:
             raise ValueError(f"pipeline_depth ({pipeline_depth}) must be at least "
                              f"max_in_flight ({max_in_flight})")
         self._frames = FrameDecoder(max_message)
+        # the largest packet ``_receive_whole`` parses in place (bigger: the general path)
+        self._whole_limit = min(max_message, GC_PAUSE_BYTES)
         self._serial = 0
         self.max_in_flight = max_in_flight
         self.pipeline_depth = pipeline_depth or max_in_flight
@@ -474,7 +476,7 @@ class ClientProtocol:
         results: list[Any] = []
         pending, route = self._pending, self._route
         unpack = _PREFIX.unpack_from
-        limit = min(self._frames.max_message, GC_PAUSE_BYTES)
+        limit = self._whole_limit
         pos, end = 0, len(data)
         while end - pos >= PREFIX_SIZE:
             length, program, version, number, type_, serial, status = unpack(data, pos)
