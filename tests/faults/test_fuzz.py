@@ -150,8 +150,13 @@ def test_decoders_take_mutated_valid_encodings(case):
     name, data = case
     value = only_protocol_errors(DECODERS[name][0], data, name)
     encoder = DECODERS[name][1]
-    if value is not None and encoder is not None:   # what decodes can be sent back
-        encoder(bytearray(), value)
+    if value is not None and encoder is not None:   # what decodes can be sent back...
+        try:
+            encoder(bytearray(), value)
+        except XdrError as exc:
+            # ...but a string with a NUL inside: decoded as libvirt's own xdr_string takes
+            # it, refused on the way out (a C string would end at the NUL)
+            assert "contains a NUL character" in str(exc), exc
 
 
 # -- frames and the client protocol --------------------------------------------------------------

@@ -443,4 +443,5 @@ async def test_health_stays_fast_while_job_specs_are_checked(profiles_dir, test_
                 client, asyncio.gather(*(post() for _ in range(16))))
     assert statuses == [422] * 16   # (the second spec names no profile: refused, after all)
     assert len(latencies) >= 5
-    assert max(latencies) < 0.5, (max(latencies), statistics.median(latencies))
+    # (on the loop it held /health for seconds; 0.54 s was seen once on a loaded machine)
+    assert max(latencies) < 1.0, (max(latencies), statistics.median(latencies))
