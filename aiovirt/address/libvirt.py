@@ -578,14 +578,17 @@ class LibvirtPlacement:
                     index = chr_dev.address.controller \
                         if isinstance(chr_dev.address, VirtioSerialAddress) else 0
                     self.maybe_add_controller("virtio-serial", index)
+        # a card without an address takes the slot after the highest on controller 0 (any
+        # card's, given or just assigned): that highest only grows, so it is kept, not rescanned
+        highest = max((c.address.slot for c in self.of("smartcard")
+                       if isinstance(c.address, CcidAddress) and c.address.controller == 0),
+                      default=-1)
         for card in self.of("smartcard"):
             if isinstance(card.address, CcidAddress):
                 index = card.address.controller
             else:
-                index = 0
-                used = [c.address.slot for c in self.of("smartcard")
-                        if isinstance(c.address, CcidAddress) and c.address.controller == 0]
-                card.address = CcidAddress(0, max(used, default=-1) + 1)
+                index, highest = 0, highest + 1
+                card.address = CcidAddress(0, highest)
             self.maybe_add_controller("ccid", index)
         scsi_hosts = [h for h in self.of("hostdev")
                       if h.type == "scsi" and isinstance(h.address, DriveAddress)]
