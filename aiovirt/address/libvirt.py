@@ -706,12 +706,17 @@ class LibvirtPlacement:
                     raise AddressError(f"{dev.label()}: spapr-vio address {dev.address.reg:#x} "
                                        "is already in use")
                 taken.add(dev.address.reg)
-        for dev, reg, vio in order:
+        # each kind's search resumes where its last stopped: regs are only ever taken, so
+        # the ones it passed are still in use (a rescan from the default was quadratic)
+        resume: dict[int, int] = {}
+        for dev, start, vio in order:
             if dev.address is None and dev.options.get("foreign_address") in (None, "spapr-vio") \
                     and (vio or dev.options.get("foreign_address") == "spapr-vio"):
+                reg = resume.get(start, start)
                 while reg in taken:
                     reg += 0x1000
                 taken.add(reg)
+                resume[start] = reg
                 dev.address = SpaprVioAddress(reg)
                 dev.options.pop("foreign_address", None)
 
