@@ -27,6 +27,7 @@ Addresses already given are kept: they are reserved first, so existing devices n
 
 from __future__ import annotations
 
+import bisect
 import functools
 import string
 from collections.abc import Iterator
@@ -610,38 +611,15 @@ class LibvirtPlacement:
 
     # -- 5a. virtio-serial ---------------------------------------------------------------------
     def assign_virtio_serial(self) -> None:
-        ports: dict[int, set[int]] = {}
-        sizes: dict[int, int] = {}
+        ports = _SerialPorts()
         for cont in self.controllers("virtio-serial"):
             assert cont.index is not None
-            ports[cont.index] = set()
-            sizes[cont.index] = int(cont.options.get("ports", _VIRTIO_SERIAL_PORTS))
+            ports.add(cont.index, int(cont.options.get("ports", _VIRTIO_SERIAL_PORTS)))
         chrs = [d for d in self.devices if d.kind in ("channel", "console")
                 and d.target == "virtio"]
         for dev in chrs:
             if isinstance(dev.address, VirtioSerialAddress) and dev.address.port:
-                self._take_port(ports, sizes, dev.address, dev)
-
-        def next_port(allow_zero: bool, controller: int | None) -> VirtioSerialAddress:
-            start = 0 if allow_zero else 1
-            if controller is not None:
-                free = [p for p in range(1, sizes[controller]) if p not in ports[controller]]
-                if controller not in ports or not free:
-                    raise AddressError(f"no free port on virtio-serial controller "
-                                       f"{controller}")
-                return VirtioSerialAddress(controller, free[0])
-            for index in sorted(ports):
-                taken = ports[index]
-                for port in range(start, sizes[index]):
-                    if port not in taken:
-                        return VirtioSerialAddress(index, port)
-            index = 0
-            while self.controller("virtio-serial", index) is not None:
-                index += 1
-            self.add_controller("virtio-serial", index)
-            ports[index], sizes[index] = set(), _VIRTIO_SERIAL_PORTS
-            return VirtioSerialAddress(index, start)
-
+                ports.take(dev.address, dev)
         for kind in ("console", "channel"):
             for dev in chrs:
                 if dev.kind != kind or (isinstance(dev.address, VirtioSerialAddress) and
@@ -652,27 +630,25 @@ class LibvirtPlacement:
                 if kind == "console" and controller is None:
                     # port 0, which libvirt neither reserves nor records: a virtio console
                     # takes no port (a new controller only when there is none at all)
-                    if not ports:
-                        next_port(True, None)
+                    if not ports.sizes:
+                        self._add_virtio_serial(ports)
                     continue
-                address = next_port(kind == "console", controller)
-                self._take_port(ports, sizes, address, dev)
+                if controller is not None:
+                    address = ports.free_on(controller)
+                else:
+                    address = ports.first_free() or self._add_virtio_serial(ports)
+                ports.take(address, dev)
                 if kind == "channel":   # libvirt reserves a console's port but records none
                     dev.address = address
 
-    @staticmethod
-    def _take_port(ports: dict[int, set[int]], sizes: dict[int, int],
-                   address: VirtioSerialAddress, dev: Device) -> None:
-        if address.controller not in ports:
-            raise AddressError(f"{dev.label()}: virtio-serial controller "
-                               f"{address.controller} is missing")
-        if address.port >= sizes[address.controller]:
-            raise AddressError(f"{dev.label()}: virtio-serial controller "
-                               f"{address.controller} has no port {address.port}")
-        if address.port in ports[address.controller]:
-            raise AddressError(f"{dev.label()}: virtio-serial port {address.port} on "
-                               f"controller {address.controller} is already in use")
-        ports[address.controller].add(address.port)
+    def _add_virtio_serial(self, ports: _SerialPorts) -> VirtioSerialAddress:
+        """A new virtio-serial controller (the lowest free index) and its first port."""
+        index = 0
+        while self.controller("virtio-serial", index) is not None:
+            index += 1
+        self.add_controller("virtio-serial", index)
+        ports.add(index, _VIRTIO_SERIAL_PORTS)
+        return VirtioSerialAddress(index, 1)
 
     # -- 5b. other buses that keep devices off PCI ----------------------------------------------
     def _foreign(self, dev: Device, kind: str) -> None:
@@ -1554,6 +1530,66 @@ def _disk_order(disks: list[Device]) -> list[int]:
         order.append(number)
         number = after[number]
     return order
+
+
+class _SerialPorts:
+    """The virtio-serial controllers' ports in use, and where each search for a free one
+    resumes: ports are only ever taken, so those a search passed stay taken (a rescan from
+    port 1 of controller 0 each time was quadratic)."""
+
+    def __init__(self) -> None:
+        self.taken: dict[int, set[int]] = {}
+        self.sizes: dict[int, int] = {}
+        self.resume: dict[int, int] = {}   # controller -> its lowest port from 1 maybe free
+        self.order: list[int] = []         # the controllers' indexes, sorted
+        self.full = 0                      # how many of ``order`` are known to be full
+
+    def add(self, index: int, size: int) -> None:
+        """A controller with ``size`` ports (empty: the full ones stop before it)."""
+        self.taken[index], self.sizes[index] = set(), size
+        at = bisect.bisect(self.order, index)
+        self.order.insert(at, index)
+        self.full = min(self.full, at)
+
+    def take(self, address: VirtioSerialAddress, dev: Device) -> None:
+        """Mark ``dev``'s port used: a missing controller, no such port or one in use is an
+        error naming it."""
+        if address.controller not in self.taken:
+            raise AddressError(f"{dev.label()}: virtio-serial controller "
+                               f"{address.controller} is missing")
+        if address.port >= self.sizes[address.controller]:
+            raise AddressError(f"{dev.label()}: virtio-serial controller "
+                               f"{address.controller} has no port {address.port}")
+        if address.port in self.taken[address.controller]:
+            raise AddressError(f"{dev.label()}: virtio-serial port {address.port} on "
+                               f"controller {address.controller} is already in use")
+        self.taken[address.controller].add(address.port)
+
+    def _free_port(self, controller: int) -> int | None:
+        """The controller's lowest free port from 1, None when it is full."""
+        port, taken, size = self.resume.get(controller, 1), self.taken[controller], \
+            self.sizes[controller]
+        while port < size and port in taken:
+            port += 1
+        self.resume[controller] = port
+        return port if port < size else None
+
+    def free_on(self, controller: int) -> VirtioSerialAddress:
+        """The lowest free port from 1 on one controller."""
+        port = self._free_port(controller) if controller in self.taken else None
+        if port is None:
+            raise AddressError(f"no free port on virtio-serial controller {controller}")
+        return VirtioSerialAddress(controller, port)
+
+    def first_free(self) -> VirtioSerialAddress | None:
+        """The lowest free port from 1 on the lowest controller that has one."""
+        while self.full < len(self.order):
+            controller = self.order[self.full]
+            port = self._free_port(controller)
+            if port is not None:
+                return VirtioSerialAddress(controller, port)
+            self.full += 1
+        return None
 
 
 def _unaddressed(dev: Device) -> bool:
