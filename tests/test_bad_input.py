@@ -656,6 +656,64 @@ def test_json_devices_with_fields_of_the_wrong_type_or_range_are_named(device, w
         device_from_dict(device)
 
 
+@pytest.mark.parametrize("make, words", [
+    # devices made in Python went unchecked: a TypeError or ValueError from deep in the
+    # placement (index -3, ports "abc", an address tuple), or written out as given
+    (lambda a: a.Device("disk", bus="virtio", target=5), "disk target: expected a string"),
+    (lambda a: a.Device("controller", type="pci", model="pcie-root-port", index=-3),
+     "controller index: expected a whole number from 0 to 1023, not -3"),
+    (lambda a: a.Device("controller", type="usb", index=0, model="qemu-xhci",
+                        options={"ports": "abc"}),
+     "controller options.ports: expected a whole number from 1 to 1023, not 'abc'"),
+    (lambda a: a.Device("disk", options=5), "disk options: expected an object, not 5"),
+    (lambda a: a.Device("disk", address=(0, 5)), "disk address: expected an address "
+     "(PciAddress, DriveAddress, UsbAddress, VirtioSerialAddress, CcidAddress, CcwAddress, "
+     "SpaprVioAddress), not (0, 5)"),
+    (lambda a: a.Device("interface", model="virtio", address=a.PciAddress(0, "zz")),
+     "interface address (pci) slot: expected a whole number from 0 to 255, not 'zz'"),
+    (lambda a: a.Device("interface", model="virtio", address=a.PciAddress(0, 3, 0, 0, "on")),
+     "interface address (pci) multifunction: expected true, false or null, not 'on'"),
+    (lambda a: a.Device("input", bus="usb", address=a.UsbAddress(0, 5)),
+     "input address (usb) port: expected a list of 1 to 5 port numbers, not 5"),
+    (lambda a: a.Device("channel", target="virtio", address=a.VirtioSerialAddress(0, 10**6)),
+     "channel address (virtio-serial) port: expected a whole number from 0 to 1023"),
+    (lambda a: a.Device("disk", numa_node=-1), "disk numa_node: expected a whole number"),
+    (lambda a: a.Device("disk", numa_node="1"), "disk numa_node: expected a whole number"),
+    (lambda a: a.Device("disk", placement="weird"), "disk placement: expected 'pci' or"),
+    (lambda a: a.Device("disk", hotpluggable="no"), "disk hotpluggable: expected true or"),
+    (lambda a: a.Device("disk", name=5), "(disk) name: expected a string, not 5"),
+    (lambda a: a.Device("disk", name="d1", function_group=["a"]), "'d1' function_group: "),
+    (lambda a: a.Device(5), "kind: expected a device element name, not 5"),
+    (lambda a: a.Device("disk", added="yes"), "disk added: expected true or false, not"),
+    (lambda a: {"kind": "disk"}, ": expected a Device, not {'kind': 'disk'}"),
+])
+def test_devices_made_in_python_are_checked_as_json_devices_are(make, words):
+    import aiovirt.address
+    good = aiovirt.address.Device("disk", bus="virtio", name="ok")
+    bad = make(aiovirt.address)
+    with pytest.raises(AddressError, match=re.escape(f"devices[1]{'' if words[0] == ':' else ' '}"
+                                                     f"{words}")):
+        aiovirt.address.place(aiovirt.address.Machine("x86_64", "q35"), [good, bad])
+
+
+def test_python_and_json_devices_meet_one_set_of_rules():
+    from aiovirt.address import CcidAddress, Device, Machine, device_from_dict, place
+    for data, made in [
+            ({"kind": "disk", "numa_node": -1}, Device("disk", numa_node=-1)),
+            ({"kind": "hub", "options": {"ports": 0}}, Device("hub", options={"ports": 0})),
+            ({"kind": "smartcard", "address": {"type": "ccid", "controller": 0, "slot": 300}},
+             Device("smartcard", address=CcidAddress(0, 300)))]:
+        with pytest.raises(AddressError) as from_json:
+            device_from_dict(data, "devices[0]")
+        with pytest.raises(AddressError) as from_python:
+            place(Machine("x86_64", "q35"), [made])
+        assert str(from_json.value) == str(from_python.value)
+    with pytest.raises(AddressError, match="machine: expected a Machine, not 'q35'"):
+        place("q35", [])
+    with pytest.raises(AddressError, match="tunables: expected Tunables, not {}"):
+        place(Machine(), [], {})
+
+
 @pytest.mark.parametrize("call, words", [
     (lambda a: a.Machine("x86_64", "q35", numa_nodes=-1), "machine numa_nodes: expected"),
     (lambda a: a.Machine("x86_64", "q35", numa_nodes="2"), "machine numa_nodes: expected"),

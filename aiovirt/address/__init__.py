@@ -36,7 +36,10 @@ from .model import (
     UsbAddress,
     ValueRecord,
     VirtioSerialAddress,
+    _shown,
     address_from_dict,
+    check_address,
+    check_device,
     check_tunable,
     device_from_dict,
     machine_from_dict,
@@ -46,8 +49,8 @@ from .model import (
 __all__ = ["Address", "AddressError", "AddressedDomain", "CcidAddress", "CcwAddress",
            "Device", "DriveAddress", "Machine", "PciAddress", "SpaprVioAddress", "Tunables",
            "UsbAddress", "VirtioSerialAddress", "address_domain", "address_from_dict",
-           "address_tree", "device_from_dict", "machine_from_dict", "place",
-           "tunables_from_dict"]
+           "address_tree", "check_address", "check_device", "device_from_dict",
+           "machine_from_dict", "place", "tunables_from_dict"]
 
 POLICIES = ("libvirt",)
 
@@ -60,14 +63,20 @@ def place(machine: Machine, devices: list[Device], tunables: Tunables | None = N
 
     Returns new ``Device`` objects, the given ones first (possibly reordered as libvirt
     orders controllers and disks); ``devices`` and its objects are left as they were, also
-    when placement fails."""
+    when placement fails.  Every device is checked as JSON input is (``check_device``):
+    ``devices[N]`` in an error is its position in ``devices``."""
     if policy not in POLICIES:
         raise AddressError(f"unknown addressing policy {policy!r} (known: "
                            f"{', '.join(POLICIES)})")
+    if not isinstance(machine, Machine):
+        raise AddressError(f"machine: expected a Machine, not {_shown(machine)}")
+    if tunables is not None and not isinstance(tunables, Tunables):
+        raise AddressError(f"tunables: expected Tunables, not {_shown(tunables)}")
     if len(devices) > MAX_DEVICES:
         raise AddressError(f"{len(devices)} devices: more than the {MAX_DEVICES} one guest "
                            "can be given addresses for")
-    return LibvirtPlacement(machine, [d.copy() for d in devices], tunables or Tunables()).run()
+    copies = [check_device(d, f"devices[{i}]").copy() for i, d in enumerate(devices)]
+    return LibvirtPlacement(machine, copies, tunables or Tunables()).run()
 
 
 class AddressedDomain(ValueRecord):

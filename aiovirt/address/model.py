@@ -8,14 +8,15 @@ methods took a third of that command's start-up."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from ..errors import AiovirtError
 
 __all__ = ["Address", "AddressError", "CcidAddress", "CcwAddress", "Device", "DriveAddress",
            "Machine", "PciAddress", "SpaprVioAddress", "Tunables", "UsbAddress",
-           "VirtioSerialAddress", "address_from_dict", "check_tunable", "device_from_dict",
-           "machine_from_dict", "tunables_from_dict"]
+           "VirtioSerialAddress", "address_from_dict", "check_address", "check_device",
+           "check_tunable", "device_from_dict", "machine_from_dict", "tunables_from_dict"]
 
 
 MAX_CONTROLLER_INDEX = 1023   # controllers of one type: far above what PCI slots can hold
@@ -156,7 +157,7 @@ class UsbAddress(FrozenRecord):
 
     def __init__(self, bus: int, port: tuple[int, ...]) -> None:
         _init(self, "bus", bus)
-        _init(self, "port", port)
+        _init(self, "port", tuple(port) if isinstance(port, list) else port)   # (hashable)
 
     def __str__(self) -> str:
         return f"usb {self.bus}:{'.'.join(map(str, self.port))}"
@@ -268,17 +269,47 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 60 else f"{text[:57]}..."
 
 
+def _number_problem(value: Any, low: int, high: int) -> str | None:
+    """What is wrong with ``value`` as a whole number from ``low`` to ``high`` (not a bool,
+    not text), or None.  (The checks say what is wrong, and their callers where: the
+    message is made only for an error.)"""
+    if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+        return None
+    return f"expected a whole number from {low} to {high}, not {_shown(value)}"
+
+
+def _text_problem(value: Any, choices: tuple[str, ...] = ()) -> str | None:
+    if isinstance(value, str) and (not choices or value in choices):
+        return None
+    wanted = " or ".join(map(repr, choices)) if choices else "a string"
+    return f"expected {wanted}, not {_shown(value)}"
+
+
+def _flag_problem(value: Any) -> str | None:
+    return None if isinstance(value, bool) else f"expected true or false, not {_shown(value)}"
+
+
+def _checked(value: Any, where: str, problem: str | None) -> Any:
+    """``value`` when there is no ``problem``; else an ``AddressError`` naming ``where``."""
+    if problem is not None:
+        raise AddressError(f"{where}: {problem}")
+    return value
+
+
 def _number(value: Any, where: str, low: int, high: int) -> int:
     """``value`` if it is a whole number from ``low`` to ``high`` (not a bool, not text)."""
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise AddressError(f"{where}: expected a whole number from {low} to {high}, not "
-                           f"{_shown(value)}")
-    return value
+    return _checked(value, where, _number_problem(value, low, high))  # type: ignore[no-any-return]
 
 
 def address_from_dict(data: dict[str, Any], where: str = "address") -> Address:
     """An address from its JSON form (``address_to_dict``'s), every field checked; an
     ``AddressError`` names ``where`` and the field that is wrong."""
+    return check_address(_address_of(data, where), where)
+
+
+def _address_of(data: Any, where: str) -> Address:
+    """The address a JSON object describes, its shape checked (type, fields known and
+    given), its values not yet (``check_address`` does)."""
     if not isinstance(data, dict):
         raise AddressError(f"{where}: expected an object, not {_shown(data)}")
     kind = data.get("type")
@@ -288,30 +319,55 @@ def address_from_dict(data: dict[str, Any], where: str = "address") -> Address:
                            f"{', '.join(_ADDRESS_TYPES)})")
     where = f"{where} ({kind})"
     fields = _ADDRESS_FIELDS[kind]
-    known = {"type", *(f[0] for f in fields),
-             *{"pci": ("multifunction",), "usb": ("port",)}.get(kind, ())}
+    extra = {"pci": ("multifunction",), "usb": ("port",)}.get(kind, ())
+    known = {"type", *(f[0] for f in fields), *extra}
     unknown = sorted(map(str, data.keys() - known))
     if unknown:
         raise AddressError(f"{where}: unknown fields {', '.join(unknown)[:200]} (known: "
                            f"{', '.join(sorted(known - {'type'}))})")
-    values: dict[str, Any] = {}
-    for name, low, high, required in fields:
+    values: dict[str, Any] = {name: data.get(name) for name in extra}
+    for name, _low, _high, required in fields:
         if name in data:
-            values[name] = _number(data[name], f"{where} {name}", low, high)
+            values[name] = data[name]
         elif required:
             raise AddressError(f"{where}: no {name} given")
-    if kind == "pci" and data.get("multifunction") is not None:
-        if not isinstance(data["multifunction"], bool):
-            raise AddressError(f"{where} multifunction: expected true, false or null, not "
-                               f"{_shown(data['multifunction'])}")
-        values["multifunction"] = data["multifunction"]
-    if kind == "usb":
-        port = data.get("port")
-        if not isinstance(port, list) or not 1 <= len(port) <= _USB_DEPTH:
-            raise AddressError(f"{where} port: expected a list of 1 to {_USB_DEPTH} port "
-                               f"numbers, not {_shown(port)}")
-        values["port"] = tuple(_number(p, f"{where} port", 1, MAX_PORTS) for p in port)
     return cls(**values)  # type: ignore[no-any-return]
+
+
+def check_address(address: Any, where: str = "address") -> Address:
+    """``address`` if it is an address record whose every field has its type and range, for
+    addresses from JSON and made in Python alike; else an ``AddressError`` naming ``where``
+    and the field."""
+    problem = _address_problem(address)
+    if problem is not None:
+        raise AddressError(f"{where}{problem}")
+    return address  # type: ignore[no-any-return]
+
+
+def _address_problem(address: Any) -> str | None:
+    """What is wrong with ``address`` (``" (pci) slot: expected..."``), or None."""
+    kind = _TYPE_NAMES.get(type(address))
+    if kind is None:
+        return (f": expected an address ({', '.join(cls.__name__ for cls in _TYPE_NAMES)}), "
+                f"not {_shown(address)}")
+    for name, low, high, _required in _ADDRESS_FIELDS[kind]:
+        problem = _number_problem(getattr(address, name), low, high)
+        if problem is not None:
+            return f" ({kind}) {name}: {problem}"
+    if kind == "pci" and address.multifunction is not None and \
+            not isinstance(address.multifunction, bool):
+        return (f" ({kind}) multifunction: expected true, false or null, not "
+                f"{_shown(address.multifunction)}")
+    if kind == "usb":
+        port = address.port
+        if not isinstance(port, tuple) or not 1 <= len(port) <= _USB_DEPTH:
+            return (f" ({kind}) port: expected a list of 1 to {_USB_DEPTH} port numbers, not "
+                    f"{_shown(port)}")
+        for number in port:
+            problem = _number_problem(number, 1, MAX_PORTS)
+            if problem is not None:
+                return f" ({kind}) port: {problem}"
+    return None
 
 
 class Machine(ValueRecord):
@@ -509,39 +565,32 @@ class Device(Record):
 
 
 def _text(value: Any, where: str, choices: tuple[str, ...] = ()) -> str:
-    if not isinstance(value, str) or (choices and value not in choices):
-        wanted = " or ".join(map(repr, choices)) if choices else "a string"
-        raise AddressError(f"{where}: expected {wanted}, not {_shown(value)}")
-    return value
+    return _checked(value, where, _text_problem(value, choices))  # type: ignore[no-any-return]
 
 
-def _flag(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise AddressError(f"{where}: expected true or false, not {_shown(value)}")
-    return value
-
-
-# how each JSON field of a device is checked (None is "not set" for all but kind and name)
-_DEVICE_CHECKS: dict[str, Any] = {
-    "type": _text, "model": _text, "bus": _text, "target": _text, "function_group": _text,
-    "index": lambda v, w: _number(v, w, 0, MAX_CONTROLLER_INDEX),
-    "placement": lambda v, w: _text(v, w, ("pci", "pcie")),
-    "hotpluggable": _flag,
-    "numa_node": lambda v, w: _number(v, w, 0, MAX_NUMA_NODES - 1),
+# what is wrong with each field of a device, or None (None is "not set" for all but kind
+# and name): the one set of rules for devices from JSON and made in Python
+_DEVICE_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "type": _text_problem, "model": _text_problem, "bus": _text_problem,
+    "target": _text_problem, "function_group": _text_problem,
+    "index": lambda v: _number_problem(v, 0, MAX_CONTROLLER_INDEX),
+    "placement": lambda v: _text_problem(v, ("pci", "pcie")),
+    "hotpluggable": _flag_problem,
+    "numa_node": lambda v: _number_problem(v, 0, MAX_NUMA_NODES - 1),
 }
 TUNABLE_FIELDS = ("numa_node", "placement", "hotpluggable", "function_group")
 # the options the placement reads (others are kept, unread)
-_OPTION_CHECKS: dict[str, Any] = {
-    "ports": lambda v, w: _number(v, w, 1, MAX_PORTS),
-    **{key: lambda v, w: _number(v, w, 0, 255)
+_OPTION_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "ports": lambda v: _number_problem(v, 1, MAX_PORTS),
+    **{key: lambda v: _number_problem(v, 0, 255)
        for key in ("chassis", "port", "busNr", "chassisNr")},
-    "targetIndex": lambda v, w: _number(v, w, 0, MAX_CONTROLLER_INDEX),
-    "numa_node": lambda v, w: _number(v, w, 0, MAX_NUMA_NODES - 1),
-    "dimm_slot": lambda v, w: _number(v, w, 0, MAX_DEVICES),
-    "hotplug": lambda v, w: _text(v, w, ("on", "off")),
-    "master": _flag, "primary": _flag, "write_foreign": _flag,
-    "device": _text, "model_name": _text, "target_model": _text, "copy_of": _text,
-    "driver": _text, "foreign_address": _text,
+    "targetIndex": lambda v: _number_problem(v, 0, MAX_CONTROLLER_INDEX),
+    "numa_node": lambda v: _number_problem(v, 0, MAX_NUMA_NODES - 1),
+    "dimm_slot": lambda v: _number_problem(v, 0, MAX_DEVICES),
+    "hotplug": lambda v: _text_problem(v, ("on", "off")),
+    "master": _flag_problem, "primary": _flag_problem, "write_foreign": _flag_problem,
+    "device": _text_problem, "model_name": _text_problem, "target_model": _text_problem,
+    "copy_of": _text_problem, "driver": _text_problem, "foreign_address": _text_problem,
 }
 
 
@@ -551,53 +600,79 @@ def check_tunable(name: str, value: Any, who: str) -> Any:
     if name not in TUNABLE_FIELDS:
         raise AddressError(f"{who}: unknown tunable {_shown(name)} (known: "
                            f"{', '.join(TUNABLE_FIELDS)})")
-    return None if value is None else _DEVICE_CHECKS[name](value, f"{who} {name}")
+    return None if value is None else \
+        _checked(value, f"{who} {name}", _DEVICE_CHECKS[name](value))
+
+
+def _check_identity(kind: Any, name: Any, where: str) -> None:
+    """A device's kind is an element name and its name a string (errors name it by both)."""
+    if not isinstance(kind, str) or not kind:
+        raise AddressError(f"{where} kind: expected a device element name, not "
+                           f"{_shown(kind)}")
+    if not isinstance(name, str):
+        raise AddressError(f"{where} ({kind}) name: expected a string, not {_shown(name)}")
+
+
+def _who(device: Device, where: str) -> str:
+    """How errors name a device: ``where`` and its name, else its kind."""
+    return f"{where} {_shown(device.name) if device.name else device.kind}"
+
+
+def check_device(device: Any, where: str = "device") -> Device:
+    """``device`` if every field has the type and range placement relies on, for devices
+    from JSON and made in Python alike; else an ``AddressError`` naming the device
+    (``where``, its name or kind) and the field, so bad input never reaches the placement."""
+    if not isinstance(device, Device):
+        raise AddressError(f"{where}: expected a Device, not {_shown(device)}")
+    _check_identity(device.kind, device.name, where)
+    for field, problem_of in _DEVICE_CHECKS.items():
+        value = getattr(device, field)
+        if value is not None and (problem := problem_of(value)) is not None:
+            raise AddressError(f"{_who(device, where)} {field}: {problem}")
+    options = device.options
+    if not isinstance(options, dict):
+        raise AddressError(f"{_who(device, where)} options: expected an object, not "
+                           f"{_shown(options)}")
+    for key, value in options.items():
+        problem_of = _OPTION_CHECKS.get(key)
+        if problem_of is not None and value is not None and \
+                (problem := problem_of(value)) is not None:
+            raise AddressError(f"{_who(device, where)} options.{key}: {problem}")
+    if device.address is not None and (problem := _address_problem(device.address)):
+        raise AddressError(f"{_who(device, where)} address{problem}")
+    if (problem := _flag_problem(device.added)) is not None:
+        raise AddressError(f"{_who(device, where)} added: {problem}")
+    return device
 
 
 def device_from_dict(data: dict[str, Any], where: str = "device") -> Device:
     """A ``Device`` from its JSON form (as ``Device.to_dict`` makes it), every field's type
-    and range checked: an ``AddressError`` names the device (``where``, its name or kind)
-    and the field, so bad JSON never reaches the placement."""
+    and range checked (``check_device``): an ``AddressError`` names the device (``where``,
+    its name or kind) and the field, so bad JSON never reaches the placement."""
     if not isinstance(data, dict):
         raise AddressError(f"{where}: expected an object, not {_shown(data)}")
     if "kind" not in data:
         raise AddressError(f"{where} {_shown(data)} has no 'kind'")
-    kind = data["kind"]
-    if not isinstance(kind, str) or not kind:
-        raise AddressError(f"{where} kind: expected a device element name, not "
-                           f"{_shown(kind)}")
-    name = data.get("name", "")
-    if not isinstance(name, str):
-        raise AddressError(f"{where} ({kind}) name: expected a string, not {_shown(name)}")
-    who = f"{where} {_shown(name) if name else kind}"
-    if not _DEVICE_FIELDS.issuperset(data):
-        unknown = sorted(map(str, data.keys() - _DEVICE_FIELDS))
-        raise AddressError(f"{who}: unknown fields {', '.join(unknown)[:200]}")
     get = data.get
-    for field, check in _DEVICE_CHECKS.items():
-        if get(field) is not None:
-            check(data[field], f"{who} {field}")
-    options = get("options")
-    if options is not None:
-        if not isinstance(options, dict):
-            raise AddressError(f"{who} options: expected an object, not {_shown(options)}")
-        for key, value in options.items():
-            check = _OPTION_CHECKS.get(key)
-            if check is not None and value is not None:
-                check(value, f"{who} options.{key}")
-    address = get("address")
     # field by field onto a bare object: several times cheaper than Device(**data)
     device = _new(Device)
-    device.kind, device.type, device.model = kind, get("type"), get("model")
+    device.kind, device.name = data["kind"], get("name", "")
+    _check_identity(device.kind, device.name, where)
+    if not _DEVICE_FIELDS.issuperset(data):
+        unknown = sorted(map(str, data.keys() - _DEVICE_FIELDS))
+        raise AddressError(f"{_who(device, where)}: unknown fields "
+                           f"{', '.join(unknown)[:200]}")
+    options, address = get("options"), get("address")
+    device.type, device.model = get("type"), get("model")
     device.bus, device.index, device.target = get("bus"), get("index"), get("target")
-    device.address = None if address is None else address_from_dict(address,
-                                                                     f"{who} address")
-    device.options = {} if options is None else dict(options)
+    device.address = None if address is None else \
+        _address_of(address, f"{_who(device, where)} address")
+    device.options = {} if options is None else dict(options) \
+        if isinstance(options, dict) else options
     device.placement, device.hotpluggable = get("placement"), get("hotpluggable")
     device.numa_node, device.function_group = get("numa_node"), get("function_group")
-    device.name, device.added = name, _flag(get("added", False), f"{who} added")
-    device.origin = None
-    return device
+    device.added, device.origin = get("added", False), None
+    return check_device(device, where)
 
 
 def machine_from_dict(data: Any, where: str = "machine") -> Machine:
