@@ -817,6 +817,44 @@ def test_addressing_many_virtio_serial_channels_takes_linear_steps():
     _scales_linearly(Machine("x86_64", "q35"), lambda: Device("channel", target="virtio"))
 
 
+_HOTPLUG = ("<domain type='kvm'><name>x</name><maxMemory slots='{}' unit='KiB'>16777216"
+            "</maxMemory><memory>1048576</memory><os><type arch='x86_64' machine='q35'>hvm"
+            "</type></os><cpu><numa><cell id='0' cpus='0' memory='1048576'/></numa></cpu>"
+            "<devices>{}</devices></domain>")
+_DIMM = "<memory model='dimm'><target><size>131072</size><node>0</node></target>{}</memory>"
+
+
+def test_memory_slots_are_bounded_by_qemus_limit():
+    # slots and dimm_slot took any number up to 8192 (QEMU 7.2 refuses more than 256 slots:
+    # "unsupported amount of memory slots: 257"), a DIMM slot past the domain's was written
+    # out for libvirt to refuse, and a dimm_slot of None was a TypeError
+    from aiovirt.address import Device, Machine, place
+    assert 'slot="255"' in address_domain(_HOTPLUG.format(256, _DIMM.format(
+        "<address type='dimm' slot='255'/>") + _DIMM.format(""))).xml
+    for xml, words in [
+            (_HOTPLUG.format(257, ""), "<maxMemory slots>: 257 is out of range (0 to 256)"),
+            (_HOTPLUG.format(10**30, ""), "<maxMemory slots>: 10000000000"),
+            (_HOTPLUG.format(256, _DIMM.format("<address type='dimm' slot='256'/>")),
+             "memory#1 <address type='dimm' slot>: 256 is out of range (0 to 255)"),
+            (_HOTPLUG.format(16, _DIMM.format("<address type='dimm' slot='16'/>")),
+             "memory#1: DIMM slot 16 is beyond the domain's 16 (<maxMemory slots='16'>)"),
+            (_HOTPLUG.format(1, _DIMM.format("") * 2),
+             "memory#2: no free memory slot (all 1 of <maxMemory slots='1'> are taken)")]:
+        with pytest.raises(AddressError, match=re.escape(words)):
+            address_domain(xml)
+    with pytest.raises(AddressError, match=re.escape(
+            "machine memory_slots: expected a whole number from 0 to 256, not 257")):
+        Machine("x86_64", "q35", memory_slots=257)
+    dimm = Device("memory", model="dimm", options={"dimm_slot": 256})
+    with pytest.raises(AddressError, match=re.escape(
+            "devices[0] memory options.dimm_slot: expected a whole number from 0 to 255")):
+        place(Machine("x86_64", "q35", memory_slots=256), [dimm])
+    dimm.options["dimm_slot"] = None
+    [placed] = [d for d in place(Machine("x86_64", "q35", memory_slots=4), [dimm])
+                if d.kind == "memory"]
+    assert placed.options["dimm_slot"] == 0
+
+
 @pytest.mark.parametrize("kwargs, words", [
     ({"namespace": "https://aiovirt.org/xmlns/profiles/1"}, "is aiovirt's own"),
     ({"namespace": "https://aiovirt.org/xmlns/devices/1"}, "is aiovirt's own"),

@@ -11,6 +11,7 @@ from lxml import etree
 from .model import (
     Address,
     MAX_CONTROLLER_INDEX,
+    MAX_MEMORY_SLOTS,
     MAX_PORTS,
     AddressError,
     CcidAddress,
@@ -36,7 +37,8 @@ _ORDER = ("emulator", "disk", "controller", "lease", "filesystem", "interface", 
 
 def machine_of(root: etree._Element) -> Machine:
     os_type = root.find("os/type")
-    slots = _int(_attr(root.find("maxMemory"), "slots"), "<maxMemory slots>") or 0
+    slots = _count(_attr(root.find("maxMemory"), "slots"), "<maxMemory slots>",
+                   MAX_MEMORY_SLOTS) or 0
     cells = len(root.findall("cpu/numa/cell"))
     if os_type is None:
         return Machine(memory_slots=slots, numa_nodes=cells)
@@ -218,7 +220,9 @@ def read_devices(root: etree._Element) -> list[Device]:
             if foreign is not None:
                 options["foreign_address"] = foreign
                 if foreign == "dimm" and address.get("slot") is not None:
-                    options["dimm_slot"] = _int(address.get("slot"), dev.name)
+                    options["dimm_slot"] = _count(address.get("slot"),
+                                                  f"{dev.name} <address type='dimm' slot>",
+                                                  MAX_MEMORY_SLOTS - 1)
         dev.options = options
         devices.append(dev)
     _primary_video_first(devices)

@@ -799,17 +799,27 @@ class LibvirtPlacement:
 
     def assign_memory_slots(self) -> None:
         """DIMM slots for memory devices, when the domain has memory hotplug."""
-        if not self.machine.memory_slots:
+        slots = self.machine.memory_slots
+        if not slots:
             return
-        used = {int(d.options.get("dimm_slot", -1)) for d in self.of("memory")}
+        used: set[int] = set()
+        for mem in self.of("memory"):
+            given = mem.options.get("dimm_slot")
+            if given is None:
+                continue
+            if given >= slots:   # libvirt refuses it too
+                raise AddressError(f"{mem.label()}: DIMM slot {given} is beyond the domain's "
+                                   f"{slots} (<maxMemory slots='{slots}'>)")
+            used.add(given)
         slot = 0
         for mem in self.of("memory"):
             if mem.model not in ("dimm", "nvdimm") or not _unaddressed(mem):
                 continue
             while slot in used:
                 slot += 1
-            if slot >= self.machine.memory_slots:
-                raise AddressError(f"{mem.label()}: no free memory slot")
+            if slot >= slots:
+                raise AddressError(f"{mem.label()}: no free memory slot (all {slots} of "
+                                   f"<maxMemory slots='{slots}'> are taken)")
             used.add(slot)
             self._foreign(mem, "dimm")
             mem.options["dimm_slot"] = slot

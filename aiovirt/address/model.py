@@ -25,6 +25,8 @@ MAX_NUMA_NODES = 1024        # guest NUMA cells (QEMU takes 128 at most)
 MAX_DEVICES = 8192            # devices of one guest: more than its PCI and drive addresses
                               # can hold, and a bound on what placing them costs
 MAX_HOTPLUG_RESERVE = 1024    # more than 256 PCI buses hold; the work grows with it
+MAX_MEMORY_SLOTS = 256        # <maxMemory slots>: QEMU's limit (ACPI_MAX_RAM_SLOTS; libvirt 9.0
+                              # sets none, QEMU 7.2 refuses 257 on x86 and ARM, 33 on pSeries)
 
 
 class AddressError(AiovirtError, ValueError):
@@ -385,7 +387,8 @@ class Machine(ValueRecord):
                  numa_nodes: int | None = None) -> None:
         self.arch = _text(arch, "machine arch")
         self.machine = _text(machine, "machine machine")
-        self.memory_slots = _number(memory_slots, "machine memory_slots", 0, MAX_DEVICES)
+        self.memory_slots = _number(memory_slots, "machine memory_slots", 0,
+                                    MAX_MEMORY_SLOTS)
         self.numa_nodes = None if numa_nodes is None else \
             _number(numa_nodes, "machine numa_nodes", 0, MAX_NUMA_NODES)
 
@@ -586,7 +589,7 @@ _OPTION_CHECKS: dict[str, Callable[[Any], str | None]] = {
        for key in ("chassis", "port", "busNr", "chassisNr")},
     "targetIndex": lambda v: _number_problem(v, 0, MAX_CONTROLLER_INDEX),
     "numa_node": lambda v: _number_problem(v, 0, MAX_NUMA_NODES - 1),
-    "dimm_slot": lambda v: _number_problem(v, 0, MAX_DEVICES),
+    "dimm_slot": lambda v: _number_problem(v, 0, MAX_MEMORY_SLOTS - 1),
     "hotplug": lambda v: _text_problem(v, ("on", "off")),
     "master": _flag_problem, "primary": _flag_problem, "write_foreign": _flag_problem,
     "device": _text_problem, "model_name": _text_problem, "target_model": _text_problem,
