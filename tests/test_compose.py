@@ -579,6 +579,47 @@ def test_nfv_realtime_schedules_the_vcpus_the_domain_has_at_its_turn(vcpus, expe
     assert result.applied[-1].params["realtime_vcpus"] == expect
 
 
+def _vcpus_changed(xml: str, count: int) -> str:
+    """The composed ``xml`` with its <vcpu> count changed, as an edit between compositions."""
+    root = tree(xml)
+    root.find("vcpu").text = str(count)
+    return etree.tostring(root, encoding="unicode")
+
+
+def test_nfv_realtime_recomposed_after_a_vcpu_count_change_keeps_one_vcpusched():
+    # 1.0 appended a second <vcpusched> (0-1, then 0-3: overlapping, which libvirt refuses)
+    params = {**SHIPPED_PARAMS["nfv-realtime"], "realtime": "yes"}
+    xml = "<domain><name>rt</name><vcpu>2</vcpu></domain>"
+    for count, expect in ((2, "0-1"), (4, "0-3"), (1, "0"), (3, "0-2")):
+        result = compose(_vcpus_changed(xml, count) if count != 2 else xml,
+                         ["kvm-base", "nfv-realtime"], params=params, library=SHIPPED,
+                         validate=False)
+        assert [s.get("vcpus") for s in tree(result.xml).findall("cputune/vcpusched")] == \
+            [expect]
+        again = compose(result.xml, ["kvm-base", "nfv-realtime"], params=params,
+                        library=SHIPPED, validate=False)
+        assert again.xml == result.xml and again.changes == [] and again.upgrades == []
+        xml = result.xml
+
+
+def test_nfv_realtime_1_0_stays_pinned_until_upgraded():
+    # 1.1 changed how <vcpusched> is added: a domain composed with 1.0 keeps 1.0 (and its
+    # digest) until composed with upgrade=True, which lists the move
+    params = {**SHIPPED_PARAMS["nfv-realtime"], "realtime": "yes"}
+    assert SHIPPED.versions("nfv-realtime") == ["1.0", "1.1"]
+    assert SHIPPED.get("nfv-realtime").version == "1.1"
+    old = compose("<domain><name>rt</name><vcpu>2</vcpu></domain>",
+                  ["kvm-base", "nfv-realtime@1.0"], params=params, library=SHIPPED,
+                  validate=False)
+    pinned = compose(old.xml, ["kvm-base", "nfv-realtime"], params=params, library=SHIPPED,
+                     validate=False)
+    assert pinned.xml == old.xml and pinned.upgrades == []
+    moved = compose(_vcpus_changed(old.xml, 4), ["kvm-base", "nfv-realtime"], params=params,
+                    library=SHIPPED, validate=False, upgrade=True)
+    assert [(u.old_version, u.new_version) for u in moved.upgrades] == [("1.0", "1.1")]
+    assert [s.get("vcpus") for s in tree(moved.xml).findall("cputune/vcpusched")] == ["0-3"]
+
+
 def test_applied_set_is_recorded_with_versions_digests_and_parameters():
     result = compose(MINIMAL[0], ["kvm-base", "q35-hotplug"], params={"count": "2"},
                      library=SHIPPED)
