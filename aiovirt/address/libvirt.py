@@ -77,6 +77,7 @@ _VIO_NET, _VIO_SCSI, _VIO_SERIAL, _VIO_NVRAM, _VIO_TPM = (0x1000, 0x2000, 0x3000
                                                           0x4000)
 _CCW_CSSID = 0xFE   # virtio-ccw devices live in channel subsystem 0xfe
 _CCW_DEVNO_LAST = 0xFFFF
+_CCID_SLOT_LAST = 0xFF   # the highest slot a CcidAddress may give (model.py's range)
 _MACHINES = ("x86_64 pc (pc-i440fx-*) and q35 (pc-q35-*), aarch64 and riscv64 virt, ppc64 "
              "pseries, s390x s390-ccw-virtio, x86_64 microvm (without PCI devices)")
 
@@ -589,6 +590,9 @@ class LibvirtPlacement:
                 index = card.address.controller
             else:
                 index, highest = 0, highest + 1
+                if highest > _CCID_SLOT_LAST:   # (what a given address may say: fed back in)
+                    raise AddressError(f"{card.label()}: needs CCID slot {highest}: over the "
+                                       f"limit of {_CCID_SLOT_LAST}")
                 card.address = CcidAddress(0, highest)
             self.maybe_add_controller("ccid", index)
         scsi_hosts = [h for h in self.of("hostdev")
