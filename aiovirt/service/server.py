@@ -6,11 +6,19 @@ held for ever.  ``GuardedH11Protocol`` adds the two missing deadlines to uvicorn
 protocol: a request (head and body) must arrive within ``client_timeout`` of the connection
 opening or of its first byte, and a client that reads nothing of what is sent to it for
 ``client_timeout`` is dropped.
+
+It also bounds a request's head (request line and headers) at ``max_head`` bytes, however it
+arrives (h11 checks only a head still incomplete, so one that came in a single read passed at
+any size), and answers one over it with 414 or 431 before closing.  Every refusal of a bad
+request is followed by a lingering close: what the client still sends is read and dropped
+(for at most ``client_timeout``), since closing a socket with unread data makes the kernel
+send a reset, which can destroy the answer before the client reads it.
 """
 
 from __future__ import annotations
 
 import asyncio
+from http import HTTPStatus
 from typing import Any
 
 import h11
@@ -18,40 +26,122 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .app import App
+from .http import json_body
 
-__all__ = ["DEFAULT_CLIENT_TIMEOUT", "GuardedH11Protocol", "Server", "guarded_protocol",
-           "uvicorn_config"]
+__all__ = ["DEFAULT_CLIENT_TIMEOUT", "DEFAULT_MAX_HEAD", "GuardedH11Protocol", "Server",
+           "guarded_protocol", "uvicorn_config"]
 
 DEFAULT_CLIENT_TIMEOUT = 10.0
+DEFAULT_MAX_HEAD = 64 * 1024   # bytes of request line and headers
+_REASON = 120                          # characters of h11's reason in a 400
 _READING = (h11.IDLE, h11.SEND_BODY)   # the client owes us a request head or body
-_TIMEOUT_BODY = b'{"error": "the request did not arrive in time"}\n'
-_TIMED_OUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-              b"content-length: %d\r\nconnection: close\r\n\r\n%s"
-              % (len(_TIMEOUT_BODY), _TIMEOUT_BODY))
+
+
+def _answer(status: int, message: str) -> bytes:
+    """A whole JSON error response that closes the connection."""
+    body = json_body({"error": message}, indent=None)
+    return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (status, HTTPStatus(status).phrase.encode(),
+                                                len(body), body))
+
+
+_TIMED_OUT = _answer(408, "the request did not arrive in time")
+
+
+def _head_size(request: h11.Request) -> int:
+    """The bytes of a parsed request's head (as sent, but for optional whitespace)."""
+    line = len(request.method) + len(request.target) + 12   # spaces, HTTP/1.1, CRLF
+    return line + sum(len(name) + len(value) + 4 for name, value in request.headers) + 2
+
+
+class HeadTooLarge(h11.RemoteProtocolError):
+    """A request head over the limit: ``error_status_hint`` is 414 (the request line alone
+    is over it) or 431."""
+
+
+class _HeadLimitedConnection(h11.Connection):
+    """h11's server side that refuses a request head over ``limit`` bytes even when the head
+    arrived whole, and keeps the error that ended the connection."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(h11.SERVER, max_incomplete_event_size=limit)
+        self.limit = limit
+        self.error: h11.RemoteProtocolError | None = None
+
+    def next_event(self) -> Any:
+        try:
+            event = super().next_event()
+        except h11.RemoteProtocolError as exc:
+            if exc.error_status_hint == 431:   # h11: an incomplete head over the limit
+                pending = self.trailing_data[0]
+                exc = HeadTooLarge(str(exc), error_status_hint=431 if b"\n" in pending
+                                   else 414)
+            self.error = exc
+            raise exc from None
+        if isinstance(event, h11.Request) and _head_size(event) > self.limit:
+            too_long = len(event.target) + len(event.method) + 12 > self.limit
+            self.error = HeadTooLarge("request head too large",
+                                      error_status_hint=414 if too_long else 431)
+            raise self.error
+        return event
 
 
 class GuardedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with a deadline for reading each request and for a client
-    that stops reading (``client_timeout`` seconds; see ``guarded_protocol``)."""
+    that stops reading (``client_timeout`` seconds), a bound on request heads (``max_head``
+    bytes) and JSON refusals followed by a lingering close (see ``guarded_protocol``)."""
 
     client_timeout: float = DEFAULT_CLIENT_TIMEOUT
+    max_head: int = DEFAULT_MAX_HEAD
     _read_timer: asyncio.TimerHandle | None = None
     _stall_timer: asyncio.TimerHandle | None = None
+    _linger_timer: asyncio.TimerHandle | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.conn = _HeadLimitedConnection(self.max_head)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._watch_reading()
 
     def data_received(self, data: bytes) -> None:
+        if self._linger_timer is not None:   # refused: drop what is still coming
+            return
         super().data_received(data)
         self._watch_reading()
+
+    def send_400_response(self, msg: str) -> None:
+        """Refuse a request h11 could not take (uvicorn calls this): 414 or 431 naming the
+        limit for a head over ``max_head``, otherwise 400 with h11's reason; JSON either way."""
+        error = self.conn.error
+        if isinstance(error, HeadTooLarge):
+            what = ("request line" if error.error_status_hint == 414
+                    else "request head (request line and headers)")
+            self.transport.write(_answer(error.error_status_hint, f"the {what} is over this "
+                                         f"server's limit of {self.max_head} bytes"))
+        else:   # h11's reason, which may quote the request: cut short
+            reason = f": {str(error)[:_REASON]}" if error is not None else ""
+            self.transport.write(_answer(400, f"invalid HTTP request{reason}"))
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close once the client has stopped sending (or after ``client_timeout``): until
+        then its data is read and dropped, so that no reset overtakes the answer."""
+        for timer in (self._read_timer, self._stall_timer):
+            if timer is not None:
+                timer.cancel()
+        self._read_timer = self._stall_timer = None
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._linger_timer = self.loop.call_later(self.client_timeout, self.transport.close)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         self._watch_reading()   # a pipelined request may now be under way
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self._read_timer, self._stall_timer):
+        for timer in (self._read_timer, self._stall_timer, self._linger_timer):
             if timer is not None:
                 timer.cancel()
         self._read_timer = self._stall_timer = None
@@ -95,26 +185,30 @@ class GuardedH11Protocol(H11Protocol):
         self.transport.abort()
 
 
-def guarded_protocol(client_timeout: float) -> type[GuardedH11Protocol]:
+def guarded_protocol(client_timeout: float, max_head: int = DEFAULT_MAX_HEAD
+                     ) -> type[GuardedH11Protocol]:
     """The protocol class for uvicorn's ``http=`` with its deadlines set to
-    ``client_timeout`` seconds."""
+    ``client_timeout`` seconds and request heads bounded at ``max_head`` bytes."""
     if not client_timeout > 0:
         raise ValueError("the client timeout must be more than 0 seconds")
+    if not 1024 <= max_head <= 16 << 20:
+        raise ValueError("the request head limit must be from 1 KiB to 16 MiB")
     return type("GuardedH11Protocol", (GuardedH11Protocol,),
-                {"client_timeout": float(client_timeout)})
+                {"client_timeout": float(client_timeout), "max_head": int(max_head)})
 
 
 def uvicorn_config(app: App, *, host: str = "127.0.0.1", port: int = 8080,
                    client_timeout: float = DEFAULT_CLIENT_TIMEOUT,
-                   max_connections: int | None = None, **options: Any) -> uvicorn.Config:
-    """uvicorn's configuration for the app: h11 with the client deadlines, keep-alive idle
-    bounded by the same timeout, the lifespan on, no websockets, no proxy headers;
-    ``max_connections`` answers 503 beyond that many connections (uvicorn's
+                   max_connections: int | None = None, max_head: int = DEFAULT_MAX_HEAD,
+                   **options: Any) -> uvicorn.Config:
+    """uvicorn's configuration for the app: h11 with the client deadlines and the head
+    limit, keep-alive idle bounded by the same timeout, the lifespan on, no websockets, no
+    proxy headers; ``max_connections`` answers 503 beyond that many connections (uvicorn's
     ``limit_concurrency``)."""
     options.setdefault("log_level", "info")
     options.setdefault("timeout_graceful_shutdown", 5)
     return uvicorn.Config(app, host=host, port=port, lifespan="on",
-                          http=guarded_protocol(client_timeout), ws="none",
+                          http=guarded_protocol(client_timeout, max_head), ws="none",
                           proxy_headers=False, server_header=False,
                           timeout_keep_alive=client_timeout,  # type: ignore[arg-type]
                           limit_concurrency=max_connections, **options)

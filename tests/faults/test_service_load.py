@@ -212,6 +212,61 @@ async def test_a_client_that_stops_reading_is_dropped(profiles_dir):
         assert (await client.get("/health")).status_code == 200
 
 
+async def answer_to(port: int, data: bytes) -> tuple[float, bytes]:
+    """Send ``data`` whole on a new connection, then read until the server closes: (seconds
+    that took, what it sent).  A reset (the answer lost) fails the test."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    start = time.monotonic()
+    try:
+        writer.write(data)
+        await writer.drain()
+        with anyio.fail_after(10):
+            received = await reader.read()
+    finally:
+        writer.close()
+    return time.monotonic() - start, received
+
+
+async def test_oversized_request_heads_are_answered_then_closed(profiles_dir):
+    """A head over the limit (64 KiB), whether a huge header, a huge request target or many
+    headers, and whether or not it came in one read, gets 431 or 414 naming the limit, and
+    the connection closes without a reset: what the client was still sending is drained."""
+    app = create_app(profiles_dir=profiles_dir, system_profiles=False)
+    async with serving(app) as client:
+        port = port_of(client)
+        mb = 1 << 20
+        heads = {
+            "header": (431, b"GET /health HTTP/1.1\r\nhost: t\r\nx-big: %s\r\n\r\n" % (b"a" * mb)),
+            "target": (414, b"GET /health?%s HTTP/1.1\r\nhost: t\r\n\r\n" % (b"a" * mb)),
+            "many": (431, b"GET /health HTTP/1.1\r\nhost: t\r\n%s\r\n"
+                     % b"".join(b"x-h%d: y\r\n" % i for i in range(mb // 12))),
+            "one read": (431, b"GET /health HTTP/1.1\r\nhost: t\r\nx-big: %s\r\n\r\n"
+                         % (b"a" * 100_000)),   # h11 alone takes a whole head of any size
+        }
+        answers = await asyncio.gather(*(answer_to(port, data) for _, data in heads.values()))
+        for (status, _), (seconds, sent) in zip(heads.values(), answers):
+            head, _, body = sent.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 %d " % status), sent[:200]
+            assert b"connection: close" in head.lower()
+            assert "limit of 65536 bytes" in json.loads(body)["error"]
+            assert seconds < 5   # closed once the client stopped sending, not at a timeout
+        fine = await client.get("/health", headers={"x-pad": "a" * 60_000})
+        assert fine.status_code == 200   # under the limit: served, and the server unharmed
+
+
+async def test_a_small_head_limit_is_kept_and_bad_requests_get_json(profiles_dir):
+    app = create_app(profiles_dir=profiles_dir, system_profiles=False)
+    async with serving(app, max_head=4096) as client:
+        refused = await client.get("/health", headers={"x-pad": "a" * 5000})
+        assert refused.status_code == 431
+        assert "limit of 4096 bytes" in refused.json()["error"]
+        _, sent = await answer_to(port_of(client), b"GARBAGE\r\n\r\n")   # not HTTP at all
+        head, _, body = sent.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 ") and b"application/json" in head
+        assert json.loads(body)["error"].startswith("invalid HTTP request: ")
+        assert (await client.get("/health")).status_code == 200
+
+
 async def test_an_event_stream_is_not_cut_by_the_client_timeout(profiles_dir, test_uri):
     app = create_app(hosts=[test_uri], profiles_dir=profiles_dir, system_profiles=False,
                      keepalive=1.5)
