@@ -520,6 +520,66 @@ async def test_cancel_a_job(profiles_dir, test_uri, holder):
         assert not any(n.startswith(prefix) for n in await names_on(holder))
 
 
+async def test_finished_jobs_beyond_keep_jobs_are_dropped_earliest_finished_first(
+        profiles_dir, test_uri, holder):
+    """With ``keep_jobs=2``: a running job is never dropped, the job that finished first
+    goes (not the one started first), and a dropped job's 404 says what became of it."""
+    label = uuid.uuid4().hex[:8]
+    app = create_app(hosts=[test_uri], profiles_dir=profiles_dir, system_profiles=False,
+                     keep_jobs=2)
+
+    async def start(name: str, count: int = 1) -> str:
+        reply = await client.post("/jobs", json={"specs": [{
+            "template": TINY_GUEST.format(name=f"{name}-{label}"), "count": count,
+            "name": f"{name}-{label}-{{n}}", "address": False, "labels": {"keep": label}}],
+            "concurrency": 1})
+        assert reply.status_code == 202, reply.text
+        return reply.json()["id"]
+
+    try:
+        async with serving(app) as client:
+            long = await start("long", MANY)   # runs while three short ones come and go
+            short = []
+            for name in ("b", "c", "d"):   # one after the other: they finish in this order
+                short.append(await start(name))
+                assert (await wait_for_job(client, short[-1]))["state"] == "done"
+            assert (await client.get(f"/jobs/{long}")).json()["state"] == "running"
+            gone = await client.get(f"/jobs/{short[0]}")
+            assert gone.status_code == 404
+            body = gone.json()
+            assert body["dropped"] is True and body["state"] == "done"
+            assert f"job {short[0]!r} finished (done) at " in body["error"]
+            assert "keeps the 2 most recently finished jobs (aiovirt serve --keep-jobs)" \
+                in body["error"]
+            listed = [j["id"] for j in (await client.get("/jobs")).json()["jobs"]]
+            assert listed == [long, *short[1:]]
+            assert (await client.post(f"/jobs/{long}/cancel")).status_code == 202
+            assert (await wait_for_job(client, long))["state"] == "cancelled"
+            # the long job started first but finished last: the one that finished first goes
+            assert (await client.get(f"/jobs/{short[1]}")).json()["dropped"] is True
+            assert (await client.get(f"/jobs/{long}")).status_code == 200
+            health = (await client.get("/health")).json()["jobs"]
+            assert health["kept"] == 2 and health["keep"] == 2
+            unknown = await client.get("/jobs/nosuch")
+            assert unknown.status_code == 404 and "dropped" not in unknown.json()
+            assert unknown.json()["error"].startswith("no job 'nosuch' on this server")
+    finally:
+        await teardown([test_uri], labels={"keep": label})
+
+
+@pytest.mark.parametrize("value, words", [
+    ("0", "give at least 1 (jobs)"), ("-3", "give at least 1 (jobs)"),
+    ("10001", "give at most 10000 (jobs)"), ("lots", "'lots' is not a number of jobs")])
+def test_serve_refuses_a_keep_jobs_out_of_bounds(tmp_path, capsys, value, words):
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--keep-jobs", value, "--profiles-dir", str(tmp_path)])
+    assert exited.value.code == 2
+    assert f"argument --keep-jobs: {words}" in capsys.readouterr().err
+    for bad in (0, -3, 10_001):
+        with pytest.raises(ValueError, match="keep from 1 to 10000 finished jobs"):
+            create_app(profiles_dir=tmp_path, keep_jobs=bad)
+
+
 @pytest.mark.parametrize("request_body, status, message", [
     ({"specs": [{"template": TEST_GUEST.format(name="ok")}, {"template": "x", "cuont": 2}]},
      422, "specs[1]: guest spec: unknown field 'cuont'"),

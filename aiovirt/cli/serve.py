@@ -40,6 +40,7 @@ def check_bind(host: str, token: str | None) -> None:
 
 
 SWITCH_INTERVAL = 0.0005   # seconds; Python's default is 0.005
+MAX_KEEP = 10_000   # aiovirt.service.jobs.MAX_KEEP (not imported: that loads the service)
 
 
 def _serve(options: argparse.Namespace) -> int:
@@ -55,7 +56,8 @@ def _serve(options: argparse.Namespace) -> int:
                          system_profiles=not options.no_system_profiles,
                          allow_any_host=options.allow_any_host, workers=options.workers,
                          work_queue=options.work_queue, max_streams=options.max_streams,
-                         stream_queue=options.stream_queue, max_jobs=options.max_jobs)
+                         stream_queue=options.stream_queue, max_jobs=options.max_jobs,
+                         keep_jobs=options.keep_jobs)
     except ValueError as exc:
         raise AiovirtError(str(exc)) from None
     try:
@@ -82,8 +84,10 @@ def _serve(options: argparse.Namespace) -> int:
     return 0 if server.started else 1
 
 
-def _number(kind: type[int] | type[float], low: float, what: str) -> Any:
-    """An argparse type: a number of ``kind`` of at least ``low`` (``what`` it counts)."""
+def _number(kind: type[int] | type[float], low: float, what: str,
+            high: float | None = None) -> Any:
+    """An argparse type: a number of ``kind`` of at least ``low`` and, if given, at most
+    ``high`` (``what`` it counts)."""
     def convert(text: str) -> int | float:
         try:
             value = kind(text)
@@ -91,6 +95,8 @@ def _number(kind: type[int] | type[float], low: float, what: str) -> Any:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number of {what}") from None
         if value < low or value != value:
             raise argparse.ArgumentTypeError(f"give at least {low:g} ({what})")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"give at most {high:g} ({what})")
         return value
     return convert
 
@@ -171,6 +177,10 @@ def register(commands: Any) -> None:
                        "client before its stream is cut (default 1024)")
     serve.add_argument("--max-jobs", type=_number(int, 1, "jobs"), default=16, metavar="N",
                        help="provisioning jobs running at once; more get 503 (default 16)")
+    serve.add_argument("--keep-jobs", type=_number(int, 1, "jobs", high=MAX_KEEP),
+                       default=100, metavar="N", help="finished jobs kept for their "
+                       "reports, the earliest finished dropped first (default 100, at most "
+                       f"{MAX_KEEP})")
     serve.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate")
     serve.add_argument("--tls-key", metavar="FILE", help="... and this private key")
     serve.add_argument("--log-level", default="info",

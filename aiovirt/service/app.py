@@ -48,7 +48,7 @@ class ServiceConfig:
     max_guests: int = 10_000
     keepalive: float = 15.0
     shutdown_timeout: float = 30.0
-    keep_jobs: int = 100
+    keep_jobs: int = 100            # finished jobs kept; the earliest finished are dropped
     workers: int | None = None      # threads for composition and addressing (None: cores)
     work_queue: int = 256           # requests that may wait for one; more get 503
     max_streams: int = 100          # concurrent event streams; more get 503
@@ -239,7 +239,7 @@ def create_app(*, hosts: Sequence[str] = (), profiles_dir: str | os.PathLike[str
                max_guests: int = 10_000, keepalive: float = 15.0,
                shutdown_timeout: float = 30.0, workers: int | None = None,
                work_queue: int = 256, max_streams: int = 100, stream_queue: int = 1024,
-               max_jobs: int = 16) -> App:
+               max_jobs: int = 16, keep_jobs: int = 100) -> App:
     """The REST service as an ASGI app.
 
     ``hosts``: connection URIs that jobs and event streams use by default (and, unless
@@ -252,6 +252,8 @@ def create_app(*, hosts: Sequence[str] = (), profiles_dir: str | os.PathLike[str
     ``workers`` threads compose and address (default: one per core) with at most
     ``work_queue`` requests waiting; ``max_streams`` event streams, each cut when
     ``stream_queue`` events wait for its client; ``max_jobs`` jobs running at once.
+    ``keep_jobs`` (1 to 10,000): finished jobs kept for their reports, the earliest finished
+    dropped first (``GET /jobs/ID`` then says so in its 404).
     """
     if token is not None:
         check_token(token)
@@ -262,5 +264,6 @@ def create_app(*, hosts: Sequence[str] = (), profiles_dir: str | os.PathLike[str
                            allow_any_host=allow_any_host, max_guests=max_guests,
                            keepalive=keepalive, shutdown_timeout=shutdown_timeout,
                            workers=workers, work_queue=work_queue, max_streams=max_streams,
-                           stream_queue=stream_queue, max_jobs=max_jobs)
+                           stream_queue=stream_queue, max_jobs=max_jobs,
+                           keep_jobs=keep_jobs)
     return App(Service(config))

@@ -6,6 +6,7 @@ failures are ``HTTPError``s whose message names what was wrong and where.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -127,7 +128,8 @@ class Handlers:
                               "profiles_dir": str(service.store.directory),
                               "jobs": {"running": len(service.jobs.running()),
                                        "kept": len(list(service.jobs)),
-                                       "limit": service.jobs.max_running},
+                                       "limit": service.jobs.max_running,
+                                       "keep": service.jobs.keep},
                               "event_streams": service.streams.count,
                               "event_streams_limit": service.streams.limit,
                               "event_feeds": service.hub.listening(),
@@ -253,11 +255,21 @@ class Handlers:
 
     # -- jobs -------------------------------------------------------------------------------------
     def _job(self, request: Request) -> Job:
-        job = self.service.jobs.get(request.params["id"])
-        if job is None:
-            raise HTTPError(404, f"no job {request.params['id']!r} (finished jobs are kept "
-                                 f"until {self.service.jobs.keep} newer ones finished)")
-        return job
+        jobs = self.service.jobs
+        job_id = request.params["id"]
+        job = jobs.get(job_id)
+        if job is not None:
+            return job
+        dropped = jobs.dropped(job_id)
+        if dropped is None:
+            raise HTTPError(404, f"no job {job_id!r} on this server (never started here, or "
+                                 "finished and dropped long ago)")
+        ended = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(dropped.finished))
+        raise HTTPError(404, f"job {job_id!r} finished ({dropped.state}) at {ended} and was "
+                             f"dropped: this server keeps the {jobs.keep} most recently "
+                             "finished jobs (aiovirt serve --keep-jobs)",
+                        extra={"dropped": True, "state": str(dropped.state),
+                               "finished": dropped.finished})
 
     async def jobs_create(self, request: Request) -> Response:
         data = await request.json_object()

@@ -4,6 +4,11 @@ owns, so jobs outlive the request that started them and end cleanly with the ser
 A job is ``running`` until its run returns: then ``done`` (every guest has an outcome; the
 report's ``ok`` says whether all made it), ``cancelled`` (cancelled by a client or by
 shutdown) or ``failed`` (the run itself raised, which is a bug; ``error`` says what).
+
+A finished job's report can be megabytes (about 7 MB for 10,000 guests), so the registry
+keeps only the ``keep`` most recently finished jobs; of the last 10,000 it dropped it
+remembers the id, state and end (about 200 bytes each) so that a client asking for one is
+told what became of it.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -21,11 +27,14 @@ import anyio.abc
 
 from ..provision import Provisioning
 
-__all__ = ["Job", "JobRegistry", "JobState", "NotRunning", "TooManyJobs"]
+__all__ = ["MAX_KEEP", "Dropped", "Job", "JobRegistry", "JobState", "NotRunning",
+           "TooManyJobs", "check_keep"]
 
 log = logging.getLogger("aiovirt.service")
 
 STOP_WAIT = 2.0   # seconds a request waiting for a job still waits once the server stops
+MAX_KEEP = 10_000          # finished jobs a server may keep (each up to megabytes)
+DROPPED_MEMORY = 10_000    # dropped jobs remembered (id, state and end: ~2 MB in all)
 
 
 class JobState(StrEnum):
@@ -84,19 +93,36 @@ class Job:
         return data
 
 
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """What is left of a finished job the registry dropped: its state and when it ended."""
+
+    state: JobState
+    finished: float
+
+
+def check_keep(keep: int) -> int:
+    """How many finished jobs to keep: 1 to ``MAX_KEEP`` (``ValueError`` otherwise)."""
+    if not 1 <= keep <= MAX_KEEP:
+        raise ValueError(f"keep_jobs {keep}: keep from 1 to {MAX_KEEP} finished jobs")
+    return keep
+
+
 class JobRegistry:
     """The jobs of one service: started into the lifespan's task group (at most
-    ``max_running`` at once), kept (the newest ``keep`` finished ones) for clients to read
-    their reports."""
+    ``max_running`` at once), kept (the ``keep`` most recently finished ones, and every
+    running one) for clients to read their reports."""
 
     def __init__(self, *, keep: int = 100, shutdown_timeout: float = 30.0,
                  max_running: int = 16) -> None:
         if max_running < 1:
             raise ValueError("the limit of running jobs must be at least 1")
-        self.keep = keep
+        self.keep = check_keep(keep)
         self.shutdown_timeout = shutdown_timeout
         self.max_running = max_running
-        self._jobs: dict[str, Job] = {}
+        self._jobs: dict[str, Job] = {}           # in the order they started
+        self._finished: OrderedDict[str, None] = OrderedDict()   # in the order they ended
+        self._dropped: OrderedDict[str, Dropped] = OrderedDict()
         self._group: anyio.abc.TaskGroup | None = None
         self._stopped: list[Job] = []   # running when the server began to stop
         self._waits: set[anyio.CancelScope] = set()
@@ -106,6 +132,11 @@ class JobRegistry:
 
     def get(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)
+
+    def dropped(self, job_id: str) -> Dropped | None:
+        """What became of a finished job no longer kept (``None``: not one of the last
+        ``DROPPED_MEMORY`` dropped, or never a job here)."""
+        return self._dropped.get(job_id)
 
     def running(self) -> list[Job]:
         return [j for j in self._jobs.values() if j.state is JobState.RUNNING]
@@ -176,7 +207,6 @@ class JobRegistry:
         self.check_room()
         self._jobs[job.id] = job
         self._group.start_soon(self._run, job, name=f"aiovirt job {job.id}")
-        self._prune()
 
     def check_room(self) -> None:
         """``TooManyJobs`` when ``max_running`` jobs run."""
@@ -203,9 +233,15 @@ class JobRegistry:
         finally:
             job.finished = time.time()
             job.done.set()
+            self._finished[job.id] = None
             self._prune()
 
     def _prune(self) -> None:
-        finished = [j for j in self._jobs.values() if j.state is not JobState.RUNNING]
-        for job in finished[:max(0, len(finished) - self.keep)]:
-            del self._jobs[job.id]
+        """Drop the jobs that finished first beyond ``keep`` (never a running one: only
+        finished jobs are counted), remembering a little of each."""
+        while len(self._finished) > self.keep:
+            job_id, _ = self._finished.popitem(last=False)
+            job = self._jobs.pop(job_id)
+            self._dropped[job_id] = Dropped(job.state, job.finished or time.time())
+            if len(self._dropped) > DROPPED_MEMORY:
+                self._dropped.popitem(last=False)

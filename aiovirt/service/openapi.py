@@ -21,7 +21,8 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 _REASONS = {400: "malformed input: JSON or XML that does not parse, entities, a DOCTYPE",
             401: "missing or wrong bearer token", 403: "a host this server may not use",
-            404: "no such profile, job or route", 405: "method not allowed here",
+            404: "no such profile, job or route (a finished job beyond --keep-jobs is "
+                 "dropped: its 404 says so)", 405: "method not allowed here",
             409: "conflicts with the current state", 413: "request body over --max-body",
             415: "wrong Content-Type", 422: "invalid parameters, spec or profile",
             503: "at a limit (busy workers, --max-jobs, --max-streams; see Retry-After), "
