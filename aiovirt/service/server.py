@@ -114,6 +114,13 @@ class GuardedH11Protocol(H11Protocol):
     def send_400_response(self, msg: str) -> None:
         """Refuse a request h11 could not take (uvicorn calls this): 414 or 431 naming the
         limit for a head over ``max_head``, otherwise 400 with h11's reason; JSON either way."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:   # its body was malformed
+            cycle.disconnected = True   # the app hears the client has gone; its sends drop
+            cycle.message_event.set()
+            if cycle.response_started:   # no place for our answer in the app's
+                self.transport.close()
+                return
         error = self.conn.error
         if isinstance(error, HeadTooLarge):
             what = ("request line" if error.error_status_hint == 414
@@ -134,6 +141,7 @@ class GuardedH11Protocol(H11Protocol):
         self._read_timer = self._stall_timer = None
         if self.transport.can_write_eof():
             self.transport.write_eof()
+        self.flow.resume_reading()   # reading may have been paused for a body's sake
         self._linger_timer = self.loop.call_later(self.client_timeout, self.transport.close)
 
     def on_response_complete(self) -> None:

@@ -264,6 +264,13 @@ async def test_a_small_head_limit_is_kept_and_bad_requests_get_json(profiles_dir
         head, _, body = sent.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 400 ") and b"application/json" in head
         assert json.loads(body)["error"].startswith("invalid HTTP request: ")
+        # a body that breaks HTTP's framing while the app waits for it: one answer, ours
+        _, sent = await answer_to(port_of(client), (
+            b"POST /compose HTTP/1.1\r\nhost: t\r\ncontent-type: application/xml\r\n"
+            b"transfer-encoding: chunked\r\n\r\n5\r\n<doma\r\nZZZ\r\n"))
+        head, _, body = sent.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 ") and sent.count(b"HTTP/1.1") == 1
+        assert "illegal chunk header" in json.loads(body)["error"]
         assert (await client.get("/health")).status_code == 200
 
 
