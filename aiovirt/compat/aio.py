@@ -127,9 +127,36 @@ class virDomain(_UUIDNamed):  # noqa: N801
         return 0
 
     async def destroyFlags(self, flags: int = 0) -> int:  # noqa: N802
+        """As libvirt's client: the object keeps its ID (only destroy(), save() and
+        managedSave() set it to -1)."""
         await self._conn._call("domain_destroy_flags", self._o, flags)
+        return 0
+
+    async def createWithFiles(self, files: list[int], flags: int = 0) -> int:  # noqa: N802
+        dom = handle(self)
+        try:
+            await dom.start_with_files(files, flags)
+        except TRANSLATED as exc:
+            raise _translate(exc) from None
+        self._o = dom._ref   # the new ID, as createWithFlags
+        return 0
+
+    async def save(self, to: str) -> int:
+        await self._conn._call("domain_save", self._o, to)
         self._o = dataclasses.replace(self._o, id=-1)
         return 0
+
+    async def managedSave(self, flags: int = 0) -> int:  # noqa: N802
+        await self._conn._call("domain_managed_save", self._o, flags)
+        self._o = dataclasses.replace(self._o, id=-1)
+        return 0
+
+    async def rename(self, new_name: str, flags: int = 0) -> int:
+        """The object takes the new name, as libvirt's client renames its own."""
+        ret = await self._conn._call("domain_rename", self._o, new_name, flags)
+        if ret.retcode == 0:
+            self._o = dataclasses.replace(self._o, name=new_name)
+        return ret.retcode  # type: ignore[no-any-return]
 
     async def schedulerType(self) -> list[Any]:  # noqa: N802
         ret = await self._conn._call("domain_get_scheduler_type", self._o)
