@@ -255,6 +255,44 @@ class virDomain(_UUIDNamed):  # noqa: N801
             return None
         return _split_cpumaps(ret.cpumaps, 1, (cpus + 7) // 8, cpus)[0]
 
+    async def ioThreadInfo(self, flags: int = 0) -> list[tuple[int, list[bool]]]:  # noqa: N802
+        """[(IOThread id, [pinned? per host CPU])]."""
+        cpus = await self._host_cpus()
+        threads = await self._object_api("get_io_thread_info", flags)
+        return [(t.iothread_id, list(_split_cpumaps(t.cpumap, 1, len(t.cpumap), cpus)[0]))
+                for t in threads]
+
+    async def _cpumap(self, cpumap: Any) -> bytes:
+        """libvirt-python's cpumap (a tuple, each item's truth for one host CPU) as the
+        bytes libvirt takes: one bit per host CPU."""
+        cpus = await self._host_cpus()
+        if not isinstance(cpumap, tuple):
+            raise TypeError("Unexpected type, tuple is required")
+        raw = bytearray((cpus + 7) // 8)
+        for cpu, used in enumerate(cpumap[:cpus]):
+            if used:
+                raw[cpu // 8] |= 1 << (cpu % 8)
+        return bytes(raw)
+
+    async def pinVcpu(self, vcpu: int, cpumap: tuple[bool, ...]) -> int:  # noqa: N802
+        await self._object_api("pin_vcpu", vcpu, await self._cpumap(cpumap))
+        return 0
+
+    async def pinVcpuFlags(self, vcpu: int, cpumap: tuple[bool, ...],  # noqa: N802
+                           flags: int = 0) -> int:
+        await self._object_api("pin_vcpu_flags", vcpu, await self._cpumap(cpumap), flags)
+        return 0
+
+    async def pinEmulator(self, cpumap: tuple[bool, ...], flags: int = 0) -> int:  # noqa: N802
+        await self._object_api("pin_emulator", await self._cpumap(cpumap), flags)
+        return 0
+
+    async def pinIOThread(self, iothread_val: int, cpumap: tuple[bool, ...],  # noqa: N802
+                          flags: int = 0) -> int:
+        await self._object_api("pin_io_thread", iothread_val, await self._cpumap(cpumap),
+                               flags)
+        return 0
+
     async def getCPUStats(self, total: bool, flags: int = 0) -> list[dict[str, Any]]:  # noqa: N802
         """[{totals}] when ``total``, else one dict per host CPU (in chunks of 128 CPUs, the
         protocol's limit, as libvirt-python asks)."""
