@@ -33,6 +33,7 @@ import dataclasses
 import functools
 import inspect
 import itertools
+import operator
 import uuid as _uuid
 from collections.abc import Callable
 from typing import Any
@@ -327,6 +328,57 @@ class virDomain(_UUIDNamed):  # noqa: N801
         ret = await self._object_api("get_time", flags)
         return {"seconds": ret.seconds, "nseconds": ret.nseconds}
 
+    async def setTime(self, time: dict[str, int] | None = None, flags: int = 0) -> int:  # noqa: N802
+        """``time`` {"seconds": s, "nseconds": ns} (nseconds optional), or None with a
+        flag (VIR_DOMAIN_TIME_SYNC); LookupError and TypeError as libvirt-python's."""
+        seconds = nseconds = 0
+        if isinstance(time, dict):
+            if "seconds" not in time:
+                raise LookupError("Dictionary must contains 'seconds'")
+            seconds = _c_int(time["seconds"], -(1 << 63), (1 << 63) - 1)
+            if "nseconds" in time:
+                nseconds = _c_int(time["nseconds"], 0, (1 << 32) - 1)
+            elif len(time) > 1:
+                raise LookupError("Dictionary contains unknown key")
+        elif time is not None or not flags:
+            raise TypeError("time must be a dictionary or None with flags set")
+        await self._object_api("set_time", seconds, nseconds, flags)
+        return 0
+
+    # a list of strings, or anything else for none (libvirt-python passes NULL, 0: all of
+    # the guest's filesystems, or no keys)
+    async def fsFreeze(self, mountpoints: list[str] | None = None,  # noqa: N802
+                       flags: int = 0) -> int:
+        return await self._object_api("fs_freeze", _strings(mountpoints), flags)  # type: ignore[no-any-return]
+
+    async def fsThaw(self, mountpoints: list[str] | None = None,  # noqa: N802
+                     flags: int = 0) -> int:
+        return await self._object_api("fs_thaw", _strings(mountpoints), flags)  # type: ignore[no-any-return]
+
+    async def authorizedSSHKeysSet(self, user: str, keys: list[str] | None = None,  # noqa: N802
+                                   flags: int = 0) -> int:
+        if not isinstance(user, str):
+            raise TypeError(f"user must be str, not {type(user).__name__}")
+        await self._object_api("authorized_ssh_keys_set", user, _strings(keys), flags)
+        return 0
+
+    async def sendKey(self, codeset: int, holdtime: int, keycodes: list[int],  # noqa: N802
+                      nkeycodes: int, flags: int = 0) -> int:
+        """libvirt-python's checks: ``keycodes`` a list of ``nkeycodes`` (at most 16)
+        codes, else libvirtError with no error behind it."""
+        if not isinstance(keycodes, list) or nkeycodes != len(keycodes) or nkeycodes > 16:
+            raise libvirtError("virDomainSendKey() failed")
+        codes = [_c_int(code, 0, (1 << 32) - 1) for code in keycodes]
+        await self._object_api("send_key", codeset, holdtime, codes, flags)
+        return 0
+
+    async def blockCopy(self, disk: str, destxml: str,  # noqa: N802
+                        params: dict[str, Any] | None = None, flags: int = 0) -> int:
+        if params is not None and not isinstance(params, dict):
+            raise TypeError("block params must be a dictionary")
+        await self._object_api("block_copy", disk, destxml, params or {}, flags)
+        return 0
+
     async def securityLabel(self) -> list[Any]:  # noqa: N802
         ret = await self._object_api("get_security_label")
         return [_c_string(ret.label), bool(ret.enforcing)]
@@ -365,6 +417,26 @@ async def _none_on_error(coro: Any) -> Any:
     except libvirtError as exc:
         set_last_error(exc.err)
         return None
+
+
+def _c_int(value: Any, low: int, high: int) -> int:
+    """An int argument as libvirt-python's C conversion takes it: TypeError for what is not
+    an int, OverflowError out of the C type's range."""
+    number = operator.index(value)
+    if not low <= number <= high:
+        raise OverflowError(f"{number} does not fit the C type ({low}..{high})")
+    return number
+
+
+def _strings(values: Any) -> list[str]:
+    """libvirt-python's list of strings argument: a list (each item a str, else
+    TypeError), anything else none at all."""
+    if not isinstance(values, list):
+        return []
+    for value in values:
+        if not isinstance(value, str):
+            raise TypeError(f"expected str, not {type(value).__name__}")
+    return values
 
 
 def _c_string(raw: Any) -> str:
@@ -690,6 +762,19 @@ class virConnect:  # noqa: N801
         model = bytes(ret.model).split(b"\0", 1)[0].decode(errors="replace")
         return [model, ret.memory >> 10, ret.cpus, ret.mhz, ret.nodes, ret.sockets,
                 ret.cores, ret.threads]
+
+    async def allocPages(self, pages: dict[int, int], startCell: int = 0,  # noqa: N802,N803
+                         cellCount: int = 0, flags: int = 0) -> int:  # noqa: N803
+        """``pages`` {page size in KiB: count}."""
+        if not pages:
+            raise LookupError("Need non-empty dictionary to pages attribute")
+        try:
+            return await self._c.node_alloc_pages(  # type: ignore[no-any-return]
+                [_c_int(size, 0, (1 << 32) - 1) for size in pages],
+                [_c_int(count, 0, (1 << 64) - 1) for count in pages.values()],
+                startCell, cellCount, flags)
+        except TRANSLATED as exc:
+            raise _translate(exc) from None
 
     async def getCellsFreeMemory(self, startCell: int, maxCells: int) -> list[int]:  # noqa: N802,N803
         ret = await self._call("node_get_cells_free_memory", startCell, maxCells)
