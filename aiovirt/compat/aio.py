@@ -42,6 +42,7 @@ import anyio
 
 from ..api.connection import Connection, connect
 from ..api.handle import uuid_text
+from ..api import typedparams as tp
 from ..api.typedparams import from_dict, to_dict
 from ..client.auth import Credential
 from ..client.events import EventSubscription
@@ -174,22 +175,75 @@ class virDomain(_UUIDNamed):  # noqa: N801
                                      count, flags)
         return to_dict(ret.params)
 
+    # typed-parameter setters: libvirt-python's binding types each value as the getter
+    # reports it (_set_as_getter)
     async def setSchedulerParameters(self, params: dict[str, Any]) -> int:  # noqa: N802
-        types = {p.field: p.value.type for p in (await self._conn._call(
-            "domain_get_scheduler_parameters", self._o,
-            (await self.schedulerType())[1])).params}
-        await self._conn._call("domain_set_scheduler_parameters", self._o,
-                               _params_for(params, types))
-        return 0
+        return await _set_as_getter(params, lambda: self._scheduler_types(None), lambda typed:
+                                    self._conn._call("domain_set_scheduler_parameters",
+                                                     self._o, typed))
 
     async def setSchedulerParametersFlags(self, params: dict[str, Any],  # noqa: N802
                                           flags: int = 0) -> int:
-        types = {p.field: p.value.type for p in (await self._conn._call(
-            "domain_get_scheduler_parameters_flags", self._o,
-            (await self.schedulerType())[1], flags)).params}
-        await self._conn._call("domain_set_scheduler_parameters_flags", self._o,
-                               _params_for(params, types), flags)
+        return await _set_as_getter(params, lambda: self._scheduler_types(flags), lambda typed:
+                                    self._conn._call("domain_set_scheduler_parameters_flags",
+                                                     self._o, typed, flags))
+
+    async def _scheduler_types(self, flags: int | None) -> dict[str, int]:
+        _, count = await self.schedulerType()
+        if not count:
+            return {}
+        ret = await (self._conn._call("domain_get_scheduler_parameters", self._o, count)
+                     if flags is None else self._conn._call(
+                         "domain_get_scheduler_parameters_flags", self._o, count, flags))
+        return {p.field: p.value.type for p in ret.params}
+
+    async def setBlkioParameters(self, params: dict[str, Any], flags: int = 0) -> int:  # noqa: N802
+        return await _set_as_getter(
+            params, lambda: handle(self)._typed_param_types_get_blkio_parameters(flags),
+            lambda typed: self._conn._call("domain_set_blkio_parameters", self._o, typed,
+                                           flags))
+
+    async def setIdentity(self, params: dict[str, Any], flags: int = 0) -> int:  # noqa: N802
+        typed = _params_hinted(params, _HINTS["setIdentity"], "migration params")
+        await self._call("connect_set_identity", typed, flags)
         return 0
+
+    async def restoreParams(self, params: dict[str, Any], flags: int = 0) -> int:  # noqa: N802
+        typed = _params_hinted(params, _HINTS["saveParams"], "Restore params")
+        await self._call("domain_restore_params", typed, flags)
+        return 0
+
+    async def setMemoryParameters(self, params: dict[str, Any], flags: int = 0) -> int:  # noqa: N802
+        return await _set_as_getter(
+            params, lambda: handle(self)._typed_param_types_get_memory_parameters(flags),
+            lambda typed: self._conn._call("domain_set_memory_parameters", self._o, typed,
+                                           flags))
+
+    async def setNumaParameters(self, params: dict[str, Any], flags: int = 0) -> int:  # noqa: N802
+        return await _set_as_getter(
+            params, lambda: handle(self)._typed_param_types_get_numa_parameters(flags),
+            lambda typed: self._conn._call("domain_set_numa_parameters", self._o, typed,
+                                           flags))
+
+    async def setInterfaceParameters(self, device: str, params: dict[str, Any],  # noqa: N802
+                                     flags: int = 0) -> int:
+        return await _set_as_getter(
+            params, lambda: handle(self)._typed_param_types_get_interface_parameters(
+                device, flags),
+            lambda typed: self._conn._call("domain_set_interface_parameters", self._o,
+                                           device, typed, flags))
+
+    async def setBlockIoTune(self, disk: str, params: dict[str, Any],  # noqa: N802
+                             flags: int = 0) -> int:
+        return await _set_as_getter(
+            params, lambda: handle(self)._typed_param_types_get_block_io_tune(disk, flags),
+            lambda typed: self._conn._call("domain_set_block_io_tune", self._o, disk, typed,
+                                           flags))
+
+    async def setPerfEvents(self, params: dict[str, Any], flags: int = 0) -> int:  # noqa: N802
+        return await _set_as_getter(
+            params, lambda: handle(self)._typed_param_types_get_perf_events(flags),
+            lambda typed: self._conn._call("domain_set_perf_events", self._o, typed, flags))
 
     async def memoryStats(self) -> dict[str, int]:  # noqa: N802
         ret = await self._conn._call("domain_memory_stats", self._o, 16, 0)
@@ -372,11 +426,31 @@ class virDomain(_UUIDNamed):  # noqa: N801
         await self._object_api("send_key", codeset, holdtime, codes, flags)
         return 0
 
+    # typed parameters without a getter: typed by libvirt-python's hint tables (_HINTS)
     async def blockCopy(self, disk: str, destxml: str,  # noqa: N802
                         params: dict[str, Any] | None = None, flags: int = 0) -> int:
-        if params is not None and not isinstance(params, dict):
-            raise TypeError("block params must be a dictionary")
-        await self._object_api("block_copy", disk, destxml, params or {}, flags)
+        typed = [] if params is None else _params_hinted(params, _HINTS["blockCopy"],
+                                                         "block params")
+        await self._conn._call("domain_block_copy", self._o, disk, destxml, typed, flags)
+        return 0
+
+    async def setIOThreadParams(self, iothread_val: int, params: dict[str, Any],  # noqa: N802
+                                flags: int = 0) -> int:
+        typed = _params_hinted(params, _HINTS["setIOThreadParams"], "IOThread polling params")
+        await self._conn._call("domain_set_iothread_params", self._o, iothread_val, typed,
+                               flags)
+        return 0
+
+    async def setLaunchSecurityState(self, params: dict[str, Any],  # noqa: N802
+                                     flags: int = 0) -> int:
+        typed = _params_hinted(params, _HINTS["setLaunchSecurityState"],
+                               "Launch security state params")
+        await self._conn._call("domain_set_launch_security_state", self._o, typed, flags)
+        return 0
+
+    async def saveParams(self, params: dict[str, Any], flags: int = 0) -> int:  # noqa: N802
+        typed = _params_hinted(params, _HINTS["saveParams"], "Save params")
+        await self._conn._call("domain_save_params", self._o, typed, flags)
         return 0
 
     async def securityLabel(self) -> list[Any]:  # noqa: N802
@@ -554,6 +628,12 @@ class virDomainCheckpoint(_DomainChild):  # noqa: N801
 
 class virNetworkPort(_Object):  # noqa: N801
     _ref_type = "NonnullNetworkPort"
+
+    async def setParameters(self, params: dict[str, Any], flags: int = 0) -> int:  # noqa: N802
+        return await _set_as_getter(
+            params, lambda: handle(self)._typed_param_types_get_parameters(flags),
+            lambda typed: self._conn._call("network_port_set_parameters", self._o, typed,
+                                           flags), "Port has no settable attributes")
 
     def network(self) -> virNetwork:
         return virNetwork(self._conn, self._o.net)
@@ -775,6 +855,22 @@ class virConnect:  # noqa: N801
                 startCell, cellCount, flags)
         except TRANSLATED as exc:
             raise _translate(exc) from None
+
+    async def setIdentity(self, params: dict[str, Any], flags: int = 0) -> int:  # noqa: N802
+        typed = _params_hinted(params, _HINTS["setIdentity"], "migration params")
+        await self._call("connect_set_identity", typed, flags)
+        return 0
+
+    async def restoreParams(self, params: dict[str, Any], flags: int = 0) -> int:  # noqa: N802
+        typed = _params_hinted(params, _HINTS["saveParams"], "Restore params")
+        await self._call("domain_restore_params", typed, flags)
+        return 0
+
+    async def setMemoryParameters(self, params: dict[str, Any], flags: int = 0) -> int:  # noqa: N802
+        return await _set_as_getter(
+            params, lambda: self._c._typed_param_types_node_get_memory_parameters(flags),
+            lambda typed: self._call("node_set_memory_parameters", typed, flags),
+            "no settable attributes")
 
     async def getCellsFreeMemory(self, startCell: int, maxCells: int) -> list[int]:  # noqa: N802,N803
         ret = await self._call("node_get_cells_free_memory", startCell, maxCells)
@@ -1098,13 +1194,134 @@ def _uuid_bytes(text: Any, function: str) -> bytes:
                                      C.VIR_ERR_ERROR, None, None, None, 0, 0)) from None
 
 
-def _params_for(params: Any, types: Any) -> Any:
-    """Typed parameters from a dict: a value of the wrong type is libvirt-python's
-    TypeError."""
+# -- typed parameters, as libvirt-python's bindings make them ----------------------------------
+
+def _typed_value(kind: int, value: Any) -> Any:
+    """A value as libvirt-python converts it for a parameter of type ``kind`` (TypeError for
+    the wrong kind of value, OverflowError out of range, a bool by its truth)."""
+    if kind == tp.INT:
+        return _c_int(value, -(1 << 31), (1 << 31) - 1)
+    if kind == tp.UINT:
+        return _c_int(value, 0, (1 << 32) - 1)
+    if kind in (tp.LLONG, tp.ULLONG):
+        if not isinstance(value, int):
+            raise TypeError("an integer is required")
+        return _c_int(value, *((-(1 << 63), (1 << 63) - 1) if kind == tp.LLONG else
+                               (0, (1 << 64) - 1)))
+    if kind == tp.DOUBLE:
+        if isinstance(value, (str, bytes)):
+            raise TypeError(f"must be real number, not {type(value).__name__}")
+        return float(value)
+    if kind == tp.BOOLEAN:
+        return 1 if value else 0
+    if kind == tp.STRING:
+        if not isinstance(value, str):
+            raise TypeError(f"bad argument type for a string: {type(value).__name__}")
+        return value
+    raise LookupError(f'Type value "{kind}" not recognized')
+
+
+# libvirt-python's types for the parameters of calls without a getter (virPyTypedParamsHint)
+_HINTS: dict[str, dict[str, int]] = {
+    "setIOThreadParams": {
+        C.VIR_DOMAIN_IOTHREAD_POLL_MAX_NS: tp.ULLONG, C.VIR_DOMAIN_IOTHREAD_POLL_GROW: tp.UINT,
+        C.VIR_DOMAIN_IOTHREAD_POLL_SHRINK: tp.UINT,
+        C.VIR_DOMAIN_IOTHREAD_THREAD_POOL_MIN: tp.INT,
+        C.VIR_DOMAIN_IOTHREAD_THREAD_POOL_MAX: tp.INT},
+    "blockCopy": {
+        C.VIR_DOMAIN_BLOCK_COPY_BANDWIDTH: tp.ULLONG,
+        C.VIR_DOMAIN_BLOCK_COPY_GRANULARITY: tp.UINT,
+        C.VIR_DOMAIN_BLOCK_COPY_BUF_SIZE: tp.ULLONG},
+    "setIdentity": {
+        C.VIR_CONNECT_IDENTITY_USER_NAME: tp.STRING,
+        C.VIR_CONNECT_IDENTITY_UNIX_USER_ID: tp.ULLONG,
+        C.VIR_CONNECT_IDENTITY_GROUP_NAME: tp.STRING,
+        C.VIR_CONNECT_IDENTITY_UNIX_GROUP_ID: tp.ULLONG,
+        C.VIR_CONNECT_IDENTITY_PROCESS_ID: tp.LLONG,
+        C.VIR_CONNECT_IDENTITY_PROCESS_TIME: tp.ULLONG,
+        C.VIR_CONNECT_IDENTITY_SASL_USER_NAME: tp.STRING,
+        C.VIR_CONNECT_IDENTITY_X509_DISTINGUISHED_NAME: tp.STRING,
+        C.VIR_CONNECT_IDENTITY_SELINUX_CONTEXT: tp.STRING},
+    "setLaunchSecurityState": {
+        C.VIR_DOMAIN_LAUNCH_SECURITY_SEV_SECRET: tp.STRING,
+        C.VIR_DOMAIN_LAUNCH_SECURITY_SEV_SECRET_HEADER: tp.STRING,
+        C.VIR_DOMAIN_LAUNCH_SECURITY_SEV_SECRET_SET_ADDRESS: tp.ULLONG},
+    "saveParams": {C.VIR_DOMAIN_SAVE_PARAM_FILE: tp.STRING,
+                   C.VIR_DOMAIN_SAVE_PARAM_DXML: tp.STRING},
+    "migrate3": {
+        **dict.fromkeys((C.VIR_MIGRATE_PARAM_URI, C.VIR_MIGRATE_PARAM_DEST_NAME,
+                         C.VIR_MIGRATE_PARAM_DEST_XML, C.VIR_MIGRATE_PARAM_PERSIST_XML,
+                         C.VIR_MIGRATE_PARAM_GRAPHICS_URI, C.VIR_MIGRATE_PARAM_LISTEN_ADDRESS,
+                         C.VIR_MIGRATE_PARAM_MIGRATE_DISKS, C.VIR_MIGRATE_PARAM_COMPRESSION),
+                        tp.STRING),
+        **dict.fromkeys((C.VIR_MIGRATE_PARAM_BANDWIDTH,
+                         C.VIR_MIGRATE_PARAM_COMPRESSION_XBZRLE_CACHE,
+                         C.VIR_MIGRATE_PARAM_BANDWIDTH_POSTCOPY), tp.ULLONG),
+        **dict.fromkeys((C.VIR_MIGRATE_PARAM_DISKS_PORT,
+                         C.VIR_MIGRATE_PARAM_COMPRESSION_MT_LEVEL,
+                         C.VIR_MIGRATE_PARAM_COMPRESSION_MT_THREADS,
+                         C.VIR_MIGRATE_PARAM_COMPRESSION_MT_DTHREADS,
+                         C.VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL,
+                         C.VIR_MIGRATE_PARAM_AUTO_CONVERGE_INCREMENT,
+                         C.VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS), tp.INT)},
+}
+
+
+def _param_name(key: Any) -> str:
+    if not isinstance(key, str):
+        raise TypeError(f"bad argument type for a parameter name: {type(key).__name__}")
+    return key
+
+
+async def _set_as_getter(values: Any, types_of: Callable[[], Any],
+                         set_typed: Callable[[list[Any]], Any],
+                         none: str = "Domain has no settable attributes") -> int:
+    """libvirt-python's typed-parameter setters (setPyVirTypedParameter): LookupError for
+    an empty dict, the getter's own failure, LookupError when it reports no parameter or
+    not the one named, each value typed as the getter reports it."""
+    if not isinstance(values, dict):
+        raise TypeError(f"parameters must be a dict, not {type(values).__name__}")
+    if not values:
+        raise LookupError("Need non-empty dictionary to set attributes")
     try:
-        return from_dict(params, types)
-    except EncodeError as exc:
-        raise TypeError(str(exc)) from None
+        types = await types_of()
+    except TRANSLATED as exc:
+        raise _translate(exc) from None
+    if not types:
+        raise LookupError(none)
+    typed = []
+    for key, value in values.items():
+        kind = types.get(_param_name(key))
+        if kind is None:
+            raise LookupError(f'Attribute name "{key}" could not be recognized')
+        typed.append(remote.TypedParam(key, remote.TypedParamValue(kind, _typed_value(
+            kind, value))))
+    await set_typed(typed)
+    return 0
+
+
+def _params_hinted(values: Any, hints: dict[str, int], what: str) -> list[Any]:
+    """libvirt-python's typed parameters for calls without a getter
+    (virPyDictToTypedParams): each value typed as ``hints`` says, else by its Python type (an
+    int ULLONG, or LLONG below 0); a list or tuple gives the name once per item."""
+    if not isinstance(values, dict):
+        raise TypeError(f"{what} must be a dictionary")
+    typed = []
+    for key, value in values.items():
+        name = _param_name(key)
+        for item in value if isinstance(value, (list, tuple)) else (value,):
+            kind = hints.get(name)
+            if kind is None:
+                kind = (tp.STRING if isinstance(item, str) else
+                        tp.BOOLEAN if isinstance(item, bool) else
+                        (tp.ULLONG if 0 <= item < 1 << 64 else tp.LLONG)
+                        if isinstance(item, int) else
+                        tp.DOUBLE if isinstance(item, float) else None)
+                if kind is None:
+                    raise TypeError(f'Unknown type of "{name}" field')
+            typed.append(remote.TypedParam(name, remote.TypedParamValue(
+                kind, _typed_value(kind, item))))
+    return typed
 
 
 def _norm(name: str) -> str:
