@@ -34,6 +34,7 @@ import functools
 import inspect
 import itertools
 import operator
+import urllib.parse
 import uuid as _uuid
 from collections.abc import Callable
 from typing import Any
@@ -452,6 +453,155 @@ class virDomain(_UUIDNamed):  # noqa: N801
         typed = _params_hinted(params, _HINTS["saveParams"], "Save params")
         await self._conn._call("domain_save_params", self._o, typed, flags)
         return 0
+
+    # -- migration: libvirt's client checks (virDomainMigrate*), then the object API ------
+    async def migrate(self, dconn: virConnect, flags: int = 0, dname: str | None = None,
+                      uri: str | None = None, bandwidth: int = 0) -> virDomain:
+        return await self._migrate_managed("virDomainMigrate", dconn, None, flags, dname,
+                                           uri, bandwidth)
+
+    async def migrate2(self, dconn: virConnect, dxml: str | None = None, flags: int = 0,
+                       dname: str | None = None, uri: str | None = None,
+                       bandwidth: int = 0) -> virDomain:
+        return await self._migrate_managed("virDomainMigrate2", dconn, dxml, flags, dname,
+                                           uri, bandwidth)
+
+    async def migrate3(self, dconn: virConnect, params: dict[str, Any],
+                       flags: int = 0) -> virDomain:
+        typed = _params_hinted(params, _HINTS["migrate3"], "migration params")
+        _migration_flag_checks(flags, parallel=False)
+        if flags & C.VIR_MIGRATE_PEER2PEER:
+            raise _domain_error(C.VIR_ERR_INVALID_ARG,
+                                "use virDomainMigrateToURI3 for peer-to-peer migration")
+        if flags & C.VIR_MIGRATE_TUNNELLED:
+            raise _domain_error(C.VIR_ERR_INVALID_ARG, "cannot perform tunnelled migration "
+                                "without using peer2peer flag")
+        await self._offline_checks(flags, dconn)
+        await self._change_protection_check(flags)
+        if await _supports(self._conn, _MIGRATION_PARAMS) and await _supports(
+                dconn, _MIGRATION_PARAMS):
+            raise _client_driven("virDomainMigrate3")
+        if any(p.field not in _MIGRATE_COMPAT_PARAMS for p in typed):
+            raise _domain_error(C.VIR_ERR_ARGUMENT_UNSUPPORTED, "Migration APIs with "
+                                "extensible parameters are not supported but extended "
+                                "parameters were passed")
+        dxml = next((p.value.value for p in typed if p.field == C.VIR_MIGRATE_PARAM_DEST_XML),
+                    None)
+        await self._client_driven_versions("virDomainMigrate3", dconn, dxml)
+        raise AssertionError("unreachable")
+
+    async def _migrate_managed(self, function: str, dconn: Any, dxml: str | None, flags: int,
+                               dname: str | None, uri: str | None,
+                               bandwidth: int) -> virDomain:
+        """virDomainMigrate and virDomainMigrate2: peer to peer (the source's daemon
+        migrates to ``dconn``'s URI), or driven by the client, which aiovirt does not do."""
+        if not isinstance(dconn, virConnect):
+            raise _domain_error(C.VIR_ERR_INVALID_CONN, function)
+        _migration_flag_checks(flags)
+        await self._offline_checks(flags, dconn)
+        if flags & C.VIR_MIGRATE_PEER2PEER:
+            if not await _supports(self._conn, _MIGRATION_P2P):
+                raise _domain_error(C.VIR_ERR_NO_SUPPORT, function)
+            dest = await dconn.getURI()
+            if function == "virDomainMigrate":   # its uri is the destination daemon's
+                dest, uri = uri or dest, None
+            await self._migrate_unmanaged(dxml, flags, dname, dest, uri, bandwidth)
+            return await dconn.lookupByName(dname or self.name())
+        await self._change_protection_check(flags)
+        if flags & C.VIR_MIGRATE_TUNNELLED:
+            raise _domain_error(C.VIR_ERR_OPERATION_INVALID, "cannot perform tunnelled "
+                                "migration without using peer2peer flag")
+        await self._client_driven_versions(function, dconn, dxml)
+        raise AssertionError("unreachable")
+
+    async def _client_driven_versions(self, function: str, dconn: virConnect,
+                                      dxml: str | None) -> None:
+        """The migration protocol versions both daemons support (3, 2, 1): each one is
+        driven by the client, which aiovirt does not implement; none: NO_SUPPORT."""
+        for feature in (_MIGRATION_V3, _MIGRATION_V2, _MIGRATION_V1):
+            if await _supports(self._conn, feature) and await _supports(dconn, feature):
+                if dxml and feature != _MIGRATION_V3:
+                    raise _domain_error(C.VIR_ERR_ARGUMENT_UNSUPPORTED, "Unable to change "
+                                        "target guest XML during migration")
+                raise _client_driven(function)
+        raise _domain_error(C.VIR_ERR_NO_SUPPORT, function)
+
+    async def migrateToURI(self, duri: str, flags: int = 0,  # noqa: N802
+                           dname: str | None = None, bandwidth: int = 0) -> int:
+        if duri is None:
+            raise _domain_error(C.VIR_ERR_INVALID_ARG,
+                                "duri in virDomainMigrateToURI must not be NULL")
+        await self._unmanaged_checks(flags)
+        peer = flags & C.VIR_MIGRATE_PEER2PEER
+        await self._migrate_unmanaged(None, flags, dname, duri if peer else None,
+                                      None if peer else duri, bandwidth)
+        return 0
+
+    async def migrateToURI2(self, dconnuri: str | None = None,  # noqa: N802
+                            miguri: str | None = None, dxml: str | None = None,
+                            flags: int = 0, dname: str | None = None,
+                            bandwidth: int = 0) -> int:
+        await self._unmanaged_checks(flags)
+        await self._migrate_unmanaged(dxml, flags, dname,
+                                      _dconnuri(dconnuri, flags, "virDomainMigrateToURI2"),
+                                      miguri, bandwidth)
+        return 0
+
+    async def migrateToURI3(self, dconnuri: str | None, params: dict[str, Any],  # noqa: N802
+                            flags: int = 0) -> int:
+        typed = _params_hinted(params, _HINTS["migrate3"], "migration params")
+        await self._unmanaged_checks(flags)
+        await self._migrate_params(_dconnuri(dconnuri, flags, "virDomainMigrateToURI3"),
+                                   typed, flags)
+        return 0
+
+    async def _unmanaged_checks(self, flags: int) -> None:
+        """virDomainMigrateToURI*'s checks (virDomainMigrateUnmanagedCheckCompat)."""
+        _migration_flag_checks(flags)
+        if flags & C.VIR_MIGRATE_OFFLINE and not await _supports(self._conn,
+                                                                   _MIGRATION_OFFLINE):
+            raise _domain_error(C.VIR_ERR_ARGUMENT_UNSUPPORTED,
+                                "offline migration is not supported by the source host")
+        peer = flags & C.VIR_MIGRATE_PEER2PEER
+        if not await _supports(self._conn, _MIGRATION_P2P if peer else _MIGRATION_DIRECT):
+            raise _domain_error(C.VIR_ERR_ARGUMENT_UNSUPPORTED, f"{'p2p' if peer else 'direct'}"
+                                " migration is not supported by the source host")
+
+    async def _offline_checks(self, flags: int, dconn: virConnect) -> None:
+        if flags & C.VIR_MIGRATE_OFFLINE:
+            for conn, which in ((self._conn, "source"), (dconn, "destination")):
+                if not await _supports(conn, _MIGRATION_OFFLINE):
+                    raise _domain_error(C.VIR_ERR_ARGUMENT_UNSUPPORTED, "offline migration "
+                                        f"is not supported by the {which} host")
+
+    async def _change_protection_check(self, flags: int) -> None:
+        if flags & C.VIR_MIGRATE_CHANGE_PROTECTION and not await _supports(
+                self._conn, _CHANGE_PROTECTION):
+            raise _domain_error(C.VIR_ERR_ARGUMENT_UNSUPPORTED,
+                                "cannot enforce change protection")
+
+    async def _migrate_unmanaged(self, dxml: str | None, flags: int, dname: str | None,
+                                 dconnuri: str | None, miguri: str | None,
+                                 bandwidth: int) -> None:
+        params: dict[str, Any] = {}
+        for name, value in ((C.VIR_MIGRATE_PARAM_URI, miguri),
+                            (C.VIR_MIGRATE_PARAM_DEST_NAME, dname),
+                            (C.VIR_MIGRATE_PARAM_DEST_XML, dxml)):
+            if value is not None:
+                params[name] = value
+        params[C.VIR_MIGRATE_PARAM_BANDWIDTH] = bandwidth
+        await self._migrate_params(dconnuri, _params_hinted(params, _HINTS["migrate3"],
+                                                             "migration params"), flags)
+
+    async def _migrate_params(self, dconnuri: str | None, typed: list[Any],
+                              flags: int) -> None:
+        """One MIGRATE_PERFORM3_PARAMS, the source's daemon doing the rest
+        (virDomainMigrateUnmanagedParams)."""
+        if flags & C.VIR_MIGRATE_PEER2PEER and _is_local(dconnuri):
+            raise _domain_error(C.VIR_ERR_INVALID_ARG,
+                                "Attempt to migrate guest to the same host")
+        await self._conn._call("domain_migrate_perform3_params", self._o, dconnuri, typed,
+                               b"", flags)
 
     async def securityLabel(self) -> list[Any]:  # noqa: N802
         ret = await self._object_api("get_security_label")
@@ -1192,6 +1342,77 @@ def _uuid_bytes(text: Any, function: str) -> bytes:
         message = f"uuidstr in {function} must be a valid UUID"
         raise libvirtError(message, (C.VIR_ERR_INVALID_ARG, C.VIR_FROM_NONE, message,
                                      C.VIR_ERR_ERROR, None, None, None, 0, 0)) from None
+
+
+# -- migration ------------------------------------------------------------------------------
+
+# libvirt's driver features (libvirt_internal.h) its client asks a daemon about
+_MIGRATION_V1, _MIGRATION_V2, _MIGRATION_P2P, _MIGRATION_DIRECT, _MIGRATION_V3 = 1, 3, 4, 5, 6
+_CHANGE_PROTECTION, _MIGRATION_OFFLINE, _MIGRATION_PARAMS = 7, 12, 13
+# the parameters migration without extensible parameters carries
+_MIGRATE_COMPAT_PARAMS = frozenset((C.VIR_MIGRATE_PARAM_URI, C.VIR_MIGRATE_PARAM_DEST_NAME,
+                                    C.VIR_MIGRATE_PARAM_DEST_XML,
+                                    C.VIR_MIGRATE_PARAM_BANDWIDTH))
+
+
+async def _supports(conn: virConnect, feature: int) -> bool:
+    return bool((await conn._call("connect_supports_feature", feature)).supported)
+
+
+def _domain_error(code: int, message: str) -> libvirtError:
+    """An error libvirt's client library reports itself (VIR_FROM_DOMAIN)."""
+    if code == C.VIR_ERR_NO_SUPPORT:
+        message = f"this function is not supported by the connection driver: {message}"
+    error = libvirtError(message, (code, C.VIR_FROM_DOMAIN, message, C.VIR_ERR_ERROR, None,
+                                   None, None, 0, 0))
+    from .errors import set_last_error
+    set_last_error(error.err)
+    return error
+
+
+def _client_driven(function: str) -> libvirtError:
+    return _domain_error(C.VIR_ERR_NO_SUPPORT, f"{function} (migration driven by the client: "
+                         "not implemented by aiovirt.compat; use VIR_MIGRATE_PEER2PEER or "
+                         "migrateToURI3)")
+
+
+def _exclusive(flags: int, *pair: tuple[int, str]) -> None:
+    (one, one_name), (two, two_name) = pair
+    if flags & one and flags & two:
+        raise _domain_error(C.VIR_ERR_INVALID_ARG,
+                            f"Flags '{one_name}' and '{two_name}' are mutually exclusive")
+
+
+def _migration_flag_checks(flags: int, parallel: bool = True) -> None:
+    _exclusive(flags, (C.VIR_MIGRATE_NON_SHARED_DISK, "VIR_MIGRATE_NON_SHARED_DISK"),
+               (C.VIR_MIGRATE_NON_SHARED_INC, "VIR_MIGRATE_NON_SHARED_INC"))
+    if parallel:
+        _exclusive(flags, (C.VIR_MIGRATE_TUNNELLED, "VIR_MIGRATE_TUNNELLED"),
+                   (C.VIR_MIGRATE_PARALLEL, "VIR_MIGRATE_PARALLEL"))
+    if flags & C.VIR_MIGRATE_NON_SHARED_SYNCHRONOUS_WRITES and not flags & (
+            C.VIR_MIGRATE_NON_SHARED_DISK | C.VIR_MIGRATE_NON_SHARED_INC):
+        raise _domain_error(C.VIR_ERR_INVALID_ARG, "Flag 'VIR_MIGRATE_NON_SHARED_DISK | "
+                            "VIR_MIGRATE_NON_SHARED_INC' is required by flag "
+                            "'VIR_MIGRATE_NON_SHARED_SYNCHRONOUS_WRITES'")
+
+
+def _dconnuri(dconnuri: str | None, flags: int, function: str) -> str | None:
+    """The destination daemon's URI: required peer to peer, ignored otherwise."""
+    if not flags & C.VIR_MIGRATE_PEER2PEER:
+        return None
+    if dconnuri is None:
+        raise _domain_error(C.VIR_ERR_INVALID_ARG, f"dconnuri in {function} must not be NULL")
+    return dconnuri
+
+
+def _is_local(uri: str | None) -> bool:
+    """libvirt's virDomainMigrateCheckNotLocal: a localhost server, or none and no UNIX
+    socket."""
+    parts = urllib.parse.urlsplit(uri or "")
+    server = parts.hostname
+    if server:
+        return server.startswith("localhost")
+    return "socket=" not in parts.query
 
 
 # -- typed parameters, as libvirt-python's bindings make them ----------------------------------
