@@ -803,7 +803,7 @@ class virStream:  # noqa: N801
         self._conn = conn
         self._s: Any = None
         self._pending = b""
-        self._ended = False   # aborted: every use fails, as libvirt's
+        self._ended = False   # aborted or finished: every use fails, as libvirt's
 
     def connect(self) -> virConnect:
         return self._conn
@@ -811,19 +811,19 @@ class virStream:  # noqa: N801
     def c_pointer(self) -> int:
         return id(self)
 
-    def _stream(self) -> Any:
+    def _stream(self, function: str) -> Any:
         if self._ended:
-            raise _stream_error(anyio.ClosedResourceError())
-        if self._s is None:
-            raise libvirtError("the stream is not open", (
-                C.VIR_ERR_INVALID_STREAM, C.VIR_FROM_STREAMS, "the stream is not open",
-                C.VIR_ERR_ERROR, None, None, None, 0, 0))
+            raise _stream_closed()
+        if self._s is None:   # libvirt's stream has no driver yet
+            message = f"this function is not supported by the connection driver: {function}"
+            raise libvirtError(message, (C.VIR_ERR_NO_SUPPORT, C.VIR_FROM_STREAMS, message,
+                                         C.VIR_ERR_ERROR, None, None, None, 0, 0))
         return self._s
 
     async def recv(self, nbytes: int) -> bytes:
         if self._ended or not self._pending:
             try:
-                item = await self._stream().receive()
+                item = await self._stream("virStreamRecv").receive()
             except anyio.EndOfStream:
                 return b""
             except _STREAM_ERRORS as exc:
@@ -834,21 +834,24 @@ class virStream:  # noqa: N801
 
     async def send(self, data: bytes) -> int:
         try:
-            await self._stream().send(bytes(data))
+            await self._stream("virStreamSend").send(bytes(data))
         except _STREAM_ERRORS as exc:
             raise _stream_error(exc) from None
         return len(data)
 
     async def finish(self) -> int:
         try:
-            stream = self._stream()
+            stream = self._stream("virStreamFinish")
             if getattr(stream, "writable", False) or hasattr(stream, "finish"):
                 await stream.finish()
         except _STREAM_ERRORS as exc:
             raise _stream_error(exc) from None
+        self._ended = True
         return 0
 
     async def abort(self) -> int:
+        if self._ended:
+            raise _stream_closed()
         self._pending = b""   # what was read before is gone with it: recv() then fails
         self._ended = self._s is not None
         if self._s is not None:
@@ -901,6 +904,13 @@ class virStream:  # noqa: N801
 _STREAM_BUF_SIZE = 262144   # libvirt-python's virStorageVol.streamBufSize
 # what a stream raises: aiovirt's errors, and anyio's for one used after its end
 _STREAM_ERRORS = (*TRANSLATED, anyio.ClosedResourceError, anyio.BrokenResourceError)
+
+
+def _stream_closed() -> libvirtError:
+    """A stream used after its abort() or finish(), as libvirt's client says it."""
+    message = "operation failed: stream is closed"
+    return libvirtError(message, (C.VIR_ERR_OPERATION_FAILED, C.VIR_FROM_RPC, message,
+                                  C.VIR_ERR_ERROR, None, None, None, 0, 0))
 
 
 def _stream_error(exc: BaseException) -> libvirtError:
