@@ -251,12 +251,22 @@ class virDomain(_UUIDNamed):  # noqa: N801
         return {_MEMORY_STAT_TAGS.get(s.tag, str(s.tag)): s.val for s in ret.stats}
 
     async def screenshot(self, stream: virStream, screen: int, flags: int = 0) -> str:
-        try:
-            mime, raw = await handle(self).screenshot(screen, flags)
-        except TRANSLATED as exc:
-            raise _translate(exc) from None
+        mime, raw = await _open_stream(stream, "virDomainScreenshot",
+                                       lambda: handle(self).screenshot(screen, flags))
         stream._s = raw
         return mime  # type: ignore[no-any-return]
+
+    async def openConsole(self, dev_name: str | None, st: virStream,  # noqa: N802
+                          flags: int = 0) -> int:
+        st._s = await _open_stream(st, "virDomainOpenConsole",
+                                   lambda: handle(self).open_console(dev_name, flags))
+        return 0
+
+    async def openChannel(self, name: str | None, st: virStream,  # noqa: N802
+                          flags: int = 0) -> int:
+        st._s = await _open_stream(st, "virDomainOpenChannel",
+                                   lambda: handle(self).open_channel(name, flags))
+        return 0
 
     async def interfaceAddresses(self, source: int, flags: int = 0  # noqa: N802
                                  ) -> dict[str, Any]:
@@ -727,6 +737,20 @@ class virStorageVol(_Object):  # noqa: N801
     def key(self) -> str:
         return self._o.key  # type: ignore[no-any-return]
 
+    async def upload(self, stream: virStream, offset: int, length: int,
+                     flags: int = 0) -> int:
+        stream._s = await _open_stream(stream, "virStorageVolUpload", lambda: handle(
+            self).upload(offset, length, bool(flags & C.VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM),
+                         flags))
+        return 0
+
+    async def download(self, stream: virStream, offset: int, length: int,
+                       flags: int = 0) -> int:
+        stream._s = await _open_stream(stream, "virStorageVolDownload", lambda: handle(
+            self).download(offset, length,
+                           bool(flags & C.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM), flags))
+        return 0
+
 
 class virNodeDevice(_Object):  # noqa: N801
     _ref_type = "NonnullNodeDevice"
@@ -904,6 +928,21 @@ class virStream:  # noqa: N801
 _STREAM_BUF_SIZE = 262144   # libvirt-python's virStorageVol.streamBufSize
 # what a stream raises: aiovirt's errors, and anyio's for one used after its end
 _STREAM_ERRORS = (*TRANSLATED, anyio.ClosedResourceError, anyio.BrokenResourceError)
+
+
+async def _open_stream(stream: Any, function: str, opening: Callable[[], Any]) -> Any:
+    """What ``opening()`` returns (it opens aiovirt's stream for ``stream``, the caller's
+    virStream, to take); None for the stream is libvirt's invalid stream pointer."""
+    if stream is None:
+        message = f"invalid stream pointer in {function}"
+        raise libvirtError(message, (C.VIR_ERR_INVALID_STREAM, C.VIR_FROM_STREAMS, message,
+                                     C.VIR_ERR_ERROR, None, None, None, 0, 0))
+    if not isinstance(stream, virStream):   # libvirt-python takes its ._o
+        raise AttributeError(f"'{type(stream).__name__}' object has no attribute '_o'")
+    try:
+        return await opening()
+    except TRANSLATED as exc:
+        raise _translate(exc) from None
 
 
 def _stream_closed() -> libvirtError:
