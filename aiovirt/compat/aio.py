@@ -250,6 +250,13 @@ class virDomain(_UUIDNamed):  # noqa: N801
         ret = await self._conn._call("domain_memory_stats", self._o, 16, 0)
         return {_MEMORY_STAT_TAGS.get(s.tag, str(s.tag)): s.val for s in ret.stats}
 
+    async def revertToSnapshot(self, snap: virDomainSnapshot, flags: int = 0) -> int:  # noqa: N802
+        snapshot = _object_arg(snap, virDomainSnapshot, C.VIR_ERR_INVALID_DOMAIN_SNAPSHOT,
+                               C.VIR_FROM_DOMAIN_SNAPSHOT,
+                               "Invalid domain snapshot: virDomainRevertToSnapshot")
+        await self._conn._call("domain_revert_to_snapshot", snapshot._o, flags)
+        return 0
+
     async def screenshot(self, stream: virStream, screen: int, flags: int = 0) -> str:
         mime, raw = await _open_stream(stream, "virDomainScreenshot",
                                        lambda: handle(self).screenshot(screen, flags))
@@ -707,6 +714,18 @@ class virNetwork(_UUIDNamed):  # noqa: N801
 class virStoragePool(_UUIDNamed):  # noqa: N801
     _ref_type = "NonnullStoragePool"
 
+    async def createXMLFrom(self, xmlDesc: str, clonevol: virStorageVol,  # noqa: N802,N803
+                            flags: int = 0) -> virStorageVol:
+        source = _object_arg(clonevol, virStorageVol, C.VIR_ERR_INVALID_STORAGE_VOL,
+                             C.VIR_FROM_STORAGE,
+                             "invalid storage volume pointer in virStorageVolCreateXMLFrom")
+        try:
+            vol = await handle(self).storage_vol_create_xml_from(xmlDesc, handle(source),
+                                                                 flags)
+        except TRANSLATED as exc:
+            raise _translate(exc) from None
+        return virStorageVol(self._conn, vol._ref)
+
 
 class virSecret(_Object):  # noqa: N801
     _ref_type = "NonnullSecret"
@@ -930,15 +949,22 @@ _STREAM_BUF_SIZE = 262144   # libvirt-python's virStorageVol.streamBufSize
 _STREAM_ERRORS = (*TRANSLATED, anyio.ClosedResourceError, anyio.BrokenResourceError)
 
 
+def _object_arg(value: Any, cls: type, code: int, domain: int, message: str) -> Any:
+    """An object argument as libvirt-python passes it: None is C's NULL, which libvirt
+    refuses with ``code``/``domain``; anything but an object of ``cls`` has no ``_o``."""
+    if value is None:
+        raise libvirtError(message, (code, domain, message, C.VIR_ERR_ERROR, None, None, None,
+                                     0, 0))
+    if not isinstance(value, cls):
+        raise AttributeError(f"'{type(value).__name__}' object has no attribute '_o'")
+    return value
+
+
 async def _open_stream(stream: Any, function: str, opening: Callable[[], Any]) -> Any:
     """What ``opening()`` returns (it opens aiovirt's stream for ``stream``, the caller's
     virStream, to take); None for the stream is libvirt's invalid stream pointer."""
-    if stream is None:
-        message = f"invalid stream pointer in {function}"
-        raise libvirtError(message, (C.VIR_ERR_INVALID_STREAM, C.VIR_FROM_STREAMS, message,
-                                     C.VIR_ERR_ERROR, None, None, None, 0, 0))
-    if not isinstance(stream, virStream):   # libvirt-python takes its ._o
-        raise AttributeError(f"'{type(stream).__name__}' object has no attribute '_o'")
+    _object_arg(stream, virStream, C.VIR_ERR_INVALID_STREAM, C.VIR_FROM_STREAMS,
+                f"invalid stream pointer in {function}")
     try:
         return await opening()
     except TRANSLATED as exc:
