@@ -705,6 +705,10 @@ class virNetwork(_UUIDNamed):  # noqa: N801
     _ref_type = "NonnullNetwork"
 
 
+    async def portLookupByUUID(self, uuid: bytes) -> virNetworkPort:  # noqa: N802
+        return await _lookup_by_uuid(self._conn, "network_port_lookup_by_uuid",
+                                     "virNetworkPortLookupByUUID", uuid, self._o)
+
     async def DHCPLeases(self, mac: str | None = None, flags: int = 0  # noqa: N802
                          ) -> list[dict[str, Any]]:
         ret = await self._conn._call("network_get_dhcp_leases", self._o, mac, 1, flags)
@@ -1220,19 +1224,44 @@ class virConnect:  # noqa: N801
         return list((await self._call("connect_list_domains", _LIST_MAX)).ids)
 
     async def lookupByUUIDString(self, uuidstr: str) -> virDomain:  # noqa: N802
-        return await self.lookupByUUID(_uuid_bytes(uuidstr, "virDomainLookupByUUIDString"))
+        return await self.lookupByUUID(_uuid_bytes(uuidstr, "virDomainLookupByUUIDString",
+                                                   C.VIR_FROM_DOMAIN))
 
     async def networkLookupByUUIDString(self, uuidstr: str) -> virNetwork:  # noqa: N802
-        return await self.networkLookupByUUID(_uuid_bytes(uuidstr, "virNetworkLookupByUUIDString"))
+        return await self.networkLookupByUUID(_uuid_bytes(
+            uuidstr, "virNetworkLookupByUUIDString", C.VIR_FROM_NETWORK))
 
     async def storagePoolLookupByUUIDString(self, uuidstr: str) -> virStoragePool:  # noqa: N802
-        return await self.storagePoolLookupByUUID(_uuid_bytes(uuidstr, "virStoragePoolLookupByUUIDString"))
+        return await self.storagePoolLookupByUUID(_uuid_bytes(
+            uuidstr, "virStoragePoolLookupByUUIDString", C.VIR_FROM_STORAGE))
 
     async def secretLookupByUUIDString(self, uuidstr: str) -> virSecret:  # noqa: N802
-        return await self.secretLookupByUUID(_uuid_bytes(uuidstr, "virSecretLookupByUUIDString"))
+        return await self.secretLookupByUUID(_uuid_bytes(
+            uuidstr, "virSecretLookupByUUIDString", C.VIR_FROM_SECRET))
 
     async def nwfilterLookupByUUIDString(self, uuidstr: str) -> virNWFilter:  # noqa: N802
-        return await self.nwfilterLookupByUUID(_uuid_bytes(uuidstr, "virNWFilterLookupByUUIDString"))
+        return await self.nwfilterLookupByUUID(_uuid_bytes(
+            uuidstr, "virNWFilterLookupByUUIDString", C.VIR_FROM_NWFILTER))
+
+    async def lookupByUUID(self, uuid: bytes) -> virDomain:  # noqa: N802
+        return await _lookup_by_uuid(self, "domain_lookup_by_uuid", "virDomainLookupByUUID",
+                                     uuid)
+
+    async def networkLookupByUUID(self, uuid: bytes) -> virNetwork:  # noqa: N802
+        return await _lookup_by_uuid(self, "network_lookup_by_uuid",
+                                     "virNetworkLookupByUUID", uuid)
+
+    async def storagePoolLookupByUUID(self, uuid: bytes) -> virStoragePool:  # noqa: N802
+        return await _lookup_by_uuid(self, "storage_pool_lookup_by_uuid",
+                                     "virStoragePoolLookupByUUID", uuid)
+
+    async def secretLookupByUUID(self, uuid: bytes) -> virSecret:  # noqa: N802
+        return await _lookup_by_uuid(self, "secret_lookup_by_uuid", "virSecretLookupByUUID",
+                                     uuid)
+
+    async def nwfilterLookupByUUID(self, uuid: bytes) -> virNWFilter:  # noqa: N802
+        return await _lookup_by_uuid(self, "nwfilter_lookup_by_uuid",
+                                     "virNWFilterLookupByUUID", uuid)
 
     # -- events ---------------------------------------------------------------------------
     async def _register(self, family: str, event_id: int, obj: Any, callback: Callable[..., Any],
@@ -1408,15 +1437,30 @@ def _convert(conn: virConnect, value: Any) -> Any:
     return value
 
 
-def _uuid_bytes(text: Any, function: str) -> bytes:
-    """A UUID string's 16 bytes; libvirtError as libvirt's client says it (libvirt-python
-    raises no ValueError here)."""
+def _uuid_bytes(text: Any, function: str, domain: int) -> bytes:
+    """A UUID string's 16 bytes; libvirtError as libvirt's client says it, from its
+    ``domain`` (libvirt-python raises no ValueError here, TypeError for what is no str)."""
+    if text is not None and not isinstance(text, str):
+        raise TypeError(f"argument must be str or None, not {type(text).__name__}")
     try:
         return _uuid.UUID(text).bytes
-    except (ValueError, TypeError, AttributeError):
-        message = f"uuidstr in {function} must be a valid UUID"
-        raise libvirtError(message, (C.VIR_ERR_INVALID_ARG, C.VIR_FROM_NONE, message,
-                                     C.VIR_ERR_ERROR, None, None, None, 0, 0)) from None
+    except (ValueError, TypeError):
+        message = (f"uuidstr in {function} must not be NULL" if text is None else
+                   f"uuidstr in {function} must be a valid UUID")
+        raise libvirtError(message, (C.VIR_ERR_INVALID_ARG, domain, message, C.VIR_ERR_ERROR,
+                                     None, None, None, 0, 0)) from None
+
+
+async def _lookup_by_uuid(conn: virConnect, method: str, function: str, uuid: Any,
+                          *before: Any) -> Any:
+    """libvirt-python's lookups by raw UUID: 16 bytes (or characters); any other length
+    fails with no libvirt error behind it, as its binding returns None without calling."""
+    raw = uuid.encode() if isinstance(uuid, str) else uuid
+    if raw is not None and not isinstance(raw, (bytes, bytearray, memoryview)):
+        raise TypeError(f"argument must be a bytes-like object, not {type(uuid).__name__}")
+    if raw is None or len(raw) != 16:
+        raise libvirtError(f"{function}() failed")
+    return _result(conn, await conn._call(method, *before, bytes(raw)))
 
 
 # -- migration ------------------------------------------------------------------------------
