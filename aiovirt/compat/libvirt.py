@@ -669,10 +669,17 @@ def _run(coro: Coroutine[Any, Any, Any], conn: Any = None) -> Any:
             _let_go()
         raise
     if error is None:
+        _local.last_error = None   # as libvirt's: each call starts by clearing it
         return value
     try:
         raise error
     except libvirtError as exc:
+        if exc.err is None:
+            # failed in libvirt-python's binding, before libvirt was called: its
+            # libvirtError reports the thread's last error, still the previous call's
+            exc.err = getattr(_local, "last_error", None)
+            if exc.err is not None:
+                exc.args = (exc.err[2],)
         _local.last_error = exc.err
         if _error_handler is not None:
             handler, ctx = _error_handler
