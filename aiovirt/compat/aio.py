@@ -34,6 +34,7 @@ import functools
 import inspect
 import itertools
 import operator
+import re
 import urllib.parse
 import uuid as _uuid
 from collections.abc import Callable
@@ -62,7 +63,34 @@ __all__ = ["ADAPTERS", "virConnect", "virDomain", "virDomainCheckpoint", "virDom
 _LIST_MAX = 16384   # the smallest REMOTE_*_LIST_MAX: what legacy list calls ask for
 
 
+# an argument of the wrong Python type, as the encoder says it (xdr.misfit: "procedure:
+# field: expected int, not str (...)")
+_WRONG_TYPE = re.compile(r"^(\w+): ([\w.\[\]]+): expected ([\w ]+), not (\w+) \(")
+# the error domain of libvirt's functions, by their procedure's name (libvirt-domain.c...)
+_PROCEDURE_DOMAINS = (("domain_snapshot_", C.VIR_FROM_DOMAIN_SNAPSHOT),
+                      ("domain_checkpoint_", C.VIR_FROM_DOMAIN_CHECKPOINT),
+                      ("domain_", C.VIR_FROM_DOMAIN), ("network_", C.VIR_FROM_NETWORK),
+                      ("storage_", C.VIR_FROM_STORAGE), ("interface_", C.VIR_FROM_INTERFACE),
+                      ("node_device_", C.VIR_FROM_NODEDEV), ("secret_", C.VIR_FROM_SECRET),
+                      ("nwfilter_", C.VIR_FROM_NWFILTER))
+
+
 def _translate(exc: BaseException) -> BaseException:
+    if isinstance(exc, EncodeError):
+        wrong = _WRONG_TYPE.match(str(exc))
+        if wrong is not None:
+            procedure, field, expected, given = wrong.groups()
+            if given != "NoneType" or expected != "str":
+                return TypeError(str(exc))   # what libvirt-python's argument parsing raises
+            # None for a string is C's NULL to libvirt-python: libvirt refuses it
+            domain = next((d for prefix, d in _PROCEDURE_DOMAINS
+                           if procedure.startswith(prefix)), C.VIR_FROM_NONE)
+            message = f"invalid argument: {field} in {procedure} must not be NULL"
+            from .errors import set_last_error
+            error = libvirtError(message, (C.VIR_ERR_INVALID_ARG, domain, message,
+                                           C.VIR_ERR_ERROR, None, None, None, 0, 0))
+            set_last_error(error.err)
+            return error
     return from_exception(exc) if isinstance(exc, TRANSLATED) else exc
 
 
@@ -249,6 +277,23 @@ class virDomain(_UUIDNamed):  # noqa: N801
     async def memoryStats(self) -> dict[str, int]:  # noqa: N802
         ret = await self._conn._call("domain_memory_stats", self._o, 16, 0)
         return {_MEMORY_STAT_TAGS.get(s.tag, str(s.tag)): s.val for s in ret.stats}
+
+    # the metadata type is an int to libvirt-python (aiovirt's also takes its name)
+    async def setMetadata(self, type: int, metadata: str | None, key: str | None,  # noqa: N802,A002
+                          uri: str | None, flags: int = 0) -> int:
+        kind = _c_int(type, -(1 << 31), (1 << 31) - 1)
+        try:
+            await handle(self).set_metadata(metadata, type=kind, key=key, uri=uri, flags=flags)
+        except TRANSLATED as exc:
+            raise _translate(exc) from None
+        return 0
+
+    async def metadata(self, type: int, uri: str | None, flags: int = 0) -> str:  # noqa: A002
+        kind = _c_int(type, -(1 << 31), (1 << 31) - 1)
+        try:
+            return await handle(self).metadata(type=kind, uri=uri, flags=flags)  # type: ignore[no-any-return]
+        except TRANSLATED as exc:
+            raise _translate(exc) from None
 
     async def revertToSnapshot(self, snap: virDomainSnapshot, flags: int = 0) -> int:  # noqa: N802
         snapshot = _object_arg(snap, virDomainSnapshot, C.VIR_ERR_INVALID_DOMAIN_SNAPSHOT,
