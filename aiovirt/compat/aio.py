@@ -791,6 +791,18 @@ class virSecret(_Object):  # noqa: N801
     def usageID(self) -> str:  # noqa: N802
         return self._o.usageID  # type: ignore[no-any-return]
 
+    async def setValue(self, value: bytes | str, flags: int = 0) -> int:  # noqa: N802
+        """``value`` bytes, or a str (its UTF-8), as libvirt-python takes it."""
+        raw = value.encode() if isinstance(value, str) else value
+        if raw is None:
+            message = "invalid argument: value in virSecretSetValue must not be NULL"
+            raise libvirtError(message, (C.VIR_ERR_INVALID_ARG, C.VIR_FROM_SECRET, message,
+                                         C.VIR_ERR_ERROR, None, None, None, 0, 0))
+        if not isinstance(raw, (bytes, bytearray, memoryview)):
+            raise TypeError(f"value must be bytes or str, not {type(value).__name__}")
+        await self._conn._call("secret_set_value", self._o, bytes(raw), flags)
+        return 0
+
 
 class virNWFilter(_UUIDNamed):  # noqa: N801
     _ref_type = "NonnullNwfilter"
