@@ -1049,6 +1049,17 @@ def _stream_error(exc: BaseException) -> libvirtError:
 
 # -- the connection ---------------------------------------------------------------------------
 
+# per event family: how many event ids libvirt-python's binding knows, its C function
+_EVENT_IDS = {"domain": C.VIR_DOMAIN_EVENT_ID_LAST, "network": C.VIR_NETWORK_EVENT_ID_LAST,
+              "storage_pool": C.VIR_STORAGE_POOL_EVENT_ID_LAST,
+              "node_device": C.VIR_NODE_DEVICE_EVENT_ID_LAST,
+              "secret": C.VIR_SECRET_EVENT_ID_LAST}
+_EVENT_FUNCTIONS = {"domain": "virConnectDomainEventRegisterAny",
+                    "network": "virConnectNetworkEventRegisterAny",
+                    "storage_pool": "virConnectStoragePoolEventRegisterAny",
+                    "node_device": "virConnectNodeDeviceEventRegisterAny",
+                    "secret": "virConnectSecretEventRegisterAny"}
+
 # per event family: (register procedure, deregister procedure)
 _EVENT_FAMILIES = {
     "domain": ("connect_domain_event_callback_register_any",
@@ -1324,6 +1335,9 @@ class virConnect:  # noqa: N801
     async def _register(self, family: str, event_id: int, obj: Any, callback: Callable[..., Any],
                         opaque: Any) -> int:
         register_name, deregister_name = _EVENT_FAMILIES[family]
+        if not 0 <= _c_int(event_id, -(1 << 31), (1 << 31) - 1) < _EVENT_IDS[family]:
+            # libvirt-python's binding has no callback for it: it fails without calling
+            raise libvirtError(f"{_EVENT_FUNCTIONS[family]}() failed")
         ref = obj._o if obj is not None else None
         rpc = self._c.rpc
 
@@ -1347,11 +1361,13 @@ class virConnect:  # noqa: N801
                          callback: Callable[..., Any], opaque: Any) -> int:
         """Start ``sub``; each event it yields calls ``callback(self, *args_of(event),
         opaque)`` through ``dispatch``.  Returns the callback id (per connection, from 0)."""
+        # the id is taken first: libvirt's client takes it before asking the daemon, and a
+        # registration the daemon refuses has used it up all the same
+        callback_id = next(self._callback_ids)
         try:
             await sub.start()
         except TRANSLATED as exc:
             raise _translate(exc) from None
-        callback_id = next(self._callback_ids)
         events = self._events
 
         def deliver(*args: Any) -> Any:
@@ -1375,7 +1391,7 @@ class virConnect:  # noqa: N801
         entry = self._events.pop(callback_id, None)
         if entry is None:
             message = f"could not find event callback {callback_id} for deletion"
-            raise libvirtError(message, (C.VIR_ERR_INVALID_ARG, C.VIR_FROM_EVENT, message,
+            raise libvirtError(message, (C.VIR_ERR_INVALID_ARG, C.VIR_FROM_NONE, message,
                                          C.VIR_ERR_ERROR, None, None, None, 0, 0))
         sub, task, _ = entry
         task.cancel()
@@ -1389,15 +1405,15 @@ class virConnect:  # noqa: N801
                                      cb: Callable[..., Any], opaque: Any) -> int:
         return await self._register("domain", eventID, dom, cb, opaque)
 
-    async def domainEventDeregisterAny(self, callbackID: int) -> int:  # noqa: N802,N803
-        return await self._deregister(callbackID)
+    async def domainEventDeregisterAny(self, callbackID: int) -> None:  # noqa: N802,N803
+        await self._deregister(callbackID)
 
-    async def domainEventRegister(self, cb: Callable[..., Any], opaque: Any) -> int:  # noqa: N802
+    async def domainEventRegister(self, cb: Callable[..., Any], opaque: Any) -> None:  # noqa: N802
         """libvirt-python's legacy registration: one lifecycle subscription for all the
         callbacks so registered, each once (registered again, its opaque is replaced)."""
         if self._legacy or self._legacy_id is not None:
             self._legacy[cb] = opaque
-            return 0
+            return
         self._legacy[cb] = opaque
         try:
             self._legacy_id = await self._register(
@@ -1405,23 +1421,21 @@ class virConnect:  # noqa: N801
         except BaseException:
             self._legacy.pop(cb, None)
             raise
-        return 0
 
     def _legacy_dispatch(self, conn: Any, dom: Any, event: int, detail: int,
                          _opaque: Any) -> None:
         for cb, opaque in list(self._legacy.items()):
             cb(conn, dom, event, detail, opaque)
 
-    async def domainEventDeregister(self, cb: Callable[..., Any]) -> int:  # noqa: N802
+    async def domainEventDeregister(self, cb: Callable[..., Any]) -> None:  # noqa: N802
         """As libvirt-python: nothing when no callback is registered, KeyError for one
         that is not when others are; the subscription ends with the last."""
         if not self._legacy:
-            return 0
+            return
         del self._legacy[cb]
         if not self._legacy and self._legacy_id is not None:
             callback_id, self._legacy_id = self._legacy_id, None
-            return await self._deregister(callback_id)
-        return 0
+            await self._deregister(callback_id)
 
     async def networkEventRegisterAny(self, net: virNetwork | None, eventID: int,  # noqa: N802,N803
                                       cb: Callable[..., Any], opaque: Any) -> int:
