@@ -1084,6 +1084,7 @@ class virConnect:  # noqa: N801
         self._c = conn
         self._uri = uri
         self._events: dict[int, tuple[EventSubscription[Any], asyncio.Task[None], Any]] = {}
+        self._families: dict[int, str] = {}   # callback id -> its event family
         self._legacy: dict[Any, Any] = {}   # legacy callback -> opaque
         self._legacy_id: int | None = None  # their one subscription
         self._callback_ids = itertools.count()   # per connection, from 0, as libvirt's
@@ -1226,7 +1227,7 @@ class virConnect:  # noqa: N801
         (CLIENT).  One callback per connection, as libvirt allows."""
         if self._close_callback is not None:
             message = "A close callback is already registered"
-            raise libvirtError(message, (C.VIR_ERR_OPERATION_INVALID, C.VIR_FROM_NONE,
+            raise libvirtError(message, (C.VIR_ERR_OPERATION_INVALID, C.VIR_FROM_REMOTE,
                                          message, C.VIR_ERR_ERROR, None, None, None, 0, 0))
         self._close_callback = (cb, opaque)
         if self._close_watch is None:
@@ -1251,10 +1252,10 @@ class virConnect:  # noqa: N801
             self._close_watch = (sub, asyncio.get_running_loop().create_task(watch()))
         return 0
 
-    async def unregisterCloseCallback(self) -> int:  # noqa: N802
+    async def unregisterCloseCallback(self) -> None:  # noqa: N802
         if self._close_callback is None:
             message = "A different callback was requested"
-            raise libvirtError(message, (C.VIR_ERR_OPERATION_INVALID, C.VIR_FROM_NONE,
+            raise libvirtError(message, (C.VIR_ERR_OPERATION_INVALID, C.VIR_FROM_REMOTE,
                                          message, C.VIR_ERR_ERROR, None, None, None, 0, 0))
         self._close_callback = None
         watch, self._close_watch = self._close_watch, None
@@ -1264,7 +1265,6 @@ class virConnect:  # noqa: N801
                 await watch[0].stop()
             except TRANSLATED:
                 pass   # already gone with the connection
-        return 0
 
     async def virConnGetLastError(self) -> Any:  # noqa: N802
         """The last error this process recorded (libvirt's per-connection error: the
@@ -1354,8 +1354,10 @@ class virConnect:  # noqa: N801
                if ref is not None else None)
         sub = EventSubscription(self._c, family, (event_id, key), register, deregister,
                                 convert, max_buffer=None)
-        return await self._subscribe(sub, lambda body: _event_args(self, body), callback,
-                                     opaque)
+        callback_id = await self._subscribe(sub, lambda body: _event_args(self, body),
+                                            callback, opaque)
+        self._families[callback_id] = family
+        return callback_id
 
     async def _subscribe(self, sub: EventSubscription[Any], args_of: Callable[[Any], Any],
                          callback: Callable[..., Any], opaque: Any) -> int:
@@ -1387,7 +1389,10 @@ class virConnect:  # noqa: N801
         self._events[callback_id] = (sub, task, callback)
         return callback_id
 
-    async def _deregister(self, callback_id: int) -> int:
+    async def _deregister(self, callback_id: int, family: str | None = None) -> None:
+        """Drop callback ``callback_id``; ``family``: the family of the deregistering call,
+        which libvirt's client then asks the daemon about: one of another family's
+        callback is dropped all the same, and the daemon's refusal raised."""
         entry = self._events.pop(callback_id, None)
         if entry is None:
             message = f"could not find event callback {callback_id} for deletion"
@@ -1399,14 +1404,31 @@ class virConnect:  # noqa: N801
             await sub.stop()
         except TRANSLATED as exc:
             raise _translate(exc) from None
-        return 0
+        registered = self._families.pop(callback_id, None)
+        if family is not None and registered is not None and registered != family:
+            message = (f"internal error: no {family.replace('_', ' ')} event callback with "
+                       f"id {callback_id}")
+            raise libvirtError(message, (C.VIR_ERR_INTERNAL_ERROR, C.VIR_FROM_RPC, message,
+                                         C.VIR_ERR_ERROR, None, None, None, 0, 0))
 
     async def domainEventRegisterAny(self, dom: virDomain | None, eventID: int,  # noqa: N802,N803
                                      cb: Callable[..., Any], opaque: Any) -> int:
         return await self._register("domain", eventID, dom, cb, opaque)
 
     async def domainEventDeregisterAny(self, callbackID: int) -> None:  # noqa: N802,N803
-        await self._deregister(callbackID)
+        await self._deregister(callbackID, "domain")
+
+    async def networkEventDeregisterAny(self, callbackID: int) -> None:  # noqa: N802,N803
+        await self._deregister(callbackID, "network")
+
+    async def storagePoolEventDeregisterAny(self, callbackID: int) -> None:  # noqa: N802,N803
+        await self._deregister(callbackID, "storage_pool")
+
+    async def nodeDeviceEventDeregisterAny(self, callbackID: int) -> None:  # noqa: N802,N803
+        await self._deregister(callbackID, "node_device")
+
+    async def secretEventDeregisterAny(self, callbackID: int) -> None:  # noqa: N802,N803
+        await self._deregister(callbackID, "secret")
 
     async def domainEventRegister(self, cb: Callable[..., Any], opaque: Any) -> None:  # noqa: N802
         """libvirt-python's legacy registration: one lifecycle subscription for all the
@@ -1455,10 +1477,6 @@ class virConnect:  # noqa: N801
                                      cb: Callable[..., Any], opaque: Any) -> int:
         return await self._register("secret", eventID, secret, cb, opaque)
 
-    networkEventDeregisterAny = domainEventDeregisterAny
-    storagePoolEventDeregisterAny = domainEventDeregisterAny
-    nodeDeviceEventDeregisterAny = domainEventDeregisterAny
-    secretEventDeregisterAny = domainEventDeregisterAny
 
     def _has_events(self) -> bool:
         return bool(self._events)
