@@ -48,6 +48,7 @@ from ..api import typedparams as tp
 from ..api.typedparams import from_dict, to_dict
 from ..client.auth import Credential
 from ..client.events import EventSubscription
+from ..client.streams import Hole
 from ..errors import EncodeError
 from ..protocol import remote
 from ..protocol.xdr import Record, plain_hint
@@ -907,6 +908,7 @@ class virStream:  # noqa: N801
         self._conn = conn
         self._s: Any = None
         self._pending = b""
+        self._hole = 0        # what is left of a hole of a sparse stream, not yet read
         self._ended = False   # aborted or finished: every use fails, as libvirt's
 
     def connect(self) -> virConnect:
@@ -924,17 +926,55 @@ class virStream:  # noqa: N801
                                          C.VIR_ERR_ERROR, None, None, None, 0, 0))
         return self._s
 
-    async def recv(self, nbytes: int) -> bytes:
-        if self._ended or not self._pending:
+    async def _next(self, function: str) -> bool:
+        """Read the next data or hole when none is pending; False at the end."""
+        if self._ended or not (self._pending or self._hole):
             try:
-                item = await self._stream("virStreamRecv").receive()
+                item = await self._stream(function).receive()
             except anyio.EndOfStream:
-                return b""
+                return False
             except _STREAM_ERRORS as exc:
                 raise _stream_error(exc) from None
-            self._pending = item if isinstance(item, bytes) else b"\0" * item.length
+            if isinstance(item, bytes):
+                self._pending = item
+            else:
+                self._hole = item.length
+        return True
+
+    async def recv(self, nbytes: int) -> bytes:
+        """Data, or zeros for a hole of a sparse stream (as libvirt's recv)."""
+        return await self.recvFlags(nbytes)  # type: ignore[return-value]
+
+    async def recvFlags(self, nbytes: int, flags: int = 0) -> bytes | int:  # noqa: N802
+        """With VIR_STREAM_RECV_STOP_AT_HOLE, -3 at a hole (recvHole() says how long)."""
+        if not await self._next("virStreamRecvFlags" if flags else "virStreamRecv"):
+            return b""
+        if self._hole:
+            if flags & C.VIR_STREAM_RECV_STOP_AT_HOLE:
+                return -3
+            count = min(nbytes, self._hole)
+            self._hole -= count
+            return b"\0" * count
         data, self._pending = self._pending[:nbytes], self._pending[nbytes:]
         return data
+
+    async def recvHole(self, flags: int = 0) -> int:  # noqa: N802
+        """The length of the hole recvFlags stopped at (0 if none), as read."""
+        stream = self._stream("virStreamRecvHole")
+        if not getattr(stream, "sparse", False):
+            raise _holes_unsupported()
+        length, self._hole = self._hole, 0
+        return length
+
+    async def sendHole(self, length: int, flags: int = 0) -> int:  # noqa: N802
+        stream = self._stream("virStreamSendHole")
+        if not getattr(stream, "sparse", False):
+            raise _holes_unsupported()
+        try:
+            await stream.send(Hole(length))
+        except _STREAM_ERRORS as exc:
+            raise _stream_error(exc) from None
+        return 0
 
     async def send(self, data: bytes) -> int:
         try:
@@ -956,7 +996,7 @@ class virStream:  # noqa: N801
     async def abort(self) -> int:
         if self._ended:
             raise _stream_closed()
-        self._pending = b""   # what was read before is gone with it: recv() then fails
+        self._pending, self._hole = b"", 0   # what was read before is gone with it
         self._ended = self._s is not None
         if self._s is not None:
             try:
@@ -1004,6 +1044,52 @@ class virStream:  # noqa: N801
                 break
             await self.send(data)
 
+    async def sparseRecvAll(self, handler: Callable[..., Any],  # noqa: N802
+                            holeHandler: Callable[..., Any], opaque: Any) -> None:  # noqa: N803
+        """libvirt-python's: ``handler(stream, data, opaque)`` per chunk of data,
+        ``holeHandler(stream, length, opaque)`` per hole, until the end; a negative int from
+        either aborts the stream (RuntimeError)."""
+        while True:
+            got = await self.recvFlags(_STREAM_BUF_SIZE, C.VIR_STREAM_RECV_STOP_AT_HOLE)
+            if got == -3:
+                length = await self.recvHole()
+                ret = await _awaited(holeHandler(self, length, opaque))
+                if isinstance(ret, int) and ret < 0:
+                    await self.abort()
+                    raise RuntimeError(f"holeHandler handler returned {ret}")
+                continue
+            if not got:
+                break
+            ret = await _awaited(handler(self, got, opaque))
+            if isinstance(ret, int) and ret < 0:
+                await self.abort()
+                raise RuntimeError(f"sparseRecvAll handler returned {ret}")
+
+    async def sparseSendAll(self, handler: Callable[..., Any],  # noqa: N802
+                            holeHandler: Callable[..., Any],  # noqa: N803
+                            skipHandler: Callable[..., Any], opaque: Any) -> None:  # noqa: N803
+        """libvirt-python's: ``holeHandler(stream, opaque)`` says [in data?, section
+        length]; a hole is sent and ``skipHandler(stream, length, opaque)`` skips it, data
+        comes from ``handler(stream, nbytes, opaque)``, until it returns nothing."""
+        while True:
+            in_data, section = await _awaited(holeHandler(self, opaque))
+            if not in_data and section > 0:
+                if (await self.sendHole(section) < 0
+                        or await _awaited(skipHandler(self, section, opaque)) < 0):
+                    await self.abort()
+                continue
+            got = await _awaited(handler(self, min(_STREAM_BUF_SIZE, section), opaque))
+            if isinstance(got, int) and got < 0:
+                await self.abort()
+                raise RuntimeError(f"sparseSendAll handler returned {got}")
+            if not got:
+                break
+            await self.send(got)
+
+
+async def _awaited(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
 
 _STREAM_BUF_SIZE = 262144   # libvirt-python's virStorageVol.streamBufSize
 # what a stream raises: aiovirt's errors, and anyio's for one used after its end
@@ -1030,6 +1116,12 @@ async def _open_stream(stream: Any, function: str, opening: Callable[[], Any]) -
         return await opening()
     except TRANSLATED as exc:
         raise _translate(exc) from None
+
+
+def _holes_unsupported() -> libvirtError:
+    message = "Requested operation is not valid: Holes are not supported with this stream"
+    return libvirtError(message, (C.VIR_ERR_OPERATION_INVALID, C.VIR_FROM_RPC, message,
+                                  C.VIR_ERR_ERROR, None, None, None, 0, 0))
 
 
 def _stream_closed() -> libvirtError:

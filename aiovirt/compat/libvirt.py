@@ -894,10 +894,57 @@ def _send_all(self: _Sync, handler: Callable[..., Any], opaque: Any) -> None:
         self.send(data)  # type: ignore[attr-defined]
 
 
+def _sparse_recv_all(self: _Sync, handler: Callable[..., Any], holeHandler: Callable[..., Any],  # noqa: N803
+                     opaque: Any) -> None:
+    """libvirt-python's ``sparseRecvAll``, on the caller's thread as ``recvAll``: data to
+    ``handler``, holes to ``holeHandler``; a negative int from either aborts the stream."""
+    while True:
+        got = self.recvFlags(aio._STREAM_BUF_SIZE,  # type: ignore[attr-defined]
+                             VIR_STREAM_RECV_STOP_AT_HOLE)  # noqa: F405
+        if got == -3:
+            length = self.recvHole()  # type: ignore[attr-defined]
+            ret = holeHandler(self, length, opaque)
+            if isinstance(ret, int) and ret < 0:
+                self.abort()  # type: ignore[attr-defined]
+                raise RuntimeError(f"holeHandler handler returned {ret}")
+            continue
+        if not got:
+            break
+        ret = handler(self, got, opaque)
+        if isinstance(ret, int) and ret < 0:
+            self.abort()  # type: ignore[attr-defined]
+            raise RuntimeError(f"sparseRecvAll handler returned {ret}")
+
+
+def _sparse_send_all(self: _Sync, handler: Callable[..., Any], holeHandler: Callable[..., Any],  # noqa: N803
+                     skipHandler: Callable[..., Any], opaque: Any) -> None:  # noqa: N803
+    """libvirt-python's ``sparseSendAll``, on the caller's thread: ``holeHandler`` says
+    [in data?, section length], holes are sent and skipped (``skipHandler``), data comes
+    from ``handler`` until it returns nothing."""
+    while True:
+        in_data, section = holeHandler(self, opaque)
+        if not in_data and section > 0:
+            if (self.sendHole(section) < 0  # type: ignore[attr-defined]
+                    or skipHandler(self, section, opaque) < 0):
+                self.abort()  # type: ignore[attr-defined]
+            continue
+        got = handler(self, min(aio._STREAM_BUF_SIZE, section), opaque)  # type: ignore[attr-defined]
+        if isinstance(got, int) and got < 0:
+            self.abort()  # type: ignore[attr-defined]
+            raise RuntimeError(f"sparseSendAll handler returned {got}")
+        if not got:
+            break
+        self.send(got)  # type: ignore[attr-defined]
+
+
 _recv_all.__name__ = _recv_all.__qualname__ = "recvAll"
 _send_all.__name__ = _send_all.__qualname__ = "sendAll"
+_sparse_recv_all.__name__ = _sparse_recv_all.__qualname__ = "sparseRecvAll"
+_sparse_send_all.__name__ = _sparse_send_all.__qualname__ = "sparseSendAll"
 virStream.recvAll = _recv_all  # type: ignore[attr-defined]
 virStream.sendAll = _send_all  # type: ignore[attr-defined]
+virStream.sparseRecvAll = _sparse_recv_all  # type: ignore[attr-defined]
+virStream.sparseSendAll = _sparse_send_all  # type: ignore[attr-defined]
 assert set(_SYNC) == set(COMPAT_CLASSES.values())
 
 
