@@ -161,8 +161,10 @@ def normalize(value: Any) -> Any:
     if type(value).__name__.startswith("vir") and hasattr(value, "connect") or \
             type(value).__name__ == "virConnect":
         return _object_key(value)
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, list):
         return [normalize(v) for v in value]
+    if isinstance(value, tuple):   # kept apart from lists: libvirt-python returns both
+        return tuple(normalize(v) for v in value)
     if isinstance(value, dict):
         return {k: normalize(v) for k, v in value.items()}
     if isinstance(value, bool):   # True == 1 in Python: keep the type visible
@@ -174,8 +176,8 @@ def normalize(value: Any) -> Any:
 
 def shape(value: Any) -> Any:
     """Types and structure, not values (timing-dependent results)."""
-    if isinstance(value, list):
-        return ["list", [shape(v) for v in value]]
+    if isinstance(value, (list, tuple)):
+        return [type(value).__name__, [shape(v) for v in value]]
     if isinstance(value, dict):
         return {k: shape(v) for k, v in value.items()}
     return type(value).__name__

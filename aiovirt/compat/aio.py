@@ -190,9 +190,26 @@ class virDomain(_UUIDNamed):  # noqa: N801
             self._o = dataclasses.replace(self._o, name=new_name)
         return ret.retcode  # type: ignore[no-any-return]
 
-    async def schedulerType(self) -> list[Any]:  # noqa: N802
+    async def schedulerType(self) -> tuple[str, int]:  # noqa: N802
         ret = await self._conn._call("domain_get_scheduler_type", self._o)
-        return [ret.type, ret.nparams]
+        return (ret.type, ret.nparams)
+
+    # tuples where libvirt-python's bindings make them
+    async def blockStats(self, path: str) -> tuple[int, ...]:  # noqa: N802
+        """(rd_req, rd_bytes, wr_req, wr_bytes, errs)."""
+        ret = await self._object_api("block_stats", path)
+        return tuple(getattr(ret, name) for name in ret.__slots__)
+
+    async def interfaceStats(self, path: str) -> tuple[int, ...]:  # noqa: N802
+        """(rx_bytes, rx_packets, rx_errs, rx_drop, tx_bytes, tx_packets, tx_errs,
+        tx_drop)."""
+        ret = await self._object_api("interface_stats", path)
+        return tuple(getattr(ret, name) for name in ret.__slots__)
+
+    async def fsInfo(self, flags: int = 0) -> list[tuple[str, str, str, list[str]]]:  # noqa: N802
+        """[(mountpoint, name, fstype, [device aliases])]."""
+        return [(fs.mountpoint, fs.name, fs.fstype, list(fs.dev_aliases))
+                for fs in await self._object_api("get_fs_info", flags)]
 
     async def schedulerParameters(self) -> dict[str, Any]:  # noqa: N802
         _, count = await self.schedulerType()
@@ -345,15 +362,15 @@ class virDomain(_UUIDNamed):  # noqa: N801
             raise _translate(exc) from None
         return cpus, (cpus + 7) // 8, vcpus
 
-    async def vcpus(self) -> list[Any]:
-        """[[(number, state, cpuTime, cpu) per vCPU], [cpumap (tuple of bool) per vCPU]]."""
+    async def vcpus(self) -> tuple[list[Any], list[Any]]:
+        """([(number, state, cpuTime, cpu) per vCPU], [cpumap (tuple of bool) per vCPU])."""
         cpus, maplen, vcpus = await self._cpumaps()
         try:
             ret = await handle(self).get_vcpus(vcpus, maplen)
         except TRANSLATED as exc:
             raise _translate(exc) from None
         info = [(v.number, v.state, v.cpu_time, v.cpu) for v in ret.info]
-        return [info, _split_cpumaps(ret.cpumaps, len(ret.info), maplen, cpus)]
+        return (info, _split_cpumaps(ret.cpumaps, len(ret.info), maplen, cpus))
 
     async def vcpuPinInfo(self, flags: int = 0) -> list[tuple[bool, ...]]:  # noqa: N802
         cpus, maplen, vcpus = await self._cpumaps()
@@ -1274,14 +1291,14 @@ class virConnect:  # noqa: N801
             return str(uri)
         return (await self._call("connect_get_uri")).uri  # type: ignore[no-any-return]
 
-    async def getCPUMap(self, flags: int = 0) -> list[Any]:  # noqa: N802
-        """[CPUs, (online? per CPU), online CPUs]."""
+    async def getCPUMap(self, flags: int = 0) -> tuple[int, list[bool], int]:  # noqa: N802
+        """(CPUs, [online? per CPU], online CPUs)."""
         try:
             ret = await self._c.node_get_cpu_map(1, 1, flags)
         except TRANSLATED as exc:
             raise _translate(exc) from None
-        return [ret.ret, _split_cpumaps(ret.cpumap, 1, (ret.ret + 7) // 8, ret.ret)[0],
-                ret.online]
+        return (ret.ret, list(_split_cpumaps(ret.cpumap, 1, (ret.ret + 7) // 8, ret.ret)[0]),
+                ret.online)
 
     async def getSecurityModel(self) -> list[str]:  # noqa: N802
         try:
