@@ -5,7 +5,9 @@ that sends part of a request head, or a body byte by byte, or stops reading a re
 held for ever.  ``GuardedH11Protocol`` adds the two missing deadlines to uvicorn's h11
 protocol: a request (head and body) must arrive within ``client_timeout`` of the connection
 opening or of its first byte, and a client that reads nothing of what is sent to it for
-``client_timeout`` is dropped.
+``client_timeout`` is dropped.  Between requests only uvicorn's keep-alive timer runs (it
+closes without a word); a request answered before its body arrived (413) has the rest of
+the body read and dropped within its deadline, and gets no other answer.
 
 It also bounds a request's head (request line and headers) at ``max_head`` bytes, however it
 arrives (h11 checks only a head still incomplete, so one that came in a single read passed at
@@ -61,12 +63,14 @@ class HeadTooLarge(h11.RemoteProtocolError):
 
 class _HeadLimitedConnection(h11.Connection):
     """h11's server side that refuses a request head over ``limit`` bytes even when the head
-    arrived whole, and keeps the error that ended the connection."""
+    arrived whole, keeps the error that ended the connection and counts the requests read
+    to their end."""
 
     def __init__(self, limit: int) -> None:
         super().__init__(h11.SERVER, max_incomplete_event_size=limit)
         self.limit = limit
         self.error: h11.RemoteProtocolError | None = None
+        self.requests_read = 0
 
     def next_event(self) -> Any:
         try:
@@ -83,6 +87,8 @@ class _HeadLimitedConnection(h11.Connection):
             self.error = HeadTooLarge("request head too large",
                                       error_status_hint=414 if too_long else 431)
             raise self.error
+        if isinstance(event, h11.EndOfMessage):
+            self.requests_read += 1
         return event
 
 
@@ -94,6 +100,7 @@ class GuardedH11Protocol(H11Protocol):
     client_timeout: float = DEFAULT_CLIENT_TIMEOUT
     max_head: int = DEFAULT_MAX_HEAD
     _read_timer: asyncio.TimerHandle | None = None
+    _timed = 0   # requests read when the read timer started: it bounds the one after them
     _stall_timer: asyncio.TimerHandle | None = None
     _linger_timer: asyncio.TimerHandle | None = None
 
@@ -167,22 +174,39 @@ class GuardedH11Protocol(H11Protocol):
             self._stall_timer = None
 
     def _watch_reading(self) -> None:
-        """Start the request's deadline when a request is due or partly read (unless
-        uvicorn's keep-alive timer already bounds the wait); stop it once it is whole."""
+        """Start a request's deadline when the connection opens or the request's first byte
+        arrives, and stop it once the request is whole (or was answered and its body has
+        been read); between requests only the keep-alive timer runs."""
         if self.transport.is_closing():
             return
-        if self.conn.their_state not in _READING:
-            if self._read_timer is not None:
-                self._read_timer.cancel()
-                self._read_timer = None
-        elif self._read_timer is None and self.timeout_keep_alive_task is None:
+        conn = self.conn
+        if self._read_timer is not None and (conn.their_state not in _READING
+                                             or conn.requests_read != self._timed):
+            self._read_timer.cancel()
+            self._read_timer = None
+        if (conn.their_state not in _READING or self._read_timer is not None
+                or self.timeout_keep_alive_task is not None):
+            return
+        if self._idle():
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler)
+        else:
+            self._timed = conn.requests_read
             self._read_timer = self.loop.call_later(self.client_timeout, self._read_timeout)
 
+    def _idle(self) -> bool:
+        """Between requests: one was answered and read whole, nothing of the next is here
+        (uvicorn arms no keep-alive timer when the body of a request answered early ends)."""
+        return (self.cycle is not None and self.conn.their_state is h11.IDLE
+                and not self.conn.trailing_data[0])
+
     def _read_timeout(self) -> None:
+        """The request did not arrive in time: one still in its head is told so; the body
+        of one the app waits for, or has answered, is just cut."""
         self._read_timer = None
         if self.transport.is_closing() or self.conn.their_state not in _READING:
             return
-        if self.cycle is None or self.cycle.response_complete:   # still in the head: say so
+        if self.conn.their_state is h11.IDLE:   # a head is due or partly here: say so
             self.transport.write(_TIMED_OUT)
         self.transport.close()
 

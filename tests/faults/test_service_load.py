@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import socket
 import statistics
 import subprocess
@@ -180,6 +181,46 @@ async def test_idle_and_trickling_clients_are_closed_within_the_timeout(profiles
         assert body[1] == b""
         assert idle[1].startswith(b"HTTP/1.1 200 ")   # answered, then closed when idle
         assert (await client.get("/health")).status_code == 200   # the rest is served
+
+
+def statuses(sent: bytes) -> list[int]:
+    """The statuses of the responses in what a connection received."""
+    return [int(status) for status in re.findall(rb"HTTP/1\.1 (\d{3}) ", sent)]
+
+
+async def test_a_request_answered_before_its_body_gets_one_answer(profiles_dir):
+    """A body over --max-body (by Content-Length, or found while reading chunks) is refused
+    at once; the rest of it is read and dropped, and the connection then idles for the
+    keep-alive timeout and closes silently.  The request's deadline, running since its first
+    byte, outlived the answer: it sent an unrequested 408 on the idle connection, or cut a
+    request pipelined after the body short of its own deadline."""
+    timeout = 1.0
+    app = create_app(profiles_dir=profiles_dir, system_profiles=False, max_body=1024)
+    async with serving(app, client_timeout=timeout) as client:
+        port = port_of(client)
+        post = b"POST /compose HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+        declared = post + b"content-length: 2000\r\n\r\n" + b" " * 500
+        chunked = post + b"transfer-encoding: chunked\r\n\r\n7d0\r\n" + b" " * 2000 + b"\r\n"
+        health = b"GET /health HTTP/1.1\r\nhost: t\r\n\r\n"
+        limit = 3 * timeout + 4
+        cases = {   # what is sent, the pause between sends, the statuses received
+            "drained": ([declared, b" " * 1500], 0.3, [413]),
+            "chunked": ([chunked, b"0\r\n\r\n"], 0.3, [413]),
+            "unsent": ([declared], 0.3, [413]),     # the rest of the body never comes
+            "pipelined": ([declared, b" " * 1500 + health[:20], health[20:]], 0.6, [413, 200]),
+            "answered": ([health], 0.3, [200]),      # a whole request, then idle
+        }
+        results = await asyncio.gather(*(closed_after(port, chunks, every, limit)
+                                         for chunks, every, _ in cases.values()))
+        for (name, (chunks, every, expected)), (seconds, sent) in zip(cases.items(),
+                                                                      results):
+            assert statuses(sent) == expected, (name, sent)
+            assert sent.rstrip().endswith(b"}"), (name, sent)   # nothing after the last
+            idle_from = every * (len(chunks) - 1)   # the last send
+            assert idle_from + timeout * 0.9 <= seconds <= idle_from + timeout + 2, \
+                (name, seconds)
+        assert b"over this server's limit of 1024 bytes" in results[0][1]
+        assert (await client.get("/health")).status_code == 200
 
 
 async def test_a_client_that_stops_reading_is_dropped(profiles_dir):
