@@ -567,6 +567,38 @@ async def test_finished_jobs_beyond_keep_jobs_are_dropped_earliest_finished_firs
         await teardown([test_uri], labels={"keep": label})
 
 
+async def test_a_dropped_jobs_teardown_404_says_how_to_remove_its_guests(
+        profiles_dir, test_uri, holder):
+    """DELETE /jobs/ID/guests of a job beyond --keep-jobs is a 404 saying, as GET does, that
+    it was dropped, and that POST /teardown by its run id still removes its guests."""
+    label = uuid.uuid4().hex[:8]
+    app = create_app(hosts=[test_uri], profiles_dir=profiles_dir, system_profiles=False,
+                     keep_jobs=1)
+    try:
+        async with serving(app) as client:
+            ids = []
+            for name in ("first", "second"):   # the second to finish drops the first
+                reply = await client.post("/jobs", json={"specs": [{
+                    "template": TINY_GUEST.format(name=f"{name}-{label}"), "count": 1,
+                    "address": False, "labels": {"dropped": label}}]})
+                ids.append(reply.json()["id"])
+                assert (await wait_for_job(client, ids[-1]))["state"] == "done"
+            gone = await client.delete(f"/jobs/{ids[0]}/guests")
+            assert gone.status_code == 404
+            body = gone.json()
+            told = (await client.get(f"/jobs/{ids[0]}")).json()["error"]
+            assert body["error"].startswith(told)   # the registry's words, then the way out
+            assert body["dropped"] is True and body["state"] == "done"
+            assert f'POST /teardown {{"run": "{ids[0]}"}} still removes its guests' \
+                in body["error"]
+            assert f"first-{label}" in await names_on(holder)   # a 404 removed nothing
+            removed = await client.post("/teardown", json={"run": ids[0]})
+            assert removed.json()["counts"] == {"removed": 1}
+            assert f"first-{label}" not in await names_on(holder)
+    finally:
+        await teardown([test_uri], labels={"dropped": label})
+
+
 @pytest.mark.parametrize("value, words", [
     ("0", "give at least 1 (jobs)"), ("-3", "give at least 1 (jobs)"),
     ("10001", "give at most 10000 (jobs)"), ("lots", "'lots' is not a number of jobs")])

@@ -253,7 +253,7 @@ def create_app(*, hosts: Sequence[str] = (), profiles_dir: str | os.PathLike[str
     ``work_queue`` requests waiting; ``max_streams`` event streams, each cut when
     ``stream_queue`` events wait for its client; ``max_jobs`` jobs running at once.
     ``keep_jobs`` (1 to 10,000): finished jobs kept for their reports, the earliest finished
-    dropped first (``GET /jobs/ID`` then says so in its 404).
+    dropped first (``GET /jobs/ID`` and ``DELETE /jobs/ID/guests`` then say so in their 404).
     """
     if token is not None:
         check_token(token)

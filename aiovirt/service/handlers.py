@@ -6,6 +6,7 @@ failures are ``HTTPError``s whose message names what was wrong and where.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from functools import partial
@@ -254,7 +255,9 @@ class Handlers:
                 "devices": [d.to_dict() for d in placed]}
 
     # -- jobs -------------------------------------------------------------------------------------
-    def _job(self, request: Request) -> Job:
+    def _job(self, request: Request, dropped_hint: str = "") -> Job:
+        """The job the path names; 404 if there is none (``dropped_hint`` ends the message
+        for a job the registry dropped)."""
         jobs = self.service.jobs
         job_id = request.params["id"]
         job = jobs.get(job_id)
@@ -267,7 +270,7 @@ class Handlers:
         ended = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(dropped.finished))
         raise HTTPError(404, f"job {job_id!r} finished ({dropped.state}) at {ended} and was "
                              f"dropped: this server keeps the {jobs.keep} most recently "
-                             "finished jobs (aiovirt serve --keep-jobs)",
+                             f"finished jobs (aiovirt serve --keep-jobs){dropped_hint}",
                         extra={"dropped": True, "state": str(dropped.state),
                                "finished": dropped.finished})
 
@@ -328,7 +331,9 @@ class Handlers:
 
     async def job_teardown(self, request: Request) -> Response:
         """Remove the guests the job made (found by UUID and by its run id)."""
-        job = self._job(request)
+        run = json.dumps({"run": request.params["id"]})
+        job = self._job(request, f"; POST /teardown {run} still removes its guests (with "
+                                 "\"hosts\" if the job named its own)")
         if job.state is JobState.RUNNING:
             raise HTTPError(409, f"job {job.id} is still running: cancel it "
                                  f"(POST /jobs/{job.id}/cancel) or wait for it first")
