@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import warnings
+
 import pytest
 import trio
 
@@ -46,6 +50,25 @@ def test_awaitable_form_needs_asyncio(daemon):
 async def test_generic_streams_on_asyncio(daemon):
     version, names, _ = await exercise(daemon.uri(), native_transport=False)
     assert version == 9000000 and "test" in names
+
+
+def unclosed_when_collected() -> list[str]:
+    """The ResourceWarnings a garbage collection raises now."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        gc.collect()
+    return [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+@pytest.mark.parametrize("run", ["trio", "asyncio"])
+def test_generic_streams_leave_nothing_unclosed(daemon, run):
+    """A connection over anyio's generic streams closes its writer's queue when it ends: the
+    queue's receiving end was left to the collector (a ResourceWarning per socket)."""
+    if run == "trio":
+        trio.run(exercise, daemon.uri())
+    else:
+        asyncio.run(exercise(daemon.uri(), native_transport=False))
+    assert unclosed_when_collected() == []
 
 
 async def test_generic_streams_see_the_server_hang_up(daemon):

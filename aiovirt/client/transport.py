@@ -481,6 +481,8 @@ class AnyioTransport(NoFdPassing):
                         sent.set()
             except _BROKEN as exc:
                 sink.lost(exc)
+            finally:
+                self._receive.close()   # the queue's reading end: closed however the writer ends
 
         self._spawn(read, "aiovirt reader")
         self._spawn(write, "aiovirt writer")
