@@ -21,6 +21,7 @@ from aiovirt.cli import main
 from aiovirt.cli.serve import check_bind, is_loopback
 from aiovirt.provision import teardown
 from aiovirt.service import create_app
+from aiovirt.service.events import EventHub
 from aiovirt.service.openapi import operations
 from aiovirt.service.server import Server, uvicorn_config
 
@@ -752,6 +753,17 @@ async def test_event_stream_delivers_lifecycle_events(profiles_dir, test_uri, ho
         bad = await client.get("/events", params={"uri": "test:///default"})
         assert bad.status_code == 403
 
+
+
+async def test_a_left_event_stream_lets_go_of_its_queue(test_uri):
+    """Leaving ``listen`` closes both ends of the listener's queue: its receiving end was
+    left to the collector (a ResourceWarning for every event stream served)."""
+    hub = EventHub()
+    async with hub.open():
+        async with hub.listen([test_uri]) as (listener, failed):
+            assert failed == {}
+    with pytest.raises(anyio.ClosedResourceError):
+        listener.receive.receive_nowait()
 
 
 async def test_closing_streams_ends_them_with_a_farewell(profiles_dir, test_uri):

@@ -67,7 +67,9 @@ class Listener:
         return True
 
     def close(self) -> None:
+        """The stream has ended: both ends of the queue are let go."""
         self._send.close()
+        self.receive.close()
 
 
 class Feed:
