@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import anyio
 import pytest
@@ -199,18 +200,18 @@ def test_events_says_when_a_host_is_lost_or_unreachable(tmp_path):
 def test_ctrl_c_while_reading_stdin_is_no_traceback(command):
     if os.uname().machine != "x86_64":
         pytest.skip("reads /proc/PID/syscall with x86-64's syscall numbers")
-    process = subprocess.Popen([AIOVIRT, command, "-"], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})
-    try:
-        syscall = f"/proc/{process.pid}/syscall"
-        deadline = time.monotonic() + 30
-        # wait until it blocks in read(0, ...) (x86-64: syscall 0, first argument 0)
-        while open(syscall).read().split()[:2] != ["0", "0x0"]:
-            assert time.monotonic() < deadline, "it never read its stdin"
-        process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    with subprocess.Popen([AIOVIRT, command, "-"], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"}) as process:
+        try:
+            syscall = Path(f"/proc/{process.pid}/syscall")
+            deadline = time.monotonic() + 30
+            # wait until it blocks in read(0, ...) (x86-64: syscall 0, first argument 0)
+            while syscall.read_text().split()[:2] != ["0", "0x0"]:
+                assert time.monotonic() < deadline, "it never read its stdin"
+            process.send_signal(signal.SIGINT)
+            _, err = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
     assert process.returncode == 130 and "Traceback" not in err, err

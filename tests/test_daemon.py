@@ -134,25 +134,25 @@ def test_a_daemon_ends_when_the_process_that_started_it_is_killed(tmp_path):
     import sys
 
     root = str(Path(__file__).resolve().parents[1])
-    starter = subprocess.Popen([sys.executable, "-c", _STARTER, str(tmp_path / "d")],
-                               stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": root})
-    try:
-        assert starter.stdout is not None
-        pid = int(starter.stdout.readline())
-        daemon = os.pidfd_open(pid)
+    with subprocess.Popen([sys.executable, "-c", _STARTER, str(tmp_path / "d")],
+                          stdout=subprocess.PIPE,
+                          env={**os.environ, "PYTHONPATH": root}) as starter:
         try:
-            assert select.select([daemon], [], [], 0)[0] == []   # alive while its owner is
-            os.kill(pid, signal.SIGSTOP)   # (a stopped one used to ignore the watchdog's TERM)
-            starter.send_signal(signal.SIGKILL)
-            starter.wait()
-            ended, _, _ = select.select([daemon], [], [], 30)
-            assert ended, f"libvirtd {pid} still runs 30 s after its owner was killed"
+            assert starter.stdout is not None
+            pid = int(starter.stdout.readline())
+            daemon = os.pidfd_open(pid)
+            try:
+                assert select.select([daemon], [], [], 0)[0] == []   # alive while its owner is
+                os.kill(pid, signal.SIGSTOP)   # (a stopped one used to ignore the watchdog's TERM)
+                starter.send_signal(signal.SIGKILL)
+                starter.wait()
+                ended, _, _ = select.select([daemon], [], [], 30)
+                assert ended, f"libvirtd {pid} still runs 30 s after its owner was killed"
+            finally:
+                os.close(daemon)
         finally:
-            os.close(daemon)
-    finally:
-        if starter.poll() is None:
-            starter.kill()
-            starter.wait()
+            if starter.poll() is None:
+                starter.kill()
     # the watchdog of a daemon stopped as usual is gone with it
     with PrivateDaemon(tmp_path / "e") as other:
         watchdog = other._watchdog

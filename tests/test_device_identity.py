@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -155,7 +156,7 @@ def test_a_user_alias_used_twice_is_refused():
 
 
 def test_a_live_xml_with_the_serial_alias_on_the_console_too_is_accepted():
-    live = parse(open("tests/data/live-q35-hotplug.xml").read())
+    live = parse((Path(__file__).parent / "data" / "live-q35-hotplug.xml").read_text())
     found = device_aliases(live)
     assert found["ua-serial-0"].tag == "serial"
     assert {"ua-net-user", "pci.1", "usb", "balloon0"} <= set(found)

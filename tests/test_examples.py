@@ -258,6 +258,7 @@ async def test_rest_client_example_against_aiovirt_serve(held, tmp_path):
     finally:
         server.terminate()
         server.wait(30)
+        server.stderr.close()
     sections = dict(part.split("\n", 1) for part in done.stdout.split("== ")[1:])
     assert json.loads(sections["the server"])["hosts"] == [uri]
     profiles = sections["profiles (name@version, priority, origin)"].splitlines()
