@@ -125,10 +125,13 @@ class _Tasks:
 
 class StateChanges(anyio.abc.ObjectReceiveStream[StateChange]):
     """What ``state_changes()`` returns: anyio's memory stream, closed when it is dropped
-    (``async for ...: break`` leaves it to the collector), so the connection forgets it."""
+    (``async for ...: break`` leaves it to the collector), so the connection forgets it.
+    A finalizer, not ``__del__``, closes it: dropped in a reference cycle, the memory
+    stream's own ``__del__`` could run first and warn that it was never closed."""
 
     def __init__(self, receive: anyio.abc.ObjectReceiveStream[StateChange]) -> None:
         self._receive = receive
+        weakref.finalize(self, receive.close)  # type: ignore[attr-defined]
 
     async def receive(self) -> StateChange:
         return await self._receive.receive()
@@ -140,9 +143,6 @@ class StateChanges(anyio.abc.ObjectReceiveStream[StateChange]):
         self._receive.close()  # type: ignore[attr-defined]
 
     async def aclose(self) -> None:
-        self.close()
-
-    def __del__(self) -> None:
         self.close()
 
 

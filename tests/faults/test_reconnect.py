@@ -15,6 +15,7 @@ import pytest
 import aiovirt
 from aiovirt.client.events import Resync
 from aiovirt.client.reconnect import ConnectionState, Reconnect
+from tests.test_backends import unclosed_when_collected
 
 FAST = Reconnect(initial=0.05, max_delay=0.5, jitter=0.1)
 
@@ -253,3 +254,16 @@ async def test_state_change_streams_dropped_or_closed_are_forgotten(daemon):
         await conn.close()
         assert kept.receive_nowait().state is ConnectionState.CLOSED
         kept.close()
+
+
+async def test_a_state_change_stream_dropped_in_a_cycle_is_closed_quietly(daemon):
+    """A dropped stream only the collector frees (in a reference cycle, e.g. held by a
+    traceback) is closed too: its memory stream's own finalizer could run first and warn
+    it was never closed."""
+    async with aiovirt.connect(daemon.uri()) as conn:
+        changes = conn.state_changes()
+        cycle: list[object] = [changes]
+        cycle.append(cycle)
+        del changes, cycle
+        assert unclosed_when_collected() == []
+        assert [w.statistics().open_receive_streams for w in conn._watchers] == [0]
