@@ -30,6 +30,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from aiovirt.api.typedparams import PARAM_TYPES
 from aiovirt.protocol.xdr import plain_hint
 
 from . import apimap
@@ -101,6 +102,10 @@ RULES: dict[str, str] = {
     "setter-types": "a typed-parameter setter learns each field's type from its getter "
                     "(Set<X> -> Get<X>) so the daemon's strict type check passes; fields the "
                     "getter does not report (or when it fails) are guessed by from_dict",
+    "declared-types": "a typed-parameter setter without a getter types each field as libvirt "
+                      "declares it (PARAM_TYPES in aiovirt/api/typedparams.py: the daemon "
+                      "refuses any other type); fields it does not declare are guessed by "
+                      "from_dict",
     "string-okay": "typed-parameter getters whose client library ORs "
                    "VIR_TYPED_PARAM_STRING_OKAY into flags do so too: libvirtd 9.0 supports "
                    "VIR_DRV_FEATURE_TYPED_PARAM_STRING, so it is not probed",
@@ -379,7 +384,7 @@ class _Gen:
                     rules.append("setter-types")
                     self.private_getters.add((cls, gname))
             if "setter-types" not in rules:
-                body.append(f"_params_{typed_setter} = from_dict({typed_setter})")
+                body.append(self._typed_params_in(name, typed_setter, rules))
             rules.append("typed-params-in")
         if string_okay:
             body.append("flags |= VIR_TYPED_PARAM_STRING_OKAY  # rule string-okay")
@@ -502,6 +507,15 @@ class _Gen:
         assert m, info.ret.__name__
         return f"remote.{m.group(1)}" if m.group(1).startswith("REMOTE_") else m.group(1)
 
+    @staticmethod
+    def _typed_params_in(name: str, arg: str, rules: list[str]) -> str:
+        """The line encoding a setter's typed parameters: by libvirt's declared types when
+        ``PARAM_TYPES`` has them, else guessed."""
+        if name not in PARAM_TYPES:
+            return f"_params_{arg} = from_dict({arg})"
+        rules.append("declared-types")
+        return f"_params_{arg} = from_dict({arg}, PARAM_TYPES[{name!r}])"
+
     def _getter_params(self, getter: str, functions: dict[str, dict[str, Any]]
                        ) -> list[str] | None:
         return self.getter_params.get(getter)
@@ -537,7 +551,7 @@ from ..errors import LibvirtError
 from ..protocol import {protocols}
 from ..protocol.remote import TypedParam
 from .handle import ApiBase, ApiConnection, uuid_bytes
-from .typedparams import from_dict, to_dict
+from .typedparams import PARAM_TYPES, from_dict, to_dict
 
 if TYPE_CHECKING:
 {type_imports}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -251,6 +252,60 @@ async def test_setters_learn_field_types_from_their_getter(daemon):
         await dom.set_scheduler_parameters({"weight": 70})
         await dom.set_memory_parameters({"hard_limit": 1048576})
         assert (await dom.get_memory_parameters())["hard_limit"] == 1048576
+
+
+VIR_DOMAIN_AFFECT_LIVE = 1
+VIR_DOMAIN_STATS_IOTHREAD = 128
+
+
+async def test_setters_without_a_getter_send_libvirts_declared_types(daemon):
+    """set_io_thread_params has no getter to ask: poll_grow and poll_shrink go as the
+    unsigned ints libvirt declares (guessed from the Python int, unsigned long long, the
+    daemon refused them), and the test driver reports them back."""
+    async with aiovirt.connect(daemon.uri(path=NODE_XML)) as conn:
+        dom = await conn.domain_lookup_by_name("node-vm1")
+        await dom.add_io_thread(6, VIR_DOMAIN_AFFECT_LIVE)
+        await dom.set_io_thread_params(6, {"poll_max_ns": 1000, "poll_grow": 2,
+                                           "poll_shrink": 3}, VIR_DOMAIN_AFFECT_LIVE)
+        [(_, stats)] = await conn.domain_list_get_stats([dom], VIR_DOMAIN_STATS_IOTHREAD)
+        assert {key: stats[f"iothread.6.{key}"] for key in (
+            "poll-max-ns", "poll-grow", "poll-shrink")} == {
+            "poll-max-ns": 1000, "poll-grow": 2, "poll-shrink": 3}
+        with pytest.raises(aiovirt.EncodeError, match="'poll_grow': expected an int"):
+            await dom.set_io_thread_params(6, {"poll_grow": "2"}, VIR_DOMAIN_AFFECT_LIVE)
+
+
+async def test_block_copy_sends_libvirts_declared_types(daemon, tmp_path):
+    """block_copy's granularity goes as an unsigned int: it passes the QEMU driver's type
+    check (an unsigned long long was refused) and reaches its checks of the values."""
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(1 << 20))
+    name = f"aiovirt-{uuid.uuid4().hex[:8]}"
+    xml = (f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>"
+           "<os><type arch='x86_64'>hvm</type></os><devices><disk type='file' device='disk'>"
+           f"<driver name='qemu' type='raw'/><source file='{image}'/>"
+           "<target dev='vda' bus='virtio'/></disk></devices></domain>")
+    copy = f"<disk type='file'><source file='{tmp_path}/copy.img'/><driver type='raw'/></disk>"
+    async with aiovirt.connect(daemon.uri("qemu", "/system")) as conn:
+        dom = await conn.define_xml(xml)
+        try:
+            with pytest.raises(aiovirt.InvalidArgument, match="granularity must be power of 2"):
+                await dom.block_copy("vda", copy, {"granularity": 3})
+            with pytest.raises(aiovirt.OperationInvalid, match="not running"):
+                await dom.block_copy("vda", copy, {"granularity": 512, "buf-size": 1 << 20,
+                                                   "bandwidth": 1 << 20})
+        finally:
+            await dom.undefine()
+
+
+async def test_set_identity_sends_libvirts_declared_types(daemon):
+    """process-id is a long long: guessed from a positive int, unsigned long long, the daemon
+    refuses it."""
+    async with aiovirt.connect(daemon.uri(path=NODE_XML)) as conn:
+        with pytest.raises(aiovirt.InvalidArgument, match="'process-id', expected 'llong'"):
+            await conn.rpc.connect_set_identity(from_dict({"process-id": os.getpid()}), 0)
+        await conn.set_identity({"process-id": os.getpid(), "user-name": "root"})
+        assert await conn.get_lib_version() > 0
 
 
 # -- other rules -------------------------------------------------------------------------------

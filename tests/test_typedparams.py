@@ -1,18 +1,22 @@
-"""Typed parameters: dict conversion, and the all-domain-stats fast decoder against the
-generated one."""
+"""Typed parameters: dict conversion, the types libvirt declares for setters without a getter,
+and the all-domain-stats fast decoder against the generated one."""
 
 from __future__ import annotations
 
+import re
 import struct
+import xml.etree.ElementTree as ET
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from aiovirt.protocol import remote
-from aiovirt.api.typedparams import BOOLEAN, decode_domain_stats, from_dict, to_dict
+from aiovirt.api.typedparams import (BOOLEAN, DOUBLE, INT, LLONG, PARAM_TYPES, STRING, UINT,
+                                     ULLONG, decode_domain_stats, from_dict, to_dict)
 from aiovirt.errors import EncodeError
 from aiovirt.protocol.xdr import XdrError, decode, encode
+from rpc import apimap
 
 from .test_xdr import records
 
@@ -83,3 +87,42 @@ def test_dict_round_trip():
         from_dict({"big": 2 ** 70})   # was struct's words, the field unnamed
     with pytest.raises(EncodeError, match="a dict of names to values, not \\[\\('a', 1\\)\\]"):
         from_dict([("a", 1)])   # type: ignore[arg-type]   # was AttributeError (.items)
+
+
+# -- the declared types of setters without a getter ---------------------------------------------
+# each function's parameters: libvirt's macros of this prefix
+FAMILIES = {"virDomainSetIOThreadParams": "VIR_DOMAIN_IOTHREAD_",
+            "virDomainBlockCopy": "VIR_DOMAIN_BLOCK_COPY_",
+            "virConnectSetIdentity": "VIR_CONNECT_IDENTITY_",
+            "virDomainSetLaunchSecurityState": "VIR_DOMAIN_LAUNCH_SECURITY_SEV_SECRET",
+            "virDomainSaveParams": "VIR_DOMAIN_SAVE_PARAM_",
+            "virDomainRestoreParams": "VIR_DOMAIN_SAVE_PARAM_",
+            "virDomainMigrate3": "VIR_MIGRATE_PARAM_",
+            "virDomainMigrateToURI3": "VIR_MIGRATE_PARAM_"}
+# how a macro's description names a type
+SAID = {"VIR_TYPED_PARAM_INT": INT, "VIR_TYPED_PARAM_UINT": UINT,
+        "VIR_TYPED_PARAM_LLONG": LLONG, "VIR_TYPED_PARAM_ULLONG": ULLONG,
+        "VIR_TYPED_PARAM_DOUBLE": DOUBLE, "VIR_TYPED_PARAM_BOOLEAN": BOOLEAN,
+        "VIR_TYPED_PARAM_STRING": STRING, "unsigned int": UINT, "unsigned long long": ULLONG}
+API_XML = apimap.API_XML_DIR / apimap.API_XML["libvirt"]
+
+
+@pytest.mark.skipif(not API_XML.exists(), reason=f"{API_XML} is missing (apt-get install "
+                                                 "libvirt-dev)")
+def test_declared_types_are_libvirts():
+    """PARAM_TYPES names each function's parameters as libvirt 9.0's macros do (all of them,
+    nothing else), with the type a macro's description gives where it gives one (the others,
+    such as poll_grow's, are the drivers': test_generated_api sends them to the daemon)."""
+    macros = {m.get("name", ""): (m.get("string"), m.findtext("info") or "")
+              for m in ET.parse(API_XML).getroot().iter("macro")}
+    assert set(PARAM_TYPES) == set(FAMILIES)
+    for function, prefix in FAMILIES.items():
+        family = {string: info for name, (string, info) in macros.items()
+                  if name.startswith(prefix)}
+        assert set(PARAM_TYPES[function]) == set(family), function
+        for field, info in family.items():
+            said = {SAID[word] for word in re.findall("|".join(SAID), info)}
+            assert said <= {PARAM_TYPES[function][field]}, (function, field, info)
+    # what guessing from the Python value would get wrong
+    assert PARAM_TYPES["virDomainSetIOThreadParams"]["poll_grow"] == UINT
+    assert PARAM_TYPES["virConnectSetIdentity"]["process-id"] == LLONG

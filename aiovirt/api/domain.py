@@ -27,7 +27,7 @@ from .generated import DomainGenerated
 from .handle import ApiBase, ApiConnection, UUIDHandle, enum_or_int, enum_value, uuid_bytes
 from . import streams as _streams
 from .streams import Stream
-from .typedparams import DOMAIN_STATS, INT, from_dict
+from .typedparams import DOMAIN_STATS, PARAM_TYPES, from_dict
 
 __all__ = ["DeviceEventTimeout", "DeviceRemovalFailed", "Domain", "DomainEvent",
            "DomainEventID", "DomainEventType", "DomainInfo", "DomainLifecycleEvent",
@@ -193,12 +193,6 @@ def _with_alias(element: etree._Element) -> etree._Element:
 
 
 VIR_MIGRATE_PEER2PEER = 2
-# migration parameters that are not strings or unsigned long longs (libvirt-domain.h's
-# VIR_MIGRATE_PARAM_*): the daemon checks each type strictly
-_MIGRATE_PARAM_TYPES = dict.fromkeys(
-    ["disks_port", "compression.mt.level", "compression.mt.threads",
-     "compression.mt.dthreads", "auto_converge.initial", "auto_converge.increment",
-     "parallel.connections"], INT)
 
 
 class Domain(UUIDHandle, DomainGenerated):
@@ -286,8 +280,9 @@ class Domain(UUIDHandle, DomainGenerated):
         hypervisor to ``params["migrate_uri"]``.  ``params`` are libvirt's migration
         parameters (``VIR_MIGRATE_PARAM_*`` names) as a dict; one ``MIGRATE_PERFORM3_PARAMS``
         call, as libvirt sends to daemons that support migration parameters (all since 1.1)."""
-        await self._conn.rpc.domain_migrate_perform3_params(
-            self._ref, dconnuri, from_dict(params, _MIGRATE_PARAM_TYPES), b"", flags)
+        typed = from_dict(params, PARAM_TYPES["virDomainMigrateToURI3"])
+        await self._conn.rpc.domain_migrate_perform3_params(self._ref, dconnuri, typed, b"",
+                                                            flags)
 
     async def migrate_to_uri2(self, dconnuri: str | None = None, miguri: str | None = None,
                               dxml: str | None = None, flags: int = 0, dname: str | None = None,

@@ -16,6 +16,9 @@ in each method names its own):
 * setter-types: a typed-parameter setter learns each field's type from its getter (Set<X> ->
   Get<X>) so the daemon's strict type check passes; fields the getter does not report (or
   when it fails) are guessed by from_dict
+* declared-types: a typed-parameter setter without a getter types each field as libvirt
+  declares it (PARAM_TYPES in aiovirt/api/typedparams.py: the daemon refuses any other
+  type); fields it does not declare are guessed by from_dict
 * string-okay: typed-parameter getters whose client library ORs VIR_TYPED_PARAM_STRING_OKAY
   into flags do so too: libvirtd 9.0 supports VIR_DRV_FEATURE_TYPED_PARAM_STRING, so it is
   not probed
@@ -78,7 +81,7 @@ from ..errors import LibvirtError
 from ..protocol import qemu, remote
 from ..protocol.remote import TypedParam
 from .handle import ApiBase, ApiConnection, uuid_bytes
-from .typedparams import from_dict, to_dict
+from .typedparams import PARAM_TYPES, from_dict, to_dict
 
 if TYPE_CHECKING:
     from .domain import Domain
@@ -356,8 +359,8 @@ class ConnectionGenerated(ApiBase):
 
     async def domain_restore_params(self, params: dict[str, Any], flags: int = 0) -> None:
         """This method extends virDomainRestoreFlags by adding parameters. (virDomainRestoreParams)"""
-        # rules: typed-params-in
-        _params_params = from_dict(params)
+        # rules: declared-types, typed-params-in
+        _params_params = from_dict(params, PARAM_TYPES['virDomainRestoreParams'])
         await self.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_RESTORE_PARAMS], remote.DomainRestoreParamsArgs(_params_params, flags))
 
     async def domain_save_image_define_xml(self, file: str, dxml: str, flags: int = 0) -> None:
@@ -1024,8 +1027,8 @@ class ConnectionGenerated(ApiBase):
         """Override the default identity information associated with the connection.
         (virConnectSetIdentity)
         """
-        # rules: typed-params-in
-        _params_params = from_dict(params)
+        # rules: declared-types, typed-params-in
+        _params_params = from_dict(params, PARAM_TYPES['virConnectSetIdentity'])
         await self.start(remote.PROCEDURES[remote.REMOTE_PROC_CONNECT_SET_IDENTITY], remote.ConnectSetIdentityArgs(_params_params, flags))
 
     async def storage_pool_create_xml(self, xml: str, flags: int = 0) -> StoragePool:
@@ -1242,8 +1245,8 @@ class DomainGenerated(_HandleGenerated):
         """Copy the guest-visible contents of a disk image to a new file described by @destxml.
         (virDomainBlockCopy)
         """
-        # rules: typed-params-in
-        _params_params = from_dict(params)
+        # rules: declared-types, typed-params-in
+        _params_params = from_dict(params, PARAM_TYPES['virDomainBlockCopy'])
         await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_BLOCK_COPY], remote.DomainBlockCopyArgs(self._ref, path, destxml, _params_params, flags))
 
     async def block_job_abort(self, path: str, flags: int = 0) -> None:
@@ -1914,8 +1917,8 @@ class DomainGenerated(_HandleGenerated):
 
     async def save_params(self, params: dict[str, Any], flags: int = 0) -> None:
         """This method extends virDomainSaveFlags by adding parameters. (virDomainSaveParams)"""
-        # rules: typed-params-in
-        _params_params = from_dict(params)
+        # rules: declared-types, typed-params-in
+        _params_params = from_dict(params, PARAM_TYPES['virDomainSaveParams'])
         await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SAVE_PARAMS], remote.DomainSaveParamsArgs(self._ref, _params_params, flags))
 
     async def send_key(
@@ -1985,14 +1988,14 @@ class DomainGenerated(_HandleGenerated):
             self, iothread_id: int, params: dict[str, Any], flags: int = 0,
     ) -> None:
         """Dynamically set IOThread parameters to the domain. (virDomainSetIOThreadParams)"""
-        # rules: typed-params-in
-        _params_params = from_dict(params)
+        # rules: declared-types, typed-params-in
+        _params_params = from_dict(params, PARAM_TYPES['virDomainSetIOThreadParams'])
         await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SET_IOTHREAD_PARAMS], remote.DomainSetIothreadParamsArgs(self._ref, iothread_id, _params_params, flags))
 
     async def set_launch_security_state(self, params: dict[str, Any], flags: int = 0) -> None:
         """Set a launch security secret in the guest's memory. (virDomainSetLaunchSecurityState)"""
-        # rules: typed-params-in
-        _params_params = from_dict(params)
+        # rules: declared-types, typed-params-in
+        _params_params = from_dict(params, PARAM_TYPES['virDomainSetLaunchSecurityState'])
         await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SET_LAUNCH_SECURITY_STATE], remote.DomainSetLaunchSecurityStateArgs(self._ref, _params_params, flags))
 
     async def set_lifecycle_action(self, type: int, action: int, flags: int = 0) -> None:

@@ -18,7 +18,7 @@ from ..protocol.remote import NonnullDomain, TypedParam, TypedParamValue
 from ..protocol.xdr import ProcedureInfo, XdrError
 
 __all__ = ["INT", "UINT", "LLONG", "ULLONG", "DOUBLE", "BOOLEAN", "STRING", "DOMAIN_STATS",
-           "decode_domain_stats", "from_dict", "to_dict"]
+           "PARAM_TYPES", "decode_domain_stats", "from_dict", "to_dict"]
 
 INT, UINT, LLONG, ULLONG, DOUBLE, BOOLEAN, STRING = 1, 2, 3, 4, 5, 6, 7
 
@@ -76,6 +76,47 @@ _RANGES = {INT: (-(1 << 31), (1 << 31) - 1), UINT: (0, (1 << 32) - 1),
 _KIND_NAMES = {INT: "an int", UINT: "an int", LLONG: "an int", ULLONG: "an int",
                DOUBLE: "a number", BOOLEAN: "a bool", STRING: "a string"}
 
+
+# -- the declared types of parameters no getter reports --------------------------------------
+# libvirt 9.0's types for them: its headers' VIR_* macros name each parameter and most say its
+# type; the drivers' virTypedParamsValidate calls (qemu_driver.c, viridentity.c,
+# qemu_migration.h) declare them all and refuse any other type.  The setters below have no
+# getter to learn them from, so both the object API and aiovirt.compat type values by these.
+
+# ``VIR_MIGRATE_PARAM_*`` (QEMU_MIGRATION_PARAMETERS); migrate_disks and compression may be
+# given several times
+_MIGRATE_PARAM_TYPES: dict[str, int] = {
+    **dict.fromkeys(("migrate_uri", "destination_name", "destination_xml", "persistent_xml",
+                     "graphics_uri", "listen_address", "migrate_disks", "compression",
+                     "tls.destination", "disks_uri"), STRING),
+    **dict.fromkeys(("bandwidth", "compression.xbzrle.cache", "bandwidth.postcopy"), ULLONG),
+    **dict.fromkeys(("disks_port", "compression.mt.level", "compression.mt.threads",
+                     "compression.mt.dthreads", "auto_converge.initial",
+                     "auto_converge.increment", "parallel.connections"), INT)}
+_SAVE_PARAM_TYPES = {"file": STRING, "dxml": STRING}   # VIR_DOMAIN_SAVE_PARAM_*
+
+#: libvirt function -> {parameter: type} for the typed-parameter setters without a getter
+PARAM_TYPES: dict[str, dict[str, int]] = {
+    # VIR_DOMAIN_IOTHREAD_*
+    "virDomainSetIOThreadParams": {"poll_max_ns": ULLONG, "poll_grow": UINT,
+                                   "poll_shrink": UINT, "thread_pool_min": INT,
+                                   "thread_pool_max": INT},
+    # VIR_DOMAIN_BLOCK_COPY_*
+    "virDomainBlockCopy": {"bandwidth": ULLONG, "granularity": UINT, "buf-size": ULLONG},
+    # VIR_CONNECT_IDENTITY_*
+    "virConnectSetIdentity": {
+        **dict.fromkeys(("user-name", "group-name", "sasl-user-name",
+                         "x509-distinguished-name", "selinux-context"), STRING),
+        "unix-user-id": ULLONG, "unix-group-id": ULLONG, "process-id": LLONG,
+        "process-time": ULLONG},
+    # VIR_DOMAIN_LAUNCH_SECURITY_SEV_SECRET*
+    "virDomainSetLaunchSecurityState": {"sev-secret": STRING, "sev-secret-header": STRING,
+                                        "sev-secret-set-address": ULLONG},
+    "virDomainSaveParams": _SAVE_PARAM_TYPES,
+    "virDomainRestoreParams": _SAVE_PARAM_TYPES,
+    "virDomainMigrate3": _MIGRATE_PARAM_TYPES,
+    "virDomainMigrateToURI3": _MIGRATE_PARAM_TYPES,
+}
 
 # -- CONNECT_GET_ALL_DOMAIN_STATS, decoded straight into dicts ---------------------------------
 
