@@ -251,12 +251,12 @@ class virDomain(_UUIDNamed):  # noqa: N801
                                            flags))
 
     async def setIdentity(self, params: dict[str, Any], flags: int = 0) -> int:  # noqa: N802
-        typed = _params_hinted(params, _HINTS["setIdentity"], "migration params")
+        typed = _params_hinted(params, "virConnectSetIdentity", "migration params")
         await self._call("connect_set_identity", typed, flags)
         return 0
 
     async def restoreParams(self, params: dict[str, Any], flags: int = 0) -> int:  # noqa: N802
-        typed = _params_hinted(params, _HINTS["saveParams"], "Restore params")
+        typed = _params_hinted(params, "virDomainRestoreParams", "Restore params")
         await self._call("domain_restore_params", typed, flags)
         return 0
 
@@ -507,30 +507,30 @@ class virDomain(_UUIDNamed):  # noqa: N801
         await self._object_api("send_key", codeset, holdtime, codes, flags)
         return 0
 
-    # typed parameters without a getter: typed by libvirt-python's hint tables (_HINTS)
+    # typed parameters without a getter: typed as libvirt declares them (_params_hinted)
     async def blockCopy(self, disk: str, destxml: str,  # noqa: N802
                         params: dict[str, Any] | None = None, flags: int = 0) -> int:
-        typed = [] if params is None else _params_hinted(params, _HINTS["blockCopy"],
+        typed = [] if params is None else _params_hinted(params, "virDomainBlockCopy",
                                                          "block params")
         await self._conn._call("domain_block_copy", self._o, disk, destxml, typed, flags)
         return 0
 
     async def setIOThreadParams(self, iothread_val: int, params: dict[str, Any],  # noqa: N802
                                 flags: int = 0) -> int:
-        typed = _params_hinted(params, _HINTS["setIOThreadParams"], "IOThread polling params")
+        typed = _params_hinted(params, "virDomainSetIOThreadParams", "IOThread polling params")
         await self._conn._call("domain_set_iothread_params", self._o, iothread_val, typed,
                                flags)
         return 0
 
     async def setLaunchSecurityState(self, params: dict[str, Any],  # noqa: N802
                                      flags: int = 0) -> int:
-        typed = _params_hinted(params, _HINTS["setLaunchSecurityState"],
+        typed = _params_hinted(params, "virDomainSetLaunchSecurityState",
                                "Launch security state params")
         await self._conn._call("domain_set_launch_security_state", self._o, typed, flags)
         return 0
 
     async def saveParams(self, params: dict[str, Any], flags: int = 0) -> int:  # noqa: N802
-        typed = _params_hinted(params, _HINTS["saveParams"], "Save params")
+        typed = _params_hinted(params, "virDomainSaveParams", "Save params")
         await self._conn._call("domain_save_params", self._o, typed, flags)
         return 0
 
@@ -548,7 +548,7 @@ class virDomain(_UUIDNamed):  # noqa: N801
 
     async def migrate3(self, dconn: virConnect, params: dict[str, Any],
                        flags: int = 0) -> virDomain:
-        typed = _params_hinted(params, _HINTS["migrate3"], "migration params")
+        typed = _params_hinted(params, "virDomainMigrate3", "migration params")
         _migration_flag_checks(flags, parallel=False)
         if flags & C.VIR_MIGRATE_PEER2PEER:
             raise _domain_error(C.VIR_ERR_INVALID_ARG,
@@ -629,7 +629,7 @@ class virDomain(_UUIDNamed):  # noqa: N801
 
     async def migrateToURI3(self, dconnuri: str | None, params: dict[str, Any],  # noqa: N802
                             flags: int = 0) -> int:
-        typed = _params_hinted(params, _HINTS["migrate3"], "migration params")
+        typed = _params_hinted(params, "virDomainMigrateToURI3", "migration params")
         await self._unmanaged_checks(flags)
         await self._migrate_params(_dconnuri(dconnuri, flags, "virDomainMigrateToURI3"),
                                    typed, flags)
@@ -670,7 +670,7 @@ class virDomain(_UUIDNamed):  # noqa: N801
             if value is not None:
                 params[name] = value
         params[C.VIR_MIGRATE_PARAM_BANDWIDTH] = bandwidth
-        await self._migrate_params(dconnuri, _params_hinted(params, _HINTS["migrate3"],
+        await self._migrate_params(dconnuri, _params_hinted(params, "virDomainMigrateToURI3",
                                                              "migration params"), flags)
 
     async def _migrate_params(self, dconnuri: str | None, typed: list[Any],
@@ -1264,12 +1264,12 @@ class virConnect:  # noqa: N801
             raise _translate(exc) from None
 
     async def setIdentity(self, params: dict[str, Any], flags: int = 0) -> int:  # noqa: N802
-        typed = _params_hinted(params, _HINTS["setIdentity"], "migration params")
+        typed = _params_hinted(params, "virConnectSetIdentity", "migration params")
         await self._call("connect_set_identity", typed, flags)
         return 0
 
     async def restoreParams(self, params: dict[str, Any], flags: int = 0) -> int:  # noqa: N802
-        typed = _params_hinted(params, _HINTS["saveParams"], "Restore params")
+        typed = _params_hinted(params, "virDomainRestoreParams", "Restore params")
         await self._call("domain_restore_params", typed, flags)
         return 0
 
@@ -1759,52 +1759,6 @@ def _typed_value(kind: int, value: Any) -> Any:
     raise LookupError(f'Type value "{kind}" not recognized')
 
 
-# libvirt-python's types for the parameters of calls without a getter (virPyTypedParamsHint)
-_HINTS: dict[str, dict[str, int]] = {
-    "setIOThreadParams": {
-        C.VIR_DOMAIN_IOTHREAD_POLL_MAX_NS: tp.ULLONG, C.VIR_DOMAIN_IOTHREAD_POLL_GROW: tp.UINT,
-        C.VIR_DOMAIN_IOTHREAD_POLL_SHRINK: tp.UINT,
-        C.VIR_DOMAIN_IOTHREAD_THREAD_POOL_MIN: tp.INT,
-        C.VIR_DOMAIN_IOTHREAD_THREAD_POOL_MAX: tp.INT},
-    "blockCopy": {
-        C.VIR_DOMAIN_BLOCK_COPY_BANDWIDTH: tp.ULLONG,
-        C.VIR_DOMAIN_BLOCK_COPY_GRANULARITY: tp.UINT,
-        C.VIR_DOMAIN_BLOCK_COPY_BUF_SIZE: tp.ULLONG},
-    "setIdentity": {
-        C.VIR_CONNECT_IDENTITY_USER_NAME: tp.STRING,
-        C.VIR_CONNECT_IDENTITY_UNIX_USER_ID: tp.ULLONG,
-        C.VIR_CONNECT_IDENTITY_GROUP_NAME: tp.STRING,
-        C.VIR_CONNECT_IDENTITY_UNIX_GROUP_ID: tp.ULLONG,
-        C.VIR_CONNECT_IDENTITY_PROCESS_ID: tp.LLONG,
-        C.VIR_CONNECT_IDENTITY_PROCESS_TIME: tp.ULLONG,
-        C.VIR_CONNECT_IDENTITY_SASL_USER_NAME: tp.STRING,
-        C.VIR_CONNECT_IDENTITY_X509_DISTINGUISHED_NAME: tp.STRING,
-        C.VIR_CONNECT_IDENTITY_SELINUX_CONTEXT: tp.STRING},
-    "setLaunchSecurityState": {
-        C.VIR_DOMAIN_LAUNCH_SECURITY_SEV_SECRET: tp.STRING,
-        C.VIR_DOMAIN_LAUNCH_SECURITY_SEV_SECRET_HEADER: tp.STRING,
-        C.VIR_DOMAIN_LAUNCH_SECURITY_SEV_SECRET_SET_ADDRESS: tp.ULLONG},
-    "saveParams": {C.VIR_DOMAIN_SAVE_PARAM_FILE: tp.STRING,
-                   C.VIR_DOMAIN_SAVE_PARAM_DXML: tp.STRING},
-    "migrate3": {
-        **dict.fromkeys((C.VIR_MIGRATE_PARAM_URI, C.VIR_MIGRATE_PARAM_DEST_NAME,
-                         C.VIR_MIGRATE_PARAM_DEST_XML, C.VIR_MIGRATE_PARAM_PERSIST_XML,
-                         C.VIR_MIGRATE_PARAM_GRAPHICS_URI, C.VIR_MIGRATE_PARAM_LISTEN_ADDRESS,
-                         C.VIR_MIGRATE_PARAM_MIGRATE_DISKS, C.VIR_MIGRATE_PARAM_COMPRESSION),
-                        tp.STRING),
-        **dict.fromkeys((C.VIR_MIGRATE_PARAM_BANDWIDTH,
-                         C.VIR_MIGRATE_PARAM_COMPRESSION_XBZRLE_CACHE,
-                         C.VIR_MIGRATE_PARAM_BANDWIDTH_POSTCOPY), tp.ULLONG),
-        **dict.fromkeys((C.VIR_MIGRATE_PARAM_DISKS_PORT,
-                         C.VIR_MIGRATE_PARAM_COMPRESSION_MT_LEVEL,
-                         C.VIR_MIGRATE_PARAM_COMPRESSION_MT_THREADS,
-                         C.VIR_MIGRATE_PARAM_COMPRESSION_MT_DTHREADS,
-                         C.VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL,
-                         C.VIR_MIGRATE_PARAM_AUTO_CONVERGE_INCREMENT,
-                         C.VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS), tp.INT)},
-}
-
-
 def _param_name(key: Any) -> str:
     if not isinstance(key, str):
         raise TypeError(f"bad argument type for a parameter name: {type(key).__name__}")
@@ -1838,12 +1792,14 @@ async def _set_as_getter(values: Any, types_of: Callable[[], Any],
     return 0
 
 
-def _params_hinted(values: Any, hints: dict[str, int], what: str) -> list[Any]:
+def _params_hinted(values: Any, function: str, what: str) -> list[Any]:
     """libvirt-python's typed parameters for calls without a getter
-    (virPyDictToTypedParams): each value typed as ``hints`` says, else by its Python type (an
-    int ULLONG, or LLONG below 0); a list or tuple gives the name once per item."""
+    (virPyDictToTypedParams): each value typed as libvirt declares it for ``function``
+    (tp.PARAM_TYPES, libvirt-python's hint tables), else by its Python type (an int ULLONG, or
+    LLONG below 0); a list or tuple gives the name once per item."""
     if not isinstance(values, dict):
         raise TypeError(f"{what} must be a dictionary")
+    hints = tp.PARAM_TYPES[function]
     typed = []
     for key, value in values.items():
         name = _param_name(key)
