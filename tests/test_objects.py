@@ -272,6 +272,13 @@ async def test_secret_lifecycle(daemon):
         assert await secret.value() == b"s3cr3t\x00\xff"
         await secret.set_value(b"second")
         assert await secret.value() == b"second"
+        # only bytes: an int n made n zero bytes (bytes(n)), a str is not encoded for you
+        for wrong in (5, "text", None, [1, 2]):
+            with pytest.raises(TypeError, match="a secret's value is bytes"):
+                await secret.set_value(wrong)   # type: ignore[arg-type]
+        assert await secret.value() == b"second"
+        await secret.set_value(bytearray(b"third"))
+        assert await secret.value() == b"third"
 
         await secret.undefine()
         assert secret not in await conn.list_secrets()

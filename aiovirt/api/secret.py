@@ -40,8 +40,12 @@ class Secret(UUIDHandle, SecretGenerated):
     async def xml(self, flags: int = 0) -> str:
         return (await self._conn.rpc.secret_get_xml_desc(self._ref, flags)).xml
 
-    async def set_value(self, value: bytes, flags: int = 0) -> None:
-        """Store the secret's value (arbitrary bytes: a passphrase, a key)."""
+    async def set_value(self, value: bytes | bytearray | memoryview, flags: int = 0) -> None:
+        """Store the secret's value (arbitrary bytes: a passphrase, a key); anything but
+        bytes (a str, an int) is a TypeError."""
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            hint = ": encode it first" if isinstance(value, str) else ""
+            raise TypeError(f"a secret's value is bytes, not {type(value).__name__}{hint}")
         await self._conn.rpc.secret_set_value(self._ref, bytes(value), flags)
 
     async def value(self, flags: int = 0) -> bytes:
