@@ -324,6 +324,23 @@ async def test_autostart_vcpus_and_memory(daemon):
         assert await dom.get_os_type() in ("hvm", "linux")   # the test driver says linux
 
 
+async def test_rename_renames_the_handle(daemon):
+    """As libvirt's client renames its domain object: ``name`` follows (it kept the old one),
+    and calls through the handle still reach the domain; a refused rename changes nothing."""
+    async with aiovirt.connect(daemon.uri(path=NODE_XML)) as conn:
+        dom = await conn.domain_lookup_by_name("node-vm2")
+        assert await dom.rename("node-vm2-renamed") == 0
+        assert dom.name == "node-vm2-renamed"
+        assert await conn.domain_lookup_by_name("node-vm2-renamed") == dom
+        assert "<name>node-vm2-renamed</name>" in await dom.xml()
+        with pytest.raises(aiovirt.LibvirtError, match="node-vm1"):
+            await dom.rename("node-vm1")   # taken
+        running = await conn.domain_lookup_by_name("node-vm1")
+        with pytest.raises(aiovirt.OperationInvalid):
+            await running.rename("node-vm1-renamed")
+        assert (dom.name, running.name) == ("node-vm2-renamed", "node-vm1")
+
+
 async def test_in_band_failure_raises(daemon):
     """The test driver has no security labels: the daemon answers GET_SECURITY_LABEL_LIST
     with ret = -1 in a successful reply, which the generated method raises."""

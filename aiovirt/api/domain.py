@@ -6,7 +6,7 @@ import os
 import secrets
 import uuid as _uuid
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 from typing import Any, NamedTuple
 
@@ -327,6 +327,15 @@ class Domain(UUIDHandle, DomainGenerated):
     async def undefine(self, flags: int = 0) -> None:
         """Remove the persistent definition (a running domain becomes transient)."""
         await self._conn.start(_UNDEFINE, remote.DomainUndefineFlagsArgs(self._ref, flags))
+
+    async def rename(self, new_name: str | None, flags: int = 0) -> int:
+        """Rename the (inactive) domain; the handle takes the new name, as libvirt's client
+        renames its domain object (``virDomainRename``)."""
+        retcode: int = (await self._conn.rpc.domain_rename(self._ref, new_name, flags)).retcode
+        if retcode == 0 and new_name is not None:
+            self.name = new_name
+            self._ref = replace(self._ref, name=new_name)
+        return retcode
 
     # -- inspection ---------------------------------------------------------------------------
     async def xml(self, flags: int = 0) -> str:
