@@ -368,6 +368,19 @@ def test_differential(daemon):
     assert not stale, f"KNOWN_DIFFERENCES entries that no longer differ: {sorted(stale)}"
 
 
+def test_no_method_libvirt_python_lacks():
+    """The drop-in's classes offer only libvirt-python's methods: virDomain had
+    virConnect's setIdentity and restoreParams, which failed with AttributeError."""
+    real = _real_libvirt()
+    if real is None:
+        pytest.skip("libvirt-python is not installed")
+    import aiovirt.compat.libvirt as compat
+    from aiovirt.compat.aio import COMPAT_CLASSES
+    extra = {name: [m for m in dir(getattr(compat, name)) if not m.startswith("_")
+                    and not hasattr(getattr(real, name), m)] for name in COMPAT_CLASSES}
+    assert {name: methods for name, methods in extra.items() if methods} == {}
+
+
 def test_differential_setters(daemon, tmp_path):
     real = _real_libvirt()
     if real is None:

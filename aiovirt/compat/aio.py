@@ -250,16 +250,6 @@ class virDomain(_UUIDNamed):  # noqa: N801
             lambda typed: self._conn._call("domain_set_blkio_parameters", self._o, typed,
                                            flags))
 
-    async def setIdentity(self, params: dict[str, Any], flags: int = 0) -> int:  # noqa: N802
-        typed = _params_hinted(params, "virConnectSetIdentity", "migration params")
-        await self._call("connect_set_identity", typed, flags)
-        return 0
-
-    async def restoreParams(self, params: dict[str, Any], flags: int = 0) -> int:  # noqa: N802
-        typed = _params_hinted(params, "virDomainRestoreParams", "Restore params")
-        await self._call("domain_restore_params", typed, flags)
-        return 0
-
     async def setMemoryParameters(self, params: dict[str, Any], flags: int = 0) -> int:  # noqa: N802
         return await _set_as_getter(
             params, lambda: handle(self)._typed_param_types_get_memory_parameters(flags),
