@@ -341,6 +341,20 @@ async def test_rename_renames_the_handle(daemon):
         assert (dom.name, running.name) == ("node-vm2-renamed", "node-vm1")
 
 
+async def test_destroy_leaves_the_handle_without_an_id(daemon):
+    """As libvirt's client resets its domain object's ID: ``id`` and the wire reference
+    (sent with every later call) both become -1, as the daemon's own reference; start gives
+    both the new ID."""
+    async with aiovirt.connect(daemon.uri(path=NODE_XML)) as conn:
+        dom = await conn.domain_lookup_by_name("node-vm1")
+        assert dom.id > 0
+        await dom.destroy()
+        assert dom.id == dom._ref.id == -1
+        assert dom._ref == (await conn.domain_lookup_by_name("node-vm1"))._ref
+        await dom.start()
+        assert dom.id == dom._ref.id == (await conn.domain_lookup_by_name("node-vm1")).id > 0
+
+
 async def test_in_band_failure_raises(daemon):
     """The test driver has no security labels: the daemon answers GET_SECURITY_LABEL_LIST
     with ret = -1 in a successful reply, which the generated method raises."""

@@ -313,7 +313,7 @@ class Domain(UUIDHandle, DomainGenerated):
     async def destroy(self, flags: int = 0) -> None:
         """Stop the domain at once (power off)."""
         await self._conn.start(_DESTROY, remote.DomainDestroyFlagsArgs(self._ref, flags))
-        self.id = -1
+        self._update(replace(self._ref, id=-1))   # as libvirt's client: no ID, here or sent
 
     async def reboot(self, flags: int = 0) -> None:
         await self._conn.rpc.domain_reboot(self._ref, flags)
