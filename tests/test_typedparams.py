@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import re
 import struct
+import uuid
 import xml.etree.ElementTree as ET
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import aiovirt
 from aiovirt.protocol import remote
-from aiovirt.api.typedparams import (BOOLEAN, DOUBLE, INT, LLONG, PARAM_TYPES, STRING, UINT,
-                                     ULLONG, decode_domain_stats, from_dict, to_dict)
+from aiovirt.api.typedparams import (BOOLEAN, DOUBLE, INT, LLONG, PARAM_MULTIPLE, PARAM_TYPES,
+                                     STRING, UINT, ULLONG, decode_domain_stats, from_dict,
+                                     to_dict)
 from aiovirt.errors import EncodeError
 from aiovirt.protocol.xdr import XdrError, decode, encode
 from rpc import apimap
@@ -87,6 +90,62 @@ def test_dict_round_trip():
         from_dict({"big": 2 ** 70})   # was struct's words, the field unnamed
     with pytest.raises(EncodeError, match="a dict of names to values, not \\[\\('a', 1\\)\\]"):
         from_dict([("a", 1)])   # type: ignore[arg-type]   # was AttributeError (.items)
+
+
+MIGRATE = (PARAM_TYPES["virDomainMigrateToURI3"], PARAM_MULTIPLE["virDomainMigrateToURI3"])
+
+
+def test_a_list_repeats_a_parameter_libvirt_takes_several_times():
+    """migrate_disks and compression are sent once per item of a list or tuple, each item
+    typed as declared; a list for any other parameter is an EncodeError naming it."""
+    def sent(params):
+        return [(p.field, p.value.type, p.value.value) for p in params]
+
+    assert sent(from_dict({"migrate_disks": ["vda", "vdb"], "compression": ("mt",),
+                           "bandwidth": 5}, *MIGRATE)) == [
+        ("migrate_disks", STRING, "vda"), ("migrate_disks", STRING, "vdb"),
+        ("compression", STRING, "mt"), ("bandwidth", ULLONG, 5)]
+    assert from_dict({"migrate_disks": []}, *MIGRATE) == []
+    with pytest.raises(EncodeError, match="'migrate_disks': expected a string, not 1"):
+        from_dict({"migrate_disks": ["vda", 1]}, *MIGRATE)
+    with pytest.raises(EncodeError, match="'bandwidth' takes one value, not \\[1, 2\\] "
+                                          "\\(only compression, migrate_disks take several\\)"):
+        from_dict({"bandwidth": [1, 2]}, *MIGRATE)
+    with pytest.raises(EncodeError, match="'poll_max_ns' takes one value, not \\[1\\]$"):
+        from_dict({"poll_max_ns": [1]}, PARAM_TYPES["virDomainSetIOThreadParams"])
+
+
+async def test_migration_lists_reach_the_qemu_driver(daemon):
+    """The QEMU driver takes both lists past its parameter check (which refuses a repeated
+    parameter not flagged VIR_TYPED_PARAM_MULTIPLE) and reads them: it refuses two disks
+    to migrate over a UNIX migration URI without an NBD URI, and one method given twice."""
+    name = f"tp-{uuid.uuid4().hex[:8]}"
+    xml = (f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</memory>"
+           "<vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os>"
+           "<devices><emulator>/usr/bin/qemu-system-x86_64</emulator></devices></domain>")
+    async with aiovirt.connect(daemon.uri("qemu", "/system")) as conn:
+        dom = await conn.define_xml(xml)
+        try:
+            with pytest.raises(aiovirt.InvalidArgument, match="NBD URI must be supplied"):
+                await dom.migrate_to_uri3(None, {"migrate_uri": "unix:/nonexistent",
+                                                 "migrate_disks": ["vda", "vdb"]})
+            with pytest.raises(aiovirt.InvalidArgument, match="'xbzrle' is specified twice"):
+                await dom.migrate_to_uri3(None, {"compression": ("xbzrle", "xbzrle")})
+        finally:
+            await dom.undefine()
+
+
+def test_multiple_parameters_are_libvirts():
+    """PARAM_MULTIPLE names the parameters whose macros libvirt describes as a "params
+    multiple field" (qemu_migration.h flags the same VIR_TYPED_PARAM_MULTIPLE)."""
+    if not API_XML.exists():
+        pytest.skip(f"{API_XML} is missing (apt-get install libvirt-dev)")
+    multiple = {m.get("string") for m in ET.parse(API_XML).getroot().iter("macro")
+                if "params multiple field" in (m.findtext("info") or "")}
+    assert set(PARAM_MULTIPLE) <= set(PARAM_TYPES)
+    for function, names in PARAM_TYPES.items():
+        assert PARAM_MULTIPLE.get(function, set()) == multiple & set(names), function
+    assert multiple == {"migrate_disks", "compression"}
 
 
 # -- the declared types of setters without a getter ---------------------------------------------

@@ -27,7 +27,7 @@ from .generated import DomainGenerated
 from .handle import ApiBase, ApiConnection, UUIDHandle, enum_or_int, enum_value, uuid_bytes
 from . import streams as _streams
 from .streams import Stream
-from .typedparams import DOMAIN_STATS, PARAM_TYPES, from_dict
+from .typedparams import DOMAIN_STATS, PARAM_MULTIPLE, PARAM_TYPES, from_dict
 
 __all__ = ["DeviceEventTimeout", "DeviceRemovalFailed", "Domain", "DomainEvent",
            "DomainEventID", "DomainEventType", "DomainInfo", "DomainLifecycleEvent",
@@ -278,9 +278,12 @@ class Domain(UUIDHandle, DomainGenerated):
         """Migrate the domain, this daemon driving it (``virDomainMigrateToURI3``):
         with ``VIR_MIGRATE_PEER2PEER`` to the daemon at ``dconnuri``, else directly by the
         hypervisor to ``params["migrate_uri"]``.  ``params`` are libvirt's migration
-        parameters (``VIR_MIGRATE_PARAM_*`` names) as a dict; one ``MIGRATE_PERFORM3_PARAMS``
-        call, as libvirt sends to daemons that support migration parameters (all since 1.1)."""
-        typed = from_dict(params, PARAM_TYPES["virDomainMigrateToURI3"])
+        parameters (``VIR_MIGRATE_PARAM_*`` names) as a dict, a list of values for those
+        libvirt takes several times (``migrate_disks``, ``compression``); one
+        ``MIGRATE_PERFORM3_PARAMS`` call, as libvirt sends to daemons that support migration
+        parameters (all since 1.1)."""
+        typed = from_dict(params, PARAM_TYPES["virDomainMigrateToURI3"],
+                          PARAM_MULTIPLE["virDomainMigrateToURI3"])
         await self._conn.rpc.domain_migrate_perform3_params(self._ref, dconnuri, typed, b"",
                                                             flags)
 

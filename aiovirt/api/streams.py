@@ -9,7 +9,7 @@ from typing import Any
 
 from ..client.streams import Hole, Stream, open_stream
 from ..protocol import remote
-from .typedparams import PARAM_TYPES, from_dict
+from .typedparams import PARAM_MULTIPLE, PARAM_TYPES, from_dict
 
 __all__ = ["Hole", "Stream", "VOL_DOWNLOAD_SPARSE_STREAM", "VOL_UPLOAD_SPARSE_STREAM",
            "migrate_prepare_tunnel", "open_channel", "open_console", "screenshot",
@@ -79,7 +79,8 @@ async def migrate_prepare_tunnel(conn: Any, params: dict[str, Any], cookie: byte
     if not cookie:
         raise ValueError("migrate_prepare_tunnel needs the source's cookie (from "
                          "DOMAIN_MIGRATE_BEGIN3_PARAMS): libvirtd 9.0 crashes without one")
-    typed = from_dict(params, PARAM_TYPES["virDomainMigrate3"])
+    typed = from_dict(params, PARAM_TYPES["virDomainMigrate3"],
+                      PARAM_MULTIPLE["virDomainMigrate3"])
     reply, stream = await open_stream(
         conn, _P[remote.REMOTE_PROC_DOMAIN_MIGRATE_PREPARE_TUNNEL3_PARAMS],
         remote.DomainMigratePrepareTunnel3ParamsArgs(typed, cookie, flags | MIGRATE_TUNNELLED))

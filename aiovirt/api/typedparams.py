@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from collections.abc import Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
 from ..errors import EncodeError
@@ -18,7 +18,8 @@ from ..protocol.remote import NonnullDomain, TypedParam, TypedParamValue
 from ..protocol.xdr import ProcedureInfo, XdrError
 
 __all__ = ["INT", "UINT", "LLONG", "ULLONG", "DOUBLE", "BOOLEAN", "STRING", "DOMAIN_STATS",
-           "PARAM_TYPES", "decode_domain_stats", "from_dict", "to_dict"]
+           "PARAM_MULTIPLE", "PARAM_TYPES", "decode_domain_stats", "from_dict", "param_items",
+           "to_dict"]
 
 INT, UINT, LLONG, ULLONG, DOUBLE, BOOLEAN, STRING = 1, 2, 3, 4, 5, 6, 7
 
@@ -32,16 +33,16 @@ def to_dict(params: list[TypedParam]) -> dict[str, Any]:
     return result
 
 
-def from_dict(values: dict[str, Any], types: dict[str, int] | None = None) -> list[TypedParam]:
+def from_dict(values: dict[str, Any], types: dict[str, int] | None = None,
+              multiple: Collection[str] = ()) -> list[TypedParam]:
     """Encode a dict as typed parameters, guessing each type unless ``types`` names it; a
-    value that does not fit its type is an ``EncodeError`` naming the parameter."""
+    list or tuple gives a parameter of ``multiple`` once per item (``param_items``).  A value
+    that does not fit its type is an ``EncodeError`` naming the parameter."""
     if not isinstance(values, Mapping):
         raise EncodeError(f"typed parameters are a dict of names to values, not "
                           f"{values!r:.60}")
     params = []
-    for field, value in values.items():
-        if not isinstance(field, str):
-            raise EncodeError(f"typed parameter names are strings, not {field!r:.60}")
+    for field, value in param_items(values, multiple):
         kind = (types or {}).get(field)
         if kind is None:
             if isinstance(value, bool):
@@ -67,6 +68,24 @@ def from_dict(values: dict[str, Any], types: dict[str, int] | None = None) -> li
     return params
 
 
+def param_items(values: Mapping[str, Any], multiple: Collection[str] | None = ()
+                ) -> Iterator[tuple[str, Any]]:
+    """(name, value) per typed parameter, a list or tuple giving its name once per item (as
+    libvirt takes a ``VIR_TYPED_PARAM_MULTIPLE`` one) for the names in ``multiple`` (None:
+    any, as libvirt-python's bindings); for another name it is an ``EncodeError``."""
+    for field, value in values.items():
+        if not isinstance(field, str):
+            raise EncodeError(f"typed parameter names are strings, not {field!r:.60}")
+        if not isinstance(value, (list, tuple)):
+            yield field, value
+        elif multiple is None or field in multiple:
+            yield from ((field, item) for item in value)
+        else:
+            raise EncodeError(f"typed parameter {field!r} takes one value, not {value!r:.60}"
+                              + (f" (only {', '.join(sorted(multiple))} take several)"
+                                 if multiple else ""))
+
+
 # what each typed-parameter type takes (a bool is an int to Python, and 0 or 1 to libvirt)
 _KINDS: dict[int, type | tuple[type, ...]] = {
     INT: int, UINT: int, LLONG: int, ULLONG: int, DOUBLE: (int, float), BOOLEAN: int,
@@ -83,8 +102,7 @@ _KIND_NAMES = {INT: "an int", UINT: "an int", LLONG: "an int", ULLONG: "an int",
 # qemu_migration.h) declare them all and refuse any other type.  The setters below have no
 # getter to learn them from, so both the object API and aiovirt.compat type values by these.
 
-# ``VIR_MIGRATE_PARAM_*`` (QEMU_MIGRATION_PARAMETERS); migrate_disks and compression may be
-# given several times
+# ``VIR_MIGRATE_PARAM_*`` (QEMU_MIGRATION_PARAMETERS)
 _MIGRATE_PARAM_TYPES: dict[str, int] = {
     **dict.fromkeys(("migrate_uri", "destination_name", "destination_xml", "persistent_xml",
                      "graphics_uri", "listen_address", "migrate_disks", "compression",
@@ -117,6 +135,14 @@ PARAM_TYPES: dict[str, dict[str, int]] = {
     "virDomainMigrate3": _MIGRATE_PARAM_TYPES,
     "virDomainMigrateToURI3": _MIGRATE_PARAM_TYPES,
 }
+
+# the migration parameters QEMU_MIGRATION_PARAMETERS flags VIR_TYPED_PARAM_MULTIPLE, the only
+# ones libvirt 9.0 takes more than once (any other repeated, it refuses the call)
+_MIGRATE_MULTIPLE = frozenset(("migrate_disks", "compression"))
+
+#: libvirt function -> the parameters it takes several times (from_dict: a list of values)
+PARAM_MULTIPLE: dict[str, frozenset[str]] = {"virDomainMigrate3": _MIGRATE_MULTIPLE,
+                                             "virDomainMigrateToURI3": _MIGRATE_MULTIPLE}
 
 # -- CONNECT_GET_ALL_DOMAIN_STATS, decoded straight into dicts ---------------------------------
 

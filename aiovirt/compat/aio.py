@@ -1786,25 +1786,24 @@ def _params_hinted(values: Any, function: str, what: str) -> list[Any]:
     """libvirt-python's typed parameters for calls without a getter
     (virPyDictToTypedParams): each value typed as libvirt declares it for ``function``
     (tp.PARAM_TYPES, libvirt-python's hint tables), else by its Python type (an int ULLONG, or
-    LLONG below 0); a list or tuple gives the name once per item."""
+    LLONG below 0); a list or tuple gives any name once per item (tp.param_items)."""
     if not isinstance(values, dict):
         raise TypeError(f"{what} must be a dictionary")
     hints = tp.PARAM_TYPES[function]
     typed = []
-    for key, value in values.items():
-        name = _param_name(key)
-        for item in value if isinstance(value, (list, tuple)) else (value,):
-            kind = hints.get(name)
+    named = {_param_name(key): value for key, value in values.items()}
+    for name, item in tp.param_items(named, None):
+        kind = hints.get(name)
+        if kind is None:
+            kind = (tp.STRING if isinstance(item, str) else
+                    tp.BOOLEAN if isinstance(item, bool) else
+                    (tp.ULLONG if 0 <= item < 1 << 64 else tp.LLONG)
+                    if isinstance(item, int) else
+                    tp.DOUBLE if isinstance(item, float) else None)
             if kind is None:
-                kind = (tp.STRING if isinstance(item, str) else
-                        tp.BOOLEAN if isinstance(item, bool) else
-                        (tp.ULLONG if 0 <= item < 1 << 64 else tp.LLONG)
-                        if isinstance(item, int) else
-                        tp.DOUBLE if isinstance(item, float) else None)
-                if kind is None:
-                    raise TypeError(f'Unknown type of "{name}" field')
-            typed.append(remote.TypedParam(name, remote.TypedParamValue(
-                kind, _typed_value(kind, item))))
+                raise TypeError(f'Unknown type of "{name}" field')
+        typed.append(remote.TypedParam(name, remote.TypedParamValue(
+            kind, _typed_value(kind, item))))
     return typed
 
 
