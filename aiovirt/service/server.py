@@ -7,7 +7,8 @@ protocol: a request (head and body) must arrive within ``client_timeout`` of the
 opening or of its first byte, and a client that reads nothing of what is sent to it for
 ``client_timeout`` is dropped.  Between requests only uvicorn's keep-alive timer runs (it
 closes without a word); a request answered before its body arrived (413) has the rest of
-the body read and dropped within its deadline, and gets no other answer.
+the body read and dropped within its deadline, and gets no other answer (one that said
+``Connection: close`` gets the lingering close below, where uvicorn closed at once).
 
 It also bounds a request's head (request line and headers) at ``max_head`` bytes, however it
 arrives (h11 checks only a head still incomplete, so one that came in a single read passed at
@@ -48,6 +49,21 @@ def _answer(status: int, message: str) -> bytes:
 
 
 _TIMED_OUT = _answer(408, "the request did not arrive in time")
+_ANSWERED = (h11.DONE, h11.MUST_CLOSE, h11.CLOSED)   # our response is whole
+
+
+class _AnsweredClose:
+    """The transport as uvicorn's request cycle sees it: the same, but that closing it asks
+    the protocol (``GuardedH11Protocol._close_answered``)."""
+
+    def __init__(self, protocol: GuardedH11Protocol) -> None:
+        self._protocol = protocol
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._protocol.transport, name)
+
+    def close(self) -> None:
+        self._protocol._close_answered()
 
 
 def _head_size(request: h11.Request) -> int:
@@ -151,8 +167,26 @@ class GuardedH11Protocol(H11Protocol):
         self.flow.resume_reading()   # reading may have been paused for a body's sake
         self._linger_timer = self.loop.call_later(self.client_timeout, self.transport.close)
 
+    def handle_events(self) -> None:
+        super().handle_events()
+        cycle = self.cycle   # a new request's cycle: it closes through _close_answered
+        if cycle is not None and not isinstance(cycle.transport, _AnsweredClose):
+            cycle.transport = _AnsweredClose(self)  # type: ignore[assignment]
+
+    def _close_answered(self) -> None:
+        """uvicorn's close after a response: a lingering one while the request's body is
+        still coming (answered early, and it said ``Connection: close``)."""
+        conn = self.conn
+        if (conn.their_state is h11.SEND_BODY and conn.our_state in _ANSWERED
+                and self._linger_timer is None and not self.transport.is_closing()):
+            self._linger()
+        else:
+            self.transport.close()
+
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        if self._linger_timer is not None:   # closing: no keep-alive
+            self._unset_keepalive_if_required()
         self._watch_reading()   # a pipelined request may now be under way
 
     def connection_lost(self, exc: Exception | None) -> None:

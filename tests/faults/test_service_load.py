@@ -223,6 +223,67 @@ async def test_a_request_answered_before_its_body_gets_one_answer(profiles_dir):
         assert (await client.get("/health")).status_code == 200
 
 
+async def upload_then_read(port: int, chunks: list[bytes], every: float) -> bytes:
+    """Send ``chunks`` ``every`` seconds apart and only then read until the server closes,
+    as a client that uploads a whole body before it reads; a reset fails the test."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for chunk in chunks:
+            writer.write(chunk)
+            await writer.drain()
+            await asyncio.sleep(every)   # pacing the upload, not synchronisation
+        with anyio.fail_after(10):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+async def read_while_sending(port: int, head: bytes, chunk: bytes, every: float,
+                             limit: float) -> tuple[bytes, float]:
+    """Send ``head``, then ``chunk`` every ``every`` seconds until a send fails, reading all
+    the while: (what the server sent, seconds until a send failed: it had closed)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    start = time.monotonic()
+    writer.write(head)
+    reading = asyncio.ensure_future(reader.read())
+    try:
+        with anyio.fail_after(limit):
+            with contextlib.suppress(ConnectionError):
+                while True:
+                    await asyncio.sleep(every)   # pacing the upload, not synchronisation
+                    writer.write(chunk)
+                    await writer.drain()
+        closed = time.monotonic() - start
+        return await reading, closed
+    finally:
+        reading.cancel()
+        writer.close()
+
+
+async def test_an_early_answer_to_a_closing_request_outlives_its_body(profiles_dir):
+    """A request saying ``Connection: close`` answered 413 while its body still comes: the
+    server closes by lingering, reading and dropping the rest until the client stops or the
+    timeout ends; uvicorn closed at once, and the kernel's reset for the unread body
+    destroyed the 413 before the client read it."""
+    timeout = 2.0
+    app = create_app(profiles_dir=profiles_dir, system_profiles=False, max_body=1024)
+    async with serving(app, client_timeout=timeout) as client:
+        port = port_of(client)
+        head = (b"POST /compose HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+                b"connection: close\r\ncontent-length: 1000000\r\n\r\n")
+        chunk = b" " * 1000
+        (uploaded, (answered, closed)) = await asyncio.gather(
+            upload_then_read(port, [head] + [chunk] * 6, 0.1),    # all sent, then read
+            read_while_sending(port, head, chunk, 0.1, timeout + 4))  # never stops sending
+        for sent in (uploaded, answered):   # the whole 413, and nothing else
+            head, _, body = sent.partition(b"\r\n\r\n")
+            assert statuses(sent) == [413], sent
+            assert int(re.search(rb"content-length: (\d+)", head)[1]) == len(body)
+            assert "limit of 1024 bytes" in json.loads(body)["error"]
+        assert timeout * 0.9 <= closed <= timeout + 2, closed   # the linger's deadline
+        assert (await client.get("/health")).status_code == 200
+
+
 async def test_a_client_that_stops_reading_is_dropped(profiles_dir):
     """A response far larger than the socket buffers, to a client that reads none of it:
     after the timeout the server drops the connection and what was left unsent."""
