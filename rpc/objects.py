@@ -129,7 +129,12 @@ RULES: dict[str, str] = {
     "handles-out": "wire references in the reply become handle objects",
     "transport-secure": "virConnectIsSecure/IsEncrypted combine the daemon's answer with this "
                         "client's transport (secure: unix, tls, ssh, ext; encrypted: tls)",
+    "no-id": "virDomainDestroy, virDomainSave and virDomainManagedSave leave the domain "
+             "without an ID (-1, the handle's and the one sent with later calls), as "
+             "libvirt's client resets its domain object's on success",
 }
+# the functions after which libvirt's client resets the domain's ID (gendispatch.pl)
+ID_RESETS = frozenset({"virDomainDestroy", "virDomainSave", "virDomainManagedSave"})
 VIR_TYPED_PARAM_STRING_OKAY = 4
 
 # Functions whose rule-made name a hand-written method already takes with other semantics:
@@ -403,6 +408,9 @@ class _Gen:
         result_hint = "None"
         if not ret_fields:
             body.append(f"await {call(joined)}")
+            if name in ID_RESETS:
+                body.append("self._no_id()  # rule no-id")
+                rules.append("no-id")
         else:
             body.append(f"ret = await {call(joined)}")
             if "reply's own `ret` field" in notes and "ret" in ret_names:
@@ -594,6 +602,8 @@ class _HandleGenerated:
     if TYPE_CHECKING:
         _conn: ApiConnection
         _ref: Any
+
+        def _no_id(self) -> None: ...
 '''
 
 

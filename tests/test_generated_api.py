@@ -355,6 +355,25 @@ async def test_destroy_leaves_the_handle_without_an_id(daemon):
         assert dom.id == dom._ref.id == (await conn.domain_lookup_by_name("node-vm1")).id > 0
 
 
+@pytest.mark.parametrize("stop", ["destroy_legacy", "save", "managed_save"])
+async def test_the_calls_that_stop_a_domain_leave_it_without_an_id(daemon, tmp_path, stop):
+    """virDomainDestroy, virDomainSave and virDomainManagedSave: libvirt's client resets the
+    domain object's ID on success (gendispatch.pl); the generated methods reset the handle's
+    and its wire reference's, and start gives both the new one."""
+    async with aiovirt.connect(daemon.uri(path=NODE_XML)) as conn:
+        dom = await conn.domain_lookup_by_name("node-vm1")
+        assert dom.id > 0
+        if stop == "save":
+            await dom.save(str(tmp_path / "node-vm1.save"))
+        else:
+            await getattr(dom, stop)()
+        assert dom.id == dom._ref.id == -1
+        assert dom._ref == (await conn.domain_lookup_by_name("node-vm1"))._ref
+        if stop != "save":   # (a saved domain comes back with restore, not start)
+            await dom.start()
+            assert dom.id == dom._ref.id == (await conn.domain_lookup_by_name("node-vm1")).id
+
+
 async def test_in_band_failure_raises(daemon):
     """The test driver has no security labels: the daemon answers GET_SECURITY_LABEL_LIST
     with ret = -1 in a successful reply, which the generated method raises."""

@@ -213,6 +213,10 @@ class Domain(UUIDHandle, DomainGenerated):
         self._ref = ref
         self.id = ref.id
 
+    def _no_id(self) -> None:
+        """The domain stopped (destroyed, saved): no ID, here or sent with later calls."""
+        self._update(replace(self._ref, id=-1))
+
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self, flags: int = 0) -> None:
         """Boot a defined domain (one ``DOMAIN_CREATE_WITH_FLAGS`` call); updates ``id``."""
@@ -316,7 +320,7 @@ class Domain(UUIDHandle, DomainGenerated):
     async def destroy(self, flags: int = 0) -> None:
         """Stop the domain at once (power off)."""
         await self._conn.start(_DESTROY, remote.DomainDestroyFlagsArgs(self._ref, flags))
-        self._update(replace(self._ref, id=-1))   # as libvirt's client: no ID, here or sent
+        self._no_id()   # as libvirt's client after virDomainDestroy (its DestroyFlags keeps it)
 
     async def reboot(self, flags: int = 0) -> None:
         await self._conn.rpc.domain_reboot(self._ref, flags)

@@ -40,6 +40,9 @@ in each method names its own):
 * handles-out: wire references in the reply become handle objects
 * transport-secure: virConnectIsSecure/IsEncrypted combine the daemon's answer with this
   client's transport (secure: unix, tls, ssh, ext; encrypted: tls)
+* no-id: virDomainDestroy, virDomainSave and virDomainManagedSave leave the domain without
+  an ID (-1, the handle's and the one sent with later calls), as libvirt's client resets its
+  domain object's on success
 
 Not generated (public functions of the "remote" category):
 
@@ -228,6 +231,8 @@ class _HandleGenerated:
     if TYPE_CHECKING:
         _conn: ApiConnection
         _ref: Any
+
+        def _no_id(self) -> None: ...
 
 
 class ConnectionGenerated(ApiBase):
@@ -1348,7 +1353,9 @@ class DomainGenerated(_HandleGenerated):
 
     async def destroy_legacy(self) -> None:
         """Destroy the domain object. (virDomainDestroy)"""
+        # rules: no-id
         await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_DESTROY], remote.DomainDestroyArgs(self._ref))
+        self._no_id()  # rule no-id
 
     async def detach_device_alias(self, alias: str, flags: int = 0) -> None:
         """Detach a virtual device from a domain, using the alias to specify the device.
@@ -1759,7 +1766,9 @@ class DomainGenerated(_HandleGenerated):
         """This method will suspend a domain and save its memory contents to a file on disk.
         (virDomainManagedSave)
         """
+        # rules: no-id
         await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_MANAGED_SAVE], remote.DomainManagedSaveArgs(self._ref, flags))
+        self._no_id()  # rule no-id
 
     async def managed_save_define_xml(self, dxml: str | None, flags: int = 0) -> None:
         """This updates the definition of a domain stored in a saved state file.
@@ -1907,7 +1916,9 @@ class DomainGenerated(_HandleGenerated):
         """This method will suspend a domain and save its memory contents to a file on disk.
         (virDomainSave)
         """
+        # rules: no-id
         await self._conn.start(remote.PROCEDURES[remote.REMOTE_PROC_DOMAIN_SAVE], remote.DomainSaveArgs(self._ref, to))
+        self._no_id()  # rule no-id
 
     async def save_flags(self, to: str, dxml: str | None, flags: int = 0) -> None:
         """This method will suspend a domain and save its memory contents to a file on disk.
