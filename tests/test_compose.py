@@ -144,6 +144,28 @@ def test_multiple_no_matches_timers_by_name():
         [("rtc", None), ("hpet", "no")]
 
 
+def test_multiple_no_keeps_one_dropping_the_others_the_snippet_covers():
+    # the first is adjusted; another one holding only what the snippet sets would be the
+    # same once adjusted: it goes (it stayed, so <vcpusched> overlapped); one with values of
+    # its own (a USB controller's index) stays
+    lib = library("""<profile name='p' priority='100'><add multiple='no'>
+      <cputune><vcpusched vcpus='0-1' scheduler='fifo' priority='1'/></cputune>
+      <devices><controller type='usb' model='qemu-xhci'/></devices></add></profile>""")
+    xml = domain("<controller type='usb' model='piix3-uhci'/>"
+                 "<controller type='usb' index='1' model='piix3-uhci'/>",
+                 "<cputune><vcpusched vcpus='0' scheduler='fifo' priority='1'/>"
+                 "<vcpusched vcpus='1' scheduler='rr' priority='2'/></cputune>")
+    result = compose(xml, ["p"], library=lib)
+    root = tree(result.xml)
+    assert [dict(s.attrib) for s in root.findall("cputune/vcpusched")] == \
+        [{"vcpus": "0-1", "scheduler": "fifo", "priority": "1"}]
+    assert [(c.get("index"), c.get("model")) for c in root.findall("devices/controller")] == \
+        [(None, "qemu-xhci"), ("1", "piix3-uhci")]
+    assert [(c.what, c.path) for c in result.changes if c.what == "removed"] == \
+        [("removed", "/domain/cputune/vcpusched[2]")]
+    assert compose(result.xml, ["p"], library=lib).changes == []
+
+
 # -- remove and default ---------------------------------------------------------------------------
 
 def test_remove_deletes_every_match_even_with_more_on_it():
@@ -600,6 +622,32 @@ def test_nfv_realtime_recomposed_after_a_vcpu_count_change_keeps_one_vcpusched()
                         library=SHIPPED, validate=False)
         assert again.xml == result.xml and again.changes == [] and again.upgrades == []
         xml = result.xml
+
+
+def _per_vcpu(xml: str) -> str:
+    """The composed ``xml`` with its <vcpusched> split per vCPU, as libvirt writes it back."""
+    root = tree(xml)
+    cputune = root.find("cputune")
+    for old in cputune.findall("vcpusched"):
+        cputune.remove(old)
+    for vcpu in range(int(root.findtext("vcpu"))):
+        etree.SubElement(cputune, "vcpusched", vcpus=str(vcpu), scheduler="fifo",
+                         priority="1")
+    return etree.tostring(root, encoding="unicode")
+
+
+@pytest.mark.parametrize("count, expect", [(4, "0-3"), (2, "0-1"), (1, "0")])
+def test_nfv_realtime_recomposed_from_libvirts_per_vcpu_form_keeps_one_vcpusched(count,
+                                                                               expect):
+    # the first <vcpusched vcpus='0'> was adjusted to 0-3 and 1, 2, 3 stayed: overlapping
+    params = {**SHIPPED_PARAMS["nfv-realtime"], "realtime": "yes"}
+    first = compose(f"<domain><name>rt</name><vcpu>{count}</vcpu></domain>",
+                    ["kvm-base", "nfv-realtime"], params=params, library=SHIPPED,
+                    validate=False)
+    again = compose(_per_vcpu(first.xml), ["kvm-base", "nfv-realtime"], params=params,
+                    library=SHIPPED, validate=False)
+    assert again.xml == first.xml
+    assert [s.get("vcpus") for s in tree(again.xml).findall("cputune/vcpusched")] == [expect]
 
 
 def test_nfv_realtime_1_0_stays_pinned_until_upgraded():

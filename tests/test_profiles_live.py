@@ -190,3 +190,27 @@ async def test_nfv_realtime_composed_again_defines_the_same(daemon, host_caps, v
                 ["0", "1", "2", "3"]
         finally:
             await dom.undefine(4)
+
+
+async def test_nfv_realtime_recomposed_from_libvirts_xml_defines(daemon, host_caps):
+    """A domain read back from libvirt (one <vcpusched> per vCPU) composed again: the first
+    was adjusted to 0-3 and the others stayed, overlapping, which libvirt refuses."""
+    params = {"vcpu_cpus": "0", "emulator_cpus": "0", "hugepages": "no", "realtime": "yes",
+              "vcpus": "4", "kvm-base.memory": "64"}
+    name = f"nfv-back-{uuid.uuid4().hex[:6]}"
+    first = compose(f"<domain><name>{name}</name></domain>", ["kvm-base", "nfv-realtime"],
+                    params=params, caps=host_caps[0], domcaps=host_caps[1], library=SHIPPED)
+    async with aiovirt.connect(daemon.uri("qemu", "/system")) as conn:
+        dom = await conn.define_xml(first.xml)
+        try:
+            back = await dom.xml(2)
+            again = compose(back, ["kvm-base", "nfv-realtime"], params=params,
+                            caps=host_caps[0], domcaps=host_caps[1], library=SHIPPED)
+            assert [s.get("vcpus") for s in etree.fromstring(again.xml.encode()).findall(
+                "cputune/vcpusched")] == ["0-3"]
+            dom = await conn.define_xml(again.xml)
+            defined = etree.fromstring((await dom.xml(2)).encode())
+            assert [s.get("vcpus") for s in defined.findall("cputune/vcpusched")] == \
+                ["0", "1", "2", "3"]
+        finally:
+            await dom.undefine(4)

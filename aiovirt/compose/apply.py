@@ -13,7 +13,9 @@ libvirt's schema, resolved when the action was compiled (``plan.py``):
   snippet has, and appended otherwise; elements that may not repeat are adjusted, overriding
   values.
 * ``add multiple='no'`` adjusts the first existing element of that tag (of the same ``type``
-  and ``name`` where the snippet names them) instead of appending, overriding values.
+  and ``name`` where the snippet names them) instead of appending, overriding values; the
+  other such elements that hold nothing the snippet does not set are removed (libvirt writes
+  one ``<vcpusched>`` per vCPU back: recomposed, they become the snippet's one).
 * ``remove`` deletes every element that contains the snippet (more attributes or children
   still match): the outermost element of the snippet that may repeat, or the snippet's leaves
   when nothing in it repeats.
@@ -498,10 +500,11 @@ class Applier:
                     self._append(parent, node, writer)
             else:
                 identity = node.identity
-                target = next((c for c in self.same(parent, node.tag)
-                               if all(c.get(k) == v for k, v in identity)), None)
-                if target is not None:
-                    self._adjust(node, target, multiple, writer, count, again, True)
+                targets = [c for c in self.same(parent, node.tag)
+                           if all(c.get(k) == v for k, v in identity)]
+                if targets:
+                    self._adjust(node, targets[0], multiple, writer, count, again, True)
+                    self._drop_duplicates(parent, targets[1:], node, writer)
                 else:
                     self._append(parent, node, writer)
             return
@@ -523,6 +526,14 @@ class Applier:
             self._own(target, "", writer)   # a bare <acpi/>: its presence is the value
         for child in node.children:
             self._add(target, child, multiple, writer, count, again)
+
+    def _drop_duplicates(self, parent: etree._Element, others: list[etree._Element],
+                         node: Node, writer: Writer) -> None:
+        """``multiple='no'`` keeps one: the other elements it could have adjusted go when the
+        snippet sets all they hold (libvirt's one ``<vcpusched>`` per vCPU)."""
+        for other in others:
+            if _covered(other, node):
+                self._delete(parent, other, node, writer, forbid=False)
 
     def _claim(self, node: Node, target: etree._Element, writer: Writer) -> None:
         """``target`` already holds ``node``'s values: record ``writer`` as their owner too
@@ -552,7 +563,9 @@ class Applier:
                     self._remove(element, child, writer)
 
     def _delete(self, parent: etree._Element, element: etree._Element, node: Node,
-                writer: Writer) -> None:
+                writer: Writer, forbid: bool = True) -> None:
+        """Remove ``element`` unless an owner of higher priority keeps it; ``forbid``: a
+        profile adding a match back afterwards contests with ``writer`` (a remove's)."""
         def describe() -> tuple[str, str]:
             where = self.path(element)
             return f"{where} removed", f"has {where}"
@@ -573,7 +586,8 @@ class Applier:
                 self._notes[index] = (inner, key, *rest, self.path(inner, key), was)  # type: ignore
         parent.remove(element)
         self._index[parent][node.tag].remove(element)  # found through the index
-        self.removed.append((parent, node, writer))
+        if forbid:
+            self.removed.append((parent, node, writer))
 
     def _check_forbidden(self, writer: Writer) -> None:
         """A hard ``remove`` holds for the rest of the composition: what another profile
@@ -691,6 +705,18 @@ def _contains_attrs(target: etree._Element, node: Node) -> bool:
         if target.get(name) != value:
             return False
     return node.text is None or node.text == _text(target)
+
+
+def _covered(element: etree._Element, node: Node) -> bool:
+    """Whether snippet ``node`` sets everything ``element`` holds (attributes, text and
+    children, recursively): adjusted to ``node``, it would hold nothing of its own."""
+    names = {name for name, _, _ in node.attrs}
+    if any(name not in names for name in element.attrib):
+        return False
+    if node.text is None and _text(element) is not None:
+        return False
+    return all(any(c.tag == child.tag and _covered(child, c) for c in node.children)
+               for child in element.iterchildren(etree.Element))
 
 
 def _agrees(target: etree._Element, node: Node) -> bool:
