@@ -654,8 +654,8 @@ def test_nfv_realtime_1_0_stays_pinned_until_upgraded():
     # 1.1 changed how <vcpusched> is added: a domain composed with 1.0 keeps 1.0 (and its
     # digest) until composed with upgrade=True, which lists the move
     params = {**SHIPPED_PARAMS["nfv-realtime"], "realtime": "yes"}
-    assert SHIPPED.versions("nfv-realtime") == ["1.0", "1.1"]
-    assert SHIPPED.get("nfv-realtime").version == "1.1"
+    assert SHIPPED.versions("nfv-realtime") == ["1.0", "1.1", "1.2"]
+    assert SHIPPED.get("nfv-realtime").version == "1.2"
     old = compose("<domain><name>rt</name><vcpu>2</vcpu></domain>",
                   ["kvm-base", "nfv-realtime@1.0"], params=params, library=SHIPPED,
                   validate=False)
@@ -664,8 +664,47 @@ def test_nfv_realtime_1_0_stays_pinned_until_upgraded():
     assert pinned.xml == old.xml and pinned.upgrades == []
     moved = compose(_vcpus_changed(old.xml, 4), ["kvm-base", "nfv-realtime"], params=params,
                     library=SHIPPED, validate=False, upgrade=True)
-    assert [(u.old_version, u.new_version) for u in moved.upgrades] == [("1.0", "1.1")]
+    assert [(u.old_version, u.new_version) for u in moved.upgrades] == [("1.0", "1.2")]
     assert [s.get("vcpus") for s in tree(moved.xml).findall("cputune/vcpusched")] == ["0-3"]
+
+
+def _vcpuscheds(xml: str) -> list[str | None]:
+    return [s.get("vcpus") for s in tree(xml).findall("cputune/vcpusched")]
+
+
+def test_nfv_realtime_turned_off_removes_the_vcpusched_it_added():
+    # 1.1 left its <vcpusched> (in libvirt's per-vCPU form too) when realtime went to no;
+    # a domain's own <vcpusched>, never composed with realtime, stays
+    on = {**SHIPPED_PARAMS["nfv-realtime"], "realtime": "yes"}
+    off = {**on, "realtime": "no"}
+    first = compose("<domain><name>rt</name><vcpu>4</vcpu></domain>",
+                    ["kvm-base", "nfv-realtime"], params=on, library=SHIPPED)
+    for xml in (first.xml, _per_vcpu(first.xml)):
+        result = compose(xml, ["kvm-base", "nfv-realtime"], params=off, library=SHIPPED)
+        assert _vcpuscheds(result.xml) == []
+        assert {c.what for c in result.changes} == {"removed"}
+        again = compose(result.xml, ["kvm-base", "nfv-realtime"], params=off, library=SHIPPED)
+        assert again.xml == result.xml and again.changes == []
+    own = ("<domain><name>rt</name><vcpu>2</vcpu><cputune>"
+           "<vcpusched vcpus='0-1' scheduler='fifo' priority='1'/></cputune></domain>")
+    kept = compose(own, ["kvm-base", "nfv-realtime"], params=off, library=SHIPPED)
+    assert _vcpuscheds(kept.xml) == ["0-1"]
+
+
+def test_nfv_realtime_1_1_keeps_its_vcpusched_until_upgraded():
+    # 1.2 changed what realtime=no does: 1.1 stays pinned (and leaves <vcpusched>) until
+    # composed with upgrade=True, which moves it to 1.2 and removes it
+    on = {**SHIPPED_PARAMS["nfv-realtime"], "realtime": "yes"}
+    off = {**on, "realtime": "no"}
+    old = compose("<domain><name>rt</name><vcpu>2</vcpu></domain>",
+                  ["kvm-base", "nfv-realtime@1.1"], params=on, library=SHIPPED)
+    pinned = compose(old.xml, ["kvm-base", "nfv-realtime"], params=off, library=SHIPPED)
+    assert pinned.applied[-1].profile.version == "1.1"
+    assert _vcpuscheds(pinned.xml) == ["0-1"]
+    moved = compose(old.xml, ["kvm-base", "nfv-realtime"], params=off, library=SHIPPED,
+                    upgrade=True)
+    assert [(u.old_version, u.new_version) for u in moved.upgrades] == [("1.1", "1.2")]
+    assert _vcpuscheds(moved.xml) == []
 
 
 def test_applied_set_is_recorded_with_versions_digests_and_parameters():
