@@ -2,7 +2,7 @@
 libvirt-python, side by side, interleaved, against one private libvirtd.
 
     .venv/bin/python benchmarks/floor.py [--rounds N] [--calls N] [--transport unix|tls|both]
-                                         [--loop asyncio|uvloop] [--pin] [--instructions]
+                                         [--loop asyncio|uvloop] [--pin] [--instructions] [--wake]
                                          [--output FILE]
 
 ``bare`` is the least a Python client on an asyncio loop can do per call: getLibVersion framed
@@ -13,6 +13,12 @@ can be read against what the language and the event loop cost whatever a library
 Each round every contender makes ``--calls`` getLibVersion calls at concurrency 1, 16 and 64
 (bare and aiovirt: that many tasks on one connection, on the same loop; libvirt-python: that
 many threads on one shared connection and on a connection each, its better variant counted).
+``--wake`` shows instead what the client's sleeping costs the daemon: at concurrency 16 over the UNIX
+socket, two synchronous clients that keep 16 calls on the wire from one thread, one sleeping
+in ``recv`` whenever no reply is there (``sleeper``, the least CPU a client can spend) and one
+spinning on non-blocking reads instead (``spinner``), beside aiovirt and libvirt-python, with
+libvirtd's own CPU per call: on 2 cores each wake-up of a sleeping client is paid by the
+daemon too.
 ``--instructions`` (needs valgrind) also counts the user-space instructions per call of bare
 and aiovirt at concurrency 16 with callgrind, which other load does not move: a child process
 making 4000 calls minus one making 800, over 3200.
@@ -22,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 import ssl
+import statistics
 import struct
 import sys
 import tempfile
@@ -32,9 +40,10 @@ from typing import Any
 
 import libvirt  # type: ignore[import-untyped]
 from common import callgrind_instructions
-from run import (LINES, Meter, Sample, add_loop_option, av_calls, best, best_cpu,
+from run import (LINES, Meter, Round, Sample, add_loop_option, av_calls, best, best_cpu,
                  describe_machine,
-                 describe_tree, interleave, loop_in_use, lv_calls, median, pin, run_on,
+                 describe_tree, in_thread, interleave, loop_in_use, lv_calls, median,
+                 per_call_us, pin, run_on,
                  run_tasks, say, shares)
 
 import aiovirt
@@ -127,6 +136,79 @@ def bare_calls(bare: Bare, counts: list[int]) -> Any:
     return run
 
 
+def pipelined_calls(path: str, calls: int, depth: int, spin: bool) -> Round:
+    """A synchronous client on its own socket keeping ``depth`` getLibVersion calls on the
+    wire (a new one written for each reply read), sleeping in ``recv`` when no reply is
+    there, or, with ``spin``, polling with non-blocking reads instead."""
+    def run(meter: Meter) -> Sample:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(path)
+            name = b"test:///default"
+            sock.sendall(_HEADER.pack(28 + 12 + len(name) + (-len(name) % 4), _REMOTE, 1,
+                                      _OPEN, 0, 1, 0) + struct.pack(">II", 1, len(name))
+                         + name + bytes(-len(name) % 4) + struct.pack(">I", 0))
+            answer = sock.recv(1024)
+            assert len(answer) >= 28 and _FIELDS.unpack_from(answer)[2] == 0, answer
+            serial, sent, done, rest = 1, 0, 0, b""
+            flags = socket.MSG_DONTWAIT if spin else 0
+            meter.start()
+            first = []
+            while sent < min(depth, calls):
+                serial += 1
+                sent += 1
+                first.append(_HEADER.pack(28, _REMOTE, 1, _LIB_VERSION, 0, serial, 0))
+            sock.sendall(b"".join(first))
+            while done < calls:
+                try:
+                    data = sock.recv(1 << 16, flags)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    raise ConnectionError("libvirtd closed the socket")
+                data = rest + data if rest else data
+                pos, end, more = 0, len(data), []
+                while end - pos >= 28:
+                    length, _, status = _FIELDS.unpack_from(data, pos)
+                    if end - pos < length:
+                        break
+                    if status:
+                        raise RuntimeError("getLibVersion failed")
+                    pos += length
+                    done += 1
+                    if sent < calls:
+                        serial += 1
+                        sent += 1
+                        more.append(_HEADER.pack(28, _REMOTE, 1, _LIB_VERSION, 0, serial, 0))
+                rest = data[pos:]
+                if more:
+                    sock.sendall(b"".join(more))
+            return meter.stop()
+    return in_thread(run)
+
+
+async def wake_case(daemon: PrivateDaemon, meter: Meter, rounds: int, calls: int) -> None:
+    conc = 16
+    say(f"## what the client's sleeping costs the daemon: getLibVersion over the UNIX socket, "
+        f"{conc} calls on the wire, {calls} calls per round, {rounds} interleaved rounds")
+    say("medians: calls/s, client CPU us/call, libvirtd CPU us/call")
+    counts = shares(calls, conc)
+    path = str(daemon.socket_path)
+    async with aiovirt.connect(daemon.uri()) as conn:
+        shared = libvirt.open(daemon.uri())
+        variants = {"libvirt-python (16 threads)": lv_calls([shared], "tiny", counts),
+                    "aiovirt (16 tasks)": av_calls(conn, "tiny", counts),
+                    "sleeper": pipelined_calls(path, calls, conc, spin=False),
+                    "spinner": pipelined_calls(path, calls, conc, spin=True)}
+        await interleave(1, variants, meter)   # warm-up, untimed
+        res = await interleave(rounds, variants, meter)
+        shared.close()
+    for name, samples in res.items():
+        say(f"{name:<28} {calls / median(samples):7.0f} "
+            f"{statistics.median(s.cpu for s in samples) / calls * 1e6:7.1f} "
+            f"{per_call_us(samples, calls, daemon=True):>7}")
+    say()
+
+
 async def case(transport: str, daemon: PrivateDaemon, uri: str, pki: Path | None,
                meter: Meter, rounds: int, calls: int) -> None:
     say(f"## {transport}: getLibVersion, {calls} calls per round, {rounds} interleaved rounds")
@@ -209,6 +291,9 @@ async def main(options: argparse.Namespace) -> None:
                 uri = (daemon.uri(transport="tls") + f"?pkipath={pki}" if transport == "tls"
                        else daemon.uri())
                 tls_pki = Path(pki) if transport == "tls" else None
+                if options.wake:
+                    await wake_case(daemon, meter, options.rounds, options.calls)
+                    break
                 await case(transport, daemon, uri, tls_pki, meter, options.rounds,
                            options.calls)
                 if options.instructions:
@@ -229,6 +314,8 @@ if __name__ == "__main__":
     parser.add_argument("--pin", action="store_true", help="libvirtd on CPU 0, this process "
                         "on CPU 1")
     parser.add_argument("--output", help="also write the report to this file")
+    parser.add_argument("--wake", action="store_true", help="instead: libvirtd's CPU per call "
+                        "against a client that sleeps between replies and one that spins")
     parser.add_argument("--instructions", action="store_true", help="also count user-space "
                         "instructions per call at concurrency 16 (callgrind)")
     parser.add_argument("--count-child", nargs=6, help=argparse.SUPPRESS,
