@@ -162,3 +162,19 @@ def test_public_names_still_load_from_the_top():
                          check=True, cwd=ROOT).stdout.split()
     assert out == ["aiovirt.api.connection", "aiovirt.api.connection", "aiovirt.api.domain",
                    "aiovirt.xml.metadata", "-"]
+
+
+def test_the_client_loads_without_lxml_or_the_event_dataclasses():
+    # making three dozen frozen dataclasses and loading lxml were a fifth of the client's
+    # import; both load when a subscription or an XML method first needs them
+    code = ("import sys, aiovirt; aiovirt.connect; "
+            "print(sorted(m for m in ('lxml.etree', 'aiovirt.api.events', 'aiovirt.xml.safe', "
+            "'aiovirt.xml.metadata') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout.strip()
+    assert out == "[]", f"import aiovirt.connect loaded {out}"
+    code = ("import aiovirt.api.events as e, aiovirt.api.subscriptions as s; "
+            "print(e.NetworkEventID is s.NetworkEventID, e.EventMethods is s.EventMethods)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout.strip()
+    assert out == "True True"

@@ -8,26 +8,26 @@ import uuid as _uuid
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from enum import IntEnum
-from typing import Any, NamedTuple
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
-from lxml import etree
-
 from ..client.events import DEFAULT_MAX_BUFFER, Dropped, EventSubscription, Resync
 from ..errors import (AiovirtError, ConnectionClosed, EncodeError, NoSuchDomain,
                       NoSuchMetadata, OperationInvalid, ProtocolError)
 from ..protocol import lxc, qemu, remote
 from ..protocol.remote import ConnectGetAllDomainStatsArgs, NonnullDomain
 from ..protocol.wire import EventMessage, domain_lifecycle_fields, domain_lifecycle_type
-from ..xml import metadata as metadata_codec
-from ..xml.safe import parse as parse_xml
-from ..xml.safe import to_string
-from .events import domain_event_maker
+from ..xml import DEVICES_NAMESPACE, DEVICES_PREFIX
+from .subscriptions import domain_event_maker
 from .generated import DomainGenerated
 from .handle import ApiBase, ApiConnection, UUIDHandle, enum_or_int, enum_value, uuid_bytes
 from . import streams as _streams
 from .streams import Stream
 from .typedparams import DOMAIN_STATS, PARAM_MULTIPLE, PARAM_TYPES, from_dict
+
+if TYPE_CHECKING:
+    from lxml import etree
 
 __all__ = ["DeviceEventTimeout", "DeviceRemovalFailed", "Domain", "DomainEvent",
            "DomainEventID", "DomainEventType", "DomainInfo", "DomainLifecycleEvent",
@@ -174,6 +174,19 @@ _REMOVE = object()    # _change_device_metadata: forget the binding
 _UNALIASED = frozenset({"graphics", "audio", "lease", "redirfilter", "emulator"})
 
 
+def _codec() -> ModuleType:
+    """The metadata codec, loaded with lxml on first use: a client that never reads or
+    writes XML through a domain does not pay for loading lxml."""
+    from ..xml import metadata
+    return metadata
+
+
+def _xml() -> ModuleType:
+    """The safe XML parser and serialiser (``aiovirt.xml.safe``), loaded on first use."""
+    from ..xml import safe
+    return safe
+
+
 def _alias_of(element: etree._Element) -> str | None:
     node = element.find("alias")
     return None if node is None else node.get("name")
@@ -183,11 +196,12 @@ def _with_alias(element: etree._Element) -> etree._Element:
     """``element`` with a user alias: a random one when it has none (the event that says
     it was plugged names it; ``aiovirt.compose.hotplug`` gives stable ones)."""
     alias = _alias_of(element)
-    if alias is not None and not metadata_codec.is_user_alias(alias):
-        raise metadata_codec.UnknownDevice(
+    if alias is not None and not _codec().is_user_alias(alias):
+        raise _codec().UnknownDevice(
             f"<{element.tag}>: alias {alias!r} is not a user alias ('ua-' then letters, "
             "digits, '_' or '-'); libvirt would drop it")
     if element.tag not in _UNALIASED and alias is None:
+        from lxml import etree
         etree.SubElement(element, "alias", name=f"ua-{element.tag}-{secrets.token_hex(4)}")
     return element
 
@@ -372,7 +386,7 @@ class Domain(UUIDHandle, DomainGenerated):
         URI (``XMLInputError``): libvirt keeps one that is not, and the domain's XML would
         no longer parse."""
         if metadata is not None and uri is not None:
-            metadata_codec.check_namespace(uri)
+            _codec().check_namespace(uri)
         await self._conn.rpc.domain_set_metadata(
             self._ref, enum_value(MetadataType, type, "set_metadata: type"), metadata, key, uri,
             flags)
@@ -389,7 +403,7 @@ class Domain(UUIDHandle, DomainGenerated):
         domain's ``<metadata>`` under ``namespace`` (see ``aiovirt.metadata``)."""
         # a bare element: libvirt puts it in ``namespace`` under ``prefix`` itself (and fails
         # if the element declares that prefix already)
-        xml = metadata_codec.dumps(value, namespace=None, name=name)
+        xml = _codec().dumps(value, namespace=None, name=name)
         await self.set_metadata(xml, key=prefix, uri=namespace, flags=flags)
 
     async def read_metadata(self, *, namespace: str, default: Any = None,
@@ -400,7 +414,7 @@ class Domain(UUIDHandle, DomainGenerated):
             xml = await self.metadata(uri=namespace, flags=flags)
         except NoSuchMetadata:
             return default
-        return metadata_codec.loads(xml)
+        return _codec().loads(xml)
 
     async def attach_device(self, xml: str, flags: int = 0) -> None:
         """Attach a device (``VIR_DOMAIN_AFFECT_*`` flags; 0 means the live domain)."""
@@ -418,28 +432,28 @@ class Domain(UUIDHandle, DomainGenerated):
         return active, bool(persistent)
 
     async def _tree(self, inactive: bool = False) -> Any:
-        return parse_xml(await self.xml(_XML_INACTIVE if inactive else 0),
+        return _xml().parse(await self.xml(_XML_INACTIVE if inactive else 0),
                          source=f"domain {self.name}")
 
-    async def device_metadata(self, *, namespace: str = metadata_codec.DEVICES_NAMESPACE,
+    async def device_metadata(self, *, namespace: str = DEVICES_NAMESPACE,
                               flags: int = 0) -> dict[str, Any]:
         """Every device alias -> the data bound to it (``aiovirt.metadata.write_device``)."""
         try:
             xml = await self.metadata(uri=namespace, flags=flags)
         except NoSuchMetadata:
             return {}
-        return metadata_codec.devices_from_xml(xml)
+        return _codec().devices_from_xml(xml)
 
     async def read_device_metadata(self, alias: str, default: Any = None, *,
-                                   namespace: str = metadata_codec.DEVICES_NAMESPACE,
+                                   namespace: str = DEVICES_NAMESPACE,
                                    flags: int = 0) -> Any:
         """The data bound to the device ``alias`` (``default`` when none is)."""
         return (await self.device_metadata(namespace=namespace, flags=flags)).get(
             alias, default)
 
     async def write_device_metadata(self, alias: str, value: Any, *,
-                                    namespace: str = metadata_codec.DEVICES_NAMESPACE,
-                                    prefix: str = metadata_codec.DEVICES_PREFIX,
+                                    namespace: str = DEVICES_NAMESPACE,
+                                    prefix: str = DEVICES_PREFIX,
                                     check: bool = True) -> None:
         """Bind typed data to the device ``alias``, in the running domain and in its
         persistent definition (whichever exist).  ``check``: the device must exist
@@ -448,20 +462,20 @@ class Domain(UUIDHandle, DomainGenerated):
         await self._change_device_metadata(alias, value, namespace, prefix, check)
 
     async def remove_device_metadata(self, alias: str, *,
-                                     namespace: str = metadata_codec.DEVICES_NAMESPACE
+                                     namespace: str = DEVICES_NAMESPACE
                                      ) -> bool:
         """Forget the data bound to ``alias``; whether there was any."""
         return await self._change_device_metadata(alias, _REMOVE, namespace,
-                                                  metadata_codec.DEVICES_PREFIX, False)
+                                                  DEVICES_PREFIX, False)
 
     async def _change_device_metadata(self, alias: str, value: Any, namespace: str,
                                       prefix: str, check: bool) -> bool:
         live, config = await self._affect(None)
         if check:
             tree = await self._tree()
-            if metadata_codec.find_device(tree, alias) is None:
+            if _codec().find_device(tree, alias) is None:
                 known = [a.get("name", "") for a in tree.iterfind("devices/*/alias")]
-                raise metadata_codec.UnknownDevice(
+                raise _codec().UnknownDevice(
                     f"domain {self.name}: no device with alias {alias!r} (aliases: "
                     f"{', '.join(known) or 'none'})")
         changed = False
@@ -476,7 +490,7 @@ class Domain(UUIDHandle, DomainGenerated):
             else:
                 entries[alias] = value
             changed = True
-            xml = metadata_codec.devices_to_xml(entries) if entries else None
+            xml = _codec().devices_to_xml(entries) if entries else None
             await self.set_metadata(xml, key=prefix if xml else None,
                                     uri=namespace, flags=flag)
         return changed
@@ -502,19 +516,19 @@ class Domain(UUIDHandle, DomainGenerated):
             documents = [made] if isinstance(made, str) else list(made)
         else:
             documents = [device]
-        elements = [_with_alias(parse_xml(doc, source="<device>")) for doc in documents]
+        elements = [_with_alias(_xml().parse(doc, source="<device>")) for doc in documents]
         plugged: list[str] = []
         try:
             if not live:
                 for element in elements:
-                    await self.attach_device(to_string(element, pretty=False), flags)
+                    await self.attach_device(_xml().to_string(element, pretty=False), flags)
                     plugged.append(_alias_of(element) or "")
                 return await self._plugged(plugged, inactive=True)
             async with self._conn.domain_events(  # type: ignore[attr-defined]
                     DomainEventID.DEVICE_ADDED, self) as added:
                 for element in elements:
                     alias = _alias_of(element)
-                    await self.attach_device(to_string(element, pretty=False), flags)
+                    await self.attach_device(_xml().to_string(element, pretty=False), flags)
                     plugged.append(alias or "")
                     if alias is not None:   # devices libvirt gives no alias send no event
                         await self._wait_device(added, alias, timeout, "DEVICE_ADDED",
@@ -531,8 +545,8 @@ class Domain(UUIDHandle, DomainGenerated):
         tree = await self._tree(inactive)
         result = []
         for alias in aliases:
-            element = metadata_codec.find_device(tree, alias) if alias else None
-            result.append(PluggedDevice(alias, to_string(element) if element is not None
+            element = _codec().find_device(tree, alias) if alias else None
+            result.append(PluggedDevice(alias, _xml().to_string(element) if element is not None
                                         else ""))
         return result
 
@@ -548,7 +562,7 @@ class Domain(UUIDHandle, DomainGenerated):
             async for event in subscription:
                 if isinstance(event, Dropped | Resync):
                     tree = await self._tree()
-                    if (metadata_codec.find_device(tree, alias) is not None) is present:
+                    if (_codec().find_device(tree, alias) is not None) is present:
                         outcome.append("done")
                         scope.cancel()
                         return
@@ -589,13 +603,13 @@ class Domain(UUIDHandle, DomainGenerated):
         running domain while libvirt has already taken it out of the definition);
         ``UnknownDevice`` for an alias the domain does not have."""
         live, persistent_domain = await self._affect(None)
-        in_live = live and metadata_codec.find_device(await self._tree(), alias) is not None
+        in_live = live and _codec().find_device(await self._tree(), alias) is not None
         in_config = persistent_domain and persistent is not False and \
-            metadata_codec.find_device(await self._tree(inactive=True), alias) is not None
+            _codec().find_device(await self._tree(inactive=True), alias) is not None
         if not (in_live or in_config):
             tree = await self._tree(inactive=not live)
             known = [a.get("name", "") for a in tree.iterfind("devices/*/alias")]
-            raise metadata_codec.UnknownDevice(
+            raise _codec().UnknownDevice(
                 f"domain {self.name}: no device with alias {alias!r} (aliases: "
                 f"{', '.join(known) or 'none'})")
         flags = (_AFFECT_LIVE if in_live else 0) | (_AFFECT_CONFIG if in_config else 0)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..protocol import remote
 from .domain import DomainMethods
-from .events import EventMethods
+from .subscriptions import EventMethods
 from .generated import ConnectionGenerated
 from .handle import ApiBase
 from .network import NetworkMethods

@@ -42,6 +42,7 @@ from typing import Any
 from lxml import etree
 
 from ..errors import AiovirtError, XMLInputError
+from . import DEVICES_NAMESPACE, DEVICES_PREFIX
 from .safe import parse, to_string
 
 __all__ = ["DEVICES_NAMESPACE", "DEVICES_PREFIX", "UnknownDevice", "check_namespace",
@@ -50,11 +51,9 @@ __all__ = ["DEVICES_NAMESPACE", "DEVICES_PREFIX", "UnknownDevice", "check_namesp
            "is_user_alias", "loads", "prune_devices", "read", "read_device", "remove_device",
            "same", "to_element", "write", "write_device"]
 
-DEVICES_NAMESPACE = "https://aiovirt.org/xmlns/devices/1"
 PROFILES_NAMESPACE = "https://aiovirt.org/xmlns/profiles/1"   # composition's own records
 # namespaces whose content is not one typed value: writing a value there would destroy them
 RESERVED_NAMESPACES = frozenset({DEVICES_NAMESPACE, PROFILES_NAMESPACE})
-DEVICES_PREFIX = "aiovirt-devices"
 
 _XML_TEXT = re.compile("[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*")
 _NCNAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
