@@ -282,3 +282,22 @@ def test_serve_refuses_a_bad_port_or_unusable_tls_files(tmp_path):
         assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
         assert done.stderr.startswith(f"aiovirt: error: --tls-cert/--tls-key {cert} / {cert}"
                                       ": cannot use them"), done.stderr
+
+
+def test_help_follows_the_terminal_width_without_loading_shutil(tmp_path):
+    # argparse imports shutil (and its compression modules) to learn the terminal's width;
+    # the CLI's formatter asks the OS itself, as shutil would: $COLUMNS, then the terminal
+    narrow = subprocess.run([AIOVIRT, "address", "--help"], capture_output=True, text=True,
+                            env={**os.environ, "COLUMNS": "50"}, check=True).stdout
+    wide = subprocess.run([AIOVIRT, "address", "--help"], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200"}, check=True).stdout
+    assert len(narrow.splitlines()) > len(wide.splitlines())
+    assert max(map(len, narrow.splitlines())) < max(map(len, wide.splitlines()))
+    domain = tmp_path / "d.xml"
+    domain.write_text("<domain type='kvm'><name>w</name><memory>1</memory><os><type "
+                      "arch='x86_64' machine='q35'>hvm</type></os><devices/></domain>")
+    code = ("import sys; from aiovirt.cli import main; main(['address', sys.argv[1]]); "
+            "print('shutil' in sys.modules, file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code, str(domain)], capture_output=True,
+                          text=True, check=True)
+    assert "<address" in done.stdout and done.stderr.strip() == "False"

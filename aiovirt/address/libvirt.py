@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import bisect
 import functools
-import string
 from collections.abc import Iterator
 from typing import Any
 
@@ -88,6 +87,8 @@ _PIIX3_ISA, _PIIX3_IDE, _PIIX3_USB, _PIIX3_ACPI = (PciAddress(0, 1, f) for f in 
 _PIIX3_VIDEO = PciAddress(0, 2, 0)
 _ICH9_LPC, _ICH9_SATA, _ICH9_SMBUS = (PciAddress(0, 0x1F, f) for f in (0, 2, 3))
 _Q35_VIDEO, _ICH9_AUDIO = PciAddress(0, 1, 0), PciAddress(0, 0x1B, 0)
+_DIGITS = "0123456789"                          # string.digits, without importing string
+_LOWERCASE = "abcdefghijklmnopqrstuvwxyz"       # string.ascii_lowercase
 
 
 @functools.lru_cache(maxsize=4096)
@@ -99,9 +100,9 @@ def disk_index(name: str) -> int:
             break
     else:
         return -1
-    letters = rest.rstrip(string.digits)
+    letters = rest.rstrip(_DIGITS)
     digits = rest[len(letters):]
-    if not letters or not all(c in string.ascii_lowercase for c in letters):
+    if not letters or not all(c in _LOWERCASE for c in letters):
         return -1
     if len(digits) > 1 and digits[0] == "0":
         return -1
