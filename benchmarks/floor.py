@@ -13,12 +13,12 @@ can be read against what the language and the event loop cost whatever a library
 Each round every contender makes ``--calls`` getLibVersion calls at concurrency 1, 16 and 64
 (bare and aiovirt: that many tasks on one connection, on the same loop; libvirt-python: that
 many threads on one shared connection and on a connection each, its better variant counted).
-``--wake`` shows instead what the client's sleeping costs the daemon: at concurrency 16 over the UNIX
-socket, two synchronous clients that keep 16 calls on the wire from one thread, one sleeping
-in ``recv`` whenever no reply is there (``sleeper``, the least CPU a client can spend) and one
-spinning on non-blocking reads instead (``spinner``), beside aiovirt and libvirt-python, with
-libvirtd's own CPU per call: on 2 cores each wake-up of a sleeping client is paid by the
-daemon too.
+``--wake`` shows instead what the client's sleeping costs the daemon: at concurrency 16 over
+each transport, two synchronous clients that keep 16 calls on the wire from one thread, one
+sleeping in ``recv`` whenever no reply is there (``sleeper``, the least CPU a client can
+spend) and one spinning on non-blocking reads instead (``spinner``), beside aiovirt and
+libvirt-python, with libvirtd's own CPU per call: on 2 cores each wake-up of a sleeping
+client is paid by the daemon too.
 ``--instructions`` (needs valgrind) also counts the user-space instructions per call of bare
 and aiovirt at concurrency 16 with callgrind, which other load does not move: a child process
 making 4000 calls minus one making 800, over 3200.
@@ -136,13 +136,24 @@ def bare_calls(bare: Bare, counts: list[int]) -> Any:
     return run
 
 
-def pipelined_calls(path: str, calls: int, depth: int, spin: bool) -> Round:
-    """A synchronous client on its own socket keeping ``depth`` getLibVersion calls on the
-    wire (a new one written for each reply read), sleeping in ``recv`` when no reply is
-    there, or, with ``spin``, polling with non-blocking reads instead."""
+def pipelined_calls(where: str, pki: Path | None, calls: int, depth: int,
+                    spin: bool) -> Round:
+    """A synchronous client on its own socket (the UNIX socket at ``where``, or with ``pki``
+    TLS to port ``where``) keeping ``depth`` getLibVersion calls on the wire, a new one
+    written for each reply read; it sleeps in ``recv`` when no reply is there or, with
+    ``spin``, polls with non-blocking reads instead."""
     def run(meter: Meter) -> Sample:
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.connect(path)
+        if pki is None:
+            sock: Any = socket.socket(socket.AF_UNIX)
+            sock.connect(where)
+        else:
+            context = ssl.create_default_context(cafile=str(pki / "cacert.pem"))
+            context.load_cert_chain(pki / "clientcert.pem", pki / "clientkey.pem")
+            sock = context.wrap_socket(socket.create_connection(("127.0.0.1", int(where))),
+                                       server_hostname="localhost")
+            if sock.recv(1) != b"\1":   # libvirtd's status byte after the handshake
+                raise ConnectionError("libvirtd refused the TLS session")
+        with sock:
             name = b"test:///default"
             sock.sendall(_HEADER.pack(28 + 12 + len(name) + (-len(name) % 4), _REMOTE, 1,
                                       _OPEN, 0, 1, 0) + struct.pack(">II", 1, len(name))
@@ -150,7 +161,6 @@ def pipelined_calls(path: str, calls: int, depth: int, spin: bool) -> Round:
             answer = sock.recv(1024)
             assert len(answer) >= 28 and _FIELDS.unpack_from(answer)[2] == 0, answer
             serial, sent, done, rest = 1, 0, 0, b""
-            flags = socket.MSG_DONTWAIT if spin else 0
             meter.start()
             first = []
             while sent < min(depth, calls):
@@ -158,10 +168,12 @@ def pipelined_calls(path: str, calls: int, depth: int, spin: bool) -> Round:
                 sent += 1
                 first.append(_HEADER.pack(28, _REMOTE, 1, _LIB_VERSION, 0, serial, 0))
             sock.sendall(b"".join(first))
+            if spin:
+                sock.setblocking(False)
             while done < calls:
                 try:
-                    data = sock.recv(1 << 16, flags)
-                except BlockingIOError:
+                    data = sock.recv(1 << 16)
+                except (BlockingIOError, ssl.SSLWantReadError):
                     continue
                 if not data:
                     raise ConnectionError("libvirtd closed the socket")
@@ -181,24 +193,30 @@ def pipelined_calls(path: str, calls: int, depth: int, spin: bool) -> Round:
                         more.append(_HEADER.pack(28, _REMOTE, 1, _LIB_VERSION, 0, serial, 0))
                 rest = data[pos:]
                 if more:
-                    sock.sendall(b"".join(more))
+                    payload = b"".join(more)
+                    while payload:   # non-blocking while spinning: send what fits, retry
+                        try:
+                            payload = payload[sock.send(payload):]
+                        except (BlockingIOError, ssl.SSLWantWriteError):
+                            continue
             return meter.stop()
     return in_thread(run)
 
 
-async def wake_case(daemon: PrivateDaemon, meter: Meter, rounds: int, calls: int) -> None:
+async def wake_case(transport: str, daemon: PrivateDaemon, uri: str, pki: Path | None,
+                    meter: Meter, rounds: int, calls: int) -> None:
     conc = 16
-    say(f"## what the client's sleeping costs the daemon: getLibVersion over the UNIX socket, "
-        f"{conc} calls on the wire, {calls} calls per round, {rounds} interleaved rounds")
+    say(f"## {transport}: what the client's sleeping costs the daemon: getLibVersion, {conc} "
+        f"calls on the wire, {calls} calls per round, {rounds} interleaved rounds")
     say("medians: calls/s, client CPU us/call, libvirtd CPU us/call")
     counts = shares(calls, conc)
-    path = str(daemon.socket_path)
-    async with aiovirt.connect(daemon.uri()) as conn:
-        shared = libvirt.open(daemon.uri())
+    where = address(daemon, transport)
+    async with aiovirt.connect(uri) as conn:
+        shared = libvirt.open(uri)
         variants = {"libvirt-python (16 threads)": lv_calls([shared], "tiny", counts),
                     "aiovirt (16 tasks)": av_calls(conn, "tiny", counts),
-                    "sleeper": pipelined_calls(path, calls, conc, spin=False),
-                    "spinner": pipelined_calls(path, calls, conc, spin=True)}
+                    "sleeper": pipelined_calls(where, pki, calls, conc, spin=False),
+                    "spinner": pipelined_calls(where, pki, calls, conc, spin=True)}
         await interleave(1, variants, meter)   # warm-up, untimed
         res = await interleave(rounds, variants, meter)
         shared.close()
@@ -292,8 +310,9 @@ async def main(options: argparse.Namespace) -> None:
                        else daemon.uri())
                 tls_pki = Path(pki) if transport == "tls" else None
                 if options.wake:
-                    await wake_case(daemon, meter, options.rounds, options.calls)
-                    break
+                    await wake_case(transport, daemon, uri, tls_pki, meter, options.rounds,
+                                    options.calls)
+                    continue
                 await case(transport, daemon, uri, tls_pki, meter, options.rounds,
                            options.calls)
                 if options.instructions:
