@@ -12,6 +12,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
+
 from ..client.events import DEFAULT_MAX_BUFFER, Dropped, EventSubscription, Resync
 from ..errors import (AiovirtError, ConnectionClosed, EncodeError, NoSuchDomain,
                       NoSuchMetadata, OperationInvalid, ProtocolError)
@@ -433,7 +434,7 @@ class Domain(UUIDHandle, DomainGenerated):
 
     async def _tree(self, inactive: bool = False) -> Any:
         return _xml().parse(await self.xml(_XML_INACTIVE if inactive else 0),
-                         source=f"domain {self.name}")
+                            source=f"domain {self.name}")
 
     async def device_metadata(self, *, namespace: str = DEVICES_NAMESPACE,
                               flags: int = 0) -> dict[str, Any]:
