@@ -877,6 +877,23 @@ def test_memory_slots_are_bounded_by_qemus_limit():
     assert placed.options["dimm_slot"] == 0
 
 
+def test_pseries_memory_slots_are_bounded_by_its_own_limit():
+    # pSeries takes 32 DIMM slots (QEMU's SPAPR_MAX_RAM_SLOTS: it exits at start-up with more);
+    # 256 were accepted for every machine
+    from aiovirt.address import Machine
+    pseries = _HOTPLUG.replace("arch='x86_64' machine='q35'", "arch='ppc64le' machine='pseries'")
+    assert 'slot="31"' in address_domain(pseries.format(32, _DIMM.format(
+        "<address type='dimm' slot='31'/>"))).xml
+    with pytest.raises(AddressError, match=re.escape(
+            "<maxMemory slots>: 33 is out of range (0 to 32)")):
+        address_domain(pseries.format(33, ""))
+    with pytest.raises(AddressError, match=re.escape(
+            "machine memory_slots: expected a whole number from 0 to 32, not 33")):
+        Machine("ppc64le", "pseries-7.2", memory_slots=33)
+    assert Machine("ppc64le", "pseries", memory_slots=32).memory_slots == 32
+    assert Machine("aarch64", "virt", memory_slots=256).memory_slots == 256
+
+
 @pytest.mark.parametrize("kwargs, words", [
     ({"namespace": "https://aiovirt.org/xmlns/profiles/1"}, "is aiovirt's own"),
     ({"namespace": "https://aiovirt.org/xmlns/devices/1"}, "is aiovirt's own"),

@@ -37,12 +37,12 @@ _ORDER = ("emulator", "disk", "controller", "lease", "filesystem", "interface", 
 
 def machine_of(root: etree._Element) -> Machine:
     os_type = root.find("os/type")
-    slots = _count(_attr(root.find("maxMemory"), "slots"), "<maxMemory slots>",
-                   MAX_MEMORY_SLOTS) or 0
     cells = len(root.findall("cpu/numa/cell"))
-    if os_type is None:
-        return Machine(memory_slots=slots, numa_nodes=cells)
-    return Machine(os_type.get("arch", "x86_64"), os_type.get("machine", "pc"), slots, cells)
+    machine = Machine(numa_nodes=cells) if os_type is None else \
+        Machine(os_type.get("arch", "x86_64"), os_type.get("machine", "pc"), 0, cells)
+    machine.memory_slots = _count(_attr(root.find("maxMemory"), "slots"), "<maxMemory slots>",
+                                  machine.max_memory_slots) or 0
+    return machine
 
 
 def _int(value: str | None, what: str, base: int = 0) -> int | None:

@@ -27,6 +27,7 @@ MAX_DEVICES = 8192            # devices of one guest: more than its PCI and driv
 MAX_HOTPLUG_RESERVE = 1024    # more than 256 PCI buses hold; the work grows with it
 MAX_MEMORY_SLOTS = 256        # <maxMemory slots>: QEMU's limit (ACPI_MAX_RAM_SLOTS; libvirt 9.0
                               # sets none, QEMU 7.2 refuses 257 on x86 and ARM, 33 on pSeries)
+MAX_PSERIES_MEMORY_SLOTS = 32  # pSeries' own (QEMU's SPAPR_MAX_RAM_SLOTS)
 
 
 class AddressError(AiovirtError, ValueError):
@@ -388,9 +389,14 @@ class Machine(ValueRecord):
         self.arch = _text(arch, "machine arch")
         self.machine = _text(machine, "machine machine")
         self.memory_slots = _number(memory_slots, "machine memory_slots", 0,
-                                    MAX_MEMORY_SLOTS)
+                                    self.max_memory_slots)
         self.numa_nodes = None if numa_nodes is None else \
             _number(numa_nodes, "machine numa_nodes", 0, MAX_NUMA_NODES)
+
+    @property
+    def max_memory_slots(self) -> int:
+        """The most DIMM slots QEMU gives this machine (32 on pSeries, else 256)."""
+        return MAX_PSERIES_MEMORY_SLOTS if self.is_pseries else MAX_MEMORY_SLOTS
 
     @property
     def is_q35(self) -> bool:
